@@ -1,0 +1,121 @@
+//! One outcome classification, shared by every policy.
+//!
+//! A breaker, a retry, an adaptive limit and the metrics must agree on what a finished call meant,
+//! or one of them trips on calls another thinks were fine. Each of them therefore takes a
+//! [`Classify`] and reads the same three-valued [`Outcome`].
+
+use std::time::Duration;
+
+/// What a finished call says about the health of the service that answered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call succeeded in good time.
+    Success,
+    /// The call succeeded, but slower than the slow-call threshold: a sign of a struggling callee.
+    Slow,
+    /// The call failed in a way that counts against the callee.
+    Failure,
+}
+
+impl Outcome {
+    /// Turns a success that took longer than `threshold` into [`Outcome::Slow`].
+    ///
+    /// Failures stay failures whatever their duration; `None` turns slow-call detection off.
+    #[inline]
+    pub fn with_latency(self, elapsed: Duration, threshold: Option<Duration>) -> Outcome {
+        match (self, threshold) {
+            (Outcome::Success, Some(threshold)) if elapsed > threshold => Outcome::Slow,
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// Whether this outcome counts against the callee.
+    #[inline]
+    pub fn is_failure(self) -> bool {
+        self == Outcome::Failure
+    }
+}
+
+/// Decides what a finished call's result means.
+///
+/// Implemented for every `Fn(&Result<T, E>) -> Outcome`, so a closure is a classifier:
+///
+/// ```
+/// use rampart_policy::classify::{Classify, Outcome};
+///
+/// // A 404 is an answer, not a failure of the callee.
+/// let classify = |result: &Result<u16, std::io::Error>| match result {
+///     Ok(status) if *status >= 500 => Outcome::Failure,
+///     Ok(_) => Outcome::Success,
+///     Err(_) => Outcome::Failure,
+/// };
+/// assert_eq!(classify.classify(&Ok(404)), Outcome::Success);
+/// assert_eq!(classify.classify(&Ok(503)), Outcome::Failure);
+/// ```
+pub trait Classify<T, E> {
+    /// Classifies one finished call. Return [`Outcome::Success`] or [`Outcome::Failure`]; the
+    /// policies that measure latency turn slow successes into [`Outcome::Slow`] themselves.
+    fn classify(&self, result: &Result<T, E>) -> Outcome;
+}
+
+impl<T, E, F> Classify<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> Outcome,
+{
+    #[inline]
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default classifier: `Ok` is a success and `Err` a failure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ErrorsAreFailures;
+
+impl<T, E> Classify<T, E> for ErrorsAreFailures {
+    #[inline]
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_only_upgrades_successes() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            Outcome::Success.with_latency(ms(20), Some(ms(10))),
+            Outcome::Slow
+        );
+        assert_eq!(
+            Outcome::Success.with_latency(ms(10), Some(ms(10))),
+            Outcome::Success
+        );
+        assert_eq!(
+            Outcome::Success.with_latency(ms(20), None),
+            Outcome::Success
+        );
+        assert_eq!(
+            Outcome::Failure.with_latency(ms(20), Some(ms(10))),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn default_classifier_reads_the_result() {
+        assert_eq!(
+            ErrorsAreFailures.classify(&Ok::<(), ()>(())),
+            Outcome::Success
+        );
+        assert_eq!(
+            ErrorsAreFailures.classify(&Err::<(), ()>(())),
+            Outcome::Failure
+        );
+    }
+}
