@@ -34,6 +34,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod rng;
 pub mod timeout;
+mod window;
 
 pub use classify::{Classify, Outcome};
 pub use error::{BoxError, Error, Rejected};

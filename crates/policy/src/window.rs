@@ -1,0 +1,320 @@
+//! A sliding time window of event counters, cheap enough to touch on every call.
+//!
+//! The window is cut into buckets; a count lands in the bucket of the time it happened, and a sum
+//! covers the buckets of the last `window`. Two things keep recording down to a few nanoseconds:
+//! the time comes from [`recent_nanos`] (one atomic load) unless a clock is injected, and each
+//! thread writes to its own stripe of buckets, so threads sharing one window never fight over a
+//! cache line. Sums, which happen on failures and retries only, add the stripes up.
+//!
+//! Counts are exact on a single thread. When more threads than stripes share a window, two of
+//! them may race on a bucket rotation and misplace a handful of counts: statistics, not money.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::clock::{SharedClock, recent_nanos, saturating_nanos};
+
+/// Where a window reads the time.
+#[derive(Clone, Debug)]
+pub(crate) enum TimeSource {
+    /// The process-wide cached clock: real time, a few milliseconds stale at most.
+    Recent,
+    /// An injected clock, read on every record (tests, or a user who wants exact bucketing).
+    Clock { clock: SharedClock, origin: Instant },
+}
+
+impl TimeSource {
+    pub(crate) fn new(clock: Option<SharedClock>) -> TimeSource {
+        match clock {
+            None => TimeSource::Recent,
+            Some(clock) => {
+                let origin = clock.now();
+                TimeSource::Clock { clock, origin }
+            }
+        }
+    }
+
+    #[inline]
+    fn nanos(&self) -> u64 {
+        match self {
+            TimeSource::Recent => recent_nanos(),
+            TimeSource::Clock { clock, origin } => {
+                saturating_nanos(clock.now().saturating_duration_since(*origin))
+            }
+        }
+    }
+}
+
+/// `K` counters over a sliding window of time.
+#[derive(Debug)]
+pub(crate) struct Window<const K: usize> {
+    time: TimeSource,
+    bucket_nanos: u64,
+    buckets: u64,
+    stripes: Box<[Stripe<K>]>,
+    stripe_mask: usize,
+}
+
+#[derive(Debug)]
+#[repr(align(64))]
+struct Stripe<const K: usize> {
+    /// The end (exclusive, in nanoseconds) of the bucket this stripe is filling.
+    current_end: AtomicU64,
+    /// Which bucket of `ring` that is.
+    current: AtomicUsize,
+    ring: Box<[Bucket<K>]>,
+}
+
+// A bucket per cache line: a stripe's writer never shares a line with another stripe's.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Bucket<const K: usize> {
+    /// The bucket's number since the window's origin; `EMPTY` when unused.
+    epoch: AtomicU64,
+    counts: [AtomicU64; K],
+}
+
+const EMPTY: u64 = u64::MAX;
+
+/// How many stripes a window gets: enough that each core's thread usually has its own.
+fn stripe_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .next_power_of_two()
+        .clamp(1, 16)
+}
+
+thread_local! {
+    static STRIPE_ID: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's stripe number, handed out in turn so that a few threads land on distinct stripes.
+#[inline]
+fn stripe_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    STRIPE_ID.with(|id| {
+        let current = id.get();
+        if current != usize::MAX {
+            return current;
+        }
+        let assigned = NEXT.fetch_add(1, Relaxed);
+        id.set(assigned);
+        assigned
+    })
+}
+
+impl<const K: usize> Window<K> {
+    /// A window of `len` split in `buckets` buckets (at least one, each at least a millisecond).
+    pub(crate) fn new(len: Duration, buckets: u32, time: TimeSource) -> Window<K> {
+        let buckets = u64::from(buckets.max(1));
+        let bucket_nanos = (saturating_nanos(len) / buckets).max(1_000_000);
+        let stripes: Box<[Stripe<K>]> = (0..stripe_count())
+            .map(|_| Stripe {
+                current_end: AtomicU64::new(0),
+                current: AtomicUsize::new(0),
+                ring: (0..buckets)
+                    .map(|_| Bucket {
+                        epoch: AtomicU64::new(EMPTY),
+                        counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let stripe_mask = stripes.len() - 1;
+        Window {
+            time,
+            bucket_nanos,
+            buckets,
+            stripes,
+            stripe_mask,
+        }
+    }
+
+    /// Adds one to counter `counter` at the current time.
+    #[inline]
+    pub(crate) fn record(&self, counter: usize) {
+        let now = self.time.nanos();
+        let stripe = &self.stripes[stripe_id() & self.stripe_mask];
+        let slot = if now < stripe.current_end.load(Relaxed) {
+            stripe.current.load(Relaxed)
+        } else {
+            self.rotate(stripe, now)
+        };
+        stripe.ring[slot].counts[counter].fetch_add(1, Relaxed);
+    }
+
+    /// Moves `stripe` on to the bucket of `now`, clearing it if it still holds an older epoch.
+    #[cold]
+    fn rotate(&self, stripe: &Stripe<K>, now: u64) -> usize {
+        let epoch = now / self.bucket_nanos;
+        let slot = (epoch % self.buckets) as usize;
+        let bucket = &stripe.ring[slot];
+        if bucket.epoch.load(Relaxed) != epoch {
+            for count in &bucket.counts {
+                count.store(0, Relaxed);
+            }
+            bucket.epoch.store(epoch, Relaxed);
+        }
+        stripe.current.store(slot, Relaxed);
+        stripe
+            .current_end
+            .store((epoch + 1).saturating_mul(self.bucket_nanos), Relaxed);
+        slot
+    }
+
+    /// The counters summed over the window that ends now.
+    pub(crate) fn sum(&self) -> [u64; K] {
+        let epoch = self.time.nanos() / self.bucket_nanos;
+        let oldest = epoch.saturating_sub(self.buckets - 1);
+        let mut sums = [0u64; K];
+        for stripe in self.stripes.iter() {
+            for bucket in stripe.ring.iter() {
+                let e = bucket.epoch.load(Relaxed);
+                if e != EMPTY && e >= oldest && e <= epoch {
+                    for (sum, count) in sums.iter_mut().zip(&bucket.counts) {
+                        *sum += count.load(Relaxed);
+                    }
+                }
+            }
+        }
+        sums
+    }
+
+    /// Forgets every count.
+    pub(crate) fn clear(&self) {
+        for stripe in self.stripes.iter() {
+            stripe.current_end.store(0, Relaxed);
+            for bucket in stripe.ring.iter() {
+                bucket.epoch.store(EMPTY, Relaxed);
+                for count in &bucket.counts {
+                    count.store(0, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The span a sum covers at least (it covers up to one bucket more).
+    #[cfg(test)]
+    pub(crate) fn bucket_len(&self) -> Duration {
+        Duration::from_nanos(self.bucket_nanos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn window(clock: &Arc<ManualClock>) -> Window<2> {
+        Window::new(
+            Duration::from_secs(10),
+            10,
+            TimeSource::new(Some(clock.clone())),
+        )
+    }
+
+    #[test]
+    fn counts_age_out_bucket_by_bucket() {
+        let clock = ManualClock::new();
+        let w = window(&clock);
+        w.record(0);
+        w.record(0);
+        w.record(1);
+        assert_eq!(w.sum(), [2, 1]);
+        clock.advance(Duration::from_secs(5));
+        w.record(0);
+        assert_eq!(w.sum(), [3, 1]);
+        // Ten buckets of one second: the first bucket leaves the window at t = 10 s.
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(w.sum(), [1, 0]);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(w.sum(), [0, 0]);
+    }
+
+    #[test]
+    fn a_reused_bucket_forgets_its_old_epoch() {
+        let clock = ManualClock::new();
+        let w = window(&clock);
+        w.record(0);
+        // Same slot of the ring, ten buckets later.
+        clock.advance(Duration::from_secs(10));
+        w.record(0);
+        assert_eq!(w.sum(), [1, 0]);
+    }
+
+    #[test]
+    fn clear_forgets_everything() {
+        let clock = ManualClock::new();
+        let w = window(&clock);
+        w.record(0);
+        w.record(1);
+        w.clear();
+        assert_eq!(w.sum(), [0, 0]);
+        w.record(1);
+        assert_eq!(w.sum(), [0, 1]);
+    }
+
+    #[test]
+    fn threads_add_up() {
+        let clock = ManualClock::new();
+        let w = Arc::new(window(&clock));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        w.record(0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // The clock stands still, so there is no rotation to race on: every count is kept.
+        assert_eq!(w.sum(), [40_000, 0]);
+    }
+
+    proptest! {
+        /// Against a model that keeps every event with its time: the window's sum is the number
+        /// of events whose bucket is one of the last `buckets` buckets.
+        #[test]
+        fn matches_a_model_of_every_event(
+            steps in prop::collection::vec((0u64..3_000, 0usize..2), 1..200),
+            buckets in 1u32..12,
+            len_ms in 1u64..20_000,
+        ) {
+            let clock = ManualClock::new();
+            let w: Window<2> = Window::new(
+                Duration::from_millis(len_ms),
+                buckets,
+                TimeSource::new(Some(clock.clone())),
+            );
+            let bucket = w.bucket_len().as_nanos() as u64;
+            let mut now = 0u64;
+            let mut events: Vec<(u64, usize)> = Vec::new();
+            for (gap_ms, counter) in steps {
+                clock.advance(Duration::from_millis(gap_ms));
+                now += gap_ms * 1_000_000;
+                w.record(counter);
+                events.push((now / bucket, counter));
+                let epoch = now / bucket;
+                let oldest = epoch.saturating_sub(u64::from(buckets) - 1);
+                let mut model = [0u64; 2];
+                for &(e, c) in &events {
+                    if e >= oldest {
+                        model[c] += 1;
+                    }
+                }
+                prop_assert_eq!(w.sum(), model);
+            }
+        }
+    }
+}
