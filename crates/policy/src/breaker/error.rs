@@ -20,3 +20,36 @@ impl BreakerOpen {
         self.retry_in
     }
 }
+
+/// A breaker setting out of its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker setting `{setting}` is {value}, but {allowed}")]
+pub struct ConfigError {
+    setting: &'static str,
+    value: String,
+    allowed: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        setting: &'static str,
+        value: impl std::fmt::Debug,
+        allowed: &'static str,
+    ) -> Self {
+        ConfigError {
+            setting,
+            value: format!("{value:?}"),
+            allowed,
+        }
+    }
+
+    /// The name of the setting, as the builder method that sets it.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+
+    /// What the setting allows.
+    pub fn allowed(&self) -> &'static str {
+        self.allowed
+    }
+}

@@ -1,0 +1,445 @@
+//! The breaker's state: a gate read on every call, and a state machine behind a lock that only
+//! failures, probes and timers reach.
+//!
+//! The data path reads one atomic (`gate`), bumps one counter in this thread's stripe of the
+//! window, and reads (but does not write) the run of consecutive failures. Nothing on it writes a
+//! cache line another thread reads, which is what keeps a closed breaker cheap under contention.
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::{Builder, Settings};
+use super::error::BreakerOpen;
+use super::{Listener, Reason, Snapshot, State, Transition};
+use crate::classify::Outcome;
+use crate::clock::{SharedClock, saturating_nanos};
+use crate::rng::Rng;
+use crate::window::{TimeSource, Window};
+
+const CALLS: usize = 0;
+const FAILURES: usize = 1;
+const SLOW: usize = 2;
+
+/// Keeps a value alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+pub(super) struct Shared {
+    /// The data-path gate: a `State` as `u8`.
+    gate: Padded<AtomicU8>,
+    /// Failures in a row; written on failures, and on the first success after one.
+    consecutive: Padded<AtomicU32>,
+    /// Probes admitted in the current half-open period.
+    probes: AtomicU32,
+    /// When the current open period ends, in nanoseconds since `origin`.
+    open_until: AtomicU64,
+    /// Which open or half-open period a probe belongs to, so a late probe cannot close a later one.
+    generation: AtomicU64,
+    rejected: AtomicU64,
+    window: Window<3>,
+    settings: Settings,
+    clock: Option<SharedClock>,
+    origin: Instant,
+    rng: Rng,
+    machine: Mutex<Machine>,
+    listeners: RwLock<Vec<Listener>>,
+}
+
+/// What only transitions touch.
+#[derive(Debug, Default)]
+struct Machine {
+    /// Trips since the breaker was last closed: each one doubles the open period.
+    trips: u32,
+    probe_successes: u32,
+    opened_total: u64,
+}
+
+/// What a permit remembers of its admission.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Ticket {
+    /// Admitted while closed (or forced closed): its outcome feeds the window.
+    Closed { start: Option<Instant> },
+    /// A half-open probe of period `generation`.
+    Probe {
+        generation: u64,
+        start: Option<Instant>,
+    },
+}
+
+impl Shared {
+    pub(super) fn new(builder: Builder) -> Shared {
+        let Builder {
+            settings,
+            clock,
+            rng,
+            listeners,
+        } = builder;
+        let origin = clock.as_ref().map_or_else(Instant::now, |c| c.now());
+        Shared {
+            gate: Padded(AtomicU8::new(State::Closed as u8)),
+            consecutive: Padded(AtomicU32::new(0)),
+            probes: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            window: Window::new(
+                settings.window,
+                settings.window_buckets,
+                TimeSource::new(clock.clone()),
+            ),
+            settings,
+            clock,
+            origin,
+            rng,
+            machine: Mutex::new(Machine::default()),
+            listeners: RwLock::new(listeners),
+        }
+    }
+
+    #[inline]
+    fn now(&self) -> Instant {
+        match &self.clock {
+            None => Instant::now(),
+            Some(clock) => clock.now(),
+        }
+    }
+
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        saturating_nanos(at.saturating_duration_since(self.origin))
+    }
+
+    #[inline]
+    pub(super) fn state(&self) -> State {
+        State::from_u8(self.gate.load(Acquire))
+    }
+
+    /// The start time a permit needs: only when slow calls are looked for, since a clock read
+    /// costs more than the rest of the closed path.
+    #[inline]
+    fn start(&self) -> Option<Instant> {
+        self.settings.slow_call.map(|_| self.now())
+    }
+
+    // === the data path ===
+
+    #[inline]
+    pub(super) fn try_acquire(&self) -> Result<Ticket, BreakerOpen> {
+        match self.state() {
+            State::Closed | State::ForcedClosed => Ok(Ticket::Closed {
+                start: self.start(),
+            }),
+            _ => self.try_acquire_slow(),
+        }
+    }
+
+    #[cold]
+    fn try_acquire_slow(&self) -> Result<Ticket, BreakerOpen> {
+        loop {
+            match self.state() {
+                State::Closed | State::ForcedClosed => {
+                    return Ok(Ticket::Closed {
+                        start: self.start(),
+                    });
+                }
+                State::ForcedOpen => return Err(self.reject(None)),
+                State::Open => {
+                    let now = self.now();
+                    let until = self.open_until.load(Acquire);
+                    let now_nanos = self.nanos_since_origin(now);
+                    if now_nanos < until {
+                        return Err(self.reject(Some(Duration::from_nanos(until - now_nanos))));
+                    }
+                    self.half_open(now);
+                    // Loop: now half-open (or closed/forced by someone else meanwhile).
+                }
+                State::HalfOpen => {
+                    let generation = self.generation.load(Acquire);
+                    let admitted = self
+                        .probes
+                        .fetch_update(AcqRel, Acquire, |n| {
+                            (n < self.settings.half_open_probes).then_some(n + 1)
+                        })
+                        .is_ok();
+                    if !admitted {
+                        return Err(self.reject(None));
+                    }
+                    return Ok(Ticket::Probe {
+                        generation,
+                        start: self.start(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn reject(&self, retry_in: Option<Duration>) -> BreakerOpen {
+        self.rejected.fetch_add(1, Relaxed);
+        BreakerOpen::new(retry_in)
+    }
+
+    /// Feeds the outcome of an admitted call back.
+    #[inline]
+    pub(super) fn record(&self, ticket: Ticket, outcome: Outcome) {
+        match ticket {
+            Ticket::Closed { start } => {
+                let outcome = self.timed(outcome, start);
+                self.window.record(CALLS);
+                if outcome == Outcome::Success {
+                    // A read, not a write, in the common case: the line stays shared.
+                    if self.consecutive.load(Relaxed) != 0 {
+                        self.consecutive.store(0, Relaxed);
+                    }
+                } else {
+                    self.record_bad(outcome);
+                }
+            }
+            Ticket::Probe { generation, start } => {
+                let outcome = self.timed(outcome, start);
+                self.probe_done(generation, outcome);
+            }
+        }
+    }
+
+    #[inline]
+    fn timed(&self, outcome: Outcome, start: Option<Instant>) -> Outcome {
+        match start {
+            None => outcome,
+            Some(start) => outcome.with_latency(
+                self.now().saturating_duration_since(start),
+                self.settings.slow_call,
+            ),
+        }
+    }
+
+    /// A permit dropped without an outcome: the call was cancelled, or its result says nothing
+    /// about the callee. A probe gives its place back so another call can probe.
+    pub(super) fn release(&self, ticket: Ticket) {
+        if let Ticket::Probe { generation, .. } = ticket {
+            let _machine = self.lock();
+            if self.generation.load(Acquire) == generation && self.state() == State::HalfOpen {
+                self.probes.fetch_sub(1, AcqRel);
+            }
+        }
+    }
+
+    // === the slow path: failures, slow calls, probes and transitions ===
+
+    #[cold]
+    fn record_bad(&self, outcome: Outcome) {
+        let s = &self.settings;
+        let consecutive = if outcome == Outcome::Failure {
+            self.window.record(FAILURES);
+            self.consecutive.fetch_add(1, AcqRel).saturating_add(1)
+        } else {
+            self.window.record(SLOW);
+            // A slow success is still a success for the run of failures.
+            self.consecutive.store(0, Relaxed);
+            0
+        };
+        if self.state() != State::Closed {
+            return;
+        }
+        let reason = if s.consecutive_failures > 0 && consecutive >= s.consecutive_failures {
+            Some(Reason::ConsecutiveFailures(consecutive))
+        } else {
+            let [calls, failures, slow] = self.window.sum();
+            if calls < s.min_calls.max(1) {
+                None
+            } else if failures as f64 >= s.failure_rate * calls as f64 {
+                Some(Reason::FailureRate {
+                    rate: failures as f64 / calls as f64,
+                    calls,
+                })
+            } else if s.slow_trips() && slow as f64 >= s.slow_call_rate * calls as f64 {
+                Some(Reason::SlowCallRate {
+                    rate: slow as f64 / calls as f64,
+                    calls,
+                })
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            self.trip(State::Closed, reason);
+        }
+    }
+
+    fn probe_done(&self, generation: u64, outcome: Outcome) {
+        let good = match outcome {
+            Outcome::Success => true,
+            Outcome::Slow => !self.settings.slow_trips(),
+            Outcome::Failure => false,
+        };
+        if !good {
+            self.trip(State::HalfOpen, Reason::ProbeFailed);
+            return;
+        }
+        let transition = {
+            let mut machine = self.lock();
+            if self.generation.load(Acquire) != generation || self.state() != State::HalfOpen {
+                return;
+            }
+            machine.probe_successes += 1;
+            if machine.probe_successes < self.settings.half_open_probes {
+                return;
+            }
+            machine.trips = 0;
+            self.reset_closed();
+            self.set(State::HalfOpen, State::Closed, Reason::ProbesSucceeded)
+        };
+        self.notify(&transition);
+    }
+
+    /// Opens the breaker if it is still in `from`.
+    fn trip(&self, from: State, reason: Reason) {
+        let transition = {
+            let mut machine = self.lock();
+            if self.state() != from {
+                return;
+            }
+            machine.trips = machine.trips.saturating_add(1);
+            machine.opened_total += 1;
+            let period = self.open_period(machine.trips);
+            let until = self
+                .nanos_since_origin(self.now())
+                .saturating_add(saturating_nanos(period));
+            self.open_until.store(until, Release);
+            self.generation.fetch_add(1, AcqRel);
+            self.set(from, State::Open, reason)
+        };
+        self.notify(&transition);
+    }
+
+    /// `open_for` doubled for each trip after the first, capped, then shortened by the jitter.
+    fn open_period(&self, trips: u32) -> Duration {
+        let s = &self.settings;
+        let doublings = trips.saturating_sub(1).min(32);
+        let base = s
+            .open_for
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(s.open_for_max)
+            .min(s.open_for_max);
+        base.mul_f64(1.0 - s.open_jitter * self.rng.next_f64())
+    }
+
+    fn half_open(&self, now: Instant) {
+        let transition = {
+            let mut machine = self.lock();
+            if self.state() != State::Open
+                || self.nanos_since_origin(now) < self.open_until.load(Acquire)
+            {
+                return;
+            }
+            machine.probe_successes = 0;
+            self.probes.store(0, Release);
+            self.generation.fetch_add(1, AcqRel);
+            self.set(State::Open, State::HalfOpen, Reason::OpenElapsed)
+        };
+        self.notify(&transition);
+    }
+
+    pub(super) fn force(&self, to: State) {
+        let transition = {
+            let mut machine = self.lock();
+            let from = self.state();
+            if from == to {
+                return;
+            }
+            let reason = match to {
+                State::ForcedOpen => Reason::ForcedOpen,
+                State::ForcedClosed => Reason::ForcedClosed,
+                _ => {
+                    // Back to automatic: only from a forced state, and into a fresh closed one.
+                    if !from.is_forced() {
+                        return;
+                    }
+                    machine.trips = 0;
+                    self.reset_closed();
+                    Reason::Released
+                }
+            };
+            self.generation.fetch_add(1, AcqRel);
+            self.set(from, to, reason)
+        };
+        self.notify(&transition);
+    }
+
+    fn reset_closed(&self) {
+        self.window.clear();
+        self.consecutive.store(0, Release);
+    }
+
+    /// Moves the gate; the caller holds the machine lock.
+    fn set(&self, from: State, to: State, reason: Reason) -> Transition {
+        self.gate.store(to as u8, Release);
+        Transition {
+            from,
+            to,
+            reason,
+            at: self.now(),
+        }
+    }
+
+    fn notify(&self, transition: &Transition) {
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for listener in listeners.iter() {
+            listener(transition);
+        }
+    }
+
+    pub(super) fn subscribe(&self, listener: Listener) {
+        self.listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        // The machine holds counters only: a panic elsewhere cannot leave it inconsistent.
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let [calls, failures, slow] = self.window.sum();
+        let ratio = |n: u64| {
+            if calls == 0 {
+                0.0
+            } else {
+                n as f64 / calls as f64
+            }
+        };
+        let opened = self.lock().opened_total;
+        let state = self.state();
+        let open_remaining = (state == State::Open).then(|| {
+            let now = self.nanos_since_origin(self.now());
+            Duration::from_nanos(self.open_until.load(Acquire).saturating_sub(now))
+        });
+        Snapshot {
+            state,
+            calls,
+            failures,
+            slow_calls: slow,
+            failure_rate: ratio(failures),
+            slow_call_rate: ratio(slow),
+            consecutive_failures: self.consecutive.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            opened,
+            open_remaining,
+        }
+    }
+}

@@ -1,0 +1,533 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::{advance, sleep};
+use tower::{Service, ServiceExt};
+use tower_test::mock;
+
+use super::error::BreakerOpen;
+use super::*;
+use crate::clock::TokioClock;
+use crate::error::{Rejected, is_caused_by};
+use crate::rng::Rng;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A breaker on tokio's (paused) clock with no jitter.
+fn builder() -> Builder {
+    CircuitBreaker::builder()
+        .clock(Arc::new(TokioClock))
+        .rng(Rng::fixed(0.0))
+        .open_for(SEC)
+        .open_for_max(10 * SEC)
+}
+
+fn fail(b: &CircuitBreaker) {
+    b.try_acquire().unwrap().record(Outcome::Failure);
+}
+
+fn succeed(b: &CircuitBreaker) {
+    b.try_acquire().unwrap().record(Outcome::Success);
+}
+
+fn transitions(b: &CircuitBreaker) -> Arc<Mutex<Vec<(State, State, Reason)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    b.subscribe(move |t| sink.lock().unwrap().push((t.from, t.to, t.reason)));
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_after_consecutive_failures_and_a_success_resets_the_run() {
+    let b = builder()
+        .consecutive_failures(3)
+        .min_calls(1000)
+        .build()
+        .unwrap();
+    fail(&b);
+    fail(&b);
+    succeed(&b);
+    fail(&b);
+    fail(&b);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b);
+    assert_eq!(b.state(), State::Open);
+
+    let mut ran = false;
+    let refused = b
+        .call(|| async {
+            ran = true;
+            Ok::<_, ()>(())
+        })
+        .await;
+    assert!(matches!(
+        refused,
+        Err(Error::Rejected(Rejected::BreakerOpen(_)))
+    ));
+    assert!(!ran, "an open breaker must not run the call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_on_failure_rate_only_from_the_minimum_volume() {
+    let b = builder()
+        .consecutive_failures(0)
+        .failure_rate(0.5)
+        .min_calls(10)
+        .build()
+        .unwrap();
+    let seen = transitions(&b);
+    for _ in 0..5 {
+        succeed(&b);
+    }
+    for _ in 0..4 {
+        fail(&b);
+    }
+    // 4 of 9 failed, and 9 calls are below the minimum anyway.
+    assert_eq!(b.state(), State::Closed);
+    fail(&b);
+    assert_eq!(b.state(), State::Open);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].2,
+        Reason::FailureRate {
+            rate: 0.5,
+            calls: 10
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_the_minimum_volume_a_high_rate_does_not_trip() {
+    let b = builder()
+        .consecutive_failures(0)
+        .min_calls(5)
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        fail(&b);
+    }
+    assert_eq!(b.state(), State::Closed);
+    fail(&b);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_age_out_of_the_sliding_window() {
+    let b = builder()
+        .consecutive_failures(0)
+        .failure_rate(0.5)
+        .min_calls(4)
+        .window(10 * SEC)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        fail(&b);
+    }
+    advance(11 * SEC).await;
+    for _ in 0..3 {
+        succeed(&b);
+    }
+    // With the three old failures this would be 4 of 7; in the window it is 1 of 4.
+    fail(&b);
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().calls, 4);
+    assert_eq!(b.snapshot().failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_on_slow_call_rate() {
+    let b = builder()
+        .consecutive_failures(0)
+        .slow_call(Duration::from_millis(100))
+        .slow_call_rate(0.5)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let seen = transitions(&b);
+    for _ in 0..2 {
+        b.call(|| async { Ok::<_, ()>(()) }).await.unwrap();
+    }
+    b.call(|| async {
+        sleep(Duration::from_millis(150)).await;
+        Ok::<_, ()>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.state(), State::Closed);
+    b.call(|| async {
+        sleep(Duration::from_millis(101)).await;
+        Ok::<_, ()>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.state(), State::Open);
+    assert!(matches!(
+        seen.lock().unwrap()[0].2,
+        Reason::SlowCallRate { calls: 4, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_are_counted_but_do_not_trip_when_the_rate_trigger_is_off() {
+    let b = builder()
+        .slow_call(Duration::from_millis(100))
+        .min_calls(1)
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        b.call(|| async {
+            sleep(Duration::from_millis(200)).await;
+            Ok::<_, ()>(())
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(b.state(), State::Closed);
+    let s = b.snapshot();
+    assert_eq!((s.calls, s.slow_calls, s.slow_call_rate), (10, 10, 1.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_refuses_until_the_period_ends_then_admits_exactly_the_probes() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(2)
+        .build()
+        .unwrap();
+    fail(&b);
+    let open = b.try_acquire().unwrap_err();
+    assert_eq!(open.retry_in(), Some(SEC));
+
+    advance(SEC - Duration::from_millis(1)).await;
+    assert!(b.try_acquire().is_err());
+    advance(Duration::from_millis(1)).await;
+
+    let p1 = b.try_acquire().expect("first probe");
+    assert_eq!(b.state(), State::HalfOpen);
+    let p2 = b.try_acquire().expect("second probe");
+    assert_eq!(b.try_acquire().unwrap_err().retry_in(), None);
+    p1.record(Outcome::Success);
+    assert_eq!(b.state(), State::HalfOpen, "one probe of two is not enough");
+    p2.record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+    // Closed afresh: the failure that tripped it is forgotten.
+    assert_eq!(b.snapshot().failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .open_for(SEC)
+        .open_for_max(3 * SEC)
+        .build()
+        .unwrap();
+    fail(&b);
+    for expected in [2 * SEC, 3 * SEC, 3 * SEC] {
+        advance(b.snapshot().open_remaining.unwrap()).await;
+        fail(&b); // the probe
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.snapshot().open_remaining, Some(expected));
+    }
+    // A successful probe closes it and resets the backoff.
+    advance(3 * SEC).await;
+    succeed(&b);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b);
+    assert_eq!(b.snapshot().open_remaining, Some(SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_open_period_is_jittered_downwards() {
+    let b = builder()
+        .consecutive_failures(1)
+        .open_jitter(0.2)
+        .rng(Rng::fixed(0.5))
+        .build()
+        .unwrap();
+    fail(&b);
+    assert_eq!(
+        b.snapshot().open_remaining,
+        Some(Duration::from_millis(900))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_gives_its_place_to_another_call() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    fail(&b);
+    advance(SEC).await;
+    let probe = b.try_acquire().unwrap();
+    assert!(b.try_acquire().is_err());
+    drop(probe);
+    let probe = b.try_acquire().expect("the place is free again");
+    probe.record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_records_nothing() {
+    let b = builder().consecutive_failures(1).build().unwrap();
+    let call = b.call(|| async {
+        sleep(SEC).await;
+        Err::<(), _>(())
+    });
+    // Dropped before it finishes: neither a failure nor a success.
+    let _ = tokio::time::timeout(Duration::from_millis(10), call).await;
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_probe_of_an_earlier_period_cannot_close_a_later_one() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(2)
+        .build()
+        .unwrap();
+    fail(&b);
+    advance(SEC).await;
+    let late = b.try_acquire().unwrap();
+    fail(&b); // the second probe fails: open again, for 2 s
+    advance(2 * SEC).await;
+    let fresh = b.try_acquire().unwrap();
+    assert_eq!(b.state(), State::HalfOpen);
+    late.record(Outcome::Success);
+    fresh.record(Outcome::Success);
+    assert_eq!(
+        b.state(),
+        State::HalfOpen,
+        "only one probe of this period succeeded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_states_override_and_release_returns_to_a_fresh_closed_state() {
+    let b = builder().consecutive_failures(2).build().unwrap();
+    let seen = transitions(&b);
+    b.force_open();
+    assert!(b.try_acquire().is_err());
+    advance(100 * SEC).await;
+    assert!(b.try_acquire().is_err(), "forced open does not time out");
+
+    b.force_closed();
+    for _ in 0..10 {
+        fail(&b);
+    }
+    assert_eq!(b.state(), State::ForcedClosed, "forced closed never trips");
+    assert_eq!(b.snapshot().failures, 10, "but still counts");
+
+    b.release();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().failures, 0);
+    fail(&b);
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "the run of failures starts afresh"
+    );
+    b.release(); // not forced: nothing happens
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        vec![
+            (State::Closed, State::ForcedOpen, Reason::ForcedOpen),
+            (State::ForcedOpen, State::ForcedClosed, Reason::ForcedClosed),
+            (State::ForcedClosed, State::Closed, Reason::Released),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_are_told_of_every_transition_in_order() {
+    let seen_at_build = Arc::new(Mutex::new(0));
+    let counter = seen_at_build.clone();
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .on_transition(move |_| *counter.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    let seen = transitions(&b);
+    fail(&b);
+    advance(SEC).await;
+    fail(&b);
+    advance(2 * SEC).await;
+    succeed(&b);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (State::Closed, State::Open, Reason::ConsecutiveFailures(1)),
+            (State::Open, State::HalfOpen, Reason::OpenElapsed),
+            (State::HalfOpen, State::Open, Reason::ProbeFailed),
+            (State::Open, State::HalfOpen, Reason::OpenElapsed),
+            (State::HalfOpen, State::Closed, Reason::ProbesSucceeded),
+        ]
+    );
+    assert_eq!(*seen_at_build.lock().unwrap(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_counts_calls_rejections_and_openings() {
+    let b = builder()
+        .consecutive_failures(3)
+        .min_calls(1000)
+        .build()
+        .unwrap();
+    succeed(&b);
+    for _ in 0..3 {
+        fail(&b);
+    }
+    for _ in 0..4 {
+        assert!(b.try_acquire().is_err());
+    }
+    let s = b.snapshot();
+    assert_eq!(s.state, State::Open);
+    assert_eq!((s.calls, s.failures, s.failure_rate), (4, 3, 0.75));
+    assert_eq!((s.rejected, s.opened), (4, 1));
+    assert_eq!(s.consecutive_failures, 3);
+}
+
+#[test]
+fn the_synchronous_form_works_without_a_runtime() {
+    let b = CircuitBreaker::builder()
+        .consecutive_failures(2)
+        .build()
+        .unwrap();
+    assert_eq!(b.call_sync(|| Ok::<_, ()>(7)).unwrap(), 7);
+    let _ = b.call_sync(|| Err::<(), _>("down"));
+    let _ = b.call_sync(|| Err::<(), _>("down"));
+    assert!(matches!(
+        b.call_sync(|| Ok::<_, ()>(())),
+        Err(Error::Rejected(Rejected::BreakerOpen(_)))
+    ));
+}
+
+#[test]
+fn settings_out_of_range_are_refused_with_the_reason() {
+    let err = CircuitBreaker::builder()
+        .failure_rate(1.5)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "failure_rate");
+    assert!(err.to_string().contains("at most 1"), "{err}");
+    let err = CircuitBreaker::builder()
+        .slow_call_rate(0.5)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("slow_call"), "{err}");
+    let err = CircuitBreaker::builder()
+        .open_for(10 * SEC)
+        .open_for_max(SEC)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "open_for_max");
+    for bad in [
+        CircuitBreaker::builder().half_open_probes(0).build(),
+        CircuitBreaker::builder().open_for(Duration::ZERO).build(),
+        CircuitBreaker::builder().window_buckets(0).build(),
+        CircuitBreaker::builder().open_jitter(1.0).build(),
+        CircuitBreaker::builder().failure_rate(f64::NAN).build(),
+    ] {
+        assert!(bad.is_err());
+    }
+}
+
+// === the tower service ===
+
+#[tokio::test(start_paused = true)]
+async fn the_service_refuses_from_the_future_and_stays_ready() {
+    let b = builder().consecutive_failures(1).build().unwrap();
+    let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(b.layer());
+
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let call = svc.call("a");
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_error(std::io::Error::other("down"));
+    assert!(call.await.is_err());
+    assert_eq!(b.state(), State::Open);
+
+    // Open, yet ready: readiness is the inner service's alone.
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let err = svc.call("b").await.unwrap_err();
+    assert!(is_caused_by::<BreakerOpen>(&*err));
+    assert!(
+        handle.poll_request().is_pending(),
+        "the inner service must not see a refused request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_classifies_responses() {
+    let b = builder().consecutive_failures(2).build().unwrap();
+    let layer = b.layer().classify(|r: &Result<u16, BoxError>| match r {
+        Ok(status) if *status >= 500 => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    });
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|status: u16| async move { Ok::<_, BoxError>(status) });
+    svc.ready().await.unwrap().call(404).await.unwrap();
+    svc.ready().await.unwrap().call(503).await.unwrap();
+    assert_eq!(b.state(), State::Closed);
+    svc.ready().await.unwrap().call(503).await.unwrap();
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_buffer_in_front_is_not_poisoned_by_a_refusal() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    let svc = tower::ServiceBuilder::new()
+        .buffer(8)
+        .layer(b.layer())
+        .service_fn(move |_: ()| {
+            let ok = flag.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if ok {
+                    Ok::<_, BoxError>("ok")
+                } else {
+                    Err("down".into())
+                }
+            }
+        });
+    let _ = svc.clone().oneshot(()).await;
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
+
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    advance(SEC).await;
+    assert_eq!(svc.clone().oneshot(()).await.unwrap(), "ok");
+    assert_eq!(svc.oneshot(()).await.unwrap(), "ok");
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+fn two_threads_sharing_a_breaker_count_every_call() {
+    let b = CircuitBreaker::builder().build().unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..50_000 {
+                    b.call_sync(|| Ok::<_, ()>(())).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(b.snapshot().calls, 100_000);
+}
