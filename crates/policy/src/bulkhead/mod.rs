@@ -4,8 +4,8 @@
 //! soon the caller has nothing left for its other work. A [`Bulkhead`] lets at most
 //! `max_concurrent` calls run at once, like a ship's bulkhead keeps a leak to one compartment.
 //! A call that finds it full waits in a bounded queue (`max_wait_queue`, which may be 0) for at
-//! most `max_wait`, and is otherwise refused with [`BulkheadFull`](error::BulkheadFull) at once:
-//! [`waited()`](error::BulkheadFull::waited) tells a queue that was full (false) from a wait
+//! most `max_wait`, and is otherwise refused with [`BulkheadFull`] at once:
+//! [`waited()`](BulkheadFull::waited) tells a queue that was full (false) from a wait
 //! that timed out (true).
 //!
 //! Waiters are served in order of arrival, and a newcomer never takes a place a waiter is owed.
@@ -59,7 +59,7 @@
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), BoxError> {
 //! let bulkhead = Bulkhead::builder(1).try_build()?;
 //! let mut service = ServiceBuilder::new()
 //!     .layer(BulkheadLayer::new(bulkhead.clone()))
