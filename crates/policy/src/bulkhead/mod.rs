@@ -911,4 +911,130 @@ mod tests {
         assert_eq!(bulkhead.queued(), 0);
         assert!(bulkhead.try_acquire().is_ok());
     }
+
+    // === against a model ===
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Arrive,
+        Release(usize),
+        Cancel(usize),
+        PollAll,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Op::Arrive),
+            2 => any::<usize>().prop_map(Op::Release),
+            1 => any::<usize>().prop_map(Op::Cancel),
+            2 => Just(Op::PollAll),
+        ]
+    }
+
+    type Waiting = task::Spawn<
+        std::pin::Pin<Box<dyn Future<Output = Result<OwnedBulkheadPermit, BulkheadFull>>>>,
+    >;
+
+    proptest::proptest! {
+        /// Single-threaded runs of arrivals, releases, cancellations and polls agree with a plain
+        /// FIFO model: admissions, refusals, the order of grants, and the counts.
+        #[test]
+        fn behaves_like_a_fifo_queue_in_front_of_a_counter(
+            max_concurrent in 1usize..4,
+            max_wait_queue in 0usize..4,
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let _runtime = runtime.enter();
+            let bulkhead = Bulkhead::builder(max_concurrent)
+                .max_wait_queue(max_wait_queue)
+                .max_wait(Duration::from_secs(3600))
+                .try_build()
+                .unwrap();
+
+            let mut held: Vec<OwnedBulkheadPermit> = Vec::new();
+            // Waiters in arrival order, with whether the model says they were granted a place.
+            let mut waiting: Vec<(Waiting, bool)> = Vec::new();
+            let mut in_flight = 0;
+
+            // A freed place goes to the oldest waiter not yet granted, or back to the pool.
+            fn free_a_place(waiting: &mut [(Waiting, bool)], in_flight: &mut usize) {
+                match waiting.iter_mut().find(|(_, granted)| !granted) {
+                    Some((_, granted)) => *granted = true,
+                    None => *in_flight -= 1,
+                }
+            }
+
+            for op in ops {
+                match op {
+                    Op::Arrive => {
+                        let bulkhead = bulkhead.clone();
+                        let mut future: Waiting =
+                            task::spawn(Box::pin(async move { bulkhead.acquire_owned().await }));
+                        let queued = waiting.iter().filter(|(_, granted)| !granted).count();
+                        match future.poll() {
+                            Poll::Ready(Ok(permit)) => {
+                                proptest::prop_assert!(in_flight < max_concurrent && queued == 0);
+                                in_flight += 1;
+                                held.push(permit);
+                            }
+                            Poll::Ready(Err(full)) => {
+                                proptest::prop_assert!(!full.waited());
+                                proptest::prop_assert!(in_flight == max_concurrent && queued == max_wait_queue);
+                            }
+                            Poll::Pending => {
+                                proptest::prop_assert!(in_flight == max_concurrent && queued < max_wait_queue);
+                                waiting.push((future, false));
+                            }
+                        }
+                    }
+                    Op::Release(i) if !held.is_empty() => {
+                        drop(held.swap_remove(i % held.len()));
+                        free_a_place(&mut waiting, &mut in_flight);
+                    }
+                    Op::Cancel(i) if !waiting.is_empty() => {
+                        let (future, granted) = waiting.remove(i % waiting.len());
+                        drop(future);
+                        if granted {
+                            free_a_place(&mut waiting, &mut in_flight);
+                        }
+                    }
+                    Op::Release(_) | Op::Cancel(_) => {}
+                    Op::PollAll => {
+                        let mut still = Vec::new();
+                        for (mut future, granted) in waiting.drain(..) {
+                            match future.poll() {
+                                Poll::Ready(Ok(permit)) => {
+                                    proptest::prop_assert!(granted, "served out of turn");
+                                    held.push(permit);
+                                }
+                                Poll::Ready(Err(full)) => {
+                                    proptest::prop_assert!(false, "refused while waiting: {full}")
+                                }
+                                Poll::Pending => {
+                                    proptest::prop_assert!(!granted, "granted but not served");
+                                    still.push((future, granted));
+                                }
+                            }
+                        }
+                        waiting = still;
+                    }
+                }
+                proptest::prop_assert_eq!(bulkhead.in_flight(), in_flight);
+                proptest::prop_assert_eq!(
+                    bulkhead.queued(),
+                    waiting.iter().filter(|(_, granted)| !granted).count()
+                );
+            }
+            drop(waiting);
+            drop(held);
+            proptest::prop_assert_eq!(bulkhead.in_flight(), 0);
+            proptest::prop_assert_eq!(bulkhead.queued(), 0);
+        }
+    }
 }
