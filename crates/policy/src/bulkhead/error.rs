@@ -27,3 +27,29 @@ impl BulkheadFull {
         self.queued
     }
 }
+
+/// Why a bulkhead configuration was refused by
+/// [`BulkheadBuilder::try_build`](super::BulkheadBuilder::try_build).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_concurrent` was zero: no call could ever run.
+    #[error("bulkhead max_concurrent is 0; it must be at least 1")]
+    ZeroConcurrency,
+    /// `max_concurrent` was larger than the bulkhead can count.
+    #[error("bulkhead max_concurrent is {got}; it must be at most {max}")]
+    TooManyConcurrent {
+        /// The value given.
+        got: usize,
+        /// The largest value allowed.
+        max: usize,
+    },
+    /// `max_wait` was zero with a waiting queue: every queued call would time out at once.
+    #[error(
+        "bulkhead max_wait is 0 with max_wait_queue {max_wait_queue}; queued calls would time out at once: set max_wait above 0, or max_wait_queue to 0 to refuse at once"
+    )]
+    ZeroWait {
+        /// The queue length given.
+        max_wait_queue: usize,
+    },
+}

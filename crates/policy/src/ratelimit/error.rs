@@ -19,3 +19,19 @@ impl RateLimited {
         self.retry_after
     }
 }
+
+/// Why a rate limit configuration was refused by
+/// [`RateLimiterBuilder::try_build`](super::RateLimiterBuilder::try_build).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The rate was zero calls per period: no call could ever pass.
+    #[error("rate limit is 0 calls per {per}; it must be at least 1")]
+    ZeroRate {
+        /// The period of the rate: "second" or "minute".
+        per: &'static str,
+    },
+    /// The burst was zero: no call could ever pass.
+    #[error("rate limit burst is 0; it must be at least 1")]
+    ZeroBurst,
+}

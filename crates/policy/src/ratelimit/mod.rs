@@ -1,3 +1,550 @@
-//! (in progress)
+//! A rate limit: a bound on calls per second (or minute), with a burst allowance.
+//!
+//! A bulkhead bounds how many calls run at once; a rate limit bounds how many start per unit of
+//! time, whatever they last. Use it to stay within a callee's quota (a paid API allowing 100
+//! calls a second) or to keep one client from taking more than its share of a service.
+//!
+//! [`RateLimiter`] is a token bucket (the GCRA of the [`governor`] crate): it allows `n` calls per
+//! second (or minute) on average, and up to `burst` in a row after a quiet spell; by default the
+//! burst is one period's worth, `n`. A call over the limit is refused at once with
+//! [`RateLimited`], whose [`retry_after`](RateLimited::retry_after)
+//! says when the next call would be allowed; nothing waits. The check is one atomic
+//! compare-and-swap on the limiter's state, with no allocation and no lock.
+//!
+//! # Time
+//!
+//! By default the limiter reads time from governor's clock (quanta: the CPU's timestamp counter,
+//! cheaper than the operating system's clock, and calibrated once per process on first use). That
+//! clock does not follow tokio's paused clock, so tests that drive time with
+//! `tokio::time::advance` build the limiter with
+//! [`.clock(rampart_policy::clock::tokio_clock())`](RateLimiterBuilder::clock), or with a
+//! [`ManualClock`](crate::clock::ManualClock) outside a runtime. An injected clock costs an
+//! indirect call and a read of the system clock per check, which is why it is not the default.
+//!
+//! # Directly, around any async call
+//!
+//! ```
+//! use std::time::Duration;
+//! use rampart_policy::{Error, Rejected};
+//! use rampart_policy::ratelimit::RateLimiter;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::per_second(100).burst(2).try_build()?;
+//!
+//! for _ in 0..2 {
+//!     limiter.call(|| async { Ok::<_, std::io::Error>(()) }).await?;
+//! }
+//! match limiter.call(|| async { Ok::<_, std::io::Error>(()) }).await {
+//!     Err(Error::Rejected(Rejected::RateLimited(limited))) => {
+//!         assert!(limited.retry_after() <= Duration::from_millis(10));
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # As a tower layer
+//!
+//! A call over the limit is refused from the response future, without calling the service below;
+//! `poll_ready` only asks the service below, so a `tower::buffer::Buffer` in front is not
+//! poisoned.
+//!
+//! ```
+//! use rampart_policy::error::{is_caused_by, BoxError};
+//! use rampart_policy::ratelimit::{error::RateLimited, RateLimitLayer, RateLimiter};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let limiter = RateLimiter::per_minute(1).try_build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(limiter))
+//!     .service(service_fn(|request: u32| async move { Ok::<_, BoxError>(request) }));
+//!
+//! assert_eq!(service.clone().oneshot(1).await?, 1);
+//! let err = service.oneshot(2).await.unwrap_err();
+//! assert!(is_caused_by::<RateLimited>(&*err));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod error;
+pub mod future;
+mod layer;
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{DefaultDirectRateLimiter, NotUntil, Quota};
+use tower_service::Service;
+
+use self::error::{ConfigError, RateLimited};
+use self::future::ResponseFuture;
+pub use self::layer::RateLimitLayer;
+use crate::clock::SharedClock;
+use crate::error::{BoxError, Error};
+
+/// A token-bucket rate limit. Cheap to clone: clones share one bucket.
+#[derive(Clone)]
+pub struct RateLimiter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    limiter: Limiter,
+    // Governor does not give its quota back.
+    quota: Quota,
+}
+
+/// Configures a [`RateLimiter`]; made by [`RateLimiter::per_second`] and
+/// [`RateLimiter::per_minute`].
+#[derive(Clone, Debug)]
+pub struct RateLimiterBuilder {
+    rate: u32,
+    per: Per,
+    burst: Option<u32>,
+    clock: Option<SharedClock>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Per {
+    Second,
+    Minute,
+}
+
+/// One governor limiter per kind of clock, chosen once at build time: a match on the kind costs
+/// less than a clock behind a trait object on the default path.
+enum Limiter {
+    Quanta(DefaultDirectRateLimiter),
+    Injected(governor::RateLimiter<NotKeyed, InMemoryState, InjectedClock, NoOpMiddleware<Nanos>>),
+}
+
+// === impl RateLimiter ===
+
+impl RateLimiter {
+    /// Starts configuring a limit of `rate` calls per second, with a burst of `rate` by default.
+    pub fn per_second(rate: u32) -> RateLimiterBuilder {
+        RateLimiterBuilder::new(rate, Per::Second)
+    }
+
+    /// Starts configuring a limit of `rate` calls per minute, with a burst of `rate` by default.
+    pub fn per_minute(rate: u32) -> RateLimiterBuilder {
+        RateLimiterBuilder::new(rate, Per::Minute)
+    }
+
+    /// Takes one call's worth from the bucket, or says how long until one is there.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<(), RateLimited> {
+        match &self.shared.limiter {
+            Limiter::Quanta(limiter) => limiter
+                .check()
+                .map_err(|not_until| limited(&not_until, limiter.clock().now())),
+            Limiter::Injected(limiter) => limiter
+                .check()
+                .map_err(|not_until| limited(&not_until, limiter.clock().now())),
+        }
+    }
+
+    /// Calls `f` if the limit allows a call now.
+    ///
+    /// Fails with [`Rejected::RateLimited`](crate::Rejected::RateLimited) at once, without
+    /// calling `f`, when it does not; it never waits for the bucket to refill.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.try_acquire()
+            .map_err(|limited| Error::Rejected(limited.into()))?;
+        f().await.map_err(Error::Inner)
+    }
+
+    /// The most calls allowed in a row.
+    pub fn burst(&self) -> u32 {
+        self.quota().burst_size().get()
+    }
+
+    /// The time it takes for one call's worth to come back into the bucket.
+    pub fn replenish_interval(&self) -> Duration {
+        self.quota().replenish_interval()
+    }
+
+    fn quota(&self) -> Quota {
+        self.shared.quota
+    }
+}
+
+fn limited<P: governor::clock::Reference>(not_until: &NotUntil<P>, now: P) -> RateLimited {
+    RateLimited::new(not_until.wait_time_from(now))
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("burst", &self.burst())
+            .field("replenish_interval", &self.replenish_interval())
+            .finish()
+    }
+}
+
+// === impl RateLimiterBuilder ===
+
+impl RateLimiterBuilder {
+    fn new(rate: u32, per: Per) -> RateLimiterBuilder {
+        RateLimiterBuilder {
+            rate,
+            per,
+            burst: None,
+            clock: None,
+        }
+    }
+
+    /// The most calls allowed in a row after a quiet spell. Default: the rate, one period's
+    /// worth.
+    pub fn burst(mut self, burst: u32) -> RateLimiterBuilder {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Reads time from `clock` instead of governor's fast default clock: pass
+    /// [`tokio_clock()`](crate::clock::tokio_clock) to follow tokio's paused clock in tests.
+    pub fn clock(mut self, clock: SharedClock) -> RateLimiterBuilder {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Builds the limiter, or says why the configuration cannot work.
+    pub fn try_build(self) -> Result<RateLimiter, ConfigError> {
+        let per = match self.per {
+            Per::Second => "second",
+            Per::Minute => "minute",
+        };
+        let rate = NonZeroU32::new(self.rate).ok_or(ConfigError::ZeroRate { per })?;
+        let mut quota = match self.per {
+            Per::Second => Quota::per_second(rate),
+            Per::Minute => Quota::per_minute(rate),
+        };
+        if let Some(burst) = self.burst {
+            quota = quota.allow_burst(NonZeroU32::new(burst).ok_or(ConfigError::ZeroBurst)?);
+        }
+        let limiter = match self.clock {
+            None => Limiter::Quanta(governor::RateLimiter::direct(quota)),
+            Some(clock) => Limiter::Injected(governor::RateLimiter::direct_with_clock(
+                quota,
+                InjectedClock::new(clock),
+            )),
+        };
+        Ok(RateLimiter {
+            shared: Arc::new(Shared { limiter, quota }),
+        })
+    }
+}
+
+// === impl InjectedClock ===
+
+/// Governor's view of a [`crate::clock::Clock`]: nanoseconds since the limiter was made.
+#[derive(Debug)]
+struct InjectedClock {
+    clock: SharedClock,
+    origin: tokio::time::Instant,
+}
+
+impl InjectedClock {
+    fn new(clock: SharedClock) -> InjectedClock {
+        let origin = clock.now();
+        InjectedClock { clock, origin }
+    }
+}
+
+impl governor::clock::Clock for InjectedClock {
+    type Instant = Nanos;
+
+    #[inline]
+    fn now(&self) -> Nanos {
+        let since = self.clock.now().saturating_duration_since(self.origin);
+        Nanos::new(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+// === impl RateLimitService ===
+
+/// A service whose calls are bounded by a [`RateLimiter`].
+#[derive(Clone, Debug)]
+pub struct RateLimitService<S> {
+    inner: S,
+    limiter: RateLimiter,
+}
+
+impl<S> RateLimitService<S> {
+    /// Wraps `inner` so that its calls are bounded by `limiter`.
+    pub fn new(inner: S, limiter: RateLimiter) -> RateLimitService<S> {
+        RateLimitService { inner, limiter }
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R> Service<R> for RateLimitService<S>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, request: R) -> Self::Future {
+        match self.limiter.try_acquire() {
+            Ok(()) => ResponseFuture::allowed(self.inner.call(request)),
+            // The request is dropped unsent; the readiness it was given serves the next one.
+            Err(limited) => ResponseFuture::limited(limited),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::time::advance;
+    use tokio_test::{assert_ready_err, assert_ready_ok, task};
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+    use tower_test::mock;
+
+    use super::*;
+    use crate::clock::{ManualClock, tokio_clock};
+    use crate::error::{Rejected, is_caused_by};
+
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn on_tokio_time(builder: RateLimiterBuilder) -> RateLimiter {
+        builder.clock(tokio_clock()).try_build().unwrap()
+    }
+
+    fn retry_after(limiter: &RateLimiter) -> Duration {
+        limiter
+            .try_acquire()
+            .expect_err("expected the limit to be reached")
+            .retry_after()
+    }
+
+    #[test]
+    fn misconfigurations_are_refused_with_the_reason() {
+        assert_eq!(
+            RateLimiter::per_second(0).try_build().unwrap_err(),
+            ConfigError::ZeroRate { per: "second" }
+        );
+        assert_eq!(
+            RateLimiter::per_minute(0).try_build().unwrap_err(),
+            ConfigError::ZeroRate { per: "minute" }
+        );
+        assert_eq!(
+            RateLimiter::per_second(5).burst(0).try_build().unwrap_err(),
+            ConfigError::ZeroBurst
+        );
+    }
+
+    #[test]
+    fn the_burst_defaults_to_one_period_worth() {
+        let limiter = RateLimiter::per_second(50).try_build().unwrap();
+        assert_eq!(limiter.burst(), 50);
+        assert_eq!(limiter.replenish_interval(), ms(20));
+        let limiter = RateLimiter::per_minute(6).try_build().unwrap();
+        assert_eq!(limiter.burst(), 6);
+        assert_eq!(limiter.replenish_interval(), Duration::from_secs(10));
+        let limiter = RateLimiter::per_second(50).burst(3).try_build().unwrap();
+        assert_eq!(limiter.burst(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_the_burst_then_rejects_with_the_time_to_the_next_call() {
+        let limiter = on_tokio_time(RateLimiter::per_second(10));
+        for i in 0..10 {
+            assert!(
+                limiter.try_acquire().is_ok(),
+                "call {i} of the burst refused"
+            );
+        }
+        assert_eq!(retry_after(&limiter), ms(100));
+        advance(ms(40)).await;
+        assert_eq!(retry_after(&limiter), ms(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refills_one_call_per_interval() {
+        let limiter = on_tokio_time(RateLimiter::per_second(10));
+        while limiter.try_acquire().is_ok() {}
+
+        advance(ms(99)).await;
+        assert_eq!(retry_after(&limiter), ms(1));
+        advance(ms(1)).await;
+        assert!(limiter.try_acquire().is_ok());
+        assert_eq!(retry_after(&limiter), ms(100));
+
+        // A quiet spell refills the bucket up to the burst, and no further.
+        advance(Duration::from_secs(5)).await;
+        for _ in 0..10 {
+            assert!(limiter.try_acquire().is_ok());
+        }
+        assert_eq!(retry_after(&limiter), ms(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_smaller_burst_spreads_calls_out() {
+        let limiter = on_tokio_time(RateLimiter::per_second(10).burst(2));
+        assert!(limiter.try_acquire().is_ok());
+        assert!(limiter.try_acquire().is_ok());
+        assert_eq!(retry_after(&limiter), ms(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_minute_refills_over_minutes() {
+        let limiter = on_tokio_time(RateLimiter::per_minute(6));
+        for _ in 0..6 {
+            assert!(limiter.try_acquire().is_ok());
+        }
+        assert_eq!(retry_after(&limiter), Duration::from_secs(10));
+        advance(Duration::from_secs(10)).await;
+        assert!(limiter.try_acquire().is_ok());
+        assert!(limiter.try_acquire().is_err());
+    }
+
+    #[test]
+    fn a_manual_clock_drives_it_outside_a_runtime() {
+        let clock = ManualClock::new();
+        let limiter = RateLimiter::per_second(1)
+            .clock(clock.clone())
+            .try_build()
+            .unwrap();
+        assert!(limiter.try_acquire().is_ok());
+        assert_eq!(retry_after(&limiter), Duration::from_secs(1));
+        clock.advance(Duration::from_secs(1));
+        assert!(limiter.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn the_default_clock_limits_too() {
+        // A minute per call: the second call cannot be allowed however slow the machine.
+        let limiter = RateLimiter::per_minute(1).try_build().unwrap();
+        assert!(limiter.try_acquire().is_ok());
+        let retry_after = retry_after(&limiter);
+        assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_share_one_bucket() {
+        let limiter = on_tokio_time(RateLimiter::per_second(1));
+        let clone = limiter.clone();
+        assert!(limiter.try_acquire().is_ok());
+        assert!(clone.try_acquire().is_err());
+    }
+
+    // === call ===
+
+    #[tokio::test(start_paused = true)]
+    async fn call_rejects_at_once_without_calling() {
+        let limiter = on_tokio_time(RateLimiter::per_second(1));
+        let calls = AtomicUsize::new(0);
+        let call = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, ()>(3) }
+        };
+        assert_eq!(limiter.call(call).await.unwrap(), 3);
+        match limiter.call(call).await {
+            Err(Error::Rejected(Rejected::RateLimited(limited))) => {
+                assert_eq!(limited.retry_after(), Duration::from_secs(1));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn call_passes_the_inner_error_through() {
+        let limiter = on_tokio_time(RateLimiter::per_second(1));
+        let result = limiter.call(|| async { Err::<(), _>("boom") }).await;
+        assert!(matches!(result, Err(Error::Inner("boom"))));
+    }
+
+    // === tower ===
+
+    #[tokio::test(start_paused = true)]
+    async fn service_rejects_from_the_response_future_without_calling() {
+        let limiter = on_tokio_time(RateLimiter::per_second(1));
+        let (mut service, mut handle) =
+            mock::spawn_layer::<u32, u32, _>(RateLimitLayer::new(limiter));
+
+        assert_ready_ok!(service.poll_ready());
+        let mut first = task::spawn(service.call(1));
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request, 1);
+        send.send_response(10);
+        assert_eq!(assert_ready_ok!(first.poll()), 10);
+
+        assert_ready_ok!(service.poll_ready());
+        let mut second = task::spawn(service.call(2));
+        let err = assert_ready_err!(second.poll());
+        let limited = err.downcast_ref::<RateLimited>().expect("a RateLimited");
+        assert_eq!(limited.retry_after(), Duration::from_secs(1));
+        assert!(
+            handle.poll_request().is_pending(),
+            "the limited request was sent"
+        );
+
+        advance(Duration::from_secs(1)).await;
+        assert_ready_ok!(service.poll_ready());
+        let mut third = task::spawn(service.call(3));
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request, 3);
+        send.send_error("inner failure");
+        let err = assert_ready_err!(third.poll());
+        assert_eq!(err.to_string(), "inner failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buffer_in_front_is_not_poisoned() {
+        let limiter = on_tokio_time(RateLimiter::per_second(1));
+        let service = ServiceBuilder::new()
+            .buffer(4)
+            .layer(RateLimitLayer::new(limiter))
+            .service(service_fn(|request: u32| async move {
+                Ok::<_, BoxError>(request)
+            }));
+        assert_eq!(service.clone().oneshot(1).await.unwrap(), 1);
+        let err = service.clone().oneshot(2).await.unwrap_err();
+        assert!(is_caused_by::<RateLimited>(&*err));
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(service.clone().oneshot(3).await.unwrap(), 3);
+    }
+}
