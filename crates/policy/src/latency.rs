@@ -146,7 +146,10 @@ impl LatencyRecorder {
         if p.is_nan() {
             return None;
         }
-        self.advance();
+        // The cheap total first: a recorder that is not warm yet costs two loads, not a scan.
+        if self.count() < min_count.max(1) {
+            return None;
+        }
         let mut counts = [0u64; BUCKETS];
         let mut total = 0u64;
         for generation in &self.generations {
