@@ -843,11 +843,19 @@ mod tests {
                 }
             }
         });
-        let service = HedgeLayer::new(hedge.clone()).layer(service);
+        let mut service = HedgeLayer::new(hedge.clone()).layer(service);
         let start = tokio::time::Instant::now();
-        assert_eq!(service.oneshot(1000).await.unwrap(), 1);
+        service.ready().await.unwrap();
+        let mut call = task::spawn(service.call(1000));
+        assert_pending!(call.poll());
+        advance(ms(100)).await;
+        assert_pending!(call.poll());
+        advance(ms(10)).await;
+        assert_eq!(assert_ready!(call.poll()).unwrap(), 1);
         assert_eq!(start.elapsed(), ms(110));
+        // The slow first call is cancelled when the answer is out, not when the future is dropped.
         assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        drop(call);
     }
 
     #[tokio::test(start_paused = true)]
