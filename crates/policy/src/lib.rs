@@ -30,6 +30,7 @@ pub mod clock;
 pub mod error;
 pub mod fallback;
 pub mod hedge;
+pub mod latency;
 pub mod ratelimit;
 pub mod retry;
 pub mod rng;

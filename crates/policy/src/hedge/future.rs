@@ -1,0 +1,331 @@
+//! The race between a call and its hedges, and the response future of
+//! [`HedgeService`](super::HedgeService).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep};
+use tower_service::Service;
+
+use super::{CloneRequest, Shared, Winner};
+use crate::classify::Classify;
+use crate::error::BoxError;
+
+pin_project! {
+    /// Races a request against its hedges and answers with the winner.
+    pub struct ResponseFuture<S, Req, P, C>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        race: Race<S::Future, ServiceLauncher<S, Req, P>, C>,
+    }
+}
+
+/// Starts the extra attempts of a race.
+pub(super) trait Launch<F> {
+    /// Starts one more attempt when it can; `Ready(None)` when no more can be started. `last`
+    /// says that no attempt will be asked for after this one.
+    fn poll_launch(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<Option<F>>;
+}
+
+/// Starts attempts by calling a closure again.
+pub(super) struct FnLauncher<G>(pub(super) G);
+
+/// Starts attempts by sending a copy of the request through a clone of the service, once the
+/// clone is ready.
+pub(super) struct ServiceLauncher<S, Req, P> {
+    service: S,
+    spare: Option<Req>,
+    clone_request: P,
+}
+
+pin_project! {
+    /// One attempt and when it started.
+    struct Attempt<F> {
+        #[pin]
+        future: F,
+        start: Instant,
+    }
+}
+
+pin_project! {
+    /// The first attempt, the hedges sent after it, and the timer of the next hedge.
+    pub(super) struct Race<F, L, C>
+    where
+        F: Future,
+    {
+        // Held inline so that a call answered before its hedge delay allocates nothing.
+        #[pin]
+        first: Option<Attempt<F>>,
+        extras: Vec<Pin<Box<Attempt<F>>>>,
+        #[pin]
+        timer: Option<Sleep>,
+        // The timer fired and the launcher is not ready yet.
+        launching: bool,
+        launcher: Option<L>,
+        extras_left: usize,
+        delay: Duration,
+        classify: C,
+        shared: Arc<Shared>,
+        last_failure: Option<F::Output>,
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<S, Req, P, C> ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+{
+    pub(super) fn new(
+        race: Race<S::Future, ServiceLauncher<S, Req, P>, C>,
+    ) -> ResponseFuture<S, Req, P, C> {
+        ResponseFuture { race }
+    }
+}
+
+impl<S, Req, P, C> Future for ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: CloneRequest<Req>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().race.poll(cx).map_err(Into::into)
+    }
+}
+
+impl<S, Req, P, C> std::fmt::Debug for ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+// === impl FnLauncher ===
+
+impl<G, F> Launch<F> for FnLauncher<G>
+where
+    G: FnMut() -> F,
+{
+    fn poll_launch(&mut self, _: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
+        Poll::Ready(Some((self.0)()))
+    }
+}
+
+// === impl ServiceLauncher ===
+
+impl<S, Req, P> ServiceLauncher<S, Req, P> {
+    pub(super) fn new(service: S, spare: Req, clone_request: P) -> ServiceLauncher<S, Req, P> {
+        ServiceLauncher {
+            service,
+            spare: Some(spare),
+            clone_request,
+        }
+    }
+}
+
+impl<S, Req, P> Launch<S::Future> for ServiceLauncher<S, Req, P>
+where
+    S: Service<Req>,
+    P: CloneRequest<Req>,
+{
+    fn poll_launch(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<Option<S::Future>> {
+        if self.spare.is_none() {
+            return Poll::Ready(None);
+        }
+        // A service that fails readiness cannot take the hedge; the attempts already sent carry
+        // on, and their answer is the answer.
+        if ready!(self.service.poll_ready(cx)).is_err() {
+            self.spare = None;
+            return Poll::Ready(None);
+        }
+        let Some(request) = self.spare.take() else {
+            return Poll::Ready(None);
+        };
+        if !last {
+            self.spare = self.clone_request.clone_request(&request);
+        }
+        Poll::Ready(Some(self.service.call(request)))
+    }
+}
+
+// === impl Attempt ===
+
+impl<F: Future> Attempt<F> {
+    fn new(future: F) -> Attempt<F> {
+        Attempt {
+            future,
+            start: Instant::now(),
+        }
+    }
+
+    fn poll_timed(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(F::Output, Duration)> {
+        let this = self.project();
+        let output = ready!(this.future.poll(cx));
+        Poll::Ready((output, this.start.elapsed()))
+    }
+}
+
+// === impl Race ===
+
+impl<F, L, C> Race<F, L, C>
+where
+    F: Future,
+{
+    /// Races `first` against up to `max_extra` attempts from `launcher`, one every `delay`; no
+    /// hedge without a delay or a launcher.
+    pub(super) fn new(
+        first: F,
+        launcher: Option<L>,
+        delay: Option<Duration>,
+        classify: C,
+        shared: Arc<Shared>,
+    ) -> Race<F, L, C> {
+        let hedging = launcher.is_some() && delay.is_some();
+        let delay = delay.unwrap_or_default();
+        Race {
+            first: Some(Attempt::new(first)),
+            extras: Vec::new(),
+            timer: hedging.then(|| sleep(delay)),
+            launching: false,
+            launcher: if hedging { launcher } else { None },
+            extras_left: if hedging { shared.max_extra } else { 0 },
+            delay,
+            classify,
+            last_failure: None,
+            shared,
+        }
+    }
+}
+
+impl<F, L, C, T, E> Future for Race<F, L, C>
+where
+    F: Future<Output = Result<T, E>>,
+    L: Launch<F>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let mut answer = None;
+            if let Some(first) = this.first.as_mut().as_pin_mut() {
+                if let Poll::Ready((result, latency)) = first.poll_timed(cx) {
+                    this.first.set(None);
+                    answer = settle(
+                        this.shared,
+                        this.classify,
+                        this.last_failure,
+                        result,
+                        latency,
+                    )
+                    .map(|result| (result, false));
+                }
+            }
+            let mut i = 0;
+            while answer.is_none() && i < this.extras.len() {
+                if let Poll::Ready((result, latency)) = this.extras[i].as_mut().poll_timed(cx) {
+                    drop(this.extras.swap_remove(i));
+                    answer = settle(
+                        this.shared,
+                        this.classify,
+                        this.last_failure,
+                        result,
+                        latency,
+                    )
+                    .map(|result| (result, true));
+                } else {
+                    i += 1;
+                }
+            }
+
+            if let Some((result, from_hedge)) = answer {
+                if from_hedge {
+                    this.shared.won.fetch_add(1, Ordering::Relaxed);
+                }
+                // Cancel the losers now, not whenever this future happens to be dropped.
+                this.first.set(None);
+                this.extras.clear();
+                this.timer.set(None);
+                *this.launcher = None;
+                return Poll::Ready(result);
+            }
+            if this.first.is_none() && this.extras.is_empty() {
+                // Every attempt failed. A hedge answers slowness, not failure: no new attempt
+                // starts once nothing is in flight (that would be a retry).
+                let failure = this.last_failure.take();
+                return Poll::Ready(failure.expect("an attempt finished before the race emptied"));
+            }
+
+            if *this.extras_left == 0 {
+                return Poll::Pending;
+            }
+            let Some(launcher) = this.launcher.as_mut() else {
+                return Poll::Pending;
+            };
+            if !*this.launching {
+                match this.timer.as_mut().as_pin_mut() {
+                    Some(timer) => ready!(timer.poll(cx)),
+                    None => return Poll::Pending,
+                }
+                *this.launching = true;
+            }
+            let last = *this.extras_left == 1;
+            match ready!(launcher.poll_launch(cx, last)) {
+                Some(future) => {
+                    *this.launching = false;
+                    *this.extras_left -= 1;
+                    this.shared.sent.fetch_add(1, Ordering::Relaxed);
+                    this.extras.push(Box::pin(Attempt::new(future)));
+                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                        timer.reset(Instant::now() + *this.delay);
+                    }
+                    // Poll the new attempt and the rearmed timer so that they can wake us.
+                }
+                None => {
+                    *this.launching = false;
+                    *this.launcher = None;
+                    this.timer.set(None);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Judges one answer: `Some` if it wins the race, otherwise kept as the last failure.
+fn settle<T, E, C: Classify<T, E>>(
+    shared: &Shared,
+    classify: &C,
+    last_failure: &mut Option<Result<T, E>>,
+    result: Result<T, E>,
+    latency: Duration,
+) -> Option<Result<T, E>> {
+    let outcome = classify.classify(&result);
+    if !outcome.is_failure() {
+        // Only successes teach the percentile: a fast failure would pull the hedge delay down
+        // exactly when the callee is in trouble.
+        shared.latencies.record(latency);
+        return Some(result);
+    }
+    match shared.winner {
+        Winner::FirstAnswer => Some(result),
+        Winner::FirstSuccess => {
+            *last_failure = Some(result);
+            None
+        }
+    }
+}
