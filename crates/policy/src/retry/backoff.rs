@@ -102,7 +102,7 @@ impl ExponentialBackoff {
     pub fn delays(&self) -> Delays<'_> {
         Delays {
             backoff: self,
-            state: BackoffState::new(self),
+            state: BackoffState::new(),
         }
     }
 
@@ -144,22 +144,30 @@ fn scale(d: Duration, r: f64) -> Duration {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BackoffState {
     retries: u32,
+    /// The previous sleep; zero before the first, which counts as `base` (a decorrelated sleep
+    /// is never zero).
     previous: Duration,
 }
 
 impl BackoffState {
+    /// Before the first retry. Reads nothing, so that a call that never retries pays nothing.
     #[inline]
-    pub(crate) fn new(backoff: &ExponentialBackoff) -> BackoffState {
+    pub(crate) fn new() -> BackoffState {
         BackoffState {
             retries: 0,
-            previous: backoff.base,
+            previous: Duration::ZERO,
         }
     }
 
     /// The sleep before the next retry.
     #[inline]
     pub(crate) fn next(&mut self, backoff: &ExponentialBackoff) -> Duration {
-        let delay = backoff.delay(self.retries, self.previous);
+        let previous = if self.previous.is_zero() {
+            backoff.base
+        } else {
+            self.previous
+        };
+        let delay = backoff.delay(self.retries, previous);
         self.retries = self.retries.saturating_add(1);
         self.previous = delay;
         delay

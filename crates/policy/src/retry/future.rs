@@ -42,7 +42,7 @@ pin_project! {
             sleep: Pin<Box<Sleep>>,
         },
         // Waiting for the service to be ready for the next attempt.
-        Ready,
+        PollReady,
     }
 }
 
@@ -57,6 +57,8 @@ struct Retrying<S, Req, C, R> {
     attempt: u32,
     backoff: BackoffState,
 }
+
+// === impl ResponseFuture ===
 
 impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
 where
@@ -80,7 +82,6 @@ where
         retry: Retry<C>,
         cloner: R,
     ) -> Self {
-        let backoff = BackoffState::new(retry.backoff());
         ResponseFuture {
             state: State::Called { future },
             retrying: Some(Retrying {
@@ -89,7 +90,7 @@ where
                 cloner,
                 request: Some(request),
                 attempt: 1,
-                backoff,
+                backoff: BackoffState::new(),
             }),
         }
     }
@@ -104,35 +105,47 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The common case, kept small so that it inlines: an attempt whose result is kept.
+        let mut this = self.as_mut().project();
+        if let StateProj::Called { future } = this.state.as_mut().project() {
+            let result = ready!(future.poll(cx));
+            if let Some(kept) = settle(result, this.retrying, this.state) {
+                return Poll::Ready(kept.map_err(Into::into));
+            }
+        }
+        self.poll_retry(cx)
+    }
+}
+
+impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: RetryClassify<S::Response, S::Error>,
+    R: CloneRequest<Req>,
+{
+    /// Backing off, waiting for the service, and the attempts after the first.
+    #[cold]
+    fn poll_retry(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
-                    let next = match this.retrying {
-                        Some(r) if r.request.is_some() => {
-                            r.retry.next(&result, r.attempt, &mut r.backoff)
-                        }
-                        _ => Next::Done,
-                    };
-                    let Next::Wait(wait) = next else {
-                        return Poll::Ready(result.map_err(Into::into));
-                    };
-                    // A failed response may hold a connection or a buffer: let it go now.
-                    drop(result);
-                    if wait.is_zero() {
-                        this.state.set(State::Ready);
-                    } else {
-                        let sleep = Box::pin(tokio::time::sleep(wait));
-                        this.state.set(State::Sleeping { sleep });
+                    if let Some(kept) = settle(result, this.retrying, this.state.as_mut()) {
+                        return Poll::Ready(kept.map_err(Into::into));
                     }
                 }
                 StateProj::Sleeping { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::Ready);
+                    this.state.set(State::PollReady);
                 }
-                StateProj::Ready => {
+                StateProj::PollReady => {
                     let r = this
                         .retrying
                         .as_mut()
@@ -156,6 +169,36 @@ where
     }
 }
 
+/// Decides what follows a finished attempt: `Some(result)` to keep it, or `None` once `state`
+/// has moved on to the retry.
+#[inline]
+fn settle<S, Req, C, R>(
+    result: Result<S::Response, S::Error>,
+    retrying: &mut Option<Retrying<S, Req, C, R>>,
+    mut state: Pin<&mut State<S::Future>>,
+) -> Option<Result<S::Response, S::Error>>
+where
+    S: Service<Req>,
+    C: RetryClassify<S::Response, S::Error>,
+{
+    let next = match retrying {
+        Some(r) if r.request.is_some() => r.retry.next(&result, r.attempt, &mut r.backoff),
+        _ => Next::Done,
+    };
+    let Next::Wait(wait) = next else {
+        return Some(result);
+    };
+    // A failed response may hold a connection or a buffer: let it go before backing off.
+    drop(result);
+    if wait.is_zero() {
+        state.set(State::PollReady);
+    } else {
+        let sleep = Box::pin(tokio::time::sleep(wait));
+        state.set(State::Sleeping { sleep });
+    }
+    None
+}
+
 impl<S, Req, C, R> fmt::Debug for ResponseFuture<S, Req, C, R>
 where
     S: Service<Req>,
@@ -164,7 +207,7 @@ where
         let state = match &self.state {
             State::Called { .. } => "called",
             State::Sleeping { .. } => "sleeping",
-            State::Ready => "ready",
+            State::PollReady => "waiting for the service",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

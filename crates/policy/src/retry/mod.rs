@@ -101,8 +101,11 @@ use self::future::ResponseFuture;
 /// The longest a [`Decision::RetryAfter`] hint may make a retry wait, unless set otherwise.
 const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// A retry policy: attempts, backoff, budget and classifier. Cheap to clone; clones share their
-/// counters and budget.
+/// A retry policy: attempts, backoff, budget and classifier.
+///
+/// Cheap to clone; clones share their counters and budget. Configure it before cloning it: a
+/// clone given another budget or retry-after cap becomes a policy of its own, with its own
+/// counters (a clone given another classifier keeps sharing them).
 pub struct Retry<C = RetryOnError> {
     shared: Arc<Shared>,
     classify: C,
@@ -243,7 +246,7 @@ impl<C> Retry<C> {
         C: RetryClassify<T, E>,
     {
         self.deposit();
-        let mut backoff = BackoffState::new(&self.shared.backoff);
+        let mut backoff = BackoffState::new();
         let mut attempts = 1;
         loop {
             let result = f().await;
