@@ -1,1 +1,508 @@
-//! (in progress)
+//! Retries with backoff, within a budget.
+//!
+//! Many failures pass: a connection reset by a redeploy, a 503 from an instance shedding load, a
+//! lost packet. Trying again hides them from your own callers. Trying again carelessly is how a
+//! small outage becomes a large one, so a [`Retry`] bounds itself three ways:
+//! - **attempts**: at most `attempts` tries per call, the first one included (3 = up to 2
+//!   retries);
+//! - **backoff**: sleeps between tries grow exponentially and are jittered
+//!   ([`ExponentialBackoff`]), so clients that failed together do not come back together;
+//! - **budget**: retries may add only a share of recent traffic plus a small floor ([`Budget`],
+//!   on by default at 20% + 10/s over 10 s), so a callee that fails everything is not hit with
+//!   `attempts` times its load just when it struggles. Share one budget between the retries of a
+//!   route, or of a whole callee, by cloning it.
+//!
+//! What is worth retrying is for a [`RetryClassify`] to say (by default every `Err`, no `Ok`);
+//! it may also honour a server's hint with [`Decision::RetryAfter`]. A retry never refuses a call
+//! by itself: when it stops (the classifier is satisfied, the attempts are spent or the budget
+//! says no) it hands back the last attempt's result as it was.
+//!
+//! # Use
+//!
+//! Directly, around any async call that can be made again ([`Retry::call`]), or as a tower
+//! layer ([`RetryLayer`]) around a `Clone` service. A tower request is consumed by each attempt,
+//! so the layer keeps a copy for the next one, made by a [`CloneRequest`] (by default `Clone`);
+//! a request that cannot be copied (a streaming body, say) is sent once and never retried.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//!
+//! use rampart_policy::BoxError;
+//! use rampart_policy::retry::{Budget, ExponentialBackoff, Retry, RetryLayer};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let backoff = ExponentialBackoff::try_new(Duration::from_millis(25), Duration::from_secs(1))?;
+//! // At most 3 tries per call; retries add at most 10% load plus 5 per second.
+//! let retry = Retry::try_new(3, backoff)?.with_budget(Budget::try_new(
+//!     Duration::from_secs(10),
+//!     0.1,
+//!     5,
+//! )?);
+//!
+//! // Around any async call: the closure makes a fresh attempt each time it is called.
+//! let calls = AtomicU32::new(0);
+//! let answer = retry
+//!     .call(|| async {
+//!         match calls.fetch_add(1, Ordering::Relaxed) {
+//!             0 => Err("connection reset"),
+//!             _ => Ok("hello"),
+//!         }
+//!     })
+//!     .await;
+//! assert_eq!(answer, Ok("hello"));
+//! assert_eq!(retry.retries_total(), 1);
+//!
+//! // As a tower layer around a service.
+//! let service = RetryLayer::new(retry).layer(service_fn(|name: String| async move {
+//!     Ok::<_, BoxError>(format!("hello, {name}"))
+//! }));
+//! assert_eq!(service.oneshot("you".to_string()).await?, "hello, you");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Cost
+//!
+//! A call that succeeds at once pays one budget deposit (a few nanoseconds, no clock read of its
+//! own) and one classification; no allocation. The tower service also copies the request, and
+//! clones the service and the policy handle (one reference count) into the response future, but
+//! only when a retry could follow.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower_service::Service;
+
+use crate::error::BoxError;
+
+mod backoff;
+mod budget;
+mod classify;
+pub mod error;
+pub mod future;
+mod layer;
+
+pub use self::backoff::{Delays, ExponentialBackoff, Jitter};
+pub use self::budget::Budget;
+pub use self::classify::{Decision, RetryClassify, RetryOnError, RetryOnFailure};
+pub use self::layer::RetryLayer;
+
+use self::backoff::BackoffState;
+use self::error::InvalidAttempts;
+use self::future::ResponseFuture;
+
+/// The longest a [`Decision::RetryAfter`] hint may make a retry wait, unless set otherwise.
+const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A retry policy: attempts, backoff, budget and classifier.
+///
+/// Cheap to clone; clones share their counters and budget. Configure it before cloning it: a
+/// clone given another budget or retry-after cap becomes a policy of its own, with its own
+/// counters (a clone given another classifier keeps sharing them).
+pub struct Retry<C = RetryOnError> {
+    shared: Arc<Shared>,
+    classify: C,
+}
+
+struct Shared {
+    attempts: u32,
+    backoff: ExponentialBackoff,
+    budget: Option<Budget>,
+    max_retry_after: Duration,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+}
+
+/// What one [`Retry::call_with_stats`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryStats {
+    /// Attempts made, the first one included.
+    pub attempts: u32,
+    /// The call stopped because the budget refused a retry it wanted.
+    pub budget_exhausted: bool,
+}
+
+/// What to do after an attempt, once attempts and budget have had their say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Keep the result.
+    Done,
+    /// Keep the result: a retry was wanted, but the budget refused it.
+    Refused,
+    /// Retry after this long.
+    Wait(Duration),
+}
+
+// === impl Retry ===
+
+impl Retry {
+    /// A policy making at most `attempts` tries per call (the first one included, so at least 1),
+    /// sleeping by `backoff` between them, retrying every `Err`, within a default [`Budget`].
+    pub fn try_new(attempts: u32, backoff: ExponentialBackoff) -> Result<Retry, InvalidAttempts> {
+        if attempts == 0 {
+            return Err(InvalidAttempts::new());
+        }
+        Ok(Retry {
+            shared: Arc::new(Shared {
+                attempts,
+                backoff,
+                budget: Some(Budget::default()),
+                max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+                retries: AtomicU64::new(0),
+                budget_exhausted: AtomicU64::new(0),
+            }),
+            classify: RetryOnError,
+        })
+    }
+}
+
+impl<C> Retry<C> {
+    /// Draws retries from `budget` (clones share one account) instead of a budget of its own.
+    pub fn with_budget(mut self, budget: Budget) -> Retry<C> {
+        Arc::make_mut(&mut self.shared).budget = Some(budget);
+        self
+    }
+
+    /// Retries with no budget: only attempts bound the extra load. Meant for calls whose callee
+    /// cannot be overloaded by them, such as a local resource.
+    pub fn without_budget(mut self) -> Retry<C> {
+        Arc::make_mut(&mut self.shared).budget = None;
+        self
+    }
+
+    /// Caps how long a [`Decision::RetryAfter`] hint may make a retry wait (default 30 s), so a
+    /// wrong or hostile hint cannot park the caller. Zero ignores hints.
+    pub fn with_max_retry_after(mut self, max: Duration) -> Retry<C> {
+        Arc::make_mut(&mut self.shared).max_retry_after = max;
+        self
+    }
+
+    /// Decides what to retry with `classify` instead of [`RetryOnError`].
+    pub fn with_classifier<C2>(self, classify: C2) -> Retry<C2> {
+        Retry {
+            shared: self.shared,
+            classify,
+        }
+    }
+
+    /// The most tries per call, the first one included.
+    pub fn attempts(&self) -> u32 {
+        self.shared.attempts
+    }
+
+    /// The sleeps between tries.
+    pub fn backoff(&self) -> &ExponentialBackoff {
+        &self.shared.backoff
+    }
+
+    /// The budget retries draw from, if any.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.shared.budget.as_ref()
+    }
+
+    /// The longest wait a retry-after hint may impose.
+    pub fn max_retry_after(&self) -> Duration {
+        self.shared.max_retry_after
+    }
+
+    /// Retries made so far, by this policy and its clones.
+    pub fn retries_total(&self) -> u64 {
+        self.shared.retries.load(Relaxed)
+    }
+
+    /// Retries wanted but refused by the budget, by this policy and its clones.
+    pub fn budget_exhausted_total(&self) -> u64 {
+        self.shared.budget_exhausted.load(Relaxed)
+    }
+
+    /// Calls `f` until its result is kept, then returns that result: the first attempt's when it
+    /// needs no retry, else the last attempt's.
+    ///
+    /// `f` makes a fresh attempt each time it is called. The call stops when the classifier says
+    /// [`Decision::Done`], when `attempts` tries are made, or when the budget refuses a retry.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: RetryClassify<T, E>,
+    {
+        self.call_with_stats(f).await.0
+    }
+
+    /// Like [`Retry::call`], and also tells how many attempts were made and whether the budget
+    /// cut the call short.
+    pub async fn call_with_stats<F, Fut, T, E>(&self, mut f: F) -> (Result<T, E>, RetryStats)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: RetryClassify<T, E>,
+    {
+        self.deposit();
+        let mut backoff = BackoffState::new();
+        let mut attempts = 1;
+        loop {
+            let result = f().await;
+            let wait = match self.next(&result, attempts, &mut backoff) {
+                Next::Wait(wait) => wait,
+                done => {
+                    let stats = RetryStats {
+                        attempts,
+                        budget_exhausted: done == Next::Refused,
+                    };
+                    return (result, stats);
+                }
+            };
+            // A failed response may hold a connection or a buffer: let it go before sleeping.
+            drop(result);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            attempts += 1;
+        }
+    }
+
+    /// Counts a call's first attempt in the budget.
+    #[inline]
+    pub(crate) fn deposit(&self) {
+        if let Some(budget) = &self.shared.budget {
+            budget.deposit();
+        }
+    }
+
+    /// What follows attempt number `attempt` (from 1), which ended in `result`.
+    #[inline]
+    pub(crate) fn next<T, E>(
+        &self,
+        result: &Result<T, E>,
+        attempt: u32,
+        backoff: &mut BackoffState,
+    ) -> Next
+    where
+        C: RetryClassify<T, E>,
+    {
+        if attempt >= self.shared.attempts {
+            return Next::Done;
+        }
+        match self.classify.decide(result) {
+            Decision::Done => Next::Done,
+            Decision::Retry => self.retry(Duration::ZERO, backoff),
+            Decision::RetryAfter(hint) => self.retry(hint, backoff),
+        }
+    }
+
+    #[cold]
+    fn retry(&self, hint: Duration, backoff: &mut BackoffState) -> Next {
+        let shared = &*self.shared;
+        if let Some(budget) = &shared.budget {
+            if !budget.withdraw() {
+                shared.budget_exhausted.fetch_add(1, Relaxed);
+                return Next::Refused;
+            }
+        }
+        shared.retries.fetch_add(1, Relaxed);
+        let delay = backoff.next(&shared.backoff);
+        Next::Wait(delay.max(hint.min(shared.max_retry_after)))
+    }
+}
+
+impl<C: Clone> Clone for Retry<C> {
+    fn clone(&self) -> Self {
+        Retry {
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Retry<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("attempts", &self.shared.attempts)
+            .field("backoff", &self.shared.backoff)
+            .field("budget", &self.shared.budget)
+            .field("max_retry_after", &self.shared.max_retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for Shared {
+    /// A reconfigured copy of a shared policy is a new policy: it keeps the counts so far.
+    fn clone(&self) -> Self {
+        Shared {
+            attempts: self.attempts,
+            backoff: self.backoff.clone(),
+            budget: self.budget.clone(),
+            max_retry_after: self.max_retry_after,
+            retries: AtomicU64::new(self.retries.load(Relaxed)),
+            budget_exhausted: AtomicU64::new(self.budget_exhausted.load(Relaxed)),
+        }
+    }
+}
+
+// === impl CloneRequest ===
+
+/// Copies a tower request for a possible retry; `None` means it cannot be, and is sent once.
+///
+/// Implemented for every `Fn(&Req) -> Option<Req>`; the default, [`UseClone`], uses `Clone`.
+pub trait CloneRequest<Req> {
+    /// A copy of `req` to send again, if it can be made.
+    fn clone_request(&self, req: &Req) -> Option<Req>;
+}
+
+/// Copies requests with their `Clone` impl.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UseClone;
+
+impl<Req: Clone> CloneRequest<Req> for UseClone {
+    #[inline]
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+impl<Req, F> CloneRequest<Req> for F
+where
+    F: Fn(&Req) -> Option<Req>,
+{
+    #[inline]
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        self(req)
+    }
+}
+
+// === impl RetryService ===
+
+/// Retries the calls of a tower service; see [`RetryLayer`].
+///
+/// The service must be `Clone`: each response future that may retry holds its own copy, and
+/// polls it ready before every retry. Its errors come out as [`BoxError`]; the classifier sees
+/// them before boxing.
+pub struct RetryService<S, C = RetryOnError, R = UseClone> {
+    inner: S,
+    retry: Retry<C>,
+    cloner: R,
+}
+
+impl<S, C> RetryService<S, C> {
+    /// Retries `inner`'s calls by `retry`, copying requests with `Clone`.
+    pub fn new(inner: S, retry: Retry<C>) -> RetryService<S, C> {
+        RetryService {
+            inner,
+            retry,
+            cloner: UseClone,
+        }
+    }
+}
+
+impl<S, C, R> RetryService<S, C, R> {
+    /// Copies requests for retries with `clone` instead.
+    pub fn with_clone_request<R2>(self, clone: R2) -> RetryService<S, C, R2> {
+        RetryService {
+            inner: self.inner,
+            retry: self.retry,
+            cloner: clone,
+        }
+    }
+
+    pub(crate) fn from_parts(inner: S, retry: Retry<C>, clone: R) -> RetryService<S, C, R> {
+        RetryService {
+            inner,
+            retry,
+            cloner: clone,
+        }
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> &Retry<C> {
+        &self.retry
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for RetryService<S, C, R>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: RetryClassify<S::Response, S::Error> + Clone,
+    R: CloneRequest<Req> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, C, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.retry.deposit();
+        // The attempt consumes the request: copy it first, but only if a retry could follow.
+        let copy = if self.retry.attempts() > 1 {
+            self.cloner.clone_request(&req)
+        } else {
+            None
+        };
+        match copy {
+            None => ResponseFuture::once(self.inner.call(req)),
+            Some(copy) => {
+                // The ready service makes this attempt; the future's clone is polled ready
+                // before each retry.
+                let service = self.inner.clone();
+                let future = self.inner.call(req);
+                ResponseFuture::retrying(
+                    future,
+                    copy,
+                    service,
+                    self.retry.clone(),
+                    self.cloner.clone(),
+                )
+            }
+        }
+    }
+}
+
+impl<S: Clone, C: Clone, R: Clone> Clone for RetryService<S, C, R> {
+    fn clone(&self) -> Self {
+        RetryService {
+            inner: self.inner.clone(),
+            retry: self.retry.clone(),
+            cloner: self.cloner.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, R> fmt::Debug for RetryService<S, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryService")
+            .field("inner", &self.inner)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,549 @@
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
+use tower_test::mock;
+
+use super::*;
+use crate::clock::{ManualClock, TokioClock};
+use crate::rng::Rng;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Backoff of 100ms doubling up to 1s; `Rng::fixed(0.5)` sleeps half of each cap.
+fn backoff() -> ExponentialBackoff {
+    ExponentialBackoff::try_new(ms(100), ms(1000))
+        .unwrap()
+        .with_rng(Rng::fixed(0.5))
+}
+
+fn retry(attempts: u32) -> Retry {
+    Retry::try_new(attempts, backoff()).unwrap()
+}
+
+/// A budget that never allows a retry.
+fn empty_budget() -> Budget {
+    Budget::try_new(Duration::from_secs(10), 0.0, 0).unwrap()
+}
+
+/// The times at which a call made its attempts, each failing with its attempt number until
+/// `succeed_at`.
+struct Script {
+    starts: RefCell<Vec<Instant>>,
+    succeed_at: usize,
+}
+
+impl Script {
+    fn failing() -> Script {
+        Script::succeeding_at(usize::MAX)
+    }
+
+    fn succeeding_at(attempt: usize) -> Script {
+        Script {
+            starts: RefCell::new(Vec::new()),
+            succeed_at: attempt,
+        }
+    }
+
+    fn attempt(&self) -> std::future::Ready<Result<usize, usize>> {
+        let mut starts = self.starts.borrow_mut();
+        starts.push(Instant::now());
+        let n = starts.len();
+        std::future::ready(if n >= self.succeed_at { Ok(n) } else { Err(n) })
+    }
+
+    fn attempts(&self) -> usize {
+        self.starts.borrow().len()
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        self.starts
+            .borrow()
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect()
+    }
+}
+
+// === direct calls ===
+
+#[test]
+fn refuses_zero_attempts() {
+    assert_eq!(
+        Retry::try_new(0, backoff()).unwrap_err(),
+        error::InvalidAttempts::new()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_count_the_first_one() {
+    for attempts in [1, 2, 3, 7] {
+        let script = Script::failing();
+        let (result, stats) = retry(attempts).call_with_stats(|| script.attempt()).await;
+        assert_eq!(script.attempts(), attempts as usize);
+        // The last attempt's error comes back as it was.
+        assert_eq!(result, Err(attempts as usize));
+        assert_eq!(
+            stats,
+            RetryStats {
+                attempts,
+                budget_exhausted: false
+            }
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_result_ends_the_call() {
+    let script = Script::succeeding_at(1);
+    assert_eq!(retry(3).call(|| script.attempt()).await, Ok(1));
+    assert_eq!(script.attempts(), 1);
+
+    let script = Script::succeeding_at(2);
+    let policy = retry(5);
+    assert_eq!(policy.call(|| script.attempt()).await, Ok(2));
+    assert_eq!(script.attempts(), 2);
+    assert_eq!(policy.retries_total(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_classifier_decides_what_is_retried() {
+    // Even attempt numbers are "fatal": not worth another try.
+    let policy = retry(5).with_classifier(|result: &Result<usize, usize>| match result {
+        Err(n) if n % 2 == 0 => Decision::Done,
+        Err(_) => Decision::Retry,
+        Ok(_) => Decision::Done,
+    });
+    let script = Script::failing();
+    assert_eq!(policy.call(|| script.attempt()).await, Err(2));
+    assert_eq!(script.attempts(), 2);
+
+    // And an `Ok` may be worth retrying too (a 503, say).
+    let policy = retry(3).with_classifier(|result: &Result<&str, ()>| match result {
+        Ok("busy") => Decision::Retry,
+        _ => Decision::Done,
+    });
+    let calls = AtomicUsize::new(0);
+    let result = policy
+        .call(|| async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Ok("busy")
+        })
+        .await;
+    assert_eq!(result, Ok("busy"));
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sleeps_follow_the_backoff_up_to_its_max() {
+    let script = Script::failing();
+    retry(7).call(|| script.attempt()).await.unwrap_err();
+    // Half of 100, 200, 400, 800, then of the 1s max.
+    assert_eq!(
+        script.gaps(),
+        [ms(50), ms(100), ms(200), ms(400), ms(500), ms(500)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_jitter_retries_at_once() {
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.gaps(), [Duration::ZERO, Duration::ZERO]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn decorrelated_sleeps_stay_between_base_and_max() {
+    for seed in 0..20 {
+        let backoff = backoff()
+            .with_jitter(Jitter::Decorrelated)
+            .with_rng(Rng::seeded(seed));
+        let policy = Retry::try_new(12, backoff).unwrap();
+        let script = Script::failing();
+        policy.call(|| script.attempt()).await.unwrap_err();
+        let gaps = script.gaps();
+        assert_eq!(gaps.len(), 11);
+        for (gap, previous) in gaps.iter().zip(std::iter::once(&ms(100)).chain(&gaps)) {
+            // Timers fire on whole milliseconds: allow the rounding up.
+            assert!(*gap >= ms(100) && *gap <= ms(1001), "seed {seed}: {gaps:?}");
+            assert!(*gap <= *previous * 3 + ms(1), "seed {seed}: {gaps:?}");
+        }
+    }
+}
+
+fn hinted(hint: Duration) -> impl Fn(&Result<usize, usize>) -> Decision + Clone {
+    move |result| match result {
+        Ok(_) => Decision::Done,
+        Err(_) => Decision::RetryAfter(hint),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_hint_is_honoured() {
+    let policy = retry(3).with_classifier(hinted(Duration::from_secs(2)));
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.gaps(), [ms(2000), ms(2000)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_hint_does_not_shorten_the_backoff() {
+    let policy = retry(3).with_classifier(hinted(ms(60)));
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.gaps(), [ms(60), ms(100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hostile_hint_is_capped() {
+    let hour = Duration::from_secs(3600);
+    let policy = retry(2)
+        .with_classifier(hinted(hour))
+        .with_max_retry_after(Duration::from_secs(5));
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.gaps(), [Duration::from_secs(5)]);
+
+    // The default cap is 30 s.
+    let policy = retry(2).with_classifier(hinted(hour));
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.gaps(), [Duration::from_secs(30)]);
+
+    // A zero cap ignores hints: the backoff alone decides.
+    let policy = retry(2)
+        .with_classifier(hinted(hour))
+        .with_max_retry_after(Duration::ZERO);
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.gaps(), [ms(50)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_stops_retries_and_says_so() {
+    let policy = retry(3).with_budget(empty_budget());
+    let script = Script::failing();
+    let (result, stats) = policy.call_with_stats(|| script.attempt()).await;
+    assert_eq!(result, Err(1));
+    assert_eq!(script.attempts(), 1);
+    assert_eq!(
+        stats,
+        RetryStats {
+            attempts: 1,
+            budget_exhausted: true
+        }
+    );
+    assert_eq!(policy.budget_exhausted_total(), 1);
+    assert_eq!(policy.retries_total(), 0);
+
+    // A call the classifier is happy with never asks the budget.
+    let script = Script::succeeding_at(1);
+    let (_, stats) = policy.call_with_stats(|| script.attempt()).await;
+    assert!(!stats.budget_exhausted);
+    assert_eq!(policy.budget_exhausted_total(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn policies_sharing_a_budget_share_its_retries() {
+    // Three retries over the window, whoever takes them.
+    let budget = Budget::try_new(Duration::from_secs(1), 0.0, 3)
+        .unwrap()
+        .with_clock(Arc::new(TokioClock));
+    let a = retry(3).with_budget(budget.clone());
+    let b = retry(3).with_budget(budget);
+
+    let script = Script::failing();
+    a.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.attempts(), 3);
+    let script = Script::failing();
+    let (_, stats) = b.call_with_stats(|| script.attempt()).await;
+    assert_eq!(stats.attempts, 2);
+    assert!(stats.budget_exhausted);
+    assert_eq!((a.retries_total(), b.retries_total()), (2, 1));
+
+    // A second later the window has moved past those retries.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let script = Script::failing();
+    b.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.attempts(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_feed_the_budget() {
+    // Retries may add half the requests, and nothing more.
+    let clock = ManualClock::new();
+    let budget = Budget::try_new(Duration::from_secs(10), 0.5, 0)
+        .unwrap()
+        .with_clock(clock);
+    let policy = retry(2).with_budget(budget);
+    for _ in 0..4 {
+        policy.call(|| async { Ok::<_, ()>(()) }).await.unwrap();
+    }
+    let calls = AtomicUsize::new(0);
+    for _ in 0..4 {
+        let _ = policy
+            .call(|| async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), ()>(())
+            })
+            .await;
+    }
+    // 8 requests earn 4 retries: the 4 failing calls are each retried once.
+    assert_eq!(calls.load(Ordering::Relaxed), 8);
+    assert_eq!(policy.budget_exhausted_total(), 0);
+    // 9 requests earn 4.5 retries: a fifth is allowed; 10 earn 5, so a sixth is not.
+    let _ = policy.call(|| async { Err::<(), ()>(()) }).await;
+    let _ = policy.call(|| async { Err::<(), ()>(()) }).await;
+    assert_eq!(policy.retries_total(), 5);
+    assert_eq!(policy.budget_exhausted_total(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_budget_only_attempts_bound_retries() {
+    let policy = retry(4).with_budget(empty_budget()).without_budget();
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.attempts(), 4);
+}
+
+#[test]
+fn configuring_a_shared_policy_leaves_the_others_alone() {
+    let a = retry(3);
+    let b = a.clone().with_max_retry_after(ms(1)).without_budget();
+    assert_eq!(a.max_retry_after(), Duration::from_secs(30));
+    assert!(a.budget().is_some());
+    assert_eq!(b.max_retry_after(), ms(1));
+    assert!(b.budget().is_none());
+}
+
+#[test]
+fn calls_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let policy = retry(3);
+    let future = policy.call(|| async { Ok::<_, ()>(()) });
+    assert_send(&future);
+}
+
+// === tower ===
+
+type Handle = mock::Handle<&'static str, &'static str>;
+
+#[tokio::test(start_paused = true)]
+async fn layer_retries_until_an_answer() {
+    let (mut service, mut handle) = mock::spawn_layer(RetryLayer::new(retry(3)));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+
+    let (request, send) = handle.next_request().await.unwrap();
+    assert_eq!(request, "hello");
+    send.send_error("reset");
+    // Backing off: half of 100ms.
+    assert_pending!(response.poll());
+    tokio::time::advance(ms(49)).await;
+    assert_pending!(response.poll());
+    assert!(handle.poll_request().is_pending());
+    tokio::time::advance(ms(1)).await;
+    assert_pending!(response.poll());
+
+    let (request, send) = handle.next_request().await.unwrap();
+    assert_eq!(request, "hello");
+    send.send_response("world");
+    assert_eq!(assert_ready_ok!(response.poll()), "world");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_polls_the_service_ready_before_each_retry() {
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
+    handle.allow(1);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("reset");
+
+    // The mock has no capacity left: the retry waits for it rather than calling an unready
+    // service (the mock panics on a call without a ready poll).
+    assert_pending!(response.poll());
+    assert!(handle.poll_request().is_pending());
+    handle.allow(1);
+    assert!(response.is_woken());
+    assert_pending!(response.poll());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response("world");
+    assert_eq!(assert_ready_ok!(response.poll()), "world");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_returns_the_last_error() {
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    for n in 1..=3 {
+        assert_pending!(response.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(format!("failure {n}"));
+    }
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "failure 3");
+    assert!(handle.poll_request().is_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_returns_a_failed_readiness() {
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    let (_, send) = handle.next_request().await.unwrap();
+    handle.send_error("closing");
+    send.send_error("reset");
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "closing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_sends_an_uncopyable_request_once() {
+    let copies = Arc::new(AtomicUsize::new(0));
+    let counted = copies.clone();
+    let layer = RetryLayer::new(retry(3)).with_clone_request(move |_: &&'static str| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        None
+    });
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("stream"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("reset");
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "reset");
+    assert!(handle.poll_request().is_pending());
+    assert_eq!(copies.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_stops_when_a_later_copy_fails() {
+    // The first copy works, the second does not: two attempts, though five are allowed.
+    let copies = Arc::new(AtomicUsize::new(0));
+    let counted = copies.clone();
+    let layer = RetryLayer::new(Retry::try_new(5, backoff().with_rng(Rng::fixed(0.0))).unwrap())
+        .with_clone_request(move |req: &&'static str| {
+            (counted.fetch_add(1, Ordering::Relaxed) == 0).then_some(*req)
+        });
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    for n in 1..=2 {
+        assert_pending!(response.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(format!("failure {n}"));
+    }
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "failure 2");
+    assert_eq!(copies.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_copies_only_what_a_retry_may_need() {
+    let copies = Arc::new(AtomicUsize::new(0));
+    let counted = copies.clone();
+    let counting = move |req: &&'static str| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Some(*req)
+    };
+
+    // One attempt: nothing to copy for.
+    let layer = RetryLayer::new(retry(1)).with_clone_request(counting.clone());
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("reset");
+    assert_ready_err!(response.poll());
+    assert_eq!(copies.load(Ordering::Relaxed), 0);
+
+    // Three attempts: a copy for each retry, none for after the last.
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let layer = RetryLayer::new(policy).with_clone_request(counting);
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    for _ in 0..3 {
+        assert_pending!(response.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error("reset");
+    }
+    assert_ready_err!(response.poll());
+    assert_eq!(copies.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_classifies_the_inner_error_and_response() {
+    // Retry "busy" answers; keep everything else, errors included.
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0)))
+        .unwrap()
+        .with_classifier(|result: &Result<&'static str, BoxError>| match result {
+            Ok("busy") => Decision::Retry,
+            _ => Decision::Done,
+        });
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response("busy");
+    assert_pending!(response.poll());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("fatal");
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "fatal");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_deposits_and_respects_the_budget() {
+    let policy = retry(3).with_budget(empty_budget());
+    let layer = RetryLayer::new(policy.clone());
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("reset");
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "reset");
+    assert_eq!(policy.budget_exhausted_total(), 1);
+
+    // Deposits: with ratio 1, one request earns one retry.
+    let budget = Budget::try_new(Duration::from_secs(10), 1.0, 0)
+        .unwrap()
+        .with_clock(ManualClock::new());
+    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0)))
+        .unwrap()
+        .with_budget(budget);
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy.clone()));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    for _ in 0..2 {
+        assert_pending!(response.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error("reset");
+    }
+    assert_ready_err!(response.poll());
+    assert_eq!(
+        (policy.retries_total(), policy.budget_exhausted_total()),
+        (1, 1)
+    );
+}
+
+#[test]
+fn response_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let (mut service, _handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(retry(3)));
+    let _ = service.poll_ready();
+    let future = service.call("hello");
+    assert_send(&future);
+}
