@@ -31,6 +31,7 @@ pub mod error;
 pub mod fallback;
 pub mod hedge;
 pub mod latency;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod retry;
 pub mod rng;

@@ -1,0 +1,547 @@
+//! A pipeline: every policy around one call, in the order that makes them work together.
+//!
+//! Policies nest, and their order changes what they do: a retry outside a breaker retries the
+//! breaker's refusals, a retry inside it hammers a broken callee; a timeout outside a retry bounds
+//! all attempts, inside it bounds each. [`Pipeline`] puts them in one order and explains it, so that
+//! each call site does not have to rediscover it. Outermost first:
+//!
+//! | # | policy | why here |
+//! |---|---|---|
+//! | 1 | fallback ([`Pipeline::call_with_fallback`]) | outermost, so it can answer whatever went wrong below, refusals included |
+//! | 2 | total timeout ([`PipelineBuilder::timeout`]) | bounds all attempts together: retries cannot outlive the caller's patience; a [`Deadline`](crate::timeout::Deadline) in scope caps it |
+//! | 3 | retry ([`PipelineBuilder::retry`]) | above the limits and the breaker, so a refused or failed attempt can be tried again after a backoff; its budget keeps retries from turning an outage into a storm |
+//! | 4 | hedge ([`PipelineBuilder::hedge`]) | each attempt may be hedged; hedges pass through the limits below like any attempt |
+//! | 5 | rate limit ([`PipelineBuilder::rate_limit`]) | every attempt reaching the callee, retries and hedges included, spends a token |
+//! | 6 | bulkhead, adaptive limit | bound attempts in flight; taken before the breaker, so their refusals (which say nothing about the callee) never reach its statistics |
+//! | 7 | circuit breaker ([`PipelineBuilder::breaker`]) | refuses at once while the callee is known broken, holding a bulkhead place only for an instant |
+//! | 8 | attempt timeout ([`PipelineBuilder::attempt_timeout`]) | innermost, so a hung attempt is cut short and the breaker above counts it as a failure |
+//!
+//! Every stage is optional. The retry of a pipeline retries the call's own errors and attempt
+//! timeouts; it never retries a refusal (breaker open, bulkhead full, rate limited, deadline
+//! exceeded), since trying again at once would meet the same refusal.
+//!
+//! ```
+//! use std::time::Duration;
+//! use rampart_policy::breaker::CircuitBreaker;
+//! use rampart_policy::bulkhead::Bulkhead;
+//! use rampart_policy::fallback::Fallback;
+//! use rampart_policy::pipeline::Pipeline;
+//! use rampart_policy::ratelimit::RateLimiter;
+//! use rampart_policy::retry::{ExponentialBackoff, Retry};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let ms = Duration::from_millis;
+//! let pipeline = Pipeline::builder()
+//!     .timeout(ms(800))
+//!     .retry(Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(200)).unwrap()).unwrap())
+//!     .rate_limit(RateLimiter::per_second(500).try_build().unwrap())
+//!     .bulkhead(Bulkhead::builder(64).try_build().unwrap())
+//!     .breaker(CircuitBreaker::new())
+//!     .attempt_timeout(ms(250))
+//!     .build();
+//!
+//! let stock = pipeline.call(|| async { Ok::<u32, std::io::Error>(7) }).await.unwrap();
+//! assert_eq!(stock, 7);
+//!
+//! // With a fallback, outermost: a failure or a refusal answers "unknown" instead.
+//! let unknown = Fallback::value(0);
+//! let stock = pipeline
+//!     .call_with_fallback(&unknown, || async { Err::<u32, _>(std::io::Error::other("down")) })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(stock, 0);
+//! # }
+//! ```
+//!
+//! # With tower
+//!
+//! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom:
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use rampart_policy::{breaker::CircuitBreaker, bulkhead::{Bulkhead, BulkheadLayer},
+//! #     ratelimit::{RateLimiter, RateLimitLayer}, retry::{ExponentialBackoff, Retry, RetryLayer},
+//! #     timeout::{Timeout, TimeoutLayer}};
+//! # let ms = Duration::from_millis;
+//! # let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(200)).unwrap()).unwrap();
+//! # let limiter = RateLimiter::per_second(500).try_build().unwrap();
+//! # let bulkhead = Bulkhead::builder(64).try_build().unwrap();
+//! # let breaker = CircuitBreaker::new();
+//! let svc = tower::ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new(Timeout::new(ms(800))))   // all attempts together
+//!     .layer(RetryLayer::new(retry))                      // attempts, backoff, budget
+//!     .layer(RateLimitLayer::new(limiter))                // a token per attempt
+//!     .layer(BulkheadLayer::new(bulkhead))                // attempts in flight
+//!     .layer(breaker.layer())                             // refuse while broken
+//!     .layer(TimeoutLayer::new(Timeout::new(ms(250))))   // one attempt
+//!     .service_fn(|req: u32| async move { Ok::<_, std::io::Error>(req) });
+//! # let _ = svc;
+//! ```
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use crate::adaptive::AdaptiveLimit;
+use crate::breaker::CircuitBreaker;
+use crate::bulkhead::Bulkhead;
+use crate::classify::Outcome;
+use crate::error::{Error, Rejected};
+use crate::fallback::{Fallback, FallbackFn};
+use crate::hedge::Hedge;
+use crate::ratelimit::RateLimiter;
+use crate::retry::{Decision, Retry, RetryClassify};
+use crate::timeout::Timeout;
+
+/// Policies composed around a call; see the [module docs](self) for the order and why.
+///
+/// Cheap to clone: every policy in it is a shared handle, so clones share breakers, budgets and
+/// limits.
+#[derive(Clone, Debug, Default)]
+pub struct Pipeline {
+    timeout: Option<Timeout>,
+    retry: Option<Retry<RetryTransient>>,
+    hedge: Option<Hedge>,
+    rate_limit: Option<RateLimiter>,
+    bulkhead: Option<Bulkhead>,
+    adaptive: Option<AdaptiveLimit>,
+    breaker: Option<CircuitBreaker>,
+    attempt_timeout: Option<Timeout>,
+}
+
+/// Builds a [`Pipeline`]; each stage is optional and lands in its place whatever the order of the
+/// calls.
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct PipelineBuilder {
+    pipeline: Pipeline,
+}
+
+/// The retry classification of a pipeline: the call's own errors and attempt timeouts are worth
+/// another attempt; refusals are not.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryTransient;
+
+impl<T, E> RetryClassify<T, Error<E>> for RetryTransient {
+    #[inline]
+    fn decide(&self, result: &Result<T, Error<E>>) -> Decision {
+        match result {
+            Ok(_) => Decision::Done,
+            Err(Error::Inner(_)) | Err(Error::Rejected(Rejected::Timeout(_))) => Decision::Retry,
+            Err(Error::Rejected(_)) => Decision::Done,
+        }
+    }
+}
+
+// === impl PipelineBuilder ===
+
+impl PipelineBuilder {
+    /// Bounds the whole call, every attempt and backoff included.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.pipeline.timeout = Some(Timeout::new(timeout));
+        self
+    }
+
+    /// Retries failed attempts. The retry's own classifier is replaced by [`RetryTransient`]; its
+    /// attempts, backoff and budget are kept.
+    pub fn retry<C>(mut self, retry: Retry<C>) -> Self {
+        self.pipeline.retry = Some(retry.with_classifier(RetryTransient));
+        self
+    }
+
+    /// Hedges each attempt.
+    pub fn hedge(mut self, hedge: Hedge) -> Self {
+        self.pipeline.hedge = Some(hedge);
+        self
+    }
+
+    /// Spends a token per attempt.
+    pub fn rate_limit(mut self, limiter: RateLimiter) -> Self {
+        self.pipeline.rate_limit = Some(limiter);
+        self
+    }
+
+    /// Bounds attempts in flight, with a waiting queue.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.pipeline.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// Bounds attempts in flight by a limit learnt from their latency. It sits beside the
+    /// bulkhead, inside it when both are set.
+    pub fn adaptive_limit(mut self, limit: AdaptiveLimit) -> Self {
+        self.pipeline.adaptive = Some(limit);
+        self
+    }
+
+    /// Refuses attempts while the callee is known broken.
+    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.pipeline.breaker = Some(breaker);
+        self
+    }
+
+    /// Bounds each attempt.
+    pub fn attempt_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.pipeline.attempt_timeout = Some(Timeout::new(timeout));
+        self
+    }
+
+    /// The pipeline.
+    pub fn build(self) -> Pipeline {
+        self.pipeline
+    }
+}
+
+// === impl Pipeline ===
+
+impl Pipeline {
+    /// Starts building a pipeline.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder::default()
+    }
+
+    /// Runs `f` through every stage. `f` makes one attempt each time it is called; it is `Fn`
+    /// because a retry or a hedge calls it again, maybe while an earlier attempt still runs.
+    ///
+    /// A refusal comes back as [`Error::Rejected`] (the last attempt's, after retries), the
+    /// call's own error as [`Error::Inner`].
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.timeout {
+            Some(timeout) => timeout
+                .call(|| self.retried(&f))
+                .await
+                .map_err(Error::flatten),
+            None => self.retried(&f).await,
+        }
+    }
+
+    /// Like [`call`](Self::call), answering with `fallback` when the call fails or is refused
+    /// (for the reasons the fallback is set to).
+    pub async fn call_with_fallback<Fb, F, Fut, T, E>(
+        &self,
+        fallback: &Fallback<T, E, Fb>,
+        f: F,
+    ) -> Result<T, Error<E>>
+    where
+        Fb: FallbackFn<T, E>,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        fallback.call(|| self.call(f)).await
+    }
+
+    async fn retried<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match &self.retry {
+            Some(retry) => retry.call(|| self.hedged(f)).await,
+            None => self.hedged(f).await,
+        }
+    }
+
+    async fn hedged<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match &self.hedge {
+            Some(hedge) => hedge.call(|| self.attempt(f)).await.map_err(Error::flatten),
+            None => self.attempt(f).await,
+        }
+    }
+
+    /// One attempt: the limits, the breaker and the attempt timeout around a call of `f`, which
+    /// is made only once every stage let it through.
+    async fn attempt<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if let Some(limiter) = &self.rate_limit {
+            limiter
+                .try_acquire()
+                .map_err(|r| Error::Rejected(r.into()))?;
+        }
+        let _place = match &self.bulkhead {
+            Some(bulkhead) => Some(
+                bulkhead
+                    .acquire()
+                    .await
+                    .map_err(|r| Error::Rejected(r.into()))?,
+            ),
+            None => None,
+        };
+        let limit = match &self.adaptive {
+            Some(adaptive) => Some(
+                adaptive
+                    .try_acquire()
+                    .map_err(|r| Error::Rejected(r.into()))?,
+            ),
+            None => None,
+        };
+        let permit = match &self.breaker {
+            Some(breaker) => Some(
+                breaker
+                    .try_acquire()
+                    .map_err(|r| Error::Rejected(r.into()))?,
+            ),
+            None => None,
+        };
+        // The adaptive limit learns from latency; nothing else here needs the clock.
+        let start = limit.as_ref().map(|_| Instant::now());
+
+        let result = match self.attempt_timeout {
+            Some(timeout) => timeout.call(f).await,
+            None => f().await.map_err(Error::Inner),
+        };
+
+        // An attempt that timed out failed as surely as one that returned an error.
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        };
+        if let Some(permit) = permit {
+            permit.record(outcome);
+        }
+        if let (Some(limit), Some(start)) = (limit, start) {
+            limit.record(outcome, start.elapsed());
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::time::Duration;
+
+    use tokio::time::sleep;
+
+    use super::*;
+    use crate::breaker::State;
+    use crate::clock::TokioClock;
+    use crate::error::is_caused_by;
+    use crate::retry::ExponentialBackoff;
+    use crate::rng::Rng;
+    use crate::timeout::Deadline;
+    use crate::timeout::error::Elapsed;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn retry(attempts: u32) -> Retry {
+        Retry::try_new(
+            attempts,
+            ExponentialBackoff::try_new(10 * MS, 100 * MS)
+                .unwrap()
+                .with_rng(Rng::fixed(0.5)),
+        )
+        .unwrap()
+        .without_budget()
+    }
+
+    fn breaker(failures: u32) -> CircuitBreaker {
+        CircuitBreaker::builder()
+            .consecutive_failures(failures)
+            .clock(Arc::new(TokioClock))
+            .rng(Rng::fixed(0.0))
+            .build()
+            .unwrap()
+    }
+
+    /// A callee that fails its first `failures` calls, counting every call it gets.
+    fn flaky(
+        failures: u32,
+    ) -> (
+        Arc<AtomicU32>,
+        impl Fn() -> std::future::Ready<Result<u32, &'static str>>,
+    ) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let f = move || {
+            let n = counter.fetch_add(1, SeqCst);
+            std::future::ready(if n < failures { Err("down") } else { Ok(n) })
+        };
+        (calls, f)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_pipeline_just_calls() {
+        let (calls, f) = flaky(0);
+        assert_eq!(Pipeline::default().call(f).await.unwrap(), 0);
+        assert_eq!(calls.load(SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_ride_over_transient_failures_through_the_breaker() {
+        let b = breaker(5);
+        let p = Pipeline::builder()
+            .retry(retry(3))
+            .breaker(b.clone())
+            .build();
+        let (calls, f) = flaky(2);
+        assert_eq!(p.call(f).await.unwrap(), 2);
+        assert_eq!(calls.load(SeqCst), 3);
+        // Each failed attempt reached the breaker, and the success reset the run.
+        assert_eq!(b.snapshot().calls, 3);
+        assert_eq!(b.snapshot().consecutive_failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_refusal_is_not_retried() {
+        let b = breaker(1);
+        b.force_open();
+        let p = Pipeline::builder().retry(retry(5)).breaker(b).build();
+        let (calls, f) = flaky(0);
+        let err = p.call(f).await.unwrap_err();
+        assert!(matches!(err, Error::Rejected(Rejected::BreakerOpen(_))));
+        assert_eq!(calls.load(SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_attempt_is_cut_retried_and_counted_by_the_breaker() {
+        let b = breaker(10);
+        let p = Pipeline::builder()
+            .retry(retry(2))
+            .breaker(b.clone())
+            .attempt_timeout(50 * MS)
+            .build();
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let answer = p
+            .call(|| {
+                let n = calls.fetch_add(1, SeqCst);
+                async move {
+                    if n == 0 {
+                        sleep(Duration::from_secs(60)).await;
+                    }
+                    Ok::<_, ()>(n)
+                }
+            })
+            .await;
+        assert_eq!(answer.unwrap(), 1);
+        // 50 ms attempt timeout, then a backoff of half of 10 ms (fixed rng 0.5, full jitter).
+        assert_eq!(start.elapsed(), 55 * MS);
+        assert_eq!(b.snapshot().failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_total_timeout_bounds_every_attempt_together() {
+        let p = Pipeline::builder()
+            .timeout(100 * MS)
+            .retry(retry(10))
+            .attempt_timeout(40 * MS)
+            .build();
+        let start = Instant::now();
+        let err = p
+            .call(|| async {
+                sleep(Duration::from_secs(60)).await;
+                Ok::<(), ()>(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(start.elapsed(), 100 * MS);
+        let Error::Rejected(rejected) = err else {
+            panic!("expected a refusal")
+        };
+        assert!(is_caused_by::<Elapsed>(&rejected));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_in_scope_caps_the_pipeline() {
+        let p = Pipeline::builder().timeout(Duration::from_secs(10)).build();
+        let start = Instant::now();
+        let err = Deadline::after(30 * MS)
+            .scope(p.call(|| async {
+                sleep(Duration::from_secs(60)).await;
+                Ok::<(), ()>(())
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(start.elapsed(), 30 * MS);
+        assert!(matches!(
+            err,
+            Error::Rejected(Rejected::DeadlineExceeded(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_refuse_before_the_breaker_hears_of_it() {
+        let b = breaker(1);
+        let limiter = RateLimiter::per_second(1)
+            .clock(Arc::new(TokioClock))
+            .try_build()
+            .unwrap();
+        let p = Pipeline::builder()
+            .rate_limit(limiter)
+            .breaker(b.clone())
+            .build();
+        let (_, f) = flaky(0);
+        p.call(&f).await.unwrap();
+        let err = p.call(&f).await.unwrap_err();
+        assert!(matches!(err, Error::Rejected(Rejected::RateLimited(_))));
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(
+            b.snapshot().calls,
+            1,
+            "the refused attempt never reached the breaker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_bulkhead_refuses_and_frees_its_place_after_each_attempt() {
+        let bulkhead = Bulkhead::builder(1).try_build().unwrap();
+        let p = Pipeline::builder().bulkhead(bulkhead.clone()).build();
+        let slow = p.call(|| async {
+            sleep(100 * MS).await;
+            Ok::<_, ()>(())
+        });
+        let fast = async {
+            // Let the slow call take the place first.
+            sleep(MS).await;
+            p.call(|| async { Ok::<_, ()>(()) }).await
+        };
+        let (slow, fast) = tokio::join!(slow, fast);
+        assert!(slow.is_ok());
+        assert!(matches!(
+            fast,
+            Err(Error::Rejected(Rejected::BulkheadFull(_)))
+        ));
+        assert_eq!(bulkhead.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fallback_answers_failures_and_refusals() {
+        let b = breaker(1);
+        let p = Pipeline::builder().breaker(b.clone()).build();
+        let zero = Fallback::value(0u32);
+        let (_, f) = flaky(1);
+        assert_eq!(
+            p.call_with_fallback(&zero, &f).await.unwrap(),
+            0,
+            "a failure"
+        );
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(
+            p.call_with_fallback(&zero, &f).await.unwrap(),
+            0,
+            "a refusal"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adaptive_limit_learns_from_each_attempt() {
+        let limit = AdaptiveLimit::aimd();
+        let p = Pipeline::builder().adaptive_limit(limit.clone()).build();
+        for _ in 0..3 {
+            p.call(|| async { Ok::<_, ()>(()) }).await.unwrap();
+        }
+        assert_eq!(limit.in_flight(), 0, "every place was given back");
+    }
+}
