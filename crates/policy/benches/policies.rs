@@ -1,0 +1,344 @@
+//! What a policy costs a call that it lets through, measured beside the crates people would
+//! otherwise reach for, in one run so the numbers share a machine and a moment.
+//!
+//! Ids are `GROUP/CONTENDER`; `rampart` is this crate. Every contender in a group does the same
+//! work: one call that succeeds at once, through a policy that lets it pass. Inputs and outputs go
+//! through `black_box` so that no contender's call is folded away.
+//!
+//! Async calls are driven by polling once (`now_or_never`), not by an executor: every future here
+//! completes on its first poll, so the numbers are the policy's cost alone and no contender pays
+//! for, or is hidden by, a runtime's scheduling. A future that ever waits fails the bench rather
+//! than being measured as a no-op.
+//!
+//! Run: `cargo bench -p rampart-policy --bench policies` (add `-- breaker` for one family).
+//!
+//! Note: benches build with the dev-dependencies, so tokio's `test-util` feature is on; it costs
+//! `tokio::time::Instant::now()` a thread-local read. Contenders that read tokio's clock on the
+//! success path pay it here; rampart's breaker reads its cached clock instead.
+
+use std::future::{self, Future, Ready};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Barrier;
+use std::thread;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use rampart_policy::breaker::CircuitBreaker;
+use tower::{Layer, Service, ServiceExt};
+
+/// Drives a future that must be done on its first poll (see the module docs).
+fn complete<F: Future>(fut: F) -> F::Output {
+    fut.now_or_never()
+        .expect("every contender completes a successful call on its first poll")
+}
+
+/// The callee behind every tower contender: answers at once. Its error type is inhabited and its
+/// result opaque, as for the direct contenders, so that no policy's failure path is compiled out
+/// by knowing that the call cannot fail.
+fn ok_service()
+-> impl Service<(), Response = (), Error = (), Future = Ready<Result<(), ()>>> + Clone {
+    tower::service_fn(|()| future::ready(black_box(Ok(()))))
+}
+
+/// One `ready` then one `call` on a tower service, as a caller owning the service does per request.
+fn ready_call<S: Service<()>>(svc: &mut S) -> Result<S::Response, S::Error> {
+    let svc = complete(svc.ready())?;
+    complete(svc.call(()))
+}
+
+// === breaker ===
+
+fn breaker_closed_sync(c: &mut Criterion) {
+    use failsafe::CircuitBreaker as _;
+
+    let mut group = c.benchmark_group("breaker_closed_sync");
+
+    let rampart = CircuitBreaker::builder().build().unwrap();
+    group.bench_function("rampart", |b| {
+        b.iter(|| black_box(&rampart).call_sync(|| black_box(Ok::<_, ()>(()))))
+    });
+
+    let recloser = recloser::Recloser::custom().build();
+    group.bench_function("recloser", |b| {
+        b.iter(|| black_box(&recloser).call(|| black_box(Ok::<_, ()>(()))))
+    });
+
+    let failsafe = failsafe::Config::new().build();
+    group.bench_function("failsafe", |b| {
+        b.iter(|| black_box(&failsafe).call(|| black_box(Ok::<_, ()>(()))))
+    });
+
+    group.finish();
+}
+
+fn breaker_closed_async(c: &mut Criterion) {
+    use failsafe::futures::CircuitBreaker as _;
+    use tower_resilience::circuitbreaker::{CircuitBreakerLayer, SlidingWindowType};
+
+    let mut group = c.benchmark_group("breaker_closed_async");
+
+    let rampart = CircuitBreaker::builder().build().unwrap();
+    group.bench_function("rampart", |b| {
+        b.iter(|| complete(black_box(&rampart).call(|| async { black_box(Ok::<_, ()>(())) })))
+    });
+
+    let recloser = recloser::AsyncRecloser::from(recloser::Recloser::custom().build());
+    group.bench_function("recloser", |b| {
+        b.iter(|| complete(black_box(&recloser).call(async { black_box(Ok::<_, ()>(())) })))
+    });
+
+    let failsafe = failsafe::Config::new().build();
+    group.bench_function("failsafe", |b| {
+        b.iter(|| complete(black_box(&failsafe).call(async { black_box(Ok::<_, ()>(())) })))
+    });
+
+    // Configured like rampart's default: a 10 s time-based window, 50% from 20 calls. Its
+    // time-based window keeps one record per call and rescans them all on every success, so its
+    // cost grows with the calls made in the last 10 s (tens of thousands at bench rates).
+    let mut tower_resilience = CircuitBreakerLayer::builder()
+        .sliding_window_type(SlidingWindowType::TimeBased)
+        .sliding_window_duration(Duration::from_secs(10))
+        .failure_rate_threshold(0.5)
+        .minimum_number_of_calls(20)
+        .build()
+        .unwrap()
+        .layer(ok_service());
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| ready_call(&mut tower_resilience))
+    });
+
+    // Its default count-based window (last 100 calls), whose cost does not depend on call rate:
+    // what tower-resilience costs when not asked for a time window.
+    let mut tower_resilience_count = CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .minimum_number_of_calls(20)
+        .build()
+        .unwrap()
+        .layer(ok_service());
+    group.bench_function("tower-resilience-count-window", |b| {
+        b.iter(|| ready_call(&mut tower_resilience_count))
+    });
+
+    group.finish();
+}
+
+/// Runs `call` `iters` times on each of two threads at once and returns the wall time until both
+/// are done, from a common start. Divided by `iters` (criterion does that), the reported time is
+/// the time in which EACH of the two threads completes one call: two calls happen in it, one per
+/// thread, on the same shared breaker. A breaker that does not contend reports about its
+/// single-thread time; one that serialises the threads reports up to twice that, plus the cost of
+/// moving its cache lines between cores.
+#[expect(
+    clippy::disallowed_types,
+    reason = "a bench measures real wall time; the ban on std's clock is for policy code"
+)]
+fn contended(iters: u64, call: impl Fn() + Sync) -> Duration {
+    let start_line = Barrier::new(2);
+    let run = || {
+        start_line.wait();
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            call();
+        }
+        start.elapsed()
+    };
+    thread::scope(|s| {
+        let other = s.spawn(run);
+        let mine = run();
+        mine.max(other.join().unwrap())
+    })
+}
+
+fn breaker_closed_contended(c: &mut Criterion) {
+    use failsafe::CircuitBreaker as _;
+
+    let mut group = c.benchmark_group("breaker_closed_contended");
+
+    let rampart = CircuitBreaker::builder().build().unwrap();
+    group.bench_function("rampart", |b| {
+        b.iter_custom(|iters| {
+            contended(iters, || {
+                let _ = black_box(black_box(&rampart).call_sync(|| black_box(Ok::<_, ()>(()))));
+            })
+        })
+    });
+
+    let recloser = recloser::Recloser::custom().build();
+    group.bench_function("recloser", |b| {
+        b.iter_custom(|iters| {
+            contended(iters, || {
+                let _ = black_box(black_box(&recloser).call(|| black_box(Ok::<_, ()>(()))));
+            })
+        })
+    });
+
+    let failsafe = failsafe::Config::new().build();
+    group.bench_function("failsafe", |b| {
+        b.iter_custom(|iters| {
+            contended(iters, || {
+                let _ = black_box(black_box(&failsafe).call(|| black_box(Ok::<_, ()>(()))));
+            })
+        })
+    });
+
+    group.finish();
+}
+
+// === retry ===
+
+/// tower's retry with the least policy that is one: retry an error at once, 3 attempts in all.
+#[derive(Clone)]
+struct Attempts(usize);
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Attempts {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        if result.is_err() && self.0 > 1 {
+            self.0 -= 1;
+            Some(future::ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+fn retry_success(c: &mut Criterion) {
+    use backon::{ExponentialBuilder, Retryable};
+    use tower_resilience::retry::RetryLayer;
+
+    let mut group = c.benchmark_group("retry_success");
+
+    // rampart: added with the retry policy
+    // rampart_retry_success(&mut group);
+
+    let mut tower = tower::retry::Retry::new(Attempts(3), ok_service());
+    group.bench_function("tower", |b| b.iter(|| ready_call(&mut tower)));
+
+    // backon's default is 3 retries after the first attempt; on this path none is taken.
+    group.bench_function("backon", |b| {
+        b.iter(|| {
+            complete((|| async { black_box(Ok::<_, ()>(())) }).retry(ExponentialBuilder::default()))
+        })
+    });
+
+    let mut tower_resilience = RetryLayer::<(), (), ()>::builder()
+        .max_attempts(3)
+        .build()
+        .layer(ok_service());
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| ready_call(&mut tower_resilience))
+    });
+
+    group.finish();
+}
+
+// rampart: added with the retry policy
+#[expect(
+    dead_code,
+    reason = "registered in `retry_success` once rampart has a retry policy"
+)]
+fn rampart_retry_success(_group: &mut BenchmarkGroup<'_, WallTime>) {
+    // A call succeeding first time through rampart's retry, 3 attempts in all like the peers:
+    // `retry.call(|| async { Ok::<_, ()>(()) })`, driven with `complete`.
+}
+
+// === rate limit ===
+
+fn ratelimit_allow(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit_allow");
+
+    // rampart: added with the rate limit policy
+    // rampart_ratelimit_allow(&mut group);
+
+    // A quota no bench loop can exhaust, so every check is an admission.
+    let governor = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
+    assert!(governor.check().is_ok());
+    group.bench_function("governor", |b| b.iter(|| black_box(&governor).check()));
+
+    group.finish();
+}
+
+// rampart: added with the rate limit policy
+#[expect(
+    dead_code,
+    reason = "registered in `ratelimit_allow` once rampart has a rate limit"
+)]
+fn rampart_ratelimit_allow(_group: &mut BenchmarkGroup<'_, WallTime>) {
+    // One admitted call through a rampart rate limit with a quota it never exhausts.
+}
+
+// === bulkhead ===
+
+/// Permits for every bulkhead contender; the bench holds at most one at a time.
+const BULKHEAD_PERMITS: usize = 10;
+
+fn bulkhead(c: &mut Criterion) {
+    use tower_resilience::bulkhead::BulkheadLayer;
+
+    let mut group = c.benchmark_group("bulkhead");
+
+    // rampart: added with the bulkhead policy
+    // rampart_bulkhead(&mut group);
+
+    let mut tower = tower::limit::ConcurrencyLimit::new(ok_service(), BULKHEAD_PERMITS);
+    group.bench_function("tower", |b| b.iter(|| ready_call(&mut tower)));
+
+    let mut tower_resilience = BulkheadLayer::builder()
+        .max_concurrent_calls(BULKHEAD_PERMITS)
+        .build()
+        .unwrap()
+        .layer(ok_service());
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| ready_call(&mut tower_resilience))
+    });
+
+    group.finish();
+}
+
+// rampart: added with the bulkhead policy
+#[expect(
+    dead_code,
+    reason = "registered in `bulkhead` once rampart has a bulkhead"
+)]
+fn rampart_bulkhead(_group: &mut BenchmarkGroup<'_, WallTime>) {
+    // One call taking and giving back a permit of a rampart bulkhead of `BULKHEAD_PERMITS`.
+}
+
+// === pipeline ===
+
+// rampart: added with the pipeline module
+#[expect(
+    dead_code,
+    reason = "registered in `criterion_group!` once rampart has a pipeline"
+)]
+fn pipeline(_c: &mut Criterion) {
+    // rampart only: one successful call through the documented stack of every policy, in group
+    // `pipeline` with contender `rampart`.
+}
+
+criterion_group! {
+    name = benches;
+    // Modest times so that the whole run takes a few minutes on a shared 2-core machine.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50);
+    targets =
+        breaker_closed_sync,
+        breaker_closed_async,
+        breaker_closed_contended,
+        retry_success,
+        ratelimit_allow,
+        bulkhead,
+        // rampart: added with the pipeline module
+        // pipeline,
+}
+criterion_main!(benches);
