@@ -27,7 +27,15 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use rampart_policy::breaker::CircuitBreaker;
+use rampart_policy::bulkhead::{Bulkhead, BulkheadLayer as RampartBulkheadLayer};
+use rampart_policy::pipeline::Pipeline;
+use rampart_policy::ratelimit::RateLimiter;
+use rampart_policy::retry::{ExponentialBackoff, Retry, RetryLayer};
 use tower::{Layer, Service, ServiceExt};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// Drives a future that must be done on its first poll (see the module docs).
 fn complete<F: Future>(fut: F) -> F::Output {
@@ -39,9 +47,21 @@ fn complete<F: Future>(fut: F) -> F::Output {
 /// result opaque, as for the direct contenders, so that no policy's failure path is compiled out
 /// by knowing that the call cannot fail.
 fn ok_service()
--> impl Service<(), Response = (), Error = (), Future = Ready<Result<(), ()>>> + Clone {
+-> impl Service<(), Response = (), Error = Failed, Future = Ready<Result<(), Failed>>> + Clone {
     tower::service_fn(|()| future::ready(black_box(Ok(()))))
 }
+
+/// The error the callee could return, a real error type as tower stacks expect.
+#[derive(Debug)]
+struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
 
 /// One `ready` then one `call` on a tower service, as a caller owning the service does per request.
 fn ready_call<S: Service<()>>(svc: &mut S) -> Result<S::Response, S::Error> {
@@ -216,8 +236,7 @@ fn retry_success(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("retry_success");
 
-    // rampart: added with the retry policy
-    // rampart_retry_success(&mut group);
+    rampart_retry_success(&mut group);
 
     let mut tower = tower::retry::Retry::new(Attempts(3), ok_service());
     group.bench_function("tower", |b| b.iter(|| ready_call(&mut tower)));
@@ -229,7 +248,7 @@ fn retry_success(c: &mut Criterion) {
         })
     });
 
-    let mut tower_resilience = RetryLayer::<(), (), ()>::builder()
+    let mut tower_resilience = RetryLayer::<(), (), Failed>::builder()
         .max_attempts(3)
         .build()
         .layer(ok_service());
@@ -240,14 +259,16 @@ fn retry_success(c: &mut Criterion) {
     group.finish();
 }
 
-// rampart: added with the retry policy
-#[expect(
-    dead_code,
-    reason = "registered in `retry_success` once rampart has a retry policy"
-)]
-fn rampart_retry_success(_group: &mut BenchmarkGroup<'_, WallTime>) {
-    // A call succeeding first time through rampart's retry, 3 attempts in all like the peers:
-    // `retry.call(|| async { Ok::<_, ()>(()) })`, driven with `complete`.
+/// rampart's retry as a tower layer (the same harness as tower's), 3 attempts, with its default
+/// budget on; and its direct form around an async call.
+fn rampart_retry_success(group: &mut BenchmarkGroup<'_, WallTime>) {
+    let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap();
+    assert!(retry.budget().is_some(), "measured with the budget on");
+    let mut layered = RetryLayer::new(retry.clone()).layer(ok_service());
+    group.bench_function("rampart", |b| b.iter(|| ready_call(&mut layered)));
+    group.bench_function("rampart-direct", |b| {
+        b.iter(|| complete(black_box(&retry).call(|| async { black_box(Ok::<_, ()>(())) })))
+    });
 }
 
 // === rate limit ===
@@ -255,8 +276,10 @@ fn rampart_retry_success(_group: &mut BenchmarkGroup<'_, WallTime>) {
 fn ratelimit_allow(c: &mut Criterion) {
     let mut group = c.benchmark_group("ratelimit_allow");
 
-    // rampart: added with the rate limit policy
-    // rampart_ratelimit_allow(&mut group);
+    // A quota no bench loop can exhaust, as for governor below.
+    let rampart = RateLimiter::per_second(u32::MAX).try_build().unwrap();
+    assert!(rampart.try_acquire().is_ok());
+    group.bench_function("rampart", |b| b.iter(|| black_box(&rampart).try_acquire()));
 
     // A quota no bench loop can exhaust, so every check is an admission.
     let governor = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
@@ -266,14 +289,6 @@ fn ratelimit_allow(c: &mut Criterion) {
     group.finish();
 }
 
-// rampart: added with the rate limit policy
-#[expect(
-    dead_code,
-    reason = "registered in `ratelimit_allow` once rampart has a rate limit"
-)]
-fn rampart_ratelimit_allow(_group: &mut BenchmarkGroup<'_, WallTime>) {
-    // One admitted call through a rampart rate limit with a quota it never exhausts.
-}
 
 // === bulkhead ===
 
@@ -285,8 +300,12 @@ fn bulkhead(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("bulkhead");
 
-    // rampart: added with the bulkhead policy
-    // rampart_bulkhead(&mut group);
+    let rampart = Bulkhead::builder(BULKHEAD_PERMITS).try_build().unwrap();
+    let mut layered = RampartBulkheadLayer::new(rampart.clone()).layer(ok_service());
+    group.bench_function("rampart", |b| b.iter(|| ready_call(&mut layered)));
+    group.bench_function("rampart-direct", |b| {
+        b.iter(|| drop(black_box(black_box(&rampart).try_acquire())))
+    });
 
     let mut tower = tower::limit::ConcurrencyLimit::new(ok_service(), BULKHEAD_PERMITS);
     group.bench_function("tower", |b| b.iter(|| ready_call(&mut tower)));
@@ -303,25 +322,25 @@ fn bulkhead(c: &mut Criterion) {
     group.finish();
 }
 
-// rampart: added with the bulkhead policy
-#[expect(
-    dead_code,
-    reason = "registered in `bulkhead` once rampart has a bulkhead"
-)]
-fn rampart_bulkhead(_group: &mut BenchmarkGroup<'_, WallTime>) {
-    // One call taking and giving back a permit of a rampart bulkhead of `BULKHEAD_PERMITS`.
-}
 
 // === pipeline ===
 
-// rampart: added with the pipeline module
-#[expect(
-    dead_code,
-    reason = "registered in `criterion_group!` once rampart has a pipeline"
-)]
-fn pipeline(_c: &mut Criterion) {
-    // rampart only: one successful call through the documented stack of every policy, in group
-    // `pipeline` with contender `rampart`.
+/// One successful call through breaker + retry (budget on) + total and attempt timeouts +
+/// bulkhead + rate limit: the documented stack of `Pipeline`.
+fn pipeline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline");
+    let pipeline = Pipeline::builder()
+        .timeout(ms(1000))
+        .retry(Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap())
+        .rate_limit(RateLimiter::per_second(u32::MAX).try_build().unwrap())
+        .bulkhead(Bulkhead::builder(BULKHEAD_PERMITS).try_build().unwrap())
+        .breaker(CircuitBreaker::new())
+        .attempt_timeout(ms(250))
+        .build();
+    group.bench_function("rampart", |b| {
+        b.iter(|| complete(black_box(&pipeline).call(|| async { black_box(Ok::<_, ()>(())) })))
+    });
+    group.finish();
 }
 
 criterion_group! {
@@ -338,7 +357,6 @@ criterion_group! {
         retry_success,
         ratelimit_allow,
         bulkhead,
-        // rampart: added with the pipeline module
-        // pipeline,
+        pipeline,
 }
 criterion_main!(benches);

@@ -245,7 +245,7 @@ impl CircuitBreaker {
         let ticket = self.shared.try_acquire()?;
         Ok(Permit {
             shared: &self.shared,
-            ticket: Some(ticket),
+            ticket,
         })
     }
 
@@ -358,25 +358,24 @@ impl fmt::Debug for CircuitBreaker {
 #[derive(Debug)]
 pub struct Permit<'a> {
     shared: &'a Shared,
-    ticket: Option<Ticket>,
+    ticket: Ticket,
 }
 
 impl Permit<'_> {
     /// Tells the breaker how the call went.
     #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        if let Some(ticket) = self.ticket.take() {
-            self.shared.record(ticket, outcome);
-        }
+    pub fn record(self, outcome: Outcome) {
+        let (shared, ticket) = (self.shared, self.ticket);
+        // Recorded: there is nothing left to release. (A borrow and two words: nothing leaks.)
+        std::mem::forget(self);
+        shared.record(ticket, outcome);
     }
 }
 
 impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.shared.release(ticket);
-        }
+        self.shared.release(self.ticket);
     }
 }
 

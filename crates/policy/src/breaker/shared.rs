@@ -66,17 +66,18 @@ struct Machine {
     opened_total: u64,
 }
 
-/// What a permit remembers of its admission.
+/// What a permit remembers of its admission: two words, so that moving it around a future costs
+/// two plain copies.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Ticket {
-    /// Admitted while closed (or forced closed): its outcome feeds the window.
-    Closed { start: Option<Instant> },
-    /// A half-open probe of period `generation`.
-    Probe {
-        generation: u64,
-        start: Option<Instant>,
-    },
+pub(super) struct Ticket {
+    /// The half-open period a probe belongs to, or `CLOSED` for a call admitted while closed
+    /// (whose outcome feeds the window).
+    period: u64,
+    /// When the call started, in nanoseconds since `origin` plus one; 0 when calls are not timed.
+    start: u64,
 }
+
+const CLOSED: u64 = u64::MAX;
 
 impl Shared {
     pub(super) fn new(builder: Builder) -> Shared {
@@ -125,11 +126,15 @@ impl Shared {
         State::from_u8(self.gate.load(Acquire))
     }
 
-    /// The start time a permit needs: only when slow calls are looked for, since a clock read
-    /// costs more than the rest of the closed path.
+    /// A ticket for period `period`, timed only when slow calls are looked for, since a clock
+    /// read costs more than the rest of the closed path.
     #[inline]
-    fn start(&self) -> Option<Instant> {
-        self.settings.slow_call.map(|_| self.now())
+    fn ticket(&self, period: u64) -> Ticket {
+        let start = match self.settings.slow_call {
+            None => 0,
+            Some(_) => self.nanos_since_origin(self.now()).saturating_add(1),
+        };
+        Ticket { period, start }
     }
 
     // === the data path ===
@@ -137,9 +142,7 @@ impl Shared {
     #[inline]
     pub(super) fn try_acquire(&self) -> Result<Ticket, BreakerOpen> {
         match self.state() {
-            State::Closed | State::ForcedClosed => Ok(Ticket::Closed {
-                start: self.start(),
-            }),
+            State::Closed | State::ForcedClosed => Ok(self.ticket(CLOSED)),
             _ => self.try_acquire_slow(),
         }
     }
@@ -148,11 +151,7 @@ impl Shared {
     fn try_acquire_slow(&self) -> Result<Ticket, BreakerOpen> {
         loop {
             match self.state() {
-                State::Closed | State::ForcedClosed => {
-                    return Ok(Ticket::Closed {
-                        start: self.start(),
-                    });
-                }
+                State::Closed | State::ForcedClosed => return Ok(self.ticket(CLOSED)),
                 State::ForcedOpen => return Err(self.reject(None)),
                 State::Open => {
                     let now = self.now();
@@ -175,10 +174,7 @@ impl Shared {
                     if !admitted {
                         return Err(self.reject(None));
                     }
-                    return Ok(Ticket::Probe {
-                        generation,
-                        start: self.start(),
-                    });
+                    return Ok(self.ticket(generation));
                 }
             }
         }
@@ -192,9 +188,9 @@ impl Shared {
     /// Feeds the outcome of an admitted call back.
     #[inline]
     pub(super) fn record(&self, ticket: Ticket, outcome: Outcome) {
-        match ticket {
-            Ticket::Closed { start } => {
-                let outcome = self.timed(outcome, start);
+        let outcome = self.timed(outcome, ticket.start);
+        match ticket.period {
+            CLOSED => {
                 self.window.record(CALLS);
                 if outcome == Outcome::Success {
                     // A read, not a write, in the common case: the line stays shared.
@@ -205,30 +201,25 @@ impl Shared {
                     self.record_bad(outcome);
                 }
             }
-            Ticket::Probe { generation, start } => {
-                let outcome = self.timed(outcome, start);
-                self.probe_done(generation, outcome);
-            }
+            generation => self.probe_done(generation, outcome),
         }
     }
 
     #[inline]
-    fn timed(&self, outcome: Outcome, start: Option<Instant>) -> Outcome {
-        match start {
-            None => outcome,
-            Some(start) => outcome.with_latency(
-                self.now().saturating_duration_since(start),
-                self.settings.slow_call,
-            ),
+    fn timed(&self, outcome: Outcome, start: u64) -> Outcome {
+        if start == 0 {
+            return outcome;
         }
+        let elapsed = self.nanos_since_origin(self.now()).saturating_sub(start - 1);
+        outcome.with_latency(Duration::from_nanos(elapsed), self.settings.slow_call)
     }
 
     /// A permit dropped without an outcome: the call was cancelled, or its result says nothing
     /// about the callee. A probe gives its place back so another call can probe.
     pub(super) fn release(&self, ticket: Ticket) {
-        if let Ticket::Probe { generation, .. } = ticket {
+        if ticket.period != CLOSED {
             let _machine = self.lock();
-            if self.generation.load(Acquire) == generation && self.state() == State::HalfOpen {
+            if self.generation.load(Acquire) == ticket.period && self.state() == State::HalfOpen {
                 self.probes.fetch_sub(1, AcqRel);
             }
         }
