@@ -5,10 +5,12 @@
 //! work: one call that succeeds at once, through a policy that lets it pass. Inputs and outputs go
 //! through `black_box` so that no contender's call is folded away.
 //!
-//! Async calls are driven by polling once (`now_or_never`), not by an executor: every future here
+//! Async calls are driven by polling once, in place, not by an executor: every future here
 //! completes on its first poll, so the numbers are the policy's cost alone and no contender pays
 //! for, or is hidden by, a runtime's scheduling. A future that ever waits fails the bench rather
-//! than being measured as a no-op.
+//! than being measured as a no-op. Polling in place (`pin!`) rather than moving the future into a
+//! helper (`now_or_never`) matters: the move is a memcpy of the whole future, and depending on its
+//! layout a store-to-load forwarding stall, which cost some contenders 15 ns and others nothing.
 //!
 //! Run: `cargo bench -p rampart-policy --bench policies` (add `-- breaker` for one family).
 //!
@@ -25,7 +27,6 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use futures_util::FutureExt;
 use rampart_policy::breaker::CircuitBreaker;
 use rampart_policy::bulkhead::{Bulkhead, BulkheadLayer as RampartBulkheadLayer};
 use rampart_policy::pipeline::Pipeline;
@@ -37,10 +38,18 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Drives a future that must be done on its first poll (see the module docs).
-fn complete<F: Future>(fut: F) -> F::Output {
-    fut.now_or_never()
-        .expect("every contender completes a successful call on its first poll")
+/// Drives a future that must be done on its first poll, in place (see the module docs).
+macro_rules! complete {
+    ($future:expr) => {{
+        let future = std::pin::pin!($future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.poll(&mut cx) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => {
+                panic!("every contender completes a successful call on its first poll")
+            }
+        }
+    }};
 }
 
 /// The callee behind every tower contender: answers at once. Its error type is inhabited and its
@@ -65,8 +74,8 @@ impl std::error::Error for Failed {}
 
 /// One `ready` then one `call` on a tower service, as a caller owning the service does per request.
 fn ready_call<S: Service<()>>(svc: &mut S) -> Result<S::Response, S::Error> {
-    let svc = complete(svc.ready())?;
-    complete(svc.call(()))
+    let svc = complete!(svc.ready())?;
+    complete!(svc.call(()))
 }
 
 // === breaker ===
@@ -102,17 +111,17 @@ fn breaker_closed_async(c: &mut Criterion) {
 
     let rampart = CircuitBreaker::builder().build().unwrap();
     group.bench_function("rampart", |b| {
-        b.iter(|| complete(black_box(&rampart).call(|| async { black_box(Ok::<_, ()>(())) })))
+        b.iter(|| complete!(black_box(&rampart).call(|| async { black_box(Ok::<_, ()>(())) })))
     });
 
     let recloser = recloser::AsyncRecloser::from(recloser::Recloser::custom().build());
     group.bench_function("recloser", |b| {
-        b.iter(|| complete(black_box(&recloser).call(async { black_box(Ok::<_, ()>(())) })))
+        b.iter(|| complete!(black_box(&recloser).call(async { black_box(Ok::<_, ()>(())) })))
     });
 
     let failsafe = failsafe::Config::new().build();
     group.bench_function("failsafe", |b| {
-        b.iter(|| complete(black_box(&failsafe).call(async { black_box(Ok::<_, ()>(())) })))
+        b.iter(|| complete!(black_box(&failsafe).call(async { black_box(Ok::<_, ()>(())) })))
     });
 
     // Configured like rampart's default: a 10 s time-based window, 50% from 20 calls. Its
@@ -230,6 +239,32 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Attempts {
     }
 }
 
+/// tower's retry with tower's own budget (`TpsBudget`, 20% over 10 s plus 10/s, like rampart's
+/// default), deposited once per request: what a budget costs in tower.
+#[derive(Clone)]
+struct Budgeted {
+    attempts: usize,
+    budget: std::sync::Arc<tower::retry::budget::TpsBudget>,
+}
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Budgeted {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        use tower::retry::budget::Budget as _;
+        if result.is_err() && self.attempts > 1 && self.budget.withdraw() {
+            self.attempts -= 1;
+            Some(future::ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
 fn retry_success(c: &mut Criterion) {
     use backon::{ExponentialBuilder, Retryable};
     use tower_resilience::retry::RetryLayer;
@@ -241,10 +276,32 @@ fn retry_success(c: &mut Criterion) {
     let mut tower = tower::retry::Retry::new(Attempts(3), ok_service());
     group.bench_function("tower", |b| b.iter(|| ready_call(&mut tower)));
 
+    let budget = std::sync::Arc::new(tower::retry::budget::TpsBudget::new(
+        Duration::from_secs(10),
+        10,
+        0.2,
+    ));
+    let mut tower_budget = tower::retry::Retry::new(
+        Budgeted {
+            attempts: 3,
+            budget: budget.clone(),
+        },
+        ok_service(),
+    );
+    group.bench_function("tower-tps-budget", |b| {
+        b.iter(|| {
+            use tower::retry::budget::Budget as _;
+            budget.deposit();
+            ready_call(&mut tower_budget)
+        })
+    });
+
     // backon's default is 3 retries after the first attempt; on this path none is taken.
     group.bench_function("backon", |b| {
         b.iter(|| {
-            complete((|| async { black_box(Ok::<_, ()>(())) }).retry(ExponentialBuilder::default()))
+            complete!(
+                (|| async { black_box(Ok::<_, ()>(())) }).retry(ExponentialBuilder::default())
+            )
         })
     });
 
@@ -267,7 +324,7 @@ fn rampart_retry_success(group: &mut BenchmarkGroup<'_, WallTime>) {
     let mut layered = RetryLayer::new(retry.clone()).layer(ok_service());
     group.bench_function("rampart", |b| b.iter(|| ready_call(&mut layered)));
     group.bench_function("rampart-direct", |b| {
-        b.iter(|| complete(black_box(&retry).call(|| async { black_box(Ok::<_, ()>(())) })))
+        b.iter(|| complete!(black_box(&retry).call(|| async { black_box(Ok::<_, ()>(())) })))
     });
 }
 
@@ -288,7 +345,6 @@ fn ratelimit_allow(c: &mut Criterion) {
 
     group.finish();
 }
-
 
 // === bulkhead ===
 
@@ -322,7 +378,6 @@ fn bulkhead(c: &mut Criterion) {
     group.finish();
 }
 
-
 // === pipeline ===
 
 /// One successful call through breaker + retry (budget on) + total and attempt timeouts +
@@ -338,7 +393,7 @@ fn pipeline(c: &mut Criterion) {
         .attempt_timeout(ms(250))
         .build();
     group.bench_function("rampart", |b| {
-        b.iter(|| complete(black_box(&pipeline).call(|| async { black_box(Ok::<_, ()>(())) })))
+        b.iter(|| complete!(black_box(&pipeline).call(|| async { black_box(Ok::<_, ()>(())) })))
     });
     group.finish();
 }

@@ -75,12 +75,27 @@ pub fn tokio_clock() -> SharedClock {
 /// How stale [`recent_nanos`] may be.
 pub const RECENT_RESOLUTION: Duration = Duration::from_millis(5);
 
-struct Recent {
-    origin: Instant,
-    nanos: AtomicU64,
-}
+/// The cached time, in nanoseconds since `ORIGIN`; kept fresh by the clock thread.
+static RECENT: AtomicU64 = AtomicU64::new(0);
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
 
-static RECENT: OnceLock<Recent> = OnceLock::new();
+/// The origin of the cached clock's timeline; the first call starts the thread that keeps the
+/// cached time fresh.
+fn origin() -> Instant {
+    *ORIGIN.get_or_init(|| {
+        let origin = Instant::now();
+        std::thread::Builder::new()
+            .name("rampart-clock".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(RECENT_RESOLUTION);
+                    RECENT.store(saturating_nanos(origin.elapsed()), Ordering::Relaxed);
+                }
+            })
+            .expect("spawning the clock thread");
+        origin
+    })
+}
 
 /// Nanoseconds since a process-wide origin, lagging real time by at most [`RECENT_RESOLUTION`].
 ///
@@ -88,27 +103,60 @@ static RECENT: OnceLock<Recent> = OnceLock::new();
 /// paused clock: code that must be tested on a paused clock takes an injected [`Clock`] instead.
 #[inline]
 pub fn recent_nanos() -> u64 {
-    RECENT
-        .get_or_init(|| {
-            std::thread::Builder::new()
-                .name("rampart-clock".into())
-                .spawn(|| {
-                    loop {
-                        std::thread::sleep(RECENT_RESOLUTION);
-                        if let Some(recent) = RECENT.get() {
-                            let nanos = saturating_nanos(recent.origin.elapsed());
-                            recent.nanos.store(nanos, Ordering::Relaxed);
-                        }
-                    }
-                })
-                .expect("spawning the clock thread");
-            Recent {
-                origin: Instant::now(),
-                nanos: AtomicU64::new(0),
+    origin();
+    RECENT.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds on [`recent_nanos`]'s timeline, read from the clock itself: exact, and as costly
+/// as a clock read.
+pub(crate) fn precise_nanos() -> u64 {
+    saturating_nanos(origin().elapsed())
+}
+
+/// Where a policy that counts time in nanoseconds reads it.
+#[derive(Clone, Debug)]
+pub(crate) enum TimeSource {
+    /// The process-wide cached clock: real time, a few milliseconds stale at most, and
+    /// [`precise_nanos`] on the same timeline when that is not good enough.
+    Recent,
+    /// An injected clock (tests, or a user who wants it), read on every call.
+    Clock { clock: SharedClock, origin: Instant },
+}
+
+impl TimeSource {
+    pub(crate) fn new(clock: Option<SharedClock>) -> TimeSource {
+        match clock {
+            None => {
+                // Started now, so that reading it on the hot path needs no check.
+                origin();
+                TimeSource::Recent
             }
-        })
-        .nanos
-        .load(Ordering::Relaxed)
+            Some(clock) => {
+                let origin = clock.now();
+                TimeSource::Clock { clock, origin }
+            }
+        }
+    }
+
+    /// The time, cheaply: never ahead of the real time, possibly behind by
+    /// [`RECENT_RESOLUTION`].
+    #[inline]
+    pub(crate) fn nanos(&self) -> u64 {
+        match self {
+            TimeSource::Recent => RECENT.load(Ordering::Relaxed),
+            TimeSource::Clock { clock, origin } => {
+                saturating_nanos(clock.now().saturating_duration_since(*origin))
+            }
+        }
+    }
+
+    /// The time, exactly.
+    pub(crate) fn precise_nanos(&self) -> u64 {
+        match self {
+            TimeSource::Recent => precise_nanos(),
+            TimeSource::Clock { .. } => self.nanos(),
+        }
+    }
 }
 
 /// A duration in nanoseconds, saturating at `u64::MAX` (584 years).

@@ -16,9 +16,10 @@ use super::config::{Builder, Settings};
 use super::error::BreakerOpen;
 use super::{Listener, Reason, Snapshot, State, Transition};
 use crate::classify::Outcome;
+use crate::clock::TimeSource;
 use crate::clock::{SharedClock, saturating_nanos};
 use crate::rng::Rng;
-use crate::window::{TimeSource, Window};
+use crate::window::Window;
 
 const CALLS: usize = 0;
 const FAILURES: usize = 1;
@@ -210,7 +211,9 @@ impl Shared {
         if start == 0 {
             return outcome;
         }
-        let elapsed = self.nanos_since_origin(self.now()).saturating_sub(start - 1);
+        let elapsed = self
+            .nanos_since_origin(self.now())
+            .saturating_sub(start - 1);
         outcome.with_latency(Duration::from_nanos(elapsed), self.settings.slow_call)
     }
 

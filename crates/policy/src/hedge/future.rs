@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use super::{CloneRequest, Shared, Winner};
@@ -64,8 +64,12 @@ pin_project! {
         #[pin]
         first: Option<Attempt<F>>,
         extras: Vec<Pin<Box<Attempt<F>>>>,
+        // Armed when the first attempt has to wait: a call answered at once needs no timer (and
+        // no runtime to register one with).
         #[pin]
         timer: Option<Sleep>,
+        // When the first attempt started: the first hedge is due one delay after.
+        started: Instant,
         // The timer fired and the launcher is not ready yet.
         launching: bool,
         launcher: Option<L>,
@@ -195,10 +199,12 @@ where
     ) -> Race<F, L, C> {
         let hedging = launcher.is_some() && delay.is_some();
         let delay = delay.unwrap_or_default();
+        let first = Attempt::new(first);
         Race {
-            first: Some(Attempt::new(first)),
+            started: first.start,
+            first: Some(first),
             extras: Vec::new(),
-            timer: hedging.then(|| sleep(delay)),
+            timer: None,
             launching: false,
             launcher: if hedging { launcher } else { None },
             extras_left: if hedging { shared.max_extra } else { 0 },
@@ -277,9 +283,12 @@ where
                 return Poll::Pending;
             };
             if !*this.launching {
-                match this.timer.as_mut().as_pin_mut() {
-                    Some(timer) => ready!(timer.poll(cx)),
-                    None => return Poll::Pending,
+                if this.timer.is_none() {
+                    this.timer
+                        .set(Some(sleep_until(*this.started + *this.delay)));
+                }
+                if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                    ready!(timer.poll(cx));
                 }
                 *this.launching = true;
             }

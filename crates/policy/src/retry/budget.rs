@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::SharedClock;
-use crate::window::{TimeSource, Window};
+use crate::clock::TimeSource;
+use crate::window::Window;
 
 use super::error::InvalidBudget;
 

@@ -81,7 +81,9 @@ pin_project! {
 /// When a timed call must end, and what to call its end.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Expiry {
-    at: Instant,
+    /// `None` for a plain timeout, counted from the first time the call waits: a clock read costs
+    /// more than a call that is ready at once, and such a call needs no expiry at all.
+    at: Option<Instant>,
     cause: Cause,
 }
 
@@ -228,7 +230,7 @@ impl<F: Future> Future for Timed<F> {
             return Poll::Ready(Ok(output));
         }
         if this.sleep.is_none() {
-            this.sleep.set(Some(sleep_until(this.expiry.at)));
+            this.sleep.set(Some(sleep_until(this.expiry.at())));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
@@ -247,22 +249,40 @@ impl Expiry {
     /// of time, which tells a retry above not to try again.
     #[inline]
     pub(crate) fn new(timeout: Duration, deadline: Option<Deadline>) -> Result<Expiry, Rejected> {
+        let Some(deadline) = deadline else {
+            return Ok(Expiry {
+                at: None,
+                cause: Cause::Timeout(timeout),
+            });
+        };
         let now = Instant::now();
         let own = saturating_after(now, timeout);
-        match deadline {
-            Some(deadline) if deadline.instant() <= now => Err(DeadlineExceeded::new().into()),
-            Some(deadline) if deadline.instant() <= own => Ok(Expiry::deadline(deadline)),
-            _ => Ok(Expiry {
-                at: own,
+        if deadline.instant() <= now {
+            Err(DeadlineExceeded::new().into())
+        } else if deadline.instant() <= own {
+            Ok(Expiry::deadline(deadline))
+        } else {
+            Ok(Expiry {
+                at: Some(own),
                 cause: Cause::Timeout(timeout),
-            }),
+            })
+        }
+    }
+
+    /// The instant to stop at, fixed when the call first has to wait.
+    fn at(&self) -> Instant {
+        match (self.at, self.cause) {
+            (Some(at), _) => at,
+            (None, Cause::Timeout(timeout)) => saturating_after(Instant::now(), timeout),
+            // Not made: a deadline expiry always has its instant.
+            (None, Cause::Deadline) => Instant::now(),
         }
     }
 
     /// Expiry at `deadline`, named as such.
     pub(crate) fn deadline(deadline: Deadline) -> Expiry {
         Expiry {
-            at: deadline.instant(),
+            at: Some(deadline.instant()),
             cause: Cause::Deadline,
         }
     }
