@@ -19,9 +19,10 @@
 //!
 //! Every call goes through the direct API, `policy.call(|| async { .. })`, as it would around a
 //! reqwest or sqlx call; two policies around one call give one level of error with
-//! [`Error::flatten`]. Each part falls back with a `match` on the policy's error: the page must
-//! know which parts are stand-ins and why, which [`rampart_policy::fallback::Fallback`] would hide
-//! by answering with the substitute.
+//! [`Error::flatten`]. Each part falls back with a `match` on the policy's error, keeping why: the
+//! page must say which parts are stand-ins. (With a stand-in that does not depend on the request,
+//! [`rampart_policy::fallback::Fallback::answer`] does the same: the answer, and whether and why
+//! the fallback gave it.)
 //!
 //! The services are simulated in-process on real time, by a fault script keyed on the request
 //! number (no randomness, and backoff and breaker jitter turned off), so every run tells the same

@@ -320,6 +320,51 @@ impl<T, E, F: FallbackFn<T, E>> Fallback<T, E, F> {
         G: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, Error<E>>>,
     {
+        self.answer_classified(classify, f)
+            .await
+            .map(|answer| answer.value)
+    }
+
+    /// Like [`call`](Self::call), and says whether the answer is the fallback's, and why: an
+    /// application answering in part (a page without its reviews) must say which parts are
+    /// stand-ins, and a proxy must mark a fallback response as such.
+    ///
+    /// ```
+    /// use rampart_policy::breaker::CircuitBreaker;
+    /// use rampart_policy::fallback::{Fallback, FellBack};
+    /// use rampart_policy::Rejected;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let breaker = CircuitBreaker::new();
+    /// breaker.force_open();
+    /// let bestsellers = Fallback::value(vec!["lamp", "chair"]);
+    /// let answer = bestsellers
+    ///     .answer(|| breaker.call(|| async { Ok::<_, std::io::Error>(vec!["for you"]) }))
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(answer.value, ["lamp", "chair"]);
+    /// assert!(matches!(answer.fell_back, Some(FellBack::Rejected(Rejected::BreakerOpen(_)))));
+    /// # }
+    /// ```
+    pub async fn answer<G, Fut>(&self, f: G) -> Result<Answer<T>, Error<E>>
+    where
+        G: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, Error<E>>>,
+    {
+        self.answer_classified(ErrorsAreFailures, f).await
+    }
+
+    /// Like [`answer`](Self::answer), judging results with `classify`.
+    pub async fn answer_classified<C, G, Fut>(
+        &self,
+        classify: C,
+        f: G,
+    ) -> Result<Answer<T>, Error<E>>
+    where
+        C: Classify<T, E>,
+        G: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, Error<E>>>,
+    {
         let result = match f().await {
             Ok(answer) => Ok(answer),
             Err(Error::Inner(error)) => Err(error),
@@ -331,13 +376,62 @@ impl<T, E, F: FallbackFn<T, E>> Fallback<T, E, F> {
             }
         };
         match judge(result, &classify, self.on) {
-            Ok(passed) => passed.map_err(Error::Inner),
+            Ok(passed) => passed.map(Answer::real).map_err(Error::Inner),
             Err(reason) => self.fall_back(reason).await,
         }
     }
 
-    async fn fall_back(&self, reason: FallbackReason<T, E>) -> Result<T, Error<E>> {
-        self.fallback.call(reason).await.map_err(Error::Inner)
+    async fn fall_back(&self, reason: FallbackReason<T, E>) -> Result<Answer<T>, Error<E>> {
+        let why = FellBack::from(&reason);
+        let value = self.fallback.call(reason).await.map_err(Error::Inner)?;
+        Ok(Answer {
+            value,
+            fell_back: Some(why),
+        })
+    }
+}
+
+/// An answer, and whether the fallback gave it; see [`Fallback::answer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer<T> {
+    /// The call's answer, or the fallback's.
+    pub value: T,
+    /// Why the fallback answered; `None` when the call did.
+    pub fell_back: Option<FellBack>,
+}
+
+/// Why a fallback answered: a [`FallbackReason`] without what the call produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FellBack {
+    /// A policy refused the call or cut it short.
+    Rejected(Rejected),
+    /// The call returned an error classified as a failure.
+    Failed,
+    /// The call answered, but the answer was classified as a failure.
+    FailedResponse,
+}
+
+impl<T> Answer<T> {
+    fn real(value: T) -> Answer<T> {
+        Answer {
+            value,
+            fell_back: None,
+        }
+    }
+
+    /// Whether the fallback gave this answer.
+    pub fn is_fallback(&self) -> bool {
+        self.fell_back.is_some()
+    }
+}
+
+impl<T, E> From<&FallbackReason<T, E>> for FellBack {
+    fn from(reason: &FallbackReason<T, E>) -> FellBack {
+        match reason {
+            FallbackReason::Rejected(rejected) => FellBack::Rejected(rejected.clone()),
+            FallbackReason::Failed(_) => FellBack::Failed,
+            FallbackReason::FailedResponse(_) => FellBack::FailedResponse,
+        }
     }
 }
 
@@ -541,6 +635,46 @@ mod tests {
             .await;
         assert_eq!(classified.unwrap(), 404);
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_says_whether_and_why_it_fell_back() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fallback = Fallback::new(telling(&calls));
+        let real = fallback.answer(|| async { Ok(200) }).await.unwrap();
+        assert_eq!(
+            real,
+            Answer {
+                value: 200,
+                fell_back: None
+            }
+        );
+        assert!(!real.is_fallback());
+
+        let refused = fallback
+            .answer(|| async { Err(Error::Rejected(breaker_open())) })
+            .await
+            .unwrap();
+        assert_eq!(refused.value, 1);
+        assert_eq!(refused.fell_back, Some(FellBack::Rejected(breaker_open())));
+
+        let failed = fallback
+            .answer(|| async { Err(Error::Inner("boom")) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (failed.value, failed.fell_back),
+            (3, Some(FellBack::Failed))
+        );
+
+        let failed_response = fallback
+            .answer_classified(status_classifier, || async { Ok(503) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (failed_response.value, failed_response.fell_back),
+            (5, Some(FellBack::FailedResponse))
+        );
     }
 
     #[tokio::test]
