@@ -104,6 +104,24 @@ impl<const K: usize> Window<K> {
     /// Adds one to counter `counter` at the current time.
     #[inline]
     pub(crate) fn record(&self, counter: usize) {
+        // Uncontended: the stripe is this thread's unless more threads than stripes share the
+        // window, so the locked add stays in this core's cache.
+        self.slot(counter).fetch_add(1, Relaxed);
+    }
+
+    /// Adds one to counter `counter` with a plain load and store instead of a locked add: a count
+    /// is lost when two threads sharing a stripe add in the same few nanoseconds. For counts whose
+    /// loss errs on the safe side only (a retry budget's deposits: a lost one allows fewer
+    /// retries, never more), on paths where the locked add would be most of the cost.
+    #[inline]
+    pub(crate) fn record_lossy(&self, counter: usize) {
+        let count = self.slot(counter);
+        count.store(count.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    /// This thread's counter `counter` for the current time.
+    #[inline]
+    fn slot(&self, counter: usize) -> &AtomicU64 {
         let now = self.time.nanos();
         let stripe = &self.stripes[stripe_id() & self.stripe_mask];
         let slot = if now < stripe.current_end.load(Relaxed) {
@@ -111,9 +129,7 @@ impl<const K: usize> Window<K> {
         } else {
             self.rotate(stripe, now)
         };
-        // Uncontended: the stripe is this thread's unless more threads than stripes share the
-        // window, so the locked add stays in this core's cache.
-        stripe.ring[slot].counts[counter].fetch_add(1, Relaxed);
+        &stripe.ring[slot].counts[counter]
     }
 
     /// Moves `stripe` on to the bucket of `now`, clearing it if it still holds an older epoch.

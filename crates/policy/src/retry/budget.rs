@@ -105,7 +105,8 @@ impl Budget {
     /// Counts a request: a call's first attempt. Retry policies do this themselves.
     #[inline]
     pub fn deposit(&self) {
-        self.shared.window.record(REQUESTS);
+        // Lossy under a rare race, which only ever makes the budget stricter: see `record_lossy`.
+        self.shared.window.record_lossy(REQUESTS);
     }
 
     /// Takes one retry from the budget: `true` if the retry may go ahead, and then it is counted.

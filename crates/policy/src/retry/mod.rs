@@ -130,6 +130,16 @@ pub struct RetryStats {
     pub budget_exhausted: bool,
 }
 
+impl RetryStats {
+    /// The stats of a call whose first attempt was kept.
+    fn first(done: Next) -> RetryStats {
+        RetryStats {
+            attempts: 1,
+            budget_exhausted: done == Next::Refused,
+        }
+    }
+}
+
 /// What to do after an attempt, once attempts and budget have had their say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -247,10 +257,38 @@ impl<C> Retry<C> {
     {
         self.deposit();
         let mut backoff = BackoffState::new();
+        let first = f().await;
+        // The common case, a first attempt whose result is kept, stays out of the retry loop's
+        // larger state.
+        match self.next(&first, 1, &mut backoff) {
+            Next::Wait(wait) => {
+                drop(first);
+                self.retry_loop(f, wait, backoff).await
+            }
+            done => (first, RetryStats::first(done)),
+        }
+    }
+
+    /// The attempts after the first, which failed and is to be retried after `wait`.
+    async fn retry_loop<F, Fut, T, E>(
+        &self,
+        mut f: F,
+        mut wait: Duration,
+        mut backoff: BackoffState,
+    ) -> (Result<T, E>, RetryStats)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: RetryClassify<T, E>,
+    {
         let mut attempts = 1;
         loop {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            attempts += 1;
             let result = f().await;
-            let wait = match self.next(&result, attempts, &mut backoff) {
+            wait = match self.next(&result, attempts, &mut backoff) {
                 Next::Wait(wait) => wait,
                 done => {
                     let stats = RetryStats {
@@ -262,10 +300,6 @@ impl<C> Retry<C> {
             };
             // A failed response may hold a connection or a buffer: let it go before sleeping.
             drop(result);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            attempts += 1;
         }
     }
 
