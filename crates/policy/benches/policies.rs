@@ -398,6 +398,20 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+// === clock ===
+
+/// What reading the time costs: why the policies' statistics read a cached clock.
+#[expect(clippy::disallowed_types, reason = "measuring the clock the policies avoid")]
+fn clock_read(c: &mut Criterion) {
+    let mut group = c.benchmark_group("clock_read");
+    group.bench_function("std-instant", |b| b.iter(std::time::Instant::now));
+    group.bench_function("tokio-instant", |b| b.iter(tokio::time::Instant::now));
+    group.bench_function("rampart-recent", |b| {
+        b.iter(rampart_policy::clock::recent_nanos)
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Modest times so that the whole run takes a few minutes on a shared 2-core machine.
@@ -413,5 +427,6 @@ criterion_group! {
         ratelimit_allow,
         bulkhead,
         pipeline,
+        clock_read,
 }
 criterion_main!(benches);
