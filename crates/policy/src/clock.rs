@@ -159,6 +159,14 @@ impl TimeSource {
     }
 }
 
+/// `now + after`, or about thirty years from now when that does not fit in an `Instant`: a
+/// setting of `Duration::MAX` means "never", not a panic.
+pub(crate) fn saturating_after(now: Instant, after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+    now.checked_add(after)
+        .unwrap_or_else(|| now.checked_add(FAR).unwrap_or(now))
+}
+
 /// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
 #[inline]
 pub(crate) fn saturating_nanos(d: Duration) -> u64 {

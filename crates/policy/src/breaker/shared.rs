@@ -42,12 +42,12 @@ pub(super) struct Shared {
     gate: Padded<AtomicU8>,
     /// Failures in a row; written on failures, and on the first success after one.
     consecutive: Padded<AtomicU32>,
-    /// Probes admitted in the current half-open period.
-    probes: AtomicU32,
+    /// The current period (low 32 bits of a counter bumped at every transition that makes earlier
+    /// probes stale) in the high half, the probes admitted in it in the low half: one word, so
+    /// that a probe is admitted into exactly the period it is counted in.
+    probes: AtomicU64,
     /// When the current open period ends, in nanoseconds since `origin`.
     open_until: AtomicU64,
-    /// Which open or half-open period a probe belongs to, so a late probe cannot close a later one.
-    generation: AtomicU64,
     rejected: AtomicU64,
     window: Window<3>,
     settings: Settings,
@@ -60,7 +60,7 @@ pub(super) struct Shared {
 
 /// What only transitions touch.
 #[derive(Debug, Default)]
-struct Machine {
+pub(super) struct Machine {
     /// Trips since the breaker was last closed: each one doubles the open period.
     trips: u32,
     probe_successes: u32,
@@ -80,6 +80,9 @@ pub(super) struct Ticket {
 
 const CLOSED: u64 = u64::MAX;
 
+/// The low half of `probes`: the count of probes admitted.
+const COUNT: u64 = 0xffff_ffff;
+
 impl Shared {
     pub(super) fn new(builder: Builder) -> Shared {
         let Builder {
@@ -92,9 +95,8 @@ impl Shared {
         Shared {
             gate: Padded(AtomicU8::new(State::Closed as u8)),
             consecutive: Padded(AtomicU32::new(0)),
-            probes: AtomicU32::new(0),
+            probes: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             window: Window::new(
                 settings.window,
@@ -165,17 +167,13 @@ impl Shared {
                     // Loop: now half-open (or closed/forced by someone else meanwhile).
                 }
                 State::HalfOpen => {
-                    let generation = self.generation.load(Acquire);
-                    let admitted = self
-                        .probes
-                        .fetch_update(AcqRel, Acquire, |n| {
-                            (n < self.settings.half_open_probes).then_some(n + 1)
-                        })
-                        .is_ok();
-                    if !admitted {
-                        return Err(self.reject(None));
-                    }
-                    return Ok(self.ticket(generation));
+                    let probes = u64::from(self.settings.half_open_probes);
+                    return match self.probes.fetch_update(AcqRel, Acquire, |word| {
+                        (word & COUNT < probes).then_some(word + 1)
+                    }) {
+                        Ok(word) => Ok(self.ticket(word >> 32)),
+                        Err(_) => Err(self.reject(None)),
+                    };
                 }
             }
         }
@@ -202,7 +200,7 @@ impl Shared {
                     self.record_bad(outcome);
                 }
             }
-            generation => self.probe_done(generation, outcome),
+            period => self.probe_done(period, outcome),
         }
     }
 
@@ -222,7 +220,8 @@ impl Shared {
     pub(super) fn release(&self, ticket: Ticket) {
         if ticket.period != CLOSED {
             let _machine = self.lock();
-            if self.generation.load(Acquire) == ticket.period && self.state() == State::HalfOpen {
+            // Under the lock no new period can start: the count still holds this probe.
+            if self.period() == ticket.period && self.state() == State::HalfOpen {
                 self.probes.fetch_sub(1, AcqRel);
             }
         }
@@ -266,23 +265,24 @@ impl Shared {
             }
         };
         if let Some(reason) = reason {
-            self.trip(State::Closed, reason);
+            self.trip(State::Closed, None, reason);
         }
     }
 
-    fn probe_done(&self, generation: u64, outcome: Outcome) {
+    fn probe_done(&self, period: u64, outcome: Outcome) {
         let good = match outcome {
             Outcome::Success => true,
             Outcome::Slow => !self.settings.slow_trips(),
             Outcome::Failure => false,
         };
         if !good {
-            self.trip(State::HalfOpen, Reason::ProbeFailed);
+            self.trip(State::HalfOpen, Some(period), Reason::ProbeFailed);
             return;
         }
         let transition = {
             let mut machine = self.lock();
-            if self.generation.load(Acquire) != generation || self.state() != State::HalfOpen {
+            // A probe of an earlier period says nothing about this one.
+            if self.period() != period || self.state() != State::HalfOpen {
                 return;
             }
             machine.probe_successes += 1;
@@ -296,11 +296,12 @@ impl Shared {
         self.notify(&transition);
     }
 
-    /// Opens the breaker if it is still in `from`.
-    fn trip(&self, from: State, reason: Reason) {
+    /// Opens the breaker if it is still in `from` (and, for a probe's failure, still in the
+    /// probe's period).
+    fn trip(&self, from: State, period: Option<u64>, reason: Reason) {
         let transition = {
             let mut machine = self.lock();
-            if self.state() != from {
+            if self.state() != from || period.is_some_and(|p| p != self.period()) {
                 return;
             }
             machine.trips = machine.trips.saturating_add(1);
@@ -310,7 +311,7 @@ impl Shared {
                 .nanos_since_origin(self.now())
                 .saturating_add(saturating_nanos(period));
             self.open_until.store(until, Release);
-            self.generation.fetch_add(1, AcqRel);
+            self.next_period();
             self.set(from, State::Open, reason)
         };
         self.notify(&transition);
@@ -325,7 +326,21 @@ impl Shared {
             .checked_mul(1u32 << doublings.min(31))
             .unwrap_or(s.open_for_max)
             .min(s.open_for_max);
-        base.mul_f64(1.0 - s.open_jitter * self.rng.next_f64())
+        // In whole nanoseconds: `Duration::mul_f64` panics on periods too long for an f64.
+        let nanos = saturating_nanos(base);
+        let cut = (nanos as f64 * s.open_jitter * self.rng.next_f64()) as u64;
+        Duration::from_nanos(nanos.saturating_sub(cut))
+    }
+
+    /// The current period, as probes carry it.
+    fn period(&self) -> u64 {
+        self.probes.load(Acquire) >> 32
+    }
+
+    /// Starts a new period with no probe admitted; the caller holds the machine lock.
+    fn next_period(&self) {
+        let next = (self.period() + 1) & COUNT;
+        self.probes.store(next << 32, Release);
     }
 
     fn half_open(&self, now: Instant) {
@@ -337,8 +352,7 @@ impl Shared {
                 return;
             }
             machine.probe_successes = 0;
-            self.probes.store(0, Release);
-            self.generation.fetch_add(1, AcqRel);
+            self.next_period();
             self.set(State::Open, State::HalfOpen, Reason::OpenElapsed)
         };
         self.notify(&transition);
@@ -364,7 +378,7 @@ impl Shared {
                     Reason::Released
                 }
             };
-            self.generation.fetch_add(1, AcqRel);
+            self.next_period();
             self.set(from, to, reason)
         };
         self.notify(&transition);
@@ -403,7 +417,7 @@ impl Shared {
             .push(listener);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Machine> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Machine> {
         // The machine holds counters only: a panic elsewhere cannot leave it inconsistent.
         self.machine.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -308,6 +308,62 @@ async fn a_late_probe_of_an_earlier_period_cannot_close_a_later_one() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_late_probe_failure_of_an_earlier_period_cannot_reopen_a_later_one() {
+    let b = builder().consecutive_failures(1).half_open_probes(2).build().unwrap();
+    fail(&b);
+    advance(SEC).await;
+    let late = b.try_acquire().unwrap();
+    fail(&b); // the other probe fails: open again, for 2 s
+    advance(2 * SEC).await;
+    let fresh = b.try_acquire().unwrap();
+    late.record(Outcome::Failure);
+    assert_eq!(b.state(), State::HalfOpen, "a stale probe's failure must not reopen");
+    fresh.record(Outcome::Success);
+    succeed(&b);
+    assert_eq!(b.state(), State::Closed);
+    // Its backoff was not doubled by the stale failure either: the next trip opens for 1 s.
+    fail(&b);
+    assert_eq!(b.snapshot().open_remaining, Some(SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_period_of_any_length_is_taken_without_panicking() {
+    let b = builder()
+        .consecutive_failures(1)
+        .open_for(Duration::MAX)
+        .open_for_max(Duration::MAX)
+        .open_jitter(0.5)
+        .rng(Rng::fixed(0.9))
+        .build()
+        .unwrap();
+    // A call admitted before the trip, failing after it, meets the open breaker too.
+    let late = b.try_acquire().unwrap();
+    fail(&b);
+    late.record(Outcome::Failure);
+    assert_eq!(b.state(), State::Open);
+    assert!(b.snapshot().open_remaining.unwrap() > Duration::from_secs(100 * 365 * 24 * 3600));
+}
+
+#[test]
+fn the_closed_path_takes_no_lock() {
+    let b = CircuitBreaker::new();
+    // Hold the state machine's lock: a closed call that needed it would wait forever.
+    let machine = b.shared.lock();
+    let (done, finished) = std::sync::mpsc::channel();
+    let b2 = b.clone();
+    std::thread::spawn(move || {
+        for _ in 0..1000 {
+            b2.call_sync(|| Ok::<_, ()>(())).unwrap();
+        }
+        done.send(()).unwrap();
+    });
+    // A guard against a hang, not a timing assertion: the calls take microseconds.
+    let result = finished.recv_timeout(Duration::from_secs(30));
+    drop(machine);
+    assert!(result.is_ok(), "closed calls blocked on the state machine's lock");
+}
+
+#[tokio::test(start_paused = true)]
 async fn forced_states_override_and_release_returns_to_a_fresh_closed_state() {
     let b = builder().consecutive_failures(2).build().unwrap();
     let seen = transitions(&b);
@@ -448,7 +504,7 @@ async fn the_service_refuses_from_the_future_and_stays_ready() {
     let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(b.layer());
 
     handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
+    tokio_test::assert_ready_ok!(svc.poll_ready());
     let call = svc.call("a");
     let (_, respond) = handle.next_request().await.unwrap();
     respond.send_error(std::io::Error::other("down"));
@@ -457,7 +513,7 @@ async fn the_service_refuses_from_the_future_and_stays_ready() {
 
     // Open, yet ready: readiness is the inner service's alone.
     handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
+    tokio_test::assert_ready_ok!(svc.poll_ready());
     let err = svc.call("b").await.unwrap_err();
     assert!(is_caused_by::<BreakerOpen>(&*err));
     assert!(

@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::error::BulkheadFull;
-use crate::timeout::saturating_after;
+use crate::clock::saturating_after;
 
 /// Set while the waiting queue is not empty.
 const WAITERS: usize = 1 << (usize::BITS - 1);

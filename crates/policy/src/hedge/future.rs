@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::clock::saturating_after;
 use tower_service::Service;
 
 use super::{CloneRequest, Shared, Winner};
@@ -285,7 +287,7 @@ where
             if !*this.launching {
                 if this.timer.is_none() {
                     this.timer
-                        .set(Some(sleep_until(*this.started + *this.delay)));
+                        .set(Some(sleep_until(saturating_after(*this.started, *this.delay))));
                 }
                 if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                     ready!(timer.poll(cx));
@@ -300,7 +302,7 @@ where
                     this.shared.sent.fetch_add(1, Ordering::Relaxed);
                     this.extras.push(Box::pin(Attempt::new(future)));
                     if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-                        timer.reset(Instant::now() + *this.delay);
+                        timer.reset(saturating_after(Instant::now(), *this.delay));
                     }
                     // Poll the new attempt and the rearmed timer so that they can wake us.
                 }

@@ -5,6 +5,7 @@ use tokio::time::Instant;
 
 use super::error::DeadlineExceeded;
 use super::future::{Expiry, Scoped, Timed};
+use crate::clock::saturating_after;
 use crate::error::Error;
 
 tokio::task_local! {
@@ -182,13 +183,6 @@ impl Deadline {
     pub(crate) fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
         CURRENT.sync_scope(self, f)
     }
-}
-
-/// `now + timeout`, or about thirty years from now when that does not fit in an `Instant`.
-pub(crate) fn saturating_after(now: Instant, timeout: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now.checked_add(FAR).unwrap_or(now))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::deadline::{Deadline, saturating_after};
+use super::deadline::Deadline;
+use crate::clock::saturating_after;
 use super::error::{DeadlineExceeded, Elapsed};
 use crate::error::{BoxError, Rejected};
 

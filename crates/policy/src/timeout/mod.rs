@@ -93,7 +93,6 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-pub(crate) use self::deadline::saturating_after;
 pub use self::deadline::{Deadline, HasDeadline};
 use self::future::{DeadlineFuture, Expiry, ResponseFuture, Timed};
 pub use self::layer::{DeadlineLayer, TimeoutLayer};
