@@ -401,7 +401,10 @@ fn pipeline(c: &mut Criterion) {
 // === clock ===
 
 /// What reading the time costs: why the policies' statistics read a cached clock.
-#[expect(clippy::disallowed_types, reason = "measuring the clock the policies avoid")]
+#[expect(
+    clippy::disallowed_types,
+    reason = "measuring the clock the policies avoid"
+)]
 fn clock_read(c: &mut Criterion) {
     let mut group = c.benchmark_group("clock_read");
     group.bench_function("std-instant", |b| b.iter(std::time::Instant::now));

@@ -16,9 +16,13 @@
 //! | 7 | circuit breaker ([`PipelineBuilder::breaker`]) | refuses at once while the callee is known broken, holding a bulkhead place only for an instant |
 //! | 8 | attempt timeout ([`PipelineBuilder::attempt_timeout`]) | innermost, so a hung attempt is cut short and the breaker above counts it as a failure |
 //!
-//! Every stage is optional. The retry of a pipeline retries the call's own errors and attempt
-//! timeouts; it never retries a refusal (breaker open, bulkhead full, rate limited, deadline
-//! exceeded), since trying again at once would meet the same refusal.
+//! Every stage is optional. One classifier ([`PipelineBuilder::classify`], by default every `Err`
+//! is a failure) judges each attempt for the breaker, the adaptive limit and the retry alike, so
+//! an `Ok` holding an HTTP 503 can count as a failure everywhere at once. The retry of a pipeline
+//! retries failures and attempt timeouts; it never retries a refusal (breaker open, bulkhead full,
+//! rate limited, deadline exceeded), since trying again at once would meet the same refusal. An
+//! attempt cut short by the caller's deadline teaches the breaker and the adaptive limit nothing:
+//! the caller ran out of time, which says nothing about the callee.
 //!
 //! ```
 //! use std::time::Duration;
@@ -55,7 +59,9 @@
 //!
 //! # With tower
 //!
-//! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom:
+//! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom. (A
+//! `RetryLayer` classifies with its own classifier, by default retrying every error, refusals
+//! included: give it one that does not retry them to match the pipeline.)
 //!
 //! ```
 //! # use std::time::Duration;
@@ -85,7 +91,7 @@ use tokio::time::Instant;
 use crate::adaptive::AdaptiveLimit;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
-use crate::classify::Outcome;
+use crate::classify::{Classify, ErrorsAreFailures, Outcome};
 use crate::error::{Error, Rejected};
 use crate::fallback::{Fallback, FallbackFn};
 use crate::hedge::Hedge;
@@ -97,10 +103,17 @@ use crate::timeout::Timeout;
 ///
 /// Cheap to clone: every policy in it is a shared handle, so clones share breakers, budgets and
 /// limits.
+#[derive(Clone, Debug)]
+pub struct Pipeline<C = ErrorsAreFailures> {
+    stages: Stages,
+    retry: Option<Retry<RetryTransient<C>>>,
+    classify: C,
+}
+
+/// The stages that do not depend on the classifier.
 #[derive(Clone, Debug, Default)]
-pub struct Pipeline {
+struct Stages {
     timeout: Option<Timeout>,
-    retry: Option<Retry<RetryTransient>>,
     hedge: Option<Hedge>,
     rate_limit: Option<RateLimiter>,
     bulkhead: Option<Bulkhead>,
@@ -111,84 +124,107 @@ pub struct Pipeline {
 
 /// Builds a [`Pipeline`]; each stage is optional and lands in its place whatever the order of the
 /// calls.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 #[must_use]
-pub struct PipelineBuilder {
-    pipeline: Pipeline,
+pub struct PipelineBuilder<C = ErrorsAreFailures> {
+    stages: Stages,
+    retry: Option<Retry<()>>,
+    classify: C,
 }
 
-/// The retry classification of a pipeline: the call's own errors and attempt timeouts are worth
-/// another attempt; refusals are not.
+/// The retry classification of a pipeline: failures (as the pipeline's classifier says) and
+/// attempt timeouts are worth another attempt; refusals are not.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RetryTransient;
+pub struct RetryTransient<C>(C);
 
-impl<T, E> RetryClassify<T, Error<E>> for RetryTransient {
+impl<T, E, C: Classify<T, Error<E>>> RetryClassify<T, Error<E>> for RetryTransient<C> {
     #[inline]
     fn decide(&self, result: &Result<T, Error<E>>) -> Decision {
         match result {
-            Ok(_) => Decision::Done,
-            Err(Error::Inner(_)) | Err(Error::Rejected(Rejected::Timeout(_))) => Decision::Retry,
+            Err(Error::Rejected(Rejected::Timeout(_))) => Decision::Retry,
             Err(Error::Rejected(_)) => Decision::Done,
+            _ if self.0.classify(result).is_failure() => Decision::Retry,
+            _ => Decision::Done,
         }
     }
 }
 
 // === impl PipelineBuilder ===
 
-impl PipelineBuilder {
+impl<C> PipelineBuilder<C> {
+    /// Judges each attempt with `classify` (for the breaker, the adaptive limit and the retry)
+    /// instead of counting every `Err` as a failure. It sees what the attempt returned, refusals
+    /// as [`Error::Rejected`].
+    pub fn classify<C2>(self, classify: C2) -> PipelineBuilder<C2> {
+        PipelineBuilder {
+            stages: self.stages,
+            retry: self.retry,
+            classify,
+        }
+    }
+
     /// Bounds the whole call, every attempt and backoff included.
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.pipeline.timeout = Some(Timeout::new(timeout));
+        self.stages.timeout = Some(Timeout::new(timeout));
         self
     }
 
-    /// Retries failed attempts. The retry's own classifier is replaced by [`RetryTransient`]; its
-    /// attempts, backoff and budget are kept.
-    pub fn retry<C>(mut self, retry: Retry<C>) -> Self {
-        self.pipeline.retry = Some(retry.with_classifier(RetryTransient));
+    /// Retries failed attempts. The retry's own classifier gives way to the pipeline's (see
+    /// [`RetryTransient`]); its attempts, backoff and budget are kept.
+    pub fn retry<R>(mut self, retry: Retry<R>) -> Self {
+        self.retry = Some(retry.with_classifier(()));
         self
     }
 
     /// Hedges each attempt.
     pub fn hedge(mut self, hedge: Hedge) -> Self {
-        self.pipeline.hedge = Some(hedge);
+        self.stages.hedge = Some(hedge);
         self
     }
 
     /// Spends a token per attempt.
     pub fn rate_limit(mut self, limiter: RateLimiter) -> Self {
-        self.pipeline.rate_limit = Some(limiter);
+        self.stages.rate_limit = Some(limiter);
         self
     }
 
     /// Bounds attempts in flight, with a waiting queue.
     pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
-        self.pipeline.bulkhead = Some(bulkhead);
+        self.stages.bulkhead = Some(bulkhead);
         self
     }
 
     /// Bounds attempts in flight by a limit learnt from their latency. It sits beside the
     /// bulkhead, inside it when both are set.
     pub fn adaptive_limit(mut self, limit: AdaptiveLimit) -> Self {
-        self.pipeline.adaptive = Some(limit);
+        self.stages.adaptive = Some(limit);
         self
     }
 
     /// Refuses attempts while the callee is known broken.
     pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
-        self.pipeline.breaker = Some(breaker);
+        self.stages.breaker = Some(breaker);
         self
     }
 
     /// Bounds each attempt.
     pub fn attempt_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.pipeline.attempt_timeout = Some(Timeout::new(timeout));
+        self.stages.attempt_timeout = Some(Timeout::new(timeout));
         self
     }
 
     /// The pipeline.
-    pub fn build(self) -> Pipeline {
-        self.pipeline
+    pub fn build(self) -> Pipeline<C>
+    where
+        C: Clone,
+    {
+        Pipeline {
+            retry: self
+                .retry
+                .map(|retry| retry.with_classifier(RetryTransient(self.classify.clone()))),
+            stages: self.stages,
+            classify: self.classify,
+        }
     }
 }
 
@@ -199,7 +235,26 @@ impl Pipeline {
     pub fn builder() -> PipelineBuilder {
         PipelineBuilder::default()
     }
+}
 
+impl Default for Pipeline {
+    /// A pipeline with no stage: it just calls.
+    fn default() -> Self {
+        Pipeline::builder().build()
+    }
+}
+
+impl Default for PipelineBuilder {
+    fn default() -> Self {
+        PipelineBuilder {
+            stages: Stages::default(),
+            retry: None,
+            classify: ErrorsAreFailures,
+        }
+    }
+}
+
+impl<C> Pipeline<C> {
     /// Runs `f` through every stage. `f` makes one attempt each time it is called; it is `Fn`
     /// because a retry or a hedge calls it again, maybe while an earlier attempt still runs.
     ///
@@ -207,10 +262,11 @@ impl Pipeline {
     /// call's own error as [`Error::Inner`].
     pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
     where
+        C: Classify<T, Error<E>>,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        match self.timeout {
+        match self.stages.timeout {
             Some(timeout) => timeout
                 .call(|| self.retried(&f))
                 .await
@@ -227,6 +283,7 @@ impl Pipeline {
         f: F,
     ) -> Result<T, Error<E>>
     where
+        C: Classify<T, Error<E>>,
         Fb: FallbackFn<T, E>,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -236,6 +293,7 @@ impl Pipeline {
 
     async fn retried<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
     where
+        C: Classify<T, Error<E>>,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -247,10 +305,11 @@ impl Pipeline {
 
     async fn hedged<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
     where
+        C: Classify<T, Error<E>>,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        match &self.hedge {
+        match &self.stages.hedge {
             Some(hedge) => hedge.call(|| self.attempt(f)).await.map_err(Error::flatten),
             None => self.attempt(f).await,
         }
@@ -260,15 +319,17 @@ impl Pipeline {
     /// is made only once every stage let it through.
     async fn attempt<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
     where
+        C: Classify<T, Error<E>>,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        if let Some(limiter) = &self.rate_limit {
+        let stages = &self.stages;
+        if let Some(limiter) = &stages.rate_limit {
             limiter
                 .try_acquire()
                 .map_err(|r| Error::Rejected(r.into()))?;
         }
-        let _place = match &self.bulkhead {
+        let _place = match &stages.bulkhead {
             Some(bulkhead) => Some(
                 bulkhead
                     .acquire()
@@ -277,7 +338,7 @@ impl Pipeline {
             ),
             None => None,
         };
-        let limit = match &self.adaptive {
+        let limit = match &stages.adaptive {
             Some(adaptive) => Some(
                 adaptive
                     .try_acquire()
@@ -285,7 +346,7 @@ impl Pipeline {
             ),
             None => None,
         };
-        let permit = match &self.breaker {
+        let permit = match &stages.breaker {
             Some(breaker) => Some(
                 breaker
                     .try_acquire()
@@ -296,15 +357,18 @@ impl Pipeline {
         // The adaptive limit learns from latency; nothing else here needs the clock.
         let start = limit.as_ref().map(|_| Instant::now());
 
-        let result = match self.attempt_timeout {
+        let result = match stages.attempt_timeout {
             Some(timeout) => timeout.call(f).await,
             None => f().await.map_err(Error::Inner),
         };
 
-        // An attempt that timed out failed as surely as one that returned an error.
         let outcome = match &result {
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
+            // The caller ran out of time: that says nothing about the callee. The permits are
+            // dropped unrecorded.
+            Err(Error::Rejected(Rejected::DeadlineExceeded(_))) => return result,
+            // Cut short by the attempt timeout: as failed as an error.
+            Err(Error::Rejected(_)) => Outcome::Failure,
+            _ => self.classify.classify(&result),
         };
         if let Some(permit) = permit {
             permit.record(outcome);
@@ -397,11 +461,104 @@ mod tests {
     async fn a_breaker_refusal_is_not_retried() {
         let b = breaker(1);
         b.force_open();
-        let p = Pipeline::builder().retry(retry(5)).breaker(b).build();
+        let r = retry(5);
+        let p = Pipeline::builder()
+            .retry(r.clone())
+            .breaker(b.clone())
+            .build();
         let (calls, f) = flaky(0);
         let err = p.call(f).await.unwrap_err();
         assert!(matches!(err, Error::Rejected(Rejected::BreakerOpen(_))));
         assert_eq!(calls.load(SeqCst), 0);
+        assert_eq!(b.snapshot().rejected, 1, "one attempt, refused once");
+        assert_eq!(r.retries_total(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_classifier_judges_every_attempt_for_breaker_and_retry() {
+        let b = breaker(3);
+        let p = Pipeline::builder()
+            .classify(|r: &Result<u16, Error<()>>| match r {
+                Ok(status) if *status >= 500 => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            })
+            .retry(retry(3))
+            .breaker(b.clone())
+            .build();
+        // Two 503s, then a 200: retried as failures, and counted as such.
+        let calls = AtomicU32::new(0);
+        let status = p
+            .call(|| {
+                let n = calls.fetch_add(1, SeqCst);
+                std::future::ready(Ok::<u16, ()>(if n < 2 { 503 } else { 200 }))
+            })
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(b.snapshot().failures, 2);
+        // A 404 is an answer: kept, not retried, a success.
+        let status = p.call(|| std::future::ready(Ok::<u16, ()>(404))).await;
+        assert_eq!(status.unwrap(), 404);
+        assert_eq!(calls.load(SeqCst), 3);
+        assert_eq!(b.snapshot().consecutive_failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_deadline_running_out_teaches_the_breaker_nothing() {
+        let b = breaker(1);
+        let p = Pipeline::builder()
+            .breaker(b.clone())
+            .attempt_timeout(Duration::from_secs(1))
+            .build();
+        let err = Deadline::after(10 * MS)
+            .scope(p.call(|| async {
+                sleep(Duration::from_secs(60)).await;
+                Ok::<(), ()>(())
+            }))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Rejected(Rejected::DeadlineExceeded(_))
+        ));
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.snapshot().calls, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_attempt_is_hedged_and_the_hedge_spends_a_token() {
+        let limiter = RateLimiter::per_second(2)
+            .clock(Arc::new(TokioClock))
+            .try_build()
+            .unwrap();
+        let hedge = Hedge::new(crate::hedge::HedgeDelay::Fixed(20 * MS)).unwrap();
+        let p = Pipeline::builder()
+            .hedge(hedge.clone())
+            .rate_limit(limiter.clone())
+            .build();
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let answer = p
+            .call(|| {
+                let n = calls.fetch_add(1, SeqCst);
+                async move {
+                    // The first attempt hangs; the hedge answers.
+                    if n == 0 {
+                        sleep(Duration::from_secs(60)).await;
+                    }
+                    Ok::<_, ()>(n)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, 1, "the hedge's answer");
+        assert_eq!(start.elapsed(), 20 * MS);
+        assert_eq!(hedge.hedges_sent(), 1);
+        assert!(
+            limiter.try_acquire().is_err(),
+            "both attempts spent a token"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -537,11 +694,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_adaptive_limit_learns_from_each_attempt() {
-        let limit = AdaptiveLimit::aimd();
+        let aimd = crate::adaptive::Aimd::builder()
+            .initial_limit(2)
+            .build()
+            .unwrap();
+        let limit = AdaptiveLimit::new(aimd);
         let p = Pipeline::builder().adaptive_limit(limit.clone()).build();
-        for _ in 0..3 {
-            p.call(|| async { Ok::<_, ()>(()) }).await.unwrap();
-        }
+        p.call(|| async { Ok::<_, ()>(()) }).await.unwrap();
+        assert_eq!(limit.limit(), 3, "a success with the limit in use grows it");
+        let _ = p.call(|| async { Err::<(), _>(()) }).await;
+        assert_eq!(limit.limit(), 2, "a failure shrinks it");
         assert_eq!(limit.in_flight(), 0, "every place was given back");
     }
 }

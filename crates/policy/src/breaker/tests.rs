@@ -309,7 +309,11 @@ async fn a_late_probe_of_an_earlier_period_cannot_close_a_later_one() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_probe_failure_of_an_earlier_period_cannot_reopen_a_later_one() {
-    let b = builder().consecutive_failures(1).half_open_probes(2).build().unwrap();
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(2)
+        .build()
+        .unwrap();
     fail(&b);
     advance(SEC).await;
     let late = b.try_acquire().unwrap();
@@ -317,7 +321,11 @@ async fn a_late_probe_failure_of_an_earlier_period_cannot_reopen_a_later_one() {
     advance(2 * SEC).await;
     let fresh = b.try_acquire().unwrap();
     late.record(Outcome::Failure);
-    assert_eq!(b.state(), State::HalfOpen, "a stale probe's failure must not reopen");
+    assert_eq!(
+        b.state(),
+        State::HalfOpen,
+        "a stale probe's failure must not reopen"
+    );
     fresh.record(Outcome::Success);
     succeed(&b);
     assert_eq!(b.state(), State::Closed);
@@ -360,7 +368,10 @@ fn the_closed_path_takes_no_lock() {
     // A guard against a hang, not a timing assertion: the calls take microseconds.
     let result = finished.recv_timeout(Duration::from_secs(30));
     drop(machine);
-    assert!(result.is_ok(), "closed calls blocked on the state machine's lock");
+    assert!(
+        result.is_ok(),
+        "closed calls blocked on the state machine's lock"
+    );
 }
 
 #[tokio::test(start_paused = true)]

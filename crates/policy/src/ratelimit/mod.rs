@@ -16,11 +16,13 @@
 //! Reading a clock costs more than the rest of the check (governor, the usual crate for this, spends
 //! most of its ~12 ns there), so the limiter checks against the cached clock of
 //! [`recent_nanos`](crate::clock::recent_nanos): one atomic load. That clock is never ahead of the
-//! real time and at most [`RECENT_RESOLUTION`](crate::clock::RECENT_RESOLUTION) (5 ms) behind it.
+//! real time, and usually less than [`RECENT_RESOLUTION`](crate::clock::RECENT_RESOLUTION) (5 ms)
+//! behind it (more only while the machine is too starved to run the thread that refreshes it).
 //! A call it would refuse is checked again against the real time, so no call the limit allows is
 //! refused and [`retry_after`](RateLimited::retry_after) is exact. The price is on the other
-//! side: a burst may exceed `burst` by what 5 ms of the rate allows (five calls at 1,000 a second),
-//! as if those calls had come a few milliseconds earlier; over any longer span the rate holds.
+//! side: a burst may exceed `burst` by what the clock's lag allows of the rate (five calls at 1,000
+//! a second for a lag of 5 ms), as if those calls had come that much earlier; over any longer span
+//! the rate holds.
 //!
 //! The cached clock does not follow tokio's paused clock, so tests that drive time with
 //! `tokio::time::advance` build the limiter with
