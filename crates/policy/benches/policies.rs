@@ -326,6 +326,11 @@ fn rampart_retry_success(group: &mut BenchmarkGroup<'_, WallTime>) {
     group.bench_function("rampart-direct", |b| {
         b.iter(|| complete!(black_box(&retry).call(|| async { black_box(Ok::<_, ()>(())) })))
     });
+    // For comparison: what the budget costs.
+    let mut unbudgeted = RetryLayer::new(retry.clone().without_budget()).layer(ok_service());
+    group.bench_function("rampart-no-budget", |b| {
+        b.iter(|| ready_call(&mut unbudgeted))
+    });
 }
 
 // === rate limit ===
