@@ -10,8 +10,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::deadline::Deadline;
-use crate::clock::saturating_after;
 use super::error::{DeadlineExceeded, Elapsed};
+use crate::clock::saturating_after;
 use crate::error::{BoxError, Rejected};
 
 pin_project! {
