@@ -641,6 +641,36 @@ mod tests {
     }
 
     #[test]
+    fn gradient2_tolerates_latency_up_to_tolerance_times_the_long_rtt() {
+        // The limit after a steady 125 ms (exact in binary, so the long-term RTT is too), then one
+        // sample at `ratio` times that; with no smoothing and no queue allowance, the new limit is
+        // 100 times the gradient.
+        let limit_after = |tolerance: f64, ratio: f64| {
+            let config = Gradient2::builder()
+                .tolerance(tolerance)
+                .smoothing(1.0)
+                .queue_size(QueueSize::Fixed(0))
+                .initial_limit(100)
+                .build()
+                .unwrap();
+            let mut state = Algorithm::from(config).into_state();
+            for _ in 0..LONG_WARMUP {
+                assert_eq!(state.update(success(ms(125), 100)), 100);
+            }
+            state.update(success(ms(125).mul_f64(ratio), 100))
+        };
+        // 1.4x and 1.5x are within a tolerance of 1.5: the limit holds.
+        assert_eq!(limit_after(1.5, 1.4), 100);
+        assert_eq!(limit_after(1.5, 1.5), 100);
+        // 1.6x is beyond it: 1.5 * 125.25 / 200 = 0.94.
+        assert_eq!(limit_after(1.5, 1.6), 93);
+        // The same 1.4x rise shrinks the limit when nothing is tolerated (125.17 / 175 = 0.72)...
+        assert_eq!(limit_after(1.0, 1.4), 71);
+        // ...and 1.6x leaves it alone with a tolerance of 2.
+        assert_eq!(limit_after(2.0, 1.6), 100);
+    }
+
+    #[test]
     fn gradient2_drift_pulls_the_long_rtt_down() {
         let mut state = Algorithm::from(Gradient2::default()).into_state();
         for _ in 0..20 {

@@ -589,7 +589,9 @@ mod tests {
     use std::time::Duration;
 
     use tokio::time::sleep;
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
     use tower::{Layer, ServiceExt};
+    use tower_test::mock;
 
     use super::*;
     use crate::classify::Outcome;
@@ -883,6 +885,38 @@ mod tests {
         let err = rejected.oneshot(()).await.unwrap_err();
         assert!(crate::error::is_caused_by::<BulkheadFull>(&*err));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn layer_over_a_mock_falls_back_on_answers_not_on_readiness() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (mut service, mut handle) =
+            mock::spawn_layer::<(), u16, _>(FallbackLayer::new(telling_boxed(&calls)));
+
+        // Not ready is backpressure: the layer says so too, and nothing falls back.
+        handle.allow(0);
+        assert_pending!(service.poll_ready());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+        // Each answer, in turn: one call allowed at a time.
+        let mut answer = |respond: fn(mock::SendResponse<u16>)| {
+            handle.allow(1);
+            assert_ready_ok!(service.poll_ready());
+            let mut response = task::spawn(service.call(()));
+            assert_pending!(response.poll());
+            let ((), send) = assert_ready!(handle.poll_request()).expect("the request was sent");
+            respond(send);
+            assert_ready!(response.poll())
+        };
+        assert_eq!(answer(|send| send.send_response(200)).unwrap(), 200);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "a success passes through");
+        // The fallback tells the reason: 4 for `Failed("boom")`, 1 for a `BulkheadFull` refusal.
+        assert_eq!(answer(|send| send.send_error("boom")).unwrap(), 4);
+        let rejected_below = |send: mock::SendResponse<u16>| {
+            send.send_error(Wrapped(Box::new(BulkheadFull::new(4, false))));
+        };
+        assert_eq!(answer(rejected_below).unwrap(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

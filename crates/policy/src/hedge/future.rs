@@ -286,10 +286,8 @@ where
             };
             if !*this.launching {
                 if this.timer.is_none() {
-                    this.timer.set(Some(sleep_until(saturating_after(
-                        *this.started,
-                        *this.delay,
-                    ))));
+                    let due = saturating_after(*this.started, *this.delay);
+                    this.timer.set(Some(sleep_until(due)));
                 }
                 if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                     ready!(timer.poll(cx));

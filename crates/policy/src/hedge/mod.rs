@@ -501,6 +501,17 @@ mod tests {
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)))
     }
 
+    /// The next request the mock service receives; fails the test, rather than hanging it, when
+    /// none comes (on the paused clock the timeout fires as soon as nothing else can happen).
+    async fn next_request<Req, Rsp>(
+        handle: &mut mock::Handle<Req, Rsp>,
+    ) -> (Req, mock::SendResponse<Rsp>) {
+        tokio::time::timeout(Duration::from_secs(60), handle.next_request())
+            .await
+            .expect("the inner service received no request")
+            .expect("every handle to the inner service was dropped")
+    }
+
     #[test]
     fn builder_refuses_misconfiguration() {
         assert_eq!(
@@ -586,7 +597,10 @@ mod tests {
         advance(ms(10)).await;
         assert_eq!(assert_ready!(call.poll()).unwrap(), "second");
         assert_eq!(start.elapsed(), ms(110));
-        // Both attempts are gone as soon as the answer is out, before the call future is dropped.
+        // The slow first attempt is not left running once the call has answered. The call owns its
+        // race and drops it on returning, so this cannot tell a loser cancelled when the winner
+        // answers from one dropped with the race; `layer_cancels_the_losing_call` checks the
+        // moment, on a response future that outlives its answer.
         assert_eq!(dropped.load(Ordering::SeqCst), 2);
         assert_eq!(hedge.hedges_sent(), 1);
         assert_eq!(hedge.hedges_won(), 1);
@@ -648,8 +662,15 @@ mod tests {
         );
         let start = tokio::time::Instant::now();
         assert!(matches!(hedge.call(f).await, Err(Error::Inner("boom"))));
+        // The failure ended the call at once, without waiting for the hedge (due to answer at
+        // 200 ms), and the hedge is not left running after it (when exactly it was dropped, only
+        // the layer test `layer_cancels_the_losing_call` can see).
         assert_eq!(start.elapsed(), ms(150));
-        assert_eq!(dropped.load(Ordering::SeqCst), 2, "the hedge is cancelled");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            2,
+            "the hedge is not left running"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -751,6 +772,68 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failures_do_not_feed_the_percentile() {
+        let hedge = Hedge::builder(HedgeDelay::Percentile(50.0))
+            .min_samples(5)
+            .build()
+            .unwrap();
+        let fail_fast = || {
+            let (started, dropped) = counters();
+            attempts(&[1], &[Err("down")], started, dropped)
+        };
+
+        // Cold: failures would warm the window up, and with fast latencies.
+        for _ in 0..10 {
+            assert!(hedge.call(fail_fast()).await.is_err());
+        }
+        assert_eq!(hedge.latencies().count(), 0);
+        assert_eq!(hedge.current_delay(), None);
+
+        // Warm at 100 ms: fast failures, and a hedged call whose attempts both fail, leave the
+        // window and the delay as they were.
+        for _ in 0..5 {
+            let (started, dropped) = counters();
+            let f = attempts(&[100], &[Ok("ok")], started, dropped);
+            hedge.call(f).await.unwrap();
+        }
+        let delay = hedge.current_delay();
+        assert!(delay.is_some());
+        for _ in 0..20 {
+            assert!(hedge.call(fail_fast()).await.is_err());
+        }
+        let (started, dropped) = counters();
+        let f = attempts(&[300, 5], &[Err("a"), Err("b")], started.clone(), dropped);
+        assert!(hedge.call(f).await.is_err());
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            2,
+            "the hedge was sent, and failed"
+        );
+        assert_eq!(hedge.latencies().count(), 5);
+        assert_eq!(hedge.current_delay(), delay);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_delay_waits_without_overflowing_the_clock() {
+        // `Instant + Duration::MAX` overflows: the hedge timer, armed when the first attempt has
+        // to wait, must saturate rather than panic.
+        let endless_warmup = Hedge::builder(HedgeDelay::Percentile(90.0))
+            .warmup_delay(Duration::MAX)
+            .build()
+            .unwrap();
+        for hedge in [fixed(Duration::MAX), endless_warmup] {
+            assert_eq!(hedge.current_delay(), Some(Duration::MAX));
+            let (started, dropped) = counters();
+            let f = attempts(&[50], &[Ok("first")], started.clone(), dropped);
+            let start = tokio::time::Instant::now();
+            assert_eq!(hedge.call(f).await.unwrap(), "first");
+            assert_eq!(start.elapsed(), ms(50));
+            assert_eq!(started.load(Ordering::SeqCst), 1);
+            assert_eq!(hedge.hedges_sent(), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn warmup_delay_stands_in_until_enough_samples() {
         let hedge = Hedge::builder(HedgeDelay::Percentile(90.0))
             .min_samples(100)
@@ -789,7 +872,7 @@ mod tests {
         handle.allow(1);
         let mut call = task::spawn(service.oneshot("req"));
         assert_pending!(call.poll());
-        let (request, _first) = handle.next_request().await.unwrap();
+        let (request, _first) = next_request(&mut handle).await;
         assert_eq!(request, "req");
 
         // At the delay the clone is not ready (no capacity): the hedge waits for it.
@@ -799,7 +882,7 @@ mod tests {
 
         handle.allow(1);
         assert_pending!(call.poll());
-        let (request, second) = handle.next_request().await.unwrap();
+        let (request, second) = next_request(&mut handle).await;
         assert_eq!(request, "req", "the hedge is a copy of the request");
         second.send_response("from the hedge");
         assert_eq!(assert_ready!(call.poll()).unwrap(), "from the hedge");
@@ -816,7 +899,7 @@ mod tests {
         handle.allow(5);
         let mut call = task::spawn(service.oneshot("req"));
         assert_pending!(call.poll());
-        let (_, first) = handle.next_request().await.unwrap();
+        let (_, first) = next_request(&mut handle).await;
         advance(ms(500)).await;
         assert_pending!(call.poll());
         // No second request: the channel is empty, or closed since no clone of the mock is left.
@@ -865,7 +948,7 @@ mod tests {
         let service = HedgeLayer::new(hedge).layer(service);
         handle.allow(1);
         let call = tokio::spawn(service.oneshot("req"));
-        let (_, first) = handle.next_request().await.unwrap();
+        let (_, first) = next_request(&mut handle).await;
         first.send_error(std::io::Error::other("refused"));
         let err = call.await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "refused");

@@ -559,8 +559,17 @@ mod tests {
     async fn the_request_deadline_is_in_force_below_and_caps_timeouts() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = Arc::clone(&seen);
+        // What the timeout layer answered, before the deadline layer above could cut the call
+        // itself: an uncapped 500 ms timeout would answer nothing by 80 ms.
+        let from_timeout = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record_error = Arc::clone(&from_timeout);
         let service = ServiceBuilder::new()
             .layer(DeadlineLayer::new())
+            .map_err(move |err: BoxError| {
+                let deadline = is_caused_by::<DeadlineExceeded>(&*err);
+                record_error.lock().unwrap().push(deadline);
+                err
+            })
             .layer(TimeoutLayer::new(Timeout::new(ms(500))))
             .service(service_fn(move |_: Request| {
                 // Seen while the service is called, and while its future runs.
@@ -583,6 +592,11 @@ mod tests {
             .unwrap_err();
         assert!(is_caused_by::<DeadlineExceeded>(&*err));
         assert_eq!(started.elapsed(), ms(80));
+        assert_eq!(
+            *from_timeout.lock().unwrap(),
+            vec![true],
+            "the timeout below fired at the deadline, and named it"
+        );
         assert_eq!(*seen.lock().unwrap(), vec![Some(deadline), Some(deadline)]);
     }
 
