@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(line_column(text, 4), (1, 5));
         assert_eq!(line_column(text, 6), (2, 1));
         // "é" is two bytes but one column.
-        assert_eq!(line_column(text, 9), (2, 4));
+        assert_eq!(line_column(text, 9), (2, 3));
         assert_eq!(line_column(text, 1000), (3, 1));
     }
 
