@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 fn check(file: &Path) -> Output {
@@ -19,13 +21,24 @@ fn check(file: &Path) -> Output {
 fn a_valid_config_exits_0_with_a_summary_of_its_routes() {
     let out = check(&repo("examples/rampart.toml"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("valid"), "{stdout}");
     for route in ["orders-read", "orders-write", "route-2"] {
-        assert!(stdout.contains(route), "summary lacks route {route}:\n{stdout}");
+        assert!(
+            stdout.contains(route),
+            "summary lacks route {route}:\n{stdout}"
+        );
     }
     assert!(stdout.contains("/orders* -> orders"), "{stdout}");
-    assert!(stdout.contains("127.0.0.1:9003"), "summary lacks the backup:\n{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1:9003"),
+        "summary lacks the backup:\n{stdout}"
+    );
     assert!(out.stderr.is_empty());
 }
 
@@ -45,7 +58,10 @@ fn an_invalid_config_exits_2_with_every_error_on_stderr() {
         ("20:11", "routes[1].async.enabled"),
     ] {
         let wanted = format!("{origin}:{line}: {key_path}: ");
-        assert!(stderr.contains(&wanted), "stderr lacks {wanted:?}:\n{stderr}");
+        assert!(
+            stderr.contains(&wanted),
+            "stderr lacks {wanted:?}:\n{stderr}"
+        );
     }
     assert!(stderr.contains("5 errors"), "{stderr}");
 }

@@ -1612,3 +1612,190 @@ fn fault(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fault {
         abort_percent: abort_percent.unwrap_or(if abort_status.is_some() { 100 } else { 0 }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Config {
+        load(text, "t.toml", None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn errors(text: &str) -> Vec<Error> {
+        load(text, "t.toml", None)
+            .expect_err("must be refused")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    const UPSTREAM: &str = "[upstreams.u]\nendpoints = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn an_empty_file_gets_every_default() {
+        let c = ok("");
+        assert_eq!(c.admin.listen, SocketAddr::from(([127, 0, 0, 1], 9901)));
+        assert_eq!(c.admin.token_env, None);
+        assert_eq!(c.runtime.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.listeners, vec![default_listener("listener-0".into())]);
+        assert!(c.routes.is_empty() && c.upstreams.is_empty() && c.outbox.is_none());
+    }
+
+    #[test]
+    fn a_minimal_route_gets_its_defaults() {
+        let c = ok(&format!("[[routes]]\nupstream = \"u\"\n{UPSTREAM}"));
+        let r = &c.routes[0];
+        assert_eq!(
+            (r.name.as_str(), r.listener.as_str()),
+            ("route-0", "listener-0")
+        );
+        assert!(r.matcher.is_any());
+        assert_eq!(r.timeout, Duration::from_secs(15));
+        assert_eq!(r.retry.attempts, 3);
+        assert_eq!(r.retry.on.len(), 8);
+        assert!(r.hedge.is_none() && r.fallback.is_none() && r.fault.is_none());
+        let u = &c.upstreams[0];
+        assert_eq!(u.failure_status, vec![StatusMatch::Class5xx]);
+        assert!(u.breaker.enabled);
+        assert_eq!(u.breaker.open_for_max, Duration::from_secs(60));
+        assert_eq!(u.limits.max_concurrent, MaxConcurrent::Fixed(256));
+    }
+
+    #[test]
+    fn the_contract_sample_values_are_read() {
+        let c = ok(&format!(
+            "[[routes]]\nupstream = \"u\"\n\
+             retry = {{ on = [\"grpc-deadline-exceeded\", 429, \"5xx\"], budget = {{ ratio = 0 }} }}\n\
+             hedge = {{ after = \"100ms\", max_extra = 2 }}\n\
+             fallback = {{ on = [\"rate-limited\"], status = 503 }}\n\
+             fault = {{ abort_status = 503 }}\n\
+             {UPSTREAM}\
+             limits = {{ rate = \"60/m\", max_concurrent = \"adaptive\" }}\n\
+             health = {{ grpc = true }}\nprotocol = \"grpc\"\n\
+             failure_status = [\"5xx\", 429, \"408\"]\n"
+        ));
+        let r = &c.routes[0];
+        assert_eq!(
+            r.retry.on,
+            vec![RetryOn::Grpc(4), RetryOn::Status(429), RetryOn::Status5xx]
+        );
+        assert_eq!(r.retry.budget_ratio, 0.0);
+        assert_eq!(
+            r.hedge,
+            Some(Hedge {
+                after: HedgeAfter::Delay(Duration::from_millis(100)),
+                max_extra: 2
+            })
+        );
+        assert_eq!(r.fault.unwrap().abort_percent, 100);
+        assert_eq!(r.fault.unwrap().delay_percent, 0);
+        let u = &c.upstreams[0];
+        assert_eq!(u.limits.max_concurrent, MaxConcurrent::Adaptive);
+        assert_eq!(u.health.as_ref().unwrap().check, HealthCheck::Grpc);
+        assert_eq!(
+            u.failure_status,
+            vec![
+                StatusMatch::Class5xx,
+                StatusMatch::Exact(429),
+                StatusMatch::Exact(408)
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_is_optional_with_one_and_required_with_several() {
+        let one = format!("[[listeners]]\nname = \"a\"\n[[routes]]\nupstream = \"u\"\n{UPSTREAM}");
+        assert_eq!(ok(&one).routes[0].listener, "a");
+        let two = format!(
+            "[[listeners]]\n[[listeners]]\nlisten = \"127.0.0.1:8081\"\n\
+             [[routes]]\nupstream = \"u\"\n{UPSTREAM}"
+        );
+        let e = errors(&two);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].listener");
+        assert_eq!(e[0].line(), Some(4));
+        assert_eq!(e[0].allowed(), Some("listener-0, listener-1"));
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let e = errors(
+            "[runtime]\ndrain_timeout = \"x\"\nworker_threads = 0\n\
+             [admin]\nlisten = \"nowhere\"\ntoken_env = \"1BAD\"\n",
+        );
+        let paths: Vec<&str> = e.iter().map(Error::path).collect();
+        assert_eq!(
+            paths,
+            [
+                "runtime.drain_timeout",
+                "runtime.worker_threads",
+                "admin.listen",
+                "admin.token_env"
+            ]
+        );
+        let lines: Vec<Option<usize>> = e.iter().map(Error::line).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(5), Some(6)]);
+    }
+
+    #[test]
+    fn errors_quote_the_value_as_written() {
+        let e = errors(&format!("{UPSTREAM}connect_timeout = '250 ms'\n"));
+        assert_eq!(e[0].got(), Some("'250 ms'"));
+        assert_eq!((e[0].line(), e[0].column()), (Some(3), Some(19)));
+    }
+
+    #[test]
+    fn cross_checks() {
+        let cases: [(&str, &str); 9] = [
+            ("[upstreams.u]\nendpoints = []\n", "upstreams.u.endpoints"),
+            (
+                "[upstreams.u]\nendpoints = [\"a:1\"]\nbackup = [\"a:1\"]\n",
+                "upstreams.u.backup",
+            ),
+            (
+                "[upstreams.\"a b\"]\nendpoints = [\"a:1\"]\n",
+                "upstreams.\"a b\"",
+            ),
+            (
+                "[upstreams.u]\nendpoints = [\"a:1\"]\nhealth = { grpc = true }\n",
+                "upstreams.u.health.grpc",
+            ),
+            (
+                "[upstreams.u]\nendpoints = [\"a:1\"]\nhealth = { path = \"/h\", interval = \"1s\", timeout = \"2s\" }\n",
+                "upstreams.u.health.timeout",
+            ),
+            ("[outbox]\nstore = \"nats\"\n", "outbox.store"),
+            ("[outbox]\nnats = { url = \"nats://x:1\" }\n", "outbox.nats"),
+            (
+                "[[listeners]]\nlisten = \"127.0.0.1:9901\"\n",
+                "listeners[0].listen",
+            ),
+            (
+                "[[routes]]\nupstream = \"u\"\nmatch = { path = \"/a\", path_prefix = \"/b\" }\n[upstreams.u]\nendpoints = [\"a:1\"]\n",
+                "routes[0].match.path",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = errors(text);
+            assert!(
+                e.iter().any(|e| e.path() == path),
+                "{text}: wanted {path}, got {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_has_a_place() {
+        let e = errors("a = 1\n[routes\n");
+        assert_eq!(e[0].line(), Some(2));
+        assert_eq!(e[0].path(), "");
+        assert!(e[0].message().starts_with("invalid TOML"));
+    }
+
+    #[test]
+    fn key_paths_quote_keys_that_are_not_bare() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("a.b", "c-d_e"), "a.b.c-d_e");
+        assert_eq!(join("h", "x y"), "h.\"x y\"");
+    }
+}

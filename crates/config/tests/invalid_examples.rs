@@ -28,7 +28,11 @@ fn expected(path: &Path) -> Vec<(usize, String, String)> {
             let (line_number, rest) = line.split_once(':').expect("LINE:COL: ...");
             let (_column, rest) = rest.split_once(": ").expect("LINE:COL: ...");
             let key_path = rest.split(": ").next().unwrap_or_default().to_owned();
-            (line_number.parse().expect("a line number"), key_path, line.to_owned())
+            (
+                line_number.parse().expect("a line number"),
+                key_path,
+                line.to_owned(),
+            )
         })
         .collect()
 }
@@ -92,7 +96,11 @@ fn the_annotated_example_is_valid() {
 fn a_missing_file_is_one_error_naming_it() {
     let errors = Config::from_file("/nonexistent/rampart.toml").unwrap_err();
     assert_eq!(errors.len(), 1);
-    assert!(errors.to_string().starts_with("/nonexistent/rampart.toml: cannot read"));
+    assert!(
+        errors
+            .to_string()
+            .starts_with("/nonexistent/rampart.toml: cannot read")
+    );
 }
 
 #[test]
@@ -104,7 +112,10 @@ fn a_fallback_body_file_is_resolved_against_the_config_directory() {
                 [upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n";
     std::fs::write(&config, text).unwrap();
     let errors = Config::from_file(&config).unwrap_err();
-    assert_eq!(errors.iter().next().unwrap().path(), "routes[0].fallback.body_file");
+    assert_eq!(
+        errors.iter().next().unwrap().path(),
+        "routes[0].fallback.body_file"
+    );
     assert!(errors.to_string().contains("no such file"), "{errors}");
     std::fs::write(dir.join("fb.json"), "{}").unwrap();
     let loaded = Config::from_file(&config).unwrap_or_else(|e| panic!("{e}"));
