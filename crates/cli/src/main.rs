@@ -1,9 +1,10 @@
 //! The `rampart` command: wiring only; the work lives in the library crates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rampart_config::Config;
 
 /// Resilient calls between services.
 #[derive(Debug, Parser)]
@@ -39,9 +40,31 @@ fn main() -> ExitCode {
             println!("rampart {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run { .. } | Command::Check { .. } | Command::Demo => {
+        Command::Check { config } => check(&config),
+        Command::Run { .. } | Command::Demo => {
             eprintln!(
                 "rampart: this build has the policy library only; the proxy and the demo are not part of it yet"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `rampart check`: exit 0 and a summary when the file is valid, exit 2 and every error when not.
+fn check(path: &Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(config) => {
+            println!("{}: valid", path.display());
+            print!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.len();
+            eprintln!(
+                "{}: {n} error{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
             );
             ExitCode::from(2)
         }

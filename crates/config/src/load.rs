@@ -1,0 +1,1801 @@
+//! Parse -> validate -> build: walks the spanned TOML document, checks every key and value,
+//! collects every error with its place, and builds the [`Config`] only when there is none.
+//!
+//! The walker does not stop at the first problem: a bad value is reported and replaced by its
+//! default so that the rest of the file is still checked, including cross-references.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::error::{Error, Errors, line_column};
+use crate::model::*;
+use crate::value::{
+    ByteSize, DURATION_ALLOWED, Endpoint, Invalid, Rate, SIZE_ALLOWED, check_ratio, closest,
+    parse_duration,
+};
+
+type Node<'i> = Spanned<DeValue<'i>>;
+
+/// Parses and validates `text`; `origin` names it in errors, `base_dir` resolves `body_file`.
+pub(crate) fn load(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, Errors> {
+    let mut cx = Cx {
+        src: text,
+        origin,
+        base_dir,
+        errors: Vec::new(),
+    };
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for error in syntax {
+            let at = error.span().map_or(0, |s| s.start);
+            let message = error.message().trim().replace('\n', " ");
+            cx.report(at, "", format!("invalid TOML: {message}"), None, None);
+        }
+        return Err(cx.finish());
+    }
+    let config = document(&mut cx, &root);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.finish())
+    }
+}
+
+// === the walking context ===
+
+/// Where errors are collected while the document is walked.
+struct Cx<'s> {
+    src: &'s str,
+    origin: &'s str,
+    base_dir: Option<&'s Path>,
+    errors: Vec<(usize, Error)>,
+}
+
+/// A table being read, with the key path and place to blame when a key is missing.
+struct Tbl<'a, 'i> {
+    map: &'a DeTable<'i>,
+    at: usize,
+    path: String,
+}
+
+impl<'a, 'i> Tbl<'a, 'i> {
+    fn get(&self, key: &str) -> Option<&'a Node<'i>> {
+        self.map.get(key)
+    }
+
+    fn path(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+impl Cx<'_> {
+    fn report(
+        &mut self,
+        at: usize,
+        path: &str,
+        message: impl Into<String>,
+        got: Option<String>,
+        allowed: Option<String>,
+    ) {
+        let error = Error {
+            origin: self.origin.to_owned(),
+            position: Some(line_column(self.src, at)),
+            path: path.to_owned(),
+            message: message.into(),
+            got,
+            allowed,
+        };
+        self.errors.push((at, error));
+    }
+
+    /// Reports a bad value, quoting it as written.
+    fn invalid(&mut self, span: Range<usize>, path: &str, invalid: Invalid) {
+        let got = Some(self.raw(span.clone()));
+        self.report(
+            span.start,
+            path,
+            invalid.message,
+            got,
+            Some(invalid.allowed),
+        );
+    }
+
+    /// The text of `span` as written, on one line and cut short when long.
+    fn raw(&self, span: Range<usize>) -> String {
+        let text = self.src.get(span).unwrap_or("");
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.chars().count() > 60 {
+            format!("{}...", text.chars().take(57).collect::<String>())
+        } else {
+            text
+        }
+    }
+
+    fn finish(mut self) -> Errors {
+        self.errors.sort_by_key(|(at, _)| *at);
+        Errors(self.errors.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Reads `node` as a table whose keys must all be in `known`.
+    fn table<'a, 'i>(
+        &mut self,
+        node: &'a Node<'i>,
+        at: usize,
+        path: String,
+        known: &[&str],
+    ) -> Option<Tbl<'a, 'i>> {
+        let DeValue::Table(map) = node.get_ref() else {
+            self.invalid(
+                node.span(),
+                &path,
+                Invalid::new(
+                    format!("expected a table, found {}", node.get_ref().type_str()),
+                    format!("a table with keys {}", known.join(", ")),
+                ),
+            );
+            return None;
+        };
+        self.unknown_keys(map, &path, known);
+        Some(Tbl { map, at, path })
+    }
+
+    /// Reports every key of `map` not in `known`, suggesting the closest known key.
+    fn unknown_keys(&mut self, map: &DeTable<'_>, path: &str, known: &[&str]) {
+        for (key, _) in map.iter() {
+            let name: &str = key.get_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let message = match closest(name, known.iter().copied()) {
+                Some(near) => format!("unknown key \"{name}\"; did you mean \"{near}\"?"),
+                None => format!("unknown key \"{name}\""),
+            };
+            self.report(
+                key.span().start,
+                &join(path, name),
+                message,
+                None,
+                Some(known.join(", ")),
+            );
+        }
+    }
+
+    /// Reads the sub-table `key` of `t`, if present.
+    fn section<'a, 'i>(
+        &mut self,
+        t: &Tbl<'a, 'i>,
+        key: &str,
+        known: &[&str],
+    ) -> Option<Tbl<'a, 'i>> {
+        let (k, node) = t.map.get_key_value(key)?;
+        self.table(node, k.span().start, t.path(key), known)
+    }
+
+    /// Reads `key` of `t` with `parse`; a bad value is reported and `None` returned.
+    fn get<T>(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        parse: impl FnOnce(&DeValue<'_>) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        let node = t.get(key)?;
+        match parse(node.get_ref()) {
+            Ok(value) => Some(value),
+            Err(invalid) => {
+                self.invalid(node.span(), &t.path(key), invalid);
+                None
+            }
+        }
+    }
+
+    /// Reads the array `key` of `t`, each item with `parse`; bad items are reported one by one.
+    fn list<T>(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        parse: impl Fn(&DeValue<'_>) -> Result<T, Invalid>,
+    ) -> Option<Vec<T>> {
+        let node = t.get(key)?;
+        let path = t.path(key);
+        let DeValue::Array(items) = node.get_ref() else {
+            let probe = parse(node.get_ref()).err();
+            let allowed = probe.map_or_else(|| "an array".to_owned(), |p| p.allowed);
+            self.invalid(
+                node.span(),
+                &path,
+                Invalid::new(
+                    format!("expected an array, found {}", node.get_ref().type_str()),
+                    format!("an array of: {allowed}"),
+                ),
+            );
+            return None;
+        };
+        let mut values = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match parse(item.get_ref()) {
+                Ok(value) => values.push(value),
+                Err(invalid) => self.invalid(item.span(), &format!("{path}[{i}]"), invalid),
+            }
+        }
+        Some(values)
+    }
+
+    fn missing(&mut self, t: &Tbl<'_, '_>, key: &str, allowed: &str) {
+        let path = t.path(key);
+        self.report(
+            t.at,
+            &path,
+            format!("missing required key \"{key}\""),
+            None,
+            Some(allowed.to_owned()),
+        );
+    }
+
+    /// Reports a value that is fine alone but conflicts with another; blamed on `key` of `t`, or
+    /// on the table when the key is absent (a default is in conflict).
+    fn conflict(&mut self, t: &Tbl<'_, '_>, key: &str, message: impl Into<String>) {
+        let (at, got) = match t.get(key) {
+            Some(node) => (node.span().start, Some(self.raw(node.span()))),
+            None => (t.at, None),
+        };
+        self.report(at, &t.path(key), message, got, None);
+    }
+}
+
+/// Appends `key` to a key path, quoting keys that are not bare TOML keys.
+fn join(path: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key: Cow<'_, str> = if bare {
+        key.into()
+    } else {
+        format!("\"{key}\"").into()
+    };
+    if path.is_empty() {
+        key.into_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+// === value readers ===
+
+fn string(v: &DeValue<'_>) -> Result<String, Invalid> {
+    match v {
+        DeValue::String(s) => Ok(s.to_string()),
+        other => Err(Invalid::new(
+            format!("expected a string, found {}", other.type_str()),
+            "a quoted string",
+        )),
+    }
+}
+
+fn boolean(v: &DeValue<'_>) -> Result<bool, Invalid> {
+    match v {
+        DeValue::Boolean(b) => Ok(*b),
+        other => Err(Invalid::new(
+            format!("expected true or false, found {}", other.type_str()),
+            "true, false",
+        )),
+    }
+}
+
+fn integer(v: &DeValue<'_>) -> Option<i128> {
+    match v {
+        DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
+        _ => None,
+    }
+}
+
+/// A whole number from `min` to `max`.
+fn uint(min: u64, max: u64) -> impl Fn(&DeValue<'_>) -> Result<u64, Invalid> {
+    move |v| {
+        let allowed = if max == u64::from(u32::MAX) {
+            format!("a whole number, at least {min}")
+        } else {
+            format!("a whole number from {min} to {max}")
+        };
+        match integer(v) {
+            Some(n) if (i128::from(min)..=i128::from(max)).contains(&n) => Ok(n as u64),
+            Some(_) => Err(Invalid::new("out of range", allowed)),
+            None => Err(Invalid::new(
+                format!("expected a whole number, found {}", v.type_str()),
+                allowed,
+            )),
+        }
+    }
+}
+
+fn u32_in(min: u32, max: u32) -> impl Fn(&DeValue<'_>) -> Result<u32, Invalid> {
+    let read = uint(u64::from(min), u64::from(max));
+    move |v| read(v).map(|n| n as u32)
+}
+
+fn duration(v: &DeValue<'_>) -> Result<Duration, Invalid> {
+    match v {
+        DeValue::String(s) => parse_duration(s),
+        DeValue::Integer(_) | DeValue::Float(_) => Err(Invalid::new(
+            "a duration is a quoted string with a unit",
+            DURATION_ALLOWED,
+        )),
+        other => Err(Invalid::new(
+            format!("expected a duration, found {}", other.type_str()),
+            DURATION_ALLOWED,
+        )),
+    }
+}
+
+/// A duration longer than zero.
+fn positive(v: &DeValue<'_>) -> Result<Duration, Invalid> {
+    match duration(v)? {
+        Duration::ZERO => Err(Invalid::new(
+            "must be longer than zero",
+            "a duration longer than zero, like \"250ms\" or \"2s\"",
+        )),
+        d => Ok(d),
+    }
+}
+
+fn size(v: &DeValue<'_>) -> Result<ByteSize, Invalid> {
+    match v {
+        DeValue::String(s) => ByteSize::parse(s),
+        DeValue::Integer(_) => match integer(v) {
+            Some(n) if n >= 0 && n <= i128::from(u64::MAX) => Ok(ByteSize(n as u64)),
+            _ => Err(Invalid::new("a size cannot be negative", SIZE_ALLOWED)),
+        },
+        other => Err(Invalid::new(
+            format!("expected a size, found {}", other.type_str()),
+            SIZE_ALLOWED,
+        )),
+    }
+}
+
+fn ratio(v: &DeValue<'_>) -> Result<f64, Invalid> {
+    let value = match v {
+        DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+        DeValue::Integer(_) => integer(v).map(|n| n as f64),
+        _ => None,
+    };
+    match value {
+        Some(value) => check_ratio(value),
+        None => Err(Invalid::new(
+            format!("expected a ratio, found {}", v.type_str()),
+            "a number from 0.0 to 1.0 (0.5 is half)",
+        )),
+    }
+}
+
+fn percent(v: &DeValue<'_>) -> Result<u8, Invalid> {
+    uint(0, 100)(v).map(|n| n as u8)
+}
+
+fn status(min: u16) -> impl Fn(&DeValue<'_>) -> Result<u16, Invalid> {
+    move |v| uint(u64::from(min), 599)(v).map(|n| n as u16)
+}
+
+/// One of the `options`, with a suggestion for a near miss.
+fn choice<'o, T: Copy>(
+    options: &'o [(&'o str, T)],
+) -> impl Fn(&DeValue<'_>) -> Result<T, Invalid> + 'o {
+    move |v| {
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let allowed = names.join(", ");
+        let DeValue::String(s) = v else {
+            return Err(Invalid::new(
+                format!("expected a string, found {}", v.type_str()),
+                allowed,
+            ));
+        };
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == s.as_ref()) {
+            return Ok(*value);
+        }
+        let message = match closest(s, names.iter().copied()) {
+            Some(near) => format!("unknown value; did you mean \"{near}\"?"),
+            None => "unknown value".to_owned(),
+        };
+        Err(Invalid::new(message, allowed))
+    }
+}
+
+const NAME_ALLOWED: &str = "letters, digits, '-', '_' and '.', at most 64 characters";
+
+/// A name used in metrics labels and admin URLs.
+fn name(v: &DeValue<'_>) -> Result<String, Invalid> {
+    let s = string(v)?;
+    check_name(&s)?;
+    Ok(s)
+}
+
+fn check_name(s: &str) -> Result<(), Invalid> {
+    let valid = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Invalid::new("invalid name", NAME_ALLOWED))
+    }
+}
+
+const LISTEN_ALLOWED: &str = "an IP address and port, like \"127.0.0.1:8080\" or \"[::1]:8080\"";
+
+fn socket_addr(v: &DeValue<'_>) -> Result<SocketAddr, Invalid> {
+    let s = string(v).map_err(|e| Invalid::new(e.message, LISTEN_ALLOWED))?;
+    s.parse().map_err(|_| {
+        Invalid::new(
+            "expected an IP address and a port (names are not resolved here)",
+            LISTEN_ALLOWED,
+        )
+    })
+}
+
+fn endpoint(v: &DeValue<'_>) -> Result<Endpoint, Invalid> {
+    let s = string(v).map_err(|e| Invalid::new(e.message, crate::value::ENDPOINT_ALLOWED))?;
+    Endpoint::parse(&s)
+}
+
+fn path_value(v: &DeValue<'_>) -> Result<String, Invalid> {
+    let s = string(v)?;
+    if s.starts_with('/') && !s.contains(char::is_whitespace) {
+        Ok(s)
+    } else {
+        Err(Invalid::new(
+            "a path starts with '/' and has no spaces",
+            "a path like \"/orders\"",
+        ))
+    }
+}
+
+/// HTTP methods a route may match or retry; CONNECT is always refused.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn method(v: &DeValue<'_>) -> Result<String, Invalid> {
+    let s = string(v)?;
+    if METHODS.contains(&s.as_str()) {
+        return Ok(s);
+    }
+    let message = match closest(&s, METHODS) {
+        Some(near) => format!("unknown method; did you mean \"{near}\"?"),
+        None => "unknown method".to_owned(),
+    };
+    Err(Invalid::new(message, METHODS.join(", ")))
+}
+
+/// A header name (a token, compared without case) and its value (visible ASCII and spaces).
+fn headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, key: &str) -> Vec<(String, String)> {
+    let Some(node) = t.get(key) else {
+        return Vec::new();
+    };
+    let path = t.path(key);
+    let DeValue::Table(map) = node.get_ref() else {
+        cx.invalid(
+            node.span(),
+            &path,
+            Invalid::new(
+                "expected a table of header names to values",
+                "{ \"content-type\" = \"application/json\" }",
+            ),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, value) in map.iter() {
+        let name: &str = name.get_ref();
+        let header_path = join(&path, name);
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            cx.invalid(
+                node.span(),
+                &header_path,
+                Invalid::new("invalid header name", "letters, digits and !#$%&'*+-.^_`|~"),
+            );
+            continue;
+        }
+        match value.get_ref() {
+            DeValue::String(s) if s.bytes().all(|b| b == b'\t' || (b' '..0x7f).contains(&b)) => {
+                out.push((name.to_ascii_lowercase(), s.to_string()));
+            }
+            _ => cx.invalid(
+                value.span(),
+                &header_path,
+                Invalid::new(
+                    "invalid header value",
+                    "a string of visible ASCII characters and spaces",
+                ),
+            ),
+        }
+    }
+    out
+}
+
+// === the document ===
+
+fn document(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Config {
+    let root = Tbl {
+        map: root.get_ref(),
+        at: 0,
+        path: String::new(),
+    };
+    let known = [
+        "admin",
+        "runtime",
+        "listeners",
+        "routes",
+        "upstreams",
+        "outbox",
+    ];
+    cx.unknown_keys(root.map, "", &known);
+
+    let admin = admin(cx, &root);
+    let runtime = runtime(cx, &root);
+    let listeners = listeners(cx, &root, &admin);
+    let upstreams = upstreams(cx, &root);
+    let outbox = cx
+        .section(&root, "outbox", OUTBOX_KEYS)
+        .map(|t| outbox(cx, &t));
+    let routes = routes(cx, &root, &listeners, &upstreams, outbox.is_some());
+    Config {
+        admin,
+        runtime,
+        listeners,
+        routes,
+        upstreams,
+        outbox,
+    }
+}
+
+/// Array-of-tables `key` of the root, each element with its index.
+fn array_of_tables<'a, 'i>(
+    cx: &mut Cx<'_>,
+    root: &Tbl<'a, 'i>,
+    key: &str,
+    known: &[&str],
+) -> Vec<(usize, Tbl<'a, 'i>)> {
+    let Some(node) = root.get(key) else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = node.get_ref() else {
+        cx.invalid(
+            node.span(),
+            key,
+            Invalid::new(
+                format!(
+                    "expected an array of tables, found {}",
+                    node.get_ref().type_str()
+                ),
+                format!("[[{key}]] sections"),
+            ),
+        );
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            cx.table(item, item.span().start, format!("{key}[{i}]"), known)
+                .map(|t| (i, t))
+        })
+        .collect()
+}
+
+const ADMIN_KEYS: &[&str] = &["listen", "token_env"];
+
+fn admin(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Admin {
+    let mut admin = Admin {
+        listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        token_env: None,
+    };
+    if let Some(t) = cx.section(root, "admin", ADMIN_KEYS) {
+        if let Some(listen) = cx.get(&t, "listen", socket_addr) {
+            admin.listen = listen;
+        }
+        admin.token_env = cx.get(&t, "token_env", |v| {
+            let s = string(v)?;
+            let valid = !s.is_empty()
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if valid {
+                Ok(s)
+            } else {
+                Err(Invalid::new(
+                    "invalid environment variable name",
+                    "letters, digits and '_', not starting with a digit",
+                ))
+            }
+        });
+    }
+    admin
+}
+
+const RUNTIME_KEYS: &[&str] = &["worker_threads", "drain_timeout"];
+
+fn runtime(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Runtime {
+    let mut runtime = Runtime {
+        worker_threads: None,
+        drain_timeout: Duration::from_secs(10),
+    };
+    if let Some(t) = cx.section(root, "runtime", RUNTIME_KEYS) {
+        runtime.worker_threads = cx
+            .get(&t, "worker_threads", uint(1, 1024))
+            .map(|n| n as usize);
+        if let Some(d) = cx.get(&t, "drain_timeout", duration) {
+            runtime.drain_timeout = d;
+        }
+    }
+    runtime
+}
+
+// === listeners ===
+
+const LISTENER_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "protocol",
+    "max_connections",
+    "header_read_timeout",
+    "idle_timeout",
+    "body_idle_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "max_request_body",
+    "h2_max_concurrent_streams",
+];
+
+fn default_listener(name: String) -> Listener {
+    Listener {
+        name,
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        protocol: ListenerProtocol::Auto,
+        max_connections: 10_000,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        body_idle_timeout: Duration::from_secs(30),
+        max_header_bytes: ByteSize(64 << 10),
+        max_headers: 100,
+        max_request_body: ByteSize(8 << 20),
+        h2_max_concurrent_streams: 256,
+    }
+}
+
+fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener> {
+    let tables = array_of_tables(cx, root, "listeners", LISTENER_KEYS);
+    if root.get("listeners").is_none() {
+        return vec![default_listener("listener-0".to_owned())];
+    }
+    let mut out: Vec<Listener> = Vec::new();
+    for (i, t) in tables {
+        let mut l = default_listener(
+            cx.get(&t, "name", name)
+                .unwrap_or_else(|| format!("listener-{i}")),
+        );
+        if let Some(v) = cx.get(&t, "listen", socket_addr) {
+            l.listen = v;
+        }
+        if let Some(v) = cx.get(
+            &t,
+            "protocol",
+            choice(&[
+                ("auto", ListenerProtocol::Auto),
+                ("http1", ListenerProtocol::Http1),
+                ("http2", ListenerProtocol::Http2),
+            ]),
+        ) {
+            l.protocol = v;
+        }
+        let u32_keys: [(&str, &mut u32); 3] = [
+            ("max_connections", &mut l.max_connections),
+            ("max_headers", &mut l.max_headers),
+            (
+                "h2_max_concurrent_streams",
+                &mut l.h2_max_concurrent_streams,
+            ),
+        ];
+        for (key, slot) in u32_keys {
+            if let Some(v) = cx.get(&t, key, u32_in(1, u32::MAX)) {
+                *slot = v;
+            }
+        }
+        let durations: [(&str, &mut Duration); 3] = [
+            ("header_read_timeout", &mut l.header_read_timeout),
+            ("idle_timeout", &mut l.idle_timeout),
+            ("body_idle_timeout", &mut l.body_idle_timeout),
+        ];
+        for (key, slot) in durations {
+            if let Some(v) = cx.get(&t, key, positive) {
+                *slot = v;
+            }
+        }
+        for (key, slot) in [
+            ("max_header_bytes", &mut l.max_header_bytes),
+            ("max_request_body", &mut l.max_request_body),
+        ] {
+            if let Some(v) = cx.get(&t, key, size) {
+                *slot = v;
+            }
+        }
+        if let Some(first) = out.iter().find(|o| o.name == l.name) {
+            let message = format!("duplicate listener name \"{}\"", first.name);
+            cx.conflict(&t, "name", message);
+        }
+        if let Some(first) = out.iter().find(|o| o.listen == l.listen) {
+            let message = format!(
+                "listener \"{}\" already listens on {}",
+                first.name, l.listen
+            );
+            cx.conflict(&t, "listen", message);
+        }
+        if l.listen == admin.listen {
+            cx.conflict(
+                &t,
+                "listen",
+                "the admin API already listens on this address",
+            );
+        }
+        out.push(l);
+    }
+    out
+}
+
+// === upstreams ===
+
+const UPSTREAM_KEYS: &[&str] = &[
+    "endpoints",
+    "backup",
+    "protocol",
+    "balance",
+    "connect_timeout",
+    "failure_status",
+    "breaker",
+    "health",
+    "limits",
+];
+const BREAKER_KEYS: &[&str] = &[
+    "enabled",
+    "consecutive_failures",
+    "failure_rate",
+    "slow_call",
+    "slow_call_rate",
+    "window",
+    "min_calls",
+    "open_for",
+    "open_for_max",
+    "half_open_probes",
+    "max_ejected_percent",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "grpc",
+    "interval",
+    "timeout",
+    "unhealthy_after",
+    "healthy_after",
+];
+const LIMITS_KEYS: &[&str] = &[
+    "max_concurrent",
+    "max_pending",
+    "pending_timeout",
+    "rate",
+    "burst",
+];
+
+fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upstream> {
+    let Some((key, node)) = root.map.get_key_value("upstreams") else {
+        return Vec::new();
+    };
+    let DeValue::Table(map) = node.get_ref() else {
+        cx.invalid(
+            node.span(),
+            "upstreams",
+            Invalid::new("expected a table of upstreams", "[upstreams.NAME] sections"),
+        );
+        return Vec::new();
+    };
+    let _ = key;
+    // The map is sorted by name; the file's order reads better in summaries.
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    let mut out = Vec::new();
+    for (key, node) in entries {
+        let upstream_name: &str = key.get_ref();
+        let path = join("upstreams", upstream_name);
+        if let Err(invalid) = check_name(upstream_name) {
+            cx.invalid(key.span(), &path, invalid);
+        }
+        if let Some(t) = cx.table(node, key.span().start, path, UPSTREAM_KEYS) {
+            out.push(upstream(cx, upstream_name.to_owned(), &t));
+        }
+    }
+    out
+}
+
+fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream {
+    let endpoints = cx.list(t, "endpoints", endpoint).unwrap_or_default();
+    match t.get("endpoints") {
+        None => cx.missing(t, "endpoints", "an array of \"host:port\" strings"),
+        Some(node)
+            if endpoints.is_empty()
+                && matches!(node.get_ref(), DeValue::Array(a) if a.is_empty()) =>
+        {
+            cx.invalid(
+                node.span(),
+                &t.path("endpoints"),
+                Invalid::new(
+                    "an upstream needs at least one endpoint",
+                    "an array of \"host:port\" strings",
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    let backup = cx.list(t, "backup", endpoint).unwrap_or_default();
+    let mut seen: Vec<&Endpoint> = Vec::new();
+    for e in endpoints.iter().chain(&backup) {
+        if seen.contains(&e) {
+            let key = if endpoints.contains(e) && backup.contains(e) {
+                "backup"
+            } else {
+                "endpoints"
+            };
+            cx.conflict(t, key, format!("endpoint {e} is listed twice"));
+        }
+        seen.push(e);
+    }
+    let protocol = cx
+        .get(
+            t,
+            "protocol",
+            choice(&[
+                ("http1", UpstreamProtocol::Http1),
+                ("http2", UpstreamProtocol::Http2),
+                ("grpc", UpstreamProtocol::Grpc),
+            ]),
+        )
+        .unwrap_or(UpstreamProtocol::Http1);
+    let balance = cx
+        .get(
+            t,
+            "balance",
+            choice(&[
+                ("p2c-ewma", Balance::P2cEwma),
+                ("round-robin", Balance::RoundRobin),
+                ("least-request", Balance::LeastRequest),
+                ("random", Balance::Random),
+            ]),
+        )
+        .unwrap_or(Balance::P2cEwma);
+    let connect_timeout = cx
+        .get(t, "connect_timeout", positive)
+        .unwrap_or(Duration::from_secs(1));
+    let failure_status = cx
+        .list(t, "failure_status", status_match)
+        .unwrap_or_else(|| vec![StatusMatch::Class5xx]);
+    let breaker = breaker(cx, t);
+    let health = cx
+        .section(t, "health", HEALTH_KEYS)
+        .map(|h| health(cx, &h, protocol));
+    let limits = limits(cx, t);
+    Upstream {
+        name: upstream_name,
+        endpoints,
+        backup,
+        protocol,
+        balance,
+        connect_timeout,
+        failure_status,
+        breaker,
+        health,
+        limits,
+    }
+}
+
+fn status_match(v: &DeValue<'_>) -> Result<StatusMatch, Invalid> {
+    let allowed = "\"5xx\" or an exact status from 100 to 599 (503 or \"503\")";
+    let code = match v {
+        DeValue::String(s) if s == "5xx" => return Ok(StatusMatch::Class5xx),
+        DeValue::String(s) => s.parse::<u16>().ok(),
+        DeValue::Integer(_) => integer(v).and_then(|n| u16::try_from(n).ok()),
+        _ => None,
+    };
+    match code {
+        Some(code) if (100..=599).contains(&code) => Ok(StatusMatch::Exact(code)),
+        _ => Err(Invalid::new("not a status or status class", allowed)),
+    }
+}
+
+fn breaker(cx: &mut Cx<'_>, upstream: &Tbl<'_, '_>) -> Breaker {
+    let mut b = Breaker {
+        enabled: true,
+        consecutive_failures: 5,
+        failure_rate: 0.5,
+        slow_call: Duration::from_secs(1),
+        slow_call_rate: 1.0,
+        window: Duration::from_secs(10),
+        min_calls: 20,
+        open_for: Duration::from_secs(5),
+        open_for_max: Duration::from_secs(60),
+        half_open_probes: 3,
+        max_ejected_percent: 50,
+    };
+    let Some(t) = cx.section(upstream, "breaker", BREAKER_KEYS) else {
+        return b;
+    };
+    if let Some(v) = cx.get(&t, "enabled", boolean) {
+        b.enabled = v;
+    }
+    if let Some(v) = cx.get(&t, "consecutive_failures", u32_in(0, u32::MAX)) {
+        b.consecutive_failures = v;
+    }
+    if let Some(v) = cx.get(&t, "failure_rate", ratio) {
+        b.failure_rate = v;
+    }
+    if let Some(v) = cx.get(&t, "slow_call", positive) {
+        b.slow_call = v;
+    }
+    if let Some(v) = cx.get(&t, "slow_call_rate", ratio) {
+        b.slow_call_rate = v;
+    }
+    if let Some(v) = cx.get(&t, "window", positive) {
+        b.window = v;
+    }
+    if let Some(v) = cx.get(&t, "min_calls", u32_in(1, u32::MAX)) {
+        b.min_calls = v;
+    }
+    let open_for = cx.get(&t, "open_for", positive);
+    let open_for_max = cx.get(&t, "open_for_max", positive);
+    b.open_for = open_for.unwrap_or(b.open_for);
+    b.open_for_max = open_for_max.unwrap_or(b.open_for_max);
+    if b.open_for_max < b.open_for {
+        let message = format!(
+            "open_for_max ({}) must be at least open_for ({})",
+            crate::value::format_duration(b.open_for_max),
+            crate::value::format_duration(b.open_for)
+        );
+        let key = if open_for_max.is_some() {
+            "open_for_max"
+        } else {
+            "open_for"
+        };
+        cx.conflict(&t, key, message);
+    }
+    if let Some(v) = cx.get(&t, "half_open_probes", u32_in(1, u32::MAX)) {
+        b.half_open_probes = v;
+    }
+    if let Some(v) = cx.get(&t, "max_ejected_percent", percent) {
+        b.max_ejected_percent = v;
+    }
+    b
+}
+
+fn health(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, protocol: UpstreamProtocol) -> Health {
+    let path = cx.get(t, "path", path_value);
+    let grpc = cx.get(t, "grpc", boolean);
+    let check = match (path, grpc, t.get("path").is_some()) {
+        (Some(_), Some(true), _) => {
+            cx.conflict(t, "grpc", "set either `path` or `grpc = true`, not both");
+            HealthCheck::Grpc
+        }
+        (Some(path), _, _) => HealthCheck::Http(path),
+        (None, Some(true), _) => {
+            if protocol == UpstreamProtocol::Http1 {
+                cx.conflict(
+                    t,
+                    "grpc",
+                    "gRPC health checks need HTTP/2: set the upstream's protocol to \"grpc\" or \"http2\"",
+                );
+            }
+            HealthCheck::Grpc
+        }
+        (None, _, false) => {
+            cx.missing(t, "path", "`path = \"/healthz\"` or `grpc = true`");
+            HealthCheck::Grpc
+        }
+        // A bad path, already reported.
+        (None, _, true) => HealthCheck::Grpc,
+    };
+    let interval = cx
+        .get(t, "interval", positive)
+        .unwrap_or(Duration::from_secs(2));
+    let timeout = cx
+        .get(t, "timeout", positive)
+        .unwrap_or(Duration::from_secs(1));
+    if timeout > interval {
+        cx.conflict(
+            t,
+            "timeout",
+            format!(
+                "a health check timeout ({}) must not be longer than its interval ({})",
+                crate::value::format_duration(timeout),
+                crate::value::format_duration(interval)
+            ),
+        );
+    }
+    Health {
+        check,
+        interval,
+        timeout,
+        unhealthy_after: cx.get(t, "unhealthy_after", u32_in(1, 1000)).unwrap_or(2),
+        healthy_after: cx.get(t, "healthy_after", u32_in(1, 1000)).unwrap_or(2),
+    }
+}
+
+fn limits(cx: &mut Cx<'_>, upstream: &Tbl<'_, '_>) -> Limits {
+    let mut l = Limits {
+        max_concurrent: MaxConcurrent::Fixed(256),
+        max_pending: 128,
+        pending_timeout: Duration::from_millis(100),
+        rate: None,
+        burst: None,
+    };
+    let Some(t) = cx.section(upstream, "limits", LIMITS_KEYS) else {
+        return l;
+    };
+    if let Some(v) = cx.get(&t, "max_concurrent", |v| match v {
+        DeValue::String(s) if s == "adaptive" => Ok(MaxConcurrent::Adaptive),
+        DeValue::Integer(_) => u32_in(1, u32::MAX)(v)
+            .map(MaxConcurrent::Fixed)
+            .map_err(|e| Invalid::new(e.message, "a whole number, at least 1, or \"adaptive\"")),
+        DeValue::String(s) if closest(s, ["adaptive"]).is_some() => Err(Invalid::new(
+            "unknown value; did you mean \"adaptive\"?",
+            "a whole number, at least 1, or \"adaptive\"",
+        )),
+        _ => Err(Invalid::new(
+            "expected a number or \"adaptive\"",
+            "a whole number, at least 1, or \"adaptive\"",
+        )),
+    }) {
+        l.max_concurrent = v;
+    }
+    if let Some(v) = cx.get(&t, "max_pending", u32_in(0, u32::MAX)) {
+        l.max_pending = v;
+    }
+    if let Some(v) = cx.get(&t, "pending_timeout", duration) {
+        l.pending_timeout = v;
+    }
+    l.rate = cx.get(&t, "rate", |v| match v {
+        DeValue::String(s) => Rate::parse(s),
+        other => Err(Invalid::new(
+            format!("expected a rate, found {}", other.type_str()),
+            crate::value::RATE_ALLOWED,
+        )),
+    });
+    l.burst = cx.get(&t, "burst", u32_in(1, u32::MAX));
+    if l.burst.is_some() && t.get("rate").is_none() {
+        cx.conflict(&t, "burst", "`burst` needs a `rate`");
+    }
+    l
+}
+
+// === outbox ===
+
+const OUTBOX_KEYS: &[&str] = &[
+    "store",
+    "path",
+    "nats",
+    "max_messages",
+    "on_full",
+    "max_age",
+    "retry",
+];
+
+fn backoff(cx: &mut Cx<'_>, parent: &Tbl<'_, '_>, key: &str, default: Backoff) -> Backoff {
+    let Some(t) = cx.section(parent, key, &["base", "max"]) else {
+        return default;
+    };
+    let base = cx.get(&t, "base", positive).unwrap_or(default.base);
+    let max = cx.get(&t, "max", positive).unwrap_or(default.max);
+    if max < base {
+        let message = format!(
+            "the backoff's max ({}) must be at least its base ({})",
+            crate::value::format_duration(max),
+            crate::value::format_duration(base)
+        );
+        let key = if t.get("max").is_some() {
+            "max"
+        } else {
+            "base"
+        };
+        cx.conflict(&t, key, message);
+    }
+    Backoff { base, max }
+}
+
+fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Embedded,
+        Nats,
+    }
+    let kind = cx
+        .get(
+            t,
+            "store",
+            choice(&[("embedded", Kind::Embedded), ("nats", Kind::Nats)]),
+        )
+        .unwrap_or(Kind::Embedded);
+    let nats = cx.section(t, "nats", &["url", "stream"]);
+    let store = match (kind, nats) {
+        (Kind::Nats, Some(n)) => {
+            let url = cx.get(&n, "url", |v| {
+                let s = string(v)?;
+                if s.starts_with("nats://") || s.starts_with("tls://") {
+                    Ok(s)
+                } else {
+                    Err(Invalid::new(
+                        "expected a NATS URL",
+                        "nats://HOST:PORT or tls://HOST:PORT",
+                    ))
+                }
+            });
+            if n.get("url").is_none() {
+                cx.missing(&n, "url", "a NATS URL like \"nats://127.0.0.1:4222\"");
+            }
+            OutboxStore::Nats {
+                url: url.unwrap_or_default(),
+                stream: cx
+                    .get(&n, "stream", name)
+                    .unwrap_or_else(|| "RAMPART_OUTBOX".to_owned()),
+            }
+        }
+        (Kind::Nats, None) => {
+            cx.conflict(
+                t,
+                "store",
+                "store = \"nats\" needs `nats = { url = \"nats://...\" }`",
+            );
+            OutboxStore::Embedded
+        }
+        (Kind::Embedded, Some(_)) => {
+            cx.conflict(t, "nats", "`nats` is set but `store` is not \"nats\"");
+            OutboxStore::Embedded
+        }
+        (Kind::Embedded, None) => OutboxStore::Embedded,
+    };
+    Outbox {
+        store,
+        path: cx
+            .get(t, "path", string)
+            .map_or_else(|| PathBuf::from("rampart-data/outbox"), PathBuf::from),
+        max_messages: cx
+            .get(t, "max_messages", uint(1, u64::from(u32::MAX)))
+            .unwrap_or(100_000),
+        on_full: cx
+            .get(
+                t,
+                "on_full",
+                choice(&[
+                    ("reject", OnFull::Reject),
+                    ("drop-oldest", OnFull::DropOldest),
+                ]),
+            )
+            .unwrap_or(OnFull::Reject),
+        max_age: cx
+            .get(t, "max_age", positive)
+            .unwrap_or(Duration::from_secs(86_400)),
+        retry: backoff(
+            cx,
+            t,
+            "retry",
+            Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+            },
+        ),
+    }
+}
+
+// === routes ===
+
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "listener",
+    "match",
+    "upstream",
+    "timeout",
+    "per_try_timeout",
+    "retry",
+    "hedge",
+    "fallback",
+    "fault",
+    "async",
+];
+const MATCH_KEYS: &[&str] = &["path_prefix", "path", "host", "method", "headers"];
+const RETRY_KEYS: &[&str] = &[
+    "attempts",
+    "backoff",
+    "on",
+    "budget",
+    "methods",
+    "max_replay_body",
+];
+const FALLBACK_KEYS: &[&str] = &["on", "status", "headers", "body", "body_file", "stale"];
+const FAULT_KEYS: &[&str] = &["delay", "delay_percent", "abort_status", "abort_percent"];
+
+/// The reasons of `x-rampart-error`, which a fallback may answer.
+pub(crate) const ERROR_REASONS: [&str; 16] = [
+    "breaker-open",
+    "no-healthy-endpoint",
+    "timeout",
+    "deadline-exceeded",
+    "overloaded",
+    "rate-limited",
+    "upstream-connect",
+    "upstream-reset",
+    "retry-budget-exhausted",
+    "fault-injected",
+    "no-route",
+    "outbox-full",
+    "bad-request",
+    "body-too-large",
+    "headers-too-large",
+    "upstream-invalid",
+];
+
+/// gRPC status codes by their `grpc-<name>` token (OK excluded: it is never retried).
+pub(crate) const GRPC_CODES: [(&str, u8); 16] = [
+    ("cancelled", 1),
+    ("unknown", 2),
+    ("invalid-argument", 3),
+    ("deadline-exceeded", 4),
+    ("not-found", 5),
+    ("already-exists", 6),
+    ("permission-denied", 7),
+    ("resource-exhausted", 8),
+    ("failed-precondition", 9),
+    ("aborted", 10),
+    ("out-of-range", 11),
+    ("unimplemented", 12),
+    ("internal", 13),
+    ("unavailable", 14),
+    ("data-loss", 15),
+    ("unauthenticated", 16),
+];
+
+const RETRY_ON_ALLOWED: &str = "connect-failure, reset, refused-stream, timeout, 5xx, a status like \"503\", grpc-<code> (grpc-unavailable, grpc-deadline-exceeded, grpc-resource-exhausted, ...)";
+
+fn retry_on(v: &DeValue<'_>) -> Result<RetryOn, Invalid> {
+    if let Some(code) = integer(v) {
+        return match u16::try_from(code) {
+            Ok(code) if (100..=599).contains(&code) => Ok(RetryOn::Status(code)),
+            _ => Err(Invalid::new("not an HTTP status", RETRY_ON_ALLOWED)),
+        };
+    }
+    let s = string(v).map_err(|e| Invalid::new(e.message, RETRY_ON_ALLOWED))?;
+    let fixed = [
+        ("connect-failure", RetryOn::ConnectFailure),
+        ("reset", RetryOn::Reset),
+        ("refused-stream", RetryOn::RefusedStream),
+        ("timeout", RetryOn::Timeout),
+        ("5xx", RetryOn::Status5xx),
+    ];
+    if let Some((_, token)) = fixed.iter().find(|(name, _)| *name == s) {
+        return Ok(*token);
+    }
+    if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u16>() {
+            Ok(code) if (100..=599).contains(&code) => Ok(RetryOn::Status(code)),
+            _ => Err(Invalid::new("not an HTTP status", RETRY_ON_ALLOWED)),
+        };
+    }
+    if let Some(code) = s.strip_prefix("grpc-") {
+        if let Some((_, n)) = GRPC_CODES.iter().find(|(name, _)| *name == code) {
+            return Ok(RetryOn::Grpc(*n));
+        }
+    }
+    let mut names: Vec<String> = fixed.iter().map(|(n, _)| (*n).to_owned()).collect();
+    names.extend(GRPC_CODES.iter().map(|(n, _)| format!("grpc-{n}")));
+    let message = match closest(&s, names.iter().map(String::as_str)) {
+        Some(near) => format!("unknown retry condition; did you mean \"{near}\"?"),
+        None => "unknown retry condition".to_owned(),
+    };
+    Err(Invalid::new(message, RETRY_ON_ALLOWED))
+}
+
+fn fallback_on(v: &DeValue<'_>) -> Result<String, Invalid> {
+    let allowed = format!("5xx, {}", ERROR_REASONS.join(", "));
+    let s = string(v).map_err(|e| Invalid::new(e.message, allowed.clone()))?;
+    if s == "5xx" || ERROR_REASONS.contains(&s.as_str()) {
+        return Ok(s);
+    }
+    let message = match closest(&s, ERROR_REASONS.iter().copied().chain(["5xx"])) {
+        Some(near) => format!("unknown fallback reason; did you mean \"{near}\"?"),
+        None => "unknown fallback reason".to_owned(),
+    };
+    Err(Invalid::new(message, allowed))
+}
+
+fn routes(
+    cx: &mut Cx<'_>,
+    root: &Tbl<'_, '_>,
+    listeners: &[Listener],
+    upstreams: &[Upstream],
+    has_outbox: bool,
+) -> Vec<Route> {
+    let tables = array_of_tables(cx, root, "routes", ROUTE_KEYS);
+    let mut out: Vec<Route> = Vec::new();
+    for (i, t) in tables {
+        let route_name = cx
+            .get(&t, "name", name)
+            .unwrap_or_else(|| format!("route-{i}"));
+        if out.iter().any(|r| r.name == route_name) {
+            let message = format!("duplicate route name \"{route_name}\"");
+            cx.conflict(&t, "name", message);
+        }
+        let listener = route_listener(cx, &t, listeners);
+        let upstream = match cx.get(&t, "upstream", string) {
+            Some(u) if upstreams.iter().any(|x| x.name == u) => u,
+            Some(u) => {
+                let names: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                let message = match closest(&u, names.iter().copied()) {
+                    Some(near) => format!("no upstream named \"{u}\"; did you mean \"{near}\"?"),
+                    None => format!("no upstream named \"{u}\""),
+                };
+                let node = t.get("upstream").expect("read above");
+                let allowed = if names.is_empty() {
+                    "the name of an [upstreams.NAME] section (there is none)".to_owned()
+                } else {
+                    names.join(", ")
+                };
+                cx.invalid(
+                    node.span(),
+                    &t.path("upstream"),
+                    Invalid::new(message, allowed),
+                );
+                u
+            }
+            None => {
+                if t.get("upstream").is_none() {
+                    cx.missing(&t, "upstream", "the name of an [upstreams.NAME] section");
+                }
+                String::new()
+            }
+        };
+        let matcher = cx
+            .section(&t, "match", MATCH_KEYS)
+            .map(|m| route_match(cx, &m))
+            .unwrap_or_default();
+        let timeout = cx
+            .get(&t, "timeout", positive)
+            .unwrap_or(Duration::from_secs(15));
+        let per_try_timeout = cx.get(&t, "per_try_timeout", positive);
+        if per_try_timeout.is_some_and(|p| p > timeout) {
+            let message = format!(
+                "per_try_timeout must not be longer than the route's timeout ({})",
+                crate::value::format_duration(timeout)
+            );
+            cx.conflict(&t, "per_try_timeout", message);
+        }
+        let retry = retry(cx, &t);
+        let hedge = cx
+            .section(&t, "hedge", &["after", "max_extra"])
+            .map(|h| Hedge {
+                after: cx
+                    .get(&h, "after", hedge_after)
+                    .unwrap_or(HedgeAfter::Percentile(95.0)),
+                max_extra: cx.get(&h, "max_extra", u32_in(1, 10)).unwrap_or(1),
+            });
+        let fallback = cx
+            .section(&t, "fallback", FALLBACK_KEYS)
+            .map(|f| fallback(cx, &f));
+        let fault = cx.section(&t, "fault", FAULT_KEYS).map(|f| fault(cx, &f));
+        let mut async_enabled = false;
+        if let Some(a) = cx.section(&t, "async", &["enabled"]) {
+            async_enabled = cx.get(&a, "enabled", boolean).unwrap_or(false);
+            if async_enabled && !has_outbox {
+                cx.conflict(
+                    &a,
+                    "enabled",
+                    "an async route needs an [outbox] section to store its messages",
+                );
+            }
+        }
+        out.push(Route {
+            name: route_name,
+            listener,
+            matcher,
+            upstream,
+            timeout,
+            per_try_timeout,
+            retry,
+            hedge,
+            fallback,
+            fault,
+            async_enabled,
+        });
+    }
+    out
+}
+
+fn route_listener(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, listeners: &[Listener]) -> String {
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    match cx.get(t, "listener", string) {
+        Some(l) if names.contains(&l.as_str()) => l,
+        Some(l) => {
+            let message = match closest(&l, names.iter().copied()) {
+                Some(near) => format!("no listener named \"{l}\"; did you mean \"{near}\"?"),
+                None => format!("no listener named \"{l}\""),
+            };
+            let node = t.get("listener").expect("read above");
+            cx.invalid(
+                node.span(),
+                &t.path("listener"),
+                Invalid::new(message, names.join(", ")),
+            );
+            l
+        }
+        None if t.get("listener").is_some() => String::new(),
+        None => match names.as_slice() {
+            [only] => (*only).to_owned(),
+            _ => {
+                let path = t.path("listener");
+                cx.report(
+                    t.at,
+                    &path,
+                    "a route must name its listener when there are several",
+                    None,
+                    Some(names.join(", ")),
+                );
+                String::new()
+            }
+        },
+    }
+}
+
+fn route_match(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Match {
+    let m = Match {
+        path_prefix: cx.get(t, "path_prefix", path_value),
+        path: cx.get(t, "path", path_value),
+        host: cx.get(t, "host", |v| {
+            let s = string(v)?;
+            let valid = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
+            if valid {
+                Ok(s.to_ascii_lowercase())
+            } else {
+                Err(Invalid::new(
+                    "invalid host",
+                    "a host name without port, like \"orders.internal\"",
+                ))
+            }
+        }),
+        method: cx.get(t, "method", method),
+        headers: headers(cx, t, "headers"),
+    };
+    if t.get("path").is_some() && t.get("path_prefix").is_some() {
+        cx.conflict(t, "path", "set either `path` or `path_prefix`, not both");
+    }
+    m
+}
+
+fn retry(cx: &mut Cx<'_>, route: &Tbl<'_, '_>) -> Retry {
+    let mut r = Retry {
+        attempts: 3,
+        backoff: Backoff {
+            base: Duration::from_millis(25),
+            max: Duration::from_secs(1),
+        },
+        on: vec![
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::RefusedStream,
+            RetryOn::Timeout,
+            RetryOn::Status(502),
+            RetryOn::Status(503),
+            RetryOn::Status(504),
+            RetryOn::Grpc(14),
+        ],
+        budget_ratio: 0.2,
+        budget_min_per_sec: 10,
+        methods: ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"]
+            .map(str::to_owned)
+            .to_vec(),
+        max_replay_body: ByteSize(64 << 10),
+    };
+    let Some(t) = cx.section(route, "retry", RETRY_KEYS) else {
+        return r;
+    };
+    if let Some(v) = cx.get(&t, "attempts", u32_in(1, 10)) {
+        r.attempts = v;
+    }
+    r.backoff = backoff(cx, &t, "backoff", r.backoff);
+    if let Some(v) = cx.list(&t, "on", retry_on) {
+        r.on = v;
+    }
+    if let Some(b) = cx.section(&t, "budget", &["ratio", "min_per_sec"]) {
+        if let Some(v) = cx.get(&b, "ratio", ratio) {
+            r.budget_ratio = v;
+        }
+        if let Some(v) = cx.get(&b, "min_per_sec", u32_in(0, u32::MAX)) {
+            r.budget_min_per_sec = v;
+        }
+    }
+    if let Some(v) = cx.list(&t, "methods", method) {
+        r.methods = v;
+    }
+    if let Some(v) = cx.get(&t, "max_replay_body", size) {
+        r.max_replay_body = v;
+    }
+    r
+}
+
+fn hedge_after(v: &DeValue<'_>) -> Result<HedgeAfter, Invalid> {
+    let allowed =
+        "a delay like \"100ms\", or a percentile of observed latency like \"p95\" (p1 to p99.9)";
+    if let DeValue::String(s) = v {
+        if let Some(p) = s.strip_prefix('p') {
+            return match p.parse::<f64>() {
+                Ok(p) if p > 0.0 && p < 100.0 && !p.is_nan() => Ok(HedgeAfter::Percentile(p)),
+                _ => Err(Invalid::new("invalid percentile", allowed)),
+            };
+        }
+    }
+    positive(v)
+        .map(HedgeAfter::Delay)
+        .map_err(|e| Invalid::new(e.message, allowed))
+}
+
+fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
+    let on = cx.list(t, "on", fallback_on).unwrap_or_else(|| {
+        [
+            "breaker-open",
+            "no-healthy-endpoint",
+            "timeout",
+            "overloaded",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    });
+    let body = cx.get(t, "body", string);
+    let body_file = cx.get(t, "body_file", string);
+    let body = match (body, body_file) {
+        (Some(_), Some(_)) => {
+            cx.conflict(t, "body_file", "set either `body` or `body_file`, not both");
+            FallbackBody::Inline(String::new())
+        }
+        (Some(text), None) => FallbackBody::Inline(text),
+        (None, Some(file)) => {
+            let path = PathBuf::from(&file);
+            let path = match cx.base_dir {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path,
+            };
+            if cx.base_dir.is_some() && !path.is_file() {
+                let message = format!("no such file: {}", path.display());
+                cx.conflict(t, "body_file", message);
+            }
+            FallbackBody::File(path)
+        }
+        (None, None) => FallbackBody::Inline(String::new()),
+    };
+    Fallback {
+        on,
+        status: cx.get(t, "status", status(100)).unwrap_or(200),
+        headers: headers(cx, t, "headers"),
+        body,
+        stale: cx.get(t, "stale", positive),
+    }
+}
+
+fn fault(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fault {
+    let delay = cx.get(t, "delay", positive);
+    let delay_percent = cx.get(t, "delay_percent", percent);
+    let abort_status = cx.get(t, "abort_status", status(400));
+    let abort_percent = cx.get(t, "abort_percent", percent);
+    if t.get("delay_percent").is_some() && t.get("delay").is_none() {
+        cx.conflict(t, "delay_percent", "`delay_percent` needs a `delay`");
+    }
+    if t.get("abort_percent").is_some() && t.get("abort_status").is_none() {
+        cx.conflict(
+            t,
+            "abort_percent",
+            "`abort_percent` needs an `abort_status`",
+        );
+    }
+    Fault {
+        delay,
+        delay_percent: delay_percent.unwrap_or(if delay.is_some() { 100 } else { 0 }),
+        abort_status,
+        abort_percent: abort_percent.unwrap_or(if abort_status.is_some() { 100 } else { 0 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Config {
+        load(text, "t.toml", None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn errors(text: &str) -> Vec<Error> {
+        load(text, "t.toml", None)
+            .expect_err("must be refused")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    const UPSTREAM: &str = "[upstreams.u]\nendpoints = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn an_empty_file_gets_every_default() {
+        let c = ok("");
+        assert_eq!(c.admin.listen, SocketAddr::from(([127, 0, 0, 1], 9901)));
+        assert_eq!(c.admin.token_env, None);
+        assert_eq!(c.runtime.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.listeners, vec![default_listener("listener-0".into())]);
+        assert!(c.routes.is_empty() && c.upstreams.is_empty() && c.outbox.is_none());
+    }
+
+    #[test]
+    fn a_minimal_route_gets_its_defaults() {
+        let c = ok(&format!("[[routes]]\nupstream = \"u\"\n{UPSTREAM}"));
+        let r = &c.routes[0];
+        assert_eq!(
+            (r.name.as_str(), r.listener.as_str()),
+            ("route-0", "listener-0")
+        );
+        assert!(r.matcher.is_any());
+        assert_eq!(r.timeout, Duration::from_secs(15));
+        assert_eq!(r.retry.attempts, 3);
+        assert_eq!(r.retry.on.len(), 8);
+        assert!(r.hedge.is_none() && r.fallback.is_none() && r.fault.is_none());
+        let u = &c.upstreams[0];
+        assert_eq!(u.failure_status, vec![StatusMatch::Class5xx]);
+        assert!(u.breaker.enabled);
+        assert_eq!(u.breaker.open_for_max, Duration::from_secs(60));
+        assert_eq!(u.limits.max_concurrent, MaxConcurrent::Fixed(256));
+    }
+
+    #[test]
+    fn the_contract_sample_values_are_read() {
+        let c = ok(&format!(
+            "[[routes]]\nupstream = \"u\"\n\
+             retry = {{ on = [\"grpc-deadline-exceeded\", 429, \"5xx\"], budget = {{ ratio = 0 }} }}\n\
+             hedge = {{ after = \"100ms\", max_extra = 2 }}\n\
+             fallback = {{ on = [\"rate-limited\"], status = 503 }}\n\
+             fault = {{ abort_status = 503 }}\n\
+             {UPSTREAM}\
+             limits = {{ rate = \"60/m\", max_concurrent = \"adaptive\" }}\n\
+             health = {{ grpc = true }}\nprotocol = \"grpc\"\n\
+             failure_status = [\"5xx\", 429, \"408\"]\n"
+        ));
+        let r = &c.routes[0];
+        assert_eq!(
+            r.retry.on,
+            vec![RetryOn::Grpc(4), RetryOn::Status(429), RetryOn::Status5xx]
+        );
+        assert_eq!(r.retry.budget_ratio, 0.0);
+        assert_eq!(
+            r.hedge,
+            Some(Hedge {
+                after: HedgeAfter::Delay(Duration::from_millis(100)),
+                max_extra: 2
+            })
+        );
+        assert_eq!(r.fault.unwrap().abort_percent, 100);
+        assert_eq!(r.fault.unwrap().delay_percent, 0);
+        let u = &c.upstreams[0];
+        assert_eq!(u.limits.max_concurrent, MaxConcurrent::Adaptive);
+        assert_eq!(u.health.as_ref().unwrap().check, HealthCheck::Grpc);
+        assert_eq!(
+            u.failure_status,
+            vec![
+                StatusMatch::Class5xx,
+                StatusMatch::Exact(429),
+                StatusMatch::Exact(408)
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_is_optional_with_one_and_required_with_several() {
+        let one = format!("[[listeners]]\nname = \"a\"\n[[routes]]\nupstream = \"u\"\n{UPSTREAM}");
+        assert_eq!(ok(&one).routes[0].listener, "a");
+        let two = format!(
+            "[[listeners]]\n[[listeners]]\nlisten = \"127.0.0.1:8081\"\n\
+             [[routes]]\nupstream = \"u\"\n{UPSTREAM}"
+        );
+        let e = errors(&two);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].listener");
+        assert_eq!(e[0].line(), Some(4));
+        assert_eq!(e[0].allowed(), Some("listener-0, listener-1"));
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let e = errors(
+            "[runtime]\ndrain_timeout = \"x\"\nworker_threads = 0\n\
+             [admin]\nlisten = \"nowhere\"\ntoken_env = \"1BAD\"\n",
+        );
+        let paths: Vec<&str> = e.iter().map(Error::path).collect();
+        assert_eq!(
+            paths,
+            [
+                "runtime.drain_timeout",
+                "runtime.worker_threads",
+                "admin.listen",
+                "admin.token_env"
+            ]
+        );
+        let lines: Vec<Option<usize>> = e.iter().map(Error::line).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(5), Some(6)]);
+    }
+
+    #[test]
+    fn errors_quote_the_value_as_written() {
+        let e = errors(&format!("{UPSTREAM}connect_timeout = '250 ms'\n"));
+        assert_eq!(e[0].got(), Some("'250 ms'"));
+        assert_eq!((e[0].line(), e[0].column()), (Some(3), Some(19)));
+    }
+
+    #[test]
+    fn cross_checks() {
+        let cases: [(&str, &str); 9] = [
+            ("[upstreams.u]\nendpoints = []\n", "upstreams.u.endpoints"),
+            (
+                "[upstreams.u]\nendpoints = [\"a:1\"]\nbackup = [\"a:1\"]\n",
+                "upstreams.u.backup",
+            ),
+            (
+                "[upstreams.\"a b\"]\nendpoints = [\"a:1\"]\n",
+                "upstreams.\"a b\"",
+            ),
+            (
+                "[upstreams.u]\nendpoints = [\"a:1\"]\nhealth = { grpc = true }\n",
+                "upstreams.u.health.grpc",
+            ),
+            (
+                "[upstreams.u]\nendpoints = [\"a:1\"]\nhealth = { path = \"/h\", interval = \"1s\", timeout = \"2s\" }\n",
+                "upstreams.u.health.timeout",
+            ),
+            ("[outbox]\nstore = \"nats\"\n", "outbox.store"),
+            ("[outbox]\nnats = { url = \"nats://x:1\" }\n", "outbox.nats"),
+            (
+                "[[listeners]]\nlisten = \"127.0.0.1:9901\"\n",
+                "listeners[0].listen",
+            ),
+            (
+                "[[routes]]\nupstream = \"u\"\nmatch = { path = \"/a\", path_prefix = \"/b\" }\n[upstreams.u]\nendpoints = [\"a:1\"]\n",
+                "routes[0].match.path",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = errors(text);
+            assert!(
+                e.iter().any(|e| e.path() == path),
+                "{text}: wanted {path}, got {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_has_a_place() {
+        let e = errors("a = 1\n[routes\n");
+        assert_eq!(e[0].line(), Some(2));
+        assert_eq!(e[0].path(), "");
+        assert!(e[0].message().starts_with("invalid TOML"));
+    }
+
+    #[test]
+    fn key_paths_quote_keys_that_are_not_bare() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("a.b", "c-d_e"), "a.b.c-d_e");
+        assert_eq!(join("h", "x y"), "h.\"x y\"");
+    }
+}
