@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { .. } | Command::Demo => {
             eprintln!(
-                "rampart: this build has the policy library only; the proxy and the demo are not part of it yet"
+                "rampart: the proxy (`run`) and the demo are not part of this build yet; `check` is"
             );
             ExitCode::from(2)
         }
