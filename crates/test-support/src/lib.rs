@@ -3,7 +3,11 @@
 //!
 //! - [`FaultProxy`]: a TCP proxy that injects latency, resets, refusals, black holes and resets
 //!   in the middle of a body, switchable while connections are open.
+//! - [`Upstream`]: an HTTP/1.1 and h2c server answering as scripted (fail, slow, hang, reset, drip
+//!   the body, echo) and recording every request it received.
 
 mod fault;
+mod upstream;
 
 pub use fault::{Fault, FaultProxy};
+pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};
