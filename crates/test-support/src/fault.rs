@@ -1,20 +1,4 @@
 //! A fault-injecting TCP proxy, for machines without netem.
-//!
-//! [`FaultProxy`] sits between a client and a target on 127.0.0.1 and forwards bytes both ways
-//! until told to misbehave with [`FaultProxy::set_fault`]. A fault switched on applies to the
-//! connections accepted after it and, where a live connection can suffer it, to the connections
-//! already open:
-//!
-//! | fault | new connections | open connections |
-//! |---|---|---|
-//! | [`Fault::None`] | forwarded | forwarded again (except those accepted under `Blackhole`) |
-//! | [`Fault::Latency`] | each chunk delayed, both ways | the same, from the next chunk |
-//! | [`Fault::Reset`] | accepted, then reset (RST) | reset at once |
-//! | [`Fault::Refuse`] | refused: nothing listens on the port | left alone, as a closed port would (those not yet accepted are reset) |
-//! | [`Fault::Blackhole`] | read and never answered nor closed | what they send and receive is dropped |
-//! | [`Fault::ResetAfter`] | `n` response bytes, then reset | `n` more response bytes, then reset |
-//!
-//! Dropping the proxy closes its port and every connection it holds.
 
 use std::io;
 use std::net::SocketAddr;
@@ -51,6 +35,21 @@ pub enum Fault {
 }
 
 /// A TCP proxy on 127.0.0.1 that forwards to one target and injects [`Fault`]s on demand.
+///
+/// It forwards bytes both ways until told to misbehave with [`set_fault`](Self::set_fault). A
+/// fault switched on applies to the connections accepted after it and, where a live connection
+/// can suffer it, to the connections already open:
+///
+/// | fault | new connections | open connections |
+/// |---|---|---|
+/// | [`Fault::None`] | forwarded | forwarded again (except those accepted under `Blackhole`) |
+/// | [`Fault::Latency`] | each chunk delayed, both ways | the same, from the next chunk |
+/// | [`Fault::Reset`] | accepted, then reset (RST) | reset at once |
+/// | [`Fault::Refuse`] | refused: nothing listens on the port | left alone, as a closed port would (those not yet accepted are reset) |
+/// | [`Fault::Blackhole`] | read and never answered nor closed | what they send and receive is dropped |
+/// | [`Fault::ResetAfter`] | `n` response bytes, then reset | `n` more response bytes, then reset |
+///
+/// Dropping the proxy closes its port and every connection it holds.
 ///
 /// Must be started inside a tokio runtime with the IO and time drivers enabled.
 ///
@@ -147,7 +146,7 @@ impl FaultProxy {
         *self.faults.borrow()
     }
 
-    /// Switches the fault; see the [module docs](self) for what it does to open connections.
+    /// Switches the fault; see the table on [`FaultProxy`] for what it does to open connections.
     ///
     /// Switching to [`Fault::Refuse`] closes the port before returning; switching away from it
     /// listens again on the same port before returning, so a connect right after succeeds.

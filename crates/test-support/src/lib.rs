@@ -5,9 +5,13 @@
 //!   in the middle of a body, switchable while connections are open.
 //! - [`Upstream`]: an HTTP/1.1 and h2c server answering as scripted (fail, slow, hang, reset, drip
 //!   the body, echo) and recording every request it received.
+//! - [`ChildUpstream`]: the same upstream in a process of its own, to SIGKILL for real and bring
+//!   back on the same port.
 
 mod fault;
+mod process;
 mod upstream;
 
 pub use fault::{Fault, FaultProxy};
+pub use process::{ChildUpstream, UPSTREAM_BINARY};
 pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};

@@ -1,13 +1,4 @@
 //! A scriptable HTTP/1.1 and h2c upstream that records what it was sent.
-//!
-//! [`Upstream`] serves both protocols on one port (HTTP/2 by prior knowledge, told apart by the
-//! connection preface) and answers every request as its [`Behavior`] says; the behaviour can be
-//! switched while it runs. Each request is recorded as a [`SeenRequest`] once its body has
-//! arrived, before it is answered, so a test can check what a proxy forwarded even when the
-//! upstream never answers.
-//!
-//! Dropping the upstream closes its port and every connection, and so ends every request still
-//! being answered, including HTTP/2 streams, which hyper runs as tasks of their own.
 
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
@@ -101,6 +92,14 @@ pub struct SeenRequest {
 }
 
 /// An HTTP/1.1 and h2c server on 127.0.0.1, answering as its [`Behavior`] says.
+///
+/// Both protocols share one port (HTTP/2 by prior knowledge, told apart by the connection
+/// preface); the behaviour can be switched while it runs. Each request is recorded as a [`SeenRequest`] once its body has
+/// arrived, before it is answered, so a test can check what a proxy forwarded even when the
+/// upstream never answers.
+///
+/// Dropping the upstream closes its port and every connection, and so ends every request still
+/// being answered, including HTTP/2 streams, which hyper runs as tasks of their own.
 ///
 /// Must be started inside a tokio runtime with the IO and time drivers enabled.
 ///
