@@ -135,10 +135,19 @@ impl ChildUpstream {
     ///
     /// # Errors
     ///
-    /// When the process is not running or does not acknowledge the change.
+    /// When the process is not running or does not acknowledge the change; `InvalidInput` for
+    /// a body with a line break, which the one-line protocol to the process cannot carry (give
+    /// such a body to [`spawn`](Self::spawn) instead, as an argument).
     pub fn set_behavior(&mut self, behavior: Behavior) -> io::Result<()> {
+        let line = behavior.to_string();
+        if line.contains(['\n', '\r']) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a behaviour sent to a running child must fit on one line",
+            ));
+        }
         let running = self.running.as_mut().ok_or_else(not_running)?;
-        writeln!(running.stdin, "{behavior}")?;
+        writeln!(running.stdin, "{line}")?;
         running.stdin.flush()?;
         let reply = running.read_line()?;
         if reply != "ok" {

@@ -39,6 +39,9 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// | `Reset` | `reset` |
 /// | `SlowBody { chunk: "x", every: 50 ms, chunks: 10 }` | `slow-body:50:10:x` |
 /// | `Echo` | `echo` |
+///
+/// Bodies and chunks are written as UTF-8 text, so one that is not valid UTF-8 does not survive
+/// the round trip.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Behavior {
     /// Answer at once with this status and body.

@@ -146,6 +146,19 @@ async fn set_behavior_on_a_killed_upstream_fails() {
 }
 
 #[tokio::test]
+async fn a_body_with_a_line_break_goes_through_spawn_not_set_behavior() {
+    let two_lines = Behavior::ok("one\ntwo");
+    let mut upstream = ChildUpstream::spawn_with(BINARY, two_lines.clone()).unwrap();
+    let response = get_http1(upstream.addr()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"one\ntwo");
+
+    let err = upstream.set_behavior(two_lines).unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
 async fn dropping_kills_the_process() {
     let upstream = ChildUpstream::spawn_with(BINARY, Behavior::default()).unwrap();
     let addr = upstream.addr();
