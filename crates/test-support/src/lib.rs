@@ -1,0 +1,17 @@
+//! Test fixtures for rampart's integration tests: real sockets on 127.0.0.1, ports chosen by the
+//! kernel, and nothing left running once a fixture is dropped.
+//!
+//! - [`FaultProxy`]: a TCP proxy that injects latency, resets, refusals, black holes and resets
+//!   in the middle of a body, switchable while connections are open.
+//! - [`Upstream`]: an HTTP/1.1 and h2c server answering as scripted (fail, slow, hang, reset, drip
+//!   the body, echo) and recording every request it received.
+//! - [`ChildUpstream`]: the same upstream in a process of its own, to SIGKILL for real and bring
+//!   back on the same port.
+
+mod fault;
+mod process;
+mod upstream;
+
+pub use fault::{Fault, FaultProxy};
+pub use process::{ChildUpstream, UPSTREAM_BINARY};
+pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};
