@@ -514,3 +514,443 @@ impl fmt::Display for RetryOn {
 pub fn is_retryable(on: &[RetryOn], attempt: &Attempt) -> bool {
     on.iter().any(|token| token.matches(attempt))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAILING: [GrpcCode; 5] = [
+        GrpcCode::Unavailable,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::Internal,
+        GrpcCode::Unknown,
+        GrpcCode::ResourceExhausted,
+    ];
+
+    fn with_grpc_status(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_STATUS, HeaderValue::from_static(value));
+        headers
+    }
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    #[test]
+    fn grpc_codes_are_numbered_as_the_spec() {
+        assert_eq!(GrpcCode::ALL.len(), 17);
+        for (n, code) in GrpcCode::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(code.as_u8()), n);
+            assert_eq!(GrpcCode::from_u32(n as u32), Some(code));
+            assert_eq!(code.header_value(), n.to_string().as_str());
+            assert_eq!(GrpcCode::parse(n.to_string().as_bytes()), Some(code));
+        }
+        assert_eq!(GrpcCode::Unavailable.as_u8(), 14);
+        assert_eq!(GrpcCode::DeadlineExceeded.as_u8(), 4);
+        assert_eq!(GrpcCode::ResourceExhausted.as_u8(), 8);
+        assert_eq!(GrpcCode::Unimplemented.as_u8(), 12);
+        assert_eq!(GrpcCode::from_u32(17), None);
+    }
+
+    #[test]
+    fn grpc_status_values_parse_strictly() {
+        assert_eq!(GrpcCode::parse(b"014"), Some(GrpcCode::Unavailable));
+        for bad in [
+            &b""[..],
+            b"17",
+            b"-1",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x1",
+            b"0014",
+            b"UNAVAILABLE",
+        ] {
+            assert_eq!(
+                GrpcCode::parse(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_code_names_are_the_config_tokens() {
+        assert_eq!(GrpcCode::Unavailable.name(), "unavailable");
+        assert_eq!(GrpcCode::DeadlineExceeded.name(), "deadline-exceeded");
+        assert_eq!(
+            GrpcCode::ResourceExhausted.to_string(),
+            "resource-exhausted"
+        );
+        for code in GrpcCode::ALL {
+            assert_eq!(GrpcCode::from_name(code.name()), Some(code));
+        }
+        assert_eq!(GrpcCode::from_name("UNAVAILABLE"), None);
+        assert_eq!(GrpcCode::from_name("deadline_exceeded"), None);
+    }
+
+    #[test]
+    fn exactly_five_grpc_codes_are_failures() {
+        for code in GrpcCode::ALL {
+            assert_eq!(code.is_failure(), FAILING.contains(&code), "{code}");
+        }
+    }
+
+    #[test]
+    fn each_grpc_code_in_the_head_classifies_the_response() {
+        let failures = FailureStatus::default();
+        for code in GrpcCode::ALL {
+            let mut head = HeaderMap::new();
+            head.insert(GRPC_STATUS, code.header_value());
+            let expected = if FAILING.contains(&code) {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            assert_eq!(
+                classify_response(StatusCode::OK, &head, &failures, true),
+                expected,
+                "{code}"
+            );
+            // A plain HTTP response's grpc-status means nothing.
+            assert_eq!(
+                classify_response(StatusCode::OK, &head, &failures, false),
+                Outcome::Success,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_grpc_code_in_the_trailers_classifies_the_response() {
+        for code in GrpcCode::ALL {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(GRPC_STATUS, code.header_value());
+            let expected = if FAILING.contains(&code) {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            assert_eq!(classify_trailers(&trailers), Some(expected), "{code}");
+        }
+        assert_eq!(classify_trailers(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_garbled_grpc_status_is_unknown_so_a_failure() {
+        for value in ["", "17", "abc", "-1"] {
+            let headers = with_grpc_status(value);
+            assert_eq!(grpc_status(&headers), Some(GrpcCode::Unknown), "{value:?}");
+            assert_eq!(classify_trailers(&headers), Some(Outcome::Failure));
+            assert_eq!(
+                classify_response(StatusCode::OK, &headers, &FailureStatus::default(), true),
+                Outcome::Failure
+            );
+        }
+    }
+
+    #[test]
+    fn a_grpc_head_without_status_waits_for_the_trailers() {
+        assert_eq!(
+            classify_response(
+                StatusCode::OK,
+                &HeaderMap::new(),
+                &FailureStatus::default(),
+                true
+            ),
+            Outcome::Success
+        );
+    }
+
+    #[test]
+    fn failure_statuses_decide_for_http() {
+        let failures = FailureStatus::default();
+        let empty = HeaderMap::new();
+        for code in [500, 502, 503, 504, 599] {
+            assert_eq!(
+                classify_response(status(code), &empty, &failures, false),
+                Outcome::Failure,
+                "{code}"
+            );
+        }
+        for code in [200, 204, 301, 400, 404, 429, 499, 600, 999] {
+            assert_eq!(
+                classify_response(status(code), &empty, &failures, false),
+                Outcome::Success,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn exact_failure_statuses() {
+        let failures = FailureStatus::none()
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .with_status(StatusCode::TOO_MANY_REQUESTS);
+        assert!(failures.contains(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(failures.contains(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!failures.contains(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(!failures.contains(StatusCode::BAD_GATEWAY));
+        assert!(!FailureStatus::none().contains(StatusCode::INTERNAL_SERVER_ERROR));
+        let both = FailureStatus::none().with_5xx().with_status(status(999));
+        assert!(both.contains(status(999)) && both.contains(status(500)));
+        assert_eq!(format!("{:?}", failures), "{429, 503}");
+    }
+
+    #[test]
+    fn a_failure_status_fails_a_grpc_response_whatever_its_grpc_status() {
+        let head = with_grpc_status("0");
+        let outcome = classify_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &head,
+            &FailureStatus::default(),
+            true,
+        );
+        assert_eq!(outcome, Outcome::Failure);
+        let parts = http::Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(
+            classify_parts(&parts, &FailureStatus::default(), true),
+            Outcome::Failure
+        );
+        assert_eq!(
+            classify_parts(&parts, &FailureStatus::none(), true),
+            Outcome::Success
+        );
+    }
+
+    #[test]
+    fn grpc_is_told_by_content_type() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc(&headers));
+        for (value, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("Application/GRPC", true),
+            ("application/grpc-web", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+            ("application/gr", false),
+        ] {
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_grpc(&headers), grpc, "{value}");
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_failures() {
+        for err in [
+            TransportError::ConnectFailure,
+            TransportError::Reset,
+            TransportError::RefusedStream,
+            TransportError::Timeout,
+            TransportError::Invalid,
+        ] {
+            assert_eq!(err.outcome(), Outcome::Failure);
+            assert_eq!(
+                Attempt::Error(err).outcome(&FailureStatus::none()),
+                Outcome::Failure
+            );
+        }
+    }
+
+    #[test]
+    fn io_errors_map_to_transport_errors() {
+        use io::ErrorKind::*;
+        let kind = |k: io::ErrorKind, connecting| TransportError::from_io(&k.into(), connecting);
+        assert_eq!(
+            kind(ConnectionRefused, true),
+            TransportError::ConnectFailure
+        );
+        assert_eq!(kind(ConnectionReset, true), TransportError::ConnectFailure);
+        assert_eq!(kind(TimedOut, true), TransportError::Timeout);
+        assert_eq!(kind(TimedOut, false), TransportError::Timeout);
+        assert_eq!(kind(ConnectionReset, false), TransportError::Reset);
+        assert_eq!(kind(BrokenPipe, false), TransportError::Reset);
+        assert_eq!(kind(UnexpectedEof, false), TransportError::Reset);
+        assert_eq!(kind(InvalidData, false), TransportError::Invalid);
+    }
+
+    #[test]
+    fn attempts_classify_like_responses() {
+        let failures = FailureStatus::default();
+        assert_eq!(
+            Attempt::status(StatusCode::NOT_FOUND).outcome(&failures),
+            Outcome::Success
+        );
+        assert_eq!(
+            Attempt::status(StatusCode::BAD_GATEWAY).outcome(&failures),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Attempt::grpc(GrpcCode::NotFound).outcome(&failures),
+            Outcome::Success
+        );
+        assert_eq!(
+            Attempt::grpc(GrpcCode::Unavailable).outcome(&failures),
+            Outcome::Failure
+        );
+    }
+
+    // === retry tokens ===
+
+    fn tokens(list: &[&str]) -> Vec<RetryOn> {
+        list.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn retry_tokens_parse_and_print_back() {
+        let all = [
+            ("connect-failure", RetryOn::ConnectFailure),
+            ("reset", RetryOn::Reset),
+            ("refused-stream", RetryOn::RefusedStream),
+            ("timeout", RetryOn::Timeout),
+            ("5xx", RetryOn::Status5xx),
+            ("503", RetryOn::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            ("100", RetryOn::Status(StatusCode::CONTINUE)),
+            ("599", RetryOn::Status(status(599))),
+            ("grpc-unavailable", RetryOn::Grpc(GrpcCode::Unavailable)),
+            (
+                "grpc-deadline-exceeded",
+                RetryOn::Grpc(GrpcCode::DeadlineExceeded),
+            ),
+        ];
+        for (text, token) in all {
+            assert_eq!(text.parse::<RetryOn>(), Ok(token), "{text}");
+            assert_eq!(token.to_string(), text);
+        }
+        for code in GrpcCode::ALL.into_iter().skip(1) {
+            let text = format!("grpc-{}", code.name());
+            assert_eq!(text.parse::<RetryOn>(), Ok(RetryOn::Grpc(code)));
+        }
+    }
+
+    #[test]
+    fn unknown_retry_tokens_are_refused() {
+        for bad in [
+            "",
+            "grpc-ok",
+            "grpc-",
+            "grpc-14",
+            "grpc-UNAVAILABLE",
+            "600",
+            "099",
+            "5003",
+            "50",
+            "5XX",
+            "4xx",
+            "Timeout",
+            " reset",
+            "connect_failure",
+        ] {
+            let err = bad.parse::<RetryOn>().unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transport_tokens_match_their_error_only() {
+        let pairs = [
+            (RetryOn::ConnectFailure, TransportError::ConnectFailure),
+            (RetryOn::Reset, TransportError::Reset),
+            (RetryOn::RefusedStream, TransportError::RefusedStream),
+            (RetryOn::Timeout, TransportError::Timeout),
+        ];
+        for (token, matching) in pairs {
+            for (_, err) in pairs {
+                assert_eq!(
+                    token.matches(&Attempt::Error(err)),
+                    err == matching,
+                    "{token} {err:?}"
+                );
+            }
+            assert!(!token.matches(&Attempt::Error(TransportError::Invalid)));
+            assert!(!token.matches(&Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
+        }
+    }
+
+    #[test]
+    fn timeout_also_matches_504() {
+        assert!(RetryOn::Timeout.matches(&Attempt::status(StatusCode::GATEWAY_TIMEOUT)));
+        assert!(!RetryOn::Timeout.matches(&Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(!RetryOn::Timeout.matches(&Attempt::status(StatusCode::REQUEST_TIMEOUT)));
+        assert!(!RetryOn::Timeout.matches(&Attempt::grpc(GrpcCode::DeadlineExceeded)));
+    }
+
+    #[test]
+    fn status_tokens_match_statuses() {
+        for code in [500, 502, 503, 504, 599] {
+            assert!(
+                RetryOn::Status5xx.matches(&Attempt::status(status(code))),
+                "{code}"
+            );
+        }
+        for code in [200, 404, 429, 499] {
+            assert!(
+                !RetryOn::Status5xx.matches(&Attempt::status(status(code))),
+                "{code}"
+            );
+        }
+        assert!(!RetryOn::Status5xx.matches(&Attempt::Error(TransportError::Reset)));
+        let exact = RetryOn::Status(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(exact.matches(&Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(!exact.matches(&Attempt::status(StatusCode::BAD_GATEWAY)));
+        let too_many = RetryOn::Status(StatusCode::TOO_MANY_REQUESTS);
+        assert!(too_many.matches(&Attempt::status(StatusCode::TOO_MANY_REQUESTS)));
+    }
+
+    #[test]
+    fn grpc_tokens_match_grpc_codes() {
+        let token = RetryOn::Grpc(GrpcCode::Unavailable);
+        assert!(token.matches(&Attempt::grpc(GrpcCode::Unavailable)));
+        assert!(!token.matches(&Attempt::grpc(GrpcCode::Internal)));
+        // An HTTP 503 is not a gRPC UNAVAILABLE: the tokens say what they mean.
+        assert!(!token.matches(&Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(!token.matches(&Attempt::Error(TransportError::Reset)));
+    }
+
+    #[test]
+    fn the_contract_sample_list_retries_what_it_names() {
+        let on = tokens(&[
+            "connect-failure",
+            "reset",
+            "refused-stream",
+            "timeout",
+            "502",
+            "503",
+            "504",
+            "grpc-unavailable",
+        ]);
+        for yes in [
+            Attempt::Error(TransportError::ConnectFailure),
+            Attempt::Error(TransportError::Reset),
+            Attempt::Error(TransportError::RefusedStream),
+            Attempt::Error(TransportError::Timeout),
+            Attempt::status(StatusCode::BAD_GATEWAY),
+            Attempt::status(StatusCode::SERVICE_UNAVAILABLE),
+            Attempt::status(StatusCode::GATEWAY_TIMEOUT),
+            Attempt::grpc(GrpcCode::Unavailable),
+        ] {
+            assert!(is_retryable(&on, &yes), "{yes:?}");
+        }
+        for no in [
+            Attempt::Error(TransportError::Invalid),
+            Attempt::status(StatusCode::OK),
+            Attempt::status(StatusCode::INTERNAL_SERVER_ERROR),
+            Attempt::status(StatusCode::NOT_FOUND),
+            Attempt::grpc(GrpcCode::Internal),
+            Attempt::grpc(GrpcCode::Ok),
+        ] {
+            assert!(!is_retryable(&on, &no), "{no:?}");
+        }
+        assert!(!is_retryable(&[], &Attempt::Error(TransportError::Reset)));
+    }
+}
