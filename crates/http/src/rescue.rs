@@ -402,3 +402,248 @@ pub fn decode_grpc_message(value: &[u8]) -> Cow<'_, str> {
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use rampart_policy::adaptive::AdaptiveLimit;
+    use rampart_policy::breaker::CircuitBreaker;
+    use rampart_policy::bulkhead::Bulkhead;
+    use rampart_policy::error::BoxError;
+    use rampart_policy::ratelimit::RateLimiter;
+
+    use super::*;
+
+    // The contract's table, plus the choices made here where it says nothing (the gRPC codes of
+    // bad-request, body-too-large, headers-too-large and upstream-invalid; the HTTP statuses of
+    // retry-budget-exhausted and fault-injected), written out again so a change shows here.
+    const CONTRACT: [(&str, u16, u8); 16] = [
+        ("breaker-open", 503, 14),
+        ("no-healthy-endpoint", 503, 14),
+        ("timeout", 504, 4),
+        ("deadline-exceeded", 504, 4),
+        ("overloaded", 503, 8),
+        ("rate-limited", 429, 8),
+        ("upstream-connect", 502, 14),
+        ("upstream-reset", 502, 14),
+        ("retry-budget-exhausted", 503, 8),
+        ("fault-injected", 503, 14),
+        ("no-route", 404, 12),
+        ("outbox-full", 503, 14),
+        ("bad-request", 400, 13),
+        ("body-too-large", 413, 8),
+        ("headers-too-large", 431, 8),
+        ("upstream-invalid", 502, 13),
+    ];
+
+    #[test]
+    fn every_reason_of_the_contract_and_no_other() {
+        assert_eq!(Reason::ALL.len(), CONTRACT.len());
+        for (reason, (token, status, code)) in Reason::ALL.iter().zip(CONTRACT) {
+            assert_eq!(reason.as_str(), token);
+            assert_eq!(reason.to_string(), token);
+            assert_eq!(token.parse::<Reason>(), Ok(*reason));
+            assert_eq!(reason.status().as_u16(), status, "{token}");
+            assert_eq!(reason.grpc_code().as_u8(), code, "{token}");
+        }
+        assert!("Breaker-Open".parse::<Reason>().is_err());
+        assert!("5xx".parse::<Reason>().is_err());
+    }
+
+    #[test]
+    fn plain_http_rescue_for_every_reason() {
+        for &reason in Reason::ALL {
+            let response = rescue(reason, false);
+            assert_eq!(response.status(), reason.status(), "{reason}");
+            let headers = response.headers();
+            assert_eq!(headers[X_RAMPART_ERROR], reason.as_str());
+            assert_eq!(headers[CONTENT_TYPE], "application/json");
+            assert_eq!(headers[CACHE_CONTROL], "no-store");
+            assert!(!headers.contains_key(GRPC_STATUS));
+            // The body is built by `concat!`: it holds valid JSON only if no message needs
+            // escaping.
+            assert!(!reason.message().contains(['"', '\\']), "{reason}");
+            let body = std::str::from_utf8(response.body()).unwrap();
+            assert_eq!(
+                body,
+                format!(
+                    "{{\"error\":\"{}\",\"message\":\"{}\"}}\n",
+                    reason.as_str(),
+                    reason.message()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_rescue_is_trailers_only_for_every_reason() {
+        for &reason in Reason::ALL {
+            let response = rescue(reason, true);
+            assert_eq!(response.status(), StatusCode::OK, "{reason}");
+            let headers = response.headers();
+            assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+            assert_eq!(
+                headers[GRPC_STATUS],
+                reason.grpc_code().as_u8().to_string().as_str()
+            );
+            assert_eq!(headers[GRPC_MESSAGE], reason.message());
+            // The message is sent as it is: it must be its own percent-encoding.
+            assert!(matches!(
+                encode_grpc_message(reason.message()),
+                Cow::Borrowed(_)
+            ));
+            assert_eq!(headers[X_RAMPART_ERROR], reason.as_str());
+            assert!(response.body().is_empty(), "{reason}");
+            assert_eq!(headers.len(), 4, "{reason}: {headers:?}");
+        }
+    }
+
+    #[test]
+    fn a_fault_may_abort_with_its_own_status() {
+        let internal = StatusCode::INTERNAL_SERVER_ERROR;
+        let response = rescue_with_status(Reason::FaultInjected, internal, false);
+        assert_eq!(response.status(), internal);
+        assert_eq!(response.headers()[X_RAMPART_ERROR], "fault-injected");
+        let response = rescue_with_status(Reason::FaultInjected, internal, true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[GRPC_STATUS], "14");
+        assert_eq!(rescue(Reason::FaultInjected, false).status(), 503);
+    }
+
+    #[test]
+    fn fallback_responses_are_marked() {
+        let mut response = Response::new(());
+        mark_fallback(&mut response, Reason::Timeout);
+        assert_eq!(response.headers()[X_RAMPART_FALLBACK], "timeout");
+        mark_fallback(&mut response, Reason::BreakerOpen);
+        assert_eq!(
+            response
+                .headers()
+                .get_all(X_RAMPART_FALLBACK)
+                .iter()
+                .collect::<Vec<_>>(),
+            ["breaker-open"]
+        );
+    }
+
+    // Real refusals from the policies: their constructors are the policies' own.
+    fn refusals() -> Vec<(Rejected, Reason)> {
+        let breaker = CircuitBreaker::new();
+        breaker.force_open();
+        let breaker_open = breaker.try_acquire().err().unwrap();
+
+        let bulkhead = Bulkhead::builder(1).max_wait_queue(0).try_build().unwrap();
+        let _held = bulkhead.try_acquire().unwrap();
+        let bulkhead_full = bulkhead.try_acquire().err().unwrap();
+
+        let limiter = RateLimiter::per_second(1).burst(1).try_build().unwrap();
+        let _ = limiter.try_acquire();
+        let rate_limited = limiter.try_acquire().unwrap_err();
+
+        let limit = AdaptiveLimit::aimd();
+        let mut permits = Vec::new();
+        let limit_exceeded = loop {
+            match limit.try_acquire() {
+                Ok(permit) => permits.push(permit),
+                Err(err) => break err,
+            }
+            assert!(permits.len() < 100_000, "the adaptive limit never refused");
+        };
+
+        vec![
+            (Rejected::from(breaker_open), Reason::BreakerOpen),
+            (
+                Rejected::from(Elapsed::new(Duration::from_secs(1))),
+                Reason::Timeout,
+            ),
+            (
+                Rejected::from(DeadlineExceeded::new()),
+                Reason::DeadlineExceeded,
+            ),
+            (Rejected::from(bulkhead_full), Reason::Overloaded),
+            (Rejected::from(limit_exceeded), Reason::Overloaded),
+            (Rejected::from(rate_limited), Reason::RateLimited),
+        ]
+    }
+
+    #[test]
+    fn policy_refusals_map_to_reasons() {
+        for (rejected, reason) in refusals() {
+            assert_eq!(Reason::from(&rejected), reason, "{rejected:?}");
+            // Boxed as a tower stack boxes it: the specific error, not `Rejected`.
+            let boxed: BoxError = rejected.clone().into_box_error();
+            assert_eq!(Reason::from_error(&*boxed), Some(reason), "{rejected:?}");
+            let boxed: BoxError = Box::new(rejected.clone());
+            assert_eq!(Reason::from_error(&*boxed), Some(reason), "{rejected:?}");
+            assert_eq!(Reason::from(rejected), reason);
+        }
+    }
+
+    #[test]
+    fn transport_and_deadline_errors_map_to_reasons() {
+        let cases = [
+            (TransportError::ConnectFailure, Reason::UpstreamConnect),
+            (TransportError::Reset, Reason::UpstreamReset),
+            (TransportError::RefusedStream, Reason::UpstreamReset),
+            (TransportError::Timeout, Reason::Timeout),
+            (TransportError::Invalid, Reason::UpstreamInvalid),
+        ];
+        for (err, reason) in cases {
+            assert_eq!(Reason::from(err), reason);
+            let boxed: BoxError = Box::new(err);
+            assert_eq!(Reason::from_error(&*boxed), Some(reason));
+        }
+        assert_eq!(
+            Reason::from(DeadlineError::Expired),
+            Reason::DeadlineExceeded
+        );
+        let invalid = DeadlineError::Invalid {
+            header: "grpc-timeout",
+        };
+        assert_eq!(Reason::from(&invalid), Reason::BadRequest);
+        let boxed: BoxError = Box::new(invalid);
+        assert_eq!(Reason::from_error(&*boxed), Some(Reason::BadRequest));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("while forwarding")]
+    struct Wrapper(#[source] BoxError);
+
+    #[test]
+    fn the_cause_is_found_down_the_chain() {
+        let err = Wrapper(Box::new(TransportError::ConnectFailure));
+        assert_eq!(Reason::from_error(&err), Some(Reason::UpstreamConnect));
+        let err = Wrapper(Box::new(std::io::Error::other("boom")));
+        assert_eq!(Reason::from_error(&err), None);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert!(matches!(
+            encode_grpc_message("plain text"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(encode_grpc_message("100%"), "100%25");
+        assert_eq!(encode_grpc_message("a\nb"), "a%0Ab");
+        assert_eq!(encode_grpc_message("caf\u{e9}"), "caf%C3%A9");
+        assert_eq!(encode_grpc_message("\u{7f}~ "), "%7F~ ");
+        assert_eq!(decode_grpc_message(b"caf%C3%A9"), "caf\u{e9}");
+        assert_eq!(decode_grpc_message(b"caf%c3%a9"), "caf\u{e9}");
+        // Broken escapes are kept as they are.
+        assert_eq!(decode_grpc_message(b"50%"), "50%");
+        assert_eq!(decode_grpc_message(b"%zz%4"), "%zz%4");
+        assert_eq!(decode_grpc_message(b"%FF"), "\u{fffd}");
+    }
+
+    proptest! {
+        #[test]
+        fn grpc_message_encoding_round_trips(message in any::<String>()) {
+            let encoded = encode_grpc_message(&message);
+            prop_assert!(encoded.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+            prop_assert!(HeaderValue::from_str(&encoded).is_ok());
+            prop_assert_eq!(decode_grpc_message(encoded.as_bytes()), message.as_str());
+        }
+    }
+}
