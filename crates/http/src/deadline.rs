@@ -200,3 +200,276 @@ pub fn set_outgoing(headers: &mut HeaderMap, remaining: Duration, is_grpc: bool)
         headers.insert(X_RAMPART_DEADLINE, format_rampart_deadline(remaining));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn unit_nanos(value: &HeaderValue) -> u64 {
+        let unit = *value.as_bytes().last().unwrap();
+        UNITS.iter().find(|(u, _)| *u == unit).unwrap().1
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let cases = [
+            ("1H", Duration::from_secs(3600)),
+            ("5M", Duration::from_secs(300)),
+            ("10S", Duration::from_secs(10)),
+            ("300m", MS(300)),
+            ("7u", Duration::from_micros(7)),
+            ("9n", Duration::from_nanos(9)),
+            ("0n", Duration::ZERO),
+            ("00000001S", Duration::from_secs(1)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+            ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_refused() {
+        for bad in [
+            "",
+            "H",
+            "1",
+            "123456789n",
+            "-1S",
+            "+1S",
+            " 1S",
+            "1S ",
+            "1s",
+            "1h",
+            "1.5S",
+            "1Sx",
+            "1 S",
+            "1e3m",
+            "0x10m",
+            "١S",
+        ] {
+            assert!(parse_grpc_timeout(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_format_in_the_finest_unit_that_fits() {
+        let cases = [
+            (Duration::ZERO, "0n"),
+            (Duration::from_nanos(1), "1n"),
+            (Duration::from_nanos(99_999_999), "99999999n"),
+            (Duration::from_nanos(100_000_000), "100000u"),
+            (Duration::from_nanos(100_000_999), "100000u"),
+            (MS(250), "250000u"),
+            (Duration::from_secs(2), "2000000u"),
+            (Duration::from_secs(100), "100000m"),
+            (Duration::from_secs(100_000), "100000S"),
+            (Duration::from_secs(100_000_000), "1666666M"),
+            (Duration::from_secs(99_999_999 * 3600), "99999999H"),
+            (Duration::MAX, "99999999H"),
+        ];
+        for (timeout, text) in cases {
+            assert_eq!(format_grpc_timeout(timeout), text, "{timeout:?}");
+        }
+    }
+
+    #[test]
+    fn rampart_deadlines_parse_and_format() {
+        assert_eq!(parse_rampart_deadline(b"0"), Ok(Duration::ZERO));
+        assert_eq!(parse_rampart_deadline(b"100"), Ok(MS(100)));
+        assert_eq!(parse_rampart_deadline(b"99999999"), Ok(MS(99_999_999)));
+        for bad in ["", "-1", "+1", "1.0", "123456789", " 1", "1 ", "1ms", "0x1"] {
+            assert!(parse_rampart_deadline(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_rampart_deadline(Duration::from_micros(1999)), "1");
+        assert_eq!(format_rampart_deadline(Duration::from_micros(999)), "0");
+        assert_eq!(format_rampart_deadline(MS(1500)), "1500");
+        assert_eq!(format_rampart_deadline(Duration::MAX), "99999999");
+    }
+
+    #[test]
+    fn the_earlier_of_header_and_route_wins() {
+        let now = Instant::now();
+        let route = Duration::from_secs(2);
+        let at = |h: &HeaderMap, grpc| incoming_deadline(h, grpc, route, now).map(|d| d.instant());
+
+        assert_eq!(at(&HeaderMap::new(), false), Ok(now + route));
+        assert_eq!(at(&HeaderMap::new(), true), Ok(now + route));
+        assert_eq!(
+            at(&headers(&[("x-rampart-deadline", "150")]), false),
+            Ok(now + MS(150))
+        );
+        assert_eq!(
+            at(&headers(&[("x-rampart-deadline", "5000")]), false),
+            Ok(now + route)
+        );
+        assert_eq!(
+            at(&headers(&[("grpc-timeout", "150m")]), true),
+            Ok(now + MS(150))
+        );
+        assert_eq!(
+            at(&headers(&[("grpc-timeout", "1H")]), true),
+            Ok(now + route)
+        );
+    }
+
+    #[test]
+    fn each_mode_reads_its_own_header() {
+        let now = Instant::now();
+        let route = Duration::from_secs(2);
+        let grpc_header = headers(&[("grpc-timeout", "1m")]);
+        let http_header = headers(&[("x-rampart-deadline", "1")]);
+        let at = |h: &HeaderMap, grpc| incoming_deadline(h, grpc, route, now).map(|d| d.instant());
+        assert_eq!(at(&grpc_header, false), Ok(now + route));
+        assert_eq!(at(&http_header, true), Ok(now + route));
+    }
+
+    #[test]
+    fn no_time_left_is_expired() {
+        let now = Instant::now();
+        let route = Duration::from_secs(2);
+        for (h, grpc) in [
+            (headers(&[("x-rampart-deadline", "0")]), false),
+            (headers(&[("grpc-timeout", "0n")]), true),
+            (headers(&[("grpc-timeout", "0H")]), true),
+        ] {
+            assert_eq!(
+                incoming_deadline(&h, grpc, route, now),
+                Err(DeadlineError::Expired)
+            );
+        }
+        assert_eq!(
+            incoming_deadline(&HeaderMap::new(), false, Duration::ZERO, now),
+            Err(DeadlineError::Expired)
+        );
+        // One nanosecond is little, but it is time left.
+        let h = headers(&[("grpc-timeout", "1n")]);
+        assert!(incoming_deadline(&h, true, route, now).is_ok());
+    }
+
+    #[test]
+    fn garbled_or_repeated_headers_are_invalid() {
+        let now = Instant::now();
+        let route = Duration::from_secs(2);
+        let cases = [
+            (
+                headers(&[("x-rampart-deadline", "soon")]),
+                false,
+                "x-rampart-deadline",
+            ),
+            (headers(&[("grpc-timeout", "1s")]), true, "grpc-timeout"),
+            (
+                headers(&[("grpc-timeout", "1S"), ("grpc-timeout", "2S")]),
+                true,
+                "grpc-timeout",
+            ),
+            (
+                headers(&[("x-rampart-deadline", "1"), ("x-rampart-deadline", "1")]),
+                false,
+                "x-rampart-deadline",
+            ),
+        ];
+        for (h, grpc, header) in cases {
+            assert_eq!(
+                incoming_deadline(&h, grpc, route, now),
+                Err(DeadlineError::Invalid { header })
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_budget_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        let deadline = incoming_deadline(&HeaderMap::new(), false, Duration::MAX, now).unwrap();
+        assert!(deadline.instant() > now + Duration::from_secs(60 * 60 * 24 * 365));
+    }
+
+    #[test]
+    fn outgoing_requests_carry_one_budget_in_their_header() {
+        let mut h = headers(&[("grpc-timeout", "10S"), ("x-rampart-deadline", "10000")]);
+        set_outgoing(&mut h, MS(1500), false);
+        assert_eq!(h[X_RAMPART_DEADLINE], "1500");
+        assert!(!h.contains_key(GRPC_TIMEOUT));
+
+        let mut h = headers(&[
+            ("grpc-timeout", "10S"),
+            ("grpc-timeout", "20S"),
+            ("x-rampart-deadline", "10000"),
+        ]);
+        set_outgoing(&mut h, MS(1500), true);
+        assert_eq!(
+            h.get_all(GRPC_TIMEOUT).iter().collect::<Vec<_>>(),
+            ["1500000u"]
+        );
+        assert!(!h.contains_key(X_RAMPART_DEADLINE));
+
+        // Written with no incoming header too: the route's timeout is then the budget.
+        let mut h = HeaderMap::new();
+        set_outgoing(&mut h, Duration::from_secs(2), false);
+        assert_eq!(h[X_RAMPART_DEADLINE], "2000");
+    }
+
+    fn grpc_timeout_text() -> impl Strategy<Value = String> {
+        (
+            "[0-9]{1,8}",
+            prop::sample::select(vec!['H', 'M', 'S', 'm', 'u', 'n']),
+        )
+            .prop_map(|(digits, unit)| format!("{digits}{unit}"))
+    }
+
+    proptest! {
+        #[test]
+        fn formatting_never_exceeds_8_digits_nor_rounds_up(nanos in any::<u64>(), secs in any::<u64>()) {
+            for timeout in [Duration::from_nanos(nanos), Duration::new(secs, 0)] {
+                let value = format_grpc_timeout(timeout);
+                let text = value.to_str().unwrap();
+                prop_assert!(text.len() >= 2 && text.len() <= 9, "{}", text);
+                prop_assert!(text[..text.len() - 1].bytes().all(|b| b.is_ascii_digit()));
+                let back = parse_grpc_timeout(value.as_bytes()).unwrap();
+                prop_assert!(back <= timeout, "{:?} became {}", timeout, text);
+                // Down by less than one unit, unless capped at the largest value.
+                if text != "99999999H" {
+                    prop_assert!(timeout - back < Duration::from_nanos(unit_nanos(&value)));
+                }
+            }
+        }
+
+        #[test]
+        fn parsed_timeouts_format_back_exactly(text in grpc_timeout_text()) {
+            let timeout = parse_grpc_timeout(text.as_bytes()).unwrap();
+            let formatted = format_grpc_timeout(timeout);
+            prop_assert_eq!(parse_grpc_timeout(formatted.as_bytes()), Ok(timeout));
+        }
+
+        #[test]
+        fn short_timeouts_round_trip_exactly(nanos in 0u64..=99_999_999) {
+            let timeout = Duration::from_nanos(nanos);
+            prop_assert_eq!(parse_grpc_timeout(format_grpc_timeout(timeout).as_bytes()), Ok(timeout));
+        }
+
+        #[test]
+        fn rampart_deadlines_round_down_and_round_trip(nanos in any::<u64>()) {
+            let remaining = Duration::from_nanos(nanos);
+            let value = format_rampart_deadline(remaining);
+            prop_assert!(value.len() <= 8);
+            let back = parse_rampart_deadline(value.as_bytes()).unwrap();
+            prop_assert!(back <= remaining);
+            if remaining < MS(99_999_999) {
+                prop_assert!(remaining - back < MS(1));
+            }
+        }
+    }
+}
