@@ -162,3 +162,154 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("content-type", "text/plain"),
+            ("authorization", "Bearer t"),
+            ("trailer", "x-checksum"),
+        ]);
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(
+            names(&headers),
+            ["authorization", "content-type", "trailer"]
+        );
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_removed() {
+        let mut headers = map(&[
+            ("connection", "close, X-Secret"),
+            ("connection", " x-other ,, keep-alive"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-other", "3"),
+            ("x-kept", "4"),
+        ]);
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(names(&headers), ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_content_length() {
+        let mut headers = map(&[
+            ("connection", "host, content-length, te, upgrade"),
+            ("host", "example.com"),
+            ("content-length", "3"),
+            ("te", "trailers"),
+        ]);
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(names(&headers), ["content-length", "host", "te"]);
+        assert_eq!(headers["te"], "trailers");
+    }
+
+    #[test]
+    fn te_trailers_is_kept_and_nothing_else_of_te() {
+        for (values, kept) in [
+            (&["trailers"][..], true),
+            (&["Trailers"][..], true),
+            (&["gzip, trailers;q=1"][..], true),
+            (&["deflate", "trailers"][..], true),
+            (&["gzip"][..], false),
+            (&["trailersx"][..], false),
+            (&[][..], false),
+        ] {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(TE, HeaderValue::from_static(value));
+            }
+            remove_hop_by_hop(&mut headers, HopByHop::default());
+            let te: Vec<_> = headers.get_all(TE).iter().collect();
+            if kept {
+                assert_eq!(te, ["trailers"], "{values:?}");
+            } else {
+                assert!(te.is_empty(), "{values:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn upgrade_is_kept_only_when_tunnelling() {
+        let request = || {
+            map(&[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ])
+        };
+        let mut headers = request();
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(names(&headers), ["sec-websocket-key"]);
+
+        let mut headers = request();
+        remove_hop_by_hop(&mut headers, HopByHop::tunnel_upgrade());
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(
+            names(&headers),
+            ["connection", "sec-websocket-key", "upgrade"]
+        );
+
+        // Tunnelling with nothing to upgrade adds nothing.
+        let mut headers = map(&[("connection", "keep-alive"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut headers, HopByHop::tunnel_upgrade());
+        assert_eq!(names(&headers), ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_starts_a_chain() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "10.0.0.7".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.7");
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_the_chain_in_one_line() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
+            ("x-forwarded-for", "192.0.2.3"),
+        ]);
+        append_forwarded_for(&mut headers, "2001:db8::1".parse().unwrap());
+        assert_eq!(
+            headers.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["203.0.113.1, 198.51.100.2, 192.0.2.3, 2001:db8::1"]
+        );
+    }
+
+    #[test]
+    fn forwarded_for_skips_empty_and_non_text_values() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static(" "));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.3"));
+        append_forwarded_for(&mut headers, "10.0.0.7".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.3, 10.0.0.7");
+    }
+}
