@@ -7,7 +7,7 @@
 //! when the client sent none. Formatting rounds down, so a hop never grants more time than it has.
 //!
 //! A request that arrives with no time left is refused at once ([`DeadlineError::Expired`], which
-//! [`rescue`](crate::rescue) turns into 504 / DEADLINE_EXCEEDED); a deadline header that is not
+//! [`rescue`](crate::rescue()) turns into 504 / DEADLINE_EXCEEDED); a deadline header that is not
 //! valid is refused too ([`DeadlineError::Invalid`], a bad request), as gRPC servers refuse a
 //! malformed `grpc-timeout`: guessing at a garbled budget could only make it longer than meant.
 //!

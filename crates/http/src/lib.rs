@@ -6,7 +6,7 @@
 //! - [`classify`]: one classification of responses and transport errors into an
 //!   [`Outcome`](rampart_policy::Outcome) (status in the failure set, `grpc-status` in the head or
 //!   the trailers), and the retry `on` tokens;
-//! - [`rescue`]: the one place where errors become responses, with `x-rampart-error: <reason>`;
+//! - [`rescue`](mod@rescue): the one place where errors become responses, with `x-rampart-error: <reason>`;
 //! - [`deadline`]: the time left across hops, read from and written to `grpc-timeout` and
 //!   `x-rampart-deadline`;
 //! - [`headers`]: hop-by-hop headers and `x-forwarded-for`.
