@@ -12,6 +12,8 @@
 //! - `Proxy-Authenticate` and `Proxy-Authorization`, which are meant for the proxy a client talks
 //!   to, here none: forwarding them would hand the client's proxy credentials to the upstream.
 //!
+//! `Trailer`, which announces the trailer fields, is end-to-end (RFC 9110 §6.6.2) and is kept.
+//!
 //! A client cannot use `Connection` to strip `Host` or `Content-Length`: those decide where and
 //! how the message goes, and dropping them on a client's word would change the message the
 //! upstream reads.
