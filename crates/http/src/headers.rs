@@ -1,0 +1,317 @@
+//! Hop-by-hop headers and `x-forwarded-for`.
+//!
+//! Some headers speak of one connection, not of the message: a proxy must not forward them
+//! (RFC 9110 §7.6.1). [`remove_hop_by_hop`] strips them from a request before it goes upstream,
+//! and from a response before it goes back to the client:
+//!
+//! - `Connection`, and every header it names;
+//! - `Keep-Alive`, `Proxy-Connection` (obsolete, still sent), `Transfer-Encoding`;
+//! - `TE`, except its `trailers` member: gRPC servers require `te: trailers` to know the client
+//!   reads trailers, so a request that says it keeps exactly `te: trailers`;
+//! - `Upgrade`, unless the proxy is tunnelling that upgrade ([`HopByHop::tunnel_upgrade`]);
+//! - `Proxy-Authenticate` and `Proxy-Authorization`, which are meant for the proxy a client talks
+//!   to, here none: forwarding them would hand the client's proxy credentials to the upstream.
+//!
+//! `Trailer`, which announces the trailer fields, is end-to-end (RFC 9110 §6.6.2) and is kept.
+//!
+//! A client cannot use `Connection` to strip `Host` or `Content-Length`: those decide where and
+//! how the message goes, and dropping them on a client's word would change the message the
+//! upstream reads.
+//!
+//! ```
+//! use http::HeaderMap;
+//! use rampart_http::headers::{remove_hop_by_hop, HopByHop};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("connection", "close, x-secret".parse().unwrap());
+//! headers.insert("x-secret", "1".parse().unwrap());
+//! headers.insert("te", "trailers".parse().unwrap());
+//! headers.insert("accept", "*/*".parse().unwrap());
+//!
+//! remove_hop_by_hop(&mut headers, HopByHop::default());
+//! assert!(!headers.contains_key("connection"));
+//! assert!(!headers.contains_key("x-secret"));
+//! assert_eq!(headers["te"], "trailers");
+//! assert_eq!(headers["accept"], "*/*");
+//! ```
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+};
+
+/// `keep-alive`.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `proxy-connection`.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `x-forwarded-for`: the chain of client addresses a request came through.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// How [`remove_hop_by_hop`] treats the headers it may keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopByHop {
+    /// Keep `Upgrade` and answer it with `Connection: upgrade`, because the proxy is tunnelling
+    /// this upgrade (a WebSocket, for one) to the upstream. Default: false.
+    pub tunnel_upgrade: bool,
+}
+
+impl HopByHop {
+    /// Tunnelling an upgrade: `Upgrade` is kept.
+    pub fn tunnel_upgrade() -> HopByHop {
+        HopByHop {
+            tunnel_upgrade: true,
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers of a request or response, as the [module documentation](self)
+/// lists them.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, how: HopByHop) {
+    // Every `Connection` line counts, and `remove` returns only the first: read them all first.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        collect_names(value, &mut listed);
+    }
+    headers.remove(CONNECTION);
+    for name in listed {
+        if !is_protected(&name, how) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TRANSFER_ENCODING,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    keep_te_trailers(headers);
+    if how.tunnel_upgrade && headers.contains_key(UPGRADE) {
+        // The upgrade is forwarded, and an upgrade request must say so in `Connection`.
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+// The header names listed in one `Connection` value; tokens that are not header names (there
+// should be none) are skipped.
+fn collect_names(value: &HeaderValue, into: &mut Vec<HeaderName>) {
+    let Ok(value) = value.to_str() else {
+        return;
+    };
+    for token in value.split(',') {
+        let token = token.trim();
+        if token.is_empty() {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            into.push(name);
+        }
+    }
+}
+
+fn is_protected(name: &HeaderName, how: HopByHop) -> bool {
+    // TE has its own rule (keep `trailers`); Upgrade its own flag.
+    *name == HOST
+        || *name == CONTENT_LENGTH
+        || *name == TE
+        || (*name == UPGRADE && how.tunnel_upgrade)
+}
+
+// Leaves `te: trailers` when the request asked for trailers, and no other TE.
+fn keep_te_trailers(headers: &mut HeaderMap) {
+    let wants_trailers = headers.get_all(TE).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value.split(',').any(|member| {
+                // A member may carry a weight: `trailers;q=1` is not valid for trailers, but
+                // compare the token before any parameter all the same.
+                let token = member.split(';').next().unwrap_or("").trim();
+                token.eq_ignore_ascii_case("trailers")
+            })
+        })
+    });
+    if headers.remove(TE).is_some() && wants_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends `client` to `x-forwarded-for`, after the addresses already there, in one header line.
+///
+/// Several `x-forwarded-for` lines are merged into that one line, in order: some applications read
+/// the first line only and would miss the rest.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let client = client.to_string();
+    let mut chain = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        // A value that is not visible ASCII cannot be copied into a header line as text; it is
+        // the client's own claim anyway, so it is dropped rather than trusted.
+        if let Ok(value) = value.to_str() {
+            let value = value.trim();
+            if !value.is_empty() {
+                chain.push_str(value);
+                chain.push_str(", ");
+            }
+        }
+    }
+    chain.push_str(&client);
+    // Visible ASCII, commas and spaces only: always a valid value.
+    if let Ok(value) = HeaderValue::try_from(chain) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("content-type", "text/plain"),
+            ("authorization", "Bearer t"),
+            ("trailer", "x-checksum"),
+        ]);
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(
+            names(&headers),
+            ["authorization", "content-type", "trailer"]
+        );
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_removed() {
+        let mut headers = map(&[
+            ("connection", "close, X-Secret"),
+            ("connection", " x-other ,, keep-alive"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-other", "3"),
+            ("x-kept", "4"),
+        ]);
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(names(&headers), ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_content_length() {
+        let mut headers = map(&[
+            ("connection", "host, content-length, te, upgrade"),
+            ("host", "example.com"),
+            ("content-length", "3"),
+            ("te", "trailers"),
+        ]);
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(names(&headers), ["content-length", "host", "te"]);
+        assert_eq!(headers["te"], "trailers");
+    }
+
+    #[test]
+    fn te_trailers_is_kept_and_nothing_else_of_te() {
+        for (values, kept) in [
+            (&["trailers"][..], true),
+            (&["Trailers"][..], true),
+            (&["gzip, trailers;q=1"][..], true),
+            (&["deflate", "trailers"][..], true),
+            (&["gzip"][..], false),
+            (&["trailersx"][..], false),
+            (&[][..], false),
+        ] {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(TE, HeaderValue::from_static(value));
+            }
+            remove_hop_by_hop(&mut headers, HopByHop::default());
+            let te: Vec<_> = headers.get_all(TE).iter().collect();
+            if kept {
+                assert_eq!(te, ["trailers"], "{values:?}");
+            } else {
+                assert!(te.is_empty(), "{values:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn upgrade_is_kept_only_when_tunnelling() {
+        let request = || {
+            map(&[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ])
+        };
+        let mut headers = request();
+        remove_hop_by_hop(&mut headers, HopByHop::default());
+        assert_eq!(names(&headers), ["sec-websocket-key"]);
+
+        let mut headers = request();
+        remove_hop_by_hop(&mut headers, HopByHop::tunnel_upgrade());
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(
+            names(&headers),
+            ["connection", "sec-websocket-key", "upgrade"]
+        );
+
+        // Tunnelling with nothing to upgrade adds nothing.
+        let mut headers = map(&[("connection", "keep-alive"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut headers, HopByHop::tunnel_upgrade());
+        assert_eq!(names(&headers), ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_starts_a_chain() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "10.0.0.7".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.7");
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_the_chain_in_one_line() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
+            ("x-forwarded-for", "192.0.2.3"),
+        ]);
+        append_forwarded_for(&mut headers, "2001:db8::1".parse().unwrap());
+        assert_eq!(
+            headers.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["203.0.113.1, 198.51.100.2, 192.0.2.3, 2001:db8::1"]
+        );
+    }
+
+    #[test]
+    fn forwarded_for_skips_empty_and_non_text_values() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static(" "));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.3"));
+        append_forwarded_for(&mut headers, "10.0.0.7".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.3, 10.0.0.7");
+    }
+}
