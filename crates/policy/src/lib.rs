@@ -35,6 +35,8 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod retry;
 pub mod rng;
+#[cfg(test)]
+mod test_util;
 pub mod timeout;
 mod window;
 

@@ -338,6 +338,7 @@ mod tests {
 
     use super::*;
     use crate::error::is_caused_by;
+    use crate::test_util::next_request;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -541,7 +542,7 @@ mod tests {
         let err = assert_ready_err!(second.poll());
         assert!(is_caused_by::<LimitExceeded>(&*err));
 
-        let (request, respond) = handle.next_request().await.unwrap();
+        let (request, respond) = next_request(&mut handle).await;
         assert_eq!(request, "first");
         advance(ms(5)).await;
         respond.send_response("ok");
@@ -557,7 +558,7 @@ mod tests {
         let service = AdaptiveLimitLayer::new(limit.clone()).layer(service);
         handle.allow(1);
         let call = tokio::spawn(service.oneshot("x"));
-        let (_, respond) = handle.next_request().await.unwrap();
+        let (_, respond) = next_request(&mut handle).await;
         respond.send_error(std::io::Error::other("down"));
         let err = call.await.unwrap().unwrap_err();
         assert!(!is_caused_by::<LimitExceeded>(&*err));
@@ -578,7 +579,7 @@ mod tests {
             .layer(service);
         handle.allow(1);
         let call = tokio::spawn(service.oneshot("x"));
-        let (_, respond) = handle.next_request().await.unwrap();
+        let (_, respond) = next_request(&mut handle).await;
         respond.send_response(503);
         assert_eq!(call.await.unwrap().unwrap(), 503);
         assert_eq!(limit.limit(), 9);
@@ -593,14 +594,14 @@ mod tests {
         handle.allow(10);
 
         let first = tokio::spawn(service.clone().oneshot("first"));
-        let (_, respond_first) = handle.next_request().await.unwrap();
+        let (_, respond_first) = next_request(&mut handle).await;
         let err = service.clone().oneshot("second").await.unwrap_err();
         assert!(is_caused_by::<LimitExceeded>(&*err));
 
         respond_first.send_response("one");
         assert_eq!(first.await.unwrap().unwrap(), "one");
         let third = tokio::spawn(service.clone().oneshot("third"));
-        let (request, respond) = handle.next_request().await.unwrap();
+        let (request, respond) = next_request(&mut handle).await;
         assert_eq!(request, "third");
         respond.send_response("three");
         assert_eq!(third.await.unwrap().unwrap(), "three");

@@ -1,3 +1,4 @@
+use crate::test_util::next_request;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -517,7 +518,7 @@ async fn the_service_refuses_from_the_future_and_stays_ready() {
     handle.allow(1);
     tokio_test::assert_ready_ok!(svc.poll_ready());
     let call = svc.call("a");
-    let (_, respond) = handle.next_request().await.unwrap();
+    let (_, respond) = next_request(&mut handle).await;
     respond.send_error(std::io::Error::other("down"));
     assert!(call.await.is_err());
     assert_eq!(b.state(), State::Open);

@@ -399,6 +399,7 @@ mod tests {
 
     use super::*;
     use crate::error::{Rejected, is_caused_by};
+    use crate::test_util::next_request;
 
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -708,7 +709,7 @@ mod tests {
 
         assert_ready_ok!(service.poll_ready());
         let mut first = task::spawn(service.call(1));
-        let (request, send) = handle.next_request().await.unwrap();
+        let (request, send) = next_request(&mut handle).await;
         assert_eq!(request, 1);
         assert_eq!(bulkhead.in_flight(), 1);
 
@@ -736,7 +737,7 @@ mod tests {
 
         assert_ready_ok!(service.poll_ready());
         let mut first = task::spawn(service.call(1));
-        let (_, send_first) = handle.next_request().await.unwrap();
+        let (_, send_first) = next_request(&mut handle).await;
 
         assert_ready_ok!(service.poll_ready());
         let mut second = task::spawn(service.call(2));
@@ -751,7 +752,7 @@ mod tests {
         assert_ready_ok!(first.poll());
         assert!(second.is_woken());
         assert_pending!(second.poll());
-        let (request, send_second) = handle.next_request().await.unwrap();
+        let (request, send_second) = next_request(&mut handle).await;
         assert_eq!(request, 2);
         assert_eq!(bulkhead.in_flight(), 1);
         send_second.send_error("inner failure");
@@ -767,7 +768,7 @@ mod tests {
             mock::spawn_layer::<u32, u32, _>(BulkheadLayer::new(bulkhead.clone()));
         assert_ready_ok!(service.poll_ready());
         let _first = task::spawn(service.call(1));
-        let _request = handle.next_request().await.unwrap();
+        let _request = next_request(&mut handle).await;
 
         assert_ready_ok!(service.poll_ready());
         let mut second = task::spawn(service.call(2));

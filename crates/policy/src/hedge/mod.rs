@@ -460,6 +460,7 @@ mod tests {
 
     use super::*;
     use crate::classify::Outcome;
+    use crate::test_util::next_request;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -499,17 +500,6 @@ mod tests {
 
     fn counters() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)))
-    }
-
-    /// The next request the mock service receives; fails the test, rather than hanging it, when
-    /// none comes (on the paused clock the timeout fires as soon as nothing else can happen).
-    async fn next_request<Req, Rsp>(
-        handle: &mut mock::Handle<Req, Rsp>,
-    ) -> (Req, mock::SendResponse<Rsp>) {
-        tokio::time::timeout(Duration::from_secs(60), handle.next_request())
-            .await
-            .expect("the inner service received no request")
-            .expect("every handle to the inner service was dropped")
     }
 
     #[test]

@@ -346,6 +346,7 @@ mod tests {
     use super::*;
     use crate::clock::{ManualClock, tokio_clock};
     use crate::error::{Rejected, is_caused_by};
+    use crate::test_util::next_request;
 
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -510,7 +511,7 @@ mod tests {
 
         assert_ready_ok!(service.poll_ready());
         let mut first = task::spawn(service.call(1));
-        let (request, send) = handle.next_request().await.unwrap();
+        let (request, send) = next_request(&mut handle).await;
         assert_eq!(request, 1);
         send.send_response(10);
         assert_eq!(assert_ready_ok!(first.poll()), 10);
@@ -528,7 +529,7 @@ mod tests {
         advance(Duration::from_secs(1)).await;
         assert_ready_ok!(service.poll_ready());
         let mut third = task::spawn(service.call(3));
-        let (request, send) = handle.next_request().await.unwrap();
+        let (request, send) = next_request(&mut handle).await;
         assert_eq!(request, 3);
         send.send_error("inner failure");
         let err = assert_ready_err!(third.poll());

@@ -1,3 +1,4 @@
+use crate::test_util::next_request;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -340,7 +341,7 @@ async fn layer_retries_until_an_answer() {
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
 
-    let (request, send) = handle.next_request().await.unwrap();
+    let (request, send) = next_request(&mut handle).await;
     assert_eq!(request, "hello");
     send.send_error("reset");
     // Backing off: half of 100ms.
@@ -351,7 +352,7 @@ async fn layer_retries_until_an_answer() {
     tokio::time::advance(ms(1)).await;
     assert_pending!(response.poll());
 
-    let (request, send) = handle.next_request().await.unwrap();
+    let (request, send) = next_request(&mut handle).await;
     assert_eq!(request, "hello");
     send.send_response("world");
     assert_eq!(assert_ready_ok!(response.poll()), "world");
@@ -364,7 +365,7 @@ async fn layer_polls_the_service_ready_before_each_retry() {
     handle.allow(1);
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_error("reset");
 
     // The mock has no capacity left: the retry waits for it rather than calling an unready
@@ -374,7 +375,7 @@ async fn layer_polls_the_service_ready_before_each_retry() {
     handle.allow(1);
     assert!(response.is_woken());
     assert_pending!(response.poll());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_response("world");
     assert_eq!(assert_ready_ok!(response.poll()), "world");
 }
@@ -387,7 +388,7 @@ async fn layer_returns_the_last_error() {
     let mut response = task::spawn(service.call("hello"));
     for n in 1..=3 {
         assert_pending!(response.poll());
-        let (_, send) = handle.next_request().await.unwrap();
+        let (_, send) = next_request(&mut handle).await;
         send.send_error(format!("failure {n}"));
     }
     let err = assert_ready_err!(response.poll());
@@ -401,7 +402,7 @@ async fn layer_returns_a_failed_readiness() {
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     handle.send_error("closing");
     send.send_error("reset");
     let err = assert_ready_err!(response.poll());
@@ -419,7 +420,7 @@ async fn layer_sends_an_uncopyable_request_once() {
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("stream"));
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_error("reset");
     let err = assert_ready_err!(response.poll());
     assert_eq!(err.to_string(), "reset");
@@ -441,7 +442,7 @@ async fn layer_stops_when_a_later_copy_fails() {
     let mut response = task::spawn(service.call("hello"));
     for n in 1..=2 {
         assert_pending!(response.poll());
-        let (_, send) = handle.next_request().await.unwrap();
+        let (_, send) = next_request(&mut handle).await;
         send.send_error(format!("failure {n}"));
     }
     let err = assert_ready_err!(response.poll());
@@ -463,7 +464,7 @@ async fn layer_copies_only_what_a_retry_may_need() {
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_error("reset");
     assert_ready_err!(response.poll());
     assert_eq!(copies.load(Ordering::Relaxed), 0);
@@ -476,7 +477,7 @@ async fn layer_copies_only_what_a_retry_may_need() {
     let mut response = task::spawn(service.call("hello"));
     for _ in 0..3 {
         assert_pending!(response.poll());
-        let (_, send) = handle.next_request().await.unwrap();
+        let (_, send) = next_request(&mut handle).await;
         send.send_error("reset");
     }
     assert_ready_err!(response.poll());
@@ -495,10 +496,10 @@ async fn layer_classifies_the_inner_error_and_response() {
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_response("busy");
     assert_pending!(response.poll());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_error("fatal");
     let err = assert_ready_err!(response.poll());
     assert_eq!(err.to_string(), "fatal");
@@ -511,7 +512,7 @@ async fn layer_deposits_and_respects_the_budget() {
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next_request(&mut handle).await;
     send.send_error("reset");
     let err = assert_ready_err!(response.poll());
     assert_eq!(err.to_string(), "reset");
@@ -529,7 +530,7 @@ async fn layer_deposits_and_respects_the_budget() {
     let mut response = task::spawn(service.call("hello"));
     for _ in 0..2 {
         assert_pending!(response.poll());
-        let (_, send) = handle.next_request().await.unwrap();
+        let (_, send) = next_request(&mut handle).await;
         send.send_error("reset");
     }
     assert_ready_err!(response.poll());

@@ -264,6 +264,7 @@ mod tests {
     use super::error::{DeadlineExceeded, Elapsed};
     use super::*;
     use crate::error::{Rejected, is_caused_by};
+    use crate::test_util::next_request;
 
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -418,7 +419,7 @@ mod tests {
             mock::spawn_layer::<(), (), _>(TimeoutLayer::new(Timeout::new(ms(100))));
         assert_ready_ok!(service.poll_ready());
         let mut response = task::spawn(service.call(()));
-        let _request = handle.next_request().await.unwrap();
+        let _request = next_request(&mut handle).await;
         assert_pending!(response.poll());
         advance(ms(99)).await;
         assert_pending!(response.poll());
@@ -435,14 +436,14 @@ mod tests {
 
         assert_ready_ok!(service.poll_ready());
         let mut response = task::spawn(service.call(1));
-        let (request, send) = handle.next_request().await.unwrap();
+        let (request, send) = next_request(&mut handle).await;
         assert_eq!(request, 1);
         send.send_response(2);
         assert_eq!(assert_ready_ok!(response.poll()), 2);
 
         assert_ready_ok!(service.poll_ready());
         let mut response = task::spawn(service.call(3));
-        let (_, send) = handle.next_request().await.unwrap();
+        let (_, send) = next_request(&mut handle).await;
         send.send_error("inner failure");
         let err = assert_ready_err!(response.poll());
         assert_eq!(err.to_string(), "inner failure");
@@ -456,7 +457,7 @@ mod tests {
         assert_ready_ok!(service.poll_ready());
         let deadline = Deadline::after(ms(40));
         let mut response = task::spawn(deadline.sync_scope(|| service.call(())));
-        let _request = handle.next_request().await.unwrap();
+        let _request = next_request(&mut handle).await;
         advance(ms(40)).await;
         let err = assert_ready_err!(response.poll());
         assert!(is_caused_by::<DeadlineExceeded>(&*err));
@@ -478,7 +479,7 @@ mod tests {
         // The readiness reserved for the refused request serves the next one.
         assert_ready_ok!(service.poll_ready());
         let mut response = task::spawn(service.call(2));
-        let (request, send) = handle.next_request().await.unwrap();
+        let (request, send) = next_request(&mut handle).await;
         assert_eq!(request, 2);
         send.send_response(2);
         assert_eq!(assert_ready_ok!(response.poll()), 2);
@@ -521,7 +522,7 @@ mod tests {
             deadline: Some(Deadline::after(ms(70))),
         };
         let mut response = task::spawn(service.call(request));
-        let _request = handle.next_request().await.unwrap();
+        let _request = next_request(&mut handle).await;
         advance(ms(69)).await;
         assert_pending!(response.poll());
         advance(ms(1)).await;
@@ -548,7 +549,7 @@ mod tests {
         let (mut service, mut handle) = mock::spawn_layer::<Request, u8, _>(DeadlineLayer::new());
         assert_ready_ok!(service.poll_ready());
         let mut response = task::spawn(service.call(Request { deadline: None }));
-        let (_, send) = handle.next_request().await.unwrap();
+        let (_, send) = next_request(&mut handle).await;
         advance(Duration::from_secs(3600)).await;
         assert_pending!(response.poll());
         send.send_response(9);
