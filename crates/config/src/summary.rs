@@ -110,7 +110,13 @@ fn policies(r: &Route) -> String {
         on.push(format!("per try {}", dur(p)));
     }
     if r.retry.attempts > 1 {
-        on.push(format!("retry x{}", r.retry.attempts));
+        // The methods say whether this route's requests are retried at all (POST is not, by
+        // default).
+        on.push(format!(
+            "retry x{} ({})",
+            r.retry.attempts,
+            r.retry.methods.join(" ")
+        ));
     }
     if let Some(h) = &r.hedge {
         let after = match h.after {
