@@ -16,8 +16,7 @@ use super::config::{Builder, Settings};
 use super::error::BreakerOpen;
 use super::{Listener, Reason, Snapshot, State, Transition};
 use crate::classify::Outcome;
-use crate::clock::TimeSource;
-use crate::clock::{SharedClock, saturating_nanos};
+use crate::clock::{SharedClock, TimeSource, saturating_nanos};
 use crate::rng::Rng;
 use crate::window::Window;
 
