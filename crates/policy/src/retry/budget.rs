@@ -11,8 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::SharedClock;
-use crate::clock::TimeSource;
+use crate::clock::{SharedClock, TimeSource};
 use crate::window::Window;
 
 use super::error::InvalidBudget;
