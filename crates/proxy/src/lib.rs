@@ -5,13 +5,13 @@
 //!
 //! listener -> CONNECT refused (405) -> route match (or 404 `no-route`) -> deadline (the route's
 //! `timeout`, capped by the request's own `x-rampart-deadline` or `grpc-timeout`) -> the route's
-//! [`Stack`](crate::stack) -> endpoint (round-robin) -> pooled connection -> upstream.
+//! stack -> endpoint (round-robin) -> pooled connection -> upstream.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
 //! with the client's address appended to `x-forwarded-for` and the time left in the deadline
 //! header. Bodies stream both ways; nothing is buffered. What goes wrong becomes a response in one
-//! place, [`rampart_http::rescue`], with `x-rampart-error` saying why: `timeout` (504) when the
+//! place, [`rampart_http::rescue()`], with `x-rampart-error` saying why: `timeout` (504) when the
 //! route's timeout passes before the response's last byte (after the head was sent, the response
 //! is cut off instead), `upstream-connect` (502) when no connection could be made,
 //! `upstream-reset` (502) when the upstream dropped the exchange.

@@ -116,6 +116,12 @@ async fn an_http2_upstream_is_reached_by_h2c_prior_knowledge() {
     assert_eq!(response.body(), "h2");
     assert_eq!(upstream.requests()[0].version, Version::HTTP_2);
     assert_eq!(upstream.requests()[0].path, "/x");
+
+    // h2c on both sides.
+    let response = send(&h2c(), request(&proxy, "/y").body(Full::default()).unwrap()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.requests()[1].version, Version::HTTP_2);
+    assert_eq!(upstream.requests()[1].path, "/y");
 }
 
 #[tokio::test]
