@@ -1,0 +1,157 @@
+//! The body types on both sides, and the deadline on a response body.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use rampart_http::Reason;
+use rampart_policy::error::BoxError;
+use tokio::time::{Instant, Sleep};
+
+/// A request body on its way upstream: the client's, streamed. Boxed so that a replayable body
+/// (for retries) can take its place without changing the client's type.
+pub(crate) type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A response body on its way to the client: the upstream's, streamed, or rampart's own.
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The response rampart sends instead of the upstream's, for `reason`.
+pub(crate) fn rescued(reason: Reason, is_grpc: bool) -> Response<ResponseBody> {
+    boxed(rampart_http::rescue(reason, is_grpc))
+}
+
+/// A response made here, with its body in the proxy's body type.
+pub(crate) fn boxed(response: Response<Bytes>) -> Response<ResponseBody> {
+    response.map(|body| {
+        Full::new(body)
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync()
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A body that fails once `deadline` passes before its end: the route's timeout holds until
+    /// the response's last byte, and a response cut short must read as cut short (the connection
+    /// closed or the stream reset), never as complete.
+    pub(crate) struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    pub(crate) fn new(inner: B, deadline: Instant) -> DeadlineBody<B> {
+        DeadlineBody {
+            inner,
+            sleep: tokio::time::sleep_until(deadline),
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        // The body first: a frame that is ready when the deadline passes is still delivered.
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The route's timeout passed while the response body was still streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyTimedOut;
+
+impl fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the route's timeout passed before the response body ended")
+    }
+}
+
+impl StdError for BodyTimedOut {}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    // A body whose frames a test sends one by one.
+    struct ChannelBody(mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|data| data.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_outlives_the_deadline_ends_in_an_error() {
+        let (tx, rx) = mpsc::channel(1);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut body = Box::pin(DeadlineBody::new(ChannelBody(rx), deadline));
+
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+
+        // Nothing more arrives; the paused clock jumps to the deadline.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<BodyTimedOut>());
+        assert_eq!(Instant::now(), deadline);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_ends_in_time_ends_cleanly() {
+        let (tx, rx) = mpsc::channel(1);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let body = Box::pin(DeadlineBody::new(ChannelBody(rx), deadline));
+        tx.send(Bytes::from_static(b"whole")).await.unwrap();
+        drop(tx);
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected, "whole");
+        assert!(Instant::now() < deadline);
+    }
+}

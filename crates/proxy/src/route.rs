@@ -1,0 +1,232 @@
+//! Routing: the routes of one listener, tried in file order; the first match wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Method;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use rampart_config::{Config, Match};
+
+use crate::Error;
+use crate::stack::Stack;
+use crate::upstream::Pool;
+
+/// The routes of one listener.
+#[derive(Debug)]
+pub(crate) struct Router {
+    routes: Vec<(Matcher, Arc<Stack>)>,
+}
+
+impl Router {
+    /// The routes of `config` on the listener named `listener`, in file order.
+    pub(crate) fn new(
+        config: &Config,
+        listener: &str,
+        upstreams: &HashMap<&str, Arc<Pool>>,
+    ) -> Result<Router, Error> {
+        let mut routes = Vec::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            if route.listener != listener {
+                continue;
+            }
+            let upstream =
+                upstreams
+                    .get(route.upstream.as_str())
+                    .ok_or_else(|| Error::Invalid {
+                        path: format!("routes[{i}].upstream"),
+                        message: format!("no upstream named \"{}\"", route.upstream),
+                    })?;
+            let matcher = Matcher::new(&route.matcher, i)?;
+            routes.push((matcher, Arc::new(Stack::new(route, upstream.clone()))));
+        }
+        Ok(Router { routes })
+    }
+
+    /// The stack of the first route matching the request, if any.
+    pub(crate) fn route(&self, request: &Parts) -> Option<&Arc<Stack>> {
+        self.routes
+            .iter()
+            .find(|(matcher, _)| matcher.matches(request))
+            .map(|(_, stack)| stack)
+    }
+}
+
+/// A route's `match`, with its values parsed once.
+#[derive(Debug)]
+struct Matcher {
+    path_prefix: Option<String>,
+    path: Option<String>,
+    // Lower case, without brackets for an IPv6 address.
+    host: Option<String>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Matcher {
+    fn new(config: &Match, route: usize) -> Result<Matcher, Error> {
+        let invalid = |key: &str, message: String| Error::Invalid {
+            path: format!("routes[{route}].match.{key}"),
+            message,
+        };
+        let method = match &config.method {
+            Some(method) => Some(
+                Method::from_bytes(method.as_bytes())
+                    .map_err(|_| invalid("method", format!("{method:?} is not a method")))?,
+            ),
+            None => None,
+        };
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid("headers", format!("{name:?} is not a header name")))?;
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| invalid("headers", format!("{value:?} is not a header value")))?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Matcher {
+            path_prefix: config.path_prefix.clone(),
+            path: config.path.clone(),
+            host: config
+                .host
+                .as_deref()
+                .map(|h| unbracket(h).to_ascii_lowercase()),
+            method,
+            headers,
+        })
+    }
+
+    fn matches(&self, request: &Parts) -> bool {
+        let path = request.uri.path();
+        self.path_prefix
+            .as_ref()
+            .is_none_or(|p| path.starts_with(p.as_str()))
+            && self.path.as_ref().is_none_or(|p| path == p)
+            && self.method.as_ref().is_none_or(|m| request.method == m)
+            && self.host.as_ref().is_none_or(|h| host_is(request, h))
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| request.headers.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+// Whether the request's host, without its port, is `wanted` (lower case). The authority of the
+// target comes first: HTTP/2's `:authority`, or an HTTP/1.1 absolute-form target, which RFC 9112
+// §3.2.2 says overrides Host.
+fn host_is(request: &Parts, wanted: &str) -> bool {
+    let from_header;
+    let authority = match request.uri.authority() {
+        Some(authority) => authority,
+        None => {
+            let Some(parsed) = request
+                .headers
+                .get(HOST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Authority>().ok())
+            else {
+                return false;
+            };
+            from_header = parsed;
+            &from_header
+        }
+    };
+    unbracket(authority.host()).eq_ignore_ascii_case(wanted)
+}
+
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn parts(request: http::request::Builder) -> Parts {
+        request.body(()).unwrap().into_parts().0
+    }
+
+    fn matcher(config: Match) -> Matcher {
+        Matcher::new(&config, 0).unwrap()
+    }
+
+    #[test]
+    fn an_empty_match_matches_everything() {
+        let m = matcher(Match::default());
+        assert!(m.matches(&parts(Request::get("/"))));
+        assert!(m.matches(&parts(Request::post("/x?y=1"))));
+    }
+
+    #[test]
+    fn path_prefix_and_exact_path() {
+        let prefix = matcher(Match {
+            path_prefix: Some("/orders".into()),
+            ..Match::default()
+        });
+        assert!(prefix.matches(&parts(Request::get("/orders/7?x=1"))));
+        assert!(prefix.matches(&parts(Request::get("/orders"))));
+        assert!(!prefix.matches(&parts(Request::get("/order"))));
+        assert!(!prefix.matches(&parts(Request::get("/api/orders"))));
+
+        let exact = matcher(Match {
+            path: Some("/orders".into()),
+            ..Match::default()
+        });
+        assert!(exact.matches(&parts(Request::get("/orders?page=2"))));
+        assert!(!exact.matches(&parts(Request::get("/orders/7"))));
+    }
+
+    #[test]
+    fn host_from_the_header_or_the_authority_without_port_any_case() {
+        let m = matcher(Match {
+            host: Some("Orders.Example".into()),
+            ..Match::default()
+        });
+        assert!(m.matches(&parts(
+            Request::get("/").header("host", "orders.example:8080")
+        )));
+        assert!(m.matches(&parts(Request::get("/").header("host", "ORDERS.example"))));
+        assert!(m.matches(&parts(Request::get("http://orders.example/x"))));
+        assert!(!m.matches(&parts(Request::get("/").header("host", "billing.example"))));
+        assert!(!m.matches(&parts(Request::get("/"))));
+        // An absolute-form target overrides Host.
+        assert!(!m.matches(&parts(
+            Request::get("http://billing.example/x").header("host", "orders.example")
+        )));
+
+        let v6 = matcher(Match {
+            host: Some("::1".into()),
+            ..Match::default()
+        });
+        assert!(v6.matches(&parts(Request::get("/").header("host", "[::1]:80"))));
+    }
+
+    #[test]
+    fn method_and_headers() {
+        let m = matcher(Match {
+            method: Some("POST".into()),
+            headers: vec![("x-tenant".into(), "blue".into())],
+            ..Match::default()
+        });
+        assert!(m.matches(&parts(Request::post("/").header("x-tenant", "blue"))));
+        // Any of several lines of the header may hold the value.
+        assert!(
+            m.matches(&parts(
+                Request::post("/")
+                    .header("x-tenant", "red")
+                    .header("x-tenant", "blue")
+            ))
+        );
+        assert!(!m.matches(&parts(Request::get("/").header("x-tenant", "blue"))));
+        assert!(!m.matches(&parts(Request::post("/").header("x-tenant", "red"))));
+        assert!(!m.matches(&parts(Request::post("/"))));
+    }
+}

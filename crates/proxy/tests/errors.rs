@@ -1,0 +1,170 @@
+//! What the client gets when the proxy cannot forward: one response per reason, with
+//! `x-rampart-error` saying why, and nothing sent upstream where nothing should be.
+
+mod common;
+
+use http_body_util::Full;
+use hyper::{Method, StatusCode};
+use rampart_test_support::{Behavior, Upstream};
+use tokio::net::TcpListener;
+
+use common::*;
+
+#[tokio::test]
+async fn no_matching_route_is_404_no_route() {
+    let upstream = Upstream::start(Behavior::ok("orders")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "match = { path_prefix = \"/orders\" }",
+        "",
+    )
+    .await;
+
+    let response = get(&proxy, "/billing").await;
+
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&response), Some("no-route"));
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_grpc_call_with_no_route_gets_unimplemented() {
+    let upstream = Upstream::start(Behavior::ok("orders")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "match = { path_prefix = \"/orders\" }",
+        "",
+    )
+    .await;
+
+    let request = request(&proxy, "/billing.Billing/Charge")
+        .method(Method::POST)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&h2c(), request).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "12");
+    assert_eq!(error_of(&response), Some("no-route"));
+}
+
+#[tokio::test]
+async fn an_endpoint_refusing_connections_is_502_upstream_connect() {
+    // A port nobody listens on any more: connecting to it is refused.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = simple(&[closed], "", "").await;
+
+    let response = get(&proxy, "/").await;
+
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_of(&response), Some("upstream-connect"));
+}
+
+#[tokio::test]
+async fn an_upstream_closing_without_answering_is_502_upstream_reset() {
+    let upstream = Upstream::start(Behavior::Reset).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let response = get(&proxy, "/").await;
+
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_of(&response), Some("upstream-reset"));
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_is_504_timeout_after_the_route_timeout() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "timeout = \"200ms\"", "").await;
+
+    let response = get(&proxy, "/").await;
+
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error_of(&response), Some("timeout"));
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn the_clients_shorter_deadline_is_504_deadline_exceeded() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "timeout = \"10s\"", "").await;
+
+    let request = request(&proxy, "/")
+        .header("x-rampart-deadline", "100")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&http1(), request).await;
+
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error_of(&response), Some("deadline-exceeded"));
+    // The upstream was told the client's budget, not the route's.
+    let left: u64 = upstream.requests()[0].headers["x-rampart-deadline"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left <= 100, "{left}");
+}
+
+#[tokio::test]
+async fn a_request_arriving_with_no_time_left_is_not_forwarded() {
+    let upstream = Upstream::start(Behavior::ok("late")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let request = request(&proxy, "/")
+        .header("x-rampart-deadline", "0")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&http1(), request).await;
+
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error_of(&response), Some("deadline-exceeded"));
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let upstream = Upstream::start(Behavior::ok("no")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let answer = raw(
+        addr(&proxy),
+        "CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nallow: get"),
+        "{answer}"
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_response_body_outliving_the_route_timeout_is_cut_off() {
+    // The head comes at once, then a piece every 100 ms, 50 in all: far past the timeout.
+    let upstream = Upstream::start(Behavior::SlowBody {
+        chunk: "x".into(),
+        every: std::time::Duration::from_millis(100),
+        chunks: 50,
+    })
+    .await
+    .unwrap();
+    let proxy = simple(&[upstream.addr()], "timeout = \"300ms\"", "").await;
+
+    let request = request(&proxy, "/").body(Full::default()).unwrap();
+    let response = http1().request(request).await.expect("the head arrives");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await;
+    assert!(body.is_err(), "the body ended as if whole");
+}

@@ -1,0 +1,229 @@
+//! Requests forwarded through the proxy over real sockets: what the upstream sees, what the
+//! client gets back, on HTTP/1.1 and h2c.
+
+mod common;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Version};
+use rampart_test_support::{Behavior, Upstream};
+
+use common::*;
+
+#[tokio::test]
+async fn a_get_is_forwarded_without_hop_by_hop_headers_and_with_x_forwarded_for() {
+    let upstream = Upstream::start(Behavior::ok("orders")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let request = request(&proxy, "/orders/7?fields=id")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "for this hop only")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "10.0.0.7")
+        .header("accept", "text/plain")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&http1(), request).await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "orders");
+    assert_eq!(error_of(&response), None);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.method, Method::GET);
+    assert_eq!(seen.path, "/orders/7?fields=id");
+    assert_eq!(seen.headers["x-forwarded-for"], "10.0.0.7, 127.0.0.1");
+    assert_eq!(seen.headers["accept"], "text/plain");
+    for hop in ["x-secret", "keep-alive", "proxy-authorization"] {
+        assert!(!seen.headers.contains_key(hop), "{hop} was forwarded");
+    }
+    // The client's own Host goes on; the endpoint is where the request went.
+    assert_eq!(seen.headers["host"], addr(&proxy).to_string());
+    // The upstream learns how long the proxy waits (the default route timeout, 15 s).
+    let left: u64 = seen.headers["x-rampart-deadline"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left > 0 && left <= 15_000, "{left}");
+}
+
+#[tokio::test]
+async fn a_post_body_is_forwarded_and_the_response_body_comes_back() {
+    let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let request = request(&proxy, "/orders")
+        .method(Method::POST)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"item\":\"tea\"}")))
+        .unwrap();
+    let response = send(&http1(), request).await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-echo-method"], "POST");
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(seen.path, "/orders");
+    assert_eq!(seen.body, "{\"item\":\"tea\"}");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    // The echo's body made it back whole.
+    let echoed = String::from_utf8_lossy(response.body());
+    assert!(echoed.contains("{\\\"item\\\":\\\"tea\\\"}"), "{echoed}");
+}
+
+#[tokio::test]
+async fn http1_and_h2c_clients_share_one_listener() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let one = send(
+        &http1(),
+        request(&proxy, "/one").body(Full::default()).unwrap(),
+    )
+    .await;
+    let two = send(
+        &h2c(),
+        request(&proxy, "/two").body(Full::default()).unwrap(),
+    )
+    .await;
+
+    assert_eq!(
+        (one.status().as_u16(), one.version()),
+        (200, Version::HTTP_11)
+    );
+    assert_eq!(
+        (two.status().as_u16(), two.version()),
+        (200, Version::HTTP_2)
+    );
+    assert_eq!(two.body(), "hi");
+    let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/one", "/two"]);
+    // The h2c request went to an HTTP/1.1 upstream, and still names the host it asked for.
+    let seen = &upstream.requests()[1];
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.headers["host"], addr(&proxy).to_string());
+}
+
+#[tokio::test]
+async fn an_http2_upstream_is_reached_by_h2c_prior_knowledge() {
+    let upstream = Upstream::start(Behavior::ok("h2")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "protocol = \"http2\"").await;
+
+    let response = get(&proxy, "/x").await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "h2");
+    assert_eq!(upstream.requests()[0].version, Version::HTTP_2);
+    assert_eq!(upstream.requests()[0].path, "/x");
+
+    // h2c on both sides.
+    let response = send(&h2c(), request(&proxy, "/y").body(Full::default()).unwrap()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.requests()[1].version, Version::HTTP_2);
+    assert_eq!(upstream.requests()[1].path, "/y");
+}
+
+#[tokio::test]
+async fn two_endpoints_take_turns() {
+    let a = Upstream::start(Behavior::ok("a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("b")).await.unwrap();
+    let proxy = simple(&[a.addr(), b.addr()], "", "").await;
+
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(get(&proxy, "/").await.into_body());
+    }
+
+    assert_eq!(bodies, ["a", "b", "a", "b"]);
+    assert_eq!((a.request_count(), b.request_count()), (2, 2));
+}
+
+#[tokio::test]
+async fn routes_are_tried_in_file_order_by_prefix_path_host_method_and_headers() {
+    let upstreams = [
+        Upstream::start(Behavior::ok("exact")).await.unwrap(),
+        Upstream::start(Behavior::ok("tenant")).await.unwrap(),
+        Upstream::start(Behavior::ok("orders")).await.unwrap(),
+        Upstream::start(Behavior::ok("post")).await.unwrap(),
+        Upstream::start(Behavior::ok("host")).await.unwrap(),
+    ];
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+
+        [[routes]]
+        match = {{ path = "/orders/special" }}
+        upstream = "u0"
+        [[routes]]
+        match = {{ path_prefix = "/orders", headers = {{ x-tenant = "blue" }} }}
+        upstream = "u1"
+        [[routes]]
+        match = {{ path_prefix = "/orders" }}
+        upstream = "u2"
+        [[routes]]
+        match = {{ method = "POST" }}
+        upstream = "u3"
+        [[routes]]
+        match = {{ host = "billing.example" }}
+        upstream = "u4"
+
+        [upstreams.u0]
+        endpoints = ["{}"]
+        [upstreams.u1]
+        endpoints = ["{}"]
+        [upstreams.u2]
+        endpoints = ["{}"]
+        [upstreams.u3]
+        endpoints = ["{}"]
+        [upstreams.u4]
+        endpoints = ["{}"]
+        "#,
+        upstreams[0].addr(),
+        upstreams[1].addr(),
+        upstreams[2].addr(),
+        upstreams[3].addr(),
+        upstreams[4].addr(),
+    ))
+    .await;
+    let client = http1();
+    let cases = [
+        (request(&proxy, "/orders/special"), "exact"),
+        (
+            request(&proxy, "/orders/1").header("x-tenant", "blue"),
+            "tenant",
+        ),
+        (
+            request(&proxy, "/orders/1").header("x-tenant", "red"),
+            "orders",
+        ),
+        (request(&proxy, "/ordersX").method(Method::POST), "orders"),
+        (request(&proxy, "/other").method(Method::POST), "post"),
+        (
+            request(&proxy, "/other").header("host", "Billing.Example:80"),
+            "host",
+        ),
+    ];
+    for (builder, wanted) in cases {
+        let response = send(&client, builder.body(Full::default()).unwrap()).await;
+        assert_eq!(response.body(), wanted);
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_does_not_pick_the_destination() {
+    let upstream = Upstream::start(Behavior::ok("here")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let answer = raw(
+        addr(&proxy),
+        "GET http://elsewhere.example:9/steal?x=1 HTTP/1.1\r\nHost: elsewhere.example:9\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("here"), "{answer}");
+    assert_eq!(upstream.requests()[0].path, "/steal?x=1");
+}
