@@ -599,3 +599,158 @@ fn two_threads_sharing_a_breaker_count_every_call() {
     });
     assert_eq!(b.snapshot().calls, 100_000);
 }
+
+// === against a model ===
+
+mod model {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::rng::Rng;
+
+    /// The breaker as the docs describe it, written plainly: every event kept with its time.
+    struct Model {
+        cf: u32,
+        rate: f64,
+        min_calls: u64,
+        bucket_nanos: u64,
+        buckets: u64,
+        open_ms: u64,
+        open_max_ms: u64,
+        probes: u32,
+        now: u64,
+        state: ModelState,
+        trips: u32,
+    }
+
+    #[derive(Debug)]
+    enum ModelState {
+        Closed { events: Vec<(u64, bool)>, run: u32 },
+        Open { until: u64 },
+        HalfOpen { successes: u32 },
+    }
+
+    impl Model {
+        fn call(&mut self, failed: bool) -> bool {
+            if let ModelState::Open { until } = self.state {
+                if self.now < until {
+                    return false;
+                }
+                self.state = ModelState::HalfOpen { successes: 0 };
+            }
+            match &mut self.state {
+                ModelState::Closed { events, run } => {
+                    events.push((self.now, failed));
+                    if !failed {
+                        *run = 0;
+                        return true;
+                    }
+                    *run += 1;
+                    let by_run = self.cf > 0 && *run >= self.cf;
+                    let bucket = |ms: u64| ms * 1_000_000 / self.bucket_nanos;
+                    let oldest = bucket(self.now).saturating_sub(self.buckets - 1);
+                    let recent = events.iter().filter(|(t, _)| bucket(*t) >= oldest);
+                    let (calls, failures) = recent.fold((0u64, 0u64), |(c, f), (_, failed)| {
+                        (c + 1, f + u64::from(*failed))
+                    });
+                    let by_rate = calls >= self.min_calls.max(1)
+                        && failures as f64 >= self.rate * calls as f64;
+                    if by_run || by_rate {
+                        self.trip();
+                    }
+                }
+                ModelState::HalfOpen { successes } => {
+                    if failed {
+                        self.trip();
+                    } else {
+                        *successes += 1;
+                        if *successes == self.probes {
+                            self.trips = 0;
+                            self.state = ModelState::Closed {
+                                events: Vec::new(),
+                                run: 0,
+                            };
+                        }
+                    }
+                }
+                ModelState::Open { .. } => unreachable!("left above"),
+            }
+            true
+        }
+
+        fn trip(&mut self) {
+            self.trips += 1;
+            let period = (self.open_ms << (self.trips - 1).min(20)).min(self.open_max_ms);
+            self.state = ModelState::Open {
+                until: self.now + period,
+            };
+        }
+
+        fn state(&self) -> State {
+            match self.state {
+                ModelState::Closed { .. } => State::Closed,
+                ModelState::Open { .. } => State::Open,
+                ModelState::HalfOpen { .. } => State::HalfOpen,
+            }
+        }
+    }
+
+    proptest! {
+        /// Sequential calls (each recorded before the next) on a manual clock, against the model:
+        /// the same calls are admitted and the breaker is in the same state after each step.
+        #[test]
+        fn behaves_like_the_model(
+            cf in 0u32..4,
+            rate in prop::sample::select(vec![0.25, 0.5, 1.0]),
+            min_calls in 1u64..6,
+            window_s in 1u64..10,
+            buckets in 1u64..5,
+            open_ms in 100u64..2000,
+            open_factor in 1u64..4,
+            probes in 1u32..3,
+            steps in prop::collection::vec((0u64..1500, any::<bool>()), 1..150),
+        ) {
+            let clock = ManualClock::new();
+            let b = CircuitBreaker::builder()
+                .clock(clock.clone())
+                .rng(Rng::fixed(0.0))
+                .consecutive_failures(cf)
+                .failure_rate(rate)
+                .min_calls(min_calls)
+                .window(Duration::from_secs(window_s))
+                .window_buckets(buckets as u32)
+                .open_for(Duration::from_millis(open_ms))
+                .open_for_max(Duration::from_millis(open_ms * open_factor))
+                .half_open_probes(probes)
+                .build()
+                .unwrap();
+            let mut model = Model {
+                cf,
+                rate,
+                min_calls,
+                bucket_nanos: window_s * 1_000_000_000 / buckets,
+                buckets,
+                open_ms,
+                open_max_ms: open_ms * open_factor,
+                probes,
+                now: 0,
+                state: ModelState::Closed { events: Vec::new(), run: 0 },
+                trips: 0,
+            };
+            for (i, (gap_ms, failed)) in steps.into_iter().enumerate() {
+                clock.advance(Duration::from_millis(gap_ms));
+                model.now += gap_ms;
+                let admitted = match b.try_acquire() {
+                    Ok(permit) => {
+                        permit.record(if failed { Outcome::Failure } else { Outcome::Success });
+                        true
+                    }
+                    Err(_) => false,
+                };
+                prop_assert_eq!(admitted, model.call(failed), "admission at step {}", i);
+                prop_assert_eq!(b.state(), model.state(), "state after step {}", i);
+            }
+        }
+    }
+}
