@@ -63,6 +63,7 @@
 mod body;
 mod forward;
 mod listener;
+mod retry;
 mod route;
 mod stack;
 mod upstream;
