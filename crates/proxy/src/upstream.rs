@@ -140,8 +140,14 @@ impl Pool {
     /// overrides the breakers, and the answer is `breaker-open` for a lone endpoint,
     /// `no-healthy-endpoint` otherwise.
     pub(crate) fn pick(&self, avoid: Option<usize>) -> Result<Picked<'_>, Reason> {
-        // Relaxed: the counter only spreads requests; no other memory depends on it.
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = match avoid {
+            // A retry starts after the endpoint that failed; it does not move the round-robin,
+            // which would otherwise send every first attempt to the same endpoint when each
+            // request takes two picks.
+            Some(failed) => failed + 1,
+            // Relaxed: the counter only spreads requests; no other memory depends on it.
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
         let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
         if let Some(picked) = self
             .admitting(primaries.clone(), start, avoid)
