@@ -5,19 +5,25 @@
 //!
 //! listener -> CONNECT refused (405) -> route match (or 404 `no-route`) -> deadline (the route's
 //! `timeout`, capped by the request's own `x-rampart-deadline` or `grpc-timeout`) -> the route's
-//! stack -> endpoint (round-robin) -> pooled connection -> upstream.
+//! stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
+//! (round-robin over those whose circuit breaker admits, backups only when no primary does) ->
+//! per-try timeout -> pooled connection -> upstream.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
 //! with the client's address appended to `x-forwarded-for` and the time left in the deadline
-//! header. Bodies stream both ways; nothing is buffered. What goes wrong becomes a response in one
-//! place, [`rampart_http::rescue()`], with `x-rampart-error` saying why: `timeout` (504) when the
+//! header. Bodies stream both ways; only a request body that may be retried is read whole first
+//! (known length, at most `max_replay_body`). What goes wrong becomes a response in one place,
+//! [`rampart_http::rescue()`], with `x-rampart-error` saying why: `timeout` (504) when the
 //! route's timeout passes before the response's last byte (after the head was sent, the response
 //! is cut off instead), `upstream-connect` (502) when no connection could be made,
-//! `upstream-reset` (502) when the upstream dropped the exchange.
+//! `upstream-reset` (502) when the upstream dropped the exchange, `breaker-open` or
+//! `no-healthy-endpoint` (503) when no endpoint's breaker admits the request,
+//! `retry-budget-exhausted` (503) when a failure without a response called for a retry the
+//! budget refused. An upstream's own failing response, retried or not, reaches the client as it is.
 //!
-//! The resilience policies (balancers, per-endpoint breakers, retries, hedging, limits, fallback,
-//! fault injection) are not wired in yet; `stack.rs` says where each goes.
+//! Not wired in yet: hedging, the P2C and other balancers (`balance` is read, round-robin is
+//! used), limits, fallback, fault injection, async routes; `stack.rs` says where each goes.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -63,6 +69,7 @@
 mod body;
 mod forward;
 mod listener;
+mod retry;
 mod route;
 mod stack;
 mod upstream;

@@ -39,7 +39,7 @@ impl Router {
                         message: format!("no upstream named \"{}\"", route.upstream),
                     })?;
             let matcher = Matcher::new(&route.matcher, i)?;
-            routes.push((matcher, Arc::new(Stack::new(route, upstream.clone()))));
+            routes.push((matcher, Arc::new(Stack::new(route, upstream.clone())?)));
         }
         Ok(Router { routes })
     }

@@ -9,33 +9,56 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use rampart_config::Route;
-use rampart_http::{Reason, TransportError};
+use rampart_http::classify::{classify_response, is_grpc};
+use rampart_http::{Attempt, Reason, TransportError};
+use rampart_policy::Outcome;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::retry::{Replay, Retry, answered};
 use crate::upstream::Pool;
 
-/// One route's way to its upstream.
+/// One route's way to its upstream, outermost first:
 ///
-/// Today: one attempt, at the endpoint [`Pool::pick`] chooses (round-robin), bounded by the
-/// request's deadline. The resilience stack goes here, outermost first, as DESIGN.md's "One
-/// request through the proxy" orders it: fault injection -> async route (outbox, 202) -> fallback
-/// -> total timeout (the deadline, already applied) -> retry (budget, backoff, body replay,
-/// another endpoint) -> hedge -> balancer (P2C over available primaries, then backups) -> the
-/// per-endpoint stack: breaker gate -> concurrency limit and pending queue -> per-try timeout ->
-/// pooled connection.
+/// - the total timeout: the request's deadline (the route's `timeout`, capped by the client's
+///   deadline header), set by the caller, bounds every attempt and every backoff sleep together,
+///   so retries cannot outlive the client's patience;
+/// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
+///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
+///   storm; the body is kept for it only when it is small and of known length;
+/// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
+///   when no primary does;
+/// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
+/// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
+///   a failure by the breaker and retried as `timeout`;
+/// - the pooled connection.
+///
+/// Still to come, in DESIGN.md's order: fault injection, async routes, fallback above the total
+/// timeout; hedging between retry and balancer; P2C and the other balancers; the concurrency
+/// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
+/// response's head only (a `grpc-status` in its trailers is not read yet).
 #[derive(Debug)]
 pub(crate) struct Stack {
     timeout: Duration,
+    per_try_timeout: Option<Duration>,
+    retry: Option<Retry>,
     upstream: Arc<Pool>,
 }
 
+/// What became of the last attempt, to be answered when no other follows.
+enum Last {
+    Response(Response<Incoming>),
+    Error(Reason),
+}
+
 impl Stack {
-    pub(crate) fn new(route: &Route, upstream: Arc<Pool>) -> Stack {
-        Stack {
+    pub(crate) fn new(route: &Route, upstream: Arc<Pool>) -> Result<Stack, crate::Error> {
+        Ok(Stack {
             timeout: route.timeout,
+            per_try_timeout: route.per_try_timeout,
+            retry: Retry::new(route)?,
             upstream,
-        }
+        })
     }
 
     /// The route's `timeout`: the whole exchange, until the response's last byte.
@@ -43,20 +66,139 @@ impl Stack {
         self.timeout
     }
 
-    /// Sends `request` (headers already rewritten) to an endpoint and waits for the response
-    /// head until `deadline`; past it, the answer is `expired`.
+    /// Sends `request` (headers already rewritten) to the upstream, retrying as the route says,
+    /// and waits for a response head until `deadline`; past it, the answer is `expired`.
+    ///
+    /// When no attempt succeeds, the client gets the last upstream response as it is, if there
+    /// was one (a 503 the upstream sent stays the upstream's 503), else the reason of the last
+    /// failure, or `retry-budget-exhausted` when the budget refused the retry the failure called
+    /// for.
     pub(crate) async fn call(
         &self,
-        mut request: Request<RequestBody>,
+        request: Request<RequestBody>,
         deadline: Instant,
         expired: Reason,
     ) -> Result<Response<Incoming>, Reason> {
-        let endpoint = self.upstream.pick();
-        set_target(&mut request, endpoint, self.upstream.version())?;
-        match tokio::time::timeout_at(deadline, self.upstream.client().request(request)).await {
+        let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
+        let (parts, body) = request.into_parts();
+
+        // Only a request that may be retried is worth the wait of buffering its body.
+        let retry = self
+            .retry
+            .as_ref()
+            .filter(|retry| retry.allows(&parts.method, grpc) && retry.can_replay(&body));
+        let mut body = match retry {
+            Some(retry) => {
+                retry.budget().deposit();
+                match tokio::time::timeout_at(deadline, Replay::buffer(body)).await {
+                    Ok(Ok(replay)) => replay,
+                    // The client's body broke off: nothing can be sent upstream.
+                    Ok(Err(())) => return Err(Reason::BadRequest),
+                    Err(_elapsed) => return Err(expired),
+                }
+            }
+            None => Replay::Stream(Some(body)),
+        };
+        let attempts = retry.map_or(1, Retry::attempts);
+        let mut delays = retry.map(|retry| retry.backoff().delays());
+
+        // The endpoint of the failed attempt, and what it answered: kept through the backoff,
+        // to be the answer if no endpoint takes the retry.
+        let mut failed: Option<(usize, Last)> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let picked = match self.upstream.pick(failed.as_ref().map(|(index, _)| *index)) {
+                Ok(picked) => picked,
+                Err(reason) => return failed.map_or(Err(reason), |(_, last)| last.into_result()),
+            };
+            let index = picked.index;
+            let Some(attempt_body) = body.next() else {
+                // Unreachable: a streamed body is never retried.
+                return Err(Reason::BadRequest);
+            };
+            let mut request = Request::from_parts(parts.clone(), attempt_body);
+            set_target(&mut request, picked.authority, self.upstream.version())?;
+
+            let result = self.attempt(request, deadline).await;
+            // The previous failure is superseded: let its connection go.
+            drop(failed.take());
+            let (tried, last) = match result {
+                Ok(response) => {
+                    picked.record(classify_response(
+                        response.status(),
+                        response.headers(),
+                        self.upstream.failures(),
+                        grpc,
+                    ));
+                    let tried = answered(response.status(), response.headers(), grpc);
+                    (tried, Last::Response(response))
+                }
+                Err(Tried::Transport(err)) => {
+                    picked.record(err.outcome());
+                    (Attempt::Error(err), Last::Error(err.into()))
+                }
+                Err(Tried::Expired) => {
+                    // No answer within the whole exchange's time: a failure of this endpoint.
+                    picked.record(Outcome::Failure);
+                    return Err(expired);
+                }
+            };
+
+            let Some(retry) = retry.filter(|retry| attempt < attempts && retry.wants(&tried))
+            else {
+                return last.into_result();
+            };
+            let delay = delays.as_mut().and_then(Iterator::next).unwrap_or_default();
+            // A retry that cannot start before the deadline would only turn the answer into a
+            // timeout.
+            if Instant::now() + delay >= deadline {
+                return last.into_result();
+            }
+            if !retry.budget().withdraw() {
+                return match last {
+                    Last::Response(response) => Ok(response),
+                    Last::Error(_) => Err(Reason::RetryBudgetExhausted),
+                };
+            }
+            tokio::time::sleep(delay).await;
+            failed = Some((index, last));
+        }
+    }
+
+    // One attempt, bounded by the per-try timeout and the deadline.
+    async fn attempt(
+        &self,
+        request: Request<RequestBody>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, Tried> {
+        let try_deadline = self
+            .per_try_timeout
+            .map_or(deadline, |timeout| deadline.min(Instant::now() + timeout));
+        match tokio::time::timeout_at(try_deadline, self.upstream.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(Reason::from(transport_error(&err))),
-            Err(_elapsed) => Err(expired),
+            Ok(Err(err)) => Err(Tried::Transport(transport_error(&err))),
+            Err(_elapsed) if try_deadline < deadline => {
+                Err(Tried::Transport(TransportError::Timeout))
+            }
+            Err(_elapsed) => Err(Tried::Expired),
+        }
+    }
+}
+
+/// Why an attempt got no response.
+enum Tried {
+    /// The exchange failed, or the per-try timeout expired first.
+    Transport(TransportError),
+    /// The request's deadline passed.
+    Expired,
+}
+
+impl Last {
+    fn into_result(self) -> Result<Response<Incoming>, Reason> {
+        match self {
+            Last::Response(response) => Ok(response),
+            Last::Error(reason) => Err(reason),
         }
     }
 }

@@ -69,7 +69,8 @@ async fn an_endpoint_refusing_connections_is_502_upstream_connect() {
 #[tokio::test]
 async fn an_upstream_closing_without_answering_is_502_upstream_reset() {
     let upstream = Upstream::start(Behavior::Reset).await.unwrap();
-    let proxy = simple(&[upstream.addr()], "", "").await;
+    // One attempt: the reason of a reset, not the retries after it (tests/resilience.rs).
+    let proxy = simple(&[upstream.addr()], "[routes.retry]\nattempts = 1", "").await;
 
     let response = get(&proxy, "/").await;
 

@@ -1,0 +1,286 @@
+//! The resilience stack against real upstreams: per-endpoint breakers (outlier ejection) and
+//! retries absorb the textbook failures, and stop where they must.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, StatusCode};
+use rampart_test_support::{Behavior, Fault, FaultProxy, Upstream};
+use tokio::net::TcpListener;
+
+use common::*;
+
+/// A port nobody listens on any more: connecting to it is refused.
+async fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn put(
+    proxy: &rampart_proxy::Proxy,
+    method: Method,
+    body: &'static str,
+) -> hyper::Response<Bytes> {
+    let request = request(proxy, "/")
+        .method(method)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    send(&http1(), request).await
+}
+
+#[tokio::test]
+async fn one_dead_endpoint_of_two_is_retried_around_then_ejected() {
+    let live = Upstream::start(Behavior::ok("live")).await.unwrap();
+    // The dead endpoint is a fault proxy refusing connections, in front of an upstream that
+    // counts what would get through once it listens again.
+    let behind_dead = Upstream::start(Behavior::ok("dead")).await.unwrap();
+    let dead = FaultProxy::start(behind_dead.addr()).await.unwrap();
+    dead.set_fault(Fault::Refuse).unwrap();
+    let proxy = simple(
+        &[dead.addr(), live.addr()],
+        "",
+        "[upstreams.app.breaker]\nconsecutive_failures = 3\nopen_for = \"60s\"",
+    )
+    .await;
+
+    let client = http1();
+    for i in 0..100 {
+        let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        assert_eq!(response.body(), "live");
+    }
+    // Each request reached the live endpoint exactly once: the first attempts at the dead one
+    // were retried there, and nothing was retried twice.
+    assert_eq!(live.request_count(), 100);
+
+    // The dead endpoint's breaker is open (for a minute): it listens again, yet gets nothing.
+    dead.set_fault(Fault::None).unwrap();
+    for _ in 0..20 {
+        let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(dead.connections(), 0);
+    assert_eq!(behind_dead.request_count(), 0);
+    assert_eq!(live.request_count(), 120);
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_gets_probes_and_comes_back_when_it_recovers() {
+    let live = Upstream::start(Behavior::ok("live")).await.unwrap();
+    let sick = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[sick.addr(), live.addr()],
+        "",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"200ms\"\n\
+         open_for_max = \"200ms\"\nhalf_open_probes = 1",
+    )
+    .await;
+
+    // Two failures at the sick endpoint open its breaker; the clients see only 200s.
+    for _ in 0..10 {
+        assert_eq!(get(&proxy, "/").await.status(), StatusCode::OK);
+    }
+    let ejected_at = sick.request_count();
+    assert_eq!(ejected_at, 2);
+
+    // It recovers; once the open period ends, a probe finds out, and traffic comes back to it.
+    sick.set_behavior(Behavior::ok("recovered"));
+    let mut recovered = 0;
+    for _ in 0..500 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if response.body() == "recovered" {
+            recovered += 1;
+            if recovered == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(recovered, 3, "the recovered endpoint never came back");
+}
+
+#[tokio::test]
+async fn a_503_is_retried_on_the_other_endpoint() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let ok = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(&[failing.addr(), ok.addr()], "", "").await;
+
+    for _ in 0..4 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "fine");
+    }
+    // Round-robin sent half the first attempts to the failing endpoint.
+    assert_eq!(failing.request_count(), 2);
+    assert_eq!(ok.request_count(), 4);
+}
+
+#[tokio::test]
+async fn a_retried_request_carries_its_body_again() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let echo = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = simple(&[failing.addr(), echo.addr()], "", "").await;
+
+    for _ in 0..2 {
+        let response = put(&proxy, Method::PUT, "the order").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let echoed = String::from_utf8_lossy(response.body()).into_owned();
+        assert!(echoed.contains("the order"), "{echoed}");
+    }
+    let seen = failing.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, "the order");
+}
+
+#[tokio::test]
+async fn a_post_is_not_retried_by_default() {
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let response = put(&proxy, Method::POST, "pay once").await;
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), None, "the upstream's own 503");
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn the_budget_stops_retries_past_its_floor_and_hands_back_the_upstreams_503() {
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    // No share of the load for retries; a floor of 1/s over the budget's 10 s window: 10 retries.
+    let proxy = simple(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 3\nbackoff = { base = \"1ms\", max = \"1ms\" }\n\
+         budget = { ratio = 0, min_per_sec = 1 }",
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+
+    for _ in 0..20 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_of(&response), None, "the upstream's own 503");
+    }
+    // 20 first attempts, and the floor's 10 retries; without the budget, 40 retries.
+    let seen = upstream.request_count();
+    assert!((30..60).contains(&seen), "{seen} requests upstream");
+}
+
+#[tokio::test]
+async fn the_budget_refusing_a_retry_after_a_connect_failure_says_so() {
+    let proxy = simple(
+        &[closed_port().await],
+        "[routes.retry]\nattempts = 3\nbackoff = { base = \"1ms\", max = \"1ms\" }\n\
+         budget = { ratio = 0, min_per_sec = 1 }",
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+
+    let mut reasons = Vec::new();
+    for _ in 0..20 {
+        let response = get(&proxy, "/").await;
+        reasons.push(error_of(&response).unwrap().to_owned());
+    }
+    // The floor's 10 retries let the first requests try three times each.
+    assert_eq!(reasons[0], "upstream-connect");
+    let refused = reasons
+        .iter()
+        .filter(|r| *r == "retry-budget-exhausted")
+        .count();
+    assert!(refused > 0, "{reasons:?}");
+    assert_eq!(reasons[19], "retry-budget-exhausted");
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_is_cut_short_by_the_per_try_timeout() {
+    let hanging = Upstream::start(Behavior::Hang).await.unwrap();
+    let ok = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[hanging.addr(), ok.addr()],
+        "timeout = \"10s\"\nper_try_timeout = \"100ms\"",
+        "",
+    )
+    .await;
+
+    for _ in 0..4 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "fine");
+    }
+    assert_eq!(hanging.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_lone_endpoints_open_breaker_answers_without_calling_it() {
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 3\nopen_for = \"60s\"",
+    )
+    .await;
+
+    for _ in 0..3 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_of(&response), None);
+    }
+    for _ in 0..5 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_of(&response), Some("breaker-open"));
+    }
+    assert_eq!(upstream.request_count(), 3);
+}
+
+#[tokio::test]
+async fn backups_take_over_while_no_primary_admits() {
+    let primary = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let backup = Upstream::start(Behavior::ok("backup")).await.unwrap();
+    let proxy = simple(
+        &[primary.addr()],
+        "[routes.retry]\nattempts = 1",
+        &format!(
+            "backup = [\"{}\"]\n[upstreams.app.breaker]\nconsecutive_failures = 2\n\
+             open_for = \"60s\"",
+            backup.addr()
+        ),
+    )
+    .await;
+
+    for _ in 0..2 {
+        assert_eq!(
+            get(&proxy, "/").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    assert_eq!(backup.request_count(), 0);
+    for _ in 0..3 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "backup");
+    }
+    assert_eq!(primary.request_count(), 2);
+}
