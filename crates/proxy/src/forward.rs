@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::body::{DeadlineBody, ResponseBody, boxed, rescued};
 use crate::route::Router;
+use crate::stack::Stack;
 
 /// Answers one request from a client at `peer`. Never fails: whatever goes wrong is answered
 /// with a response saying why.
@@ -57,18 +58,62 @@ async fn forward(
         _ => Reason::Timeout,
     };
 
+    if let Some(fault) = stack.fault() {
+        let injected = fault.draw();
+        if let Some(status) = injected.abort {
+            // Answered at once: the upstream, its breaker and the retry budget never see it.
+            // Fault injection sits above the fallback, yet a fallback that names
+            // `fault-injected` asked to be rehearsed with it.
+            return match stack
+                .fallback()
+                .and_then(|fallback| fallback.for_reason(Reason::FaultInjected))
+            {
+                Some(fallback) => boxed(fallback),
+                None => boxed(rescue_with_status(Reason::FaultInjected, status, grpc)),
+            };
+        }
+        if let Some(delay) = injected.delay {
+            // The delay counts against the deadline, as a slow network's would.
+            let until = Instant::now() + delay;
+            if until >= deadline.instant() {
+                tokio::time::sleep_until(deadline.instant()).await;
+                return failed(stack, expired, grpc);
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
     let version = parts.version;
     rewrite_request(&mut parts, peer, grpc, deadline.remaining());
     let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
     match stack.call(request, deadline.instant(), expired).await {
         Ok(response) => {
+            if let Some(fallback) = stack
+                .fallback()
+                .and_then(|fallback| fallback.for_status(response.status()))
+            {
+                // The upstream's own failing answer gives way; its connection is let go.
+                return boxed(fallback);
+            }
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;
             let body = DeadlineBody::new(body, deadline.instant()).boxed_unsync();
             Response::from_parts(parts, body)
         }
-        Err(reason) => rescued(reason, grpc),
+        Err(reason) => failed(stack, reason, grpc),
+    }
+}
+
+// The answer for a request the stack gave up on: the route's fallback if it covers `reason`, else
+// the rescue response saying why.
+fn failed(stack: &Stack, reason: Reason, grpc: bool) -> Response<ResponseBody> {
+    match stack
+        .fallback()
+        .and_then(|fallback| fallback.for_reason(reason))
+    {
+        Some(fallback) => boxed(fallback),
+        None => rescued(reason, grpc),
     }
 }
 

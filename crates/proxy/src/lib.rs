@@ -4,8 +4,12 @@
 //! One request's way through it, as far as this crate goes today:
 //!
 //! listener -> CONNECT refused (405) -> route match (or 404 `no-route`) -> deadline (the route's
-//! `timeout`, capped by the request's own `x-rampart-deadline` or `grpc-timeout`) -> the route's
-//! stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
+//! `timeout`, capped by the request's own `x-rampart-deadline` or `grpc-timeout`) -> fault
+//! injection (`[routes.fault]`: a delay, or an abort with `abort_status` and
+//! `x-rampart-error: fault-injected`, the upstream untouched; the fallback answers it only when
+//! its `on` names `fault-injected`) -> fallback (`[routes.fallback]`:
+//! the configured answer, marked `x-rampart-fallback: <reason>`, when what follows gives up with a
+//! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
 //! (round-robin over those whose circuit breaker admits, backups only when no primary does) ->
 //! per-try timeout -> pooled connection -> upstream.
 //!
@@ -23,7 +27,8 @@
 //! budget refused. An upstream's own failing response, retried or not, reaches the client as it is.
 //!
 //! Not wired in yet: hedging, the P2C and other balancers (`balance` is read, round-robin is
-//! used), limits, fallback, fault injection, async routes; `stack.rs` says where each goes.
+//! used), limits, async routes, fallback's `stale` (the configured body is served instead);
+//! `stack.rs` says where each goes.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -67,6 +72,8 @@
 //! ```
 
 mod body;
+mod fallback;
+mod fault;
 mod forward;
 mod listener;
 mod retry;
@@ -80,6 +87,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rampart_config::Config;
+use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -135,6 +143,17 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A route's fallback `body_file` could not be read.
+    #[error("{path}: cannot read {}: {source}", file.display())]
+    BodyFile {
+        /// The key path, e.g. `routes[0].fallback.body_file`.
+        path: String,
+        /// The file, as resolved by the configuration.
+        file: std::path::PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
 }
 
 // === impl Proxy ===
@@ -145,6 +164,15 @@ impl Proxy {
     /// Every address is bound before any is served, so a failure leaves nothing running. Must be
     /// called inside a tokio runtime with the IO and time drivers enabled.
     pub async fn start(config: &Config) -> Result<Proxy, Error> {
+        Proxy::start_with_rng(config, Rng::thread()).await
+    }
+
+    /// Like [`Proxy::start`], with every random choice the proxy makes per request (for now,
+    /// fault injection's `delay_percent` and `abort_percent`) drawn from `rng` instead of
+    /// [`Rng::thread()`]: tests pass `Rng::fixed(..)` or `Rng::seeded(..)` to make them
+    /// reproducible. Every route shares the one `rng`, so a seeded sequence runs across routes in
+    /// the order requests draw from it.
+    pub async fn start_with_rng(config: &Config, rng: Rng) -> Result<Proxy, Error> {
         let upstreams = config
             .upstreams
             .iter()
@@ -153,7 +181,7 @@ impl Proxy {
 
         let mut bound = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            let router = route::Router::new(config, &listener.name, &upstreams)?;
+            let router = route::Router::new(config, &listener.name, &upstreams, &rng)?;
             let tcp = listener::bind(listener).await?;
             bound.push((listener, tcp, router));
         }

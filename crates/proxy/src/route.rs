@@ -8,6 +8,7 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
 use rampart_config::{Config, Match};
+use rampart_policy::rng::Rng;
 
 use crate::Error;
 use crate::stack::Stack;
@@ -25,6 +26,7 @@ impl Router {
         config: &Config,
         listener: &str,
         upstreams: &HashMap<&str, Arc<Pool>>,
+        rng: &Rng,
     ) -> Result<Router, Error> {
         let mut routes = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
@@ -39,7 +41,10 @@ impl Router {
                         message: format!("no upstream named \"{}\"", route.upstream),
                     })?;
             let matcher = Matcher::new(&route.matcher, i)?;
-            routes.push((matcher, Arc::new(Stack::new(route, upstream.clone())?)));
+            routes.push((
+                matcher,
+                Arc::new(Stack::new(route, i, upstream.clone(), rng)?),
+            ));
         }
         Ok(Router { routes })
     }

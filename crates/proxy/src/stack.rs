@@ -12,14 +12,21 @@ use rampart_config::Route;
 use rampart_http::classify::{classify_response, is_grpc};
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
+use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::fallback::Fallback;
+use crate::fault::Fault;
 use crate::retry::{Replay, Retry, answered};
 use crate::upstream::Pool;
 
 /// One route's way to its upstream, outermost first:
 ///
+/// - fault injection (`[routes.fault]`), right after the route match and the deadline: an
+///   injected delay counts against the deadline, an abort answers at once (see [`Fault`]);
+/// - fallback (`[routes.fallback]`): around everything below, so it can answer whatever gave up
+///   there, or an upstream's 5xx (see [`Fallback`]);
 /// - the total timeout: the request's deadline (the route's `timeout`, capped by the client's
 ///   deadline header), set by the caller, bounds every attempt and every backoff sleep together,
 ///   so retries cannot outlive the client's patience;
@@ -33,12 +40,17 @@ use crate::upstream::Pool;
 ///   a failure by the breaker and retried as `timeout`;
 /// - the pooled connection.
 ///
-/// Still to come, in DESIGN.md's order: fault injection, async routes, fallback above the total
-/// timeout; hedging between retry and balancer; P2C and the other balancers; the concurrency
+/// Fault injection and fallback are applied by the caller (`forward.rs`), around
+/// [`Stack::call`].
+///
+/// Still to come, in DESIGN.md's order: async routes between fault injection and fallback;
+/// hedging between retry and balancer; P2C and the other balancers; the concurrency
 /// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
 /// response's head only (a `grpc-status` in its trailers is not read yet).
 #[derive(Debug)]
 pub(crate) struct Stack {
+    fault: Option<Fault>,
+    fallback: Option<Fallback>,
     timeout: Duration,
     per_try_timeout: Option<Duration>,
     retry: Option<Retry>,
@@ -52,13 +64,41 @@ enum Last {
 }
 
 impl Stack {
-    pub(crate) fn new(route: &Route, upstream: Arc<Pool>) -> Result<Stack, crate::Error> {
+    /// The stack of `route`, the `index`th in the file, to `upstream`; fault injection draws
+    /// from `rng`.
+    pub(crate) fn new(
+        route: &Route,
+        index: usize,
+        upstream: Arc<Pool>,
+        rng: &Rng,
+    ) -> Result<Stack, crate::Error> {
         Ok(Stack {
+            fault: route
+                .fault
+                .as_ref()
+                .map(|fault| Fault::new(fault, rng.clone(), &format!("routes[{index}].fault")))
+                .transpose()?,
+            fallback: route
+                .fallback
+                .as_ref()
+                .map(|fallback| Fallback::new(fallback, &format!("routes[{index}].fallback")))
+                .transpose()?,
             timeout: route.timeout,
             per_try_timeout: route.per_try_timeout,
             retry: Retry::new(route)?,
             upstream,
         })
+    }
+
+    /// The route's fault injection (`[routes.fault]`), applied by the caller before anything else.
+    pub(crate) fn fault(&self) -> Option<&Fault> {
+        self.fault.as_ref()
+    }
+
+    /// The route's fallback (`[routes.fallback]`), applied by the caller to what [`Stack::call`]
+    /// returns.
+    pub(crate) fn fallback(&self) -> Option<&Fallback> {
+        self.fallback.as_ref()
     }
 
     /// The route's `timeout`: the whole exchange, until the response's last byte.

@@ -1,0 +1,136 @@
+//! Fault injection (`[routes.fault]`): delays and aborts on purpose, to rehearse failures.
+//!
+//! It sits outermost, right after the route match and the deadline (DESIGN.md's order), so an
+//! injected delay eats into the request's deadline like a slow network would, and an abort is
+//! answered at once without touching the upstream, its breaker or the retry budget.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use rampart_config::Fault as FaultConfig;
+use rampart_policy::rng::Rng;
+
+use crate::Error;
+
+/// One route's fault injection.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    delay: Option<(Duration, f64)>,
+    abort: Option<(StatusCode, f64)>,
+    rng: Rng,
+}
+
+/// What fault injection does to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Injected {
+    /// Wait this long before forwarding.
+    pub(crate) delay: Option<Duration>,
+    /// Answer with this status instead of forwarding.
+    pub(crate) abort: Option<StatusCode>,
+}
+
+impl Fault {
+    /// The route's fault injection, drawing from `rng`; `path` names the table in errors.
+    pub(crate) fn new(config: &FaultConfig, rng: Rng, path: &str) -> Result<Fault, Error> {
+        let abort = match config.abort_status {
+            Some(status) => Some((
+                StatusCode::from_u16(status).map_err(|_| Error::Invalid {
+                    path: format!("{path}.abort_status"),
+                    message: format!("{status} is no HTTP status"),
+                })?,
+                percent(config.abort_percent),
+            )),
+            None => None,
+        };
+        Ok(Fault {
+            delay: config
+                .delay
+                .map(|delay| (delay, percent(config.delay_percent))),
+            abort,
+            rng,
+        })
+    }
+
+    /// Draws what happens to the next request: the abort is decided first, and an aborted
+    /// request is not delayed, so `abort_percent = 100` answers at once.
+    pub(crate) fn draw(&self) -> Injected {
+        let abort = self
+            .abort
+            .and_then(|(status, p)| self.rng.chance(p).then_some(status));
+        let delay = match abort {
+            Some(_) => None,
+            None => self
+                .delay
+                .and_then(|(delay, p)| self.rng.chance(p).then_some(delay)),
+        };
+        Injected { delay, abort }
+    }
+}
+
+fn percent(value: u8) -> f64 {
+    f64::from(value.min(100)) / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(delay_percent: u8, abort_percent: u8, rng: Rng) -> Fault {
+        let config = FaultConfig {
+            delay: Some(Duration::from_millis(300)),
+            delay_percent,
+            abort_status: Some(503),
+            abort_percent,
+        };
+        Fault::new(&config, rng, "routes[0].fault").unwrap()
+    }
+
+    #[test]
+    fn full_percentages_always_and_zero_never() {
+        // The highest draw still falls under 100%, the lowest never under 0%.
+        let always = fault(100, 100, Rng::fixed(0.999));
+        assert_eq!(always.draw().abort, Some(StatusCode::SERVICE_UNAVAILABLE));
+        let never = fault(0, 0, Rng::fixed(0.0));
+        assert_eq!(
+            never.draw(),
+            Injected {
+                delay: None,
+                abort: None
+            }
+        );
+    }
+
+    #[test]
+    fn the_share_is_compared_with_the_draw() {
+        // 0.3 is under 50% and over 20%.
+        let delayed = fault(50, 20, Rng::fixed(0.3)).draw();
+        assert_eq!(delayed.abort, None);
+        assert_eq!(delayed.delay, Some(Duration::from_millis(300)));
+        let aborted = fault(20, 50, Rng::fixed(0.3)).draw();
+        assert_eq!(aborted.abort, Some(StatusCode::SERVICE_UNAVAILABLE));
+        // An aborted request is answered at once.
+        assert_eq!(aborted.delay, None);
+    }
+
+    #[test]
+    fn draws_follow_the_rng() {
+        let draws = [0.9, 0.1, 0.6, 0.4];
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let rng = Rng::from_fn(move || {
+            draws[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % draws.len()]
+        });
+        let fault = Fault::new(
+            &FaultConfig {
+                delay: None,
+                delay_percent: 0,
+                abort_status: Some(500),
+                abort_percent: 50,
+            },
+            rng,
+            "routes[0].fault",
+        )
+        .unwrap();
+        let aborted: Vec<bool> = (0..4).map(|_| fault.draw().abort.is_some()).collect();
+        assert_eq!(aborted, [false, true, false, true]);
+    }
+}
