@@ -10,16 +10,28 @@
 //! Fault injection sits above it, so an injected abort keeps its `abort_status`, unless `on`
 //! names `fault-injected`: then the fallback answers it, which is how a fallback is rehearsed.
 //!
-//! Not done yet: `stale` (serving the last good GET response) is read by the configuration but
-//! not used; the configured body is served instead. A failure after the response head was sent
-//! (the route's timeout passing mid-body) cannot be answered any more and is not covered.
+//! With `stale`, the last good answer to each GET (a 2xx, per path and query, body complete and
+//! at most 1 MiB, up to 1000 of them per route) is kept as it streams to the client, never
+//! buffered ahead of it, and served in place of the configured answer while it is younger than
+//! `stale`. The store is a map behind a mutex, locked once when such an answer ends and once
+//! when a fallback is served, never across an `.await`. A failure after the response head was sent (the route's timeout passing mid-body)
+//! cannot be answered any more and is not covered.
 
-use bytes::Bytes;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Response, StatusCode};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::{Fallback as FallbackConfig, FallbackBody};
 use rampart_http::Reason;
 use rampart_http::rescue::{X_RAMPART_FALLBACK, mark_fallback};
+use tokio::time::Instant;
 
 use crate::Error;
 
@@ -31,7 +43,29 @@ pub(crate) struct Fallback {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    stale: Option<Arc<Stale>>,
 }
+
+/// The last good GET answers of a route, for `stale`.
+#[derive(Debug)]
+pub(crate) struct Stale {
+    max_age: Duration,
+    kept: Mutex<HashMap<String, Kept>>,
+}
+
+/// One kept answer.
+#[derive(Debug, Clone)]
+struct Kept {
+    at: Instant,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Answers kept per route at most.
+const MAX_KEPT: usize = 1000;
+/// A larger body is not kept.
+const MAX_KEPT_BODY: usize = 1 << 20;
 
 impl Fallback {
     /// The route's fallback; `path` names the table in errors. Reads `body_file` now, so a file
@@ -79,37 +113,200 @@ impl Fallback {
             status,
             headers,
             body,
+            stale: config.stale.map(|max_age| {
+                Arc::new(Stale {
+                    max_age,
+                    kept: Mutex::new(HashMap::new()),
+                })
+            }),
         })
     }
 
-    /// The fallback answer for a request the stack gave up on with `reason`, if `on` names it.
-    pub(crate) fn for_reason(&self, reason: Reason) -> Option<Response<Bytes>> {
+    /// Where a good answer to this request is kept, for `stale`: its path and query, for a GET
+    /// on a route with `stale` only.
+    pub(crate) fn stale_key(&self, request: &Parts) -> Option<String> {
+        if self.stale.is_none() || request.method != Method::GET {
+            return None;
+        }
+        Some(
+            request
+                .uri
+                .path_and_query()
+                .map_or("/", |target| target.as_str())
+                .to_owned(),
+        )
+    }
+
+    /// The fallback answer for a request the stack gave up on with `reason`, if `on` names it:
+    /// the answer kept under `key` if it is fresh enough, else the configured one.
+    pub(crate) fn for_reason(&self, reason: Reason, key: Option<&str>) -> Option<Response<Bytes>> {
         if !self.on.contains(&reason) {
             return None;
         }
-        let mut response = self.answer();
+        let mut response = self.answer(key);
         mark_fallback(&mut response, reason);
         Some(response)
     }
 
     /// The fallback answer for an upstream's own answer with `status`, if it is a 5xx and `on`
     /// names `5xx`.
-    pub(crate) fn for_status(&self, status: StatusCode) -> Option<Response<Bytes>> {
+    pub(crate) fn for_status(
+        &self,
+        status: StatusCode,
+        key: Option<&str>,
+    ) -> Option<Response<Bytes>> {
         if !(self.on_5xx && status.is_server_error()) {
             return None;
         }
-        let mut response = self.answer();
+        let mut response = self.answer(key);
         response
             .headers_mut()
             .insert(X_RAMPART_FALLBACK, HeaderValue::from_static("5xx"));
         Some(response)
     }
 
-    fn answer(&self) -> Response<Bytes> {
+    /// Keeps a good (2xx) answer under `key` once its body has arrived whole, for `stale`.
+    pub(crate) fn keep<B>(
+        &self,
+        key: Option<String>,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: B,
+    ) -> KeepBody<B> {
+        let keep = match (&self.stale, key) {
+            (Some(stale), Some(key)) if status.is_success() => Some(Keeping {
+                stale: stale.clone(),
+                key,
+                status,
+                headers: headers.clone(),
+                body: BytesMut::new(),
+            }),
+            _ => None,
+        };
+        KeepBody { inner: body, keep }
+    }
+
+    fn answer(&self, key: Option<&str>) -> Response<Bytes> {
+        if let Some(kept) = key.and_then(|key| self.stale.as_ref()?.fresh(key)) {
+            let mut response = Response::new(kept.body);
+            *response.status_mut() = kept.status;
+            *response.headers_mut() = kept.headers;
+            return response;
+        }
         let mut response = Response::new(self.body.clone());
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         response
+    }
+}
+
+// === impl Stale ===
+
+impl Stale {
+    fn fresh(&self, key: &str) -> Option<Kept> {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.get(key)
+            .filter(|kept| kept.at.elapsed() < self.max_age)
+            .cloned()
+    }
+
+    fn store(&self, key: String, answer: Kept) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= MAX_KEPT && !kept.contains_key(&key) {
+            // Full: the stale answers make room first, then the oldest.
+            let max_age = self.max_age;
+            kept.retain(|_, kept| kept.at.elapsed() < max_age);
+            if kept.len() >= MAX_KEPT {
+                let oldest = kept
+                    .iter()
+                    .min_by_key(|(_, kept)| kept.at)
+                    .map(|(key, _)| key.clone());
+                if let Some(oldest) = oldest {
+                    kept.remove(&oldest);
+                }
+            }
+        }
+        kept.insert(key, answer);
+    }
+}
+
+// === impl KeepBody ===
+
+/// A good answer's body on its way to the client, copied aside (up to 1 MiB) to be kept for
+/// `stale` when it ends whole.
+pub(crate) struct KeepBody<B> {
+    inner: B,
+    keep: Option<Keeping>,
+}
+
+struct Keeping {
+    stale: Arc<Stale>,
+    key: String,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: BytesMut,
+}
+
+impl<B> KeepBody<B> {
+    fn store(&mut self) {
+        if let Some(keep) = self.keep.take() {
+            let answer = Kept {
+                at: Instant::now(),
+                status: keep.status,
+                headers: keep.headers,
+                body: keep.body.freeze(),
+            };
+            keep.stale.store(keep.key, answer);
+        }
+    }
+}
+
+impl<B> Body for KeepBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let fits = this
+                        .keep
+                        .as_ref()
+                        .is_some_and(|keep| keep.body.len() + data.len() <= MAX_KEPT_BODY);
+                    match this.keep.as_mut() {
+                        Some(keep) if fits => keep.body.extend_from_slice(data),
+                        // Too large to keep: nothing more is copied.
+                        _ => this.keep = None,
+                    }
+                }
+                // A body of known length may never be polled past its last frame: it is whole
+                // now, and kept before the client sees its end.
+                if this.inner.is_end_stream() {
+                    this.store();
+                }
+            }
+            // A body cut short is no good answer.
+            Some(Err(_)) => this.keep = None,
+            None => this.store(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Claiming the end early would skip the poll that keeps the answer.
+        self.keep.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -135,16 +332,16 @@ mod tests {
     #[test]
     fn answers_the_reasons_in_on_only() {
         let fallback = fallback(&["breaker-open", "upstream-connect"]);
-        let response = fallback.for_reason(Reason::UpstreamConnect).unwrap();
+        let response = fallback.for_reason(Reason::UpstreamConnect, None).unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "upstream-connect");
         assert_eq!(response.body(), r#"{"degraded":true}"#);
-        assert!(fallback.for_reason(Reason::Timeout).is_none());
+        assert!(fallback.for_reason(Reason::Timeout, None).is_none());
         // Without "5xx" in `on`, an upstream's 503 stays the upstream's.
         assert!(
             fallback
-                .for_status(StatusCode::SERVICE_UNAVAILABLE)
+                .for_status(StatusCode::SERVICE_UNAVAILABLE, None)
                 .is_none()
         );
     }
@@ -152,11 +349,94 @@ mod tests {
     #[test]
     fn five_xx_covers_server_errors_only() {
         let fallback = fallback(&["5xx"]);
-        let response = fallback.for_status(StatusCode::BAD_GATEWAY).unwrap();
+        let response = fallback.for_status(StatusCode::BAD_GATEWAY, None).unwrap();
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "5xx");
-        assert!(fallback.for_status(StatusCode::NOT_FOUND).is_none());
-        assert!(fallback.for_status(StatusCode::OK).is_none());
-        assert!(fallback.for_reason(Reason::BreakerOpen).is_none());
+        assert!(fallback.for_status(StatusCode::NOT_FOUND, None).is_none());
+        assert!(fallback.for_status(StatusCode::OK, None).is_none());
+        assert!(fallback.for_reason(Reason::BreakerOpen, None).is_none());
+    }
+
+    fn with_stale(stale: Duration) -> Fallback {
+        let mut config = config(&["timeout"], FallbackBody::Inline("configured".into()));
+        config.stale = Some(stale);
+        Fallback::new(&config, "routes[0].fallback").unwrap()
+    }
+
+    fn get(target: &str) -> Parts {
+        http::Request::get(target).body(()).unwrap().into_parts().0
+    }
+
+    // Streams `body` through the keeper, as the proxy does on its way to the client.
+    async fn pass(fallback: &Fallback, target: &str, status: StatusCode, body: Vec<u8>) {
+        use http_body_util::{BodyExt, Full};
+        let key = fallback.stale_key(&get(target));
+        let body = fallback.keep(key, status, &HeaderMap::new(), Full::new(Bytes::from(body)));
+        body.collect().await.unwrap();
+    }
+
+    fn answered(fallback: &Fallback, target: &str) -> Bytes {
+        let key = fallback.stale_key(&get(target));
+        let response = fallback
+            .for_reason(Reason::Timeout, key.as_deref())
+            .unwrap();
+        assert_eq!(response.headers()[X_RAMPART_FALLBACK], "timeout");
+        response.into_body()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_good_get_answer_is_served_while_younger_than_stale() {
+        let fallback = with_stale(Duration::from_secs(60));
+        pass(&fallback, "/items?page=1", StatusCode::OK, b"kept".to_vec()).await;
+        assert_eq!(answered(&fallback, "/items?page=1"), "kept");
+        // Another query is another answer.
+        assert_eq!(answered(&fallback, "/items?page=2"), "configured");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(answered(&fallback, "/items?page=1"), "configured");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_good_get_answers_of_bounded_size_are_kept() {
+        let keeper = with_stale(Duration::from_secs(60));
+        pass(&keeper, "/error", StatusCode::BAD_GATEWAY, b"no".to_vec()).await;
+        assert_eq!(answered(&keeper, "/error"), "configured");
+        pass(
+            &keeper,
+            "/big",
+            StatusCode::OK,
+            vec![b'x'; MAX_KEPT_BODY + 1],
+        )
+        .await;
+        assert_eq!(answered(&keeper, "/big"), "configured");
+        let post = http::Request::post("/items")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(keeper.stale_key(&post), None);
+        // Without `stale`, nothing is kept at all.
+        let without = fallback(&["timeout"]);
+        assert_eq!(without.stale_key(&get("/items")), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_lets_the_oldest_answer_go() {
+        let fallback = with_stale(Duration::from_secs(3600));
+        for i in 0..MAX_KEPT {
+            pass(
+                &fallback,
+                &format!("/{i}"),
+                StatusCode::OK,
+                b"kept".to_vec(),
+            )
+            .await;
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        pass(&fallback, "/new", StatusCode::OK, b"new".to_vec()).await;
+        assert_eq!(answered(&fallback, "/new"), "new");
+        assert_eq!(answered(&fallback, "/0"), "configured");
+        assert_eq!(answered(&fallback, "/1"), "kept");
+        let kept = fallback.stale.as_ref().unwrap().kept.lock().unwrap().len();
+        assert_eq!(kept, MAX_KEPT);
     }
 
     #[test]

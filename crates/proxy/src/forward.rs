@@ -58,16 +58,20 @@ async fn forward(
         _ => Reason::Timeout,
     };
 
+    // Where a good answer is kept for the fallback's `stale`, if anywhere.
+    let stale_key = stack
+        .fallback()
+        .and_then(|fallback| fallback.stale_key(&parts));
+
     if let Some(fault) = stack.fault() {
         let injected = fault.draw();
         if let Some(status) = injected.abort {
             // Answered at once: the upstream, its breaker and the retry budget never see it.
             // Fault injection sits above the fallback, yet a fallback that names
             // `fault-injected` asked to be rehearsed with it.
-            return match stack
-                .fallback()
-                .and_then(|fallback| fallback.for_reason(Reason::FaultInjected))
-            {
+            return match stack.fallback().and_then(|fallback| {
+                fallback.for_reason(Reason::FaultInjected, stale_key.as_deref())
+            }) {
                 Some(fallback) => boxed(fallback),
                 None => boxed(rescue_with_status(Reason::FaultInjected, status, grpc)),
             };
@@ -77,7 +81,7 @@ async fn forward(
             let until = Instant::now() + delay;
             if until >= deadline.instant() {
                 tokio::time::sleep_until(deadline.instant()).await;
-                return failed(stack, expired, grpc);
+                return failed(stack, expired, stale_key.as_deref(), grpc);
             }
             tokio::time::sleep_until(until).await;
         }
@@ -90,7 +94,7 @@ async fn forward(
         Ok(response) => {
             if let Some(fallback) = stack
                 .fallback()
-                .and_then(|fallback| fallback.for_status(response.status()))
+                .and_then(|fallback| fallback.for_status(response.status(), stale_key.as_deref()))
             {
                 // The upstream's own failing answer gives way; its connection is let go.
                 return boxed(fallback);
@@ -99,18 +103,30 @@ async fn forward(
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;
             let body = DeadlineBody::new(body, deadline.instant()).boxed_unsync();
+            let body = match stack.fallback() {
+                // A good answer is copied aside as it streams, for the fallback's `stale`.
+                Some(fallback) if stale_key.is_some() => fallback
+                    .keep(stale_key, parts.status, &parts.headers, body)
+                    .boxed_unsync(),
+                _ => body,
+            };
             Response::from_parts(parts, body)
         }
-        Err(reason) => failed(stack, reason, grpc),
+        Err(reason) => failed(stack, reason, stale_key.as_deref(), grpc),
     }
 }
 
 // The answer for a request the stack gave up on: the route's fallback if it covers `reason`, else
 // the rescue response saying why.
-fn failed(stack: &Stack, reason: Reason, grpc: bool) -> Response<ResponseBody> {
+fn failed(
+    stack: &Stack,
+    reason: Reason,
+    stale_key: Option<&str>,
+    grpc: bool,
+) -> Response<ResponseBody> {
     match stack
         .fallback()
-        .and_then(|fallback| fallback.for_reason(reason))
+        .and_then(|fallback| fallback.for_reason(reason, stale_key))
     {
         Some(fallback) => boxed(fallback),
         None => rescued(reason, grpc),

@@ -9,7 +9,8 @@
 //! `x-rampart-error: fault-injected`, the upstream untouched; the fallback answers it only when
 //! its `on` names `fault-injected`) -> fallback (`[routes.fallback]`:
 //! the configured answer, marked `x-rampart-fallback: <reason>`, when what follows gives up with a
-//! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
+//! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`; with `stale`, the last good
+//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
 //! (round-robin over those whose circuit breaker admits, backups only when no primary does) ->
 //! per-try timeout -> pooled connection -> upstream.
 //!
@@ -27,8 +28,7 @@
 //! budget refused. An upstream's own failing response, retried or not, reaches the client as it is.
 //!
 //! Not wired in yet: hedging, the P2C and other balancers (`balance` is read, round-robin is
-//! used), limits, async routes, fallback's `stale` (the configured body is served instead);
-//! `stack.rs` says where each goes.
+//! used), limits, async routes; `stack.rs` says where each goes.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

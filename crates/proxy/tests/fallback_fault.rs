@@ -288,6 +288,27 @@ async fn an_abort_gets_the_fallback_only_when_on_names_fault_injected() {
 }
 
 #[tokio::test]
+async fn stale_serves_the_last_good_get_answer() {
+    let upstream = Upstream::start(Behavior::ok("fresh")).await.unwrap();
+    let route = fallback_route("\"5xx\"") + "\nstale = \"60s\"";
+    let proxy = simple(&[upstream.addr()], &route, "").await;
+
+    let response = get(&proxy, "/items?page=1").await;
+    assert_eq!(response.body(), "fresh");
+    assert_eq!(fallback_of(&response), None);
+
+    upstream.set_behavior(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE));
+    let response = get(&proxy, "/items?page=1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fallback_of(&response), Some("5xx"));
+    assert_eq!(response.body(), "fresh");
+    // Nothing was kept for another query: the configured answer.
+    let response = get(&proxy, "/items?page=2").await;
+    assert_eq!(fallback_of(&response), Some("5xx"));
+    assert_eq!(response.body(), r#"{"items":[],"degraded":true}"#);
+}
+
+#[tokio::test]
 async fn body_file_content_is_served() {
     let file =
         std::env::temp_dir().join(format!("rampart-fallback-body-{}.json", std::process::id()));
