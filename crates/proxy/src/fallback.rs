@@ -1,7 +1,7 @@
 //! Fallback (`[routes.fallback]`): a canned answer instead of a failure.
 //!
-//! It wraps the route's stack from outside (DESIGN.md: "fallback is outermost so it can answer
-//! whatever went wrong below"): when the stack gives up with one of the configured reasons, or the
+//! It wraps the route's stack from outside (the fallback is outermost so that it can answer
+//! whatever went wrong below; see docs/architecture.md): when the stack gives up with one of the configured reasons, or the
 //! upstream answers a 5xx and `on` names `5xx`, the client gets the configured status, headers and
 //! body instead, marked `x-rampart-fallback: <reason>` so it can tell a degraded answer from a
 //! real one. The body (inline, or `body_file` read once when the proxy starts) is shared, so an

@@ -1,6 +1,6 @@
 //! Fault injection (`[routes.fault]`): delays and aborts on purpose, to rehearse failures.
 //!
-//! It sits outermost, right after the route match and the deadline (DESIGN.md's order), so an
+//! It sits outermost, right after the route match and the deadline (docs/architecture.md), so an
 //! injected delay eats into the request's deadline like a slow network would, and an abort is
 //! answered at once without touching the upstream, its breaker or the retry budget.
 

@@ -43,7 +43,7 @@ use crate::upstream::Pool;
 /// Fault injection and fallback are applied by the caller (`forward.rs`), around
 /// [`Stack::call`].
 ///
-/// Still to come, in DESIGN.md's order: async routes between fault injection and fallback;
+/// Still to come, in the order of docs/architecture.md: async routes between fault injection and fallback;
 /// hedging between retry and balancer; P2C and the other balancers; the concurrency
 /// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
 /// response's head only (a `grpc-status` in its trailers is not read yet).
