@@ -10,6 +10,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::StatusCode;
+use rampart_http::{GrpcCode, Reason};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -1224,79 +1226,38 @@ const RETRY_KEYS: &[&str] = &[
 const FALLBACK_KEYS: &[&str] = &["on", "status", "headers", "body", "body_file", "stale"];
 const FAULT_KEYS: &[&str] = &["delay", "delay_percent", "abort_status", "abort_percent"];
 
-/// The reasons of `x-rampart-error`, which a fallback may answer.
-pub(crate) const ERROR_REASONS: [&str; 16] = [
-    "breaker-open",
-    "no-healthy-endpoint",
-    "timeout",
-    "deadline-exceeded",
-    "overloaded",
-    "rate-limited",
-    "upstream-connect",
-    "upstream-reset",
-    "retry-budget-exhausted",
-    "fault-injected",
-    "no-route",
-    "outbox-full",
-    "bad-request",
-    "body-too-large",
-    "headers-too-large",
-    "upstream-invalid",
-];
-
-/// gRPC status codes by their `grpc-<name>` token (OK excluded: it is never retried).
-pub(crate) const GRPC_CODES: [(&str, u8); 16] = [
-    ("cancelled", 1),
-    ("unknown", 2),
-    ("invalid-argument", 3),
-    ("deadline-exceeded", 4),
-    ("not-found", 5),
-    ("already-exists", 6),
-    ("permission-denied", 7),
-    ("resource-exhausted", 8),
-    ("failed-precondition", 9),
-    ("aborted", 10),
-    ("out-of-range", 11),
-    ("unimplemented", 12),
-    ("internal", 13),
-    ("unavailable", 14),
-    ("data-loss", 15),
-    ("unauthenticated", 16),
-];
-
 const RETRY_ON_ALLOWED: &str = "connect-failure, reset, refused-stream, timeout, 5xx, a status like \"503\", grpc-<code> (grpc-unavailable, grpc-deadline-exceeded, grpc-resource-exhausted, ...)";
 
 fn retry_on(v: &DeValue<'_>) -> Result<RetryOn, Invalid> {
     if let Some(code) = integer(v) {
-        return match u16::try_from(code) {
-            Ok(code) if (100..=599).contains(&code) => Ok(RetryOn::Status(code)),
-            _ => Err(Invalid::new("not an HTTP status", RETRY_ON_ALLOWED)),
-        };
+        return u16::try_from(code)
+            .ok()
+            .filter(|code| (100..=599).contains(code))
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .map(RetryOn::Status)
+            .ok_or_else(|| Invalid::new("not an HTTP status", RETRY_ON_ALLOWED));
     }
     let s = string(v).map_err(|e| Invalid::new(e.message, RETRY_ON_ALLOWED))?;
-    let fixed = [
-        ("connect-failure", RetryOn::ConnectFailure),
-        ("reset", RetryOn::Reset),
-        ("refused-stream", RetryOn::RefusedStream),
-        ("timeout", RetryOn::Timeout),
-        ("5xx", RetryOn::Status5xx),
-    ];
-    if let Some((_, token)) = fixed.iter().find(|(name, _)| *name == s) {
-        return Ok(*token);
+    // The proxy's own parser: what is accepted here is exactly what the proxy matches.
+    if let Ok(token) = s.parse::<RetryOn>() {
+        return Ok(token);
     }
-    if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) {
-        return match s.parse::<u16>() {
-            Ok(code) if (100..=599).contains(&code) => Ok(RetryOn::Status(code)),
-            _ => Err(Invalid::new("not an HTTP status", RETRY_ON_ALLOWED)),
-        };
-    }
-    if let Some(code) = s.strip_prefix("grpc-") {
-        if let Some((_, n)) = GRPC_CODES.iter().find(|(name, _)| *name == code) {
-            return Ok(RetryOn::Grpc(*n));
-        }
-    }
-    let mut names: Vec<String> = fixed.iter().map(|(n, _)| (*n).to_owned()).collect();
-    names.extend(GRPC_CODES.iter().map(|(n, _)| format!("grpc-{n}")));
+    let mut names: Vec<String> = [
+        "connect-failure",
+        "reset",
+        "refused-stream",
+        "timeout",
+        "5xx",
+    ]
+    .iter()
+    .map(|n| (*n).to_owned())
+    .collect();
+    names.extend(
+        GrpcCode::ALL
+            .iter()
+            .filter(|code| **code != GrpcCode::Ok)
+            .map(|code| format!("grpc-{}", code.name())),
+    );
     let message = match closest(&s, names.iter().map(String::as_str)) {
         Some(near) => format!("unknown retry condition; did you mean \"{near}\"?"),
         None => "unknown retry condition".to_owned(),
@@ -1305,12 +1266,13 @@ fn retry_on(v: &DeValue<'_>) -> Result<RetryOn, Invalid> {
 }
 
 fn fallback_on(v: &DeValue<'_>) -> Result<String, Invalid> {
-    let allowed = format!("5xx, {}", ERROR_REASONS.join(", "));
+    let reasons = || Reason::ALL.iter().map(|reason| reason.as_str());
+    let allowed = format!("5xx, {}", reasons().collect::<Vec<_>>().join(", "));
     let s = string(v).map_err(|e| Invalid::new(e.message, allowed.clone()))?;
-    if s == "5xx" || ERROR_REASONS.contains(&s.as_str()) {
+    if s == "5xx" || s.parse::<Reason>().is_ok() {
         return Ok(s);
     }
-    let message = match closest(&s, ERROR_REASONS.iter().copied().chain(["5xx"])) {
+    let message = match closest(&s, reasons().chain(["5xx"])) {
         Some(near) => format!("unknown fallback reason; did you mean \"{near}\"?"),
         None => "unknown fallback reason".to_owned(),
     };
@@ -1493,10 +1455,10 @@ fn retry(cx: &mut Cx<'_>, route: &Tbl<'_, '_>) -> Retry {
             RetryOn::Reset,
             RetryOn::RefusedStream,
             RetryOn::Timeout,
-            RetryOn::Status(502),
-            RetryOn::Status(503),
-            RetryOn::Status(504),
-            RetryOn::Grpc(14),
+            RetryOn::Status(StatusCode::BAD_GATEWAY),
+            RetryOn::Status(StatusCode::SERVICE_UNAVAILABLE),
+            RetryOn::Status(StatusCode::GATEWAY_TIMEOUT),
+            RetryOn::Grpc(GrpcCode::Unavailable),
         ],
         budget_ratio: 0.2,
         budget_min_per_sec: 10,
@@ -1677,7 +1639,11 @@ mod tests {
         let r = &c.routes[0];
         assert_eq!(
             r.retry.on,
-            vec![RetryOn::Grpc(4), RetryOn::Status(429), RetryOn::Status5xx]
+            vec![
+                RetryOn::Grpc(GrpcCode::DeadlineExceeded),
+                RetryOn::Status(StatusCode::TOO_MANY_REQUESTS),
+                RetryOn::Status5xx
+            ]
         );
         assert_eq!(r.retry.budget_ratio, 0.0);
         assert_eq!(

@@ -174,24 +174,9 @@ pub struct Retry {
     pub max_replay_body: ByteSize,
 }
 
-/// A retry `on` token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryOn {
-    /// `connect-failure`.
-    ConnectFailure,
-    /// `reset`.
-    Reset,
-    /// `refused-stream`.
-    RefusedStream,
-    /// `timeout`: a per-try timeout expired.
-    Timeout,
-    /// `5xx`: any 5xx status.
-    Status5xx,
-    /// A 3-digit status such as `503`.
-    Status(u16),
-    /// `grpc-<code>`, the gRPC status code number.
-    Grpc(u8),
-}
+/// A retry `on` token: the proxy's own type, so that what the file says is what the proxy
+/// matches.
+pub use rampart_http::RetryOn;
 
 /// `[routes.hedge]`.
 #[derive(Debug, Clone, Copy, PartialEq)]

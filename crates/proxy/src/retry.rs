@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use rampart_config::Route;
 use rampart_http::classify::is_retryable;
-use rampart_http::{Attempt, GrpcCode, RetryOn};
+use rampart_http::{Attempt, RetryOn};
 use rampart_policy::retry::{Budget, ExponentialBackoff};
 
 use crate::Error;
@@ -49,11 +49,7 @@ impl Retry {
             config.budget_min_per_sec,
         )
         .map_err(|err| invalid("budget", err.to_string()))?;
-        let on = config
-            .on
-            .iter()
-            .map(|token| retry_on(*token).ok_or_else(|| invalid("on", format!("{token:?}"))))
-            .collect::<Result<_, _>>()?;
+        let on = config.on.clone();
         let methods = config
             .methods
             .iter()
@@ -159,25 +155,10 @@ pub(crate) fn answered(status: StatusCode, headers: &HeaderMap, grpc: bool) -> A
     }
 }
 
-/// The config's spelling of a token as the classifier's; `None` for a status or gRPC code the
-/// config should have refused.
-fn retry_on(token: rampart_config::RetryOn) -> Option<RetryOn> {
-    use rampart_config::RetryOn as Config;
-    Some(match token {
-        Config::ConnectFailure => RetryOn::ConnectFailure,
-        Config::Reset => RetryOn::Reset,
-        Config::RefusedStream => RetryOn::RefusedStream,
-        Config::Timeout => RetryOn::Timeout,
-        Config::Status5xx => RetryOn::Status5xx,
-        Config::Status(code) => RetryOn::Status(StatusCode::from_u16(code).ok()?),
-        Config::Grpc(code) => RetryOn::Grpc(GrpcCode::from_u32(u32::from(code))?),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use rampart_config::Config;
-    use rampart_http::TransportError;
+    use rampart_http::{GrpcCode, TransportError};
 
     use super::*;
 
