@@ -40,11 +40,6 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use rampart_policy::Rejected;
-use rampart_policy::adaptive::error::LimitExceeded;
-use rampart_policy::breaker::error::BreakerOpen;
-use rampart_policy::bulkhead::error::BulkheadFull;
-use rampart_policy::ratelimit::error::RateLimited;
-use rampart_policy::timeout::error::{DeadlineExceeded, Elapsed};
 
 use crate::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, TransportError};
 use crate::deadline::DeadlineError;
@@ -209,29 +204,13 @@ impl Reason {
     }
 
     fn from_one(err: &(dyn StdError + 'static)) -> Option<Reason> {
-        if let Some(rejected) = err.downcast_ref::<Rejected>() {
-            return Some(Reason::from(rejected));
+        if let Some(rejected) = Rejected::from_error(err) {
+            return Some(Reason::from(&rejected));
         }
         if let Some(err) = err.downcast_ref::<TransportError>() {
             return Some(Reason::from(*err));
         }
-        if let Some(err) = err.downcast_ref::<DeadlineError>() {
-            return Some(Reason::from(err));
-        }
-        let reason = if err.is::<BreakerOpen>() {
-            Reason::BreakerOpen
-        } else if err.is::<Elapsed>() {
-            Reason::Timeout
-        } else if err.is::<DeadlineExceeded>() {
-            Reason::DeadlineExceeded
-        } else if err.is::<BulkheadFull>() || err.is::<LimitExceeded>() {
-            Reason::Overloaded
-        } else if err.is::<RateLimited>() {
-            Reason::RateLimited
-        } else {
-            return None;
-        };
-        Some(reason)
+        err.downcast_ref::<DeadlineError>().map(Reason::from)
     }
 }
 
@@ -413,6 +392,7 @@ mod tests {
     use rampart_policy::bulkhead::Bulkhead;
     use rampart_policy::error::BoxError;
     use rampart_policy::ratelimit::RateLimiter;
+    use rampart_policy::timeout::error::{DeadlineExceeded, Elapsed};
 
     use super::*;
 

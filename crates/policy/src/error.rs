@@ -83,6 +83,36 @@ pub enum Rejected {
 }
 
 impl Rejected {
+    /// The refusal `err` itself is, if it is one: a `Rejected`, or one of the specific rejection
+    /// types that tower services box. Its sources are not looked at; see [`Rejected::find_in`].
+    pub fn from_error(err: &(dyn StdError + 'static)) -> Option<Rejected> {
+        fn specific<E: StdError + Clone + Into<Rejected> + 'static>(
+            err: &(dyn StdError + 'static),
+        ) -> Option<Rejected> {
+            err.downcast_ref::<E>().map(|e| e.clone().into())
+        }
+        err.downcast_ref::<Rejected>()
+            .cloned()
+            .or_else(|| specific::<BreakerOpen>(err))
+            .or_else(|| specific::<Elapsed>(err))
+            .or_else(|| specific::<DeadlineExceeded>(err))
+            .or_else(|| specific::<BulkheadFull>(err))
+            .or_else(|| specific::<RateLimited>(err))
+            .or_else(|| specific::<LimitExceeded>(err))
+    }
+
+    /// The first refusal in `err`'s chain of sources, `err` included.
+    pub fn find_in(err: &(dyn StdError + 'static)) -> Option<Rejected> {
+        let mut next = Some(err);
+        while let Some(err) = next {
+            if let Some(rejected) = Rejected::from_error(err) {
+                return Some(rejected);
+            }
+            next = err.source();
+        }
+        None
+    }
+
     /// Boxes the specific rejection (not this enum), so that `is_caused_by::<BreakerOpen>` and
     /// friends find it in a tower error.
     pub fn into_box_error(self) -> BoxError {

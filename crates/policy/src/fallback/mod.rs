@@ -86,13 +86,8 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::adaptive::error::LimitExceeded;
-use crate::breaker::error::BreakerOpen;
-use crate::bulkhead::error::BulkheadFull;
 use crate::classify::{Classify, ErrorsAreFailures};
-use crate::error::{BoxError, Error, Rejected, find_cause};
-use crate::ratelimit::error::RateLimited;
-use crate::timeout::error::{DeadlineExceeded, Elapsed};
+use crate::error::{BoxError, Error, Rejected};
 
 pub mod future;
 mod layer;
@@ -469,24 +464,6 @@ fn judge<T, E, C: Classify<T, E>>(
     }
 }
 
-/// The policy refusal somewhere in `error`'s chain, if any.
-fn rejection_in(error: &(dyn std::error::Error + 'static)) -> Option<Rejected> {
-    if let Some(rejected) = find_cause::<Rejected>(error) {
-        return Some(rejected.clone());
-    }
-    fn found<E: std::error::Error + Clone + Into<Rejected> + 'static>(
-        error: &(dyn std::error::Error + 'static),
-    ) -> Option<Rejected> {
-        find_cause::<E>(error).map(|e| e.clone().into())
-    }
-    found::<BreakerOpen>(error)
-        .or_else(|| found::<Elapsed>(error))
-        .or_else(|| found::<DeadlineExceeded>(error))
-        .or_else(|| found::<BulkheadFull>(error))
-        .or_else(|| found::<RateLimited>(error))
-        .or_else(|| found::<LimitExceeded>(error))
-}
-
 /// Sorts a tower service's result: `Ok` to pass it on, `Err` to fall back.
 fn judge_boxed<T, C: Classify<T, BoxError>>(
     result: Result<T, BoxError>,
@@ -494,7 +471,7 @@ fn judge_boxed<T, C: Classify<T, BoxError>>(
     on: FallbackOn,
 ) -> Result<Result<T, BoxError>, FallbackReason<T, BoxError>> {
     if let Err(error) = &result {
-        if let Some(rejected) = rejection_in(&**error) {
+        if let Some(rejected) = Rejected::find_in(&**error) {
             return if on.contains(FallbackOn::REJECTED) {
                 Err(FallbackReason::Rejected(rejected))
             } else {
@@ -594,7 +571,11 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
+    use crate::adaptive::error::LimitExceeded;
+    use crate::breaker::error::BreakerOpen;
+    use crate::bulkhead::error::BulkheadFull;
     use crate::classify::Outcome;
+    use crate::timeout::error::Elapsed;
 
     type Reason = FallbackReason<u16, &'static str>;
 
