@@ -75,6 +75,8 @@ mod body;
 mod fallback;
 mod fault;
 mod forward;
+mod hedge;
+mod limits;
 mod listener;
 mod retry;
 mod route;

@@ -18,8 +18,10 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::fallback::Fallback;
 use crate::fault::Fault;
+use crate::hedge::Hedging;
+use crate::limits::Slot;
 use crate::retry::{Replay, Retry, answered};
-use crate::upstream::Pool;
+use crate::upstream::{Picked, Pool};
 
 /// One route's way to its upstream, outermost first:
 ///
@@ -54,6 +56,7 @@ pub(crate) struct Stack {
     timeout: Duration,
     per_try_timeout: Option<Duration>,
     retry: Option<Retry>,
+    hedging: Option<Hedging>,
     upstream: Arc<Pool>,
 }
 
@@ -86,6 +89,7 @@ impl Stack {
             timeout: route.timeout,
             per_try_timeout: route.per_try_timeout,
             retry: Retry::new(route)?,
+            hedging: Hedging::new(route)?,
             upstream,
         })
     }
@@ -141,6 +145,8 @@ impl Stack {
         };
         let attempts = retry.map_or(1, Retry::attempts);
         let mut delays = retry.map(|retry| retry.backoff().delays());
+        // A hedge is sent again as a retry is: only what may be retried is hedged.
+        let hedging = self.hedging.as_ref().zip(retry);
 
         // The endpoint of the failed attempt, and what it answered: kept through the backoff,
         // to be the answer if no endpoint takes the retry.
@@ -148,41 +154,75 @@ impl Stack {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // The upstream's limits come before the pick: they are the upstream's, whatever the
+            // endpoint, and a wait in their queue must not hold a breaker's half-open probe.
+            // A refusal is no endpoint's failure, and a retry would meet the same limits: the
+            // answer is the refusal, or the failure before it.
+            let slot = match tokio::time::timeout_at(deadline, self.upstream.limits().admit()).await
+            {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(reason)) => {
+                    return failed.map_or(Err(reason), |(_, last)| last.into_result());
+                }
+                Err(_elapsed) => return Err(expired),
+            };
             let picked = match self.upstream.pick(failed.as_ref().map(|(index, _)| *index)) {
                 Ok(picked) => picked,
                 Err(reason) => return failed.map_or(Err(reason), |(_, last)| last.into_result()),
             };
-            let index = picked.index;
             let Some(attempt_body) = body.next() else {
                 // Unreachable: a streamed body is never retried.
                 return Err(Reason::BadRequest);
             };
             let mut request = Request::from_parts(parts.clone(), attempt_body);
             set_target(&mut request, picked.authority, self.upstream.version())?;
+            let first = picked.index;
+            let sent = self.send(request, picked, slot, deadline, grpc);
 
-            let result = self.attempt(request, deadline).await;
+            let sent = match hedging {
+                None => sent.await,
+                Some((hedging, retry)) => {
+                    // The endpoints of the hedges sent so far; allocated only once one is.
+                    let mut hedged: Vec<usize> = Vec::new();
+                    let hedge = || {
+                        let slot = self.upstream.limits().try_admit().ok()?;
+                        let picked = self
+                            .upstream
+                            .pick(Some(hedged.last().copied().unwrap_or(first)))
+                            .ok()?;
+                        // A hedge to an endpoint already racing would only double its load.
+                        if picked.index == first || hedged.contains(&picked.index) {
+                            return None;
+                        }
+                        // A hedge is an extra attempt, paid for like a retry.
+                        if !retry.budget().withdraw() {
+                            return None;
+                        }
+                        let mut request = Request::from_parts(parts.clone(), body.next()?);
+                        set_target(&mut request, picked.authority, self.upstream.version())
+                            .ok()?;
+                        hedged.push(picked.index);
+                        Some(self.send(request, picked, slot, deadline, grpc))
+                    };
+                    let classify = |sent: &Sent| match sent {
+                        Ok((_, _, outcome)) => *outcome,
+                        Err(_) => Outcome::Failure,
+                    };
+                    hedging.policy().race(classify, sent, hedge).await
+                }
+            };
             // The previous failure is superseded: let its connection go.
             drop(failed.take());
-            let (tried, last) = match result {
-                Ok(response) => {
-                    picked.record(classify_response(
-                        response.status(),
-                        response.headers(),
-                        self.upstream.failures(),
-                        grpc,
-                    ));
+            let (index, tried, last) = match sent {
+                Ok((index, response, _)) => {
                     let tried = answered(response.status(), response.headers(), grpc);
-                    (tried, Last::Response(response))
+                    (index, tried, Last::Response(response))
                 }
-                Err(Tried::Transport(err)) => {
-                    picked.record(err.outcome());
-                    (Attempt::Error(err), Last::Error(err.into()))
+                Err((index, Tried::Transport(err))) => {
+                    (index, Attempt::Error(err), Last::Error(err.into()))
                 }
-                Err(Tried::Expired) => {
-                    // No answer within the whole exchange's time: a failure of this endpoint.
-                    picked.record(Outcome::Failure);
-                    return Err(expired);
-                }
+                // No answer within the whole exchange's time.
+                Err((_, Tried::Expired)) => return Err(expired),
             };
 
             let Some(retry) = retry.filter(|retry| attempt < attempts && retry.wants(&tried))
@@ -206,6 +246,40 @@ impl Stack {
         }
     }
 
+    // One attempt to the endpoint `picked`, holding `slot` of the upstream's concurrency limit
+    // until the response head: both learn the attempt's classified outcome. Dropped before the
+    // head (a hedge that lost), both are let go without learning anything.
+    async fn send(
+        &self,
+        request: Request<RequestBody>,
+        picked: Picked<'_>,
+        slot: Slot<'_>,
+        deadline: Instant,
+        grpc: bool,
+    ) -> Sent {
+        let index = picked.index;
+        let (result, outcome) = match self.attempt(request, deadline).await {
+            Ok(response) => {
+                let outcome = classify_response(
+                    response.status(),
+                    response.headers(),
+                    self.upstream.failures(),
+                    grpc,
+                );
+                (Ok(response), outcome)
+            }
+            Err(Tried::Transport(err)) => (Err(Tried::Transport(err)), err.outcome()),
+            // No answer within the whole exchange's time: a failure of this endpoint.
+            Err(Tried::Expired) => (Err(Tried::Expired), Outcome::Failure),
+        };
+        slot.record(outcome);
+        picked.record(outcome);
+        match result {
+            Ok(response) => Ok((index, response, outcome)),
+            Err(tried) => Err((index, tried)),
+        }
+    }
+
     // One attempt, bounded by the per-try timeout and the deadline.
     async fn attempt(
         &self,
@@ -225,6 +299,10 @@ impl Stack {
         }
     }
 }
+
+/// What one attempt came to, with the index of the endpoint it went to: a response head and its
+/// classified outcome, or why there was none.
+type Sent = Result<(usize, Response<Incoming>, Outcome), (usize, Tried)>;
 
 /// Why an attempt got no response.
 enum Tried {
