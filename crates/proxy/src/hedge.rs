@@ -102,7 +102,9 @@ mod tests {
                 Ok::<_, ()>(())
             };
             hedge
-                .race(rampart_policy::classify::ErrorsAreFailures, attempt, || None)
+                .race(rampart_policy::classify::ErrorsAreFailures, attempt, || {
+                    None
+                })
                 .await
         };
         for i in 0..40 {
@@ -113,10 +115,18 @@ mod tests {
             let delay = delay.expect("enough samples");
             delay.abs_diff(expected) <= expected.mul_f64(LatencyRecorder::PRECISION)
         };
-        assert!(close(hedge.current_delay(), 20), "{:?}", hedge.current_delay());
+        assert!(
+            close(hedge.current_delay(), 20),
+            "{:?}",
+            hedge.current_delay()
+        );
         for i in 0..40 {
             race(if i % 3 == 2 { 200 } else { 20 }).await.unwrap();
         }
-        assert!(close(hedge.current_delay(), 200), "{:?}", hedge.current_delay());
+        assert!(
+            close(hedge.current_delay(), 200),
+            "{:?}",
+            hedge.current_delay()
+        );
     }
 }

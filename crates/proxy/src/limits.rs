@@ -91,17 +91,19 @@ impl Limits {
         let rate = config
             .rate
             .map(|rate| {
-                let builder = if rate.per >= Duration::from_secs(60) {
-                    RateLimiter::per_minute(rate.count)
+                let per_minute = rate.per >= Duration::from_secs(60);
+                let (builder, one_second) = if per_minute {
+                    (RateLimiter::per_minute(rate.count), rate.count / 60)
                 } else {
-                    RateLimiter::per_second(rate.count)
+                    (RateLimiter::per_second(rate.count), rate.count)
                 };
-                // The default burst is the limiter's own: one period's worth of the rate.
-                let builder = match config.burst {
-                    Some(burst) => builder.burst(burst),
-                    None => builder,
-                };
-                builder.try_build().map_err(|err| err.to_string())
+                // By default one second's worth of the rate, not the limiter's one period's
+                // worth: "60/m" allows one call at a time, not sixty in a row.
+                let burst = config.burst.unwrap_or(one_second.max(1));
+                builder
+                    .burst(burst)
+                    .try_build()
+                    .map_err(|err| err.to_string())
             })
             .transpose()?;
         Ok(Limits { concurrency, rate })
@@ -227,13 +229,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn over_the_rate_is_rate_limited_and_the_burst_defaults_to_the_rate() {
-        let limits = parse("rate = \"3/m\"");
+    async fn over_the_rate_is_rate_limited_and_the_burst_defaults_to_one_second_of_it() {
+        let limits = parse("rate = \"3/s\"");
         for _ in 0..3 {
             drop(limits.admit().await.unwrap());
         }
         assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
         assert_eq!(limits.try_admit().unwrap_err(), Reason::RateLimited);
+
+        // Less than one a second: a burst of one.
+        let limits = parse("rate = \"30/m\"");
+        drop(limits.admit().await.unwrap());
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+        let limits = parse("rate = \"120/m\"");
+        for _ in 0..2 {
+            drop(limits.admit().await.unwrap());
+        }
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
 
         let limits = parse("rate = \"100/m\"\nburst = 2");
         drop(limits.admit().await.unwrap());
@@ -243,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hedge_refused_a_slot_spends_no_token() {
-        let limits = parse("max_concurrent = 1\nmax_pending = 0\nrate = \"2/m\"");
+        let limits = parse("max_concurrent = 1\nmax_pending = 0\nrate = \"2/m\"\nburst = 2");
         let held = limits.admit().await.unwrap();
         assert_eq!(limits.try_admit().unwrap_err(), Reason::Overloaded);
         drop(held);

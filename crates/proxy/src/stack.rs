@@ -35,20 +35,30 @@ use crate::upstream::{Picked, Pool};
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
 ///   storm; the body is kept for it only when it is small and of known length;
+/// - hedge (`[routes.hedge]`): below retry, so that each attempt of the retry loop may be
+///   hedged and a race that every attempt lost is judged by the retry like a single failed
+///   attempt; above the limits and the balancer, so that a hedge is admitted by the upstream's
+///   limits like any attempt and goes to another endpoint (see [`Hedging`]);
+/// - the upstream's limits (`[upstreams.NAME.limits]`, see [`Limits`](crate::limits::Limits)):
+///   the rate limit, then the concurrency limit with its pending queue. docs/architecture.md's
+///   request path puts the concurrency limit below the breaker gate; it is taken before the
+///   pick instead, because it is the upstream's and not an endpoint's, and because an attempt
+///   waiting in the queue must not hold an endpoint's half-open probe meanwhile, nor go to an
+///   endpoint picked before the wait. What that order is for still holds: a refusal never
+///   reaches a breaker, and a slot is held only as long as the attempt (to its response head);
 /// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
 ///   when no primary does;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
-///   a failure by the breaker and retried as `timeout`;
+///   a failure by the breaker and the adaptive limit, and retried as `timeout`;
 /// - the pooled connection.
 ///
 /// Fault injection and fallback are applied by the caller (`forward.rs`), around
 /// [`Stack::call`].
 ///
-/// Still to come, in the order of docs/architecture.md: async routes between fault injection and fallback;
-/// hedging between retry and balancer; P2C and the other balancers; the concurrency
-/// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
-/// response's head only (a `grpc-status` in its trailers is not read yet).
+/// Still to come, in the order of docs/architecture.md: async routes between fault injection and
+/// fallback; P2C and the other balancers. The breaker learns from a gRPC response's head only (a
+/// `grpc-status` in its trailers is not read yet).
 #[derive(Debug)]
 pub(crate) struct Stack {
     fault: Option<Fault>,
@@ -116,7 +126,8 @@ impl Stack {
     /// When no attempt succeeds, the client gets the last upstream response as it is, if there
     /// was one (a 503 the upstream sent stays the upstream's 503), else the reason of the last
     /// failure, or `retry-budget-exhausted` when the budget refused the retry the failure called
-    /// for.
+    /// for. A refusal by the upstream's limits (`rate-limited`, `overloaded`) is not retried:
+    /// it is the answer, or, when it met a retry, what the attempt before it came to.
     pub(crate) async fn call(
         &self,
         request: Request<RequestBody>,
@@ -177,15 +188,16 @@ impl Stack {
             let mut request = Request::from_parts(parts.clone(), attempt_body);
             set_target(&mut request, picked.authority, self.upstream.version())?;
             let first = picked.index;
-            let sent = self.send(request, picked, slot, deadline, grpc);
+            let sending = self.send(request, picked, slot, deadline, grpc);
 
             let sent = match hedging {
-                None => sent.await,
+                None => sending.await,
                 Some((hedging, retry)) => {
                     // The endpoints of the hedges sent so far; allocated only once one is.
                     let mut hedged: Vec<usize> = Vec::new();
                     let hedge = || {
-                        let slot = self.upstream.limits().try_admit().ok()?;
+                        // Declining lets go of what was taken so far: a breaker permit
+                        // dropped unrecorded and a slot given back teach nothing.
                         let picked = self
                             .upstream
                             .pick(Some(hedged.last().copied().unwrap_or(first)))
@@ -194,13 +206,13 @@ impl Stack {
                         if picked.index == first || hedged.contains(&picked.index) {
                             return None;
                         }
+                        let slot = self.upstream.limits().try_admit().ok()?;
                         // A hedge is an extra attempt, paid for like a retry.
                         if !retry.budget().withdraw() {
                             return None;
                         }
                         let mut request = Request::from_parts(parts.clone(), body.next()?);
-                        set_target(&mut request, picked.authority, self.upstream.version())
-                            .ok()?;
+                        set_target(&mut request, picked.authority, self.upstream.version()).ok()?;
                         hedged.push(picked.index);
                         Some(self.send(request, picked, slot, deadline, grpc))
                     };
@@ -208,7 +220,7 @@ impl Stack {
                         Ok((_, _, outcome)) => *outcome,
                         Err(_) => Outcome::Failure,
                     };
-                    hedging.policy().race(classify, sent, hedge).await
+                    hedging.policy().race(classify, sending, hedge).await
                 }
             };
             // The previous failure is superseded: let its connection go.
