@@ -101,3 +101,56 @@ async fn slow_upstreams(n: usize) -> Vec<Upstream> {
     }
     upstreams
 }
+
+#[tokio::test]
+async fn a_hedge_is_paid_from_the_retry_budget() {
+    let slow = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    // An empty budget: no retry, and no hedge either.
+    let proxy = simple(
+        &[slow.addr(), fast.addr()],
+        "[routes.retry]\nbudget = { ratio = 0.0, min_per_sec = 0 }\n\
+         [routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let mut requests = 0;
+    while slow.request_count() < 1 {
+        assert!(requests < 20, "no request started on the slow endpoint");
+        requests += 1;
+        assert_eq!(get(&proxy, "/").await.status(), StatusCode::OK);
+        assert_eq!(slow.request_count() + fast.request_count(), requests);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_hedge_does_not_win_over_an_attempt_still_in_flight() {
+    let slow = Upstream::start(Behavior::Slow(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    // No retries: what the client gets is what the race came to.
+    let proxy = simple(
+        &[slow.addr(), failing.addr()],
+        "[routes.retry]\nattempts = 1\n[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let mut requests = 0;
+    while slow.request_count() < 1 {
+        assert!(requests < 20, "no request started on the slow endpoint");
+        requests += 1;
+        let failed_before = failing.request_count();
+        let response = get(&proxy, "/").await;
+        if slow.request_count() == 1 {
+            // Its hedge went to the failing endpoint and failed first; the slow answer won.
+            assert_eq!(failing.request_count(), failed_before + 1);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.body(), "ok");
+        }
+    }
+}

@@ -42,6 +42,9 @@
 //! # }
 //! ```
 //!
+//! [`Hedge::race`] is the same race for a caller that starts the first attempt itself and may
+//! decline a hedge when its turn comes (no budget left for it, nowhere else to send it).
+//!
 //! # As a tower layer
 //!
 //! The service must be `Clone` (a hedge goes through a clone, once it is ready) and the request
