@@ -30,7 +30,7 @@ fn assert_refused(response: &Response<Bytes>, status: StatusCode, reason: &str) 
 
 #[tokio::test]
 async fn past_the_limit_and_a_full_queue_the_answer_is_overloaded_and_the_queued_one_waits() {
-    let upstream = Upstream::start(Behavior::Slow(Duration::from_millis(500)))
+    let upstream = Upstream::start(Behavior::Slow(Duration::from_secs(1)))
         .await
         .unwrap();
     // One failure would open the breaker, were refusals counted as failures.
@@ -55,6 +55,7 @@ async fn past_the_limit_and_a_full_queue_the_answer_is_overloaded_and_the_queued
     assert_refused(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     assert!(running.iter().all(|task| !task.is_finished()));
     assert_eq!(upstream.request_count(), 2);
+    upstream.set_behavior(Behavior::ok("ok"));
 
     // The queued one goes through once a slot frees.
     for task in running {
