@@ -71,10 +71,12 @@
 //! # }
 //! ```
 
+mod balance;
 mod body;
 mod fallback;
 mod fault;
 mod forward;
+mod health;
 mod listener;
 mod retry;
 mod route;
@@ -100,6 +102,8 @@ pub struct Proxy {
     // Sending `true` tells every listener to stop accepting and drain.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Drain>>,
+    // The active health checks; they end when `stop` says so, or are aborted with the proxy.
+    health: Vec<JoinHandle<()>>,
 }
 
 /// A listener and the address it is bound to (the port the kernel chose, for port 0).
@@ -167,16 +171,16 @@ impl Proxy {
         Proxy::start_with_rng(config, Rng::thread()).await
     }
 
-    /// Like [`Proxy::start`], with every random choice the proxy makes per request (for now,
-    /// fault injection's `delay_percent` and `abort_percent`) drawn from `rng` instead of
-    /// [`Rng::thread()`]: tests pass `Rng::fixed(..)` or `Rng::seeded(..)` to make them
-    /// reproducible. Every route shares the one `rng`, so a seeded sequence runs across routes in
-    /// the order requests draw from it.
+    /// Like [`Proxy::start`], with every random choice the proxy makes (the balancers' draws,
+    /// fault injection's `delay_percent` and `abort_percent`, the health checks' jitter) drawn
+    /// from `rng` instead of [`Rng::thread()`]: tests pass `Rng::fixed(..)` or `Rng::seeded(..)`
+    /// to make them reproducible. Every route, upstream and health check shares the one `rng`,
+    /// so a seeded sequence runs across them in the order they draw from it.
     pub async fn start_with_rng(config: &Config, rng: Rng) -> Result<Proxy, Error> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Ok((u.name.as_str(), Arc::new(upstream::Pool::new(u)?))))
+            .map(|u| Ok((u.name.as_str(), Arc::new(upstream::Pool::new(u, &rng)?))))
             .collect::<Result<HashMap<_, _>, Error>>()?;
 
         let mut bound = Vec::with_capacity(config.listeners.len());
@@ -202,10 +206,16 @@ impl Proxy {
             let serve = listener::Serve::new(listener, router, config.runtime.drain_timeout);
             tasks.push(tokio::spawn(serve.run(tcp, stop.subscribe())));
         }
+        let health = config
+            .upstreams
+            .iter()
+            .flat_map(|u| health::spawn(u, &upstreams[u.name.as_str()], &rng, &stop))
+            .collect();
         Ok(Proxy {
             listeners,
             stop,
             tasks,
+            health,
         })
     }
 
@@ -236,6 +246,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         // Each listener task owns its connections; aborting it drops them all.
         for task in &self.tasks {
+            task.abort();
+        }
+        for task in &self.health {
             task.abort();
         }
     }
