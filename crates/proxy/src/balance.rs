@@ -240,8 +240,10 @@ impl Load {
 
     /// Feeds one latency sample to the estimate: a slower one replaces it at once, a faster one
     /// pulls it down by the weight of the time since the last sample. A failure's latency can
-    /// only raise it: a refused connection answers fast, and must not make its endpoint look like
-    /// the best one.
+    /// only raise it: a refused connection or an instant 503 is fast, and must not pull a failing
+    /// endpoint's estimate down to the best one's. (Its estimate still decays while it fails, so
+    /// it keeps being tried: its breaker, not the balancer, takes it out, and a breaker needs
+    /// the attempts to decide.)
     fn observe(&self, latency: Duration, failed: bool, now: Instant) {
         let sample = nanos(latency);
         let stamp = self.millis(now);

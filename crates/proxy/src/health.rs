@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, HeaderValue, TE, USER_AGENT};
+use http::header::{CONTENT_TYPE, HeaderValue, TE, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -215,9 +215,10 @@ fn request(
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
-    let headers = request.headers_mut();
-    headers.insert(HOST, HeaderValue::from_str(authority.as_str()).ok()?);
-    headers.insert(USER_AGENT, HeaderValue::from_static("rampart-health-check"));
+    // The client adds Host (HTTP/1.1) or `:authority` (HTTP/2) from the URI.
+    request
+        .headers_mut()
+        .insert(USER_AGENT, HeaderValue::from_static("rampart-health-check"));
     Some(request)
 }
 

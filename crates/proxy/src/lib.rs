@@ -10,9 +10,11 @@
 //! its `on` names `fault-injected`) -> fallback (`[routes.fallback]`:
 //! the configured answer, marked `x-rampart-fallback: <reason>`, when what follows gives up with a
 //! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`; with `stale`, the last good
-//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
-//! (round-robin over those whose circuit breaker admits, backups only when no primary does) ->
-//! per-try timeout -> pooled connection -> upstream.
+//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> balancer
+//! (`balance`, p2c-ewma by default, among the endpoints that are healthy and whose circuit
+//! breaker admits; backups only when no primary may) -> per-try timeout -> pooled connection ->
+//! upstream. Active health checks (`[upstreams.NAME.health]`) run beside it, one task per
+//! endpoint, until the proxy shuts down.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
@@ -27,8 +29,7 @@
 //! `retry-budget-exhausted` (503) when a failure without a response called for a retry the
 //! budget refused. An upstream's own failing response, retried or not, reaches the client as it is.
 //!
-//! Not wired in yet: hedging, the P2C and other balancers (`balance` is read, round-robin is
-//! used), limits, async routes; `stack.rs` says where each goes.
+//! Not wired in yet: hedging, limits, async routes; `stack.rs` says where each goes.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

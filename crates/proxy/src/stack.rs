@@ -33,8 +33,9 @@ use crate::upstream::Pool;
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
 ///   storm; the body is kept for it only when it is small and of known length;
-/// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
-///   when no primary does;
+/// - balancer ([`Pool::pick`]): `balance` (p2c-ewma by default) among the endpoints that are
+///   healthy and whose breaker admits, backups only when no primary may; the attempt counts in
+///   its endpoint's load until its outcome is recorded;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
 ///   a failure by the breaker and retried as `timeout`;
@@ -44,7 +45,7 @@ use crate::upstream::Pool;
 /// [`Stack::call`].
 ///
 /// Still to come, in the order of docs/architecture.md: async routes between fault injection and fallback;
-/// hedging between retry and balancer; P2C and the other balancers; the concurrency
+/// hedging between retry and balancer; the concurrency
 /// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
 /// response's head only (a `grpc-status` in its trailers is not read yet).
 #[derive(Debug)]

@@ -380,6 +380,9 @@ mod tests {
         )
     }
 
+    // The tests run on tokio's paused clock: p2c-ewma's estimates move only when a test says
+    // how long an attempt took.
+
     fn trip(pool: &Pool, index: usize) {
         let breaker = pool.endpoints[index].breaker.as_ref().unwrap();
         while breaker.try_acquire().is_ok() {
@@ -404,7 +407,7 @@ mod tests {
         counts
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn round_robin_skips_an_ejected_endpoint() {
         let pool = pool("balance = \"round-robin\"");
         assert_eq!(
@@ -415,7 +418,7 @@ mod tests {
         assert_eq!(picks(&pool, 3), ["127.0.0.1:2"; 3]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn every_balancer_skips_ejected_and_unhealthy_endpoints() {
         for balance in BALANCERS {
             let pool = three(
@@ -432,7 +435,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn another_endpoint_is_preferred_to_the_one_that_failed() {
         for balance in BALANCERS {
             let pool = three(balance, "");
@@ -446,7 +449,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn backups_serve_only_while_no_primary_admits() {
         for balance in BALANCERS {
             let pool = pool(&format!(
@@ -465,7 +468,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn backups_serve_while_no_primary_is_healthy() {
         let pool = pool("backup = [\"127.0.0.1:3\"]");
         pool.set_healthy(0, false);
@@ -473,7 +476,7 @@ mod tests {
         assert_eq!(picks(&pool, 3), ["127.0.0.1:3"; 3]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn with_no_endpoint_healthy_health_is_ignored() {
         let pool = three("round-robin", "");
         for index in 0..3 {
@@ -485,7 +488,7 @@ mod tests {
         assert_eq!(spread(&pool, 30)[0], 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_ejection_cap_keeps_one_of_two_endpoints_in_use() {
         // 50% of two: one may be ejected, so with both breakers open one still takes traffic.
         let pool = pool("");
@@ -495,7 +498,7 @@ mod tests {
         assert!(picked.permit.is_none());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn unhealthy_endpoints_are_out_whatever_the_cap() {
         // Four endpoints, two may be ejected. Two are unhealthy and the two others ejected: the
         // cap is not exceeded by the breakers, and health is not capped.
@@ -519,14 +522,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_lone_endpoint_is_refused_as_breaker_open() {
         let pool = pool_with(&["127.0.0.1:1"], "", Rng::seeded(1));
         trip(&pool, 0);
         assert_eq!(pool.pick(None).unwrap_err(), Reason::BreakerOpen);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_disabled_breaker_never_ejects() {
         let pool = pool("[upstreams.app.breaker]\nenabled = false");
         assert!(pool.endpoints.iter().all(|e| e.breaker.is_none()));
@@ -585,7 +588,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn least_request_picks_the_least_loaded() {
         let pool = three("least-request", "");
         let _held: Vec<_> = [0, 0, 0, 2]
@@ -600,14 +603,14 @@ mod tests {
         assert!(counts[1] > 20 && counts[2] > 20, "{counts:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn random_covers_every_endpoint() {
         let pool = three("random", "");
         let counts = spread(&pool, 300);
         assert!(counts.iter().all(|&n| n > 60), "{counts:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_attempt_leaves_the_in_flight_count_when_recorded_or_dropped() {
         let pool = pool("");
         let a = pool.pick(None).unwrap();

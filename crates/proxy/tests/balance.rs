@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use hyper::StatusCode;
 use rampart_config::Config;
 use rampart_policy::rng::Rng;
 use rampart_proxy::Proxy;
@@ -49,4 +50,45 @@ async fn p2c_ewma_sends_most_requests_to_the_fast_endpoint() {
         slow.request_count(),
         fast.request_count()
     );
+}
+
+#[tokio::test]
+async fn under_p2c_ewma_an_ejected_endpoint_comes_back_when_it_recovers() {
+    let live = Upstream::start(Behavior::ok("live")).await.unwrap();
+    let sick = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[sick.addr(), live.addr()],
+        "",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"200ms\"\n\
+         open_for_max = \"200ms\"\nhalf_open_probes = 1",
+    )
+    .await;
+
+    // Its fast 503s do not make the sick endpoint look fast, nor keep it from being tried:
+    // it gets two attempts (each retried on the live one), and its breaker opens.
+    let mut sent = 0;
+    while sick.request_count() < 2 {
+        assert_eq!(get(&proxy, "/").await.status(), StatusCode::OK);
+        sent += 1;
+        assert!(sent < 500, "the sick endpoint is never tried");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Once it recovers and its open period ends, the balancer gives it a probe, then traffic.
+    sick.set_behavior(Behavior::ok("recovered"));
+    let mut recovered = 0;
+    for _ in 0..500 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if response.body() == "recovered" {
+            recovered += 1;
+            if recovered == 3 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the recovered endpoint got {recovered} requests back");
 }

@@ -80,7 +80,8 @@ async fn an_ejected_endpoint_gets_probes_and_comes_back_when_it_recovers() {
     let proxy = simple(
         &[sick.addr(), live.addr()],
         "",
-        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"200ms\"\n\
+        "balance = \"round-robin\"\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"200ms\"\n\
          open_for_max = \"200ms\"\nhalf_open_probes = 1",
     )
     .await;
