@@ -188,10 +188,19 @@ impl Balancer {
         if b >= a {
             b += 1;
         }
-        let (Some(a), Some(b)) = (nth(tier.clone(), &candidate, a), nth(tier, &candidate, b))
-        else {
+        let mut drawn = tier
+            .filter_map(|index| candidate(index).map(|load| (index, load)))
+            .enumerate()
+            .filter(|&(n, _)| n == a || n == b);
+        let (Some(first), Some(second)) = (drawn.next(), drawn.next()) else {
             // A candidate changed its mind between the two looks: let the caller ask in turn.
             return None;
+        };
+        // A tie goes to the first drawn, which is as likely to be either.
+        let ((_, a), (_, b)) = if first.0 == a {
+            (first, second)
+        } else {
+            (second, first)
         };
         let now = Instant::now();
         Some(if a.1.cost(now) <= b.1.cost(now) {

@@ -1,13 +1,13 @@
 //! Active health checks (`[upstreams.NAME.health]`): every endpoint of the upstream asked on its
 //! own, every `interval`, whether it is fit to serve, and marked in the [`Pool`] accordingly.
 //!
-//! - An endpoint starts healthy, as in Envoy before its first check: a proxy that starts, or
-//!   reloads, does not refuse traffic while its first checks are on their way, and an endpoint
-//!   that is down from the start is caught by its breaker meanwhile.
+//! - An endpoint starts healthy, before its first check: a proxy that starts does not refuse
+//!   traffic while its first checks are on their way, and an endpoint that is down from the
+//!   start is caught by its breaker meanwhile.
 //! - `unhealthy_after` failed checks in a row mark it unhealthy; `healthy_after` passed checks in
 //!   a row mark it healthy again. A check passes when the answer comes within `timeout`: for
-//!   `path`, a GET answered 200 to 299 (Envoy's default; a redirect is no proof of health); for
-//!   `grpc = true`, a `grpc.health.v1.Health/Check` answered `grpc-status: 0` and `SERVING`.
+//!   `path`, a GET answered 200 to 299 (a redirect is no proof of health); for `grpc = true`, a
+//!   `grpc.health.v1.Health/Check` answered `grpc-status: 0` and `SERVING`.
 //! - [`Pool::pick`] skips an unhealthy endpoint as it skips an ejected one; the ejection cap
 //!   (`max_ejected_percent`) does not apply to health (see there), and when no endpoint at all is
 //!   healthy, health is ignored.
