@@ -100,10 +100,11 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<BoundListener>,
-    // Sending `true` tells every listener to stop accepting and drain.
+    // Sending `true` tells every listener to stop accepting and drain, and the health checks to
+    // end.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Drain>>,
-    // The active health checks; they end when `stop` says so, or are aborted with the proxy.
+    // The active health checks, one task per checked endpoint.
     health: Vec<JoinHandle<()>>,
 }
 

@@ -1,5 +1,5 @@
-//! Upstreams: a pooled client per upstream, its endpoints each behind a circuit breaker and an
-//! active health check, and the choice of an endpoint.
+//! Upstreams: a pooled client per upstream, its endpoints each behind a circuit breaker (and an
+//! active health check, when configured), and the choice of an endpoint.
 //!
 //! The breakers are the proxy's outlier ejection: an endpoint whose breaker is open is skipped by
 //! [`Pool::pick`] until its open period ends, then it gets the breaker's half-open probes, and

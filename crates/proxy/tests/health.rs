@@ -97,7 +97,7 @@ async fn an_endpoint_failing_its_checks_loses_its_traffic_until_it_passes_again(
         assert_eq!(response.body(), "b");
     }
     assert_eq!(traffic(&a), before, "an unhealthy endpoint gets no traffic");
-    let checks_while_down = a.request_count() - before as u64;
+    let checks_so_far = a.request_count() - before as u64;
 
     // `a` recovers: after three passed checks in a row it is back in turn.
     a.set_behavior(Behavior::ok("a"));
@@ -106,7 +106,7 @@ async fn an_endpoint_failing_its_checks_loses_its_traffic_until_it_passes_again(
     })
     .await;
     assert!(
-        a.request_count() - traffic(&a) as u64 >= checks_while_down + 3,
+        a.request_count() - traffic(&a) as u64 >= checks_so_far + 3,
         "it took three passed checks"
     );
 }
