@@ -96,7 +96,8 @@ use tokio::task::JoinHandle;
 
 /// A running proxy: its listeners accept and forward until [`Proxy::shutdown`].
 ///
-/// Dropping it without a shutdown stops every listener and cuts every connection at once.
+/// Dropping it without a shutdown stops every listener and health check, and cuts every
+/// connection at once.
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<BoundListener>,
