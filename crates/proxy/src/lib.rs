@@ -13,8 +13,10 @@
 //! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> hedge
 //! (`[routes.hedge]`: another endpoint when the head is slow to come, the first good answer
 //! wins) -> the upstream's limits (`[upstreams.NAME.limits]`: rate, concurrency limit and pending
-//! queue, shared by every route to it) -> endpoint (round-robin over those whose circuit breaker
-//! admits, backups only when no primary does) -> per-try timeout -> pooled connection -> upstream.
+//! queue, shared by every route to it) -> balancer (`balance`, p2c-ewma by default, among the
+//! endpoints that are healthy and whose circuit breaker admits; backups only when no primary
+//! may) -> per-try timeout -> pooled connection -> upstream. Active health checks
+//! (`[upstreams.NAME.health]`) run beside it, one task per endpoint, until the proxy shuts down.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
@@ -32,8 +34,7 @@
 //! `pending_timeout`. An upstream's own failing response, retried or not, reaches the client as it
 //! is.
 //!
-//! Not wired in yet: the P2C and other balancers (`balance` is read, round-robin is used), async
-//! routes; `stack.rs` says where each goes.
+//! Not wired in yet: async routes; `stack.rs` says where they go.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -76,10 +77,12 @@
 //! # }
 //! ```
 
+mod balance;
 mod body;
 mod fallback;
 mod fault;
 mod forward;
+mod health;
 mod hedge;
 mod limits;
 mod listener;
@@ -100,13 +103,17 @@ use tokio::task::JoinHandle;
 
 /// A running proxy: its listeners accept and forward until [`Proxy::shutdown`].
 ///
-/// Dropping it without a shutdown stops every listener and cuts every connection at once.
+/// Dropping it without a shutdown stops every listener and health check, and cuts every
+/// connection at once.
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<BoundListener>,
-    // Sending `true` tells every listener to stop accepting and drain.
+    // Sending `true` tells every listener to stop accepting and drain, and the health checks to
+    // end.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Drain>>,
+    // The active health checks, one task per checked endpoint.
+    health: Vec<JoinHandle<()>>,
 }
 
 /// A listener and the address it is bound to (the port the kernel chose, for port 0).
@@ -174,16 +181,16 @@ impl Proxy {
         Proxy::start_with_rng(config, Rng::thread()).await
     }
 
-    /// Like [`Proxy::start`], with every random choice the proxy makes per request (for now,
-    /// fault injection's `delay_percent` and `abort_percent`) drawn from `rng` instead of
-    /// [`Rng::thread()`]: tests pass `Rng::fixed(..)` or `Rng::seeded(..)` to make them
-    /// reproducible. Every route shares the one `rng`, so a seeded sequence runs across routes in
-    /// the order requests draw from it.
+    /// Like [`Proxy::start`], with every random choice the proxy makes (the balancers' draws,
+    /// fault injection's `delay_percent` and `abort_percent`, the health checks' jitter) drawn
+    /// from `rng` instead of [`Rng::thread()`]: tests pass `Rng::fixed(..)` or `Rng::seeded(..)`
+    /// to make them reproducible. Every route, upstream and health check shares the one `rng`,
+    /// so a seeded sequence runs across them in the order they draw from it.
     pub async fn start_with_rng(config: &Config, rng: Rng) -> Result<Proxy, Error> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Ok((u.name.as_str(), Arc::new(upstream::Pool::new(u)?))))
+            .map(|u| Ok((u.name.as_str(), Arc::new(upstream::Pool::new(u, &rng)?))))
             .collect::<Result<HashMap<_, _>, Error>>()?;
 
         let mut bound = Vec::with_capacity(config.listeners.len());
@@ -209,10 +216,16 @@ impl Proxy {
             let serve = listener::Serve::new(listener, router, config.runtime.drain_timeout);
             tasks.push(tokio::spawn(serve.run(tcp, stop.subscribe())));
         }
+        let health = config
+            .upstreams
+            .iter()
+            .flat_map(|u| health::spawn(u, &upstreams[u.name.as_str()], &rng, &stop))
+            .collect();
         Ok(Proxy {
             listeners,
             stop,
             tasks,
+            health,
         })
     }
 
@@ -243,6 +256,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         // Each listener task owns its connections; aborting it drops them all.
         for task in &self.tasks {
+            task.abort();
+        }
+        for task in &self.health {
             task.abort();
         }
     }

@@ -46,8 +46,9 @@ use crate::upstream::{Picked, Pool};
 ///   waiting in the queue must not hold an endpoint's half-open probe meanwhile, nor go to an
 ///   endpoint picked before the wait. What that order is for still holds: a refusal never
 ///   reaches a breaker, and a slot is held only as long as the attempt (to its response head);
-/// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
-///   when no primary does;
+/// - balancer ([`Pool::pick`]): `balance` (p2c-ewma by default) among the endpoints that are
+///   healthy and whose breaker admits, backups only when no primary may; the attempt counts in
+///   its endpoint's load until its outcome is recorded;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
 ///   a failure by the breaker and the adaptive limit, and retried as `timeout`;
@@ -57,8 +58,8 @@ use crate::upstream::{Picked, Pool};
 /// [`Stack::call`].
 ///
 /// Still to come, in the order of docs/architecture.md: async routes between fault injection and
-/// fallback; P2C and the other balancers. The breaker learns from a gRPC response's head only (a
-/// `grpc-status` in its trailers is not read yet).
+/// fallback. The breaker learns from a gRPC response's head only (a `grpc-status` in its trailers
+/// is not read yet).
 #[derive(Debug)]
 pub(crate) struct Stack {
     fault: Option<Fault>,

@@ -1,12 +1,17 @@
-//! Upstreams: a pooled client per upstream, its endpoints each behind a circuit breaker, and the
-//! choice of an endpoint.
+//! Upstreams: a pooled client per upstream, its endpoints each behind a circuit breaker (and an
+//! active health check, when configured), and the choice of an endpoint.
 //!
 //! The breakers are the proxy's outlier ejection: an endpoint whose breaker is open is skipped by
 //! [`Pool::pick`] until its open period ends, then it gets the breaker's half-open probes, and
 //! comes back when they succeed. Because the breaker sits per endpoint, below the retry, a retry
 //! after a failure goes to an endpoint that still works instead of hammering the broken one.
+//!
+//! The active health checks (`[upstreams.NAME.health]`, see [`crate::health`]) mark endpoints
+//! healthy or not; [`Pool::pick`] skips an unhealthy endpoint as it skips an ejected one. Among
+//! the endpoints left, the upstream's [`Balancer`] (`balance`) chooses.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::Version;
 use http::uri::Authority;
@@ -16,8 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
 use rampart_policy::breaker::{CircuitBreaker, Permit};
+use rampart_policy::rng::Rng;
 
 use crate::Error;
+use crate::balance::{Balancer, InFlight, Load};
 use crate::body::RequestBody;
 use crate::limits::Limits;
 
@@ -29,24 +36,32 @@ pub(crate) struct Pool {
     primaries: usize,
     /// How many endpoints may be ejected at once (`max_ejected_percent`, at least one).
     max_ejected: usize,
+    /// How many endpoints the health checks hold unhealthy.
+    unhealthy: AtomicUsize,
+    balancer: Balancer,
     failures: FailureStatus,
     grpc: bool,
     version: Version,
-    next: AtomicUsize,
     limits: Limits,
     // Pools connections per endpoint (the pool key is the authority).
     client: Client<HttpConnector, RequestBody>,
 }
 
-/// One endpoint and its breaker (none when `[upstreams.NAME.breaker] enabled = false`).
+/// One endpoint: its breaker (none when `[upstreams.NAME.breaker] enabled = false`), its health
+/// and its load.
 #[derive(Debug)]
 struct Endpoint {
     authority: Authority,
     breaker: Option<CircuitBreaker>,
+    /// Written by the endpoint's health check only; true until a check says otherwise.
+    healthy: AtomicBool,
+    load: Load,
 }
 
-/// The endpoint chosen for one attempt, with its breaker's permit: the attempt's outcome must be
-/// recorded on it ([`Picked::record`]).
+/// The endpoint chosen for one attempt, with its breaker's permit and its place in the
+/// endpoint's load: the attempt's outcome must be recorded on it ([`Picked::record`]). Dropped
+/// unrecorded (the request was cancelled), it tells the breaker and the balancer nothing, and
+/// the attempt no longer counts as in flight.
 #[derive(Debug)]
 pub(crate) struct Picked<'a> {
     pub(crate) index: usize,
@@ -54,11 +69,13 @@ pub(crate) struct Picked<'a> {
     // None when the endpoint has no breaker, or when the ejection cap sent the attempt to an
     // endpoint whose breaker refused it (see `Pool::pick`).
     permit: Option<Permit<'a>>,
+    in_flight: InFlight<'a>,
 }
 
 impl Picked<'_> {
-    /// Tells the endpoint's breaker how the attempt went.
+    /// Tells the endpoint's breaker how the attempt went, and its balancer how long it took.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
+        self.in_flight.finish(outcome);
         if let Some(permit) = self.permit {
             permit.record(outcome);
         }
@@ -66,7 +83,8 @@ impl Picked<'_> {
 }
 
 impl Pool {
-    pub(crate) fn new(upstream: &Upstream) -> Result<Pool, Error> {
+    /// The pool of `upstream`; its balancer draws from `rng`.
+    pub(crate) fn new(upstream: &Upstream, rng: &Rng) -> Result<Pool, Error> {
         let invalid = |key: &str, message: String| Error::Invalid {
             path: format!("upstreams.{}.{key}", upstream.name),
             message,
@@ -83,6 +101,7 @@ impl Pool {
                 "an upstream needs at least one endpoint".to_owned(),
             ));
         }
+        let balancer = Balancer::new(upstream.balance, rng.clone());
         let mut endpoints = Vec::with_capacity(upstream.endpoints.len() + upstream.backup.len());
         for (key, list) in [
             ("endpoints", &upstream.endpoints),
@@ -93,6 +112,8 @@ impl Pool {
                     authority: authority(key, endpoint)?,
                     breaker: breaker(&upstream.breaker)
                         .map_err(|message| invalid("breaker", message))?,
+                    healthy: AtomicBool::new(true),
+                    load: balancer.load(),
                 });
             }
         }
@@ -115,6 +136,8 @@ impl Pool {
             max_ejected: max_ejected(endpoints.len(), upstream.breaker.max_ejected_percent),
             endpoints,
             primaries: upstream.endpoints.len(),
+            unhealthy: AtomicUsize::new(0),
+            balancer,
             failures: failure_status(&upstream.failure_status),
             grpc: upstream.protocol == UpstreamProtocol::Grpc,
             version: if http2 {
@@ -122,7 +145,6 @@ impl Pool {
             } else {
                 Version::HTTP_11
             },
-            next: AtomicUsize::new(0),
             limits: Limits::new(&upstream.limits).map_err(|message| invalid("limits", message))?,
             client,
         })
@@ -131,40 +153,57 @@ impl Pool {
     /// The endpoint for the next attempt, preferring any other than `avoid` (the endpoint whose
     /// attempt just failed).
     ///
-    /// Round-robin over the primaries whose breaker admits a call; the backups, the same way,
-    /// only when no primary admits. When no endpoint admits at all, the ejection cap decides:
-    /// `max_ejected_percent` of the endpoints (primaries and backups together, at least one) may
-    /// be ejected at once. Every endpoint is then refusing, so more are ejected than the cap
-    /// allows whenever the upstream has more endpoints than the cap: the attempt goes to the
-    /// primary at the round-robin position anyway, without a permit, so its outcome does not
-    /// touch the breaker. The cap thus never sends traffic to an ejected endpoint while another
-    /// admits; it keeps a mass ejection (a shared dependency's blip tripping every breaker) from
-    /// becoming an outage of its own. With a single endpoint (or a cap of 100%), nothing
-    /// overrides the breakers, and the answer is `breaker-open` for a lone endpoint,
-    /// `no-healthy-endpoint` otherwise.
+    /// An endpoint may take the attempt when it is healthy and its breaker admits a call; the
+    /// balancer chooses among the primaries that may, and among the backups only when no
+    /// primary may. When no endpoint is healthy at all, the health checks are ignored (fail
+    /// open, as Envoy's panic threshold does): a check that fails everywhere says more about the
+    /// check than about every endpoint at once, and the breakers still guard each of them.
+    ///
+    /// When no healthy endpoint's breaker admits, the ejection cap decides: `max_ejected_percent`
+    /// of the endpoints (primaries and backups together, at least one) may be ejected at once.
+    /// Every healthy endpoint is then refusing, so more are ejected than the cap allows whenever
+    /// more endpoints are healthy than the cap: the attempt goes to the one the balancer chooses
+    /// among them anyway, without a permit, so its outcome does not touch the breaker. The cap
+    /// thus never sends traffic to an ejected endpoint while another admits; it keeps a mass
+    /// ejection (a shared dependency's blip tripping every breaker) from becoming an outage of
+    /// its own. Endpoints held unhealthy by the health checks are out whatever the cap, as in
+    /// Envoy, where active health checking is not subject to the ejection cap. With a single
+    /// endpoint (or a cap of 100%), nothing overrides the breakers, and the answer is
+    /// `breaker-open` for a lone endpoint, `no-healthy-endpoint` otherwise.
     pub(crate) fn pick(&self, avoid: Option<usize>) -> Result<Picked<'_>, Reason> {
-        let start = match avoid {
-            // A retry starts after the endpoint that failed; it does not move the round-robin,
-            // which would otherwise send every first attempt to the same endpoint when each
-            // request takes two picks.
-            Some(failed) => failed + 1,
-            // Relaxed: the counter only spreads requests; no other memory depends on it.
-            None => self.next.fetch_add(1, Ordering::Relaxed),
-        };
+        let unhealthy = self.unhealthy.load(Ordering::Relaxed);
+        let panic = unhealthy >= self.endpoints.len();
+        let usable = |index: usize| panic || self.endpoints[index].healthy.load(Ordering::Relaxed);
         let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
         if let Some(picked) = self
-            .admitting(primaries.clone(), start, avoid)
-            .or_else(|| self.admitting(backups, start, avoid))
+            .admitting(primaries.clone(), avoid, &usable)
+            .or_else(|| self.admitting(backups.clone(), avoid, &usable))
         {
             return Ok(picked);
         }
-        if self.endpoints.len() > self.max_ejected {
-            let index = start % primaries.len();
-            return Ok(Picked {
-                index,
-                authority: &self.endpoints[index].authority,
-                permit: None,
-            });
+        let healthy = if panic {
+            self.endpoints.len()
+        } else {
+            self.endpoints.len() - unhealthy
+        };
+        if healthy > self.max_ejected {
+            let chosen = [primaries, backups]
+                .into_iter()
+                .find_map(|tier| {
+                    self.balancer.choose(tier, avoid, |index| {
+                        (Some(index) != avoid && usable(index)).then(|| &self.endpoints[index].load)
+                    })
+                })
+                .or(avoid.filter(|&index| usable(index)));
+            if let Some(index) = chosen {
+                let endpoint = &self.endpoints[index];
+                return Ok(Picked {
+                    index,
+                    authority: &endpoint.authority,
+                    permit: None,
+                    in_flight: self.balancer.start(&endpoint.load),
+                });
+            }
         }
         Err(if self.endpoints.len() == 1 {
             Reason::BreakerOpen
@@ -173,20 +212,30 @@ impl Pool {
         })
     }
 
-    // The first endpoint of `tier` from the round-robin position whose breaker admits a call,
-    // `avoid` last.
+    // The endpoint of `tier` the balancer chooses among the usable ones whose breaker admits a
+    // call, `avoid` last.
     fn admitting(
         &self,
-        tier: std::ops::Range<usize>,
-        start: usize,
+        tier: Range<usize>,
         avoid: Option<usize>,
+        usable: &impl Fn(usize) -> bool,
     ) -> Option<Picked<'_>> {
-        let len = tier.len();
-        let order = (0..len).map(|i| tier.start + (start + i) % len);
-        // The avoided endpoint is asked last: asking its breaker would take a half-open probe.
-        order
-            .filter(|&index| Some(index) != avoid)
-            .chain(avoid.filter(|index| tier.contains(index)))
+        // The balancer sees the breakers' answers without asking them: asking takes a permit,
+        // and a half-open probe, from an endpoint that may not be chosen.
+        let chosen = self.balancer.choose(tier.clone(), avoid, |index| {
+            let endpoint = &self.endpoints[index];
+            (Some(index) != avoid && usable(index) && endpoint.would_admit())
+                .then_some(&endpoint.load)
+        });
+        if let Some(picked) = chosen.and_then(|index| self.admit(index)) {
+            return Some(picked);
+        }
+        // No other endpoint looked admitting, or the chosen one's breaker changed its mind since
+        // the look: every usable endpoint is asked in order, the avoided one last (asking its
+        // breaker would take a half-open probe).
+        let avoided = avoid.filter(|index| tier.contains(index) && usable(*index));
+        tier.filter(|&index| Some(index) != avoid && usable(index))
+            .chain(avoided)
             .find_map(|index| self.admit(index))
     }
 
@@ -200,7 +249,35 @@ impl Pool {
             index,
             authority: &endpoint.authority,
             permit,
+            in_flight: self.balancer.start(&endpoint.load),
         })
+    }
+
+    /// How many endpoints there are, primaries and backups.
+    pub(crate) fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The address of the endpoint at `index`.
+    pub(crate) fn authority(&self, index: usize) -> &Authority {
+        &self.endpoints[index].authority
+    }
+
+    /// Marks the endpoint at `index` healthy or not. Only its health check calls it, so the
+    /// count of unhealthy endpoints moves with each change exactly once.
+    pub(crate) fn set_healthy(&self, index: usize, healthy: bool) {
+        // Relaxed: the flags and the count only steer choices; no other memory depends on them.
+        if self.endpoints[index]
+            .healthy
+            .swap(healthy, Ordering::Relaxed)
+            != healthy
+        {
+            if healthy {
+                self.unhealthy.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.unhealthy.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Which statuses of this upstream are failures (`failure_status`).
@@ -226,6 +303,15 @@ impl Pool {
     /// The pooled client.
     pub(crate) fn client(&self) -> &Client<HttpConnector, RequestBody> {
         &self.client
+    }
+}
+
+impl Endpoint {
+    /// Whether the breaker would admit a call now, asking nothing of it.
+    fn would_admit(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_none_or(CircuitBreaker::would_admit)
     }
 }
 
@@ -270,19 +356,40 @@ fn failure_status(list: &[StatusMatch]) -> FailureStatus {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use rampart_config::Config;
     use rampart_policy::Outcome;
 
     use super::*;
 
-    fn pool(extra: &str) -> Pool {
+    const BALANCERS: [&str; 4] = ["p2c-ewma", "round-robin", "least-request", "random"];
+
+    fn pool_with(endpoints: &[&str], extra: &str, rng: Rng) -> Pool {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         let toml = format!(
             "[[routes]]\nupstream = \"app\"\n\n\
-             [upstreams.app]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n{extra}\n"
+             [upstreams.app]\nendpoints = [{}]\n{extra}\n",
+            endpoints.join(", ")
         );
         let config = Config::from_str(&toml, "test.toml").unwrap();
-        Pool::new(&config.upstreams[0]).unwrap()
+        Pool::new(&config.upstreams[0], &rng).unwrap()
     }
+
+    fn pool(extra: &str) -> Pool {
+        pool_with(&["127.0.0.1:1", "127.0.0.1:2"], extra, Rng::seeded(7))
+    }
+
+    fn three(balance: &str, extra: &str) -> Pool {
+        pool_with(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+            &format!("balance = \"{balance}\"\n{extra}"),
+            Rng::seeded(11),
+        )
+    }
+
+    // The tests run on tokio's paused clock: p2c-ewma's estimates move only when a test says
+    // how long an attempt took.
 
     fn trip(pool: &Pool, index: usize) {
         let breaker = pool.endpoints[index].breaker.as_ref().unwrap();
@@ -297,9 +404,20 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
+    /// How many of `n` picks (each recorded at once as a success) went to each endpoint.
+    fn spread(pool: &Pool, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; pool.len()];
+        for _ in 0..n {
+            let picked = pool.pick(None).unwrap();
+            counts[picked.index] += 1;
+            picked.record(Outcome::Success);
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn round_robin_skips_an_ejected_endpoint() {
-        let pool = pool("");
+        let pool = pool("balance = \"round-robin\"");
         assert_eq!(
             picks(&pool, 4),
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
@@ -308,30 +426,77 @@ mod tests {
         assert_eq!(picks(&pool, 3), ["127.0.0.1:2"; 3]);
     }
 
-    #[tokio::test]
-    async fn another_endpoint_is_preferred_to_the_one_that_failed() {
-        let pool = pool("");
-        for _ in 0..4 {
-            assert_eq!(pool.pick(Some(0)).unwrap().index, 1);
+    #[tokio::test(start_paused = true)]
+    async fn every_balancer_skips_ejected_and_unhealthy_endpoints() {
+        for balance in BALANCERS {
+            let pool = three(
+                balance,
+                "[upstreams.app.breaker]\nmax_ejected_percent = 100",
+            );
+            trip(&pool, 0);
+            assert_eq!(spread(&pool, 60)[0], 0, "{balance}: ejected");
+            let pool = three(balance, "");
+            pool.set_healthy(1, false);
+            assert_eq!(spread(&pool, 60)[1], 0, "{balance}: unhealthy");
+            pool.set_healthy(1, true);
+            assert!(spread(&pool, 60)[1] > 0, "{balance}: healthy again");
         }
-        trip(&pool, 1);
-        // The avoided endpoint is still better than none.
-        assert_eq!(pool.pick(Some(0)).unwrap().index, 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn another_endpoint_is_preferred_to_the_one_that_failed() {
+        for balance in BALANCERS {
+            let pool = three(balance, "");
+            for _ in 0..20 {
+                assert_ne!(pool.pick(Some(0)).unwrap().index, 0, "{balance}");
+            }
+            trip(&pool, 1);
+            trip(&pool, 2);
+            // The avoided endpoint is still better than none.
+            assert_eq!(pool.pick(Some(0)).unwrap().index, 0, "{balance}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn backups_serve_only_while_no_primary_admits() {
-        let pool =
-            pool("backup = [\"127.0.0.1:3\"]\n[upstreams.app.breaker]\nmax_ejected_percent = 100");
-        assert!(picks(&pool, 4).iter().all(|p| p != "127.0.0.1:3"));
-        trip(&pool, 0);
-        trip(&pool, 1);
-        assert_eq!(picks(&pool, 2), ["127.0.0.1:3"; 2]);
-        trip(&pool, 2);
-        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        for balance in BALANCERS {
+            let pool = pool(&format!(
+                "balance = \"{balance}\"\nbackup = [\"127.0.0.1:3\"]\n\
+                 [upstreams.app.breaker]\nmax_ejected_percent = 100"
+            ));
+            assert!(
+                picks(&pool, 20).iter().all(|p| p != "127.0.0.1:3"),
+                "{balance}"
+            );
+            trip(&pool, 0);
+            trip(&pool, 1);
+            assert_eq!(picks(&pool, 2), ["127.0.0.1:3"; 2], "{balance}");
+            trip(&pool, 2);
+            assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn backups_serve_while_no_primary_is_healthy() {
+        let pool = pool("backup = [\"127.0.0.1:3\"]");
+        pool.set_healthy(0, false);
+        pool.set_healthy(1, false);
+        assert_eq!(picks(&pool, 3), ["127.0.0.1:3"; 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_endpoint_healthy_health_is_ignored() {
+        let pool = three("round-robin", "");
+        for index in 0..3 {
+            pool.set_healthy(index, false);
+        }
+        assert_eq!(spread(&pool, 30), [10, 10, 10]);
+        // The breakers still decide.
+        trip(&pool, 0);
+        assert_eq!(spread(&pool, 30)[0], 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_ejection_cap_keeps_one_of_two_endpoints_in_use() {
         // 50% of two: one may be ejected, so with both breakers open one still takes traffic.
         let pool = pool("");
@@ -341,21 +506,129 @@ mod tests {
         assert!(picked.permit.is_none());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn unhealthy_endpoints_are_out_whatever_the_cap() {
+        // Four endpoints, two may be ejected. Two are unhealthy and the two others ejected: the
+        // cap is not exceeded by the breakers, and health is not capped.
+        let pool = pool_with(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"],
+            "",
+            Rng::seeded(3),
+        );
+        pool.set_healthy(0, false);
+        pool.set_healthy(1, false);
+        trip(&pool, 2);
+        trip(&pool, 3);
+        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        // Three healthy and all ejected: more than the cap, so one of them takes the attempt.
+        pool.set_healthy(1, true);
+        trip(&pool, 1);
+        for _ in 0..20 {
+            let picked = pool.pick(None).unwrap();
+            assert_ne!(picked.index, 0, "the unhealthy endpoint stays out");
+            assert!(picked.permit.is_none());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_lone_endpoint_is_refused_as_breaker_open() {
-        let toml =
-            "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n";
-        let config = Config::from_str(toml, "test.toml").unwrap();
-        let pool = Pool::new(&config.upstreams[0]).unwrap();
+        let pool = pool_with(&["127.0.0.1:1"], "", Rng::seeded(1));
         trip(&pool, 0);
         assert_eq!(pool.pick(None).unwrap_err(), Reason::BreakerOpen);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_disabled_breaker_never_ejects() {
         let pool = pool("[upstreams.app.breaker]\nenabled = false");
         assert!(pool.endpoints.iter().all(|e| e.breaker.is_none()));
         assert!(pool.pick(None).unwrap().permit.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_probe_is_not_spent_on_an_endpoint_not_chosen() {
+        // Endpoint 0 is half-open with one probe; picks that avoid it must leave the probe alone.
+        let pool = pool(
+            "balance = \"round-robin\"\n[upstreams.app.breaker]\n\
+             max_ejected_percent = 100\nopen_for = \"1ms\"\nhalf_open_probes = 1",
+        );
+        trip(&pool, 0);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        for _ in 0..5 {
+            assert_eq!(pool.pick(Some(0)).unwrap().index, 1);
+        }
+        assert_eq!(
+            pool.pick(Some(1)).unwrap().index,
+            0,
+            "the probe is still there"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_ewma_sends_most_traffic_away_from_a_slow_endpoint() {
+        let pool = three("p2c-ewma", "");
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            let picked = pool.pick(None).unwrap();
+            counts[picked.index] += 1;
+            // Endpoint 0 answers in 200 ms, the others in 5 ms.
+            let latency = if picked.index == 0 { 200 } else { 5 };
+            tokio::time::advance(Duration::from_millis(latency)).await;
+            picked.record(Outcome::Success);
+        }
+        assert!(counts[0] < 15, "{counts:?}");
+        assert!(counts[1] > 100 && counts[2] > 100, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_ewma_sends_most_traffic_away_from_an_endpoint_with_many_in_flight() {
+        let pool = three("p2c-ewma", "");
+        let held: Vec<_> = (0..10)
+            .map(|_| pool.balancer.start(&pool.endpoints[0].load))
+            .collect();
+        let counts = spread(&pool, 300);
+        assert!(counts[0] < 15, "{counts:?}");
+        assert!(counts[1] > 100 && counts[2] > 100, "{counts:?}");
+        drop(held);
+        assert_eq!(pool.endpoints[0].load.in_flight(), 0);
+        assert!(
+            spread(&pool, 300)[0] > 50,
+            "back in use once the load is gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_request_picks_the_least_loaded() {
+        let pool = three("least-request", "");
+        let _held: Vec<_> = [0, 0, 0, 2]
+            .iter()
+            .map(|&index| pool.balancer.start(&pool.endpoints[index].load))
+            .collect();
+        assert_eq!(spread(&pool, 20), [0, 20, 0]);
+        // Endpoint 1 busy too: it ties with 2, and the tie is broken both ways.
+        let _more = pool.balancer.start(&pool.endpoints[1].load);
+        let counts = spread(&pool, 100);
+        assert_eq!(counts[0], 0);
+        assert!(counts[1] > 20 && counts[2] > 20, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_covers_every_endpoint() {
+        let pool = three("random", "");
+        let counts = spread(&pool, 300);
+        assert!(counts.iter().all(|&n| n > 60), "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_leaves_the_in_flight_count_when_recorded_or_dropped() {
+        let pool = pool("");
+        let a = pool.pick(None).unwrap();
+        let b = pool.pick(Some(a.index)).unwrap();
+        let in_flight = |index: usize| pool.endpoints[index].load.in_flight();
+        assert_eq!(in_flight(a.index) + in_flight(b.index), 2);
+        let (ai, bi) = (a.index, b.index);
+        a.record(Outcome::Success);
+        drop(b);
+        assert_eq!(in_flight(ai) + in_flight(bi), 0);
     }
 
     #[test]

@@ -128,7 +128,7 @@ async fn an_http2_upstream_is_reached_by_h2c_prior_knowledge() {
 async fn two_endpoints_take_turns() {
     let a = Upstream::start(Behavior::ok("a")).await.unwrap();
     let b = Upstream::start(Behavior::ok("b")).await.unwrap();
-    let proxy = simple(&[a.addr(), b.addr()], "", "").await;
+    let proxy = simple(&[a.addr(), b.addr()], "", "balance = \"round-robin\"").await;
 
     let mut bodies = Vec::new();
     for _ in 0..4 {

@@ -80,7 +80,8 @@ async fn an_ejected_endpoint_gets_probes_and_comes_back_when_it_recovers() {
     let proxy = simple(
         &[sick.addr(), live.addr()],
         "",
-        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"200ms\"\n\
+        "balance = \"round-robin\"\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"200ms\"\n\
          open_for_max = \"200ms\"\nhalf_open_probes = 1",
     )
     .await;
@@ -115,7 +116,12 @@ async fn a_503_is_retried_on_the_other_endpoint() {
         .await
         .unwrap();
     let ok = Upstream::start(Behavior::ok("fine")).await.unwrap();
-    let proxy = simple(&[failing.addr(), ok.addr()], "", "").await;
+    let proxy = simple(
+        &[failing.addr(), ok.addr()],
+        "",
+        "balance = \"round-robin\"",
+    )
+    .await;
 
     for _ in 0..4 {
         let response = get(&proxy, "/").await;
@@ -133,7 +139,12 @@ async fn a_retried_request_carries_its_body_again() {
         .await
         .unwrap();
     let echo = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = simple(&[failing.addr(), echo.addr()], "", "").await;
+    let proxy = simple(
+        &[failing.addr(), echo.addr()],
+        "",
+        "balance = \"round-robin\"",
+    )
+    .await;
 
     for _ in 0..2 {
         let response = put(&proxy, Method::PUT, "the order").await;
@@ -216,7 +227,7 @@ async fn a_hanging_endpoint_is_cut_short_by_the_per_try_timeout() {
     let proxy = simple(
         &[hanging.addr(), ok.addr()],
         "timeout = \"10s\"\nper_try_timeout = \"100ms\"",
-        "",
+        "balance = \"round-robin\"",
     )
     .await;
 

@@ -304,6 +304,15 @@ impl CircuitBreaker {
         self.shared.state()
     }
 
+    /// Whether [`try_acquire`](Self::try_acquire) would admit a call now, without asking: no
+    /// permit is taken, no probe spent, no refusal counted. A balancer looks with it at every
+    /// endpoint before it asks the one it chose. Another caller may change the answer before
+    /// the call is asked for.
+    #[inline]
+    pub fn would_admit(&self) -> bool {
+        self.shared.would_admit()
+    }
+
     /// Refuses every call until [`release`](Self::release)d.
     pub fn force_open(&self) {
         self.shared.force(State::ForcedOpen);

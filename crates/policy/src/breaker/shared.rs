@@ -149,6 +149,19 @@ impl Shared {
         }
     }
 
+    #[inline]
+    pub(super) fn would_admit(&self) -> bool {
+        match self.state() {
+            State::Closed | State::ForcedClosed => true,
+            State::ForcedOpen => false,
+            // An open period that has ended turns half-open at the next ask.
+            State::Open => self.nanos_since_origin(self.now()) >= self.open_until.load(Acquire),
+            State::HalfOpen => {
+                self.probes.load(Acquire) & COUNT < u64::from(self.settings.half_open_probes)
+            }
+        }
+    }
+
     #[cold]
     fn try_acquire_slow(&self) -> Result<Ticket, BreakerOpen> {
         loop {

@@ -217,6 +217,33 @@ async fn open_refuses_until_the_period_ends_then_admits_exactly_the_probes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn would_admit_answers_as_try_acquire_would_without_taking_anything() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    assert!(b.would_admit());
+    fail(&b);
+    assert!(!b.would_admit());
+    let rejected = b.snapshot().rejected;
+    advance(SEC).await;
+    // The period is over: the look says yes, and leaves the probe to whoever asks.
+    assert!(b.would_admit());
+    assert!(b.would_admit());
+    assert_eq!(b.state(), State::Open);
+    let probe = b.try_acquire().expect("the probe is still there");
+    assert!(!b.would_admit(), "the only probe is taken");
+    drop(probe);
+    assert!(b.would_admit());
+    b.force_open();
+    assert!(!b.would_admit());
+    b.force_closed();
+    assert!(b.would_admit());
+    assert_eq!(b.snapshot().rejected, rejected, "looking refuses nothing");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
     let b = builder()
         .consecutive_failures(1)

@@ -1,0 +1,342 @@
+//! Active health checks (`[upstreams.NAME.health]`): every endpoint of the upstream asked on its
+//! own, every `interval`, whether it is fit to serve, and marked in the [`Pool`] accordingly.
+//!
+//! - An endpoint starts healthy, before its first check: a proxy that starts does not refuse
+//!   traffic while its first checks are on their way, and an endpoint that is down from the
+//!   start is caught by its breaker meanwhile.
+//! - `unhealthy_after` failed checks in a row mark it unhealthy; `healthy_after` passed checks in
+//!   a row mark it healthy again. A check passes when the answer comes within `timeout`: for
+//!   `path`, a GET answered 200 to 299 (a redirect is no proof of health); for `grpc = true`, a
+//!   `grpc.health.v1.Health/Check` answered `grpc-status: 0` and `SERVING`.
+//! - [`Pool::pick`] skips an unhealthy endpoint as it skips an ejected one; the ejection cap
+//!   (`max_ejected_percent`) does not apply to health (see there), and when no endpoint at all is
+//!   healthy, health is ignored.
+//! - Each endpoint's checks run in a task of their own, every `interval` plus a jitter of up to a
+//!   tenth of it drawn from the proxy's `Rng`, so that a fleet of proxies started together does
+//!   not probe in lockstep; the first check comes within that jitter of the start. The tasks end
+//!   when the proxy shuts down or is dropped.
+//!
+//! The checks go through a client of their own, with the upstream's `connect_timeout` and
+//! protocol, not the pool's: a check must neither wait behind nor take the place of requests on
+//! the pooled connections (an HTTP/1.1 connection serves one exchange at a time), and its answer
+//! is then the endpoint's, not that of a connection the traffic happens to hold open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, TE, USER_AGENT};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rampart_config::{Health, HealthCheck, Upstream, UpstreamProtocol};
+use rampart_policy::rng::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::upstream::Pool;
+
+/// The gRPC health service's method (grpc.health.v1).
+const GRPC_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// A gRPC health answer is a few bytes; more is not an answer to this question.
+const GRPC_MAX_BODY: usize = 1024;
+
+type CheckClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Starts the checks of `upstream`'s endpoints, if it has `[upstreams.NAME.health]`: one task
+/// per endpoint, marking it in `pool`, drawing jitter from `rng`, until `stop` says `true` or is
+/// dropped.
+pub(crate) fn spawn(
+    upstream: &Upstream,
+    pool: &Arc<Pool>,
+    rng: &Rng,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    let Some(health) = &upstream.health else {
+        return Vec::new();
+    };
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(upstream.connect_timeout));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        // gRPC is HTTP/2 only; a `path` check speaks the upstream's protocol.
+        .http2_only(
+            health.check == HealthCheck::Grpc || upstream.protocol != UpstreamProtocol::Http1,
+        )
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    (0..pool.len())
+        .map(|index| {
+            let check = Check {
+                pool: pool.clone(),
+                index,
+                health: health.clone(),
+                client: client.clone(),
+                rng: rng.clone(),
+            };
+            tokio::spawn(check.run(stop.subscribe()))
+        })
+        .collect()
+}
+
+/// The checks of one endpoint.
+struct Check {
+    pool: Arc<Pool>,
+    index: usize,
+    health: Health,
+    client: CheckClient,
+    rng: Rng,
+}
+
+/// Checks in a row with the same result.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Run {
+    passed: u32,
+    failed: u32,
+}
+
+impl Check {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut run = Run::default();
+        let mut next = Instant::now() + self.jitter();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            next = Instant::now() + self.health.interval + self.jitter();
+            let passed = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                passed = self.check() => passed,
+            };
+            if let Some(healthy) = run.record(passed, &self.health) {
+                self.pool.set_healthy(self.index, healthy);
+            }
+        }
+    }
+
+    /// Up to a tenth of the interval.
+    fn jitter(&self) -> Duration {
+        self.health.interval.mul_f64(self.rng.next_f64() / 10.0)
+    }
+
+    /// One check, within the timeout.
+    async fn check(&self) -> bool {
+        let authority = self.pool.authority(self.index);
+        let exchange = async {
+            match &self.health.check {
+                HealthCheck::Http(path) => self.http(authority, path).await,
+                HealthCheck::Grpc => self.grpc(authority).await,
+            }
+        };
+        tokio::time::timeout(self.health.timeout, exchange)
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn http(&self, authority: &Authority, path: &str) -> bool {
+        let Some(request) = request(authority, path, Method::GET, Bytes::new()) else {
+            return false;
+        };
+        let Ok(response) = self.client.request(request).await else {
+            return false;
+        };
+        let passed = response.status().is_success();
+        // Read to the end, so that the connection can serve the next check.
+        let mut body = response.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
+        passed
+    }
+
+    async fn grpc(&self, authority: &Authority) -> bool {
+        let Some(mut request) = request(
+            authority,
+            GRPC_CHECK,
+            Method::POST,
+            Bytes::from_static(&GRPC_REQUEST),
+        ) else {
+            return false;
+        };
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        let Ok(response) = self.client.request(request).await else {
+            return false;
+        };
+        if !response.status().is_success() {
+            return false;
+        }
+        let (parts, body) = response.into_parts();
+        let Ok(body) = Limited::new(body, GRPC_MAX_BODY).collect().await else {
+            return false;
+        };
+        // The status comes in the trailers, or in the head of a trailers-only answer.
+        let status = body.trailers().map_or(&parts.headers, |trailers| trailers);
+        grpc_ok(status) && grpc_serving(&body.to_bytes())
+    }
+}
+
+impl Run {
+    /// Counts one check; says what the endpoint becomes when this check decides it.
+    fn record(&mut self, passed: bool, health: &Health) -> Option<bool> {
+        if passed {
+            self.failed = 0;
+            self.passed = self.passed.saturating_add(1);
+            // Said once, when the run reaches the threshold: marking is idempotent anyway.
+            (self.passed == health.healthy_after).then_some(true)
+        } else {
+            self.passed = 0;
+            self.failed = self.failed.saturating_add(1);
+            (self.failed == health.unhealthy_after).then_some(false)
+        }
+    }
+}
+
+fn request(
+    authority: &Authority,
+    path: &str,
+    method: Method,
+    body: Bytes,
+) -> Option<Request<Full<Bytes>>> {
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .ok()?;
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    // The client adds Host (HTTP/1.1) or `:authority` (HTTP/2) from the URI.
+    request
+        .headers_mut()
+        .insert(USER_AGENT, HeaderValue::from_static("rampart-health-check"));
+    Some(request)
+}
+
+// The gRPC health messages are a few bytes of protobuf, encoded and decoded here by hand rather
+// than with tonic and prost: the proxy would take a code generator, a gRPC stack and their
+// dependencies for one message of one field each way.
+//
+// Request: `HealthCheckRequest { service: "" }` (the server's overall health) encodes to no bytes
+// at all, as every field at its default does; framed for gRPC, it is the compression flag 0 and
+// the message length 0 (4 bytes, big-endian).
+const GRPC_REQUEST: [u8; 5] = [0, 0, 0, 0, 0];
+
+/// Whether `grpc-status` is 0 (OK).
+fn grpc_ok(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").map(HeaderValue::as_bytes) == Some(b"0")
+}
+
+/// Whether a gRPC response body holds a `HealthCheckResponse` whose `status` (field 1, a varint)
+/// is `SERVING` (1): framed, that is `00 00000002 08 01`. An absent field is `UNKNOWN` (0), and
+/// a compressed message (flag 1) was not asked for: neither is serving.
+fn grpc_serving(body: &[u8]) -> bool {
+    let Some((&[0, a, b, c, d], rest)) = body.split_first_chunk::<5>() else {
+        return false;
+    };
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    let Some(mut message) = rest.get(..len) else {
+        return false;
+    };
+    let mut status = 0;
+    while !message.is_empty() {
+        let Some(key) = varint(&mut message) else {
+            return false;
+        };
+        // Any other field, from a newer version of the message, is skipped by its wire type.
+        let skipped = match (key >> 3, key & 7) {
+            (1, 0) => varint(&mut message).map(|value| status = value),
+            (_, 0) => varint(&mut message).map(drop),
+            (_, 1) => skip(&mut message, 8),
+            (_, 2) => varint(&mut message).and_then(|len| skip(&mut message, len as usize)),
+            (_, 5) => skip(&mut message, 4),
+            _ => None,
+        };
+        if skipped.is_none() {
+            return false;
+        }
+    }
+    status == 1
+}
+
+/// Takes one protobuf varint off the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn skip(bytes: &mut &[u8], n: usize) -> Option<()> {
+    *bytes = bytes.get(n..)?;
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(unhealthy_after: u32, healthy_after: u32) -> Health {
+        Health {
+            check: HealthCheck::Http("/healthz".to_owned()),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_after,
+            healthy_after,
+        }
+    }
+
+    #[test]
+    fn runs_of_checks_decide_at_their_thresholds() {
+        let health = health(2, 3);
+        let mut run = Run::default();
+        assert_eq!(run.record(false, &health), None);
+        assert_eq!(run.record(true, &health), None, "a pass breaks the run");
+        assert_eq!(run.record(false, &health), None);
+        assert_eq!(run.record(false, &health), Some(false));
+        assert_eq!(run.record(false, &health), None);
+        assert_eq!(run.record(true, &health), None);
+        assert_eq!(run.record(true, &health), None);
+        assert_eq!(run.record(true, &health), Some(true));
+        assert_eq!(run.record(true, &health), None);
+    }
+
+    #[test]
+    fn serving_is_status_one_in_a_framed_message() {
+        assert!(grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x01]));
+        // NOT_SERVING, UNKNOWN (absent), SERVICE_UNKNOWN.
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x02]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 0]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x03]));
+        // Another field before it is skipped; a compressed or cut message is refused.
+        assert!(grpc_serving(&[0, 0, 0, 0, 5, 0x12, 0x01, b'x', 0x08, 0x01]));
+        assert!(!grpc_serving(&[1, 0, 0, 0, 2, 0x08, 0x01]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08]));
+        assert!(!grpc_serving(&[0, 0, 0]));
+    }
+
+    #[test]
+    fn the_status_must_be_ok() {
+        let mut headers = HeaderMap::new();
+        assert!(!grpc_ok(&headers));
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        assert!(!grpc_ok(&headers));
+        headers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert!(grpc_ok(&headers));
+    }
+}
