@@ -1,4 +1,5 @@
-//! The body types on both sides, and the deadline on a response body.
+//! The body types on both sides, the deadline on a response body, and the outcome of a gRPC
+//! call whose status comes in the trailers.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -10,10 +11,15 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_http::Reason;
+use rampart_http::classify::classify_trailers;
+use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 use tokio::time::{Instant, Sleep};
+
+use crate::upstream::OwnedPicked;
 
 /// A request body on its way upstream: the client's, streamed. Boxed so that a replayable body
 /// (for retries) can take its place without changing the client's type.
@@ -21,6 +27,10 @@ pub(crate) type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A response body on its way to the client: the upstream's, streamed, or rampart's own.
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An upstream's response body as the stack hands it on: ended by the route's deadline, and
+/// recording the attempt's outcome when it ends if that waits for the trailers.
+pub(crate) type UpstreamBody = TrailersOutcome<DeadlineBody<Incoming>>;
 
 /// The response rampart sends instead of the upstream's, for `reason`.
 pub(crate) fn rescued(reason: Reason, is_grpc: bool) -> Response<ResponseBody> {
@@ -82,6 +92,68 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A gRPC response body whose `grpc-status` comes in the trailers, holding the endpoint's
+    /// breaker permit ([`OwnedPicked`]) until then: the attempt's outcome is recorded when the
+    /// body ends, from the trailers' `grpc-status` (classified as the head would be). A body that
+    /// ends without one, or breaks off (a reset, the route's deadline), is a failure: gRPC
+    /// clients read a call that ends with no status as INTERNAL. A body dropped before its end
+    /// (the client went away) records nothing.
+    ///
+    /// With nothing pending, it only passes the frames on.
+    pub(crate) struct TrailersOutcome<B> {
+        #[pin]
+        inner: B,
+        pending: Option<OwnedPicked>,
+    }
+}
+
+impl<B> TrailersOutcome<B> {
+    /// `inner`, whose end decides the outcome to record on `pending`, if any.
+    pub(crate) fn new(inner: B, pending: Option<OwnedPicked>) -> TrailersOutcome<B> {
+        TrailersOutcome { inner, pending }
+    }
+}
+
+impl<B> Body for TrailersOutcome<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if this.pending.is_some() {
+            let outcome = match &frame {
+                Some(Ok(frame)) => frame
+                    .trailers_ref()
+                    .map(|trailers| classify_trailers(trailers).unwrap_or(Outcome::Failure)),
+                Some(Err(_)) | None => Some(Outcome::Failure),
+            };
+            if let Some(outcome) = outcome {
+                if let Some(pending) = this.pending.take() {
+                    pending.record(outcome);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Claiming the end early would skip the poll that records the outcome.
+        self.pending.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -9,17 +9,17 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use rampart_config::Route;
-use rampart_http::classify::{classify_response, is_grpc};
+use rampart_http::classify::{classify_response, grpc_status, is_grpc};
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{DeadlineBody, RequestBody, TrailersOutcome, UpstreamBody};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::retry::{Replay, Retry, answered};
-use crate::upstream::Pool;
+use crate::upstream::{Picked, Pool};
 
 /// One route's way to its upstream, outermost first:
 ///
@@ -35,7 +35,11 @@ use crate::upstream::Pool;
 ///   storm; the body is kept for it only when it is small and of known length;
 /// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
 ///   when no primary does;
-/// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
+/// - per endpoint: the breaker's permit, which records the attempt's classified outcome: from the
+///   response head, or, for a gRPC response whose head has no `grpc-status` (the status follows
+///   the body), when the trailers arrive, the permit travelling with the body
+///   ([`TrailersOutcome`]); a retry decides from the head alone, so a failure in real trailers
+///   reaches the breaker but is never retried (the response has gone to the client by then);
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
 ///   a failure by the breaker and retried as `timeout`;
 /// - the pooled connection.
@@ -45,8 +49,7 @@ use crate::upstream::Pool;
 ///
 /// Still to come, in the order of docs/architecture.md: async routes between fault injection and fallback;
 /// hedging between retry and balancer; P2C and the other balancers; the concurrency
-/// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
-/// response's head only (a `grpc-status` in its trailers is not read yet).
+/// limit and pending queue between breaker and per-try timeout.
 #[derive(Debug)]
 pub(crate) struct Stack {
     fault: Option<Fault>,
@@ -59,7 +62,7 @@ pub(crate) struct Stack {
 
 /// What became of the last attempt, to be answered when no other follows.
 enum Last {
-    Response(Response<Incoming>),
+    Response(Response<UpstreamBody>),
     Error(Reason),
 }
 
@@ -107,7 +110,8 @@ impl Stack {
     }
 
     /// Sends `request` (headers already rewritten) to the upstream, retrying as the route says,
-    /// and waits for a response head until `deadline`; past it, the answer is `expired`.
+    /// and waits for a response head until `deadline`; past it, the answer is `expired`. The
+    /// response body returned fails once `deadline` passes before its end.
     ///
     /// When no attempt succeeds, the client gets the last upstream response as it is, if there
     /// was one (a 503 the upstream sent stays the upstream's 503), else the reason of the last
@@ -118,7 +122,7 @@ impl Stack {
         request: Request<RequestBody>,
         deadline: Instant,
         expired: Reason,
-    ) -> Result<Response<Incoming>, Reason> {
+    ) -> Result<Response<UpstreamBody>, Reason> {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         let (parts, body) = request.into_parts();
 
@@ -165,14 +169,11 @@ impl Stack {
             drop(failed.take());
             let (tried, last) = match result {
                 Ok(response) => {
-                    picked.record(classify_response(
-                        response.status(),
-                        response.headers(),
-                        self.upstream.failures(),
-                        grpc,
-                    ));
                     let tried = answered(response.status(), response.headers(), grpc);
-                    (tried, Last::Response(response))
+                    (
+                        tried,
+                        Last::Response(self.settle(picked, response, grpc, deadline)),
+                    )
                 }
                 Err(Tried::Transport(err)) => {
                     picked.record(err.outcome());
@@ -206,6 +207,32 @@ impl Stack {
         }
     }
 
+    // Records the attempt's outcome on the endpoint's breaker, from the response head, or from
+    // the trailers when the head is a gRPC success without a `grpc-status` (the usual case: the
+    // status follows the body). The body is bounded by the deadline either way.
+    fn settle(
+        &self,
+        picked: Picked<'_>,
+        response: Response<Incoming>,
+        grpc: bool,
+        deadline: Instant,
+    ) -> Response<UpstreamBody> {
+        let outcome = classify_response(
+            response.status(),
+            response.headers(),
+            self.upstream.failures(),
+            grpc,
+        );
+        let pending =
+            if grpc && outcome == Outcome::Success && grpc_status(response.headers()).is_none() {
+                Some(picked.into_owned(&self.upstream))
+            } else {
+                picked.record(outcome);
+                None
+            };
+        response.map(|body| TrailersOutcome::new(DeadlineBody::new(body, deadline), pending))
+    }
+
     // One attempt, bounded by the per-try timeout and the deadline.
     async fn attempt(
         &self,
@@ -235,7 +262,7 @@ enum Tried {
 }
 
 impl Last {
-    fn into_result(self) -> Result<Response<Incoming>, Reason> {
+    fn into_result(self) -> Result<Response<UpstreamBody>, Reason> {
         match self {
             Last::Response(response) => Ok(response),
             Last::Error(reason) => Err(reason),

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
-use rampart_policy::breaker::{CircuitBreaker, Permit};
+use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit};
 
 use crate::Error;
 use crate::body::RequestBody;
@@ -55,6 +55,34 @@ pub(crate) struct Picked<'a> {
 }
 
 impl Picked<'_> {
+    /// Tells the endpoint's breaker how the attempt went.
+    pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
+        if let Some(permit) = self.permit {
+            permit.record(outcome);
+        }
+    }
+
+    /// The same pick, no longer borrowing `pool` (the pool it came from), for an outcome known
+    /// only when the response body ends.
+    pub(crate) fn into_owned(self, pool: &Pool) -> OwnedPicked {
+        let breaker = pool.endpoints[self.index].breaker.as_ref();
+        OwnedPicked {
+            permit: self
+                .permit
+                .zip(breaker)
+                .map(|(permit, breaker)| breaker.own(permit)),
+        }
+    }
+}
+
+/// A [`Picked`] that owns what it needs: dropped unrecorded, it tells the breaker nothing (the
+/// client went away before the outcome was known).
+#[derive(Debug)]
+pub(crate) struct OwnedPicked {
+    permit: Option<OwnedPermit>,
+}
+
+impl OwnedPicked {
     /// Tells the endpoint's breaker how the attempt went.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
         if let Some(permit) = self.permit {

@@ -384,7 +384,10 @@ mod tests {
     #[test]
     fn timeouts_decode_in_every_unit() {
         assert_eq!(parse_timeout(b"300m"), Some(Duration::from_millis(300)));
-        assert_eq!(parse_timeout(b"299999u"), Some(Duration::from_micros(299_999)));
+        assert_eq!(
+            parse_timeout(b"299999u"),
+            Some(Duration::from_micros(299_999))
+        );
         assert_eq!(parse_timeout(b"2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_timeout(b"300"), None);
@@ -417,7 +420,8 @@ mod tests {
         assert_eq!(status.code(), Code::Cancelled);
         // Without a timer of its own, the client waits for the server, which hangs on.
         let mut untimed = EchoClient::connect_untimed(upstream.addr());
-        let waited = tokio::time::timeout(Duration::from_millis(200), untimed.call(request())).await;
+        let waited =
+            tokio::time::timeout(Duration::from_millis(200), untimed.call(request())).await;
         assert!(waited.is_err());
         upstream.wait_for_calls(4).await;
 
