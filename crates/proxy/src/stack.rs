@@ -126,13 +126,14 @@ impl Stack {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         let (parts, body) = request.into_parts();
 
-        // Only a request that may be retried is worth the wait of buffering its body.
+        // Only a request that may be retried is worth the wait of buffering its body. A gRPC
+        // call's body, of unknown length, is copied as it streams instead.
         let retry = self
             .retry
             .as_ref()
-            .filter(|retry| retry.allows(&parts.method, grpc) && retry.can_replay(&body));
+            .filter(|retry| retry.allows(&parts.method, grpc) && (grpc || retry.can_replay(&body)));
         let mut body = match retry {
-            Some(retry) => {
+            Some(retry) if retry.can_replay(&body) => {
                 retry.budget().deposit();
                 match tokio::time::timeout_at(deadline, Replay::buffer(body)).await {
                     Ok(Ok(replay)) => replay,
@@ -140,6 +141,10 @@ impl Stack {
                     Ok(Err(())) => return Err(Reason::BadRequest),
                     Err(_elapsed) => return Err(expired),
                 }
+            }
+            Some(retry) => {
+                retry.budget().deposit();
+                Replay::tee(body, retry.max_replay_body())
             }
             None => Replay::Stream(Some(body)),
         };
@@ -158,8 +163,9 @@ impl Stack {
             };
             let index = picked.index;
             let Some(attempt_body) = body.next() else {
-                // Unreachable: a streamed body is never retried.
-                return Err(Reason::BadRequest);
+                // A teed body not copied whole cannot be sent again (a streamed one is never
+                // retried): the failed attempt's answer stands.
+                return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
             };
             let mut request = Request::from_parts(parts.clone(), attempt_body);
             set_target(&mut request, picked.authority, self.upstream.version())?;
