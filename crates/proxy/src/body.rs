@@ -198,6 +198,66 @@ mod tests {
         }
     }
 
+    // A body of these frames, in order.
+    struct Frames(Vec<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Poll::Ready(next.map(Ok))
+        }
+    }
+
+    fn trailers(code: &'static str) -> Frame<Bytes> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+        Frame::trailers(trailers)
+    }
+
+    // Streams `frames` through a body holding the permit of a lone endpoint whose breaker opens
+    // at the first failure (`end` false: the client goes away after the first frame); then says
+    // whether the breaker still admits.
+    async fn admits_after(frames: Vec<Frame<Bytes>>, end: bool) -> bool {
+        let toml = "[[routes]]\nupstream = \"app\"\n[upstreams.app]\n\
+                    endpoints = [\"127.0.0.1:1\"]\n[upstreams.app.breaker]\n\
+                    consecutive_failures = 1\n";
+        let config = rampart_config::Config::from_str(toml, "test.toml").unwrap();
+        let pool = crate::upstream::Pool::new(&config.upstreams[0]).unwrap();
+        let pending = pool.pick(None).unwrap().into_owned(&pool);
+        let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending)));
+        if end {
+            while body.frame().await.is_some() {}
+        } else {
+            body.frame().await;
+        }
+        drop(body);
+        pool.pick(None).is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_trailers_status_is_the_outcome() {
+        let data = || Frame::data(Bytes::from_static(b"reply"));
+        assert!(admits_after(vec![data(), trailers("0")], true).await);
+        assert!(admits_after(vec![data(), trailers("5")], true).await);
+        assert!(!admits_after(vec![data(), trailers("14")], true).await);
+        assert!(!admits_after(vec![data(), trailers("13")], true).await);
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_without_a_status_is_a_failure_and_a_dropped_one_nothing() {
+        let data = || Frame::data(Bytes::from_static(b"reply"));
+        assert!(!admits_after(vec![data()], true).await);
+        assert!(!admits_after(vec![data(), Frame::trailers(http::HeaderMap::new())], true).await);
+        // The client went away mid-body: the call tells nothing.
+        assert!(admits_after(vec![data(), trailers("14")], false).await);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_body_that_outlives_the_deadline_ends_in_an_error() {
         let (tx, rx) = mpsc::channel(1);

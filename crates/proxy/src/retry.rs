@@ -309,6 +309,52 @@ mod tests {
         assert!(!retry.can_replay(&Chunked.boxed_unsync()));
     }
 
+    // A body in two pieces, of unknown length, as a gRPC client sends one.
+    fn pieces() -> RequestBody {
+        Pieces(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]).boxed_unsync()
+    }
+
+    struct Pieces(Vec<Bytes>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Poll::Ready(next.map(|piece| Ok(Frame::data(piece))))
+        }
+    }
+
+    async fn text(body: RequestBody) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_teed_body_is_replayed_once_it_was_copied_whole() {
+        let mut replay = Replay::tee(pieces(), 4);
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_teed_body_too_large_or_not_yet_whole_is_not_replayed() {
+        let mut replay = Replay::tee(pieces(), 3);
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        assert!(replay.next().is_none());
+
+        // The answer came before the body had ended.
+        let mut replay = Replay::tee(pieces(), 4);
+        let mut first = replay.next().unwrap();
+        let piece = first.frame().await.unwrap().unwrap();
+        assert_eq!(piece.into_data().unwrap(), "ab");
+        assert!(replay.next().is_none());
+    }
+
     struct Chunked;
 
     impl Body for Chunked {
