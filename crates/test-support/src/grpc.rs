@@ -320,7 +320,8 @@ pub struct EchoClient {
 #[derive(Debug, Clone)]
 enum Inner {
     Channel(tonic::client::Grpc<Channel>),
-    Untimed(tonic::client::Grpc<Client<HttpConnector, tonic::body::Body>>),
+    // Boxed: hyper's client is much the larger.
+    Untimed(Box<tonic::client::Grpc<Client<HttpConnector, tonic::body::Body>>>),
 }
 
 impl EchoClient {
@@ -343,7 +344,7 @@ impl EchoClient {
         let origin = http::Uri::try_from(format!("http://{addr}"))
             .unwrap_or_else(|_| http::Uri::from_static("http://127.0.0.1"));
         EchoClient {
-            inner: Inner::Untimed(tonic::client::Grpc::with_origin(client, origin)),
+            inner: Inner::Untimed(Box::new(tonic::client::Grpc::with_origin(client, origin))),
         }
     }
 
