@@ -10,9 +10,16 @@
 //! its `on` names `fault-injected`) -> fallback (`[routes.fallback]`:
 //! the configured answer, marked `x-rampart-fallback: <reason>`, when what follows gives up with a
 //! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`; with `stale`, the last good
-//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
-//! (round-robin over those whose circuit breaker admits, backups only when no primary does) ->
-//! per-try timeout -> pooled connection -> upstream.
+//! answer to the same GET while it is fresh enough; a gRPC fallback answers gRPC requests only, a
+//! plain one plain requests only) -> the route's stack: retry (`[routes.retry]`: budget, backoff,
+//! body replay, another endpoint) -> endpoint (round-robin over those whose circuit breaker
+//! admits, backups only when no primary does) -> per-try timeout -> pooled connection ->
+//! upstream.
+//!
+//! gRPC: errors made by rampart are gRPC-shaped (HTTP 200, `grpc-status`, `grpc-message`,
+//! `x-rampart-error`); a call's `grpc-timeout` caps the route's timeout and goes upstream as the
+//! time left; a call is retried on its `on` tokens with its body copied as it streams; a
+//! `grpc-status` in the trailers feeds the endpoint's breaker when the body ends.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
