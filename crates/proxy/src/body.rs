@@ -46,6 +46,8 @@ pub(crate) fn boxed(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
+// === impl DeadlineBody ===
+
 pin_project_lite::pin_project! {
     /// A body that fails once `deadline` passes before its end: the route's timeout holds until
     /// the response's last byte, and a response cut short must read as cut short (the connection
@@ -98,6 +100,20 @@ where
         self.inner.size_hint()
     }
 }
+
+/// The route's timeout passed while the response body was still streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyTimedOut;
+
+impl fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the route's timeout passed before the response body ended")
+    }
+}
+
+impl StdError for BodyTimedOut {}
+
+// === impl TrailersOutcome ===
 
 pin_project_lite::pin_project! {
     /// A gRPC response body whose `grpc-status` comes in the trailers, holding the endpoint's
@@ -160,18 +176,6 @@ where
         self.inner.size_hint()
     }
 }
-
-/// The route's timeout passed while the response body was still streaming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BodyTimedOut;
-
-impl fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the route's timeout passed before the response body ended")
-    }
-}
-
-impl StdError for BodyTimedOut {}
 
 #[cfg(test)]
 mod tests {

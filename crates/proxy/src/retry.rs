@@ -114,6 +114,8 @@ impl Retry {
     }
 }
 
+// === impl Replay ===
+
 /// The body of each attempt: the client's, streamed once, or a copy kept to be sent again.
 #[derive(Debug)]
 pub(crate) enum Replay {
@@ -196,6 +198,8 @@ impl Replay {
         }
     }
 }
+
+// === impl Tee ===
 
 pin_project_lite::pin_project! {
     /// A request body streamed on as it comes, copied into a [`TeeCopy`] on the way.

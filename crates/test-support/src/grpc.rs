@@ -5,6 +5,9 @@
 //! API (`tonic::server::Grpc`, `tonic::client::Grpc` with `tonic_prost::ProstCodec`), so no
 //! `.proto` file and no protoc are needed.
 //!
+//! The server also answers the standard health checks (`grpc.health.v1.Health`, tonic-health),
+//! whose status a test sets with [`GrpcUpstream::set_health`].
+//!
 //! The server is served by hyper directly rather than by `tonic::transport::Server`: that server
 //! enforces each call's `grpc-timeout` itself, and would end a [`GrpcBehavior::Hang`] with its own
 //! DEADLINE_EXCEEDED, racing the proxy's timeout that the tests want to see.
@@ -32,10 +35,17 @@ use tokio::task::{JoinHandle, JoinSet};
 use tonic::server::{Grpc, UnaryService};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 use tonic_prost::ProstCodec;
+use tower_service::Service as _;
 
 /// The path of `rampart.test.Echo/Say`.
 pub const SAY: &str = "/rampart.test.Echo/Say";
+
+/// The path prefix of the health service's methods.
+const HEALTH: &str = "/grpc.health.v1.Health/";
 
 /// `rampart.test.EchoRequest`.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -112,12 +122,15 @@ pub struct SeenCall {
 pub struct GrpcUpstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    health: HealthReporter,
     accept_task: JoinHandle<()>,
 }
 
 #[derive(Debug)]
 struct Shared {
     addr: SocketAddr,
+    health: HealthServer<HealthService>,
+    health_checks: AtomicU64,
     behavior: Mutex<GrpcBehavior>,
     calls: Mutex<Vec<SeenCall>>,
     count: AtomicU64,
@@ -131,8 +144,12 @@ impl GrpcUpstream {
     pub async fn start(behavior: GrpcBehavior) -> io::Result<GrpcUpstream> {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
+        // The server as a whole ("") starts SERVING.
+        let health = HealthReporter::new();
         let shared = Arc::new(Shared {
             addr,
+            health: HealthServer::new(HealthService::from_health_reporter(health.clone())),
+            health_checks: AtomicU64::new(0),
             behavior: Mutex::new(behavior),
             calls: Mutex::default(),
             count: AtomicU64::new(0),
@@ -142,6 +159,7 @@ impl GrpcUpstream {
         Ok(GrpcUpstream {
             addr,
             shared,
+            health,
             accept_task,
         })
     }
@@ -156,7 +174,18 @@ impl GrpcUpstream {
         *lock(&self.shared.behavior) = behavior;
     }
 
-    /// Every call received so far, in order of arrival.
+    /// What the health service answers for the server as a whole (the service name ""):
+    /// `SERVING` at start.
+    pub async fn set_health(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+    }
+
+    /// How many health checks were received so far (they are not among [`calls`](Self::calls)).
+    pub fn health_check_count(&self) -> u64 {
+        self.shared.health_checks.load(Ordering::Acquire)
+    }
+
+    /// Every call of `Say` received so far, in order of arrival.
     pub fn calls(&self) -> Vec<SeenCall> {
         lock(&self.shared.calls).clone()
     }
@@ -214,6 +243,10 @@ async fn handle(
     request: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<tonic::body::Body>, std::convert::Infallible> {
+    if request.uri().path().starts_with(HEALTH) {
+        shared.health_checks.fetch_add(1, Ordering::Release);
+        return shared.health.clone().call(request).await;
+    }
     let behavior = lock(&shared.behavior).clone();
     let say = Say {
         shared,
@@ -393,6 +426,29 @@ mod tests {
         assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_timeout(b"300"), None);
         assert_eq!(parse_timeout(b"123456789m"), None);
+    }
+
+    #[tokio::test]
+    async fn health_checks_answer_as_set() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus as Answer;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let upstream = GrpcUpstream::start(GrpcBehavior::Ok).await.unwrap();
+        let channel = Endpoint::from_shared(format!("http://{}", upstream.addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let check = || tonic::Request::new(HealthCheckRequest::default());
+        let answer = client.check(check()).await.unwrap().into_inner();
+        assert_eq!(answer.status(), Answer::Serving);
+        upstream.set_health(ServingStatus::NotServing).await;
+        let answer = client.check(check()).await.unwrap().into_inner();
+        assert_eq!(answer.status(), Answer::NotServing);
+        assert_eq!(upstream.health_check_count(), 2);
+        assert_eq!(upstream.call_count(), 0);
     }
 
     #[tokio::test]

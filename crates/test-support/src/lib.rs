@@ -7,7 +7,8 @@
 //!   the body, echo) and recording every request it received.
 //! - [`GrpcUpstream`]: a gRPC server (tonic) of a small echo service answering as scripted
 //!   (fail in the headers or in the trailers, slow, hang), recording each call and the
-//!   `grpc-timeout` it came with; [`EchoClient`] is a tonic client for it.
+//!   `grpc-timeout` it came with, and answering `grpc.health.v1` health checks as set
+//!   ([`ServingStatus`]); [`EchoClient`] is a tonic client for it.
 //! - [`ChildUpstream`]: the same upstream in a process of its own, to SIGKILL for real and bring
 //!   back on the same port.
 
@@ -19,4 +20,5 @@ mod upstream;
 pub use fault::{Fault, FaultProxy};
 pub use grpc::{EchoClient, EchoReply, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, SeenCall};
 pub use process::{ChildUpstream, UPSTREAM_BINARY};
+pub use tonic_health::ServingStatus;
 pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};
