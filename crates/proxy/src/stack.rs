@@ -32,7 +32,9 @@ use crate::upstream::{Picked, Pool};
 ///   so retries cannot outlive the client's patience;
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
-///   storm; the body is kept for it only when it is small and of known length;
+///   storm; the body is kept for it only when it is small and of known length, or, for a gRPC
+///   call (whose length is never announced), copied as it streams to the first attempt and sent
+///   again only if it had ended by the retry;
 /// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
 ///   when no primary does;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome: from the
