@@ -1,4 +1,5 @@
-//! The body types on both sides, and the deadline on a response body.
+//! The body types on both sides, the deadline on a response body, and the outcome of a gRPC
+//! call whose status comes in the trailers.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -10,10 +11,15 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_http::Reason;
+use rampart_http::classify::classify_trailers;
+use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 use tokio::time::{Instant, Sleep};
+
+use crate::upstream::OwnedPicked;
 
 /// A request body on its way upstream: the client's, streamed. Boxed so that a replayable body
 /// (for retries) can take its place without changing the client's type.
@@ -21,6 +27,10 @@ pub(crate) type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A response body on its way to the client: the upstream's, streamed, or rampart's own.
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An upstream's response body as the stack hands it on: ended by the route's deadline, and
+/// recording the attempt's outcome when it ends if that waits for the trailers.
+pub(crate) type UpstreamBody = TrailersOutcome<DeadlineBody<Incoming>>;
 
 /// The response rampart sends instead of the upstream's, for `reason`.
 pub(crate) fn rescued(reason: Reason, is_grpc: bool) -> Response<ResponseBody> {
@@ -35,6 +45,8 @@ pub(crate) fn boxed(response: Response<Bytes>) -> Response<ResponseBody> {
             .boxed_unsync()
     })
 }
+
+// === impl DeadlineBody ===
 
 pin_project_lite::pin_project! {
     /// A body that fails once `deadline` passes before its end: the route's timeout holds until
@@ -101,6 +113,70 @@ impl fmt::Display for BodyTimedOut {
 
 impl StdError for BodyTimedOut {}
 
+// === impl TrailersOutcome ===
+
+pin_project_lite::pin_project! {
+    /// A gRPC response body whose `grpc-status` comes in the trailers, holding the endpoint's
+    /// breaker permit ([`OwnedPicked`]) until then: the attempt's outcome is recorded when the
+    /// body ends, from the trailers' `grpc-status` (classified as the head would be). A body that
+    /// ends without one, or breaks off (a reset, the route's deadline), is a failure: gRPC
+    /// clients read a call that ends with no status as INTERNAL. A body dropped before its end
+    /// (the client went away) records nothing.
+    ///
+    /// With nothing pending, it only passes the frames on.
+    pub(crate) struct TrailersOutcome<B> {
+        #[pin]
+        inner: B,
+        pending: Option<OwnedPicked>,
+    }
+}
+
+impl<B> TrailersOutcome<B> {
+    /// `inner`, whose end decides the outcome to record on `pending`, if any.
+    pub(crate) fn new(inner: B, pending: Option<OwnedPicked>) -> TrailersOutcome<B> {
+        TrailersOutcome { inner, pending }
+    }
+}
+
+impl<B> Body for TrailersOutcome<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if this.pending.is_some() {
+            let outcome = match &frame {
+                Some(Ok(frame)) => frame
+                    .trailers_ref()
+                    .map(|trailers| classify_trailers(trailers).unwrap_or(Outcome::Failure)),
+                Some(Err(_)) | None => Some(Outcome::Failure),
+            };
+            if let Some(outcome) = outcome {
+                if let Some(pending) = this.pending.take() {
+                    pending.record(outcome);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Claiming the end early would skip the poll that records the outcome.
+        self.pending.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -124,6 +200,68 @@ mod tests {
                 .poll_recv(cx)
                 .map(|data| data.map(|d| Ok(Frame::data(d))))
         }
+    }
+
+    // A body of these frames, in order.
+    struct Frames(Vec<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Poll::Ready(next.map(Ok))
+        }
+    }
+
+    fn trailers(code: &'static str) -> Frame<Bytes> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+        Frame::trailers(trailers)
+    }
+
+    // Streams `frames` through a body holding the permit of a lone endpoint whose breaker opens
+    // at the first failure (`end` false: the client goes away after the first frame); then says
+    // whether the breaker still admits.
+    async fn admits_after(frames: Vec<Frame<Bytes>>, end: bool) -> bool {
+        let toml = "[[routes]]\nupstream = \"app\"\n[upstreams.app]\n\
+                    endpoints = [\"127.0.0.1:1\"]\n[upstreams.app.breaker]\n\
+                    consecutive_failures = 1\n";
+        let config = rampart_config::Config::from_str(toml, "test.toml").unwrap();
+        let pool =
+            crate::upstream::Pool::new(&config.upstreams[0], &rampart_policy::rng::Rng::thread())
+                .unwrap();
+        let pending = pool.pick(None).unwrap().into_owned(&pool);
+        let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending)));
+        if end {
+            while body.frame().await.is_some() {}
+        } else {
+            body.frame().await;
+        }
+        drop(body);
+        pool.pick(None).is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_trailers_status_is_the_outcome() {
+        let data = || Frame::data(Bytes::from_static(b"reply"));
+        assert!(admits_after(vec![data(), trailers("0")], true).await);
+        assert!(admits_after(vec![data(), trailers("5")], true).await);
+        assert!(!admits_after(vec![data(), trailers("14")], true).await);
+        assert!(!admits_after(vec![data(), trailers("13")], true).await);
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_without_a_status_is_a_failure_and_a_dropped_one_nothing() {
+        let data = || Frame::data(Bytes::from_static(b"reply"));
+        assert!(!admits_after(vec![data()], true).await);
+        assert!(!admits_after(vec![data(), Frame::trailers(http::HeaderMap::new())], true).await);
+        // The client went away mid-body: the call tells nothing.
+        assert!(admits_after(vec![data(), trailers("14")], false).await);
     }
 
     #[tokio::test(start_paused = true)]

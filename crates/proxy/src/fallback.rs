@@ -7,6 +7,14 @@
 //! real one. The body (inline, or `body_file` read once when the proxy starts) is shared, so an
 //! answer costs no copy of it.
 //!
+//! A fallback answers requests of its own kind only. One whose `content-type` is gRPC
+//! (`application/grpc...`) answers gRPC requests, the gRPC way: status 200 (the only one allowed
+//! it), its headers, its body as the response message(s) (already framed: a byte of compression
+//! flag, four of length, the message), then trailers with `grpc-status` and `grpc-message` taken
+//! from its `headers` (`grpc-status` 0 when it names none). Any other fallback (JSON, say) would be
+//! a protocol error to a gRPC client, so a gRPC request gets the usual gRPC error in its place
+//! (`grpc-status` and `x-rampart-error`), as a plain HTTP request never gets a gRPC fallback.
+//!
 //! Fault injection sits above it, so an injected abort keeps its `abort_status`, unless `on`
 //! names `fault-injected`: then the fallback answers it, which is how a fallback is rehearsed.
 //!
@@ -18,6 +26,7 @@
 //! cannot be answered any more and is not covered.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -27,13 +36,16 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::{Fallback as FallbackConfig, FallbackBody};
 use rampart_http::Reason;
+use rampart_http::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc};
 use rampart_http::rescue::{X_RAMPART_FALLBACK, mark_fallback};
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::body::ResponseBody;
 
 /// One route's fallback answer, and when it is given.
 #[derive(Debug)]
@@ -43,6 +55,8 @@ pub(crate) struct Fallback {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// `Some` for a gRPC fallback: the trailers that end its answer.
+    grpc_trailers: Option<HeaderMap>,
     stale: Option<Arc<Stale>>,
 }
 
@@ -97,6 +111,9 @@ impl Fallback {
             let value = HeaderValue::from_str(value).map_err(|_| invalid("value"))?;
             headers.append(name, value);
         }
+        let grpc_trailers = is_grpc(&headers)
+            .then(|| grpc_trailers(&mut headers, status, path))
+            .transpose()?;
         let body = match &config.body {
             FallbackBody::Inline(text) => Bytes::from(text.clone()),
             FallbackBody::File(file) => {
@@ -113,6 +130,7 @@ impl Fallback {
             status,
             headers,
             body,
+            grpc_trailers,
             stale: config.stale.map(|max_age| {
                 Arc::new(Stale {
                     max_age,
@@ -137,32 +155,51 @@ impl Fallback {
         )
     }
 
-    /// The fallback answer for a request the stack gave up on with `reason`, if `on` names it:
-    /// the answer kept under `key` if it is fresh enough, else the configured one.
-    pub(crate) fn for_reason(&self, reason: Reason, key: Option<&str>) -> Option<Response<Bytes>> {
-        if !self.on.contains(&reason) {
+    /// The fallback answer for a request (gRPC or not, as `grpc` says) the stack gave up on with
+    /// `reason`, if `on` names it and the fallback is of the request's kind: the answer kept
+    /// under `key` if it is fresh enough, else the configured one.
+    pub(crate) fn for_reason(
+        &self,
+        reason: Reason,
+        key: Option<&str>,
+        grpc: bool,
+    ) -> Option<Response<ResponseBody>> {
+        if !self.on.contains(&reason) || grpc != self.grpc_trailers.is_some() {
             return None;
         }
         let mut response = self.answer(key);
         mark_fallback(&mut response, reason);
-        Some(response)
+        Some(self.with_trailers(response))
     }
 
-    /// The fallback answer for an upstream's own answer with `status`, if it is a 5xx and `on`
-    /// names `5xx`.
+    /// The fallback answer for an upstream's own answer with `status`, if it is a 5xx, `on`
+    /// names `5xx` and the fallback is of the request's kind.
     pub(crate) fn for_status(
         &self,
         status: StatusCode,
         key: Option<&str>,
-    ) -> Option<Response<Bytes>> {
-        if !(self.on_5xx && status.is_server_error()) {
+        grpc: bool,
+    ) -> Option<Response<ResponseBody>> {
+        if !(self.on_5xx && status.is_server_error()) || grpc != self.grpc_trailers.is_some() {
             return None;
         }
         let mut response = self.answer(key);
         response
             .headers_mut()
             .insert(X_RAMPART_FALLBACK, HeaderValue::from_static("5xx"));
-        Some(response)
+        Some(self.with_trailers(response))
+    }
+
+    // The answer in the proxy's body type, ended by the gRPC trailers for a gRPC fallback.
+    fn with_trailers(&self, response: Response<Bytes>) -> Response<ResponseBody> {
+        response.map(|body| {
+            Canned {
+                data: Some(body).filter(|body| !body.is_empty()),
+                trailers: self.grpc_trailers.clone(),
+            }
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync()
+        })
     }
 
     /// Keeps a good (2xx) answer under `key` once its body has arrived whole, for `stale`.
@@ -197,6 +234,77 @@ impl Fallback {
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         response
+    }
+}
+
+/// Takes `grpc-status` and `grpc-message` out of a gRPC fallback's `headers`, for its trailers;
+/// `grpc-status` is 0 (OK) when it names none. `status` must be 200, as gRPC needs.
+fn grpc_trailers(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    path: &str,
+) -> Result<HeaderMap, Error> {
+    let invalid = |key: &str, message: String| Error::Invalid {
+        path: format!("{path}.{key}"),
+        message,
+    };
+    if status != StatusCode::OK {
+        return Err(invalid(
+            "status",
+            format!("a gRPC fallback (content-type application/grpc) answers 200, not {status}"),
+        ));
+    }
+    let mut trailers = HeaderMap::with_capacity(2);
+    let code = match headers.remove(GRPC_STATUS) {
+        Some(value) => {
+            GrpcCode::parse(value.as_bytes()).ok_or_else(|| {
+                invalid(
+                    "headers",
+                    format!("grpc-status {value:?} is no gRPC status code"),
+                )
+            })?;
+            value
+        }
+        None => GrpcCode::Ok.header_value(),
+    };
+    trailers.insert(GRPC_STATUS, code);
+    if let Some(message) = headers.remove(GRPC_MESSAGE) {
+        trailers.insert(GRPC_MESSAGE, message);
+    }
+    Ok(trailers)
+}
+
+/// A fallback's body: its bytes, if any, then its trailers, if any.
+struct Canned {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for Canned {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.data.take() {
+            Some(data) => Frame::data(data),
+            None => match self.trailers.take() {
+                Some(trailers) => Frame::trailers(trailers),
+                None => return Poll::Ready(None),
+            },
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let len = self.data.as_ref().map_or(0, |data| data.len() as u64);
+        SizeHint::with_exact(len)
     }
 }
 
@@ -312,7 +420,21 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::task::Waker;
+
     use super::*;
+
+    // The body and trailers of a fallback answer, which are there at once.
+    fn whole(response: Response<ResponseBody>) -> (Bytes, Option<HeaderMap>) {
+        let collect = std::pin::pin!(response.into_body().collect());
+        match collect.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(collected)) => {
+                let trailers = collected.trailers().cloned();
+                (collected.to_bytes(), trailers)
+            }
+            _ => panic!("a fallback body is there at once"),
+        }
+    }
 
     fn config(on: &[&str], body: FallbackBody) -> FallbackConfig {
         FallbackConfig {
@@ -332,16 +454,18 @@ mod tests {
     #[test]
     fn answers_the_reasons_in_on_only() {
         let fallback = fallback(&["breaker-open", "upstream-connect"]);
-        let response = fallback.for_reason(Reason::UpstreamConnect, None).unwrap();
+        let response = fallback
+            .for_reason(Reason::UpstreamConnect, None, false)
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "upstream-connect");
-        assert_eq!(response.body(), r#"{"degraded":true}"#);
-        assert!(fallback.for_reason(Reason::Timeout, None).is_none());
+        assert_eq!(whole(response).0, r#"{"degraded":true}"#);
+        assert!(fallback.for_reason(Reason::Timeout, None, false).is_none());
         // Without "5xx" in `on`, an upstream's 503 stays the upstream's.
         assert!(
             fallback
-                .for_status(StatusCode::SERVICE_UNAVAILABLE, None)
+                .for_status(StatusCode::SERVICE_UNAVAILABLE, None, false)
                 .is_none()
         );
     }
@@ -349,11 +473,21 @@ mod tests {
     #[test]
     fn five_xx_covers_server_errors_only() {
         let fallback = fallback(&["5xx"]);
-        let response = fallback.for_status(StatusCode::BAD_GATEWAY, None).unwrap();
+        let response = fallback
+            .for_status(StatusCode::BAD_GATEWAY, None, false)
+            .unwrap();
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "5xx");
-        assert!(fallback.for_status(StatusCode::NOT_FOUND, None).is_none());
-        assert!(fallback.for_status(StatusCode::OK, None).is_none());
-        assert!(fallback.for_reason(Reason::BreakerOpen, None).is_none());
+        assert!(
+            fallback
+                .for_status(StatusCode::NOT_FOUND, None, false)
+                .is_none()
+        );
+        assert!(fallback.for_status(StatusCode::OK, None, false).is_none());
+        assert!(
+            fallback
+                .for_reason(Reason::BreakerOpen, None, false)
+                .is_none()
+        );
     }
 
     fn with_stale(stale: Duration) -> Fallback {
@@ -377,10 +511,10 @@ mod tests {
     fn answered(fallback: &Fallback, target: &str) -> Bytes {
         let key = fallback.stale_key(&get(target));
         let response = fallback
-            .for_reason(Reason::Timeout, key.as_deref())
+            .for_reason(Reason::Timeout, key.as_deref(), false)
             .unwrap();
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "timeout");
-        response.into_body()
+        whole(response).0
     }
 
     #[tokio::test(start_paused = true)]
@@ -437,6 +571,85 @@ mod tests {
         assert_eq!(answered(&fallback, "/1"), "kept");
         let kept = fallback.stale.as_ref().unwrap().kept.lock().unwrap().len();
         assert_eq!(kept, MAX_KEPT);
+    }
+
+    fn grpc_config(headers: &[(&str, &str)]) -> FallbackConfig {
+        let mut config = config(
+            &["upstream-connect"],
+            FallbackBody::Inline("\0\0\0\0\0".into()),
+        );
+        config.headers = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        config
+    }
+
+    #[test]
+    fn a_grpc_fallback_answers_grpc_requests_only_with_its_status_in_the_trailers() {
+        let config = grpc_config(&[
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+            ("grpc-message", "degraded"),
+        ]);
+        let fallback = Fallback::new(&config, "routes[0].fallback").unwrap();
+        assert!(
+            fallback
+                .for_reason(Reason::UpstreamConnect, None, false)
+                .is_none()
+        );
+        let response = fallback
+            .for_reason(Reason::UpstreamConnect, None, true)
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()[X_RAMPART_FALLBACK], "upstream-connect");
+        assert!(!response.headers().contains_key(GRPC_STATUS));
+        let (body, trailers) = whole(response);
+        assert_eq!(body, &b"\0\0\0\0\0"[..]);
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers[GRPC_STATUS], "14");
+        assert_eq!(trailers[GRPC_MESSAGE], "degraded");
+
+        // With no grpc-status of its own, the answer is OK.
+        let config = grpc_config(&[("content-type", "application/grpc+proto")]);
+        let fallback = Fallback::new(&config, "routes[0].fallback").unwrap();
+        let response = fallback
+            .for_reason(Reason::UpstreamConnect, None, true)
+            .unwrap();
+        assert_eq!(whole(response).1.unwrap()[GRPC_STATUS], "0");
+    }
+
+    #[test]
+    fn a_plain_fallback_never_answers_a_grpc_request() {
+        let fallback = fallback(&["upstream-connect", "5xx"]);
+        assert!(
+            fallback
+                .for_reason(Reason::UpstreamConnect, None, true)
+                .is_none()
+        );
+        assert!(
+            fallback
+                .for_status(StatusCode::BAD_GATEWAY, None, true)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_grpc_fallback_must_answer_200_with_a_known_code() {
+        let mut config = grpc_config(&[("content-type", "application/grpc")]);
+        config.status = 503;
+        let err = Fallback::new(&config, "routes[0].fallback").unwrap_err();
+        assert!(
+            err.to_string().contains("routes[0].fallback.status"),
+            "{err}"
+        );
+        let config = grpc_config(&[("content-type", "application/grpc"), ("grpc-status", "99")]);
+        let err = Fallback::new(&config, "routes[0].fallback").unwrap_err();
+        assert!(
+            err.to_string().contains("routes[0].fallback.headers"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rampart_http::rescue::rescue_with_status;
 use rampart_policy::error::BoxError;
 use tokio::time::Instant;
 
-use crate::body::{DeadlineBody, ResponseBody, boxed, rescued};
+use crate::body::{ResponseBody, boxed, rescued};
 use crate::route::Router;
 use crate::stack::Stack;
 
@@ -70,9 +70,9 @@ async fn forward(
             // Fault injection sits above the fallback, yet a fallback that names
             // `fault-injected` asked to be rehearsed with it.
             return match stack.fallback().and_then(|fallback| {
-                fallback.for_reason(Reason::FaultInjected, stale_key.as_deref())
+                fallback.for_reason(Reason::FaultInjected, stale_key.as_deref(), grpc)
             }) {
-                Some(fallback) => boxed(fallback),
+                Some(fallback) => fallback,
                 None => boxed(rescue_with_status(Reason::FaultInjected, status, grpc)),
             };
         }
@@ -92,17 +92,16 @@ async fn forward(
     let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
     match stack.call(request, deadline.instant(), expired).await {
         Ok(response) => {
-            if let Some(fallback) = stack
-                .fallback()
-                .and_then(|fallback| fallback.for_status(response.status(), stale_key.as_deref()))
-            {
+            if let Some(fallback) = stack.fallback().and_then(|fallback| {
+                fallback.for_status(response.status(), stale_key.as_deref(), grpc)
+            }) {
                 // The upstream's own failing answer gives way; its connection is let go.
-                return boxed(fallback);
+                return fallback;
             }
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;
-            let body = DeadlineBody::new(body, deadline.instant()).boxed_unsync();
+            let body = body.boxed_unsync();
             let body = match stack.fallback() {
                 // A good answer is copied aside as it streams, for the fallback's `stale`.
                 Some(fallback) if stale_key.is_some() => fallback
@@ -126,9 +125,9 @@ fn failed(
 ) -> Response<ResponseBody> {
     match stack
         .fallback()
-        .and_then(|fallback| fallback.for_reason(reason, stale_key))
+        .and_then(|fallback| fallback.for_reason(reason, stale_key, grpc))
     {
-        Some(fallback) => boxed(fallback),
+        Some(fallback) => fallback,
         None => rescued(reason, grpc),
     }
 }

@@ -10,13 +10,19 @@
 //! its `on` names `fault-injected`) -> fallback (`[routes.fallback]`:
 //! the configured answer, marked `x-rampart-fallback: <reason>`, when what follows gives up with a
 //! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`; with `stale`, the last good
-//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> hedge
+//! answer to the same GET while it is fresh enough; a gRPC fallback answers gRPC requests only, a
+//! plain one plain requests only) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> hedge
 //! (`[routes.hedge]`: another endpoint when the head is slow to come, the first good answer
 //! wins) -> the upstream's limits (`[upstreams.NAME.limits]`: rate, concurrency limit and pending
 //! queue, shared by every route to it) -> balancer (`balance`, p2c-ewma by default, among the
 //! endpoints that are healthy and whose circuit breaker admits; backups only when no primary
 //! may) -> per-try timeout -> pooled connection -> upstream. Active health checks
 //! (`[upstreams.NAME.health]`) run beside it, one task per endpoint, until the proxy shuts down.
+//!
+//! gRPC: errors made by rampart are gRPC-shaped (HTTP 200, `grpc-status`, `grpc-message`,
+//! `x-rampart-error`); a call's `grpc-timeout` caps the route's timeout and goes upstream as the
+//! time left; a call is retried on its `on` tokens with its body copied as it streams; a
+//! `grpc-status` in the trailers feeds the endpoint's breaker when the body ends.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,

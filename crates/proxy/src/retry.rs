@@ -1,15 +1,19 @@
 //! A route's retry settings (`[routes.retry]`), ready for the data path, and the request body
 //! kept to be sent again.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Body;
+use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::Route;
 use rampart_http::classify::is_retryable;
 use rampart_http::{Attempt, RetryOn};
+use rampart_policy::error::BoxError;
 use rampart_policy::retry::{Budget, ExponentialBackoff};
 
 use crate::Error;
@@ -96,6 +100,11 @@ impl Retry {
         is_retryable(&self.on, attempt)
     }
 
+    /// The largest body kept to be sent again.
+    pub(crate) fn max_replay_body(&self) -> u64 {
+        self.max_replay_body
+    }
+
     /// Whether a body this size may be buffered to be sent again: its length must be known
     /// (`content-length`, or no body at all) and within `max_replay_body`.
     pub(crate) fn can_replay(&self, body: &RequestBody) -> bool {
@@ -107,6 +116,8 @@ impl Retry {
     }
 }
 
+// === impl Replay ===
+
 /// The body of each attempt: the client's, streamed once, or a copy kept to be sent again.
 #[derive(Debug)]
 pub(crate) enum Replay {
@@ -114,6 +125,23 @@ pub(crate) enum Replay {
     Stream(Option<RequestBody>),
     /// Read whole before the first attempt; every attempt sends it.
     Buffered(Bytes),
+    /// Streamed to the first attempt and copied on the way (a gRPC call: its length is not
+    /// announced, and a streaming call's client may wait for answers before it sends more, so
+    /// reading it whole first could stall the call). A retry sends the copy if the body had
+    /// ended by then, within `max_replay_body`; else there is no retry.
+    Tee {
+        first: Option<RequestBody>,
+        copy: Arc<Mutex<TeeCopy>>,
+    },
+}
+
+/// What a [`Replay::Tee`] copied of the body so far.
+#[derive(Debug, Default)]
+pub(crate) struct TeeCopy {
+    bytes: BytesMut,
+    whole: bool,
+    /// Past `max_replay_body`, or trailers that the copy cannot carry: nothing is kept.
+    given_up: bool,
 }
 
 impl Replay {
@@ -134,7 +162,22 @@ impl Replay {
         Ok(Replay::Buffered(buffer.freeze()))
     }
 
-    /// The body of the next attempt; `None` when the streamed body was already sent.
+    /// Streams `body` to the first attempt, copying up to `limit` bytes of it for a retry.
+    pub(crate) fn tee(body: RequestBody, limit: u64) -> Replay {
+        let copy = Arc::new(Mutex::new(TeeCopy::default()));
+        let tee = Tee {
+            inner: body,
+            copy: copy.clone(),
+            limit,
+        };
+        Replay::Tee {
+            first: Some(tee.boxed_unsync()),
+            copy,
+        }
+    }
+
+    /// The body of the next attempt; `None` when the streamed body was already sent, or a teed
+    /// one was not copied whole.
     pub(crate) fn next(&mut self) -> Option<RequestBody> {
         match self {
             Replay::Stream(body) => body.take(),
@@ -143,7 +186,74 @@ impl Replay {
                     .map_err(|never| match never {})
                     .boxed_unsync(),
             ),
+            Replay::Tee { first, copy } => {
+                if let Some(body) = first.take() {
+                    return Some(body);
+                }
+                let whole = {
+                    let mut copy = copy.lock().unwrap_or_else(PoisonError::into_inner);
+                    (copy.whole && !copy.given_up).then(|| std::mem::take(&mut copy.bytes))
+                }?;
+                *self = Replay::Buffered(whole.freeze());
+                self.next()
+            }
         }
+    }
+}
+
+// === impl Tee ===
+
+pin_project_lite::pin_project! {
+    /// A request body streamed on as it comes, copied into a [`TeeCopy`] on the way.
+    struct Tee {
+        #[pin]
+        inner: RequestBody,
+        copy: Arc<Mutex<TeeCopy>>,
+        limit: u64,
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        // Locked only here and once by the retry, never across an await: uncontended.
+        let mut copy = this.copy.lock().unwrap_or_else(PoisonError::into_inner);
+        match &frame {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(data) if !copy.given_up => {
+                    if (copy.bytes.len() + data.len()) as u64 > *this.limit {
+                        copy.given_up = true;
+                        copy.bytes = BytesMut::new();
+                    } else {
+                        copy.bytes.extend_from_slice(data);
+                    }
+                }
+                Some(_) => {}
+                None => copy.given_up = true,
+            },
+            Some(Err(_)) => copy.given_up = true,
+            None => copy.whole = true,
+        }
+        // A body that knows it has ended may never be polled again.
+        if this.inner.is_end_stream() {
+            copy.whole = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -215,6 +325,52 @@ mod tests {
         assert!(!retry.can_replay(&full("12345")));
         // A chunked body: no length until it ends.
         assert!(!retry.can_replay(&Chunked.boxed_unsync()));
+    }
+
+    // A body in two pieces, of unknown length, as a gRPC client sends one.
+    fn pieces() -> RequestBody {
+        Pieces(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]).boxed_unsync()
+    }
+
+    struct Pieces(Vec<Bytes>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Poll::Ready(next.map(|piece| Ok(Frame::data(piece))))
+        }
+    }
+
+    async fn text(body: RequestBody) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_teed_body_is_replayed_once_it_was_copied_whole() {
+        let mut replay = Replay::tee(pieces(), 4);
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_teed_body_too_large_or_not_yet_whole_is_not_replayed() {
+        let mut replay = Replay::tee(pieces(), 3);
+        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        assert!(replay.next().is_none());
+
+        // The answer came before the body had ended.
+        let mut replay = Replay::tee(pieces(), 4);
+        let mut first = replay.next().unwrap();
+        let piece = first.frame().await.unwrap().unwrap();
+        assert_eq!(piece.into_data().unwrap(), "ab");
+        assert!(replay.next().is_none());
     }
 
     struct Chunked;

@@ -9,13 +9,13 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use rampart_config::Route;
-use rampart_http::classify::{classify_response, is_grpc};
+use rampart_http::classify::{classify_response, grpc_status, is_grpc};
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{DeadlineBody, RequestBody, TrailersOutcome, UpstreamBody};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::hedge::Hedging;
@@ -34,7 +34,9 @@ use crate::upstream::{Picked, Pool};
 ///   so retries cannot outlive the client's patience;
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
-///   storm; the body is kept for it only when it is small and of known length;
+///   storm; the body is kept for it only when it is small and of known length, or, for a gRPC
+///   call (whose length is never announced), copied as it streams to the first attempt and sent
+///   again only if it had ended by the retry;
 /// - hedge (`[routes.hedge]`): below retry, so that each attempt of the retry loop may be
 ///   hedged and a race that every attempt lost is judged by the retry like a single failed
 ///   attempt; above the limits and the balancer, so that a hedge is admitted by the upstream's
@@ -49,7 +51,11 @@ use crate::upstream::{Picked, Pool};
 /// - balancer ([`Pool::pick`]): `balance` (p2c-ewma by default) among the endpoints that are
 ///   healthy and whose breaker admits, backups only when no primary may; the attempt counts in
 ///   its endpoint's load until its outcome is recorded;
-/// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
+/// - per endpoint: the breaker's permit, which records the attempt's classified outcome: from the
+///   response head, or, for a gRPC response whose head has no `grpc-status` (the status follows
+///   the body), when the trailers arrive, the permit travelling with the body
+///   ([`TrailersOutcome`]); a retry decides from the head alone, so a failure in real trailers
+///   reaches the breaker but is never retried (the response has gone to the client by then);
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
 ///   a failure by the breaker and the adaptive limit, and retried as `timeout`;
 /// - the pooled connection.
@@ -58,8 +64,7 @@ use crate::upstream::{Picked, Pool};
 /// [`Stack::call`].
 ///
 /// Still to come, in the order of docs/architecture.md: async routes between fault injection and
-/// fallback. The breaker learns from a gRPC response's head only (a `grpc-status` in its trailers
-/// is not read yet).
+/// fallback.
 #[derive(Debug)]
 pub(crate) struct Stack {
     fault: Option<Fault>,
@@ -72,8 +77,11 @@ pub(crate) struct Stack {
 }
 
 /// What became of the last attempt, to be answered when no other follows.
+// The response holds its body's deadline timer; boxing it would cost an allocation per request
+// to save a few moves.
+#[expect(clippy::large_enum_variant)]
 enum Last {
-    Response(Response<Incoming>),
+    Response(Response<UpstreamBody>),
     Error(Reason),
 }
 
@@ -122,7 +130,8 @@ impl Stack {
     }
 
     /// Sends `request` (headers already rewritten) to the upstream, retrying as the route says,
-    /// and waits for a response head until `deadline`; past it, the answer is `expired`.
+    /// and waits for a response head until `deadline`; past it, the answer is `expired`. The
+    /// response body returned fails once `deadline` passes before its end.
     ///
     /// When no attempt succeeds, the client gets the last upstream response as it is, if there
     /// was one (a 503 the upstream sent stays the upstream's 503), else the reason of the last
@@ -134,17 +143,18 @@ impl Stack {
         request: Request<RequestBody>,
         deadline: Instant,
         expired: Reason,
-    ) -> Result<Response<Incoming>, Reason> {
+    ) -> Result<Response<UpstreamBody>, Reason> {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         let (parts, body) = request.into_parts();
 
-        // Only a request that may be retried is worth the wait of buffering its body.
+        // Only a request that may be retried is worth the wait of buffering its body. A gRPC
+        // call's body, of unknown length, is copied as it streams instead.
         let retry = self
             .retry
             .as_ref()
-            .filter(|retry| retry.allows(&parts.method, grpc) && retry.can_replay(&body));
+            .filter(|retry| retry.allows(&parts.method, grpc) && (grpc || retry.can_replay(&body)));
         let mut body = match retry {
-            Some(retry) => {
+            Some(retry) if retry.can_replay(&body) => {
                 retry.budget().deposit();
                 match tokio::time::timeout_at(deadline, Replay::buffer(body)).await {
                     Ok(Ok(replay)) => replay,
@@ -152,6 +162,10 @@ impl Stack {
                     Ok(Err(())) => return Err(Reason::BadRequest),
                     Err(_elapsed) => return Err(expired),
                 }
+            }
+            Some(retry) => {
+                retry.budget().deposit();
+                Replay::tee(body, retry.max_replay_body())
             }
             None => Replay::Stream(Some(body)),
         };
@@ -183,8 +197,9 @@ impl Stack {
                 Err(reason) => return failed.map_or(Err(reason), |(_, last)| last.into_result()),
             };
             let Some(attempt_body) = body.next() else {
-                // Unreachable: a streamed body is never retried.
-                return Err(Reason::BadRequest);
+                // A teed body not copied whole cannot be sent again (a streamed one is never
+                // retried): the failed attempt's answer stands.
+                return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
             };
             let mut request = Request::from_parts(parts.clone(), attempt_body);
             set_target(&mut request, picked.authority, self.upstream.version())?;
@@ -261,7 +276,10 @@ impl Stack {
 
     // One attempt to the endpoint `picked`, holding `slot` of the upstream's concurrency limit
     // until the response head: both learn the attempt's classified outcome. Dropped before the
-    // head (a hedge that lost), both are let go without learning anything.
+    // head (a hedge that lost), both are let go without learning anything. A gRPC success
+    // whose head has no `grpc-status` (the usual case: the status follows the body) is judged
+    // by the breaker when its trailers arrive, the permit travelling with the body; the body is
+    // bounded by the deadline either way.
     async fn send(
         &self,
         request: Request<RequestBody>,
@@ -271,26 +289,36 @@ impl Stack {
         grpc: bool,
     ) -> Sent {
         let index = picked.index;
-        let (result, outcome) = match self.attempt(request, deadline).await {
-            Ok(response) => {
-                let outcome = classify_response(
-                    response.status(),
-                    response.headers(),
-                    self.upstream.failures(),
-                    grpc,
-                );
-                (Ok(response), outcome)
+        let response = match self.attempt(request, deadline).await {
+            Ok(response) => response,
+            Err(tried) => {
+                let outcome = match tried {
+                    Tried::Transport(err) => err.outcome(),
+                    // No answer within the whole exchange's time: a failure of this endpoint.
+                    Tried::Expired => Outcome::Failure,
+                };
+                slot.record(outcome);
+                picked.record(outcome);
+                return Err((index, tried));
             }
-            Err(Tried::Transport(err)) => (Err(Tried::Transport(err)), err.outcome()),
-            // No answer within the whole exchange's time: a failure of this endpoint.
-            Err(Tried::Expired) => (Err(Tried::Expired), Outcome::Failure),
         };
+        let outcome = classify_response(
+            response.status(),
+            response.headers(),
+            self.upstream.failures(),
+            grpc,
+        );
         slot.record(outcome);
-        picked.record(outcome);
-        match result {
-            Ok(response) => Ok((index, response, outcome)),
-            Err(tried) => Err((index, tried)),
-        }
+        let pending =
+            if grpc && outcome == Outcome::Success && grpc_status(response.headers()).is_none() {
+                Some(picked.into_owned(&self.upstream))
+            } else {
+                picked.record(outcome);
+                None
+            };
+        let response =
+            response.map(|body| TrailersOutcome::new(DeadlineBody::new(body, deadline), pending));
+        Ok((index, response, outcome))
     }
 
     // One attempt, bounded by the per-try timeout and the deadline.
@@ -315,7 +343,7 @@ impl Stack {
 
 /// What one attempt came to, with the index of the endpoint it went to: a response head and its
 /// classified outcome, or why there was none.
-type Sent = Result<(usize, Response<Incoming>, Outcome), (usize, Tried)>;
+type Sent = Result<(usize, Response<UpstreamBody>, Outcome), (usize, Tried)>;
 
 /// Why an attempt got no response.
 enum Tried {
@@ -326,7 +354,7 @@ enum Tried {
 }
 
 impl Last {
-    fn into_result(self) -> Result<Response<Incoming>, Reason> {
+    fn into_result(self) -> Result<Response<UpstreamBody>, Reason> {
         match self {
             Last::Response(response) => Ok(response),
             Last::Error(reason) => Err(reason),

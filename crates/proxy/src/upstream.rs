@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
-use rampart_policy::breaker::{CircuitBreaker, Permit};
+use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit};
 use rampart_policy::rng::Rng;
 
 use crate::Error;
@@ -76,6 +76,38 @@ impl Picked<'_> {
     /// Tells the endpoint's breaker how the attempt went, and its balancer how long it took.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
         self.in_flight.finish(outcome);
+        if let Some(permit) = self.permit {
+            permit.record(outcome);
+        }
+    }
+
+    /// The same pick, no longer borrowing `pool` (the pool it came from), for an outcome known
+    /// only when the response body ends.
+    pub(crate) fn into_owned(self, pool: &Pool) -> OwnedPicked {
+        // The balancer learns from the response head: the latency it weighs is the time to the
+        // first byte of an answer, and a stream that lasts minutes would otherwise count as
+        // one slow request in flight all along.
+        self.in_flight.finish(rampart_policy::Outcome::Success);
+        let breaker = pool.endpoints[self.index].breaker.as_ref();
+        OwnedPicked {
+            permit: self
+                .permit
+                .zip(breaker)
+                .map(|(permit, breaker)| breaker.own(permit)),
+        }
+    }
+}
+
+/// A [`Picked`] that owns what it needs: dropped unrecorded, it tells the breaker nothing (the
+/// client went away before the outcome was known).
+#[derive(Debug)]
+pub(crate) struct OwnedPicked {
+    permit: Option<OwnedPermit>,
+}
+
+impl OwnedPicked {
+    /// Tells the endpoint's breaker how the attempt went.
+    pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
         if let Some(permit) = self.permit {
             permit.record(outcome);
         }

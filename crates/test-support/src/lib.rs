@@ -5,13 +5,20 @@
 //!   in the middle of a body, switchable while connections are open.
 //! - [`Upstream`]: an HTTP/1.1 and h2c server answering as scripted (fail, slow, hang, reset, drip
 //!   the body, echo) and recording every request it received.
+//! - [`GrpcUpstream`]: a gRPC server (tonic) of a small echo service answering as scripted
+//!   (fail in the headers or in the trailers, slow, hang), recording each call and the
+//!   `grpc-timeout` it came with, and answering `grpc.health.v1` health checks as set
+//!   ([`ServingStatus`]); [`EchoClient`] is a tonic client for it.
 //! - [`ChildUpstream`]: the same upstream in a process of its own, to SIGKILL for real and bring
 //!   back on the same port.
 
 mod fault;
+mod grpc;
 mod process;
 mod upstream;
 
 pub use fault::{Fault, FaultProxy};
+pub use grpc::{EchoClient, EchoReply, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, SeenCall};
 pub use process::{ChildUpstream, UPSTREAM_BINARY};
+pub use tonic_health::ServingStatus;
 pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};

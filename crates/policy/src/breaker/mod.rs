@@ -260,6 +260,28 @@ impl CircuitBreaker {
         })
     }
 
+    /// Turns `permit`, taken from this breaker with [`try_acquire`](Self::try_acquire), into an
+    /// [`OwnedPermit`]: for a call whose outcome is known only after the borrow must end (when a
+    /// response body ends, say). Costs a reference count, no allocation.
+    ///
+    /// # Panics
+    ///
+    /// If `permit` is another breaker's.
+    #[inline]
+    pub fn own(&self, permit: Permit<'_>) -> OwnedPermit {
+        assert!(
+            std::ptr::eq(permit.shared, &*self.shared),
+            "a permit can only be owned through the breaker that gave it"
+        );
+        let ticket = permit.ticket;
+        // The ticket moves to the owned permit, which releases or records it.
+        std::mem::forget(permit);
+        OwnedPermit {
+            shared: self.shared.clone(),
+            ticket: Some(ticket),
+        }
+    }
+
     /// Runs `f` if the breaker allows it, and learns from its result: `Err` is a failure.
     pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
     where

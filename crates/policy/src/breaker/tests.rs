@@ -781,3 +781,32 @@ mod model {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_owned_permit_records_like_the_borrowed_one_it_came_from() {
+    let b = builder()
+        .consecutive_failures(2)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    let owned = b.own(b.try_acquire().unwrap());
+    owned.record(Outcome::Failure);
+    fail(&b);
+    assert_eq!(b.state(), State::Open);
+    advance(SEC).await;
+    // The probe's place stays taken while its owned permit lives, and is given back when it is
+    // dropped unrecorded.
+    let probe = b.own(b.try_acquire().unwrap());
+    assert!(b.try_acquire().is_err());
+    drop(probe);
+    let probe = b.own(b.try_acquire().unwrap());
+    probe.record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+#[should_panic(expected = "through the breaker that gave it")]
+fn another_breakers_permit_cannot_be_owned() {
+    let (a, b) = (builder().build().unwrap(), builder().build().unwrap());
+    let _ = b.own(a.try_acquire().unwrap());
+}

@@ -1,0 +1,319 @@
+//! gRPC through rampart, over real sockets: tonic clients -> rampart (`protocol = "grpc"`) ->
+//! tonic servers. Deadlines, synthetic errors the gRPC way, a status in the trailers feeding the
+//! breaker, retries to another endpoint, and fallbacks for gRPC clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rampart_proxy::Proxy;
+use rampart_test_support::{EchoClient, EchoRequest, GrpcBehavior, GrpcUpstream, SAY};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use common::*;
+
+/// A proxy with one route to one gRPC upstream of these endpoints, `route` and `upstream` lines
+/// added to each table.
+async fn grpc_proxy(endpoints: &[SocketAddr], route: &str, upstream: &str) -> Proxy {
+    simple(
+        endpoints,
+        route,
+        &format!("protocol = \"grpc\"\n{upstream}"),
+    )
+    .await
+}
+
+/// A port nobody listens on any more: connecting to it is refused.
+async fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn say(message: &str) -> tonic::Request<EchoRequest> {
+    tonic::Request::new(EchoRequest {
+        message: message.to_owned(),
+    })
+}
+
+/// A metadata value of a failed call, if any.
+fn meta<'a>(status: &'a Status, key: &str) -> Option<&'a str> {
+    status
+        .metadata()
+        .get(key)
+        .map(|value| value.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_unary_call_passes_through_with_its_status_message_and_metadata() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Ok).await.unwrap();
+    let proxy = grpc_proxy(&[upstream.addr()], "", "").await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    let mut request = say("hello");
+    request
+        .metadata_mut()
+        .insert("x-trace", "abc".parse().unwrap());
+    let response = client.call(request).await.unwrap();
+    assert!(response.metadata().get("x-rampart-error").is_none());
+    let reply = response.into_inner();
+    assert_eq!(reply.message, "hello");
+    assert_eq!(reply.served_by, upstream.addr().to_string());
+
+    let seen = &upstream.calls()[0];
+    assert_eq!(seen.path, SAY);
+    assert_eq!(seen.message, "hello");
+    assert_eq!(seen.headers["x-trace"], "abc");
+    assert!(
+        seen.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc")
+    );
+    // The route's timeout (15 s by default) went along as the call's deadline.
+    let timeout = seen.timeout.expect("a grpc-timeout went upstream");
+    assert!(timeout > Duration::ZERO && timeout <= Duration::from_secs(15));
+
+    // An error of the upstream's own reaches the client as it is, code and message.
+    upstream.set_behavior(GrpcBehavior::Fail(Code::NotFound));
+    let status = client.say("missing").await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "failed as scripted");
+    assert_eq!(meta(&status, "x-rampart-error"), None);
+}
+
+#[tokio::test]
+async fn a_client_deadline_of_300ms_ends_a_hanging_call_with_deadline_exceeded() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Hang).await.unwrap();
+    let proxy = grpc_proxy(&[upstream.addr()], "", "").await;
+    // A client without a timer of its own: what it gets is what rampart answered.
+    let mut client = EchoClient::connect_untimed(addr(&proxy));
+
+    let mut request = say("wait");
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.call(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("deadline-exceeded"));
+    // Ended by the deadline, not by the route's 15 s timeout.
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let timeout = upstream.calls()[0]
+        .timeout
+        .expect("a grpc-timeout went upstream");
+    assert!(timeout > Duration::ZERO, "{timeout:?}");
+    assert!(timeout <= Duration::from_millis(300), "{timeout:?}");
+}
+
+#[tokio::test]
+async fn a_tonic_channel_with_a_deadline_gives_up_on_a_hanging_call_in_time() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Hang).await.unwrap();
+    let proxy = grpc_proxy(&[upstream.addr()], "", "").await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    let mut request = say("wait");
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.call(request).await.unwrap_err();
+    // tonic's channel keeps its own timer, which starts before rampart's and so usually fires
+    // first; tonic calls its own expiry CANCELLED, rampart's is DEADLINE_EXCEEDED.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let timeout = upstream.calls()[0].timeout.unwrap();
+    assert!(timeout > Duration::ZERO && timeout <= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn a_route_timeout_ends_a_hanging_call_with_deadline_exceeded_and_the_reason() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Hang).await.unwrap();
+    let proxy = grpc_proxy(&[upstream.addr()], "timeout = \"500ms\"", "").await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    let status = client.say("wait").await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("timeout"));
+    let timeout = upstream.calls()[0].timeout.unwrap();
+    assert!(timeout > Duration::ZERO && timeout <= Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn no_route_is_unimplemented() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Ok).await.unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "match = { path_prefix = \"/other.Service/\" }",
+        "",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+    let status = client.say("lost").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("no-route"));
+    assert_eq!(status.message(), "no route matches the request");
+    assert_eq!(upstream.call_count(), 0);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_refuses_connections_is_unavailable() {
+    let proxy = grpc_proxy(&[closed_port().await], "[routes.retry]\nattempts = 1", "").await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+    let status = client.say("anyone").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("upstream-connect"));
+}
+
+#[tokio::test]
+async fn an_open_breaker_is_unavailable() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Fail(Code::Unavailable))
+        .await
+        .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    // The upstream's own UNAVAILABLE (trailers-only), which trips the breaker.
+    let status = client.say("one").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(meta(&status, "x-rampart-error"), None);
+
+    let status = client.say("two").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("breaker-open"));
+    assert_eq!(upstream.call_count(), 1);
+}
+
+#[tokio::test]
+async fn unavailable_in_the_trailers_opens_the_breaker() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Unavailable))
+        .await
+        .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 3",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    for _ in 0..3 {
+        // Headers and a reply went through before the status: the client sees the status.
+        let status = client.say("x").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(meta(&status, "x-rampart-error"), None);
+    }
+    let status = client.say("x").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("breaker-open"));
+    assert_eq!(upstream.call_count(), 3);
+}
+
+#[tokio::test]
+async fn trailers_failures_move_traffic_to_the_other_endpoint() {
+    let failing = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Internal))
+        .await
+        .unwrap();
+    let healthy = GrpcUpstream::start(GrpcBehavior::Ok).await.unwrap();
+    let proxy = grpc_proxy(
+        &[failing.addr(), healthy.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    for _ in 0..10 {
+        let _ = client.say("x").await;
+    }
+    // Two failures ejected it; the rest went to the healthy endpoint.
+    assert_eq!(failing.call_count(), 2);
+    assert_eq!(healthy.call_count(), 8);
+}
+
+#[tokio::test]
+async fn successes_in_the_trailers_keep_the_breaker_closed() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Ok).await.unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+    for _ in 0..5 {
+        client.say("fine").await.unwrap();
+    }
+    assert_eq!(upstream.call_count(), 5);
+}
+
+#[tokio::test]
+async fn a_call_failing_with_unavailable_is_retried_on_the_other_endpoint() {
+    let failing = GrpcUpstream::start(GrpcBehavior::Fail(Code::Unavailable))
+        .await
+        .unwrap();
+    let healthy = GrpcUpstream::start(GrpcBehavior::Ok).await.unwrap();
+    let proxy = grpc_proxy(
+        &[failing.addr(), healthy.addr()],
+        "[routes.retry]\nattempts = 2\non = [\"grpc-unavailable\"]",
+        "",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    for _ in 0..4 {
+        let reply = client.say("again").await.unwrap().into_inner();
+        assert_eq!(reply.served_by, healthy.addr().to_string());
+        assert_eq!(reply.message, "again");
+    }
+    // Round-robin sent some first attempts to the failing endpoint; each was retried.
+    assert!(failing.call_count() >= 1);
+    // The retries carried the same message: the body was replayed.
+    assert_eq!(healthy.call_count(), 4);
+    assert!(healthy.calls().iter().all(|call| call.message == "again"));
+}
+
+#[tokio::test]
+async fn a_grpc_fallback_answers_a_grpc_client_with_its_reply() {
+    // EchoReply { message: "degraded", served_by: "fallback" }, framed: no compression, 20 bytes.
+    let route = "[routes.fallback]\non = [\"upstream-connect\"]\n\
+                 headers = { \"content-type\" = \"application/grpc\" }\n\
+                 body = \"\\u0000\\u0000\\u0000\\u0000\\u0014\\n\\bdegraded\\u0012\\bfallback\"\n\
+                 [routes.retry]\nattempts = 1";
+    let proxy = grpc_proxy(&[closed_port().await], route, "").await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    let response = client.say("x").await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-rampart-fallback").unwrap(),
+        "upstream-connect"
+    );
+    let reply = response.into_inner();
+    assert_eq!(reply.message, "degraded");
+    assert_eq!(reply.served_by, "fallback");
+}
+
+#[tokio::test]
+async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
+    let route = "[routes.fallback]\non = [\"upstream-connect\"]\n\
+                 headers = { \"content-type\" = \"application/json\" }\n\
+                 body = '{\"degraded\":true}'\n\
+                 [routes.retry]\nattempts = 1";
+    let proxy = grpc_proxy(&[closed_port().await], route, "").await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    let status = client.say("x").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-error"), Some("upstream-connect"));
+    assert_eq!(meta(&status, "x-rampart-fallback"), None);
+}
