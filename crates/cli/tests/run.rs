@@ -112,3 +112,29 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
     assert!(stderr.contains("routes[0].upstream"), "{stderr}");
     assert!(stderr.contains("1 error"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
+    let failing = Upstream::start(Behavior::Fail(503.try_into().unwrap()))
+        .await
+        .unwrap();
+    let text = config(failing.addr()).replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nretry = { attempts = 1 }\n",
+    ) + "\n[upstreams.app.breaker]\nconsecutive_failures = 1\n";
+    let config = TempConfig::new("breaker-log", &text);
+    let mut rampart = Rampart::run(&["--log-format", "json"], &config.0);
+    let line = rampart.line("listening", |line| line.contains("listening"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = event["addr"].as_str().unwrap().to_owned();
+
+    assert!(get(&addr, "/").await.starts_with("HTTP/1.1 503"));
+    let line = rampart.line("breaker", |line| line.contains("circuit breaker"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["level"], "WARN", "{line}");
+    assert_eq!(event["upstream"], "app", "{line}");
+    assert_eq!(event["endpoint"], failing.addr().to_string(), "{line}");
+    assert_eq!(event["from"], "closed", "{line}");
+    assert_eq!(event["to"], "open", "{line}");
+    assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
+}

@@ -44,7 +44,10 @@ fn version_prints_the_version_commit_compiler_target_and_profile() {
     }
     assert!(rustc.starts_with("rustc: rustc 1."), "{stdout}");
     let target = target.strip_prefix("target: ").expect(&stdout);
-    assert!(target.split('-').count() >= 3, "not a target triple: {target}");
+    assert!(
+        target.split('-').count() >= 3,
+        "not a target triple: {target}"
+    );
     let profile = profile.strip_prefix("profile: ").expect(&stdout);
     assert!(["debug", "release"].contains(&profile), "{stdout}");
 }

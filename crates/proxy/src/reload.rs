@@ -164,28 +164,31 @@ fn pool(upstream: &Upstream) -> Result<Pool, Error> {
     Ok(pool)
 }
 
+/// The target of breaker transition events, for `RUST_LOG=rampart_proxy::breaker=...`.
+const BREAKER: &str = "rampart_proxy::breaker";
+
 // An endpoint leaving the rotation is worth a warning; its way back is news.
 fn log_transition(upstream: &str, endpoint: &str, t: &Transition) {
     let (from, to, reason) = (t.from.as_str(), t.to.as_str(), &t.reason);
     match t.to {
         State::Open | State::ForcedOpen => tracing::warn!(
+            target: BREAKER,
             upstream,
             endpoint,
             from,
             to,
             ?reason,
-            "circuit breaker opened: endpoint ejected"
+            "circuit breaker {to}: endpoint ejected"
         ),
-        State::HalfOpen | State::Closed | State::ForcedClosed => {
-            tracing::info!(
-                upstream,
-                endpoint,
-                from,
-                to,
-                ?reason,
-                "circuit breaker {to}"
-            )
-        }
+        State::HalfOpen | State::Closed | State::ForcedClosed => tracing::info!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            ?reason,
+            "circuit breaker {to}"
+        ),
     }
 }
 
