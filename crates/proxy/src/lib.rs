@@ -27,6 +27,16 @@
 //! `retry-budget-exhausted` (503) when a failure without a response called for a retry the
 //! budget refused. An upstream's own failing response, retried or not, reaches the client as it is.
 //!
+//! [`Proxy::reload`] serves a new configuration without closing a connection: every request
+//! reads its listener's routes once, as it arrives, through an `ArcSwap`, and keeps them to its
+//! end. An unchanged upstream keeps its pooled connections and breakers, a changed one the
+//! breakers of its endpoints still listed; listener changes are refused (they need a restart).
+//!
+//! The proxy logs through `tracing` and never per request at `info`: each endpoint's breaker
+//! transitions go to the target `rampart_proxy::breaker` (an opening at `warn`, naming the
+//! upstream and the endpoint, the rest at `info`). The binary chooses where and how they are
+//! written.
+//!
 //! Not wired in yet: hedging, the P2C and other balancers (`balance` is read, round-robin is
 //! used), limits, async routes; `stack.rs` says where each goes.
 //!

@@ -278,23 +278,80 @@ impl ReloadSummary {
 }
 
 impl fmt::Display for ReloadSummary {
-    /// One line: `routes: added b; upstreams: changed app (breakers kept: 2)`, with the sections
-    /// that need a restart, or `no change`.
+    /// One line: `routes: added b; changed a | upstreams: changed app (breakers kept: 2)`, then
+    /// the sections that need a restart, or `no change`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
             return f.write_str("no change");
         }
-        write!(f, "routes: {}; upstreams: {}", self.routes, self.upstreams)?;
+        write!(f, "routes: {} | upstreams: {}", self.routes, self.upstreams)?;
         if self.breakers_kept > 0 {
             write!(f, " (breakers kept: {})", self.breakers_kept)?;
         }
         if !self.needs_restart.is_empty() {
             write!(
                 f,
-                "; {} changed: not applied until a restart",
+                " | {} changed: not applied until a restart",
                 self.needs_restart.join(", ")
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &[(&str, &str)]) -> Config {
+        let mut toml = String::new();
+        for (name, prefix) in routes {
+            toml.push_str(&format!(
+                "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"app\"\n"
+            ));
+        }
+        toml.push_str("[upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n");
+        Config::from_str(&toml, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn routes_added_removed_and_changed_by_name() {
+        let old = config(&[("a", "/a"), ("b", "/b"), ("c", "/c")]);
+        let new = config(&[("a", "/a"), ("c", "/cc"), ("d", "/d")]);
+        let changes = route_changes(&old, &new);
+        assert_eq!(changes.added, ["d"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.changed, ["c"]);
+        assert_eq!(changes.to_string(), "added d; removed b; changed c");
+        assert!(route_changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn the_same_routes_in_another_order_are_changed() {
+        let old = config(&[("a", "/a"), ("b", "/")]);
+        let new = config(&[("b", "/"), ("a", "/a")]);
+        assert_eq!(route_changes(&old, &new).changed, ["b", "a"]);
+    }
+
+    #[test]
+    fn the_summary_is_one_line() {
+        let summary = ReloadSummary {
+            routes: Changes {
+                added: vec!["b".into(), "c".into()],
+                ..Changes::default()
+            },
+            upstreams: Changes {
+                changed: vec!["app".into()],
+                ..Changes::default()
+            },
+            breakers_kept: 2,
+            needs_restart: vec!["[runtime]", "[admin]"],
+        };
+        assert_eq!(
+            summary.to_string(),
+            "routes: added b, c | upstreams: changed app (breakers kept: 2) | \
+             [runtime], [admin] changed: not applied until a restart"
+        );
+        assert_eq!(ReloadSummary::default().to_string(), "no change");
     }
 }

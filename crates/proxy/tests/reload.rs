@@ -291,7 +291,7 @@ async fn runtime_changes_are_named_as_needing_a_restart() {
     assert_eq!(summary.needs_restart, ["[runtime]"]);
     assert_eq!(
         summary.to_string(),
-        "routes: unchanged; upstreams: unchanged; [runtime] changed: not applied until a restart"
+        "routes: unchanged | upstreams: unchanged | [runtime] changed: not applied until a restart"
     );
     assert_eq!(get(&proxy, "/a").await.body(), "from a");
 }
