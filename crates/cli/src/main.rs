@@ -224,6 +224,8 @@ fn reload(proxy: &Proxy, path: &Path) {
 }
 
 /// What a signal asks of the running proxy.
+// Outside unix, only Ctrl-C stops; nothing reloads.
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Signal {
     /// SIGTERM or SIGINT (named): drain and exit.
     Stop(&'static str),

@@ -140,7 +140,7 @@ pub enum Drain {
 pub enum Error {
     /// A reload would add, remove or change a listener, which only a restart does; the reload
     /// changed nothing.
-    #[error("listener changes need a restart ({0}); nothing was reloaded")]
+    #[error("listener changes need a restart ({0})")]
     ListenersChanged(String),
     /// A listener's address could not be bound.
     #[error("listener \"{name}\" cannot listen on {addr}: {source}")]
