@@ -10,9 +10,11 @@
 //! its `on` names `fault-injected`) -> fallback (`[routes.fallback]`:
 //! the configured answer, marked `x-rampart-fallback: <reason>`, when what follows gives up with a
 //! reason in `on`, or the upstream answers a 5xx and `on` names `5xx`; with `stale`, the last good
-//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> endpoint
-//! (round-robin over those whose circuit breaker admits, backups only when no primary does) ->
-//! per-try timeout -> pooled connection -> upstream.
+//! answer to the same GET while it is fresh enough) -> the route's stack: retry (`[routes.retry]`: budget, backoff, body replay, another endpoint) -> hedge
+//! (`[routes.hedge]`: another endpoint when the head is slow to come, the first good answer
+//! wins) -> the upstream's limits (`[upstreams.NAME.limits]`: rate, concurrency limit and pending
+//! queue, shared by every route to it) -> endpoint (round-robin over those whose circuit breaker
+//! admits, backups only when no primary does) -> per-try timeout -> pooled connection -> upstream.
 //!
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
@@ -25,7 +27,10 @@
 //! `upstream-reset` (502) when the upstream dropped the exchange, `breaker-open` or
 //! `no-healthy-endpoint` (503) when no endpoint's breaker admits the request,
 //! `retry-budget-exhausted` (503) when a failure without a response called for a retry the
-//! budget refused. An upstream's own failing response, retried or not, reaches the client as it is.
+//! budget refused, `rate-limited` (429) over the upstream's `rate`, `overloaded` (503) when its
+//! concurrency limit is full and its pending queue full too, or the wait in it passed
+//! `pending_timeout`. An upstream's own failing response, retried or not, reaches the client as it
+//! is.
 //!
 //! [`Proxy::reload`] serves a new configuration without closing a connection: every request
 //! reads its listener's routes once, as it arrives, through an `ArcSwap`, and keeps them to its
@@ -37,8 +42,8 @@
 //! upstream and the endpoint, the rest at `info`). The binary chooses where and how they are
 //! written.
 //!
-//! Not wired in yet: hedging, the P2C and other balancers (`balance` is read, round-robin is
-//! used), limits, async routes; `stack.rs` says where each goes.
+//! Not wired in yet: the P2C and other balancers (`balance` is read, round-robin is used), async
+//! routes; `stack.rs` says where each goes.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -85,6 +90,8 @@ mod body;
 mod fallback;
 mod fault;
 mod forward;
+mod hedge;
+mod limits;
 mod listener;
 mod reload;
 mod retry;

@@ -7,11 +7,12 @@
 //! sees the new routes. Nothing is closed: connections stay open, and an upstream's pooled
 //! connections go away with the last request that still holds its pool.
 //!
-//! An upstream whose configuration is unchanged keeps its [`Pool`]: its connections and its
-//! endpoints' breakers. A changed upstream gets a new pool, whose endpoints take over the
-//! breaker of the old endpoint with the same address when `[upstreams.NAME.breaker]` did not
-//! change: an ejected endpoint stays ejected. Routes are built anew, so a route's retry budget
-//! and its fallback's stale answers start afresh.
+//! An upstream whose configuration is unchanged keeps its [`Pool`]: its connections, its limits
+//! and its endpoints' breakers. A changed upstream gets a new pool (and new limits, which do not
+//! count the requests still in flight under the old ones), whose endpoints take over the breaker
+//! of the old endpoint with the same address when `[upstreams.NAME.breaker]` did not change: an
+//! ejected endpoint stays ejected. Routes are built anew, so a route's retry budget, the latency
+//! its hedging learnt and its fallback's stale answers start afresh.
 //!
 //! Listeners are bound once, at start: a reload that adds, removes or changes a listener is
 //! refused whole ([`Error::ListenersChanged`]), and the old configuration keeps serving.

@@ -19,7 +19,9 @@ use crate::body::RequestBody;
 /// it; linkerd and Finagle use 10 s too).
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
-/// `[routes.retry]` of one route. Present only when `attempts` is above 1.
+/// `[routes.retry]` of one route. Present only when a request may be sent more than once:
+/// `attempts` above 1, or hedging (`[routes.hedge]`), which sends only what may be retried, keeps
+/// the body the same way and spends the same budget.
 #[derive(Debug)]
 pub(crate) struct Retry {
     attempts: u32,
@@ -34,7 +36,7 @@ pub(crate) struct Retry {
 impl Retry {
     pub(crate) fn new(route: &Route) -> Result<Option<Retry>, Error> {
         let config = &route.retry;
-        if config.attempts <= 1 {
+        if config.attempts <= 1 && route.hedge.is_none() {
             return Ok(None);
         }
         let invalid = |key: &str, message: String| Error::Invalid {
@@ -174,6 +176,18 @@ mod tests {
     #[test]
     fn one_attempt_means_no_retry() {
         assert!(retry("attempts = 1").is_none());
+    }
+
+    #[test]
+    fn a_hedged_route_keeps_what_replay_needs_even_without_retries() {
+        let toml = "[[routes]]\nupstream = \"app\"\n[routes.retry]\nattempts = 1\n\
+                    [routes.hedge]\nafter = \"50ms\"\n\
+                    [upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n";
+        let config = Config::from_str(toml, "test.toml").unwrap();
+        let retry = Retry::new(&config.routes[0]).unwrap().unwrap();
+        assert_eq!(retry.attempts(), 1);
+        assert!(retry.allows(&Method::GET, false));
+        assert!(!retry.allows(&Method::POST, false));
     }
 
     #[test]

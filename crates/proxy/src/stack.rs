@@ -18,8 +18,10 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::fallback::Fallback;
 use crate::fault::Fault;
+use crate::hedge::Hedging;
+use crate::limits::Slot;
 use crate::retry::{Replay, Retry, answered};
-use crate::upstream::Pool;
+use crate::upstream::{Picked, Pool};
 
 /// One route's way to its upstream, outermost first:
 ///
@@ -33,20 +35,30 @@ use crate::upstream::Pool;
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
 ///   storm; the body is kept for it only when it is small and of known length;
+/// - hedge (`[routes.hedge]`): below retry, so that each attempt of the retry loop may be
+///   hedged and a race that every attempt lost is judged by the retry like a single failed
+///   attempt; above the limits and the balancer, so that a hedge is admitted by the upstream's
+///   limits like any attempt and goes to another endpoint (see [`Hedging`]);
+/// - the upstream's limits (`[upstreams.NAME.limits]`, see [`Limits`](crate::limits::Limits)):
+///   the rate limit, then the concurrency limit with its pending queue. docs/architecture.md's
+///   request path puts the concurrency limit below the breaker gate; it is taken before the
+///   pick instead, because it is the upstream's and not an endpoint's, and because an attempt
+///   waiting in the queue must not hold an endpoint's half-open probe meanwhile, nor go to an
+///   endpoint picked before the wait. What that order is for still holds: a refusal never
+///   reaches a breaker, and a slot is held only as long as the attempt (to its response head);
 /// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
 ///   when no primary does;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
-///   a failure by the breaker and retried as `timeout`;
+///   a failure by the breaker and the adaptive limit, and retried as `timeout`;
 /// - the pooled connection.
 ///
 /// Fault injection and fallback are applied by the caller (`forward.rs`), around
 /// [`Stack::call`].
 ///
-/// Still to come, in the order of docs/architecture.md: async routes between fault injection and fallback;
-/// hedging between retry and balancer; P2C and the other balancers; the concurrency
-/// limit and pending queue between breaker and per-try timeout. The breaker learns from a gRPC
-/// response's head only (a `grpc-status` in its trailers is not read yet).
+/// Still to come, in the order of docs/architecture.md: async routes between fault injection and
+/// fallback; P2C and the other balancers. The breaker learns from a gRPC response's head only (a
+/// `grpc-status` in its trailers is not read yet).
 #[derive(Debug)]
 pub(crate) struct Stack {
     fault: Option<Fault>,
@@ -54,6 +66,7 @@ pub(crate) struct Stack {
     timeout: Duration,
     per_try_timeout: Option<Duration>,
     retry: Option<Retry>,
+    hedging: Option<Hedging>,
     upstream: Arc<Pool>,
 }
 
@@ -86,6 +99,7 @@ impl Stack {
             timeout: route.timeout,
             per_try_timeout: route.per_try_timeout,
             retry: Retry::new(route)?,
+            hedging: Hedging::new(route)?,
             upstream,
         })
     }
@@ -112,7 +126,8 @@ impl Stack {
     /// When no attempt succeeds, the client gets the last upstream response as it is, if there
     /// was one (a 503 the upstream sent stays the upstream's 503), else the reason of the last
     /// failure, or `retry-budget-exhausted` when the budget refused the retry the failure called
-    /// for.
+    /// for. A refusal by the upstream's limits (`rate-limited`, `overloaded`) is not retried:
+    /// it is the answer, or, when it met a retry, what the attempt before it came to.
     pub(crate) async fn call(
         &self,
         request: Request<RequestBody>,
@@ -141,6 +156,8 @@ impl Stack {
         };
         let attempts = retry.map_or(1, Retry::attempts);
         let mut delays = retry.map(|retry| retry.backoff().delays());
+        // A hedge is sent again as a retry is: only what may be retried is hedged.
+        let hedging = self.hedging.as_ref().zip(retry);
 
         // The endpoint of the failed attempt, and what it answered: kept through the backoff,
         // to be the answer if no endpoint takes the retry.
@@ -148,41 +165,76 @@ impl Stack {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // The upstream's limits come before the pick: they are the upstream's, whatever the
+            // endpoint, and a wait in their queue must not hold a breaker's half-open probe.
+            // A refusal is no endpoint's failure, and a retry would meet the same limits: the
+            // answer is the refusal, or the failure before it.
+            let slot = match tokio::time::timeout_at(deadline, self.upstream.limits().admit()).await
+            {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(reason)) => {
+                    return failed.map_or(Err(reason), |(_, last)| last.into_result());
+                }
+                Err(_elapsed) => return Err(expired),
+            };
             let picked = match self.upstream.pick(failed.as_ref().map(|(index, _)| *index)) {
                 Ok(picked) => picked,
                 Err(reason) => return failed.map_or(Err(reason), |(_, last)| last.into_result()),
             };
-            let index = picked.index;
             let Some(attempt_body) = body.next() else {
                 // Unreachable: a streamed body is never retried.
                 return Err(Reason::BadRequest);
             };
             let mut request = Request::from_parts(parts.clone(), attempt_body);
             set_target(&mut request, picked.authority, self.upstream.version())?;
+            let first = picked.index;
+            let sending = self.send(request, picked, slot, deadline, grpc);
 
-            let result = self.attempt(request, deadline).await;
+            let sent = match hedging {
+                None => sending.await,
+                Some((hedging, retry)) => {
+                    // The endpoints of the hedges sent so far; allocated only once one is.
+                    let mut hedged: Vec<usize> = Vec::new();
+                    let hedge = || {
+                        // Declining lets go of what was taken so far: a breaker permit
+                        // dropped unrecorded and a slot given back teach nothing.
+                        let picked = self
+                            .upstream
+                            .pick(Some(hedged.last().copied().unwrap_or(first)))
+                            .ok()?;
+                        // A hedge to an endpoint already racing would only double its load.
+                        if picked.index == first || hedged.contains(&picked.index) {
+                            return None;
+                        }
+                        let slot = self.upstream.limits().try_admit().ok()?;
+                        // A hedge is an extra attempt, paid for like a retry.
+                        if !retry.budget().withdraw() {
+                            return None;
+                        }
+                        let mut request = Request::from_parts(parts.clone(), body.next()?);
+                        set_target(&mut request, picked.authority, self.upstream.version()).ok()?;
+                        hedged.push(picked.index);
+                        Some(self.send(request, picked, slot, deadline, grpc))
+                    };
+                    let classify = |sent: &Sent| match sent {
+                        Ok((_, _, outcome)) => *outcome,
+                        Err(_) => Outcome::Failure,
+                    };
+                    hedging.policy().race(classify, sending, hedge).await
+                }
+            };
             // The previous failure is superseded: let its connection go.
             drop(failed.take());
-            let (tried, last) = match result {
-                Ok(response) => {
-                    picked.record(classify_response(
-                        response.status(),
-                        response.headers(),
-                        self.upstream.failures(),
-                        grpc,
-                    ));
+            let (index, tried, last) = match sent {
+                Ok((index, response, _)) => {
                     let tried = answered(response.status(), response.headers(), grpc);
-                    (tried, Last::Response(response))
+                    (index, tried, Last::Response(response))
                 }
-                Err(Tried::Transport(err)) => {
-                    picked.record(err.outcome());
-                    (Attempt::Error(err), Last::Error(err.into()))
+                Err((index, Tried::Transport(err))) => {
+                    (index, Attempt::Error(err), Last::Error(err.into()))
                 }
-                Err(Tried::Expired) => {
-                    // No answer within the whole exchange's time: a failure of this endpoint.
-                    picked.record(Outcome::Failure);
-                    return Err(expired);
-                }
+                // No answer within the whole exchange's time.
+                Err((_, Tried::Expired)) => return Err(expired),
             };
 
             let Some(retry) = retry.filter(|retry| attempt < attempts && retry.wants(&tried))
@@ -206,6 +258,40 @@ impl Stack {
         }
     }
 
+    // One attempt to the endpoint `picked`, holding `slot` of the upstream's concurrency limit
+    // until the response head: both learn the attempt's classified outcome. Dropped before the
+    // head (a hedge that lost), both are let go without learning anything.
+    async fn send(
+        &self,
+        request: Request<RequestBody>,
+        picked: Picked<'_>,
+        slot: Slot<'_>,
+        deadline: Instant,
+        grpc: bool,
+    ) -> Sent {
+        let index = picked.index;
+        let (result, outcome) = match self.attempt(request, deadline).await {
+            Ok(response) => {
+                let outcome = classify_response(
+                    response.status(),
+                    response.headers(),
+                    self.upstream.failures(),
+                    grpc,
+                );
+                (Ok(response), outcome)
+            }
+            Err(Tried::Transport(err)) => (Err(Tried::Transport(err)), err.outcome()),
+            // No answer within the whole exchange's time: a failure of this endpoint.
+            Err(Tried::Expired) => (Err(Tried::Expired), Outcome::Failure),
+        };
+        slot.record(outcome);
+        picked.record(outcome);
+        match result {
+            Ok(response) => Ok((index, response, outcome)),
+            Err(tried) => Err((index, tried)),
+        }
+    }
+
     // One attempt, bounded by the per-try timeout and the deadline.
     async fn attempt(
         &self,
@@ -225,6 +311,10 @@ impl Stack {
         }
     }
 }
+
+/// What one attempt came to, with the index of the endpoint it went to: a response head and its
+/// classified outcome, or why there was none.
+type Sent = Result<(usize, Response<Incoming>, Outcome), (usize, Tried)>;
 
 /// Why an attempt got no response.
 enum Tried {

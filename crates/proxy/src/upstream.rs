@@ -19,6 +19,7 @@ use rampart_policy::breaker::{CircuitBreaker, Permit};
 
 use crate::Error;
 use crate::body::RequestBody;
+use crate::limits::Limits;
 
 /// One upstream: its endpoints, primaries then backups, and the connection pool they share.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ pub(crate) struct Pool {
     grpc: bool,
     version: Version,
     next: AtomicUsize,
+    limits: Limits,
     // Pools connections per endpoint (the pool key is the authority).
     client: Client<HttpConnector, RequestBody>,
 }
@@ -121,6 +123,7 @@ impl Pool {
                 Version::HTTP_11
             },
             next: AtomicUsize::new(0),
+            limits: Limits::new(&upstream.limits).map_err(|message| invalid("limits", message))?,
             client,
         })
     }
@@ -213,6 +216,11 @@ impl Pool {
     /// The HTTP version requests to this upstream go out with.
     pub(crate) fn version(&self) -> Version {
         self.version
+    }
+
+    /// `[upstreams.NAME.limits]`, shared by every route to this upstream.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The pooled client.

@@ -39,6 +39,9 @@ pub(super) trait Launch<F> {
 /// Starts attempts by calling a closure again.
 pub(super) struct FnLauncher<G>(pub(super) G);
 
+/// Starts attempts by calling a closure again, which may decline.
+pub(super) struct DecliningLauncher<G>(pub(super) G);
+
 /// Starts attempts by sending a copy of the request through a clone of the service, once the
 /// clone is ready.
 pub(super) struct ServiceLauncher<S, Req, P> {
@@ -127,6 +130,17 @@ where
 {
     fn poll_launch(&mut self, _: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
         Poll::Ready(Some((self.0)()))
+    }
+}
+
+// === impl DecliningLauncher ===
+
+impl<G, F> Launch<F> for DecliningLauncher<G>
+where
+    G: FnMut() -> Option<F>,
+{
+    fn poll_launch(&mut self, _: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
+        Poll::Ready((self.0)())
     }
 }
 

@@ -42,6 +42,9 @@
 //! # }
 //! ```
 //!
+//! [`Hedge::race`] is the same race for a caller that starts the first attempt itself and may
+//! decline a hedge when its turn comes (no budget left for it, nowhere else to send it).
+//!
 //! # As a tower layer
 //!
 //! The service must be `Clone` (a hedge goes through a clone, once it is ready) and the request
@@ -86,7 +89,7 @@ mod layer;
 pub use self::error::InvalidConfig;
 pub use self::layer::HedgeLayer;
 
-use self::future::{FnLauncher, Race, ResponseFuture, ServiceLauncher};
+use self::future::{DecliningLauncher, FnLauncher, Race, ResponseFuture, ServiceLauncher};
 
 /// When to send a hedge.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -240,6 +243,28 @@ impl Hedge {
             self.shared.clone(),
         );
         race.await.map_err(Error::Inner)
+    }
+
+    /// Races `first`, already started, against hedges from `hedge`, which may decline one
+    /// (`None`: no budget left for it, nowhere to send it); once it declines, no further hedge is
+    /// asked for and the attempts in flight finish the race. Classified and judged as
+    /// [`Hedge::call_classified`]; the race's own answer, success or last failure, is returned
+    /// as it is.
+    pub async fn race<C, G, Fut, T, E>(&self, classify: C, first: Fut, hedge: G) -> Result<T, E>
+    where
+        C: Classify<T, E>,
+        G: FnMut() -> Option<Fut>,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let delay = self.shared.delay_for_call();
+        Race::new(
+            first,
+            Some(DecliningLauncher(hedge)),
+            delay,
+            classify,
+            self.shared.clone(),
+        )
+        .await
     }
 }
 
@@ -759,6 +784,39 @@ mod tests {
             "{:?}",
             hedge.current_delay()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn race_stops_hedging_once_a_hedge_is_declined() {
+        let hedge = Hedge::builder(HedgeDelay::Fixed(ms(10)))
+            .max_extra(3)
+            .build()
+            .unwrap();
+        let (started, dropped) = counters();
+        let mut attempt = attempts(
+            &[100, 100, 100],
+            &[Ok("first"), Ok("hedge"), Ok("unused")],
+            started.clone(),
+            dropped,
+        );
+        let first = attempt();
+        // The first hedge goes out, the second is declined: no third is asked for.
+        let asked = std::cell::Cell::new(0);
+        let hedges = || {
+            asked.set(asked.get() + 1);
+            (asked.get() == 1).then(&mut attempt)
+        };
+        let mut race = task::spawn(hedge.race(ErrorsAreFailures, first, hedges));
+        assert_pending!(race.poll());
+        for _ in 0..3 {
+            advance(ms(10)).await;
+            assert_pending!(race.poll());
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        advance(ms(100)).await;
+        assert_eq!(assert_ready!(race.poll()), Ok("first"));
+        assert_eq!(asked.get(), 2);
+        assert_eq!(hedge.hedges_sent(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,298 @@
+//! `[upstreams.NAME.limits]`: how much of an upstream one proxy may take, shared by every route
+//! to it.
+//!
+//! Every attempt (first tries, retries and hedges alike, since each reaches the upstream) is
+//! admitted here before an endpoint is picked:
+//!
+//! - the rate limit (`rate`, `burst`; off unless `rate` is set) spends one token, and refuses with
+//!   `rate-limited` (429) when the bucket is empty; nothing waits for it to refill;
+//! - the concurrency limit (`max_concurrent`, always on) takes a slot. With a fixed limit, an
+//!   attempt that finds every slot taken waits in a FIFO queue of at most `max_pending` for at most
+//!   `pending_timeout` (never past the request's deadline), and is refused with `overloaded` (503)
+//!   when the queue is full or the wait runs out. With `"adaptive"` the limit is learnt from every
+//!   attempt's latency and drops (Gradient2: initial 20, between 5 and 200), and an attempt over
+//!   it is refused at once: a queue in front would hide from the limit the very queueing it
+//!   measures (Envoy's adaptive concurrency filter refuses at once too). `max_pending` and
+//!   `pending_timeout` apply to the fixed limit only.
+//!
+//! The rate is checked before the slot, so that a flood over the rate is refused without taking a
+//! place in the queue; a token spent by an attempt the concurrency limit then refuses is lost.
+//!
+//! A refusal says nothing about any endpoint, so it never reaches a breaker, and it is not
+//! retried: the retry would go through the same limits a moment later.
+//!
+//! A slot is held from admission until the attempt's response head arrives (or the attempt
+//! fails, times out or is cancelled), not to the end of the body as Envoy's `max_requests` does.
+//! What the limit protects is the upstream's work in progress: once the head is out, the rest of
+//! the exchange goes at the client's pace, and a slow reader holding a slot would starve other
+//! requests of the upstream without loading it, and teach the adaptive limit the client's speed
+//! instead of the upstream's.
+
+use std::time::Duration;
+
+use rampart_config::MaxConcurrent;
+use rampart_http::Reason;
+use rampart_policy::Outcome;
+use rampart_policy::adaptive::{self, AdaptiveLimit};
+use rampart_policy::bulkhead::{Bulkhead, BulkheadPermit};
+use rampart_policy::ratelimit::RateLimiter;
+use tokio::time::Instant;
+
+/// One upstream's limits.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    concurrency: Concurrency,
+    rate: Option<RateLimiter>,
+}
+
+#[derive(Debug)]
+enum Concurrency {
+    /// A fixed `max_concurrent`, with its pending queue.
+    Fixed(Bulkhead),
+    /// `"adaptive"`.
+    Adaptive(AdaptiveLimit),
+}
+
+/// A slot of the concurrency limit, held by one attempt until its response head: recorded with
+/// the attempt's outcome ([`Slot::record`]), or dropped when the attempt is cancelled, which
+/// teaches the adaptive limit nothing.
+#[derive(Debug)]
+pub(crate) enum Slot<'a> {
+    Fixed(BulkheadPermit<'a>),
+    Adaptive {
+        permit: adaptive::Permit,
+        taken: Instant,
+    },
+}
+
+// === impl Limits ===
+
+impl Limits {
+    /// The limits of `[upstreams.NAME.limits]`; the error says what the policy refused.
+    pub(crate) fn new(config: &rampart_config::Limits) -> Result<Limits, String> {
+        let concurrency = match config.max_concurrent {
+            MaxConcurrent::Fixed(max) => {
+                let max = usize::try_from(max).map_err(|err| err.to_string())?;
+                // No wait at all is no queue at all (the bulkhead refuses a queue without a wait).
+                let pending = if config.pending_timeout.is_zero() {
+                    0
+                } else {
+                    usize::try_from(config.max_pending).map_err(|err| err.to_string())?
+                };
+                let bulkhead = Bulkhead::builder(max)
+                    .max_wait_queue(pending)
+                    .max_wait(config.pending_timeout)
+                    .try_build()
+                    .map_err(|err| err.to_string())?;
+                Concurrency::Fixed(bulkhead)
+            }
+            MaxConcurrent::Adaptive => Concurrency::Adaptive(AdaptiveLimit::gradient2()),
+        };
+        let rate = config
+            .rate
+            .map(|rate| {
+                let per_minute = rate.per >= Duration::from_secs(60);
+                let (builder, one_second) = if per_minute {
+                    (RateLimiter::per_minute(rate.count), rate.count / 60)
+                } else {
+                    (RateLimiter::per_second(rate.count), rate.count)
+                };
+                // By default one second's worth of the rate, not the limiter's one period's
+                // worth: "60/m" allows one call at a time, not sixty in a row.
+                let burst = config.burst.unwrap_or(one_second.max(1));
+                builder
+                    .burst(burst)
+                    .try_build()
+                    .map_err(|err| err.to_string())
+            })
+            .transpose()?;
+        Ok(Limits { concurrency, rate })
+    }
+
+    /// Admits an attempt that must be sent (a first try or a retry): spends a token, then takes
+    /// a slot, waiting in the pending queue for one if the limit is fixed. The caller bounds the
+    /// wait by the request's deadline.
+    pub(crate) async fn admit(&self) -> Result<Slot<'_>, Reason> {
+        self.spend()?;
+        match &self.concurrency {
+            Concurrency::Fixed(bulkhead) => bulkhead
+                .acquire()
+                .await
+                .map(Slot::Fixed)
+                .map_err(|_full| Reason::Overloaded),
+            Concurrency::Adaptive(limit) => adaptive_slot(limit),
+        }
+    }
+
+    /// Admits a hedge only if it can start now: a hedge is extra load, never worth a wait in the
+    /// queue, nor a place a queued request is owed.
+    pub(crate) fn try_admit(&self) -> Result<Slot<'_>, Reason> {
+        // The slot first: a hedge the concurrency limit refuses spends no token.
+        let slot = match &self.concurrency {
+            Concurrency::Fixed(bulkhead) => bulkhead
+                .try_acquire()
+                .map(Slot::Fixed)
+                .map_err(|_full| Reason::Overloaded),
+            Concurrency::Adaptive(limit) => adaptive_slot(limit),
+        }?;
+        self.spend()?;
+        Ok(slot)
+    }
+
+    fn spend(&self) -> Result<(), Reason> {
+        match &self.rate {
+            Some(rate) => rate.try_acquire().map_err(|_limited| Reason::RateLimited),
+            None => Ok(()),
+        }
+    }
+
+    /// The adaptive limit as it stands, if the limit is adaptive.
+    #[cfg(test)]
+    fn adaptive_limit(&self) -> Option<usize> {
+        match &self.concurrency {
+            Concurrency::Fixed(_) => None,
+            Concurrency::Adaptive(limit) => Some(limit.limit()),
+        }
+    }
+}
+
+fn adaptive_slot(limit: &AdaptiveLimit) -> Result<Slot<'_>, Reason> {
+    limit
+        .try_acquire()
+        .map(|permit| Slot::Adaptive {
+            permit,
+            taken: Instant::now(),
+        })
+        .map_err(|_exceeded| Reason::Overloaded)
+}
+
+// === impl Slot ===
+
+impl Slot<'_> {
+    /// Gives the slot back; the adaptive limit learns from the attempt's `outcome` and the time
+    /// since admission (a failure is a drop).
+    pub(crate) fn record(self, outcome: Outcome) {
+        match self {
+            Slot::Fixed(permit) => drop(permit),
+            Slot::Adaptive { permit, taken } => permit.record(outcome, taken.elapsed()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rampart_config::Config;
+
+    use super::*;
+
+    fn parse(section: &str) -> Limits {
+        let toml = format!(
+            "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [upstreams.app.limits]\n{section}\n"
+        );
+        let config = Config::from_str(&toml, "test.toml").unwrap();
+        Limits::new(&config.upstreams[0].limits).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_limit_queues_then_refuses() {
+        let limits = parse("max_concurrent = 1\nmax_pending = 1\npending_timeout = \"50ms\"");
+        let held = limits.admit().await.unwrap();
+        let mut queued = tokio_test::task::spawn(limits.admit());
+        tokio_test::assert_pending!(queued.poll());
+        // The queue of one is full: refused at once.
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
+        // A hedge never takes the place the queued attempt is owed.
+        drop(held);
+        assert_eq!(limits.try_admit().unwrap_err(), Reason::Overloaded);
+        let slot = tokio_test::assert_ready_ok!(queued.poll());
+        drop(queued);
+        // Waiting past `pending_timeout` is refused too.
+        let start = Instant::now();
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
+        assert_eq!(start.elapsed(), ms(50));
+        slot.record(Outcome::Success);
+        assert!(limits.try_admit().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_pending_timeout_means_no_queue() {
+        let limits = parse("max_concurrent = 1\nmax_pending = 5\npending_timeout = \"0s\"");
+        let _held = limits.admit().await.unwrap();
+        let start = Instant::now();
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_is_rate_limited_and_the_burst_defaults_to_one_second_of_it() {
+        let limits = parse("rate = \"3/s\"");
+        for _ in 0..3 {
+            drop(limits.admit().await.unwrap());
+        }
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+        assert_eq!(limits.try_admit().unwrap_err(), Reason::RateLimited);
+
+        // Less than one a second: a burst of one.
+        let limits = parse("rate = \"30/m\"");
+        drop(limits.admit().await.unwrap());
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+        let limits = parse("rate = \"120/m\"");
+        for _ in 0..2 {
+            drop(limits.admit().await.unwrap());
+        }
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+
+        let limits = parse("rate = \"100/m\"\nburst = 2");
+        drop(limits.admit().await.unwrap());
+        drop(limits.try_admit().unwrap());
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+    }
+
+    #[tokio::test]
+    async fn a_hedge_refused_a_slot_spends_no_token() {
+        let limits = parse("max_concurrent = 1\nmax_pending = 0\nrate = \"2/m\"\nburst = 2");
+        let held = limits.admit().await.unwrap();
+        assert_eq!(limits.try_admit().unwrap_err(), Reason::Overloaded);
+        drop(held);
+        // The second token is still there.
+        drop(limits.admit().await.unwrap());
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adaptive_limit_shrinks_when_the_upstream_slows_down() {
+        let limits = parse("max_concurrent = \"adaptive\"");
+        let initial = limits.adaptive_limit().unwrap();
+        // Rounds of attempts filling the limit: fast ones set what normal is, then slow ones.
+        let round = |latency: Duration| {
+            let limits = &limits;
+            async move {
+                let slots: Vec<_> = std::iter::from_fn(|| limits.try_admit().ok()).collect();
+                assert_eq!(slots.len(), limits.adaptive_limit().unwrap());
+                tokio::time::advance(latency).await;
+                for slot in slots {
+                    slot.record(Outcome::Success);
+                }
+            }
+        };
+        for _ in 0..3 {
+            round(ms(10)).await;
+        }
+        let learnt = limits.adaptive_limit().unwrap();
+        assert!(learnt >= initial, "{learnt} < {initial}");
+        for _ in 0..5 {
+            round(ms(500)).await;
+        }
+        let slowed = limits.adaptive_limit().unwrap();
+        assert!(slowed < initial, "{slowed} >= {initial}");
+        // Over the limit, refused at once (no queue for the adaptive limit).
+        let slots: Vec<_> = std::iter::from_fn(|| limits.try_admit().ok()).collect();
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
+        drop(slots);
+    }
+}

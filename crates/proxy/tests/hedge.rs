@@ -1,0 +1,156 @@
+//! `[routes.hedge]` against real upstreams: a request slow to answer is sent again to another
+//! endpoint, the first good answer wins and the loser is cancelled.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, StatusCode};
+use rampart_test_support::{Behavior, Upstream};
+use tokio::time::Instant;
+
+use common::*;
+
+const SLOW: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn a_request_slow_to_answer_is_answered_by_a_hedge_to_the_fast_endpoint() {
+    let slow = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    // One failure would eject the slow endpoint, were a cancelled loser counted as one.
+    let proxy = simple(
+        &[slow.addr(), fast.addr()],
+        "[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"",
+    )
+    .await;
+
+    let client = http1();
+    let mut requests = 0;
+    // Until two requests have started on the slow endpoint: the first one's cancellation must
+    // not have ejected it.
+    while slow.request_count() < 2 {
+        assert!(requests < 20, "the slow endpoint stopped getting requests");
+        requests += 1;
+        let start = Instant::now();
+        let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "fast", "request {requests}");
+        assert!(start.elapsed() < SLOW, "request {requests}");
+    }
+    // Each request reached the fast endpoint once, first or as the one hedge; none was sent a
+    // third time.
+    assert_eq!(fast.request_count(), requests);
+    assert!(slow.request_count() + fast.request_count() <= 2 * requests);
+}
+
+#[tokio::test]
+async fn a_post_is_not_hedged() {
+    let slow = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    let proxy = simple(
+        &[slow.addr(), fast.addr()],
+        "[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let client = http1();
+    let mut requests = 0;
+    while slow.request_count() < 1 {
+        assert!(requests < 20, "no request started on the slow endpoint");
+        requests += 1;
+        let request = request(&proxy, "/")
+            .method(Method::POST)
+            .body(Full::new(Bytes::from_static(b"order")))
+            .unwrap();
+        let response = send(&client, request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        // Sent once: no hedge, so a POST that started on the slow endpoint waited for it.
+        assert_eq!(slow.request_count() + fast.request_count(), requests);
+    }
+}
+
+#[tokio::test]
+async fn hedges_stop_at_max_extra() {
+    let slow: Vec<_> = slow_upstreams(3).await;
+    let proxy = simple(
+        &slow.iter().map(Upstream::addr).collect::<Vec<_>>(),
+        "[routes.hedge]\nafter = \"20ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    // Every endpoint is slow: the request waits for one, and is sent twice at most.
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen: u64 = slow.iter().map(Upstream::request_count).sum();
+    assert_eq!(seen, 2);
+}
+
+async fn slow_upstreams(n: usize) -> Vec<Upstream> {
+    let mut upstreams = Vec::with_capacity(n);
+    for _ in 0..n {
+        upstreams.push(
+            Upstream::start(Behavior::Slow(Duration::from_millis(300)))
+                .await
+                .unwrap(),
+        );
+    }
+    upstreams
+}
+
+#[tokio::test]
+async fn a_hedge_is_paid_from_the_retry_budget() {
+    let slow = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    // An empty budget: no retry, and no hedge either.
+    let proxy = simple(
+        &[slow.addr(), fast.addr()],
+        "[routes.retry]\nbudget = { ratio = 0.0, min_per_sec = 0 }\n\
+         [routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let mut requests = 0;
+    while slow.request_count() < 1 {
+        assert!(requests < 20, "no request started on the slow endpoint");
+        requests += 1;
+        assert_eq!(get(&proxy, "/").await.status(), StatusCode::OK);
+        assert_eq!(slow.request_count() + fast.request_count(), requests);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_hedge_does_not_win_over_an_attempt_still_in_flight() {
+    let slow = Upstream::start(Behavior::Slow(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    // No retries: what the client gets is what the race came to.
+    let proxy = simple(
+        &[slow.addr(), failing.addr()],
+        "[routes.retry]\nattempts = 1\n[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let mut requests = 0;
+    while slow.request_count() < 1 {
+        assert!(requests < 20, "no request started on the slow endpoint");
+        requests += 1;
+        let failed_before = failing.request_count();
+        let response = get(&proxy, "/").await;
+        if slow.request_count() == 1 {
+            // Its hedge went to the failing endpoint and failed first; the slow answer won.
+            assert_eq!(failing.request_count(), failed_before + 1);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.body(), "ok");
+        }
+    }
+}

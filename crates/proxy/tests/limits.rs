@@ -1,0 +1,136 @@
+//! `[upstreams.NAME.limits]` against real upstreams: the concurrency limit and its pending queue,
+//! the rate limit, the adaptive limit; refusals answered `overloaded` or `rate-limited`.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use rampart_proxy::Proxy;
+use rampart_test_support::{Behavior, Upstream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use common::*;
+
+/// A GET of `/` sent on a task of its own.
+fn spawn_get(proxy: &Proxy) -> JoinHandle<Response<Bytes>> {
+    let uri = format!("http://{}/", addr(proxy));
+    tokio::spawn(async move {
+        let request = hyper::Request::get(uri).body(Default::default()).unwrap();
+        send(&http1(), request).await
+    })
+}
+
+fn assert_refused(response: &Response<Bytes>, status: StatusCode, reason: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(error_of(response), Some(reason));
+}
+
+#[tokio::test]
+async fn past_the_limit_and_a_full_queue_the_answer_is_overloaded_and_the_queued_one_waits() {
+    let upstream = Upstream::start(Behavior::Slow(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    // One failure would open the breaker, were refusals counted as failures.
+    let proxy = simple(
+        &[upstream.addr()],
+        "",
+        "[upstreams.app.limits]\nmax_concurrent = 2\nmax_pending = 1\npending_timeout = \"10s\"\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 1",
+    )
+    .await;
+
+    let running = [spawn_get(&proxy), spawn_get(&proxy)];
+    upstream.wait_for_requests(2).await;
+    // Two more: one waits in the queue of one, the other finds it full and is refused at once,
+    // while the first two are still running.
+    let mut third = spawn_get(&proxy);
+    let mut fourth = spawn_get(&proxy);
+    let (refused, queued) = tokio::select! {
+        refused = &mut third => (refused.unwrap(), fourth),
+        refused = &mut fourth => (refused.unwrap(), third),
+    };
+    assert_refused(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert!(running.iter().all(|task| !task.is_finished()));
+    assert_eq!(upstream.request_count(), 2);
+    upstream.set_behavior(Behavior::ok("ok"));
+
+    // The queued one goes through once a slot frees.
+    for task in running {
+        assert_eq!(task.await.unwrap().status(), StatusCode::OK);
+    }
+    let queued = queued.await.unwrap();
+    assert_eq!(queued.status(), StatusCode::OK);
+    assert_eq!(upstream.request_count(), 3);
+
+    // The refusal did not open the endpoint's breaker.
+    assert_eq!(get(&proxy, "/").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_waiting_past_pending_timeout_is_overloaded() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "",
+        "[upstreams.app.limits]\nmax_concurrent = 1\nmax_pending = 1\npending_timeout = \"200ms\"",
+    )
+    .await;
+
+    let hanging = spawn_get(&proxy);
+    upstream.wait_for_requests(1).await;
+    let start = Instant::now();
+    let refused = get(&proxy, "/").await;
+    assert_refused(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    // It waited in the queue for the timeout (a full queue would have refused it at once).
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    // Not retried onto the upstream either.
+    assert_eq!(upstream.request_count(), 1);
+    hanging.abort();
+}
+
+#[tokio::test]
+async fn over_the_rate_the_answer_is_rate_limited_and_the_upstream_sees_only_the_burst() {
+    let upstream = Upstream::start(Behavior::ok("ok")).await.unwrap();
+    // Per minute, so that no token comes back while the test runs, however slow the machine.
+    let proxy = simple(
+        &[upstream.addr()],
+        "",
+        "[upstreams.app.limits]\nrate = \"5/m\"\nburst = 5",
+    )
+    .await;
+
+    for i in 0..5 {
+        assert_eq!(
+            get(&proxy, "/").await.status(),
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    let refused = get(&proxy, "/").await;
+    assert_refused(&refused, StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+    assert_eq!(upstream.request_count(), 5);
+}
+
+#[tokio::test]
+async fn the_adaptive_limit_refuses_past_its_limit_at_once() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "",
+        "[upstreams.app.limits]\nmax_concurrent = \"adaptive\"",
+    )
+    .await;
+
+    // The adaptive limit starts at 20 and learns nothing from attempts still running.
+    let hanging: Vec<_> = (0..20).map(|_| spawn_get(&proxy)).collect();
+    upstream.wait_for_requests(20).await;
+    let refused = get(&proxy, "/").await;
+    assert_refused(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert_eq!(upstream.request_count(), 20);
+    for task in hanging {
+        task.abort();
+    }
+}
