@@ -1,5 +1,6 @@
 //! The `rampart` command: wiring only; the work lives in the library crates.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -79,7 +80,8 @@ fn main() -> ExitCode {
     logging(cli.log_level, cli.log_format);
     match cli.command {
         Command::Version => {
-            println!("{BUILD_INFO}");
+            // A closed stdout (`rampart version | head -1`) is no error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{BUILD_INFO}");
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
