@@ -1,23 +1,48 @@
 //! The `rampart` command: wiring only; the work lives in the library crates.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use rampart_config::{Config, Errors};
 use rampart_proxy::{Drain, Proxy};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+/// `rampart version`: set by build.rs.
+const BUILD_INFO: &str = concat!(
+    "rampart ",
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("RAMPART_GIT_COMMIT"),
+    "\nrustc: ",
+    env!("RAMPART_RUSTC_VERSION"),
+    "\ntarget: ",
+    env!("RAMPART_TARGET"),
+    "\nprofile: ",
+    env!("RAMPART_PROFILE"),
+);
 
 /// Resilient calls between services.
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about)]
 struct Cli {
+    /// The least severe events logged (on stderr). `RUST_LOG`, when set, takes precedence, with
+    /// its per-target syntax (`RUST_LOG=rampart_proxy=debug,info`).
+    #[arg(long, global = true, value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// How log lines are written: `text` for people, `json` (one object per line) for collectors.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the sidecar proxy.
+    /// Run the sidecar proxy. SIGHUP reloads the configuration file; SIGTERM or SIGINT drains
+    /// and exits.
     Run {
         /// The configuration file.
         #[arg(short, long, default_value = "rampart.toml")]
@@ -31,14 +56,32 @@ enum Command {
     },
     /// Run the client -> A -> B -> C example, naive against protected.
     Demo,
-    /// Print version and build information.
+    /// Print the version and build information: git commit, compiler, target and profile.
     Version,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    logging(cli.log_level, cli.log_format);
+    match cli.command {
         Command::Version => {
-            println!("rampart {}", env!("CARGO_PKG_VERSION"));
+            // A closed stdout (`rampart version | head -1`) is no error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{BUILD_INFO}");
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
@@ -47,6 +90,36 @@ fn main() -> ExitCode {
             eprintln!("rampart: the demo is not part of this build yet; `run` and `check` are");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to stderr, at `level` unless `RUST_LOG` says otherwise.
+fn logging(level: LogLevel, format: LogFormat) {
+    let level = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    // `--log-level` is the default directive: it applies only when RUST_LOG is unset, empty, or
+    // holds no valid directive.
+    let filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // The event's fields at the top level, beside `timestamp`, `level`, `target` and
+        // `message`: what log collectors index without a nested path.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -62,8 +135,9 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// `rampart run`: serve until SIGTERM or SIGINT, then drain and exit 0. An invalid configuration
-/// exits 2 with every error, as `check` prints them; a listener that cannot bind exits 1.
+/// `rampart run`: serve until SIGTERM or SIGINT, then drain and exit 0; SIGHUP reloads the file.
+/// An invalid configuration exits 2 with every error, as `check` prints them; a listener that
+/// cannot bind exits 1.
 fn run(path: &Path) -> ExitCode {
     let config = match Config::from_file(path) {
         Ok(config) => config,
@@ -75,71 +149,135 @@ fn run(path: &Path) -> ExitCode {
         runtime.worker_threads(threads);
     }
     match runtime.build() {
-        Ok(runtime) => runtime.block_on(serve(&config)),
+        Ok(runtime) => runtime.block_on(serve(path, &config)),
         Err(err) => {
-            eprintln!("rampart: cannot start the runtime: {err}");
+            tracing::error!("cannot start the runtime: {err}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(config: &Config) -> ExitCode {
+async fn serve(path: &Path, config: &Config) -> ExitCode {
     // Installed before the listeners open, so a signal sent as soon as they are announced is
-    // not lost.
-    let stop = match stop_signal() {
-        Ok(stop) => stop,
+    // neither lost nor, for SIGHUP, fatal.
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
         Err(err) => {
-            eprintln!("rampart: cannot install the signal handlers: {err}");
+            tracing::error!("cannot install the signal handlers: {err}");
             return ExitCode::FAILURE;
         }
     };
     let proxy = match Proxy::start(config).await {
         Ok(proxy) => proxy,
         Err(err) => {
-            eprintln!("rampart: {err}");
+            tracing::error!("{err}");
             return ExitCode::FAILURE;
         }
     };
     for listener in proxy.listeners() {
-        eprintln!(
-            "rampart: listener \"{}\" listening on {}",
-            listener.name, listener.addr
-        );
+        tracing::info!(listener = %listener.name, addr = %listener.addr, "listening");
     }
-    let signal = stop.await;
-    eprintln!(
-        "rampart: {signal}: draining, up to {:?}",
-        config.runtime.drain_timeout
-    );
+    let signal = loop {
+        match signals.next().await {
+            Signal::Stop(signal) => break signal,
+            Signal::Reload => reload(&proxy, path),
+        }
+    };
+    // `[runtime]` is read at start only, so the drain timeout is the one the proxy started with.
+    let drain_timeout = config.runtime.drain_timeout;
+    tracing::info!(signal, ?drain_timeout, "draining");
     match proxy.shutdown().await {
-        Drain::Complete => eprintln!("rampart: drained"),
-        Drain::TimedOut => eprintln!("rampart: drain timeout passed; open connections were cut"),
+        Drain::Complete => tracing::info!("drained"),
+        Drain::TimedOut => tracing::warn!("drain timeout passed; open connections were cut"),
     }
     ExitCode::SUCCESS
 }
 
-/// Resolves to the signal's name on the first SIGTERM or SIGINT.
-#[cfg(unix)]
-fn stop_signal() -> std::io::Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+/// SIGHUP: reads and validates the file again, and serves it; when it is invalid or cannot be
+/// applied, logs why and keeps serving the configuration in force.
+fn reload(proxy: &Proxy, path: &Path) {
+    let config = match Config::from_file(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            // One event per error, each as `rampart check` prints it.
+            for error in &errors {
+                tracing::error!("{error}");
+            }
+            let n = errors.len();
+            tracing::error!(
+                "reload refused: {}: {n} error{}; the running configuration keeps serving",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            return;
         }
-    })
+    };
+    match proxy.reload(&config) {
+        // Sections that need a restart deserve more than a passing notice.
+        Ok(summary) if !summary.needs_restart.is_empty() => {
+            tracing::warn!("reloaded {}: {summary}", path.display())
+        }
+        Ok(summary) => tracing::info!("reloaded {}: {summary}", path.display()),
+        Err(err) => tracing::error!(
+            "reload refused: {}: {err}; the running configuration keeps serving",
+            path.display()
+        ),
+    }
 }
 
-/// Resolves on Ctrl-C, the one stop signal outside unix.
+/// What a signal asks of the running proxy.
+// Outside unix, only Ctrl-C stops; nothing reloads.
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Signal {
+    /// SIGTERM or SIGINT (named): drain and exit.
+    Stop(&'static str),
+    /// SIGHUP: reload the configuration file.
+    Reload,
+}
+
+/// The signals `rampart run` answers.
+#[cfg(unix)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// Ctrl-C, the one signal outside unix; there is no reload signal there.
 #[cfg(not(unix))]
-fn stop_signal() -> std::io::Result<impl Future<Output = &'static str>> {
-    Ok(async {
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) -> Signal {
         // Without a handler there is nothing to wait for: stop at once rather than never.
         let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
-    })
+        Signal::Stop("Ctrl-C")
+    }
 }
 
 /// Prints every configuration error and their count; exit 2.

@@ -1,109 +1,102 @@
-//! `rampart run` on the real binary: it forwards, and SIGTERM drains it to exit 0.
+//! `rampart run` on the real binary: it forwards, logs as asked, and SIGTERM drains it to exit 0.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
 
 use rampart_test_support::{Behavior, Upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// A configuration file in the temporary directory, removed when dropped.
-struct TempConfig(PathBuf);
+use common::*;
 
-impl TempConfig {
-    fn new(name: &str, text: &str) -> TempConfig {
-        let path = std::env::temp_dir().join(format!("rampart-{name}-{}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("the temporary directory is writable");
-        TempConfig(path)
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// `rampart run -c file`, stderr piped.
-fn rampart_run(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["run", "-c"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the rampart binary runs")
-}
-
-/// Reads stderr up to the line announcing the listener, and returns its address.
-fn listening_addr(stderr: &mut BufReader<ChildStderr>) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("stderr reads");
-        assert!(n > 0, "rampart ended before listening; stderr:\n{seen}");
-        if let Some((_, addr)) = line.trim_end().split_once(" listening on ") {
-            return addr.to_owned();
-        }
-        seen.push_str(&line);
-    }
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        "[runtime]\nworker_threads = 1\n\n\
+         [[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{upstream}\"]\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_forwards_requests_and_exits_0_on_sigterm() {
     let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
-    let config = TempConfig::new(
-        "run",
-        &format!(
-            "[runtime]\nworker_threads = 1\n\n\
-             [[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
-             [[routes]]\nupstream = \"app\"\n\n\
-             [upstreams.app]\nendpoints = [\"{}\"]\n",
-            upstream.addr()
-        ),
-    );
-    let mut child = rampart_run(&config.0);
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = tokio::task::spawn_blocking(move || {
-        let addr = listening_addr(&mut stderr);
-        (addr, stderr)
-    });
-    let (addr, mut stderr) = addr.await.unwrap();
+    let config = TempConfig::new("run", &config(upstream.addr()));
+    let mut rampart = Rampart::run(&[], &config.0);
+    let addr = rampart.listening();
 
-    let mut stream = TcpStream::connect(&addr).await.unwrap();
-    stream
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = get(&addr, "/hello").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("through"), "{answer}");
     assert_eq!(upstream.requests()[0].path, "/hello");
 
     // `Child::kill` sends SIGKILL; the drain is what SIGTERM is for.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let (status, rest) = tokio::task::spawn_blocking(move || {
-        let status = child.wait().expect("rampart ends");
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-        (status, rest)
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "stderr after the listener line:\n{rest}"
-    );
-    assert!(rest.contains("SIGTERM"), "{rest}");
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("draining signal=\"SIGTERM\""), "{stderr}");
+    assert!(stderr.contains("drained"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_event_fields() {
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let config = TempConfig::new("json", &config(upstream.addr()));
+    let mut rampart = Rampart::run(&["--log-format", "json"], &config.0);
+
+    let line = rampart.line("listening", |line| line.contains("listening"));
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert_eq!(event["message"], "listening", "{line}");
+    assert_eq!(event["listener"], "listener-0", "{line}");
+    assert!(event["timestamp"].is_string(), "{line}");
+    let addr: SocketAddr = event["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address: {line}"));
+
+    assert!(get(&addr.to_string(), "/").await.ends_with("through"));
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    for line in stderr.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+}
+
+/// A configuration listening on an address known beforehand: the test can tell the proxy is up
+/// without reading its logs.
+fn config_on(listen: SocketAddr, upstream: SocketAddr) -> String {
+    config(upstream).replace("127.0.0.1:0", &listen.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_hides_less_severe_events_unless_rust_log_says_otherwise() {
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    for (flag, rust_log, shown) in [
+        ("warn", None, false),
+        ("info", Some("error"), false),
+        ("error", Some("rampart=info"), true),
+    ] {
+        let listen = free_addr();
+        let config = TempConfig::new("level", &config_on(listen, upstream.addr()));
+        let rampart = Rampart::run_with_env(&["--log-level", flag], &config.0, rust_log);
+        accepting(listen).await;
+        rampart.signal("TERM");
+        let (status, stderr) = rampart.wait();
+        assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+        for info in ["listening", "drained"] {
+            assert_eq!(
+                stderr.contains(info),
+                shown,
+                "--log-level {flag}, RUST_LOG={rust_log:?}:\n{stderr}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -118,4 +111,30 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("routes[0].upstream"), "{stderr}");
     assert!(stderr.contains("1 error"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
+    let failing = Upstream::start(Behavior::Fail(503.try_into().unwrap()))
+        .await
+        .unwrap();
+    let text = config(failing.addr()).replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nretry = { attempts = 1 }\n",
+    ) + "\n[upstreams.app.breaker]\nconsecutive_failures = 1\n";
+    let config = TempConfig::new("breaker-log", &text);
+    let mut rampart = Rampart::run(&["--log-format", "json"], &config.0);
+    let line = rampart.line("listening", |line| line.contains("listening"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = event["addr"].as_str().unwrap().to_owned();
+
+    assert!(get(&addr, "/").await.starts_with("HTTP/1.1 503"));
+    let line = rampart.line("breaker", |line| line.contains("circuit breaker"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["level"], "WARN", "{line}");
+    assert_eq!(event["upstream"], "app", "{line}");
+    assert_eq!(event["endpoint"], failing.addr().to_string(), "{line}");
+    assert_eq!(event["from"], "closed", "{line}");
+    assert_eq!(event["to"], "open", "{line}");
+    assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
 }

@@ -48,17 +48,30 @@ const GRPC_MAX_BODY: usize = 1024;
 
 type CheckClient = Client<HttpConnector, Full<Bytes>>;
 
+/// The running checks of one upstream's endpoints: dropping it ends them, so that a reload that
+/// replaces or removes the upstream's pool stops checking the old one.
+#[derive(Debug, Default)]
+pub(crate) struct Checks(Vec<JoinHandle<()>>);
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Starts the checks of `upstream`'s endpoints, if it has `[upstreams.NAME.health]`: one task
-/// per endpoint, marking it in `pool`, drawing jitter from `rng`, until `stop` says `true` or is
-/// dropped.
+/// per endpoint, marking it in `pool`, drawing jitter from `rng`, until `stop` says `true` or
+/// the returned [`Checks`] is dropped.
 pub(crate) fn spawn(
     upstream: &Upstream,
     pool: &Arc<Pool>,
     rng: &Rng,
-    stop: &watch::Sender<bool>,
-) -> Vec<JoinHandle<()>> {
+    stop: &watch::Receiver<bool>,
+) -> Checks {
     let Some(health) = &upstream.health else {
-        return Vec::new();
+        return Checks::default();
     };
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(upstream.connect_timeout));
@@ -71,7 +84,7 @@ pub(crate) fn spawn(
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .build(connector);
-    (0..pool.len())
+    let tasks = (0..pool.len())
         .map(|index| {
             let check = Check {
                 pool: pool.clone(),
@@ -80,9 +93,10 @@ pub(crate) fn spawn(
                 client: client.clone(),
                 rng: rng.clone(),
             };
-            tokio::spawn(check.run(stop.subscribe()))
+            tokio::spawn(check.run(stop.clone()))
         })
-        .collect()
+        .collect::<Vec<_>>();
+    Checks(tasks)
 }
 
 /// The checks of one endpoint.

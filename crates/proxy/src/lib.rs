@@ -40,6 +40,16 @@
 //! `pending_timeout`. An upstream's own failing response, retried or not, reaches the client as it
 //! is.
 //!
+//! [`Proxy::reload`] serves a new configuration without closing a connection: every request
+//! reads its listener's routes once, as it arrives, through an `ArcSwap`, and keeps them to its
+//! end. An unchanged upstream keeps its pooled connections and breakers, a changed one the
+//! breakers of its endpoints still listed; listener changes are refused (they need a restart).
+//!
+//! The proxy logs through `tracing` and never per request at `info`: each endpoint's breaker
+//! transitions go to the target `rampart_proxy::breaker` (an opening at `warn`, naming the
+//! upstream and the endpoint, the rest at `info`). The binary chooses where and how they are
+//! written.
+//!
 //! Not wired in yet: async routes; `stack.rs` says where they go.
 //!
 //! ```
@@ -92,20 +102,23 @@ mod health;
 mod hedge;
 mod limits;
 mod listener;
+mod reload;
 mod retry;
 mod route;
 mod stack;
 mod upstream;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 
 use rampart_config::Config;
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::reload::Live;
+pub use crate::reload::{Changes, ReloadSummary};
 
 /// A running proxy: its listeners accept and forward until [`Proxy::shutdown`].
 ///
@@ -114,12 +127,12 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<BoundListener>,
+    // The routes, upstreams and health checks in use now; locked only by a reload.
+    live: Mutex<Live>,
     // Sending `true` tells every listener to stop accepting and drain, and the health checks to
     // end.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Drain>>,
-    // The active health checks, one task per checked endpoint.
-    health: Vec<JoinHandle<()>>,
 }
 
 /// A listener and the address it is bound to (the port the kernel chose, for port 0).
@@ -140,9 +153,13 @@ pub enum Drain {
     TimedOut,
 }
 
-/// Why the proxy could not start.
+/// Why the proxy could not start, or refused a reload.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A reload would add, remove or change a listener, which only a restart does; the reload
+    /// changed nothing.
+    #[error("listener changes need a restart ({0})")]
+    ListenersChanged(String),
     /// A listener's address could not be bound.
     #[error("listener \"{name}\" cannot listen on {addr}: {source}")]
     Bind {
@@ -193,23 +210,17 @@ impl Proxy {
     /// to make them reproducible. Every route, upstream and health check shares the one `rng`,
     /// so a seeded sequence runs across them in the order they draw from it.
     pub async fn start_with_rng(config: &Config, rng: Rng) -> Result<Proxy, Error> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Ok((u.name.as_str(), Arc::new(upstream::Pool::new(u, &rng)?))))
-            .collect::<Result<HashMap<_, _>, Error>>()?;
-
+        let (stop, _) = watch::channel(false);
+        let live = Live::new(config, rng, stop.subscribe())?;
         let mut bound = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            let router = route::Router::new(config, &listener.name, &upstreams, &rng)?;
             let tcp = listener::bind(listener).await?;
-            bound.push((listener, tcp, router));
+            bound.push((listener, tcp));
         }
 
-        let (stop, _) = watch::channel(false);
         let mut listeners = Vec::with_capacity(bound.len());
         let mut tasks = Vec::with_capacity(bound.len());
-        for (listener, tcp, router) in bound {
+        for ((listener, tcp), routes) in bound.into_iter().zip(live.routes()) {
             let addr = tcp.local_addr().map_err(|source| Error::Bind {
                 name: listener.name.clone(),
                 addr: listener.listen,
@@ -219,25 +230,42 @@ impl Proxy {
                 name: listener.name.clone(),
                 addr,
             });
-            let serve = listener::Serve::new(listener, router, config.runtime.drain_timeout);
+            let serve = listener::Serve::new(listener, routes, config.runtime.drain_timeout);
             tasks.push(tokio::spawn(serve.run(tcp, stop.subscribe())));
         }
-        let health = config
-            .upstreams
-            .iter()
-            .flat_map(|u| health::spawn(u, &upstreams[u.name.as_str()], &rng, &stop))
-            .collect();
         Ok(Proxy {
             listeners,
+            live: Mutex::new(live),
             stop,
             tasks,
-            health,
         })
     }
 
     /// The listeners, in configuration order, with the addresses they are bound to.
     pub fn listeners(&self) -> &[BoundListener] {
         &self.listeners
+    }
+
+    /// Serves `config` from now on, without closing a connection or cutting a request in flight,
+    /// or changes nothing and says why.
+    ///
+    /// Requests that arrive after the reload, on new or open connections, follow the new routes;
+    /// a request in flight finishes with the route and upstream it started with. An upstream
+    /// whose settings are unchanged keeps its pooled connections and its endpoints' breakers; a
+    /// changed one keeps the breaker of each endpoint still listed, as long as its
+    /// `[upstreams.NAME.breaker]` is unchanged. Listeners are bound at start only: a reload that
+    /// adds, removes or changes one is refused ([`Error::ListenersChanged`]). `[runtime]`,
+    /// `[admin]` and `[outbox]` are read at start only: a change to them is not applied, and the
+    /// summary names them ([`ReloadSummary::needs_restart`]).
+    ///
+    /// `config` is validated already (it is a [`Config`]); an error here (a listener change, a
+    /// `body_file` that cannot be read) leaves the old configuration serving whole. Reloads are
+    /// applied one at a time.
+    pub fn reload(&self, config: &Config) -> Result<ReloadSummary, Error> {
+        // A reload that panicked swapped nothing in (every router is built before any is
+        // swapped), so the state behind a poisoned lock is still whole.
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.reload(config)
     }
 
     /// Stops accepting connections, lets in-flight requests finish up to the configured
@@ -264,8 +292,6 @@ impl Drop for Proxy {
         for task in &self.tasks {
             task.abort();
         }
-        for task in &self.health {
-            task.abort();
-        }
+        // The health checks end with the `Live` that owns them.
     }
 }

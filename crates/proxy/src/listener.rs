@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -37,17 +38,22 @@ pub(crate) async fn bind(listener: &Listener) -> Result<TcpListener, Error> {
 /// One listener's accept loop, with what each connection needs.
 pub(crate) struct Serve {
     builder: auto::Builder<TokioExecutor>,
-    router: Arc<Router>,
+    // Swapped whole by a reload.
+    routes: Arc<ArcSwap<Router>>,
     // One permit per open connection: past `max_connections`, new ones are closed at once.
     connections: Arc<Semaphore>,
     drain_timeout: Duration,
 }
 
 impl Serve {
-    pub(crate) fn new(listener: &Listener, router: Router, drain_timeout: Duration) -> Serve {
+    pub(crate) fn new(
+        listener: &Listener,
+        routes: Arc<ArcSwap<Router>>,
+        drain_timeout: Duration,
+    ) -> Serve {
         Serve {
             builder: builder(listener),
-            router: Arc::new(router),
+            routes,
             connections: Arc::new(Semaphore::new(listener.max_connections as usize)),
             drain_timeout,
         }
@@ -98,8 +104,10 @@ impl Serve {
         let permit = self.connections.clone().try_acquire_owned().ok()?;
         // Small request and response heads must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let router = self.router.clone();
-        let service = service_fn(move |request| forward::handle(request, router.clone(), peer));
+        let routes = self.routes.clone();
+        // Each request takes the routes in force when it arrives, and keeps them to its end: a
+        // reload reaches open connections without changing a request in flight.
+        let service = service_fn(move |request| forward::handle(request, routes.load_full(), peer));
         let connection = self
             .builder
             .serve_connection(TokioIo::new(stream), service)

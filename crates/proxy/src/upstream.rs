@@ -347,6 +347,36 @@ impl Endpoint {
     }
 }
 
+// === impl Pool: reload ===
+
+impl Pool {
+    /// Each endpoint's address and breaker, primaries then backups.
+    pub(crate) fn breakers(&self) -> impl Iterator<Item = (&Authority, &CircuitBreaker)> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.breaker.as_ref().map(|b| (&e.authority, b)))
+    }
+
+    /// Takes over the breaker of each endpoint of `old` whose address this pool also has, so
+    /// that a reload changing an upstream neither forgets an ejection nor resets a window. Only
+    /// for breakers built from the same `[upstreams.NAME.breaker]`. Returns how many were taken.
+    pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
+        let mut taken = 0;
+        for endpoint in &mut self.endpoints {
+            let kept = old
+                .endpoints
+                .iter()
+                .find(|e| e.authority == endpoint.authority)
+                .and_then(|e| e.breaker.clone());
+            if let Some(breaker) = kept {
+                endpoint.breaker = Some(breaker);
+                taken += 1;
+            }
+        }
+        taken
+    }
+}
+
 /// One endpoint's breaker from `[upstreams.NAME.breaker]`.
 fn breaker(config: &Breaker) -> Result<Option<CircuitBreaker>, String> {
     if !config.enabled {

@@ -1,0 +1,399 @@
+//! The live routing state of a running proxy, and its replacement by a new configuration.
+//!
+//! Each listener's connections read their listener's [`Router`] through an [`ArcSwap`] once per
+//! request: a reload builds every new router aside, then swaps them in. A request keeps the
+//! `Arc` of the routes it started with (and through them its route's stack and upstream pool), so
+//! it finishes as it began; the next request, on a new connection or on an open keep-alive one,
+//! sees the new routes. Nothing is closed: connections stay open, and an upstream's pooled
+//! connections go away with the last request that still holds its pool.
+//!
+//! An upstream whose configuration is unchanged keeps its [`Pool`]: its connections, its limits
+//! and its endpoints' breakers. A changed upstream gets a new pool (and new limits, which do not
+//! count the requests still in flight under the old ones), whose endpoints take over the breaker
+//! of the old endpoint with the same address when `[upstreams.NAME.breaker]` did not change: an
+//! ejected endpoint stays ejected. Routes are built anew, so a route's retry budget, the latency
+//! its hedging learnt and its fallback's stale answers start afresh.
+//!
+//! Listeners are bound once, at start: a reload that adds, removes or changes a listener is
+//! refused whole ([`Error::ListenersChanged`]), and the old configuration keeps serving.
+//! `[runtime]`, `[admin]` and `[outbox]` are read at start only: the reload applies the rest and
+//! says in its [`ReloadSummary`] that those need a restart.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rampart_config::{Config, Upstream};
+use rampart_policy::breaker::{State, Transition};
+use rampart_policy::rng::Rng;
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::health::{self, Checks};
+use crate::route::Router;
+use crate::upstream::Pool;
+
+/// What the proxy serves now: the configuration it was built from, the upstream pools, and the
+/// routes of each listener.
+#[derive(Debug)]
+pub(crate) struct Live {
+    config: Config,
+    upstreams: HashMap<String, Arc<Pool>>,
+    /// By listener name, in the order of the listeners at start; each listener's connections
+    /// hold a clone.
+    routers: Vec<(String, Arc<ArcSwap<Router>>)>,
+    /// The active health checks of each upstream's pool, by upstream name: they end when
+    /// dropped, with the pool they check.
+    health: HashMap<String, Checks>,
+    rng: Rng,
+    // Tells the health checks to end when the proxy shuts down.
+    stop: watch::Receiver<bool>,
+}
+
+/// What a [`Proxy::reload`](crate::Proxy::reload) changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Routes, by name.
+    pub routes: Changes,
+    /// Upstreams, by name. An unchanged upstream kept its pool and breakers.
+    pub upstreams: Changes,
+    /// How many endpoints of changed upstreams took over the breaker of the old endpoint with the
+    /// same address.
+    pub breakers_kept: usize,
+    /// Sections that changed but are read at start only (`[runtime]`, `[admin]`, `[outbox]`):
+    /// they take effect at the next restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Names added, removed and changed, each in the new file's order (removed ones in the old's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// In the new configuration only.
+    pub added: Vec<String>,
+    /// In the old configuration only.
+    pub removed: Vec<String>,
+    /// In both, with different settings.
+    pub changed: Vec<String>,
+}
+
+// === impl Live ===
+
+impl Live {
+    /// The state of a proxy starting with `config`, its health checks running until `stop` says
+    /// `true`; the balancers, fault injection and the checks' jitter draw from `rng`.
+    pub(crate) fn new(
+        config: &Config,
+        rng: Rng,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Live, Error> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Ok((u.name.clone(), Arc::new(pool(u, &rng)?))))
+            .collect::<Result<HashMap<_, _>, Error>>()?;
+        let routers = routers(config, &upstreams, &rng)?
+            .into_iter()
+            .map(|(name, router)| (name, Arc::new(ArcSwap::from_pointee(router))))
+            .collect();
+        let health = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    health::spawn(u, &upstreams[&u.name], &rng, &stop),
+                )
+            })
+            .collect();
+        Ok(Live {
+            config: config.clone(),
+            upstreams,
+            routers,
+            health,
+            rng,
+            stop,
+        })
+    }
+
+    /// The routes of each listener, in configuration order, for its connections to read per
+    /// request.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = Arc<ArcSwap<Router>>> + '_ {
+        self.routers.iter().map(|(_, routes)| routes.clone())
+    }
+
+    /// Serves `config` from now on, or changes nothing and says why not.
+    pub(crate) fn reload(&mut self, config: &Config) -> Result<ReloadSummary, Error> {
+        let listeners = changes(&self.config.listeners, &config.listeners, |l| &l.name);
+        if !listeners.is_empty() {
+            return Err(Error::ListenersChanged(listeners.to_string()));
+        }
+
+        let mut summary = ReloadSummary::default();
+        let mut upstreams = HashMap::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let name = upstream.name.clone();
+            let pool = match (self.config.upstream(&name), self.upstreams.get(&name)) {
+                (Some(old), Some(pool)) if old == upstream => pool.clone(),
+                (Some(old), Some(old_pool)) => {
+                    let mut pool = pool(upstream, &self.rng)?;
+                    if old.breaker == upstream.breaker {
+                        summary.breakers_kept += pool.take_breakers(old_pool);
+                    }
+                    summary.upstreams.changed.push(name.clone());
+                    Arc::new(pool)
+                }
+                _ => {
+                    summary.upstreams.added.push(name.clone());
+                    Arc::new(pool(upstream, &self.rng)?)
+                }
+            };
+            upstreams.insert(name, pool);
+        }
+        summary.upstreams.removed =
+            changes(&self.config.upstreams, &config.upstreams, |u| &u.name).removed;
+        // Every router is built before any is swapped in: a route that cannot be built leaves the
+        // old configuration serving whole.
+        let routers = routers(config, &upstreams, &self.rng)?;
+
+        // The listeners are the same, perhaps in another order.
+        for (listener, router) in routers {
+            if let Some((_, routes)) = self.routers.iter().find(|(name, _)| *name == listener) {
+                routes.store(Arc::new(router));
+            }
+        }
+        summary.routes = route_changes(&self.config, config);
+        summary.needs_restart = [
+            ("[runtime]", self.config.runtime != config.runtime),
+            ("[admin]", self.config.admin != config.admin),
+            ("[outbox]", self.config.outbox != config.outbox),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
+        // An unchanged pool keeps its checks; a new one gets its own, and the checks of a pool
+        // replaced or removed end as they are dropped here.
+        let mut old_checks = std::mem::take(&mut self.health);
+        self.health = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let pool = &upstreams[&u.name];
+                let kept = self
+                    .upstreams
+                    .get(&u.name)
+                    .filter(|old| Arc::ptr_eq(old, pool))
+                    .and_then(|_| old_checks.remove(&u.name));
+                let checks = kept.unwrap_or_else(|| health::spawn(u, pool, &self.rng, &self.stop));
+                (u.name.clone(), checks)
+            })
+            .collect();
+        self.config = config.clone();
+        self.upstreams = upstreams;
+        Ok(summary)
+    }
+}
+
+/// A new pool for `upstream`, whose breakers log their transitions; its balancer draws from `rng`.
+fn pool(upstream: &Upstream, rng: &Rng) -> Result<Pool, Error> {
+    let pool = Pool::new(upstream, rng)?;
+    for (endpoint, breaker) in pool.breakers() {
+        let (upstream, endpoint) = (upstream.name.clone(), endpoint.to_string());
+        breaker.subscribe(move |transition: &Transition| {
+            log_transition(&upstream, &endpoint, transition);
+        });
+    }
+    Ok(pool)
+}
+
+/// The target of breaker transition events, for `RUST_LOG=rampart_proxy::breaker=...`.
+const BREAKER: &str = "rampart_proxy::breaker";
+
+// An endpoint leaving the rotation is worth a warning; its way back is news.
+fn log_transition(upstream: &str, endpoint: &str, t: &Transition) {
+    let (from, to, reason) = (t.from.as_str(), t.to.as_str(), &t.reason);
+    match t.to {
+        State::Open | State::ForcedOpen => tracing::warn!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            ?reason,
+            "circuit breaker {to}: endpoint ejected"
+        ),
+        State::HalfOpen | State::Closed | State::ForcedClosed => tracing::info!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            ?reason,
+            "circuit breaker {to}"
+        ),
+    }
+}
+
+/// The router of every listener of `config`, by listener name.
+fn routers(
+    config: &Config,
+    upstreams: &HashMap<String, Arc<Pool>>,
+    rng: &Rng,
+) -> Result<Vec<(String, Router)>, Error> {
+    let by_name = upstreams
+        .iter()
+        .map(|(name, pool)| (name.as_str(), pool.clone()))
+        .collect();
+    config
+        .listeners
+        .iter()
+        .map(|l| Ok((l.name.clone(), Router::new(config, &l.name, &by_name, rng)?)))
+        .collect()
+}
+
+// What differs between the `old` and `new` items of one kind, told apart by name.
+fn changes<T: PartialEq>(old: &[T], new: &[T], name: impl Fn(&T) -> &String) -> Changes {
+    // The item of `items` named like `item`, if any.
+    let twin = |items: &[T], item: &T| -> Option<usize> {
+        items.iter().position(|i| name(i) == name(item))
+    };
+    let names = |items: &[T], keep: &dyn Fn(&T) -> bool| -> Vec<String> {
+        items
+            .iter()
+            .filter(|i| keep(i))
+            .map(|i| name(i).clone())
+            .collect()
+    };
+    Changes {
+        added: names(new, &|n| twin(old, n).is_none()),
+        removed: names(old, &|o| twin(new, o).is_none()),
+        changed: names(new, &|n| twin(old, n).is_some_and(|i| old[i] != *n)),
+    }
+}
+
+fn route_changes(old: &Config, new: &Config) -> Changes {
+    let mut changes = changes(&old.routes, &new.routes, |r| &r.name);
+    // The first match wins, so the same routes in another order are another configuration.
+    if changes.is_empty() && old.routes != new.routes {
+        changes.changed = new.routes.iter().map(|r| r.name.clone()).collect();
+    }
+    changes
+}
+
+// === impl Changes ===
+
+impl Changes {
+    /// Whether nothing was added, removed or changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+impl fmt::Display for Changes {
+    /// `added a, b; removed c; changed d`, or `unchanged`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("unchanged");
+        }
+        let mut sep = "";
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                write!(f, "{sep}{what} {}", names.join(", "))?;
+                sep = "; ";
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl ReloadSummary ===
+
+impl ReloadSummary {
+    /// Whether the reload changed nothing and left nothing for a restart.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.upstreams.is_empty() && self.needs_restart.is_empty()
+    }
+}
+
+impl fmt::Display for ReloadSummary {
+    /// One line: `routes: added b; changed a | upstreams: changed app (breakers kept: 2)`, then
+    /// the sections that need a restart, or `no change`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no change");
+        }
+        write!(f, "routes: {} | upstreams: {}", self.routes, self.upstreams)?;
+        if self.breakers_kept > 0 {
+            write!(f, " (breakers kept: {})", self.breakers_kept)?;
+        }
+        if !self.needs_restart.is_empty() {
+            write!(
+                f,
+                " | {} changed: not applied until a restart",
+                self.needs_restart.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &[(&str, &str)]) -> Config {
+        let mut toml = String::new();
+        for (name, prefix) in routes {
+            toml.push_str(&format!(
+                "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"app\"\n"
+            ));
+        }
+        toml.push_str("[upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n");
+        Config::from_str(&toml, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn routes_added_removed_and_changed_by_name() {
+        let old = config(&[("a", "/a"), ("b", "/b"), ("c", "/c")]);
+        let new = config(&[("a", "/a"), ("c", "/cc"), ("d", "/d")]);
+        let changes = route_changes(&old, &new);
+        assert_eq!(changes.added, ["d"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.changed, ["c"]);
+        assert_eq!(changes.to_string(), "added d; removed b; changed c");
+        assert!(route_changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn the_same_routes_in_another_order_are_changed() {
+        let old = config(&[("a", "/a"), ("b", "/")]);
+        let new = config(&[("b", "/"), ("a", "/a")]);
+        assert_eq!(route_changes(&old, &new).changed, ["b", "a"]);
+    }
+
+    #[test]
+    fn the_summary_is_one_line() {
+        let summary = ReloadSummary {
+            routes: Changes {
+                added: vec!["b".into(), "c".into()],
+                ..Changes::default()
+            },
+            upstreams: Changes {
+                changed: vec!["app".into()],
+                ..Changes::default()
+            },
+            breakers_kept: 2,
+            needs_restart: vec!["[runtime]", "[admin]"],
+        };
+        assert_eq!(
+            summary.to_string(),
+            "routes: added b, c | upstreams: changed app (breakers kept: 2) | \
+             [runtime], [admin] changed: not applied until a restart"
+        );
+        assert_eq!(ReloadSummary::default().to_string(), "no change");
+    }
+}

@@ -1,0 +1,297 @@
+//! Reload: a new configuration reaches new requests on new and open connections, requests in
+//! flight finish as they began, breakers of unchanged endpoints keep their state, and a refused
+//! reload changes nothing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use rampart_config::Config;
+use rampart_proxy::{Error, Proxy};
+use rampart_test_support::{Behavior, Upstream};
+use tokio::net::TcpStream;
+
+use common::*;
+
+fn config(toml: &str) -> Config {
+    Config::from_str(toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+const LISTENER: &str = "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n";
+
+/// A route named `name` for `/name...` to the upstream `name` at `endpoint`.
+fn route(name: &str, endpoint: SocketAddr) -> String {
+    route_with(name, endpoint, "")
+}
+
+/// [`route`] with `extra` lines in the route's table.
+fn route_with(name: &str, endpoint: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}\" }}\nupstream = \"{name}\"\n{extra}\n\n\
+         [upstreams.{name}]\nendpoints = [\"{endpoint}\"]\n\n"
+    )
+}
+
+#[tokio::test]
+async fn a_route_added_by_reload_serves() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let proxy = proxy(&format!("{LISTENER}{}", route("a", a.addr()))).await;
+    assert_eq!(error_of(&get(&proxy, "/b").await), Some("no-route"));
+
+    let summary = proxy
+        .reload(&config(&format!(
+            "{LISTENER}{}{}",
+            route("a", a.addr()),
+            route("b", b.addr())
+        )))
+        .unwrap();
+    assert_eq!(summary.routes.added, ["b"]);
+    assert_eq!(summary.upstreams.added, ["b"]);
+    assert!(summary.routes.changed.is_empty() && summary.upstreams.changed.is_empty());
+
+    let response = get(&proxy, "/b/x").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "from b");
+    assert_eq!(b.requests()[0].path, "/b/x");
+    assert_eq!(get(&proxy, "/a").await.body(), "from a");
+}
+
+#[tokio::test]
+async fn a_route_removed_by_reload_answers_no_route() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}{}",
+        route("a", a.addr()),
+        route("b", b.addr())
+    ))
+    .await;
+    assert_eq!(get(&proxy, "/b").await.body(), "from b");
+
+    let summary = proxy
+        .reload(&config(&format!("{LISTENER}{}", route("a", a.addr()))))
+        .unwrap();
+    assert_eq!(summary.routes.removed, ["b"]);
+    assert_eq!(summary.upstreams.removed, ["b"]);
+
+    let response = get(&proxy, "/b").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&response), Some("no-route"));
+    assert_eq!(b.request_count(), 1);
+    assert_eq!(get(&proxy, "/a").await.body(), "from a");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_with_the_upstream_it_started_with() {
+    let old = Upstream::start(Behavior::Slow(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let new = Upstream::start(Behavior::ok("from new")).await.unwrap();
+    let proxy = proxy(&format!("{LISTENER}{}", route("app", old.addr()))).await;
+    let uri = format!("http://{}/app/slow", addr(&proxy));
+    let in_flight = tokio::spawn(async move {
+        send(
+            &http1(),
+            hyper::Request::get(uri).body(Default::default()).unwrap(),
+        )
+        .await
+    });
+    old.wait_for_requests(1).await;
+
+    // The upstream `app` now has another endpoint: its pool is replaced.
+    let summary = proxy
+        .reload(&config(&format!("{LISTENER}{}", route("app", new.addr()))))
+        .unwrap();
+    assert_eq!(summary.upstreams.changed, ["app"]);
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before the reload"
+    );
+
+    assert_eq!(get(&proxy, "/app/fast").await.body(), "from new");
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "ok");
+    assert_eq!(old.request_count(), 1);
+    assert_eq!(new.requests()[0].path, "/app/fast");
+}
+
+#[tokio::test]
+async fn an_open_keep_alive_connection_keeps_working_and_sees_the_new_routes() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let proxy = proxy(&format!("{LISTENER}{}", route("a", a.addr()))).await;
+
+    // One connection, kept open across the reload.
+    let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut connection, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(driver);
+    let mut get_on_it = async |path: &str| {
+        let request = hyper::Request::get(path)
+            .header("host", "proxy")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = connection.send_request(request).await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    };
+    assert_eq!(get_on_it("/a").await, (StatusCode::OK, "from a".into()));
+
+    proxy
+        .reload(&config(&format!(
+            "{LISTENER}{}{}",
+            route("a", a.addr()),
+            route("b", b.addr())
+        )))
+        .unwrap();
+
+    assert_eq!(get_on_it("/b").await, (StatusCode::OK, "from b".into()));
+    assert_eq!(get_on_it("/a").await, (StatusCode::OK, "from a".into()));
+    assert!(!driver.is_finished(), "the connection was closed");
+}
+
+/// The upstream `app` with one endpoint per address, a breaker that opens at the first failure
+/// and stays open, and no retries.
+fn breaking_app(endpoints: &[SocketAddr], breaker: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\nupstream = \"app\"\n\
+         retry = {{ attempts = 1 }}\n\n\
+         [upstreams.app]\nendpoints = [{}]\n\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"1h\"\nopen_for_max = \"1h\"\n{breaker}\n\n",
+        endpoints.join(", ")
+    )
+}
+
+/// Trips the breaker of `failing`, the only endpoint of `app`.
+async fn trip(proxy: &Proxy, failing: &Upstream) {
+    let response = get(proxy, "/app").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_of(&response), None, "the upstream's own 503");
+    assert_eq!(error_of(&get(proxy, "/app").await), Some("breaker-open"));
+    assert_eq!(failing.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_tripped_breaker_stays_open_across_a_reload_of_other_routes_and_upstreams() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let app = breaking_app(&[failing.addr()], "");
+    let proxy = proxy(&format!("{LISTENER}{app}{}", route("other", other.addr()))).await;
+    trip(&proxy, &failing).await;
+
+    let summary = proxy
+        .reload(&config(&format!(
+            "{LISTENER}{app}{}connect_timeout = \"2s\"\n",
+            route("other", other.addr())
+        )))
+        .unwrap();
+    assert_eq!(summary.upstreams.changed, ["other"]);
+    assert!(summary.routes.is_empty());
+
+    assert_eq!(error_of(&get(&proxy, "/app").await), Some("breaker-open"));
+    assert_eq!(failing.request_count(), 1);
+    assert_eq!(get(&proxy, "/other").await.body(), "other");
+}
+
+#[tokio::test]
+async fn a_changed_upstream_keeps_the_breakers_of_its_endpoints_unless_the_breaker_changed() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let healthy = Upstream::start(Behavior::ok("healthy")).await.unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}",
+        breaking_app(&[failing.addr()], "")
+    ))
+    .await;
+    trip(&proxy, &failing).await;
+
+    // Another endpoint joins: the tripped one keeps its open breaker, so all goes to the new one.
+    let both = [failing.addr(), healthy.addr()];
+    let summary = proxy
+        .reload(&config(&format!("{LISTENER}{}", breaking_app(&both, ""))))
+        .unwrap();
+    assert_eq!(summary.upstreams.changed, ["app"]);
+    assert_eq!(summary.breakers_kept, 1);
+    for _ in 0..4 {
+        assert_eq!(get(&proxy, "/app").await.body(), "healthy");
+    }
+    assert_eq!(failing.request_count(), 1);
+
+    // New breaker settings make new breakers: the failing endpoint is tried again.
+    let summary = proxy
+        .reload(&config(&format!(
+            "{LISTENER}{}",
+            breaking_app(&both, "min_calls = 5")
+        )))
+        .unwrap();
+    assert_eq!(summary.breakers_kept, 0);
+    for _ in 0..2 {
+        get(&proxy, "/app").await;
+    }
+    assert_eq!(failing.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_listener_change_is_refused_and_the_old_configuration_keeps_serving() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let proxy = proxy(&format!("{LISTENER}{}", route("a", a.addr()))).await;
+
+    let refused = proxy.reload(&config(&format!(
+        "{LISTENER}[[listeners]]\nname = \"second\"\nlisten = \"127.0.0.1:1\"\n\n{}{}",
+        route_with("a", a.addr(), "listener = \"listener-0\""),
+        route_with("b", b.addr(), "listener = \"listener-0\""),
+    )));
+    let err = refused.unwrap_err();
+    assert!(matches!(err, Error::ListenersChanged(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("listener changes need a restart (added second)"),
+        "{err}"
+    );
+
+    assert_eq!(get(&proxy, "/a").await.body(), "from a");
+    assert_eq!(error_of(&get(&proxy, "/b").await), Some("no-route"));
+    assert_eq!(b.request_count(), 0);
+    assert_eq!(proxy.listeners().len(), 1);
+}
+
+#[tokio::test]
+async fn runtime_changes_are_named_as_needing_a_restart() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let proxy = proxy(&format!("{LISTENER}{}", route("a", a.addr()))).await;
+
+    let summary = proxy
+        .reload(&config(&format!("{LISTENER}{}", route("a", a.addr()))))
+        .unwrap();
+    assert!(summary.is_empty());
+    assert_eq!(summary.to_string(), "no change");
+
+    let summary = proxy
+        .reload(&config(&format!(
+            "[runtime]\ndrain_timeout = \"1s\"\n\n{LISTENER}{}",
+            route("a", a.addr())
+        )))
+        .unwrap();
+    assert_eq!(summary.needs_restart, ["[runtime]"]);
+    assert_eq!(
+        summary.to_string(),
+        "routes: unchanged | upstreams: unchanged | [runtime] changed: not applied until a restart"
+    );
+    assert_eq!(get(&proxy, "/a").await.body(), "from a");
+}
