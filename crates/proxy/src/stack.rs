@@ -15,7 +15,7 @@ use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBodyFault, RequestBody, client_body_fault};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::retry::{Replay, Retry, answered};
@@ -32,7 +32,7 @@ use crate::upstream::Pool;
 ///   so retries cannot outlive the client's patience;
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
-///   storm; the body is kept for it only when it is small and of known length;
+///   storm; the body is copied for it as it streams, up to `max_replay_body`;
 /// - balancer ([`Pool::pick`]): round-robin over the endpoints whose breaker admits, backups only
 ///   when no primary does;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome;
@@ -122,22 +122,17 @@ impl Stack {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         let (parts, body) = request.into_parts();
 
-        // Only a request that may be retried is worth the wait of buffering its body.
+        // Only a request that may be retried is worth a copy of its body.
         let retry = self
             .retry
             .as_ref()
-            .filter(|retry| retry.allows(&parts.method, grpc) && retry.can_replay(&body));
+            .filter(|retry| retry.allows(&parts, grpc) && retry.can_replay(&body));
         let mut body = match retry {
             Some(retry) => {
                 retry.budget().deposit();
-                match tokio::time::timeout_at(deadline, Replay::buffer(body)).await {
-                    Ok(Ok(replay)) => replay,
-                    // The client's body broke off: nothing can be sent upstream.
-                    Ok(Err(())) => return Err(Reason::BadRequest),
-                    Err(_elapsed) => return Err(expired),
-                }
+                Replay::record(body, retry.max_replay_body())
             }
-            None => Replay::Stream(Some(body)),
+            None => Replay::once(body),
         };
         let attempts = retry.map_or(1, Retry::attempts);
         let mut delays = retry.map(|retry| retry.backoff().delays());
@@ -174,6 +169,15 @@ impl Stack {
                     let tried = answered(response.status(), response.headers(), grpc);
                     (tried, Last::Response(response))
                 }
+                Err(Tried::Client(fault)) => {
+                    // The client's body failed the exchange, not the endpoint: its breaker
+                    // learns nothing (the permit is let go), and no retry can mend it.
+                    drop(picked);
+                    return Err(match fault {
+                        ClientBodyFault::TooLarge => Reason::BodyTooLarge,
+                        ClientBodyFault::Stalled => Reason::BadRequest,
+                    });
+                }
                 Err(Tried::Transport(err)) => {
                     picked.record(err.outcome());
                     (Attempt::Error(err), Last::Error(err.into()))
@@ -185,7 +189,8 @@ impl Stack {
                 }
             };
 
-            let Some(retry) = retry.filter(|retry| attempt < attempts && retry.wants(&tried))
+            let Some(retry) =
+                retry.filter(|retry| attempt < attempts && retry.wants(&tried) && body.can_retry())
             else {
                 return last.into_result();
             };
@@ -217,7 +222,10 @@ impl Stack {
             .map_or(deadline, |timeout| deadline.min(Instant::now() + timeout));
         match tokio::time::timeout_at(try_deadline, self.upstream.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(Tried::Transport(transport_error(&err))),
+            Ok(Err(err)) => Err(match client_body_fault(&err) {
+                Some(fault) => Tried::Client(fault),
+                None => Tried::Transport(transport_error(&err)),
+            }),
             Err(_elapsed) if try_deadline < deadline => {
                 Err(Tried::Transport(TransportError::Timeout))
             }
@@ -232,6 +240,8 @@ enum Tried {
     Transport(TransportError),
     /// The request's deadline passed.
     Expired,
+    /// The client's request body failed the exchange (`max_request_body`, `body_idle_timeout`).
+    Client(ClientBodyFault),
 }
 
 impl Last {
