@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::header::{ALLOW, CONNECTION, HOST, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -71,18 +71,6 @@ async fn forward(
     // rampart only ever connects to configured endpoints: it is no tunnel.
     if request.method() == Method::CONNECT {
         return (refuse_connect(grpc), None);
-    }
-    // hyper reads such a body as chunked and closes the connection after it (RFC 9112 §6.3
-    // allows that); rampart refuses it outright, as a request that two parsers could read two
-    // ways is how requests are smuggled.
-    if request.version() < Version::HTTP_2
-        && request.headers().contains_key(CONTENT_LENGTH)
-        && request.headers().contains_key(TRANSFER_ENCODING)
-    {
-        return (
-            closing(rescued(Reason::BadRequest, grpc), request.version()),
-            None,
-        );
     }
     // A body announced larger than allowed is refused before anything is sent or read; the
     // connection closes, as its unread body cannot be skipped safely.

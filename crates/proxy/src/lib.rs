@@ -79,6 +79,7 @@ mod listener;
 mod retry;
 mod route;
 mod stack;
+mod strict;
 mod upgrade;
 mod upstream;
 

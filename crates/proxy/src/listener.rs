@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::route::Router;
+use crate::strict::StrictIo;
 use crate::upgrade::Tunnel;
 use crate::{Drain, Error, forward};
 
@@ -132,7 +133,7 @@ impl Serve {
         };
         let connection = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(StrictIo::new(stream)), service)
             .into_owned();
         let idle_timeout = self.idle_timeout;
         Some(async move {

@@ -68,12 +68,49 @@ async fn a_connection_with_a_request_in_flight_is_not_idle() {
 
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     client
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Had the wait counted as idle, the connection would be closing: it still takes a request.
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let answer = until_closed(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with("ok"), "{answer}");
+    assert_eq!(upstream.request_count(), 2);
+}
+
+/// Reads one response whose body has a `content-length`.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("the response comes")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the response head ended");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8(body).unwrap()
 }
 
 #[tokio::test]

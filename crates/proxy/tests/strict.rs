@@ -126,3 +126,34 @@ async fn connect_is_refused_and_nothing_is_dialled() {
     assert_eq!(decoy.request_count(), 0);
     assert_eq!(upstream.request_count(), 0);
 }
+
+#[tokio::test]
+async fn bodies_pass_untouched_and_every_head_is_checked() {
+    let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    // Bodies holding bare LFs, framed by Content-Length and by chunks (with trailers), then, on
+    // the same connection, a head with a bare LF.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw(
+            addr(&proxy),
+            "POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\na\nb\n\
+             POST /two HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+             3\r\n\n\n\n\r\n2\r\nc\n\r\n0\r\nX-Trailer: t\r\n\r\n\
+             GET /three HTTP/1.1\nHost: a\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("the proxy closes the connection");
+
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answer[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{answer}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, "a\nb\n");
+    assert_eq!(seen[1].body, "\n\n\nc\n");
+}
