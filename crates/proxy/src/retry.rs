@@ -337,7 +337,7 @@ impl Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.recording.hint.clone()
+        self.recording.hint
     }
 }
 
