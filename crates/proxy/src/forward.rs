@@ -53,15 +53,6 @@ struct Client {
 /// with a response saying why. An upgrade the upstream agreed to comes with the tunnel to run
 /// once the 101 is written.
 pub(crate) async fn handle(
-    request: Request<Incoming>,
-    router: &Router,
-    peer: SocketAddr,
-    limits: Limits,
-) -> (Response<ResponseBody>, Option<Tunnel>) {
-    forward(request, router, peer, limits).await
-}
-
-async fn forward(
     mut request: Request<Incoming>,
     router: &Router,
     peer: SocketAddr,
@@ -85,12 +76,12 @@ async fn forward(
             None,
         );
     }
-    let client_upgrade = upgrade::is_tunnel(&request).then(|| hyper::upgrade::on(&mut request));
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
     // upstream could be sent.
     if request.uri() == "*" {
         return (rescued(Reason::BadRequest, grpc), None);
     }
+    let client_upgrade = upgrade::is_tunnel(&request).then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
         return (rescued(Reason::NoRoute, grpc), None);

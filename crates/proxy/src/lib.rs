@@ -225,7 +225,9 @@ impl Proxy {
     /// Stops accepting connections, lets in-flight requests finish up to the configured
     /// `drain_timeout` (`[runtime]`), then cuts what is left.
     ///
-    /// Idle keep-alive connections close at once; an HTTP/2 client is sent GOAWAY.
+    /// Idle keep-alive connections close at once; an HTTP/2 client is sent GOAWAY. Tunnels of
+    /// upgraded connections (WebSockets) are closed at once too: they may last for hours, and the
+    /// drain is for requests.
     pub async fn shutdown(mut self) -> Drain {
         // No receiver left means every listener has already ended.
         let _ = self.stop.send(true);

@@ -175,3 +175,29 @@ async fn a_chunked_body_over_max_replay_body_is_sent_once() {
     assert_eq!(failing.requests()[0].body, pieces.concat());
     assert_eq!(working.request_count(), 0);
 }
+
+#[tokio::test]
+async fn a_client_body_over_the_limit_does_not_count_against_the_endpoint() {
+    let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+    // One failure would open the lone endpoint's breaker for a minute.
+    let proxy = common::proxy(&format!(
+        "{LIMITED}[[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n",
+        upstream.addr()
+    ))
+    .await;
+
+    for _ in 0..3 {
+        let answer = raw(
+            addr(&proxy),
+            "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+             a\r\n0123456789\r\na\r\nabcdefghij\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    let response = common::get(&proxy, "/still-there").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.requests()[0].path, "/still-there");
+}
