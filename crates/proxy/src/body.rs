@@ -5,6 +5,8 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -115,16 +117,21 @@ pin_project_lite::pin_project! {
         timeout: Duration,
         // Whether `sleep` is set for the current wait.
         waiting: bool,
+        // Told of a stall, for a request body.
+        fault: Option<BodyFault>,
     }
 }
 
 impl<B> IdleBody<B> {
-    pub(crate) fn new(inner: B, timeout: Duration) -> IdleBody<B> {
+    /// `inner`, cut after `timeout` without a piece; a request body also records the stall in
+    /// `fault`.
+    pub(crate) fn new(inner: B, timeout: Duration, fault: Option<BodyFault>) -> IdleBody<B> {
         IdleBody {
             inner,
             sleep: tokio::time::sleep(timeout),
             timeout,
             waiting: false,
+            fault,
         }
     }
 }
@@ -153,7 +160,12 @@ where
             this.sleep.as_mut().reset(Instant::now() + *this.timeout);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+            Poll::Ready(()) => {
+                if let Some(fault) = this.fault {
+                    fault.set(ClientBodyFault::Stalled);
+                }
+                Poll::Ready(Some(Err(Box::new(BodyStalled))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -186,14 +198,17 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         remaining: u64,
+        fault: BodyFault,
     }
 }
 
 impl<B> LimitBody<B> {
-    pub(crate) fn new(inner: B, limit: u64) -> LimitBody<B> {
+    /// `inner`, cut once it outgrows `limit` bytes, which it records in `fault`.
+    pub(crate) fn new(inner: B, limit: u64, fault: BodyFault) -> LimitBody<B> {
         LimitBody {
             inner,
             remaining: limit,
+            fault,
         }
     }
 }
@@ -219,6 +234,7 @@ where
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > *this.remaining {
+                this.fault.set(ClientBodyFault::TooLarge);
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
             *this.remaining -= len;
@@ -247,30 +263,35 @@ impl fmt::Display for BodyTooLarge {
 
 impl StdError for BodyTooLarge {}
 
-/// Why the client's own request body made an attempt fail, if it did: found anywhere in the
-/// chain of causes of an upstream client's error. Such a failure is the client's, not the
-/// endpoint's.
-pub(crate) fn client_body_fault(err: &(dyn StdError + 'static)) -> Option<ClientBodyFault> {
-    let mut cause = Some(err);
-    while let Some(err) = cause {
-        if err.is::<BodyTooLarge>() {
-            return Some(ClientBodyFault::TooLarge);
-        }
-        if err.is::<BodyStalled>() {
-            return Some(ClientBodyFault::Stalled);
-        }
-        cause = err.source();
-    }
-    None
-}
-
 /// How a client's request body broke an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClientBodyFault {
     /// It grew past `max_request_body`: 413 `body-too-large`.
-    TooLarge,
-    /// It stalled past `body_idle_timeout`: 408 `timeout`.
-    Stalled,
+    TooLarge = 1,
+    /// It stalled past `body_idle_timeout`: 408.
+    Stalled = 2,
+}
+
+/// Where a client's request body records that it failed the exchange, for the stack to read when
+/// the attempt fails: the failure is the client's, not the endpoint's. The body's own error does
+/// not always reach the stack: an HTTP/2 upstream connection reports only that it reset the
+/// stream. Carried in the request's extensions, so that every attempt sees it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BodyFault(Arc<AtomicU8>);
+
+impl BodyFault {
+    fn set(&self, fault: ClientBodyFault) {
+        self.0.store(fault as u8, Ordering::Release);
+    }
+
+    /// What the body recorded, if anything.
+    pub(crate) fn get(&self) -> Option<ClientBodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(ClientBodyFault::TooLarge),
+            2 => Some(ClientBodyFault::Stalled),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use rampart_http::rescue::rescue_with_status;
 use rampart_policy::error::BoxError;
 use tokio::time::Instant;
 
-use crate::body::{DeadlineBody, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued};
+use crate::body::{
+    BodyFault, DeadlineBody, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued,
+};
 use crate::route::Router;
 use crate::stack::Stack;
 use crate::upgrade::{self, Tunnel};
@@ -82,28 +84,28 @@ pub(crate) async fn handle(
         return (rescued(Reason::BadRequest, grpc), None);
     }
     let client_upgrade = upgrade::is_tunnel(&request).then(|| hyper::upgrade::on(&mut request));
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
         return (rescued(Reason::NoRoute, grpc), None);
     };
     let client = Client { peer, grpc, limits };
-    let body = client_body(body, limits);
+    let body = client_body(body, limits, &mut parts);
     let mut tunnel = None;
     let response = exchange(stack, parts, body, client, client_upgrade, &mut tunnel).await;
     (response, tunnel)
 }
 
 // The client's body on its way upstream: held to `max_request_body` as it streams (a chunked
-// body says its length only at its end) and to `body_idle_timeout` between pieces.
-fn client_body(body: Incoming, limits: Limits) -> RequestBody {
+// body says its length only at its end) and to `body_idle_timeout` between pieces. Where it
+// records breaking either goes in the request's extensions, for the stack.
+fn client_body(body: Incoming, limits: Limits, parts: &mut Parts) -> RequestBody {
     if body.is_end_stream() {
         return body.map_err(BoxError::from).boxed_unsync();
     }
-    LimitBody::new(
-        IdleBody::new(body, limits.body_idle_timeout),
-        limits.max_request_body,
-    )
-    .boxed_unsync()
+    let fault = BodyFault::default();
+    parts.extensions.insert(fault.clone());
+    let body = IdleBody::new(body, limits.body_idle_timeout, Some(fault.clone()));
+    LimitBody::new(body, limits.max_request_body, fault).boxed_unsync()
 }
 
 // The request through the route's stack, and its answer; an upgrade the upstream agreed to
@@ -194,7 +196,7 @@ async fn exchange(
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;
-            let body = IdleBody::new(body, client.limits.body_idle_timeout);
+            let body = IdleBody::new(body, client.limits.body_idle_timeout, None);
             let body = DeadlineBody::new(body, deadline.instant()).boxed_unsync();
             let body = match stack.fallback() {
                 // A good answer is copied aside as it streams, for the fallback's `stale`.

@@ -15,7 +15,7 @@ use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
-use crate::body::{ClientBodyFault, RequestBody, client_body_fault};
+use crate::body::{BodyFault, ClientBodyFault, RequestBody};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::retry::{Replay, Retry, answered};
@@ -217,12 +217,13 @@ impl Stack {
         request: Request<RequestBody>,
         deadline: Instant,
     ) -> Result<Response<Incoming>, Tried> {
+        let fault = request.extensions().get::<BodyFault>().cloned();
         let try_deadline = self
             .per_try_timeout
             .map_or(deadline, |timeout| deadline.min(Instant::now() + timeout));
         match tokio::time::timeout_at(try_deadline, self.upstream.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(match client_body_fault(&err) {
+            Ok(Err(err)) => Err(match fault.as_ref().and_then(BodyFault::get) {
                 Some(fault) => Tried::Client(fault),
                 None => Tried::Transport(transport_error(&err)),
             }),

@@ -21,9 +21,14 @@ use rampart_test_support::{Behavior, Upstream};
 const LIMITED: &str = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmax_request_body = \"16B\"\n\n";
 
 async fn limited_proxy(upstream: &Upstream) -> rampart_proxy::Proxy {
+    limited_proxy_over(upstream, "http1").await
+}
+
+/// The proxy speaking `protocol` to the upstream.
+async fn limited_proxy_over(upstream: &Upstream, protocol: &str) -> rampart_proxy::Proxy {
     common::proxy(&format!(
         "{LIMITED}[[routes]]\nupstream = \"app\"\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\n",
+         [upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"{protocol}\"\n",
         upstream.addr()
     ))
     .await
@@ -64,8 +69,18 @@ async fn a_content_length_over_the_limit_gets_413_and_nothing_is_sent() {
 
 #[tokio::test]
 async fn a_chunked_body_growing_over_the_limit_is_cut_with_413() {
+    cut_with_413("http1").await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_growing_over_the_limit_is_cut_with_413_over_h2c_too() {
+    // An HTTP/2 upstream connection reports only a reset stream: the 413 must not become a 502.
+    cut_with_413("http2").await;
+}
+
+async fn cut_with_413(protocol: &str) {
     let upstream = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = limited_proxy(&upstream).await;
+    let proxy = limited_proxy_over(&upstream, protocol).await;
 
     let answer = raw(
         addr(&proxy),
@@ -179,10 +194,11 @@ async fn a_chunked_body_over_max_replay_body_is_sent_once() {
 #[tokio::test]
 async fn a_client_body_over_the_limit_does_not_count_against_the_endpoint() {
     let upstream = Upstream::start(Behavior::Echo).await.unwrap();
-    // One failure would open the lone endpoint's breaker for a minute.
+    // One failure would open the lone endpoint's breaker for a minute; HTTP/2 to the upstream,
+    // where the body's failure reaches the stack as a reset stream only.
     let proxy = common::proxy(&format!(
         "{LIMITED}[[routes]]\nupstream = \"app\"\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n\
          [upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n",
         upstream.addr()
     ))

@@ -143,8 +143,23 @@ async fn an_idle_http2_connection_is_closed() {
 
 #[tokio::test]
 async fn a_stalled_request_body_gets_408_and_the_upstream_request_is_aborted() {
+    stalled_request_body("http1").await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_over_h2c_too() {
+    stalled_request_body("http2").await;
+}
+
+async fn stalled_request_body(protocol: &str) {
     let upstream = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = proxy_with("body_idle_timeout = \"200ms\"", &upstream).await;
+    let proxy = common::proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nbody_idle_timeout = \"200ms\"\n\n\
+         [[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"{protocol}\"\n",
+        upstream.addr()
+    ))
+    .await;
 
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     // One piece of a chunked body, then nothing.
