@@ -1,11 +1,15 @@
-//! The body types on both sides, the deadline on a response body, and the outcome of a gRPC
-//! call whose status comes in the trailers.
+//! The body types on both sides, and what bounds them: the route's deadline on a response body,
+//! the listener's `body_idle_timeout` on both, its `max_request_body` on a request body; and the
+//! outcome of a gRPC call whose status comes in the trailers.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -174,6 +178,197 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+// === impl IdleBody ===
+
+pin_project_lite::pin_project! {
+    /// A body that fails when it keeps its reader waiting longer than `timeout` for the next
+    /// piece (`body_idle_timeout`). Only a wait for the body counts: while the reader does not
+    /// ask (a slow client, a full upstream window), the clock is not running.
+    pub(crate) struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+        // Whether `sleep` is set for the current wait.
+        waiting: bool,
+        // Told of a stall, for a request body.
+        fault: Option<BodyFault>,
+    }
+}
+
+impl<B> IdleBody<B> {
+    /// `inner`, cut after `timeout` without a piece; a request body also records the stall in
+    /// `fault`.
+    pub(crate) fn new(inner: B, timeout: Duration, fault: Option<BodyFault>) -> IdleBody<B> {
+        IdleBody {
+            inner,
+            sleep: tokio::time::sleep(timeout),
+            timeout,
+            waiting: false,
+            fault,
+        }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        // The gap starts when the reader first finds nothing, not at the last piece: time the
+        // reader spent elsewhere is not the body's stall.
+        if !*this.waiting {
+            *this.waiting = true;
+            this.sleep.as_mut().reset(Instant::now() + *this.timeout);
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => {
+                if let Some(fault) = this.fault {
+                    fault.set(ClientBodyFault::Stalled);
+                }
+                Poll::Ready(Some(Err(Box::new(BodyStalled))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Nothing of a body arrived for the listener's `body_idle_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyStalled;
+
+impl fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no piece of the body arrived within body_idle_timeout")
+    }
+}
+
+impl StdError for BodyStalled {}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails once more than `remaining` bytes came through: a chunked body
+    /// says its length only at its end, so `max_request_body` is enforced as it streams.
+    pub(crate) struct LimitBody<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        fault: BodyFault,
+    }
+}
+
+impl<B> LimitBody<B> {
+    /// `inner`, cut once it outgrows `limit` bytes, which it records in `fault`.
+    pub(crate) fn new(inner: B, limit: u64, fault: BodyFault) -> LimitBody<B> {
+        LimitBody {
+            inner,
+            remaining: limit,
+            fault,
+        }
+    }
+}
+
+impl<B> Body for LimitBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > *this.remaining {
+                this.fault.set(ClientBodyFault::TooLarge);
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+            }
+            *this.remaining -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body grew past the listener's `max_request_body`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyTooLarge;
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body is larger than max_request_body")
+    }
+}
+
+impl StdError for BodyTooLarge {}
+
+/// How a client's request body broke an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientBodyFault {
+    /// It grew past `max_request_body`: 413 `body-too-large`.
+    TooLarge = 1,
+    /// It stalled past `body_idle_timeout`: 408.
+    Stalled = 2,
+}
+
+/// Where a client's request body records that it failed the exchange, for the stack to read when
+/// the attempt fails: the failure is the client's, not the endpoint's. The body's own error does
+/// not always reach the stack: an HTTP/2 upstream connection reports only that it reset the
+/// stream. Carried in the request's extensions, so that every attempt sees it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BodyFault(Arc<AtomicU8>);
+
+impl BodyFault {
+    fn set(&self, fault: ClientBodyFault) {
+        self.0.store(fault as u8, Ordering::Release);
+    }
+
+    /// What the body recorded, if anything.
+    pub(crate) fn get(&self) -> Option<ClientBodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(ClientBodyFault::TooLarge),
+            2 => Some(ClientBodyFault::Stalled),
+            _ => None,
+        }
     }
 }
 

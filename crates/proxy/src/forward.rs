@@ -1,14 +1,15 @@
-//! One request through the proxy: the service every connection runs.
+//! One request through the proxy: what every connection's service does with it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
-use http::header::{ALLOW, HOST, HeaderValue};
+use http::header::{ALLOW, CONNECTION, HOST, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
+use rampart_config::Listener;
 use rampart_http::Reason;
 use rampart_http::classify::is_grpc;
 use rampart_http::deadline::{header_budget, incoming_deadline, set_outgoing};
@@ -17,35 +18,105 @@ use rampart_http::rescue::rescue_with_status;
 use rampart_policy::error::BoxError;
 use tokio::time::Instant;
 
-use crate::body::{ResponseBody, boxed, rescued};
+use crate::body::{BodyFault, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued};
 use crate::route::Router;
 use crate::stack::Stack;
+use crate::upgrade::{self, Tunnel};
 
-/// Answers one request from a client at `peer`. Never fails: whatever goes wrong is answered
-/// with a response saying why.
-pub(crate) async fn handle(
-    request: Request<Incoming>,
-    router: Arc<Router>,
-    peer: SocketAddr,
-) -> Result<Response<ResponseBody>, Infallible> {
-    Ok(forward(request, &router, peer).await)
+/// What a listener bounds each request's bodies by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `max_request_body`, in bytes.
+    max_request_body: u64,
+    /// `body_idle_timeout`.
+    body_idle_timeout: Duration,
 }
 
-async fn forward(
-    request: Request<Incoming>,
+impl Limits {
+    pub(crate) fn new(listener: &Listener) -> Limits {
+        Limits {
+            max_request_body: listener.max_request_body.bytes(),
+            body_idle_timeout: listener.body_idle_timeout,
+        }
+    }
+}
+
+/// Who sent a request, and what their listener allows.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    peer: SocketAddr,
+    grpc: bool,
+    limits: Limits,
+}
+
+/// Answers one request from a client at `peer`. Never fails: whatever goes wrong is answered
+/// with a response saying why. An upgrade the upstream agreed to comes with the tunnel to run
+/// once the 101 is written.
+pub(crate) async fn handle(
+    mut request: Request<Incoming>,
     router: &Router,
     peer: SocketAddr,
-) -> Response<ResponseBody> {
+    limits: Limits,
+) -> (Response<ResponseBody>, Option<Tunnel>) {
     let grpc = is_grpc(request.headers());
     // rampart only ever connects to configured endpoints: it is no tunnel.
     if request.method() == Method::CONNECT {
-        return refuse_connect(grpc);
+        return (refuse_connect(grpc), None);
     }
+    // A body announced larger than allowed is refused before anything is sent or read; the
+    // connection closes, as its unread body cannot be skipped safely.
+    if request
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|len| len > limits.max_request_body)
+    {
+        return (
+            closing(rescued(Reason::BodyTooLarge, grpc), request.version()),
+            None,
+        );
+    }
+    // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
+    // upstream could be sent.
+    if request.uri() == "*" {
+        return (rescued(Reason::BadRequest, grpc), None);
+    }
+    let client_upgrade = upgrade::is_tunnel(&request).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
-        return rescued(Reason::NoRoute, grpc);
+        return (rescued(Reason::NoRoute, grpc), None);
     };
+    let client = Client { peer, grpc, limits };
+    let body = client_body(body, limits, &mut parts);
+    let mut tunnel = None;
+    let response = exchange(stack, parts, body, client, client_upgrade, &mut tunnel).await;
+    (response, tunnel)
+}
 
+// The client's body on its way upstream: held to `max_request_body` as it streams (a chunked
+// body says its length only at its end) and to `body_idle_timeout` between pieces. Where it
+// records breaking either goes in the request's extensions, for the stack.
+fn client_body(body: Incoming, limits: Limits, parts: &mut Parts) -> RequestBody {
+    if body.is_end_stream() {
+        return body.map_err(BoxError::from).boxed_unsync();
+    }
+    let fault = BodyFault::default();
+    parts.extensions.insert(fault.clone());
+    let body = IdleBody::new(body, limits.body_idle_timeout, Some(fault.clone()));
+    LimitBody::new(body, limits.max_request_body, fault).boxed_unsync()
+}
+
+// The request through the route's stack, and its answer; an upgrade the upstream agreed to
+// leaves its tunnel in `tunnel`.
+async fn exchange(
+    stack: &Stack,
+    mut parts: Parts,
+    body: RequestBody,
+    client: Client,
+    client_upgrade: Option<OnUpgrade>,
+    tunnel: &mut Option<Tunnel>,
+) -> Response<ResponseBody> {
+    let grpc = client.grpc;
     let deadline = match incoming_deadline(&parts.headers, grpc, stack.timeout(), Instant::now()) {
         Ok(deadline) => deadline,
         // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
@@ -88,10 +159,31 @@ async fn forward(
     }
 
     let version = parts.version;
-    rewrite_request(&mut parts, peer, grpc, deadline.remaining());
-    let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    let hop_by_hop = if client_upgrade.is_some() {
+        HopByHop::tunnel_upgrade()
+    } else {
+        HopByHop::default()
+    };
+    rewrite_request(
+        &mut parts,
+        client.peer,
+        grpc,
+        deadline.remaining(),
+        hop_by_hop,
+    );
+    let request = Request::from_parts(parts, body);
     match stack.call(request, deadline.instant(), expired).await {
-        Ok(response) => {
+        Ok(mut response) => {
+            if let Some(client_upgrade) = client_upgrade {
+                *tunnel = upgrade::join(client_upgrade, &mut response);
+            }
+            if tunnel.is_some() {
+                // The 101 goes back as it came, with its `Upgrade`; the tunnel takes it from
+                // there, past the route's timeout and any fallback.
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers, HopByHop::tunnel_upgrade());
+                return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+            }
             if let Some(fallback) = stack.fallback().and_then(|fallback| {
                 fallback.for_status(response.status(), stale_key.as_deref(), grpc)
             }) {
@@ -101,7 +193,8 @@ async fn forward(
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;
-            let body = body.boxed_unsync();
+            // The stack bounds the body by the deadline already.
+            let body = IdleBody::new(body, client.limits.body_idle_timeout, None).boxed_unsync();
             let body = match stack.fallback() {
                 // A good answer is copied aside as it streams, for the fallback's `stale`.
                 Some(fallback) if stale_key.is_some() => fallback
@@ -111,6 +204,19 @@ async fn forward(
             };
             Response::from_parts(parts, body)
         }
+        // The client's body outgrew `max_request_body` before the upstream answered.
+        Err(Reason::BodyTooLarge) => closing(rescued(Reason::BodyTooLarge, grpc), version),
+        // The client's body stalled past `body_idle_timeout` before the upstream answered (the
+        // stack gives up with `bad-request` for nothing else once a request is sent): 408, as
+        // Envoy answers a stream idle timeout before the response began.
+        Err(Reason::BadRequest) => closing(
+            boxed(rescue_with_status(
+                Reason::BadRequest,
+                StatusCode::REQUEST_TIMEOUT,
+                grpc,
+            )),
+            version,
+        ),
         Err(reason) => failed(stack, reason, stale_key.as_deref(), grpc),
     }
 }
@@ -137,7 +243,8 @@ fn rewrite_request(
     parts: &mut Parts,
     peer: SocketAddr,
     grpc: bool,
-    remaining: std::time::Duration,
+    remaining: Duration,
+    hop_by_hop: HopByHop,
 ) {
     // An HTTP/2 client names the host in `:authority`, which the new target replaces: an HTTP/1.1
     // upstream still learns it from Host.
@@ -148,10 +255,21 @@ fn rewrite_request(
             }
         }
     }
-    remove_hop_by_hop(&mut parts.headers, HopByHop::default());
+    remove_hop_by_hop(&mut parts.headers, hop_by_hop);
     append_forwarded_for(&mut parts.headers, peer.ip());
     // The upstream learns how long its caller will wait.
     set_outgoing(&mut parts.headers, remaining, grpc);
+}
+
+// `response`, with the client's HTTP/1.x connection closed after it: what is left of the request
+// body is not read, and cannot be told from a next request.
+fn closing(mut response: Response<ResponseBody>, version: Version) -> Response<ResponseBody> {
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 // CONNECT gets 405, with the methods a client may use instead, as RFC 9110 §15.5.6 asks.

@@ -3,7 +3,9 @@
 //!
 //! One request's way through it, as far as this crate goes today:
 //!
-//! listener -> CONNECT refused (405) -> route match (or 404 `no-route`) -> deadline (the route's
+//! listener (strict parsing: what hyper refuses, plus a bare LF in a head and Content-Length with
+//! Transfer-Encoding, gets 400 and the connection closed) -> CONNECT refused (405) -> a
+//! `Content-Length` over `max_request_body` refused (413) -> route match (or 404 `no-route`) -> deadline (the route's
 //! `timeout`, capped by the request's own `x-rampart-deadline` or `grpc-timeout`) -> fault
 //! injection (`[routes.fault]`: a delay, or an abort with `abort_status` and
 //! `x-rampart-error: fault-injected`, the upstream untouched; the fallback answers it only when
@@ -27,8 +29,12 @@
 //! The request goes out with the endpoint's address and the original path and query (an
 //! absolute-form target or a Host header never picks a destination), without hop-by-hop headers,
 //! with the client's address appended to `x-forwarded-for` and the time left in the deadline
-//! header. Bodies stream both ways; only a request body that may be retried is read whole first
-//! (known length, at most `max_replay_body`). What goes wrong becomes a response in one place,
+//! header. Bodies stream both ways, each held to the listener's `body_idle_timeout`, the request
+//! body to `max_request_body` too (past either before the upstream answered: 408 or 413, and the
+//! connection closed); a request body that may be retried is copied as it streams, up to
+//! `max_replay_body`. An HTTP/1.1 upgrade (a WebSocket) is sent once, and after the upstream's 101
+//! the two connections are joined byte for byte until either closes. A keep-alive connection with
+//! no request in flight for `idle_timeout` is closed. What goes wrong becomes a response in one place,
 //! [`rampart_http::rescue()`], with `x-rampart-error` saying why: `timeout` (504) when the
 //! route's timeout passes before the response's last byte (after the head was sent, the response
 //! is cut off instead), `upstream-connect` (502) when no connection could be made,
@@ -106,6 +112,8 @@ mod reload;
 mod retry;
 mod route;
 mod stack;
+mod strict;
+mod upgrade;
 mod upstream;
 
 use std::io;
@@ -271,7 +279,9 @@ impl Proxy {
     /// Stops accepting connections, lets in-flight requests finish up to the configured
     /// `drain_timeout` (`[runtime]`), then cuts what is left.
     ///
-    /// Idle keep-alive connections close at once; an HTTP/2 client is sent GOAWAY.
+    /// Idle keep-alive connections close at once; an HTTP/2 client is sent GOAWAY. Tunnels of
+    /// upgraded connections (WebSockets) are closed at once too: they may last for hours, and the
+    /// drain is for requests.
     pub async fn shutdown(mut self) -> Drain {
         // No receiver left means every listener has already ended.
         let _ = self.stop.send(true);

@@ -1,20 +1,31 @@
-//! Listeners: accept connections, serve HTTP/1.1 and h2c prior knowledge on one port, drain.
+//! Listeners: accept connections, serve HTTP/1.1 and h2c prior knowledge on one port, close
+//! connections idle for `idle_timeout`, run the tunnels of upgraded connections, drain.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rampart_config::{Listener, ListenerProtocol};
+use rampart_policy::error::BoxError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use crate::body::ResponseBody;
 use crate::route::Router;
+use crate::strict::StrictIo;
+use crate::upgrade::Tunnel;
 use crate::{Drain, Error, forward};
 
 /// hyper refuses a read buffer below this size.
@@ -42,6 +53,8 @@ pub(crate) struct Serve {
     routes: Arc<ArcSwap<Router>>,
     // One permit per open connection: past `max_connections`, new ones are closed at once.
     connections: Arc<Semaphore>,
+    limits: forward::Limits,
+    idle_timeout: Duration,
     drain_timeout: Duration,
 }
 
@@ -55,19 +68,20 @@ impl Serve {
             builder: builder(listener),
             routes,
             connections: Arc::new(Semaphore::new(listener.max_connections as usize)),
+            limits: forward::Limits::new(listener),
+            idle_timeout: listener.idle_timeout,
             drain_timeout,
         }
     }
 
     /// Accepts until `stop` turns true (or its sender is gone), then drains.
     pub(crate) async fn run(self, tcp: TcpListener, mut stop: watch::Receiver<bool>) -> Drain {
-        let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        if let Some(connection) = self.connection(stream, peer, &graceful) {
+                        if let Some(connection) = self.connection(stream, peer, stop.clone()) {
                             connections.spawn(connection);
                         }
                     }
@@ -84,7 +98,9 @@ impl Serve {
         }
         // Closing the port first: a client connecting now is refused rather than left waiting.
         drop(tcp);
-        let drain = match tokio::time::timeout(self.drain_timeout, graceful.shutdown()).await {
+        // Each connection saw `stop` too: it finishes its requests and closes.
+        let all_closed = async { while connections.join_next().await.is_some() {} };
+        let drain = match tokio::time::timeout(self.drain_timeout, all_closed).await {
             Ok(()) => Drain::Complete,
             Err(_) => Drain::TimedOut,
         };
@@ -99,26 +115,170 @@ impl Serve {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        graceful: &GracefulShutdown,
+        mut stop: watch::Receiver<bool>,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let permit = self.connections.clone().try_acquire_owned().ok()?;
         // Small request and response heads must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let routes = self.routes.clone();
-        // Each request takes the routes in force when it arrives, and keeps them to its end: a
-        // reload reaches open connections without changing a request in flight.
-        let service = service_fn(move |request| forward::handle(request, routes.load_full(), peer));
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let routes = self.routes.clone();
+            let activity = activity.clone();
+            let limits = self.limits;
+            service_fn(move |request| {
+                let busy = Busy::start(activity.clone());
+                // Each request takes the routes in force when it arrives, and keeps them to its
+                // end: a reload reaches open connections without changing a request in flight.
+                let router = routes.load_full();
+                async move {
+                    let (response, tunnel) = forward::handle(request, &router, peer, limits).await;
+                    if let Some(tunnel) = tunnel {
+                        busy.activity.open_tunnel(tunnel);
+                    }
+                    Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+                }
+            })
+        };
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(StrictIo::new(stream)), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let idle_timeout = self.idle_timeout;
         Some(async move {
-            // A connection error (a client gone, a malformed request answered 400) ends only this
-            // connection; there is nothing more to do with it here.
-            let _ = connection.await;
+            tokio::pin!(connection);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    // A connection error (a client gone, a malformed request answered 400) ends
+                    // only this connection; there is nothing more to do with it here.
+                    _ = connection.as_mut() => break,
+                    // A drain: the requests in flight finish, then the connection closes (an
+                    // HTTP/2 client is sent GOAWAY).
+                    _ = stop.wait_for(|stop| *stop), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = activity.idle_for(idle_timeout), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+            // An upgraded connection lives on as a tunnel, until a side closes or a drain begins.
+            if let Some(tunnel) = activity.take_tunnel() {
+                tokio::select! {
+                    () = tunnel => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+            }
             drop(permit);
         })
+    }
+}
+
+/// What a connection's task knows of its requests: how many are in flight and since when none
+/// is (for `idle_timeout`), and the tunnel an upgrade left to run. hyper's HTTP/1.1 has no idle
+/// timer of its own, and its HTTP/2 keep-alive pings a peer rather than close an idle one.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    // When the last request ended, in milliseconds since `epoch`.
+    last_end: AtomicU64,
+    // Taken once, when the connection has handed its IO over; locked only by an upgrade.
+    tunnel: Mutex<Option<Tunnel>>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            tunnel: Mutex::new(None),
+        }
+    }
+
+    // Since when no request has been in flight, or `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.epoch + Duration::from_millis(self.last_end.load(Ordering::Acquire)))
+    }
+
+    // Resolves once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            match self.idle_since() {
+                Some(since) if Instant::now() >= since + timeout => return,
+                Some(since) => tokio::time::sleep_until(since + timeout).await,
+                // Looked at again a timeout later: a request ending meanwhile restarts the count.
+                None => tokio::time::sleep(timeout).await,
+            }
+        }
+    }
+
+    fn open_tunnel(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    }
+
+    fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// One request in flight on a connection, from its head until its response's last byte was
+/// sent (or the exchange was dropped).
+struct Busy {
+    activity: Arc<Activity>,
+}
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Busy {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy { activity }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let since_epoch = Instant::now().saturating_duration_since(self.activity.epoch);
+        let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        // Stored before the count drops, so an idle count always reads a fresh end.
+        self.activity.last_end.store(millis, Ordering::Release);
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight until it is done.
+    pub(crate) struct Tracked {
+        #[pin]
+        body: ResponseBody,
+        _busy: Busy,
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1,14 +1,19 @@
 //! A route's retry settings (`[routes.retry]`), ready for the data path, and the request body
 //! kept to be sent again.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use http::header::UPGRADE;
+use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::Route;
 use rampart_http::classify::is_retryable;
@@ -88,11 +93,12 @@ impl Retry {
         &self.budget
     }
 
-    /// Whether a request of this method may be retried at all. gRPC calls are all POSTs; whether
-    /// one may be retried is said by the `on` tokens alone (`grpc-unavailable` means the server
-    /// did not process it).
-    pub(crate) fn allows(&self, method: &Method, grpc: bool) -> bool {
-        grpc || self.methods.contains(method)
+    /// Whether a request may be retried at all. gRPC calls are all POSTs; whether one may be
+    /// retried is said by the `on` tokens alone (`grpc-unavailable` means the server did not
+    /// process it). An upgrade (a WebSocket handshake, which still carries `Upgrade` on its way
+    /// upstream) is never retried: once the upstream agrees, the connection is no longer HTTP.
+    pub(crate) fn allows(&self, request: &Parts, grpc: bool) -> bool {
+        !request.headers.contains_key(UPGRADE) && (grpc || self.methods.contains(&request.method))
     }
 
     /// Whether the route's `on` tokens ask for `attempt` to be retried.
@@ -100,161 +106,277 @@ impl Retry {
         is_retryable(&self.on, attempt)
     }
 
-    /// The largest body kept to be sent again.
-    pub(crate) fn max_replay_body(&self) -> u64 {
-        self.max_replay_body
-    }
-
-    /// Whether a body this size may be buffered to be sent again: its length must be known
-    /// (`content-length`, or no body at all) and within `max_replay_body`.
+    /// Whether a request carrying `body` may be retried for its size: a body of known length
+    /// must fit `max_replay_body`; a chunked one may, and is copied as it streams until it
+    /// turns out not to ([`Replay`]).
     pub(crate) fn can_replay(&self, body: &RequestBody) -> bool {
         body.is_end_stream()
             || body
                 .size_hint()
                 .exact()
-                .is_some_and(|len| len <= self.max_replay_body)
+                .is_none_or(|len| len <= self.max_replay_body)
+    }
+
+    /// The most of a request body kept to be sent again.
+    pub(crate) fn max_replay_body(&self) -> u64 {
+        self.max_replay_body
     }
 }
 
-// === impl Replay ===
-
-/// The body of each attempt: the client's, streamed once, or a copy kept to be sent again.
+/// The body of each attempt: the client's, sent once, or sent while a copy is kept for the
+/// attempts after it.
 #[derive(Debug)]
 pub(crate) enum Replay {
     /// Sent once, as it comes; the request cannot be retried.
-    Stream(Option<RequestBody>),
-    /// Read whole before the first attempt; every attempt sends it.
-    Buffered(Bytes),
-    /// Streamed to the first attempt and copied on the way (a gRPC call: its length is not
-    /// announced, and a streaming call's client may wait for answers before it sends more, so
-    /// reading it whole first could stall the call). A retry sends the copy if the body had
-    /// ended by then, within `max_replay_body`; else there is no retry.
-    Tee {
-        first: Option<RequestBody>,
-        copy: Arc<Mutex<TeeCopy>>,
+    Once(Option<RequestBody>),
+    /// No body at all: every attempt sends none.
+    Empty(Option<RequestBody>),
+    /// Streamed to the first attempt while its pieces are copied aside, up to a cap; each later
+    /// attempt sends the copy, then whatever of the client's body no attempt has read yet.
+    Recorded {
+        recording: Arc<Recording>,
+        /// Whether the first attempt's body was handed out.
+        started: bool,
     },
 }
 
-/// What a [`Replay::Tee`] copied of the body so far.
-#[derive(Debug, Default)]
-pub(crate) struct TeeCopy {
-    bytes: BytesMut,
-    whole: bool,
-    /// Past `max_replay_body`, or trailers that the copy cannot carry: nothing is kept.
-    given_up: bool,
-}
-
 impl Replay {
-    /// Reads `body` whole (its length is known and small: see [`Retry::can_replay`]). Trailers
-    /// are dropped (a request that may be retried has none worth keeping); more data than the
-    /// announced length is refused, though hyper already holds a body to its `content-length`.
-    pub(crate) async fn buffer(mut body: RequestBody) -> Result<Replay, ()> {
-        let length = body.size_hint().exact().unwrap_or(0);
-        let mut buffer = BytesMut::with_capacity(usize::try_from(length).map_err(|_| ())?);
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.map_err(|_| ())?.into_data() {
-                if (buffer.len() + data.len()) as u64 > length {
-                    return Err(());
-                }
-                buffer.extend_from_slice(&data);
-            }
-        }
-        Ok(Replay::Buffered(buffer.freeze()))
+    /// A body sent once only.
+    pub(crate) fn once(body: RequestBody) -> Replay {
+        Replay::Once(Some(body))
     }
 
-    /// Streams `body` to the first attempt, copying up to `limit` bytes of it for a retry.
-    pub(crate) fn tee(body: RequestBody, limit: u64) -> Replay {
-        let copy = Arc::new(Mutex::new(TeeCopy::default()));
-        let tee = Tee {
-            inner: body,
-            copy: copy.clone(),
-            limit,
-        };
-        Replay::Tee {
-            first: Some(tee.boxed_unsync()),
-            copy,
+    /// A body to be sent again when it turns out to fit in `cap` bytes. Nothing is read ahead:
+    /// the first attempt gets the client's pieces as they come.
+    pub(crate) fn record(body: RequestBody, cap: u64) -> Replay {
+        if body.is_end_stream() {
+            return Replay::Empty(Some(body));
+        }
+        let recording = Arc::new(Recording {
+            replayable: AtomicBool::new(true),
+            hint: body.size_hint(),
+            slot: Mutex::new(Slot {
+                state: Some(BodyState {
+                    copy: Vec::new(),
+                    copied: 0,
+                    cap,
+                    rest: Some(body),
+                    trailers: None,
+                }),
+                waiting: None,
+            }),
+        });
+        Replay::Recorded {
+            recording,
+            started: false,
         }
     }
 
-    /// The body of the next attempt; `None` when the streamed body was already sent, or a teed
-    /// one was not copied whole.
+    /// Whether another attempt can still be sent the whole body: not after a body sent once,
+    /// nor after a recorded one outgrew its cap or broke off.
+    pub(crate) fn can_retry(&self) -> bool {
+        match self {
+            Replay::Once(_) => false,
+            Replay::Empty(_) => true,
+            Replay::Recorded { recording, .. } => recording.replayable.load(Ordering::Acquire),
+        }
+    }
+
+    /// The body of the next attempt; `None` when the body cannot be sent again (see
+    /// [`Replay::can_retry`]).
     pub(crate) fn next(&mut self) -> Option<RequestBody> {
         match self {
-            Replay::Stream(body) => body.take(),
-            Replay::Buffered(bytes) => Some(
-                Full::new(bytes.clone())
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
+            Replay::Once(body) => body.take(),
+            Replay::Empty(body) => Some(
+                body.take()
+                    .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed_unsync()),
             ),
-            Replay::Tee { first, copy } => {
-                if let Some(body) = first.take() {
-                    return Some(body);
+            Replay::Recorded { recording, started } => {
+                if !recording.replayable.load(Ordering::Acquire) {
+                    return None;
                 }
-                let whole = {
-                    let mut copy = copy.lock().unwrap_or_else(PoisonError::into_inner);
-                    (copy.whole && !copy.given_up).then(|| std::mem::take(&mut copy.bytes))
-                }?;
-                *self = Replay::Buffered(whole.freeze());
-                self.next()
+                let replay = std::mem::replace(started, true);
+                Some(
+                    ReplayBody {
+                        recording: recording.clone(),
+                        state: None,
+                        replay,
+                        sent: 0,
+                        sent_trailers: false,
+                    }
+                    .boxed_unsync(),
+                )
             }
         }
     }
 }
 
-// === impl Tee ===
-
-pin_project_lite::pin_project! {
-    /// A request body streamed on as it comes, copied into a [`TeeCopy`] on the way.
-    struct Tee {
-        #[pin]
-        inner: RequestBody,
-        copy: Arc<Mutex<TeeCopy>>,
-        limit: u64,
-    }
+/// What the attempts of one request share of its body.
+#[derive(Debug)]
+pub(crate) struct Recording {
+    /// Cleared once the copy is given up: the body outgrew the cap, or the client's body failed.
+    /// Read without the lock, to decide on a retry.
+    replayable: AtomicBool,
+    /// The client body's size hint, which every attempt's body repeats.
+    hint: SizeHint,
+    slot: Mutex<Slot>,
 }
 
-impl Body for Tee {
+/// The body's state, when no attempt's body holds it, and the attempt waiting for it.
+#[derive(Debug)]
+struct Slot {
+    state: Option<BodyState>,
+    waiting: Option<Waker>,
+}
+
+/// Everything read of the client's body, and the rest of it.
+#[derive(Debug)]
+struct BodyState {
+    /// The pieces read so far, while they fit in `cap`; emptied when they no longer do.
+    copy: Vec<Bytes>,
+    copied: u64,
+    cap: u64,
+    /// What no attempt has read yet; `None` once the client's body ended.
+    rest: Option<RequestBody>,
+    trailers: Option<HeaderMap>,
+}
+
+/// One attempt's body over a [`Recording`]: the copy first, then the client's body.
+///
+/// Attempts run one after another, but the body of a finished attempt may still be held (by a
+/// connection on its way down) when the next attempt starts: the state is taken by the body being
+/// read and given back when it is dropped, and the next one waits for it. The lock is taken when
+/// a body first reads and when it is dropped, never per piece.
+struct ReplayBody {
+    recording: Arc<Recording>,
+    /// The state, while this body holds it.
+    state: Option<BodyState>,
+    /// Whether an earlier attempt's body came first: this one must send the body whole.
+    replay: bool,
+    /// How many pieces of the copy this body has sent.
+    sent: usize,
+    sent_trailers: bool,
+}
+
+impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
-        // Locked only here and once by the retry, never across an await: uncontended.
-        let mut copy = this.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        match &frame {
-            Some(Ok(frame)) => match frame.data_ref() {
-                Some(data) if !copy.given_up => {
-                    if (copy.bytes.len() + data.len()) as u64 > *this.limit {
-                        copy.given_up = true;
-                        copy.bytes = BytesMut::new();
-                    } else {
-                        copy.bytes.extend_from_slice(data);
-                    }
+        let this = &mut *self;
+        if this.state.is_none() {
+            let mut slot = lock(&this.recording.slot);
+            match slot.state.take() {
+                Some(state) => this.state = Some(state),
+                None => {
+                    slot.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
-                Some(_) => {}
-                None => copy.given_up = true,
-            },
-            Some(Err(_)) => copy.given_up = true,
-            None => copy.whole = true,
+            }
         }
-        // A body that knows it has ended may never be polled again.
-        if this.inner.is_end_stream() {
-            copy.whole = true;
+        let Some(state) = this.state.as_mut() else {
+            return Poll::Pending;
+        };
+        // A later attempt's body whose copy was given up (by an earlier attempt's body still
+        // reading when this one started) cannot be sent whole.
+        if this.replay && !this.recording.replayable.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(Box::new(NotReplayable))));
         }
-        Poll::Ready(frame)
+        if let Some(piece) = state.copy.get(this.sent) {
+            this.sent += 1;
+            return Poll::Ready(Some(Ok(Frame::data(piece.clone()))));
+        }
+        let Some(rest) = state.rest.as_mut() else {
+            if !this.sent_trailers {
+                this.sent_trailers = true;
+                if let Some(trailers) = &state.trailers {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
+                }
+            }
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(rest).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                state.rest = None;
+                this.sent_trailers = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(err))) => {
+                // What was read is not the whole body, and never will be.
+                this.recording.replayable.store(false, Ordering::Release);
+                return Poll::Ready(Some(Err(err)));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if state.copied + len > state.cap {
+                // Too large to keep: this attempt goes on, no other will follow.
+                this.recording.replayable.store(false, Ordering::Release);
+                state.copy = Vec::new();
+            } else if this.recording.replayable.load(Ordering::Relaxed) {
+                state.copy.push(data.clone());
+            }
+            state.copied += len;
+            this.sent = state.copy.len();
+        } else if let Some(trailers) = frame.trailers_ref() {
+            state.trailers = Some(trailers.clone());
+            this.sent_trailers = true;
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.state.as_ref().is_some_and(|state| {
+            self.sent >= state.copy.len()
+                && state.rest.is_none()
+                && (self.sent_trailers || state.trailers.is_none())
+        })
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.recording.hint
     }
+}
+
+impl Drop for ReplayBody {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            let mut slot = lock(&self.recording.slot);
+            slot.state = Some(state);
+            if let Some(waker) = slot.waiting.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ReplayBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayBody")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An attempt's body was to be a replay, but the copy was given up before it could be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NotReplayable;
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body outgrew max_replay_body and cannot be sent again")
+    }
+}
+
+impl StdError for NotReplayable {}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How an attempt that got a response ended, for the `on` tokens.
@@ -269,8 +391,11 @@ pub(crate) fn answered(status: StatusCode, headers: &HeaderMap, grpc: bool) -> A
 
 #[cfg(test)]
 mod tests {
+    use http::Request;
+    use http_body_util::Full;
     use rampart_config::Config;
     use rampart_http::{GrpcCode, TransportError};
+    use tokio::sync::mpsc;
 
     use super::*;
 
@@ -281,6 +406,48 @@ mod tests {
         );
         let config = Config::from_str(&toml, "test.toml").unwrap();
         Retry::new(&config.routes[0]).unwrap()
+    }
+
+    fn parts(method: Method, upgrade: bool) -> Parts {
+        let mut request = Request::builder().method(method);
+        if upgrade {
+            request = request
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket");
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    fn full(s: &'static str) -> RequestBody {
+        Full::new(Bytes::from_static(s.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    // A chunked body whose pieces a test sends; it ends when the sender is dropped.
+    fn chunked() -> (mpsc::UnboundedSender<Bytes>, RequestBody) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, ChannelBody(rx).boxed_unsync())
+    }
+
+    struct ChannelBody(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|piece| piece.map(|p| Ok(Frame::data(p))))
+        }
+    }
+
+    async fn read(body: RequestBody) -> Result<Bytes, BoxError> {
+        Ok(body.collect().await?.to_bytes())
     }
 
     #[test]
@@ -296,8 +463,8 @@ mod tests {
         let config = Config::from_str(toml, "test.toml").unwrap();
         let retry = Retry::new(&config.routes[0]).unwrap().unwrap();
         assert_eq!(retry.attempts(), 1);
-        assert!(retry.allows(&Method::GET, false));
-        assert!(!retry.allows(&Method::POST, false));
+        assert!(retry.allows(&parts(Method::GET, false), false));
+        assert!(!retry.allows(&parts(Method::POST, false), false));
     }
 
     #[test]
@@ -307,83 +474,93 @@ mod tests {
         assert!(retry.wants(&Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
         assert!(!retry.wants(&Attempt::status(StatusCode::INTERNAL_SERVER_ERROR)));
         assert!(retry.wants(&Attempt::grpc(GrpcCode::Unavailable)));
-        assert!(retry.allows(&Method::GET, false));
-        assert!(!retry.allows(&Method::POST, false));
-        assert!(retry.allows(&Method::POST, true));
+        assert!(retry.allows(&parts(Method::GET, false), false));
+        assert!(!retry.allows(&parts(Method::POST, false), false));
+        assert!(retry.allows(&parts(Method::POST, false), true));
     }
 
     #[test]
-    fn bodies_of_unknown_or_large_size_are_not_replayed() {
+    fn an_upgrade_is_never_retried() {
+        let retry = retry("").unwrap();
+        assert!(!retry.allows(&parts(Method::GET, true), false));
+    }
+
+    #[test]
+    fn bodies_of_known_size_over_the_cap_are_not_replayed() {
         let retry = retry("max_replay_body = \"4B\"").unwrap();
-        let full = |s: &'static str| {
-            Full::new(Bytes::from_static(s.as_bytes()))
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        };
         assert!(retry.can_replay(&full("")));
         assert!(retry.can_replay(&full("1234")));
         assert!(!retry.can_replay(&full("12345")));
-        // A chunked body: no length until it ends.
-        assert!(!retry.can_replay(&Chunked.boxed_unsync()));
+        // A chunked body: no length until it ends, so it may turn out to fit.
+        assert!(retry.can_replay(&chunked().1));
     }
 
-    // A body in two pieces, of unknown length, as a gRPC client sends one.
-    fn pieces() -> RequestBody {
-        Pieces(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]).boxed_unsync()
-    }
-
-    struct Pieces(Vec<Bytes>);
-
-    impl Body for Pieces {
-        type Data = Bytes;
-        type Error = BoxError;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
-            Poll::Ready(next.map(|piece| Ok(Frame::data(piece))))
+    #[tokio::test]
+    async fn a_chunked_body_that_fits_is_sent_again_whole() {
+        let (tx, body) = chunked();
+        let mut replay = Replay::record(body, 16);
+        for piece in ["ab", "cd", "ef"] {
+            tx.send(Bytes::from_static(piece.as_bytes())).unwrap();
         }
-    }
-
-    async fn text(body: RequestBody) -> Bytes {
-        body.collect().await.unwrap().to_bytes()
-    }
-
-    #[tokio::test]
-    async fn a_teed_body_is_replayed_once_it_was_copied_whole() {
-        let mut replay = Replay::tee(pieces(), 4);
-        assert_eq!(text(replay.next().unwrap()).await, "abcd");
-        assert_eq!(text(replay.next().unwrap()).await, "abcd");
-        assert_eq!(text(replay.next().unwrap()).await, "abcd");
+        drop(tx);
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
+        assert!(replay.can_retry());
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
     }
 
     #[tokio::test]
-    async fn a_teed_body_too_large_or_not_yet_whole_is_not_replayed() {
-        let mut replay = Replay::tee(pieces(), 3);
-        assert_eq!(text(replay.next().unwrap()).await, "abcd");
-        assert!(replay.next().is_none());
-
-        // The answer came before the body had ended.
-        let mut replay = Replay::tee(pieces(), 4);
+    async fn an_attempt_cut_short_leaves_the_rest_to_the_next() {
+        let (tx, body) = chunked();
+        let mut replay = Replay::record(body, 16);
         let mut first = replay.next().unwrap();
-        let piece = first.frame().await.unwrap().unwrap();
-        assert_eq!(piece.into_data().unwrap(), "ab");
+        tx.send(Bytes::from_static(b"ab")).unwrap();
+        let piece = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(piece, "ab");
+        // The first attempt fails here, having sent one piece.
+        drop(first);
+        tx.send(Bytes::from_static(b"cd")).unwrap();
+        drop(tx);
+        assert!(replay.can_retry());
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_over_the_cap_is_sent_once_only() {
+        let (tx, body) = chunked();
+        let mut replay = Replay::record(body, 4);
+        for piece in ["ab", "cd", "ef"] {
+            tx.send(Bytes::from_static(piece.as_bytes())).unwrap();
+        }
+        drop(tx);
+        // The first attempt gets all of it all the same.
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
+        assert!(!replay.can_retry());
         assert!(replay.next().is_none());
     }
 
-    struct Chunked;
+    #[tokio::test]
+    async fn a_later_attempt_waits_for_the_earlier_body_to_be_let_go() {
+        let (tx, body) = chunked();
+        let mut replay = Replay::record(body, 16);
+        let mut first = replay.next().unwrap();
+        tx.send(Bytes::from_static(b"ab")).unwrap();
+        first.frame().await.unwrap().unwrap();
+        let second = tokio::spawn(read(replay.next().unwrap()));
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        drop(first);
+        drop(tx);
+        assert_eq!(second.await.unwrap().unwrap(), "ab");
+    }
 
-    impl Body for Chunked {
-        type Data = Bytes;
-        type Error = rampart_policy::error::BoxError;
-
-        fn poll_frame(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-            std::task::Poll::Ready(None)
+    #[tokio::test]
+    async fn no_body_is_no_body_every_time() {
+        let mut replay = Replay::record(full(""), 4);
+        for _ in 0..2 {
+            let body = replay.next().unwrap();
+            assert!(body.is_end_stream());
         }
+        assert!(replay.can_retry());
     }
 }

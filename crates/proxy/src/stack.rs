@@ -15,7 +15,9 @@ use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
-use crate::body::{DeadlineBody, RequestBody, TrailersOutcome, UpstreamBody};
+use crate::body::{
+    BodyFault, ClientBodyFault, DeadlineBody, RequestBody, TrailersOutcome, UpstreamBody,
+};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::hedge::Hedging;
@@ -34,9 +36,8 @@ use crate::upstream::{Picked, Pool};
 ///   so retries cannot outlive the client's patience;
 /// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
 ///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
-///   storm; the body is kept for it only when it is small and of known length, or, for a gRPC
-///   call (whose length is never announced), copied as it streams to the first attempt and sent
-///   again only if it had ended by the retry;
+///   storm; the body is copied for it as it streams to the first attempt, up to
+///   `max_replay_body` (a body that outgrows it is sent once and not retried);
 /// - hedge (`[routes.hedge]`): below retry, so that each attempt of the retry loop may be
 ///   hedged and a race that every attempt lost is judged by the retry like a single failed
 ///   attempt; above the limits and the balancer, so that a hedge is admitted by the upstream's
@@ -147,27 +148,17 @@ impl Stack {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         let (parts, body) = request.into_parts();
 
-        // Only a request that may be retried is worth the wait of buffering its body. A gRPC
-        // call's body, of unknown length, is copied as it streams instead.
+        // Only a request that may be retried is worth a copy of its body.
         let retry = self
             .retry
             .as_ref()
-            .filter(|retry| retry.allows(&parts.method, grpc) && (grpc || retry.can_replay(&body)));
+            .filter(|retry| retry.allows(&parts, grpc) && retry.can_replay(&body));
         let mut body = match retry {
-            Some(retry) if retry.can_replay(&body) => {
-                retry.budget().deposit();
-                match tokio::time::timeout_at(deadline, Replay::buffer(body)).await {
-                    Ok(Ok(replay)) => replay,
-                    // The client's body broke off: nothing can be sent upstream.
-                    Ok(Err(())) => return Err(Reason::BadRequest),
-                    Err(_elapsed) => return Err(expired),
-                }
-            }
             Some(retry) => {
                 retry.budget().deposit();
-                Replay::tee(body, retry.max_replay_body())
+                Replay::record(body, retry.max_replay_body())
             }
-            None => Replay::Stream(Some(body)),
+            None => Replay::once(body),
         };
         let attempts = retry.map_or(1, Retry::attempts);
         let mut delays = retry.map(|retry| retry.backoff().delays());
@@ -246,6 +237,14 @@ impl Stack {
                     let tried = answered(response.status(), response.headers(), grpc);
                     (index, tried, Last::Response(response))
                 }
+                Err((_, Tried::Client(fault))) => {
+                    // The client's body failed the exchange, not the endpoint: no retry can mend
+                    // it.
+                    return Err(match fault {
+                        ClientBodyFault::TooLarge => Reason::BodyTooLarge,
+                        ClientBodyFault::Stalled => Reason::BadRequest,
+                    });
+                }
                 Err((index, Tried::Transport(err))) => {
                     (index, Attempt::Error(err), Last::Error(err.into()))
                 }
@@ -253,7 +252,8 @@ impl Stack {
                 Err((_, Tried::Expired)) => return Err(expired),
             };
 
-            let Some(retry) = retry.filter(|retry| attempt < attempts && retry.wants(&tried))
+            let Some(retry) =
+                retry.filter(|retry| attempt < attempts && retry.wants(&tried) && body.can_retry())
             else {
                 return last.into_result();
             };
@@ -296,6 +296,9 @@ impl Stack {
                     Tried::Transport(err) => err.outcome(),
                     // No answer within the whole exchange's time: a failure of this endpoint.
                     Tried::Expired => Outcome::Failure,
+                    // The client's body failed the exchange: the endpoint's breaker and the
+                    // limit learn nothing (permit and slot are let go unrecorded).
+                    Tried::Client(_) => return Err((index, tried)),
                 };
                 slot.record(outcome);
                 picked.record(outcome);
@@ -327,12 +330,16 @@ impl Stack {
         request: Request<RequestBody>,
         deadline: Instant,
     ) -> Result<Response<Incoming>, Tried> {
+        let fault = request.extensions().get::<BodyFault>().cloned();
         let try_deadline = self
             .per_try_timeout
             .map_or(deadline, |timeout| deadline.min(Instant::now() + timeout));
         match tokio::time::timeout_at(try_deadline, self.upstream.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(Tried::Transport(transport_error(&err))),
+            Ok(Err(err)) => Err(match fault.as_ref().and_then(BodyFault::get) {
+                Some(fault) => Tried::Client(fault),
+                None => Tried::Transport(transport_error(&err)),
+            }),
             Err(_elapsed) if try_deadline < deadline => {
                 Err(Tried::Transport(TransportError::Timeout))
             }
@@ -351,6 +358,8 @@ enum Tried {
     Transport(TransportError),
     /// The request's deadline passed.
     Expired,
+    /// The client's request body failed the exchange (`max_request_body`, `body_idle_timeout`).
+    Client(ClientBodyFault),
 }
 
 impl Last {

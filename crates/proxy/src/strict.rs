@@ -1,0 +1,470 @@
+//! The one check of RFC 9112 that hyper leaves out: every line of a request head ends in CRLF.
+//!
+//! hyper (through httparse) takes a bare LF for a line end, as RFC 9112 §2.2 lets a lenient
+//! recipient do, and has no setting to refuse it. Every other strict rule (a Content-Length that
+//! conflicts or is not a number, obs-fold, an unknown transfer coding, a bare CR) hyper enforces
+//! itself, answering 400 and closing the connection; both Content-Length and Transfer-Encoding
+//! rampart refuses in `forward.rs`, where the parsed head is at hand.
+//!
+//! [`StrictIo`] reads the client's bytes ahead of hyper and follows the message framing (heads,
+//! Content-Length bodies, chunked bodies and their trailers) to know where each head lies. A bare
+//! LF in a head is turned into a NUL byte before hyper sees it, so that hyper's own parser fails
+//! on it and answers 400 as for any malformed head. Body bytes are never touched: where the
+//! framing is not certain (an upgrade, an HTTP/2 preface, a framing header it cannot read, which
+//! hyper then refuses), the check stops for the rest of the connection rather than guess.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How much of a header line is kept to read the framing headers: their names and any sane
+/// value fit; a longer line of one of those names stops the check (hyper judges it).
+const LINE: usize = 64;
+
+/// What replaces a refused line end and everything after it: a byte no head may hold, then the
+/// end of a head.
+const SPOILED: &[u8] = b"\0\r\n\r\n";
+
+pin_project_lite::pin_project! {
+    /// A client connection whose request heads must use CRLF line ends.
+    pub(crate) struct StrictIo<T> {
+        #[pin]
+        inner: T,
+        framing: Framing,
+        // Once a head is refused: what is left to hand hyper of the spoiled head.
+        spoiled: Option<&'static [u8]>,
+    }
+}
+
+impl<T> StrictIo<T> {
+    pub(crate) fn new(inner: T) -> StrictIo<T> {
+        StrictIo {
+            inner,
+            framing: Framing::new(),
+            spoiled: None,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for StrictIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if let Some(spoiled) = this.spoiled {
+            // What is left of the spoiled head, then the end of the stream.
+            let n = spoiled.len().min(buf.remaining());
+            buf.put_slice(&spoiled[..n]);
+            *spoiled = &spoiled[n..];
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let read = this.inner.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            if let Some(at) = this.framing.scan(&buf.filled()[before..]) {
+                // The offending line end and all after it give way to a NUL and the end of a
+                // head: hyper then sees a whole head (its quick look for one finds it) that its
+                // parser refuses, so it answers 400 and closes.
+                buf.set_filled(before + at);
+                let n = SPOILED.len().min(buf.remaining());
+                buf.put_slice(&SPOILED[..n]);
+                *this.spoiled = Some(&SPOILED[n..]);
+            }
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for StrictIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Where the byte stream of a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In a head (a request's, or a chunked body's trailers).
+    Head,
+    /// In a Content-Length body, with this many bytes left.
+    Body(u64),
+    /// In a chunk-size line.
+    ChunkSize,
+    /// In a chunk's data, with this many bytes left.
+    ChunkData(u64),
+    /// In the CRLF after a chunk's data, with this many bytes left.
+    ChunkEnd(u8),
+    /// The framing is not certain: nothing more is looked at.
+    Off,
+}
+
+/// The scanner's state: where it is, and what the head read so far says of the body after it.
+#[derive(Debug)]
+struct Framing {
+    state: State,
+    prev_cr: bool,
+    // The start of the current line, for the framing headers.
+    line: [u8; LINE],
+    line_len: usize,
+    truncated: bool,
+    // Lines of the current head so far; the first is the request line.
+    lines: u32,
+    // Whether the current head is a chunked body's trailers.
+    trailers: bool,
+    content_length: Option<u64>,
+    chunked: bool,
+    has_content_length: bool,
+    has_transfer_encoding: bool,
+    // The head says something after which the bytes may not be HTTP/1.1 messages.
+    opaque: bool,
+    // The chunk size read so far.
+    chunk: u64,
+    in_extension: bool,
+}
+
+impl Framing {
+    fn new() -> Framing {
+        Framing {
+            state: State::Head,
+            prev_cr: false,
+            line: [0; LINE],
+            line_len: 0,
+            truncated: false,
+            lines: 0,
+            trailers: false,
+            content_length: None,
+            chunked: false,
+            has_content_length: false,
+            has_transfer_encoding: false,
+            opaque: false,
+            chunk: 0,
+            in_extension: false,
+        }
+    }
+
+    /// Follows `bytes`; returns where the line end of a head to refuse is, if there is one.
+    fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                State::Off => return None,
+                State::Body(left) => {
+                    let step = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len() - i);
+                    i += step;
+                    let left = left - step as u64;
+                    if left == 0 {
+                        self.next_message();
+                    } else {
+                        self.state = State::Body(left);
+                    }
+                }
+                State::ChunkData(left) => {
+                    let step = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len() - i);
+                    i += step;
+                    let left = left - step as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEnd(2)
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::ChunkEnd(left) => {
+                    i += 1;
+                    self.state = if left == 1 {
+                        self.chunk = 0;
+                        self.in_extension = false;
+                        State::ChunkSize
+                    } else {
+                        State::ChunkEnd(left - 1)
+                    };
+                }
+                State::ChunkSize => {
+                    self.chunk_size_byte(bytes[i]);
+                    i += 1;
+                }
+                State::Head => {
+                    if self.head_byte(bytes[i]) {
+                        self.state = State::Off;
+                        return Some(i);
+                    }
+                    i += 1;
+                }
+            }
+        }
+        None
+    }
+
+    fn chunk_size_byte(&mut self, byte: u8) {
+        match byte {
+            b'\n' => {
+                self.state = if self.chunk == 0 {
+                    // The last chunk: trailers follow, ended by an empty line.
+                    self.start_head(true);
+                    State::Head
+                } else {
+                    State::ChunkData(self.chunk)
+                };
+            }
+            _ if self.in_extension => {}
+            b';' | b' ' | b'\t' | b'\r' => self.in_extension = true,
+            _ => match (byte as char).to_digit(16) {
+                Some(digit) if self.chunk >> 60 == 0 => {
+                    self.chunk = self.chunk << 4 | u64::from(digit);
+                }
+                // Not a size hyper would read: it refuses the body; stop looking.
+                _ => self.state = State::Off,
+            },
+        }
+    }
+
+    // Whether `byte` ends a head that must be refused.
+    fn head_byte(&mut self, byte: u8) -> bool {
+        let prev_cr = std::mem::replace(&mut self.prev_cr, byte == b'\r');
+        if byte != b'\n' {
+            if byte != b'\r' {
+                if self.line_len < LINE {
+                    self.line[self.line_len] = byte;
+                    self.line_len += 1;
+                } else {
+                    self.truncated = true;
+                }
+            }
+            return false;
+        }
+        // A bare LF.
+        !prev_cr || self.end_line()
+    }
+
+    // Whether the line just ended ends a head that must be refused.
+    fn end_line(&mut self) -> bool {
+        let empty = self.line_len == 0 && !self.truncated;
+        if empty {
+            if self.lines == 0 && !self.trailers {
+                // An empty line before a request line is skipped (RFC 9112 §2.2).
+                return false;
+            }
+            // Both Content-Length and Transfer-Encoding: hyper would read the body as chunked
+            // and close the connection after it (RFC 9112 §6.3 allows that), but a message two
+            // parsers could frame two ways is how requests are smuggled.
+            if self.has_content_length && self.has_transfer_encoding {
+                return true;
+            }
+            self.end_head();
+            return false;
+        }
+        if self.lines == 0 && !self.trailers {
+            let line = &self.line[..self.line_len];
+            // The HTTP/2 preface and CONNECT are followed by bytes that are not HTTP/1.1.
+            if line.starts_with(b"PRI ") || line.starts_with(b"CONNECT ") {
+                self.opaque = true;
+            }
+        } else if !self.trailers {
+            self.header_line();
+        }
+        self.lines += 1;
+        self.line_len = 0;
+        self.truncated = false;
+        false
+    }
+
+    fn header_line(&mut self) {
+        let line = &self.line[..self.line_len];
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => (&line[..colon], Some(&line[colon + 1..])),
+            None => (line, None),
+        };
+        let is = |wanted: &[u8]| {
+            if value.is_some() {
+                name.eq_ignore_ascii_case(wanted)
+            } else {
+                // A line cut before its colon: any framing name it may be counts.
+                self.truncated
+                    && name.len() <= wanted.len()
+                    && wanted[..name.len()].eq_ignore_ascii_case(name)
+            }
+        };
+        if value.is_some() {
+            self.has_content_length |= name.eq_ignore_ascii_case(b"content-length");
+            self.has_transfer_encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
+        }
+        let framing = is(b"content-length") || is(b"transfer-encoding") || is(b"upgrade");
+        if !framing {
+            return;
+        }
+        let value = match value {
+            Some(value) if !self.truncated => value.trim_ascii(),
+            _ => {
+                self.opaque = true;
+                return;
+            }
+        };
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            self.opaque = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            if last.eq_ignore_ascii_case(b"chunked") {
+                self.chunked = true;
+            } else {
+                self.opaque = true;
+            }
+        } else {
+            let length = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (length, self.content_length) {
+                (Some(length), None) => self.content_length = Some(length),
+                (Some(length), Some(before)) if length == before => {}
+                // Invalid or conflicting: hyper refuses the request.
+                _ => self.opaque = true,
+            }
+        }
+    }
+
+    fn end_head(&mut self) {
+        self.state = if self.trailers {
+            self.start_head(false);
+            State::Head
+        } else if self.opaque {
+            State::Off
+        } else if self.chunked {
+            self.chunk = 0;
+            self.in_extension = false;
+            State::ChunkSize
+        } else {
+            match self.content_length {
+                Some(length) if length > 0 => State::Body(length),
+                _ => {
+                    self.start_head(false);
+                    State::Head
+                }
+            }
+        };
+    }
+
+    fn next_message(&mut self) {
+        self.start_head(false);
+        self.state = State::Head;
+    }
+
+    fn start_head(&mut self, trailers: bool) {
+        self.prev_cr = false;
+        self.line_len = 0;
+        self.truncated = false;
+        self.lines = 0;
+        self.trailers = trailers;
+        self.content_length = None;
+        self.chunked = false;
+        self.has_content_length = false;
+        self.has_transfer_encoding = false;
+        self.opaque = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Where the scan refuses `input`, fed in pieces of `step` bytes, if it does.
+    fn refused_at(input: &str, step: usize) -> Option<usize> {
+        let mut framing = Framing::new();
+        let bytes = input.as_bytes();
+        let mut offset = 0;
+        for piece in bytes.chunks(step) {
+            if let Some(at) = framing.scan(piece) {
+                return Some(offset + at);
+            }
+            offset += piece.len();
+        }
+        None
+    }
+
+    fn each_step(input: &str, expected: Option<usize>) {
+        for step in [1, 2, 3, 7, input.len()] {
+            assert_eq!(
+                refused_at(input, step),
+                expected,
+                "{input:?} in steps of {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn crlf_heads_pass() {
+        each_step(
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+            None,
+        );
+    }
+
+    #[test]
+    fn a_bare_lf_in_a_head_is_refused() {
+        each_step("GET / HTTP/1.1\nHost: a\r\n\r\n", Some(14));
+        each_step("GET / HTTP/1.1\r\nHost: a\n\r\n", Some(23));
+        each_step("GET / HTTP/1.1\r\nHost: a\r\n\n", Some(25));
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        let input = "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        each_step(input, Some(input.len() - 1));
+    }
+
+    #[test]
+    fn bodies_are_never_looked_at() {
+        // A Content-Length body, a chunked one with trailers, then a head with a bare LF.
+        let input = "POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\na\nb\n\
+                     POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n\
+                     3;x=y\r\n\n\n\n\r\n0\r\nTrailer: t\r\n\r\n\
+                     GET / HTTP/1.1\nHost: a\r\n\r\n";
+        let expected = input.find("GET / HTTP/1.1\n").unwrap() + 14;
+        each_step(input, Some(expected));
+    }
+
+    #[test]
+    fn after_an_upgrade_or_the_http2_preface_nothing_is_looked_at() {
+        for input in [
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw\nbytes\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\n\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n\n",
+        ] {
+            each_step(input, None);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! HTTP/1.1 upgrades (a WebSocket, for one): the handshake goes to the upstream like any request,
+//! and once the upstream answers 101 the client's connection and the upstream's are joined byte
+//! for byte until either side closes.
+//!
+//! An upgrade is one attempt: never retried, never hedged (the handshake carries `Upgrade`
+//! upstream, which the retry reads as "once only"). The endpoint's breaker records the 101 as a
+//! success, a connect failure as usual. The route's `timeout` bounds the wait for the 101, not the
+//! tunnel, which has no timeout of its own (`idle_timeout` and `body_idle_timeout` speak of HTTP
+//! exchanges, and a tunnel carries none): it lasts until a side closes, or the proxy shuts down,
+//! which closes every tunnel as its drain begins rather than wait for them.
+//!
+//! `Upgrade: h2c` is never tunnelled: rampart speaks HTTP/2 to a client by prior knowledge only,
+//! and an upstream's HTTP/2 is rampart's own business. Such a request goes upstream as a plain
+//! HTTP/1.1 request without `Upgrade` (RFC 9113 §3.1 lets a server ignore the offer).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+/// A joined pair of connections, to be run by the client connection's task.
+pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Whether `request` asks to switch protocols in a way rampart tunnels: HTTP/1.1, `Connection`
+/// naming `upgrade`, and an `Upgrade` offering no `h2c`.
+pub(crate) fn is_tunnel<B>(request: &Request<B>) -> bool {
+    if request.version() != Version::HTTP_11 {
+        return false;
+    }
+    let names_upgrade = request.headers().get_all(CONNECTION).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    let mut offers = request.headers().get_all(UPGRADE).iter().peekable();
+    if !names_upgrade || offers.peek().is_none() {
+        return false;
+    }
+    offers.all(|value| {
+        value.to_str().is_ok_and(|value| {
+            value.split(',').all(|protocol| {
+                let name = protocol.split('/').next().unwrap_or("").trim();
+                !name.is_empty() && !name.eq_ignore_ascii_case("h2c")
+            })
+        })
+    })
+}
+
+/// The tunnel joining the client's connection to the upstream's, when the upstream agreed to
+/// switch; `None` (and the response passes as any other) when it answered otherwise.
+pub(crate) fn join<B>(client: OnUpgrade, response: &mut Response<B>) -> Option<Tunnel> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let upstream = hyper::upgrade::on(response);
+    Some(Box::pin(async move {
+        // Either upgrade failing (the client went away before the 101 was written, say) leaves
+        // nothing to join; dropping the other closes it.
+        let Ok((client, upstream)) = both(client, upstream).await else {
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        // Ends when either side closes (each shutdown is passed on to the other) or fails.
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }))
+}
+
+async fn both(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+) -> Result<(hyper::upgrade::Upgraded, hyper::upgrade::Upgraded), hyper::Error> {
+    tokio::try_join!(client, upstream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(connection: &str, upgrade: &str) -> Request<()> {
+        let mut builder = Request::get("/");
+        if !connection.is_empty() {
+            builder = builder.header(CONNECTION, connection);
+        }
+        if !upgrade.is_empty() {
+            builder = builder.header(UPGRADE, upgrade);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_websocket_handshake_is_tunnelled() {
+        assert!(is_tunnel(&request("Upgrade", "websocket")));
+        assert!(is_tunnel(&request("keep-alive, upgrade", "websocket/13")));
+    }
+
+    #[test]
+    fn h2c_and_half_asked_upgrades_are_not() {
+        assert!(!is_tunnel(&request("Upgrade, HTTP2-Settings", "h2c")));
+        assert!(!is_tunnel(&request("upgrade", "websocket, h2c")));
+        assert!(!is_tunnel(&request("upgrade", "")));
+        assert!(!is_tunnel(&request("", "websocket")));
+        let mut http10 = request("upgrade", "websocket");
+        *http10.version_mut() = Version::HTTP_10;
+        assert!(!is_tunnel(&http10));
+    }
+}

@@ -1,0 +1,219 @@
+//! `idle_timeout` closes a keep-alive connection that has no request in flight; `body_idle_timeout`
+//! cuts a request or response body that stalls between two pieces.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::addr;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rampart_test_support::{Behavior, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Far longer than any timeout these tests set: only a proxy that never acts runs into it.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+async fn proxy_with(listener: &str, upstream: &Upstream) -> rampart_proxy::Proxy {
+    common::proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
+         [[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        upstream.addr()
+    ))
+    .await
+}
+
+/// Reads what comes until the proxy closes the connection (a reset counts as closed).
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("the proxy closes the connection")
+        {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = proxy_with("idle_timeout = \"200ms\"", &upstream).await;
+
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer comes, then, with no other request, the connection is closed.
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hi"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_connection_with_a_request_in_flight_is_not_idle() {
+    // The upstream takes three idle timeouts to answer.
+    let upstream = Upstream::start(Behavior::Slow(Duration::from_millis(600)))
+        .await
+        .unwrap();
+    let proxy = proxy_with("idle_timeout = \"200ms\"", &upstream).await;
+
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Had the wait counted as idle, the connection would be closing: it still takes a request.
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.request_count(), 2);
+}
+
+/// Reads one response whose body has a `content-length`.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("the response comes")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the response head ended");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8(body).unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = proxy_with("idle_timeout = \"200ms\"", &upstream).await;
+
+    let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/", addr(&proxy)))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+
+    // GOAWAY, then the connection ends.
+    tokio::time::timeout(PATIENCE, connection)
+        .await
+        .expect("the proxy closes the idle HTTP/2 connection")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_the_upstream_request_is_aborted() {
+    stalled_request_body("http1").await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_over_h2c_too() {
+    stalled_request_body("http2").await;
+}
+
+async fn stalled_request_body(protocol: &str) {
+    let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = common::proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nbody_idle_timeout = \"200ms\"\n\n\
+         [[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"{protocol}\"\n",
+        upstream.addr()
+    ))
+    .await;
+
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    // One piece of a chunked body, then nothing.
+    client
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+    // The upstream never got a whole request.
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_response_body_is_cut_off() {
+    // The head at once, then a piece a second for ten seconds.
+    let upstream = Upstream::start(Behavior::SlowBody {
+        chunk: "x".into(),
+        every: Duration::from_secs(1),
+        chunks: 10,
+    })
+    .await
+    .unwrap();
+    let proxy = proxy_with("body_idle_timeout = \"200ms\"", &upstream).await;
+
+    let response = common::http1()
+        .request(
+            common::request(&proxy, "/")
+                .body(http_body_util::Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("the body is cut off long before it would end");
+    assert!(body.is_err(), "a cut body must not read as complete");
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_flowing_is_not_cut() {
+    // A piece every 100 ms, eight in all: longer than the idle timeout in total, never idle.
+    let upstream = Upstream::start(Behavior::SlowBody {
+        chunk: "x".into(),
+        every: Duration::from_millis(100),
+        chunks: 8,
+    })
+    .await
+    .unwrap();
+    let proxy = proxy_with("body_idle_timeout = \"500ms\"", &upstream).await;
+    let response = common::get(&proxy, "/").await;
+    assert_eq!(response.body(), "xxxxxxxx");
+}
