@@ -91,6 +91,28 @@ async fn a_hanging_upstream_is_504_timeout_after_the_route_timeout() {
     assert_eq!(upstream.request_count(), 1);
 }
 
+// On tokio's paused clock, time moves only to the next timer once every task waits: the
+// answer comes when the route's timeout fires, and the clock read then says which timer that
+// was. A timeout taken from anywhere else (a default, the connect timeout, a pool timer) or
+// a deadline that outlives the route's shows as another elapsed time.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_upstream_is_answered_when_the_route_timeout_passes() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "timeout = \"500ms\"", "").await;
+
+    let start = tokio::time::Instant::now();
+    let response = get(&proxy, "/").await;
+    let elapsed = start.elapsed();
+
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error_of(&response), Some("timeout"));
+    assert!(
+        elapsed >= std::time::Duration::from_millis(500)
+            && elapsed <= std::time::Duration::from_millis(550),
+        "answered after {elapsed:?} of a 500ms route timeout"
+    );
+}
+
 #[tokio::test]
 async fn the_clients_shorter_deadline_is_504_deadline_exceeded() {
     let upstream = Upstream::start(Behavior::Hang).await.unwrap();

@@ -11,14 +11,17 @@
 //!   ([`ServingStatus`]); [`EchoClient`] is a tonic client for it.
 //! - [`ChildUpstream`]: the same upstream in a process of its own, to SIGKILL for real and bring
 //!   back on the same port.
+//! - [`ProxyBuilder`]: a rampart proxy in the test's own process, from configuration text.
 
 mod fault;
 mod grpc;
 mod process;
+mod proxy;
 mod upstream;
 
 pub use fault::{Fault, FaultProxy};
 pub use grpc::{EchoClient, EchoReply, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, SeenCall};
 pub use process::{ChildUpstream, UPSTREAM_BINARY};
+pub use proxy::ProxyBuilder;
 pub use tonic_health::ServingStatus;
 pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};

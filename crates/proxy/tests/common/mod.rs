@@ -10,28 +10,24 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rampart_config::Config;
 use rampart_proxy::Proxy;
+use rampart_test_support::ProxyBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A proxy started from `toml`, which should listen on `127.0.0.1:0`.
 pub async fn proxy(toml: &str) -> Proxy {
-    let config = Config::from_str(toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    Proxy::start(&config).await.expect("the proxy starts")
+    ProxyBuilder::from_toml(toml).start().await
 }
 
 /// A proxy with one listener, one route (with `route` lines added) to one upstream of these
 /// endpoints (with `upstream` lines added).
 pub async fn simple(endpoints: &[SocketAddr], route: &str, upstream: &str) -> Proxy {
-    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    proxy(&format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[routes]]\nupstream = \"app\"\n{route}\n\n\
-         [upstreams.app]\nendpoints = [{}]\n{upstream}\n",
-        endpoints.join(", ")
-    ))
-    .await
+    ProxyBuilder::to(endpoints)
+        .route(route)
+        .upstream(upstream)
+        .start()
+        .await
 }
 
 /// The address of the proxy's first listener.
