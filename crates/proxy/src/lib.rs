@@ -360,6 +360,11 @@ impl ProxyHandle {
         lock(&self.live).breakers(upstream, endpoint)
     }
 
+    /// Serves `config` from now on, as [`Proxy::reload`] does.
+    pub fn reload(&self, config: &Config) -> Result<ReloadSummary, Error> {
+        lock(&self.live).reload(config)
+    }
+
     /// The registry the proxy's metrics are in.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
