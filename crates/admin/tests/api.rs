@@ -238,6 +238,8 @@ async fn retries_are_counted_per_route() {
     let admin = admin(&proxy, None, no_reload()).await;
     let text = get(admin.addr(), "/metrics").await.body;
     assert_eq!(value(&text, "rampart_retries_total{route=\"api\"}"), 2.0);
+    // Without a breaker, no breaker series.
+    assert!(!text.contains("rampart_breaker_state{"), "{text}");
     assert_eq!(upstream.request_count(), 3);
     let stats = get(admin.addr(), "/api/stats").await.json();
     assert_eq!(stats["routes"][0]["retries"], 2);

@@ -56,6 +56,13 @@
 //! upstream and the endpoint, the rest at `info`). The binary chooses where and how they are
 //! written.
 //!
+//! Metrics (docs/admin.md has every family and label value): the families are registered into the
+//! [`Registry`] given to [`Proxy::start_with`] (or one of the proxy's own, [`Proxy::registry`]);
+//! every series is made when its route or pool is built and kept beside it, so recording one on
+//! the request path is an atomic add. [`Proxy::handle`] gives the admin API a read-only
+//! [`stats::Snapshot`] of routes, upstreams and endpoints (counts, a rolling ten-second window of
+//! rates and latency percentiles, breaker states, health, load) and the live breakers to force.
+//!
 //! Not wired in yet: async routes; `stack.rs` says where they go.
 //!
 //! ```

@@ -91,11 +91,17 @@ pub(crate) struct RouteMetrics {
 pub(crate) struct EndpointMetrics {
     /// `success` then `failure`.
     attempts: [Counter; 2],
+    /// The breaker's series; none when the upstream's breakers are disabled.
+    breaker: Option<BreakerSeries>,
+    healthy: Gauge,
+    recent: Recent,
+}
+
+#[derive(Debug)]
+struct BreakerSeries {
     state: Gauge,
     /// By the state entered, in the order of [`STATES`].
     transitions: [Counter; 5],
-    healthy: Gauge,
-    recent: Recent,
 }
 
 /// One upstream's series.
@@ -203,8 +209,13 @@ impl Metrics {
         }
     }
 
-    /// The series of the endpoint `endpoint` of `upstream`.
-    pub(crate) fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
+    /// The series of the endpoint `endpoint` of `upstream`, with its breaker's when it has one.
+    pub(crate) fn endpoint(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+        breaker: bool,
+    ) -> EndpointMetrics {
         let labels = || {
             vec![
                 ("upstream", upstream.to_owned()),
@@ -223,10 +234,12 @@ impl Metrics {
                 self.upstream_requests
                     .get_or_create_owned(&with("outcome", outcome))
             }),
-            state: self.breaker_state.get_or_create_owned(&labels()),
-            transitions: STATES.map(|to| {
-                self.breaker_transitions
-                    .get_or_create_owned(&with("to", to.as_str()))
+            breaker: breaker.then(|| BreakerSeries {
+                state: self.breaker_state.get_or_create_owned(&labels()),
+                transitions: STATES.map(|to| {
+                    self.breaker_transitions
+                        .get_or_create_owned(&with("to", to.as_str()))
+                }),
             }),
             healthy,
             recent: Recent::new(),
@@ -301,13 +314,17 @@ impl EndpointMetrics {
 
     /// The breaker entered `transition.to`.
     pub(crate) fn transition(&self, transition: &Transition) {
-        self.state.set(i64::from(transition.to as u8));
-        self.transitions[transition.to as usize].inc();
+        if let Some(breaker) = &self.breaker {
+            breaker.state.set(i64::from(transition.to as u8));
+            breaker.transitions[transition.to as usize].inc();
+        }
     }
 
     /// The breaker stands at `state` (when the series is made, or a breaker is taken over).
     pub(crate) fn set_state(&self, state: State) {
-        self.state.set(i64::from(state as u8));
+        if let Some(breaker) = &self.breaker {
+            breaker.state.set(i64::from(state as u8));
+        }
     }
 
     pub(crate) fn set_healthy(&self, healthy: bool) {
@@ -420,9 +437,9 @@ mod tests {
     fn the_same_labels_give_the_same_series() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let first = metrics.endpoint("app", "127.0.0.1:1");
+        let first = metrics.endpoint("app", "127.0.0.1:1", true);
         first.attempted(Outcome::Failure, Duration::ZERO);
-        let again = metrics.endpoint("app", "127.0.0.1:1");
+        let again = metrics.endpoint("app", "127.0.0.1:1", true);
         again.attempted(Outcome::Slow, Duration::ZERO);
         assert_eq!(first.attempts(), (1, 1));
         assert!(text(&registry).contains(

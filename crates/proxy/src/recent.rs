@@ -36,7 +36,8 @@ struct Slot {
     errors: AtomicU64,
 }
 
-/// [`Recent`] read at one moment.
+/// What a route or an endpoint did in the last ten seconds or so, read at one moment: rates
+/// over the current second and the nine before it, percentiles over a window of 5 to 10 s.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
     /// Requests per second.

@@ -63,7 +63,8 @@ use crate::upstream::{Picked, Pool};
 /// - the pooled connection.
 ///
 /// Fault injection and fallback are applied by the caller (`forward.rs`), around
-/// [`Stack::call`].
+/// [`Stack::call`]; so is the count of each answer in the route's metrics. The stack counts the
+/// retries it sends, the ones the budget refuses, and the hedges it sends.
 ///
 /// Still to come, in the order of docs/architecture.md: async routes between fault injection and
 /// fallback.

@@ -28,7 +28,8 @@ pub struct RouteStats {
     pub name: String,
     /// The upstream it sends to.
     pub upstream: String,
-    /// Requests answered since the route was built, by outcome (`rampart_requests_total`).
+    /// Requests answered since the start, by outcome (`rampart_requests_total`; a reload keeps
+    /// counting for a route of the same name).
     pub requests: Outcomes,
     /// Retries sent (`rampart_retries_total`).
     pub retries: u64,
@@ -79,8 +80,8 @@ pub struct EndpointStats {
     pub healthy: bool,
     /// Attempts sent to it and not yet answered.
     pub in_flight: u64,
-    /// Attempts whose outcome was recorded, since its pool was built: `(success, failure)`
-    /// (`rampart_upstream_requests_total`).
+    /// Attempts whose outcome was recorded, since the start: `(success, failure)`
+    /// (`rampart_upstream_requests_total`; a reload keeps counting for the same address).
     pub attempts: (u64, u64),
     /// The last ten seconds or so of its attempts; an error is a failed attempt.
     pub recent: Window,

@@ -156,9 +156,13 @@ impl Pool {
         ] {
             for endpoint in list {
                 let authority = authority(key, endpoint)?;
-                let metrics = Arc::new(metrics.endpoint(&upstream.name, authority.as_str()));
                 let breaker =
                     breaker(&upstream.breaker).map_err(|message| invalid("breaker", message))?;
+                let metrics = Arc::new(metrics.endpoint(
+                    &upstream.name,
+                    authority.as_str(),
+                    breaker.is_some(),
+                ));
                 if let Some(breaker) = &breaker {
                     metrics.set_state(breaker.state());
                     let metrics = metrics.clone();

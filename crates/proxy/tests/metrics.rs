@@ -66,3 +66,40 @@ async fn counts_follow_the_traffic_and_the_breaker() {
         assert_has(&text, &line);
     }
 }
+
+#[tokio::test]
+async fn a_reload_keeps_counting_in_the_same_series() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let text = |balance: &str| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"api\"\n\
+             upstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\nbalance = \"{balance}\"\n",
+            upstream.addr()
+        )
+    };
+    let proxy = common::proxy(&text("random")).await;
+    let client = http1();
+    let get = || request(&proxy, "/").body(Full::new(Bytes::new())).unwrap();
+    for _ in 0..2 {
+        assert_eq!(send(&client, get()).await.status(), StatusCode::OK);
+    }
+    // A changed upstream: a new pool, whose endpoint takes the same series.
+    let config = rampart_config::Config::from_str(&text("round-robin"), "test.toml").unwrap();
+    let summary = proxy.reload(&config).unwrap();
+    assert_eq!(summary.upstreams.changed, ["app"]);
+    assert_eq!(send(&client, get()).await.status(), StatusCode::OK);
+
+    let text = scrape(&proxy);
+    let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
+    assert_has(
+        &text,
+        r#"rampart_requests_total{route="api",outcome="success"} 3"#,
+    );
+    assert_has(
+        &text,
+        &format!("rampart_upstream_requests_total{{{endpoint},outcome=\"success\"}} 3"),
+    );
+    let snapshot = proxy.handle().snapshot();
+    assert_eq!(snapshot.routes[0].requests.success, 3);
+    assert_eq!(snapshot.upstreams[0].endpoints[0].attempts, (3, 0));
+}
