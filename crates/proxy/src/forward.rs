@@ -95,7 +95,7 @@ pub(crate) async fn handle(
     let response = exchange(stack, parts, body, client, client_upgrade, &mut tunnel).await;
     stack
         .metrics()
-        .answered(outcome(&response, stack, grpc), started.elapsed());
+        .answered(outcome(&response, stack, grpc), started);
     (response, tunnel)
 }
 

@@ -24,6 +24,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use rampart_policy::Outcome;
 use rampart_policy::breaker::{State, Transition};
+use tokio::time::Instant;
 
 use crate::recent::Recent;
 
@@ -259,12 +260,14 @@ impl Metrics {
 // === impl RouteMetrics ===
 
 impl RouteMetrics {
-    /// Counts a request answered `outcome` after `elapsed`.
-    pub(crate) fn answered(&self, outcome: RouteOutcome, elapsed: Duration) {
+    /// Counts a request answered `outcome` now, having arrived at `started`.
+    pub(crate) fn answered(&self, outcome: RouteOutcome, started: Instant) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();
         self.duration.observe(elapsed);
         self.recent
-            .record(outcome != RouteOutcome::Success, elapsed);
+            .record(outcome != RouteOutcome::Success, elapsed, now);
     }
 
     pub(crate) fn retried(&self) {
@@ -304,12 +307,14 @@ impl RouteMetrics {
 // === impl EndpointMetrics ===
 
 impl EndpointMetrics {
-    /// Counts an attempt whose outcome was recorded, `elapsed` after it was sent. A slow success
-    /// is a success here: slowness is the breaker's business (`slow_call`).
-    pub(crate) fn attempted(&self, outcome: Outcome, elapsed: Duration) {
+    /// Counts an attempt sent at `sent` whose outcome is known now. A slow success is a
+    /// success here: slowness is the breaker's business (`slow_call`).
+    pub(crate) fn attempted(&self, outcome: Outcome, sent: Instant) {
+        let now = Instant::now();
         let failed = outcome == Outcome::Failure;
         self.attempts[usize::from(failed)].inc();
-        self.recent.record(failed, elapsed);
+        self.recent
+            .record(failed, now.saturating_duration_since(sent), now);
     }
 
     /// The breaker entered `transition.to`.
@@ -414,8 +419,14 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let route = metrics.route("api");
-        route.answered(RouteOutcome::Success, Duration::from_millis(3));
-        route.answered(RouteOutcome::Rejected, Duration::from_millis(30));
+        route.answered(
+            RouteOutcome::Success,
+            Instant::now() - Duration::from_millis(3),
+        );
+        route.answered(
+            RouteOutcome::Rejected,
+            Instant::now() - Duration::from_millis(30),
+        );
         let text = text(&registry);
         for line in [
             r#"rampart_requests_total{route="api",outcome="success"} 1"#,
@@ -438,9 +449,9 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let first = metrics.endpoint("app", "127.0.0.1:1", true);
-        first.attempted(Outcome::Failure, Duration::ZERO);
+        first.attempted(Outcome::Failure, Instant::now());
         let again = metrics.endpoint("app", "127.0.0.1:1", true);
-        again.attempted(Outcome::Slow, Duration::ZERO);
+        again.attempted(Outcome::Slow, Instant::now());
         assert_eq!(first.attempts(), (1, 1));
         assert!(text(&registry).contains(
             r#"rampart_upstream_requests_total{upstream="app",endpoint="127.0.0.1:1",outcome="failure"} 1"#

@@ -60,9 +60,10 @@ impl Recent {
         }
     }
 
-    /// Counts a request that took `elapsed`, an error or not.
-    pub(crate) fn record(&self, error: bool, elapsed: Duration) {
-        let second = self.origin.elapsed().as_secs() + 1;
+    /// Counts a request that took `elapsed`, an error or not, ending `now` (the caller read the
+    /// clock for `elapsed` already).
+    pub(crate) fn record(&self, error: bool, elapsed: Duration, now: Instant) {
+        let second = now.saturating_duration_since(self.origin).as_secs() + 1;
         let slot = &self.slots[(second % SECONDS as u64) as usize];
         let seen = slot.second.load(Relaxed);
         if seen != second
@@ -132,9 +133,9 @@ mod tests {
         let recent = Recent::new();
         tokio::time::advance(ms(500)).await;
         for _ in 0..3 {
-            recent.record(false, ms(10));
+            recent.record(false, ms(10), Instant::now());
         }
-        recent.record(true, ms(100));
+        recent.record(true, ms(100), Instant::now());
         let window = recent.read();
         // Four requests in half a second.
         assert_eq!(window.requests_per_second, 8.0);

@@ -84,7 +84,7 @@ impl Picked<'_> {
     /// Tells the endpoint's breaker how the attempt went, its balancer how long it took, and its
     /// metrics both.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
-        self.metrics.attempted(outcome, self.sent.elapsed());
+        self.metrics.attempted(outcome, self.sent);
         self.in_flight.finish(outcome);
         if let Some(permit) = self.permit {
             permit.record(outcome);
@@ -122,7 +122,7 @@ pub(crate) struct OwnedPicked {
 impl OwnedPicked {
     /// Tells the endpoint's breaker and its metrics how the attempt went.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
-        self.metrics.attempted(outcome, self.sent.elapsed());
+        self.metrics.attempted(outcome, self.sent);
         if let Some(permit) = self.permit {
             permit.record(outcome);
         }
