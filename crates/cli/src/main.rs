@@ -3,10 +3,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use rampart_admin::{Admin, ReloadError};
 use rampart_config::{Config, Errors};
-use rampart_proxy::{Drain, Proxy};
+use rampart_proxy::{Drain, Proxy, ProxyHandle, ReloadSummary};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -41,8 +43,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the sidecar proxy. SIGHUP reloads the configuration file; SIGTERM or SIGINT drains
-    /// and exits.
+    /// Run the sidecar proxy, and its admin API on `[admin] listen`. SIGHUP (or
+    /// `POST /api/reload`) reloads the configuration file; SIGTERM or SIGINT drains and exits.
     Run {
         /// The configuration file.
         #[arg(short, long, default_value = "rampart.toml")]
@@ -177,15 +179,32 @@ async fn serve(path: &Path, config: &Config) -> ExitCode {
     for listener in proxy.listeners() {
         tracing::info!(listener = %listener.name, addr = %listener.addr, "listening");
     }
+    let handle = proxy.handle();
+    let admin_reload = {
+        let (handle, path) = (handle.clone(), path.to_owned());
+        Arc::new(move || reload(&handle, &path))
+    };
+    // `[admin]` is read at start only, as `[runtime]` is.
+    let admin = match Admin::start(&config.admin, handle.clone(), admin_reload).await {
+        Ok(admin) => admin,
+        Err(err) => {
+            tracing::error!("admin API cannot listen on {}: {err}", config.admin.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %admin.addr(), "admin API up");
     let signal = loop {
         match signals.next().await {
             Signal::Stop(signal) => break signal,
-            Signal::Reload => reload(&proxy, path),
+            // Logged by `reload` either way.
+            Signal::Reload => drop(reload(&handle, path)),
         }
     };
     // `[runtime]` is read at start only, so the drain timeout is the one the proxy started with.
     let drain_timeout = config.runtime.drain_timeout;
     tracing::info!(signal, ?drain_timeout, "draining");
+    // A draining proxy is no longer ready: the admin API goes first.
+    admin.shutdown().await;
     match proxy.shutdown().await {
         Drain::Complete => tracing::info!("drained"),
         Drain::TimedOut => tracing::warn!("drain timeout passed; open connections were cut"),
@@ -193,9 +212,10 @@ async fn serve(path: &Path, config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: reads and validates the file again, and serves it; when it is invalid or cannot be
-/// applied, logs why and keeps serving the configuration in force.
-fn reload(proxy: &Proxy, path: &Path) {
+/// SIGHUP and `POST /api/reload`: reads and validates the file again, and serves it; when it is
+/// invalid or cannot be applied, logs why and keeps serving the configuration in force. The
+/// summary, or the errors, are also the admin API's answer.
+fn reload(proxy: &ProxyHandle, path: &Path) -> Result<String, ReloadError> {
     let config = match Config::from_file(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -209,19 +229,30 @@ fn reload(proxy: &Proxy, path: &Path) {
                 path.display(),
                 if n == 1 { "" } else { "s" }
             );
-            return;
+            return Err(ReloadError::Invalid(errors.to_string()));
         }
     };
     match proxy.reload(&config) {
-        // Sections that need a restart deserve more than a passing notice.
-        Ok(summary) if !summary.needs_restart.is_empty() => {
-            tracing::warn!("reloaded {}: {summary}", path.display())
+        Ok(summary) => {
+            log_reloaded(path, &summary);
+            Ok(summary.to_string())
         }
-        Ok(summary) => tracing::info!("reloaded {}: {summary}", path.display()),
-        Err(err) => tracing::error!(
-            "reload refused: {}: {err}; the running configuration keeps serving",
-            path.display()
-        ),
+        Err(err) => {
+            tracing::error!(
+                "reload refused: {}: {err}; the running configuration keeps serving",
+                path.display()
+            );
+            Err(ReloadError::Refused(err.to_string()))
+        }
+    }
+}
+
+fn log_reloaded(path: &Path, summary: &ReloadSummary) {
+    // Sections that need a restart deserve more than a passing notice.
+    if summary.needs_restart.is_empty() {
+        tracing::info!("reloaded {}: {summary}", path.display());
+    } else {
+        tracing::warn!("reloaded {}: {summary}", path.display());
     }
 }
 

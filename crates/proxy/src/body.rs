@@ -427,9 +427,12 @@ mod tests {
                     endpoints = [\"127.0.0.1:1\"]\n[upstreams.app.breaker]\n\
                     consecutive_failures = 1\n";
         let config = rampart_config::Config::from_str(toml, "test.toml").unwrap();
-        let pool =
-            crate::upstream::Pool::new(&config.upstreams[0], &rampart_policy::rng::Rng::thread())
-                .unwrap();
+        let pool = crate::upstream::Pool::new(
+            &config.upstreams[0],
+            &rampart_policy::rng::Rng::thread(),
+            &crate::metrics::Metrics::default(),
+        )
+        .unwrap();
         let pending = pool.pick(None).unwrap().into_owned(&pool);
         let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending)));
         if end {

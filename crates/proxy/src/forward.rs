@@ -11,14 +11,16 @@ use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
-use rampart_http::classify::is_grpc;
+use rampart_http::classify::{classify_response, is_grpc};
 use rampart_http::deadline::{header_budget, incoming_deadline, set_outgoing};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
-use rampart_http::rescue::rescue_with_status;
+use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
+use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 use tokio::time::Instant;
 
 use crate::body::{BodyFault, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued};
+use crate::metrics::RouteOutcome;
 use crate::route::Router;
 use crate::stack::Stack;
 use crate::upgrade::{self, Tunnel};
@@ -87,10 +89,49 @@ pub(crate) async fn handle(
         return (rescued(Reason::NoRoute, grpc), None);
     };
     let client = Client { peer, grpc, limits };
+    let started = Instant::now();
     let body = client_body(body, limits, &mut parts);
     let mut tunnel = None;
     let response = exchange(stack, parts, body, client, client_upgrade, &mut tunnel).await;
+    stack
+        .metrics()
+        .answered(outcome(&response, stack, grpc), started);
     (response, tunnel)
+}
+
+// What the answer to a request on `stack` counts as in `rampart_requests_total`, read from the
+// response head: a fallback and a rescue response say so in their headers, and the upstream's
+// own answer is classified as its breaker classifies it.
+fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> RouteOutcome {
+    let headers = response.headers();
+    if headers.contains_key(X_RAMPART_FALLBACK) {
+        return RouteOutcome::Fallback;
+    }
+    if let Some(error) = headers.get(X_RAMPART_ERROR) {
+        let reason = Reason::ALL
+            .iter()
+            .find(|reason| reason.as_str().as_bytes() == error.as_bytes());
+        return match reason {
+            Some(
+                Reason::BreakerOpen
+                | Reason::NoHealthyEndpoint
+                | Reason::Overloaded
+                | Reason::RateLimited
+                | Reason::RetryBudgetExhausted,
+            ) => RouteOutcome::Rejected,
+            _ => RouteOutcome::Failure,
+        };
+    }
+    let grpc = grpc || stack.upstream().is_grpc();
+    match classify_response(
+        response.status(),
+        headers,
+        stack.upstream().failures(),
+        grpc,
+    ) {
+        Outcome::Failure => RouteOutcome::Failure,
+        Outcome::Success | Outcome::Slow => RouteOutcome::Success,
+    }
 }
 
 // The client's body on its way upstream: held to `max_request_body` as it streams (a chunked

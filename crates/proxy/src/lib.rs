@@ -56,6 +56,13 @@
 //! upstream and the endpoint, the rest at `info`). The binary chooses where and how they are
 //! written.
 //!
+//! Metrics (docs/admin.md has every family and label value): the families are registered into the
+//! [`Registry`] given to [`Proxy::start_with`] (or one of the proxy's own, [`Proxy::registry`]);
+//! every series is made when its route or pool is built and kept beside it, so recording one on
+//! the request path is an atomic add. [`Proxy::handle`] gives the admin API a read-only
+//! [`stats::Snapshot`] of routes, upstreams and endpoints (counts, a rolling ten-second window of
+//! rates and latency percentiles, breaker states, health, load) and the live breakers to force.
+//!
 //! Not wired in yet: async routes; `stack.rs` says where they go.
 //!
 //! ```
@@ -108,25 +115,32 @@ mod health;
 mod hedge;
 mod limits;
 mod listener;
+mod metrics;
+mod recent;
 mod reload;
 mod retry;
 mod route;
 mod stack;
+pub mod stats;
 mod strict;
 mod upgrade;
 mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+pub use prometheus_client::registry::Registry;
 use rampart_config::Config;
+use rampart_policy::breaker::CircuitBreaker;
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::metrics::Metrics;
 use crate::reload::Live;
 pub use crate::reload::{Changes, ReloadSummary};
+use crate::stats::{Snapshot, Unknown};
 
 /// A running proxy: its listeners accept and forward until [`Proxy::shutdown`].
 ///
@@ -135,8 +149,10 @@ pub use crate::reload::{Changes, ReloadSummary};
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<BoundListener>,
-    // The routes, upstreams and health checks in use now; locked only by a reload.
-    live: Mutex<Live>,
+    // The routes, upstreams and health checks in use now; locked only by a reload and by the
+    // admin API's reads, never on the request path.
+    live: Arc<Mutex<Live>>,
+    registry: Arc<Registry>,
     // Sending `true` tells every listener to stop accepting and drain, and the health checks to
     // end.
     stop: watch::Sender<bool>,
@@ -204,12 +220,13 @@ pub enum Error {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Binds every listener of `config` and starts serving.
+    /// Binds every listener of `config` and starts serving, its metrics in a registry of its
+    /// own ([`Proxy::registry`]).
     ///
     /// Every address is bound before any is served, so a failure leaves nothing running. Must be
     /// called inside a tokio runtime with the IO and time drivers enabled.
     pub async fn start(config: &Config) -> Result<Proxy, Error> {
-        Proxy::start_with_rng(config, Rng::thread()).await
+        Proxy::start_with(config, Rng::thread(), Registry::default()).await
     }
 
     /// Like [`Proxy::start`], with every random choice the proxy makes (the balancers' draws,
@@ -218,8 +235,21 @@ impl Proxy {
     /// to make them reproducible. Every route, upstream and health check shares the one `rng`,
     /// so a seeded sequence runs across them in the order they draw from it.
     pub async fn start_with_rng(config: &Config, rng: Rng) -> Result<Proxy, Error> {
+        Proxy::start_with(config, rng, Registry::default()).await
+    }
+
+    /// Like [`Proxy::start_with_rng`], with the proxy's metric families (docs/admin.md)
+    /// registered into `registry`, beside whatever its owner registered there already; the
+    /// proxy keeps it, to be read through [`Proxy::registry`]. Nothing is global: two proxies in
+    /// one process count apart.
+    pub async fn start_with(
+        config: &Config,
+        rng: Rng,
+        mut registry: Registry,
+    ) -> Result<Proxy, Error> {
         let (stop, _) = watch::channel(false);
-        let live = Live::new(config, rng, stop.subscribe())?;
+        let metrics = Metrics::register(&mut registry);
+        let live = Live::new(config, rng, metrics, stop.subscribe())?;
         let mut bound = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let tcp = listener::bind(listener).await?;
@@ -243,7 +273,8 @@ impl Proxy {
         }
         Ok(Proxy {
             listeners,
-            live: Mutex::new(live),
+            live: Arc::new(Mutex::new(live)),
+            registry: Arc::new(registry),
             stop,
             tasks,
         })
@@ -270,10 +301,21 @@ impl Proxy {
     /// `body_file` that cannot be read) leaves the old configuration serving whole. Reloads are
     /// applied one at a time.
     pub fn reload(&self, config: &Config) -> Result<ReloadSummary, Error> {
-        // A reload that panicked swapped nothing in (every router is built before any is
-        // swapped), so the state behind a poisoned lock is still whole.
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        live.reload(config)
+        lock(&self.live).reload(config)
+    }
+
+    /// The registry the proxy's metrics are in, to be encoded for a scrape.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// A handle on what the admin API reads and changes: the proxy's stats and breakers, and
+    /// its registry. It outlives nothing: after a shutdown it shows the proxy as it was last.
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            live: self.live.clone(),
+            registry: self.registry.clone(),
+        }
     }
 
     /// Stops accepting connections, lets in-flight requests finish up to the configured
@@ -294,6 +336,52 @@ impl Proxy {
         }
         drain
     }
+}
+
+/// What an operator may see and change of a running [`Proxy`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ProxyHandle {
+    live: Arc<Mutex<Live>>,
+    registry: Arc<Registry>,
+}
+
+// === impl ProxyHandle ===
+
+impl ProxyHandle {
+    /// Every route and upstream as they stand now, with their counts, recent rates and
+    /// latencies, and each endpoint's breaker state, health and load.
+    pub fn snapshot(&self) -> Snapshot {
+        lock(&self.live).snapshot()
+    }
+
+    /// The circuit breakers of the endpoint `endpoint` (its address as configured) of
+    /// `upstream`, or of every endpoint of it for `None`: to force open or closed, or release
+    /// ([`CircuitBreaker::force_open`], [`CircuitBreaker::force_closed`],
+    /// [`CircuitBreaker::release`]). The breakers are the live ones: a change shows in the
+    /// metrics and the stats at once, and lasts across reloads that keep them.
+    pub fn breakers(
+        &self,
+        upstream: &str,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<CircuitBreaker>, Unknown> {
+        lock(&self.live).breakers(upstream, endpoint)
+    }
+
+    /// Serves `config` from now on, as [`Proxy::reload`] does.
+    pub fn reload(&self, config: &Config) -> Result<ReloadSummary, Error> {
+        lock(&self.live).reload(config)
+    }
+
+    /// The registry the proxy's metrics are in.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+fn lock(live: &Mutex<Live>) -> MutexGuard<'_, Live> {
+    // A reload that panicked swapped nothing in (every router is built before any is swapped),
+    // so the state behind a poisoned lock is still whole.
+    live.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Proxy {

@@ -38,11 +38,15 @@ use rampart_policy::bulkhead::{Bulkhead, BulkheadPermit};
 use rampart_policy::ratelimit::RateLimiter;
 use tokio::time::Instant;
 
-/// One upstream's limits.
+use crate::metrics::UpstreamMetrics;
+
+/// One upstream's limits, with the gauges that show them (`rampart_inflight`,
+/// `rampart_concurrency_limit`).
 #[derive(Debug)]
 pub(crate) struct Limits {
     concurrency: Concurrency,
     rate: Option<RateLimiter>,
+    metrics: UpstreamMetrics,
 }
 
 #[derive(Debug)]
@@ -55,9 +59,15 @@ enum Concurrency {
 
 /// A slot of the concurrency limit, held by one attempt until its response head: recorded with
 /// the attempt's outcome ([`Slot::record`]), or dropped when the attempt is cancelled, which
-/// teaches the adaptive limit nothing.
+/// teaches the adaptive limit nothing. It counts in `rampart_inflight` while it lives.
 #[derive(Debug)]
-pub(crate) enum Slot<'a> {
+pub(crate) struct Slot<'a> {
+    held: Held<'a>,
+    counted: Counted<'a>,
+}
+
+#[derive(Debug)]
+enum Held<'a> {
     Fixed(BulkheadPermit<'a>),
     Adaptive {
         permit: adaptive::Permit,
@@ -65,11 +75,24 @@ pub(crate) enum Slot<'a> {
     },
 }
 
+/// One attempt in the upstream's in-flight gauge, until dropped.
+#[derive(Debug)]
+struct Counted<'a>(&'a Limits);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.inflight.dec();
+    }
+}
+
 // === impl Limits ===
 
 impl Limits {
     /// The limits of `[upstreams.NAME.limits]`; the error says what the policy refused.
-    pub(crate) fn new(config: &rampart_config::Limits) -> Result<Limits, String> {
+    pub(crate) fn new(
+        config: &rampart_config::Limits,
+        metrics: UpstreamMetrics,
+    ) -> Result<Limits, String> {
         let concurrency = match config.max_concurrent {
             MaxConcurrent::Fixed(max) => {
                 let max = usize::try_from(max).map_err(|err| err.to_string())?;
@@ -88,6 +111,13 @@ impl Limits {
             }
             MaxConcurrent::Adaptive => Concurrency::Adaptive(AdaptiveLimit::gradient2()),
         };
+        let limit = match &concurrency {
+            Concurrency::Fixed(bulkhead) => bulkhead.max_concurrent(),
+            Concurrency::Adaptive(limit) => limit.limit(),
+        };
+        metrics
+            .concurrency_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
         let rate = config
             .rate
             .map(|rate| {
@@ -106,7 +136,11 @@ impl Limits {
                     .map_err(|err| err.to_string())
             })
             .transpose()?;
-        Ok(Limits { concurrency, rate })
+        Ok(Limits {
+            concurrency,
+            rate,
+            metrics,
+        })
     }
 
     /// Admits an attempt that must be sent (a first try or a retry): spends a token, then takes
@@ -114,29 +148,39 @@ impl Limits {
     /// wait by the request's deadline.
     pub(crate) async fn admit(&self) -> Result<Slot<'_>, Reason> {
         self.spend()?;
-        match &self.concurrency {
+        let held = match &self.concurrency {
             Concurrency::Fixed(bulkhead) => bulkhead
                 .acquire()
                 .await
-                .map(Slot::Fixed)
+                .map(Held::Fixed)
                 .map_err(|_full| Reason::Overloaded),
             Concurrency::Adaptive(limit) => adaptive_slot(limit),
-        }
+        }?;
+        Ok(self.counted(held))
     }
 
     /// Admits a hedge only if it can start now: a hedge is extra load, never worth a wait in the
     /// queue, nor a place a queued request is owed.
     pub(crate) fn try_admit(&self) -> Result<Slot<'_>, Reason> {
         // The slot first: a hedge the concurrency limit refuses spends no token.
-        let slot = match &self.concurrency {
+        let held = match &self.concurrency {
             Concurrency::Fixed(bulkhead) => bulkhead
                 .try_acquire()
-                .map(Slot::Fixed)
+                .map(Held::Fixed)
                 .map_err(|_full| Reason::Overloaded),
             Concurrency::Adaptive(limit) => adaptive_slot(limit),
         }?;
+        let slot = self.counted(held);
         self.spend()?;
         Ok(slot)
+    }
+
+    fn counted<'a>(&'a self, held: Held<'a>) -> Slot<'a> {
+        self.metrics.inflight.inc();
+        Slot {
+            held,
+            counted: Counted(self),
+        }
     }
 
     fn spend(&self) -> Result<(), Reason> {
@@ -156,10 +200,10 @@ impl Limits {
     }
 }
 
-fn adaptive_slot(limit: &AdaptiveLimit) -> Result<Slot<'_>, Reason> {
+fn adaptive_slot(limit: &AdaptiveLimit) -> Result<Held<'_>, Reason> {
     limit
         .try_acquire()
-        .map(|permit| Slot::Adaptive {
+        .map(|permit| Held::Adaptive {
             permit,
             taken: Instant::now(),
         })
@@ -172,9 +216,16 @@ impl Slot<'_> {
     /// Gives the slot back; the adaptive limit learns from the attempt's `outcome` and the time
     /// since admission (a failure is a drop).
     pub(crate) fn record(self, outcome: Outcome) {
-        match self {
-            Slot::Fixed(permit) => drop(permit),
-            Slot::Adaptive { permit, taken } => permit.record(outcome, taken.elapsed()),
+        let Slot { held, counted } = self;
+        match held {
+            Held::Fixed(permit) => drop(permit),
+            Held::Adaptive { permit, taken } => {
+                permit.record(outcome, taken.elapsed());
+                if let Concurrency::Adaptive(limit) = &counted.0.concurrency {
+                    let limit = i64::try_from(limit.limit()).unwrap_or(i64::MAX);
+                    counted.0.metrics.concurrency_limit.set(limit);
+                }
+            }
         }
     }
 }
@@ -184,6 +235,7 @@ mod tests {
     use rampart_config::Config;
 
     use super::*;
+    use crate::metrics::Metrics;
 
     fn parse(section: &str) -> Limits {
         let toml = format!(
@@ -191,7 +243,11 @@ mod tests {
              [upstreams.app.limits]\n{section}\n"
         );
         let config = Config::from_str(&toml, "test.toml").unwrap();
-        Limits::new(&config.upstreams[0].limits).unwrap()
+        Limits::new(
+            &config.upstreams[0].limits,
+            Metrics::default().upstream("app"),
+        )
+        .unwrap()
     }
 
     fn ms(n: u64) -> Duration {

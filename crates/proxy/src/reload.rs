@@ -31,7 +31,9 @@ use tokio::sync::watch;
 
 use crate::Error;
 use crate::health::{self, Checks};
+use crate::metrics::Metrics;
 use crate::route::Router;
+use crate::stats::{self, Snapshot, Unknown};
 use crate::upstream::Pool;
 
 /// What the proxy serves now: the configuration it was built from, the upstream pools, and the
@@ -47,6 +49,8 @@ pub(crate) struct Live {
     /// dropped, with the pool they check.
     health: HashMap<String, Checks>,
     rng: Rng,
+    /// The families every route and pool built makes its series in.
+    metrics: Metrics,
     // Tells the health checks to end when the proxy shuts down.
     stop: watch::Receiver<bool>,
 }
@@ -81,18 +85,20 @@ pub struct Changes {
 
 impl Live {
     /// The state of a proxy starting with `config`, its health checks running until `stop` says
-    /// `true`; the balancers, fault injection and the checks' jitter draw from `rng`.
+    /// `true`; the balancers, fault injection and the checks' jitter draw from `rng`; every
+    /// series is made in `metrics`.
     pub(crate) fn new(
         config: &Config,
         rng: Rng,
+        metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<Live, Error> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Ok((u.name.clone(), Arc::new(pool(u, &rng)?))))
+            .map(|u| Ok((u.name.clone(), Arc::new(pool(u, &rng, &metrics)?))))
             .collect::<Result<HashMap<_, _>, Error>>()?;
-        let routers = routers(config, &upstreams, &rng)?
+        let routers = routers(config, &upstreams, &rng, &metrics)?
             .into_iter()
             .map(|(name, router)| (name, Arc::new(ArcSwap::from_pointee(router))))
             .collect();
@@ -112,6 +118,7 @@ impl Live {
             routers,
             health,
             rng,
+            metrics,
             stop,
         })
     }
@@ -136,7 +143,7 @@ impl Live {
             let pool = match (self.config.upstream(&name), self.upstreams.get(&name)) {
                 (Some(old), Some(pool)) if old == upstream => pool.clone(),
                 (Some(old), Some(old_pool)) => {
-                    let mut pool = pool(upstream, &self.rng)?;
+                    let mut pool = pool(upstream, &self.rng, &self.metrics)?;
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
                     }
@@ -145,7 +152,7 @@ impl Live {
                 }
                 _ => {
                     summary.upstreams.added.push(name.clone());
-                    Arc::new(pool(upstream, &self.rng)?)
+                    Arc::new(pool(upstream, &self.rng, &self.metrics)?)
                 }
             };
             upstreams.insert(name, pool);
@@ -154,7 +161,7 @@ impl Live {
             changes(&self.config.upstreams, &config.upstreams, |u| &u.name).removed;
         // Every router is built before any is swapped in: a route that cannot be built leaves the
         // old configuration serving whole.
-        let routers = routers(config, &upstreams, &self.rng)?;
+        let routers = routers(config, &upstreams, &self.rng, &self.metrics)?;
 
         // The listeners are the same, perhaps in another order.
         for (listener, router) in routers {
@@ -194,9 +201,51 @@ impl Live {
     }
 }
 
-/// A new pool for `upstream`, whose breakers log their transitions; its balancer draws from `rng`.
-fn pool(upstream: &Upstream, rng: &Rng) -> Result<Pool, Error> {
-    let pool = Pool::new(upstream, rng)?;
+// === impl Live: stats ===
+
+impl Live {
+    /// Every route, in file order, and every upstream, in file order, as they stand now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let routers: Vec<_> = self.routers.iter().map(|(_, r)| r.load_full()).collect();
+        let routes = self
+            .config
+            .routes
+            .iter()
+            .filter_map(|route| {
+                routers
+                    .iter()
+                    .flat_map(|router| router.stacks())
+                    .find(|stack| stack.name() == route.name)
+                    .map(|stack| stats::route(stack, &route.upstream))
+            })
+            .collect();
+        let upstreams = self
+            .config
+            .upstreams
+            .iter()
+            .map(|u| self.upstreams[&u.name].stats(&u.name))
+            .collect();
+        Snapshot { routes, upstreams }
+    }
+
+    /// The breakers of `upstream`'s endpoint `endpoint`, or of all its endpoints for `None`.
+    pub(crate) fn breakers(
+        &self,
+        upstream: &str,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<rampart_policy::breaker::CircuitBreaker>, Unknown> {
+        let pool = self
+            .upstreams
+            .get(upstream)
+            .ok_or_else(|| Unknown::Upstream(upstream.to_owned()))?;
+        stats::breakers(pool, upstream, endpoint)
+    }
+}
+
+/// A new pool for `upstream`, whose breakers log their transitions (and move its series in
+/// `metrics`); its balancer draws from `rng`.
+fn pool(upstream: &Upstream, rng: &Rng, metrics: &Metrics) -> Result<Pool, Error> {
+    let pool = Pool::new(upstream, rng, metrics)?;
     for (endpoint, breaker) in pool.breakers() {
         let (upstream, endpoint) = (upstream.name.clone(), endpoint.to_string());
         breaker.subscribe(move |transition: &Transition| {
@@ -239,6 +288,7 @@ fn routers(
     config: &Config,
     upstreams: &HashMap<String, Arc<Pool>>,
     rng: &Rng,
+    metrics: &Metrics,
 ) -> Result<Vec<(String, Router)>, Error> {
     let by_name = upstreams
         .iter()
@@ -247,7 +297,12 @@ fn routers(
     config
         .listeners
         .iter()
-        .map(|l| Ok((l.name.clone(), Router::new(config, &l.name, &by_name, rng)?)))
+        .map(|l| {
+            Ok((
+                l.name.clone(),
+                Router::new(config, &l.name, &by_name, rng, metrics)?,
+            ))
+        })
         .collect()
 }
 

@@ -11,6 +11,7 @@ use rampart_config::{Config, Match};
 use rampart_policy::rng::Rng;
 
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::stack::Stack;
 use crate::upstream::Pool;
 
@@ -27,6 +28,7 @@ impl Router {
         listener: &str,
         upstreams: &HashMap<&str, Arc<Pool>>,
         rng: &Rng,
+        metrics: &Metrics,
     ) -> Result<Router, Error> {
         let mut routes = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
@@ -43,10 +45,15 @@ impl Router {
             let matcher = Matcher::new(&route.matcher, i)?;
             routes.push((
                 matcher,
-                Arc::new(Stack::new(route, i, upstream.clone(), rng)?),
+                Arc::new(Stack::new(route, i, upstream.clone(), rng, metrics)?),
             ));
         }
         Ok(Router { routes })
+    }
+
+    /// Every route's stack, in file order.
+    pub(crate) fn stacks(&self) -> impl Iterator<Item = &Arc<Stack>> {
+        self.routes.iter().map(|(_, stack)| stack)
     }
 
     /// The stack of the first route matching the request, if any.

@@ -22,6 +22,7 @@ use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::hedge::Hedging;
 use crate::limits::Slot;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::retry::{Replay, Retry, answered};
 use crate::upstream::{Picked, Pool};
 
@@ -62,12 +63,17 @@ use crate::upstream::{Picked, Pool};
 /// - the pooled connection.
 ///
 /// Fault injection and fallback are applied by the caller (`forward.rs`), around
-/// [`Stack::call`].
+/// [`Stack::call`]; so is the count of each answer in the route's metrics. The stack counts the
+/// retries it sends, the ones the budget refuses, and the hedges it sends.
 ///
 /// Still to come, in the order of docs/architecture.md: async routes between fault injection and
 /// fallback.
 #[derive(Debug)]
 pub(crate) struct Stack {
+    /// The route's name.
+    name: String,
+    /// The route's series: the caller counts each answer, the stack each retry and hedge.
+    metrics: RouteMetrics,
     fault: Option<Fault>,
     fallback: Option<Fallback>,
     timeout: Duration,
@@ -87,15 +93,18 @@ enum Last {
 }
 
 impl Stack {
-    /// The stack of `route`, the `index`th in the file, to `upstream`; fault injection draws
-    /// from `rng`.
+    /// The stack of `route`, the `index`th in the file, to `upstream`, its series made in
+    /// `metrics`; fault injection draws from `rng`.
     pub(crate) fn new(
         route: &Route,
         index: usize,
         upstream: Arc<Pool>,
         rng: &Rng,
+        metrics: &Metrics,
     ) -> Result<Stack, crate::Error> {
         Ok(Stack {
+            name: route.name.clone(),
+            metrics: metrics.route(&route.name),
             fault: route
                 .fault
                 .as_ref()
@@ -123,6 +132,21 @@ impl Stack {
     /// returns.
     pub(crate) fn fallback(&self) -> Option<&Fallback> {
         self.fallback.as_ref()
+    }
+
+    /// The route's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The route's series.
+    pub(crate) fn metrics(&self) -> &RouteMetrics {
+        &self.metrics
+    }
+
+    /// The upstream's pool.
+    pub(crate) fn upstream(&self) -> &Pool {
+        &self.upstream
     }
 
     /// The route's `timeout`: the whole exchange, until the response's last byte.
@@ -221,6 +245,7 @@ impl Stack {
                         let mut request = Request::from_parts(parts.clone(), body.next()?);
                         set_target(&mut request, picked.authority, self.upstream.version()).ok()?;
                         hedged.push(picked.index);
+                        self.metrics.hedged();
                         Some(self.send(request, picked, slot, deadline, grpc))
                     };
                     let classify = |sent: &Sent| match sent {
@@ -264,11 +289,13 @@ impl Stack {
                 return last.into_result();
             }
             if !retry.budget().withdraw() {
+                self.metrics.budget_exhausted();
                 return match last {
                     Last::Response(response) => Ok(response),
                     Last::Error(_) => Err(Reason::RetryBudgetExhausted),
                 };
             }
+            self.metrics.retried();
             tokio::time::sleep(delay).await;
             failed = Some((index, last));
         }

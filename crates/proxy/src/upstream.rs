@@ -11,6 +11,7 @@
 //! the endpoints left, the upstream's [`Balancer`] (`balance`) chooses.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::Version;
@@ -22,11 +23,14 @@ use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
 use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit};
 use rampart_policy::rng::Rng;
+use tokio::time::Instant;
 
 use crate::Error;
 use crate::balance::{Balancer, InFlight, Load};
 use crate::body::RequestBody;
 use crate::limits::Limits;
+use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
+use crate::stats::{EndpointStats, UpstreamStats};
 
 /// One upstream: its endpoints, primaries then backups, and the connection pool they share.
 #[derive(Debug)]
@@ -43,6 +47,7 @@ pub(crate) struct Pool {
     grpc: bool,
     version: Version,
     limits: Limits,
+    metrics: UpstreamMetrics,
     // Pools connections per endpoint (the pool key is the authority).
     client: Client<HttpConnector, RequestBody>,
 }
@@ -56,6 +61,7 @@ struct Endpoint {
     /// Written by the endpoint's health check only; true until a check says otherwise.
     healthy: AtomicBool,
     load: Load,
+    metrics: Arc<EndpointMetrics>,
 }
 
 /// The endpoint chosen for one attempt, with its breaker's permit and its place in the
@@ -70,11 +76,15 @@ pub(crate) struct Picked<'a> {
     // endpoint whose breaker refused it (see `Pool::pick`).
     permit: Option<Permit<'a>>,
     in_flight: InFlight<'a>,
+    metrics: &'a Arc<EndpointMetrics>,
+    sent: Instant,
 }
 
 impl Picked<'_> {
-    /// Tells the endpoint's breaker how the attempt went, and its balancer how long it took.
+    /// Tells the endpoint's breaker how the attempt went, its balancer how long it took, and its
+    /// metrics both.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
+        self.metrics.attempted(outcome, self.sent);
         self.in_flight.finish(outcome);
         if let Some(permit) = self.permit {
             permit.record(outcome);
@@ -94,6 +104,8 @@ impl Picked<'_> {
                 .permit
                 .zip(breaker)
                 .map(|(permit, breaker)| breaker.own(permit)),
+            metrics: self.metrics.clone(),
+            sent: self.sent,
         }
     }
 }
@@ -103,11 +115,14 @@ impl Picked<'_> {
 #[derive(Debug)]
 pub(crate) struct OwnedPicked {
     permit: Option<OwnedPermit>,
+    metrics: Arc<EndpointMetrics>,
+    sent: Instant,
 }
 
 impl OwnedPicked {
-    /// Tells the endpoint's breaker how the attempt went.
+    /// Tells the endpoint's breaker and its metrics how the attempt went.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
+        self.metrics.attempted(outcome, self.sent);
         if let Some(permit) = self.permit {
             permit.record(outcome);
         }
@@ -115,8 +130,8 @@ impl OwnedPicked {
 }
 
 impl Pool {
-    /// The pool of `upstream`; its balancer draws from `rng`.
-    pub(crate) fn new(upstream: &Upstream, rng: &Rng) -> Result<Pool, Error> {
+    /// The pool of `upstream`, its series made in `metrics`; its balancer draws from `rng`.
+    pub(crate) fn new(upstream: &Upstream, rng: &Rng, metrics: &Metrics) -> Result<Pool, Error> {
         let invalid = |key: &str, message: String| Error::Invalid {
             path: format!("upstreams.{}.{key}", upstream.name),
             message,
@@ -140,12 +155,25 @@ impl Pool {
             ("backup", &upstream.backup),
         ] {
             for endpoint in list {
+                let authority = authority(key, endpoint)?;
+                let breaker =
+                    breaker(&upstream.breaker).map_err(|message| invalid("breaker", message))?;
+                let metrics = Arc::new(metrics.endpoint(
+                    &upstream.name,
+                    authority.as_str(),
+                    breaker.is_some(),
+                ));
+                if let Some(breaker) = &breaker {
+                    metrics.set_state(breaker.state());
+                    let metrics = metrics.clone();
+                    breaker.subscribe(move |transition| metrics.transition(transition));
+                }
                 endpoints.push(Endpoint {
-                    authority: authority(key, endpoint)?,
-                    breaker: breaker(&upstream.breaker)
-                        .map_err(|message| invalid("breaker", message))?,
+                    authority,
+                    breaker,
                     healthy: AtomicBool::new(true),
                     load: balancer.load(),
+                    metrics,
                 });
             }
         }
@@ -154,6 +182,7 @@ impl Pool {
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc
         );
 
+        let upstream_metrics = metrics.upstream(&upstream.name);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -177,7 +206,9 @@ impl Pool {
             } else {
                 Version::HTTP_11
             },
-            limits: Limits::new(&upstream.limits).map_err(|message| invalid("limits", message))?,
+            limits: Limits::new(&upstream.limits, upstream_metrics.clone())
+                .map_err(|message| invalid("limits", message))?,
+            metrics: upstream_metrics,
             client,
         })
     }
@@ -234,6 +265,8 @@ impl Pool {
                     authority: &endpoint.authority,
                     permit: None,
                     in_flight: self.balancer.start(&endpoint.load),
+                    metrics: &endpoint.metrics,
+                    sent: Instant::now(),
                 });
             }
         }
@@ -282,6 +315,8 @@ impl Pool {
             authority: &endpoint.authority,
             permit,
             in_flight: self.balancer.start(&endpoint.load),
+            metrics: &endpoint.metrics,
+            sent: Instant::now(),
         })
     }
 
@@ -299,11 +334,9 @@ impl Pool {
     /// count of unhealthy endpoints moves with each change exactly once.
     pub(crate) fn set_healthy(&self, index: usize, healthy: bool) {
         // Relaxed: the flags and the count only steer choices; no other memory depends on them.
-        if self.endpoints[index]
-            .healthy
-            .swap(healthy, Ordering::Relaxed)
-            != healthy
-        {
+        let endpoint = &self.endpoints[index];
+        if endpoint.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            endpoint.metrics.set_healthy(healthy);
             if healthy {
                 self.unhealthy.fetch_sub(1, Ordering::Relaxed);
             } else {
@@ -369,11 +402,51 @@ impl Pool {
                 .find(|e| e.authority == endpoint.authority)
                 .and_then(|e| e.breaker.clone());
             if let Some(breaker) = kept {
+                // The kept breaker's subscription already moves this endpoint's series.
+                endpoint.metrics.set_state(breaker.state());
                 endpoint.breaker = Some(breaker);
                 taken += 1;
             }
         }
         taken
+    }
+}
+
+// === impl Pool: stats ===
+
+impl Pool {
+    /// The stats of this pool, the upstream `name`.
+    pub(crate) fn stats(&self, name: &str) -> UpstreamStats {
+        let endpoints = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| EndpointStats {
+                address: endpoint.authority.to_string(),
+                backup: index >= self.primaries,
+                state: endpoint.breaker.as_ref().map(CircuitBreaker::state),
+                healthy: endpoint.healthy.load(Ordering::Relaxed),
+                in_flight: u64::from(endpoint.load.in_flight()),
+                attempts: endpoint.metrics.attempts(),
+                recent: endpoint.metrics.recent().read(),
+            })
+            .collect();
+        let gauge = |value: i64| u64::try_from(value).unwrap_or(0);
+        UpstreamStats {
+            name: name.to_owned(),
+            in_flight: gauge(self.metrics.inflight.get()),
+            concurrency_limit: gauge(self.metrics.concurrency_limit.get()),
+            endpoints,
+        }
+    }
+
+    /// Each endpoint's address and breaker (none when disabled), primaries then backups.
+    pub(crate) fn endpoint_breakers(
+        &self,
+    ) -> impl Iterator<Item = (&Authority, Option<&CircuitBreaker>)> {
+        self.endpoints
+            .iter()
+            .map(|e| (&e.authority, e.breaker.as_ref()))
     }
 }
 
@@ -435,7 +508,12 @@ mod tests {
             endpoints.join(", ")
         );
         let config = Config::from_str(&toml, "test.toml").unwrap();
-        Pool::new(&config.upstreams[0], &rng).unwrap()
+        Pool::new(
+            &config.upstreams[0],
+            &rng,
+            &crate::metrics::Metrics::default(),
+        )
+        .unwrap()
     }
 
     fn pool(extra: &str) -> Pool {

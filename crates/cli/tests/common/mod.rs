@@ -17,19 +17,28 @@ use tokio::net::TcpStream;
 /// that only a missing line fails the test.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A configuration file in the temporary directory, removed when dropped.
-pub struct TempConfig(pub PathBuf);
+/// A configuration file in the temporary directory, removed when dropped; the address its admin
+/// API gets when the text has no `[admin]`.
+pub struct TempConfig(pub PathBuf, SocketAddr);
 
 impl TempConfig {
     pub fn new(name: &str, text: &str) -> TempConfig {
         let path = std::env::temp_dir().join(format!("rampart-{name}-{}.toml", std::process::id()));
-        let config = TempConfig(path);
+        let config = TempConfig(path, free_addr());
         config.write(text);
         config
     }
 
-    /// Replaces the file's content.
+    /// Replaces the file's content. A text without an `[admin]` section gets one on a port of
+    /// its own, the same at every write: the default port would be shared by every rampart the
+    /// tests run at once, and port 0 is taken by the listeners (the configuration refuses two
+    /// servers on one address).
     pub fn write(&self, text: &str) {
+        let text = if text.contains("[admin]") {
+            text.to_owned()
+        } else {
+            format!("{text}\n[admin]\nlisten = \"{}\"\n", self.1)
+        };
         std::fs::write(&self.0, text).expect("the temporary directory is writable");
     }
 }
@@ -56,11 +65,22 @@ impl Rampart {
     /// [`Rampart::run`] with `RUST_LOG` set to `rust_log`; with `None`, `RUST_LOG` is unset,
     /// whatever the tests' own environment says.
     pub fn run_with_env(global: &[&str], config: &Path, rust_log: Option<&str>) -> Rampart {
+        Rampart::run_with_vars(global, config, rust_log, &[])
+    }
+
+    /// [`Rampart::run_with_env`] with the environment variables `vars` set too.
+    pub fn run_with_vars(
+        global: &[&str],
+        config: &Path,
+        rust_log: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Rampart {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
         match rust_log {
             Some(value) => command.env("RUST_LOG", value),
             None => command.env_remove("RUST_LOG"),
         };
+        command.envs(vars.iter().copied());
         let mut child = command
             .args(global)
             .args(["run", "-c"])

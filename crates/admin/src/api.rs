@@ -1,0 +1,220 @@
+//! The admin API's endpoints: one request in, one response out.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use prometheus_client::encoding::text::encode;
+use rampart_proxy::stats::Unknown;
+use serde_json::{Value, json};
+
+use crate::auth::Refusal;
+use crate::{ReloadError, State, json};
+
+/// The largest request body read: a breaker change is a few bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What `prometheus-client` encodes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Answer = Response<Full<Bytes>>;
+
+/// Answers `request`.
+pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => metrics(state),
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+        // The admin API starts once the proxy has loaded its configuration and bound its
+        // listeners, and stops as it drains.
+        (&Method::GET, ["readyz"]) => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, ["api", "stats"]) => {
+            answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
+        }
+        (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
+            let (upstream, endpoint) = (decode(upstream), decode(endpoint));
+            match refusal(state, &request) {
+                Some(refused) => refused,
+                None => breakers(state, request, &upstream, &endpoint).await,
+            }
+        }
+        (&Method::POST, ["api", "reload"]) => match refusal(state, &request) {
+            Some(refused) => refused,
+            None => reload(state),
+        },
+        (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
+        (_, ["api", "breakers", _, _] | ["api", "reload"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no admin endpoint at {path}"),
+        ),
+    }
+}
+
+fn metrics(state: &State) -> Answer {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, state.proxy.registry());
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+    response
+}
+
+// The answer to a mutating call without the token; `None` when it carries it.
+fn refusal<B>(state: &State, request: &Request<B>) -> Option<Answer> {
+    match state.token.check(request.headers()) {
+        Ok(()) => None,
+        Err(Refusal::NotConfigured(message)) => Some(error(StatusCode::FORBIDDEN, &message)),
+        Err(Refusal::Unauthorized) => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send Authorization: Bearer <token>",
+        )),
+    }
+}
+
+/// What a breaker is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Force {
+    Open,
+    Closed,
+    Auto,
+}
+
+async fn breakers(
+    state: &State,
+    request: Request<Incoming>,
+    upstream: &str,
+    endpoint: &str,
+) -> Answer {
+    let force = match read_force(request.into_body()).await {
+        Ok(force) => force,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let which = (endpoint != "*").then_some(endpoint);
+    let breakers = match state.proxy.breakers(upstream, which) {
+        Ok(breakers) => breakers,
+        Err(err @ (Unknown::Upstream(_) | Unknown::Endpoint { .. })) => {
+            return error(StatusCode::NOT_FOUND, &err.to_string());
+        }
+        Err(err @ Unknown::Disabled(_)) => return error(StatusCode::CONFLICT, &err.to_string()),
+    };
+    for breaker in &breakers {
+        match force {
+            Force::Open => breaker.force_open(),
+            Force::Closed => breaker.force_closed(),
+            Force::Auto => breaker.release(),
+        }
+    }
+    tracing::info!(upstream, endpoint, ?force, "admin API: breakers set");
+    let states: Vec<&str> = breakers.iter().map(|b| b.state().as_str()).collect();
+    answer(
+        StatusCode::OK,
+        &json!({"upstream": upstream, "endpoint": endpoint, "states": states}),
+    )
+}
+
+// `{"state": "open" | "closed" | "auto"}`, or what is wrong with the body.
+async fn read_force(body: Incoming) -> Result<Force, String> {
+    let bytes = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|err| format!("cannot read the body: {err}"))?
+        .to_bytes();
+    let usage = r#"the body must be {"state": "open" | "closed" | "auto"}"#;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|err| format!("the body is not JSON ({err}); {usage}"))?;
+    match value.get("state").and_then(Value::as_str) {
+        Some("open") => Ok(Force::Open),
+        Some("closed") => Ok(Force::Closed),
+        Some("auto") => Ok(Force::Auto),
+        _ => Err(usage.to_owned()),
+    }
+}
+
+fn reload(state: &State) -> Answer {
+    match (state.reload)() {
+        Ok(summary) => answer(
+            StatusCode::OK,
+            &json!({"reloaded": true, "summary": summary}),
+        ),
+        Err(ReloadError::Invalid(errors)) => answer(
+            StatusCode::BAD_REQUEST,
+            &json!({"reloaded": false, "error": errors}),
+        ),
+        Err(ReloadError::Refused(reason)) => answer(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"reloaded": false, "error": reason}),
+        ),
+    }
+}
+
+// A path segment with its `%XX` escapes decoded (an IPv6 endpoint's brackets and colons may
+// come escaped); an invalid escape stays as it is.
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn answer(status: StatusCode, body: &Value) -> Answer {
+    let mut text = body.to_string();
+    text.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Answer {
+    answer(status, &json!({"error": message}))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_in_a_segment_are_decoded() {
+        assert_eq!(decode("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(decode("%5B%3A%3A1%5D%3A80"), "[::1]:80");
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}

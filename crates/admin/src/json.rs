@@ -1,0 +1,177 @@
+//! `GET /api/stats`: the proxy's [`Snapshot`] as JSON.
+//!
+//! ```json
+//! {
+//!   "window_seconds": 10,
+//!   "routes": [{
+//!     "name": "api", "upstream": "app",
+//!     "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1},
+//!     "retries": 0, "retry_budget_exhausted": 0, "hedges": 0,
+//!     "requests_per_second": 0.9, "error_rate": 0.44, "p50_ms": 1.2, "p99_ms": 3.4
+//!   }],
+//!   "upstreams": [{
+//!     "name": "app", "in_flight": 0, "concurrency_limit": 256,
+//!     "endpoints": [{
+//!       "address": "127.0.0.1:8081", "backup": false, "state": "open", "healthy": true,
+//!       "in_flight": 0, "attempts": {"success": 5, "failure": 3},
+//!       "requests_per_second": 0.8, "error_rate": 0.37, "p50_ms": 1.0, "p99_ms": 3.1
+//!     }]
+//!   }]
+//! }
+//! ```
+//!
+//! `state` is a breaker state as the metrics name it (`closed`, `open`, `half-open`,
+//! `forced-open`, `forced-closed`), or `disabled` without a breaker; `p50_ms` and `p99_ms` are
+//! `null` with nothing in the window.
+
+use std::time::Duration;
+
+use rampart_proxy::stats::{EndpointStats, RouteStats, Snapshot, UpstreamStats, Window};
+use serde_json::{Map, Value, json};
+
+/// The window the rates and percentiles cover, as the proxy keeps it.
+const WINDOW_SECONDS: u64 = 10;
+
+/// The JSON of `snapshot`.
+pub(crate) fn stats(snapshot: &Snapshot) -> Value {
+    json!({
+        "window_seconds": WINDOW_SECONDS,
+        "routes": snapshot.routes.iter().map(route).collect::<Vec<_>>(),
+        "upstreams": snapshot.upstreams.iter().map(upstream).collect::<Vec<_>>(),
+    })
+}
+
+fn route(route: &RouteStats) -> Value {
+    let mut object = json!({
+        "name": route.name,
+        "upstream": route.upstream,
+        "requests": {
+            "success": route.requests.success,
+            "failure": route.requests.failure,
+            "fallback": route.requests.fallback,
+            "rejected": route.requests.rejected,
+        },
+        "retries": route.retries,
+        "retry_budget_exhausted": route.retry_budget_exhausted,
+        "hedges": route.hedges,
+    });
+    recent(&mut object, &route.recent);
+    object
+}
+
+fn upstream(upstream: &UpstreamStats) -> Value {
+    json!({
+        "name": upstream.name,
+        "in_flight": upstream.in_flight,
+        "concurrency_limit": upstream.concurrency_limit,
+        "endpoints": upstream.endpoints.iter().map(endpoint).collect::<Vec<_>>(),
+    })
+}
+
+fn endpoint(endpoint: &EndpointStats) -> Value {
+    let (success, failure) = endpoint.attempts;
+    let mut object = json!({
+        "address": endpoint.address,
+        "backup": endpoint.backup,
+        "state": endpoint.state.map_or("disabled", |state| state.as_str()),
+        "healthy": endpoint.healthy,
+        "in_flight": endpoint.in_flight,
+        "attempts": {"success": success, "failure": failure},
+    });
+    recent(&mut object, &endpoint.recent);
+    object
+}
+
+// The window's fields, beside the object's own.
+fn recent(object: &mut Value, window: &Window) {
+    let fields: &mut Map<String, Value> = object.as_object_mut().expect("an object");
+    let ms = |latency: Option<Duration>| latency.map(|l| l.as_secs_f64() * 1000.0);
+    fields.insert(
+        "requests_per_second".into(),
+        json!(window.requests_per_second),
+    );
+    fields.insert("error_rate".into(), json!(window.error_rate));
+    fields.insert("p50_ms".into(), json!(ms(window.p50)));
+    fields.insert("p99_ms".into(), json!(ms(window.p99)));
+}
+
+#[cfg(test)]
+mod tests {
+    use rampart_policy::breaker::State;
+    use rampart_proxy::stats::Outcomes;
+
+    use super::*;
+
+    #[test]
+    fn the_shape_names_every_route_upstream_and_endpoint() {
+        let window = Window {
+            requests_per_second: 2.5,
+            error_rate: 0.25,
+            p50: Some(Duration::from_millis(4)),
+            p99: None,
+        };
+        let snapshot = Snapshot {
+            routes: vec![RouteStats {
+                name: "api".into(),
+                upstream: "app".into(),
+                requests: Outcomes {
+                    success: 5,
+                    failure: 3,
+                    fallback: 0,
+                    rejected: 1,
+                },
+                retries: 2,
+                retry_budget_exhausted: 0,
+                hedges: 1,
+                recent: window,
+            }],
+            upstreams: vec![UpstreamStats {
+                name: "app".into(),
+                in_flight: 1,
+                concurrency_limit: 256,
+                endpoints: vec![
+                    EndpointStats {
+                        address: "127.0.0.1:1".into(),
+                        backup: false,
+                        state: Some(State::ForcedOpen),
+                        healthy: true,
+                        in_flight: 1,
+                        attempts: (5, 3),
+                        recent: window,
+                    },
+                    EndpointStats {
+                        address: "127.0.0.1:2".into(),
+                        backup: true,
+                        state: None,
+                        healthy: false,
+                        in_flight: 0,
+                        attempts: (0, 0),
+                        recent: window,
+                    },
+                ],
+            }],
+        };
+        let json = stats(&snapshot);
+        assert_eq!(
+            json["routes"][0],
+            json!({
+                "name": "api", "upstream": "app",
+                "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1},
+                "retries": 2, "retry_budget_exhausted": 0, "hedges": 1,
+                "requests_per_second": 2.5, "error_rate": 0.25, "p50_ms": 4.0, "p99_ms": null,
+            })
+        );
+        let upstream = &json["upstreams"][0];
+        assert_eq!(upstream["name"], "app");
+        assert_eq!(upstream["concurrency_limit"], 256);
+        assert_eq!(upstream["endpoints"][0]["state"], "forced-open");
+        assert_eq!(
+            upstream["endpoints"][0]["attempts"],
+            json!({"success": 5, "failure": 3})
+        );
+        assert_eq!(upstream["endpoints"][1]["state"], "disabled");
+        assert_eq!(upstream["endpoints"][1]["backup"], true);
+        assert_eq!(upstream["endpoints"][1]["healthy"], false);
+        assert_eq!(json["window_seconds"], 10);
+    }
+}

@@ -1,0 +1,183 @@
+//! The rampart admin API, on `[admin] listen` (127.0.0.1:9901 by default): what an operator
+//! reads of a running proxy, and the few things they may change.
+//!
+//! | method, path | answer |
+//! |---|---|
+//! | `GET /metrics` | the proxy's registry in the OpenMetrics text format |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 once the proxy has started (configuration loaded, listeners bound) |
+//! | `GET /api/stats` | JSON: every route and upstream with its endpoints (see [`json`]) |
+//! | `POST /api/breakers/<upstream>/<endpoint or *>` | `{"state": "open" \| "closed" \| "auto"}`: force the breaker, or release it |
+//! | `POST /api/reload` | re-reads the configuration file, as SIGHUP does |
+//!
+//! The POST calls need `Authorization: Bearer <token>`, the token being the value of the
+//! environment variable `[admin] token_env` names, read at start; without one they are refused
+//! (403), and with a wrong or missing token they are 401. docs/admin.md has the details.
+//!
+//! The server is HTTP/1.1 only, and reads the proxy through a [`ProxyHandle`]: it never takes a
+//! lock the request path takes.
+//!
+//! ```no_run
+//! # async fn run(proxy: rampart_proxy::Proxy, config: rampart_config::Config) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use rampart_admin::{Admin, ReloadError};
+//!
+//! let reload = Arc::new(|| Err(ReloadError::Invalid("no file to reload".into())));
+//! let admin = Admin::start(&config.admin, proxy.handle(), reload).await?;
+//! println!("admin API on http://{}", admin.addr());
+//! admin.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod api;
+mod auth;
+pub mod json;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rampart_proxy::ProxyHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::auth::Token;
+
+/// What `POST /api/reload` calls: reads the configuration file again and serves it, as SIGHUP
+/// does, answering the summary of what changed.
+pub type Reload = Arc<dyn Fn() -> Result<String, ReloadError> + Send + Sync>;
+
+/// Why a reload changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The file is unreadable or invalid (400); every error, one per line.
+    Invalid(String),
+    /// The file is valid but cannot be applied, e.g. it changes a listener (422).
+    Refused(String),
+}
+
+/// The running admin server; dropping it stops it too.
+#[derive(Debug)]
+pub struct Admin {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// What every request of the admin API reads.
+struct State {
+    proxy: ProxyHandle,
+    token: Token,
+    reload: Reload,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    /// Binds `config.listen` and serves the admin API for `proxy`; `reload` is what
+    /// `POST /api/reload` calls. The token is read from the environment now.
+    pub async fn start(
+        config: &rampart_config::Admin,
+        proxy: ProxyHandle,
+        reload: Reload,
+    ) -> io::Result<Admin> {
+        let token = Token::from_env(config.token_env.as_deref());
+        Admin::serve(config, token, proxy, reload).await
+    }
+
+    /// Like [`Admin::start`], with the token given instead of read from the environment (for an
+    /// embedder that keeps its secrets elsewhere, and for tests, which cannot safely change
+    /// the environment of a process running other tests). `None`, or an empty token, refuses
+    /// every mutating call; the refusal names `config.token_env` as the variable to set.
+    pub async fn start_with_token(
+        config: &rampart_config::Admin,
+        token: Option<String>,
+        proxy: ProxyHandle,
+        reload: Reload,
+    ) -> io::Result<Admin> {
+        let token = Token::new(config.token_env.as_deref(), token);
+        Admin::serve(config, token, proxy, reload).await
+    }
+
+    async fn serve(
+        config: &rampart_config::Admin,
+        token: Token,
+        proxy: ProxyHandle,
+        reload: Reload,
+    ) -> io::Result<Admin> {
+        let tcp = TcpListener::bind(config.listen).await?;
+        let addr = tcp.local_addr()?;
+        let state = Arc::new(State {
+            proxy,
+            token,
+            reload,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(tcp, state, stopped));
+        Ok(Admin {
+            addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The address the admin API listens on (the port the kernel chose, for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every admin connection at once: its calls are short, and an
+    /// operator's scrape is worth less than a prompt exit.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            // The serving task ends as told; a panic in it has nothing left to clean.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// Accepts until `stop` says `true`, each connection in a task of `connections`, which are
+// dropped (and so closed) with it.
+async fn serve(tcp: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: the next accept may do better.
+                Err(err) => {
+                    tracing::warn!("admin API: accept failed: {err}");
+                    continue;
+                }
+            },
+        };
+        // Finished connections are reaped as new ones come, so the set stays small.
+        while connections.try_join_next().is_some() {}
+        let state = state.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(api::handle(request, &state).await) }
+            });
+            // A client that goes away mid-request is no error worth a log line.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

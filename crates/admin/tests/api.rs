@@ -1,0 +1,458 @@
+//! The admin API over real sockets, beside a proxy that served known traffic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rampart_admin::{Admin, Reload, ReloadError};
+use rampart_proxy::Proxy;
+use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cret-token";
+
+/// One answer: status, a header's value and the body as text.
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    rampart_error: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("{err}: {}", self.body))
+    }
+}
+
+async fn call(request: Request<Full<Bytes>>) -> Answer {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.expect("an answer");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (status, content_type, rampart_error) = (
+        response.status(),
+        header("content-type").unwrap_or_default(),
+        header("x-rampart-error"),
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        rampart_error,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Answer {
+    let uri = format!("http://{addr}{path}");
+    call(Request::get(uri).body(Full::default()).unwrap()).await
+}
+
+async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Answer {
+    let mut request = Request::post(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    call(
+        request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap(),
+    )
+    .await
+}
+
+fn admin_config() -> rampart_config::Admin {
+    rampart_config::Admin {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_env: Some("RAMPART_ADMIN_TOKEN".into()),
+    }
+}
+
+fn no_reload() -> Reload {
+    Arc::new(|| Err(ReloadError::Refused("no reload in this test".into())))
+}
+
+async fn admin(proxy: &Proxy, token: Option<&str>, reload: Reload) -> Admin {
+    Admin::start_with_token(
+        &admin_config(),
+        token.map(str::to_owned),
+        proxy.handle(),
+        reload,
+    )
+    .await
+    .unwrap()
+}
+
+/// A proxy with one route `api` to one endpoint, not retried, whose breaker opens at the third
+/// failure in a row and stays open for the test.
+async fn proxy_to(upstream: &Upstream) -> Proxy {
+    ProxyBuilder::to(&[upstream.addr()])
+        .route("name = \"api\"\n[routes.retry]\nattempts = 1")
+        .upstream(
+            "[upstreams.app.breaker]\nconsecutive_failures = 3\nopen_for = \"1h\"\n\
+             open_for_max = \"1h\"",
+        )
+        .start()
+        .await
+}
+
+/// 5 successes, 3 failures (which open the breaker), then 1 request refused as breaker-open.
+async fn known_traffic(proxy: &Proxy, upstream: &Upstream) {
+    let addr = proxy.listeners()[0].addr;
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/").await.status, 200);
+    }
+    upstream.set_behavior(Behavior::Fail(StatusCode::INTERNAL_SERVER_ERROR));
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").await.status, 500);
+    }
+    let refused = get(addr, "/").await;
+    assert_eq!(refused.rampart_error.as_deref(), Some("breaker-open"));
+}
+
+/// The value of the series `series` (name and labels, exactly as written) in `text`.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_have_every_family_with_the_traffic_sent() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    known_traffic(&proxy, &upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+
+    let metrics = get(admin.addr(), "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        metrics.content_type
+    );
+    let text = &metrics.body;
+    for (family, kind) in [
+        ("rampart_requests", "counter"),
+        ("rampart_request_duration_seconds", "histogram"),
+        ("rampart_upstream_requests", "counter"),
+        ("rampart_breaker_state", "gauge"),
+        ("rampart_breaker_transitions", "counter"),
+        ("rampart_retries", "counter"),
+        ("rampart_retry_budget_exhausted", "counter"),
+        ("rampart_hedges", "counter"),
+        ("rampart_endpoint_healthy", "gauge"),
+        ("rampart_inflight", "gauge"),
+        ("rampart_concurrency_limit", "gauge"),
+        ("rampart_outbox_pending", "gauge"),
+        ("rampart_outbox_delivered", "counter"),
+        ("rampart_outbox_dead", "counter"),
+    ] {
+        let line = format!("# TYPE {family} {kind}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+
+    let route = |outcome: &str| {
+        value(
+            text,
+            &format!("rampart_requests_total{{route=\"api\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(route("success"), 5.0);
+    assert_eq!(route("failure"), 3.0);
+    assert_eq!(route("rejected"), 1.0);
+    assert_eq!(route("fallback"), 0.0);
+    assert_eq!(
+        value(
+            text,
+            "rampart_request_duration_seconds_count{route=\"api\"}"
+        ),
+        9.0
+    );
+    let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
+    let attempts = |outcome: &str| {
+        value(
+            text,
+            &format!("rampart_upstream_requests_total{{{endpoint},outcome=\"{outcome}\"}}"),
+        )
+    };
+    // The refused request never reached the endpoint.
+    assert_eq!(attempts("success"), 5.0);
+    assert_eq!(attempts("failure"), 3.0);
+    assert_eq!(
+        value(text, &format!("rampart_breaker_state{{{endpoint}}}")),
+        1.0
+    );
+    let transitions = |to: &str| {
+        value(
+            text,
+            &format!("rampart_breaker_transitions_total{{{endpoint},to=\"{to}\"}}"),
+        )
+    };
+    assert_eq!(transitions("open"), 1.0);
+    assert_eq!(transitions("half-open"), 0.0);
+    assert_eq!(
+        value(text, &format!("rampart_endpoint_healthy{{{endpoint}}}")),
+        1.0
+    );
+    assert_eq!(value(text, "rampart_inflight{upstream=\"app\"}"), 0.0);
+    assert_eq!(
+        value(text, "rampart_concurrency_limit{upstream=\"app\"}"),
+        256.0
+    );
+    assert_eq!(value(text, "rampart_retries_total{route=\"api\"}"), 0.0);
+    assert_eq!(value(text, "rampart_outbox_pending"), 0.0);
+    admin.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_are_counted_per_route() {
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = ProxyBuilder::to(&[upstream.addr()])
+        .route("name = \"api\"\n[routes.retry]\nattempts = 3\nbackoff = { base = \"1ms\", max = \"1ms\" }")
+        .upstream("[upstreams.app.breaker]\nenabled = false")
+        .start()
+        .await;
+    assert_eq!(get(proxy.listeners()[0].addr, "/").await.status, 503);
+    let admin = admin(&proxy, None, no_reload()).await;
+    let text = get(admin.addr(), "/metrics").await.body;
+    assert_eq!(value(&text, "rampart_retries_total{route=\"api\"}"), 2.0);
+    // Without a breaker, no breaker series.
+    assert!(!text.contains("rampart_breaker_state{"), "{text}");
+    assert_eq!(upstream.request_count(), 3);
+    let stats = get(admin.addr(), "/api/stats").await.json();
+    assert_eq!(stats["routes"][0]["retries"], 2);
+    assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "disabled");
+}
+
+#[tokio::test]
+async fn stats_show_routes_upstreams_and_endpoints() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    known_traffic(&proxy, &upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+
+    let answer = get(admin.addr(), "/api/stats").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type, "application/json");
+    let stats = answer.json();
+    let route = &stats["routes"][0];
+    assert_eq!(route["name"], "api");
+    assert_eq!(route["upstream"], "app");
+    assert_eq!(
+        route["requests"],
+        json!({"success": 5, "failure": 3, "fallback": 0, "rejected": 1})
+    );
+    // Four of the nine answers in the window were not successes.
+    let error_rate = route["error_rate"].as_f64().unwrap();
+    assert!((error_rate - 4.0 / 9.0).abs() < 1e-9, "{route}");
+    assert!(
+        route["requests_per_second"].as_f64().unwrap() > 0.0,
+        "{route}"
+    );
+    assert!(route["p50_ms"].as_f64().is_some(), "{route}");
+    assert!(route["p99_ms"].as_f64().is_some(), "{route}");
+
+    let upstream_stats = &stats["upstreams"][0];
+    assert_eq!(upstream_stats["name"], "app");
+    assert_eq!(upstream_stats["in_flight"], 0);
+    assert_eq!(upstream_stats["concurrency_limit"], 256);
+    let endpoint = &upstream_stats["endpoints"][0];
+    assert_eq!(endpoint["address"], upstream.addr().to_string());
+    assert_eq!(endpoint["state"], "open");
+    assert_eq!(endpoint["healthy"], true);
+    assert_eq!(endpoint["backup"], false);
+    assert_eq!(endpoint["in_flight"], 0);
+    assert_eq!(endpoint["attempts"], json!({"success": 5, "failure": 3}));
+    let error_rate = endpoint["error_rate"].as_f64().unwrap();
+    assert!((error_rate - 3.0 / 8.0).abs() < 1e-9, "{endpoint}");
+}
+
+#[tokio::test]
+async fn forcing_a_breaker_open_refuses_requests_until_auto() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let listener = proxy.listeners()[0].addr;
+    let admin = admin(&proxy, Some(TOKEN), no_reload()).await;
+    let path = format!("/api/breakers/app/{}", upstream.addr());
+
+    let forced = post(admin.addr(), &path, Some(TOKEN), r#"{"state": "open"}"#).await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    assert_eq!(forced.json()["states"], json!(["forced-open"]));
+    let refused = get(listener, "/").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.rampart_error.as_deref(), Some("breaker-open"));
+    assert_eq!(upstream.request_count(), 0);
+    let text = get(admin.addr(), "/metrics").await.body;
+    let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
+    assert_eq!(
+        value(&text, &format!("rampart_breaker_state{{{endpoint}}}")),
+        3.0
+    );
+
+    let released = post(
+        admin.addr(),
+        "/api/breakers/app/*",
+        Some(TOKEN),
+        r#"{"state":"auto"}"#,
+    )
+    .await;
+    assert_eq!(released.status, 200, "{}", released.body);
+    assert_eq!(released.json()["states"], json!(["closed"]));
+    assert_eq!(get(listener, "/").await.status, 200);
+    let stats = get(admin.addr(), "/api/stats").await.json();
+    assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "closed");
+}
+
+#[tokio::test]
+async fn a_bad_breaker_call_says_what_is_wrong() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, Some(TOKEN), no_reload()).await;
+    let path = format!("/api/breakers/app/{}", upstream.addr());
+
+    let bad = post(admin.addr(), &path, Some(TOKEN), r#"{"state": "half"}"#).await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#""open" | "closed" | "auto""#)
+    );
+    assert_eq!(
+        post(admin.addr(), &path, Some(TOKEN), "open").await.status,
+        400
+    );
+    let unknown = post(
+        admin.addr(),
+        "/api/breakers/nope/*",
+        Some(TOKEN),
+        r#"{"state":"open"}"#,
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.contains("nope"), "{}", unknown.body);
+    let unknown = post(
+        admin.addr(),
+        "/api/breakers/app/127.0.0.1:1",
+        Some(TOKEN),
+        r#"{"state":"open"}"#,
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(get(admin.addr(), "/api/nothing").await.status, 404);
+    assert_eq!(get(admin.addr(), "/api/reload").await.status, 405);
+}
+
+#[tokio::test]
+async fn mutating_calls_need_the_token() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let body = r#"{"state": "open"}"#;
+
+    let without = admin(&proxy, None, no_reload()).await;
+    let refused = post(without.addr(), "/api/breakers/app/*", Some(TOKEN), body).await;
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.body.contains("RAMPART_ADMIN_TOKEN"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        post(without.addr(), "/api/reload", None, "").await.status,
+        403
+    );
+
+    let with = admin(&proxy, Some(TOKEN), no_reload()).await;
+    assert_eq!(
+        post(with.addr(), "/api/breakers/app/*", None, body)
+            .await
+            .status,
+        401
+    );
+    let wrong = post(
+        with.addr(),
+        "/api/breakers/app/*",
+        Some("s3cret-tokem"),
+        body,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        post(with.addr(), "/api/reload", Some("nope"), "")
+            .await
+            .status,
+        401
+    );
+    // Nothing was forced by the refused calls.
+    let stats = get(with.addr(), "/api/stats").await.json();
+    assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "closed");
+    assert_eq!(
+        post(with.addr(), "/api/breakers/app/*", Some(TOKEN), body)
+            .await
+            .status,
+        200
+    );
+    // Reading needs no token.
+    assert_eq!(get(with.addr(), "/healthz").await.status, 200);
+    assert_eq!(get(with.addr(), "/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn reload_calls_the_callback_and_answers_what_it_said() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let reload: Reload = {
+        let calls = calls.clone();
+        Arc::new(move || match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => Ok("routes: added b | upstreams: unchanged".into()),
+            1 => Err(ReloadError::Invalid(
+                "rampart.toml:3:11: routes[0].timeout: no unit".into(),
+            )),
+            _ => Err(ReloadError::Refused(
+                "listener changes need a restart".into(),
+            )),
+        })
+    };
+    let admin = admin(&proxy, Some(TOKEN), reload).await;
+
+    let done = post(admin.addr(), "/api/reload", Some(TOKEN), "").await;
+    assert_eq!(done.status, 200);
+    assert_eq!(
+        done.json(),
+        json!({"reloaded": true, "summary": "routes: added b | upstreams: unchanged"})
+    );
+    let invalid = post(admin.addr(), "/api/reload", Some(TOKEN), "").await;
+    assert_eq!(invalid.status, 400);
+    assert!(
+        invalid.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no unit")
+    );
+    let refused = post(admin.addr(), "/api/reload", Some(TOKEN), "").await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

@@ -1,0 +1,90 @@
+//! `rampart run` serves the admin API beside the proxy: its address is logged, the token comes
+//! from the variable `token_env` names, `POST /api/reload` reloads the file as SIGHUP does, and
+//! the API stops with the drain.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use rampart_test_support::{Behavior, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::*;
+
+const TOKEN: &str = "cli-test-token";
+
+fn config(admin: SocketAddr, routes: &[(&str, SocketAddr)]) -> String {
+    let mut text = format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken_env = \"RAMPART_TEST_ADMIN_TOKEN\"\n\n\
+         [[listeners]]\nlisten = \"127.0.0.1:0\"\n\n",
+    );
+    for (name, addr) in routes {
+        text.push_str(&format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}\" }}\n\
+             upstream = \"{name}\"\n\n[upstreams.{name}]\nendpoints = [\"{addr}\"]\n\n"
+        ));
+    }
+    text
+}
+
+/// `POST path` with the bearer `token`, on a new connection: the whole answer.
+async fn post(addr: &str, path: &str, token: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reloads_with_the_token_and_stops_with_the_drain() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let admin = free_addr();
+    let file = TempConfig::new("admin", &config(admin, &[("a", a.addr())]));
+    let mut rampart =
+        Rampart::run_with_vars(&[], &file.0, None, &[("RAMPART_TEST_ADMIN_TOKEN", TOKEN)]);
+    let proxy = rampart.listening();
+    let line = rampart.line("admin API", |line| line.contains("admin API up"));
+    let (_, logged) = line
+        .split_once(" addr=")
+        .expect("the line names the address");
+    assert_eq!(
+        logged.split_whitespace().next(),
+        Some(admin.to_string().as_str())
+    );
+    let admin_addr = admin;
+    let admin = admin.to_string();
+
+    assert!(get(&admin, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get(&proxy, "/a").await.ends_with("from a"));
+    let metrics = get(&admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"rampart_requests_total{route="a",outcome="success"} 1"#),
+        "{metrics}"
+    );
+
+    assert!(
+        post(&admin, "/api/reload", "wrong")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    file.write(&config(admin_addr, &[("a", a.addr()), ("b", b.addr())]));
+    let reloaded = post(&admin, "/api/reload", TOKEN).await;
+    assert!(reloaded.starts_with("HTTP/1.1 200"), "{reloaded}");
+    assert!(reloaded.contains("routes: added b"), "{reloaded}");
+    assert!(get(&proxy, "/b").await.ends_with("from b"));
+
+    rampart.signal("TERM");
+    let (status, _) = rampart.wait();
+    assert!(status.success());
+    assert!(
+        TcpStream::connect(&admin).await.is_err(),
+        "the admin API still listens"
+    );
+}

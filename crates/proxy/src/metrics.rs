@@ -1,0 +1,460 @@
+//! The proxy's Prometheus metrics, registered into the registry the proxy's owner passes in.
+//!
+//! Every series a request can touch is created when the proxy is built: a route's when its
+//! [`Stack`](crate::stack::Stack) is built, an endpoint's and an upstream's when its
+//! [`Pool`](crate::upstream::Pool) is. The handles (atomics behind an `Arc`) are kept there, so
+//! recording is an atomic add: no family lookup, which takes a lock, on the request path. A
+//! reload asks the families for the handles of the routes and endpoints it builds; the same
+//! labels give back the same handle, so an unchanged endpoint's series go on counting. The series
+//! of a removed route or endpoint stay, frozen at their last values, until a restart.
+//!
+//! The families and what each label value means are in docs/admin.md. prometheus-client's own
+//! histogram takes a lock per observation, so the request duration is a histogram of atomics
+//! ([`Latency`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use rampart_policy::Outcome;
+use rampart_policy::breaker::{State, Transition};
+use tokio::time::Instant;
+
+use crate::recent::Recent;
+
+/// A family's label set: `(name, value)` pairs in the order CONTRACT.md lists them.
+type Labels = Vec<(&'static str, String)>;
+
+/// What became of a request a route answered: the `outcome` of `rampart_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteOutcome {
+    /// Answered by the upstream with a response its `failure_status` does not name.
+    Success = 0,
+    /// Answered with a failing upstream response, or a rampart error other than a refusal.
+    Failure = 1,
+    /// Answered by the route's fallback.
+    Fallback = 2,
+    /// Refused by rampart's own policies before or instead of reaching an endpoint.
+    Rejected = 3,
+}
+
+const ROUTE_OUTCOMES: [(RouteOutcome, &str); 4] = [
+    (RouteOutcome::Success, "success"),
+    (RouteOutcome::Failure, "failure"),
+    (RouteOutcome::Fallback, "fallback"),
+    (RouteOutcome::Rejected, "rejected"),
+];
+
+/// The states a breaker can enter, in the order of their `rampart_breaker_state` values.
+const STATES: [State; 5] = [
+    State::Closed,
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::ForcedClosed,
+];
+
+/// The families, shared by every route and pool the proxy builds over its life.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Metrics {
+    requests: Family<Labels, Counter>,
+    duration: Family<Labels, Latency>,
+    upstream_requests: Family<Labels, Counter>,
+    breaker_state: Family<Labels, Gauge>,
+    breaker_transitions: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    retry_budget_exhausted: Family<Labels, Counter>,
+    hedges: Family<Labels, Counter>,
+    endpoint_healthy: Family<Labels, Gauge>,
+    inflight: Family<Labels, Gauge>,
+    concurrency_limit: Family<Labels, Gauge>,
+}
+
+/// One route's series.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    outcomes: [Counter; 4],
+    duration: Latency,
+    retries: Counter,
+    retry_budget_exhausted: Counter,
+    hedges: Counter,
+    recent: Recent,
+}
+
+/// One endpoint's series.
+#[derive(Debug)]
+pub(crate) struct EndpointMetrics {
+    /// `success` then `failure`.
+    attempts: [Counter; 2],
+    /// The breaker's series; none when the upstream's breakers are disabled.
+    breaker: Option<BreakerSeries>,
+    healthy: Gauge,
+    recent: Recent,
+}
+
+#[derive(Debug)]
+struct BreakerSeries {
+    state: Gauge,
+    /// By the state entered, in the order of [`STATES`].
+    transitions: [Counter; 5],
+}
+
+/// One upstream's series.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamMetrics {
+    pub(crate) inflight: Gauge,
+    pub(crate) concurrency_limit: Gauge,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// The families, registered into `registry`, with the outbox's at zero until it exists.
+    pub(crate) fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics::default();
+        // prometheus-client appends `_total` to a counter's name.
+        registry.register(
+            "rampart_requests",
+            "Requests answered, by route and outcome",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "rampart_request_duration_seconds",
+            "Time from a request's arrival to its response head, by route",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "rampart_upstream_requests",
+            "Attempts sent to an endpoint, by outcome",
+            metrics.upstream_requests.clone(),
+        );
+        registry.register(
+            "rampart_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced-open, 4 forced-closed",
+            metrics.breaker_state.clone(),
+        );
+        registry.register(
+            "rampart_breaker_transitions",
+            "Circuit breaker transitions, by the state entered",
+            metrics.breaker_transitions.clone(),
+        );
+        registry.register(
+            "rampart_retries",
+            "Retries sent, by route",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "rampart_retry_budget_exhausted",
+            "Retries the route's retry budget refused",
+            metrics.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "rampart_hedges",
+            "Hedged attempts sent, by route",
+            metrics.hedges.clone(),
+        );
+        registry.register(
+            "rampart_endpoint_healthy",
+            "1 while the active health check holds the endpoint healthy, else 0",
+            metrics.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "rampart_inflight",
+            "Attempts holding a slot of the upstream's concurrency limit",
+            metrics.inflight.clone(),
+        );
+        registry.register(
+            "rampart_concurrency_limit",
+            "The upstream's concurrency limit: fixed, or as the adaptive limit stands",
+            metrics.concurrency_limit.clone(),
+        );
+        registry.register(
+            "rampart_outbox_pending",
+            "Messages waiting in the outbox (no outbox yet: always 0)",
+            Gauge::<i64>::default(),
+        );
+        registry.register(
+            "rampart_outbox_delivered",
+            "Messages the outbox delivered (no outbox yet: always 0)",
+            Counter::<u64>::default(),
+        );
+        registry.register(
+            "rampart_outbox_dead",
+            "Messages the outbox gave up on (no outbox yet: always 0)",
+            Counter::<u64>::default(),
+        );
+        metrics
+    }
+
+    /// The series of the route named `route`.
+    pub(crate) fn route(&self, route: &str) -> RouteMetrics {
+        let labels = || vec![("route", route.to_owned())];
+        let outcome = |(_, name): (RouteOutcome, &str)| {
+            let mut labels = labels();
+            labels.push(("outcome", name.to_owned()));
+            self.requests.get_or_create_owned(&labels)
+        };
+        RouteMetrics {
+            outcomes: ROUTE_OUTCOMES.map(outcome),
+            duration: self.duration.get_or_create_owned(&labels()),
+            retries: self.retries.get_or_create_owned(&labels()),
+            retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels()),
+            hedges: self.hedges.get_or_create_owned(&labels()),
+            recent: Recent::new(),
+        }
+    }
+
+    /// The series of the endpoint `endpoint` of `upstream`, with its breaker's when it has one.
+    pub(crate) fn endpoint(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+        breaker: bool,
+    ) -> EndpointMetrics {
+        let labels = || {
+            vec![
+                ("upstream", upstream.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+            ]
+        };
+        let with = |key: &'static str, value: &str| {
+            let mut labels = labels();
+            labels.push((key, value.to_owned()));
+            labels
+        };
+        let healthy = self.endpoint_healthy.get_or_create_owned(&labels());
+        healthy.set(1);
+        EndpointMetrics {
+            attempts: ["success", "failure"].map(|outcome| {
+                self.upstream_requests
+                    .get_or_create_owned(&with("outcome", outcome))
+            }),
+            breaker: breaker.then(|| BreakerSeries {
+                state: self.breaker_state.get_or_create_owned(&labels()),
+                transitions: STATES.map(|to| {
+                    self.breaker_transitions
+                        .get_or_create_owned(&with("to", to.as_str()))
+                }),
+            }),
+            healthy,
+            recent: Recent::new(),
+        }
+    }
+
+    /// The series of `upstream`.
+    pub(crate) fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let labels = vec![("upstream", upstream.to_owned())];
+        UpstreamMetrics {
+            inflight: self.inflight.get_or_create_owned(&labels),
+            concurrency_limit: self.concurrency_limit.get_or_create_owned(&labels),
+        }
+    }
+}
+
+// === impl RouteMetrics ===
+
+impl RouteMetrics {
+    /// Counts a request answered `outcome` now, having arrived at `started`.
+    pub(crate) fn answered(&self, outcome: RouteOutcome, started: Instant) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        self.outcomes[outcome as usize].inc();
+        self.duration.observe(elapsed);
+        self.recent
+            .record(outcome != RouteOutcome::Success, elapsed, now);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retries.inc();
+    }
+
+    pub(crate) fn budget_exhausted(&self) {
+        self.retry_budget_exhausted.inc();
+    }
+
+    pub(crate) fn hedged(&self) {
+        self.hedges.inc();
+    }
+
+    /// Requests answered so far with `outcome`.
+    pub(crate) fn count(&self, outcome: RouteOutcome) -> u64 {
+        self.outcomes[outcome as usize].get()
+    }
+
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.get()
+    }
+
+    pub(crate) fn retry_budget_exhausted(&self) -> u64 {
+        self.retry_budget_exhausted.get()
+    }
+
+    pub(crate) fn hedges(&self) -> u64 {
+        self.hedges.get()
+    }
+
+    pub(crate) fn recent(&self) -> &Recent {
+        &self.recent
+    }
+}
+
+// === impl EndpointMetrics ===
+
+impl EndpointMetrics {
+    /// Counts an attempt sent at `sent` whose outcome is known now. A slow success is a
+    /// success here: slowness is the breaker's business (`slow_call`).
+    pub(crate) fn attempted(&self, outcome: Outcome, sent: Instant) {
+        let now = Instant::now();
+        let failed = outcome == Outcome::Failure;
+        self.attempts[usize::from(failed)].inc();
+        self.recent
+            .record(failed, now.saturating_duration_since(sent), now);
+    }
+
+    /// The breaker entered `transition.to`.
+    pub(crate) fn transition(&self, transition: &Transition) {
+        if let Some(breaker) = &self.breaker {
+            breaker.state.set(i64::from(transition.to as u8));
+            breaker.transitions[transition.to as usize].inc();
+        }
+    }
+
+    /// The breaker stands at `state` (when the series is made, or a breaker is taken over).
+    pub(crate) fn set_state(&self, state: State) {
+        if let Some(breaker) = &self.breaker {
+            breaker.state.set(i64::from(state as u8));
+        }
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
+    }
+
+    /// Attempts so far: `(successes, failures)`.
+    pub(crate) fn attempts(&self) -> (u64, u64) {
+        (self.attempts[0].get(), self.attempts[1].get())
+    }
+
+    pub(crate) fn recent(&self) -> &Recent {
+        &self.recent
+    }
+}
+
+/// A duration histogram of atomics: an observation is three relaxed adds, no lock.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Latency {
+    inner: Arc<LatencyInner>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyInner {
+    /// One count per bound of [`BOUNDS`], then one for what lies above the last.
+    buckets: [AtomicU64; BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// The upper bounds of the request duration buckets, in seconds: 1 ms to 10 s.
+const BOUNDS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Latency {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BOUNDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BOUNDS.len());
+        // Counters guard no other data: relaxed adds are enough.
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = BOUNDS
+            .iter()
+            .copied()
+            // The encoder writes `f64::MAX` as `+Inf`.
+            .chain([f64::MAX])
+            .zip(&self.inner.buckets)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = Duration::from_nanos(self.inner.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn every_family_is_registered_and_a_route_counts_by_outcome() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let route = metrics.route("api");
+        route.answered(
+            RouteOutcome::Success,
+            Instant::now() - Duration::from_millis(3),
+        );
+        route.answered(
+            RouteOutcome::Rejected,
+            Instant::now() - Duration::from_millis(30),
+        );
+        let text = text(&registry);
+        for line in [
+            r#"rampart_requests_total{route="api",outcome="success"} 1"#,
+            r#"rampart_requests_total{route="api",outcome="rejected"} 1"#,
+            r#"rampart_requests_total{route="api",outcome="fallback"} 0"#,
+            r#"rampart_request_duration_seconds_bucket{le="0.001",route="api"} 0"#,
+            r#"rampart_request_duration_seconds_bucket{le="0.005",route="api"} 1"#,
+            r#"rampart_request_duration_seconds_bucket{le="+Inf",route="api"} 2"#,
+            r#"rampart_request_duration_seconds_count{route="api"} 2"#,
+            "rampart_outbox_pending 0",
+            "rampart_outbox_delivered_total 0",
+            "rampart_outbox_dead_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_same_labels_give_the_same_series() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let first = metrics.endpoint("app", "127.0.0.1:1", true);
+        first.attempted(Outcome::Failure, Instant::now());
+        let again = metrics.endpoint("app", "127.0.0.1:1", true);
+        again.attempted(Outcome::Slow, Instant::now());
+        assert_eq!(first.attempts(), (1, 1));
+        assert!(text(&registry).contains(
+            r#"rampart_upstream_requests_total{upstream="app",endpoint="127.0.0.1:1",outcome="failure"} 1"#
+        ));
+    }
+}

@@ -1,0 +1,105 @@
+//! The proxy's metrics after known traffic, read from its registry as a scrape would.
+
+mod common;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use prometheus_client::encoding::text::encode;
+use rampart_proxy::Proxy;
+use rampart_test_support::{Behavior, Upstream};
+
+use common::{http1, request, send, simple};
+
+fn scrape(proxy: &Proxy) -> String {
+    let mut text = String::new();
+    encode(&mut text, proxy.registry()).unwrap();
+    text
+}
+
+fn assert_has(text: &str, line: &str) {
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} missing from\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn counts_follow_the_traffic_and_the_breaker() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "name = \"api\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 3\nopen_for = \"1h\"\nopen_for_max = \"1h\"",
+    )
+    .await;
+    let client = http1();
+    let get = || request(&proxy, "/").body(Full::new(Bytes::new())).unwrap();
+    for _ in 0..5 {
+        assert_eq!(send(&client, get()).await.status(), StatusCode::OK);
+    }
+    upstream.set_behavior(Behavior::Fail(StatusCode::INTERNAL_SERVER_ERROR));
+    for _ in 0..3 {
+        assert_eq!(send(&client, get()).await.status(), 500);
+    }
+    // The third failure opened the breaker: the next request is refused without being sent.
+    assert_eq!(send(&client, get()).await.status(), 503);
+
+    let text = scrape(&proxy);
+    let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
+    for line in [
+        r#"rampart_requests_total{route="api",outcome="success"} 5"#.to_owned(),
+        r#"rampart_requests_total{route="api",outcome="failure"} 3"#.to_owned(),
+        r#"rampart_requests_total{route="api",outcome="rejected"} 1"#.to_owned(),
+        r#"rampart_requests_total{route="api",outcome="fallback"} 0"#.to_owned(),
+        r#"rampart_request_duration_seconds_count{route="api"} 9"#.to_owned(),
+        format!("rampart_upstream_requests_total{{{endpoint},outcome=\"success\"}} 5"),
+        format!("rampart_upstream_requests_total{{{endpoint},outcome=\"failure\"}} 3"),
+        format!("rampart_breaker_state{{{endpoint}}} 1"),
+        format!("rampart_breaker_transitions_total{{{endpoint},to=\"open\"}} 1"),
+        format!("rampart_breaker_transitions_total{{{endpoint},to=\"closed\"}} 0"),
+        format!("rampart_endpoint_healthy{{{endpoint}}} 1"),
+        r#"rampart_inflight{upstream="app"} 0"#.to_owned(),
+        r#"rampart_concurrency_limit{upstream="app"} 256"#.to_owned(),
+        r#"rampart_retries_total{route="api"} 0"#.to_owned(),
+    ] {
+        assert_has(&text, &line);
+    }
+}
+
+#[tokio::test]
+async fn a_reload_keeps_counting_in_the_same_series() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let text = |balance: &str| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"api\"\n\
+             upstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\nbalance = \"{balance}\"\n",
+            upstream.addr()
+        )
+    };
+    let proxy = common::proxy(&text("random")).await;
+    let client = http1();
+    let get = || request(&proxy, "/").body(Full::new(Bytes::new())).unwrap();
+    for _ in 0..2 {
+        assert_eq!(send(&client, get()).await.status(), StatusCode::OK);
+    }
+    // A changed upstream: a new pool, whose endpoint takes the same series.
+    let config = rampart_config::Config::from_str(&text("round-robin"), "test.toml").unwrap();
+    let summary = proxy.reload(&config).unwrap();
+    assert_eq!(summary.upstreams.changed, ["app"]);
+    assert_eq!(send(&client, get()).await.status(), StatusCode::OK);
+
+    let text = scrape(&proxy);
+    let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
+    assert_has(
+        &text,
+        r#"rampart_requests_total{route="api",outcome="success"} 3"#,
+    );
+    assert_has(
+        &text,
+        &format!("rampart_upstream_requests_total{{{endpoint},outcome=\"success\"}} 3"),
+    );
+    let snapshot = proxy.handle().snapshot();
+    assert_eq!(snapshot.routes[0].requests.success, 3);
+    assert_eq!(snapshot.upstreams[0].endpoints[0].attempts, (3, 0));
+}
