@@ -228,7 +228,8 @@ async fn trailers_failures_move_traffic_to_the_other_endpoint() {
     let proxy = grpc_proxy(
         &[failing.addr(), healthy.addr()],
         "[routes.retry]\nattempts = 1",
-        "[upstreams.app.breaker]\nconsecutive_failures = 2",
+        // In turn, so that the failing endpoint surely gets the two calls that eject it.
+        "balance = \"round-robin\"\n[upstreams.app.breaker]\nconsecutive_failures = 2",
     )
     .await;
     let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
