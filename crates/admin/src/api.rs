@@ -1,8 +1,11 @@
 //! The admin API's endpoints: one request in, one response out.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use prometheus_client::encoding::text::encode;
@@ -10,7 +13,7 @@ use rampart_proxy::stats::Unknown;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
-use crate::{ReloadError, State, json};
+use crate::{ReloadError, State, events, json};
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -18,7 +21,8 @@ const MAX_BODY: usize = 64 * 1024;
 /// What `prometheus-client` encodes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-type Answer = Response<Full<Bytes>>;
+/// An answer of the admin API: whole, or the event stream.
+pub(crate) type Answer = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 /// Answers `request`.
 pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer {
@@ -33,6 +37,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         (&Method::GET, ["api", "stats"]) => {
             answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
         }
+        (&Method::GET, ["api", "events"]) => events::stream(state.proxy.clone()),
         (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
             let (upstream, endpoint) = (decode(upstream), decode(endpoint));
             match refusal(state, &request) {
@@ -44,7 +49,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             Some(refused) => refused,
             None => reload(state),
         },
-        (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"]) => {
+        (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"] | ["api", "events"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (_, ["api", "breakers", _, _] | ["api", "reload"]) => {
@@ -61,7 +66,7 @@ fn metrics(state: &State) -> Answer {
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut text, state.proxy.registry());
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(whole(Bytes::from(text)));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
@@ -184,7 +189,7 @@ fn decode(segment: &str) -> String {
 fn answer(status: StatusCode, body: &Value) -> Answer {
     let mut text = body.to_string();
     text.push('\n');
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(whole(Bytes::from(text)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -197,13 +202,17 @@ fn error(status: StatusCode, message: &str) -> Answer {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Answer {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(whole(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+fn whole(body: Bytes) -> UnsyncBoxBody<Bytes, Infallible> {
+    Full::new(body).boxed_unsync()
 }
 
 #[cfg(test)]

@@ -1,4 +1,12 @@
-//! `GET /api/stats`: the proxy's [`Snapshot`] as JSON.
+//! `GET /api/stats`: the proxy's [`Snapshot`] as JSON; and the `transition` events of
+//! `GET /api/events`, one [`Change`] each:
+//!
+//! ```json
+//! {"upstream": "app", "endpoint": "127.0.0.1:8081", "kind": "breaker", "from": "closed", "to": "open"}
+//! {"upstream": "app", "endpoint": "127.0.0.1:8081", "kind": "health", "healthy": false}
+//! ```
+//!
+//! The stats:
 //!
 //! ```json
 //! {
@@ -26,11 +34,26 @@
 
 use std::time::Duration;
 
-use rampart_proxy::stats::{EndpointStats, RouteStats, Snapshot, UpstreamStats, Window};
+use rampart_proxy::stats::{
+    Change, ChangeKind, EndpointStats, RouteStats, Snapshot, UpstreamStats, Window,
+};
 use serde_json::{Map, Value, json};
 
 /// The window the rates and percentiles cover, as the proxy keeps it.
 const WINDOW_SECONDS: u64 = 10;
+
+/// The JSON of one `transition` event.
+pub(crate) fn change(change: &Change) -> Value {
+    let (upstream, endpoint) = (&change.upstream, &change.endpoint);
+    match change.kind {
+        ChangeKind::Breaker { from, to } => json!({
+            "upstream": upstream, "endpoint": endpoint, "kind": "breaker", "from": from, "to": to,
+        }),
+        ChangeKind::Health { healthy } => json!({
+            "upstream": upstream, "endpoint": endpoint, "kind": "health", "healthy": healthy,
+        }),
+    }
+}
 
 /// The JSON of `snapshot`.
 pub(crate) fn stats(snapshot: &Snapshot) -> Value {

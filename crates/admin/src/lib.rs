@@ -7,6 +7,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 once the proxy has started (configuration loaded, listeners bound) |
 //! | `GET /api/stats` | JSON: every route and upstream with its endpoints (see [`json`]) |
+//! | `GET /api/events` | Server-Sent Events: `stats` every second (the same JSON), `transition` at each breaker transition or health change |
 //! | `POST /api/breakers/<upstream>/<endpoint or *>` | `{"state": "open" \| "closed" \| "auto"}`: force the breaker, or release it |
 //! | `POST /api/reload` | re-reads the configuration file, as SIGHUP does |
 //!
@@ -32,6 +33,7 @@
 
 mod api;
 mod auth;
+mod events;
 pub mod json;
 
 use std::io;
@@ -47,6 +49,9 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::Token;
+
+/// How long to wait before accepting again after an accept error.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What `POST /api/reload` calls: reads the configuration file again and serves it, as SIGHUP
 /// does, answering the summary of what changed.
@@ -155,16 +160,19 @@ impl Drop for Admin {
 async fn serve(tcp: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
-            accepted = tcp.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                // Out of file descriptors and the like: the next accept may do better.
-                Err(err) => {
-                    tracing::warn!("admin API: accept failed: {err}");
-                    continue;
-                }
-            },
+            accepted = tcp.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors and the like: the next accept may do better, after a
+            // pause, since retrying at once would spin while the shortage lasts.
+            Err(err) => {
+                tracing::warn!("admin API: accept failed: {err}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         // Finished connections are reaped as new ones come, so the set stays small.
         while connections.try_join_next().is_some() {}

@@ -456,3 +456,86 @@ async fn reload_calls_the_callback_and_answers_what_it_said() {
     assert_eq!(refused.status, 422);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+/// The next event of an SSE stream: its name and its data, read as JSON.
+async fn next_event(body: &mut hyper::body::Incoming, buffer: &mut String) -> (String, Value) {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                event
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {event:?}"))
+                    .to_owned()
+            };
+            let data = field("data: ");
+            let data = serde_json::from_str(&data).unwrap_or_else(|err| panic!("{err}: {data}"));
+            return (field("event: "), data);
+        }
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_bring_the_stats_and_each_breaker_transition() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, Some(TOKEN), no_reload()).await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{}/api/events", admin.addr());
+    let response = client
+        .request(Request::get(uri).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (mut body, mut buffer) = (response.into_body(), String::new());
+
+    // The stats come first, at once.
+    let (name, stats) = next_event(&mut body, &mut buffer).await;
+    assert_eq!(name, "stats");
+    assert_eq!(stats["upstreams"][0]["name"], "app");
+    assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "closed");
+
+    let path = format!("/api/breakers/app/{}", upstream.addr());
+    let forced = post(admin.addr(), &path, Some(TOKEN), r#"{"state": "open"}"#).await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    // Stats keep coming every second meanwhile: the transition must come within a few of them.
+    let transition = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match next_event(&mut body, &mut buffer).await {
+                (name, data) if name == "transition" => break data,
+                (name, _) => assert_eq!(name, "stats"),
+            }
+        }
+    })
+    .await
+    .expect("the transition within 5 s");
+    assert_eq!(
+        transition,
+        json!({
+            "upstream": "app", "endpoint": upstream.addr().to_string(), "kind": "breaker",
+            "from": "closed", "to": "forced-open",
+        })
+    );
+    // The stats that follow show it.
+    let stats = loop {
+        let (name, data) = next_event(&mut body, &mut buffer).await;
+        if name == "stats" {
+            break data;
+        }
+    };
+    assert_eq!(
+        stats["upstreams"][0]["endpoints"][0]["state"],
+        "forced-open"
+    );
+}

@@ -372,6 +372,13 @@ impl ProxyHandle {
         lock(&self.live).reload(config)
     }
 
+    /// Every breaker transition and health change from now on, as it happens. A receiver that
+    /// falls more than a few hundred changes behind misses the oldest and is told how many
+    /// (`RecvError::Lagged`); [`ProxyHandle::snapshot`] has the state they led to.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<stats::Change> {
+        lock(&self.live).changes()
+    }
+
     /// The registry the proxy's metrics are in.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry

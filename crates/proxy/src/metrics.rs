@@ -24,9 +24,11 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use rampart_policy::Outcome;
 use rampart_policy::breaker::{State, Transition};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::recent::Recent;
+use crate::stats::{Change, ChangeKind};
 
 /// A family's label set: `(name, value)` pairs in the order CONTRACT.md lists them.
 type Labels = Vec<(&'static str, String)>;
@@ -74,6 +76,21 @@ pub(crate) struct Metrics {
     endpoint_healthy: Family<Labels, Gauge>,
     inflight: Family<Labels, Gauge>,
     concurrency_limit: Family<Labels, Gauge>,
+    changes: Changes,
+}
+
+/// Where breaker transitions and health changes are told, for the admin API's event stream.
+#[derive(Debug, Clone)]
+struct Changes(broadcast::Sender<Change>);
+
+/// How many changes a slow watcher may fall behind by before it misses some (it is told, and
+/// the next stats it reads bring it up to date).
+const CHANGES_KEPT: usize = 256;
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes(broadcast::channel(CHANGES_KEPT).0)
+    }
 }
 
 /// One route's series.
@@ -96,6 +113,9 @@ pub(crate) struct EndpointMetrics {
     breaker: Option<BreakerSeries>,
     healthy: Gauge,
     recent: Recent,
+    changes: Changes,
+    upstream: String,
+    endpoint: String,
 }
 
 #[derive(Debug)]
@@ -192,6 +212,11 @@ impl Metrics {
         metrics
     }
 
+    /// A receiver of every change from now on.
+    pub(crate) fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.0.subscribe()
+    }
+
     /// The series of the route named `route`.
     pub(crate) fn route(&self, route: &str) -> RouteMetrics {
         let labels = || vec![("route", route.to_owned())];
@@ -244,6 +269,9 @@ impl Metrics {
             }),
             healthy,
             recent: Recent::new(),
+            changes: self.changes.clone(),
+            upstream: upstream.to_owned(),
+            endpoint: endpoint.to_owned(),
         }
     }
 
@@ -323,6 +351,21 @@ impl EndpointMetrics {
             breaker.state.set(i64::from(transition.to as u8));
             breaker.transitions[transition.to as usize].inc();
         }
+        self.tell(ChangeKind::Breaker {
+            from: transition.from.as_str(),
+            to: transition.to.as_str(),
+        });
+    }
+
+    // Tells the watchers, if any: breakers and health checks change rarely, so the copies of the
+    // names this makes cost nothing worth counting.
+    fn tell(&self, kind: ChangeKind) {
+        // No receiver: nobody watches.
+        let _ = self.changes.0.send(Change {
+            upstream: self.upstream.clone(),
+            endpoint: self.endpoint.clone(),
+            kind,
+        });
     }
 
     /// The breaker stands at `state` (when the series is made, or a breaker is taken over).
@@ -332,8 +375,10 @@ impl EndpointMetrics {
         }
     }
 
+    /// The health checks' verdict changed to `healthy`.
     pub(crate) fn set_healthy(&self, healthy: bool) {
         self.healthy.set(i64::from(healthy));
+        self.tell(ChangeKind::Health { healthy });
     }
 
     /// Attempts so far: `(successes, failures)`.

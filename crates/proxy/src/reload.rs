@@ -84,6 +84,11 @@ pub struct Changes {
 // === impl Live ===
 
 impl Live {
+    /// A receiver of every breaker transition and health change from now on.
+    pub(crate) fn changes(&self) -> tokio::sync::broadcast::Receiver<crate::stats::Change> {
+        self.metrics.changes()
+    }
+
     /// The state of a proxy starting with `config`, its health checks running until `stop` says
     /// `true`; the balancers, fault injection and the checks' jitter draw from `rng`; every
     /// series is made in `metrics`.

@@ -149,3 +149,34 @@ pub(crate) fn breakers(
         _ => Ok(breakers),
     }
 }
+
+/// A change an operator watches for, told as it happens: an endpoint's breaker moved, or its
+/// health checks changed their verdict. Every [`ProxyHandle::changes`](crate::ProxyHandle::changes)
+/// receiver gets each one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The endpoint's address, as configured.
+    pub endpoint: String,
+    /// What changed.
+    pub kind: ChangeKind,
+}
+
+/// What changed about an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Its breaker went from one state to another (`closed`, `open`, `half-open`,
+    /// `forced-open`, `forced-closed`).
+    Breaker {
+        /// The state left.
+        from: &'static str,
+        /// The state entered.
+        to: &'static str,
+    },
+    /// Its health checks now hold it healthy, or not.
+    Health {
+        /// The new verdict.
+        healthy: bool,
+    },
+}

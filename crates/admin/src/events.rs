@@ -1,0 +1,101 @@
+//! `GET /api/events`: Server-Sent Events for a dashboard to follow a running proxy without
+//! polling. `stats` comes every second with the `/api/stats` JSON; `transition` comes as it
+//! happens, at each breaker transition or health change of an endpoint.
+//!
+//! Each stream is fed by a task of its own, which ends when the client goes away (its body is
+//! dropped, the channel closes) or the admin server stops (which drops every connection).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use rampart_proxy::ProxyHandle;
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::api::Answer;
+use crate::json;
+
+/// How often the stats go out.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// Events written ahead of a slow client: past this, the feeding task waits for it.
+const QUEUED: usize = 16;
+
+/// The event stream of `proxy`.
+pub(crate) fn stream(proxy: ProxyHandle) -> Answer {
+    let (events, queue) = mpsc::channel(QUEUED);
+    tokio::spawn(feed(proxy, events));
+    let mut response = Response::new(Events(queue).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+// Writes the events of `proxy` into `events` until nobody reads them.
+async fn feed(proxy: ProxyHandle, events: mpsc::Sender<Bytes>) {
+    // Subscribed before the first stats go out, so no change falls between the two.
+    let mut changes = proxy.changes();
+    let mut tick = tokio::time::interval(STATS_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            _ = events.closed() => return,
+            _ = tick.tick() => frame("stats", &json::stats(&proxy.snapshot())),
+            change = changes.recv() => match change {
+                Ok(change) => frame("transition", &json::change(&change)),
+                // Fallen behind: the next stats bring the client up to date.
+                Err(RecvError::Lagged(_)) => continue,
+                // The proxy is gone.
+                Err(RecvError::Closed) => return,
+            },
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One event in the SSE format: its name, and its JSON on one `data:` line.
+fn frame(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// The response body: the events as the task writes them.
+struct Events(mpsc::Receiver<Bytes>);
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|event| event.map(|event| Ok(Frame::data(event))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_event_is_its_name_and_one_data_line() {
+        let event = frame("transition", &json!({"to": "open"}));
+        assert_eq!(event, "event: transition\ndata: {\"to\":\"open\"}\n\n");
+    }
+}
