@@ -31,7 +31,6 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Health, HealthCheck, Upstream, UpstreamProtocol};
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
@@ -73,17 +72,11 @@ pub(crate) fn spawn(
     let Some(health) = &upstream.health else {
         return Checks::default();
     };
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(upstream.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        // gRPC is HTTP/2 only; a `path` check speaks the upstream's protocol.
-        .http2_only(
-            health.check == HealthCheck::Grpc || upstream.protocol != UpstreamProtocol::Http1,
-        )
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .build(connector);
+    // gRPC is HTTP/2 only; a `path` check speaks the upstream's protocol.
+    let client = crate::upstream::client(
+        upstream,
+        health.check == HealthCheck::Grpc || upstream.protocol != UpstreamProtocol::Http1,
+    );
     let tasks = (0..pool.len())
         .map(|index| {
             let check = Check {

@@ -183,16 +183,7 @@ impl Pool {
         );
 
         let upstream_metrics = metrics.upstream(&upstream.name);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            // h2c by prior knowledge: no upgrade dance, the connection starts with the preface.
-            .http2_only(http2)
-            .timer(TokioTimer::new())
-            // Idle pooled connections are closed after the pool's idle timeout only with a timer.
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = client(upstream, http2);
         Ok(Pool {
             max_ejected: max_ejected(endpoints.len(), upstream.breaker.max_ejected_percent),
             endpoints,
@@ -448,6 +439,24 @@ impl Pool {
             .iter()
             .map(|e| (&e.authority, e.breaker.as_ref()))
     }
+}
+
+/// A pooled client for the endpoints of `upstream`, speaking h2c (by prior knowledge: no upgrade
+/// dance, the connection starts with the preface) when `http2`, HTTP/1.1 otherwise.
+pub(crate) fn client<B>(upstream: &Upstream, http2: bool) -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(upstream.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .timer(TokioTimer::new())
+        // Idle pooled connections are closed after the pool's idle timeout only with a timer.
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// One endpoint's breaker from `[upstreams.NAME.breaker]`.

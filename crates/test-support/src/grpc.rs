@@ -17,7 +17,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -40,6 +40,8 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_prost::ProstCodec;
 use tower_service::Service as _;
+
+use crate::upstream::lock;
 
 /// The path of `rampart.test.Echo/Say`.
 pub const SAY: &str = "/rampart.test.Echo/Say";
@@ -211,10 +213,6 @@ impl Drop for GrpcUpstream {
     fn drop(&mut self) {
         self.accept_task.abort();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
