@@ -77,6 +77,7 @@ fn admin_config() -> rampart_config::Admin {
     rampart_config::Admin {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_env: Some("RAMPART_ADMIN_TOKEN".into()),
+        metrics: true,
     }
 }
 

@@ -594,12 +594,13 @@ fn array_of_tables<'a, 'i>(
         .collect()
 }
 
-const ADMIN_KEYS: &[&str] = &["listen", "token_env"];
+const ADMIN_KEYS: &[&str] = &["listen", "token_env", "metrics"];
 
 fn admin(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Admin {
     let mut admin = Admin {
         listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
         token_env: None,
+        metrics: true,
     };
     if let Some(t) = cx.section(root, "admin", ADMIN_KEYS) {
         if let Some(listen) = cx.get(&t, "listen", socket_addr) {
@@ -619,6 +620,9 @@ fn admin(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Admin {
                 ))
             }
         });
+        if let Some(metrics) = cx.get(&t, "metrics", boolean) {
+            admin.metrics = metrics;
+        }
     }
     admin
 }
@@ -1598,6 +1602,7 @@ mod tests {
         let c = ok("");
         assert_eq!(c.admin.listen, SocketAddr::from(([127, 0, 0, 1], 9901)));
         assert_eq!(c.admin.token_env, None);
+        assert!(c.admin.metrics);
         assert_eq!(c.runtime.drain_timeout, Duration::from_secs(10));
         assert_eq!(c.listeners, vec![default_listener("listener-0".into())]);
         assert!(c.routes.is_empty() && c.upstreams.is_empty() && c.outbox.is_none());
@@ -1681,6 +1686,14 @@ mod tests {
         assert_eq!(e[0].path(), "routes[0].listener");
         assert_eq!(e[0].line(), Some(4));
         assert_eq!(e[0].allowed(), Some("listener-0, listener-1"));
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_with_a_boolean_only() {
+        assert!(!ok("[admin]\nmetrics = false\n").admin.metrics);
+        let e = errors("[admin]\nmetrics = \"off\"\n");
+        assert_eq!(e[0].path(), "admin.metrics");
+        assert_eq!(e[0].got(), Some("\"off\""));
     }
 
     #[test]

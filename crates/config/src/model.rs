@@ -47,6 +47,10 @@ pub struct Admin {
     /// `token_env`: environment variable holding the bearer token for mutating calls. Default
     /// none, and then every mutating call is refused (403).
     pub token_env: Option<String>,
+    /// `metrics`: record per-request metrics (the Prometheus families, `/api/stats`, the
+    /// dashboard). Default true; false skips every per-request count, to run without their cost
+    /// or to measure it.
+    pub metrics: bool,
 }
 
 /// `[runtime]`.

@@ -17,7 +17,8 @@ impl Display for Summary<'_> {
             Some(var) => format!("mutating calls need the token in ${var}"),
             None => "no token: mutating calls are refused".to_owned(),
         };
-        writeln!(f, "admin      {} ({token})", c.admin.listen)?;
+        let metrics = if c.admin.metrics { "" } else { ", metrics off" };
+        writeln!(f, "admin      {} ({token}{metrics})", c.admin.listen)?;
         writeln!(f, "listeners  {}", c.listeners.len())?;
         for l in &c.listeners {
             writeln!(

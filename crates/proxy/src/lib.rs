@@ -248,7 +248,7 @@ impl Proxy {
         mut registry: Registry,
     ) -> Result<Proxy, Error> {
         let (stop, _) = watch::channel(false);
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry, config.admin.metrics);
         let live = Live::new(config, rng, metrics, stop.subscribe())?;
         let mut bound = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {

@@ -77,6 +77,8 @@ pub(crate) struct Metrics {
     inflight: Family<Labels, Gauge>,
     concurrency_limit: Family<Labels, Gauge>,
     changes: Changes,
+    /// `[admin] metrics = false`: every per-request count skipped (see [`Metrics::register`]).
+    skip: bool,
 }
 
 /// Where breaker transitions and health changes are told, for the admin API's event stream.
@@ -96,6 +98,7 @@ impl Default for Changes {
 /// One route's series.
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
+    skip: bool,
     outcomes: [Counter; 4],
     duration: Latency,
     retries: Counter,
@@ -107,6 +110,7 @@ pub(crate) struct RouteMetrics {
 /// One endpoint's series.
 #[derive(Debug)]
 pub(crate) struct EndpointMetrics {
+    skip: bool,
     /// `success` then `failure`.
     attempts: [Counter; 2],
     /// The breaker's series; none when the upstream's breakers are disabled.
@@ -136,8 +140,16 @@ pub(crate) struct UpstreamMetrics {
 
 impl Metrics {
     /// The families, registered into `registry`, with the outbox's at zero until it exists.
-    pub(crate) fn register(registry: &mut Registry) -> Metrics {
-        let metrics = Metrics::default();
+    ///
+    /// With `record` false, requests and attempts are not counted (their families stay at zero,
+    /// and so do the stats the admin API shows): what is left is the state the proxy keeps
+    /// anyway (breaker states and transitions, health, in-flight and limits). That lets a
+    /// benchmark measure what recording costs, and a user who never reads them skip it.
+    pub(crate) fn register(registry: &mut Registry, record: bool) -> Metrics {
+        let metrics = Metrics {
+            skip: !record,
+            ..Metrics::default()
+        };
         // prometheus-client appends `_total` to a counter's name.
         registry.register(
             "rampart_requests",
@@ -226,6 +238,7 @@ impl Metrics {
             self.requests.get_or_create_owned(&labels)
         };
         RouteMetrics {
+            skip: self.skip,
             outcomes: ROUTE_OUTCOMES.map(outcome),
             duration: self.duration.get_or_create_owned(&labels()),
             retries: self.retries.get_or_create_owned(&labels()),
@@ -256,6 +269,7 @@ impl Metrics {
         let healthy = self.endpoint_healthy.get_or_create_owned(&labels());
         healthy.set(1);
         EndpointMetrics {
+            skip: self.skip,
             attempts: ["success", "failure"].map(|outcome| {
                 self.upstream_requests
                     .get_or_create_owned(&with("outcome", outcome))
@@ -290,6 +304,9 @@ impl Metrics {
 impl RouteMetrics {
     /// Counts a request answered `outcome` now, having arrived at `started`.
     pub(crate) fn answered(&self, outcome: RouteOutcome, started: Instant) {
+        if self.skip {
+            return;
+        }
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();
@@ -299,15 +316,21 @@ impl RouteMetrics {
     }
 
     pub(crate) fn retried(&self) {
-        self.retries.inc();
+        if !self.skip {
+            self.retries.inc();
+        }
     }
 
     pub(crate) fn budget_exhausted(&self) {
-        self.retry_budget_exhausted.inc();
+        if !self.skip {
+            self.retry_budget_exhausted.inc();
+        }
     }
 
     pub(crate) fn hedged(&self) {
-        self.hedges.inc();
+        if !self.skip {
+            self.hedges.inc();
+        }
     }
 
     /// Requests answered so far with `outcome`.
@@ -338,6 +361,9 @@ impl EndpointMetrics {
     /// Counts an attempt sent at `sent` whose outcome is known now. A slow success is a
     /// success here: slowness is the breaker's business (`slow_call`).
     pub(crate) fn attempted(&self, outcome: Outcome, sent: Instant) {
+        if self.skip {
+            return;
+        }
         let now = Instant::now();
         let failed = outcome == Outcome::Failure;
         self.attempts[usize::from(failed)].inc();
@@ -462,7 +488,7 @@ mod tests {
     #[test]
     fn every_family_is_registered_and_a_route_counts_by_outcome() {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry, true);
         let route = metrics.route("api");
         route.answered(
             RouteOutcome::Success,
@@ -492,7 +518,7 @@ mod tests {
     #[test]
     fn the_same_labels_give_the_same_series() {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry, true);
         let first = metrics.endpoint("app", "127.0.0.1:1", true);
         first.attempted(Outcome::Failure, Instant::now());
         let again = metrics.endpoint("app", "127.0.0.1:1", true);
@@ -501,5 +527,24 @@ mod tests {
         assert!(text(&registry).contains(
             r#"rampart_upstream_requests_total{upstream="app",endpoint="127.0.0.1:1",outcome="failure"} 1"#
         ));
+    }
+
+    #[test]
+    fn with_recording_off_requests_and_attempts_count_nothing() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry, false);
+        let route = metrics.route("api");
+        route.answered(RouteOutcome::Failure, Instant::now());
+        route.retried();
+        let endpoint = metrics.endpoint("app", "127.0.0.1:1", true);
+        endpoint.attempted(Outcome::Failure, Instant::now());
+        assert_eq!(route.count(RouteOutcome::Failure), 0);
+        assert_eq!(route.retries(), 0);
+        assert_eq!(route.recent().read().requests_per_second, 0.0);
+        assert_eq!(endpoint.attempts(), (0, 0));
+        // The families are still there for a scraper, at zero.
+        assert!(
+            text(&registry).contains(r#"rampart_requests_total{route="api",outcome="failure"} 0"#)
+        );
     }
 }
