@@ -186,7 +186,7 @@ fn decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn answer(status: StatusCode, body: &Value) -> Answer {
+pub(crate) fn answer(status: StatusCode, body: &Value) -> Answer {
     let mut text = body.to_string();
     text.push('\n');
     let mut response = Response::new(whole(Bytes::from(text)));
@@ -197,7 +197,7 @@ fn answer(status: StatusCode, body: &Value) -> Answer {
     response
 }
 
-fn error(status: StatusCode, message: &str) -> Answer {
+pub(crate) fn error(status: StatusCode, message: &str) -> Answer {
     answer(status, &json!({"error": message}))
 }
 

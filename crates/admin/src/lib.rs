@@ -34,12 +34,17 @@
 mod api;
 mod auth;
 mod events;
+mod fleet;
 pub mod json;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -49,6 +54,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::Token;
+
+pub use crate::fleet::{Fleet, InvalidTarget, Target};
 
 /// How long to wait before accepting again after an accept error.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
@@ -68,7 +75,11 @@ pub enum ReloadError {
 
 /// The running admin server; dropping it stops it too.
 #[derive(Debug)]
-pub struct Admin {
+pub struct Admin(Server);
+
+/// An HTTP/1.1 server answering each request with a handler, until told to stop.
+#[derive(Debug)]
+struct Server {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -115,30 +126,55 @@ impl Admin {
         proxy: ProxyHandle,
         reload: Reload,
     ) -> io::Result<Admin> {
-        let tcp = TcpListener::bind(config.listen).await?;
-        let addr = tcp.local_addr()?;
         let state = Arc::new(State {
             proxy,
             token,
             reload,
         });
+        let server = Server::start(config.listen, move |request| {
+            let state = state.clone();
+            async move { api::handle(request, &state).await }
+        })
+        .await?;
+        Ok(Admin(server))
+    }
+
+    /// The address the admin API listens on (the port the kernel chose, for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// Stops accepting and closes every admin connection at once: its calls are short, and an
+    /// operator's scrape is worth less than a prompt exit.
+    pub async fn shutdown(self) {
+        self.0.shutdown().await;
+    }
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Binds `listen` and answers every request with `handle`.
+    async fn start<H, F, B>(listen: SocketAddr, handle: H) -> io::Result<Server>
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = TcpListener::bind(listen).await?;
+        let addr = tcp.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(tcp, state, stopped));
-        Ok(Admin {
+        let task = tokio::spawn(serve(tcp, handle, stopped));
+        Ok(Server {
             addr,
             stop,
             task: Some(task),
         })
     }
 
-    /// The address the admin API listens on (the port the kernel chose, for port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting and closes every admin connection at once: its calls are short, and an
-    /// operator's scrape is worth less than a prompt exit.
-    pub async fn shutdown(mut self) {
+    /// Stops accepting and closes every connection at once.
+    async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             // The serving task ends as told; a panic in it has nothing left to clean.
@@ -147,7 +183,7 @@ impl Admin {
     }
 }
 
-impl Drop for Admin {
+impl Drop for Server {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
@@ -157,7 +193,13 @@ impl Drop for Admin {
 
 // Accepts until `stop` says `true`, each connection in a task of `connections`, which are
 // dropped (and so closed) with it.
-async fn serve(tcp: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn serve<H, F, B>(tcp: TcpListener, handle: H, mut stop: watch::Receiver<bool>)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -176,11 +218,11 @@ async fn serve(tcp: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bo
         };
         // Finished connections are reaped as new ones come, so the set stays small.
         while connections.try_join_next().is_some() {}
-        let state = state.clone();
+        let handle = handle.clone();
         connections.spawn(async move {
             let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(api::handle(request, &state).await) }
+                let answer = handle(request);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             // A client that goes away mid-request is no error worth a log line.
             let _ = http1::Builder::new()

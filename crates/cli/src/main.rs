@@ -1,12 +1,13 @@
 //! The `rampart` command: wiring only; the work lives in the library crates.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use rampart_admin::{Admin, ReloadError};
+use rampart_admin::{Admin, Fleet, ReloadError, Target};
 use rampart_config::{Config, Errors};
 use rampart_proxy::{Drain, Proxy, ProxyHandle, ReloadSummary};
 use tracing_subscriber::EnvFilter;
@@ -56,6 +57,18 @@ enum Command {
         #[arg(short, long, default_value = "rampart.toml")]
         config: PathBuf,
     },
+    /// Serve one live dashboard over the admin APIs of several rampart instances, so that a
+    /// fleet of sidecars is watched on one page. Runs until SIGTERM or SIGINT.
+    Dashboard {
+        /// An instance's admin API, `http://HOST:PORT`; several may follow one `--target`, and
+        /// `--target` may be repeated.
+        #[arg(long = "target", value_name = "URL", required = true, num_args = 1..,
+              value_parser = |url: &str| Target::parse(url))]
+        targets: Vec<Target>,
+        /// Where the dashboard listens.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        listen: SocketAddr,
+    },
     /// Run the client -> A -> B -> C example, naive against protected.
     Demo,
     /// Print the version and build information: git commit, compiler, target and profile.
@@ -88,6 +101,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Dashboard { targets, listen } => dashboard(listen, targets),
         Command::Demo => {
             eprintln!("rampart: the demo is not part of this build yet; `run` and `check` are");
             ExitCode::from(2)
@@ -210,6 +224,49 @@ async fn serve(path: &Path, config: &Config) -> ExitCode {
         Drain::TimedOut => tracing::warn!("drain timeout passed; open connections were cut"),
     }
     ExitCode::SUCCESS
+}
+
+/// `rampart dashboard`: serve the fleet view until SIGTERM or SIGINT; exit 1 when it cannot
+/// listen.
+fn dashboard(listen: SocketAddr, targets: Vec<Target>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(err) => {
+                tracing::error!("cannot install the signal handlers: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let names: Vec<&str> = targets.iter().map(Target::name).collect();
+        let names = names.join(", ");
+        let fleet = match Fleet::start(listen, targets).await {
+            Ok(fleet) => fleet,
+            Err(err) => {
+                tracing::error!("the dashboard cannot listen on {listen}: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(url = %format!("http://{}/", fleet.addr()), targets = %names, "dashboard up");
+        // SIGHUP has nothing to reload here: the targets are the command line's.
+        let signal = loop {
+            if let Signal::Stop(signal) = signals.next().await {
+                break signal;
+            }
+        };
+        tracing::info!(signal, "stopping");
+        fleet.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }
 
 /// SIGHUP and `POST /api/reload`: reads and validates the file again, and serves it; when it is
