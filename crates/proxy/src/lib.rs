@@ -354,6 +354,12 @@ impl ProxyHandle {
         lock(&self.live).snapshot()
     }
 
+    /// The configuration the proxy serves now: the one it started with, or the last a reload
+    /// applied (the settings behind the stats, for an operator to read beside them).
+    pub fn config(&self) -> Config {
+        lock(&self.live).config().clone()
+    }
+
     /// The circuit breakers of the endpoint `endpoint` (its address as configured) of
     /// `upstream`, or of every endpoint of it for `None`: to force open or closed, or release
     /// ([`CircuitBreaker::force_open`], [`CircuitBreaker::force_closed`],

@@ -27,7 +27,7 @@ use rampart_policy::breaker::{State, Transition};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::recent::Recent;
+use crate::recent::{Kind, Recent, RouteRecent};
 use crate::stats::{Change, ChangeKind};
 
 /// A family's label set: `(name, value)` pairs in the order CONTRACT.md lists them.
@@ -101,7 +101,19 @@ pub(crate) struct RouteMetrics {
     retries: Counter,
     retry_budget_exhausted: Counter,
     hedges: Counter,
-    recent: Recent,
+    recent: RouteRecent,
+    /// Requests between their arrival and their answer.
+    in_flight: AtomicU64,
+}
+
+/// A request of a route counted in flight, until dropped.
+#[derive(Debug)]
+pub(crate) struct Executing<'a>(&'a RouteMetrics);
+
+impl Drop for Executing<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One endpoint's series.
@@ -231,7 +243,8 @@ impl Metrics {
             retries: self.retries.get_or_create_owned(&labels()),
             retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels()),
             hedges: self.hedges.get_or_create_owned(&labels()),
-            recent: Recent::new(),
+            recent: RouteRecent::new(),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -288,14 +301,21 @@ impl Metrics {
 // === impl RouteMetrics ===
 
 impl RouteMetrics {
-    /// Counts a request answered `outcome` now, having arrived at `started`.
-    pub(crate) fn answered(&self, outcome: RouteOutcome, started: Instant) {
+    /// Counts a request in flight from its arrival, `started`, until the guard is dropped.
+    pub(crate) fn executing(&self, started: Instant) -> Executing<'_> {
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.recent.in_flight(in_flight, started);
+        Executing(self)
+    }
+
+    /// Counts a request answered `outcome` now, of `kind`, having arrived at `started`.
+    pub(crate) fn answered(&self, outcome: RouteOutcome, kind: Kind, started: Instant) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();
         self.duration.observe(elapsed);
         self.recent
-            .record(outcome != RouteOutcome::Success, elapsed, now);
+            .record(kind, outcome == RouteOutcome::Fallback, elapsed, now);
     }
 
     pub(crate) fn retried(&self) {
@@ -327,8 +347,13 @@ impl RouteMetrics {
         self.hedges.get()
     }
 
-    pub(crate) fn recent(&self) -> &Recent {
+    pub(crate) fn recent(&self) -> &RouteRecent {
         &self.recent
+    }
+
+    /// Requests in flight now, from their arrival to their answer.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -466,10 +491,12 @@ mod tests {
         let route = metrics.route("api");
         route.answered(
             RouteOutcome::Success,
+            Kind::Success,
             Instant::now() - Duration::from_millis(3),
         );
         route.answered(
             RouteOutcome::Rejected,
+            Kind::ShortCircuited,
             Instant::now() - Duration::from_millis(30),
         );
         let text = text(&registry);
