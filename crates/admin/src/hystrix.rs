@@ -313,22 +313,19 @@ fn mean(latencies: Option<Latencies>) -> u64 {
 /// The percentiles Hystrix reports, in milliseconds; all 0 with nothing in the window, as
 /// Hystrix's.
 fn percentiles(latencies: Option<Latencies>) -> Value {
-    let l = latencies.map(|l| {
-        [
-            l.p0, l.p25, l.p50, l.p75, l.p90, l.p95, l.p99, l.p99_5, l.p100,
-        ]
-    });
-    let at = |i: usize| l.map_or(0, |l| millis(l[i]));
+    let at = |percentile: fn(&Latencies) -> Duration| {
+        latencies.as_ref().map_or(0, |l| millis(percentile(l)))
+    };
     object([
-        ("0", at(0).into()),
-        ("25", at(1).into()),
-        ("50", at(2).into()),
-        ("75", at(3).into()),
-        ("90", at(4).into()),
-        ("95", at(5).into()),
-        ("99", at(6).into()),
-        ("99.5", at(7).into()),
-        ("100", at(8).into()),
+        ("0", at(|l| l.p0).into()),
+        ("25", at(|l| l.p25).into()),
+        ("50", at(|l| l.p50).into()),
+        ("75", at(|l| l.p75).into()),
+        ("90", at(|l| l.p90).into()),
+        ("95", at(|l| l.p95).into()),
+        ("99", at(|l| l.p99).into()),
+        ("99.5", at(|l| l.p99_5).into()),
+        ("100", at(|l| l.p100).into()),
     ])
 }
 
