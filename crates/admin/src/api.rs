@@ -13,7 +13,7 @@ use rampart_proxy::stats::Unknown;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
-use crate::{ReloadError, State, events, json};
+use crate::{ReloadError, State, events, hystrix, json};
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -38,6 +38,9 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
         }
         (&Method::GET, ["api", "events"]) => events::stream(state.proxy.clone()),
+        (&Method::GET, ["hystrix.stream"]) => {
+            hystrix::stream(state.proxy.clone(), request.uri().query())
+        }
         (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
             let (upstream, endpoint) = (decode(upstream), decode(endpoint));
             match refusal(state, &request) {
@@ -52,6 +55,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"] | ["api", "events"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
+        (_, ["hystrix.stream"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
         (_, ["api", "breakers", _, _] | ["api", "reload"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }

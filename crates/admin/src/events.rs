@@ -70,8 +70,8 @@ fn frame(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
-/// The response body: the events as the task writes them.
-struct Events(mpsc::Receiver<Bytes>);
+/// The response body of an event stream: the events as the task feeding it writes them.
+pub(crate) struct Events(pub(crate) mpsc::Receiver<Bytes>);
 
 impl Body for Events {
     type Data = Bytes;

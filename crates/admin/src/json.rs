@@ -14,11 +14,14 @@
 //!   "routes": [{
 //!     "name": "api", "upstream": "app",
 //!     "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1},
-//!     "retries": 0, "retry_budget_exhausted": 0, "hedges": 0,
+//!     "retries": 0, "retry_budget_exhausted": 0, "hedges": 0, "in_flight": 0,
+//!     "answers": {"success": 5, "failure": 3, "timeout": 0, "short_circuited": 1,
+//!                 "rejected": 0, "bad_request": 0, "fallback": 0, "peak_in_flight": 1},
 //!     "requests_per_second": 0.9, "error_rate": 0.44, "p50_ms": 1.2, "p99_ms": 3.4
 //!   }],
 //!   "upstreams": [{
-//!     "name": "app", "in_flight": 0, "concurrency_limit": 256,
+//!     "name": "app", "in_flight": 0, "concurrency_limit": 256, "queued": 0, "max_pending": 128,
+//!     "admissions": {"executed": 8, "refused": 0, "peak_in_flight": 1},
 //!     "endpoints": [{
 //!       "address": "127.0.0.1:8081", "backup": false, "state": "open", "healthy": true,
 //!       "in_flight": 0, "attempts": {"success": 5, "failure": 3},
@@ -30,12 +33,14 @@
 //!
 //! `state` is a breaker state as the metrics name it (`closed`, `open`, `half-open`,
 //! `forced-open`, `forced-closed`), or `disabled` without a breaker; `p50_ms` and `p99_ms` are
-//! `null` with nothing in the window.
+//! `null` with nothing in the window. A route's `answers` and an upstream's `admissions` cover the
+//! same window as the rates (docs/admin.md says what each count holds).
 
 use std::time::Duration;
 
 use rampart_proxy::stats::{
-    Change, ChangeKind, EndpointStats, RouteStats, Snapshot, UpstreamStats, Window,
+    Admissions, Answers, Change, ChangeKind, EndpointStats, RouteStats, Snapshot, UpstreamStats,
+    Window,
 };
 use serde_json::{Map, Value, json};
 
@@ -77,9 +82,32 @@ fn route(route: &RouteStats) -> Value {
         "retries": route.retries,
         "retry_budget_exhausted": route.retry_budget_exhausted,
         "hedges": route.hedges,
+        "in_flight": route.in_flight,
+        "answers": answers(&route.answers),
     });
     recent(&mut object, &route.recent);
     object
+}
+
+fn answers(answers: &Answers) -> Value {
+    json!({
+        "success": answers.success,
+        "failure": answers.failure,
+        "timeout": answers.timeout,
+        "short_circuited": answers.short_circuited,
+        "rejected": answers.rejected,
+        "bad_request": answers.bad_request,
+        "fallback": answers.fallback,
+        "peak_in_flight": answers.peak_in_flight,
+    })
+}
+
+fn admissions(admissions: &Admissions) -> Value {
+    json!({
+        "executed": admissions.executed,
+        "refused": admissions.refused,
+        "peak_in_flight": admissions.peak_in_flight,
+    })
 }
 
 fn upstream(upstream: &UpstreamStats) -> Value {
@@ -87,6 +115,9 @@ fn upstream(upstream: &UpstreamStats) -> Value {
         "name": upstream.name,
         "in_flight": upstream.in_flight,
         "concurrency_limit": upstream.concurrency_limit,
+        "queued": upstream.queued,
+        "max_pending": upstream.max_pending,
+        "admissions": admissions(&upstream.admissions),
         "endpoints": upstream.endpoints.iter().map(endpoint).collect::<Vec<_>>(),
     })
 }
@@ -147,11 +178,27 @@ mod tests {
                 retry_budget_exhausted: 0,
                 hedges: 1,
                 recent: window,
+                answers: Answers {
+                    success: 5,
+                    failure: 2,
+                    short_circuited: 1,
+                    fallback: 1,
+                    peak_in_flight: 2,
+                    ..Answers::default()
+                },
+                in_flight: 1,
             }],
             upstreams: vec![UpstreamStats {
                 name: "app".into(),
                 in_flight: 1,
                 concurrency_limit: 256,
+                queued: 3,
+                max_pending: 128,
+                admissions: Admissions {
+                    executed: 7,
+                    refused: 1,
+                    peak_in_flight: 4,
+                },
                 endpoints: vec![
                     EndpointStats {
                         address: "127.0.0.1:1".into(),
@@ -180,13 +227,23 @@ mod tests {
             json!({
                 "name": "api", "upstream": "app",
                 "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1},
-                "retries": 2, "retry_budget_exhausted": 0, "hedges": 1,
+                "retries": 2, "retry_budget_exhausted": 0, "hedges": 1, "in_flight": 1,
+                "answers": {
+                    "success": 5, "failure": 2, "timeout": 0, "short_circuited": 1,
+                    "rejected": 0, "bad_request": 0, "fallback": 1, "peak_in_flight": 2,
+                },
                 "requests_per_second": 2.5, "error_rate": 0.25, "p50_ms": 4.0, "p99_ms": null,
             })
         );
         let upstream = &json["upstreams"][0];
         assert_eq!(upstream["name"], "app");
         assert_eq!(upstream["concurrency_limit"], 256);
+        assert_eq!(upstream["queued"], 3);
+        assert_eq!(upstream["max_pending"], 128);
+        assert_eq!(
+            upstream["admissions"],
+            json!({"executed": 7, "refused": 1, "peak_in_flight": 4})
+        );
         assert_eq!(upstream["endpoints"][0]["state"], "forced-open");
         assert_eq!(
             upstream["endpoints"][0]["attempts"],

@@ -8,6 +8,7 @@
 //! | `GET /readyz` | 200 once the proxy has started (configuration loaded, listeners bound) |
 //! | `GET /api/stats` | JSON: every route and upstream with its endpoints (see [`json`]) |
 //! | `GET /api/events` | Server-Sent Events: `stats` every second (the same JSON), `transition` at each breaker transition or health change |
+//! | `GET /hystrix.stream` | Hystrix metrics stream (SSE, `?delay=` milliseconds, 500 by default): a `HystrixCommand` per route, a `HystrixThreadPool` per upstream, for Hystrix Dashboard and Turbine |
 //! | `POST /api/breakers/<upstream>/<endpoint or *>` | `{"state": "open" \| "closed" \| "auto"}`: force the breaker, or release it |
 //! | `POST /api/reload` | re-reads the configuration file, as SIGHUP does |
 //!
@@ -35,6 +36,7 @@ mod api;
 mod auth;
 mod events;
 mod fleet;
+mod hystrix;
 pub mod json;
 
 use std::future::Future;

@@ -77,7 +77,7 @@ fn admin_config() -> rampart_config::Admin {
     rampart_config::Admin {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_env: Some("RAMPART_ADMIN_TOKEN".into()),
-        metrics: true,
+        ..Default::default()
     }
 }
 
@@ -274,11 +274,27 @@ async fn stats_show_routes_upstreams_and_endpoints() {
     );
     assert!(route["p50_ms"].as_f64().is_some(), "{route}");
     assert!(route["p99_ms"].as_f64().is_some(), "{route}");
+    // The same window by kind: the refusal was a short-circuit.
+    assert_eq!(
+        route["answers"],
+        json!({
+            "success": 5, "failure": 3, "timeout": 0, "short_circuited": 1, "rejected": 0,
+            "bad_request": 0, "fallback": 0, "peak_in_flight": 1,
+        })
+    );
+    assert_eq!(route["in_flight"], 0);
 
     let upstream_stats = &stats["upstreams"][0];
     assert_eq!(upstream_stats["name"], "app");
     assert_eq!(upstream_stats["in_flight"], 0);
     assert_eq!(upstream_stats["concurrency_limit"], 256);
+    assert_eq!(upstream_stats["queued"], 0);
+    assert_eq!(upstream_stats["max_pending"], 128);
+    // Eight attempts went out; the refused request took a slot, found no endpoint, went nowhere.
+    assert_eq!(
+        upstream_stats["admissions"],
+        json!({"executed": 8, "refused": 0, "peak_in_flight": 1})
+    );
     let endpoint = &upstream_stats["endpoints"][0];
     assert_eq!(endpoint["address"], upstream.addr().to_string());
     assert_eq!(endpoint["state"], "open");

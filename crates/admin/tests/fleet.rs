@@ -24,7 +24,7 @@ async fn instance(route: &str, upstream: &Upstream) -> (Proxy, Admin) {
     let config = rampart_config::Admin {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_env: Some("RAMPART_ADMIN_TOKEN".into()),
-        metrics: true,
+        ..Default::default()
     };
     let reload = Arc::new(|| Err(ReloadError::Refused("no reload here".into())));
     let admin = Admin::start_with_token(&config, Some(TOKEN.into()), proxy.handle(), reload)

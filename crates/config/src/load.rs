@@ -597,11 +597,7 @@ fn array_of_tables<'a, 'i>(
 const ADMIN_KEYS: &[&str] = &["listen", "token_env", "metrics"];
 
 fn admin(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Admin {
-    let mut admin = Admin {
-        listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
-        token_env: None,
-        metrics: true,
-    };
+    let mut admin = Admin::default();
     if let Some(t) = cx.section(root, "admin", ADMIN_KEYS) {
         if let Some(listen) = cx.get(&t, "listen", socket_addr) {
             admin.listen = listen;

@@ -53,6 +53,17 @@ pub struct Admin {
     pub metrics: bool,
 }
 
+impl Default for Admin {
+    /// The admin API on 127.0.0.1:9901, no token (mutating calls refused), metrics recorded.
+    fn default() -> Admin {
+        Admin {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token_env: None,
+            metrics: true,
+        }
+    }
+}
+
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::body::{BodyFault, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued};
 use crate::metrics::RouteOutcome;
+use crate::recent::Kind;
 use crate::route::Router;
 use crate::stack::Stack;
 use crate::upgrade::{self, Tunnel};
@@ -90,28 +91,30 @@ pub(crate) async fn handle(
     };
     let client = Client { peer, grpc, limits };
     let started = Instant::now();
+    let executing = stack.metrics().executing(started);
     let body = client_body(body, limits, &mut parts);
     let mut tunnel = None;
     let response = exchange(stack, parts, body, client, client_upgrade, &mut tunnel).await;
-    stack
-        .metrics()
-        .answered(outcome(&response, stack, grpc), started);
+    drop(executing);
+    let (outcome, kind) = outcome(&response, stack, grpc);
+    stack.metrics().answered(outcome, kind, started);
     (response, tunnel)
 }
 
-// What the answer to a request on `stack` counts as in `rampart_requests_total`, read from the
-// response head: a fallback and a rescue response say so in their headers, and the upstream's
-// own answer is classified as its breaker classifies it.
-fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> RouteOutcome {
+// What the answer to a request on `stack` counts as in `rampart_requests_total`, and the kind
+// of answer it is in the route's recent stats, read from the response head: a fallback and a
+// rescue response say why in their headers, and the upstream's own answer is classified as its
+// breaker classifies it.
+fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> (RouteOutcome, Kind) {
     let headers = response.headers();
-    if headers.contains_key(X_RAMPART_FALLBACK) {
-        return RouteOutcome::Fallback;
+    // A fallback stands in for a failure of the kind its header names.
+    if let Some(why) = headers.get(X_RAMPART_FALLBACK) {
+        let kind = reason(why.as_bytes()).map_or(Kind::Failure, kind_of);
+        return (RouteOutcome::Fallback, kind);
     }
     if let Some(error) = headers.get(X_RAMPART_ERROR) {
-        let reason = Reason::ALL
-            .iter()
-            .find(|reason| reason.as_str().as_bytes() == error.as_bytes());
-        return match reason {
+        let reason = reason(error.as_bytes());
+        let outcome = match reason {
             Some(
                 Reason::BreakerOpen
                 | Reason::NoHealthyEndpoint
@@ -121,6 +124,7 @@ fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> RouteOutcome
             ) => RouteOutcome::Rejected,
             _ => RouteOutcome::Failure,
         };
+        return (outcome, reason.map_or(Kind::Failure, kind_of));
     }
     let grpc = grpc || stack.upstream().is_grpc();
     match classify_response(
@@ -129,8 +133,34 @@ fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> RouteOutcome
         stack.upstream().failures(),
         grpc,
     ) {
-        Outcome::Failure => RouteOutcome::Failure,
-        Outcome::Success | Outcome::Slow => RouteOutcome::Success,
+        Outcome::Failure => (RouteOutcome::Failure, Kind::Failure),
+        Outcome::Success | Outcome::Slow => (RouteOutcome::Success, Kind::Success),
+    }
+}
+
+// The reason a header value names, if any (a fallback's `5xx` names none).
+fn reason(value: &[u8]) -> Option<Reason> {
+    Reason::ALL
+        .iter()
+        .copied()
+        .find(|reason| reason.as_str().as_bytes() == value)
+}
+
+// The kind of answer a request given up for `reason` is, as the Hystrix stream counts it: a
+// refusal for want of an admitting breaker is a short-circuit, one by the upstream's limits a
+// rejection; a retry the budget refused stands for the failure that called for it.
+fn kind_of(reason: Reason) -> Kind {
+    match reason {
+        Reason::BreakerOpen | Reason::NoHealthyEndpoint => Kind::ShortCircuited,
+        Reason::Timeout | Reason::DeadlineExceeded => Kind::Timeout,
+        Reason::Overloaded | Reason::RateLimited | Reason::OutboxFull => Kind::Rejected,
+        Reason::BadRequest | Reason::BodyTooLarge | Reason::HeadersTooLarge => Kind::BadRequest,
+        Reason::UpstreamConnect
+        | Reason::UpstreamReset
+        | Reason::UpstreamInvalid
+        | Reason::RetryBudgetExhausted
+        | Reason::FaultInjected
+        | Reason::NoRoute => Kind::Failure,
     }
 }
 

@@ -61,7 +61,8 @@
 //! every series is made when its route or pool is built and kept beside it, so recording one on
 //! the request path is an atomic add. [`Proxy::handle`] gives the admin API a read-only
 //! [`stats::Snapshot`] of routes, upstreams and endpoints (counts, a rolling ten-second window of
-//! rates and latency percentiles, breaker states, health, load) and the live breakers to force.
+//! rates, latency percentiles, each route's answers by kind and each upstream's admissions,
+//! breaker states, health, load), the configuration served, and the live breakers to force.
 //!
 //! Not wired in yet: async routes; `stack.rs` says where they go.
 //!
@@ -352,6 +353,12 @@ impl ProxyHandle {
     /// latencies, and each endpoint's breaker state, health and load.
     pub fn snapshot(&self) -> Snapshot {
         lock(&self.live).snapshot()
+    }
+
+    /// The configuration the proxy serves now: the one it started with, or the last a reload
+    /// applied (the settings behind the stats, for an operator to read beside them).
+    pub fn config(&self) -> Config {
+        lock(&self.live).config().clone()
     }
 
     /// The circuit breakers of the endpoint `endpoint` (its address as configured) of

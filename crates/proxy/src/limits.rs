@@ -39,14 +39,16 @@ use rampart_policy::ratelimit::RateLimiter;
 use tokio::time::Instant;
 
 use crate::metrics::UpstreamMetrics;
+use crate::recent::{Admissions, LimitsRecent};
 
 /// One upstream's limits, with the gauges that show them (`rampart_inflight`,
-/// `rampart_concurrency_limit`).
+/// `rampart_concurrency_limit`) and their last ten seconds.
 #[derive(Debug)]
 pub(crate) struct Limits {
     concurrency: Concurrency,
     rate: Option<RateLimiter>,
     metrics: UpstreamMetrics,
+    recent: LimitsRecent,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,7 @@ impl Limits {
             concurrency,
             rate,
             metrics,
+            recent: LimitsRecent::new(),
         })
     }
 
@@ -147,6 +150,14 @@ impl Limits {
     /// a slot, waiting in the pending queue for one if the limit is fixed. The caller bounds the
     /// wait by the request's deadline.
     pub(crate) async fn admit(&self) -> Result<Slot<'_>, Reason> {
+        let admitted = self.take().await;
+        if admitted.is_err() && !self.metrics.skip {
+            self.recent.refused();
+        }
+        admitted
+    }
+
+    async fn take(&self) -> Result<Slot<'_>, Reason> {
         self.spend()?;
         let held = match &self.concurrency {
             Concurrency::Fixed(bulkhead) => bulkhead
@@ -176,7 +187,10 @@ impl Limits {
     }
 
     fn counted<'a>(&'a self, held: Held<'a>) -> Slot<'a> {
-        self.metrics.inflight.inc();
+        let before = self.metrics.inflight.inc();
+        if !self.metrics.skip {
+            self.recent.admitted(u64::try_from(before).unwrap_or(0) + 1);
+        }
         Slot {
             held,
             counted: Counted(self),
@@ -188,6 +202,29 @@ impl Limits {
             Some(rate) => rate.try_acquire().map_err(|_limited| Reason::RateLimited),
             None => Ok(()),
         }
+    }
+
+    /// Attempts waiting in the pending queue now (none for the adaptive limit, which has no
+    /// queue).
+    pub(crate) fn queued(&self) -> usize {
+        match &self.concurrency {
+            Concurrency::Fixed(bulkhead) => bulkhead.queued(),
+            Concurrency::Adaptive(_) => 0,
+        }
+    }
+
+    /// How many attempts the pending queue holds at most: 0 without one (the adaptive limit,
+    /// or no `pending_timeout`).
+    pub(crate) fn max_pending(&self) -> usize {
+        match &self.concurrency {
+            Concurrency::Fixed(bulkhead) => bulkhead.max_wait_queue(),
+            Concurrency::Adaptive(_) => 0,
+        }
+    }
+
+    /// The last ten seconds of admissions.
+    pub(crate) fn admissions(&self) -> Admissions {
+        self.recent.read()
     }
 
     /// The adaptive limit as it stands, if the limit is adaptive.
@@ -213,10 +250,13 @@ fn adaptive_slot(limit: &AdaptiveLimit) -> Result<Held<'_>, Reason> {
 // === impl Slot ===
 
 impl Slot<'_> {
-    /// Gives the slot back; the adaptive limit learns from the attempt's `outcome` and the time
-    /// since admission (a failure is a drop).
+    /// Gives the slot back, the attempt counted as executed in the recent admissions; the adaptive
+    /// limit learns from its `outcome` and the time since admission (a failure is a drop).
     pub(crate) fn record(self, outcome: Outcome) {
         let Slot { held, counted } = self;
+        if !counted.0.metrics.skip {
+            counted.0.recent.executed();
+        }
         match held {
             Held::Fixed(permit) => drop(permit),
             Held::Adaptive { permit, taken } => {
@@ -260,6 +300,7 @@ mod tests {
         let held = limits.admit().await.unwrap();
         let mut queued = tokio_test::task::spawn(limits.admit());
         tokio_test::assert_pending!(queued.poll());
+        assert_eq!((limits.queued(), limits.max_pending()), (1, 1));
         // The queue of one is full: refused at once.
         assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
         // A hedge never takes the place the queued attempt is owed.
@@ -273,11 +314,22 @@ mod tests {
         assert_eq!(start.elapsed(), ms(50));
         slot.record(Outcome::Success);
         assert!(limits.try_admit().is_ok());
+        // One slot came to an outcome (the others were let go unrecorded), two first tries were
+        // refused; the hedge declined is no refusal.
+        assert_eq!(
+            limits.admissions(),
+            Admissions {
+                executed: 1,
+                refused: 2,
+                peak_in_flight: 1
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_pending_timeout_means_no_queue() {
         let limits = parse("max_concurrent = 1\nmax_pending = 5\npending_timeout = \"0s\"");
+        assert_eq!(limits.max_pending(), 0);
         let _held = limits.admit().await.unwrap();
         let start = Instant::now();
         assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);

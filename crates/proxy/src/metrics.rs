@@ -27,7 +27,7 @@ use rampart_policy::breaker::{State, Transition};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::recent::Recent;
+use crate::recent::{Kind, Recent, RouteRecent};
 use crate::stats::{Change, ChangeKind};
 
 /// A family's label set: `(name, value)` pairs in the order CONTRACT.md lists them.
@@ -104,7 +104,21 @@ pub(crate) struct RouteMetrics {
     retries: Counter,
     retry_budget_exhausted: Counter,
     hedges: Counter,
-    recent: Recent,
+    recent: RouteRecent,
+    /// Requests between their arrival and their answer.
+    in_flight: AtomicU64,
+}
+
+/// A request of a route counted in flight, until dropped.
+#[derive(Debug)]
+pub(crate) struct Executing<'a>(Option<&'a RouteMetrics>);
+
+impl Drop for Executing<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One endpoint's series.
@@ -134,6 +148,8 @@ struct BreakerSeries {
 pub(crate) struct UpstreamMetrics {
     pub(crate) inflight: Gauge,
     pub(crate) concurrency_limit: Gauge,
+    /// `[admin] metrics = false`: the limits' recent admissions are not counted.
+    pub(crate) skip: bool,
 }
 
 // === impl Metrics ===
@@ -244,7 +260,8 @@ impl Metrics {
             retries: self.retries.get_or_create_owned(&labels()),
             retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels()),
             hedges: self.hedges.get_or_create_owned(&labels()),
-            recent: Recent::new(),
+            recent: RouteRecent::new(),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -295,6 +312,7 @@ impl Metrics {
         UpstreamMetrics {
             inflight: self.inflight.get_or_create_owned(&labels),
             concurrency_limit: self.concurrency_limit.get_or_create_owned(&labels),
+            skip: self.skip,
         }
     }
 }
@@ -302,8 +320,18 @@ impl Metrics {
 // === impl RouteMetrics ===
 
 impl RouteMetrics {
-    /// Counts a request answered `outcome` now, having arrived at `started`.
-    pub(crate) fn answered(&self, outcome: RouteOutcome, started: Instant) {
+    /// Counts a request in flight from its arrival, `started`, until the guard is dropped.
+    pub(crate) fn executing(&self, started: Instant) -> Executing<'_> {
+        if self.skip {
+            return Executing(None);
+        }
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.recent.in_flight(in_flight, started);
+        Executing(Some(self))
+    }
+
+    /// Counts a request answered `outcome` now, of `kind`, having arrived at `started`.
+    pub(crate) fn answered(&self, outcome: RouteOutcome, kind: Kind, started: Instant) {
         if self.skip {
             return;
         }
@@ -312,7 +340,7 @@ impl RouteMetrics {
         self.outcomes[outcome as usize].inc();
         self.duration.observe(elapsed);
         self.recent
-            .record(outcome != RouteOutcome::Success, elapsed, now);
+            .record(kind, outcome == RouteOutcome::Fallback, elapsed, now);
     }
 
     pub(crate) fn retried(&self) {
@@ -350,8 +378,13 @@ impl RouteMetrics {
         self.hedges.get()
     }
 
-    pub(crate) fn recent(&self) -> &Recent {
+    pub(crate) fn recent(&self) -> &RouteRecent {
         &self.recent
+    }
+
+    /// Requests in flight now, from their arrival to their answer.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -492,10 +525,12 @@ mod tests {
         let route = metrics.route("api");
         route.answered(
             RouteOutcome::Success,
+            Kind::Success,
             Instant::now() - Duration::from_millis(3),
         );
         route.answered(
             RouteOutcome::Rejected,
+            Kind::ShortCircuited,
             Instant::now() - Duration::from_millis(30),
         );
         let text = text(&registry);
@@ -534,12 +569,14 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry, false);
         let route = metrics.route("api");
-        route.answered(RouteOutcome::Failure, Instant::now());
+        route.answered(RouteOutcome::Failure, Kind::Failure, Instant::now());
+        let _executing = route.executing(Instant::now());
         route.retried();
         let endpoint = metrics.endpoint("app", "127.0.0.1:1", true);
         endpoint.attempted(Outcome::Failure, Instant::now());
         assert_eq!(route.count(RouteOutcome::Failure), 0);
         assert_eq!(route.retries(), 0);
+        assert_eq!(route.in_flight(), 0);
         assert_eq!(route.recent().read().requests_per_second, 0.0);
         assert_eq!(endpoint.attempts(), (0, 0));
         // The families are still there for a scraper, at zero.

@@ -233,6 +233,11 @@ impl Live {
         Snapshot { routes, upstreams }
     }
 
+    /// The configuration served now.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The breakers of `upstream`'s endpoint `endpoint`, or of all its endpoints for `None`.
     pub(crate) fn breakers(
         &self,

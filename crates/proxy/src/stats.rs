@@ -2,13 +2,13 @@
 //! counts, recent rates and latencies, and each endpoint's breaker, health and load.
 //!
 //! The counts are those of the metrics (`rampart_requests_total` and the rest), read from the
-//! same handles; the rates and percentiles cover a rolling window of about ten seconds (see
-//! [`Window`]).
+//! same handles; the rates, percentiles and recent counts cover a rolling window of about ten
+//! seconds (see [`Window`], [`Answers`] and [`Admissions`]).
 
 use rampart_policy::breaker::{CircuitBreaker, State};
 
 use crate::metrics::RouteOutcome;
-pub use crate::recent::Window;
+pub use crate::recent::{Admissions, Answers, Latencies, Window};
 use crate::stack::Stack;
 use crate::upstream::Pool;
 
@@ -39,6 +39,10 @@ pub struct RouteStats {
     pub hedges: u64,
     /// The last ten seconds or so; an error is any answer but a success.
     pub recent: Window,
+    /// The same window's answers by what became of them, with their latency distributions.
+    pub answers: Answers,
+    /// Requests between their arrival and their answer (the response head), now.
+    pub in_flight: u64,
 }
 
 /// A route's requests by outcome; docs/admin.md says which answer counts as which.
@@ -63,6 +67,14 @@ pub struct UpstreamStats {
     pub in_flight: u64,
     /// Its concurrency limit, fixed or as the adaptive limit stands.
     pub concurrency_limit: u64,
+    /// Attempts waiting in the pending queue for a slot, now (never any with the adaptive
+    /// limit, which has no queue).
+    pub queued: u64,
+    /// How many attempts the pending queue holds at most (`max_pending`); 0 without a queue (the
+    /// adaptive limit, or `pending_timeout = "0s"`).
+    pub max_pending: u64,
+    /// The last ten seconds or so of its limits' admissions.
+    pub admissions: Admissions,
     /// Its endpoints, primaries then backups.
     pub endpoints: Vec<EndpointStats>,
 }
@@ -122,6 +134,8 @@ pub(crate) fn route(stack: &Stack, upstream: &str) -> RouteStats {
         retry_budget_exhausted: metrics.retry_budget_exhausted(),
         hedges: metrics.hedges(),
         recent: metrics.recent().read(),
+        answers: metrics.recent().answers(),
+        in_flight: metrics.in_flight(),
     }
 }
 

@@ -423,10 +423,14 @@ impl Pool {
             })
             .collect();
         let gauge = |value: i64| u64::try_from(value).unwrap_or(0);
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         UpstreamStats {
             name: name.to_owned(),
             in_flight: gauge(self.metrics.inflight.get()),
             concurrency_limit: gauge(self.metrics.concurrency_limit.get()),
+            queued: count(self.limits.queued()),
+            max_pending: count(self.limits.max_pending()),
+            admissions: self.limits.admissions(),
             endpoints,
         }
     }
