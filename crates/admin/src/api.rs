@@ -13,7 +13,7 @@ use rampart_proxy::stats::Unknown;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
-use crate::{ReloadError, State, events, json};
+use crate::{ReloadError, State, dashboard, events, json};
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -38,6 +38,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
         }
         (&Method::GET, ["api", "events"]) => events::stream(state.proxy.clone()),
+        (&Method::GET, _) if dashboard::serves(&path) => dashboard::get(&path, state.addr),
         (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
             let (upstream, endpoint) = (decode(upstream), decode(endpoint));
             match refusal(state, &request) {
@@ -52,6 +53,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"] | ["api", "events"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
+        _ if dashboard::serves(&path) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
         (_, ["api", "breakers", _, _] | ["api", "reload"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }
@@ -211,7 +213,7 @@ fn text(status: StatusCode, body: &'static str) -> Answer {
     response
 }
 
-fn whole(body: Bytes) -> UnsyncBoxBody<Bytes, Infallible> {
+pub(crate) fn whole(body: Bytes) -> UnsyncBoxBody<Bytes, Infallible> {
     Full::new(body).boxed_unsync()
 }
 

@@ -3,6 +3,7 @@
 //!
 //! | method, path | answer |
 //! |---|---|
+//! | `GET /` | the live dashboard (and its `dashboard.js`, `dashboard.css` and `targets.json`), served from the binary |
 //! | `GET /metrics` | the proxy's registry in the OpenMetrics text format |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 once the proxy has started (configuration loaded, listeners bound) |
@@ -33,6 +34,7 @@
 
 mod api;
 mod auth;
+mod dashboard;
 mod events;
 pub mod json;
 
@@ -76,6 +78,8 @@ pub struct Admin {
 
 /// What every request of the admin API reads.
 struct State {
+    /// The address the admin API listens on, which names it on the dashboard.
+    addr: SocketAddr,
     proxy: ProxyHandle,
     token: Token,
     reload: Reload,
@@ -118,6 +122,7 @@ impl Admin {
         let tcp = TcpListener::bind(config.listen).await?;
         let addr = tcp.local_addr()?;
         let state = Arc::new(State {
+            addr,
             proxy,
             token,
             reload,
