@@ -17,6 +17,10 @@
 //                                                        -> rampart is started again
 //   back    the page reconnected by itself to the new process
 //
+// Then, on a second page whose `targets.json` is replaced by two instances, `alpha` (this
+// rampart) and `beta` (a base where nothing answers), it checks the page groups routes by
+// instance and shows each one's connection, and exits.
+//
 // Screenshots go to OUT_DIR at 1366 and 400 px wide. Any failure prints why on stderr, saves
 // OUT_DIR/failure.png and exits 1.
 
@@ -38,6 +42,9 @@ mkdirSync(outDir, { recursive: true });
 const PATIENCE = 60_000;
 const LAPTOP = { width: 1366, height: 900 };
 const NARROW = { width: 400, height: 900 };
+
+/** What must not happen on any page: collected as it happens, checked at the end. */
+const problems = [];
 
 const card = (route) => `[data-route="${route}"]`;
 const appPanel = '[data-upstream="app"].upstream';
@@ -68,8 +75,8 @@ try {
 }
 await browser.close();
 
-async function run(page) {
-  const problems = [];
+/** Watches `page` for errors and for requests anywhere but the admin API. */
+function watch(page) {
   const origin = new URL(adminUrl).origin;
   page.on('pageerror', (err) => problems.push(`uncaught: ${err.message}`));
   page.on('console', (message) => {
@@ -83,6 +90,10 @@ async function run(page) {
       problems.push(`a request outside the admin API: ${request.url()}`);
     }
   });
+}
+
+async function run(page) {
+  watch(page);
 
   const response = await page.goto(adminUrl);
   check(response.ok(), `GET / answered ${response.status()}`);
@@ -174,9 +185,36 @@ async function run(page) {
   await page.locator('#timeline li[data-kind="connection"][data-to="live"]').first().waitFor();
   await page.screenshot({ path: join(outDir, 'back-1366.png'), fullPage: true });
 
+  step('back');
+
+  await fleet();
   check(problems.length === 0, problems.join('\n'));
   console.log(`screenshots in ${outDir}`);
-  step('back');
+}
+
+/** The same page over two instances, one of them unreachable. */
+async function fleet() {
+  const context = await browser.newContext({ viewport: LAPTOP });
+  const page = await context.newPage();
+  page.setDefaultTimeout(PATIENCE);
+  watch(page);
+  await page.route('**/targets.json', (route) => route.fulfill({
+    contentType: 'application/json',
+    body: JSON.stringify([{ name: 'alpha', base: '.' }, { name: 'beta', base: './nowhere' }]),
+  }));
+  await page.goto(adminUrl);
+  const alpha = page.locator('section.target[data-target="alpha"]');
+  const beta = page.locator('section.target[data-target="beta"]');
+  await alpha.locator('[data-route="api"][data-state="closed"]').waitFor();
+  await page.locator('section.target[data-target="alpha"][data-connection="live"]').waitFor();
+  await page.locator('section.target[data-target="beta"][data-connection="lost"]').waitFor();
+  await expectText(page, 'section.target[data-target="alpha"] .instance', /alpha\s*live/);
+  await expectText(page, 'section.target[data-target="beta"] .instance', /beta\s*lost/);
+  await expectText(page, '#banner', /lost to beta:/);
+  check(await beta.locator('[data-route]').count() === 0, 'beta shows routes it never sent');
+  await expectText(page, '#status', /1 of 2 instances live/);
+  await screenshots(page, 'fleet');
+  await context.close();
 }
 
 /** The page at both widths, with nothing wider than the screen. */
