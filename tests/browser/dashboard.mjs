@@ -45,6 +45,8 @@ const NARROW = { width: 400, height: 900 };
 
 /** What must not happen on any page: collected as it happens, checked at the end. */
 const problems = [];
+/** What the pages wrote on the browser's console, for the failure report. */
+const consoleLog = [];
 
 const card = (route) => `[data-route="${route}"]`;
 const appPanel = '[data-upstream="app"].upstream';
@@ -58,16 +60,19 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
   ],
 });
-let page;
+/** The page being driven, for the failure report. */
+let current = null;
 try {
-  page = await browser.newPage({ viewport: LAPTOP });
+  const page = await browser.newPage({ viewport: LAPTOP });
   page.setDefaultTimeout(PATIENCE);
   await run(page);
 } catch (err) {
   console.error(`dashboard test failed: ${err.stack ?? err}`);
-  if (page) {
-    await page.screenshot({ path: join(outDir, 'failure.png'), fullPage: true }).catch(() => {});
-    const html = await page.content().catch(() => '(no page)');
+  console.error(`the browser's console:\n${consoleLog.join('\n')}`);
+  if (current) {
+    await current.screenshot({ path: join(outDir, 'failure.png'), fullPage: true })
+      .catch(() => {});
+    const html = await current.content().catch(() => '(no page)');
     console.error(`the page at failure:\n${html}`);
   }
   await browser.close();
@@ -75,11 +80,16 @@ try {
 }
 await browser.close();
 
-/** Watches `page` for errors and for requests anywhere but the admin API. */
+/**
+ * Makes `page` the one driven, and watches it for errors and for requests anywhere but the admin
+ * API.
+ */
 function watch(page) {
+  current = page;
   const origin = new URL(adminUrl).origin;
   page.on('pageerror', (err) => problems.push(`uncaught: ${err.message}`));
   page.on('console', (message) => {
+    consoleLog.push(`${message.type()}: ${message.text()}`);
     // A CSP refusal would mean the page tried to load something from elsewhere.
     if (message.text().includes('Content Security Policy')) {
       problems.push(`console: ${message.text()}`);

@@ -119,6 +119,8 @@ function newTarget({ name, base }, several) {
 
 function connect(target) {
   clearTimeout(target.retryTimer);
+  // The watchdog counts from here until the first event, which comes at once on a sound stream.
+  target.lastEvent = Date.now();
   const source = new EventSource(targetUrl(target, '/api/events'));
   target.source = source;
   source.addEventListener('stats', (event) => {
@@ -160,10 +162,13 @@ function lose(target) {
   target.retry = Math.min(target.retry * 2, RETRY_LAST_MS);
 }
 
-/** A connection that stays open but brings nothing (a host gone without a word) is lost too. */
+/**
+ * A connection that brings nothing (a host gone without a word, a connection attempt that hangs)
+ * is lost too.
+ */
 function watchdog() {
   for (const target of targets) {
-    if (target.connection === 'live' && Date.now() - target.lastEvent > STALE_MS) {
+    if (target.source !== null && Date.now() - target.lastEvent > STALE_MS) {
       lose(target);
     }
   }
