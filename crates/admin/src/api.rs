@@ -13,7 +13,7 @@ use rampart_proxy::stats::Unknown;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
-use crate::{ReloadError, State, events, hystrix, json};
+use crate::{ReloadError, State, dashboard, events, hystrix, json};
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -41,6 +41,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         (&Method::GET, ["hystrix.stream"]) => {
             hystrix::stream(state.proxy.clone(), request.uri().query())
         }
+        (&Method::GET, _) if dashboard::serves(&path) => dashboard::get(&path, state.addr),
         (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
             let (upstream, endpoint) = (decode(upstream), decode(endpoint));
             match refusal(state, &request) {
@@ -56,6 +57,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (_, ["hystrix.stream"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        _ if dashboard::serves(&path) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
         (_, ["api", "breakers", _, _] | ["api", "reload"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }
@@ -215,7 +217,7 @@ fn text(status: StatusCode, body: &'static str) -> Answer {
     response
 }
 
-fn whole(body: Bytes) -> UnsyncBoxBody<Bytes, Infallible> {
+pub(crate) fn whole(body: Bytes) -> UnsyncBoxBody<Bytes, Infallible> {
     Full::new(body).boxed_unsync()
 }
 

@@ -34,6 +34,11 @@ const QUEUED: usize = 16;
 pub(crate) fn stream(proxy: ProxyHandle) -> Answer {
     let (events, queue) = mpsc::channel(QUEUED);
     tokio::spawn(feed(proxy, events));
+    response(queue)
+}
+
+/// An event stream whose events are what `queue` receives, until its senders are gone.
+pub(crate) fn response(queue: mpsc::Receiver<Bytes>) -> Answer {
     let mut response = Response::new(Events(queue).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -66,7 +71,7 @@ async fn feed(proxy: ProxyHandle, events: mpsc::Sender<Bytes>) {
 }
 
 /// One event in the SSE format: its name, and its JSON on one `data:` line.
-fn frame(name: &str, data: &Value) -> Bytes {
+pub(crate) fn frame(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 

@@ -3,6 +3,7 @@
 //!
 //! | method, path | answer |
 //! |---|---|
+//! | `GET /` | the live dashboard (and its `dashboard.js`, `dashboard.css` and `targets.json`), served from the binary |
 //! | `GET /metrics` | the proxy's registry in the OpenMetrics text format |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 once the proxy has started (configuration loaded, listeners bound) |
@@ -34,6 +35,7 @@
 
 mod api;
 mod auth;
+mod dashboard;
 mod events;
 mod fleet;
 mod hystrix;
@@ -89,6 +91,8 @@ struct Server {
 
 /// What every request of the admin API reads.
 struct State {
+    /// The address the admin API listens on, which names it on the dashboard.
+    addr: SocketAddr,
     proxy: ProxyHandle,
     token: Token,
     reload: Reload,
@@ -128,16 +132,17 @@ impl Admin {
         proxy: ProxyHandle,
         reload: Reload,
     ) -> io::Result<Admin> {
+        let tcp = TcpListener::bind(config.listen).await?;
         let state = Arc::new(State {
+            addr: tcp.local_addr()?,
             proxy,
             token,
             reload,
         });
-        let server = Server::start(config.listen, move |request| {
+        let server = Server::start(tcp, move |request| {
             let state = state.clone();
             async move { api::handle(request, &state).await }
-        })
-        .await?;
+        })?;
         Ok(Admin(server))
     }
 
@@ -156,15 +161,14 @@ impl Admin {
 // === impl Server ===
 
 impl Server {
-    /// Binds `listen` and answers every request with `handle`.
-    async fn start<H, F, B>(listen: SocketAddr, handle: H) -> io::Result<Server>
+    /// Answers every request on `tcp` with `handle`.
+    fn start<H, F, B>(tcp: TcpListener, handle: H) -> io::Result<Server>
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let tcp = TcpListener::bind(listen).await?;
         let addr = tcp.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(serve(tcp, handle, stopped));

@@ -21,6 +21,7 @@ const TOKEN: &str = "s3cret-token";
 struct Answer {
     status: StatusCode,
     content_type: String,
+    cache_control: Option<String>,
     rampart_error: Option<String>,
     body: String,
 }
@@ -41,15 +42,17 @@ async fn call(request: Request<Full<Bytes>>) -> Answer {
             .get(name)
             .map(|v| v.to_str().unwrap().to_owned())
     };
-    let (status, content_type, rampart_error) = (
+    let (status, content_type, cache_control, rampart_error) = (
         response.status(),
         header("content-type").unwrap_or_default(),
+        header("cache-control"),
         header("x-rampart-error"),
     );
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
         content_type,
+        cache_control,
         rampart_error,
         body: String::from_utf8(body.to_vec()).unwrap(),
     }
@@ -555,4 +558,70 @@ async fn events_bring_the_stats_and_each_breaker_transition() {
         stats["upstreams"][0]["endpoints"][0]["state"],
         "forced-open"
     );
+}
+
+/// The values of every `attribute="..."` in `html`.
+fn attributes<'a>(html: &'a str, attribute: &str) -> Vec<&'a str> {
+    let start = format!("{attribute}=\"");
+    html.match_indices(&start)
+        .filter_map(|(at, _)| html[at + start.len()..].split('"').next())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_with_every_asset_it_loads() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+
+    let page = get(admin.addr(), "/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html; charset=utf-8");
+    assert_eq!(page.cache_control.as_deref(), Some("no-cache"));
+    assert!(page.body.starts_with("<!doctype html>"), "{}", page.body);
+
+    // Every file the page loads, by the relative URL it names, so that the same page works
+    // under another server's prefix.
+    let loaded: Vec<&str> = attributes(&page.body, "src")
+        .into_iter()
+        .chain(attributes(&page.body, "href"))
+        .collect();
+    assert_eq!(loaded.len(), 2, "{loaded:?}");
+    for url in loaded {
+        assert!(
+            !url.starts_with('/') && !url.contains(':'),
+            "{url} is not relative"
+        );
+        let asset = get(admin.addr(), &format!("/{url}")).await;
+        assert_eq!(asset.status, 200, "{url}");
+        assert_eq!(asset.cache_control.as_deref(), Some("no-cache"), "{url}");
+        let expected = match url.rsplit('.').next() {
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            _ => panic!("unexpected asset {url}"),
+        };
+        assert_eq!(asset.content_type, expected, "{url}");
+        assert!(!asset.body.is_empty(), "{url}");
+    }
+    let script = get(admin.addr(), "/dashboard.js").await.body;
+    assert!(
+        script.contains("'targets.json'"),
+        "the page follows targets.json"
+    );
+    assert!(
+        script.contains("'/api/events'"),
+        "the page follows /api/events"
+    );
+
+    let targets = get(admin.addr(), "/targets.json").await;
+    assert_eq!(targets.status, 200);
+    assert_eq!(targets.content_type, "application/json");
+    assert_eq!(
+        targets.json(),
+        json!([{"name": admin.addr().to_string(), "base": "."}])
+    );
+
+    assert_eq!(post(admin.addr(), "/", None, "").await.status, 405);
+    assert_eq!(get(admin.addr(), "/index.htm").await.status, 404);
+    admin.shutdown().await;
 }

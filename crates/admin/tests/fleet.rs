@@ -64,11 +64,18 @@ async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events()
     assert_eq!(
         listed.json(),
         json!([
-            {"name": alpha_admin.addr().to_string(), "base": "t/0"},
-            {"name": beta_admin.addr().to_string(), "base": "t/1"},
-            {"name": dead.to_string(), "base": "t/2"},
+            {"name": alpha_admin.addr().to_string(), "base": "t/0", "events": "fleet/events"},
+            {"name": beta_admin.addr().to_string(), "base": "t/1", "events": "fleet/events"},
+            {"name": dead.to_string(), "base": "t/2", "events": "fleet/events"},
         ])
     );
+
+    // The same page as the admin API's.
+    let page = get(addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.content_type.starts_with("text/html"));
+    assert!(page.body.contains("dashboard.js"));
+    assert_eq!(get(addr, "/dashboard.js").await.status, 200);
 
     // Each base reaches its own instance.
     let alpha = get(addr, "/t/0/api/stats").await;
@@ -130,5 +137,91 @@ async fn forcing_a_breaker_through_the_fleet_view_needs_the_instance_token() {
     assert_eq!(forced.status, 200, "{}", forced.body);
     assert_eq!(forced.json()["states"], json!(["forced-open"]));
     assert_eq!(state().map(|s| s.as_str()), Some("forced-open"));
+    fleet.shutdown().await;
+}
+
+/// The events of the shared stream until `done` says it has seen enough, with a minute's patience.
+async fn until(
+    body: &mut hyper::body::Incoming,
+    buffer: &mut String,
+    mut done: impl FnMut(&str, &serde_json::Value) -> bool,
+) {
+    let wait = async {
+        loop {
+            let (name, data) = next_event(body, buffer).await;
+            if done(&name, &data) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+        .await
+        .expect("the events within a minute");
+}
+
+#[tokio::test]
+async fn one_stream_brings_every_instance_and_says_which_is_lost() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let (_alpha, alpha_admin) = instance("alpha", &upstream).await;
+    let (_beta, beta_admin) = instance("beta", &upstream).await;
+    let dead = closed_addr();
+    let targets = vec![
+        target(alpha_admin.addr()),
+        target(beta_admin.addr()),
+        target(dead),
+    ];
+    let fleet = Fleet::start("127.0.0.1:0".parse().unwrap(), targets)
+        .await
+        .unwrap();
+    let mut body = events(fleet.addr(), "/fleet/events").await;
+    let mut buffer = String::new();
+
+    // Both live instances' stats come, each tagged with its base, and the dead one is lost.
+    let (mut alpha, mut beta, mut lost) = (false, false, None);
+    until(&mut body, &mut buffer, |name, data| {
+        match (name, data["target"].as_str()) {
+            ("target-stats", Some("t/0")) => {
+                assert_eq!(data["data"]["routes"][0]["name"], "alpha");
+                alpha = true;
+            }
+            ("target-stats", Some("t/1")) => {
+                assert_eq!(data["data"]["routes"][0]["name"], "beta");
+                beta = true;
+            }
+            ("target-lost", Some("t/2")) => lost = data["error"].as_str().map(str::to_owned),
+            ("target-lost", other) => panic!("{other:?} lost: {data}"),
+            _ => {}
+        }
+        alpha && beta && lost.is_some()
+    })
+    .await;
+
+    // A transition on one instance comes tagged with it.
+    let path = format!("/api/breakers/app/{}", upstream.addr());
+    let forced = post(
+        beta_admin.addr(),
+        &path,
+        Some(TOKEN),
+        r#"{"state": "open"}"#,
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    until(&mut body, &mut buffer, |name, data| {
+        name == "target-transition"
+            && data["target"] == "t/1"
+            && data["data"]["to"] == "forced-open"
+    })
+    .await;
+
+    // An instance that stops is told lost, and the others go on.
+    alpha_admin.shutdown().await;
+    until(&mut body, &mut buffer, |name, data| {
+        name == "target-lost" && data["target"] == "t/0"
+    })
+    .await;
+    until(&mut body, &mut buffer, |name, data| {
+        name == "target-stats" && data["target"] == "t/1"
+    })
+    .await;
     fleet.shutdown().await;
 }

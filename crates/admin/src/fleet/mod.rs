@@ -3,11 +3,14 @@
 //!
 //! `rampart dashboard --target URL...` runs it. It serves the dashboard's page, a
 //! `targets.json` naming each instance with the base path the page reaches it under
-//! (`t/0`, `t/1`, ...), and under each base passes on the few calls the page makes to that
-//! instance: `GET api/stats`, `GET api/events` (streamed as it comes), `GET hystrix.stream` and
-//! `POST api/breakers/...` (the `Authorization` header passed along: the instance checks the
-//! token, the fleet view holds none). Nothing else is passed on, and only to the targets given
-//! at start: the fleet view is no open proxy.
+//! (`t/0`, `t/1`, ...) and the one event stream that brings every instance's events
+//! (`fleet/events`, see [`stream`]), and under each base passes on the few calls the page may
+//! make to that instance: `GET api/stats`, `GET api/events` (streamed as it comes),
+//! `GET hystrix.stream` and `POST api/breakers/...` (the `Authorization` header passed along:
+//! the instance checks the token, the fleet view holds none). Nothing else is passed on, and only
+//! to the targets given at start: the fleet view is no open proxy.
+
+mod stream;
 
 use std::fmt;
 use std::io;
@@ -26,9 +29,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use tokio::net::TcpListener;
 
 use crate::Server;
 use crate::api::{self, Answer};
+use crate::dashboard;
 
 /// How long an instance may take to answer a call's head before the page is told it is
 /// unreachable; an event stream then flows for as long as both ends keep it.
@@ -88,11 +93,11 @@ impl Fleet {
             targets,
             client: Client::builder(TokioExecutor::new()).build(connector),
         });
-        let server = Server::start(listen, move |request| {
+        let tcp = TcpListener::bind(listen).await?;
+        let server = Server::start(tcp, move |request| {
             let state = state.clone();
             async move { handle(request, &state).await }
-        })
-        .await?;
+        })?;
         Ok(Fleet(server))
     }
 
@@ -167,9 +172,10 @@ impl std::error::Error for InvalidTarget {}
 async fn handle(request: Request<Incoming>, state: &Targets) -> Passed {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["targets.json"] => own(targets(state)),
-        ["t", index, rest @ ..] => {
+    match (request.method(), segments.as_slice()) {
+        (&Method::GET, ["targets.json"]) => own(targets(state)),
+        (&Method::GET, ["fleet", "events"]) => own(stream::stream(&state.targets, &state.client)),
+        (_, ["t", index, rest @ ..]) => {
             let Some(target) = index.parse().ok().and_then(|i: usize| state.targets.get(i)) else {
                 return own(api::error(
                     StatusCode::NOT_FOUND,
@@ -193,10 +199,13 @@ async fn handle(request: Request<Incoming>, state: &Targets) -> Passed {
             let rest = rest.join("/");
             pass_on(request, &rest, target, &state.client).await
         }
-        _ => own(api::error(
-            StatusCode::NOT_FOUND,
-            &format!("nothing at {path}"),
-        )),
+        (method, _) => match dashboard::asset(&path) {
+            Some(asset) if method == Method::GET => own(asset),
+            _ => own(api::error(
+                StatusCode::NOT_FOUND,
+                &format!("nothing at {method} {path}"),
+            )),
+        },
     }
 }
 
@@ -205,9 +214,11 @@ fn targets(state: &Targets) -> Answer {
         .targets
         .iter()
         .enumerate()
-        .map(|(i, target)| json!({"name": target.name, "base": format!("t/{i}")}))
+        .map(|(i, target)| {
+            json!({"name": target.name, "base": format!("t/{i}"), "events": "fleet/events"})
+        })
         .collect();
-    api::answer(StatusCode::OK, &json!(targets))
+    dashboard::targets(&json!(targets))
 }
 
 // Sends `request` to `rest` (and the query) on `target`, and its answer back as it comes.
