@@ -1092,6 +1092,7 @@ const OUTBOX_KEYS: &[&str] = &[
     "path",
     "nats",
     "max_messages",
+    "max_bytes",
     "on_full",
     "max_age",
     "retry",
@@ -1178,6 +1179,15 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
         max_messages: cx
             .get(t, "max_messages", uint(1, u64::from(u32::MAX)))
             .unwrap_or(100_000),
+        max_bytes: cx
+            .get(t, "max_bytes", |v| {
+                let bytes = size(v)?;
+                if bytes.0 == 0 {
+                    return Err(Invalid::new("expected a size above zero", SIZE_ALLOWED));
+                }
+                Ok(bytes)
+            })
+            .unwrap_or(ByteSize(1 << 30)),
         on_full: cx
             .get(
                 t,
@@ -1761,6 +1771,17 @@ mod tests {
                 "{text}: wanted {path}, got {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_outbox_byte_limit_defaults_to_one_gibibyte_and_refuses_zero() {
+        let o = ok("[outbox]\n").outbox.expect("an outbox");
+        assert_eq!(o.max_bytes, ByteSize(1 << 30));
+        let o = ok("[outbox]\nmax_bytes = \"64MiB\"\n").outbox.expect("an outbox");
+        assert_eq!(o.max_bytes, ByteSize(64 << 20));
+        let e = errors("[outbox]\nmax_bytes = \"0B\"\n");
+        assert_eq!(e[0].path(), "outbox.max_bytes");
+        assert!(e[0].message().contains("above zero"), "{}", e[0].message());
     }
 
     #[test]
