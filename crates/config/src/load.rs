@@ -1777,7 +1777,9 @@ mod tests {
     fn the_outbox_byte_limit_defaults_to_one_gibibyte_and_refuses_zero() {
         let o = ok("[outbox]\n").outbox.expect("an outbox");
         assert_eq!(o.max_bytes, ByteSize(1 << 30));
-        let o = ok("[outbox]\nmax_bytes = \"64MiB\"\n").outbox.expect("an outbox");
+        let o = ok("[outbox]\nmax_bytes = \"64MiB\"\n")
+            .outbox
+            .expect("an outbox");
         assert_eq!(o.max_bytes, ByteSize(64 << 20));
         let e = errors("[outbox]\nmax_bytes = \"0B\"\n");
         assert_eq!(e[0].path(), "outbox.max_bytes");
