@@ -67,6 +67,8 @@ pub(crate) struct Index {
     tombstones: VecDeque<Tombstone>,
     bytes: u64,
     dropped: u64,
+    /// The last lease token handed out. Starts at the open's epoch (see `start_tokens`), so that
+    /// a lease from before a restart never matches one made after.
     next_token: u64,
 }
 
@@ -81,6 +83,15 @@ impl Index {
                 route
             }
         }
+    }
+
+    /// Lease tokens continue from `token`.
+    pub(crate) fn start_tokens(&mut self, token: u64) {
+        self.next_token = token;
+    }
+
+    pub(crate) fn last_token(&self) -> u64 {
+        self.next_token
     }
 
     pub(crate) fn entry(&self, id: u128) -> Option<&Entry> {
@@ -241,9 +252,13 @@ impl Index {
                 }
             }
         };
-        if size > limits.max_bytes || limits.max_messages == 0 {
+        if size > limits.max_bytes {
+            // Nothing could make room for it.
             return Err(Full {
-                reason: reason(count),
+                reason: FullReason::Bytes {
+                    max: limits.max_bytes,
+                    size,
+                },
             });
         }
         if !too_many(count) && !too_big(bytes) {

@@ -107,10 +107,10 @@ impl Embedded {
             jobs: receiver,
             ids: IdGenerator::new(loaded.last_id, options.rng),
         };
-        std::thread::Builder::new()
-            .name("rampart-outbox".into())
-            .spawn(move || writer.run())
-            .map_err(Error::backend)?;
+        // On tokio's blocking pool for the store's whole life. There, on a paused test clock,
+        // it also keeps tokio from jumping time forward while a job waits for its commit: tests
+        // move time only with `tokio::time::advance`.
+        tokio::task::spawn_blocking(move || writer.run());
         Ok(Embedded { shared, jobs })
     }
 

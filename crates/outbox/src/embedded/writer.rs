@@ -6,8 +6,8 @@
 //! group gathers, so a fsync costs a few milliseconds however many appends share it: that is the
 //! group commit. A group holding only leases commits without fsync (see [`Op::needs_fsync`]).
 //!
-//! The thread is an OS thread, not a tokio task: a commit blocks on fsync, which must not stall
-//! a runtime worker.
+//! The writer runs on tokio's blocking pool, not as an async task: a commit blocks on fsync,
+//! which must not stall a runtime worker.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +30,9 @@ pub(super) const MESSAGES: TableDefinition<'_, u128, &[u8]> = TableDefinition::n
 /// Where each message stands (status records), by id: rewritten at each change; a delivered or
 /// dropped message's record stays as its tombstone until purged.
 pub(super) const STATUSES: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("statuses");
+
+/// Facts about the store itself: `opens`, how many times it was opened.
+pub(super) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// Jobs run in one transaction at most: bounds a commit's size and the wait of its first job.
 pub(super) const MAX_BATCH: usize = 1024;
@@ -116,7 +119,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Runs until a [`Op::Close`] or until every handle is gone.
+    /// Runs until an [`Op::Close`] or until every handle is gone.
     pub(super) fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = self.jobs.blocking_recv() {
@@ -167,7 +170,11 @@ impl Writer {
                 // The index ran ahead of a transaction that did not commit: rebuild it from
                 // what the database holds.
                 match load_index(&self.db) {
-                    Ok(loaded) => *self.shared.index() = loaded.index,
+                    Ok(mut loaded) => {
+                        let mut index = self.shared.index();
+                        loaded.index.start_tokens(index.last_token());
+                        *index = loaded.index;
+                    }
                     Err(e) => tracing::error!(error = %e, "outbox index reload failed"),
                 }
             }
@@ -193,6 +200,9 @@ impl Writer {
             let now = self.shared.clock.now();
             let shared = self.shared.clone();
             let mut index = shared.index();
+            // Expired leases are queued messages again, for every operation below (drop-oldest
+            // may drop them, counts count them so).
+            index.refresh_all(now);
             for job in batch {
                 let result = self.run_op(&job.op, &mut tables, &mut index, now)?;
                 results.push(result);
@@ -497,21 +507,27 @@ pub(super) fn open(path: &Path, clock: &StoreClock) -> Result<(Database, Loaded)
     Tables::open(&txn)?;
     txn.commit().or_backend()?;
 
-    let loaded = load_index(&db)?;
-    if !loaded.recovered.is_empty() {
-        let now = clock.now();
-        let txn = db.begin_write().or_backend()?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            for &id in &loaded.recovered {
-                if let Some(mut status) = tables.status(id)? {
-                    status.state = State::Queued;
-                    status.changed_at = now;
-                    tables.put_status(&status)?;
-                }
+    let mut loaded = load_index(&db)?;
+    let now = clock.now();
+    let txn = db.begin_write().or_backend()?;
+    {
+        let mut meta = txn.open_table(META).or_backend()?;
+        let opens = meta.get("opens").or_backend()?.map_or(0, |v| v.value()) + 1;
+        meta.insert("opens", opens).or_backend()?;
+        // 2^40 leases per open before the next open's range.
+        loaded.index.start_tokens(opens << 40);
+
+        let mut tables = Tables::open(&txn)?;
+        for &id in &loaded.recovered {
+            if let Some(mut status) = tables.status(id)? {
+                status.state = State::Queued;
+                status.changed_at = now;
+                tables.put_status(&status)?;
             }
         }
-        txn.commit().or_backend()?;
+    }
+    txn.commit().or_backend()?;
+    if !loaded.recovered.is_empty() {
         tracing::info!(
             messages = loaded.recovered.len(),
             "outbox: messages whose delivery a restart interrupted are queued again"
