@@ -57,7 +57,7 @@ fn child_appends_until_killed() {
 /// A 1 KiB body that says which tag it belongs to.
 fn body_of(tag: u64) -> rampart_outbox::Request {
     let line = format!("{tag:020}|");
-    request(tag, line.repeat(1024 / line.len() + 1)[..1024].as_bytes())
+    request(tag, &line.repeat(1024 / line.len() + 1).as_bytes()[..1024])
 }
 
 #[test]

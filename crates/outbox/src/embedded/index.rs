@@ -110,7 +110,8 @@ impl Index {
 
     // === adding and removing ===
 
-    /// Adds a message as queued (or, for one found at open, dead).
+    /// Adds a message as queued (or dead), due at `next_attempt_at`; `now` tells whether it is
+    /// due already.
     pub(crate) fn insert(
         &mut self,
         id: u128,
@@ -118,6 +119,7 @@ impl Index {
         size: u64,
         next_attempt_at: Timestamp,
         dead: bool,
+        now: Timestamp,
     ) {
         let held = if dead { Held::Dead } else { Held::Queued };
         let queue = self.queues.entry(route.clone()).or_default();
@@ -127,7 +129,11 @@ impl Index {
             self.dead.insert(id);
         } else {
             queue.counts.queued += 1;
-            queue.waiting.insert((next_attempt_at, id));
+            if next_attempt_at <= now {
+                queue.ready.insert(id);
+            } else {
+                queue.waiting.insert((next_attempt_at, id));
+            }
             self.queued.insert(id);
         }
         self.bytes += size;
@@ -385,16 +391,16 @@ impl Index {
     }
 
     /// Puts a message back in its queue (after a failed attempt, or a re-drive), due at `at`.
-    pub(crate) fn requeue(&mut self, id: u128, at: Timestamp) {
+    pub(crate) fn requeue(&mut self, id: u128, at: Timestamp, now: Timestamp) {
         if let Some(entry) = self.remove(id) {
-            self.insert(id, entry.route, entry.size, at, false);
+            self.insert(id, entry.route, entry.size, at, false, now);
         }
     }
 
     /// Moves a message to the dead-letter list.
-    pub(crate) fn kill(&mut self, id: u128, at: Timestamp) {
+    pub(crate) fn kill(&mut self, id: u128, now: Timestamp) {
         if let Some(entry) = self.remove(id) {
-            self.insert(id, entry.route, entry.size, at, true);
+            self.insert(id, entry.route, entry.size, now, true, now);
         }
     }
 
@@ -427,9 +433,9 @@ mod tests {
     fn due_messages_are_leased_oldest_first_and_the_rest_wait() {
         let mut index = Index::default();
         let r = index.route("r");
-        index.insert(3, r.clone(), 1, t(0), false);
-        index.insert(1, r.clone(), 1, t(50), false);
-        index.insert(2, r.clone(), 1, t(0), false);
+        index.insert(3, r.clone(), 1, t(0), false, t(0));
+        index.insert(1, r.clone(), 1, t(50), false, t(0));
+        index.insert(2, r.clone(), 1, t(0), false, t(0));
         let ids = |leases: Vec<Lease>| leases.iter().map(|l| l.id.as_u128()).collect::<Vec<_>>();
         assert_eq!(ids(index.lease("r", 10, t(10), t(1000))), vec![2, 3]);
         assert_eq!(index.next_due("r", t(10)), Some(t(50)));
@@ -445,9 +451,9 @@ mod tests {
     fn drop_oldest_takes_dead_messages_first_and_never_a_leased_one() {
         let mut index = Index::default();
         let r = index.route("r");
-        index.insert(1, r.clone(), 10, t(0), false);
-        index.insert(2, r.clone(), 10, t(0), false);
-        index.insert(3, r.clone(), 10, t(0), true);
+        index.insert(1, r.clone(), 10, t(0), false, t(0));
+        index.insert(2, r.clone(), 10, t(0), false, t(0));
+        index.insert(3, r.clone(), 10, t(0), true, t(0));
         index.lease("r", 1, t(0), t(100));
         let limits = Limits {
             max_messages: 3,

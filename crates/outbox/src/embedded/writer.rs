@@ -169,7 +169,7 @@ impl Writer {
                 }
                 // The index ran ahead of a transaction that did not commit: rebuild it from
                 // what the database holds.
-                match load_index(&self.db) {
+                match load_index(&self.db, self.shared.clock.now()) {
                     Ok(mut loaded) => {
                         let mut index = self.shared.index();
                         loaded.index.start_tokens(index.last_token());
@@ -262,7 +262,7 @@ impl Writer {
                     .insert(id.as_u128(), record.as_slice())
                     .or_backend()?;
                 tables.put_status(&status)?;
-                index.insert(id.as_u128(), route, size, now, false);
+                index.insert(id.as_u128(), route, size, now, false, now);
                 Ok(Done::Appended(id))
             }
             Op::Take { route, max } => {
@@ -330,7 +330,7 @@ impl Writer {
                 status.changed_at = now;
                 status.last_error = Some(record::truncate(error, MAX_ERROR_LEN).to_owned());
                 tables.put_status(&status)?;
-                index.requeue(id, *at);
+                index.requeue(id, *at, now);
                 Ok(Done::Settled)
             }
             Op::Dead { lease, error } => {
@@ -362,7 +362,7 @@ impl Writer {
                 status.next_attempt_at = now;
                 status.changed_at = now;
                 tables.put_status(&status)?;
-                index.requeue(id.as_u128(), now);
+                index.requeue(id.as_u128(), now, now);
                 Ok(Done::Settled)
             }
             Op::Get(id) => {
@@ -443,8 +443,8 @@ pub(super) struct Loaded {
     pub(super) recovered: Vec<u128>,
 }
 
-/// Rebuilds the index from the status records.
-pub(super) fn load_index(db: &Database) -> Result<Loaded, Error> {
+/// Rebuilds the index from the status records, as of `now`.
+pub(super) fn load_index(db: &Database, now: Timestamp) -> Result<Loaded, Error> {
     use redb::ReadableDatabase;
     let txn = db.begin_read().or_backend()?;
     let statuses = txn.open_table(STATUSES).or_backend()?;
@@ -468,6 +468,7 @@ pub(super) fn load_index(db: &Database) -> Result<Loaded, Error> {
                     status.size,
                     status.next_attempt_at,
                     status.state == State::Dead,
+                    now,
                 );
             }
             State::Delivered | State::Dropped => index.add_tombstone(Tombstone {
@@ -507,8 +508,8 @@ pub(super) fn open(path: &Path, clock: &StoreClock) -> Result<(Database, Loaded)
     Tables::open(&txn)?;
     txn.commit().or_backend()?;
 
-    let mut loaded = load_index(&db)?;
     let now = clock.now();
+    let mut loaded = load_index(&db, now)?;
     let txn = db.begin_write().or_backend()?;
     {
         let mut meta = txn.open_table(META).or_backend()?;
