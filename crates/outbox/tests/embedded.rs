@@ -381,6 +381,37 @@ async fn a_restart_requeues_what_was_being_delivered_and_keeps_the_rest() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unreadable_request_is_dead_lettered_and_does_not_block_its_queue() {
+    let dir = TempDir::new("unreadable");
+    let clock = clock();
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    let bad = store.append("r", request(1, b"1")).await.unwrap();
+    let good = store.append("r", request(2, b"2")).await.unwrap();
+    store.close().await.unwrap();
+
+    // Damage the first request's record behind the store's back.
+    let file = dir.path().join(rampart_outbox::embedded::FILE_NAME);
+    let db = redb::Database::open(&file).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let messages: redb::TableDefinition<'_, u128, &[u8]> =
+            redb::TableDefinition::new("messages");
+        let mut table = txn.open_table(messages).unwrap();
+        table.insert(bad.as_u128(), &[1u8, b'M', 0xff][..]).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![good]);
+    let status = store.get(bad).await.unwrap().unwrap();
+    assert_eq!(status.state, State::Dead);
+    let why = status.last_error.unwrap();
+    assert!(why.contains("unreadable"), "{why}");
+    store.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_summary_counts_per_route_and_state() {
     let dir = TempDir::new("summary");
     let store = open(dir.path(), &clock(), Limits::default()).await;

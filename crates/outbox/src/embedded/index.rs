@@ -173,6 +173,11 @@ impl Index {
         Some(entry)
     }
 
+    /// Removes a held message without a trace.
+    pub(crate) fn forget(&mut self, id: u128) {
+        self.remove(id);
+    }
+
     /// Removes a held message, leaving a tombstone of `state` made at `at`.
     pub(crate) fn bury(&mut self, id: u128, state: State, at: Timestamp) -> Option<Entry> {
         let entry = self.remove(id)?;

@@ -144,6 +144,9 @@ impl Embedded {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Leased>, Error> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let clock = &self.shared.clock;
         let deadline = clock.now().saturating_add(wait);
         loop {

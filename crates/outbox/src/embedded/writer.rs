@@ -271,6 +271,8 @@ impl Writer {
                 for lease in index.lease(route, *max, now, until) {
                     let id = lease.id.as_u128();
                     let Some(mut status) = tables.status(id)? else {
+                        // Indexed but not stored: nothing to deliver, nothing to keep leasing.
+                        index.forget(id);
                         continue;
                     };
                     let decoded = match tables.messages.get(id).or_backend()? {
