@@ -6,7 +6,7 @@
 //!
 //! Yet every timing behaviour must be testable on tokio's paused clock. A [`StoreClock`] therefore
 //! reads the wall clock once, when it is made, and from then on adds the time elapsed on an
-//! injected [`Clock`] (tokio's, by default): production follows real time without ever seeing the
+//! injected [`Clock`](rampart_policy::clock::Clock) (tokio's, by default): production follows real time without ever seeing the
 //! wall clock step, and a test that pauses tokio's clock and advances it moves the store's time
 //! exactly. Tests anchor the clock at a chosen timestamp instead ([`StoreClock::starting_at`]).
 
@@ -59,7 +59,7 @@ fn millis(d: Duration) -> u64 {
 
 // === impl StoreClock ===
 
-/// Wall-clock time that moves with an injected [`Clock`]. Cheap to clone.
+/// Wall-clock time that moves with an injected [`Clock`](rampart_policy::clock::Clock). Cheap to clone.
 #[derive(Clone)]
 pub struct StoreClock {
     clock: SharedClock,
