@@ -1088,6 +1088,7 @@ const OUTBOX_KEYS: &[&str] = &[
     "path",
     "nats",
     "max_messages",
+    "max_bytes",
     "on_full",
     "max_age",
     "retry",
@@ -1174,6 +1175,15 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
         max_messages: cx
             .get(t, "max_messages", uint(1, u64::from(u32::MAX)))
             .unwrap_or(100_000),
+        max_bytes: cx
+            .get(t, "max_bytes", |v| {
+                let bytes = size(v)?;
+                if bytes.0 == 0 {
+                    return Err(Invalid::new("expected a size above zero", SIZE_ALLOWED));
+                }
+                Ok(bytes)
+            })
+            .unwrap_or(ByteSize(1 << 30)),
         on_full: cx
             .get(
                 t,
@@ -1497,13 +1507,13 @@ fn retry(cx: &mut Cx<'_>, route: &Tbl<'_, '_>) -> Retry {
 fn hedge_after(v: &DeValue<'_>) -> Result<HedgeAfter, Invalid> {
     let allowed =
         "a delay like \"100ms\", or a percentile of observed latency like \"p95\" (p1 to p99.9)";
-    if let DeValue::String(s) = v {
-        if let Some(p) = s.strip_prefix('p') {
-            return match p.parse::<f64>() {
-                Ok(p) if p > 0.0 && p < 100.0 && !p.is_nan() => Ok(HedgeAfter::Percentile(p)),
-                _ => Err(Invalid::new("invalid percentile", allowed)),
-            };
-        }
+    if let DeValue::String(s) = v
+        && let Some(p) = s.strip_prefix('p')
+    {
+        return match p.parse::<f64>() {
+            Ok(p) if p > 0.0 && p < 100.0 && !p.is_nan() => Ok(HedgeAfter::Percentile(p)),
+            _ => Err(Invalid::new("invalid percentile", allowed)),
+        };
     }
     positive(v)
         .map(HedgeAfter::Delay)
@@ -1757,6 +1767,19 @@ mod tests {
                 "{text}: wanted {path}, got {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_outbox_byte_limit_defaults_to_one_gibibyte_and_refuses_zero() {
+        let o = ok("[outbox]\n").outbox.expect("an outbox");
+        assert_eq!(o.max_bytes, ByteSize(1 << 30));
+        let o = ok("[outbox]\nmax_bytes = \"64MiB\"\n")
+            .outbox
+            .expect("an outbox");
+        assert_eq!(o.max_bytes, ByteSize(64 << 20));
+        let e = errors("[outbox]\nmax_bytes = \"0B\"\n");
+        assert_eq!(e[0].path(), "outbox.max_bytes");
+        assert!(e[0].message().contains("above zero"), "{}", e[0].message());
     }
 
     #[test]

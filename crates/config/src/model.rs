@@ -414,6 +414,8 @@ pub struct Outbox {
     pub path: PathBuf,
     /// `max_messages`: default 100000.
     pub max_messages: u64,
+    /// `max_bytes`: the messages' encoded size held at most. Default 1GiB.
+    pub max_bytes: ByteSize,
     /// `on_full`: default `reject`.
     pub on_full: OnFull,
     /// `max_age`: then a message is dead-lettered. Default 24h.

@@ -71,8 +71,9 @@ impl Display for Summary<'_> {
                 };
                 writeln!(
                     f,
-                    "outbox     {store}, max {} messages, on full {}, max age {}",
+                    "outbox     {store}, max {} messages or {}, on full {}, max age {}",
                     o.max_messages,
+                    o.max_bytes,
                     o.on_full.as_str(),
                     dur(o.max_age)
                 )

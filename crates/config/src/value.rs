@@ -85,7 +85,7 @@ pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
     for (unit, per) in DURATION_UNITS {
         let per = u128::from(per);
-        if millis != 0 && millis % per == 0 {
+        if millis != 0 && millis.is_multiple_of(per) {
             return format!("{}{unit}", millis / per);
         }
     }
@@ -160,7 +160,7 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, per) in SIZE_UNITS {
-            if self.0 != 0 && self.0 % per == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(per) {
                 return write!(f, "{}{unit}", self.0 / per);
             }
         }

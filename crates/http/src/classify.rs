@@ -304,10 +304,8 @@ pub fn classify_response(
     if failures.contains(status) {
         return Outcome::Failure;
     }
-    if is_grpc {
-        if let Some(code) = grpc_status(headers) {
-            return code.outcome();
-        }
+    if is_grpc && let Some(code) = grpc_status(headers) {
+        return code.outcome();
     }
     Outcome::Success
 }

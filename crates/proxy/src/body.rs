@@ -162,10 +162,10 @@ where
                     .map(|trailers| classify_trailers(trailers).unwrap_or(Outcome::Failure)),
                 Some(Err(_)) | None => Some(Outcome::Failure),
             };
-            if let Some(outcome) = outcome {
-                if let Some(pending) = this.pending.take() {
-                    pending.record(outcome);
-                }
+            if let Some(outcome) = outcome
+                && let Some(pending) = this.pending.take()
+            {
+                pending.record(outcome);
             }
         }
         Poll::Ready(frame)

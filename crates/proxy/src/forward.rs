@@ -319,12 +319,11 @@ fn rewrite_request(
 ) {
     // An HTTP/2 client names the host in `:authority`, which the new target replaces: an HTTP/1.1
     // upstream still learns it from Host.
-    if !parts.headers.contains_key(HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(HOST, host);
-            }
-        }
+    if !parts.headers.contains_key(HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(HOST, host);
     }
     remove_hop_by_hop(&mut parts.headers, hop_by_hop);
     append_forwarded_for(&mut parts.headers, peer.ip());

@@ -428,10 +428,10 @@ fn transport_error(err: &hyper_util::client::legacy::Error) -> TransportError {
     }
     let mut source = err.source();
     while let Some(cause) = source {
-        if let Some(err) = cause.downcast_ref::<hyper::Error>() {
-            if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-                return TransportError::Invalid;
-            }
+        if let Some(err) = cause.downcast_ref::<hyper::Error>()
+            && (err.is_parse() || err.is_parse_status() || err.is_parse_too_large())
+        {
+            return TransportError::Invalid;
         }
         if let Some(err) = cause.downcast_ref::<io::Error>() {
             return TransportError::from_io(err, false);

@@ -64,16 +64,16 @@ impl<T: AsyncRead> AsyncRead for StrictIo<T> {
         }
         let before = buf.filled().len();
         let read = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = read {
-            if let Some(at) = this.framing.scan(&buf.filled()[before..]) {
-                // The offending line end and all after it give way to a NUL and the end of a
-                // head: hyper then sees a whole head (its quick look for one finds it) that its
-                // parser refuses, so it answers 400 and closes.
-                buf.set_filled(before + at);
-                let n = SPOILED.len().min(buf.remaining());
-                buf.put_slice(&SPOILED[..n]);
-                *this.spoiled = Some(&SPOILED[n..]);
-            }
+        if let Poll::Ready(Ok(())) = read
+            && let Some(at) = this.framing.scan(&buf.filled()[before..])
+        {
+            // The offending line end and all after it give way to a NUL and the end of a
+            // head: hyper then sees a whole head (its quick look for one finds it) that its
+            // parser refuses, so it answers 400 and closes.
+            buf.set_filled(before + at);
+            let n = SPOILED.len().min(buf.remaining());
+            buf.put_slice(&SPOILED[..n]);
+            *this.spoiled = Some(&SPOILED[n..]);
         }
         read
     }

@@ -177,10 +177,10 @@ impl Bulkhead {
     #[inline]
     pub async fn acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
         let shared: &Shared = &self.shared;
-        if !shared.try_acquire() {
-            if let Admission::Queued(ticket) = shared.enqueue()? {
-                Wait::new(shared, ticket).await?;
-            }
+        if !shared.try_acquire()
+            && let Admission::Queued(ticket) = shared.enqueue()?
+        {
+            Wait::new(shared, ticket).await?;
         }
         Ok(BulkheadPermit { bulkhead: self })
     }

@@ -470,14 +470,14 @@ fn judge_boxed<T, C: Classify<T, BoxError>>(
     classify: &C,
     on: FallbackOn,
 ) -> Result<Result<T, BoxError>, FallbackReason<T, BoxError>> {
-    if let Err(error) = &result {
-        if let Some(rejected) = Rejected::find_in(&**error) {
-            return if on.contains(FallbackOn::REJECTED) {
-                Err(FallbackReason::Rejected(rejected))
-            } else {
-                Ok(result)
-            };
-        }
+    if let Err(error) = &result
+        && let Some(rejected) = Rejected::find_in(&**error)
+    {
+        return if on.contains(FallbackOn::REJECTED) {
+            Err(FallbackReason::Rejected(rejected))
+        } else {
+            Ok(result)
+        };
     }
     judge(result, classify, on)
 }

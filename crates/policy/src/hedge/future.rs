@@ -244,18 +244,18 @@ where
         let mut this = self.project();
         loop {
             let mut answer = None;
-            if let Some(first) = this.first.as_mut().as_pin_mut() {
-                if let Poll::Ready((result, latency)) = first.poll_timed(cx) {
-                    this.first.set(None);
-                    answer = settle(
-                        this.shared,
-                        this.classify,
-                        this.last_failure,
-                        result,
-                        latency,
-                    )
-                    .map(|result| (result, false));
-                }
+            if let Some(first) = this.first.as_mut().as_pin_mut()
+                && let Poll::Ready((result, latency)) = first.poll_timed(cx)
+            {
+                this.first.set(None);
+                answer = settle(
+                    this.shared,
+                    this.classify,
+                    this.last_failure,
+                    result,
+                    latency,
+                )
+                .map(|result| (result, false));
             }
             let mut i = 0;
             while answer.is_none() && i < this.extras.len() {

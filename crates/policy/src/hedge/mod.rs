@@ -327,10 +327,10 @@ impl HedgeBuilder {
         if self.max_extra == 0 {
             return Err(InvalidConfig::ZeroMaxExtra);
         }
-        if let HedgeDelay::Percentile(p) = self.delay {
-            if !(0.0..=100.0).contains(&p) {
-                return Err(InvalidConfig::Percentile(p));
-            }
+        if let HedgeDelay::Percentile(p) = self.delay
+            && !(0.0..=100.0).contains(&p)
+        {
+            return Err(InvalidConfig::Percentile(p));
         }
         let clock = self.clock.unwrap_or_else(tokio_clock);
         let latencies =

@@ -335,11 +335,11 @@ impl<C> Retry<C> {
     #[cold]
     fn retry(&self, hint: Duration, backoff: &mut BackoffState) -> Next {
         let shared = &*self.shared;
-        if let Some(budget) = &shared.budget {
-            if !budget.withdraw() {
-                shared.budget_exhausted.fetch_add(1, Relaxed);
-                return Next::Refused;
-            }
+        if let Some(budget) = &shared.budget
+            && !budget.withdraw()
+        {
+            shared.budget_exhausted.fetch_add(1, Relaxed);
+            return Next::Refused;
         }
         shared.retries.fetch_add(1, Relaxed);
         let delay = backoff.next(&shared.backoff);
