@@ -77,8 +77,9 @@ impl Cluster {
         let mut sidecars = Vec::new();
         let (b, a) = match wiring {
             Wiring::Naive => {
-                let b = ServiceProcess::start(Role::B, protocol, vec![call("c", endpoints.primary)])
-                    .await?;
+                let b =
+                    ServiceProcess::start(Role::B, protocol, vec![call("c", endpoints.primary)])
+                        .await?;
                 let calls = vec![call("b", vec![b.addr()]), call("d", vec![d.addr()])];
                 let a = ServiceProcess::start(Role::A, protocol, calls).await?;
                 (b, a)
@@ -86,8 +87,9 @@ impl Cluster {
             Wiring::Protected => {
                 let config = sidecar::config_b(protocol, free_addr()?, &endpoints);
                 let of_b = Sidecar::start("b", &config, dir).await?;
-                let b = ServiceProcess::start(Role::B, protocol, vec![call("c", vec![of_b.listen])])
-                    .await?;
+                let b =
+                    ServiceProcess::start(Role::B, protocol, vec![call("c", vec![of_b.listen])])
+                        .await?;
                 let config = sidecar::config_a(protocol, free_addr()?, b.addr(), d.addr());
                 let of_a = Sidecar::start("a", &config, dir).await?;
                 let calls = vec![call("b", vec![of_a.listen]), call("d", vec![of_a.listen])];

@@ -90,7 +90,7 @@ impl Client {
     pub(crate) fn new() -> Client {
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build_http();
+            .build(crate::service::connector());
         Client { inner }
     }
 
@@ -222,7 +222,11 @@ pub(crate) fn framed(reply: &ItemReply) -> Vec<u8> {
     let message = prost::Message::encode_to_vec(reply);
     let mut framed = Vec::with_capacity(message.len() + 5);
     framed.push(0);
-    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     framed.extend_from_slice(&message);
     framed
 }
@@ -247,7 +251,10 @@ mod tests {
         };
         let framed = framed(&reply);
         assert_eq!(framed[0], 0);
-        assert_eq!(usize::try_from(u32::from_be_bytes(framed[1..5].try_into().unwrap())).unwrap(), framed.len() - 5);
+        assert_eq!(
+            usize::try_from(u32::from_be_bytes(framed[1..5].try_into().unwrap())).unwrap(),
+            framed.len() - 5
+        );
         let decoded: ItemReply = prost::Message::decode(&framed[5..]).unwrap();
         assert_eq!(decoded, reply);
     }

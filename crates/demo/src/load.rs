@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::Protocol;
 use crate::grpc;
-use crate::service::Reply;
+use crate::service::{self, Reply};
 
 /// How many different items the requests ask for, in turn.
 const ITEMS: u64 = 100;
@@ -99,7 +99,7 @@ pub async fn run(
     start: Instant,
     live: Arc<Live>,
 ) -> Vec<Sample> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).build(service::connector());
     let grpc = grpc::Client::new();
     let (send, mut samples) = mpsc::unbounded_channel();
     let period = Duration::from_secs_f64(1.0 / f64::from(load.rate.max(1)));
@@ -112,7 +112,9 @@ pub async fn run(
             let item = n % ITEMS + 1;
             let sent = Instant::now();
             let answer = match protocol {
-                Protocol::Http => tokio::time::timeout(load.timeout, http(&client, target, item)).await,
+                Protocol::Http => {
+                    tokio::time::timeout(load.timeout, http(&client, target, item)).await
+                }
                 Protocol::Grpc => {
                     tokio::time::timeout(load.timeout, via_grpc(&grpc, target, item)).await
                 }
@@ -143,7 +145,7 @@ pub async fn run(
 pub(crate) async fn probe(target: SocketAddr, protocol: Protocol) -> Outcome {
     let answer = match protocol {
         Protocol::Http => {
-            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            let client = Client::builder(TokioExecutor::new()).build(service::connector());
             tokio::time::timeout(Duration::from_secs(10), http(&client, target, 1)).await
         }
         Protocol::Grpc => {

@@ -25,7 +25,15 @@ const START_PATIENCE: Duration = Duration::from_secs(20);
 const KEPT_LINES: usize = 20;
 
 /// The `rampart` binary this demo runs in.
+///
+/// On Linux, `/proc/self/exe`: the very file this process runs, even if the path it was started
+/// from has since been replaced (a `cargo build` during a demo) or removed, where the path
+/// `current_exe` gives would name another binary, or none.
 pub(crate) fn binary() -> io::Result<PathBuf> {
+    let own = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && own.exists() {
+        return Ok(own.to_path_buf());
+    }
     std::env::current_exe()
 }
 
@@ -198,7 +206,10 @@ impl Sidecar {
         // Read to the end, so that the sidecar never blocks on a full pipe.
         tokio::spawn(read_log(stderr, found, kept.clone()));
         let fail = |why: &str| {
-            let lines = kept.lock().unwrap_or_else(PoisonError::into_inner).join("\n");
+            let lines = kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .join("\n");
             io::Error::other(format!("the sidecar of {of} {why}; it wrote:\n{lines}"))
         };
         match tokio::time::timeout(START_PATIENCE, addrs).await {

@@ -29,7 +29,12 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn start(label: String, live: Arc<Live>, start: Instant, length: Duration) -> Progress {
+    pub(crate) fn start(
+        label: String,
+        live: Arc<Live>,
+        start: Instant,
+        length: Duration,
+    ) -> Progress {
         let phase = Arc::new(Mutex::new("C is fine"));
         let mut progress = Progress {
             label,
@@ -98,7 +103,7 @@ impl Line {
     fn render(&self) -> String {
         let elapsed = self.start.elapsed().min(self.length);
         let filled = (elapsed.as_secs_f64() / self.length.as_secs_f64().max(0.001) * WIDTH as f64)
-            as usize;
+            .round() as usize;
         let filled = filled.min(WIDTH);
         let sent = self.live.sent.load(Ordering::Relaxed);
         let done = self.live.done.load(Ordering::Relaxed);

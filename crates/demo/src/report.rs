@@ -55,7 +55,10 @@ pub(crate) fn write(out: &Path, protocol: Protocol, results: &[ScenarioResult]) 
     std::fs::create_dir_all(out)?;
     let pretty = |value: &Value| serde_json::to_string_pretty(value).map_err(io::Error::other);
     std::fs::write(out.join("results.json"), pretty(&results_json(results))?)?;
-    std::fs::write(out.join("timeline.json"), pretty(&timeline_json(protocol, results))?)?;
+    std::fs::write(
+        out.join("timeline.json"),
+        pretty(&timeline_json(protocol, results))?,
+    )?;
     for result in results {
         chart::write(out, result)?;
     }
@@ -154,7 +157,17 @@ fn timeline_json(protocol: Protocol, results: &[ScenarioResult]) -> Value {
 pub(crate) fn table(results: &[ScenarioResult]) -> String {
     let mut text = format!(
         "{:<13} {:<10} {:>8} {:>7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9}\n",
-        "scenario", "wiring", "requests", "ok", "fallback", "failed", "success", "p50 ms", "p99 ms", "max ms", "breakers"
+        "scenario",
+        "wiring",
+        "requests",
+        "ok",
+        "fallback",
+        "failed",
+        "success",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "breakers"
     );
     for result in results {
         for run in [&result.naive, &result.protected] {
@@ -214,7 +227,8 @@ pub(crate) fn checks(results: &[ScenarioResult]) -> Vec<String> {
 
 /// Visibly worse: at least a point less success, or a p99 at least twice as long.
 fn worse(naive: &Record, protected: &Record) -> bool {
-    naive.success_rate() <= protected.success_rate() - 0.01 || naive.p99_ms >= 2.0 * protected.p99_ms
+    naive.success_rate() <= protected.success_rate() - 0.01
+        || naive.p99_ms >= 2.0 * protected.p99_ms
 }
 
 // === the account ===
@@ -233,7 +247,14 @@ fn account(run: &Run) -> Vec<String> {
     let (start, end) = run.window;
     let mut sentences = vec![format!(
         "The fault lasted from {start:.1} s to {end:.1} s. Of {} requests, {} got a whole page, {} a page with stand-ins and {} failed ({} success); p50 {:.0} ms, p99 {:.0} ms, slowest {:.0} ms.",
-        r.requests, r.ok, r.fallback, r.failed, percent(r.ok + r.fallback, r.requests), r.p50_ms, r.p99_ms, r.max_ms
+        r.requests,
+        r.ok,
+        r.fallback,
+        r.failed,
+        percent(r.ok + r.fallback, r.requests),
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms
     )];
     if r.failed > 0 {
         let errors = r.failed - r.partial - r.timeouts;
@@ -282,7 +303,9 @@ fn transitions_told(transitions: &[Transition]) -> Vec<String> {
         .map(|(sidecar, upstream, endpoint)| {
             let events: Vec<String> = transitions
                 .iter()
-                .filter(|t| t.sidecar == sidecar && t.upstream == upstream && t.endpoint == endpoint)
+                .filter(|t| {
+                    t.sidecar == sidecar && t.upstream == upstream && t.endpoint == endpoint
+                })
                 .map(|t| format!("{} at {:.1} s", t.what, t.at))
                 .collect();
             let shown = events.len().min(8);
@@ -302,7 +325,9 @@ fn transitions_told(transitions: &[Transition]) -> Vec<String> {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn html(protocol: Protocol, results: &[ScenarioResult]) -> String {
@@ -331,14 +356,27 @@ fn html(protocol: Protocol, results: &[ScenarioResult]) -> String {
             let _ = writeln!(
                 page,
                 "<tr><td><a href=\"#{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6:.2}%</td><td>{7:.1}</td><td>{8:.1}</td><td>{9:.1}</td><td>{10}</td></tr>",
-                result.scenario.name(), run.wiring.name(), r.requests, r.ok, r.fallback, r.failed,
-                r.success_rate() * 100.0, r.p50_ms, r.p99_ms, r.max_ms, run.counts.breaker_transitions
+                result.scenario.name(),
+                run.wiring.name(),
+                r.requests,
+                r.ok,
+                r.fallback,
+                r.failed,
+                r.success_rate() * 100.0,
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms,
+                run.counts.breaker_transitions
             );
         }
     }
     page.push_str("</table>\n<ul>\n");
     for check in checks(results) {
-        let class = if check.starts_with("held") { "held" } else { "failed" };
+        let class = if check.starts_with("held") {
+            "held"
+        } else {
+            "failed"
+        };
         let _ = writeln!(page, "<li class=\"{class}\">{}</li>", escape(&check));
     }
     page.push_str("</ul>\n");

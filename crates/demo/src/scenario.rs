@@ -94,10 +94,16 @@ impl Scenario {
     pub fn story(self) -> &'static str {
         match self {
             Scenario::Crash => "C is killed with SIGKILL, then started again",
-            Scenario::Slow => "each request holds one of C's 16 workers for 2 s, so a queue builds up in front of them",
+            Scenario::Slow => {
+                "each request holds one of C's 16 workers for 2 s, so a queue builds up in front of them"
+            }
             Scenario::Flaky => "half of C's answers are 500s",
-            Scenario::ReplicaLoss => "C runs as two replicas; one is killed with SIGKILL, then started again",
-            Scenario::Failover => "C's primary is killed with SIGKILL; a backup C is there, then the primary comes back",
+            Scenario::ReplicaLoss => {
+                "C runs as two replicas; one is killed with SIGKILL, then started again"
+            }
+            Scenario::Failover => {
+                "C's primary is killed with SIGKILL; a backup C is there, then the primary comes back"
+            }
             Scenario::Async => "orders are posted to C through the outbox while C is down",
         }
     }

@@ -49,8 +49,12 @@ pub fn config_a(protocol: Protocol, admin: SocketAddr, b: SocketAddr, d: SocketA
         "# The page has 300 ms. B answers in ~10 ms, and within 150 ms even when C fails (its own\n\
          # sidecar stands in for C by then): 250 ms for B leaves the page room to answer.\n",
         RETRY_A,
-        &fallback(protocol, "b", "null",
-            "# Without B the page still shows what it has, marked degraded, rather than an error."),
+        &fallback(
+            protocol,
+            "b",
+            "null",
+            "# Without B the page still shows what it has, marked degraded, rather than an error.",
+        ),
     ));
     text.push_str(&route(
         protocol,
@@ -59,11 +63,31 @@ pub fn config_a(protocol: Protocol, admin: SocketAddr, b: SocketAddr, d: SocketA
         Some("100ms"),
         "# D answers in ~5 ms; a try still waiting after 100 ms is stuck, and another is sent.\n",
         RETRY_D,
-        &fallback(protocol, "d", r#"{"also_bought":[]}"#,
-            "# No recommendations is a fine page: an empty list, marked degraded."),
+        &fallback(
+            protocol,
+            "d",
+            r#"{"also_bought":[]}"#,
+            "# No recommendations is a fine page: an empty list, marked degraded.",
+        ),
     ));
-    text.push_str(&upstream(protocol, "b", &Endpoints { primary: vec![b], backup: Vec::new() }, None));
-    text.push_str(&upstream(protocol, "d", &Endpoints { primary: vec![d], backup: Vec::new() }, None));
+    text.push_str(&upstream(
+        protocol,
+        "b",
+        &Endpoints {
+            primary: vec![b],
+            backup: Vec::new(),
+        },
+        None,
+    ));
+    text.push_str(&upstream(
+        protocol,
+        "d",
+        &Endpoints {
+            primary: vec![d],
+            backup: Vec::new(),
+        },
+        None,
+    ));
     text
 }
 
@@ -79,8 +103,12 @@ pub fn config_b(protocol: Protocol, admin: SocketAddr, c: &Endpoints) -> String 
          # hung): cut it and try again, on another endpoint if there is one. 150 ms for every try\n\
          # together leaves B time to answer A (which gives B 250 ms) with a stand-in for C.\n",
         RETRY_B,
-        &fallback(protocol, "c", "null",
-            "# Without C, B answers without the stock level, marked degraded; the page says so."),
+        &fallback(
+            protocol,
+            "c",
+            "null",
+            "# Without C, B answers without the stock level, marked degraded; the page says so.",
+        ),
     ));
     let limits = "\n[upstreams.c.limits]\n\
         max_concurrent = 32               # C has 16 workers: more calls in flight only queue inside C\n\
@@ -416,8 +444,14 @@ mod tests {
         assert_eq!(transition.upstream, "c");
         assert_eq!(transition.at, 1.5);
         let health = "event: transition\ndata: {\"upstream\": \"c\", \"endpoint\": \"127.0.0.1:1\", \"kind\": \"health\", \"healthy\": false}\n\n";
-        assert_eq!(parse_event(health, "b", Duration::ZERO).unwrap().what, "unhealthy");
-        assert_eq!(parse_event("event: stats\ndata: {}\n\n", "b", Duration::ZERO), None);
+        assert_eq!(
+            parse_event(health, "b", Duration::ZERO).unwrap().what,
+            "unhealthy"
+        );
+        assert_eq!(
+            parse_event("event: stats\ndata: {}\n\n", "b", Duration::ZERO),
+            None
+        );
     }
 
     #[test]
