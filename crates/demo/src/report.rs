@@ -39,6 +39,19 @@ pub(crate) struct Run {
     /// The sidecars' counts (zero for naive).
     pub(crate) counts: Counts,
     pub(crate) transitions: Vec<Transition>,
+    /// The `async` scenario's orders; `None` in every other scenario.
+    pub(crate) delivery: Option<Delivery>,
+}
+
+/// What became of the orders posted through the outbox in the `async` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Orders answered `202 Accepted`.
+    pub(crate) accepted: u64,
+    /// Of those, the orders C received.
+    pub(crate) delivered: u64,
+    /// Accepted and never delivered.
+    pub(crate) lost: u64,
 }
 
 /// A scenario's two runs.
@@ -73,7 +86,7 @@ fn round(value: f64, places: i32) -> f64 {
 
 fn record_json(run: &Run) -> Value {
     let record = &run.record;
-    json!({
+    let mut json = json!({
         "requests": record.requests,
         "ok": record.ok,
         "failed": record.failed,
@@ -83,7 +96,13 @@ fn record_json(run: &Run) -> Value {
         "p99_ms": round(record.p99_ms, 1),
         "max_ms": round(record.max_ms, 1),
         "breaker_transitions": run.counts.breaker_transitions,
-    })
+    });
+    if let Some(delivery) = run.delivery {
+        json["accepted"] = json!(delivery.accepted);
+        json["delivered"] = json!(delivery.delivered);
+        json["lost"] = json!(delivery.lost);
+    }
+    json
 }
 
 /// `{"scenarios": {"<scenario>": {"naive": {...}, "protected": {...}}}}`.
@@ -263,14 +282,20 @@ fn account(run: &Run) -> Vec<String> {
             r.timeouts, r.partial
         ));
     }
+    if r.slow > 0 {
+        sentences.push(format!(
+            "{} requests took longer than a second to be answered.",
+            r.slow
+        ));
+    }
     match run.trouble {
         None => sentences.push("Every request got a whole page.".to_owned()),
         Some((first, last)) => {
             let after = last - end;
             let back = if after > 0.0 {
-                format!("{after:.1} s after the fault ended")
+                format!("whole pages again {after:.1} s after the fault ended")
             } else {
-                "before the fault ended".to_owned()
+                "whole pages again before the fault ended".to_owned()
             };
             sentences.push(format!(
                 "The first request to get less than a whole page was sent at {first:.1} s, the last at {last:.1} s: {back}."
@@ -309,10 +334,10 @@ fn transitions_told(transitions: &[Transition]) -> Vec<String> {
                 .map(|t| format!("{} at {:.1} s", t.what, t.at))
                 .collect();
             let shown = events.len().min(8);
-            let more = if events.len() > shown {
-                format!(", and {} more changes", events.len() - shown)
-            } else {
-                String::new()
+            let more = match events.len() - shown {
+                0 => String::new(),
+                1 => ", and 1 more change".to_owned(),
+                n => format!(", and {n} more changes"),
             };
             format!(
                 "{}'s sidecar, {} endpoint {endpoint}: {}{more}.",

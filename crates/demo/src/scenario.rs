@@ -47,7 +47,10 @@ pub(crate) struct Timing {
 
 impl Timing {
     /// `--quick` keeps every scenario, both wirings and their setup under three minutes; the
-    /// default gives each phase time to show its shape.
+    /// default gives each phase time to show its shape, and the naive pile-up time to pass the
+    /// client's timeout. The same rate for both: 50 requests a second keeps the naive pile-up
+    /// (up to 10 s of requests, each holding a socket on each side of A) within the usual limit
+    /// of 1024 open files per process.
     pub(crate) fn new(quick: bool) -> Timing {
         if quick {
             Timing {
@@ -58,7 +61,7 @@ impl Timing {
             }
         } else {
             Timing {
-                rate: 100,
+                rate: 50,
                 duration: Duration::from_secs(40),
                 fault_start: Duration::from_secs(10),
                 fault_end: Duration::from_secs(25),

@@ -3,6 +3,9 @@
 
 use crate::load::{Outcome, Sample};
 
+/// What the account calls a slow answer: a second, beyond any user's patience for a page.
+pub(crate) const SLOW_MS: f64 = 1000.0;
+
 /// One run's numbers, as `results.json` holds them, and a few more for the account.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Record {
@@ -17,6 +20,8 @@ pub(crate) struct Record {
     pub(crate) partial: u64,
     /// Of `failed`: no answer within the client's timeout.
     pub(crate) timeouts: u64,
+    /// Answers (of any kind) that took longer than [`SLOW_MS`].
+    pub(crate) slow: u64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
@@ -45,6 +50,7 @@ impl Record {
         }
         let mut latencies: Vec<f64> = samples.iter().map(|sample| sample.latency_ms).collect();
         latencies.sort_by(f64::total_cmp);
+        record.slow = latencies.iter().filter(|&&ms| ms > SLOW_MS).count() as u64;
         record.p50_ms = percentile(&latencies, 0.5);
         record.p99_ms = percentile(&latencies, 0.99);
         record.max_ms = latencies.last().copied().unwrap_or(0.0);
@@ -159,7 +165,7 @@ mod tests {
         let record = Record::of(&samples);
         assert_eq!(record.requests, 5);
         assert_eq!((record.ok, record.fallback, record.failed), (1, 1, 3));
-        assert_eq!((record.partial, record.timeouts), (1, 1));
+        assert_eq!((record.partial, record.timeouts, record.slow), (1, 1, 1));
         assert_eq!(record.success_rate(), 0.4);
         assert_eq!(record.p50_ms, 20.0);
         assert_eq!(record.max_ms, 10_000.0);
