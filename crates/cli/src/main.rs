@@ -69,8 +69,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9900")]
         listen: SocketAddr,
     },
-    /// Run the client -> A -> B -> C example, naive against protected.
-    Demo,
+    /// Run the client -> A -> B -> C example, naive against protected, and write its report.
+    Demo(rampart_demo::Args),
+    /// One of the demo's services; `rampart demo` starts them.
+    #[command(name = "__demo-service", hide = true)]
+    DemoService(rampart_demo::ServiceArgs),
     /// Print the version and build information: git commit, compiler, target and profile.
     Version,
 }
@@ -102,10 +105,8 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
         Command::Dashboard { targets, listen } => dashboard(listen, targets),
-        Command::Demo => {
-            eprintln!("rampart: the demo is not part of this build yet; `run` and `check` are");
-            ExitCode::from(2)
-        }
+        Command::Demo(args) => rampart_demo::run(args),
+        Command::DemoService(args) => rampart_demo::serve(args),
     }
 }
 

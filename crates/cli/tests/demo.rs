@@ -1,0 +1,238 @@
+//! `rampart demo` on the real binary: a quick run of two scenarios writes a report whose numbers
+//! add up and keep the demo's promise, and Ctrl-C stops every process the demo started.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A directory of the test's own under the temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("rampart-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn number(record: &Value, key: &str) -> f64 {
+    record[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {record}"))
+}
+
+fn count(record: &Value, key: &str) -> u64 {
+    record[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not a whole number in {record}"))
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+#[test]
+fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
+    let out = TempDir::new("demo-report");
+    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "demo",
+            "--quick",
+            "--scenario",
+            "crash",
+            "--scenario",
+            "flaky",
+            "--out",
+        ])
+        .arg(&out.0)
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "exit {:?}\n{stderr}", run.status);
+    // The summary table is on stdout.
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        table.contains("crash") && table.contains("protected"),
+        "{table}"
+    );
+
+    let results: Value = serde_json::from_str(&read(&out.0, "results.json")).unwrap();
+    let scenarios = results["scenarios"]
+        .as_object()
+        .expect("a `scenarios` object");
+    let mut names: Vec<&str> = scenarios.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["crash", "flaky"]);
+    for (name, runs) in scenarios {
+        let mut requests = Vec::new();
+        for wiring in ["naive", "protected"] {
+            let record = &runs[wiring];
+            let what = format!("{name} {wiring}: {record}");
+            let n = count(record, "requests");
+            assert!(n > 0, "{what}");
+            assert_eq!(
+                count(record, "ok") + count(record, "failed") + count(record, "fallback"),
+                n,
+                "{what}"
+            );
+            let success = (count(record, "ok") + count(record, "fallback")) as f64 / n as f64;
+            assert!(
+                (number(record, "success_rate") - success).abs() < 1e-3,
+                "{what}"
+            );
+            let (p50, p99, max) = (
+                number(record, "p50_ms"),
+                number(record, "p99_ms"),
+                number(record, "max_ms"),
+            );
+            assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{what}");
+            count(record, "breaker_transitions");
+            requests.push(n);
+        }
+        // The same open-loop schedule for both wirings, whatever the answers.
+        assert_eq!(requests[0], requests[1], "{name}");
+        let protected = &runs["protected"];
+        assert!(
+            number(protected, "success_rate") >= 0.995,
+            "{name} protected: {protected}\n{stderr}"
+        );
+        assert_eq!(count(&runs["naive"], "breaker_transitions"), 0, "{name}");
+    }
+    // Naive fails while C is down; protected answers, and a breaker opened to do it.
+    let crash = &results["scenarios"]["crash"];
+    assert!(number(&crash["naive"], "success_rate") < 0.9, "{crash}");
+    assert!(
+        count(&crash["protected"], "breaker_transitions") >= 1,
+        "{crash}"
+    );
+
+    let timeline: Value = serde_json::from_str(&read(&out.0, "timeline.json")).unwrap();
+    let window = &timeline["scenarios"]["crash"]["protected"]["fault_window_s"];
+    let (start, end) = (window[0].as_f64(), window[1].as_f64());
+    assert!(start.is_some() && start < end, "{window}");
+
+    let index = read(&out.0, "index.html");
+    for name in ["crash", "flaky"] {
+        for chart in [format!("{name}-success.svg"), format!("{name}-latency.svg")] {
+            assert!(
+                index.contains(&format!("src=\"{chart}\"")),
+                "index.html does not show {chart}"
+            );
+            let svg = read(&out.0, &chart);
+            assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{chart}");
+        }
+    }
+    assert!(index.contains("href=\"results.json\""));
+}
+
+#[test]
+fn the_async_scenario_is_refused_with_the_reason_while_the_proxy_has_no_outbox() {
+    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--scenario", "async", "--out"])
+        .arg(std::env::temp_dir().join("rampart-demo-never-written"))
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("outbox"), "{stderr}");
+}
+
+/// The processes whose parent is `pid`, from /proc.
+#[cfg(target_os = "linux")]
+fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `PID (COMM) STATE PPID ...`; COMM may hold spaces, so read after its last `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+#[cfg(target_os = "linux")]
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_stops_every_process_the_demo_started() {
+    let out = TempDir::new("demo-interrupted");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--quick", "--scenario", "crash", "--out"])
+        .arg(&out.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the rampart binary runs");
+    let pid = demo.id();
+    let stderr = BufReader::new(demo.stderr.take().unwrap());
+    let reader =
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+
+    // The naive setup is four services: C, D, B and A.
+    let mut started = Vec::new();
+    for _ in 0..600 {
+        started = children(pid);
+        if started.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(started.len() >= 4, "the demo started {started:?}");
+    let configs = std::env::temp_dir().join(format!("rampart-demo-{pid}"));
+    assert!(configs.exists(), "{}", configs.display());
+
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = demo.wait().unwrap();
+    let lines = reader.join().unwrap().join("\n");
+    assert_eq!(status.code(), Some(130), "{lines}");
+    assert!(lines.contains("interrupted"), "{lines}");
+    // SIGKILL is sent as the handles drop; the kernel takes a moment to finish them off.
+    for _ in 0..100 {
+        if !started.iter().any(|&child| alive(child)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = started.into_iter().filter(|&child| alive(child)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after the demo ended: {left:?}"
+    );
+    assert!(!configs.exists(), "{} is left behind", configs.display());
+    assert!(
+        !out.0.join("results.json").exists(),
+        "an interrupted demo writes no report"
+    );
+}

@@ -1,0 +1,291 @@
+//! The demo's child processes: its services (`rampart __demo-service`) and their sidecars
+//! (`rampart run`), both the running binary started again.
+//!
+//! Every child is killed when its handle is dropped (tokio's `kill_on_drop`, SIGKILL), so a run
+//! that ends, fails, panics or is interrupted leaves nothing behind. A service also exits by
+//! itself when its stdin closes, so even a demo killed outright does not leave services running.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::oneshot;
+
+use crate::Protocol;
+use crate::service::{Call, Mode, Role};
+
+/// How long a child may take to say where it listens.
+const START_PATIENCE: Duration = Duration::from_secs(20);
+/// The log lines of a sidecar kept to explain why it did not start.
+const KEPT_LINES: usize = 20;
+
+/// The `rampart` binary this demo runs in.
+///
+/// On Linux, `/proc/self/exe`: the very file this process runs, even if the path it was started
+/// from has since been replaced (a `cargo build` during a demo) or removed, where the path
+/// `current_exe` gives would name another binary, or none.
+pub(crate) fn binary() -> io::Result<PathBuf> {
+    let own = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && own.exists() {
+        return Ok(own.to_path_buf());
+    }
+    std::env::current_exe()
+}
+
+/// One of the demo's services in a process of its own.
+#[derive(Debug)]
+pub(crate) struct ServiceProcess {
+    role: Role,
+    protocol: Protocol,
+    calls: Vec<Call>,
+    addr: SocketAddr,
+    /// `None` while killed.
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+// === impl ServiceProcess ===
+
+impl ServiceProcess {
+    /// Starts `role` on a port the kernel chooses.
+    pub(crate) async fn start(
+        role: Role,
+        protocol: Protocol,
+        calls: Vec<Call>,
+    ) -> io::Result<ServiceProcess> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (running, addr) = Running::start(role, protocol, &calls, any).await?;
+        Ok(ServiceProcess {
+            role,
+            protocol,
+            calls,
+            addr,
+            running: Some(running),
+        })
+    }
+
+    /// Where it listens (or listened, while killed).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Switches how it answers (C only does anything with it).
+    pub(crate) async fn set_mode(&mut self, mode: Mode) -> io::Result<()> {
+        let role = self.role.name();
+        let running = self
+            .running
+            .as_mut()
+            .ok_or_else(|| io::Error::other(format!("service {role} is not running")))?;
+        running
+            .stdin
+            .write_all(format!("{}\n", mode.to_line()).as_bytes())
+            .await?;
+        running.stdin.flush().await?;
+        match running.stdout.next_line().await? {
+            Some(line) if line == "ok" => Ok(()),
+            Some(line) => Err(io::Error::other(format!("service {role}: {line}"))),
+            None => Err(io::Error::other(format!("service {role} exited"))),
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone: its port refuses connections and the kernel has
+    /// closed its open ones.
+    pub(crate) async fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut running) = self.running.take() {
+            running.child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port, in its normal mode.
+    pub(crate) async fn restart(&mut self) -> io::Result<()> {
+        self.kill().await?;
+        let (running, _) = Running::start(self.role, self.protocol, &self.calls, self.addr).await?;
+        self.running = Some(running);
+        Ok(())
+    }
+}
+
+// === impl Running ===
+
+impl Running {
+    async fn start(
+        role: Role,
+        protocol: Protocol,
+        calls: &[Call],
+        listen: SocketAddr,
+    ) -> io::Result<(Running, SocketAddr)> {
+        let mut command = Command::new(binary()?);
+        command
+            .arg("__demo-service")
+            .args(["--role", role.name(), "--protocol", protocol.as_str()])
+            .arg("--listen")
+            .arg(listen.to_string());
+        for call in calls {
+            command.arg("--call").arg(call.to_arg());
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(io::Error::other("stdin and stdout are piped"));
+        };
+        let mut stdout = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(START_PATIENCE, stdout.next_line())
+            .await
+            .map_err(|_| io::Error::other(format!("service {} did not start", role.name())))??;
+        let addr = first
+            .as_deref()
+            .and_then(|line| line.parse().ok())
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "service {} did not start on {listen} (see above)",
+                    role.name()
+                ))
+            })?;
+        Ok((
+            Running {
+                child,
+                stdin,
+                stdout,
+            },
+            addr,
+        ))
+    }
+}
+
+/// A `rampart run` sidecar process with its configuration file.
+#[derive(Debug)]
+pub(crate) struct Sidecar {
+    /// Whose sidecar: `a` or `b`.
+    pub(crate) of: &'static str,
+    /// Its listener: where its service sends its calls.
+    pub(crate) listen: SocketAddr,
+    /// Its admin API (and dashboard).
+    pub(crate) admin: SocketAddr,
+    /// Its configuration file.
+    pub(crate) config: PathBuf,
+    _child: Child,
+}
+
+impl Sidecar {
+    /// Writes `config` into `dir` and runs `rampart run` on it; returns once it listens, with the
+    /// addresses it logged.
+    pub(crate) async fn start(of: &'static str, config: &str, dir: &Path) -> io::Result<Sidecar> {
+        let path = dir.join(format!("sidecar-{of}.toml"));
+        std::fs::write(&path, config)?;
+        let mut child = Command::new(binary()?)
+            .args(["--log-format", "json", "run", "-c"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| io::Error::other("stderr is piped"))?;
+        let (found, addrs) = oneshot::channel();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        // Read to the end, so that the sidecar never blocks on a full pipe.
+        tokio::spawn(read_log(stderr, found, kept.clone()));
+        let fail = |why: &str| {
+            let lines = kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .join("\n");
+            io::Error::other(format!("the sidecar of {of} {why}; it wrote:\n{lines}"))
+        };
+        match tokio::time::timeout(START_PATIENCE, addrs).await {
+            Ok(Ok((listen, admin))) => Ok(Sidecar {
+                of,
+                listen,
+                admin,
+                config: path,
+                _child: child,
+            }),
+            Ok(Err(_)) => Err(fail("exited")),
+            Err(_) => Err(fail("did not start in time")),
+        }
+    }
+}
+
+/// Reads a sidecar's JSON log lines: the listener's and the admin API's addresses, once both
+/// are there, go to `found`; the first lines are kept for an error message.
+async fn read_log(
+    stderr: tokio::process::ChildStderr,
+    found: oneshot::Sender<(SocketAddr, SocketAddr)>,
+    kept: Arc<Mutex<Vec<String>>>,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut listen, mut admin) = (None, None);
+    let mut found = Some(found);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if found.is_none() {
+            continue;
+        }
+        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+            let addr = event["addr"].as_str().and_then(|addr| addr.parse().ok());
+            match event["message"].as_str() {
+                Some("listening") => listen = listen.or(addr),
+                Some("admin API up") => admin = admin.or(addr),
+                _ => {}
+            }
+        }
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT_LINES {
+            kept.push(line);
+        }
+        drop(kept);
+        if let (Some(listen), Some(admin)) = (listen, admin)
+            && let Some(found) = found.take()
+        {
+            let _ = found.send((listen, admin));
+        }
+    }
+}
+
+/// An address on 127.0.0.1 that was free a moment ago: for a sidecar's admin API, which cannot
+/// take port 0 beside a listener that does.
+pub(crate) fn free_addr() -> io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// A directory for the sidecars' configuration files, removed with everything in it when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new() -> io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("rampart-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,444 @@
+//! The report under `--out`: `results.json` (as CONTRACT.md fixes it), `timeline.json` (what the
+//! charts and the account are drawn from), the charts, and `index.html`; and the summary table
+//! and the checks printed on the terminal.
+//!
+//! Every sentence of the account is made from what was recorded: the fault window as it
+//! happened, the requests' outcomes and latencies, the sidecars' breaker transitions and health
+//! changes (from their event streams) and their counts (from their admin APIs).
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::Protocol;
+use crate::chart;
+use crate::cluster::Wiring;
+use crate::scenario::{Scenario, Timing};
+use crate::sidecar::{Counts, Transition};
+use crate::stats::{Record, Second};
+
+/// The scenarios whose protected p99 must stay within [`P99_BOUND_MS`].
+const LATENCY_BOUND: [Scenario; 3] = [Scenario::Crash, Scenario::Slow, Scenario::Flaky];
+/// The protected p99 the demo promises in those scenarios.
+const P99_BOUND_MS: f64 = 300.0;
+/// The protected success rate the demo promises in every scenario.
+const SUCCESS_BOUND: f64 = 0.995;
+
+/// One run of a scenario, in one wiring.
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    pub(crate) wiring: Wiring,
+    pub(crate) record: Record,
+    pub(crate) seconds: Vec<Second>,
+    /// When the first and the last request that got less than a whole page were sent.
+    pub(crate) trouble: Option<(f64, f64)>,
+    /// The fault window as it happened, in seconds from the start.
+    pub(crate) window: (f64, f64),
+    /// The sidecars' counts (zero for naive).
+    pub(crate) counts: Counts,
+    pub(crate) transitions: Vec<Transition>,
+    /// The `async` scenario's orders; `None` in every other scenario.
+    pub(crate) delivery: Option<Delivery>,
+}
+
+/// What became of the orders posted through the outbox in the `async` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Orders answered `202 Accepted`.
+    pub(crate) accepted: u64,
+    /// Of those, the orders C received.
+    pub(crate) delivered: u64,
+    /// Accepted and never delivered.
+    pub(crate) lost: u64,
+}
+
+/// A scenario's two runs.
+#[derive(Debug, Clone)]
+pub(crate) struct ScenarioResult {
+    pub(crate) scenario: Scenario,
+    pub(crate) timing: Timing,
+    pub(crate) naive: Run,
+    pub(crate) protected: Run,
+}
+
+/// Writes `results.json`, `timeline.json`, the charts and `index.html` into `out`.
+pub(crate) fn write(out: &Path, protocol: Protocol, results: &[ScenarioResult]) -> io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let pretty = |value: &Value| serde_json::to_string_pretty(value).map_err(io::Error::other);
+    std::fs::write(out.join("results.json"), pretty(&results_json(results))?)?;
+    std::fs::write(
+        out.join("timeline.json"),
+        pretty(&timeline_json(protocol, results))?,
+    )?;
+    for result in results {
+        chart::write(out, result)?;
+    }
+    std::fs::write(out.join("index.html"), html(protocol, results))?;
+    Ok(())
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+fn record_json(run: &Run) -> Value {
+    let record = &run.record;
+    let mut json = json!({
+        "requests": record.requests,
+        "ok": record.ok,
+        "failed": record.failed,
+        "fallback": record.fallback,
+        "success_rate": round(record.success_rate(), 4),
+        "p50_ms": round(record.p50_ms, 1),
+        "p99_ms": round(record.p99_ms, 1),
+        "max_ms": round(record.max_ms, 1),
+        "breaker_transitions": run.counts.breaker_transitions,
+    });
+    if let Some(delivery) = run.delivery {
+        json["accepted"] = json!(delivery.accepted);
+        json["delivered"] = json!(delivery.delivered);
+        json["lost"] = json!(delivery.lost);
+    }
+    json
+}
+
+/// `{"scenarios": {"<scenario>": {"naive": {...}, "protected": {...}}}}`.
+fn results_json(results: &[ScenarioResult]) -> Value {
+    let scenarios: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|result| {
+            let runs = json!({
+                "naive": record_json(&result.naive),
+                "protected": record_json(&result.protected),
+            });
+            (result.scenario.name().to_owned(), runs)
+        })
+        .collect();
+    json!({ "scenarios": scenarios })
+}
+
+fn timeline_json(protocol: Protocol, results: &[ScenarioResult]) -> Value {
+    let run_json = |run: &Run| {
+        let seconds: Vec<Value> = run
+            .seconds
+            .iter()
+            .map(|second| {
+                json!({
+                    "at": second.at,
+                    "requests": second.requests,
+                    "success_rate": round(second.success_rate(), 4),
+                    "fallback": second.fallback,
+                    "p50_ms": round(second.p50_ms, 1),
+                    "p99_ms": round(second.p99_ms, 1),
+                })
+            })
+            .collect();
+        let transitions: Vec<Value> = run
+            .transitions
+            .iter()
+            .map(|t| {
+                json!({"at": round(t.at, 2), "sidecar": t.sidecar, "upstream": t.upstream,
+                       "endpoint": t.endpoint, "what": t.what})
+            })
+            .collect();
+        json!({
+            "fault_window_s": [round(run.window.0, 2), round(run.window.1, 2)],
+            "failed": {"partial": run.record.partial, "timeouts": run.record.timeouts,
+                       "errors": run.record.failed - run.record.partial - run.record.timeouts},
+            "sidecars": {"fallbacks": run.counts.fallbacks, "retries": run.counts.retries,
+                         "retry_budget_exhausted": run.counts.budget_exhausted,
+                         "breaker_transitions": run.counts.breaker_transitions},
+            "transitions": transitions,
+            "seconds": seconds,
+        })
+    };
+    let scenarios: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|result| {
+            let value = json!({
+                "story": result.scenario.story(),
+                "rate": result.timing.rate,
+                "duration_s": result.timing.duration.as_secs(),
+                "planned_fault_window_s": [result.timing.fault_start.as_secs(), result.timing.fault_end.as_secs()],
+                "naive": run_json(&result.naive),
+                "protected": run_json(&result.protected),
+            });
+            (result.scenario.name().to_owned(), value)
+        })
+        .collect();
+    json!({"protocol": protocol.as_str(), "scenarios": scenarios})
+}
+
+/// The summary table, for the terminal.
+pub(crate) fn table(results: &[ScenarioResult]) -> String {
+    let mut text = format!(
+        "{:<13} {:<10} {:>8} {:>7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9}\n",
+        "scenario",
+        "wiring",
+        "requests",
+        "ok",
+        "fallback",
+        "failed",
+        "success",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "breakers"
+    );
+    for result in results {
+        for run in [&result.naive, &result.protected] {
+            let r = &run.record;
+            let _ = writeln!(
+                text,
+                "{:<13} {:<10} {:>8} {:>7} {:>9} {:>7} {:>8.2}% {:>8.1} {:>8.1} {:>8.1} {:>9}",
+                result.scenario.name(),
+                run.wiring.name(),
+                r.requests,
+                r.ok,
+                r.fallback,
+                r.failed,
+                r.success_rate() * 100.0,
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms,
+                run.counts.breaker_transitions,
+            );
+        }
+    }
+    text
+}
+
+/// What the demo promises, checked against what it measured: one line each.
+pub(crate) fn checks(results: &[ScenarioResult]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mark = |held: bool| if held { "held  " } else { "FAILED" };
+    for result in results {
+        let (naive, protected) = (&result.naive.record, &result.protected.record);
+        let name = result.scenario.name();
+        let success = protected.success_rate();
+        lines.push(format!(
+            "{} {name}: protected success {:.2}% >= {:.1}%",
+            mark(success >= SUCCESS_BOUND),
+            success * 100.0,
+            SUCCESS_BOUND * 100.0
+        ));
+        if LATENCY_BOUND.contains(&result.scenario) {
+            lines.push(format!(
+                "{} {name}: protected p99 {:.0} ms <= {P99_BOUND_MS:.0} ms",
+                mark(protected.p99_ms <= P99_BOUND_MS),
+                protected.p99_ms
+            ));
+            lines.push(format!(
+                "{} {name}: naive worse: success {:.2}% against {:.2}%, p99 {:.0} ms against {:.0} ms",
+                mark(worse(naive, protected)),
+                naive.success_rate() * 100.0,
+                success * 100.0,
+                naive.p99_ms,
+                protected.p99_ms
+            ));
+        }
+    }
+    lines
+}
+
+/// Visibly worse: at least a point less success, or a p99 at least twice as long.
+fn worse(naive: &Record, protected: &Record) -> bool {
+    naive.success_rate() <= protected.success_rate() - 0.01
+        || naive.p99_ms >= 2.0 * protected.p99_ms
+}
+
+// === the account ===
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "0%".to_owned()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// What the client saw during one run, in a few sentences.
+fn account(run: &Run) -> Vec<String> {
+    let r = &run.record;
+    let (start, end) = run.window;
+    let mut sentences = vec![format!(
+        "The fault lasted from {start:.1} s to {end:.1} s. Of {} requests, {} got a whole page, {} a page with stand-ins and {} failed ({} success); p50 {:.0} ms, p99 {:.0} ms, slowest {:.0} ms.",
+        r.requests,
+        r.ok,
+        r.fallback,
+        r.failed,
+        percent(r.ok + r.fallback, r.requests),
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms
+    )];
+    if r.failed > 0 {
+        let errors = r.failed - r.partial - r.timeouts;
+        sentences.push(format!(
+            "Of the failures, {} got no answer within the client's 10 s, {} a page with a part missing, {errors} an error.",
+            r.timeouts, r.partial
+        ));
+    }
+    if r.slow > 0 {
+        sentences.push(format!(
+            "{} requests took longer than a second to be answered.",
+            r.slow
+        ));
+    }
+    match run.trouble {
+        None => sentences.push("Every request got a whole page.".to_owned()),
+        Some((first, last)) => {
+            let after = last - end;
+            let back = if after > 0.0 {
+                format!("whole pages again {after:.1} s after the fault ended")
+            } else {
+                "whole pages again before the fault ended".to_owned()
+            };
+            sentences.push(format!(
+                "The first request to get less than a whole page was sent at {first:.1} s, the last at {last:.1} s: {back}."
+            ));
+        }
+    }
+    if run.wiring == Wiring::Protected {
+        let c = &run.counts;
+        sentences.push(format!(
+            "The sidecars answered {} times with a fallback, sent {} retries and refused {} more to keep within the retry budget; their breakers changed state {} times.",
+            c.fallbacks, c.retries, c.budget_exhausted, c.breaker_transitions
+        ));
+        sentences.extend(transitions_told(&run.transitions));
+    }
+    sentences
+}
+
+/// The breaker transitions and health changes, endpoint by endpoint: the first few in full,
+/// then how many more.
+fn transitions_told(transitions: &[Transition]) -> Vec<String> {
+    let mut endpoints: Vec<(&str, &str, &str)> = Vec::new();
+    for t in transitions {
+        let key = (t.sidecar, t.upstream.as_str(), t.endpoint.as_str());
+        if !endpoints.contains(&key) {
+            endpoints.push(key);
+        }
+    }
+    endpoints
+        .into_iter()
+        .map(|(sidecar, upstream, endpoint)| {
+            let events: Vec<String> = transitions
+                .iter()
+                .filter(|t| {
+                    t.sidecar == sidecar && t.upstream == upstream && t.endpoint == endpoint
+                })
+                .map(|t| format!("{} at {:.1} s", t.what, t.at))
+                .collect();
+            let shown = events.len().min(8);
+            let more = match events.len() - shown {
+                0 => String::new(),
+                1 => ", and 1 more change".to_owned(),
+                n => format!(", and {n} more changes"),
+            };
+            format!(
+                "{}'s sidecar, {} endpoint {endpoint}: {}{more}.",
+                sidecar.to_ascii_uppercase(),
+                upstream.to_ascii_uppercase(),
+                events[..shown].join(", ")
+            )
+        })
+        .collect()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn html(protocol: Protocol, results: &[ScenarioResult]) -> String {
+    let mut page = String::from(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>rampart demo report</title>\n\
+         <style>body{font-family:sans-serif;max-width:820px;margin:2em auto;padding:0 1em;color:#222}\
+         table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}\
+         td:first-child,th:first-child{text-align:left}img{max-width:100%}.held{color:#2a7}.failed{color:#c22}</style>\n\
+         </head><body>\n<h1>rampart demo report</h1>\n",
+    );
+    let _ = writeln!(
+        page,
+        "<p>A client calls A; A calls B and D in parallel, B calls C. Faults are injected into C. \
+         Each scenario ran twice with the same load, over {}: <b>naive</b> (each service calls the \
+         next directly, with a plain client at its defaults) and <b>protected</b> (every call goes \
+         through a rampart sidecar). A request succeeded when it got a page, whole or with \
+         stand-ins that the sidecars chose to give (marked degraded); it failed when the page had \
+         a part missing, came back as an error, or did not come within the client's 10 s. \
+         docs/demo.md explains the setup and the policies.</p>",
+        protocol.as_str()
+    );
+    page.push_str("<h2>Summary</h2>\n<table><tr><th>scenario</th><th>wiring</th><th>requests</th><th>ok</th><th>fallback</th><th>failed</th><th>success</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>breaker transitions</th></tr>\n");
+    for result in results {
+        for run in [&result.naive, &result.protected] {
+            let r = &run.record;
+            let _ = writeln!(
+                page,
+                "<tr><td><a href=\"#{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6:.2}%</td><td>{7:.1}</td><td>{8:.1}</td><td>{9:.1}</td><td>{10}</td></tr>",
+                result.scenario.name(),
+                run.wiring.name(),
+                r.requests,
+                r.ok,
+                r.fallback,
+                r.failed,
+                r.success_rate() * 100.0,
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms,
+                run.counts.breaker_transitions
+            );
+        }
+    }
+    page.push_str("</table>\n<ul>\n");
+    for check in checks(results) {
+        let class = if check.starts_with("held") {
+            "held"
+        } else {
+            "failed"
+        };
+        let _ = writeln!(page, "<li class=\"{class}\">{}</li>", escape(&check));
+    }
+    page.push_str("</ul>\n");
+    for result in results {
+        let name = result.scenario.name();
+        let [success, latency] = chart::names(name);
+        let _ = writeln!(
+            page,
+            "<h2 id=\"{name}\">{name}</h2>\n<p>{}, from {} s to {} s of each run ({} requests/s for {} s).</p>",
+            escape(&capitalized(result.scenario.story())),
+            result.timing.fault_start.as_secs(),
+            result.timing.fault_end.as_secs(),
+            result.timing.rate,
+            result.timing.duration.as_secs(),
+        );
+        for run in [&result.naive, &result.protected] {
+            let _ = writeln!(
+                page,
+                "<p><b>{}.</b> {}</p>",
+                capitalized(run.wiring.name()),
+                escape(&account(run).join(" "))
+            );
+        }
+        let _ = writeln!(
+            page,
+            "<p><img src=\"{success}\" alt=\"{name}: success rate over time\"></p>\n\
+             <p><img src=\"{latency}\" alt=\"{name}: latency over time\"></p>"
+        );
+    }
+    page.push_str("<p>The numbers behind this page: <a href=\"results.json\">results.json</a>, <a href=\"timeline.json\">timeline.json</a>.</p>\n</body></html>\n");
+    page
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

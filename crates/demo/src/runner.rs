@@ -1,0 +1,250 @@
+//! `rampart demo` from start to end: each scenario naive then protected, the report, the summary,
+//! and with `--keep-running` the last protected setup left up until Ctrl-C.
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::{Cluster, Wiring};
+use crate::load::{self, Live, Load, Outcome};
+use crate::process::TempDir;
+use crate::progress::Progress;
+use crate::report::{self, Run, ScenarioResult};
+use crate::scenario::{Fault, Scenario, Timing};
+use crate::service::Mode;
+use crate::stats::{self, Record};
+use crate::{Args, Protocol};
+
+/// The client's patience: long enough for the naive pile-up to show as latency.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The light load kept on the setup left running by `--keep-running`, so that its dashboard
+/// has something to show.
+const EXPLORE_RATE: u32 = 10;
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    let scenarios = match chosen(&args.scenarios) {
+        Ok(scenarios) => scenarios,
+        Err(why) => {
+            eprintln!("rampart demo: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rampart demo: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exploring = Arc::new(AtomicBool::new(false));
+    let code = runtime.block_on(async {
+        tokio::select! {
+            result = demo(&args, &scenarios, exploring.clone()) => match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("rampart demo: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+            // Dropping the demo's future drops every process handle: each child is killed.
+            _ = tokio::signal::ctrl_c() => {
+                if exploring.load(Ordering::Acquire) {
+                    eprintln!("\nstopping the setup");
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("\nrampart demo: interrupted; every process it started is stopped");
+                    ExitCode::from(130)
+                }
+            }
+        }
+    });
+    // The load's tasks may still hold connections; they end with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// The scenarios to run: those asked for, in the usual order, or every one this build can run.
+fn chosen(asked: &[Scenario]) -> Result<Vec<Scenario>, String> {
+    if asked.is_empty() {
+        return Ok(Scenario::ALL
+            .into_iter()
+            .filter(|scenario| scenario.unavailable().is_none())
+            .collect());
+    }
+    if let Some(why) = asked.iter().find_map(|scenario| scenario.unavailable()) {
+        return Err(why.to_owned());
+    }
+    let mut scenarios = asked.to_vec();
+    scenarios.sort();
+    scenarios.dedup();
+    Ok(scenarios)
+}
+
+async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -> io::Result<()> {
+    let timing = Timing::new(args.quick);
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name()).collect();
+    eprintln!(
+        "rampart demo: client -> A -> (B -> C, D), over {}, naive against protected\n\
+         scenarios: {}; each run sends {} requests/s for {} s, the fault from {} s to {} s; \
+         the client waits up to {} s",
+        args.protocol.as_str(),
+        names.join(", "),
+        timing.rate,
+        timing.duration.as_secs(),
+        timing.fault_start.as_secs(),
+        timing.fault_end.as_secs(),
+        CLIENT_TIMEOUT.as_secs(),
+    );
+    let dir = TempDir::new()?;
+    let mut results = Vec::new();
+    let mut last = None;
+    for &scenario in scenarios {
+        eprintln!("\n{}: {}", scenario.name(), scenario.story());
+        let (naive, _) = one_run(scenario, Wiring::Naive, args.protocol, timing, &dir).await?;
+        let (protected, cluster) =
+            one_run(scenario, Wiring::Protected, args.protocol, timing, &dir).await?;
+        results.push(ScenarioResult {
+            scenario,
+            timing,
+            naive,
+            protected,
+        });
+        last = Some(cluster);
+    }
+    report::write(&args.out, args.protocol, &results)?;
+    eprintln!();
+    print!("{}", report::table(&results));
+    for check in report::checks(&results) {
+        eprintln!("{check}");
+    }
+    eprintln!(
+        "\nreport: {} (results.json, timeline.json, index.html and the charts)",
+        args.out.join("index.html").display()
+    );
+    match last {
+        Some(cluster) if args.keep_running => explore(cluster, args.protocol, exploring).await,
+        _ => Ok(()),
+    }
+}
+
+/// One run of a scenario in one wiring: the run's numbers, and its setup (still up).
+async fn one_run(
+    scenario: Scenario,
+    wiring: Wiring,
+    protocol: Protocol,
+    timing: Timing,
+    dir: &TempDir,
+) -> io::Result<(Run, Cluster)> {
+    let mut cluster = Cluster::start(wiring, protocol, scenario.c_topology(), dir.path()).await?;
+    warm_up(cluster.entry(), protocol).await?;
+    if wiring == Wiring::Protected
+        && let Some(a) = cluster.sidecars().first()
+    {
+        eprintln!("  dashboard of A's sidecar: http://{}/", a.admin);
+    }
+    let start = Instant::now();
+    cluster.follow(start);
+    let live = Arc::new(Live::default());
+    let load = Load {
+        rate: timing.rate,
+        duration: timing.duration,
+        timeout: CLIENT_TIMEOUT,
+    };
+    let progress = Progress::start(
+        format!("{} {}", scenario.name(), wiring.name()),
+        live.clone(),
+        start,
+        timing.duration,
+    );
+    let sending = tokio::spawn(load::run(cluster.entry(), protocol, load, start, live));
+
+    let fault = scenario.fault();
+    tokio::time::sleep_until(start + timing.fault_start).await;
+    progress.phase(fault_phase(scenario, fault));
+    cluster.inject(fault).await?;
+    let window_start = start.elapsed().as_secs_f64();
+    tokio::time::sleep_until(start + timing.fault_end).await;
+    cluster.heal(fault).await?;
+    let window_end = start.elapsed().as_secs_f64();
+    progress.phase("C is back");
+
+    let samples = sending.await.map_err(io::Error::other)?;
+    progress.finish();
+    let counts = cluster.counts().await?;
+    let run = Run {
+        wiring,
+        record: Record::of(&samples),
+        seconds: stats::per_second(&samples),
+        trouble: stats::trouble(&samples),
+        window: (window_start, window_end),
+        counts,
+        transitions: cluster.transitions(),
+        // Only the `async` scenario posts orders, and it does not run in this build.
+        delivery: None,
+    };
+    Ok((run, cluster))
+}
+
+fn fault_phase(scenario: Scenario, fault: Fault) -> &'static str {
+    match (scenario, fault) {
+        (Scenario::ReplicaLoss, _) => "one replica of C is down",
+        (Scenario::Failover, _) => "C's primary is down",
+        (_, Fault::Kill(_)) => "C is down",
+        (_, Fault::Mode(Mode::Slow(_))) => "C is slow",
+        (_, Fault::Mode(_)) => "C is flaky",
+    }
+}
+
+/// Waits until A answers a whole page, so that no run begins with processes still starting.
+async fn warm_up(entry: SocketAddr, protocol: Protocol) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if load::probe(entry, protocol).await == Outcome::Ok {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(io::Error::other(format!(
+        "A ({entry}) did not answer a whole page within 20 s of starting"
+    )))
+}
+
+/// `--keep-running`: the last protected setup stays up under a light load until Ctrl-C.
+async fn explore(
+    cluster: Cluster,
+    protocol: Protocol,
+    exploring: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let entry = cluster.entry();
+    eprintln!("\nthe last protected setup keeps running, under {EXPLORE_RATE} requests/s:");
+    match protocol {
+        Protocol::Http => eprintln!("  A:  curl http://{entry}/item/7"),
+        Protocol::Grpc => eprintln!("  A:  gRPC rampart.demo.A/Get on {entry}"),
+    }
+    for sidecar in cluster.sidecars() {
+        eprintln!(
+            "  {}'s sidecar: dashboard http://{}/  (its configuration: {})",
+            sidecar.of.to_ascii_uppercase(),
+            sidecar.admin,
+            sidecar.config.display()
+        );
+    }
+    eprintln!("press Ctrl-C to stop it");
+    exploring.store(true, Ordering::Release);
+    let load = Load {
+        rate: EXPLORE_RATE,
+        duration: Duration::from_secs(24 * 3600),
+        timeout: CLIENT_TIMEOUT,
+    };
+    load::run(entry, protocol, load, Instant::now(), Arc::default()).await;
+    drop(cluster);
+    Ok(())
+}
