@@ -6,6 +6,7 @@ with taskset, and stopped by the script that started it. The proxy under test ge
 upstream and the load generator share CPU 1, so that on a two-core machine the proxy is what
 saturates.
 """
+import collections
 import os
 import re
 import shutil
@@ -59,6 +60,15 @@ def wait_port(port, what, timeout=10.0):
     sys.exit(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+def cpu_seconds(pid):
+    """The CPU time process `pid` has used so far, user and system, in seconds. Unlike
+    throughput, it does not count the time a virtual machine's host takes the CPU away."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_kib(pid):
     """The peak resident set of process `pid` so far (VmHWM), in KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -71,12 +81,13 @@ def peak_rss_kib(pid):
 class Process:
     """A child process, stopped (and waited for) by `stop`."""
 
-    def __init__(self, name, args, cpu, port=None, stop_signal=signal.SIGTERM, **popen):
+    def __init__(self, name, args, cpu, port=None, stop_signal=signal.SIGTERM, timeout=10.0,
+                 **popen):
         self.name = name
         self.stop_signal = stop_signal
         self.proc = subprocess.Popen(["taskset", "-c", cpu] + args, **popen)
         if port is not None:
-            wait_port(port, name)
+            wait_port(port, name, timeout)
 
     @property
     def pid(self):
@@ -138,8 +149,11 @@ def start_upstream(tmp, name):
     return proc, port
 
 
+Load = collections.namedtuple("Load", "rps errors requests")
+
+
 def wrk(port, path, seconds, connections):
-    """Max req/s over HTTP/1.1 keep-alive: (req/s, errors)."""
+    """Max req/s over HTTP/1.1 keep-alive: a `Load` (req/s, errors, requests completed)."""
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
          f"http://127.0.0.1:{port}{path}"],
@@ -150,7 +164,8 @@ def wrk(port, path, seconds, connections):
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
-    return rps, errors
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return Load(rps, errors, requests)
 
 
 def h2load_max(port, path, seconds, clients, streams):
