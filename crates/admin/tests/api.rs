@@ -1,80 +1,19 @@
 //! The admin API over real sockets, beside a proxy that served known traffic.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use rampart_admin::{Admin, Reload, ReloadError};
 use rampart_proxy::Proxy;
 use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use common::*;
 
 const TOKEN: &str = "s3cret-token";
-
-/// One answer: status, a header's value and the body as text.
-struct Answer {
-    status: StatusCode,
-    content_type: String,
-    cache_control: Option<String>,
-    rampart_error: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("{err}: {}", self.body))
-    }
-}
-
-async fn call(request: Request<Full<Bytes>>) -> Answer {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.expect("an answer");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let (status, content_type, cache_control, rampart_error) = (
-        response.status(),
-        header("content-type").unwrap_or_default(),
-        header("cache-control"),
-        header("x-rampart-error"),
-    );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        content_type,
-        cache_control,
-        rampart_error,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Answer {
-    let uri = format!("http://{addr}{path}");
-    call(Request::get(uri).body(Full::default()).unwrap()).await
-}
-
-async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Answer {
-    let mut request = Request::post(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    call(
-        request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap(),
-    )
-    .await
-}
 
 fn admin_config() -> rampart_config::Admin {
     rampart_config::Admin {
@@ -477,48 +416,12 @@ async fn reload_calls_the_callback_and_answers_what_it_said() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
-/// The next event of an SSE stream: its name and its data, read as JSON.
-async fn next_event(body: &mut hyper::body::Incoming, buffer: &mut String) -> (String, Value) {
-    loop {
-        if let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            let field = |name: &str| {
-                event
-                    .lines()
-                    .find_map(|line| line.strip_prefix(name))
-                    .unwrap_or_else(|| panic!("no {name} in {event:?}"))
-                    .to_owned()
-            };
-            let data = field("data: ");
-            let data = serde_json::from_str(&data).unwrap_or_else(|err| panic!("{err}: {data}"));
-            return (field("event: "), data);
-        }
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
-            .await
-            .expect("an event within 10 s")
-            .expect("the stream goes on")
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            buffer.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
-}
-
 #[tokio::test]
 async fn events_bring_the_stats_and_each_breaker_transition() {
     let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
     let proxy = proxy_to(&upstream).await;
     let admin = admin(&proxy, Some(TOKEN), no_reload()).await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("http://{}/api/events", admin.addr());
-    let response = client
-        .request(Request::get(uri).body(Full::default()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let (mut body, mut buffer) = (response.into_body(), String::new());
+    let (mut body, mut buffer) = (events(admin.addr(), "/api/events").await, String::new());
 
     // The stats come first, at once.
     let (name, stats) = next_event(&mut body, &mut buffer).await;

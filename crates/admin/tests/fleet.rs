@@ -43,20 +43,45 @@ fn closed_addr() -> SocketAddr {
     socket.local_addr().unwrap()
 }
 
+/// Two instances, `alpha` and `beta`, routing to one upstream, and the fleet view over them and
+/// an address where nothing answers.
+struct Setup {
+    upstream: Upstream,
+    alpha: (Proxy, Admin),
+    beta: (Proxy, Admin),
+    dead: SocketAddr,
+    fleet: Fleet,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+        let alpha = instance("alpha", &upstream).await;
+        let beta = instance("beta", &upstream).await;
+        let dead = closed_addr();
+        let targets = vec![target(alpha.1.addr()), target(beta.1.addr()), target(dead)];
+        let fleet = Fleet::start("127.0.0.1:0".parse().unwrap(), targets)
+            .await
+            .unwrap();
+        Setup {
+            upstream,
+            alpha,
+            beta,
+            dead,
+            fleet,
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events() {
-    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
-    let (_alpha, alpha_admin) = instance("alpha", &upstream).await;
-    let (_beta, beta_admin) = instance("beta", &upstream).await;
-    let dead = closed_addr();
-    let targets = vec![
-        target(alpha_admin.addr()),
-        target(beta_admin.addr()),
-        target(dead),
-    ];
-    let fleet = Fleet::start("127.0.0.1:0".parse().unwrap(), targets)
-        .await
-        .unwrap();
+    let Setup {
+        upstream: _upstream,
+        alpha: (_alpha, alpha_admin),
+        beta: (_beta, beta_admin),
+        dead,
+        fleet,
+    } = Setup::start().await;
     let addr = fleet.addr();
 
     let listed = get(addr, "/targets.json").await;
@@ -161,18 +186,13 @@ async fn until(
 
 #[tokio::test]
 async fn one_stream_brings_every_instance_and_says_which_is_lost() {
-    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
-    let (_alpha, alpha_admin) = instance("alpha", &upstream).await;
-    let (_beta, beta_admin) = instance("beta", &upstream).await;
-    let dead = closed_addr();
-    let targets = vec![
-        target(alpha_admin.addr()),
-        target(beta_admin.addr()),
-        target(dead),
-    ];
-    let fleet = Fleet::start("127.0.0.1:0".parse().unwrap(), targets)
-        .await
-        .unwrap();
+    let Setup {
+        upstream,
+        alpha: (_alpha, alpha_admin),
+        beta: (_beta, beta_admin),
+        dead: _,
+        fleet,
+    } = Setup::start().await;
     let mut body = events(fleet.addr(), "/fleet/events").await;
     let mut buffer = String::new();
 

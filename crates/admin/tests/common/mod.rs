@@ -14,10 +14,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// One answer: status, two headers' values and the body as text.
+/// One answer: status, a few headers' values and the body as text.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) content_type: String,
+    pub(crate) cache_control: Option<String>,
     pub(crate) rampart_error: Option<String>,
     pub(crate) body: String,
 }
@@ -40,15 +41,17 @@ pub(crate) async fn call(request: Request<Full<Bytes>>) -> Answer {
             .get(name)
             .map(|v| v.to_str().unwrap().to_owned())
     };
-    let (status, content_type, rampart_error) = (
+    let (status, content_type, cache_control, rampart_error) = (
         response.status(),
         header("content-type").unwrap_or_default(),
+        header("cache-control"),
         header("x-rampart-error"),
     );
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
         content_type,
+        cache_control,
         rampart_error,
         body: String::from_utf8(body.to_vec()).unwrap(),
     }
