@@ -172,41 +172,67 @@ fn timeline_json(protocol: Protocol, results: &[ScenarioResult]) -> Value {
     json!({"protocol": protocol.as_str(), "scenarios": scenarios})
 }
 
-/// The summary table, for the terminal.
+/// The summary's columns, as the terminal's table and the page's both show them, and each
+/// column's width on the terminal.
+const SUMMARY: [(&str, usize); 11] = [
+    ("scenario", 13),
+    ("wiring", 10),
+    ("requests", 8),
+    ("ok", 7),
+    ("fallback", 9),
+    ("failed", 7),
+    ("success", 9),
+    ("p50 ms", 8),
+    ("p99 ms", 8),
+    ("max ms", 8),
+    ("breakers", 9),
+];
+
+/// The summary's rows, each scenario's naive run then its protected one, a cell per column of
+/// [`SUMMARY`].
+fn summary_rows(results: &[ScenarioResult]) -> Vec<[String; 11]> {
+    let row = |result: &ScenarioResult, run: &Run| {
+        let r = &run.record;
+        [
+            result.scenario.name().to_owned(),
+            run.wiring.name().to_owned(),
+            r.requests.to_string(),
+            r.ok.to_string(),
+            r.fallback.to_string(),
+            r.failed.to_string(),
+            format!("{:.2}%", r.success_rate() * 100.0),
+            format!("{:.1}", r.p50_ms),
+            format!("{:.1}", r.p99_ms),
+            format!("{:.1}", r.max_ms),
+            run.counts.breaker_transitions.to_string(),
+        ]
+    };
+    results
+        .iter()
+        .flat_map(|result| [row(result, &result.naive), row(result, &result.protected)])
+        .collect()
+}
+
+/// The summary table, for the terminal: the first two columns to the left, numbers to the right.
 pub(crate) fn table(results: &[ScenarioResult]) -> String {
-    let mut text = format!(
-        "{:<13} {:<10} {:>8} {:>7} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9}\n",
-        "scenario",
-        "wiring",
-        "requests",
-        "ok",
-        "fallback",
-        "failed",
-        "success",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "breakers"
-    );
-    for result in results {
-        for run in [&result.naive, &result.protected] {
-            let r = &run.record;
-            let _ = writeln!(
-                text,
-                "{:<13} {:<10} {:>8} {:>7} {:>9} {:>7} {:>8.2}% {:>8.1} {:>8.1} {:>8.1} {:>9}",
-                result.scenario.name(),
-                run.wiring.name(),
-                r.requests,
-                r.ok,
-                r.fallback,
-                r.failed,
-                r.success_rate() * 100.0,
-                r.p50_ms,
-                r.p99_ms,
-                r.max_ms,
-                run.counts.breaker_transitions,
-            );
-        }
+    let line = |cells: [&str; 11]| {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(SUMMARY)
+            .enumerate()
+            .map(|(i, (cell, (_, width)))| {
+                if i < 2 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        cells.join(" ") + "\n"
+    };
+    let mut text = line(SUMMARY.map(|(name, _)| name));
+    for row in summary_rows(results) {
+        text.push_str(&line(row.each_ref().map(String::as_str)));
     }
     text
 }
@@ -374,26 +400,17 @@ fn html(protocol: Protocol, results: &[ScenarioResult]) -> String {
          docs/demo.md explains the setup and the policies.</p>",
         protocol.as_str()
     );
-    page.push_str("<h2>Summary</h2>\n<table><tr><th>scenario</th><th>wiring</th><th>requests</th><th>ok</th><th>fallback</th><th>failed</th><th>success</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>breaker transitions</th></tr>\n");
-    for result in results {
-        for run in [&result.naive, &result.protected] {
-            let r = &run.record;
-            let _ = writeln!(
-                page,
-                "<tr><td><a href=\"#{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6:.2}%</td><td>{7:.1}</td><td>{8:.1}</td><td>{9:.1}</td><td>{10}</td></tr>",
-                result.scenario.name(),
-                run.wiring.name(),
-                r.requests,
-                r.ok,
-                r.fallback,
-                r.failed,
-                r.success_rate() * 100.0,
-                r.p50_ms,
-                r.p99_ms,
-                r.max_ms,
-                run.counts.breaker_transitions
-            );
+    page.push_str("<h2>Summary</h2>\n<table><tr>");
+    for (name, _) in SUMMARY {
+        let _ = write!(page, "<th>{name}</th>");
+    }
+    page.push_str("</tr>\n");
+    for [scenario, rest @ ..] in summary_rows(results) {
+        let _ = write!(page, "<tr><td><a href=\"#{scenario}\">{scenario}</a></td>");
+        for cell in rest {
+            let _ = write!(page, "<td>{}</td>", escape(&cell));
         }
+        page.push_str("</tr>\n");
     }
     page.push_str("</table>\n<ul>\n");
     for check in checks(results) {
