@@ -132,11 +132,13 @@ async fn a_failing_hedge_does_not_win_over_an_attempt_still_in_flight() {
     let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
         .unwrap();
-    // No retries: what the client gets is what the race came to.
+    // No retries: what the client gets is what the race came to. Round-robin reaches the slow
+    // endpoint by the second request at the latest; a balancer free to send five requests in a
+    // row to the failing one would open its breaker, and then no hedge could go there.
     let proxy = simple(
         &[slow.addr(), failing.addr()],
         "[routes.retry]\nattempts = 1\n[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
-        "",
+        "balance = \"round-robin\"",
     )
     .await;
 
