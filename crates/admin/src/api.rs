@@ -13,7 +13,7 @@ use rampart_proxy::stats::Unknown;
 use serde_json::{Value, json};
 
 use crate::auth::Refusal;
-use crate::{ReloadError, State, dashboard, events, hystrix, json};
+use crate::{ReloadError, State, dashboard, events, hystrix, json, outbox};
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -53,12 +53,20 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             Some(refused) => refused,
             None => reload(state),
         },
+        (&Method::GET, ["api", "outbox"]) => outbox::summary(state).await,
+        (&Method::GET, ["api", "outbox", id]) => outbox::message(state, id).await,
+        (&Method::POST, ["api", "outbox", id, "redrive"]) => match refusal(state, &request) {
+            Some(refused) => refused,
+            None => outbox::redrive(state, id).await,
+        },
         (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"] | ["api", "events"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
-        (_, ["hystrix.stream"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (_, ["hystrix.stream"] | ["api", "outbox"] | ["api", "outbox", _]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
         _ if dashboard::serves(&path) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
-        (_, ["api", "breakers", _, _] | ["api", "reload"]) => {
+        (_, ["api", "breakers", _, _] | ["api", "reload"] | ["api", "outbox", _, "redrive"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }
         _ => error(

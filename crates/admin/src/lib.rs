@@ -40,6 +40,7 @@ mod events;
 mod fleet;
 mod hystrix;
 pub mod json;
+mod outbox;
 
 use std::future::Future;
 use std::io;

@@ -1364,8 +1364,10 @@ fn routes(
             .map(|f| fallback(cx, &f));
         let fault = cx.section(&t, "fault", FAULT_KEYS).map(|f| fault(cx, &f));
         let mut async_enabled = false;
-        if let Some(a) = cx.section(&t, "async", &["enabled"]) {
+        let mut async_concurrency = 1;
+        if let Some(a) = cx.section(&t, "async", &["enabled", "concurrency"]) {
             async_enabled = cx.get(&a, "enabled", boolean).unwrap_or(false);
+            async_concurrency = cx.get(&a, "concurrency", u32_in(1, 1024)).unwrap_or(1);
             if async_enabled && !has_outbox {
                 cx.conflict(
                     &a,
@@ -1386,6 +1388,7 @@ fn routes(
             fallback,
             fault,
             async_enabled,
+            async_concurrency,
         });
     }
     out

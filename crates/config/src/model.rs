@@ -136,6 +136,9 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// `[routes.async]` `enabled`: store-and-forward through the outbox. Default false.
     pub async_enabled: bool,
+    /// `[routes.async]` `concurrency`: deliveries in flight at once. Default 1, which delivers
+    /// strictly in order of acceptance while the upstream takes every message.
+    pub async_concurrency: u32,
 }
 
 /// `match` of a route; every condition given must hold.

@@ -141,7 +141,7 @@ fn policies(r: &Route) -> String {
         on.push(format!("FAULT {}", what.join(", ")));
     }
     if r.async_enabled {
-        on.push("async (outbox)".to_owned());
+        on.push(format!("async (outbox, {} in flight)", r.async_concurrency));
     }
     on.join(", ")
 }

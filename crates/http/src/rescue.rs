@@ -155,6 +155,11 @@ reasons! {
     /// The async route's outbox is full, nothing was accepted: 503, UNAVAILABLE.
     OutboxFull = "outbox-full", SERVICE_UNAVAILABLE, Unavailable,
         "the outbox is full; the request was not accepted";
+    /// The async route's outbox could not store the request (its disk or its NATS server
+    /// failed), nothing was accepted: 503, UNAVAILABLE. Not in the contract's list: an addition,
+    /// so that a store failure does not pass for a full outbox.
+    OutboxUnavailable = "outbox-unavailable", SERVICE_UNAVAILABLE, Unavailable,
+        "the outbox cannot store the request now; it was not accepted";
     /// The request is malformed (including an invalid deadline header): 400, INTERNAL (chosen
     /// here, as gRPC maps HTTP 400).
     BadRequest = "bad-request", BAD_REQUEST, Internal,
@@ -399,7 +404,7 @@ mod tests {
     // The contract's table, plus the choices made here where it says nothing (the gRPC codes of
     // bad-request, body-too-large, headers-too-large and upstream-invalid; the HTTP statuses of
     // retry-budget-exhausted and fault-injected), written out again so a change shows here.
-    const CONTRACT: [(&str, u16, u8); 16] = [
+    const CONTRACT: [(&str, u16, u8); 17] = [
         ("breaker-open", 503, 14),
         ("no-healthy-endpoint", 503, 14),
         ("timeout", 504, 4),
@@ -412,6 +417,7 @@ mod tests {
         ("fault-injected", 503, 14),
         ("no-route", 404, 12),
         ("outbox-full", 503, 14),
+        ("outbox-unavailable", 503, 14),
         ("bad-request", 400, 13),
         ("body-too-large", 413, 8),
         ("headers-too-large", 431, 8),

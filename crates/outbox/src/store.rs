@@ -80,6 +80,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The store's time, on which due times are set.
     fn now(&self) -> Timestamp;
+
+    /// Commits what is pending and lets go of the backend (the file, the connection); returns
+    /// once that is done. Every operation fails with [`Error::Closed`] from then on.
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>>;
 }
 
 /// What happens to a message that would pass a limit.

@@ -153,7 +153,10 @@ fn kind_of(reason: Reason) -> Kind {
     match reason {
         Reason::BreakerOpen | Reason::NoHealthyEndpoint => Kind::ShortCircuited,
         Reason::Timeout | Reason::DeadlineExceeded => Kind::Timeout,
-        Reason::Overloaded | Reason::RateLimited | Reason::OutboxFull => Kind::Rejected,
+        Reason::Overloaded
+        | Reason::RateLimited
+        | Reason::OutboxFull
+        | Reason::OutboxUnavailable => Kind::Rejected,
         Reason::BadRequest | Reason::BodyTooLarge | Reason::HeadersTooLarge => Kind::BadRequest,
         Reason::UpstreamConnect
         | Reason::UpstreamReset
@@ -230,7 +233,8 @@ async fn exchange(
     }
 
     let version = parts.version;
-    let hop_by_hop = if client_upgrade.is_some() {
+    // An async route answers for the upstream: nothing is tunnelled through it.
+    let hop_by_hop = if client_upgrade.is_some() && stack.outbox().is_none() {
         HopByHop::tunnel_upgrade()
     } else {
         HopByHop::default()
@@ -242,6 +246,15 @@ async fn exchange(
         deadline.remaining(),
         hop_by_hop,
     );
+    if let Some(outbox) = stack.outbox() {
+        return match outbox
+            .accept(stack.name(), parts, body, deadline.instant())
+            .await
+        {
+            Ok(accepted) => accepted,
+            Err(reason) => gave_up(stack, reason, stale_key.as_deref(), grpc, version),
+        };
+    }
     let request = Request::from_parts(parts, body);
     match stack.call(request, deadline.instant(), expired).await {
         Ok(mut response) => {
@@ -275,12 +288,26 @@ async fn exchange(
             };
             Response::from_parts(parts, body)
         }
+        Err(reason) => gave_up(stack, reason, stale_key.as_deref(), grpc, version),
+    }
+}
+
+// The answer for a request the stack (or the outbox) gave up on, the client's HTTP `version`
+// known.
+fn gave_up(
+    stack: &Stack,
+    reason: Reason,
+    stale_key: Option<&str>,
+    grpc: bool,
+    version: Version,
+) -> Response<ResponseBody> {
+    match reason {
         // The client's body outgrew `max_request_body` before the upstream answered.
-        Err(Reason::BodyTooLarge) => closing(rescued(Reason::BodyTooLarge, grpc), version),
+        Reason::BodyTooLarge => closing(rescued(Reason::BodyTooLarge, grpc), version),
         // The client's body stalled past `body_idle_timeout` before the upstream answered (the
         // stack gives up with `bad-request` for nothing else once a request is sent): 408, as
         // Envoy answers a stream idle timeout before the response began.
-        Err(Reason::BadRequest) => closing(
+        Reason::BadRequest => closing(
             boxed(rescue_with_status(
                 Reason::BadRequest,
                 StatusCode::REQUEST_TIMEOUT,
@@ -288,7 +315,7 @@ async fn exchange(
             )),
             version,
         ),
-        Err(reason) => failed(stack, reason, stale_key.as_deref(), grpc),
+        reason => failed(stack, reason, stale_key, grpc),
     }
 }
 

@@ -64,7 +64,11 @@
 //! rates, latency percentiles, each route's answers by kind and each upstream's admissions,
 //! breaker states, health, load), the configuration served, and the live breakers to force.
 //!
-//! Not wired in yet: async routes; `stack.rs` says where they go.
+//! Async routes (`[routes.async]`): after fault injection, the request is read whole, stored in
+//! the outbox (`[outbox]`) and answered `202 Accepted` with `x-rampart-message-id` once it is
+//! durable; a delivery loop per route sends it through the route's stack later, until the
+//! upstream answers 2xx or `max_age` passes (the `outbox` module tells how). [`ProxyHandle::outbox`]
+//! gives the admin API the store.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -117,6 +121,7 @@ mod hedge;
 mod limits;
 mod listener;
 mod metrics;
+mod outbox;
 mod recent;
 mod reload;
 mod retry;
@@ -139,6 +144,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+pub use crate::outbox::X_RAMPART_MESSAGE_ID;
 use crate::reload::Live;
 pub use crate::reload::{Changes, ReloadSummary};
 use crate::stats::{Snapshot, Unknown};
@@ -205,6 +212,15 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The outbox's store (`[outbox]`) could not be opened.
+    #[error("cannot open {store}: {source}")]
+    Outbox {
+        /// Which store: its kind and where it is.
+        store: String,
+        /// What the store said.
+        #[source]
+        source: rampart_outbox::Error,
+    },
     /// A route's fallback `body_file` could not be read.
     #[error("{path}: cannot read {}: {source}", file.display())]
     BodyFile {
@@ -250,7 +266,8 @@ impl Proxy {
     ) -> Result<Proxy, Error> {
         let (stop, _) = watch::channel(false);
         let metrics = Metrics::register(&mut registry, config.admin.metrics);
-        let live = Live::new(config, rng, metrics, stop.subscribe())?;
+        let outbox = Outbox::open(config, &rng, metrics.outbox.clone()).await?;
+        let live = Live::new(config, rng, metrics, stop.subscribe(), outbox)?;
         let mut bound = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let tcp = listener::bind(listener).await?;
@@ -335,6 +352,12 @@ impl Proxy {
                 drain = Drain::TimedOut;
             }
         }
+        // The deliveries stopped taking messages with the listeners; those under way finish
+        // (within the drain timeout), then the store commits and closes.
+        let deliveries = lock(&self.live).take_deliveries();
+        if let Some(deliveries) = deliveries {
+            deliveries.finish().await;
+        }
         drain
     }
 }
@@ -389,6 +412,12 @@ impl ProxyHandle {
     /// The registry the proxy's metrics are in.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The outbox's store (`[outbox]`), if the proxy has one: to read a message's state and
+    /// the queues' counts, and to re-drive dead messages.
+    pub fn outbox(&self) -> Option<Arc<dyn rampart_outbox::Store>> {
+        lock(&self.live).outbox()
     }
 }
 

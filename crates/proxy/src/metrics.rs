@@ -76,6 +76,8 @@ pub(crate) struct Metrics {
     endpoint_healthy: Family<Labels, Gauge>,
     inflight: Family<Labels, Gauge>,
     concurrency_limit: Family<Labels, Gauge>,
+    /// The outbox's series: process-wide, as the outbox is.
+    pub(crate) outbox: OutboxMetrics,
     changes: Changes,
     /// `[admin] metrics = false`: every per-request count skipped (see [`Metrics::register`]).
     skip: bool,
@@ -143,6 +145,19 @@ struct BreakerSeries {
     transitions: [Counter; 5],
 }
 
+/// The outbox's series. They stay at zero without an `[outbox]`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OutboxMetrics {
+    /// Messages queued or being delivered, as last read from the store (every second).
+    pub(crate) pending: Gauge,
+    /// Messages an upstream took.
+    pub(crate) delivered: Counter,
+    /// Messages moved to the dead-letter list.
+    pub(crate) dead: Counter,
+    /// Messages dropped by `on_full = "drop-oldest"`.
+    pub(crate) dropped: Counter,
+}
+
 /// One upstream's series.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamMetrics {
@@ -155,7 +170,7 @@ pub(crate) struct UpstreamMetrics {
 // === impl Metrics ===
 
 impl Metrics {
-    /// The families, registered into `registry`, with the outbox's at zero until it exists.
+    /// The families, registered into `registry`; the outbox's stay at zero without an outbox.
     ///
     /// With `record` false, requests and attempts are not counted (their families stay at zero,
     /// and so do the stats the admin API shows): what is left is the state the proxy keeps
@@ -224,18 +239,23 @@ impl Metrics {
         );
         registry.register(
             "rampart_outbox_pending",
-            "Messages waiting in the outbox (no outbox yet: always 0)",
-            Gauge::<i64>::default(),
+            "Messages of async routes queued or being delivered",
+            metrics.outbox.pending.clone(),
         );
         registry.register(
             "rampart_outbox_delivered",
-            "Messages the outbox delivered (no outbox yet: always 0)",
-            Counter::<u64>::default(),
+            "Messages of async routes an upstream took",
+            metrics.outbox.delivered.clone(),
         );
         registry.register(
             "rampart_outbox_dead",
-            "Messages the outbox gave up on (no outbox yet: always 0)",
-            Counter::<u64>::default(),
+            "Messages of async routes moved to the dead-letter list",
+            metrics.outbox.dead.clone(),
+        );
+        registry.register(
+            "rampart_outbox_dropped",
+            "Messages of async routes dropped to make room (on_full = \"drop-oldest\")",
+            metrics.outbox.dropped.clone(),
         );
         metrics
     }
@@ -545,6 +565,7 @@ mod tests {
             "rampart_outbox_pending 0",
             "rampart_outbox_delivered_total 0",
             "rampart_outbox_dead_total 0",
+            "rampart_outbox_dropped_total 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::Error;
 use crate::health::{self, Checks};
 use crate::metrics::Metrics;
+use crate::outbox::{Deliveries, Outbox};
 use crate::route::Router;
 use crate::stats::{self, Snapshot, Unknown};
 use crate::upstream::Pool;
@@ -51,6 +52,10 @@ pub(crate) struct Live {
     rng: Rng,
     /// The families every route and pool built makes its series in.
     metrics: Metrics,
+    /// The outbox of the async routes, with `[outbox]`.
+    outbox: Option<Arc<Outbox>>,
+    /// The async routes' delivery loops, until the proxy's shutdown takes them to finish.
+    deliveries: Option<Deliveries>,
     // Tells the health checks to end when the proxy shuts down.
     stop: watch::Receiver<bool>,
 }
@@ -89,24 +94,30 @@ impl Live {
         self.metrics.changes()
     }
 
-    /// The state of a proxy starting with `config`, its health checks running until `stop` says
-    /// `true`; the balancers, fault injection and the checks' jitter draw from `rng`; every
-    /// series is made in `metrics`.
+    /// The state of a proxy starting with `config`, its health checks and the async routes'
+    /// deliveries running until `stop` says `true`; the balancers, fault injection and the
+    /// checks' jitter draw from `rng`; every series is made in `metrics`; async routes store
+    /// their requests in `outbox`.
     pub(crate) fn new(
         config: &Config,
         rng: Rng,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
+        outbox: Option<Arc<Outbox>>,
     ) -> Result<Live, Error> {
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Ok((u.name.clone(), Arc::new(pool(u, &rng, &metrics)?))))
             .collect::<Result<HashMap<_, _>, Error>>()?;
-        let routers = routers(config, &upstreams, &rng, &metrics)?
+        let routers: Vec<_> = routers(config, &upstreams, &rng, &metrics, outbox.as_ref())?
             .into_iter()
             .map(|(name, router)| (name, Arc::new(ArcSwap::from_pointee(router))))
             .collect();
+        let deliveries = outbox.as_ref().map(|outbox| {
+            let all = routers.iter().map(|(_, router)| router.clone()).collect();
+            Deliveries::start(outbox.clone(), all, config, stop.clone())
+        });
         let health = config
             .upstreams
             .iter()
@@ -124,8 +135,20 @@ impl Live {
             health,
             rng,
             metrics,
+            outbox,
+            deliveries,
             stop,
         })
+    }
+
+    /// The outbox's store, with `[outbox]`.
+    pub(crate) fn outbox(&self) -> Option<Arc<dyn rampart_outbox::Store>> {
+        self.outbox.as_ref().map(|outbox| outbox.store().clone())
+    }
+
+    /// The delivery loops, for the shutdown to wait for them and close the store.
+    pub(crate) fn take_deliveries(&mut self) -> Option<Deliveries> {
+        self.deliveries.take()
     }
 
     /// The routes of each listener, in configuration order, for its connections to read per
@@ -166,7 +189,13 @@ impl Live {
             changes(&self.config.upstreams, &config.upstreams, |u| &u.name).removed;
         // Every router is built before any is swapped in: a route that cannot be built leaves the
         // old configuration serving whole.
-        let routers = routers(config, &upstreams, &self.rng, &self.metrics)?;
+        let routers = routers(
+            config,
+            &upstreams,
+            &self.rng,
+            &self.metrics,
+            self.outbox.as_ref(),
+        )?;
 
         // The listeners are the same, perhaps in another order.
         for (listener, router) in routers {
@@ -200,6 +229,9 @@ impl Live {
                 (u.name.clone(), checks)
             })
             .collect();
+        if let Some(deliveries) = &mut self.deliveries {
+            deliveries.reloaded(config);
+        }
         self.config = config.clone();
         self.upstreams = upstreams;
         Ok(summary)
@@ -299,6 +331,7 @@ fn routers(
     upstreams: &HashMap<String, Arc<Pool>>,
     rng: &Rng,
     metrics: &Metrics,
+    outbox: Option<&Arc<Outbox>>,
 ) -> Result<Vec<(String, Router)>, Error> {
     let by_name = upstreams
         .iter()
@@ -310,7 +343,7 @@ fn routers(
         .map(|l| {
             Ok((
                 l.name.clone(),
-                Router::new(config, &l.name, &by_name, rng, metrics)?,
+                Router::new(config, &l.name, &by_name, rng, metrics, outbox)?,
             ))
         })
         .collect()

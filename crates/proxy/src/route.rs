@@ -12,6 +12,7 @@ use rampart_policy::rng::Rng;
 
 use crate::Error;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::stack::Stack;
 use crate::upstream::Pool;
 
@@ -29,6 +30,7 @@ impl Router {
         upstreams: &HashMap<&str, Arc<Pool>>,
         rng: &Rng,
         metrics: &Metrics,
+        outbox: Option<&Arc<Outbox>>,
     ) -> Result<Router, Error> {
         let mut routes = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
@@ -45,7 +47,14 @@ impl Router {
             let matcher = Matcher::new(&route.matcher, i)?;
             routes.push((
                 matcher,
-                Arc::new(Stack::new(route, i, upstream.clone(), rng, metrics)?),
+                Arc::new(Stack::new(
+                    route,
+                    i,
+                    upstream.clone(),
+                    rng,
+                    metrics,
+                    outbox,
+                )?),
             ));
         }
         Ok(Router { routes })

@@ -23,6 +23,7 @@ use crate::fault::Fault;
 use crate::hedge::Hedging;
 use crate::limits::Slot;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::outbox::Outbox;
 use crate::retry::{Replay, Retry, answered};
 use crate::upstream::{Picked, Pool};
 
@@ -66,8 +67,9 @@ use crate::upstream::{Picked, Pool};
 /// [`Stack::call`]; so is the count of each answer in the route's metrics. The stack counts the
 /// retries it sends, the ones the budget refuses, and the hedges it sends.
 ///
-/// Still to come, in the order of docs/architecture.md: async routes between fault injection and
-/// fallback.
+/// An async route (`[routes.async]`) stores its requests in the outbox instead, right after
+/// fault injection and before the fallback, and its delivery loop calls the stack later (see
+/// [`crate::outbox`]).
 #[derive(Debug)]
 pub(crate) struct Stack {
     /// The route's name.
@@ -81,6 +83,11 @@ pub(crate) struct Stack {
     retry: Option<Retry>,
     hedging: Option<Hedging>,
     upstream: Arc<Pool>,
+    /// The outbox, for an async route (`[routes.async]`): the caller stores its requests there
+    /// instead of calling the stack, and the route's delivery loop calls it later.
+    outbox: Option<Arc<Outbox>>,
+    /// `[routes.async] concurrency`.
+    async_concurrency: usize,
 }
 
 /// What became of the last attempt, to be answered when no other follows.
@@ -94,14 +101,28 @@ enum Last {
 
 impl Stack {
     /// The stack of `route`, the `index`th in the file, to `upstream`, its series made in
-    /// `metrics`; fault injection draws from `rng`.
+    /// `metrics`; fault injection draws from `rng`; an async route stores its requests in
+    /// `outbox`, which the proxy must have been started with.
     pub(crate) fn new(
         route: &Route,
         index: usize,
         upstream: Arc<Pool>,
         rng: &Rng,
         metrics: &Metrics,
+        outbox: Option<&Arc<Outbox>>,
     ) -> Result<Stack, crate::Error> {
+        let outbox = match (route.async_enabled, outbox) {
+            (false, _) => None,
+            (true, Some(outbox)) => Some(outbox.clone()),
+            (true, None) => {
+                return Err(crate::Error::Invalid {
+                    path: format!("routes[{index}].async.enabled"),
+                    message: "the proxy started without an [outbox]: an async route needs a \
+                              restart with one"
+                        .to_owned(),
+                });
+            }
+        };
         Ok(Stack {
             name: route.name.clone(),
             metrics: metrics.route(&route.name),
@@ -120,7 +141,19 @@ impl Stack {
             retry: Retry::new(route)?,
             hedging: Hedging::new(route)?,
             upstream,
+            outbox,
+            async_concurrency: route.async_concurrency as usize,
         })
+    }
+
+    /// The outbox, when the route is async: its requests are stored there and answered 202.
+    pub(crate) fn outbox(&self) -> Option<&Outbox> {
+        self.outbox.as_deref()
+    }
+
+    /// How many of the async route's deliveries may be in flight at once.
+    pub(crate) fn async_concurrency(&self) -> usize {
+        self.async_concurrency
     }
 
     /// The route's fault injection (`[routes.fault]`), applied by the caller before anything else.

@@ -311,6 +311,23 @@ impl Pool {
         })
     }
 
+    /// Whether [`Pool::pick`] could pick an endpoint now, asking no breaker: one that is
+    /// usable and whose breaker would admit, or one the ejection cap lets through. The outbox's
+    /// deliveries wait while it is false instead of trying each message in turn.
+    pub(crate) fn may_admit(&self) -> bool {
+        let unhealthy = self.unhealthy.load(Ordering::Relaxed);
+        let panic = unhealthy >= self.endpoints.len();
+        let healthy = if panic {
+            self.endpoints.len()
+        } else {
+            self.endpoints.len() - unhealthy
+        };
+        healthy > self.max_ejected
+            || self.endpoints.iter().any(|endpoint| {
+                (panic || endpoint.healthy.load(Ordering::Relaxed)) && endpoint.would_admit()
+            })
+    }
+
     /// How many endpoints there are, primaries and backups.
     pub(crate) fn len(&self) -> usize {
         self.endpoints.len()

@@ -265,4 +265,8 @@ impl Store for Embedded {
     fn now(&self) -> Timestamp {
         self.shared.clock.now()
     }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(Embedded::close(self))
+    }
 }

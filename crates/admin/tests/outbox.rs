@@ -1,0 +1,172 @@
+//! `/api/outbox` over real sockets, beside a proxy whose async route stored known messages.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use rampart_admin::{Admin, ReloadError};
+use rampart_proxy::Proxy;
+use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
+
+use common::*;
+
+const TOKEN: &str = "outbox-token";
+
+async fn admin(proxy: &Proxy) -> Admin {
+    let config = rampart_config::Admin {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_env: Some("RAMPART_ADMIN_TOKEN".into()),
+        ..Default::default()
+    };
+    Admin::start_with_token(
+        &config,
+        Some(TOKEN.to_owned()),
+        proxy.handle(),
+        Arc::new(|| Err(ReloadError::Refused("no reload here".into()))),
+    )
+    .await
+    .unwrap()
+}
+
+/// A proxy whose route `orders` to `upstream` is async, its messages dead after 200 ms of
+/// failures.
+async fn async_proxy(upstream: &Upstream, dir: &std::path::Path) -> Proxy {
+    ProxyBuilder::from_toml(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+
+        [outbox]
+        path = "{}"
+        max_age = "200ms"
+        retry = {{ base = "10ms", max = "20ms" }}
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        [routes.retry]
+        attempts = 1
+        [routes.async]
+        enabled = true
+
+        [upstreams.orders]
+        endpoints = ["{}"]
+        [upstreams.orders.breaker]
+        enabled = false
+        "#,
+        dir.display(),
+        upstream.addr()
+    ))
+    .start()
+    .await
+}
+
+/// Polls `path` on the admin port until `check` holds on its JSON (10 s at most).
+async fn until(admin: &Admin, path: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..500 {
+        let answer = get(admin.addr(), path).await;
+        if answer.status == StatusCode::OK && check(&answer.json()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path} never showed what was awaited");
+}
+
+#[tokio::test]
+async fn a_message_is_followed_from_queued_to_dead_and_redriven_to_delivered() {
+    let dir = std::env::temp_dir().join(format!("rampart-admin-outbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::BAD_GATEWAY))
+        .await
+        .unwrap();
+    let proxy = async_proxy(&upstream, &dir).await;
+    let admin = admin(&proxy).await;
+
+    let accepted = post(proxy.listeners()[0].addr, "/orders", None, "order 1").await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED);
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/outbox/{id}");
+
+    until(&admin, &path, |m| m["state"] == "dead").await;
+    let dead = get(admin.addr(), &path).await.json();
+    assert_eq!(dead["id"], id.as_str());
+    assert_eq!(dead["route"], "orders");
+    assert_eq!(dead["last_error"], "the upstream answered 502 Bad Gateway");
+    assert!(dead["attempts"].as_u64().unwrap() >= 2, "{dead}");
+    assert!(dead["size"].as_u64().unwrap() > 7, "{dead}");
+    for time in ["accepted_at", "queued_at", "next_attempt_at", "changed_at"] {
+        let text = dead[time].as_str().unwrap();
+        assert!(text.len() == 24 && text.ends_with('Z'), "{time}: {text}");
+    }
+
+    let summary = get(admin.addr(), "/api/outbox").await.json();
+    assert_eq!(summary["store"], "embedded");
+    assert_eq!(summary["pending"], 0);
+    assert_eq!(summary["total"]["dead"], 1);
+    assert_eq!(summary["routes"]["orders"]["dead"], 1);
+
+    // Re-driving takes the token, and only a dead message.
+    let redrive = format!("{path}/redrive");
+    assert_eq!(
+        post(admin.addr(), &redrive, None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    upstream.set_behavior(Behavior::ok("taken"));
+    let redriven = post(admin.addr(), &redrive, Some(TOKEN), "").await;
+    assert_eq!(redriven.status, StatusCode::OK, "{}", redriven.body);
+    assert_eq!(redriven.json()["state"], "queued");
+    until(&admin, &path, |m| m["state"] == "delivered").await;
+    let again = post(admin.addr(), &redrive, Some(TOKEN), "").await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.body.contains("only a dead message"), "{}", again.body);
+    until(&admin, "/api/outbox", |s| {
+        s["total"]["delivered"] == 1 && s["total"]["dead"] == 0
+    })
+    .await;
+
+    proxy.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids_and_a_proxy_without_outbox_are_told_apart() {
+    let dir = std::env::temp_dir().join(format!("rampart-admin-outbox-ids-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = async_proxy(&upstream, &dir).await;
+    let api = admin(&proxy).await;
+
+    let malformed = get(api.addr(), "/api/outbox/not-an-id").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert!(
+        malformed.body.contains("not a message id"),
+        "{}",
+        malformed.body
+    );
+    // A well-formed id nobody was given.
+    let accepted = post(proxy.listeners()[0].addr, "/orders", None, "x").await;
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let mut other = id.clone().into_bytes();
+    let last = other.last_mut().unwrap();
+    *last = if *last == b'0' { b'1' } else { b'0' };
+    let other = String::from_utf8(other).unwrap();
+    let unknown = get(api.addr(), &format!("/api/outbox/{other}")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
+    assert_eq!(
+        post(api.addr(), "/api/outbox", Some(TOKEN), "")
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    proxy.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let plain = ProxyBuilder::to(&[upstream.addr()]).start().await;
+    let api = admin(&plain).await;
+    let none = get(api.addr(), "/api/outbox").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert!(none.body.contains("[outbox]"), "{}", none.body);
+}

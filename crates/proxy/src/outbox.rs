@@ -1,0 +1,534 @@
+//! Async routes (`[routes.async]`): a request is stored in the outbox and answered `202
+//! Accepted` at once; a delivery loop per route sends it upstream later, through the route's
+//! stack, until the upstream takes it or `max_age` passes.
+//!
+//! - **Acceptance** ([`Outbox::accept`]): the body is read whole (bounded by `max_request_body`
+//!   and the route's `timeout`), the request is appended to the store, and only once the store
+//!   says it is durable does the client get its 202 with `x-rampart-message-id`. A full store is
+//!   `outbox-full` (503), a failing one `outbox-unavailable` (503): then nothing was accepted.
+//! - **Delivery** ([`Deliveries`]): one task per async route takes due messages, oldest first,
+//!   up to `[routes.async] concurrency` at a time, and sends each through [`Stack::call`]: the
+//!   route's retries, hedging, the upstream's limits, balancer, breakers and per-try timeout all
+//!   apply, with the route's `timeout` as each delivery's deadline. A 2xx answer settles the
+//!   message as delivered; anything else (another status, a timeout, no endpoint) is a failed
+//!   attempt: the message is due again after the `[outbox] retry` backoff (or the upstream's
+//!   `Retry-After`, when longer), or goes to the dead-letter list once it has been queued for
+//!   `max_age`. The route's fallback never answers a delivery: only the upstream can take it.
+//! - **Pause**: while no endpoint of the upstream may be picked (every breaker open, every
+//!   endpoint unhealthy) the loop takes nothing and looks again every [`PAUSE`], so an outage
+//!   costs neither attempts nor store writes, and the first probe the breaker admits carries a
+//!   message.
+//! - **Each delivery** carries `x-rampart-message-id` (and the client's own headers, its
+//!   `idempotency-key` among them), so an upstream can recognise a message delivered twice:
+//!   delivery is at least once.
+//!
+//! The loops follow reloads: each looks its route up by name for every batch, so a changed
+//! route delivers with its new stack, a route that stops being async (or is removed) keeps its
+//! messages in the store until one with its name comes back, and a route that becomes async
+//! gets a loop.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use rampart_config::{Config, OutboxStore};
+use rampart_http::Reason;
+use rampart_http::classify::is_grpc;
+use rampart_http::deadline::set_outgoing;
+use rampart_outbox::{Embedded, Error as StoreError, Leased, Message, MessageId, Options, Store};
+use rampart_policy::retry::ExponentialBackoff;
+use rampart_policy::rng::Rng;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::body::{BodyFault, ClientBodyFault, RequestBody, ResponseBody};
+use crate::metrics::OutboxMetrics;
+use crate::route::Router;
+use crate::stack::Stack;
+
+/// The header naming a stored message: on the 202, and on each delivery of it.
+pub const X_RAMPART_MESSAGE_ID: HeaderName = HeaderName::from_static("x-rampart-message-id");
+
+/// The header a client names its request with, for an upstream to deduplicate deliveries.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// How often a paused delivery loop looks whether an endpoint may be picked again.
+const PAUSE: Duration = Duration::from_millis(100);
+
+/// How long one `take` waits for a message to come due before the loop looks around again.
+const TAKE_WAIT: Duration = Duration::from_secs(1);
+
+/// How often `rampart_outbox_pending` is read from the store.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest `Retry-After` a delivery honours: beyond, the backoff's own delay applies.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The store behind every async route, and how deliveries use it (`[outbox]`).
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    store: Arc<dyn Store>,
+    max_age: Duration,
+    backoff: ExponentialBackoff,
+    metrics: OutboxMetrics,
+}
+
+// === impl Outbox ===
+
+impl Outbox {
+    /// The outbox of `config`, its store opened (and what a crash left leased queued again), or
+    /// `None` without an `[outbox]`.
+    pub(crate) async fn open(
+        config: &Config,
+        rng: &Rng,
+        metrics: OutboxMetrics,
+    ) -> Result<Option<Arc<Outbox>>, Error> {
+        let Some(outbox) = &config.outbox else {
+            return Ok(None);
+        };
+        let limits = rampart_outbox::Limits {
+            max_messages: outbox.max_messages,
+            max_bytes: outbox.max_bytes.bytes(),
+            on_full: match outbox.on_full {
+                rampart_config::OnFull::Reject => rampart_outbox::OnFull::Reject,
+                rampart_config::OnFull::DropOldest => rampart_outbox::OnFull::DropOldest,
+            },
+        };
+        // A lease must outlast the longest delivery, or a slow one would be handed out again
+        // while it is still under way.
+        let longest = config.routes.iter().map(|r| r.timeout).max();
+        let lease = longest.map_or(Duration::ZERO, |t| t * 2).max(LEASE);
+        let store: Arc<dyn Store> = match &outbox.store {
+            OutboxStore::Embedded => {
+                let mut options = Options::new(&outbox.path);
+                options.limits = limits;
+                options.lease = lease;
+                options.rng = rng.clone();
+                Arc::new(
+                    Embedded::open(options)
+                        .await
+                        .map_err(|source| Error::Outbox {
+                            store: format!("the embedded store at {}", outbox.path.display()),
+                            source,
+                        })?,
+                )
+            }
+            OutboxStore::Nats { url, stream } => {
+                return Err(Error::Outbox {
+                    store: format!("the nats store {url} stream {stream}"),
+                    source: StoreError::backend("this build has no nats store"),
+                });
+            }
+        };
+        let backoff = ExponentialBackoff::try_new(outbox.retry.base, outbox.retry.max)
+            .map_err(|err| Error::Invalid {
+                path: "outbox.retry".to_owned(),
+                message: err.to_string(),
+            })?
+            .with_rng(rng.clone());
+        Ok(Some(Arc::new(Outbox {
+            store,
+            max_age: outbox.max_age,
+            backoff,
+            metrics,
+        })))
+    }
+
+    /// The store, for the admin API.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stores the request of `route` (its headers rewritten for the upstream already) and
+    /// answers 202 once it is durable; or gives up with the reason to answer, nothing stored.
+    pub(crate) async fn accept(
+        &self,
+        route: &str,
+        parts: Parts,
+        body: RequestBody,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, Reason> {
+        let body = match tokio::time::timeout_at(deadline, body.collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            // The body outgrew `max_request_body`, stalled past `body_idle_timeout`, or the
+            // client went away: the caller answers each as it does for a forwarded request.
+            Ok(Err(_)) => {
+                let fault = parts.extensions.get::<BodyFault>().and_then(BodyFault::get);
+                return Err(match fault {
+                    Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
+                    Some(ClientBodyFault::Stalled) | None => Reason::BadRequest,
+                });
+            }
+            Err(_elapsed) => return Err(Reason::Timeout),
+        };
+        let request = stored(parts, body);
+        match self.store.append(route, request).await {
+            Ok(id) => Ok(accepted(id)),
+            Err(StoreError::Full(full)) => {
+                tracing::debug!(route, %full, "outbox: a request refused");
+                Err(Reason::OutboxFull)
+            }
+            // A part longer than the record format allows (a header value over 64 KiB, which
+            // the listener's own limits refuse long before).
+            Err(StoreError::Unstorable(_)) => Err(Reason::BadRequest),
+            Err(err) => {
+                tracing::warn!(route, error = %err, "outbox: cannot store a request");
+                Err(Reason::OutboxUnavailable)
+            }
+        }
+    }
+
+    // The sleep before the next attempt of a message that failed `attempts` times before.
+    fn backoff(&self, attempts: u32) -> Duration {
+        // The backoff reaches its cap long before 64 doublings.
+        let n = attempts.min(63) as usize;
+        self.backoff.delays().nth(n).unwrap_or(self.backoff.max())
+    }
+}
+
+/// The shortest lease: a delivery's attempt, its retries and its settle fit well inside.
+const LEASE: Duration = Duration::from_secs(60);
+
+// The request as the store keeps it: the client's method, target, headers (less the ones that
+// mean something only now) and body.
+fn stored(parts: Parts, body: Bytes) -> rampart_outbox::Request {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut request = rampart_outbox::Request::new(parts.method, path_and_query);
+    request.idempotency_key = parts
+        .headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|key| key.to_str().ok())
+        .map(str::to_owned);
+    request.headers = parts
+        .headers
+        .iter()
+        // The deadline is set afresh for each delivery; a message id is rampart's to give.
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "x-rampart-message-id" | "x-rampart-deadline" | "grpc-timeout"
+            )
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    request.body = body;
+    request
+}
+
+// `202 Accepted`, naming the message.
+fn accepted(id: MessageId) -> Response<ResponseBody> {
+    let id = id.to_string();
+    let body = format!("{{\"id\": \"{id}\", \"status\": \"queued\"}}");
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // An id is made of letters and digits only.
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(X_RAMPART_MESSAGE_ID, value);
+    }
+    response
+}
+
+/// The delivery loops of the async routes, and the task keeping `rampart_outbox_pending` up to
+/// date. Dropped, they stop at once (a delivery cut short is handed out again later).
+#[derive(Debug)]
+pub(crate) struct Deliveries {
+    outbox: Arc<Outbox>,
+    routers: Arc<[Arc<ArcSwap<Router>>]>,
+    loops: HashMap<String, JoinHandle<()>>,
+    gauge: JoinHandle<()>,
+    /// Tells the loops that the routes changed.
+    reloaded: watch::Sender<()>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+}
+
+// === impl Deliveries ===
+
+impl Deliveries {
+    /// Starts a loop for every async route of `config`, over the routers of every listener,
+    /// until `stop` says `true`; each then lets its deliveries in flight finish for up to the
+    /// configured `drain_timeout`.
+    pub(crate) fn start(
+        outbox: Arc<Outbox>,
+        routers: Arc<[Arc<ArcSwap<Router>>]>,
+        config: &Config,
+        stop: watch::Receiver<bool>,
+    ) -> Deliveries {
+        let gauge = tokio::spawn(refresh_gauge(outbox.clone(), stop.clone()));
+        let mut deliveries = Deliveries {
+            outbox,
+            routers,
+            loops: HashMap::new(),
+            gauge,
+            reloaded: watch::channel(()).0,
+            stop,
+            drain: config.runtime.drain_timeout,
+        };
+        deliveries.reloaded(config);
+        deliveries
+    }
+
+    /// Follows a reload to `config`: a loop for each async route that has none, and every loop
+    /// told to look its route up again.
+    pub(crate) fn reloaded(&mut self, config: &Config) {
+        for route in config.routes.iter().filter(|r| r.async_enabled) {
+            if self.loops.contains_key(&route.name) {
+                continue;
+            }
+            let delivery = Delivery {
+                route: route.name.clone(),
+                outbox: self.outbox.clone(),
+                routers: self.routers.clone(),
+                reloaded: self.reloaded.subscribe(),
+                stop: self.stop.clone(),
+                drain: self.drain,
+            };
+            self.loops
+                .insert(route.name.clone(), tokio::spawn(delivery.run()));
+        }
+        self.reloaded.send_replace(());
+    }
+
+    /// Waits for every loop to end (they end once the proxy's stop is sent, after their drain),
+    /// then closes the store.
+    pub(crate) async fn finish(mut self) {
+        for (_, delivery) in std::mem::take(&mut self.loops) {
+            // A loop that panicked has ended too.
+            let _ = delivery.await;
+        }
+        if let Err(err) = self.outbox.store.close().await {
+            tracing::warn!(error = %err, "outbox: the store did not close cleanly");
+        }
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        for delivery in self.loops.values() {
+            delivery.abort();
+        }
+        self.gauge.abort();
+    }
+}
+
+// Reads how many messages are pending, every `GAUGE_EVERY`, and what `drop-oldest` dropped.
+async fn refresh_gauge(outbox: Arc<Outbox>, mut stop: watch::Receiver<bool>) {
+    let metrics = &outbox.metrics;
+    loop {
+        if let Ok(summary) = outbox.store.summary().await {
+            metrics
+                .pending
+                .set(i64::try_from(summary.total.pending()).unwrap_or(i64::MAX));
+            // The store counts drops since it was opened, as this counter does.
+            let counted = metrics.dropped.get();
+            if summary.dropped > counted {
+                metrics.dropped.inc_by(summary.dropped - counted);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(GAUGE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One async route's delivery loop.
+struct Delivery {
+    route: String,
+    outbox: Arc<Outbox>,
+    routers: Arc<[Arc<ArcSwap<Router>>]>,
+    reloaded: watch::Receiver<()>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+}
+
+impl Delivery {
+    async fn run(mut self) {
+        let mut in_flight = JoinSet::new();
+        while !*self.stop.borrow() {
+            while in_flight.try_join_next().is_some() {}
+            let Some(stack) = self.stack() else {
+                // No async route of this name now: its messages wait for one to come back.
+                tokio::select! {
+                    _ = self.reloaded.changed() => continue,
+                    _ = self.stop.changed() => break,
+                }
+            };
+            let concurrency = stack.async_concurrency();
+            if in_flight.len() >= concurrency {
+                tokio::select! {
+                    _ = in_flight.join_next() => continue,
+                    _ = self.stop.changed() => break,
+                }
+            }
+            // No endpoint may take a message now: trying each in turn would only record
+            // failures and push every message's next attempt back.
+            if !stack.upstream().may_admit() {
+                tokio::select! {
+                    () = tokio::time::sleep(PAUSE) => continue,
+                    _ = self.stop.changed() => break,
+                }
+            }
+            let free = concurrency - in_flight.len();
+            let taken = tokio::select! {
+                taken = self.outbox.store.take(&self.route, free, TAKE_WAIT) => taken,
+                // A batch taken but not started is handed out again when its lease ends.
+                _ = self.stop.changed() => break,
+                _ = self.reloaded.changed() => continue,
+            };
+            match taken {
+                Ok(batch) => {
+                    for leased in batch {
+                        in_flight.spawn(deliver(self.outbox.clone(), stack.clone(), leased));
+                    }
+                }
+                Err(StoreError::Closed) => break,
+                Err(err) => {
+                    tracing::warn!(route = %self.route, error = %err, "outbox: cannot take messages");
+                    tokio::select! {
+                        () = tokio::time::sleep(TAKE_WAIT) => {}
+                        _ = self.stop.changed() => break,
+                    }
+                }
+            }
+        }
+        // Deliveries under way may finish; one cut short is delivered again after a restart.
+        let _ = tokio::time::timeout(self.drain, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    // The async route of this loop's name, as the routes stand now.
+    fn stack(&self) -> Option<Arc<Stack>> {
+        self.routers.iter().find_map(|router| {
+            router
+                .load()
+                .stacks()
+                .find(|stack| stack.name() == self.route && stack.outbox().is_some())
+                .cloned()
+        })
+    }
+}
+
+/// Why a delivery attempt failed, and when the upstream asked to be tried again.
+struct Failure {
+    why: String,
+    retry_after: Option<Duration>,
+}
+
+// One attempt at `leased`, and its settlement in the store.
+async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
+    let Leased { message, lease } = leased;
+    let store = &outbox.store;
+    let settled = match attempt(&stack, &message).await {
+        Ok(()) => store.delivered(lease).await.map(|()| {
+            outbox.metrics.delivered.inc();
+        }),
+        Err(failure) => {
+            let now = store.now();
+            if now.saturating_since(message.status.queued_at) >= outbox.max_age {
+                tracing::warn!(
+                    route = %stack.name(), id = %message.id(), attempts = message.status.attempts + 1,
+                    error = %failure.why, "outbox: a message is dead after max_age"
+                );
+                store.dead(lease, failure.why).await.map(|()| {
+                    outbox.metrics.dead.inc();
+                })
+            } else {
+                let backoff = outbox.backoff(message.status.attempts);
+                let delay = failure
+                    .retry_after
+                    .map_or(backoff, |hint| hint.max(backoff));
+                let at = now.saturating_add(delay);
+                store.retry_later(lease, at, failure.why).await
+            }
+        }
+    };
+    match settled {
+        // The lease ran out during the attempt: the message was handed out again, and that
+        // delivery settles it.
+        Ok(()) | Err(StoreError::LeaseLost(_)) => {}
+        Err(err) => {
+            tracing::warn!(route = %stack.name(), id = %message.id(), error = %err,
+                "outbox: cannot record a delivery attempt");
+        }
+    }
+}
+
+// Sends `message` through the route's stack; a 2xx answer is a delivery.
+async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
+    let stored = &message.request;
+    let mut headers = HeaderMap::with_capacity(stored.headers.len() + 2);
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Ok(id) = HeaderValue::from_str(&message.id().to_string()) {
+        headers.insert(X_RAMPART_MESSAGE_ID, id);
+    }
+    let grpc = stack.upstream().is_grpc() || is_grpc(&headers);
+    set_outgoing(&mut headers, stack.timeout(), grpc);
+    let body = Full::new(stored.body.clone())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut request = Request::new(body);
+    *request.method_mut() = stored.method.clone();
+    *request.uri_mut() = Uri::from(stored.path_and_query.clone());
+    *request.headers_mut() = headers;
+
+    let deadline = Instant::now() + stack.timeout();
+    let response = stack
+        .call(request, deadline, Reason::Timeout)
+        .await
+        .map_err(|reason| Failure {
+            why: reason.to_string(),
+            retry_after: None,
+        })?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    // Read to its end, so that the connection goes back to the pool; a body cut short does not
+    // undo an answer already given.
+    let body = std::pin::pin!(response.into_body());
+    let mut body = body;
+    while let Some(Ok(_)) = body.frame().await {}
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(Failure {
+            why: format!("the upstream answered {status}"),
+            retry_after,
+        })
+    }
+}
+
+// A `Retry-After` in seconds (the HTTP-date form is not honoured), capped.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}

@@ -1,0 +1,468 @@
+//! Async routes: stored, answered 202, delivered through the route's stack until the upstream
+//! takes the message, paused while its breaker is open, dead-lettered after `max_age`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::StatusCode;
+use prometheus_client::encoding::text::encode;
+use rampart_outbox::{MessageId, State, Store};
+use rampart_proxy::{Drain, Proxy};
+use rampart_test_support::{Behavior, Upstream};
+
+use common::{error_of, http1, proxy, request, send};
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "rampart-proxy-outbox-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A proxy with one async route `orders` to `endpoint`, its outbox in `dir`, with `outbox`,
+/// `route` and `upstream` lines added to those tables.
+async fn async_proxy(
+    dir: &Path,
+    endpoint: SocketAddr,
+    outbox: &str,
+    route: &str,
+    upstream: &str,
+) -> Proxy {
+    proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        max_request_body = "4KiB"
+
+        [outbox]
+        path = "{dir}"
+        retry = {{ base = "10ms", max = "50ms" }}
+        {outbox}
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        timeout = "1s"
+        {route}
+        [routes.async]
+        enabled = true
+
+        [upstreams.orders]
+        endpoints = ["{endpoint}"]
+        {upstream}
+        "#,
+        dir = dir.display(),
+    ))
+    .await
+}
+
+/// Posts `body` to `/orders` over HTTP/1.1.
+async fn post(proxy: &Proxy, body: &'static str) -> hyper::Response<Bytes> {
+    send(
+        &http1(),
+        request(proxy, "/orders")
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// The id a 202 names, after checking the 202 says what the contract says.
+fn accepted(response: &hyper::Response<Bytes>) -> MessageId {
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "{response:?}");
+    let id = response.headers()["x-rampart-message-id"].to_str().unwrap();
+    assert_eq!(
+        response.body(),
+        &format!(r#"{{"id": "{id}", "status": "queued"}}"#)
+    );
+    assert_eq!(response.headers()["content-type"], "application/json");
+    id.parse().expect("the id is a message id")
+}
+
+/// An address nothing listens on (bound, then let go).
+async fn closed_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Waits (up to 20 s) until `check` holds.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..1000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn state(store: &dyn Store, id: MessageId) -> Option<State> {
+    store.get(id).await.unwrap().map(|status| status.state)
+}
+
+fn metrics(proxy: &Proxy) -> String {
+    let mut text = String::new();
+    encode(&mut text, proxy.registry()).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn an_async_route_answers_202_once_stored_and_delivers_with_the_message_id() {
+    let dir = TempDir::new("deliver");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
+    let store = proxy.handle().outbox().expect("an outbox");
+
+    let response = send(
+        &http1(),
+        request(&proxy, "/orders?region=eu")
+            .method("POST")
+            .header("idempotency-key", "order-7")
+            .header("x-rampart-message-id", "forged")
+            .body(Full::new(Bytes::from_static(b"{\"sku\": 42}")))
+            .unwrap(),
+    )
+    .await;
+    let id = accepted(&response);
+
+    upstream.wait_for_requests(1).await;
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/orders?region=eu");
+    assert_eq!(seen.body, "{\"sku\": 42}");
+    assert_eq!(seen.headers["idempotency-key"], "order-7");
+    // The id is rampart's, whatever the client sent.
+    assert_eq!(
+        seen.headers["x-rampart-message-id"],
+        id.to_string().as_str()
+    );
+    assert_eq!(
+        seen.headers.get_all("x-rampart-message-id").iter().count(),
+        1
+    );
+    assert!(seen.headers.contains_key("x-rampart-deadline"));
+    assert!(seen.headers.contains_key("x-forwarded-for"));
+
+    until("the message is delivered", || async {
+        state(&*store, id).await == Some(State::Delivered)
+    })
+    .await;
+    until("the delivery is counted", || async {
+        metrics(&proxy).contains("rampart_outbox_delivered_total 1")
+    })
+    .await;
+    assert_eq!(upstream.request_count(), 1);
+    assert_eq!(proxy.shutdown().await, Drain::Complete);
+}
+
+#[tokio::test]
+async fn while_the_upstream_takes_every_message_they_arrive_in_the_order_accepted() {
+    let dir = TempDir::new("order");
+    let upstream = Upstream::start(Behavior::Slow(Duration::from_millis(5)))
+        .await
+        .unwrap();
+    let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
+    let bodies = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    for body in bodies {
+        accepted(&post(&proxy, body).await);
+    }
+    upstream.wait_for_requests(10).await;
+    let seen: Vec<Bytes> = upstream.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(seen, bodies);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_wait_for_a_down_upstream_and_all_arrive_once_it_is_back() {
+    let dir = TempDir::new("down");
+    let addr = closed_port().await;
+    let proxy = async_proxy(
+        dir.path(),
+        addr,
+        "",
+        "",
+        "[upstreams.orders.breaker]\nopen_for = \"100ms\"\nopen_for_max = \"200ms\"",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+
+    let mut ids = Vec::new();
+    for body in ["first", "second", "third"] {
+        ids.push(accepted(&post(&proxy, body).await));
+    }
+    until("a delivery has failed", || async {
+        store.get(ids[0]).await.unwrap().unwrap().attempts > 0
+    })
+    .await;
+    let summary = store.summary().await.unwrap();
+    assert_eq!(summary.total.pending(), 3, "{summary:?}");
+
+    let upstream = Upstream::start_on(addr, Behavior::ok("taken"))
+        .await
+        .unwrap();
+    upstream.wait_for_requests(3).await;
+    let mut bodies: Vec<Bytes> = upstream.requests().into_iter().map(|r| r.body).collect();
+    // A message that failed waits for its backoff; the ones behind it do not wait for it.
+    bodies.sort();
+    assert_eq!(bodies, ["first", "second", "third"]);
+    for &id in &ids {
+        until("delivered", || async {
+            state(&*store, id).await == Some(State::Delivered)
+        })
+        .await;
+    }
+    let status = store.get(ids[0]).await.unwrap().unwrap();
+    assert!(status.last_error.is_some(), "{status:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn deliveries_pause_while_the_breaker_is_open() {
+    let dir = TempDir::new("pause");
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    // Open for a minute after two failures: the test ends long before a probe.
+    let proxy = async_proxy(
+        dir.path(),
+        upstream.addr(),
+        "",
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.orders.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"\nopen_for_max = \"60s\"",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(accepted(&post(&proxy, "order").await));
+    }
+    upstream.wait_for_requests(2).await;
+    // Long enough for every message to have been tried many times over at a 10-50 ms backoff,
+    // had the loop not paused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(upstream.request_count(), 2);
+    let mut untried = 0;
+    for &id in &ids {
+        let status = store.get(id).await.unwrap().unwrap();
+        assert_eq!(status.state, State::Queued);
+        if status.attempts == 0 {
+            untried += 1;
+        }
+    }
+    // At most the two that opened the breaker, and a third that met it opening, were tried.
+    assert!(untried >= 17, "only {untried} of 20 untried");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_past_max_age_is_dead_and_a_redrive_delivers_it() {
+    let dir = TempDir::new("dead");
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::INTERNAL_SERVER_ERROR))
+        .await
+        .unwrap();
+    let proxy = async_proxy(
+        dir.path(),
+        upstream.addr(),
+        "max_age = \"200ms\"",
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.orders.breaker]\nenabled = false",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let id = accepted(&post(&proxy, "doomed").await);
+
+    until("the message is dead", || async {
+        state(&*store, id).await == Some(State::Dead)
+    })
+    .await;
+    let status = store.get(id).await.unwrap().unwrap();
+    assert!(status.attempts >= 2, "{status:?}");
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the upstream answered 500 Internal Server Error")
+    );
+    until("the dead letter is counted", || async {
+        metrics(&proxy).contains("rampart_outbox_dead_total 1")
+    })
+    .await;
+
+    upstream.set_behavior(Behavior::ok("taken at last"));
+    store.redrive(id).await.unwrap();
+    until("the re-driven message is delivered", || async {
+        state(&*store, id).await == Some(State::Delivered)
+    })
+    .await;
+    assert_eq!(upstream.requests().last().unwrap().body, "doomed");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
+    // An upstream that answers every request 503 with `Retry-After: 120`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 120\r\n\
+                      content-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let dir = TempDir::new("retry-after");
+    let proxy = async_proxy(
+        dir.path(),
+        addr,
+        "",
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.orders.breaker]\nenabled = false",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let id = accepted(&post(&proxy, "busy").await);
+    until("tried once", || async {
+        store.get(id).await.unwrap().unwrap().attempts == 1
+    })
+    .await;
+    let status = store.get(id).await.unwrap().unwrap();
+    assert_eq!(status.state, State::Queued);
+    // Not the backoff's 50 ms at most: the upstream's two minutes.
+    let wait = status.next_attempt_at.saturating_since(status.changed_at);
+    assert!(wait >= Duration::from_secs(119), "{wait:?}");
+    proxy.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_full_outbox_answers_503_outbox_full_and_keeps_what_it_holds() {
+    let dir = TempDir::new("full");
+    let addr = closed_port().await;
+    let proxy = async_proxy(dir.path(), addr, "max_messages = 2", "", "").await;
+    let store = proxy.handle().outbox().unwrap();
+    let kept = [
+        accepted(&post(&proxy, "one").await),
+        accepted(&post(&proxy, "two").await),
+    ];
+    let refused = post(&proxy, "three").await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&refused), Some("outbox-full"));
+    assert!(!refused.headers().contains_key("x-rampart-message-id"));
+    for id in kept {
+        assert!(state(&*store, id).await.is_some_and(State::is_held));
+    }
+    assert_eq!(store.summary().await.unwrap().total.pending(), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_listeners_limit_is_refused_and_nothing_is_stored() {
+    let dir = TempDir::new("too-large");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
+    let store = proxy.handle().outbox().unwrap();
+    let big = vec![b'x'; 8 * 1024];
+    let response = send(
+        &http1(),
+        request(&proxy, "/orders")
+            .method("POST")
+            .body(Full::new(Bytes::from(big)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(&response), Some("body-too-large"));
+    let summary = store.summary().await.unwrap();
+    assert_eq!(summary.total.pending() + summary.total.delivered, 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_queued_before_a_restart_are_delivered_after_it() {
+    let dir = TempDir::new("restart");
+    let addr = closed_port().await;
+    let first = async_proxy(dir.path(), addr, "", "", "").await;
+    let mut ids = Vec::new();
+    for body in ["a", "b", "c", "d", "e"] {
+        ids.push(accepted(&post(&first, body).await));
+    }
+    assert_eq!(first.shutdown().await, Drain::Complete);
+
+    let upstream = Upstream::start_on(addr, Behavior::ok("taken"))
+        .await
+        .unwrap();
+    let second = async_proxy(dir.path(), addr, "", "", "").await;
+    let store = second.handle().outbox().unwrap();
+    for &id in &ids {
+        until("delivered after the restart", || async {
+            state(&*store, id).await == Some(State::Delivered)
+        })
+        .await;
+    }
+    let mut bodies: Vec<Bytes> = upstream.requests().into_iter().map(|r| r.body).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies, ["a", "b", "c", "d", "e"]);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_cannot_make_a_route_async_without_the_outbox_it_started_with() {
+    let upstream = Upstream::start(Behavior::ok("ok")).await.unwrap();
+    let plain = format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+
+        [[routes]]
+        upstream = "app"
+
+        [upstreams.app]
+        endpoints = ["{}"]
+        "#,
+        upstream.addr()
+    );
+    let proxy = proxy(&plain).await;
+    let with_async = rampart_config::Config::from_str(
+        &format!(
+            "{plain}\n[routes.async]\nenabled = true\n[outbox]\npath = \"{}\"\n",
+            std::env::temp_dir().join("rampart-never-opened").display()
+        ),
+        "rampart.toml",
+    );
+    let config = with_async.expect("a valid configuration");
+    let err = proxy.reload(&config).unwrap_err();
+    assert!(err.to_string().contains("restart"), "{err}");
+    // The old route still forwards.
+    assert_eq!(common::get(&proxy, "/").await.status(), StatusCode::OK);
+    proxy.shutdown().await;
+}
