@@ -50,16 +50,21 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Starts every process; `c` is how many C processes, `backup` whether the second is B's
     /// sidecar's backup rather than a replica (naive B knows the primary only: a backup is
-    /// something a client must be told about).
+    /// something a client must be told about). With `orders`, A places orders with C too
+    /// (directly, or through its sidecar's async route), and C writes them to that file.
     pub(crate) async fn start(
         wiring: Wiring,
         protocol: Protocol,
         (c, backup): (usize, bool),
         dir: &Path,
+        orders: Option<&Path>,
     ) -> io::Result<Cluster> {
         let mut cs = Vec::new();
         for _ in 0..c {
-            cs.push(ServiceProcess::start(Role::C, protocol, Vec::new()).await?);
+            let orders = orders.map(Path::to_path_buf);
+            cs.push(
+                ServiceProcess::start_taking_orders(Role::C, protocol, Vec::new(), orders).await?,
+            );
         }
         let d = ServiceProcess::start(Role::D, protocol, Vec::new()).await?;
         let c_addrs: Vec<SocketAddr> = cs.iter().map(ServiceProcess::addr).collect();
@@ -77,10 +82,16 @@ impl Cluster {
         let mut sidecars = Vec::new();
         let (b, a) = match wiring {
             Wiring::Naive => {
-                let b =
-                    ServiceProcess::start(Role::B, protocol, vec![call("c", endpoints.primary)])
-                        .await?;
-                let calls = vec![call("b", vec![b.addr()]), call("d", vec![d.addr()])];
+                let b = ServiceProcess::start(
+                    Role::B,
+                    protocol,
+                    vec![call("c", endpoints.primary.clone())],
+                )
+                .await?;
+                let mut calls = vec![call("b", vec![b.addr()]), call("d", vec![d.addr()])];
+                if orders.is_some() {
+                    calls.push(call("orders", endpoints.primary.clone()));
+                }
                 let a = ServiceProcess::start(Role::A, protocol, calls).await?;
                 (b, a)
             }
@@ -90,9 +101,17 @@ impl Cluster {
                 let b =
                     ServiceProcess::start(Role::B, protocol, vec![call("c", vec![of_b.listen])])
                         .await?;
-                let config = sidecar::config_a(protocol, free_addr()?, b.addr(), d.addr());
+                let outbox = dir.join("outbox-a");
+                // A fresh queue for each run: a previous run's orders are not this one's.
+                let _ = std::fs::remove_dir_all(&outbox);
+                let orders_to = orders.map(|_| (&endpoints, outbox.as_path()));
+                let config =
+                    sidecar::config_a(protocol, free_addr()?, b.addr(), d.addr(), orders_to);
                 let of_a = Sidecar::start("a", &config, dir).await?;
-                let calls = vec![call("b", vec![of_a.listen]), call("d", vec![of_a.listen])];
+                let mut calls = vec![call("b", vec![of_a.listen]), call("d", vec![of_a.listen])];
+                if orders.is_some() {
+                    calls.push(call("orders", vec![of_a.listen]));
+                }
                 let a = ServiceProcess::start(Role::A, protocol, calls).await?;
                 sidecars.push(of_a);
                 sidecars.push(of_b);

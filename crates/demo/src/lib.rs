@@ -97,6 +97,10 @@ pub struct ServiceArgs {
     /// repeated.
     #[arg(long = "call", value_name = "NAME=ADDRS", value_parser = Call::parse)]
     pub calls: Vec<Call>,
+    /// C only: the file each order it takes is written to, its number on a line (appended, so
+    /// that what C took before a SIGKILL is still there after it).
+    #[arg(long, value_name = "FILE")]
+    pub orders: Option<PathBuf>,
 }
 
 /// Runs `rampart demo`: every scenario asked for, naive then protected, then the report.

@@ -70,6 +70,8 @@ pub struct Load {
     pub duration: Duration,
     /// The client's patience with one request.
     pub timeout: Duration,
+    /// Post orders (`POST /order/<n>`, each number once) instead of asking for pages.
+    pub orders: bool,
 }
 
 impl Load {
@@ -88,6 +90,8 @@ pub struct Live {
     pub done: AtomicU64,
     /// Requests that succeeded (whole or with stand-ins).
     pub succeeded: AtomicU64,
+    /// The numbers of the orders A accepted (answered 200 or 202), when the load posts orders.
+    pub accepted: std::sync::Mutex<Vec<u64>>,
 }
 
 /// Sends `load` to A at `target`, starting at `start`; returns every request's sample, once the
@@ -112,6 +116,19 @@ pub async fn run(
             let item = n % ITEMS + 1;
             let sent = Instant::now();
             let answer = match protocol {
+                Protocol::Http if load.orders => {
+                    let order = n + 1;
+                    let answer =
+                        tokio::time::timeout(load.timeout, post_order(&client, target, order))
+                            .await;
+                    if answer == Ok(Outcome::Ok) {
+                        live.accepted
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(order);
+                    }
+                    answer
+                }
                 Protocol::Http => {
                     tokio::time::timeout(load.timeout, http(&client, target, item)).await
                 }
@@ -183,6 +200,27 @@ async fn http(
     }
 }
 
+/// Posts order `order` to A: accepted when A answers 200 (C took it) or 202 (queued for C).
+async fn post_order(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    target: SocketAddr,
+    order: u64,
+) -> Outcome {
+    let Ok(request) =
+        http::Request::post(format!("http://{target}/order/{order}")).body(Empty::new())
+    else {
+        return Outcome::Error;
+    };
+    let Ok(response) = client.request(request).await else {
+        return Outcome::Error;
+    };
+    let status = response.status();
+    if response.into_body().collect().await.is_err() || !status.is_success() {
+        return Outcome::Error;
+    }
+    Outcome::Ok
+}
+
 async fn via_grpc(client: &grpc::Client, target: SocketAddr, item: u64) -> Outcome {
     match client.call(target, &grpc::path("a"), item, None).await {
         Ok((reply, _)) => judge(&reply),
@@ -232,6 +270,7 @@ mod tests {
             rate: 50,
             duration: Duration::from_secs(12),
             timeout: Duration::from_secs(10),
+            orders: false,
         };
         assert_eq!(load.requests(), 600);
     }

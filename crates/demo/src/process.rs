@@ -43,6 +43,8 @@ pub(crate) struct ServiceProcess {
     role: Role,
     protocol: Protocol,
     calls: Vec<Call>,
+    /// C's orders file, when it takes orders.
+    orders: Option<PathBuf>,
     addr: SocketAddr,
     /// `None` while killed.
     running: Option<Running>,
@@ -64,12 +66,24 @@ impl ServiceProcess {
         protocol: Protocol,
         calls: Vec<Call>,
     ) -> io::Result<ServiceProcess> {
+        ServiceProcess::start_taking_orders(role, protocol, calls, None).await
+    }
+
+    /// Starts `role`, writing the orders it takes to `orders` (C, in the `async` scenario).
+    pub(crate) async fn start_taking_orders(
+        role: Role,
+        protocol: Protocol,
+        calls: Vec<Call>,
+        orders: Option<PathBuf>,
+    ) -> io::Result<ServiceProcess> {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (running, addr) = Running::start(role, protocol, &calls, any).await?;
+        let (running, addr) =
+            Running::start(role, protocol, &calls, orders.as_deref(), any).await?;
         Ok(ServiceProcess {
             role,
             protocol,
             calls,
+            orders,
             addr,
             running: Some(running),
         })
@@ -111,7 +125,14 @@ impl ServiceProcess {
     /// Starts it again on the same port, in its normal mode.
     pub(crate) async fn restart(&mut self) -> io::Result<()> {
         self.kill().await?;
-        let (running, _) = Running::start(self.role, self.protocol, &self.calls, self.addr).await?;
+        let (running, _) = Running::start(
+            self.role,
+            self.protocol,
+            &self.calls,
+            self.orders.as_deref(),
+            self.addr,
+        )
+        .await?;
         self.running = Some(running);
         Ok(())
     }
@@ -124,6 +145,7 @@ impl Running {
         role: Role,
         protocol: Protocol,
         calls: &[Call],
+        orders: Option<&Path>,
         listen: SocketAddr,
     ) -> io::Result<(Running, SocketAddr)> {
         let mut command = Command::new(binary()?);
@@ -134,6 +156,9 @@ impl Running {
             .arg(listen.to_string());
         for call in calls {
             command.arg("--call").arg(call.to_arg());
+        }
+        if let Some(orders) = orders {
+            command.arg("--orders").arg(orders);
         }
         let mut child = command
             .stdin(Stdio::piped())

@@ -251,6 +251,20 @@ pub(crate) fn checks(results: &[ScenarioResult]) -> Vec<String> {
             success * 100.0,
             SUCCESS_BOUND * 100.0
         ));
+        if let Some(delivery) = result.protected.delivery {
+            lines.push(format!(
+                "{} {name}: protected lost {} of {} accepted orders (none may be)",
+                mark(delivery.lost == 0 && delivery.accepted > 0),
+                delivery.lost,
+                delivery.accepted
+            ));
+            lines.push(format!(
+                "{} {name}: naive worse: success {:.2}% against {:.2}%",
+                mark(worse(naive, protected)),
+                naive.success_rate() * 100.0,
+                success * 100.0,
+            ));
+        }
         if LATENCY_BOUND.contains(&result.scenario) {
             lines.push(format!(
                 "{} {name}: protected p99 {:.0} ms <= {P99_BOUND_MS:.0} ms",
@@ -288,6 +302,9 @@ fn percent(part: u64, whole: u64) -> String {
 
 /// What the client saw during one run, in a few sentences.
 fn account(run: &Run) -> Vec<String> {
+    if let Some(delivery) = run.delivery {
+        return orders_account(run, delivery);
+    }
     let r = &run.record;
     let (start, end) = run.window;
     let mut sentences = vec![format!(
@@ -335,6 +352,48 @@ fn account(run: &Run) -> Vec<String> {
             c.fallbacks, c.retries, c.budget_exhausted, c.breaker_transitions
         ));
         sentences.extend(transitions_told(&run.transitions));
+    }
+    sentences
+}
+
+/// What became of the orders of the `async` scenario, in a few sentences.
+fn orders_account(run: &Run, delivery: Delivery) -> Vec<String> {
+    let r = &run.record;
+    let (start, end) = run.window;
+    let mut sentences = vec![format!(
+        "C was down from {start:.1} s to {end:.1} s. Of {} orders posted, A accepted {} ({}) and refused or failed {}; p50 {:.0} ms, p99 {:.0} ms, slowest {:.0} ms.",
+        r.requests,
+        delivery.accepted,
+        percent(delivery.accepted, r.requests),
+        r.requests - delivery.accepted,
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms
+    )];
+    sentences.push(match (run.wiring, delivery.lost) {
+        (_, 0) => format!(
+            "Every accepted order reached C: {} of {}.",
+            delivery.delivered, delivery.accepted
+        ),
+        (_, lost) => format!(
+            "{lost} accepted orders never reached C ({} of {} did).",
+            delivery.delivered, delivery.accepted
+        ),
+    });
+    match run.wiring {
+        Wiring::Naive => sentences.push(
+            "A placed each order with C directly: while C was down, the client got an error and \
+             the order was not taken."
+                .to_owned(),
+        ),
+        Wiring::Protected => {
+            sentences.push(
+                "A placed each order through its sidecar's async route: the sidecar wrote it to \
+                 disk and answered 202 at once, then delivered it when C could take it."
+                    .to_owned(),
+            );
+            sentences.extend(transitions_told(&run.transitions));
+        }
     }
     sentences
 }

@@ -1,8 +1,10 @@
 //! `rampart demo` from start to end: each scenario naive then protected, the report, the summary,
 //! and with `--keep-running` the last protected setup left up until Ctrl-C.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +16,7 @@ use crate::cluster::{Cluster, Wiring};
 use crate::load::{self, Live, Load, Outcome};
 use crate::process::TempDir;
 use crate::progress::Progress;
-use crate::report::{self, Run, ScenarioResult};
+use crate::report::{self, Delivery, Run, ScenarioResult};
 use crate::scenario::{Fault, Scenario, Timing};
 use crate::service::Mode;
 use crate::stats::{self, Record};
@@ -27,7 +29,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const EXPLORE_RATE: u32 = 10;
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    let scenarios = match chosen(&args.scenarios) {
+    let scenarios = match chosen(&args.scenarios, args.protocol) {
         Ok(scenarios) => scenarios,
         Err(why) => {
             eprintln!("rampart demo: {why}");
@@ -71,15 +73,19 @@ pub(crate) fn run(args: Args) -> ExitCode {
     code
 }
 
-/// The scenarios to run: those asked for, in the usual order, or every one this build can run.
-fn chosen(asked: &[Scenario]) -> Result<Vec<Scenario>, String> {
+/// The scenarios to run: those asked for, in the usual order, or every one that runs over
+/// `protocol`.
+fn chosen(asked: &[Scenario], protocol: Protocol) -> Result<Vec<Scenario>, String> {
     if asked.is_empty() {
         return Ok(Scenario::ALL
             .into_iter()
-            .filter(|scenario| scenario.unavailable().is_none())
+            .filter(|scenario| scenario.unavailable(protocol).is_none())
             .collect());
     }
-    if let Some(why) = asked.iter().find_map(|scenario| scenario.unavailable()) {
+    if let Some(why) = asked
+        .iter()
+        .find_map(|scenario| scenario.unavailable(protocol))
+    {
         return Err(why.to_owned());
     }
     let mut scenarios = asked.to_vec();
@@ -143,7 +149,21 @@ async fn one_run(
     timing: Timing,
     dir: &TempDir,
 ) -> io::Result<(Run, Cluster)> {
-    let mut cluster = Cluster::start(wiring, protocol, scenario.c_topology(), dir.path()).await?;
+    // C writes down each order it takes, in a file of this run's own.
+    let orders = scenario
+        .posts_orders()
+        .then(|| dir.path().join(format!("orders-{}.log", wiring.name())));
+    if let Some(orders) = &orders {
+        let _ = std::fs::remove_file(orders);
+    }
+    let mut cluster = Cluster::start(
+        wiring,
+        protocol,
+        scenario.c_topology(),
+        dir.path(),
+        orders.as_deref(),
+    )
+    .await?;
     warm_up(cluster.entry(), protocol).await?;
     if wiring == Wiring::Protected
         && let Some(a) = cluster.sidecars().first()
@@ -157,6 +177,7 @@ async fn one_run(
         rate: timing.rate,
         duration: timing.duration,
         timeout: CLIENT_TIMEOUT,
+        orders: scenario.posts_orders(),
     };
     let progress = Progress::start(
         format!("{} {}", scenario.name(), wiring.name()),
@@ -164,7 +185,13 @@ async fn one_run(
         start,
         timing.duration,
     );
-    let sending = tokio::spawn(load::run(cluster.entry(), protocol, load, start, live));
+    let sending = tokio::spawn(load::run(
+        cluster.entry(),
+        protocol,
+        load,
+        start,
+        live.clone(),
+    ));
 
     let fault = scenario.fault();
     tokio::time::sleep_until(start + timing.fault_start).await;
@@ -177,6 +204,18 @@ async fn one_run(
     progress.phase("C is back");
 
     let samples = sending.await.map_err(io::Error::other)?;
+    let delivery = match &orders {
+        Some(orders) => {
+            progress.phase("waiting for the accepted orders to reach C");
+            let accepted = live
+                .accepted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            Some(delivered(&accepted, orders).await)
+        }
+        None => None,
+    };
     progress.finish();
     let counts = cluster.counts().await?;
     let run = Run {
@@ -187,10 +226,36 @@ async fn one_run(
         window: (window_start, window_end),
         counts,
         transitions: cluster.transitions(),
-        // Only the `async` scenario posts orders, and it does not run in this build.
-        delivery: None,
+        delivery,
     };
     Ok((run, cluster))
+}
+
+/// How long the orders accepted may take to reach C once the load has ended: C has been back
+/// for seconds by then, and its breaker's longest rest is 4 s.
+const DELIVERY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What became of the `accepted` orders: waits (up to [`DELIVERY_PATIENCE`]) until C's `orders`
+/// file has every one of them.
+async fn delivered(accepted: &[u64], orders: &Path) -> Delivery {
+    let deadline = Instant::now() + DELIVERY_PATIENCE;
+    loop {
+        let taken: HashSet<u64> = std::fs::read_to_string(orders)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.parse().ok())
+            .collect();
+        let delivered = accepted.iter().filter(|n| taken.contains(n)).count() as u64;
+        let accepted = accepted.len() as u64;
+        if delivered == accepted || Instant::now() >= deadline {
+            return Delivery {
+                accepted,
+                delivered,
+                lost: accepted - delivered,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn fault_phase(scenario: Scenario, fault: Fault) -> &'static str {
@@ -243,6 +308,7 @@ async fn explore(
         rate: EXPLORE_RATE,
         duration: Duration::from_secs(24 * 3600),
         timeout: CLIENT_TIMEOUT,
+        orders: false,
     };
     load::run(entry, protocol, load, Instant::now(), Arc::default()).await;
     drop(cluster);

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::Protocol;
 use crate::service::Mode;
 
 /// A fault injected into C for a while (the fault window), then taken back.
@@ -18,7 +19,7 @@ pub enum Scenario {
     /// C's primary is killed; a backup C takes the calls until it is back.
     Failover,
     /// Orders are posted to C through the outbox while C is down; all must arrive once it is
-    /// back. Needs the proxy's `[routes.async]`.
+    /// back. Over HTTP only: a 202 Accepted is no gRPC answer.
     Async,
 }
 
@@ -111,15 +112,21 @@ impl Scenario {
         }
     }
 
-    /// Why this build cannot run the scenario, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            Scenario::Async => Some(
-                "the `async` scenario needs the proxy's outbox (`[routes.async]`), which is not \
-                 part of this build yet; every other scenario runs without it",
+    /// Why the scenario cannot run over `protocol`, if it cannot.
+    pub fn unavailable(self, protocol: Protocol) -> Option<&'static str> {
+        match (self, protocol) {
+            (Scenario::Async, Protocol::Grpc) => Some(
+                "the `async` scenario posts orders over HTTP (an async route answers 202 \
+                 Accepted, which is no gRPC answer); run it without `--protocol grpc`",
             ),
             _ => None,
         }
+    }
+
+    /// Whether the client posts orders (to be stored and delivered later) instead of asking for
+    /// pages.
+    pub(crate) fn posts_orders(self) -> bool {
+        self == Scenario::Async
     }
 
     /// The fault of the window.

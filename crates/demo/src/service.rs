@@ -12,6 +12,10 @@
 //! - **A** (the page) calls B and D in parallel and answers with what it got, saying which parts
 //!   are stand-ins (`degraded`: a caller further down answered with a fallback) and which are
 //!   missing (a call failed). It fails only when every part is missing.
+//! - **Orders** (the `async` scenario): the client posts `POST /order/<n>` to A, which places it
+//!   with C (`POST /c/order/<n>`, the call named `orders`) and answers 200 when C took it, 202
+//!   when it was queued for C (its sidecar's async route answered 202), 502 otherwise. C writes
+//!   the number of each order it takes to its `--orders` file.
 //!
 //! A service neither knows nor cares whether it calls the next one directly (naive) or through
 //! its sidecar (protected): the address it is given is all that changes. What it does see is
@@ -208,19 +212,36 @@ impl Failure {
     }
 }
 
-/// A running service: its role, what it calls, and C's workers and mode.
+/// A running service: its role, what it calls, and C's workers, mode and orders file.
 #[derive(Debug)]
 pub(crate) struct Service {
     role: Role,
     calls: HashMap<String, Downstream>,
     workers: Semaphore,
     mode: Mutex<Mode>,
+    orders: Option<Mutex<std::fs::File>>,
+}
+
+/// What became of an order A placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Placed {
+    /// C took it.
+    Taken,
+    /// It was stored to be delivered to C later.
+    Queued,
+    /// Neither; why.
+    Failed(String),
 }
 
 // === impl Service ===
 
 impl Service {
-    fn new(role: Role, protocol: Protocol, calls: Vec<Call>) -> Service {
+    fn new(
+        role: Role,
+        protocol: Protocol,
+        calls: Vec<Call>,
+        orders: Option<std::fs::File>,
+    ) -> Service {
         let calls = calls
             .into_iter()
             .map(|call| (call.name.clone(), Downstream::new(protocol, call)))
@@ -230,7 +251,29 @@ impl Service {
             calls,
             workers: Semaphore::new(WORKERS),
             mode: Mutex::new(Mode::Normal),
+            orders: orders.map(Mutex::new),
         }
+    }
+
+    /// A: places order `n` with C.
+    async fn place(&self, n: u64) -> Placed {
+        match self.calls.get("orders") {
+            Some(downstream) => downstream.place(n).await,
+            None => Placed::Failed("no address to place orders at".to_owned()),
+        }
+    }
+
+    /// C: takes order `n`, which is done once it is written down.
+    async fn take_order(&self, n: u64) -> Result<(), String> {
+        let _worker = self.workers.acquire().await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(2..6))).await;
+        let Some(orders) = &self.orders else {
+            return Err("this service takes no orders".to_owned());
+        };
+        let mut file = orders.lock().unwrap_or_else(PoisonError::into_inner);
+        // One write per order, appended: what was written survives a SIGKILL of this process.
+        file.write_all(format!("{n}\n").as_bytes())
+            .map_err(|err| format!("cannot write the order down: {err}"))
     }
 
     fn set_mode(&self, mode: Mode) {
@@ -422,6 +465,30 @@ impl Downstream {
     }
 }
 
+impl Downstream {
+    /// Posts order `n` to C (directly, or to the async route of the sidecar).
+    async fn place(&self, n: u64) -> Placed {
+        let n_call = self.next.fetch_add(1, Ordering::Relaxed);
+        let addr = self.call.addrs[n_call % self.call.addrs.len()];
+        let Ok(request) = Request::post(format!("http://{addr}/c/order/{n}")).body(Empty::new())
+        else {
+            return Placed::Failed("cannot build the request".to_owned());
+        };
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(err) => return Placed::Failed(transport_error(&err)),
+        };
+        let status = response.status();
+        // Read to the end, so that the connection can carry the next order.
+        let _ = response.into_body().collect().await;
+        match status {
+            StatusCode::ACCEPTED => Placed::Queued,
+            status if status.is_success() => Placed::Taken,
+            status => Placed::Failed(format!("C answered {status}")),
+        }
+    }
+}
+
 /// hyper's connector, with Nagle's algorithm off (as tonic, curl and most clients have it):
 /// otherwise a request written in more than one piece (HTTP/2 frames, a gRPC call) waits for
 /// the peer's delayed ACK, 40 ms a hop, which would be measured as the services' latency.
@@ -466,7 +533,24 @@ pub(crate) fn serve(args: ServiceArgs) -> ExitCode {
             }
         };
         let addr = listener.local_addr().unwrap_or(args.listen);
-        let service = Arc::new(Service::new(args.role, args.protocol, args.calls));
+        let orders = match &args.orders {
+            None => None,
+            Some(path) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(file) => Some(file),
+                Err(err) => {
+                    eprintln!(
+                        "rampart demo service: cannot open {}: {err}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let service = Arc::new(Service::new(args.role, args.protocol, args.calls, orders));
         if !say(&addr.to_string()) {
             return ExitCode::FAILURE;
         }
@@ -528,7 +612,7 @@ async fn accept(listener: TcpListener, service: Arc<Service>, grpc: bool) {
 }
 
 /// The HTTP front of a service: `GET /healthz`, and `GET /<role>/item/<id>` (A's is `/item/<id>`,
-/// the path the client asks for).
+/// the path the client asks for); A takes `POST /order/<n>`, C `POST /c/order/<n>`.
 async fn handle(
     request: Request<Incoming>,
     service: Arc<Service>,
@@ -536,6 +620,9 @@ async fn handle(
     let path = request.uri().path();
     if path == "/healthz" {
         return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+    }
+    if request.method() == http::Method::POST {
+        return Ok(order(path, &service).await);
     }
     let prefix = match service.role {
         Role::A => "/item/".to_owned(),
@@ -567,6 +654,41 @@ async fn handle(
             json_response(status, &body)
         }
     })
+}
+
+/// `POST /order/<n>` on A, `POST /c/order/<n>` on C.
+async fn order(path: &str, service: &Service) -> Response<Full<Bytes>> {
+    let prefix = match service.role {
+        Role::A => "/order/",
+        Role::C => "/c/order/",
+        _ => "",
+    };
+    let Some(n) = path
+        .strip_prefix(prefix)
+        .filter(|_| !prefix.is_empty())
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "orders are posted to A at /order/<number>"}),
+        );
+    };
+    if service.role == Role::C {
+        return match service.take_order(n).await {
+            Ok(()) => json_response(StatusCode::OK, &json!({"service": "c", "order": n})),
+            Err(why) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": why})),
+        };
+    }
+    match service.place(n).await {
+        Placed::Taken => json_response(StatusCode::OK, &json!({"order": n, "status": "taken"})),
+        Placed::Queued => json_response(
+            StatusCode::ACCEPTED,
+            &json!({"order": n, "status": "queued"}),
+        ),
+        Placed::Failed(why) => {
+            json_response(StatusCode::BAD_GATEWAY, &json!({"order": n, "error": why}))
+        }
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

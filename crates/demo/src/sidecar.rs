@@ -17,6 +17,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,9 +39,40 @@ pub struct Endpoints {
     pub backup: Vec<SocketAddr>,
 }
 
-/// The configuration of A's sidecar: routes to B and to D.
-pub fn config_a(protocol: Protocol, admin: SocketAddr, b: SocketAddr, d: SocketAddr) -> String {
+/// The configuration of A's sidecar: routes to B and to D; with `orders` (C's endpoints and an
+/// outbox directory), an async route for the orders A places with C.
+pub fn config_a(
+    protocol: Protocol,
+    admin: SocketAddr,
+    b: SocketAddr,
+    d: SocketAddr,
+    orders: Option<(&Endpoints, &Path)>,
+) -> String {
     let mut text = header("A", "A calls B and D through it", admin);
+    if let Some((c, outbox)) = orders {
+        let _ = write!(
+            text,
+            "\n[outbox]                          # orders A places with C wait here, on disk, while C cannot take them\n\
+             path = \"{}\"\n\
+             max_age = \"1h\"                    # an order is given up on (dead-lettered) only after an hour\n\
+             retry = {{ base = \"100ms\", max = \"1s\" }}   # tried again within a second of C coming back\n\
+             \n\
+             [[routes]]\n\
+             name = \"orders\"\n\
+             match = {{ path_prefix = \"/c/order/\", method = \"POST\" }}\n\
+             upstream = \"c\"\n\
+             timeout = \"1s\"                    # one delivery attempt\n\
+             \n\
+             [routes.retry]\n\
+             attempts = 1                      # the outbox tries again by itself, with backoff\n\
+             \n\
+             [routes.async]\n\
+             enabled = true                    # stored, answered 202 at once, delivered when C can take it\n\
+             concurrency = 4\n",
+            outbox.display()
+        );
+        text.push_str(&upstream(protocol, "c", c, None));
+    }
     text.push_str(&route(
         protocol,
         "b",
@@ -426,7 +458,26 @@ mod tests {
         };
         for protocol in [Protocol::Http, Protocol::Grpc] {
             for (name, text) in [
-                ("a", config_a(protocol, addr(9901), addr(9101), addr(9102))),
+                (
+                    "a",
+                    config_a(protocol, addr(9901), addr(9101), addr(9102), None),
+                ),
+                (
+                    "a with orders",
+                    config_a(
+                        protocol,
+                        addr(9901),
+                        addr(9101),
+                        addr(9102),
+                        Some((
+                            &Endpoints {
+                                primary: vec![addr(9103)],
+                                backup: Vec::new(),
+                            },
+                            Path::new("/tmp/outbox"),
+                        )),
+                    ),
+                ),
                 ("b", config_b(protocol, addr(9902), &c)),
             ] {
                 if let Err(errors) = rampart_config::Config::from_str(&text, "sidecar.toml") {
