@@ -50,6 +50,11 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = "rampart.toml")]
         config: PathBuf,
+        /// Drain and exit, as on SIGTERM, when standard input closes: a parent that keeps the
+        /// other end open takes the sidecar with it however it ends, SIGKILL included
+        /// (`rampart demo` runs its sidecars so).
+        #[arg(long, hide = true)]
+        until_stdin_closes: bool,
     },
     /// Validate a configuration file.
     Check {
@@ -103,7 +108,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            until_stdin_closes,
+        } => run(&config, until_stdin_closes),
         Command::Dashboard { targets, listen } => dashboard(listen, targets),
         Command::Demo(args) => rampart_demo::run(args),
         Command::DemoService(args) => rampart_demo::serve(args),
@@ -155,7 +163,7 @@ fn check(path: &Path) -> ExitCode {
 /// `rampart run`: serve until SIGTERM or SIGINT, then drain and exit 0; SIGHUP reloads the file.
 /// An invalid configuration exits 2 with every error, as `check` prints them; a listener that
 /// cannot bind exits 1.
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
     let config = match Config::from_file(path) {
         Ok(config) => config,
         Err(errors) => return config_errors(path, &errors),
@@ -166,7 +174,7 @@ fn run(path: &Path) -> ExitCode {
         runtime.worker_threads(threads);
     }
     match runtime.build() {
-        Ok(runtime) => runtime.block_on(serve(path, &config)),
+        Ok(runtime) => runtime.block_on(serve(path, &config, until_stdin_closes)),
         Err(err) => {
             tracing::error!("cannot start the runtime: {err}");
             ExitCode::FAILURE
@@ -174,7 +182,7 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(path: &Path, config: &Config) -> ExitCode {
+async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCode {
     // Installed before the listeners open, so a signal sent as soon as they are announced is
     // neither lost nor, for SIGHUP, fatal.
     let mut signals = match Signals::install() {
@@ -208,11 +216,16 @@ async fn serve(path: &Path, config: &Config) -> ExitCode {
         }
     };
     tracing::info!(addr = %admin.addr(), "admin API up");
+    let stdin_closed = stdin_closed(until_stdin_closes);
+    tokio::pin!(stdin_closed);
     let signal = loop {
-        match signals.next().await {
-            Signal::Stop(signal) => break signal,
-            // Logged by `reload` either way.
-            Signal::Reload => drop(reload(&handle, path)),
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop(signal) => break signal,
+                // Logged by `reload` either way.
+                Signal::Reload => drop(reload(&handle, path)),
+            },
+            () = &mut stdin_closed => break "stdin closed",
         }
     };
     // `[runtime]` is read at start only, so the drain timeout is the one the proxy started with.
@@ -312,6 +325,17 @@ fn log_reloaded(path: &Path, summary: &ReloadSummary) {
     } else {
         tracing::warn!("reloaded {}: {summary}", path.display());
     }
+}
+
+/// Returns once standard input is closed (or cannot be read), when `watch`; never otherwise.
+async fn stdin_closed(watch: bool) {
+    use tokio::io::AsyncReadExt;
+    if !watch {
+        return std::future::pending().await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buffer = [0; 64];
+    while let Ok(1..) = stdin.read(&mut buffer).await {}
 }
 
 /// What a signal asks of the running proxy.

@@ -254,3 +254,54 @@ fn ctrl_c_stops_every_process_the_demo_started() {
         "an interrupted demo writes no report"
     );
 }
+
+/// Whether process `pid` runs `rampart run` (a sidecar).
+#[cfg(target_os = "linux")]
+fn is_sidecar(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == b"run"))
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_demo_leaves_no_process_behind() {
+    let out = TempDir::new("demo-killed");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--quick", "--scenario", "crash", "--out"])
+        .arg(&out.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the rampart binary runs");
+    let pid = demo.id();
+
+    // Until the protected setup runs: its two sidecars among the children.
+    let mut started = Vec::new();
+    for _ in 0..1200 {
+        started = children(pid);
+        if started.iter().filter(|&&child| is_sidecar(child)).count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sidecars = started.iter().filter(|&&child| is_sidecar(child)).count();
+    assert!(sidecars >= 2, "the demo started {started:?}");
+
+    // No destructor runs: each child must notice by itself that the demo is gone.
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    let mut left = started.clone();
+    for _ in 0..200 {
+        left.retain(|&child| alive(child));
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        left.is_empty(),
+        "still running 10 s after the demo was killed: {left:?} of {started:?}"
+    );
+    // Its temporary directory is left behind (nothing runs to remove it); it is the demo's own.
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("rampart-demo-{pid}")));
+}

@@ -138,3 +138,38 @@ async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     assert_eq!(event["to"], "open", "{line}");
     assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_stdin_closes_drains_and_exits_0_when_its_parent_lets_go() {
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let config = TempConfig::new("stdin", &config(upstream.addr()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["run", "--until-stdin-closes", "-c"])
+        .arg(&config.0)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains(" listening "))
+        .expect("a listening line");
+    let addr = listening.split_once(" addr=").unwrap().1.trim().to_owned();
+    assert!(get(&addr, "/").await.ends_with("through"));
+
+    // Still serving while stdin is open; closing it is the parent letting go.
+    drop(child.stdin.take());
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|line| line.contains("signal=\"stdin closed\"")),
+        "{rest:?}"
+    );
+}

@@ -213,11 +213,13 @@ impl Sidecar {
     pub(crate) async fn start(of: &'static str, config: &str, dir: &Path) -> io::Result<Sidecar> {
         let path = dir.join(format!("sidecar-{of}.toml"));
         std::fs::write(&path, config)?;
+        // The sidecar ends when its standard input closes: when this handle is dropped, or when
+        // the demo dies, even by SIGKILL, which no destructor survives.
         let mut child = Command::new(binary()?)
-            .args(["--log-format", "json", "run", "-c"])
+            .args(["--log-format", "json", "run", "--until-stdin-closes", "-c"])
             .arg(&path)
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
