@@ -466,3 +466,36 @@ async fn a_reload_cannot_make_a_route_async_without_the_outbox_it_started_with()
     assert_eq!(common::get(&proxy, "/").await.status(), StatusCode::OK);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn drop_oldest_makes_room_and_counts_what_it_dropped() {
+    let dir = TempDir::new("drop-oldest");
+    let addr = closed_port().await;
+    let proxy = async_proxy(
+        dir.path(),
+        addr,
+        "max_messages = 2\non_full = \"drop-oldest\"",
+        "",
+        "",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let first = accepted(&post(&proxy, "one").await);
+    let second = accepted(&post(&proxy, "two").await);
+    // Room is made for the third: the oldest queued one goes.
+    let third = accepted(&post(&proxy, "three").await);
+    until("the drop is counted", || async {
+        metrics(&proxy).contains("rampart_outbox_dropped_total 1")
+    })
+    .await;
+    // The oldest that was not being delivered at that moment is the one dropped.
+    let states = [state(&*store, first).await, state(&*store, second).await];
+    let dropped = states
+        .iter()
+        .filter(|s| **s == Some(State::Dropped))
+        .count();
+    assert_eq!(dropped, 1, "{states:?}");
+    assert!(state(&*store, third).await.is_some_and(State::is_held));
+    assert_eq!(store.summary().await.unwrap().dropped, 1);
+    proxy.shutdown().await;
+}
