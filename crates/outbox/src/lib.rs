@@ -81,7 +81,9 @@
 pub mod embedded;
 mod error;
 mod id;
+mod index;
 mod message;
+pub mod nats;
 pub mod record;
 mod store;
 mod time;
@@ -90,5 +92,6 @@ pub use embedded::{Embedded, Options};
 pub use error::{BoxError, Error, Full, FullReason};
 pub use id::{MessageId, ParseIdError};
 pub use message::{Lease, Leased, Message, Request, State, Status};
+pub use nats::{Nats, NatsOptions};
 pub use store::{Counts, Limits, OnFull, Store, Summary};
 pub use time::{StoreClock, Timestamp};

@@ -16,9 +16,9 @@ use std::time::Duration;
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::index::{Index, Tombstone};
 use crate::error::Error;
 use crate::id::{IdGenerator, MessageId};
+use crate::index::{Index, Tombstone};
 use crate::message::{Lease, Leased, Message, State, Status};
 use crate::record::{self, MAX_ERROR_LEN};
 use crate::store::Limits;

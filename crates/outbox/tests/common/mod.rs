@@ -1,6 +1,8 @@
 //! Helpers shared by the outbox's tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nats_server;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
