@@ -240,14 +240,14 @@ impl Index {
     }
 
     /// Forgets the tombstones older than `retention`, and the oldest beyond `max` of them;
-    /// returns their ids (at most `limit`, so one batch stays small).
+    /// returns them (at most `limit`, so one batch stays small).
     pub(crate) fn purge_tombstones(
         &mut self,
         now: Timestamp,
         retention: Duration,
         max: usize,
         limit: usize,
-    ) -> Vec<u128> {
+    ) -> Vec<Tombstone> {
         let mut purged = Vec::new();
         while purged.len() < limit {
             let Some(oldest) = self.tombstones.front() else {
@@ -265,7 +265,7 @@ impl Index {
             {
                 queue.counts.delivered -= 1;
             }
-            purged.push(t.id);
+            purged.push(t);
         }
         purged
     }

@@ -599,7 +599,7 @@ async fn publish_raw(server: &NatsServer, route: &str, id: MessageId, payload: V
     let js = async_nats::jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Rampart-Message-Id", id.to_string().as_str());
-    js.publish_with_headers(format!("{STREAM}.q.{route}"), headers, payload.into())
+    js.publish_with_headers(format!("{STREAM}.q.{route}.{id}"), headers, payload.into())
         .await
         .unwrap()
         .await

@@ -5,8 +5,9 @@
 //!
 //! - **The requests** are messages of one work-queue stream, `[outbox] nats.stream`
 //!   (`RAMPART_OUTBOX` by default; file storage; created when missing). A route's queue is the
-//!   subject `{stream}.q.{route}` (the route's name written as a token, see `names`); a dead
-//!   message's request waits under `{stream}.dead.{id}` until re-driven. Each message carries its
+//!   subjects `{stream}.q.{route}.*`, one per message, `{stream}.q.{route}.{id}` (the route's name
+//!   written as a token, see `names`), so that a message can be removed from its queue by id; a
+//!   dead message's request waits under `{stream}.dead.{id}` until re-driven. Each message carries its
 //!   id in the `Rampart-Message-Id` header, and its request in the payload as a [`record`]
 //!   message record, exactly as the embedded store keeps it.
 //! - **The statuses** are the [`record`] status records of a key-value bucket,
@@ -115,6 +116,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const TRIES: usize = 4;
 /// Tombstones purged per operation at most, so that a backlog never makes one operation long.
 const PURGE_PER_OP: usize = 16;
+/// How long a pull request for what is due now may take before the store stops waiting for
+/// it. The server answers such a request at once; this only bounds a server that does not.
+const NO_WAIT_GUARD: Duration = Duration::from_secs(5);
 /// The shortest wait worth a pull request.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
@@ -328,9 +332,10 @@ async fn open_queue(js: &Context, names: &Names) -> Result<stream::Stream, BoxEr
 
 /// Opens the status bucket, creating it when missing, and returns it with the stream behind it.
 ///
-/// The bucket's stream is made here as a key-value bucket's is (one record per key, rollups,
-/// no deletes), rather than by the client's own bucket creation, which first asks the server for
-/// account details in a form older servers (2.9) do not give.
+/// The bucket's stream is made here as a key-value bucket's is (one record per key, rollups),
+/// rather than by the client's own bucket creation, which first asks the server for account
+/// details in a form older servers (2.9) do not give; and unlike one, it allows deleting a
+/// record, which is how tombstones go without leaving markers behind.
 async fn open_bucket(js: &Context, names: &Names) -> Result<(kv::Store, stream::Stream), BoxError> {
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -341,7 +346,6 @@ async fn open_bucket(js: &Context, names: &Names) -> Result<(kv::Store, stream::
             storage: StorageType::File,
             discard: DiscardPolicy::New,
             allow_rollup: true,
-            deny_delete: true,
             allow_direct: true,
             ..Default::default()
         })
@@ -445,9 +449,19 @@ impl Inner {
         status
     }
 
+    /// Whether a message's request is still in its route's queue.
+    async fn still_queued(&self, route: &str, id: MessageId) -> Result<bool, BoxError> {
+        let subject = self.names.queued(&names::token(route), id);
+        match self.queue.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes a dead message's request from its dead subject.
     async fn forget_dead(&self, id: MessageId) {
-        if let Err(e) = self.queue.purge().filter(self.names.dead(id)).await {
+        if let Err(e) = remove(&self.queue, &self.names.dead(id)).await {
             tracing::warn!(%id, error = %e, "outbox: a dead letter's request could not be removed");
         }
     }
@@ -468,13 +482,24 @@ impl Inner {
             self.limits.max_messages,
             PURGE_PER_OP,
         );
-        for id in due {
-            let purged = self
-                .statuses_stream
-                .purge()
-                .filter(self.names.status_subject(id))
-                .await;
-            if let Err(e) = purged {
+        for (tombstone, revision) in due {
+            let id = MessageId::from_u128(tombstone.id);
+            // A request still in its queue (dropped, and its turn has not come; or a crash came
+            // between its tombstone and its acknowledgement) must not outlive its tombstone, or
+            // a taker would find it without a status and deliver it. Its tombstone waits.
+            match self.still_queued(&tombstone.route, id).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.view.keep(tombstone, revision);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "outbox: a tombstone could not be purged");
+                    self.view.keep(tombstone, revision);
+                    continue;
+                }
+            }
+            if let Err(e) = remove(&self.statuses_stream, &self.names.status_subject(id)).await {
                 tracing::warn!(%id, error = %e, "outbox: a tombstone could not be purged");
             }
         }
@@ -517,14 +542,15 @@ impl Inner {
         let size = payload.len() as u64;
         self.make_room(size).await?;
         let now = self.clock.now();
-        let subject = self.names.queue(&names::token(route));
+        let token = names::token(route);
         let mut tries = 0;
         let id = loop {
             let id = lock(&self.ids).next(now);
             // The message first: once it is in the stream it will be delivered, and a taker
             // that finds no status (this process died before writing it) writes one.
+            let subject = self.names.queued(&token, id);
             let stored = self
-                .publish(subject.clone(), id, id.to_string(), payload.clone())
+                .publish(subject, id, id.to_string(), payload.clone())
                 .await?;
             // JetStream keeps one message per `Nats-Msg-Id`: a duplicate is another instance's
             // message, which drew the same id in the same millisecond. Draw again.
@@ -590,8 +616,9 @@ impl Inner {
             return Ok(());
         }
         let dropped = tombstone(status, State::Dropped, now);
-        // The queued copy stays in the stream until its turn comes: the taker then finds the
-        // tombstone and acknowledges it away.
+        // A queued message's request stays in its queue until its turn comes: the taker then
+        // finds the tombstone and acknowledges it away. (Deleting it now would be quicker, but
+        // nats-server 2.9 can then leave pull requests unanswered.)
         if self.record(&dropped, Some(revision)).await?.is_some() && state == State::Dead {
             self.forget_dead(id).await;
         }
@@ -701,15 +728,24 @@ impl Inner {
         };
         let mut batch = batch.map_err(failed)?;
         let mut messages = Vec::new();
-        while let Some(next) = batch.next().await {
-            match next {
-                Ok(message) => messages.push(message),
-                Err(e) if messages.is_empty() => return Err(failed(e)),
-                Err(e) => {
-                    tracing::warn!(route, error = %e, "outbox: a fetch stopped short");
-                    break;
+        let collect = async {
+            while let Some(next) = batch.next().await {
+                match next {
+                    Ok(message) => messages.push(message),
+                    Err(e) if messages.is_empty() => return Err(failed(e)),
+                    Err(e) => {
+                        tracing::warn!(route, error = %e, "outbox: a fetch stopped short");
+                        break;
+                    }
                 }
             }
+            Ok(())
+        };
+        // A waiting request is bounded by its expiry already.
+        let guard = wait.map_or(NO_WAIT_GUARD, |wait| wait + NO_WAIT_GUARD);
+        match tokio::time::timeout(guard, collect).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(route, "outbox: the server left a fetch unanswered"),
         }
         Ok(messages)
     }
@@ -923,7 +959,7 @@ impl Inner {
         };
         // The copy first, as at append; its dedup id names the dead status it re-drives, so
         // that instances re-driving the same message at once queue it once.
-        let subject = self.names.queue(&names::token(&status.route));
+        let subject = self.names.queued(&names::token(&status.route), id);
         let dedup = format!("{id}.redrive.{revision}");
         self.publish(subject, id, dedup, copy.payload).await?;
         let mut queued = status;
@@ -949,6 +985,24 @@ impl Inner {
             .await?
             .map(|(status, _)| self.reported(status, now)))
     }
+}
+
+/// Deletes the messages of `subject` (one, but for what a crash left behind), one by one. Only
+/// for subjects no pull consumer reads: dead letters and status records.
+///
+/// Not with a purge filtered on the subject: nats-server 2.9 then moves the stream's consumers
+/// past messages they have not delivered yet, stalling every route's queue.
+async fn remove(stream: &stream::Stream, subject: &str) -> Result<(), BoxError> {
+    for _ in 0..TRIES {
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => {
+                stream.delete_message(message.sequence).await?;
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The status of a message whose appender died before writing one: as the append would have

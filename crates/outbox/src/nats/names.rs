@@ -52,14 +52,20 @@ impl Names {
     /// Subjects the stream must hold: every route's queue and the dead letters.
     pub(super) fn stream_subjects(&self) -> [String; 2] {
         [
-            format!("{}.q.*", self.stream),
+            format!("{}.q.*.*", self.stream),
             format!("{}.dead.*", self.stream),
         ]
     }
 
-    /// The subject of a route's queue, filtered by its consumer.
+    /// The subjects of a route's queue, which its consumer filters.
     pub(super) fn queue(&self, token: &str) -> String {
-        format!("{}.q.{token}", self.stream)
+        format!("{}.q.{token}.*", self.stream)
+    }
+
+    /// The subject of one message in its route's queue: one subject per message, so that a
+    /// message can be removed from its queue by id.
+    pub(super) fn queued(&self, token: &str, id: MessageId) -> String {
+        format!("{}.q.{token}.{id}", self.stream)
     }
 
     /// The subject under which a dead message's request is kept until re-driven.
@@ -169,6 +175,7 @@ mod tests {
         assert_eq!(names.status_id(&names.status_subject(id)), Some(id));
         assert_eq!(names.status_id("$KV.OTHER.x"), None);
         assert_eq!(names.dead(id), format!("S.dead.{id}"));
-        assert_eq!(names.queue("orders"), "S.q.orders");
+        assert_eq!(names.queue("orders"), "S.q.orders.*");
+        assert_eq!(names.queued("orders", id), format!("S.q.orders.{id}"));
     }
 }

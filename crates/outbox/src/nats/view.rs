@@ -10,7 +10,7 @@
 //! changes show after the feed's delay: milliseconds.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -172,25 +172,37 @@ impl View {
     }
 
     /// The tombstones whose time is up (older than `retention`, or beyond the `max` newest),
-    /// at most `limit`: forgotten here, to be purged from the bucket by the caller.
+    /// at most `limit`, with their revisions: forgotten here, to be purged by the caller (or
+    /// [kept](View::keep)).
     pub(super) fn purge_due(
         &self,
         now: Timestamp,
         retention: Duration,
         max: u64,
         limit: usize,
-    ) -> Vec<MessageId> {
+    ) -> Vec<(Tombstone, u64)> {
         let mut state = self.state();
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        let ids = state.index.purge_tombstones(now, retention, max, limit);
-        for &id in &ids {
-            let revision = state.revisions.remove(&id).unwrap_or(0);
-            state.gone.insert(id, revision);
+        let purged = state.index.purge_tombstones(now, retention, max, limit);
+        let mut due = Vec::with_capacity(purged.len());
+        for t in purged {
+            let revision = state.revisions.remove(&t.id).unwrap_or(0);
+            state.gone.insert(t.id, revision);
+            due.push((t, revision));
         }
         // What the feed has passed it cannot bring again.
         let followed = state.followed;
         state.gone.retain(|_, revision| *revision > followed);
-        ids.into_iter().map(MessageId::from_u128).collect()
+        due
+    }
+
+    /// Takes back a tombstone that [`purge_due`](View::purge_due) gave out and that must stay
+    /// for now: it goes to the end of the purge order.
+    pub(super) fn keep(&self, tombstone: Tombstone, revision: u64) {
+        let mut state = self.state();
+        state.gone.remove(&tombstone.id);
+        state.revisions.insert(tombstone.id, revision);
+        state.index.add_tombstone(tombstone);
     }
 }
 
@@ -232,12 +244,7 @@ pub(super) async fn load(
 /// Applies the bucket's changes to `view` for as long as the store is open (the task running it
 /// is aborted at close). The feed survives reconnections by itself, resuming after the last
 /// record it delivered.
-pub(super) async fn follow(
-    mut feed: Ordered,
-    names: Names,
-    view: std::sync::Arc<View>,
-    clock: StoreClock,
-) {
+pub(super) async fn follow(mut feed: Ordered, names: Names, view: Arc<View>, clock: StoreClock) {
     while let Some(next) = feed.next().await {
         match next {
             Ok(message) => view.take_in(&names, &message, clock.now()),
