@@ -6,10 +6,10 @@
 //! - **The requests** are messages of one work-queue stream, `[outbox] nats.stream`
 //!   (`RAMPART_OUTBOX` by default; file storage; created when missing). A route's queue is the
 //!   subjects `{stream}.q.{route}.*`, one per message, `{stream}.q.{route}.{id}` (the route's name
-//!   written as a token, see `names`), so that a message can be removed from its queue by id; a
-//!   dead message's request waits under `{stream}.dead.{id}` until re-driven. Each message carries its
-//!   id in the `Rampart-Message-Id` header, and its request in the payload as a [`record`]
-//!   message record, exactly as the embedded store keeps it.
+//!   written as a token, see `names`), so that whether a message is still queued can be asked by
+//!   its id; a dead message's request waits under `{stream}.dead.{id}` until re-driven. Each
+//!   message carries its id in the `Rampart-Message-Id` header, and its request in the payload as
+//!   a [`record`] message record, exactly as the embedded store keeps it.
 //! - **The statuses** are the [`record`] status records of a key-value bucket,
 //!   `{stream}_STATUS`, one key per id: rewritten at each change, and left as the tombstone of a
 //!   delivered or dropped message until purged. Every write but the first is a compare-and-set on
@@ -42,15 +42,18 @@
 //! Every step is ordered so that a crash between two of them leaves nothing lost: a status
 //! written before its message is gone from the queue makes the leftover copy harmless (a taker
 //! finding a `delivered` or `dropped` status acknowledges the copy away; one finding `dead`
-//! queues the message again, as a re-drive would).
+//! queues the message again, as a re-drive would). A tombstone is purged only once its message
+//! is out of the queue, so that a leftover copy never comes back as a message without a status,
+//! which a taker would deliver.
 //!
 //! # What differs from the embedded store
 //!
 //! - **Durability** is the NATS server's: an append returns once JetStream acknowledged the
 //!   message, that is once the server wrote it to its files. A killed nats-server loses nothing so
 //!   acknowledged; a machine crash or power loss can lose what the server had not yet fsync'd,
-//!   which by default is up to two minutes of writes (nats-server's `sync_interval`; set
-//!   `sync_interval: always` on servers that have it, or run a cluster with replicated streams).
+//!   which by default is up to two minutes of writes. Servers from 2.10 on take `sync_interval`
+//!   in their `jetstream` block (`always`: fsync every write); a cluster with replicated streams
+//!   survives the loss of one machine without it.
 //! - **Leases are the server's.** A lease lasts `ack_wait` from when the server handed the
 //!   message out; when it ends the server hands the message out again, to any instance. A restart
 //!   of rampart does not void the leases it held: their messages come due when the leases end.
@@ -172,7 +175,7 @@ struct Inner {
     /// The work-queue stream.
     queue: stream::Stream,
     statuses: kv::Store,
-    /// The stream behind `statuses`, to purge tombstones without leaving markers.
+    /// The stream behind `statuses`, to delete tombstones without leaving markers.
     statuses_stream: stream::Stream,
     consumers: Mutex<HashMap<Arc<str>, PullConsumer>>,
     leases: Mutex<HashMap<MessageId, Held>>,
