@@ -241,6 +241,63 @@ async fn an_unsettled_lease_ends_and_another_store_is_handed_the_message() {
 }
 
 #[tokio::test]
+async fn a_holder_whose_lease_ended_on_the_server_is_fenced_off_by_the_status_revision() {
+    let server = NatsServer::start();
+    let lease = Duration::from_secs(1);
+    // a's clock stands still: a never sees its lease end, though the server does.
+    let (frozen, _) = manual();
+    let a = connect_with_lease(&server, &frozen, Limits::default(), lease).await;
+    let b = connect_with_lease(&server, &real(), Limits::default(), lease).await;
+    let id = a.append("r", request(1, b"body")).await.unwrap();
+    let first = a.take("r", 1, NOW).await.unwrap();
+    let second = b.take("r", 1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ids(&second), vec![id]);
+
+    let stale = first[0].lease;
+    let later = frozen.now().saturating_add(Duration::from_secs(60));
+    assert!(matches!(
+        a.retry_later(stale, later, "late".into()).await,
+        Err(Error::LeaseLost(_))
+    ));
+    assert!(matches!(
+        a.dead(stale, "late".into()).await,
+        Err(Error::LeaseLost(_))
+    ));
+    let status = b.get(id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempts), (State::Delivering, 0));
+
+    // b's lease holds: its dead-lettering keeps the one request, whole.
+    b.dead(second[0].lease, "gave up".into()).await.unwrap();
+    b.redrive(id).await.unwrap();
+    let again = b.take("r", 10, NOW).await.unwrap();
+    assert_eq!(ids(&again), vec![id]);
+    assert_eq!(again[0].message.request, request(1, b"body"));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_later_than_the_lease_waits_for_its_time() {
+    let server = NatsServer::start();
+    let clock = real();
+    let lease = Duration::from_secs(1);
+    let store = connect_with_lease(&server, &clock, Limits::default(), lease).await;
+    let id = store.append("r", request(1, b"x")).await.unwrap();
+    let taken = store.take("r", 1, NOW).await.unwrap();
+    let started = Instant::now();
+    let delay = Duration::from_millis(2500);
+    let due = clock.now().saturating_add(delay);
+    store
+        .retry_later(taken[0].lease, due, "503".into())
+        .await
+        .unwrap();
+    let again = store.take("r", 1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ids(&again), vec![id]);
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn two_stores_share_a_queue_and_never_hold_one_message_together() {
     let server = NatsServer::start();
     let (clock, _) = manual();
