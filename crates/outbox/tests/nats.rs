@@ -790,9 +790,14 @@ async fn every_acknowledged_append_survives_the_server_being_killed() {
         .collect();
 
     for kill_at in [250, 600] {
-        while acked.load(Ordering::SeqCst) < kill_at {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let reached = async {
+            while acked.load(Ordering::SeqCst) < kill_at {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), reached)
+            .await
+            .unwrap_or_else(|_| panic!("appends stalled before {kill_at} were acknowledged"));
         server.kill();
         server.restart();
     }
