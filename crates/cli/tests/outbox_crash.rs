@@ -1,6 +1,6 @@
-//! The outbox's promise under crashes: every message answered 202 reaches the upstream, though
-//! `rampart run` is SIGKILLed again and again while clients post and the upstream is down part
-//! of the time.
+//! The outbox's promise under crashes, for each store: every message answered 202 reaches the
+//! upstream, though `rampart run` is SIGKILLed again and again while clients post and the
+//! upstream is down part of the time.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, NatsServer, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,7 +23,8 @@ const CLIENTS: usize = 4;
 /// SIGKILLs, spread over the posting.
 const KILLS: usize = 6;
 
-fn config(listen: SocketAddr, dir: &std::path::Path, upstream: SocketAddr) -> String {
+/// `store` is the `[outbox]` lines naming the store.
+fn config(listen: SocketAddr, store: &str, upstream: SocketAddr) -> String {
     format!(
         r#"
         [runtime]
@@ -33,7 +34,7 @@ fn config(listen: SocketAddr, dir: &std::path::Path, upstream: SocketAddr) -> St
         listen = "{listen}"
 
         [outbox]
-        path = "{dir}"
+        {store}
         retry = {{ base = "20ms", max = "200ms" }}
 
         [[routes]]
@@ -50,7 +51,6 @@ fn config(listen: SocketAddr, dir: &std::path::Path, upstream: SocketAddr) -> St
         open_for = "100ms"
         open_for_max = "400ms"
         "#,
-        dir = dir.display(),
     )
 }
 
@@ -94,12 +94,33 @@ fn seen_ids(upstream: &Upstream) -> HashSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_answered_202_is_delivered_through_repeated_sigkills() {
+async fn every_message_answered_202_is_delivered_through_repeated_sigkills_embedded() {
     let dir = std::env::temp_dir().join(format!("rampart-outbox-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    crash_run("embedded", &format!("path = \"{}\"", dir.display())).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_answered_202_is_delivered_through_repeated_sigkills_nats() {
+    let server = NatsServer::start();
+    let store = format!(
+        "store = \"nats\"\nnats = {{ url = \"{}\", stream = \"CRASH\" }}",
+        server.url()
+    );
+    crash_run("nats", &store).await;
+}
+
+/// Clients post `MESSAGES` orders to a `rampart run` whose outbox is `store`, SIGKILLed `KILLS`
+/// times meanwhile, the upstream down until the third kill and again after the fifth; then
+/// every id answered 202 must reach the upstream.
+async fn crash_run(name: &str, store: &str) {
     let listen = free_addr();
     let upstream_addr = free_addr();
-    let config = TempConfig::new("outbox-crash", &config(listen, &dir, upstream_addr));
+    let config = TempConfig::new(
+        &format!("outbox-crash-{name}"),
+        &config(listen, store, upstream_addr),
+    );
 
     // The upstream is down for the first part of the run.
     let mut upstream: Option<Upstream> = None;
@@ -195,5 +216,4 @@ async fn every_message_answered_202_is_delivered_through_repeated_sigkills() {
         &missing[..missing.len().min(5)]
     );
     drop(rampart);
-    let _ = std::fs::remove_dir_all(&dir);
 }

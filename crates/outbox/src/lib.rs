@@ -18,6 +18,8 @@
 //! - [`Store`]: the operations, one FIFO queue per route. Object-safe, so the proxy holds an
 //!   `Arc<dyn Store>` whichever backend `[outbox] store` names.
 //! - [`Embedded`]: a redb file under `[outbox] path`, with group commit ([`embedded`] tells how).
+//! - [`Nats`]: a NATS JetStream work-queue stream and a key-value bucket of statuses, which
+//!   several rampart instances can share ([`nats`] tells how, and what differs).
 //! - [`record`]: the versioned binary format of what is stored, and its never-panicking decoder.
 //! - [`StoreClock`]: the store's wall-clock time, moving with an injected clock so that tests run
 //!   on tokio's paused clock.
@@ -25,7 +27,9 @@
 //! # How the proxy uses it
 //!
 //! - **Start:** `Embedded::open(Options { dir: path, limits: Limits { max_messages, max_bytes,
-//!   on_full }, lease, .. })` from `[outbox]`, with `lease` above the longest route timeout.
+//!   on_full }, lease, .. })` from `[outbox]`, with `lease` above the longest route timeout; for
+//!   `store = "nats"`, `Nats::connect(NatsOptions { url, stream, limits, lease, .. })` from
+//!   `nats = { url, stream }` instead. Either goes into an `Arc<dyn Store>`.
 //! - **An async request:** buffer the body (bounded by `max_request_body`), then
 //!   [`Store::append`]. `Ok(id)`: answer 202 with `x-rampart-message-id: {id}` and
 //!   `{"id": "{id}", "status": "queued"}`. [`Error::Full`]: answer through `rampart_http::rescue`
@@ -48,7 +52,8 @@
 //! - **Admin API:** `GET /api/outbox` renders [`Store::summary`] (`rampart_outbox_pending` is
 //!   [`Counts::pending`] of its total); `GET /api/outbox/<id>` parses the id
 //!   ([`MessageId`]'s `FromStr`) and renders [`Store::get`], 404 for `None`.
-//! - **Drain:** stop the loops at their next `take`, then [`Embedded::close`].
+//! - **Drain:** stop the loops at their next `take`, then [`Embedded::close`] (or
+//!   [`Nats::close`]).
 //!
 //! # Example
 //!
@@ -81,7 +86,9 @@
 pub mod embedded;
 mod error;
 mod id;
+mod index;
 mod message;
+pub mod nats;
 pub mod record;
 mod store;
 mod time;
@@ -90,5 +97,6 @@ pub use embedded::{Embedded, Options};
 pub use error::{BoxError, Error, Full, FullReason};
 pub use id::{MessageId, ParseIdError};
 pub use message::{Lease, Leased, Message, Request, State, Status};
+pub use nats::{Nats, NatsOptions};
 pub use store::{Counts, Limits, OnFull, Store, Summary};
 pub use time::{StoreClock, Timestamp};

@@ -43,7 +43,9 @@ use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
 use rampart_http::classify::is_grpc;
 use rampart_http::deadline::set_outgoing;
-use rampart_outbox::{Embedded, Error as StoreError, Leased, Message, MessageId, Options, Store};
+use rampart_outbox::{
+    Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
+};
 use rampart_policy::retry::ExponentialBackoff;
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
@@ -124,10 +126,18 @@ impl Outbox {
                 )
             }
             OutboxStore::Nats { url, stream } => {
-                return Err(Error::Outbox {
-                    store: format!("the nats store {url} stream {stream}"),
-                    source: StoreError::backend("this build has no nats store"),
-                });
+                let mut options = NatsOptions::new(url, stream);
+                options.limits = limits;
+                options.lease = lease;
+                options.rng = rng.clone();
+                Arc::new(
+                    Nats::connect(options)
+                        .await
+                        .map_err(|source| Error::Outbox {
+                            store: format!("the nats store at {url}, stream {stream}"),
+                            source,
+                        })?,
+                )
             }
         };
         let backoff = ExponentialBackoff::try_new(outbox.retry.base, outbox.retry.max)
@@ -196,8 +206,11 @@ impl Outbox {
     }
 }
 
-/// The shortest lease: a delivery's attempt, its retries and its settle fit well inside.
-const LEASE: Duration = Duration::from_secs(60);
+/// The shortest lease. A lease is twice the longest route timeout (a delivery's attempts, its
+/// backoffs and its settle fit well inside), and not shorter than this. With the nats store it
+/// is the consumers' `ack_wait`, which every instance sharing a stream must agree on: they do,
+/// given the same routes.
+const LEASE: Duration = Duration::from_secs(10);
 
 // The request as the store keeps it: the client's method, target, headers (less the ones that
 // mean something only now) and body.

@@ -15,12 +15,14 @@
 
 mod fault;
 mod grpc;
+mod nats;
 mod process;
 mod proxy;
 mod upstream;
 
 pub use fault::{Fault, FaultProxy};
 pub use grpc::{EchoClient, EchoReply, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, SeenCall};
+pub use nats::NatsServer;
 pub use process::{ChildUpstream, UPSTREAM_BINARY};
 pub use proxy::ProxyBuilder;
 pub use tonic_health::ServingStatus;

@@ -19,7 +19,6 @@
 //!   tombstone of a delivered or dropped message; both are in the versioned format of
 //!   [`crate::record`]. `meta` counts the opens, which numbers each open's leases apart.
 
-mod index;
 mod writer;
 
 use std::path::PathBuf;

@@ -16,9 +16,9 @@ use std::time::Duration;
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::index::{Index, Tombstone};
 use crate::error::Error;
 use crate::id::{IdGenerator, MessageId};
+use crate::index::{Index, Tombstone};
 use crate::message::{Lease, Leased, Message, State, Status};
 use crate::record::{self, MAX_ERROR_LEN};
 use crate::store::Limits;
@@ -208,9 +208,9 @@ impl Writer {
                 results.push(result);
             }
             let max_tombstones = usize::try_from(shared.limits.max_messages).unwrap_or(usize::MAX);
-            for id in index.purge_tombstones(now, shared.retention, max_tombstones, PURGE_PER_BATCH)
+            for t in index.purge_tombstones(now, shared.retention, max_tombstones, PURGE_PER_BATCH)
             {
-                tables.statuses.remove(id).or_backend()?;
+                tables.statuses.remove(t.id).or_backend()?;
             }
         }
         // The index lock is released: readers of counts do not wait for the fsync.

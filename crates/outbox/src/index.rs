@@ -1,13 +1,14 @@
-//! The embedded store's in-memory index: which messages are held, in which state, in which order.
+//! A store's in-memory index: which messages are held, in which state, in which order.
 //!
-//! The database holds the records; this index answers the questions asked on every operation
+//! The backend holds the records; this index answers the questions asked on every operation
 //! without reading them: which messages of a route are due, oldest first; when the next one
 //! comes due; which to drop when full; how many there are. It holds a few dozen bytes per
 //! message, never a body, and is rebuilt from the status records at open.
 //!
-//! It is also the truth about leases: a lease lives in memory only (a restart voids every lease),
-//! so a message whose lease has expired counts as queued here even while its record on disk still
-//! says delivering.
+//! In the embedded store it is also the truth about leases: a lease lives in memory only (a
+//! restart voids every lease), so a message whose lease has expired counts as queued here even
+//! while its record on disk still says delivering. The nats store keeps its index as a view of the
+//! shared status bucket (see `crate::nats`), leases included, as each instance recorded them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -148,6 +149,32 @@ impl Index {
         );
     }
 
+    /// Adds a message as leased under `token` until `until`: a lease recorded elsewhere (the nats
+    /// store's instances share their leases through the status records).
+    pub(crate) fn insert_leased(
+        &mut self,
+        id: u128,
+        route: Arc<str>,
+        size: u64,
+        token: u64,
+        until: Timestamp,
+    ) {
+        let queue = self.queues.entry(route.clone()).or_default();
+        queue.counts.bytes += size;
+        queue.counts.delivering += 1;
+        queue.leased.insert((until, id));
+        self.bytes += size;
+        self.entries.insert(
+            id,
+            Entry {
+                route,
+                held: Held::Delivering { token, until },
+                size,
+                next_attempt_at: until,
+            },
+        );
+    }
+
     /// Removes a held message from every structure; returns it.
     fn remove(&mut self, id: u128) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
@@ -213,14 +240,14 @@ impl Index {
     }
 
     /// Forgets the tombstones older than `retention`, and the oldest beyond `max` of them;
-    /// returns their ids (at most `limit`, so one batch stays small).
+    /// returns them (at most `limit`, so one batch stays small).
     pub(crate) fn purge_tombstones(
         &mut self,
         now: Timestamp,
         retention: Duration,
         max: usize,
         limit: usize,
-    ) -> Vec<u128> {
+    ) -> Vec<Tombstone> {
         let mut purged = Vec::new();
         while purged.len() < limit {
             let Some(oldest) = self.tombstones.front() else {
@@ -238,7 +265,7 @@ impl Index {
             {
                 queue.counts.delivered -= 1;
             }
-            purged.push(t.id);
+            purged.push(t);
         }
         purged
     }
