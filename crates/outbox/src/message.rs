@@ -117,6 +117,25 @@ pub struct Status {
     pub size: u64,
 }
 
+impl Status {
+    /// The record of a message `route` just accepted at `now`: queued, due at once, no attempt
+    /// yet; `size` bytes against `max_bytes`.
+    pub fn accepted(id: MessageId, route: Arc<str>, now: Timestamp, size: u64) -> Status {
+        Status {
+            id,
+            route,
+            state: State::Queued,
+            attempts: 0,
+            accepted_at: now,
+            queued_at: now,
+            next_attempt_at: now,
+            changed_at: now,
+            last_error: None,
+            size,
+        }
+    }
+}
+
 /// A message taken for delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

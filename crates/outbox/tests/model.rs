@@ -425,18 +425,7 @@ async fn run(
                         model.msgs.insert(
                             id,
                             Msg {
-                                status: Status {
-                                    id,
-                                    route: route.into(),
-                                    state: State::Queued,
-                                    attempts: 0,
-                                    accepted_at: now,
-                                    queued_at: now,
-                                    next_attempt_at: now,
-                                    changed_at: now,
-                                    last_error: None,
-                                    size,
-                                },
+                                status: Status::accepted(id, route.into(), now, size),
                                 lease: None,
                                 published: 0,
                                 again: None,

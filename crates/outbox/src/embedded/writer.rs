@@ -245,18 +245,7 @@ impl Writer {
                 }
                 let id = self.ids.next(now);
                 let route = index.route(route);
-                let status = Status {
-                    id,
-                    route: route.clone(),
-                    state: State::Queued,
-                    attempts: 0,
-                    accepted_at: now,
-                    queued_at: now,
-                    next_attempt_at: now,
-                    changed_at: now,
-                    last_error: None,
-                    size,
-                };
+                let status = Status::accepted(id, route.clone(), now, size);
                 tables
                     .messages
                     .insert(id.as_u128(), record.as_slice())

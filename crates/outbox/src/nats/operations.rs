@@ -50,18 +50,7 @@ impl Inner {
                     .error("publishing a message", "every id drawn was taken"));
             }
         };
-        let status = Status {
-            id,
-            route: route.into(),
-            state: State::Queued,
-            attempts: 0,
-            accepted_at: now,
-            queued_at: now,
-            next_attempt_at: now,
-            changed_at: now,
-            last_error: None,
-            size,
-        };
+        let status = Status::accepted(id, route.into(), now, size);
         // `None`: a taker was quicker and wrote the status itself.
         self.record(&status, None).await?;
         self.purge_tombstones().await;
