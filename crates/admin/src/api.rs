@@ -11,9 +11,10 @@ use hyper::body::Incoming;
 use prometheus_client::encoding::text::encode;
 use rampart_proxy::stats::Unknown;
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Refusal;
-use crate::{ReloadError, State, dashboard, events, hystrix, json, outbox};
+use crate::{MAX_STREAMS, ReloadError, State, dashboard, events, hystrix, json, outbox};
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -37,10 +38,14 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         (&Method::GET, ["api", "stats"]) => {
             answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
         }
-        (&Method::GET, ["api", "events"]) => events::stream(state.proxy.clone()),
-        (&Method::GET, ["hystrix.stream"]) => {
-            hystrix::stream(state.proxy.clone(), request.uri().query())
-        }
+        (&Method::GET, ["api", "events"]) => match stream_permit(state) {
+            Ok(permit) => events::stream(state.proxy.clone(), permit),
+            Err(refused) => refused,
+        },
+        (&Method::GET, ["hystrix.stream"]) => match stream_permit(state) {
+            Ok(permit) => hystrix::stream(state.proxy.clone(), request.uri().query(), permit),
+            Err(refused) => refused,
+        },
         (&Method::GET, _) if dashboard::serves(&path) => dashboard::get(&path, state.addr),
         (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
             let (upstream, endpoint) = (decode(upstream), decode(endpoint));
@@ -74,6 +79,18 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             &format!("no admin endpoint at {path}"),
         ),
     }
+}
+
+// A place among the event streams open at once, or the refusal when every one is taken.
+fn stream_permit(state: &State) -> Result<OwnedSemaphorePermit, Answer> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{MAX_STREAMS} event streams are open already, the most there may be; close one"
+            ),
+        )
+    })
 }
 
 fn metrics(state: &State) -> Answer {

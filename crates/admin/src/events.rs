@@ -18,7 +18,7 @@ use hyper::body::{Body, Frame};
 use rampart_proxy::ProxyHandle;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::MissedTickBehavior;
 
 use crate::api::Answer;
@@ -31,9 +31,13 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 const QUEUED: usize = 16;
 
 /// The event stream of `proxy`.
-pub(crate) fn stream(proxy: ProxyHandle) -> Answer {
+pub(crate) fn stream(proxy: ProxyHandle, permit: OwnedSemaphorePermit) -> Answer {
     let (events, queue) = mpsc::channel(QUEUED);
-    tokio::spawn(feed(proxy, events));
+    tokio::spawn(async move {
+        feed(proxy, events).await;
+        // The stream's place is free once nobody reads it.
+        drop(permit);
+    });
     response(queue)
 }
 

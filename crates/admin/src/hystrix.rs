@@ -23,7 +23,7 @@ use rampart_policy::breaker::State;
 use rampart_proxy::ProxyHandle;
 use rampart_proxy::stats::{Latencies, RouteStats, Snapshot, UpstreamStats};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::MissedTickBehavior;
 
 use crate::api::Answer;
@@ -47,9 +47,18 @@ const PING: &[u8] = b"ping: \n\n";
 
 /// The metrics stream of `proxy`, every `delay` from the request's query (`delay=N`, in
 /// milliseconds).
-pub(crate) fn stream(proxy: ProxyHandle, query: Option<&str>) -> Answer {
+pub(crate) fn stream(
+    proxy: ProxyHandle,
+    query: Option<&str>,
+    permit: OwnedSemaphorePermit,
+) -> Answer {
     let (rounds, queue) = mpsc::channel(QUEUED);
-    tokio::spawn(feed(proxy, delay(query), rounds));
+    let delay = delay(query);
+    tokio::spawn(async move {
+        feed(proxy, delay, rounds).await;
+        // The stream's place is free once nobody reads it.
+        drop(permit);
+    });
     let mut response = Response::new(Events(queue).boxed_unsync());
     let headers = response.headers_mut();
     // The headers Hystrix's servlet sends.

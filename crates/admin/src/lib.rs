@@ -97,7 +97,15 @@ struct State {
     proxy: ProxyHandle,
     token: Token,
     reload: Reload,
+    /// The event streams (`/api/events`, `/hystrix.stream`) that may be open at once: each
+    /// holds a task and a connection for as long as its reader stays.
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many event streams may be open at once: dashboards, Hystrix dashboards and Turbine
+/// instances watching one rampart are a handful; a client opening streams without end must not
+/// hold a task each.
+pub const MAX_STREAMS: usize = 64;
 
 // === impl Admin ===
 
@@ -139,6 +147,7 @@ impl Admin {
             proxy,
             token,
             reload,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         });
         let server = Server::start(tcp, move |request| {
             let state = state.clone();

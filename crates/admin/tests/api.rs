@@ -528,3 +528,55 @@ async fn the_dashboard_is_served_from_the_binary_with_every_asset_it_loads() {
     assert_eq!(get(admin.addr(), "/index.htm").await.status, 404);
     admin.shutdown().await;
 }
+
+#[tokio::test]
+async fn event_streams_beyond_the_cap_are_refused_until_one_closes() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+
+    let mut open = Vec::new();
+    for i in 0..rampart_admin::MAX_STREAMS {
+        let path = if i % 2 == 0 {
+            "/api/events"
+        } else {
+            "/hystrix.stream"
+        };
+        open.push(events_any(admin.addr(), path).await);
+    }
+    for path in ["/api/events", "/hystrix.stream"] {
+        let refused = get(admin.addr(), path).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(refused.body.contains("close one"), "{}", refused.body);
+    }
+    // The rest of the API still answers.
+    assert_eq!(get(admin.addr(), "/api/stats").await.status, 200);
+
+    // A reader that goes away frees its place.
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..500 {
+        let uri = format!("http://{}/api/events", admin.addr());
+        let response = client()
+            .request(http::Request::get(uri).body(Default::default()).unwrap())
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            reopened = Some(response);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "no place was freed");
+}
+
+/// Opens the event stream at `path` (either kind) and keeps its body.
+async fn events_any(addr: std::net::SocketAddr, path: &str) -> hyper::body::Incoming {
+    let uri = format!("http://{addr}{path}");
+    let response = client()
+        .request(http::Request::get(uri).body(Default::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.into_body()
+}
