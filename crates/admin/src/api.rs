@@ -39,12 +39,12 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
         }
         (&Method::GET, ["api", "events"]) => match stream_permit(state) {
-            Ok(permit) => events::stream(state.proxy.clone(), permit),
-            Err(refused) => refused,
+            Some(permit) => events::stream(state.proxy.clone(), permit),
+            None => streams_full(),
         },
         (&Method::GET, ["hystrix.stream"]) => match stream_permit(state) {
-            Ok(permit) => hystrix::stream(state.proxy.clone(), request.uri().query(), permit),
-            Err(refused) => refused,
+            Some(permit) => hystrix::stream(state.proxy.clone(), request.uri().query(), permit),
+            None => streams_full(),
         },
         (&Method::GET, _) if dashboard::serves(&path) => dashboard::get(&path, state.addr),
         (&Method::POST, ["api", "breakers", upstream, endpoint]) => {
@@ -81,16 +81,16 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
     }
 }
 
-// A place among the event streams open at once, or the refusal when every one is taken.
-fn stream_permit(state: &State) -> Result<OwnedSemaphorePermit, Answer> {
-    state.streams.clone().try_acquire_owned().map_err(|_| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "{MAX_STREAMS} event streams are open already, the most there may be; close one"
-            ),
-        )
-    })
+// A place among the event streams open at once; none when every one is taken.
+fn stream_permit(state: &State) -> Option<OwnedSemaphorePermit> {
+    state.streams.clone().try_acquire_owned().ok()
+}
+
+fn streams_full() -> Answer {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("{MAX_STREAMS} event streams are open already, the most there may be; close one"),
+    )
 }
 
 fn metrics(state: &State) -> Answer {
