@@ -420,9 +420,14 @@ impl Downstream {
         }
     }
 
-    async fn fetch(&self, item: u64, deadline: Option<Instant>) -> Part {
+    /// The address of the next call: each in turn.
+    fn next_addr(&self) -> SocketAddr {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let addr = self.call.addrs[n % self.call.addrs.len()];
+        self.call.addrs[n % self.call.addrs.len()]
+    }
+
+    async fn fetch(&self, item: u64, deadline: Option<Instant>) -> Part {
+        let addr = self.next_addr();
         // The time left goes on, so that the next hop does not work for a caller that is gone.
         let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
         if let Some(grpc) = &self.grpc {
@@ -468,8 +473,7 @@ impl Downstream {
 impl Downstream {
     /// Posts order `n` to C (directly, or to the async route of the sidecar).
     async fn place(&self, n: u64) -> Placed {
-        let n_call = self.next.fetch_add(1, Ordering::Relaxed);
-        let addr = self.call.addrs[n_call % self.call.addrs.len()];
+        let addr = self.next_addr();
         let Ok(request) = Request::post(format!("http://{addr}/c/order/{n}")).body(Empty::new())
         else {
             return Placed::Failed("cannot build the request".to_owned());

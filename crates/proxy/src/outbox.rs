@@ -42,7 +42,7 @@ use http_body_util::{BodyExt, Full};
 use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
 use rampart_http::classify::is_grpc;
-use rampart_http::deadline::set_outgoing;
+use rampart_http::deadline::{GRPC_TIMEOUT, X_RAMPART_DEADLINE, set_outgoing};
 use rampart_outbox::{
     Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
 };
@@ -53,7 +53,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::body::{BodyFault, ClientBodyFault, RequestBody, ResponseBody};
+use crate::body::{BodyFault, ClientBodyFault, RequestBody, ResponseBody, boxed};
 use crate::metrics::OutboxMetrics;
 use crate::route::Router;
 use crate::stack::Stack;
@@ -231,10 +231,7 @@ fn stored(parts: Parts, body: Bytes) -> rampart_outbox::Request {
         .iter()
         // The deadline is set afresh for each delivery; a message id is rampart's to give.
         .filter(|(name, _)| {
-            !matches!(
-                name.as_str(),
-                "x-rampart-message-id" | "x-rampart-deadline" | "grpc-timeout"
-            )
+            ![X_RAMPART_MESSAGE_ID, X_RAMPART_DEADLINE, GRPC_TIMEOUT].contains(name)
         })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
@@ -246,11 +243,7 @@ fn stored(parts: Parts, body: Bytes) -> rampart_outbox::Request {
 fn accepted(id: MessageId) -> Response<ResponseBody> {
     let id = id.to_string();
     let body = format!("{{\"id\": \"{id}\", \"status\": \"queued\"}}");
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never: Infallible| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = boxed(Response::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
