@@ -723,6 +723,30 @@ async fn connection_failures_name_the_server_the_stream_and_the_cause() {
     let text = failed.to_string();
     assert!(text.contains(&url) && text.contains("ORDERS"), "{text}");
 
+    // Credentials in the URL are never shown: not in the message, its causes or `Debug`.
+    let options = NatsOptions::new(format!("nats://alice:s3cret@127.0.0.1:{port}"), "ORDERS");
+    assert!(!format!("{options:?}").contains("s3cret"), "{options:?}");
+    let failed = Nats::connect(NatsOptions {
+        clock: clock.clone(),
+        ..options
+    })
+    .await
+    .unwrap_err();
+    let mut shown = format!("{failed} {failed:?}");
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&failed);
+    while let Some(err) = cause {
+        shown.push_str(&format!(" {err} {err:?}"));
+        cause = err.source();
+    }
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("alice"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("nats://***@127.0.0.1:{port}")),
+        "{shown}"
+    );
+
     let server = NatsServer::start_without_jetstream();
     let failed = Nats::connect(NatsOptions {
         clock: clock.clone(),
@@ -742,6 +766,31 @@ async fn connection_failures_name_the_server_the_stream_and_the_cause() {
         failed.to_string().contains("invalid stream name"),
         "{failed}"
     );
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_to_the_server() {
+    let server = NatsServer::start_with_user("alice", "p@ss:5ecret");
+    let (clock, _) = manual();
+    let options = |url: String| NatsOptions {
+        clock: clock.clone(),
+        ..NatsOptions::new(url, STREAM)
+    };
+    // Without them the server refuses the connection.
+    let refused = Nats::connect(options(server.url())).await.unwrap_err();
+    assert!(refused.to_string().contains("connecting"), "{refused}");
+
+    // The password percent-encoded, as a URL carries an `@` or a `:`.
+    let url = server
+        .url()
+        .replace("nats://", "nats://alice:p%40ss%3A5ecret@");
+    let store = Nats::connect(options(url)).await.unwrap();
+    let id = store.append("r", request(1, b"hello")).await.unwrap();
+    assert_eq!(
+        store.get(id).await.unwrap().map(|s| s.state),
+        Some(State::Queued)
+    );
+    store.close().await.unwrap();
 }
 
 #[tokio::test]

@@ -130,11 +130,12 @@ impl Outbox {
                 options.limits = limits;
                 options.lease = lease;
                 options.rng = rng.clone();
+                let shown = options.redacted_url();
                 Arc::new(
                     Nats::connect(options)
                         .await
                         .map_err(|source| Error::Outbox {
-                            store: format!("the nats store at {url}, stream {stream}"),
+                            store: format!("the nats store at {shown}, stream {stream}"),
                             source,
                         })?,
                 )

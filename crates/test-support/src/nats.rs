@@ -24,6 +24,8 @@ pub struct NatsServer {
     binary: PathBuf,
     port: u16,
     jetstream: bool,
+    // `--user` and `--pass`, when the server requires them.
+    user: Option<(String, String)>,
     dir: StoreDir,
     child: Option<Child>,
     starts: u32,
@@ -32,19 +34,26 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream.
     pub fn start() -> NatsServer {
-        NatsServer::launch(true)
+        NatsServer::launch(true, None)
     }
 
     /// Starts a server without JetStream, to see the store refuse it.
     pub fn start_without_jetstream() -> NatsServer {
-        NatsServer::launch(false)
+        NatsServer::launch(false, None)
     }
 
-    fn launch(jetstream: bool) -> NatsServer {
+    /// Starts a server with JetStream that admits only clients connecting as `user` with
+    /// `password`.
+    pub fn start_with_user(user: &str, password: &str) -> NatsServer {
+        NatsServer::launch(true, Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn launch(jetstream: bool, user: Option<(String, String)>) -> NatsServer {
         let mut server = NatsServer {
             binary: binary(),
             port: 0,
             jetstream,
+            user,
             dir: StoreDir::new(),
             child: None,
             starts: 0,
@@ -65,7 +74,7 @@ impl NatsServer {
         );
     }
 
-    /// The URL to connect to.
+    /// The URL to connect to, without credentials.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -97,6 +106,9 @@ impl NatsServer {
         let mut command = Command::new(&self.binary);
         if self.jetstream {
             command.arg("-js");
+        }
+        if let Some((user, password)) = &self.user {
+            command.args(["--user", user, "--pass", password]);
         }
         command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::url;
 use crate::error::{BoxError, Error};
 
 /// The NATS server and stream a store works with, named in its errors.
@@ -12,8 +13,9 @@ use crate::error::{BoxError, Error};
 pub(super) struct Place(Arc<(String, String)>);
 
 impl Place {
+    /// The place named in errors: `url` with its credentials hidden.
     pub(super) fn new(url: &str, stream: &str) -> Place {
-        Place(Arc::new((url.to_owned(), stream.to_owned())))
+        Place(Arc::new((url::redacted(url), stream.to_owned())))
     }
 
     /// An [`Error::Backend`] saying that `what` failed, and why.
@@ -42,7 +44,8 @@ impl NatsError {
         &self.what
     }
 
-    /// The server's URL, as configured (`[outbox] nats.url`).
+    /// The server's URL as configured (`[outbox] nats.url`), with any user, password or token
+    /// in it replaced by `***`.
     pub fn url(&self) -> &str {
         &self.url
     }

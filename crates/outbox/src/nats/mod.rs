@@ -74,9 +74,11 @@ mod error;
 mod names;
 mod operations;
 mod records;
+mod url;
 mod view;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -94,6 +96,7 @@ pub use names::InvalidStream;
 
 use self::error::Place;
 use self::names::Names;
+use self::url::Credentials;
 use self::view::View;
 use crate::error::{BoxError, Error};
 use crate::id::{IdGenerator, MessageId};
@@ -117,10 +120,14 @@ const NO_WAIT_GUARD: Duration = Duration::from_secs(5);
 /// The shortest wait worth a pull request.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
-/// How to connect a [`Nats`] store.
-#[derive(Clone, Debug)]
+/// How to connect a [`Nats`] store. Its `Debug` shows the URL [redacted](Self::redacted_url).
+#[derive(Clone)]
 pub struct NatsOptions {
-    /// The NATS server (`[outbox] nats.url`), e.g. `nats://127.0.0.1:4222`.
+    /// The NATS server (`[outbox] nats.url`), e.g. `nats://127.0.0.1:4222`; several separated
+    /// by commas. A user and password (`nats://alice:s3cret@host:4222`) or a token
+    /// (`nats://s3cret@host:4222`) in it are sent to the server, and never shown: errors and
+    /// `Debug` show `nats://***@host:4222`. The client uses one set of credentials, the first
+    /// server's that has any, for every server.
     pub url: String,
     /// The stream (`[outbox] nats.stream`): 1 to 64 ASCII letters, digits, `-` or `_`. It names
     /// the subjects and the status bucket too. Instances naming the same stream share its queues.
@@ -150,6 +157,24 @@ impl NatsOptions {
             clock: StoreClock::system(),
             rng: Rng::thread(),
         }
+    }
+
+    /// The URL with any user, password or token in it replaced by `***`, for logs and errors:
+    /// `nats://alice:s3cret@host:4222` shows as `nats://***@host:4222`.
+    pub fn redacted_url(&self) -> String {
+        url::redacted(&self.url)
+    }
+}
+
+impl fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &self.redacted_url())
+            .field("stream", &self.stream)
+            .field("limits", &self.limits)
+            .field("lease", &self.lease)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
     }
 }
 
@@ -221,10 +246,19 @@ impl Nats {
         let place = Place::new(&options.url, &options.stream);
         let names =
             Names::new(&options.stream).map_err(|e| place.error("checking the stream name", e))?;
-        let client = async_nats::ConnectOptions::new()
+        let (servers, credentials) = url::split(&options.url);
+        let connect = async_nats::ConnectOptions::new()
             .name("rampart-outbox")
-            .connection_timeout(CONNECT_TIMEOUT)
-            .connect(options.url.as_str())
+            .connection_timeout(CONNECT_TIMEOUT);
+        let connect = match credentials {
+            Some(Credentials::UserPassword(user, password)) => {
+                connect.user_and_password(user, password)
+            }
+            Some(Credentials::Token(token)) => connect.token(token),
+            None => connect,
+        };
+        let client = connect
+            .connect(servers.as_str())
             .await
             .map_err(|e| place.error("connecting", e))?;
         let js = jetstream::ContextBuilder::new()
