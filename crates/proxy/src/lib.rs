@@ -113,6 +113,7 @@
 
 mod balance;
 mod body;
+mod conn;
 mod fallback;
 mod fault;
 mod forward;

@@ -13,9 +13,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use rampart_config::{Listener, ListenerProtocol};
+use rampart_config::Listener;
 use rampart_policy::error::BoxError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -23,13 +21,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
+use crate::conn::Builders;
 use crate::route::Router;
-use crate::strict::StrictIo;
 use crate::upgrade::Tunnel;
 use crate::{Drain, Error, forward};
-
-/// hyper refuses a read buffer below this size.
-const MIN_BUF_SIZE: usize = 8192;
 
 /// How long to wait before accepting again after an accept error: these are resource shortages
 /// (out of file descriptors, most often), and retrying at once would spin.
@@ -48,7 +43,7 @@ pub(crate) async fn bind(listener: &Listener) -> Result<TcpListener, Error> {
 
 /// One listener's accept loop, with what each connection needs.
 pub(crate) struct Serve {
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<Builders>,
     // Swapped whole by a reload.
     routes: Arc<ArcSwap<Router>>,
     // One permit per open connection: past `max_connections`, new ones are closed at once.
@@ -65,7 +60,7 @@ impl Serve {
         drain_timeout: Duration,
     ) -> Serve {
         Serve {
-            builder: builder(listener),
+            builders: Arc::new(Builders::new(listener)),
             routes,
             connections: Arc::new(Semaphore::new(listener.max_connections as usize)),
             limits: forward::Limits::new(listener),
@@ -130,21 +125,29 @@ impl Serve {
                 // Each request takes the routes in force when it arrives, and keeps them to its
                 // end: a reload reaches open connections without changing a request in flight.
                 let router = routes.load_full();
-                async move {
+                // Boxed: hyper keeps room for one request's future in every connection, idle
+                // or not, and this one is several KiB.
+                Box::pin(async move {
                     let (response, tunnel) = forward::handle(request, &router, peer, limits).await;
                     if let Some(tunnel) = tunnel {
                         busy.activity.open_tunnel(tunnel);
                     }
                     Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
-                }
+                })
             })
         };
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(StrictIo::new(stream)), service)
-            .into_owned();
+        let builders = self.builders.clone();
         let idle_timeout = self.idle_timeout;
         Some(async move {
+            // Nothing more to do for a client gone, or silent for the header read timeout,
+            // before its protocol is known; nor for one still silent when a drain begins.
+            let connection = tokio::select! {
+                connection = builders.serve(stream, service) => connection,
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            let Some(connection) = connection else {
+                return;
+            };
             tokio::pin!(connection);
             let mut closing = false;
             loop {
@@ -279,29 +282,5 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-// The connection settings of a listener.
-fn builder(listener: &Listener) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let max_header_bytes = usize::try_from(listener.max_header_bytes.0).unwrap_or(usize::MAX);
-    builder
-        .http1()
-        // The header read timeout needs a timer to run on.
-        .timer(TokioTimer::new())
-        .header_read_timeout(listener.header_read_timeout)
-        .max_headers(listener.max_headers as usize)
-        // The head must fit in the read buffer: a larger one is answered 431.
-        .max_buf_size(max_header_bytes.max(MIN_BUF_SIZE));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(listener.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    match listener.protocol {
-        ListenerProtocol::Auto => builder,
-        ListenerProtocol::Http1 => builder.http1_only(),
-        ListenerProtocol::Http2 => builder.http2_only(),
     }
 }

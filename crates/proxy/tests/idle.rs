@@ -59,6 +59,93 @@ async fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = proxy_with("header_read_timeout = \"200ms\"", &upstream).await;
+
+    // Nothing at all, and the first bytes of the HTTP/2 preface and no more: neither says yet
+    // which protocol the client speaks, and neither may hold the connection for long.
+    for first in [&b""[..], b"PRI * HT"] {
+        let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+        client.write_all(first).await.unwrap();
+        assert_eq!(until_closed(&mut client).await, "");
+    }
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_preface_or_a_head_sent_a_byte_at_a_time_is_served() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = proxy_with("", &upstream).await;
+
+    // HTTP/1.1, its first byte also the preface's.
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    for byte in b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" {
+        client.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // h2c prior knowledge, its preface in pieces.
+    let stream = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(Trickle(stream)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("http://a/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "hi"
+    );
+}
+
+/// A stream whose writes go out a few bytes at a time.
+struct Trickle(TcpStream);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(5);
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
 async fn a_connection_with_a_request_in_flight_is_not_idle() {
     // The upstream takes three idle timeouts to answer.
     let upstream = Upstream::start(Behavior::Slow(Duration::from_millis(600)))

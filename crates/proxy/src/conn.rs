@@ -1,0 +1,171 @@
+//! One accepted connection served by hyper: HTTP/1.1 or HTTP/2 (h2c prior knowledge), picked
+//! from the client's first bytes, which are looked at without being read.
+//!
+//! hyper-util's `auto` server does the same by reading the first bytes and replaying them: hyper
+//! then finds those bytes in front of its read buffer, and on its next read grows the buffer to
+//! twice its size, for every HTTP/1.1 connection and for as long as it lives. Peeking leaves the
+//! socket as it was, so hyper's first read takes the whole head into its first buffer; and a
+//! connection that has sent nothing yet costs no hyper state at all.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rampart_config::{Listener, ListenerProtocol};
+use rampart_policy::error::BoxError;
+use tokio::net::TcpStream;
+
+use crate::strict::StrictIo;
+
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper refuses a read buffer below this size.
+const MIN_BUF_SIZE: usize = 8192;
+
+/// The first pause before looking again at a connection whose first bytes are the start of the
+/// preface, and the longest: a client sending its first bytes one at a time is rare, and must not
+/// cost a wake-up every millisecond.
+const SNIFF_PAUSE: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
+
+type Io = TokioIo<StrictIo<TcpStream>>;
+
+/// The connection settings of a listener, for each protocol it speaks.
+pub(crate) struct Builders {
+    protocol: ListenerProtocol,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+impl Builders {
+    pub(crate) fn new(listener: &Listener) -> Builders {
+        let max_header_bytes = usize::try_from(listener.max_header_bytes.0).unwrap_or(usize::MAX);
+        let mut http1 = http1::Builder::new();
+        http1
+            // The header read timeout needs a timer to run on.
+            .timer(TokioTimer::new())
+            .header_read_timeout(listener.header_read_timeout)
+            .max_headers(listener.max_headers as usize)
+            // The head must fit in the read buffer: a larger one is answered 431.
+            .max_buf_size(max_header_bytes.max(MIN_BUF_SIZE));
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(listener.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        Builders {
+            protocol: listener.protocol,
+            http1,
+            http2,
+            header_read_timeout: listener.header_read_timeout,
+        }
+    }
+
+    /// Serves `stream` with `service` in the protocol the listener and the client's first bytes
+    /// say. `None` when the client closes, fails or sends nothing within the header read
+    /// timeout before that is known.
+    pub(crate) async fn serve<S, B>(&self, stream: TcpStream, service: S) -> Option<Connection<S>>
+    where
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let http2 = match self.protocol {
+            ListenerProtocol::Http1 => false,
+            ListenerProtocol::Http2 => true,
+            ListenerProtocol::Auto => {
+                tokio::time::timeout(self.header_read_timeout, speaks_http2(&stream))
+                    .await
+                    .ok()?
+                    .ok()??
+            }
+        };
+        let io = TokioIo::new(StrictIo::new(stream));
+        Some(if http2 {
+            Connection::Http2 {
+                inner: self.http2.serve_connection(io, service),
+            }
+        } else {
+            Connection::Http1 {
+                inner: self.http1.serve_connection(io, service).with_upgrades(),
+            }
+        })
+    }
+}
+
+/// Whether the client opens with the HTTP/2 preface: `None` if it closed first. Waits for as many
+/// bytes as it takes to tell, without reading them.
+async fn speaks_http2(stream: &TcpStream) -> io::Result<Option<bool>> {
+    let mut first = [0; PREFACE.len()];
+    let mut pause = SNIFF_PAUSE.0;
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if first[..n] != PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == PREFACE.len() {
+            return Ok(Some(true));
+        }
+        // The start of the preface, and no more yet: peeking again at once would see the same
+        // bytes, so wait a little, longer each time.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SNIFF_PAUSE.1);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// hyper's connection, in the protocol the client speaks.
+    #[project = ConnectionProj]
+    pub(crate) enum Connection<S>
+    where
+        S: HttpService<Incoming>,
+    {
+        Http1 { #[pin] inner: http1::UpgradeableConnection<Io, S> },
+        Http2 { #[pin] inner: http2::Connection<Io, S, TokioExecutor> },
+    }
+}
+
+impl<S, B> Connection<S>
+where
+    S: HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Finishes the requests in flight and closes: HTTP/1.1 after the current exchange, HTTP/2
+    /// with GOAWAY.
+    pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            ConnectionProj::Http1 { inner } => inner.graceful_shutdown(),
+            ConnectionProj::Http2 { inner } => inner.graceful_shutdown(),
+        }
+    }
+}
+
+impl<S, B> Future for Connection<S>
+where
+    S: HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ConnectionProj::Http1 { inner } => inner.poll(cx),
+            ConnectionProj::Http2 { inner } => inner.poll(cx),
+        }
+    }
+}
