@@ -492,6 +492,54 @@ mod tests {
         assert_eq!(parse_timeout(b"123456789m"), None);
     }
 
+    #[test]
+    fn behaviour_text_form_round_trips() {
+        let behaviors = [
+            GrpcBehavior::Ok,
+            GrpcBehavior::Fail(Code::NotFound),
+            GrpcBehavior::FailInTrailers(Code::Unavailable),
+            GrpcBehavior::Slow(Duration::from_millis(250)),
+            GrpcBehavior::Hang,
+            GrpcBehavior::SlowBody(Duration::from_secs(3)),
+        ];
+        for behavior in behaviors {
+            let text = behavior.to_string();
+            assert_eq!(text.parse::<GrpcBehavior>(), Ok(behavior), "{text}");
+        }
+        for text in ["", "fail:17", "fail:x", "slow", "hang:1", "echo"] {
+            assert!(text.parse::<GrpcBehavior>().is_err(), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_sends_its_head_and_first_byte_at_once() {
+        let upstream = GrpcUpstream::start(GrpcBehavior::SlowBody(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let tcp = TcpStream::connect(upstream.addr()).await.unwrap();
+        let (mut client, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = Request::post(format!("http://{}{SAY}", upstream.addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            // EchoRequest { message: "x" }, framed.
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 3, 0x0a, 1, b'x',
+            ])))
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        // The compression flag of the reply's frame; the rest waits a minute.
+        assert_eq!(&first[..], &[0]);
+        let rest = tokio::time::timeout(Duration::from_millis(100), body.frame()).await;
+        assert!(rest.is_err(), "the rest came at once");
+    }
+
     #[tokio::test]
     async fn health_checks_answer_as_set() {
         use tonic_health::pb::HealthCheckRequest;

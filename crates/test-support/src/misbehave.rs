@@ -488,6 +488,79 @@ fn integer(out: &mut Vec<u8>, mut value: usize, prefix: u32) {
 mod tests {
     use super::*;
 
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // An h2c GET to `upstream` on a connection of its own: the response head, or hyper's error.
+    async fn h2_get(
+        upstream: &Misbehaving,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        let tcp = TcpStream::connect(upstream.addr()).await.unwrap();
+        let (mut client, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let request = http::Request::get(format!("http://{}/", upstream.addr()))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        client.send_request(request).await
+    }
+
+    #[tokio::test]
+    async fn an_http2_script_answers_on_the_requests_stream() {
+        let upstream = Misbehaving::start(vec![
+            Step::Settings,
+            Step::ReadRequest,
+            Step::Headers {
+                fields: vec![(":status".into(), "202".into()), ("x-a".into(), "b".into())],
+                end_stream: false,
+            },
+            Step::Data {
+                data: Bytes::from_static(b"body"),
+                end_stream: true,
+            },
+        ])
+        .await
+        .unwrap();
+        let response = h2_get(&upstream).await.unwrap();
+        assert_eq!(response.status(), 202);
+        assert_eq!(response.headers()["x-a"], "b");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"body");
+        assert_eq!(upstream.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn http2_streams_are_refused_and_left_out_as_scripted() {
+        let refusing = Misbehaving::start(vec![
+            Step::Settings,
+            Step::ReadRequest,
+            Step::RstStream(H2Code::REFUSED_STREAM),
+            Step::Hang,
+        ])
+        .await
+        .unwrap();
+        // hyper's error shows h2's, which names what came.
+        let err = format!("{:?}", h2_get(&refusing).await.unwrap_err());
+        assert!(
+            err.contains("Reset(StreamId(1), REFUSED_STREAM, Remote)"),
+            "{err}"
+        );
+
+        let going_away = Misbehaving::start(vec![
+            Step::Settings,
+            Step::ReadRequest,
+            Step::GoAway {
+                processed: false,
+                code: H2Code::NO_ERROR,
+            },
+            Step::Hang,
+        ])
+        .await
+        .unwrap();
+        let err = format!("{:?}", h2_get(&going_away).await.unwrap_err());
+        assert!(err.contains("GoAway(b\"\", NO_ERROR, Remote)"), "{err}");
+    }
+
     #[test]
     fn hpack_integers_follow_the_rfc_examples() {
         // RFC 7541 C.1.1 and C.1.2.
