@@ -181,6 +181,85 @@ where
     }
 }
 
+// === impl GrpcEnding ===
+
+pin_project_lite::pin_project! {
+    /// A response body to a gRPC client that, if it breaks off (a reset, a dead or invalid
+    /// upstream, the route's deadline), ends with trailers saying why instead: the `grpc-status`,
+    /// `grpc-message` and `x-rampart-error` of [`rampart_http::rescue()`] for the reason. A gRPC
+    /// client reads a stream reset as INTERNAL with no reason; these trailers end the call with
+    /// the status the reason has everywhere else (DEADLINE_EXCEEDED for `timeout`, UNAVAILABLE
+    /// for `upstream-reset`, ...). What came of the reply before is left for the client to drop.
+    pub(crate) struct GrpcEnding<B> {
+        #[pin]
+        inner: B,
+        // The reason when the deadline cuts the body: `timeout`, or `deadline-exceeded` when
+        // the client's own deadline was the shorter.
+        expired: Reason,
+        ended: bool,
+    }
+}
+
+impl<B> GrpcEnding<B> {
+    /// `inner`, ended by trailers if it fails; `expired` is the reason for the deadline.
+    pub(crate) fn new(inner: B, expired: Reason) -> GrpcEnding<B> {
+        GrpcEnding {
+            inner,
+            expired,
+            ended: false,
+        }
+    }
+}
+
+impl<B> Body for GrpcEnding<B>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Err(err)) => {
+                *this.ended = true;
+                let reason = broken_body(&*err, *this.expired);
+                let (mut parts, _) = rampart_http::rescue(reason, true).into_parts();
+                // The content type belongs to the head, sent long ago.
+                parts.headers.remove(http::header::CONTENT_TYPE);
+                Poll::Ready(Some(Ok(Frame::trailers(parts.headers))))
+            }
+            frame => Poll::Ready(frame),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a response body broke off: the deadline (`expired`), a stall past `body_idle_timeout`
+/// (`timeout` too), or the exchange with the upstream breaking.
+fn broken_body(err: &(dyn StdError + 'static), expired: Reason) -> Reason {
+    if err.is::<BodyTimedOut>() {
+        expired
+    } else if err.is::<BodyStalled>() {
+        Reason::Timeout
+    } else {
+        Reason::from(crate::stack::broken_exchange(Some(err)))
+    }
+}
+
 // === impl IdleBody ===
 
 pin_project_lite::pin_project! {

@@ -19,7 +19,9 @@ use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 use tokio::time::Instant;
 
-use crate::body::{BodyFault, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued};
+use crate::body::{
+    BodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued,
+};
 use crate::metrics::RouteOutcome;
 use crate::recent::Kind;
 use crate::route::Router;
@@ -285,6 +287,12 @@ async fn exchange(
                     .keep(stale_key, parts.status, &parts.headers, body)
                     .boxed_unsync(),
                 _ => body,
+            };
+            // A gRPC call cut short ends with a status saying why, not a bare stream reset.
+            let body = if grpc {
+                GrpcEnding::new(body, expired).boxed_unsync()
+            } else {
+                body
             };
             Response::from_parts(parts, body)
         }

@@ -37,8 +37,12 @@
 //! no request in flight for `idle_timeout` is closed. What goes wrong becomes a response in one place,
 //! [`rampart_http::rescue()`], with `x-rampart-error` saying why: `timeout` (504) when the
 //! route's timeout passes before the response's last byte (after the head was sent, the response
-//! is cut off instead), `upstream-connect` (502) when no connection could be made,
-//! `upstream-reset` (502) when the upstream dropped the exchange, `breaker-open` or
+//! is cut off instead; a gRPC call ends with trailers carrying the reason's `grpc-status` and
+//! `x-rampart-error`), `upstream-connect` (502) when no connection could be made,
+//! `upstream-reset` (502) when the upstream dropped the exchange (an HTTP/2 stream it refused,
+//! or left out of its GOAWAY, is retried as `refused-stream`), `upstream-invalid` (502) when
+//! it answered with something that is not HTTP (a malformed head, an HTTP/2 protocol error),
+//! `breaker-open` or
 //! `no-healthy-endpoint` (503) when no endpoint's breaker admits the request,
 //! `retry-budget-exhausted` (503) when a failure without a response called for a retry the
 //! budget refused, `rate-limited` (429) over the upstream's `rate`, `overloaded` (503) when its

@@ -459,19 +459,49 @@ fn transport_error(err: &hyper_util::client::legacy::Error) -> TransportError {
     if err.is_connect() {
         return TransportError::ConnectFailure;
     }
-    let mut source = err.source();
+    broken_exchange(err.source())
+}
+
+/// Why an exchange on an open connection broke, from the chain of errors that says so: the
+/// upstream's HTTP was invalid, its HTTP/2 refused the stream, or the connection or the stream
+/// was reset or closed.
+pub(crate) fn broken_exchange(mut source: Option<&(dyn StdError + 'static)>) -> TransportError {
     while let Some(cause) = source {
         if let Some(err) = cause.downcast_ref::<hyper::Error>()
             && (err.is_parse() || err.is_parse_status() || err.is_parse_too_large())
         {
             return TransportError::Invalid;
         }
+        if let Some(err) = cause.downcast_ref::<h2::Error>() {
+            return h2_error(err);
+        }
         if let Some(err) = cause.downcast_ref::<io::Error>() {
             return TransportError::from_io(err, false);
         }
         source = cause.source();
     }
-    // A connection closed before the response (hyper's "incomplete message"), a stream reset
-    // (HTTP/2 REFUSED_STREAM included, for now), a canceled request: the exchange broke.
+    // A connection closed before the response (hyper's "incomplete message"), a canceled
+    // request: the exchange broke.
     TransportError::Reset
+}
+
+fn h2_error(err: &h2::Error) -> TransportError {
+    if let Some(err) = err.get_io() {
+        return TransportError::from_io(err, false);
+    }
+    match err.reason() {
+        // The upstream did not process the request: it refused the stream, or its GOAWAY named
+        // a last stream below it (only such streams fail with a GOAWAY that is no error).
+        Some(h2::Reason::REFUSED_STREAM) if err.is_remote() => TransportError::RefusedStream,
+        Some(h2::Reason::NO_ERROR) if err.is_go_away() && err.is_remote() => {
+            TransportError::RefusedStream
+        }
+        // What the upstream sent broke HTTP/2 itself, and this side said so.
+        Some(
+            h2::Reason::PROTOCOL_ERROR
+            | h2::Reason::FRAME_SIZE_ERROR
+            | h2::Reason::COMPRESSION_ERROR,
+        ) if err.is_library() => TransportError::Invalid,
+        _ => TransportError::Reset,
+    }
 }

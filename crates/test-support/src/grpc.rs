@@ -12,15 +12,18 @@
 //! enforces each call's `grpc-timeout` itself, and would end a [`GrpcBehavior::Hang`] with its own
 //! DEADLINE_EXCEEDED, racing the proxy's timeout that the tests want to see.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
+use futures_util::{StreamExt, stream};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -41,6 +44,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tonic_prost::ProstCodec;
 use tower_service::Service as _;
 
+use crate::ParseBehaviorError;
 use crate::upstream::lock;
 
 /// The path of `rampart.test.Echo/Say`.
@@ -84,6 +88,48 @@ pub enum GrpcBehavior {
     Slow(Duration),
     /// Never reply; the call stays open until the client or the upstream gives up.
     Hang,
+    /// Send the response headers and the first byte of the reply at once, the rest of the reply
+    /// and the trailers after this delay: a call caught in the middle of its body.
+    SlowBody(Duration),
+}
+
+/// The text form, for the `--grpc` mode of the `rampart-test-upstream` binary: `ok`,
+/// `fail:CODE`, `fail-in-trailers:CODE` (CODE a number, `14` for UNAVAILABLE), `slow:MILLIS`,
+/// `hang`, `slow-body:MILLIS`.
+impl fmt::Display for GrpcBehavior {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrpcBehavior::Ok => f.write_str("ok"),
+            GrpcBehavior::Fail(code) => write!(f, "fail:{}", *code as i32),
+            GrpcBehavior::FailInTrailers(code) => write!(f, "fail-in-trailers:{}", *code as i32),
+            GrpcBehavior::Slow(delay) => write!(f, "slow:{}", delay.as_millis()),
+            GrpcBehavior::Hang => f.write_str("hang"),
+            GrpcBehavior::SlowBody(delay) => write!(f, "slow-body:{}", delay.as_millis()),
+        }
+    }
+}
+
+impl FromStr for GrpcBehavior {
+    type Err = ParseBehaviorError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+        let invalid = || ParseBehaviorError::grpc(format!("`{text}` is not a gRPC behaviour"));
+        let code = |s: &str| match s.parse::<i32>() {
+            Ok(n @ 0..=16) => Ok(Code::from_i32(n)),
+            _ => Err(invalid()),
+        };
+        let millis = |s: &str| s.parse().map(Duration::from_millis).map_err(|_| invalid());
+        match (kind, rest) {
+            ("ok", "") => Ok(GrpcBehavior::Ok),
+            ("fail", rest) => Ok(GrpcBehavior::Fail(code(rest)?)),
+            ("fail-in-trailers", rest) => Ok(GrpcBehavior::FailInTrailers(code(rest)?)),
+            ("slow", rest) => Ok(GrpcBehavior::Slow(millis(rest)?)),
+            ("hang", "") => Ok(GrpcBehavior::Hang),
+            ("slow-body", rest) => Ok(GrpcBehavior::SlowBody(millis(rest)?)),
+            _ => Err(invalid()),
+        }
+    }
 }
 
 /// One call as the upstream received it.
@@ -144,7 +190,16 @@ struct Shared {
 impl GrpcUpstream {
     /// Serves on 127.0.0.1 on a free port.
     pub async fn start(behavior: GrpcBehavior) -> io::Result<GrpcUpstream> {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        GrpcUpstream::start_on(
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            behavior,
+        )
+        .await
+    }
+
+    /// Serves on `addr`, e.g. the port of an upstream that was stopped, to bring it back.
+    pub async fn start_on(addr: SocketAddr, behavior: GrpcBehavior) -> io::Result<GrpcUpstream> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         // The server as a whole ("") starts SERVING.
         let health = HealthReporter::new();
@@ -266,8 +321,32 @@ async fn handle(
                 Err(frame) => frame,
             }))
         }),
+        GrpcBehavior::SlowBody(delay) => slow_body(response, delay).await,
         _ => response,
     })
+}
+
+// The response with its first byte at once, the rest of it and the trailers after `delay`.
+async fn slow_body(
+    response: Response<tonic::body::Body>,
+    delay: Duration,
+) -> Response<tonic::body::Body> {
+    let (parts, body) = response.into_parts();
+    // The reply is ready: tonic encoded it before answering.
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, tonic::body::Body::empty());
+    };
+    let trailers = collected.trailers().cloned();
+    let mut rest = collected.to_bytes();
+    let first = rest.split_to(rest.len().min(1));
+    let later = async move {
+        tokio::time::sleep(delay).await;
+        let frames = [Some(Frame::data(rest)), trailers.map(Frame::trailers)];
+        stream::iter(frames.into_iter().flatten().map(Ok::<_, Status>))
+    };
+    let frames = stream::once(std::future::ready(Ok(Frame::data(first))))
+        .chain(stream::once(later).flatten());
+    Response::from_parts(parts, tonic::body::Body::new(StreamBody::new(frames)))
 }
 
 // One call of `Say`, as tonic's server hands it over.
@@ -307,7 +386,7 @@ impl UnaryService<EchoRequest> for Say {
         let behavior = self.behavior.clone();
         Box::pin(async move {
             match behavior {
-                GrpcBehavior::Ok | GrpcBehavior::FailInTrailers(_) => {}
+                GrpcBehavior::Ok | GrpcBehavior::FailInTrailers(_) | GrpcBehavior::SlowBody(_) => {}
                 GrpcBehavior::Fail(code) => return Err(Status::new(code, "failed as scripted")),
                 GrpcBehavior::Slow(delay) => tokio::time::sleep(delay).await,
                 GrpcBehavior::Hang => std::future::pending().await,
@@ -411,6 +490,54 @@ mod tests {
         assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_timeout(b"300"), None);
         assert_eq!(parse_timeout(b"123456789m"), None);
+    }
+
+    #[test]
+    fn behaviour_text_form_round_trips() {
+        let behaviors = [
+            GrpcBehavior::Ok,
+            GrpcBehavior::Fail(Code::NotFound),
+            GrpcBehavior::FailInTrailers(Code::Unavailable),
+            GrpcBehavior::Slow(Duration::from_millis(250)),
+            GrpcBehavior::Hang,
+            GrpcBehavior::SlowBody(Duration::from_secs(3)),
+        ];
+        for behavior in behaviors {
+            let text = behavior.to_string();
+            assert_eq!(text.parse::<GrpcBehavior>(), Ok(behavior), "{text}");
+        }
+        for text in ["", "fail:17", "fail:x", "slow", "hang:1", "echo"] {
+            assert!(text.parse::<GrpcBehavior>().is_err(), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_sends_its_head_and_first_byte_at_once() {
+        let upstream = GrpcUpstream::start(GrpcBehavior::SlowBody(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let tcp = TcpStream::connect(upstream.addr()).await.unwrap();
+        let (mut client, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = Request::post(format!("http://{}{SAY}", upstream.addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            // EchoRequest { message: "x" }, framed.
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 3, 0x0a, 1, b'x',
+            ])))
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        // The compression flag of the reply's frame; the rest waits a minute.
+        assert_eq!(&first[..], &[0]);
+        let rest = tokio::time::timeout(Duration::from_millis(100), body.frame()).await;
+        assert!(rest.is_err(), "the rest came at once");
     }
 
     #[tokio::test]

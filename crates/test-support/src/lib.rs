@@ -9,12 +9,16 @@
 //!   (fail in the headers or in the trailers, slow, hang), recording each call and the
 //!   `grpc-timeout` it came with, and answering `grpc.health.v1` health checks as set
 //!   ([`ServingStatus`]); [`EchoClient`] is a tonic client for it.
-//! - [`ChildUpstream`]: the same upstream in a process of its own, to SIGKILL for real and bring
-//!   back on the same port.
+//! - [`ChildUpstream`]: the same upstreams (HTTP or gRPC) in a process of their own, to SIGKILL
+//!   for real and bring back on the same port.
+//! - [`Misbehaving`]: a raw TCP upstream running a script of [`Step`]s: garbage, broken framing,
+//!   resets, drips, HTTP/2 frames such as RST_STREAM and GOAWAY, written byte for byte; and
+//!   [`Refusing`], a port that refuses connections.
 //! - [`ProxyBuilder`]: a rampart proxy in the test's own process, from configuration text.
 
 mod fault;
 mod grpc;
+mod misbehave;
 mod nats;
 mod process;
 mod proxy;
@@ -22,6 +26,7 @@ mod upstream;
 
 pub use fault::{Fault, FaultProxy};
 pub use grpc::{EchoClient, EchoReply, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, SeenCall};
+pub use misbehave::{H2Code, Misbehaving, Refusing, Step};
 pub use nats::NatsServer;
 pub use process::{ChildUpstream, UPSTREAM_BINARY};
 pub use proxy::ProxyBuilder;

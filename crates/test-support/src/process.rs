@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use crate::Behavior;
+use crate::{Behavior, GrpcBehavior};
 
 /// The name of the binary [`ChildUpstream`] runs.
 pub const UPSTREAM_BINARY: &str = "rampart-test-upstream";
 
-/// An HTTP/1.1 and h2c upstream in a child process: killed for real by [`kill`](Self::kill),
-/// killed on drop.
+/// An HTTP/1.1 and h2c upstream, or a gRPC one, in a child process: killed for real by
+/// [`kill`](Self::kill), killed on drop.
 ///
 /// An in-process [`Upstream`](crate::Upstream) can only be dropped, which closes its sockets
 /// politely. This runs the same server as the `rampart-test-upstream` binary of this crate, so a test can SIGKILL it and see what a proxy sees when an upstream really dies: the
@@ -51,9 +51,17 @@ pub const UPSTREAM_BINARY: &str = "rampart-test-upstream";
 pub struct ChildUpstream {
     binary: PathBuf,
     addr: SocketAddr,
-    behavior: Behavior,
+    behavior: Serving,
     /// `None` once killed.
     running: Option<Running>,
+}
+
+/// What the child serves: the [`Upstream`](crate::Upstream)'s behaviours or the
+/// [`GrpcUpstream`](crate::GrpcUpstream)'s.
+#[derive(Debug, Clone)]
+enum Serving {
+    Http(Behavior),
+    Grpc(GrpcBehavior),
 }
 
 #[derive(Debug)]
@@ -74,7 +82,20 @@ impl ChildUpstream {
 
     /// Starts the upstream on a free port of 127.0.0.1, running `binary`.
     pub fn spawn_with(binary: impl Into<PathBuf>, behavior: Behavior) -> io::Result<ChildUpstream> {
-        let binary = binary.into();
+        ChildUpstream::serving(binary.into(), Serving::Http(behavior))
+    }
+
+    /// Starts a gRPC upstream (a [`GrpcUpstream`](crate::GrpcUpstream)) on a free port of
+    /// 127.0.0.1, running `binary`. Its behaviour is set for good:
+    /// [`set_behavior`](Self::set_behavior) refuses to change it.
+    pub fn spawn_grpc_with(
+        binary: impl Into<PathBuf>,
+        behavior: GrpcBehavior,
+    ) -> io::Result<ChildUpstream> {
+        ChildUpstream::serving(binary.into(), Serving::Grpc(behavior))
+    }
+
+    fn serving(binary: PathBuf, behavior: Serving) -> io::Result<ChildUpstream> {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let (running, addr) = Running::start(&binary, &behavior, any_port)?;
         Ok(ChildUpstream {
@@ -137,8 +158,14 @@ impl ChildUpstream {
     ///
     /// When the process is not running or does not acknowledge the change; `InvalidInput` for
     /// a body with a line break, which the one-line protocol to the process cannot carry (give
-    /// such a body to [`spawn`](Self::spawn) instead, as an argument).
+    /// such a body to [`spawn`](Self::spawn) instead, as an argument), and for a gRPC upstream.
     pub fn set_behavior(&mut self, behavior: Behavior) -> io::Result<()> {
+        if matches!(self.behavior, Serving::Grpc(_)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a gRPC child keeps the behaviour it was spawned with",
+            ));
+        }
         let line = behavior.to_string();
         if line.contains(['\n', '\r']) {
             return Err(io::Error::new(
@@ -153,7 +180,7 @@ impl ChildUpstream {
         if reply != "ok" {
             return Err(io::Error::other(format!("the upstream answered `{reply}`")));
         }
-        self.behavior = behavior;
+        self.behavior = Serving::Http(behavior);
         Ok(())
     }
 
@@ -207,12 +234,15 @@ fn not_running() -> io::Error {
 impl Running {
     fn start(
         binary: &Path,
-        behavior: &Behavior,
+        behavior: &Serving,
         addr: SocketAddr,
     ) -> io::Result<(Running, SocketAddr)> {
-        let mut child = Command::new(binary)
-            .arg("--behavior")
-            .arg(behavior.to_string())
+        let mut command = Command::new(binary);
+        match behavior {
+            Serving::Http(behavior) => command.arg("--behavior").arg(behavior.to_string()),
+            Serving::Grpc(behavior) => command.arg("--grpc").arg(behavior.to_string()),
+        };
+        let mut child = command
             .arg("--addr")
             .arg(addr.to_string())
             .stdin(Stdio::piped())

@@ -230,18 +230,33 @@ impl fmt::Display for Behavior {
     }
 }
 
-/// Why a text is not a [`Behavior`].
+/// Why a text is not a [`Behavior`] (or a [`GrpcBehavior`](crate::GrpcBehavior)).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseBehaviorError(String);
+pub struct ParseBehaviorError {
+    message: String,
+    expected: &'static str,
+}
 
 impl fmt::Display for ParseBehaviorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}; expected one of ok, ok:STATUS:BODY, fail:STATUS, slow:MILLIS, hang, reset, \
-             slow-body:EVERY_MILLIS:CHUNKS:CHUNK, echo",
-            self.0
-        )
+        write!(f, "{}; expected one of {}", self.message, self.expected)
+    }
+}
+
+impl ParseBehaviorError {
+    fn http(message: String) -> ParseBehaviorError {
+        ParseBehaviorError {
+            message,
+            expected: "ok, ok:STATUS:BODY, fail:STATUS, slow:MILLIS, hang, reset, \
+                       slow-body:EVERY_MILLIS:CHUNKS:CHUNK, echo",
+        }
+    }
+
+    pub(crate) fn grpc(message: String) -> ParseBehaviorError {
+        ParseBehaviorError {
+            message,
+            expected: "ok, fail:CODE, fail-in-trailers:CODE, slow:MILLIS, hang, slow-body:MILLIS",
+        }
     }
 }
 
@@ -254,11 +269,11 @@ impl FromStr for Behavior {
         let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
         let status = |s: &str| {
             StatusCode::from_str(s)
-                .map_err(|_| ParseBehaviorError(format!("`{s}` is not an HTTP status")))
+                .map_err(|_| ParseBehaviorError::http(format!("`{s}` is not an HTTP status")))
         };
         let number = |s: &str| {
             s.parse::<u64>()
-                .map_err(|_| ParseBehaviorError(format!("`{s}` is not a whole number")))
+                .map_err(|_| ParseBehaviorError::http(format!("`{s}` is not a whole number")))
         };
         match (kind, rest) {
             ("ok", "") => Ok(Behavior::default()),
@@ -278,17 +293,19 @@ impl FromStr for Behavior {
                 let (Some(every), Some(chunks), Some(chunk)) =
                     (parts.next(), parts.next(), parts.next())
                 else {
-                    return Err(ParseBehaviorError(format!("`{text}` lacks a part")));
+                    return Err(ParseBehaviorError::http(format!("`{text}` lacks a part")));
                 };
                 Ok(Behavior::SlowBody {
                     chunk: Bytes::copy_from_slice(chunk.as_bytes()),
                     every: Duration::from_millis(number(every)?),
                     chunks: u32::try_from(number(chunks)?)
-                        .map_err(|_| ParseBehaviorError(format!("`{chunks}` is too many")))?,
+                        .map_err(|_| ParseBehaviorError::http(format!("`{chunks}` is too many")))?,
                 })
             }
             ("echo", "") => Ok(Behavior::Echo),
-            _ => Err(ParseBehaviorError(format!("`{text}` is not a behaviour"))),
+            _ => Err(ParseBehaviorError::http(format!(
+                "`{text}` is not a behaviour"
+            ))),
         }
     }
 }

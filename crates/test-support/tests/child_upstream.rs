@@ -222,3 +222,23 @@ fn the_process_exits_when_its_stdin_closes() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_grpc_child_answers_calls_and_keeps_its_behaviour() {
+    use rampart_test_support::{EchoClient, GrpcBehavior};
+
+    let mut upstream = ChildUpstream::spawn_grpc_with(BINARY, GrpcBehavior::Ok).unwrap();
+    let mut client = EchoClient::connect(upstream.addr()).await.unwrap();
+    let reply = timeout(LIVENESS, client.say("to the child"))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.message, "to the child");
+    assert_eq!(reply.served_by, upstream.addr().to_string());
+
+    let err = upstream.set_behavior(Behavior::Hang).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    upstream.kill().unwrap();
+    assert_refused(upstream.addr()).await;
+}

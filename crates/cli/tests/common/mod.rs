@@ -136,6 +136,11 @@ impl Rampart {
         addr.split_whitespace().next().unwrap().to_owned()
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (`HUP`, `TERM`) to the process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
