@@ -1,5 +1,6 @@
 //! Listeners: accept connections, serve HTTP/1.1 and h2c prior knowledge on one port, close
-//! connections idle for `idle_timeout`, run the tunnels of upgraded connections, drain.
+//! connections idle for `idle_timeout` (and cut those whose client reads nothing, see
+//! [`crate::stall`]), run the tunnels of upgraded connections, drain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,12 +25,21 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::route::Router;
+use crate::stall::StallIo;
 use crate::strict::StrictIo;
 use crate::upgrade::Tunnel;
 use crate::{Drain, Error, forward};
 
 /// hyper refuses a read buffer below this size.
 const MIN_BUF_SIZE: usize = 8192;
+
+/// HTTP/2 streams a client may reset before they were taken up, on one connection (hyper's
+/// default, set here so that it is kept).
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// HTTP/2 streams rampart may reset for a client's protocol errors, on one connection (hyper's
+/// default, likewise).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// How long to wait before accepting again after an accept error: these are resource shortages
 /// (out of file descriptors, most often), and retrying at once would spin.
@@ -55,6 +65,8 @@ pub(crate) struct Serve {
     connections: Arc<Semaphore>,
     limits: forward::Limits,
     idle_timeout: Duration,
+    // How long a write to the client may wait without the client taking a byte.
+    stall_timeout: Duration,
     drain_timeout: Duration,
 }
 
@@ -70,6 +82,7 @@ impl Serve {
             connections: Arc::new(Semaphore::new(listener.max_connections as usize)),
             limits: forward::Limits::new(listener),
             idle_timeout: listener.idle_timeout,
+            stall_timeout: listener.body_idle_timeout,
             drain_timeout,
         }
     }
@@ -139,14 +152,19 @@ impl Serve {
                 }
             })
         };
+        // A client that takes nothing written to it is cut off, whatever waits on the write.
+        let io = StallIo::new(stream, self.stall_timeout);
         let connection = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(StrictIo::new(stream)), service)
+            .serve_connection_with_upgrades(TokioIo::new(StrictIo::new(io)), service)
             .into_owned();
         let idle_timeout = self.idle_timeout;
         Some(async move {
             tokio::pin!(connection);
             let mut closing = false;
+            // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
+            // PING, and one that never reads would hold the connection for ever.
+            let mut cut_at = None;
             loop {
                 tokio::select! {
                     // A connection error (a client gone, a malformed request answered 400) ends
@@ -161,7 +179,9 @@ impl Serve {
                     () = activity.idle_for(idle_timeout), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
+                        cut_at = Some(Instant::now() + idle_timeout);
                     }
+                    () = sleep_until(cut_at) => break,
                 }
             }
             // An upgraded connection lives on as a tunnel, until a side closes or a drain begins.
@@ -173,6 +193,14 @@ impl Serve {
             }
             drop(permit);
         })
+    }
+}
+
+// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -298,6 +326,12 @@ fn builder(listener: &Listener) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(listener.h2_max_concurrent_streams)
+        // HTTP/2 rapid reset (CVE-2023-44487): a stream the client resets before it was taken
+        // up still waits in hyper's accept queue. Past this many on a connection, GOAWAY
+        // ENHANCE_YOUR_CALM; without a bound the queue grows as fast as the client writes.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        // Likewise for the streams rampart must reset for the client's errors.
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     match listener.protocol {
         ListenerProtocol::Auto => builder,
