@@ -136,6 +136,16 @@ impl Rampart {
         addr.split_whitespace().next().unwrap().to_owned()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends `signal` (`HUP`, `TERM`) to the process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
