@@ -339,7 +339,7 @@ async fn memory_stays_bounded_under_every_upstream_fault() {
     let config = TempConfig::new("fault-memory", &setup.config);
     let mut rampart = Rampart::run(&[], &config.0);
     rampart.listening();
-    let pid = rampart.id();
+    let pid = rampart.pid();
 
     // The first round warms the pools, the allocator's arenas and the lazily made state.
     let mut rounds = Vec::new();

@@ -21,6 +21,7 @@ use rampart_config::{Listener, ListenerProtocol};
 use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
 
+use crate::stall::StallIo;
 use crate::strict::StrictIo;
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
@@ -29,12 +30,20 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// hyper refuses a read buffer below this size.
 const MIN_BUF_SIZE: usize = 8192;
 
+/// HTTP/2 streams a client may reset before they were taken up, on one connection (hyper's
+/// default, set here so that it is kept).
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// HTTP/2 streams rampart may reset for a client's protocol errors, on one connection (hyper's
+/// default, likewise).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// The first pause before looking again at a connection whose first bytes are the start of the
 /// preface, and the longest: a client sending its first bytes one at a time is rare, and must not
 /// cost a wake-up every millisecond.
 const SNIFF_PAUSE: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 
-type Io = TokioIo<StrictIo<TcpStream>>;
+type Io = TokioIo<StrictIo<StallIo<TcpStream>>>;
 
 /// The connection settings of a listener, for each protocol it speaks.
 pub(crate) struct Builders {
@@ -42,6 +51,8 @@ pub(crate) struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    // How long a write to the client may wait without the client taking a byte.
+    stall_timeout: Duration,
 }
 
 impl Builders {
@@ -59,12 +70,19 @@ impl Builders {
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(listener.h2_max_concurrent_streams)
+            // HTTP/2 rapid reset (CVE-2023-44487): a stream the client resets before it was taken
+            // up still waits in hyper's accept queue. Past this many on a connection, GOAWAY
+            // ENHANCE_YOUR_CALM; without a bound the queue grows as fast as the client writes.
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            // Likewise for the streams rampart must reset for the client's errors.
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
         Builders {
             protocol: listener.protocol,
             http1,
             http2,
             header_read_timeout: listener.header_read_timeout,
+            stall_timeout: listener.body_idle_timeout,
         }
     }
 
@@ -88,7 +106,8 @@ impl Builders {
                     .ok()??
             }
         };
-        let io = TokioIo::new(StrictIo::new(stream));
+        // A client that takes nothing written to it is cut off, whatever waits on the write.
+        let io = TokioIo::new(StrictIo::new(StallIo::new(stream, self.stall_timeout)));
         Some(if http2 {
             Connection::Http2 {
                 inner: self.http2.serve_connection(io, service),

@@ -34,7 +34,8 @@
 //! connection closed); a request body that may be retried is copied as it streams, up to
 //! `max_replay_body`. An HTTP/1.1 upgrade (a WebSocket) is sent once, and after the upstream's 101
 //! the two connections are joined byte for byte until either closes. A keep-alive connection with
-//! no request in flight for `idle_timeout` is closed. What goes wrong becomes a response in one place,
+//! no request in flight for `idle_timeout` is closed, and one whose client takes nothing written
+//! to it for `body_idle_timeout` is cut off. What goes wrong becomes a response in one place,
 //! [`rampart_http::rescue()`], with `x-rampart-error` saying why: `timeout` (504) when the
 //! route's timeout passes before the response's last byte (after the head was sent, the response
 //! is cut off instead; a gRPC call ends with trailers carrying the reason's `grpc-status` and
@@ -132,6 +133,7 @@ mod reload;
 mod retry;
 mod route;
 mod stack;
+mod stall;
 pub mod stats;
 mod strict;
 mod upgrade;

@@ -1,5 +1,6 @@
 //! Listeners: accept connections, serve HTTP/1.1 and h2c prior knowledge on one port, close
-//! connections idle for `idle_timeout`, run the tunnels of upgraded connections, drain.
+//! connections idle for `idle_timeout` (and cut those whose client reads nothing, see
+//! [`crate::stall`]), run the tunnels of upgraded connections, drain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -150,6 +151,9 @@ impl Serve {
             };
             tokio::pin!(connection);
             let mut closing = false;
+            // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
+            // PING, and one that never reads would hold the connection for ever.
+            let mut cut_at = None;
             loop {
                 tokio::select! {
                     // A connection error (a client gone, a malformed request answered 400) ends
@@ -164,7 +168,9 @@ impl Serve {
                     () = activity.idle_for(idle_timeout), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
+                        cut_at = Some(Instant::now() + idle_timeout);
                     }
+                    () = sleep_until(cut_at) => break,
                 }
             }
             // An upgraded connection lives on as a tunnel, until a side closes or a drain begins.
@@ -176,6 +182,14 @@ impl Serve {
             }
             drop(permit);
         })
+    }
+}
+
+// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -137,8 +137,13 @@ impl Rampart {
     }
 
     /// The process id.
-    pub fn id(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends `signal` (`HUP`, `TERM`) to the process.
