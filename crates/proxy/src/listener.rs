@@ -149,7 +149,8 @@ impl Serve {
             let Some(connection) = connection else {
                 return;
             };
-            tokio::pin!(connection);
+            // Boxed: a connection still silent then costs its task only a pointer.
+            let mut connection = Box::pin(connection);
             let mut closing = false;
             // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
             // PING, and one that never reads would hold the connection for ever.
