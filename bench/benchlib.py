@@ -36,11 +36,17 @@ def ensure(packages):
     subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env)
 
 
-def build_rampart():
-    """The release binary, built if stale."""
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "rampart"],
+def release_binary(name, package):
+    """The release binary `name` of `package`, built if stale, in CARGO_TARGET_DIR if set."""
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", package, "--bin", name],
                    cwd=ROOT, check=True)
-    return os.path.join(ROOT, "target", "release", "rampart")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    return os.path.join(target, "release", name)
+
+
+def build_rampart():
+    """The release rampart binary, built if stale."""
+    return release_binary("rampart", "rampart")
 
 
 def free_port():

@@ -12,7 +12,7 @@
 //! | version, kind | `u8` 1, `u8` `b'M'` |
 //! | route | `u16` length, UTF-8 |
 //! | method | `u16` length, an HTTP method token |
-//! | path and query | `u32` length, as `http::uri::PathAndQuery` accepts it |
+//! | path and query | `u32` length, as `http::uri::PathAndQuery` accepts it and reads it back (no fragment, not empty) |
 //! | idempotency key | `u8` 0 (none) or 1, then `u16` length, UTF-8 |
 //! | headers | `u32` count, then each: `u16` name length, name (a valid header name); `u32` value length, value (a valid header value) |
 //! | body | `u64` length, bytes |
@@ -249,7 +249,13 @@ pub fn decode_message(bytes: &[u8]) -> Result<MessageRecord, DecodeError> {
     let method = r.bytes16("method")?;
     let method = r.check(Method::from_bytes(method).ok(), "method")?;
     let target = r.bytes32("path and query")?;
-    let path_and_query = r.check(PathAndQuery::try_from(target).ok(), "path and query")?;
+    // The parser drops a fragment and reads an empty target as `/`: a target that would not read
+    // back as written is not one the encoder wrote, and delivering it would send another request
+    // than the one accepted.
+    let path_and_query = PathAndQuery::try_from(target)
+        .ok()
+        .filter(|parsed| parsed.as_str().as_bytes() == target);
+    let path_and_query = r.check(path_and_query, "path and query")?;
     let idempotency_key = match r.u8("idempotency key")? {
         0 => None,
         1 => Some(r.string16("idempotency key")?.to_string()),
@@ -573,6 +579,35 @@ mod tests {
                 found: b'S'
             }
         ));
+    }
+
+    // A message record with `target` as its path and query, and nothing else in it.
+    fn with_target(target: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![VERSION, MESSAGE];
+        put_u16_bytes(&mut bytes, b"r", "route").unwrap();
+        put_u16_bytes(&mut bytes, b"POST", "method").unwrap();
+        put_u32_bytes(&mut bytes, target, "path and query").unwrap();
+        bytes.push(0); // no idempotency key
+        bytes.extend_from_slice(&0u32.to_le_bytes()); // no headers
+        bytes.extend_from_slice(&0u64.to_le_bytes()); // no body
+        bytes
+    }
+
+    #[test]
+    fn a_target_that_would_not_read_back_as_written_is_refused() {
+        let record = decode_message(&with_target(b"/orders?id=7")).unwrap();
+        assert_eq!(record.request.path_and_query.as_str(), "/orders?id=7");
+        // Found by fuzzing: `#//ordkey-` decoded as `/`, and so re-encoded as other bytes.
+        for target in [&b"#//ordkey-"[..], b"/orders#frag", b"/a?b#c", b"#"] {
+            assert_eq!(
+                decode_message(&with_target(target)).unwrap_err().what,
+                Problem::Invalid {
+                    field: "path and query"
+                },
+                "{}",
+                String::from_utf8_lossy(target)
+            );
+        }
     }
 
     #[test]
