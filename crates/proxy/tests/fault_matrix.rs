@@ -19,7 +19,7 @@ use rampart_http::Reason;
 use rampart_proxy::Proxy;
 use rampart_test_support::{
     Behavior, ChildUpstream, EchoClient, GrpcBehavior, GrpcUpstream, H2Code, Misbehaving, Refusing,
-    Step, UPSTREAM_BINARY, Upstream,
+    Step, Upstream,
 };
 use tokio::time::Instant;
 use tonic::Code;
@@ -393,7 +393,7 @@ async fn connection_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sigkilled_mid_response() {
-    let binary = upstream_binary();
+    let binary = ChildUpstream::built_binary_path();
     for protocol in ALL {
         // The head and a first piece at once, then a piece now and then, for far longer than
         // the route's timeout.
@@ -469,27 +469,6 @@ async fn upstream_sigkilled_mid_response() {
         }
         assert!(started.elapsed() < WITHIN, "{protocol:?}");
     }
-}
-
-/// The upstream binary of rampart-test-support, built if it is not beside the test executable.
-fn upstream_binary() -> std::path::PathBuf {
-    if let Ok(path) = ChildUpstream::binary_path() {
-        return path;
-    }
-    let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "rampart-test-support",
-            "--bin",
-            UPSTREAM_BINARY,
-        ])
-        .current_dir(workspace)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {UPSTREAM_BINARY} failed");
-    ChildUpstream::binary_path().expect("the upstream binary was just built")
 }
 
 #[tokio::test]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
-use rampart_test_support::{Behavior, ChildUpstream, UPSTREAM_BINARY};
+use rampart_test_support::{Behavior, ChildUpstream};
 use tokio::time::Instant;
 
 use common::*;
@@ -24,28 +22,6 @@ const KILL_AFTER: u64 = REQUESTS / 3;
 /// Past this, the load stops whatever it reached; the figures are checked on what was sent.
 const LOAD_FOR: Duration = Duration::from_secs(20);
 
-/// The upstream binary of rampart-test-support. Cargo builds it only for that package's own
-/// tests, so this builds it when it is not beside the test executable yet.
-fn upstream_binary() -> PathBuf {
-    if let Ok(path) = ChildUpstream::binary_path() {
-        return path;
-    }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "rampart-test-support",
-            "--bin",
-            UPSTREAM_BINARY,
-        ])
-        .current_dir(workspace)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {UPSTREAM_BINARY} failed");
-    ChildUpstream::binary_path().expect("the upstream binary was just built")
-}
-
 #[derive(Default)]
 struct Tally {
     sent: AtomicU64,
@@ -55,7 +31,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_of_two_endpoints_sigkilled_under_get_load_costs_under_a_thousandth() {
-    let binary = upstream_binary();
+    let binary = ChildUpstream::built_binary_path();
     let mut doomed = ChildUpstream::spawn_with(&binary, Behavior::ok("doomed")).unwrap();
     let survivor = ChildUpstream::spawn_with(&binary, Behavior::ok("survivor")).unwrap();
     // The breaker stays open past the end of the test, so the ejection can be seen afterwards.

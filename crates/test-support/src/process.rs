@@ -134,6 +134,33 @@ impl ChildUpstream {
             })
     }
 
+    /// [`binary_path`](Self::binary_path), after building the binary when it is in neither
+    /// place: cargo builds a package's binaries only for that package's own tests, so a test of
+    /// another package may find none. A binary already there is used as it is.
+    ///
+    /// # Panics
+    ///
+    /// When cargo cannot build it.
+    pub fn built_binary_path() -> PathBuf {
+        if let Ok(path) = ChildUpstream::binary_path() {
+            return path;
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "rampart-test-support",
+                "--bin",
+                UPSTREAM_BINARY,
+            ])
+            .current_dir(workspace)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building {UPSTREAM_BINARY} failed");
+        ChildUpstream::binary_path().expect("the upstream binary was just built")
+    }
+
     /// The address the upstream listens on (or listened on, once killed).
     pub fn addr(&self) -> SocketAddr {
         self.addr
