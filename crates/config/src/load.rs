@@ -1091,6 +1091,7 @@ const OUTBOX_KEYS: &[&str] = &[
     "max_bytes",
     "on_full",
     "max_age",
+    "retention",
     "retry",
 ];
 
@@ -1197,6 +1198,9 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
         max_age: cx
             .get(t, "max_age", positive)
             .unwrap_or(Duration::from_secs(86_400)),
+        retention: cx
+            .get(t, "retention", positive)
+            .unwrap_or(Duration::from_secs(3600)),
         retry: backoff(
             cx,
             t,
@@ -1783,6 +1787,30 @@ mod tests {
         let e = errors("[outbox]\nmax_bytes = \"0B\"\n");
         assert_eq!(e[0].path(), "outbox.max_bytes");
         assert!(e[0].message().contains("above zero"), "{}", e[0].message());
+    }
+
+    #[test]
+    fn tombstones_are_kept_an_hour_unless_retention_says_otherwise() {
+        let o = ok("[outbox]\n").outbox.expect("an outbox");
+        assert_eq!(o.retention, Duration::from_secs(3600));
+        let o = ok("[outbox]\nretention = \"2m\"\n")
+            .outbox
+            .expect("an outbox");
+        assert_eq!(o.retention, Duration::from_secs(120));
+        let e = errors("[outbox]\nretention = \"0s\"\n");
+        assert_eq!(e[0].path(), "outbox.retention");
+    }
+
+    #[test]
+    fn the_summary_hides_the_credentials_of_a_nats_url() {
+        let c = ok("[outbox]\nstore = \"nats\"\n\
+                    nats = { url = \"nats://svc:s3cret@a:4222,nats://b:4222\" }\n");
+        let summary = c.summary().to_string();
+        assert!(!summary.contains("s3cret"), "{summary}");
+        assert!(
+            summary.contains("nats nats://***@a:4222,nats://b:4222 stream RAMPART_OUTBOX"),
+            "{summary}"
+        );
     }
 
     #[test]

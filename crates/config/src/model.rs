@@ -423,6 +423,9 @@ pub struct Outbox {
     pub on_full: OnFull,
     /// `max_age`: then a message is dead-lettered. Default 24h.
     pub max_age: Duration,
+    /// `retention`: how long a delivered or dropped message's tombstone is kept, so that
+    /// `GET /api/outbox/<id>` still tells its state. Default 1h.
+    pub retention: Duration,
     /// `retry`: delivery backoff. Default `{ base = "100ms", max = "30s" }`.
     pub retry: Backoff,
 }

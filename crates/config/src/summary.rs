@@ -67,20 +67,38 @@ impl Display for Summary<'_> {
             Some(o) => {
                 let store = match &o.store {
                     OutboxStore::Embedded => format!("embedded at {}", o.path.display()),
-                    OutboxStore::Nats { url, stream } => format!("nats {url} stream {stream}"),
+                    OutboxStore::Nats { url, stream } => {
+                        format!("nats {} stream {stream}", redacted(url))
+                    }
                 };
                 writeln!(
                     f,
-                    "outbox     {store}, max {} messages or {}, on full {}, max age {}",
+                    "outbox     {store}, max {} messages or {}, on full {}, max age {}, \
+                     tombstones kept {}",
                     o.max_messages,
                     o.max_bytes,
                     o.on_full.as_str(),
-                    dur(o.max_age)
+                    dur(o.max_age),
+                    dur(o.retention)
                 )
             }
             None => writeln!(f, "outbox     none"),
         }
     }
+}
+
+/// A NATS URL (one server or several, comma-separated) with each server's credentials shown
+/// as `***`: what is printed of it.
+fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|server| match (server.find("://"), server.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &server[..scheme + 3], &server[at..])
+            }
+            _ => server.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn describe_match(m: &Match) -> String {

@@ -239,6 +239,15 @@ impl Index {
             .sort_by_key(|t| (t.at, t.id));
     }
 
+    /// Whether [`purge_tombstones`](Index::purge_tombstones) would forget any tombstone now.
+    pub(crate) fn tombstones_due(&self, now: Timestamp, retention: Duration, max: usize) -> bool {
+        self.tombstones.len() > max
+            || self
+                .tombstones
+                .front()
+                .is_some_and(|oldest| oldest.at.saturating_add(retention) <= now)
+    }
+
     /// Forgets the tombstones older than `retention`, and the oldest beyond `max` of them;
     /// returns them (at most `limit`, so one batch stays small).
     pub(crate) fn purge_tombstones(

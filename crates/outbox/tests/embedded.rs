@@ -275,6 +275,31 @@ async fn a_delivered_message_answers_until_its_tombstone_is_purged() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_store_purges_its_tombstones_when_a_take_finds_nothing() {
+    let dir = TempDir::new("idle-purge");
+    let store = open(dir.path(), &clock(), Limits::default()).await;
+    store.append("r", request(1, b"x")).await.unwrap();
+    let taken = store.take("r", 1, NOW).await.unwrap();
+    store.delivered(taken[0].lease).await.unwrap();
+
+    // Only takes that find nothing from now on, as a deliverer of a quiet route makes; the
+    // summary reads the index without writing.
+    let delivered = || async { store.summary().await.unwrap().total.delivered };
+    let idle_take = || async {
+        let take = store.take("r", 1, Duration::from_secs(1));
+        let (taken, ()) = tokio::join!(take, advance(Duration::from_secs(1)));
+        assert!(taken.unwrap().is_empty());
+    };
+    advance(Duration::from_secs(3590)).await;
+    idle_take().await;
+    assert_eq!(delivered().await, 1);
+    advance(Duration::from_secs(9)).await;
+    idle_take().await;
+    assert_eq!(delivered().await, 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn tombstones_are_capped_at_max_messages() {
     let dir = TempDir::new("cap");
     let limits = Limits {

@@ -114,6 +114,7 @@ impl Outbox {
             OutboxStore::Embedded => {
                 let mut options = Options::new(&outbox.path);
                 options.limits = limits;
+                options.retention = outbox.retention;
                 options.lease = lease;
                 options.rng = rng.clone();
                 Arc::new(
@@ -128,6 +129,7 @@ impl Outbox {
             OutboxStore::Nats { url, stream } => {
                 let mut options = NatsOptions::new(url, stream);
                 options.limits = limits;
+                options.retention = outbox.retention;
                 options.lease = lease;
                 options.rng = rng.clone();
                 let shown = options.redacted_url();

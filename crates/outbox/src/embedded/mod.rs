@@ -131,6 +131,21 @@ impl Embedded {
         result.await.map_err(|_| Error::Closed)?
     }
 
+    /// Purges the tombstones whose time is up when nothing else will: a take that found
+    /// nothing is the sign of a store no write may come to for a while, and deliverers take
+    /// every second or so.
+    async fn purge_if_due(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let max = usize::try_from(shared.limits.max_messages).unwrap_or(usize::MAX);
+        let due = shared
+            .index()
+            .tombstones_due(shared.clock.now(), shared.retention, max);
+        if due {
+            self.settle(Op::Purge).await?;
+        }
+        Ok(())
+    }
+
     async fn settle(&self, op: Op) -> Result<(), Error> {
         match self.run(op).await? {
             Done::Settled => Ok(()),
@@ -171,6 +186,7 @@ impl Embedded {
                 }
             }
             if clock.now() >= deadline {
+                self.purge_if_due().await?;
                 return Ok(Vec::new());
             }
             let wake = next.map_or(deadline, |due| due.min(deadline));

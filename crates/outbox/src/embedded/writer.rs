@@ -68,6 +68,9 @@ pub(super) enum Op {
     },
     Redrive(MessageId),
     Get(MessageId),
+    /// Nothing but the purge of the tombstones whose time is up, which every transaction does:
+    /// for a store that nothing else writes to.
+    Purge,
     /// Stop: the database closes before the reply.
     Close,
 }
@@ -77,7 +80,8 @@ impl Op {
     /// not be: losing one to a crash only makes the message due again, which a restart does
     /// anyway.
     fn needs_fsync(&self) -> bool {
-        !matches!(self, Op::Take { .. } | Op::Get(_) | Op::Close)
+        // Nor a purge: one lost to a crash is done again by the next transaction.
+        !matches!(self, Op::Take { .. } | Op::Get(_) | Op::Purge | Op::Close)
     }
 }
 
@@ -366,6 +370,7 @@ impl Writer {
                 });
                 Ok(Done::Found(status))
             }
+            Op::Purge => Ok(Done::Settled),
             Op::Close => Ok(Done::Closed),
         })
     }

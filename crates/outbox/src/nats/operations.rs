@@ -125,6 +125,9 @@ impl Inner {
                 }
                 batch = self.fetch(&consumer, route, 1, Some(left)).await?;
                 if batch.is_empty() {
+                    // Nothing came for a while: tombstones whose time is up would otherwise
+                    // wait for the next write.
+                    self.purge_tombstones().await;
                     break;
                 }
             }
