@@ -30,13 +30,13 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use rampart_config::{Health, HealthCheck, Upstream, UpstreamProtocol};
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::dns::Connector;
 use crate::upstream::Pool;
 
 /// The gRPC health service's method (grpc.health.v1).
@@ -45,7 +45,7 @@ const GRPC_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// A gRPC health answer is a few bytes; more is not an answer to this question.
 const GRPC_MAX_BODY: usize = 1024;
 
-type CheckClient = Client<HttpConnector, Full<Bytes>>;
+type CheckClient = Client<Connector, Full<Bytes>>;
 
 /// The running checks of one upstream's endpoints: dropping it ends them, so that a reload that
 /// replaces or removes the upstream's pool stops checking the old one.

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use http::Version;
 use http::uri::Authority;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
@@ -28,6 +27,7 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::balance::{Balancer, InFlight, Load};
 use crate::body::RequestBody;
+use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
 use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
 use crate::stats::{EndpointStats, UpstreamStats};
@@ -49,7 +49,7 @@ pub(crate) struct Pool {
     limits: Limits,
     metrics: UpstreamMetrics,
     // Pools connections per endpoint (the pool key is the authority).
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<Connector, RequestBody>,
 }
 
 /// One endpoint: its breaker (none when `[upstreams.NAME.breaker] enabled = false`), its health
@@ -374,7 +374,7 @@ impl Pool {
     }
 
     /// The pooled client.
-    pub(crate) fn client(&self) -> &Client<HttpConnector, RequestBody> {
+    pub(crate) fn client(&self) -> &Client<Connector, RequestBody> {
         &self.client
     }
 }
@@ -464,12 +464,13 @@ impl Pool {
 
 /// A pooled client for the endpoints of `upstream`, speaking h2c (by prior knowledge: no upgrade
 /// dance, the connection starts with the preface) when `http2`, HTTP/1.1 otherwise.
-pub(crate) fn client<B>(upstream: &Upstream, http2: bool) -> Client<HttpConnector, B>
+pub(crate) fn client<B>(upstream: &Upstream, http2: bool) -> Client<Connector, B>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
 {
-    let mut connector = HttpConnector::new();
+    // `connect_timeout` bounds the name lookup too, and then the connect.
+    let mut connector = Connector::new_with_resolver(Resolver::system(upstream.connect_timeout));
     connector.set_connect_timeout(Some(upstream.connect_timeout));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
