@@ -194,7 +194,7 @@ fn reload(state: &State) -> Answer {
 
 // A path segment with its `%XX` escapes decoded (an IPv6 endpoint's brackets and colons may
 // come escaped); an invalid escape stays as it is.
-fn decode(segment: &str) -> String {
+pub(crate) fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

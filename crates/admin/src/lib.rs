@@ -62,6 +62,17 @@ use crate::auth::Token;
 
 pub use crate::fleet::{Fleet, InvalidTarget, Target};
 
+/// The admin API's private parsers, for the fuzz targets in `fuzz/` only: built with
+/// `--cfg fuzzing`, which `cargo fuzz` sets.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A path segment with its `%XX` escapes decoded, as the endpoint routes read it.
+    pub fn decode_segment(segment: &str) -> String {
+        crate::api::decode(segment)
+    }
+}
+
 /// How long to wait before accepting again after an accept error.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 

@@ -158,6 +158,17 @@ use crate::reload::Live;
 pub use crate::reload::{Changes, ReloadSummary};
 use crate::stats::{Snapshot, Unknown};
 
+/// The proxy's private parsers of hostile bytes, for the fuzz targets in `fuzz/` only: built
+/// with `--cfg fuzzing`, which `cargo fuzz` sets.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Where the CRLF check refuses a client's bytes read in `pieces`, if it does.
+    pub fn strict_refused_at<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<usize> {
+        crate::strict::refused_at(pieces)
+    }
+}
+
 /// A running proxy: its listeners accept and forward until [`Proxy::shutdown`].
 ///
 /// Dropping it without a shutdown stops every listener and health check, and cuts every
