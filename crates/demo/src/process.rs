@@ -300,8 +300,12 @@ pub(crate) fn free_addr() -> io::Result<SocketAddr> {
 pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
+    /// `rampart-demo-<pid>` in the system's temporary directory, once the directories of earlier
+    /// demos that are no longer running are gone: a demo killed outright cannot remove its own.
     pub(crate) fn new() -> io::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("rampart-demo-{}", std::process::id()));
+        let temp = std::env::temp_dir();
+        remove_abandoned(&temp);
+        let path = temp.join(format!("{TEMP_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(TempDir(path))
     }
@@ -314,5 +318,64 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the name of a demo's directory starts with, before its process id.
+const TEMP_PREFIX: &str = "rampart-demo-";
+
+/// Removes the directories in `temp` of demos whose process is gone. Only where `/proc` tells
+/// which processes run (Linux); a directory of a process id now taken by another process stays,
+/// as does one this user may not remove.
+fn remove_abandoned(temp: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(TEMP_PREFIX))
+            .filter(|pid| pid.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        if !proc.join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directories_of_demos_no_longer_running_are_removed() {
+        let temp = std::env::temp_dir().join(format!("rampart-demo-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&temp).unwrap();
+        // A process id that was just freed, one that runs (this test's), and names that are
+        // not a demo's.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let dir = |name: String| {
+            let path = temp.join(name);
+            std::fs::create_dir_all(path.join("inside")).unwrap();
+            path
+        };
+        let abandoned = dir(format!("{TEMP_PREFIX}{}", gone.id()));
+        let running = dir(format!("{TEMP_PREFIX}{}", std::process::id()));
+        let other = dir(format!("{TEMP_PREFIX}notes"));
+        let unrelated = dir("something-else".to_owned());
+
+        remove_abandoned(&temp);
+
+        assert!(!abandoned.exists());
+        assert!(running.exists() && other.exists() && unrelated.exists());
+        std::fs::remove_dir_all(&temp).unwrap();
     }
 }
