@@ -59,7 +59,16 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             None => reload(state),
         },
         (&Method::GET, ["api", "outbox"]) => outbox::summary(state).await,
+        // Before `<id>`, which would take it for a malformed id: `dead` is no id (ids have 26
+        // characters), so this hides no message.
+        (&Method::GET, ["api", "outbox", "dead"]) => {
+            outbox::dead_letters(state, request.uri().query()).await
+        }
         (&Method::GET, ["api", "outbox", id]) => outbox::message(state, id).await,
+        (&Method::POST, ["api", "outbox", "dead", "redrive"]) => match refusal(state, &request) {
+            Some(refused) => refused,
+            None => outbox::redrive_dead(state, request.uri().query()).await,
+        },
         (&Method::POST, ["api", "outbox", id, "redrive"]) => match refusal(state, &request) {
             Some(refused) => refused,
             None => outbox::redrive(state, id).await,
@@ -192,8 +201,8 @@ fn reload(state: &State) -> Answer {
     }
 }
 
-// A path segment with its `%XX` escapes decoded (an IPv6 endpoint's brackets and colons may
-// come escaped); an invalid escape stays as it is.
+// A path segment or query value with its `%XX` escapes decoded (an IPv6 endpoint's brackets
+// and colons may come escaped, and a route's name anything); an invalid escape stays as it is.
 pub(crate) fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

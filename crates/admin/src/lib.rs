@@ -12,6 +12,8 @@
 //! | `GET /hystrix.stream` | Hystrix metrics stream (SSE, `?delay=` milliseconds, 500 by default): a `HystrixCommand` per route, a `HystrixThreadPool` per upstream, for Hystrix Dashboard and Turbine |
 //! | `POST /api/breakers/<upstream>/<endpoint or *>` | `{"state": "open" \| "closed" \| "auto"}`: force the breaker, or release it |
 //! | `POST /api/reload` | re-reads the configuration file, as SIGHUP does |
+//! | `GET /api/outbox`, `/api/outbox/<id>`, `/api/outbox/dead` | the outbox of the async routes: the counts, one message, the dead-letter list in pages (`?route=`, `?after=`, `?limit=`) |
+//! | `POST /api/outbox/<id>/redrive`, `/api/outbox/dead/redrive` | a dead message, or every one (`?route=`), back in its queue |
 //!
 //! The POST calls need `Authorization: Bearer <token>`, the token being the value of the
 //! environment variable `[admin] token_env` names, read at start; without one they are refused

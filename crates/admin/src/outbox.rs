@@ -1,5 +1,5 @@
-//! `/api/outbox`: the queues of the async routes, one message's state, and the re-drive of a
-//! dead message.
+//! `/api/outbox`: the queues of the async routes, one message's state, the dead-letter list, and
+//! the re-drive of dead messages, one or all.
 //!
 //! ```text
 //! GET  /api/outbox                  {"store": "embedded", "pending": 3, "dropped": 0,
@@ -8,17 +8,38 @@
 //! GET  /api/outbox/<id>             {"id": "...", "route": "orders", "state": "queued",
 //!                                    "attempts": 2, "last_error": "...", "accepted_at": ..., ...}
 //! POST /api/outbox/<id>/redrive     a dead message back in its queue (token needed)
+//! GET  /api/outbox/dead             {"messages": [<as GET /api/outbox/<id>>, ...],
+//!      ?route=NAME&after=ID&limit=N  "next": "<id>" | null}
+//! POST /api/outbox/dead/redrive     every dead message (of `?route=NAME`) back in its queue
+//!                                   (token needed): {"redriven": 12}
 //! ```
+//!
+//! The dead-letter list comes oldest accepted first, `limit` at a time (100 by default, 1000 at
+//! most); `next` is the `after` of the next page, `null` on the last. Paging by id rather than by
+//! position keeps a page steady while messages die or are re-driven meanwhile. Re-driving them
+//! all walks the same pages, a few dozen re-drives under way at once, so that the embedded store
+//! commits them together; a message that left the list in between (delivered, dropped, re-driven
+//! by another caller) is passed over and not counted.
 //!
 //! Times are RFC 3339 in UTC, to the millisecond.
 
+use futures_util::{StreamExt, stream};
+use http::StatusCode;
 use rampart_config::OutboxStore;
 use rampart_outbox::{Counts, Error, MessageId, Status, Store, Summary, Timestamp};
 use serde_json::{Map, Value, json};
 
 use crate::State;
-use crate::api::{Answer, answer, error};
-use http::StatusCode;
+use crate::api::{Answer, answer, decode, error};
+
+/// Dead messages a page holds when the call does not say.
+const DEFAULT_LIMIT: usize = 100;
+/// Dead messages a page holds at most: a page is read and rendered whole.
+const MAX_LIMIT: usize = 1000;
+/// Re-drives under way at once when re-driving them all: enough for the embedded store to commit
+/// many in one fsync (and the nats store to overlap its round trips), few enough to leave the
+/// store to the delivery loops too.
+const REDRIVES_AT_ONCE: usize = 64;
 
 /// `GET /api/outbox`.
 pub(crate) async fn summary(state: &State) -> Answer {
@@ -61,6 +82,183 @@ pub(crate) async fn redrive(state: &State, id: &str) -> Answer {
         Err(Error::NotFound(_)) => error(StatusCode::NOT_FOUND, &format!("no message {id}")),
         Err(err @ Error::NotDead { .. }) => error(StatusCode::CONFLICT, &err.to_string()),
         Err(err) => unavailable(&err),
+    }
+}
+
+/// `GET /api/outbox/dead`: a page of the dead-letter list.
+pub(crate) async fn dead_letters(state: &State, query: Option<&str>) -> Answer {
+    let Some(store) = state.proxy.outbox() else {
+        return none();
+    };
+    let page = match DeadQuery::parse(query, DeadQuery::PAGE) {
+        Ok(page) => page,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    // One more than the page: whether it comes says whether there is a next page.
+    let listed = store
+        .dead_letters(page.route.as_deref(), page.after, page.limit + 1)
+        .await;
+    match listed {
+        Ok(mut dead) => {
+            let next = if dead.len() > page.limit {
+                dead.truncate(page.limit);
+                dead.last().map(|status| status.id.to_string())
+            } else {
+                None
+            };
+            let messages: Vec<Value> = dead.iter().map(status_json).collect();
+            answer(StatusCode::OK, &json!({"messages": messages, "next": next}))
+        }
+        Err(err) => unavailable(&err),
+    }
+}
+
+/// `POST /api/outbox/dead/redrive`: every dead message (of the route) back in its queue; the
+/// caller checked the token.
+pub(crate) async fn redrive_dead(state: &State, query: Option<&str>) -> Answer {
+    let Some(store) = state.proxy.outbox() else {
+        return none();
+    };
+    let route = match DeadQuery::parse(query, DeadQuery::REDRIVE) {
+        Ok(query) => query.route,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    match redrive_all(&*store, route.as_deref(), MAX_LIMIT).await {
+        Ok(redriven) => {
+            tracing::info!(
+                route = route.as_deref().unwrap_or("*"),
+                redriven,
+                "admin API: dead messages re-driven"
+            );
+            answer(StatusCode::OK, &json!({"redriven": redriven}))
+        }
+        // What was re-driven stays so.
+        Err((redriven, err)) => {
+            tracing::warn!(redriven, error = %err, "admin API: re-driving the dead messages failed");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({
+                    "error": format!("the outbox store failed after {redriven} re-drives: {err}"),
+                    "redriven": redriven,
+                }),
+            )
+        }
+    }
+}
+
+/// Re-drives every dead message of `route` (of every route when `None`), walking the list `page`
+/// at a time; answers how many, or how many before the store failed, and why.
+///
+/// The walk goes by id, each page after the last: a message that dies again while the walk goes
+/// on (a short `max_age`) is not re-driven twice, and the walk ends.
+async fn redrive_all(
+    store: &dyn Store,
+    route: Option<&str>,
+    page: usize,
+) -> Result<u64, (u64, Error)> {
+    let mut redriven = 0u64;
+    let mut after = None;
+    loop {
+        let dead = store
+            .dead_letters(route, after, page)
+            .await
+            .map_err(|err| (redriven, err))?;
+        let Some(last) = dead.last() else {
+            return Ok(redriven);
+        };
+        after = Some(last.id);
+        let ids: Vec<MessageId> = dead.iter().map(|status| status.id).collect();
+        let mut redrives = stream::iter(ids)
+            .map(|id| store.redrive(id))
+            .buffer_unordered(REDRIVES_AT_ONCE);
+        let mut failed = None;
+        while let Some(result) = redrives.next().await {
+            match result {
+                Ok(()) => redriven += 1,
+                // It left the list since it was listed: delivered, dropped or re-driven by
+                // another caller.
+                Err(Error::NotFound(_) | Error::NotDead { .. }) => {}
+                Err(err) => failed = Some(err),
+            }
+        }
+        if let Some(err) = failed {
+            return Err((redriven, err));
+        }
+        if dead.len() < page {
+            return Ok(redriven);
+        }
+    }
+}
+
+/// The query of a dead-letter call.
+#[derive(Debug, PartialEq, Eq)]
+struct DeadQuery {
+    /// Only this route's dead messages.
+    route: Option<String>,
+    /// Only those after this id (the previous page's `next`).
+    after: Option<MessageId>,
+    /// At most this many.
+    limit: usize,
+}
+
+impl DeadQuery {
+    /// What `GET /api/outbox/dead` takes.
+    const PAGE: &[&str] = &["route", "after", "limit"];
+    /// What `POST /api/outbox/dead/redrive` takes.
+    const REDRIVE: &[&str] = &["route"];
+
+    /// Reads `query`, taking the parameters `allowed` only, or says what is wrong and what is
+    /// allowed.
+    fn parse(query: Option<&str>, allowed: &[&str]) -> Result<DeadQuery, String> {
+        let mut parsed = DeadQuery {
+            route: None,
+            after: None,
+            limit: DEFAULT_LIMIT,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        let pairs = query.into_iter().flat_map(|q| q.split('&'));
+        for pair in pairs.filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = decode(value);
+            if !allowed.contains(&name) {
+                return Err(format!(
+                    "unknown parameter {:?}; this call takes {}",
+                    decode(name),
+                    allowed.join(", ")
+                ));
+            }
+            if seen.contains(&name) {
+                return Err(format!("{name} is given twice; give it once"));
+            }
+            seen.push(name);
+            match name {
+                "route" if value.is_empty() => {
+                    return Err("route must name a route: route=NAME".to_owned());
+                }
+                "route" => parsed.route = Some(value),
+                "after" => {
+                    let id = value.parse::<MessageId>().map_err(|_| {
+                        format!(
+                            "after must be a message id (the \"next\" of the page before), \
+                             not {value:?}"
+                        )
+                    })?;
+                    parsed.after = Some(id);
+                }
+                _ => {
+                    parsed.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                        .ok_or_else(|| {
+                            format!(
+                                "limit must be a whole number from 1 to {MAX_LIMIT}, not {value:?}"
+                            )
+                        })?;
+                }
+            }
+        }
+        Ok(parsed)
     }
 }
 
@@ -173,7 +371,84 @@ fn civil(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use http::Method;
+    use rampart_outbox::{Embedded, Options, Request};
+
     use super::*;
+
+    #[tokio::test]
+    async fn redriving_them_all_walks_every_page_of_the_route() {
+        let dir =
+            std::env::temp_dir().join(format!("rampart-admin-redrive-all-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Embedded::open(Options::new(&dir)).await.unwrap();
+        for (route, n) in [("a", 5), ("b", 1)] {
+            for _ in 0..n {
+                let request = Request::new(Method::POST, "/".parse().unwrap());
+                store.append(route, request).await.unwrap();
+            }
+            for leased in store.take(route, n, Duration::ZERO).await.unwrap() {
+                store.dead(leased.lease, "down".into()).await.unwrap();
+            }
+        }
+        let dead = |route| store.dead_letters(route, None, 100);
+        assert_eq!(dead(None).await.unwrap().len(), 6);
+
+        // Pages of two: three of them for route a's five.
+        assert_eq!(redrive_all(&store, Some("a"), 2).await.unwrap(), 5);
+        assert_eq!(store.summary().await.unwrap().routes["a"].queued, 5);
+        assert_eq!(dead(None).await.unwrap()[0].route.as_ref(), "b");
+        assert_eq!(redrive_all(&store, None, 2).await.unwrap(), 1);
+        assert_eq!(redrive_all(&store, None, 2).await.unwrap(), 0);
+
+        store.close().await.unwrap();
+        assert!(matches!(
+            redrive_all(&store, None, 2).await,
+            Err((0, Error::Closed))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_dead_letter_query_takes_its_parameters_and_refuses_the_rest() {
+        fn page(query: &str) -> Result<DeadQuery, String> {
+            DeadQuery::parse(Some(query), DeadQuery::PAGE)
+        }
+        let id = MessageId::from_u128(42);
+        assert_eq!(
+            DeadQuery::parse(None, DeadQuery::PAGE),
+            Ok(DeadQuery {
+                route: None,
+                after: None,
+                limit: DEFAULT_LIMIT
+            })
+        );
+        assert_eq!(
+            page(&format!("route=order%20s&after={id}&limit=1000")),
+            Ok(DeadQuery {
+                route: Some("order s".to_owned()),
+                after: Some(id),
+                limit: MAX_LIMIT
+            })
+        );
+        for (bad, says) in [
+            ("limit=0", "from 1 to 1000"),
+            ("limit=1001", "from 1 to 1000"),
+            ("limit=ten", "from 1 to 1000"),
+            ("limit", "from 1 to 1000"),
+            ("after=dead", "message id"),
+            ("route=", "route=NAME"),
+            ("route=a&route=b", "given twice"),
+            ("page=2", "route, after, limit"),
+        ] {
+            let err = page(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = DeadQuery::parse(Some("limit=5"), DeadQuery::REDRIVE).unwrap_err();
+        assert!(err.contains("takes route"), "{err}");
+    }
 
     #[test]
     fn times_are_rfc3339_in_utc() {

@@ -131,6 +131,182 @@ async fn a_message_is_followed_from_queued_to_dead_and_redriven_to_delivered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A proxy whose routes `orders` (`/orders`) and `mails` (`/mails`) to `upstream` are async,
+/// their messages dead after 200 ms of failures.
+async fn two_route_proxy(upstream: &Upstream, dir: &std::path::Path) -> Proxy {
+    let route = |name: &str| {
+        format!(
+            r#"
+            [[routes]]
+            name = "{name}"
+            upstream = "up"
+            match = {{ path_prefix = "/{name}" }}
+            [routes.retry]
+            attempts = 1
+            [routes.async]
+            enabled = true
+            "#
+        )
+    };
+    ProxyBuilder::from_toml(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+
+        [outbox]
+        path = "{}"
+        max_age = "200ms"
+        retry = {{ base = "10ms", max = "20ms" }}
+        {}
+        {}
+        [upstreams.up]
+        endpoints = ["{}"]
+        [upstreams.up.breaker]
+        enabled = false
+        "#,
+        dir.display(),
+        route("orders"),
+        route("mails"),
+        upstream.addr()
+    ))
+    .start()
+    .await
+}
+
+/// The ids of a page of `GET /api/outbox/dead`, and its `next`.
+fn page_ids(page: &serde_json::Value) -> (Vec<String>, Option<String>) {
+    let ids = page["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages: {page}"))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, page["next"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_in_pages_and_redriven_per_route_or_all_at_once() {
+    let dir = std::env::temp_dir().join(format!("rampart-admin-dead-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::BAD_GATEWAY))
+        .await
+        .unwrap();
+    let proxy = two_route_proxy(&upstream, &dir).await;
+    let admin = admin(&proxy).await;
+    let listener = proxy.listeners()[0].addr;
+
+    // Accepted one after another: acceptance order is id order.
+    let mut ids = Vec::new();
+    for path in ["/orders", "/mails", "/orders", "/mails", "/orders"] {
+        let accepted = post(listener, path, None, "x").await;
+        assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+        ids.push(accepted.json()["id"].as_str().unwrap().to_owned());
+    }
+    let orders = vec![ids[0].clone(), ids[2].clone(), ids[4].clone()];
+    let mails = vec![ids[1].clone(), ids[3].clone()];
+    until(&admin, "/api/outbox", |s| s["total"]["dead"] == 5).await;
+
+    // All of them, each as GET /api/outbox/<id> shows it.
+    let all = get(admin.addr(), "/api/outbox/dead").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let all = all.json();
+    assert_eq!(page_ids(&all), (ids.clone(), None));
+    for message in all["messages"].as_array().unwrap() {
+        let path = format!("/api/outbox/{}", message["id"].as_str().unwrap());
+        assert_eq!(get(admin.addr(), &path).await.json(), *message);
+        assert_eq!(message["state"], "dead");
+    }
+    assert_eq!(
+        page_ids(&get(admin.addr(), "/api/outbox/dead?limit=5").await.json()),
+        (ids.clone(), None),
+        "a page holding the last one has no next"
+    );
+
+    // Pages of two, each after the one before's `next`.
+    let first = get(admin.addr(), "/api/outbox/dead?limit=2").await.json();
+    assert_eq!(page_ids(&first), (ids[..2].to_vec(), Some(ids[1].clone())));
+    let second = format!("/api/outbox/dead?limit=2&after={}", ids[1]);
+    let second = get(admin.addr(), &second).await.json();
+    assert_eq!(
+        page_ids(&second),
+        (ids[2..4].to_vec(), Some(ids[3].clone()))
+    );
+    let third = format!("/api/outbox/dead?after={}&limit=2", ids[3]);
+    let third = get(admin.addr(), &third).await.json();
+    assert_eq!(page_ids(&third), (ids[4..].to_vec(), None));
+    let of_mails = get(admin.addr(), "/api/outbox/dead?route=mails")
+        .await
+        .json();
+    assert_eq!(page_ids(&of_mails), (mails.clone(), None));
+    let of_none = get(admin.addr(), "/api/outbox/dead?route=nobody")
+        .await
+        .json();
+    assert_eq!(page_ids(&of_none), (vec![], None));
+
+    for (bad, says) in [
+        ("limit=0", "limit must be a whole number from 1 to 1000"),
+        ("limit=1001", "limit must be a whole number from 1 to 1000"),
+        ("after=nope", "after must be a message id"),
+        ("sort=id", "this call takes route, after, limit"),
+    ] {
+        let refused = get(admin.addr(), &format!("/api/outbox/dead?{bad}")).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            refused.json()["error"].as_str().unwrap().contains(says),
+            "{bad}: {}",
+            refused.body
+        );
+    }
+
+    // Re-driving them all takes the token, and a POST.
+    let redrive = "/api/outbox/dead/redrive";
+    assert_eq!(
+        post(admin.addr(), redrive, None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong = get(admin.addr(), redrive).await;
+    assert_eq!(
+        wrong.status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{}",
+        wrong.body
+    );
+    let wrong = post(admin.addr(), "/api/outbox/dead", Some(TOKEN), "").await;
+    assert_eq!(
+        wrong.status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{}",
+        wrong.body
+    );
+    let refused = post(admin.addr(), &format!("{redrive}?limit=2"), Some(TOKEN), "").await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+
+    // One route's, then the rest.
+    upstream.set_behavior(Behavior::ok("taken"));
+    let route = format!("{redrive}?route=mails");
+    let redriven = post(admin.addr(), &route, Some(TOKEN), "").await;
+    assert_eq!(redriven.status, StatusCode::OK, "{}", redriven.body);
+    assert_eq!(redriven.json(), serde_json::json!({"redriven": 2}));
+    until(&admin, "/api/outbox", |s| {
+        s["routes"]["mails"]["delivered"] == 2
+    })
+    .await;
+    let left = get(admin.addr(), "/api/outbox/dead").await.json();
+    assert_eq!(page_ids(&left), (orders, None), "the orders are still dead");
+
+    let redriven = post(admin.addr(), redrive, Some(TOKEN), "").await;
+    assert_eq!(redriven.json(), serde_json::json!({"redriven": 3}));
+    until(&admin, "/api/outbox", |s| {
+        s["total"]["delivered"] == 5 && s["total"]["dead"] == 0
+    })
+    .await;
+    let none_left = post(admin.addr(), redrive, Some(TOKEN), "").await;
+    assert_eq!(none_left.json(), serde_json::json!({"redriven": 0}));
+
+    proxy.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn unknown_and_malformed_ids_and_a_proxy_without_outbox_are_told_apart() {
     let dir = std::env::temp_dir().join(format!("rampart-admin-outbox-ids-{}", std::process::id()));
@@ -169,4 +345,11 @@ async fn unknown_and_malformed_ids_and_a_proxy_without_outbox_are_told_apart() {
     let none = get(api.addr(), "/api/outbox").await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
     assert!(none.body.contains("[outbox]"), "{}", none.body);
+    for none in [
+        get(api.addr(), "/api/outbox/dead").await,
+        post(api.addr(), "/api/outbox/dead/redrive", Some(TOKEN), "").await,
+    ] {
+        assert_eq!(none.status, StatusCode::NOT_FOUND);
+        assert!(none.body.contains("[outbox]"), "{}", none.body);
+    }
 }

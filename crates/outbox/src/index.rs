@@ -11,6 +11,7 @@
 //! shared status bucket (see `crate::nats`), leases included, as each instance recorded them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ struct Queue {
     waiting: BTreeSet<(Timestamp, u128)>,
     /// Leased, by lease expiry.
     leased: BTreeSet<(Timestamp, u128)>,
+    /// Dead, in id order: the route's page of the dead-letter list.
+    dead: BTreeSet<u128>,
     counts: Counts,
 }
 
@@ -127,6 +130,7 @@ impl Index {
         queue.counts.bytes += size;
         if dead {
             queue.counts.dead += 1;
+            queue.dead.insert(id);
             self.dead.insert(id);
         } else {
             queue.counts.queued += 1;
@@ -194,6 +198,7 @@ impl Index {
             }
             Held::Dead => {
                 queue.counts.dead -= 1;
+                queue.dead.remove(&id);
                 self.dead.remove(&id);
             }
         }
@@ -445,6 +450,30 @@ impl Index {
         }
     }
 
+    // === dead letters ===
+
+    /// The dead messages of `route` (of every route when `None`) whose id is above `after`,
+    /// oldest first, at most `limit`.
+    pub(crate) fn dead_letters(
+        &self,
+        route: Option<&str>,
+        after: Option<u128>,
+        limit: usize,
+    ) -> Vec<u128> {
+        let dead = match route {
+            None => &self.dead,
+            Some(route) => match self.queues.get(route) {
+                Some(queue) => &queue.dead,
+                None => return Vec::new(),
+            },
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        dead.range((from, Bound::Unbounded))
+            .take(limit)
+            .copied()
+            .collect()
+    }
+
     // === counting ===
 
     pub(crate) fn summary(&self) -> Summary {
@@ -516,5 +545,28 @@ mod tests {
             ..limits
         };
         assert!(index.make_room(1, &two).is_err(), "the leased one stays");
+    }
+
+    #[test]
+    fn dead_letters_are_listed_oldest_first_per_route_and_in_pages() {
+        let mut index = Index::default();
+        let (a, b) = (index.route("a"), index.route("b"));
+        for id in [5, 1, 3] {
+            index.insert(id, a.clone(), 1, t(0), true, t(0));
+        }
+        index.insert(2, b.clone(), 1, t(0), true, t(0));
+        index.insert(4, a.clone(), 1, t(0), false, t(0));
+        assert_eq!(index.dead_letters(None, None, 10), vec![1, 2, 3, 5]);
+        assert_eq!(index.dead_letters(Some("a"), None, 10), vec![1, 3, 5]);
+        assert_eq!(index.dead_letters(Some("a"), Some(1), 1), vec![3]);
+        assert_eq!(index.dead_letters(None, Some(3), 10), vec![5]);
+        assert!(index.dead_letters(Some("none"), None, 10).is_empty());
+
+        // A re-driven message leaves the list; one dead again comes back in its place.
+        index.requeue(3, t(0), t(0));
+        assert_eq!(index.dead_letters(Some("a"), None, 10), vec![1, 5]);
+        index.lease("a", 10, t(0), t(100));
+        index.kill(3, t(0));
+        assert_eq!(index.dead_letters(Some("a"), None, 10), vec![1, 3, 5]);
     }
 }

@@ -51,7 +51,9 @@
 //!   its lease and the message was handed out again; the loop ignores it.
 //! - **Admin API:** `GET /api/outbox` renders [`Store::summary`] (`rampart_outbox_pending` is
 //!   [`Counts::pending`] of its total); `GET /api/outbox/<id>` parses the id
-//!   ([`MessageId`]'s `FromStr`) and renders [`Store::get`], 404 for `None`.
+//!   ([`MessageId`]'s `FromStr`) and renders [`Store::get`], 404 for `None`;
+//!   `GET /api/outbox/dead` renders a page of [`Store::dead_letters`], and
+//!   `POST /api/outbox/dead/redrive` walks the pages calling [`Store::redrive`] on each.
 //! - **Drain:** stop the loops at their next `take`, then [`Embedded::close`] (or
 //!   [`Nats::close`]).
 //!

@@ -75,6 +75,24 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// accepted, or a tombstone already purged).
     fn get(&self, id: MessageId) -> BoxFuture<'_, Result<Option<Status>, Error>>;
 
+    /// A page of the dead-letter list: the delivery records of the dead messages, oldest accepted
+    /// first (id order), of `route` only when one is named, at most `limit` of them.
+    ///
+    /// `after` pages through the list: the page starts with the first dead message whose id sorts
+    /// above it, so passing the last id of one page gives the next, and messages that die or are
+    /// re-driven meanwhile neither shift a page nor repeat one. An empty page (or one shorter than
+    /// `limit`) is the end of the list. A route that has no dead message, or that the store never
+    /// saw, gives an empty list.
+    ///
+    /// Each record is read as [`get`](Store::get) would answer for its id: what the operator sees
+    /// before re-driving it.
+    fn dead_letters<'a>(
+        &'a self,
+        route: Option<&'a str>,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Status>, Error>>;
+
     /// Counts per route and state, and bytes held.
     fn summary(&self) -> BoxFuture<'_, Result<Summary, Error>>;
 

@@ -357,6 +357,77 @@ async fn a_dead_message_is_kept_whole_until_redriven() {
     store.close().await.unwrap();
 }
 
+/// The ids of a page of dead letters.
+fn dead_ids(page: &[rampart_outbox::Status]) -> Vec<MessageId> {
+    page.iter().map(|s| s.id).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_are_listed_oldest_first_per_route_in_pages() {
+    let dir = TempDir::new("dead-letters");
+    let clock = clock();
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    let mut a = Vec::new();
+    for n in 0..5 {
+        a.push(store.append("a", request(n, b"a")).await.unwrap());
+    }
+    let b = store.append("b", request(9, b"b")).await.unwrap();
+    let queued = store.append("a", request(10, b"queued")).await.unwrap();
+    // They die newest first: the list is in acceptance order all the same.
+    let taken = store.take("a", 5, NOW).await.unwrap();
+    for leased in taken.iter().rev() {
+        advance(Duration::from_secs(1)).await;
+        let why = format!("dead {}", leased.message.id());
+        store.dead(leased.lease, why).await.unwrap();
+    }
+    let taken = store.take("b", 1, NOW).await.unwrap();
+    store.dead(taken[0].lease, "b down".into()).await.unwrap();
+
+    let all = store.dead_letters(None, None, 100).await.unwrap();
+    let mut everyone = a.clone();
+    everyone.push(b);
+    assert_eq!(dead_ids(&all), everyone);
+    for status in &all {
+        assert_eq!(status.state, State::Dead);
+        assert_eq!(Some(status), store.get(status.id).await.unwrap().as_ref());
+    }
+    assert_eq!(all[0].last_error, Some(format!("dead {}", a[0])));
+    assert_eq!(all[0].changed_at, at(Duration::from_secs(5)));
+    let of_a = store.dead_letters(Some("a"), None, 100).await.unwrap();
+    assert_eq!(dead_ids(&of_a), a, "not b's, nor the queued one");
+    assert!(!dead_ids(&of_a).contains(&queued));
+    assert!(
+        store
+            .dead_letters(Some("nobody"), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Pages of two, each after the last id of the one before.
+    let page = |after: Option<MessageId>| store.dead_letters(Some("a"), after, 2);
+    assert_eq!(dead_ids(&page(None).await.unwrap()), a[..2]);
+    assert_eq!(dead_ids(&page(Some(a[1])).await.unwrap()), a[2..4]);
+    assert_eq!(dead_ids(&page(Some(a[3])).await.unwrap()), a[4..]);
+    assert!(page(Some(a[4])).await.unwrap().is_empty());
+
+    // A re-driven message leaves the list; the pages after it do not shift.
+    store.redrive(a[2]).await.unwrap();
+    assert_eq!(dead_ids(&page(Some(a[1])).await.unwrap()), [a[3], a[4]]);
+    assert_eq!(dead_ids(&page(Some(a[3])).await.unwrap()), a[4..]);
+
+    // The list outlives a restart.
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.dead_letters(None, None, 100).await,
+        Err(Error::Closed)
+    ));
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    let again = store.dead_letters(None, None, 100).await.unwrap();
+    assert_eq!(dead_ids(&again), [a[0], a[1], a[3], a[4], b]);
+    store.close().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_restart_requeues_what_was_being_delivered_and_keeps_the_rest() {
     let dir = TempDir::new("restart");

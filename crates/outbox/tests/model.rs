@@ -34,13 +34,26 @@ const LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { route: usize, body: usize },
-    Take { route: usize, max: usize },
+    Append {
+        route: usize,
+        body: usize,
+    },
+    Take {
+        route: usize,
+        max: usize,
+    },
     Delivered(usize),
     RetryLater(usize, u64),
     Dead(usize),
     Redrive(usize),
     Get(usize),
+    /// A page of the dead letters: of one route or all, from the start or after one of the ids
+    /// (`(true, i)`: one of those dead now, as the next page's request names one).
+    DeadLetters {
+        route: Option<usize>,
+        after: Option<(bool, usize)>,
+        limit: usize,
+    },
     Advance(u64),
     Reopen,
 }
@@ -54,6 +67,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Dead),
         1 => any::<usize>().prop_map(Op::Redrive),
         1 => any::<usize>().prop_map(Op::Get),
+        1 => (
+            proptest::option::of(0..2usize),
+            proptest::option::of((any::<bool>(), any::<usize>())),
+            1..6usize,
+        )
+            .prop_map(|(route, after, limit)| Op::DeadLetters { route, after, limit }),
         2 => (0..40_000u64).prop_map(Op::Advance),
         // Exactly a lease, to land on lease expiries.
         1 => Just(Op::Advance(LEASE.as_millis() as u64)),
@@ -292,6 +311,25 @@ impl Model {
             state: Self::state(m, now),
             ..m.status.clone()
         })
+    }
+
+    /// The dead messages of `route` (or of all) with an id above `after`, oldest first, at most
+    /// `limit`, as `get` reports them.
+    fn dead_letters(
+        &self,
+        route: Option<&str>,
+        after: Option<MessageId>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Vec<Status> {
+        self.msgs
+            .iter()
+            .filter(|(_, m)| Self::state(m, now) == State::Dead)
+            .filter(|(_, m)| route.is_none_or(|route| &*m.status.route == route))
+            .filter(|(id, _)| after.is_none_or(|after| **id > after))
+            .take(limit)
+            .filter_map(|(id, _)| self.reported(*id, now))
+            .collect()
     }
 
     /// A restart: every lease token is void; what was being delivered is queued again (nats:
@@ -548,6 +586,31 @@ async fn run(
             Op::Get(i) if !ids.is_empty() => {
                 let id = ids[i % ids.len()];
                 prop_assert_eq!(store.get(id).await.unwrap(), model.reported(id, now));
+            }
+            Op::DeadLetters {
+                route,
+                after,
+                limit,
+            } => {
+                let route = route.map(|r| ROUTES[r]);
+                let dead: Vec<MessageId> = model
+                    .dead_letters(None, None, usize::MAX, now)
+                    .iter()
+                    .map(|s| s.id)
+                    .collect();
+                let after = match after {
+                    Some((true, i)) if !dead.is_empty() => Some(dead[i % dead.len()]),
+                    Some((_, i)) if !ids.is_empty() => Some(ids[i % ids.len()]),
+                    _ => None,
+                };
+                let got = store.dead_letters(route, after, limit).await.unwrap();
+                prop_assert_eq!(
+                    got,
+                    model.dead_letters(route, after, limit, now),
+                    "dead letters of {:?} after {:?}",
+                    route,
+                    after
+                );
             }
             Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
             Op::Reopen => {

@@ -601,6 +601,82 @@ async fn a_dead_message_is_kept_whole_until_redriven() {
     store.close().await.unwrap();
 }
 
+/// The ids of a page of dead letters.
+fn dead_ids(page: &[rampart_outbox::Status]) -> Vec<MessageId> {
+    page.iter().map(|s| s.id).collect()
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_oldest_first_per_route_in_pages() {
+    let server = NatsServer::start();
+    let (clock, manual) = manual();
+    let store = connect(&server, &clock, Limits::default()).await;
+    let mut a = Vec::new();
+    for n in 0..5 {
+        a.push(store.append("a", request(n, b"a")).await.unwrap());
+    }
+    let b = store.append("b", request(9, b"b")).await.unwrap();
+    let queued = store.append("a", request(10, b"queued")).await.unwrap();
+    // They die newest first: the list is in acceptance order all the same.
+    let taken = store.take("a", 5, NOW).await.unwrap();
+    assert_eq!(ids(&taken), a);
+    for leased in taken.iter().rev() {
+        manual.advance(Duration::from_secs(1));
+        let why = format!("dead {}", leased.message.id());
+        store.dead(leased.lease, why).await.unwrap();
+    }
+    let taken = store.take("b", 1, NOW).await.unwrap();
+    store.dead(taken[0].lease, "b down".into()).await.unwrap();
+
+    let all = store.dead_letters(None, None, 100).await.unwrap();
+    let mut everyone = a.clone();
+    everyone.push(b);
+    assert_eq!(dead_ids(&all), everyone);
+    for status in &all {
+        assert_eq!(status.state, State::Dead);
+        assert_eq!(Some(status), store.get(status.id).await.unwrap().as_ref());
+    }
+    assert_eq!(all[0].last_error, Some(format!("dead {}", a[0])));
+    assert_eq!(all[0].changed_at, at(Duration::from_secs(5)));
+    let of_a = store.dead_letters(Some("a"), None, 100).await.unwrap();
+    assert_eq!(dead_ids(&of_a), a, "not b's, nor the queued one");
+    assert!(!dead_ids(&of_a).contains(&queued));
+    assert!(
+        store
+            .dead_letters(Some("nobody"), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Pages of two, each after the last id of the one before.
+    let page = |after: Option<MessageId>| store.dead_letters(Some("a"), after, 2);
+    assert_eq!(dead_ids(&page(None).await.unwrap()), a[..2]);
+    assert_eq!(dead_ids(&page(Some(a[1])).await.unwrap()), a[2..4]);
+    assert_eq!(dead_ids(&page(Some(a[3])).await.unwrap()), a[4..]);
+    assert!(page(Some(a[4])).await.unwrap().is_empty());
+
+    // Another instance on the stream lists the same, and what it re-drives leaves both lists:
+    // whether or not this one's view has heard, it reads the records.
+    let other = connect_another(&server, &clock).await;
+    assert_eq!(
+        other.dead_letters(None, None, 100).await.unwrap(),
+        store.dead_letters(None, None, 100).await.unwrap()
+    );
+    other.redrive(a[2]).await.unwrap();
+    assert_eq!(dead_ids(&page(Some(a[1])).await.unwrap()), [a[3], a[4]]);
+    assert_eq!(dead_ids(&page(Some(a[3])).await.unwrap()), a[4..]);
+    let left = other.dead_letters(Some("a"), None, 100).await.unwrap();
+    assert_eq!(dead_ids(&left), [a[0], a[1], a[3], a[4]]);
+
+    other.close().await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.dead_letters(None, None, 100).await,
+        Err(Error::Closed)
+    ));
+}
+
 #[tokio::test]
 async fn the_summary_counts_per_route_and_state() {
     let server = NatsServer::start();

@@ -266,6 +266,25 @@ impl Store for Embedded {
         })
     }
 
+    fn dead_letters<'a>(
+        &'a self,
+        route: Option<&'a str>,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Status>, Error>> {
+        Box::pin(async move {
+            let op = Op::DeadLetters {
+                route: route.map(Into::into),
+                after,
+                limit,
+            };
+            match self.run(op).await? {
+                Done::Listed(dead) => Ok(dead),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
     fn summary(&self) -> BoxFuture<'_, Result<Summary, Error>> {
         Box::pin(async move {
             if self.jobs.is_closed() {

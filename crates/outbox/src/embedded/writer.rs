@@ -68,6 +68,12 @@ pub(super) enum Op {
     },
     Redrive(MessageId),
     Get(MessageId),
+    /// A page of the dead-letter list (see [`Store::dead_letters`](crate::Store::dead_letters)).
+    DeadLetters {
+        route: Option<Box<str>>,
+        after: Option<MessageId>,
+        limit: usize,
+    },
     /// Nothing but the purge of the tombstones whose time is up, which every transaction does:
     /// for a store that nothing else writes to.
     Purge,
@@ -81,7 +87,10 @@ impl Op {
     /// anyway.
     fn needs_fsync(&self) -> bool {
         // Nor a purge: one lost to a crash is done again by the next transaction.
-        !matches!(self, Op::Take { .. } | Op::Get(_) | Op::Purge | Op::Close)
+        !matches!(
+            self,
+            Op::Take { .. } | Op::Get(_) | Op::DeadLetters { .. } | Op::Purge | Op::Close
+        )
     }
 }
 
@@ -91,6 +100,7 @@ pub(super) enum Done {
     Taken(Vec<Leased>),
     Settled,
     Found(Option<Status>),
+    Listed(Vec<Status>),
     Closed,
 }
 
@@ -369,6 +379,23 @@ impl Writer {
                     status
                 });
                 Ok(Done::Found(status))
+            }
+            Op::DeadLetters {
+                route,
+                after,
+                limit,
+            } => {
+                // The ids from the index, the records from the table this transaction sees: the
+                // two agree, being changed together by this thread only.
+                let ids =
+                    index.dead_letters(route.as_deref(), after.map(MessageId::as_u128), *limit);
+                let mut dead = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(status) = tables.status(id)? {
+                        dead.push(status);
+                    }
+                }
+                Ok(Done::Listed(dead))
             }
             Op::Purge => Ok(Done::Settled),
             Op::Close => Ok(Done::Closed),

@@ -36,7 +36,8 @@
 //!   copy. **redrive** publishes the dead request to the route's queue again, writes the status,
 //!   then deletes the dead copy.
 //! - **get** reads the status record; **summary** counts from the view (see `view`), which
-//!   follows the bucket's changes. Limits, drop-oldest and the purge of tombstones work on the
+//!   follows the bucket's changes; **dead_letters** takes a page of dead ids from the view and
+//!   reads their records, a few dozen at once, leaving out any the bucket says is no longer dead. Limits, drop-oldest and the purge of tombstones work on the
 //!   view as the embedded store's work on its index.
 //!
 //! Every step is ordered so that a crash between two of them leaves nothing lost: a status
@@ -119,6 +120,9 @@ const PURGE_PER_OP: usize = 16;
 const NO_WAIT_GUARD: Duration = Duration::from_secs(5);
 /// The shortest wait worth a pull request.
 const MIN_WAIT: Duration = Duration::from_millis(1);
+/// Status records read at once when listing dead letters: a page of a thousand costs a few
+/// dozen round trips' time rather than a thousand.
+const READS_AT_ONCE: usize = 32;
 
 /// How to connect a [`Nats`] store. Its `Debug` shows the URL [redacted](Self::redacted_url).
 #[derive(Clone)]
@@ -424,6 +428,15 @@ impl Store for Nats {
 
     fn get(&self, id: MessageId) -> BoxFuture<'_, Result<Option<Status>, Error>> {
         Box::pin(self.inner.get(id))
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        route: Option<&'a str>,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Status>, Error>> {
+        Box::pin(self.inner.dead_letters(route, after, limit))
     }
 
     fn summary(&self) -> BoxFuture<'_, Result<Summary, Error>> {

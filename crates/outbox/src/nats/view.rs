@@ -158,6 +158,21 @@ impl View {
         state.index.summary()
     }
 
+    /// The ids of the dead messages of `route` (of every route when `None`) above `after`,
+    /// oldest first, at most `limit`.
+    pub(super) fn dead_letters(
+        &self,
+        route: Option<&str>,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Vec<MessageId> {
+        let ids = self
+            .state()
+            .index
+            .dead_letters(route, after.map(MessageId::as_u128), limit);
+        ids.into_iter().map(MessageId::from_u128).collect()
+    }
+
     /// What must go for a message of `size` bytes to fit, as in the embedded store.
     pub(super) fn make_room(
         &self,
