@@ -189,12 +189,19 @@ def h2load_max(port, path, seconds, clients, streams):
 
 
 def h2load_rate(port, path, seconds, rate, clients, h1=True):
-    """A fixed rate (open loop: each client sends on schedule) for `seconds`: every request as
-    (start, status, latency in µs), from h2load's per-request log."""
+    """A fixed rate (open loop: each client sends on its own schedule, whatever the answers) for
+    `seconds` after a second of warm-up: every request after the warm-up as (start in µs, status,
+    latency in µs), from h2load's per-request log.
+
+    Each client sends `rate / clients` requests a second on a timer that starts when it connects.
+    Connected all at once, the clients' timers would fire together: 50 clients at 2,000 req/s
+    send bursts of 50 requests every 25 ms, and the latency measured is mostly the wait behind a
+    burst. So the clients connect one per millisecond (`-r 1 --rate-period 1ms`), which spreads
+    their sends over the period; h2load then takes a request count (`-n`) instead of `-D`."""
     with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log") as log:
         args = ["taskset", "-c", LOAD_CPU, "h2load", f"-c{clients}", "-m1",
-                f"--rps={max(1, rate // clients)}", f"-D{seconds}", "--warm-up-time=1",
-                f"--log-file={log.name}"]
+                f"--rps={max(1, rate // clients)}", "-r1", "--rate-period=1ms",
+                f"-n{rate * (seconds + 1)}", f"--log-file={log.name}"]
         if h1:
             args.append("--h1")
         subprocess.run(args + [f"http://127.0.0.1:{port}{path}"], check=True,
@@ -204,7 +211,10 @@ def h2load_rate(port, path, seconds, rate, clients, h1=True):
             for line in f:
                 start, status, micros = line.split()[:3]
                 rows.append((float(start), int(status), int(micros)))
-        return rows
+        if not rows:
+            return rows
+        warm_until = min(start for start, _, _ in rows) + 1e6
+        return [row for row in rows if row[0] >= warm_until]
 
 
 def percentile(values, p):
