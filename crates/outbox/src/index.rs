@@ -263,14 +263,7 @@ impl Index {
         limit: usize,
     ) -> Vec<Tombstone> {
         let mut purged = Vec::new();
-        while purged.len() < limit {
-            let Some(oldest) = self.tombstones.front() else {
-                break;
-            };
-            let expired = oldest.at.saturating_add(retention) <= now;
-            if !expired && self.tombstones.len() <= max {
-                break;
-            }
+        while purged.len() < limit && self.tombstones_due(now, retention, max) {
             let Some(t) = self.tombstones.pop_front() else {
                 break;
             };
