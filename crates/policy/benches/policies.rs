@@ -160,23 +160,34 @@ fn breaker_closed_async(c: &mut Criterion) {
 /// thread, on the same shared breaker. A breaker that does not contend reports about its
 /// single-thread time; one that serialises the threads reports up to twice that, plus the cost of
 /// moving its cache lines between cores.
+fn contended(iters: u64, call: impl Fn() + Sync) -> Duration {
+    contended_clones(iters, &(), |()| call())
+}
+
+/// Like [`contended`], each thread calling with its own clone of `state` (a tower service, which
+/// is called through `&mut`).
 #[expect(
     clippy::disallowed_types,
     reason = "a bench measures real wall time; the ban on std's clock is for policy code"
 )]
-fn contended(iters: u64, call: impl Fn() + Sync) -> Duration {
+fn contended_clones<S: Clone + Send>(
+    iters: u64,
+    state: &S,
+    call: impl Fn(&mut S) + Sync,
+) -> Duration {
     let start_line = Barrier::new(2);
-    let run = || {
+    let run = |mut state: S| {
         start_line.wait();
         let start = std::time::Instant::now();
         for _ in 0..iters {
-            call();
+            call(&mut state);
         }
         start.elapsed()
     };
     thread::scope(|s| {
-        let other = s.spawn(run);
-        let mine = run();
+        let theirs = state.clone();
+        let other = s.spawn(|| run(theirs));
+        let mine = run(state.clone());
         mine.max(other.join().unwrap())
     })
 }
@@ -333,6 +344,42 @@ fn rampart_retry_success(group: &mut BenchmarkGroup<'_, WallTime>) {
     });
 }
 
+/// Two threads calling one retry policy, each through its own clone of the service, as the
+/// connections of a server do: what sharing the policy's budget and counters costs.
+fn retry_contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry_contended");
+
+    let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap();
+    let layered = RetryLayer::new(retry).layer(ok_service());
+    group.bench_function("rampart", |b| {
+        b.iter_custom(|iters| contended_clones(iters, &layered, |svc| drop(ready_call(svc))))
+    });
+
+    let budget = std::sync::Arc::new(tower::retry::budget::TpsBudget::new(
+        Duration::from_secs(10),
+        10,
+        0.2,
+    ));
+    let tower_budget = tower::retry::Retry::new(
+        Budgeted {
+            attempts: 3,
+            budget: budget.clone(),
+        },
+        ok_service(),
+    );
+    group.bench_function("tower-tps-budget", |b| {
+        b.iter_custom(|iters| {
+            contended_clones(iters, &tower_budget, |svc| {
+                use tower::retry::budget::Budget as _;
+                budget.deposit();
+                drop(ready_call(svc))
+            })
+        })
+    });
+
+    group.finish();
+}
+
 // === rate limit ===
 
 fn ratelimit_allow(c: &mut Criterion) {
@@ -432,6 +479,7 @@ criterion_group! {
         breaker_closed_async,
         breaker_closed_contended,
         retry_success,
+        retry_contended,
         ratelimit_allow,
         bulkhead,
         pipeline,

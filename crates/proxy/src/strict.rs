@@ -215,11 +215,18 @@ impl Framing {
                     i += 1;
                 }
                 State::Head => {
-                    if self.head_byte(bytes[i]) {
-                        self.state = State::Off;
-                        return Some(i);
+                    // A line's text at once, up to its LF: most of a head is text.
+                    let rest = &bytes[i..];
+                    let text = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                    self.head_text(&rest[..text]);
+                    i += text;
+                    if i < bytes.len() {
+                        if self.line_feed() {
+                            self.state = State::Off;
+                            return Some(i);
+                        }
+                        i += 1;
                     }
-                    i += 1;
                 }
             }
         }
@@ -249,21 +256,39 @@ impl Framing {
         }
     }
 
-    // Whether `byte` ends a head that must be refused.
-    fn head_byte(&mut self, byte: u8) -> bool {
-        let prev_cr = std::mem::replace(&mut self.prev_cr, byte == b'\r');
-        if byte != b'\n' {
-            if byte != b'\r' {
-                if self.line_len < LINE {
-                    self.line[self.line_len] = byte;
-                    self.line_len += 1;
-                } else {
-                    self.truncated = true;
-                }
-            }
-            return false;
+    // Follows `text`, bytes of a head with no LF among them: the last says whether a LF after
+    // it is bare, and the start of the line is kept, without its CRs, for the framing headers.
+    fn head_text(&mut self, text: &[u8]) {
+        let Some(&last) = text.last() else {
+            return;
+        };
+        self.prev_cr = last == b'\r';
+        if self.truncated {
+            return;
         }
-        // A bare LF.
+        // A well-formed line's one CR ends it: then the text is kept as it is.
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if !text.contains(&b'\r') {
+            let room = LINE - self.line_len;
+            let kept = text.len().min(room);
+            self.line[self.line_len..][..kept].copy_from_slice(&text[..kept]);
+            self.line_len += kept;
+            self.truncated = text.len() > room;
+            return;
+        }
+        for &byte in text.iter().filter(|&&byte| byte != b'\r') {
+            if self.line_len == LINE {
+                self.truncated = true;
+                return;
+            }
+            self.line[self.line_len] = byte;
+            self.line_len += 1;
+        }
+    }
+
+    // Whether the LF just read ends a head that must be refused: a bare one does.
+    fn line_feed(&mut self) -> bool {
+        let prev_cr = std::mem::replace(&mut self.prev_cr, false);
         !prev_cr || self.end_line()
     }
 

@@ -10,7 +10,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::backoff::BackoffState;
-use super::{CloneRequest, Next, Retry, RetryClassify};
+use super::{CloneRequest, Next, RetryClassify, Ticket};
 use crate::error::BoxError;
 
 pin_project! {
@@ -49,7 +49,7 @@ pin_project! {
 /// What a call that may be retried needs for its next attempt.
 struct Retrying<S, Req, C, R> {
     service: S,
-    retry: Retry<C>,
+    policy: Ticket<C>,
     cloner: R,
     /// The next attempt's request; `None` once no copy could be made, and then no retry follows.
     request: Option<Req>,
@@ -73,20 +73,20 @@ where
         }
     }
 
-    /// A call that may be retried with `request`, on `service`, by `retry`.
+    /// A call that may be retried with `request`, on `service`, by `policy`.
     #[inline]
     pub(crate) fn retrying(
         future: S::Future,
         request: Req,
         service: S,
-        retry: Retry<C>,
+        policy: Ticket<C>,
         cloner: R,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
             retrying: Some(Retrying {
                 service,
-                retry,
+                policy,
                 cloner,
                 request: Some(request),
                 attempt: 1,
@@ -158,7 +158,7 @@ where
                         .take()
                         .expect("a retry is decided only with a copy in hand");
                     r.attempt += 1;
-                    if r.attempt < r.retry.attempts() {
+                    if r.attempt < r.policy.attempts() {
                         r.request = r.cloner.clone_request(&request);
                     }
                     let future = r.service.call(request);
@@ -182,7 +182,7 @@ where
     C: RetryClassify<S::Response, S::Error>,
 {
     let next = match retrying {
-        Some(r) if r.request.is_some() => r.retry.next(&result, r.attempt, &mut r.backoff),
+        Some(r) if r.request.is_some() => r.policy.next(&result, r.attempt, &mut r.backoff),
         _ => Next::Done,
     };
     let Next::Wait(wait) = next else {

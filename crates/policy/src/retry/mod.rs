@@ -67,9 +67,10 @@
 //! # Cost
 //!
 //! A call that succeeds at once pays one budget deposit (a few nanoseconds, no clock read of its
-//! own) and one classification; no allocation. The tower service also copies the request, and
-//! clones the service and the policy handle (one reference count) into the response future, but
-//! only when a retry could follow.
+//! own) and one classification; no allocation. The tower service also copies the request and
+//! clones the service into the response future, but only when a retry could follow. The future
+//! holds no reference count of the policy: it finds the policy by a key when an attempt fails,
+//! so a call still in flight when every handle of its policy is dropped is not retried.
 
 use std::fmt;
 use std::future::Future;
@@ -88,6 +89,7 @@ mod classify;
 pub mod error;
 pub mod future;
 mod layer;
+mod registry;
 
 pub use self::backoff::{Delays, ExponentialBackoff, Jitter};
 pub use self::budget::Budget;
@@ -97,6 +99,10 @@ pub use self::layer::RetryLayer;
 use self::backoff::BackoffState;
 use self::error::InvalidAttempts;
 use self::future::ResponseFuture;
+use self::registry::{Key, Registry};
+
+/// Every live policy, for the response futures of [`RetryService`] to find on a failure.
+static POLICIES: Registry<Shared> = Registry::new();
 
 /// The longest a [`Decision::RetryAfter`] hint may make a retry wait, unless set otherwise.
 const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -112,12 +118,20 @@ pub struct Retry<C = RetryOnError> {
 }
 
 struct Shared {
+    config: Config,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+    /// Where the response futures of [`RetryService`] find this policy.
+    key: Key,
+}
+
+/// What a policy is set to.
+#[derive(Clone)]
+struct Config {
     attempts: u32,
     backoff: ExponentialBackoff,
     budget: Option<Budget>,
     max_retry_after: Duration,
-    retries: AtomicU64,
-    budget_exhausted: AtomicU64,
 }
 
 /// What one [`Retry::call_with_stats`] did.
@@ -160,15 +174,14 @@ impl Retry {
         if attempts == 0 {
             return Err(InvalidAttempts::new());
         }
+        let config = Config {
+            attempts,
+            backoff,
+            budget: Some(Budget::default()),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+        };
         Ok(Retry {
-            shared: Arc::new(Shared {
-                attempts,
-                backoff,
-                budget: Some(Budget::default()),
-                max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-                retries: AtomicU64::new(0),
-                budget_exhausted: AtomicU64::new(0),
-            }),
+            shared: Shared::register(config, 0, 0),
             classify: RetryOnError,
         })
     }
@@ -177,22 +190,34 @@ impl Retry {
 impl<C> Retry<C> {
     /// Draws retries from `budget` (clones share one account) instead of a budget of its own.
     pub fn with_budget(mut self, budget: Budget) -> Retry<C> {
-        Arc::make_mut(&mut self.shared).budget = Some(budget);
+        self.reconfigure(|config| config.budget = Some(budget));
         self
     }
 
     /// Retries with no budget: only attempts bound the extra load. Meant for calls whose callee
     /// cannot be overloaded by them, such as a local resource.
     pub fn without_budget(mut self) -> Retry<C> {
-        Arc::make_mut(&mut self.shared).budget = None;
+        self.reconfigure(|config| config.budget = None);
         self
     }
 
     /// Caps how long a [`Decision::RetryAfter`] hint may make a retry wait (default 30 s), so a
     /// wrong or hostile hint cannot park the caller. Zero ignores hints.
     pub fn with_max_retry_after(mut self, max: Duration) -> Retry<C> {
-        Arc::make_mut(&mut self.shared).max_retry_after = max;
+        self.reconfigure(|config| config.max_retry_after = max);
         self
+    }
+
+    // A policy of its own, set as `change` says, that starts from this one's counts.
+    fn reconfigure(&mut self, change: impl FnOnce(&mut Config)) {
+        let shared = &self.shared;
+        let mut config = shared.config.clone();
+        change(&mut config);
+        self.shared = Shared::register(
+            config,
+            shared.retries.load(Relaxed),
+            shared.budget_exhausted.load(Relaxed),
+        );
     }
 
     /// Decides what to retry with `classify` instead of [`RetryOnError`].
@@ -205,22 +230,22 @@ impl<C> Retry<C> {
 
     /// The most tries per call, the first one included.
     pub fn attempts(&self) -> u32 {
-        self.shared.attempts
+        self.shared.config.attempts
     }
 
     /// The sleeps between tries.
     pub fn backoff(&self) -> &ExponentialBackoff {
-        &self.shared.backoff
+        &self.shared.config.backoff
     }
 
     /// The budget retries draw from, if any.
     pub fn budget(&self) -> Option<&Budget> {
-        self.shared.budget.as_ref()
+        self.shared.config.budget.as_ref()
     }
 
     /// The longest wait a retry-after hint may impose.
     pub fn max_retry_after(&self) -> Duration {
-        self.shared.max_retry_after
+        self.shared.config.max_retry_after
     }
 
     /// Retries made so far, by this policy and its clones.
@@ -306,7 +331,7 @@ impl<C> Retry<C> {
     /// Counts a call's first attempt in the budget.
     #[inline]
     pub(crate) fn deposit(&self) {
-        if let Some(budget) = &self.shared.budget {
+        if let Some(budget) = &self.shared.config.budget {
             budget.deposit();
         }
     }
@@ -322,28 +347,124 @@ impl<C> Retry<C> {
     where
         C: RetryClassify<T, E>,
     {
-        if attempt >= self.shared.attempts {
-            return Next::Done;
-        }
-        match self.classify.decide(result) {
-            Decision::Done => Next::Done,
-            Decision::Retry => self.retry(Duration::ZERO, backoff),
-            Decision::RetryAfter(hint) => self.retry(hint, backoff),
+        match wanted(self.shared.config.attempts, &self.classify, result, attempt) {
+            Some(hint) => self.shared.retry(hint, backoff),
+            None => Next::Done,
         }
     }
 
+    /// What the response future of a call that may be retried holds of the policy.
+    #[inline]
+    pub(crate) fn ticket(&self) -> Ticket<C>
+    where
+        C: Clone,
+    {
+        Ticket {
+            key: self.shared.key,
+            attempts: self.shared.config.attempts,
+            classify: self.classify.clone(),
+            shared: None,
+        }
+    }
+}
+
+/// Whether attempt number `attempt` (from 1), which ended in `result`, calls for another: `None`
+/// to keep its result, else the wait the server asked for (zero if none).
+#[inline]
+fn wanted<C, T, E>(
+    attempts: u32,
+    classify: &C,
+    result: &Result<T, E>,
+    attempt: u32,
+) -> Option<Duration>
+where
+    C: RetryClassify<T, E>,
+{
+    if attempt >= attempts {
+        return None;
+    }
+    match classify.decide(result) {
+        Decision::Done => None,
+        Decision::Retry => Some(Duration::ZERO),
+        Decision::RetryAfter(hint) => Some(hint),
+    }
+}
+
+/// A policy as a response future holds it: what a call that succeeds needs, and a key to find
+/// the rest (budget, backoff, counters) once an attempt fails.
+pub(crate) struct Ticket<C> {
+    key: Key,
+    attempts: u32,
+    classify: C,
+    /// Found on the first failure, then held until the call ends.
+    shared: Option<Arc<Shared>>,
+}
+
+impl<C> Ticket<C> {
+    /// The most tries per call, the first one included.
+    #[inline]
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// What follows attempt number `attempt` (from 1), which ended in `result`. A policy no
+    /// longer alive retries nothing.
+    #[inline]
+    pub(crate) fn next<T, E>(
+        &mut self,
+        result: &Result<T, E>,
+        attempt: u32,
+        backoff: &mut BackoffState,
+    ) -> Next
+    where
+        C: RetryClassify<T, E>,
+    {
+        let Some(hint) = wanted(self.attempts, &self.classify, result, attempt) else {
+            return Next::Done;
+        };
+        let shared = match &mut self.shared {
+            Some(shared) => shared,
+            empty => match POLICIES.get(self.key) {
+                Some(shared) => empty.insert(shared),
+                None => return Next::Done,
+            },
+        };
+        shared.retry(hint, backoff)
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// A new policy set to `config`, its counters starting at `retries` and `budget_exhausted`.
+    fn register(config: Config, retries: u64, budget_exhausted: u64) -> Arc<Shared> {
+        Arc::new_cyclic(|weak| Shared {
+            config,
+            retries: AtomicU64::new(retries),
+            budget_exhausted: AtomicU64::new(budget_exhausted),
+            key: POLICIES.insert(weak.clone()),
+        })
+    }
+
+    /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused.
     #[cold]
     fn retry(&self, hint: Duration, backoff: &mut BackoffState) -> Next {
-        let shared = &*self.shared;
-        if let Some(budget) = &shared.budget
+        let config = &self.config;
+        if let Some(budget) = &config.budget
             && !budget.withdraw()
         {
-            shared.budget_exhausted.fetch_add(1, Relaxed);
+            self.budget_exhausted.fetch_add(1, Relaxed);
             return Next::Refused;
         }
-        shared.retries.fetch_add(1, Relaxed);
-        let delay = backoff.next(&shared.backoff);
-        Next::Wait(delay.max(hint.min(shared.max_retry_after)))
+        self.retries.fetch_add(1, Relaxed);
+        let delay = backoff.next(&config.backoff);
+        Next::Wait(delay.max(hint.min(config.max_retry_after)))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        POLICIES.remove(self.key);
     }
 }
 
@@ -358,26 +479,13 @@ impl<C: Clone> Clone for Retry<C> {
 
 impl<C> fmt::Debug for Retry<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = &self.shared.config;
         f.debug_struct("Retry")
-            .field("attempts", &self.shared.attempts)
-            .field("backoff", &self.shared.backoff)
-            .field("budget", &self.shared.budget)
-            .field("max_retry_after", &self.shared.max_retry_after)
+            .field("attempts", &config.attempts)
+            .field("backoff", &config.backoff)
+            .field("budget", &config.budget)
+            .field("max_retry_after", &config.max_retry_after)
             .finish_non_exhaustive()
-    }
-}
-
-impl Clone for Shared {
-    /// A reconfigured copy of a shared policy is a new policy: it keeps the counts so far.
-    fn clone(&self) -> Self {
-        Shared {
-            attempts: self.attempts,
-            backoff: self.backoff.clone(),
-            budget: self.budget.clone(),
-            max_retry_after: self.max_retry_after,
-            retries: AtomicU64::new(self.retries.load(Relaxed)),
-            budget_exhausted: AtomicU64::new(self.budget_exhausted.load(Relaxed)),
-        }
     }
 }
 
@@ -511,7 +619,7 @@ where
                     future,
                     copy,
                     service,
-                    self.retry.clone(),
+                    self.retry.ticket(),
                     self.cloner.clone(),
                 )
             }

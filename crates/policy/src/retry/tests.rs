@@ -429,6 +429,41 @@ async fn layer_sends_an_uncopyable_request_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn layer_retries_by_a_reconfigured_policy_and_counts_its_retries() {
+    // Each `with_` makes a policy of its own: its futures must find that one, not the first.
+    let policy = retry(3)
+        .with_budget(Budget::try_new(Duration::from_secs(10), 0.0, 1).unwrap())
+        .with_max_retry_after(ms(10));
+    let counts = policy.clone();
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    let (_, send) = next_request(&mut handle).await;
+    send.send_error("reset");
+    assert_pending!(response.poll());
+    tokio::time::advance(ms(50)).await;
+    assert_pending!(response.poll());
+    let (_, send) = next_request(&mut handle).await;
+    send.send_response("world");
+    assert_eq!(assert_ready_ok!(response.poll()), "world");
+    assert_eq!(counts.retries_total(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_keeps_the_result_of_a_call_whose_policy_is_gone() {
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(retry(3)));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    // The service held the policy's last handle; the call is in flight.
+    drop(service);
+    let (_, send) = next_request(&mut handle).await;
+    send.send_error("reset");
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "reset");
+    assert!(handle.poll_request().is_pending());
+}
+
+#[tokio::test(start_paused = true)]
 async fn layer_stops_when_a_later_copy_fails() {
     // The first copy works, the second does not: two attempts, though five are allowed.
     let copies = Arc::new(AtomicUsize::new(0));
