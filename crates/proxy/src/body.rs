@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_http::Reason;
 use rampart_http::classify::classify_trailers;
@@ -23,6 +22,7 @@ use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 use tokio::time::{Instant, Sleep};
 
+use crate::connections::PooledBody;
 use crate::upstream::OwnedPicked;
 
 /// A request body on its way upstream: the client's, streamed. Boxed so that a replayable body
@@ -34,7 +34,7 @@ pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// An upstream's response body as the stack hands it on: ended by the route's deadline, and
 /// recording the attempt's outcome when it ends if that waits for the trailers.
-pub(crate) type UpstreamBody = TrailersOutcome<DeadlineBody<Incoming>>;
+pub(crate) type UpstreamBody = TrailersOutcome<DeadlineBody<PooledBody>>;
 
 /// The response rampart sends instead of the upstream's, for `reason`.
 pub(crate) fn rescued(reason: Reason, is_grpc: bool) -> Response<ResponseBody> {

@@ -119,6 +119,7 @@
 mod balance;
 mod body;
 mod conn;
+mod connections;
 mod dns;
 mod fallback;
 mod fault;

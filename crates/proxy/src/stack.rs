@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use rampart_config::Route;
 use rampart_http::classify::{classify_response, grpc_status, is_grpc};
 use rampart_http::{Attempt, Reason, TransportError};
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 use crate::body::{
     BodyFault, ClientBodyFault, DeadlineBody, RequestBody, TrailersOutcome, UpstreamBody,
 };
+use crate::connections::{PooledBody, SendError};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
 use crate::hedge::Hedging;
@@ -349,7 +349,7 @@ impl Stack {
         grpc: bool,
     ) -> Sent {
         let index = picked.index;
-        let response = match self.attempt(request, deadline).await {
+        let response = match self.attempt(index, request, deadline).await {
             Ok(response) => response,
             Err(tried) => {
                 let outcome = match tried {
@@ -384,17 +384,19 @@ impl Stack {
         Ok((index, response, outcome))
     }
 
-    // One attempt, bounded by the per-try timeout and the deadline.
+    // One attempt on endpoint `index`, bounded by the per-try timeout and the deadline.
     async fn attempt(
         &self,
+        index: usize,
         request: Request<RequestBody>,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, Tried> {
+    ) -> Result<Response<PooledBody>, Tried> {
         let fault = request.extensions().get::<BodyFault>().cloned();
         let try_deadline = self
             .per_try_timeout
             .map_or(deadline, |timeout| deadline.min(Instant::now() + timeout));
-        match tokio::time::timeout_at(try_deadline, self.upstream.client().request(request)).await {
+        let sending = self.upstream.connections(index).send(request);
+        match tokio::time::timeout_at(try_deadline, sending).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault.as_ref().and_then(BodyFault::get) {
                 Some(fault) => Tried::Client(fault),
@@ -455,11 +457,11 @@ fn set_target(
 }
 
 /// Why the client got no response head: a connect failure, or the exchange broke on the way.
-fn transport_error(err: &hyper_util::client::legacy::Error) -> TransportError {
-    if err.is_connect() {
-        return TransportError::ConnectFailure;
+fn transport_error(err: &SendError) -> TransportError {
+    match err {
+        SendError::Connect(_) => TransportError::ConnectFailure,
+        SendError::Exchange(err) => broken_exchange(Some(err)),
     }
-    broken_exchange(err.source())
 }
 
 /// Why an exchange on an open connection broke, from the chain of errors that says so: the

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::balance::{Balancer, InFlight, Load};
-use crate::body::RequestBody;
+use crate::connections::Connections;
 use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
 use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
@@ -48,8 +48,6 @@ pub(crate) struct Pool {
     version: Version,
     limits: Limits,
     metrics: UpstreamMetrics,
-    // Pools connections per endpoint (the pool key is the authority).
-    client: Client<Connector, RequestBody>,
 }
 
 /// One endpoint: its breaker (none when `[upstreams.NAME.breaker] enabled = false`), its health
@@ -57,6 +55,7 @@ pub(crate) struct Pool {
 #[derive(Debug)]
 struct Endpoint {
     authority: Authority,
+    connections: Connections,
     breaker: Option<CircuitBreaker>,
     /// Written by the endpoint's health check only; true until a check says otherwise.
     healthy: AtomicBool,
@@ -149,6 +148,11 @@ impl Pool {
             ));
         }
         let balancer = Balancer::new(upstream.balance, rng.clone());
+        let http2 = matches!(
+            upstream.protocol,
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc
+        );
+        let connector = connector(upstream);
         let mut endpoints = Vec::with_capacity(upstream.endpoints.len() + upstream.backup.len());
         for (key, list) in [
             ("endpoints", &upstream.endpoints),
@@ -169,6 +173,7 @@ impl Pool {
                     breaker.subscribe(move |transition| metrics.transition(transition));
                 }
                 endpoints.push(Endpoint {
+                    connections: Connections::new(authority.clone(), connector.clone(), http2),
                     authority,
                     breaker,
                     healthy: AtomicBool::new(true),
@@ -177,13 +182,7 @@ impl Pool {
                 });
             }
         }
-        let http2 = matches!(
-            upstream.protocol,
-            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc
-        );
-
         let upstream_metrics = metrics.upstream(&upstream.name);
-        let client = client(upstream, http2);
         Ok(Pool {
             max_ejected: max_ejected(endpoints.len(), upstream.breaker.max_ejected_percent),
             endpoints,
@@ -200,7 +199,6 @@ impl Pool {
             limits: Limits::new(&upstream.limits, upstream_metrics.clone())
                 .map_err(|message| invalid("limits", message))?,
             metrics: upstream_metrics,
-            client,
         })
     }
 
@@ -373,9 +371,9 @@ impl Pool {
         &self.limits
     }
 
-    /// The pooled client.
-    pub(crate) fn client(&self) -> &Client<Connector, RequestBody> {
-        &self.client
+    /// The connections to endpoint `index`.
+    pub(crate) fn connections(&self, index: usize) -> &Connections {
+        &self.endpoints[index].connections
     }
 }
 
@@ -462,23 +460,29 @@ impl Pool {
     }
 }
 
-/// A pooled client for the endpoints of `upstream`, speaking h2c (by prior knowledge: no upgrade
-/// dance, the connection starts with the preface) when `http2`, HTTP/1.1 otherwise.
+/// A pooled client for the health checks of `upstream`'s endpoints, speaking h2c (by prior
+/// knowledge: no upgrade dance, the connection starts with the preface) when `http2`, HTTP/1.1
+/// otherwise. Requests go through each endpoint's own [`Connections`].
 pub(crate) fn client<B>(upstream: &Upstream, http2: bool) -> Client<Connector, B>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
 {
-    // `connect_timeout` bounds the name lookup too, and then the connect.
-    let mut connector = Connector::new_with_resolver(Resolver::system(upstream.connect_timeout));
-    connector.set_connect_timeout(Some(upstream.connect_timeout));
-    connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
         .timer(TokioTimer::new())
         // Idle pooled connections are closed after the pool's idle timeout only with a timer.
         .pool_timer(TokioTimer::new())
-        .build(connector)
+        .build(connector(upstream))
+}
+
+/// What connects to the endpoints of `upstream`.
+fn connector(upstream: &Upstream) -> Connector {
+    // `connect_timeout` bounds the name lookup too, and then the connect.
+    let mut connector = Connector::new_with_resolver(Resolver::system(upstream.connect_timeout));
+    connector.set_connect_timeout(Some(upstream.connect_timeout));
+    connector.set_nodelay(true);
+    connector
 }
 
 /// One endpoint's breaker from `[upstreams.NAME.breaker]`.

@@ -1,0 +1,610 @@
+//! The connections to one endpoint, kept open between requests.
+//!
+//! A general HTTP client pools connections for any authority: hyper-util's finds them by hashing
+//! the request's authority, builds a connect future for every request in case none is idle, and
+//! hands each HTTP/1.1 connection back from a task it spawns per request. rampart knows its
+//! endpoints when it loads its configuration, so each endpoint keeps its own: an HTTP/1.1
+//! connection carries one exchange at a time and goes back on the endpoint's idle stack when the
+//! response body it carried ends, and an HTTP/2 connection carries every request at once.
+//!
+//! A connection idle for [`IDLE_TIMEOUT`] is closed rather than reused: one silently dropped on
+//! the way (a NAT's or a firewall's idle timeout) must not hold a request until its deadline, and
+//! an endpoint no longer called must not hold sockets open. A task per endpoint, started with its
+//! first connection, looks every [`IDLE_TIMEOUT`], so a connection closes between one and two
+//! of them after its last use, as with hyper-util's pool. A connection the upstream closed as a
+//! request went out gives the request back unsent, and the request goes once more on a new
+//! connection, as hyper-util's client does.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rampart_policy::error::BoxError;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::RequestBody;
+use crate::dns::Connector;
+
+/// How long a connection may wait idle before it is closed rather than reused.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The connections to one endpoint.
+pub(crate) struct Connections {
+    /// `http://authority/`, what the connector is asked for.
+    target: Uri,
+    authority: Authority,
+    connector: Connector,
+    http2: bool,
+    kept: Arc<Kept>,
+}
+
+/// The connections an endpoint keeps between exchanges.
+#[derive(Default)]
+struct Kept {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection, once made, and when it last took a request.
+    http2: Mutex<Option<Idle<http2::SendRequest<RequestBody>>>>,
+    /// Whether the task closing idle connections runs.
+    watched: AtomicBool,
+}
+
+struct Idle<S = http1::SendRequest<RequestBody>> {
+    sender: S,
+    since: Instant,
+}
+
+/// Why an exchange got no response head.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection could be made.
+    Connect(BoxError),
+    /// The connection broke, or the upstream's answer was not HTTP.
+    Exchange(hyper::Error),
+}
+
+impl Connections {
+    /// Connections to `authority`, made by `connector`, speaking h2c by prior knowledge when
+    /// `http2`, else HTTP/1.1.
+    pub(crate) fn new(authority: Authority, connector: Connector, http2: bool) -> Connections {
+        let target = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("an authority and a path make a URI");
+        Connections {
+            target,
+            authority,
+            connector,
+            http2,
+            kept: Arc::default(),
+        }
+    }
+
+    /// Sends `request`, whose target is absolute, and returns the response head; its body hands
+    /// the connection back when it ends.
+    pub(crate) async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        // Boxed, as the rare paths below are: what the common one holds is copied with every
+        // request's future.
+        if self.http2 {
+            return Box::pin(self.send_http2(request)).await;
+        }
+        let mut request = request;
+        origin_form(&mut request, &self.authority);
+        let (mut sender, reused) = match self.checkout().await {
+            Some(sender) => (sender, true),
+            None => (Box::pin(self.connect_http1()).await?, false),
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                let (err, request) = unsent(err);
+                // A reused connection closed as the request went out: once more, on a new one.
+                let Some(request) = request.filter(|_| reused) else {
+                    return Err(SendError::Exchange(err));
+                };
+                let resent;
+                (sender, resent) = Box::pin(self.resend_http1(request)).await?;
+                resent
+            }
+        };
+        let hand_back = HandBack {
+            kept: self.kept.clone(),
+            sender,
+        };
+        Ok(response.map(|body| PooledBody::new(body, Some(hand_back))))
+    }
+
+    // The most recently used idle connection that is still open, closing those idle too long.
+    async fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+        loop {
+            let idle = {
+                let mut idle = lock(&self.kept.idle);
+                close_stale(&mut idle, Instant::now());
+                idle.pop()?
+            };
+            let mut sender = idle.sender;
+            // Ready at once, unless the upstream closed it meanwhile.
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn resend_http1(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<(http1::SendRequest<RequestBody>, Response<Incoming>), SendError> {
+        let mut sender = self.connect_http1().await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Exchange)?;
+        Ok((sender, response))
+    }
+
+    // Boxed where it is awaited: a handshake's future holds a whole connection, and inline it
+    // would make every exchange's future that large, copied on every request.
+    async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let io = self.connect().await?;
+        let (mut sender, connection) = http1::handshake(io).await.map_err(SendError::Exchange)?;
+        tokio::spawn(async move {
+            // The connection's end is the exchange's to report; nothing is left to do here.
+            let _ = connection.with_upgrades().await;
+        });
+        sender.ready().await.map_err(SendError::Exchange)?;
+        Ok(sender)
+    }
+
+    async fn send_http2(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let shared = match &mut *lock(&self.kept.http2) {
+            Some(kept) if !kept.sender.is_closed() => {
+                kept.since = Instant::now();
+                Some(kept.sender.clone())
+            }
+            _ => None,
+        };
+        let (mut sender, reused) = match shared {
+            Some(sender) => (sender, true),
+            None => (Box::pin(self.connect_http2()).await?, false),
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                let (err, request) = unsent(err);
+                let Some(request) = request.filter(|_| reused) else {
+                    return Err(SendError::Exchange(err));
+                };
+                sender = Box::pin(self.connect_http2()).await?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(SendError::Exchange)?
+            }
+        };
+        Ok(response.map(|body| PooledBody::new(body, None)))
+    }
+
+    // A new HTTP/2 connection, shared from now on: one made by a concurrent request meanwhile
+    // is replaced, and closes once its streams end.
+    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+        let io = self.connect().await?;
+        let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(SendError::Exchange)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender.ready().await.map_err(SendError::Exchange)?;
+        *lock(&self.kept.http2) = Some(Idle {
+            sender: sender.clone(),
+            since: Instant::now(),
+        });
+        self.kept.watch();
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, SendError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|err| SendError::Connect(err.into()))?;
+        connector
+            .call(self.target.clone())
+            .await
+            .map_err(|err| SendError::Connect(err.into()))
+    }
+}
+
+impl fmt::Debug for Connections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connections")
+            .field("authority", &self.authority)
+            .field("http2", &self.http2)
+            .field("idle", &lock(&self.kept.idle).len())
+            .finish_non_exhaustive()
+    }
+}
+
+// The error of a send, and the request when it was not sent.
+fn unsent(
+    mut err: TrySendError<Request<RequestBody>>,
+) -> (hyper::Error, Option<Request<RequestBody>>) {
+    let request = err.take_message();
+    (err.into_error(), request)
+}
+
+// An HTTP/1.1 request names only its path and query on the request line, and its host in `Host`
+// (which a request from an HTTP/1.0 client may lack).
+fn origin_form(request: &mut Request<RequestBody>, authority: &Authority) {
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(path);
+    if !request.headers().contains_key(HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(HOST, host);
+    }
+}
+
+// A poisoned lock holds a list still whole: every change to it is one call.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// Closes the connections of `idle` unused for `IDLE_TIMEOUT` at `now`.
+fn close_stale(idle: &mut Vec<Idle>, now: Instant) {
+    // The oldest are at the bottom: once the bottom one is fresh, all are.
+    let stale = idle
+        .iter()
+        .take_while(|idle| now.duration_since(idle.since) >= IDLE_TIMEOUT)
+        .count();
+    idle.drain(..stale);
+}
+
+impl Kept {
+    /// Starts the task closing idle connections, unless it runs (or no runtime does).
+    fn watch(self: &Arc<Kept>) {
+        // A load first: this runs on every hand-back, and a swap would write a shared line.
+        if self.watched.load(Ordering::Relaxed) || self.watched.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.watched.store(false, Ordering::Relaxed);
+            return;
+        };
+        runtime.spawn(close_idle(Arc::downgrade(self)));
+    }
+}
+
+// Every `IDLE_TIMEOUT`, closes the connections unused for as long, until the endpoint's
+// connections are dropped.
+async fn close_idle(kept: Weak<Kept>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let Some(kept) = kept.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        close_stale(&mut lock(&kept.idle), now);
+        let mut http2 = lock(&kept.http2);
+        // Streams still open keep their connection: only this handle goes.
+        if http2
+            .as_ref()
+            .is_some_and(|idle| now.duration_since(idle.since) >= IDLE_TIMEOUT)
+        {
+            *http2 = None;
+        }
+    }
+}
+
+/// An HTTP/1.1 connection whose exchange is under way, and where it goes back to.
+struct HandBack {
+    kept: Arc<Kept>,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl HandBack {
+    fn give_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let idle = Idle {
+            sender: self.sender,
+            since: Instant::now(),
+        };
+        lock(&self.kept.idle).push(idle);
+        self.kept.watch();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream's response body, handing its HTTP/1.1 connection back for the next request
+    /// once it has ended. A body dropped before its end takes the connection with it: what is
+    /// left of the response cannot be told from the next one.
+    pub(crate) struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        hand_back: Option<HandBack>,
+    }
+
+    impl PinnedDrop for PooledBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A body with nothing to read (a HEAD, a 204) is done without being read.
+            if this.inner.is_end_stream()
+                && let Some(hand_back) = this.hand_back.take()
+            {
+                hand_back.give_back();
+            }
+        }
+    }
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, hand_back: Option<HandBack>) -> PooledBody {
+        PooledBody { inner, hand_back }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if !inner.is_end_stream() => {}
+            // The end, read whole: the connection may carry the next exchange.
+            Some(Ok(_)) | None => {
+                if let Some(hand_back) = this.hand_back.take() {
+                    hand_back.give_back();
+                }
+            }
+            // A broken body leaves a connection no other exchange may use.
+            Some(Err(_)) => drop(this.hand_back.take()),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StdError for SendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SendError::Connect(err) => Some(err.as_ref()),
+            SendError::Exchange(err) => Some(err),
+        }
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Connect(_) => f.write_str("cannot connect"),
+            SendError::Exchange(_) => f.write_str("the exchange failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::server::conn::{http1 as server1, http2 as server2};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::dns::Resolver;
+
+    /// An upstream answering `hello` on every connection it accepts, counted; the first
+    /// answer of each connection says `Connection: close` when `close_first`.
+    async fn upstream(http2: bool, close_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let service = service_fn(move |_: Request<Incoming>| async move {
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
+                    if close_first {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let io = TokioIo::new(stream);
+                tokio::spawn(async move {
+                    let _ = if http2 {
+                        server2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    } else {
+                        server1::Builder::new().serve_connection(io, service).await
+                    };
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn connections(addr: SocketAddr, http2: bool) -> Connections {
+        let mut connector = Connector::new_with_resolver(Resolver::system(Duration::from_secs(5)));
+        connector.enforce_http(true);
+        Connections::new(addr.to_string().parse().unwrap(), connector, http2)
+    }
+
+    fn request(addr: SocketAddr) -> Request<RequestBody> {
+        Request::builder()
+            .uri(format!("http://{addr}/path"))
+            .body(Empty::new().map_err(BoxError::from).boxed_unsync())
+            .unwrap()
+    }
+
+    async fn read(response: Response<PooledBody>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection() {
+        let (addr, accepted) = upstream(false, false).await;
+        let connections = connections(addr, false);
+        for _ in 0..3 {
+            let response = connections.send(request(addr)).await.unwrap();
+            assert_eq!(read(response).await, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_left_unread_takes_its_connection_with_it() {
+        let (addr, accepted) = upstream(false, false).await;
+        let connections = connections(addr, false);
+        drop(connections.send(request(addr)).await.unwrap());
+        let response = connections.send(request(addr)).await.unwrap();
+        assert_eq!(read(response).await, "hello");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (addr, accepted) = upstream(false, true).await;
+        let connections = connections(addr, false);
+        for _ in 0..3 {
+            let response = connections.send(request(addr)).await.unwrap();
+            assert_eq!(read(response).await, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_closed_rather_than_reused() {
+        let (addr, accepted) = upstream(false, false).await;
+        let connections = connections(addr, false);
+        let response = connections.send(request(addr)).await.unwrap();
+        assert_eq!(read(response).await, "hello");
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        tokio::time::resume();
+        let response = connections.send(request(addr)).await.unwrap();
+        assert_eq!(read(response).await, "hello");
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "still fresh: reused");
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        tokio::time::resume();
+        let response = connections.send(request(addr)).await.unwrap();
+        assert_eq!(read(response).await, "hello");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            lock(&connections.kept.idle).len(),
+            1,
+            "the stale one is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_with_no_request_to_notice() {
+        let (addr1, _) = upstream(false, false).await;
+        let (addr2, _) = upstream(true, false).await;
+        let (http1, http2) = (connections(addr1, false), connections(addr2, true));
+        for (connections, addr) in [(&http1, addr1), (&http2, addr2)] {
+            let response = connections.send(request(addr)).await.unwrap();
+            assert_eq!(read(response).await, "hello");
+        }
+        assert_eq!(lock(&http1.kept.idle).len(), 1);
+        assert!(lock(&http2.kept.http2).is_some());
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(lock(&http1.kept.idle).len(), 1, "not yet idle long enough");
+        assert!(lock(&http2.kept.http2).is_some());
+        tokio::time::advance(IDLE_TIMEOUT * 2).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(lock(&http1.kept.idle).len(), 0);
+        assert!(lock(&http2.kept.http2).is_none());
+    }
+
+    #[tokio::test]
+    async fn http2_requests_share_one_connection_at_once() {
+        let (addr, accepted) = upstream(true, false).await;
+        let connections = connections(addr, true);
+        let response = connections.send(request(addr)).await.unwrap();
+        assert_eq!(read(response).await, "hello");
+        let (a, b, c) = tokio::join!(
+            connections.send(request(addr)),
+            connections.send(request(addr)),
+            connections.send(request(addr)),
+        );
+        for response in [a, b, c] {
+            assert_eq!(read(response.unwrap()).await, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let connections = connections(addr, false);
+        let err = connections.send(request(addr)).await.unwrap_err();
+        assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+    }
+}
