@@ -494,19 +494,27 @@ mod tests {
             .unwrap()
     }
 
-    async fn read(response: Response<PooledBody>) -> Bytes {
-        response.into_body().collect().await.unwrap().to_bytes()
+    /// One exchange with `addr` through `connections`, read to its end.
+    async fn exchange(connections: &Connections, addr: SocketAddr) {
+        let response = connections.send(request(addr)).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+    }
+
+    /// The connections an upstream accepts for three HTTP/1.1 exchanges one after the other,
+    /// each of its answers closing its connection when `close`.
+    async fn connections_for_three(close: bool) -> usize {
+        let (addr, accepted) = upstream(false, close).await;
+        let connections = connections(addr, false);
+        for _ in 0..3 {
+            exchange(&connections, addr).await;
+        }
+        accepted.load(Ordering::Relaxed)
     }
 
     #[tokio::test]
     async fn sequential_requests_share_one_connection() {
-        let (addr, accepted) = upstream(false, false).await;
-        let connections = connections(addr, false);
-        for _ in 0..3 {
-            let response = connections.send(request(addr)).await.unwrap();
-            assert_eq!(read(response).await, "hello");
-        }
-        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(connections_for_three(false).await, 1);
     }
 
     #[tokio::test]
@@ -514,39 +522,29 @@ mod tests {
         let (addr, accepted) = upstream(false, false).await;
         let connections = connections(addr, false);
         drop(connections.send(request(addr)).await.unwrap());
-        let response = connections.send(request(addr)).await.unwrap();
-        assert_eq!(read(response).await, "hello");
+        exchange(&connections, addr).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn a_connection_the_upstream_closes_is_not_reused() {
-        let (addr, accepted) = upstream(false, true).await;
-        let connections = connections(addr, false);
-        for _ in 0..3 {
-            let response = connections.send(request(addr)).await.unwrap();
-            assert_eq!(read(response).await, "hello");
-        }
-        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+        assert_eq!(connections_for_three(true).await, 3);
     }
 
     #[tokio::test]
     async fn a_connection_idle_too_long_is_closed_rather_than_reused() {
         let (addr, accepted) = upstream(false, false).await;
         let connections = connections(addr, false);
-        let response = connections.send(request(addr)).await.unwrap();
-        assert_eq!(read(response).await, "hello");
+        exchange(&connections, addr).await;
         tokio::time::pause();
         tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
         tokio::time::resume();
-        let response = connections.send(request(addr)).await.unwrap();
-        assert_eq!(read(response).await, "hello");
+        exchange(&connections, addr).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 1, "still fresh: reused");
         tokio::time::pause();
         tokio::time::advance(IDLE_TIMEOUT).await;
         tokio::time::resume();
-        let response = connections.send(request(addr)).await.unwrap();
-        assert_eq!(read(response).await, "hello");
+        exchange(&connections, addr).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
         assert_eq!(
             lock(&connections.kept.idle).len(),
@@ -560,10 +558,8 @@ mod tests {
         let (addr1, _) = upstream(false, false).await;
         let (addr2, _) = upstream(true, false).await;
         let (http1, http2) = (connections(addr1, false), connections(addr2, true));
-        for (connections, addr) in [(&http1, addr1), (&http2, addr2)] {
-            let response = connections.send(request(addr)).await.unwrap();
-            assert_eq!(read(response).await, "hello");
-        }
+        exchange(&http1, addr1).await;
+        exchange(&http2, addr2).await;
         assert_eq!(lock(&http1.kept.idle).len(), 1);
         assert!(lock(&http2.kept.http2).is_some());
         tokio::time::pause();
@@ -585,16 +581,12 @@ mod tests {
     async fn http2_requests_share_one_connection_at_once() {
         let (addr, accepted) = upstream(true, false).await;
         let connections = connections(addr, true);
-        let response = connections.send(request(addr)).await.unwrap();
-        assert_eq!(read(response).await, "hello");
-        let (a, b, c) = tokio::join!(
-            connections.send(request(addr)),
-            connections.send(request(addr)),
-            connections.send(request(addr)),
+        exchange(&connections, addr).await;
+        tokio::join!(
+            exchange(&connections, addr),
+            exchange(&connections, addr),
+            exchange(&connections, addr),
         );
-        for response in [a, b, c] {
-            assert_eq!(read(response.unwrap()).await, "hello");
-        }
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
