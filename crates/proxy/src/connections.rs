@@ -116,11 +116,7 @@ impl Connections {
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(err) => {
-                let (err, request) = unsent(err);
-                // A reused connection closed as the request went out: once more, on a new one.
-                let Some(request) = request.filter(|_| reused) else {
-                    return Err(SendError::Exchange(err));
-                };
+                let request = resendable(err, reused)?;
                 let resent;
                 (sender, resent) = Box::pin(self.resend_http1(request)).await?;
                 resent
@@ -138,6 +134,10 @@ impl Connections {
         loop {
             let idle = {
                 let mut idle = lock(&self.kept.idle);
+                // No clock read when there is nothing to reuse.
+                if idle.is_empty() {
+                    return None;
+                }
                 close_stale(&mut idle, Instant::now());
                 idle.pop()?
             };
@@ -192,10 +192,7 @@ impl Connections {
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(err) => {
-                let (err, request) = unsent(err);
-                let Some(request) = request.filter(|_| reused) else {
-                    return Err(SendError::Exchange(err));
-                };
+                let request = resendable(err, reused)?;
                 sender = Box::pin(self.connect_http2()).await?;
                 sender
                     .send_request(request)
@@ -249,12 +246,16 @@ impl fmt::Debug for Connections {
     }
 }
 
-// The error of a send, and the request when it was not sent.
-fn unsent(
+// The request of a failed send, when it may go once more on a new connection: it came back
+// unsent from a reused connection, which the upstream closed as the request went out.
+fn resendable(
     mut err: TrySendError<Request<RequestBody>>,
-) -> (hyper::Error, Option<Request<RequestBody>>) {
-    let request = err.take_message();
-    (err.into_error(), request)
+    reused: bool,
+) -> Result<Request<RequestBody>, SendError> {
+    match err.take_message() {
+        Some(request) if reused => Ok(request),
+        _ => Err(SendError::Exchange(err.into_error())),
+    }
 }
 
 // An HTTP/1.1 request names only its path and query on the request line, and its host in `Host`
