@@ -109,6 +109,11 @@ impl<const K: usize> Window<K> {
         self.slot(counter).fetch_add(1, Relaxed);
     }
 
+    /// Adds `n` to counter `counter` at the current time.
+    pub(crate) fn add(&self, counter: usize, n: u64) {
+        self.slot(counter).fetch_add(n, Relaxed);
+    }
+
     /// Adds one to counter `counter` with a plain load and store instead of a locked add: a count
     /// is lost when two threads sharing a stripe add in the same few nanoseconds. For counts whose
     /// loss errs on the safe side only (a retry budget's deposits: a lost one allows fewer

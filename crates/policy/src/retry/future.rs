@@ -4,12 +4,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::backoff::BackoffState;
 use super::{CloneRequest, Next, RetryClassify, Ticket};
 use crate::error::BoxError;
 
@@ -55,7 +55,6 @@ struct Retrying<S, Req, C, R> {
     request: Option<Req>,
     /// The attempt under way, from 1.
     attempt: u32,
-    backoff: BackoffState,
 }
 
 // === impl ResponseFuture ===
@@ -90,7 +89,6 @@ where
                 cloner,
                 request: Some(request),
                 attempt: 1,
-                backoff: BackoffState::new(),
             }),
         }
     }
@@ -175,28 +173,39 @@ where
 fn settle<S, Req, C, R>(
     result: Result<S::Response, S::Error>,
     retrying: &mut Option<Retrying<S, Req, C, R>>,
-    mut state: Pin<&mut State<S::Future>>,
+    state: Pin<&mut State<S::Future>>,
 ) -> Option<Result<S::Response, S::Error>>
 where
     S: Service<Req>,
     C: RetryClassify<S::Response, S::Error>,
 {
-    let next = match retrying {
-        Some(r) if r.request.is_some() => r.policy.next(&result, r.attempt, &mut r.backoff),
-        _ => Next::Done,
+    // Each way of keeping the result returns at once, so that the common one compiles to a
+    // couple of tests.
+    let Some(r) = retrying else {
+        return Some(result);
     };
-    let Next::Wait(wait) = next else {
+    if r.request.is_none() {
+        return Some(result);
+    }
+    let Next::Wait(wait) = r.policy.next(&result, r.attempt) else {
         return Some(result);
     };
     // A failed response may hold a connection or a buffer: let it go before backing off.
     drop(result);
+    back_off(wait, state);
+    None
+}
+
+/// Moves `state` on to waiting `wait` before the next attempt.
+#[cold]
+#[inline(never)]
+fn back_off<F>(wait: Duration, mut state: Pin<&mut State<F>>) {
     if wait.is_zero() {
         state.set(State::PollReady);
     } else {
         let sleep = Box::pin(tokio::time::sleep(wait));
         state.set(State::Sleeping { sleep });
     }
-    None
 }
 
 impl<S, Req, C, R> fmt::Debug for ResponseFuture<S, Req, C, R>

@@ -363,7 +363,7 @@ impl<C> Retry<C> {
             key: self.shared.key,
             attempts: self.shared.config.attempts,
             classify: self.classify.clone(),
-            shared: None,
+            found: None,
         }
     }
 }
@@ -380,14 +380,13 @@ fn wanted<C, T, E>(
 where
     C: RetryClassify<T, E>,
 {
-    if attempt >= attempts {
-        return None;
-    }
-    match classify.decide(result) {
-        Decision::Done => None,
-        Decision::Retry => Some(Duration::ZERO),
-        Decision::RetryAfter(hint) => Some(hint),
-    }
+    // The classifier first: a result it keeps, the common case, needs nothing else.
+    let hint = match classify.decide(result) {
+        Decision::Done => return None,
+        Decision::Retry => Duration::ZERO,
+        Decision::RetryAfter(hint) => hint,
+    };
+    (attempt < attempts).then_some(hint)
 }
 
 /// A policy as a response future holds it: what a call that succeeds needs, and a key to find
@@ -397,10 +396,30 @@ pub(crate) struct Ticket<C> {
     attempts: u32,
     classify: C,
     /// Found on the first failure, then held until the call ends.
-    shared: Option<Arc<Shared>>,
+    found: Option<Found>,
+}
+
+/// What a call needs from its first failure on.
+struct Found {
+    shared: Arc<Shared>,
+    backoff: BackoffState,
 }
 
 impl<C> Ticket<C> {
+    /// The ticket of a new call.
+    #[inline]
+    pub(crate) fn issue(&self) -> Ticket<C>
+    where
+        C: Clone,
+    {
+        Ticket {
+            key: self.key,
+            attempts: self.attempts,
+            classify: self.classify.clone(),
+            found: None,
+        }
+    }
+
     /// The most tries per call, the first one included.
     #[inline]
     pub(crate) fn attempts(&self) -> u32 {
@@ -410,26 +429,31 @@ impl<C> Ticket<C> {
     /// What follows attempt number `attempt` (from 1), which ended in `result`. A policy no
     /// longer alive retries nothing.
     #[inline]
-    pub(crate) fn next<T, E>(
-        &mut self,
-        result: &Result<T, E>,
-        attempt: u32,
-        backoff: &mut BackoffState,
-    ) -> Next
+    pub(crate) fn next<T, E>(&mut self, result: &Result<T, E>, attempt: u32) -> Next
     where
         C: RetryClassify<T, E>,
     {
-        let Some(hint) = wanted(self.attempts, &self.classify, result, attempt) else {
-            return Next::Done;
-        };
-        let shared = match &mut self.shared {
-            Some(shared) => shared,
+        match wanted(self.attempts, &self.classify, result, attempt) {
+            Some(hint) => self.retry(hint),
+            None => Next::Done,
+        }
+    }
+
+    /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused.
+    #[cold]
+    #[inline(never)]
+    fn retry(&mut self, hint: Duration) -> Next {
+        let found = match &mut self.found {
+            Some(found) => found,
             empty => match POLICIES.get(self.key) {
-                Some(shared) => empty.insert(shared),
+                Some(shared) => empty.insert(Found {
+                    shared,
+                    backoff: BackoffState::new(),
+                }),
                 None => return Next::Done,
             },
         };
-        shared.retry(hint, backoff)
+        found.shared.retry(hint, &mut found.backoff)
     }
 }
 
@@ -527,20 +551,79 @@ where
 /// The service must be `Clone`: each response future that may retry holds its own copy, and
 /// polls it ready before every retry. Its errors come out as [`BoxError`]; the classifier sees
 /// them before boxing.
+///
+/// Each `RetryService` counts its calls itself and deposits them in the policy's [`Budget`]
+/// sixteen at a time, and what it still holds when it is dropped: a budget behind a service
+/// sees up to fifteen of its latest requests late, which can only refuse a retry it would have
+/// allowed, never allow more.
 pub struct RetryService<S, C = RetryOnError, R = UseClone> {
     inner: S,
-    retry: Retry<C>,
+    policy: Local<C>,
     cloner: R,
+}
+
+/// First attempts a service counts before passing them to the budget all at once.
+///
+/// Counting each call in the budget's shared window costs a chain of loads to reach this
+/// thread's counter; counting in the service costs one add to memory it owns. The price is that
+/// a service holds back up to `DEPOSIT_BATCH - 1` requests from the budget (all of them go when
+/// it is dropped), which only ever makes the budget stricter, by at most
+/// `ratio * (DEPOSIT_BATCH - 1)` retries per service; the budget's floor covers quiet traffic.
+pub(crate) const DEPOSIT_BATCH: u32 = 16;
+
+/// A service's own handle on its policy.
+struct Local<C> {
+    retry: Retry<C>,
+    /// What each call's future holds of the policy, kept here so that a call reads only the
+    /// service's own memory.
+    ticket: Ticket<C>,
+    /// First attempts not yet deposited in the budget.
+    held: u32,
+}
+
+impl<C> Local<C> {
+    #[inline]
+    fn deposit(&mut self) {
+        self.held += 1;
+        if self.held == DEPOSIT_BATCH {
+            self.flush();
+        }
+    }
+
+    #[cold]
+    fn flush(&mut self) {
+        if let Some(budget) = &self.retry.shared.config.budget {
+            budget.deposit_many(self.held);
+        }
+        self.held = 0;
+    }
+}
+
+impl<C: Clone> Clone for Local<C> {
+    fn clone(&self) -> Self {
+        Local {
+            retry: self.retry.clone(),
+            ticket: self.ticket.issue(),
+            held: 0,
+        }
+    }
+}
+
+impl<C> Drop for Local<C> {
+    fn drop(&mut self) {
+        if self.held > 0 {
+            self.flush();
+        }
+    }
 }
 
 impl<S, C> RetryService<S, C> {
     /// Retries `inner`'s calls by `retry`, copying requests with `Clone`.
-    pub fn new(inner: S, retry: Retry<C>) -> RetryService<S, C> {
-        RetryService {
-            inner,
-            retry,
-            cloner: UseClone,
-        }
+    pub fn new(inner: S, retry: Retry<C>) -> RetryService<S, C>
+    where
+        C: Clone,
+    {
+        RetryService::from_parts(inner, retry, UseClone)
     }
 }
 
@@ -549,22 +632,29 @@ impl<S, C, R> RetryService<S, C, R> {
     pub fn with_clone_request<R2>(self, clone: R2) -> RetryService<S, C, R2> {
         RetryService {
             inner: self.inner,
-            retry: self.retry,
+            policy: self.policy,
             cloner: clone,
         }
     }
 
-    pub(crate) fn from_parts(inner: S, retry: Retry<C>, clone: R) -> RetryService<S, C, R> {
+    pub(crate) fn from_parts(inner: S, retry: Retry<C>, clone: R) -> RetryService<S, C, R>
+    where
+        C: Clone,
+    {
         RetryService {
             inner,
-            retry,
+            policy: Local {
+                ticket: retry.ticket(),
+                retry,
+                held: 0,
+            },
             cloner: clone,
         }
     }
 
     /// The retry policy.
     pub fn retry(&self) -> &Retry<C> {
-        &self.retry
+        &self.policy.retry
     }
 
     /// The wrapped service.
@@ -601,9 +691,9 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        self.retry.deposit();
+        self.policy.deposit();
         // The attempt consumes the request: copy it first, but only if a retry could follow.
-        let copy = if self.retry.attempts() > 1 {
+        let copy = if self.policy.ticket.attempts() > 1 {
             self.cloner.clone_request(&req)
         } else {
             None
@@ -619,7 +709,7 @@ where
                     future,
                     copy,
                     service,
-                    self.retry.ticket(),
+                    self.policy.ticket.issue(),
                     self.cloner.clone(),
                 )
             }
@@ -631,7 +721,7 @@ impl<S: Clone, C: Clone, R: Clone> Clone for RetryService<S, C, R> {
     fn clone(&self) -> Self {
         RetryService {
             inner: self.inner.clone(),
-            retry: self.retry.clone(),
+            policy: self.policy.clone(),
             cloner: self.cloner.clone(),
         }
     }
@@ -641,7 +731,7 @@ impl<S: fmt::Debug, C, R> fmt::Debug for RetryService<S, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryService")
             .field("inner", &self.inner)
-            .field("retry", &self.retry)
+            .field("retry", &self.policy.retry)
             .finish_non_exhaustive()
     }
 }

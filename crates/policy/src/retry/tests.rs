@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
+use tower_layer::Layer;
 use tower_test::mock;
 
 use super::*;
@@ -553,14 +554,22 @@ async fn layer_deposits_and_respects_the_budget() {
     assert_eq!(err.to_string(), "reset");
     assert_eq!(policy.budget_exhausted_total(), 1);
 
-    // Deposits: with ratio 1, one request earns one retry.
-    let budget = Budget::try_new(Duration::from_secs(10), 1.0, 0)
+    // Deposits: with a ratio of 1/16, a batch of 16 requests earns one retry.
+    let budget = Budget::try_new(Duration::from_secs(10), 1.0 / 16.0, 0)
         .unwrap()
         .with_clock(ManualClock::new());
     let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0)))
         .unwrap()
         .with_budget(budget);
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy.clone()));
+    for _ in 1..DEPOSIT_BATCH {
+        assert_ready_ok!(service.poll_ready());
+        let mut response = task::spawn(service.call("hello"));
+        let (_, send) = next_request(&mut handle).await;
+        send.send_response("world");
+        assert_ready_ok!(response.poll());
+    }
+    // The batch's last call fails: its own deposit completes the batch before it is retried.
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
     for _ in 0..2 {
@@ -573,6 +582,40 @@ async fn layer_deposits_and_respects_the_budget() {
         (policy.retries_total(), policy.budget_exhausted_total()),
         (1, 1)
     );
+}
+
+#[test]
+fn layer_deposits_in_batches_and_all_it_holds_when_dropped() {
+    // Ratio 1, no floor: each deposited request allows exactly one retry.
+    let budget = Budget::try_new(Duration::from_secs(10), 1.0, 0)
+        .unwrap()
+        .with_clock(ManualClock::new());
+    let policy = retry(3).with_budget(budget.clone());
+    let ok = tower::service_fn(|()| std::future::ready(Ok::<_, BoxError>(())));
+    let mut service = RetryLayer::new(policy).layer(ok);
+    let call = |service: &mut RetryService<_>| {
+        tokio_test::block_on(tower::ServiceExt::ready(&mut *service)).unwrap();
+        tokio_test::block_on(service.call(())).unwrap();
+    };
+    let allowed = |budget: &Budget| (0..1000).take_while(|_| budget.withdraw()).count();
+
+    for _ in 1..DEPOSIT_BATCH {
+        call(&mut service);
+    }
+    assert_eq!(allowed(&budget), 0, "a batch is held until it is full");
+    call(&mut service);
+    assert_eq!(allowed(&budget), DEPOSIT_BATCH as usize);
+
+    // A clone holds its own batch; dropping either hands over what it holds.
+    let mut clone = service.clone();
+    call(&mut service);
+    call(&mut service);
+    call(&mut clone);
+    assert_eq!(allowed(&budget), 0);
+    drop(service);
+    assert_eq!(allowed(&budget), 2);
+    drop(clone);
+    assert_eq!(allowed(&budget), 1);
 }
 
 #[test]
