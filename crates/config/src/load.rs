@@ -655,6 +655,7 @@ const LISTENER_KEYS: &[&str] = &[
     "max_headers",
     "max_request_body",
     "h2_max_concurrent_streams",
+    "park_idle_above",
 ];
 
 fn default_listener(name: String) -> Listener {
@@ -670,6 +671,7 @@ fn default_listener(name: String) -> Listener {
         max_headers: 100,
         max_request_body: ByteSize(8 << 20),
         h2_max_concurrent_streams: 256,
+        park_idle_above: 256,
     }
 }
 
@@ -710,6 +712,9 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             if let Some(v) = cx.get(&t, key, u32_in(1, u32::MAX)) {
                 *slot = v;
             }
+        }
+        if let Some(v) = cx.get(&t, "park_idle_above", u32_in(0, u32::MAX)) {
+            l.park_idle_above = v;
         }
         let durations: [(&str, &mut Duration); 3] = [
             ("header_read_timeout", &mut l.header_read_timeout),

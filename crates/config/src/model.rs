@@ -109,6 +109,8 @@ pub struct Listener {
     pub max_request_body: ByteSize,
     /// `h2_max_concurrent_streams`: default 256.
     pub h2_max_concurrent_streams: u32,
+    /// `park_idle_above`: default 256.
+    pub park_idle_above: u32,
 }
 
 /// One `[[routes]]` entry.

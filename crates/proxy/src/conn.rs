@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
 
 use crate::stall::StallIo;
-use crate::strict::StrictIo;
+use crate::strict::{Quiet, StrictIo};
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -107,16 +108,58 @@ impl Builders {
             }
         };
         // A client that takes nothing written to it is cut off, whatever waits on the write.
-        let io = TokioIo::new(StrictIo::new(StallIo::new(stream, self.stall_timeout)));
+        let io = StrictIo::new(StallIo::new(stream, self.stall_timeout));
         Some(if http2 {
             Connection::Http2 {
-                inner: self.http2.serve_connection(io, service),
+                inner: self.http2.serve_connection(TokioIo::new(io), service),
             }
         } else {
-            Connection::Http1 {
-                inner: self.http1.serve_connection(io, service).with_upgrades(),
-            }
+            self.http1(io, service)
         })
+    }
+
+    /// Serves a parked connection again, from its next request on.
+    pub(crate) fn resume<S, B>(&self, parked: Parked<S>) -> Connection<S>
+    where
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.http1(parked.io, parked.service)
+    }
+
+    fn http1<S, B>(&self, io: StrictIo<StallIo<TcpStream>>, service: S) -> Connection<S>
+    where
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let quiet = io.quiet().clone();
+        let inner = self
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        Connection::Http1 { inner, quiet }
+    }
+}
+
+/// An HTTP/1.1 connection waiting for its next request outside hyper: its socket and its
+/// service, without hyper's state (a read and a write buffer of 8 KiB each, its dispatcher).
+pub(crate) struct Parked<S> {
+    io: StrictIo<StallIo<TcpStream>>,
+    service: S,
+}
+
+impl<S> Parked<S> {
+    /// Resolves once the client has sent something (or closed), or at once when bytes read
+    /// before are waiting.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        if self.io.has_replay() {
+            return Ok(());
+        }
+        self.io.get_ref().get_ref().readable().await
     }
 }
 
@@ -150,7 +193,7 @@ pin_project_lite::pin_project! {
     where
         S: HttpService<Incoming>,
     {
-        Http1 { #[pin] inner: http1::UpgradeableConnection<Io, S> },
+        Http1 { #[pin] inner: http1::UpgradeableConnection<Io, S>, quiet: Arc<Quiet> },
         Http2 { #[pin] inner: http2::Connection<Io, S, TokioExecutor> },
     }
 }
@@ -166,9 +209,43 @@ where
     /// with GOAWAY.
     pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
         match self.project() {
-            ConnectionProj::Http1 { inner } => inner.graceful_shutdown(),
+            ConnectionProj::Http1 { inner, .. } => inner.graceful_shutdown(),
             ConnectionProj::Http2 { inner } => inner.graceful_shutdown(),
         }
+    }
+
+    /// Whether hyper holds nothing of a message: an HTTP/1.1 connection every byte of which read
+    /// so far belonged to whole requests, with nothing left to write. With no request in flight
+    /// either, hyper is waiting for the next request's first byte, and the connection may be
+    /// parked.
+    pub(crate) fn is_quiet(&self) -> bool {
+        match self {
+            Connection::Http1 { quiet, .. } => quiet.is_quiet(),
+            Connection::Http2 { .. } => false,
+        }
+    }
+
+    /// Takes a quiet HTTP/1.1 connection (see [`Connection::is_quiet`]) out of hyper, which it
+    /// leaves without a word on the wire. `None` for an HTTP/2 one, or one upgraded.
+    pub(crate) fn park(self) -> Option<Parked<S>> {
+        let Connection::Http1 { inner, .. } = self else {
+            return None;
+        };
+        let http1::Parts {
+            io,
+            read_buf,
+            service,
+            ..
+        } = inner.into_parts()?;
+        let mut io = io.into_inner();
+        // Only empty lines can be left here (hyper parses a whole head as soon as it has one),
+        // and they may be dropped: a server ignores them before a request (RFC 9112, section
+        // 2.2). Anything else goes back to hyper, copied, as `read_buf` holds on to hyper's
+        // whole buffer.
+        if read_buf.iter().any(|&byte| byte != b'\r' && byte != b'\n') {
+            io.replay(Bytes::copy_from_slice(&read_buf));
+        }
+        Some(Parked { io, service })
     }
 }
 
@@ -183,7 +260,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ConnectionProj::Http1 { inner } => inner.poll(cx),
+            ConnectionProj::Http1 { inner, .. } => inner.poll(cx),
             ConnectionProj::Http2 { inner } => inner.poll(cx),
         }
     }

@@ -286,6 +286,9 @@ impl Proxy {
     ) -> Result<Proxy, Error> {
         let (stop, _) = watch::channel(false);
         let metrics = Metrics::register(&mut registry, config.admin.metrics);
+        let listener_metrics: Vec<_> = (config.listeners.iter())
+            .map(|listener| metrics.listener(&listener.name))
+            .collect();
         let outbox = Outbox::open(config, &rng, metrics.outbox.clone()).await?;
         let live = Live::new(config, rng, metrics, stop.subscribe(), outbox)?;
         let mut bound = Vec::with_capacity(config.listeners.len());
@@ -296,7 +299,8 @@ impl Proxy {
 
         let mut listeners = Vec::with_capacity(bound.len());
         let mut tasks = Vec::with_capacity(bound.len());
-        for ((listener, tcp), routes) in bound.into_iter().zip(live.routes()) {
+        let each = bound.into_iter().zip(live.routes()).zip(listener_metrics);
+        for (((listener, tcp), routes), metrics) in each {
             let addr = tcp.local_addr().map_err(|source| Error::Bind {
                 name: listener.name.clone(),
                 addr: listener.listen,
@@ -306,7 +310,8 @@ impl Proxy {
                 name: listener.name.clone(),
                 addr,
             });
-            let serve = listener::Serve::new(listener, routes, config.runtime.drain_timeout);
+            let serve =
+                listener::Serve::new(listener, routes, metrics, config.runtime.drain_timeout);
             tasks.push(tokio::spawn(serve.run(tcp, stop.subscribe())));
         }
         Ok(Proxy {

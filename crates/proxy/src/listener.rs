@@ -1,6 +1,11 @@
 //! Listeners: accept connections, serve HTTP/1.1 and h2c prior knowledge on one port, close
 //! connections idle for `idle_timeout` (and cut those whose client reads nothing, see
-//! [`crate::stall`]), run the tunnels of upgraded connections, drain.
+//! [`crate::stall`]), park idle HTTP/1.1 connections past `park_idle_above` open ones, run the
+//! tunnels of upgraded connections, drain.
+//!
+//! A parked connection is one hyper has let go between two requests: its socket, its service
+//! and the framing state of [`StrictIo`](crate::strict::StrictIo) wait in the task, without
+//! hyper's read and write buffers, until the client sends again.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,8 +17,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::HttpService;
 use hyper::service::service_fn;
+use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::Listener;
 use rampart_policy::error::BoxError;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +29,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
-use crate::conn::Builders;
+use crate::conn::{Builders, Connection};
+use crate::metrics::ListenerMetrics;
 use crate::route::Router;
 use crate::upgrade::Tunnel;
 use crate::{Drain, Error, forward};
@@ -49,8 +57,12 @@ pub(crate) struct Serve {
     routes: Arc<ArcSwap<Router>>,
     // One permit per open connection: past `max_connections`, new ones are closed at once.
     connections: Arc<Semaphore>,
+    // Past this many open connections, idle HTTP/1.1 ones are parked.
+    park_idle_above: i64,
     limits: forward::Limits,
+    metrics: ListenerMetrics,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
     drain_timeout: Duration,
 }
 
@@ -58,14 +70,18 @@ impl Serve {
     pub(crate) fn new(
         listener: &Listener,
         routes: Arc<ArcSwap<Router>>,
+        metrics: ListenerMetrics,
         drain_timeout: Duration,
     ) -> Serve {
         Serve {
             builders: Arc::new(Builders::new(listener)),
             routes,
             connections: Arc::new(Semaphore::new(listener.max_connections as usize)),
+            park_idle_above: i64::from(listener.park_idle_above),
             limits: forward::Limits::new(listener),
+            metrics,
             idle_timeout: listener.idle_timeout,
+            header_read_timeout: listener.header_read_timeout,
             drain_timeout,
         }
     }
@@ -139,7 +155,13 @@ impl Serve {
         };
         let builders = self.builders.clone();
         let idle_timeout = self.idle_timeout;
+        // hyper waits for a head no longer than the header read timeout, nor does a parked
+        // connection for its next request.
+        let parked_wait = idle_timeout.min(self.header_read_timeout);
+        let park_idle_above = self.park_idle_above;
+        let metrics = self.metrics.clone();
         Some(async move {
+            let _open = Counted::new(&metrics.connections);
             // Nothing more to do for a client gone, or silent for the header read timeout,
             // before its protocol is known; nor for one still silent when a drain begins.
             let connection = tokio::select! {
@@ -156,23 +178,50 @@ impl Serve {
             // PING, and one that never reads would hold the connection for ever.
             let mut cut_at = None;
             loop {
-                tokio::select! {
+                let quiet = tokio::select! {
                     // A connection error (a client gone, a malformed request answered 400) ends
                     // only this connection; there is nothing more to do with it here.
-                    _ = connection.as_mut() => break,
+                    served = until_quiet(connection.as_mut(), &activity, || {
+                        !closing && metrics.connections.get() > park_idle_above
+                    }) => match served {
+                        Served::Closed => break,
+                        Served::Quiet => true,
+                    },
                     // A drain: the requests in flight finish, then the connection closes (an
                     // HTTP/2 client is sent GOAWAY).
                     _ = stop.wait_for(|stop| *stop), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
+                        false
                     }
                     () = activity.idle_for(idle_timeout), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                         cut_at = Some(Instant::now() + idle_timeout);
+                        false
                     }
                     () = sleep_until(cut_at) => break,
+                };
+                if !quiet {
+                    continue;
                 }
+                // Waiting for the next request, the connection gives back hyper's buffers.
+                let Some(parked) = Pin::into_inner(connection).park() else {
+                    break;
+                };
+                let counted = Counted::new(&metrics.parked);
+                let resume = tokio::select! {
+                    readable = parked.readable() => readable.is_ok(),
+                    // Closed at once, as hyper closes an idle connection on a drain, or past
+                    // either timeout.
+                    _ = stop.wait_for(|stop| *stop) => false,
+                    () = activity.idle_for(parked_wait) => false,
+                };
+                drop(counted);
+                if !resume {
+                    break;
+                }
+                connection = Box::pin(builders.resume(parked));
             }
             // An upgraded connection lives on as a tunnel, until a side closes or a drain begins.
             if let Some(tunnel) = activity.take_tunnel() {
@@ -184,6 +233,53 @@ impl Serve {
             drop(permit);
         })
     }
+}
+
+/// One more in a gauge, while it lives.
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// How serving a connection until it may be parked ended.
+enum Served {
+    /// The connection ended.
+    Closed,
+    /// No request is in flight and hyper holds nothing of one (see [`Connection::is_quiet`]).
+    Quiet,
+}
+
+/// Serves `connection` until it ends or, when it is quiet with no request in flight (hyper is
+/// waiting for the next request's first byte), until `may_park` says so.
+async fn until_quiet<S, B>(
+    mut connection: Pin<&mut Connection<S>>,
+    activity: &Activity,
+    may_park: impl Fn() -> bool,
+) -> Served
+where
+    S: HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
+        Poll::Ready(_) => Poll::Ready(Served::Closed),
+        Poll::Pending if activity.is_idle() && connection.is_quiet() && may_park() => {
+            Poll::Ready(Served::Quiet)
+        }
+        Poll::Pending => Poll::Pending,
+    })
+    .await
 }
 
 // Resolves at `at`, or never.
@@ -214,6 +310,11 @@ impl Activity {
             last_end: AtomicU64::new(0),
             tunnel: Mutex::new(None),
         }
+    }
+
+    // Whether no request is in flight.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 
     // Since when no request has been in flight, or `None` while one is.

@@ -76,6 +76,8 @@ pub(crate) struct Metrics {
     endpoint_healthy: Family<Labels, Gauge>,
     inflight: Family<Labels, Gauge>,
     concurrency_limit: Family<Labels, Gauge>,
+    listener_connections: Family<Labels, Gauge>,
+    listener_parked: Family<Labels, Gauge>,
     /// The outbox's series: process-wide, as the outbox is.
     pub(crate) outbox: OutboxMetrics,
     changes: Changes,
@@ -95,6 +97,13 @@ impl Default for Changes {
     fn default() -> Changes {
         Changes(broadcast::channel(CHANGES_KEPT).0)
     }
+}
+
+/// One listener's series.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListenerMetrics {
+    pub(crate) connections: Gauge,
+    pub(crate) parked: Gauge,
 }
 
 /// One route's series.
@@ -238,6 +247,16 @@ impl Metrics {
             metrics.concurrency_limit.clone(),
         );
         registry.register(
+            "rampart_listener_connections",
+            "Connections open on the listener",
+            metrics.listener_connections.clone(),
+        );
+        registry.register(
+            "rampart_listener_parked_connections",
+            "HTTP/1.1 connections of the listener waiting for their next request without hyper's buffers",
+            metrics.listener_parked.clone(),
+        );
+        registry.register(
             "rampart_outbox_pending",
             "Messages of async routes queued or being delivered",
             metrics.outbox.pending.clone(),
@@ -263,6 +282,16 @@ impl Metrics {
     /// A receiver of every change from now on.
     pub(crate) fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.0.subscribe()
+    }
+
+    /// The series of the listener named `listener`: state the proxy keeps, recorded whatever
+    /// `[admin] metrics` says.
+    pub(crate) fn listener(&self, listener: &str) -> ListenerMetrics {
+        let labels = vec![("listener", listener.to_owned())];
+        ListenerMetrics {
+            connections: self.listener_connections.get_or_create_owned(&labels),
+            parked: self.listener_parked.get_or_create_owned(&labels),
+        }
     }
 
     /// The series of the route named `route`.

@@ -39,6 +39,10 @@ impl<T> StallIo<T> {
             stalled: false,
         }
     }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncWrite> StallIo<T> {

@@ -15,8 +15,11 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much of a header line is kept to read the framing headers: their names and any sane
@@ -35,6 +38,27 @@ pin_project_lite::pin_project! {
         framing: Framing,
         // Once a head is refused: what is left to hand hyper of the spoiled head.
         spoiled: Option<&'static [u8]>,
+        // Bytes read and scanned before, handed out again first (see `replay`).
+        replay: Bytes,
+        quiet: Arc<Quiet>,
+    }
+}
+
+/// Whether a connection holds nothing of a message, as its IO sees it: kept by [`StrictIo`] for
+/// the connection's task, which cannot reach the IO while hyper holds it.
+#[derive(Debug, Default)]
+pub(crate) struct Quiet {
+    // Bytes of a request are read whose message has not ended, or the framing is not followed.
+    reading: AtomicBool,
+    // A write waits for the client to take what was written before.
+    writing: AtomicBool,
+}
+
+impl Quiet {
+    /// Every byte read so far belonged to whole requests (or to the empty lines allowed between
+    /// them), and the last write went through.
+    pub(crate) fn is_quiet(&self) -> bool {
+        !self.reading.load(Relaxed) && !self.writing.load(Relaxed)
     }
 }
 
@@ -44,7 +68,29 @@ impl<T> StrictIo<T> {
             inner,
             framing: Framing::new(),
             spoiled: None,
+            replay: Bytes::new(),
+            quiet: Arc::default(),
         }
+    }
+
+    /// What this connection's IO says of its messages.
+    pub(crate) fn quiet(&self) -> &Arc<Quiet> {
+        &self.quiet
+    }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Hands `bytes`, read from this connection and scanned before, to the next reads again:
+    /// what hyper had read and not yet parsed when it let the connection go.
+    pub(crate) fn replay(&mut self, bytes: Bytes) {
+        self.replay = bytes;
+    }
+
+    /// Whether bytes are waiting to be read again.
+    pub(crate) fn has_replay(&self) -> bool {
+        !self.replay.is_empty()
     }
 }
 
@@ -55,6 +101,15 @@ impl<T: AsyncRead> AsyncRead for StrictIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            // Where these bytes leave the framing is not looked at again: not quiet until the
+            // next bytes read say.
+            this.quiet.reading.store(true, Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         if let Some(spoiled) = this.spoiled {
             // What is left of the spoiled head, then the end of the stream.
             let n = spoiled.len().min(buf.remaining());
@@ -75,8 +130,16 @@ impl<T: AsyncRead> AsyncRead for StrictIo<T> {
             buf.put_slice(&SPOILED[..n]);
             *this.spoiled = Some(&SPOILED[n..]);
         }
+        let between = this.spoiled.is_none() && this.framing.between_messages();
+        this.quiet.reading.store(!between, Relaxed);
         read
     }
+}
+
+// `written`, noting in `quiet` whether it waits.
+fn noted<R>(quiet: &Quiet, written: Poll<R>) -> Poll<R> {
+    quiet.writing.store(written.is_pending(), Relaxed);
+    written
 }
 
 impl<T: AsyncWrite> AsyncWrite for StrictIo<T> {
@@ -85,7 +148,8 @@ impl<T: AsyncWrite> AsyncWrite for StrictIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        noted(this.quiet, this.inner.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -101,7 +165,8 @@ impl<T: AsyncWrite> AsyncWrite for StrictIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        noted(this.quiet, this.inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -403,6 +468,17 @@ impl Framing {
         };
     }
 
+    /// Whether the bytes scanned so far end with a whole message, or with the empty lines that
+    /// may come before the next.
+    fn between_messages(&self) -> bool {
+        self.state == State::Head
+            && self.lines == 0
+            && self.line_len == 0
+            && !self.truncated
+            && !self.prev_cr
+            && !self.trailers
+    }
+
     fn next_message(&mut self) {
         self.start_head(false);
         self.state = State::Head;
@@ -450,6 +526,91 @@ mod tests {
                 "{input:?} in steps of {step}"
             );
         }
+    }
+
+    #[test]
+    fn between_messages_only_once_each_request_read_is_whole() {
+        let cases = [
+            ("", true),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\nG", false),
+            ("GET / HTTP/1.1\r\nHost: a\r\n", false),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r", false),
+            ("\r", false),
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab", false),
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", true),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n",
+                false,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\r\n",
+                false,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                true,
+            ),
+            // After an upgrade the bytes are not HTTP/1.1 messages: never between two.
+            (
+                "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                false,
+            ),
+        ];
+        for (input, between) in cases {
+            for step in [1, 2, 3, 7, input.len().max(1)] {
+                let mut framing = Framing::new();
+                for piece in input.as_bytes().chunks(step) {
+                    assert_eq!(framing.scan(piece), None, "{input:?}");
+                }
+                assert_eq!(
+                    framing.between_messages(),
+                    between,
+                    "{input:?} in steps of {step}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn quiet_follows_the_reads_and_writes_and_replayed_bytes_come_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = StrictIo::new(near);
+        let quiet = io.quiet().clone();
+        let mut buf = [0u8; 64];
+        assert!(quiet.is_quiet());
+
+        far.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(n, 18);
+        assert!(!quiet.is_quiet(), "half a head read");
+        far.write_all(b"st: a\r\n\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 9);
+        assert!(quiet.is_quiet(), "the head read whole");
+
+        // A write the peer cannot take yet waits: not quiet until one goes through.
+        io.write_all(&[b'x'; 64]).await.unwrap();
+        let mut write = tokio_test::task::spawn(io.write(b"more"));
+        assert!(write.poll().is_pending());
+        drop(write);
+        assert!(!quiet.is_quiet(), "a write waits");
+        far.read_exact(&mut buf).await.unwrap();
+        io.write_all(b"more").await.unwrap();
+        assert!(quiet.is_quiet());
+
+        // Replayed bytes come before the peer's, and leave the connection not quiet until the
+        // next bytes read.
+        io.replay(Bytes::from_static(b"again"));
+        far.write_all(b"GET /next HTTP/1.1\r\n\r\n").await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"again");
+        assert!(!quiet.is_quiet());
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET /next HTTP/1.1\r\n\r\n");
+        assert!(quiet.is_quiet());
     }
 
     #[test]

@@ -1,0 +1,280 @@
+//! Past `park_idle_above` open connections, an HTTP/1.1 connection waiting for its next request
+//! is parked: hyper's state and buffers go, the socket stays, and the next request is served as
+//! if nothing happened, whether it comes whole, in pieces, pipelined or after empty lines.
+
+mod common;
+
+use std::time::Duration;
+
+use common::addr;
+use prometheus_client::encoding::text::encode;
+use rampart_proxy::{Drain, Proxy};
+use rampart_test_support::{Behavior, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Far longer than anything these tests wait for: only a proxy that never acts runs into it.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+async fn proxy_with(listener: &str, upstream: &Upstream) -> Proxy {
+    common::proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
+         [[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        upstream.addr()
+    ))
+    .await
+}
+
+/// A gauge of the listener, as a scrape reads it.
+fn gauge(proxy: &Proxy, family: &str) -> i64 {
+    let mut text = String::new();
+    encode(&mut text, proxy.registry()).unwrap();
+    let prefix = format!("{family}{{listener=\"listener-0\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {family} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn parked(proxy: &Proxy) -> i64 {
+    gauge(proxy, "rampart_listener_parked_connections")
+}
+
+/// Waits until `parked(proxy)` is `count`.
+async fn until_parked(proxy: &Proxy, count: i64) {
+    tokio::time::timeout(PATIENCE, async {
+        while parked(proxy) != count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("parked connections stayed at {}", parked(proxy)));
+}
+
+/// Waits until the listener counts `count` open connections.
+async fn until_open(proxy: &Proxy, count: i64) {
+    tokio::time::timeout(PATIENCE, async {
+        while gauge(proxy, "rampart_listener_connections") != count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("open connections never came to {count}"));
+}
+
+/// Reads one response with a Content-Length body: its head and its body.
+async fn response(stream: &mut TcpStream) -> (String, String) {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .expect("a content-length")
+                .parse()
+                .unwrap();
+            if bytes.len() >= end + 4 + length {
+                assert_eq!(
+                    bytes.len(),
+                    end + 4 + length,
+                    "nothing sent ahead of a request"
+                );
+                let body = String::from_utf8_lossy(&bytes[end + 4..]).into_owned();
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The path the echoing upstream saw, from its response head.
+fn echoed_path(head: &str) -> &str {
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-echo-path: "))
+        .unwrap_or_else(|| panic!("{head}"))
+}
+
+/// Whether the proxy closes `stream` within `PATIENCE` (a reset counts as closed).
+async fn closes(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_parked_and_serves_its_next_requests() {
+    let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = proxy_with("park_idle_above = 0", &upstream).await;
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+
+    for path in ["/one", "/two", "/three"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (head, _) = response(&mut client).await;
+        assert_eq!(echoed_path(&head), path);
+        // Waiting for the next request, the connection gives hyper's buffers back.
+        until_parked(&proxy, 1).await;
+    }
+    assert_eq!(gauge(&proxy, "rampart_listener_connections"), 1);
+
+    drop(client);
+    until_parked(&proxy, 0).await;
+    until_open(&proxy, 0).await;
+}
+
+#[tokio::test]
+async fn requests_in_pieces_pipelined_or_after_empty_lines_are_served_across_parking() {
+    let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = proxy_with("park_idle_above = 0", &upstream).await;
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = response(&mut client).await;
+    assert_eq!(echoed_path(&head), "/first");
+    until_parked(&proxy, 1).await;
+
+    // A head in two pieces: the first wakes the connection, which waits for the rest.
+    client
+        .write_all(b"GET /pieces HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    until_parked(&proxy, 0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(parked(&proxy), 0, "parked with half a head read");
+    client.write_all(b"st: a\r\n\r\n").await.unwrap();
+    let (head, _) = response(&mut client).await;
+    assert_eq!(echoed_path(&head), "/pieces");
+    until_parked(&proxy, 1).await;
+
+    // A body in two pieces: the connection is not parked between them.
+    client
+        .write_all(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+        .await
+        .unwrap();
+    until_parked(&proxy, 0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(parked(&proxy), 0, "parked with half a body read");
+    client.write_all(b"def").await.unwrap();
+    let (head, body) = response(&mut client).await;
+    assert_eq!(echoed_path(&head), "/body");
+    assert!(body.contains("\"body\":\"abcdef\""), "{body}");
+    until_parked(&proxy, 1).await;
+
+    // Two requests in one write, then one after empty lines: each answered, in order.
+    client
+        .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    for path in ["/a", "/b"] {
+        let (head, _) = response(&mut client).await;
+        assert_eq!(echoed_path(&head), path);
+    }
+    until_parked(&proxy, 1).await;
+    // Empty lines may come before a request (RFC 9112, section 2.2), even apart from it.
+    client.write_all(b"\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client
+        .write_all(b"GET /after-empty-lines HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = response(&mut client).await;
+    assert_eq!(echoed_path(&head), "/after-empty-lines");
+    assert_eq!(upstream.request_count(), 6);
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_at_the_idle_or_header_read_timeout() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    for timeouts in [
+        "idle_timeout = \"300ms\"",
+        "header_read_timeout = \"300ms\"",
+    ] {
+        let proxy = proxy_with(&format!("park_idle_above = 0\n{timeouts}"), &upstream).await;
+        let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "hi");
+        until_parked(&proxy, 1).await;
+        assert!(closes(&mut client).await, "{timeouts}: still open");
+        until_parked(&proxy, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn a_drain_closes_parked_connections_at_once() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = proxy_with("park_idle_above = 0", &upstream).await;
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    response(&mut client).await;
+    until_parked(&proxy, 1).await;
+
+    let drain = tokio::time::timeout(PATIENCE, proxy.shutdown())
+        .await
+        .expect("the drain waits for no parked connection");
+    assert_eq!(drain, Drain::Complete);
+    assert!(closes(&mut client).await);
+}
+
+#[tokio::test]
+async fn under_the_threshold_no_connection_is_parked() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    // The default threshold is far above the two connections here.
+    let proxy = proxy_with("", &upstream).await;
+    let mut first = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let mut second = TcpStream::connect(addr(&proxy)).await.unwrap();
+    until_open(&proxy, 2).await;
+    for client in [&mut first, &mut second] {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        response(client).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(parked(&proxy), 0);
+
+    // Past it, they are.
+    let proxy = proxy_with("park_idle_above = 1", &upstream).await;
+    let mut first = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let mut second = TcpStream::connect(addr(&proxy)).await.unwrap();
+    // Whether to park is decided as a connection turns idle: both must be open by then.
+    until_open(&proxy, 2).await;
+    for client in [&mut first, &mut second] {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        response(client).await;
+    }
+    until_parked(&proxy, 2).await;
+}
