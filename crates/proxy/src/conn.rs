@@ -44,7 +44,10 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// cost a wake-up every millisecond.
 const SNIFF_PAUSE: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
 
-type Io = TokioIo<StrictIo<StallIo<TcpStream>>>;
+/// A client connection below hyper: strict heads, cut when it takes nothing written to it.
+type Stream = StrictIo<StallIo<TcpStream>>;
+
+type Io = TokioIo<Stream>;
 
 /// The connection settings of a listener, for each protocol it speaks.
 pub(crate) struct Builders {
@@ -129,7 +132,7 @@ impl Builders {
         self.http1(parked.io, parked.service)
     }
 
-    fn http1<S, B>(&self, io: StrictIo<StallIo<TcpStream>>, service: S) -> Connection<S>
+    fn http1<S, B>(&self, io: Stream, service: S) -> Connection<S>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
@@ -148,7 +151,7 @@ impl Builders {
 /// An HTTP/1.1 connection waiting for its next request outside hyper: its socket and its
 /// service, without hyper's state (a read and a write buffer of 8 KiB each, its dispatcher).
 pub(crate) struct Parked<S> {
-    io: StrictIo<StallIo<TcpStream>>,
+    io: Stream,
     service: S,
 }
 
