@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::addr;
+use common::{addr, until_closed, with_listener};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -17,35 +17,10 @@ use tokio::net::TcpStream;
 /// Far longer than any timeout these tests set: only a proxy that never acts runs into it.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-async fn proxy_with(listener: &str, upstream: &Upstream) -> rampart_proxy::Proxy {
-    common::proxy(&format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
-         [[routes]]\nupstream = \"app\"\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\n",
-        upstream.addr()
-    ))
-    .await
-}
-
-/// Reads what comes until the proxy closes the connection (a reset counts as closed).
-async fn until_closed(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(PATIENCE, stream.read(&mut buf))
-            .await
-            .expect("the proxy closes the connection")
-        {
-            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
-    let proxy = proxy_with("idle_timeout = \"200ms\"", &upstream).await;
+    let proxy = with_listener("idle_timeout = \"200ms\"", upstream.addr()).await;
 
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     client
@@ -61,7 +36,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
-    let proxy = proxy_with("header_read_timeout = \"200ms\"", &upstream).await;
+    let proxy = with_listener("header_read_timeout = \"200ms\"", upstream.addr()).await;
 
     // Nothing at all, and the first bytes of the HTTP/2 preface and no more: neither says yet
     // which protocol the client speaks, and neither may hold the connection for long.
@@ -76,7 +51,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
 #[tokio::test]
 async fn a_preface_or_a_head_sent_a_byte_at_a_time_is_served() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
-    let proxy = proxy_with("", &upstream).await;
+    let proxy = with_listener("", upstream.addr()).await;
 
     // HTTP/1.1, its first byte also the preface's.
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
@@ -151,7 +126,7 @@ async fn a_connection_with_a_request_in_flight_is_not_idle() {
     let upstream = Upstream::start(Behavior::Slow(Duration::from_millis(600)))
         .await
         .unwrap();
-    let proxy = proxy_with("idle_timeout = \"200ms\"", &upstream).await;
+    let proxy = with_listener("idle_timeout = \"200ms\"", upstream.addr()).await;
 
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     client
@@ -203,7 +178,7 @@ async fn read_response(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
-    let proxy = proxy_with("idle_timeout = \"200ms\"", &upstream).await;
+    let proxy = with_listener("idle_timeout = \"200ms\"", upstream.addr()).await;
 
     let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
@@ -273,7 +248,7 @@ async fn a_stalled_response_body_is_cut_off() {
     })
     .await
     .unwrap();
-    let proxy = proxy_with("body_idle_timeout = \"200ms\"", &upstream).await;
+    let proxy = with_listener("body_idle_timeout = \"200ms\"", upstream.addr()).await;
 
     let response = common::http1()
         .request(
@@ -300,7 +275,7 @@ async fn a_body_that_keeps_flowing_is_not_cut() {
     })
     .await
     .unwrap();
-    let proxy = proxy_with("body_idle_timeout = \"500ms\"", &upstream).await;
+    let proxy = with_listener("body_idle_timeout = \"500ms\"", upstream.addr()).await;
     let response = common::get(&proxy, "/").await;
     assert_eq!(response.body(), "xxxxxxxx");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::addr;
+use common::{addr, until_closed, with_listener};
 use prometheus_client::encoding::text::encode;
 use rampart_proxy::{Drain, Proxy};
 use rampart_test_support::{Behavior, Upstream};
@@ -15,16 +15,6 @@ use tokio::net::TcpStream;
 
 /// Far longer than anything these tests wait for: only a proxy that never acts runs into it.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-async fn proxy_with(listener: &str, upstream: &Upstream) -> Proxy {
-    common::proxy(&format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
-         [[routes]]\nupstream = \"app\"\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\n",
-        upstream.addr()
-    ))
-    .await
-}
 
 /// A gauge of the listener, as a scrape reads it.
 fn gauge(proxy: &Proxy, family: &str) -> i64 {
@@ -39,29 +29,25 @@ fn gauge(proxy: &Proxy, family: &str) -> i64 {
 }
 
 fn parked(proxy: &Proxy) -> i64 {
-    gauge(proxy, "rampart_listener_parked_connections")
+    gauge(proxy, PARKED)
 }
 
-/// Waits until `parked(proxy)` is `count`.
+const OPEN: &str = "rampart_listener_connections";
+const PARKED: &str = "rampart_listener_parked_connections";
+
+/// Waits until the listener's gauge `family` reads `count`.
+async fn until_gauge(proxy: &Proxy, family: &str, count: i64) {
+    tokio::time::timeout(PATIENCE, async {
+        while gauge(proxy, family) != count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{family} stayed at {}", gauge(proxy, family)));
+}
+
 async fn until_parked(proxy: &Proxy, count: i64) {
-    tokio::time::timeout(PATIENCE, async {
-        while parked(proxy) != count {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("parked connections stayed at {}", parked(proxy)));
-}
-
-/// Waits until the listener counts `count` open connections.
-async fn until_open(proxy: &Proxy, count: i64) {
-    tokio::time::timeout(PATIENCE, async {
-        while gauge(proxy, "rampart_listener_connections") != count {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("open connections never came to {count}"));
+    until_gauge(proxy, PARKED, count).await;
 }
 
 /// Reads one response with a Content-Length body: its head and its body.
@@ -104,6 +90,25 @@ async fn response(stream: &mut TcpStream) -> (String, String) {
     }
 }
 
+/// Sends a request to a parked connection in two pieces, checking that the connection is not
+/// parked while it has only the first, and reads the response; the connection is parked again
+/// after it.
+async fn in_two_pieces(
+    proxy: &Proxy,
+    client: &mut TcpStream,
+    first: &str,
+    second: &str,
+) -> (String, String) {
+    client.write_all(first.as_bytes()).await.unwrap();
+    until_parked(proxy, 0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(parked(proxy), 0, "parked with {first:?} read");
+    client.write_all(second.as_bytes()).await.unwrap();
+    let answer = response(client).await;
+    until_parked(proxy, 1).await;
+    answer
+}
+
 /// The path the echoing upstream saw, from its response head.
 fn echoed_path(head: &str) -> &str {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -112,19 +117,10 @@ fn echoed_path(head: &str) -> &str {
         .unwrap_or_else(|| panic!("{head}"))
 }
 
-/// Whether the proxy closes `stream` within `PATIENCE` (a reset counts as closed).
-async fn closes(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await,
-        Ok(Ok(0) | Err(_))
-    )
-}
-
 #[tokio::test]
 async fn an_idle_connection_is_parked_and_serves_its_next_requests() {
     let upstream = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = proxy_with("park_idle_above = 0", &upstream).await;
+    let proxy = with_listener("park_idle_above = 0", upstream.addr()).await;
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
 
     for path in ["/one", "/two", "/three"] {
@@ -135,17 +131,17 @@ async fn an_idle_connection_is_parked_and_serves_its_next_requests() {
         // Waiting for the next request, the connection gives hyper's buffers back.
         until_parked(&proxy, 1).await;
     }
-    assert_eq!(gauge(&proxy, "rampart_listener_connections"), 1);
+    assert_eq!(gauge(&proxy, OPEN), 1);
 
     drop(client);
     until_parked(&proxy, 0).await;
-    until_open(&proxy, 0).await;
+    until_gauge(&proxy, OPEN, 0).await;
 }
 
 #[tokio::test]
 async fn requests_in_pieces_pipelined_or_after_empty_lines_are_served_across_parking() {
     let upstream = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = proxy_with("park_idle_above = 0", &upstream).await;
+    let proxy = with_listener("park_idle_above = 0", upstream.addr()).await;
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     client
         .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -155,32 +151,25 @@ async fn requests_in_pieces_pipelined_or_after_empty_lines_are_served_across_par
     assert_eq!(echoed_path(&head), "/first");
     until_parked(&proxy, 1).await;
 
-    // A head in two pieces: the first wakes the connection, which waits for the rest.
-    client
-        .write_all(b"GET /pieces HTTP/1.1\r\nHo")
-        .await
-        .unwrap();
-    until_parked(&proxy, 0).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(parked(&proxy), 0, "parked with half a head read");
-    client.write_all(b"st: a\r\n\r\n").await.unwrap();
-    let (head, _) = response(&mut client).await;
+    // A head in two pieces, then a body in two pieces: the first piece wakes the connection,
+    // which is not parked again before the rest.
+    let (head, _) = in_two_pieces(
+        &proxy,
+        &mut client,
+        "GET /pieces HTTP/1.1\r\nHo",
+        "st: a\r\n\r\n",
+    )
+    .await;
     assert_eq!(echoed_path(&head), "/pieces");
-    until_parked(&proxy, 1).await;
-
-    // A body in two pieces: the connection is not parked between them.
-    client
-        .write_all(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
-        .await
-        .unwrap();
-    until_parked(&proxy, 0).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(parked(&proxy), 0, "parked with half a body read");
-    client.write_all(b"def").await.unwrap();
-    let (head, body) = response(&mut client).await;
+    let (head, body) = in_two_pieces(
+        &proxy,
+        &mut client,
+        "POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc",
+        "def",
+    )
+    .await;
     assert_eq!(echoed_path(&head), "/body");
     assert!(body.contains("\"body\":\"abcdef\""), "{body}");
-    until_parked(&proxy, 1).await;
 
     // Two requests in one write, then one after empty lines: each answered, in order.
     client
@@ -211,7 +200,8 @@ async fn a_parked_connection_is_closed_at_the_idle_or_header_read_timeout() {
         "idle_timeout = \"300ms\"",
         "header_read_timeout = \"300ms\"",
     ] {
-        let proxy = proxy_with(&format!("park_idle_above = 0\n{timeouts}"), &upstream).await;
+        let proxy =
+            with_listener(&format!("park_idle_above = 0\n{timeouts}"), upstream.addr()).await;
         let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -221,7 +211,7 @@ async fn a_parked_connection_is_closed_at_the_idle_or_header_read_timeout() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(body, "hi");
         until_parked(&proxy, 1).await;
-        assert!(closes(&mut client).await, "{timeouts}: still open");
+        assert_eq!(until_closed(&mut client).await, "", "{timeouts}");
         until_parked(&proxy, 0).await;
     }
 }
@@ -229,7 +219,7 @@ async fn a_parked_connection_is_closed_at_the_idle_or_header_read_timeout() {
 #[tokio::test]
 async fn a_drain_closes_parked_connections_at_once() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
-    let proxy = proxy_with("park_idle_above = 0", &upstream).await;
+    let proxy = with_listener("park_idle_above = 0", upstream.addr()).await;
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -242,39 +232,29 @@ async fn a_drain_closes_parked_connections_at_once() {
         .await
         .expect("the drain waits for no parked connection");
     assert_eq!(drain, Drain::Complete);
-    assert!(closes(&mut client).await);
+    assert_eq!(until_closed(&mut client).await, "");
 }
 
 #[tokio::test]
-async fn under_the_threshold_no_connection_is_parked() {
+async fn only_past_the_threshold_are_connections_parked() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
-    // The default threshold is far above the two connections here.
-    let proxy = proxy_with("", &upstream).await;
-    let mut first = TcpStream::connect(addr(&proxy)).await.unwrap();
-    let mut second = TcpStream::connect(addr(&proxy)).await.unwrap();
-    until_open(&proxy, 2).await;
-    for client in [&mut first, &mut second] {
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        response(client).await;
+    // The default threshold is far above two connections; 1 is under.
+    for (listener, parked_after) in [("", 0), ("park_idle_above = 1", 2)] {
+        let proxy = with_listener(listener, upstream.addr()).await;
+        let mut clients = [
+            TcpStream::connect(addr(&proxy)).await.unwrap(),
+            TcpStream::connect(addr(&proxy)).await.unwrap(),
+        ];
+        // Whether to park is decided as a connection turns idle: both must be open by then.
+        until_gauge(&proxy, OPEN, 2).await;
+        for client in &mut clients {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            response(client).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_parked(&proxy, parked_after).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(parked(&proxy), 0);
-
-    // Past it, they are.
-    let proxy = proxy_with("park_idle_above = 1", &upstream).await;
-    let mut first = TcpStream::connect(addr(&proxy)).await.unwrap();
-    let mut second = TcpStream::connect(addr(&proxy)).await.unwrap();
-    // Whether to park is decided as a connection turns idle: both must be open by then.
-    until_open(&proxy, 2).await;
-    for client in [&mut first, &mut second] {
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        response(client).await;
-    }
-    until_parked(&proxy, 2).await;
 }

@@ -30,6 +30,32 @@ pub async fn simple(endpoints: &[SocketAddr], route: &str, upstream: &str) -> Pr
         .await
 }
 
+/// A proxy with one listener (with `listener` lines added) and one route to `upstream`.
+pub async fn with_listener(listener: &str, upstream: SocketAddr) -> Proxy {
+    proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
+         [[routes]]\nupstream = \"app\"\n\n\
+         [upstreams.app]\nendpoints = [\"{upstream}\"]\n"
+    ))
+    .await
+}
+
+/// Reads what comes until the proxy closes the connection (a reset counts as closed), for at
+/// most ten seconds: far longer than any timeout the tests set.
+pub async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the proxy closes the connection")
+        {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// The address of the proxy's first listener.
 pub fn addr(proxy: &Proxy) -> SocketAddr {
     proxy.listeners()[0].addr
