@@ -93,7 +93,15 @@ impl Builders {
     /// Serves `stream` with `service` in the protocol the listener and the client's first bytes
     /// say. `None` when the client closes, fails or sends nothing within the header read
     /// timeout before that is known.
-    pub(crate) async fn serve<S, B>(&self, stream: TcpStream, service: S) -> Option<Connection<S>>
+    ///
+    /// Connections are boxed wherever they are made or taken apart, in functions that do not
+    /// wait: a connection held or moved by value in its task's future would take room in the
+    /// task for its whole life (about 1.7 KiB), connection waiting or not.
+    pub(crate) async fn serve<S, B>(
+        &self,
+        stream: TcpStream,
+        service: S,
+    ) -> Option<Pin<Box<Connection<S>>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
@@ -113,16 +121,14 @@ impl Builders {
         // A client that takes nothing written to it is cut off, whatever waits on the write.
         let io = StrictIo::new(StallIo::new(stream, self.stall_timeout));
         Some(if http2 {
-            Connection::Http2 {
-                inner: self.http2.serve_connection(TokioIo::new(io), service),
-            }
+            self.http2(io, service)
         } else {
             self.http1(io, service)
         })
     }
 
     /// Serves a parked connection again, from its next request on.
-    pub(crate) fn resume<S, B>(&self, parked: Parked<S>) -> Connection<S>
+    pub(crate) fn resume<S, B>(&self, parked: Parked<S>) -> Pin<Box<Connection<S>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
@@ -132,7 +138,18 @@ impl Builders {
         self.http1(parked.io, parked.service)
     }
 
-    fn http1<S, B>(&self, io: Stream, service: S) -> Connection<S>
+    fn http2<S, B>(&self, io: Stream, service: S) -> Pin<Box<Connection<S>>>
+    where
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = self.http2.serve_connection(TokioIo::new(io), service);
+        Box::pin(Connection::Http2 { inner })
+    }
+
+    fn http1<S, B>(&self, io: Stream, service: S) -> Pin<Box<Connection<S>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
@@ -144,7 +161,7 @@ impl Builders {
             .http1
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        Connection::Http1 { inner, quiet }
+        Box::pin(Connection::Http1 { inner, quiet })
     }
 }
 
@@ -230,8 +247,8 @@ where
 
     /// Takes a quiet HTTP/1.1 connection (see [`Connection::is_quiet`]) out of hyper, which it
     /// leaves without a word on the wire. `None` for an HTTP/2 one, or one upgraded.
-    pub(crate) fn park(self) -> Option<Parked<S>> {
-        let Connection::Http1 { inner, .. } = self else {
+    pub(crate) fn park(connection: Pin<Box<Self>>) -> Option<Parked<S>> {
+        let Connection::Http1 { inner, .. } = *Pin::into_inner(connection) else {
             return None;
         };
         let http1::Parts {

@@ -168,11 +168,9 @@ impl Serve {
                 connection = builders.serve(stream, service) => connection,
                 _ = stop.wait_for(|stop| *stop) => None,
             };
-            let Some(connection) = connection else {
+            let Some(mut connection) = connection else {
                 return;
             };
-            // Boxed: a connection still silent then costs its task only a pointer.
-            let mut connection = Box::pin(connection);
             let mut closing = false;
             // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
             // PING, and one that never reads would hold the connection for ever.
@@ -206,7 +204,7 @@ impl Serve {
                     continue;
                 }
                 // Waiting for the next request, the connection gives back hyper's buffers.
-                let Some(parked) = Pin::into_inner(connection).park() else {
+                let Some(parked) = Connection::park(connection) else {
                     break;
                 };
                 let counted = Counted::new(&metrics.parked);
@@ -221,7 +219,7 @@ impl Serve {
                 if !resume {
                     break;
                 }
-                connection = Box::pin(builders.resume(parked));
+                connection = builders.resume(parked);
             }
             // An upgraded connection lives on as a tunnel, until a side closes or a drain begins.
             if let Some(tunnel) = activity.take_tunnel() {
