@@ -120,11 +120,7 @@ impl Builders {
         };
         // A client that takes nothing written to it is cut off, whatever waits on the write.
         let io = StrictIo::new(StallIo::new(stream, self.stall_timeout));
-        Some(if http2 {
-            self.http2(io, service)
-        } else {
-            self.http1(io, service)
-        })
+        Some(self.connection(io, service, http2))
     }
 
     /// Serves a parked connection again, from its next request on.
@@ -135,27 +131,20 @@ impl Builders {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.http1(parked.io, parked.service)
+        self.connection(parked.io, parked.service, false)
     }
 
-    fn http2<S, B>(&self, io: Stream, service: S) -> Pin<Box<Connection<S>>>
+    fn connection<S, B>(&self, io: Stream, service: S, http2: bool) -> Pin<Box<Connection<S>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let inner = self.http2.serve_connection(TokioIo::new(io), service);
-        Box::pin(Connection::Http2 { inner })
-    }
-
-    fn http1<S, B>(&self, io: Stream, service: S) -> Pin<Box<Connection<S>>>
-    where
-        S: HttpService<Incoming, ResBody = B> + Send + 'static,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+        if http2 {
+            let inner = self.http2.serve_connection(TokioIo::new(io), service);
+            return Box::pin(Connection::Http2 { inner });
+        }
         let quiet = io.quiet().clone();
         let inner = self
             .http1
