@@ -738,14 +738,16 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             let message = format!("duplicate listener name \"{}\"", first.name);
             cx.conflict(&t, "name", message);
         }
-        if let Some(first) = out.iter().find(|o| o.listen == l.listen) {
+        // Port 0 is the kernel's choice: two sockets asking for it never get the same port.
+        let fixed = l.listen.port() != 0;
+        if let Some(first) = out.iter().find(|o| fixed && o.listen == l.listen) {
             let message = format!(
                 "listener \"{}\" already listens on {}",
                 first.name, l.listen
             );
             cx.conflict(&t, "listen", message);
         }
-        if l.listen == admin.listen {
+        if fixed && l.listen == admin.listen {
             cx.conflict(
                 &t,
                 "listen",
@@ -1704,6 +1706,28 @@ mod tests {
         assert_eq!(e[0].path(), "routes[0].listener");
         assert_eq!(e[0].line(), Some(4));
         assert_eq!(e[0].allowed(), Some("listener-0, listener-1"));
+    }
+
+    #[test]
+    fn servers_may_share_port_zero_but_not_a_fixed_address() {
+        let zero = "[admin]\nlisten = \"127.0.0.1:0\"\n\
+                    [[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+                    [[listeners]]\nlisten = \"127.0.0.1:0\"\n";
+        assert_eq!(ok(zero).listeners.len(), 2);
+
+        let fixed = "[admin]\nlisten = \"127.0.0.1:8080\"\n\
+                     [[listeners]]\nlisten = \"127.0.0.1:8080\"\n\
+                     [[listeners]]\nlisten = \"127.0.0.1:8080\"\n";
+        let e = errors(fixed);
+        let found: Vec<(&str, Option<usize>)> = e.iter().map(|e| (e.path(), e.line())).collect();
+        assert_eq!(
+            found,
+            [
+                ("listeners[0].listen", Some(4)),
+                ("listeners[1].listen", Some(6)),
+                ("listeners[1].listen", Some(6)),
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::Protocol;
-use crate::process::{ServiceProcess, Sidecar, free_addr};
+use crate::process::{ServiceProcess, Sidecar};
 use crate::scenario::Fault;
 use crate::service::{Call, Mode, Role};
 use crate::sidecar::{self, Counts, Endpoints, Transition};
@@ -96,7 +96,7 @@ impl Cluster {
                 (b, a)
             }
             Wiring::Protected => {
-                let config = sidecar::config_b(protocol, free_addr()?, &endpoints);
+                let config = sidecar::config_b(protocol, &endpoints);
                 let of_b = Sidecar::start("b", &config, dir).await?;
                 let b =
                     ServiceProcess::start(Role::B, protocol, vec![call("c", vec![of_b.listen])])
@@ -105,8 +105,7 @@ impl Cluster {
                 // A fresh queue for each run: a previous run's orders are not this one's.
                 let _ = std::fs::remove_dir_all(&outbox);
                 let orders_to = orders.map(|_| (&endpoints, outbox.as_path()));
-                let config =
-                    sidecar::config_a(protocol, free_addr()?, b.addr(), d.addr(), orders_to);
+                let config = sidecar::config_a(protocol, b.addr(), d.addr(), orders_to);
                 let of_a = Sidecar::start("a", &config, dir).await?;
                 let mut calls = vec![call("b", vec![of_a.listen]), call("d", vec![of_a.listen])];
                 if orders.is_some() {

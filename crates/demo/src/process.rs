@@ -288,12 +288,6 @@ async fn read_log(
     }
 }
 
-/// An address on 127.0.0.1 that was free a moment ago: for a sidecar's admin API, which cannot
-/// take port 0 beside a listener that does.
-pub(crate) fn free_addr() -> io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
 /// A directory for the sidecars' configuration files, removed with everything in it when
 /// dropped.
 #[derive(Debug)]

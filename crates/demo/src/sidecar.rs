@@ -43,12 +43,11 @@ pub struct Endpoints {
 /// outbox directory), an async route for the orders A places with C.
 pub fn config_a(
     protocol: Protocol,
-    admin: SocketAddr,
     b: SocketAddr,
     d: SocketAddr,
     orders: Option<(&Endpoints, &Path)>,
 ) -> String {
-    let mut text = header("A", "A calls B and D through it", admin);
+    let mut text = header("A", "A calls B and D through it");
     if let Some((c, outbox)) = orders {
         let _ = write!(
             text,
@@ -124,8 +123,8 @@ pub fn config_a(
 }
 
 /// The configuration of B's sidecar: the route to C.
-pub fn config_b(protocol: Protocol, admin: SocketAddr, c: &Endpoints) -> String {
-    let mut text = header("B", "B calls C through it", admin);
+pub fn config_b(protocol: Protocol, c: &Endpoints) -> String {
+    let mut text = header("B", "B calls C through it");
     text.push_str(&route(
         protocol,
         "c",
@@ -150,13 +149,14 @@ pub fn config_b(protocol: Protocol, admin: SocketAddr, c: &Endpoints) -> String 
     text
 }
 
-fn header(of: &str, what: &str, admin: SocketAddr) -> String {
+fn header(of: &str, what: &str) -> String {
     format!(
         "# The sidecar of service {of}, written by `rampart demo`: {what}.\n\
          # Every setting is a choice, and the comment beside it says why (docs/demo.md too).\n\
          \n\
          [admin]\n\
-         listen = \"{admin}\"           # the dashboard (GET /), /api/stats, /metrics\n\
+         listen = \"127.0.0.1:0\"            # the dashboard (GET /), /api/stats, /metrics; the demo\n\
+         \u{20}                                 # reads the port the kernel chose from the log\n\
          \n\
          [runtime]\n\
          worker_threads = 1                # a sidecar is small beside its service\n\
@@ -458,15 +458,11 @@ mod tests {
         };
         for protocol in [Protocol::Http, Protocol::Grpc] {
             for (name, text) in [
-                (
-                    "a",
-                    config_a(protocol, addr(9901), addr(9101), addr(9102), None),
-                ),
+                ("a", config_a(protocol, addr(9101), addr(9102), None)),
                 (
                     "a with orders",
                     config_a(
                         protocol,
-                        addr(9901),
                         addr(9101),
                         addr(9102),
                         Some((
@@ -478,7 +474,7 @@ mod tests {
                         )),
                     ),
                 ),
-                ("b", config_b(protocol, addr(9902), &c)),
+                ("b", config_b(protocol, &c)),
             ] {
                 if let Err(errors) = rampart_config::Config::from_str(&text, "sidecar.toml") {
                     panic!("{name} ({protocol:?}):\n{errors}\n{text}");

@@ -17,27 +17,24 @@ use tokio::net::TcpStream;
 /// that only a missing line fails the test.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A configuration file in the temporary directory, removed when dropped; the address its admin
-/// API gets when the text has no `[admin]`.
-pub struct TempConfig(pub PathBuf, SocketAddr);
+/// A configuration file in the temporary directory, removed when dropped.
+pub struct TempConfig(pub PathBuf);
 
 impl TempConfig {
     pub fn new(name: &str, text: &str) -> TempConfig {
         let path = std::env::temp_dir().join(format!("rampart-{name}-{}.toml", std::process::id()));
-        let config = TempConfig(path, free_addr());
+        let config = TempConfig(path);
         config.write(text);
         config
     }
 
-    /// Replaces the file's content. A text without an `[admin]` section gets one on a port of
-    /// its own, the same at every write: the default port would be shared by every rampart the
-    /// tests run at once, and port 0 is taken by the listeners (the configuration refuses two
-    /// servers on one address).
+    /// Replaces the file's content. A text without an `[admin]` section gets one on port 0: the
+    /// default port would be shared by every rampart the tests run at once.
     pub fn write(&self, text: &str) {
         let text = if text.contains("[admin]") {
             text.to_owned()
         } else {
-            format!("{text}\n[admin]\nlisten = \"{}\"\n", self.1)
+            format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
         };
         std::fs::write(&self.0, text).expect("the temporary directory is writable");
     }
