@@ -420,6 +420,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The most header lines the upstream takes in a request head.
+const UPSTREAM_MAX_HEADERS: usize = 1000;
+
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     // A handler told to reset the connection asks this task to drop it.
     let reset = Arc::new(Notify::new());
@@ -427,7 +430,9 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         let reset = reset.clone();
         service_fn(move |request| handle(request, shared.clone(), reset.clone()))
     };
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Past any head a proxy under test lets through, so that its own limits are the ones seen.
+    builder.http1().max_headers(UPSTREAM_MAX_HEADERS);
     let serving = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = serving => {}
