@@ -13,7 +13,8 @@
 //! ends, [`classify_trailers`] has the last word.
 //!
 //! Whether a failed attempt is worth another one is a separate question, answered by the route's
-//! [`RetryOn`] tokens ([`is_retryable`]).
+//! [`RetryOn`] tokens ([`is_retryable`]); when, if at all, the upstream may say in its answer
+//! ([`retry_hint`]).
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
@@ -35,6 +36,7 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::time::Duration;
 
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -513,9 +515,84 @@ pub fn is_retryable(on: &[RetryOn], attempt: &Attempt) -> bool {
     on.iter().any(|token| token.matches(attempt))
 }
 
+/// The gRPC server pushback header (gRFC A6): milliseconds before a retry, or no retry at all.
+pub const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// What an upstream's answer says about trying it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryHint {
+    /// Nothing: the retry policy decides alone.
+    None,
+    /// Not before this long.
+    After(Duration),
+    /// Not at all (a gRPC pushback that is negative or not a number).
+    Never,
+}
+
+/// What the response head `headers` says about a retry: `Retry-After` in seconds (the HTTP-date
+/// form, and any other value, is ignored), or for gRPC `grpc-retry-pushback-ms` (a non-negative
+/// count of milliseconds; anything else means do not retry, as gRFC A6 says).
+pub fn retry_hint(headers: &HeaderMap, is_grpc: bool) -> RetryHint {
+    fn number(value: &HeaderValue) -> Option<u64> {
+        let text = value.to_str().ok()?.trim();
+        // `u64::from_str` takes a leading `+`, which neither header allows.
+        if text.starts_with('+') {
+            return None;
+        }
+        text.parse().ok()
+    }
+    if is_grpc && let Some(value) = headers.get(GRPC_RETRY_PUSHBACK_MS) {
+        return number(value).map_or(RetryHint::Never, |millis| {
+            RetryHint::After(Duration::from_millis(millis))
+        });
+    }
+    match headers.get(http::header::RETRY_AFTER).and_then(number) {
+        Some(seconds) => RetryHint::After(Duration::from_secs(seconds)),
+        None => RetryHint::None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_hints_are_read_from_retry_after_and_the_grpc_pushback() {
+        let hint = |pairs: &[(&'static str, &'static str)], grpc: bool| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            retry_hint(&headers, grpc)
+        };
+        let secs = |n| RetryHint::After(Duration::from_secs(n));
+        assert_eq!(hint(&[], false), RetryHint::None);
+        assert_eq!(hint(&[("retry-after", "120")], false), secs(120));
+        assert_eq!(hint(&[("retry-after", " 0 ")], false), secs(0));
+        for ignored in ["Fri, 31 Dec 1999 23:59:59 GMT", "-1", "+5", "1.5", ""] {
+            assert_eq!(hint(&[("retry-after", ignored)], false), RetryHint::None);
+        }
+        let pushback = |value| hint(&[("grpc-retry-pushback-ms", value)], true);
+        assert_eq!(
+            pushback("250"),
+            RetryHint::After(Duration::from_millis(250))
+        );
+        for never in ["-1", "soon", "+5", ""] {
+            assert_eq!(pushback(never), RetryHint::Never, "{never:?}");
+        }
+        // The pushback is gRPC's: a plain HTTP answer's is not read, and it wins over
+        // `Retry-After` in a gRPC one.
+        assert_eq!(
+            hint(&[("grpc-retry-pushback-ms", "-1")], false),
+            RetryHint::None
+        );
+        let both = [("retry-after", "9"), ("grpc-retry-pushback-ms", "5")];
+        assert_eq!(
+            hint(&both, true),
+            RetryHint::After(Duration::from_millis(5))
+        );
+        assert_eq!(hint(&[("retry-after", "9")], true), secs(9));
+    }
 
     const FAILING: [GrpcCode; 5] = [
         GrpcCode::Unavailable,

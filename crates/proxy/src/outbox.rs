@@ -34,14 +34,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
-use rampart_http::classify::is_grpc;
+use rampart_http::classify::{RetryHint, is_grpc, retry_hint};
 use rampart_http::deadline::{GRPC_TIMEOUT, X_RAMPART_DEADLINE, set_outgoing};
 use rampart_outbox::{
     Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
@@ -532,12 +532,8 @@ async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
 
 // A `Retry-After` in seconds (the HTTP-date form is not honoured), capped.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+    match retry_hint(headers, false) {
+        RetryHint::After(hint) => Some(hint.min(MAX_RETRY_AFTER)),
+        RetryHint::None | RetryHint::Never => None,
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use rampart_config::Route;
-use rampart_http::classify::{classify_response, grpc_status, is_grpc};
+use rampart_http::classify::{RetryHint, classify_response, grpc_status, is_grpc, retry_hint};
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
@@ -317,10 +317,19 @@ impl Stack {
             else {
                 return last.into_result();
             };
-            let delay = delays.as_mut().and_then(Iterator::next).unwrap_or_default();
+            let mut delay = delays.as_mut().and_then(Iterator::next).unwrap_or_default();
+            // The upstream's own word on coming back: never sooner than it asked, and not at all
+            // when it says so.
+            if let Last::Response(response) = &last {
+                match retry_hint(response.headers(), grpc) {
+                    RetryHint::None => {}
+                    RetryHint::After(hint) => delay = delay.max(hint),
+                    RetryHint::Never => return last.into_result(),
+                }
+            }
             // A retry that cannot start before the deadline would only turn the answer into a
             // timeout.
-            if Instant::now() + delay >= deadline {
+            if delay >= deadline.saturating_duration_since(Instant::now()) {
                 return last.into_result();
             }
             if !retry.budget().withdraw() {

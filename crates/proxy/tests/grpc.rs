@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rampart_proxy::Proxy;
-use rampart_test_support::{EchoClient, EchoRequest, GrpcBehavior, GrpcUpstream, SAY};
+use rampart_test_support::{
+    Behavior, EchoClient, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, Upstream,
+};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -282,6 +284,50 @@ async fn a_call_failing_with_unavailable_is_retried_on_the_other_endpoint() {
     // The retries carried the same message: the body was replayed.
     assert_eq!(healthy.call_count(), 4);
     assert!(healthy.calls().iter().all(|call| call.message == "again"));
+}
+
+#[tokio::test]
+async fn the_servers_pushback_delays_or_stops_the_retries() {
+    // (grpc-retry-pushback-ms, calls the upstream sees, the least wait between the first two)
+    for (pushback, calls, gap) in [("-1", 1, 0), ("soon", 1, 0), ("0", 3, 0), ("300", 2, 300)] {
+        // A trailers-only UNAVAILABLE answer carrying the pushback.
+        let upstream = Upstream::start(Behavior::Headed {
+            status: http::StatusCode::OK,
+            headers: [
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("grpc-retry-pushback-ms", pushback),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.parse().unwrap(), value.parse().unwrap()))
+            .collect(),
+        })
+        .await
+        .unwrap();
+        let attempts = if gap > 0 { 2 } else { 3 };
+        let proxy = grpc_proxy(
+            &[upstream.addr()],
+            &format!(
+                "[routes.retry]\nattempts = {attempts}\non = [\"grpc-unavailable\"]\n\
+                 backoff = {{ base = \"1ms\", max = \"1ms\" }}"
+            ),
+            "[upstreams.app.breaker]\nenabled = false",
+        )
+        .await;
+        let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+        let status = client.say("again").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "pushback {pushback}");
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), calls, "pushback {pushback}");
+        if calls > 1 {
+            let waited = seen[1].at - seen[0].at;
+            assert!(
+                waited >= Duration::from_millis(gap),
+                "pushback {pushback}: {waited:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

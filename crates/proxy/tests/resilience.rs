@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use rampart_test_support::{Behavior, Fault, FaultProxy, Upstream};
 use tokio::net::TcpListener;
@@ -193,6 +194,77 @@ async fn the_budget_stops_retries_past_its_floor_and_hands_back_the_upstreams_50
     // 20 first attempts, and the floor's 10 retries; without the budget, 40 retries.
     let seen = upstream.request_count();
     assert!((30..60).contains(&seen), "{seen} requests upstream");
+}
+
+/// An upstream answering every request 503 with these header lines.
+async fn refusing(headers: &[(&'static str, &'static str)]) -> Upstream {
+    let headers = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        })
+        .collect();
+    Upstream::start(Behavior::Headed {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        headers,
+    })
+    .await
+    .unwrap()
+}
+
+const NO_BREAKER: &str = "[upstreams.app.breaker]\nenabled = false";
+
+#[tokio::test]
+async fn a_retry_waits_at_least_the_upstreams_retry_after() {
+    let upstream = refusing(&[("retry-after", "1")]).await;
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"10s\"\n[routes.retry]\nattempts = 2\nbackoff = { base = \"1ms\", max = \"1ms\" }",
+        NO_BREAKER,
+    )
+    .await;
+
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    // Not the backoff's millisecond: the second attempt came the second the upstream asked for.
+    let waited = seen[1].at - seen[0].at;
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_hands_back_the_upstreams_answer_at_once() {
+    let upstream = refusing(&[("retry-after", "120")]).await;
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"2s\"\n[routes.retry]\nattempts = 3",
+        NO_BREAKER,
+    )
+    .await;
+
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), None, "the upstream's own 503");
+    assert_eq!(response.headers()["retry-after"], "120");
+    assert_eq!(upstream.request_count(), 1);
+
+    // A Retry-After in the HTTP-date form is not read: the backoff alone decides.
+    let dated = refusing(&[("retry-after", "Fri, 31 Dec 2100 23:59:59 GMT")]).await;
+    let proxy = simple(
+        &[dated.addr()],
+        "timeout = \"2s\"\n[routes.retry]\nattempts = 3",
+        NO_BREAKER,
+    )
+    .await;
+    assert_eq!(
+        get(&proxy, "/").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(dated.request_count(), 3);
 }
 
 #[tokio::test]

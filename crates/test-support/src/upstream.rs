@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -70,6 +70,14 @@ pub enum Behavior {
         every: Duration,
         /// How many pieces the body has.
         chunks: u32,
+    },
+    /// Answer at once with this status and these header lines (in place of any default of the
+    /// same name), and an empty body: a `Retry-After`, or a gRPC trailers-only answer.
+    Headed {
+        /// The response status.
+        status: StatusCode,
+        /// The header lines, in order.
+        headers: Vec<(HeaderName, HeaderValue)>,
     },
     /// Answer 200 with what was received, as JSON: method, path (with query), version,
     /// headers (pairs, in order) and body (lossy UTF-8). The method and path are also in the
@@ -195,6 +203,16 @@ impl Behavior {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 response
             }
+            Behavior::Headed { status, headers } => {
+                let mut response = respond(status, Bytes::new());
+                for (name, _) in &headers {
+                    response.headers_mut().remove(name);
+                }
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value);
+                }
+                response
+            }
             Behavior::Echo => echo(request),
         }
     }
@@ -225,6 +243,15 @@ impl fmt::Display for Behavior {
                 every.as_millis(),
                 String::from_utf8_lossy(chunk)
             ),
+            Behavior::Headed { status, headers } => {
+                write!(f, "headed:{}:", status.as_u16())?;
+                for (i, (name, value)) in headers.iter().enumerate() {
+                    let separator = if i == 0 { "" } else { ";" };
+                    let value = String::from_utf8_lossy(value.as_bytes());
+                    write!(f, "{separator}{name}={value}")?;
+                }
+                Ok(())
+            }
             Behavior::Echo => f.write_str("echo"),
         }
     }
@@ -248,7 +275,7 @@ impl ParseBehaviorError {
         ParseBehaviorError {
             message,
             expected: "ok, ok:STATUS:BODY, fail:STATUS, slow:MILLIS, hang, reset, \
-                       slow-body:EVERY_MILLIS:CHUNKS:CHUNK, echo",
+                       slow-body:EVERY_MILLIS:CHUNKS:CHUNK, headed:STATUS:NAME=VALUE;..., echo",
         }
     }
 
@@ -300,6 +327,28 @@ impl FromStr for Behavior {
                     every: Duration::from_millis(number(every)?),
                     chunks: u32::try_from(number(chunks)?)
                         .map_err(|_| ParseBehaviorError::http(format!("`{chunks}` is too many")))?,
+                })
+            }
+            ("headed", rest) => {
+                let (code, lines) = rest.split_once(':').unwrap_or((rest, ""));
+                let headers = lines
+                    .split(';')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| {
+                        let parsed = line.split_once('=').and_then(|(name, value)| {
+                            Some((
+                                HeaderName::from_str(name).ok()?,
+                                HeaderValue::from_str(value).ok()?,
+                            ))
+                        });
+                        parsed.ok_or_else(|| {
+                            ParseBehaviorError::http(format!("`{line}` is not NAME=VALUE"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Behavior::Headed {
+                    status: status(code)?,
+                    headers,
                 })
             }
             ("echo", "") => Ok(Behavior::Echo),
@@ -549,6 +598,19 @@ mod tests {
                 chunk: Bytes::from_static(b"a:b"),
                 every: Duration::from_millis(40),
                 chunks: 5,
+            },
+            Behavior::Headed {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                headers: vec![
+                    (
+                        HeaderName::from_static("retry-after"),
+                        HeaderValue::from_static("1"),
+                    ),
+                    (
+                        HeaderName::from_static("x-two"),
+                        HeaderValue::from_static("a:b"),
+                    ),
+                ],
             },
             Behavior::Echo,
         ];
