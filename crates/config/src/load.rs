@@ -1840,6 +1840,16 @@ mod tests {
             summary.contains("nats nats://***@a:4222,nats://b:4222 stream RAMPART_OUTBOX"),
             "{summary}"
         );
+
+        // Only the first server must name its scheme; a password may hold an `@`.
+        let c = ok("[outbox]\nstore = \"nats\"\n\
+                    nats = { url = \"nats://a:4222,svc:s3cret@b:4222,tls://svc:s3@cret@c:4222/x\" }\n");
+        let summary = c.summary().to_string();
+        assert!(!summary.contains("s3"), "{summary}");
+        assert!(
+            summary.contains("nats nats://a:4222,***@b:4222,tls://***@c:4222/x stream"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -87,15 +87,21 @@ impl Display for Summary<'_> {
     }
 }
 
-/// A NATS URL (one server or several, comma-separated) with each server's credentials shown
-/// as `***`: what is printed of it.
+/// A NATS URL (one server or several, comma-separated) with each server's credentials (what
+/// comes before the last `@` of its address, a scheme or not) shown as `***`: what is printed of
+/// it. The outbox's NATS store redacts its errors the same way (`rampart-outbox`, nats/url.rs).
 fn redacted(url: &str) -> String {
     url.split(',')
-        .map(|server| match (server.find("://"), server.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &server[..scheme + 3], &server[at..])
+        .map(|server| {
+            let (scheme, rest) = match server.split_once("://") {
+                Some((scheme, rest)) => (&server[..scheme.len() + 3], rest),
+                None => ("", server),
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}***{}", &rest[at..]),
+                None => server.to_owned(),
             }
-            _ => server.to_owned(),
         })
         .collect::<Vec<_>>()
         .join(",")
