@@ -319,12 +319,16 @@ impl Stack {
             };
             let mut delay = delays.as_mut().and_then(Iterator::next).unwrap_or_default();
             // The upstream's own word on coming back: never sooner than it asked, and not at all
-            // when it says so.
+            // when it says so. Nor when it asks for longer than the backoff ever waits: the
+            // client gets the answer at once, Retry-After included, rather than a wait it did
+            // not choose.
             if let Last::Response(response) = &last {
                 match retry_hint(response.headers(), grpc) {
                     RetryHint::None => {}
-                    RetryHint::After(hint) => delay = delay.max(hint),
-                    RetryHint::Never => return last.into_result(),
+                    RetryHint::After(hint) if hint <= retry.backoff().max() => {
+                        delay = delay.max(hint);
+                    }
+                    RetryHint::After(_) | RetryHint::Never => return last.into_result(),
                 }
             }
             // A retry that cannot start before the deadline would only turn the answer into a

@@ -288,8 +288,15 @@ async fn a_call_failing_with_unavailable_is_retried_on_the_other_endpoint() {
 
 #[tokio::test]
 async fn the_servers_pushback_delays_or_stops_the_retries() {
-    // (grpc-retry-pushback-ms, calls the upstream sees, the least wait between the first two)
-    for (pushback, calls, gap) in [("-1", 1, 0), ("soon", 1, 0), ("0", 3, 0), ("300", 2, 300)] {
+    // (grpc-retry-pushback-ms, calls the upstream sees, the least wait between the first two);
+    // the backoff waits at most 1 s, so a longer pushback is not waited.
+    for (pushback, calls, gap) in [
+        ("-1", 1, 0),
+        ("soon", 1, 0),
+        ("0", 3, 0),
+        ("300", 2, 300),
+        ("5000", 1, 0),
+    ] {
         // A trailers-only UNAVAILABLE answer carrying the pushback.
         let upstream = Upstream::start(Behavior::Headed {
             status: http::StatusCode::OK,
@@ -309,7 +316,7 @@ async fn the_servers_pushback_delays_or_stops_the_retries() {
             &[upstream.addr()],
             &format!(
                 "[routes.retry]\nattempts = {attempts}\non = [\"grpc-unavailable\"]\n\
-                 backoff = {{ base = \"1ms\", max = \"1ms\" }}"
+                 backoff = {{ base = \"1ms\", max = \"1s\" }}"
             ),
             "[upstreams.app.breaker]\nenabled = false",
         )

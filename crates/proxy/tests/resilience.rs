@@ -222,7 +222,7 @@ async fn a_retry_waits_at_least_the_upstreams_retry_after() {
     let upstream = refusing(&[("retry-after", "1")]).await;
     let proxy = simple(
         &[upstream.addr()],
-        "timeout = \"10s\"\n[routes.retry]\nattempts = 2\nbackoff = { base = \"1ms\", max = \"1ms\" }",
+        "timeout = \"10s\"\n[routes.retry]\nattempts = 2\nbackoff = { base = \"1ms\", max = \"2s\" }",
         NO_BREAKER,
     )
     .await;
@@ -237,20 +237,25 @@ async fn a_retry_waits_at_least_the_upstreams_retry_after() {
 }
 
 #[tokio::test]
-async fn a_retry_after_past_the_deadline_hands_back_the_upstreams_answer_at_once() {
-    let upstream = refusing(&[("retry-after", "120")]).await;
-    let proxy = simple(
-        &[upstream.addr()],
-        "timeout = \"2s\"\n[routes.retry]\nattempts = 3",
-        NO_BREAKER,
-    )
-    .await;
+async fn a_retry_after_past_the_backoffs_cap_or_the_deadline_hands_back_the_answer_at_once() {
+    // (Retry-After, route lines): longer than the backoff ever waits (1 s by default), and
+    // within the backoff's cap but past the deadline.
+    for (asked, route) in [
+        ("120", "timeout = \"60s\"\n[routes.retry]\nattempts = 3"),
+        (
+            "3",
+            "timeout = \"2s\"\n[routes.retry]\nattempts = 3\nbackoff = { base = \"1ms\", max = \"5s\" }",
+        ),
+    ] {
+        let upstream = refusing(&[("retry-after", asked)]).await;
+        let proxy = simple(&[upstream.addr()], route, NO_BREAKER).await;
 
-    let response = get(&proxy, "/").await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(error_of(&response), None, "the upstream's own 503");
-    assert_eq!(response.headers()["retry-after"], "120");
-    assert_eq!(upstream.request_count(), 1);
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_of(&response), None, "the upstream's own 503");
+        assert_eq!(response.headers()["retry-after"], asked);
+        assert_eq!(upstream.request_count(), 1, "Retry-After: {asked}");
+    }
 
     // A Retry-After in the HTTP-date form is not read: the backoff alone decides.
     let dated = refusing(&[("retry-after", "Fri, 31 Dec 2100 23:59:59 GMT")]).await;
