@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::header::{ALLOW, CONNECTION, HOST, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
@@ -174,7 +174,8 @@ fn kind_of(reason: Reason) -> Kind {
 // records breaking either goes in the request's extensions, for the stack.
 fn client_body(body: Incoming, limits: Limits, parts: &mut Parts) -> RequestBody {
     if body.is_end_stream() {
-        return body.map_err(BoxError::from).boxed_unsync();
+        // Nothing to read (a GET, most often): a body of nothing, which boxes without allocating.
+        return Empty::new().map_err(|never| match never {}).boxed_unsync();
     }
     let fault = BodyFault::default();
     parts.extensions.insert(fault.clone());
