@@ -739,20 +739,21 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             cx.conflict(&t, "name", message);
         }
         // Port 0 is the kernel's choice: two sockets asking for it never get the same port.
-        let fixed = l.listen.port() != 0;
-        if let Some(first) = out.iter().find(|o| fixed && o.listen == l.listen) {
-            let message = format!(
-                "listener \"{}\" already listens on {}",
-                first.name, l.listen
-            );
-            cx.conflict(&t, "listen", message);
-        }
-        if fixed && l.listen == admin.listen {
-            cx.conflict(
-                &t,
-                "listen",
-                "the admin API already listens on this address",
-            );
+        if l.listen.port() != 0 {
+            if let Some(first) = out.iter().find(|o| o.listen == l.listen) {
+                let message = format!(
+                    "listener \"{}\" already listens on {}",
+                    first.name, l.listen
+                );
+                cx.conflict(&t, "listen", message);
+            }
+            if l.listen == admin.listen {
+                cx.conflict(
+                    &t,
+                    "listen",
+                    "the admin API already listens on this address",
+                );
+            }
         }
         out.push(l);
     }
@@ -1832,24 +1833,24 @@ mod tests {
 
     #[test]
     fn the_summary_hides_the_credentials_of_a_nats_url() {
-        let c = ok("[outbox]\nstore = \"nats\"\n\
-                    nats = { url = \"nats://svc:s3cret@a:4222,nats://b:4222\" }\n");
-        let summary = c.summary().to_string();
-        assert!(!summary.contains("s3cret"), "{summary}");
-        assert!(
-            summary.contains("nats nats://***@a:4222,nats://b:4222 stream RAMPART_OUTBOX"),
-            "{summary}"
-        );
-
-        // Only the first server must name its scheme; a password may hold an `@`.
-        let c = ok("[outbox]\nstore = \"nats\"\n\
-                    nats = { url = \"nats://a:4222,svc:s3cret@b:4222,tls://svc:s3@cret@c:4222/x\" }\n");
-        let summary = c.summary().to_string();
-        assert!(!summary.contains("s3"), "{summary}");
-        assert!(
-            summary.contains("nats nats://a:4222,***@b:4222,tls://***@c:4222/x stream"),
-            "{summary}"
-        );
+        // (URL, as shown): only the first server must name its scheme; a password may hold `@`.
+        for (url, shown) in [
+            (
+                "nats://svc:s3cret@a:4222,nats://b:4222",
+                "nats nats://***@a:4222,nats://b:4222 stream RAMPART_OUTBOX",
+            ),
+            (
+                "nats://a:4222,svc:s3cret@b:4222,tls://svc:s3@cret@c:4222/x",
+                "nats nats://a:4222,***@b:4222,tls://***@c:4222/x stream RAMPART_OUTBOX",
+            ),
+        ] {
+            let c = ok(&format!(
+                "[outbox]\nstore = \"nats\"\nnats = {{ url = \"{url}\" }}\n"
+            ));
+            let summary = c.summary().to_string();
+            assert!(!summary.contains("s3"), "{summary}");
+            assert!(summary.contains(shown), "{summary}");
+        }
     }
 
     #[test]
