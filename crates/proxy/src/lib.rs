@@ -130,6 +130,7 @@ mod limits;
 mod listener;
 mod metrics;
 mod outbox;
+mod pacemaker;
 mod recent;
 mod reload;
 mod retry;
@@ -314,6 +315,7 @@ impl Proxy {
                 listener::Serve::new(listener, routes, metrics, config.runtime.drain_timeout);
             tasks.push(tokio::spawn(serve.run(tcp, stop.subscribe())));
         }
+        tokio::spawn(pacemaker::run(stop.subscribe()));
         Ok(Proxy {
             listeners,
             live: Arc::new(Mutex::new(live)),
