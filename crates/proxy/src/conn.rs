@@ -42,6 +42,14 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// default, likewise).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// The most response data an HTTP/2 stream holds for a client that is slow to take it (hyper's
+/// default is about 400 KiB). A client that opens its streams with the largest windows and then
+/// reads nothing leaves every stream's buffer full until `body_idle_timeout`: with the upstream's
+/// read buffer bounded too (`connections::MAX_READ_BUF`), 20 such clients of 4 streams each
+/// and 20 HTTP/1.1 ones took rampart to 51 MiB instead of 158 (`tests/abuse.rs`). A fast client
+/// loses little: 4 MiB answers over h2c, 16 streams, 1.6 to 1.8 GiB/s instead of 1.9.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+
 /// The first pause before looking again at a connection whose first bytes are the start of the
 /// preface, and the longest: a client sending its first bytes one at a time is rare, and must not
 /// cost a wake-up every millisecond.
@@ -82,6 +90,7 @@ impl Builders {
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(listener.h2_max_concurrent_streams)
+            .max_send_buf_size(H2_MAX_SEND_BUF)
             // HTTP/2 rapid reset (CVE-2023-44487): a stream the client resets before it was taken
             // up still waits in hyper's accept queue. Past this many on a connection, GOAWAY
             // ENHANCE_YOUR_CALM; without a bound the queue grows as fast as the client writes.

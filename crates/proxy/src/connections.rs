@@ -42,6 +42,15 @@ use crate::dns::Connector;
 /// How long a connection may wait idle before it is closed rather than reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The largest read an HTTP/1.1 connection to an upstream makes (hyper's default is about
+/// 400 KiB). hyper grows its reads while they come back full, and each read becomes one chunk of
+/// the response body: behind a client slow to take a large answer, chunks that size wait in the
+/// client's buffers. Bounded here, such a client costs rampart a quarter of the memory
+/// (`conn::H2_MAX_SEND_BUF` has the figures). It bounds the response head too: one under 64 KiB
+/// always fits, one over 128 KiB never does (502 `upstream-invalid`), as nginx (4 KiB by default)
+/// and HAProxy (16 KiB) bound theirs.
+const MAX_READ_BUF: usize = 64 * 1024;
+
 /// The connections to one endpoint.
 pub(crate) struct Connections {
     /// `http://authority/`, what the connector is asked for.
@@ -165,7 +174,11 @@ impl Connections {
     // would make every exchange's future that large, copied on every request.
     async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
         let io = self.connect().await?;
-        let (mut sender, connection) = http1::handshake(io).await.map_err(SendError::Exchange)?;
+        let (mut sender, connection) = http1::Builder::new()
+            .max_buf_size(MAX_READ_BUF)
+            .handshake(io)
+            .await
+            .map_err(SendError::Exchange)?;
         tokio::spawn(async move {
             // The connection's end is the exchange's to report; nothing is left to do here.
             let _ = connection.with_upgrades().await;

@@ -1,5 +1,6 @@
 //! `max_headers`: a request head with more header lines than the listener allows gets 431 and
 //! goes nowhere; one at the limit is forwarded. Both at the default and at a value of its own.
+//! And the bound on an upstream's response head, which follows from the size of its reads.
 
 mod common;
 
@@ -46,4 +47,45 @@ async fn a_listener_may_allow_fewer() {
 #[tokio::test]
 async fn a_listener_may_allow_more() {
     limit_holds("max_headers = 150", 150).await;
+}
+
+/// An upstream answer whose head carries one header of `bytes` bytes.
+fn headed(bytes: usize) -> Behavior {
+    Behavior::Headed {
+        status: http::StatusCode::OK,
+        headers: vec![(
+            http::HeaderName::from_static("x-large"),
+            http::HeaderValue::from_str(&"v".repeat(bytes)).unwrap(),
+        )],
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_head_under_64_kib_is_forwarded_and_one_over_128_kib_is_a_bad_gateway() {
+    // The upstream's head is read into a buffer of at most 64 KiB before it is parsed again: a
+    // head under that always fits; a larger one may fit when one read completes it, and one
+    // over twice that never does. Under the bound with room for the status line and the
+    // upstream's other headers:
+    let upstream = Upstream::start(headed(60 * 1024)).await.unwrap();
+    let proxy = with_listener("", upstream.addr()).await;
+    let fits = raw(addr(&proxy), &request_with(2)).await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{}", &fits[..80]);
+    assert!(
+        fits.contains(&"v".repeat(60 * 1024)),
+        "the large header is forwarded whole"
+    );
+
+    let upstream = Upstream::start(headed(130 * 1024)).await.unwrap();
+    let proxy = with_listener("", upstream.addr()).await;
+    let over = raw(addr(&proxy), &request_with(2)).await;
+    assert!(
+        over.starts_with("HTTP/1.1 502"),
+        "{}",
+        &over[..over.len().min(200)]
+    );
+    assert!(
+        over.to_ascii_lowercase()
+            .contains("x-rampart-error: upstream-invalid"),
+        "{over}"
+    );
 }
