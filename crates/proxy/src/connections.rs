@@ -176,6 +176,8 @@ impl Connections {
         let io = self.connect().await?;
         let (mut sender, connection) = http1::Builder::new()
             .max_buf_size(MAX_READ_BUF)
+            // send(2) of one buffer rather than writev(2): as the listener does (`conn`).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(SendError::Exchange)?;
