@@ -47,7 +47,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// reads nothing leaves every stream's buffer full until `body_idle_timeout`: with the upstream's
 /// read buffer bounded too (`connections::MAX_READ_BUF`), 20 such clients of 4 streams each
 /// and 20 HTTP/1.1 ones took rampart to 51 MiB instead of 158 (`tests/abuse.rs`). A fast client
-/// loses little: 4 MiB answers over h2c, 16 streams, 1.6 to 1.8 GiB/s instead of 1.9.
+/// loses little: 4 MiB answers over h2c, 16 streams, 1.5 to 1.8 GiB/s instead of 1.9.
 const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
 /// The first pause before looking again at a connection whose first bytes are the start of the
