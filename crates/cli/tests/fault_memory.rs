@@ -194,10 +194,10 @@ struct Setup {
     _storm: (Upstream, GrpcUpstream),
 }
 
-async fn setup(listen: SocketAddr) -> Setup {
-    let mut config = format!(
-        "[runtime]\nworker_threads = 2\n\n[[listeners]]\nlisten = \"{listen}\"\n\
-         max_connections = 1000\n"
+async fn setup() -> Setup {
+    let mut config = String::from(
+        "[runtime]\nworker_threads = 2\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+         max_connections = 1000\n",
     );
     let mut cells = Vec::new();
     let mut misbehaving = Vec::new();
@@ -334,11 +334,12 @@ fn rss(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_every_upstream_fault() {
-    let listen = free_addr();
-    let setup = setup(listen).await;
+    // The listener takes a port of the kernel's choice, read back from the log: a port picked
+    // free beforehand could be taken by one of the upstreams `setup` binds meanwhile.
+    let setup = setup().await;
     let config = TempConfig::new("fault-memory", &setup.config);
     let mut rampart = Rampart::run(&[], &config.0);
-    rampart.listening();
+    let listen: SocketAddr = rampart.listening().parse().unwrap();
     let pid = rampart.pid();
 
     // The first round warms the pools, the allocator's arenas and the lazily made state.
