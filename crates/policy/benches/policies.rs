@@ -73,6 +73,11 @@ impl std::fmt::Display for Failed {
 impl std::error::Error for Failed {}
 
 /// One `ready` then one `call` on a tower service, as a caller owning the service does per request.
+///
+/// Inlined into every bench loop, so that each contender is measured the same way: LLVM inlines
+/// a function called from one place whatever its size, and one called from several (a contender
+/// with several benches of the same service type) only when it is small.
+#[inline(always)]
 fn ready_call<S: Service<()>>(svc: &mut S) -> Result<S::Response, S::Error> {
     let svc = complete!(svc.ready())?;
     complete!(svc.call(()))

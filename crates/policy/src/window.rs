@@ -109,19 +109,14 @@ impl<const K: usize> Window<K> {
         self.slot(counter).fetch_add(1, Relaxed);
     }
 
-    /// Adds `n` to counter `counter` at the current time.
-    pub(crate) fn add(&self, counter: usize, n: u64) {
-        self.slot(counter).fetch_add(n, Relaxed);
-    }
-
-    /// Adds one to counter `counter` with a plain load and store instead of a locked add: a count
+    /// Adds `n` to counter `counter` with a plain load and store instead of a locked add: a count
     /// is lost when two threads sharing a stripe add in the same few nanoseconds. For counts whose
     /// loss errs on the safe side only (a retry budget's deposits: a lost one allows fewer
     /// retries, never more), on paths where the locked add would be most of the cost.
     #[inline]
-    pub(crate) fn record_lossy(&self, counter: usize) {
+    pub(crate) fn add_lossy(&self, counter: usize, n: u64) {
         let count = self.slot(counter);
-        count.store(count.load(Relaxed).wrapping_add(1), Relaxed);
+        count.store(count.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     /// This thread's counter `counter` for the current time.

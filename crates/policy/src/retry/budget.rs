@@ -106,13 +106,14 @@ impl Budget {
     /// Counts a request: a call's first attempt. Retry policies do this themselves.
     #[inline]
     pub fn deposit(&self) {
-        // Lossy under a rare race, which only ever makes the budget stricter: see `record_lossy`.
-        self.shared.window.record_lossy(REQUESTS);
+        // Lossy under a rare race, which only ever makes the budget stricter: see `add_lossy`.
+        self.shared.window.add_lossy(REQUESTS, 1);
     }
 
-    /// Counts `n` requests at once, as a service that counted them itself does.
+    /// Counts `n` requests at once, as a service that counted them itself does; lossy under the
+    /// same rare race as [`Budget::deposit`].
     pub fn deposit_many(&self, n: u32) {
-        self.shared.window.add(REQUESTS, u64::from(n));
+        self.shared.window.add_lossy(REQUESTS, u64::from(n));
     }
 
     /// Takes one retry from the budget: `true` if the retry may go ahead, and then it is counted.

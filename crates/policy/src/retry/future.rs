@@ -10,51 +10,87 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::{CloneRequest, Next, RetryClassify, Ticket};
-use crate::error::BoxError;
+use super::{CloneRequest, Found, Next, RetryClassify, Ticket};
+
+/// What a call resolves to: its service's result, as the kept attempt returned it.
+type CallResult<S, Req> = Result<<S as Service<Req>>::Response, <S as Service<Req>>::Error>;
 
 pin_project! {
-    /// The response future of [`RetryService`](super::RetryService): the current attempt, the
-    /// backoff sleep or the wait for the service to be ready, until a result is kept.
+    /// The response future of [`RetryService`](super::RetryService): the first attempt, then,
+    /// only if it is to be retried, the attempts after it.
     pub struct ResponseFuture<S, Req, C, R>
     where
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
-        // Only for a call that may be retried: one that may not carries no copy, no service
-        // and no policy.
-        retrying: Option<Retrying<S, Req, C, R>>,
+        state: State<S::Future, Retrying<S, Req, C, R>, Retries<S, Req, C, R>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, First, Then> {
+        // The first attempt is under way. `retrying` is what a retry would need: `None` for a
+        // call that may not be retried, which carries no copy, no service and no policy.
+        First {
+            #[pin]
+            future: F,
+            retrying: Option<First>,
+        },
+        // The attempts after the first, boxed: a call whose first attempt is kept, the common
+        // case, then owns nothing to free, and no pointer to its future escapes to code out of
+        // line, so that its path from call to result compiles to a few tests on registers.
+        Retries {
+            retries: Pin<Box<Then>>,
+        },
+    }
+}
+
+/// What a call that may be retried needs for its first retry.
+struct Retrying<S, Req, C, R> {
+    service: S,
+    ticket: Ticket<C>,
+    cloner: R,
+    /// The copy of the request the first retry sends.
+    request: Req,
+}
+
+pin_project! {
+    /// A call from its first retry on.
+    struct Retries<S, Req, C, R>
+    where
+        S: Service<Req>,
+    {
+        service: S,
+        ticket: Ticket<C>,
+        found: Found,
+        cloner: R,
+        // The next attempt's request; `None` once no copy could be made, and then no retry
+        // follows.
+        request: Option<Req>,
+        // The attempt under way, or the last one made while backing off.
+        attempt: u32,
+        #[pin]
+        phase: Phase<S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase<F> {
+        // Backing off.
+        Sleeping {
+            #[pin]
+            sleep: Sleep,
+        },
+        // Waiting for the service to be ready for the next attempt.
+        PollReady,
         // An attempt is under way.
         Called {
             #[pin]
             future: F,
         },
-        // Backing off. Boxed because a timer is large and only retries need one: the future of
-        // a call that succeeds at once stays small.
-        Sleeping {
-            sleep: Pin<Box<Sleep>>,
-        },
-        // Waiting for the service to be ready for the next attempt.
-        PollReady,
     }
-}
-
-/// What a call that may be retried needs for its next attempt.
-struct Retrying<S, Req, C, R> {
-    service: S,
-    policy: Ticket<C>,
-    cloner: R,
-    /// The next attempt's request; `None` once no copy could be made, and then no retry follows.
-    request: Option<Req>,
-    /// The attempt under way, from 1.
-    attempt: u32,
 }
 
 // === impl ResponseFuture ===
@@ -67,29 +103,32 @@ where
     #[inline]
     pub(crate) fn once(future: S::Future) -> Self {
         ResponseFuture {
-            state: State::Called { future },
-            retrying: None,
+            state: State::First {
+                future,
+                retrying: None,
+            },
         }
     }
 
-    /// A call that may be retried with `request`, on `service`, by `policy`.
+    /// A call that may be retried with `request`, on `service`, by `ticket`.
     #[inline]
     pub(crate) fn retrying(
         future: S::Future,
         request: Req,
         service: S,
-        policy: Ticket<C>,
+        ticket: Ticket<C>,
         cloner: R,
     ) -> Self {
         ResponseFuture {
-            state: State::Called { future },
-            retrying: Some(Retrying {
-                service,
-                policy,
-                cloner,
-                request: Some(request),
-                attempt: 1,
-            }),
+            state: State::First {
+                future,
+                retrying: Some(Retrying {
+                    service,
+                    ticket,
+                    cloner,
+                    request,
+                }),
+            },
         }
     }
 }
@@ -97,114 +136,155 @@ where
 impl<S, Req, C, R> Future for ResponseFuture<S, Req, C, R>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
     C: RetryClassify<S::Response, S::Error>,
     R: CloneRequest<Req>,
 {
-    type Output = Result<S::Response, BoxError>;
+    type Output = Result<S::Response, S::Error>;
 
     #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The common case, kept small so that it inlines: an attempt whose result is kept.
-        let mut this = self.as_mut().project();
-        if let StateProj::Called { future } = this.state.as_mut().project() {
-            let result = ready!(future.poll(cx));
-            if let Some(kept) = settle(result, this.retrying, this.state) {
-                return Poll::Ready(kept.map_err(Into::into));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        let (future, retrying) = match state.as_mut().project() {
+            StateProj::First { future, retrying } => (future, retrying),
+            StateProj::Retries { retries } => return retries.as_mut().poll(cx),
+        };
+        let result = ready!(future.poll(cx));
+        // Each way of keeping the result returns at once, so that the common one compiles to a
+        // couple of tests.
+        let Some(hint) = retrying.as_ref().and_then(|r| r.ticket.wants(&result, 1)) else {
+            return Poll::Ready(result);
+        };
+        let retrying = retrying
+            .take()
+            .expect("a retry is wanted only of a call that may be");
+        match Retries::start(retrying, result, hint, cx) {
+            Ok(retries) => {
+                state.set(State::Retries { retries });
+                Poll::Pending
             }
+            Err(output) => Poll::Ready(output),
         }
-        self.poll_retry(cx)
     }
 }
 
-impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
+// === impl Retries ===
+
+impl<S, Req, C, R> Retries<S, Req, C, R>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+{
+    /// The retries of a call whose first attempt ended in `result` and wants another after at
+    /// least `hint`: `Err` with the call's output once it is known (the policy, gone, or its
+    /// budget refused the retry, or the retries ended at once), else the retries under way.
+    ///
+    /// Out of line and given its inputs by value, so that the first attempt's path keeps the
+    /// future out of memory and stays small enough to inline into its caller.
+    #[cold]
+    #[inline(never)]
+    fn start(
+        retrying: Retrying<S, Req, C, R>,
+        result: Result<S::Response, S::Error>,
+        hint: Duration,
+        cx: &mut Context<'_>,
+    ) -> Result<Pin<Box<Self>>, CallResult<S, Req>>
+    where
+        C: RetryClassify<S::Response, S::Error>,
+        R: CloneRequest<Req>,
+    {
+        let Retrying {
+            service,
+            ticket,
+            cloner,
+            request,
+        } = retrying;
+        let Some(mut found) = ticket.find() else {
+            return Err(result);
+        };
+        let Next::Wait(wait) = found.retry(hint) else {
+            return Err(result);
+        };
+        // A failed response may hold a connection or a buffer: let it go before backing off.
+        drop(result);
+        let mut retries = Box::pin(Retries {
+            service,
+            ticket,
+            found,
+            cloner,
+            request: Some(request),
+            attempt: 1,
+            phase: Phase::after(wait),
+        });
+        match retries.as_mut().poll(cx) {
+            Poll::Ready(output) => Err(output),
+            Poll::Pending => Ok(retries),
+        }
+    }
+}
+
+impl<S, Req, C, R> Future for Retries<S, Req, C, R>
+where
+    S: Service<Req>,
     C: RetryClassify<S::Response, S::Error>,
     R: CloneRequest<Req>,
 {
-    /// Backing off, waiting for the service, and the attempts after the first.
-    #[cold]
-    fn poll_retry(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<S::Response, BoxError>> {
+    type Output = Result<S::Response, S::Error>;
+
+    // Out of line: a call that is retried has time to spare, and the first attempt's path,
+    // which calls this, stays small enough to inline into its caller.
+    #[inline(never)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Called { future } => {
-                    let result = ready!(future.poll(cx));
-                    if let Some(kept) = settle(result, this.retrying, this.state.as_mut()) {
-                        return Poll::Ready(kept.map_err(Into::into));
-                    }
+            match this.phase.as_mut().project() {
+                PhaseProj::Sleeping { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.phase.set(Phase::PollReady);
                 }
-                StateProj::Sleeping { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::PollReady);
-                }
-                StateProj::PollReady => {
-                    let r = this
-                        .retrying
-                        .as_mut()
-                        .expect("only a call that may be retried backs off");
-                    if let Err(err) = ready!(r.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(err.into()));
+                PhaseProj::PollReady => {
+                    if let Err(err) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(err));
                     }
-                    let request = r
+                    let request = this
                         .request
                         .take()
                         .expect("a retry is decided only with a copy in hand");
-                    r.attempt += 1;
-                    if r.attempt < r.policy.attempts() {
-                        r.request = r.cloner.clone_request(&request);
+                    *this.attempt += 1;
+                    if *this.attempt < this.ticket.attempts() {
+                        *this.request = this.cloner.clone_request(&request);
                     }
-                    let future = r.service.call(request);
-                    this.state.set(State::Called { future });
+                    let future = this.service.call(request);
+                    this.phase.set(Phase::Called { future });
+                }
+                PhaseProj::Called { future } => {
+                    let result = ready!(future.poll(cx));
+                    let hint = match this.request {
+                        Some(_) => this.ticket.wants(&result, *this.attempt),
+                        None => None,
+                    };
+                    let next = hint.map_or(Next::Done, |hint| this.found.retry(hint));
+                    let Next::Wait(wait) = next else {
+                        return Poll::Ready(result);
+                    };
+                    drop(result);
+                    this.phase.set(Phase::after(wait));
                 }
             }
         }
     }
 }
 
-/// Decides what follows a finished attempt: `Some(result)` to keep it, or `None` once `state`
-/// has moved on to the retry.
-#[inline]
-fn settle<S, Req, C, R>(
-    result: Result<S::Response, S::Error>,
-    retrying: &mut Option<Retrying<S, Req, C, R>>,
-    state: Pin<&mut State<S::Future>>,
-) -> Option<Result<S::Response, S::Error>>
-where
-    S: Service<Req>,
-    C: RetryClassify<S::Response, S::Error>,
-{
-    // Each way of keeping the result returns at once, so that the common one compiles to a
-    // couple of tests.
-    let Some(r) = retrying else {
-        return Some(result);
-    };
-    if r.request.is_none() {
-        return Some(result);
-    }
-    let Next::Wait(wait) = r.policy.next(&result, r.attempt) else {
-        return Some(result);
-    };
-    // A failed response may hold a connection or a buffer: let it go before backing off.
-    drop(result);
-    back_off(wait, state);
-    None
-}
+// === impl Phase ===
 
-/// Moves `state` on to waiting `wait` before the next attempt.
-#[cold]
-#[inline(never)]
-fn back_off<F>(wait: Duration, mut state: Pin<&mut State<F>>) {
-    if wait.is_zero() {
-        state.set(State::PollReady);
-    } else {
-        let sleep = Box::pin(tokio::time::sleep(wait));
-        state.set(State::Sleeping { sleep });
+impl<F> Phase<F> {
+    /// Waiting `wait` before the next attempt.
+    fn after(wait: Duration) -> Phase<F> {
+        if wait.is_zero() {
+            Phase::PollReady
+        } else {
+            Phase::Sleeping {
+                sleep: tokio::time::sleep(wait),
+            }
+        }
     }
 }
 
@@ -213,14 +293,20 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Called { .. } => "called",
-            State::Sleeping { .. } => "sleeping",
-            State::PollReady => "waiting for the service",
+        let (state, attempt) = match &self.state {
+            State::First { .. } => ("called", 1),
+            State::Retries { retries } => {
+                let phase = match &retries.phase {
+                    Phase::Called { .. } => "called",
+                    Phase::Sleeping { .. } => "sleeping",
+                    Phase::PollReady => "waiting for the service",
+                };
+                (phase, retries.attempt)
+            }
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("attempt", &self.retrying.as_ref().map_or(1, |r| r.attempt))
+            .field("attempt", &attempt)
             .finish_non_exhaustive()
     }
 }

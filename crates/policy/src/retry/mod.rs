@@ -68,7 +68,8 @@
 //!
 //! A call that succeeds at once pays one budget deposit (a few nanoseconds, no clock read of its
 //! own) and one classification; no allocation. The tower service also copies the request and
-//! clones the service into the response future, but only when a retry could follow. The future
+//! clones the service into the response future, but only when a retry could follow; a call that
+//! is retried allocates once, at its first retry, for the state of the attempts after. The future
 //! holds no reference count of the policy: it finds the policy by a key when an attempt fails,
 //! so a call still in flight when every handle of its policy is dropped is not retried.
 
@@ -80,8 +81,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower_service::Service;
-
-use crate::error::BoxError;
 
 mod backoff;
 mod budget;
@@ -363,7 +362,6 @@ impl<C> Retry<C> {
             key: self.shared.key,
             attempts: self.shared.config.attempts,
             classify: self.classify.clone(),
-            found: None,
         }
     }
 }
@@ -395,12 +393,10 @@ pub(crate) struct Ticket<C> {
     key: Key,
     attempts: u32,
     classify: C,
-    /// Found on the first failure, then held until the call ends.
-    found: Option<Found>,
 }
 
 /// What a call needs from its first failure on.
-struct Found {
+pub(crate) struct Found {
     shared: Arc<Shared>,
     backoff: BackoffState,
 }
@@ -416,7 +412,6 @@ impl<C> Ticket<C> {
             key: self.key,
             attempts: self.attempts,
             classify: self.classify.clone(),
-            found: None,
         }
     }
 
@@ -426,34 +421,30 @@ impl<C> Ticket<C> {
         self.attempts
     }
 
-    /// What follows attempt number `attempt` (from 1), which ended in `result`. A policy no
-    /// longer alive retries nothing.
+    /// Whether attempt number `attempt` (from 1), which ended in `result`, calls for another:
+    /// `None` to keep its result, else the least wait before it.
     #[inline]
-    pub(crate) fn next<T, E>(&mut self, result: &Result<T, E>, attempt: u32) -> Next
+    pub(crate) fn wants<T, E>(&self, result: &Result<T, E>, attempt: u32) -> Option<Duration>
     where
         C: RetryClassify<T, E>,
     {
-        match wanted(self.attempts, &self.classify, result, attempt) {
-            Some(hint) => self.retry(hint),
-            None => Next::Done,
-        }
+        wanted(self.attempts, &self.classify, result, attempt)
     }
 
+    /// The policy, for a call's first retry; `None` once it is no longer alive, and then the
+    /// call retries nothing.
+    pub(crate) fn find(&self) -> Option<Found> {
+        POLICIES.get(self.key).map(|shared| Found {
+            shared,
+            backoff: BackoffState::new(),
+        })
+    }
+}
+
+impl Found {
     /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused.
-    #[cold]
-    #[inline(never)]
-    fn retry(&mut self, hint: Duration) -> Next {
-        let found = match &mut self.found {
-            Some(found) => found,
-            empty => match POLICIES.get(self.key) {
-                Some(shared) => empty.insert(Found {
-                    shared,
-                    backoff: BackoffState::new(),
-                }),
-                None => return Next::Done,
-            },
-        };
-        found.shared.retry(hint, &mut found.backoff)
+    pub(crate) fn retry(&mut self, hint: Duration) -> Next {
+        self.shared.retry(hint, &mut self.backoff)
     }
 }
 
@@ -549,8 +540,8 @@ where
 /// Retries the calls of a tower service; see [`RetryLayer`].
 ///
 /// The service must be `Clone`: each response future that may retry holds its own copy, and
-/// polls it ready before every retry. Its errors come out as [`BoxError`]; the classifier sees
-/// them before boxing.
+/// polls it ready before every retry. Its errors are the service's own, unchanged: a retry
+/// adds no error of its own (it hands back the last attempt's result), so it boxes nothing.
 ///
 /// Each `RetryService` counts its calls itself and deposits them in the policy's [`Budget`]
 /// sixteen at a time, and what it still holds when it is dropped: a budget behind a service
@@ -590,7 +581,9 @@ impl<C> Local<C> {
         }
     }
 
+    // Out of line, so that a call's path stays small enough to inline into its caller.
     #[cold]
+    #[inline(never)]
     fn flush(&mut self) {
         if let Some(budget) = &self.retry.shared.config.budget {
             budget.deposit_many(self.held);
@@ -676,17 +669,16 @@ impl<S, C, R> RetryService<S, C, R> {
 impl<S, C, R, Req> Service<Req> for RetryService<S, C, R>
 where
     S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
     C: RetryClassify<S::Response, S::Error> + Clone,
     R: CloneRequest<Req> + Clone,
 {
     type Response = S::Response;
-    type Error = BoxError;
+    type Error = S::Error;
     type Future = ResponseFuture<S, Req, C, R>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     #[inline]

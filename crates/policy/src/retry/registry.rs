@@ -7,88 +7,64 @@
 //! and its futures carry a [`Key`]: a plain copy, looked up on a failure. A policy dropped while
 //! calls are still in flight is not found any more, and those calls keep the result they have.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
-/// A policy's place in a [`Registry`]; `generation` tells the policy a key was made for from a
-/// later one given the same slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Key {
-    slot: usize,
-    generation: u64,
-}
+/// A policy's number in a [`Registry`], never given to another: a key made for a policy that is
+/// gone finds nothing. One word, so that a future carrying it stays small enough to be passed
+/// in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Key(u64);
 
 /// Policies by [`Key`], held weakly: a registry never keeps a policy alive.
 pub(crate) struct Registry<T> {
-    slots: RwLock<Slots<T>>,
+    policies: RwLock<Policies<T>>,
 }
 
-struct Slots<T> {
-    entries: Vec<Entry<T>>,
-    /// Slots of removed policies, for the next ones.
-    free: Vec<usize>,
-    /// Never reused: a key outlives any number of policies in its slot.
-    next_generation: u64,
-}
-
-struct Entry<T> {
-    generation: u64,
-    policy: Weak<T>,
+struct Policies<T> {
+    /// Live policies only: each is removed when it is dropped.
+    by_key: BTreeMap<Key, Weak<T>>,
+    /// The next policy's key.
+    next: u64,
 }
 
 impl<T> Registry<T> {
     pub(crate) const fn new() -> Registry<T> {
         Registry {
-            slots: RwLock::new(Slots {
-                entries: Vec::new(),
-                free: Vec::new(),
-                next_generation: 0,
+            policies: RwLock::new(Policies {
+                by_key: BTreeMap::new(),
+                next: 0,
             }),
         }
     }
 
     /// Registers `policy`; the caller removes it with the key when the policy is dropped.
     pub(crate) fn insert(&self, policy: Weak<T>) -> Key {
-        // A panic cannot leave the slots half-updated: every change below is one assignment.
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        let generation = slots.next_generation;
-        slots.next_generation += 1;
-        let entry = Entry { generation, policy };
-        let slot = match slots.free.pop() {
-            Some(slot) => {
-                slots.entries[slot] = entry;
-                slot
-            }
-            None => {
-                slots.entries.push(entry);
-                slots.entries.len() - 1
-            }
-        };
-        Key { slot, generation }
+        // A panic cannot leave the map half-updated: the key is taken before the insertion,
+        // and an unused key is only a number skipped.
+        let mut policies = self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = Key(policies.next);
+        policies.next += 1;
+        policies.by_key.insert(key, policy);
+        key
     }
 
     /// The policy `key` was made for, if it is still alive.
     pub(crate) fn get(&self, key: Key) -> Option<Arc<T>> {
-        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-        let entry = slots.entries.get(key.slot)?;
-        if entry.generation != key.generation {
-            return None;
-        }
-        entry.policy.upgrade()
+        let policies = self.policies.read().unwrap_or_else(PoisonError::into_inner);
+        policies.by_key.get(&key)?.upgrade()
     }
 
-    /// Frees the slot of `key`, unless it already went to another policy.
+    /// Forgets the policy of `key`.
     pub(crate) fn remove(&self, key: Key) {
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = slots.entries.get_mut(key.slot) else {
-            return;
-        };
-        if entry.generation != key.generation {
-            return;
-        }
-        entry.policy = Weak::new();
-        // No key of a later policy can match this generation: the slot reads as empty.
-        entry.generation = u64::MAX;
-        slots.free.push(key.slot);
+        let mut policies = self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        policies.by_key.remove(&key);
     }
 }
 
@@ -107,14 +83,14 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_slot_does_not_answer_an_old_key() {
+    fn an_old_key_finds_nothing_after_its_policy_is_removed() {
         let registry = Registry::new();
         let a = Arc::new("a");
         let old = registry.insert(Arc::downgrade(&a));
         registry.remove(old);
         let b = Arc::new("b");
         let new = registry.insert(Arc::downgrade(&b));
-        assert_eq!(new.slot, old.slot, "the freed slot is reused");
+        assert_ne!(new, old, "keys are never given twice");
         assert_eq!(registry.get(old), None);
         assert_eq!(registry.get(new).as_deref(), Some(&"b"));
         // Removing by the old key leaves the new policy in place.
@@ -125,14 +101,14 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_reused_rather_than_grown() {
+    fn removed_policies_leave_nothing_behind() {
         let registry = Registry::new();
         let policy = Arc::new(());
         for _ in 0..1000 {
             let key = registry.insert(Arc::downgrade(&policy));
             registry.remove(key);
         }
-        let slots = registry.slots.read().unwrap();
-        assert_eq!(slots.entries.len(), 1);
+        let policies = registry.policies.read().unwrap();
+        assert!(policies.by_key.is_empty());
     }
 }
