@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, Refusing, Upstream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
@@ -43,7 +43,7 @@ const MAX_REQUESTS: u32 = 20_000;
 /// Route `api` to the switchable upstream `app`, whose lone endpoint's breaker opens at the
 /// third failure in a row and half-opens after a second; route `static` to `assets`, which stays
 /// healthy beside it.
-fn config(admin: SocketAddr, app: SocketAddr, assets: SocketAddr) -> String {
+fn config(admin: &str, app: SocketAddr, assets: SocketAddr) -> String {
     format!(
         "[admin]\nlisten = \"{admin}\"\ntoken_env = \"RAMPART_TEST_ADMIN_TOKEN\"\n\n\
          [[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -70,30 +70,35 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
 
     let app = Upstream::start(Behavior::ok("app")).await.unwrap();
     let assets = Upstream::start(Behavior::ok("assets")).await.unwrap();
-    let admin = free_addr();
-    let file = TempConfig::new("dashboard", &config(admin, app.addr(), assets.addr()));
-    let (rampart, proxy) = start(&file.0);
+    // The admin API first on a port of the kernel's choice, then, for the restart below, on
+    // the same address again.
+    let file = TempConfig::new(
+        "dashboard",
+        &config("127.0.0.1:0", app.addr(), assets.addr()),
+    );
+    let (rampart, proxy, admin) = start(&file.0);
+    file.write(&config(&admin, app.addr(), assets.addr()));
     let traffic = [
         Traffic::start(&proxy, "/api/x"),
         Traffic::start(&proxy, "/static/x"),
     ];
 
-    let fleet = free_addr();
-    let _fleet = tokio::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["dashboard", "--listen", &fleet.to_string(), "--target"])
-        .arg(format!("http://{admin}"))
-        .arg(format!("http://{}", free_addr()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("rampart dashboard runs");
-    accepting(fleet).await;
+    // The second target refuses connections: the fleet view shows it down beside the live one.
+    let down = Refusing::bind().unwrap();
+    let mut fleet_view = Rampart::with_args(&[
+        "dashboard",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &format!("http://{admin}"),
+        "--target",
+        &format!("http://{}", down.addr()),
+    ]);
+    let fleet = fleet_view.dashboard_up();
 
     let mut browser = Browser::start(
         &script_dir,
-        &[format!("http://{admin}/"), format!("http://{fleet}/")],
+        &[format!("http://{admin}/"), fleet.clone()],
         &out,
     );
     browser.step("ready").await;
@@ -136,13 +141,14 @@ fn browser_ready() -> PathBuf {
     dir
 }
 
-/// `rampart run` with the admin token set, once its admin API is up; and its listener's address.
-fn start(config: &Path) -> (Rampart, String) {
+/// `rampart run` with the admin token set, once its admin API is up; and the addresses of its
+/// listener and of its admin API.
+fn start(config: &Path) -> (Rampart, String, String) {
     let mut rampart =
         Rampart::run_with_vars(&[], config, None, &[("RAMPART_TEST_ADMIN_TOKEN", TOKEN)]);
     let proxy = rampart.listening();
-    rampart.line("admin API", |line| line.contains("admin API up"));
-    (rampart, proxy)
+    let admin = rampart.admin_up();
+    (rampart, proxy, admin)
 }
 
 // === Traffic ===

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rampart_test_support::{Behavior, NatsServer, Upstream};
+use rampart_test_support::{Behavior, NatsServer, Refusing, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,7 +24,7 @@ const CLIENTS: usize = 4;
 const KILLS: usize = 6;
 
 /// `store` is the `[outbox]` lines naming the store.
-fn config(listen: SocketAddr, store: &str, upstream: SocketAddr) -> String {
+fn config(listen: &str, store: &str, upstream: SocketAddr) -> String {
     format!(
         r#"
         [runtime]
@@ -115,12 +115,18 @@ async fn every_message_answered_202_is_delivered_through_repeated_sigkills_nats(
 /// times meanwhile, the upstream down until the third kill and again after the fifth; then
 /// every id answered 202 must reach the upstream.
 async fn crash_run(name: &str, store: &str) {
-    let listen = free_addr();
-    let upstream_addr = free_addr();
-    let config = TempConfig::new(
+    // The upstream's port is held, refusing connections, until the upstream first comes up.
+    let refusing = Refusing::bind().unwrap();
+    let upstream_addr = refusing.addr();
+    let mut upstream_port = Some(refusing);
+    // The first rampart listens on a port of the kernel's choice; the restarts on the same.
+    let file = TempConfig::new(
         &format!("outbox-crash-{name}"),
-        &config(listen, store, upstream_addr),
+        &config("127.0.0.1:0", store, upstream_addr),
     );
+    let mut rampart = Rampart::run(&[], &file.0);
+    let listen: SocketAddr = rampart.listening().parse().unwrap();
+    file.write(&config(&listen.to_string(), store, upstream_addr));
 
     // The upstream is down for the first part of the run.
     let mut upstream: Option<Upstream> = None;
@@ -152,8 +158,6 @@ async fn crash_run(name: &str, store: &str) {
 
     let count = || accepted.lock().unwrap().len();
     let mut kills = 0;
-    let mut rampart = Rampart::run(&[], &config.0);
-    rampart.listening();
     while kills < KILLS {
         // Kill after each sixth of the messages is accepted.
         let target = (kills + 1) * MESSAGES / (KILLS + 1);
@@ -165,6 +169,7 @@ async fn crash_run(name: &str, store: &str) {
         // Up from the third kill on; down again for a while after the fifth.
         match kills {
             3 => {
+                drop(upstream_port.take());
                 upstream = Some(
                     Upstream::start_on(upstream_addr, Behavior::ok("ok"))
                         .await
@@ -178,7 +183,7 @@ async fn crash_run(name: &str, store: &str) {
             }
             _ => {}
         }
-        rampart = Rampart::run(&[], &config.0);
+        rampart = Rampart::run(&[], &file.0);
         rampart.listening();
     }
     for client in clients {

@@ -82,10 +82,19 @@ async fn the_log_level_hides_less_severe_events_unless_rust_log_says_otherwise()
         ("info", Some("error"), false),
         ("error", Some("rampart=info"), true),
     ] {
-        let listen = free_addr();
-        let config = TempConfig::new("level", &config_on(listen, upstream.addr()));
-        let rampart = Rampart::run_with_env(&["--log-level", flag], &config.0, rust_log);
-        accepting(listen).await;
+        // The logs may not say where rampart listens: it is told a port that was free a moment
+        // ago, and another should a socket elsewhere take that one first.
+        let mut started = None;
+        for _ in 0..3 {
+            let listen = free_addr();
+            let config = TempConfig::new("level", &config_on(listen, upstream.addr()));
+            let mut rampart = Rampart::run_with_env(&["--log-level", flag], &config.0, rust_log);
+            if accepting_unless_exited(listen, &mut rampart).await {
+                started = Some((rampart, config));
+                break;
+            }
+        }
+        let (rampart, _config) = started.expect("rampart listens on one of three free ports");
         rampart.signal("TERM");
         let (status, stderr) = rampart.wait();
         assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");

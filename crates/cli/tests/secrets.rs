@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, Refusing, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -59,15 +59,15 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
     let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
         .unwrap();
-    let dead = free_addr();
-    let admin = free_addr();
+    let refusing = Refusing::bind().unwrap();
+    let dead = refusing.addr();
     let outbox = std::env::temp_dir().join(format!("rampart-secrets-{}", std::process::id()));
     let file = TempConfig::new(
         "secrets",
         &format!(
             r#"
             [admin]
-            listen = "{admin}"
+            listen = "127.0.0.1:0"
             token_env = "RAMPART_TEST_SECRET_TOKEN"
 
             [[listeners]]
@@ -119,7 +119,7 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
         &[("RAMPART_TEST_SECRET_TOKEN", TOKEN)],
     );
     let proxy = rampart.listening();
-    accepting(admin).await;
+    let admin: SocketAddr = rampart.admin_up().parse().unwrap();
 
     // Requests answered, failed by the upstream, failed to connect, and stored for later.
     assert!(
@@ -211,7 +211,8 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_url_is_logged_without_its_credentials() {
     // Nothing listens there: the start fails, and says where it tried.
-    let nats = free_addr();
+    let refusing = Refusing::bind().unwrap();
+    let nats = refusing.addr();
     let file = TempConfig::new(
         "secrets-nats",
         &format!(

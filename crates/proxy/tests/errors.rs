@@ -5,8 +5,7 @@ mod common;
 
 use http_body_util::Full;
 use hyper::{Method, StatusCode};
-use rampart_test_support::{Behavior, Upstream};
-use tokio::net::TcpListener;
+use rampart_test_support::{Behavior, Refusing, Upstream};
 
 use common::*;
 
@@ -52,13 +51,8 @@ async fn a_grpc_call_with_no_route_gets_unimplemented() {
 
 #[tokio::test]
 async fn an_endpoint_refusing_connections_is_502_upstream_connect() {
-    // A port nobody listens on any more: connecting to it is refused.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let proxy = simple(&[closed], "", "").await;
+    let closed = Refusing::bind().unwrap();
+    let proxy = simple(&[closed.addr()], "", "").await;
 
     let response = get(&proxy, "/").await;
 

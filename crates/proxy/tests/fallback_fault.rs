@@ -14,20 +14,10 @@ use hyper::StatusCode;
 use rampart_config::Config;
 use rampart_policy::rng::Rng;
 use rampart_proxy::Proxy;
-use rampart_test_support::{Behavior, Upstream};
-use tokio::net::TcpListener;
+use rampart_test_support::{Behavior, Refusing, Upstream};
 use tokio::time::Instant;
 
 use common::*;
-
-/// A port nobody listens on any more: connecting to it is refused.
-async fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Like `common::simple`, with the proxy's random choices drawn from `rng`.
 async fn with_rng(endpoint: SocketAddr, route: &str, rng: Rng) -> Proxy {
@@ -206,8 +196,9 @@ fn fallback_route(on: &str) -> String {
 
 #[tokio::test]
 async fn a_dead_endpoint_gets_the_fallback_answer() {
+    let refusing = Refusing::bind().unwrap();
     let proxy = simple(
-        &[closed_port().await],
+        &[refusing.addr()],
         &fallback_route("\"upstream-connect\""),
         "",
     )
@@ -244,8 +235,9 @@ async fn an_upstream_5xx_gets_the_fallback_answer_when_on_names_5xx() {
 
 #[tokio::test]
 async fn a_reason_not_in_on_passes_through_unchanged() {
+    let refusing = Refusing::bind().unwrap();
     // A dead endpoint, but the fallback covers timeouts only.
-    let proxy = simple(&[closed_port().await], &fallback_route("\"timeout\""), "").await;
+    let proxy = simple(&[refusing.addr()], &fallback_route("\"timeout\""), "").await;
     let response = get(&proxy, "/").await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(error_of(&response), Some("upstream-connect"));
@@ -310,6 +302,7 @@ async fn stale_serves_the_last_good_get_answer() {
 
 #[tokio::test]
 async fn body_file_content_is_served() {
+    let refusing = Refusing::bind().unwrap();
     let file =
         std::env::temp_dir().join(format!("rampart-fallback-body-{}.json", std::process::id()));
     std::fs::write(&file, "{\"from\":\"file\"}\n").unwrap();
@@ -318,7 +311,7 @@ async fn body_file_content_is_served() {
          status = 203\nbody_file = '{}'",
         file.display()
     );
-    let proxy = simple(&[closed_port().await], &route, "").await;
+    let proxy = simple(&[refusing.addr()], &route, "").await;
     // Read once at start: the file may go away afterwards.
     std::fs::remove_file(&file).unwrap();
 

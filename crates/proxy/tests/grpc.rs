@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use rampart_proxy::Proxy;
 use rampart_test_support::{
-    Behavior, EchoClient, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, Upstream,
+    Behavior, EchoClient, EchoRequest, GrpcBehavior, GrpcUpstream, Refusing, SAY, Upstream,
 };
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -26,15 +25,6 @@ async fn grpc_proxy(endpoints: &[SocketAddr], route: &str, upstream: &str) -> Pr
         &format!("protocol = \"grpc\"\n{upstream}"),
     )
     .await
-}
-
-/// A port nobody listens on any more: connecting to it is refused.
-async fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn say(message: &str) -> tonic::Request<EchoRequest> {
@@ -165,7 +155,8 @@ async fn no_route_is_unimplemented() {
 
 #[tokio::test]
 async fn an_endpoint_that_refuses_connections_is_unavailable() {
-    let proxy = grpc_proxy(&[closed_port().await], "[routes.retry]\nattempts = 1", "").await;
+    let refusing = Refusing::bind().unwrap();
+    let proxy = grpc_proxy(&[refusing.addr()], "[routes.retry]\nattempts = 1", "").await;
     let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
     let status = client.say("anyone").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -339,12 +330,13 @@ async fn the_servers_pushback_delays_or_stops_the_retries() {
 
 #[tokio::test]
 async fn a_grpc_fallback_answers_a_grpc_client_with_its_reply() {
+    let refusing = Refusing::bind().unwrap();
     // EchoReply { message: "degraded", served_by: "fallback" }, framed: no compression, 20 bytes.
     let route = "[routes.fallback]\non = [\"upstream-connect\"]\n\
                  headers = { \"content-type\" = \"application/grpc\" }\n\
                  body = \"\\u0000\\u0000\\u0000\\u0000\\u0014\\n\\bdegraded\\u0012\\bfallback\"\n\
                  [routes.retry]\nattempts = 1";
-    let proxy = grpc_proxy(&[closed_port().await], route, "").await;
+    let proxy = grpc_proxy(&[refusing.addr()], route, "").await;
     let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
 
     let response = client.say("x").await.unwrap();
@@ -359,11 +351,12 @@ async fn a_grpc_fallback_answers_a_grpc_client_with_its_reply() {
 
 #[tokio::test]
 async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
+    let refusing = Refusing::bind().unwrap();
     let route = "[routes.fallback]\non = [\"upstream-connect\"]\n\
                  headers = { \"content-type\" = \"application/json\" }\n\
                  body = '{\"degraded\":true}'\n\
                  [routes.retry]\nattempts = 1";
-    let proxy = grpc_proxy(&[closed_port().await], route, "").await;
+    let proxy = grpc_proxy(&[refusing.addr()], route, "").await;
     let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
 
     let status = client.say("x").await.unwrap_err();

@@ -13,7 +13,7 @@ use hyper::StatusCode;
 use prometheus_client::encoding::text::encode;
 use rampart_outbox::{MessageId, State, Store};
 use rampart_proxy::{Drain, Proxy};
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, Refusing, Upstream};
 
 use common::{error_of, http1, proxy, request, send};
 
@@ -101,12 +101,6 @@ fn accepted(response: &hyper::Response<Bytes>) -> MessageId {
     );
     assert_eq!(response.headers()["content-type"], "application/json");
     id.parse().expect("the id is a message id")
-}
-
-/// An address nothing listens on (bound, then let go).
-async fn closed_port() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Waits (up to 20 s) until `check` holds.
@@ -199,7 +193,8 @@ async fn while_the_upstream_takes_every_message_they_arrive_in_the_order_accepte
 #[tokio::test]
 async fn messages_wait_for_a_down_upstream_and_all_arrive_once_it_is_back() {
     let dir = TempDir::new("down");
-    let addr = closed_port().await;
+    let refusing = Refusing::bind().unwrap();
+    let addr = refusing.addr();
     let proxy = async_proxy(
         dir.path(),
         addr,
@@ -221,6 +216,7 @@ async fn messages_wait_for_a_down_upstream_and_all_arrive_once_it_is_back() {
     let summary = store.summary().await.unwrap();
     assert_eq!(summary.total.pending(), 3, "{summary:?}");
 
+    drop(refusing);
     let upstream = Upstream::start_on(addr, Behavior::ok("taken"))
         .await
         .unwrap();
@@ -366,7 +362,8 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
 #[tokio::test]
 async fn a_full_outbox_answers_503_outbox_full_and_keeps_what_it_holds() {
     let dir = TempDir::new("full");
-    let addr = closed_port().await;
+    let refusing = Refusing::bind().unwrap();
+    let addr = refusing.addr();
     let proxy = async_proxy(dir.path(), addr, "max_messages = 2", "", "").await;
     let store = proxy.handle().outbox().unwrap();
     let kept = [
@@ -409,7 +406,8 @@ async fn a_body_over_the_listeners_limit_is_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn messages_queued_before_a_restart_are_delivered_after_it() {
     let dir = TempDir::new("restart");
-    let addr = closed_port().await;
+    let refusing = Refusing::bind().unwrap();
+    let addr = refusing.addr();
     let first = async_proxy(dir.path(), addr, "", "", "").await;
     let mut ids = Vec::new();
     for body in ["a", "b", "c", "d", "e"] {
@@ -417,6 +415,7 @@ async fn messages_queued_before_a_restart_are_delivered_after_it() {
     }
     assert_eq!(first.shutdown().await, Drain::Complete);
 
+    drop(refusing);
     let upstream = Upstream::start_on(addr, Behavior::ok("taken"))
         .await
         .unwrap();
@@ -470,7 +469,8 @@ async fn a_reload_cannot_make_a_route_async_without_the_outbox_it_started_with()
 #[tokio::test]
 async fn drop_oldest_makes_room_and_counts_what_it_dropped() {
     let dir = TempDir::new("drop-oldest");
-    let addr = closed_port().await;
+    let refusing = Refusing::bind().unwrap();
+    let addr = refusing.addr();
     let proxy = async_proxy(
         dir.path(),
         addr,

@@ -3,26 +3,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use rampart_test_support::{Behavior, Fault, FaultProxy, Upstream};
-use tokio::net::TcpListener;
+use rampart_test_support::{Behavior, Fault, FaultProxy, Refusing, Upstream};
 
 use common::*;
-
-/// A port nobody listens on any more: connecting to it is refused.
-async fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 async fn put(
     proxy: &rampart_proxy::Proxy,
@@ -274,8 +263,9 @@ async fn a_retry_after_past_the_backoffs_cap_or_the_deadline_hands_back_the_answ
 
 #[tokio::test]
 async fn the_budget_refusing_a_retry_after_a_connect_failure_says_so() {
+    let dead = Refusing::bind().unwrap();
     let proxy = simple(
-        &[closed_port().await],
+        &[dead.addr()],
         "[routes.retry]\nattempts = 3\nbackoff = { base = \"1ms\", max = \"1ms\" }\n\
          budget = { ratio = 0, min_per_sec = 1 }",
         "[upstreams.app.breaker]\nenabled = false",

@@ -46,8 +46,8 @@ impl Drop for TempConfig {
     }
 }
 
-/// `rampart [GLOBAL ARGS] run -c FILE` as a child process, stderr read line by line on a thread
-/// of its own. Killed when dropped, if still running.
+/// `rampart [GLOBAL ARGS] run -c FILE` (or another subcommand) as a child process, stderr read
+/// line by line on a thread of its own. Killed when dropped, if still running.
 pub struct Rampart {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -78,10 +78,19 @@ impl Rampart {
             None => command.env_remove("RUST_LOG"),
         };
         command.envs(vars.iter().copied());
+        command.args(global).args(["run", "-c"]).arg(config);
+        Rampart::spawn(command)
+    }
+
+    /// `rampart ARGS` (any subcommand), `RUST_LOG` unset.
+    pub fn with_args(args: &[&str]) -> Rampart {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        command.env_remove("RUST_LOG").args(args);
+        Rampart::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Rampart {
         let mut child = command
-            .args(global)
-            .args(["run", "-c"])
-            .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -127,10 +136,19 @@ impl Rampart {
     /// Waits for the line announcing the first listener (text logs), and returns its address.
     pub fn listening(&mut self) -> String {
         let line = self.line("listening", |line| line.contains(" listening "));
-        let (_, addr) = line
-            .split_once(" addr=")
-            .expect("the line names the address");
-        addr.split_whitespace().next().unwrap().to_owned()
+        logged("addr", &line)
+    }
+
+    /// Waits for the line announcing `rampart dashboard` (text logs), and returns its URL.
+    pub fn dashboard_up(&mut self) -> String {
+        let line = self.line("dashboard up", |line| line.contains("dashboard up"));
+        logged("url", &line)
+    }
+
+    /// Waits for the line announcing the admin API (text logs), and returns its address.
+    pub fn admin_up(&mut self) -> String {
+        let line = self.line("admin API", |line| line.contains("admin API up"));
+        logged("addr", &line)
     }
 
     /// The process id.
@@ -171,11 +189,38 @@ impl Drop for Rampart {
     }
 }
 
+/// The value of field `field` in a text log line.
+fn logged(field: &str, line: &str) -> String {
+    let (_, value) = line
+        .split_once(&format!(" {field}="))
+        .unwrap_or_else(|| panic!("the line names the {field}: {line}"));
+    value.split_whitespace().next().unwrap().to_owned()
+}
+
 /// An address on 127.0.0.1 that was free a moment ago, for a test that must know a listener's
-/// address without reading it from the logs.
+/// address before it starts and cannot read it from the logs. Another socket may take the port
+/// meanwhile: such a test tries again when rampart could not listen
+/// ([`accepting_unless_exited`]).
 pub fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap()
+}
+
+/// Waits until `addr` accepts connections (`true`), or until `rampart` has exited (`false`).
+pub async fn accepting_unless_exited(addr: SocketAddr, rampart: &mut Rampart) -> bool {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if TcpStream::connect(addr).await.is_ok() {
+                return true;
+            }
+            if !rampart.is_running() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("nothing listens on {addr}"))
 }
 
 /// Waits until `addr` accepts connections.
