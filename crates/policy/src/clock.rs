@@ -9,10 +9,12 @@
 //! even a vDSO clock read costs more than the rest of the work together (35 ns against a few).
 //! Unless a clock is injected, they read [`recent_nanos`]: a value a background thread refreshes
 //! every [`RECENT_RESOLUTION`], read with one atomic load. nginx caches its time per event-loop
-//! turn for the same reason.
+//! turn for the same reason. The thread sleeps once nobody has read the value for 100 to 200 ms,
+//! and the next read, which then reads the clock itself, wakes it: an idle process is not woken
+//! 200 times a second.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -75,11 +77,17 @@ pub fn tokio_clock() -> SharedClock {
 /// How often the cached clock of [`recent_nanos`] is refreshed.
 pub const RECENT_RESOLUTION: Duration = Duration::from_millis(5);
 
-/// The cached time, in nanoseconds since `ORIGIN`; kept fresh by the clock thread.
-static RECENT: AtomicU64 = AtomicU64::new(0);
+/// The cached time, kept fresh by the clock thread.
+static RECENT: Cached = Cached::new();
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
-/// Whether the clock thread runs; if it could not be started, readers fall back to the clock.
-static REFRESHED: AtomicBool = AtomicBool::new(false);
+/// The clock thread, for a reader to wake it; set once it runs. Readers fall back to the clock
+/// if it could not be started.
+static REFRESHER: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// Refreshes between two checks that somebody still reads the cached clock: after two checks
+/// with no read between them (100 to 200 ms of silence) the thread sleeps until the next read,
+/// so that an idle process is not woken 200 times a second for nothing.
+const PROBE_EVERY: u32 = 20;
 
 /// The origin of the cached clock's timeline; the first call starts the thread that keeps the
 /// cached time fresh.
@@ -89,25 +97,41 @@ fn origin() -> Instant {
         let started = std::thread::Builder::new()
             .name("rampart-clock".into())
             .spawn(move || {
+                let mut refreshes = 0u32;
                 loop {
                     std::thread::sleep(RECENT_RESOLUTION);
-                    refresh(origin);
+                    refreshes = refreshes.wrapping_add(1);
+                    let probe = refreshes.is_multiple_of(PROBE_EVERY);
+                    if RECENT.refresh(elapsed_nanos(origin), probe) == Refreshed::Parked {
+                        // Unparked by the first reader; park() may also return spuriously.
+                        while RECENT.is_parked() {
+                            std::thread::park();
+                        }
+                        refreshes = 0;
+                    }
                 }
             });
-        REFRESHED.store(started.is_ok(), Ordering::Release);
+        if let Ok(handle) = started {
+            let _ = REFRESHER.set(handle.thread().clone());
+        }
         origin
     })
 }
 
-/// Brings the cached time up to now. Never moves it back, whichever of two refreshes lands last.
+fn elapsed_nanos(origin: Instant) -> u64 {
+    saturating_nanos(origin.elapsed())
+}
+
+/// Brings the cached time up to now, as the clock thread does.
+#[cfg(test)]
 fn refresh(origin: Instant) {
-    RECENT.fetch_max(saturating_nanos(origin.elapsed()), Ordering::Relaxed);
+    RECENT.refresh(elapsed_nanos(origin), false);
 }
 
 /// Whether the cached clock is kept fresh (its thread could be started).
 fn refreshed() -> bool {
     origin();
-    REFRESHED.load(Ordering::Acquire)
+    REFRESHER.get().is_some()
 }
 
 /// Nanoseconds since a process-wide origin, lagging real time by [`RECENT_RESOLUTION`] or so
@@ -118,9 +142,99 @@ fn refreshed() -> bool {
 #[inline]
 pub fn recent_nanos() -> u64 {
     if refreshed() {
-        RECENT.load(Ordering::Relaxed)
+        RECENT.read()
     } else {
         precise_nanos()
+    }
+}
+
+// === Cached ===
+
+/// The cached clock's one word: the time in nanoseconds, whose two low bits (4 ns of a clock
+/// refreshed every 5 ms) carry the flags by which the thread learns whether anyone still reads.
+struct Cached(AtomicU64);
+
+/// Set by the thread every [`PROBE_EVERY`] refreshes, cleared by the first read after.
+const PROBE: u64 = 1;
+/// The thread sleeps: the next read reads the clock itself and wakes the thread.
+const PARKED: u64 = 2;
+const FLAGS: u64 = PROBE | PARKED;
+
+/// What a refresh did.
+#[derive(Debug, PartialEq, Eq)]
+enum Refreshed {
+    Fresh,
+    /// Nobody read since the last probe: the thread is to park until a reader wakes it.
+    Parked,
+}
+
+impl Cached {
+    const fn new() -> Cached {
+        Cached(AtomicU64::new(0))
+    }
+
+    /// The cached time: one load, and a test that the thread asks nothing of this read.
+    #[inline]
+    fn read(&self) -> u64 {
+        let word = self.0.load(Ordering::Relaxed);
+        if word & FLAGS == 0 {
+            return word;
+        }
+        self.read_flagged(word, precise_nanos, || {
+            if let Some(thread) = REFRESHER.get() {
+                thread.unpark();
+            }
+        })
+    }
+
+    /// A read that answers the thread: clears the probe, or, if the thread is parked, reads
+    /// the time with `now`, stores it and wakes the thread with `wake` (the first reader to
+    /// find it parked does).
+    #[cold]
+    #[inline(never)]
+    fn read_flagged(&self, word: u64, now: impl FnOnce() -> u64, wake: impl FnOnce()) -> u64 {
+        if word & PARKED == 0 {
+            self.0.fetch_and(!PROBE, Ordering::Relaxed);
+            return word & !FLAGS;
+        }
+        let now = now() & !FLAGS;
+        let before = self
+            .0
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |word| {
+                Some((word & !FLAGS).max(now))
+            })
+            .expect("the update always applies");
+        if before & PARKED != 0 {
+            wake();
+        }
+        now.max(before & !FLAGS)
+    }
+
+    /// The thread's refresh to `now`, probing whether anyone reads if `probe`: a probe still
+    /// unanswered from the last one parks the thread.
+    fn refresh(&self, now: u64, probe: bool) -> Refreshed {
+        let now = now & !FLAGS;
+        let mut parked = false;
+        self.0
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |word| {
+                let time = (word & !FLAGS).max(now);
+                parked = probe && word & PROBE != 0;
+                Some(match (probe, parked) {
+                    (true, true) => time | PARKED,
+                    (true, false) => time | PROBE,
+                    (false, _) => time | (word & PROBE),
+                })
+            })
+            .expect("the update always applies");
+        if parked {
+            Refreshed::Parked
+        } else {
+            Refreshed::Fresh
+        }
+    }
+
+    fn is_parked(&self) -> bool {
+        self.0.load(Ordering::Acquire) & PARKED != 0
     }
 }
 
@@ -159,7 +273,7 @@ impl TimeSource {
     #[inline]
     pub(crate) fn nanos(&self) -> u64 {
         match self {
-            TimeSource::Recent => RECENT.load(Ordering::Relaxed),
+            TimeSource::Recent => RECENT.read(),
             TimeSource::Clock { clock, origin } => {
                 saturating_nanos(clock.now().saturating_duration_since(*origin))
             }
@@ -215,12 +329,70 @@ mod tests {
         refresh(origin());
         let refreshed = recent_nanos();
         assert!(
-            refreshed >= before,
-            "the cached clock is not behind the last refresh"
+            refreshed >= before & !FLAGS,
+            "the cached clock is not behind the last refresh (but for its flag bits)"
         );
         assert!(
             refreshed <= precise_nanos(),
             "nor ever ahead of the real time"
         );
+    }
+
+    #[test]
+    fn a_read_answers_the_probe_and_keeps_the_thread_awake() {
+        let cached = Cached::new();
+        assert_eq!(cached.refresh(1_000, true), Refreshed::Fresh);
+        assert_eq!(
+            cached.read(),
+            1_000,
+            "the flag bits are not part of the time"
+        );
+        assert_eq!(cached.refresh(2_000, false), Refreshed::Fresh);
+        assert_eq!(cached.refresh(3_000, true), Refreshed::Fresh);
+        assert!(!cached.is_parked());
+    }
+
+    #[test]
+    fn a_probe_unanswered_until_the_next_parks_the_thread() {
+        let cached = Cached::new();
+        assert_eq!(cached.refresh(1_000, true), Refreshed::Fresh);
+        // Refreshes between probes keep the question open.
+        assert_eq!(cached.refresh(2_000, false), Refreshed::Fresh);
+        assert_eq!(cached.refresh(3_000, true), Refreshed::Parked);
+        assert!(cached.is_parked());
+    }
+
+    #[test]
+    fn the_first_read_of_a_parked_clock_reads_the_time_and_wakes_the_thread_once() {
+        let cached = Cached::new();
+        cached.refresh(1_000, true);
+        cached.refresh(2_000, true);
+        let stale = cached.0.load(Ordering::Relaxed);
+        let mut wakes = 0;
+        assert_eq!(cached.read_flagged(stale, || 9_000, || wakes += 1), 9_000);
+        assert_eq!(wakes, 1);
+        assert!(!cached.is_parked());
+        assert_eq!(
+            cached.read(),
+            9_000,
+            "later reads find the time the first one stored"
+        );
+        // A second reader that saw the thread parked before the first woke it: it reads the
+        // clock too, and does not wake the thread again.
+        assert_eq!(cached.read_flagged(stale, || 9_500, || wakes += 1), 9_500);
+        assert_eq!(wakes, 1);
+    }
+
+    #[test]
+    fn the_cached_time_never_goes_back() {
+        let cached = Cached::new();
+        cached.refresh(5_000, false);
+        cached.refresh(4_000, false);
+        assert_eq!(cached.read(), 5_000);
+        cached.refresh(6_000, true);
+        cached.refresh(7_000, true);
+        assert!(cached.is_parked());
+        let parked = cached.0.load(Ordering::Relaxed);
+        assert_eq!(cached.read_flagged(parked, || 3_000, || ()), 7_000);
     }
 }
