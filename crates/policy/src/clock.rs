@@ -97,6 +97,8 @@ fn origin() -> Instant {
         let started = std::thread::Builder::new()
             .name("rampart-clock".into())
             .spawn(move || {
+                // Set here too, so that it is set before this thread can ever park.
+                let _ = REFRESHER.set(std::thread::current());
                 let mut refreshes = 0u32;
                 loop {
                     std::thread::sleep(RECENT_RESOLUTION);
