@@ -22,6 +22,7 @@ use rampart_config::{Listener, ListenerProtocol};
 use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
 
+use crate::coalesce::{Coalesce, Turns};
 use crate::stall::StallIo;
 use crate::strict::{Quiet, StrictIo};
 
@@ -59,6 +60,9 @@ const SNIFF_PAUSE: (Duration, Duration) = (Duration::from_millis(5), Duration::f
 type Stream = StrictIo<StallIo<TcpStream>>;
 
 type Io = TokioIo<Stream>;
+
+/// An HTTP/2 client connection: its writes gathered, one send per turn of its task.
+type Http2Io = TokioIo<Coalesce<Stream>>;
 
 /// The connection settings of a listener, for each protocol it speaks.
 pub(crate) struct Builders {
@@ -164,8 +168,10 @@ impl Builders {
         B::Error: Into<BoxError>,
     {
         if http2 {
-            let inner = self.http2.serve_connection(TokioIo::new(io), service);
-            return Box::pin(Connection::Http2 { inner });
+            let turns = Turns::default();
+            let io = TokioIo::new(Coalesce::new(io, turns.clone()));
+            let inner = self.http2.serve_connection(io, service);
+            return Box::pin(Connection::Http2 { inner, turns });
         }
         let quiet = io.quiet().clone();
         let inner = self
@@ -225,7 +231,7 @@ pin_project_lite::pin_project! {
         S: HttpService<Incoming>,
     {
         Http1 { #[pin] inner: http1::UpgradeableConnection<Io, S>, quiet: Arc<Quiet> },
-        Http2 { #[pin] inner: http2::Connection<Io, S, TokioExecutor> },
+        Http2 { #[pin] inner: http2::Connection<Http2Io, S, TokioExecutor>, turns: Turns },
     }
 }
 
@@ -241,7 +247,7 @@ where
     pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
         match self.project() {
             ConnectionProj::Http1 { inner, .. } => inner.graceful_shutdown(),
-            ConnectionProj::Http2 { inner } => inner.graceful_shutdown(),
+            ConnectionProj::Http2 { inner, .. } => inner.graceful_shutdown(),
         }
     }
 
@@ -292,7 +298,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ConnectionProj::Http1 { inner, .. } => inner.poll(cx),
-            ConnectionProj::Http2 { inner } => inner.poll(cx),
+            ConnectionProj::Http2 { inner, turns } => {
+                turns.next();
+                inner.poll(cx)
+            }
         }
     }
 }

@@ -118,6 +118,7 @@
 
 mod balance;
 mod body;
+mod coalesce;
 mod conn;
 mod connections;
 mod dns;

@@ -30,6 +30,8 @@ use common::*;
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Every answer comes within this: the route's timeout and a wide margin for a loaded machine.
 const WITHIN: Duration = Duration::from_secs(5);
+/// The attempts a route makes at most unless told otherwise (`[routes.retry] attempts`).
+const DEFAULT_ATTEMPTS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -104,7 +106,9 @@ impl Protocol {
     }
 
     /// [`ask`](Self::ask), letting `upstream` go on past its [`Step::Await`] once the response
-    /// head has reached the client (gRPC: at once, the call's answer is the same either way).
+    /// head has reached the client (gRPC: at once, the call's answer is the same either way;
+    /// and for each of the route's attempts, as a call whose answer broke off before any of it
+    /// reached the client may be retried).
     async fn ask_then(self, proxy: &Proxy, upstream: Option<&Misbehaving>) -> Answer {
         let started = Instant::now();
         let answer = tokio::time::timeout(WITHIN, self.exchange(proxy, upstream))
@@ -120,7 +124,9 @@ impl Protocol {
             Http1 => http1(),
             H2c => h2c(),
             Grpc => {
-                upstream.map(Misbehaving::proceed);
+                for _ in 0..DEFAULT_ATTEMPTS {
+                    upstream.map(Misbehaving::proceed);
+                }
                 return grpc_call(proxy).await;
             }
         };
