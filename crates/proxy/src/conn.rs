@@ -22,7 +22,7 @@ use rampart_config::{Listener, ListenerProtocol};
 use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
 
-use crate::coalesce::{Coalesce, Turns};
+use crate::coalesce::{Coalesce, EndOfTurn, coalesce};
 use crate::stall::StallIo;
 use crate::strict::{Quiet, StrictIo};
 
@@ -61,7 +61,7 @@ type Stream = StrictIo<StallIo<TcpStream>>;
 
 type Io = TokioIo<Stream>;
 
-/// An HTTP/2 client connection: its writes gathered, one send per turn of its task.
+/// An HTTP/2 client connection: its writes gathered, sent at the end of each turn of its task.
 type Http2Io = TokioIo<Coalesce<Stream>>;
 
 /// The connection settings of a listener, for each protocol it speaks.
@@ -168,10 +168,9 @@ impl Builders {
         B::Error: Into<BoxError>,
     {
         if http2 {
-            let turns = Turns::default();
-            let io = TokioIo::new(Coalesce::new(io, turns.clone()));
-            let inner = self.http2.serve_connection(io, service);
-            return Box::pin(Connection::Http2 { inner, turns });
+            let (io, end_of_turn) = coalesce(io);
+            let inner = self.http2.serve_connection(TokioIo::new(io), service);
+            return Box::pin(Connection::Http2 { inner, end_of_turn });
         }
         let quiet = io.quiet().clone();
         let inner = self
@@ -231,7 +230,11 @@ pin_project_lite::pin_project! {
         S: HttpService<Incoming>,
     {
         Http1 { #[pin] inner: http1::UpgradeableConnection<Io, S>, quiet: Arc<Quiet> },
-        Http2 { #[pin] inner: http2::Connection<Http2Io, S, TokioExecutor>, turns: Turns },
+        Http2 {
+            #[pin]
+            inner: http2::Connection<Http2Io, S, TokioExecutor>,
+            end_of_turn: EndOfTurn<Stream>,
+        },
     }
 }
 
@@ -298,9 +301,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ConnectionProj::Http1 { inner, .. } => inner.poll(cx),
-            ConnectionProj::Http2 { inner, turns } => {
-                turns.next();
-                inner.poll(cx)
+            ConnectionProj::Http2 { inner, end_of_turn } => {
+                let polled = inner.poll(cx);
+                end_of_turn.send(cx);
+                polled
             }
         }
     }
