@@ -17,11 +17,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::lock;
 
 /// A write at least this large, with nothing gathered before it, goes to the socket at once: a
 /// whole DATA frame of h2's default size (16 KiB) with its header is not worth a copy.
@@ -64,8 +66,11 @@ pub(crate) fn coalesce<T>(io: T) -> (Coalesce<T>, EndOfTurn<T>) {
     (Coalesce { shared }, end)
 }
 
-fn lock<T>(shared: &Mutex<Gathered<T>>) -> MutexGuard<'_, Gathered<T>> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+impl<T> Gathered<T> {
+    /// The failure of a write at the end of an earlier turn, once.
+    fn failed(&mut self) -> io::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
 }
 
 impl<T: AsyncWrite + Unpin> Gathered<T> {
@@ -79,11 +84,6 @@ impl<T: AsyncWrite + Unpin> Gathered<T> {
             self.bytes.advance(n);
         }
         Poll::Ready(Ok(()))
-    }
-
-    /// The failure of a write at the end of an earlier turn, once.
-    fn failed(&mut self) -> io::Result<()> {
-        self.failed.take().map_or(Ok(()), Err)
     }
 
     /// Whether a write of `len` bytes goes to the socket as it is.
@@ -120,9 +120,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut gathered = lock(&self.shared);
-        if let Some(err) = gathered.failed.take() {
-            return Poll::Ready(Err(err));
-        }
+        gathered.failed()?;
         Pin::new(&mut gathered.io).poll_read(cx, buf)
     }
 }
@@ -185,6 +183,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::MutexGuard;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     use std::task::{Wake, Waker};
 

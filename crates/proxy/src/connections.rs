@@ -20,7 +20,7 @@ use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use tower_service::Service;
 
 use crate::body::RequestBody;
 use crate::dns::Connector;
+use crate::lock;
 
 /// How long a connection may wait idle before it is closed rather than reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -287,11 +288,6 @@ fn origin_form(request: &mut Request<RequestBody>, authority: &Authority) {
     {
         request.headers_mut().insert(HOST, host);
     }
-}
-
-// A poisoned lock holds a list still whole: every change to it is one call.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // Closes the connections of `idle` unused for `IDLE_TIMEOUT` at `now`.

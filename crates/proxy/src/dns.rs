@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use tokio::sync::watch;
 use tower_service::Service;
+
+use crate::lock;
 
 /// The connector of every upstream client: TCP, with lookups bounded by [`Resolver`].
 pub(crate) type Connector = HttpConnector<Resolver>;
@@ -70,10 +72,7 @@ where
 {
     /// The answer to come for `name`: the lookup under way, or a new one.
     fn lookup(&mut self, name: Name) -> watch::Receiver<Option<Answer>> {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = lock(&self.in_flight);
         if let Some(answer) = in_flight.get(&name) {
             return answer.clone();
         }
@@ -89,8 +88,7 @@ where
                 Err(err) => Err((err.kind(), err.to_string())),
             };
             if let Some(in_flight) = in_flight.upgrade() {
-                let mut in_flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-                in_flight.remove(&name);
+                lock(&in_flight).remove(&name);
             }
             // Nobody may be waiting any more.
             let _ = send.send(Some(answer));

@@ -449,10 +449,12 @@ impl ProxyHandle {
     }
 }
 
-fn lock(live: &Mutex<Live>) -> MutexGuard<'_, Live> {
-    // A reload that panicked swapped nothing in (every router is built before any is swapped),
-    // so the state behind a poisoned lock is still whole.
-    live.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks `mutex`, poisoned or not. Every lock of this crate guards state that a panic cannot
+/// leave half-changed: each change is one assignment or one call (a list pushed to or popped
+/// from, a map entry inserted or removed), and a reload that panicked swapped nothing in (every
+/// router is built before any is swapped).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Proxy {

@@ -5,7 +5,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use rampart_http::{Attempt, RetryOn};
 use rampart_policy::error::BoxError;
 use rampart_policy::retry::{Budget, ExponentialBackoff};
 
-use crate::Error;
 use crate::body::RequestBody;
+use crate::{Error, lock};
 
 /// The span a route's retry budget counts requests and retries over (the contract has no key for
 /// it; linkerd and Finagle use 10 s too).
@@ -374,10 +374,6 @@ impl fmt::Display for NotReplayable {
 }
 
 impl StdError for NotReplayable {}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// How an attempt that got a response ended, for the `on` tokens.
 pub(crate) fn answered(status: StatusCode, headers: &HeaderMap, grpc: bool) -> Attempt {
