@@ -27,6 +27,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::turn;
 use rampart_config::Balance;
 use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
@@ -78,7 +79,7 @@ impl Balancer {
             kind,
             rng,
             next: AtomicUsize::new(0),
-            origin: Instant::now(),
+            origin: turn::now(),
         }
     }
 
@@ -97,7 +98,7 @@ impl Balancer {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             load,
-            started: (self.kind == Balance::P2cEwma).then(Instant::now),
+            started: (self.kind == Balance::P2cEwma).then(turn::now),
         }
     }
 
@@ -202,7 +203,7 @@ impl Balancer {
         } else {
             (second, first)
         };
-        let now = Instant::now();
+        let now = turn::now();
         Some(if a.1.cost(now) <= b.1.cost(now) {
             a.0
         } else {
@@ -287,7 +288,7 @@ impl InFlight<'_> {
     /// Ends the attempt, which ended as `outcome`: its latency feeds the estimate.
     pub(crate) fn finish(self, outcome: Outcome) {
         if let Some(started) = self.started {
-            let now = Instant::now();
+            let now = turn::now();
             self.load.observe(
                 now.saturating_duration_since(started),
                 outcome == Outcome::Failure,

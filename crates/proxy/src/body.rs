@@ -23,6 +23,7 @@ use rampart_policy::error::BoxError;
 use tokio::time::{Instant, Sleep};
 
 use crate::connections::PooledBody;
+use crate::turn;
 use crate::upstream::OwnedPicked;
 
 /// A request body on its way upstream: the client's, streamed. Boxed so that a replayable body
@@ -285,7 +286,7 @@ impl<B> IdleBody<B> {
     pub(crate) fn new(inner: B, timeout: Duration, fault: Option<BodyFault>) -> IdleBody<B> {
         IdleBody {
             inner,
-            sleep: tokio::time::sleep(timeout),
+            sleep: tokio::time::sleep_until(turn::now() + timeout),
             timeout,
             waiting: false,
             fault,
@@ -314,7 +315,7 @@ where
         // reader spent elsewhere is not the body's stall.
         if !*this.waiting {
             *this.waiting = true;
-            this.sleep.as_mut().reset(Instant::now() + *this.timeout);
+            this.sleep.as_mut().reset(turn::now() + *this.timeout);
         }
         match this.sleep.poll(cx) {
             Poll::Ready(()) => {

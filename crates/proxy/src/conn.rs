@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rampart_config::{Listener, ListenerProtocol};
 use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use crate::coalesce::{Coalesce, EndOfTurn, coalesce};
 use crate::stall::StallIo;
 use crate::strict::{Quiet, StrictIo};
+use crate::turn::{self, TurnExecutor, TurnTimer};
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -68,7 +69,7 @@ type Http2Io = TokioIo<Coalesce<Stream>>;
 pub(crate) struct Builders {
     protocol: ListenerProtocol,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<TurnExecutor>,
     header_read_timeout: Duration,
     // How long a write to the client may wait without the client taking a byte.
     stall_timeout: Duration,
@@ -80,7 +81,7 @@ impl Builders {
         let mut http1 = http1::Builder::new();
         http1
             // The header read timeout needs a timer to run on.
-            .timer(TokioTimer::new())
+            .timer(TurnTimer::default())
             .header_read_timeout(listener.header_read_timeout)
             // One buffer per write, sent with send(2), rather than the head and body as separate
             // slices through writev(2), which takes the longer way through the kernel's file
@@ -95,9 +96,9 @@ impl Builders {
         if listener.max_headers as usize != HYPER_MAX_HEADERS {
             http1.max_headers(listener.max_headers as usize);
         }
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(TurnExecutor);
         http2
-            .timer(TokioTimer::new())
+            .timer(TurnTimer::default())
             .max_concurrent_streams(listener.h2_max_concurrent_streams)
             .max_send_buf_size(H2_MAX_SEND_BUF)
             // HTTP/2 rapid reset (CVE-2023-44487): a stream the client resets before it was taken
@@ -232,7 +233,7 @@ pin_project_lite::pin_project! {
         Http1 { #[pin] inner: http1::UpgradeableConnection<Io, S>, quiet: Arc<Quiet> },
         Http2 {
             #[pin]
-            inner: http2::Connection<Http2Io, S, TokioExecutor>,
+            inner: http2::Connection<Http2Io, S, TurnExecutor>,
             end_of_turn: EndOfTurn<Stream>,
         },
     }
@@ -300,9 +301,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ConnectionProj::Http1 { inner, .. } => inner.poll(cx),
+            ConnectionProj::Http1 { inner, .. } => turn::run(|| inner.poll(cx)),
             ConnectionProj::Http2 { inner, end_of_turn } => {
-                let polled = inner.poll(cx);
+                let polled = turn::run(|| inner.poll(cx));
                 end_of_turn.send(cx);
                 polled
             }

@@ -39,6 +39,7 @@ use tower_service::Service;
 use crate::body::RequestBody;
 use crate::dns::Connector;
 use crate::lock;
+use crate::turn;
 
 /// How long a connection may wait idle before it is closed rather than reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -148,7 +149,7 @@ impl Connections {
                 if idle.is_empty() {
                     return None;
                 }
-                close_stale(&mut idle, Instant::now());
+                close_stale(&mut idle, turn::now());
                 idle.pop()?
             };
             let mut sender = idle.sender;
@@ -196,7 +197,7 @@ impl Connections {
     ) -> Result<Response<PooledBody>, SendError> {
         let shared = match &mut *lock(&self.kept.http2) {
             Some(kept) if !kept.sender.is_closed() => {
-                kept.since = Instant::now();
+                kept.since = turn::now();
                 Some(kept.sender.clone())
             }
             _ => None,
@@ -234,7 +235,7 @@ impl Connections {
         sender.ready().await.map_err(SendError::Exchange)?;
         *lock(&self.kept.http2) = Some(Idle {
             sender: sender.clone(),
-            since: Instant::now(),
+            since: turn::now(),
         });
         self.kept.watch();
         Ok(sender)
@@ -323,7 +324,7 @@ async fn close_idle(kept: Weak<Kept>) {
         let Some(kept) = kept.upgrade() else {
             return;
         };
-        let now = Instant::now();
+        let now = turn::now();
         close_stale(&mut lock(&kept.idle), now);
         let mut http2 = lock(&kept.http2);
         // Streams still open keep their connection: only this handle goes.
@@ -349,7 +350,7 @@ impl HandBack {
         }
         let idle = Idle {
             sender: self.sender,
-            since: Instant::now(),
+            since: turn::now(),
         };
         lock(&self.kept.idle).push(idle);
         self.kept.watch();

@@ -46,6 +46,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::body::ResponseBody;
+use crate::turn;
 
 /// One route's fallback answer, and when it is given.
 #[derive(Debug)]
@@ -359,7 +360,7 @@ impl<B> KeepBody<B> {
     fn store(&mut self) {
         if let Some(keep) = self.keep.take() {
             let answer = Kept {
-                at: Instant::now(),
+                at: turn::now(),
                 status: keep.status,
                 headers: keep.headers,
                 body: keep.body.freeze(),

@@ -17,7 +17,6 @@ use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
 use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
-use tokio::time::Instant;
 
 use crate::body::{
     BodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued,
@@ -26,6 +25,7 @@ use crate::metrics::RouteOutcome;
 use crate::recent::Kind;
 use crate::route::Router;
 use crate::stack::Stack;
+use crate::turn;
 use crate::upgrade::{self, Tunnel};
 
 /// What a listener bounds each request's bodies by.
@@ -92,7 +92,7 @@ pub(crate) async fn handle(
         return (rescued(Reason::NoRoute, grpc), None);
     };
     let client = Client { peer, grpc, limits };
-    let started = Instant::now();
+    let started = turn::now();
     let executing = stack.metrics().executing(started);
     let body = client_body(body, limits, &mut parts);
     let mut tunnel = None;
@@ -194,7 +194,7 @@ async fn exchange(
     tunnel: &mut Option<Tunnel>,
 ) -> Response<ResponseBody> {
     let grpc = client.grpc;
-    let deadline = match incoming_deadline(&parts.headers, grpc, stack.timeout(), Instant::now()) {
+    let deadline = match incoming_deadline(&parts.headers, grpc, stack.timeout(), turn::now()) {
         Ok(deadline) => deadline,
         // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
         Err(err) => return rescued(Reason::from(err), grpc),
@@ -226,7 +226,7 @@ async fn exchange(
         }
         if let Some(delay) = injected.delay {
             // The delay counts against the deadline, as a slow network's would.
-            let until = Instant::now() + delay;
+            let until = turn::now() + delay;
             if until >= deadline.instant() {
                 tokio::time::sleep_until(deadline.instant()).await;
                 return failed(stack, expired, stale_key.as_deref(), grpc);

@@ -34,9 +34,9 @@ use rampart_config::{Health, HealthCheck, Upstream, UpstreamProtocol};
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::dns::Connector;
+use crate::turn;
 use crate::upstream::Pool;
 
 /// The gRPC health service's method (grpc.health.v1).
@@ -111,14 +111,14 @@ struct Run {
 impl Check {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut run = Run::default();
-        let mut next = Instant::now() + self.jitter();
+        let mut next = turn::now() + self.jitter();
         loop {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
                 () = tokio::time::sleep_until(next) => {}
             }
-            next = Instant::now() + self.health.interval + self.jitter();
+            next = turn::now() + self.health.interval + self.jitter();
             let passed = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,

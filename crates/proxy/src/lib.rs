@@ -140,6 +140,7 @@ mod stack;
 mod stall;
 pub mod stats;
 mod strict;
+mod turn;
 mod upgrade;
 mod upstream;
 

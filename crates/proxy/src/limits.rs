@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::metrics::UpstreamMetrics;
 use crate::recent::{Admissions, LimitsRecent};
+use crate::turn;
 
 /// One upstream's limits, with the gauges that show them (`rampart_inflight`,
 /// `rampart_concurrency_limit`) and their last ten seconds.
@@ -242,7 +243,7 @@ fn adaptive_slot(limit: &AdaptiveLimit) -> Result<Held<'_>, Reason> {
         .try_acquire()
         .map(|permit| Held::Adaptive {
             permit,
-            taken: Instant::now(),
+            taken: turn::now(),
         })
         .map_err(|_exceeded| Reason::Overloaded)
 }

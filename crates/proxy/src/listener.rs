@@ -32,6 +32,7 @@ use crate::body::ResponseBody;
 use crate::conn::{Builders, Connection};
 use crate::metrics::ListenerMetrics;
 use crate::route::Router;
+use crate::turn;
 use crate::upgrade::Tunnel;
 use crate::{Drain, Error, forward};
 
@@ -195,7 +196,7 @@ impl Serve {
                     () = activity.idle_for(idle_timeout), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
-                        cut_at = Some(Instant::now() + idle_timeout);
+                        cut_at = Some(turn::now() + idle_timeout);
                         false
                     }
                     () = sleep_until(cut_at) => break,
@@ -303,7 +304,7 @@ struct Activity {
 impl Activity {
     fn new() -> Activity {
         Activity {
-            epoch: Instant::now(),
+            epoch: turn::now(),
             in_flight: AtomicUsize::new(0),
             last_end: AtomicU64::new(0),
             tunnel: Mutex::new(None),
@@ -327,7 +328,7 @@ impl Activity {
     async fn idle_for(&self, timeout: Duration) {
         loop {
             match self.idle_since() {
-                Some(since) if Instant::now() >= since + timeout => return,
+                Some(since) if turn::now() >= since + timeout => return,
                 Some(since) => tokio::time::sleep_until(since + timeout).await,
                 // Looked at again a timeout later: a request ending meanwhile restarts the count.
                 None => tokio::time::sleep(timeout).await,
@@ -362,7 +363,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let since_epoch = Instant::now().saturating_duration_since(self.activity.epoch);
+        let since_epoch = turn::now().saturating_duration_since(self.activity.epoch);
         let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
         // Stored before the count drops, so an idle count always reads a fresh end.
         self.activity.last_end.store(millis, Ordering::Release);

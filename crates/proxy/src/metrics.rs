@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::recent::{Kind, Recent, RouteRecent};
 use crate::stats::{Change, ChangeKind};
+use crate::turn;
 
 /// A family's label set: `(name, value)` pairs in the order CONTRACT.md lists them.
 type Labels = Vec<(&'static str, String)>;
@@ -384,7 +385,7 @@ impl RouteMetrics {
         if self.skip {
             return;
         }
-        let now = Instant::now();
+        let now = turn::now();
         let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();
         self.duration.observe(elapsed);
@@ -446,7 +447,7 @@ impl EndpointMetrics {
         if self.skip {
             return;
         }
-        let now = Instant::now();
+        let now = turn::now();
         let failed = outcome == Outcome::Failure;
         self.attempts[usize::from(failed)].inc();
         self.recent

@@ -57,6 +57,7 @@ use crate::body::{BodyFault, ClientBodyFault, RequestBody, ResponseBody, boxed};
 use crate::metrics::OutboxMetrics;
 use crate::route::Router;
 use crate::stack::Stack;
+use crate::turn;
 
 /// The header naming a stored message: on the 202, and on each delivery of it.
 pub const X_RAMPART_MESSAGE_ID: HeaderName = HeaderName::from_static("x-rampart-message-id");
@@ -505,7 +506,7 @@ async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
     *request.uri_mut() = Uri::from(stored.path_and_query.clone());
     *request.headers_mut() = headers;
 
-    let deadline = Instant::now() + stack.timeout();
+    let deadline = turn::now() + stack.timeout();
     let response = stack
         .call(request, deadline, Reason::Timeout)
         .await

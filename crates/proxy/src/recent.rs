@@ -14,10 +14,11 @@
 //! - [`LimitsRecent`], an upstream's limits': attempts that went out with a slot and came back,
 //!   attempts refused, and the most slots held at once.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use rampart_policy::clock::tokio_clock;
+use crate::turn;
 use rampart_policy::latency::LatencyRecorder;
 use tokio::time::Instant;
 
@@ -216,7 +217,7 @@ pub struct Admissions {
 impl<const N: usize> Ring<N> {
     fn new() -> Ring<N> {
         Ring {
-            origin: Instant::now(),
+            origin: turn::now(),
             slots: std::array::from_fn(|_| Slot {
                 second: AtomicU64::new(0),
                 counts: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -274,7 +275,8 @@ fn nanos(elapsed: Duration) -> u64 {
 }
 
 fn recorder() -> LatencyRecorder {
-    LatencyRecorder::new(LATENCY_WINDOW, tokio_clock()).expect("the latency window is not zero")
+    LatencyRecorder::new(LATENCY_WINDOW, Arc::new(turn::TurnClock))
+        .expect("the latency window is not zero")
 }
 
 // The window's rates and percentiles, from `requests` and `errors` over `covered`.
@@ -426,17 +428,17 @@ impl LimitsRecent {
 
     /// An attempt took a slot, `in_flight` being held now with it.
     pub(crate) fn admitted(&self, in_flight: u64) {
-        self.ring.at(Instant::now())[LIMITS_PEAK].fetch_max(in_flight, Relaxed);
+        self.ring.at(turn::now())[LIMITS_PEAK].fetch_max(in_flight, Relaxed);
     }
 
     /// An attempt holding a slot came to its outcome.
     pub(crate) fn executed(&self) {
-        self.ring.at(Instant::now())[EXECUTED].fetch_add(1, Relaxed);
+        self.ring.at(turn::now())[EXECUTED].fetch_add(1, Relaxed);
     }
 
     /// A first try or a retry was refused.
     pub(crate) fn refused(&self) {
-        self.ring.at(Instant::now())[REFUSED].fetch_add(1, Relaxed);
+        self.ring.at(turn::now())[REFUSED].fetch_add(1, Relaxed);
     }
 
     /// The admissions now.

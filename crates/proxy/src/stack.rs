@@ -25,6 +25,7 @@ use crate::limits::Slot;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::outbox::Outbox;
 use crate::retry::{Replay, Retry, answered};
+use crate::turn;
 use crate::upstream::{Picked, Pool};
 
 /// One route's way to its upstream, outermost first:
@@ -333,7 +334,7 @@ impl Stack {
             }
             // A retry that cannot start before the deadline would only turn the answer into a
             // timeout.
-            if delay >= deadline.saturating_duration_since(Instant::now()) {
+            if delay >= deadline.saturating_duration_since(turn::now()) {
                 return last.into_result();
             }
             if !retry.budget().withdraw() {
@@ -409,7 +410,7 @@ impl Stack {
         let fault = request.extensions().get::<BodyFault>().cloned();
         let try_deadline = self
             .per_try_timeout
-            .map_or(deadline, |timeout| deadline.min(Instant::now() + timeout));
+            .map_or(deadline, |timeout| deadline.min(turn::now() + timeout));
         // Boxed: an exchange's future is about 1 KiB, and inline it would grow every request's
         // future by as much (with 10,000 connections left idle after a request each, 160 MiB
         // against 149 boxed).

@@ -14,8 +14,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::turn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 pin_project_lite::pin_project! {
     /// A client connection whose writes fail after waiting `timeout` without taking a byte.
@@ -57,7 +58,7 @@ impl<T: AsyncWrite> StallIo<T> {
             *this.stalled = false;
             return written;
         }
-        let deadline = Instant::now() + *this.timeout;
+        let deadline = turn::now() + *this.timeout;
         let stall = this
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -121,6 +122,7 @@ impl<T: AsyncWrite> AsyncWrite for StallIo<T> {
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
 
     use super::*;
 

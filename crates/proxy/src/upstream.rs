@@ -31,6 +31,7 @@ use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
 use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
 use crate::stats::{EndpointStats, UpstreamStats};
+use crate::turn;
 
 /// One upstream: its endpoints, primaries then backups, and the connection pool they share.
 #[derive(Debug)]
@@ -255,7 +256,7 @@ impl Pool {
                     permit: None,
                     in_flight: self.balancer.start(&endpoint.load),
                     metrics: &endpoint.metrics,
-                    sent: Instant::now(),
+                    sent: turn::now(),
                 });
             }
         }
@@ -305,7 +306,7 @@ impl Pool {
             permit,
             in_flight: self.balancer.start(&endpoint.load),
             metrics: &endpoint.metrics,
-            sent: Instant::now(),
+            sent: turn::now(),
         })
     }
 
