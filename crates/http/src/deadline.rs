@@ -171,7 +171,18 @@ pub fn incoming_deadline(
     route_timeout: Duration,
     now: Instant,
 ) -> Result<Deadline, DeadlineError> {
-    let budget = match header_budget(headers, is_grpc)? {
+    deadline_within(header_budget(headers, is_grpc)?, route_timeout, now)
+}
+
+/// The deadline of a request that arrived at `now` with the budget `budget` read from its header
+/// ([`header_budget`]), if it had one: [`incoming_deadline`] for a caller that needs the budget
+/// itself too, and reads the header once.
+pub fn deadline_within(
+    budget: Option<Duration>,
+    route_timeout: Duration,
+    now: Instant,
+) -> Result<Deadline, DeadlineError> {
+    let budget = match budget {
         Some(budget) => budget.min(route_timeout),
         None => route_timeout,
     };

@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
 use rampart_http::classify::{classify_response, is_grpc};
-use rampart_http::deadline::{header_budget, incoming_deadline, set_outgoing};
+use rampart_http::deadline::{deadline_within, header_budget, set_outgoing};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
 use rampart_policy::Outcome;
@@ -194,15 +194,18 @@ async fn exchange(
     tunnel: &mut Option<Tunnel>,
 ) -> Response<ResponseBody> {
     let grpc = client.grpc;
-    let deadline = match incoming_deadline(&parts.headers, grpc, stack.timeout(), turn::now()) {
-        Ok(deadline) => deadline,
-        // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
+    // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
+    let found = header_budget(&parts.headers, grpc).and_then(|budget| {
+        deadline_within(budget, stack.timeout(), turn::now()).map(|deadline| (deadline, budget))
+    });
+    let (deadline, budget) = match found {
+        Ok(found) => found,
         Err(err) => return rescued(Reason::from(err), grpc),
     };
     // When the client's own budget is the shorter, its passing is the client's deadline, not the
     // route's timeout.
-    let expired = match header_budget(&parts.headers, grpc) {
-        Ok(Some(budget)) if budget < stack.timeout() => Reason::DeadlineExceeded,
+    let expired = match budget {
+        Some(budget) if budget < stack.timeout() => Reason::DeadlineExceeded,
         _ => Reason::Timeout,
     };
 
