@@ -116,7 +116,7 @@ impl Connections {
         // Boxed, as the rare paths below are: what the common one holds is copied with every
         // request's future.
         if self.http2 {
-            return Box::pin(self.send_http2(request)).await;
+            return pin_in_box!(self.send_http2(request)).await;
         }
         let mut request = request;
         origin_form(&mut request, &self.authority);

@@ -116,6 +116,20 @@
 //! # }
 //! ```
 
+/// `Box::pin(future)`, the box allocated before the future is made: rustc builds a value before
+/// moving it into a box allocated after, and a future's size is its largest state's, so a
+/// request's future of several KiB, of which only what it captured is set when it starts, cost
+/// a copy of the whole of it (5 KiB a request for the listener's). Allocated first, the future is
+/// built where it stays.
+macro_rules! pin_in_box {
+    ($future:expr) => {
+        ::std::boxed::Box::into_pin(::std::boxed::Box::write(
+            ::std::boxed::Box::new_uninit(),
+            $future,
+        ))
+    };
+}
+
 mod balance;
 mod body;
 mod coalesce;

@@ -145,7 +145,7 @@ impl Serve {
                 let router = routes.load_full();
                 // Boxed: hyper keeps room for one request's future in every connection, idle
                 // or not, and this one is several KiB.
-                Box::pin(async move {
+                pin_in_box!(async move {
                     let (response, tunnel) = forward::handle(request, &router, peer, limits).await;
                     if let Some(tunnel) = tunnel {
                         busy.activity.open_tunnel(tunnel);
