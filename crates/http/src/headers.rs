@@ -169,7 +169,12 @@ fn collect_names(value: &HeaderValue, into: &mut Vec<HeaderName>) {
     };
     for token in value.split(',') {
         let token = token.trim();
-        if token.is_empty() || token.eq_ignore_ascii_case("close") {
+        // `close` names no header, and `keep-alive` (in most answers of an HTTP/1.1 upstream)
+        // one removed anyway: neither is worth parsing into a name.
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+        {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes())

@@ -27,7 +27,9 @@ pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Whether `request` asks to switch protocols in a way rampart tunnels: HTTP/1.1, `Connection`
 /// naming `upgrade`, and an `Upgrade` offering no `h2c`.
 pub(crate) fn is_tunnel<B>(request: &Request<B>) -> bool {
-    if request.version() != Version::HTTP_11 {
+    // Most requests offer no upgrade: one lookup tells.
+    let mut offers = request.headers().get_all(UPGRADE).iter().peekable();
+    if request.version() != Version::HTTP_11 || offers.peek().is_none() {
         return false;
     }
     let names_upgrade = request.headers().get_all(CONNECTION).iter().any(|value| {
@@ -37,18 +39,15 @@ pub(crate) fn is_tunnel<B>(request: &Request<B>) -> bool {
                 .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
         })
     });
-    let mut offers = request.headers().get_all(UPGRADE).iter().peekable();
-    if !names_upgrade || offers.peek().is_none() {
-        return false;
-    }
-    offers.all(|value| {
-        value.to_str().is_ok_and(|value| {
-            value.split(',').all(|protocol| {
-                let name = protocol.split('/').next().unwrap_or("").trim();
-                !name.is_empty() && !name.eq_ignore_ascii_case("h2c")
+    names_upgrade
+        && offers.all(|value| {
+            value.to_str().is_ok_and(|value| {
+                value.split(',').all(|protocol| {
+                    let name = protocol.split('/').next().unwrap_or("").trim();
+                    !name.is_empty() && !name.eq_ignore_ascii_case("h2c")
+                })
             })
         })
-    })
 }
 
 /// The tunnel joining the client's connection to the upstream's, when the upstream agreed to
