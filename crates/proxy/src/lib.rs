@@ -157,6 +157,7 @@ mod strict;
 mod turn;
 mod upgrade;
 mod upstream;
+mod woken;
 
 use std::io;
 use std::net::SocketAddr;

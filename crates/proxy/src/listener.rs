@@ -34,6 +34,7 @@ use crate::metrics::ListenerMetrics;
 use crate::route::Router;
 use crate::turn;
 use crate::upgrade::Tunnel;
+use crate::woken::{Wakes, WhenWoken};
 use crate::{Drain, Error, forward};
 
 /// How long to wait before accepting again after an accept error: these are resource shortages
@@ -173,6 +174,9 @@ impl Serve {
                 return;
             };
             let mut closing = false;
+            // The drain signal and the timers are polled only when woken, not at each wake-up
+            // of the connection's socket.
+            let wakes = Wakes::new();
             // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
             // PING, and one that never reads would hold the connection for ever.
             let mut cut_at = None;
@@ -188,18 +192,18 @@ impl Serve {
                     },
                     // A drain: the requests in flight finish, then the connection closes (an
                     // HTTP/2 client is sent GOAWAY).
-                    _ = stop.wait_for(|stop| *stop), if !closing => {
+                    _ = WhenWoken::new(stop.wait_for(|stop| *stop), &wakes), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                         false
                     }
-                    () = activity.idle_for(idle_timeout), if !closing => {
+                    () = WhenWoken::new(activity.idle_for(idle_timeout), &wakes), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                         cut_at = Some(turn::now() + idle_timeout);
                         false
                     }
-                    () = sleep_until(cut_at) => break,
+                    () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
                 };
                 if !quiet {
                     continue;
