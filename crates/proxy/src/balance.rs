@@ -27,11 +27,12 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::turn;
 use rampart_config::Balance;
 use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
+
+use crate::turn;
 
 /// The latency a new endpoint is assumed to have until it answers (linkerd2-proxy's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::turn;
 use rampart_policy::latency::LatencyRecorder;
 use tokio::time::Instant;
+
+use crate::turn;
 
 /// How many seconds the rates cover.
 const SECONDS: usize = 10;

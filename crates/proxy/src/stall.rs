@@ -14,9 +14,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::turn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use crate::turn;
 
 pin_project_lite::pin_project! {
     /// A client connection whose writes fail after waiting `timeout` without taking a byte.
