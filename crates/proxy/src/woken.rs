@@ -3,10 +3,10 @@
 //! A connection's task is woken for every read and write of its socket, and `tokio::select!`
 //! polls each of its branches at every wake-up: beside the connection, the drain signal (a
 //! `watch` borrow and a `Notify` check under its lock) and the idle timer, about 500
-//! instructions a request of the ~40,000 a small proxied request costs (callgrind), for branches
-//! that are ready once in a connection's life. Wrapped in [`WhenWoken`], such a future is polled when its
-//! own waker was woken since its last poll, and otherwise answers `Pending` at the cost of a
-//! load and a waker check.
+//! instructions a request of the ~40,000 a small proxied request costs (callgrind), for
+//! branches that are ready once in a connection's life. Wrapped in [`WhenWoken`], such a future
+//! is polled when its own waker was woken since its last poll, and otherwise answers `Pending`
+//! at the cost of a load and a waker check.
 //!
 //! The futures of one task share a [`Wakes`]: a wake-up of any of them has them all polled
 //! once more, which costs nothing worth sparing for futures woken that rarely.
