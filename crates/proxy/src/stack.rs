@@ -223,6 +223,9 @@ impl Stack {
         // A hedge is sent again as a retry is: only what may be retried is hedged.
         let hedging = self.hedging.as_ref().zip(retry);
 
+        // The request's head, copied for each attempt another may follow (a retry, a hedge) and
+        // moved into the last: a request that cannot be sent twice is never copied.
+        let mut head = Some(parts);
         // The endpoint of the failed attempt, and what it answered: kept through the backoff,
         // to be the answer if no endpoint takes the retry.
         let mut failed: Option<(usize, Last)> = None;
@@ -250,7 +253,12 @@ impl Stack {
                 // retried): the failed attempt's answer stands.
                 return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
             };
-            let mut request = Request::from_parts(parts.clone(), attempt_body);
+            let last = attempt == attempts && hedging.is_none();
+            let Some(attempt_head) = (if last { head.take() } else { head.clone() }) else {
+                // Taken by the last attempt, after which none is made.
+                return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
+            };
+            let mut request = Request::from_parts(attempt_head, attempt_body);
             set_target(&mut request, picked.authority, self.upstream.version())?;
             let first = picked.index;
             let sending = self.send(request, picked, slot, deadline, grpc);
@@ -276,7 +284,7 @@ impl Stack {
                         if !retry.budget().withdraw() {
                             return None;
                         }
-                        let mut request = Request::from_parts(parts.clone(), body.next()?);
+                        let mut request = Request::from_parts(head.clone()?, body.next()?);
                         set_target(&mut request, picked.authority, self.upstream.version()).ok()?;
                         hedged.push(picked.index);
                         self.metrics.hedged();
