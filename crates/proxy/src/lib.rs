@@ -120,7 +120,8 @@
 /// moving it into a box allocated after, and a future's size is its largest state's, so a
 /// request's future of several KiB, of which only what it captured is set when it starts, cost
 /// a copy of the whole of it (5 KiB a request for the listener's). Allocated first, the future is
-/// built where it stays.
+/// built where it stays. Used for the futures boxed on every request; `Box::pin` stays where a
+/// future is small or boxed on a rare path (a new connection, a hedge race).
 macro_rules! pin_in_box {
     ($future:expr) => {
         ::std::boxed::Box::into_pin(::std::boxed::Box::write(
