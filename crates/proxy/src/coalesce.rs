@@ -184,10 +184,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 #[cfg(test)]
 mod tests {
     use std::sync::MutexGuard;
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-    use std::task::{Wake, Waker};
+    use std::task::Waker;
 
     use super::*;
+    use crate::counting_waker::CountingWaker;
 
     /// A socket recording each write it takes, taking at most `room` bytes in all, or failing.
     #[derive(Default)]
@@ -239,31 +239,22 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Relaxed);
-        }
-    }
-
     struct Harness {
         io: Coalesce<Recorder>,
         end: EndOfTurn<Recorder>,
-        wakes: Arc<Wakes>,
+        wakes: Arc<CountingWaker>,
         waker: Waker,
     }
 
     impl Harness {
         fn new(recorder: Recorder) -> Harness {
             let (io, end) = coalesce(recorder);
-            let wakes = Arc::new(Wakes::default());
+            let (wakes, waker) = CountingWaker::new();
             Harness {
                 io,
                 end,
-                waker: Waker::from(wakes.clone()),
                 wakes,
+                waker,
             }
         }
 
@@ -380,7 +371,7 @@ mod tests {
         });
         assert!(h.write(b"answer").is_ready());
         h.end_turn();
-        assert_eq!(h.wakes.0.load(Relaxed), 1);
+        assert_eq!(h.wakes.count(), 1);
         let Poll::Ready(Err(err)) = h.flush() else {
             panic!("the failure is told")
         };

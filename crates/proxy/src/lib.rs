@@ -136,6 +136,8 @@ mod body;
 mod coalesce;
 mod conn;
 mod connections;
+#[cfg(test)]
+mod counting_waker;
 mod dns;
 mod fallback;
 mod fault;

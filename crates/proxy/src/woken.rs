@@ -91,6 +91,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::counting_waker::CountingWaker;
 
     /// What a [`Probe`] shows: its polls, whether to be ready, the waker of its last poll.
     #[derive(Default)]
@@ -131,16 +132,6 @@ mod tests {
         (Probe(seen.clone()), seen)
     }
 
-    /// A task's waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Task(AtomicUsize);
-
-    impl Wake for Task {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn polled_first_then_only_when_woken() {
         let wakes = Wakes::new();
@@ -168,14 +159,13 @@ mod tests {
         let (second, second_seen) = probe();
         let mut first = std::pin::pin!(WhenWoken::new(first, &wakes));
         let mut second = std::pin::pin!(WhenWoken::new(second, &wakes));
-        let task = Arc::new(Task::default());
-        let task_waker = Waker::from(task.clone());
+        let (task, task_waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&task_waker);
         assert!(first.as_mut().poll(&mut cx).is_pending());
         assert!(second.as_mut().poll(&mut cx).is_pending());
 
         first_seen.wake();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task is woken");
+        assert_eq!(task.count(), 1, "the task is woken");
         assert!(first.as_mut().poll(&mut cx).is_pending());
         assert!(second.as_mut().poll(&mut cx).is_pending());
         assert_eq!(first_seen.polls(), 2);
