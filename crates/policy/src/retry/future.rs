@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -146,7 +146,7 @@ where
         let mut state = self.project().state;
         let (future, retrying) = match state.as_mut().project() {
             StateProj::First { future, retrying } => (future, retrying),
-            StateProj::Retries { retries } => return retries.as_mut().poll(cx),
+            StateProj::Retries { retries } => return Retries::resume(retries.as_mut(), cx.waker()),
         };
         let result = ready!(future.poll(cx));
         // Each way of keeping the result returns at once, so that the common one compiles to a
@@ -157,7 +157,7 @@ where
         let retrying = retrying
             .take()
             .expect("a retry is wanted only of a call that may be");
-        match Retries::start(retrying, result, hint, cx) {
+        match Retries::start(retrying, result, hint, cx.waker()) {
             Ok(retries) => {
                 state.set(State::Retries { retries });
                 Poll::Pending
@@ -178,14 +178,15 @@ where
     /// budget refused the retry, or the retries ended at once), else the retries under way.
     ///
     /// Out of line and given its inputs by value, so that the first attempt's path keeps the
-    /// future out of memory and stays small enough to inline into its caller.
+    /// future out of memory and stays small enough to inline into its caller. It takes the
+    /// waker rather than the caller's `Context` for the same reason as [`Retries::resume`].
     #[cold]
     #[inline(never)]
     fn start(
         retrying: Retrying<S, Req, C, R>,
         result: Result<S::Response, S::Error>,
         hint: Duration,
-        cx: &mut Context<'_>,
+        waker: &Waker,
     ) -> Result<Pin<Box<Self>>, CallResult<S, Req>>
     where
         C: RetryClassify<S::Response, S::Error>,
@@ -214,10 +215,26 @@ where
             attempt: 1,
             phase: Phase::after(wait),
         });
-        match retries.as_mut().poll(cx) {
+        match retries.as_mut().poll(&mut Context::from_waker(waker)) {
             Poll::Ready(output) => Err(output),
             Poll::Pending => Ok(retries),
         }
+    }
+
+    /// Polls the retries under way with a context of `waker`; out of line, as a call that is
+    /// retried has time to spare, and the first attempt's path stays small enough to inline
+    /// into its caller.
+    ///
+    /// Given the waker, not the caller's `Context`: a pointer to the caller's context passed out
+    /// of line would make its caller build it in memory on every call, the common ones too,
+    /// where the waker is a value it can hand over from a register.
+    #[inline(never)]
+    fn resume(self: Pin<&mut Self>, waker: &Waker) -> Poll<CallResult<S, Req>>
+    where
+        C: RetryClassify<S::Response, S::Error>,
+        R: CloneRequest<Req>,
+    {
+        self.poll(&mut Context::from_waker(waker))
     }
 }
 
@@ -229,9 +246,6 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
-    // Out of line: a call that is retried has time to spare, and the first attempt's path,
-    // which calls this, stays small enough to inline into its caller.
-    #[inline(never)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {

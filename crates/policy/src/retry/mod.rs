@@ -568,6 +568,8 @@ struct Local<C> {
     /// What each call's future holds of the policy, kept here so that a call reads only the
     /// service's own memory.
     ticket: Ticket<C>,
+    /// The policy's budget, kept here so that a deposit reaches it in one step.
+    budget: Option<Budget>,
     /// First attempts not yet deposited in the budget.
     held: u32,
 }
@@ -575,9 +577,11 @@ struct Local<C> {
 impl<C> Local<C> {
     #[inline]
     fn deposit(&mut self) {
-        self.held += 1;
-        if self.held == DEPOSIT_BATCH {
-            self.flush();
+        if self.budget.is_some() {
+            self.held += 1;
+            if self.held == DEPOSIT_BATCH {
+                self.flush();
+            }
         }
     }
 
@@ -585,7 +589,7 @@ impl<C> Local<C> {
     #[cold]
     #[inline(never)]
     fn flush(&mut self) {
-        if let Some(budget) = &self.retry.shared.config.budget {
+        if let Some(budget) = &self.budget {
             budget.deposit_many(self.held);
         }
         self.held = 0;
@@ -597,6 +601,7 @@ impl<C: Clone> Clone for Local<C> {
         Local {
             retry: self.retry.clone(),
             ticket: self.ticket.issue(),
+            budget: self.budget.clone(),
             held: 0,
         }
     }
@@ -638,6 +643,7 @@ impl<S, C, R> RetryService<S, C, R> {
             inner,
             policy: Local {
                 ticket: retry.ticket(),
+                budget: retry.budget().cloned(),
                 retry,
                 held: 0,
             },
