@@ -47,7 +47,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// The most response data an HTTP/2 stream holds for a client that is slow to take it (hyper's
 /// default is about 400 KiB). A client that opens its streams with the largest windows and then
 /// reads nothing leaves every stream's buffer full until `body_idle_timeout`: with the upstream's
-/// read buffer bounded too (`connections::MAX_READ_BUF`), 20 such clients of 4 streams each
+/// reads bounded too (`h1::MAX_READ`), 20 such clients of 4 streams each
 /// and 20 HTTP/1.1 ones took rampart to 51 MiB instead of 158 (`tests/abuse.rs`). A fast client
 /// loses little: 4 MiB answers over h2c, 16 streams, 1.5 to 1.8 GiB/s instead of 1.9.
 const H2_MAX_SEND_BUF: usize = 64 * 1024;

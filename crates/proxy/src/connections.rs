@@ -4,16 +4,18 @@
 //! the request's authority, builds a connect future for every request in case none is idle, and
 //! hands each HTTP/1.1 connection back from a task it spawns per request. rampart knows its
 //! endpoints when it loads its configuration, so each endpoint keeps its own: an HTTP/1.1
-//! connection carries one exchange at a time and goes back on the endpoint's idle stack when the
-//! response body it carried ends, and an HTTP/2 connection carries every request at once.
+//! connection carries one exchange at a time, spoken by the exchange itself ([`h1`]), and goes
+//! back on the endpoint's idle stack when the response body it carried ends; an HTTP/2
+//! connection carries every request at once.
 //!
 //! A connection idle for [`IDLE_TIMEOUT`] is closed rather than reused: one silently dropped on
 //! the way (a NAT's or a firewall's idle timeout) must not hold a request until its deadline, and
 //! an endpoint no longer called must not hold sockets open. A task per endpoint, started with its
 //! first connection, looks every [`IDLE_TIMEOUT`], so a connection closes between one and two
-//! of them after its last use, as with hyper-util's pool. A connection the upstream closed as a
-//! request went out gives the request back unsent, and the request goes once more on a new
-//! connection, as hyper-util's client does.
+//! of them after its last use, as with hyper-util's pool. An idle HTTP/1.1 connection the
+//! upstream has closed is let go at checkout, before anything is sent on it; an HTTP/2 one
+//! that gives its request back unsent sends it once more on a new connection, as hyper-util's
+//! client does.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -29,7 +31,7 @@ use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
@@ -38,20 +40,12 @@ use tower_service::Service;
 
 use crate::body::RequestBody;
 use crate::dns::Connector;
+use crate::h1;
 use crate::lock;
 use crate::turn;
 
 /// How long a connection may wait idle before it is closed rather than reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The largest read an HTTP/1.1 connection to an upstream makes (hyper's default is about
-/// 400 KiB). hyper grows its reads while they come back full, and each read becomes one chunk of
-/// the response body: behind a client slow to take a large answer, chunks that size wait in the
-/// client's buffers. Bounded here, such a client costs rampart a quarter of the memory
-/// (`conn::H2_MAX_SEND_BUF` has the figures). It bounds the response head too: one under 64 KiB
-/// always fits, one over 128 KiB never does (502 `upstream-invalid`), as nginx (4 KiB by default)
-/// and HAProxy (16 KiB) bound theirs.
-const MAX_READ_BUF: usize = 64 * 1024;
 
 /// The connections to one endpoint.
 pub(crate) struct Connections {
@@ -74,8 +68,8 @@ struct Kept {
     watched: AtomicBool,
 }
 
-struct Idle<S = http1::SendRequest<RequestBody>> {
-    sender: S,
+struct Idle<S = h1::Conn> {
+    handle: S,
     since: Instant,
 }
 
@@ -84,8 +78,8 @@ struct Idle<S = http1::SendRequest<RequestBody>> {
 pub(crate) enum SendError {
     /// No connection could be made.
     Connect(BoxError),
-    /// The connection broke, or the upstream's answer was not HTTP.
-    Exchange(hyper::Error),
+    /// The connection broke, the upstream's answer was not HTTP, or the request's body failed.
+    Exchange(BoxError),
 }
 
 impl Connections {
@@ -120,75 +114,33 @@ impl Connections {
         }
         let mut request = request;
         origin_form(&mut request, &self.authority);
-        let (mut sender, reused) = match self.checkout().await {
-            Some(sender) => (sender, true),
-            None => (Box::pin(self.connect_http1()).await?, false),
+        let conn = match self.checkout() {
+            Some(conn) => conn,
+            // Boxed: a connect's future is large, and rare.
+            None => h1::Conn::new(Box::pin(self.connect()).await?.into_inner()),
         };
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(err) => {
-                let request = resendable(err, reused)?;
-                let resent;
-                (sender, resent) = Box::pin(self.resend_http1(request)).await?;
-                resent
-            }
-        };
-        let hand_back = HandBack {
-            kept: self.kept.clone(),
-            sender,
-        };
-        Ok(response.map(|body| PooledBody::new(body, Some(hand_back))))
+        let response = h1::send(conn, request)
+            .await
+            .map_err(|err| SendError::Exchange(err.into()))?;
+        let kept = self.kept.clone();
+        Ok(response.map(|body| PooledBody::http1(body, kept)))
     }
 
     // The most recently used idle connection that is still open, closing those idle too long.
-    async fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
-        loop {
-            let idle = {
-                let mut idle = lock(&self.kept.idle);
-                // No clock read when there is nothing to reuse.
-                if idle.is_empty() {
-                    return None;
-                }
-                close_stale(&mut idle, turn::now());
-                idle.pop()?
-            };
-            let mut sender = idle.sender;
-            // Ready at once, unless the upstream closed it meanwhile.
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Some(sender);
+    fn checkout(&self) -> Option<h1::Conn> {
+        let mut idle = lock(&self.kept.idle);
+        // No clock read when there is nothing to reuse.
+        if idle.is_empty() {
+            return None;
+        }
+        close_stale(&mut idle, turn::now());
+        // One the upstream closed meanwhile is let go.
+        while let Some(Idle { handle: conn, .. }) = idle.pop() {
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
-    }
-
-    async fn resend_http1(
-        &self,
-        request: Request<RequestBody>,
-    ) -> Result<(http1::SendRequest<RequestBody>, Response<Incoming>), SendError> {
-        let mut sender = self.connect_http1().await?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(SendError::Exchange)?;
-        Ok((sender, response))
-    }
-
-    // Boxed where it is awaited: a handshake's future holds a whole connection, and inline it
-    // would make every exchange's future that large, copied on every request.
-    async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
-        let io = self.connect().await?;
-        let (mut sender, connection) = http1::Builder::new()
-            .max_buf_size(MAX_READ_BUF)
-            // send(2) of one buffer rather than writev(2): as the listener does (`conn`).
-            .writev(false)
-            .handshake(io)
-            .await
-            .map_err(SendError::Exchange)?;
-        tokio::spawn(async move {
-            // The connection's end is the exchange's to report; nothing is left to do here.
-            let _ = connection.with_upgrades().await;
-        });
-        sender.ready().await.map_err(SendError::Exchange)?;
-        Ok(sender)
+        None
     }
 
     async fn send_http2(
@@ -196,9 +148,9 @@ impl Connections {
         request: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let shared = match &mut *lock(&self.kept.http2) {
-            Some(kept) if !kept.sender.is_closed() => {
+            Some(kept) if !kept.handle.is_closed() => {
                 kept.since = turn::now();
-                Some(kept.sender.clone())
+                Some(kept.handle.clone())
             }
             _ => None,
         };
@@ -214,10 +166,10 @@ impl Connections {
                 sender
                     .send_request(request)
                     .await
-                    .map_err(SendError::Exchange)?
+                    .map_err(|err| SendError::Exchange(err.into()))?
             }
         };
-        Ok(response.map(|body| PooledBody::new(body, None)))
+        Ok(response.map(PooledBody::http2))
     }
 
     // A new HTTP/2 connection, shared from now on: one made by a concurrent request meanwhile
@@ -228,13 +180,16 @@ impl Connections {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(SendError::Exchange)?;
+            .map_err(|err| SendError::Exchange(err.into()))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        sender.ready().await.map_err(SendError::Exchange)?;
+        sender
+            .ready()
+            .await
+            .map_err(|err| SendError::Exchange(err.into()))?;
         *lock(&self.kept.http2) = Some(Idle {
-            sender: sender.clone(),
+            handle: sender.clone(),
             since: turn::now(),
         });
         self.kept.watch();
@@ -271,7 +226,7 @@ fn resendable(
 ) -> Result<Request<RequestBody>, SendError> {
     match err.take_message() {
         Some(request) if reused => Ok(request),
-        _ => Err(SendError::Exchange(err.into_error())),
+        _ => Err(SendError::Exchange(err.into_error().into())),
     }
 }
 
@@ -337,94 +292,102 @@ async fn close_idle(kept: Weak<Kept>) {
     }
 }
 
-/// An HTTP/1.1 connection whose exchange is under way, and where it goes back to.
-struct HandBack {
-    kept: Arc<Kept>,
-    sender: http1::SendRequest<RequestBody>,
-}
-
-impl HandBack {
-    fn give_back(self) {
-        if self.sender.is_closed() {
-            return;
-        }
+impl Kept {
+    /// Takes an HTTP/1.1 connection back after an exchange that ended whole.
+    fn give_back(self: &Arc<Kept>, conn: h1::Conn) {
         let idle = Idle {
-            sender: self.sender,
+            handle: conn,
             since: turn::now(),
         };
-        lock(&self.kept.idle).push(idle);
-        self.kept.watch();
+        lock(&self.idle).push(idle);
+        self.watch();
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An upstream's response body, handing its HTTP/1.1 connection back for the next request
-    /// once it has ended. A body dropped before its end takes the connection with it: what is
-    /// left of the response cannot be told from the next one.
-    pub(crate) struct PooledBody {
-        #[pin]
-        inner: Incoming,
-        hand_back: Option<HandBack>,
-    }
+/// An upstream's response body. Over HTTP/1.1 it hands its connection back for the next request
+/// once the exchange has ended whole; a body dropped before its end takes the connection with
+/// it: what is left of the response cannot be told from the next one.
+pub(crate) struct PooledBody {
+    inner: Inner,
+}
 
-    impl PinnedDrop for PooledBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            // A body with nothing to read (a HEAD, a 204) is done without being read.
-            if this.inner.is_end_stream()
-                && let Some(hand_back) = this.hand_back.take()
-            {
-                hand_back.give_back();
-            }
-        }
-    }
+enum Inner {
+    Http1 { body: h1::Body, kept: Arc<Kept> },
+    Http2(Incoming),
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, hand_back: Option<HandBack>) -> PooledBody {
-        PooledBody { inner, hand_back }
+    fn http1(body: h1::Body, kept: Arc<Kept>) -> PooledBody {
+        PooledBody {
+            inner: Inner::Http1 { body, kept },
+        }
+    }
+
+    fn http2(body: Incoming) -> PooledBody {
+        PooledBody {
+            inner: Inner::Http2(body),
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (a HEAD, a 204) is done without being read.
+        if let Inner::Http1 { body, kept } = &mut self.inner
+            && body.is_end_stream()
+            && let Some(conn) = body.take_reusable()
+        {
+            kept.give_back(conn);
+        }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let mut inner = this.inner;
-        let frame = ready!(inner.as_mut().poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) if !inner.is_end_stream() => {}
-            // The end, read whole: the connection may carry the next exchange.
-            Some(Ok(_)) | None => {
-                if let Some(hand_back) = this.hand_back.take() {
-                    hand_back.give_back();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::Http1 { body, kept } => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                // The end, read whole: the connection may carry the next exchange.
+                if body.is_end_stream()
+                    && let Some(conn) = body.take_reusable()
+                {
+                    kept.give_back(conn);
                 }
+                Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
             }
-            // A broken body leaves a connection no other exchange may use.
-            Some(Err(_)) => drop(this.hand_back.take()),
+            Inner::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BoxError::from))),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.is_end_stream(),
+            Inner::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.size_hint(),
+            Inner::Http2(body) => body.size_hint(),
+        }
     }
 }
 
 impl fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        match &self.inner {
+            Inner::Http1 { body, .. } => f.debug_tuple("PooledBody").field(body).finish(),
+            Inner::Http2(body) => f.debug_tuple("PooledBody").field(body).finish(),
+        }
     }
 }
 
@@ -432,7 +395,7 @@ impl StdError for SendError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             SendError::Connect(err) => Some(err.as_ref()),
-            SendError::Exchange(err) => Some(err),
+            SendError::Exchange(err) => Some(err.as_ref()),
         }
     }
 }

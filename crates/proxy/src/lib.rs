@@ -142,6 +142,7 @@ mod dns;
 mod fallback;
 mod fault;
 mod forward;
+mod h1;
 mod health;
 mod hedge;
 mod limits;

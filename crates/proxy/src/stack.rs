@@ -20,6 +20,7 @@ use crate::body::{
 use crate::connections::{PooledBody, SendError};
 use crate::fallback::Fallback;
 use crate::fault::Fault;
+use crate::h1;
 use crate::hedge::Hedging;
 use crate::limits::Slot;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -487,7 +488,7 @@ fn set_target(
 fn transport_error(err: &SendError) -> TransportError {
     match err {
         SendError::Connect(_) => TransportError::ConnectFailure,
-        SendError::Exchange(err) => broken_exchange(Some(err)),
+        SendError::Exchange(err) => broken_exchange(Some(err.as_ref())),
     }
 }
 
@@ -503,6 +504,12 @@ pub(crate) fn broken_exchange(mut source: Option<&(dyn StdError + 'static)>) -> 
         }
         if let Some(err) = cause.downcast_ref::<h2::Error>() {
             return h2_error(err);
+        }
+        match cause.downcast_ref::<h1::Error>() {
+            Some(h1::Error::Invalid(_)) => return TransportError::Invalid,
+            Some(h1::Error::Closed) => return TransportError::Reset,
+            // An I/O error or the request body's failure: its source says more.
+            Some(h1::Error::Io(_) | h1::Error::Body(_)) | None => {}
         }
         if let Some(err) = cause.downcast_ref::<io::Error>() {
             return TransportError::from_io(err, false);

@@ -20,6 +20,9 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+
+use crate::h1;
 
 /// A joined pair of connections, to be run by the client connection's task.
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -56,25 +59,22 @@ pub(crate) fn join<B>(client: OnUpgrade, response: &mut Response<B>) -> Option<T
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return None;
     }
-    let upstream = hyper::upgrade::on(response);
+    // Only an HTTP/1.1 upstream's connection can switch.
+    let upstream = response.extensions_mut().remove::<h1::Upgraded>()?;
     Some(Box::pin(async move {
-        // Either upgrade failing (the client went away before the 101 was written, say) leaves
-        // nothing to join; dropping the other closes it.
-        let Ok((client, upstream)) = both(client, upstream).await else {
+        // The client's upgrade failing (it went away before the 101 was written, say) leaves
+        // nothing to join; dropping the upstream's connection closes it.
+        let (Ok(client), Some((mut upstream, early))) = (client.await, upstream.take()) else {
             return;
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        // What the upstream sent right after its 101 came with the head's read.
+        if client.write_all(&early).await.is_err() {
+            return;
+        }
         // Ends when either side closes (each shutdown is passed on to the other) or fails.
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     }))
-}
-
-async fn both(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-) -> Result<(hyper::upgrade::Upgraded, hyper::upgrade::Upgraded), hyper::Error> {
-    tokio::try_join!(client, upstream)
 }
 
 #[cfg(test)]
