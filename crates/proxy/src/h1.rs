@@ -165,7 +165,7 @@ pub(crate) async fn send(
             decoder: framing,
             // A write that failed leaves the connection to no other exchange.
             reusable: keep_alive && !writer.failed,
-            writer: (!writer.done).then_some(writer),
+            writer: (!writer.done).then(|| Box::new(writer)),
         }
     };
     Ok(response.map(|()| body))
@@ -664,8 +664,9 @@ enum Chunked {
 pub(crate) struct Body {
     conn: Option<Conn>,
     decoder: Decoder,
-    /// What is left of the request body, when the answer came before its end.
-    writer: Option<Writer>,
+    /// What is left of the request body, when the answer came before its end: boxed, as that
+    /// is rare, and the response (with this body) is moved along the way back.
+    writer: Option<Box<Writer>>,
     /// The upstream keeps the connection open after this exchange.
     reusable: bool,
 }
