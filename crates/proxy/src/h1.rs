@@ -368,6 +368,70 @@ impl Fields {
     }
 }
 
+/// A response as it reads from `pieces`, the reads of a connection that then ends: for the fuzz
+/// target and the tests, through the same parsing and decoding as an exchange.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn read_response<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    head_request: bool,
+) -> Result<ReadResponse, String> {
+    let mut pieces = pieces.into_iter();
+    let mut read = BytesMut::new();
+    let head = 'head: loop {
+        while !read.is_empty()
+            && let Some(parsed) = parse_head(&mut read, head_request).map_err(|e| e.to_string())?
+        {
+            if let Parsed::Final(head) = parsed {
+                break 'head head;
+            }
+        }
+        if read.len() >= MAX_HEAD {
+            return Err(Error::Invalid("response head too large").to_string());
+        }
+        let piece = pieces.next().ok_or(Error::Closed.to_string())?;
+        read.extend_from_slice(piece);
+    };
+    let mut decoder = head.framing;
+    let mut body = Vec::new();
+    let mut trailers = Vec::new();
+    loop {
+        match decoder.next(&mut read).map_err(|e| e.to_string())? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::Trailers(fields) => {
+                trailers = fields
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                    .collect();
+            }
+            Decoded::End => break,
+            Decoded::More => match pieces.next() {
+                Some(piece) => read.extend_from_slice(piece),
+                None => {
+                    decoder.eof().map_err(|e| e.to_string())?;
+                    break;
+                }
+            },
+        }
+    }
+    Ok(ReadResponse {
+        status: head.status.as_u16(),
+        body,
+        trailers,
+        reusable: head.keep_alive && read.is_empty() && pieces.all(<[u8]>::is_empty),
+    })
+}
+
+/// What [`read_response`] read.
+#[cfg(any(test, fuzzing))]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ReadResponse {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Vec<(String, Vec<u8>)>,
+    /// The connection could carry another exchange: it stays open and nothing followed.
+    pub(crate) reusable: bool,
+}
+
 // === Writer ===
 
 /// The request on its way: its head until the first write, the bytes framed and not yet
@@ -716,66 +780,84 @@ impl Body {
             }
         }
         loop {
-            match self.decoder {
-                Decoder::Done | Decoder::Length(0) => {
-                    self.decoder = Decoder::Done;
-                    return Poll::Ready(None);
+            match self.decoder.next(&mut conn.read)? {
+                Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Decoded::Trailers(trailers) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
-                Decoder::Length(left) => {
-                    if conn.read.is_empty() {
-                        let want = usize::try_from(left).unwrap_or(usize::MAX);
-                        if ready!(poll_fill(&mut conn.io, &mut conn.read, want, cx))
-                            .map_err(Error::Io)?
-                            == 0
-                        {
-                            return Poll::Ready(Some(Err(Error::Closed)));
-                        }
-                    }
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.read.len());
-                    self.decoder = Decoder::Length(left - take as u64);
-                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split_to(take).freeze()))));
-                }
-                Decoder::Eof => {
-                    if conn.read.is_empty()
-                        && ready!(poll_fill(&mut conn.io, &mut conn.read, MAX_READ, cx))
-                            .map_err(Error::Io)?
-                            == 0
+                Decoded::End => return Poll::Ready(None),
+                Decoded::More => {
+                    let want = match self.decoder {
+                        Decoder::Length(left) => usize::try_from(left).unwrap_or(usize::MAX),
+                        _ => MAX_READ,
+                    };
+                    if ready!(poll_fill(&mut conn.io, &mut conn.read, want, cx))
+                        .map_err(Error::Io)?
+                        == 0
                     {
-                        self.decoder = Decoder::Done;
-                        return Poll::Ready(None);
+                        return Poll::Ready(self.decoder.eof().err().map(Err));
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))));
                 }
-                Decoder::Chunked(state) => match decode_chunk(&mut conn.read, state)? {
-                    Step::Next(state) => self.decoder = Decoder::Chunked(state),
+            }
+        }
+    }
+}
+
+/// What a body's decoder found in what was read.
+#[derive(Debug)]
+enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body has ended.
+    End,
+    /// The decoder needs more bytes.
+    More,
+}
+
+impl Decoder {
+    /// The next piece of the body from `read`.
+    fn next(&mut self, read: &mut BytesMut) -> Result<Decoded, Error> {
+        loop {
+            match *self {
+                Decoder::Done | Decoder::Length(0) => {
+                    *self = Decoder::Done;
+                    return Ok(Decoded::End);
+                }
+                _ if read.is_empty() => return Ok(Decoded::More),
+                Decoder::Length(left) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(read.len());
+                    *self = Decoder::Length(left - take as u64);
+                    return Ok(Decoded::Data(read.split_to(take).freeze()));
+                }
+                Decoder::Eof => return Ok(Decoded::Data(read.split().freeze())),
+                Decoder::Chunked(state) => match decode_chunk(read, state)? {
+                    Step::Next(state) => *self = Decoder::Chunked(state),
                     Step::Data(data, state) => {
-                        self.decoder = Decoder::Chunked(state);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                        *self = Decoder::Chunked(state);
+                        return Ok(Decoded::Data(data));
                     }
                     Step::End(trailers) => {
-                        self.decoder = Decoder::Done;
-                        if let Some(trailers) = trailers {
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        return Poll::Ready(None);
+                        *self = Decoder::Done;
+                        return Ok(trailers.map_or(Decoded::End, Decoded::Trailers));
                     }
-                    Step::More => {
-                        if conn.read.len() >= MAX_HEAD {
-                            return Poll::Ready(Some(Err(Error::Invalid(
-                                "chunk line or trailers too large",
-                            ))));
-                        }
-                        if ready!(poll_fill(&mut conn.io, &mut conn.read, MAX_READ, cx))
-                            .map_err(Error::Io)?
-                            == 0
-                        {
-                            return Poll::Ready(Some(Err(Error::Closed)));
-                        }
+                    Step::More if read.len() >= MAX_HEAD => {
+                        return Err(Error::Invalid("chunk line or trailers too large"));
                     }
+                    Step::More => return Ok(Decoded::More),
                 },
             }
+        }
+    }
+
+    /// The connection ended with nothing more read: the end of a body read until then, else
+    /// one cut short.
+    fn eof(&mut self) -> Result<(), Error> {
+        match self {
+            Decoder::Eof => {
+                *self = Decoder::Done;
+                Ok(())
+            }
+            _ => Err(Error::Closed),
         }
     }
 }
@@ -833,6 +915,10 @@ fn decode_chunk(read: &mut BytesMut, state: Chunked) -> Result<Step, Error> {
                 }
                 return Ok(Step::More);
             };
+            // Refused whether or not its end was read with it.
+            if end > MAX_CHUNK_LINE {
+                return Err(Error::Invalid("chunk size line too long"));
+            }
             let line = &read[..end];
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
             // After the size: nothing, or extensions (ignored) after optional whitespace.
@@ -1074,31 +1160,20 @@ mod tests {
         assert!(reusable);
     }
 
-    #[tokio::test]
-    async fn chunks_split_anywhere_decode_the_same() {
-        let wire = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n";
+    #[test]
+    fn a_response_split_anywhere_reads_the_same() {
+        let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
+            transfer-encoding: chunked\r\n\r\n\
+            3\r\nabc\r\n10;x=y\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n";
+        let whole = read_response([&wire[..]], false).unwrap();
+        assert_eq!(whole.status, 200);
+        assert_eq!(whole.body, b"abc0123456789abcdef");
+        assert_eq!(whole.trailers, [("x-t".to_string(), b"1".to_vec())]);
+        assert!(whole.reusable);
         for cut in 0..wire.len() {
-            let mut read = BytesMut::from(&wire[..cut]);
-            let mut rest = &wire[cut..];
-            let mut state = Chunked::Size;
-            let mut data = Vec::new();
-            let trailers = loop {
-                match decode_chunk(&mut read, state).unwrap() {
-                    Step::Next(next) => state = next,
-                    Step::Data(piece, next) => {
-                        data.extend_from_slice(&piece);
-                        state = next;
-                    }
-                    Step::End(trailers) => break trailers,
-                    Step::More => {
-                        // One byte more at a time past the cut.
-                        read.extend_from_slice(&rest[..1]);
-                        rest = &rest[1..];
-                    }
-                }
-            };
-            assert_eq!(data, b"abc0123456789abcdef", "cut at {cut}");
-            assert_eq!(trailers.unwrap()["x-t"], "1", "cut at {cut}");
+            let (first, rest) = wire.split_at(cut);
+            let split = read_response([first].into_iter().chain(rest.chunks(1)), false);
+            assert_eq!(split.as_ref(), Ok(&whole), "cut at {cut}");
         }
     }
 

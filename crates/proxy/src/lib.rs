@@ -190,6 +190,17 @@ pub mod fuzzing {
     pub fn strict_refused_at<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Option<usize> {
         crate::strict::refused_at(pieces)
     }
+
+    /// An upstream's HTTP/1.1 response read from `pieces` (a connection's reads, after which it
+    /// ends) as an exchange reads it: its status, body, trailers and whether its connection
+    /// could be reused, or why it was refused.
+    pub fn upstream_response<'a>(
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+        head_request: bool,
+    ) -> Result<(u16, Vec<u8>, Vec<(String, Vec<u8>)>, bool), String> {
+        crate::h1::read_response(pieces, head_request)
+            .map(|read| (read.status, read.body, read.trailers, read.reusable))
+    }
 }
 
 /// A running proxy: its listeners accept and forward until [`Proxy::shutdown`].
