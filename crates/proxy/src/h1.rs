@@ -34,6 +34,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
 use rampart_policy::error::BoxError;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -147,6 +148,7 @@ pub(crate) async fn send(
     drop(waiting);
     let Head {
         status,
+        reason,
         version,
         headers,
         framing,
@@ -156,6 +158,9 @@ pub(crate) async fn send(
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(reason);
+    }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
         let leftover = conn.read.split().freeze();
         response
@@ -266,6 +271,8 @@ fn poll_fill(
 /// A response head read whole.
 struct Head {
     status: StatusCode,
+    /// The reason phrase, when it is not the status's usual one.
+    reason: Option<ReasonPhrase>,
     version: Version,
     headers: HeaderMap,
     framing: Decoder,
@@ -282,7 +289,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     // Where each field lies in the head, kept while the parser borrows `read`: offsets fit,
     // as a head is read whole within `MAX_HEAD` plus one read.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, count) = {
+    let (len, code, minor, count, reason) = {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
@@ -306,13 +313,23 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
         }
         let code = parsed.code.unwrap_or_default();
         let minor = parsed.version.unwrap_or_default();
-        (len, code, minor, parsed.headers.len())
+        let reason = parsed
+            .reason
+            .filter(|reason| !reason.is_empty())
+            .map(|reason| (offset(reason.as_bytes()), reason.len() as u32));
+        (len, code, minor, parsed.headers.len(), reason)
     };
     let head = read.split_to(len).freeze();
     if (100..=199).contains(&code) && code != 101 {
         return Ok(Some(Parsed::Informational));
     }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("status code"))?;
+    // A reason phrase of the upstream's own goes to the client as it came, as hyper's client
+    // and server pass it (`ReasonPhrase`); the usual one is written again from the status.
+    let reason = reason
+        .map(|(at, len)| head.slice(at as usize..(at + len) as usize))
+        .filter(|reason| Some(&reason[..]) != status.canonical_reason().map(str::as_bytes))
+        .and_then(|reason| ReasonPhrase::try_from(reason).ok());
     let version = if minor == 1 {
         Version::HTTP_11
     } else {
@@ -339,6 +356,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
         };
     Ok(Some(Parsed::Final(Head {
         status,
+        reason,
         version,
         headers,
         framing,
@@ -1151,6 +1169,22 @@ mod tests {
         assert_eq!(body, "hello");
         assert!(trailers.is_none());
         assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn an_upstreams_own_reason_phrase_is_kept() {
+        for (answer, kept) in [
+            (
+                &b"HTTP/1.1 404 Nothing Here\r\ncontent-length: 0\r\n\r\n"[..],
+                Some("Nothing Here"),
+            ),
+            (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", None),
+            (b"HTTP/1.1 404 \r\ncontent-length: 0\r\n\r\n", None),
+        ] {
+            let (response, ..) = exchange(answer, request(Method::GET, empty()), 0).await;
+            let reason = response.extensions().get::<ReasonPhrase>();
+            assert_eq!(reason.map(ReasonPhrase::as_bytes), kept.map(str::as_bytes));
+        }
     }
 
     #[tokio::test]
