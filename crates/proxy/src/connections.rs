@@ -13,7 +13,8 @@
 //! an endpoint no longer called must not hold sockets open. A task per endpoint, started with its
 //! first connection, looks every [`IDLE_TIMEOUT`], so a connection closes between one and two
 //! of them after its last use, as with hyper-util's pool. An idle HTTP/1.1 connection the
-//! upstream has closed is let go at checkout, before anything is sent on it; an HTTP/2 one
+//! upstream has closed is let go at checkout, before anything is sent on it, or at that task's
+//! next look, whichever comes first; an HTTP/2 one
 //! that gives its request back unsent sends it once more on a new connection, as hyper-util's
 //! client does.
 
@@ -280,7 +281,12 @@ async fn close_idle(kept: Weak<Kept>) {
             return;
         };
         let now = turn::now();
-        close_stale(&mut lock(&kept.idle), now);
+        {
+            let mut idle = lock(&kept.idle);
+            close_stale(&mut idle, now);
+            // Those the upstream closed go too: no checkout may come to notice for a while.
+            idle.retain(|idle| idle.handle.is_usable());
+        }
         let mut http2 = lock(&kept.http2);
         // Streams still open keep their connection: only this handle goes.
         if http2
@@ -551,6 +557,59 @@ mod tests {
         }
         assert_eq!(lock(&http1.kept.idle).len(), 0);
         assert!(lock(&http2.kept.http2).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_goes_at_the_next_look() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // One connection answering two requests, closed when the test says.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0; 1024];
+            for _ in 0..2 {
+                let _ = stream.read(&mut buf).await.unwrap();
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                stream.write_all(answer).await.unwrap();
+            }
+            let _ = closed.await;
+        });
+        let connections = connections(addr, false);
+        // The first exchange starts the task that looks every `IDLE_TIMEOUT`, from its first
+        // poll.
+        exchange(&connections, addr).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+        tokio::time::resume();
+        // The second, on the same connection, leaves it idle for half the timeout at the look.
+        exchange(&connections, addr).await;
+        close.send(()).unwrap();
+        let mut looks = 0;
+        while lock(&connections.kept.idle)
+            .first()
+            .is_some_and(|idle| idle.handle.is_usable())
+        {
+            looks += 1;
+            assert!(looks < 1000, "the close was never seen");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(lock(&connections.kept.idle).len(), 1);
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            lock(&connections.kept.idle).len(),
+            0,
+            "fresh, but closed by the upstream"
+        );
     }
 
     #[tokio::test]
