@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http2};
@@ -114,7 +114,7 @@ impl Connections {
             return pin_in_box!(self.send_http2(request)).await;
         }
         let mut request = request;
-        origin_form(&mut request, &self.authority);
+        with_host(&mut request, &self.authority);
         let conn = match self.checkout() {
             Some(conn) => conn,
             // Boxed: a connect's future is large, and rare.
@@ -231,15 +231,9 @@ fn resendable(
     }
 }
 
-// An HTTP/1.1 request names only its path and query on the request line, and its host in `Host`
-// (which a request from an HTTP/1.0 client may lack).
-fn origin_form(request: &mut Request<RequestBody>, authority: &Authority) {
-    let path = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *request.uri_mut() = Uri::from(path);
+// An HTTP/1.1 request names its host in `Host` (which a request from an HTTP/1.0 client may
+// lack); its request line names only the path and query (`h1` writes it from the target).
+fn with_host(request: &mut Request<RequestBody>, authority: &Authority) {
     if !request.headers().contains_key(HOST)
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
@@ -338,9 +332,9 @@ impl PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        // A body with nothing to read (a HEAD, a 204) is done without being read.
+        // A body with nothing to read (a HEAD, a 204) is done without being read; `take_reusable`
+        // gives nothing for one dropped before its end.
         if let Inner::Http1 { body, kept } = &mut self.inner
-            && body.is_end_stream()
             && let Some(conn) = body.take_reusable()
         {
             kept.give_back(conn);
@@ -360,9 +354,7 @@ impl Body for PooledBody {
             Inner::Http1 { body, kept } => {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 // The end, read whole: the connection may carry the next exchange.
-                if body.is_end_stream()
-                    && let Some(conn) = body.take_reusable()
-                {
+                if let Some(conn) = body.take_reusable() {
                     kept.give_back(conn);
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))

@@ -231,23 +231,32 @@ fn poll_head(
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        while !conn.read.is_empty()
-            && let Some(head) = parse_head(&mut conn.read, head_request)?
-        {
-            match head {
-                Parsed::Final(head) => return Poll::Ready(Ok(head)),
-                // `100 Continue` and the like: the final answer follows.
-                Parsed::Informational => {}
-            }
-        }
-        if conn.read.len() >= MAX_HEAD {
-            return Poll::Ready(Err(Error::Invalid("response head too large")));
+        if let Some(head) = take_head(&mut conn.read, head_request)? {
+            return Poll::Ready(Ok(head));
         }
         if ready!(poll_fill(&mut conn.io, &mut conn.read, READ_CHUNK, cx)).map_err(Error::Io)? == 0
         {
             return Poll::Ready(Err(Error::Closed));
         }
     }
+}
+
+/// The final response head at the start of `read`, taken from it with the informational ones
+/// before it; `None` while more bytes are needed.
+fn take_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
+    while !read.is_empty()
+        && let Some(head) = parse_head(read, head_request)?
+    {
+        match head {
+            Parsed::Final(head) => return Ok(Some(head)),
+            // `100 Continue` and the like: the final answer follows.
+            Parsed::Informational => {}
+        }
+    }
+    if read.len() >= MAX_HEAD {
+        return Err(Error::Invalid("response head too large"));
+    }
+    Ok(None)
 }
 
 /// Reads what is there, into at most `want` more bytes of room (at least [`READ_CHUNK`]);
@@ -390,19 +399,8 @@ impl Fields {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == CONTENT_LENGTH {
-            for item in value.split(|&b| b == b',') {
-                let item = item.trim_ascii();
-                if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                    return Err(Error::Invalid("content-length"));
-                }
-                let length = item
-                    .iter()
-                    .fold(0u64, |length, digit| length * 10 + u64::from(digit - b'0'));
-                if self.content_length.is_some_and(|before| before != length) {
-                    return Err(Error::Invalid("conflicting content-length"));
-                }
-                self.content_length = Some(length);
-            }
+            self.content_length =
+                Some(add_length(self.content_length, value).map_err(Error::Invalid)?);
         }
         Ok(())
     }
@@ -433,16 +431,9 @@ pub(crate) fn read_response<'a>(
 ) -> Result<ReadResponse, String> {
     let mut pieces = pieces.into_iter();
     let mut read = BytesMut::new();
-    let head = 'head: loop {
-        while !read.is_empty()
-            && let Some(parsed) = parse_head(&mut read, head_request).map_err(|e| e.to_string())?
-        {
-            if let Parsed::Final(head) = parsed {
-                break 'head head;
-            }
-        }
-        if read.len() >= MAX_HEAD {
-            return Err(Error::Invalid("response head too large").to_string());
+    let head = loop {
+        if let Some(head) = take_head(&mut read, head_request).map_err(|e| e.to_string())? {
+            break head;
         }
         let piece = pieces.next().ok_or(Error::Closed.to_string())?;
         read.extend_from_slice(piece);
@@ -547,18 +538,12 @@ impl Writer {
         } else {
             (Encoder::Chunked, None)
         };
-        for (name, value) in &parts.headers {
-            // The framing is this side's to say.
-            if name == TRANSFER_ENCODING
-                || (name == CONTENT_LENGTH && matches!(framing, Encoder::Chunked))
-            {
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        // The framing is this side's to say.
+        let fields = parts.headers.iter().filter(|(name, _)| {
+            *name != TRANSFER_ENCODING
+                && (*name != CONTENT_LENGTH || !matches!(framing, Encoder::Chunked))
+        });
+        write_fields(&mut head, fields);
         if let Some(length) = announce {
             head.extend_from_slice(b"content-length: ");
             head.extend_from_slice(length.to_string().as_bytes());
@@ -729,29 +714,54 @@ fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
         return Bytes::from_static(b"0\r\n\r\n");
     };
     let mut out = b"0\r\n".to_vec();
-    for (name, value) in trailers {
+    write_fields(&mut out, trailers.iter());
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// Writes `fields` as field lines.
+fn write_fields<'a>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
 }
 
 /// The request's own Content-Length, when it is one number.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let first = values.next()?.to_str().ok()?.trim().parse().ok()?;
-    values
-        .all(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|value| value.trim().parse().ok())
-                == Some(first)
+    headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, |length, value| {
+            add_length(length, value.as_bytes()).map(Some)
         })
-        .then_some(first)
+        .ok()
+        .flatten()
+}
+
+/// The length a Content-Length field `value` (a comma-separated list) says, with what the
+/// fields before it said: every number must be the same.
+fn add_length(before: Option<u64>, value: &[u8]) -> Result<u64, &'static str> {
+    let mut length = before;
+    for item in value.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err("content-length");
+        }
+        let parsed = item
+            .iter()
+            .fold(0u64, |length, digit| length * 10 + u64::from(digit - b'0'));
+        if length.is_some_and(|length| length != parsed) {
+            return Err("conflicting content-length");
+        }
+        length = Some(parsed);
+    }
+    length.ok_or("content-length")
 }
 
 // === Body ===
