@@ -28,9 +28,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -102,25 +102,26 @@ impl Connections {
         }
     }
 
-    /// Sends `request`, whose target is absolute, and returns the response head; its body hands
-    /// the connection back when it ends.
+    /// Sends the request of `head` and `body` to this endpoint and returns the response head;
+    /// its body hands the connection back when it ends. `head` is lent: an HTTP/1.1 exchange
+    /// writes it out as it starts, so a retry sends it again without a copy; an HTTP/2 one
+    /// takes a copy, its target made absolute.
     pub(crate) async fn send(
         &self,
-        request: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
     ) -> Result<Response<PooledBody>, SendError> {
         // Boxed, as the rare paths below are: what the common one holds is copied with every
         // request's future.
         if self.http2 {
-            return pin_in_box!(self.send_http2(request)).await;
+            return pin_in_box!(self.send_http2(head, body)).await;
         }
-        let mut request = request;
-        with_host(&mut request, &self.authority);
         let conn = match self.checkout() {
             Some(conn) => conn,
             // Boxed: a connect's future is large, and rare.
             None => h1::Conn::new(Box::pin(self.connect()).await?.into_inner()),
         };
-        let response = h1::send(conn, request)
+        let response = h1::send(conn, head, &self.authority, body)
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;
         let kept = self.kept.clone();
@@ -146,8 +147,12 @@ impl Connections {
 
     async fn send_http2(
         &self,
-        request: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
     ) -> Result<Response<PooledBody>, SendError> {
+        let mut request = Request::from_parts(head.clone(), body);
+        *request.uri_mut() = absolute(&self.authority, request.uri())?;
+        *request.version_mut() = Version::HTTP_2;
         let shared = match &mut *lock(&self.kept.http2) {
             Some(kept) if !kept.handle.is_closed() => {
                 kept.since = turn::now();
@@ -231,14 +236,20 @@ fn resendable(
     }
 }
 
-// An HTTP/1.1 request names its host in `Host` (which a request from an HTTP/1.0 client may
-// lack); its request line names only the path and query (`h1` writes it from the target).
-fn with_host(request: &mut Request<RequestBody>, authority: &Authority) {
-    if !request.headers().contains_key(HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        request.headers_mut().insert(HOST, host);
-    }
+// The target of a request to this endpoint: the endpoint, with the request's own path and
+// query. Whatever authority the client named (absolute-form, `:authority`, Host) never picks
+// where the request goes.
+fn absolute(endpoint: &Authority, target: &Uri) -> Result<Uri, SendError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint.clone());
+    parts.path_and_query = Some(
+        target
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|err| SendError::Exchange(err.into()))
 }
 
 // Closes the connections of `idle` unused for `IDLE_TIMEOUT` at `now`.
@@ -409,6 +420,7 @@ impl fmt::Display for SendError {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
     use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -461,16 +473,19 @@ mod tests {
         Connections::new(addr.to_string().parse().unwrap(), connector, http2)
     }
 
-    fn request(addr: SocketAddr) -> Request<RequestBody> {
-        Request::builder()
-            .uri(format!("http://{addr}/path"))
+    /// A GET of `/path` sent through `connections`.
+    async fn send(connections: &Connections) -> Result<Response<PooledBody>, SendError> {
+        let (head, body) = Request::builder()
+            .uri("/path")
             .body(Empty::new().map_err(BoxError::from).boxed_unsync())
             .unwrap()
+            .into_parts();
+        connections.send(&head, body).await
     }
 
     /// One exchange with `addr` through `connections`, read to its end.
-    async fn exchange(connections: &Connections, addr: SocketAddr) {
-        let response = connections.send(request(addr)).await.unwrap();
+    async fn exchange(connections: &Connections) {
+        let response = send(connections).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
     }
@@ -481,7 +496,7 @@ mod tests {
         let (addr, accepted) = upstream(false, close).await;
         let connections = connections(addr, false);
         for _ in 0..3 {
-            exchange(&connections, addr).await;
+            exchange(&connections).await;
         }
         accepted.load(Ordering::Relaxed)
     }
@@ -495,8 +510,8 @@ mod tests {
     async fn a_body_left_unread_takes_its_connection_with_it() {
         let (addr, accepted) = upstream(false, false).await;
         let connections = connections(addr, false);
-        drop(connections.send(request(addr)).await.unwrap());
-        exchange(&connections, addr).await;
+        drop(send(&connections).await.unwrap());
+        exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 
@@ -509,16 +524,16 @@ mod tests {
     async fn a_connection_idle_too_long_is_closed_rather_than_reused() {
         let (addr, accepted) = upstream(false, false).await;
         let connections = connections(addr, false);
-        exchange(&connections, addr).await;
+        exchange(&connections).await;
         tokio::time::pause();
         tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
         tokio::time::resume();
-        exchange(&connections, addr).await;
+        exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 1, "still fresh: reused");
         tokio::time::pause();
         tokio::time::advance(IDLE_TIMEOUT).await;
         tokio::time::resume();
-        exchange(&connections, addr).await;
+        exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
         assert_eq!(
             lock(&connections.kept.idle).len(),
@@ -532,8 +547,8 @@ mod tests {
         let (addr1, _) = upstream(false, false).await;
         let (addr2, _) = upstream(true, false).await;
         let (http1, http2) = (connections(addr1, false), connections(addr2, true));
-        exchange(&http1, addr1).await;
-        exchange(&http2, addr2).await;
+        exchange(&http1).await;
+        exchange(&http2).await;
         assert_eq!(lock(&http1.kept.idle).len(), 1);
         assert!(lock(&http2.kept.http2).is_some());
         tokio::time::pause();
@@ -572,7 +587,7 @@ mod tests {
         let connections = connections(addr, false);
         // The first exchange starts the task that looks every `IDLE_TIMEOUT`, from its first
         // poll.
-        exchange(&connections, addr).await;
+        exchange(&connections).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
@@ -580,7 +595,7 @@ mod tests {
         tokio::time::advance(IDLE_TIMEOUT / 2).await;
         tokio::time::resume();
         // The second, on the same connection, leaves it idle for half the timeout at the look.
-        exchange(&connections, addr).await;
+        exchange(&connections).await;
         close.send(()).unwrap();
         let mut looks = 0;
         while lock(&connections.kept.idle)
@@ -608,11 +623,11 @@ mod tests {
     async fn http2_requests_share_one_connection_at_once() {
         let (addr, accepted) = upstream(true, false).await;
         let connections = connections(addr, true);
-        exchange(&connections, addr).await;
+        exchange(&connections).await;
         tokio::join!(
-            exchange(&connections, addr),
-            exchange(&connections, addr),
-            exchange(&connections, addr),
+            exchange(&connections),
+            exchange(&connections),
+            exchange(&connections),
         );
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
@@ -623,7 +638,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let connections = connections(addr, false);
-        let err = connections.send(request(addr)).await.unwrap_err();
+        let err = send(&connections).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err:?}");
     }
 }

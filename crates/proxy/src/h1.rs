@@ -30,9 +30,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 use rampart_policy::error::BoxError;
@@ -135,14 +136,20 @@ impl Upgraded {
     }
 }
 
-/// Sends `request` on `conn` and returns the response head; its body reads the rest.
+/// Sends the request of `head` and `body` on `conn` and returns the response head; its body
+/// reads the rest. The request line names the path and query of `head`'s target, and a `head`
+/// without Host gets `host`.
+///
+/// The head is lent, not given: it is written out before the first poll returns, and a retry
+/// sends the same head again without a copy of it.
 pub(crate) async fn send(
     mut conn: Conn,
-    request: Request<RequestBody>,
+    head: &Parts,
+    host: &Authority,
+    body: RequestBody,
 ) -> Result<Response<Body>, Error> {
-    let (parts, body) = request.into_parts();
-    let head_request = parts.method == Method::HEAD;
-    let mut writer = Writer::new(&parts, body);
+    let head_request = head.method == Method::HEAD;
+    let mut writer = Writer::new(head, host, body);
     let waiting = Waiting::enter();
     let head = poll_fn(|cx| poll_head(&mut conn, &mut writer, head_request, cx)).await?;
     drop(waiting);
@@ -507,23 +514,35 @@ enum Encoder {
 }
 
 impl Writer {
-    /// The request's head framed, the body to follow.
-    fn new(parts: &Parts, body: RequestBody) -> Writer {
+    /// The request's head framed, with `host` when it names none, the body to follow.
+    fn new(parts: &Parts, host: &Authority, body: RequestBody) -> Writer {
         let target = parts
             .uri
             .path_and_query()
             .map_or("/", |target| target.as_str());
-        // Sized once: the request line, the fields, and room for a framing field.
+        // Sized once: the request line, the fields, and room for Host and a framing field.
+        let mut has_host = false;
         let fields: usize = parts
             .headers
             .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .map(|(name, value)| {
+                has_host |= name == HOST;
+                name.as_str().len() + value.len() + 4
+            })
             .sum();
-        let mut head = Vec::with_capacity(parts.method.as_str().len() + target.len() + fields + 64);
+        let mut head = Vec::with_capacity(
+            parts.method.as_str().len() + target.len() + fields + host.as_str().len() + 64,
+        );
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
+        // HTTP/1.1 requires Host (a request from an HTTP/1.0 client may lack it).
+        if !has_host {
+            head.extend_from_slice(b"host: ");
+            head.extend_from_slice(host.as_str().as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
         // How the body is framed, and the Content-Length to add when the request has none.
         let (framing, announce) = if body.is_end_stream() {
             (Encoder::Length(0), None)
@@ -1064,6 +1083,7 @@ mod tests {
     use std::convert::Infallible;
     use std::net::SocketAddr;
 
+    use http::Request;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -1109,6 +1129,12 @@ mod tests {
             .headers_mut()
             .insert(http::header::HOST, HeaderValue::from_static("upstream"));
         request
+    }
+
+    /// `request` sent on `conn`, `upstream` its host when it names none.
+    async fn send(conn: Conn, request: Request<RequestBody>) -> Result<Response<Body>, Error> {
+        let (head, body) = request.into_parts();
+        super::send(conn, &head, &Authority::from_static("upstream"), body).await
     }
 
     fn empty() -> RequestBody {
@@ -1179,6 +1205,26 @@ mod tests {
         assert_eq!(body, "hello");
         assert!(trailers.is_none());
         assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn a_request_without_host_names_the_endpoint_and_one_with_host_keeps_its_own() {
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let mut get = request(Method::GET, empty());
+        get.headers_mut().remove(http::header::HOST);
+        get.headers_mut()
+            .insert("accept", HeaderValue::from_static("*/*"));
+        let (.., sent) = exchange(answer, get, 0).await;
+        assert_eq!(
+            sent,
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\n\r\n"
+        );
+
+        let mut get = request(Method::GET, empty());
+        get.headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_static("asked-for"));
+        let (.., sent) = exchange(answer, get, 0).await;
+        assert_eq!(sent, "GET /path?q=1 HTTP/1.1\r\nhost: asked-for\r\n\r\n");
     }
 
     #[tokio::test]

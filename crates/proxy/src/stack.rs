@@ -5,8 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::request::Parts;
+use http::{Request, Response};
 use rampart_config::Route;
 use rampart_http::classify::{RetryHint, classify_response, grpc_status, is_grpc, retry_hint};
 use rampart_http::{Attempt, Reason, TransportError};
@@ -205,13 +205,15 @@ impl Stack {
         expired: Reason,
     ) -> Result<Response<UpstreamBody>, Reason> {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
-        let (parts, body) = request.into_parts();
+        // The request's head is lent to each attempt: an HTTP/1.1 one writes it out as it
+        // starts, so neither a retry nor a hedge needs a copy of it (`Connections::send`).
+        let (head, body) = request.into_parts();
 
         // Only a request that may be retried is worth a copy of its body.
         let retry = self
             .retry
             .as_ref()
-            .filter(|retry| retry.allows(&parts, grpc) && retry.can_replay(&body));
+            .filter(|retry| retry.allows(&head, grpc) && retry.can_replay(&body));
         let mut body = match retry {
             Some(retry) => {
                 retry.budget().deposit();
@@ -224,9 +226,6 @@ impl Stack {
         // A hedge is sent again as a retry is: only what may be retried is hedged.
         let hedging = self.hedging.as_ref().zip(retry);
 
-        // The request's head, copied for each attempt another may follow (a retry, a hedge) and
-        // moved into the last: a request that cannot be sent twice is never copied.
-        let mut head = Some(parts);
         // The endpoint of the failed attempt, and what it answered: kept through the backoff,
         // to be the answer if no endpoint takes the retry.
         let mut failed: Option<(usize, Last)> = None;
@@ -254,15 +253,8 @@ impl Stack {
                 // retried): the failed attempt's answer stands.
                 return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
             };
-            let last = attempt == attempts && hedging.is_none();
-            let Some(attempt_head) = (if last { head.take() } else { head.clone() }) else {
-                // Taken by the last attempt, after which none is made.
-                return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
-            };
-            let mut request = Request::from_parts(attempt_head, attempt_body);
-            set_target(&mut request, picked.authority, self.upstream.version())?;
             let first = picked.index;
-            let sending = self.send(request, picked, slot, deadline, grpc);
+            let sending = self.send(&head, attempt_body, picked, slot, deadline, grpc);
 
             let sent = match hedging {
                 None => sending.await,
@@ -285,11 +277,10 @@ impl Stack {
                         if !retry.budget().withdraw() {
                             return None;
                         }
-                        let mut request = Request::from_parts(head.clone()?, body.next()?);
-                        set_target(&mut request, picked.authority, self.upstream.version()).ok()?;
+                        let body = body.next()?;
                         hedged.push(picked.index);
                         self.metrics.hedged();
-                        Some(self.send(request, picked, slot, deadline, grpc))
+                        Some(self.send(&head, body, picked, slot, deadline, grpc))
                     };
                     let classify = |sent: &Sent| match sent {
                         Ok((_, _, outcome)) => *outcome,
@@ -367,14 +358,15 @@ impl Stack {
     // bounded by the deadline either way.
     async fn send(
         &self,
-        request: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
         picked: Picked<'_>,
         slot: Slot<'_>,
         deadline: Instant,
         grpc: bool,
     ) -> Sent {
         let index = picked.index;
-        let response = match self.attempt(index, request, deadline).await {
+        let response = match self.attempt(index, head, body, deadline).await {
             Ok(response) => response,
             Err(tried) => {
                 let outcome = match tried {
@@ -413,17 +405,18 @@ impl Stack {
     async fn attempt(
         &self,
         index: usize,
-        request: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
         deadline: Instant,
     ) -> Result<Response<PooledBody>, Tried> {
-        let fault = request.extensions().get::<BodyFault>().cloned();
+        let fault = head.extensions.get::<BodyFault>().cloned();
         let try_deadline = self
             .per_try_timeout
             .map_or(deadline, |timeout| deadline.min(turn::now() + timeout));
         // Boxed: an exchange's future is about 1 KiB, and inline it would grow every request's
         // future by as much (with 10,000 connections left idle after a request each, 160 MiB
         // against 149 boxed).
-        let sending = pin_in_box!(self.upstream.connections(index).send(request));
+        let sending = pin_in_box!(self.upstream.connections(index).send(head, body));
         match tokio::time::timeout_at(try_deadline, sending).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault.as_ref().and_then(BodyFault::get) {
@@ -459,29 +452,6 @@ impl Last {
             Last::Error(reason) => Err(reason),
         }
     }
-}
-
-// The target becomes the endpoint, with the request's own path and query: whatever authority the
-// client named (absolute-form, `:authority`, Host) never picks where the request goes.
-fn set_target(
-    request: &mut Request<RequestBody>,
-    endpoint: &Authority,
-    version: Version,
-) -> Result<(), Reason> {
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(Scheme::HTTP);
-    target.authority = Some(endpoint.clone());
-    target.path_and_query = Some(
-        request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    // Only an asterisk-form target (`OPTIONS *`) has no place in an absolute URI.
-    *request.uri_mut() = Uri::from_parts(target).map_err(|_| Reason::BadRequest)?;
-    *request.version_mut() = version;
-    Ok(())
 }
 
 /// Why the client got no response head: a connect failure, or the exchange broke on the way.

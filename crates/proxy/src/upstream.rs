@@ -14,7 +14,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use http::Version;
 use http::uri::Authority;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -46,7 +45,6 @@ pub(crate) struct Pool {
     balancer: Balancer,
     failures: FailureStatus,
     grpc: bool,
-    version: Version,
     limits: Limits,
     metrics: UpstreamMetrics,
 }
@@ -71,7 +69,6 @@ struct Endpoint {
 #[derive(Debug)]
 pub(crate) struct Picked<'a> {
     pub(crate) index: usize,
-    pub(crate) authority: &'a Authority,
     // None when the endpoint has no breaker, or when the ejection cap sent the attempt to an
     // endpoint whose breaker refused it (see `Pool::pick`).
     permit: Option<Permit<'a>>,
@@ -192,11 +189,6 @@ impl Pool {
             balancer,
             failures: failure_status(&upstream.failure_status),
             grpc: upstream.protocol == UpstreamProtocol::Grpc,
-            version: if http2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            },
             limits: Limits::new(&upstream.limits, upstream_metrics.clone())
                 .map_err(|message| invalid("limits", message))?,
             metrics: upstream_metrics,
@@ -252,7 +244,6 @@ impl Pool {
                 let endpoint = &self.endpoints[index];
                 return Ok(Picked {
                     index,
-                    authority: &endpoint.authority,
                     permit: None,
                     in_flight: self.balancer.start(&endpoint.load),
                     metrics: &endpoint.metrics,
@@ -302,7 +293,6 @@ impl Pool {
         };
         Some(Picked {
             index,
-            authority: &endpoint.authority,
             permit,
             in_flight: self.balancer.start(&endpoint.load),
             metrics: &endpoint.metrics,
@@ -360,11 +350,6 @@ impl Pool {
     /// Whether responses are classified as gRPC whatever the request says (`protocol = "grpc"`).
     pub(crate) fn is_grpc(&self) -> bool {
         self.grpc
-    }
-
-    /// The HTTP version requests to this upstream go out with.
-    pub(crate) fn version(&self) -> Version {
-        self.version
     }
 
     /// `[upstreams.NAME.limits]`, shared by every route to this upstream.
@@ -576,7 +561,7 @@ mod tests {
 
     fn picks(pool: &Pool, n: usize) -> Vec<String> {
         (0..n)
-            .map(|_| pool.pick(None).unwrap().authority.to_string())
+            .map(|_| pool.authority(pool.pick(None).unwrap().index).to_string())
             .collect()
     }
 
