@@ -359,7 +359,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
         let name = &head[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name).map_err(|_| Error::Invalid("header name"))?;
         let value = head.slice(value as usize..(value + value_len) as usize);
-        fields.read(&name, &value)?;
+        if !fields.read(&name, &value)? {
+            continue;
+        }
         let value =
             HeaderValue::from_maybe_shared(value).map_err(|_| Error::Invalid("header value"))?;
         headers.append(name, value);
@@ -394,13 +396,23 @@ struct Fields {
 }
 
 impl Fields {
-    fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Error> {
+    /// Reads one field of the head; whether the response keeps it. A Connection field that
+    /// names only `close` or `keep-alive` speaks of this connection alone, which is read here:
+    /// it is let go, as the proxy strips hop-by-hop fields anyway (RFC 9110 §7.6.1) and looking
+    /// it up to do so costs more than never keeping it. One naming anything else is kept for
+    /// that (an `upgrade`, a field to strip).
+    fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
         if name == CONNECTION {
+            let mut only_this_connection = true;
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                only_this_connection &= close || keep_alive || token.is_empty();
             }
+            return Ok(!only_this_connection);
         } else if name == TRANSFER_ENCODING {
             // The last coding of the last field counts.
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
@@ -409,7 +421,7 @@ impl Fields {
             self.content_length =
                 Some(add_length(self.content_length, value).map_err(Error::Invalid)?);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// How the body of a response with status `code` is framed (RFC 9112 §6.3).
@@ -1355,6 +1367,29 @@ mod tests {
             }
             drop(response);
             server.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_field_only_about_this_connection_is_not_kept() {
+        for (answer, kept) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"[..],
+                None,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nconnection: Close, \r\ncontent-length: 0\r\n\r\n",
+                None,
+            ),
+            // Naming a field, it is kept, for the proxy to strip that field too.
+            (
+                b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\ncontent-length: 0\r\n\r\n",
+                Some("keep-alive, x-hop"),
+            ),
+        ] {
+            let (response, ..) = exchange(answer, request(Method::GET, empty()), 0).await;
+            let connection = response.headers().get(CONNECTION);
+            assert_eq!(connection.map(|value| value.to_str().unwrap()), kept);
         }
     }
 
