@@ -200,6 +200,8 @@ struct Framing {
     line: [u8; LINE],
     line_len: usize,
     truncated: bool,
+    // The current line can say nothing the framing needs (see `may_matter`): it is not kept.
+    ignored: bool,
     // Lines of the current head so far; the first is the request line.
     lines: u32,
     // Whether the current head is a chunked body's trailers.
@@ -223,6 +225,7 @@ impl Framing {
             line: [0; LINE],
             line_len: 0,
             truncated: false,
+            ignored: false,
             lines: 0,
             trailers: false,
             content_length: None,
@@ -328,7 +331,16 @@ impl Framing {
             return;
         };
         self.prev_cr = last == b'\r';
-        if self.truncated {
+        if self.truncated || self.ignored {
+            return;
+        }
+        // Most lines are told apart by their first byte (CRs aside, as they are not kept):
+        // those are not copied.
+        if self.line_len == 0
+            && let Some(&first) = text.iter().find(|&&byte| byte != b'\r')
+            && !self.may_matter(first)
+        {
+            self.ignored = true;
             return;
         }
         // A well-formed line's one CR ends it: then the text is kept as it is.
@@ -351,6 +363,17 @@ impl Framing {
         }
     }
 
+    // Whether a line of the current head starting with `first` may say something the framing
+    // needs: the request line of the HTTP/2 preface or of a CONNECT, a header line naming
+    // Content-Length, Transfer-Encoding or Upgrade. Trailers never do.
+    fn may_matter(&self, first: u8) -> bool {
+        match (self.trailers, self.lines) {
+            (true, _) => false,
+            (false, 0) => matches!(first, b'P' | b'C'),
+            (false, _) => matches!(first.to_ascii_lowercase(), b'c' | b't' | b'u'),
+        }
+    }
+
     // Whether the LF just read ends a head that must be refused: a bare one does.
     fn line_feed(&mut self) -> bool {
         let prev_cr = std::mem::replace(&mut self.prev_cr, false);
@@ -359,7 +382,7 @@ impl Framing {
 
     // Whether the line just ended ends a head that must be refused.
     fn end_line(&mut self) -> bool {
-        let empty = self.line_len == 0 && !self.truncated;
+        let empty = self.line_len == 0 && !self.truncated && !self.ignored;
         if empty {
             if self.lines == 0 && !self.trailers {
                 // An empty line before a request line is skipped (RFC 9112 §2.2).
@@ -380,12 +403,13 @@ impl Framing {
             if line.starts_with(b"PRI ") || line.starts_with(b"CONNECT ") {
                 self.opaque = true;
             }
-        } else if !self.trailers {
+        } else if !self.trailers && !self.ignored {
             self.header_line();
         }
         self.lines += 1;
         self.line_len = 0;
         self.truncated = false;
+        self.ignored = false;
         false
     }
 
@@ -475,6 +499,7 @@ impl Framing {
             && self.lines == 0
             && self.line_len == 0
             && !self.truncated
+            && !self.ignored
             && !self.prev_cr
             && !self.trailers
     }
@@ -488,6 +513,7 @@ impl Framing {
         self.prev_cr = false;
         self.line_len = 0;
         self.truncated = false;
+        self.ignored = false;
         self.lines = 0;
         self.trailers = trailers;
         self.content_length = None;
@@ -641,6 +667,24 @@ mod tests {
                      POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n\
                      3;x=y\r\n\n\n\n\r\n0\r\nTrailer: t\r\n\r\n\
                      GET / HTTP/1.1\nHost: a\r\n\r\n";
+        let expected = input.find("GET / HTTP/1.1\n").unwrap() + 14;
+        each_step(input, Some(expected));
+    }
+
+    #[test]
+    fn framing_fields_count_among_any_others_and_other_lines_are_still_checked() {
+        // Lines of other names, long ones too, around the framing ones; a body that the
+        // Content-Length frames, then a bare LF in a line of another name.
+        let long = "x".repeat(100);
+        let input = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nX-Long: {long}\r\nCONTENT-length: 4\r\n\
+             Accept: */*\r\n\r\na\nb\nGET / HTTP/1.1\r\nAccept: */*\nHost: a\r\n\r\n"
+        );
+        let expected = input.find("*/*\nHost").unwrap() + 3;
+        each_step(&input, Some(expected));
+        // Trailers' lines, whatever their names, frame nothing.
+        let input = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     0\r\nContent-Length: 9\r\nUpgrade: x\r\n\r\nGET / HTTP/1.1\nHost: a\r\n\r\n";
         let expected = input.find("GET / HTTP/1.1\n").unwrap() + 14;
         each_step(input, Some(expected));
     }
