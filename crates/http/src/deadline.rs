@@ -203,13 +203,17 @@ fn far_future(now: Instant) -> Instant {
 /// `x-rampart-deadline` otherwise, replacing any value there, and removes the other header so the
 /// upstream reads one budget only.
 pub fn set_outgoing(headers: &mut HeaderMap, remaining: Duration, is_grpc: bool) {
-    if is_grpc {
-        headers.remove(X_RAMPART_DEADLINE);
-        headers.insert(GRPC_TIMEOUT, format_grpc_timeout(remaining));
+    let (name, value, other) = if is_grpc {
+        (GRPC_TIMEOUT, format_grpc_timeout(remaining), X_RAMPART_DEADLINE)
     } else {
-        headers.remove(GRPC_TIMEOUT);
-        headers.insert(X_RAMPART_DEADLINE, format_rampart_deadline(remaining));
+        (X_RAMPART_DEADLINE, format_rampart_deadline(remaining), GRPC_TIMEOUT)
+    };
+    // Most requests carry neither: a pass over the names costs less than a removal's lookup,
+    // which hashes the name.
+    if headers.keys().any(|present| *present == other) {
+        headers.remove(other);
     }
+    headers.insert(name, value);
 }
 
 #[cfg(test)]

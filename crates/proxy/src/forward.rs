@@ -109,12 +109,22 @@ pub(crate) async fn handle(
 // breaker classifies it.
 fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> (RouteOutcome, Kind) {
     let headers = response.headers();
+    // One pass over the fields rather than two lookups, each hashing its name: most answers
+    // hold neither, and few fields. The first of each name counts, as `get` would read it.
+    let (mut fallback, mut error) = (None, None);
+    for (name, value) in headers {
+        if *name == X_RAMPART_FALLBACK {
+            fallback = fallback.or(Some(value));
+        } else if *name == X_RAMPART_ERROR {
+            error = error.or(Some(value));
+        }
+    }
     // A fallback stands in for a failure of the kind its header names.
-    if let Some(why) = headers.get(X_RAMPART_FALLBACK) {
+    if let Some(why) = fallback {
         let kind = reason(why.as_bytes()).map_or(Kind::Failure, kind_of);
         return (RouteOutcome::Fallback, kind);
     }
-    if let Some(error) = headers.get(X_RAMPART_ERROR) {
+    if let Some(error) = error {
         let reason = reason(error.as_bytes());
         let outcome = match reason {
             Some(
