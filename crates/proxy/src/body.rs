@@ -60,8 +60,8 @@ pin_project_lite::pin_project! {
     pub(crate) struct DeadlineBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        deadline: Instant,
+        timer: Timer,
     }
 }
 
@@ -69,8 +69,33 @@ impl<B> DeadlineBody<B> {
     pub(crate) fn new(inner: B, deadline: Instant) -> DeadlineBody<B> {
         DeadlineBody {
             inner,
-            sleep: tokio::time::sleep_until(deadline),
+            deadline,
+            timer: Timer::default(),
         }
+    }
+}
+
+/// A timer made when a wait first needs it. Most bodies never make their reader wait: their
+/// pieces are read as soon as they are asked for. A tokio `Sleep` made up front costs each of
+/// them a clone of the runtime's handle, and about a hundred bytes moved with the body through
+/// every layer that wraps it.
+#[derive(Default)]
+struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// The timer, made set to `at` if there was none.
+    fn get_or_set(&mut self, at: Instant) -> Pin<&mut Sleep> {
+        self.0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+    }
+
+    /// The timer, set to `at`.
+    fn set(&mut self, at: Instant) -> Pin<&mut Sleep> {
+        if let Some(sleep) = &mut self.0 {
+            sleep.as_mut().reset(at);
+        }
+        self.get_or_set(at)
     }
 }
 
@@ -91,7 +116,7 @@ where
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match this.sleep.poll(cx) {
+        match this.timer.get_or_set(*this.deadline).poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
             Poll::Pending => Poll::Pending,
         }
@@ -270,10 +295,9 @@ pin_project_lite::pin_project! {
     pub(crate) struct IdleBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        timer: Timer,
         timeout: Duration,
-        // Whether `sleep` is set for the current wait.
+        // Whether `timer` is set for the current wait.
         waiting: bool,
         // Told of a stall, for a request body.
         fault: Option<BodyFault>,
@@ -286,7 +310,7 @@ impl<B> IdleBody<B> {
     pub(crate) fn new(inner: B, timeout: Duration, fault: Option<BodyFault>) -> IdleBody<B> {
         IdleBody {
             inner,
-            sleep: tokio::time::sleep_until(turn::now() + timeout),
+            timer: Timer::default(),
             timeout,
             waiting: false,
             fault,
@@ -306,18 +330,20 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         // The gap starts when the reader first finds nothing, not at the last piece: time the
         // reader spent elsewhere is not the body's stall.
-        if !*this.waiting {
-            *this.waiting = true;
-            this.sleep.as_mut().reset(turn::now() + *this.timeout);
-        }
-        match this.sleep.poll(cx) {
+        let at = turn::now() + *this.timeout;
+        let sleep = if std::mem::replace(this.waiting, true) {
+            this.timer.get_or_set(at)
+        } else {
+            this.timer.set(at)
+        };
+        match sleep.poll(cx) {
             Poll::Ready(()) => {
                 if let Some(fault) = this.fault {
                     fault.set(ClientBodyFault::Stalled);
