@@ -204,9 +204,17 @@ fn far_future(now: Instant) -> Instant {
 /// upstream reads one budget only.
 pub fn set_outgoing(headers: &mut HeaderMap, remaining: Duration, is_grpc: bool) {
     let (name, value, other) = if is_grpc {
-        (GRPC_TIMEOUT, format_grpc_timeout(remaining), X_RAMPART_DEADLINE)
+        (
+            GRPC_TIMEOUT,
+            format_grpc_timeout(remaining),
+            X_RAMPART_DEADLINE,
+        )
     } else {
-        (X_RAMPART_DEADLINE, format_rampart_deadline(remaining), GRPC_TIMEOUT)
+        (
+            X_RAMPART_DEADLINE,
+            format_rampart_deadline(remaining),
+            GRPC_TIMEOUT,
+        )
     };
     // Most requests carry neither: a pass over the names costs less than a removal's lookup,
     // which hashes the name.

@@ -420,11 +420,11 @@ impl fmt::Display for SendError {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
     use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::HeaderValue;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::server::conn::{http1 as server1, http2 as server2};
     use hyper::service::service_fn;
