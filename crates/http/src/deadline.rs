@@ -3,7 +3,7 @@
 //! When A calls B calls C, C should not work on a request A has already given up on. So the time
 //! left travels with the request: an incoming `grpc-timeout` (gRPC) or `x-rampart-deadline`
 //! (milliseconds left, plain HTTP) caps the route's timeout ([`incoming_deadline`]), and every
-//! request sent upstream carries the time then left in the same header ([`set_outgoing`]), also
+//! request sent upstream carries the time left for it in the same header ([`Outgoing`]), also
 //! when the client sent none. Formatting rounds down, so a hop never grants more time than it has.
 //!
 //! A request that arrives with no time left is refused at once ([`DeadlineError::Expired`], which
@@ -199,29 +199,69 @@ fn far_future(now: Instant) -> Instant {
     now.checked_add(THIRTY_YEARS).unwrap_or(now)
 }
 
+/// The deadline header of one request sent upstream: the time left for it, in `grpc-timeout` for
+/// gRPC and `x-rampart-deadline` otherwise.
+///
+/// It is the time of one attempt: a retry after a backoff carries what is left then, not what was
+/// left when the request arrived, and an attempt cut short by a per-try timeout says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The time left.
+    pub remaining: Duration,
+    /// Whether the request is gRPC's, which reads `grpc-timeout`.
+    pub grpc: bool,
+}
+
+impl Outgoing {
+    /// The header's name.
+    pub fn name(self) -> HeaderName {
+        if self.grpc {
+            GRPC_TIMEOUT
+        } else {
+            X_RAMPART_DEADLINE
+        }
+    }
+
+    /// The header's value, rounded down.
+    pub fn value(self) -> HeaderValue {
+        if self.grpc {
+            format_grpc_timeout(self.remaining)
+        } else {
+            format_rampart_deadline(self.remaining)
+        }
+    }
+
+    /// Whether a field named `name` is one this header replaces: either deadline header, so that
+    /// the upstream reads one budget only, this one.
+    pub fn replaces(name: &HeaderName) -> bool {
+        *name == X_RAMPART_DEADLINE || *name == GRPC_TIMEOUT
+    }
+
+    /// Writes this header into `headers`, replacing any deadline header there.
+    pub fn set(self, headers: &mut HeaderMap) {
+        let other = if self.grpc {
+            X_RAMPART_DEADLINE
+        } else {
+            GRPC_TIMEOUT
+        };
+        // Most requests carry neither: a pass over the names costs less than a removal's lookup,
+        // which hashes the name.
+        if headers.keys().any(|present| *present == other) {
+            headers.remove(other);
+        }
+        headers.insert(self.name(), self.value());
+    }
+}
+
 /// Writes the time left, `remaining`, into an outgoing request: `grpc-timeout` for gRPC,
 /// `x-rampart-deadline` otherwise, replacing any value there, and removes the other header so the
-/// upstream reads one budget only.
+/// upstream reads one budget only ([`Outgoing::set`]).
 pub fn set_outgoing(headers: &mut HeaderMap, remaining: Duration, is_grpc: bool) {
-    let (name, value, other) = if is_grpc {
-        (
-            GRPC_TIMEOUT,
-            format_grpc_timeout(remaining),
-            X_RAMPART_DEADLINE,
-        )
-    } else {
-        (
-            X_RAMPART_DEADLINE,
-            format_rampart_deadline(remaining),
-            GRPC_TIMEOUT,
-        )
-    };
-    // Most requests carry neither: a pass over the names costs less than a removal's lookup,
-    // which hashes the name.
-    if headers.keys().any(|present| *present == other) {
-        headers.remove(other);
+    Outgoing {
+        remaining,
+        grpc: is_grpc,
     }
-    headers.insert(name, value);
+    .set(headers);
 }
 
 #[cfg(test)]
@@ -443,6 +483,32 @@ mod tests {
         let mut h = HeaderMap::new();
         set_outgoing(&mut h, Duration::from_secs(2), false);
         assert_eq!(h[X_RAMPART_DEADLINE], "2000");
+    }
+
+    #[test]
+    fn an_outgoing_header_replaces_both_deadline_headers_and_nothing_else() {
+        for name in ["x-rampart-deadline", "grpc-timeout"] {
+            assert!(Outgoing::replaces(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["x-rampart-error", "timeout", "grpc-status", "deadline"] {
+            assert!(
+                !Outgoing::replaces(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        let http = Outgoing {
+            remaining: MS(1500),
+            grpc: false,
+        };
+        assert_eq!(
+            (http.name(), http.value()),
+            (X_RAMPART_DEADLINE, "1500".parse().unwrap())
+        );
+        let grpc = Outgoing { grpc: true, ..http };
+        assert_eq!(
+            (grpc.name(), grpc.value()),
+            (GRPC_TIMEOUT, "1500000u".parse().unwrap())
+        );
     }
 
     fn grpc_timeout_text() -> impl Strategy<Value = String> {

@@ -34,6 +34,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rampart_http::deadline::Outgoing;
 use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -102,26 +103,27 @@ impl Connections {
         }
     }
 
-    /// Sends the request of `head` and `body` to this endpoint and returns the response head;
-    /// its body hands the connection back when it ends. `head` is lent: an HTTP/1.1 exchange
-    /// writes it out as it starts, so a retry sends it again without a copy; an HTTP/2 one
-    /// takes a copy, its target made absolute.
+    /// Sends the request of `head` and `body` to this endpoint, with `deadline` in place of any
+    /// deadline header of `head`, and returns the response head; its body hands the connection
+    /// back when it ends. `head` is lent: an HTTP/1.1 exchange writes it out as it starts, so a
+    /// retry sends it again without a copy; an HTTP/2 one takes a copy, its target made absolute.
     pub(crate) async fn send(
         &self,
         head: &Parts,
+        deadline: Outgoing,
         body: RequestBody,
     ) -> Result<Response<PooledBody>, SendError> {
         // Boxed, as the rare paths below are: what the common one holds is copied with every
         // request's future.
         if self.http2 {
-            return pin_in_box!(self.send_http2(head, body)).await;
+            return pin_in_box!(self.send_http2(head, deadline, body)).await;
         }
         let conn = match self.checkout() {
             Some(conn) => conn,
             // Boxed: a connect's future is large, and rare.
             None => h1::Conn::new(Box::pin(self.connect()).await?.into_inner()),
         };
-        let response = h1::send(conn, head, &self.authority, body)
+        let response = h1::send(conn, head, &self.authority, deadline, body)
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;
         let kept = self.kept.clone();
@@ -148,11 +150,13 @@ impl Connections {
     async fn send_http2(
         &self,
         head: &Parts,
+        deadline: Outgoing,
         body: RequestBody,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut request = Request::from_parts(head.clone(), body);
         *request.uri_mut() = absolute(&self.authority, request.uri())?;
         *request.version_mut() = Version::HTTP_2;
+        deadline.set(request.headers_mut());
         let shared = match &mut *lock(&self.kept.http2) {
             Some(kept) if !kept.handle.is_closed() => {
                 kept.since = turn::now();
@@ -480,7 +484,11 @@ mod tests {
             .body(Empty::new().map_err(BoxError::from).boxed_unsync())
             .unwrap()
             .into_parts();
-        connections.send(&head, body).await
+        let deadline = Outgoing {
+            remaining: Duration::from_secs(1),
+            grpc: false,
+        };
+        connections.send(&head, deadline, body).await
     }
 
     /// One exchange with `addr` through `connections`, read to its end.

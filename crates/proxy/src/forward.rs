@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
 use rampart_http::classify::{classify_response, is_grpc};
-use rampart_http::deadline::{deadline_within, header_budget, set_outgoing};
+use rampart_http::deadline::{deadline_within, header_budget};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
 use rampart_policy::Outcome;
@@ -255,13 +255,7 @@ async fn exchange(
     } else {
         HopByHop::default()
     };
-    rewrite_request(
-        &mut parts,
-        client.peer,
-        grpc,
-        deadline.remaining(),
-        hop_by_hop,
-    );
+    rewrite_request(&mut parts, client.peer, hop_by_hop);
     if let Some(outbox) = stack.outbox() {
         return match outbox
             .accept(stack.name(), parts, body, deadline.instant())
@@ -358,14 +352,9 @@ fn failed(
     }
 }
 
-// The headers of a request on its way upstream.
-fn rewrite_request(
-    parts: &mut Parts,
-    peer: SocketAddr,
-    grpc: bool,
-    remaining: Duration,
-    hop_by_hop: HopByHop,
-) {
+// The headers of a request on its way upstream; each attempt adds the time it has
+// (`Stack::call`).
+fn rewrite_request(parts: &mut Parts, peer: SocketAddr, hop_by_hop: HopByHop) {
     // An HTTP/2 client names the host in `:authority`, which the new target replaces: an HTTP/1.1
     // upstream still learns it from Host.
     if !parts.headers.contains_key(HOST)
@@ -376,8 +365,6 @@ fn rewrite_request(
     }
     remove_hop_by_hop(&mut parts.headers, hop_by_hop);
     append_forwarded_for(&mut parts.headers, peer.ip());
-    // The upstream learns how long its caller will wait.
-    set_outgoing(&mut parts.headers, remaining, grpc);
 }
 
 // `response`, with the client's HTTP/1.x connection closed after it: what is left of the request

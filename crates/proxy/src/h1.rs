@@ -36,6 +36,7 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
+use rampart_http::deadline::Outgoing;
 use rampart_policy::error::BoxError;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -137,8 +138,8 @@ impl Upgraded {
 }
 
 /// Sends the request of `head` and `body` on `conn` and returns the response head; its body
-/// reads the rest. The request line names the path and query of `head`'s target, and a `head`
-/// without Host gets `host`.
+/// reads the rest. The request line names the path and query of `head`'s target, a `head`
+/// without Host gets `host`, and `deadline` stands in for any deadline header of `head`.
 ///
 /// The head is lent, not given: it is written out before the first poll returns, and a retry
 /// sends the same head again without a copy of it.
@@ -146,10 +147,11 @@ pub(crate) async fn send(
     mut conn: Conn,
     head: &Parts,
     host: &Authority,
+    deadline: Outgoing,
     body: RequestBody,
 ) -> Result<Response<Body>, Error> {
     let head_request = head.method == Method::HEAD;
-    let mut writer = Writer::new(head, host, body);
+    let mut writer = Writer::new(head, host, deadline, body);
     let waiting = Waiting::enter();
     let head = poll_fn(|cx| poll_head(&mut conn, &mut writer, head_request, cx)).await?;
     drop(waiting);
@@ -526,13 +528,15 @@ enum Encoder {
 }
 
 impl Writer {
-    /// The request's head framed, with `host` when it names none, the body to follow.
-    fn new(parts: &Parts, host: &Authority, body: RequestBody) -> Writer {
+    /// The request's head framed, with `host` when it names none and `deadline` instead of its
+    /// own deadline headers, the body to follow.
+    fn new(parts: &Parts, host: &Authority, deadline: Outgoing, body: RequestBody) -> Writer {
         let target = parts
             .uri
             .path_and_query()
             .map_or("/", |target| target.as_str());
-        // Sized once: the request line, the fields, and room for Host and a framing field.
+        // Sized once: the request line, the fields, and room for Host, the deadline and a framing
+        // field.
         let mut has_host = false;
         let fields: usize = parts
             .headers
@@ -543,7 +547,7 @@ impl Writer {
             })
             .sum();
         let mut head = Vec::with_capacity(
-            parts.method.as_str().len() + target.len() + fields + host.as_str().len() + 64,
+            parts.method.as_str().len() + target.len() + fields + host.as_str().len() + 96,
         );
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
@@ -569,12 +573,17 @@ impl Writer {
         } else {
             (Encoder::Chunked, None)
         };
-        // The framing is this side's to say.
+        // The framing is this side's to say, and the deadline this attempt's.
         let fields = parts.headers.iter().filter(|(name, _)| {
             *name != TRANSFER_ENCODING
                 && (*name != CONTENT_LENGTH || !matches!(framing, Encoder::Chunked))
+                && !Outgoing::replaces(name)
         });
         write_fields(&mut head, fields);
+        write_fields(
+            &mut head,
+            std::iter::once((&deadline.name(), &deadline.value())),
+        );
         if let Some(length) = announce {
             head.extend_from_slice(b"content-length: ");
             head.extend_from_slice(length.to_string().as_bytes());
@@ -1094,6 +1103,7 @@ fn decode_chunk(read: &mut BytesMut, state: Chunked) -> Result<Step, Error> {
 mod tests {
     use std::convert::Infallible;
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use http::Request;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -1143,10 +1153,23 @@ mod tests {
         request
     }
 
+    /// The deadline header each request in these tests is sent with.
+    const DEADLINE: Outgoing = Outgoing {
+        remaining: Duration::from_secs(1),
+        grpc: false,
+    };
+
     /// `request` sent on `conn`, `upstream` its host when it names none.
     async fn send(conn: Conn, request: Request<RequestBody>) -> Result<Response<Body>, Error> {
         let (head, body) = request.into_parts();
-        super::send(conn, &head, &Authority::from_static("upstream"), body).await
+        super::send(
+            conn,
+            &head,
+            &Authority::from_static("upstream"),
+            DEADLINE,
+            body,
+        )
+        .await
     }
 
     fn empty() -> RequestBody {
@@ -1210,7 +1233,10 @@ mod tests {
         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-up: 1\r\n\r\nhello";
         let (response, body, trailers, reusable, sent) =
             exchange(answer, request(Method::GET, empty()), 0).await;
-        assert_eq!(sent, "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\n\r\n");
+        assert_eq!(
+            sent,
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\n\r\n"
+        );
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.version(), Version::HTTP_11);
         assert_eq!(response.headers()["x-up"], "1");
@@ -1229,14 +1255,36 @@ mod tests {
         let (.., sent) = exchange(answer, get, 0).await;
         assert_eq!(
             sent,
-            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\n\r\n"
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\nx-rampart-deadline: 1000\r\n\r\n"
         );
 
         let mut get = request(Method::GET, empty());
         get.headers_mut()
             .insert(http::header::HOST, HeaderValue::from_static("asked-for"));
         let (.., sent) = exchange(answer, get, 0).await;
-        assert_eq!(sent, "GET /path?q=1 HTTP/1.1\r\nhost: asked-for\r\n\r\n");
+        assert_eq!(
+            sent,
+            "GET /path?q=1 HTTP/1.1\r\nhost: asked-for\r\nx-rampart-deadline: 1000\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_attempts_deadline_stands_in_for_the_requests_own() {
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let mut get = request(Method::GET, empty());
+        for (name, value) in [
+            ("x-rampart-deadline", "5000"),
+            ("accept", "*/*"),
+            ("grpc-timeout", "5S"),
+        ] {
+            get.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        let (.., sent) = exchange(answer, get, 0).await;
+        assert_eq!(
+            sent,
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\nx-rampart-deadline: 1000\r\n\r\n"
+        );
     }
 
     #[tokio::test]
@@ -1261,7 +1309,7 @@ mod tests {
         let (.., sent) = exchange(answer, request(Method::POST, full("hello")), 5).await;
         assert_eq!(
             sent,
-            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\ncontent-length: 5\r\n\r\nhello"
+            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\ncontent-length: 5\r\n\r\nhello"
         );
         let chunked = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
         let put = request(Method::PUT, streamed(&["hello", " world"]));
@@ -1269,13 +1317,16 @@ mod tests {
         assert_eq!(
             sent,
             format!(
-                "PUT /path?q=1 HTTP/1.1\r\nhost: upstream\r\ntransfer-encoding: chunked\r\n\r\n{chunked}"
+                "PUT /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\ntransfer-encoding: chunked\r\n\r\n{chunked}"
             )
         );
         // A GET's body of unknown length is not sent, as hyper does.
         let get = request(Method::GET, streamed(&["ignored"]));
         let (.., sent) = exchange(answer, get, 0).await;
-        assert_eq!(sent, "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\n\r\n");
+        assert_eq!(
+            sent,
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\n\r\n"
+        );
     }
 
     #[tokio::test]
@@ -1287,7 +1338,7 @@ mod tests {
         let (.., reusable, sent) = exchange(answer, post, 5).await;
         assert_eq!(
             sent,
-            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\ncontent-length: 5\r\n\r\nhello"
+            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\ncontent-length: 5\r\nx-rampart-deadline: 1000\r\n\r\nhello"
         );
         assert!(reusable);
     }
@@ -1502,7 +1553,7 @@ mod tests {
         drop(response);
         assert_eq!(
             String::from_utf8(server.await.unwrap()).unwrap(),
-            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\n\r\n"
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\n\r\n"
         );
     }
 

@@ -41,8 +41,8 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
-use rampart_http::classify::{RetryHint, is_grpc, retry_hint};
-use rampart_http::deadline::{GRPC_TIMEOUT, X_RAMPART_DEADLINE, set_outgoing};
+use rampart_http::classify::{RetryHint, retry_hint};
+use rampart_http::deadline::Outgoing;
 use rampart_outbox::{
     Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
 };
@@ -233,10 +233,8 @@ fn stored(parts: Parts, body: Bytes) -> rampart_outbox::Request {
     request.headers = parts
         .headers
         .iter()
-        // The deadline is set afresh for each delivery; a message id is rampart's to give.
-        .filter(|(name, _)| {
-            ![X_RAMPART_MESSAGE_ID, X_RAMPART_DEADLINE, GRPC_TIMEOUT].contains(name)
-        })
+        // Each attempt of a delivery says its own deadline; a message id is rampart's to give.
+        .filter(|(name, _)| *name != X_RAMPART_MESSAGE_ID && !Outgoing::replaces(name))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     request.body = body;
@@ -489,15 +487,13 @@ async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
 // Sends `message` through the route's stack; a 2xx answer is a delivery.
 async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
     let stored = &message.request;
-    let mut headers = HeaderMap::with_capacity(stored.headers.len() + 2);
+    let mut headers = HeaderMap::with_capacity(stored.headers.len() + 1);
     for (name, value) in &stored.headers {
         headers.append(name.clone(), value.clone());
     }
     if let Ok(id) = HeaderValue::from_str(&message.id().to_string()) {
         headers.insert(X_RAMPART_MESSAGE_ID, id);
     }
-    let grpc = stack.upstream().is_grpc() || is_grpc(&headers);
-    set_outgoing(&mut headers, stack.timeout(), grpc);
     let body = Full::new(stored.body.clone())
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();

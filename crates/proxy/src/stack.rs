@@ -9,6 +9,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use rampart_config::Route;
 use rampart_http::classify::{RetryHint, classify_response, grpc_status, is_grpc, retry_hint};
+use rampart_http::deadline::Outgoing;
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
 use rampart_policy::rng::Rng;
@@ -366,7 +367,7 @@ impl Stack {
         grpc: bool,
     ) -> Sent {
         let index = picked.index;
-        let response = match self.attempt(index, head, body, deadline).await {
+        let response = match self.attempt(index, head, body, deadline, grpc).await {
             Ok(response) => response,
             Err(tried) => {
                 let outcome = match tried {
@@ -401,22 +402,33 @@ impl Stack {
         Ok((index, response, outcome))
     }
 
-    // One attempt on endpoint `index`, bounded by the per-try timeout and the deadline.
+    // One attempt on endpoint `index`, bounded by the per-try timeout and the deadline, and
+    // telling the upstream the time it has.
     async fn attempt(
         &self,
         index: usize,
         head: &Parts,
         body: RequestBody,
         deadline: Instant,
+        grpc: bool,
     ) -> Result<Response<PooledBody>, Tried> {
         let fault = head.extensions.get::<BodyFault>().cloned();
+        let now = turn::now();
         let try_deadline = self
             .per_try_timeout
-            .map_or(deadline, |timeout| deadline.min(turn::now() + timeout));
+            .map_or(deadline, |timeout| deadline.min(now + timeout));
+        let deadline_header = Outgoing {
+            remaining: try_deadline.saturating_duration_since(now),
+            grpc,
+        };
         // Boxed: an exchange's future is about 1 KiB, and inline it would grow every request's
         // future by as much (with 10,000 connections left idle after a request each, 160 MiB
         // against 149 boxed).
-        let sending = pin_in_box!(self.upstream.connections(index).send(head, body));
+        let sending = pin_in_box!(self.upstream.connections(index).send(
+            head,
+            deadline_header,
+            body
+        ));
         match tokio::time::timeout_at(try_deadline, sending).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault.as_ref().and_then(BodyFault::get) {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use rampart_test_support::{Behavior, Fault, FaultProxy, Refusing, Upstream};
+use rampart_test_support::{Behavior, Fault, FaultProxy, Refusing, SeenRequest, Upstream};
 
 use common::*;
 
@@ -207,7 +207,7 @@ async fn refusing(headers: &[(&'static str, &'static str)]) -> Upstream {
 const NO_BREAKER: &str = "[upstreams.app.breaker]\nenabled = false";
 
 #[tokio::test]
-async fn a_retry_waits_at_least_the_upstreams_retry_after() {
+async fn a_retry_waits_at_least_the_upstreams_retry_after_and_is_told_the_time_then_left() {
     let upstream = refusing(&[("retry-after", "1")]).await;
     let proxy = simple(
         &[upstream.addr()],
@@ -223,6 +223,34 @@ async fn a_retry_waits_at_least_the_upstreams_retry_after() {
     // Not the backoff's millisecond: the second attempt came the second the upstream asked for.
     let waited = seen[1].at - seen[0].at;
     assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    // Each attempt carries the time it has: the retry, a second later, a second less.
+    let [first, second] = [&seen[0], &seen[1]].map(deadline_header);
+    assert!(first <= 10_000, "{first}");
+    assert!(second <= 9_000, "{second}");
+}
+
+/// The milliseconds an upstream was told it had.
+fn deadline_header(seen: &SeenRequest) -> u64 {
+    seen.headers["x-rampart-deadline"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_attempt_bounded_by_the_per_try_timeout_is_told_that_and_not_the_routes_time() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"10s\"\nper_try_timeout = \"500ms\"",
+        NO_BREAKER,
+    )
+    .await;
+
+    assert_eq!(get(&proxy, "/").await.status(), StatusCode::OK);
+    let told = deadline_header(&upstream.requests()[0]);
+    assert!(told > 0 && told <= 500, "{told}");
 }
 
 #[tokio::test]
