@@ -11,7 +11,7 @@ use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
-use rampart_http::classify::{classify_response, is_grpc};
+use rampart_http::classify::is_grpc;
 use rampart_http::deadline::{deadline_within, header_budget};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
@@ -95,19 +95,34 @@ pub(crate) async fn handle(
     let started = turn::now();
     let executing = stack.metrics().executing(started);
     let body = client_body(body, limits, &mut parts);
-    let mut tunnel = None;
-    let response = exchange(stack, parts, body, client, client_upgrade, &mut tunnel).await;
+    let mut upstream = FromUpstream::default();
+    let response = exchange(stack, parts, body, client, client_upgrade, &mut upstream).await;
     drop(executing);
-    let (outcome, kind) = outcome(&response, stack, grpc);
+    let (outcome, kind) = match upstream.outcome {
+        // The upstream's own answer counts as its breaker classified it, whatever its headers
+        // say: a rampart in front of that upstream marks its own fallbacks and errors, which
+        // are not this route's.
+        Some(Outcome::Failure) => (RouteOutcome::Failure, Kind::Failure),
+        Some(Outcome::Success | Outcome::Slow) => (RouteOutcome::Success, Kind::Success),
+        None => own_outcome(&response),
+    };
     stack.metrics().answered(outcome, kind, started);
-    (response, tunnel)
+    (response, upstream.tunnel)
 }
 
-// What the answer to a request on `stack` counts as in `rampart_requests_total`, and the kind
-// of answer it is in the route's recent stats, read from the response head: a fallback and a
-// rescue response say why in their headers, and the upstream's own answer is classified as its
-// breaker classifies it.
-fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> (RouteOutcome, Kind) {
+/// What the upstream left of an exchange it answered itself: the tunnel of an upgrade it agreed
+/// to, and its answer's outcome as the endpoint's breaker classified it. Left empty when
+/// rampart answered instead (a fallback, a rescue response, the outbox's 202).
+#[derive(Default)]
+struct FromUpstream {
+    tunnel: Option<Tunnel>,
+    outcome: Option<Outcome>,
+}
+
+// What an answer rampart made counts as in `rampart_requests_total`, and the kind of answer it
+// is in the route's recent stats: a fallback and a rescue response say why in their headers;
+// one that says nothing (the outbox's 202) is a success.
+fn own_outcome<B>(response: &Response<B>) -> (RouteOutcome, Kind) {
     let headers = response.headers();
     // One pass over the fields rather than two lookups, each hashing its name: most answers
     // hold neither, and few fields. The first of each name counts, as `get` would read it.
@@ -138,16 +153,7 @@ fn outcome<B>(response: &Response<B>, stack: &Stack, grpc: bool) -> (RouteOutcom
         };
         return (outcome, reason.map_or(Kind::Failure, kind_of));
     }
-    let grpc = grpc || stack.upstream().is_grpc();
-    match classify_response(
-        response.status(),
-        headers,
-        stack.upstream().failures(),
-        grpc,
-    ) {
-        Outcome::Failure => (RouteOutcome::Failure, Kind::Failure),
-        Outcome::Success | Outcome::Slow => (RouteOutcome::Success, Kind::Success),
-    }
+    (RouteOutcome::Success, Kind::Success)
 }
 
 // The reason a header value names, if any (a fallback's `5xx` names none).
@@ -193,15 +199,15 @@ fn client_body(body: Incoming, limits: Limits, parts: &mut Parts) -> RequestBody
     LimitBody::new(body, limits.max_request_body, fault).boxed_unsync()
 }
 
-// The request through the route's stack, and its answer; an upgrade the upstream agreed to
-// leaves its tunnel in `tunnel`.
+// The request through the route's stack, and its answer; an answer of the upstream's own
+// leaves its outcome, and the tunnel of an upgrade it agreed to, in `upstream`.
 async fn exchange(
     stack: &Stack,
     mut parts: Parts,
     body: RequestBody,
     client: Client,
     client_upgrade: Option<OnUpgrade>,
-    tunnel: &mut Option<Tunnel>,
+    upstream: &mut FromUpstream,
 ) -> Response<ResponseBody> {
     let grpc = client.grpc;
     // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
@@ -267,11 +273,12 @@ async fn exchange(
     }
     let request = Request::from_parts(parts, body);
     match stack.call(request, deadline.instant(), expired).await {
-        Ok(mut response) => {
+        Ok((mut response, outcome)) => {
             if let Some(client_upgrade) = client_upgrade {
-                *tunnel = upgrade::join(client_upgrade, &mut response);
+                upstream.tunnel = upgrade::join(client_upgrade, &mut response);
             }
-            if tunnel.is_some() {
+            if upstream.tunnel.is_some() {
+                upstream.outcome = Some(outcome);
                 // The 101 goes back as it came, with its `Upgrade`; the tunnel takes it from
                 // there, past the route's timeout and any fallback.
                 let (mut parts, body) = response.into_parts();
@@ -284,6 +291,7 @@ async fn exchange(
                 // The upstream's own failing answer gives way; its connection is let go.
                 return fallback;
             }
+            upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;

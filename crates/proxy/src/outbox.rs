@@ -503,7 +503,7 @@ async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
     *request.headers_mut() = headers;
 
     let deadline = turn::now() + stack.timeout();
-    let response = stack
+    let (response, _) = stack
         .call(request, deadline, Reason::Timeout)
         .await
         .map_err(|reason| Failure {

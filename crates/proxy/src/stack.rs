@@ -98,7 +98,7 @@ pub(crate) struct Stack {
 // to save a few moves.
 #[expect(clippy::large_enum_variant)]
 enum Last {
-    Response(Response<UpstreamBody>),
+    Response(Response<UpstreamBody>, Outcome),
     Error(Reason),
 }
 
@@ -192,7 +192,8 @@ impl Stack {
 
     /// Sends `request` (headers already rewritten) to the upstream, retrying as the route says,
     /// and waits for a response head until `deadline`; past it, the answer is `expired`. The
-    /// response body returned fails once `deadline` passes before its end.
+    /// response comes with its outcome as the endpoint's breaker classified it; its body fails
+    /// once `deadline` passes before its end.
     ///
     /// When no attempt succeeds, the client gets the last upstream response as it is, if there
     /// was one (a 503 the upstream sent stays the upstream's 503), else the reason of the last
@@ -204,7 +205,7 @@ impl Stack {
         request: Request<RequestBody>,
         deadline: Instant,
         expired: Reason,
-    ) -> Result<Response<UpstreamBody>, Reason> {
+    ) -> Result<(Response<UpstreamBody>, Outcome), Reason> {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         // The request's head is lent to each attempt: an HTTP/1.1 one writes it out as it
         // starts, so neither a retry nor a hedge needs a copy of it (`Connections::send`).
@@ -295,9 +296,9 @@ impl Stack {
             // The previous failure is superseded: let its connection go.
             drop(failed.take());
             let (index, tried, last) = match sent {
-                Ok((index, response, _)) => {
+                Ok((index, response, outcome)) => {
                     let tried = answered(response.status(), response.headers(), grpc);
-                    (index, tried, Last::Response(response))
+                    (index, tried, Last::Response(response, outcome))
                 }
                 Err((_, Tried::Client(fault))) => {
                     // The client's body failed the exchange, not the endpoint: no retry can mend
@@ -324,7 +325,7 @@ impl Stack {
             // when it says so. Nor when it asks for longer than the backoff ever waits: the
             // client gets the answer at once, Retry-After included, rather than a wait it did
             // not choose.
-            if let Last::Response(response) = &last {
+            if let Last::Response(response, _) = &last {
                 match retry_hint(response.headers(), grpc) {
                     RetryHint::None => {}
                     RetryHint::After(hint) if hint <= retry.backoff().max() => {
@@ -341,7 +342,7 @@ impl Stack {
             if !retry.budget().withdraw() {
                 self.metrics.budget_exhausted();
                 return match last {
-                    Last::Response(response) => Ok(response),
+                    Last::Response(response, outcome) => Ok((response, outcome)),
                     Last::Error(_) => Err(Reason::RetryBudgetExhausted),
                 };
             }
@@ -458,9 +459,9 @@ enum Tried {
 }
 
 impl Last {
-    fn into_result(self) -> Result<Response<UpstreamBody>, Reason> {
+    fn into_result(self) -> Result<(Response<UpstreamBody>, Outcome), Reason> {
         match self {
-            Last::Response(response) => Ok(response),
+            Last::Response(response, outcome) => Ok((response, outcome)),
             Last::Error(reason) => Err(reason),
         }
     }

@@ -103,3 +103,56 @@ async fn a_reload_keeps_counting_in_the_same_series() {
     assert_eq!(snapshot.routes[0].requests.success, 3);
     assert_eq!(snapshot.upstreams[0].endpoints[0].attempts, (3, 0));
 }
+
+#[tokio::test]
+async fn an_upstream_ramparts_own_fallbacks_and_errors_are_not_this_routes() {
+    // The upstream is itself behind a rampart (B in A -> B -> C): its answers carry the marks of
+    // its own fallback and refusals, which the client still sees.
+    let headed = |status: StatusCode, name: &'static str, value: &'static str| Behavior::Headed {
+        status,
+        headers: vec![(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        )],
+    };
+    let upstream = Upstream::start(headed(
+        StatusCode::OK,
+        "x-rampart-fallback",
+        "upstream-connect",
+    ))
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "name = \"api\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let client = http1();
+    let get = || request(&proxy, "/").body(Full::new(Bytes::new())).unwrap();
+    for _ in 0..2 {
+        let response = send(&client, get()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-rampart-fallback"], "upstream-connect");
+    }
+    upstream.set_behavior(headed(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "x-rampart-error",
+        "breaker-open",
+    ));
+    let response = send(&client, get()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-rampart-error"], "breaker-open");
+
+    // This route's upstream answered every time: two successes and a failure (its 503), no
+    // fallback and no refusal of this route's own.
+    let text = scrape(&proxy);
+    for line in [
+        r#"rampart_requests_total{route="api",outcome="success"} 2"#,
+        r#"rampart_requests_total{route="api",outcome="failure"} 1"#,
+        r#"rampart_requests_total{route="api",outcome="fallback"} 0"#,
+        r#"rampart_requests_total{route="api",outcome="rejected"} 0"#,
+    ] {
+        assert_has(&text, line);
+    }
+}
