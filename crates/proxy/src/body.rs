@@ -157,14 +157,19 @@ pin_project_lite::pin_project! {
     pub(crate) struct TrailersOutcome<B> {
         #[pin]
         inner: B,
-        pending: Option<OwnedPicked>,
+        // Boxed: only a gRPC answer judged by its trailers has one, and every answer is moved
+        // several times on its way back.
+        pending: Option<Box<OwnedPicked>>,
     }
 }
 
 impl<B> TrailersOutcome<B> {
     /// `inner`, whose end decides the outcome to record on `pending`, if any.
     pub(crate) fn new(inner: B, pending: Option<OwnedPicked>) -> TrailersOutcome<B> {
-        TrailersOutcome { inner, pending }
+        TrailersOutcome {
+            inner,
+            pending: pending.map(Box::new),
+        }
     }
 }
 

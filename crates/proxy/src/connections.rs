@@ -70,7 +70,7 @@ struct Kept {
     watched: AtomicBool,
 }
 
-struct Idle<S = h1::Conn> {
+struct Idle<S = Box<h1::Conn>> {
     handle: S,
     since: Instant,
 }
@@ -131,7 +131,7 @@ impl Connections {
     }
 
     // The most recently used idle connection that is still open, closing those idle too long.
-    fn checkout(&self) -> Option<h1::Conn> {
+    fn checkout(&self) -> Option<Box<h1::Conn>> {
         let mut idle = lock(&self.kept.idle);
         // No clock read when there is nothing to reuse.
         if idle.is_empty() {
@@ -309,7 +309,7 @@ async fn close_idle(kept: Weak<Kept>) {
 
 impl Kept {
     /// Takes an HTTP/1.1 connection back after an exchange that ended whole.
-    fn give_back(self: &Arc<Kept>, conn: h1::Conn) {
+    fn give_back(self: &Arc<Kept>, conn: Box<h1::Conn>) {
         let idle = Idle {
             handle: conn,
             since: turn::now(),

@@ -72,11 +72,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream) -> Conn {
-        Conn {
+    /// Boxed once for its whole life: a response body carries its connection, and is moved
+    /// several times on its way back, each time 64 bytes more with the connection inline.
+    pub(crate) fn new(io: TcpStream) -> Box<Conn> {
+        Box::new(Conn {
             io,
             read: BytesMut::new(),
-        }
+        })
     }
 
     /// Whether this idle connection may carry another exchange: the upstream has not closed it,
@@ -144,7 +146,7 @@ impl Upgraded {
 /// The head is lent, not given: it is written out before the first poll returns, and a retry
 /// sends the same head again without a copy of it.
 pub(crate) async fn send(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     head: &Parts,
     host: &Authority,
     deadline: Outgoing,
@@ -171,10 +173,11 @@ pub(crate) async fn send(
         response.extensions_mut().insert(reason);
     }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
-        let leftover = conn.read.split().freeze();
+        let Conn { io, mut read } = *conn;
+        let leftover = read.split().freeze();
         response
             .extensions_mut()
-            .insert(Upgraded(Arc::new(Mutex::new(Some((conn.io, leftover))))));
+            .insert(Upgraded(Arc::new(Mutex::new(Some((io, leftover))))));
         Body::done()
     } else {
         Body {
@@ -835,7 +838,7 @@ enum Chunked {
 /// whole (see [`Body::take_reusable`]).
 #[derive(Debug)]
 pub(crate) struct Body {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     decoder: Decoder,
     /// What is left of the request body, when the answer came before its end: boxed, as that
     /// is rare, and the response (with this body) is moved along the way back.
@@ -864,7 +867,7 @@ impl Body {
     }
 
     /// The connection, once the exchange has ended whole and it may carry another.
-    pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Box<Conn>> {
         let whole = matches!(self.decoder, Decoder::Done | Decoder::Length(0))
             && self
                 .writer
@@ -1139,7 +1142,7 @@ mod tests {
         (addr, task)
     }
 
-    async fn conn(addr: SocketAddr) -> Conn {
+    async fn conn(addr: SocketAddr) -> Box<Conn> {
         Conn::new(TcpStream::connect(addr).await.unwrap())
     }
 
@@ -1160,7 +1163,7 @@ mod tests {
     };
 
     /// `request` sent on `conn`, `upstream` its host when it names none.
-    async fn send(conn: Conn, request: Request<RequestBody>) -> Result<Response<Body>, Error> {
+    async fn send(conn: Box<Conn>, request: Request<RequestBody>) -> Result<Response<Body>, Error> {
         let (head, body) = request.into_parts();
         super::send(
             conn,

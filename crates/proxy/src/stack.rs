@@ -94,9 +94,6 @@ pub(crate) struct Stack {
 }
 
 /// What became of the last attempt, to be answered when no other follows.
-// The response holds its body's deadline timer; boxing it would cost an allocation per request
-// to save a few moves.
-#[expect(clippy::large_enum_variant)]
 enum Last {
     Response(Response<UpstreamBody>, Outcome),
     Error(Reason),
