@@ -10,13 +10,14 @@
 //!
 //! A connection idle for [`IDLE_TIMEOUT`] is closed rather than reused: one silently dropped on
 //! the way (a NAT's or a firewall's idle timeout) must not hold a request until its deadline, and
-//! an endpoint no longer called must not hold sockets open. A task per endpoint, started with its
-//! first connection, looks every [`IDLE_TIMEOUT`], so a connection closes between one and two
-//! of them after its last use, as with hyper-util's pool. An idle HTTP/1.1 connection the
-//! upstream has closed is let go at checkout, before anything is sent on it, or at that task's
-//! next look, whichever comes first; an HTTP/2 one
-//! that gives its request back unsent sends it once more on a new connection, as hyper-util's
-//! client does.
+//! an endpoint no longer called must not hold sockets open. A task per endpoint, started when it
+//! first has a connection to keep and ended when it has none, looks every [`LOOK`], so a
+//! connection closes at most that long after [`IDLE_TIMEOUT`]. An idle HTTP/1.1 connection the
+//! upstream has closed (many servers close an idle keep-alive connection after a few seconds:
+//! Node.js after 5, gunicorn after 2) is let go at checkout, before anything is sent on it, or
+//! at that task's next look, whichever comes first, so that its socket does not wait in
+//! CLOSE_WAIT for a request to notice; an HTTP/2 one that gives its request back unsent sends it
+//! once more on a new connection, as hyper-util's client does.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -48,6 +49,9 @@ use crate::turn;
 
 /// How long a connection may wait idle before it is closed rather than reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often an endpoint's idle connections are looked at, while it has any.
+const LOOK: Duration = Duration::from_secs(5);
 
 /// The connections to one endpoint.
 pub(crate) struct Connections {
@@ -281,29 +285,43 @@ impl Kept {
     }
 }
 
-// Every `IDLE_TIMEOUT`, closes the connections unused for as long, until the endpoint's
-// connections are dropped.
+// Every `LOOK`, closes the connections unused for `IDLE_TIMEOUT` and those the upstream closed,
+// until the endpoint keeps none (a hand-back starts the task again) or its connections are
+// dropped.
 async fn close_idle(kept: Weak<Kept>) {
     loop {
-        tokio::time::sleep(IDLE_TIMEOUT).await;
+        tokio::time::sleep(LOOK).await;
         let Some(kept) = kept.upgrade() else {
             return;
         };
-        let now = turn::now();
-        {
-            let mut idle = lock(&kept.idle);
-            close_stale(&mut idle, now);
-            // Those the upstream closed go too: no checkout may come to notice for a while.
-            idle.retain(|idle| idle.handle.is_usable());
+        if kept.look(turn::now()) {
+            continue;
         }
-        let mut http2 = lock(&kept.http2);
+        kept.watched.store(false, Ordering::Relaxed);
+        // A hand-back between the look and the store saw the task still running: look once
+        // more, and carry on if it left something to watch.
+        if !kept.look(turn::now()) || kept.watched.swap(true, Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+impl Kept {
+    /// Closes the connections idle too long at `now` and those the upstream closed: whether
+    /// any connection is left to look at.
+    fn look(&self, now: Instant) -> bool {
+        let mut idle = lock(&self.idle);
+        close_stale(&mut idle, now);
+        // No checkout may come to notice for a while.
+        idle.retain(|idle| idle.handle.is_usable());
+        let mut http2 = lock(&self.http2);
         // Streams still open keep their connection: only this handle goes.
-        if http2
-            .as_ref()
-            .is_some_and(|idle| now.duration_since(idle.since) >= IDLE_TIMEOUT)
-        {
+        if http2.as_ref().is_some_and(|idle| {
+            idle.handle.is_closed() || now.duration_since(idle.since) >= IDLE_TIMEOUT
+        }) {
             *http2 = None;
         }
+        !idle.is_empty() || http2.is_some()
     }
 }
 
@@ -574,57 +592,80 @@ mod tests {
         assert!(lock(&http2.kept.http2).is_none());
     }
 
-    #[tokio::test]
-    async fn an_idle_connection_the_upstream_closed_goes_at_the_next_look() {
+    /// An upstream that answers one request on each connection and closes it when told, as a
+    /// server with a keep-alive timeout of its own does.
+    async fn closing_upstream() -> (SocketAddr, Arc<tokio::sync::Notify>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        // One connection answering two requests, closed when the test says.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let close = Arc::new(tokio::sync::Notify::new());
+        let told = close.clone();
         tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut buf = [0; 1024];
-            for _ in 0..2 {
-                let _ = stream.read(&mut buf).await.unwrap();
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-                stream.write_all(answer).await.unwrap();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let told = told.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0; 1024];
+                    let _ = stream.read(&mut buf).await.unwrap();
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                    stream.write_all(answer).await.unwrap();
+                    told.notified().await;
+                });
             }
-            let _ = closed.await;
         });
-        let connections = connections(addr, false);
-        // The first exchange starts the task that looks every `IDLE_TIMEOUT`, from its first
-        // poll.
-        exchange(&connections).await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::pause();
-        tokio::time::advance(IDLE_TIMEOUT / 2).await;
-        tokio::time::resume();
-        // The second, on the same connection, leaves it idle for half the timeout at the look.
-        exchange(&connections).await;
-        close.send(()).unwrap();
-        let mut looks = 0;
+        (addr, close)
+    }
+
+    /// Tells `upstream` to close its connections, and waits until the idle one of
+    /// `connections` has seen it (without looking at it the way the pool does).
+    async fn close_and_wait(connections: &Connections, upstream: &tokio::sync::Notify) {
+        upstream.notify_waiters();
+        let mut waited = 0;
         while lock(&connections.kept.idle)
             .first()
             .is_some_and(|idle| idle.handle.is_usable())
         {
-            looks += 1;
-            assert!(looks < 1000, "the close was never seen");
+            waited += 1;
+            assert!(waited < 1000, "the close was never seen");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(lock(&connections.kept.idle).len(), 1);
+    }
+
+    /// Lets the clock move by `by`, and the tasks woken run.
+    async fn advance(by: Duration) {
         tokio::time::pause();
-        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+        tokio::time::advance(by).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
+        tokio::time::resume();
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_goes_at_the_next_look_and_the_look_ends_with_it()
+     {
+        let (addr, upstream) = closing_upstream().await;
+        let connections = connections(addr, false);
+        // The exchange hands its connection back, which starts the task that looks.
+        exchange(&connections).await;
+        assert!(connections.kept.watched.load(Ordering::Relaxed));
+        close_and_wait(&connections, &upstream).await;
+        assert_eq!(lock(&connections.kept.idle).len(), 1);
+        advance(LOOK).await;
         assert_eq!(
             lock(&connections.kept.idle).len(),
             0,
             "fresh, but closed by the upstream"
         );
+        // Nothing left to look at: the task has ended.
+        assert!(!connections.kept.watched.load(Ordering::Relaxed));
+
+        // The next connection handed back starts it again.
+        exchange(&connections).await;
+        assert!(connections.kept.watched.load(Ordering::Relaxed));
+        close_and_wait(&connections, &upstream).await;
+        advance(LOOK).await;
+        assert_eq!(lock(&connections.kept.idle).len(), 0);
     }
 
     #[tokio::test]
