@@ -23,6 +23,7 @@ use rampart_policy::error::BoxError;
 use tokio::net::TcpStream;
 
 use crate::coalesce::{Coalesce, EndOfTurn, coalesce};
+use crate::head_timeout::HeadTimer;
 use crate::stall::StallIo;
 use crate::strict::{Quiet, StrictIo};
 use crate::turn::{self, TurnExecutor, TurnTimer};
@@ -80,8 +81,8 @@ impl Builders {
         let max_header_bytes = usize::try_from(listener.max_header_bytes.0).unwrap_or(usize::MAX);
         let mut http1 = http1::Builder::new();
         http1
-            // The header read timeout needs a timer to run on.
-            .timer(TurnTimer::default())
+            // Each connection gets its timer, which the header read timeout runs on
+            // (`HeadTimer`).
             .header_read_timeout(listener.header_read_timeout)
             // One buffer per write, sent with send(2), rather than the head and body as separate
             // slices through writev(2), which takes the longer way through the kernel's file
@@ -174,8 +175,11 @@ impl Builders {
             return Box::pin(Connection::Http2 { inner, end_of_turn });
         }
         let quiet = io.quiet().clone();
-        let inner = self
-            .http1
+        // The header read timeout of a later request counts from its first byte, which only
+        // this connection's reads see.
+        let mut http1 = self.http1.clone();
+        http1.timer(HeadTimer::new(quiet.clone()));
+        let inner = http1
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         Box::pin(Connection::Http1 { inner, quiet })

@@ -143,6 +143,7 @@ mod fallback;
 mod fault;
 mod forward;
 mod h1;
+mod head_timeout;
 mod health;
 mod hedge;
 mod limits;

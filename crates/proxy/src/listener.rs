@@ -64,7 +64,6 @@ pub(crate) struct Serve {
     limits: forward::Limits,
     metrics: ListenerMetrics,
     idle_timeout: Duration,
-    header_read_timeout: Duration,
     drain_timeout: Duration,
 }
 
@@ -83,7 +82,6 @@ impl Serve {
             limits: forward::Limits::new(listener),
             metrics,
             idle_timeout: listener.idle_timeout,
-            header_read_timeout: listener.header_read_timeout,
             drain_timeout,
         }
     }
@@ -157,9 +155,6 @@ impl Serve {
         };
         let builders = self.builders.clone();
         let idle_timeout = self.idle_timeout;
-        // hyper waits for a head no longer than the header read timeout, nor does a parked
-        // connection for its next request.
-        let parked_wait = idle_timeout.min(self.header_read_timeout);
         let park_idle_above = self.park_idle_above;
         let metrics = self.metrics.clone();
         Some(async move {
@@ -216,9 +211,10 @@ impl Serve {
                 let resume = tokio::select! {
                     readable = parked.readable() => readable.is_ok(),
                     // Closed at once, as hyper closes an idle connection on a drain, or past
-                    // either timeout.
+                    // the idle timeout, as an idle connection hyper holds is (the head's own
+                    // timeout counts from its first byte: `head_timeout.rs`).
                     _ = stop.wait_for(|stop| *stop) => false,
-                    () = activity.idle_for(parked_wait) => false,
+                    () = activity.idle_for(idle_timeout) => false,
                 };
                 drop(counted);
                 if !resume {

@@ -60,6 +60,12 @@ impl Quiet {
     pub(crate) fn is_quiet(&self) -> bool {
         !self.reading.load(Relaxed) && !self.writing.load(Relaxed)
     }
+
+    /// No byte of a request whose message has not ended has been read: the connection waits
+    /// between two requests (or for its first).
+    pub(crate) fn between_requests(&self) -> bool {
+        !self.reading.load(Relaxed)
+    }
 }
 
 impl<T> StrictIo<T> {

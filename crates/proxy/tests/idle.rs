@@ -49,6 +49,48 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_waits_past_the_header_read_timeout_and_a_begun_head_does_not() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = with_listener("header_read_timeout = \"200ms\"", upstream.addr()).await;
+
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = answer_ending_in_hi(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Idle between two requests for three header read timeouts: the idle timeout (60 s
+        // by default), not the head's, bounds that wait.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(upstream.request_count(), 2);
+    // A head begun and not finished has the header read timeout from its first byte.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut client).await, "");
+    assert_eq!(upstream.request_count(), 2);
+}
+
+/// Reads one answer whose body is `hi`, leaving the connection open.
+async fn answer_ending_in_hi(client: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    while !answer.ends_with(b"\r\n\r\nhi") {
+        let n = tokio::time::timeout(PATIENCE, client.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_ne!(n, 0, "closed before the answer ended");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
 async fn a_preface_or_a_head_sent_a_byte_at_a_time_is_served() {
     let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
     let proxy = with_listener("", upstream.addr()).await;
