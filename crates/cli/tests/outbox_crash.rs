@@ -180,6 +180,8 @@ async fn crash_run(name: &str, store: &str) {
                 if let Some(up) = upstream.take() {
                     delivered.extend(seen_ids(&up));
                 }
+                // Held while the upstream is down, as before its first start.
+                upstream_port = Some(Refusing::bind_to(upstream_addr).await.unwrap());
             }
             _ => {}
         }
@@ -195,9 +197,12 @@ async fn crash_run(name: &str, store: &str) {
 
     let upstream = match upstream {
         Some(up) => up,
-        None => Upstream::start_on(upstream_addr, Behavior::ok("ok"))
-            .await
-            .unwrap(),
+        None => {
+            drop(upstream_port.take());
+            Upstream::start_on(upstream_addr, Behavior::ok("ok"))
+                .await
+                .unwrap()
+        }
     };
     let mut missing = Vec::new();
     for _ in 0..1500 {

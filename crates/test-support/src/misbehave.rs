@@ -262,6 +262,33 @@ impl Refusing {
         })
     }
 
+    /// Binds `addr`, the port of an upstream just stopped, so that no connection takes it as its
+    /// own port while the upstream is down (a port of the ephemeral range left free can become
+    /// the local port of any connection made meanwhile) and it is there to start the upstream
+    /// on again. The stopped upstream's sockets close as its tasks end, so the bind is tried
+    /// again for up to a second.
+    pub async fn bind_to(addr: SocketAddr) -> io::Result<Refusing> {
+        let mut tries = 0;
+        loop {
+            let socket = TcpSocket::new_v4()?;
+            // The stopped server's connections lingering in TIME_WAIT do not hold the port.
+            socket.set_reuseaddr(true)?;
+            match socket.bind(addr) {
+                Ok(()) => {
+                    return Ok(Refusing {
+                        addr: socket.local_addr()?,
+                        _socket: socket,
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
     /// The address that refuses connections.
     pub fn addr(&self) -> SocketAddr {
         self.addr
