@@ -202,13 +202,7 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout_not_the_header_read_t
     )
     .await;
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = response(&mut client).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(body, "hi");
+    get_hi(&mut client).await;
     until_parked(&proxy, 1).await;
     assert_eq!(until_closed(&mut client).await, "");
     until_parked(&proxy, 0).await;
@@ -221,17 +215,22 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout_not_the_header_read_t
     .await;
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     for _ in 0..2 {
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let (head, body) = response(&mut client).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert_eq!(body, "hi");
+        get_hi(&mut client).await;
         until_parked(&proxy, 1).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
         until_parked(&proxy, 1).await;
     }
+}
+
+/// Sends a GET on `client` and reads its answer: a 200 whose body is `hi`.
+async fn get_hi(client: &mut TcpStream) {
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = response(client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "hi");
 }
 
 #[tokio::test]
