@@ -32,6 +32,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rampart_policy::timeout::Deadline;
 use tokio::time::Instant;
@@ -107,16 +108,24 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, InvalidTimeout> {
 /// rounded down so the receiver never gets more time than `timeout`. Above 99,999,999 hours it
 /// caps there.
 pub fn format_grpc_timeout(timeout: Duration) -> HeaderValue {
+    header_value(|text| write_grpc_timeout(timeout, text))
+}
+
+fn write_grpc_timeout(timeout: Duration, out: &mut Vec<u8>) {
     let nanos = timeout.as_nanos();
     let (count, unit) = UNITS
         .iter()
-        .map(|(unit, len)| (nanos / u128::from(*len), *unit))
-        .find(|(count, _)| *count <= u128::from(MAX_VALUE))
-        .unwrap_or((u128::from(MAX_VALUE), b'H'));
-    let mut text = count.to_string();
-    text.push(char::from(unit));
-    // Digits and a unit letter: always a valid header value.
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+        .find_map(|(unit, len)| {
+            let count = nanos / u128::from(*len);
+            // At most 8 digits: always a u64.
+            u64::try_from(count)
+                .ok()
+                .filter(|count| *count <= MAX_VALUE)
+                .map(|count| (count, *unit))
+        })
+        .unwrap_or((MAX_VALUE, b'H'));
+    write_digits(count, out);
+    out.push(unit);
 }
 
 /// Parses an `x-rampart-deadline` value: the milliseconds left, 1 to 8 ASCII digits.
@@ -127,8 +136,37 @@ pub fn parse_rampart_deadline(value: &[u8]) -> Result<Duration, InvalidTimeout> 
 /// Formats `remaining` as an `x-rampart-deadline` value: whole milliseconds, rounded down, capped
 /// at 99,999,999.
 pub fn format_rampart_deadline(remaining: Duration) -> HeaderValue {
+    header_value(|text| write_rampart_deadline(remaining, text))
+}
+
+fn write_rampart_deadline(remaining: Duration, out: &mut Vec<u8>) {
     let millis = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
-    HeaderValue::from(millis.min(MAX_VALUE))
+    write_digits(millis.min(MAX_VALUE), out);
+}
+
+/// Writes `n` in decimal: the values here have at most 8 digits, and a request's head is built
+/// without a formatter's allocation.
+fn write_digits(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // A remainder of 10: always one digit.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// A value written by `write`: digits and a unit letter, always a valid header value.
+fn header_value(write: impl FnOnce(&mut Vec<u8>)) -> HeaderValue {
+    let mut text = Vec::with_capacity(9);
+    write(&mut text);
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// The time budget a request's own header gives, if it has one.
@@ -224,10 +262,16 @@ impl Outgoing {
 
     /// The header's value, rounded down.
     pub fn value(self) -> HeaderValue {
+        header_value(|text| self.write_value(text))
+    }
+
+    /// Writes the header's value, rounded down, at the end of `out`: for a head built as bytes,
+    /// with no allocation of its own.
+    pub fn write_value(self, out: &mut Vec<u8>) {
         if self.grpc {
-            format_grpc_timeout(self.remaining)
+            write_grpc_timeout(self.remaining, out);
         } else {
-            format_rampart_deadline(self.remaining)
+            write_rampart_deadline(self.remaining, out);
         }
     }
 

@@ -583,10 +583,10 @@ impl Writer {
                 && !Outgoing::replaces(name)
         });
         write_fields(&mut head, fields);
-        write_fields(
-            &mut head,
-            std::iter::once((&deadline.name(), &deadline.value())),
-        );
+        head.extend_from_slice(deadline.name().as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        deadline.write_value(&mut head);
+        head.extend_from_slice(b"\r\n");
         if let Some(length) = announce {
             head.extend_from_slice(b"content-length: ");
             head.extend_from_slice(length.to_string().as_bytes());
