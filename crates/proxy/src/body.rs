@@ -417,7 +417,15 @@ where
         let this = self.project();
         let frame = match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
+            Poll::Ready(Some(Err(err))) => {
+                // A stall was recorded below; anything else is a body the client broke off or
+                // garbled (a bad chunk, a reset stream, a closed connection).
+                if this.fault.get().is_none() {
+                    this.fault.set(ClientBodyFault::Broken);
+                }
+                return Poll::Ready(Some(Err(err.into())));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
         if let Some(data) = frame.data_ref() {
@@ -459,6 +467,8 @@ pub(crate) enum ClientBodyFault {
     TooLarge = 1,
     /// It stalled past `body_idle_timeout`: 408.
     Stalled = 2,
+    /// The client broke it off or garbled it: 400.
+    Broken = 3,
 }
 
 /// Where a client's request body records that it failed the exchange, for the stack to read when
@@ -478,6 +488,7 @@ impl BodyFault {
         match self.0.load(Ordering::Acquire) {
             1 => Some(ClientBodyFault::TooLarge),
             2 => Some(ClientBodyFault::Stalled),
+            3 => Some(ClientBodyFault::Broken),
             _ => None,
         }
     }

@@ -19,7 +19,8 @@ use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 
 use crate::body::{
-    BodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, boxed, rescued,
+    BodyFault, ClientBodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, boxed,
+    rescued,
 };
 use crate::metrics::RouteOutcome;
 use crate::recent::Kind;
@@ -94,9 +95,17 @@ pub(crate) async fn handle(
     let client = Client { peer, grpc, limits };
     let started = turn::now();
     let executing = stack.metrics().executing(started);
-    let body = client_body(body, limits, &mut parts);
+    let (body, body_fault) = client_body(body, limits, &mut parts);
     let mut upstream = FromUpstream::default();
-    let response = exchange(stack, parts, body, client, client_upgrade, &mut upstream).await;
+    let response = exchange(
+        stack,
+        parts,
+        (body, body_fault),
+        client,
+        client_upgrade,
+        &mut upstream,
+    )
+    .await;
     drop(executing);
     let (outcome, kind) = match upstream.outcome {
         // The upstream's own answer counts as its breaker classified it, whatever its headers
@@ -187,16 +196,27 @@ fn kind_of(reason: Reason) -> Kind {
 
 // The client's body on its way upstream: held to `max_request_body` as it streams (a chunked
 // body says its length only at its end) and to `body_idle_timeout` between pieces. Where it
-// records breaking either goes in the request's extensions, for the stack.
-fn client_body(body: Incoming, limits: Limits, parts: &mut Parts) -> RequestBody {
+// records breaking either, or breaking off, goes in the request's extensions, for the stack,
+// and is handed back, for the answer.
+fn client_body(
+    body: Incoming,
+    limits: Limits,
+    parts: &mut Parts,
+) -> (RequestBody, Option<BodyFault>) {
     if body.is_end_stream() {
         // Nothing to read (a GET, most often): a body of nothing, which boxes without allocating.
-        return Empty::new().map_err(|never| match never {}).boxed_unsync();
+        return (
+            Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            None,
+        );
     }
     let fault = BodyFault::default();
     parts.extensions.insert(fault.clone());
     let body = IdleBody::new(body, limits.body_idle_timeout, Some(fault.clone()));
-    LimitBody::new(body, limits.max_request_body, fault).boxed_unsync()
+    (
+        LimitBody::new(body, limits.max_request_body, fault.clone()).boxed_unsync(),
+        Some(fault),
+    )
 }
 
 // The request through the route's stack, and its answer; an answer of the upstream's own
@@ -204,12 +224,14 @@ fn client_body(body: Incoming, limits: Limits, parts: &mut Parts) -> RequestBody
 async fn exchange(
     stack: &Stack,
     mut parts: Parts,
-    body: RequestBody,
+    (body, body_fault): (RequestBody, Option<BodyFault>),
     client: Client,
     client_upgrade: Option<OnUpgrade>,
     upstream: &mut FromUpstream,
 ) -> Response<ResponseBody> {
     let grpc = client.grpc;
+    // How the client's body failed the exchange, if it did, once the stack has given up.
+    let body_fault = || body_fault.as_ref().and_then(BodyFault::get);
     // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
     let found = header_budget(&parts.headers, grpc).and_then(|budget| {
         deadline_within(budget, stack.timeout(), turn::now()).map(|deadline| (deadline, budget))
@@ -268,7 +290,14 @@ async fn exchange(
             .await
         {
             Ok(accepted) => accepted,
-            Err(reason) => gave_up(stack, reason, stale_key.as_deref(), grpc, version),
+            Err(reason) => gave_up(
+                stack,
+                reason,
+                body_fault(),
+                stale_key.as_deref(),
+                grpc,
+                version,
+            ),
         };
     }
     let request = Request::from_parts(parts, body);
@@ -312,15 +341,23 @@ async fn exchange(
             };
             Response::from_parts(parts, body)
         }
-        Err(reason) => gave_up(stack, reason, stale_key.as_deref(), grpc, version),
+        Err(reason) => gave_up(
+            stack,
+            reason,
+            body_fault(),
+            stale_key.as_deref(),
+            grpc,
+            version,
+        ),
     }
 }
 
-// The answer for a request the stack (or the outbox) gave up on, the client's HTTP `version`
-// known.
+// The answer for a request the stack (or the outbox) gave up on, with how the client's body
+// failed the exchange if it did, the client's HTTP `version` known.
 fn gave_up(
     stack: &Stack,
     reason: Reason,
+    body_fault: Option<ClientBodyFault>,
     stale_key: Option<&str>,
     grpc: bool,
     version: Version,
@@ -328,10 +365,9 @@ fn gave_up(
     match reason {
         // The client's body outgrew `max_request_body` before the upstream answered.
         Reason::BodyTooLarge => closing(rescued(Reason::BodyTooLarge, grpc), version),
-        // The client's body stalled past `body_idle_timeout` before the upstream answered (the
-        // stack gives up with `bad-request` for nothing else once a request is sent): 408, as
-        // Envoy answers a stream idle timeout before the response began.
-        Reason::BadRequest => closing(
+        // The client's body stalled past `body_idle_timeout` before the upstream answered: 408,
+        // as Envoy answers a stream idle timeout before the response began.
+        Reason::BadRequest if body_fault == Some(ClientBodyFault::Stalled) => closing(
             boxed(rescue_with_status(
                 Reason::BadRequest,
                 StatusCode::REQUEST_TIMEOUT,
@@ -339,6 +375,9 @@ fn gave_up(
             )),
             version,
         ),
+        // The client broke its body off or garbled it (what is left of it on the connection
+        // cannot be told from a next request), or the outbox could not store it.
+        Reason::BadRequest => closing(rescued(Reason::BadRequest, grpc), version),
         reason => failed(stack, reason, stale_key, grpc),
     }
 }

@@ -180,7 +180,9 @@ impl Outbox {
                 let fault = parts.extensions.get::<BodyFault>().and_then(BodyFault::get);
                 return Err(match fault {
                     Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
-                    Some(ClientBodyFault::Stalled) | None => Reason::BadRequest,
+                    Some(ClientBodyFault::Stalled | ClientBodyFault::Broken) | None => {
+                        Reason::BadRequest
+                    }
                 });
             }
             Err(_elapsed) => return Err(Reason::Timeout),

@@ -302,7 +302,7 @@ impl Stack {
                     // it.
                     return Err(match fault {
                         ClientBodyFault::TooLarge => Reason::BodyTooLarge,
-                        ClientBodyFault::Stalled => Reason::BadRequest,
+                        ClientBodyFault::Stalled | ClientBodyFault::Broken => Reason::BadRequest,
                     });
                 }
                 Err((index, Tried::Transport(err))) => {

@@ -17,6 +17,7 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rampart_test_support::{Behavior, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMITED: &str = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmax_request_body = \"16B\"\n\n";
 
@@ -218,4 +219,47 @@ async fn a_client_body_over_the_limit_does_not_count_against_the_endpoint() {
     let response = common::get(&proxy, "/still-there").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(upstream.requests()[0].path, "/still-there");
+}
+
+#[tokio::test]
+async fn a_client_body_broken_off_or_garbled_gets_400_and_does_not_count_against_the_endpoint() {
+    for protocol in ["http1", "http2"] {
+        let upstream = Upstream::start(Behavior::Echo).await.unwrap();
+        // One failure would open the lone endpoint's breaker for a minute: any client could take
+        // the upstream away from every other by sending bad bodies.
+        let proxy = common::proxy(&format!(
+            "{LIMITED}[[routes]]\nupstream = \"app\"\n\n\
+             [upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"{protocol}\"\n\
+             [upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n",
+            upstream.addr()
+        ))
+        .await;
+
+        for _ in 0..3 {
+            // A chunk size that is no number.
+            let answer = raw(
+                addr(&proxy),
+                "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\nzz\r\n",
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 400"), "{protocol}: {answer}");
+            assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+
+            // A body the client stops sending: its connection's write side closes.
+            let mut stream = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+            stream
+                .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello")
+                .await
+                .unwrap();
+            stream.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{protocol}: {answer}");
+        }
+        let response = common::get(&proxy, "/still-there").await;
+        assert_eq!(response.status(), StatusCode::OK, "{protocol}");
+        assert_eq!(upstream.requests().last().unwrap().path, "/still-there");
+    }
 }
