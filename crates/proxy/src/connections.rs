@@ -29,6 +29,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HOST;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -158,7 +159,14 @@ impl Connections {
         body: RequestBody,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut request = Request::from_parts(head.clone(), body);
-        *request.uri_mut() = absolute(&self.authority, request.uri())?;
+        // The host the client named goes in `:authority`, which an HTTP/2 upstream reads before
+        // Host (RFC 9113 §8.3.1); Host then goes, so that the two cannot differ.
+        let host = request.headers_mut().remove(HOST);
+        let authority = host
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .or_else(|| request.uri().authority().cloned());
+        *request.uri_mut() =
+            absolute(authority.as_ref().unwrap_or(&self.authority), request.uri())?;
         *request.version_mut() = Version::HTTP_2;
         deadline.set(request.headers_mut());
         let shared = match &mut *lock(&self.kept.http2) {
@@ -244,13 +252,13 @@ fn resendable(
     }
 }
 
-// The target of a request to this endpoint: the endpoint, with the request's own path and
-// query. Whatever authority the client named (absolute-form, `:authority`, Host) never picks
-// where the request goes.
-fn absolute(endpoint: &Authority, target: &Uri) -> Result<Uri, SendError> {
+// The target of a request sent on a connection to an endpoint: `authority` (the host the client
+// named, or the endpoint's own when it named none), with the request's own path and query. The
+// connection is made to the endpoint first: the authority never picks where the request goes.
+fn absolute(authority: &Authority, target: &Uri) -> Result<Uri, SendError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint.clone());
+    parts.authority = Some(authority.clone());
     parts.path_and_query = Some(
         target
             .path_and_query()

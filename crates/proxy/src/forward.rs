@@ -87,6 +87,9 @@ pub(crate) async fn handle(
     if request.uri() == "*" {
         return (rescued(Reason::BadRequest, grpc), None);
     }
+    if request.version() < Version::HTTP_2 && !host_is_sound(&request) {
+        return (rescued(Reason::BadRequest, grpc), None);
+    }
     let client_upgrade = upgrade::is_tunnel(&request).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
@@ -402,16 +405,36 @@ fn failed(
 // The headers of a request on its way upstream; each attempt adds the time it has
 // (`Stack::call`).
 fn rewrite_request(parts: &mut Parts, peer: SocketAddr, hop_by_hop: HopByHop) {
-    // An HTTP/2 client names the host in `:authority`, which the new target replaces: an HTTP/1.1
-    // upstream still learns it from Host.
-    if !parts.headers.contains_key(HOST)
-        && let Some(authority) = parts.uri.authority()
+    // The target's authority (HTTP/2's `:authority`, an HTTP/1.1 absolute-form target) names the
+    // host, over any Host field (RFC 9112 §3.2.2, RFC 9113 §8.3.1), and routes the request: the
+    // upstream is sent the same host, in Host, so that it cannot be told another.
+    if let Some(authority) = parts.uri.authority()
+        && parts.headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_str().as_bytes())
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(HOST, host);
     }
     remove_hop_by_hop(&mut parts.headers, hop_by_hop);
     append_forwarded_for(&mut parts.headers, peer.ip());
+}
+
+// Whether an HTTP/1.x request names its host once, validly: RFC 9112 §3.2 has a server refuse
+// a request with two Host fields or an invalid one, and an HTTP/1.1 request with none (an
+// HTTP/1.0 client may send none). With two, which one names the origin is each reader's guess,
+// and a route matched on one while the upstream reads the other is a way around the match.
+fn host_is_sound<B>(request: &Request<B>) -> bool {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.as_bytes().iter().all(|&b| is_host_byte(b)),
+        (None, _) => request.version() < Version::HTTP_11,
+        (Some(_), Some(_)) => false,
+    }
+}
+
+// A byte of RFC 3986's `host [ ":" port ]`: unreserved, percent-encoded, sub-delims, and the
+// brackets and colons of an IP literal and a port.
+fn is_host_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&byte)
 }
 
 // `response`, with the client's HTTP/1.x connection closed after it: what is left of the request

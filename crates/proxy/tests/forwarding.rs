@@ -227,3 +227,116 @@ async fn an_absolute_form_target_does_not_pick_the_destination() {
     assert!(answer.ends_with("here"), "{answer}");
     assert_eq!(upstream.requests()[0].path, "/steal?x=1");
 }
+
+/// A proxy routing `public.example` to the first upstream and everything else to the second.
+async fn by_host(public: &Upstream, other: &Upstream) -> rampart_proxy::Proxy {
+    proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nmatch = {{ host = \"public.example\" }}\nupstream = \"public\"\n\
+         [[routes]]\nupstream = \"other\"\n\n\
+         [upstreams.public]\nendpoints = [\"{}\"]\n\
+         [upstreams.other]\nendpoints = [\"{}\"]\n",
+        public.addr(),
+        other.addr(),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn the_upstream_is_told_the_host_the_request_was_routed_by() {
+    let public = Upstream::start(Behavior::ok("public")).await.unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let proxy = by_host(&public, &other).await;
+
+    // An absolute-form target's authority overrides Host (RFC 9112 §3.2.2): routed by it, and
+    // the upstream reads it too, not the Host the route never looked at.
+    let answer = raw(
+        addr(&proxy),
+        "GET http://public.example/abs HTTP/1.1\r\nHost: admin.internal\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("public"), "{answer}");
+    assert_eq!(public.requests()[0].headers["host"], "public.example");
+    assert_eq!(
+        public.requests()[0].headers.get_all("host").iter().count(),
+        1
+    );
+
+    // Likewise HTTP/2's `:authority` over a Host field.
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            http::Request::get("http://public.example/h2")
+                .header("host", "admin.internal")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "public");
+    assert_eq!(public.requests()[1].headers["host"], "public.example");
+    assert_eq!(other.request_count(), 0);
+}
+
+#[tokio::test]
+async fn an_http1_request_without_one_valid_host_gets_400_and_is_not_forwarded() {
+    let public = Upstream::start(Behavior::ok("public")).await.unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let proxy = by_host(&public, &other).await;
+
+    for head in [
+        // Two: the route would read one, the upstream perhaps the other.
+        "GET /two HTTP/1.1\r\nHost: public.example\r\nHost: admin.internal\r\n",
+        // None, in HTTP/1.1.
+        "GET /none HTTP/1.1\r\n",
+        // Not a host.
+        "GET /invalid HTTP/1.1\r\nHost: a b@c\r\n",
+    ] {
+        let answer = raw(addr(&proxy), &format!("{head}Connection: close\r\n\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head}: {answer}");
+        assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+    }
+    assert_eq!(public.request_count() + other.request_count(), 0);
+
+    // An HTTP/1.0 client may name no host.
+    let answer = raw(addr(&proxy), "GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(answer.ends_with("other"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_http2_upstream_is_told_the_clients_host_in_its_authority() {
+    let upstream = Upstream::start(Behavior::ok("h2")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "protocol = \"http2\"").await;
+
+    let response = send(
+        &http1(),
+        request(&proxy, "/x")
+            .header("host", "app.example")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(response.status(), 200);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.version, Version::HTTP_2);
+    // What a host match on the upstream's side reads; a Host field, if any, may not differ.
+    assert_eq!(seen.authority.as_deref(), Some("app.example"));
+    assert!(
+        seen.headers
+            .get("host")
+            .is_none_or(|host| host == "app.example"),
+        "{seen:?}"
+    );
+}

@@ -94,6 +94,8 @@ pub struct SeenRequest {
     pub path: String,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub version: Version,
+    /// The target's authority: HTTP/2's `:authority`, or an HTTP/1.1 absolute-form target's.
+    pub authority: Option<String>,
     /// The headers as received (for HTTP/2, without pseudo-headers).
     pub headers: HeaderMap,
     /// The whole request body.
@@ -504,6 +506,7 @@ async fn handle(
             .path_and_query()
             .map_or_else(|| parts.uri.path().to_owned(), ToString::to_string),
         version: parts.version,
+        authority: parts.uri.authority().map(ToString::to_string),
         headers: parts.headers,
         body,
         at: Instant::now(),
