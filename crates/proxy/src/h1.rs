@@ -11,8 +11,8 @@
 //! Transfer-Encoding in HTTP/1.0, or a broken chunk is an invalid response; informational
 //! answers (`100 Continue`, `103 Early Hints`) are read past; a body is framed by chunks, by its
 //! length, or by the connection's end (RFC 9112 §6.3). What it writes is framed as the request
-//! says: the client's Content-Length, else the body's known length, else chunks (none for a
-//! GET, HEAD or CONNECT of unknown length, as hyper does).
+//! says: the client's Content-Length, else the body's known length, else chunks, whatever the
+//! method (a GET's body is rare, but not the proxy's to drop).
 //!
 //! A connection is reused only when the exchange ended whole on both sides, the upstream did not
 //! ask to close it (`Connection: close`, or HTTP/1.0 without keep-alive), and nothing unasked
@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING, UPGRADE,
+};
 use http::request::Parts;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
@@ -147,16 +149,21 @@ impl Upgraded {
 /// sends the same head again without a copy of it.
 pub(crate) async fn send(
     mut conn: Box<Conn>,
-    head: &Parts,
+    request: &Parts,
     host: &Authority,
     deadline: Outgoing,
     body: RequestBody,
 ) -> Result<Response<Body>, Error> {
-    let head_request = head.method == Method::HEAD;
-    let mut writer = Writer::new(head, host, deadline, body);
+    let head_request = request.method == Method::HEAD;
+    let mut writer = Writer::new(request, host, deadline, body);
     let waiting = Waiting::enter();
     let head = poll_fn(|cx| poll_head(&mut conn, &mut writer, head_request, cx)).await?;
     drop(waiting);
+    // A switch of protocols the request did not ask for would leave the client a connection in
+    // a protocol it never chose (and HTTP/2 has no 101 at all).
+    if head.status == StatusCode::SWITCHING_PROTOCOLS && !request.headers.contains_key(UPGRADE) {
+        return Err(Error::Invalid("101 to a request that asked for no upgrade"));
+    }
     let Head {
         status,
         reason,
@@ -390,8 +397,8 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
 /// What a response head's framing and connection fields say.
 #[derive(Default)]
 struct Fields {
-    /// Transfer-Encoding is there, and whether its last coding is chunked.
-    transfer_encoding: Option<bool>,
+    /// Transfer-Encoding is there, saying chunked (nothing else is read).
+    chunked: bool,
     /// The Content-Length, every value of it one number.
     content_length: Option<u64>,
     /// `Connection` names `close`.
@@ -419,9 +426,13 @@ impl Fields {
             }
             return Ok(!only_this_connection);
         } else if name == TRANSFER_ENCODING {
-            // The last coding of the last field counts.
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Chunked once, and nothing else: the coding is hop-by-hop, so a body in any other
+            // (`gzip`) would reach the client undecoded with nothing saying so, and the
+            // connection's end would have to frame it. nginx refuses the same.
+            if self.chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(Error::Invalid("transfer-encoding other than chunked"));
+            }
+            self.chunked = true;
         } else if name == CONTENT_LENGTH {
             self.content_length =
                 Some(add_length(self.content_length, value).map_err(Error::Invalid)?);
@@ -434,14 +445,17 @@ impl Fields {
         if code == 101 || code == 204 || code == 304 || head_request {
             return Ok(Decoder::Length(0));
         }
-        match (self.transfer_encoding, self.content_length) {
-            (Some(_), _) if version == Version::HTTP_10 => {
+        match (self.chunked, self.content_length) {
+            (true, _) if version == Version::HTTP_10 => {
                 Err(Error::Invalid("transfer-encoding in HTTP/1.0"))
             }
-            (Some(true), _) => Ok(Decoder::Chunked(Chunked::Size)),
-            // A coding other than chunked last: the body lasts until the connection ends.
-            (Some(false), _) | (None, None) => Ok(Decoder::Eof),
-            (None, Some(length)) => Ok(Decoder::Length(length)),
+            // Either could frame it, and the Content-Length would go on to the client with a
+            // body of another length: the mark of response splitting (RFC 9112 §6.3), which
+            // nginx refuses too.
+            (true, Some(_)) => Err(Error::Invalid("content-length with transfer-encoding")),
+            (true, None) => Ok(Decoder::Chunked(Chunked::Size)),
+            (false, None) => Ok(Decoder::Eof),
+            (false, Some(length)) => Ok(Decoder::Length(length)),
         }
     }
 }
@@ -540,12 +554,13 @@ impl Writer {
             .map_or("/", |target| target.as_str());
         // Sized once: the request line, the fields, and room for Host, the deadline and a framing
         // field.
-        let mut has_host = false;
+        let (mut has_host, mut cookies) = (false, 0);
         let fields: usize = parts
             .headers
             .iter()
             .map(|(name, value)| {
                 has_host |= name == HOST;
+                cookies += usize::from(name == COOKIE);
                 name.as_str().len() + value.len() + 4
             })
             .sum();
@@ -569,11 +584,9 @@ impl Writer {
             (Encoder::Length(length), None)
         } else if let Some(length) = body.size_hint().exact() {
             (Encoder::Length(length), Some(length))
-        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-            // These almost never have a body: one of unknown length is not sent, as hyper
-            // does, rather than sent as chunks.
-            (Encoder::Length(0), None)
         } else {
+            // Whatever the method: a GET's body is rare, but the client's to send, not this
+            // side's to drop.
             (Encoder::Chunked, None)
         };
         // The framing is this side's to say, and the deadline this attempt's.
@@ -581,8 +594,21 @@ impl Writer {
             *name != TRANSFER_ENCODING
                 && (*name != CONTENT_LENGTH || !matches!(framing, Encoder::Chunked))
                 && !Outgoing::replaces(name)
+                && (cookies < 2 || *name != COOKIE)
         });
         write_fields(&mut head, fields);
+        // An HTTP/2 client may send its cookies as several fields; HTTP/1.1 has them in one, the
+        // pairs joined by "; " (RFC 9113 §8.2.3).
+        if cookies > 1 {
+            head.extend_from_slice(b"cookie: ");
+            for (i, cookie) in parts.headers.get_all(COOKIE).iter().enumerate() {
+                if i > 0 {
+                    head.extend_from_slice(b"; ");
+                }
+                head.extend_from_slice(cookie.as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+        }
         head.extend_from_slice(deadline.name().as_str().as_bytes());
         head.extend_from_slice(b": ");
         deadline.write_value(&mut head);
@@ -1323,12 +1349,31 @@ mod tests {
                 "PUT /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\ntransfer-encoding: chunked\r\n\r\n{chunked}"
             )
         );
-        // A GET's body of unknown length is not sent, as hyper does.
-        let get = request(Method::GET, streamed(&["ignored"]));
+        // A GET's too: rare, but the client's to send.
+        let get = request(Method::GET, streamed(&["hello", " world"]));
+        let (.., sent) = exchange(answer, get, chunked.len()).await;
+        assert_eq!(
+            sent,
+            format!(
+                "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\ntransfer-encoding: chunked\r\n\r\n{chunked}"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn cookies_in_several_fields_go_in_one() {
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let mut get = request(Method::GET, empty());
+        for cookie in ["a=1", "b=2; c=3"] {
+            get.headers_mut()
+                .append(COOKIE, HeaderValue::from_static(cookie));
+        }
+        get.headers_mut()
+            .insert("accept", HeaderValue::from_static("*/*"));
         let (.., sent) = exchange(answer, get, 0).await;
         assert_eq!(
             sent,
-            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\n\r\n"
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\ncookie: a=1; b=2; c=3\r\nx-rampart-deadline: 1000\r\n\r\n"
         );
     }
 
@@ -1348,13 +1393,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunked_answer_is_decoded_with_its_extensions_and_trailers() {
-        let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+        let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n\
             5;name=value\r\nhello\r\n6 ; x\r\n world\r\n0\r\nx-checksum: 42\r\n\r\n";
         let (_, body, trailers, reusable, _) =
             exchange(answer, request(Method::GET, empty()), 0).await;
         assert_eq!(body, "hello world");
         assert_eq!(trailers.unwrap()["x-checksum"], "42");
         assert!(reusable);
+    }
+
+    #[test]
+    fn a_body_framed_two_ways_or_in_a_coding_other_than_chunked_is_refused() {
+        for framing in [
+            // The Content-Length would reach the client with a body of another length.
+            "Content-Length: 2\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 11",
+            // The client would get the gzip bytes, with nothing saying they are.
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: gzip",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let wire = format!("HTTP/1.1 200 OK\r\n{framing}\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+            assert!(
+                read_response([wire.as_bytes()], false).is_err(),
+                "{framing}"
+            );
+        }
     }
 
     #[test]
@@ -1564,9 +1628,11 @@ mod tests {
     async fn a_switch_of_protocols_hands_over_the_connection() {
         let answer = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nearly";
         let (addr, server) = server(answer, 0).await;
-        let mut response = send(conn(addr).await, request(Method::GET, empty()))
-            .await
-            .unwrap();
+        let mut asking = request(Method::GET, empty());
+        asking
+            .headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("echo"));
+        let mut response = send(conn(addr).await, asking).await.unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         let upgraded = response.extensions_mut().remove::<Upgraded>().unwrap();
         let (mut stream, early) = upgraded.take().unwrap();
@@ -1575,5 +1641,14 @@ mod tests {
         drop(stream);
         let sent = String::from_utf8(server.await.unwrap()).unwrap();
         assert!(sent.starts_with("GET /path?q=1 HTTP/1.1\r\n"), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn a_switch_of_protocols_no_request_asked_for_is_refused() {
+        let answer =
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n";
+        let (addr, _server) = server(answer, 0).await;
+        let refused = send(conn(addr).await, request(Method::GET, empty())).await;
+        assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
     }
 }
