@@ -67,7 +67,9 @@ pub(crate) async fn handle(
     let grpc = is_grpc(request.headers());
     // rampart only ever connects to configured endpoints: it is no tunnel.
     if request.method() == Method::CONNECT {
-        return (refuse_connect(grpc), None);
+        // Closing: what follows a CONNECT may be a tunnel's bytes, which the strict check of
+        // request heads no longer reads as requests.
+        return (closing(refuse_connect(grpc), request.version()), None);
     }
     // A body announced larger than allowed is refused before anything is sent or read; the
     // connection closes, as its unread body cannot be skipped safely.
@@ -83,17 +85,23 @@ pub(crate) async fn handle(
         );
     }
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
-    // upstream could be sent.
-    if request.uri() == "*" {
-        return (rescued(Reason::BadRequest, grpc), None);
+    // upstream could be sent; a request must name its host once.
+    let version = request.version();
+    if request.uri() == "*" || (version < Version::HTTP_2 && !host_is_sound(&request)) {
+        return (closing(rescued(Reason::BadRequest, grpc), version), None);
     }
-    if request.version() < Version::HTTP_2 && !host_is_sound(&request) {
-        return (rescued(Reason::BadRequest, grpc), None);
-    }
-    let client_upgrade = upgrade::is_tunnel(&request).then(|| hyper::upgrade::on(&mut request));
+    let offer = upgrade::offer(&request);
+    let client_upgrade = (offer == Some(true)).then(|| hyper::upgrade::on(&mut request));
+    // An offer to switch protocols that was not taken ends the connection: the strict check of
+    // request heads (`strict.rs`) stopped at it, as what follows it might have been another
+    // protocol's bytes.
+    let ended = |response| match offer {
+        Some(_) => closing(response, version),
+        None => response,
+    };
     let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
-        return (rescued(Reason::NoRoute, grpc), None);
+        return (ended(rescued(Reason::NoRoute, grpc)), None);
     };
     let client = Client { peer, grpc, limits };
     let started = turn::now();
@@ -110,6 +118,10 @@ pub(crate) async fn handle(
     )
     .await;
     drop(executing);
+    let response = match upstream.tunnel {
+        Some(_) => response,
+        None => ended(response),
+    };
     let (outcome, kind) = match upstream.outcome {
         // The upstream's own answer counts as its breaker classified it, whatever its headers
         // say: a rampart in front of that upstream marks its own fallbacks and errors, which

@@ -27,13 +27,15 @@ use crate::h1;
 /// A joined pair of connections, to be run by the client connection's task.
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Whether `request` asks to switch protocols in a way rampart tunnels: HTTP/1.1, `Connection`
-/// naming `upgrade`, and an `Upgrade` offering no `h2c`.
-pub(crate) fn is_tunnel<B>(request: &Request<B>) -> bool {
+/// What `request` offers of a switch of protocols: `None` when it has no Upgrade field, else
+/// whether rampart tunnels it: HTTP/1.1, `Connection` naming `upgrade`, and an `Upgrade`
+/// offering no `h2c`.
+pub(crate) fn offer<B>(request: &Request<B>) -> Option<bool> {
     // Most requests offer no upgrade: one lookup tells.
     let mut offers = request.headers().get_all(UPGRADE).iter().peekable();
-    if request.version() != Version::HTTP_11 || offers.peek().is_none() {
-        return false;
+    offers.peek()?;
+    if request.version() != Version::HTTP_11 {
+        return Some(false);
     }
     let names_upgrade = request.headers().get_all(CONNECTION).iter().any(|value| {
         value.to_str().is_ok_and(|value| {
@@ -42,15 +44,17 @@ pub(crate) fn is_tunnel<B>(request: &Request<B>) -> bool {
                 .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
         })
     });
-    names_upgrade
-        && offers.all(|value| {
-            value.to_str().is_ok_and(|value| {
-                value.split(',').all(|protocol| {
-                    let name = protocol.split('/').next().unwrap_or("").trim();
-                    !name.is_empty() && !name.eq_ignore_ascii_case("h2c")
+    Some(
+        names_upgrade
+            && offers.all(|value| {
+                value.to_str().is_ok_and(|value| {
+                    value.split(',').all(|protocol| {
+                        let name = protocol.split('/').next().unwrap_or("").trim();
+                        !name.is_empty() && !name.eq_ignore_ascii_case("h2c")
+                    })
                 })
-            })
-        })
+            }),
+    )
 }
 
 /// The tunnel joining the client's connection to the upstream's, when the upstream agreed to
@@ -94,18 +98,30 @@ mod tests {
 
     #[test]
     fn a_websocket_handshake_is_tunnelled() {
-        assert!(is_tunnel(&request("Upgrade", "websocket")));
-        assert!(is_tunnel(&request("keep-alive, upgrade", "websocket/13")));
+        assert_eq!(offer(&request("Upgrade", "websocket")), Some(true));
+        assert_eq!(
+            offer(&request("keep-alive, upgrade", "websocket/13")),
+            Some(true)
+        );
     }
 
     #[test]
-    fn h2c_and_half_asked_upgrades_are_not() {
-        assert!(!is_tunnel(&request("Upgrade, HTTP2-Settings", "h2c")));
-        assert!(!is_tunnel(&request("upgrade", "websocket, h2c")));
-        assert!(!is_tunnel(&request("upgrade", "")));
-        assert!(!is_tunnel(&request("", "websocket")));
+    fn h2c_and_half_asked_upgrades_are_offers_not_tunnelled() {
+        assert_eq!(
+            offer(&request("Upgrade, HTTP2-Settings", "h2c")),
+            Some(false)
+        );
+        assert_eq!(offer(&request("upgrade", "websocket, h2c")), Some(false));
+        assert_eq!(offer(&request("", "websocket")), Some(false));
         let mut http10 = request("upgrade", "websocket");
         *http10.version_mut() = Version::HTTP_10;
-        assert!(!is_tunnel(&http10));
+        assert_eq!(offer(&http10), Some(false));
+    }
+
+    #[test]
+    fn a_request_without_an_upgrade_field_offers_none() {
+        assert_eq!(offer(&request("upgrade", "")), None);
+        let plain = Request::get("/").body(()).unwrap();
+        assert_eq!(offer(&plain), None);
     }
 }

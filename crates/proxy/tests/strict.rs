@@ -157,3 +157,27 @@ async fn bodies_pass_untouched_and_every_head_is_checked() {
     assert_eq!(seen[0].body, "a\nb\n");
     assert_eq!(seen[1].body, "\n\n\nc\n");
 }
+
+#[tokio::test]
+async fn after_an_upgrade_not_taken_or_a_connect_no_further_request_is_read() {
+    // The check of request heads stops where another protocol's bytes might follow: were the
+    // connection kept, the smuggled request after it would be read unchecked.
+    let smuggled = "POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for first in [
+        // h2c is never tunnelled: the upstream answers 200.
+        "GET /u HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        // Offered without `Connection: upgrade`: not tunnelled either.
+        "GET /u HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n",
+        "CONNECT a:80 HTTP/1.1\r\nHost: a:80\r\n\r\n",
+    ] {
+        let (answer, upstream) = answer(&format!("{first}{smuggled}")).await;
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{first}: {answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(
+            upstream.requests().iter().all(|seen| seen.path != "/smuggled"),
+            "{first}"
+        );
+    }
+}
