@@ -232,7 +232,13 @@ impl Live {
         if let Some(deliveries) = &mut self.deliveries {
             deliveries.reloaded(config);
         }
-        self.config = config.clone();
+        // Read at start only: the configuration served keeps the sections running, so that what
+        // it shows is what runs and every later reload still tells they differ.
+        let mut served = config.clone();
+        served.runtime = self.config.runtime.clone();
+        served.admin = self.config.admin.clone();
+        served.outbox = self.config.outbox.clone();
+        self.config = served;
         self.upstreams = upstreams;
         Ok(summary)
     }

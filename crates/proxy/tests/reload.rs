@@ -294,4 +294,18 @@ async fn runtime_changes_are_named_as_needing_a_restart() {
         "routes: unchanged | upstreams: unchanged | [runtime] changed: not applied until a restart"
     );
     assert_eq!(get(&proxy, "/a").await.body(), "from a");
+
+    // Not applied, so not forgotten: the next reload of the same file says it again, and the
+    // configuration served is still the one running.
+    let summary = proxy
+        .reload(&config(&format!(
+            "[runtime]\ndrain_timeout = \"1s\"\n\n{LISTENER}{}",
+            route("a", a.addr())
+        )))
+        .unwrap();
+    assert_eq!(summary.needs_restart, ["[runtime]"]);
+    assert_ne!(
+        proxy.handle().config().runtime.drain_timeout,
+        Duration::from_secs(1)
+    );
 }

@@ -176,7 +176,10 @@ async fn after_an_upgrade_not_taken_or_a_connect_no_further_request_is_read() {
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{first}: {answer}");
         assert!(answer.contains("connection: close"), "{answer}");
         assert!(
-            upstream.requests().iter().all(|seen| seen.path != "/smuggled"),
+            upstream
+                .requests()
+                .iter()
+                .all(|seen| seen.path != "/smuggled"),
             "{first}"
         );
     }
