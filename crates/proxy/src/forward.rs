@@ -95,20 +95,20 @@ pub(crate) async fn handle(
     // An offer to switch protocols that was not taken ends the connection: the strict check of
     // request heads (`strict.rs`) stopped at it, as what follows it might have been another
     // protocol's bytes.
-    let ended = |response| match offer {
-        Some(_) => closing(response, version),
-        None => response,
-    };
     let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
-        return (ended(rescued(Reason::NoRoute, grpc)), None);
+        let response = rescued(Reason::NoRoute, grpc);
+        return match offer {
+            Some(_) => (closing(response, version), None),
+            None => (response, None),
+        };
     };
     let client = Client { peer, grpc, limits };
     let started = turn::now();
     let executing = stack.metrics().executing(started);
     let (body, body_fault) = client_body(body, limits, &mut parts);
     let mut upstream = FromUpstream::default();
-    let response = exchange(
+    let mut response = exchange(
         stack,
         parts,
         (body, body_fault),
@@ -118,10 +118,9 @@ pub(crate) async fn handle(
     )
     .await;
     drop(executing);
-    let response = match upstream.tunnel {
-        Some(_) => response,
-        None => ended(response),
-    };
+    if offer.is_some() && upstream.tunnel.is_none() {
+        response = closing(response, version);
+    }
     let (outcome, kind) = match upstream.outcome {
         // The upstream's own answer counts as its breaker classified it, whatever its headers
         // say: a rampart in front of that upstream marks its own fallbacks and errors, which
@@ -435,19 +434,33 @@ fn rewrite_request(parts: &mut Parts, peer: SocketAddr, hop_by_hop: HopByHop) {
 // HTTP/1.0 client may send none). With two, which one names the origin is each reader's guess,
 // and a route matched on one while the upstream reads the other is a way around the match.
 fn host_is_sound<B>(request: &Request<B>) -> bool {
-    let mut hosts = request.headers().get_all(HOST).iter();
+    // A pass over the few fields of a request costs less than a lookup, which hashes the name.
+    let mut hosts = request.headers().iter().filter(|(name, _)| *name == HOST);
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) => host.as_bytes().iter().all(|&b| is_host_byte(b)),
+        (Some((_, host)), None) => host.as_bytes().iter().all(|&b| HOST_BYTES[usize::from(b)]),
         (None, _) => request.version() < Version::HTTP_11,
         (Some(_), Some(_)) => false,
     }
 }
 
-// A byte of RFC 3986's `host [ ":" port ]`: unreserved, percent-encoded, sub-delims, and the
+// The bytes of RFC 3986's `host [ ":" port ]`: unreserved, percent-encoded, sub-delims, and the
 // brackets and colons of an IP literal and a port.
-fn is_host_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&byte)
-}
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let others = b"-._~%!$&'()*+,;=:[]";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 // `response`, with the client's HTTP/1.x connection closed after it: what is left of the request
 // body is not read, and cannot be told from a next request.
