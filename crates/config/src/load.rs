@@ -375,6 +375,18 @@ fn ratio(v: &DeValue<'_>) -> Result<f64, Invalid> {
     }
 }
 
+/// A breaker's trip rate: a ratio above 0, as the breaker takes no other.
+fn trip_rate(allowed: &'static str) -> impl Fn(&DeValue<'_>) -> Result<f64, Invalid> {
+    move |v| match ratio(v) {
+        Ok(rate) if rate > 0.0 => Ok(rate),
+        Ok(_) => Err(Invalid::new(
+            "must be more than 0: a rate of 0 would open the breaker however few calls fail",
+            allowed,
+        )),
+        Err(invalid) => Err(Invalid::new(invalid.message, allowed)),
+    }
+}
+
 fn percent(v: &DeValue<'_>) -> Result<u8, Invalid> {
     uint(0, 100)(v).map(|n| n as u8)
 }
@@ -949,13 +961,21 @@ fn breaker(cx: &mut Cx<'_>, upstream: &Tbl<'_, '_>) -> Breaker {
     if let Some(v) = cx.get(&t, "consecutive_failures", u32_in(0, u32::MAX)) {
         b.consecutive_failures = v;
     }
-    if let Some(v) = cx.get(&t, "failure_rate", ratio) {
+    if let Some(v) = cx.get(
+        &t,
+        "failure_rate",
+        trip_rate("a number more than 0 and at most 1.0 (0.5 is half)"),
+    ) {
         b.failure_rate = v;
     }
     if let Some(v) = cx.get(&t, "slow_call", positive) {
         b.slow_call = v;
     }
-    if let Some(v) = cx.get(&t, "slow_call_rate", ratio) {
+    if let Some(v) = cx.get(
+        &t,
+        "slow_call_rate",
+        trip_rate("a number more than 0 and at most 1.0 (1.0 turns this trigger off)"),
+    ) {
         b.slow_call_rate = v;
     }
     if let Some(v) = cx.get(&t, "window", positive) {
@@ -1729,6 +1749,34 @@ mod tests {
                 ("listeners[1].listen", Some(6)),
             ]
         );
+    }
+
+    #[test]
+    fn breaker_rates_must_be_more_than_zero() {
+        // The breaker refuses a rate of 0 at start: it would trip on the first call of a window.
+        for key in ["failure_rate", "slow_call_rate"] {
+            for zero in ["0", "0.0"] {
+                let e = errors(&format!(
+                    "{UPSTREAM}[upstreams.u.breaker]\n{key} = {zero}\n"
+                ));
+                assert_eq!(e.len(), 1, "{e:?}");
+                assert_eq!(e[0].path(), format!("upstreams.u.breaker.{key}"));
+                assert_eq!((e[0].line(), e[0].column()), (Some(4), Some(key.len() + 4)));
+                assert_eq!(e[0].got(), Some(zero));
+                let allowed = e[0].allowed().unwrap_or_default();
+                assert!(allowed.contains("more than 0"), "{allowed}");
+            }
+            let c = ok(&format!("{UPSTREAM}[upstreams.u.breaker]\n{key} = 0.001\n"));
+            let b = &c.upstreams[0].breaker;
+            assert_eq!(
+                if key == "failure_rate" {
+                    b.failure_rate
+                } else {
+                    b.slow_call_rate
+                },
+                0.001
+            );
+        }
     }
 
     #[test]
