@@ -440,6 +440,22 @@ fn check_name(s: &str) -> Result<(), Invalid> {
     }
 }
 
+/// A JetStream stream's name, as the nats store takes it: it also starts the stream's subjects
+/// and names its status bucket, where a '.' would split a token.
+fn stream_name(v: &DeValue<'_>) -> Result<String, Invalid> {
+    let allowed = "letters, digits, '-' and '_', at most 64 characters";
+    let s = string(v).map_err(|e| Invalid::new(e.message, allowed))?;
+    let valid = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(s)
+    } else {
+        Err(Invalid::new("invalid stream name", allowed))
+    }
+}
+
 const LISTEN_ALLOWED: &str = "an IP address and port, like \"127.0.0.1:8080\" or \"[::1]:8080\"";
 
 fn socket_addr(v: &DeValue<'_>) -> Result<SocketAddr, Invalid> {
@@ -1178,7 +1194,7 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
             OutboxStore::Nats {
                 url: url.unwrap_or_default(),
                 stream: cx
-                    .get(&n, "stream", name)
+                    .get(&n, "stream", stream_name)
                     .unwrap_or_else(|| "RAMPART_OUTBOX".to_owned()),
             }
         }
@@ -1588,12 +1604,66 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         }
         (None, None) => FallbackBody::Inline(String::new()),
     };
+    let status = cx.get(t, "status", status(100)).unwrap_or(200);
+    let headers = headers(cx, t, "headers");
+    grpc_fallback(cx, t, status, &headers);
     Fallback {
         on,
-        status: cx.get(t, "status", status(100)).unwrap_or(200),
-        headers: headers(cx, t, "headers"),
+        status,
+        headers,
         body,
         stale: cx.get(t, "stale", positive),
+    }
+}
+
+/// A fallback whose content-type is gRPC answers gRPC calls as a gRPC server would: with 200,
+/// and the call's outcome in `grpc-status` (sent as a trailer), which must be a gRPC code.
+fn grpc_fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, status: u16, headers: &[(String, String)]) {
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let grpc = header("content-type").is_some_and(|value| {
+        let mut map = http::HeaderMap::new();
+        http::HeaderValue::from_str(value).is_ok_and(|value| {
+            map.insert(http::header::CONTENT_TYPE, value);
+            rampart_http::classify::is_grpc(&map)
+        })
+    });
+    if !grpc {
+        return;
+    }
+    if status != 200
+        && let Some(node) = t.get("status")
+    {
+        cx.invalid(
+            node.span(),
+            &t.path("status"),
+            Invalid::new(
+                "a gRPC fallback (its content-type is gRPC) answers 200; its grpc-status header \
+                 says how the call ended",
+                "200",
+            ),
+        );
+    }
+    let Some(code) = header("grpc-status") else {
+        return;
+    };
+    if GrpcCode::parse(code.as_bytes()).is_some() {
+        return;
+    }
+    let Some(DeValue::Table(map)) = t.get("headers").map(Spanned::get_ref) else {
+        return;
+    };
+    let written = map
+        .iter()
+        .find(|(name, _)| name.get_ref().eq_ignore_ascii_case("grpc-status"));
+    if let Some((name, value)) = written {
+        cx.invalid(
+            value.span(),
+            &join(&t.path("headers"), name.get_ref()),
+            Invalid::new(
+                "not a gRPC status code",
+                "a gRPC status code from 0 to 16, like \"14\" (UNAVAILABLE)",
+            ),
+        );
     }
 }
 
@@ -1776,6 +1846,54 @@ mod tests {
                 },
                 0.001
             );
+        }
+    }
+
+    #[test]
+    fn a_nats_stream_name_is_one_jetstream_takes() {
+        let nats = |stream: &str| {
+            format!(
+                "[outbox]\nstore = \"nats\"\nnats = {{ url = \"nats://x:1\", stream = \"{stream}\" }}\n"
+            )
+        };
+        let c = ok(&nats("orders_OUTBOX-2"));
+        assert!(matches!(
+            c.outbox.unwrap().store,
+            OutboxStore::Nats { stream, .. } if stream == "orders_OUTBOX-2"
+        ));
+        // The stream's name is the first token of its subjects: a '.' would split it.
+        let e = errors(&nats("orders.outbox"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "outbox.nats.stream");
+        assert_eq!(e[0].got(), Some("\"orders.outbox\""));
+        assert_eq!(e[0].column(), Some(39));
+    }
+
+    #[test]
+    fn a_grpc_fallback_answers_200_with_a_grpc_status() {
+        let route = |fallback: &str| {
+            format!("[[routes]]\nupstream = \"u\"\nfallback = {{ {fallback} }}\n{UPSTREAM}")
+        };
+        let grpc =
+            "headers = { \"content-type\" = \"application/grpc+proto\", \"grpc-status\" = \"14\" }";
+        ok(&route(grpc));
+        ok(&route(&format!("{grpc}, status = 200")));
+        let e = errors(&route(&format!("{grpc}, status = 503")));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].fallback.status");
+        assert_eq!(e[0].got(), Some("503"));
+        // A plain HTTP fallback may answer any status it likes.
+        ok(&route(
+            "headers = { \"content-type\" = \"application/grpc-web\" }, status = 503",
+        ));
+
+        for bad in ["\"99\"", "\"unavailable\"", "\"\""] {
+            let e = errors(&route(&format!(
+                "headers = {{ \"Content-Type\" = \"application/grpc\", \"grpc-status\" = {bad} }}"
+            )));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].path(), "routes[0].fallback.headers.grpc-status");
+            assert_eq!(e[0].got(), Some(bad));
         }
     }
 
