@@ -1604,8 +1604,22 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         }
         (None, None) => FallbackBody::Inline(String::new()),
     };
-    let status = cx.get(t, "status", status(100)).unwrap_or(200);
+    let status = cx
+        .get(t, "status", |v| match status(100)(v) {
+            Ok(101) => Err(Invalid::new(
+                "101 switches protocols, which a fallback cannot do",
+                FALLBACK_STATUS_ALLOWED,
+            )),
+            Ok(code @ 100..=199) => Err(Invalid::new(
+                format!("{code} is an interim status: the client would wait for a final answer"),
+                FALLBACK_STATUS_ALLOWED,
+            )),
+            Ok(code) => Ok(code),
+            Err(invalid) => Err(Invalid::new(invalid.message, FALLBACK_STATUS_ALLOWED)),
+        })
+        .unwrap_or(200);
     let headers = headers(cx, t, "headers");
+    connection_headers(cx, t);
     grpc_fallback(cx, t, status, &headers);
     Fallback {
         on,
@@ -1613,6 +1627,60 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         headers,
         body,
         stale: cx.get(t, "stale", positive),
+    }
+}
+
+const FALLBACK_STATUS_ALLOWED: &str = "a whole number from 200 to 599";
+
+/// Headers that frame the message or are about one connection, not the answer: rampart sets them
+/// itself, and a fallback's own would desynchronise the connection (a `content-length` that does
+/// not match the body makes the client read the rest as the next response).
+const CONNECTION_HEADERS: [(&str, &str); 8] = [
+    ("content-length", "rampart sets it from the body"),
+    ("transfer-encoding", "rampart frames the body itself"),
+    (
+        "connection",
+        "it is about the connection, which rampart manages",
+    ),
+    (
+        "keep-alive",
+        "it is about the connection, which rampart manages",
+    ),
+    (
+        "proxy-connection",
+        "it is about the connection, which rampart manages",
+    ),
+    ("upgrade", "a fallback switches no protocol"),
+    ("te", "it is about the request's connection, not an answer"),
+    ("trailer", "a fallback sends no trailers of its own"),
+];
+
+/// Reports every header of a fallback's `headers` table that [`CONNECTION_HEADERS`] names,
+/// at its key.
+fn connection_headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) {
+    let Some(DeValue::Table(map)) = t.get("headers").map(Spanned::get_ref) else {
+        return;
+    };
+    let path = t.path("headers");
+    for (key, _) in map.iter() {
+        let name: &str = key.get_ref();
+        let lower = name.to_ascii_lowercase();
+        let Some((_, why)) = CONNECTION_HEADERS.iter().find(|(n, _)| *n == lower) else {
+            continue;
+        };
+        let allowed = CONNECTION_HEADERS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ");
+        cx.invalid(
+            key.span(),
+            &join(&path, name),
+            Invalid::new(
+                format!("a fallback may not set {lower}: {why}"),
+                format!("any header but {allowed}"),
+            ),
+        );
     }
 }
 
@@ -1894,6 +1962,59 @@ mod tests {
             assert_eq!(e.len(), 1, "{e:?}");
             assert_eq!(e[0].path(), "routes[0].fallback.headers.grpc-status");
             assert_eq!(e[0].got(), Some(bad));
+        }
+    }
+
+    #[test]
+    fn a_fallback_sets_no_framing_or_hop_by_hop_header() {
+        let route = |fallback: &str| {
+            format!("[[routes]]\nupstream = \"u\"\nfallback = {{ {fallback} }}\n{UPSTREAM}")
+        };
+        ok(&route(
+            "headers = { \"content-type\" = \"text/plain\" }, body = \"hello\"",
+        ));
+        for name in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "TE",
+            "trailer",
+            "proxy-connection",
+        ] {
+            let e = errors(&route(&format!(
+                "headers = {{ \"x-a\" = \"1\", \"{name}\" = \"5\" }}, body = \"hello world\""
+            )));
+            assert_eq!(e.len(), 1, "{name}: {e:?}");
+            assert_eq!(e[0].path(), format!("routes[0].fallback.headers.{name}"));
+            assert_eq!((e[0].line(), e[0].column()), (Some(3), Some(39)), "{name}");
+            assert_eq!(e[0].got(), Some(format!("\"{name}\"").as_str()));
+            let lower = name.to_ascii_lowercase();
+            assert!(e[0].message().contains(&lower), "{}", e[0].message());
+        }
+    }
+
+    #[test]
+    fn a_fallback_answers_a_final_status() {
+        let route = |status: u16| {
+            format!("[[routes]]\nupstream = \"u\"\nfallback = {{ status = {status} }}\n{UPSTREAM}")
+        };
+        for status in [200, 204, 302, 503, 599] {
+            assert_eq!(
+                ok(&route(status)).routes[0]
+                    .fallback
+                    .as_ref()
+                    .unwrap()
+                    .status,
+                status
+            );
+        }
+        for status in [100, 101, 199, 600] {
+            let e = errors(&route(status));
+            assert_eq!(e.len(), 1, "{status}: {e:?}");
+            assert_eq!(e[0].path(), "routes[0].fallback.status");
+            assert_eq!(e[0].allowed(), Some("a whole number from 200 to 599"));
         }
     }
 
