@@ -5,7 +5,7 @@
 //! default so that the rest of the file is still checked, including cross-references.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -766,26 +766,65 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             let message = format!("duplicate listener name \"{}\"", first.name);
             cx.conflict(&t, "name", message);
         }
-        // Port 0 is the kernel's choice: two sockets asking for it never get the same port.
-        if l.listen.port() != 0 {
-            if let Some(first) = out.iter().find(|o| o.listen == l.listen) {
-                let message = format!(
+        if let Some(first) = out.iter().find(|o| clash(o.listen, l.listen)) {
+            let message = if first.listen == l.listen {
+                format!(
                     "listener \"{}\" already listens on {}",
                     first.name, l.listen
-                );
-                cx.conflict(&t, "listen", message);
-            }
-            if l.listen == admin.listen {
-                cx.conflict(
-                    &t,
-                    "listen",
-                    "the admin API already listens on this address",
-                );
-            }
+                )
+            } else {
+                format!(
+                    "listener \"{}\" already listens on {}{}",
+                    first.name,
+                    first.listen,
+                    covered(first.listen, l.listen)
+                )
+            };
+            cx.conflict(&t, "listen", message);
+        }
+        if clash(admin.listen, l.listen) {
+            let message = if admin.listen == l.listen {
+                "the admin API already listens on this address".to_owned()
+            } else {
+                format!(
+                    "the admin API listens on {}{}",
+                    admin.listen,
+                    covered(admin.listen, l.listen)
+                )
+            };
+            cx.conflict(&t, "listen", message);
         }
         out.push(l);
     }
     out
+}
+
+/// Whether two sockets cannot both listen on `a` and `b`: the same port (not 0, which is the
+/// kernel's choice and never the same twice) on the same address, or on addresses one of which
+/// is a wildcard covering the other. `0.0.0.0` covers every IPv4 address, and `[::]` every
+/// address, IPv4 ones too, as Linux binds it by default (`net.ipv6.bindv6only = 0`). An IPv4
+/// address mapped into IPv6 (`[::ffff:127.0.0.1]`) is the IPv4 address.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a == b
+        || a == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        || b == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        || (a.is_ipv4() && b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+}
+
+/// Why two clashing addresses written differently clash, for the error.
+fn covered(first: SocketAddr, second: SocketAddr) -> &'static str {
+    let (a, b) = (first.ip(), second.ip());
+    if a.to_canonical() == b.to_canonical() {
+        return ", the same address";
+    }
+    match if a.is_unspecified() { a } else { b } {
+        IpAddr::V6(_) => ", which takes this port on every address, IPv4 ones too",
+        IpAddr::V4(_) => ", which takes this port on every IPv4 address",
+    }
 }
 
 // === upstreams ===
@@ -2015,6 +2054,55 @@ mod tests {
             assert_eq!(e.len(), 1, "{status}: {e:?}");
             assert_eq!(e[0].path(), "routes[0].fallback.status");
             assert_eq!(e[0].allowed(), Some("a whole number from 200 to 599"));
+        }
+    }
+
+    #[test]
+    fn a_wildcard_address_takes_its_port_on_every_address_it_covers() {
+        // (first, second, whether binding both fails), as Linux binds them by default: a
+        // wildcard takes the port on every address of its family, and `[::]` on IPv4 too.
+        let cases = [
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "0.0.0.0:8080", true),
+            ("[::]:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "[::]:8080", true),
+            ("[::]:8080", "0.0.0.0:8080", true),
+            ("[::]:8080", "[::1]:8080", true),
+            ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080", true),
+            ("[::ffff:127.0.0.1]:8080", "0.0.0.0:8080", true),
+            ("0.0.0.0:8080", "[::1]:8080", false),
+            ("127.0.0.1:8080", "127.0.0.2:8080", false),
+            ("0.0.0.0:8080", "127.0.0.1:8081", false),
+            ("0.0.0.0:0", "127.0.0.1:0", false),
+        ];
+        for (first, second, clash) in cases {
+            let text = format!(
+                "[admin]\nlisten = \"127.0.0.1:1\"\n\
+                 [[listeners]]\nname = \"b\"\nlisten = \"{first}\"\n\
+                 [[listeners]]\nname = \"c\"\nlisten = \"{second}\"\n"
+            );
+            if !clash {
+                assert_eq!(ok(&text).listeners.len(), 2, "{first} {second}");
+                continue;
+            }
+            let e = errors(&text);
+            assert_eq!(e.len(), 1, "{first} {second}: {e:?}");
+            assert_eq!(e[0].path(), "listeners[1].listen");
+            assert_eq!(e[0].line(), Some(8));
+            assert!(e[0].message().contains("\"b\""), "{}", e[0].message());
+        }
+        for (admin, listener) in [
+            ("0.0.0.0:9901", "127.0.0.1:9901"),
+            ("127.0.0.1:9901", "0.0.0.0:9901"),
+            ("[::]:9901", "[::1]:9901"),
+            ("[::]:9901", "10.0.0.1:9901"),
+        ] {
+            let e = errors(&format!(
+                "[admin]\nlisten = \"{admin}\"\n[[listeners]]\nlisten = \"{listener}\"\n"
+            ));
+            assert_eq!(e.len(), 1, "{admin} {listener}: {e:?}");
+            assert_eq!(e[0].path(), "listeners[0].listen");
+            assert!(e[0].message().contains("admin"), "{}", e[0].message());
         }
     }
 
