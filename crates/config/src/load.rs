@@ -705,8 +705,22 @@ fn default_listener(name: String) -> Listener {
 
 fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener> {
     let tables = array_of_tables(cx, root, "listeners", LISTENER_KEYS);
-    if root.get("listeners").is_none() {
-        return vec![default_listener("listener-0".to_owned())];
+    match root.get("listeners") {
+        None => return vec![default_listener("listener-0".to_owned())],
+        Some(node) if matches!(node.get_ref(), DeValue::Array(items) if items.is_empty()) => {
+            cx.invalid(
+                node.span(),
+                "listeners",
+                Invalid::new(
+                    "a proxy needs at least one listener: with none it would serve nothing",
+                    "[[listeners]] sections; with no `listeners` at all, there is one on \
+                     127.0.0.1:8080",
+                ),
+            );
+            // The default stands in, so that the routes are checked against a listener.
+            return vec![default_listener("listener-0".to_owned())];
+        }
+        Some(_) => {}
     }
     let mut out: Vec<Listener> = Vec::new();
     for (i, t) in tables {
@@ -2104,6 +2118,18 @@ mod tests {
             assert_eq!(e[0].path(), "listeners[0].listen");
             assert!(e[0].message().contains("admin"), "{}", e[0].message());
         }
+    }
+
+    #[test]
+    fn an_empty_listener_list_is_refused_and_a_missing_one_is_the_default() {
+        assert_eq!(ok("").listeners.len(), 1);
+        let e = errors(&format!(
+            "listeners = []\n[[routes]]\nupstream = \"u\"\n{UPSTREAM}"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "listeners");
+        assert_eq!((e[0].line(), e[0].column()), (Some(1), Some(13)));
+        assert_eq!(e[0].got(), Some("[]"));
     }
 
     #[test]
