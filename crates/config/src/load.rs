@@ -203,6 +203,17 @@ impl Cx<'_> {
         key: &str,
         parse: impl Fn(&DeValue<'_>) -> Result<T, Invalid>,
     ) -> Option<Vec<T>> {
+        let items = self.items(t, key, parse)?;
+        Some(items.into_iter().map(|item| item.value).collect())
+    }
+
+    /// [`Cx::list`], each good item with its position and place.
+    fn items<T>(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        parse: impl Fn(&DeValue<'_>) -> Result<T, Invalid>,
+    ) -> Option<Vec<Item<T>>> {
         let node = t.get(key)?;
         let path = t.path(key);
         let DeValue::Array(items) = node.get_ref() else {
@@ -221,7 +232,11 @@ impl Cx<'_> {
         let mut values = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match parse(item.get_ref()) {
-                Ok(value) => values.push(value),
+                Ok(value) => values.push(Item {
+                    index: i,
+                    span: item.span(),
+                    value,
+                }),
                 Err(invalid) => self.invalid(item.span(), &format!("{path}[{i}]"), invalid),
             }
         }
@@ -248,6 +263,13 @@ impl Cx<'_> {
         };
         self.report(at, &t.path(key), message, got, None);
     }
+}
+
+/// A good item of an array: its position, its place and its value.
+struct Item<T> {
+    index: usize,
+    span: Range<usize>,
+    value: T,
 }
 
 /// Appends `key` to a key path, quoting keys that are not bare TOML keys.
@@ -308,6 +330,10 @@ fn uint(min: u64, max: u64) -> impl Fn(&DeValue<'_>) -> Result<u64, Invalid> {
         match integer(v) {
             Some(n) if (i128::from(min)..=i128::from(max)).contains(&n) => Ok(n as u64),
             Some(_) => Err(Invalid::new("out of range", allowed)),
+            None if matches!(v, DeValue::Integer(_)) => Err(Invalid::new(
+                "out of range: the number is too large",
+                allowed,
+            )),
             None => Err(Invalid::new(
                 format!("expected a whole number, found {}", v.type_str()),
                 allowed,
@@ -351,7 +377,8 @@ fn size(v: &DeValue<'_>) -> Result<ByteSize, Invalid> {
         DeValue::String(s) => ByteSize::parse(s),
         DeValue::Integer(_) => match integer(v) {
             Some(n) if n >= 0 && n <= i128::from(u64::MAX) => Ok(ByteSize(n as u64)),
-            _ => Err(Invalid::new("a size cannot be negative", SIZE_ALLOWED)),
+            Some(n) if n < 0 => Err(Invalid::new("a size cannot be negative", SIZE_ALLOWED)),
+            _ => Err(Invalid::new("the size is too large", SIZE_ALLOWED)),
         },
         other => Err(Invalid::new(
             format!("expected a size, found {}", other.type_str()),
@@ -520,8 +547,8 @@ fn headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, key: &str) -> Vec<(String, String)>
         return Vec::new();
     };
     let mut out = Vec::new();
-    for (name, value) in map.iter() {
-        let name: &str = name.get_ref();
+    for (key, value) in map.iter() {
+        let name: &str = key.get_ref();
         let header_path = join(&path, name);
         let token = !name.is_empty()
             && name
@@ -529,7 +556,7 @@ fn headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, key: &str) -> Vec<(String, String)>
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
             cx.invalid(
-                node.span(),
+                key.span(),
                 &header_path,
                 Invalid::new("invalid header name", "letters, digits and !#$%&'*+-.^_`|~"),
             );
@@ -914,7 +941,7 @@ fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upstream> {
 }
 
 fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream {
-    let endpoints = cx.list(t, "endpoints", endpoint).unwrap_or_default();
+    let endpoints = cx.items(t, "endpoints", endpoint).unwrap_or_default();
     match t.get("endpoints") {
         None => cx.missing(t, "endpoints", "an array of \"host:port\" strings"),
         Some(node)
@@ -932,19 +959,25 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
         }
         Some(_) => {}
     }
-    let backup = cx.list(t, "backup", endpoint).unwrap_or_default();
-    let mut seen: Vec<&Endpoint> = Vec::new();
-    for e in endpoints.iter().chain(&backup) {
-        if seen.contains(&e) {
-            let key = if endpoints.contains(e) && backup.contains(e) {
-                "backup"
-            } else {
-                "endpoints"
-            };
-            cx.conflict(t, key, format!("endpoint {e} is listed twice"));
+    let backup = cx.items(t, "backup", endpoint).unwrap_or_default();
+    // Each endpoint with where it was first listed; a repetition is blamed on itself.
+    let mut seen: Vec<(&Endpoint, String)> = Vec::new();
+    for (key, items) in [("endpoints", &endpoints), ("backup", &backup)] {
+        for item in items {
+            let at = format!("{key}[{}]", item.index);
+            match seen.iter().find(|(e, _)| **e == item.value) {
+                Some((e, first)) => {
+                    let message = format!("endpoint {e} is listed twice: it is {first} already");
+                    let got = Some(cx.raw(item.span.clone()));
+                    let path = format!("{}[{}]", t.path(key), item.index);
+                    cx.report(item.span.start, &path, message, got, None);
+                }
+                None => seen.push((&item.value, at)),
+            }
         }
-        seen.push(e);
     }
+    let endpoints: Vec<Endpoint> = endpoints.into_iter().map(|item| item.value).collect();
+    let backup: Vec<Endpoint> = backup.into_iter().map(|item| item.value).collect();
     let protocol = cx
         .get(
             t,
@@ -2133,6 +2166,61 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_header_name_is_blamed_on_itself() {
+        let e = errors(&format!(
+            "[[routes]]\nupstream = \"u\"\n\
+             match = {{ headers = {{ \"x-ok\" = \"v\", \"bad name\" = \"v\" }} }}\n{UPSTREAM}"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].match.headers.\"bad name\"");
+        assert_eq!((e[0].line(), e[0].column()), (Some(3), Some(37)));
+        assert_eq!(e[0].got(), Some("\"bad name\""));
+    }
+
+    #[test]
+    fn a_repeated_endpoint_is_blamed_on_its_repetition() {
+        let e = errors(
+            "[upstreams.u]\nendpoints = [\"a:1\", \"b:1\", \"a:1\"]\nbackup = [\"c:1\", \"b:1\"]\n",
+        );
+        let found: Vec<(&str, Option<usize>, Option<&str>)> =
+            e.iter().map(|e| (e.path(), e.column(), e.got())).collect();
+        assert_eq!(
+            found,
+            [
+                ("upstreams.u.endpoints[2]", Some(28), Some("\"a:1\"")),
+                ("upstreams.u.backup[1]", Some(18), Some("\"b:1\"")),
+            ]
+        );
+        assert!(
+            e[0].message().contains("endpoints[0]"),
+            "{}",
+            e[0].message()
+        );
+        assert!(
+            e[1].message().contains("endpoints[1]"),
+            "{}",
+            e[1].message()
+        );
+    }
+
+    #[test]
+    fn a_number_too_large_says_so() {
+        let e = errors(&format!(
+            "{UPSTREAM}limits = {{ rate = \"99999999999/s\" }}\n"
+        ));
+        assert_eq!(e[0].path(), "upstreams.u.limits.rate");
+        assert!(e[0].message().contains("too large"), "{}", e[0].message());
+        for text in [
+            "[[listeners]]\nmax_connections = 999999999999999999999999999999999999999999\n",
+            "[[listeners]]\nmax_request_body = 999999999999999999999999999999999999999999\n",
+        ] {
+            let e = errors(text);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].message().contains("too large"), "{}", e[0].message());
+        }
+    }
+
+    #[test]
     fn metrics_can_be_turned_off_with_a_boolean_only() {
         assert!(!ok("[admin]\nmetrics = false\n").admin.metrics);
         let e = errors("[admin]\nmetrics = \"off\"\n");
@@ -2173,7 +2261,7 @@ mod tests {
             ("[upstreams.u]\nendpoints = []\n", "upstreams.u.endpoints"),
             (
                 "[upstreams.u]\nendpoints = [\"a:1\"]\nbackup = [\"a:1\"]\n",
-                "upstreams.u.backup",
+                "upstreams.u.backup[0]",
             ),
             (
                 "[upstreams.\"a b\"]\nendpoints = [\"a:1\"]\n",

@@ -205,18 +205,24 @@ impl Rate {
             }
         };
         let digits = !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit());
-        match count.parse::<u32>() {
-            Ok(_) if !digits => Err(Invalid::new(
+        if !digits {
+            return Err(Invalid::new(
                 "expected a rate like \"1000/s\" or \"60/m\"",
                 RATE_ALLOWED,
-            )),
+            ));
+        }
+        match count.parse::<u32>() {
             Ok(0) => Err(Invalid::new(
                 "a rate must allow at least one request (leave `rate` out for no limit)",
                 RATE_ALLOWED,
             )),
             Ok(count) => Ok(Rate { count, per }),
-            _ => Err(Invalid::new(
-                "expected a rate like \"1000/s\" or \"60/m\"",
+            // Only digits: the number does not fit.
+            Err(_) => Err(Invalid::new(
+                format!(
+                    "the rate is too large: at most {} requests per period",
+                    u32::MAX
+                ),
                 RATE_ALLOWED,
             )),
         }
@@ -425,6 +431,9 @@ mod tests {
         for bad in ["1000", "0/s", "10/h", "/s", "+5/s", "ten/s", "5/sec"] {
             assert!(Rate::parse(bad).is_err(), "{bad:?} must be refused");
         }
+        assert_eq!(Rate::parse("4294967295/s").map(|r| r.count), Ok(u32::MAX));
+        let err = Rate::parse("4294967296/s").unwrap_err();
+        assert!(err.message.contains("too large"), "{err:?}");
     }
 
     #[test]
