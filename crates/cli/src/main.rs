@@ -1,6 +1,6 @@
 //! The `rampart` command: wiring only; the work lives in the library crates.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -159,9 +159,19 @@ fn logging(level: LogLevel, format: LogFormat) {
 fn check(path: &Path) -> ExitCode {
     match Config::from_file(path) {
         Ok(config) => {
-            println!("{}: valid", path.display());
-            print!("{}", config.summary());
-            ExitCode::SUCCESS
+            let mut stdout = std::io::stdout().lock();
+            let written = writeln!(stdout, "{}: valid", path.display())
+                .and_then(|()| write!(stdout, "{}", config.summary()))
+                .and_then(|()| stdout.flush());
+            match written {
+                Err(err) if err.kind() != ErrorKind::BrokenPipe => {
+                    let _ = writeln!(std::io::stderr(), "cannot write the summary: {err}");
+                    ExitCode::FAILURE
+                }
+                // A reader that stopped early (`rampart check | head -1`) has what it wanted:
+                // the file is valid either way.
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(errors) => config_errors(path, &errors),
     }
@@ -412,10 +422,11 @@ impl Signals {
 
 /// Prints every configuration error and their count; exit 2.
 fn config_errors(path: &Path, errors: &Errors) -> ExitCode {
-    eprintln!("{errors}");
     let n = errors.len();
-    eprintln!(
-        "{}: {n} error{}",
+    // A closed stderr (`rampart check 2>&1 | head -1`) changes nothing: the file is invalid.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{errors}\n{}: {n} error{}",
         path.display(),
         if n == 1 { "" } else { "s" }
     );

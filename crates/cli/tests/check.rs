@@ -1,7 +1,7 @@
 //! `rampart check` on the real binary: exit codes, summary, and errors on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,4 +71,36 @@ fn a_missing_file_exits_2() {
     let out = check(Path::new("/nonexistent/rampart.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/rampart.toml"));
+}
+
+/// A pipe whose reader is gone before anything is written, as with `| head -0`.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer
+}
+
+#[test]
+fn a_closed_output_ends_check_with_its_verdict_and_no_panic() {
+    // `rampart check | head -1`: the summary goes nowhere; the file is still valid.
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["check", "-c"])
+        .arg(repo("examples/rampart.toml"))
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    // `rampart check 2>&1 | head -1`: the errors go nowhere; the file is still invalid.
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["check", "-c"])
+        .arg(repo("crates/config/tests/invalid/references.toml"))
+        .stdout(Stdio::null())
+        .stderr(closed_pipe())
+        .output()
+        .expect("the rampart binary runs");
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -154,6 +154,25 @@ fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
 }
 
 #[test]
+fn a_closed_stdout_loses_the_table_and_nothing_else() {
+    // `rampart demo | head -0`: the reader of the table is gone before it is written.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = TempDir::new("demo-closed-stdout");
+    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--quick", "--scenario", "crash", "--out"])
+        .arg(&out.0)
+        .stdout(writer)
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    // What comes after the table still comes.
+    assert!(stderr.contains("report: "), "{stderr}");
+    assert!(out.0.join("results.json").exists());
+}
+
+#[test]
 fn the_async_scenario_over_grpc_is_refused_with_the_reason() {
     let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["demo", "--protocol", "grpc", "--scenario", "async", "--out"])

@@ -2,7 +2,7 @@
 //! and with `--keep-running` the last protected setup left up until Ctrl-C.
 
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -127,7 +127,8 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
     }
     report::write(&args.out, args.protocol, &results)?;
     eprintln!();
-    print!("{}", report::table(&results));
+    // A closed stdout (`rampart demo | head -3`) loses the table, not the report nor the rest.
+    let _ = write!(io::stdout(), "{}", report::table(&results));
     for check in report::checks(&results) {
         eprintln!("{check}");
     }
