@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -29,7 +29,13 @@ pub(crate) type Answer = Response<UnsyncBoxBody<Bytes, Infallible>>;
 pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (request.method(), segments.as_slice()) {
+    // HEAD is answered as GET: hyper sends the head of the answer and drops its body (an event
+    // stream ends with it), so both give the same status and headers.
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        method => method.clone(),
+    };
+    match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => metrics(state),
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
         // The admin API starts once the proxy has loaded its configuration and bound its
@@ -74,20 +80,42 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             None => outbox::redrive(state, id).await,
         },
         (_, ["metrics"] | ["healthz"] | ["readyz"] | ["api", "stats"] | ["api", "events"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            not_allowed(Allow::Read)
         }
         (_, ["hystrix.stream"] | ["api", "outbox"] | ["api", "outbox", _]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            not_allowed(Allow::Read)
         }
-        _ if dashboard::serves(&path) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        _ if dashboard::serves(&path) => not_allowed(Allow::Read),
         (_, ["api", "breakers", _, _] | ["api", "reload"] | ["api", "outbox", _, "redrive"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+            not_allowed(Allow::Write)
         }
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no admin endpoint at {path}"),
         ),
     }
+}
+
+/// The methods a path takes.
+#[derive(Debug, Clone, Copy)]
+enum Allow {
+    /// GET, and HEAD with it.
+    Read,
+    /// POST.
+    Write,
+}
+
+/// 405, with the `Allow` header RFC 9110 (15.5.6) asks of it.
+fn not_allowed(allow: Allow) -> Answer {
+    let (methods, message) = match allow {
+        Allow::Read => ("GET, HEAD", "use GET or HEAD"),
+        Allow::Write => ("POST", "use POST"),
+    };
+    let mut answer = error(StatusCode::METHOD_NOT_ALLOWED, message);
+    answer
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(methods));
+    answer
 }
 
 // A place among the event streams open at once; none when every one is taken.

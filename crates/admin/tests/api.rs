@@ -325,6 +325,73 @@ async fn a_bad_breaker_call_says_what_is_wrong() {
 }
 
 #[tokio::test]
+async fn head_is_answered_wherever_get_is_and_every_405_says_what_is_allowed() {
+    use http::Method;
+
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+    let addr = admin.addr();
+
+    // Whole answers: the same status and headers as GET, without the body.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/stats",
+        "/",
+        "/dashboard.js",
+        "/targets.json",
+        "/api/outbox",
+    ] {
+        let get = get(addr, path).await;
+        let head = request(addr, Method::HEAD, path).await;
+        assert_eq!(head.status, get.status, "HEAD {path}");
+        assert_eq!(head.content_type, get.content_type, "HEAD {path}");
+        assert_eq!(head.cache_control, get.cache_control, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}: {}", head.body);
+        if path != "/metrics" && path != "/api/stats" {
+            assert_eq!(
+                head.header("content-length"),
+                get.header("content-length"),
+                "HEAD {path}"
+            );
+        }
+    }
+    // Event streams: their headers, and no stream.
+    for (path, content_type) in [
+        ("/api/events", "text/event-stream"),
+        ("/hystrix.stream", "text/event-stream;charset=UTF-8"),
+    ] {
+        let head = request(addr, Method::HEAD, path).await;
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert_eq!(head.content_type, content_type, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}");
+    }
+
+    for (method, path, allow) in [
+        (Method::POST, "/healthz", "GET, HEAD"),
+        (Method::DELETE, "/readyz", "GET, HEAD"),
+        (Method::PUT, "/metrics", "GET, HEAD"),
+        (Method::POST, "/api/stats", "GET, HEAD"),
+        (Method::POST, "/api/events", "GET, HEAD"),
+        (Method::POST, "/hystrix.stream", "GET, HEAD"),
+        (Method::POST, "/api/outbox", "GET, HEAD"),
+        (Method::DELETE, "/api/outbox/dead", "GET, HEAD"),
+        (Method::POST, "/", "GET, HEAD"),
+        (Method::GET, "/api/reload", "POST"),
+        (Method::HEAD, "/api/reload", "POST"),
+        (Method::GET, "/api/breakers/app/*", "POST"),
+        (Method::GET, "/api/outbox/dead/redrive", "POST"),
+    ] {
+        let refused = request(addr, method.clone(), path).await;
+        assert_eq!(refused.status, 405, "{method} {path}");
+        assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
+    }
+    admin.shutdown().await;
+}
+
+#[tokio::test]
 async fn mutating_calls_need_the_token() {
     let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
     let proxy = proxy_to(&upstream).await;

@@ -20,10 +20,16 @@ pub(crate) struct Answer {
     pub(crate) content_type: String,
     pub(crate) cache_control: Option<String>,
     pub(crate) rampart_error: Option<String>,
+    pub(crate) headers: http::HeaderMap,
     pub(crate) body: String,
 }
 
 impl Answer {
+    /// The value of the header `name`, if there is one.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
     pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("{err}: {}", self.body))
     }
@@ -47,12 +53,14 @@ pub(crate) async fn call(request: Request<Full<Bytes>>) -> Answer {
         header("cache-control"),
         header("x-rampart-error"),
     );
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
         content_type,
         cache_control,
         rampart_error,
+        headers,
         body: String::from_utf8(body.to_vec()).unwrap(),
     }
 }
@@ -60,6 +68,19 @@ pub(crate) async fn call(request: Request<Full<Bytes>>) -> Answer {
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> Answer {
     let uri = format!("http://{addr}{path}");
     call(Request::get(uri).body(Full::default()).unwrap()).await
+}
+
+/// A request of `method` to `path`, without a body.
+pub(crate) async fn request(addr: SocketAddr, method: http::Method, path: &str) -> Answer {
+    let uri = format!("http://{addr}{path}");
+    call(
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
 }
 
 pub(crate) async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Answer {
