@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -146,10 +146,17 @@ fn refusal<B>(state: &State, request: &Request<B>) -> Option<Answer> {
     match state.token.check(request.headers()) {
         Ok(()) => None,
         Err(Refusal::NotConfigured(message)) => Some(error(StatusCode::FORBIDDEN, &message)),
-        Err(Refusal::Unauthorized) => Some(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token: send Authorization: Bearer <token>",
-        )),
+        Err(Refusal::Unauthorized) => {
+            let mut answer = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <token>",
+            );
+            // RFC 9110 (11.6.1): a 401 names the scheme that would do.
+            answer
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(answer)
+        }
     }
 }
 

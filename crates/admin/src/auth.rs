@@ -66,7 +66,7 @@ impl Token {
         };
         let given = headers
             .get(AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|value| bearer(value.as_bytes()))
             .ok_or(Refusal::Unauthorized)?;
         if constant_time_eq(given, expected) {
             Ok(())
@@ -74,6 +74,18 @@ impl Token {
             Err(Refusal::Unauthorized)
         }
     }
+}
+
+/// The token of an `Authorization` value of the Bearer scheme: the scheme's name in any case
+/// (RFC 9110, 11.1: schemes are case-insensitive), one or more spaces, then the token.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(b"Bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"Bearer") {
+        return None;
+    }
+    let spaces = rest.iter().take_while(|&&b| b == b' ').count();
+    let token = &rest[spaces..];
+    (spaces > 0 && !token.is_empty()).then_some(token)
 }
 
 // Never printed: a token in a debug log is a token leaked.
@@ -135,6 +147,30 @@ mod tests {
             Err(Refusal::Unauthorized)
         );
         assert_eq!(token.check(&HeaderMap::new()), Err(Refusal::Unauthorized));
+    }
+
+    #[test]
+    fn the_scheme_is_any_case_and_the_token_exact() {
+        let token = Token::Bearer(b"s3cret".to_vec());
+        for good in ["bearer s3cret", "BEARER s3cret", "Bearer   s3cret"] {
+            assert_eq!(token.check(&headers(good)), Ok(()), "{good}");
+        }
+        for bad in [
+            "Bearer S3cret",
+            "Bearer s3cret ",
+            "Bearers3cret",
+            "Bearer",
+            "Bearer ",
+            "Bear s3cret",
+            "Beare s3cret",
+            " Bearer s3cret",
+        ] {
+            assert_eq!(
+                token.check(&headers(bad)),
+                Err(Refusal::Unauthorized),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -392,6 +392,48 @@ async fn head_is_answered_wherever_get_is_and_every_405_says_what_is_allowed() {
 }
 
 #[tokio::test]
+async fn the_bearer_scheme_is_any_case_and_a_401_names_it() {
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, Some(TOKEN), no_reload()).await;
+    let force = |authorization: Option<String>| {
+        let mut request =
+            http::Request::post(format!("http://{}/api/breakers/app/*", admin.addr()));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        call(
+            request
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"state": "auto"}"#,
+                )))
+                .unwrap(),
+        )
+    };
+    // RFC 9110 (11.1): the scheme is compared without case.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let answer = force(Some(format!("{scheme} {TOKEN}"))).await;
+        assert_eq!(answer.status, 200, "{scheme}: {}", answer.body);
+    }
+    // RFC 9110 (11.6.1): a 401 says which scheme would do.
+    for authorization in [
+        None,
+        Some(format!("Bearer {TOKEN}x")),
+        Some(format!("Basic {TOKEN}")),
+        Some(format!("Bearer{TOKEN}")),
+    ] {
+        let answer = force(authorization.clone()).await;
+        assert_eq!(answer.status, 401, "{authorization:?}");
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some("Bearer"),
+            "{authorization:?}"
+        );
+    }
+    admin.shutdown().await;
+}
+
+#[tokio::test]
 async fn mutating_calls_need_the_token() {
     let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
     let proxy = proxy_to(&upstream).await;
