@@ -14,6 +14,9 @@
 //!                                   (token needed): {"redriven": 12}
 //! ```
 //!
+//! A `route` the outbox does not know (no async route of the configuration, no messages in the
+//! store) is answered 404 with the routes it knows, rather than an empty list.
+//!
 //! The dead-letter list comes oldest accepted first, `limit` at a time (100 by default, 1000 at
 //! most); `next` is the `after` of the next page, `null` on the last. Paging by id rather than by
 //! position keeps a page steady while messages die or are re-driven meanwhile. Re-driving them
@@ -94,6 +97,11 @@ pub(crate) async fn dead_letters(state: &State, query: Option<&str>) -> Answer {
         Ok(page) => page,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    if let Some(route) = &page.route
+        && let Err(refused) = known_route(state, &*store, route).await
+    {
+        return refused;
+    }
     // One more than the page: whether it comes says whether there is a next page.
     let listed = store
         .dead_letters(page.route.as_deref(), page.after, page.limit + 1)
@@ -123,6 +131,11 @@ pub(crate) async fn redrive_dead(state: &State, query: Option<&str>) -> Answer {
         Ok(query) => query.route,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    if let Some(route) = &route
+        && let Err(refused) = known_route(state, &*store, route).await
+    {
+        return refused;
+    }
     match redrive_all(&*store, route.as_deref(), MAX_LIMIT).await {
         Ok(redriven) => {
             tracing::info!(
@@ -144,6 +157,38 @@ pub(crate) async fn redrive_dead(state: &State, query: Option<&str>) -> Answer {
             )
         }
     }
+}
+
+/// Whether the outbox knows `route`: an async route of the configuration, or a route the store
+/// holds messages of (one a reload made synchronous or removed); else the 404 to answer, naming
+/// the routes it knows, so that a misspelt route is not taken for one without dead messages.
+async fn known_route(state: &State, store: &dyn Store, route: &str) -> Result<(), Answer> {
+    let config = state.proxy.config();
+    let mut known: Vec<String> = config
+        .routes
+        .iter()
+        .filter(|r| r.async_enabled)
+        .map(|r| r.name.clone())
+        .collect();
+    if known.iter().any(|name| name == route) {
+        return Ok(());
+    }
+    let summary = store.summary().await.map_err(|err| unavailable(&err))?;
+    if summary.routes.contains_key(route) {
+        return Ok(());
+    }
+    known.extend(summary.routes.keys().map(|name| name.to_string()));
+    known.sort_unstable();
+    known.dedup();
+    let listed = if known.is_empty() {
+        "the outbox knows none".to_owned()
+    } else {
+        format!("the outbox knows {}", known.join(", "))
+    };
+    Err(error(
+        StatusCode::NOT_FOUND,
+        &format!("no outbox route {route:?}: {listed}"),
+    ))
 }
 
 /// Re-drives every dead message of `route` (of every route when `None`), walking the list `page`

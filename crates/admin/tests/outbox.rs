@@ -238,10 +238,28 @@ async fn dead_letters_are_listed_in_pages_and_redriven_per_route_or_all_at_once(
         .await
         .json();
     assert_eq!(page_ids(&of_mails), (mails.clone(), None));
-    let of_none = get(admin.addr(), "/api/outbox/dead?route=nobody")
-        .await
-        .json();
-    assert_eq!(page_ids(&of_none), (vec![], None));
+    // A route the outbox does not know is no route without dead letters: a typo must not look
+    // like an empty list, nor like nothing to re-drive.
+    for unknown in [
+        get(admin.addr(), "/api/outbox/dead?route=ordres").await,
+        post(
+            admin.addr(),
+            "/api/outbox/dead/redrive?route=ordres",
+            Some(TOKEN),
+            "",
+        )
+        .await,
+    ] {
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
+        let error = unknown.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("\"ordres\""), "{error}");
+        assert!(error.contains("mails, orders"), "{error}");
+    }
+    assert_eq!(
+        page_ids(&get(admin.addr(), "/api/outbox/dead").await.json()).0,
+        ids,
+        "nothing was re-driven"
+    );
 
     for (bad, says) in [
         ("limit=0", "limit must be a whole number from 1 to 1000"),
@@ -293,6 +311,9 @@ async fn dead_letters_are_listed_in_pages_and_redriven_per_route_or_all_at_once(
     .await;
     let left = get(admin.addr(), "/api/outbox/dead").await.json();
     assert_eq!(page_ids(&left), (orders, None), "the orders are still dead");
+    let of_mails = get(admin.addr(), "/api/outbox/dead?route=mails").await;
+    assert_eq!(of_mails.status, StatusCode::OK, "{}", of_mails.body);
+    assert_eq!(page_ids(&of_mails.json()), (vec![], None));
 
     let redriven = post(admin.addr(), redrive, Some(TOKEN), "").await;
     assert_eq!(redriven.json(), serde_json::json!({"redriven": 3}));
