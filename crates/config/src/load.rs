@@ -698,6 +698,9 @@ fn runtime(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Runtime {
 
 // === listeners ===
 
+/// The most header lines a listener may allow a request head.
+const MAX_HEADERS: u32 = 10_000;
+
 const LISTENER_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -769,9 +772,8 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
         ) {
             l.protocol = v;
         }
-        let u32_keys: [(&str, &mut u32); 3] = [
+        let u32_keys: [(&str, &mut u32); 2] = [
             ("max_connections", &mut l.max_connections),
-            ("max_headers", &mut l.max_headers),
             (
                 "h2_max_concurrent_streams",
                 &mut l.h2_max_concurrent_streams,
@@ -781,6 +783,11 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             if let Some(v) = cx.get(&t, key, u32_in(1, u32::MAX)) {
                 *slot = v;
             }
+        }
+        // Room for this many lines is set aside to parse each head: past a few thousand it is
+        // memory no request needs, and near u32::MAX more than any machine has.
+        if let Some(v) = cx.get(&t, "max_headers", u32_in(1, MAX_HEADERS)) {
+            l.max_headers = v;
         }
         if let Some(v) = cx.get(&t, "park_idle_above", u32_in(0, u32::MAX)) {
             l.park_idle_above = v;
