@@ -260,9 +260,23 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     tracing::info!(signal, ?drain_timeout, "draining");
     // A draining proxy is no longer ready: the admin API goes first.
     admin.shutdown().await;
-    match proxy.shutdown().await {
-        Drain::Complete => tracing::info!("drained"),
-        Drain::TimedOut => tracing::warn!("drain timeout passed; open connections were cut"),
+    // A second stop signal is an operator who will not wait for the drain: what is open is cut
+    // at once, as at the drain timeout. What the outbox accepted is stored already.
+    let second = async {
+        loop {
+            if let Signal::Stop(signal) = signals.next().await {
+                break signal;
+            }
+        }
+    };
+    tokio::select! {
+        drain = proxy.shutdown() => match drain {
+            Drain::Complete => tracing::info!("drained"),
+            Drain::TimedOut => tracing::warn!("drain timeout passed; open connections were cut"),
+        },
+        signal = second => {
+            tracing::warn!(signal, "a second stop signal: the drain is cut short");
+        }
     }
     ExitCode::SUCCESS
 }

@@ -182,3 +182,44 @@ async fn until_stdin_closes_drains_and_exits_0_when_its_parent_lets_go() {
         "{rest:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_cuts_the_drain_short() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let config = TempConfig::new(
+        "second-signal",
+        &config(upstream.addr()).replace("[runtime]\n", "[runtime]\ndrain_timeout = \"10m\"\n"),
+    );
+    let mut rampart = Rampart::run(&[], &config.0);
+    let addr = rampart.listening();
+    // A request the upstream never answers holds the drain for its whole timeout.
+    let held = tokio::spawn({
+        let addr = addr.clone();
+        async move { get(&addr, "/held").await }
+    });
+    while upstream.request_count() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    rampart.signal("TERM");
+    rampart.line("draining", |line| line.contains("draining"));
+    rampart.signal("INT");
+    // Bounded, so that a drain not cut fails here rather than waiting out its ten minutes.
+    for _ in 0..3000 {
+        if !rampart.is_running() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        !rampart.is_running(),
+        "still draining after the second signal"
+    );
+    let (status, stderr) = rampart.wait();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("a second stop signal: the drain is cut short"),
+        "{stderr}"
+    );
+    held.abort();
+}
