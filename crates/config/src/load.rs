@@ -37,7 +37,12 @@ pub(crate) fn load(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<
         for error in syntax {
             let at = error.span().map_or(0, |s| s.start);
             let message = error.message().trim().replace('\n', " ");
-            cx.report(at, "", format!("invalid TOML: {message}"), None, None);
+            // The text at fault, for a message that does not quote it ("duplicate key").
+            let got = error
+                .span()
+                .map(|span| cx.raw(span))
+                .filter(|text| !text.is_empty());
+            cx.report(at, "", format!("invalid TOML: {message}"), got, None);
         }
         return Err(cx.finish());
     }
@@ -2355,6 +2360,18 @@ mod tests {
         assert_eq!(e[0].line(), Some(2));
         assert_eq!(e[0].path(), "");
         assert!(e[0].message().starts_with("invalid TOML"));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = errors("[runtime]\nworker_threads = 1\nworker_threads = 2\n");
+        assert_eq!(e[0].line(), Some(3));
+        assert!(
+            e[0].to_string()
+                .contains("duplicate key (got worker_threads)"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
