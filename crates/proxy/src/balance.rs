@@ -287,21 +287,29 @@ impl Load {
 
 impl InFlight<'_> {
     /// Ends the attempt, which ended as `outcome`: its latency feeds the estimate.
-    pub(crate) fn finish(self, outcome: Outcome) {
-        if let Some(started) = self.started {
-            let now = turn::now();
-            self.load.observe(
-                now.saturating_duration_since(started),
-                outcome == Outcome::Failure,
-                now,
-            );
-        }
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.observe(outcome == Outcome::Failure);
         // Dropping `self` takes the attempt out of the count.
+    }
+
+    // Feeds the time since the attempt started to the estimate, once.
+    fn observe(&mut self, failed: bool) {
+        if let Some(started) = self.started.take() {
+            let now = turn::now();
+            self.load
+                .observe(now.saturating_duration_since(started), failed, now);
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        // An attempt let go unfinished (its client went away, a hedge won elsewhere, a timeout
+        // passed) took at least this long: a sample that can only raise the estimate, as tower's
+        // PeakEwma counts a dropped handle. Otherwise an endpoint that never answers would
+        // never be measured, its estimate would decay below every answering one's, and p2c
+        // would send it more and more.
+        self.observe(true);
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -388,8 +396,25 @@ mod tests {
         assert_eq!(load.in_flight(), 0);
         assert!(
             (rtt_ms(&load) - 100.0).abs() < 0.01,
-            "a dropped attempt tells nothing"
+            "a dropped attempt no slower than the estimate leaves it"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_let_go_unanswered_raises_the_estimate_and_only_raises_it() {
+        let balancer = Balancer::new(Balance::P2cEwma, Rng::fixed(0.0));
+        let load = balancer.load();
+        balancer.start(&load).finish(Outcome::Success);
+        let hung = balancer.start(&load);
+        tokio::time::advance(500 * MS).await;
+        // Its client gave up: the endpoint never answered in 500 ms.
+        drop(hung);
+        assert!((rtt_ms(&load) - 500.0).abs() < 0.01, "{}", rtt_ms(&load));
+
+        let quick = balancer.start(&load);
+        tokio::time::advance(MS).await;
+        drop(quick);
+        assert!(rtt_ms(&load) > 400.0, "a quick drop does not pull it down");
     }
 
     #[tokio::test(start_paused = true)]

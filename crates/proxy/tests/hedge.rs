@@ -19,11 +19,13 @@ const SLOW: Duration = Duration::from_secs(1);
 async fn a_request_slow_to_answer_is_answered_by_a_hedge_to_the_fast_endpoint() {
     let slow = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
     let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
-    // One failure would eject the slow endpoint, were a cancelled loser counted as one.
+    // One failure would eject the slow endpoint, were a cancelled loser counted as one. Taking
+    // turns, so that the slow endpoint keeps being asked first (p2c-ewma learns to avoid it).
     let proxy = simple(
         &[slow.addr(), fast.addr()],
         "[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
-        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"",
+        "balance = \"round-robin\"\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"",
     )
     .await;
 
@@ -44,6 +46,33 @@ async fn a_request_slow_to_answer_is_answered_by_a_hedge_to_the_fast_endpoint() 
     // third time.
     assert_eq!(fast.request_count(), requests);
     assert!(slow.request_count() + fast.request_count() <= 2 * requests);
+}
+
+#[tokio::test]
+async fn p2c_learns_to_avoid_an_endpoint_whose_attempts_lose_to_hedges() {
+    // It never answers within the hedge's delay, and its attempts end cancelled, never
+    // finished: each still tells the balancer it took at least that long.
+    let slow = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    let proxy = simple(
+        &[slow.addr(), fast.addr()],
+        "[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let client = http1();
+    for _ in 0..20 {
+        let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
+        assert_eq!(response.body(), "fast");
+    }
+    // Both start at the same guess: the slow one is asked first until one of its attempts is
+    // let go, and then, against an endpoint answering at once, hardly ever.
+    assert!(
+        slow.request_count() <= 3,
+        "the slow endpoint was asked first {} times of 20",
+        slow.request_count()
+    );
 }
 
 #[tokio::test]
