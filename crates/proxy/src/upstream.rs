@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
-use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit};
+use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit, State};
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
@@ -212,7 +212,8 @@ impl Pool {
     /// thus never sends traffic to an ejected endpoint while another admits; it keeps a mass
     /// ejection (a shared dependency's blip tripping every breaker) from becoming an outage of
     /// its own. Endpoints held unhealthy by the health checks are out whatever the cap, as in
-    /// Envoy, where active health checking is not subject to the ejection cap. With a single
+    /// Envoy, where active health checking is not subject to the ejection cap, and so are those
+    /// an operator forced open: forcing every breaker open stops the traffic. With a single
     /// endpoint (or a cap of 100%), nothing overrides the breakers, and the answer is
     /// `breaker-open` for a lone endpoint, `no-healthy-endpoint` otherwise.
     pub(crate) fn pick(&self, avoid: Option<usize>) -> Result<Picked<'_>, Reason> {
@@ -226,20 +227,22 @@ impl Pool {
         {
             return Ok(picked);
         }
-        let healthy = if panic {
-            self.endpoints.len()
-        } else {
-            self.endpoints.len() - unhealthy
-        };
+        // An endpoint an operator forced open is out whatever the cap: forcing every breaker
+        // open must stop the traffic, not be overridden as a mass ejection.
+        let ejectable = |index: usize| usable(index) && !self.endpoints[index].is_forced_open();
+        let healthy = (0..self.endpoints.len())
+            .filter(|&index| ejectable(index))
+            .count();
         if healthy > self.max_ejected {
             let chosen = [primaries, backups]
                 .into_iter()
                 .find_map(|tier| {
                     self.balancer.choose(tier, avoid, |index| {
-                        (Some(index) != avoid && usable(index)).then(|| &self.endpoints[index].load)
+                        (Some(index) != avoid && ejectable(index))
+                            .then(|| &self.endpoints[index].load)
                     })
                 })
-                .or(avoid.filter(|&index| usable(index)));
+                .or(avoid.filter(|&index| ejectable(index)));
             if let Some(index) = chosen {
                 let endpoint = &self.endpoints[index];
                 return Ok(Picked {
@@ -369,6 +372,12 @@ impl Endpoint {
         self.breaker
             .as_ref()
             .is_none_or(CircuitBreaker::would_admit)
+    }
+
+    fn is_forced_open(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|breaker| breaker.state() == State::ForcedOpen)
     }
 }
 
@@ -665,6 +674,19 @@ mod tests {
         trip(&pool, 1);
         let picked = pool.pick(None).unwrap();
         assert!(picked.permit.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_forced_open_are_out_whatever_the_cap() {
+        let pool = pool("");
+        for endpoint in &pool.endpoints {
+            endpoint.breaker.as_ref().unwrap().force_open();
+        }
+        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        // One forced open, the other tripped: one ejected by its breaker, within the cap.
+        pool.endpoints[1].breaker.as_ref().unwrap().release();
+        trip(&pool, 1);
+        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
     }
 
     #[tokio::test(start_paused = true)]
