@@ -175,6 +175,11 @@ impl Live {
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
                     }
+                    // Only checks can find an endpoint healthy again: without them, an endpoint
+                    // kept out would be out for good.
+                    if upstream.health.is_some() {
+                        pool.take_health(old_pool);
+                    }
                     summary.upstreams.changed.push(name.clone());
                     Arc::new(pool)
                 }

@@ -394,6 +394,21 @@ impl Pool {
     /// Takes over the breaker of each endpoint of `old` whose address this pool also has, so
     /// that a reload changing an upstream neither forgets an ejection nor resets a window. Only
     /// for breakers built from the same `[upstreams.NAME.breaker]`. Returns how many were taken.
+    /// Marks unhealthy each endpoint that is unhealthy in `old`, the pool this one replaces: the
+    /// new pool's checks start over, and until they have passed `healthy_after` times an
+    /// endpoint that was failing them stays out, as it would have without the reload.
+    pub(crate) fn take_health(&self, old: &Pool) {
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let failing = old
+                .endpoints
+                .iter()
+                .any(|e| e.authority == endpoint.authority && !e.healthy.load(Ordering::Relaxed));
+            if failing {
+                self.set_healthy(index, false);
+            }
+        }
+    }
+
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {

@@ -112,6 +112,40 @@ async fn an_endpoint_failing_its_checks_loses_its_traffic_until_it_passes_again(
 }
 
 #[tokio::test]
+async fn an_endpoint_failing_its_checks_stays_out_across_a_reload_of_its_upstream() {
+    let a = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let b = Upstream::start(Behavior::ok("b")).await.unwrap();
+    let builder = |upstream: &str| {
+        rampart_test_support::ProxyBuilder::to(&[a.addr(), b.addr()])
+            .route("[routes.retry]\nattempts = 1")
+            .upstream(upstream)
+            .upstream(HTTP_CHECKS)
+    };
+    let proxy = builder("").start().await;
+    eventually("a is marked unhealthy", || async {
+        let mut from_b = 0;
+        while from_b < 6 && get(&proxy, "/work").await.body() == "b" {
+            from_b += 1;
+        }
+        from_b == 6
+    })
+    .await;
+
+    // The upstream changes (not its checks): its pool is built anew, with new checks.
+    let changed = builder("connect_timeout = \"2s\"").toml();
+    let config = rampart_config::Config::from_str(&changed, "test.toml").unwrap();
+    let summary = proxy.reload(&config).unwrap();
+    assert_eq!(summary.upstreams.changed, ["app"]);
+    let before = traffic(&a);
+    for _ in 0..20 {
+        assert_eq!(get(&proxy, "/work").await.body(), "b");
+    }
+    assert_eq!(traffic(&a), before, "the failing endpoint stayed out");
+}
+
+#[tokio::test]
 async fn with_every_endpoint_unhealthy_traffic_still_flows() {
     let a = Upstream::start(Behavior::ok("a")).await.unwrap();
     let proxy = simple(&[a.addr()], "", HTTP_CHECKS).await;
