@@ -182,6 +182,18 @@ impl Replay {
         }
     }
 
+    /// Whether an attempt's body still holds what was read of the client's: an upstream that
+    /// answered before it had read the whole request leaves its writer holding it while its
+    /// answer is kept, and a retry's body would wait for it until the deadline.
+    pub(crate) fn is_held(&self) -> bool {
+        match self {
+            Replay::Recorded { recording, started } => {
+                *started && lock(&recording.slot).state.is_none()
+            }
+            Replay::Once(_) | Replay::Empty(_) => false,
+        }
+    }
+
     /// The body of the next attempt; `None` when the body cannot be sent again (see
     /// [`Replay::can_retry`]).
     pub(crate) fn next(&mut self) -> Option<RequestBody> {

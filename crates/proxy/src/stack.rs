@@ -312,9 +312,11 @@ impl Stack {
                 Err((_, Tried::Expired)) => return Err(expired),
             };
 
-            let Some(retry) =
-                retry.filter(|retry| attempt < attempts && retry.wants(&tried) && body.can_retry())
-            else {
+            // Not while the failed attempt still holds the request's body (it answered before
+            // reading it whole): the answer stands.
+            let Some(retry) = retry.filter(|retry| {
+                attempt < attempts && retry.wants(&tried) && body.can_retry() && !body.is_held()
+            }) else {
                 return last.into_result();
             };
             let mut delay = delays.as_mut().and_then(Iterator::next).unwrap_or_default();

@@ -390,3 +390,74 @@ async fn backups_take_over_while_no_primary_admits() {
     }
     assert_eq!(primary.request_count(), 2);
 }
+
+#[tokio::test]
+async fn an_answer_that_came_before_the_request_body_ended_stands_rather_than_hang_its_retry() {
+    // It answers 503 as soon as the head is in, and reads nothing more: its connection's writer
+    // still holds the request's body while the answer is kept.
+    let early = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let early_addr = early.local_addr().unwrap();
+    let answering = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = early.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Held open, unread, until the test ends.
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let other = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[early_addr, other.addr()],
+        "timeout = \"2s\"",
+        &format!("balance = \"round-robin\"\n{NO_BREAKER}"),
+    )
+    .await;
+
+    // A PUT whose body is still coming when the 503 arrives.
+    let (pieces, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    pieces.send(Bytes::from_static(b"first")).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::put("/")
+        .header("host", "app")
+        .body(Pieces(rx))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+
+    // The upstream's answer, at once: not a retry waiting for a body that cannot come, until
+    // the route's timeout, and then blamed on the other endpoint.
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(&response).is_none(), "{:?}", response.headers());
+    drop(pieces);
+    answering.abort();
+}
+
+/// A request body of the pieces sent on a channel, ending when the channel closes.
+struct Pieces(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|piece| Ok(hyper::body::Frame::data(piece))))
+    }
+}
