@@ -14,8 +14,9 @@
 //!
 //! What is worth retrying is for a [`RetryClassify`] to say (by default every `Err`, no `Ok`);
 //! it may also honour a server's hint with [`Decision::RetryAfter`]. A retry never refuses a call
-//! by itself: when it stops (the classifier is satisfied, the attempts are spent or the budget
-//! says no) it hands back the last attempt's result as it was.
+//! by itself: when it stops (the classifier is satisfied, the attempts are spent, the budget says
+//! no, or the [`Deadline`] in force would pass before the next attempt could start) it hands
+//! back the last attempt's result as it was.
 //!
 //! # Use
 //!
@@ -99,6 +100,7 @@ use self::backoff::BackoffState;
 use self::error::InvalidAttempts;
 use self::future::ResponseFuture;
 use self::registry::{Key, Registry};
+use crate::timeout::Deadline;
 
 /// Every live policy, for the response futures of [`RetryService`] to find on a failure.
 static POLICIES: Registry<Shared> = Registry::new();
@@ -156,7 +158,7 @@ impl RetryStats {
 /// What to do after an attempt, once attempts and budget have had their say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Next {
-    /// Keep the result.
+    /// Keep the result: no retry is wanted, or none could start before the deadline in force.
     Done,
     /// Keep the result: a retry was wanted, but the budget refused it.
     Refused,
@@ -261,7 +263,8 @@ impl<C> Retry<C> {
     /// needs no retry, else the last attempt's.
     ///
     /// `f` makes a fresh attempt each time it is called. The call stops when the classifier says
-    /// [`Decision::Done`], when `attempts` tries are made, or when the budget refuses a retry.
+    /// [`Decision::Done`], when `attempts` tries are made, when the budget refuses a retry, or
+    /// when the [`Deadline`] in force leaves no more time than the wait before the next attempt.
     pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, E>
     where
         F: FnMut() -> Fut,
@@ -442,7 +445,8 @@ impl<C> Ticket<C> {
 }
 
 impl Found {
-    /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused.
+    /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused, or not
+    /// worth making when the deadline in force leaves it no time.
     pub(crate) fn retry(&mut self, hint: Duration) -> Next {
         self.shared.retry(hint, &mut self.backoff)
     }
@@ -461,10 +465,20 @@ impl Shared {
         })
     }
 
-    /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused.
+    /// A retry wanted after waiting at least `hint`: allowed by the budget, or refused, or not
+    /// worth making when the deadline in force leaves it no time.
     #[cold]
     fn retry(&self, hint: Duration, backoff: &mut BackoffState) -> Next {
         let config = &self.config;
+        let wait = backoff
+            .next(&config.backoff)
+            .max(hint.min(config.max_retry_after));
+        // An attempt that could start only once the caller's deadline has passed would be
+        // refused by it: hand back the failure in hand now rather than after sleeping, and leave
+        // the budget to retries that can still help.
+        if Deadline::current().is_some_and(|deadline| deadline.remaining() <= wait) {
+            return Next::Done;
+        }
         if let Some(budget) = &config.budget
             && !budget.withdraw()
         {
@@ -472,8 +486,7 @@ impl Shared {
             return Next::Refused;
         }
         self.retries.fetch_add(1, Relaxed);
-        let delay = backoff.next(&config.backoff);
-        Next::Wait(delay.max(hint.min(config.max_retry_after)))
+        Next::Wait(wait)
     }
 }
 

@@ -13,6 +13,7 @@ use super::*;
 use crate::BoxError;
 use crate::clock::{ManualClock, TokioClock};
 use crate::rng::Rng;
+use crate::timeout::Deadline;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -315,6 +316,41 @@ async fn without_a_budget_only_attempts_bound_retries() {
     assert_eq!(script.attempts(), 4);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_deadline_leaves_no_time_for_is_given_up_at_once() {
+    // A 5 s backoff (half of 10 s) against a deadline 100 ms away: the retry could only start
+    // after it.
+    let backoff = ExponentialBackoff::try_new(Duration::from_secs(10), Duration::from_secs(10))
+        .unwrap()
+        .with_rng(Rng::fixed(0.5));
+    // One retry in the budget, to show it is not spent.
+    let budget = Budget::try_new(Duration::from_secs(1), 0.0, 1)
+        .unwrap()
+        .with_clock(ManualClock::new());
+    let policy = Retry::try_new(3, backoff).unwrap().with_budget(budget);
+    let script = Script::failing();
+    let start = Instant::now();
+    let (result, stats) = Deadline::after(ms(100))
+        .scope(policy.call_with_stats(|| script.attempt()))
+        .await;
+    assert!(start.elapsed() <= ms(100), "{:?}", start.elapsed());
+    assert_eq!(result, Err(1), "the first attempt's failure, as it was");
+    assert_eq!(
+        stats,
+        RetryStats {
+            attempts: 1,
+            budget_exhausted: false
+        }
+    );
+    assert_eq!(policy.retries_total(), 0);
+
+    // Without a deadline, the retry the budget holds is still there to be made.
+    let script = Script::failing();
+    let (_, stats) = policy.call_with_stats(|| script.attempt()).await;
+    assert_eq!(stats.attempts, 2);
+    assert!(stats.budget_exhausted);
+}
+
 #[test]
 fn configuring_a_shared_policy_leaves_the_others_alone() {
     let a = retry(3);
@@ -464,6 +500,20 @@ async fn layer_keeps_the_result_of_a_call_whose_policy_is_gone() {
     assert_eq!(err.to_string(), "reset");
     // No retry was sent (the handle may see the service's last copy gone with the call).
     assert!(!matches!(handle.poll_request(), Poll::Ready(Some(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_gives_up_at_once_on_a_retry_the_deadline_leaves_no_time_for() {
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(retry(3)));
+    assert_ready_ok!(service.poll_ready());
+    // Half of the first 100ms of backoff would end after the deadline.
+    let mut response = task::spawn(Deadline::after(ms(40)).scope(service.call("hello")));
+    assert_pending!(response.poll());
+    let (_, send) = next_request(&mut handle).await;
+    send.send_error("reset");
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(err.to_string(), "reset");
+    assert!(handle.poll_request().is_pending());
 }
 
 #[tokio::test(start_paused = true)]
