@@ -17,8 +17,8 @@
 //! | 8 | attempt timeout ([`PipelineBuilder::attempt_timeout`]) | innermost, so a hung attempt is cut short and the breaker above counts it as a failure |
 //!
 //! Every stage is optional. One classifier ([`PipelineBuilder::classify`], by default every `Err`
-//! is a failure) judges each attempt for the breaker, the adaptive limit and the retry alike, so
-//! an `Ok` holding an HTTP 503 can count as a failure everywhere at once. The retry of a pipeline
+//! is a failure) judges each attempt for the breaker, the adaptive limit, the hedge and the retry
+//! alike, so an `Ok` holding an HTTP 503 can count as a failure everywhere at once. The retry of a pipeline
 //! retries failures and attempt timeouts; it never retries a refusal (breaker open, bulkhead full,
 //! rate limited, deadline exceeded), since trying again at once would meet the same refusal. An
 //! attempt cut short by the caller's deadline teaches the breaker and the adaptive limit nothing:
@@ -152,9 +152,9 @@ impl<T, E, C: Classify<T, Error<E>>> RetryClassify<T, Error<E>> for RetryTransie
 // === impl PipelineBuilder ===
 
 impl<C> PipelineBuilder<C> {
-    /// Judges each attempt with `classify` (for the breaker, the adaptive limit and the retry)
-    /// instead of counting every `Err` as a failure. It sees what the attempt returned, refusals
-    /// as [`Error::Rejected`].
+    /// Judges each attempt with `classify` (for the breaker, the adaptive limit, the hedge and the
+    /// retry) instead of counting every `Err` as a failure. It sees what the attempt returned,
+    /// refusals as [`Error::Rejected`].
     pub fn classify<C2>(self, classify: C2) -> PipelineBuilder<C2> {
         PipelineBuilder {
             stages: self.stages,
@@ -310,7 +310,15 @@ impl<C> Pipeline<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         match &self.stages.hedge {
-            Some(hedge) => hedge.call(|| self.attempt(f)).await.map_err(Error::flatten),
+            // Judged by the pipeline's classifier, so that an answer it calls a failure (a 503 in
+            // an `Ok`, say) does not win over an attempt still in flight.
+            Some(hedge) => hedge
+                .call_classified(
+                    |result: &Result<T, Error<E>>| self.classify.classify(result),
+                    || self.attempt(f),
+                )
+                .await
+                .map_err(Error::flatten),
             None => self.attempt(f).await,
         }
     }
@@ -559,6 +567,36 @@ mod tests {
             limiter.try_acquire().is_err(),
             "both attempts spent a token"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hedge_judges_answers_with_the_pipelines_classifier() {
+        let p = Pipeline::builder()
+            .classify(|r: &Result<u16, Error<()>>| match r {
+                Ok(status) if *status >= 500 => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            })
+            .hedge(Hedge::new(crate::hedge::HedgeDelay::Fixed(10 * MS)).unwrap())
+            .build();
+        let calls = AtomicU32::new(0);
+        let status = p
+            .call(|| {
+                let n = calls.fetch_add(1, SeqCst);
+                async move {
+                    // The first attempt answers 503 at 20 ms; the hedge, sent at 10 ms, answers
+                    // 200 at 25 ms.
+                    if n == 0 {
+                        sleep(20 * MS).await;
+                        Ok::<u16, ()>(503)
+                    } else {
+                        sleep(15 * MS).await;
+                        Ok(200)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(status.unwrap(), 200, "a 503 is a failure, and does not win");
     }
 
     #[tokio::test(start_paused = true)]
