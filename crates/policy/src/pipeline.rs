@@ -11,9 +11,9 @@
 //! | 2 | total timeout ([`PipelineBuilder::timeout`]) | bounds all attempts together: retries cannot outlive the caller's patience; a [`Deadline`](crate::timeout::Deadline) in scope caps it |
 //! | 3 | retry ([`PipelineBuilder::retry`]) | above the limits and the breaker, so a refused or failed attempt can be tried again after a backoff; its budget keeps retries from turning an outage into a storm |
 //! | 4 | hedge ([`PipelineBuilder::hedge`]) | each attempt may be hedged; hedges pass through the limits below like any attempt |
-//! | 5 | rate limit ([`PipelineBuilder::rate_limit`]) | every attempt reaching the callee, retries and hedges included, spends a token |
-//! | 6 | bulkhead, adaptive limit | bound attempts in flight; taken before the breaker, so their refusals (which say nothing about the callee) never reach its statistics |
-//! | 7 | circuit breaker ([`PipelineBuilder::breaker`]) | refuses at once while the callee is known broken, holding a bulkhead place only for an instant |
+//! | 5 | bulkhead, adaptive limit | bound attempts in flight; taken before the breaker, so their refusals (which say nothing about the callee) never reach its statistics |
+//! | 6 | circuit breaker ([`PipelineBuilder::breaker`]) | refuses at once while the callee is known broken, holding a bulkhead place only for an instant |
+//! | 7 | rate limit ([`PipelineBuilder::rate_limit`]) | every attempt reaching the callee, retries and hedges included, spends a token; taken last, so an attempt refused above spends none, and its own refusal leaves the breaker's permit unrecorded |
 //! | 8 | attempt timeout ([`PipelineBuilder::attempt_timeout`]) | innermost, so a hung attempt is cut short and the breaker above counts it as a failure |
 //!
 //! Every stage is optional. One classifier ([`PipelineBuilder::classify`], by default every `Err`
@@ -59,9 +59,12 @@
 //!
 //! # With tower
 //!
-//! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom. (A
-//! `RetryLayer` classifies with its own classifier, by default retrying every error, refusals
-//! included: give it one that does not retry them to match the pipeline.)
+//! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom, but
+//! for the rate limit: the breaker's layer counts every error of the service it wraps as a
+//! failure, a refusal of a rate limit below it included, so with tower the rate limit sits just
+//! above the breaker, and an attempt the breaker refuses spends a token. (A `RetryLayer`
+//! classifies with its own classifier, by default retrying every error, refusals included: give
+//! it one that does not retry them to match the pipeline.)
 //!
 //! ```
 //! # use std::time::Duration;
@@ -76,8 +79,8 @@
 //! let svc = tower::ServiceBuilder::new()
 //!     .layer(TimeoutLayer::new(Timeout::new(ms(800))))   // all attempts together
 //!     .layer(RetryLayer::new(retry))                      // attempts, backoff, budget
-//!     .layer(RateLimitLayer::new(limiter))                // a token per attempt
 //!     .layer(BulkheadLayer::new(bulkhead))                // attempts in flight
+//!     .layer(RateLimitLayer::new(limiter))                // a token per attempt
 //!     .layer(breaker.layer())                             // refuse while broken
 //!     .layer(TimeoutLayer::new(Timeout::new(ms(250))))   // one attempt
 //!     .service_fn(|req: u32| async move { Ok::<_, std::io::Error>(req) });
@@ -332,11 +335,6 @@ impl<C> Pipeline<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let stages = &self.stages;
-        if let Some(limiter) = &stages.rate_limit {
-            limiter
-                .try_acquire()
-                .map_err(|r| Error::Rejected(r.into()))?;
-        }
         let _place = match &stages.bulkhead {
             Some(bulkhead) => Some(
                 bulkhead
@@ -362,6 +360,13 @@ impl<C> Pipeline<C> {
             ),
             None => None,
         };
+        // Last, so that only an attempt that reaches the callee spends a token. Its refusal
+        // drops the permits above unrecorded: it says nothing about the callee.
+        if let Some(limiter) = &stages.rate_limit {
+            limiter
+                .try_acquire()
+                .map_err(|r| Error::Rejected(r.into()))?;
+        }
         // The adaptive limit learns from latency; nothing else here needs the clock.
         let start = limit.as_ref().map(|_| Instant::now());
 
@@ -686,6 +691,28 @@ mod tests {
             b.snapshot().calls,
             1,
             "the refused attempt never reached the breaker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_the_breaker_refuses_spends_no_token() {
+        let b = breaker(1);
+        b.force_open();
+        let limiter = RateLimiter::per_second(1)
+            .clock(Arc::new(TokioClock))
+            .try_build()
+            .unwrap();
+        let p = Pipeline::builder()
+            .rate_limit(limiter.clone())
+            .breaker(b)
+            .build();
+        let (calls, f) = flaky(0);
+        let err = p.call(&f).await.unwrap_err();
+        assert!(matches!(err, Error::Rejected(Rejected::BreakerOpen(_))));
+        assert_eq!(calls.load(SeqCst), 0);
+        assert!(
+            limiter.try_acquire().is_ok(),
+            "the one token is still there"
         );
     }
 
