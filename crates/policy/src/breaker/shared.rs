@@ -1,12 +1,13 @@
 //! The breaker's state: a gate read on every call, and a state machine behind a lock that only
 //! failures, probes and timers reach.
 //!
-//! The data path reads one atomic (`gate`), bumps one counter in this thread's stripe of the
-//! window, and reads (but does not write) the run of consecutive failures. Nothing on it writes a
-//! cache line another thread reads, which is what keeps a closed breaker cheap under contention.
+//! The data path reads one atomic (`gate`) to admit a call and again to record it, bumps one
+//! counter in this thread's stripe of the window, and reads (but does not write) the run of
+//! consecutive failures. Nothing on it writes a cache line another thread reads, which is what
+//! keeps a closed breaker cheap under contention.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -37,8 +38,10 @@ impl<T> Deref for Padded<T> {
 }
 
 pub(super) struct Shared {
-    /// The data-path gate: a `State` as `u8`.
-    gate: Padded<AtomicU8>,
+    /// The data-path gate: a `State` in the low byte, and above it the generation of the closed
+    /// state, bumped at every entry into `Closed`. One word, so that a call admitted while
+    /// closed learns which closed state it belongs to from the one load that admits it.
+    gate: Padded<AtomicU64>,
     /// Failures in a row; written on failures, and on the first success after one.
     consecutive: Padded<AtomicU32>,
     /// The current period (low 32 bits of a counter bumped at every transition that makes earlier
@@ -70,14 +73,21 @@ pub(super) struct Machine {
 /// two plain copies.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Ticket {
-    /// The half-open period a probe belongs to, or `CLOSED` for a call admitted while closed
-    /// (whose outcome feeds the window).
+    /// The half-open period a probe belongs to; or, for a call admitted while closed, `CLOSED`
+    /// and the generation of that closed state (its outcome feeds the window while it lasts).
     period: u64,
     /// When the call started, in nanoseconds since `origin` plus one; 0 when calls are not timed.
     start: u64,
 }
 
-const CLOSED: u64 = u64::MAX;
+/// The mark of a ticket admitted while closed; probe periods stay below it.
+const CLOSED: u64 = 1 << 63;
+
+/// Where the closed state's generation starts in `gate`, above the state's byte.
+const GENERATION: u32 = 8;
+
+/// The state's byte of `gate`.
+const STATE: u64 = (1 << GENERATION) - 1;
 
 /// The low half of `probes`: the count of probes admitted.
 const COUNT: u64 = 0xffff_ffff;
@@ -92,7 +102,7 @@ impl Shared {
         } = builder;
         let origin = clock.as_ref().map_or_else(Instant::now, |c| c.now());
         Shared {
-            gate: Padded(AtomicU8::new(State::Closed as u8)),
+            gate: Padded(AtomicU64::new(State::Closed as u64)),
             consecutive: Padded(AtomicU32::new(0)),
             probes: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
@@ -125,7 +135,14 @@ impl Shared {
 
     #[inline]
     pub(super) fn state(&self) -> State {
-        State::from_u8(self.gate.load(Acquire))
+        State::from_u8(self.gate.load(Acquire) as u8)
+    }
+
+    /// The generation of the closed state: calls admitted in an earlier one no longer count.
+    #[inline]
+    fn generation(&self) -> u64 {
+        // Relaxed: a stale answer can only let through a count that races with the close.
+        self.gate.load(Relaxed) >> GENERATION
     }
 
     /// A ticket for period `period`, timed only when slow calls are looked for, since a clock
@@ -143,8 +160,9 @@ impl Shared {
 
     #[inline]
     pub(super) fn try_acquire(&self) -> Result<Ticket, BreakerOpen> {
-        match self.state() {
-            State::Closed | State::ForcedClosed => Ok(self.ticket(CLOSED)),
+        let gate = self.gate.load(Acquire);
+        match State::from_u8(gate as u8) {
+            State::Closed | State::ForcedClosed => Ok(self.ticket(CLOSED | gate >> GENERATION)),
             _ => self.try_acquire_slow(),
         }
     }
@@ -165,8 +183,11 @@ impl Shared {
     #[cold]
     fn try_acquire_slow(&self) -> Result<Ticket, BreakerOpen> {
         loop {
-            match self.state() {
-                State::Closed | State::ForcedClosed => return Ok(self.ticket(CLOSED)),
+            let gate = self.gate.load(Acquire);
+            match State::from_u8(gate as u8) {
+                State::Closed | State::ForcedClosed => {
+                    return Ok(self.ticket(CLOSED | gate >> GENERATION));
+                }
                 State::ForcedOpen => return Err(self.reject(None)),
                 State::Open => {
                     let now = self.now();
@@ -200,19 +221,22 @@ impl Shared {
     #[inline]
     pub(super) fn record(&self, ticket: Ticket, outcome: Outcome) {
         let outcome = self.timed(outcome, ticket.start);
-        match ticket.period {
-            CLOSED => {
-                self.window.record(CALLS);
-                if outcome == Outcome::Success {
-                    // A read, not a write, in the common case: the line stays shared.
-                    if self.consecutive.load(Relaxed) != 0 {
-                        self.consecutive.store(0, Relaxed);
-                    }
-                } else {
-                    self.record_bad(outcome);
-                }
+        if ticket.period & CLOSED == 0 {
+            return self.probe_done(ticket.period, outcome);
+        }
+        // A call admitted before the breaker last closed (one that hung through a trip, say)
+        // tells of the callee as it was then: the closed state it belonged to is over.
+        if ticket.period != CLOSED | self.generation() {
+            return;
+        }
+        self.window.record(CALLS);
+        if outcome == Outcome::Success {
+            // A read, not a write, in the common case: the line stays shared.
+            if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
             }
-            period => self.probe_done(period, outcome),
+        } else {
+            self.record_bad(outcome);
         }
     }
 
@@ -230,7 +254,7 @@ impl Shared {
     /// A permit dropped without an outcome: the call was cancelled, or its result says nothing
     /// about the callee. A probe gives its place back so another call can probe.
     pub(super) fn release(&self, ticket: Ticket) {
-        if ticket.period != CLOSED {
+        if ticket.period & CLOSED == 0 {
             let _machine = self.lock();
             // Under the lock no new period can start: the count still holds this probe.
             if self.period() == ticket.period && self.state() == State::HalfOpen {
@@ -396,14 +420,19 @@ impl Shared {
         self.notify(&transition);
     }
 
+    /// Makes a fresh closed state, to be entered next; the caller holds the machine lock.
     fn reset_closed(&self) {
+        // A new generation first, so that a call admitted before it counts neither in the
+        // window nor in the run once they are cleared.
+        self.gate.fetch_add(1 << GENERATION, AcqRel);
         self.window.clear();
         self.consecutive.store(0, Release);
     }
 
-    /// Moves the gate; the caller holds the machine lock.
+    /// Moves the gate, keeping its generation; the caller holds the machine lock.
     fn set(&self, from: State, to: State, reason: Reason) -> Transition {
-        self.gate.store(to as u8, Release);
+        let generation = self.gate.load(Acquire) & !STATE;
+        self.gate.store(generation | to as u64, Release);
         Transition {
             from,
             to,

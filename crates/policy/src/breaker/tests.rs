@@ -363,6 +363,30 @@ async fn a_late_probe_failure_of_an_earlier_period_cannot_reopen_a_later_one() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn calls_admitted_before_a_trip_do_not_reopen_the_breaker_once_it_has_closed() {
+    let b = builder()
+        .consecutive_failures(2)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    // Two calls hang while two others fail fast and trip the breaker.
+    let hung = [b.try_acquire().unwrap(), b.try_acquire().unwrap()];
+    fail(&b);
+    fail(&b);
+    assert_eq!(b.state(), State::Open);
+    advance(SEC).await;
+    succeed(&b);
+    assert_eq!(b.state(), State::Closed);
+    // Their failures tell of the callee before it recovered, not of the callee now.
+    for permit in hung {
+        permit.record(Outcome::Failure);
+    }
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().calls, 0);
+    assert_eq!(b.snapshot().consecutive_failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_open_period_of_any_length_is_taken_without_panicking() {
     let b = builder()
         .consecutive_failures(1)
