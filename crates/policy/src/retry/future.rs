@@ -62,8 +62,7 @@ pin_project! {
         S: Service<Req>,
     {
         service: S,
-        ticket: Ticket<C>,
-        found: Found,
+        found: Found<C>,
         cloner: R,
         // The next attempt's request; `None` once no copy could be made, and then no retry
         // follows.
@@ -151,7 +150,7 @@ where
         let result = ready!(future.poll(cx));
         // Each way of keeping the result returns at once, so that the common one compiles to a
         // couple of tests.
-        let Some(hint) = retrying.as_ref().and_then(|r| r.ticket.wants(&result, 1)) else {
+        let Some(hint) = retrying.as_ref().and_then(|r| r.ticket.wants(&result)) else {
             return Poll::Ready(result);
         };
         let retrying = retrying
@@ -174,8 +173,8 @@ where
     S: Service<Req>,
 {
     /// The retries of a call whose first attempt ended in `result` and wants another after at
-    /// least `hint`: `Err` with the call's output once it is known (the policy, gone, or its
-    /// budget refused the retry, or the retries ended at once), else the retries under way.
+    /// least `hint`: `Err` with the call's output once it is known (the policy was gone, or it
+    /// refused the retry, or the retries ended at once), else the retries under way.
     ///
     /// Out of line and given its inputs by value, so that the first attempt's path keeps the
     /// future out of memory and stays small enough to inline into its caller. It takes the
@@ -208,7 +207,6 @@ where
         drop(result);
         let mut retries = Box::pin(Retries {
             service,
-            ticket,
             found,
             cloner,
             request: Some(request),
@@ -263,7 +261,7 @@ where
                         .take()
                         .expect("a retry is decided only with a copy in hand");
                     *this.attempt += 1;
-                    if *this.attempt < this.ticket.attempts() {
+                    if *this.attempt < this.found.attempts() {
                         *this.request = this.cloner.clone_request(&request);
                     }
                     let future = this.service.call(request);
@@ -272,7 +270,7 @@ where
                 PhaseProj::Called { future } => {
                     let result = ready!(future.poll(cx));
                     let hint = match this.request {
-                        Some(_) => this.ticket.wants(&result, *this.attempt),
+                        Some(_) => this.found.wants(&result, *this.attempt),
                         None => None,
                     };
                     let next = hint.map_or(Next::Done, |hint| this.found.retry(hint));

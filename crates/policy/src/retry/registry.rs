@@ -4,8 +4,13 @@
 //! attempt fails; almost every call succeeds at once and never looks. Holding an `Arc` of the
 //! policy in each future would cost two locked atomic operations per call (taken, then let go),
 //! more than the rest of the policy put together. So a policy is registered here when it is made,
-//! and its futures carry a [`Key`]: a plain copy, looked up on a failure. A policy dropped while
-//! calls are still in flight is not found any more, and those calls keep the result they have.
+//! and the futures of calls made while it has other handles carry a [`Key`]: a plain copy, looked
+//! up on a failure. A policy dropped while such calls are in flight is not found any more, and
+//! those calls keep the result they have.
+//!
+//! A call made through a service that is its policy's last handle holds the policy instead, and
+//! pays the count: the service may be dropped while the call is in flight, and nothing would be
+//! left to find.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock, Weak};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
+use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_test::mock;
 
@@ -488,18 +489,107 @@ async fn layer_retries_by_a_reconfigured_policy_and_counts_its_retries() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn layer_keeps_the_result_of_a_call_whose_policy_is_gone() {
+async fn layer_retries_a_call_that_outlives_every_handle_of_its_policy() {
+    let (inner, mut handle): (_, Handle) = mock::pair();
+    // The layer is a temporary, and `oneshot` drops the service once it has made the call: the
+    // call in flight is all that is left of the policy.
+    let mut response = task::spawn(RetryLayer::new(retry(3)).layer(inner).oneshot("hello"));
+    assert_pending!(response.poll());
+    let (_, send) = next_request(&mut handle).await;
+    send.send_error("reset");
+    // Backing off: half of 100ms.
+    assert_pending!(response.poll());
+    tokio::time::advance(ms(50)).await;
+    assert_pending!(response.poll());
+
+    let (request, send) = next_request(&mut handle).await;
+    assert_eq!(request, "hello");
+    send.send_response("world");
+    assert_eq!(assert_ready_ok!(response.poll()), "world");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_retries_every_call_through_its_policys_last_handle_once_that_is_dropped() {
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(retry(3)));
     assert_ready_ok!(service.poll_ready());
-    let mut response = task::spawn(service.call("hello"));
-    // The service held the policy's last handle; the call is in flight.
+    let mut first = task::spawn(service.call("one"));
+    assert_ready_ok!(service.poll_ready());
+    let mut second = task::spawn(service.call("two"));
+    // The service held the policy's last handle: the calls in flight are all that is left.
     drop(service);
+    let (_, send_first) = next_request(&mut handle).await;
+    let (_, send_second) = next_request(&mut handle).await;
+    // The first call ends and is dropped: the second must not have counted on it.
+    send_first.send_response("1");
+    assert_eq!(assert_ready_ok!(first.poll()), "1");
+    drop(first);
+    send_second.send_error("reset");
+    assert_pending!(second.poll());
+    tokio::time::advance(ms(50)).await;
+    assert_pending!(second.poll());
+
+    let (request, send) = next_request(&mut handle).await;
+    assert_eq!(request, "two");
+    send.send_response("2");
+    assert_eq!(assert_ready_ok!(second.poll()), "2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_retries_a_call_made_beside_other_handles_while_one_lives() {
+    let policy = retry(3);
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy.clone()));
+    assert_ready_ok!(service.poll_ready());
+    let mut response = task::spawn(service.call("hello"));
+    // The policy outlives the service that made the call.
+    drop(service);
+    let (_, send) = next_request(&mut handle).await;
+    send.send_error("reset");
+    assert_pending!(response.poll());
+    tokio::time::advance(ms(50)).await;
+    assert_pending!(response.poll());
+
+    let (_, send) = next_request(&mut handle).await;
+    send.send_response("world");
+    assert_eq!(assert_ready_ok!(response.poll()), "world");
+    assert_eq!(policy.retries_total(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_keeps_the_result_of_a_call_made_beside_other_handles_once_all_are_gone() {
+    let policy = retry(3);
+    let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy.clone()));
+    assert_ready_ok!(service.poll_ready());
+    // Another handle lives: the call does not hold the policy, it finds it on a failure.
+    let mut response = task::spawn(service.call("hello"));
+    // Every handle is dropped while the call is in flight.
+    drop(service);
+    drop(policy);
     let (_, send) = next_request(&mut handle).await;
     send.send_error("reset");
     let err = assert_ready_err!(response.poll());
     assert_eq!(err.to_string(), "reset");
     // No retry was sent (the handle may see the service's last copy gone with the call).
     assert!(!matches!(handle.poll_request(), Poll::Ready(Some(_))));
+}
+
+#[test]
+fn only_a_call_through_the_last_handle_counts_a_reference_to_its_policy() {
+    let policy = retry(3);
+    let shared = Arc::clone(&policy.shared.0);
+    let (mut service, _handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy.clone()));
+    let before = Arc::strong_count(&shared);
+    let _ = service.poll_ready();
+    let beside = service.call("hello");
+    assert_eq!(Arc::strong_count(&shared), before, "found by its key");
+    drop(beside);
+
+    drop(policy);
+    let before = Arc::strong_count(&shared);
+    let _ = service.poll_ready();
+    let last = service.call("hello");
+    assert_eq!(Arc::strong_count(&shared), before + 1, "held by the call");
+    drop(last);
+    assert_eq!(Arc::strong_count(&shared), before);
 }
 
 #[tokio::test(start_paused = true)]
