@@ -17,8 +17,8 @@ pub enum Decision {
     /// Try again after the backoff, if attempts and budget allow.
     Retry,
     /// Try again, but not before this long (a server's `Retry-After` hint): the retry waits for
-    /// the longer of the backoff and the hint, the hint capped by
-    /// [`Retry::with_max_retry_after`](super::Retry::with_max_retry_after).
+    /// the longer of the backoff and the hint; a hint past
+    /// [`Retry::with_max_retry_after`](super::Retry::with_max_retry_after) ends the retries.
     RetryAfter(Duration),
 }
 

@@ -221,8 +221,9 @@ impl<C> Retry<C> {
         self
     }
 
-    /// Caps how long a [`Decision::RetryAfter`] hint may make a retry wait (default 30 s), so a
-    /// wrong or hostile hint cannot park the caller. Zero ignores hints.
+    /// The longest a [`Decision::RetryAfter`] hint may make a retry wait (default 30 s), so a
+    /// wrong or hostile hint cannot park the caller: a longer hint ends the retries, the last
+    /// result coming back at once. Zero ignores hints.
     pub fn with_max_retry_after(mut self, max: Duration) -> Retry<C> {
         self.reconfigure(|config| config.max_retry_after = max);
         self
@@ -577,9 +578,15 @@ impl Shared {
     #[cold]
     fn retry(&self, hint: Duration, backoff: &mut BackoffState) -> Next {
         let config = &self.config;
-        let wait = backoff
-            .next(&config.backoff)
-            .max(hint.min(config.max_retry_after));
+        // A server asking for longer than the caller will wait is not helped by a retry sooner
+        // than it asked, which it would most likely refuse again: the last result comes back.
+        // A zero cap ignores hints.
+        let hint = match config.max_retry_after {
+            cap if cap.is_zero() => Duration::ZERO,
+            cap if hint > cap => return Next::Done,
+            _ => hint,
+        };
+        let wait = backoff.next(&config.backoff).max(hint);
         // An attempt that could start only once the caller's deadline has passed would be
         // refused by it: hand back the failure in hand now rather than after sleeping, and leave
         // the budget to retries that can still help.

@@ -206,20 +206,34 @@ async fn a_short_hint_does_not_shorten_the_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hostile_hint_is_capped() {
+async fn a_hint_past_the_cap_ends_the_retries_and_one_within_it_is_waited() {
     let hour = Duration::from_secs(3600);
     let policy = retry(2)
         .with_classifier(hinted(hour))
         .with_max_retry_after(Duration::from_secs(5));
     let script = Script::failing();
-    policy.call(|| script.attempt()).await.unwrap_err();
-    assert_eq!(script.gaps(), [Duration::from_secs(5)]);
+    let start = Instant::now();
+    assert_eq!(policy.call(|| script.attempt()).await, Err(1));
+    assert_eq!(
+        script.attempts(),
+        1,
+        "no retry sooner than the server asked"
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the result comes back at once"
+    );
 
-    // The default cap is 30 s.
-    let policy = retry(2).with_classifier(hinted(hour));
+    // The default cap is 30 s: a hint of 30 s is waited, one of 31 s is not.
+    let policy = retry(2).with_classifier(hinted(Duration::from_secs(30)));
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
     assert_eq!(script.gaps(), [Duration::from_secs(30)]);
+    let policy = retry(2).with_classifier(hinted(Duration::from_secs(31)));
+    let script = Script::failing();
+    policy.call(|| script.attempt()).await.unwrap_err();
+    assert_eq!(script.attempts(), 1);
 
     // A zero cap ignores hints: the backoff alone decides.
     let policy = retry(2)
