@@ -351,8 +351,10 @@ impl CircuitBreaker {
         self.shared.force(State::Closed);
     }
 
-    /// Calls `listener` at every transition, on the thread that caused it, after the state changed.
-    /// It must be quick and must not block; send the transition on a channel for anything more.
+    /// Calls `listener` at every transition, after the state changed, in the order the
+    /// transitions happened even when threads make them at once: on the thread that caused it,
+    /// or on one still telling an earlier transition. It may read or force the breaker; it must
+    /// be quick and must not block; send the transition on a channel for anything more.
     pub fn subscribe(&self, listener: impl Fn(&Transition) + Send + Sync + 'static) {
         self.shared.subscribe(Arc::new(listener));
     }

@@ -6,6 +6,7 @@
 //! consecutive failures. Nothing on it writes a cache line another thread reads, which is what
 //! keeps a closed breaker cheap under contention.
 
+use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -58,6 +59,30 @@ pub(super) struct Shared {
     rng: Rng,
     machine: Mutex<Machine>,
     listeners: RwLock<Vec<Listener>>,
+    /// Transitions not yet told to the listeners, in the order they happened.
+    notices: Mutex<Notices>,
+}
+
+/// Transitions waiting to be told, and whether a thread is telling them. Each is queued under
+/// the machine lock, so the queue holds them in the order they happened; they are told outside
+/// it, one thread at a time, so a listener may read or even force the breaker, and a
+/// transition made meanwhile is told after the one being told.
+#[derive(Default)]
+struct Notices {
+    queue: VecDeque<Transition>,
+    telling: bool,
+}
+
+/// Gives up the telling if a listener panics.
+struct Telling<'a>(&'a Mutex<Notices>);
+
+impl Drop for Telling<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .telling = false;
+    }
 }
 
 /// What only transitions touch.
@@ -118,6 +143,7 @@ impl Shared {
             rng,
             machine: Mutex::new(Machine::default()),
             listeners: RwLock::new(listeners),
+            notices: Mutex::default(),
         }
     }
 
@@ -315,7 +341,7 @@ impl Shared {
             self.trip(State::HalfOpen, Some(period), Reason::ProbeFailed);
             return;
         }
-        let transition = {
+        {
             let mut machine = self.lock();
             // A probe of an earlier period says nothing about this one.
             if self.period() != period || self.state() != State::HalfOpen {
@@ -329,13 +355,13 @@ impl Shared {
             self.reset_closed();
             self.set(State::HalfOpen, State::Closed, Reason::ProbesSucceeded)
         };
-        self.notify(&transition);
+        self.tell();
     }
 
     /// Opens the breaker if it is still in `from` (and, for a probe's failure, still in the
     /// probe's period).
     fn trip(&self, from: State, period: Option<u64>, reason: Reason) {
-        let transition = {
+        {
             let mut machine = self.lock();
             if self.state() != from || period.is_some_and(|p| p != self.period()) {
                 return;
@@ -350,7 +376,7 @@ impl Shared {
             self.next_period();
             self.set(from, State::Open, reason)
         };
-        self.notify(&transition);
+        self.tell();
     }
 
     /// `open_for` doubled for each trip after the first, capped, then shortened by the jitter.
@@ -380,7 +406,7 @@ impl Shared {
     }
 
     fn half_open(&self, now: Instant) {
-        let transition = {
+        {
             let mut machine = self.lock();
             if self.state() != State::Open
                 || self.nanos_since_origin(now) < self.open_until.load(Acquire)
@@ -391,11 +417,11 @@ impl Shared {
             self.next_period();
             self.set(State::Open, State::HalfOpen, Reason::OpenElapsed)
         };
-        self.notify(&transition);
+        self.tell();
     }
 
     pub(super) fn force(&self, to: State) {
-        let transition = {
+        {
             let mut machine = self.lock();
             let from = self.state();
             if from == to {
@@ -417,7 +443,7 @@ impl Shared {
             self.next_period();
             self.set(from, to, reason)
         };
-        self.notify(&transition);
+        self.tell();
     }
 
     /// Makes a fresh closed state, to be entered next; the caller holds the machine lock.
@@ -429,26 +455,50 @@ impl Shared {
         self.consecutive.store(0, Release);
     }
 
-    /// Moves the gate, keeping its generation; the caller holds the machine lock.
-    fn set(&self, from: State, to: State, reason: Reason) -> Transition {
+    /// Moves the gate, keeping its generation, and queues the transition for the listeners; the
+    /// caller holds the machine lock, and calls [`Shared::tell`] once it has let it go.
+    fn set(&self, from: State, to: State, reason: Reason) {
         let generation = self.gate.load(Acquire) & !STATE;
         self.gate.store(generation | to as u64, Release);
-        Transition {
+        let transition = Transition {
             from,
             to,
             reason,
             at: self.now(),
-        }
+        };
+        self.notices().queue.push_back(transition);
     }
 
-    fn notify(&self, transition: &Transition) {
-        let listeners = self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        for listener in listeners.iter() {
-            listener(transition);
+    /// Tells the listeners every queued transition, in order, unless another thread is telling
+    /// them already (it tells the ones queued meanwhile too).
+    fn tell(&self) {
+        {
+            let mut notices = self.notices();
+            if notices.telling {
+                return;
+            }
+            notices.telling = true;
         }
+        // A listener that panics leaves the telling to the next transition's thread.
+        let telling = Telling(&self.notices);
+        loop {
+            let next = {
+                let mut notices = self.notices();
+                let next = notices.queue.pop_front();
+                // Decided under the lock that a queuing thread takes: none is left untold.
+                notices.telling = next.is_some();
+                next
+            };
+            let Some(transition) = next else { break };
+            let listeners = self
+                .listeners
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for listener in listeners.iter() {
+                listener(&transition);
+            }
+        }
+        std::mem::forget(telling);
     }
 
     pub(super) fn subscribe(&self, listener: Listener) {
@@ -456,6 +506,11 @@ impl Shared {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .push(listener);
+    }
+
+    fn notices(&self) -> MutexGuard<'_, Notices> {
+        // A queue only: a panic elsewhere cannot leave it inconsistent.
+        self.notices.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Machine> {

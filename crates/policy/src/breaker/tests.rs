@@ -493,6 +493,45 @@ async fn subscribers_are_told_of_every_transition_in_order() {
     assert_eq!(*seen_at_build.lock().unwrap(), 5);
 }
 
+#[test]
+fn transitions_made_on_two_threads_at_once_are_told_in_the_order_they_happened() {
+    // A listener keeping a gauge of the state: it must end on the state the breaker is in.
+    let gauge = Arc::new(Mutex::new(State::Closed));
+    let (entered, in_listener) = std::sync::mpsc::channel::<()>();
+    let (forced, forced_done) = std::sync::mpsc::channel::<()>();
+    let forced_done = Mutex::new(forced_done);
+    let b = Arc::new(
+        CircuitBreaker::builder()
+            .consecutive_failures(1)
+            .on_transition({
+                let gauge = gauge.clone();
+                move |t| {
+                    if t.to == State::Open {
+                        // Held while the operator forces the breaker closed on another thread.
+                        entered.send(()).unwrap();
+                        forced_done.lock().unwrap().recv().unwrap();
+                    }
+                    *gauge.lock().unwrap() = t.to;
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let operator = std::thread::spawn({
+        let b = b.clone();
+        move || {
+            in_listener.recv().unwrap();
+            b.force_closed();
+            forced.send(()).unwrap();
+        }
+    });
+    // Trips, and tells the trip on this thread while the operator acts.
+    fail(&b);
+    operator.join().unwrap();
+    assert_eq!(b.state(), State::ForcedClosed);
+    assert_eq!(*gauge.lock().unwrap(), State::ForcedClosed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_snapshot_counts_calls_rejections_and_openings() {
     let b = builder()
