@@ -227,12 +227,28 @@ impl Shared {
                 }
                 State::HalfOpen => {
                     let probes = u64::from(self.settings.half_open_probes);
-                    return match self.probes.fetch_update(AcqRel, Acquire, |word| {
+                    let taken = self.probes.fetch_update(AcqRel, Acquire, |word| {
                         (word & COUNT < probes).then_some(word + 1)
-                    }) {
-                        Ok(word) => Ok(self.ticket(word >> 32)),
-                        Err(_) => Err(self.reject(None)),
-                    };
+                    });
+                    // The gate may have moved since it was read: a probe is admitted only if it
+                    // still reads half-open in the period the probe was counted in, and a
+                    // refusal stands only if it still reads half-open.
+                    let gate = self.gate.load(Acquire);
+                    let still = State::from_u8(gate as u8) == State::HalfOpen;
+                    match taken {
+                        Ok(word) if still && self.period() == word >> 32 => {
+                            return Ok(self.ticket(word >> 32));
+                        }
+                        Ok(word) => {
+                            // Given back, if its period is still the count's.
+                            let _ = self.probes.fetch_update(AcqRel, Acquire, |now| {
+                                (now >> 32 == word >> 32 && now & COUNT > 0).then(|| now - 1)
+                            });
+                        }
+                        Err(_) if still => return Err(self.reject(None)),
+                        Err(_) => {}
+                    }
+                    // Loop: read the gate again.
                 }
             }
         }
@@ -373,8 +389,11 @@ impl Shared {
                 .nanos_since_origin(self.now())
                 .saturating_add(saturating_nanos(period));
             self.open_until.store(until, Release);
+            // The gate first: a probe admitted in the old period meanwhile then finds it moved
+            // (see `try_acquire_slow`), and none is admitted in the new one while it reads
+            // half-open.
+            self.set(from, State::Open, reason);
             self.next_period();
-            self.set(from, State::Open, reason)
         };
         self.tell();
     }
@@ -440,8 +459,9 @@ impl Shared {
                     Reason::Released
                 }
             };
+            // The gate first, as in `trip`.
+            self.set(from, to, reason);
             self.next_period();
-            self.set(from, to, reason)
         };
         self.tell();
     }
