@@ -13,7 +13,7 @@
 //!   "window_seconds": 10,
 //!   "routes": [{
 //!     "name": "api", "upstream": "app",
-//!     "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1},
+//!     "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1, "cancelled": 0},
 //!     "retries": 0, "retry_budget_exhausted": 0, "hedges": 0, "in_flight": 0,
 //!     "answers": {"success": 5, "failure": 3, "timeout": 0, "short_circuited": 1,
 //!                 "rejected": 0, "bad_request": 0, "fallback": 0, "peak_in_flight": 1},
@@ -78,6 +78,7 @@ fn route(route: &RouteStats) -> Value {
             "failure": route.requests.failure,
             "fallback": route.requests.fallback,
             "rejected": route.requests.rejected,
+            "cancelled": route.requests.cancelled,
         },
         "retries": route.retries,
         "retry_budget_exhausted": route.retry_budget_exhausted,
@@ -173,6 +174,7 @@ mod tests {
                     failure: 3,
                     fallback: 0,
                     rejected: 1,
+                    cancelled: 0,
                 },
                 retries: 2,
                 retry_budget_exhausted: 0,
@@ -226,7 +228,7 @@ mod tests {
             json["routes"][0],
             json!({
                 "name": "api", "upstream": "app",
-                "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1},
+                "requests": {"success": 5, "failure": 3, "fallback": 0, "rejected": 1, "cancelled": 0},
                 "retries": 2, "retry_budget_exhausted": 0, "hedges": 1, "in_flight": 1,
                 "answers": {
                     "success": 5, "failure": 2, "timeout": 0, "short_circuited": 1,

@@ -205,7 +205,7 @@ async fn stats_show_routes_upstreams_and_endpoints() {
     assert_eq!(route["upstream"], "app");
     assert_eq!(
         route["requests"],
-        json!({"success": 5, "failure": 3, "fallback": 0, "rejected": 1})
+        json!({"success": 5, "failure": 3, "fallback": 0, "rejected": 1, "cancelled": 0})
     );
     // Four of the nine answers in the window were not successes.
     let error_rate = route["error_rate"].as_f64().unwrap();

@@ -117,7 +117,6 @@ pub(crate) async fn handle(
         &mut upstream,
     )
     .await;
-    drop(executing);
     if offer.is_some() && upstream.tunnel.is_none() {
         response = closing(response, version);
     }
@@ -129,7 +128,7 @@ pub(crate) async fn handle(
         Some(Outcome::Success | Outcome::Slow) => (RouteOutcome::Success, Kind::Success),
         None => own_outcome(&response),
     };
-    stack.metrics().answered(outcome, kind, started);
+    executing.answered(outcome, kind);
     (response, upstream.tunnel)
 }
 

@@ -45,13 +45,16 @@ pub(crate) enum RouteOutcome {
     Fallback = 2,
     /// Refused by rampart's own policies before or instead of reaching an endpoint.
     Rejected = 3,
+    /// Never answered: the client went away first (nginx's 499).
+    Cancelled = 4,
 }
 
-const ROUTE_OUTCOMES: [(RouteOutcome, &str); 4] = [
+const ROUTE_OUTCOMES: [(RouteOutcome, &str); 5] = [
     (RouteOutcome::Success, "success"),
     (RouteOutcome::Failure, "failure"),
     (RouteOutcome::Fallback, "fallback"),
     (RouteOutcome::Rejected, "rejected"),
+    (RouteOutcome::Cancelled, "cancelled"),
 ];
 
 /// The states a breaker can enter, in the order of their `rampart_breaker_state` values.
@@ -111,7 +114,7 @@ pub(crate) struct ListenerMetrics {
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
     skip: bool,
-    outcomes: [Counter; 4],
+    outcomes: [Counter; 5],
     duration: Latency,
     retries: Counter,
     retry_budget_exhausted: Counter,
@@ -121,14 +124,29 @@ pub(crate) struct RouteMetrics {
     in_flight: AtomicU64,
 }
 
-/// A request of a route counted in flight, until dropped.
+/// A request of a route counted in flight until it is answered, or counted `cancelled` when
+/// dropped unanswered: its client went away, and its task with it.
 #[derive(Debug)]
-pub(crate) struct Executing<'a>(Option<&'a RouteMetrics>);
+pub(crate) struct Executing<'a> {
+    metrics: Option<&'a RouteMetrics>,
+    started: Instant,
+}
+
+impl Executing<'_> {
+    /// Counts the request answered `outcome` now, of `kind`.
+    pub(crate) fn answered(mut self, outcome: RouteOutcome, kind: Kind) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics.answered(outcome, kind, self.started);
+        }
+    }
+}
 
 impl Drop for Executing<'_> {
     fn drop(&mut self) {
-        if let Some(metrics) = self.0 {
+        if let Some(metrics) = self.metrics {
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics.outcomes[RouteOutcome::Cancelled as usize].inc();
         }
     }
 }
@@ -373,18 +391,21 @@ impl RouteMetrics {
     /// Counts a request in flight from its arrival, `started`, until the guard is dropped.
     pub(crate) fn executing(&self, started: Instant) -> Executing<'_> {
         if self.skip {
-            return Executing(None);
+            return Executing {
+                metrics: None,
+                started,
+            };
         }
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.recent.in_flight(in_flight, started);
-        Executing(Some(self))
+        Executing {
+            metrics: Some(self),
+            started,
+        }
     }
 
     /// Counts a request answered `outcome` now, of `kind`, having arrived at `started`.
-    pub(crate) fn answered(&self, outcome: RouteOutcome, kind: Kind, started: Instant) {
-        if self.skip {
-            return;
-        }
+    fn answered(&self, outcome: RouteOutcome, kind: Kind, started: Instant) {
         let now = turn::now();
         let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();

@@ -56,6 +56,8 @@ pub struct Outcomes {
     pub fallback: u64,
     /// Refused by rampart's own policies.
     pub rejected: u64,
+    /// Never answered: the client went away first.
+    pub cancelled: u64,
 }
 
 /// One upstream.
@@ -129,6 +131,7 @@ pub(crate) fn route(stack: &Stack, upstream: &str) -> RouteStats {
             failure: metrics.count(RouteOutcome::Failure),
             fallback: metrics.count(RouteOutcome::Fallback),
             rejected: metrics.count(RouteOutcome::Rejected),
+            cancelled: metrics.count(RouteOutcome::Cancelled),
         },
         retries: metrics.retries(),
         retry_budget_exhausted: metrics.retry_budget_exhausted(),

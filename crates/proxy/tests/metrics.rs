@@ -52,6 +52,7 @@ async fn counts_follow_the_traffic_and_the_breaker() {
         r#"rampart_requests_total{route="api",outcome="failure"} 3"#.to_owned(),
         r#"rampart_requests_total{route="api",outcome="rejected"} 1"#.to_owned(),
         r#"rampart_requests_total{route="api",outcome="fallback"} 0"#.to_owned(),
+        r#"rampart_requests_total{route="api",outcome="cancelled"} 0"#.to_owned(),
         r#"rampart_request_duration_seconds_count{route="api"} 9"#.to_owned(),
         format!("rampart_upstream_requests_total{{{endpoint},outcome=\"success\"}} 5"),
         format!("rampart_upstream_requests_total{{{endpoint},outcome=\"failure\"}} 3"),
@@ -155,4 +156,35 @@ async fn an_upstream_ramparts_own_fallbacks_and_errors_are_not_this_routes() {
     ] {
         assert_has(&text, line);
     }
+}
+
+#[tokio::test]
+async fn a_request_its_client_gave_up_on_counts_as_cancelled() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "name = \"api\"", "").await;
+
+    let mut client = tokio::net::TcpStream::connect(common::addr(&proxy))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    while upstream.request_count() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(client);
+
+    let cancelled = r#"rampart_requests_total{route="api",outcome="cancelled"} 1"#;
+    for _ in 0..1000 {
+        if scrape(&proxy).lines().any(|line| line == cancelled) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let text = scrape(&proxy);
+    assert_has(&text, cancelled);
+    assert_has(
+        &text,
+        r#"rampart_requests_total{route="api",outcome="failure"} 0"#,
+    );
 }
