@@ -507,11 +507,14 @@ fn endpoint(v: &DeValue<'_>) -> Result<Endpoint, Invalid> {
 
 fn path_value(v: &DeValue<'_>) -> Result<String, Invalid> {
     let s = string(v)?;
-    if s.starts_with('/') && !s.contains(char::is_whitespace) {
+    // As a request's target arrives: a space or a control character could never be matched,
+    // nor sent as a health check's target; other characters come percent-encoded.
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(s)
     } else {
         Err(Invalid::new(
-            "a path starts with '/' and has no spaces",
+            "a path starts with '/' and has no spaces, control characters or non-ASCII \
+             characters (percent-encode them)",
             "a path like \"/orders\"",
         ))
     }
@@ -2360,6 +2363,14 @@ mod tests {
         assert_eq!(e[0].line(), Some(2));
         assert_eq!(e[0].path(), "");
         assert!(e[0].message().starts_with("invalid TOML"));
+    }
+
+    #[test]
+    fn a_path_with_a_control_character_is_refused() {
+        let toml = "[[routes]]\nupstream = \"a\"\nmatch = { path = \"/a\\u0001b\" }\n\
+                    [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n";
+        let e = errors(toml);
+        assert_eq!(e[0].path(), "routes[0].match.path", "{}", e[0]);
     }
 
     #[test]
