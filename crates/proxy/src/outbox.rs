@@ -400,14 +400,17 @@ impl Delivery {
                 }
             }
             let free = concurrency - in_flight.len();
+            // Not cut short by a reload: a batch taken but not started would wait out its lease
+            // before anything handed it out again, behind every later message. A take waits
+            // `TAKE_WAIT` at most, and what it takes goes with the routes as they are then.
             let taken = tokio::select! {
                 taken = self.outbox.store.take(&self.route, free, TAKE_WAIT) => taken,
                 // A batch taken but not started is handed out again when its lease ends.
                 _ = self.stop.changed() => break,
-                _ = self.reloaded.changed() => continue,
             };
             match taken {
                 Ok(batch) => {
+                    let stack = self.stack().unwrap_or(stack);
                     for leased in batch {
                         in_flight.spawn(deliver(self.outbox.clone(), stack.clone(), leased));
                     }

@@ -499,3 +499,54 @@ async fn drop_oldest_makes_room_and_counts_what_it_dropped() {
     assert_eq!(store.summary().await.unwrap().dropped, 1);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn reloads_while_messages_are_taken_strand_none_and_keep_the_order() {
+    let dir = TempDir::new("reloads");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let toml = format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+
+        [outbox]
+        path = "{dir}"
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        [routes.async]
+        enabled = true
+        concurrency = 1
+
+        [upstreams.orders]
+        endpoints = ["{endpoint}"]
+        "#,
+        dir = dir.path().display(),
+        endpoint = upstream.addr(),
+    );
+    let config = rampart_config::Config::from_str(&toml, "test.toml").unwrap();
+    let proxy = proxy(&toml).await;
+
+    // Each message posted as the configuration is reloaded (unchanged: every reload still
+    // wakes the delivery loop, which may be taking the message at that moment).
+    let bodies: Vec<String> = (0..40).map(|n| n.to_string()).collect();
+    let client = http1();
+    for body in &bodies {
+        let posted = send(
+            &client,
+            request(&proxy, "/orders")
+                .method("POST")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap(),
+        );
+        let (response, reloaded) = tokio::join!(posted, async { proxy.reload(&config) });
+        accepted(&response);
+        reloaded.unwrap();
+    }
+    // Well within the lease (10 s) a stranded message would wait out: all there, in order.
+    upstream.wait_for_requests(bodies.len() as u64).await;
+    let seen: Vec<Bytes> = upstream.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(seen, bodies);
+    proxy.shutdown().await;
+}
