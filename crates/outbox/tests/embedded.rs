@@ -508,6 +508,38 @@ async fn an_unreadable_request_is_dead_lettered_and_does_not_block_its_queue() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unreadable_status_leaves_its_message_aside_and_the_store_opens() {
+    let dir = TempDir::new("unreadable-status");
+    let clock = clock();
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    let bad = store.append("r", request(1, b"1")).await.unwrap();
+    let good = store.append("r", request(2, b"2")).await.unwrap();
+    store.close().await.unwrap();
+
+    // Damage the first message's status record behind the store's back.
+    let file = dir.path().join(rampart_outbox::embedded::FILE_NAME);
+    let db = redb::Database::open(&file).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let statuses: redb::TableDefinition<'_, u128, &[u8]> =
+            redb::TableDefinition::new("statuses");
+        let mut table = txn.open_table(statuses).unwrap();
+        table
+            .insert(bad.as_u128(), &[0xff, 0xff, 0xff][..])
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![good]);
+    // New messages sort after every stored one, the damaged one included.
+    let next = store.append("r", request(3, b"3")).await.unwrap();
+    assert!(next > bad && next > good);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_summary_counts_per_route_and_state() {
     let dir = TempDir::new("summary");
     let store = open(dir.path(), &clock(), Limits::default()).await;

@@ -478,7 +478,19 @@ pub(super) fn load_index(db: &Database, now: Timestamp) -> Result<Loaded, Error>
         let (key, value) = row.or_backend()?;
         let id = MessageId::from_u128(key.value());
         last_id = Some(id);
-        let status = record::decode_status(id, value.value())?;
+        // One damaged record must not keep the whole proxy from starting (its synchronous
+        // routes too): the message is left aside, in the file, and named in the log.
+        let status = match record::decode_status(id, value.value()) {
+            Ok(status) => status,
+            Err(err) => {
+                tracing::error!(
+                    %id,
+                    error = %err,
+                    "outbox: a message's status record is unreadable; the message is left aside"
+                );
+                continue;
+            }
+        };
         let route = index.route(&status.route);
         match status.state {
             State::Queued | State::Delivering | State::Dead => {
