@@ -81,6 +81,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub(crate) struct Outbox {
     store: Arc<dyn Store>,
+    /// The longest a delivery may take: half the lease, fixed when the store opened. A route
+    /// whose `timeout` a reload raised past it is delivered within it, or a delivery still under
+    /// way would be handed out again, and made twice at once.
+    longest_delivery: Duration,
     max_age: Duration,
     backoff: ExponentialBackoff,
     metrics: OutboxMetrics,
@@ -152,6 +156,7 @@ impl Outbox {
             .with_rng(rng.clone());
         Ok(Some(Arc::new(Outbox {
             store,
+            longest_delivery: lease / 2,
             max_age: outbox.max_age,
             backoff,
             metrics,
@@ -302,6 +307,15 @@ impl Deliveries {
     /// told to look its route up again.
     pub(crate) fn reloaded(&mut self, config: &Config) {
         for route in config.routes.iter().filter(|r| r.async_enabled) {
+            if route.timeout > self.outbox.longest_delivery {
+                tracing::warn!(
+                    route = %route.name,
+                    timeout = ?route.timeout,
+                    delivered_within = ?self.outbox.longest_delivery,
+                    "outbox: the route's timeout is longer than the lease set at start allows; \
+                     its deliveries are cut at half the lease until a restart"
+                );
+            }
             if self.loops.contains_key(&route.name) {
                 continue;
             }
@@ -454,7 +468,7 @@ struct Failure {
 async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
     let Leased { message, lease } = leased;
     let store = &outbox.store;
-    let settled = match attempt(&stack, &message).await {
+    let settled = match attempt(&stack, &message, outbox.longest_delivery).await {
         Ok(()) => store.delivered(lease).await.map(|()| {
             outbox.metrics.delivered.inc();
         }),
@@ -489,8 +503,9 @@ async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
     }
 }
 
-// Sends `message` through the route's stack; a 2xx answer is a delivery.
-async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
+// Sends `message` through the route's stack, within its timeout and `longest`; a 2xx answer is a
+// delivery.
+async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<(), Failure> {
     let stored = &message.request;
     let mut headers = HeaderMap::with_capacity(stored.headers.len() + 1);
     for (name, value) in &stored.headers {
@@ -507,7 +522,7 @@ async fn attempt(stack: &Stack, message: &Message) -> Result<(), Failure> {
     *request.uri_mut() = Uri::from(stored.path_and_query.clone());
     *request.headers_mut() = headers;
 
-    let deadline = turn::now() + stack.timeout();
+    let deadline = turn::now() + stack.timeout().min(longest);
     let (response, _) = stack
         .call(request, deadline, Reason::Timeout)
         .await

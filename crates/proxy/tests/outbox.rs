@@ -550,3 +550,45 @@ async fn reloads_while_messages_are_taken_strand_none_and_keep_the_order() {
     assert_eq!(seen, bodies);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_raising_a_routes_timeout_cannot_make_a_delivery_outlive_its_lease() {
+    let dir = TempDir::new("lease");
+    // Slower than half the lease set at start (10 s, for a 1 s timeout): a delivery it answers
+    // would still be under way when the message was handed out again.
+    let upstream = Upstream::start(Behavior::Slow(Duration::from_secs(6)))
+        .await
+        .unwrap();
+    let config = |timeout: &str| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+             [outbox]\npath = \"{dir}\"\n\n\
+             [[routes]]\nname = \"orders\"\nupstream = \"orders\"\ntimeout = \"{timeout}\"\n\
+             [routes.retry]\nattempts = 1\n[routes.async]\nenabled = true\n\n\
+             [upstreams.orders]\nendpoints = [\"{endpoint}\"]\n\
+             [upstreams.orders.breaker]\nenabled = false\n",
+            dir = dir.path().display(),
+            endpoint = upstream.addr(),
+        )
+    };
+    let proxy = proxy(&config("1s")).await;
+    let raised = rampart_config::Config::from_str(&config("30s"), "test.toml").unwrap();
+    proxy.reload(&raised).unwrap();
+    let store = proxy.handle().outbox().unwrap();
+
+    let id = accepted(&post(&proxy, "slow").await);
+    until("the first attempt is cut at half the lease", || async {
+        let status = store.get(id).await.unwrap().unwrap();
+        status.attempts >= 1 && status.state != State::Delivered
+    })
+    .await;
+    let status = store.get(id).await.unwrap().unwrap();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("timeout")),
+        "{status:?}"
+    );
+    proxy.shutdown().await;
+}
