@@ -2,8 +2,8 @@
 //! carries.
 //!
 //! [`Pool::pick`](crate::upstream::Pool::pick) decides which endpoints may take an attempt at all
-//! (healthy, breaker admitting, primaries before backups, another than the one that just failed);
-//! a [`Balancer`] chooses one of them:
+//! (healthy, breaker admitting, primaries before backups, none the request has tried yet while
+//! another may); a [`Balancer`] chooses one of them:
 //!
 //! - `p2c-ewma` (the default), as linkerd2-proxy and Finagle do: two endpoints drawn at random,
 //!   the one of lower cost wins. The cost is a peak-EWMA of the endpoint's response latency times
@@ -16,9 +16,9 @@
 //! - `least-request`: the fewest requests in flight, ties broken at random (each endpoint of the
 //!   tie equally likely).
 //! - `random`: uniform.
-//! - `round-robin`: in turn; a retry continues after the endpoint that failed without moving the
-//!   turn, which would otherwise send every first attempt to the same endpoint when each request
-//!   takes two picks.
+//! - `round-robin`: in turn; a retry continues after the endpoint the request tried last without
+//!   moving the turn, which would otherwise send every first attempt to the same endpoint when
+//!   each request takes two picks.
 //!
 //! Every random draw comes from the injected [`Rng`]. The load is kept in atomics: counting a
 //! request in and out and recording its latency take no lock.
@@ -104,19 +104,19 @@ impl Balancer {
     }
 
     /// The endpoint of `tier` to ask first, among those `candidate` gives a load for; `None` when
-    /// it gives none. `avoid`, the endpoint whose attempt just failed (never a candidate), only
+    /// it gives none. `after`, the endpoint the request tried last (never a candidate), only
     /// places round-robin's turn.
     pub(crate) fn choose<'a>(
         &self,
         tier: Range<usize>,
-        avoid: Option<usize>,
+        after: Option<usize>,
         candidate: impl Fn(usize) -> Option<&'a Load>,
     ) -> Option<usize> {
         if tier.is_empty() {
             return None;
         }
         match self.kind {
-            Balance::RoundRobin => self.round_robin(tier, avoid, candidate),
+            Balance::RoundRobin => self.round_robin(tier, after, candidate),
             Balance::Random => {
                 let count = tier.clone().filter(|&i| candidate(i).is_some()).count();
                 let n = self.below(count)?;
@@ -130,11 +130,11 @@ impl Balancer {
     fn round_robin<'a>(
         &self,
         tier: Range<usize>,
-        avoid: Option<usize>,
+        after: Option<usize>,
         candidate: impl Fn(usize) -> Option<&'a Load>,
     ) -> Option<usize> {
-        let start = match avoid {
-            Some(failed) => failed + 1,
+        let start = match after {
+            Some(tried) => tried + 1,
             // Relaxed: the turn only spreads requests; no other memory depends on it.
             None => self.next.fetch_add(1, Ordering::Relaxed),
         };

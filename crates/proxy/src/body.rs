@@ -555,7 +555,10 @@ mod tests {
             &crate::metrics::Metrics::default(),
         )
         .unwrap();
-        let pending = pool.pick(None).unwrap().into_owned(&pool);
+        let pending = pool
+            .pick(&crate::upstream::Avoid::default())
+            .unwrap()
+            .into_owned(&pool);
         let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending)));
         if end {
             while body.frame().await.is_some() {}
@@ -563,7 +566,7 @@ mod tests {
             body.frame().await;
         }
         drop(body);
-        pool.pick(None).is_ok()
+        pool.pick(&crate::upstream::Avoid::default()).is_ok()
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::outbox::Outbox;
 use crate::retry::{Replay, Retry, answered};
 use crate::turn;
-use crate::upstream::{Picked, Pool};
+use crate::upstream::{Avoid, Picked, Pool};
 
 /// One route's way to its upstream, outermost first:
 ///
@@ -39,14 +39,15 @@ use crate::upstream::{Picked, Pool};
 /// - the total timeout: the request's deadline (the route's `timeout`, capped by the client's
 ///   deadline header), set by the caller, bounds every attempt and every backoff sleep together,
 ///   so retries cannot outlive the client's patience;
-/// - retry (`[routes.retry]`): above the balancer, so a retry goes to another endpoint than the
-///   one that failed; its budget, shared by the route, keeps retries from turning an outage into a
-///   storm; the body is copied for it as it streams to the first attempt, up to
-///   `max_replay_body` (a body that outgrows it is sent once and not retried);
+/// - retry (`[routes.retry]`): above the balancer, so a retry goes to an endpoint the request has
+///   not tried yet while one may take it (Envoy's `previous_hosts`); its budget, shared by the
+///   route, keeps retries from turning an outage into a storm; the body is copied for it as it
+///   streams to the first attempt, up to `max_replay_body` (a body that outgrows it is sent once
+///   and not retried);
 /// - hedge (`[routes.hedge]`): below retry, so that each attempt of the retry loop may be
 ///   hedged and a race that every attempt lost is judged by the retry like a single failed
 ///   attempt; above the limits and the balancer, so that a hedge is admitted by the upstream's
-///   limits like any attempt and goes to another endpoint (see [`Hedging`]);
+///   limits like any attempt and goes to an endpoint not tried yet (see [`Hedging`]);
 /// - the upstream's limits (`[upstreams.NAME.limits]`, see [`Limits`](crate::limits::Limits)):
 ///   the rate limit, then the concurrency limit with its pending queue. docs/architecture.md's
 ///   request path puts the concurrency limit below the breaker gate; it is taken before the
@@ -225,9 +226,12 @@ impl Stack {
         // A hedge is sent again as a retry is: only what may be retried is hedged.
         let hedging = self.hedging.as_ref().zip(retry);
 
-        // The endpoint of the failed attempt, and what it answered: kept through the backoff,
-        // to be the answer if no endpoint takes the retry.
-        let mut failed: Option<(usize, Last)> = None;
+        // What the failed attempt came to: kept through the backoff, to be the answer if no
+        // endpoint takes the retry.
+        let mut failed: Option<Last> = None;
+        // Every endpoint this request was sent to: a retry or a hedge goes to another while one
+        // may take it, since the ones tried have failed it or are still racing.
+        let mut avoid = Avoid::default();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -238,21 +242,20 @@ impl Stack {
             let slot = match tokio::time::timeout_at(deadline, self.upstream.limits().admit()).await
             {
                 Ok(Ok(slot)) => slot,
-                Ok(Err(reason)) => {
-                    return failed.map_or(Err(reason), |(_, last)| last.into_result());
-                }
+                Ok(Err(reason)) => return failed.map_or(Err(reason), Last::into_result),
                 Err(_elapsed) => return Err(expired),
             };
-            let picked = match self.upstream.pick(failed.as_ref().map(|(index, _)| *index)) {
+            let picked = match self.upstream.pick(&avoid) {
                 Ok(picked) => picked,
-                Err(reason) => return failed.map_or(Err(reason), |(_, last)| last.into_result()),
+                Err(reason) => return failed.map_or(Err(reason), Last::into_result),
             };
             let Some(attempt_body) = body.next() else {
                 // A teed body not copied whole cannot be sent again (a streamed one is never
                 // retried): the failed attempt's answer stands.
-                return failed.map_or(Err(Reason::BadRequest), |(_, last)| last.into_result());
+                return failed.map_or(Err(Reason::BadRequest), Last::into_result);
             };
             let first = picked.index;
+            avoid.insert(first);
             let sending = self.send(&head, attempt_body, picked, slot, deadline, grpc);
 
             let sent = match hedging {
@@ -263,11 +266,9 @@ impl Stack {
                     let hedge = || {
                         // Declining lets go of what was taken so far: a breaker permit
                         // dropped unrecorded and a slot given back teach nothing.
-                        let picked = self
-                            .upstream
-                            .pick(Some(hedged.last().copied().unwrap_or(first)))
-                            .ok()?;
-                        // A hedge to an endpoint already racing would only double its load.
+                        let picked = self.upstream.pick(&avoid).ok()?;
+                        // A hedge to an endpoint already racing (the pick's last resort) would
+                        // only double its load.
                         if picked.index == first || hedged.contains(&picked.index) {
                             return None;
                         }
@@ -277,12 +278,13 @@ impl Stack {
                             return None;
                         }
                         let body = body.next()?;
+                        avoid.insert(picked.index);
                         hedged.push(picked.index);
                         self.metrics.hedged();
                         Some(self.send(&head, body, picked, slot, deadline, grpc))
                     };
                     let classify = |sent: &Sent| match sent {
-                        Ok((_, _, outcome)) => *outcome,
+                        Ok((_, outcome)) => *outcome,
                         Err(_) => Outcome::Failure,
                     };
                     // Boxed: a race holds two attempts, and inline it would make the future of
@@ -292,12 +294,12 @@ impl Stack {
             };
             // The previous failure is superseded: let its connection go.
             drop(failed.take());
-            let (index, tried, last) = match sent {
-                Ok((index, response, outcome)) => {
+            let (tried, last) = match sent {
+                Ok((response, outcome)) => {
                     let tried = answered(response.status(), response.headers(), grpc);
-                    (index, tried, Last::Response(response, outcome))
+                    (tried, Last::Response(response, outcome))
                 }
-                Err((_, Tried::Client(fault))) => {
+                Err(Tried::Client(fault)) => {
                     // The client's body failed the exchange, not the endpoint: no retry can mend
                     // it.
                     return Err(match fault {
@@ -305,11 +307,9 @@ impl Stack {
                         ClientBodyFault::Stalled | ClientBodyFault::Broken => Reason::BadRequest,
                     });
                 }
-                Err((index, Tried::Transport(err))) => {
-                    (index, Attempt::Error(err), Last::Error(err.into()))
-                }
+                Err(Tried::Transport(err)) => (Attempt::Error(err), Last::Error(err.into())),
                 // No answer within the whole exchange's time.
-                Err((_, Tried::Expired)) => return Err(expired),
+                Err(Tried::Expired) => return Err(expired),
             };
 
             // Not while the failed attempt still holds the request's body (it answered before
@@ -347,7 +347,7 @@ impl Stack {
             }
             self.metrics.retried();
             tokio::time::sleep(delay).await;
-            failed = Some((index, last));
+            failed = Some(last);
         }
     }
 
@@ -366,8 +366,7 @@ impl Stack {
         deadline: Instant,
         grpc: bool,
     ) -> Sent {
-        let index = picked.index;
-        let response = match self.attempt(index, head, body, deadline, grpc).await {
+        let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
             Ok(response) => response,
             Err(tried) => {
                 let outcome = match tried {
@@ -376,11 +375,11 @@ impl Stack {
                     Tried::Expired => Outcome::Failure,
                     // The client's body failed the exchange: the endpoint's breaker and the
                     // limit learn nothing (permit and slot are let go unrecorded).
-                    Tried::Client(_) => return Err((index, tried)),
+                    Tried::Client(_) => return Err(tried),
                 };
                 slot.record(outcome);
                 picked.record(outcome);
-                return Err((index, tried));
+                return Err(tried);
             }
         };
         let outcome = classify_response(
@@ -399,7 +398,7 @@ impl Stack {
             };
         let response =
             response.map(|body| TrailersOutcome::new(DeadlineBody::new(body, deadline), pending));
-        Ok((index, response, outcome))
+        Ok((response, outcome))
     }
 
     // One attempt on endpoint `index`, bounded by the per-try timeout and the deadline, and
@@ -443,9 +442,8 @@ impl Stack {
     }
 }
 
-/// What one attempt came to, with the index of the endpoint it went to: a response head and its
-/// classified outcome, or why there was none.
-type Sent = Result<(usize, Response<UpstreamBody>, Outcome), (usize, Tried)>;
+/// What one attempt came to: a response head and its classified outcome, or why there was none.
+type Sent = Result<(Response<UpstreamBody>, Outcome), Tried>;
 
 /// Why an attempt got no response.
 enum Tried {

@@ -107,6 +107,83 @@ impl Picked<'_> {
     }
 }
 
+/// The endpoints one request has sent attempts to, which its next attempt (a retry, a hedge)
+/// avoids while another endpoint may take it, as Envoy's `previous_hosts` retry predicate does:
+/// an endpoint that failed this request once is the likeliest of all to fail it again.
+///
+/// A bit per endpoint: the first 64 inline, so that a request to any pool of up to 64 endpoints
+/// keeps it without allocating, the others in words allocated once one of them is tried.
+#[derive(Debug, Default)]
+pub(crate) struct Avoid {
+    /// Endpoints 0 to 63.
+    low: u64,
+    /// Endpoints from 64 on, 64 to a word.
+    high: Vec<u64>,
+    /// The endpoint tried last: round-robin continues after it, and it is the last resort.
+    last: Option<usize>,
+}
+
+impl Avoid {
+    /// Adds the endpoint at `index`, now the one tried last.
+    pub(crate) fn insert(&mut self, index: usize) {
+        match index.checked_sub(64) {
+            None => self.low |= 1 << index,
+            Some(high) => {
+                let word = high / 64;
+                if self.high.len() <= word {
+                    self.high.resize(word + 1, 0);
+                }
+                self.high[word] |= 1 << (high % 64);
+            }
+        }
+        self.last = Some(index);
+    }
+
+    /// Whether the endpoint at `index` was tried.
+    pub(crate) fn contains(&self, index: usize) -> bool {
+        match index.checked_sub(64) {
+            None => self.low & (1 << index) != 0,
+            Some(high) => self
+                .high
+                .get(high / 64)
+                .is_some_and(|word| *word & (1 << (high % 64)) != 0),
+        }
+    }
+
+    /// The endpoint tried last.
+    fn last(&self) -> Option<usize> {
+        self.last
+    }
+
+    /// The endpoints tried, in the order a pick falls back to them when no other may take the
+    /// attempt: by index, the one tried last at the very end.
+    fn fallback(&self) -> impl Iterator<Item = usize> + '_ {
+        let words = std::iter::once(self.low).chain(self.high.iter().copied());
+        words
+            .enumerate()
+            .flat_map(|(n, mut word)| {
+                std::iter::from_fn(move || {
+                    let bit = (word != 0).then(|| word.trailing_zeros() as usize)?;
+                    word &= word - 1;
+                    Some(n * 64 + bit)
+                })
+            })
+            .filter(|&index| Some(index) != self.last)
+            .chain(self.last)
+    }
+}
+
+impl FromIterator<usize> for Avoid {
+    /// The endpoints of `iter`, tried in its order.
+    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Avoid {
+        let mut avoid = Avoid::default();
+        for index in iter {
+            avoid.insert(index);
+        }
+        avoid
+    }
+}
+
 /// A [`Picked`] that owns what it needs: dropped unrecorded, it tells the breaker nothing (the
 /// client went away before the outcome was known).
 #[derive(Debug)]
@@ -195,8 +272,8 @@ impl Pool {
         })
     }
 
-    /// The endpoint for the next attempt, preferring any other than `avoid` (the endpoint whose
-    /// attempt just failed).
+    /// The endpoint for the next attempt, preferring any the request has not tried yet (any not
+    /// in `avoid`): a tried one only when no other may take the attempt.
     ///
     /// An endpoint may take the attempt when it is healthy and its breaker admits a call; the
     /// balancer chooses among the primaries that may, and among the backups only when no
@@ -216,7 +293,7 @@ impl Pool {
     /// an operator forced open: forcing every breaker open stops the traffic. With a single
     /// endpoint (or a cap of 100%), nothing overrides the breakers, and the answer is
     /// `breaker-open` for a lone endpoint, `no-healthy-endpoint` otherwise.
-    pub(crate) fn pick(&self, avoid: Option<usize>) -> Result<Picked<'_>, Reason> {
+    pub(crate) fn pick(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
         let unhealthy = self.unhealthy.load(Ordering::Relaxed);
         let panic = unhealthy >= self.endpoints.len();
         let usable = |index: usize| panic || self.endpoints[index].healthy.load(Ordering::Relaxed);
@@ -237,12 +314,12 @@ impl Pool {
             let chosen = [primaries, backups]
                 .into_iter()
                 .find_map(|tier| {
-                    self.balancer.choose(tier, avoid, |index| {
-                        (Some(index) != avoid && ejectable(index))
+                    self.balancer.choose(tier, avoid.last(), |index| {
+                        (!avoid.contains(index) && ejectable(index))
                             .then(|| &self.endpoints[index].load)
                     })
                 })
-                .or(avoid.filter(|&index| ejectable(index)));
+                .or_else(|| avoid.fallback().find(|&index| ejectable(index)));
             if let Some(index) = chosen {
                 let endpoint = &self.endpoints[index];
                 return Ok(Picked {
@@ -262,28 +339,31 @@ impl Pool {
     }
 
     // The endpoint of `tier` the balancer chooses among the usable ones whose breaker admits a
-    // call, `avoid` last.
+    // call, those in `avoid` last.
     fn admitting(
         &self,
         tier: Range<usize>,
-        avoid: Option<usize>,
+        avoid: &Avoid,
         usable: &impl Fn(usize) -> bool,
     ) -> Option<Picked<'_>> {
         // The balancer sees the breakers' answers without asking them: asking takes a permit,
         // and a half-open probe, from an endpoint that may not be chosen.
-        let chosen = self.balancer.choose(tier.clone(), avoid, |index| {
+        let chosen = self.balancer.choose(tier.clone(), avoid.last(), |index| {
             let endpoint = &self.endpoints[index];
-            (Some(index) != avoid && usable(index) && endpoint.would_admit())
+            (!avoid.contains(index) && usable(index) && endpoint.would_admit())
                 .then_some(&endpoint.load)
         });
         if let Some(picked) = chosen.and_then(|index| self.admit(index)) {
             return Some(picked);
         }
         // No other endpoint looked admitting, or the chosen one's breaker changed its mind since
-        // the look: every usable endpoint is asked in order, the avoided one last (asking its
-        // breaker would take a half-open probe).
-        let avoided = avoid.filter(|index| tier.contains(index) && usable(*index));
-        tier.filter(|&index| Some(index) != avoid && usable(index))
+        // the look: every usable endpoint is asked in order, the avoided ones last (asking their
+        // breakers would take a half-open probe), the one tried last at the very end.
+        let avoided = avoid
+            .fallback()
+            .filter(|index| tier.contains(index) && usable(*index));
+        tier.clone()
+            .filter(|&index| !avoid.contains(index) && usable(index))
             .chain(avoided)
             .find_map(|index| self.admit(index))
     }
@@ -576,6 +656,11 @@ mod tests {
     // The tests run on tokio's paused clock: p2c-ewma's estimates move only when a test says
     // how long an attempt took.
 
+    /// The endpoints a request has tried, in this order.
+    fn tried<const N: usize>(indices: [usize; N]) -> Avoid {
+        indices.into_iter().collect()
+    }
+
     fn trip(pool: &Pool, index: usize) {
         let breaker = pool.endpoints[index].breaker.as_ref().unwrap();
         while breaker.try_acquire().is_ok() {
@@ -585,7 +670,10 @@ mod tests {
 
     fn picks(pool: &Pool, n: usize) -> Vec<String> {
         (0..n)
-            .map(|_| pool.authority(pool.pick(None).unwrap().index).to_string())
+            .map(|_| {
+                pool.authority(pool.pick(&tried([])).unwrap().index)
+                    .to_string()
+            })
             .collect()
     }
 
@@ -593,7 +681,7 @@ mod tests {
     fn spread(pool: &Pool, n: usize) -> Vec<usize> {
         let mut counts = vec![0; pool.len()];
         for _ in 0..n {
-            let picked = pool.pick(None).unwrap();
+            let picked = pool.pick(&tried([])).unwrap();
             counts[picked.index] += 1;
             picked.record(Outcome::Success);
         }
@@ -633,13 +721,42 @@ mod tests {
         for balance in BALANCERS {
             let pool = three(balance, "");
             for _ in 0..20 {
-                assert_ne!(pool.pick(Some(0)).unwrap().index, 0, "{balance}");
+                assert_ne!(pool.pick(&tried([0])).unwrap().index, 0, "{balance}");
             }
             trip(&pool, 1);
             trip(&pool, 2);
             // The avoided endpoint is still better than none.
-            assert_eq!(pool.pick(Some(0)).unwrap().index, 0, "{balance}");
+            assert_eq!(pool.pick(&tried([0])).unwrap().index, 0, "{balance}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_endpoint_the_request_tried_is_avoided() {
+        for balance in BALANCERS {
+            let pool = three(balance, "");
+            for _ in 0..20 {
+                assert_eq!(pool.pick(&tried([0, 1])).unwrap().index, 2, "{balance}");
+                assert_eq!(pool.pick(&tried([2, 0])).unwrap().index, 1, "{balance}");
+            }
+            // With no other left, a tried endpoint is still better than none: the one tried
+            // last only when no other may.
+            trip(&pool, 2);
+            assert_eq!(pool.pick(&tried([0, 1])).unwrap().index, 0, "{balance}");
+            assert_eq!(pool.pick(&tried([1, 0])).unwrap().index, 1, "{balance}");
+        }
+    }
+
+    #[test]
+    fn the_tried_set_holds_any_index_and_falls_back_to_the_last_one_tried_last() {
+        let avoid = tried([130, 3, 64, 0]);
+        for index in [0, 3, 64, 130] {
+            assert!(avoid.contains(index), "{index}");
+        }
+        for index in [1, 63, 65, 128, 129, 131, 1000] {
+            assert!(!avoid.contains(index), "{index}");
+        }
+        assert_eq!(avoid.fallback().collect::<Vec<_>>(), [3, 64, 130, 0]);
+        assert!(tried([]).fallback().next().is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -657,7 +774,10 @@ mod tests {
             trip(&pool, 1);
             assert_eq!(picks(&pool, 2), ["127.0.0.1:3"; 2], "{balance}");
             trip(&pool, 2);
-            assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+            assert_eq!(
+                pool.pick(&tried([])).unwrap_err(),
+                Reason::NoHealthyEndpoint
+            );
         }
     }
 
@@ -687,7 +807,7 @@ mod tests {
         let pool = pool("");
         trip(&pool, 0);
         trip(&pool, 1);
-        let picked = pool.pick(None).unwrap();
+        let picked = pool.pick(&tried([])).unwrap();
         assert!(picked.permit.is_none());
     }
 
@@ -717,12 +837,15 @@ mod tests {
         pool.set_healthy(1, false);
         trip(&pool, 2);
         trip(&pool, 3);
-        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        assert_eq!(
+            pool.pick(&tried([])).unwrap_err(),
+            Reason::NoHealthyEndpoint
+        );
         // Three healthy and all ejected: more than the cap, so one of them takes the attempt.
         pool.set_healthy(1, true);
         trip(&pool, 1);
         for _ in 0..20 {
-            let picked = pool.pick(None).unwrap();
+            let picked = pool.pick(&tried([])).unwrap();
             assert_ne!(picked.index, 0, "the unhealthy endpoint stays out");
             assert!(picked.permit.is_none());
         }
@@ -732,14 +855,14 @@ mod tests {
     async fn a_lone_endpoint_is_refused_as_breaker_open() {
         let pool = pool_with(&["127.0.0.1:1"], "", Rng::seeded(1));
         trip(&pool, 0);
-        assert_eq!(pool.pick(None).unwrap_err(), Reason::BreakerOpen);
+        assert_eq!(pool.pick(&tried([])).unwrap_err(), Reason::BreakerOpen);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_disabled_breaker_never_ejects() {
         let pool = pool("[upstreams.app.breaker]\nenabled = false");
         assert!(pool.endpoints.iter().all(|e| e.breaker.is_none()));
-        assert!(pool.pick(None).unwrap().permit.is_none());
+        assert!(pool.pick(&tried([])).unwrap().permit.is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -752,10 +875,10 @@ mod tests {
         trip(&pool, 0);
         tokio::time::advance(Duration::from_millis(5)).await;
         for _ in 0..5 {
-            assert_eq!(pool.pick(Some(0)).unwrap().index, 1);
+            assert_eq!(pool.pick(&tried([0])).unwrap().index, 1);
         }
         assert_eq!(
-            pool.pick(Some(1)).unwrap().index,
+            pool.pick(&tried([1])).unwrap().index,
             0,
             "the probe is still there"
         );
@@ -766,7 +889,7 @@ mod tests {
         let pool = three("p2c-ewma", "");
         let mut counts = [0; 3];
         for _ in 0..300 {
-            let picked = pool.pick(None).unwrap();
+            let picked = pool.pick(&tried([])).unwrap();
             counts[picked.index] += 1;
             // Endpoint 0 answers in 200 ms, the others in 5 ms.
             let latency = if picked.index == 0 { 200 } else { 5 };
@@ -819,8 +942,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_attempt_leaves_the_in_flight_count_when_recorded_or_dropped() {
         let pool = pool("");
-        let a = pool.pick(None).unwrap();
-        let b = pool.pick(Some(a.index)).unwrap();
+        let a = pool.pick(&tried([])).unwrap();
+        let b = pool.pick(&tried([a.index])).unwrap();
         let in_flight = |index: usize| pool.endpoints[index].load.in_flight();
         assert_eq!(in_flight(a.index) + in_flight(b.index), 2);
         let (ai, bi) = (a.index, b.index);

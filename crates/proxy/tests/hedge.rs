@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, StatusCode};
-use rampart_test_support::{Behavior, Upstream};
+use rampart_policy::rng::Rng;
+use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
 use tokio::time::Instant;
 
 use common::*;
@@ -117,6 +118,30 @@ async fn hedges_stop_at_max_extra() {
     assert_eq!(response.status(), StatusCode::OK);
     let seen: u64 = slow.iter().map(Upstream::request_count).sum();
     assert_eq!(seen, 2);
+}
+
+#[tokio::test]
+async fn each_hedge_goes_to_an_endpoint_not_racing_yet() {
+    let slow = [
+        Upstream::start(Behavior::Slow(SLOW)).await.unwrap(),
+        Upstream::start(Behavior::Slow(SLOW)).await.unwrap(),
+    ];
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    // Draws of 0 make `random` take the first endpoint it may: the request starts on the first
+    // slow endpoint and its first hedge goes to the second; the second hedge must go to the
+    // fast one, not back to the first, which is racing already.
+    let proxy = ProxyBuilder::to(&[slow[0].addr(), slow[1].addr(), fast.addr()])
+        .route("[routes.hedge]\nafter = \"50ms\"\nmax_extra = 2")
+        .upstream("balance = \"random\"")
+        .rng(Rng::fixed(0.0))
+        .start()
+        .await;
+
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "fast");
+    assert_eq!(slow.map(|upstream| upstream.request_count()), [1, 1]);
+    assert_eq!(fast.request_count(), 1);
 }
 
 async fn slow_upstreams(n: usize) -> Vec<Upstream> {

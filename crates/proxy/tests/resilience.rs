@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use rampart_test_support::{Behavior, Fault, FaultProxy, Refusing, SeenRequest, Upstream};
+use rampart_policy::rng::Rng;
+use rampart_test_support::{
+    Behavior, Fault, FaultProxy, ProxyBuilder, Refusing, SeenRequest, Upstream,
+};
 
 use common::*;
 
@@ -121,6 +124,30 @@ async fn a_503_is_retried_on_the_other_endpoint() {
     // Round-robin sent half the first attempts to the failing endpoint.
     assert_eq!(failing.request_count(), 2);
     assert_eq!(ok.request_count(), 4);
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_an_endpoint_the_request_has_not_tried_yet() {
+    let failing = [refusing(&[]).await, refusing(&[]).await];
+    let ok = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    // Draws of 0 make `random` take the first endpoint it may: the first try goes to the first
+    // failing endpoint, the retry to the second; were only the last failed endpoint avoided,
+    // the third attempt would go back to the first.
+    let proxy = ProxyBuilder::to(&[failing[0].addr(), failing[1].addr(), ok.addr()])
+        .route("[routes.retry]\nattempts = 3")
+        .upstream(&format!("balance = \"random\"\n{NO_BREAKER}"))
+        .rng(Rng::fixed(0.0))
+        .start()
+        .await;
+
+    for i in 0..10 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        assert_eq!(response.body(), "fine");
+    }
+    // Each failing endpoint was tried once per request, never twice.
+    assert_eq!(failing.map(|upstream| upstream.request_count()), [10, 10]);
+    assert_eq!(ok.request_count(), 10);
 }
 
 #[tokio::test]
