@@ -406,6 +406,9 @@ impl RouteMetrics {
 
     /// Counts a request answered `outcome` now, of `kind`, having arrived at `started`.
     fn answered(&self, outcome: RouteOutcome, kind: Kind, started: Instant) {
+        if self.skip {
+            return;
+        }
         let now = turn::now();
         let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();

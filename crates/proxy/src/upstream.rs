@@ -389,15 +389,18 @@ impl Pool {
     pub(crate) fn may_admit(&self) -> bool {
         let unhealthy = self.unhealthy.load(Ordering::Relaxed);
         let panic = unhealthy >= self.endpoints.len();
-        let healthy = if panic {
-            self.endpoints.len()
-        } else {
-            self.endpoints.len() - unhealthy
-        };
-        healthy > self.max_ejected
-            || self.endpoints.iter().any(|endpoint| {
-                (panic || endpoint.healthy.load(Ordering::Relaxed)) && endpoint.would_admit()
-            })
+        let usable = |endpoint: &Endpoint| panic || endpoint.healthy.load(Ordering::Relaxed);
+        // As `pick` counts them: an endpoint forced open is out whatever the cap.
+        let ejectable = self
+            .endpoints
+            .iter()
+            .filter(|endpoint| usable(endpoint) && !endpoint.is_forced_open())
+            .count();
+        ejectable > self.max_ejected
+            || self
+                .endpoints
+                .iter()
+                .any(|endpoint| usable(endpoint) && endpoint.would_admit())
     }
 
     /// How many endpoints there are, primaries and backups.
@@ -817,11 +820,18 @@ mod tests {
         for endpoint in &pool.endpoints {
             endpoint.breaker.as_ref().unwrap().force_open();
         }
-        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        assert_eq!(
+            pool.pick(&tried([])).unwrap_err(),
+            Reason::NoHealthyEndpoint
+        );
+        assert!(!pool.may_admit());
         // One forced open, the other tripped: one ejected by its breaker, within the cap.
         pool.endpoints[1].breaker.as_ref().unwrap().release();
         trip(&pool, 1);
-        assert_eq!(pool.pick(None).unwrap_err(), Reason::NoHealthyEndpoint);
+        assert_eq!(
+            pool.pick(&tried([])).unwrap_err(),
+            Reason::NoHealthyEndpoint
+        );
     }
 
     #[tokio::test(start_paused = true)]
