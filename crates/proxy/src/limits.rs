@@ -16,7 +16,13 @@
 //!   `pending_timeout` apply to the fixed limit only.
 //!
 //! The rate is checked before the slot, so that a flood over the rate is refused without taking a
-//! place in the queue; a token spent by an attempt the concurrency limit then refuses is lost.
+//! place in the queue; a token spent by an attempt the concurrency limit then refuses is lost. A
+//! hedge, which never waits for a slot, takes it first and its token last.
+//!
+//! An attempt comes here only once a look at the pool, asking no breaker, found an endpoint that
+//! may take it ([`Pool::may_admit`](crate::upstream::Pool::may_admit)): one that every breaker or
+//! health check would refuse (`breaker-open`, `no-healthy-endpoint`) spends no token and takes
+//! no slot.
 //!
 //! A refusal says nothing about any endpoint, so it never reaches a breaker, and it is not
 //! retried: the retry would go through the same limits a moment later.
@@ -172,9 +178,11 @@ impl Limits {
     }
 
     /// Admits a hedge only if it can start now: a hedge is extra load, never worth a wait in the
-    /// queue, nor a place a queued request is owed.
-    pub(crate) fn try_admit(&self) -> Result<Slot<'_>, Reason> {
-        // The slot first: a hedge the concurrency limit refuses spends no token.
+    /// queue, nor a place a queued request is owed. `pay` (the hedge's share of the retry budget)
+    /// is asked between the slot and the token: when it declines, the answer is
+    /// `retry-budget-exhausted`, the slot is given back and no token is spent.
+    pub(crate) fn try_admit(&self, pay: impl FnOnce() -> bool) -> Result<Slot<'_>, Reason> {
+        // The slot first: a hedge the concurrency limit refuses spends no token, nor any budget.
         let held = match &self.concurrency {
             Concurrency::Fixed(bulkhead) => bulkhead
                 .try_acquire()
@@ -183,6 +191,10 @@ impl Limits {
             Concurrency::Adaptive(limit) => adaptive_slot(limit),
         }?;
         let slot = self.counted(held);
+        // Paid for before the token: a hedge the budget declines spends none.
+        if !pay() {
+            return Err(Reason::RetryBudgetExhausted);
+        }
         self.spend()?;
         Ok(slot)
     }
@@ -306,7 +318,7 @@ mod tests {
         assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
         // A hedge never takes the place the queued attempt is owed.
         drop(held);
-        assert_eq!(limits.try_admit().unwrap_err(), Reason::Overloaded);
+        assert_eq!(limits.try_admit(|| true).unwrap_err(), Reason::Overloaded);
         let slot = tokio_test::assert_ready_ok!(queued.poll());
         drop(queued);
         // Waiting past `pending_timeout` is refused too.
@@ -314,7 +326,7 @@ mod tests {
         assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
         assert_eq!(start.elapsed(), ms(50));
         slot.record(Outcome::Success);
-        assert!(limits.try_admit().is_ok());
+        assert!(limits.try_admit(|| true).is_ok());
         // One slot came to an outcome (the others were let go unrecorded), two first tries were
         // refused; the hedge declined is no refusal.
         assert_eq!(
@@ -344,7 +356,7 @@ mod tests {
             drop(limits.admit().await.unwrap());
         }
         assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
-        assert_eq!(limits.try_admit().unwrap_err(), Reason::RateLimited);
+        assert_eq!(limits.try_admit(|| true).unwrap_err(), Reason::RateLimited);
 
         // Less than one a second: a burst of one.
         let limits = parse("rate = \"30/m\"");
@@ -358,17 +370,35 @@ mod tests {
 
         let limits = parse("rate = \"100/m\"\nburst = 2");
         drop(limits.admit().await.unwrap());
-        drop(limits.try_admit().unwrap());
+        drop(limits.try_admit(|| true).unwrap());
         assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
     }
 
     #[tokio::test]
-    async fn a_hedge_refused_a_slot_spends_no_token() {
+    async fn a_hedge_refused_a_slot_spends_no_token_nor_budget() {
         let limits = parse("max_concurrent = 1\nmax_pending = 0\nrate = \"2/m\"\nburst = 2");
         let held = limits.admit().await.unwrap();
-        assert_eq!(limits.try_admit().unwrap_err(), Reason::Overloaded);
+        let paid = std::cell::Cell::new(false);
+        let refused = limits.try_admit(|| {
+            paid.set(true);
+            true
+        });
+        assert_eq!(refused.unwrap_err(), Reason::Overloaded);
+        assert!(!paid.get());
         drop(held);
         // The second token is still there.
+        drop(limits.admit().await.unwrap());
+        assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+    }
+
+    #[tokio::test]
+    async fn a_hedge_the_budget_declines_spends_no_token_and_gives_its_slot_back() {
+        let limits = parse("max_concurrent = 1\nmax_pending = 0\nrate = \"1/m\"\nburst = 1");
+        assert_eq!(
+            limits.try_admit(|| false).unwrap_err(),
+            Reason::RetryBudgetExhausted
+        );
+        // The slot and the one token are still there.
         drop(limits.admit().await.unwrap());
         assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
     }
@@ -381,7 +411,7 @@ mod tests {
         let round = |latency: Duration| {
             let limits = &limits;
             async move {
-                let slots: Vec<_> = std::iter::from_fn(|| limits.try_admit().ok()).collect();
+                let slots: Vec<_> = std::iter::from_fn(|| limits.try_admit(|| true).ok()).collect();
                 assert_eq!(slots.len(), limits.adaptive_limit().unwrap());
                 tokio::time::advance(latency).await;
                 for slot in slots {
@@ -400,7 +430,7 @@ mod tests {
         let slowed = limits.adaptive_limit().unwrap();
         assert!(slowed < initial, "{slowed} >= {initial}");
         // Over the limit, refused at once (no queue for the adaptive limit).
-        let slots: Vec<_> = std::iter::from_fn(|| limits.try_admit().ok()).collect();
+        let slots: Vec<_> = std::iter::from_fn(|| limits.try_admit(|| true).ok()).collect();
         assert_eq!(limits.admit().await.unwrap_err(), Reason::Overloaded);
         drop(slots);
     }

@@ -407,7 +407,7 @@ impl Delivery {
             }
             // No endpoint may take a message now: trying each in turn would only record
             // failures and push every message's next attempt back.
-            if !stack.upstream().may_admit() {
+            if stack.upstream().may_admit().is_err() {
                 tokio::select! {
                     () = tokio::time::sleep(PAUSE) => continue,
                     _ = self.stop.changed() => break,

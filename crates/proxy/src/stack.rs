@@ -49,7 +49,9 @@ use crate::upstream::{Avoid, Picked, Pool};
 ///   attempt; above the limits and the balancer, so that a hedge is admitted by the upstream's
 ///   limits like any attempt and goes to an endpoint not tried yet (see [`Hedging`]);
 /// - the upstream's limits (`[upstreams.NAME.limits]`, see [`Limits`](crate::limits::Limits)):
-///   the rate limit, then the concurrency limit with its pending queue. docs/architecture.md's
+///   the rate limit, then the concurrency limit with its pending queue, behind a look at the
+///   pool ([`Pool::may_admit`]) that answers an attempt no endpoint may take as the pick would,
+///   so that a token and a slot go only to attempts that are sent. docs/architecture.md's
 ///   request path puts the concurrency limit below the breaker gate; it is taken before the
 ///   pick instead, because it is the upstream's and not an endpoint's, and because an attempt
 ///   waiting in the queue must not hold an endpoint's half-open probe meanwhile, nor go to an
@@ -235,6 +237,18 @@ impl Stack {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A token and a slot are for attempts that are sent. A look at the pool, asking no
+            // breaker, refuses at once an attempt no endpoint may take (every breaker open, no
+            // endpoint healthy), as the pick would: a client told `rate-limited` for attempts
+            // that never left would slow down instead of getting the route's fallback.
+            if let Err(reason) = self.upstream.may_admit() {
+                return failed.map_or(Err(reason), Last::into_result);
+            }
+            let Some(attempt_body) = body.next() else {
+                // A teed body not copied whole cannot be sent again (a streamed one is never
+                // retried): the failed attempt's answer stands.
+                return failed.map_or(Err(Reason::BadRequest), Last::into_result);
+            };
             // The upstream's limits come before the pick: they are the upstream's, whatever the
             // endpoint, and a wait in their queue must not hold a breaker's half-open probe.
             // A refusal is no endpoint's failure, and a retry would meet the same limits: the
@@ -245,14 +259,12 @@ impl Stack {
                 Ok(Err(reason)) => return failed.map_or(Err(reason), Last::into_result),
                 Err(_elapsed) => return Err(expired),
             };
+            // Every breaker may have opened since the look, while the attempt waited in the
+            // queue: its token is then spent on nothing (the rate limit gives none back), a race
+            // no longer than the wait.
             let picked = match self.upstream.pick(&avoid) {
                 Ok(picked) => picked,
                 Err(reason) => return failed.map_or(Err(reason), Last::into_result),
-            };
-            let Some(attempt_body) = body.next() else {
-                // A teed body not copied whole cannot be sent again (a streamed one is never
-                // retried): the failed attempt's answer stands.
-                return failed.map_or(Err(Reason::BadRequest), Last::into_result);
             };
             let first = picked.index;
             avoid.insert(first);
@@ -272,12 +284,14 @@ impl Stack {
                         if picked.index == first || hedged.contains(&picked.index) {
                             return None;
                         }
-                        let slot = self.upstream.limits().try_admit().ok()?;
-                        // A hedge is an extra attempt, paid for like a retry.
-                        if !retry.budget().withdraw() {
-                            return None;
-                        }
                         let body = body.next()?;
+                        // A hedge is an extra attempt, paid for like a retry, once it has a slot
+                        // and before its token: what declines it spends no token.
+                        let slot = self
+                            .upstream
+                            .limits()
+                            .try_admit(|| retry.budget().withdraw())
+                            .ok()?;
                         avoid.insert(picked.index);
                         hedged.push(picked.index);
                         self.metrics.hedged();

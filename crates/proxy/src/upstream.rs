@@ -331,11 +331,16 @@ impl Pool {
                 });
             }
         }
-        Err(if self.endpoints.len() == 1 {
+        Err(self.refusal())
+    }
+
+    /// The answer to an attempt no endpoint may take.
+    fn refusal(&self) -> Reason {
+        if self.endpoints.len() == 1 {
             Reason::BreakerOpen
         } else {
             Reason::NoHealthyEndpoint
-        })
+        }
     }
 
     // The endpoint of `tier` the balancer chooses among the usable ones whose breaker admits a
@@ -384,9 +389,11 @@ impl Pool {
     }
 
     /// Whether [`Pool::pick`] could pick an endpoint now, asking no breaker: one that is
-    /// usable and whose breaker would admit, or one the ejection cap lets through. The outbox's
-    /// deliveries wait while it is false instead of trying each message in turn.
-    pub(crate) fn may_admit(&self) -> bool {
+    /// usable and whose breaker would admit, or one the ejection cap lets through; if not, the
+    /// refusal the pick would answer. The stack looks before the upstream's limits, so that an
+    /// attempt no endpoint may take spends no token; the outbox's deliveries wait while it
+    /// refuses instead of trying each message in turn.
+    pub(crate) fn may_admit(&self) -> Result<(), Reason> {
         let unhealthy = self.unhealthy.load(Ordering::Relaxed);
         let panic = unhealthy >= self.endpoints.len();
         let usable = |endpoint: &Endpoint| panic || endpoint.healthy.load(Ordering::Relaxed);
@@ -396,11 +403,12 @@ impl Pool {
             .iter()
             .filter(|endpoint| usable(endpoint) && !endpoint.is_forced_open())
             .count();
-        ejectable > self.max_ejected
+        let admits = ejectable > self.max_ejected
             || self
                 .endpoints
                 .iter()
-                .any(|endpoint| usable(endpoint) && endpoint.would_admit())
+                .any(|endpoint| usable(endpoint) && endpoint.would_admit());
+        if admits { Ok(()) } else { Err(self.refusal()) }
     }
 
     /// How many endpoints there are, primaries and backups.
@@ -824,7 +832,7 @@ mod tests {
             pool.pick(&tried([])).unwrap_err(),
             Reason::NoHealthyEndpoint
         );
-        assert!(!pool.may_admit());
+        assert!(pool.may_admit().is_err());
         // One forced open, the other tripped: one ejected by its breaker, within the cap.
         pool.endpoints[1].breaker.as_ref().unwrap().release();
         trip(&pool, 1);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use rampart_proxy::Proxy;
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, Fault, FaultProxy, Upstream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -112,6 +112,53 @@ async fn over_the_rate_the_answer_is_rate_limited_and_the_upstream_sees_only_the
     let refused = get(&proxy, "/").await;
     assert_refused(&refused, StatusCode::TOO_MANY_REQUESTS, "rate-limited");
     assert_eq!(upstream.request_count(), 5);
+}
+
+#[tokio::test]
+async fn a_request_no_endpoint_may_take_spends_no_token() {
+    // The only endpoint is a fault proxy refusing connections, in front of an upstream that
+    // answers once it listens again.
+    let behind = Upstream::start(Behavior::ok("ok")).await.unwrap();
+    let endpoint = FaultProxy::start(behind.addr()).await.unwrap();
+    endpoint.set_fault(Fault::Refuse).unwrap();
+    // Per minute, so that no token comes back while the test runs, however slow the machine.
+    let proxy = simple(
+        &[endpoint.addr()],
+        "[routes.retry]\nattempts = 1\n\
+         [routes.fallback]\non = [\"breaker-open\"]\nbody = \"later\"",
+        "[upstreams.app.limits]\nrate = \"10/m\"\nburst = 10\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 5\nopen_for = \"60s\"",
+    )
+    .await;
+
+    // Five attempts fail and open the breaker: five tokens spent.
+    for _ in 0..5 {
+        let response = get(&proxy, "/").await;
+        assert_refused(&response, StatusCode::BAD_GATEWAY, "upstream-connect");
+    }
+    // While it is open, every request gets the fallback: none is told to slow down for
+    // attempts that were never sent.
+    for i in 0..25 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        assert_eq!(response.headers()["x-rampart-fallback"], "breaker-open");
+        assert_eq!(response.body(), "later");
+    }
+
+    // The endpoint is back and its breaker closed: the five tokens left take five requests to
+    // it, and the sixth is over the rate.
+    endpoint.set_fault(Fault::None).unwrap();
+    for breaker in proxy.handle().breakers("app", None).unwrap() {
+        breaker.force_closed();
+    }
+    for i in 0..5 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        assert_eq!(response.body(), "ok");
+    }
+    let refused = get(&proxy, "/").await;
+    assert_refused(&refused, StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+    assert_eq!(behind.request_count(), 5);
 }
 
 #[tokio::test]
