@@ -397,17 +397,18 @@ impl Pool {
         let unhealthy = self.unhealthy.load(Ordering::Relaxed);
         let panic = unhealthy >= self.endpoints.len();
         let usable = |endpoint: &Endpoint| panic || endpoint.healthy.load(Ordering::Relaxed);
-        // As `pick` counts them: an endpoint forced open is out whatever the cap.
-        let ejectable = self
+        // One that admits first, the common case; then the cap, counting as `pick` does: an
+        // endpoint forced open is out whatever the cap.
+        let admits = self
             .endpoints
             .iter()
-            .filter(|endpoint| usable(endpoint) && !endpoint.is_forced_open())
-            .count();
-        let admits = ejectable > self.max_ejected
+            .any(|endpoint| usable(endpoint) && endpoint.would_admit())
             || self
                 .endpoints
                 .iter()
-                .any(|endpoint| usable(endpoint) && endpoint.would_admit());
+                .filter(|endpoint| usable(endpoint) && !endpoint.is_forced_open())
+                .count()
+                > self.max_ejected;
         if admits { Ok(()) } else { Err(self.refusal()) }
     }
 
