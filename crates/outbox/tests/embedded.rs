@@ -476,6 +476,19 @@ async fn a_restart_requeues_what_was_being_delivered_and_keeps_the_rest() {
     store.close().await.unwrap();
 }
 
+/// Writes `bytes` as the record of `id` in `table` of the closed store in `dir`.
+fn damage(dir: &std::path::Path, table: &str, id: MessageId, bytes: &[u8]) {
+    let file = dir.join(rampart_outbox::embedded::FILE_NAME);
+    let db = redb::Database::open(&file).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let definition: redb::TableDefinition<'_, u128, &[u8]> = redb::TableDefinition::new(table);
+        let mut table = txn.open_table(definition).unwrap();
+        table.insert(id.as_u128(), bytes).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_request_is_dead_lettered_and_does_not_block_its_queue() {
     let dir = TempDir::new("unreadable");
@@ -486,17 +499,7 @@ async fn an_unreadable_request_is_dead_lettered_and_does_not_block_its_queue() {
     store.close().await.unwrap();
 
     // Damage the first request's record behind the store's back.
-    let file = dir.path().join(rampart_outbox::embedded::FILE_NAME);
-    let db = redb::Database::open(&file).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let messages: redb::TableDefinition<'_, u128, &[u8]> =
-            redb::TableDefinition::new("messages");
-        let mut table = txn.open_table(messages).unwrap();
-        table.insert(bad.as_u128(), &[1u8, b'M', 0xff][..]).unwrap();
-    }
-    txn.commit().unwrap();
-    drop(db);
+    damage(dir.path(), "messages", bad, &[1u8, b'M', 0xff]);
 
     let store = open(dir.path(), &clock, Limits::default()).await;
     assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![good]);
@@ -517,19 +520,7 @@ async fn an_unreadable_status_leaves_its_message_aside_and_the_store_opens() {
     store.close().await.unwrap();
 
     // Damage the first message's status record behind the store's back.
-    let file = dir.path().join(rampart_outbox::embedded::FILE_NAME);
-    let db = redb::Database::open(&file).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let statuses: redb::TableDefinition<'_, u128, &[u8]> =
-            redb::TableDefinition::new("statuses");
-        let mut table = txn.open_table(statuses).unwrap();
-        table
-            .insert(bad.as_u128(), &[0xff, 0xff, 0xff][..])
-            .unwrap();
-    }
-    txn.commit().unwrap();
-    drop(db);
+    damage(dir.path(), "statuses", bad, &[0xff, 0xff, 0xff]);
 
     let store = open(dir.path(), &clock, Limits::default()).await;
     assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![good]);

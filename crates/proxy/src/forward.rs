@@ -243,8 +243,6 @@ async fn exchange(
     upstream: &mut FromUpstream,
 ) -> Response<ResponseBody> {
     let grpc = client.grpc;
-    // How the client's body failed the exchange, if it did, once the stack has given up.
-    let body_fault = || body_fault.as_ref().and_then(BodyFault::get);
     // No time left, or a garbled deadline header: answered at once, nothing is sent upstream.
     let found = header_budget(&parts.headers, grpc).and_then(|budget| {
         deadline_within(budget, stack.timeout(), turn::now()).map(|deadline| (deadline, budget))
@@ -297,20 +295,26 @@ async fn exchange(
         HopByHop::default()
     };
     rewrite_request(&mut parts, client.peer, hop_by_hop);
+    // The answer once the outbox or the stack has given up, with how the client's body failed
+    // the exchange, if it did.
+    let give_up = |reason| {
+        let body_fault = body_fault.as_ref().and_then(BodyFault::get);
+        gave_up(
+            stack,
+            reason,
+            body_fault,
+            stale_key.as_deref(),
+            grpc,
+            version,
+        )
+    };
     if let Some(outbox) = stack.outbox() {
         return match outbox
             .accept(stack.name(), parts, body, deadline.instant())
             .await
         {
             Ok(accepted) => accepted,
-            Err(reason) => gave_up(
-                stack,
-                reason,
-                body_fault(),
-                stale_key.as_deref(),
-                grpc,
-                version,
-            ),
+            Err(reason) => give_up(reason),
         };
     }
     let request = Request::from_parts(parts, body);
@@ -354,14 +358,7 @@ async fn exchange(
             };
             Response::from_parts(parts, body)
         }
-        Err(reason) => gave_up(
-            stack,
-            reason,
-            body_fault(),
-            stale_key.as_deref(),
-            grpc,
-            version,
-        ),
+        Err(reason) => give_up(reason),
     }
 }
 

@@ -46,6 +46,19 @@ fn traffic(upstream: &Upstream) -> usize {
         .count()
 }
 
+/// Waits until six requests in a row are answered by the endpoint `b`: the other one has been
+/// marked unhealthy.
+async fn until_only_b_answers(proxy: &rampart_proxy::Proxy) {
+    eventually("a is marked unhealthy", || async {
+        let mut from_b = 0;
+        while from_b < 6 && get(proxy, "/work").await.body() == "b" {
+            from_b += 1;
+        }
+        from_b == 6
+    })
+    .await;
+}
+
 const HTTP_CHECKS: &str = "balance = \"round-robin\"\n\
     [upstreams.app.breaker]\nenabled = false\n\
     [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
@@ -82,14 +95,7 @@ async fn an_endpoint_failing_its_checks_loses_its_traffic_until_it_passes_again(
     // `a` fails everything, its checks included: once they have failed twice in a row, every
     // request goes to `b`.
     a.set_behavior(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE));
-    eventually("a is marked unhealthy", || async {
-        let mut from_b = 0;
-        while from_b < 6 && get(&proxy, "/work").await.body() == "b" {
-            from_b += 1;
-        }
-        from_b == 6
-    })
-    .await;
+    until_only_b_answers(&proxy).await;
     let before = traffic(&a);
     for _ in 0..20 {
         let response = get(&proxy, "/work").await;
@@ -124,14 +130,7 @@ async fn an_endpoint_failing_its_checks_stays_out_across_a_reload_of_its_upstrea
             .upstream(HTTP_CHECKS)
     };
     let proxy = builder("").start().await;
-    eventually("a is marked unhealthy", || async {
-        let mut from_b = 0;
-        while from_b < 6 && get(&proxy, "/work").await.body() == "b" {
-            from_b += 1;
-        }
-        from_b == 6
-    })
-    .await;
+    until_only_b_answers(&proxy).await;
 
     // The upstream changes (not its checks): its pool is built anew, with new checks.
     let changed = builder("connect_timeout = \"2s\"").toml();

@@ -282,12 +282,11 @@ async fn runtime_changes_are_named_as_needing_a_restart() {
     assert!(summary.is_empty());
     assert_eq!(summary.to_string(), "no change");
 
-    let summary = proxy
-        .reload(&config(&format!(
-            "[runtime]\ndrain_timeout = \"1s\"\n\n{LISTENER}{}",
-            route("a", a.addr())
-        )))
-        .unwrap();
+    let shorter_drain = config(&format!(
+        "[runtime]\ndrain_timeout = \"1s\"\n\n{LISTENER}{}",
+        route("a", a.addr())
+    ));
+    let summary = proxy.reload(&shorter_drain).unwrap();
     assert_eq!(summary.needs_restart, ["[runtime]"]);
     assert_eq!(
         summary.to_string(),
@@ -297,12 +296,7 @@ async fn runtime_changes_are_named_as_needing_a_restart() {
 
     // Not applied, so not forgotten: the next reload of the same file says it again, and the
     // configuration served is still the one running.
-    let summary = proxy
-        .reload(&config(&format!(
-            "[runtime]\ndrain_timeout = \"1s\"\n\n{LISTENER}{}",
-            route("a", a.addr())
-        )))
-        .unwrap();
+    let summary = proxy.reload(&shorter_drain).unwrap();
     assert_eq!(summary.needs_restart, ["[runtime]"]);
     assert_ne!(
         proxy.handle().config().runtime.drain_timeout,
