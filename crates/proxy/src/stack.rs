@@ -257,7 +257,9 @@ impl Stack {
             {
                 Ok(Ok(slot)) => slot,
                 Ok(Err(reason)) => return failed.map_or(Err(reason), Last::into_result),
-                Err(_elapsed) => return Err(expired),
+                // A retry that waited for a place until the deadline: the answer in hand, if
+                // any, is worth more than a timeout.
+                Err(_elapsed) => return failed.map_or(Err(expired), Last::into_result),
             };
             // Every breaker may have opened since the look, while the attempt waited in the
             // queue: its token is then spent on nothing (the rate limit gives none back), a race

@@ -181,3 +181,48 @@ async fn the_adaptive_limit_refuses_past_its_limit_at_once() {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn a_retry_kept_waiting_for_a_place_until_the_deadline_hands_back_the_answer_in_hand() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let hanging = Upstream::start(Behavior::Hang).await.unwrap();
+    // One place for the upstream's two routes; `main` retries after a backoff of 396 ms (the
+    // jitter drawn at its top), `hold` keeps its place for as long as its endpoint hangs.
+    let proxy = rampart_test_support::ProxyBuilder::from_toml(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nname = \"hold\"\nmatch = {{ path_prefix = \"/hold\" }}\nupstream = \"app\"\n\
+         timeout = \"30s\"\n[routes.retry]\nattempts = 1\n\
+         [[routes]]\nname = \"main\"\nupstream = \"app\"\ntimeout = \"1s\"\n\
+         [routes.retry]\nattempts = 2\nbackoff = {{ base = \"400ms\", max = \"400ms\" }}\n\n\
+         [upstreams.app]\nendpoints = [\"{}\", \"{}\"]\nbalance = \"round-robin\"\n\
+         [upstreams.app.breaker]\nenabled = false\n\
+         [upstreams.app.limits]\nmax_concurrent = 1\nmax_pending = 1\npending_timeout = \"30s\"\n",
+        failing.addr(),
+        hanging.addr(),
+    ))
+    .rng(rampart_policy::rng::Rng::fixed(0.99))
+    .start()
+    .await;
+
+    let main = spawn_get(&proxy);
+    failing.wait_for_requests(1).await;
+    // While `main` backs off, a request to `hold` takes the one place (round-robin's next
+    // endpoint, the hanging one) and keeps it past `main`'s deadline.
+    let hold = tokio::spawn({
+        let uri = format!("http://{}/hold", addr(&proxy));
+        async move {
+            let request = hyper::Request::get(uri).body(Default::default()).unwrap();
+            send(&http1(), request).await
+        }
+    });
+    hanging.wait_for_requests(1).await;
+
+    // The retry waited for the place until the deadline: the first attempt's 503 is the
+    // answer, not a timeout.
+    let answer = main.await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&answer), None, "{:?}", answer.headers());
+    hold.abort();
+}
