@@ -294,9 +294,7 @@ impl Pool {
     /// endpoint (or a cap of 100%), nothing overrides the breakers, and the answer is
     /// `breaker-open` for a lone endpoint, `no-healthy-endpoint` otherwise.
     pub(crate) fn pick(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
-        let unhealthy = self.unhealthy.load(Ordering::Relaxed);
-        let panic = unhealthy >= self.endpoints.len();
-        let usable = |index: usize| panic || self.endpoints[index].healthy.load(Ordering::Relaxed);
+        let usable = self.usable();
         let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
         if let Some(picked) = self
             .admitting(primaries.clone(), avoid, &usable)
@@ -304,13 +302,8 @@ impl Pool {
         {
             return Ok(picked);
         }
-        // An endpoint an operator forced open is out whatever the cap: forcing every breaker
-        // open must stop the traffic, not be overridden as a mass ejection.
-        let ejectable = |index: usize| usable(index) && !self.endpoints[index].is_forced_open();
-        let healthy = (0..self.endpoints.len())
-            .filter(|&index| ejectable(index))
-            .count();
-        if healthy > self.max_ejected {
+        let ejectable = self.ejectable(&usable);
+        if self.beyond_cap(&ejectable) {
             let chosen = [primaries, backups]
                 .into_iter()
                 .find_map(|tier| {
@@ -332,6 +325,29 @@ impl Pool {
             }
         }
         Err(self.refusal())
+    }
+
+    /// Whether the endpoint at `index` may take attempts as far as health goes: it is healthy,
+    /// or no endpoint is (fail open).
+    fn usable(&self) -> impl Fn(usize) -> bool + '_ {
+        let panic = self.unhealthy.load(Ordering::Relaxed) >= self.endpoints.len();
+        move |index| panic || self.endpoints[index].healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint at `index` counts for the ejection cap, and may be used past its
+    /// breaker: `usable`, and not forced open by an operator, whose decision stands whatever
+    /// the cap (forcing every breaker open stops the traffic).
+    fn ejectable<'a>(&'a self, usable: &'a impl Fn(usize) -> bool) -> impl Fn(usize) -> bool + 'a {
+        move |index| usable(index) && !self.endpoints[index].is_forced_open()
+    }
+
+    /// Whether more endpoints are `ejectable` than the cap lets be ejected at once: then one is
+    /// used though its breaker refuses.
+    fn beyond_cap(&self, ejectable: impl Fn(usize) -> bool) -> bool {
+        (0..self.endpoints.len())
+            .filter(|&index| ejectable(index))
+            .count()
+            > self.max_ejected
     }
 
     /// The answer to an attempt no endpoint may take.
@@ -394,21 +410,11 @@ impl Pool {
     /// attempt no endpoint may take spends no token; the outbox's deliveries wait while it
     /// refuses instead of trying each message in turn.
     pub(crate) fn may_admit(&self) -> Result<(), Reason> {
-        let unhealthy = self.unhealthy.load(Ordering::Relaxed);
-        let panic = unhealthy >= self.endpoints.len();
-        let usable = |endpoint: &Endpoint| panic || endpoint.healthy.load(Ordering::Relaxed);
-        // One that admits first, the common case; then the cap, counting as `pick` does: an
-        // endpoint forced open is out whatever the cap.
-        let admits = self
-            .endpoints
-            .iter()
-            .any(|endpoint| usable(endpoint) && endpoint.would_admit())
-            || self
-                .endpoints
-                .iter()
-                .filter(|endpoint| usable(endpoint) && !endpoint.is_forced_open())
-                .count()
-                > self.max_ejected;
+        let usable = self.usable();
+        // One that admits first, the common case; then the cap, as `pick` counts it.
+        let admits = (0..self.endpoints.len())
+            .any(|index| usable(index) && self.endpoints[index].would_admit())
+            || self.beyond_cap(self.ejectable(&usable));
         if admits { Ok(()) } else { Err(self.refusal()) }
     }
 
