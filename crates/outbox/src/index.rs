@@ -94,10 +94,6 @@ impl Index {
         self.next_token = token;
     }
 
-    pub(crate) fn last_token(&self) -> u64 {
-        self.next_token
-    }
-
     pub(crate) fn entry(&self, id: u128) -> Option<&Entry> {
         self.entries.get(&id)
     }

@@ -89,7 +89,8 @@ impl Embedded {
     pub async fn open(options: Options) -> Result<Embedded, Error> {
         let path = options.dir.join(FILE_NAME);
         let clock = options.clock.clone();
-        let (db, loaded) = tokio::task::spawn_blocking(move || writer::open(&path, &clock))
+        let opened = path.clone();
+        let (db, loaded) = tokio::task::spawn_blocking(move || writer::open(&opened, &clock))
             .await
             .map_err(Error::backend)??;
         let shared = Arc::new(Shared {
@@ -99,13 +100,16 @@ impl Embedded {
             limits: options.limits,
             lease: options.lease,
             retention: options.retention,
+            broken: Mutex::new(None),
         });
         let (jobs, receiver) = mpsc::channel(QUEUE);
         let writer = Writer {
-            db,
+            db: Some(db),
+            path,
             shared: shared.clone(),
             jobs: receiver,
             ids: IdGenerator::new(loaded.last_id, options.rng),
+            last_reopen: None,
         };
         // On tokio's blocking pool for the store's whole life. There, on a paused test clock,
         // it also keeps tokio from jumping time forward while a job waits for its commit: tests
@@ -289,6 +293,9 @@ impl Store for Embedded {
         Box::pin(async move {
             if self.jobs.is_closed() {
                 return Err(Error::Closed);
+            }
+            if let Some(err) = self.shared.out_of_service() {
+                return Err(err);
             }
             let mut index = self.shared.index();
             index.refresh_all(self.shared.clock.now());

@@ -8,10 +8,18 @@
 //!
 //! The writer runs on tokio's blocking pool, not as an async task: a commit blocks on fsync,
 //! which must not stall a runtime worker.
+//!
+//! A commit that fails on I/O (a full disk, a failing device) leaves redb's database refusing
+//! every later transaction until it is opened again. So after any failed commit the writer
+//! closes the file and opens it again at once, as a restart would: the file holds the last
+//! committed transaction, messages that were leased are queued again, and leases handed out
+//! before are void (a delivery under way may be made twice: at least once). While the file
+//! cannot be opened (the disk is still full), every operation fails at once, saying why, and the
+//! writer tries again at most once every [`REOPEN_EVERY`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -39,6 +47,9 @@ pub(super) const MAX_BATCH: usize = 1024;
 /// Tombstones purged per transaction at most, so that a backlog of them never makes one commit
 /// long.
 const PURGE_PER_BATCH: usize = 1024;
+/// How often a writer whose database could not be opened again tries once more. Each try reads
+/// every status record, so not at every operation.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 /// An operation and where to send its result.
 pub(super) struct Job {
@@ -115,6 +126,8 @@ pub(super) struct Shared {
     pub(super) limits: Limits,
     pub(super) lease: Duration,
     pub(super) retention: Duration,
+    /// Why the database is out of service, while it is (see [`Writer::reopen`]).
+    pub(super) broken: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -123,13 +136,33 @@ impl Shared {
         // next commit's failure path (a rebuild from disk) repairs; keep serving.
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The error an operation meets while the database is out of service.
+    pub(super) fn out_of_service(&self) -> Option<Error> {
+        let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        broken.as_ref().map(|why| {
+            Error::backend(format!(
+                "{why}; the store is opened again every {} s until that succeeds",
+                REOPEN_EVERY.as_secs()
+            ))
+        })
+    }
+
+    fn set_broken(&self, why: Option<String>) {
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
 }
 
 pub(super) struct Writer {
-    pub(super) db: Database,
+    /// `None` while out of service: a failed commit closed it and opening it again failed.
+    pub(super) db: Option<Database>,
+    /// The database file, to open it again.
+    pub(super) path: PathBuf,
     pub(super) shared: Arc<Shared>,
     pub(super) jobs: mpsc::Receiver<Job>,
     pub(super) ids: IdGenerator,
+    /// When opening the database again was last tried.
+    pub(super) last_reopen: Option<Instant>,
 }
 
 impl Writer {
@@ -146,11 +179,21 @@ impl Writer {
             }
             let close = batch.iter().position(|j| matches!(j.op, Op::Close));
             let closing = close.map(|i| batch.remove(i));
-            self.run_batch(&mut batch);
+            if self.db.is_none() {
+                self.reopen();
+            }
+            if self.db.is_some() {
+                self.run_batch(&mut batch);
+            } else {
+                for job in batch.drain(..) {
+                    let err = self.shared.out_of_service().unwrap_or(Error::Closed);
+                    let _ = job.reply.send(Err(err));
+                }
+            }
             if let Some(job) = closing {
                 // Jobs sent after the close find the channel closed: `Error::Closed`.
                 self.jobs.close();
-                drop(self.db);
+                drop(self.db.take());
                 let _ = job.reply.send(Ok(Done::Closed));
                 return;
             }
@@ -177,20 +220,43 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "outbox commit failed; reloading the index from disk");
+                tracing::error!(error = %e, "outbox: a commit failed; opening the store again");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(Error::backend(e.to_string())));
                 }
-                // The index ran ahead of a transaction that did not commit: rebuild it from
-                // what the database holds.
-                match load_index(&self.db, self.shared.clock.now()) {
-                    Ok(mut loaded) => {
-                        let mut index = self.shared.index();
-                        loaded.index.start_tokens(index.last_token());
-                        *index = loaded.index;
-                    }
-                    Err(e) => tracing::error!(error = %e, "outbox index reload failed"),
-                }
+                // redb refuses every transaction after a failed commit until it is opened
+                // again; and the index ran ahead of what did not commit. Both are rebuilt from
+                // the file, as at a restart.
+                // The file's lock is released before it is taken again.
+                drop(self.db.take());
+                self.shared
+                    .set_broken(Some(format!("a commit failed: {}", cause(&e))));
+                self.reopen();
+            }
+        }
+    }
+
+    /// Opens the database again, rebuilding the index from it, unless that was tried less than
+    /// [`REOPEN_EVERY`] ago. While it is not open the store stays out of service, saying why.
+    fn reopen(&mut self) {
+        if self
+            .last_reopen
+            .is_some_and(|at| at.elapsed() < REOPEN_EVERY)
+        {
+            return;
+        }
+        self.last_reopen = Some(Instant::now());
+        match open(&self.path, &self.shared.clock) {
+            Ok((db, loaded)) => {
+                *self.shared.index() = loaded.index;
+                self.db = Some(db);
+                self.shared.set_broken(None);
+                tracing::info!("outbox: the store is open again");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox: the store cannot be opened again");
+                self.shared
+                    .set_broken(Some(format!("it cannot be opened: {}", cause(&e))));
             }
         }
     }
@@ -202,7 +268,8 @@ impl Writer {
         fsync: bool,
         results: &mut Vec<Result<Done, Error>>,
     ) -> Result<(), Error> {
-        let mut txn = self.db.begin_write().or_backend()?;
+        let db = self.db.as_ref().ok_or(Error::Closed)?;
+        let mut txn = db.begin_write().or_backend()?;
         txn.set_durability(if fsync {
             Durability::Immediate
         } else {
@@ -441,6 +508,14 @@ impl<'txn> Tables<'txn> {
             .insert(status.id.as_u128(), bytes.as_slice())
             .or_backend()?;
         Ok(())
+    }
+}
+
+/// What the backend said, without the "store failed" an [`Error::Backend`] wraps it in.
+fn cause(e: &Error) -> String {
+    match e {
+        Error::Backend(source) => source.to_string(),
+        other => other.to_string(),
     }
 }
 
