@@ -1234,6 +1234,7 @@ const OUTBOX_KEYS: &[&str] = &[
     "nats",
     "max_messages",
     "max_bytes",
+    "max_buffered",
     "on_full",
     "max_age",
     "retention",
@@ -1330,6 +1331,15 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
                 Ok(bytes)
             })
             .unwrap_or(ByteSize(1 << 30)),
+        max_buffered: cx
+            .get(t, "max_buffered", |v| {
+                let bytes = size(v)?;
+                if bytes.0 == 0 {
+                    return Err(Invalid::new("expected a size above zero", SIZE_ALLOWED));
+                }
+                Ok(bytes)
+            })
+            .unwrap_or(ByteSize(64 << 20)),
         on_full: cx
             .get(
                 t,
@@ -2311,7 +2321,7 @@ mod tests {
     }
 
     #[test]
-    fn the_outbox_byte_limit_defaults_to_one_gibibyte_and_refuses_zero() {
+    fn the_outbox_byte_limits_have_defaults_and_refuse_zero() {
         let o = ok("[outbox]\n").outbox.expect("an outbox");
         assert_eq!(o.max_bytes, ByteSize(1 << 30));
         let o = ok("[outbox]\nmax_bytes = \"64MiB\"\n")
@@ -2320,6 +2330,11 @@ mod tests {
         assert_eq!(o.max_bytes, ByteSize(64 << 20));
         let e = errors("[outbox]\nmax_bytes = \"0B\"\n");
         assert_eq!(e[0].path(), "outbox.max_bytes");
+        assert_eq!(o.max_buffered, ByteSize(64 << 20));
+        let o = ok("[outbox]\nmax_buffered = \"1MiB\"\n").outbox.unwrap();
+        assert_eq!(o.max_buffered, ByteSize(1 << 20));
+        let e = errors("[outbox]\nmax_buffered = \"0B\"\n");
+        assert_eq!(e[0].path(), "outbox.max_buffered");
         assert!(e[0].message().contains("above zero"), "{}", e[0].message());
     }
 

@@ -421,6 +421,9 @@ pub struct Outbox {
     pub max_messages: u64,
     /// `max_bytes`: the messages' encoded size held at most. Default 1GiB.
     pub max_bytes: ByteSize,
+    /// `max_buffered`: the request bodies async routes hold in memory at once while they read
+    /// and store them. Default 64MiB.
+    pub max_buffered: ByteSize,
     /// `on_full`: default `reject`.
     pub on_full: OnFull,
     /// `max_age`: then a message is dead-lettered. Default 24h.

@@ -74,12 +74,13 @@ impl Display for Summary<'_> {
                 writeln!(
                     f,
                     "outbox     {store}, max {} messages or {}, on full {}, max age {}, \
-                     tombstones kept {}",
+                     tombstones kept {}, bodies buffered at most {}",
                     o.max_messages,
                     o.max_bytes,
                     o.on_full.as_str(),
                     dur(o.max_age),
-                    dur(o.retention)
+                    dur(o.retention),
+                    o.max_buffered
                 )
             }
             None => writeln!(f, "outbox     none"),

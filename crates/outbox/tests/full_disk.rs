@@ -9,7 +9,9 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::{TempDir, request};
 use rampart_outbox::{Embedded, Error, Options, State, Store};

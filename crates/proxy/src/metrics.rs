@@ -184,6 +184,8 @@ pub(crate) struct OutboxMetrics {
     pub(crate) dead: Counter,
     /// Messages dropped by `on_full = "drop-oldest"`.
     pub(crate) dropped: Counter,
+    /// Bytes of request bodies async routes hold while they read and store them.
+    pub(crate) buffered: Gauge,
 }
 
 /// One upstream's series.
@@ -294,6 +296,11 @@ impl Metrics {
             "rampart_outbox_dropped",
             "Messages of async routes dropped to make room (on_full = \"drop-oldest\")",
             metrics.outbox.dropped.clone(),
+        );
+        registry.register(
+            "rampart_outbox_buffered_bytes",
+            "Bytes of request bodies async routes hold in memory while they read and store them (max_buffered)",
+            metrics.outbox.buffered.clone(),
         );
         metrics
     }
@@ -620,6 +627,7 @@ mod tests {
             "rampart_outbox_delivered_total 0",
             "rampart_outbox_dead_total 0",
             "rampart_outbox_dropped_total 0",
+            "rampart_outbox_buffered_bytes 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

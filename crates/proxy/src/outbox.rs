@@ -33,12 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
 use rampart_http::classify::{RetryHint, retry_hint};
@@ -48,7 +49,7 @@ use rampart_outbox::{
 };
 use rampart_policy::retry::ExponentialBackoff;
 use rampart_policy::rng::Rng;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -88,6 +89,7 @@ pub(crate) struct Outbox {
     max_age: Duration,
     backoff: ExponentialBackoff,
     metrics: OutboxMetrics,
+    buffered: Buffered,
 }
 
 // === impl Outbox ===
@@ -159,6 +161,7 @@ impl Outbox {
             longest_delivery: lease / 2,
             max_age: outbox.max_age,
             backoff,
+            buffered: Buffered::new(outbox.max_buffered.bytes(), metrics.buffered.clone()),
             metrics,
         })))
     }
@@ -177,11 +180,15 @@ impl Outbox {
         body: RequestBody,
         deadline: Instant,
     ) -> Result<Response<ResponseBody>, Reason> {
-        let body = match tokio::time::timeout_at(deadline, body.collect()).await {
-            Ok(Ok(body)) => body.to_bytes(),
+        let (body, _held) = match tokio::time::timeout_at(deadline, self.buffered.read(body)).await
+        {
+            Ok(Ok(read)) => read,
+            // `max_buffered` is taken by the bodies of other requests: shed at once, holding
+            // nothing, rather than wait holding part of the budget others wait for.
+            Ok(Err(Unread::NoRoom)) => return Err(Reason::Overloaded),
             // The body outgrew `max_request_body`, stalled past `body_idle_timeout`, or the
             // client went away: the caller answers each as it does for a forwarded request.
-            Ok(Err(_)) => {
+            Ok(Err(Unread::Body)) => {
                 let fault = parts.extensions.get::<BodyFault>().and_then(BodyFault::get);
                 return Err(match fault {
                     Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
@@ -455,6 +462,97 @@ impl Delivery {
                 .find(|stack| stack.name() == self.route && stack.outbox().is_some())
                 .cloned()
         })
+    }
+}
+
+/// The memory the bodies of async requests hold while they are read and stored (`[outbox]
+/// max_buffered`), counted in KiB. Without it nothing but `max_connections` times the HTTP/2
+/// streams times `max_request_body` bounded it: a burst of large posts could take gigabytes.
+#[derive(Debug)]
+struct Buffered {
+    kib: Semaphore,
+    /// The whole budget: a body may hold all of it, never more.
+    total: u32,
+    /// `rampart_outbox_buffered_bytes`.
+    gauge: Gauge,
+}
+
+/// What [`Buffered::read`] sets aside before a body arrives, at most: its declared length is
+/// only a claim.
+const FIRST_BUFFER: u64 = 64 << 10;
+
+/// Why [`Buffered::read`] read no body.
+enum Unread {
+    /// The budget has no room for it.
+    NoRoom,
+    /// The body failed (its fault is in the request's extensions).
+    Body,
+}
+
+/// A body's share of the budget, given back when dropped.
+struct Held<'a> {
+    permit: SemaphorePermit<'a>,
+    bytes: i64,
+    gauge: &'a Gauge,
+}
+
+impl Buffered {
+    fn new(max: u64, gauge: Gauge) -> Buffered {
+        let total = u32::try_from(max.div_ceil(1024)).unwrap_or(u32::MAX);
+        Buffered {
+            kib: Semaphore::new(total as usize),
+            total,
+            gauge,
+        }
+    }
+
+    /// Reads `body` whole, holding its size of the budget as it arrives, until the share
+    /// returned is dropped. What a body holds is what it sent, not what it declared: a client
+    /// declaring a large length and sending slowly holds nothing it has not sent. A body larger
+    /// than the whole budget holds all of it, so it is read alone; `max_request_body` still
+    /// bounds it.
+    async fn read(&self, mut body: RequestBody) -> Result<(Bytes, Held<'_>), Unread> {
+        let declared = hyper::body::Body::size_hint(&body).lower();
+        let mut held = Held {
+            permit: self.kib.try_acquire_many(0).map_err(|_| Unread::NoRoom)?,
+            bytes: 0,
+            gauge: &self.gauge,
+        };
+        let mut read =
+            BytesMut::with_capacity(usize::try_from(declared.min(FIRST_BUFFER)).unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Unread::Body)?;
+            if let Ok(data) = frame.into_data() {
+                self.grow(&mut held, data.len())?;
+                read.extend_from_slice(&data);
+            }
+        }
+        Ok((read.freeze(), held))
+    }
+
+    /// Makes `held` cover `more` bytes besides its own, if the budget has room.
+    fn grow<'a>(&'a self, held: &mut Held<'a>, more: usize) -> Result<(), Unread> {
+        let bytes = held.bytes + more as i64;
+        let want = u32::try_from((bytes as u64).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.total);
+        let have = held.permit.num_permits() as u32;
+        if want > have {
+            let more = self
+                .kib
+                .try_acquire_many(want - have)
+                .map_err(|_| Unread::NoRoom)?;
+            held.permit.merge(more);
+        }
+        self.gauge.inc_by(bytes - held.bytes);
+        held.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
     }
 }
 

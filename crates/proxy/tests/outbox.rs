@@ -592,3 +592,71 @@ async fn a_reload_raising_a_routes_timeout_cannot_make_a_delivery_outlive_its_le
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn bodies_past_max_buffered_are_shed_with_503_and_taken_once_there_is_room() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("buffered");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = async_proxy(
+        dir.path(),
+        upstream.addr(),
+        "max_buffered = \"3KiB\"",
+        "",
+        "",
+    )
+    .await;
+    let buffered = || {
+        let text = metrics(&proxy);
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("rampart_outbox_buffered_bytes "))
+            .expect("the gauge is there")
+            .to_owned();
+        line["rampart_outbox_buffered_bytes ".len()..]
+            .parse::<u64>()
+            .unwrap()
+    };
+
+    // A slow client: 2,500 of its 3,000 bytes sent, which hold the whole budget (in KiB).
+    let mut slow = tokio::net::TcpStream::connect(common::addr(&proxy))
+        .await
+        .unwrap();
+    let head = "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-length: 3000\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[b'a'; 2500]).await.unwrap();
+    until("the slow body is held", || async { buffered() == 2500 }).await;
+
+    // Meanwhile another post finds no room: shed at once, nothing stored.
+    let shed = post(&proxy, "a small order").await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&shed), Some("overloaded"));
+    assert!(!shed.headers().contains_key("x-rampart-message-id"));
+
+    // The slow body completes within what it holds, and is accepted.
+    slow.write_all(&[b'a'; 500]).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = slow.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    until("the budget is given back", || async { buffered() == 0 }).await;
+
+    // Room again; and a body larger than the whole budget is read alone, not refused forever.
+    accepted(&post(&proxy, "a small order").await);
+    let large = send(
+        &http1(),
+        request(&proxy, "/orders")
+            .method("POST")
+            .body(Full::new(Bytes::from(vec![b'b'; 4096])))
+            .unwrap(),
+    )
+    .await;
+    accepted(&large);
+    assert_eq!(buffered(), 0);
+    let store = proxy.handle().outbox().unwrap();
+    until("all three are delivered", || async {
+        store.summary().await.unwrap().total.delivered == 3
+    })
+    .await;
+    proxy.shutdown().await;
+}

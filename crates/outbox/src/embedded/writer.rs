@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -162,7 +162,7 @@ pub(super) struct Writer {
     pub(super) jobs: mpsc::Receiver<Job>,
     pub(super) ids: IdGenerator,
     /// When opening the database again was last tried.
-    pub(super) last_reopen: Option<Instant>,
+    pub(super) last_reopen: Option<Timestamp>,
 }
 
 impl Writer {
@@ -239,13 +239,14 @@ impl Writer {
     /// Opens the database again, rebuilding the index from it, unless that was tried less than
     /// [`REOPEN_EVERY`] ago. While it is not open the store stays out of service, saying why.
     fn reopen(&mut self) {
+        let now = self.shared.clock.now();
         if self
             .last_reopen
-            .is_some_and(|at| at.elapsed() < REOPEN_EVERY)
+            .is_some_and(|at| now.saturating_since(at) < REOPEN_EVERY)
         {
             return;
         }
-        self.last_reopen = Some(Instant::now());
+        self.last_reopen = Some(now);
         match open(&self.path, &self.shared.clock) {
             Ok((db, loaded)) => {
                 *self.shared.index() = loaded.index;
