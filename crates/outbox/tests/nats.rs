@@ -993,3 +993,52 @@ fn body_of(tag: u64) -> rampart_outbox::Request {
     let line = format!("{tag:020}|");
     request(tag, &line.repeat(1024 / line.len() + 1).as_bytes()[..1024])
 }
+
+/// Waits (up to 10 s) until `check` holds.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A post refused while the server is down (the client would have kept it in its buffer and
+/// sent it once connected again) is not delivered once the server is back: the caller was told
+/// it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_refused_while_the_server_is_down_is_never_delivered() {
+    let mut server = NatsServer::start();
+    let clock = real();
+    let store = connect(&server, &clock, Limits::default()).await;
+    let kept = store.append("orders", request(1, b"kept")).await.unwrap();
+    server.kill();
+    until("the store sees the server gone", || !store.is_connected()).await;
+    let refused = store.append("orders", request(2, b"refused")).await;
+    assert!(matches!(refused, Err(Error::Backend(_))), "{refused:?}");
+
+    server.restart();
+    until("the store is connected again", || store.is_connected()).await;
+    let taken = store
+        .take("orders", 10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(ids(&taken), [kept]);
+    for leased in taken {
+        store.delivered(leased.lease).await.unwrap();
+    }
+    // Whatever the client had buffered went out with the reconnection.
+    let late = store
+        .take("orders", 10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        late.is_empty(),
+        "a refused append was delivered: {:?}",
+        ids(&late)
+    );
+    assert_eq!(store.summary().await.unwrap().total.pending(), 0);
+    store.close().await.unwrap();
+}

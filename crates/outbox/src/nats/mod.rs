@@ -243,6 +243,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Nats {
+    /// Whether the client is connected to a server now. While it is not, appends fail at once.
+    pub fn is_connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Connects to the server, creates the stream and the status bucket when missing, and reads
     /// every status into the store's view. Fails with [`Error::Backend`] carrying a
     /// [`NatsError`] that names the server, the stream and what failed.

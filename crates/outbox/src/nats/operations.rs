@@ -18,6 +18,10 @@ use crate::record::{self, MAX_ERROR_LEN, MessageRecord};
 use crate::store::{Limits, OnFull};
 use crate::time::Timestamp;
 
+/// How long an append that failed waits for its message to be marked dropped (see
+/// [`Inner::disown`]).
+const DISOWN_WAIT: Duration = Duration::from_millis(250);
+
 impl Inner {
     pub(super) async fn append(&self, route: &str, request: Request) -> Result<MessageId, Error> {
         self.check_open()?;
@@ -31,13 +35,28 @@ impl Inner {
         let token = names::token(route);
         let mut tries = 0;
         let id = loop {
+            // While disconnected the client would keep the message in its buffer and send it
+            // once connected again, long after the caller was told it failed: a 503'd post
+            // delivered later. Refused here instead, nothing sent.
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(self
+                    .place
+                    .error("publishing a message", "not connected to the server"));
+            }
             let id = lock(&self.ids).next(now);
             // The message first: once it is in the stream it will be delivered, and a taker
             // that finds no status (this process died before writing it) writes one.
             let subject = self.names.queued(&token, id);
-            let stored = self
+            let stored = match self
                 .publish(subject, id, id.to_string(), payload.clone())
-                .await?;
+                .await
+            {
+                Ok(stored) => stored,
+                Err(err) => {
+                    self.disown(id, route, size, now).await;
+                    return Err(err);
+                }
+            };
             // JetStream keeps one message per `Nats-Msg-Id`: a duplicate is another instance's
             // message, which drew the same id in the same millisecond. Draw again.
             if !stored.duplicate {
@@ -55,6 +74,30 @@ impl Inner {
         self.record(&status, None).await?;
         self.purge_tombstones().await;
         Ok(id)
+    }
+
+    /// Marks a message whose publish failed as dropped, should it reach the stream after all
+    /// (the connection broke after it was sent; the client sends what it buffered once connected
+    /// again): a taker acknowledges it without delivering it, as the caller was told it failed.
+    /// Best effort: when the status cannot be written either, such a message is delivered.
+    ///
+    /// The wait is short: the write is in the client's buffer once sent, and goes out with the
+    /// message when the connection is back; only its acknowledgement is not waited for.
+    async fn disown(&self, id: MessageId, route: &str, size: u64, now: Timestamp) {
+        let status = tombstone(
+            Status::accepted(id, route.into(), now, size),
+            State::Dropped,
+            now,
+        );
+        match tokio::time::timeout(DISOWN_WAIT, self.record(&status, None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(%id, error = %err, "outbox: a failed publish could not be disowned");
+            }
+            Err(_elapsed) => {
+                tracing::debug!(%id, "outbox: a failed publish's disowning is not acknowledged");
+            }
+        }
     }
 
     /// Makes room for a message of `size` bytes: nothing to do, messages dropped
