@@ -184,6 +184,21 @@ fn the_async_scenario_over_grpc_is_refused_with_the_reason() {
     assert!(stderr.contains("202 Accepted"), "{stderr}");
 }
 
+#[test]
+fn a_closed_stderr_changes_no_verdict() {
+    // `rampart demo 2>&1 | head -0`: what the demo says has no reader; its exit code still
+    // tells why it stopped, not a panic's 101.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--protocol", "grpc", "--scenario", "async", "--out"])
+        .arg(std::env::temp_dir().join("rampart-demo-never-written"))
+        .stderr(writer)
+        .output()
+        .expect("the rampart binary runs");
+    assert_eq!(run.status.code(), Some(2));
+}
+
 /// The processes whose parent is `pid`, from /proc.
 #[cfg(target_os = "linux")]
 fn children(pid: u32) -> Vec<u32> {

@@ -23,6 +23,15 @@
 pub mod load;
 pub mod sidecar;
 
+/// `eprintln!` that goes on quietly when stderr is gone (`rampart demo 2>&1 | head`): the
+/// demo's work, and stopping every process it started, matter more than its narration.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod chart;
 mod cluster;
 mod grpc;

@@ -32,7 +32,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let scenarios = match chosen(&args.scenarios, args.protocol) {
         Ok(scenarios) => scenarios,
         Err(why) => {
-            eprintln!("rampart demo: {why}");
+            say!("rampart demo: {why}");
             return ExitCode::from(2);
         }
     };
@@ -42,7 +42,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("rampart demo: cannot start the runtime: {err}");
+            say!("rampart demo: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -52,17 +52,17 @@ pub(crate) fn run(args: Args) -> ExitCode {
             result = demo(&args, &scenarios, exploring.clone()) => match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("rampart demo: {err}");
+                    say!("rampart demo: {err}");
                     ExitCode::FAILURE
                 }
             },
             // Dropping the demo's future drops every process handle: each child is killed.
             _ = tokio::signal::ctrl_c() => {
                 if exploring.load(Ordering::Acquire) {
-                    eprintln!("\nstopping the setup");
+                    say!("\nstopping the setup");
                     ExitCode::SUCCESS
                 } else {
-                    eprintln!("\nrampart demo: interrupted; every process it started is stopped");
+                    say!("\nrampart demo: interrupted; every process it started is stopped");
                     ExitCode::from(130)
                 }
             }
@@ -97,7 +97,7 @@ fn chosen(asked: &[Scenario], protocol: Protocol) -> Result<Vec<Scenario>, Strin
 async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -> io::Result<()> {
     let timing = Timing::new(args.quick);
     let names: Vec<&str> = scenarios.iter().map(|s| s.name()).collect();
-    eprintln!(
+    say!(
         "rampart demo: client -> A -> (B -> C, D), over {}, naive against protected\n\
          scenarios: {}; each run sends {} requests/s for {} s, the fault from {} s to {} s; \
          the client waits up to {} s",
@@ -113,7 +113,7 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
     let mut results = Vec::new();
     let mut last = None;
     for &scenario in scenarios {
-        eprintln!("\n{}: {}", scenario.name(), scenario.story());
+        say!("\n{}: {}", scenario.name(), scenario.story());
         let (naive, _) = one_run(scenario, Wiring::Naive, args.protocol, timing, &dir).await?;
         let (protected, cluster) =
             one_run(scenario, Wiring::Protected, args.protocol, timing, &dir).await?;
@@ -126,13 +126,13 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
         last = Some(cluster);
     }
     report::write(&args.out, args.protocol, &results)?;
-    eprintln!();
+    say!();
     // A closed stdout (`rampart demo | head -3`) loses the table, not the report nor the rest.
     let _ = write!(io::stdout(), "{}", report::table(&results));
     for check in report::checks(&results) {
-        eprintln!("{check}");
+        say!("{check}");
     }
-    eprintln!(
+    say!(
         "\nreport: {} (results.json, timeline.json, index.html and the charts)",
         args.out.join("index.html").display()
     );
@@ -169,7 +169,7 @@ async fn one_run(
     if wiring == Wiring::Protected
         && let Some(a) = cluster.sidecars().first()
     {
-        eprintln!("  dashboard of A's sidecar: http://{}/", a.admin);
+        say!("  dashboard of A's sidecar: http://{}/", a.admin);
     }
     let start = Instant::now();
     cluster.follow(start);
@@ -290,20 +290,20 @@ async fn explore(
     exploring: Arc<AtomicBool>,
 ) -> io::Result<()> {
     let entry = cluster.entry();
-    eprintln!("\nthe last protected setup keeps running, under {EXPLORE_RATE} requests/s:");
+    say!("\nthe last protected setup keeps running, under {EXPLORE_RATE} requests/s:");
     match protocol {
-        Protocol::Http => eprintln!("  A:  curl http://{entry}/item/7"),
-        Protocol::Grpc => eprintln!("  A:  gRPC rampart.demo.A/Get on {entry}"),
+        Protocol::Http => say!("  A:  curl http://{entry}/item/7"),
+        Protocol::Grpc => say!("  A:  gRPC rampart.demo.A/Get on {entry}"),
     }
     for sidecar in cluster.sidecars() {
-        eprintln!(
+        say!(
             "  {}'s sidecar: dashboard http://{}/  (its configuration: {})",
             sidecar.of.to_ascii_uppercase(),
             sidecar.admin,
             sidecar.config.display()
         );
     }
-    eprintln!("press Ctrl-C to stop it");
+    say!("press Ctrl-C to stop it");
     exploring.store(true, Ordering::Release);
     let load = Load {
         rate: EXPLORE_RATE,

@@ -521,7 +521,7 @@ pub(crate) fn serve(args: ServiceArgs) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("rampart demo service: cannot start the runtime: {err}");
+            say!("rampart demo service: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -529,7 +529,7 @@ pub(crate) fn serve(args: ServiceArgs) -> ExitCode {
         let listener = match TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
             Err(err) => {
-                eprintln!(
+                say!(
                     "rampart demo service: cannot listen on {}: {err}",
                     args.listen
                 );
@@ -546,7 +546,7 @@ pub(crate) fn serve(args: ServiceArgs) -> ExitCode {
             {
                 Ok(file) => Some(file),
                 Err(err) => {
-                    eprintln!(
+                    say!(
                         "rampart demo service: cannot open {}: {err}",
                         path.display()
                     );
