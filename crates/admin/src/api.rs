@@ -98,7 +98,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
 
 /// The methods a path takes.
 #[derive(Debug, Clone, Copy)]
-enum Allow {
+pub(crate) enum Allow {
     /// GET, and HEAD with it.
     Read,
     /// POST.
@@ -106,7 +106,7 @@ enum Allow {
 }
 
 /// 405, with the `Allow` header RFC 9110 (15.5.6) asks of it.
-fn not_allowed(allow: Allow) -> Answer {
+pub(crate) fn not_allowed(allow: Allow) -> Answer {
     let (methods, message) = match allow {
         Allow::Read => ("GET, HEAD", "use GET or HEAD"),
         Allow::Write => ("POST", "use POST"),

@@ -134,6 +134,23 @@ async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events()
         post(addr, "/t/0/api/reload", Some(TOKEN), "").await.status,
         404
     );
+
+    // HEAD wherever GET, as on an instance; a method a path does not take is 405, saying which.
+    for path in ["/targets.json", "/", "/t/0/api/stats"] {
+        let head = request(addr, http::Method::HEAD, path).await;
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}");
+    }
+    for (method, path, allow) in [
+        (http::Method::POST, "/targets.json", "GET, HEAD"),
+        (http::Method::DELETE, "/", "GET, HEAD"),
+        (http::Method::PUT, "/t/0/api/stats", "GET, HEAD"),
+        (http::Method::GET, "/t/0/api/breakers/u/e", "POST"),
+    ] {
+        let refused = request(addr, method.clone(), path).await;
+        assert_eq!(refused.status, 405, "{method} {path}");
+        assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
+    }
     fleet.shutdown().await;
 }
 

@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::Server;
-use crate::api::{self, Answer};
+use crate::api::{self, Allow, Answer};
 use crate::dashboard;
 
 /// How long an instance may take to answer a call's head before the page is told it is
@@ -172,9 +172,15 @@ impl std::error::Error for InvalidTarget {}
 async fn handle(request: Request<Incoming>, state: &Targets) -> Passed {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (request.method(), segments.as_slice()) {
+    // HEAD is answered as GET, as the instances' own admin API does.
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        method => method.clone(),
+    };
+    match (&method, segments.as_slice()) {
         (&Method::GET, ["targets.json"]) => own(targets(state)),
         (&Method::GET, ["fleet", "events"]) => own(stream::stream(&state.targets, &state.client)),
+        (_, ["targets.json"] | ["fleet", "events"]) => own(api::not_allowed(Allow::Read)),
         (_, ["t", index, rest @ ..]) => {
             let Some(target) = index.parse().ok().and_then(|i: usize| state.targets.get(i)) else {
                 return own(api::error(
@@ -182,26 +188,32 @@ async fn handle(request: Request<Incoming>, state: &Targets) -> Passed {
                     &format!("no target {index}: see targets.json"),
                 ));
             };
-            let passed_on = matches!(
-                (request.method(), rest),
-                (
-                    &Method::GET,
-                    ["api", "stats"] | ["api", "events"] | ["hystrix.stream"]
-                ) | (&Method::POST, ["api", "breakers", _, _])
-            );
-            if !passed_on {
-                return own(api::error(
-                    StatusCode::NOT_FOUND,
-                    "the fleet view passes on GET api/stats, GET api/events, GET hystrix.stream \
-                     and POST api/breakers/<upstream>/<endpoint> only",
-                ));
+            let allowed = match rest {
+                ["api", "stats"] | ["api", "events"] | ["hystrix.stream"] => Allow::Read,
+                ["api", "breakers", _, _] => Allow::Write,
+                _ => {
+                    return own(api::error(
+                        StatusCode::NOT_FOUND,
+                        "the fleet view passes on GET api/stats, GET api/events, GET \
+                         hystrix.stream and POST api/breakers/<upstream>/<endpoint> only",
+                    ));
+                }
+            };
+            let fits = match allowed {
+                Allow::Read => method == Method::GET,
+                Allow::Write => method == Method::POST,
+            };
+            if !fits {
+                return own(api::not_allowed(allowed));
             }
+            // Passed on with its own method: a HEAD stays a HEAD.
             let rest = rest.join("/");
             pass_on(request, &rest, target, &state.client).await
         }
         (method, _) => match dashboard::asset(&path) {
             Some(asset) if method == Method::GET => own(asset),
-            _ => own(api::error(
+            Some(_) => own(api::not_allowed(Allow::Read)),
+            None => own(api::error(
                 StatusCode::NOT_FOUND,
                 &format!("nothing at {method} {path}"),
             )),
