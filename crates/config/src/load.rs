@@ -1276,30 +1276,32 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
             choice(&[("embedded", Kind::Embedded), ("nats", Kind::Nats)]),
         )
         .unwrap_or(Kind::Embedded);
-    let nats = cx.section(t, "nats", &["url", "stream"]);
-    let store = match (kind, nats) {
-        (Kind::Nats, Some(n)) => {
-            let url = cx.get(&n, "url", |v| {
-                let s = string(v)?;
-                if s.starts_with("nats://") || s.starts_with("tls://") {
-                    Ok(s)
-                } else {
-                    Err(Invalid::new(
-                        "expected a NATS URL",
-                        "nats://HOST:PORT or tls://HOST:PORT",
-                    ))
-                }
-            });
-            if n.get("url").is_none() {
-                cx.missing(&n, "url", "a NATS URL like \"nats://127.0.0.1:4222\"");
+    // `nats` may stand beside `store = "embedded"`, so that switching stores is one word: it is
+    // checked all the same, and used only by `store = "nats"`.
+    let nats = cx.section(t, "nats", &["url", "stream"]).map(|n| {
+        let url = cx.get(&n, "url", |v| {
+            let s = string(v)?;
+            if s.starts_with("nats://") || s.starts_with("tls://") {
+                Ok(s)
+            } else {
+                Err(Invalid::new(
+                    "expected a NATS URL",
+                    "nats://HOST:PORT or tls://HOST:PORT",
+                ))
             }
-            OutboxStore::Nats {
-                url: url.unwrap_or_default(),
-                stream: cx
-                    .get(&n, "stream", stream_name)
-                    .unwrap_or_else(|| "RAMPART_OUTBOX".to_owned()),
-            }
+        });
+        if n.get("url").is_none() {
+            cx.missing(&n, "url", "a NATS URL like \"nats://127.0.0.1:4222\"");
         }
+        OutboxStore::Nats {
+            url: url.unwrap_or_default(),
+            stream: cx
+                .get(&n, "stream", stream_name)
+                .unwrap_or_else(|| "RAMPART_OUTBOX".to_owned()),
+        }
+    });
+    let store = match (kind, nats) {
+        (Kind::Nats, Some(nats)) => nats,
         (Kind::Nats, None) => {
             cx.conflict(
                 t,
@@ -1308,11 +1310,7 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
             );
             OutboxStore::Embedded
         }
-        (Kind::Embedded, Some(_)) => {
-            cx.conflict(t, "nats", "`nats` is set but `store` is not \"nats\"");
-            OutboxStore::Embedded
-        }
-        (Kind::Embedded, None) => OutboxStore::Embedded,
+        (Kind::Embedded, _) => OutboxStore::Embedded,
     };
     Outbox {
         store,
@@ -1673,7 +1671,7 @@ fn hedge_after(v: &DeValue<'_>) -> Result<HedgeAfter, Invalid> {
         && let Some(p) = s.strip_prefix('p')
     {
         return match p.parse::<f64>() {
-            Ok(p) if p > 0.0 && p < 100.0 && !p.is_nan() => Ok(HedgeAfter::Percentile(p)),
+            Ok(p) if (1.0..=99.9).contains(&p) => Ok(HedgeAfter::Percentile(p)),
             _ => Err(Invalid::new("invalid percentile", allowed)),
         };
     }
@@ -2049,6 +2047,38 @@ mod tests {
     }
 
     #[test]
+    fn a_hedge_waits_a_delay_or_a_percentile_from_p1_to_p99_9() {
+        let hedge = |after: &str| {
+            format!("[[routes]]\nupstream = \"u\"\nhedge = {{ after = {after} }}\n{UPSTREAM}")
+        };
+        for after in ["\"p1\"", "\"p99.9\"", "\"p50\"", "\"20ms\""] {
+            ok(&hedge(after));
+        }
+        for after in [
+            "\"p0.5\"",
+            "\"p99.99\"",
+            "\"p100\"",
+            "\"pNaN\"",
+            "\"p\"",
+            "\"0ms\"",
+        ] {
+            let e = errors(&hedge(after));
+            assert_eq!(e[0].path(), "routes[0].hedge.after", "{after}");
+        }
+    }
+
+    #[test]
+    fn nats_beside_the_embedded_store_is_checked_and_left_unused() {
+        let both =
+            |url: &str| format!("[outbox]\nstore = \"embedded\"\nnats = {{ url = \"{url}\" }}\n");
+        let c = ok(&both("nats://127.0.0.1:4222"));
+        assert_eq!(c.outbox.unwrap().store, OutboxStore::Embedded);
+        let e = errors(&both("http://127.0.0.1:4222"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "outbox.nats.url");
+    }
+
+    #[test]
     fn a_grpc_fallback_answers_200_with_a_grpc_status() {
         let route = |fallback: &str| {
             format!("[[routes]]\nupstream = \"u\"\nfallback = {{ {fallback} }}\n{UPSTREAM}")
@@ -2282,7 +2312,7 @@ mod tests {
 
     #[test]
     fn cross_checks() {
-        let cases: [(&str, &str); 9] = [
+        let cases: [(&str, &str); 8] = [
             ("[upstreams.u]\nendpoints = []\n", "upstreams.u.endpoints"),
             (
                 "[upstreams.u]\nendpoints = [\"a:1\"]\nbackup = [\"a:1\"]\n",
@@ -2301,7 +2331,6 @@ mod tests {
                 "upstreams.u.health.timeout",
             ),
             ("[outbox]\nstore = \"nats\"\n", "outbox.store"),
-            ("[outbox]\nnats = { url = \"nats://x:1\" }\n", "outbox.nats"),
             (
                 "[[listeners]]\nlisten = \"127.0.0.1:9901\"\n",
                 "listeners[0].listen",

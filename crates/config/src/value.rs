@@ -64,6 +64,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
             DURATION_ALLOWED,
         ));
     }
+    if unit.starts_with(['.', ',']) {
+        return Err(Invalid::new(
+            "a duration is a whole number of its unit: \"1.5s\" is \"1500ms\"",
+            DURATION_ALLOWED,
+        ));
+    }
     let Some(&(_, millis_per_unit)) = DURATION_UNITS.iter().find(|(u, _)| *u == unit) else {
         return Err(Invalid::new(
             format!("unknown duration unit \"{unit}\"; units: ms, s, m, h"),
@@ -129,6 +135,12 @@ impl ByteSize {
         if number.is_empty() {
             return Err(Invalid::new(
                 "expected a size like \"64KiB\" or \"8MiB\"",
+                SIZE_ALLOWED,
+            ));
+        }
+        if unit.starts_with(['.', ',']) {
+            return Err(Invalid::new(
+                "a size is a whole number of its unit: \"1.5MiB\" is \"1536KiB\"",
                 SIZE_ALLOWED,
             ));
         }
@@ -279,6 +291,12 @@ impl Endpoint {
     /// assert!(Endpoint::parse("orders").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, Invalid> {
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(Invalid::new(
+                format!("an endpoint is host:port, without a scheme (\"{scheme}://\")"),
+                ENDPOINT_ALLOWED,
+            ));
+        }
         let Some((host, port)) = text.rsplit_once(':') else {
             return Err(Invalid::new("an endpoint needs a port", ENDPOINT_ALLOWED));
         };
@@ -392,6 +410,8 @@ mod tests {
                 .contains("needs a unit")
         );
         assert!(parse_duration("2d").unwrap_err().message.contains("\"d\""));
+        let err = parse_duration("1.5s").unwrap_err();
+        assert!(err.message.contains("whole number"), "{err:?}");
     }
 
     #[test]
@@ -414,6 +434,8 @@ mod tests {
         for bad in ["", "KiB", "1.5MiB", "-1", "64 KiB", "99999999999GiB"] {
             assert!(ByteSize::parse(bad).is_err(), "{bad:?} must be refused");
         }
+        let err = ByteSize::parse("1.5MiB").unwrap_err();
+        assert!(err.message.contains("whole number"), "{err:?}");
         assert_eq!(ByteSize(65_536).to_string(), "64KiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
     }
@@ -471,6 +493,8 @@ mod tests {
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?} must be refused");
         }
+        let err = Endpoint::parse("http://orders:80").unwrap_err();
+        assert!(err.message.contains("without a scheme"), "{err:?}");
     }
 
     #[test]
