@@ -270,7 +270,7 @@ impl Stack {
             };
             let first = picked.index;
             avoid.insert(first);
-            let sending = self.send(&head, attempt_body, picked, slot, deadline, grpc);
+            let sending = self.send(&head, attempt_body, picked, slot, (deadline, expired), grpc);
 
             let sent = match hedging {
                 None => sending.await,
@@ -297,7 +297,7 @@ impl Stack {
                         avoid.insert(picked.index);
                         hedged.push(picked.index);
                         self.metrics.hedged();
-                        Some(self.send(&head, body, picked, slot, deadline, grpc))
+                        Some(self.send(&head, body, picked, slot, (deadline, expired), grpc))
                     };
                     let classify = |sent: &Sent| match sent {
                         Ok((_, outcome)) => *outcome,
@@ -379,7 +379,7 @@ impl Stack {
         body: RequestBody,
         picked: Picked<'_>,
         slot: Slot<'_>,
-        deadline: Instant,
+        (deadline, expired): (Instant, Reason),
         grpc: bool,
     ) -> Sent {
         let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
@@ -387,7 +387,11 @@ impl Stack {
             Err(tried) => {
                 let outcome = match tried {
                     Tried::Transport(err) => err.outcome(),
-                    // No answer within the whole exchange's time: a failure of this endpoint.
+                    // The client's own deadline, shorter than the route's timeout, ran out: that
+                    // says nothing about the endpoint, and counted, any client could open every
+                    // breaker with `x-rampart-deadline: 1` (permit and slot let go unrecorded).
+                    Tried::Expired if expired == Reason::DeadlineExceeded => return Err(tried),
+                    // No answer within the route's timeout: a failure of this endpoint.
                     Tried::Expired => Outcome::Failure,
                     // The client's body failed the exchange: the endpoint's breaker and the
                     // limit learn nothing (permit and slot are let go unrecorded).

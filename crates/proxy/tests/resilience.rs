@@ -488,3 +488,43 @@ impl hyper::body::Body for Pieces {
             .map(|piece| piece.map(|piece| Ok(hyper::body::Frame::data(piece))))
     }
 }
+
+#[tokio::test]
+async fn a_clients_own_short_deadline_never_opens_a_breaker() {
+    // Each client asks for less time than the endpoint needs: its 504 says so, and says nothing
+    // about the endpoint, which answers everyone with the route's time.
+    let slow = Upstream::start(Behavior::Slow(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[slow.addr()],
+        "timeout = \"5s\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"",
+    )
+    .await;
+    let client = http1();
+    for i in 0..5 {
+        let hurried = request(&proxy, "/")
+            .header("x-rampart-deadline", "20")
+            .body(Full::default())
+            .unwrap();
+        let response = send(&client, hurried).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "request {i}"
+        );
+        assert_eq!(error_of(&response), Some("deadline-exceeded"));
+    }
+    let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    let failed = format!(
+        "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{}\",outcome=\"failure\"}}",
+        slow.addr()
+    );
+    assert!(text.contains(&format!("{failed} 0\n")), "{text}");
+    let succeeded = failed.replace("failure", "success");
+    assert!(text.contains(&format!("{succeeded} 1\n")), "{text}");
+}
