@@ -18,6 +18,12 @@
 //! at that task's next look, whichever comes first, so that its socket does not wait in
 //! CLOSE_WAIT for a request to notice; an HTTP/2 one that gives its request back unsent sends it
 //! once more on a new connection, as hyper-util's client does.
+//!
+//! An HTTP/2 connection carries every request to its endpoint, so one that stops answering while
+//! staying open (a black-holed flow, a wedged server) would time out every request, and its
+//! breaker's probes too, for as long as it stays: it is pinged when nothing came on it for
+//! [`PING_AFTER`], and closed when the ping is not answered within [`PING_TIMEOUT`]; the next
+//! request makes a new one.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -53,6 +59,12 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How often an endpoint's idle connections are looked at, while it has any.
 const LOOK: Duration = Duration::from_secs(5);
+
+/// How long an HTTP/2 connection may stay silent before it is pinged.
+pub(crate) const PING_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a ping's answer may take before its connection is taken for dead and closed.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connections to one endpoint.
 pub(crate) struct Connections {
@@ -200,6 +212,9 @@ impl Connections {
         let io = self.connect().await?;
         let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(PING_AFTER)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;

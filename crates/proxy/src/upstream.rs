@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::balance::{Balancer, InFlight, Load};
-use crate::connections::Connections;
+use crate::connections::{Connections, PING_AFTER, PING_TIMEOUT};
 use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
 use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
@@ -579,6 +579,10 @@ where
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
         .timer(TokioTimer::new())
+        // A connection that stopped answering would fail every check while it stays open.
+        .http2_keep_alive_interval(PING_AFTER)
+        .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
         // Idle pooled connections are closed after the pool's idle timeout only with a timer.
         .pool_timer(TokioTimer::new())
         .build(connector(upstream))

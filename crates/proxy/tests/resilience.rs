@@ -528,3 +528,34 @@ async fn a_clients_own_short_deadline_never_opens_a_breaker() {
     let succeeded = failed.replace("failure", "success");
     assert!(text.contains(&format!("{succeeded} 1\n")), "{text}");
 }
+
+#[tokio::test]
+async fn an_http2_connection_that_stops_answering_is_replaced() {
+    // The endpoint serves new connections, but the one rampart shares for every request went
+    // silent without closing (a wedged peer, a black-holed flow): pings find it dead.
+    let upstream = Upstream::start(Behavior::ok("fresh")).await.unwrap();
+    let path = FaultProxy::start(upstream.addr()).await.unwrap();
+    let proxy = simple(
+        &[path.addr()],
+        "timeout = \"1s\"\n[routes.retry]\nattempts = 1",
+        "protocol = \"http2\"\n[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let client = http1();
+    let get = || send(&client, request(&proxy, "/").body(Full::default()).unwrap());
+    assert_eq!(get().await.status(), StatusCode::OK);
+    path.freeze_open();
+    assert_eq!(get().await.status(), StatusCode::GATEWAY_TIMEOUT);
+    // Ten seconds of silence, then five for the ping's answer; well within thirty.
+    let mut answered = None;
+    for _ in 0..30 {
+        let response = get().await;
+        if response.status() == StatusCode::OK {
+            answered = Some(response);
+            break;
+        }
+    }
+    let answered = answered.expect("a new connection serves again");
+    assert_eq!(answered.body(), "fresh");
+    assert_eq!(path.connections(), 2);
+}

@@ -49,6 +49,9 @@ pub enum Fault {
 /// | [`Fault::Blackhole`] | read and never answered nor closed | what they send and receive is dropped |
 /// | [`Fault::ResetAfter`] | `n` response bytes, then reset | `n` more response bytes, then reset |
 ///
+/// [`freeze_open`](Self::freeze_open) silences the connections open at the call for good, whatever
+/// the fault, and leaves later ones to it.
+///
 /// Dropping the proxy closes its port and every connection it holds.
 ///
 /// Must be started inside a tokio runtime with the IO and time drivers enabled.
@@ -91,6 +94,9 @@ struct Shared {
     /// The runtime the proxy was started on, to register a re-opened listener from any thread.
     runtime: Handle,
     counters: Counters,
+    /// How many times [`FaultProxy::freeze_open`] was called: a connection accepted when it
+    /// stood lower is frozen.
+    freezes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +131,7 @@ impl FaultProxy {
             listener: Mutex::new(Some(listener)),
             runtime: Handle::current(),
             counters: Counters::default(),
+            freezes: AtomicU64::new(0),
         });
         let (faults, _) = watch::channel(Fault::None);
         let accept_task = tokio::spawn(accept_loop(shared.clone(), faults.subscribe(), target));
@@ -167,6 +174,16 @@ impl FaultProxy {
         }
         self.faults.send_replace(fault);
         Ok(())
+    }
+
+    /// Every connection open now goes silent for good, whatever the fault later: what it sends
+    /// and receives is dropped, and it is never closed. Connections accepted afterwards are
+    /// served as the fault in force says. A wedged peer, or a flow a middlebox black-holed,
+    /// while the endpoint itself serves new connections.
+    pub fn freeze_open(&self) {
+        self.shared.freezes.fetch_add(1, Ordering::SeqCst);
+        // Wakes every pump, so that an idle connection is frozen too.
+        self.faults.send_modify(|_| {});
     }
 
     /// Connections accepted so far, whatever the fault did to them.
@@ -247,7 +264,14 @@ async fn accept_loop(shared: Arc<Shared>, mut faults: watch::Receiver<Fault>, ta
             }
         };
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        connections.spawn(serve(stream, target, faults.clone(), shared.clone()));
+        let generation = shared.freezes.load(Ordering::SeqCst);
+        connections.spawn(serve(
+            stream,
+            target,
+            faults.clone(),
+            shared.clone(),
+            generation,
+        ));
     }
 }
 
@@ -256,6 +280,7 @@ async fn serve(
     target: SocketAddr,
     mut faults: watch::Receiver<Fault>,
     shared: Arc<Shared>,
+    generation: u64,
 ) {
     let fault = *faults.borrow_and_update();
     match fault {
@@ -268,7 +293,7 @@ async fn serve(
         // The target is down: the client learns it as abruptly as a direct connect would.
         return reset(client);
     };
-    proxy(client, upstream, faults, &shared.counters).await;
+    proxy(client, upstream, faults, &shared, generation).await;
 }
 
 /// Forwards both directions until both have ended, or resets both sockets.
@@ -276,8 +301,11 @@ async fn proxy(
     mut client: TcpStream,
     mut upstream: TcpStream,
     faults: watch::Receiver<Fault>,
-    counters: &Counters,
+    shared: &Shared,
+    generation: u64,
 ) {
+    let counters = &shared.counters;
+    let frozen = || shared.freezes.load(Ordering::SeqCst) > generation;
     let must_reset = {
         let (mut client_read, mut client_write) = client.split();
         let (mut upstream_read, mut upstream_write) = upstream.split();
@@ -287,6 +315,7 @@ async fn proxy(
             Direction::ToTarget,
             faults.clone(),
             &counters.to_target,
+            frozen,
         );
         let to_client = pump(
             &mut upstream_read,
@@ -294,6 +323,7 @@ async fn proxy(
             Direction::ToClient,
             faults,
             &counters.to_client,
+            frozen,
         );
         tokio::pin!(to_target, to_client);
         let (mut target_done, mut client_done) = (false, false);
@@ -322,6 +352,7 @@ async fn pump<R, W>(
     direction: Direction,
     mut faults: watch::Receiver<Fault>,
     counter: &AtomicU64,
+    frozen: impl Fn() -> bool,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -332,7 +363,7 @@ where
     let mut allowance: Option<(u64, u64)> = None;
     loop {
         let fault = *faults.borrow_and_update();
-        if fault == Fault::Reset {
+        if fault == Fault::Reset && !frozen() {
             return End::Reset;
         }
         let read = tokio::select! {
@@ -356,6 +387,9 @@ where
             Ok(n) => &buf[..n],
             Err(_) => return End::Reset,
         };
+        if frozen() {
+            continue;
+        }
         // The fault in force when the chunk arrived, which may differ from the one above.
         let fault = *faults.borrow_and_update();
         let chunk = match (fault, direction) {
