@@ -66,6 +66,22 @@ pub(crate) const PING_AFTER: Duration = Duration::from_secs(10);
 /// How long a ping's answer may take before its connection is taken for dead and closed.
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What an upstream may send on one HTTP/2 stream before rampart has passed it on. A stream's
+/// data waits in rampart until its client takes it, and the streams of every client share the
+/// connection's window: with hyper's defaults (2 MiB a stream, 5 MiB the connection) three
+/// clients that stop reading took the whole window, and every other client of the endpoint got
+/// its response head and then nothing.
+const STREAM_WINDOW: u32 = 256 << 10;
+
+/// What an upstream may send on one HTTP/2 connection before rampart has passed it on: room for
+/// 64 streams held by clients that stopped reading before the others are held up.
+const CONNECTION_WINDOW: u32 = 64 * STREAM_WINDOW;
+
+/// The largest header list (response head or trailers) an HTTP/2 upstream may send, as for an
+/// HTTP/1.1 upstream's head: hyper's default of 16 KiB refused heads and lost trailers (a
+/// `grpc-status-details-bin`) that HTTP/1.1 upstreams may send.
+const MAX_HEADER_LIST: u32 = 64 << 10;
+
 /// The connections to one endpoint.
 pub(crate) struct Connections {
     /// `http://authority/`, what the connector is asked for.
@@ -215,6 +231,9 @@ impl Connections {
             .keep_alive_interval(PING_AFTER)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST)
             .handshake(io)
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;

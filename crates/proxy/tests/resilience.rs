@@ -559,3 +559,79 @@ async fn an_http2_connection_that_stops_answering_is_replaced() {
     assert_eq!(answered.body(), "fresh");
     assert_eq!(path.connections(), 2);
 }
+
+#[tokio::test]
+async fn clients_that_stop_reading_hold_up_no_other_client_of_an_http2_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let big = Bytes::from(vec![b'x'; 32 << 20]);
+    let upstream = Upstream::start(Behavior::Ok {
+        status: StatusCode::OK,
+        body: big.clone(),
+    })
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"20s\"",
+        "protocol = \"http2\"",
+    )
+    .await;
+    // Four clients ask for the large body and never read a byte of it.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    until_upstream_saw(&upstream, 4).await;
+    // Another client of the same endpoint gets its whole answer.
+    let response = send(
+        &http1(),
+        request(&proxy, "/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body().len(), big.len());
+    drop(stalled);
+}
+
+/// Waits (up to 10 s) until `upstream` has received `n` requests.
+async fn until_upstream_saw(upstream: &Upstream, n: u64) {
+    for _ in 0..1000 {
+        if upstream.request_count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the upstream saw {} requests, not {n}",
+        upstream.request_count()
+    );
+}
+
+#[tokio::test]
+async fn an_http2_upstream_may_send_a_head_as_large_as_an_http1_one() {
+    let large = HeaderValue::from_str(&"v".repeat(40 << 10)).unwrap();
+    let upstream = Upstream::start(Behavior::Headed {
+        status: StatusCode::OK,
+        headers: vec![(HeaderName::from_static("x-large"), large.clone())],
+    })
+    .await
+    .unwrap();
+    let proxy = simple(&[upstream.addr()], "", "protocol = \"http2\"").await;
+    let response = send(
+        &http1(),
+        request(&proxy, "/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        error_of(&response)
+    );
+    assert_eq!(response.headers()["x-large"], large);
+}
