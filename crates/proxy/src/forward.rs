@@ -85,9 +85,15 @@ pub(crate) async fn handle(
         );
     }
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
-    // upstream could be sent; a request must name its host once.
+    // upstream could be sent; a request must name its host once. A target's authority (an
+    // absolute-form target, HTTP/2's `:authority`) may not carry credentials (RFC 9110 §4.2.4,
+    // RFC 9113 §8.3.1): they would go on to the upstream in its Host.
     let version = request.version();
-    if request.uri() == "*" || (version < Version::HTTP_2 && !host_is_sound(&request)) {
+    let userinfo = request
+        .uri()
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'));
+    if request.uri() == "*" || userinfo || (version < Version::HTTP_2 && !host_is_sound(&request)) {
         return (closing(rescued(Reason::BadRequest, grpc), version), None);
     }
     let offer = upgrade::offer(&request);

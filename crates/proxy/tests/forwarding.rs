@@ -315,6 +315,43 @@ async fn an_http1_request_without_one_valid_host_gets_400_and_is_not_forwarded()
 }
 
 #[tokio::test]
+async fn credentials_in_a_targets_authority_get_400_and_go_nowhere() {
+    let public = Upstream::start(Behavior::ok("public")).await.unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let proxy = by_host(&public, &other).await;
+
+    let answer = raw(
+        addr(&proxy),
+        "GET http://user:pw@public.example/abs HTTP/1.1\r\nHost: public.example\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+
+    // HTTP/2's `:authority` likewise.
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            http::Request::get("http://user:pw@public.example/h2")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-rampart-error"], "bad-request");
+    assert_eq!(public.request_count() + other.request_count(), 0);
+}
+
+#[tokio::test]
 async fn an_http2_upstream_is_told_the_clients_host_in_its_authority() {
     let upstream = Upstream::start(Behavior::ok("h2")).await.unwrap();
     let proxy = simple(&[upstream.addr()], "", "protocol = \"http2\"").await;
