@@ -151,7 +151,9 @@ pin_project_lite::pin_project! {
     /// body ends, from the trailers' `grpc-status` (classified as the head would be). A body that
     /// ends without one, or breaks off (a reset, the route's deadline), is a failure: gRPC
     /// clients read a call that ends with no status as INTERNAL. A body dropped before its end
-    /// (the client went away) records nothing.
+    /// (the client went away) records nothing, nor does one that breaks off because the client's
+    /// own request stream failed (it went quiet past `body_idle_timeout`, grew past
+    /// `max_request_body`, broke off): that says nothing about the endpoint.
     ///
     /// With nothing pending, it only passes the frames on.
     pub(crate) struct TrailersOutcome<B> {
@@ -160,15 +162,23 @@ pin_project_lite::pin_project! {
         // Boxed: only a gRPC answer judged by its trailers has one, and every answer is moved
         // several times on its way back.
         pending: Option<Box<OwnedPicked>>,
+        // Where the client's request body records its failure.
+        fault: Option<BodyFault>,
     }
 }
 
 impl<B> TrailersOutcome<B> {
-    /// `inner`, whose end decides the outcome to record on `pending`, if any.
-    pub(crate) fn new(inner: B, pending: Option<OwnedPicked>) -> TrailersOutcome<B> {
+    /// `inner`, whose end decides the outcome to record on `pending`, if any, unless the
+    /// request's body recorded a failure of the client's in `fault`.
+    pub(crate) fn new(
+        inner: B,
+        pending: Option<OwnedPicked>,
+        fault: Option<BodyFault>,
+    ) -> TrailersOutcome<B> {
         TrailersOutcome {
             inner,
             pending: pending.map(Box::new),
+            fault,
         }
     }
 }
@@ -191,6 +201,11 @@ where
                 Some(Ok(frame)) => frame
                     .trailers_ref()
                     .map(|trailers| classify_trailers(trailers).unwrap_or(Outcome::Failure)),
+                // The client's failure: the permit goes unrecorded.
+                Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
+                    drop(this.pending.take());
+                    None
+                }
                 Some(Err(_)) | None => Some(Outcome::Failure),
             };
             if let Some(outcome) = outcome
@@ -227,16 +242,20 @@ pin_project_lite::pin_project! {
         // The reason when the deadline cuts the body: `timeout`, or `deadline-exceeded` when
         // the client's own deadline was the shorter.
         expired: Reason,
+        // Where the client's request body records its failure, which is then the reason.
+        fault: Option<BodyFault>,
         ended: bool,
     }
 }
 
 impl<B> GrpcEnding<B> {
-    /// `inner`, ended by trailers if it fails; `expired` is the reason for the deadline.
-    pub(crate) fn new(inner: B, expired: Reason) -> GrpcEnding<B> {
+    /// `inner`, ended by trailers if it fails; `expired` is the reason for the deadline, and a
+    /// failure the request's body recorded in `fault` the reason before any other.
+    pub(crate) fn new(inner: B, expired: Reason, fault: Option<BodyFault>) -> GrpcEnding<B> {
         GrpcEnding {
             inner,
             expired,
+            fault,
             ended: false,
         }
     }
@@ -260,7 +279,11 @@ where
         match std::task::ready!(this.inner.poll_frame(cx)) {
             Some(Err(err)) => {
                 *this.ended = true;
-                let reason = broken_body(&*err, *this.expired);
+                let reason = match this.fault.as_ref().and_then(BodyFault::get) {
+                    Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
+                    Some(ClientBodyFault::Stalled | ClientBodyFault::Broken) => Reason::BadRequest,
+                    None => broken_body(&*err, *this.expired),
+                };
                 let (mut parts, _) = rampart_http::rescue(reason, true).into_parts();
                 // The content type belongs to the head, sent long ago.
                 parts.headers.remove(http::header::CONTENT_TYPE);
@@ -559,7 +582,7 @@ mod tests {
             .pick(&crate::upstream::Avoid::default())
             .unwrap()
             .into_owned(&pool);
-        let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending)));
+        let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending), None));
         if end {
             while body.frame().await.is_some() {}
         } else {

@@ -358,7 +358,7 @@ async fn exchange(
             };
             // A gRPC call cut short ends with a status saying why, not a bare stream reset.
             let body = if grpc {
-                GrpcEnding::new(body, expired).boxed_unsync()
+                GrpcEnding::new(body, expired, body_fault.clone()).boxed_unsync()
             } else {
                 body
             };

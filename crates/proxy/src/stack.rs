@@ -416,8 +416,12 @@ impl Stack {
                 picked.record(outcome);
                 None
             };
-        let response =
-            response.map(|body| TrailersOutcome::new(DeadlineBody::new(body, deadline), pending));
+        let fault = pending
+            .is_some()
+            .then(|| head.extensions.get::<BodyFault>().cloned())
+            .flatten();
+        let response = response
+            .map(|body| TrailersOutcome::new(DeadlineBody::new(body, deadline), pending, fault));
         Ok((response, outcome))
     }
 

@@ -364,3 +364,120 @@ async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
     assert_eq!(meta(&status, "x-rampart-error"), Some("upstream-connect"));
     assert_eq!(meta(&status, "x-rampart-fallback"), None);
 }
+
+/// An h2c server answering every call at once with one message of a reply it never ends (a
+/// watch), whatever the call's request stream does.
+async fn endless_replies() -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: hyper::Request<_>| async move {
+                    // The request's body is held, never read: the reply does not wait for it.
+                    let held: hyper::body::Incoming = request.into_body();
+                    let frames = futures_util::stream::unfold(Some(held), |held| async move {
+                        let held = held?;
+                        let message = Bytes::from_static(b"\0\0\0\0\x01x");
+                        // One message, then silence for as long as the call lasts.
+                        Some((Ok::<_, std::convert::Infallible>(Frame::data(message)), {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            drop(held);
+                            None
+                        }))
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(StreamBody::new(Box::pin(frames)))
+                            .unwrap(),
+                    )
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_client_stream_gone_quiet_ends_its_call_and_is_not_the_endpoints_failure() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let upstream = endless_replies().await;
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        body_idle_timeout = "300ms"
+        [[routes]]
+        upstream = "app"
+        timeout = "10s"
+        [upstreams.app]
+        endpoints = ["{upstream}"]
+        protocol = "grpc"
+        [upstreams.app.breaker]
+        consecutive_failures = 1
+        "#
+    ))
+    .await;
+
+    // A bidirectional call whose client sends one message, then nothing, without ending.
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (send_message, messages) = tokio::sync::mpsc::channel::<Bytes>(1);
+    send_message
+        .send(Bytes::from_static(b"\0\0\0\0\x01y"))
+        .await
+        .unwrap();
+    let frames = futures_util::stream::unfold(messages, |mut messages| async move {
+        let message = messages.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(message)),
+            messages,
+        ))
+    });
+    let call = hyper::Request::post(format!("http://{}/echo.Echo/Chat", addr(&proxy)))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let response = sender.send_request(call).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+        .await
+        .expect("the call ends")
+        .unwrap();
+    let trailers = ended
+        .trailers()
+        .cloned()
+        .expect("the call ends with a status");
+    assert_eq!(trailers["x-rampart-error"], "bad-request", "{trailers:?}");
+    drop(send_message);
+
+    // The endpoint is not blamed: its breaker, which opens at one failure, still admits.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    let failed = format!(
+        "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} 1"
+    );
+    assert!(!text.contains(&failed), "{text}");
+    assert!(
+        text.contains("rampart_breaker_state{upstream=\"app\""),
+        "{text}"
+    );
+    assert!(!text.contains("state=\"open\"} 1"), "{text}");
+}
