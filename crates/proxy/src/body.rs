@@ -244,18 +244,30 @@ pin_project_lite::pin_project! {
         expired: Reason,
         // Where the client's request body records its failure, which is then the reason.
         fault: Option<BodyFault>,
+        // Whether the call's status must still come, in trailers: the head had none.
+        owes_status: bool,
         ended: bool,
     }
 }
 
 impl<B> GrpcEnding<B> {
     /// `inner`, ended by trailers if it fails; `expired` is the reason for the deadline, and a
-    /// failure the request's body recorded in `fault` the reason before any other.
-    pub(crate) fn new(inner: B, expired: Reason, fault: Option<BodyFault>) -> GrpcEnding<B> {
+    /// failure the request's body recorded in `fault` the reason before any other. With
+    /// `owes_status` (the head had no `grpc-status`), a body that ends without trailers broke
+    /// off too: an upstream's reset with NO_ERROR before the end of its reply reads as an end
+    /// (RFC 9113 §8.1 allows it only after a complete response), and the call would end with no
+    /// status, or a reply cut short passed off as whole.
+    pub(crate) fn new(
+        inner: B,
+        expired: Reason,
+        fault: Option<BodyFault>,
+        owes_status: bool,
+    ) -> GrpcEnding<B> {
         GrpcEnding {
             inner,
             expired,
             fault,
+            owes_status,
             ended: false,
         }
     }
@@ -276,25 +288,31 @@ where
         if *this.ended {
             return Poll::Ready(None);
         }
-        match std::task::ready!(this.inner.poll_frame(cx)) {
-            Some(Err(err)) => {
-                *this.ended = true;
-                let reason = match this.fault.as_ref().and_then(BodyFault::get) {
-                    Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
-                    Some(ClientBodyFault::Stalled | ClientBodyFault::Broken) => Reason::BadRequest,
-                    None => broken_body(&*err, *this.expired),
-                };
-                let (mut parts, _) = rampart_http::rescue(reason, true).into_parts();
-                // The content type belongs to the head, sent long ago.
-                parts.headers.remove(http::header::CONTENT_TYPE);
-                Poll::Ready(Some(Ok(Frame::trailers(parts.headers))))
+        let reason = match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Err(err)) => match this.fault.as_ref().and_then(BodyFault::get) {
+                Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
+                Some(ClientBodyFault::Stalled | ClientBodyFault::Broken) => Reason::BadRequest,
+                None => broken_body(&*err, *this.expired),
+            },
+            None if *this.owes_status => Reason::UpstreamReset,
+            Some(Ok(frame)) => {
+                if frame.is_trailers() {
+                    *this.owes_status = false;
+                }
+                return Poll::Ready(Some(Ok(frame)));
             }
-            frame => Poll::Ready(frame),
-        }
+            None => return Poll::Ready(None),
+        };
+        *this.ended = true;
+        let (mut parts, _) = rampart_http::rescue(reason, true).into_parts();
+        // The content type belongs to the head, sent long ago.
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        Poll::Ready(Some(Ok(Frame::trailers(parts.headers))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        // Claiming the end early would skip the poll that finds the status missing.
+        self.ended || (!self.owes_status && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

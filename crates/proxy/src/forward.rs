@@ -11,7 +11,7 @@ use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
-use rampart_http::classify::is_grpc;
+use rampart_http::classify::{grpc_status, is_grpc};
 use rampart_http::deadline::{deadline_within, header_budget};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
@@ -358,7 +358,11 @@ async fn exchange(
             };
             // A gRPC call cut short ends with a status saying why, not a bare stream reset.
             let body = if grpc {
-                GrpcEnding::new(body, expired, body_fault.clone()).boxed_unsync()
+                // A 200 without a status in its head (a trailers-only answer has one); another
+                // HTTP status is the client's to read as gRPC does.
+                let owes_status =
+                    parts.status == StatusCode::OK && grpc_status(&parts.headers).is_none();
+                GrpcEnding::new(body, expired, body_fault.clone(), owes_status).boxed_unsync()
             } else {
                 body
             };

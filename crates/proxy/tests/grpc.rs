@@ -481,3 +481,76 @@ async fn a_client_stream_gone_quiet_ends_its_call_and_is_not_the_endpoints_failu
     );
     assert!(!text.contains("state=\"open\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success() {
+    use http_body_util::BodyExt;
+    // An h2c server whose every reply is one message and a reset with NO_ERROR: no END_STREAM,
+    // no trailers, no status.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(stream).await.unwrap();
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut reply = respond.send_response(head, false).unwrap();
+                    reply
+                        .send_data(bytes::Bytes::from_static(b"\0\0\0\0\x01x"), false)
+                        .unwrap();
+                    // The reset follows once the head and the message have gone on, as a
+                    // server's would that stopped part way through a long reply.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        reply.send_reset(h2::Reason::NO_ERROR);
+                    });
+                }
+            });
+        }
+    });
+    let proxy = grpc_proxy(
+        &[upstream],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1",
+    )
+    .await;
+
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let call = hyper::Request::post(format!("http://{}/echo.Echo/Call", addr(&proxy)))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\x01y",
+        )))
+        .unwrap();
+    let response = sender.send_request(call).await.unwrap();
+    // The head came before the reset: the call's status, if any, is in the trailers.
+    assert!(
+        response.headers().get("grpc-status").is_none(),
+        "{response:?}"
+    );
+    let ended = response.into_body().collect().await.unwrap();
+    let trailers = ended
+        .trailers()
+        .cloned()
+        .expect("the call ends with a status");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    assert_eq!(trailers["x-rampart-error"], "upstream-reset");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    let failed = format!(
+        "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} 1"
+    );
+    assert!(text.contains(&failed), "{text}");
+}
