@@ -115,7 +115,9 @@ impl Builder {
         self
     }
 
-    /// Repeated trips double the open period up to this. Default 60 s; at least `open_for`.
+    /// Repeated trips double the open period up to this: failed probes, and trips soon after
+    /// the breaker closed again (an endpoint that flaps); a calm this long after a close starts
+    /// the backoff over. Default 60 s; at least `open_for`.
     pub fn open_for_max(mut self, period: Duration) -> Self {
         self.settings.open_for_max = period;
         self

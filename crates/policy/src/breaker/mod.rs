@@ -359,6 +359,14 @@ impl CircuitBreaker {
         self.shared.subscribe(Arc::new(listener));
     }
 
+    /// How long ago the breaker's current ejection began: when it last left the closed state
+    /// for the open one; it has been open or half-open since. `None` while closed, and while
+    /// forced (an operator's decision, not an ejection). A balancer holding several breakers
+    /// tells with it which endpoint was ejected last.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        self.shared.ejected_for()
+    }
+
     /// The breaker's numbers now.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.snapshot()

@@ -51,6 +51,9 @@ pub(super) struct Shared {
     probes: AtomicU64,
     /// When the current open period ends, in nanoseconds since `origin`.
     open_until: AtomicU64,
+    /// When the current ejection began (the breaker last left `Closed` for `Open`), in
+    /// nanoseconds since `origin` plus one; 0 while closed or forced.
+    ejected_at: AtomicU64,
     rejected: AtomicU64,
     window: Window<3>,
     settings: Settings,
@@ -88,8 +91,11 @@ impl Drop for Telling<'_> {
 /// What only transitions touch.
 #[derive(Debug, Default)]
 pub(super) struct Machine {
-    /// Trips since the breaker was last closed: each one doubles the open period.
+    /// Trips in a row, each doubling the open period: since the breaker was released, or since
+    /// the last trip that followed a calm of `open_for_max` (see [`Shared::trip`]).
     trips: u32,
+    /// When probes last closed the breaker, in nanoseconds since `origin`.
+    closed_at: Option<u64>,
     probe_successes: u32,
     opened_total: u64,
 }
@@ -131,6 +137,7 @@ impl Shared {
             consecutive: Padded(AtomicU32::new(0)),
             probes: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
+            ejected_at: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             window: Window::new(
                 settings.window,
@@ -367,7 +374,9 @@ impl Shared {
             if machine.probe_successes < self.settings.half_open_probes {
                 return;
             }
-            machine.trips = 0;
+            // The trips are kept: one soon after this close continues the backoff.
+            machine.closed_at = Some(self.nanos_since_origin(self.now()));
+            self.ejected_at.store(0, Release);
             self.reset_closed();
             self.set(State::HalfOpen, State::Closed, Reason::ProbesSucceeded)
         };
@@ -376,18 +385,32 @@ impl Shared {
 
     /// Opens the breaker if it is still in `from` (and, for a probe's failure, still in the
     /// probe's period).
+    ///
+    /// A trip soon after probes closed the breaker continues its backoff, as Envoy's ejection
+    /// multiplier does: an endpoint that fails again as soon as it is back (it flaps) is kept
+    /// out longer each time, up to `open_for_max`, rather than for `open_for` again and again.
+    /// Only a calm as long as `open_for_max` since the close starts the backoff over.
     fn trip(&self, from: State, period: Option<u64>, reason: Reason) {
         {
             let mut machine = self.lock();
             if self.state() != from || period.is_some_and(|p| p != self.period()) {
                 return;
             }
+            let now = self.nanos_since_origin(self.now());
+            if from == State::Closed {
+                let calm = saturating_nanos(self.settings.open_for_max);
+                if machine
+                    .closed_at
+                    .is_some_and(|at| now.saturating_sub(at) >= calm)
+                {
+                    machine.trips = 0;
+                }
+                self.ejected_at.store(now.saturating_add(1), Release);
+            }
             machine.trips = machine.trips.saturating_add(1);
             machine.opened_total += 1;
             let period = self.open_period(machine.trips);
-            let until = self
-                .nanos_since_origin(self.now())
-                .saturating_add(saturating_nanos(period));
+            let until = now.saturating_add(saturating_nanos(period));
             self.open_until.store(until, Release);
             // The gate first: a probe admitted in the old period meanwhile then finds it moved
             // (see `try_acquire_slow`), and none is admitted in the new one while it reads
@@ -455,10 +478,13 @@ impl Shared {
                         return;
                     }
                     machine.trips = 0;
+                    machine.closed_at = None;
                     self.reset_closed();
                     Reason::Released
                 }
             };
+            // A forced state is an operator's, no ejection of the breaker's own.
+            self.ejected_at.store(0, Release);
             // The gate first, as in `trip`.
             self.set(from, to, reason);
             self.next_period();
@@ -536,6 +562,16 @@ impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, Machine> {
         // The machine holds counters only: a panic elsewhere cannot leave it inconsistent.
         self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long ago the current ejection began: the breaker left `Closed` for `Open` then, and
+    /// has been open or half-open since. `None` while closed or forced.
+    pub(super) fn ejected_for(&self) -> Option<Duration> {
+        let at = self.ejected_at.load(Acquire);
+        (at != 0).then(|| {
+            let now = self.nanos_since_origin(self.now());
+            Duration::from_nanos(now.saturating_sub(at - 1))
+        })
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {

@@ -259,12 +259,62 @@ async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.snapshot().open_remaining, Some(expected));
     }
-    // A successful probe closes it and resets the backoff.
+    // A successful probe closes it; a calm as long as the cap resets the backoff.
     advance(3 * SEC).await;
     succeed(&b);
     assert_eq!(b.state(), State::Closed);
+    advance(3 * SEC).await;
     fail(&b);
     assert_eq!(b.snapshot().open_remaining, Some(SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_fails_again_soon_after_closing_is_kept_out_longer_each_time() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .open_for(SEC)
+        .open_for_max(8 * SEC)
+        .build()
+        .unwrap();
+    // It flaps: each time it is back, it fails again at once.
+    for expected in [SEC, 2 * SEC, 4 * SEC, 8 * SEC, 8 * SEC] {
+        fail(&b);
+        assert_eq!(b.snapshot().open_remaining, Some(expected));
+        advance(expected).await;
+        succeed(&b); // the probe
+        assert_eq!(b.state(), State::Closed);
+    }
+    // Calm for the cap's length: the next trip starts over.
+    advance(8 * SEC).await;
+    fail(&b);
+    assert_eq!(b.snapshot().open_remaining, Some(SEC));
+    // Released by an operator: so does it.
+    b.force_closed();
+    b.release();
+    fail(&b);
+    assert_eq!(b.snapshot().open_remaining, Some(SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ejection_is_timed_from_the_trip_through_half_open_to_the_close() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    assert_eq!(b.ejected_for(), None);
+    fail(&b);
+    assert_eq!(b.ejected_for(), Some(Duration::ZERO));
+    advance(SEC).await;
+    fail(&b); // a failed probe: the same ejection goes on
+    advance(SEC).await;
+    assert_eq!(b.ejected_for(), Some(2 * SEC));
+    advance(SEC).await;
+    succeed(&b);
+    assert_eq!(b.ejected_for(), None);
+    b.force_open();
+    assert_eq!(b.ejected_for(), None, "forced is no ejection");
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,9 +407,10 @@ async fn a_late_probe_failure_of_an_earlier_period_cannot_reopen_a_later_one() {
     fresh.record(Outcome::Success);
     succeed(&b);
     assert_eq!(b.state(), State::Closed);
-    // Its backoff was not doubled by the stale failure either: the next trip opens for 1 s.
+    // Its backoff was not doubled by the stale failure either: a trip at once is the third,
+    // open for 4 s, not 8.
     fail(&b);
-    assert_eq!(b.snapshot().open_remaining, Some(SEC));
+    assert_eq!(b.snapshot().open_remaining, Some(4 * SEC));
 }
 
 #[tokio::test(start_paused = true)]
@@ -712,6 +763,7 @@ mod model {
         now: u64,
         state: ModelState,
         trips: u32,
+        closed_at: Option<u64>,
     }
 
     #[derive(Debug)]
@@ -747,6 +799,13 @@ mod model {
                     let by_rate = calls >= self.min_calls.max(1)
                         && failures as f64 >= self.rate * calls as f64;
                     if by_run || by_rate {
+                        // A calm as long as the cap since the last close starts over.
+                        if self
+                            .closed_at
+                            .is_some_and(|at| self.now - at >= self.open_max_ms)
+                        {
+                            self.trips = 0;
+                        }
                         self.trip();
                     }
                 }
@@ -756,7 +815,7 @@ mod model {
                     } else {
                         *successes += 1;
                         if *successes == self.probes {
-                            self.trips = 0;
+                            self.closed_at = Some(self.now);
                             self.state = ModelState::Closed {
                                 events: Vec::new(),
                                 run: 0,
@@ -827,6 +886,7 @@ mod model {
                 now: 0,
                 state: ModelState::Closed { events: Vec::new(), run: 0 },
                 trips: 0,
+                closed_at: None,
             };
             for (i, (gap_ms, failed)) in steps.into_iter().enumerate() {
                 clock.advance(Duration::from_millis(gap_ms));
