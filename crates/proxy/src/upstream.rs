@@ -13,6 +13,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper_util::client::legacy::Client;
@@ -281,50 +282,27 @@ impl Pool {
     /// open, as Envoy's panic threshold does): a check that fails everywhere says more about the
     /// check than about every endpoint at once, and the breakers still guard each of them.
     ///
-    /// When no healthy endpoint's breaker admits, the ejection cap decides: `max_ejected_percent`
-    /// of the endpoints (primaries and backups together, at least one) may be ejected at once.
-    /// Every healthy endpoint is then refusing, so more are ejected than the cap allows whenever
-    /// more endpoints are healthy than the cap: the attempt goes to the one the balancer chooses
-    /// among them anyway, without a permit, so its outcome does not touch the breaker. The cap
-    /// thus never sends traffic to an ejected endpoint while another admits; it keeps a mass
-    /// ejection (a shared dependency's blip tripping every breaker) from becoming an outage of
-    /// its own. Endpoints held unhealthy by the health checks are out whatever the cap, as in
-    /// Envoy, where active health checking is not subject to the ejection cap, and so are those
-    /// an operator forced open: forcing every breaker open stops the traffic. With a single
-    /// endpoint (or a cap of 100%), nothing overrides the breakers, and the answer is
-    /// `breaker-open` for a lone endpoint, `no-healthy-endpoint` otherwise.
+    /// The ejection cap: at most `max_ejected_percent` of the endpoints (primaries and backups
+    /// together, at least one) are out at once for their breakers. When more breakers refuse,
+    /// the endpoints ejected last are used anyway, as many as are past the cap, without a
+    /// permit (their outcomes do not touch their breakers): as Envoy refuses the ejections that
+    /// would pass its cap, and keeps the hosts ejected first out. The cap applies whether or not
+    /// other endpoints admit: three of four endpoints ejected under a cap of 50% put one of them
+    /// back rather than load the last with everything. It keeps a mass ejection (a shared
+    /// dependency's blip tripping every breaker) from becoming an outage of its own, and an
+    /// endpoint ejected long ago (dead) out rather than one a blip tripped since. Endpoints held
+    /// unhealthy by the health checks are out whatever the cap, as in Envoy, where active health
+    /// checking is not subject to it, and so are those an operator forced open: forcing every
+    /// breaker open stops the traffic. With a single endpoint (or a cap of 100%), nothing
+    /// overrides the breakers, and the answer is `breaker-open` for a lone endpoint,
+    /// `no-healthy-endpoint` otherwise.
     pub(crate) fn pick(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
         let usable = self.usable();
+        let reinstated = self.past_cap(&usable);
         let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
-        if let Some(picked) = self
-            .admitting(primaries.clone(), avoid, &usable)
-            .or_else(|| self.admitting(backups.clone(), avoid, &usable))
-        {
-            return Ok(picked);
-        }
-        let ejectable = self.ejectable(&usable);
-        if self.beyond_cap(&ejectable) {
-            let chosen = [primaries, backups]
-                .into_iter()
-                .find_map(|tier| {
-                    self.balancer.choose(tier, avoid.last(), |index| {
-                        (!avoid.contains(index) && ejectable(index))
-                            .then(|| &self.endpoints[index].load)
-                    })
-                })
-                .or_else(|| avoid.fallback().find(|&index| ejectable(index)));
-            if let Some(index) = chosen {
-                let endpoint = &self.endpoints[index];
-                return Ok(Picked {
-                    index,
-                    permit: None,
-                    in_flight: self.balancer.start(&endpoint.load),
-                    metrics: &endpoint.metrics,
-                    sent: turn::now(),
-                });
-            }
-        }
-        Err(self.refusal())
+        self.admitting(primaries, avoid, &usable, &reinstated)
+            .or_else(|| self.admitting(backups, avoid, &usable, &reinstated))
+            .ok_or_else(|| self.refusal())
     }
 
     /// Whether the endpoint at `index` may take attempts as far as health goes: it is healthy,
@@ -334,20 +312,36 @@ impl Pool {
         move |index| panic || self.endpoints[index].healthy.load(Ordering::Relaxed)
     }
 
-    /// Whether the endpoint at `index` counts for the ejection cap, and may be used past its
-    /// breaker: `usable`, and not forced open by an operator, whose decision stands whatever
-    /// the cap (forcing every breaker open stops the traffic).
-    fn ejectable<'a>(&'a self, usable: &'a impl Fn(usize) -> bool) -> impl Fn(usize) -> bool + 'a {
-        move |index| usable(index) && !self.endpoints[index].is_forced_open()
-    }
-
-    /// Whether more endpoints are `ejectable` than the cap lets be ejected at once: then one is
-    /// used though its breaker refuses.
-    fn beyond_cap(&self, ejectable: impl Fn(usize) -> bool) -> bool {
-        (0..self.endpoints.len())
-            .filter(|&index| ejectable(index))
-            .count()
-            > self.max_ejected
+    /// The endpoints whose breakers refuse, past the ejection cap, that are used anyway: the
+    /// ones ejected last, as many as the cap is passed by. Among the endpoints that count for
+    /// it: `usable`, and not forced open by an operator, whose decision stands whatever the cap.
+    /// Empty (and allocating nothing) while the cap holds, the common case: one look at each
+    /// endpoint's gate.
+    fn past_cap(&self, usable: &impl Fn(usize) -> bool) -> Vec<usize> {
+        let count = self.endpoints.len();
+        if self.max_ejected >= count {
+            return Vec::new();
+        }
+        let refusing = |index: usize| {
+            let endpoint = &self.endpoints[index];
+            usable(index) && !endpoint.would_admit() && !endpoint.is_forced_open()
+        };
+        let ejected = (0..count).filter(|&index| refusing(index)).count();
+        if ejected <= self.max_ejected {
+            return Vec::new();
+        }
+        let mut latest: Vec<(Duration, usize)> = (0..count)
+            .filter(|&index| refusing(index))
+            .map(|index| {
+                let breaker = self.endpoints[index].breaker.as_ref();
+                // Half-open with no probe left is out as long as its ejection has lasted.
+                let since = breaker.and_then(CircuitBreaker::ejected_for);
+                (since.unwrap_or(Duration::MAX), index)
+            })
+            .collect();
+        latest.sort_unstable();
+        latest.truncate(ejected - self.max_ejected);
+        latest.into_iter().map(|(_, index)| index).collect()
     }
 
     /// The answer to an attempt no endpoint may take.
@@ -360,21 +354,22 @@ impl Pool {
     }
 
     // The endpoint of `tier` the balancer chooses among the usable ones whose breaker admits a
-    // call, those in `avoid` last.
+    // call or that are `reinstated` past the ejection cap, those in `avoid` last.
     fn admitting(
         &self,
         tier: Range<usize>,
         avoid: &Avoid,
         usable: &impl Fn(usize) -> bool,
+        reinstated: &[usize],
     ) -> Option<Picked<'_>> {
         // The balancer sees the breakers' answers without asking them: asking takes a permit,
         // and a half-open probe, from an endpoint that may not be chosen.
         let chosen = self.balancer.choose(tier.clone(), avoid.last(), |index| {
             let endpoint = &self.endpoints[index];
-            (!avoid.contains(index) && usable(index) && endpoint.would_admit())
-                .then_some(&endpoint.load)
+            let admits = endpoint.would_admit() || reinstated.contains(&index);
+            (!avoid.contains(index) && usable(index) && admits).then_some(&endpoint.load)
         });
-        if let Some(picked) = chosen.and_then(|index| self.admit(index)) {
+        if let Some(picked) = chosen.and_then(|index| self.admit(index, reinstated)) {
             return Some(picked);
         }
         // No other endpoint looked admitting, or the chosen one's breaker changed its mind since
@@ -386,14 +381,20 @@ impl Pool {
         tier.clone()
             .filter(|&index| !avoid.contains(index) && usable(index))
             .chain(avoided)
-            .find_map(|index| self.admit(index))
+            .find_map(|index| self.admit(index, reinstated))
     }
 
-    fn admit(&self, index: usize) -> Option<Picked<'_>> {
+    // An attempt on the endpoint at `index`, with its breaker's permit; without one when its
+    // breaker refuses and it is `reinstated` past the ejection cap.
+    fn admit(&self, index: usize, reinstated: &[usize]) -> Option<Picked<'_>> {
         let endpoint = &self.endpoints[index];
         let permit = match &endpoint.breaker {
             None => None,
-            Some(breaker) => Some(breaker.try_acquire().ok()?),
+            Some(breaker) => match breaker.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(_) if reinstated.contains(&index) => None,
+                Err(_) => return None,
+            },
         };
         Some(Picked {
             index,
@@ -414,7 +415,7 @@ impl Pool {
         // One that admits first, the common case; then the cap, as `pick` counts it.
         let admits = (0..self.endpoints.len())
             .any(|index| usable(index) && self.endpoints[index].would_admit())
-            || self.beyond_cap(self.ejectable(&usable));
+            || !self.past_cap(&usable).is_empty();
         if admits { Ok(()) } else { Err(self.refusal()) }
     }
 
@@ -741,7 +742,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn another_endpoint_is_preferred_to_the_one_that_failed() {
         for balance in BALANCERS {
-            let pool = three(balance, "");
+            // No cap: the two others are out for their breakers.
+            let pool = three(
+                balance,
+                "[upstreams.app.breaker]\nmax_ejected_percent = 100",
+            );
             for _ in 0..20 {
                 assert_ne!(pool.pick(&tried([0])).unwrap().index, 0, "{balance}");
             }
@@ -831,6 +836,45 @@ mod tests {
         trip(&pool, 1);
         let picked = pool.pick(&tried([])).unwrap();
         assert!(picked.permit.is_none());
+    }
+
+    // Trips the breakers of `indices` in turn, each ejection a little after the one before.
+    async fn trip_in_turn(pool: &Pool, indices: &[usize]) {
+        for &index in indices {
+            trip(pool, index);
+            tokio::time::advance(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_cap_the_endpoint_ejected_last_is_used_not_the_first() {
+        // The first ejected is dead; the second tripped on a blip. One of two may be out: the
+        // dead one stays out, whatever the balancer thinks of its (fast) failures.
+        for balance in BALANCERS {
+            let pool = pool(&format!("balance = \"{balance}\""));
+            trip_in_turn(&pool, &[0, 1]).await;
+            for _ in 0..20 {
+                let picked = pool.pick(&tried([])).unwrap();
+                assert_eq!(picked.index, 1, "{balance}");
+                assert!(picked.permit.is_none());
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_holds_while_other_endpoints_still_admit() {
+        // Four endpoints, two may be out; three are ejected: the last of them is put back beside
+        // the one left, rather than that one taking everything.
+        let pool = pool_with(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"],
+            "",
+            Rng::seeded(5),
+        );
+        trip_in_turn(&pool, &[0, 1, 2]).await;
+        let counts = spread(&pool, 200);
+        assert_eq!(&counts[..2], [0, 0], "{counts:?}");
+        assert!(counts[2] > 40 && counts[3] > 40, "{counts:?}");
+        assert!(pool.may_admit().is_ok());
     }
 
     #[tokio::test(start_paused = true)]
