@@ -29,7 +29,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -98,7 +98,13 @@ struct Kept {
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection, once made, and when it last took a request.
-    http2: Mutex<Option<Idle<http2::SendRequest<RequestBody>>>>,
+    http2: Mutex<Option<Shared>>,
+    /// Held while an HTTP/2 connection is made, so that the requests that find none wait for
+    /// that one; it keeps why the last attempt could not connect, for those that waited on it.
+    connecting: tokio::sync::Mutex<Option<String>>,
+    /// HTTP/2 connections made or tried: numbers them, and tells a waiter whether an attempt
+    /// was made while it waited.
+    connects: AtomicU64,
     /// Whether the task closing idle connections runs.
     watched: AtomicBool,
 }
@@ -106,6 +112,12 @@ struct Kept {
 struct Idle<S = Box<h1::Conn>> {
     handle: S,
     since: Instant,
+}
+
+/// The shared HTTP/2 connection, and its number among the connects.
+struct Shared {
+    idle: Idle<http2::SendRequest<RequestBody>>,
+    number: u64,
 }
 
 /// Why an exchange got no response head.
@@ -197,22 +209,15 @@ impl Connections {
             absolute(authority.as_ref().unwrap_or(&self.authority), request.uri())?;
         *request.version_mut() = Version::HTTP_2;
         deadline.set(request.headers_mut());
-        let shared = match &mut *lock(&self.kept.http2) {
-            Some(kept) if !kept.handle.is_closed() => {
-                kept.since = turn::now();
-                Some(kept.handle.clone())
-            }
-            _ => None,
-        };
-        let (mut sender, reused) = match shared {
-            Some(sender) => (sender, true),
-            None => (Box::pin(self.connect_http2()).await?, false),
+        let (mut sender, number, reused) = match self.live_http2(None) {
+            Some((sender, number)) => (sender, number, true),
+            None => Box::pin(self.http2_sender(None)).await?,
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(err) => {
                 let request = resendable(err, reused)?;
-                sender = Box::pin(self.connect_http2()).await?;
+                (sender, _, _) = Box::pin(self.http2_sender(Some(number))).await?;
                 sender
                     .send_request(request)
                     .await
@@ -222,9 +227,59 @@ impl Connections {
         Ok(response.map(PooledBody::http2))
     }
 
-    // A new HTTP/2 connection, shared from now on: one made by a concurrent request meanwhile
-    // is replaced, and closes once its streams end.
-    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+    // The shared HTTP/2 connection, if it is open and is not number `replacing` (one that gave
+    // a request back unsent).
+    fn live_http2(&self, replacing: Option<u64>) -> Option<(http2::SendRequest<RequestBody>, u64)> {
+        match &mut *lock(&self.kept.http2) {
+            Some(shared) if !shared.idle.handle.is_closed() && Some(shared.number) != replacing => {
+                shared.idle.since = turn::now();
+                Some((shared.idle.handle.clone(), shared.number))
+            }
+            _ => None,
+        }
+    }
+
+    // The shared HTTP/2 connection, made if there is none (or only number `replacing`), with
+    // its number and whether it was made before: requests that find none wait for the one
+    // connect under way, rather than each make their own (a hundred requests arriving at once
+    // on a cold pool, or after a connection was lost, made a hundred connections, and an
+    // upstream coming back met a connection storm). When that connect fails, they fail with it.
+    async fn http2_sender(
+        &self,
+        replacing: Option<u64>,
+    ) -> Result<(http2::SendRequest<RequestBody>, u64, bool), SendError> {
+        let seen = self.kept.connects.load(Ordering::Acquire);
+        let mut failed = self.kept.connecting.lock().await;
+        if let Some((sender, number)) = self.live_http2(replacing) {
+            return Ok((sender, number, true));
+        }
+        if self.kept.connects.load(Ordering::Acquire) != seen
+            && let Some(why) = failed.as_ref()
+        {
+            return Err(SendError::Connect(why.clone().into()));
+        }
+        let number = self.kept.connects.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.connect_http2(number).await {
+            Ok(sender) => {
+                *failed = None;
+                Ok((sender, number, false))
+            }
+            Err(err) => {
+                *failed = match &err {
+                    SendError::Connect(why) => Some(why.to_string()),
+                    // A failed handshake is left for each request to meet.
+                    SendError::Exchange(_) => None,
+                };
+                Err(err)
+            }
+        }
+    }
+
+    // A new HTTP/2 connection, number `number`, shared from now on.
+    async fn connect_http2(
+        &self,
+        number: u64,
+    ) -> Result<http2::SendRequest<RequestBody>, SendError> {
         let io = self.connect().await?;
         let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -244,9 +299,12 @@ impl Connections {
             .ready()
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;
-        *lock(&self.kept.http2) = Some(Idle {
-            handle: sender.clone(),
-            since: turn::now(),
+        *lock(&self.kept.http2) = Some(Shared {
+            idle: Idle {
+                handle: sender.clone(),
+                since: turn::now(),
+            },
+            number,
         });
         self.kept.watch();
         Ok(sender)
@@ -358,7 +416,7 @@ impl Kept {
         idle.retain(|idle| idle.handle.is_usable());
         let mut http2 = lock(&self.http2);
         // Streams still open keep their connection: only this handle goes.
-        if http2.as_ref().is_some_and(|idle| {
+        if http2.as_ref().is_some_and(|Shared { idle, .. }| {
             idle.handle.is_closed() || now.duration_since(idle.since) >= IDLE_TIMEOUT
         }) {
             *http2 = None;
@@ -556,6 +614,41 @@ mod tests {
         let response = send(connections).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_finding_no_http2_connection_share_the_one_being_made() {
+        let (addr, accepted) = upstream(true, false).await;
+        let connections = Arc::new(connections(addr, true));
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let connections = connections.clone();
+            all.spawn(async move { exchange(&connections).await });
+        }
+        all.join_all().await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_waiting_on_a_connect_that_fails_fail_with_it() {
+        // Nothing listens: each connect is refused. The requests that waited for the one under
+        // way do not each try again in turn.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let connections = Arc::new(connections(addr, true));
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let connections = connections.clone();
+            all.spawn(async move { send(&connections).await.map(|_| ()) });
+        }
+        for result in all.join_all().await {
+            assert!(matches!(result, Err(SendError::Connect(_))), "{result:?}");
+        }
+        let tried = connections.kept.connects.load(Ordering::Relaxed);
+        assert!(tried < 50, "{tried} connects for 50 requests");
     }
 
     /// The connections an upstream accepts for three HTTP/1.1 exchanges one after the other,
