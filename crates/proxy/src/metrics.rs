@@ -390,6 +390,55 @@ impl Metrics {
             skip: self.skip,
         }
     }
+
+    // A reload drops the series of what it removed: a gauge left behind (an endpoint held
+    // unhealthy, a breaker open) would keep an alert firing about something that no longer
+    // exists. Requests still finishing on what was removed count in series no longer shown; a
+    // name that comes back starts its counters over, which Prometheus reads as a reset.
+
+    /// Drops the series of the route `route`.
+    pub(crate) fn forget_route(&self, route: &str) {
+        let labels = || vec![("route", route.to_owned())];
+        for (_, outcome) in ROUTE_OUTCOMES {
+            let mut labels = labels();
+            labels.push(("outcome", outcome.to_owned()));
+            self.requests.remove(&labels);
+        }
+        self.duration.remove(&labels());
+        self.retries.remove(&labels());
+        self.retry_budget_exhausted.remove(&labels());
+        self.hedges.remove(&labels());
+    }
+
+    /// Drops the series of the upstream `upstream` itself (not its endpoints').
+    pub(crate) fn forget_upstream(&self, upstream: &str) {
+        let labels = vec![("upstream", upstream.to_owned())];
+        self.inflight.remove(&labels);
+        self.concurrency_limit.remove(&labels);
+    }
+
+    /// Drops the series of the endpoint `endpoint` of `upstream`.
+    pub(crate) fn forget_endpoint(&self, upstream: &str, endpoint: &str) {
+        let labels = || {
+            vec![
+                ("upstream", upstream.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+            ]
+        };
+        let with = |key: &'static str, value: &str| {
+            let mut labels = labels();
+            labels.push((key, value.to_owned()));
+            labels
+        };
+        self.endpoint_healthy.remove(&labels());
+        self.breaker_state.remove(&labels());
+        for to in STATES {
+            self.breaker_transitions.remove(&with("to", to.as_str()));
+        }
+        for outcome in ["success", "failure"] {
+            self.upstream_requests.remove(&with("outcome", outcome));
+        }
+    }
 }
 
 // === impl RouteMetrics ===

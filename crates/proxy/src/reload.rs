@@ -243,9 +243,37 @@ impl Live {
         served.runtime = self.config.runtime.clone();
         served.admin = self.config.admin.clone();
         served.outbox = self.config.outbox.clone();
+        self.forget_removed(&served, &upstreams);
         self.config = served;
         self.upstreams = upstreams;
         Ok(summary)
+    }
+}
+
+impl Live {
+    // Drops the metric series of the routes, upstreams and endpoints that the configuration
+    // served now has and `config`, about to be served with `upstreams`, has not.
+    fn forget_removed(&self, config: &Config, upstreams: &HashMap<String, Arc<Pool>>) {
+        for route in &self.config.routes {
+            if !config.routes.iter().any(|r| r.name == route.name) {
+                self.metrics.forget_route(&route.name);
+            }
+        }
+        for (name, old) in &self.upstreams {
+            let new = upstreams.get(name);
+            if new.is_none() {
+                self.metrics.forget_upstream(name);
+            }
+            for index in 0..old.len() {
+                let endpoint = old.authority(index);
+                let kept = new.is_some_and(|new| {
+                    (0..new.len()).any(|index| new.authority(index) == endpoint)
+                });
+                if !kept {
+                    self.metrics.forget_endpoint(name, endpoint.as_str());
+                }
+            }
+        }
     }
 }
 

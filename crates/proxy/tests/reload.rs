@@ -303,3 +303,46 @@ async fn runtime_changes_are_named_as_needing_a_restart() {
         Duration::from_secs(1)
     );
 }
+
+#[tokio::test]
+async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let gone = Upstream::start(Behavior::ok("gone")).await.unwrap();
+    let two = format!(
+        "[[routes]]\nname = \"a\"\nmatch = {{ path_prefix = \"/a\" }}\nupstream = \"a\"\n\n\
+         [upstreams.a]\nendpoints = [\"{}\", \"{}\"]\n\n",
+        a.addr(),
+        gone.addr()
+    );
+    let proxy = proxy(&format!("{LISTENER}{two}{}", route("b", b.addr()))).await;
+    for path in ["/a", "/a", "/b"] {
+        assert_eq!(get(&proxy, path).await.status(), 200);
+    }
+    let text = metrics_text(&proxy);
+    assert!(text.contains(&gone.addr().to_string()), "{text}");
+    assert!(text.contains("route=\"b\""), "{text}");
+
+    // The route and upstream `b` go, and an endpoint of `a`.
+    proxy
+        .reload(&config(&format!("{LISTENER}{}", route("a", a.addr()))))
+        .unwrap();
+    let text = metrics_text(&proxy);
+    assert!(!text.contains(&gone.addr().to_string()), "{text}");
+    assert!(!text.contains(&b.addr().to_string()), "{text}");
+    assert!(!text.contains("route=\"b\""), "{text}");
+    assert!(!text.contains("upstream=\"b\""), "{text}");
+    // What stayed keeps its series and its counts.
+    let kept = format!("endpoint=\"{}\"", a.addr());
+    assert!(text.contains(&kept), "{text}");
+    assert!(
+        text.contains("rampart_requests_total{route=\"a\",outcome=\"success\"} 2"),
+        "{text}"
+    );
+}
+
+fn metrics_text(proxy: &Proxy) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    text
+}
