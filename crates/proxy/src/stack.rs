@@ -270,6 +270,11 @@ impl Stack {
             };
             let first = picked.index;
             avoid.insert(first);
+            // Counted once it goes: a retry the breakers or the limits stopped after its backoff
+            // was never sent.
+            if attempt > 1 {
+                self.metrics.retried();
+            }
             let sending = self.send(&head, attempt_body, picked, slot, (deadline, expired), grpc);
 
             let sent = match hedging {
@@ -361,7 +366,6 @@ impl Stack {
                     Last::Error(_) => Err(Reason::RetryBudgetExhausted),
                 };
             }
-            self.metrics.retried();
             tokio::time::sleep(delay).await;
             failed = Some(last);
         }

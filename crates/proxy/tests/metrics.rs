@@ -188,3 +188,26 @@ async fn a_request_its_client_gave_up_on_counts_as_cancelled() {
         r#"rampart_requests_total{route="api",outcome="failure"} 0"#,
     );
 }
+
+#[tokio::test]
+async fn only_retries_sent_count_as_retries() {
+    // The first failure opens the lone endpoint's breaker: the retry it called for waits its
+    // backoff, then finds no endpoint to go to, and is not sent.
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "name = \"api\"\n[routes.retry]\nattempts = 3",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"1h\"\nopen_for_max = \"1h\"",
+    )
+    .await;
+    let response = send(
+        &http1(),
+        request(&proxy, "/").body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.request_count(), 1);
+    assert_has(&scrape(&proxy), r#"rampart_retries_total{route="api"} 0"#);
+}
