@@ -7,7 +7,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -345,21 +345,35 @@ pin_project_lite::pin_project! {
         timeout: Duration,
         // Whether `timer` is set for the current wait.
         waiting: bool,
-        // Told of a stall, for a request body.
-        fault: Option<BodyFault>,
+        watch: Watch,
+        // For a request body: how far its reply had moved when the current wait began.
+        seen: u64,
     }
 }
 
+/// What an [`IdleBody`] shares with the other direction of its exchange, through the request's
+/// [`BodyFault`].
+pub(crate) enum Watch {
+    /// Nothing (a reply to a request without a body).
+    None,
+    /// A request body: it records its stall, and stalls only while its reply does not move
+    /// either (as Envoy's stream idle timeout counts activity in both directions), so that a
+    /// gRPC client streaming nothing while the server's replies flow is not cut off.
+    Request(BodyFault),
+    /// A reply: each piece tells the request's watch that the exchange moves.
+    Reply(BodyFault),
+}
+
 impl<B> IdleBody<B> {
-    /// `inner`, cut after `timeout` without a piece; a request body also records the stall in
-    /// `fault`.
-    pub(crate) fn new(inner: B, timeout: Duration, fault: Option<BodyFault>) -> IdleBody<B> {
+    /// `inner`, cut after `timeout` without a piece, sharing `watch` with the other direction.
+    pub(crate) fn new(inner: B, timeout: Duration, watch: Watch) -> IdleBody<B> {
         IdleBody {
             inner,
             timer: Timer::default(),
             timeout,
             waiting: false,
-            fault,
+            watch,
+            seen: 0,
         }
     }
 }
@@ -379,6 +393,9 @@ where
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.waiting = false;
+            if let (Watch::Reply(request), Some(Ok(_))) = (&*this.watch, &frame) {
+                request.reply_moved();
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         // The gap starts when the reader first finds nothing, not at the last piece: time the
@@ -387,17 +404,25 @@ where
         let sleep = if std::mem::replace(this.waiting, true) {
             this.timer.get_or_set(at)
         } else {
+            if let Watch::Request(fault) = &*this.watch {
+                *this.seen = fault.reply_moves();
+            }
             this.timer.set(at)
         };
-        match sleep.poll(cx) {
-            Poll::Ready(()) => {
-                if let Some(fault) = this.fault {
-                    fault.set(ClientBodyFault::Stalled);
-                }
-                Poll::Ready(Some(Err(Box::new(BodyStalled))))
-            }
-            Poll::Pending => Poll::Pending,
+        if sleep.poll(cx).is_pending() {
+            return Poll::Pending;
         }
+        if let Watch::Request(fault) = &*this.watch {
+            let moves = fault.reply_moves();
+            if moves != *this.seen {
+                // The reply moved meanwhile: the exchange is not idle, and the wait starts over.
+                *this.seen = moves;
+                let _ = this.timer.set(turn::now() + *this.timeout).poll(cx);
+                return Poll::Pending;
+            }
+            fault.set(ClientBodyFault::Stalled);
+        }
+        Poll::Ready(Some(Err(Box::new(BodyStalled))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -516,17 +541,34 @@ pub(crate) enum ClientBodyFault {
 /// the attempt fails: the failure is the client's, not the endpoint's. The body's own error does
 /// not always reach the stack: an HTTP/2 upstream connection reports only that it reset the
 /// stream. Carried in the request's extensions, so that every attempt sees it.
+///
+/// It also carries how far the reply has moved, for the request body's idle timer ([`Watch`]).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BodyFault(Arc<AtomicU8>);
+pub(crate) struct BodyFault(Arc<FaultCell>);
+
+#[derive(Debug, Default)]
+pub(crate) struct FaultCell {
+    fault: AtomicU8,
+    /// Pieces of the reply passed on so far.
+    reply_moves: AtomicU64,
+}
 
 impl BodyFault {
     fn set(&self, fault: ClientBodyFault) {
-        self.0.store(fault as u8, Ordering::Release);
+        self.0.fault.store(fault as u8, Ordering::Release);
+    }
+
+    fn reply_moved(&self) {
+        self.0.reply_moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reply_moves(&self) -> u64 {
+        self.0.reply_moves.load(Ordering::Relaxed)
     }
 
     /// What the body recorded, if anything.
     pub(crate) fn get(&self) -> Option<ClientBodyFault> {
-        match self.0.load(Ordering::Acquire) {
+        match self.0.fault.load(Ordering::Acquire) {
             1 => Some(ClientBodyFault::TooLarge),
             2 => Some(ClientBodyFault::Stalled),
             3 => Some(ClientBodyFault::Broken),

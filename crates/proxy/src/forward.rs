@@ -19,8 +19,8 @@ use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 
 use crate::body::{
-    BodyFault, ClientBodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, boxed,
-    rescued,
+    BodyFault, ClientBodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, Watch,
+    boxed, rescued,
 };
 use crate::metrics::RouteOutcome;
 use crate::recent::Kind;
@@ -231,7 +231,11 @@ fn client_body(
     }
     let fault = BodyFault::default();
     parts.extensions.insert(fault.clone());
-    let body = IdleBody::new(body, limits.body_idle_timeout, Some(fault.clone()));
+    let body = IdleBody::new(
+        body,
+        limits.body_idle_timeout,
+        Watch::Request(fault.clone()),
+    );
     (
         LimitBody::new(body, limits.max_request_body, fault.clone()).boxed_unsync(),
         Some(fault),
@@ -348,7 +352,8 @@ async fn exchange(
             remove_hop_by_hop(&mut parts.headers, HopByHop::default());
             parts.version = version;
             // The stack bounds the body by the deadline already.
-            let body = IdleBody::new(body, client.limits.body_idle_timeout, None).boxed_unsync();
+            let watch = body_fault.clone().map_or(Watch::None, Watch::Reply);
+            let body = IdleBody::new(body, client.limits.body_idle_timeout, watch).boxed_unsync();
             let body = match stack.fallback() {
                 // A good answer is copied aside as it streams, for the fallback's `stale`.
                 Some(fallback) if stale_key.is_some() => fallback

@@ -554,3 +554,114 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
     );
     assert!(text.contains(&failed), "{text}");
 }
+
+/// An h2c server answering every call with `count` messages, one every `every`, then status 0,
+/// whatever the call's request stream does (it is held, never read).
+async fn streamed_replies(count: u32, every: Duration) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let held: hyper::body::Incoming = request.into_body();
+                    let frames = futures_util::stream::unfold(
+                        (0, Some(held)),
+                        move |(sent, held)| async move {
+                            let held = held?;
+                            if sent == count {
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                drop(held);
+                                return Some((Ok(Frame::trailers(trailers)), (sent, None)));
+                            }
+                            tokio::time::sleep(every).await;
+                            let message = Bytes::from_static(b"\0\0\0\0\x01x");
+                            Some((
+                                Ok::<_, std::convert::Infallible>(Frame::data(message)),
+                                (sent + 1, Some(held)),
+                            ))
+                        },
+                    );
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(StreamBody::new(Box::pin(frames)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    // Ten replies, one every 100 ms: a second of reply against a 300 ms idle bound, while the
+    // client sends one message and then nothing (a watch).
+    let upstream = streamed_replies(10, Duration::from_millis(100)).await;
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        body_idle_timeout = "300ms"
+        [[routes]]
+        upstream = "app"
+        timeout = "10s"
+        [upstreams.app]
+        endpoints = ["{upstream}"]
+        protocol = "grpc"
+        "#
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (send_message, messages) = tokio::sync::mpsc::channel::<Bytes>(1);
+    send_message
+        .send(Bytes::from_static(b"\0\0\0\0\x01y"))
+        .await
+        .unwrap();
+    let frames = futures_util::stream::unfold(messages, |mut messages| async move {
+        let message = messages.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(message)),
+            messages,
+        ))
+    });
+    let call = hyper::Request::post(format!("http://{}/echo.Echo/Watch", addr(&proxy)))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let response = sender.send_request(call).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the call ends")
+        .unwrap();
+    let trailers = ended
+        .trailers()
+        .cloned()
+        .expect("the call ends with a status");
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    assert_eq!(ended.to_bytes().len(), 10 * 6);
+    drop(send_message);
+}
