@@ -110,13 +110,9 @@ impl Protocol {
     /// and for each of the route's attempts, as a call whose answer broke off before any of it
     /// reached the client may be retried).
     async fn ask_then(self, proxy: &Proxy, upstream: Option<&Misbehaving>) -> Answer {
-        let started = Instant::now();
-        let answer = tokio::time::timeout(WITHIN, self.exchange(proxy, upstream))
+        tokio::time::timeout(WITHIN, self.exchange(proxy, upstream))
             .await
-            .unwrap_or_else(|_| panic!("{self:?}: no answer within {WITHIN:?}"));
-        // The timeout above bounds it already; this names a slow answer that still came.
-        assert!(started.elapsed() < WITHIN, "{self:?}: {answer:?} came late");
-        answer
+            .unwrap_or_else(|_| panic!("{self:?}: no answer within {WITHIN:?}"))
     }
 
     async fn exchange(self, proxy: &Proxy, upstream: Option<&Misbehaving>) -> Answer {

@@ -11,7 +11,6 @@ use rampart_proxy::Proxy;
 use rampart_test_support::{
     Behavior, EchoClient, EchoRequest, GrpcBehavior, GrpcUpstream, Refusing, SAY, Upstream,
 };
-use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use common::*;
@@ -88,13 +87,15 @@ async fn a_client_deadline_of_300ms_ends_a_hanging_call_with_deadline_exceeded()
 
     let mut request = say("wait");
     request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = client.call(request).await.unwrap_err();
+    // Ended by the deadline, not by the route's 15 s timeout.
+    let status = tokio::time::timeout(Duration::from_secs(10), client.call(request))
+        .await
+        .expect("ended by the client's deadline")
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(meta(&status, "x-rampart-error"), Some("deadline-exceeded"));
-    // Ended by the deadline, not by the route's 15 s timeout.
-    assert!(started.elapsed() < Duration::from_secs(5));
 
+    upstream.wait_for_calls(1).await;
     let timeout = upstream.calls()[0]
         .timeout
         .expect("a grpc-timeout went upstream");
@@ -110,15 +111,17 @@ async fn a_tonic_channel_with_a_deadline_gives_up_on_a_hanging_call_in_time() {
 
     let mut request = say("wait");
     request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = client.call(request).await.unwrap_err();
+    let status = tokio::time::timeout(Duration::from_secs(10), client.call(request))
+        .await
+        .expect("ended by the deadline, not the route's 15 s timeout")
+        .unwrap_err();
     // tonic's channel keeps its own timer, which starts before rampart's and so usually fires
     // first; tonic calls its own expiry CANCELLED, rampart's is DEADLINE_EXCEEDED.
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    upstream.wait_for_calls(1).await;
     let timeout = upstream.calls()[0].timeout.unwrap();
     assert!(timeout > Duration::ZERO && timeout <= Duration::from_millis(300));
 }
@@ -132,6 +135,7 @@ async fn a_route_timeout_ends_a_hanging_call_with_deadline_exceeded_and_the_reas
     let status = client.say("wait").await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(meta(&status, "x-rampart-error"), Some("timeout"));
+    upstream.wait_for_calls(1).await;
     let timeout = upstream.calls()[0].timeout.unwrap();
     assert!(timeout > Duration::ZERO && timeout <= Duration::from_millis(500));
 }
@@ -365,58 +369,18 @@ async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
     assert_eq!(meta(&status, "x-rampart-fallback"), None);
 }
 
-/// An h2c server answering every call at once with one message of a reply it never ends (a
-/// watch), whatever the call's request stream does.
-async fn endless_replies() -> SocketAddr {
-    use bytes::Bytes;
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: hyper::Request<_>| async move {
-                    // The request's body is held, never read: the reply does not wait for it.
-                    let held: hyper::body::Incoming = request.into_body();
-                    let frames = futures_util::stream::unfold(Some(held), |held| async move {
-                        let held = held?;
-                        let message = Bytes::from_static(b"\0\0\0\0\x01x");
-                        // One message, then silence for as long as the call lasts.
-                        Some((Ok::<_, std::convert::Infallible>(Frame::data(message)), {
-                            tokio::time::sleep(Duration::from_secs(3600)).await;
-                            drop(held);
-                            None
-                        }))
-                    });
-                    Ok::<_, std::convert::Infallible>(
-                        hyper::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(StreamBody::new(Box::pin(frames)))
-                            .unwrap(),
-                    )
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
-async fn a_client_stream_gone_quiet_ends_its_call_and_is_not_the_endpoints_failure() {
+async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoints_failure() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
-    let upstream = endless_replies().await;
+    // Replies for five seconds, one every 50 ms.
+    let upstream = streamed_replies(100, Duration::from_millis(50)).await;
     let proxy = proxy(&format!(
         r#"
         [[listeners]]
         listen = "127.0.0.1:0"
-        body_idle_timeout = "300ms"
+        max_request_body = "1KiB"
         [[routes]]
         upstream = "app"
         timeout = "10s"
@@ -429,7 +393,7 @@ async fn a_client_stream_gone_quiet_ends_its_call_and_is_not_the_endpoints_failu
     ))
     .await;
 
-    // A bidirectional call whose client sends one message, then nothing, without ending.
+    // A bidirectional call whose client, once the replies flow, sends more than it may.
     let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -457,7 +421,14 @@ async fn a_client_stream_gone_quiet_ends_its_call_and_is_not_the_endpoints_failu
         .unwrap();
     let response = sender.send_request(call).await.unwrap();
     assert_eq!(response.status(), 200);
-    let ended = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a reply").unwrap();
+    assert!(first.is_data());
+    send_message
+        .send(Bytes::from(vec![b'z'; 2048]))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
         .expect("the call ends")
         .unwrap();
@@ -465,7 +436,10 @@ async fn a_client_stream_gone_quiet_ends_its_call_and_is_not_the_endpoints_failu
         .trailers()
         .cloned()
         .expect("the call ends with a status");
-    assert_eq!(trailers["x-rampart-error"], "bad-request", "{trailers:?}");
+    assert_eq!(
+        trailers["x-rampart-error"], "body-too-large",
+        "{trailers:?}"
+    );
     drop(send_message);
 
     // The endpoint is not blamed: its breaker, which opens at one failure, still admits.
@@ -489,10 +463,15 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
     // no trailers, no status.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
+    // Fired once the client has the reply's head: the reset must come after it.
+    let (headed, head_seen) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        let mut head_seen = Some(head_seen);
         while let Ok((stream, _)) = listener.accept().await {
+            let head_seen = head_seen.take();
             tokio::spawn(async move {
                 let mut connection = h2::server::handshake(stream).await.unwrap();
+                let mut head_seen = head_seen;
                 while let Some(Ok((_request, mut respond))) = connection.accept().await {
                     let head = http::Response::builder()
                         .header("content-type", "application/grpc")
@@ -504,8 +483,11 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
                         .unwrap();
                     // The reset follows once the head and the message have gone on, as a
                     // server's would that stopped part way through a long reply.
+                    let head_seen = head_seen.take();
                     tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if let Some(head_seen) = head_seen {
+                            let _ = head_seen.await;
+                        }
                         reply.send_reset(h2::Reason::NO_ERROR);
                     });
                 }
@@ -540,6 +522,7 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
         response.headers().get("grpc-status").is_none(),
         "{response:?}"
     );
+    headed.send(()).unwrap();
     let ended = response.into_body().collect().await.unwrap();
     let trailers = ended
         .trailers()

@@ -10,7 +10,6 @@ use http_body_util::Full;
 use hyper::{Method, StatusCode};
 use rampart_policy::rng::Rng;
 use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
-use tokio::time::Instant;
 
 use common::*;
 
@@ -37,11 +36,10 @@ async fn a_request_slow_to_answer_is_answered_by_a_hedge_to_the_fast_endpoint() 
     while slow.request_count() < 2 {
         assert!(requests < 20, "the slow endpoint stopped getting requests");
         requests += 1;
-        let start = Instant::now();
         let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
         assert_eq!(response.status(), StatusCode::OK);
+        // The slow endpoint would have answered `ok`: the hedge won.
         assert_eq!(response.body(), "fast", "request {requests}");
-        assert!(start.elapsed() < SLOW, "request {requests}");
     }
     // Each request reached the fast endpoint once, first or as the one hedge; none was sent a
     // third time.
