@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rampart_admin::{Admin, Fleet, ReloadError, Target};
 use rampart_proxy::Proxy;
-use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
+use rampart_test_support::{Behavior, ProxyBuilder, Refusing, Upstream};
 use serde_json::json;
 
 use common::*;
@@ -37,12 +37,6 @@ fn target(addr: SocketAddr) -> Target {
     Target::parse(&format!("http://{addr}")).unwrap()
 }
 
-/// An address nothing listens on.
-fn closed_addr() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
-}
-
 /// Two instances, `alpha` and `beta`, routing to one upstream, and the fleet view over them and
 /// an address where nothing answers.
 struct Setup {
@@ -51,6 +45,8 @@ struct Setup {
     beta: (Proxy, Admin),
     dead: SocketAddr,
     fleet: Fleet,
+    // Holds `dead`: nothing listens there, and no other socket can take it meanwhile.
+    _dead: Refusing,
 }
 
 impl Setup {
@@ -58,7 +54,8 @@ impl Setup {
         let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
         let alpha = instance("alpha", &upstream).await;
         let beta = instance("beta", &upstream).await;
-        let dead = closed_addr();
+        let refusing = Refusing::bind().unwrap();
+        let dead = refusing.addr();
         let targets = vec![target(alpha.1.addr()), target(beta.1.addr()), target(dead)];
         let fleet = Fleet::start("127.0.0.1:0".parse().unwrap(), targets)
             .await
@@ -69,6 +66,7 @@ impl Setup {
             beta,
             dead,
             fleet,
+            _dead: refusing,
         }
     }
 }
@@ -81,6 +79,7 @@ async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events()
         beta: (_beta, beta_admin),
         dead,
         fleet,
+        _dead,
     } = Setup::start().await;
     let addr = fleet.addr();
 
@@ -209,6 +208,7 @@ async fn one_stream_brings_every_instance_and_says_which_is_lost() {
         beta: (_beta, beta_admin),
         dead: _,
         fleet,
+        _dead,
     } = Setup::start().await;
     let mut body = events(fleet.addr(), "/fleet/events").await;
     let mut buffer = String::new();

@@ -40,7 +40,7 @@ async fn async_proxy(upstream: &Upstream, dir: &std::path::Path) -> Proxy {
 
         [outbox]
         path = "{}"
-        max_age = "200ms"
+        max_age = "1s"
         retry = {{ base = "10ms", max = "20ms" }}
 
         [[routes]]
@@ -155,7 +155,7 @@ async fn two_route_proxy(upstream: &Upstream, dir: &std::path::Path) -> Proxy {
 
         [outbox]
         path = "{}"
-        max_age = "200ms"
+        max_age = "1s"
         retry = {{ base = "10ms", max = "20ms" }}
         {}
         {}

@@ -163,10 +163,20 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
         &format!("/api/outbox/{id}"),
         "/",
     ] {
-        answers.push_str(&admin_get(admin, path, short).await);
+        let answer = admin_get(admin, path, short).await;
+        // Looked at for what it holds: an error or an empty answer would hide nothing.
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.len() > 200, "{path}: {answer}");
+        answers.push_str(&answer);
     }
     for path in ["/api/events", "/hystrix.stream"] {
-        answers.push_str(&admin_get(admin, path, short).await);
+        let answer = admin_get(admin, path, short).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(
+            answer.contains("\ndata: "),
+            "{path}: no event within {short:?}: {answer}"
+        );
+        answers.push_str(&answer);
     }
     let addr = admin.to_string();
     for (path, body) in [

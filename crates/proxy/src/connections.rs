@@ -633,11 +633,8 @@ mod tests {
     async fn requests_waiting_on_a_connect_that_fails_fail_with_it() {
         // Nothing listens: each connect is refused. The requests that waited for the one under
         // way do not each try again in turn.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let refusing = rampart_test_support::Refusing::bind().unwrap();
+        let addr = refusing.addr();
         let connections = Arc::new(connections(addr, true));
         let mut all = tokio::task::JoinSet::new();
         for _ in 0..50 {
@@ -818,10 +815,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let connections = connections(addr, false);
+        let refusing = rampart_test_support::Refusing::bind().unwrap();
+        let connections = connections(refusing.addr(), false);
         let err = send(&connections).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err:?}");
     }

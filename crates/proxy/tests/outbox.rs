@@ -284,7 +284,8 @@ async fn a_message_past_max_age_is_dead_and_a_redrive_delivers_it() {
     let proxy = async_proxy(
         dir.path(),
         upstream.addr(),
-        "max_age = \"200ms\"",
+        // Long enough for a retry or two even on a machine stalled for a while.
+        "max_age = \"1s\"",
         "[routes.retry]\nattempts = 1",
         "[upstreams.orders.breaker]\nenabled = false",
     )

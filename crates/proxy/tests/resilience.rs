@@ -207,9 +207,10 @@ async fn the_budget_stops_retries_past_its_floor_and_hands_back_the_upstreams_50
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error_of(&response), None, "the upstream's own 503");
     }
-    // 20 first attempts, and the floor's 10 retries; without the budget, 40 retries.
-    let seen = upstream.request_count();
-    assert!((30..60).contains(&seen), "{seen} requests upstream");
+    // 20 first attempts, and the floor's 10 retries; without the budget, 40 retries. The
+    // window counts every retry made in its 10 s, which these sequential requests take far
+    // less than.
+    assert_eq!(upstream.request_count(), 30);
 }
 
 /// An upstream answering every request 503 with these header lines.
