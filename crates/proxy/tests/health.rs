@@ -61,7 +61,7 @@ async fn until_only_b_answers(proxy: &rampart_proxy::Proxy) {
 
 const HTTP_CHECKS: &str = "balance = \"round-robin\"\n\
     [upstreams.app.breaker]\nenabled = false\n\
-    [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+    [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"250ms\"\ntimeout = \"250ms\"\n\
     unhealthy_after = 2\nhealthy_after = 3";
 
 #[tokio::test]
@@ -290,7 +290,7 @@ async fn a_grpc_endpoint_not_serving_loses_its_traffic_until_it_serves_again() {
         &[a.addr, b.addr],
         "",
         "protocol = \"grpc\"\nbalance = \"round-robin\"\n\
-         [upstreams.app.health]\ngrpc = true\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+         [upstreams.app.health]\ngrpc = true\ninterval = \"250ms\"\ntimeout = \"250ms\"\n\
          unhealthy_after = 2\nhealthy_after = 2",
     )
     .await;
