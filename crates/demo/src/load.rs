@@ -229,11 +229,13 @@ async fn via_grpc(client: &grpc::Client, target: SocketAddr, item: u64) -> Outco
 }
 
 /// A page is whole, degraded (stand-ins named in `degraded`) or partial (parts in `missing`).
+/// A page whose main part, B's item, stood in as nothing is partial too, whatever stands in
+/// beside it: the naive wiring's page without it counts as failed, and so does this one.
 pub(crate) fn judge(page: &Reply) -> Outcome {
     let missing = page.value["missing"]
         .as_array()
         .is_some_and(|missing| !missing.is_empty());
-    if missing {
+    if missing || page.value.get("b").is_some_and(Value::is_null) {
         Outcome::Partial
     } else if page.degraded.is_empty() {
         Outcome::Ok
@@ -262,6 +264,15 @@ mod tests {
         assert_eq!(judge(&page(&["c"], json!([]))), Outcome::Fallback);
         let hole = json!([{"part": "b", "why": "502"}]);
         assert_eq!(judge(&page(&["c"], hole)), Outcome::Partial);
+        // B's item stood in for by nothing: no page, whatever stands in for D.
+        let mut empty = page(&["b", "d"], json!([]));
+        empty.value["b"] = Value::Null;
+        empty.value["d"] = json!({"also_bought": []});
+        assert_eq!(judge(&empty), Outcome::Partial);
+        // B's item with C's part stood in for is a page.
+        let mut degraded = page(&["c"], json!([]));
+        degraded.value["b"] = json!({"name": "item 1", "stock": null});
+        assert_eq!(judge(&degraded), Outcome::Fallback);
     }
 
     #[test]

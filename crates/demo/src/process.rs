@@ -37,6 +37,17 @@ pub(crate) fn binary() -> io::Result<PathBuf> {
     std::env::current_exe()
 }
 
+/// The admin token of every sidecar this demo starts: drawn once, printed with the dashboards
+/// of the setup left running, so that its force buttons work.
+pub(crate) fn admin_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        (0..24)
+            .map(|_| fastrand::alphanumeric())
+            .collect::<String>()
+    })
+}
+
 /// One of the demo's services in a process of its own.
 #[derive(Debug)]
 pub(crate) struct ServiceProcess {
@@ -219,6 +230,7 @@ impl Sidecar {
             .args(["--log-format", "json", "run", "--until-stdin-closes", "-c"])
             .arg(&path)
             .env_remove("RUST_LOG")
+            .env(crate::sidecar::TOKEN_ENV, admin_token())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -64,6 +64,20 @@ pub(crate) struct ScenarioResult {
 }
 
 /// Writes `results.json`, `timeline.json`, the charts and `index.html` into `out`.
+/// Makes the report's directory and checks a file can be written in it.
+pub(crate) fn prepare(out: &Path) -> io::Result<()> {
+    let probe = out.join(".rampart-demo-write-check");
+    std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot write the report in {}: {err}", out.display()),
+            )
+        })
+}
+
 pub(crate) fn write(out: &Path, protocol: Protocol, results: &[ScenarioResult]) -> io::Result<()> {
     std::fs::create_dir_all(out)?;
     let pretty = |value: &Value| serde_json::to_string_pretty(value).map_err(io::Error::other);
@@ -269,11 +283,14 @@ pub(crate) fn checks(results: &[ScenarioResult]) -> Vec<String> {
         }
         // Where a fault hurts the naive wiring's clients: lost pages or latency, refused orders.
         if latency_bound || result.protected.delivery.is_some() {
+            // Success counts pages with stand-ins: the whole pages are said beside it.
             lines.push(format!(
-                "{} {name}: naive worse: success {:.2}% against {:.2}%, p99 {:.0} ms against {:.0} ms",
+                "{} {name}: naive worse: success {:.2}% against {:.2}% (whole pages {} against {}), p99 {:.0} ms against {:.0} ms",
                 mark(worse(naive, protected)),
                 naive.success_rate() * 100.0,
                 success * 100.0,
+                naive.ok,
+                protected.ok,
                 naive.p99_ms,
                 protected.p99_ms
             ));

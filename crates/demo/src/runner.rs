@@ -109,11 +109,16 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
         timing.fault_end.as_secs(),
         CLIENT_TIMEOUT.as_secs(),
     );
+    // Where the report goes is checked before minutes of runs, not after them.
+    report::prepare(&args.out)?;
     let dir = TempDir::new()?;
     let mut results = Vec::new();
     let mut last = None;
     for &scenario in scenarios {
         say!("\n{}: {}", scenario.name(), scenario.story());
+        // The previous scenario's setup stops before this one's runs: left up, its health
+        // checks and processes would take CPU from them.
+        drop(last.take());
         let (naive, _) = one_run(scenario, Wiring::Naive, args.protocol, timing, &dir).await?;
         let (protected, cluster) =
             one_run(scenario, Wiring::Protected, args.protocol, timing, &dir).await?;
@@ -123,9 +128,16 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
             naive,
             protected,
         });
-        last = Some(cluster);
+        if args.keep_running {
+            last = Some(cluster);
+        }
     }
-    report::write(&args.out, args.protocol, &results)?;
+    report::write(&args.out, args.protocol, &results).map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("cannot write the report in {}: {err}", args.out.display()),
+        )
+    })?;
     say!();
     // A closed stdout (`rampart demo | head -3`) loses the table, not the report nor the rest.
     let _ = write!(io::stdout(), "{}", report::table(&results));
@@ -166,10 +178,15 @@ async fn one_run(
     )
     .await?;
     warm_up(cluster.entry(), protocol).await?;
-    if wiring == Wiring::Protected
-        && let Some(a) = cluster.sidecars().first()
-    {
-        say!("  dashboard of A's sidecar: http://{}/", a.admin);
+    if wiring == Wiring::Protected {
+        // B's sidecar is where C's breaker and health checks act; A's shows B and D.
+        for sidecar in cluster.sidecars() {
+            say!(
+                "  dashboard of {}'s sidecar: http://{}/",
+                sidecar.of.to_ascii_uppercase(),
+                sidecar.admin
+            );
+        }
     }
     let start = Instant::now();
     cluster.follow(start);
@@ -303,6 +320,10 @@ async fn explore(
             sidecar.config.display()
         );
     }
+    say!(
+        "  the dashboards' force buttons ask for the admin token: {}",
+        crate::process::admin_token()
+    );
     say!("press Ctrl-C to stop it");
     exploring.store(true, Ordering::Release);
     let load = Load {

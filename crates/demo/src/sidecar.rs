@@ -149,6 +149,9 @@ pub fn config_b(protocol: Protocol, c: &Endpoints) -> String {
     text
 }
 
+/// The variable the sidecars read their admin token from.
+pub const TOKEN_ENV: &str = "RAMPART_DEMO_TOKEN";
+
 fn header(of: &str, what: &str) -> String {
     format!(
         "# The sidecar of service {of}, written by `rampart demo`: {what}.\n\
@@ -157,6 +160,8 @@ fn header(of: &str, what: &str) -> String {
          [admin]\n\
          listen = \"127.0.0.1:0\"            # the dashboard (GET /), /api/stats, /metrics; the demo\n\
          \u{20}                                 # reads the port the kernel chose from the log\n\
+         token_env = \"{TOKEN_ENV}\"   # forcing a breaker from the dashboard takes this token;\n\
+         \u{20}                                 # the demo draws one per run and prints it\n\
          \n\
          [runtime]\n\
          worker_threads = 1                # a sidecar is small beside its service\n\
@@ -286,8 +291,11 @@ fn upstream(protocol: Protocol, name: &str, endpoints: &Endpoints, limits: Optio
         "connect_timeout = \"100ms\"         # on one machine a connection takes microseconds\n\
          \n\
          [upstreams.{name}.breaker]          # one per endpoint: a failing one is taken out of rotation\n\
-         consecutive_failures = 5          # a dead endpoint is out after 5 failures in a row...\n\
-         failure_rate = 0.5                # ...a sick one when half its calls fail...\n\
+         consecutive_failures = 20         # a dead endpoint is out after 20 failures in a row (a\n\
+         \u{20}                                 # fraction of a second here), which one failing half\n\
+         \u{20}                                 # its calls at random all but never has...\n\
+         failure_rate = 0.8                # ...a sick one when most of its calls fail (one failing\n\
+         \u{20}                                 # half of them is flaky: retries answer for those)...\n\
          window = \"10s\"                    # ...over the last 10 s...\n\
          min_calls = 20                    # ...once there are enough calls to judge\n\
          open_for = \"1s\"                   # then it rests 1 s, and 3 probes must pass to bring it back;\n\
