@@ -19,6 +19,11 @@ use tokio::sync::oneshot;
 use crate::Protocol;
 use crate::service::{Call, Mode, Role};
 
+/// The name a child's command line starts with, whatever path started it: `ps` and
+/// `pgrep -f rampart` then show the demo's processes as `rampart ...` (started from
+/// `/proc/self/exe`, they would read `/proc/self/exe ...`).
+const PROGRAM: &str = "rampart";
+
 /// How long a child may take to say where it listens.
 const START_PATIENCE: Duration = Duration::from_secs(20);
 /// The log lines of a sidecar kept to explain why it did not start.
@@ -160,6 +165,7 @@ impl Running {
         listen: SocketAddr,
     ) -> io::Result<(Running, SocketAddr)> {
         let mut command = Command::new(binary()?);
+        command.arg0(PROGRAM);
         command
             .arg("__demo-service")
             .args(["--role", role.name(), "--protocol", protocol.as_str()])
@@ -227,6 +233,7 @@ impl Sidecar {
         // The sidecar ends when its standard input closes: when this handle is dropped, or when
         // the demo dies, even by SIGKILL, which no destructor survives.
         let mut child = Command::new(binary()?)
+            .arg0(PROGRAM)
             .args(["--log-format", "json", "run", "--until-stdin-closes", "-c"])
             .arg(&path)
             .env_remove("RUST_LOG")
