@@ -137,6 +137,12 @@ async fn an_async_route_answers_202_once_stored_and_delivers_with_the_message_id
             .method("POST")
             .header("idempotency-key", "order-7")
             .header("x-rampart-message-id", "forged")
+            // The client's own deadline means nothing at delivery, maybe hours later; hop-by-hop
+            // fields are this connection's.
+            .header("x-rampart-deadline", "300")
+            .header("connection", "x-hop")
+            .header("x-hop", "this connection's")
+            .header("keep-alive", "timeout=5")
             .body(Full::new(Bytes::from_static(b"{\"sku\": 42}")))
             .unwrap(),
     )
@@ -158,7 +164,17 @@ async fn an_async_route_answers_202_once_stored_and_delivers_with_the_message_id
         seen.headers.get_all("x-rampart-message-id").iter().count(),
         1
     );
-    assert!(seen.headers.contains_key("x-rampart-deadline"));
+    // The route's 1 s at delivery, not what was left of the client's 300 ms.
+    let deadline: u64 = seen.headers["x-rampart-deadline"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((301..=1000).contains(&deadline), "{deadline}");
+    assert_eq!(seen.headers.get_all("x-rampart-deadline").iter().count(), 1);
+    for hop in ["x-hop", "keep-alive"] {
+        assert!(!seen.headers.contains_key(hop), "{hop} was stored");
+    }
     assert!(seen.headers.contains_key("x-forwarded-for"));
 
     until("the message is delivered", || async {
@@ -659,5 +675,35 @@ async fn bodies_past_max_buffered_are_shed_with_503_and_taken_once_there_is_room
         store.summary().await.unwrap().total.delivered == 3
     })
     .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_a_2xx_delivers_a_4xx_is_a_failed_attempt() {
+    let dir = TempDir::new("refused");
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::UNPROCESSABLE_ENTITY))
+        .await
+        .unwrap();
+    let proxy = async_proxy(
+        dir.path(),
+        upstream.addr(),
+        "max_age = \"1s\"",
+        "[routes.retry]\nattempts = 1",
+        "",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let id = accepted(&post(&proxy, "unwanted").await);
+    until("the message is dead", || async {
+        state(&*store, id).await == Some(State::Dead)
+    })
+    .await;
+    let status = store.get(id).await.unwrap().unwrap();
+    assert!(status.attempts >= 2, "{status:?}");
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the upstream answered 422 Unprocessable Entity")
+    );
+    assert!(metrics(&proxy).contains("rampart_outbox_delivered_total 0"));
     proxy.shutdown().await;
 }
