@@ -347,17 +347,8 @@ impl Metrics {
         endpoint: &str,
         breaker: bool,
     ) -> EndpointMetrics {
-        let labels = || {
-            vec![
-                ("upstream", upstream.to_owned()),
-                ("endpoint", endpoint.to_owned()),
-            ]
-        };
-        let with = |key: &'static str, value: &str| {
-            let mut labels = labels();
-            labels.push((key, value.to_owned()));
-            labels
-        };
+        let labels = || endpoint_labels(upstream, endpoint, None);
+        let with = |key, value| endpoint_labels(upstream, endpoint, Some((key, value)));
         let healthy = self.endpoint_healthy.get_or_create_owned(&labels());
         healthy.set(1);
         EndpointMetrics {
@@ -419,17 +410,8 @@ impl Metrics {
 
     /// Drops the series of the endpoint `endpoint` of `upstream`.
     pub(crate) fn forget_endpoint(&self, upstream: &str, endpoint: &str) {
-        let labels = || {
-            vec![
-                ("upstream", upstream.to_owned()),
-                ("endpoint", endpoint.to_owned()),
-            ]
-        };
-        let with = |key: &'static str, value: &str| {
-            let mut labels = labels();
-            labels.push((key, value.to_owned()));
-            labels
-        };
+        let labels = || endpoint_labels(upstream, endpoint, None);
+        let with = |key, value| endpoint_labels(upstream, endpoint, Some((key, value)));
         self.endpoint_healthy.remove(&labels());
         self.breaker_state.remove(&labels());
         for to in STATES {
@@ -439,6 +421,16 @@ impl Metrics {
             self.upstream_requests.remove(&with("outcome", outcome));
         }
     }
+}
+
+/// The labels of an endpoint's series, and one more.
+fn endpoint_labels(upstream: &str, endpoint: &str, more: Option<(&'static str, &str)>) -> Labels {
+    let mut labels = vec![
+        ("upstream", upstream.to_owned()),
+        ("endpoint", endpoint.to_owned()),
+    ];
+    labels.extend(more.map(|(key, value)| (key, value.to_owned())));
+    labels
 }
 
 // === impl RouteMetrics ===

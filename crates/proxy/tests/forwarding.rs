@@ -264,14 +264,7 @@ async fn the_upstream_is_told_the_host_the_request_was_routed_by() {
     );
 
     // Likewise HTTP/2's `:authority` over a Host field.
-    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_connection(&proxy).await;
     let response = sender
         .send_request(
             http::Request::get("http://public.example/h2")
@@ -330,14 +323,7 @@ async fn credentials_in_a_targets_authority_get_400_and_go_nowhere() {
     assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
 
     // HTTP/2's `:authority` likewise.
-    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_connection(&proxy).await;
     let response = sender
         .send_request(
             http::Request::get("http://user:pw@public.example/h2")

@@ -372,8 +372,7 @@ async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
 #[tokio::test]
 async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoints_failure() {
     use bytes::Bytes;
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::Frame;
+    use http_body_util::BodyExt;
     // Replies for five seconds, one every 50 ms.
     let upstream = streamed_replies(100, Duration::from_millis(50)).await;
     let proxy = proxy(&format!(
@@ -394,32 +393,7 @@ async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoint
     .await;
 
     // A bidirectional call whose client, once the replies flow, sends more than it may.
-    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let (send_message, messages) = tokio::sync::mpsc::channel::<Bytes>(1);
-    send_message
-        .send(Bytes::from_static(b"\0\0\0\0\x01y"))
-        .await
-        .unwrap();
-    let frames = futures_util::stream::unfold(messages, |mut messages| async move {
-        let message = messages.recv().await?;
-        Some((
-            Ok::<_, std::convert::Infallible>(Frame::data(message)),
-            messages,
-        ))
-    });
-    let call = hyper::Request::post(format!("http://{}/echo.Echo/Chat", addr(&proxy)))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(StreamBody::new(Box::pin(frames)))
-        .unwrap();
-    let response = sender.send_request(call).await.unwrap();
+    let (send_message, response) = bidi_call(&proxy, "Chat").await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let first = body.frame().await.expect("a reply").unwrap();
@@ -501,14 +475,7 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
     )
     .await;
 
-    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_connection(&proxy).await;
     let call = hyper::Request::post(format!("http://{}/echo.Echo/Call", addr(&proxy)))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -536,6 +503,40 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
         "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} 1"
     );
     assert!(text.contains(&failed), "{text}");
+}
+
+/// A bidirectional call to `/echo.Echo/<method>` through `proxy`, its first message sent; the
+/// client's next messages go through the sender returned, and its stream ends when it is dropped.
+async fn bidi_call(
+    proxy: &Proxy,
+    method: &str,
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    hyper::Response<hyper::body::Incoming>,
+) {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let mut sender = h2_connection(proxy).await;
+    let (send_message, messages) = tokio::sync::mpsc::channel::<Bytes>(1);
+    send_message
+        .send(Bytes::from_static(b"\0\0\0\0\x01y"))
+        .await
+        .unwrap();
+    let frames = futures_util::stream::unfold(messages, |mut messages| async move {
+        let message = messages.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(message)),
+            messages,
+        ))
+    });
+    let call = hyper::Request::post(format!("http://{}/echo.Echo/{method}", addr(proxy)))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let response = sender.send_request(call).await.unwrap();
+    (send_message, response)
 }
 
 /// An h2c server answering every call with `count` messages, one every `every`, then status 0,
@@ -590,9 +591,7 @@ async fn streamed_replies(count: u32, every: Duration) -> SocketAddr {
 
 #[tokio::test]
 async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::Frame;
+    use http_body_util::BodyExt;
     // Ten replies, one every 100 ms: a second of reply against a 300 ms idle bound, while the
     // client sends one message and then nothing (a watch).
     let upstream = streamed_replies(10, Duration::from_millis(100)).await;
@@ -610,32 +609,7 @@ async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
         "#
     ))
     .await;
-    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let (send_message, messages) = tokio::sync::mpsc::channel::<Bytes>(1);
-    send_message
-        .send(Bytes::from_static(b"\0\0\0\0\x01y"))
-        .await
-        .unwrap();
-    let frames = futures_util::stream::unfold(messages, |mut messages| async move {
-        let message = messages.recv().await?;
-        Some((
-            Ok::<_, std::convert::Infallible>(Frame::data(message)),
-            messages,
-        ))
-    });
-    let call = hyper::Request::post(format!("http://{}/echo.Echo/Watch", addr(&proxy)))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(StreamBody::new(Box::pin(frames)))
-        .unwrap();
-    let response = sender.send_request(call).await.unwrap();
+    let (send_message, response) = bidi_call(&proxy, "Watch").await;
     let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
         .await
         .expect("the call ends")

@@ -15,6 +15,26 @@ use rampart_test_support::ProxyBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// An HTTP/2 connection (prior knowledge) to the proxy's first listener, its task spawned: for
+/// requests a pooled client would not send as they are (an `:authority` of the test's choosing,
+/// a body streamed by hand).
+pub async fn h2_connection<B>(proxy: &Proxy) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr(proxy)).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// A proxy started from `toml`, which should listen on `127.0.0.1:0`.
 pub async fn proxy(toml: &str) -> Proxy {
     ProxyBuilder::from_toml(toml).start().await
