@@ -219,7 +219,10 @@ async fn one_run(
     tokio::time::sleep_until(start + timing.fault_end).await;
     cluster.heal(fault).await?;
     let window_end = start.elapsed().as_secs_f64();
-    progress.phase("C is back");
+    progress.phase(match fault {
+        Fault::Kill(_) => "C is back",
+        Fault::Mode(_) => "C is well again",
+    });
 
     let samples = sending.await.map_err(io::Error::other)?;
     let delivery = match &orders {
