@@ -4,6 +4,7 @@
 use std::io;
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::report::ScenarioResult;
@@ -14,6 +15,15 @@ const PROTECTED: RGBColor = RGBColor(31, 119, 180);
 const WHOLE: RGBColor = RGBColor(140, 190, 230);
 const FAULT: RGBColor = RGBColor(255, 170, 80);
 const SIZE: (u32, u32) = (760, 320);
+/// The width of the key beside the plot: beside it, not over it, where it would hide lines.
+const KEY_WIDTH: u32 = 200;
+
+/// How a series looks in the key.
+#[derive(Clone, Copy)]
+enum Sample {
+    Line(RGBColor, u32),
+    Band(RGBColor),
+}
 
 /// The file names of a scenario's two charts: success, latency.
 pub(crate) fn names(scenario: &str) -> [String; 2] {
@@ -61,7 +71,8 @@ fn success_chart(result: &ScenarioResult) -> Drawn {
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, key_area) = root.split_horizontally(SIZE.0 - KEY_WIDTH);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(
                 format!(
                     "{}: answered requests (%), by the second they were sent",
@@ -72,13 +83,13 @@ fn success_chart(result: &ScenarioResult) -> Drawn {
             .margin(12)
             .x_label_area_size(32)
             .y_label_area_size(44)
-            .build_cartesian_2d(0f64..length(result), 0f64..140f64)
+            .build_cartesian_2d(0f64..length(result), 0f64..105f64)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("seconds")
             .y_desc("%")
-            .y_labels(8)
+            .y_labels(6)
             .draw()
             .map_err(|e| e.to_string())?;
         shade(&mut chart, result, 0.0, 100.0)?;
@@ -89,7 +100,7 @@ fn success_chart(result: &ScenarioResult) -> Drawn {
                 points(&result.naive.seconds, |s| s.success_rate() * 100.0),
             ),
             (
-                "protected: answered (whole or stand-in)",
+                "protected: answered,\nwhole or with stand-ins",
                 PROTECTED,
                 points(&result.protected.seconds, |s| s.success_rate() * 100.0),
             ),
@@ -105,16 +116,15 @@ fn success_chart(result: &ScenarioResult) -> Drawn {
                 }),
             ),
         ];
+        let mut entries = Vec::new();
         for (label, color, points) in series {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
+                .map_err(|e| e.to_string())?;
+            entries.push((label, Sample::Line(color, 2)));
         }
-        legend(&mut chart)?;
+        entries.push(("fault window", Sample::Band(FAULT)));
+        key(&key_area, &entries)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
@@ -125,9 +135,10 @@ fn latency_chart(result: &ScenarioResult) -> Drawn {
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        // Up to 10 s (the client's timeout); the decades above hold the legend.
-        let top = 300_000f64;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, key_area) = root.split_horizontally(SIZE.0 - KEY_WIDTH);
+        // Up to 10 s (the client's timeout), and a little room above it.
+        let top = 20_000f64;
+        let mut chart = ChartBuilder::on(&plot)
             .caption(
                 format!(
                     "{}: latency (ms, log scale), p50 and p99 of each second",
@@ -174,16 +185,15 @@ fn latency_chart(result: &ScenarioResult) -> Drawn {
                 points(&result.protected.seconds, |s| floor(s.p50_ms)),
             ),
         ];
+        let mut entries = Vec::new();
         for (label, color, width, points) in series {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(width)))
-                .map_err(|e| e.to_string())?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
-                });
+                .map_err(|e| e.to_string())?;
+            entries.push((label, Sample::Line(color, width)));
         }
-        legend(&mut chart)?;
+        entries.push(("fault window", Sample::Band(FAULT)));
+        key(&key_area, &entries)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
@@ -212,27 +222,36 @@ where
             [(start, bottom), (end, top)],
             FAULT.mix(0.25).filled(),
         )))
-        .map_err(|e| e.to_string())?
-        .label("fault window")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], FAULT.mix(0.4).filled()));
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
-fn legend<'a, Y>(
-    chart: &mut ChartContext<
-        'a,
-        SVGBackend<'a>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
-    >,
-) -> Result<(), String>
-where
-    Y: Ranged<ValueType = f64>,
-{
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(|e| e.to_string())
+/// The key, in its own area beside the plot: a sample of each series and its name (a name may
+/// hold a line break).
+fn key(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    entries: &[(&str, Sample)],
+) -> Result<(), String> {
+    let font = ("sans-serif", 12).into_font().color(&BLACK);
+    let mut y = 44;
+    for (label, sample) in entries {
+        match *sample {
+            Sample::Line(color, width) => area.draw(&PathElement::new(
+                vec![(8, y), (28, y)],
+                color.stroke_width(width),
+            )),
+            Sample::Band(color) => area.draw(&Rectangle::new(
+                [(8, y - 5), (28, y + 5)],
+                color.mix(0.4).filled(),
+            )),
+        }
+        .map_err(|e| e.to_string())?;
+        for line in label.split('\n') {
+            area.draw(&Text::new(line.to_owned(), (36, y - 7), font.clone()))
+                .map_err(|e| e.to_string())?;
+            y += 15;
+        }
+        y += 8;
+    }
+    Ok(())
 }
