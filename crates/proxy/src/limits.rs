@@ -281,6 +281,15 @@ impl Slot<'_> {
             }
         }
     }
+
+    /// Gives the slot back, the attempt counted as executed in the recent admissions, the
+    /// adaptive limit learning nothing from it: an attempt the client's own deadline cut short
+    /// went out, and says nothing of the upstream's latency.
+    pub(crate) fn executed(self) {
+        if !self.counted.0.metrics.skip {
+            self.counted.0.recent.executed();
+        }
+    }
 }
 
 #[cfg(test)]

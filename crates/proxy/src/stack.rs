@@ -393,8 +393,12 @@ impl Stack {
                     Tried::Transport(err) => err.outcome(),
                     // The client's own deadline, shorter than the route's timeout, ran out: that
                     // says nothing about the endpoint, and counted, any client could open every
-                    // breaker with `x-rampart-deadline: 1` (permit and slot let go unrecorded).
-                    Tried::Expired if expired == Reason::DeadlineExceeded => return Err(tried),
+                    // breaker with `x-rampart-deadline: 1` (the permit is let go unrecorded; the
+                    // attempt went out, and counts as executed).
+                    Tried::Expired if expired == Reason::DeadlineExceeded => {
+                        slot.executed();
+                        return Err(tried);
+                    }
                     // No answer within the route's timeout: a failure of this endpoint.
                     Tried::Expired => Outcome::Failure,
                     // The client's body failed the exchange: the endpoint's breaker and the
