@@ -52,6 +52,9 @@ pub(crate) struct Delivery {
     pub(crate) delivered: u64,
     /// Accepted and never delivered.
     pub(crate) lost: u64,
+    /// Deliveries C took of an order it had taken before: delivery is at least once, and an
+    /// order whose delivery C's SIGKILL cut short after C wrote it down is delivered again.
+    pub(crate) duplicates: u64,
 }
 
 /// A scenario's two runs.
@@ -115,6 +118,7 @@ fn record_json(run: &Run) -> Value {
         json["accepted"] = json!(delivery.accepted);
         json["delivered"] = json!(delivery.delivered);
         json["lost"] = json!(delivery.lost);
+        json["duplicates"] = json!(delivery.duplicates);
     }
     json
 }
@@ -395,6 +399,14 @@ fn orders_account(run: &Run, delivery: Delivery) -> Vec<String> {
             delivery.delivered, delivery.accepted
         ),
     });
+    if delivery.duplicates > 0 {
+        sentences.push(format!(
+            "C took {} orders a second time: delivery is at least once, and an order whose \
+             delivery C's kill cut short after C had written it down is delivered again (its \
+             `x-rampart-message-id` and `idempotency-key` let C tell).",
+            delivery.duplicates
+        ));
+    }
     match run.wiring {
         Wiring::Naive => sentences.push(
             "A placed each order with C directly: while C was down, the client got an error and \

@@ -261,11 +261,12 @@ const DELIVERY_PATIENCE: Duration = Duration::from_secs(30);
 async fn delivered(accepted: &[u64], orders: &Path) -> Delivery {
     let deadline = Instant::now() + DELIVERY_PATIENCE;
     loop {
-        let taken: HashSet<u64> = std::fs::read_to_string(orders)
+        let lines: Vec<u64> = std::fs::read_to_string(orders)
             .unwrap_or_default()
             .lines()
             .filter_map(|line| line.parse().ok())
             .collect();
+        let taken: HashSet<u64> = lines.iter().copied().collect();
         let delivered = accepted.iter().filter(|n| taken.contains(n)).count() as u64;
         let accepted = accepted.len() as u64;
         if delivered == accepted || Instant::now() >= deadline {
@@ -273,6 +274,7 @@ async fn delivered(accepted: &[u64], orders: &Path) -> Delivery {
                 accepted,
                 delivered,
                 lost: accepted - delivered,
+                duplicates: (lines.len() - taken.len()) as u64,
             };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
