@@ -29,12 +29,7 @@ pub(crate) type Answer = Response<UnsyncBoxBody<Bytes, Infallible>>;
 pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    // HEAD is answered as GET: hyper sends the head of the answer and drops its body (an event
-    // stream ends with it), so both give the same status and headers.
-    let method = match request.method() {
-        &Method::HEAD => Method::GET,
-        method => method.clone(),
-    };
+    let method = method(&request);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => metrics(state),
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
@@ -93,6 +88,16 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
             StatusCode::NOT_FOUND,
             &format!("no admin endpoint at {path}"),
         ),
+    }
+}
+
+/// The method `request` is answered for: HEAD is answered as GET, hyper sending the head of the
+/// answer and dropping its body (an event stream ends with it), so both give the same status and
+/// headers.
+pub(crate) fn method<B>(request: &Request<B>) -> Method {
+    match request.method() {
+        &Method::HEAD => Method::GET,
+        method => method.clone(),
     }
 }
 

@@ -43,10 +43,9 @@ struct Setup {
     upstream: Upstream,
     alpha: (Proxy, Admin),
     beta: (Proxy, Admin),
-    dead: SocketAddr,
+    /// Where nothing listens, held so that no other socket can take it meanwhile.
+    dead: Refusing,
     fleet: Fleet,
-    // Holds `dead`: nothing listens there, and no other socket can take it meanwhile.
-    _dead: Refusing,
 }
 
 impl Setup {
@@ -54,9 +53,12 @@ impl Setup {
         let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
         let alpha = instance("alpha", &upstream).await;
         let beta = instance("beta", &upstream).await;
-        let refusing = Refusing::bind().unwrap();
-        let dead = refusing.addr();
-        let targets = vec![target(alpha.1.addr()), target(beta.1.addr()), target(dead)];
+        let dead = Refusing::bind().unwrap();
+        let targets = vec![
+            target(alpha.1.addr()),
+            target(beta.1.addr()),
+            target(dead.addr()),
+        ];
         let fleet = Fleet::start("127.0.0.1:0".parse().unwrap(), targets)
             .await
             .unwrap();
@@ -66,7 +68,6 @@ impl Setup {
             beta,
             dead,
             fleet,
-            _dead: refusing,
         }
     }
 }
@@ -79,7 +80,6 @@ async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events()
         beta: (_beta, beta_admin),
         dead,
         fleet,
-        _dead,
     } = Setup::start().await;
     let addr = fleet.addr();
 
@@ -90,7 +90,7 @@ async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events()
         json!([
             {"name": alpha_admin.addr().to_string(), "base": "t/0", "events": "fleet/events"},
             {"name": beta_admin.addr().to_string(), "base": "t/1", "events": "fleet/events"},
-            {"name": dead.to_string(), "base": "t/2", "events": "fleet/events"},
+            {"name": dead.addr().to_string(), "base": "t/2", "events": "fleet/events"},
         ])
     );
 
@@ -123,7 +123,11 @@ async fn the_fleet_view_lists_its_targets_and_passes_on_their_stats_and_events()
     // A down instance is named, not hidden.
     let down = get(addr, "/t/2/api/stats").await;
     assert_eq!(down.status, 502);
-    assert!(down.body.contains(&dead.to_string()), "{}", down.body);
+    assert!(
+        down.body.contains(&dead.addr().to_string()),
+        "{}",
+        down.body
+    );
 
     // Unknown targets and anything but the dashboard's calls are refused.
     assert_eq!(get(addr, "/t/3/api/stats").await.status, 404);
@@ -208,7 +212,6 @@ async fn one_stream_brings_every_instance_and_says_which_is_lost() {
         beta: (_beta, beta_admin),
         dead: _,
         fleet,
-        _dead,
     } = Setup::start().await;
     let mut body = events(fleet.addr(), "/fleet/events").await;
     let mut buffer = String::new();

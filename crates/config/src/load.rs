@@ -377,6 +377,14 @@ fn positive(v: &DeValue<'_>) -> Result<Duration, Invalid> {
     }
 }
 
+/// A size above zero.
+fn nonzero_size(v: &DeValue<'_>) -> Result<ByteSize, Invalid> {
+    match size(v)? {
+        ByteSize(0) => Err(Invalid::new("expected a size above zero", SIZE_ALLOWED)),
+        bytes => Ok(bytes),
+    }
+}
+
 fn size(v: &DeValue<'_>) -> Result<ByteSize, Invalid> {
     match v {
         DeValue::String(s) => ByteSize::parse(s),
@@ -1321,22 +1329,10 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
             .get(t, "max_messages", uint(1, u64::from(u32::MAX)))
             .unwrap_or(100_000),
         max_bytes: cx
-            .get(t, "max_bytes", |v| {
-                let bytes = size(v)?;
-                if bytes.0 == 0 {
-                    return Err(Invalid::new("expected a size above zero", SIZE_ALLOWED));
-                }
-                Ok(bytes)
-            })
+            .get(t, "max_bytes", nonzero_size)
             .unwrap_or(ByteSize(1 << 30)),
         max_buffered: cx
-            .get(t, "max_buffered", |v| {
-                let bytes = size(v)?;
-                if bytes.0 == 0 {
-                    return Err(Invalid::new("expected a size above zero", SIZE_ALLOWED));
-                }
-                Ok(bytes)
-            })
+            .get(t, "max_buffered", nonzero_size)
             .unwrap_or(ByteSize(64 << 20)),
         on_full: cx
             .get(

@@ -66,22 +66,29 @@ pub(crate) struct ScenarioResult {
     pub(crate) protected: Run,
 }
 
-/// Writes `results.json`, `timeline.json`, the charts and `index.html` into `out`.
 /// Makes the report's directory and checks a file can be written in it.
 pub(crate) fn prepare(out: &Path) -> io::Result<()> {
     let probe = out.join(".rampart-demo-write-check");
     std::fs::create_dir_all(out)
         .and_then(|()| std::fs::write(&probe, b""))
         .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("cannot write the report in {}: {err}", out.display()),
-            )
-        })
+        .map_err(|err| unwritable(out, err))
 }
 
+/// Writes `results.json`, `timeline.json`, the charts and `index.html` into `out`.
 pub(crate) fn write(out: &Path, protocol: Protocol, results: &[ScenarioResult]) -> io::Result<()> {
+    write_all(out, protocol, results).map_err(|err| unwritable(out, err))
+}
+
+/// `err`, saying where the report could not be written.
+fn unwritable(out: &Path, err: io::Error) -> io::Error {
+    io::Error::new(
+        err.kind(),
+        format!("cannot write the report in {}: {err}", out.display()),
+    )
+}
+
+fn write_all(out: &Path, protocol: Protocol, results: &[ScenarioResult]) -> io::Result<()> {
     std::fs::create_dir_all(out)?;
     let pretty = |value: &Value| serde_json::to_string_pretty(value).map_err(io::Error::other);
     std::fs::write(out.join("results.json"), pretty(&results_json(results))?)?;

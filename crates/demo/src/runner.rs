@@ -132,12 +132,7 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
             last = Some(cluster);
         }
     }
-    report::write(&args.out, args.protocol, &results).map_err(|err| {
-        io::Error::new(
-            err.kind(),
-            format!("cannot write the report in {}: {err}", args.out.display()),
-        )
-    })?;
+    report::write(&args.out, args.protocol, &results)?;
     say!();
     // A closed stdout (`rampart demo | head -3`) loses the table, not the report nor the rest.
     let _ = write!(io::stdout(), "{}", report::table(&results));

@@ -290,8 +290,7 @@ where
         }
         let reason = match std::task::ready!(this.inner.poll_frame(cx)) {
             Some(Err(err)) => match this.fault.as_ref().and_then(BodyFault::get) {
-                Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
-                Some(ClientBodyFault::Stalled | ClientBodyFault::Broken) => Reason::BadRequest,
+                Some(fault) => fault.reason(),
                 None => broken_body(&*err, *this.expired),
             },
             None if *this.owes_status => Reason::UpstreamReset,
@@ -537,6 +536,16 @@ pub(crate) enum ClientBodyFault {
     Broken = 3,
 }
 
+impl ClientBodyFault {
+    /// The reason the client is answered with.
+    pub(crate) fn reason(self) -> Reason {
+        match self {
+            ClientBodyFault::TooLarge => Reason::BodyTooLarge,
+            ClientBodyFault::Stalled | ClientBodyFault::Broken => Reason::BadRequest,
+        }
+    }
+}
+
 /// Where a client's request body records that it failed the exchange, for the stack to read when
 /// the attempt fails: the failure is the client's, not the endpoint's. The body's own error does
 /// not always reach the stack: an HTTP/2 upstream connection reports only that it reset the
@@ -547,7 +556,7 @@ pub(crate) enum ClientBodyFault {
 pub(crate) struct BodyFault(Arc<FaultCell>);
 
 #[derive(Debug, Default)]
-pub(crate) struct FaultCell {
+struct FaultCell {
     fault: AtomicU8,
     /// Pieces of the reply passed on so far.
     reply_moves: AtomicU64,

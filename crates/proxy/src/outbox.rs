@@ -190,12 +190,7 @@ impl Outbox {
             // client went away: the caller answers each as it does for a forwarded request.
             Ok(Err(Unread::Body)) => {
                 let fault = parts.extensions.get::<BodyFault>().and_then(BodyFault::get);
-                return Err(match fault {
-                    Some(ClientBodyFault::TooLarge) => Reason::BodyTooLarge,
-                    Some(ClientBodyFault::Stalled | ClientBodyFault::Broken) | None => {
-                        Reason::BadRequest
-                    }
-                });
+                return Err(fault.map_or(Reason::BadRequest, ClientBodyFault::reason));
             }
             Err(_elapsed) => return Err(Reason::Timeout),
         };

@@ -323,10 +323,7 @@ impl Stack {
                 Err(Tried::Client(fault)) => {
                     // The client's body failed the exchange, not the endpoint: no retry can mend
                     // it.
-                    return Err(match fault {
-                        ClientBodyFault::TooLarge => Reason::BodyTooLarge,
-                        ClientBodyFault::Stalled | ClientBodyFault::Broken => Reason::BadRequest,
-                    });
+                    return Err(fault.reason());
                 }
                 Err(Tried::Transport(err)) => (Attempt::Error(err), Last::Error(err.into())),
                 // No answer within the whole exchange's time.

@@ -322,9 +322,10 @@ impl Pool {
         if self.max_ejected >= count {
             return Vec::new();
         }
+        // The breaker's answer first: the common case, an admitting one, costs one load.
         let refusing = |index: usize| {
             let endpoint = &self.endpoints[index];
-            usable(index) && !endpoint.would_admit() && !endpoint.is_forced_open()
+            !endpoint.would_admit() && usable(index) && !endpoint.is_forced_open()
         };
         let ejected = (0..count).filter(|&index| refusing(index)).count();
         if ejected <= self.max_ejected {

@@ -417,8 +417,7 @@ async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoint
     drop(send_message);
 
     // The endpoint is not blamed: its breaker, which opens at one failure, still admits.
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    let text = metrics(&proxy);
     let failed = format!(
         "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} 1"
     );
@@ -497,8 +496,7 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
         .expect("the call ends with a status");
     assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
     assert_eq!(trailers["x-rampart-error"], "upstream-reset");
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    let text = metrics(&proxy);
     let failed = format!(
         "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} 1"
     );

@@ -5,17 +5,9 @@ mod common;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use prometheus_client::encoding::text::encode;
-use rampart_proxy::Proxy;
 use rampart_test_support::{Behavior, Upstream};
 
-use common::{http1, request, send, simple};
-
-fn scrape(proxy: &Proxy) -> String {
-    let mut text = String::new();
-    encode(&mut text, proxy.registry()).unwrap();
-    text
-}
+use common::{get, http1, metrics, request, send, simple};
 
 fn assert_has(text: &str, line: &str) {
     assert!(
@@ -45,7 +37,7 @@ async fn counts_follow_the_traffic_and_the_breaker() {
     // The third failure opened the breaker: the next request is refused without being sent.
     assert_eq!(send(&client, get()).await.status(), 503);
 
-    let text = scrape(&proxy);
+    let text = metrics(&proxy);
     let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
     for line in [
         r#"rampart_requests_total{route="api",outcome="success"} 5"#.to_owned(),
@@ -90,7 +82,7 @@ async fn a_reload_keeps_counting_in_the_same_series() {
     assert_eq!(summary.upstreams.changed, ["app"]);
     assert_eq!(send(&client, get()).await.status(), StatusCode::OK);
 
-    let text = scrape(&proxy);
+    let text = metrics(&proxy);
     let endpoint = format!("upstream=\"app\",endpoint=\"{}\"", upstream.addr());
     assert_has(
         &text,
@@ -147,7 +139,7 @@ async fn an_upstream_ramparts_own_fallbacks_and_errors_are_not_this_routes() {
 
     // This route's upstream answered every time: two successes and a failure (its 503), no
     // fallback and no refusal of this route's own.
-    let text = scrape(&proxy);
+    let text = metrics(&proxy);
     for line in [
         r#"rampart_requests_total{route="api",outcome="success"} 2"#,
         r#"rampart_requests_total{route="api",outcome="failure"} 1"#,
@@ -176,12 +168,12 @@ async fn a_request_its_client_gave_up_on_counts_as_cancelled() {
 
     let cancelled = r#"rampart_requests_total{route="api",outcome="cancelled"} 1"#;
     for _ in 0..1000 {
-        if scrape(&proxy).lines().any(|line| line == cancelled) {
+        if metrics(&proxy).lines().any(|line| line == cancelled) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let text = scrape(&proxy);
+    let text = metrics(&proxy);
     assert_has(&text, cancelled);
     assert_has(
         &text,
@@ -202,12 +194,8 @@ async fn only_retries_sent_count_as_retries() {
         "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"1h\"\nopen_for_max = \"1h\"",
     )
     .await;
-    let response = send(
-        &http1(),
-        request(&proxy, "/").body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await;
+    let response = get(&proxy, "/").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(upstream.request_count(), 1);
-    assert_has(&scrape(&proxy), r#"rampart_retries_total{route="api"} 0"#);
+    assert_has(&metrics(&proxy), r#"rampart_retries_total{route="api"} 0"#);
 }

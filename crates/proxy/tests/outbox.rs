@@ -10,12 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::StatusCode;
-use prometheus_client::encoding::text::encode;
 use rampart_outbox::{MessageId, State, Store};
 use rampart_proxy::{Drain, Proxy};
 use rampart_test_support::{Behavior, Refusing, Upstream};
 
-use common::{error_of, http1, proxy, request, send};
+use common::{error_of, http1, metrics, proxy, request, send};
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -116,12 +115,6 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
 
 async fn state(store: &dyn Store, id: MessageId) -> Option<State> {
     store.get(id).await.unwrap().map(|status| status.state)
-}
-
-fn metrics(proxy: &Proxy) -> String {
-    let mut text = String::new();
-    encode(&mut text, proxy.registry()).unwrap();
-    text
 }
 
 #[tokio::test]

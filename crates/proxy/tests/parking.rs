@@ -6,8 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{addr, until_closed, with_listener};
-use prometheus_client::encoding::text::encode;
+use common::{addr, metrics, until_closed, with_listener};
 use rampart_proxy::{Drain, Proxy};
 use rampart_test_support::{Behavior, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,8 +17,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A gauge of the listener, as a scrape reads it.
 fn gauge(proxy: &Proxy, family: &str) -> i64 {
-    let mut text = String::new();
-    encode(&mut text, proxy.registry()).unwrap();
+    let text = metrics(proxy);
     let prefix = format!("{family}{{listener=\"listener-0\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))

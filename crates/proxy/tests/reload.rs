@@ -319,7 +319,7 @@ async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
     for path in ["/a", "/a", "/b"] {
         assert_eq!(get(&proxy, path).await.status(), 200);
     }
-    let text = metrics_text(&proxy);
+    let text = metrics(&proxy);
     assert!(text.contains(&gone.addr().to_string()), "{text}");
     assert!(text.contains("route=\"b\""), "{text}");
 
@@ -327,7 +327,7 @@ async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
     proxy
         .reload(&config(&format!("{LISTENER}{}", route("a", a.addr()))))
         .unwrap();
-    let text = metrics_text(&proxy);
+    let text = metrics(&proxy);
     assert!(!text.contains(&gone.addr().to_string()), "{text}");
     assert!(!text.contains(&b.addr().to_string()), "{text}");
     assert!(!text.contains("route=\"b\""), "{text}");
@@ -339,10 +339,4 @@ async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
         text.contains("rampart_requests_total{route=\"a\",outcome=\"success\"} 2"),
         "{text}"
     );
-}
-
-fn metrics_text(proxy: &Proxy) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
-    text
 }

@@ -517,10 +517,9 @@ async fn a_clients_own_short_deadline_never_opens_a_breaker() {
         );
         assert_eq!(error_of(&response), Some("deadline-exceeded"));
     }
-    let response = send(&client, request(&proxy, "/").body(Full::default()).unwrap()).await;
+    let response = get(&proxy, "/").await;
     assert_eq!(response.status(), StatusCode::OK, "{response:?}");
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    let text = metrics(&proxy);
     let failed = format!(
         "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{}\",outcome=\"failure\"}}",
         slow.addr()
@@ -587,30 +586,14 @@ async fn clients_that_stop_reading_hold_up_no_other_client_of_an_http2_upstream(
             .unwrap();
         stalled.push(stream);
     }
-    until_upstream_saw(&upstream, 4).await;
+    tokio::time::timeout(Duration::from_secs(10), upstream.wait_for_requests(4))
+        .await
+        .expect("the four requests reach the upstream");
     // Another client of the same endpoint gets its whole answer.
-    let response = send(
-        &http1(),
-        request(&proxy, "/").body(Full::default()).unwrap(),
-    )
-    .await;
+    let response = get(&proxy, "/").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.body().len(), big.len());
     drop(stalled);
-}
-
-/// Waits (up to 10 s) until `upstream` has received `n` requests.
-async fn until_upstream_saw(upstream: &Upstream, n: u64) {
-    for _ in 0..1000 {
-        if upstream.request_count() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "the upstream saw {} requests, not {n}",
-        upstream.request_count()
-    );
 }
 
 #[tokio::test]
@@ -623,11 +606,7 @@ async fn an_http2_upstream_may_send_a_head_as_large_as_an_http1_one() {
     .await
     .unwrap();
     let proxy = simple(&[upstream.addr()], "", "protocol = \"http2\"").await;
-    let response = send(
-        &http1(),
-        request(&proxy, "/").body(Full::default()).unwrap(),
-    )
-    .await;
+    let response = get(&proxy, "/").await;
     assert_eq!(
         response.status(),
         StatusCode::OK,

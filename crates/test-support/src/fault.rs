@@ -181,9 +181,8 @@ impl FaultProxy {
     /// served as the fault in force says. A wedged peer, or a flow a middlebox black-holed,
     /// while the endpoint itself serves new connections.
     pub fn freeze_open(&self) {
+        // Each pump looks at the count for every chunk it reads.
         self.shared.freezes.fetch_add(1, Ordering::SeqCst);
-        // Wakes every pump, so that an idle connection is frozen too.
-        self.faults.send_modify(|_| {});
     }
 
     /// Connections accepted so far, whatever the fault did to them.

@@ -173,10 +173,7 @@ async fn handle(request: Request<Incoming>, state: &Targets) -> Passed {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // HEAD is answered as GET, as the instances' own admin API does.
-    let method = match request.method() {
-        &Method::HEAD => Method::GET,
-        method => method.clone(),
-    };
+    let method = api::method(&request);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["targets.json"]) => own(targets(state)),
         (&Method::GET, ["fleet", "events"]) => own(stream::stream(&state.targets, &state.client)),

@@ -294,8 +294,8 @@ impl Store for Embedded {
             if self.jobs.is_closed() {
                 return Err(Error::Closed);
             }
-            if let Some(err) = self.shared.out_of_service() {
-                return Err(err);
+            if let Some(why) = self.shared.out_of_service() {
+                return Err(Error::backend(why));
             }
             let mut index = self.shared.index();
             index.refresh_all(self.shared.clock.now());

@@ -137,14 +137,14 @@ impl Shared {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The error an operation meets while the database is out of service.
-    pub(super) fn out_of_service(&self) -> Option<Error> {
+    /// What an operation is told while the database is out of service (an [`Error::Backend`]).
+    pub(super) fn out_of_service(&self) -> Option<String> {
         let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
         broken.as_ref().map(|why| {
-            Error::backend(format!(
+            format!(
                 "{why}; the store is opened again every {} s until that succeeds",
                 REOPEN_EVERY.as_secs()
-            ))
+            )
         })
     }
 
@@ -185,8 +185,9 @@ impl Writer {
             if self.db.is_some() {
                 self.run_batch(&mut batch);
             } else {
+                let why = self.shared.out_of_service();
                 for job in batch.drain(..) {
-                    let err = self.shared.out_of_service().unwrap_or(Error::Closed);
+                    let err = why.clone().map_or(Error::Closed, Error::backend);
                     let _ = job.reply.send(Err(err));
                 }
             }

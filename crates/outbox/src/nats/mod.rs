@@ -242,10 +242,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Inner {
+    /// Whether the client is connected to a server now.
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
 impl Nats {
     /// Whether the client is connected to a server now. While it is not, appends fail at once.
     pub fn is_connected(&self) -> bool {
-        self.inner.client.connection_state() == async_nats::connection::State::Connected
+        self.inner.is_connected()
     }
 
     /// Connects to the server, creates the stream and the status bucket when missing, and reads

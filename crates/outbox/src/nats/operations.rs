@@ -38,7 +38,7 @@ impl Inner {
             // While disconnected the client would keep the message in its buffer and send it
             // once connected again, long after the caller was told it failed: a 503'd post
             // delivered later. Refused here instead, nothing sent.
-            if self.client.connection_state() != async_nats::connection::State::Connected {
+            if !self.is_connected() {
                 return Err(self
                     .place
                     .error("publishing a message", "not connected to the server"));
@@ -53,7 +53,7 @@ impl Inner {
             {
                 Ok(stored) => stored,
                 Err(err) => {
-                    self.disown(id, route, size, now).await;
+                    self.disown(id, route, now).await;
                     return Err(err);
                 }
             };
@@ -83,9 +83,9 @@ impl Inner {
     ///
     /// The wait is short: the write is in the client's buffer once sent, and goes out with the
     /// message when the connection is back; only its acknowledgement is not waited for.
-    async fn disown(&self, id: MessageId, route: &str, size: u64, now: Timestamp) {
+    async fn disown(&self, id: MessageId, route: &str, now: Timestamp) {
         let status = tombstone(
-            Status::accepted(id, route.into(), now, size),
+            Status::accepted(id, route.into(), now, 0),
             State::Dropped,
             now,
         );

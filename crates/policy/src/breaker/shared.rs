@@ -376,7 +376,6 @@ impl Shared {
             }
             // The trips are kept: one soon after this close continues the backoff.
             machine.closed_at = Some(self.nanos_since_origin(self.now()));
-            self.ejected_at.store(0, Release);
             self.reset_closed();
             self.set(State::HalfOpen, State::Closed, Reason::ProbesSucceeded)
         };
@@ -405,7 +404,6 @@ impl Shared {
                 {
                     machine.trips = 0;
                 }
-                self.ejected_at.store(now.saturating_add(1), Release);
             }
             machine.trips = machine.trips.saturating_add(1);
             machine.opened_total += 1;
@@ -483,8 +481,6 @@ impl Shared {
                     Reason::Released
                 }
             };
-            // A forced state is an operator's, no ejection of the breaker's own.
-            self.ejected_at.store(0, Release);
             // The gate first, as in `trip`.
             self.set(from, to, reason);
             self.next_period();
@@ -506,11 +502,22 @@ impl Shared {
     fn set(&self, from: State, to: State, reason: Reason) {
         let generation = self.gate.load(Acquire) & !STATE;
         self.gate.store(generation | to as u64, Release);
+        let at = self.now();
+        // An ejection begins when the breaker leaves `Closed` for `Open`, lasts through half-open
+        // and open again, and ends with any other state: closed, or forced (an operator's
+        // decision, no ejection of the breaker's own).
+        match (from, to) {
+            (State::Closed, State::Open) => self
+                .ejected_at
+                .store(self.nanos_since_origin(at).saturating_add(1), Release),
+            (_, State::Open | State::HalfOpen) => {}
+            _ => self.ejected_at.store(0, Release),
+        }
         let transition = Transition {
             from,
             to,
             reason,
-            at: self.now(),
+            at,
         };
         self.notices().queue.push_back(transition);
     }

@@ -35,6 +35,13 @@ where
     sender
 }
 
+/// The proxy's metrics, as a scrape of `/metrics` would read them.
+pub fn metrics(proxy: &Proxy) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, proxy.registry()).unwrap();
+    text
+}
+
 /// A proxy started from `toml`, which should listen on `127.0.0.1:0`.
 pub async fn proxy(toml: &str) -> Proxy {
     ProxyBuilder::from_toml(toml).start().await
