@@ -900,6 +900,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "balance",
     "connect_timeout",
     "failure_status",
+    "h2_max_concurrent_streams",
     "breaker",
     "health",
     "limits",
@@ -1030,6 +1031,9 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
     let failure_status = cx
         .list(t, "failure_status", status_match)
         .unwrap_or_else(|| vec![StatusMatch::Class5xx]);
+    let h2_max_concurrent_streams = cx
+        .get(t, "h2_max_concurrent_streams", u32_in(1, u32::MAX))
+        .unwrap_or(100);
     let breaker = breaker(cx, t);
     let health = cx
         .section(t, "health", HEALTH_KEYS)
@@ -1043,6 +1047,7 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
         balance,
         connect_timeout,
         failure_status,
+        h2_max_concurrent_streams,
         breaker,
         health,
         limits,
@@ -2343,6 +2348,16 @@ mod tests {
                 "{text}: wanted {path}, got {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_upstreams_http2_streams_a_connection_default_to_100_and_refuse_zero() {
+        let c = ok(UPSTREAM);
+        assert_eq!(c.upstreams[0].h2_max_concurrent_streams, 100);
+        let c = ok(&format!("{UPSTREAM}h2_max_concurrent_streams = 250\n"));
+        assert_eq!(c.upstreams[0].h2_max_concurrent_streams, 250);
+        let e = errors(&format!("{UPSTREAM}h2_max_concurrent_streams = 0\n"));
+        assert_eq!(e[0].path(), "upstreams.u.h2_max_concurrent_streams");
     }
 
     #[test]

@@ -304,6 +304,9 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// `failure_status`: default `["5xx"]`.
     pub failure_status: Vec<StatusMatch>,
+    /// `h2_max_concurrent_streams`: the requests one HTTP/2 connection to an endpoint carries
+    /// at once; more open another connection. Default 100.
+    pub h2_max_concurrent_streams: u32,
     /// `[upstreams.NAME.breaker]`: on by default.
     pub breaker: Breaker,
     /// `[upstreams.NAME.health]`: off unless present.

@@ -6,7 +6,13 @@
 //! endpoints when it loads its configuration, so each endpoint keeps its own: an HTTP/1.1
 //! connection carries one exchange at a time, spoken by the exchange itself ([`h1`]), and goes
 //! back on the endpoint's idle stack when the response body it carried ends; an HTTP/2
-//! connection carries every request at once.
+//! connection carries many requests at once, up to the upstream's `h2_max_concurrent_streams`,
+//! and a request finding every connection full opens another, as Envoy does: a server refuses
+//! streams past its own `SETTINGS_MAX_CONCURRENT_STREAMS` (100 to 250 on common servers), and a
+//! request sent past it waits inside the connection for a stream to end, so that a hundred
+//! long gRPC streams held every unary call to the endpoint until its deadline. hyper does not
+//! tell the peer's limit; the upstream's setting (100 by default, the least RFC 9113 advises a
+//! server to allow) stands for it.
 //!
 //! A connection idle for [`IDLE_TIMEOUT`] is closed rather than reused: one silently dropped on
 //! the way (a NAT's or a firewall's idle timeout) must not hold a request until its deadline, and
@@ -29,7 +35,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -88,7 +94,8 @@ pub(crate) struct Connections {
     target: Uri,
     authority: Authority,
     connector: Connector,
-    http2: bool,
+    /// When the endpoint speaks h2c: the streams one connection carries at once.
+    http2: Option<usize>,
     kept: Arc<Kept>,
 }
 
@@ -97,8 +104,9 @@ pub(crate) struct Connections {
 struct Kept {
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection, once made, and when it last took a request.
-    http2: Mutex<Option<Shared>>,
+    /// The HTTP/2 connections, the oldest first, so that the ones opened for a burst go idle
+    /// and are closed once it has passed.
+    http2: Mutex<Vec<Shared>>,
     /// Held while an HTTP/2 connection is made, so that the requests that find none wait for
     /// that one; it keeps why the last attempt could not connect, for those that waited on it.
     connecting: tokio::sync::Mutex<Option<String>>,
@@ -114,10 +122,46 @@ struct Idle<S = Box<h1::Conn>> {
     since: Instant,
 }
 
-/// The shared HTTP/2 connection, and its number among the connects.
+/// An HTTP/2 connection, when it last took a request, its number among the connects, and the
+/// streams open on it.
 struct Shared {
     idle: Idle<http2::SendRequest<RequestBody>>,
     number: u64,
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream open on an HTTP/2 connection: counted there until its response body is dropped (or
+/// the request fails), which ends the stream.
+struct Stream(Arc<AtomicUsize>);
+
+/// A stream taken on HTTP/2 connection number `number`, to send one request on with `sender`.
+struct Taken {
+    sender: http2::SendRequest<RequestBody>,
+    number: u64,
+    stream: Stream,
+}
+
+impl Shared {
+    /// One more stream on this connection, unless `max` are open.
+    fn take(&mut self, max: usize) -> Option<Taken> {
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        self.idle.since = turn::now();
+        Some(Taken {
+            sender: self.idle.handle.clone(),
+            number: self.number,
+            stream: Stream(self.streams.clone()),
+        })
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why an exchange got no response head.
@@ -130,9 +174,14 @@ pub(crate) enum SendError {
 }
 
 impl Connections {
-    /// Connections to `authority`, made by `connector`, speaking h2c by prior knowledge when
-    /// `http2`, else HTTP/1.1.
-    pub(crate) fn new(authority: Authority, connector: Connector, http2: bool) -> Connections {
+    /// Connections to `authority`, made by `connector`, speaking h2c by prior knowledge with at
+    /// most `streams` requests at once on each connection when `http2` is `Some(streams)`, else
+    /// HTTP/1.1.
+    pub(crate) fn new(
+        authority: Authority,
+        connector: Connector,
+        http2: Option<usize>,
+    ) -> Connections {
         let target = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority.clone())
@@ -160,8 +209,8 @@ impl Connections {
     ) -> Result<Response<PooledBody>, SendError> {
         // Boxed, as the rare paths below are: what the common one holds is copied with every
         // request's future.
-        if self.http2 {
-            return pin_in_box!(self.send_http2(head, deadline, body)).await;
+        if let Some(streams) = self.http2 {
+            return pin_in_box!(self.send_http2(head, deadline, body, streams)).await;
         }
         let conn = match self.checkout() {
             Some(conn) => conn,
@@ -197,6 +246,7 @@ impl Connections {
         head: &Parts,
         deadline: Outgoing,
         body: RequestBody,
+        streams: usize,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut request = Request::from_parts(head.clone(), body);
         // The host the client named goes in `:authority`, which an HTTP/2 upstream reads before
@@ -209,49 +259,50 @@ impl Connections {
             absolute(authority.as_ref().unwrap_or(&self.authority), request.uri())?;
         *request.version_mut() = Version::HTTP_2;
         deadline.set(request.headers_mut());
-        let (mut sender, number, reused) = match self.live_http2(None) {
-            Some((sender, number)) => (sender, number, true),
-            None => Box::pin(self.http2_sender(None)).await?,
+        let (mut taken, reused) = match self.live_http2(streams, None) {
+            Some(taken) => (taken, true),
+            None => Box::pin(self.http2_sender(streams, None)).await?,
         };
-        let response = match sender.try_send_request(request).await {
+        let response = match taken.sender.try_send_request(request).await {
             Ok(response) => response,
             Err(err) => {
                 let request = resendable(err, reused)?;
-                (sender, _, _) = Box::pin(self.http2_sender(Some(number))).await?;
-                sender
+                let replacing = Some(taken.number);
+                (taken, _) = Box::pin(self.http2_sender(streams, replacing)).await?;
+                taken
+                    .sender
                     .send_request(request)
                     .await
                     .map_err(|err| SendError::Exchange(err.into()))?
             }
         };
-        Ok(response.map(PooledBody::http2))
+        Ok(response.map(|body| PooledBody::http2(body, taken.stream)))
     }
 
-    // The shared HTTP/2 connection, if it is open and is not number `replacing` (one that gave
-    // a request back unsent).
-    fn live_http2(&self, replacing: Option<u64>) -> Option<(http2::SendRequest<RequestBody>, u64)> {
-        match &mut *lock(&self.kept.http2) {
-            Some(shared) if !shared.idle.handle.is_closed() && Some(shared.number) != replacing => {
-                shared.idle.since = turn::now();
-                Some((shared.idle.handle.clone(), shared.number))
-            }
-            _ => None,
-        }
+    // An open HTTP/2 connection with room for one more of `streams` streams, and that stream,
+    // taken; connection number `replacing` (one that gave a request back unsent) is let go.
+    fn live_http2(&self, streams: usize, replacing: Option<u64>) -> Option<Taken> {
+        let mut shared = lock(&self.kept.http2);
+        // Streams still open keep their connection: only this handle goes.
+        shared.retain(|shared| !shared.idle.handle.is_closed() && Some(shared.number) != replacing);
+        shared.iter_mut().find_map(|shared| shared.take(streams))
     }
 
-    // The shared HTTP/2 connection, made if there is none (or only number `replacing`), with
-    // its number and whether it was made before: requests that find none wait for the one
-    // connect under way, rather than each make their own (a hundred requests arriving at once
-    // on a cold pool, or after a connection was lost, made a hundred connections, and an
-    // upstream coming back met a connection storm). When that connect fails, they fail with it.
+    // An HTTP/2 connection with room for one more of `streams` streams, and that stream, taken;
+    // made if there is none (connection number `replacing` let go), with whether it was made
+    // before: requests that find none wait for the one connect under way, rather than each
+    // make their own (a hundred requests arriving at once on a cold pool, or after a connection
+    // was lost, made a hundred connections, and an upstream coming back met a connection
+    // storm). When that connect fails, they fail with it.
     async fn http2_sender(
         &self,
+        streams: usize,
         replacing: Option<u64>,
-    ) -> Result<(http2::SendRequest<RequestBody>, u64, bool), SendError> {
+    ) -> Result<(Taken, bool), SendError> {
         let seen = self.kept.connects.load(Ordering::Acquire);
         let mut failed = self.kept.connecting.lock().await;
-        if let Some((sender, number)) = self.live_http2(replacing) {
-            return Ok((sender, number, true));
+        if let Some(taken) = self.live_http2(streams, replacing) {
+            return Ok((taken, true));
         }
         if self.kept.connects.load(Ordering::Acquire) != seen
             && let Some(why) = failed.as_ref()
@@ -260,9 +311,9 @@ impl Connections {
         }
         let number = self.kept.connects.fetch_add(1, Ordering::AcqRel) + 1;
         match self.connect_http2(number).await {
-            Ok(sender) => {
+            Ok(taken) => {
                 *failed = None;
-                Ok((sender, number, false))
+                Ok((taken, false))
             }
             Err(err) => {
                 *failed = match &err {
@@ -275,11 +326,8 @@ impl Connections {
         }
     }
 
-    // A new HTTP/2 connection, number `number`, shared from now on.
-    async fn connect_http2(
-        &self,
-        number: u64,
-    ) -> Result<http2::SendRequest<RequestBody>, SendError> {
+    // A new HTTP/2 connection, number `number`, shared from now on, and a stream on it.
+    async fn connect_http2(&self, number: u64) -> Result<Taken, SendError> {
         let io = self.connect().await?;
         let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -299,15 +347,18 @@ impl Connections {
             .ready()
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;
-        *lock(&self.kept.http2) = Some(Shared {
+        let mut shared = Shared {
             idle: Idle {
-                handle: sender.clone(),
+                handle: sender,
                 since: turn::now(),
             },
             number,
-        });
+            streams: Arc::default(),
+        };
+        let taken = shared.take(1).expect("a new connection has room");
+        lock(&self.kept.http2).push(shared);
         self.kept.watch();
-        Ok(sender)
+        Ok(taken)
     }
 
     async fn connect(&self) -> Result<TokioIo<TcpStream>, SendError> {
@@ -415,13 +466,13 @@ impl Kept {
         // No checkout may come to notice for a while.
         idle.retain(|idle| idle.handle.is_usable());
         let mut http2 = lock(&self.http2);
-        // Streams still open keep their connection: only this handle goes.
-        if http2.as_ref().is_some_and(|Shared { idle, .. }| {
-            idle.handle.is_closed() || now.duration_since(idle.since) >= IDLE_TIMEOUT
-        }) {
-            *http2 = None;
-        }
-        !idle.is_empty() || http2.is_some()
+        // One with streams open is not idle, however long ago they began (a gRPC watch).
+        http2.retain(|Shared { idle, streams, .. }| {
+            !idle.handle.is_closed()
+                && (streams.load(Ordering::Acquire) > 0
+                    || now.duration_since(idle.since) < IDLE_TIMEOUT)
+        });
+        !idle.is_empty() || !http2.is_empty()
     }
 }
 
@@ -446,7 +497,7 @@ pub(crate) struct PooledBody {
 
 enum Inner {
     Http1 { body: h1::Body, kept: Arc<Kept> },
-    Http2(Incoming),
+    Http2 { body: Incoming, _stream: Stream },
 }
 
 impl PooledBody {
@@ -456,9 +507,12 @@ impl PooledBody {
         }
     }
 
-    fn http2(body: Incoming) -> PooledBody {
+    fn http2(body: Incoming, stream: Stream) -> PooledBody {
         PooledBody {
-            inner: Inner::Http2(body),
+            inner: Inner::Http2 {
+                body,
+                _stream: stream,
+            },
         }
     }
 }
@@ -492,7 +546,7 @@ impl Body for PooledBody {
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
             }
-            Inner::Http2(body) => Pin::new(body)
+            Inner::Http2 { body, .. } => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|frame| frame.map_err(BoxError::from))),
         }
@@ -501,14 +555,14 @@ impl Body for PooledBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Http1 { body, .. } => body.is_end_stream(),
-            Inner::Http2(body) => body.is_end_stream(),
+            Inner::Http2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Http1 { body, .. } => body.size_hint(),
-            Inner::Http2(body) => body.size_hint(),
+            Inner::Http2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -517,7 +571,7 @@ impl fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Inner::Http1 { body, .. } => f.debug_tuple("PooledBody").field(body).finish(),
-            Inner::Http2(body) => f.debug_tuple("PooledBody").field(body).finish(),
+            Inner::Http2 { body, .. } => f.debug_tuple("PooledBody").field(body).finish(),
         }
     }
 }
@@ -555,9 +609,12 @@ mod tests {
     use super::*;
     use crate::dns::Resolver;
 
-    /// An upstream answering `hello` on every connection it accepts, counted; the first
-    /// answer of each connection says `Connection: close` when `close_first`.
-    async fn upstream(http2: bool, close_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A listener on a free port whose connections are counted and each served by `serve`.
+    async fn counting<F, S>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> S + Send + 'static,
+        S: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -565,40 +622,60 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::Relaxed);
-                let service = service_fn(move |_: Request<Incoming>| async move {
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
-                    if close_first {
-                        response
-                            .headers_mut()
-                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    Ok::<_, Infallible>(response)
-                });
-                let io = TokioIo::new(stream);
-                tokio::spawn(async move {
-                    let _ = if http2 {
-                        server2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service)
-                            .await
-                    } else {
-                        server1::Builder::new().serve_connection(io, service).await
-                    };
-                });
+                tokio::spawn(serve(stream));
             }
         });
         (addr, accepted)
     }
 
+    /// An upstream answering `hello` on every connection it accepts, counted; the first
+    /// answer of each connection says `Connection: close` when `close_first`.
+    async fn upstream(http2: bool, close_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        counting(move |stream| async move {
+            let service = service_fn(move |_: Request<Incoming>| async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
+                if close_first {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            });
+            let io = TokioIo::new(stream);
+            let _ = if http2 {
+                server2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            } else {
+                server1::Builder::new().serve_connection(io, service).await
+            };
+        })
+        .await
+    }
+
     fn connections(addr: SocketAddr, http2: bool) -> Connections {
+        connections_of(addr, http2.then_some(100))
+    }
+
+    /// Connections to `addr`, carrying at most `streams` requests at once on each when HTTP/2.
+    fn connections_of(addr: SocketAddr, streams: Option<usize>) -> Connections {
         let mut connector = Connector::new_with_resolver(Resolver::system(Duration::from_secs(5)));
         connector.enforce_http(true);
-        Connections::new(addr.to_string().parse().unwrap(), connector, http2)
+        Connections::new(addr.to_string().parse().unwrap(), connector, streams)
     }
 
     /// A GET of `/path` sent through `connections`.
     async fn send(connections: &Connections) -> Result<Response<PooledBody>, SendError> {
+        send_to(connections, "/path").await
+    }
+
+    /// A GET of `path` sent through `connections`.
+    async fn send_to(
+        connections: &Connections,
+        path: &str,
+    ) -> Result<Response<PooledBody>, SendError> {
         let (head, body) = Request::builder()
-            .uri("/path")
+            .uri(path)
             .body(Empty::new().map_err(BoxError::from).boxed_unsync())
             .unwrap()
             .into_parts();
@@ -708,20 +785,20 @@ mod tests {
         exchange(&http1).await;
         exchange(&http2).await;
         assert_eq!(lock(&http1.kept.idle).len(), 1);
-        assert!(lock(&http2.kept.http2).is_some());
+        assert!(!lock(&http2.kept.http2).is_empty());
         tokio::time::pause();
         tokio::time::advance(IDLE_TIMEOUT / 2).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
         assert_eq!(lock(&http1.kept.idle).len(), 1, "not yet idle long enough");
-        assert!(lock(&http2.kept.http2).is_some());
+        assert!(!lock(&http2.kept.http2).is_empty());
         tokio::time::advance(IDLE_TIMEOUT * 2).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
         assert_eq!(lock(&http1.kept.idle).len(), 0);
-        assert!(lock(&http2.kept.http2).is_none());
+        assert!(lock(&http2.kept.http2).is_empty());
     }
 
     /// An upstream that answers one request on each connection and closes it when told, as a
@@ -811,6 +888,93 @@ mod tests {
             exchange(&connections),
         );
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    /// A response body that never ends, as a long gRPC stream's.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    /// An h2c upstream allowing two streams at once on a connection, answering `/hold` with a
+    /// body that never ends and anything else with `hello`, and counting the connections it
+    /// accepts.
+    async fn two_stream_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        counting(|stream| async move {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = if request.uri().path() == "/hold" {
+                    Endless.boxed_unsync()
+                } else {
+                    Full::new(Bytes::from_static(b"hello")).boxed_unsync()
+                };
+                Ok::<_, Infallible>(Response::new(body))
+            });
+            let _ = server2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(2)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_request_finding_its_http2_connection_full_opens_another() {
+        let (addr, accepted) = two_stream_upstream().await;
+        let connections = connections_of(addr, Some(2));
+        let held = [
+            send_to(&connections, "/hold").await.unwrap(),
+            send_to(&connections, "/hold").await.unwrap(),
+        ];
+        // Past the upstream's two streams the request would wait on that connection for one of
+        // them to end, which they never do.
+        tokio::time::timeout(Duration::from_secs(10), exchange(&connections))
+            .await
+            .expect("answered on a connection of its own");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+
+        // Once the long ones end, the first connection has room again, and takes the next
+        // requests: the second goes idle, to be closed.
+        drop(held);
+        exchange(&connections).await;
+        exchange(&connections).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        let kept = lock(&connections.kept.http2);
+        let open: Vec<_> = kept
+            .iter()
+            .map(|shared| shared.streams.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(open, [0, 0], "every stream ended is counted out");
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_carrying_a_stream_is_not_idle() {
+        let (addr, accepted) = two_stream_upstream().await;
+        let connections = connections_of(addr, Some(2));
+        let held = send_to(&connections, "/hold").await.unwrap();
+        advance(IDLE_TIMEOUT + LOOK).await;
+        assert_eq!(
+            lock(&connections.kept.http2).len(),
+            1,
+            "a stream is open on it"
+        );
+        exchange(&connections).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+
+        drop(held);
+        advance(IDLE_TIMEOUT + LOOK).await;
+        assert!(
+            lock(&connections.kept.http2).is_empty(),
+            "idle, once it ended"
+        );
     }
 
     #[tokio::test]

@@ -227,7 +227,8 @@ impl Pool {
         let http2 = matches!(
             upstream.protocol,
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc
-        );
+        )
+        .then_some(upstream.h2_max_concurrent_streams as usize);
         let connector = connector(upstream);
         let mut endpoints = Vec::with_capacity(upstream.endpoints.len() + upstream.backup.len());
         for (key, list) in [
