@@ -106,7 +106,8 @@ impl Scenario {
                 "C runs as two replicas; one is killed with SIGKILL, then started again"
             }
             Scenario::Failover => {
-                "C's primary is killed with SIGKILL; a backup C is there, then the primary comes back"
+                "C's primary is killed with SIGKILL, then comes back; a backup C is there, which B's \
+                 sidecar is told of and naive B, knowing one address, is not"
             }
             Scenario::Async => "orders are posted to C through the outbox while C is down",
         }

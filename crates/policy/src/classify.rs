@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::timeout::Deadline;
+
 /// What a finished call says about the health of the service that answered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -80,6 +82,24 @@ impl<T, E> Classify<T, E> for ErrorsAreFailures {
             Err(_) => Outcome::Failure,
         }
     }
+}
+
+/// What `classify` makes of `result`, or `None` when the result says nothing of the callee: an
+/// error that came once the deadline in force ([`Deadline::current`]) had passed. That is the
+/// caller's patience running out (a timeout capped by the deadline cut the call short, or the
+/// call failed for want of time), not the callee failing: a caller in a hurry, with a deadline
+/// shorter than the callee's usual latency, would otherwise open a healthy callee's breaker and
+/// shrink its limit for every other caller. The breaker and the adaptive limit both judge through
+/// here, so that they agree.
+pub(crate) fn judge<T, E>(
+    classify: &impl Classify<T, E>,
+    result: &Result<T, E>,
+) -> Option<Outcome> {
+    // The deadline is read only for errors: a success is news of the callee whenever it comes.
+    if result.is_err() && Deadline::current().is_some_and(|deadline| deadline.is_expired()) {
+        return None;
+    }
+    Some(classify.classify(result))
 }
 
 #[cfg(test)]

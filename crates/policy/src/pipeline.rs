@@ -8,7 +8,7 @@
 //! | # | policy | why here |
 //! |---|---|---|
 //! | 1 | fallback ([`Pipeline::call_with_fallback`]) | outermost, so it can answer whatever went wrong below, refusals included |
-//! | 2 | total timeout ([`PipelineBuilder::timeout`]) | bounds all attempts together: retries cannot outlive the caller's patience; a [`Deadline`](crate::timeout::Deadline) in scope caps it |
+//! | 2 | total timeout ([`PipelineBuilder::timeout`]) | bounds all attempts together: retries cannot outlive the caller's patience; a [`Deadline`](crate::timeout::Deadline) in scope caps it, and it is the deadline of what runs inside, so that a retry whose backoff would outlast it gives back the last attempt's error at once |
 //! | 3 | retry ([`PipelineBuilder::retry`]) | above the limits and the breaker, so a refused or failed attempt can be tried again after a backoff; its budget keeps retries from turning an outage into a storm |
 //! | 4 | hedge ([`PipelineBuilder::hedge`]) | each attempt may be hedged; hedges pass through the limits below like any attempt |
 //! | 5 | bulkhead, adaptive limit | bound attempts in flight; taken before the breaker, so their refusals (which say nothing about the callee) never reach its statistics |
@@ -62,27 +62,29 @@
 //! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom, but
 //! for the rate limit: the breaker's layer counts every error of the service it wraps as a
 //! failure, a refusal of a rate limit below it included, so with tower the rate limit sits just
-//! above the breaker, and an attempt the breaker refuses spends a token. (A `RetryLayer`
+//! above the breaker, and an attempt the breaker refuses spends a token. A `RetryLayer`
 //! classifies with its own classifier, by default retrying every error, refusals included: give
-//! it one that does not retry them to match the pipeline.)
+//! it [`RetryTransient`], as below, to retry what the pipeline retries.
 //!
 //! ```
 //! # use std::time::Duration;
-//! # use rampart_policy::{breaker::CircuitBreaker, bulkhead::{Bulkhead, BulkheadLayer},
-//! #     ratelimit::{RateLimiter, RateLimitLayer}, retry::{ExponentialBackoff, Retry, RetryLayer},
-//! #     timeout::{Timeout, TimeoutLayer}};
+//! # use rampart_policy::{breaker::CircuitBreaker, bulkhead::Bulkhead, ratelimit::RateLimiter,
+//! #     retry::{ExponentialBackoff, Retry, RetryTransient}, classify::ErrorsAreFailures,
+//! #     timeout::Timeout};
 //! # let ms = Duration::from_millis;
-//! # let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(200)).unwrap()).unwrap();
+//! let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(200)).unwrap())
+//!     .unwrap()
+//!     .with_classifier(RetryTransient(ErrorsAreFailures)); // failures and timeouts, no refusals
 //! # let limiter = RateLimiter::per_second(500).try_build().unwrap();
 //! # let bulkhead = Bulkhead::builder(64).try_build().unwrap();
 //! # let breaker = CircuitBreaker::new();
 //! let svc = tower::ServiceBuilder::new()
-//!     .layer(TimeoutLayer::new(Timeout::new(ms(800))))   // all attempts together
-//!     .layer(RetryLayer::new(retry))                      // attempts, backoff, budget
-//!     .layer(BulkheadLayer::new(bulkhead))                // attempts in flight
-//!     .layer(RateLimitLayer::new(limiter))                // a token per attempt
-//!     .layer(breaker.layer())                             // refuse while broken
-//!     .layer(TimeoutLayer::new(Timeout::new(ms(250))))   // one attempt
+//!     .layer(Timeout::new(ms(800)).layer())   // all attempts together
+//!     .layer(retry.layer())                   // attempts, backoff, budget
+//!     .layer(bulkhead.layer())                // attempts in flight
+//!     .layer(limiter.layer())                 // a token per attempt
+//!     .layer(breaker.layer())                 // refuse while broken
+//!     .layer(Timeout::new(ms(250)).layer())   // one attempt
 //!     .service_fn(|req: u32| async move { Ok::<_, std::io::Error>(req) });
 //! # let _ = svc;
 //! ```
@@ -94,13 +96,15 @@ use tokio::time::Instant;
 use crate::adaptive::AdaptiveLimit;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
-use crate::classify::{Classify, ErrorsAreFailures, Outcome};
+use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
 use crate::error::{Error, Rejected};
 use crate::fallback::{Fallback, FallbackFn};
 use crate::hedge::Hedge;
 use crate::ratelimit::RateLimiter;
-use crate::retry::{Decision, Retry, RetryClassify};
-use crate::timeout::Timeout;
+use crate::retry::Retry;
+pub use crate::retry::RetryTransient;
+use crate::timeout::error::Elapsed;
+use crate::timeout::{Deadline, Timeout};
 
 /// Policies composed around a call; see the [module docs](self) for the order and why.
 ///
@@ -133,23 +137,6 @@ pub struct PipelineBuilder<C = ErrorsAreFailures> {
     stages: Stages,
     retry: Option<Retry<()>>,
     classify: C,
-}
-
-/// The retry classification of a pipeline: failures (as the pipeline's classifier says) and
-/// attempt timeouts are worth another attempt; refusals are not.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RetryTransient<C>(C);
-
-impl<T, E, C: Classify<T, Error<E>>> RetryClassify<T, Error<E>> for RetryTransient<C> {
-    #[inline]
-    fn decide(&self, result: &Result<T, Error<E>>) -> Decision {
-        match result {
-            Err(Error::Rejected(Rejected::Timeout(_))) => Decision::Retry,
-            Err(Error::Rejected(_)) => Decision::Done,
-            _ if self.0.classify(result).is_failure() => Decision::Retry,
-            _ => Decision::Done,
-        }
-    }
 }
 
 // === impl PipelineBuilder ===
@@ -269,12 +256,28 @@ impl<C> Pipeline<C> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        match self.stages.timeout {
-            Some(timeout) => timeout
-                .call(|| self.retried(&f))
-                .await
-                .map_err(Error::flatten),
-            None => self.retried(&f).await,
+        let Some(timeout) = self.stages.timeout else {
+            return self.retried(&f).await;
+        };
+        // The total timeout is the deadline of what runs inside, so that a retry whose backoff
+        // would outlast it gives back the last attempt's own error at once, rather than sleeping
+        // into a bare timeout, and an attempt timeout is capped by it.
+        let outer = Deadline::current();
+        let total = Deadline::after(timeout.duration());
+        match timeout
+            .call(|| total.scope(self.retried(&f)))
+            .await
+            .map_err(Error::flatten)
+        {
+            // The total timeout ran out, not a deadline of the caller's: a timeout it is.
+            Err(Error::Rejected(Rejected::DeadlineExceeded(_)))
+                if !outer.is_some_and(|outer| outer.is_expired()) =>
+            {
+                Err(Error::Rejected(Rejected::Timeout(Elapsed::new(
+                    timeout.duration(),
+                ))))
+            }
+            result => result,
         }
     }
 
@@ -376,12 +379,14 @@ impl<C> Pipeline<C> {
         };
 
         let outcome = match &result {
-            // The caller ran out of time: that says nothing about the callee. The permits are
-            // dropped unrecorded.
-            Err(Error::Rejected(Rejected::DeadlineExceeded(_))) => return result,
             // Cut short by the attempt timeout: as failed as an error.
-            Err(Error::Rejected(_)) => Outcome::Failure,
-            _ => self.classify.classify(&result),
+            Err(Error::Rejected(Rejected::Timeout(_))) => Some(Outcome::Failure),
+            _ => judge(&self.classify, &result),
+        };
+        // The caller ran out of time: that says nothing about the callee. The permits are
+        // dropped unrecorded.
+        let Some(outcome) = outcome else {
+            return result;
         };
         if let Some(permit) = permit {
             permit.record(outcome);
@@ -651,6 +656,23 @@ mod tests {
             panic!("expected a refusal")
         };
         assert!(is_caused_by::<Elapsed>(&rejected));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_would_outlast_the_total_timeout_gives_back_the_last_error_at_once() {
+        let backoff = ExponentialBackoff::try_new(300 * MS, Duration::from_secs(1))
+            .unwrap()
+            .with_rng(Rng::fixed(1.0));
+        let p = Pipeline::builder()
+            .timeout(200 * MS)
+            .retry(Retry::try_new(3, backoff).unwrap())
+            .build();
+        let (calls, f) = flaky(10);
+        let start = Instant::now();
+        let err = p.call(f).await.unwrap_err();
+        assert!(matches!(err, Error::Inner("down")), "{err:?}");
+        assert_eq!(calls.load(SeqCst), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO, "no sleep into the timeout");
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::Permit;
 use super::error::LimitExceeded;
-use crate::classify::Classify;
+use crate::classify::{Classify, judge};
 use crate::error::BoxError;
 
 pin_project! {
@@ -74,8 +74,11 @@ where
                 start,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(permit) = permit.take() {
-                    permit.record(classify.classify(&result), start.elapsed());
+                // Dropped unrecorded when the caller's deadline cut the call short.
+                if let Some(permit) = permit.take()
+                    && let Some(outcome) = judge(classify, &result)
+                {
+                    permit.record(outcome, start.elapsed());
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

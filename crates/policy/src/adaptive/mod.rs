@@ -77,7 +77,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::classify::{Classify, ErrorsAreFailures, Outcome};
+use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
 use crate::error::{BoxError, Error, Rejected};
 
 mod algorithm;
@@ -129,6 +129,11 @@ pub struct AdaptiveLimitService<S, C = ErrorsAreFailures> {
 // === impl AdaptiveLimit ===
 
 impl AdaptiveLimit {
+    /// A tower layer that puts this limit in front of a service; its services share it.
+    pub fn layer(&self) -> AdaptiveLimitLayer {
+        AdaptiveLimitLayer::new(self.clone())
+    }
+
     /// A limit learning with `algorithm` (a [`Gradient2`], an [`Aimd`] or an [`Algorithm`]).
     pub fn new(algorithm: impl Into<Algorithm>) -> AdaptiveLimit {
         let algorithm = algorithm.into();
@@ -205,7 +210,10 @@ impl AdaptiveLimit {
             .map_err(|e| Error::Rejected(Rejected::LimitExceeded(e)))?;
         let start = Instant::now();
         let result = f().await;
-        permit.record(classify.classify(&result), start.elapsed());
+        // Dropped unrecorded when the caller's deadline cut the call short.
+        if let Some(outcome) = judge(&classify, &result) {
+            permit.record(outcome, start.elapsed());
+        }
         result.map_err(Error::Inner)
     }
 }
@@ -431,6 +439,31 @@ mod tests {
             limit.try_acquire().unwrap().record(Outcome::Failure, ms(1));
         }
         assert!(limit.limit() < 5, "limit {}", limit.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_failing_once_the_callers_deadline_has_passed_teaches_nothing() {
+        use crate::timeout::{Deadline, Timeout};
+
+        let limit = AdaptiveLimit::aimd();
+        let timeout = Timeout::new(Duration::from_secs(1));
+        for _ in 0..5 {
+            let result = Deadline::after(ms(50))
+                .scope(limit.call(|| {
+                    timeout.call(|| async {
+                        sleep(ms(100)).await;
+                        Ok::<_, std::io::Error>(())
+                    })
+                }))
+                .await;
+            assert!(result.is_err());
+        }
+        assert_eq!((limit.limit(), limit.in_flight()), (10, 0));
+        // A failure with time left is a drop.
+        let _ = Deadline::after(ms(50))
+            .scope(limit.call(|| async { Err::<(), _>("refused") }))
+            .await;
+        assert_eq!(limit.limit(), 9);
     }
 
     #[test]

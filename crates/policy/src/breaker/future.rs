@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::OwnedPermit;
 use super::error::BreakerOpen;
-use crate::classify::Classify;
+use crate::classify::{Classify, judge};
 use crate::error::BoxError;
 
 pin_project! {
@@ -70,8 +70,11 @@ where
                 classify,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(permit) = permit.take() {
-                    permit.record(classify.classify(&result));
+                // Dropped unrecorded when the caller's deadline cut the call short.
+                if let Some(permit) = permit.take()
+                    && let Some(outcome) = judge(classify, &result)
+                {
+                    permit.record(outcome);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -66,6 +66,17 @@
 //!
 //! The service's `poll_ready` only asks the inner service: a refusal comes from the response future,
 //! so a `Buffer` in front of the breaker is never poisoned by it.
+//!
+//! # What the breaker learns from
+//!
+//! Every call that ends, as its classifier says, with two exceptions that say nothing of the
+//! callee. A call that fails once the [`Deadline`](crate::timeout::Deadline) in force has passed
+//! is the caller running out of time, not the callee failing: it is not recorded (without this, a
+//! caller with 50 ms left calling a healthy service that answers in 100 ms would open its breaker
+//! for everyone). And a call whose future is dropped before it ends is not recorded either: put
+//! the timeout that bounds a call *under* the breaker (`breaker.call(|| timeout.call(f))`, or a
+//! [`TimeoutLayer`](crate::timeout::TimeoutLayer) below the breaker's layer), so that a hung call
+//! ends as a timeout the breaker counts, rather than being dropped by a timeout above it.
 
 mod config;
 pub mod error;
@@ -87,7 +98,7 @@ use self::error::BreakerOpen;
 use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
 use self::shared::{Shared, Ticket};
-use crate::classify::{Classify, ErrorsAreFailures, Outcome};
+use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
 use crate::error::{BoxError, Error};
 
 /// A circuit breaker. Cheap to clone: clones share one state.
@@ -302,7 +313,10 @@ impl CircuitBreaker {
             .try_acquire()
             .map_err(|open| Error::Rejected(open.into()))?;
         let result = f().await;
-        permit.record(classify.classify(&result));
+        // Dropped unrecorded when the caller's deadline cut the call short.
+        if let Some(outcome) = judge(classify, &result) {
+            permit.record(outcome);
+        }
         result.map_err(Error::Inner)
     }
 

@@ -933,3 +933,50 @@ fn another_breakers_permit_cannot_be_owned() {
     let (a, b) = (builder().build().unwrap(), builder().build().unwrap());
     let _ = b.own(a.try_acquire().unwrap());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_failing_once_the_callers_deadline_has_passed_is_not_recorded() {
+    use crate::timeout::{Deadline, Timeout, TimeoutLayer};
+
+    let b = builder().consecutive_failures(1).build().unwrap();
+    let timeout = Timeout::new(SEC);
+    // A healthy callee answering in 100 ms, called by callers with 50 ms left.
+    let healthy = || async {
+        sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>("answer")
+    };
+    for _ in 0..3 {
+        let result = Deadline::after(Duration::from_millis(50))
+            .scope(b.call(|| timeout.call(healthy)))
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(Error::Inner(Error::Rejected(Rejected::DeadlineExceeded(_))))
+            ),
+            "{result:?}"
+        );
+    }
+    let mut service = tower::ServiceBuilder::new()
+        .layer(b.layer())
+        .layer(TimeoutLayer::new(timeout))
+        .service_fn(|()| healthy());
+    for _ in 0..3 {
+        let err = Deadline::after(Duration::from_millis(50))
+            .scope(async { service.ready().await.unwrap().call(()).await })
+            .await
+            .unwrap_err();
+        assert!(
+            is_caused_by::<crate::timeout::error::DeadlineExceeded>(&*err),
+            "{err}"
+        );
+    }
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().calls, 0, "six calls, none of them recorded");
+
+    // A failure with time left is the callee's.
+    let _ = Deadline::after(SEC)
+        .scope(b.call(|| async { Err::<(), _>("refused") }))
+        .await;
+    assert_eq!(b.state(), State::Open);
+}

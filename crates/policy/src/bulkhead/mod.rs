@@ -128,6 +128,11 @@ pub struct OwnedBulkheadPermit {
 // === impl Bulkhead ===
 
 impl Bulkhead {
+    /// A tower layer that puts this bulkhead in front of a service; its services share it.
+    pub fn layer(&self) -> BulkheadLayer {
+        BulkheadLayer::new(self.clone())
+    }
+
     /// Starts configuring a bulkhead that lets `max_concurrent` calls run at once.
     ///
     /// By default a call that finds it full is refused at once (`max_wait_queue` 0).

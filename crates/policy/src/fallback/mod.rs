@@ -270,6 +270,14 @@ impl<T: Clone, E> Fallback<T, E, Value<T>> {
     }
 }
 
+impl<T, F> Fallback<T, BoxError, F> {
+    /// A tower layer answering with this fallback when the service it wraps fails or a policy
+    /// below refuses.
+    pub fn layer(&self) -> FallbackLayer<F> {
+        FallbackLayer::new(self.clone())
+    }
+}
+
 impl<T, E, F> Fallback<T, E, F> {
     /// Falls back to any [`FallbackFn`].
     pub fn with_fn(fallback: F) -> Fallback<T, E, F> {

@@ -169,6 +169,11 @@ pub struct HedgeService<S, P = Cloned, C = ErrorsAreFailures> {
 // === impl Hedge ===
 
 impl Hedge {
+    /// A tower layer that puts this hedging policy in front of a service; its services share it.
+    pub fn layer(&self) -> HedgeLayer {
+        HedgeLayer::new(self.clone())
+    }
+
     /// A hedge with `delay` and the defaults: one extra attempt, the first success wins, a
     /// percentile over the last 30 s once it holds 20 samples.
     pub fn new(delay: HedgeDelay) -> Result<Hedge, InvalidConfig> {

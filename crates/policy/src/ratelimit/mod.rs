@@ -134,6 +134,11 @@ enum Per {
 // === impl RateLimiter ===
 
 impl RateLimiter {
+    /// A tower layer that puts this rate limit in front of a service; its services share it.
+    pub fn layer(&self) -> RateLimitLayer {
+        RateLimitLayer::new(self.clone())
+    }
+
     /// Starts configuring a limit of `rate` calls per second, with a burst of `rate` by default.
     pub fn per_second(rate: u32) -> RateLimiterBuilder {
         RateLimiterBuilder::new(rate, Per::Second)

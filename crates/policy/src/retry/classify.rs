@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::classify::{Classify, Outcome};
+use crate::error::{BoxError, Error, Rejected};
 
 /// What to do after an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,10 +80,74 @@ where
 {
     #[inline]
     fn decide(&self, result: &Result<T, E>) -> Decision {
-        match self.0.classify(result) {
-            Outcome::Failure => Decision::Retry,
-            Outcome::Success | Outcome::Slow => Decision::Done,
+        failed(self.0.classify(result))
+    }
+}
+
+// A failure is worth another attempt; a success, slow or not, is kept.
+fn failed(outcome: Outcome) -> Decision {
+    match outcome {
+        Outcome::Failure => Decision::Retry,
+        Outcome::Success | Outcome::Slow => Decision::Done,
+    }
+}
+
+/// Retries what the shared [`Classify`] calls a failure and an attempt that timed out, never a
+/// refusal: a breaker open, a bulkhead or limit full, a rate limit, a deadline passed. Trying
+/// again at once would meet the same refusal, and spend the backoff, the budget and a token of
+/// the rate limit doing it. The retry of a [`Pipeline`](crate::pipeline::Pipeline) decides so;
+/// give it to a [`RetryLayer`](super::RetryLayer) over the policies' layers to decide the same,
+/// as their errors come boxed:
+///
+/// ```
+/// use rampart_policy::breaker::CircuitBreaker;
+/// use rampart_policy::classify::ErrorsAreFailures;
+/// use rampart_policy::error::BoxError;
+/// use rampart_policy::retry::{Decision, RetryClassify, RetryTransient};
+/// use rampart_policy::timeout::error::Elapsed;
+///
+/// let retry = RetryTransient(ErrorsAreFailures);
+/// let breaker = CircuitBreaker::new();
+/// breaker.force_open();
+/// let open: Result<(), BoxError> = Err(Box::new(breaker.try_acquire().unwrap_err()));
+/// assert_eq!(retry.decide(&open), Decision::Done);
+/// let timed_out: Result<(), BoxError> = Err(Box::new(Elapsed::new(std::time::Duration::ZERO)));
+/// assert_eq!(retry.decide(&timed_out), Decision::Retry);
+/// let reset: Result<(), BoxError> = Err("connection reset".into());
+/// assert_eq!(retry.decide(&reset), Decision::Retry);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryTransient<K>(pub K);
+
+impl<T, E, K: Classify<T, Error<E>>> RetryClassify<T, Error<E>> for RetryTransient<K> {
+    #[inline]
+    fn decide(&self, result: &Result<T, Error<E>>) -> Decision {
+        match result {
+            Err(Error::Rejected(rejected)) => transient(rejected),
+            _ => failed(self.0.classify(result)),
         }
+    }
+}
+
+impl<T, K: Classify<T, BoxError>> RetryClassify<T, BoxError> for RetryTransient<K> {
+    #[inline]
+    fn decide(&self, result: &Result<T, BoxError>) -> Decision {
+        match result {
+            Err(err) => match Rejected::find_in(&**err) {
+                Some(rejected) => transient(&rejected),
+                None => failed(self.0.classify(result)),
+            },
+            Ok(_) => failed(self.0.classify(result)),
+        }
+    }
+}
+
+// Whether a policy's refusal is worth another attempt: only a timeout, which says the attempt
+// was slow, not that the next one would be refused.
+fn transient(rejected: &Rejected) -> Decision {
+    match rejected {
+        Rejected::Timeout(_) => Decision::Retry,
+        _ => Decision::Done,
     }
 }
 

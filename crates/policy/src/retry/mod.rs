@@ -104,7 +104,7 @@ mod registry;
 
 pub use self::backoff::{Delays, ExponentialBackoff, Jitter};
 pub use self::budget::Budget;
-pub use self::classify::{Decision, RetryClassify, RetryOnError, RetryOnFailure};
+pub use self::classify::{Decision, RetryClassify, RetryOnError, RetryOnFailure, RetryTransient};
 pub use self::layer::RetryLayer;
 
 use self::backoff::BackoffState;
@@ -208,6 +208,14 @@ impl Retry {
 }
 
 impl<C> Retry<C> {
+    /// A tower layer that retries by this policy; its services share its counters and budget.
+    pub fn layer(&self) -> RetryLayer<C>
+    where
+        C: Clone,
+    {
+        RetryLayer::new(self.clone())
+    }
+
     /// Draws retries from `budget` (clones share one account) instead of a budget of its own.
     pub fn with_budget(mut self, budget: Budget) -> Retry<C> {
         self.reconfigure(|config| config.budget = Some(budget));

@@ -782,3 +782,38 @@ fn response_futures_are_send() {
     let future = service.call("hello");
     assert_send(&future);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_retrying_transient_errors_takes_no_refusal_for_one() {
+    use crate::breaker::CircuitBreaker;
+    use crate::classify::ErrorsAreFailures;
+
+    let breaker = CircuitBreaker::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            retry(3).with_classifier(RetryTransient(ErrorsAreFailures)),
+        ))
+        .layer(breaker.layer())
+        .service_fn(move |_: ()| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async { Err::<(), BoxError>("reset".into()) }
+        });
+
+    // A failure is retried: three attempts.
+    let start = Instant::now();
+    service.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+
+    // A refusal is not: no backoff, no second look at the open breaker.
+    breaker.force_open();
+    let start_refused = Instant::now();
+    let err = service.oneshot(()).await.unwrap_err();
+    assert!(crate::error::is_caused_by::<
+        crate::breaker::error::BreakerOpen,
+    >(&*err));
+    assert_eq!(start_refused.elapsed(), Duration::ZERO);
+    assert_eq!(breaker.snapshot().rejected, 1, "asked once");
+    assert!(start.elapsed() > Duration::ZERO);
+}

@@ -109,6 +109,11 @@ pub struct Timeout {
 }
 
 impl Timeout {
+    /// A tower layer that puts this timeout in front of a service; its services share it.
+    pub fn layer(&self) -> TimeoutLayer {
+        TimeoutLayer::new(*self)
+    }
+
     /// A timeout of `duration`.
     pub fn new(duration: Duration) -> Timeout {
         Timeout { duration }
