@@ -32,6 +32,7 @@ pub(super) struct Settings {
     pub(super) open_for_max: Duration,
     pub(super) open_jitter: f64,
     pub(super) half_open_probes: u32,
+    pub(super) half_open_max_wait: Option<Duration>,
 }
 
 impl Settings {
@@ -56,6 +57,7 @@ impl Default for Builder {
                 open_for_max: Duration::from_secs(60),
                 open_jitter: 0.2,
                 half_open_probes: 3,
+                half_open_max_wait: None,
             },
             clock: None,
             rng: Rng::thread(),
@@ -137,6 +139,18 @@ impl Builder {
         self
     }
 
+    /// How long a half-open breaker waits for its probes' outcomes: once every probe is out and
+    /// this long has passed since it half-opened, the next call opens it again, as a failed
+    /// probe would (for a longer period; [`Reason::ProbesTimedOut`](super::Reason)), and the
+    /// late outcomes count for nothing. Without it, a probe that never ends (a call with no
+    /// timeout below the breaker, to a callee that hangs) keeps the breaker half-open, refusing
+    /// every other call, until its future is dropped. Off by default, as resilience4j's
+    /// `maxWaitDurationInHalfOpenState`; above zero.
+    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.settings.half_open_max_wait = Some(wait);
+        self
+    }
+
     /// Reads time from `clock` instead of tokio's clock and the cached clock. Tests inject
     /// [`TokioClock`](crate::clock::TokioClock) so that the window follows tokio's paused clock.
     pub fn clock(mut self, clock: SharedClock) -> Self {
@@ -214,6 +228,13 @@ impl Builder {
                 "open_jitter",
                 s.open_jitter,
                 "it must be at least 0 and less than 1",
+            ));
+        }
+        if s.half_open_max_wait == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "half_open_max_wait",
+                Duration::ZERO,
+                "it must be above zero: probes need time to answer",
             ));
         }
         if s.half_open_probes == 0 {

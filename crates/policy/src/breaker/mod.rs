@@ -146,6 +146,9 @@ pub enum Reason {
     OpenElapsed,
     /// A half-open probe failed.
     ProbeFailed,
+    /// The half-open probes were not all answered within
+    /// [`half_open_max_wait`](Builder::half_open_max_wait).
+    ProbesTimedOut,
     /// Every half-open probe succeeded.
     ProbesSucceeded,
     /// An operator forced it open.

@@ -51,6 +51,8 @@ pub(super) struct Shared {
     probes: AtomicU64,
     /// When the current open period ends, in nanoseconds since `origin`.
     open_until: AtomicU64,
+    /// When the breaker last turned half-open, in nanoseconds since `origin`.
+    half_open_at: AtomicU64,
     /// When the current ejection began (the breaker last left `Closed` for `Open`), in
     /// nanoseconds since `origin` plus one; 0 while closed or forced.
     ejected_at: AtomicU64,
@@ -137,6 +139,7 @@ impl Shared {
             consecutive: Padded(AtomicU32::new(0)),
             probes: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
+            half_open_at: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             window: Window::new(
@@ -252,13 +255,28 @@ impl Shared {
                                 (now >> 32 == word >> 32 && now & COUNT > 0).then(|| now - 1)
                             });
                         }
-                        Err(_) if still => return Err(self.reject(None)),
+                        Err(word) if still => {
+                            if !self.probes_overdue() {
+                                return Err(self.reject(None));
+                            }
+                            self.trip(State::HalfOpen, Some(word >> 32), Reason::ProbesTimedOut);
+                            // Loop: now open (or moved by someone else meanwhile).
+                        }
                         Err(_) => {}
                     }
                     // Loop: read the gate again.
                 }
             }
         }
+    }
+
+    /// Whether the probes out have had `half_open_max_wait` to answer, and not all did.
+    #[cold]
+    fn probes_overdue(&self) -> bool {
+        self.settings.half_open_max_wait.is_some_and(|wait| {
+            let since = self.half_open_at.load(Acquire);
+            self.nanos_since_origin(self.now()).saturating_sub(since) >= saturating_nanos(wait)
+        })
     }
 
     fn reject(&self, retry_in: Option<Duration>) -> BreakerOpen {
@@ -454,6 +472,8 @@ impl Shared {
                 return;
             }
             machine.probe_successes = 0;
+            self.half_open_at
+                .store(self.nanos_since_origin(now), Release);
             self.next_period();
             self.set(State::Open, State::HalfOpen, Reason::OpenElapsed)
         };

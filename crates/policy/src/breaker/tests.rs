@@ -363,6 +363,62 @@ async fn a_cancelled_call_records_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn probes_unanswered_past_the_half_open_max_wait_open_the_breaker_again() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .half_open_max_wait(2 * SEC)
+        .build()
+        .unwrap();
+    let seen = transitions(&b);
+    fail(&b);
+    advance(SEC).await;
+    // The probe hangs: nothing below it bounds it.
+    let probe = b.try_acquire().unwrap();
+    advance(2 * SEC - Duration::from_millis(1)).await;
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.state(), State::HalfOpen);
+    advance(Duration::from_millis(1)).await;
+    let refused = b.try_acquire().unwrap_err();
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(
+        refused.retry_in(),
+        Some(2 * SEC),
+        "backed off as after a failed probe"
+    );
+    assert_eq!(
+        seen.lock().unwrap().last(),
+        Some(&(State::HalfOpen, State::Open, Reason::ProbesTimedOut))
+    );
+
+    // Its late answer counts for nothing; the next period's probe closes it.
+    probe.record(Outcome::Success);
+    assert_eq!(b.state(), State::Open);
+    advance(2 * SEC).await;
+    succeed(&b);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_half_open_max_wait_a_hung_probe_keeps_the_breaker_half_open() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    fail(&b);
+    advance(SEC).await;
+    let probe = b.try_acquire().unwrap();
+    advance(3600 * SEC).await;
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.state(), State::HalfOpen);
+    // Dropped, it gives its place to another call.
+    drop(probe);
+    succeed(&b);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_late_probe_of_an_earlier_period_cannot_close_a_later_one() {
     let b = builder()
         .consecutive_failures(1)
@@ -644,6 +700,9 @@ fn settings_out_of_range_are_refused_with_the_reason() {
         CircuitBreaker::builder().window_buckets(0).build(),
         CircuitBreaker::builder().open_jitter(1.0).build(),
         CircuitBreaker::builder().failure_rate(f64::NAN).build(),
+        CircuitBreaker::builder()
+            .half_open_max_wait(Duration::ZERO)
+            .build(),
     ] {
         assert!(bad.is_err());
     }
