@@ -61,6 +61,29 @@ impl HasDeadline for Deadline {
     }
 }
 
+/// An HTTP request's deadline is the [`Deadline`] in its extensions, put there by what read it
+/// (a `grpc-timeout` header, a deadline header of your own, or the edge's budget for the
+/// request), so that a [`DeadlineLayer`](super::DeadlineLayer) works in axum, hyper and tonic
+/// stacks. (Feature `http`, on by default.)
+///
+/// ```
+/// use std::time::Duration;
+/// use rampart_policy::timeout::{Deadline, HasDeadline};
+///
+/// let mut request = http::Request::new(());
+/// assert_eq!(request.deadline(), None);
+/// let deadline = Deadline::after(Duration::from_millis(250));
+/// request.extensions_mut().insert(deadline);
+/// assert_eq!(request.deadline(), Some(deadline));
+/// ```
+#[cfg(feature = "http")]
+impl<B> HasDeadline for http::Request<B> {
+    #[inline]
+    fn deadline(&self) -> Option<Deadline> {
+        self.extensions().get::<Deadline>().copied()
+    }
+}
+
 // === impl Deadline ===
 
 impl Deadline {

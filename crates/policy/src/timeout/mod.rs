@@ -71,7 +71,7 @@
 //! [`TimeoutService`] works for any request type, so it cannot read a deadline from the request;
 //! it honours the deadline in force in the task that calls it ([`Deadline::current`]). A request
 //! that carries its own deadline goes through a [`DeadlineLayer`] instead (requests
-//! `R: HasDeadline`): it fails a request whose deadline has passed without calling the service
+//! `R: HasDeadline`; an `http::Request` carries the [`Deadline`] in its extensions): it fails a request whose deadline has passed without calling the service
 //! below, cuts the call short when the deadline passes, and makes the deadline the one in force
 //! below it, so that a [`TimeoutLayer`] further down (a per-try timeout under a retry) is capped by
 //! it. Two layers rather than one because a generic service cannot ask "does this request
