@@ -18,6 +18,27 @@
 //! reports the end of the stream at once, so an HTTP/2 server sends the gRPC answer as one
 //! HEADERS frame with END_STREAM, as a trailers-only response must be.
 //!
+//! A service built on `rampart-policy`'s tower layers answers their refusals the same way: the
+//! error out of the stack names its [`Reason`] ([`Reason::from_error`]), in an axum
+//! `HandleErrorLayer` or a tonic interceptor alike:
+//!
+//! ```
+//! use rampart_http::rescue::{rescue, Reason};
+//! use rampart_policy::breaker::CircuitBreaker;
+//! use rampart_policy::error::BoxError;
+//!
+//! // What a stack with the breaker's layer returns while the breaker is open.
+//! let breaker = CircuitBreaker::new();
+//! breaker.force_open();
+//! let err: BoxError = Box::new(breaker.try_acquire().unwrap_err());
+//!
+//! // Anything else is the service's own failure: a 502 here.
+//! let reason = Reason::from_error(&*err).unwrap_or(Reason::UpstreamReset);
+//! let response = rescue(reason, false);
+//! assert_eq!(response.status(), 503);
+//! assert_eq!(response.headers()["x-rampart-error"], "breaker-open");
+//! ```
+//!
 //! ```
 //! use rampart_http::rescue::{rescue, Reason};
 //!
