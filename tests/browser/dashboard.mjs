@@ -8,7 +8,9 @@
 // the DOM, generous timeouts, no fixed sleeps) for what the Rust side brings about, checks it,
 // and prints `step NAME` on stdout for the Rust side to take the next action:
 //
-//   ready   the route card `api` is CLOSED and live      -> the upstream starts failing
+//   ready   the route card `api` is CLOSED and live, the outbox panel shows the order the Rust
+//           side posted to the async route `orders` delivered
+//                                                        -> the upstream starts failing
 //   open    the card shows the breaker OPEN              -> the upstream is healthy again
 //   forced  the card went CLOSED, a wrong token was refused with the API's words, the force
 //           button opened the breaker (FORCED OPEN) and the `*` auto button released it
@@ -119,6 +121,11 @@ async function run(page) {
   check(await page.locator('#banner').isHidden(), 'the banner shows while connected');
   check(await page.locator('.instance').count() === 0, 'one target, yet an instance header');
   await expectText(page, `${card('api')} [data-field="state"]`, /^closed$/);
+  // The outbox of the async route `orders`: the order posted before the page opened, delivered.
+  await page.locator('.outbox-title').waitFor();
+  await expectText(page, '.outbox [data-field="store"]', /^embedded store$/);
+  await expectText(page, '.outbox [data-outbox-route="orders"] [data-field="numbers"]',
+    /^queued 0 · delivering 0 · dead 0 · delivered 1$/);
   step('ready');
 
   // open: the upstream fails, the breaker opens, the card says so in colour and size.

@@ -37,7 +37,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         // listeners, and stops as it drains.
         (&Method::GET, ["readyz"]) => text(StatusCode::OK, "ready\n"),
         (&Method::GET, ["api", "stats"]) => {
-            answer(StatusCode::OK, &json::stats(&state.proxy.snapshot()))
+            answer(StatusCode::OK, &json::stats(&state.proxy).await)
         }
         (&Method::GET, ["api", "events"]) => match stream_permit(state) {
             Some(permit) => events::stream(state.proxy.clone(), permit),

@@ -59,7 +59,7 @@ async fn feed(proxy: ProxyHandle, events: mpsc::Sender<Bytes>) {
     loop {
         let event = tokio::select! {
             _ = events.closed() => return,
-            _ = tick.tick() => frame("stats", &json::stats(&proxy.snapshot())),
+            _ = tick.tick() => frame("stats", &json::stats(&proxy).await),
             change = changes.recv() => match change {
                 Ok(change) => frame("transition", &json::change(&change)),
                 // Fallen behind: the next stats bring the client up to date.

@@ -27,17 +27,23 @@
 //!       "in_flight": 0, "attempts": {"success": 5, "failure": 3},
 //!       "requests_per_second": 0.8, "error_rate": 0.37, "p50_ms": 1.0, "p99_ms": 3.1
 //!     }]
-//!   }]
+//!   }],
+//!   "outbox": {"store": "embedded", "pending": 2, "dropped": 0,
+//!              "total": {"queued": 2, "delivering": 0, "dead": 1, "delivered": 40, "bytes": 512},
+//!              "routes": {"orders": {...}}}
 //! }
 //! ```
 //!
 //! `state` is a breaker state as the metrics name it (`closed`, `open`, `half-open`,
 //! `forced-open`, `forced-closed`), or `disabled` without a breaker; `p50_ms` and `p99_ms` are
 //! `null` with nothing in the window. A route's `answers` and an upstream's `admissions` cover the
-//! same window as the rates (docs/admin.md says what each count holds).
+//! same window as the rates (docs/admin.md says what each count holds). `outbox` is what
+//! `GET /api/outbox` answers (`null` without an `[outbox]`), so that a dashboard following the
+//! events sees the async routes' queues too.
 
 use std::time::Duration;
 
+use rampart_proxy::ProxyHandle;
 use rampart_proxy::stats::{
     Admissions, Answers, Change, ChangeKind, EndpointStats, RouteStats, Snapshot, UpstreamStats,
     Window,
@@ -60,8 +66,15 @@ pub(crate) fn change(change: &Change) -> Value {
     }
 }
 
+/// The stats of `proxy` now, its outbox's queues included.
+pub(crate) async fn stats(proxy: &ProxyHandle) -> Value {
+    let mut stats = snapshot_json(&proxy.snapshot());
+    stats["outbox"] = crate::outbox::stats(proxy).await;
+    stats
+}
+
 /// The JSON of `snapshot`.
-pub(crate) fn stats(snapshot: &Snapshot) -> Value {
+fn snapshot_json(snapshot: &Snapshot) -> Value {
     json!({
         "window_seconds": WINDOW_SECONDS,
         "routes": snapshot.routes.iter().map(route).collect::<Vec<_>>(),
@@ -223,7 +236,7 @@ mod tests {
                 ],
             }],
         };
-        let json = stats(&snapshot);
+        let json = snapshot_json(&snapshot);
         assert_eq!(
             json["routes"][0],
             json!({

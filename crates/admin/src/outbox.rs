@@ -28,8 +28,8 @@
 
 use futures_util::{StreamExt, stream};
 use http::StatusCode;
-use rampart_config::OutboxStore;
 use rampart_outbox::{Counts, Error, MessageId, Status, Store, Summary, Timestamp};
+use rampart_proxy::ProxyHandle;
 use serde_json::{Map, Value, json};
 
 use crate::State;
@@ -50,8 +50,22 @@ pub(crate) async fn summary(state: &State) -> Answer {
         return none();
     };
     match store.summary().await {
-        Ok(summary) => answer(StatusCode::OK, &summary_json(&summary, kind(state))),
+        Ok(summary) => answer(StatusCode::OK, &summary_json(&summary, store.kind())),
         Err(err) => unavailable(&err),
+    }
+}
+
+/// The `outbox` of the stats: what `GET /api/outbox` answers, `null` without an `[outbox]`, and
+/// `{"store", "error"}` while the store fails.
+pub(crate) async fn stats(proxy: &ProxyHandle) -> Value {
+    let Some(store) = proxy.outbox() else {
+        return Value::Null;
+    };
+    match store.summary().await {
+        Ok(summary) => summary_json(&summary, store.kind()),
+        Err(err) => {
+            json!({"store": store.kind(), "error": format!("the outbox store failed: {err}")})
+        }
     }
 }
 
@@ -336,13 +350,6 @@ fn unavailable(err: &Error) -> Answer {
         StatusCode::SERVICE_UNAVAILABLE,
         &format!("the outbox store failed: {err}"),
     )
-}
-
-fn kind(state: &State) -> &'static str {
-    match state.proxy.config().outbox.map(|outbox| outbox.store) {
-        Some(OutboxStore::Nats { .. }) => "nats",
-        _ => "embedded",
-    }
 }
 
 fn summary_json(summary: &Summary, store: &str) -> Value {

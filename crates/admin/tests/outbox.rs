@@ -107,6 +107,9 @@ async fn a_message_is_followed_from_queued_to_dead_and_redriven_to_delivered() {
     assert_eq!(summary["pending"], 0);
     assert_eq!(summary["total"]["dead"], 1);
     assert_eq!(summary["routes"]["orders"]["dead"], 1);
+    // The stats, and so the dashboard's events, carry the same summary.
+    let stats = get(admin.addr(), "/api/stats").await.json();
+    assert_eq!(stats["outbox"], summary);
 
     // Re-driving takes the token, and only a dead message.
     let redrive = format!("{path}/redrive");
@@ -366,6 +369,7 @@ async fn unknown_and_malformed_ids_and_a_proxy_without_outbox_are_told_apart() {
     let none = get(api.addr(), "/api/outbox").await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
     assert!(none.body.contains("[outbox]"), "{}", none.body);
+    assert!(get(api.addr(), "/api/stats").await.json()["outbox"].is_null());
     for none in [
         get(api.addr(), "/api/outbox/dead").await,
         post(api.addr(), "/api/outbox/dead/redrive", Some(TOKEN), "").await,

@@ -42,19 +42,24 @@ const MAX_REQUESTS: u32 = 20_000;
 
 /// Route `api` to the switchable upstream `app`, whose lone endpoint's breaker opens at the
 /// third failure in a row and half-opens after a second; route `static` to `assets`, which stays
-/// healthy beside it.
-fn config(admin: &str, app: SocketAddr, assets: SocketAddr) -> String {
+/// healthy beside it; and the async route `orders` to `assets` too, through an outbox under
+/// `outbox`.
+fn config(admin: &str, app: SocketAddr, assets: SocketAddr, outbox: &Path) -> String {
     format!(
         "[admin]\nlisten = \"{admin}\"\ntoken_env = \"RAMPART_TEST_ADMIN_TOKEN\"\n\n\
          [[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [outbox]\npath = \"{}\"\n\n\
          [[routes]]\nname = \"api\"\nmatch = {{ path_prefix = \"/api\" }}\nupstream = \"app\"\n\
          [routes.retry]\nattempts = 1\n\n\
+         [[routes]]\nname = \"orders\"\nmatch = {{ path_prefix = \"/orders\" }}\n\
+         upstream = \"assets\"\n[routes.async]\nenabled = true\n\n\
          [[routes]]\nname = \"static\"\nmatch = {{ path_prefix = \"/static\" }}\n\
          upstream = \"assets\"\n\n\
          [upstreams.app]\nendpoints = [\"{app}\"]\n\
          [upstreams.app.breaker]\nconsecutive_failures = 3\nopen_for = \"1s\"\n\
          open_for_max = \"1s\"\nhalf_open_probes = 1\n\n\
-         [upstreams.assets]\nendpoints = [\"{assets}\"]\n"
+         [upstreams.assets]\nendpoints = [\"{assets}\"]\n",
+        outbox.display()
     )
 }
 
@@ -67,6 +72,8 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     let script_dir = browser_ready();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&out).expect("the target directory is writable");
+    let outbox = out.join("outbox");
+    let _ = std::fs::remove_dir_all(&outbox);
 
     let app = Upstream::start(Behavior::ok("app")).await.unwrap();
     let assets = Upstream::start(Behavior::ok("assets")).await.unwrap();
@@ -74,10 +81,15 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     // the same address again.
     let file = TempConfig::new(
         "dashboard",
-        &config("127.0.0.1:0", app.addr(), assets.addr()),
+        &config("127.0.0.1:0", app.addr(), assets.addr(), &outbox),
     );
     let (rampart, proxy, admin) = start(&file.0);
-    file.write(&config(&admin, app.addr(), assets.addr()));
+    file.write(&config(&admin, app.addr(), assets.addr(), &outbox));
+    // One order through the outbox, delivered before the page opens: the outbox panel shows it.
+    let accepted = post(&proxy, "/orders/1")
+        .await
+        .expect("the order is posted");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
     let traffic = [
         Traffic::start(&proxy, "/api/x"),
         Traffic::start(&proxy, "/static/x"),
@@ -118,6 +130,8 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     browser.step("back").await;
     browser.finish().await;
     println!("dashboard screenshots in {}", out.display());
+    drop(_rampart);
+    let _ = std::fs::remove_dir_all(&outbox);
 }
 
 /// `tests/browser`, once Chromium, node and playwright-core are there; fails saying how to get
@@ -182,6 +196,18 @@ async fn send(addr: &str, path: &str) -> std::io::Result<()> {
     stream.write_all(head.as_bytes()).await?;
     stream.read_to_end(&mut Vec::new()).await?;
     Ok(())
+}
+
+// One `POST path` with a small body on a new connection: the answer, read to its end.
+async fn post(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nConnection: close\r\n\r\norder"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer)
 }
 
 // === Browser ===

@@ -96,6 +96,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Counts per route and state, and bytes held.
     fn summary(&self) -> BoxFuture<'_, Result<Summary, Error>>;
 
+    /// The store's kind, as `[outbox] store` names it: `embedded` or `nats`.
+    fn kind(&self) -> &'static str;
+
     /// The store's time, on which due times are set.
     fn now(&self) -> Timestamp;
 

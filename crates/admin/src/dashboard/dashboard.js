@@ -95,6 +95,7 @@ function newTarget({ name, base, events }, several) {
   const routes = h('div', { class: 'routes' });
   const upstreams = h('div', { class: 'upstreams' });
   const badge = h('span', { class: 'connection' }, 'connecting…');
+  const outbox = newOutbox(name);
   const el = h('section', { class: 'target', 'data-target': name, 'data-connection': 'connecting' },
     several ? h('h2', { class: 'instance' }, h('span', { class: 'instance-name' }, name), badge) : '',
     h('p', { class: 'waiting' }, `Waiting for the first stats from ${name}…`),
@@ -102,6 +103,8 @@ function newTarget({ name, base, events }, several) {
     routes,
     h('h3', { class: 'section-title' }, 'Upstreams'),
     upstreams,
+    outbox.title,
+    outbox.el,
   );
   return {
     name,
@@ -121,6 +124,7 @@ function newTarget({ name, base, events }, several) {
     history: new Map(),
     cards: new Map(),
     panels: new Map(),
+    outbox,
   };
 }
 
@@ -382,6 +386,7 @@ function render(target) {
   sync(target.upstreams, target.panels, stats.upstreams, (upstream) => upstream.name,
     (upstream) => newPanel(target, upstream),
     updatePanel);
+  updateOutbox(target.outbox, stats.outbox);
 }
 
 /**
@@ -595,6 +600,58 @@ function updateRow(row, endpoint) {
   fields.numbers.textContent = `in flight ${endpoint.in_flight} · `
     + `${number(endpoint.requests_per_second)} req/s · ${percent(endpoint.error_rate)} errors · `
     + `p50 ${ms(endpoint.p50_ms)} · p99 ${ms(endpoint.p99_ms)}`;
+}
+
+// --- the outbox of the async routes ---
+
+/** The outbox's panel, shown only while the stats carry an `outbox` (`[outbox]` is set). */
+function newOutbox(name) {
+  const fields = {
+    totals: h('span', { class: 'load', 'data-field': 'totals' }),
+    routes: h('div', { class: 'endpoint-list' }),
+    error: h('p', { class: 'message', 'data-kind': 'error', hidden: '' }),
+  };
+  const title = h('h3', { class: 'section-title outbox-title', hidden: '' }, 'Outbox');
+  const el = h('section', { class: 'upstream outbox', 'data-target': name, hidden: '' },
+    h('header', {}, h('h4', { class: 'name', 'data-field': 'store' }), fields.totals),
+    fields.routes,
+    fields.error);
+  return { title, el, fields, rows: new Map() };
+}
+
+function updateOutbox(outbox, summary) {
+  const shown = summary !== null && typeof summary === 'object';
+  outbox.title.hidden = !shown;
+  outbox.el.hidden = !shown;
+  if (!shown) {
+    return;
+  }
+  const { fields } = outbox;
+  outbox.el.querySelector('[data-field="store"]').textContent = `${summary.store} store`;
+  fields.error.hidden = typeof summary.error !== 'string';
+  fields.error.textContent = summary.error ?? '';
+  const total = summary.total ?? {};
+  fields.totals.textContent = typeof summary.error === 'string' ? ''
+    : `pending ${summary.pending} · dead ${total.dead} · delivered ${total.delivered}`
+      + (summary.dropped > 0 ? ` · dropped ${summary.dropped}` : '');
+  const routes = Object.entries(summary.routes ?? {}).map(([route, counts]) => ({ route, ...counts }));
+  sync(fields.routes, outbox.rows, routes, (r) => r.route, outboxRow, updateOutboxRow);
+}
+
+function outboxRow({ route }) {
+  const fields = {
+    numbers: h('span', { class: 'numbers', 'data-field': 'numbers' }),
+  };
+  const el = h('div', { class: 'endpoint', 'data-outbox-route': route },
+    h('span', { class: 'address' }, route),
+    fields.numbers);
+  return { el, fields };
+}
+
+function updateOutboxRow(row, counts) {
+  row.el.dataset.dead = String(counts.dead > 0);
+  row.fields.numbers.textContent = `queued ${counts.queued} · delivering ${counts.delivering} · `
+    + `dead ${counts.dead} · delivered ${counts.delivered}`;
 }
 
 // --- timeline ---

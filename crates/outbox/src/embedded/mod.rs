@@ -303,6 +303,10 @@ impl Store for Embedded {
         })
     }
 
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
     fn now(&self) -> Timestamp {
         self.shared.clock.now()
     }

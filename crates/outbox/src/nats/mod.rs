@@ -458,6 +458,10 @@ impl Store for Nats {
         })
     }
 
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
     fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }
