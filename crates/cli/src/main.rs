@@ -201,7 +201,16 @@ fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
     };
     runtime.enable_all();
     match runtime.build() {
-        Ok(runtime) => runtime.block_on(serve(path, &config, until_stdin_closes)),
+        Ok(runtime) => {
+            let code = runtime.block_on(serve(path, &config, until_stdin_closes));
+            // Drained: nothing is left to wait for. Dropping the runtime would wait for its
+            // blocking threads, and one may be in a name lookup the resolver never answers (a
+            // lookup cannot be cancelled) or in the read of a stdin that stays open: the process
+            // then outlived its drain by the resolver's timeout, deaf to further signals, since
+            // tokio's handlers were still installed.
+            runtime.shutdown_background();
+            code
+        }
         Err(err) => {
             tracing::error!("cannot start the runtime: {err}");
             ExitCode::FAILURE
@@ -219,7 +228,24 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match Proxy::start(config).await {
+    // The start may take a while (an outbox store to open, a NATS server to reach): a stop
+    // signal meanwhile stops it, and a reload asked meanwhile is made once it has started.
+    let start = Proxy::start(config);
+    tokio::pin!(start);
+    let mut reload_asked = false;
+    let started = loop {
+        tokio::select! {
+            started = &mut start => break started,
+            signal = signals.next() => match signal {
+                Signal::Stop(signal) => {
+                    tracing::info!(signal, "stopped while starting");
+                    return ExitCode::SUCCESS;
+                }
+                Signal::Reload => reload_asked = true,
+            },
+        }
+    };
+    let proxy = match started {
         Ok(proxy) => proxy,
         Err(err) => {
             tracing::error!("{err}");
@@ -243,6 +269,10 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         }
     };
     tracing::info!(addr = %admin.addr(), "admin API up");
+    if reload_asked {
+        // Logged by `reload` either way.
+        drop(reload(&handle, path));
+    }
     let stdin_closed = stdin_closed(until_stdin_closes);
     tokio::pin!(stdin_closed);
     let signal = loop {

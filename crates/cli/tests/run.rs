@@ -223,3 +223,77 @@ async fn a_second_stop_signal_cuts_the_drain_short() {
     );
     held.abort();
 }
+
+/// Polls until `child` has exited, 30 s at most: a bound, so that a process that never exits
+/// fails the test rather than hanging it.
+async fn exited(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    for _ in 0..3000 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_process_exits_whatever_its_blocking_threads_wait_for() {
+    // With `--until-stdin-closes` a blocking thread reads stdin, which the parent holds open:
+    // after SIGTERM's drain the process must end without it (it waited for the read, as it did
+    // for a name lookup that the resolver never answered).
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let config = TempConfig::new("stdin-held", &config(upstream.addr()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["run", "--until-stdin-closes", "-c"])
+        .arg(&config.0)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("admin API up"))
+        .expect("an admin API line");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = exited(&mut child).await;
+    let stdin = child.stdin.take();
+    let _ = child.kill();
+    drop(stdin);
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(0),
+        "still running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_while_the_outbox_store_connects_stops_the_start() {
+    // A "NATS server" that accepts and never says a word: the start waits on it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nats = silent.local_addr().unwrap();
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let config = TempConfig::new(
+        "stop-while-starting",
+        &format!(
+            "{}\n[outbox]\nstore = \"nats\"\nnats = {{ url = \"nats://{nats}\" }}\n",
+            config(upstream.addr())
+        ),
+    );
+    let rampart = Rampart::run(&[], &config.0);
+    // Connected: the signal handlers are in place (they come first), the start is under way.
+    let (_held, _) = silent.accept().await.unwrap();
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("stopped while starting"), "{stderr}");
+}

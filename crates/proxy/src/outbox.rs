@@ -442,10 +442,18 @@ impl Delivery {
             }
         }
         // Deliveries under way may finish; one cut short is delivered again after a restart.
-        let _ = tokio::time::timeout(self.drain, async {
+        let finished = tokio::time::timeout(self.drain, async {
             while in_flight.join_next().await.is_some() {}
         })
         .await;
+        if finished.is_err() {
+            tracing::warn!(
+                route = %self.route,
+                cut = in_flight.len(),
+                "outbox: the drain timeout passed with deliveries under way; they are delivered \
+                 again after a restart"
+            );
+        }
     }
 
     // The async route of this loop's name, as the routes stand now.
