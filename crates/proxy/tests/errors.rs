@@ -185,3 +185,37 @@ async fn a_response_body_outliving_the_route_timeout_is_cut_off() {
     let body = response.into_body().collect().await;
     assert!(body.is_err(), "the body ended as if whole");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_read_by_a_slow_client_is_cut_off_at_the_route_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // The upstream sends as fast as it may; the client reads slower. The body never waits on the
+    // upstream, so only a deadline looked at as the frames pass cuts it.
+    let upstream = Upstream::start(Behavior::SlowBody {
+        chunk: "x".repeat(1 << 20).into(),
+        every: std::time::Duration::ZERO,
+        chunks: u32::MAX,
+    })
+    .await
+    .unwrap();
+    let proxy = simple(&[upstream.addr()], "timeout = \"300ms\"", "").await;
+
+    let mut client = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    // About 3 MB/s: 64 MiB would take twenty seconds, far past the timeout.
+    let mut buf = vec![0; 64 << 10];
+    let mut read = 0usize;
+    loop {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+        assert!(read < 64 << 20, "still streaming after {read} bytes");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(read > 0, "the head came");
+}
