@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{ALLOW, CONNECTION, HOST, HeaderValue};
+use http::header::{ALLOW, CONNECTION, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
@@ -95,6 +95,17 @@ pub(crate) async fn handle(
         .is_some_and(|authority| authority.as_str().contains('@'));
     if request.uri() == "*" || userinfo || (version < Version::HTTP_2 && !host_is_sound(&request)) {
         return (closing(rescued(Reason::BadRequest, grpc), version), None);
+    }
+    // A transfer coding besides chunked (`gzip, chunked`): hyper takes the chunks off and no
+    // more, so the coded bytes would reach the upstream as a plain body, their coding gone with
+    // the hop-by-hop header. RFC 9112 §6.1 answers a coding not understood with 501. Only a
+    // body of unknown length (chunked) can have one.
+    if version < Version::HTTP_2
+        && request.body().size_hint().exact().is_none()
+        && !only_chunked(&request)
+    {
+        let response = rescue_with_status(Reason::BadRequest, StatusCode::NOT_IMPLEMENTED, grpc);
+        return (closing(boxed(response), version), None);
     }
     let offer = upgrade::offer(&request);
     let client_upgrade = (offer == Some(true)).then(|| hyper::upgrade::on(&mut request));
@@ -452,6 +463,16 @@ fn host_is_sound<B>(request: &Request<B>) -> bool {
         (None, _) => request.version() < Version::HTTP_11,
         (Some(_), Some(_)) => false,
     }
+}
+
+// Whether every transfer coding of `request` is chunked.
+fn only_chunked<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 // The bytes of RFC 3986's `host [ ":" port ]`: unreserved, percent-encoded, sub-delims, and the

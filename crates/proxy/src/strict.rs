@@ -10,8 +10,11 @@
 //! Content-Length bodies, chunked bodies and their trailers) to know where each head lies. A bare
 //! LF in a head is turned into a NUL byte before hyper sees it, so that hyper's own parser fails
 //! on it and answers 400 as for any malformed head. Body bytes are never touched: where the
-//! framing is not certain (an upgrade, an HTTP/2 preface, a framing header it cannot read, which
-//! hyper then refuses), the check stops for the rest of the connection rather than guess.
+//! framing is not certain (an upgrade, an HTTP/2 preface, a framing header it cannot read), the
+//! check stops for the rest of the connection rather than guess. After a framing header it could
+//! not read (a value too long to keep, an invalid length, a coding other than chunked last:
+//! hyper refuses most of these, but reads a length with eighty leading zeros), the connection
+//! ends after that request's answer, so that no later request of it goes unchecked.
 
 use std::io;
 use std::pin::Pin;
@@ -52,6 +55,9 @@ pub(crate) struct Quiet {
     reading: AtomicBool,
     // A write waits for the client to take what was written before.
     writing: AtomicBool,
+    // A head's framing could not be read (see `Framing::unsure`), and the connection has not
+    // been told to end yet.
+    unsure: AtomicBool,
 }
 
 impl Quiet {
@@ -65,6 +71,13 @@ impl Quiet {
     /// between two requests (or for its first).
     pub(crate) fn between_requests(&self) -> bool {
         !self.reading.load(Relaxed)
+    }
+
+    /// Whether a head was read whose framing the check could not follow, since the last ask:
+    /// hyper reads it (or refuses it), but no later request of the connection would be checked,
+    /// so the connection must end after its answer.
+    pub(crate) fn take_unsure(&self) -> bool {
+        self.unsure.load(Relaxed) && self.unsure.swap(false, Relaxed)
     }
 }
 
@@ -138,6 +151,9 @@ impl<T: AsyncRead> AsyncRead for StrictIo<T> {
         }
         let between = this.spoiled.is_none() && this.framing.between_messages();
         this.quiet.reading.store(!between, Relaxed);
+        if this.framing.take_unsure() {
+            this.quiet.unsure.store(true, Relaxed);
+        }
         read
     }
 }
@@ -218,6 +234,10 @@ struct Framing {
     has_transfer_encoding: bool,
     // The head says something after which the bytes may not be HTTP/1.1 messages.
     opaque: bool,
+    // The head has a framing header this check cannot read (a value too long to keep, an
+    // invalid length, a transfer coding other than chunked last) where hyper may read it: the
+    // check stops, and the connection must end after the answer (see `Quiet::take_unsure`).
+    unsure: bool,
     // The chunk size read so far.
     chunk: u64,
     in_extension: bool,
@@ -239,6 +259,7 @@ impl Framing {
             has_content_length: false,
             has_transfer_encoding: false,
             opaque: false,
+            unsure: false,
             chunk: 0,
             in_extension: false,
         }
@@ -445,24 +466,28 @@ impl Framing {
         }
         let value = match value {
             Some(value) if !self.truncated => value.trim_ascii(),
+            // An upgrade offer ends the check whatever it says.
+            _ if is(b"upgrade") => {
+                self.opaque = true;
+                return;
+            }
             _ => {
                 self.opaque = true;
+                self.unsure = true;
                 return;
             }
         };
         if name.eq_ignore_ascii_case(b"upgrade") {
             self.opaque = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding of the last line decides, as for hyper: `gzip` on one line and
+            // `chunked` on the next is a chunked body.
             let last = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .unwrap_or(b"")
                 .trim_ascii();
-            if last.eq_ignore_ascii_case(b"chunked") {
-                self.chunked = true;
-            } else {
-                self.opaque = true;
-            }
+            self.chunked = last.eq_ignore_ascii_case(b"chunked");
         } else {
             let length = std::str::from_utf8(value)
                 .ok()
@@ -472,12 +497,20 @@ impl Framing {
                 (Some(length), None) => self.content_length = Some(length),
                 (Some(length), Some(before)) if length == before => {}
                 // Invalid or conflicting: hyper refuses the request.
-                _ => self.opaque = true,
+                _ => {
+                    self.opaque = true;
+                    self.unsure = true;
+                }
             }
         }
     }
 
     fn end_head(&mut self) {
+        // A transfer coding other than chunked last: hyper refuses the request.
+        if self.has_transfer_encoding && !self.chunked && !self.trailers {
+            self.opaque = true;
+            self.unsure = true;
+        }
         self.state = if self.trailers {
             self.start_head(false);
             State::Head
@@ -496,6 +529,11 @@ impl Framing {
                 }
             }
         };
+    }
+
+    /// Whether a head whose framing could not be read was met since the last ask.
+    fn take_unsure(&mut self) -> bool {
+        std::mem::replace(&mut self.unsure, false)
     }
 
     /// Whether the bytes scanned so far end with a whole message, or with the empty lines that
