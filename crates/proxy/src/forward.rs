@@ -36,6 +36,8 @@ pub(crate) struct Limits {
     max_request_body: u64,
     /// `body_idle_timeout`.
     body_idle_timeout: Duration,
+    /// `max_headers`, which hyper applies to HTTP/1.1 heads and this module to HTTP/2 ones.
+    max_headers: usize,
 }
 
 impl Limits {
@@ -43,6 +45,7 @@ impl Limits {
         Limits {
             max_request_body: listener.max_request_body.bytes(),
             body_idle_timeout: listener.body_idle_timeout,
+            max_headers: listener.max_headers as usize,
         }
     }
 }
@@ -83,6 +86,11 @@ pub(crate) async fn handle(
             closing(rescued(Reason::BodyTooLarge, grpc), request.version()),
             None,
         );
+    }
+    // More header fields than `max_headers`: hyper counts them in an HTTP/1.1 head only, and
+    // the next hop (another rampart's HTTP/1.1 listener, say) would refuse what went on.
+    if request.version() == Version::HTTP_2 && request.headers().len() > limits.max_headers {
+        return (rescued(Reason::HeadersTooLarge, grpc), None);
     }
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
     // upstream could be sent; a request must name its host once. A target's authority (an

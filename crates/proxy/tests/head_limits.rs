@@ -89,3 +89,26 @@ async fn an_upstream_head_under_64_kib_is_forwarded_and_one_over_128_kib_is_a_ba
         "{over}"
     );
 }
+
+#[tokio::test]
+async fn the_limit_holds_over_http2_too() {
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let proxy = with_listener("max_headers = 10", upstream.addr()).await;
+    let mut h2 = common::h2_connection(&proxy).await;
+    let request = |fields: usize| {
+        let mut request = http::Request::builder().uri(format!("http://{}/x", addr(&proxy)));
+        for n in 0..fields {
+            request = request.header(format!("x-line-{n}"), n);
+        }
+        request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    let at = h2.send_request(request(10)).await.unwrap();
+    assert_eq!(at.status(), 200);
+    let over = h2.send_request(request(11)).await.unwrap();
+    assert_eq!(over.status(), 431);
+    assert_eq!(over.headers()["x-rampart-error"], "headers-too-large");
+    assert_eq!(upstream.request_count(), 1, "a refused head goes nowhere");
+}
