@@ -120,13 +120,6 @@ impl Limits {
             }
             MaxConcurrent::Adaptive => Concurrency::Adaptive(AdaptiveLimit::gradient2()),
         };
-        let limit = match &concurrency {
-            Concurrency::Fixed(bulkhead) => bulkhead.max_concurrent(),
-            Concurrency::Adaptive(limit) => limit.limit(),
-        };
-        metrics
-            .concurrency_limit
-            .set(i64::try_from(limit).unwrap_or(i64::MAX));
         let rate = config
             .rate
             .map(|rate| {
@@ -145,12 +138,25 @@ impl Limits {
                     .map_err(|err| err.to_string())
             })
             .transpose()?;
-        Ok(Limits {
+        let limits = Limits {
             concurrency,
             rate,
             metrics,
             recent: LimitsRecent::new(),
-        })
+        };
+        limits.publish();
+        Ok(limits)
+    }
+
+    /// Sets `rampart_concurrency_limit` to the limit as it stands.
+    pub(crate) fn publish(&self) {
+        let limit = match &self.concurrency {
+            Concurrency::Fixed(bulkhead) => bulkhead.max_concurrent(),
+            Concurrency::Adaptive(limit) => limit.limit(),
+        };
+        self.metrics
+            .concurrency_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// Admits an attempt that must be sent (a first try or a retry): spends a token, then takes

@@ -164,43 +164,13 @@ impl Live {
             return Err(Error::ListenersChanged(listeners.to_string()));
         }
 
-        let mut summary = ReloadSummary::default();
-        let mut upstreams = HashMap::with_capacity(config.upstreams.len());
-        for upstream in &config.upstreams {
-            let name = upstream.name.clone();
-            let pool = match (self.config.upstream(&name), self.upstreams.get(&name)) {
-                (Some(old), Some(pool)) if old == upstream => pool.clone(),
-                (Some(old), Some(old_pool)) => {
-                    let mut pool = pool(upstream, &self.rng, &self.metrics)?;
-                    if old.breaker == upstream.breaker {
-                        summary.breakers_kept += pool.take_breakers(old_pool);
-                    }
-                    // Only checks can find an endpoint healthy again: without them, an endpoint
-                    // kept out would be out for good.
-                    if upstream.health.is_some() {
-                        pool.take_health(old_pool);
-                    }
-                    summary.upstreams.changed.push(name.clone());
-                    Arc::new(pool)
-                }
-                _ => {
-                    summary.upstreams.added.push(name.clone());
-                    Arc::new(pool(upstream, &self.rng, &self.metrics)?)
-                }
-            };
-            upstreams.insert(name, pool);
-        }
-        summary.upstreams.removed =
-            changes(&self.config.upstreams, &config.upstreams, |u| &u.name).removed;
-        // Every router is built before any is swapped in: a route that cannot be built leaves the
-        // old configuration serving whole.
-        let routers = routers(
-            config,
-            &upstreams,
-            &self.rng,
-            &self.metrics,
-            self.outbox.as_ref(),
-        )?;
+        let (mut summary, upstreams, routers) = match self.build(config) {
+            Ok(built) => built,
+            Err(err) => {
+                self.restore_metrics(config);
+                return Err(err);
+            }
+        };
 
         // The listeners are the same, perhaps in another order.
         for (listener, router) in routers {
@@ -247,6 +217,79 @@ impl Live {
         self.config = served;
         self.upstreams = upstreams;
         Ok(summary)
+    }
+
+    /// The pools and routers of `config`, built beside the running ones: the pools of the
+    /// upstreams it leaves as they are, new ones for the others.
+    fn build(&self, config: &Config) -> Result<Built, Error> {
+        let mut summary = ReloadSummary::default();
+        let mut upstreams = HashMap::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let name = upstream.name.clone();
+            let pool = match (self.config.upstream(&name), self.upstreams.get(&name)) {
+                (Some(old), Some(pool)) if old == upstream => pool.clone(),
+                (Some(old), Some(old_pool)) => {
+                    let mut pool = pool(upstream, &self.rng, &self.metrics)?;
+                    if old.breaker == upstream.breaker {
+                        summary.breakers_kept += pool.take_breakers(old_pool);
+                    }
+                    // Only checks can find an endpoint healthy again: without them, an endpoint
+                    // kept out would be out for good.
+                    if upstream.health.is_some() {
+                        pool.take_health(old_pool);
+                    }
+                    summary.upstreams.changed.push(name.clone());
+                    Arc::new(pool)
+                }
+                _ => {
+                    summary.upstreams.added.push(name.clone());
+                    Arc::new(pool(upstream, &self.rng, &self.metrics)?)
+                }
+            };
+            upstreams.insert(name, pool);
+        }
+        summary.upstreams.removed =
+            changes(&self.config.upstreams, &config.upstreams, |u| &u.name).removed;
+        // Every router is built before any is swapped in: a route that cannot be built leaves the
+        // old configuration serving whole.
+        let routers = routers(
+            config,
+            &upstreams,
+            &self.rng,
+            &self.metrics,
+            self.outbox.as_ref(),
+        )?;
+        Ok((summary, upstreams, routers))
+    }
+
+    /// Undoes what building `refused`'s pools and routes did to the metrics: their series are
+    /// made, or shared with the running ones by name, and set (an endpoint's breaker state and
+    /// health, an upstream's concurrency limit). Those of names not running go; the running
+    /// pools set theirs again. A refused reload changes nothing, the metrics included.
+    fn restore_metrics(&self, refused: &Config) {
+        for route in &refused.routes {
+            if !self.config.routes.iter().any(|r| r.name == route.name) {
+                self.metrics.forget_route(&route.name);
+            }
+        }
+        for upstream in &refused.upstreams {
+            let running = self.upstreams.get(&upstream.name);
+            if running.is_none() {
+                self.metrics.forget_upstream(&upstream.name);
+            }
+            for endpoint in upstream.endpoints.iter().chain(&upstream.backup) {
+                let address = endpoint.to_string();
+                let kept = running.is_some_and(|pool| {
+                    (0..pool.len()).any(|index| pool.authority(index).as_str() == address)
+                });
+                if !kept {
+                    self.metrics.forget_endpoint(&upstream.name, &address);
+                }
+            }
+            if let Some(pool) = running {
+                pool.publish();
+            }
+        }
     }
 }
 
@@ -322,6 +365,14 @@ impl Live {
         stats::breakers(pool, upstream, endpoint)
     }
 }
+
+/// What a reload builds before it swaps anything in: what changed, the pools by upstream, and
+/// the routers by listener.
+type Built = (
+    ReloadSummary,
+    HashMap<String, Arc<Pool>>,
+    Vec<(String, Router)>,
+);
 
 /// A new pool for `upstream`, whose breakers log their transitions (and move its series in
 /// `metrics`); its balancer draws from `rng`.

@@ -431,6 +431,21 @@ impl Pool {
         &self.endpoints[index].authority
     }
 
+    /// Sets the gauges of this pool to what it holds: each endpoint's breaker state and health,
+    /// the concurrency limit. The series are shared by name with any other pool of the same
+    /// upstream, such as one a refused reload built.
+    pub(crate) fn publish(&self) {
+        for endpoint in &self.endpoints {
+            endpoint
+                .metrics
+                .set_healthy(endpoint.healthy.load(Ordering::Relaxed));
+            if let Some(breaker) = &endpoint.breaker {
+                endpoint.metrics.set_state(breaker.state());
+            }
+        }
+        self.limits.publish();
+    }
+
     /// Marks the endpoint at `index` healthy or not. Only its health check calls it, so the
     /// count of unhealthy endpoints moves with each change exactly once.
     pub(crate) fn set_healthy(&self, index: usize, healthy: bool) {

@@ -340,3 +340,43 @@ async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_reload_leaves_the_metrics_as_they_were() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let joining = Upstream::start(Behavior::ok("joining")).await.unwrap();
+    let ghost = Upstream::start(Behavior::ok("ghost")).await.unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}",
+        breaking_app(&[failing.addr()], "")
+    ))
+    .await;
+    trip(&proxy, &failing).await;
+    let open = format!(
+        "rampart_breaker_state{{upstream=\"app\",endpoint=\"{}\"}} 1",
+        failing.addr()
+    );
+    let limit = "rampart_concurrency_limit{upstream=\"app\"} 256";
+    let before = metrics(&proxy);
+    assert!(before.contains(&open) && before.contains(limit), "{before}");
+
+    // New breakers, a new limit, a new endpoint and a new upstream, and an async route this
+    // proxy, started without an outbox, cannot serve: the reload is refused when the routes are
+    // built, after the pools.
+    let refused = proxy.reload(&config(&format!(
+        "{LISTENER}{}[upstreams.app.limits]\nmax_concurrent = 9\n\n{}\
+         [outbox]\npath = \"unused\"\n",
+        breaking_app(&[failing.addr(), joining.addr()], "min_calls = 5"),
+        route_with("ghost", ghost.addr(), "[routes.async]\nenabled = true"),
+    )));
+    assert!(refused.is_err());
+
+    let after = metrics(&proxy);
+    assert!(after.contains(&open), "{after}");
+    assert!(after.contains(limit), "{after}");
+    assert!(!after.contains("ghost"), "{after}");
+    assert!(!after.contains(&joining.addr().to_string()), "{after}");
+    assert_eq!(error_of(&get(&proxy, "/app").await), Some("breaker-open"));
+}
