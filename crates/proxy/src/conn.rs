@@ -20,6 +20,7 @@ use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use rampart_config::{Listener, ListenerProtocol};
 use rampart_policy::error::BoxError;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::coalesce::{Coalesce, EndOfTurn, coalesce};
@@ -221,7 +222,12 @@ async fn speaks_http2(stream: &TcpStream) -> io::Result<Option<bool>> {
             return Ok(Some(true));
         }
         // The start of the preface, and no more yet: peeking again at once would see the same
-        // bytes, so wait a little, longer each time.
+        // bytes, so wait a little, longer each time. A client that closed after them is let go:
+        // a peek would go on seeing them, never the end, and hold its place among
+        // `max_connections` until the header read timeout.
+        if stream.ready(Interest::READABLE).await?.is_read_closed() {
+            return Ok(None);
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(SNIFF_PAUSE.1);
     }

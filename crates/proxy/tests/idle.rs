@@ -321,3 +321,46 @@ async fn a_body_that_keeps_flowing_is_not_cut() {
     let response = common::get(&proxy, "/").await;
     assert_eq!(response.body(), "xxxxxxxx");
 }
+
+/// One request on a new connection: its answer, or what was read when the connection ended.
+async fn try_request(proxy: &rampart_proxy::Proxy) -> String {
+    let mut out = Vec::new();
+    if let Ok(mut stream) = TcpStream::connect(addr(proxy)).await {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        if stream.write_all(head).await.is_ok() {
+            let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_gone_after_part_of_the_http2_preface_frees_its_place_at_once() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    // One place, and a header read timeout far beyond the test: only noticing the close frees
+    // the place in time.
+    let proxy = with_listener(
+        "max_connections = 1\nheader_read_timeout = \"10m\"",
+        upstream.addr(),
+    )
+    .await;
+    for reset in [false, true] {
+        let mut half = TcpStream::connect(addr(&proxy)).await.unwrap();
+        half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        if reset {
+            half.set_zero_linger().unwrap();
+        } else {
+            half.shutdown().await.unwrap();
+        }
+        drop(half);
+        let mut answered = false;
+        for _ in 0..500 {
+            if try_request(&proxy).await.starts_with("HTTP/1.1 200") {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answered, "the place stayed taken (reset: {reset})");
+    }
+}
