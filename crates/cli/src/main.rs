@@ -183,7 +183,12 @@ fn check(path: &Path) -> ExitCode {
 fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
     let config = match Config::from_file(path) {
         Ok(config) => config,
-        Err(errors) => return config_errors(path, &errors),
+        Err(errors) => {
+            // Through the log, as everything `run` says, so that a JSON log stays JSON.
+            log_errors(&errors);
+            tracing::error!("{}: {}", path.display(), count(&errors));
+            return ExitCode::from(2);
+        }
     };
     let mut runtime = match config.runtime.worker_threads {
         // One thread: tokio's single-threaded scheduler, on the thread that would otherwise only
@@ -361,15 +366,11 @@ fn reload(proxy: &ProxyHandle, path: &Path) -> Result<String, ReloadError> {
     let config = match Config::from_file(path) {
         Ok(config) => config,
         Err(errors) => {
-            // One event per error, each as `rampart check` prints it.
-            for error in &errors {
-                tracing::error!("{error}");
-            }
-            let n = errors.len();
+            log_errors(&errors);
             tracing::error!(
-                "reload refused: {}: {n} error{}; the running configuration keeps serving",
+                "reload refused: {}: {}; the running configuration keeps serving",
                 path.display(),
-                if n == 1 { "" } else { "s" }
+                count(&errors)
             );
             return Err(ReloadError::Invalid(errors.to_string()));
         }
@@ -466,13 +467,25 @@ impl Signals {
 
 /// Prints every configuration error and their count; exit 2.
 fn config_errors(path: &Path, errors: &Errors) -> ExitCode {
-    let n = errors.len();
     // A closed stderr (`rampart check 2>&1 | head -1`) changes nothing: the file is invalid.
     let _ = writeln!(
         std::io::stderr(),
-        "{errors}\n{}: {n} error{}",
+        "{errors}\n{}: {}",
         path.display(),
-        if n == 1 { "" } else { "s" }
+        count(errors)
     );
     ExitCode::from(2)
+}
+
+// One event per error of a configuration, each as `rampart check` prints it.
+fn log_errors(errors: &Errors) {
+    for error in errors {
+        tracing::error!("{error}");
+    }
+}
+
+// "1 error", "3 errors".
+fn count(errors: &Errors) -> String {
+    let n = errors.len();
+    format!("{n} error{}", if n == 1 { "" } else { "s" })
 }

@@ -120,6 +120,25 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("routes[0].upstream"), "{stderr}");
     assert!(stderr.contains("1 error"), "{stderr}");
+
+    // With JSON logs, the errors are log events like the rest.
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["--log-format", "json", "run", "-c"])
+        .arg(&config.0)
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        events.iter().any(|event| event["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("routes[0].upstream"))),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
