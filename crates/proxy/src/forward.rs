@@ -101,7 +101,13 @@ pub(crate) async fn handle(
         .uri()
         .authority()
         .is_some_and(|authority| authority.as_str().contains('@'));
-    if request.uri() == "*" || userinfo || (version < Version::HTTP_2 && !host_is_sound(&request)) {
+    // An authority-form target (`GET example.com:80`) is CONNECT's alone (RFC 9112 §3.2.3).
+    let authority_form = request.uri().scheme().is_none() && request.uri().authority().is_some();
+    if request.uri() == "*"
+        || userinfo
+        || authority_form
+        || (version < Version::HTTP_2 && !host_is_sound(&request))
+    {
         return (closing(rescued(Reason::BadRequest, grpc), version), None);
     }
     // A transfer coding besides chunked (`gzip, chunked`): hyper takes the chunks off and no

@@ -223,3 +223,8 @@ async fn after_a_framing_header_the_check_cannot_read_no_further_request_is_read
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].path, "/long");
 }
+
+#[tokio::test]
+async fn an_authority_form_target_is_refused_but_for_connect() {
+    refused("GET example.com:80 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+}
