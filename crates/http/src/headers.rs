@@ -39,7 +39,7 @@ use std::net::IpAddr;
 
 use http::header::{
     CONNECTION, CONTENT_LENGTH, Entry, HOST, HeaderMap, HeaderName, HeaderValue,
-    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `keep-alive`.
@@ -267,6 +267,29 @@ fn address_value(client: IpAddr) -> Option<HeaderValue> {
         }
     }
     HeaderValue::from_bytes(&text[..len]).ok()
+}
+
+/// Removes from trailers the fields a trailer section may not carry because they frame, route
+/// or concern one connection (RFC 9110 §6.5.1, §7.6.1): `Content-Length`, `Transfer-Encoding`,
+/// `Host`, `Trailer`, and the hop-by-hop fields of the [module documentation](self). A
+/// recipient reading them there could frame or route the message differently from everyone
+/// before it.
+pub fn remove_forbidden_trailers(trailers: &mut HeaderMap) {
+    for name in [
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        HOST,
+        TRAILER,
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        UPGRADE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+    ] {
+        trailers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -513,5 +536,28 @@ mod tests {
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.3"));
         append_forwarded_for(&mut headers, "10.0.0.7".parse().unwrap());
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.3, 10.0.0.7");
+    }
+
+    #[test]
+    fn trailers_lose_what_frames_or_routes_and_keep_the_rest() {
+        let mut trailers = HeaderMap::new();
+        for (name, value) in [
+            ("content-length", "50"),
+            ("transfer-encoding", "chunked"),
+            ("host", "elsewhere"),
+            ("connection", "close"),
+            ("trailer", "x-checksum"),
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+        ] {
+            trailers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_forbidden_trailers(&mut trailers);
+        let mut left: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
     }
 }

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_http::Reason;
 use rampart_http::classify::classify_trailers;
+use rampart_http::headers::remove_forbidden_trailers;
 use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 use tokio::time::{Instant, Sleep};
@@ -518,7 +519,16 @@ where
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
             *this.remaining -= len;
+            return Poll::Ready(Some(Ok(frame)));
         }
+        // The client's trailers go on without what would frame or route the request anew.
+        let frame = match frame.into_trailers() {
+            Ok(mut trailers) => {
+                remove_forbidden_trailers(&mut trailers);
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        };
         Poll::Ready(Some(Ok(frame)))
     }
 

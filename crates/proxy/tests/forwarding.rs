@@ -363,3 +363,43 @@ async fn an_http2_upstream_is_told_the_clients_host_in_its_authority() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn request_trailers_go_on_without_the_fields_that_frame_or_route() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An upstream that keeps the bytes of the one request it reads, to its last chunk's end.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while !(got.ends_with(b"\r\n\r\n") && got.windows(5).any(|w| w == b"\r\n0\r\n")) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the request ended early: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        stream.write_all(answer).await.unwrap();
+        String::from_utf8(got).unwrap()
+    });
+    let proxy = simple(&[upstream], "", "").await;
+
+    let answer = raw(
+        addr(&proxy),
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         3\r\nabc\r\n0\r\nContent-Length: 50\r\nHost: elsewhere\r\nX-Checksum: abc\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = seen.await.unwrap();
+    let (_, trailers) = seen.rsplit_once("\r\n0\r\n").unwrap();
+    assert!(trailers.contains("x-checksum: abc"), "{seen}");
+    assert!(!trailers.contains("content-length"), "{seen}");
+    assert!(!trailers.contains("elsewhere"), "{seen}");
+}
