@@ -130,8 +130,20 @@ impl Admin {
         proxy: ProxyHandle,
         reload: Reload,
     ) -> io::Result<Admin> {
+        let tcp = TcpListener::bind(config.listen).await?;
+        Admin::start_on(tcp, config, proxy, reload)
+    }
+
+    /// Like [`Admin::start`], on `tcp`, bound to `config.listen` before: so that a process
+    /// whose admin address is taken stops before it serves anything, as Envoy does.
+    pub fn start_on(
+        tcp: TcpListener,
+        config: &rampart_config::Admin,
+        proxy: ProxyHandle,
+        reload: Reload,
+    ) -> io::Result<Admin> {
         let token = Token::from_env(config.token_env.as_deref());
-        Admin::serve(config, token, proxy, reload).await
+        Admin::serve(tcp, token, proxy, reload)
     }
 
     /// Like [`Admin::start`], with the token given instead of read from the environment (for an
@@ -145,16 +157,16 @@ impl Admin {
         reload: Reload,
     ) -> io::Result<Admin> {
         let token = Token::new(config.token_env.as_deref(), token);
-        Admin::serve(config, token, proxy, reload).await
+        let tcp = TcpListener::bind(config.listen).await?;
+        Admin::serve(tcp, token, proxy, reload)
     }
 
-    async fn serve(
-        config: &rampart_config::Admin,
+    fn serve(
+        tcp: TcpListener,
         token: Token,
         proxy: ProxyHandle,
         reload: Reload,
     ) -> io::Result<Admin> {
-        let tcp = TcpListener::bind(config.listen).await?;
         let state = Arc::new(State {
             addr: tcp.local_addr()?,
             proxy,

@@ -233,6 +233,14 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
+    // The admin address first: a process that cannot have it stops before it serves anything.
+    let admin_tcp = match tokio::net::TcpListener::bind(config.admin.listen).await {
+        Ok(tcp) => tcp,
+        Err(err) => {
+            tracing::error!("admin API cannot listen on {}: {err}", config.admin.listen);
+            return ExitCode::FAILURE;
+        }
+    };
     // The start may take a while (an outbox store to open, a NATS server to reach): a stop
     // signal meanwhile stops it, and a reload asked meanwhile is made once it has started.
     let start = Proxy::start(config);
@@ -266,10 +274,10 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         Arc::new(move || reload(&handle, &path))
     };
     // `[admin]` is read at start only, as `[runtime]` is.
-    let admin = match Admin::start(&config.admin, handle.clone(), admin_reload).await {
+    let admin = match Admin::start_on(admin_tcp, &config.admin, handle.clone(), admin_reload) {
         Ok(admin) => admin,
         Err(err) => {
-            tracing::error!("admin API cannot listen on {}: {err}", config.admin.listen);
+            tracing::error!("admin API cannot start on {}: {err}", config.admin.listen);
             return ExitCode::FAILURE;
         }
     };

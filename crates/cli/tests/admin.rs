@@ -80,3 +80,20 @@ async fn the_admin_api_reloads_with_the_token_and_stops_with_the_drain() {
         "the admin API still listens"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_address_taken_stops_the_process_before_it_serves() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let text = config(&[("app", upstream.addr())]).replace(
+        "listen = \"127.0.0.1:0\"\ntoken_env",
+        &format!("listen = \"{}\"\ntoken_env", taken.local_addr().unwrap()),
+    );
+    let file = TempConfig::new("admin-taken", &text);
+    let rampart = Rampart::run(&[], &file.0);
+    let (status, stderr) = rampart.wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("admin API cannot listen on"), "{stderr}");
+    // Nothing was served meanwhile: no listener opened, no delivery started.
+    assert!(!stderr.contains(" listening "), "{stderr}");
+}
