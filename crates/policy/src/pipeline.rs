@@ -8,9 +8,9 @@
 //! | # | policy | why here |
 //! |---|---|---|
 //! | 1 | fallback ([`Pipeline::call_with_fallback`]) | outermost, so it can answer whatever went wrong below, refusals included |
-//! | 2 | total timeout ([`PipelineBuilder::timeout`]) | bounds all attempts together: retries cannot outlive the caller's patience; a [`Deadline`](crate::timeout::Deadline) in scope caps it, and it is the deadline of what runs inside, so that a retry whose backoff would outlast it gives back the last attempt's error at once |
+//! | 2 | total timeout ([`PipelineBuilder::timeout`]) | bounds all attempts together: retries cannot outlive the caller's patience; a [`Deadline`] in scope caps it, and it is the deadline of what runs inside, so that a retry whose backoff would outlast it gives back the last attempt's error at once |
 //! | 3 | retry ([`PipelineBuilder::retry`]) | above the limits and the breaker, so a refused or failed attempt can be tried again after a backoff; its budget keeps retries from turning an outage into a storm |
-//! | 4 | hedge ([`PipelineBuilder::hedge`]) | each attempt may be hedged; hedges pass through the limits below like any attempt |
+//! | 4 | hedge ([`PipelineBuilder::hedge`]) | each attempt may be hedged; hedges pass through the limits below like any attempt, and are paid from the retry's budget when there is one |
 //! | 5 | bulkhead, adaptive limit | bound attempts in flight; taken before the breaker, so their refusals (which say nothing about the callee) never reach its statistics |
 //! | 6 | circuit breaker ([`PipelineBuilder::breaker`]) | refuses at once while the callee is known broken, holding a bulkhead place only for an instant |
 //! | 7 | rate limit ([`PipelineBuilder::rate_limit`]) | every attempt reaching the callee, retries and hedges included, spends a token; taken last, so an attempt refused above spends none, and its own refusal leaves the breaker's permit unrecorded |
@@ -101,8 +101,8 @@ use crate::error::{Error, Rejected};
 use crate::fallback::{Fallback, FallbackFn};
 use crate::hedge::Hedge;
 use crate::ratelimit::RateLimiter;
-use crate::retry::Retry;
 pub use crate::retry::RetryTransient;
+use crate::retry::{Budget, Retry};
 use crate::timeout::error::Elapsed;
 use crate::timeout::{Deadline, Timeout};
 
@@ -315,18 +315,22 @@ impl<C> Pipeline<C> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        match &self.stages.hedge {
-            // Judged by the pipeline's classifier, so that an answer it calls a failure (a 503 in
-            // an `Ok`, say) does not win over an attempt still in flight.
-            Some(hedge) => hedge
-                .call_classified(
-                    |result: &Result<T, Error<E>>| self.classify.classify(result),
-                    || self.attempt(f),
-                )
-                .await
-                .map_err(Error::flatten),
-            None => self.attempt(f).await,
-        }
+        let Some(hedge) = &self.stages.hedge else {
+            return self.attempt(f).await;
+        };
+        // A hedge is extra load, paid from the retry's budget when there is one, as a retry is
+        // (and as Finagle and gRPC bound hedging): a callee slow for everyone does not get
+        // twice its calls.
+        let budget = self.retry.as_ref().and_then(Retry::budget);
+        hedge
+            .race(
+                // Judged by the pipeline's classifier, so that an answer it calls a failure (a
+                // 503 in an `Ok`, say) does not win over an attempt still in flight.
+                |result: &Result<T, Error<E>>| self.classify.classify(result),
+                self.attempt(f),
+                || budget.is_none_or(Budget::withdraw).then(|| self.attempt(f)),
+            )
+            .await
     }
 
     /// One attempt: the limits, the breaker and the attempt timeout around a call of `f`, which
@@ -673,6 +677,39 @@ mod tests {
         assert!(matches!(err, Error::Inner("down")), "{err:?}");
         assert_eq!(calls.load(SeqCst), 1);
         assert_eq!(start.elapsed(), Duration::ZERO, "no sleep into the timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_are_paid_from_the_retry_budget() {
+        let hedge = || Hedge::new(crate::hedge::HedgeDelay::Fixed(20 * MS)).unwrap();
+        let slow_once = || {
+            let calls = Arc::new(AtomicU32::new(0));
+            move || {
+                let n = calls.fetch_add(1, SeqCst);
+                async move {
+                    if n == 0 {
+                        sleep(Duration::from_secs(1)).await;
+                    }
+                    Ok::<u32, ()>(n)
+                }
+            }
+        };
+        // A budget with nothing in it: the slow attempt is not hedged.
+        let broke = Budget::try_new(Duration::from_secs(10), 0.0, 0).unwrap();
+        let (none, some) = (hedge(), hedge());
+        let p = Pipeline::builder()
+            .retry(retry(2).with_budget(broke))
+            .hedge(none.clone())
+            .build();
+        assert_eq!(p.call(slow_once()).await.unwrap(), 0);
+        assert_eq!(none.hedges_sent(), 0);
+        // With room in it, the hedge goes and wins.
+        let p = Pipeline::builder()
+            .retry(retry(2))
+            .hedge(some.clone())
+            .build();
+        assert_eq!(p.call(slow_once()).await.unwrap(), 1);
+        assert_eq!(some.hedges_sent(), 1);
     }
 
     #[tokio::test(start_paused = true)]
