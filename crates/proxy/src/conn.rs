@@ -311,18 +311,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ConnectionProj::Http1 { mut inner, quiet } => {
-                let polled = turn::run(|| inner.as_mut().poll(cx));
-                // A head the strict check could not follow was read: no later request of this
-                // connection would be checked, so it ends after this one's answer (hyper has
-                // the head by now: the check reads ahead of it).
-                if polled.is_pending() && quiet.take_unsure() {
-                    inner.graceful_shutdown();
-                    // Polled again, for an idle connection to close now.
-                    cx.waker().wake_by_ref();
-                }
-                polled
-            }
+            ConnectionProj::Http1 { inner, .. } => turn::run(|| inner.poll(cx)),
             ConnectionProj::Http2 { inner, end_of_turn } => {
                 let polled = turn::run(|| inner.poll(cx));
                 end_of_turn.send(cx);

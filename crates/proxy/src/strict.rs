@@ -10,11 +10,11 @@
 //! Content-Length bodies, chunked bodies and their trailers) to know where each head lies. A bare
 //! LF in a head is turned into a NUL byte before hyper sees it, so that hyper's own parser fails
 //! on it and answers 400 as for any malformed head. Body bytes are never touched: where the
-//! framing is not certain (an upgrade, an HTTP/2 preface, a framing header it cannot read), the
-//! check stops for the rest of the connection rather than guess. After a framing header it could
-//! not read (a value too long to keep, an invalid length, a coding other than chunked last:
-//! hyper refuses most of these, but reads a length with eighty leading zeros), the connection
-//! ends after that request's answer, so that no later request of it goes unchecked.
+//! framing is not certain (an upgrade, an HTTP/2 preface), the check stops for the rest of the
+//! connection rather than guess. A head with a framing header it cannot read (a value too long
+//! to keep, an invalid length, a coding other than chunked last) is refused as one with a bare
+//! LF is: hyper refuses most of those itself, but reads a length of eighty zeros and a 3, and
+//! the check, not knowing where that body ends, could not follow the requests after it.
 
 use std::io;
 use std::pin::Pin;
@@ -55,9 +55,6 @@ pub(crate) struct Quiet {
     reading: AtomicBool,
     // A write waits for the client to take what was written before.
     writing: AtomicBool,
-    // A head's framing could not be read (see `Framing::unsure`), and the connection has not
-    // been told to end yet.
-    unsure: AtomicBool,
 }
 
 impl Quiet {
@@ -71,13 +68,6 @@ impl Quiet {
     /// between two requests (or for its first).
     pub(crate) fn between_requests(&self) -> bool {
         !self.reading.load(Relaxed)
-    }
-
-    /// Whether a head was read whose framing the check could not follow, since the last ask:
-    /// hyper reads it (or refuses it), but no later request of the connection would be checked,
-    /// so the connection must end after its answer.
-    pub(crate) fn take_unsure(&self) -> bool {
-        self.unsure.load(Relaxed) && self.unsure.swap(false, Relaxed)
     }
 }
 
@@ -151,9 +141,6 @@ impl<T: AsyncRead> AsyncRead for StrictIo<T> {
         }
         let between = this.spoiled.is_none() && this.framing.between_messages();
         this.quiet.reading.store(!between, Relaxed);
-        if this.framing.take_unsure() {
-            this.quiet.unsure.store(true, Relaxed);
-        }
         read
     }
 }
@@ -235,8 +222,7 @@ struct Framing {
     // The head says something after which the bytes may not be HTTP/1.1 messages.
     opaque: bool,
     // The head has a framing header this check cannot read (a value too long to keep, an
-    // invalid length, a transfer coding other than chunked last) where hyper may read it: the
-    // check stops, and the connection must end after the answer (see `Quiet::take_unsure`).
+    // invalid length): it is refused at its end.
     unsure: bool,
     // The chunk size read so far.
     chunk: u64,
@@ -417,8 +403,13 @@ impl Framing {
             }
             // Both Content-Length and Transfer-Encoding: hyper would read the body as chunked
             // and close the connection after it (RFC 9112 §6.3 allows that), but a message two
-            // parsers could frame two ways is how requests are smuggled.
-            if self.has_content_length && self.has_transfer_encoding {
+            // parsers could frame two ways is how requests are smuggled. A framing header that
+            // could not be read, or a coding other than chunked last, leaves the end of the
+            // body unknown to the check.
+            if (self.has_content_length && self.has_transfer_encoding)
+                || self.unsure
+                || (self.has_transfer_encoding && !self.chunked)
+            {
                 return true;
             }
             self.end_head();
@@ -472,7 +463,6 @@ impl Framing {
                 return;
             }
             _ => {
-                self.opaque = true;
                 self.unsure = true;
                 return;
             }
@@ -496,21 +486,13 @@ impl Framing {
             match (length, self.content_length) {
                 (Some(length), None) => self.content_length = Some(length),
                 (Some(length), Some(before)) if length == before => {}
-                // Invalid or conflicting: hyper refuses the request.
-                _ => {
-                    self.opaque = true;
-                    self.unsure = true;
-                }
+                // Invalid or conflicting: hyper would refuse it too.
+                _ => self.unsure = true,
             }
         }
     }
 
     fn end_head(&mut self) {
-        // A transfer coding other than chunked last: hyper refuses the request.
-        if self.has_transfer_encoding && !self.chunked && !self.trailers {
-            self.opaque = true;
-            self.unsure = true;
-        }
         self.state = if self.trailers {
             self.start_head(false);
             State::Head
@@ -529,11 +511,6 @@ impl Framing {
                 }
             }
         };
-    }
-
-    /// Whether a head whose framing could not be read was met since the last ask.
-    fn take_unsure(&mut self) -> bool {
-        std::mem::replace(&mut self.unsure, false)
     }
 
     /// Whether the bytes scanned so far end with a whole message, or with the empty lines that
@@ -565,6 +542,7 @@ impl Framing {
         self.has_content_length = false;
         self.has_transfer_encoding = false;
         self.opaque = false;
+        self.unsure = false;
     }
 }
 
@@ -738,9 +716,28 @@ mod tests {
         for input in [
             "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw\nbytes\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\n\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n\n",
         ] {
             each_step(input, None);
         }
+    }
+
+    #[test]
+    fn a_head_whose_framing_cannot_be_read_is_refused_at_its_end() {
+        let long = format!("Content-Length: {}3", "0".repeat(80));
+        for head in [
+            "POST / HTTP/1.1\r\nContent-Length: 1x\r\n".to_owned(),
+            format!("POST / HTTP/1.1\r\n{long}\r\n"),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n".to_owned(),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"
+                .to_owned(),
+        ] {
+            // Refused at the LF of the empty line that ends the head.
+            let input = format!("{head}\r\nabc");
+            each_step(&input, Some(head.len() + 1));
+        }
+        // `gzip` then `chunked` on the next line is chunked, as hyper reads it: followed.
+        let input = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     0\r\n\r\nGET / HTTP/1.1\nHost: a\r\n\r\n";
+        each_step(input, input.find("\nHost"));
     }
 }

@@ -207,21 +207,16 @@ async fn a_transfer_coding_besides_chunked_gets_501_and_nothing_reaches_the_upst
 }
 
 #[tokio::test]
-async fn after_a_framing_header_the_check_cannot_read_no_further_request_is_read() {
+async fn a_framing_header_the_check_cannot_read_is_refused_and_nothing_after_it_is_read() {
     // A length of eighty zeros and a 3 is longer than the check keeps of a line, yet hyper
-    // reads it: the request is answered, and the connection then ends, so that the bare LF of
-    // the next head is never read unchecked.
-    let first = format!(
-        "POST /long HTTP/1.1\r\nHost: a\r\nContent-Length: {}3\r\n\r\nabc",
+    // would read it: the check, not knowing where its body ends, could not follow the requests
+    // after it.
+    refused(&format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}3\r\n\r\nabc\
+         GET /smuggled HTTP/1.1\nHost: a\r\n\r\n",
         "0".repeat(80)
-    );
-    let smuggled = "GET /smuggled HTTP/1.1\nHost: a\r\n\r\n";
-    let (answer, upstream) = answer(&format!("{first}{smuggled}")).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
-    let seen = upstream.requests();
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(seen[0].path, "/long");
+    ))
+    .await;
 }
 
 #[tokio::test]
