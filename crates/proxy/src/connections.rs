@@ -307,7 +307,7 @@ impl Connections {
         if self.kept.connects.load(Ordering::Acquire) != seen
             && let Some(why) = failed.as_ref()
         {
-            return Err(SendError::Connect(why.clone().into()));
+            return self.over_limit(replacing, SendError::Connect(why.clone().into()));
         }
         let number = self.kept.connects.fetch_add(1, Ordering::AcqRel) + 1;
         match self.connect_http2(number).await {
@@ -321,9 +321,23 @@ impl Connections {
                     // A failed handshake is left for each request to meet.
                     SendError::Exchange(_) => None,
                 };
-                Err(err)
+                self.over_limit(replacing, err)
             }
         }
+    }
+
+    // When no further connection can be made: a stream on a live connection over its limit,
+    // where the request waits for one of the streams to end, as it did when an endpoint had one
+    // connection; `err` when none is live. A request that only found the connections full
+    // must not fail as if the endpoint were down, nor count against its breaker.
+    fn over_limit(
+        &self,
+        replacing: Option<u64>,
+        err: SendError,
+    ) -> Result<(Taken, bool), SendError> {
+        self.live_http2(usize::MAX, replacing)
+            .map(|taken| (taken, true))
+            .ok_or(err)
     }
 
     // A new HTTP/2 connection, number `number`, shared from now on, and a stream on it.
@@ -953,6 +967,51 @@ mod tests {
             .map(|shared| shared.streams.load(Ordering::Relaxed))
             .collect();
         assert_eq!(open, [0, 0], "every stream ended is counted out");
+    }
+
+    #[tokio::test]
+    async fn a_request_finding_its_connections_full_and_no_more_to_be_had_waits_in_one() {
+        // The upstream takes one connection, allowing two streams on it, and then no more.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(listener);
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = if request.uri().path() == "/hold" {
+                    Endless.boxed_unsync()
+                } else {
+                    Full::new(Bytes::from_static(b"hello")).boxed_unsync()
+                };
+                Ok::<_, Infallible>(Response::new(body))
+            });
+            let _ = server2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(2)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        let connections = Arc::new(connections_of(addr, Some(2)));
+        let first = send_to(&connections, "/hold").await.unwrap();
+        let _second = send_to(&connections, "/hold").await.unwrap();
+        // No second connection can be made: the request waits on the first for a stream to
+        // end, rather than failing as if the endpoint were down.
+        let third = tokio::spawn({
+            let connections = connections.clone();
+            async move { exchange(&connections).await }
+        });
+        // Once it has found the connection full and tried for another, a stream ends.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while connections.kept.connects.load(Ordering::Acquire) < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("another connection was tried");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .expect("answered once a stream ended")
+            .unwrap();
     }
 
     #[tokio::test]
