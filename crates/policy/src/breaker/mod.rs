@@ -346,7 +346,9 @@ impl CircuitBreaker {
     /// Whether [`try_acquire`](Self::try_acquire) would admit a call now, without asking: no
     /// permit is taken, no probe spent, no refusal counted. A balancer looks with it at every
     /// endpoint before it asks the one it chose. Another caller may change the answer before
-    /// the call is asked for.
+    /// the call is asked for. The one change a look makes is the one time makes: half-open
+    /// probes overdue past [`half_open_max_wait`](Builder::half_open_max_wait) open the breaker
+    /// again, as the next ask would.
     #[inline]
     pub fn would_admit(&self) -> bool {
         self.shared.would_admit()

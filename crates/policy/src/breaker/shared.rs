@@ -211,7 +211,15 @@ impl Shared {
             // An open period that has ended turns half-open at the next ask.
             State::Open => self.nanos_since_origin(self.now()) >= self.open_until.load(Acquire),
             State::HalfOpen => {
-                self.probes.load(Acquire) & COUNT < u64::from(self.settings.half_open_probes)
+                let word = self.probes.load(Acquire);
+                if word & COUNT < u64::from(self.settings.half_open_probes) {
+                    return true;
+                }
+                // Overdue probes reopen it here too: a balancer that only looks never asks.
+                if self.probes_overdue() {
+                    self.trip(State::HalfOpen, Some(word >> 32), Reason::ProbesTimedOut);
+                }
+                false
             }
         }
     }

@@ -400,6 +400,27 @@ async fn probes_unanswered_past_the_half_open_max_wait_open_the_breaker_again() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_look_finds_overdue_probes_and_opens_the_breaker_again() {
+    // A balancer looks with `would_admit` and never asks a breaker it sees refusing.
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .half_open_max_wait(2 * SEC)
+        .build()
+        .unwrap();
+    fail(&b);
+    advance(SEC).await;
+    let _probe = b.try_acquire().unwrap();
+    assert!(!b.would_admit());
+    advance(2 * SEC).await;
+    assert!(!b.would_admit());
+    assert_eq!(b.state(), State::Open);
+    // Open for twice as long, then probes again.
+    advance(2 * SEC).await;
+    assert!(b.would_admit());
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_half_open_max_wait_a_hung_probe_keeps_the_breaker_half_open() {
     let b = builder()
         .consecutive_failures(1)
