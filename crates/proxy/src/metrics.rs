@@ -558,8 +558,13 @@ impl EndpointMetrics {
 
     /// The health checks' verdict changed to `healthy`.
     pub(crate) fn set_healthy(&self, healthy: bool) {
-        self.healthy.set(i64::from(healthy));
+        self.show_healthy(healthy);
         self.tell(ChangeKind::Health { healthy });
+    }
+
+    /// Sets the health gauge to `healthy`, telling no one: the verdict did not change.
+    pub(crate) fn show_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
     }
 
     /// Attempts so far: `(successes, failures)`.

@@ -438,7 +438,7 @@ impl Pool {
         for endpoint in &self.endpoints {
             endpoint
                 .metrics
-                .set_healthy(endpoint.healthy.load(Ordering::Relaxed));
+                .show_healthy(endpoint.healthy.load(Ordering::Relaxed));
             if let Some(breaker) = &endpoint.breaker {
                 endpoint.metrics.set_state(breaker.state());
             }

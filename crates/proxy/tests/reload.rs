@@ -362,6 +362,7 @@ async fn a_refused_reload_leaves_the_metrics_as_they_were() {
     let before = metrics(&proxy);
     assert!(before.contains(&open) && before.contains(limit), "{before}");
 
+    let mut changes = proxy.handle().changes();
     // New breakers, a new limit, a new endpoint and a new upstream, and an async route this
     // proxy, started without an outbox, cannot serve: the reload is refused when the routes are
     // built, after the pools.
@@ -379,4 +380,6 @@ async fn a_refused_reload_leaves_the_metrics_as_they_were() {
     assert!(!after.contains("ghost"), "{after}");
     assert!(!after.contains(&joining.addr().to_string()), "{after}");
     assert_eq!(error_of(&get(&proxy, "/app").await), Some("breaker-open"));
+    // Nor does a dashboard hear of a change that did not happen.
+    assert!(changes.try_recv().is_err(), "{:?}", changes.try_recv());
 }
