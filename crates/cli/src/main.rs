@@ -178,17 +178,19 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// `rampart run`: serve until SIGTERM or SIGINT, then drain and exit 0; SIGHUP reloads the file.
-/// An invalid configuration exits 2 with every error, as `check` prints them; a listener that
-/// cannot bind exits 1.
+/// An invalid configuration exits 2 with every error, logged one event each (printed as `check`
+/// prints them when the log would show no error); a listener that cannot bind exits 1.
 fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
     let config = match Config::from_file(path) {
         Ok(config) => config,
-        Err(errors) => {
-            // Through the log, as everything `run` says, so that a JSON log stays JSON.
+        // Through the log, as everything `run` says, so that a JSON log stays JSON; unless a
+        // RUST_LOG naming other targets would leave the log silent.
+        Err(errors) if tracing::enabled!(tracing::Level::ERROR) => {
             log_errors(&errors);
             tracing::error!("{}: {}", path.display(), count(&errors));
             return ExitCode::from(2);
         }
+        Err(errors) => return config_errors(path, &errors),
     };
     let mut runtime = match config.runtime.worker_threads {
         // One thread: tokio's single-threaded scheduler, on the thread that would otherwise only

@@ -139,6 +139,17 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
             .is_some_and(|message| message.contains("routes[0].upstream"))),
         "{stderr}"
     );
+
+    // A RUST_LOG that leaves out rampart's own events would leave nothing said: printed then.
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["run", "-c"])
+        .arg(&config.0)
+        .env("RUST_LOG", "rampart_proxy=debug")
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("routes[0].upstream"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
