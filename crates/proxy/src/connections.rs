@@ -127,12 +127,21 @@ struct Idle<S = Box<h1::Conn>> {
 struct Shared {
     idle: Idle<http2::SendRequest<RequestBody>>,
     number: u64,
-    streams: Arc<AtomicUsize>,
+    streams: Arc<Streams>,
+}
+
+/// The streams open on an HTTP/2 connection.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    /// The last open stream ended since the idle connections were last looked at: the
+    /// connection was in use until then, however long ago that stream began.
+    ended: AtomicBool,
 }
 
 /// A stream open on an HTTP/2 connection: counted there until its response body is dropped (or
 /// the request fails), which ends the stream.
-struct Stream(Arc<AtomicUsize>);
+struct Stream(Arc<Streams>);
 
 /// A stream taken on HTTP/2 connection number `number`, to send one request on with `sender`.
 struct Taken {
@@ -145,6 +154,7 @@ impl Shared {
     /// One more stream on this connection, unless `max` are open.
     fn take(&mut self, max: usize) -> Option<Taken> {
         self.streams
+            .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < max).then_some(open + 1)
             })
@@ -160,7 +170,9 @@ impl Shared {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -480,10 +492,14 @@ impl Kept {
         // No checkout may come to notice for a while.
         idle.retain(|idle| idle.handle.is_usable());
         let mut http2 = lock(&self.http2);
-        // One with streams open is not idle, however long ago they began (a gRPC watch).
-        http2.retain(|Shared { idle, streams, .. }| {
+        // One with streams open is not idle, however long ago they began (a gRPC watch), and
+        // one whose last stream ended since the last look is idle from now.
+        http2.retain_mut(|Shared { idle, streams, .. }| {
+            if streams.ended.swap(false, Ordering::AcqRel) {
+                idle.since = now;
+            }
             !idle.handle.is_closed()
-                && (streams.load(Ordering::Acquire) > 0
+                && (streams.open.load(Ordering::Acquire) > 0
                     || now.duration_since(idle.since) < IDLE_TIMEOUT)
         });
         !idle.is_empty() || !http2.is_empty()
@@ -964,7 +980,7 @@ mod tests {
         let kept = lock(&connections.kept.http2);
         let open: Vec<_> = kept
             .iter()
-            .map(|shared| shared.streams.load(Ordering::Relaxed))
+            .map(|shared| shared.streams.open.load(Ordering::Relaxed))
             .collect();
         assert_eq!(open, [0, 0], "every stream ended is counted out");
     }
@@ -1028,7 +1044,12 @@ mod tests {
         exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
 
+        // Its idle time counts from the stream's end, not from when the stream began.
+        advance(IDLE_TIMEOUT + LOOK).await;
         drop(held);
+        // At least one look, which sees the stream ended.
+        advance(2 * LOOK).await;
+        assert_eq!(lock(&connections.kept.http2).len(), 1, "in use until now");
         advance(IDLE_TIMEOUT + LOOK).await;
         assert!(
             lock(&connections.kept.http2).is_empty(),
