@@ -38,8 +38,10 @@
 use std::net::IpAddr;
 
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, Entry, HOST, HeaderMap, HeaderName, HeaderValue,
-    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, COOKIE, EXPECT, Entry, HOST, HeaderMap, HeaderName, HeaderValue, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, MAX_FORWARDS, PRAGMA,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RANGE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `keep-alive`.
@@ -269,21 +271,39 @@ fn address_value(client: IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&text[..len]).ok()
 }
 
-/// Removes from trailers the fields a trailer section may not carry because they frame, route
-/// or concern one connection (RFC 9110 §6.5.1, §7.6.1): `Content-Length`, `Transfer-Encoding`,
-/// `Host`, `Trailer`, and the hop-by-hop fields of the [module documentation](self). A
-/// recipient reading them there could frame or route the message differently from everyone
-/// before it.
+/// Removes from a request's trailers the fields RFC 9110 §6.5.1 keeps out of a trailer section,
+/// and the hop-by-hop ones of the [module documentation](self): what frames the message
+/// (`Content-Length`, `Transfer-Encoding`), routes it (`Host`), modifies the request
+/// (`Cache-Control`, `Expect`, `Max-Forwards`, `Pragma`, `Range`, `TE`, the `If-*`
+/// conditionals), authenticates it (`Authorization`, `Cookie`) or says how to process its
+/// content (`Content-Encoding`, `Content-Type`, `Content-Range`, `Trailer`). A recipient that
+/// merges trailers into the header section would otherwise act on them after every check
+/// before it was made on the head.
 pub fn remove_forbidden_trailers(trailers: &mut HeaderMap) {
     for name in [
         CONTENT_LENGTH,
         TRANSFER_ENCODING,
         HOST,
+        CACHE_CONTROL,
+        EXPECT,
+        MAX_FORWARDS,
+        PRAGMA,
+        RANGE,
+        TE,
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        AUTHORIZATION,
+        COOKIE,
+        CONTENT_ENCODING,
+        CONTENT_TYPE,
+        CONTENT_RANGE,
         TRAILER,
         CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
-        TE,
         UPGRADE,
         PROXY_AUTHENTICATE,
         PROXY_AUTHORIZATION,
@@ -547,6 +567,8 @@ mod tests {
             ("host", "elsewhere"),
             ("connection", "close"),
             ("trailer", "x-checksum"),
+            ("authorization", "Bearer late"),
+            ("content-type", "text/plain"),
             ("x-checksum", "abc"),
             ("grpc-status", "0"),
         ] {
