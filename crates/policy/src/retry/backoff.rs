@@ -159,6 +159,11 @@ impl BackoffState {
         }
     }
 
+    /// The retries the sleeps were for so far.
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
+    }
+
     /// The sleep before the next retry.
     #[inline]
     pub(crate) fn next(&mut self, backoff: &ExponentialBackoff) -> Duration {

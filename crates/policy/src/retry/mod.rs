@@ -152,6 +152,26 @@ struct Config {
     backoff: ExponentialBackoff,
     budget: Option<Budget>,
     max_retry_after: Duration,
+    /// Told of each retry made and each refused; see [`Retry::on_event`].
+    listeners: Vec<Listener>,
+}
+
+/// What [`Retry::on_event`] is given.
+type Listener = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
+/// A retry a call wanted, told to the listeners of [`Retry::on_event`] as it is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryEvent {
+    /// The call's `retry`th retry (1 for the second attempt) is made after `wait`.
+    Retrying {
+        /// Which retry of the call: 1 for the first.
+        retry: u32,
+        /// The sleep before it: the backoff's, or the server's longer hint.
+        wait: Duration,
+    },
+    /// The budget refused a retry the classifier asked for: the last result stands.
+    BudgetExhausted,
 }
 
 /// What one [`Retry::call_with_stats`] did.
@@ -199,6 +219,7 @@ impl Retry {
             backoff,
             budget: Some(Budget::default()),
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            listeners: Vec::new(),
         };
         Ok(Retry {
             shared: Handle::register(config, 0, 0),
@@ -234,6 +255,36 @@ impl<C> Retry<C> {
     /// result coming back at once. Zero ignores hints.
     pub fn with_max_retry_after(mut self, max: Duration) -> Retry<C> {
         self.reconfigure(|config| config.max_retry_after = max);
+        self
+    }
+
+    /// Tells `listener` of each retry this policy makes and each its budget refuses, as it is
+    /// decided (resilience4j's `onRetry`, Polly's `OnRetry`): to log or count them with what
+    /// the service already uses. It runs on the calling task, before the sleep; keep it quick.
+    /// A policy of its own, as [`with_budget`](Self::with_budget) makes: set it before cloning.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use rampart_policy::retry::{ExponentialBackoff, Retry, RetryEvent};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let backoff = ExponentialBackoff::try_new(Duration::from_millis(10), Duration::from_secs(1))
+    ///     .unwrap();
+    /// let retry = Retry::try_new(3, backoff)
+    ///     .unwrap()
+    ///     .on_event(move |event| log.lock().unwrap().push(*event));
+    /// let _ = retry.call(|| async { Err::<(), _>("reset") }).await;
+    /// let seen = seen.lock().unwrap();
+    /// assert_eq!(seen.len(), 2);
+    /// assert!(matches!(seen[1], RetryEvent::Retrying { retry: 2, .. }));
+    /// # }
+    /// ```
+    pub fn on_event(mut self, listener: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Retry<C> {
+        self.reconfigure(|config| config.listeners.push(Arc::new(listener)));
         self
     }
 
@@ -605,10 +656,21 @@ impl Shared {
             && !budget.withdraw()
         {
             self.budget_exhausted.fetch_add(1, Relaxed);
+            self.tell(&RetryEvent::BudgetExhausted);
             return Next::Refused;
         }
         self.retries.fetch_add(1, Relaxed);
+        self.tell(&RetryEvent::Retrying {
+            retry: backoff.retries(),
+            wait,
+        });
         Next::Wait(wait)
+    }
+
+    fn tell(&self, event: &RetryEvent) {
+        for listener in &self.config.listeners {
+            listener(event);
+        }
     }
 }
 

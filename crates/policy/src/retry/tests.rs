@@ -817,3 +817,30 @@ async fn a_layer_retrying_transient_errors_takes_no_refusal_for_one() {
     assert_eq!(breaker.snapshot().rejected, 1, "asked once");
     assert!(start.elapsed() > Duration::ZERO);
 }
+
+#[tokio::test(start_paused = true)]
+async fn listeners_are_told_of_each_retry_and_each_refusal() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let events = |policy: Retry| {
+        let log = seen.clone();
+        policy.on_event(move |event| log.lock().unwrap().push(*event))
+    };
+    let retrying = events(retry(3));
+    let _ = retrying.call(|| async { Err::<(), _>("reset") }).await;
+    let refused = events(retry(3).with_budget(empty_budget()));
+    let _ = refused.call(|| async { Err::<(), _>("reset") }).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            RetryEvent::Retrying {
+                retry: 1,
+                wait: ms(50)
+            },
+            RetryEvent::Retrying {
+                retry: 2,
+                wait: ms(100)
+            },
+            RetryEvent::BudgetExhausted,
+        ]
+    );
+}
