@@ -8,8 +8,10 @@
 //! the theoretical arrival time of the next call. It allows `n` calls per second (or minute) on
 //! average, and up to `burst` in a row after a quiet spell; by default the burst is one period's
 //! worth, `n`. A call over the limit is refused at once with [`RateLimited`], whose
-//! [`retry_after`](RateLimited::retry_after) says when the next call would be allowed; nothing
-//! waits. The check is one atomic compare-and-swap, with no allocation and no lock.
+//! [`retry_after`](RateLimited::retry_after) says when the next call would be allowed; a caller
+//! that may wait a little for its turn asks [`RateLimiter::acquire`] or
+//! [`RateLimiter::call_waiting`] instead. The check is one atomic compare-and-swap, with no
+//! allocation and no lock.
 //!
 //! # Time
 //!
@@ -96,6 +98,7 @@ use self::future::ResponseFuture;
 pub use self::layer::RateLimitLayer;
 use crate::clock::{SharedClock, TimeSource, saturating_nanos};
 use crate::error::{BoxError, Error};
+use crate::timeout::Deadline;
 
 /// A token-bucket rate limit. Cheap to clone: clones share one bucket.
 #[derive(Clone)]
@@ -169,6 +172,58 @@ impl RateLimiter {
         Fut: Future<Output = Result<T, E>>,
     {
         self.try_acquire()
+            .map_err(|limited| Error::Rejected(limited.into()))?;
+        f().await.map_err(Error::Inner)
+    }
+
+    /// Takes one call's worth from the bucket, waiting for it up to `max_wait` (and never past
+    /// the [`Deadline`] in force) when none is there: a caller that must stay within a quota and
+    /// may wait a little for it, as with resilience4j's `timeoutDuration`. Refused with
+    /// [`RateLimited`] at once, without waiting in vain, when none would come in time.
+    ///
+    /// Waiters are not queued: those woken together race for the token, and the losers wait
+    /// again within what is left of their `max_wait`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rampart_policy::clock::tokio_clock;
+    /// use rampart_policy::ratelimit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // Ten calls a second, one at a time: the second waits a tenth of a second.
+    /// let limiter = RateLimiter::per_second(10).burst(1).clock(tokio_clock()).try_build().unwrap();
+    /// limiter.acquire(Duration::ZERO).await.unwrap();
+    /// assert!(limiter.acquire(Duration::from_millis(50)).await.is_err());
+    /// limiter.acquire(Duration::from_millis(100)).await.unwrap();
+    /// # }
+    /// ```
+    pub async fn acquire(&self, max_wait: Duration) -> Result<(), RateLimited> {
+        let until = Deadline::earliest(Some(Deadline::after(max_wait)), Deadline::current())
+            .expect("a deadline is given");
+        loop {
+            let limited = match self.try_acquire() {
+                Ok(()) => return Ok(()),
+                Err(limited) => limited,
+            };
+            if limited.retry_after() > until.remaining() {
+                return Err(limited);
+            }
+            tokio::time::sleep(limited.retry_after()).await;
+        }
+    }
+
+    /// Calls `f` once the limit allows a call, waiting for it up to `max_wait` as
+    /// [`acquire`](Self::acquire) does; fails with
+    /// [`Rejected::RateLimited`](crate::Rejected::RateLimited), without calling `f`, when it
+    /// would have to wait longer.
+    pub async fn call_waiting<F, Fut, T, E>(&self, max_wait: Duration, f: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.acquire(max_wait)
+            .await
             .map_err(|limited| Error::Rejected(limited.into()))?;
         f().await.map_err(Error::Inner)
     }
@@ -366,6 +421,32 @@ mod tests {
             .try_acquire()
             .expect_err("expected the limit to be reached")
             .retry_after()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_caller_gets_the_next_token_within_its_wait_and_no_later() {
+        let limiter = on_tokio_time(RateLimiter::per_second(10).burst(1));
+        let start = tokio::time::Instant::now();
+        limiter.acquire(Duration::ZERO).await.unwrap();
+        // The next token is 100 ms away: a 50 ms wait is refused at once.
+        let refused = limiter.acquire(ms(50)).await.unwrap_err();
+        assert_eq!(refused.retry_after(), ms(100));
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "refused without waiting in vain"
+        );
+        // A caller that may wait gets it when it comes.
+        let called = limiter
+            .call_waiting(ms(150), || async { Ok::<_, ()>("called") })
+            .await;
+        assert_eq!(called.unwrap(), "called");
+        assert_eq!(start.elapsed(), ms(100));
+        // The deadline in force bounds the wait too.
+        let capped = Deadline::after(ms(20))
+            .scope(limiter.acquire(Duration::from_secs(1)))
+            .await;
+        assert!(capped.is_err());
     }
 
     #[test]
