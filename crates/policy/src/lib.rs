@@ -20,7 +20,8 @@
 //! randomness through injectable sources ([`clock`], [`rng`]) so that every timing behaviour can
 //! be tested on tokio's paused clock.
 //!
-//! The [`pipeline`] module composes them in a documented order.
+//! The [`pipeline`] module composes them in a documented order, around a call or as one tower
+//! layer.
 
 pub mod adaptive;
 pub mod breaker;
