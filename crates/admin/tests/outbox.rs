@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use rampart_admin::{Admin, ReloadError};
 use rampart_proxy::Proxy;
-use rampart_test_support::{Behavior, ProxyBuilder, Upstream};
+use rampart_test_support::{Behavior, ProxyBuilder, TempDir, Upstream};
 
 use common::*;
 
@@ -77,12 +77,11 @@ async fn until(admin: &Admin, path: &str, check: impl Fn(&serde_json::Value) -> 
 
 #[tokio::test]
 async fn a_message_is_followed_from_queued_to_dead_and_redriven_to_delivered() {
-    let dir = std::env::temp_dir().join(format!("rampart-admin-outbox-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("admin-outbox");
     let upstream = Upstream::start(Behavior::Fail(StatusCode::BAD_GATEWAY))
         .await
         .unwrap();
-    let proxy = async_proxy(&upstream, &dir).await;
+    let proxy = async_proxy(&upstream, dir.path()).await;
     let admin = admin(&proxy).await;
 
     let accepted = post(proxy.listeners()[0].addr, "/orders", None, "order 1").await;
@@ -131,7 +130,6 @@ async fn a_message_is_followed_from_queued_to_dead_and_redriven_to_delivered() {
     .await;
 
     proxy.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A proxy whose routes `orders` (`/orders`) and `mails` (`/mails`) to `upstream` are async,
@@ -189,12 +187,11 @@ fn page_ids(page: &serde_json::Value) -> (Vec<String>, Option<String>) {
 
 #[tokio::test]
 async fn dead_letters_are_listed_in_pages_and_redriven_per_route_or_all_at_once() {
-    let dir = std::env::temp_dir().join(format!("rampart-admin-dead-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("admin-dead");
     let upstream = Upstream::start(Behavior::Fail(StatusCode::BAD_GATEWAY))
         .await
         .unwrap();
-    let proxy = two_route_proxy(&upstream, &dir).await;
+    let proxy = two_route_proxy(&upstream, dir.path()).await;
     let admin = admin(&proxy).await;
     let listener = proxy.listeners()[0].addr;
 
@@ -328,15 +325,13 @@ async fn dead_letters_are_listed_in_pages_and_redriven_per_route_or_all_at_once(
     assert_eq!(none_left.json(), serde_json::json!({"redriven": 0}));
 
     proxy.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn unknown_and_malformed_ids_and_a_proxy_without_outbox_are_told_apart() {
-    let dir = std::env::temp_dir().join(format!("rampart-admin-outbox-ids-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("admin-outbox-ids");
     let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
-    let proxy = async_proxy(&upstream, &dir).await;
+    let proxy = async_proxy(&upstream, dir.path()).await;
     let api = admin(&proxy).await;
 
     let malformed = get(api.addr(), "/api/outbox/not-an-id").await;
@@ -362,7 +357,6 @@ async fn unknown_and_malformed_ids_and_a_proxy_without_outbox_are_told_apart() {
         StatusCode::METHOD_NOT_ALLOWED
     );
     proxy.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 
     let plain = ProxyBuilder::to(&[upstream.addr()]).start().await;
     let api = admin(&plain).await;

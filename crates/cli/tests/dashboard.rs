@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rampart_test_support::{Behavior, Refusing, Upstream};
+use rampart_test_support::{Behavior, Refusing, TempDir, Upstream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
@@ -72,8 +72,7 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     let script_dir = browser_ready();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&out).expect("the target directory is writable");
-    let outbox = out.join("outbox");
-    let _ = std::fs::remove_dir_all(&outbox);
+    let outbox = TempDir::new("dashboard-outbox");
 
     let app = Upstream::start(Behavior::ok("app")).await.unwrap();
     let assets = Upstream::start(Behavior::ok("assets")).await.unwrap();
@@ -81,10 +80,10 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     // the same address again.
     let file = TempConfig::new(
         "dashboard",
-        &config("127.0.0.1:0", app.addr(), assets.addr(), &outbox),
+        &config("127.0.0.1:0", app.addr(), assets.addr(), outbox.path()),
     );
     let (rampart, proxy, admin) = start(&file.0);
-    file.write(&config(&admin, app.addr(), assets.addr(), &outbox));
+    file.write(&config(&admin, app.addr(), assets.addr(), outbox.path()));
     // One order through the outbox, delivered before the page opens: the outbox panel shows it.
     let accepted = post(&proxy, "/orders/1")
         .await
@@ -130,8 +129,6 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     browser.step("back").await;
     browser.finish().await;
     println!("dashboard screenshots in {}", out.display());
-    drop(_rampart);
-    let _ = std::fs::remove_dir_all(&outbox);
 }
 
 /// `tests/browser`, once Chromium, node and playwright-core are there; fails saying how to get

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rampart_test_support::{Behavior, NatsServer, Refusing, Upstream};
+use rampart_test_support::{Behavior, NatsServer, Refusing, TempDir, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,10 +95,8 @@ fn seen_ids(upstream: &Upstream) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_answered_202_is_delivered_through_repeated_sigkills_embedded() {
-    let dir = std::env::temp_dir().join(format!("rampart-outbox-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    crash_run("embedded", &format!("path = \"{}\"", dir.display())).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("outbox-crash");
+    crash_run("embedded", &format!("path = \"{}\"", dir.path().display())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

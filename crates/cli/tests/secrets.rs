@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
-use rampart_test_support::{Behavior, Refusing, Upstream};
+use rampart_test_support::{Behavior, Refusing, TempDir, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -61,7 +61,7 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
         .unwrap();
     let refusing = Refusing::bind().unwrap();
     let dead = refusing.addr();
-    let outbox = std::env::temp_dir().join(format!("rampart-secrets-{}", std::process::id()));
+    let outbox = TempDir::new("secrets");
     let file = TempConfig::new(
         "secrets",
         &format!(
@@ -108,7 +108,7 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
             "#,
             up = up.addr(),
             failing = failing.addr(),
-            outbox = outbox.display(),
+            outbox = outbox.path().display(),
         ),
     );
     // The most verbose level: what an operator chasing a problem would turn on.
@@ -205,7 +205,6 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
     rampart.signal("TERM");
     let (status, logs) = rampart.wait();
     assert!(status.success(), "{logs}");
-    let _ = std::fs::remove_dir_all(&outbox);
 
     assert!(logs.lines().count() > 20, "trace logging is on: {logs}");
     for (what, text) in [("the logs", &logs), ("the admin API", &answers)] {

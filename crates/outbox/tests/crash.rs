@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TempDir, request};
+use common::request;
 use rampart_outbox::{Embedded, MessageId, Options, State, Store};
+use rampart_test_support::TempDir;
 
 /// Where the child writes; set only on the child's command line.
 const CHILD_DIR: &str = "RAMPART_OUTBOX_CRASH_DIR";

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{START, TempDir, clock, open, request};
+use common::{START, clock, open, request};
 use rampart_outbox::{
     Counts, Error, FullReason, Limits, MessageId, OnFull, State, Store, Timestamp,
 };
+use rampart_test_support::TempDir;
 use tokio::time::advance;
 
 const NOW: Duration = Duration::ZERO;

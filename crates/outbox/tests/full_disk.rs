@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use common::{TempDir, request};
+use common::request;
 use rampart_outbox::{Embedded, Error, Options, State, Store};
+use rampart_test_support::TempDir;
 
 /// Set only in the child's environment.
 const CHILD: &str = "RAMPART_OUTBOX_FULL_DISK_CHILD";

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{START, TempDir, clock, open, request};
+use common::{START, clock, open, request};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rampart_outbox::record::{MessageRecord, encode_message};
@@ -27,7 +27,7 @@ use rampart_outbox::{
 };
 use rampart_policy::clock::ManualClock;
 use rampart_policy::rng::Rng;
-use rampart_test_support::NatsServer;
+use rampart_test_support::{NatsServer, TempDir};
 
 const ROUTES: [&str; 2] = ["a", "b"];
 const LEASE: Duration = Duration::from_secs(30);

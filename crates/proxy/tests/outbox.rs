@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,33 +12,9 @@ use http_body_util::Full;
 use hyper::StatusCode;
 use rampart_outbox::{MessageId, State, Store};
 use rampart_proxy::{Drain, Proxy};
-use rampart_test_support::{Behavior, Refusing, Upstream};
+use rampart_test_support::{Behavior, Refusing, TempDir, Upstream};
 
 use common::{error_of, http1, metrics, proxy, request, send};
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "rampart-proxy-outbox-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A proxy with one async route `orders` to `endpoint`, its outbox in `dir`, with `outbox`,
 /// `route` and `upstream` lines added to those tables.
@@ -119,7 +95,7 @@ async fn state(store: &dyn Store, id: MessageId) -> Option<State> {
 
 #[tokio::test]
 async fn an_async_route_answers_202_once_stored_and_delivers_with_the_message_id() {
-    let dir = TempDir::new("deliver");
+    let dir = TempDir::new("proxy-outbox-deliver");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
     let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
     let store = proxy.handle().outbox().expect("an outbox");
@@ -184,7 +160,7 @@ async fn an_async_route_answers_202_once_stored_and_delivers_with_the_message_id
 
 #[tokio::test]
 async fn while_the_upstream_takes_every_message_they_arrive_in_the_order_accepted() {
-    let dir = TempDir::new("order");
+    let dir = TempDir::new("proxy-outbox-order");
     let upstream = Upstream::start(Behavior::Slow(Duration::from_millis(5)))
         .await
         .unwrap();
@@ -201,7 +177,7 @@ async fn while_the_upstream_takes_every_message_they_arrive_in_the_order_accepte
 
 #[tokio::test]
 async fn messages_wait_for_a_down_upstream_and_all_arrive_once_it_is_back() {
-    let dir = TempDir::new("down");
+    let dir = TempDir::new("proxy-outbox-down");
     let refusing = Refusing::bind().unwrap();
     let addr = refusing.addr();
     let proxy = async_proxy(
@@ -247,7 +223,7 @@ async fn messages_wait_for_a_down_upstream_and_all_arrive_once_it_is_back() {
 
 #[tokio::test]
 async fn deliveries_pause_while_the_breaker_is_open() {
-    let dir = TempDir::new("pause");
+    let dir = TempDir::new("proxy-outbox-pause");
     let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
         .unwrap();
@@ -286,7 +262,7 @@ async fn deliveries_pause_while_the_breaker_is_open() {
 
 #[tokio::test]
 async fn a_message_past_max_age_is_dead_and_a_redrive_delivers_it() {
-    let dir = TempDir::new("dead");
+    let dir = TempDir::new("proxy-outbox-dead");
     let upstream = Upstream::start(Behavior::Fail(StatusCode::INTERNAL_SERVER_ERROR))
         .await
         .unwrap();
@@ -345,7 +321,7 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
                 .await;
         }
     });
-    let dir = TempDir::new("retry-after");
+    let dir = TempDir::new("proxy-outbox-retry-after");
     let proxy = async_proxy(
         dir.path(),
         addr,
@@ -371,7 +347,7 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
 
 #[tokio::test]
 async fn a_full_outbox_answers_503_outbox_full_and_keeps_what_it_holds() {
-    let dir = TempDir::new("full");
+    let dir = TempDir::new("proxy-outbox-full");
     let refusing = Refusing::bind().unwrap();
     let addr = refusing.addr();
     let proxy = async_proxy(dir.path(), addr, "max_messages = 2", "", "").await;
@@ -393,7 +369,7 @@ async fn a_full_outbox_answers_503_outbox_full_and_keeps_what_it_holds() {
 
 #[tokio::test]
 async fn a_body_over_the_listeners_limit_is_refused_and_nothing_is_stored() {
-    let dir = TempDir::new("too-large");
+    let dir = TempDir::new("proxy-outbox-too-large");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
     let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
     let store = proxy.handle().outbox().unwrap();
@@ -415,7 +391,7 @@ async fn a_body_over_the_listeners_limit_is_refused_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn messages_queued_before_a_restart_are_delivered_after_it() {
-    let dir = TempDir::new("restart");
+    let dir = TempDir::new("proxy-outbox-restart");
     let refusing = Refusing::bind().unwrap();
     let addr = refusing.addr();
     let first = async_proxy(dir.path(), addr, "", "", "").await;
@@ -478,7 +454,7 @@ async fn a_reload_cannot_make_a_route_async_without_the_outbox_it_started_with()
 
 #[tokio::test]
 async fn drop_oldest_makes_room_and_counts_what_it_dropped() {
-    let dir = TempDir::new("drop-oldest");
+    let dir = TempDir::new("proxy-outbox-drop-oldest");
     let refusing = Refusing::bind().unwrap();
     let addr = refusing.addr();
     let proxy = async_proxy(
@@ -512,7 +488,7 @@ async fn drop_oldest_makes_room_and_counts_what_it_dropped() {
 
 #[tokio::test]
 async fn reloads_while_messages_are_taken_strand_none_and_keep_the_order() {
-    let dir = TempDir::new("reloads");
+    let dir = TempDir::new("proxy-outbox-reloads");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
     let toml = format!(
         r#"
@@ -563,7 +539,7 @@ async fn reloads_while_messages_are_taken_strand_none_and_keep_the_order() {
 
 #[tokio::test]
 async fn a_reload_raising_a_routes_timeout_cannot_make_a_delivery_outlive_its_lease() {
-    let dir = TempDir::new("lease");
+    let dir = TempDir::new("proxy-outbox-lease");
     // Slower than half the lease set at start (10 s, for a 1 s timeout): a delivery it answers
     // would still be under way when the message was handed out again.
     let upstream = Upstream::start(Behavior::Slow(Duration::from_secs(6)))
@@ -606,7 +582,7 @@ async fn a_reload_raising_a_routes_timeout_cannot_make_a_delivery_outlive_its_le
 #[tokio::test]
 async fn bodies_past_max_buffered_are_shed_with_503_and_taken_once_there_is_room() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = TempDir::new("buffered");
+    let dir = TempDir::new("proxy-outbox-buffered");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
     let proxy = async_proxy(
         dir.path(),
@@ -673,7 +649,7 @@ async fn bodies_past_max_buffered_are_shed_with_503_and_taken_once_there_is_room
 
 #[tokio::test]
 async fn only_a_2xx_delivers_a_4xx_is_a_failed_attempt() {
-    let dir = TempDir::new("refused");
+    let dir = TempDir::new("proxy-outbox-refused");
     let upstream = Upstream::start(Behavior::Fail(StatusCode::UNPROCESSABLE_ENTITY))
         .await
         .unwrap();

@@ -22,6 +22,7 @@ mod misbehave;
 mod nats;
 mod process;
 mod proxy;
+mod temp;
 mod upstream;
 
 pub use fault::{Fault, FaultProxy};
@@ -30,5 +31,6 @@ pub use misbehave::{H2Code, Misbehaving, Refusing, Step};
 pub use nats::NatsServer;
 pub use process::{ChildUpstream, UPSTREAM_BINARY};
 pub use proxy::ProxyBuilder;
+pub use temp::TempDir;
 pub use tonic_health::ServingStatus;
 pub use upstream::{Behavior, ParseBehaviorError, SeenRequest, Upstream};
