@@ -20,8 +20,7 @@
 //! randomness through injectable sources ([`clock`], [`rng`]) so that every timing behaviour can
 //! be tested on tokio's paused clock.
 //!
-//! The [`pipeline`] module composes them in a documented order, around a call or as one tower
-//! layer.
+//! The [`pipeline`] module composes them in a documented order.
 
 pub mod adaptive;
 pub mod breaker;

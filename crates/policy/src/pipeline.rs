@@ -59,10 +59,6 @@
 //!
 //! # With tower
 //!
-//! The pipeline itself is a layer ([`Pipeline::layer`]): every stage in its order, as around a
-//! call, for requests that are `Clone`, at the cost of one allocation a request (its future is
-//! boxed). Or the policies' own layers, which allocate nothing, composed by hand:
-//!
 //! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom, but
 //! for the rate limit: the breaker's layer counts every error of the service it wraps as a
 //! failure, a refusal of a rate limit below it included, so with tower the rate limit sits just
@@ -93,10 +89,7 @@
 //! # let _ = svc;
 //! ```
 
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::future::Future;
 
 use tokio::time::Instant;
 
@@ -104,7 +97,7 @@ use crate::adaptive::AdaptiveLimit;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
-use crate::error::{BoxError, Error, Rejected};
+use crate::error::{Error, Rejected};
 use crate::fallback::{Fallback, FallbackFn};
 use crate::hedge::Hedge;
 use crate::ratelimit::RateLimiter;
@@ -406,93 +399,6 @@ impl<C> Pipeline<C> {
             limit.record(outcome, start.elapsed());
         }
         result
-    }
-}
-
-// === the tower layer ===
-
-impl<C: Clone> Pipeline<C> {
-    /// A tower layer that puts this pipeline in front of a service: each request goes through
-    /// every stage, in the pipeline's order, as [`Pipeline::call`] takes a call. A retry or a
-    /// hedge sends a copy of the request (it must be `Clone`) through a clone of the service,
-    /// made ready first. Refusals come boxed as the other layers give them
-    /// ([`is_caused_by`](crate::error::is_caused_by)), the service's own errors as they were.
-    /// Each request's future is boxed: one allocation a request, where the layers of the
-    /// policies one by one take none.
-    pub fn layer(&self) -> PipelineLayer<C> {
-        PipelineLayer {
-            pipeline: self.clone(),
-        }
-    }
-}
-
-/// Wraps services in a [`PipelineService`]; see [`Pipeline::layer`].
-#[derive(Clone, Debug)]
-pub struct PipelineLayer<C = ErrorsAreFailures> {
-    pipeline: Pipeline<C>,
-}
-
-impl<S, C: Clone> tower_layer::Layer<S> for PipelineLayer<C> {
-    type Service = PipelineService<S, C>;
-
-    fn layer(&self, inner: S) -> PipelineService<S, C> {
-        PipelineService {
-            inner,
-            pipeline: self.pipeline.clone(),
-        }
-    }
-}
-
-/// A service whose requests go through a [`Pipeline`]; see [`Pipeline::layer`].
-#[derive(Clone, Debug)]
-pub struct PipelineService<S, C = ErrorsAreFailures> {
-    inner: S,
-    pipeline: Pipeline<C>,
-}
-
-impl<S, R, C> tower_service::Service<R> for PipelineService<S, C>
-where
-    S: tower_service::Service<R> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Response: Send + 'static,
-    S::Error: Into<BoxError>,
-    R: Clone + Send + 'static,
-    C: Classify<S::Response, Error<BoxError>> + Clone + Send + Sync + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let pipeline = self.pipeline.clone();
-        // Behind a lock, so that the future stays `Send` for services and requests that are
-        // not `Sync`: each attempt takes its copies from it.
-        let source = Mutex::new((self.inner.clone(), request));
-        Box::pin(async move {
-            // Each attempt, the first included, goes through a clone of the service made ready
-            // once the pipeline's stages have let it through: none is sent before the breaker
-            // and the limits have had their say.
-            let attempt = || {
-                let (mut service, request) = {
-                    let source = source.lock().unwrap_or_else(PoisonError::into_inner);
-                    (source.0.clone(), source.1.clone())
-                };
-                async move {
-                    poll_fn(|cx| service.poll_ready(cx))
-                        .await
-                        .map_err(Into::into)?;
-                    service.call(request).await.map_err(Into::into)
-                }
-            };
-            pipeline.call(attempt).await.map_err(|err| match err {
-                Error::Inner(err) => err,
-                Error::Rejected(rejected) => rejected.into_box_error(),
-            })
-        })
     }
 }
 
@@ -804,45 +710,6 @@ mod tests {
             .build();
         assert_eq!(p.call(slow_once()).await.unwrap(), 1);
         assert_eq!(some.hedges_sent(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_pipeline_as_a_tower_layer_retries_and_refuses_as_around_a_call() {
-        use tower::{Layer, ServiceExt};
-
-        let b = breaker(3);
-        let p = Pipeline::builder()
-            .retry(retry(3))
-            .breaker(b.clone())
-            .build();
-        let calls = Arc::new(AtomicU32::new(0));
-        let counted = calls.clone();
-        let service = p
-            .layer()
-            .layer(tower::service_fn(move |request: &'static str| {
-                let n = counted.fetch_add(1, SeqCst);
-                async move {
-                    match n {
-                        0 => Err::<String, BoxError>("reset".into()),
-                        _ => Ok(format!("{request} answered")),
-                    }
-                }
-            }));
-        // Spawned: the future is `Send`.
-        let answer = tokio::spawn(service.clone().oneshot("first"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(answer, "first answered");
-        assert_eq!(calls.load(SeqCst), 2, "one failure, one retry");
-
-        b.force_open();
-        let err = service.oneshot("second").await.unwrap_err();
-        assert!(
-            is_caused_by::<crate::breaker::error::BreakerOpen>(&*err),
-            "{err}"
-        );
-        assert_eq!(calls.load(SeqCst), 2, "refused before the service");
     }
 
     #[tokio::test(start_paused = true)]
