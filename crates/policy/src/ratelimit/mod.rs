@@ -179,10 +179,12 @@ impl RateLimiter {
     /// Takes one call's worth from the bucket, waiting for it up to `max_wait` (and never past
     /// the [`Deadline`] in force) when none is there: a caller that must stay within a quota and
     /// may wait a little for it, as with resilience4j's `timeoutDuration`. Refused with
-    /// [`RateLimited`] at once, without waiting in vain, when none would come in time.
+    /// [`RateLimited`] at once when its turn would come later.
     ///
-    /// Waiters are not queued: those woken together race for the token, and the losers wait
-    /// again within what is left of their `max_wait`.
+    /// A waiter reserves its turn as it asks and sleeps once, until it: waiters are served in
+    /// the order they asked, and a call that does not wait cannot take a turn reserved before
+    /// it. A waiter dropped before its turn leaves it unused, as a reservation in resilience4j
+    /// does.
     ///
     /// ```
     /// use std::time::Duration;
@@ -199,17 +201,16 @@ impl RateLimiter {
     /// # }
     /// ```
     pub async fn acquire(&self, max_wait: Duration) -> Result<(), RateLimited> {
-        let until = Deadline::earliest(Some(Deadline::after(max_wait)), Deadline::current())
-            .expect("a deadline is given");
-        loop {
-            let limited = match self.try_acquire() {
-                Ok(()) => return Ok(()),
-                Err(limited) => limited,
-            };
-            if limited.retry_after() > until.remaining() {
-                return Err(limited);
+        let max_wait =
+            Deadline::current().map_or(max_wait, |deadline| max_wait.min(deadline.remaining()));
+        let shared = &*self.shared;
+        match shared.reserve(shared.time.precise_nanos(), saturating_nanos(max_wait)) {
+            Ok(0) => Ok(()),
+            Ok(wait) => {
+                tokio::time::sleep(Duration::from_nanos(wait)).await;
+                Ok(())
             }
-            tokio::time::sleep(limited.retry_after()).await;
+            Err(wait) => Err(RateLimited::new(Duration::from_nanos(wait))),
         }
     }
 
@@ -245,12 +246,19 @@ impl Shared {
     /// Admits a call at `now`, or says how many nanoseconds until one would be admitted.
     #[inline]
     fn admit(&self, now: u64) -> Result<(), u64> {
+        self.reserve(now, 0).map(|_| ())
+    }
+
+    /// Takes the next call's worth if it comes within `max` nanoseconds of `now`, and says in how
+    /// many it does (0: there is one now); or, refusing, in how many it would.
+    #[inline]
+    fn reserve(&self, now: u64, max: u64) -> Result<u64, u64> {
         let mut tat = self.tat.load(Relaxed);
         loop {
             let start = tat.max(now);
-            let ahead = start - now;
-            if ahead > self.tolerance {
-                return Err(ahead - self.tolerance);
+            let wait = (start - now).saturating_sub(self.tolerance);
+            if wait > max {
+                return Err(wait);
             }
             // Relaxed: the one number is all the state there is; it guards no other memory.
             match self.tat.compare_exchange_weak(
@@ -259,7 +267,7 @@ impl Shared {
                 Relaxed,
                 Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(wait),
                 Err(actual) => tat = actual,
             }
         }
@@ -424,7 +432,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiting_caller_gets_the_next_token_within_its_wait_and_no_later() {
+    async fn waiting_callers_get_their_turns_in_order_within_their_wait_and_no_later() {
         let limiter = on_tokio_time(RateLimiter::per_second(10).burst(1));
         let start = tokio::time::Instant::now();
         limiter.acquire(Duration::ZERO).await.unwrap();
@@ -436,17 +444,29 @@ mod tests {
             Duration::ZERO,
             "refused without waiting in vain"
         );
-        // A caller that may wait gets it when it comes.
-        let called = limiter
-            .call_waiting(ms(150), || async { Ok::<_, ()>("called") })
-            .await;
-        assert_eq!(called.unwrap(), "called");
-        assert_eq!(start.elapsed(), ms(100));
-        // The deadline in force bounds the wait too.
+        // Two waiters take the next two turns, in the order they asked.
+        let waiter = |max| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                limiter
+                    .call_waiting(max, || async { Ok::<_, ()>(start.elapsed()) })
+                    .await
+                    .unwrap()
+            })
+        };
+        let (first, second) = (waiter(ms(250)), waiter(ms(250)));
+        tokio::task::yield_now().await;
+        // A caller that does not wait finds the turns taken.
+        assert!(limiter.try_acquire().is_err());
+        assert_eq!(first.await.unwrap(), ms(100));
+        assert_eq!(second.await.unwrap(), ms(200));
+        // The deadline in force bounds the wait too, and its refusal comes at once.
+        let before = tokio::time::Instant::now();
         let capped = Deadline::after(ms(20))
-            .scope(limiter.acquire(Duration::from_secs(1)))
+            .scope(limiter.acquire(Duration::MAX))
             .await;
         assert!(capped.is_err());
+        assert_eq!(before.elapsed(), Duration::ZERO);
     }
 
     #[test]
