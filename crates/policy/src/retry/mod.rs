@@ -87,8 +87,8 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -139,6 +139,8 @@ struct Shared {
     handles: AtomicUsize,
     /// Where the response futures of [`RetryService`] that do not hold this policy find it.
     key: Key,
+    /// Told of each retry decided and each refused; see [`Retry::subscribe`].
+    listeners: RwLock<Vec<Listener>>,
 }
 
 /// What a [`Retry`] holds of its policy: a reference counted once more in the policy's
@@ -152,18 +154,17 @@ struct Config {
     backoff: ExponentialBackoff,
     budget: Option<Budget>,
     max_retry_after: Duration,
-    /// Told of each retry made and each refused; see [`Retry::on_event`].
-    listeners: Vec<Listener>,
 }
 
-/// What [`Retry::on_event`] is given.
+/// What [`Retry::subscribe`] is given.
 type Listener = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
 
-/// A retry a call wanted, told to the listeners of [`Retry::on_event`] as it is decided.
+/// A retry a call wanted, told to the subscribers of [`Retry::subscribe`] as it is decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RetryEvent {
-    /// The call's `retry`th retry (1 for the second attempt) is made after `wait`.
+    /// The call's `retry`th retry (1 for the second attempt) is to be made after `wait` (told
+    /// before the sleep: a call dropped meanwhile does not make it).
     Retrying {
         /// Which retry of the call: 1 for the first.
         retry: u32,
@@ -219,10 +220,9 @@ impl Retry {
             backoff,
             budget: Some(Budget::default()),
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            listeners: Vec::new(),
         };
         Ok(Retry {
-            shared: Handle::register(config, 0, 0),
+            shared: Handle::register(config, 0, 0, Vec::new()),
             classify: RetryOnError,
         })
     }
@@ -258,10 +258,12 @@ impl<C> Retry<C> {
         self
     }
 
-    /// Tells `listener` of each retry this policy makes and each its budget refuses, as it is
-    /// decided (resilience4j's `onRetry`, Polly's `OnRetry`): to log or count them with what
-    /// the service already uses. It runs on the calling task, before the sleep; keep it quick.
-    /// A policy of its own, as [`with_budget`](Self::with_budget) makes: set it before cloning.
+    /// Tells `listener` of each retry this policy decides to make and each its budget refuses
+    /// (resilience4j's `onRetry`, Polly's `OnRetry`), through every clone, layer and service of
+    /// the policy, as [`CircuitBreaker::subscribe`](crate::breaker::CircuitBreaker::subscribe)
+    /// does for transitions: to log or count them with what the service already uses. It runs
+    /// on the calling task, before the sleep; keep it quick. A policy made anew from this one
+    /// ([`with_budget`](Self::with_budget), ...) keeps its subscribers.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -274,18 +276,20 @@ impl<C> Retry<C> {
     /// let log = seen.clone();
     /// let backoff = ExponentialBackoff::try_new(Duration::from_millis(10), Duration::from_secs(1))
     ///     .unwrap();
-    /// let retry = Retry::try_new(3, backoff)
-    ///     .unwrap()
-    ///     .on_event(move |event| log.lock().unwrap().push(*event));
+    /// let retry = Retry::try_new(3, backoff).unwrap();
+    /// retry.subscribe(move |event| log.lock().unwrap().push(*event));
     /// let _ = retry.call(|| async { Err::<(), _>("reset") }).await;
     /// let seen = seen.lock().unwrap();
     /// assert_eq!(seen.len(), 2);
     /// assert!(matches!(seen[1], RetryEvent::Retrying { retry: 2, .. }));
     /// # }
     /// ```
-    pub fn on_event(mut self, listener: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Retry<C> {
-        self.reconfigure(|config| config.listeners.push(Arc::new(listener)));
-        self
+    pub fn subscribe(&self, listener: impl Fn(&RetryEvent) + Send + Sync + 'static) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(listener));
     }
 
     // A policy of its own, set as `change` says, that starts from this one's counts.
@@ -293,10 +297,16 @@ impl<C> Retry<C> {
         let shared = &self.shared;
         let mut config = shared.config.clone();
         change(&mut config);
+        let listeners = shared
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         self.shared = Handle::register(
             config,
             shared.retries.load(Relaxed),
             shared.budget_exhausted.load(Relaxed),
+            listeners,
         );
     }
 
@@ -571,13 +581,19 @@ impl<C> Found<C> {
 impl Handle {
     /// The first handle of a new policy set to `config`, its counters starting at `retries` and
     /// `budget_exhausted`.
-    fn register(config: Config, retries: u64, budget_exhausted: u64) -> Handle {
+    fn register(
+        config: Config,
+        retries: u64,
+        budget_exhausted: u64,
+        listeners: Vec<Listener>,
+    ) -> Handle {
         Handle(Arc::new_cyclic(|weak| Shared {
             config,
             retries: AtomicU64::new(retries),
             budget_exhausted: AtomicU64::new(budget_exhausted),
             handles: AtomicUsize::new(1),
             key: POLICIES.insert(weak.clone()),
+            listeners: RwLock::new(listeners),
         }))
     }
 
@@ -668,7 +684,13 @@ impl Shared {
     }
 
     fn tell(&self, event: &RetryEvent) {
-        for listener in &self.config.listeners {
+        // Called outside the lock, so that a listener may subscribe another.
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for listener in &listeners {
             listener(event);
         }
     }

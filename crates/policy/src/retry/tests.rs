@@ -823,10 +823,14 @@ async fn listeners_are_told_of_each_retry_and_each_refusal() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let events = |policy: Retry| {
         let log = seen.clone();
-        policy.on_event(move |event| log.lock().unwrap().push(*event))
+        policy.subscribe(move |event| log.lock().unwrap().push(*event));
+        policy
     };
-    let retrying = events(retry(3));
-    let _ = retrying.call(|| async { Err::<(), _>("reset") }).await;
+    // A clone made before the subscription hears it too: they are one policy.
+    let retrying = retry(3);
+    let clone = retrying.clone();
+    let _subscribed = events(retrying);
+    let _ = clone.call(|| async { Err::<(), _>("reset") }).await;
     let refused = events(retry(3).with_budget(empty_budget()));
     let _ = refused.call(|| async { Err::<(), _>("reset") }).await;
     assert_eq!(
