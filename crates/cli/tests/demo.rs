@@ -2,28 +2,12 @@
 //! numbers add up and keep the demo's promise, and Ctrl-C stops every process the demo started.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rampart_test_support::TempDir;
 use serde_json::Value;
-
-/// A directory of the test's own under the temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("rampart-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn number(record: &Value, key: &str) -> f64 {
     record[key]
@@ -56,7 +40,7 @@ fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
             "async",
             "--out",
         ])
-        .arg(&out.0)
+        .arg(out.path())
         .output()
         .expect("the rampart binary runs");
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -68,7 +52,7 @@ fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
         "{table}"
     );
 
-    let results: Value = serde_json::from_str(&read(&out.0, "results.json")).unwrap();
+    let results: Value = serde_json::from_str(&read(out.path(), "results.json")).unwrap();
     let scenarios = results["scenarios"]
         .as_object()
         .expect("a `scenarios` object");
@@ -137,19 +121,19 @@ fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
     assert_eq!(count(naive, "lost"), 0, "{orders}");
     assert!(stderr.contains("protected lost 0 of"), "{stderr}");
 
-    let timeline: Value = serde_json::from_str(&read(&out.0, "timeline.json")).unwrap();
+    let timeline: Value = serde_json::from_str(&read(out.path(), "timeline.json")).unwrap();
     let window = &timeline["scenarios"]["crash"]["protected"]["fault_window_s"];
     let (start, end) = (window[0].as_f64(), window[1].as_f64());
     assert!(start.is_some() && start < end, "{window}");
 
-    let index = read(&out.0, "index.html");
+    let index = read(out.path(), "index.html");
     for name in ["async", "crash", "flaky"] {
         for chart in [format!("{name}-success.svg"), format!("{name}-latency.svg")] {
             assert!(
                 index.contains(&format!("src=\"{chart}\"")),
                 "index.html does not show {chart}"
             );
-            let svg = read(&out.0, &chart);
+            let svg = read(out.path(), &chart);
             assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{chart}");
         }
     }
@@ -164,7 +148,7 @@ fn a_closed_stdout_loses_the_table_and_nothing_else() {
     let out = TempDir::new("demo-closed-stdout");
     let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["demo", "--quick", "--scenario", "crash", "--out"])
-        .arg(&out.0)
+        .arg(out.path())
         .stdout(writer)
         .output()
         .expect("the rampart binary runs");
@@ -172,7 +156,7 @@ fn a_closed_stdout_loses_the_table_and_nothing_else() {
     assert_eq!(run.status.code(), Some(0), "{stderr}");
     // What comes after the table still comes.
     assert!(stderr.contains("report: "), "{stderr}");
-    assert!(out.0.join("results.json").exists());
+    assert!(out.path().join("results.json").exists());
 }
 
 #[test]
@@ -241,7 +225,7 @@ fn ctrl_c_stops_every_process_the_demo_started() {
     let out = TempDir::new("demo-interrupted");
     let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["demo", "--quick", "--scenario", "crash", "--out"])
-        .arg(&out.0)
+        .arg(out.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -287,7 +271,7 @@ fn ctrl_c_stops_every_process_the_demo_started() {
     );
     assert!(!configs.exists(), "{} is left behind", configs.display());
     assert!(
-        !out.0.join("results.json").exists(),
+        !out.path().join("results.json").exists(),
         "an interrupted demo writes no report"
     );
 }
@@ -305,7 +289,7 @@ fn a_sigkilled_demo_leaves_no_process_behind() {
     let out = TempDir::new("demo-killed");
     let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["demo", "--quick", "--scenario", "crash", "--out"])
-        .arg(&out.0)
+        .arg(out.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
