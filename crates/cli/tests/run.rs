@@ -178,13 +178,16 @@ async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn until_stdin_closes_drains_and_exits_0_when_its_parent_lets_go() {
-    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
-    let config = TempConfig::new("stdin", &config(upstream.addr()));
+/// `rampart run --until-stdin-closes` on `config`, its stdin held open, and its stderr's lines.
+fn until_stdin_closes(
+    config: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["run", "--until-stdin-closes", "-c"])
-        .arg(&config.0)
+        .arg(config)
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -192,7 +195,14 @@ async fn until_stdin_closes_drains_and_exits_0_when_its_parent_lets_go() {
         .spawn()
         .unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut lines = std::io::BufRead::lines(stderr);
+    (child, std::io::BufRead::lines(stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_stdin_closes_drains_and_exits_0_when_its_parent_lets_go() {
+    let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
+    let config = TempConfig::new("stdin", &config(upstream.addr()));
+    let (mut child, mut lines) = until_stdin_closes(&config.0);
     let listening = lines
         .by_ref()
         .map_while(Result::ok)
@@ -273,17 +283,7 @@ async fn a_drained_process_exits_whatever_its_blocking_threads_wait_for() {
     // for a name lookup that the resolver never answered).
     let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
     let config = TempConfig::new("stdin-held", &config(upstream.addr()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["run", "--until-stdin-closes", "-c"])
-        .arg(&config.0)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut lines = std::io::BufRead::lines(stderr);
+    let (mut child, mut lines) = until_stdin_closes(&config.0);
     lines
         .by_ref()
         .map_while(Result::ok)

@@ -939,21 +939,24 @@ mod tests {
     /// body that never ends and anything else with `hello`, and counting the connections it
     /// accepts.
     async fn two_stream_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-        counting(|stream| async move {
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let body = if request.uri().path() == "/hold" {
-                    Endless.boxed_unsync()
-                } else {
-                    Full::new(Bytes::from_static(b"hello")).boxed_unsync()
-                };
-                Ok::<_, Infallible>(Response::new(body))
-            });
-            let _ = server2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(2)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        })
-        .await
+        counting(serve_two_streams).await
+    }
+
+    /// Serves `stream` as h2c allowing two streams at once, answering `/hold` with a body that
+    /// never ends and anything else with `hello`.
+    async fn serve_two_streams(stream: TcpStream) {
+        let service = service_fn(|request: Request<Incoming>| async move {
+            let body = if request.uri().path() == "/hold" {
+                Endless.boxed_unsync()
+            } else {
+                Full::new(Bytes::from_static(b"hello")).boxed_unsync()
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        });
+        let _ = server2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(2)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
     }
 
     #[tokio::test]
@@ -993,18 +996,7 @@ mod tests {
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             drop(listener);
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let body = if request.uri().path() == "/hold" {
-                    Endless.boxed_unsync()
-                } else {
-                    Full::new(Bytes::from_static(b"hello")).boxed_unsync()
-                };
-                Ok::<_, Infallible>(Response::new(body))
-            });
-            let _ = server2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(2)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_two_streams(stream).await;
         });
         let connections = Arc::new(connections_of(addr, Some(2)));
         let first = send_to(&connections, "/hold").await.unwrap();
