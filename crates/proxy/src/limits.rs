@@ -280,10 +280,7 @@ impl Slot<'_> {
             Held::Fixed(permit) => drop(permit),
             Held::Adaptive { permit, taken } => {
                 permit.record(outcome, taken.elapsed());
-                if let Concurrency::Adaptive(limit) = &counted.0.concurrency {
-                    let limit = i64::try_from(limit.limit()).unwrap_or(i64::MAX);
-                    counted.0.metrics.concurrency_limit.set(limit);
-                }
+                counted.0.publish();
             }
         }
     }
