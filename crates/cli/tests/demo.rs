@@ -1,5 +1,6 @@
 //! `rampart demo` on the real binary: a quick run of three scenarios writes a report whose
-//! numbers add up and keep the demo's promise, and Ctrl-C stops every process the demo started.
+//! numbers add up and keep the demo's promise, over gRPC as over HTTP, and Ctrl-C stops every
+//! process the demo started.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -23,6 +24,44 @@ fn count(record: &Value, key: &str) -> u64 {
 
 fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+/// A scenario's two runs add up, had the same schedule, and the protected one kept the demo's
+/// promise of at least 99.5 % success.
+fn keeps_the_promise(name: &str, runs: &Value, stderr: &str) {
+    let mut requests = Vec::new();
+    for wiring in ["naive", "protected"] {
+        let record = &runs[wiring];
+        let what = format!("{name} {wiring}: {record}");
+        let n = count(record, "requests");
+        assert!(n > 0, "{what}");
+        assert_eq!(
+            count(record, "ok") + count(record, "failed") + count(record, "fallback"),
+            n,
+            "{what}"
+        );
+        let success = (count(record, "ok") + count(record, "fallback")) as f64 / n as f64;
+        assert!(
+            (number(record, "success_rate") - success).abs() < 1e-3,
+            "{what}"
+        );
+        let (p50, p99, max) = (
+            number(record, "p50_ms"),
+            number(record, "p99_ms"),
+            number(record, "max_ms"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{what}");
+        count(record, "breaker_transitions");
+        requests.push(n);
+    }
+    // The same open-loop schedule for both wirings, whatever the answers.
+    assert_eq!(requests[0], requests[1], "{name}");
+    let protected = &runs["protected"];
+    assert!(
+        number(protected, "success_rate") >= 0.995,
+        "{name} protected: {protected}\n{stderr}"
+    );
+    assert_eq!(count(&runs["naive"], "breaker_transitions"), 0, "{name}");
 }
 
 #[test]
@@ -60,39 +99,7 @@ fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
     names.sort_unstable();
     assert_eq!(names, ["async", "crash", "flaky"]);
     for (name, runs) in scenarios {
-        let mut requests = Vec::new();
-        for wiring in ["naive", "protected"] {
-            let record = &runs[wiring];
-            let what = format!("{name} {wiring}: {record}");
-            let n = count(record, "requests");
-            assert!(n > 0, "{what}");
-            assert_eq!(
-                count(record, "ok") + count(record, "failed") + count(record, "fallback"),
-                n,
-                "{what}"
-            );
-            let success = (count(record, "ok") + count(record, "fallback")) as f64 / n as f64;
-            assert!(
-                (number(record, "success_rate") - success).abs() < 1e-3,
-                "{what}"
-            );
-            let (p50, p99, max) = (
-                number(record, "p50_ms"),
-                number(record, "p99_ms"),
-                number(record, "max_ms"),
-            );
-            assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{what}");
-            count(record, "breaker_transitions");
-            requests.push(n);
-        }
-        // The same open-loop schedule for both wirings, whatever the answers.
-        assert_eq!(requests[0], requests[1], "{name}");
-        let protected = &runs["protected"];
-        assert!(
-            number(protected, "success_rate") >= 0.995,
-            "{name} protected: {protected}\n{stderr}"
-        );
-        assert_eq!(count(&runs["naive"], "breaker_transitions"), 0, "{name}");
+        keeps_the_promise(name, runs, &stderr);
     }
     // Naive fails while C is down; protected answers, and a breaker opened to do it.
     let crash = &results["scenarios"]["crash"];
@@ -138,6 +145,33 @@ fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
         }
     }
     assert!(index.contains("href=\"results.json\""));
+}
+
+#[test]
+fn over_grpc_a_flaky_service_is_stood_in_for_as_over_http() {
+    // C's failures come back as a failing `grpc-status` in an HTTP 200; once B's retries are
+    // out of budget, A's fallback must still answer for them as it does for a 5xx.
+    let out = TempDir::new("demo-grpc");
+    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "demo",
+            "--quick",
+            "--protocol",
+            "grpc",
+            "--scenario",
+            "flaky",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "exit {:?}\n{stderr}", run.status);
+    let results: Value = serde_json::from_str(&read(out.path(), "results.json")).unwrap();
+    let flaky = &results["scenarios"]["flaky"];
+    keeps_the_promise("flaky", flaky, &stderr);
+    let naive = &flaky["naive"];
+    assert!(number(naive, "success_rate") < 0.9, "{flaky}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Fallback (`[routes.fallback]`): a canned answer instead of a failure.
 //!
 //! It wraps the route's stack from outside (the fallback is outermost so that it can answer
-//! whatever went wrong below; see docs/architecture.md): when the stack gives up with one of the configured reasons, or the
-//! upstream answers a 5xx and `on` names `5xx`, the client gets the configured status, headers and
+//! whatever went wrong below; see docs/architecture.md): when the stack gives up with one of the
+//! configured reasons, or the upstream answers a 5xx (for gRPC, also a failing `grpc-status` in
+//! its head) and `on` names `5xx`, the client gets the configured status, headers and
 //! body instead, marked `x-rampart-fallback: <reason>` so it can tell a degraded answer from a
 //! real one. The body (inline, or `body_file` read once when the proxy starts) is shared, so an
 //! answer costs no copy of it.
@@ -40,7 +41,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::{Fallback as FallbackConfig, FallbackBody};
 use rampart_http::Reason;
-use rampart_http::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc};
+use rampart_http::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, grpc_status, is_grpc};
 use rampart_http::rescue::{X_RAMPART_FALLBACK, mark_fallback};
 use tokio::time::Instant;
 
@@ -173,15 +174,27 @@ impl Fallback {
         Some(self.with_trailers(response))
     }
 
-    /// The fallback answer for an upstream's own answer with `status`, if it is a 5xx, `on`
-    /// names `5xx` and the fallback is of the request's kind.
+    /// The fallback answer for an upstream's own answer head (`status` and `headers`), if it
+    /// failed, `on` names `5xx` and the fallback is of the request's kind.
+    ///
+    /// An answer failed when its status is a 5xx, or, for a gRPC call, when its head carries a
+    /// `grpc-status` that counts against the upstream ([`GrpcCode::is_failure`]): a trailers-only
+    /// answer, the form a gRPC server gives a call it fails before any message, and the gRPC
+    /// form of a 5xx. A failing status that comes in the trailers, after messages have been
+    /// sent on to the client, cannot be replaced any more.
     pub(crate) fn for_status(
         &self,
         status: StatusCode,
+        headers: &HeaderMap,
         key: Option<&str>,
         grpc: bool,
     ) -> Option<Response<ResponseBody>> {
-        if !(self.on_5xx && status.is_server_error()) || grpc != self.grpc_trailers.is_some() {
+        if !self.on_5xx || grpc != self.grpc_trailers.is_some() {
+            return None;
+        }
+        let failed = status.is_server_error()
+            || (grpc && grpc_status(headers).is_some_and(GrpcCode::is_failure));
+        if !failed {
             return None;
         }
         let mut response = self.answer(key);
@@ -466,7 +479,12 @@ mod tests {
         // Without "5xx" in `on`, an upstream's 503 stays the upstream's.
         assert!(
             fallback
-                .for_status(StatusCode::SERVICE_UNAVAILABLE, None, false)
+                .for_status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &HeaderMap::new(),
+                    None,
+                    false
+                )
                 .is_none()
         );
     }
@@ -475,15 +493,19 @@ mod tests {
     fn five_xx_covers_server_errors_only() {
         let fallback = fallback(&["5xx"]);
         let response = fallback
-            .for_status(StatusCode::BAD_GATEWAY, None, false)
+            .for_status(StatusCode::BAD_GATEWAY, &HeaderMap::new(), None, false)
             .unwrap();
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "5xx");
         assert!(
             fallback
-                .for_status(StatusCode::NOT_FOUND, None, false)
+                .for_status(StatusCode::NOT_FOUND, &HeaderMap::new(), None, false)
                 .is_none()
         );
-        assert!(fallback.for_status(StatusCode::OK, None, false).is_none());
+        assert!(
+            fallback
+                .for_status(StatusCode::OK, &HeaderMap::new(), None, false)
+                .is_none()
+        );
         assert!(
             fallback
                 .for_reason(Reason::BreakerOpen, None, false)
@@ -622,6 +644,43 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_grpc_status_in_the_head_is_the_grpc_form_of_5xx() {
+        let mut config = grpc_config(&[("content-type", "application/grpc")]);
+        config.on = vec!["5xx".into()];
+        let grpc = Fallback::new(&config, "routes[0].fallback").unwrap();
+        let head = |code: GrpcCode| {
+            let mut headers = HeaderMap::new();
+            headers.insert(GRPC_STATUS, code.header_value());
+            headers
+        };
+        // A trailers-only UNAVAILABLE (HTTP 200) gives way to the fallback.
+        let response = grpc
+            .for_status(StatusCode::OK, &head(GrpcCode::Unavailable), None, true)
+            .unwrap();
+        assert_eq!(response.headers()[X_RAMPART_FALLBACK], "5xx");
+        assert_eq!(whole(response).1.unwrap()[GRPC_STATUS], "0");
+        // An answer about the request (NOT_FOUND), a success, or a 200 whose status is still to
+        // come in the trailers stays the upstream's.
+        for headers in [
+            head(GrpcCode::NotFound),
+            head(GrpcCode::Ok),
+            HeaderMap::new(),
+        ] {
+            assert!(
+                grpc.for_status(StatusCode::OK, &headers, None, true)
+                    .is_none()
+            );
+        }
+        // A plain request's answer is read by its HTTP status only.
+        let plain = fallback(&["5xx"]);
+        assert!(
+            plain
+                .for_status(StatusCode::OK, &head(GrpcCode::Unavailable), None, false)
+                .is_none()
+        );
+    }
+
+    #[test]
     fn a_plain_fallback_never_answers_a_grpc_request() {
         let fallback = fallback(&["upstream-connect", "5xx"]);
         assert!(
@@ -631,7 +690,7 @@ mod tests {
         );
         assert!(
             fallback
-                .for_status(StatusCode::BAD_GATEWAY, None, true)
+                .for_status(StatusCode::BAD_GATEWAY, &HeaderMap::new(), None, true)
                 .is_none()
         );
     }

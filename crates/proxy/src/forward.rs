@@ -367,7 +367,12 @@ async fn exchange(
                 return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
             }
             if let Some(fallback) = stack.fallback().and_then(|fallback| {
-                fallback.for_status(response.status(), stale_key.as_deref(), grpc)
+                fallback.for_status(
+                    response.status(),
+                    response.headers(),
+                    stale_key.as_deref(),
+                    grpc,
+                )
             }) {
                 // The upstream's own failing answer gives way; its connection is let go.
                 return fallback;
