@@ -211,16 +211,16 @@ impl ProductPage {
     fn new() -> Result<ProductPage, Box<dyn std::error::Error>> {
         // Jitter is off so that every run prints the same. A real service keeps it on (the
         // default), so that its instances do not retry and probe in lockstep.
-        let backoff = ExponentialBackoff::try_new(ms(10), ms(40))?.with_jitter(Jitter::None);
+        let backoff = ExponentialBackoff::new(ms(10), ms(40))?.with_jitter(Jitter::None);
         Ok(ProductPage {
             services: Services::default(),
             // The catalog answers in 10 ms; a try that takes 50 is not coming back.
             catalog_try: Timeout::new(ms(50)),
             // No page without the item: up to 3 tries, 10 then 20 ms apart, stopping when the
             // page is out of time; retries add at most 20% to the catalog's load (plus 10 a second).
-            catalog_retry: Retry::try_new(3, backoff)?
-                .with_budget(Budget::try_new(Duration::from_secs(10), 0.2, 10)?)
-                .with_classifier(UnlessOutOfTime),
+            catalog_retry: Retry::new(3, backoff)?
+                .with_budget(Budget::new(Duration::from_secs(10), 0.2, 10)?)
+                .with_classify(UnlessOutOfTime),
             catalog_cache: Mutex::default(),
             // Reviews are a nice-to-have: never worth more than 80 ms of the page's time.
             reviews_timeout: Timeout::new(ms(80)),
@@ -237,7 +237,7 @@ impl ProductPage {
             recommendations_timeout: Timeout::new(ms(100)),
             // At most 3 pricing calls at once; one that finds no place free is refused at once,
             // since waiting would spend the page's time.
-            pricing_bulkhead: Bulkhead::builder(3).try_build()?,
+            pricing_bulkhead: Bulkhead::builder(3).build()?,
             // Inside the bulkhead, so that a hung call gives its place back.
             pricing_timeout: Timeout::new(ms(120)),
         })

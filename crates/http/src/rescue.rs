@@ -541,11 +541,11 @@ mod tests {
         breaker.force_open();
         let breaker_open = breaker.try_acquire().err().unwrap();
 
-        let bulkhead = Bulkhead::builder(1).max_wait_queue(0).try_build().unwrap();
+        let bulkhead = Bulkhead::builder(1).max_wait_queue(0).build().unwrap();
         let _held = bulkhead.try_acquire().unwrap();
         let bulkhead_full = bulkhead.try_acquire().err().unwrap();
 
-        let limiter = RateLimiter::per_second(1).burst(1).try_build().unwrap();
+        let limiter = RateLimiter::per_second(1).burst(1).build().unwrap();
         let _ = limiter.try_acquire();
         let rate_limited = limiter.try_acquire().unwrap_err();
 

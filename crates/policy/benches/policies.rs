@@ -340,8 +340,7 @@ fn retry_success(c: &mut Criterion) {
 /// only handle has each call hold the policy, which costs a reference count per call:
 /// `rampart-sole-handle` measures that case.
 fn rampart_retry_success(group: &mut BenchmarkGroup<'_, WallTime>) {
-    let retry =
-        || Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap();
+    let retry = || Retry::new(3, ExponentialBackoff::new(ms(10), ms(1000)).unwrap()).unwrap();
     let policy = retry();
     assert!(policy.budget().is_some(), "measured with the budget on");
     let mut layered = RetryLayer::new(policy.clone()).layer(ok_service());
@@ -367,7 +366,7 @@ fn rampart_retry_success(group: &mut BenchmarkGroup<'_, WallTime>) {
 fn retry_contended(c: &mut Criterion) {
     let mut group = c.benchmark_group("retry_contended");
 
-    let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap();
+    let retry = Retry::new(3, ExponentialBackoff::new(ms(10), ms(1000)).unwrap()).unwrap();
     let layered = RetryLayer::new(retry).layer(ok_service());
     group.bench_function("rampart", |b| {
         b.iter_custom(|iters| contended_clones(iters, &layered, |svc| drop(ready_call(svc))))
@@ -404,7 +403,7 @@ fn ratelimit_allow(c: &mut Criterion) {
     let mut group = c.benchmark_group("ratelimit_allow");
 
     // A quota no bench loop can exhaust, as for governor below.
-    let rampart = RateLimiter::per_second(u32::MAX).try_build().unwrap();
+    let rampart = RateLimiter::per_second(u32::MAX).build().unwrap();
     assert!(rampart.try_acquire().is_ok());
     group.bench_function("rampart", |b| b.iter(|| black_box(&rampart).try_acquire()));
 
@@ -426,7 +425,7 @@ fn bulkhead(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("bulkhead");
 
-    let rampart = Bulkhead::builder(BULKHEAD_PERMITS).try_build().unwrap();
+    let rampart = Bulkhead::builder(BULKHEAD_PERMITS).build().unwrap();
     let mut layered = RampartBulkheadLayer::new(rampart.clone()).layer(ok_service());
     group.bench_function("rampart", |b| b.iter(|| ready_call(&mut layered)));
     group.bench_function("rampart-direct", |b| {
@@ -456,9 +455,9 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     let pipeline = Pipeline::builder()
         .timeout(ms(1000))
-        .retry(Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap())
-        .rate_limit(RateLimiter::per_second(u32::MAX).try_build().unwrap())
-        .bulkhead(Bulkhead::builder(BULKHEAD_PERMITS).try_build().unwrap())
+        .retry(Retry::new(3, ExponentialBackoff::new(ms(10), ms(1000)).unwrap()).unwrap())
+        .rate_limit(RateLimiter::per_second(u32::MAX).build().unwrap())
+        .bulkhead(Bulkhead::builder(BULKHEAD_PERMITS).build().unwrap())
         .breaker(CircuitBreaker::new())
         .attempt_timeout(ms(250))
         .build();

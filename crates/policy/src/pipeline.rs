@@ -37,9 +37,9 @@
 //! let ms = Duration::from_millis;
 //! let pipeline = Pipeline::builder()
 //!     .timeout(ms(800))
-//!     .retry(Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(200)).unwrap()).unwrap())
-//!     .rate_limit(RateLimiter::per_second(500).try_build().unwrap())
-//!     .bulkhead(Bulkhead::builder(64).try_build().unwrap())
+//!     .retry(Retry::new(3, ExponentialBackoff::new(ms(10), ms(200)).unwrap()).unwrap())
+//!     .rate_limit(RateLimiter::per_second(500).build().unwrap())
+//!     .bulkhead(Bulkhead::builder(64).build().unwrap())
 //!     .breaker(CircuitBreaker::new())
 //!     .attempt_timeout(ms(250))
 //!     .build();
@@ -72,11 +72,11 @@
 //! #     retry::{ExponentialBackoff, Retry, RetryTransient}, classify::ErrorsAreFailures,
 //! #     timeout::Timeout};
 //! # let ms = Duration::from_millis;
-//! let retry = Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(200)).unwrap())
+//! let retry = Retry::new(3, ExponentialBackoff::new(ms(10), ms(200)).unwrap())
 //!     .unwrap()
-//!     .with_classifier(RetryTransient(ErrorsAreFailures)); // failures and timeouts, no refusals
-//! # let limiter = RateLimiter::per_second(500).try_build().unwrap();
-//! # let bulkhead = Bulkhead::builder(64).try_build().unwrap();
+//!     .with_classify(RetryTransient(ErrorsAreFailures)); // failures and timeouts, no refusals
+//! # let limiter = RateLimiter::per_second(500).build().unwrap();
+//! # let bulkhead = Bulkhead::builder(64).build().unwrap();
 //! # let breaker = CircuitBreaker::new();
 //! let svc = tower::ServiceBuilder::new()
 //!     .layer(Timeout::new(ms(800)).layer())   // all attempts together
@@ -162,7 +162,7 @@ impl<C> PipelineBuilder<C> {
     /// Retries failed attempts. The retry's own classifier gives way to the pipeline's (see
     /// [`RetryTransient`]); its attempts, backoff and budget are kept.
     pub fn retry<R>(mut self, retry: Retry<R>) -> Self {
-        self.retry = Some(retry.with_classifier(()));
+        self.retry = Some(retry.with_classify(()));
         self
     }
 
@@ -211,7 +211,7 @@ impl<C> PipelineBuilder<C> {
         Pipeline {
             retry: self
                 .retry
-                .map(|retry| retry.with_classifier(RetryTransient(self.classify.clone()))),
+                .map(|retry| retry.with_classify(RetryTransient(self.classify.clone()))),
             stages: self.stages,
             classify: self.classify,
         }
@@ -422,9 +422,9 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn retry(attempts: u32) -> Retry {
-        Retry::try_new(
+        Retry::new(
             attempts,
-            ExponentialBackoff::try_new(10 * MS, 100 * MS)
+            ExponentialBackoff::new(10 * MS, 100 * MS)
                 .unwrap()
                 .with_rng(Rng::fixed(0.5)),
         )
@@ -552,7 +552,7 @@ mod tests {
     async fn a_slow_attempt_is_hedged_and_the_hedge_spends_a_token() {
         let limiter = RateLimiter::per_second(2)
             .clock(Arc::new(TokioClock))
-            .try_build()
+            .build()
             .unwrap();
         let hedge = Hedge::new(crate::hedge::HedgeDelay::Fixed(20 * MS)).unwrap();
         let p = Pipeline::builder()
@@ -664,12 +664,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_that_would_outlast_the_total_timeout_gives_back_the_last_error_at_once() {
-        let backoff = ExponentialBackoff::try_new(300 * MS, Duration::from_secs(1))
+        let backoff = ExponentialBackoff::new(300 * MS, Duration::from_secs(1))
             .unwrap()
             .with_rng(Rng::fixed(1.0));
         let p = Pipeline::builder()
             .timeout(200 * MS)
-            .retry(Retry::try_new(3, backoff).unwrap())
+            .retry(Retry::new(3, backoff).unwrap())
             .build();
         let (calls, f) = flaky(10);
         let start = Instant::now();
@@ -695,7 +695,7 @@ mod tests {
             }
         };
         // A budget with nothing in it: the slow attempt is not hedged.
-        let broke = Budget::try_new(Duration::from_secs(10), 0.0, 0).unwrap();
+        let broke = Budget::new(Duration::from_secs(10), 0.0, 0).unwrap();
         let (none, some) = (hedge(), hedge());
         let p = Pipeline::builder()
             .retry(retry(2).with_budget(broke))
@@ -735,7 +735,7 @@ mod tests {
         let b = breaker(1);
         let limiter = RateLimiter::per_second(1)
             .clock(Arc::new(TokioClock))
-            .try_build()
+            .build()
             .unwrap();
         let p = Pipeline::builder()
             .rate_limit(limiter)
@@ -759,7 +759,7 @@ mod tests {
         b.force_open();
         let limiter = RateLimiter::per_second(1)
             .clock(Arc::new(TokioClock))
-            .try_build()
+            .build()
             .unwrap();
         let p = Pipeline::builder()
             .rate_limit(limiter.clone())
@@ -777,7 +777,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_bulkhead_refuses_and_frees_its_place_after_each_attempt() {
-        let bulkhead = Bulkhead::builder(1).try_build().unwrap();
+        let bulkhead = Bulkhead::builder(1).build().unwrap();
         let p = Pipeline::builder().bulkhead(bulkhead.clone()).build();
         let slow = p.call(|| async {
             sleep(100 * MS).await;

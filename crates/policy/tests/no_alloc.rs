@@ -61,7 +61,7 @@ fn ms(n: u64) -> Duration {
 }
 
 fn retry() -> Retry {
-    Retry::try_new(3, ExponentialBackoff::try_new(ms(10), ms(1000)).unwrap()).unwrap()
+    Retry::new(3, ExponentialBackoff::new(ms(10), ms(1000)).unwrap()).unwrap()
 }
 
 /// A tower service answering at once, and one ready-and-call on it.
@@ -108,12 +108,12 @@ fn direct_calls_allocate_nothing() {
         complete(deadline.scope(timeout.call(ok))).unwrap();
     });
 
-    let bulkhead = Bulkhead::builder(8).try_build().unwrap();
+    let bulkhead = Bulkhead::builder(8).build().unwrap();
     assert_no_alloc("bulkhead", || {
         complete(bulkhead.call(ok)).unwrap();
     });
 
-    let limiter = RateLimiter::per_second(u32::MAX).try_build().unwrap();
+    let limiter = RateLimiter::per_second(u32::MAX).build().unwrap();
     assert_no_alloc("rate limit", || {
         complete(limiter.call(ok)).unwrap();
     });
@@ -138,8 +138,8 @@ fn direct_calls_allocate_nothing() {
     let pipeline = Pipeline::builder()
         .timeout(ms(1000))
         .retry(retry.clone())
-        .rate_limit(RateLimiter::per_second(u32::MAX).try_build().unwrap())
-        .bulkhead(Bulkhead::builder(8).try_build().unwrap())
+        .rate_limit(RateLimiter::per_second(u32::MAX).build().unwrap())
+        .bulkhead(Bulkhead::builder(8).build().unwrap())
         .breaker(CircuitBreaker::new())
         .attempt_timeout(ms(250))
         .build();
@@ -163,12 +163,12 @@ fn tower_layers_allocate_nothing() {
         ready_call(&mut timeout).unwrap();
     });
     let mut bulkhead =
-        BulkheadLayer::new(Bulkhead::builder(8).try_build().unwrap()).layer(ok_service());
+        BulkheadLayer::new(Bulkhead::builder(8).build().unwrap()).layer(ok_service());
     assert_no_alloc("bulkhead layer", || {
         ready_call(&mut bulkhead).unwrap();
     });
-    let mut limiter = RateLimitLayer::new(RateLimiter::per_second(u32::MAX).try_build().unwrap())
-        .layer(ok_service());
+    let mut limiter =
+        RateLimitLayer::new(RateLimiter::per_second(u32::MAX).build().unwrap()).layer(ok_service());
     assert_no_alloc("rate limit layer", || {
         ready_call(&mut limiter).unwrap();
     });

@@ -114,7 +114,7 @@ impl Limits {
                 let bulkhead = Bulkhead::builder(max)
                     .max_wait_queue(pending)
                     .max_wait(config.pending_timeout)
-                    .try_build()
+                    .build()
                     .map_err(|err| err.to_string())?;
                 Concurrency::Fixed(bulkhead)
             }
@@ -132,10 +132,7 @@ impl Limits {
                 // By default one second's worth of the rate, not the limiter's one period's
                 // worth: "60/m" allows one call at a time, not sixty in a row.
                 let burst = config.burst.unwrap_or(one_second.max(1));
-                builder
-                    .burst(burst)
-                    .try_build()
-                    .map_err(|err| err.to_string())
+                builder.burst(burst).build().map_err(|err| err.to_string())
             })
             .transpose()?;
         let limits = Limits {

@@ -150,7 +150,7 @@ impl Outbox {
                 )
             }
         };
-        let backoff = ExponentialBackoff::try_new(outbox.retry.base, outbox.retry.max)
+        let backoff = ExponentialBackoff::new(outbox.retry.base, outbox.retry.max)
             .map_err(|err| Error::Invalid {
                 path: "outbox.retry".to_owned(),
                 message: err.to_string(),

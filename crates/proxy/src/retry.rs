@@ -52,9 +52,9 @@ impl Retry {
             path: format!("routes.{}.retry.{key}", route.name),
             message,
         };
-        let backoff = ExponentialBackoff::try_new(config.backoff.base, config.backoff.max)
+        let backoff = ExponentialBackoff::new(config.backoff.base, config.backoff.max)
             .map_err(|err| invalid("backoff", err.to_string()))?;
-        let budget = Budget::try_new(
+        let budget = Budget::new(
             BUDGET_WINDOW,
             config.budget_ratio,
             config.budget_min_per_sec,

@@ -25,7 +25,7 @@ impl CircuitBreakerLayer {
 
 impl<C> CircuitBreakerLayer<C> {
     /// Judges responses with `classify` instead (a 503 response can be a failure too).
-    pub fn classify<C2>(self, classify: C2) -> CircuitBreakerLayer<C2> {
+    pub fn with_classify<C2>(self, classify: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             breaker: self.breaker,
             classify,
@@ -37,6 +37,6 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreakerService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService::new(inner, self.breaker.clone(), self.classify.clone())
+        CircuitBreakerService::new(inner, self.breaker.clone()).with_classify(self.classify.clone())
     }
 }

@@ -483,12 +483,23 @@ pub struct CircuitBreakerService<S, C = ErrorsAreFailures> {
     classify: C,
 }
 
-impl<S, C> CircuitBreakerService<S, C> {
-    /// Puts `breaker` in front of `inner`, judging responses with `classify`.
-    pub fn new(inner: S, breaker: CircuitBreaker, classify: C) -> Self {
+impl<S> CircuitBreakerService<S> {
+    /// Puts `breaker` in front of `inner`, counting every `Err` as a failure.
+    pub fn new(inner: S, breaker: CircuitBreaker) -> Self {
         CircuitBreakerService {
             inner,
             breaker,
+            classify: ErrorsAreFailures,
+        }
+    }
+}
+
+impl<S, C> CircuitBreakerService<S, C> {
+    /// Judges responses with `classify` instead (a 503 response can be a failure too).
+    pub fn with_classify<C2>(self, classify: C2) -> CircuitBreakerService<S, C2> {
+        CircuitBreakerService {
+            inner: self.inner,
+            breaker: self.breaker,
             classify,
         }
     }

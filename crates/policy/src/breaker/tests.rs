@@ -758,11 +758,13 @@ async fn the_service_refuses_from_the_future_and_stays_ready() {
 #[tokio::test(start_paused = true)]
 async fn the_service_classifies_responses() {
     let b = builder().consecutive_failures(2).build().unwrap();
-    let layer = b.layer().classify(|r: &Result<u16, BoxError>| match r {
-        Ok(status) if *status >= 500 => Outcome::Failure,
-        Ok(_) => Outcome::Success,
-        Err(_) => Outcome::Failure,
-    });
+    let layer = b
+        .layer()
+        .with_classify(|r: &Result<u16, BoxError>| match r {
+            Ok(status) if *status >= 500 => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        });
     let mut svc = tower::ServiceBuilder::new()
         .layer(layer)
         .service_fn(|status: u16| async move { Ok::<_, BoxError>(status) });

@@ -29,7 +29,7 @@ impl BulkheadFull {
 }
 
 /// Why a bulkhead configuration was refused by
-/// [`BulkheadBuilder::try_build`](super::BulkheadBuilder::try_build).
+/// [`BulkheadBuilder::build`](super::BulkheadBuilder::build).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

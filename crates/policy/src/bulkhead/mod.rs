@@ -28,7 +28,7 @@
 //! let bulkhead = Bulkhead::builder(10)
 //!     .max_wait_queue(20)
 //!     .max_wait(Duration::from_millis(100))
-//!     .try_build()?;
+//!     .build()?;
 //!
 //! let answer = bulkhead.call(|| async { Ok::<_, std::io::Error>(42) }).await;
 //! assert_eq!(answer.unwrap(), 42);
@@ -60,7 +60,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
-//! let bulkhead = Bulkhead::builder(1).try_build()?;
+//! let bulkhead = Bulkhead::builder(1).build()?;
 //! let mut service = ServiceBuilder::new()
 //!     .layer(BulkheadLayer::new(bulkhead.clone()))
 //!     .service(service_fn(|request: u32| async move { Ok::<_, BoxError>(request) }));
@@ -250,7 +250,7 @@ impl BulkheadBuilder {
     }
 
     /// Builds the bulkhead, or says why the configuration cannot work.
-    pub fn try_build(self) -> Result<Bulkhead, ConfigError> {
+    pub fn build(self) -> Result<Bulkhead, ConfigError> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::ZeroConcurrency);
         }
@@ -414,7 +414,7 @@ mod tests {
         Bulkhead::builder(max_concurrent)
             .max_wait_queue(max_wait_queue)
             .max_wait(ms(100))
-            .try_build()
+            .build()
             .unwrap()
     }
 
@@ -428,11 +428,11 @@ mod tests {
     #[test]
     fn misconfigurations_are_refused_with_the_reason() {
         assert_eq!(
-            Bulkhead::builder(0).try_build().unwrap_err(),
+            Bulkhead::builder(0).build().unwrap_err(),
             ConfigError::ZeroConcurrency
         );
         assert_eq!(
-            Bulkhead::builder(usize::MAX).try_build().unwrap_err(),
+            Bulkhead::builder(usize::MAX).build().unwrap_err(),
             ConfigError::TooManyConcurrent {
                 got: usize::MAX,
                 max: MAX_CONCURRENT
@@ -442,14 +442,14 @@ mod tests {
             Bulkhead::builder(1)
                 .max_wait_queue(3)
                 .max_wait(Duration::ZERO)
-                .try_build()
+                .build()
                 .unwrap_err(),
             ConfigError::ZeroWait { max_wait_queue: 3 }
         );
         // No queue, no wait: refusing at once is a fine configuration.
         let bulkhead = Bulkhead::builder(2)
             .max_wait(Duration::ZERO)
-            .try_build()
+            .build()
             .unwrap();
         assert_eq!(bulkhead.max_concurrent(), 2);
         assert_eq!(bulkhead.max_wait_queue(), 0);
@@ -876,7 +876,7 @@ mod tests {
         let bulkhead = Bulkhead::builder(LIMIT)
             .max_wait_queue(TASKS / 2)
             .max_wait(Duration::from_secs(600))
-            .try_build()
+            .build()
             .unwrap();
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
@@ -960,7 +960,7 @@ mod tests {
             let bulkhead = Bulkhead::builder(max_concurrent)
                 .max_wait_queue(max_wait_queue)
                 .max_wait(Duration::from_secs(3600))
-                .try_build()
+                .build()
                 .unwrap();
 
             let mut held: Vec<OwnedBulkheadPermit> = Vec::new();

@@ -21,7 +21,7 @@ impl RateLimited {
 }
 
 /// Why a rate limit configuration was refused by
-/// [`RateLimiterBuilder::try_build`](super::RateLimiterBuilder::try_build).
+/// [`RateLimiterBuilder::build`](super::RateLimiterBuilder::build).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

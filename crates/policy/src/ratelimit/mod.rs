@@ -40,7 +40,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let limiter = RateLimiter::per_second(100).burst(2).try_build()?;
+//! let limiter = RateLimiter::per_second(100).burst(2).build()?;
 //!
 //! for _ in 0..2 {
 //!     limiter.call(|| async { Ok::<_, std::io::Error>(()) }).await?;
@@ -68,7 +68,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
-//! let limiter = RateLimiter::per_minute(1).try_build()?;
+//! let limiter = RateLimiter::per_minute(1).build()?;
 //! let service = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(limiter))
 //!     .service(service_fn(|request: u32| async move { Ok::<_, BoxError>(request) }));
@@ -194,7 +194,7 @@ impl RateLimiter {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// // Ten calls a second, one at a time: the second waits a tenth of a second.
-    /// let limiter = RateLimiter::per_second(10).burst(1).clock(tokio_clock()).try_build().unwrap();
+    /// let limiter = RateLimiter::per_second(10).burst(1).clock(tokio_clock()).build().unwrap();
     /// limiter.acquire(Duration::ZERO).await.unwrap();
     /// assert!(limiter.acquire(Duration::from_millis(50)).await.is_err());
     /// limiter.acquire(Duration::from_millis(100)).await.unwrap();
@@ -317,7 +317,7 @@ impl RateLimiterBuilder {
     }
 
     /// Builds the limiter, or says why the configuration cannot work.
-    pub fn try_build(self) -> Result<RateLimiter, ConfigError> {
+    pub fn build(self) -> Result<RateLimiter, ConfigError> {
         let per = match self.per {
             Per::Second => "second",
             Per::Minute => "minute",
@@ -421,7 +421,7 @@ mod tests {
     }
 
     fn on_tokio_time(builder: RateLimiterBuilder) -> RateLimiter {
-        builder.clock(tokio_clock()).try_build().unwrap()
+        builder.clock(tokio_clock()).build().unwrap()
     }
 
     fn retry_after(limiter: &RateLimiter) -> Duration {
@@ -472,28 +472,28 @@ mod tests {
     #[test]
     fn misconfigurations_are_refused_with_the_reason() {
         assert_eq!(
-            RateLimiter::per_second(0).try_build().unwrap_err(),
+            RateLimiter::per_second(0).build().unwrap_err(),
             ConfigError::ZeroRate { per: "second" }
         );
         assert_eq!(
-            RateLimiter::per_minute(0).try_build().unwrap_err(),
+            RateLimiter::per_minute(0).build().unwrap_err(),
             ConfigError::ZeroRate { per: "minute" }
         );
         assert_eq!(
-            RateLimiter::per_second(5).burst(0).try_build().unwrap_err(),
+            RateLimiter::per_second(5).burst(0).build().unwrap_err(),
             ConfigError::ZeroBurst
         );
     }
 
     #[test]
     fn the_burst_defaults_to_one_period_worth() {
-        let limiter = RateLimiter::per_second(50).try_build().unwrap();
+        let limiter = RateLimiter::per_second(50).build().unwrap();
         assert_eq!(limiter.burst(), 50);
         assert_eq!(limiter.replenish_interval(), ms(20));
-        let limiter = RateLimiter::per_minute(6).try_build().unwrap();
+        let limiter = RateLimiter::per_minute(6).build().unwrap();
         assert_eq!(limiter.burst(), 6);
         assert_eq!(limiter.replenish_interval(), Duration::from_secs(10));
-        let limiter = RateLimiter::per_second(50).burst(3).try_build().unwrap();
+        let limiter = RateLimiter::per_second(50).burst(3).build().unwrap();
         assert_eq!(limiter.burst(), 3);
     }
 
@@ -555,7 +555,7 @@ mod tests {
         let clock = ManualClock::new();
         let limiter = RateLimiter::per_second(1)
             .clock(clock.clone())
-            .try_build()
+            .build()
             .unwrap();
         assert!(limiter.try_acquire().is_ok());
         assert_eq!(retry_after(&limiter), Duration::from_secs(1));
@@ -566,7 +566,7 @@ mod tests {
     #[test]
     fn the_default_clock_limits_too() {
         // A minute per call: the second call cannot be allowed however slow the machine.
-        let limiter = RateLimiter::per_minute(1).try_build().unwrap();
+        let limiter = RateLimiter::per_minute(1).build().unwrap();
         assert!(limiter.try_acquire().is_ok());
         let retry_after = retry_after(&limiter);
         assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60));

@@ -26,7 +26,7 @@ use super::error::InvalidBackoff;
 ///
 /// let ms = Duration::from_millis;
 /// // Rng::fixed(0.5) sleeps half of each cap: 50ms, 100ms, 200ms, then half the max.
-/// let backoff = ExponentialBackoff::try_new(ms(100), ms(800))?.with_rng(Rng::fixed(0.5));
+/// let backoff = ExponentialBackoff::new(ms(100), ms(800))?.with_rng(Rng::fixed(0.5));
 /// let sleeps: Vec<_> = backoff.delays().take(5).collect();
 /// assert_eq!(sleeps, [ms(50), ms(100), ms(200), ms(400), ms(400)]);
 /// # Ok::<(), rampart_policy::retry::error::InvalidBackoff>(())
@@ -56,7 +56,7 @@ impl ExponentialBackoff {
     /// Backoff from `base` up to `max`, with full jitter from [`Rng::thread`].
     ///
     /// Refuses a zero `base` and a `max` below `base`.
-    pub fn try_new(base: Duration, max: Duration) -> Result<ExponentialBackoff, InvalidBackoff> {
+    pub fn new(base: Duration, max: Duration) -> Result<ExponentialBackoff, InvalidBackoff> {
         if base.is_zero() {
             return Err(InvalidBackoff::ZeroBase);
         }
@@ -208,22 +208,22 @@ mod tests {
     #[test]
     fn refuses_bad_bounds() {
         assert_eq!(
-            ExponentialBackoff::try_new(Duration::ZERO, ms(10)).unwrap_err(),
+            ExponentialBackoff::new(Duration::ZERO, ms(10)).unwrap_err(),
             InvalidBackoff::ZeroBase
         );
         assert_eq!(
-            ExponentialBackoff::try_new(ms(10), ms(9)).unwrap_err(),
+            ExponentialBackoff::new(ms(10), ms(9)).unwrap_err(),
             InvalidBackoff::MaxBelowBase {
                 base: ms(10),
                 max: ms(9)
             }
         );
-        assert!(ExponentialBackoff::try_new(ms(10), ms(10)).is_ok());
+        assert!(ExponentialBackoff::new(ms(10), ms(10)).is_ok());
     }
 
     #[test]
     fn full_jitter_scales_a_doubling_cap() {
-        let backoff = ExponentialBackoff::try_new(ms(100), ms(1000))
+        let backoff = ExponentialBackoff::new(ms(100), ms(1000))
             .unwrap()
             .with_rng(Rng::fixed(0.25));
         let sleeps: Vec<_> = backoff.delays().take(6).collect();
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn no_jitter_is_the_cap_itself() {
-        let backoff = ExponentialBackoff::try_new(ms(100), ms(1000))
+        let backoff = ExponentialBackoff::new(ms(100), ms(1000))
             .unwrap()
             .with_jitter(Jitter::None);
         let sleeps: Vec<_> = backoff.delays().take(6).collect();
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn full_jitter_at_zero_does_not_sleep() {
-        let backoff = ExponentialBackoff::try_new(ms(100), ms(1000))
+        let backoff = ExponentialBackoff::new(ms(100), ms(1000))
             .unwrap()
             .with_rng(Rng::fixed(0.0));
         assert!(backoff.delays().take(10).all(|d| d.is_zero()));
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn large_retry_numbers_stay_at_the_cap() {
-        let backoff = ExponentialBackoff::try_new(ms(100), Duration::MAX)
+        let backoff = ExponentialBackoff::new(ms(100), Duration::MAX)
             .unwrap()
             .with_jitter(Jitter::None);
         assert_eq!(backoff.cap(31), ms(100) * (1 << 31));
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn decorrelated_grows_by_three_at_most_and_stops_at_max() {
-        let top = ExponentialBackoff::try_new(ms(100), ms(2000))
+        let top = ExponentialBackoff::new(ms(100), ms(2000))
             .unwrap()
             .with_jitter(Jitter::Decorrelated)
             .with_rng(Rng::fixed(1.0));
@@ -296,7 +296,7 @@ mod tests {
             draw in 0.0f64..1.0,
         ) {
             let (base, max) = (ms(base_ms), ms(base_ms + extra_ms));
-            let backoff = ExponentialBackoff::try_new(base, max)
+            let backoff = ExponentialBackoff::new(base, max)
                 .unwrap()
                 .with_rng(Rng::fixed(draw));
             // The model: base * 2^n in wide integers, capped at max.
@@ -316,7 +316,7 @@ mod tests {
             seed: u64,
         ) {
             let (base, max) = (ms(base_ms), ms(base_ms + extra_ms));
-            let backoff = ExponentialBackoff::try_new(base, max)
+            let backoff = ExponentialBackoff::new(base, max)
                 .unwrap()
                 .with_rng(Rng::seeded(seed));
             for (n, delay) in backoff.delays().take(100).enumerate() {
@@ -332,7 +332,7 @@ mod tests {
             seed: u64,
         ) {
             let (base, max) = (ms(base_ms), ms(base_ms + extra_ms));
-            let backoff = ExponentialBackoff::try_new(base, max)
+            let backoff = ExponentialBackoff::new(base, max)
                 .unwrap()
                 .with_jitter(Jitter::Decorrelated)
                 .with_rng(Rng::seeded(seed));

@@ -44,7 +44,7 @@ const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// use rampart_policy::retry::Budget;
 ///
 /// // Retries add at most 20% to the load, plus 10 per second for quiet periods.
-/// let budget = Budget::try_new(Duration::from_secs(10), 0.2, 10)?;
+/// let budget = Budget::new(Duration::from_secs(10), 0.2, 10)?;
 /// budget.deposit();
 /// assert!(budget.withdraw());
 /// # Ok::<(), rampart_policy::retry::error::InvalidBudget>(())
@@ -66,11 +66,7 @@ struct Shared {
 impl Budget {
     /// A budget over the last `window` (at least a second) that lets retries add `ratio` of the
     /// requests (0.2 = 20%; finite, at least 0) plus `min_per_sec` retries per second.
-    pub fn try_new(
-        window: Duration,
-        ratio: f64,
-        min_per_sec: u32,
-    ) -> Result<Budget, InvalidBudget> {
+    pub fn new(window: Duration, ratio: f64, min_per_sec: u32) -> Result<Budget, InvalidBudget> {
         if window < MIN_WINDOW {
             return Err(InvalidBudget::WindowTooShort {
                 window,
@@ -178,7 +174,7 @@ mod tests {
     #[test]
     fn refuses_bad_settings() {
         assert_eq!(
-            Budget::try_new(Duration::from_millis(999), 0.2, 10).unwrap_err(),
+            Budget::new(Duration::from_millis(999), 0.2, 10).unwrap_err(),
             InvalidBudget::WindowTooShort {
                 window: Duration::from_millis(999),
                 min: secs(1)
@@ -186,15 +182,15 @@ mod tests {
         );
         for ratio in [-0.1, f64::INFINITY, f64::NEG_INFINITY] {
             assert_eq!(
-                Budget::try_new(secs(10), ratio, 10).unwrap_err(),
+                Budget::new(secs(10), ratio, 10).unwrap_err(),
                 InvalidBudget::InvalidRatio(ratio)
             );
         }
         assert!(matches!(
-            Budget::try_new(secs(10), f64::NAN, 10),
+            Budget::new(secs(10), f64::NAN, 10),
             Err(InvalidBudget::InvalidRatio(r)) if r.is_nan()
         ));
-        assert!(Budget::try_new(secs(1), 0.0, 0).is_ok());
+        assert!(Budget::new(secs(1), 0.0, 0).is_ok());
     }
 
     fn drain(budget: &Budget) -> usize {
@@ -203,7 +199,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn allows_the_ratio_plus_the_floor_and_no_more() {
-        let budget = Budget::try_new(secs(10), 0.2, 1)
+        let budget = Budget::new(secs(10), 0.2, 1)
             .unwrap()
             .with_clock(Arc::new(TokioClock));
         for _ in 0..100 {
@@ -221,7 +217,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recovers_as_the_window_slides() {
-        let budget = Budget::try_new(secs(10), 0.5, 0)
+        let budget = Budget::new(secs(10), 0.5, 0)
             .unwrap()
             .with_clock(Arc::new(TokioClock));
         for _ in 0..10 {
@@ -256,7 +252,7 @@ mod tests {
     #[test]
     fn the_floor_allows_retries_without_traffic() {
         let clock = ManualClock::new();
-        let budget = Budget::try_new(secs(2), 0.0, 3)
+        let budget = Budget::new(secs(2), 0.0, 3)
             .unwrap()
             .with_clock(clock.clone());
         assert_eq!(drain(&budget), 6);
@@ -267,7 +263,7 @@ mod tests {
     #[test]
     fn clones_share_one_account() {
         let clock = ManualClock::new();
-        let a = Budget::try_new(secs(10), 1.0, 0).unwrap().with_clock(clock);
+        let a = Budget::new(secs(10), 1.0, 0).unwrap().with_clock(clock);
         let b = a.clone();
         a.deposit();
         a.deposit();
@@ -303,7 +299,7 @@ mod tests {
             min_per_sec in 0u32..5,
         ) {
             let clock = ManualClock::new();
-            let budget = Budget::try_new(secs(window_s), ratio, min_per_sec)
+            let budget = Budget::new(secs(window_s), ratio, min_per_sec)
                 .unwrap()
                 .with_clock(clock.clone());
             let bucket_ms = window_s * 1000 / u64::from(BUCKETS);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-/// [`Retry::try_new`](super::Retry::try_new) was asked for zero attempts.
+/// [`Retry::new`](super::Retry::new) was asked for zero attempts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("retry attempts must be at least 1 (the first attempt counts), got 0")]
 pub struct InvalidAttempts {
@@ -18,7 +18,7 @@ impl InvalidAttempts {
     }
 }
 
-/// Why [`ExponentialBackoff::try_new`](super::ExponentialBackoff::try_new) refused its bounds.
+/// Why [`ExponentialBackoff::new`](super::ExponentialBackoff::new) refused its bounds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidBackoff {
@@ -35,7 +35,7 @@ pub enum InvalidBackoff {
     },
 }
 
-/// Why [`Budget::try_new`](super::Budget::try_new) refused its settings.
+/// Why [`Budget::new`](super::Budget::new) refused its settings.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidBudget {

@@ -36,8 +36,8 @@ impl<C, R> RetryLayer<C, R> {
     ///
     /// struct Upload { idempotent: bool, body: Vec<u8> }
     ///
-    /// let backoff = ExponentialBackoff::try_new(Duration::from_millis(10), Duration::from_secs(1))?;
-    /// let layer = RetryLayer::new(Retry::try_new(3, backoff)?).with_clone_request(|req: &Upload| {
+    /// let backoff = ExponentialBackoff::new(Duration::from_millis(10), Duration::from_secs(1))?;
+    /// let layer = RetryLayer::new(Retry::new(3, backoff)?).with_clone_request(|req: &Upload| {
     ///     req.idempotent.then(|| Upload { idempotent: true, body: req.body.clone() })
     /// });
     /// # let _ = layer;

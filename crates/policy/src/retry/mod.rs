@@ -35,9 +35,9 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
-//! let backoff = ExponentialBackoff::try_new(Duration::from_millis(25), Duration::from_secs(1))?;
+//! let backoff = ExponentialBackoff::new(Duration::from_millis(25), Duration::from_secs(1))?;
 //! // At most 3 tries per call; retries add at most 10% load plus 5 per second.
-//! let retry = Retry::try_new(3, backoff)?.with_budget(Budget::try_new(
+//! let retry = Retry::new(3, backoff)?.with_budget(Budget::new(
 //!     Duration::from_secs(10),
 //!     0.1,
 //!     5,
@@ -211,7 +211,7 @@ pub(crate) enum Next {
 impl Retry {
     /// A policy making at most `attempts` tries per call (the first one included, so at least 1),
     /// sleeping by `backoff` between them, retrying every `Err`, within a default [`Budget`].
-    pub fn try_new(attempts: u32, backoff: ExponentialBackoff) -> Result<Retry, InvalidAttempts> {
+    pub fn new(attempts: u32, backoff: ExponentialBackoff) -> Result<Retry, InvalidAttempts> {
         if attempts == 0 {
             return Err(InvalidAttempts::new());
         }
@@ -274,9 +274,9 @@ impl<C> Retry<C> {
     /// # async fn main() {
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let log = seen.clone();
-    /// let backoff = ExponentialBackoff::try_new(Duration::from_millis(10), Duration::from_secs(1))
+    /// let backoff = ExponentialBackoff::new(Duration::from_millis(10), Duration::from_secs(1))
     ///     .unwrap();
-    /// let retry = Retry::try_new(3, backoff).unwrap();
+    /// let retry = Retry::new(3, backoff).unwrap();
     /// retry.subscribe(move |event| log.lock().unwrap().push(*event));
     /// let _ = retry.call(|| async { Err::<(), _>("reset") }).await;
     /// let seen = seen.lock().unwrap();
@@ -311,7 +311,7 @@ impl<C> Retry<C> {
     }
 
     /// Decides what to retry with `classify` instead of [`RetryOnError`].
-    pub fn with_classifier<C2>(self, classify: C2) -> Retry<C2> {
+    pub fn with_classify<C2>(self, classify: C2) -> Retry<C2> {
         Retry {
             shared: self.shared,
             classify,

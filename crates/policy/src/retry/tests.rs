@@ -22,18 +22,18 @@ fn ms(n: u64) -> Duration {
 
 /// Backoff of 100ms doubling up to 1s; `Rng::fixed(0.5)` sleeps half of each cap.
 fn backoff() -> ExponentialBackoff {
-    ExponentialBackoff::try_new(ms(100), ms(1000))
+    ExponentialBackoff::new(ms(100), ms(1000))
         .unwrap()
         .with_rng(Rng::fixed(0.5))
 }
 
 fn retry(attempts: u32) -> Retry {
-    Retry::try_new(attempts, backoff()).unwrap()
+    Retry::new(attempts, backoff()).unwrap()
 }
 
 /// A budget that never allows a retry.
 fn empty_budget() -> Budget {
-    Budget::try_new(Duration::from_secs(10), 0.0, 0).unwrap()
+    Budget::new(Duration::from_secs(10), 0.0, 0).unwrap()
 }
 
 /// The times at which a call made its attempts, each failing with its attempt number until
@@ -80,7 +80,7 @@ impl Script {
 #[test]
 fn refuses_zero_attempts() {
     assert_eq!(
-        Retry::try_new(0, backoff()).unwrap_err(),
+        Retry::new(0, backoff()).unwrap_err(),
         error::InvalidAttempts::new()
     );
 }
@@ -119,7 +119,7 @@ async fn a_kept_result_ends_the_call() {
 #[tokio::test(start_paused = true)]
 async fn the_classifier_decides_what_is_retried() {
     // Even attempt numbers are "fatal": not worth another try.
-    let policy = retry(5).with_classifier(|result: &Result<usize, usize>| match result {
+    let policy = retry(5).with_classify(|result: &Result<usize, usize>| match result {
         Err(n) if n % 2 == 0 => Decision::Done,
         Err(_) => Decision::Retry,
         Ok(_) => Decision::Done,
@@ -129,7 +129,7 @@ async fn the_classifier_decides_what_is_retried() {
     assert_eq!(script.attempts(), 2);
 
     // And an `Ok` may be worth retrying too (a 503, say).
-    let policy = retry(3).with_classifier(|result: &Result<&str, ()>| match result {
+    let policy = retry(3).with_classify(|result: &Result<&str, ()>| match result {
         Ok("busy") => Decision::Retry,
         _ => Decision::Done,
     });
@@ -157,7 +157,7 @@ async fn sleeps_follow_the_backoff_up_to_its_max() {
 
 #[tokio::test(start_paused = true)]
 async fn zero_jitter_retries_at_once() {
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
     assert_eq!(script.gaps(), [Duration::ZERO, Duration::ZERO]);
@@ -169,7 +169,7 @@ async fn decorrelated_sleeps_stay_between_base_and_max() {
         let backoff = backoff()
             .with_jitter(Jitter::Decorrelated)
             .with_rng(Rng::seeded(seed));
-        let policy = Retry::try_new(12, backoff).unwrap();
+        let policy = Retry::new(12, backoff).unwrap();
         let script = Script::failing();
         policy.call(|| script.attempt()).await.unwrap_err();
         let gaps = script.gaps();
@@ -191,7 +191,7 @@ fn hinted(hint: Duration) -> impl Fn(&Result<usize, usize>) -> Decision + Clone 
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_hint_is_honoured() {
-    let policy = retry(3).with_classifier(hinted(Duration::from_secs(2)));
+    let policy = retry(3).with_classify(hinted(Duration::from_secs(2)));
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
     assert_eq!(script.gaps(), [ms(2000), ms(2000)]);
@@ -199,7 +199,7 @@ async fn a_retry_after_hint_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn a_short_hint_does_not_shorten_the_backoff() {
-    let policy = retry(3).with_classifier(hinted(ms(60)));
+    let policy = retry(3).with_classify(hinted(ms(60)));
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
     assert_eq!(script.gaps(), [ms(60), ms(100)]);
@@ -209,7 +209,7 @@ async fn a_short_hint_does_not_shorten_the_backoff() {
 async fn a_hint_past_the_cap_ends_the_retries_and_one_within_it_is_waited() {
     let hour = Duration::from_secs(3600);
     let policy = retry(2)
-        .with_classifier(hinted(hour))
+        .with_classify(hinted(hour))
         .with_max_retry_after(Duration::from_secs(5));
     let script = Script::failing();
     let start = Instant::now();
@@ -226,18 +226,18 @@ async fn a_hint_past_the_cap_ends_the_retries_and_one_within_it_is_waited() {
     );
 
     // The default cap is 30 s: a hint of 30 s is waited, one of 31 s is not.
-    let policy = retry(2).with_classifier(hinted(Duration::from_secs(30)));
+    let policy = retry(2).with_classify(hinted(Duration::from_secs(30)));
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
     assert_eq!(script.gaps(), [Duration::from_secs(30)]);
-    let policy = retry(2).with_classifier(hinted(Duration::from_secs(31)));
+    let policy = retry(2).with_classify(hinted(Duration::from_secs(31)));
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
     assert_eq!(script.attempts(), 1);
 
     // A zero cap ignores hints: the backoff alone decides.
     let policy = retry(2)
-        .with_classifier(hinted(hour))
+        .with_classify(hinted(hour))
         .with_max_retry_after(Duration::ZERO);
     let script = Script::failing();
     policy.call(|| script.attempt()).await.unwrap_err();
@@ -271,7 +271,7 @@ async fn the_budget_stops_retries_and_says_so() {
 #[tokio::test(start_paused = true)]
 async fn policies_sharing_a_budget_share_its_retries() {
     // Three retries over the window, whoever takes them.
-    let budget = Budget::try_new(Duration::from_secs(1), 0.0, 3)
+    let budget = Budget::new(Duration::from_secs(1), 0.0, 3)
         .unwrap()
         .with_clock(Arc::new(TokioClock));
     let a = retry(3).with_budget(budget.clone());
@@ -297,7 +297,7 @@ async fn policies_sharing_a_budget_share_its_retries() {
 async fn requests_feed_the_budget() {
     // Retries may add half the requests, and nothing more.
     let clock = ManualClock::new();
-    let budget = Budget::try_new(Duration::from_secs(10), 0.5, 0)
+    let budget = Budget::new(Duration::from_secs(10), 0.5, 0)
         .unwrap()
         .with_clock(clock);
     let policy = retry(2).with_budget(budget);
@@ -335,14 +335,14 @@ async fn without_a_budget_only_attempts_bound_retries() {
 async fn a_retry_the_deadline_leaves_no_time_for_is_given_up_at_once() {
     // A 5 s backoff (half of 10 s) against a deadline 100 ms away: the retry could only start
     // after it.
-    let backoff = ExponentialBackoff::try_new(Duration::from_secs(10), Duration::from_secs(10))
+    let backoff = ExponentialBackoff::new(Duration::from_secs(10), Duration::from_secs(10))
         .unwrap()
         .with_rng(Rng::fixed(0.5));
     // One retry in the budget, to show it is not spent.
-    let budget = Budget::try_new(Duration::from_secs(1), 0.0, 1)
+    let budget = Budget::new(Duration::from_secs(1), 0.0, 1)
         .unwrap()
         .with_clock(ManualClock::new());
-    let policy = Retry::try_new(3, backoff).unwrap().with_budget(budget);
+    let policy = Retry::new(3, backoff).unwrap().with_budget(budget);
     let script = Script::failing();
     let start = Instant::now();
     let (result, stats) = Deadline::after(ms(100))
@@ -413,7 +413,7 @@ async fn layer_retries_until_an_answer() {
 
 #[tokio::test(start_paused = true)]
 async fn layer_polls_the_service_ready_before_each_retry() {
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
     handle.allow(1);
     assert_ready_ok!(service.poll_ready());
@@ -435,7 +435,7 @@ async fn layer_polls_the_service_ready_before_each_retry() {
 
 #[tokio::test(start_paused = true)]
 async fn layer_returns_the_last_error() {
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
@@ -451,7 +451,7 @@ async fn layer_returns_the_last_error() {
 
 #[tokio::test(start_paused = true)]
 async fn layer_returns_a_failed_readiness() {
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
     assert_ready_ok!(service.poll_ready());
     let mut response = task::spawn(service.call("hello"));
@@ -485,7 +485,7 @@ async fn layer_sends_an_uncopyable_request_once() {
 async fn layer_retries_by_a_reconfigured_policy_and_counts_its_retries() {
     // Each `with_` makes a policy of its own: its futures must find that one, not the first.
     let policy = retry(3)
-        .with_budget(Budget::try_new(Duration::from_secs(10), 0.0, 1).unwrap())
+        .with_budget(Budget::new(Duration::from_secs(10), 0.0, 1).unwrap())
         .with_max_retry_after(ms(10));
     let counts = policy.clone();
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy));
@@ -625,7 +625,7 @@ async fn layer_stops_when_a_later_copy_fails() {
     // The first copy works, the second does not: two attempts, though five are allowed.
     let copies = Arc::new(AtomicUsize::new(0));
     let counted = copies.clone();
-    let layer = RetryLayer::new(Retry::try_new(5, backoff().with_rng(Rng::fixed(0.0))).unwrap())
+    let layer = RetryLayer::new(Retry::new(5, backoff().with_rng(Rng::fixed(0.0))).unwrap())
         .with_clone_request(move |req: &&'static str| {
             (counted.fetch_add(1, Ordering::Relaxed) == 0).then_some(*req)
         });
@@ -662,7 +662,7 @@ async fn layer_copies_only_what_a_retry_may_need() {
     assert_eq!(copies.load(Ordering::Relaxed), 0);
 
     // Three attempts: a copy for each retry, none for after the last.
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0))).unwrap();
     let layer = RetryLayer::new(policy).with_clone_request(counting);
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(layer);
     assert_ready_ok!(service.poll_ready());
@@ -679,9 +679,9 @@ async fn layer_copies_only_what_a_retry_may_need() {
 #[tokio::test(start_paused = true)]
 async fn layer_classifies_the_inner_error_and_response() {
     // Retry "busy" answers; keep everything else, errors included.
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0)))
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0)))
         .unwrap()
-        .with_classifier(|result: &Result<&'static str, BoxError>| match result {
+        .with_classify(|result: &Result<&'static str, BoxError>| match result {
             Ok("busy") => Decision::Retry,
             _ => Decision::Done,
         });
@@ -711,10 +711,10 @@ async fn layer_deposits_and_respects_the_budget() {
     assert_eq!(policy.budget_exhausted_total(), 1);
 
     // Deposits: with a ratio of 1/16, a batch of 16 requests earns one retry.
-    let budget = Budget::try_new(Duration::from_secs(10), 1.0 / 16.0, 0)
+    let budget = Budget::new(Duration::from_secs(10), 1.0 / 16.0, 0)
         .unwrap()
         .with_clock(ManualClock::new());
-    let policy = Retry::try_new(3, backoff().with_rng(Rng::fixed(0.0)))
+    let policy = Retry::new(3, backoff().with_rng(Rng::fixed(0.0)))
         .unwrap()
         .with_budget(budget);
     let (mut service, mut handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(policy.clone()));
@@ -743,7 +743,7 @@ async fn layer_deposits_and_respects_the_budget() {
 #[test]
 fn layer_deposits_in_batches_and_all_it_holds_when_dropped() {
     // Ratio 1, no floor: each deposited request allows exactly one retry.
-    let budget = Budget::try_new(Duration::from_secs(10), 1.0, 0)
+    let budget = Budget::new(Duration::from_secs(10), 1.0, 0)
         .unwrap()
         .with_clock(ManualClock::new());
     let policy = retry(3).with_budget(budget.clone());
@@ -793,7 +793,7 @@ async fn a_layer_retrying_transient_errors_takes_no_refusal_for_one() {
     let counted = calls.clone();
     let service = tower::ServiceBuilder::new()
         .layer(RetryLayer::new(
-            retry(3).with_classifier(RetryTransient(ErrorsAreFailures)),
+            retry(3).with_classify(RetryTransient(ErrorsAreFailures)),
         ))
         .layer(breaker.layer())
         .service_fn(move |_: ()| {
