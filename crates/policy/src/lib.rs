@@ -33,6 +33,7 @@ pub mod hedge;
 pub mod latency;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod request;
 pub mod retry;
 pub mod rng;
 #[cfg(test)]

@@ -88,6 +88,7 @@ mod layer;
 
 pub use self::error::InvalidConfig;
 pub use self::layer::HedgeLayer;
+pub use crate::request::{CloneRequest, Cloned};
 
 use self::future::{DecliningLauncher, FnLauncher, Race, ResponseFuture, ServiceLauncher};
 
@@ -139,20 +140,6 @@ struct Shared {
     sent: AtomicU64,
     won: AtomicU64,
 }
-
-/// Makes the copy of a request that a hedge sends.
-///
-/// Implemented by [`Cloned`] (the request's own `Clone`) and by every
-/// `Fn(&Req) -> Option<Req>`, which may decline: a request it cannot copy (say, one with a
-/// streaming body) is sent once, without a hedge.
-pub trait CloneRequest<Req> {
-    /// A copy of `request` to send as a hedge, if it can be copied.
-    fn clone_request(&self, request: &Req) -> Option<Req>;
-}
-
-/// Copies requests with their `Clone` implementation; the default.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cloned;
 
 /// A tower service hedging requests to its inner service.
 ///
@@ -366,25 +353,6 @@ impl Shared {
                 .percentile_if_at_least(p, self.min_samples)
                 .or(self.warmup_delay),
         }
-    }
-}
-
-// === impl CloneRequest ===
-
-impl<Req: Clone> CloneRequest<Req> for Cloned {
-    #[inline]
-    fn clone_request(&self, request: &Req) -> Option<Req> {
-        Some(request.clone())
-    }
-}
-
-impl<Req, F> CloneRequest<Req> for F
-where
-    F: Fn(&Req) -> Option<Req>,
-{
-    #[inline]
-    fn clone_request(&self, request: &Req) -> Option<Req> {
-        self(request)
     }
 }
 

@@ -4,13 +4,13 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use super::{Retry, RetryOnError, RetryService, UseClone};
+use super::{Cloned, Retry, RetryOnError, RetryService};
 
 /// Wraps services in a [`RetryService`] retrying by one shared [`Retry`] policy.
 ///
 /// Requests are copied for retries with `Clone` unless [`RetryLayer::with_clone_request`] says
 /// otherwise.
-pub struct RetryLayer<C = RetryOnError, R = UseClone> {
+pub struct RetryLayer<C = RetryOnError, R = Cloned> {
     retry: Retry<C>,
     cloner: R,
 }
@@ -20,7 +20,7 @@ impl<C> RetryLayer<C> {
     pub fn new(retry: Retry<C>) -> RetryLayer<C> {
         RetryLayer {
             retry,
-            cloner: UseClone,
+            cloner: Cloned,
         }
     }
 }

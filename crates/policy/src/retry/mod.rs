@@ -106,6 +106,7 @@ pub use self::backoff::{Delays, ExponentialBackoff, Jitter};
 pub use self::budget::Budget;
 pub use self::classify::{Decision, RetryClassify, RetryOnError, RetryOnFailure, RetryTransient};
 pub use self::layer::RetryLayer;
+pub use crate::request::{CloneRequest, Cloned};
 
 use self::backoff::BackoffState;
 use self::error::InvalidAttempts;
@@ -723,37 +724,6 @@ impl<C> fmt::Debug for Retry<C> {
     }
 }
 
-// === impl CloneRequest ===
-
-/// Copies a tower request for a possible retry; `None` means it cannot be, and is sent once.
-///
-/// Implemented for every `Fn(&Req) -> Option<Req>`; the default, [`UseClone`], uses `Clone`.
-pub trait CloneRequest<Req> {
-    /// A copy of `req` to send again, if it can be made.
-    fn clone_request(&self, req: &Req) -> Option<Req>;
-}
-
-/// Copies requests with their `Clone` impl.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UseClone;
-
-impl<Req: Clone> CloneRequest<Req> for UseClone {
-    #[inline]
-    fn clone_request(&self, req: &Req) -> Option<Req> {
-        Some(req.clone())
-    }
-}
-
-impl<Req, F> CloneRequest<Req> for F
-where
-    F: Fn(&Req) -> Option<Req>,
-{
-    #[inline]
-    fn clone_request(&self, req: &Req) -> Option<Req> {
-        self(req)
-    }
-}
-
 // === impl RetryService ===
 
 /// Retries the calls of a tower service; see [`RetryLayer`].
@@ -772,7 +742,7 @@ where
 /// sixteen at a time, and what it still holds when it is dropped: a budget behind a service
 /// sees up to fifteen of its latest requests late, which can only refuse a retry it would have
 /// allowed, never allow more.
-pub struct RetryService<S, C = RetryOnError, R = UseClone> {
+pub struct RetryService<S, C = RetryOnError, R = Cloned> {
     inner: S,
     policy: Local<C>,
     cloner: R,
@@ -860,7 +830,7 @@ impl<S, C> RetryService<S, C> {
     where
         C: Clone,
     {
-        RetryService::from_parts(inner, retry, UseClone)
+        RetryService::from_parts(inner, retry, Cloned)
     }
 }
 

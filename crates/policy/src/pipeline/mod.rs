@@ -59,7 +59,31 @@
 //!
 //! # With tower
 //!
-//! A `ServiceBuilder` applies layers outermost first, so the same order reads top to bottom, but
+//! [`Pipeline::layer`] applies the same pipeline to a tower service; see [`PipelineService`]
+//! for how its attempts meet the service's readiness.
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use rampart_policy::{breaker::CircuitBreaker, pipeline::Pipeline,
+//! #     retry::{ExponentialBackoff, Retry}};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use tower::{Layer, ServiceExt};
+//!
+//! let ms = Duration::from_millis;
+//! let pipeline = Pipeline::builder()
+//!     .retry(Retry::new(3, ExponentialBackoff::new(ms(10), ms(200)).unwrap()).unwrap())
+//!     .breaker(CircuitBreaker::new())
+//!     .attempt_timeout(ms(250))
+//!     .build();
+//! let svc = pipeline
+//!     .layer()
+//!     .layer(tower::service_fn(|req: u32| async move { Ok::<_, std::io::Error>(req + 1) }));
+//! assert_eq!(svc.oneshot(41).await.unwrap(), 42);
+//! # }
+//! ```
+//!
+//! The policies' own layers compose as well. A `ServiceBuilder` applies layers outermost first,
+//! so the same order reads top to bottom, but
 //! for the rate limit: the breaker's layer counts every error of the service it wraps as a
 //! failure, a refusal of a rate limit below it included, so with tower the rate limit sits just
 //! above the breaker, and an attempt the breaker refuses spends a token. A `RetryLayer`
@@ -92,6 +116,10 @@
 use std::future::Future;
 
 use tokio::time::Instant;
+
+mod service;
+
+pub use self::service::{NotCopied, PipelineLayer, PipelineService, ResponseFuture};
 
 use crate::adaptive::AdaptiveLimit;
 use crate::breaker::CircuitBreaker;
@@ -256,29 +284,7 @@ impl<C> Pipeline<C> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let Some(timeout) = self.stages.timeout else {
-            return self.retried(&f).await;
-        };
-        // The total timeout is the deadline of what runs inside, so that a retry whose backoff
-        // would outlast it gives back the last attempt's own error at once, rather than sleeping
-        // into a bare timeout, and an attempt timeout is capped by it.
-        let outer = Deadline::current();
-        let total = Deadline::after(timeout.duration());
-        match timeout
-            .call(|| total.scope(self.retried(&f)))
-            .await
-            .map_err(Error::flatten)
-        {
-            // The total timeout ran out, not a deadline of the caller's: a timeout it is.
-            Err(Error::Rejected(Rejected::DeadlineExceeded(_)))
-                if !outer.is_some_and(|outer| outer.is_expired()) =>
-            {
-                Err(Error::Rejected(Rejected::Timeout(Elapsed::new(
-                    timeout.duration(),
-                ))))
-            }
-            result => result,
-        }
+        self.run(&Closure(f)).await
     }
 
     /// Like [`call`](Self::call), answering with `fallback` when the call fails or is refused
@@ -297,26 +303,60 @@ impl<C> Pipeline<C> {
         fallback.call(|| self.call(f)).await
     }
 
-    async fn retried<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
+    /// Whether an attempt may be followed by another: a retry or a hedge.
+    fn repeats(&self) -> bool {
+        self.retry.is_some() || self.stages.hedge.is_some()
+    }
+
+    /// Every stage around the attempts of `callee`.
+    async fn run<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        A: Callee<Response = T, Error = E>,
     {
-        match &self.retry {
-            Some(retry) => retry.call(|| self.hedged(f)).await,
-            None => self.hedged(f).await,
+        let Some(timeout) = self.stages.timeout else {
+            return self.retried(callee).await;
+        };
+        // The total timeout is the deadline of what runs inside, so that a retry whose backoff
+        // would outlast it gives back the last attempt's own error at once, rather than sleeping
+        // into a bare timeout, and an attempt timeout is capped by it.
+        let outer = Deadline::current();
+        let total = Deadline::after(timeout.duration());
+        match timeout
+            .call(|| total.scope(self.retried(callee)))
+            .await
+            .map_err(Error::flatten)
+        {
+            // The total timeout ran out, not a deadline of the caller's: a timeout it is.
+            Err(Error::Rejected(Rejected::DeadlineExceeded(_)))
+                if !outer.is_some_and(|outer| outer.is_expired()) =>
+            {
+                Err(Error::Rejected(Rejected::Timeout(Elapsed::new(
+                    timeout.duration(),
+                ))))
+            }
+            result => result,
         }
     }
 
-    async fn hedged<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
+    async fn retried<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        A: Callee<Response = T, Error = E>,
     {
-        let Some(hedge) = &self.stages.hedge else {
-            return self.attempt(f).await;
+        match &self.retry {
+            Some(retry) if callee.repeatable() => retry.call(|| self.hedged(callee)).await,
+            _ => self.hedged(callee).await,
+        }
+    }
+
+    async fn hedged<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
+    where
+        C: Classify<T, Error<E>>,
+        A: Callee<Response = T, Error = E>,
+    {
+        let Some(hedge) = self.stages.hedge.as_ref().filter(|_| callee.repeatable()) else {
+            return self.attempt(callee).await;
         };
         // A hedge is extra load, paid from the retry's budget when there is one, as a retry is
         // (and as Finagle and gRPC bound hedging): a callee slow for everyone does not get
@@ -327,20 +367,26 @@ impl<C> Pipeline<C> {
                 // Judged by the pipeline's classifier, so that an answer it calls a failure (a
                 // 503 in an `Ok`, say) does not win over an attempt still in flight.
                 |result: &Result<T, Error<E>>| self.classify.classify(result),
-                self.attempt(f),
-                || budget.is_none_or(Budget::withdraw).then(|| self.attempt(f)),
+                self.attempt(callee),
+                || {
+                    budget
+                        .is_none_or(Budget::withdraw)
+                        .then(|| self.attempt(callee))
+                },
             )
             .await
     }
 
-    /// One attempt: the limits, the breaker and the attempt timeout around a call of `f`, which
-    /// is made only once every stage let it through.
-    async fn attempt<F, Fut, T, E>(&self, f: &F) -> Result<T, Error<E>>
+    /// One attempt: the limits, the breaker and the attempt timeout around a call of `callee`,
+    /// which is made only once every stage let it through.
+    async fn attempt<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        A: Callee<Response = T, Error = E>,
     {
+        // Before any stage, as in a stack of tower layers: waiting for a service's readiness
+        // holds no place and no permit, and is not the attempt's slowness.
+        let ready = callee.ready().await.map_err(Error::Inner)?;
         let stages = &self.stages;
         let _place = match &stages.bulkhead {
             Some(bulkhead) => Some(
@@ -378,8 +424,8 @@ impl<C> Pipeline<C> {
         let start = limit.as_ref().map(|_| Instant::now());
 
         let result = match stages.attempt_timeout {
-            Some(timeout) => timeout.call(f).await,
-            None => f().await.map_err(Error::Inner),
+            Some(timeout) => timeout.call(|| callee.call(ready)).await,
+            None => callee.call(ready).await.map_err(Error::Inner),
         };
 
         let outcome = match &result {
@@ -402,6 +448,53 @@ impl<C> Pipeline<C> {
     }
 }
 
+// === Callee ===
+
+/// What a pipeline's attempts call: a closure ([`Pipeline::call`]) or a tower service
+/// ([`PipelineService`]).
+trait Callee {
+    /// What an attempt gives back.
+    type Response;
+    /// How an attempt fails.
+    type Error;
+    /// The callee, ready for one attempt.
+    type Ready;
+
+    /// Waits until the callee can take one attempt.
+    fn ready(&self) -> impl Future<Output = Result<Self::Ready, Self::Error>>;
+
+    /// Makes the attempt.
+    fn call(&self, ready: Self::Ready)
+    -> impl Future<Output = Result<Self::Response, Self::Error>>;
+
+    /// Whether the callee may be called more than once: if not, it is neither retried nor
+    /// hedged.
+    fn repeatable(&self) -> bool {
+        true
+    }
+}
+
+/// A closure, called once an attempt: always ready.
+struct Closure<F>(F);
+
+impl<F, Fut, T, E> Callee for Closure<F>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    type Response = T;
+    type Error = E;
+    type Ready = ();
+
+    fn ready(&self) -> impl Future<Output = Result<(), E>> {
+        std::future::ready(Ok(()))
+    }
+
+    fn call(&self, (): ()) -> impl Future<Output = Result<T, E>> {
+        (self.0)()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -421,7 +514,7 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn retry(attempts: u32) -> Retry {
+    pub(super) fn retry(attempts: u32) -> Retry {
         Retry::new(
             attempts,
             ExponentialBackoff::new(10 * MS, 100 * MS)
@@ -432,7 +525,7 @@ mod tests {
         .without_budget()
     }
 
-    fn breaker(failures: u32) -> CircuitBreaker {
+    pub(super) fn breaker(failures: u32) -> CircuitBreaker {
         CircuitBreaker::builder()
             .consecutive_failures(failures)
             .clock(Arc::new(TokioClock))
