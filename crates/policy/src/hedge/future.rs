@@ -42,6 +42,15 @@ pub(super) struct FnLauncher<G>(pub(super) G);
 /// Starts attempts by calling a closure again, which may decline.
 pub(super) struct DecliningLauncher<G>(pub(super) G);
 
+/// Starts attempts once a readiness future, made anew for each, completes: `launch` turns what
+/// it gives into an attempt, or declines (`None`). A readiness that fails starts no attempt, and
+/// no further one is asked for, as with a service that fails readiness.
+pub(super) struct ReadyLauncher<M, R, G> {
+    pub(super) make_ready: M,
+    pub(super) pending: Option<Pin<Box<R>>>,
+    pub(super) launch: G,
+}
+
 /// Starts attempts by sending a copy of the request through a clone of the service, once the
 /// clone is ready.
 pub(super) struct ServiceLauncher<S, Req, P> {
@@ -178,6 +187,24 @@ where
             self.spare = self.clone_request.clone_request(&request);
         }
         Poll::Ready(Some(self.service.call(request)))
+    }
+}
+
+// === impl ReadyLauncher ===
+
+impl<M, R, G, F, Ready, E> Launch<F> for ReadyLauncher<M, R, G>
+where
+    M: FnMut() -> R,
+    R: Future<Output = Result<Ready, E>>,
+    G: FnMut(Ready) -> Option<F>,
+{
+    fn poll_launch(&mut self, cx: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
+        let pending = self
+            .pending
+            .get_or_insert_with(|| Box::pin((self.make_ready)()));
+        let ready = ready!(pending.as_mut().poll(cx));
+        self.pending = None;
+        Poll::Ready(ready.ok().and_then(&mut self.launch))
     }
 }
 

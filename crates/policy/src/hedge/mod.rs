@@ -90,7 +90,9 @@ pub use self::error::InvalidConfig;
 pub use self::layer::HedgeLayer;
 pub use crate::request::{CloneRequest, Cloned};
 
-use self::future::{DecliningLauncher, FnLauncher, Race, ResponseFuture, ServiceLauncher};
+use self::future::{
+    DecliningLauncher, FnLauncher, Race, ReadyLauncher, ResponseFuture, ServiceLauncher,
+};
 
 /// When to send a hedge.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -257,6 +259,32 @@ impl Hedge {
             self.shared.clone(),
         )
         .await
+    }
+
+    /// Like [`race`](Self::race), each hedge started once a readiness future from `make_ready`
+    /// completes: until then it is neither counted nor paid for, and a readiness that fails
+    /// starts no hedge. What a pipeline over a tower service hedges with.
+    pub(crate) async fn race_when_ready<C, M, R, G, Fut, Ready, E2, T, E>(
+        &self,
+        classify: C,
+        first: Fut,
+        make_ready: M,
+        launch: G,
+    ) -> Result<T, E>
+    where
+        C: Classify<T, E>,
+        M: FnMut() -> R,
+        R: Future<Output = Result<Ready, E2>>,
+        G: FnMut(Ready) -> Option<Fut>,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let delay = self.shared.delay_for_call();
+        let launcher = ReadyLauncher {
+            make_ready,
+            pending: None,
+            launch,
+        };
+        Race::new(first, Some(launcher), delay, classify, self.shared.clone()).await
     }
 }
 

@@ -131,7 +131,7 @@ use crate::hedge::Hedge;
 use crate::ratelimit::RateLimiter;
 pub use crate::retry::RetryTransient;
 use crate::retry::{Budget, Retry};
-use crate::timeout::error::Elapsed;
+use crate::timeout::error::{DeadlineExceeded, Elapsed};
 use crate::timeout::{Deadline, Timeout};
 
 /// Policies composed around a call; see the [module docs](self) for the order and why.
@@ -346,7 +346,14 @@ impl<C> Pipeline<C> {
     {
         match &self.retry {
             Some(retry) if callee.repeatable() => retry.call(|| self.hedged(callee)).await,
-            _ => self.hedged(callee).await,
+            Some(retry) => {
+                // Sent once, but still a call the budget counts, as a retry service counts it.
+                if let Some(budget) = retry.budget() {
+                    budget.deposit();
+                }
+                self.hedged(callee).await
+            }
+            None => self.hedged(callee).await,
         }
     }
 
@@ -355,38 +362,57 @@ impl<C> Pipeline<C> {
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
     {
+        // Ready before the race, so that a slow readiness neither sets off a hedge nor counts in
+        // the latency the hedge learns from.
+        let ready = self.ready(callee).await?;
         let Some(hedge) = self.stages.hedge.as_ref().filter(|_| callee.repeatable()) else {
-            return self.attempt(callee).await;
+            return self.attempt(callee, ready).await;
         };
         // A hedge is extra load, paid from the retry's budget when there is one, as a retry is
         // (and as Finagle and gRPC bound hedging): a callee slow for everyone does not get
-        // twice its calls.
+        // twice its calls. It is paid once its callee is ready, as a hedge service's is.
         let budget = self.retry.as_ref().and_then(Retry::budget);
         hedge
-            .race(
+            .race_when_ready(
                 // Judged by the pipeline's classifier, so that an answer it calls a failure (a
                 // 503 in an `Ok`, say) does not win over an attempt still in flight.
                 |result: &Result<T, Error<E>>| self.classify.classify(result),
-                self.attempt(callee),
-                || {
+                self.attempt(callee, ready),
+                || self.ready(callee),
+                |ready| {
                     budget
                         .is_none_or(Budget::withdraw)
-                        .then(|| self.attempt(callee))
+                        .then(|| self.attempt(callee, ready))
                 },
             )
             .await
     }
 
+    /// Waits until `callee` can take an attempt, before any stage of it, as in a stack of tower
+    /// layers: the wait holds no place nor permit and is not the attempt's slowness. The
+    /// caller's deadline (the total timeout's, inside one) bounds it.
+    async fn ready<A>(&self, callee: &A) -> Result<A::Ready, Error<A::Error>>
+    where
+        A: Callee,
+    {
+        let Some(deadline) = Deadline::current() else {
+            return callee.ready().await.map_err(Error::Inner);
+        };
+        match tokio::time::timeout_at(deadline.instant(), callee.ready()).await {
+            Ok(ready) => ready.map_err(Error::Inner),
+            Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded(
+                DeadlineExceeded::new(),
+            ))),
+        }
+    }
+
     /// One attempt: the limits, the breaker and the attempt timeout around a call of `callee`,
-    /// which is made only once every stage let it through.
-    async fn attempt<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
+    /// ready, which is made only once every stage let it through.
+    async fn attempt<A, T, E>(&self, callee: &A, ready: A::Ready) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
     {
-        // Before any stage, as in a stack of tower layers: waiting for a service's readiness
-        // holds no place and no permit, and is not the attempt's slowness.
-        let ready = callee.ready().await.map_err(Error::Inner)?;
         let stages = &self.stages;
         let _place = match &stages.bulkhead {
             Some(bulkhead) => Some(

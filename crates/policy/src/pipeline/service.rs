@@ -26,13 +26,19 @@ pub struct PipelineLayer<C, P = Cloned> {
 
 /// A service behind a [`Pipeline`]: every stage in the pipeline's order around each request.
 ///
-/// The instance the caller polled ready takes the first attempt; a retry or a hedge goes through
-/// a clone of the service, polled ready before any stage of its attempt is entered (as in a stack
-/// of tower layers: waiting for readiness holds no bulkhead place nor breaker permit, and the
-/// attempt timeout does not count it). An error of that wait ends the attempt as a failure of
-/// the service would. When the pipeline retries or hedges, each attempt sends a copy of the
-/// request made by a [`CloneRequest`] (by default the request's `Clone`); a request it declines
-/// to copy is sent once, with neither retry nor hedge.
+/// The instance the caller polled ready takes the first attempt, with the request as it came. A
+/// retry or a hedge goes through a clone of the service, polled ready before any stage of its
+/// attempt, as in a stack of tower layers: the wait holds no bulkhead place, breaker permit nor
+/// rate-limit token and the attempt timeout does not count it, though the caller's deadline and
+/// the total timeout bound it; a hedge is started, counted and paid for once its clone is ready.
+/// An error of that wait is the attempt's, recorded by no policy (a retry may try another clone);
+/// a hedge whose clone fails readiness is not sent.
+///
+/// When the pipeline retries or hedges, later attempts send copies of the request made by a
+/// [`CloneRequest`]: by default the request's `Clone`, so a request type that is not `Clone` (an
+/// `http::Request` with a streaming body) needs
+/// [`with_clone_request`](PipelineLayer::with_clone_request), which may copy what it can and
+/// decline the rest (`|_| None`): a request it declines is sent once, neither retried nor hedged.
 ///
 /// Errors are boxed: the inner service's own, or the specific refusal of a policy
 /// (`is_caused_by::<BreakerOpen>(&*err)` finds it). The pipeline's classifier sees each attempt's
@@ -141,28 +147,26 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        // A request that may be sent again is copied before it goes, so that a copy stays to
+        // make the next attempt's from; one that cannot be copied is sent once, with neither
+        // retry nor hedge. The request itself goes first, as it came.
+        let copy = self
+            .pipeline
+            .repeats()
+            .then(|| self.clone_request.clone_request(&request))
+            .flatten();
         // The instance polled ready goes with this request, for its first attempt; a clone
-        // stays for the next caller to poll.
-        let spare = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, spare.clone());
-        // A request that may be sent again is copied for each attempt, the first included, so
-        // that the original stays to copy from; one that cannot be copied is sent once, with
-        // neither retry nor hedge.
-        let (first, original) = match self.pipeline.repeats() {
-            true => match self.clone_request.clone_request(&request) {
-                Some(copy) => (copy, Some(request)),
-                None => (request, None),
-            },
-            false => (request, None),
-        };
+        // stays for the next caller to poll, and another for this request's later attempts.
+        let spare = copy.as_ref().map(|_| self.inner.clone());
+        let next = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, next);
         let callee = ServiceCallee {
-            repeatable: original.is_some(),
+            repeatable: copy.is_some(),
             state: Mutex::new(State {
-                ready: Some(ready),
+                first: Some((ready, request)),
                 spare,
-                copy: self.clone_request.clone(),
-                first: Some(first),
-                original,
+                clone_request: self.clone_request.clone(),
+                copy,
             }),
         };
         let pipeline = self.pipeline.clone();
@@ -187,15 +191,13 @@ struct ServiceCallee<S, Req, P> {
 }
 
 struct State<S, Req, P> {
-    /// The instance the caller polled ready, until the first attempt takes it.
-    ready: Option<S>,
-    /// Cloned for every later attempt.
-    spare: S,
-    copy: P,
-    /// The first attempt's request, until it takes it.
-    first: Option<Req>,
-    /// What later attempts send copies of, when the request may be sent again.
-    original: Option<Req>,
+    /// The instance the caller polled ready and the request, until the first attempt takes them.
+    first: Option<(S, Req)>,
+    /// Cloned for every later attempt, if there may be one.
+    spare: Option<S>,
+    clone_request: P,
+    /// What later attempts send copies of, if there may be one.
+    copy: Option<Req>,
 }
 
 impl<S, Req, P> ServiceCallee<S, Req, P> {
@@ -212,40 +214,40 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Ready = S;
+    type Ready = (S, Req);
 
-    async fn ready(&self) -> Result<S, BoxError> {
-        let taken = self.lock().ready.take();
-        if let Some(ready) = taken {
-            return Ok(ready);
-        }
-        let mut service = self.lock().spare.clone();
+    async fn ready(&self) -> Result<(S, Req), BoxError> {
+        let (mut service, request) = {
+            let mut state = self.lock();
+            if let Some(first) = state.first.take() {
+                return Ok(first);
+            }
+            let State {
+                spare,
+                clone_request,
+                copy,
+                ..
+            } = &mut *state;
+            let request = copy
+                .as_ref()
+                .and_then(|copy| clone_request.clone_request(copy));
+            match (spare.clone(), request) {
+                (Some(service), Some(request)) => (service, request),
+                _ => return Err(NotCopied.into()),
+            }
+        };
         poll_fn(|cx| service.poll_ready(cx))
             .await
             .map_err(Into::into)?;
-        Ok(service)
+        Ok((service, request))
     }
 
-    fn call(&self, mut ready: S) -> impl Future<Output = Result<S::Response, BoxError>> {
-        let request = {
-            let mut state = self.lock();
-            let State {
-                copy,
-                first,
-                original,
-                ..
-            } = &mut *state;
-            first
-                .take()
-                .or_else(|| copy.clone_request(original.as_ref()?))
-        };
-        let response = request.map(|request| ready.call(request));
-        async move {
-            match response {
-                Some(response) => response.await.map_err(Into::into),
-                None => Err(BoxError::from(NotCopied)),
-            }
-        }
+    fn call(
+        &self,
+        (mut service, request): (S, Req),
+    ) -> impl Future<Output = Result<S::Response, BoxError>> {
+        let response = service.call(request);
+        async move { response.await.map_err(Into::into) }
     }
 
     fn repeatable(&self) -> bool {
@@ -253,8 +255,8 @@ where
     }
 }
 
-/// A retry or a hedge found no request to send: its [`CloneRequest`] copied the request for the
-/// first attempt, then declined to copy it again.
+/// A retry or a hedge found no request to send: its [`CloneRequest`] copied the request once,
+/// then declined to copy it again. The attempt ends before any stage, recorded by no policy.
 #[derive(Debug, thiserror::Error)]
 #[error("the request could not be copied for another attempt")]
 pub struct NotCopied;
@@ -274,6 +276,8 @@ mod tests {
     use crate::error::is_caused_by;
     use crate::hedge::{Hedge, HedgeDelay};
     use crate::pipeline::tests::{breaker, retry};
+    use crate::timeout::Deadline;
+    use crate::timeout::error::DeadlineExceeded;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -368,7 +372,6 @@ mod tests {
         };
         let pipeline = Pipeline::builder()
             .retry(retry(2))
-            .breaker(breaker(2))
             .attempt_timeout(100 * MS)
             .build();
         let service = pipeline.layer().layer(inner);
@@ -381,23 +384,105 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_refusal_comes_boxed_and_a_request_that_cannot_be_copied_is_sent_once() {
+    async fn a_request_that_cannot_be_copied_is_sent_once() {
+        let (calls, inner) = flaky(u32::MAX);
+        let pipeline = Pipeline::builder().retry(retry(3)).build();
+        let layer = pipeline.layer().with_clone_request(|_: &u32| None);
+        let err = layer.layer(inner).oneshot(1).await.unwrap_err();
+        assert_eq!(err.to_string(), "down");
+        assert_eq!(calls.load(SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breakers_refusal_comes_boxed() {
         let (calls, inner) = flaky(u32::MAX);
         let pipeline = Pipeline::builder()
             .retry(retry(3))
             .breaker(breaker(3))
             .build();
-        let layer = pipeline.layer().with_clone_request(|_: &u32| None);
-        let service = layer.layer(inner);
+        let service = pipeline.layer().layer(inner);
+        // Three failed attempts open the breaker; the next call is refused without a call.
         let err = service.clone().oneshot(1).await.unwrap_err();
         assert_eq!(err.to_string(), "down");
-        assert_eq!(calls.load(SeqCst), 1, "not copied, not retried");
-
-        // Copied, it is retried until the breaker opens; then refused.
-        let service = pipeline.layer().layer(flaky(u32::MAX).1);
-        service.clone().oneshot(1).await.unwrap_err();
         let err = service.oneshot(1).await.unwrap_err();
         assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
+        assert_eq!(calls.load(SeqCst), 3);
+    }
+
+    /// A service whose calls never answer.
+    fn hung() -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send {
+        service_fn(|request: u32| async move {
+            sleep(Duration::from_secs(3600)).await;
+            Ok(request)
+        })
+    }
+
+    /// Whether `service` gets ready within ten seconds: its places were given back.
+    async fn gets_ready<S: Service<u32>>(service: &mut S) -> bool {
+        timeout(Duration::from_secs(10), service.ready())
+            .await
+            .is_ok_and(|ready| ready.is_ok())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_first_attempt_gives_the_callers_place_back() {
+        let breaker = breaker(1);
+        breaker.force_open();
+        let pipeline = Pipeline::builder().breaker(breaker).build();
+        let mut service = pipeline.layer().layer(ConcurrencyLimit::new(hung(), 1));
+        let err = service.ready().await.unwrap().call(1).await.unwrap_err();
+        assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
+        assert!(gets_ready(&mut service).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_response_gives_every_place_back() {
+        let hedge = Hedge::new(HedgeDelay::Fixed(10 * MS)).unwrap();
+        let pipeline = Pipeline::builder().hedge(hedge).retry(retry(2)).build();
+        let mut service = pipeline.layer().layer(ConcurrencyLimit::new(hung(), 2));
+        let response = service.ready().await.unwrap().call(1);
+        // The attempt and its hedge both hang, each holding a place, until the caller gives up.
+        assert!(timeout(100 * MS, response).await.is_err());
+        assert!(gets_ready(&mut service).await);
+        let mut other = service.clone();
+        assert!(gets_ready(&mut other).await, "the second place");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_deadline_bounds_a_wait_for_readiness() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let inner = SlowToReady {
+            warm_up: None,
+            delay: 300 * MS,
+            calls: calls.clone(),
+        };
+        let pipeline = Pipeline::builder().retry(retry(2)).build();
+        let service = pipeline.layer().layer(inner);
+        let start = Instant::now();
+        let err = Deadline::after(100 * MS)
+            .scope(service.oneshot(5))
+            .await
+            .unwrap_err();
+        assert!(is_caused_by::<DeadlineExceeded>(&*err), "{err}");
+        assert_eq!(start.elapsed(), 100 * MS);
+        assert_eq!(calls.load(SeqCst), 1, "the retry never got ready");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_is_sent_and_counted_only_once_its_clone_is_ready() {
+        // One place, held by the first attempt: the hedge due at 50 ms cannot get ready before
+        // the first attempt answers at 200 ms, and is never sent.
+        let inner = service_fn(|request: u32| async move {
+            sleep(200 * MS).await;
+            Ok::<_, BoxError>(request)
+        });
+        let hedge = Hedge::new(HedgeDelay::Fixed(50 * MS)).unwrap();
+        let pipeline = Pipeline::builder().hedge(hedge.clone()).build();
+        let service = pipeline.layer().layer(ConcurrencyLimit::new(inner, 1));
+        let start = Instant::now();
+        assert_eq!(service.oneshot(3).await.unwrap(), 3);
+        assert_eq!(start.elapsed(), 200 * MS);
+        assert_eq!(hedge.hedges_sent(), 0);
     }
 
     #[tokio::test(start_paused = true)]
