@@ -113,7 +113,9 @@
 //! # let _ = svc;
 //! ```
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
 
 use tokio::time::Instant;
 
@@ -395,10 +397,15 @@ impl<C> Pipeline<C> {
     where
         A: Callee,
     {
+        let mut wait = pin!(callee.ready());
+        // A callee ready at once (a closure always is) needs no timer.
+        if let Poll::Ready(ready) = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
+            return ready.map_err(Error::Inner);
+        }
         let Some(deadline) = Deadline::current() else {
-            return callee.ready().await.map_err(Error::Inner);
+            return wait.await.map_err(Error::Inner);
         };
-        match tokio::time::timeout_at(deadline.instant(), callee.ready()).await {
+        match tokio::time::timeout_at(deadline.instant(), wait).await {
             Ok(ready) => ready.map_err(Error::Inner),
             Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded(
                 DeadlineExceeded::new(),
