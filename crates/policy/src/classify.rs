@@ -58,6 +58,17 @@ pub trait Classify<T, E> {
     /// Classifies one finished call. Return [`Outcome::Success`] or [`Outcome::Failure`]; the
     /// policies that measure latency turn slow successes into [`Outcome::Slow`] themselves.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
+
+    /// How long a failed call's result asks the caller to wait before trying again, if it says
+    /// (a server's `Retry-After`, a gRPC pushback). The retries that decide with a classifier (a
+    /// [`Pipeline`](crate::pipeline::Pipeline)'s, [`RetryOnFailure`](crate::retry::RetryOnFailure),
+    /// [`RetryTransient`](crate::retry::RetryTransient)) wait at least this long, and give up on
+    /// a wait past their [`max_retry_after`](crate::retry::Retry::with_max_retry_after). None by
+    /// default; [`Hinted`] gives a closure classifier one.
+    fn retry_after(&self, result: &Result<T, E>) -> Option<Duration> {
+        let _ = result;
+        None
+    }
 }
 
 impl<T, E, F> Classify<T, E> for F
@@ -81,6 +92,51 @@ impl<T, E> Classify<T, E> for ErrorsAreFailures {
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
         }
+    }
+}
+
+/// A classifier that reads a server's hint of when to try again: `classify` judges each result,
+/// `hint` reads the wait a failed one asks for.
+///
+/// ```
+/// use std::time::Duration;
+/// use rampart_policy::classify::{Classify, Hinted, Outcome};
+///
+/// // (status, Retry-After in seconds)
+/// let classify = Hinted {
+///     classify: |result: &Result<(u16, Option<u64>), std::io::Error>| match result {
+///         Ok((status, _)) if *status >= 500 => Outcome::Failure,
+///         Ok(_) => Outcome::Success,
+///         Err(_) => Outcome::Failure,
+///     },
+///     hint: |result: &Result<(u16, Option<u64>), std::io::Error>| match result {
+///         Ok((_, Some(secs))) => Some(Duration::from_secs(*secs)),
+///         _ => None,
+///     },
+/// };
+/// assert_eq!(classify.classify(&Ok((503, Some(2)))), Outcome::Failure);
+/// assert_eq!(classify.retry_after(&Ok((503, Some(2)))), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hinted<K, H> {
+    /// Judges each result.
+    pub classify: K,
+    /// Reads the wait a failed result asks for.
+    pub hint: H,
+}
+
+impl<T, E, K, H> Classify<T, E> for Hinted<K, H>
+where
+    K: Classify<T, E>,
+    H: Fn(&Result<T, E>) -> Option<Duration>,
+{
+    #[inline]
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self.classify.classify(result)
+    }
+
+    fn retry_after(&self, result: &Result<T, E>) -> Option<Duration> {
+        (self.hint)(result)
     }
 }
 

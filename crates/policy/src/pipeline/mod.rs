@@ -538,6 +538,7 @@ mod tests {
 
     use super::*;
     use crate::breaker::State;
+    use crate::classify::Hinted;
     use crate::clock::TokioClock;
     use crate::error::is_caused_by;
     use crate::retry::ExponentialBackoff;
@@ -603,6 +604,37 @@ mod tests {
         // Each failed attempt reached the breaker, and the success reset the run.
         assert_eq!(b.snapshot().calls, 3);
         assert_eq!(b.snapshot().consecutive_failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_that_names_its_wait_is_retried_no_sooner() {
+        // (status, Retry-After in ms)
+        type Answer = Result<(u16, u64), Error<()>>;
+        let classify = Hinted {
+            classify: |answer: &Answer| match answer {
+                Ok((200, _)) => Outcome::Success,
+                _ => Outcome::Failure,
+            },
+            hint: |answer: &Answer| match answer {
+                Ok((503, ms)) => Some(Duration::from_millis(*ms)),
+                _ => None,
+            },
+        };
+        let pipeline = Pipeline::builder()
+            .classify(classify)
+            .retry(retry(2))
+            .build();
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let answer = pipeline
+            .call(|| {
+                let first = calls.fetch_add(1, SeqCst) == 0;
+                std::future::ready(Ok::<_, ()>(if first { (503, 300) } else { (200, 0) }))
+            })
+            .await;
+        assert_eq!(answer.unwrap(), (200, 0));
+        // The backoff alone would have waited 5 ms.
+        assert_eq!(start.elapsed(), 300 * MS);
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,7 +70,8 @@ impl<T, E> RetryClassify<T, E> for RetryOnError {
 }
 
 /// Retries what a shared [`Classify`] calls a [`Outcome::Failure`], so that a retry and a
-/// breaker given the same classifier agree. Slow successes are kept.
+/// breaker given the same classifier agree, not before the wait its
+/// [`retry_after`](Classify::retry_after) reads. Slow successes are kept.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryOnFailure<K>(pub K);
 
@@ -80,14 +81,18 @@ where
 {
     #[inline]
     fn decide(&self, result: &Result<T, E>) -> Decision {
-        failed(self.0.classify(result))
+        failed(&self.0, result)
     }
 }
 
-// A failure is worth another attempt; a success, slow or not, is kept.
-fn failed(outcome: Outcome) -> Decision {
-    match outcome {
-        Outcome::Failure => Decision::Retry,
+// A failure is worth another attempt, not before the wait it asks for if it asks for one; a
+// success, slow or not, is kept.
+fn failed<T, E>(classify: &impl Classify<T, E>, result: &Result<T, E>) -> Decision {
+    match classify.classify(result) {
+        Outcome::Failure => match classify.retry_after(result) {
+            Some(wait) => Decision::RetryAfter(wait),
+            None => Decision::Retry,
+        },
         Outcome::Success | Outcome::Slow => Decision::Done,
     }
 }
@@ -124,7 +129,7 @@ impl<T, E, K: Classify<T, Error<E>>> RetryClassify<T, Error<E>> for RetryTransie
     fn decide(&self, result: &Result<T, Error<E>>) -> Decision {
         match result {
             Err(Error::Rejected(rejected)) => transient(rejected),
-            _ => failed(self.0.classify(result)),
+            _ => failed(&self.0, result),
         }
     }
 }
@@ -135,9 +140,9 @@ impl<T, K: Classify<T, BoxError>> RetryClassify<T, BoxError> for RetryTransient<
         match result {
             Err(err) => match Rejected::find_in(&**err) {
                 Some(rejected) => transient(&rejected),
-                None => failed(self.0.classify(result)),
+                None => failed(&self.0, result),
             },
-            Ok(_) => failed(self.0.classify(result)),
+            Ok(_) => failed(&self.0, result),
         }
     }
 }
