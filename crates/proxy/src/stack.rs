@@ -395,10 +395,13 @@ impl Stack {
                     Tried::Transport(err) => err.outcome(),
                     // The client's own deadline, shorter than the route's timeout, ran out: that
                     // says nothing about the endpoint, and counted, any client could open every
-                    // breaker with `x-rampart-deadline: 1` (the permit is let go unrecorded; the
-                    // attempt went out, and counts as executed).
+                    // breaker with `x-rampart-deadline: 1`. Only an attempt that had already
+                    // run past the slow-call threshold is a slow call (when slow calls trip the
+                    // breaker), so that a hung endpoint behind short deadlines is still seen.
+                    // The attempt went out, and counts as executed.
                     Tried::Expired if expired == Reason::DeadlineExceeded => {
                         slot.executed();
+                        picked.cut_short();
                         return Err(tried);
                     }
                     // No answer within the route's timeout: a failure of this endpoint.

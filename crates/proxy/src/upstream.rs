@@ -89,6 +89,15 @@ impl Picked<'_> {
         }
     }
 
+    /// The client's deadline ran out before the endpoint answered: the breaker learns nothing,
+    /// unless the attempt had already run past its slow-call threshold with slow calls tripping
+    /// it (`Permit::cut_short`); the balancer learns nothing either way.
+    pub(crate) fn cut_short(self) {
+        if let Some(permit) = self.permit {
+            permit.cut_short();
+        }
+    }
+
     /// The same pick, no longer borrowing `pool` (the pool it came from), for an outcome known
     /// only when the response body ends.
     pub(crate) fn into_owned(self, pool: &Pool) -> OwnedPicked {

@@ -530,6 +530,39 @@ async fn a_clients_own_short_deadline_never_opens_a_breaker() {
 }
 
 #[tokio::test]
+async fn a_hung_endpoint_behind_short_deadlines_is_a_slow_one() {
+    // Every client gives up before the route's timeout, but after the slow-call threshold: the
+    // endpoint never answered within a slow call's time, and slow calls open the breaker.
+    let hung = Upstream::start(Behavior::Slow(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[hung.addr()],
+        "timeout = \"5s\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nslow_call = \"100ms\"\nslow_call_rate = 0.5\nmin_calls = 2\nopen_for = \"60s\"",
+    )
+    .await;
+    let client = http1();
+    let hurried = || {
+        request(&proxy, "/")
+            .header("x-rampart-deadline", "300")
+            .body(Full::default())
+            .unwrap()
+    };
+    for i in 0..2 {
+        let response = send(&client, hurried()).await;
+        assert_eq!(
+            error_of(&response),
+            Some("deadline-exceeded"),
+            "request {i}"
+        );
+    }
+    let response = send(&client, hurried()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), Some("breaker-open"));
+}
+
+#[tokio::test]
 async fn an_http2_connection_that_stops_answering_is_replaced() {
     // The endpoint serves new connections, but the one rampart shares for every request went
     // silent without closing (a wedged peer, a black-holed flow): pings find it dead.

@@ -70,11 +70,11 @@ where
                 classify,
             } => {
                 let result = ready!(future.poll(cx));
-                // Dropped unrecorded when the caller's deadline cut the call short.
-                if let Some(permit) = permit.take()
-                    && let Some(outcome) = judge(classify, &result)
-                {
-                    permit.record(outcome);
+                if let Some(permit) = permit.take() {
+                    match judge(classify, &result) {
+                        Some(outcome) => permit.record(outcome),
+                        None => permit.cut_short(),
+                    }
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -316,9 +316,9 @@ impl CircuitBreaker {
             .try_acquire()
             .map_err(|open| Error::Rejected(open.into()))?;
         let result = f().await;
-        // Dropped unrecorded when the caller's deadline cut the call short.
-        if let Some(outcome) = judge(classify, &result) {
-            permit.record(outcome);
+        match judge(classify, &result) {
+            Some(outcome) => permit.record(outcome),
+            None => permit.cut_short(),
         }
         result.map_err(Error::Inner)
     }
@@ -430,6 +430,18 @@ impl Permit<'_> {
         std::mem::forget(self);
         shared.record(ticket, outcome);
     }
+
+    /// Tells the breaker that the caller gave up on the call (its deadline passed) before the
+    /// callee answered. That says nothing of the callee, so the permit goes as if dropped,
+    /// unless slow calls trip the breaker (`slow_call` and a `slow_call_rate` below 1) and the
+    /// call had already run past the slow-call threshold: then it counts as a slow call, and a
+    /// probe so cut fails. A callee that hangs while every caller's deadline runs out first is
+    /// thus still seen.
+    pub fn cut_short(self) {
+        let (shared, ticket) = (self.shared, self.ticket);
+        std::mem::forget(self);
+        shared.cut_short(ticket);
+    }
 }
 
 impl Drop for Permit<'_> {
@@ -453,6 +465,13 @@ impl OwnedPermit {
     pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             self.shared.record(ticket, outcome);
+        }
+    }
+
+    /// As [`Permit::cut_short`].
+    pub fn cut_short(mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.shared.cut_short(ticket);
         }
     }
 }

@@ -340,9 +340,31 @@ impl Shared {
 
     // === the slow path: failures, slow calls, probes and transitions ===
 
+    /// A call its caller gave up on (its deadline passed) before the callee answered. It says
+    /// nothing of the callee, unless slow calls trip the breaker and it had already run past the
+    /// slow-call threshold: then it was a slow call at the least, though no success, so a run of
+    /// failures goes on through it, and a probe so cut fails. A callee that hangs while every
+    /// caller's deadline runs out first is thus still seen.
+    pub(super) fn cut_short(&self, ticket: Ticket) {
+        let slow = self.settings.slow_trips()
+            && self.timed(Outcome::Success, ticket.start) == Outcome::Slow;
+        if !slow {
+            return self.release(ticket);
+        }
+        if ticket.period & CLOSED == 0 {
+            return self.probe_done(ticket.period, Outcome::Slow);
+        }
+        if ticket.period != CLOSED | self.generation() {
+            return;
+        }
+        self.window.record(CALLS);
+        self.window.record(SLOW);
+        // The run of failures stands as it was: only a rate can trip now.
+        self.check_trips(0);
+    }
+
     #[cold]
     fn record_bad(&self, outcome: Outcome) {
-        let s = &self.settings;
         let consecutive = if outcome == Outcome::Failure {
             self.window.record(FAILURES);
             self.consecutive.fetch_add(1, AcqRel).saturating_add(1)
@@ -352,6 +374,12 @@ impl Shared {
             self.consecutive.store(0, Relaxed);
             0
         };
+        self.check_trips(consecutive);
+    }
+
+    /// Trips a closed breaker whose run of failures (`consecutive`) or window calls for it.
+    fn check_trips(&self, consecutive: u32) {
+        let s = &self.settings;
         if self.state() != State::Closed {
             return;
         }

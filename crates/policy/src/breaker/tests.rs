@@ -1062,3 +1062,81 @@ async fn a_call_failing_once_the_callers_deadline_has_passed_is_not_recorded() {
         .await;
     assert_eq!(b.state(), State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_its_caller_gave_up_on_past_the_slow_threshold_is_a_slow_call() {
+    use crate::timeout::{Deadline, Timeout};
+
+    let b = builder()
+        .consecutive_failures(3)
+        .slow_call(Duration::from_millis(100))
+        .slow_call_rate(0.5)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    let timeout = Timeout::new(10 * SEC);
+    let hung = || async {
+        sleep(3600 * SEC).await;
+        Ok::<_, std::io::Error>("answer")
+    };
+    let cut = |left: u64| {
+        let call = b.call(|| timeout.call(hung));
+        Deadline::after(Duration::from_millis(left)).scope(call)
+    };
+    // Callers in a hurry, cut before the threshold: nothing is learnt.
+    for _ in 0..4 {
+        cut(50).await.unwrap_err();
+    }
+    assert_eq!(b.snapshot().calls, 0);
+    // Callers that waited past it: slow calls, though none ever answered; the breaker opens
+    // when they make half of the window.
+    let failure = || async { Err::<&str, _>(std::io::Error::other("refused")) };
+    b.call(failure).await.unwrap_err();
+    b.call(failure).await.unwrap_err();
+    for _ in 0..2 {
+        cut(150).await.unwrap_err();
+    }
+    assert_eq!(b.state(), State::Open, "{:?}", b.snapshot());
+    assert_eq!(b.snapshot().slow_calls, 2);
+
+    // A probe cut past the threshold fails: open again (released, it would leave the breaker
+    // half-open).
+    sleep(SEC).await;
+    cut(150).await.unwrap_err();
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_call_is_nothing_while_slow_calls_do_not_trip() {
+    use crate::timeout::{Deadline, Timeout};
+
+    // A slow-call threshold for the metrics only: a call cut past it is not a "slow success"
+    // that could close a half-open breaker.
+    let b = builder()
+        .consecutive_failures(1)
+        .slow_call(Duration::from_millis(100))
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    b.call(|| async { Err::<(), _>("refused") })
+        .await
+        .unwrap_err();
+    sleep(SEC).await;
+    let timeout = Timeout::new(10 * SEC);
+    Deadline::after(Duration::from_millis(150))
+        .scope(b.call(|| {
+            timeout.call(|| async {
+                sleep(3600 * SEC).await;
+                Ok::<_, std::io::Error>(())
+            })
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        b.state(),
+        State::HalfOpen,
+        "the probe's place is free again"
+    );
+    b.call(|| async { Ok::<_, ()>(()) }).await.unwrap();
+    assert_eq!(b.state(), State::Closed);
+}

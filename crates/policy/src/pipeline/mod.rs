@@ -21,8 +21,9 @@
 //! alike, so an `Ok` holding an HTTP 503 can count as a failure everywhere at once. The retry of a pipeline
 //! retries failures and attempt timeouts; it never retries a refusal (breaker open, bulkhead full,
 //! rate limited, deadline exceeded), since trying again at once would meet the same refusal. An
-//! attempt cut short by the caller's deadline teaches the breaker and the adaptive limit nothing:
-//! the caller ran out of time, which says nothing about the callee.
+//! attempt cut short by the caller's deadline teaches the adaptive limit nothing: the caller ran
+//! out of time, which says nothing about the callee; nor the breaker, unless the attempt had run
+//! past its slow-call threshold (see [`Permit::cut_short`](crate::breaker::Permit::cut_short)).
 //!
 //! ```
 //! use std::time::Duration;
@@ -466,9 +467,13 @@ impl<C> Pipeline<C> {
             Err(Error::Rejected(Rejected::Timeout(_))) => Some(Outcome::Failure),
             _ => judge(&self.classify, &result),
         };
-        // The caller ran out of time: that says nothing about the callee. The permits are
-        // dropped unrecorded.
+        // The caller ran out of time: that says nothing about the callee, unless the attempt
+        // had run long enough to be a slow call (see `Permit::cut_short`). The adaptive limit's
+        // slot is dropped unrecorded.
         let Some(outcome) = outcome else {
+            if let Some(permit) = permit {
+                permit.cut_short();
+            }
             return result;
         };
         if let Some(permit) = permit {
