@@ -415,6 +415,38 @@ fn ratelimit_allow(c: &mut Criterion) {
     group.finish();
 }
 
+/// Keys the keyed rate-limit bench cycles through: more than fit in one cache line's worth of
+/// map, fewer than a sweep would ever see.
+const KEYS: u64 = 1_000;
+
+fn ratelimit_keyed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit_keyed");
+
+    // A quota no bench loop can exhaust, per key, so every check is an admission.
+    let rampart = RateLimiter::per_second(u32::MAX)
+        .build_keyed::<u64>()
+        .unwrap();
+    let mut key = 0;
+    group.bench_function("rampart", |b| {
+        b.iter(|| {
+            key = (key + 1) % KEYS;
+            black_box(&rampart).try_acquire(black_box(&key))
+        })
+    });
+
+    // governor's keyed limiter over its std `HashMap` store, one mutex (dashmap is off here).
+    let governor = governor::RateLimiter::hashmap(governor::Quota::per_second(NonZeroU32::MAX));
+    let mut key = 0;
+    group.bench_function("governor", |b| {
+        b.iter(|| {
+            key = (key + 1) % KEYS;
+            black_box(&governor).check_key(black_box(&key))
+        })
+    });
+
+    group.finish();
+}
+
 // === bulkhead ===
 
 /// Permits for every bulkhead contender; the bench holds at most one at a time.
@@ -498,6 +530,7 @@ criterion_group! {
         retry_success,
         retry_contended,
         ratelimit_allow,
+        ratelimit_keyed,
         bulkhead,
         pipeline,
         clock_read,

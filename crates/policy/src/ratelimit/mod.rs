@@ -2,7 +2,8 @@
 //!
 //! A bulkhead bounds how many calls run at once; a rate limit bounds how many start per unit of
 //! time, whatever they last. Use it to stay within a callee's quota (a paid API allowing 100
-//! calls a second) or to keep one client from taking more than its share of a service.
+//! calls a second) or, with a bucket per client ([`KeyedRateLimiter`]), to keep one client from
+//! taking more than its share of a service.
 //!
 //! [`RateLimiter`] is a token bucket, kept as the generic cell rate algorithm (GCRA): one number,
 //! the theoretical arrival time of the next call. It allows `n` calls per second (or minute) on
@@ -82,10 +83,12 @@
 
 pub mod error;
 pub mod future;
+mod keyed;
 mod layer;
 
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,6 +98,7 @@ use tower_service::Service;
 
 use self::error::{ConfigError, RateLimited};
 use self::future::ResponseFuture;
+pub use self::keyed::{KeyedRateLimitLayer, KeyedRateLimitService, KeyedRateLimiter};
 pub use self::layer::RateLimitLayer;
 use crate::clock::{SharedClock, TimeSource, saturating_nanos};
 use crate::error::{BoxError, Error};
@@ -110,12 +114,18 @@ struct Shared {
     /// The theoretical arrival time of the next call, in nanoseconds on `time`'s timeline: the
     /// bucket is full when it is in the past, empty when it is `tolerance` ahead of now.
     tat: AtomicU64,
+    rate: Rate,
+    time: TimeSource,
+}
+
+/// A rate as GCRA keeps it.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
     /// Nanoseconds for one call's worth to come back.
     interval: u64,
-    /// How far ahead of now `tat` may run: `interval * (burst - 1)`.
+    /// How far ahead of now the theoretical arrival time may run: `interval * (burst - 1)`.
     tolerance: u64,
     burst: u32,
-    time: TimeSource,
 }
 
 /// Configures a [`RateLimiter`]; made by [`RateLimiter::per_second`] and
@@ -231,12 +241,29 @@ impl RateLimiter {
 
     /// The most calls allowed in a row.
     pub fn burst(&self) -> u32 {
-        self.shared.burst
+        self.shared.rate.burst
     }
 
     /// The time it takes for one call's worth to come back into the bucket.
     pub fn replenish_interval(&self) -> Duration {
-        Duration::from_nanos(self.shared.interval)
+        Duration::from_nanos(self.shared.rate.interval)
+    }
+}
+
+// === impl Rate ===
+
+impl Rate {
+    /// One step of GCRA: with the next call's theoretical arrival time at `tat`, a call at `now`
+    /// that may wait up to `max` nanoseconds waits `Ok((wait, next))`, `next` the theoretical
+    /// arrival time after it; or, refused, would have to wait `Err(wait)`.
+    #[inline]
+    fn step(&self, tat: u64, now: u64, max: u64) -> Result<(u64, u64), u64> {
+        let start = tat.max(now);
+        let wait = (start - now).saturating_sub(self.tolerance);
+        if wait > max {
+            return Err(wait);
+        }
+        Ok((wait, start.saturating_add(self.interval)))
     }
 }
 
@@ -255,18 +282,9 @@ impl Shared {
     fn reserve(&self, now: u64, max: u64) -> Result<u64, u64> {
         let mut tat = self.tat.load(Relaxed);
         loop {
-            let start = tat.max(now);
-            let wait = (start - now).saturating_sub(self.tolerance);
-            if wait > max {
-                return Err(wait);
-            }
+            let (wait, next) = self.rate.step(tat, now, max)?;
             // Relaxed: the one number is all the state there is; it guards no other memory.
-            match self.tat.compare_exchange_weak(
-                tat,
-                start.saturating_add(self.interval),
-                Relaxed,
-                Relaxed,
-            ) {
+            match self.tat.compare_exchange_weak(tat, next, Relaxed, Relaxed) {
                 Ok(_) => return Ok(wait),
                 Err(actual) => tat = actual,
             }
@@ -318,6 +336,25 @@ impl RateLimiterBuilder {
 
     /// Builds the limiter, or says why the configuration cannot work.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
+        Ok(RateLimiter {
+            shared: Arc::new(Shared {
+                tat: AtomicU64::new(0),
+                rate: self.rate()?,
+                time: TimeSource::new(self.clock),
+            }),
+        })
+    }
+
+    /// Builds a limiter with a bucket of this rate and burst for each key (a client, a tenant),
+    /// or says why the configuration cannot work; see [`KeyedRateLimiter`].
+    pub fn build_keyed<K: Hash + Eq>(self) -> Result<KeyedRateLimiter<K>, ConfigError> {
+        Ok(KeyedRateLimiter::new(
+            self.rate()?,
+            TimeSource::new(self.clock),
+        ))
+    }
+
+    fn rate(&self) -> Result<Rate, ConfigError> {
         let per = match self.per {
             Per::Second => "second",
             Per::Minute => "minute",
@@ -335,14 +372,10 @@ impl RateLimiterBuilder {
         };
         // At least a nanosecond: a rate above a billion a second is no limit at all anyway.
         let interval = (saturating_nanos(period) / u64::from(self.rate)).max(1);
-        Ok(RateLimiter {
-            shared: Arc::new(Shared {
-                tat: AtomicU64::new(0),
-                interval,
-                tolerance: interval.saturating_mul(u64::from(burst) - 1),
-                burst,
-                time: TimeSource::new(self.clock),
-            }),
+        Ok(Rate {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst) - 1),
+            burst,
         })
     }
 }
