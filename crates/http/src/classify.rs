@@ -204,6 +204,31 @@ impl GrpcCode {
         )
     }
 
+    /// The HTTP status that says the same, as gRPC's HTTP mapping gives it (grpc-gateway's
+    /// `HTTPStatusFromCode`): OK 200, INVALID_ARGUMENT 400, NOT_FOUND 404, RESOURCE_EXHAUSTED
+    /// 429, UNIMPLEMENTED 501, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL, UNKNOWN and
+    /// DATA_LOSS 500, ...
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            GrpcCode::Ok => StatusCode::OK,
+            GrpcCode::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+            GrpcCode::Unknown | GrpcCode::Internal | GrpcCode::DataLoss => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            GrpcCode::InvalidArgument | GrpcCode::FailedPrecondition | GrpcCode::OutOfRange => {
+                StatusCode::BAD_REQUEST
+            }
+            GrpcCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            GrpcCode::NotFound => StatusCode::NOT_FOUND,
+            GrpcCode::AlreadyExists | GrpcCode::Aborted => StatusCode::CONFLICT,
+            GrpcCode::PermissionDenied => StatusCode::FORBIDDEN,
+            GrpcCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            GrpcCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            GrpcCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GrpcCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        }
+    }
+
     /// The outcome of a call that ended with this code.
     pub fn outcome(self) -> Outcome {
         if self.is_failure() {

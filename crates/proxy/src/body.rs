@@ -183,21 +183,27 @@ pin_project_lite::pin_project! {
         pending: Option<Box<OwnedPicked>>,
         // Where the client's request body records its failure.
         fault: Option<BodyFault>,
+        // The client's own deadline, when it is shorter than the route's timeout.
+        client_deadline: Option<Instant>,
     }
 }
 
 impl<B> TrailersOutcome<B> {
     /// `inner`, whose end decides the outcome to record on `pending`, if any, unless the
-    /// request's body recorded a failure of the client's in `fault`.
+    /// request's body recorded a failure of the client's in `fault`, or the body broke off once
+    /// the client's own deadline (`client_deadline`) had passed: that is cut short
+    /// (`OwnedPicked::cut_short`), as the attempt is before its head.
     pub(crate) fn new(
         inner: B,
         pending: Option<OwnedPicked>,
         fault: Option<BodyFault>,
+        client_deadline: Option<Instant>,
     ) -> TrailersOutcome<B> {
         TrailersOutcome {
             inner,
             pending: pending.map(Box::new),
             fault,
+            client_deadline,
         }
     }
 }
@@ -223,6 +229,14 @@ where
                 // The client's failure: the permit goes unrecorded.
                 Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
                     drop(this.pending.take());
+                    None
+                }
+                // The client's own deadline ran out: that says nothing about the endpoint,
+                // unless the call had run long enough to be a slow one.
+                Some(Err(_)) if this.client_deadline.is_some_and(|at| turn::now() >= at) => {
+                    if let Some(pending) = this.pending.take() {
+                        pending.cut_short();
+                    }
                     None
                 }
                 Some(Err(_)) | None => Some(Outcome::Failure),
@@ -679,7 +693,12 @@ mod tests {
             .pick(&crate::upstream::Avoid::default())
             .unwrap()
             .into_owned(&pool);
-        let mut body = Box::pin(TrailersOutcome::new(Frames(frames), Some(pending), None));
+        let mut body = Box::pin(TrailersOutcome::new(
+            Frames(frames),
+            Some(pending),
+            None,
+            None,
+        ));
         if end {
             while body.frame().await.is_some() {}
         } else {

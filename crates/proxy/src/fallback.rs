@@ -42,7 +42,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::{Fallback as FallbackConfig, FallbackBody};
 use rampart_http::Reason;
 use rampart_http::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, grpc_status, is_grpc};
-use rampart_http::rescue::{X_RAMPART_FALLBACK, mark_fallback};
+use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, mark_fallback};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -178,10 +178,10 @@ impl Fallback {
     /// failed, `on` names `5xx` and the fallback is of the request's kind.
     ///
     /// An answer failed when its status is a 5xx, or, for a gRPC call, when its head carries a
-    /// `grpc-status` that counts against the upstream ([`GrpcCode::is_failure`]): a trailers-only
-    /// answer, the form a gRPC server gives a call it fails before any message, and the gRPC
-    /// form of a 5xx. A failing status that comes in the trailers, after messages have been
-    /// sent on to the client, cannot be replaced any more.
+    /// `grpc-status` whose HTTP form is a 5xx (see [`grpc_server_error`]): a trailers-only
+    /// answer, the form a gRPC server gives a call it fails before any message. A failing status
+    /// that comes in the trailers, after messages have been sent on to the client, cannot be
+    /// replaced any more.
     pub(crate) fn for_status(
         &self,
         status: StatusCode,
@@ -192,8 +192,7 @@ impl Fallback {
         if !self.on_5xx || grpc != self.grpc_trailers.is_some() {
             return None;
         }
-        let failed = status.is_server_error()
-            || (grpc && grpc_status(headers).is_some_and(GrpcCode::is_failure));
+        let failed = status.is_server_error() || (grpc && grpc_server_error(headers));
         if !failed {
             return None;
         }
@@ -248,6 +247,25 @@ impl Fallback {
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         response
+    }
+}
+
+/// Whether a gRPC answer's head says what a 5xx says over HTTP: the server failed, not the
+/// request. A refusal of a rampart further down (`x-rampart-error`) is judged by the HTTP status
+/// it has over HTTP (`overloaded` and `retry-budget-exhausted` are 503s, `rate-limited` a 429,
+/// `body-too-large` a 413), any other `grpc-status` by gRPC's HTTP mapping
+/// ([`GrpcCode::http_status`]: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS, DEADLINE_EXCEEDED and
+/// UNIMPLEMENTED are 5xx; RESOURCE_EXHAUSTED, NOT_FOUND, INVALID_ARGUMENT, ... are not).
+fn grpc_server_error(headers: &HeaderMap) -> bool {
+    let Some(code) = grpc_status(headers) else {
+        return false;
+    };
+    let reason = headers
+        .get(X_RAMPART_ERROR)
+        .and_then(|value| value.to_str().ok()?.parse::<Reason>().ok());
+    match reason {
+        Some(reason) => reason.status().is_server_error(),
+        None => code.http_status().is_server_error(),
     }
 }
 
@@ -659,10 +677,22 @@ mod tests {
             .unwrap();
         assert_eq!(response.headers()[X_RAMPART_FALLBACK], "5xx");
         assert_eq!(whole(response).1.unwrap()[GRPC_STATUS], "0");
-        // An answer about the request (NOT_FOUND), a success, or a 200 whose status is still to
-        // come in the trailers stays the upstream's.
+        // So does a rampart's refusal that is a 503 over HTTP, told by its `x-rampart-error`.
+        let mut overloaded = head(GrpcCode::ResourceExhausted);
+        overloaded.insert(X_RAMPART_ERROR, Reason::Overloaded.header_value());
+        assert!(
+            grpc.for_status(StatusCode::OK, &overloaded, None, true)
+                .is_some()
+        );
+        // An answer about the request (NOT_FOUND, RESOURCE_EXHAUSTED: a 429 or a 413 over HTTP,
+        // the latter told by rampart's `x-rampart-error`), a success, or a 200 whose status is
+        // still to come in the trailers stays the upstream's.
+        let mut too_large = head(GrpcCode::ResourceExhausted);
+        too_large.insert(X_RAMPART_ERROR, Reason::BodyTooLarge.header_value());
         for headers in [
             head(GrpcCode::NotFound),
+            head(GrpcCode::ResourceExhausted),
+            too_large,
             head(GrpcCode::Ok),
             HeaderMap::new(),
         ] {

@@ -433,8 +433,15 @@ impl Stack {
             .is_some()
             .then(|| head.extensions.get::<BodyFault>().cloned())
             .flatten();
-        let response = response
-            .map(|body| TrailersOutcome::new(DeadlineBody::new(body, deadline), pending, fault));
+        let client_deadline = (expired == Reason::DeadlineExceeded).then_some(deadline);
+        let response = response.map(|body| {
+            TrailersOutcome::new(
+                DeadlineBody::new(body, deadline),
+                pending,
+                fault,
+                client_deadline,
+            )
+        });
         Ok((response, outcome))
     }
 

@@ -211,6 +211,13 @@ impl OwnedPicked {
             permit.record(outcome);
         }
     }
+
+    /// As [`Picked::cut_short`].
+    pub(crate) fn cut_short(self) {
+        if let Some(permit) = self.permit {
+            permit.cut_short();
+        }
+    }
 }
 
 impl Pool {

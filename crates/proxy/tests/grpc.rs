@@ -104,6 +104,39 @@ async fn a_client_deadline_of_300ms_ends_a_hanging_call_with_deadline_exceeded()
 }
 
 #[tokio::test]
+async fn a_client_deadline_passing_mid_reply_is_not_the_endpoints_failure() {
+    // The reply's head comes at once, its status only after 5 s: clients that ask for 300 ms
+    // give up in the middle of the body, which says nothing about the endpoint.
+    let upstream = GrpcUpstream::start(GrpcBehavior::SlowBody(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"",
+    )
+    .await;
+    let mut client = EchoClient::connect_untimed(addr(&proxy));
+    for i in 0..3 {
+        let mut request = say("hurry");
+        request.set_timeout(Duration::from_millis(300));
+        let status = tokio::time::timeout(Duration::from_secs(10), client.call(request))
+            .await
+            .expect("ended by the client's deadline")
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "call {i}: {status:?}"
+        );
+    }
+    // The breaker, which opens at two failures, still admits.
+    upstream.set_behavior(GrpcBehavior::Ok);
+    let reply = client.say("patient").await.unwrap().into_inner();
+    assert_eq!(reply.message, "patient");
+}
+
+#[tokio::test]
 async fn a_tonic_channel_with_a_deadline_gives_up_on_a_hanging_call_in_time() {
     let upstream = GrpcUpstream::start(GrpcBehavior::Hang).await.unwrap();
     let proxy = grpc_proxy(&[upstream.addr()], "", "").await;

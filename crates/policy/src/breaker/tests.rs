@@ -1067,8 +1067,10 @@ async fn a_call_failing_once_the_callers_deadline_has_passed_is_not_recorded() {
 async fn a_call_its_caller_gave_up_on_past_the_slow_threshold_is_a_slow_call() {
     use crate::timeout::{Deadline, Timeout};
 
+    // Failures alone (two of four) never open it: only the slow calls can.
     let b = builder()
         .consecutive_failures(3)
+        .failure_rate(0.9)
         .slow_call(Duration::from_millis(100))
         .slow_call_rate(0.5)
         .min_calls(4)

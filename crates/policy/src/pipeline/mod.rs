@@ -457,9 +457,13 @@ impl<C> Pipeline<C> {
         // The adaptive limit learns from latency; nothing else here needs the clock.
         let start = limit.as_ref().map(|_| Instant::now());
 
-        let result = match stages.attempt_timeout {
-            Some(timeout) => timeout.call(|| callee.call(ready)).await,
-            None => callee.call(ready).await.map_err(Error::Inner),
+        let result = match (stages.attempt_timeout, Deadline::current()) {
+            (Some(timeout), _) => timeout.call(|| callee.call(ready)).await,
+            // Bounded by the deadline in force even without an attempt timeout, so that an
+            // attempt it cuts ends here, where the breaker hears of it (`cut_short`), rather
+            // than being dropped by a timer above.
+            (None, Some(deadline)) => deadline.call(|| callee.call(ready)).await,
+            (None, None) => callee.call(ready).await.map_err(Error::Inner),
         };
 
         let outcome = match &result {
@@ -709,6 +713,37 @@ mod tests {
         ));
         assert_eq!(b.state(), State::Closed);
         assert_eq!(b.snapshot().calls, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_callee_cut_by_the_total_timeout_is_a_slow_one() {
+        // No attempt timeout: the total timeout cuts each call, past the slow-call threshold.
+        let b = CircuitBreaker::builder()
+            .slow_call(100 * MS)
+            .slow_call_rate(0.5)
+            .min_calls(2)
+            .clock(Arc::new(TokioClock))
+            .build()
+            .unwrap();
+        let p = Pipeline::builder()
+            .timeout(150 * MS)
+            .breaker(b.clone())
+            .build();
+        for _ in 0..2 {
+            let err = p
+                .call(|| async {
+                    sleep(Duration::from_secs(60)).await;
+                    Ok::<(), ()>(())
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::Rejected(Rejected::Timeout(_))),
+                "{err:?}"
+            );
+        }
+        assert_eq!(b.snapshot().slow_calls, 2);
+        assert_eq!(b.state(), State::Open);
     }
 
     #[tokio::test(start_paused = true)]
