@@ -26,6 +26,21 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
 }
 
+/// Runs `rampart demo --quick` with `args`, its report in `out`; it must end well. Its stdout
+/// and stderr.
+fn quick_demo(args: &[&str], out: &Path) -> (String, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--quick"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("the rampart binary runs");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "exit {:?}\n{stderr}", run.status);
+    (String::from_utf8_lossy(&run.stdout).into_owned(), stderr)
+}
+
 /// A scenario's two runs add up, had the same schedule, and the protected one kept the demo's
 /// promise of at least 99.5 % success.
 fn keeps_the_promise(name: &str, runs: &Value, stderr: &str) {
@@ -67,25 +82,18 @@ fn keeps_the_promise(name: &str, runs: &Value, stderr: &str) {
 #[test]
 fn a_quick_demo_writes_a_report_whose_numbers_add_up() {
     let out = TempDir::new("demo-report");
-    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args([
-            "demo",
-            "--quick",
+    let (table, stderr) = quick_demo(
+        &[
             "--scenario",
             "crash",
             "--scenario",
             "flaky",
             "--scenario",
             "async",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .expect("the rampart binary runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "exit {:?}\n{stderr}", run.status);
+        ],
+        out.path(),
+    );
     // The summary table is on stdout.
-    let table = String::from_utf8_lossy(&run.stdout);
     assert!(
         table.contains("crash") && table.contains("protected"),
         "{table}"
@@ -152,21 +160,7 @@ fn over_grpc_a_flaky_service_is_stood_in_for_as_over_http() {
     // C's failures come back as a failing `grpc-status` in an HTTP 200; once B's retries are
     // out of budget, A's fallback must still answer for them as it does for a 5xx.
     let out = TempDir::new("demo-grpc");
-    let run = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args([
-            "demo",
-            "--quick",
-            "--protocol",
-            "grpc",
-            "--scenario",
-            "flaky",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .expect("the rampart binary runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "exit {:?}\n{stderr}", run.status);
+    let (_, stderr) = quick_demo(&["--protocol", "grpc", "--scenario", "flaky"], out.path());
     let results: Value = serde_json::from_str(&read(out.path(), "results.json")).unwrap();
     let flaky = &results["scenarios"]["flaky"];
     keeps_the_promise("flaky", flaky, &stderr);

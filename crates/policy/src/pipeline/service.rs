@@ -135,8 +135,7 @@ where
     S::Future: Send + 'static,
     Req: Send + 'static,
     C: Classify<S::Response, Error<BoxError>> + Clone + Send + Sync + 'static,
-    P: CloneRequest<Req> + Send + 'static,
-    P: Clone,
+    P: CloneRequest<Req> + Clone + Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
