@@ -84,12 +84,12 @@
 //! ```
 //!
 //! The policies' own layers compose as well. A `ServiceBuilder` applies layers outermost first,
-//! so the same order reads top to bottom, but
-//! for the rate limit: the breaker's layer counts every error of the service it wraps as a
-//! failure, a refusal of a rate limit below it included, so with tower the rate limit sits just
-//! above the breaker, and an attempt the breaker refuses spends a token. A `RetryLayer`
-//! classifies with its own classifier, by default retrying every error, refusals included: give
-//! it [`RetryTransient`], as below, to retry what the pipeline retries.
+//! so the same order reads top to bottom, but for the rate limit: the breaker's layer counts
+//! every error of the service it wraps as a failure, a refusal of a rate limit below it
+//! included, so with tower the rate limit sits just above the breaker, and an attempt the
+//! breaker refuses spends a token. A `RetryLayer` classifies with its own classifier, by default
+//! retrying every error, refusals included: give it [`RetryTransient`], as below, to retry what
+//! the pipeline retries.
 //!
 //! ```
 //! # use std::time::Duration;
