@@ -387,6 +387,39 @@ async fn a_grpc_fallback_answers_a_grpc_client_with_its_reply() {
 }
 
 #[tokio::test]
+async fn a_grpc_fallback_on_5xx_answers_a_server_error_but_not_an_answer_about_the_request() {
+    let upstream = GrpcUpstream::start(GrpcBehavior::Fail(Code::Unavailable))
+        .await
+        .unwrap();
+    // EchoReply { message: "degraded", served_by: "fallback" }, framed: no compression, 20 bytes.
+    let route = "[routes.fallback]\non = [\"5xx\"]\n\
+                 headers = { \"content-type\" = \"application/grpc\" }\n\
+                 body = \"\\u0000\\u0000\\u0000\\u0000\\u0014\\n\\bdegraded\\u0012\\bfallback\"\n\
+                 [routes.retry]\nattempts = 1";
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        route,
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+
+    // UNAVAILABLE in a trailers-only answer: the gRPC form of a 503.
+    let response = client.say("x").await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-rampart-fallback").unwrap(),
+        "5xx"
+    );
+    assert_eq!(response.into_inner().message, "degraded");
+
+    // RESOURCE_EXHAUSTED is a 429's gRPC form: the upstream's own answer goes through.
+    upstream.set_behavior(GrpcBehavior::Fail(Code::ResourceExhausted));
+    let status = client.say("x").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(meta(&status, "x-rampart-fallback"), None);
+}
+
+#[tokio::test]
 async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
     let refusing = Refusing::bind().unwrap();
     let route = "[routes.fallback]\non = [\"upstream-connect\"]\n\
