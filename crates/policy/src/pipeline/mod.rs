@@ -457,13 +457,15 @@ impl<C> Pipeline<C> {
         // The adaptive limit learns from latency; nothing else here needs the clock.
         let start = limit.as_ref().map(|_| Instant::now());
 
-        let result = match (stages.attempt_timeout, Deadline::current()) {
-            (Some(timeout), _) => timeout.call(|| callee.call(ready)).await,
+        let result = match stages.attempt_timeout {
+            Some(timeout) => timeout.call(|| callee.call(ready)).await,
             // Bounded by the deadline in force even without an attempt timeout, so that an
             // attempt it cuts ends here, where the breaker hears of it (`cut_short`), rather
             // than being dropped by a timer above.
-            (None, Some(deadline)) => deadline.call(|| callee.call(ready)).await,
-            (None, None) => callee.call(ready).await.map_err(Error::Inner),
+            None => match Deadline::current() {
+                Some(deadline) => deadline.call(|| callee.call(ready)).await,
+                None => callee.call(ready).await.map_err(Error::Inner),
+            },
         };
 
         let outcome = match &result {

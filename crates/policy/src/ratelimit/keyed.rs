@@ -127,16 +127,6 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
         }
     }
 
-    /// The most calls allowed in a row for one key.
-    pub fn burst(&self) -> u32 {
-        self.shared.rate.burst
-    }
-
-    /// The time it takes for one call's worth to come back into a key's bucket.
-    pub fn replenish_interval(&self) -> Duration {
-        Duration::from_nanos(self.shared.rate.interval)
-    }
-
     /// How many keys have a bucket not known to be full: those seen lately, and some whose
     /// bucket refilled and is not swept yet.
     pub fn keys(&self) -> usize {
@@ -145,6 +135,18 @@ impl<K: Hash + Eq> KeyedRateLimiter<K> {
             .iter()
             .map(|shard| lock(shard).tats.len())
             .sum()
+    }
+}
+
+impl<K> KeyedRateLimiter<K> {
+    /// The most calls allowed in a row for one key.
+    pub fn burst(&self) -> u32 {
+        self.shared.rate.burst
+    }
+
+    /// The time it takes for one call's worth to come back into a key's bucket.
+    pub fn replenish_interval(&self) -> Duration {
+        Duration::from_nanos(self.shared.rate.interval)
     }
 }
 
@@ -159,11 +161,8 @@ impl<K> Clone for KeyedRateLimiter<K> {
 impl<K> fmt::Debug for KeyedRateLimiter<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimiter")
-            .field("burst", &self.shared.rate.burst)
-            .field(
-                "replenish_interval",
-                &Duration::from_nanos(self.shared.rate.interval),
-            )
+            .field("burst", &self.burst())
+            .field("replenish_interval", &self.replenish_interval())
             .finish_non_exhaustive()
     }
 }
