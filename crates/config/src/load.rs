@@ -222,14 +222,18 @@ impl Cx<'_> {
         let node = t.get(key)?;
         let path = t.path(key);
         let DeValue::Array(items) = node.get_ref() else {
-            let probe = parse(node.get_ref()).err();
-            let allowed = probe.map_or_else(|| "an array".to_owned(), |p| p.allowed);
+            // A lone value that would do as an item is most likely one written without its
+            // brackets: show it in them.
+            let allowed = match parse(node.get_ref()) {
+                Ok(_) => format!("an array, such as [{}]", self.raw(node.span())),
+                Err(probe) => format!("an array of: {}", probe.allowed),
+            };
             self.invalid(
                 node.span(),
                 &path,
                 Invalid::new(
                     format!("expected an array, found {}", node.get_ref().type_str()),
-                    format!("an array of: {allowed}"),
+                    allowed,
                 ),
             );
             return None;

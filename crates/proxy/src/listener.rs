@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -59,6 +59,8 @@ pub(crate) struct Serve {
     routes: Arc<ArcSwap<Router>>,
     // One permit per open connection: past `max_connections`, new ones are closed at once.
     connections: Arc<Semaphore>,
+    // Whether the last connection was refused: one warning for each spell of refusals.
+    full: AtomicBool,
     // Past this many open connections, idle HTTP/1.1 ones are parked.
     park_idle_above: i64,
     limits: forward::Limits,
@@ -78,6 +80,7 @@ impl Serve {
             builders: Arc::new(Builders::new(listener)),
             routes,
             connections: Arc::new(Semaphore::new(listener.max_connections as usize)),
+            full: AtomicBool::new(false),
             park_idle_above: i64::from(listener.park_idle_above),
             limits: forward::Limits::new(listener),
             metrics,
@@ -129,7 +132,17 @@ impl Serve {
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            self.metrics.refused.inc();
+            if !self.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    %peer,
+                    "listener full (max_connections): new connections are closed at once, counted in rampart_listener_refused_connections"
+                );
+            }
+            return None;
+        };
+        self.full.store(false, Ordering::Relaxed);
         // Small request and response heads must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());

@@ -82,6 +82,7 @@ pub(crate) struct Metrics {
     concurrency_limit: Family<Labels, Gauge>,
     listener_connections: Family<Labels, Gauge>,
     listener_parked: Family<Labels, Gauge>,
+    listener_refused: Family<Labels, Counter>,
     /// The outbox's series: process-wide, as the outbox is.
     pub(crate) outbox: OutboxMetrics,
     changes: Changes,
@@ -108,6 +109,8 @@ impl Default for Changes {
 pub(crate) struct ListenerMetrics {
     pub(crate) connections: Gauge,
     pub(crate) parked: Gauge,
+    /// Connections closed at once, the listener being full (`max_connections`).
+    pub(crate) refused: Counter,
 }
 
 /// One route's series.
@@ -278,6 +281,11 @@ impl Metrics {
             metrics.listener_parked.clone(),
         );
         registry.register(
+            "rampart_listener_refused_connections",
+            "Connections closed at once because the listener held max_connections already",
+            metrics.listener_refused.clone(),
+        );
+        registry.register(
             "rampart_outbox_pending",
             "Messages of async routes queued or being delivered",
             metrics.outbox.pending.clone(),
@@ -317,6 +325,7 @@ impl Metrics {
         ListenerMetrics {
             connections: self.listener_connections.get_or_create_owned(&labels),
             parked: self.listener_parked.get_or_create_owned(&labels),
+            refused: self.listener_refused.get_or_create_owned(&labels),
         }
     }
 

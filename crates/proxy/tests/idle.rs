@@ -364,3 +364,41 @@ async fn a_client_gone_after_part_of_the_http2_preface_frees_its_place_at_once()
         assert!(answered, "the place stayed taken (reset: {reset})");
     }
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_at_once_and_counted() {
+    let upstream = Upstream::start(Behavior::ok("hi")).await.unwrap();
+    let proxy = with_listener("max_connections = 1", upstream.addr()).await;
+    // The one place, held by a keep-alive connection that has been answered.
+    let mut held = TcpStream::connect(addr(&proxy)).await.unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    held.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    for _ in 0..2 {
+        assert_eq!(
+            try_request(&proxy).await,
+            "",
+            "a connection past the limit was served"
+        );
+    }
+    let text = common::metrics(&proxy);
+    let line = r#"rampart_listener_refused_connections_total{listener="listener-0"} 2"#;
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} missing from\n{text}"
+    );
+    // The place comes back with the connection that held it.
+    drop(held);
+    let mut answered = false;
+    for _ in 0..500 {
+        if try_request(&proxy).await.starts_with("HTTP/1.1 200") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "the place stayed taken");
+}
