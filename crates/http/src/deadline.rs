@@ -61,6 +61,21 @@ pub enum DeadlineError {
     },
 }
 
+impl DeadlineError {
+    /// What was wrong, in words the client can act on.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            DeadlineError::Expired => "the request arrived with no time left",
+            DeadlineError::Invalid {
+                header: "grpc-timeout",
+            } => "grpc-timeout must appear once, as 1 to 8 digits and a unit: H, M, S, m, u or n",
+            DeadlineError::Invalid { .. } => {
+                "x-rampart-deadline must appear once, as the milliseconds left: 1 to 8 digits"
+            }
+        }
+    }
+}
+
 /// A `grpc-timeout` or `x-rampart-deadline` value that is not valid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid timeout value")]

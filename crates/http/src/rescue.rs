@@ -340,6 +340,34 @@ pub fn rescue_with_status(reason: Reason, status: StatusCode, is_grpc: bool) -> 
     response
 }
 
+/// Like [`rescue_with_status`], with `message` in place of the reason's general one: what was
+/// wrong with a client's request, which the client can mend only if told. `message` is plain
+/// text, without quotes, backslashes or percent signs, so that it goes into the JSON body and
+/// `grpc-message` as it is.
+pub fn rescue_saying(
+    reason: Reason,
+    status: StatusCode,
+    message: &'static str,
+    is_grpc: bool,
+) -> Response<Bytes> {
+    debug_assert!(
+        !message.contains(['"', '\\']) && matches!(encode_grpc_message(message), Cow::Borrowed(_)),
+        "{message:?} needs escaping"
+    );
+    let mut response = rescue_with_status(reason, status, is_grpc);
+    if is_grpc {
+        response
+            .headers_mut()
+            .insert(GRPC_MESSAGE, HeaderValue::from_static(message));
+    } else {
+        *response.body_mut() = Bytes::from(format!(
+            "{{\"error\":\"{}\",\"message\":\"{message}\"}}\n",
+            reason.as_str()
+        ));
+    }
+    response
+}
+
 /// Marks a fallback response with `x-rampart-fallback: <reason>`, the reason the fallback
 /// answered.
 pub fn mark_fallback<B>(response: &mut Response<B>, reason: Reason) {
@@ -505,6 +533,36 @@ mod tests {
             assert!(response.body().is_empty(), "{reason}");
             assert_eq!(headers.len(), 4, "{reason}: {headers:?}");
         }
+    }
+
+    #[test]
+    fn a_rescue_may_say_what_was_wrong() {
+        let details = [
+            DeadlineError::Invalid {
+                header: "x-rampart-deadline",
+            }
+            .detail(),
+            DeadlineError::Invalid {
+                header: "grpc-timeout",
+            }
+            .detail(),
+        ];
+        for message in details {
+            let response =
+                rescue_saying(Reason::BadRequest, StatusCode::BAD_REQUEST, message, false);
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(response.headers()[X_RAMPART_ERROR], "bad-request");
+            assert_eq!(
+                std::str::from_utf8(response.body()).unwrap(),
+                format!("{{\"error\":\"bad-request\",\"message\":\"{message}\"}}\n")
+            );
+            let response =
+                rescue_saying(Reason::BadRequest, StatusCode::BAD_REQUEST, message, true);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()[GRPC_STATUS], "13");
+            assert_eq!(response.headers()[GRPC_MESSAGE], message);
+        }
+        assert!(details[1].starts_with("grpc-timeout"));
     }
 
     #[test]

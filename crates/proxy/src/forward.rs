@@ -12,9 +12,11 @@ use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
 use rampart_http::classify::{grpc_status, is_grpc};
-use rampart_http::deadline::{deadline_within, header_budget};
+use rampart_http::deadline::{DeadlineError, deadline_within, header_budget};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
-use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_with_status};
+use rampart_http::rescue::{
+    X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_saying, rescue_with_status,
+};
 use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 
@@ -103,12 +105,20 @@ pub(crate) async fn handle(
         .is_some_and(|authority| authority.as_str().contains('@'));
     // An authority-form target (`GET example.com:80`) is CONNECT's alone (RFC 9112 §3.2.3).
     let authority_form = request.uri().scheme().is_none() && request.uri().authority().is_some();
-    if request.uri() == "*"
-        || userinfo
-        || authority_form
-        || (version < Version::HTTP_2 && !host_is_sound(&request))
-    {
-        return (closing(rescued(Reason::BadRequest, grpc), version), None);
+    let malformed = if request.uri() == "*" {
+        Some("an asterisk-form target (OPTIONS *) names nothing to forward")
+    } else if userinfo {
+        Some("a target's authority may not carry credentials (user@host)")
+    } else if authority_form {
+        Some("an authority-form target (host:port) is for CONNECT alone")
+    } else if version < Version::HTTP_2 && !host_is_sound(&request) {
+        Some("an HTTP/1.x request must name its host once, in one valid Host field")
+    } else {
+        None
+    };
+    if let Some(message) = malformed {
+        let response = rescue_saying(Reason::BadRequest, StatusCode::BAD_REQUEST, message, grpc);
+        return (closing(boxed(response), version), None);
     }
     // A transfer coding besides chunked (`gzip, chunked`): hyper takes the chunks off and no
     // more, so the coded bytes would reach the upstream as a plain body, their coding gone with
@@ -118,7 +128,12 @@ pub(crate) async fn handle(
         && request.body().size_hint().exact().is_none()
         && !only_chunked(&request)
     {
-        let response = rescue_with_status(Reason::BadRequest, StatusCode::NOT_IMPLEMENTED, grpc);
+        let response = rescue_saying(
+            Reason::BadRequest,
+            StatusCode::NOT_IMPLEMENTED,
+            "a transfer coding other than chunked is not implemented",
+            grpc,
+        );
         return (closing(boxed(response), version), None);
     }
     let offer = upgrade::offer(&request);
@@ -284,6 +299,10 @@ async fn exchange(
     });
     let (deadline, budget) = match found {
         Ok(found) => found,
+        Err(err @ DeadlineError::Invalid { .. }) => {
+            let reason = Reason::from(&err);
+            return boxed(rescue_saying(reason, reason.status(), err.detail(), grpc));
+        }
         Err(err) => return rescued(Reason::from(err), grpc),
     };
     // When the client's own budget is the shorter, its passing is the client's deadline, not the
@@ -526,7 +545,12 @@ fn closing(mut response: Response<ResponseBody>, version: Version) -> Response<R
 
 // CONNECT gets 405, with the methods a client may use instead, as RFC 9110 §15.5.6 asks.
 fn refuse_connect(grpc: bool) -> Response<ResponseBody> {
-    let mut response = rescue_with_status(Reason::BadRequest, StatusCode::METHOD_NOT_ALLOWED, grpc);
+    let mut response = rescue_saying(
+        Reason::BadRequest,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "CONNECT is not allowed: rampart forwards requests, it opens no tunnels to a host:port",
+        grpc,
+    );
     response.headers_mut().insert(
         ALLOW,
         HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),

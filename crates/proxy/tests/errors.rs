@@ -146,6 +146,33 @@ async fn a_request_arriving_with_no_time_left_is_not_forwarded() {
 }
 
 #[tokio::test]
+async fn a_garbled_deadline_header_is_400_saying_what_is_allowed() {
+    let upstream = Upstream::start(Behavior::ok("never")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    for value in ["abc", "-1", "123456789", "1.5"] {
+        let request = request(&proxy, "/")
+            .header("x-rampart-deadline", value)
+            .body(Full::default())
+            .unwrap();
+        let response = send(&http1(), request).await;
+
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{value}");
+        assert_eq!(error_of(&response), Some("bad-request"));
+        let body = String::from_utf8_lossy(response.body());
+        assert!(
+            body.contains("x-rampart-deadline must appear once, as the milliseconds left"),
+            "{value}: {body}"
+        );
+        assert!(
+            body.starts_with(r#"{"error":"bad-request","message":""#) && body.ends_with("\"}\n"),
+            "{body}"
+        );
+    }
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
 async fn connect_is_refused_with_405() {
     let upstream = Upstream::start(Behavior::ok("no")).await.unwrap();
     let proxy = simple(&[upstream.addr()], "", "").await;
@@ -162,6 +189,8 @@ async fn connect_is_refused_with_405() {
         answer.to_ascii_lowercase().contains("\r\nallow: get"),
         "{answer}"
     );
+    // The body says what was refused, not only that something was.
+    assert!(answer.contains("CONNECT is not allowed"), "{answer}");
     assert_eq!(upstream.request_count(), 0);
 }
 

@@ -299,6 +299,7 @@ async fn an_http1_request_without_one_valid_host_gets_400_and_is_not_forwarded()
         let answer = raw(addr(&proxy), &format!("{head}Connection: close\r\n\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{head}: {answer}");
         assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+        assert!(answer.contains("must name its host once"), "{answer}");
     }
     assert_eq!(public.request_count() + other.request_count(), 0);
 
@@ -321,6 +322,7 @@ async fn credentials_in_a_targets_authority_get_400_and_go_nowhere() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+    assert!(answer.contains("may not carry credentials"), "{answer}");
 
     // HTTP/2's `:authority` likewise.
     let mut sender = h2_connection(&proxy).await;
