@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use prometheus_client::encoding::text::encode;
 use rampart_proxy::stats::Unknown;
@@ -181,7 +181,7 @@ async fn breakers(
 ) -> Answer {
     let force = match read_force(request.into_body()).await {
         Ok(force) => force,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        Err((status, message)) => return error(status, &message),
     };
     let which = (endpoint != "*").then_some(endpoint);
     let breakers = match state.proxy.breakers(upstream, which) {
@@ -206,21 +206,32 @@ async fn breakers(
     )
 }
 
-// `{"state": "open" | "closed" | "auto"}`, or what is wrong with the body.
-async fn read_force(body: Incoming) -> Result<Force, String> {
+// `{"state": "open" | "closed" | "auto"}`, or the status and what is wrong with the body.
+async fn read_force(body: Incoming) -> Result<Force, (StatusCode, String)> {
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|err| format!("cannot read the body: {err}"))?
+        .map_err(|err| {
+            if err.is::<LengthLimitError>() {
+                let message = format!("the body is larger than the {MAX_BODY} bytes allowed");
+                (StatusCode::PAYLOAD_TOO_LARGE, message)
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {err}"),
+                )
+            }
+        })?
         .to_bytes();
     let usage = r#"the body must be {"state": "open" | "closed" | "auto"}"#;
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|err| format!("the body is not JSON ({err}); {usage}"))?;
+        .map_err(|err| bad(format!("the body is not JSON ({err}); {usage}")))?;
     match value.get("state").and_then(Value::as_str) {
         Some("open") => Ok(Force::Open),
         Some("closed") => Ok(Force::Closed),
         Some("auto") => Ok(Force::Auto),
-        _ => Err(usage.to_owned()),
+        _ => Err(bad(usage.to_owned())),
     }
 }
 

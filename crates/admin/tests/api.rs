@@ -303,6 +303,10 @@ async fn a_bad_breaker_call_says_what_is_wrong() {
         post(admin.addr(), &path, Some(TOKEN), "open").await.status,
         400
     );
+    let huge = format!(r#"{{"state": "open", "pad": "{}"}}"#, "x".repeat(100_000));
+    let huge = post(admin.addr(), &path, Some(TOKEN), &huge).await;
+    assert_eq!(huge.status, 413);
+    assert!(huge.body.contains("65536 bytes allowed"), "{}", huge.body);
     let unknown = post(
         admin.addr(),
         "/api/breakers/nope/*",
