@@ -549,6 +549,9 @@ fn method(v: &DeValue<'_>) -> Result<String, Invalid> {
     Err(Invalid::new(message, METHODS.join(", ")))
 }
 
+/// The most headers a `headers` table (a route's match, a fallback's answer) may hold.
+const MAX_HEADER_ENTRIES: usize = 100;
+
 /// A header name (a token, compared without case) and its value (visible ASCII and spaces).
 fn headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, key: &str) -> Vec<(String, String)> {
     let Some(node) = t.get(key) else {
@@ -566,6 +569,18 @@ fn headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, key: &str) -> Vec<(String, String)>
         );
         return Vec::new();
     };
+    // Far more than any real match or answer needs, and far below what a header map can hold.
+    if map.len() > MAX_HEADER_ENTRIES {
+        cx.invalid(
+            node.span(),
+            &path,
+            Invalid::new(
+                format!("{} headers", map.len()),
+                format!("at most {MAX_HEADER_ENTRIES} headers"),
+            ),
+        );
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for (key, value) in map.iter() {
         let name: &str = key.get_ref();
@@ -2138,6 +2153,28 @@ mod tests {
             assert_eq!(e[0].got(), Some(format!("\"{name}\"").as_str()));
             let lower = name.to_ascii_lowercase();
             assert!(e[0].message().contains(&lower), "{}", e[0].message());
+        }
+    }
+
+    #[test]
+    fn a_headers_table_holds_at_most_a_hundred() {
+        let table = |n: usize| {
+            let fields: Vec<String> = (0..n).map(|i| format!("\"x-{i}\" = \"1\"")).collect();
+            format!("{{ {} }}", fields.join(", "))
+        };
+        for key in ["fallback", "match"] {
+            let route = |n: usize| {
+                format!(
+                    "[[routes]]\nupstream = \"u\"\n{key} = {{ headers = {} }}\n{UPSTREAM}",
+                    table(n)
+                )
+            };
+            ok(&route(100));
+            let e = errors(&route(25_000));
+            assert_eq!(e.len(), 1, "{key}: {e:?}");
+            assert_eq!(e[0].path(), format!("routes[0].{key}.headers"));
+            assert!(e[0].message().contains("25000 headers"), "{}", e[0].message());
+            assert_eq!(e[0].allowed(), Some("at most 100 headers"));
         }
     }
 
