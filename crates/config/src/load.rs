@@ -2173,7 +2173,11 @@ mod tests {
             let e = errors(&route(25_000));
             assert_eq!(e.len(), 1, "{key}: {e:?}");
             assert_eq!(e[0].path(), format!("routes[0].{key}.headers"));
-            assert!(e[0].message().contains("25000 headers"), "{}", e[0].message());
+            assert!(
+                e[0].message().contains("25000 headers"),
+                "{}",
+                e[0].message()
+            );
             assert_eq!(e[0].allowed(), Some("at most 100 headers"));
         }
     }

@@ -422,13 +422,21 @@ impl Stack {
             grpc,
         );
         slot.record(outcome);
-        let pending =
-            if grpc && outcome == Outcome::Success && grpc_status(response.headers()).is_none() {
-                Some(picked.into_owned(&self.upstream))
-            } else {
-                picked.record(outcome);
-                None
-            };
+        // A gRPC answer with no status in its head is judged by its trailers. The request's
+        // content-type alone does not make the answer one: a client could then have every
+        // answer of a plain HTTP upstream, which never sends a grpc-status, count against its
+        // breaker. Unless the upstream is gRPC, the answer must say it is gRPC too.
+        let grpc_answer = self.upstream.is_grpc() || is_grpc(response.headers());
+        let pending = if grpc
+            && grpc_answer
+            && outcome == Outcome::Success
+            && grpc_status(response.headers()).is_none()
+        {
+            Some(picked.into_owned(&self.upstream))
+        } else {
+            picked.record(outcome);
+            None
+        };
         let fault = pending
             .is_some()
             .then(|| head.extensions.get::<BodyFault>().cloned())

@@ -648,3 +648,35 @@ async fn an_http2_upstream_may_send_a_head_as_large_as_an_http1_one() {
     );
     assert_eq!(response.headers()["x-large"], large);
 }
+
+#[tokio::test]
+async fn a_client_claiming_grpc_cannot_open_a_plain_upstreams_breaker() {
+    // The upstream speaks plain HTTP: its answers never carry a grpc-status. A client sending
+    // gRPC's content-type must not get them judged as gRPC calls that ended without one.
+    let upstream = Upstream::start(Behavior::ok("plain")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"",
+    )
+    .await;
+    for client in [h2c(), http1()] {
+        for i in 0..5 {
+            let claiming = request(&proxy, "/")
+                .header("content-type", "application/grpc")
+                .body(Full::default())
+                .unwrap();
+            let response = send(&client, claiming).await;
+            assert_eq!(response.status(), StatusCode::OK, "request {i}");
+            assert_eq!(response.body(), "plain");
+        }
+    }
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    let failed = format!(
+        "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{}\",outcome=\"failure\"}} 0\n",
+        upstream.addr()
+    );
+    let text = metrics(&proxy);
+    assert!(text.contains(&failed), "{text}");
+}
