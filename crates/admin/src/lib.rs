@@ -54,10 +54,10 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rampart_proxy::ProxyHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::Token;
@@ -77,6 +77,15 @@ pub mod fuzzing {
 
 /// How long to wait before accepting again after an accept error.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The most connections the admin API holds open; past it, new ones are closed at once, so that
+/// clients of the admin port cannot take the descriptors the proxy's listeners need.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a request head may take to arrive whole, and an idle keep-alive connection may wait
+/// for its next request: a client that opens connections and sends nothing, or a few bytes,
+/// holds none of them longer.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What `POST /api/reload` calls: reads the configuration file again and serves it, as SIGHUP
 /// does, answering the summary of what changed.
@@ -242,6 +251,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut connections = JoinSet::new();
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
@@ -259,14 +269,21 @@ where
         };
         // Finished connections are reaped as new ones come, so the set stays small.
         while connections.try_join_next().is_some() {}
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::debug!("admin API: {MAX_CONNECTIONS} connections open, one more closed");
+            continue;
+        };
         let handle = handle.clone();
         connections.spawn(async move {
+            let _place = place;
             let service = service_fn(move |request| {
                 let answer = handle(request);
                 async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             // A client that goes away mid-request is no error worth a log line.
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

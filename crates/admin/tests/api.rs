@@ -693,3 +693,62 @@ async fn events_any(addr: std::net::SocketAddr, path: &str) -> hyper::body::Inco
     assert_eq!(response.status(), 200, "{path}");
     response.into_body()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_sends_no_whole_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+    for sent in ["", "GET /metrics HTTP/1.1\r\nX: "] {
+        let mut stream = tokio::net::TcpStream::connect(admin.addr()).await.unwrap();
+        stream.write_all(sent.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        // On the paused clock: the admin API's timeout passes long before this one.
+        let read = tokio::time::timeout(
+            rampart_admin::HEADER_READ_TIMEOUT * 6,
+            stream.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(read.is_ok(), "a connection that sent {sent:?} stayed open");
+    }
+}
+
+#[tokio::test]
+async fn connections_past_the_admin_apis_limit_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    // A request on a new connection: its answer, or nothing when the connection is closed.
+    async fn healthz(addr: std::net::SocketAddr) -> String {
+        let mut answer = Vec::new();
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            let head = b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+            if stream.write_all(head).await.is_ok() {
+                let _ = stream.read_to_end(&mut answer).await;
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+    let mut held = Vec::new();
+    for _ in 0..rampart_admin::MAX_CONNECTIONS {
+        held.push(TcpStream::connect(admin.addr()).await.unwrap());
+    }
+    // Accepted in the order they came, the held ones first: this one finds no place left.
+    assert_eq!(healthz(admin.addr()).await, "");
+    held.pop();
+    let mut served = false;
+    for _ in 0..250 {
+        if healthz(admin.addr()).await.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(served, "a place freed was not taken up");
+}
