@@ -155,8 +155,10 @@ pub fn encode_message(record: &MessageRecord) -> Result<Vec<u8>, Error> {
             )?;
         }
     }
-    let count = u32::try_from(r.headers.len())
-        .map_err(|_| Error::Unstorable("more than 2^32 header lines"))?;
+    if r.headers.len() > MAX_HEADERS {
+        return Err(Error::Unstorable("more than 10,000 header lines"));
+    }
+    let count = r.headers.len() as u32;
     out.extend_from_slice(&count.to_le_bytes());
     for (name, value) in &r.headers {
         put_u16_bytes(
@@ -241,6 +243,10 @@ fn state_byte(state: State) -> u8 {
 
 // === decoding ===
 
+/// The most header fields a stored request may hold: no listener accepts more (`max_headers` is
+/// at most 10,000), and a header map holds at most 24,576 when made for them at once.
+pub const MAX_HEADERS: usize = 10_000;
+
 /// Reads a message record. Any bytes at all give a record or an error, never a panic.
 pub fn decode_message(bytes: &[u8]) -> Result<MessageRecord, DecodeError> {
     let mut r = Reader { bytes, at: 0 };
@@ -262,6 +268,11 @@ pub fn decode_message(bytes: &[u8]) -> Result<MessageRecord, DecodeError> {
         _ => return Err(r.invalid("idempotency key")),
     };
     let count = r.u32("header count")? as usize;
+    // More than a request can have been accepted with is no record the encoder wrote, and would
+    // overflow the header map the delivery builds.
+    if count > MAX_HEADERS {
+        return Err(r.invalid("header count"));
+    }
     // Each header takes at least 6 bytes: a claimed count cannot make us reserve more than that.
     let mut headers = Vec::with_capacity(count.min(r.remaining() / 6));
     for _ in 0..count {
@@ -533,6 +544,48 @@ mod tests {
             }
             let _ = decode_message(&bytes);
         }
+    }
+
+    #[test]
+    fn a_record_holds_at_most_ten_thousand_header_lines() {
+        let record = |count: usize| MessageRecord {
+            route: "r".into(),
+            request: Request {
+                method: Method::POST,
+                path_and_query: PathAndQuery::from_static("/"),
+                headers: vec![
+                    (
+                        HeaderName::from_static("x-a"),
+                        HeaderValue::from_static("1")
+                    );
+                    count
+                ],
+                body: Bytes::new(),
+                idempotency_key: None,
+            },
+        };
+        let bytes = encode_message(&record(MAX_HEADERS)).unwrap();
+        assert_eq!(decode_message(&bytes), Ok(record(MAX_HEADERS)));
+        assert!(matches!(
+            encode_message(&record(MAX_HEADERS + 1)),
+            Err(Error::Unstorable(_))
+        ));
+        // Written by another hand: 25,000 lines, which a header map cannot be made for, are a
+        // damaged record, not a panic at delivery.
+        let mut many = encode_message(&record(0)).unwrap();
+        let at = many.len() - 12;
+        many.splice(at..at + 4, 25_000u32.to_le_bytes());
+        let line = [3, 0, b'x', b'-', b'a', 1, 0, 0, 0, b'1'];
+        many.splice(
+            at + 4..at + 4,
+            line.iter().copied().cycle().take(line.len() * 25_000),
+        );
+        assert_eq!(
+            decode_message(&many).unwrap_err().what,
+            Problem::Invalid {
+                field: "header count"
+            }
+        );
     }
 
     #[test]
