@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use http::header::{ALLOW, CONNECTION, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
@@ -135,6 +136,16 @@ pub(crate) async fn handle(
             grpc,
         );
         return (closing(boxed(response), version), None);
+    }
+    // An absolute-form target with an empty path (`http://host?x=1`) asks for the path `/`
+    // (RFC 9112 §3.2.1, RFC 3986 §6.2.3); left as it is, the path and query would go on as the
+    // request target `?x=1`, which no upstream reads.
+    if request
+        .uri()
+        .path_and_query()
+        .is_some_and(|target| target.as_str().starts_with('?'))
+    {
+        *request.uri_mut() = with_root_path(request.uri());
     }
     let offer = upgrade::offer(&request);
     let client_upgrade = (offer == Some(true)).then(|| hyper::upgrade::on(&mut request));
@@ -531,6 +542,18 @@ static HOST_BYTES: [bool; 256] = {
     }
     table
 };
+
+// `uri`, whose path is empty, with the path `/`.
+fn with_root_path(uri: &Uri) -> Uri {
+    let mut parts = uri.clone().into_parts();
+    let target = parts
+        .path_and_query
+        .as_ref()
+        .map_or("", PathAndQuery::as_str);
+    // `/` and a query that parsed once parse again.
+    parts.path_and_query = PathAndQuery::try_from(format!("/{target}")).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
 
 // `response`, with the client's HTTP/1.x connection closed after it: what is left of the request
 // body is not read, and cannot be told from a next request.

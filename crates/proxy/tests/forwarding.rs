@@ -243,6 +243,24 @@ async fn by_host(public: &Upstream, other: &Upstream) -> rampart_proxy::Proxy {
 }
 
 #[tokio::test]
+async fn an_absolute_form_target_with_an_empty_path_asks_for_the_root() {
+    let public = Upstream::start(Behavior::ok("public")).await.unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let proxy = by_host(&public, &other).await;
+
+    for (target, path) in [
+        ("http://public.example?x=1", "/?x=1"),
+        ("http://public.example", "/"),
+    ] {
+        let head =
+            format!("GET {target} HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n");
+        let answer = raw(addr(&proxy), &head).await;
+        assert!(answer.ends_with("public"), "{target}: {answer}");
+        assert_eq!(public.requests().last().unwrap().path, path, "{target}");
+    }
+}
+
+#[tokio::test]
 async fn the_upstream_is_told_the_host_the_request_was_routed_by() {
     let public = Upstream::start(Behavior::ok("public")).await.unwrap();
     let other = Upstream::start(Behavior::ok("other")).await.unwrap();
