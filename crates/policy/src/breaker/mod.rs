@@ -302,11 +302,11 @@ impl CircuitBreaker {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_classified(&ErrorsAreFailures, f).await
+        self.call_classified(ErrorsAreFailures, f).await
     }
 
     /// Runs `f` if the breaker allows it, and learns from its result as `classify` says.
-    pub async fn call_classified<C, F, Fut, T, E>(&self, classify: &C, f: F) -> Result<T, Error<E>>
+    pub async fn call_classified<C, F, Fut, T, E>(&self, classify: C, f: F) -> Result<T, Error<E>>
     where
         C: Classify<T, E>,
         F: FnOnce() -> Fut,
@@ -316,7 +316,7 @@ impl CircuitBreaker {
             .try_acquire()
             .map_err(|open| Error::Rejected(open.into()))?;
         let result = f().await;
-        match judge(classify, &result) {
+        match judge(&classify, &result) {
             Some(outcome) => permit.record(outcome),
             None => permit.cut_short(),
         }
