@@ -378,6 +378,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
             HeaderValue::from_maybe_shared(value).map_err(|_| Error::Invalid("header value"))?;
         headers.append(name, value);
     }
+    if let (Some(length), false) = (fields.content_length, fields.length_kept) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
     let framing = fields.framing(code, version, head_request)?;
     let keep_alive = !matches!(framing, Decoder::Eof)
         && match version {
@@ -401,6 +404,8 @@ struct Fields {
     chunked: bool,
     /// The Content-Length, every value of it one number.
     content_length: Option<u64>,
+    /// The head's Content-Length field is kept as it came: it was the only one, one number.
+    length_kept: bool,
     /// `Connection` names `close`.
     close: bool,
     /// `Connection` names `keep-alive`.
@@ -434,8 +439,16 @@ impl Fields {
             }
             self.chunked = true;
         } else if name == CONTENT_LENGTH {
+            let first = self.content_length.is_none();
             self.content_length =
                 Some(add_length(self.content_length, value).map_err(Error::Invalid)?);
+            // One length said more than once (`5, 5`, or two fields) goes on said once, as RFC
+            // 9112 §6.3 asks of a proxy: an HTTP/2 client refuses a list, and an HTTP/1.1 one
+            // may read it otherwise. The field is written again after the head, when this
+            // one is not kept.
+            let plain = first && !value.contains(&b',');
+            self.length_kept |= plain;
+            return Ok(plain);
         }
         Ok(true)
     }
@@ -1241,6 +1254,27 @@ mod tests {
         drop(response.body_mut().conn.take());
         let sent = String::from_utf8(server.await.unwrap()).unwrap();
         (response.map(drop), data.freeze(), trailers, reusable, sent)
+    }
+
+    #[tokio::test]
+    async fn a_content_length_said_more_than_once_goes_on_said_once() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5,5\r\nX-After: 1\r\nContent-Length: 5\r\n\r\nhello",
+        ] {
+            let (response, body, ..) = exchange(answer, request(Method::GET, empty()), 0).await;
+            let lengths: Vec<_> = response.headers().get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(lengths, ["5"], "{}", String::from_utf8_lossy(answer));
+            assert_eq!(body, "hello");
+        }
+        let (response, ..) = exchange(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            request(Method::GET, empty()),
+            0,
+        )
+        .await;
+        assert_eq!(response.headers()[CONTENT_LENGTH], "5");
     }
 
     async fn failure(answer: &'static [u8]) -> Error {
