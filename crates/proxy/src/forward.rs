@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{ALLOW, CONNECTION, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::header::{ALLOW, CONNECTION, COOKIE, HOST, HeaderMap, HeaderValue, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -92,7 +92,7 @@ pub(crate) async fn handle(
     }
     // More header fields than `max_headers`: hyper counts them in an HTTP/1.1 head only, and
     // the next hop (another rampart's HTTP/1.1 listener, say) would refuse what went on.
-    if request.version() == Version::HTTP_2 && request.headers().len() > limits.max_headers {
+    if request.version() == Version::HTTP_2 && too_many_fields(request.headers(), limits) {
         return (rescued(Reason::HeadersTooLarge, grpc), None);
     }
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
@@ -542,6 +542,16 @@ static HOST_BYTES: [bool; 256] = {
     }
     table
 };
+
+// Whether an HTTP/2 request's fields are more than `max_headers`. Cookie crumbs (RFC 9113
+// §8.2.3: a client may send each cookie as a field of its own) count as the one field an
+// HTTP/1.1 upstream gets them joined in.
+fn too_many_fields(headers: &HeaderMap, limits: Limits) -> bool {
+    headers.len() > limits.max_headers && {
+        let crumbs = headers.get_all(COOKIE).iter().count();
+        headers.len() - crumbs.saturating_sub(1) > limits.max_headers
+    }
+}
 
 // `uri`, whose path is empty, with the path `/`.
 fn with_root_path(uri: &Uri) -> Uri {

@@ -111,4 +111,22 @@ async fn the_limit_holds_over_http2_too() {
     assert_eq!(over.status(), 431);
     assert_eq!(over.headers()["x-rampart-error"], "headers-too-large");
     assert_eq!(upstream.request_count(), 1, "a refused head goes nowhere");
+
+    // Cookie crumbs count as the one field they are joined in for the upstream.
+    let mut crumbs = request(9);
+    for n in 0..30 {
+        crumbs.headers_mut().append(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&format!("c{n}=v")).unwrap(),
+        );
+    }
+    let joined = h2.send_request(crumbs).await.unwrap();
+    assert_eq!(joined.status(), 200);
+    assert_eq!(upstream.request_count(), 2);
+    let mut crumbs = request(10);
+    crumbs
+        .headers_mut()
+        .append(http::header::COOKIE, http::HeaderValue::from_static("c=v"));
+    let over = h2.send_request(crumbs).await.unwrap();
+    assert_eq!(over.status(), 431, "a cookie is a field like another");
 }
