@@ -7,7 +7,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -523,9 +523,13 @@ where
                 }
                 return Poll::Ready(Some(Err(err.into())));
             }
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.fault.begin();
+                return Poll::Ready(None);
+            }
             Poll::Pending => return Poll::Pending,
         };
+        this.fault.begin();
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > *this.remaining {
@@ -600,6 +604,8 @@ pub(crate) struct BodyFault(Arc<FaultCell>);
 #[derive(Debug, Default)]
 struct FaultCell {
     fault: AtomicU8,
+    /// The client has sent some of the body, or its end.
+    begun: AtomicBool,
     /// Pieces of the reply passed on so far.
     reply_moves: AtomicU64,
 }
@@ -607,6 +613,18 @@ struct FaultCell {
 impl BodyFault {
     fn set(&self, fault: ClientBodyFault) {
         self.0.fault.store(fault as u8, Ordering::Release);
+    }
+
+    fn begin(&self) {
+        if !self.0.begun.load(Ordering::Relaxed) {
+            self.0.begun.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the client had sent any of the body (or its end) by now: an upstream cannot be
+    /// blamed for not answering a request it has not had a byte of the body of.
+    pub(crate) fn begun(&self) -> bool {
+        self.0.begun.load(Ordering::Relaxed)
     }
 
     fn reply_moved(&self) {

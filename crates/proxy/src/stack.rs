@@ -404,6 +404,19 @@ impl Stack {
                         picked.cut_short();
                         return Err(tried);
                     }
+                    // The client never began its body (an HTTP/2 client waiting for a
+                    // `100 Continue`, one holding its upload back): the endpoint had nothing
+                    // to answer, and is not to blame, any more than for a client deadline.
+                    Tried::Expired
+                        if head
+                            .extensions
+                            .get::<BodyFault>()
+                            .is_some_and(|body| !body.begun()) =>
+                    {
+                        slot.executed();
+                        picked.cut_short();
+                        return Err(tried);
+                    }
                     // No answer within the route's timeout: a failure of this endpoint.
                     Tried::Expired => Outcome::Failure,
                     // The client's body failed the exchange: the endpoint's breaker and the

@@ -680,3 +680,45 @@ async fn a_client_claiming_grpc_cannot_open_a_plain_upstreams_breaker() {
     let text = metrics(&proxy);
     assert!(text.contains(&failed), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_whose_body_never_began_does_not_count_against_the_endpoint() {
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    type Held = StreamBody<stream::Pending<Result<Frame<Bytes>, std::convert::Infallible>>>;
+
+    // The upstream answers once it has the whole body, which never begins: an HTTP/2 client
+    // waiting for a `100 Continue` rampart cannot send it, say. Each request ends at the
+    // route's timeout, and the endpoint, which had nothing to answer, is not blamed.
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"200ms\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"",
+    )
+    .await;
+    let mut sender = h2_connection::<Held>(&proxy).await;
+    for i in 0..4 {
+        let held = http::Request::post(format!("http://{}/upload", addr(&proxy)))
+            .header("expect", "100-continue")
+            .body(StreamBody::new(stream::pending()))
+            .unwrap();
+        let response = sender.send_request(held).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "request {i}"
+        );
+        assert_eq!(error_of(&response), Some("timeout"));
+    }
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    let failed = format!(
+        "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{}\",outcome=\"failure\"}} 0\n",
+        upstream.addr()
+    );
+    let text = metrics(&proxy);
+    assert!(text.contains(&failed), "{text}");
+}
