@@ -439,10 +439,9 @@ impl Stack {
         // content-type alone does not make the answer one: a client could then have every
         // answer of a plain HTTP upstream, which never sends a grpc-status, count against its
         // breaker. Unless the upstream is gRPC, the answer must say it is gRPC too.
-        let grpc_answer = self.upstream.is_grpc() || is_grpc(response.headers());
         let pending = if grpc
-            && grpc_answer
             && outcome == Outcome::Success
+            && (self.upstream.is_grpc() || is_grpc(response.headers()))
             && grpc_status(response.headers()).is_none()
         {
             Some(picked.into_owned(&self.upstream))
