@@ -133,14 +133,21 @@ impl Balancer {
         after: Option<usize>,
         candidate: impl Fn(usize) -> Option<&'a Load>,
     ) -> Option<usize> {
-        let start = match after {
-            Some(tried) => tried + 1,
+        let Some(tried) = after else {
+            // The turn goes round the endpoints that may take the attempt, not round all of
+            // them: one out (ejected, unhealthy) would hand every turn of its own to the one
+            // after it, which would take twice its share.
+            let count = tier.clone().filter(|&i| candidate(i).is_some()).count();
+            if count == 0 {
+                return None;
+            }
             // Relaxed: the turn only spreads requests; no other memory depends on it.
-            None => self.next.fetch_add(1, Ordering::Relaxed),
+            let turn = self.next.fetch_add(1, Ordering::Relaxed);
+            return nth(tier, &candidate, turn % count).map(|(index, _)| index);
         };
         let len = tier.len();
         (0..len)
-            .map(|i| tier.start + (start + i) % len)
+            .map(|i| tier.start + (tried + 1 + i) % len)
             .find(|&index| candidate(index).is_some())
     }
 

@@ -303,7 +303,9 @@ impl Pool {
     /// together, at least one) are out at once for their breakers. When more breakers refuse,
     /// the endpoints ejected last are used anyway, as many as are past the cap, without a
     /// permit (their outcomes do not touch their breakers): as Envoy refuses the ejections that
-    /// would pass its cap, and keeps the hosts ejected first out. The cap applies whether or not
+    /// would pass its cap, and keeps the hosts ejected first out. A primary put back so is used
+    /// beside primaries that admit, but after the backups when none does (as Envoy's priority
+    /// levels send the traffic of a level with no healthy host to the next). The cap applies whether or not
     /// other endpoints admit: three of four endpoints ejected under a cap of 50% put one of them
     /// back rather than load the last with everything. It keeps a mass ejection (a shared
     /// dependency's blip tripping every breaker) from becoming an outage of its own, and an
@@ -317,9 +319,22 @@ impl Pool {
         let usable = self.usable();
         let reinstated = self.past_cap(&usable);
         let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
-        self.admitting(primaries, avoid, &usable, &reinstated)
-            .or_else(|| self.admitting(backups, avoid, &usable, &reinstated))
+        // The cap puts ejected primaries back to spare the primaries still admitting, not to
+        // keep the backups idle: once no primary admits by its own breaker, the backups come
+        // first, and a primary past the cap only when no backup may take the attempt either.
+        let (first, then) = if backups.is_empty() || self.admits_alone(primaries.clone(), &usable) {
+            (primaries, backups)
+        } else {
+            (backups, primaries)
+        };
+        self.admitting(first, avoid, &usable, &reinstated)
+            .or_else(|| self.admitting(then, avoid, &usable, &reinstated))
             .ok_or_else(|| self.refusal())
+    }
+
+    /// Whether an endpoint of `tier` may take attempts by its own breaker, the cap aside.
+    fn admits_alone(&self, mut tier: Range<usize>, usable: &impl Fn(usize) -> bool) -> bool {
+        tier.any(|index| usable(index) && self.endpoints[index].would_admit())
     }
 
     /// Whether the endpoint at `index` may take attempts as far as health goes: it is healthy,
@@ -756,6 +771,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn round_robin_shares_an_endpoints_turns_among_the_others() {
+        let pool = three(
+            "round-robin",
+            "[upstreams.app.breaker]\nmax_ejected_percent = 100",
+        );
+        trip(&pool, 0);
+        assert_eq!(spread(&pool, 60), [0, 30, 30]);
+        let pool = three("round-robin", "");
+        pool.set_healthy(2, false);
+        assert_eq!(spread(&pool, 60), [30, 30, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn every_balancer_skips_ejected_and_unhealthy_endpoints() {
         for balance in BALANCERS {
             let pool = three(
@@ -838,6 +866,24 @@ mod tests {
                 pool.pick(&tried([])).unwrap_err(),
                 Reason::NoHealthyEndpoint
             );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backups_serve_when_every_primary_is_ejected_whatever_the_cap() {
+        for balance in BALANCERS {
+            // The default cap, 50% of three: one ejection. With both primaries out, the cap
+            // puts one back, but the backup, admitting, comes first.
+            let pool = pool(&format!(
+                "balance = \"{balance}\"\nbackup = [\"127.0.0.1:3\"]"
+            ));
+            trip(&pool, 0);
+            trip(&pool, 1);
+            assert_eq!(picks(&pool, 4), ["127.0.0.1:3"; 4], "{balance}");
+            // The backup out too: a primary past the cap rather than nothing.
+            trip(&pool, 2);
+            let picked = pool.pick(&tried([])).unwrap();
+            assert!(picked.index < 2, "{balance}: {}", picked.index);
         }
     }
 
