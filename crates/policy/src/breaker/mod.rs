@@ -364,8 +364,9 @@ impl CircuitBreaker {
         self.shared.force(State::ForcedClosed);
     }
 
-    /// Ends a forced state: the breaker is closed again with a fresh window, and automatic. Does
-    /// nothing when the breaker is not forced.
+    /// Ends a forced state, or an ejection (open or half-open), as resilience4j's `reset`: the
+    /// breaker is closed again with a fresh window and its open period back to the first, and
+    /// automatic. Does nothing to a closed breaker.
     pub fn release(&self) {
         self.shared.force(State::Closed);
     }

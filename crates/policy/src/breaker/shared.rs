@@ -527,8 +527,9 @@ impl Shared {
                 State::ForcedOpen => Reason::ForcedOpen,
                 State::ForcedClosed => Reason::ForcedClosed,
                 _ => {
-                    // Back to automatic: only from a forced state, and into a fresh closed one.
-                    if !from.is_forced() {
+                    // Back to automatic, from a forced state or an ejection, into a fresh closed
+                    // state; a closed breaker is left as it is.
+                    if from == State::Closed {
                         return;
                     }
                     machine.trips = 0;

@@ -593,6 +593,39 @@ async fn forced_states_override_and_release_returns_to_a_fresh_closed_state() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn release_ends_an_ejection_too() {
+    let b = builder()
+        .consecutive_failures(1)
+        .open_for(SEC)
+        .open_for_max(8 * SEC)
+        .build()
+        .unwrap();
+    let seen = transitions(&b);
+    fail(&b);
+    assert_eq!(b.state(), State::Open);
+    b.release();
+    assert_eq!(b.state(), State::Closed);
+    assert!(b.try_acquire().is_ok());
+    // Half-open, likewise; and the next trip opens for the first period again.
+    fail(&b);
+    advance(SEC).await;
+    let probe = b.try_acquire().unwrap();
+    assert_eq!(b.state(), State::HalfOpen);
+    b.release();
+    drop(probe);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b);
+    assert_eq!(b.snapshot().open_remaining, Some(SEC));
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.iter()
+            .filter(|(_, to, reason)| *to == State::Closed && *reason == Reason::Released)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn subscribers_are_told_of_every_transition_in_order() {
     let seen_at_build = Arc::new(Mutex::new(0));
     let counter = seen_at_build.clone();
