@@ -80,6 +80,7 @@ pub(crate) fn spawn(
     let tasks = (0..pool.len())
         .map(|index| {
             let check = Check {
+                upstream: upstream.name.clone(),
                 pool: pool.clone(),
                 index,
                 health: health.clone(),
@@ -92,8 +93,13 @@ pub(crate) fn spawn(
     Checks(tasks)
 }
 
+/// The target of health events, for `RUST_LOG=rampart_proxy::health=...`.
+const HEALTH: &str = "rampart_proxy::health";
+
 /// The checks of one endpoint.
 struct Check {
+    /// The upstream's name, for the log.
+    upstream: String,
     pool: Arc<Pool>,
     index: usize,
     health: Health,
@@ -125,8 +131,26 @@ impl Check {
                 passed = self.check() => passed,
             };
             if let Some(healthy) = run.record(passed, &self.health) {
+                self.log(healthy);
                 self.pool.set_healthy(self.index, healthy);
             }
+        }
+    }
+
+    // An endpoint leaving the rotation is worth a warning, as a breaker's ejection is; its way
+    // back is news.
+    fn log(&self, healthy: bool) {
+        let (upstream, endpoint) = (&self.upstream, self.pool.authority(self.index).as_str());
+        if healthy {
+            tracing::info!(target: HEALTH, upstream, endpoint, "health check passed: endpoint healthy");
+        } else {
+            tracing::warn!(
+                target: HEALTH,
+                upstream,
+                endpoint,
+                after = self.health.unhealthy_after,
+                "health check failed: endpoint unhealthy, out of the rotation"
+            );
         }
     }
 
