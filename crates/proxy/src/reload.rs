@@ -70,6 +70,9 @@ pub struct ReloadSummary {
     /// How many endpoints of changed upstreams took over the breaker of the old endpoint with the
     /// same address.
     pub breakers_kept: usize,
+    /// How many endpoints of upstreams whose breaker settings changed have their new breaker
+    /// forced as an operator had forced the old one.
+    pub forced_kept: usize,
     /// Sections that changed but are read at start only (`[runtime]`, `[admin]`, `[outbox]`):
     /// they take effect at the next restart.
     pub needs_restart: Vec<&'static str>,
@@ -232,6 +235,8 @@ impl Live {
                     let mut pool = pool(upstream, &self.rng, &self.metrics)?;
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
+                    } else {
+                        summary.forced_kept += pool.take_forced(old_pool);
                     }
                     // Only checks can find an endpoint healthy again: without them, an endpoint
                     // kept out would be out for good.
@@ -518,6 +523,9 @@ impl fmt::Display for ReloadSummary {
         if self.breakers_kept > 0 {
             write!(f, " (breakers kept: {})", self.breakers_kept)?;
         }
+        if self.forced_kept > 0 {
+            write!(f, " (forced states kept: {})", self.forced_kept)?;
+        }
         if !self.needs_restart.is_empty() {
             write!(
                 f,
@@ -575,6 +583,7 @@ mod tests {
                 ..Changes::default()
             },
             breakers_kept: 2,
+            forced_kept: 0,
             needs_restart: vec!["[runtime]", "[admin]"],
         };
         assert_eq!(

@@ -556,6 +556,31 @@ impl Pool {
         }
     }
 
+    /// Forces the breakers of this pool's endpoints as an operator forced those of `old` with
+    /// the same address: new breaker settings make new breakers, and an endpoint drained by
+    /// hand must not come back with them. How many were forced.
+    pub(crate) fn take_forced(&self, old: &Pool) -> usize {
+        let mut taken = 0;
+        for endpoint in &self.endpoints {
+            let Some(breaker) = &endpoint.breaker else {
+                continue;
+            };
+            let forced = old
+                .endpoints
+                .iter()
+                .find(|e| e.authority == endpoint.authority)
+                .and_then(|e| e.breaker.as_ref())
+                .map(CircuitBreaker::state);
+            match forced {
+                Some(State::ForcedOpen) => breaker.force_open(),
+                Some(State::ForcedClosed) => breaker.force_closed(),
+                _ => continue,
+            }
+            taken += 1;
+        }
+        taken
+    }
+
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {

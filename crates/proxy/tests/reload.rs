@@ -247,6 +247,38 @@ async fn a_changed_upstream_keeps_the_breakers_of_its_endpoints_unless_the_break
 }
 
 #[tokio::test]
+async fn an_endpoint_forced_open_stays_so_when_new_breaker_settings_make_new_breakers() {
+    let drained = Upstream::start(Behavior::ok("drained")).await.unwrap();
+    let serving = Upstream::start(Behavior::ok("serving")).await.unwrap();
+    let both = [drained.addr(), serving.addr()];
+    let proxy = proxy(&format!("{LISTENER}{}", breaking_app(&both, ""))).await;
+    let handle = proxy.handle();
+    for breaker in handle
+        .breakers("app", Some(&drained.addr().to_string()))
+        .unwrap()
+    {
+        breaker.force_open();
+    }
+
+    let summary = proxy
+        .reload(&config(&format!(
+            "{LISTENER}{}",
+            breaking_app(&both, "min_calls = 5")
+        )))
+        .unwrap();
+    assert_eq!(summary.breakers_kept, 0);
+    assert_eq!(summary.forced_kept, 1);
+    assert!(
+        summary.to_string().contains("forced states kept: 1"),
+        "{summary}"
+    );
+    for _ in 0..6 {
+        assert_eq!(get(&proxy, "/app").await.body(), "serving");
+    }
+    assert_eq!(drained.request_count(), 0);
+}
+
+#[tokio::test]
 async fn a_listener_change_is_refused_and_the_old_configuration_keeps_serving() {
     let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
     let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
