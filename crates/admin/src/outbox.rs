@@ -346,6 +346,10 @@ fn none() -> Answer {
 }
 
 fn unavailable(err: &Error) -> Answer {
+    // One unreadable record is that message's trouble: the store serves on.
+    if let Error::Corrupt(_) = err {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string());
+    }
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!("the outbox store failed: {err}"),

@@ -525,9 +525,30 @@ async fn an_unreadable_status_leaves_its_message_aside_and_the_store_opens() {
 
     let store = open(dir.path(), &clock, Limits::default()).await;
     assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![good]);
+    // Asked for by its id, the damaged one is an error of its own: the store serves on, and
+    // nothing else asked beside it fails.
+    let (asked, redriven, appended) = tokio::join!(
+        store.get(bad),
+        store.redrive(bad),
+        store.append("r", request(4, b"4"))
+    );
+    assert!(
+        matches!(asked, Err(rampart_outbox::Error::Corrupt(_))),
+        "{asked:?}"
+    );
+    assert!(
+        matches!(redriven, Err(rampart_outbox::Error::Corrupt(_))),
+        "{redriven:?}"
+    );
+    let appended = appended.unwrap();
+    assert!(store.summary().await.is_ok());
+    assert_eq!(
+        store.get(good).await.unwrap().unwrap().state,
+        State::Delivering
+    );
     // New messages sort after every stored one, the damaged one included.
     let next = store.append("r", request(3, b"3")).await.unwrap();
-    assert!(next > bad && next > good);
+    assert!(next > bad && next > good && next > appended);
     store.close().await.unwrap();
 }
 

@@ -75,8 +75,18 @@ async fn child_fills_its_disk() {
     tag += 1;
     assert!(store.append("orders", request(tag, &body)).await.is_err());
 
-    // Room again: the store takes appends again within a few seconds, with no restart.
+    // Room again: with nothing posted, asking how the store is finds it serving again within a
+    // few seconds (the writer opens it again at most once a second, when a job comes)...
     limit_file_size(None);
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Err(err) = store.summary().await {
+        assert!(
+            Instant::now() < until,
+            "the summary still says the store is out of service: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and it takes appends again, with no restart.
     let until = Instant::now() + Duration::from_secs(10);
     let id = loop {
         tag += 1;

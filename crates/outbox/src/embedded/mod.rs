@@ -294,8 +294,15 @@ impl Store for Embedded {
             if self.jobs.is_closed() {
                 return Err(Error::Closed);
             }
-            if let Some(why) = self.shared.out_of_service() {
-                return Err(Error::backend(why));
+            if self.shared.out_of_service().is_some() {
+                // Only a job makes the writer open the store again, and a store nothing is
+                // posted to or delivered from gets none: asking how it is goes as one (the
+                // writer tries at most once every `REOPEN_EVERY`), so that it is seen to serve
+                // again as soon as it can.
+                let _ = self.settle(Op::Purge).await;
+                if let Some(why) = self.shared.out_of_service() {
+                    return Err(Error::backend(why));
+                }
             }
             let mut index = self.shared.index();
             index.refresh_all(self.shared.clock.now());

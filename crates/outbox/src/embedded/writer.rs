@@ -423,8 +423,12 @@ impl Writer {
                 Ok(Done::Settled)
             }
             Op::Redrive(id) => {
-                let Some(mut status) = tables.status(id.as_u128())? else {
+                let Some(status) = tables.readable_status(id.as_u128())? else {
                     return Ok(Err(Error::NotFound(*id)));
+                };
+                let mut status = match status {
+                    Ok(status) => status,
+                    Err(unreadable) => return Ok(Err(unreadable)),
                 };
                 let state = index.state(id.as_u128(), now).unwrap_or(status.state);
                 if state != State::Dead {
@@ -440,7 +444,11 @@ impl Writer {
                 Ok(Done::Settled)
             }
             Op::Get(id) => {
-                let status = tables.status(id.as_u128())?.map(|mut status| {
+                let status = match tables.readable_status(id.as_u128())? {
+                    Some(Err(unreadable)) => return Ok(Err(unreadable)),
+                    found => found.and_then(Result::ok),
+                };
+                let status = status.map(|mut status| {
                     // The index knows about leases that the record does not (see its docs).
                     if let Some(state) = index.state(id.as_u128(), now) {
                         status.state = state;
@@ -492,6 +500,17 @@ impl<'txn> Tables<'txn> {
             messages: txn.open_table(MESSAGES).or_backend()?,
             statuses: txn.open_table(STATUSES).or_backend()?,
         })
+    }
+
+    /// The status record of `id`, asked for by its id (not found through the index): one that
+    /// cannot be read is the asker's answer, not the transaction's failure. Opening the store
+    /// left it aside; reading it again must not take the store out of service.
+    fn readable_status(&self, id: u128) -> Result<Option<Result<Status, Error>>, Error> {
+        match self.status(id) {
+            Ok(status) => Ok(status.map(Ok)),
+            Err(unreadable @ Error::Corrupt(_)) => Ok(Some(Err(unreadable))),
+            Err(err) => Err(err),
+        }
     }
 
     fn status(&self, id: u128) -> Result<Option<Status>, Error> {
