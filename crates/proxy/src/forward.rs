@@ -379,6 +379,20 @@ async fn exchange(
             .await
         {
             Ok(accepted) => accepted,
+            // The bodies of other requests being read hold all of `max_buffered`: the outbox's
+            // own overload, which the reason's general message (the upstream's limit) would
+            // misname.
+            Err(Reason::Overloaded) => stack
+                .fallback()
+                .and_then(|fallback| fallback.for_reason(Reason::Overloaded, None, grpc))
+                .unwrap_or_else(|| {
+                    boxed(rescue_saying(
+                        Reason::Overloaded,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the bodies of other requests being stored hold all of the outbox's memory (max_buffered); try again later",
+                        grpc,
+                    ))
+                }),
             Err(reason) => give_up(reason),
         };
     }

@@ -201,9 +201,13 @@ impl Outbox {
                 tracing::debug!(route, %full, "outbox: a request refused");
                 Err(Reason::OutboxFull)
             }
-            // A part longer than the record format allows (a header value over 64 KiB, which
-            // the listener's own limits refuse long before).
-            Err(StoreError::Unstorable(_)) => Err(Reason::BadRequest),
+            // Larger than the store takes a message (a NATS server's `max_payload`), or a part
+            // longer than the record format allows: it would never be stored, so 413, not a
+            // 503 that asks the client to try again.
+            Err(StoreError::Unstorable(why)) => {
+                tracing::debug!(route, why, "outbox: a request too large to store");
+                Err(Reason::BodyTooLarge)
+            }
             Err(err) => {
                 tracing::warn!(route, error = %err, "outbox: cannot store a request");
                 Err(Reason::OutboxUnavailable)

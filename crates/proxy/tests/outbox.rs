@@ -617,6 +617,8 @@ async fn bodies_past_max_buffered_are_shed_with_503_and_taken_once_there_is_room
     let shed = post(&proxy, "a small order").await;
     assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_of(&shed), Some("overloaded"));
+    let said = String::from_utf8_lossy(shed.body());
+    assert!(said.contains("max_buffered"), "{said}");
     assert!(!shed.headers().contains_key("x-rampart-message-id"));
 
     // The slow body completes within what it holds, and is accepted.
@@ -675,4 +677,52 @@ async fn only_a_2xx_delivers_a_4xx_is_a_failed_attempt() {
     );
     assert!(metrics(&proxy).contains("rampart_outbox_delivered_total 0"));
     proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_the_store_can_never_hold_is_413_not_a_request_to_try_again() {
+    // A NATS server takes no message over its `max_payload`, 1 MiB by default: a body of
+    // 1.5 MiB, under `max_request_body`, would never be stored.
+    let server = rampart_test_support::NatsServer::start();
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        max_request_body = "4MiB"
+
+        [outbox]
+        store = "nats"
+        nats = {{ url = "{url}", stream = "LARGE" }}
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        [routes.async]
+        enabled = true
+
+        [upstreams.orders]
+        endpoints = ["{endpoint}"]
+        "#,
+        url = server.url(),
+        endpoint = upstream.addr(),
+    ))
+    .await;
+    let large = Bytes::from(vec![b'x'; 1536 << 10]);
+    let response = send(
+        &http1(),
+        request(&proxy, "/orders")
+            .method("POST")
+            .body(Full::new(large))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{response:?}"
+    );
+    assert_eq!(error_of(&response), Some("body-too-large"));
+    // A body the store takes is accepted.
+    accepted(&post(&proxy, "{}").await);
 }
