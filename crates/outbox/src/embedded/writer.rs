@@ -624,6 +624,14 @@ pub(super) fn open(path: &Path, clock: &StoreClock) -> Result<(Database, Loaded)
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).or_backend()?;
     let existed = path.exists();
+    // redb makes a new database of an empty file without a word: a file that held messages
+    // and was emptied (by hand, by a tool) would pass for a new store.
+    if std::fs::metadata(path).is_ok_and(|meta| meta.len() == 0) {
+        tracing::warn!(
+            path = %path.display(),
+            "outbox: the store's file is empty; starting a new store in it"
+        );
+    }
     let db = redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create(path)
