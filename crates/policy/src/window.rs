@@ -76,10 +76,14 @@ fn stripe_id() -> usize {
 }
 
 impl<const K: usize> Window<K> {
-    /// A window of `len` split in `buckets` buckets (at least one, each at least a millisecond).
+    /// A window of `len` (at least a millisecond) split in `buckets` buckets: fewer when `len`
+    /// is too short for each to span a millisecond, so that the window stays as long as asked
+    /// rather than a bucket growing past its share (a 100 ms window of 1000 buckets is 100 of
+    /// 1 ms, not 1000 of 1 ms covering a second).
     pub(crate) fn new(len: Duration, buckets: u32, time: TimeSource) -> Window<K> {
-        let buckets = u64::from(buckets.max(1));
-        let bucket_nanos = (saturating_nanos(len) / buckets).max(1_000_000);
+        let nanos = saturating_nanos(len).max(1_000_000);
+        let buckets = u64::from(buckets.max(1)).min(nanos / 1_000_000);
+        let bucket_nanos = nanos / buckets;
         let stripes: Box<[Stripe<K>]> = (0..stripe_count())
             .map(|_| Stripe {
                 current_end: AtomicU64::new(0),
@@ -222,6 +226,39 @@ mod tests {
             10,
             TimeSource::new(Some(clock.clone())),
         )
+    }
+
+    #[test]
+    fn a_short_window_keeps_its_length_with_fewer_buckets() {
+        let clock = ManualClock::new();
+        // (the window in ms, the buckets asked for, each bucket's span in µs)
+        let cases = [
+            (100, 1000, 1_000),
+            (1, 10, 1_000),
+            (25, 10, 2_500),
+            (10_000, 10, 1_000_000),
+        ];
+        for (len, buckets, bucket) in cases {
+            let w: Window<2> = Window::new(
+                Duration::from_millis(len),
+                buckets,
+                TimeSource::new(Some(clock.clone())),
+            );
+            assert_eq!(
+                w.bucket_len(),
+                Duration::from_micros(bucket),
+                "{len} ms, {buckets}"
+            );
+        }
+        // 100 ms in 1000 asked-for buckets: a count is gone 100 ms (and a bucket) later.
+        let w: Window<2> = Window::new(
+            Duration::from_millis(100),
+            1000,
+            TimeSource::new(Some(clock.clone())),
+        );
+        w.record(0);
+        clock.advance(Duration::from_millis(102));
+        assert_eq!(w.sum(), [0, 0]);
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Builder {
         self
     }
 
-    /// How many buckets the window slides by. Default 10; allowed 1 to 1000.
+    /// How many buckets the window slides by. Default 10; allowed 1 to 1000. A bucket spans at
+    /// least a millisecond: a window too short for that many has fewer, and keeps its length.
     pub fn window_buckets(mut self, buckets: u32) -> Self {
         self.settings.window_buckets = buckets;
         self
