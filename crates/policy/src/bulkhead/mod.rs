@@ -499,6 +499,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_waiter_waits_no_longer_than_the_deadline_in_force() {
+        let bulkhead = bulkhead(1, 1);
+        let _held = bulkhead.try_acquire().unwrap();
+        let start = tokio::time::Instant::now();
+        let waited = crate::timeout::Deadline::after(ms(20))
+            .scope(bulkhead.acquire())
+            .await;
+        assert_full(waited.map(drop), true);
+        assert_eq!(start.elapsed(), ms(20), "max_wait is 100 ms");
+        // Its place in the queue went with it.
+        assert_eq!(bulkhead.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_released_place_goes_to_the_waiter_not_a_newcomer() {
         let bulkhead = bulkhead(1, 1);
         let held = bulkhead.try_acquire().unwrap();

@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::error::BulkheadFull;
 use crate::clock::saturating_after;
+use crate::timeout::Deadline;
 
 /// Set while the waiting queue is not empty.
 const WAITERS: usize = 1 << (usize::BITS - 1);
@@ -323,7 +324,12 @@ where
             waiting: true,
             shared,
         };
-        let until: Instant = saturating_after(Instant::now(), ticket.shared.max_wait);
+        // No longer than the deadline in force: a caller whose time is up would otherwise hold
+        // a place in the queue, ahead of live ones, for the rest of `max_wait`.
+        let max_wait = ticket.shared.max_wait;
+        let max_wait =
+            Deadline::current().map_or(max_wait, |deadline| max_wait.min(deadline.remaining()));
+        let until: Instant = saturating_after(Instant::now(), max_wait);
         Wait {
             ticket,
             sleep: sleep_until(until),
