@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
+use crate::error::{BoxError, is_caused_by};
 use crate::timeout::Deadline;
+use crate::timeout::error::DeadlineExceeded;
 
 /// What a finished call says about the health of the service that answered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -156,6 +158,22 @@ pub(crate) fn judge<T, E>(
         return None;
     }
     Some(classify.classify(result))
+}
+
+/// [`judge`] for a tower service, whose error goes on boxed: an error caused by a
+/// [`DeadlineExceeded`] says nothing of the callee either. A `DeadlineLayer` below the breaker
+/// or the limit sets the deadline for the services below it only, where this one cannot read
+/// it; its refusal is how the deadline shows here.
+pub(crate) fn judge_boxed<T, E: Into<BoxError>>(
+    classify: &impl Classify<T, E>,
+    result: Result<T, E>,
+) -> (Option<Outcome>, Result<T, BoxError>) {
+    let outcome = judge(classify, &result);
+    let result = result.map_err(Into::into);
+    match &result {
+        Err(err) if is_caused_by::<DeadlineExceeded>(&**err) => (None, result),
+        _ => (outcome, result),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::Permit;
 use super::error::LimitExceeded;
-use crate::classify::{Classify, judge};
+use crate::classify::{Classify, judge_boxed};
 use crate::error::BoxError;
 
 pin_project! {
@@ -73,14 +73,14 @@ where
                 classify,
                 start,
             } => {
-                let result = ready!(future.poll(cx));
+                let (outcome, result) = judge_boxed(classify, ready!(future.poll(cx)));
                 // Dropped unrecorded when the caller's deadline cut the call short.
                 if let Some(permit) = permit.take()
-                    && let Some(outcome) = judge(classify, &result)
+                    && let Some(outcome) = outcome
                 {
                     permit.record(outcome, start.elapsed());
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Refused { error } => {
                 let error = error.take().expect("polled after completion");

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::OwnedPermit;
 use super::error::BreakerOpen;
-use crate::classify::{Classify, judge};
+use crate::classify::{Classify, judge_boxed};
 use crate::error::BoxError;
 
 pin_project! {
@@ -69,14 +69,14 @@ where
                 permit,
                 classify,
             } => {
-                let result = ready!(future.poll(cx));
+                let (outcome, result) = judge_boxed(classify, ready!(future.poll(cx)));
                 if let Some(permit) = permit.take() {
-                    match judge(classify, &result) {
+                    match outcome {
                         Some(outcome) => permit.record(outcome),
                         None => permit.cut_short(),
                     }
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             StateProj::Rejected { open } => {
                 let open = open.take().expect("polled after completion");
