@@ -600,11 +600,14 @@ impl Shared {
                 next
             };
             let Some(transition) = next else { break };
+            // A copy of the list (transitions are rare): a listener may subscribe another, and
+            // a slow one keeps no other thread from subscribing.
             let listeners = self
                 .listeners
                 .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            for listener in listeners.iter() {
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            for listener in &listeners {
                 listener(&transition);
             }
         }

@@ -1097,6 +1097,53 @@ async fn a_call_failing_once_the_callers_deadline_has_passed_is_not_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_layer_below_the_breaker_opens_nothing_either() {
+    use crate::timeout::{Deadline, DeadlineLayer};
+
+    // The request's deadline is enforced below the breaker, where the breaker cannot read it:
+    // its refusal is how the breaker learns the call was cut short.
+    let b = builder().consecutive_failures(2).build().unwrap();
+    let mut service = tower::ServiceBuilder::new()
+        .layer(b.layer())
+        .layer(DeadlineLayer::new())
+        .service_fn(|_: Deadline| async {
+            sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>("answer")
+        });
+    for _ in 0..3 {
+        let hurried = Deadline::after(Duration::from_millis(50));
+        let err = service
+            .ready()
+            .await
+            .unwrap()
+            .call(hurried)
+            .await
+            .unwrap_err();
+        assert!(
+            is_caused_by::<crate::timeout::error::DeadlineExceeded>(&*err),
+            "{err}"
+        );
+    }
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listener_may_subscribe_another() {
+    let b = builder().consecutive_failures(1).build().unwrap();
+    let told = Arc::new(Mutex::new(0));
+    let inner = b.clone();
+    let counter = told.clone();
+    b.subscribe(move |_| {
+        let counter = counter.clone();
+        inner.subscribe(move |_| *counter.lock().unwrap() += 1);
+    });
+    fail(&b); // opens: the first listener subscribes a second
+    b.release(); // closes: both are told
+    assert_eq!(*told.lock().unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_call_its_caller_gave_up_on_past_the_slow_threshold_is_a_slow_call() {
     use crate::timeout::{Deadline, Timeout};
 
