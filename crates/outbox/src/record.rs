@@ -243,8 +243,9 @@ fn state_byte(state: State) -> u8 {
 
 // === decoding ===
 
-/// The most header fields a stored request may hold: no listener accepts more (`max_headers` is
-/// at most 10,000), and a header map holds at most 24,576 when made for them at once.
+/// The most header fields a stored request may hold: as many as a listener's `max_headers` may
+/// allow (the proxy refuses a request with more, HTTP/2 cookie crumbs included, before storing
+/// it), and far below the 24,576 a header map can be made for at once.
 pub const MAX_HEADERS: usize = 10_000;
 
 /// Reads a message record. Any bytes at all give a record or an error, never a panic.

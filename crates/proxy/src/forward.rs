@@ -346,7 +346,7 @@ async fn exchange(
             let until = turn::now() + delay;
             if until >= deadline.instant() {
                 tokio::time::sleep_until(deadline.instant()).await;
-                return failed(stack, expired, stale_key.as_deref(), grpc);
+                return failed(stack, expired, stale_key.as_deref(), grpc, None);
             }
             tokio::time::sleep_until(until).await;
         }
@@ -382,17 +382,15 @@ async fn exchange(
             // The bodies of other requests being read hold all of `max_buffered`: the outbox's
             // own overload, which the reason's general message (the upstream's limit) would
             // misname.
-            Err(Reason::Overloaded) => stack
-                .fallback()
-                .and_then(|fallback| fallback.for_reason(Reason::Overloaded, None, grpc))
-                .unwrap_or_else(|| {
-                    boxed(rescue_saying(
-                        Reason::Overloaded,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the bodies of other requests being stored hold all of the outbox's memory (max_buffered); try again later",
-                        grpc,
-                    ))
-                }),
+            Err(Reason::Overloaded) => failed(
+                stack,
+                Reason::Overloaded,
+                stale_key.as_deref(),
+                grpc,
+                Some(
+                    "the bodies of other requests being stored hold all of the outbox's memory (max_buffered); try again later",
+                ),
+            ),
             Err(reason) => give_up(reason),
         };
     }
@@ -439,8 +437,9 @@ async fn exchange(
             let body = if grpc {
                 // A 200 without a status in its head (a trailers-only answer has one); another
                 // HTTP status is the client's to read as gRPC does.
-                let owes_status =
-                    parts.status == StatusCode::OK && grpc_status(&parts.headers).is_none();
+                let owes_status = parts.status == StatusCode::OK
+                    && grpc_status(&parts.headers).is_none()
+                    && stack.answers_grpc(&parts.headers);
                 GrpcEnding::new(body, expired, body_fault.clone(), owes_status).boxed_unsync()
             } else {
                 body
@@ -477,23 +476,27 @@ fn gave_up(
         // The client broke its body off or garbled it (what is left of it on the connection
         // cannot be told from a next request), or the outbox could not store it.
         Reason::BadRequest => closing(rescued(Reason::BadRequest, grpc), version),
-        reason => failed(stack, reason, stale_key, grpc),
+        reason => failed(stack, reason, stale_key, grpc, None),
     }
 }
 
 // The answer for a request the stack gave up on: the route's fallback if it covers `reason`, else
-// the rescue response saying why.
+// the rescue response saying why, in words of its own when `saying` has some.
 fn failed(
     stack: &Stack,
     reason: Reason,
     stale_key: Option<&str>,
     grpc: bool,
+    saying: Option<&'static str>,
 ) -> Response<ResponseBody> {
-    match stack
+    if let Some(fallback) = stack
         .fallback()
         .and_then(|fallback| fallback.for_reason(reason, stale_key, grpc))
     {
-        Some(fallback) => fallback,
+        return fallback;
+    }
+    match saying {
+        Some(message) => boxed(rescue_saying(reason, reason.status(), message, grpc)),
         None => rescued(reason, grpc),
     }
 }

@@ -180,6 +180,12 @@ impl Outbox {
         body: RequestBody,
         deadline: Instant,
     ) -> Result<Response<ResponseBody>, Reason> {
+        // More header fields than a record holds (HTTP/2 cookie crumbs count as one field
+        // against `max_headers`, and are stored one by one): refused as the head it is, before
+        // the body is read.
+        if parts.headers.len() > rampart_outbox::record::MAX_HEADERS {
+            return Err(Reason::HeadersTooLarge);
+        }
         let (body, _held) = match tokio::time::timeout_at(deadline, self.buffered.read(body)).await
         {
             Ok(Ok(read)) => read,

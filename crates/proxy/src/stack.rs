@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use rampart_config::Route;
 use rampart_http::classify::{RetryHint, classify_response, grpc_status, is_grpc, retry_hint};
 use rampart_http::deadline::Outgoing;
@@ -186,6 +186,14 @@ impl Stack {
     }
 
     /// The upstream's pool.
+    /// Whether an answer with `headers` to a gRPC request is a gRPC answer, whose status may
+    /// come in its trailers: the upstream is gRPC, or the answer says it is. The request's
+    /// content-type alone does not make it one: a plain HTTP upstream never sends a
+    /// `grpc-status`, and a client could otherwise have every answer of it owe one.
+    pub(crate) fn answers_grpc(&self, headers: &HeaderMap) -> bool {
+        self.upstream.is_grpc() || is_grpc(headers)
+    }
+
     pub(crate) fn upstream(&self) -> &Pool {
         &self.upstream
     }
@@ -391,32 +399,31 @@ impl Stack {
         let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
             Ok(response) => response,
             Err(tried) => {
+                let unbegun = || {
+                    head.extensions
+                        .get::<BodyFault>()
+                        .is_some_and(|body| !body.begun())
+                };
                 let outcome = match tried {
-                    Tried::Transport(err) => err.outcome(),
                     // The client's own deadline, shorter than the route's timeout, ran out: that
                     // says nothing about the endpoint, and counted, any client could open every
-                    // breaker with `x-rampart-deadline: 1`. Only an attempt that had already
-                    // run past the slow-call threshold is a slow call (when slow calls trip the
-                    // breaker), so that a hung endpoint behind short deadlines is still seen.
-                    // The attempt went out, and counts as executed.
-                    Tried::Expired if expired == Reason::DeadlineExceeded => {
-                        slot.executed();
-                        picked.cut_short();
-                        return Err(tried);
-                    }
-                    // The client never began its body (an HTTP/2 client waiting for a
-                    // `100 Continue`, one holding its upload back): the endpoint had nothing
-                    // to answer, and is not to blame, any more than for a client deadline.
-                    Tried::Expired
-                        if head
-                            .extensions
-                            .get::<BodyFault>()
-                            .is_some_and(|body| !body.begun()) =>
+                    // breaker with `x-rampart-deadline: 1`. Nor does a timeout (the route's, or
+                    // `per_try_timeout`) while the client had not begun its body: an HTTP/2
+                    // client waiting for a `100 Continue`, one holding its upload back, left
+                    // the endpoint nothing to answer. Only an attempt that had already run past
+                    // the slow-call threshold is a slow call (when slow calls trip the breaker),
+                    // so that a hung endpoint behind short deadlines is still seen. The attempt
+                    // went out, and counts as executed.
+                    Tried::Expired | Tried::Transport(TransportError::Timeout)
+                        if matches!(tried, Tried::Expired)
+                            && expired == Reason::DeadlineExceeded
+                            || unbegun() =>
                     {
                         slot.executed();
                         picked.cut_short();
                         return Err(tried);
                     }
+                    Tried::Transport(err) => err.outcome(),
                     // No answer within the route's timeout: a failure of this endpoint.
                     Tried::Expired => Outcome::Failure,
                     // The client's body failed the exchange: the endpoint's breaker and the
@@ -435,13 +442,11 @@ impl Stack {
             grpc,
         );
         slot.record(outcome);
-        // A gRPC answer with no status in its head is judged by its trailers. The request's
-        // content-type alone does not make the answer one: a client could then have every
-        // answer of a plain HTTP upstream, which never sends a grpc-status, count against its
-        // breaker. Unless the upstream is gRPC, the answer must say it is gRPC too.
+        // A gRPC answer with no status in its head is judged by its trailers (`answers_grpc`
+        // says which answers are gRPC ones).
         let pending = if grpc
             && outcome == Outcome::Success
-            && (self.upstream.is_grpc() || is_grpc(response.headers()))
+            && self.answers_grpc(response.headers())
             && grpc_status(response.headers()).is_none()
         {
             Some(picked.into_owned(&self.upstream))

@@ -898,17 +898,26 @@ mod tests {
     async fn backups_serve_when_every_primary_is_ejected_whatever_the_cap() {
         for balance in BALANCERS {
             // The default cap, 50% of three: one ejection. With both primaries out, the cap
-            // puts one back, but the backup, admitting, comes first.
-            let pool = pool(&format!(
-                "balance = \"{balance}\"\nbackup = [\"127.0.0.1:3\"]"
-            ));
-            trip(&pool, 0);
-            trip(&pool, 1);
-            assert_eq!(picks(&pool, 4), ["127.0.0.1:3"; 4], "{balance}");
-            // The backup out too: a primary past the cap rather than nothing.
-            trip(&pool, 2);
-            let picked = pool.pick(&tried([])).unwrap();
-            assert!(picked.index < 2, "{balance}: {}", picked.index);
+            // puts the one ejected last back, but the backup, admitting, comes first.
+            let with_backup = || {
+                pool(&format!(
+                    "balance = \"{balance}\"\nbackup = [\"127.0.0.1:3\"]"
+                ))
+            };
+            let last = with_backup();
+            trip_in_turn(&last, &[0, 1]).await;
+            assert_eq!(picks(&last, 4), ["127.0.0.1:3"; 4], "{balance}");
+            // The backup out too, last: the cap puts back the two ejected last, the backup and
+            // the second primary, and the backup, its tier first, serves.
+            trip_in_turn(&last, &[2]).await;
+            assert_eq!(picks(&last, 4), ["127.0.0.1:3"; 4], "{balance}");
+            // The backup out first: the two put back are the primaries.
+            let first = with_backup();
+            trip_in_turn(&first, &[2, 0, 1]).await;
+            assert!(
+                picks(&first, 4).iter().all(|p| p != "127.0.0.1:3"),
+                "{balance}"
+            );
         }
     }
 

@@ -726,3 +726,50 @@ async fn a_request_the_store_can_never_hold_is_413_not_a_request_to_try_again() 
     // A body the store takes is accepted.
     accepted(&post(&proxy, "{}").await);
 }
+
+#[tokio::test]
+async fn a_request_with_more_fields_than_a_record_holds_is_431() {
+    // Cookie crumbs count as one field against `max_headers`, but are stored one by one: more
+    // than a record holds are refused as the head they are, before anything is read or stored.
+    let dir = TempDir::new("outbox-crumbs");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        max_headers = 10000
+        max_header_bytes = "4MiB"
+
+        [outbox]
+        path = "{dir}"
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        [routes.async]
+        enabled = true
+
+        [upstreams.orders]
+        endpoints = ["{endpoint}"]
+        "#,
+        dir = dir.path().display(),
+        endpoint = upstream.addr(),
+    ))
+    .await;
+    let mut sender = common::h2_connection::<Full<Bytes>>(&proxy).await;
+    let mut crumbs = http::Request::post(format!("http://{}/orders", common::addr(&proxy)))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    for n in 0..10_001 {
+        crumbs.headers_mut().append(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&format!("c{n}=v")).unwrap(),
+        );
+    }
+    let response = sender.send_request(crumbs).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(error_of(&response), Some("headers-too-large"));
+}

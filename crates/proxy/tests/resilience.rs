@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use rampart_policy::rng::Rng;
@@ -679,6 +679,20 @@ async fn a_client_claiming_grpc_cannot_open_a_plain_upstreams_breaker() {
             assert_eq!(response.body(), "plain");
         }
     }
+    // Nor is the answer passed off as a gRPC call that broke off: no status added after it.
+    let mut sender = h2_connection::<Full<Bytes>>(&proxy).await;
+    let claiming = http::Request::post(format!("http://{}/", addr(&proxy)))
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let mut response = sender.send_request(claiming).await.unwrap();
+    let mut trailers = None;
+    while let Some(frame) = response.body_mut().frame().await {
+        if let Ok(frame) = frame.unwrap().into_trailers() {
+            trailers = Some(frame);
+        }
+    }
+    assert_eq!(trailers, None);
     let response = get(&proxy, "/").await;
     assert_eq!(response.status(), StatusCode::OK, "{response:?}");
     assert_no_failure(&proxy, upstream.addr());
@@ -694,29 +708,35 @@ async fn a_request_whose_body_never_began_does_not_count_against_the_endpoint() 
 
     // The upstream answers once it has the whole body, which never begins: an HTTP/2 client
     // waiting for a `100 Continue` rampart cannot send it, say. Each request ends at the
-    // route's timeout, and the endpoint, which had nothing to answer, is not blamed.
-    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
-    let proxy = simple(
-        &[upstream.addr()],
+    // route's timeout, or at the attempt's, and the endpoint, which had nothing to answer, is
+    // not blamed.
+    for route in [
         "timeout = \"200ms\"\n[routes.retry]\nattempts = 1",
-        "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"",
-    )
-    .await;
-    let mut sender = h2_connection::<Held>(&proxy).await;
-    for i in 0..4 {
-        let held = http::Request::post(format!("http://{}/upload", addr(&proxy)))
-            .header("expect", "100-continue")
-            .body(StreamBody::new(stream::pending()))
-            .unwrap();
-        let response = sender.send_request(held).await.unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::GATEWAY_TIMEOUT,
-            "request {i}"
-        );
-        assert_eq!(error_of(&response), Some("timeout"));
+        "timeout = \"5s\"\nper_try_timeout = \"100ms\"\n[routes.retry]\nattempts = 2",
+    ] {
+        let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+        let proxy = simple(
+            &[upstream.addr()],
+            route,
+            "[upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"",
+        )
+        .await;
+        let mut sender = h2_connection::<Held>(&proxy).await;
+        for i in 0..4 {
+            let held = http::Request::post(format!("http://{}/upload", addr(&proxy)))
+                .header("expect", "100-continue")
+                .body(StreamBody::new(stream::pending()))
+                .unwrap();
+            let response = sender.send_request(held).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "{route}: request {i}"
+            );
+            assert_eq!(error_of(&response), Some("timeout"));
+        }
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::OK, "{route}: {response:?}");
+        assert_no_failure(&proxy, upstream.addr());
     }
-    let response = get(&proxy, "/").await;
-    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
-    assert_no_failure(&proxy, upstream.addr());
 }

@@ -295,10 +295,11 @@ impl Store for Embedded {
                 return Err(Error::Closed);
             }
             if self.shared.out_of_service().is_some() {
-                // Only a job makes the writer open the store again, and a store nothing is
-                // posted to or delivered from gets none: asking how it is goes as one (the
-                // writer tries at most once every `REOPEN_EVERY`), so that it is seen to serve
-                // again as soon as it can.
+                // Only a job makes the writer open the store again, and one that nothing posts
+                // to or delivers from gets none: asking how it is goes as one (the writer tries
+                // at most once every `REOPEN_EVERY`), so that whoever watches the summary (the
+                // proxy's gauges, every second; the admin API) sees it serve again as soon as
+                // it can.
                 let _ = self.settle(Op::Purge).await;
                 if let Some(why) = self.shared.out_of_service() {
                     return Err(Error::backend(why));
