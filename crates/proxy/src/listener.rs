@@ -137,7 +137,7 @@ impl Serve {
             if !self.full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     %peer,
-                    "listener full (max_connections): new connections are closed at once, counted in rampart_listener_refused_connections"
+                    "listener full (max_connections): new connections are closed at once, counted in rampart_listener_refused_connections_total"
                 );
             }
             return None;
