@@ -930,7 +930,14 @@ async fn every_acknowledged_append_survives_the_server_being_killed() {
                             ok.push((id, n));
                             acked.fetch_add(1, Ordering::SeqCst);
                         }
-                        Err(_) => failed += 1,
+                        // The server is down: a pause before the next, as a client would
+                        // back off, so that the outage does not use up every append as a
+                        // failure before the server is back (under load its restart and
+                        // JetStream's recovery take seconds).
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
                 (ok, failed)
