@@ -616,6 +616,7 @@ impl BodyFault {
     }
 
     fn begin(&self) {
+        // Read before written: a store on every frame would write a line the reply shares.
         if !self.0.begun.load(Ordering::Relaxed) {
             self.0.begun.store(true, Ordering::Relaxed);
         }

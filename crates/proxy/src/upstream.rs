@@ -446,8 +446,7 @@ impl Pool {
     pub(crate) fn may_admit(&self) -> Result<(), Reason> {
         let usable = self.usable();
         // One that admits first, the common case; then the cap, as `pick` counts it.
-        let admits = (0..self.endpoints.len())
-            .any(|index| usable(index) && self.endpoints[index].would_admit())
+        let admits = self.admits_alone(0..self.endpoints.len(), &usable)
             || !self.past_cap(&usable).is_empty();
         if admits { Ok(()) } else { Err(self.refusal()) }
     }
@@ -565,13 +564,10 @@ impl Pool {
             let Some(breaker) = &endpoint.breaker else {
                 continue;
             };
-            let forced = old
-                .endpoints
-                .iter()
-                .find(|e| e.authority == endpoint.authority)
-                .and_then(|e| e.breaker.as_ref())
-                .map(CircuitBreaker::state);
-            match forced {
+            match old
+                .breaker_of(&endpoint.authority)
+                .map(CircuitBreaker::state)
+            {
                 Some(State::ForcedOpen) => breaker.force_open(),
                 Some(State::ForcedClosed) => breaker.force_closed(),
                 _ => continue,
@@ -581,15 +577,18 @@ impl Pool {
         taken
     }
 
+    /// The breaker of the endpoint at `authority`, if this pool lists it and it has one.
+    fn breaker_of(&self, authority: &Authority) -> Option<&CircuitBreaker> {
+        self.endpoints
+            .iter()
+            .find(|e| &e.authority == authority)
+            .and_then(|e| e.breaker.as_ref())
+    }
+
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {
-            let kept = old
-                .endpoints
-                .iter()
-                .find(|e| e.authority == endpoint.authority)
-                .and_then(|e| e.breaker.clone());
-            if let Some(breaker) = kept {
+            if let Some(breaker) = old.breaker_of(&endpoint.authority).cloned() {
                 // The kept breaker's subscription already moves this endpoint's series.
                 endpoint.metrics.set_state(breaker.state());
                 endpoint.breaker = Some(breaker);

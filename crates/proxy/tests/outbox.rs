@@ -685,28 +685,14 @@ async fn a_request_the_store_can_never_hold_is_413_not_a_request_to_try_again() 
     // 1.5 MiB, under `max_request_body`, would never be stored.
     let server = rampart_test_support::NatsServer::start();
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
-    let proxy = proxy(&format!(
-        r#"
-        [[listeners]]
-        listen = "127.0.0.1:0"
-        max_request_body = "4MiB"
-
-        [outbox]
-        store = "nats"
-        nats = {{ url = "{url}", stream = "LARGE" }}
-
-        [[routes]]
-        name = "orders"
-        upstream = "orders"
-        [routes.async]
-        enabled = true
-
-        [upstreams.orders]
-        endpoints = ["{endpoint}"]
-        "#,
-        url = server.url(),
-        endpoint = upstream.addr(),
-    ))
+    let proxy = orders_proxy(
+        "max_request_body = \"4MiB\"",
+        &format!(
+            "store = \"nats\"\nnats = {{ url = \"{}\", stream = \"LARGE\" }}",
+            server.url()
+        ),
+        upstream.addr(),
+    )
     .await;
     let large = Bytes::from(vec![b'x'; 1536 << 10]);
     let response = send(
@@ -733,28 +719,11 @@ async fn a_request_with_more_fields_than_a_record_holds_is_431() {
     // than a record holds are refused as the head they are, before anything is read or stored.
     let dir = TempDir::new("outbox-crumbs");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
-    let proxy = proxy(&format!(
-        r#"
-        [[listeners]]
-        listen = "127.0.0.1:0"
-        max_headers = 10000
-        max_header_bytes = "4MiB"
-
-        [outbox]
-        path = "{dir}"
-
-        [[routes]]
-        name = "orders"
-        upstream = "orders"
-        [routes.async]
-        enabled = true
-
-        [upstreams.orders]
-        endpoints = ["{endpoint}"]
-        "#,
-        dir = dir.path().display(),
-        endpoint = upstream.addr(),
-    ))
+    let proxy = orders_proxy(
+        "max_headers = 10000\nmax_header_bytes = \"4MiB\"",
+        &format!("path = \"{}\"", dir.path().display()),
+        upstream.addr(),
+    )
     .await;
     let mut sender = common::h2_connection::<Full<Bytes>>(&proxy).await;
     let mut crumbs = http::Request::post(format!("http://{}/orders", common::addr(&proxy)))
@@ -772,4 +741,29 @@ async fn a_request_with_more_fields_than_a_record_holds_is_431() {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
     assert_eq!(error_of(&response), Some("headers-too-large"));
+}
+
+/// A proxy with one async route `orders` to `endpoint`, with `listener` and `outbox` lines in
+/// those tables and nothing else set.
+async fn orders_proxy(listener: &str, outbox: &str, endpoint: SocketAddr) -> Proxy {
+    proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        {listener}
+
+        [outbox]
+        {outbox}
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        [routes.async]
+        enabled = true
+
+        [upstreams.orders]
+        endpoints = ["{endpoint}"]
+        "#
+    ))
+    .await
 }
