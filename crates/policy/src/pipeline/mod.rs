@@ -24,6 +24,8 @@
 //! attempt cut short by the caller's deadline teaches the adaptive limit nothing: the caller ran
 //! out of time, which says nothing about the callee; nor the breaker, unless the attempt had run
 //! past its slow-call threshold (see [`Permit::cut_short`](crate::breaker::Permit::cut_short)).
+//! As a tower layer ([`Pipeline::layer`]), a refusal that comes up from a layer below (in the
+//! boxed error's chain) is one of the pipeline's own, judged as above.
 //!
 //! ```
 //! use std::time::Duration;
@@ -291,7 +293,9 @@ impl<C> Pipeline<C> {
     }
 
     /// Like [`call`](Self::call), answering with `fallback` when the call fails or is refused
-    /// (for the reasons the fallback is set to).
+    /// (for the reasons the fallback is set to). Whether it failed is the pipeline's classifier's
+    /// say, as for every other stage: an `Ok` it calls a failure is a
+    /// [`FallbackReason::FailedResponse`](crate::fallback::FallbackReason::FailedResponse).
     pub async fn call_with_fallback<Fb, F, Fut, T, E>(
         &self,
         fallback: &Fallback<T, E, Fb>,
@@ -303,7 +307,20 @@ impl<C> Pipeline<C> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        fallback.call(|| self.call(f)).await
+        let result = self.call(f).await;
+        // The fallback judges `Result<T, E>`, the pipeline's classifier `Result<T, Error<E>>`: the
+        // verdict is passed on rather than the classifier (a refusal the fallback tells itself).
+        let failed = self.classify.classify(&result).is_failure();
+        let verdict = move |_: &Result<T, E>| {
+            if failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            }
+        };
+        fallback
+            .call_classified(verdict, || std::future::ready(result))
+            .await
     }
 
     /// Whether an attempt may be followed by another: a retry or a hedge.
@@ -400,14 +417,15 @@ impl<C> Pipeline<C> {
     {
         let mut wait = pin!(callee.ready());
         // A callee ready at once (a closure always is) needs no timer.
+        let from_callee = |err| from_callee(callee, err);
         if let Poll::Ready(ready) = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
-            return ready.map_err(Error::Inner);
+            return ready.map_err(from_callee);
         }
         let Some(deadline) = Deadline::current() else {
-            return wait.await.map_err(Error::Inner);
+            return wait.await.map_err(from_callee);
         };
         match tokio::time::timeout_at(deadline.instant(), wait).await {
-            Ok(ready) => ready.map_err(Error::Inner),
+            Ok(ready) => ready.map_err(from_callee),
             Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded(
                 DeadlineExceeded::new(),
             ))),
@@ -467,10 +485,17 @@ impl<C> Pipeline<C> {
                 None => callee.call(ready).await.map_err(Error::Inner),
             },
         };
+        let result = result.map_err(|err| match err {
+            Error::Inner(err) => from_callee(callee, err),
+            refused => refused,
+        });
 
         let outcome = match &result {
             // Cut short by the attempt timeout: as failed as an error.
             Err(Error::Rejected(Rejected::Timeout(_))) => Some(Outcome::Failure),
+            // A deadline passed: the caller's patience ran out, whether the deadline in force
+            // here or one a `DeadlineLayer` below set (see `judge`).
+            Err(Error::Rejected(Rejected::DeadlineExceeded(_))) => None,
             _ => judge(&self.classify, &result),
         };
         // The caller ran out of time: that says nothing about the callee, unless the attempt
@@ -515,6 +540,23 @@ trait Callee {
     /// hedged.
     fn repeatable(&self) -> bool {
         true
+    }
+
+    /// The policy's refusal that `err` is, if it is one: a tower service's error may be the
+    /// refusal of a layer below the pipeline, which the pipeline then takes as its own.
+    fn refusal(&self, _err: &Self::Error) -> Option<Rejected> {
+        None
+    }
+}
+
+/// `err`, from `callee`, as the pipeline's error: a refusal from below (a `DeadlineLayer`'s
+/// deadline passed, a breaker open) is one of the pipeline's own. It is then retried, judged and
+/// answered as one (never retried but for a timeout, never counted against the callee for a
+/// deadline), as a [`RetryTransient`] and the breaker's layer judge it in a stack of layers.
+fn from_callee<A: Callee>(callee: &A, err: A::Error) -> Error<A::Error> {
+    match callee.refusal(&err) {
+        Some(rejected) => Error::Rejected(rejected),
+        None => Error::Inner(err),
     }
 }
 
@@ -1014,6 +1056,30 @@ mod tests {
             0,
             "a refusal"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fallback_answers_what_the_pipelines_classifier_calls_a_failure() {
+        let p = Pipeline::builder()
+            .classify(|r: &Result<u16, Error<&str>>| match r {
+                Ok(status) if *status >= 500 => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+                Err(Error::Inner(error)) if *error == "not found" => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            })
+            .build();
+        let ok = Fallback::value(200u16);
+        let answer = p.call_with_fallback(&ok, || async { Ok::<u16, &str>(503) });
+        assert_eq!(answer.await.unwrap(), 200, "a 503 is a failed answer");
+        let answer = p.call_with_fallback(&ok, || async { Ok::<u16, &str>(404) });
+        assert_eq!(answer.await.unwrap(), 404, "a 404 is an answer");
+        let answer = p.call_with_fallback(&ok, || async { Err::<u16, _>("not found") });
+        assert!(
+            matches!(answer.await, Err(Error::Inner("not found"))),
+            "an error it calls a success passes through"
+        );
+        let answer = p.call_with_fallback(&ok, || async { Err::<u16, _>("reset") });
+        assert_eq!(answer.await.unwrap(), 200, "an error it calls a failure");
     }
 
     #[tokio::test(start_paused = true)]

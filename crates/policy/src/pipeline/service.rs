@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::{Callee, Pipeline};
 use crate::classify::Classify;
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, Rejected};
 use crate::request::{CloneRequest, Cloned};
 
 /// Puts a [`Pipeline`] in front of a service; made by [`Pipeline::layer`].
@@ -252,6 +252,10 @@ where
     fn repeatable(&self) -> bool {
         self.repeatable
     }
+
+    fn refusal(&self, err: &BoxError) -> Option<Rejected> {
+        Rejected::find_in(&**err)
+    }
 }
 
 /// A retry or a hedge found no request to send: its [`CloneRequest`] copied the request once,
@@ -272,11 +276,12 @@ mod tests {
 
     use super::*;
     use crate::breaker::error::BreakerOpen;
+    use crate::breaker::{CircuitBreaker, State};
     use crate::error::is_caused_by;
     use crate::hedge::{Hedge, HedgeDelay};
     use crate::pipeline::tests::{breaker, retry};
-    use crate::timeout::Deadline;
     use crate::timeout::error::DeadlineExceeded;
+    use crate::timeout::{Deadline, DeadlineLayer};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -406,6 +411,55 @@ mod tests {
         let err = service.oneshot(1).await.unwrap_err();
         assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
         assert_eq!(calls.load(SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passed_below_is_neither_retried_nor_held_against_the_service() {
+        // The pipeline over a `DeadlineLayer`, as in an axum stack whose requests carry their
+        // deadline: the deadline is in force below the pipeline only, and its refusal comes up
+        // boxed. The service is healthy, only slower than this caller may wait.
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let slow = service_fn(move |_: Deadline| {
+            counter.fetch_add(1, SeqCst);
+            async {
+                sleep(100 * MS).await;
+                Ok::<_, BoxError>(())
+            }
+        });
+        let breaker = breaker(3);
+        let pipeline = Pipeline::builder()
+            .retry(retry(3))
+            .breaker(breaker.clone())
+            .build();
+        let service = pipeline.layer().layer(DeadlineLayer::new().layer(slow));
+        for _ in 0..3 {
+            let err = service
+                .clone()
+                .oneshot(Deadline::after(50 * MS))
+                .await
+                .unwrap_err();
+            assert!(is_caused_by::<DeadlineExceeded>(&*err), "{err}");
+        }
+        assert_eq!(calls.load(SeqCst), 3, "one attempt a call");
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(breaker.snapshot().failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_from_below_is_not_retried() {
+        // A breaker layer below the pipeline, forced open: trying again at once meets the same
+        // refusal, as a `RetryTransient` over the layers would decide.
+        let (calls, inner) = flaky(0);
+        let below = CircuitBreaker::new();
+        below.force_open();
+        let pipeline = Pipeline::builder().retry(retry(3)).build();
+        let service = pipeline.layer().layer(below.layer().layer(inner));
+        let start = Instant::now();
+        let err = service.oneshot(1).await.unwrap_err();
+        assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
+        assert_eq!(start.elapsed(), Duration::ZERO, "no backoff slept");
+        assert_eq!(calls.load(SeqCst), 0);
     }
 
     /// A service whose calls never answer.
