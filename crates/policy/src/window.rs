@@ -124,6 +124,17 @@ impl<const K: usize> Window<K> {
         count.store(count.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// The time, as the window reads it to place a count.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.time.nanos()
+    }
+
+    /// Whether `since`, a time read with [`Window::now`], is less than a bucket ago.
+    pub(crate) fn within_a_bucket(&self, since: u64) -> bool {
+        self.time.nanos().saturating_sub(since) < self.bucket_nanos
+    }
+
     /// This thread's counter `counter` for the current time.
     #[inline]
     fn slot(&self, counter: usize) -> &AtomicU64 {

@@ -112,6 +112,24 @@ impl Budget {
         self.shared.window.add_lossy(REQUESTS, u64::from(n));
     }
 
+    /// The budget's time, as a deposit reads it: the start of a batch for
+    /// [`Budget::deposit_held`].
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.shared.window.now()
+    }
+
+    /// Counts `n` requests held back since `since` (read with [`Budget::now`]), as a service
+    /// that batches its deposits does; lossy as [`Budget::deposit`] is. A batch begun more than
+    /// a bucket (a tenth of the window) ago is dropped instead: counted now, its requests would
+    /// stay in the window up to that much longer than they happened, and allow retries after
+    /// they had aged out. Dropped, they can only refuse a retry, never allow one.
+    pub(crate) fn deposit_held(&self, n: u32, since: u64) {
+        if self.shared.window.within_a_bucket(since) {
+            self.deposit_many(n);
+        }
+    }
+
     /// Takes one retry from the budget: `true` if the retry may go ahead, and then it is counted.
     pub fn withdraw(&self) -> bool {
         let shared = &*self.shared;

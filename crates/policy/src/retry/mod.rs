@@ -339,7 +339,10 @@ impl<C> Retry<C> {
         self.shared.config.max_retry_after
     }
 
-    /// Retries made so far, by this policy and its clones.
+    /// Retries decided so far, by this policy and its clones. A retry counts, and takes its
+    /// place in the budget, once it is decided, before its backoff, as resilience4j and Polly
+    /// count theirs: the budget must refuse a retry before the call sleeps for it, and a call
+    /// dropped during the backoff does not make the retry it was counted for.
     pub fn retries_total(&self) -> u64 {
         self.shared.retries.load(Relaxed)
     }
@@ -741,7 +744,10 @@ impl<C> fmt::Debug for Retry<C> {
 /// Each `RetryService` counts its calls itself and deposits them in the policy's [`Budget`]
 /// sixteen at a time, and what it still holds when it is dropped: a budget behind a service
 /// sees up to fifteen of its latest requests late, which can only refuse a retry it would have
-/// allowed, never allow more.
+/// allowed, never allow more. A batch begun more than a tenth of the budget's window before it
+/// is deposited (a service with little traffic) is not deposited at all, for the same reason:
+/// counted late, old requests would allow retries after they had aged out. The budget's floor
+/// (`min_per_sec`) is what allows the retries of quiet traffic.
 pub struct RetryService<S, C = RetryOnError, R = Cloned> {
     inner: S,
     policy: Local<C>,
@@ -753,8 +759,9 @@ pub struct RetryService<S, C = RetryOnError, R = Cloned> {
 /// Counting each call in the budget's shared window costs a chain of loads to reach this
 /// thread's counter; counting in the service costs one add to memory it owns. The price is that
 /// a service holds back up to `DEPOSIT_BATCH - 1` requests from the budget (all of them go when
-/// it is dropped), which only ever makes the budget stricter, by at most
-/// `ratio * (DEPOSIT_BATCH - 1)` retries per service; the budget's floor covers quiet traffic.
+/// it is dropped, unless the batch began more than a bucket ago: see [`Budget::deposit_held`]),
+/// which only ever makes the budget stricter, by at most `ratio * (DEPOSIT_BATCH - 1)` retries
+/// per service; the budget's floor covers quiet traffic.
 pub(crate) const DEPOSIT_BATCH: u32 = 16;
 
 /// A service's own handle on its policy.
@@ -770,6 +777,8 @@ struct Local<C> {
     attempts: u32,
     /// First attempts not yet deposited in the budget.
     held: u32,
+    /// When the first of them was made, by the budget's time.
+    held_since: u64,
 }
 
 impl<C> Local<C> {
@@ -785,7 +794,11 @@ impl<C> Local<C> {
 
     #[inline]
     fn deposit(&mut self) {
-        if self.budget.is_some() {
+        if let Some(budget) = &self.budget {
+            // One cheap clock read a batch, not a call.
+            if self.held == 0 {
+                self.held_since = budget.now();
+            }
             self.held += 1;
             if self.held == DEPOSIT_BATCH {
                 self.flush();
@@ -798,7 +811,7 @@ impl<C> Local<C> {
     #[inline(never)]
     fn flush(&mut self) {
         if let Some(budget) = &self.budget {
-            budget.deposit_many(self.held);
+            budget.deposit_held(self.held, self.held_since);
         }
         self.held = 0;
     }
@@ -812,6 +825,7 @@ impl<C: Clone> Clone for Local<C> {
             budget: self.budget.clone(),
             attempts: self.attempts,
             held: 0,
+            held_since: 0,
         }
     }
 }
@@ -856,6 +870,7 @@ impl<S, C, R> RetryService<S, C, R> {
                 attempts: retry.attempts(),
                 retry,
                 held: 0,
+                held_since: 0,
             },
             cloner: clone,
         }

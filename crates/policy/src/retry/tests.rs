@@ -775,6 +775,43 @@ fn layer_deposits_in_batches_and_all_it_holds_when_dropped() {
 }
 
 #[test]
+fn a_batch_begun_more_than_a_bucket_ago_is_not_deposited() {
+    // A service with little traffic: its batch of requests spans more than a tenth of the
+    // window. Deposited when it fills, the old requests would count as new ones for a whole
+    // window, and allow retries they no longer earn.
+    let clock = ManualClock::new();
+    let budget = Budget::new(Duration::from_secs(10), 1.0, 0)
+        .unwrap()
+        .with_clock(clock.clone());
+    let policy = retry(3).with_budget(budget.clone());
+    let ok = tower::service_fn(|()| std::future::ready(Ok::<_, BoxError>(())));
+    let mut service = RetryLayer::new(policy).layer(ok);
+    let call = |service: &mut RetryService<_>| {
+        tokio_test::block_on(tower::ServiceExt::ready(&mut *service)).unwrap();
+        tokio_test::block_on(service.call(())).unwrap();
+    };
+    let allowed = |budget: &Budget| (0..1000).take_while(|_| budget.withdraw()).count();
+
+    for _ in 1..DEPOSIT_BATCH {
+        call(&mut service);
+    }
+    clock.advance(Duration::from_secs(2));
+    call(&mut service);
+    assert_eq!(allowed(&budget), 0, "the batch began two buckets ago");
+
+    // The next batch, made within a bucket, is deposited whole, and so is what a service
+    // holds when it is dropped soon after.
+    for _ in 0..DEPOSIT_BATCH {
+        clock.advance(Duration::from_millis(50));
+        call(&mut service);
+    }
+    assert_eq!(allowed(&budget), DEPOSIT_BATCH as usize);
+    call(&mut service);
+    drop(service);
+    assert_eq!(allowed(&budget), 1);
+}
+
+#[test]
 fn response_futures_are_send() {
     fn assert_send<T: Send>(_: &T) {}
     let (mut service, _handle): (_, Handle) = mock::spawn_layer(RetryLayer::new(retry(3)));
