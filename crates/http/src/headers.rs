@@ -6,8 +6,9 @@
 //!
 //! - `Connection`, and every header it names;
 //! - `Keep-Alive`, `Proxy-Connection` (obsolete, still sent), `Transfer-Encoding`;
-//! - `TE`, except its `trailers` member: gRPC servers require `te: trailers` to know the client
-//!   reads trailers, so a request that says it keeps exactly `te: trailers`;
+//! - `TE`, except a request's `trailers` member: gRPC servers require `te: trailers` to know the
+//!   client reads trailers, so a request that says it keeps exactly `te: trailers` (a response's
+//!   `TE` means nothing and goes whole: [`HopByHop::response`]);
 //! - `Upgrade`, unless the proxy is tunnelling that upgrade ([`HopByHop::tunnel_upgrade`]);
 //! - `Proxy-Authenticate` and `Proxy-Authorization`, which are meant for the proxy a client talks
 //!   to, here none: forwarding them would hand the client's proxy credentials to the upstream.
@@ -57,6 +58,8 @@ pub struct HopByHop {
     /// Keep `Upgrade` and answer it with `Connection: upgrade`, because the proxy is tunnelling
     /// this upgrade (a WebSocket, for one) to the upstream. Default: false.
     pub tunnel_upgrade: bool,
+    /// The headers are a response's: `TE`, a request's field, goes whole. Default: false.
+    pub response: bool,
 }
 
 impl HopByHop {
@@ -64,6 +67,15 @@ impl HopByHop {
     pub fn tunnel_upgrade() -> HopByHop {
         HopByHop {
             tunnel_upgrade: true,
+            response: false,
+        }
+    }
+
+    /// A response's headers.
+    pub fn response() -> HopByHop {
+        HopByHop {
+            tunnel_upgrade: false,
+            response: true,
         }
     }
 }
@@ -105,7 +117,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, how: HopByHop) {
         }
     }
     if present.has(Fixed::TE) {
-        keep_te_trailers(headers);
+        if how.response {
+            headers.remove(TE);
+        } else {
+            keep_te_trailers(headers);
+        }
     }
     if !present.has(Fixed::UPGRADE) {
         return;
@@ -271,46 +287,59 @@ fn address_value(client: IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&text[..len]).ok()
 }
 
-/// Removes from a request's trailers the fields RFC 9110 §6.5.1 keeps out of a trailer section,
+/// Removes from a request's or a response's trailers the fields RFC 9110 §6.5.1 keeps out of a
+/// trailer section,
 /// and the hop-by-hop ones of the [module documentation](self): what frames the message
 /// (`Content-Length`, `Transfer-Encoding`), routes it (`Host`), modifies the request
 /// (`Cache-Control`, `Expect`, `Max-Forwards`, `Pragma`, `Range`, `TE`, the `If-*`
 /// conditionals), authenticates it (`Authorization`, `Cookie`) or says how to process its
 /// content (`Content-Encoding`, `Content-Type`, `Content-Range`, `Trailer`). A recipient that
 /// merges trailers into the header section would otherwise act on them after every check
-/// before it was made on the head.
+/// before it was made on the head, and an HTTP/2 peer resets a stream whose trailers carry a
+/// connection-specific field (RFC 9113 §8.2.2).
 pub fn remove_forbidden_trailers(trailers: &mut HeaderMap) {
-    for name in [
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        HOST,
-        CACHE_CONTROL,
-        EXPECT,
-        MAX_FORWARDS,
-        PRAGMA,
-        RANGE,
-        TE,
-        IF_MATCH,
-        IF_NONE_MATCH,
-        IF_MODIFIED_SINCE,
-        IF_UNMODIFIED_SINCE,
-        IF_RANGE,
-        AUTHORIZATION,
-        COOKIE,
-        CONTENT_ENCODING,
-        CONTENT_TYPE,
-        CONTENT_RANGE,
-        TRAILER,
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        UPGRADE,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-    ] {
+    // Most trailer sections (a gRPC call's status and message) hold none: a look at the few
+    // names present spares a lookup for each forbidden one.
+    if !trailers
+        .keys()
+        .any(|name| FORBIDDEN_IN_TRAILERS.contains(name))
+    {
+        return;
+    }
+    for name in &FORBIDDEN_IN_TRAILERS {
         trailers.remove(name);
     }
 }
+
+/// What [`remove_forbidden_trailers`] removes.
+static FORBIDDEN_IN_TRAILERS: [HeaderName; 26] = [
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+    HOST,
+    CACHE_CONTROL,
+    EXPECT,
+    MAX_FORWARDS,
+    PRAGMA,
+    RANGE,
+    TE,
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+    IF_RANGE,
+    AUTHORIZATION,
+    COOKIE,
+    CONTENT_ENCODING,
+    CONTENT_TYPE,
+    CONTENT_RANGE,
+    TRAILER,
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    UPGRADE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+];
 
 #[cfg(test)]
 mod tests {
@@ -377,6 +406,14 @@ mod tests {
         remove_hop_by_hop(&mut headers, HopByHop::default());
         assert_eq!(names(&headers), ["content-length", "host", "te"]);
         assert_eq!(headers["te"], "trailers");
+    }
+
+    #[test]
+    fn a_responses_te_goes_whole() {
+        let mut headers = map(&[("te", "trailers"), ("content-type", "text/plain")]);
+        remove_hop_by_hop(&mut headers, HopByHop::response());
+        assert!(!headers.contains_key(TE));
+        assert_eq!(headers[CONTENT_TYPE], "text/plain");
     }
 
     #[test]
@@ -487,7 +524,11 @@ mod tests {
         ] {
             headers.remove(name);
         }
-        keep_te_trailers(headers);
+        if how.response {
+            headers.remove(TE);
+        } else {
+            keep_te_trailers(headers);
+        }
         if how.tunnel_upgrade && headers.contains_key(UPGRADE) {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         } else {
@@ -527,12 +568,13 @@ mod tests {
         fn removes_what_the_plain_rule_removes(
             lines in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..10),
             tunnel_upgrade: bool,
+            response: bool,
         ) {
             let mut headers = HeaderMap::new();
             for (name, value) in lines {
                 headers.append(NAMES[name], HeaderValue::from_static(VALUES[value]));
             }
-            let how = HopByHop { tunnel_upgrade };
+            let how = HopByHop { tunnel_upgrade, response };
             let mut expected = headers.clone();
             remove_hop_by_hop_model(&mut expected, how);
             remove_hop_by_hop(&mut headers, how);

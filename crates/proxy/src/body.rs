@@ -220,7 +220,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
+            // What frames, routes or belongs to one connection goes no further in trailers, as
+            // in the request's (`LimitBody`): hyper drops it toward an HTTP/1.1 client, and an
+            // HTTP/2 client would reset the stream of an answer otherwise whole.
+            Some(Ok(frame)) if frame.is_trailers() => Some(Ok(match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    remove_forbidden_trailers(&mut trailers);
+                    Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })),
+            frame => frame,
+        };
         if this.pending.is_some() {
             let outcome = match &frame {
                 Some(Ok(frame)) => frame
@@ -512,8 +524,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        let frame = match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(err))) => {
                 // A stall was recorded below; anything else is a body the client broke off or
@@ -524,12 +536,11 @@ where
                 return Poll::Ready(Some(Err(err.into())));
             }
             Poll::Ready(None) => {
-                this.fault.begin();
+                this.fault.end();
                 return Poll::Ready(None);
             }
             Poll::Pending => return Poll::Pending,
         };
-        this.fault.begin();
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > *this.remaining {
@@ -537,8 +548,15 @@ where
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
             *this.remaining -= len;
+            // The last piece of a body of known length: what sends it upstream may not ask for
+            // the end after it.
+            if this.inner.is_end_stream() {
+                this.fault.end();
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
+        // Trailers come last.
+        this.fault.end();
         // The client's trailers go on without what would frame or route the request anew.
         let frame = match frame.into_trailers() {
             Ok(mut trailers) => {
@@ -604,8 +622,8 @@ pub(crate) struct BodyFault(Arc<FaultCell>);
 #[derive(Debug, Default)]
 struct FaultCell {
     fault: AtomicU8,
-    /// The client has sent some of the body, or its end.
-    begun: AtomicBool,
+    /// The client has sent the whole body.
+    ended: AtomicBool,
     /// Pieces of the reply passed on so far.
     reply_moves: AtomicU64,
 }
@@ -615,17 +633,15 @@ impl BodyFault {
         self.0.fault.store(fault as u8, Ordering::Release);
     }
 
-    fn begin(&self) {
-        // Read before written: a store on every frame would write a line the reply shares.
-        if !self.0.begun.load(Ordering::Relaxed) {
-            self.0.begun.store(true, Ordering::Relaxed);
-        }
+    fn end(&self) {
+        self.0.ended.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the client had sent any of the body (or its end) by now: an upstream cannot be
-    /// blamed for not answering a request it has not had a byte of the body of.
-    pub(crate) fn begun(&self) -> bool {
-        self.0.begun.load(Ordering::Relaxed)
+    /// Whether the client had sent the whole body by now: an upstream cannot be blamed for not
+    /// answering a request it has not had all of (an upload slower than the route's timeout, an
+    /// HTTP/2 client waiting for a `100 Continue` before it begins).
+    pub(crate) fn ended(&self) -> bool {
+        self.0.ended.load(Ordering::Relaxed)
     }
 
     fn reply_moved(&self) {

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{ALLOW, CONNECTION, COOKIE, HOST, HeaderMap, HeaderValue, TRANSFER_ENCODING};
+use http::header::{
+    ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderValue, TRANSFER_ENCODING,
+};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -405,7 +407,11 @@ async fn exchange(
                 // The 101 goes back as it came, with its `Upgrade`; the tunnel takes it from
                 // there, past the route's timeout and any fallback.
                 let (mut parts, body) = response.into_parts();
-                remove_hop_by_hop(&mut parts.headers, HopByHop::tunnel_upgrade());
+                let hop_by_hop = HopByHop {
+                    tunnel_upgrade: true,
+                    response: true,
+                };
+                remove_hop_by_hop(&mut parts.headers, hop_by_hop);
                 return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
             }
             if let Some(fallback) = stack.fallback().and_then(|fallback| {
@@ -421,7 +427,12 @@ async fn exchange(
             }
             upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers, HopByHop::default());
+            remove_hop_by_hop(&mut parts.headers, HopByHop::response());
+            if parts.status == StatusCode::NO_CONTENT {
+                // A 204 has no content to measure (RFC 9110 §8.6): an HTTP/2 client resets a
+                // stream whose 204 says a length other than 0. hyper drops it over HTTP/1.1.
+                parts.headers.remove(CONTENT_LENGTH);
+            }
             parts.version = version;
             // The stack bounds the body by the deadline already.
             let watch = body_fault.clone().map_or(Watch::None, Watch::Reply);

@@ -399,25 +399,26 @@ impl Stack {
         let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
             Ok(response) => response,
             Err(tried) => {
-                let unbegun = || {
+                let unfinished = || {
                     head.extensions
                         .get::<BodyFault>()
-                        .is_some_and(|body| !body.begun())
+                        .is_some_and(|body| !body.ended())
                 };
                 let outcome = match tried {
                     // The client's own deadline, shorter than the route's timeout, ran out: that
                     // says nothing about the endpoint, and counted, any client could open every
                     // breaker with `x-rampart-deadline: 1`. Nor does a timeout (the route's, or
-                    // `per_try_timeout`) while the client had not begun its body: an HTTP/2
-                    // client waiting for a `100 Continue`, one holding its upload back, left
-                    // the endpoint nothing to answer. Only an attempt that had already run past
+                    // `per_try_timeout`) while the client had not sent all of its body: an
+                    // HTTP/2 client waiting for a `100 Continue`, an upload slower than the
+                    // timeout, left the endpoint no whole request to answer; counted, a few slow
+                    // uploads would open the breaker for everyone. Only an attempt that had already run past
                     // the slow-call threshold is a slow call (when slow calls trip the breaker),
                     // so that a hung endpoint behind short deadlines is still seen. The attempt
                     // went out, and counts as executed.
                     Tried::Expired | Tried::Transport(TransportError::Timeout)
                         if matches!(tried, Tried::Expired)
                             && expired == Reason::DeadlineExceeded
-                            || unbegun() =>
+                            || unfinished() =>
                     {
                         slot.executed();
                         picked.cut_short();

@@ -423,3 +423,78 @@ async fn request_trailers_go_on_without_the_fields_that_frame_or_route() {
     assert!(!trailers.contains("content-length"), "{seen}");
     assert!(!trailers.contains("elsewhere"), "{seen}");
 }
+
+#[tokio::test]
+async fn an_answer_goes_back_without_what_frames_it_or_belongs_to_a_hop() {
+    use http_body_util::BodyExt;
+    use rampart_test_support::{Misbehaving, Step};
+
+    // Trailers with fields that frame the message or speak of one connection, and a `TE`, a
+    // request's field, in the head: an HTTP/2 client resets the stream of an answer carrying
+    // either in its trailers (RFC 9113 §8.2.2).
+    let trailered = Misbehaving::start(vec![
+        Step::ReadRequest,
+        Step::Write(Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+              Trailer: x-checksum\r\n\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\
+              Content-Length: 99\r\nKeep-Alive: timeout=5\r\nConnection: close\r\n\r\n",
+        )),
+    ])
+    .await
+    .unwrap();
+    // A 204 that says a length: it has no content to measure (RFC 9110 §8.6).
+    let measured = Misbehaving::start(vec![
+        Step::ReadRequest,
+        Step::Write(Bytes::from_static(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\n",
+        )),
+    ])
+    .await
+    .unwrap();
+
+    let proxy = simple(&[trailered.addr()], "", "").await;
+    let mut sender = h2_connection::<Full<Bytes>>(&proxy).await;
+    let mut response = sender
+        .send_request(request(&proxy, "/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("te"), "{response:?}");
+    let mut body = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = response.body_mut().frame().await {
+        match frame.expect("the stream ends whole").into_data() {
+            Ok(data) => body.extend_from_slice(&data),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    assert_eq!(body, b"ok");
+    let trailers = trailers.expect("the trailers came");
+    assert_eq!(trailers["x-checksum"], "abc");
+    for hop in ["content-length", "keep-alive", "connection"] {
+        assert!(!trailers.contains_key(hop), "{hop}: {trailers:?}");
+    }
+    // Nor does an HTTP/1.1 client get the `TE`.
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("te"), "{response:?}");
+
+    let proxy = simple(&[measured.addr()], "", "").await;
+    let mut sender = h2_connection::<Full<Bytes>>(&proxy).await;
+    let response = sender
+        .send_request(request(&proxy, "/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(response.headers()["x-kept"], "1");
+    assert!(
+        !response.headers().contains_key("content-length"),
+        "{response:?}"
+    );
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the stream ends whole");
+    assert!(body.to_bytes().is_empty());
+}

@@ -699,17 +699,17 @@ async fn a_client_claiming_grpc_cannot_open_a_plain_upstreams_breaker() {
 }
 
 #[tokio::test]
-async fn a_request_whose_body_never_began_does_not_count_against_the_endpoint() {
-    use futures_util::stream;
+async fn a_request_whose_body_had_not_ended_does_not_count_against_the_endpoint() {
+    use futures_util::stream::{self, BoxStream, StreamExt};
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    type Held = StreamBody<stream::Pending<Result<Frame<Bytes>, std::convert::Infallible>>>;
+    type Held = StreamBody<BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>>;
 
-    // The upstream answers once it has the whole body, which never begins: an HTTP/2 client
-    // waiting for a `100 Continue` rampart cannot send it, say. Each request ends at the
-    // route's timeout, or at the attempt's, and the endpoint, which had nothing to answer, is
-    // not blamed.
+    // The upstream answers once it has the whole body, which never ends: an HTTP/2 client
+    // waiting for a `100 Continue` rampart cannot send it, say, or an upload slower than the
+    // route's timeout. Each request ends at the route's timeout, or at the attempt's, and the
+    // endpoint, which had no whole request to answer, is not blamed.
     for route in [
         "timeout = \"200ms\"\n[routes.retry]\nattempts = 1",
         "timeout = \"5s\"\nper_try_timeout = \"100ms\"\n[routes.retry]\nattempts = 2",
@@ -723,10 +723,24 @@ async fn a_request_whose_body_never_began_does_not_count_against_the_endpoint() 
         .await;
         let mut sender = h2_connection::<Held>(&proxy).await;
         for i in 0..4 {
-            let held = http::Request::post(format!("http://{}/upload", addr(&proxy)))
-                .header("expect", "100-continue")
-                .body(StreamBody::new(stream::pending()))
-                .unwrap();
+            let (held, body) = if i % 2 == 0 {
+                let never_begins = stream::pending().boxed();
+                (
+                    http::Request::post(format!("http://{}/upload", addr(&proxy)))
+                        .header("expect", "100-continue"),
+                    never_begins,
+                )
+            } else {
+                let first = Ok(Frame::data(Bytes::from_static(b"the first piece")));
+                let never_ends = stream::once(async move { first })
+                    .chain(stream::pending())
+                    .boxed();
+                (
+                    http::Request::post(format!("http://{}/upload", addr(&proxy))),
+                    never_ends,
+                )
+            };
+            let held = held.body(StreamBody::new(body)).unwrap();
             let response = sender.send_request(held).await.unwrap();
             assert_eq!(
                 response.status(),
