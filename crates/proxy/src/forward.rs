@@ -355,6 +355,10 @@ async fn exchange(
     }
 
     let version = parts.version;
+    // An HTTP/1.0 client keeps its connection only when it asks and the answer agrees
+    // (RFC 9112 Appendix C.2.2), which hyper reads from the answer's `Connection`: the
+    // upstream's, a field of its own hop, goes, so the proxy agrees for it.
+    let keep_alive_10 = version == Version::HTTP_10 && asks_keep_alive(&parts.headers);
     // An async route answers for the upstream: nothing is tunnelled through it.
     let hop_by_hop = if client_upgrade.is_some() && stack.outbox().is_none() {
         HopByHop::tunnel_upgrade()
@@ -428,6 +432,11 @@ async fn exchange(
             upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::response());
+            if keep_alive_10 {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
             if parts.status == StatusCode::NO_CONTENT {
                 // A 204 has no content to measure (RFC 9110 §8.6): an HTTP/2 client resets a
                 // stream whose 204 says a length other than 0. hyper drops it over HTTP/1.1.
@@ -540,6 +549,15 @@ fn host_is_sound<B>(request: &Request<B>) -> bool {
         (None, _) => request.version() < Version::HTTP_11,
         (Some(_), Some(_)) => false,
     }
+}
+
+// Whether a `Connection` field of `headers` names `keep-alive`.
+fn asks_keep_alive(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
 }
 
 // Whether every transfer coding of `request` is chunked.

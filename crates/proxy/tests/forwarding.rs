@@ -498,3 +498,39 @@ async fn an_answer_goes_back_without_what_frames_it_or_belongs_to_a_hop() {
         .expect("the stream ends whole");
     assert!(body.to_bytes().is_empty());
 }
+
+#[tokio::test]
+async fn an_http10_client_that_asks_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = Upstream::start(Behavior::ok("orders")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+    let mut stream = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    for i in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0; 1024];
+        while !answer.ends_with(b"orders") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "request {i}: closed after {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.0 200"), "{answer}");
+        assert!(answer.contains("connection: keep-alive"), "{answer}");
+    }
+    // One that does not ask is answered, then the connection ends.
+    let answer = raw(addr(&proxy), "GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("keep-alive"),
+        "{answer}"
+    );
+}
