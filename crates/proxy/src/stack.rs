@@ -411,10 +411,10 @@ impl Stack {
                     // `per_try_timeout`) while the client had not sent all of its body: an
                     // HTTP/2 client waiting for a `100 Continue`, an upload slower than the
                     // timeout, left the endpoint no whole request to answer; counted, a few slow
-                    // uploads would open the breaker for everyone. Only an attempt that had already run past
-                    // the slow-call threshold is a slow call (when slow calls trip the breaker),
-                    // so that a hung endpoint behind short deadlines is still seen. The attempt
-                    // went out, and counts as executed.
+                    // uploads would open the breaker for everyone. Only an attempt that had
+                    // already run past the slow-call threshold is a slow call (when slow calls
+                    // trip the breaker), so that a hung endpoint behind short deadlines is still
+                    // seen. The attempt went out, and counts as executed.
                     Tried::Expired | Tried::Transport(TransportError::Timeout)
                         if matches!(tried, Tried::Expired)
                             && expired == Reason::DeadlineExceeded

@@ -485,6 +485,11 @@ impl Pool {
             endpoint.metrics.set_healthy(healthy);
             if healthy {
                 self.unhealthy.fetch_sub(1, Ordering::Relaxed);
+                // Back, by its checks: probes may find out now, not at the end of an open
+                // period that the outage's trips have stretched toward `open_for_max`.
+                if let Some(breaker) = &endpoint.breaker {
+                    breaker.end_open_period();
+                }
             } else {
                 self.unhealthy.fetch_add(1, Ordering::Relaxed);
             }

@@ -145,6 +145,37 @@ async fn an_endpoint_failing_its_checks_stays_out_across_a_reload_of_its_upstrea
 }
 
 #[tokio::test]
+async fn an_endpoint_back_by_its_checks_need_not_wait_out_its_breakers_open_period() {
+    let a = Upstream::start(Behavior::ok("a")).await.unwrap();
+    // One failure opens the breaker for a minute: only the checks can bring `a` back sooner.
+    let proxy = simple(
+        &[a.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n\
+         [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+         timeout = \"100ms\"\nunhealthy_after = 1\nhealthy_after = 2",
+    )
+    .await;
+    a.set_behavior(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(get(&proxy, "/work").await.status(), 503);
+    let refused = get(&proxy, "/work").await;
+    assert_eq!(error_of(&refused), Some("breaker-open"));
+    let checks = a.request_count() - traffic(&a) as u64;
+    eventually("a fails a check", || async {
+        a.request_count() - traffic(&a) as u64 > checks
+    })
+    .await;
+
+    // `a` is back: once its checks have passed twice, the next request is a probe, well inside
+    // the minute.
+    a.set_behavior(Behavior::ok("a"));
+    eventually("a answers again", || async {
+        get(&proxy, "/work").await.body() == "a"
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn with_every_endpoint_unhealthy_traffic_still_flows() {
     let a = Upstream::start(Behavior::ok("a")).await.unwrap();
     let proxy = simple(&[a.addr()], "", HTTP_CHECKS).await;

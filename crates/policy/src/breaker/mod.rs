@@ -371,6 +371,16 @@ impl CircuitBreaker {
         self.shared.force(State::Closed);
     }
 
+    /// Ends the open period now, if the breaker is open: the next call goes through as a
+    /// half-open probe, as when the period runs out, and the probes decide as they do then.
+    /// What else has learnt the callee is back (an active health check, as Envoy's
+    /// `successful_active_health_check_uneject_host` takes a passing check for) need not wait
+    /// out a period grown long over an outage. Nothing for a closed, half-open or forced
+    /// breaker.
+    pub fn end_open_period(&self) {
+        self.shared.end_open_period();
+    }
+
     /// Calls `listener` at every transition, after the state changed, in the order the
     /// transitions happened even when threads make them at once: on the thread that caused it,
     /// or on one still telling an earlier transition. It may read or force the breaker; it must

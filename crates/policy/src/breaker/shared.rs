@@ -516,6 +516,18 @@ impl Shared {
         self.tell();
     }
 
+    /// Ends an open period now: the next call is a half-open probe, as when the period runs
+    /// out. Nothing for any other state.
+    pub(super) fn end_open_period(&self) {
+        let _machine = self.lock();
+        if self.state() == State::Open {
+            let now = self.nanos_since_origin(self.now());
+            // Under the lock, as `trip` writes it: a trip meanwhile would otherwise lose its
+            // period to this one.
+            self.open_until.fetch_min(now, AcqRel);
+        }
+    }
+
     pub(super) fn force(&self, to: State) {
         {
             let mut machine = self.lock();

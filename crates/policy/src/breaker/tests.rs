@@ -626,6 +626,39 @@ async fn release_ends_an_ejection_too() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_open_period_ended_early_lets_the_next_call_probe() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .open_for(8 * SEC)
+        .open_for_max(64 * SEC)
+        .build()
+        .unwrap();
+    fail(&b);
+    advance(8 * SEC).await;
+    fail(&b); // the probe fails: open for 16 s now
+    assert_eq!(b.snapshot().open_remaining, Some(16 * SEC));
+    advance(SEC).await;
+    assert!(b.try_acquire().is_err());
+
+    b.end_open_period();
+    assert!(b.would_admit());
+    let probe = b.try_acquire().expect("the next call is a probe");
+    assert_eq!(b.state(), State::HalfOpen);
+    assert!(b.try_acquire().is_err(), "one probe, as configured");
+    probe.record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+
+    // Nothing for any other state: a closed breaker stays closed, a forced one forced.
+    b.end_open_period();
+    assert_eq!(b.state(), State::Closed);
+    b.force_open();
+    b.end_open_period();
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.state(), State::ForcedOpen);
+}
+
+#[tokio::test(start_paused = true)]
 async fn subscribers_are_told_of_every_transition_in_order() {
     let seen_at_build = Arc::new(Mutex::new(0));
     let counter = seen_at_build.clone();

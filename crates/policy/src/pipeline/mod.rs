@@ -417,15 +417,15 @@ impl<C> Pipeline<C> {
     {
         let mut wait = pin!(callee.ready());
         // A callee ready at once (a closure always is) needs no timer.
-        let from_callee = |err| from_callee(callee, err);
+        let failed = |err| from_callee(callee, err);
         if let Poll::Ready(ready) = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
-            return ready.map_err(from_callee);
+            return ready.map_err(failed);
         }
         let Some(deadline) = Deadline::current() else {
-            return wait.await.map_err(from_callee);
+            return wait.await.map_err(failed);
         };
         match tokio::time::timeout_at(deadline.instant(), wait).await {
-            Ok(ready) => ready.map_err(from_callee),
+            Ok(ready) => ready.map_err(failed),
             Err(_) => Err(Error::Rejected(Rejected::DeadlineExceeded(
                 DeadlineExceeded::new(),
             ))),
