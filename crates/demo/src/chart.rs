@@ -75,7 +75,7 @@ fn success_chart(result: &ScenarioResult) -> Drawn {
         let mut chart = ChartBuilder::on(&plot)
             .caption(
                 format!(
-                    "{}: answered requests (%), by the second they were sent",
+                    "{}: successful requests (%), by the second they were sent",
                     result.scenario.name()
                 ),
                 ("sans-serif", 16),
@@ -95,12 +95,12 @@ fn success_chart(result: &ScenarioResult) -> Drawn {
         shade(&mut chart, result, 0.0, 100.0)?;
         let series = [
             (
-                "naive: answered",
+                "naive: successful",
                 NAIVE,
                 points(&result.naive.seconds, |s| s.success_rate() * 100.0),
             ),
             (
-                "protected: answered,\nwhole or with stand-ins",
+                "protected: successful,\nwhole or with stand-ins",
                 PROTECTED,
                 points(&result.protected.seconds, |s| s.success_rate() * 100.0),
             ),

@@ -68,6 +68,14 @@ pub(crate) struct ScenarioResult {
 
 /// Makes the report's directory and checks a file can be written in it.
 pub(crate) fn prepare(out: &Path) -> io::Result<()> {
+    // `create_dir_all` on a file says only "File exists".
+    if out.exists() && !out.is_dir() {
+        let err = io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "it is a file, not a directory",
+        );
+        return Err(unwritable(out, err));
+    }
     let probe = out.join(".rampart-demo-write-check");
     std::fs::create_dir_all(out)
         .and_then(|()| std::fs::write(&probe, b""))
@@ -361,13 +369,15 @@ fn account(run: &Run) -> Vec<String> {
         None => sentences.push("Every request got a whole page.".to_owned()),
         Some((first, last)) => {
             let after = last - end;
-            let back = if after > 0.0 {
-                format!("whole pages again {after:.1} s after the fault ended")
+            let when = if after > 0.0 {
+                format!("{after:.1} s after the fault ended")
             } else {
-                "whole pages again before the fault ended".to_owned()
+                format!("{:.1} s before the fault ended", -after)
             };
+            // By the time a request was sent, not answered: a slow answer to a request sent
+            // during the fault is counted with the slow ones above.
             sentences.push(format!(
-                "The first request to get less than a whole page was sent at {first:.1} s, the last at {last:.1} s: {back}."
+                "The first request to get less than a whole page was sent at {first:.1} s, the last at {last:.1} s ({when}); every request sent after it got a whole page."
             ));
         }
     }
@@ -550,5 +560,17 @@ fn capitalized(text: &str) -> String {
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_file_where_the_report_goes_is_named_as_such() {
+        let file = std::env::temp_dir().join(format!("rampart-demo-report-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let err = super::prepare(&file).unwrap_err();
+        std::fs::remove_file(&file).unwrap();
+        assert!(err.to_string().contains("a file, not a directory"), "{err}");
     }
 }
