@@ -390,7 +390,7 @@ pin_project_lite::pin_project! {
         // Whether `timer` is set for the current wait.
         waiting: bool,
         watch: Watch,
-        // For a request body: how far its reply had moved when the current wait began.
+        // How far the other direction had moved when the current wait began.
         seen: u64,
     }
 }
@@ -400,12 +400,33 @@ pin_project_lite::pin_project! {
 pub(crate) enum Watch {
     /// Nothing (a reply to a request without a body).
     None,
-    /// A request body: it records its stall, and stalls only while its reply does not move
-    /// either (as Envoy's stream idle timeout counts activity in both directions), so that a
-    /// gRPC client streaming nothing while the server's replies flow is not cut off.
+    /// A request body: it records its stall. Each direction stalls only while the other does
+    /// not move either (as Envoy's stream idle timeout counts activity in both directions):
+    /// a gRPC client streaming nothing while the server's replies flow is not cut off, nor a
+    /// reply whose head came early and that waits for the end of a client stream that flows.
     Request(BodyFault),
-    /// A reply: each piece tells the request's watch that the exchange moves.
+    /// A reply.
     Reply(BodyFault),
+}
+
+impl Watch {
+    /// Tells the other direction that this one moved.
+    fn moved(&self) {
+        match self {
+            Watch::None => {}
+            Watch::Request(fault) => fault.request_moved(),
+            Watch::Reply(fault) => fault.reply_moved(),
+        }
+    }
+
+    /// How far the other direction has moved.
+    fn other_moves(&self) -> u64 {
+        match self {
+            Watch::None => 0,
+            Watch::Request(fault) => fault.reply_moves(),
+            Watch::Reply(fault) => fault.request_moves(),
+        }
+    }
 }
 
 impl<B> IdleBody<B> {
@@ -437,8 +458,8 @@ where
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.waiting = false;
-            if let (Watch::Reply(request), Some(Ok(_))) = (&*this.watch, &frame) {
-                request.reply_moved();
+            if let Some(Ok(_)) = &frame {
+                this.watch.moved();
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
@@ -448,22 +469,21 @@ where
         let sleep = if std::mem::replace(this.waiting, true) {
             this.timer.get_or_set(at)
         } else {
-            if let Watch::Request(fault) = &*this.watch {
-                *this.seen = fault.reply_moves();
-            }
+            *this.seen = this.watch.other_moves();
             this.timer.set(at)
         };
         if sleep.poll(cx).is_pending() {
             return Poll::Pending;
         }
+        let moves = this.watch.other_moves();
+        if moves != *this.seen {
+            // The other direction moved meanwhile: the exchange is not idle, and the wait starts
+            // over.
+            *this.seen = moves;
+            let _ = this.timer.set(turn::now() + *this.timeout).poll(cx);
+            return Poll::Pending;
+        }
         if let Watch::Request(fault) = &*this.watch {
-            let moves = fault.reply_moves();
-            if moves != *this.seen {
-                // The reply moved meanwhile: the exchange is not idle, and the wait starts over.
-                *this.seen = moves;
-                let _ = this.timer.set(turn::now() + *this.timeout).poll(cx);
-                return Poll::Pending;
-            }
             fault.set(ClientBodyFault::Stalled);
         }
         Poll::Ready(Some(Err(Box::new(BodyStalled))))
@@ -615,7 +635,8 @@ impl ClientBodyFault {
 /// not always reach the stack: an HTTP/2 upstream connection reports only that it reset the
 /// stream. Carried in the request's extensions, so that every attempt sees it.
 ///
-/// It also carries how far the reply has moved, for the request body's idle timer ([`Watch`]).
+/// It also carries how far the request body and the reply have moved, for each one's idle timer
+/// ([`Watch`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BodyFault(Arc<FaultCell>);
 
@@ -626,6 +647,8 @@ struct FaultCell {
     ended: AtomicBool,
     /// Pieces of the reply passed on so far.
     reply_moves: AtomicU64,
+    /// Pieces of the request body passed on so far.
+    request_moves: AtomicU64,
 }
 
 impl BodyFault {
@@ -650,6 +673,14 @@ impl BodyFault {
 
     fn reply_moves(&self) -> u64 {
         self.0.reply_moves.load(Ordering::Relaxed)
+    }
+
+    fn request_moved(&self) {
+        self.0.request_moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn request_moves(&self) -> u64 {
+        self.0.request_moves.load(Ordering::Relaxed)
     }
 
     /// What the body recorded, if anything.

@@ -686,3 +686,93 @@ async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
     assert_eq!(ended.to_bytes().len(), 10 * 6);
     drop(send_message);
 }
+
+/// An h2c server that answers every call's head at once, then reads the call's request stream
+/// to its end before it sends one message and status 0: a handler that replies to an upload.
+async fn head_then_reply_once_read() -> SocketAddr {
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let upload: hyper::body::Incoming = request.into_body();
+                    let reply = futures_util::stream::once(async move {
+                        let _ = upload.collect().await;
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(
+                            b"\0\0\0\0\x01x",
+                        )))
+                    })
+                    .chain(futures_util::stream::once(async {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        Ok(Frame::trailers(trailers))
+                    }));
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(StreamBody::new(Box::pin(reply)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_reply_waiting_for_a_flowing_client_stream_is_not_cut() {
+    use http_body_util::BodyExt;
+    // The head of the reply comes at once, its message only once the client's stream ends: ten
+    // messages, one every 100 ms, against a 300 ms idle bound. The reply is quiet for a second
+    // while the client's stream moves, which keeps the exchange from being idle (as Envoy's
+    // stream idle timeout counts both directions).
+    let upstream = head_then_reply_once_read().await;
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        body_idle_timeout = "300ms"
+        [[routes]]
+        upstream = "app"
+        timeout = "10s"
+        [upstreams.app]
+        endpoints = ["{upstream}"]
+        protocol = "grpc"
+        "#
+    ))
+    .await;
+    let (send_message, response) = bidi_call(&proxy, "Upload").await;
+    assert_eq!(response.status(), 200);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..10 {
+            every.tick().await;
+            let message = bytes::Bytes::from_static(b"\0\0\0\0\x01y");
+            if send_message.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the call ends")
+        .unwrap();
+    let trailers = ended
+        .trailers()
+        .cloned()
+        .expect("the call ends with a status");
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    assert_eq!(ended.to_bytes().len(), 6);
+}
