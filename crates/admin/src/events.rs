@@ -27,8 +27,14 @@ use crate::json;
 /// How often the stats go out.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// Events written ahead of a slow client: past this, the feeding task waits for it.
-const QUEUED: usize = 16;
+/// Events written ahead of a slow client: past this, the feeding task waits for it. Few: each
+/// may be the whole stats of a large configuration, held for a client that reads nothing.
+const QUEUED: usize = 4;
+
+/// How long a stream's reader may take none of its events before the stream gives up its place
+/// (one of the few there may be) and stops being fed: a reader stuck, or gone without closing,
+/// must not lock out the dashboards for good.
+pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// The event stream of `proxy`.
 pub(crate) fn stream(proxy: ProxyHandle, permit: OwnedSemaphorePermit) -> Answer {
@@ -68,10 +74,19 @@ async fn feed(proxy: ProxyHandle, events: mpsc::Sender<Bytes>) {
                 Err(RecvError::Closed) => return,
             },
         };
-        if events.send(event).await.is_err() {
+        if !offer(&events, event).await {
             return;
         }
     }
+}
+
+/// Queues `event` for the reader of `events`: `false` when the reader is gone, or has taken
+/// nothing for [`STALLED_AFTER`] while the queue was full.
+pub(crate) async fn offer(events: &mpsc::Sender<Bytes>, event: Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(STALLED_AFTER, events.send(event)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// One event in the SSE format: its name, and its JSON on one `data:` line.
@@ -101,6 +116,27 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_takes_nothing_is_given_up_on() {
+        let (events, mut queue) = mpsc::channel(QUEUED);
+        for _ in 0..QUEUED {
+            assert!(offer(&events, Bytes::from_static(b"x")).await);
+        }
+        let start = tokio::time::Instant::now();
+        assert!(!offer(&events, Bytes::from_static(b"x")).await);
+        assert_eq!(start.elapsed(), STALLED_AFTER);
+        // One that reads, however slowly, is not.
+        let reading = tokio::spawn(async move {
+            tokio::time::sleep(STALLED_AFTER / 2).await;
+            let event = queue.recv().await;
+            (event, queue)
+        });
+        assert!(offer(&events, Bytes::from_static(b"y")).await);
+        let (event, _queue) = reading.await.unwrap();
+        assert_eq!(event.as_deref(), Some(&b"x"[..]));
+        drop(events);
+    }
 
     #[test]
     fn an_event_is_its_name_and_one_data_line() {

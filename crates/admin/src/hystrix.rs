@@ -97,7 +97,7 @@ async fn feed(proxy: ProxyHandle, delay: Duration, rounds: mpsc::Sender<Bytes>) 
             _ = tick.tick() => {}
         }
         let round = round(&proxy.snapshot(), &proxy.config(), wall_clock_millis());
-        if rounds.send(round).await.is_err() {
+        if !crate::events::offer(&rounds, round).await {
             return;
         }
     }
