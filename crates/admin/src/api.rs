@@ -227,6 +227,14 @@ async fn read_force(body: Incoming) -> Result<Force, (StatusCode, String)> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|err| bad(format!("the body is not JSON ({err}); {usage}")))?;
+    // A misspelt field beside `state` is refused, as the configuration refuses unknown keys: a
+    // typo in an operator's call must not pass for what was meant.
+    if let Some(other) = value
+        .as_object()
+        .and_then(|fields| fields.keys().find(|name| *name != "state"))
+    {
+        return Err(bad(format!("unknown field {other:?}; {usage}")));
+    }
     match value.get("state").and_then(Value::as_str) {
         Some("open") => Ok(Force::Open),
         Some("closed") => Ok(Force::Closed),

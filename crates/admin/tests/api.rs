@@ -303,6 +303,22 @@ async fn a_bad_breaker_call_says_what_is_wrong() {
         post(admin.addr(), &path, Some(TOKEN), "open").await.status,
         400
     );
+    // A misspelt field is not passed over: the call is refused and the breaker left alone.
+    let typo = post(
+        admin.addr(),
+        &path,
+        Some(TOKEN),
+        r#"{"state": "open", "stat": "closed"}"#,
+    )
+    .await;
+    assert_eq!(typo.status, 400, "{}", typo.body);
+    assert!(
+        typo.body.contains(r#"unknown field \"stat\""#),
+        "{}",
+        typo.body
+    );
+    let stats = get(admin.addr(), "/api/stats").await.json();
+    assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "closed");
     let huge = format!(r#"{{"state": "open", "pad": "{}"}}"#, "x".repeat(100_000));
     let huge = post(admin.addr(), &path, Some(TOKEN), &huge).await;
     assert_eq!(huge.status, 413);
