@@ -422,12 +422,23 @@ impl Metrics {
         let labels = || endpoint_labels(upstream, endpoint, None);
         let with = |key, value| endpoint_labels(upstream, endpoint, Some((key, value)));
         self.endpoint_healthy.remove(&labels());
-        self.breaker_state.remove(&labels());
-        for to in STATES {
-            self.breaker_transitions.remove(&with("to", to.as_str()));
-        }
+        self.forget_breaker(upstream, endpoint);
         for outcome in ["success", "failure"] {
             self.upstream_requests.remove(&with("outcome", outcome));
+        }
+    }
+
+    /// Drops the breaker series of the endpoint `endpoint` of `upstream`: it has no breaker
+    /// any more (`enabled = false`).
+    pub(crate) fn forget_breaker(&self, upstream: &str, endpoint: &str) {
+        self.breaker_state
+            .remove(&endpoint_labels(upstream, endpoint, None));
+        for to in STATES {
+            self.breaker_transitions.remove(&endpoint_labels(
+                upstream,
+                endpoint,
+                Some(("to", to.as_str())),
+            ));
         }
     }
 }

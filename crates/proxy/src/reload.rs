@@ -314,11 +314,19 @@ impl Live {
             }
             for index in 0..old.len() {
                 let endpoint = old.authority(index);
-                let kept = new.is_some_and(|new| {
-                    (0..new.len()).any(|index| new.authority(index) == endpoint)
-                });
-                if !kept {
-                    self.metrics.forget_endpoint(name, endpoint.as_str());
+                let kept =
+                    new.filter(|new| (0..new.len()).any(|index| new.authority(index) == endpoint));
+                match kept {
+                    None => self.metrics.forget_endpoint(name, endpoint.as_str()),
+                    // Kept with its breakers disabled: a breaker state left behind (open,
+                    // forced open) would keep an alert firing about a breaker gone.
+                    Some(new)
+                        if old.breaker_of(endpoint).is_some()
+                            && new.breaker_of(endpoint).is_none() =>
+                    {
+                        self.metrics.forget_breaker(name, endpoint.as_str());
+                    }
+                    Some(_) => {}
                 }
             }
         }

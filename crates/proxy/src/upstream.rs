@@ -583,7 +583,8 @@ impl Pool {
     }
 
     /// The breaker of the endpoint at `authority`, if this pool lists it and it has one.
-    fn breaker_of(&self, authority: &Authority) -> Option<&CircuitBreaker> {
+    /// The breaker of the endpoint `authority`, if it is one of this pool's and has one.
+    pub(crate) fn breaker_of(&self, authority: &Authority) -> Option<&CircuitBreaker> {
         self.endpoints
             .iter()
             .find(|e| &e.authority == authority)

@@ -374,6 +374,43 @@ async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
 }
 
 #[tokio::test]
+async fn breakers_disabled_by_a_reload_leave_no_series() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}",
+        breaking_app(&[failing.addr()], "")
+    ))
+    .await;
+    trip(&proxy, &failing).await;
+    let state = format!(
+        "rampart_breaker_state{{upstream=\"app\",endpoint=\"{}\"}} 1",
+        failing.addr()
+    );
+    assert!(metrics(&proxy).contains(&state), "{}", metrics(&proxy));
+
+    proxy
+        .reload(&config(&format!(
+            "{LISTENER}{}",
+            breaking_app(&[failing.addr()], "enabled = false")
+        )))
+        .unwrap();
+    let text = metrics(&proxy);
+    assert!(!text.contains("rampart_breaker_state{"), "{text}");
+    assert!(
+        !text.contains("rampart_breaker_transitions_total{"),
+        "{text}"
+    );
+    // The endpoint itself stays, and its answers go through.
+    assert!(
+        text.contains(&format!("endpoint=\"{}\"", failing.addr())),
+        "{text}"
+    );
+    assert_eq!(error_of(&get(&proxy, "/app").await), None);
+}
+
+#[tokio::test]
 async fn a_refused_reload_leaves_the_metrics_as_they_were() {
     let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
