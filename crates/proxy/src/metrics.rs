@@ -12,8 +12,9 @@
 //! histogram takes a lock per observation, so the request duration is a histogram of atomics
 //! ([`Latency`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -86,6 +87,8 @@ pub(crate) struct Metrics {
     /// The outbox's series: process-wide, as the outbox is.
     pub(crate) outbox: OutboxMetrics,
     changes: Changes,
+    /// Each route's live figures, by name (see [`RouteLive`]).
+    routes_live: Arc<Mutex<HashMap<String, Arc<RouteLive>>>>,
     /// `[admin] metrics = false`: every per-request count skipped (see [`Metrics::register`]).
     skip: bool,
 }
@@ -122,6 +125,16 @@ pub(crate) struct RouteMetrics {
     retries: Counter,
     retry_budget_exhausted: Counter,
     hedges: Counter,
+    /// Shared with every stack of the same route name, across reloads.
+    live: Arc<RouteLive>,
+}
+
+/// What the dashboard reads of a route now: kept by the route's name across reloads, as its
+/// counters are, so that a reload (one that changes nothing, sent by a tool on a timer, say)
+/// neither blanks the window nor loses the requests in flight, which still finish on the stack
+/// they started on.
+#[derive(Debug)]
+struct RouteLive {
     recent: RouteRecent,
     /// Requests between their arrival and their answer.
     in_flight: AtomicU64,
@@ -139,7 +152,7 @@ impl Executing<'_> {
     /// Counts the request answered `outcome` now, of `kind`.
     pub(crate) fn answered(mut self, outcome: RouteOutcome, kind: Kind) {
         if let Some(metrics) = self.metrics.take() {
-            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics.live.in_flight.fetch_sub(1, Ordering::Relaxed);
             metrics.answered(outcome, kind, self.started);
         }
     }
@@ -148,7 +161,7 @@ impl Executing<'_> {
 impl Drop for Executing<'_> {
     fn drop(&mut self) {
         if let Some(metrics) = self.metrics {
-            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics.live.in_flight.fetch_sub(1, Ordering::Relaxed);
             metrics.outcomes[RouteOutcome::Cancelled as usize].inc();
         }
     }
@@ -344,8 +357,18 @@ impl Metrics {
             retries: self.retries.get_or_create_owned(&labels()),
             retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels()),
             hedges: self.hedges.get_or_create_owned(&labels()),
-            recent: RouteRecent::new(),
-            in_flight: AtomicU64::new(0),
+            live: self
+                .routes_live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(route.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(RouteLive {
+                        recent: RouteRecent::new(),
+                        in_flight: AtomicU64::new(0),
+                    })
+                })
+                .clone(),
         }
     }
 
@@ -408,6 +431,10 @@ impl Metrics {
         self.retries.remove(&labels());
         self.retry_budget_exhausted.remove(&labels());
         self.hedges.remove(&labels());
+        self.routes_live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(route);
     }
 
     /// Drops the series of the upstream `upstream` itself (not its endpoints').
@@ -464,8 +491,8 @@ impl RouteMetrics {
                 started,
             };
         }
-        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.recent.in_flight(in_flight, started);
+        let in_flight = self.live.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.live.recent.in_flight(in_flight, started);
         Executing {
             metrics: Some(self),
             started,
@@ -481,7 +508,8 @@ impl RouteMetrics {
         let elapsed = now.saturating_duration_since(started);
         self.outcomes[outcome as usize].inc();
         self.duration.observe(elapsed);
-        self.recent
+        self.live
+            .recent
             .record(kind, outcome == RouteOutcome::Fallback, elapsed, now);
     }
 
@@ -521,12 +549,12 @@ impl RouteMetrics {
     }
 
     pub(crate) fn recent(&self) -> &RouteRecent {
-        &self.recent
+        &self.live.recent
     }
 
     /// Requests in flight now, from their arrival to their answer.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.live.in_flight.load(Ordering::Relaxed)
     }
 }
 

@@ -411,6 +411,35 @@ async fn breakers_disabled_by_a_reload_leave_no_series() {
 }
 
 #[tokio::test]
+async fn a_reload_keeps_a_routes_live_figures() {
+    let slow = Upstream::start(Behavior::Slow(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let toml = format!("{LISTENER}{}", route("app", slow.addr()));
+    let proxy = proxy(&toml).await;
+    let uri = format!("http://{}/app", addr(&proxy));
+    let in_flight = tokio::spawn(async move {
+        send(
+            &http1(),
+            hyper::Request::get(uri).body(Default::default()).unwrap(),
+        )
+        .await
+    });
+    slow.wait_for_requests(1).await;
+    let before = proxy.handle().snapshot().routes[0].clone();
+    assert_eq!(before.in_flight, 1);
+
+    // Nothing changes: the dashboard's figures must not either.
+    proxy.reload(&config(&toml)).unwrap();
+    let after = proxy.handle().snapshot().routes[0].clone();
+    assert_eq!(after.in_flight, 1, "{after:?}");
+    assert_eq!(in_flight.await.unwrap().status(), 200);
+    let answered = proxy.handle().snapshot().routes[0].clone();
+    assert_eq!(answered.in_flight, 0);
+    assert_eq!(answered.answers.success, 1, "{answered:?}");
+}
+
+#[tokio::test]
 async fn a_refused_reload_leaves_the_metrics_as_they_were() {
     let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
