@@ -603,42 +603,27 @@ async fn bidi_call(
     (send_message, response)
 }
 
-/// An h2c server answering every call with `count` messages, one every `every`, then status 0,
-/// whatever the call's request stream does (it is held, never read).
-async fn streamed_replies(count: u32, every: Duration) -> SocketAddr {
-    use bytes::Bytes;
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
+/// An h2c server on a free port answering each gRPC call with the body `reply` makes of the
+/// call's request stream.
+async fn h2c_server<B>(
+    reply: impl Fn(hyper::body::Incoming) -> B + Clone + Send + 'static,
+) -> SocketAddr
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let reply = reply.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                    let held: hyper::body::Incoming = request.into_body();
-                    let frames = futures_util::stream::unfold(
-                        (0, Some(held)),
-                        move |(sent, held)| async move {
-                            let held = held?;
-                            if sent == count {
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                                drop(held);
-                                return Some((Ok(Frame::trailers(trailers)), (sent, None)));
-                            }
-                            tokio::time::sleep(every).await;
-                            let message = Bytes::from_static(b"\0\0\0\0\x01x");
-                            Some((
-                                Ok::<_, std::convert::Infallible>(Frame::data(message)),
-                                (sent + 1, Some(held)),
-                            ))
-                        },
-                    );
+                    let body = reply(request.into_body());
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             hyper::Response::builder()
                                 .header("content-type", "application/grpc")
-                                .body(StreamBody::new(Box::pin(frames)))
+                                .body(body)
                                 .unwrap(),
                         )
                     }
@@ -653,13 +638,42 @@ async fn streamed_replies(count: u32, every: Duration) -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
-    use http_body_util::BodyExt;
-    // Ten replies, one every 100 ms: a second of reply against a 300 ms idle bound, while the
-    // client sends one message and then nothing (a watch).
-    let upstream = streamed_replies(10, Duration::from_millis(100)).await;
-    let proxy = proxy(&format!(
+/// Status 0, as a gRPC call's trailers.
+fn ok_status() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    trailers
+}
+
+/// An h2c server answering every call with `count` messages, one every `every`, then status 0,
+/// whatever the call's request stream does (it is held, never read).
+async fn streamed_replies(count: u32, every: Duration) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    h2c_server(move |held| {
+        let frames =
+            futures_util::stream::unfold((0, Some(held)), move |(sent, held)| async move {
+                let held = held?;
+                if sent == count {
+                    drop(held);
+                    return Some((Ok(Frame::trailers(ok_status())), (sent, None)));
+                }
+                tokio::time::sleep(every).await;
+                let message = Bytes::from_static(b"\0\0\0\0\x01x");
+                Some((
+                    Ok::<_, std::convert::Infallible>(Frame::data(message)),
+                    (sent + 1, Some(held)),
+                ))
+            });
+        StreamBody::new(Box::pin(frames))
+    })
+    .await
+}
+
+/// A proxy to the gRPC `upstream`, whose bodies may idle 300 ms, in a route of 10 s.
+async fn idle_bound_proxy(upstream: SocketAddr) -> Proxy {
+    proxy(&format!(
         r#"
         [[listeners]]
         listen = "127.0.0.1:0"
@@ -672,8 +686,14 @@ async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
         protocol = "grpc"
         "#
     ))
-    .await;
-    let (send_message, response) = bidi_call(&proxy, "Watch").await;
+    .await
+}
+
+/// The body and trailers of a call's reply, which must end within 10 s.
+async fn ended(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> (bytes::Bytes, http::HeaderMap) {
+    use http_body_util::BodyExt;
     let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
         .await
         .expect("the call ends")
@@ -682,8 +702,19 @@ async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
         .trailers()
         .cloned()
         .expect("the call ends with a status");
+    (ended.to_bytes(), trailers)
+}
+
+#[tokio::test]
+async fn a_quiet_client_stream_is_not_cut_while_its_replies_flow() {
+    // Ten replies, one every 100 ms: a second of reply against a 300 ms idle bound, while the
+    // client sends one message and then nothing (a watch).
+    let upstream = streamed_replies(10, Duration::from_millis(100)).await;
+    let proxy = idle_bound_proxy(upstream).await;
+    let (send_message, response) = bidi_call(&proxy, "Watch").await;
+    let (body, trailers) = ended(response).await;
     assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
-    assert_eq!(ended.to_bytes().len(), 10 * 6);
+    assert_eq!(body.len(), 10 * 6);
     drop(send_message);
 }
 
@@ -694,65 +725,27 @@ async fn head_then_reply_once_read() -> SocketAddr {
     use futures_util::StreamExt;
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                    let upload: hyper::body::Incoming = request.into_body();
-                    let reply = futures_util::stream::once(async move {
-                        let _ = upload.collect().await;
-                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(
-                            b"\0\0\0\0\x01x",
-                        )))
-                    })
-                    .chain(futures_util::stream::once(async {
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                        Ok(Frame::trailers(trailers))
-                    }));
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(StreamBody::new(Box::pin(reply)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-            });
-        }
-    });
-    addr
+    h2c_server(|upload| {
+        let reply = futures_util::stream::once(async move {
+            let _ = upload.collect().await;
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x")))
+        })
+        .chain(futures_util::stream::once(async {
+            Ok(Frame::trailers(ok_status()))
+        }));
+        StreamBody::new(Box::pin(reply))
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_reply_waiting_for_a_flowing_client_stream_is_not_cut() {
-    use http_body_util::BodyExt;
     // The head of the reply comes at once, its message only once the client's stream ends: ten
     // messages, one every 100 ms, against a 300 ms idle bound. The reply is quiet for a second
     // while the client's stream moves, which keeps the exchange from being idle (as Envoy's
     // stream idle timeout counts both directions).
     let upstream = head_then_reply_once_read().await;
-    let proxy = proxy(&format!(
-        r#"
-        [[listeners]]
-        listen = "127.0.0.1:0"
-        body_idle_timeout = "300ms"
-        [[routes]]
-        upstream = "app"
-        timeout = "10s"
-        [upstreams.app]
-        endpoints = ["{upstream}"]
-        protocol = "grpc"
-        "#
-    ))
-    .await;
+    let proxy = idle_bound_proxy(upstream).await;
     let (send_message, response) = bidi_call(&proxy, "Upload").await;
     assert_eq!(response.status(), 200);
     tokio::spawn(async move {
@@ -765,14 +758,7 @@ async fn a_reply_waiting_for_a_flowing_client_stream_is_not_cut() {
             }
         }
     });
-    let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
-        .await
-        .expect("the call ends")
-        .unwrap();
-    let trailers = ended
-        .trailers()
-        .cloned()
-        .expect("the call ends with a status");
+    let (body, trailers) = ended(response).await;
     assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
-    assert_eq!(ended.to_bytes().len(), 6);
+    assert_eq!(body.len(), 6);
 }

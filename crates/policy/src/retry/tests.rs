@@ -740,20 +740,31 @@ async fn layer_deposits_and_respects_the_budget() {
     );
 }
 
+/// A retry service over a service that always succeeds, its policy on `budget`.
+fn succeeding(budget: &Budget) -> impl tower::Service<(), Response = (), Error = BoxError> + Clone {
+    let policy = retry(3).with_budget(budget.clone());
+    let ok = tower::service_fn(|()| std::future::ready(Ok::<_, BoxError>(())));
+    RetryLayer::new(policy).layer(ok)
+}
+
+/// One call through `service`, polled ready first.
+fn call(service: &mut impl tower::Service<(), Response = (), Error = BoxError>) {
+    tokio_test::block_on(tower::ServiceExt::ready(&mut *service)).unwrap();
+    tokio_test::block_on(service.call(())).unwrap();
+}
+
+/// How many retries `budget` allows now (taking them).
+fn allowed(budget: &Budget) -> usize {
+    (0..1000).take_while(|_| budget.withdraw()).count()
+}
+
 #[test]
 fn layer_deposits_in_batches_and_all_it_holds_when_dropped() {
     // Ratio 1, no floor: each deposited request allows exactly one retry.
     let budget = Budget::new(Duration::from_secs(10), 1.0, 0)
         .unwrap()
         .with_clock(ManualClock::new());
-    let policy = retry(3).with_budget(budget.clone());
-    let ok = tower::service_fn(|()| std::future::ready(Ok::<_, BoxError>(())));
-    let mut service = RetryLayer::new(policy).layer(ok);
-    let call = |service: &mut RetryService<_>| {
-        tokio_test::block_on(tower::ServiceExt::ready(&mut *service)).unwrap();
-        tokio_test::block_on(service.call(())).unwrap();
-    };
-    let allowed = |budget: &Budget| (0..1000).take_while(|_| budget.withdraw()).count();
+    let mut service = succeeding(&budget);
 
     for _ in 1..DEPOSIT_BATCH {
         call(&mut service);
@@ -783,14 +794,7 @@ fn a_batch_begun_more_than_a_bucket_ago_is_not_deposited() {
     let budget = Budget::new(Duration::from_secs(10), 1.0, 0)
         .unwrap()
         .with_clock(clock.clone());
-    let policy = retry(3).with_budget(budget.clone());
-    let ok = tower::service_fn(|()| std::future::ready(Ok::<_, BoxError>(())));
-    let mut service = RetryLayer::new(policy).layer(ok);
-    let call = |service: &mut RetryService<_>| {
-        tokio_test::block_on(tower::ServiceExt::ready(&mut *service)).unwrap();
-        tokio_test::block_on(service.call(())).unwrap();
-    };
-    let allowed = |budget: &Budget| (0..1000).take_while(|_| budget.withdraw()).count();
+    let mut service = succeeding(&budget);
 
     for _ in 1..DEPOSIT_BATCH {
         call(&mut service);
