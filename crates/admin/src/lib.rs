@@ -55,7 +55,7 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rampart_proxy::ProxyHandle;
+use rampart_proxy::{ProxyHandle, StallIo};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -86,6 +86,11 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// for its next request: a client that opens connections and sends nothing, or a few bytes,
 /// holds none of them longer.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a client may take nothing written to it before its connection is closed: a reader
+/// of an event stream that is stuck, or gone without closing, would otherwise hold its
+/// connection, and what was queued for it, until the admin port's connections ran out.
+pub const WRITE_STALL: std::time::Duration = crate::events::STALLED_AFTER;
 
 /// What `POST /api/reload` calls: reads the configuration file again and serves it, as SIGHUP
 /// does, answering the summary of what changed.
@@ -284,7 +289,7 @@ where
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(StallIo::new(stream, WRITE_STALL)), service)
                 .await;
         });
     }

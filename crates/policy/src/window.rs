@@ -130,9 +130,9 @@ impl<const K: usize> Window<K> {
         self.time.nanos()
     }
 
-    /// Whether `since`, a time read with [`Window::now`], is less than a bucket ago.
-    pub(crate) fn within_a_bucket(&self, since: u64) -> bool {
-        self.time.nanos().saturating_sub(since) < self.bucket_nanos
+    /// How many whole buckets ago `since`, a time read with [`Window::now`], was at `now`.
+    pub(crate) fn buckets_since(&self, since: u64, now: u64) -> u64 {
+        now.saturating_sub(since) / self.bucket_nanos
     }
 
     /// This thread's counter `counter` for the current time.

@@ -544,8 +544,10 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let frame = match this.inner.as_mut().poll_frame(cx) {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        this.fault.awaiting(polled.is_pending());
+        let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(err))) => {
                 // A stall was recorded below; anything else is a body the client broke off or
@@ -555,10 +557,7 @@ where
                 }
                 return Poll::Ready(Some(Err(err.into())));
             }
-            Poll::Ready(None) => {
-                this.fault.end();
-                return Poll::Ready(None);
-            }
+            Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
         if let Some(data) = frame.data_ref() {
@@ -568,15 +567,8 @@ where
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
             *this.remaining -= len;
-            // The last piece of a body of known length: what sends it upstream may not ask for
-            // the end after it.
-            if this.inner.is_end_stream() {
-                this.fault.end();
-            }
             return Poll::Ready(Some(Ok(frame)));
         }
-        // Trailers come last.
-        this.fault.end();
         // The client's trailers go on without what would frame or route the request anew.
         let frame = match frame.into_trailers() {
             Ok(mut trailers) => {
@@ -643,8 +635,9 @@ pub(crate) struct BodyFault(Arc<FaultCell>);
 #[derive(Debug, Default)]
 struct FaultCell {
     fault: AtomicU8,
-    /// The client has sent the whole body.
-    ended: AtomicBool,
+    /// The body's reader is waiting for the client: it asked for the next piece and none has
+    /// come yet.
+    awaited: AtomicBool,
     /// Pieces of the reply passed on so far.
     reply_moves: AtomicU64,
     /// Pieces of the request body passed on so far.
@@ -656,19 +649,26 @@ impl BodyFault {
         self.0.fault.store(fault as u8, Ordering::Release);
     }
 
-    fn end(&self) {
-        self.0.ended.store(true, Ordering::Relaxed);
+    fn awaiting(&self, client: bool) {
+        // Read before written: a store on every frame would write a line the reply shares.
+        if self.0.awaited.load(Ordering::Relaxed) != client {
+            self.0.awaited.store(client, Ordering::Relaxed);
+        }
     }
 
-    /// Whether the client had sent the whole body by now: an upstream cannot be blamed for not
-    /// answering a request it has not had all of (an upload slower than the route's timeout, an
-    /// HTTP/2 client waiting for a `100 Continue` before it begins).
-    pub(crate) fn ended(&self) -> bool {
-        self.0.ended.load(Ordering::Relaxed)
+    /// Whether the upstream's side is waiting for the client's next piece of the body now: an
+    /// upstream cannot be blamed for not answering a request it asked the rest of and has not
+    /// had (an upload slower than the route's timeout, an HTTP/2 client waiting for a
+    /// `100 Continue` before it begins). A body that ended, or that the upstream stopped
+    /// taking (it hangs with its buffers full), is not.
+    pub(crate) fn awaits_client(&self) -> bool {
+        self.0.awaited.load(Ordering::Relaxed)
     }
 
+    // Each count has one writer, its direction's body: a plain add, no locked one.
     fn reply_moved(&self) {
-        self.0.reply_moves.fetch_add(1, Ordering::Relaxed);
+        let moves = &self.0.reply_moves;
+        moves.store(moves.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     fn reply_moves(&self) -> u64 {
@@ -676,7 +676,8 @@ impl BodyFault {
     }
 
     fn request_moved(&self) {
-        self.0.request_moves.fetch_add(1, Ordering::Relaxed);
+        let moves = &self.0.request_moves;
+        moves.store(moves.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     fn request_moves(&self) -> u64 {

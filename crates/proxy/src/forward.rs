@@ -432,11 +432,8 @@ async fn exchange(
             upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::response());
-            if keep_alive_10 {
-                parts
-                    .headers
-                    .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-            }
+            // Only a body of known length can end without the connection ending with it.
+            let keep_alive_10 = keep_alive_10 && body.size_hint().exact().is_some();
             if parts.status == StatusCode::NO_CONTENT {
                 // A 204 has no content to measure (RFC 9110 §8.6): an HTTP/2 client resets a
                 // stream whose 204 says a length other than 0. hyper drops it over HTTP/1.1.
@@ -453,6 +450,12 @@ async fn exchange(
                     .boxed_unsync(),
                 _ => body,
             };
+            // Set after the fallback's copy: it is this hop's, not part of a stale answer.
+            if keep_alive_10 {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
             // A gRPC call cut short ends with a status saying why, not a bare stream reset.
             let body = if grpc {
                 // A 200 without a status in its head (a trailers-only answer has one); another

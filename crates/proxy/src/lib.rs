@@ -180,6 +180,7 @@ use crate::outbox::Outbox;
 pub use crate::outbox::X_RAMPART_MESSAGE_ID;
 use crate::reload::Live;
 pub use crate::reload::{Changes, ReloadSummary};
+pub use crate::stall::StallIo;
 use crate::stats::{Snapshot, Unknown};
 
 /// The proxy's private parsers of hostile bytes, for the fuzz targets in `fuzz/` only: built

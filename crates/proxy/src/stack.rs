@@ -399,26 +399,28 @@ impl Stack {
         let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
             Ok(response) => response,
             Err(tried) => {
-                let unfinished = || {
+                let awaits_client = || {
                     head.extensions
                         .get::<BodyFault>()
-                        .is_some_and(|body| !body.ended())
+                        .is_some_and(BodyFault::awaits_client)
                 };
                 let outcome = match tried {
                     // The client's own deadline, shorter than the route's timeout, ran out: that
                     // says nothing about the endpoint, and counted, any client could open every
                     // breaker with `x-rampart-deadline: 1`. Nor does a timeout (the route's, or
-                    // `per_try_timeout`) while the client had not sent all of its body: an
-                    // HTTP/2 client waiting for a `100 Continue`, an upload slower than the
-                    // timeout, left the endpoint no whole request to answer; counted, a few slow
-                    // uploads would open the breaker for everyone. Only an attempt that had
-                    // already run past the slow-call threshold is a slow call (when slow calls
-                    // trip the breaker), so that a hung endpoint behind short deadlines is still
-                    // seen. The attempt went out, and counts as executed.
+                    // `per_try_timeout`) while the upstream's side waited for the client's
+                    // next piece of body: an HTTP/2 client waiting for a `100 Continue`, an
+                    // upload slower than the timeout, left the endpoint no whole request to
+                    // answer; counted, a few slow uploads would open the breaker for everyone.
+                    // An upstream that stopped taking the body (it hangs) is no such wait, and
+                    // counts. Only an attempt that had already run past the slow-call
+                    // threshold is a slow call (when slow calls trip the breaker), so that a
+                    // hung endpoint behind short deadlines is still seen. The attempt went out,
+                    // and counts as executed.
                     Tried::Expired | Tried::Transport(TransportError::Timeout)
                         if matches!(tried, Tried::Expired)
                             && expired == Reason::DeadlineExceeded
-                            || unfinished() =>
+                            || awaits_client() =>
                     {
                         slot.executed();
                         picked.cut_short();

@@ -1,5 +1,5 @@
 //! A client connection cut off once it has taken none of what rampart writes for the listener's
-//! `body_idle_timeout`.
+//! `body_idle_timeout` (the admin API's connections too, with a bound of their own).
 //!
 //! A client that never reads holds what is written to it in the kernel's buffers, then blocks
 //! every write. No timer above the connection sees it: hyper stops polling a response body (and
@@ -21,7 +21,7 @@ use crate::turn;
 
 pin_project_lite::pin_project! {
     /// A client connection whose writes fail after waiting `timeout` without taking a byte.
-    pub(crate) struct StallIo<T> {
+    pub struct StallIo<T> {
         #[pin]
         inner: T,
         timeout: Duration,
@@ -33,7 +33,8 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> StallIo<T> {
-    pub(crate) fn new(inner: T, timeout: Duration) -> StallIo<T> {
+    /// `inner`, its writes failing once one has waited `timeout` without a byte taken.
+    pub fn new(inner: T, timeout: Duration) -> StallIo<T> {
         StallIo {
             inner,
             timeout,
@@ -70,7 +71,7 @@ impl<T: AsyncWrite> StallIo<T> {
         match stall.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "the client took nothing written to it within body_idle_timeout",
+                "the client took nothing written to it within the stall timeout",
             ))),
             Poll::Pending => Poll::Pending,
         }

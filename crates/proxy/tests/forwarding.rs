@@ -533,4 +533,26 @@ async fn an_http10_client_that_asks_keeps_its_connection() {
         !answer.to_ascii_lowercase().contains("keep-alive"),
         "{answer}"
     );
+
+    // An answer of unknown length ends with the connection, whatever the client asked.
+    let chunked = rampart_test_support::Misbehaving::start(vec![
+        rampart_test_support::Step::ReadRequest,
+        rampart_test_support::Step::Write(Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )),
+    ])
+    .await
+    .unwrap();
+    let proxy = simple(&[chunked.addr()], "", "").await;
+    let answer = raw(
+        addr(&proxy),
+        "GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("keep-alive"),
+        "{answer}"
+    );
 }

@@ -699,7 +699,71 @@ async fn a_client_claiming_grpc_cannot_open_a_plain_upstreams_breaker() {
 }
 
 #[tokio::test]
-async fn a_request_whose_body_had_not_ended_does_not_count_against_the_endpoint() {
+async fn an_endpoint_that_hangs_with_a_whole_body_or_one_it_stopped_taking_counts() {
+    use futures_util::stream::{self, StreamExt};
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    // The request's body reached the endpoint whole, or the endpoint stopped taking it (its
+    // buffers full, a body without end behind them): it had all it asked for, and its hanging
+    // is its own. Both ways open its breaker.
+    // An endpoint that takes connections and then nothing: it never reads, and its receive
+    // buffer is small, so that a body it stops taking stops soon, however slow the machine.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmax_request_body = \"1GiB\"\n\n\
+         [[routes]]\nupstream = \"app\"\ntimeout = \"500ms\"\n[routes.retry]\nattempts = 1\n\n\
+         [upstreams.app]\nendpoints = [\"{upstream}\"]\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"\n"
+    ))
+    .await;
+    let whole = request(&proxy, "/upload")
+        .method(Method::POST)
+        .body(Full::new(Bytes::from_static(b"the whole body")))
+        .unwrap();
+    let response = send(&http1(), whole).await;
+    assert_eq!(error_of(&response), Some("timeout"));
+    let failures = |n: u32| {
+        format!(
+            "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} {n}\n"
+        )
+    };
+    assert!(
+        metrics(&proxy).contains(&failures(1)),
+        "{}",
+        metrics(&proxy)
+    );
+    // A megabyte at a time, for ever: more than the sockets between hold.
+    let mut sender = h2_connection(&proxy).await;
+    let piece = Bytes::from(vec![b'x'; 1 << 20]);
+    let endless =
+        stream::repeat_with(move || Ok::<_, std::convert::Infallible>(Frame::data(piece.clone())));
+    let flooding = http::Request::post(format!("http://{}/upload", addr(&proxy)))
+        .body(StreamBody::new(endless.boxed()))
+        .unwrap();
+    let response = sender.send_request(flooding).await.unwrap();
+    assert_eq!(error_of(&response), Some("timeout"));
+    assert!(
+        metrics(&proxy).contains(&failures(2)),
+        "{}",
+        metrics(&proxy)
+    );
+    let refused = get(&proxy, "/").await;
+    assert_eq!(error_of(&refused), Some("breaker-open"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_request_whose_body_the_upstream_awaits_does_not_count_against_the_endpoint() {
     use futures_util::stream::{self, BoxStream, StreamExt};
     use http_body_util::StreamBody;
     use hyper::body::Frame;

@@ -112,20 +112,28 @@ impl Budget {
         self.shared.window.add_lossy(REQUESTS, u64::from(n));
     }
 
-    /// The budget's time, as a deposit reads it: the start of a batch for
-    /// [`Budget::deposit_held`].
+    /// The budget's time, as a deposit reads it: when a batch of [`Budget::deposit_held`]
+    /// begins.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         self.shared.window.now()
     }
 
+    /// Whether a batch begun at `since` (read with [`Budget::now`]) is a bucket (a tenth of the
+    /// window) old at `now`: it is then deposited, before it stays in the window much longer
+    /// than its requests would have.
+    #[inline]
+    pub(crate) fn is_due(&self, since: u64, now: u64) -> bool {
+        self.shared.window.buckets_since(since, now) >= 1
+    }
+
     /// Counts `n` requests held back since `since` (read with [`Budget::now`]), as a service
-    /// that batches its deposits does; lossy as [`Budget::deposit`] is. A batch begun more than
-    /// a bucket (a tenth of the window) ago is dropped instead: counted now, its requests would
-    /// stay in the window up to that much longer than they happened, and allow retries after
-    /// they had aged out. Dropped, they can only refuse a retry, never allow one.
+    /// that batches its deposits does; lossy as [`Budget::deposit`] is. A batch two buckets old
+    /// or more (a service that went quiet holding it) is dropped instead: counted now, its
+    /// requests would stay in the window well after they had aged out, and allow retries they
+    /// no longer earn. Dropped, they can only refuse a retry, never allow one.
     pub(crate) fn deposit_held(&self, n: u32, since: u64) {
-        if self.shared.window.within_a_bucket(since) {
+        if self.shared.window.buckets_since(since, self.now()) < 2 {
             self.deposit_many(n);
         }
     }

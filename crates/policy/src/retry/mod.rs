@@ -744,10 +744,11 @@ impl<C> fmt::Debug for Retry<C> {
 /// Each `RetryService` counts its calls itself and deposits them in the policy's [`Budget`]
 /// sixteen at a time, and what it still holds when it is dropped: a budget behind a service
 /// sees up to fifteen of its latest requests late, which can only refuse a retry it would have
-/// allowed, never allow more. A batch begun more than a tenth of the budget's window before it
-/// is deposited (a service with little traffic) is not deposited at all, for the same reason:
-/// counted late, old requests would allow retries after they had aged out. The budget's floor
-/// (`min_per_sec`) is what allows the retries of quiet traffic.
+/// allowed, never allow more. A batch goes in once it is a tenth of the budget's window old
+/// too, at the next call, so that a service with modest traffic deposits all of it; one that
+/// a service went quiet holding, two tenths old or more by then, is dropped: counted late, old
+/// requests would allow retries after they had aged out. The budget's floor (`min_per_sec`)
+/// allows the retries of quiet traffic.
 pub struct RetryService<S, C = RetryOnError, R = Cloned> {
     inner: S,
     policy: Local<C>,
@@ -759,7 +760,7 @@ pub struct RetryService<S, C = RetryOnError, R = Cloned> {
 /// Counting each call in the budget's shared window costs a chain of loads to reach this
 /// thread's counter; counting in the service costs one add to memory it owns. The price is that
 /// a service holds back up to `DEPOSIT_BATCH - 1` requests from the budget (all of them go when
-/// it is dropped, unless the batch began more than a bucket ago: see [`Budget::deposit_held`]),
+/// it is dropped, unless the batch has grown stale: see [`Budget::deposit_held`]),
 /// which only ever makes the budget stricter, by at most `ratio * (DEPOSIT_BATCH - 1)` retries
 /// per service; the budget's floor covers quiet traffic.
 pub(crate) const DEPOSIT_BATCH: u32 = 16;
@@ -795,9 +796,14 @@ impl<C> Local<C> {
     #[inline]
     fn deposit(&mut self) {
         if let Some(budget) = &self.budget {
-            // One cheap clock read a batch, not a call.
+            // A cached clock's read: one load. A batch a bucket old goes in before it grows
+            // older, so that a service with modest traffic deposits all of it.
+            let now = budget.now();
+            if self.held > 0 && budget.is_due(self.held_since, now) {
+                self.flush();
+            }
             if self.held == 0 {
-                self.held_since = budget.now();
+                self.held_since = now;
             }
             self.held += 1;
             if self.held == DEPOSIT_BATCH {

@@ -786,33 +786,36 @@ fn layer_deposits_in_batches_and_all_it_holds_when_dropped() {
 }
 
 #[test]
-fn a_batch_begun_more_than_a_bucket_ago_is_not_deposited() {
-    // A service with little traffic: its batch of requests spans more than a tenth of the
-    // window. Deposited when it fills, the old requests would count as new ones for a whole
-    // window, and allow retries they no longer earn.
+fn a_batch_goes_in_once_a_bucket_old_and_a_stale_one_is_dropped() {
+    // A window of 10 s in tenths: a bucket is a second.
     let clock = ManualClock::new();
     let budget = Budget::new(Duration::from_secs(10), 1.0, 0)
         .unwrap()
         .with_clock(clock.clone());
     let mut service = succeeding(&budget);
 
-    for _ in 1..DEPOSIT_BATCH {
+    // Modest traffic, 5 calls a second for 4 s: fewer than a batch a bucket (1 s), and every
+    // one is deposited, a bucket at a time.
+    for _ in 0..20 {
         call(&mut service);
+        clock.advance(Duration::from_millis(200));
     }
+    assert_eq!(allowed(&budget), 15, "five held, not yet a bucket old");
+    clock.advance(Duration::from_millis(500));
+    call(&mut service);
+    assert_eq!(allowed(&budget), 5, "due at the next call");
+
+    // A service that goes quiet holding a batch: found two buckets old, it is dropped. Counted
+    // as new, its requests would allow retries for a whole window after they had aged out.
     clock.advance(Duration::from_secs(2));
     call(&mut service);
-    assert_eq!(allowed(&budget), 0, "the batch began two buckets ago");
-
-    // The next batch, made within a bucket, is deposited whole, and so is what a service
-    // holds when it is dropped soon after.
-    for _ in 0..DEPOSIT_BATCH {
-        clock.advance(Duration::from_millis(50));
-        call(&mut service);
-    }
-    assert_eq!(allowed(&budget), DEPOSIT_BATCH as usize);
-    call(&mut service);
+    assert_eq!(allowed(&budget), 0, "the held call, two buckets old");
     drop(service);
-    assert_eq!(allowed(&budget), 1);
+    assert_eq!(
+        allowed(&budget),
+        1,
+        "the last call, held when the service was dropped"
+    );
 }
 
 #[test]
