@@ -65,8 +65,9 @@ struct Endpoint {
 
 /// The endpoint chosen for one attempt, with its breaker's permit and its place in the
 /// endpoint's load: the attempt's outcome must be recorded on it ([`Picked::record`]). Dropped
-/// unrecorded (the request was cancelled), it tells the breaker and the balancer nothing, and
-/// the attempt no longer counts as in flight.
+/// unrecorded (the request was cancelled, a hedge won elsewhere), it tells the breaker nothing;
+/// the balancer counts the time it ran as a sample that can only raise its estimate (see
+/// `InFlight`'s drop), and the attempt no longer counts as in flight.
 #[derive(Debug)]
 pub(crate) struct Picked<'a> {
     pub(crate) index: usize,
@@ -91,7 +92,7 @@ impl Picked<'_> {
 
     /// The client's deadline ran out before the endpoint answered: the breaker learns nothing,
     /// unless the attempt had already run past its slow-call threshold with slow calls tripping
-    /// it (`Permit::cut_short`); the balancer learns nothing either way.
+    /// it (`Permit::cut_short`); the balancer counts it as an attempt let go unfinished.
     pub(crate) fn cut_short(self) {
         if let Some(permit) = self.permit {
             permit.cut_short();
