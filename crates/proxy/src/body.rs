@@ -224,13 +224,7 @@ where
             // What frames, routes or belongs to one connection goes no further in trailers, as
             // in the request's (`LimitBody`): hyper drops it toward an HTTP/1.1 client, and an
             // HTTP/2 client would reset the stream of an answer otherwise whole.
-            Some(Ok(frame)) if frame.is_trailers() => Some(Ok(match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    remove_forbidden_trailers(&mut trailers);
-                    Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
-            })),
+            Some(Ok(frame)) if frame.is_trailers() => Some(Ok(cleaned(frame))),
             frame => frame,
         };
         if this.pending.is_some() {
@@ -373,6 +367,18 @@ fn broken_body(err: &(dyn StdError + 'static), expired: Reason) -> Reason {
         Reason::Timeout
     } else {
         Reason::from(crate::stack::broken_exchange(Some(err)))
+    }
+}
+
+/// `frame`, if it is trailers, without the fields a trailer section must not carry
+/// ([`remove_forbidden_trailers`]).
+fn cleaned(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            remove_forbidden_trailers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
     }
 }
 
@@ -570,14 +576,7 @@ where
             return Poll::Ready(Some(Ok(frame)));
         }
         // The client's trailers go on without what would frame or route the request anew.
-        let frame = match frame.into_trailers() {
-            Ok(mut trailers) => {
-                remove_forbidden_trailers(&mut trailers);
-                Frame::trailers(trailers)
-            }
-            Err(frame) => frame,
-        };
-        Poll::Ready(Some(Ok(frame)))
+        Poll::Ready(Some(Ok(cleaned(frame))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{
-    ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderValue, TRANSFER_ENCODING,
+    ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue,
+    TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -556,21 +557,22 @@ fn host_is_sound<B>(request: &Request<B>) -> bool {
 
 // Whether a `Connection` field of `headers` names `keep-alive`.
 fn asks_keep_alive(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+    members(headers, CONNECTION).any(|option| option.eq_ignore_ascii_case(b"keep-alive"))
 }
 
 // Whether every transfer coding of `request` is chunked.
 fn only_chunked<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get_all(TRANSFER_ENCODING)
-        .iter()
+    members(request.headers(), TRANSFER_ENCODING)
+        .all(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+}
+
+// The members of the comma-separated lists in every `name` field of `headers`, trimmed.
+fn members(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .map(<[u8]>::trim_ascii)
 }
 
 // The bytes of RFC 3986's `host [ ":" port ]`: unreserved, percent-encoded, sub-delims, and the

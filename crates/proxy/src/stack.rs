@@ -417,11 +417,12 @@ impl Stack {
                     // threshold is a slow call (when slow calls trip the breaker), so that a
                     // hung endpoint behind short deadlines is still seen. The attempt went out,
                     // and counts as executed.
-                    Tried::Expired | Tried::Transport(TransportError::Timeout)
-                        if matches!(tried, Tried::Expired)
-                            && expired == Reason::DeadlineExceeded
-                            || awaits_client() =>
-                    {
+                    Tried::Expired if expired == Reason::DeadlineExceeded || awaits_client() => {
+                        slot.executed();
+                        picked.cut_short();
+                        return Err(tried);
+                    }
+                    Tried::Transport(TransportError::Timeout) if awaits_client() => {
                         slot.executed();
                         picked.cut_short();
                         return Err(tried);

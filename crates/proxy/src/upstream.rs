@@ -584,7 +584,6 @@ impl Pool {
     }
 
     /// The breaker of the endpoint at `authority`, if this pool lists it and it has one.
-    /// The breaker of the endpoint `authority`, if it is one of this pool's and has one.
     pub(crate) fn breaker_of(&self, authority: &Authority) -> Option<&CircuitBreaker> {
         self.endpoints
             .iter()

@@ -326,9 +326,7 @@ where
         };
         // No longer than the deadline in force: a caller whose time is up would otherwise hold
         // a place in the queue, ahead of live ones, for the rest of `max_wait`.
-        let max_wait = ticket.shared.max_wait;
-        let max_wait =
-            Deadline::current().map_or(max_wait, |deadline| max_wait.min(deadline.remaining()));
+        let max_wait = Deadline::cap_wait(ticket.shared.max_wait);
         let until: Instant = saturating_after(Instant::now(), max_wait);
         Wait {
             ticket,

@@ -211,8 +211,7 @@ impl RateLimiter {
     /// # }
     /// ```
     pub async fn acquire(&self, max_wait: Duration) -> Result<(), RateLimited> {
-        let max_wait =
-            Deadline::current().map_or(max_wait, |deadline| max_wait.min(deadline.remaining()));
+        let max_wait = Deadline::cap_wait(max_wait);
         let shared = &*self.shared;
         match shared.reserve(shared.time.precise_nanos(), saturating_nanos(max_wait)) {
             Ok(0) => Ok(()),

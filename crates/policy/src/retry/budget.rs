@@ -127,13 +127,14 @@ impl Budget {
         self.shared.window.buckets_since(since, now) >= 1
     }
 
-    /// Counts `n` requests held back since `since` (read with [`Budget::now`]), as a service
-    /// that batches its deposits does; lossy as [`Budget::deposit`] is. A batch two buckets old
+    /// Counts `n` requests held back since `since`, at `now` (both read with [`Budget::now`]),
+    /// as a service that batches its deposits does; lossy as [`Budget::deposit`] is. A batch
+    /// two buckets old
     /// or more (a service that went quiet holding it) is dropped instead: counted now, its
     /// requests would stay in the window well after they had aged out, and allow retries they
     /// no longer earn. Dropped, they can only refuse a retry, never allow one.
-    pub(crate) fn deposit_held(&self, n: u32, since: u64) {
-        if self.shared.window.buckets_since(since, self.now()) < 2 {
+    pub(crate) fn deposit_held(&self, n: u32, since: u64, now: u64) {
+        if self.shared.window.buckets_since(since, now) < 2 {
             self.deposit_many(n);
         }
     }

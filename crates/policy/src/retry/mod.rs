@@ -800,14 +800,14 @@ impl<C> Local<C> {
             // older, so that a service with modest traffic deposits all of it.
             let now = budget.now();
             if self.held > 0 && budget.is_due(self.held_since, now) {
-                self.flush();
+                self.flush(now);
             }
             if self.held == 0 {
                 self.held_since = now;
             }
             self.held += 1;
             if self.held == DEPOSIT_BATCH {
-                self.flush();
+                self.flush(now);
             }
         }
     }
@@ -815,9 +815,9 @@ impl<C> Local<C> {
     // Out of line, so that a call's path stays small enough to inline into its caller.
     #[cold]
     #[inline(never)]
-    fn flush(&mut self) {
+    fn flush(&mut self, now: u64) {
         if let Some(budget) = &self.budget {
-            budget.deposit_held(self.held, self.held_since);
+            budget.deposit_held(self.held, self.held_since, now);
         }
         self.held = 0;
     }
@@ -838,8 +838,11 @@ impl<C: Clone> Clone for Local<C> {
 
 impl<C> Drop for Local<C> {
     fn drop(&mut self) {
-        if self.held > 0 {
-            self.flush();
+        if self.held > 0
+            && let Some(budget) = &self.budget
+        {
+            let now = budget.now();
+            self.flush(now);
         }
     }
 }

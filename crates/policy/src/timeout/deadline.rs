@@ -112,6 +112,12 @@ impl Deadline {
         self.at.saturating_duration_since(Instant::now())
     }
 
+    /// `max_wait`, or the time left of the deadline in force when that is shorter: how long a
+    /// wait (for a token, for a place) may last so as not to outlive its caller.
+    pub(crate) fn cap_wait(max_wait: Duration) -> Duration {
+        Deadline::current().map_or(max_wait, |deadline| max_wait.min(deadline.remaining()))
+    }
+
     /// Whether the deadline has passed (it has when it is now).
     pub fn is_expired(&self) -> bool {
         Instant::now() >= self.at
