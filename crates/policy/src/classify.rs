@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use crate::error::{BoxError, is_caused_by};
+use crate::error::{BoxError, Rejected};
 use crate::timeout::Deadline;
-use crate::timeout::error::DeadlineExceeded;
 
 /// What a finished call says about the health of the service that answered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,10 +159,13 @@ pub(crate) fn judge<T, E>(
     Some(classify.classify(result))
 }
 
-/// [`judge`] for a tower service, whose error goes on boxed: an error caused by a
-/// [`DeadlineExceeded`] says nothing of the callee either. A `DeadlineLayer` below the breaker
-/// or the limit sets the deadline for the services below it only, where this one cannot read
-/// it; its refusal is how the deadline shows here.
+/// [`judge`] for a tower service, whose error goes on boxed: a refusal of a policy below, found
+/// in the error's chain, says nothing of the callee either, a timer's aside (see
+/// [`Rejected::blames_callee`]). A `DeadlineLayer` below the breaker or the limit sets the
+/// deadline for the services below it only, where this one cannot read it: its refusal is how
+/// the deadline shows here. A breaker layer open below, or a limit full, refused before the
+/// callee was called: recorded, an adaptive limit above a breaker would shrink at each of the
+/// breaker's quick refusals, and a breaker above a limit would open on the limit's shedding.
 pub(crate) fn judge_boxed<T, E: Into<BoxError>>(
     classify: &impl Classify<T, E>,
     result: Result<T, E>,
@@ -171,7 +173,7 @@ pub(crate) fn judge_boxed<T, E: Into<BoxError>>(
     let outcome = judge(classify, &result);
     let result = result.map_err(Into::into);
     match &result {
-        Err(err) if is_caused_by::<DeadlineExceeded>(&**err) => (None, result),
+        Err(err) if Rejected::find_in(&**err).is_some_and(|r| !r.blames_callee()) => (None, result),
         _ => (outcome, result),
     }
 }

@@ -113,6 +113,14 @@ impl Rejected {
         None
     }
 
+    /// Whether this refusal is news of the callee, for the breaker and the adaptive limit that
+    /// see it come up from below: only a timer's is (the callee was called and was too slow). A
+    /// passed deadline is the caller's hurry; every other refusal came before the callee was
+    /// called.
+    pub(crate) fn blames_callee(&self) -> bool {
+        matches!(self, Rejected::Timeout(_))
+    }
+
     /// Boxes the specific rejection (not this enum), so that `is_caused_by::<BreakerOpen>` and
     /// friends find it in a tower error.
     pub fn into_box_error(self) -> BoxError {

@@ -619,6 +619,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_breaker_open_below_teaches_the_limit_nothing() {
+        // The order the pipeline keeps: the limit above the breaker. The breaker's quick
+        // refusals are not the callee's answers; taken as drops, each would cut the limit.
+        let limit = AdaptiveLimit::new(Aimd::builder().initial_limit(10).build().unwrap());
+        let breaker = crate::breaker::CircuitBreaker::new();
+        breaker.force_open();
+        let service = tower::ServiceBuilder::new()
+            .layer(limit.layer())
+            .layer(breaker.layer())
+            .service_fn(|_: ()| async { Ok::<_, BoxError>(()) });
+        for _ in 0..9 {
+            let err = service.clone().oneshot(()).await.unwrap_err();
+            assert!(
+                is_caused_by::<crate::breaker::error::BreakerOpen>(&*err),
+                "{err}"
+            );
+        }
+        assert_eq!(limit.limit(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_buffer_in_front_stays_usable_after_a_rejection() {
         let limit = AdaptiveLimit::new(Aimd::builder().initial_limit(1).build().unwrap());
         let (service, mut handle) = mock::pair::<&str, &str>();

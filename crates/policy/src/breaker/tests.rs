@@ -1162,6 +1162,41 @@ async fn a_deadline_layer_below_the_breaker_opens_nothing_either() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_limit_shedding_below_opens_nothing() {
+    use crate::adaptive::{AdaptiveLimit, Aimd};
+
+    // A limit of one below the breaker sheds every call past the first while it is in flight:
+    // the callee, never called for those, is not failing.
+    let b = builder().consecutive_failures(2).build().unwrap();
+    let limit = AdaptiveLimit::new(
+        Aimd::builder()
+            .initial_limit(1)
+            .min_limit(1)
+            .build()
+            .unwrap(),
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(b.layer())
+        .layer(limit.layer())
+        .service_fn(|_: ()| async {
+            sleep(SEC).await;
+            Ok::<_, std::io::Error>(())
+        });
+    let first = tokio::spawn(service.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let err = service.clone().oneshot(()).await.unwrap_err();
+        assert!(
+            is_caused_by::<crate::adaptive::LimitExceeded>(&*err),
+            "{err}"
+        );
+    }
+    first.await.unwrap().unwrap();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_listener_may_subscribe_another() {
     let b = builder().consecutive_failures(1).build().unwrap();
     let told = Arc::new(Mutex::new(0));

@@ -491,16 +491,17 @@ impl<C> Pipeline<C> {
         });
 
         let outcome = match &result {
-            // Cut short by the attempt timeout: as failed as an error.
-            Err(Error::Rejected(Rejected::Timeout(_))) => Some(Outcome::Failure),
+            // Cut short by the attempt timeout (or a timer below): as failed as an error.
+            Err(Error::Rejected(rejected)) if rejected.blames_callee() => Some(Outcome::Failure),
             // A deadline passed: the caller's patience ran out, whether the deadline in force
-            // here or one a `DeadlineLayer` below set (see `judge`).
-            Err(Error::Rejected(Rejected::DeadlineExceeded(_))) => None,
+            // here or one a `DeadlineLayer` below set (see `judge`). Or a policy below refused
+            // before the callee was called (see `judge_boxed`).
+            Err(Error::Rejected(_)) => None,
             _ => judge(&self.classify, &result),
         };
-        // The caller ran out of time: that says nothing about the callee, unless the attempt
-        // had run long enough to be a slow call (see `Permit::cut_short`). The adaptive limit's
-        // slot is dropped unrecorded.
+        // The caller ran out of time, or a policy below refused: that says nothing about the
+        // callee, unless the attempt had run long enough to be a slow call (see
+        // `Permit::cut_short`). The adaptive limit's slot is dropped unrecorded.
         let Some(outcome) = outcome else {
             if let Some(permit) = permit {
                 permit.cut_short();

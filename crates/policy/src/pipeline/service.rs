@@ -462,6 +462,25 @@ mod tests {
         assert_eq!(calls.load(SeqCst), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_from_below_is_not_held_against_the_service() {
+        // A breaker layer below the pipeline's, forced open: the service is never called, so
+        // the pipeline's breaker has nothing to hold against it.
+        let (calls, inner) = flaky(0);
+        let below = CircuitBreaker::new();
+        below.force_open();
+        let breaker = breaker(3);
+        let pipeline = Pipeline::builder().breaker(breaker.clone()).build();
+        let service = pipeline.layer().layer(below.layer().layer(inner));
+        for _ in 0..3 {
+            let err = service.clone().oneshot(1).await.unwrap_err();
+            assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
+        }
+        assert_eq!(calls.load(SeqCst), 0);
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(breaker.snapshot().failures, 0);
+    }
+
     /// A service whose calls never answer.
     fn hung() -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send {
         service_fn(|request: u32| async move {
