@@ -1,7 +1,8 @@
 //! A route's hedging (`[routes.hedge]`), ready for the data path.
 //!
 //! When an attempt has no response head after `after` (a fixed delay, or a percentile of the
-//! latencies of the route's successful attempts), another attempt of the same request goes to
+//! latencies of the route's successful requests, from the first attempt's start to the winning
+//! head), another attempt of the same request goes to
 //! another endpoint, up to `max_extra` more, one `after` apart. The first response head that is
 //! not a failure (by the upstream's `failure_status`, or a transport error) wins; the others are
 //! cancelled: dropped, so that their connections are closed or their streams reset, and their

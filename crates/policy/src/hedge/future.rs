@@ -60,15 +60,6 @@ pub(super) struct ServiceLauncher<S, Req, P> {
 }
 
 pin_project! {
-    /// One attempt and when it started.
-    struct Attempt<F> {
-        #[pin]
-        future: F,
-        start: Instant,
-    }
-}
-
-pin_project! {
     /// The first attempt, the hedges sent after it, and the timer of the next hedge.
     pub(super) struct Race<F, L, C>
     where
@@ -76,13 +67,14 @@ pin_project! {
     {
         // Held inline so that a call answered before its hedge delay allocates nothing.
         #[pin]
-        first: Option<Attempt<F>>,
-        extras: Vec<Pin<Box<Attempt<F>>>>,
+        first: Option<F>,
+        extras: Vec<Pin<Box<F>>>,
         // Armed when the first attempt has to wait: a call answered at once needs no timer (and
         // no runtime to register one with).
         #[pin]
         timer: Option<Sleep>,
-        // When the first attempt started: the first hedge is due one delay after.
+        // When the first attempt started: the first hedge is due one delay after, and an
+        // answer's latency is counted from it (see `settle`).
         started: Instant,
         // The timer fired and the launcher is not ready yet.
         launching: bool,
@@ -208,23 +200,6 @@ where
     }
 }
 
-// === impl Attempt ===
-
-impl<F: Future> Attempt<F> {
-    fn new(future: F) -> Attempt<F> {
-        Attempt {
-            future,
-            start: Instant::now(),
-        }
-    }
-
-    fn poll_timed(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(F::Output, Duration)> {
-        let this = self.project();
-        let output = ready!(this.future.poll(cx));
-        Poll::Ready((output, this.start.elapsed()))
-    }
-}
-
 // === impl Race ===
 
 impl<F, L, C> Race<F, L, C>
@@ -242,9 +217,8 @@ where
     ) -> Race<F, L, C> {
         let hedging = launcher.is_some() && delay.is_some();
         let delay = delay.unwrap_or_default();
-        let first = Attempt::new(first);
         Race {
-            started: first.start,
+            started: Instant::now(),
             first: Some(first),
             extras: Vec::new(),
             timer: None,
@@ -272,7 +246,7 @@ where
         loop {
             let mut answer = None;
             if let Some(first) = this.first.as_mut().as_pin_mut()
-                && let Poll::Ready((result, latency)) = first.poll_timed(cx)
+                && let Poll::Ready(result) = first.poll(cx)
             {
                 this.first.set(None);
                 answer = settle(
@@ -280,20 +254,20 @@ where
                     this.classify,
                     this.last_failure,
                     result,
-                    latency,
+                    *this.started,
                 )
                 .map(|result| (result, false));
             }
             let mut i = 0;
             while answer.is_none() && i < this.extras.len() {
-                if let Poll::Ready((result, latency)) = this.extras[i].as_mut().poll_timed(cx) {
+                if let Poll::Ready(result) = this.extras[i].as_mut().poll(cx) {
                     drop(this.extras.swap_remove(i));
                     answer = settle(
                         this.shared,
                         this.classify,
                         this.last_failure,
                         result,
-                        latency,
+                        *this.started,
                     )
                     .map(|result| (result, true));
                 } else {
@@ -341,7 +315,7 @@ where
                     *this.launching = false;
                     *this.extras_left -= 1;
                     this.shared.sent.fetch_add(1, Ordering::Relaxed);
-                    this.extras.push(Box::pin(Attempt::new(future)));
+                    this.extras.push(Box::pin(future));
                     if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                         timer.reset(saturating_after(Instant::now(), *this.delay));
                     }
@@ -364,13 +338,17 @@ fn settle<T, E, C: Classify<T, E>>(
     classify: &C,
     last_failure: &mut Option<Result<T, E>>,
     result: Result<T, E>,
-    latency: Duration,
+    started: Instant,
 ) -> Option<Result<T, E>> {
     let outcome = classify.classify(&result);
     if !outcome.is_failure() {
         // Only successes teach the percentile: a fast failure would pull the hedge delay down
-        // exactly when the callee is in trouble.
-        shared.latencies.record(latency);
+        // exactly when the callee is in trouble. The latency runs from the first attempt's start,
+        // a hedge's win included: the delay is a percentile of the first attempt's latency, of
+        // which a winning hedge shows a lower bound, past the delay as the first attempt's
+        // would be. Timed from its own start, each winning hedge would add a short latency,
+        // the percentile would sink, and more calls would be hedged than it says.
+        shared.latencies.record(started.elapsed());
         return Some(result);
     }
     match shared.winner {

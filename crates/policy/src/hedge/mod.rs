@@ -20,7 +20,11 @@
 //! - **Percentile delay before enough samples**: until the window holds `min_samples` successful
 //!   latencies (default 20) a percentile is noise, so by default the hedge does not hedge at all;
 //!   [`HedgeBuilder::warmup_delay`] sets a fixed delay to use meanwhile instead.
-//! - **What is measured**: each successful answer, from the start of its own attempt; failures
+//! - **What is measured**: each successful answer, from the start of the call's first attempt,
+//!   a winning hedge's too: that is a lower bound of the first attempt's latency, past the delay
+//!   as the first attempt's own would be, so that the delay stays the percentile of the first
+//!   attempt's latency and about `100 - p` percent of calls are hedged (timed from the hedge's
+//!   own start, fast winning hedges would pull the delay down and hedge more calls). Failures
 //!   are not recorded (fast errors would pull the delay down when the callee is in trouble), nor
 //!   are the cancelled losers.
 //!
@@ -860,6 +864,29 @@ mod tests {
         );
         assert_eq!(hedge.latencies().count(), 5);
         assert_eq!(hedge.current_delay(), delay);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_winning_hedge_is_timed_from_the_first_attempts_start() {
+        // Every first attempt is slow and every hedge fast. Were the hedges timed from their
+        // own start, the percentile would learn 1 ms and hedge nearly every call that ever
+        // took longer; what it learns is that the first attempts took at least 21 ms.
+        let hedge = Hedge::builder(HedgeDelay::Percentile(50.0))
+            .min_samples(5)
+            .warmup_delay(ms(20))
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            let (started, dropped) = counters();
+            let f = attempts(&[100, 1], &[Ok("first"), Ok("hedge")], started, dropped);
+            assert_eq!(hedge.call(f).await.unwrap(), "hedge");
+        }
+        assert_eq!(hedge.hedges_won(), 5);
+        let delay = hedge.current_delay().expect("warm");
+        assert!(
+            delay.abs_diff(ms(21)) <= ms(21).mul_f64(LatencyRecorder::PRECISION),
+            "{delay:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
