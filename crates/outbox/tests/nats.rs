@@ -907,6 +907,32 @@ async fn a_request_over_the_servers_max_payload_is_unstorable() {
     store.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_full_drop_oldest_store_drops_nothing_for_a_request_it_cannot_store() {
+    let server = NatsServer::start();
+    let (clock, _) = manual();
+    let limits = Limits {
+        max_messages: 2,
+        max_bytes: 1 << 30,
+        on_full: OnFull::DropOldest,
+    };
+    let store = connect(&server, &clock, limits).await;
+    let a = store.append("r", request(1, b"a")).await.unwrap();
+    let b = store.append("r", request(2, b"b")).await.unwrap();
+    // Past the server's max_payload: refused before room is made, not after.
+    let big = vec![b'x'; 2 << 20];
+    for _ in 0..2 {
+        assert!(matches!(
+            store.append("r", request(3, &big)).await,
+            Err(Error::Unstorable(_))
+        ));
+    }
+    assert_eq!(state(&store, a).await, Some(State::Queued));
+    assert_eq!(state(&store, b).await, Some(State::Queued));
+    assert_eq!(store.summary().await.unwrap().dropped, 0);
+    store.close().await.unwrap();
+}
+
 /// Appends from a few tasks while the server is killed with SIGKILL and restarted twice; every
 /// append that returned `Ok` must then be in the stream, its request intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,8 @@
 //!   `max_messages` or `max_bytes` by the number of those appends. A dropped message's request
 //!   stays in the stream until the queue reaches it, and its status is a tombstone at once.
 //! - **A request larger than the server's `max_payload`** (1 MiB by default) cannot be stored:
-//!   [`Error::Unstorable`].
+//!   [`Error::Unstorable`]. It is refused, as an append while disconnected is, before
+//!   `drop-oldest` drops anything to make room for it.
 //! - **An append that failed may still be delivered**: when the failure came after JetStream
 //!   stored the message (the acknowledgement was lost, or the status could not be written).
 //! - **Time.** Due times and leases run on the server's clock, so this store cannot run on a paused

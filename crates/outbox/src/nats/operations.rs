@@ -12,11 +12,25 @@ use futures_util::StreamExt;
 
 use super::{Held, ID_HEADER, Inner, MIN_WAIT, NO_WAIT_GUARD, READS_AT_ONCE, TRIES, lock, names};
 use crate::error::{BoxError, Error};
-use crate::id::MessageId;
+use crate::id::{self, MessageId};
 use crate::message::{Lease, Leased, Message, Request, State, Status};
 use crate::record::{self, MAX_ERROR_LEN, MessageRecord};
 use crate::store::{Limits, OnFull};
 use crate::time::Timestamp;
+
+/// The bytes a publish of an appended message's `payload` puts on the wire, as the server's
+/// `max_payload` counts them: the header block that [`Inner::publish`] writes (its first line,
+/// the message id under [`ID_HEADER`] and again as `Nats-Msg-Id`, the blank line) and the payload.
+fn publish_size(payload: usize) -> usize {
+    const LINE_END: usize = "\r\n".len();
+    let header = |name: &str| name.len() + ": ".len() + id::TEXT_LEN + LINE_END;
+    "NATS/1.0".len()
+        + LINE_END
+        + header(ID_HEADER)
+        + header(async_nats::header::NATS_MESSAGE_ID.as_ref())
+        + LINE_END
+        + payload
+}
 
 /// How long an append that failed waits for its message to be marked dropped (see
 /// [`Inner::disown`]).
@@ -30,6 +44,18 @@ impl Inner {
             request,
         })?);
         let size = payload.len() as u64;
+        // Both refusals of the publish that can be known now, before `make_room` drops older
+        // messages for this one: a request refused after that would have cost them for nothing.
+        if !self.is_connected() {
+            return Err(self
+                .place
+                .error("publishing a message", "not connected to the server"));
+        }
+        if publish_size(payload.len()) > self.client.max_payload() {
+            return Err(Error::Unstorable(
+                "the request is larger than the NATS server's max_payload",
+            ));
+        }
         self.make_room(size).await?;
         let now = self.clock.now();
         let token = names::token(route);
