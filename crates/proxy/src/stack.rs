@@ -447,9 +447,13 @@ impl Stack {
         );
         slot.record(outcome);
         // A gRPC answer with no status in its head is judged by its trailers (`answers_grpc`
-        // says which answers are gRPC ones).
+        // says which answers are gRPC ones). Not a half-open probe: its endpoint takes no other
+        // call until the probes are judged, and a stream may last an hour. Its head is answer
+        // enough that the endpoint is back (a call failed at once comes trailers-only, with its
+        // status in the head).
         let pending = if grpc
             && outcome == Outcome::Success
+            && !picked.is_probe()
             && self.answers_grpc(response.headers())
             && grpc_status(response.headers()).is_none()
         {

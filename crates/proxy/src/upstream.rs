@@ -80,6 +80,11 @@ pub(crate) struct Picked<'a> {
 }
 
 impl Picked<'_> {
+    /// Whether the attempt is a half-open probe of its endpoint's breaker.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.permit.as_ref().is_some_and(Permit::is_probe)
+    }
+
     /// Tells the endpoint's breaker how the attempt went, its balancer how long it took, and its
     /// metrics both.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {

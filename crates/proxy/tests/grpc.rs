@@ -569,6 +569,98 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
     assert!(text.contains(&failed), "{text}");
 }
 
+#[tokio::test]
+async fn a_stream_that_probes_a_half_open_breaker_does_not_hold_its_endpoint() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    // Call 0 fails with UNAVAILABLE in its trailers, which opens the breaker; every call after
+    // it streams a message, then the first of them, the half-open probe, goes on for a minute
+    // (a watch, a feed) while the others end with status 0.
+    let calls = Arc::new(AtomicU32::new(0));
+    let upstream = h2c_server(move |held| {
+        let n = calls.fetch_add(1, SeqCst);
+        let frames = futures_util::stream::unfold(0, move |step| async move {
+            let frame = match (n, step) {
+                (0, 1..) | (_, 2..) => return None,
+                (0, 0) => {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+                    Frame::trailers(trailers)
+                }
+                (_, 0) => Frame::data(Bytes::from_static(b"\0\0\0\0\x01x")),
+                (1, _) => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Frame::trailers(ok_status())
+                }
+                _ => Frame::trailers(ok_status()),
+            };
+            Some((Ok::<_, std::convert::Infallible>(frame), step + 1))
+        });
+        drop(held);
+        StreamBody::new(Box::pin(frames))
+    })
+    .await;
+    let proxy = grpc_proxy(
+        &[upstream],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"100ms\"\n\
+         half_open_probes = 1",
+    )
+    .await;
+    let mut sender = h2_connection(&proxy).await;
+    let call = || {
+        hyper::Request::post(format!("http://{}/echo.Echo/Watch", addr(&proxy)))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(Bytes::from_static(
+                b"\0\0\0\0\x01y",
+            )))
+            .unwrap()
+    };
+
+    let failed = sender.send_request(call()).await.unwrap();
+    let trailers = failed
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned();
+    assert_eq!(trailers.unwrap()["grpc-status"], "14");
+    // Refused while the breaker is open; the first call let through is its probe.
+    let probe = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let response = sender.send_request(call()).await.unwrap();
+            if error_of(&response).is_none() {
+                return response;
+            }
+            assert_eq!(error_of(&response), Some("breaker-open"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the breaker half-opens");
+    let mut probe = probe.into_body();
+    let message = probe.frame().await.unwrap().unwrap();
+    assert!(message.is_data());
+
+    // The probe streams on: its head was answer enough, and the endpoint takes calls again.
+    let next = sender.send_request(call()).await.unwrap();
+    assert_eq!(error_of(&next), None, "{next:?}");
+    let trailers = next
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned();
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    drop(probe);
+}
+
 /// A bidirectional call to `/echo.Echo/<method>` through `proxy`, its first message sent; the
 /// client's next messages go through the sender returned, and its stream ends when it is dropped.
 async fn bidi_call(

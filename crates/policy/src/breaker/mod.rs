@@ -433,6 +433,13 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
+    /// Whether this is a half-open probe's permit: the breaker admits no other call until the
+    /// probes' outcomes are in, so a caller that could learn a call's outcome early (at a
+    /// response's head rather than at the end of a long stream) should tell it early.
+    pub fn is_probe(&self) -> bool {
+        self.ticket.is_probe()
+    }
+
     /// Tells the breaker how the call went.
     #[inline]
     pub fn record(self, outcome: Outcome) {

@@ -116,6 +116,13 @@ pub(super) struct Ticket {
 /// The mark of a ticket admitted while closed; probe periods stay below it.
 const CLOSED: u64 = 1 << 63;
 
+impl Ticket {
+    /// Whether the ticket is a half-open probe's.
+    pub(super) fn is_probe(&self) -> bool {
+        self.period & CLOSED == 0
+    }
+}
+
 /// Where the closed state's generation starts in `gate`, above the state's byte.
 const GENERATION: u32 = 8;
 
@@ -296,7 +303,7 @@ impl Shared {
     #[inline]
     pub(super) fn record(&self, ticket: Ticket, outcome: Outcome) {
         let outcome = self.timed(outcome, ticket.start);
-        if ticket.period & CLOSED == 0 {
+        if ticket.is_probe() {
             return self.probe_done(ticket.period, outcome);
         }
         // A call admitted before the breaker last closed (one that hung through a trip, say)
@@ -329,7 +336,7 @@ impl Shared {
     /// A permit dropped without an outcome: the call was cancelled, or its result says nothing
     /// about the callee. A probe gives its place back so another call can probe.
     pub(super) fn release(&self, ticket: Ticket) {
-        if ticket.period & CLOSED == 0 {
+        if ticket.is_probe() {
             let _machine = self.lock();
             // Under the lock no new period can start: the count still holds this probe.
             if self.period() == ticket.period && self.state() == State::HalfOpen {
@@ -351,7 +358,7 @@ impl Shared {
         if !slow {
             return self.release(ticket);
         }
-        if ticket.period & CLOSED == 0 {
+        if ticket.is_probe() {
             return self.probe_done(ticket.period, Outcome::Slow);
         }
         if ticket.period != CLOSED | self.generation() {

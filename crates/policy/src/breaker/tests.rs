@@ -207,11 +207,13 @@ async fn open_refuses_until_the_period_ends_then_admits_exactly_the_probes() {
     let p1 = b.try_acquire().expect("first probe");
     assert_eq!(b.state(), State::HalfOpen);
     let p2 = b.try_acquire().expect("second probe");
+    assert!(p1.is_probe() && p2.is_probe());
     assert_eq!(b.try_acquire().unwrap_err().retry_in(), None);
     p1.record(Outcome::Success);
     assert_eq!(b.state(), State::HalfOpen, "one probe of two is not enough");
     p2.record(Outcome::Success);
     assert_eq!(b.state(), State::Closed);
+    assert!(!b.try_acquire().unwrap().is_probe());
     // Closed afresh: the failure that tripped it is forgotten.
     assert_eq!(b.snapshot().failures, 0);
 }
