@@ -425,7 +425,14 @@ impl Delivery {
                     _ = self.stop.changed() => break,
                 }
             }
-            let free = concurrency - in_flight.len();
+            // While only half-open probes may go, one message at a time: each carries a probe,
+            // and a batch would meet refusals past them, each costing its message an attempt
+            // and a write.
+            let free = if stack.upstream().admits_freely() {
+                concurrency - in_flight.len()
+            } else {
+                1
+            };
             // Not cut short by a reload: a batch taken but not started would wait out its lease
             // before anything handed it out again, behind every later message. A take waits
             // `TAKE_WAIT` at most, and what it takes goes with the routes as they are then.

@@ -457,6 +457,22 @@ impl Pool {
         if admits { Ok(()) } else { Err(self.refusal()) }
     }
 
+    /// Whether an attempt may go now to an endpoint that takes attempts freely: a usable one
+    /// whose breaker is closed (or that has none), or one past the ejection cap. Not while only
+    /// half-open probes may go, each of which admits so many attempts and refuses the rest.
+    pub(crate) fn admits_freely(&self) -> bool {
+        let usable = self.usable();
+        (0..self.endpoints.len()).any(|index| {
+            usable(index)
+                && self.endpoints[index]
+                    .breaker
+                    .as_ref()
+                    .is_none_or(|breaker| {
+                        matches!(breaker.state(), State::Closed | State::ForcedClosed)
+                    })
+        }) || !self.past_cap(&usable).is_empty()
+    }
+
     /// How many endpoints there are, primaries and backups.
     pub(crate) fn len(&self) -> usize {
         self.endpoints.len()

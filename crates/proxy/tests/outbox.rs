@@ -17,7 +17,8 @@ use rampart_test_support::{Behavior, Refusing, TempDir, Upstream};
 use common::{error_of, http1, metrics, proxy, request, send};
 
 /// A proxy with one async route `orders` to `endpoint`, its outbox in `dir`, with `outbox`,
-/// `route` and `upstream` lines added to those tables.
+/// `route` and `upstream` lines added to those tables (`route`'s after the route's
+/// `[routes.async]`, whose keys it may set before any table of its own).
 async fn async_proxy(
     dir: &Path,
     endpoint: SocketAddr,
@@ -40,9 +41,9 @@ async fn async_proxy(
         name = "orders"
         upstream = "orders"
         timeout = "1s"
-        {route}
         [routes.async]
         enabled = true
+        {route}
 
         [upstreams.orders]
         endpoints = ["{endpoint}"]
@@ -257,6 +258,51 @@ async fn deliveries_pause_while_the_breaker_is_open() {
     }
     // At most the two that opened the breaker, and a third that met it opening, were tried.
     assert!(untried >= 17, "only {untried} of 20 untried");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_open_breaker_costs_the_messages_waiting_no_attempt() {
+    let dir = TempDir::new("proxy-outbox-half-open");
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = async_proxy(
+        dir.path(),
+        upstream.addr(),
+        "",
+        "concurrency = 16\n[routes.retry]\nattempts = 1",
+        "[upstreams.orders.breaker]\nconsecutive_failures = 2\nopen_for = \"4s\"\n\
+         open_for_max = \"4s\"\nhalf_open_probes = 1",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let mut failing = Vec::new();
+    for _ in 0..2 {
+        failing.push(accepted(&post(&proxy, "order").await));
+    }
+    upstream.wait_for_requests(2).await;
+    // A take under way when the breaker opened hands out what comes within a second: past
+    // that, the loop waits for the breaker without taking anything.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Accepted while the breaker is open; the upstream is back before its probe.
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        waiting.push(accepted(&post(&proxy, "order").await));
+    }
+    upstream.set_behavior(Behavior::ok("taken"));
+    for &id in failing.iter().chain(&waiting) {
+        until("delivered", || async {
+            state(&*store, id).await == Some(State::Delivered)
+        })
+        .await;
+    }
+    // The probe took one message; the others went once it had closed the breaker, none of
+    // them refused past it.
+    for &id in &waiting {
+        let status = store.get(id).await.unwrap().unwrap();
+        assert_eq!(status.last_error, None, "{status:?}");
+    }
     proxy.shutdown().await;
 }
 
