@@ -42,7 +42,7 @@ use http_body_util::{BodyExt, Full};
 use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
-use rampart_http::classify::{RetryHint, retry_hint};
+use rampart_http::classify::{RetryHint, grpc_status, retry_hint};
 use rampart_http::deadline::Outgoing;
 use rampart_outbox::{
     Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
@@ -621,8 +621,9 @@ async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
     }
 }
 
-// Sends `message` through the route's stack, within its timeout and `longest`; a 2xx answer is a
-// delivery.
+// Sends `message` through the route's stack, within its timeout and `longest`; a 2xx answer that
+// the upstream's classifier does not call a failure is a delivery: a gRPC call is delivered only
+// when its `grpc-status`, in the head or the trailers, is not a failing one.
 async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<(), Failure> {
     let stored = &message.request;
     let mut headers = HeaderMap::with_capacity(stored.headers.len() + 1);
@@ -641,7 +642,7 @@ async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<
     *request.headers_mut() = headers;
 
     let deadline = turn::now() + stack.timeout().min(longest);
-    let (response, _) = stack
+    let (response, outcome) = stack
         .call(request, deadline, Reason::Timeout)
         .await
         .map_err(|reason| Failure {
@@ -650,19 +651,26 @@ async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<
         })?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
+    let mut grpc_failure = grpc_status(response.headers()).filter(|code| code.is_failure());
     // Read to its end, so that the connection goes back to the pool; a body cut short does not
     // undo an answer already given.
     let body = std::pin::pin!(response.into_body());
     let mut body = body;
-    while let Some(Ok(_)) = body.frame().await {}
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(Failure {
-            why: format!("the upstream answered {status}"),
-            retry_after,
-        })
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(trailers) = frame.into_trailers() {
+            grpc_failure = grpc_failure.or(grpc_status(&trailers).filter(|code| code.is_failure()));
+        }
     }
+    let why = match grpc_failure {
+        Some(code) => format!(
+            "the upstream answered grpc-status {} ({})",
+            code.as_u8(),
+            code.name()
+        ),
+        None if status.is_success() && !outcome.is_failure() => return Ok(()),
+        None => format!("the upstream answered {status}"),
+    };
+    Err(Failure { why, retry_after })
 }
 
 // A `Retry-After` in seconds (the HTTP-date form is not honoured), capped.

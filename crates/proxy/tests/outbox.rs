@@ -307,6 +307,43 @@ async fn a_half_open_breaker_costs_the_messages_waiting_no_attempt() {
 }
 
 #[tokio::test]
+async fn a_grpc_call_failing_in_its_trailers_is_not_delivered() {
+    use rampart_test_support::{GrpcBehavior, GrpcUpstream, SAY};
+    use tonic::Code;
+    let dir = TempDir::new("proxy-outbox-grpc");
+    let upstream = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Unavailable))
+        .await
+        .unwrap();
+    let proxy = async_proxy(
+        dir.path(),
+        upstream.addr(),
+        "",
+        "[routes.retry]\nattempts = 1",
+        "protocol = \"grpc\"\n[upstreams.orders.breaker]\nenabled = false",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    // A call of one message (field 1, "x"): the 200 and the reply come before the status.
+    let call = request(&proxy, SAY)
+        .method("POST")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x03\x0a\x01x")))
+        .unwrap();
+    let id = accepted(&send(&http1(), call).await);
+    until("tried", || async {
+        store.get(id).await.unwrap().unwrap().attempts > 0
+    })
+    .await;
+    let status = store.get(id).await.unwrap().unwrap();
+    assert_eq!(status.state, State::Queued, "{status:?}");
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the upstream answered grpc-status 14 (unavailable)")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_message_past_max_age_is_dead_and_a_redrive_delivers_it() {
     let dir = TempDir::new("proxy-outbox-dead");
     let upstream = Upstream::start(Behavior::Fail(StatusCode::INTERNAL_SERVER_ERROR))
