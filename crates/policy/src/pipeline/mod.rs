@@ -128,7 +128,7 @@ pub use self::service::{NotCopied, PipelineLayer, PipelineService, ResponseFutur
 
 use crate::adaptive::AdaptiveLimit;
 use crate::breaker::CircuitBreaker;
-use crate::bulkhead::Bulkhead;
+use crate::bulkhead::{Bulkhead, BulkheadPermit};
 use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
 use crate::error::{Error, Rejected};
 use crate::fallback::{Fallback, FallbackFn};
@@ -382,11 +382,13 @@ impl<C> Pipeline<C> {
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
     {
-        // Ready before the race, so that a slow readiness neither sets off a hedge nor counts in
-        // the latency the hedge learns from.
+        // Ready, and in the bulkhead, before the race, so that neither a slow readiness nor a
+        // wait in the bulkhead's queue sets off a hedge (which would wait behind it in the same
+        // queue) or counts in the latency the hedge learns from.
         let ready = self.ready(callee).await?;
+        let place = self.place().await?;
         let Some(hedge) = self.stages.hedge.as_ref().filter(|_| callee.repeatable()) else {
-            return self.attempt(callee, ready).await;
+            return self.attempt(callee, ready, place).await;
         };
         // A hedge is extra load, paid from the retry's budget when there is one, as a retry is
         // (and as Finagle and gRPC bound hedging): a callee slow for everyone does not get
@@ -397,12 +399,18 @@ impl<C> Pipeline<C> {
                 // Judged by the pipeline's classifier, so that an answer it calls a failure (a
                 // 503 in an `Ok`, say) does not win over an attempt still in flight.
                 |result: &Result<T, Error<E>>| self.classify.classify(result),
-                self.attempt(callee, ready),
+                self.attempt(callee, ready, place),
                 || self.ready(callee),
                 |ready| {
+                    // A hedge waits in no queue: with no place free, no hedge (nor any of the
+                    // budget spent).
+                    let place = match &self.stages.bulkhead {
+                        Some(bulkhead) => Some(bulkhead.try_acquire().ok()?),
+                        None => None,
+                    };
                     budget
                         .is_none_or(Budget::withdraw)
-                        .then(|| self.attempt(callee, ready))
+                        .then(|| self.attempt(callee, ready, place))
                 },
             )
             .await
@@ -432,23 +440,31 @@ impl<C> Pipeline<C> {
         }
     }
 
-    /// One attempt: the limits, the breaker and the attempt timeout around a call of `callee`,
-    /// ready, which is made only once every stage let it through.
-    async fn attempt<A, T, E>(&self, callee: &A, ready: A::Ready) -> Result<T, Error<E>>
+    /// A place in the bulkhead, waited for in its queue; `None` without a bulkhead.
+    async fn place<E>(&self) -> Result<Option<BulkheadPermit<'_>>, Error<E>> {
+        match &self.stages.bulkhead {
+            Some(bulkhead) => match bulkhead.acquire().await {
+                Ok(place) => Ok(Some(place)),
+                Err(full) => Err(Error::Rejected(full.into())),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// One attempt, holding its bulkhead `place`: the adaptive limit, the breaker and the
+    /// attempt timeout around a call of `callee`, ready, which is made only once every stage
+    /// let it through.
+    async fn attempt<A, T, E>(
+        &self,
+        callee: &A,
+        ready: A::Ready,
+        _place: Option<BulkheadPermit<'_>>,
+    ) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
     {
         let stages = &self.stages;
-        let _place = match &stages.bulkhead {
-            Some(bulkhead) => Some(
-                bulkhead
-                    .acquire()
-                    .await
-                    .map_err(|r| Error::Rejected(r.into()))?,
-            ),
-            None => None,
-        };
         let limit = match &stages.adaptive {
             Some(adaptive) => Some(
                 adaptive
@@ -1038,6 +1054,36 @@ mod tests {
             Err(Error::Rejected(Rejected::BulkheadFull(_)))
         ));
         assert_eq!(bulkhead.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_waits_in_no_bulkhead_queue_nor_is_set_off_by_one() {
+        // One place, taken by `a` for 50 ms while `b` waits for it. Neither hedge may go: `a`'s
+        // finds no place free, and `b`'s wait in the queue is not its callee's slowness.
+        let bulkhead = Bulkhead::builder(1)
+            .max_wait_queue(4)
+            .max_wait(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let hedge = Hedge::new(crate::hedge::HedgeDelay::Fixed(10 * MS)).unwrap();
+        let p = Pipeline::builder()
+            .bulkhead(bulkhead)
+            .hedge(hedge.clone())
+            .build();
+        let calls = AtomicU32::new(0);
+        let call = || {
+            calls.fetch_add(1, SeqCst);
+            async {
+                sleep(50 * MS).await;
+                Ok::<_, ()>(())
+            }
+        };
+        let start = Instant::now();
+        let (a, b) = tokio::join!(p.call(call), p.call(call));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(start.elapsed(), 100 * MS);
+        assert_eq!(calls.load(SeqCst), 2);
+        assert_eq!(hedge.hedges_sent(), 0);
     }
 
     #[tokio::test(start_paused = true)]
