@@ -104,7 +104,7 @@ where
                     request,
                 } => {
                     if let Err(full) = ready!(wait.as_mut().poll(cx)) {
-                        return Poll::Ready(Err(Box::new(full)));
+                        return Poll::Ready(Err(super::refusal(full).into_box_error()));
                     }
                     let permit = OwnedBulkheadPermit::new(Arc::clone(wait.shared()));
                     let mut service = service.take().expect("polled after completion");

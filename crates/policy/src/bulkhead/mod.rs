@@ -92,7 +92,20 @@ use self::error::{BulkheadFull, ConfigError};
 use self::future::ResponseFuture;
 pub use self::layer::BulkheadLayer;
 use self::state::{Admission, MAX_CONCURRENT, Shared, Wait};
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, Rejected};
+use crate::timeout::Deadline;
+use crate::timeout::error::DeadlineExceeded;
+
+/// What a refused place is to its caller: the deadline in force passing, when that cut the wait
+/// short (a caller out of time is told so: 504 `deadline-exceeded` over HTTP, not 503
+/// `overloaded`), or else the bulkhead full.
+pub(crate) fn refusal(full: BulkheadFull) -> Rejected {
+    if full.waited() && Deadline::current().is_some_and(|deadline| deadline.is_expired()) {
+        Rejected::DeadlineExceeded(DeadlineExceeded::new())
+    } else {
+        Rejected::BulkheadFull(full)
+    }
+}
 
 /// The default [`BulkheadBuilder::max_wait`].
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
@@ -158,7 +171,7 @@ impl Bulkhead {
         let _permit = self
             .acquire()
             .await
-            .map_err(|full| Error::Rejected(full.into()))?;
+            .map_err(|full| Error::Rejected(refusal(full)))?;
         f().await.map_err(Error::Inner)
     }
 
@@ -380,11 +393,13 @@ where
                 ResponseFuture::running(self.inner.call(request), permit)
             }
             Ok(Admission::Queued(ticket)) => {
+                // The ticket is guarded first: the clone is the inner service's code, and a
+                // panic in it must not leave a waiter that nothing gives up.
+                let wait = Wait::new(Arc::clone(shared), ticket);
                 // The service was made ready for this request: it goes with the request, and a
                 // clone (not yet ready) stays for the next.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                let wait = Wait::new(Arc::clone(shared), ticket);
                 ResponseFuture::waiting(wait, service, request)
             }
             Err(full) => ResponseFuture::refused(full),
@@ -510,6 +525,36 @@ mod tests {
         assert_eq!(start.elapsed(), ms(20), "max_wait is 100 ms");
         // Its place in the queue went with it.
         assert_eq!(bulkhead.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_the_deadline_ends_is_the_deadlines_refusal() {
+        // Through `call` and the service alike: the caller ran out of time, which the bulkhead
+        // being full (503 `overloaded` over HTTP) would not say.
+        let bulkhead = bulkhead(1, 1);
+        let _held = bulkhead.try_acquire().unwrap();
+        let hurried = || crate::timeout::Deadline::after(ms(20));
+        let called = hurried()
+            .scope(bulkhead.call(|| async { Ok::<_, ()>(()) }))
+            .await;
+        assert!(
+            matches!(called, Err(Error::Rejected(Rejected::DeadlineExceeded(_)))),
+            "{called:?}"
+        );
+        let service = tower::Layer::layer(
+            &BulkheadLayer::new(bulkhead.clone()),
+            service_fn(|()| async { Ok::<_, BoxError>(()) }),
+        );
+        let err = hurried().scope(service.oneshot(())).await.unwrap_err();
+        assert!(is_caused_by::<DeadlineExceeded>(&*err), "{err}");
+        // Past `max_wait` with time left, the bulkhead was full.
+        let called = crate::timeout::Deadline::after(ms(500))
+            .scope(bulkhead.call(|| async { Ok::<_, ()>(()) }))
+            .await;
+        assert!(
+            matches!(called, Err(Error::Rejected(Rejected::BulkheadFull(_)))),
+            "{called:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -796,6 +841,37 @@ mod tests {
         let err = assert_ready_err!(second.poll());
         assert!(err.downcast_ref::<BulkheadFull>().unwrap().waited());
         assert_eq!(bulkhead.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clone_that_panics_leaves_no_waiter_behind() {
+        /// A service whose clones panic: the one a queued request takes is a clone.
+        struct Unclonable;
+        impl Clone for Unclonable {
+            fn clone(&self) -> Self {
+                panic!("no clone");
+            }
+        }
+        impl Service<()> for Unclonable {
+            type Response = ();
+            type Error = BoxError;
+            type Future = std::future::Ready<Result<(), BoxError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, (): ()) -> Self::Future {
+                std::future::ready(Ok(()))
+            }
+        }
+        let bulkhead = bulkhead(1, 1);
+        let held = bulkhead.try_acquire().unwrap();
+        let mut service = BulkheadService::new(Unclonable, bulkhead.clone());
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.call(())));
+        assert!(call.is_err(), "the clone panicked");
+        assert_eq!(bulkhead.queued(), 0);
+        // The place goes back to the bulkhead, not to a waiter no one will ever poll.
+        drop(held);
+        assert!(bulkhead.try_acquire().is_ok());
     }
 
     #[tokio::test]

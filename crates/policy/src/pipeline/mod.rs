@@ -445,7 +445,7 @@ impl<C> Pipeline<C> {
         match &self.stages.bulkhead {
             Some(bulkhead) => match bulkhead.acquire().await {
                 Ok(place) => Ok(Some(place)),
-                Err(full) => Err(Error::Rejected(full.into())),
+                Err(full) => Err(Error::Rejected(crate::bulkhead::refusal(full))),
             },
             None => Ok(None),
         }
