@@ -30,6 +30,10 @@ pin_project! {
             #[pin]
             future: Fut,
         },
+        // The inner service failed to get ready: no call was made.
+        Unready {
+            error: Option<BoxError>,
+        },
         FallingBack {
             #[pin]
             future: FbFut,
@@ -51,6 +55,20 @@ impl<Fut, FbFut, F, C> ResponseFuture<Fut, FbFut, F, C> {
             classify,
         }
     }
+
+    pub(super) fn unready(
+        error: BoxError,
+        fallback: Arc<F>,
+        on: FallbackOn,
+        classify: C,
+    ) -> ResponseFuture<Fut, FbFut, F, C> {
+        ResponseFuture {
+            state: State::Unready { error: Some(error) },
+            fallback,
+            on,
+            classify,
+        }
+    }
 }
 
 impl<Fut, F, C, T, E> Future for ResponseFuture<Fut, F::Future, F, C>
@@ -65,18 +83,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
-                    match judge_boxed(result, this.classify, *this.on) {
-                        Ok(passed) => return Poll::Ready(passed),
-                        Err(reason) => {
-                            let future = this.fallback.call(reason);
-                            this.state.set(State::FallingBack { future });
-                        }
-                    }
-                }
+            let result = match this.state.as_mut().project() {
+                StateProj::Calling { future } => ready!(future.poll(cx)).map_err(Into::into),
+                StateProj::Unready { error } => Err(error.take().expect("polled after completion")),
                 StateProj::FallingBack { future } => return future.poll(cx),
+            };
+            match judge_boxed(result, this.classify, *this.on) {
+                Ok(passed) => return Poll::Ready(passed),
+                Err(reason) => {
+                    let future = this.fallback.call(reason);
+                    this.state.set(State::FallingBack { future });
+                }
             }
         }
     }

@@ -60,6 +60,7 @@ impl<S, F, C: Clone> Layer<S> for FallbackLayer<F, C> {
             fallback: self.fallback.clone(),
             on: self.on,
             classify: self.classify.clone(),
+            unready: None,
         }
     }
 }

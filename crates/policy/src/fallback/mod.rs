@@ -144,6 +144,8 @@ pub struct FallbackService<S, F, C = ErrorsAreFailures> {
     fallback: Arc<F>,
     on: FallbackOn,
     classify: C,
+    // The inner service's readiness error, reported as ready so that the next call answers it.
+    unready: Option<BoxError>,
 }
 
 // === impl FallbackReason ===
@@ -500,6 +502,7 @@ impl<S, F> FallbackService<S, F> {
             fallback: fallback.fallback,
             on: fallback.on,
             classify: ErrorsAreFailures,
+            unready: None,
         }
     }
 }
@@ -512,6 +515,7 @@ impl<S, F, C> FallbackService<S, F, C> {
             fallback: self.fallback,
             on: self.on,
             classify,
+            unready: self.unready,
         }
     }
 
@@ -538,6 +542,7 @@ impl<S: Clone, F, C: Clone> Clone for FallbackService<S, F, C> {
             fallback: self.fallback.clone(),
             on: self.on,
             classify: self.classify.clone(),
+            unready: None,
         }
     }
 }
@@ -554,17 +559,28 @@ where
     type Future = ResponseFuture<S::Future, F::Future, F, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Not ready is backpressure, not a failure: it is no reason to fall back.
-        self.inner.poll_ready(cx).map_err(Into::into)
+        if self.unready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // Not ready is backpressure, not a failure: it is no reason to fall back. A readiness
+        // error is one (a `Buffer` whose worker died, a service that gave up): it is judged,
+        // and answered, by the next call, as that call's own error would be.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(error)) => {
+                self.unready = Some(error.into());
+                Poll::Ready(Ok(()))
+            }
+            polled => polled.map_err(Into::into),
+        }
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        ResponseFuture::new(
-            self.inner.call(request),
-            self.fallback.clone(),
-            self.on,
-            self.classify.clone(),
-        )
+        let fallback = self.fallback.clone();
+        let classify = self.classify.clone();
+        match self.unready.take() {
+            Some(error) => ResponseFuture::unready(error, fallback, self.on, classify),
+            None => ResponseFuture::new(self.inner.call(request), fallback, self.on, classify),
+        }
     }
 }
 
@@ -874,6 +890,33 @@ mod tests {
         let err = rejected.oneshot(()).await.unwrap_err();
         assert!(crate::error::is_caused_by::<BulkheadFull>(&*err));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_readiness_error_is_answered_as_the_calls_own() {
+        /// A service that will never be ready again, as a `Buffer` whose worker died.
+        struct Dead;
+        impl Service<()> for Dead {
+            type Response = u16;
+            type Error = BoxError;
+            type Future = Ready<Result<u16, BoxError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Err("boom".into()))
+            }
+            fn call(&mut self, (): ()) -> Self::Future {
+                unreachable!("never ready")
+            }
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let answered = FallbackLayer::new(telling_boxed(&calls)).layer(Dead);
+        assert_eq!(answered.oneshot(()).await.unwrap(), 4);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A reason the fallback is not for: the error comes out of the call.
+        let only_refusals = FallbackLayer::new(telling_boxed(&calls).on(FallbackOn::REJECTED));
+        let err = only_refusals.layer(Dead).oneshot(()).await.unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
