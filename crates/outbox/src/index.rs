@@ -77,6 +77,12 @@ pub(crate) struct Index {
 }
 
 impl Index {
+    /// Goes on counting drops from `before`'s count: the index of the same store, replaced by
+    /// this one read again from its file.
+    pub(crate) fn count_drops_from(&mut self, before: &Index) {
+        self.dropped += before.dropped;
+    }
+
     /// The route name shared by every message of the route (one allocation per route).
     pub(crate) fn route(&mut self, name: &str) -> Arc<str> {
         match self.queues.get_key_value(name) {

@@ -249,8 +249,13 @@ impl Writer {
         }
         self.last_reopen = Some(now);
         match open(&self.path, &self.shared.clock) {
-            Ok((db, loaded)) => {
-                *self.shared.index() = loaded.index;
+            Ok((db, mut loaded)) => {
+                let mut index = self.shared.index();
+                // The drops are counted since the store was opened by this process, as the
+                // metric that reads them is: the file does not keep them.
+                loaded.index.count_drops_from(&index);
+                *index = loaded.index;
+                drop(index);
                 self.db = Some(db);
                 self.shared.set_broken(None);
                 tracing::info!("outbox: the store is open again");
