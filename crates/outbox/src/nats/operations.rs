@@ -200,8 +200,8 @@ impl Inner {
                     break;
                 }
             }
-            for message in batch {
-                match self.lease_message(route, message).await {
+            for (arrived, message) in batch {
+                match self.lease_message(route, message, arrived).await {
                     Ok(Some(leased)) => taken.push(leased),
                     // Settled already, or raced: nothing to hand out.
                     Ok(None) => {}
@@ -256,7 +256,7 @@ impl Inner {
         route: &str,
         max: usize,
         wait: Option<Duration>,
-    ) -> Result<Vec<jetstream::Message>, Error> {
+    ) -> Result<Vec<(Timestamp, jetstream::Message)>, Error> {
         let batch: Result<Batch, BoxError> = match wait {
             None => consumer
                 .fetch()
@@ -283,7 +283,10 @@ impl Inner {
         let collect = async {
             while let Some(next) = batch.next().await {
                 match next {
-                    Ok(message) => messages.push(message),
+                    // The server's lease on it (`ack_wait`) began as it sent it: counted from
+                    // here, not from its turn in leasing the batch one message at a time,
+                    // which can come seconds later.
+                    Ok(message) => messages.push((self.clock.now(), message)),
                     Err(e) if messages.is_empty() => return Err(failed(e)),
                     Err(e) => {
                         tracing::warn!(route, error = %e, "outbox: a fetch stopped short");
@@ -302,13 +305,14 @@ impl Inner {
         Ok(messages)
     }
 
-    /// Leases one message handed out by JetStream; `None` when there is nothing to deliver.
+    /// Leases one message handed out by JetStream, which `arrived` then, when its lease is
+    /// counted from; `None` when there is nothing to deliver.
     pub(super) async fn lease_message(
         &self,
         route: &str,
         message: jetstream::Message,
+        arrived: Timestamp,
     ) -> Result<Option<Leased>, Error> {
-        let received = self.clock.now();
         let id = message
             .headers
             .as_ref()
@@ -364,7 +368,7 @@ impl Inner {
             }
             let held = Held {
                 token,
-                until: received.saturating_add(self.lease),
+                until: arrived.saturating_add(self.lease),
                 status: status.clone(),
                 message,
             };
