@@ -1612,15 +1612,23 @@ fn route_match(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Match {
         path: cx.get(t, "path", path_value),
         host: cx.get(t, "host", |v| {
             let s = string(v)?;
-            let valid = !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
+            let name = s
+                .strip_prefix('*')
+                .or_else(|| s.strip_suffix('*'))
+                .unwrap_or(&s);
+            let valid = s == "*"
+                || (!name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
             if valid {
                 Ok(s.to_ascii_lowercase())
             } else {
                 Err(Invalid::new(
                     "invalid host",
-                    "a host name without port, like \"orders.internal\"",
+                    "a host name without port, like \"orders.internal\", with at most one `*` \
+                     for one character or more, first (\"*.example.com\") or last \
+                     (\"example.*\"), or `*` alone for any host",
                 ))
             }
         }),
@@ -2471,6 +2479,33 @@ mod tests {
                     [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n";
         let e = errors(toml);
         assert_eq!(e[0].path(), "routes[0].match.path", "{}", e[0]);
+    }
+
+    #[test]
+    fn a_host_takes_one_wildcard_first_or_last() {
+        let with_host = |host: &str| {
+            format!(
+                "[[routes]]\nupstream = \"a\"\nmatch = {{ host = \"{host}\" }}\n\
+                 [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n"
+            )
+        };
+        for host in [
+            "*.example.com",
+            "*-api.example.com",
+            "orders.*",
+            "*",
+            "Example.org.",
+        ] {
+            let config = ok(&with_host(host));
+            assert_eq!(
+                config.routes[0].matcher.host.as_deref(),
+                Some(&*host.to_ascii_lowercase())
+            );
+        }
+        for host in ["a*b.com", "*example*", "**", "*.*", "", "orders:80"] {
+            let e = errors(&with_host(host));
+            assert_eq!(e[0].path(), "routes[0].match.host", "{host}: {}", e[0]);
+        }
     }
 
     #[test]

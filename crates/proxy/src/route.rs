@@ -6,7 +6,6 @@ use std::sync::Arc;
 use http::Method;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::Authority;
 use rampart_config::{Config, Match};
 use rampart_policy::rng::Rng;
 
@@ -79,8 +78,7 @@ impl Router {
 struct Matcher {
     path_prefix: Option<String>,
     path: Option<String>,
-    // Lower case, without brackets for an IPv6 address.
-    host: Option<String>,
+    host: Option<HostPattern>,
     method: Option<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -112,10 +110,7 @@ impl Matcher {
         Ok(Matcher {
             path_prefix: config.path_prefix.clone(),
             path: config.path.clone(),
-            host: config
-                .host
-                .as_deref()
-                .map(|h| unbracket(h).to_ascii_lowercase()),
+            host: config.host.as_deref().map(HostPattern::new),
             method,
             headers,
         })
@@ -128,7 +123,10 @@ impl Matcher {
             .is_none_or(|p| path.starts_with(p.as_str()))
             && self.path.as_ref().is_none_or(|p| path == p)
             && self.method.as_ref().is_none_or(|m| request.method == m)
-            && self.host.as_ref().is_none_or(|h| host_is(request, h))
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|pattern| pattern.matches(host_of(request)))
             && self
                 .headers
                 .iter()
@@ -136,33 +134,82 @@ impl Matcher {
     }
 }
 
-// Whether the request's host, without its port, is `wanted` (lower case). The authority of the
-// target comes first: HTTP/2's `:authority`, or an HTTP/1.1 absolute-form target, which RFC 9112
-// §3.2.2 says overrides Host.
-fn host_is(request: &Parts, wanted: &str) -> bool {
-    let from_header;
-    let authority = match request.uri.authority() {
-        Some(authority) => authority,
-        None => {
-            let Some(parsed) = request
-                .headers
-                .get(HOST)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Authority>().ok())
-            else {
-                return false;
-            };
-            from_header = parsed;
-            &from_header
-        }
-    };
-    unbracket(authority.host()).eq_ignore_ascii_case(wanted)
+/// A `match.host`: a name, or a name with one `*` at its start or its end standing for one
+/// character or more, or `*` alone for any host, as Envoy's virtual host domains.
+#[derive(Debug)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, `*-api.example.com`: what follows the `*`.
+    Suffix(String),
+    /// `example.*`, `api-*`: what comes before the `*`.
+    Prefix(String),
+    Any,
 }
 
-fn unbracket(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
+impl HostPattern {
+    /// The pattern of `host`, which the configuration checked (letters, digits, `-`, `.`, and
+    /// one `*` first or last): lower case, without brackets for an IPv6 address, without the
+    /// trailing dot of a fully qualified name.
+    fn new(host: &str) -> HostPattern {
+        let host = normal(host).to_ascii_lowercase();
+        if host == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = host.strip_prefix('*') {
+            HostPattern::Suffix(suffix.to_owned())
+        } else if let Some(prefix) = host.strip_suffix('*') {
+            HostPattern::Prefix(prefix.to_owned())
+        } else {
+            HostPattern::Exact(host)
+        }
+    }
+
+    /// Whether `host` (none: the request named no host) matches; `*` matches any request.
+    fn matches(&self, host: Option<&str>) -> bool {
+        let Some(host) = host.map(normal) else {
+            return matches!(self, HostPattern::Any);
+        };
+        // The `*` stands for one character at least: `*.example.com` is not `.example.com`.
+        let ends_with = |suffix: &str| {
+            host.len() > suffix.len()
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        let starts_with = |prefix: &str| {
+            host.len() > prefix.len()
+                && host.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        };
+        match self {
+            HostPattern::Exact(name) => host.eq_ignore_ascii_case(name),
+            HostPattern::Suffix(suffix) => ends_with(suffix),
+            HostPattern::Prefix(prefix) => starts_with(prefix),
+            HostPattern::Any => true,
+        }
+    }
+}
+
+// The request's host, without its port. The authority of the target comes first: HTTP/2's
+// `:authority`, or an HTTP/1.1 absolute-form target, which RFC 9112 §3.2.2 says overrides Host.
+fn host_of(request: &Parts) -> Option<&str> {
+    let authority = match request.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers.get(HOST)?.to_str().ok()?,
+    };
+    // An authority's host is all before its port: after the `]` of an IPv6 address, or the
+    // one `:` of any other.
+    let host = match authority.rfind([']', ':']) {
+        Some(at) if authority.as_bytes()[at] == b':' => &authority[..at],
+        _ => authority,
+    };
+    Some(host)
+}
+
+/// `host` without the brackets of an IPv6 address, or the trailing dot of a fully qualified
+/// name (`example.com.` is `example.com`).
+fn normal(host: &str) -> &str {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(address) => address,
+        None => host.strip_suffix('.').unwrap_or(host),
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +275,41 @@ mod tests {
             ..Match::default()
         });
         assert!(v6.matches(&parts(Request::get("/").header("host", "[::1]:80"))));
+    }
+
+    #[test]
+    fn a_host_may_have_one_wildcard_first_or_last_or_be_one() {
+        let host = |pattern: &str, host: &str| {
+            matcher(Match {
+                host: Some(pattern.into()),
+                ..Match::default()
+            })
+            .matches(&parts(Request::get("/").header("host", host)))
+        };
+        assert!(host("*.example.com", "orders.example.com"));
+        assert!(host("*.example.com", "a.b.EXAMPLE.com:8443"));
+        assert!(!host("*.example.com", "example.com"));
+        assert!(
+            !host("*.example.com", ".example.com"),
+            "the * is one character or more"
+        );
+        assert!(!host("*.example.com", "example.org"));
+        assert!(host("*-api.example.com", "orders-api.example.com"));
+        assert!(host("orders.*", "orders.internal"));
+        assert!(!host("orders.*", "orders."));
+        assert!(!host("orders.*", "billing.internal"));
+        assert!(host("*", "anything.at.all"));
+        let no_host = matcher(Match {
+            host: Some("*".into()),
+            ..Match::default()
+        });
+        assert!(
+            no_host.matches(&parts(Request::get("/"))),
+            "* is any request"
+        );
+        // The trailing dot of a fully qualified name, on either side.
+        assert!(host("example.org.", "EXAMPLE.org"));
+        assert!(host("example.org", "example.org.:80"));
     }
 
     #[test]
