@@ -1,6 +1,7 @@
 //! The admin API's endpoints: one request in, one response out.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
@@ -57,7 +58,7 @@ pub(crate) async fn handle(request: Request<Incoming>, state: &State) -> Answer 
         }
         (&Method::POST, ["api", "reload"]) => match refusal(state, &request) {
             Some(refused) => refused,
-            None => reload(state),
+            None => reload(state).await,
         },
         (&Method::GET, ["api", "outbox"]) => outbox::summary(state).await,
         // Before `<id>`, which would take it for a malformed id: `dead` is no id (ids have 26
@@ -243,8 +244,44 @@ async fn read_force(body: Incoming) -> Result<Force, (StatusCode, String)> {
     }
 }
 
-fn reload(state: &State) -> Answer {
-    match (state.reload)() {
+/// How long `POST /api/reload` waits for the reload to end before answering that it has not.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
+async fn reload(state: &State) -> Answer {
+    let refused = |status, error: &str| answer(status, &json!({"reloaded": false, "error": error}));
+    // One at a time: a reload whose read hangs holds its thread until the read ends, and must
+    // not be joined by more of them.
+    let Ok(turn) = state.reloading.clone().try_acquire_owned() else {
+        return refused(
+            StatusCode::CONFLICT,
+            "another reload is under way; try again once it has ended",
+        );
+    };
+    // Off the runtime: reading the file may block (a FIFO, a hung network mount), and neither
+    // the data path nor this API may wait on it.
+    let reload = state.reload.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        reload()
+    });
+    let result = match tokio::time::timeout(RELOAD_WAIT, done).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(failed)) => {
+            return refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the reload failed: {failed}"),
+            );
+        }
+        Err(_elapsed) => {
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the reload has not ended after 10 s: reading the configuration file, or a file \
+                 it names, blocks; the running configuration keeps serving, and the reload \
+                 applies if the read ends",
+            );
+        }
+    };
+    match result {
         Ok(summary) => answer(
             StatusCode::OK,
             &json!({"reloaded": true, "summary": summary}),

@@ -93,7 +93,8 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub const WRITE_STALL: std::time::Duration = crate::events::STALLED_AFTER;
 
 /// What `POST /api/reload` calls: reads the configuration file again and serves it, as SIGHUP
-/// does, answering the summary of what changed.
+/// does, answering the summary of what changed. It may block (reading a file may), so it is
+/// called on a blocking thread, one call at a time.
 pub type Reload = Arc<dyn Fn() -> Result<String, ReloadError> + Send + Sync>;
 
 /// Why a reload changed nothing.
@@ -127,6 +128,8 @@ struct State {
     /// The event streams (`/api/events`, `/hystrix.stream`) that may be open at once: each
     /// holds a task and a connection for as long as its reader stays.
     streams: Arc<tokio::sync::Semaphore>,
+    /// The one reload that may run at a time (see `api::reload`).
+    reloading: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many event streams may be open at once: dashboards, Hystrix dashboards and Turbine
@@ -187,6 +190,7 @@ impl Admin {
             token,
             reload,
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+            reloading: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         let server = Server::start(tcp, move |request| {
             let state = state.clone();

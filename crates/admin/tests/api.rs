@@ -545,6 +545,57 @@ async fn reload_calls_the_callback_and_answers_what_it_said() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+// Three threads: were a reload to block the one that runs it, as each of two blocked reloads
+// would, the test's timers still run on the third, and fail it rather than hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_reload_that_blocks_holds_up_neither_the_api_nor_the_reloads_after_it() {
+    use std::sync::{Mutex, mpsc};
+    use std::time::Duration;
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    // A reload that blocks until told, as one reading a FIFO or a hung network mount does.
+    let (entered, mut reloading) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let reload: Reload = Arc::new(move || {
+        let _ = entered.send(());
+        let _ = released.lock().unwrap().recv();
+        Ok("routes: unchanged | upstreams: unchanged".into())
+    });
+    let admin = admin(&proxy, Some(TOKEN), reload).await;
+    let addr = admin.addr();
+    // Fails, rather than hangs, when the call is not answered: the blocked reloads are let go
+    // first, since a runtime whose threads they hold could never end.
+    async fn within<F: std::future::Future>(release: &mpsc::Sender<()>, call: F) -> F::Output {
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                for _ in 0..4 {
+                    let _ = release.send(());
+                }
+                panic!("not answered while a reload blocks");
+            }
+        }
+    }
+
+    let first = tokio::spawn(async move { post(addr, "/api/reload", Some(TOKEN), "").await });
+    reloading.recv().await.unwrap();
+    assert_eq!(within(&release, get(addr, "/api/stats")).await.status, 200);
+    let second = within(&release, post(addr, "/api/reload", Some(TOKEN), "")).await;
+    assert_eq!(second.status, 409, "{}", second.body);
+
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status, 200);
+    // Its turn given back, the next reload runs.
+    release.send(()).unwrap();
+    assert_eq!(
+        within(&release, post(addr, "/api/reload", Some(TOKEN), ""))
+            .await
+            .status,
+        200
+    );
+}
+
 #[tokio::test]
 async fn events_bring_the_stats_and_each_breaker_transition() {
     let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();

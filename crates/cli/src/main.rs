@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use rampart_admin::{Admin, Fleet, ReloadError, Target};
+use rampart_admin::{Admin, Fleet, Reload, ReloadError, Target};
 use rampart_config::{Config, Errors};
 use rampart_proxy::{Drain, Proxy, ProxyHandle, ReloadSummary};
 use tracing_subscriber::EnvFilter;
@@ -271,12 +271,24 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         tracing::info!(listener = %listener.name, addr = %listener.addr, "listening");
     }
     let handle = proxy.handle();
-    let admin_reload = {
+    // SIGHUP's and the admin API's reloads, one at a time.
+    let reloads: Reload = {
         let (handle, path) = (handle.clone(), path.to_owned());
-        Arc::new(move || reload(&handle, &path))
+        let turn = Arc::new(std::sync::Mutex::new(()));
+        Arc::new(move || {
+            let _turn = turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            reload(&handle, &path)
+        })
+    };
+    // On a blocking thread, as the admin API's are: reading the file may block (a FIFO, a hung
+    // network mount), and this loop must go on answering signals meanwhile. Logged by
+    // `reload` either way.
+    let sighup = |reloads: &Reload| {
+        let reloads = reloads.clone();
+        drop(tokio::task::spawn_blocking(move || drop(reloads())));
     };
     // `[admin]` is read at start only, as `[runtime]` is.
-    let admin = match Admin::start_on(admin_tcp, &config.admin, handle.clone(), admin_reload) {
+    let admin = match Admin::start_on(admin_tcp, &config.admin, handle.clone(), reloads.clone()) {
         Ok(admin) => admin,
         Err(err) => {
             tracing::error!("admin API cannot start on {}: {err}", config.admin.listen);
@@ -285,8 +297,7 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     };
     tracing::info!(addr = %admin.addr(), "admin API up");
     if reload_asked {
-        // Logged by `reload` either way.
-        drop(reload(&handle, path));
+        sighup(&reloads);
     }
     let stdin_closed = stdin_closed(until_stdin_closes);
     tokio::pin!(stdin_closed);
@@ -294,8 +305,7 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Stop(signal) => break signal,
-                // Logged by `reload` either way.
-                Signal::Reload => drop(reload(&handle, path)),
+                Signal::Reload => sighup(&reloads),
             },
             () = &mut stdin_closed => break "stdin closed",
         }

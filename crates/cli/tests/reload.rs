@@ -72,3 +72,37 @@ async fn an_invalid_file_on_sighup_is_refused_with_its_errors_and_the_old_routes
     rampart.line("reloaded", |line| line.contains("reloaded"));
     assert!(get(&addr, "/b").await.ends_with("from b"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_read_blocks_holds_up_neither_the_traffic_nor_the_signals() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let file = TempConfig::new("reload-fifo", &config(&[("a", a.addr())]));
+    let mut rampart = Rampart::run(&[], &file.0);
+    let addr = rampart.listening();
+
+    // The file turns into a FIFO that no one writes: reading it blocks, as on a hung network
+    // mount.
+    std::fs::remove_file(&file.0).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file.0)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    rampart.signal("HUP");
+    assert!(get(&addr, "/a").await.ends_with("from a"));
+
+    // A stop signal is still heard, and the drain does not wait for the read.
+    rampart.signal("TERM");
+    let mut waited = 0;
+    while rampart.is_running() && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    if rampart.is_running() {
+        // Let the read end, so that the process can be stopped, then fail.
+        let _ = std::fs::write(&file.0, config(&[("a", a.addr())]));
+        panic!("rampart did not stop within 10 s while a reload's read blocked");
+    }
+    let (status, _) = rampart.wait();
+    assert!(status.success(), "{status}");
+}
