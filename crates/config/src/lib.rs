@@ -54,6 +54,35 @@ pub use error::{Error, Errors};
 pub use model::*;
 pub use summary::Summary;
 
+/// The largest configuration file read: far past any real one, and short of what a file that
+/// never ends (`/dev/zero`) would cost.
+const MAX_FILE: u64 = 16 << 20;
+
+/// The text of the configuration file at `path`, or why it cannot be used.
+fn read(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read the configuration file: {e}");
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err("the configuration file is larger than 16 MiB".into());
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the configuration file is not UTF-8 text (an invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    // A file cut short by a write under way, or emptied by mistake, would otherwise be a valid
+    // configuration of no routes.
+    if text.trim().is_empty() {
+        return Err("the configuration file is empty".into());
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Reads, parses and validates the file at `path`; errors name it as given.
     ///
@@ -61,12 +90,12 @@ impl Config {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, Errors> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read(path).map_err(|message| {
             Errors(vec![Error {
                 origin: origin.clone(),
                 position: None,
                 path: String::new(),
-                message: format!("cannot read the configuration file: {e}"),
+                message,
                 got: None,
                 allowed: None,
             }])

@@ -1295,6 +1295,42 @@ fn backoff(cx: &mut Cx<'_>, parent: &Tbl<'_, '_>, key: &str, default: Backoff) -
     Backoff { base, max }
 }
 
+/// The largest fallback body, inline or in a `body_file`: a stand-in answer is short, and it is
+/// held in memory and read again on every reload.
+const MAX_FALLBACK_BODY: u64 = 1 << 20;
+
+const FALLBACK_BODY_ALLOWED: &str = "at most 1 MiB (1048576 bytes)";
+
+/// Whether the proxy will be able to read `path` as a fallback's body, without blocking on it:
+/// an existing regular file of at most [`MAX_FALLBACK_BODY`] bytes that may be opened. Else
+/// what is wrong with it.
+fn readable_body_file(path: &Path) -> Result<(), String> {
+    let file = path.display();
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("no such file: {file}"));
+        }
+        Err(e) => return Err(format!("cannot read {file}: {e}")),
+    };
+    if metadata.is_dir() {
+        return Err(format!("{file} is a directory, not a file"));
+    }
+    // A FIFO or a device would be read without end, or block the read.
+    if !metadata.is_file() {
+        return Err(format!("{file} is not a regular file"));
+    }
+    if metadata.len() > MAX_FALLBACK_BODY {
+        return Err(format!(
+            "{file} is {} bytes; a fallback body is {FALLBACK_BODY_ALLOWED}",
+            metadata.len()
+        ));
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot read {file}: {e}"))
+}
+
 fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
@@ -1344,11 +1380,20 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
         }
         (Kind::Embedded, _) => OutboxStore::Embedded,
     };
-    Outbox {
+    let outbox = Outbox {
         store,
         path: cx
-            .get(t, "path", string)
-            .map_or_else(|| PathBuf::from("rampart-data/outbox"), PathBuf::from),
+            .get(t, "path", |v| {
+                let path = string(v)?;
+                if path.is_empty() {
+                    return Err(Invalid::new(
+                        "an empty path",
+                        "a directory, like \"rampart-data/outbox\"",
+                    ));
+                }
+                Ok(PathBuf::from(path))
+            })
+            .unwrap_or_else(|| PathBuf::from("rampart-data/outbox")),
         max_messages: cx
             .get(t, "max_messages", uint(1, u64::from(u32::MAX)))
             .unwrap_or(100_000),
@@ -1383,7 +1428,13 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
                 max: Duration::from_secs(30),
             },
         ),
+    };
+    // Checked with the file, as a `body_file` is: `run` would fail to open the store there.
+    if cx.base_dir.is_some() && outbox.path.exists() && !outbox.path.is_dir() {
+        let message = format!("{} is not a directory", outbox.path.display());
+        cx.conflict(t, "path", message);
     }
+    outbox
 }
 
 // === routes ===
@@ -1719,7 +1770,16 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         .map(str::to_owned)
         .to_vec()
     });
-    let body = cx.get(t, "body", string);
+    let body = cx.get(t, "body", |v| {
+        let text = string(v)?;
+        if text.len() as u64 > MAX_FALLBACK_BODY {
+            return Err(Invalid::new(
+                format!("the body is {} bytes", text.len()),
+                FALLBACK_BODY_ALLOWED,
+            ));
+        }
+        Ok(text)
+    });
     let body_file = cx.get(t, "body_file", string);
     let body = match (body, body_file) {
         (Some(_), Some(_)) => {
@@ -1733,8 +1793,9 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
                 Some(dir) if path.is_relative() => dir.join(path),
                 _ => path,
             };
-            if cx.base_dir.is_some() && !path.is_file() {
-                let message = format!("no such file: {}", path.display());
+            if cx.base_dir.is_some()
+                && let Err(message) = readable_body_file(&path)
+            {
                 cx.conflict(t, "body_file", message);
             }
             FallbackBody::File(path)

@@ -125,3 +125,69 @@ fn a_fallback_body_file_is_resolved_against_the_config_directory() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_file_empty_too_large_or_not_text_is_refused_saying_so() {
+    let dir = std::env::temp_dir().join(format!("rampart-config-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rampart.toml");
+    let refused = |contents: &[u8]| {
+        std::fs::write(&file, contents).unwrap();
+        Config::from_file(&file).unwrap_err().to_string()
+    };
+    // A write cut short, or a file emptied by mistake, is no configuration of no routes.
+    assert!(refused(b"").ends_with("the configuration file is empty"));
+    assert!(refused(b" \n\t\n").ends_with("the configuration file is empty"));
+    assert!(refused(b"[admin]\n\xff\n").contains("not UTF-8 text"));
+    let large = vec![b'#'; (16 << 20) + 1];
+    assert!(refused(&large).ends_with("larger than 16 MiB"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_body_file_the_proxy_could_not_read_whole_is_refused_by_the_check() {
+    let dir = std::env::temp_dir().join(format!("rampart-config-bodies-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("a-directory")).unwrap();
+    let config = dir.join("rampart.toml");
+    let error = |body_file: &str| {
+        let text = format!(
+            "[[routes]]\nupstream = \"u\"\nfallback = {{ body_file = \"{body_file}\" }}\n\
+             [upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n"
+        );
+        std::fs::write(&config, text).unwrap();
+        let errors = Config::from_file(&config).unwrap_err();
+        let first = errors.iter().next().unwrap();
+        assert_eq!(first.path(), "routes[0].fallback.body_file");
+        errors.to_string()
+    };
+    assert!(error("a-directory").contains("is a directory"));
+    let fifo = dir.join("a-fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(error("a-fifo").contains("is not a regular file"));
+    std::fs::write(dir.join("large.json"), vec![b' '; (1 << 20) + 1]).unwrap();
+    assert!(error("large.json").contains("is 1048577 bytes; a fallback body is at most 1 MiB"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_outbox_path_that_cannot_be_a_directory_is_refused() {
+    let dir = std::env::temp_dir().join(format!("rampart-config-outbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("rampart.toml");
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    for (path, message) in [
+        ("", "an empty path"),
+        (a_file.to_str().unwrap(), "is not a directory"),
+    ] {
+        std::fs::write(&config, format!("[outbox]\npath = \"{path}\"\n")).unwrap();
+        let errors = Config::from_file(&config).unwrap_err();
+        assert_eq!(errors.iter().next().unwrap().path(), "outbox.path");
+        assert!(errors.to_string().contains(message), "{errors}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -247,6 +247,13 @@ pub enum Error {
     /// changed nothing.
     #[error("listener changes need a restart ({0})")]
     ListenersChanged(String),
+    /// A reload would remove every route, so that every request is answered 404 `no-route`:
+    /// more likely a file cut short than what was meant; the reload changed nothing.
+    #[error(
+        "the new configuration has no routes, and every request would be answered 404 \
+         no-route (a file cut short?); a restart serves it if that is meant"
+    )]
+    NoRoutesLeft,
     /// A listener's address could not be bound.
     #[error("listener \"{name}\" cannot listen on {addr}: {source}")]
     Bind {
@@ -372,7 +379,8 @@ impl Proxy {
     /// whose settings are unchanged keeps its pooled connections and its endpoints' breakers; a
     /// changed one keeps the breaker of each endpoint still listed, as long as its
     /// `[upstreams.NAME.breaker]` is unchanged. Listeners are bound at start only: a reload that
-    /// adds, removes or changes one is refused ([`Error::ListenersChanged`]). `[runtime]`,
+    /// adds, removes or changes one is refused ([`Error::ListenersChanged`]), and so is one that
+    /// removes every route ([`Error::NoRoutesLeft`]). `[runtime]`,
     /// `[admin]` and `[outbox]` are read at start only: a change to them is not applied, and the
     /// summary names them ([`ReloadSummary::needs_restart`]).
     ///

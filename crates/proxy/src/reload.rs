@@ -166,6 +166,9 @@ impl Live {
         if !listeners.is_empty() {
             return Err(Error::ListenersChanged(listeners.to_string()));
         }
+        if config.routes.is_empty() && !self.config.routes.is_empty() {
+            return Err(Error::NoRoutesLeft);
+        }
 
         let (mut summary, upstreams, routers) = match self.build(config) {
             Ok(built) => built,

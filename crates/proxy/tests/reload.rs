@@ -279,6 +279,17 @@ async fn an_endpoint_forced_open_stays_so_when_new_breaker_settings_make_new_bre
 }
 
 #[tokio::test]
+async fn a_reload_that_would_leave_no_route_is_refused() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let proxy = proxy(&format!("{LISTENER}{}", route("a", a.addr()))).await;
+
+    // As a file cut short after its listeners would read.
+    let err = proxy.reload(&config(LISTENER)).unwrap_err();
+    assert!(matches!(err, Error::NoRoutesLeft), "{err}");
+    assert_eq!(get(&proxy, "/a").await.body(), "from a");
+}
+
+#[tokio::test]
 async fn a_listener_change_is_refused_and_the_old_configuration_keeps_serving() {
     let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
     let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
