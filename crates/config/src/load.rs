@@ -581,10 +581,26 @@ fn headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, key: &str) -> Vec<(String, String)>
         );
         return Vec::new();
     }
-    let mut out = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     for (key, value) in map.iter() {
         let name: &str = key.get_ref();
         let header_path = join(&path, name);
+        // TOML keys differ by case where header names do not: both would be sent, or one would
+        // be looked for twice.
+        if out.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(name)) {
+            cx.invalid(
+                key.span(),
+                &header_path,
+                Invalid::new(
+                    format!(
+                        "{} is named twice (header names are compared without case)",
+                        name.to_ascii_lowercase()
+                    ),
+                    "each header once",
+                ),
+            );
+            continue;
+        }
         let token = !name.is_empty()
             && name
                 .bytes()
@@ -1819,6 +1835,20 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
     let headers = headers(cx, t, "headers");
     connection_headers(cx, t);
     grpc_fallback(cx, t, status, &headers);
+    // Sent, the body would be dropped on the way (HTTP/1.1, RFC 9110 §15.3.5 and §15.4.5), or
+    // read as the start of the next answer.
+    let has_body = match &body {
+        FallbackBody::Inline(text) => !text.is_empty(),
+        FallbackBody::File(_) => true,
+    };
+    if matches!(status, 204 | 304) && has_body {
+        let key = if t.get("body").is_some() {
+            "body"
+        } else {
+            "body_file"
+        };
+        cx.conflict(t, key, format!("a {status} answer has no body"));
+    }
     Fallback {
         on,
         status,
@@ -1863,6 +1893,21 @@ fn connection_headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) {
     for (key, _) in map.iter() {
         let name: &str = key.get_ref();
         let lower = name.to_ascii_lowercase();
+        if lower.starts_with("x-rampart-") {
+            cx.invalid(
+                key.span(),
+                &join(&path, name),
+                Invalid::new(
+                    format!(
+                        "a fallback may not set {lower}: rampart sets its own x-rampart- \
+                         headers (x-rampart-fallback on every fallback), which a rampart in \
+                         front reads"
+                    ),
+                    "any header but the x-rampart- ones and the framing ones",
+                ),
+            );
+            continue;
+        }
         let Some((_, why)) = CONNECTION_HEADERS.iter().find(|(n, _)| *n == lower) else {
             continue;
         };
@@ -2222,6 +2267,32 @@ mod tests {
             assert_eq!(e[0].got(), Some(format!("\"{name}\"").as_str()));
             let lower = name.to_ascii_lowercase();
             assert!(e[0].message().contains(&lower), "{}", e[0].message());
+        }
+    }
+
+    #[test]
+    fn a_fallback_sends_what_it_says_and_no_more() {
+        let route = |fallback: &str| {
+            format!("[[routes]]\nupstream = \"u\"\nfallback = {{ {fallback} }}\n{UPSTREAM}")
+        };
+        // A header twice, by case: both would be sent.
+        let e = errors(&route(
+            "headers = { \"Content-Type\" = \"text/plain\", \"content-type\" = \"a/b\" }",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].fallback.headers.content-type");
+        assert!(e[0].message().contains("named twice"), "{}", e[0].message());
+        // rampart's own headers, which a rampart in front would believe.
+        let e = errors(&route("headers = { \"X-Rampart-Error\" = \"spoof\" }"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].fallback.headers.X-Rampart-Error");
+        // A body where the status has none.
+        for status in [204, 304] {
+            let e = errors(&route(&format!("status = {status}, body = \"{{}}\"")));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].path(), "routes[0].fallback.body");
+            assert!(e[0].message().contains("has no body"), "{}", e[0].message());
+            ok(&route(&format!("status = {status}")));
         }
     }
 
