@@ -331,11 +331,7 @@ fn integer(v: &DeValue<'_>) -> Option<i128> {
 /// A whole number from `min` to `max`.
 fn uint(min: u64, max: u64) -> impl Fn(&DeValue<'_>) -> Result<u64, Invalid> {
     move |v| {
-        let allowed = if max == u64::from(u32::MAX) {
-            format!("a whole number, at least {min}")
-        } else {
-            format!("a whole number from {min} to {max}")
-        };
+        let allowed = format!("a whole number from {min} to {max}");
         match integer(v) {
             Some(n) if (i128::from(min)..=i128::from(max)).contains(&n) => Ok(n as u64),
             Some(_) => Err(Invalid::new("out of range", allowed)),
@@ -505,10 +501,22 @@ const LISTEN_ALLOWED: &str = "an IP address and port, like \"127.0.0.1:8080\" or
 fn socket_addr(v: &DeValue<'_>) -> Result<SocketAddr, Invalid> {
     let s = string(v).map_err(|e| Invalid::new(e.message, LISTEN_ALLOWED))?;
     s.parse().map_err(|_| {
-        Invalid::new(
-            "expected an IP address and a port (names are not resolved here)",
-            LISTEN_ALLOWED,
-        )
+        // Say what is wrong with it: most often a port past 65535, or a host name.
+        let (host, port) = s.rsplit_once(':').unwrap_or((&s, ""));
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let message = if !s.starts_with('[') && s.matches(':').count() > 1 {
+            "an IPv6 address goes in brackets, before its port"
+        } else if port.is_empty() {
+            "expected an IP address and a port: the port is missing"
+        } else if host.parse::<std::net::IpAddr>().is_err() {
+            "expected an IP address (names are not resolved here)"
+        } else {
+            "the port is not a number from 0 to 65535"
+        };
+        Invalid::new(message, LISTEN_ALLOWED)
     })
 }
 
@@ -804,6 +812,8 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
         Some(_) => {}
     }
     let mut out: Vec<Listener> = Vec::new();
+    // The listeners whose `listen` was refused.
+    let mut invalid_listen: Vec<String> = Vec::new();
     for (i, t) in tables {
         let mut l = default_listener(
             cx.get(&t, "name", name)
@@ -865,7 +875,17 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             let message = format!("duplicate listener name \"{}\"", first.name);
             cx.conflict(&t, "name", message);
         }
-        if let Some(first) = out.iter().find(|o| clash(o.listen, l.listen)) {
+        // An address refused above is no address: the default put in its place would clash
+        // with another for nothing.
+        let refused = |cx: &Cx<'_>, path: &str| cx.errors.iter().any(|(_, e)| e.path == path);
+        let listen_refused = refused(cx, &t.path("listen"));
+        if listen_refused {
+            invalid_listen.push(l.name.clone());
+        } else if let Some(first) = out
+            .iter()
+            .filter(|o| !invalid_listen.contains(&o.name))
+            .find(|o| clash(o.listen, l.listen))
+        {
             let message = if first.listen == l.listen {
                 format!(
                     "listener \"{}\" already listens on {}",
@@ -881,7 +901,7 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
             };
             cx.conflict(&t, "listen", message);
         }
-        if clash(admin.listen, l.listen) {
+        if !listen_refused && !refused(cx, "admin.listen") && clash(admin.listen, l.listen) {
             let message = if admin.listen == l.listen {
                 "the admin API already listens on this address".to_owned()
             } else {
@@ -2637,6 +2657,26 @@ mod tests {
         for host in ["a*b.com", "*example*", "**", "*.*", "", "orders:80"] {
             let e = errors(&with_host(host));
             assert_eq!(e[0].path(), "routes[0].match.host", "{host}: {}", e[0]);
+        }
+    }
+
+    #[test]
+    fn a_refused_listen_address_clashes_with_nothing() {
+        // Each address is refused once, for what is wrong with it, and the default standing in
+        // for it is not said to clash with another listener's or the admin API's.
+        for toml in [
+            "[admin]\nlisten = \"127.0.0.1:99999\"\n[[listeners]]\nlisten = \"127.0.0.1:9901\"\n",
+            "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:80800\"\n\
+             [[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:8080\"\n",
+        ] {
+            let e = errors(toml);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].message()
+                    .contains("the port is not a number from 0 to 65535"),
+                "{}",
+                e[0]
+            );
         }
     }
 
