@@ -65,8 +65,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
         ));
     }
     if unit.starts_with(['.', ',']) {
+        let hint = match fraction(number, unit, &DURATION_UNITS) {
+            Some(millis) if millis > 0 => format!(
+                ": \"{text}\" is \"{}\"",
+                format_duration(Duration::from_millis(millis))
+            ),
+            _ => ", and the smallest unit is ms".to_owned(),
+        };
         return Err(Invalid::new(
-            "a duration is a whole number of its unit: \"1.5s\" is \"1500ms\"",
+            format!("a duration is a whole number of its unit{hint}"),
             DURATION_ALLOWED,
         ));
     }
@@ -96,6 +103,23 @@ pub fn format_duration(duration: Duration) -> String {
         }
     }
     "0s".to_owned()
+}
+
+/// What `whole` and `rest` (`"1"` and `".5h"`) come to in the smallest of `units`, when that is a
+/// whole number of it: for the hint that says how to write a fraction.
+fn fraction(whole: &str, rest: &str, units: &[(&str, u64)]) -> Option<u64> {
+    let (digits, unit) = split_number(&rest[1..]);
+    let &(_, per) = units.iter().find(|(u, _)| *u == unit)?;
+    // Past 18 digits the fraction says nothing a unit could hold.
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let scale = 10u128.pow(digits.len() as u32);
+    let tenths = whole.parse::<u128>().ok()? * scale + digits.parse::<u128>().ok()?;
+    let smallest = tenths.checked_mul(u128::from(per))?;
+    (smallest % scale == 0)
+        .then(|| u64::try_from(smallest / scale).ok())
+        .flatten()
 }
 
 /// Splits leading ASCII digits from the rest (`"250ms"` -> `("250", "ms")`).
@@ -139,8 +163,12 @@ impl ByteSize {
             ));
         }
         if unit.starts_with(['.', ',']) {
+            let hint = match fraction(number, unit, &SIZE_UNITS) {
+                Some(bytes) if bytes > 0 => format!(": \"{text}\" is \"{}\"", ByteSize(bytes)),
+                _ => ", and the smallest unit is B".to_owned(),
+            };
             return Err(Invalid::new(
-                "a size is a whole number of its unit: \"1.5MiB\" is \"1536KiB\"",
+                format!("a size is a whole number of its unit{hint}"),
                 SIZE_ALLOWED,
             ));
         }
@@ -382,6 +410,26 @@ pub(crate) fn closest<'a>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_fraction_is_refused_with_what_to_write_instead() {
+        let message = |text: &str| parse_duration(text).unwrap_err().message;
+        assert!(
+            message("1.5h").ends_with(": \"1.5h\" is \"90m\""),
+            "{}",
+            message("1.5h")
+        );
+        assert!(message("1.5s").ends_with(": \"1.5s\" is \"1500ms\""));
+        assert!(message("0.5ms").ends_with("the smallest unit is ms"));
+        let size = |text: &str| ByteSize::parse(text).unwrap_err().message;
+        assert!(
+            size("2.5MiB").ends_with(": \"2.5MiB\" is \"2560KiB\""),
+            "{}",
+            size("2.5MiB")
+        );
+        assert!(size("0.25GiB").ends_with(": \"0.25GiB\" is \"256MiB\""));
+        assert!(size("1.5B").ends_with("the smallest unit is B"));
+    }
 
     #[test]
     fn durations() {
