@@ -115,8 +115,13 @@ fn fraction(whole: &str, rest: &str, units: &[(&str, u64)]) -> Option<u64> {
         return None;
     }
     let scale = 10u128.pow(digits.len() as u32);
-    let tenths = whole.parse::<u128>().ok()? * scale + digits.parse::<u128>().ok()?;
-    let smallest = tenths.checked_mul(u128::from(per))?;
+    // The number written, in units of `1 / scale` of its unit.
+    let scaled = whole
+        .parse::<u128>()
+        .ok()?
+        .checked_mul(scale)?
+        .checked_add(digits.parse::<u128>().ok()?)?;
+    let smallest = scaled.checked_mul(u128::from(per))?;
     (smallest % scale == 0)
         .then(|| u64::try_from(smallest / scale).ok())
         .flatten()
@@ -429,6 +434,11 @@ mod tests {
         );
         assert!(size("0.25GiB").ends_with(": \"0.25GiB\" is \"256MiB\""));
         assert!(size("1.5B").ends_with("the smallest unit is B"));
+        // Past what any number holds: a hint without a figure, and no overflow.
+        let huge = format!("{}.55h", "1".repeat(39));
+        assert!(message(&huge).ends_with("the smallest unit is ms"));
+        let huge = format!("{}.5", "9".repeat(60));
+        assert!(parse_duration(&format!("{huge}s")).is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use http_body_util::{BodyExt, Full};
 use prometheus_client::metrics::gauge::Gauge;
 use rampart_config::{Config, OutboxStore};
 use rampart_http::Reason;
-use rampart_http::classify::{RetryHint, grpc_status, retry_hint};
+use rampart_http::classify::{GrpcCode, RetryHint, grpc_status, is_grpc, retry_hint};
 use rampart_http::deadline::Outgoing;
 use rampart_outbox::{
     Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
@@ -651,24 +651,37 @@ async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<
         })?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let mut grpc_failure = grpc_status(response.headers()).filter(|code| code.is_failure());
-    // Read to its end, so that the connection goes back to the pool; a body cut short does not
-    // undo an answer already given.
+    let grpc = is_grpc(response.headers());
+    let mut code = grpc_status(response.headers());
+    // Read to its end, so that the connection goes back to the pool. An HTTP body cut short does
+    // not undo an answer already given; a gRPC call's status comes at the end.
     let body = std::pin::pin!(response.into_body());
     let mut body = body;
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Ok(trailers) = frame.into_trailers() {
-            grpc_failure = grpc_failure.or(grpc_status(&trailers).filter(|code| code.is_failure()));
+    let whole = loop {
+        match body.frame().await {
+            None => break true,
+            Some(Err(_)) => break false,
+            Some(Ok(frame)) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    code = code.or(grpc_status(&trailers));
+                }
+            }
         }
-    }
-    let why = match grpc_failure {
-        Some(code) => format!(
+    };
+    // A gRPC call is delivered by its status 0 alone: any other (UNIMPLEMENTED from a service
+    // being redeployed, as a 404 would be) is a failed attempt, and so is an answer that broke
+    // off before its end.
+    let why = match code {
+        Some(GrpcCode::Ok) if grpc && whole => return Ok(()),
+        _ if grpc && !whole => "the upstream's gRPC answer broke off before its end".to_owned(),
+        Some(code) if grpc || code.is_failure() => format!(
             "the upstream answered grpc-status {} ({})",
             code.as_u8(),
             code.name()
         ),
-        None if status.is_success() && !outcome.is_failure() => return Ok(()),
-        None => format!("the upstream answered {status}"),
+        None if grpc => "the upstream's gRPC answer ended without a grpc-status".to_owned(),
+        _ if status.is_success() && !outcome.is_failure() => return Ok(()),
+        _ => format!("the upstream answered {status}"),
     };
     Err(Failure { why, retry_after })
 }

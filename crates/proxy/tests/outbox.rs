@@ -307,40 +307,51 @@ async fn a_half_open_breaker_costs_the_messages_waiting_no_attempt() {
 }
 
 #[tokio::test]
-async fn a_grpc_call_failing_in_its_trailers_is_not_delivered() {
+async fn a_grpc_call_is_delivered_by_its_status_0_alone() {
     use rampart_test_support::{GrpcBehavior, GrpcUpstream, SAY};
     use tonic::Code;
-    let dir = TempDir::new("proxy-outbox-grpc");
-    let upstream = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Unavailable))
-        .await
-        .unwrap();
-    let proxy = async_proxy(
-        dir.path(),
-        upstream.addr(),
-        "",
-        "[routes.retry]\nattempts = 1",
-        "protocol = \"grpc\"\n[upstreams.orders.breaker]\nenabled = false",
-    )
-    .await;
-    let store = proxy.handle().outbox().unwrap();
-    // A call of one message (field 1, "x"): the 200 and the reply come before the status.
-    let call = request(&proxy, SAY)
-        .method("POST")
-        .header("content-type", "application/grpc")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x03\x0a\x01x")))
-        .unwrap();
-    let id = accepted(&send(&http1(), call).await);
-    until("tried", || async {
-        store.get(id).await.unwrap().unwrap().attempts > 0
-    })
-    .await;
-    let status = store.get(id).await.unwrap().unwrap();
-    assert_eq!(status.state, State::Queued, "{status:?}");
-    assert_eq!(
-        status.last_error.as_deref(),
-        Some("the upstream answered grpc-status 14 (unavailable)")
-    );
-    proxy.shutdown().await;
+    for (behavior, delivered, error) in [
+        (GrpcBehavior::Ok, true, None),
+        (
+            GrpcBehavior::FailInTrailers(Code::Unavailable),
+            false,
+            Some("the upstream answered grpc-status 14 (unavailable)"),
+        ),
+        // Not a failure of the endpoint, but no delivery either: a service being redeployed.
+        (
+            GrpcBehavior::FailInTrailers(Code::Unimplemented),
+            false,
+            Some("the upstream answered grpc-status 12 (unimplemented)"),
+        ),
+    ] {
+        let dir = TempDir::new("proxy-outbox-grpc");
+        let upstream = GrpcUpstream::start(behavior).await.unwrap();
+        let proxy = async_proxy(
+            dir.path(),
+            upstream.addr(),
+            "",
+            "[routes.retry]\nattempts = 1",
+            "protocol = \"grpc\"\n[upstreams.orders.breaker]\nenabled = false",
+        )
+        .await;
+        let store = proxy.handle().outbox().unwrap();
+        // A call of one message (field 1, "x"): the 200 and the reply come before the status.
+        let call = request(&proxy, SAY)
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\x03\x0a\x01x")))
+            .unwrap();
+        let id = accepted(&send(&http1(), call).await);
+        until("tried", || async {
+            let status = store.get(id).await.unwrap().unwrap();
+            status.state == State::Delivered || status.attempts > 0
+        })
+        .await;
+        let status = store.get(id).await.unwrap().unwrap();
+        assert_eq!(status.state == State::Delivered, delivered, "{status:?}");
+        assert_eq!(status.last_error.as_deref(), error);
+        proxy.shutdown().await;
+    }
 }
 
 #[tokio::test]

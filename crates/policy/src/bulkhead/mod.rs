@@ -161,7 +161,7 @@ impl Bulkhead {
     /// dropped, or panics).
     ///
     /// Waits in the queue when the bulkhead is full; fails with
-    /// [`Rejected::BulkheadFull`](crate::Rejected::BulkheadFull) without calling `f` when the
+    /// [`Rejected::BulkheadFull`] without calling `f` when the
     /// queue is full too or no place comes free within `max_wait`.
     pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
     where
