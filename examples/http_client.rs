@@ -86,7 +86,7 @@ async fn main() -> Result<(), BoxError> {
                 let body = response.into_body().collect().await?.to_bytes();
                 format!("{status} {}", String::from_utf8_lossy(&body))
             }
-            Err(err) => match Rejected::find_in(&*err) {
+            Err(err) => match Rejected::from_below(&*err) {
                 Some(refusal) => format!("refused: {refusal}"),
                 None => format!("failed: {err}"),
             },

@@ -141,6 +141,30 @@ where
     }
 }
 
+/// What an attempt's result says of the callee, for the breaker and the adaptive limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// An outcome to record.
+    Judged(Outcome),
+    /// The caller's deadline cut the call short: nothing, unless it had already run past the
+    /// breaker's `slow_call` (see `Permit::cut_short`).
+    CutShort,
+    /// A policy below refused the call before the callee was called: nothing at all.
+    NotCalled,
+}
+
+impl Verdict {
+    /// The verdict of a refusal that ended an attempt: a timer's cut a call the callee was slow
+    /// to answer; a passed deadline is the caller's hurry; the others came before any call.
+    pub(crate) fn of_refusal(rejected: &Rejected) -> Verdict {
+        match rejected {
+            Rejected::Timeout(_) => Verdict::Judged(Outcome::Failure),
+            Rejected::DeadlineExceeded(_) => Verdict::CutShort,
+            _ => Verdict::NotCalled,
+        }
+    }
+}
+
 /// What `classify` makes of `result`, or `None` when the result says nothing of the callee: an
 /// error that came once the deadline in force ([`Deadline::current`]) had passed. That is the
 /// caller's patience running out (a timeout capped by the deadline cut the call short, or the
@@ -159,23 +183,29 @@ pub(crate) fn judge<T, E>(
     Some(classify.classify(result))
 }
 
-/// [`judge`] for a tower service, whose error goes on boxed: a refusal of a policy below, found
-/// in the error's chain, says nothing of the callee either, a timer's aside (see
-/// [`Rejected::blames_callee`]). A `DeadlineLayer` below the breaker or the limit sets the
-/// deadline for the services below it only, where this one cannot read it: its refusal is how
-/// the deadline shows here. A breaker layer open below, or a limit full, refused before the
-/// callee was called: recorded, an adaptive limit above a breaker would shrink at each of the
-/// breaker's quick refusals, and a breaker above a limit would open on the limit's shedding.
+/// [`judge`] for a tower service, whose error goes on boxed, where a refusal of a policy below
+/// ([`Rejected::from_below`]) is judged by [`Verdict::of_refusal`]. A `DeadlineLayer` below the
+/// breaker or the limit sets the deadline for the services below it only, where this one
+/// cannot read it: its refusal is how the deadline shows here. A breaker layer open below, or a
+/// limit full, refused before the callee was called: recorded, an adaptive limit above a breaker
+/// would shrink at each of the breaker's quick refusals, and a breaker above a limit would open
+/// on the limit's shedding (or count a long wait in its queue as a slow call).
 pub(crate) fn judge_boxed<T, E: Into<BoxError>>(
     classify: &impl Classify<T, E>,
     result: Result<T, E>,
-) -> (Option<Outcome>, Result<T, BoxError>) {
+) -> (Verdict, Result<T, BoxError>) {
     let outcome = judge(classify, &result);
     let result = result.map_err(Into::into);
-    match &result {
-        Err(err) if Rejected::find_in(&**err).is_some_and(|r| !r.blames_callee()) => (None, result),
-        _ => (outcome, result),
-    }
+    let refused = result
+        .as_ref()
+        .err()
+        .and_then(|err| Rejected::from_below(&**err));
+    let verdict = match refused {
+        // A timer's cut a call the callee was slow to answer: the classifier judges it.
+        Some(Rejected::Timeout(_)) | None => outcome.map_or(Verdict::CutShort, Verdict::Judged),
+        Some(rejected) => Verdict::of_refusal(&rejected),
+    };
+    (verdict, result)
 }
 
 #[cfg(test)]

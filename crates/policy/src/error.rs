@@ -84,7 +84,7 @@ pub enum Rejected {
 
 impl Rejected {
     /// The refusal `err` itself is, if it is one: a `Rejected`, or one of the specific rejection
-    /// types that tower services box. Its sources are not looked at; see [`Rejected::find_in`].
+    /// types that tower services box. Its sources are not looked at; see [`Rejected::from_below`].
     pub fn from_error(err: &(dyn StdError + 'static)) -> Option<Rejected> {
         fn specific<E: StdError + Clone + Into<Rejected> + 'static>(
             err: &(dyn StdError + 'static),
@@ -101,24 +101,12 @@ impl Rejected {
             .or_else(|| specific::<LimitExceeded>(err))
     }
 
-    /// The first refusal in `err`'s chain of sources, `err` included.
-    pub fn find_in(err: &(dyn StdError + 'static)) -> Option<Rejected> {
-        let mut next = Some(err);
-        while let Some(err) = next {
-            if let Some(rejected) = Rejected::from_error(err) {
-                return Some(rejected);
-            }
-            next = err.source();
-        }
-        None
-    }
-
-    /// Whether this refusal is news of the callee, for the breaker and the adaptive limit that
-    /// see it come up from below: only a timer's is (the callee was called and was too slow). A
-    /// passed deadline is the caller's hurry; every other refusal came before the callee was
-    /// called.
-    pub(crate) fn blames_callee(&self) -> bool {
-        matches!(self, Rejected::Timeout(_))
+    /// The refusal of a policy below that `err` is, as a stack of layers passes it up: `err`
+    /// itself, or its direct source (a `Buffer` wraps the error it was given). A refusal deeper
+    /// in the chain is the callee's own error: its own dependency refused it, and the callee
+    /// failed.
+    pub fn from_below(err: &(dyn StdError + 'static)) -> Option<Rejected> {
+        Rejected::from_error(err).or_else(|| err.source().and_then(Rejected::from_error))
     }
 
     /// Boxes the specific rejection (not this enum), so that `is_caused_by::<BreakerOpen>` and

@@ -425,13 +425,19 @@ impl Delivery {
                     _ = self.stop.changed() => break,
                 }
             }
-            // While only half-open probes may go, one message at a time: each carries a probe,
-            // and a batch would meet refusals past them, each costing its message an attempt
-            // and a write.
+            // While only half-open probes may go, one message at a time: it carries a probe, and
+            // a batch would meet refusals past the probes, each costing its message an attempt
+            // and a write. The next waits for it to end, which tells whether the probe closed
+            // the breaker (a delivery under way may not have asked for its probe yet).
             let free = if stack.upstream().admits_freely() {
                 concurrency - in_flight.len()
-            } else {
+            } else if in_flight.is_empty() {
                 1
+            } else {
+                tokio::select! {
+                    _ = in_flight.join_next() => continue,
+                    _ = self.stop.changed() => break,
+                }
             };
             // Not cut short by a reload: a batch taken but not started would wait out its lease
             // before anything handed it out again, behind every later message. A take waits

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::Permit;
 use super::error::LimitExceeded;
-use crate::classify::{Classify, judge_boxed};
+use crate::classify::{Classify, Verdict, judge_boxed};
 use crate::error::BoxError;
 
 pin_project! {
@@ -73,10 +73,11 @@ where
                 classify,
                 start,
             } => {
-                let (outcome, result) = judge_boxed(classify, ready!(future.poll(cx)));
-                // Dropped unrecorded when the caller's deadline cut the call short.
+                let (verdict, result) = judge_boxed(classify, ready!(future.poll(cx)));
+                // Dropped unrecorded when the caller's deadline cut the call short, or a policy
+                // below refused it.
                 if let Some(permit) = permit.take()
-                    && let Some(outcome) = outcome
+                    && let Verdict::Judged(outcome) = verdict
                 {
                     permit.record(outcome, start.elapsed());
                 }

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::OwnedPermit;
 use super::error::BreakerOpen;
-use crate::classify::{Classify, judge_boxed};
+use crate::classify::{Classify, Verdict, judge_boxed};
 use crate::error::BoxError;
 
 pin_project! {
@@ -69,11 +69,12 @@ where
                 permit,
                 classify,
             } => {
-                let (outcome, result) = judge_boxed(classify, ready!(future.poll(cx)));
+                let (verdict, result) = judge_boxed(classify, ready!(future.poll(cx)));
                 if let Some(permit) = permit.take() {
-                    match outcome {
-                        Some(outcome) => permit.record(outcome),
-                        None => permit.cut_short(),
+                    match verdict {
+                        Verdict::Judged(outcome) => permit.record(outcome),
+                        Verdict::CutShort => permit.cut_short(),
+                        Verdict::NotCalled => drop(permit),
                     }
                 }
                 Poll::Ready(result)

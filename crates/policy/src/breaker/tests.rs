@@ -1199,6 +1199,54 @@ async fn a_limit_shedding_below_opens_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_wait_in_a_queue_below_is_no_slow_call() {
+    use crate::bulkhead::{Bulkhead, error::BulkheadFull};
+
+    // A bulkhead below the breaker, its one place held: a call waits out its 2 s in the queue
+    // and is refused, past the breaker's 1 s slow-call threshold. The callee was never called.
+    let b = builder()
+        .slow_call(SEC)
+        .slow_call_rate(0.5)
+        .min_calls(1)
+        .build()
+        .unwrap();
+    let bulkhead = Bulkhead::builder(1)
+        .max_wait_queue(1)
+        .max_wait(2 * SEC)
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(b.layer())
+        .layer(bulkhead.layer())
+        .service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    let _held = bulkhead.try_acquire().unwrap();
+    let err = service.oneshot(()).await.unwrap_err();
+    assert!(is_caused_by::<BulkheadFull>(&*err), "{err}");
+    let snapshot = b.snapshot();
+    assert_eq!((snapshot.calls, snapshot.slow_calls), (0, 0));
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_deep_in_the_callees_error_is_the_callees_failure() {
+    // The callee failed because its own dependency's breaker is open: a failure of the callee,
+    // not a refusal of a layer around it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("the catalogue is unavailable")]
+    struct Unavailable(#[source] Wrapped);
+    #[derive(Debug, thiserror::Error)]
+    #[error("lookup failed")]
+    struct Wrapped(#[source] BreakerOpen);
+
+    let b = builder().consecutive_failures(1).build().unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(b.layer())
+        .service_fn(|_: ()| async { Err::<(), _>(Unavailable(Wrapped(BreakerOpen::new(None)))) });
+    let _ = service.oneshot(()).await.unwrap_err();
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_listener_may_subscribe_another() {
     let b = builder().consecutive_failures(1).build().unwrap();
     let told = Arc::new(Mutex::new(0));

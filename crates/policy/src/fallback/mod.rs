@@ -481,7 +481,7 @@ fn judge_boxed<T, C: Classify<T, BoxError>>(
     on: FallbackOn,
 ) -> Result<Result<T, BoxError>, FallbackReason<T, BoxError>> {
     if let Err(error) = &result
-        && let Some(rejected) = Rejected::find_in(&**error)
+        && let Some(rejected) = Rejected::from_below(&**error)
     {
         return if on.contains(FallbackOn::REJECTED) {
             Err(FallbackReason::Rejected(rejected))

@@ -129,7 +129,7 @@ pub use self::service::{NotCopied, PipelineLayer, PipelineService, ResponseFutur
 use crate::adaptive::AdaptiveLimit;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::{Bulkhead, BulkheadPermit};
-use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
+use crate::classify::{Classify, ErrorsAreFailures, Outcome, Verdict, judge};
 use crate::error::{Error, Rejected};
 use crate::fallback::{Fallback, FallbackFn};
 use crate::hedge::Hedge;
@@ -506,23 +506,26 @@ impl<C> Pipeline<C> {
             refused => refused,
         });
 
-        let outcome = match &result {
-            // Cut short by the attempt timeout (or a timer below): as failed as an error.
-            Err(Error::Rejected(rejected)) if rejected.blames_callee() => Some(Outcome::Failure),
-            // A deadline passed: the caller's patience ran out, whether the deadline in force
-            // here or one a `DeadlineLayer` below set (see `judge`). Or a policy below refused
-            // before the callee was called (see `judge_boxed`).
-            Err(Error::Rejected(_)) => None,
-            _ => judge(&self.classify, &result),
+        // Cut short by the attempt timeout (or a timer below): as failed as an error. A deadline
+        // passed: the caller's patience ran out, whether the deadline in force here or one a
+        // `DeadlineLayer` below set (see `judge`). A policy below refused before the callee
+        // was called (see `judge_boxed`).
+        let verdict = match &result {
+            Err(Error::Rejected(rejected)) => Verdict::of_refusal(rejected),
+            _ => judge(&self.classify, &result).map_or(Verdict::CutShort, Verdict::Judged),
         };
-        // The caller ran out of time, or a policy below refused: that says nothing about the
-        // callee, unless the attempt had run long enough to be a slow call (see
-        // `Permit::cut_short`). The adaptive limit's slot is dropped unrecorded.
-        let Some(outcome) = outcome else {
-            if let Some(permit) = permit {
-                permit.cut_short();
+        // Neither says anything about the callee, unless a call cut short had run long enough
+        // to be a slow call (see `Permit::cut_short`). The adaptive limit's slot is dropped
+        // unrecorded.
+        let outcome = match verdict {
+            Verdict::Judged(outcome) => outcome,
+            Verdict::CutShort => {
+                if let Some(permit) = permit {
+                    permit.cut_short();
+                }
+                return result;
             }
-            return result;
+            Verdict::NotCalled => return result,
         };
         if let Some(permit) = permit {
             permit.record(outcome);

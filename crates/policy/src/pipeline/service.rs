@@ -254,7 +254,7 @@ where
     }
 
     fn refusal(&self, err: &BoxError) -> Option<Rejected> {
-        Rejected::find_in(&**err)
+        Rejected::from_below(&**err)
     }
 }
 

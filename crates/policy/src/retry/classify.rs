@@ -138,7 +138,7 @@ impl<T, K: Classify<T, BoxError>> RetryClassify<T, BoxError> for RetryTransient<
     #[inline]
     fn decide(&self, result: &Result<T, BoxError>) -> Decision {
         match result {
-            Err(err) => match Rejected::find_in(&**err) {
+            Err(err) => match Rejected::from_below(&**err) {
                 Some(rejected) => transient(&rejected),
                 None => failed(&self.0, result),
             },
