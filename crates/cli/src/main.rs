@@ -4,7 +4,8 @@ use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rampart_admin::{Admin, Fleet, Reload, ReloadError, Target};
@@ -272,23 +273,33 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     }
     let handle = proxy.handle();
     // SIGHUP's and the admin API's reloads, one at a time.
-    let reloads: Reload = {
-        let (handle, path) = (handle.clone(), path.to_owned());
-        let turn = Arc::new(std::sync::Mutex::new(()));
+    let turn = Arc::new(Mutex::new(()));
+    let admin_reload: Reload = {
+        let (handle, path, turn) = (handle.clone(), path.to_owned(), turn.clone());
         Arc::new(move || {
-            let _turn = turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _turn = take_turn(&turn);
             reload(&handle, &path)
         })
     };
     // On a blocking thread, as the admin API's are: reading the file may block (a FIFO, a hung
-    // network mount), and this loop must go on answering signals meanwhile. Logged by
-    // `reload` either way.
-    let sighup = |reloads: &Reload| {
-        let reloads = reloads.clone();
-        drop(tokio::task::spawn_blocking(move || drop(reloads())));
+    // network mount), and this loop must go on answering signals meanwhile. At most one waits
+    // behind the one under way, and makes the reload for every SIGHUP sent meanwhile: a hung
+    // read must not gather a thread per signal. Logged by `reload` either way.
+    let waiting = Arc::new(AtomicBool::new(false));
+    let sighup = || {
+        if waiting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (handle, path, turn) = (handle.clone(), path.to_owned(), turn.clone());
+        let waiting = waiting.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            let _turn = take_turn(&turn);
+            waiting.store(false, Ordering::Release);
+            drop(reload(&handle, &path));
+        }));
     };
     // `[admin]` is read at start only, as `[runtime]` is.
-    let admin = match Admin::start_on(admin_tcp, &config.admin, handle.clone(), reloads.clone()) {
+    let admin = match Admin::start_on(admin_tcp, &config.admin, handle.clone(), admin_reload) {
         Ok(admin) => admin,
         Err(err) => {
             tracing::error!("admin API cannot start on {}: {err}", config.admin.listen);
@@ -297,7 +308,7 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     };
     tracing::info!(addr = %admin.addr(), "admin API up");
     if reload_asked {
-        sighup(&reloads);
+        sighup();
     }
     let stdin_closed = stdin_closed(until_stdin_closes);
     tokio::pin!(stdin_closed);
@@ -305,7 +316,7 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Stop(signal) => break signal,
-                Signal::Reload => sighup(&reloads),
+                Signal::Reload => sighup(),
             },
             () = &mut stdin_closed => break "stdin closed",
         }
@@ -408,6 +419,11 @@ fn reload(proxy: &ProxyHandle, path: &Path) -> Result<String, ReloadError> {
             Err(ReloadError::Refused(err.to_string()))
         }
     }
+}
+
+/// The turn of one reload: SIGHUP's and the admin API's are made one at a time.
+fn take_turn(turn: &Mutex<()>) -> MutexGuard<'_, ()> {
+    turn.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn log_reloaded(path: &Path, summary: &ReloadSummary) {

@@ -509,7 +509,7 @@ fn socket_addr(v: &DeValue<'_>) -> Result<SocketAddr, Invalid> {
             .unwrap_or(host);
         let message = if !s.starts_with('[') && s.matches(':').count() > 1 {
             "an IPv6 address goes in brackets, before its port"
-        } else if port.is_empty() {
+        } else if port.is_empty() || s.ends_with(']') {
             "expected an IP address and a port: the port is missing"
         } else if host.parse::<std::net::IpAddr>().is_err() {
             "expected an IP address (names are not resolved here)"
@@ -1466,7 +1466,11 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
         ),
     };
     // Checked with the file, as a `body_file` is: `run` would fail to open the store there.
-    if cx.base_dir.is_some() && outbox.path.exists() && !outbox.path.is_dir() {
+    if cx.base_dir.is_some()
+        && outbox.store == OutboxStore::Embedded
+        && outbox.path.exists()
+        && !outbox.path.is_dir()
+    {
         let message = format!("{} is not a directory", outbox.path.display());
         cx.conflict(t, "path", message);
     }
@@ -1853,7 +1857,7 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         })
         .unwrap_or(200);
     let headers = headers(cx, t, "headers");
-    connection_headers(cx, t);
+    reserved_headers(cx, t);
     grpc_fallback(cx, t, status, &headers);
     // Sent, the body would be dropped on the way (HTTP/1.1, RFC 9110 §15.3.5 and §15.4.5), or
     // read as the start of the next answer.
@@ -1903,9 +1907,9 @@ const CONNECTION_HEADERS: [(&str, &str); 8] = [
     ("trailer", "a fallback sends no trailers of its own"),
 ];
 
-/// Reports every header of a fallback's `headers` table that [`CONNECTION_HEADERS`] names,
-/// at its key.
-fn connection_headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) {
+/// Reports every header of a fallback's `headers` table that rampart keeps to itself, at its
+/// key: an `x-rampart-` one, or one that [`CONNECTION_HEADERS`] names.
+fn reserved_headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) {
     let Some(DeValue::Table(map)) = t.get("headers").map(Spanned::get_ref) else {
         return;
     };

@@ -10,7 +10,7 @@
 //! while the others go on, since any of them may still succeed; when every attempt sent has
 //! failed, the last failure is what the retry logic sees, as for an attempt without hedges.
 //!
-//! A percentile needs samples: until the route has seen 20 successful attempts within the last
+//! A percentile needs samples: until the route has seen 20 successful requests within the last
 //! 30 s, a percentile `after` sends no hedge.
 //!
 //! Only a request that may be sent more than once is hedged: a method that `[routes.retry]`

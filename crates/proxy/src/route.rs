@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::Method;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use rampart_config::{Config, Match};
 use rampart_policy::rng::Rng;
 
@@ -123,10 +124,17 @@ impl Matcher {
             .is_none_or(|p| path.starts_with(p.as_str()))
             && self.path.as_ref().is_none_or(|p| path == p)
             && self.method.as_ref().is_none_or(|m| request.method == m)
-            && self
-                .host
-                .as_ref()
-                .is_none_or(|pattern| pattern.matches(host_of(request)))
+            && self.host.as_ref().is_none_or(|pattern| {
+                let from_header;
+                let authority = match request.uri.authority() {
+                    Some(authority) => Some(authority),
+                    None => {
+                        from_header = host_header(request);
+                        from_header.as_ref()
+                    }
+                };
+                pattern.matches(authority.map(Authority::host))
+            })
             && self
                 .headers
                 .iter()
@@ -187,20 +195,11 @@ impl HostPattern {
     }
 }
 
-// The request's host, without its port. The authority of the target comes first: HTTP/2's
-// `:authority`, or an HTTP/1.1 absolute-form target, which RFC 9112 §3.2.2 says overrides Host.
-fn host_of(request: &Parts) -> Option<&str> {
-    let authority = match request.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => request.headers.get(HOST)?.to_str().ok()?,
-    };
-    // An authority's host is all before its port: after the `]` of an IPv6 address, or the
-    // one `:` of any other.
-    let host = match authority.rfind([']', ':']) {
-        Some(at) if authority.as_bytes()[at] == b':' => &authority[..at],
-        _ => authority,
-    };
-    Some(host)
+// The request's Host header, as an authority: none when it is missing or invalid. The authority
+// of the target, HTTP/2's `:authority` or an HTTP/1.1 absolute-form target, comes before it, as
+// RFC 9112 §3.2.2 says.
+fn host_header(request: &Parts) -> Option<Authority> {
+    request.headers.get(HOST)?.to_str().ok()?.parse().ok()
 }
 
 /// `host` without the brackets of an IPv6 address, or the trailing dot of a fully qualified
@@ -307,6 +306,13 @@ mod tests {
             no_host.matches(&parts(Request::get("/"))),
             "* is any request"
         );
+        // A Host that is no authority matches no name.
+        assert!(!host("*.example.com", "x/y.example.com"));
+        let userinfo = matcher(Match {
+            host: Some("orders.internal".into()),
+            ..Match::default()
+        });
+        assert!(userinfo.matches(&parts(Request::get("http://u@orders.internal/"))));
         // The trailing dot of a fully qualified name, on either side.
         assert!(host("example.org.", "EXAMPLE.org"));
         assert!(host("example.org", "example.org.:80"));

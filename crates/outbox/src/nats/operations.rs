@@ -359,7 +359,9 @@ impl Inner {
                 }
             };
             status.state = State::Delivering;
-            status.changed_at = now;
+            // When the lease began, as the status's readers count it (`reported`, the view):
+            // it ends `lease` after, as the one held here does.
+            status.changed_at = arrived;
             let Some(token) = self.record(&status, revision).await? else {
                 continue;
             };
