@@ -34,6 +34,7 @@
 //! requests of the upstream without loading it, and teach the adaptive limit the client's speed
 //! instead of the upstream's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rampart_config::MaxConcurrent;
@@ -56,6 +57,9 @@ pub(crate) struct Limits {
     rate: Option<RateLimiter>,
     metrics: UpstreamMetrics,
     recent: LimitsRecent,
+    /// A reload replaced these limits: their attempts still in flight must not set the gauge,
+    /// which the limits serving now share by name.
+    retired: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -140,6 +144,7 @@ impl Limits {
             rate,
             metrics,
             recent: LimitsRecent::new(),
+            retired: AtomicBool::new(false),
         };
         limits.publish();
         Ok(limits)
@@ -147,6 +152,9 @@ impl Limits {
 
     /// Sets `rampart_concurrency_limit` to the limit as it stands.
     pub(crate) fn publish(&self) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let limit = match &self.concurrency {
             Concurrency::Fixed(bulkhead) => bulkhead.max_concurrent(),
             Concurrency::Adaptive(limit) => limit.limit(),
@@ -154,6 +162,11 @@ impl Limits {
         self.metrics
             .concurrency_limit
             .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// These limits no longer serve (see `retired`).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Admits an attempt that must be sent (a first try or a retry): spends a token, then takes

@@ -6,7 +6,8 @@
 //! recording is an atomic add: no family lookup, which takes a lock, on the request path. A
 //! reload asks the families for the handles of the routes and endpoints it builds; the same
 //! labels give back the same handle, so an unchanged endpoint's series go on counting. The series
-//! of a removed route or endpoint stay, frozen at their last values, until a restart.
+//! of a route, upstream or endpoint that a reload removed are dropped; a pool a reload replaced
+//! stops moving the series it shared with its successor (`Pool::retire`).
 //!
 //! The families and what each label value means are in docs/admin.md. prometheus-client's own
 //! histogram takes a lock per observation, so the request duration is a histogram of atomics

@@ -220,6 +220,22 @@ impl Live {
         served.admin = self.config.admin.clone();
         served.outbox = self.config.outbox.clone();
         self.forget_removed(&served, &upstreams);
+        // The pools built serve now, in place of the ones they replace.
+        for (name, old) in &self.upstreams {
+            let new = upstreams.get(name);
+            if !new.is_some_and(|new| Arc::ptr_eq(new, old)) {
+                old.retire(new.map(|new| &**new));
+            }
+        }
+        for (name, new) in &upstreams {
+            if !self
+                .upstreams
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(new, old))
+            {
+                new.serve();
+            }
+        }
         self.config = served;
         self.upstreams = upstreams;
         Ok(summary)
@@ -236,6 +252,7 @@ impl Live {
                 (Some(old), Some(pool)) if old == upstream => pool.clone(),
                 (Some(old), Some(old_pool)) => {
                     let mut pool = pool(upstream, &self.rng, &self.metrics)?;
+                    pool.quiet();
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
                     } else {
@@ -251,7 +268,9 @@ impl Live {
                 }
                 _ => {
                     summary.upstreams.added.push(name.clone());
-                    Arc::new(pool(upstream, &self.rng, &self.metrics)?)
+                    let pool = pool(upstream, &self.rng, &self.metrics)?;
+                    pool.quiet();
+                    Arc::new(pool)
                 }
             };
             upstreams.insert(name, pool);

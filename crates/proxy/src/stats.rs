@@ -123,6 +123,11 @@ pub enum Unknown {
 /// The stats of the route whose stack is `stack`, to `upstream`.
 pub(crate) fn route(stack: &Stack, upstream: &str) -> RouteStats {
     let metrics = stack.metrics();
+    let in_flight = metrics.in_flight();
+    let mut answers = metrics.recent().answers();
+    // The peak is taken as requests arrive: requests still in flight, with none arriving since,
+    // are in it too.
+    answers.peak_in_flight = answers.peak_in_flight.max(in_flight);
     RouteStats {
         name: stack.name().to_owned(),
         upstream: upstream.to_owned(),
@@ -137,8 +142,8 @@ pub(crate) fn route(stack: &Stack, upstream: &str) -> RouteStats {
         retry_budget_exhausted: metrics.retry_budget_exhausted(),
         hedges: metrics.hedges(),
         recent: metrics.recent().read(),
-        answers: metrics.recent().answers(),
-        in_flight: metrics.in_flight(),
+        answers,
+        in_flight,
     }
 }
 

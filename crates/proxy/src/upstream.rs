@@ -57,6 +57,12 @@ struct Endpoint {
     authority: Authority,
     connections: Connections,
     breaker: Option<CircuitBreaker>,
+    /// Whether the breaker's transitions reach the metrics and the event stream: while it is
+    /// the one serving its endpoint. Quiet while a reload builds it (a reload refused must count
+    /// nothing, and an operator's force carried over is no new transition), and again once a
+    /// reload replaces it (the old pool's attempts still in flight would otherwise move the
+    /// series of the breaker now serving).
+    speaks: Arc<AtomicBool>,
     /// Written by the endpoint's health check only; true until a check says otherwise.
     healthy: AtomicBool,
     load: Load,
@@ -266,15 +272,21 @@ impl Pool {
                     authority.as_str(),
                     breaker.is_some(),
                 ));
+                let speaks = Arc::new(AtomicBool::new(true));
                 if let Some(breaker) = &breaker {
                     metrics.set_state(breaker.state());
-                    let metrics = metrics.clone();
-                    breaker.subscribe(move |transition| metrics.transition(transition));
+                    let (metrics, speaks) = (metrics.clone(), speaks.clone());
+                    breaker.subscribe(move |transition| {
+                        if speaks.load(Ordering::Relaxed) {
+                            metrics.transition(transition);
+                        }
+                    });
                 }
                 endpoints.push(Endpoint {
                     connections: Connections::new(authority.clone(), connector.clone(), http2),
                     authority,
                     breaker,
+                    speaks,
                     healthy: AtomicBool::new(true),
                     load: balancer.load(),
                     metrics,
@@ -615,14 +627,58 @@ impl Pool {
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {
-            if let Some(breaker) = old.breaker_of(&endpoint.authority).cloned() {
-                // The kept breaker's subscription already moves this endpoint's series.
-                endpoint.metrics.set_state(breaker.state());
-                endpoint.breaker = Some(breaker);
-                taken += 1;
-            }
+            let Some(kept) = old
+                .endpoints
+                .iter()
+                .find(|e| e.authority == endpoint.authority && e.breaker.is_some())
+            else {
+                continue;
+            };
+            // The kept breaker's subscription already moves this endpoint's series, while its
+            // voice, taken with it, is on.
+            endpoint.metrics.set_state(
+                kept.breaker
+                    .as_ref()
+                    .map_or(State::Closed, CircuitBreaker::state),
+            );
+            endpoint.breaker = kept.breaker.clone();
+            endpoint.speaks = kept.speaks.clone();
+            taken += 1;
         }
         taken
+    }
+
+    /// Silences the breakers of this pool, just built by a reload, until it serves.
+    pub(crate) fn quiet(&self) {
+        for endpoint in &self.endpoints {
+            endpoint.speaks.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// This pool, built by a reload, serves from now on: its breakers speak, and its series
+    /// show its breakers, health and limit.
+    pub(crate) fn serve(&self) {
+        for endpoint in &self.endpoints {
+            endpoint.speaks.store(true, Ordering::Relaxed);
+        }
+        self.publish();
+    }
+
+    /// This pool no longer serves, replaced by `successor` (none: its upstream was removed): the
+    /// breakers it does not hand on, and its limit, stop moving the series they share by name
+    /// with the successor's, as its attempts still in flight end.
+    pub(crate) fn retire(&self, successor: Option<&Pool>) {
+        for endpoint in &self.endpoints {
+            let handed_on = successor.is_some_and(|pool| {
+                pool.endpoints
+                    .iter()
+                    .any(|e| Arc::ptr_eq(&e.speaks, &endpoint.speaks))
+            });
+            if !handed_on {
+                endpoint.speaks.store(false, Ordering::Relaxed);
+            }
+        }
+        self.limits.retire();
     }
 }
 

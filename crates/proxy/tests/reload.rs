@@ -276,6 +276,42 @@ async fn an_endpoint_forced_open_stays_so_when_new_breaker_settings_make_new_bre
         assert_eq!(get(&proxy, "/app").await.body(), "serving");
     }
     assert_eq!(drained.request_count(), 0);
+    // Forced once, by the operator: the new breaker's taking the force over is no transition.
+    let forced = format!(
+        "rampart_breaker_transitions_total{{upstream=\"app\",endpoint=\"{}\",to=\"forced-open\"}} 1\n",
+        drained.addr()
+    );
+    assert!(metrics(&proxy).contains(&forced), "{}", metrics(&proxy));
+}
+
+#[tokio::test]
+async fn a_breaker_a_reload_replaced_no_longer_moves_the_series() {
+    let hanging = Upstream::start(Behavior::Hang).await.unwrap();
+    let app = |breaker: &str| {
+        format!(
+            "{LISTENER}[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\
+             upstream = \"app\"\ntimeout = \"300ms\"\nretry = {{ attempts = 1 }}\n\n\
+             [upstreams.app]\nendpoints = [\"{}\"]\n\n[upstreams.app.breaker]\n\
+             consecutive_failures = 1\nopen_for = \"1h\"\nopen_for_max = \"1h\"\n{breaker}\n",
+            hanging.addr()
+        )
+    };
+    let proxy = proxy(&app("")).await;
+    // An attempt in flight on the breaker that new settings replace: its timeout trips that
+    // breaker, which no longer serves.
+    let (answer, ()) = tokio::join!(get(&proxy, "/app"), async {
+        hanging.wait_for_requests(1).await;
+        proxy.reload(&config(&app("min_calls = 5"))).unwrap();
+    });
+    assert_eq!(error_of(&answer), Some("timeout"));
+    let text = metrics(&proxy);
+    let endpoint = hanging.addr();
+    let state = format!("rampart_breaker_state{{upstream=\"app\",endpoint=\"{endpoint}\"}} 0\n");
+    assert!(text.contains(&state), "{text}");
+    let opened = format!(
+        "rampart_breaker_transitions_total{{upstream=\"app\",endpoint=\"{endpoint}\",to=\"open\"}} 0\n"
+    );
+    assert!(text.contains(&opened), "{text}");
 }
 
 #[tokio::test]
@@ -491,4 +527,30 @@ async fn a_refused_reload_leaves_the_metrics_as_they_were() {
     assert_eq!(error_of(&get(&proxy, "/app").await), Some("breaker-open"));
     // Nor does a dashboard hear of a change that did not happen.
     assert!(changes.try_recv().is_err(), "{:?}", changes.try_recv());
+}
+
+#[tokio::test]
+async fn limits_a_reload_replaced_no_longer_set_the_gauge() {
+    let hanging = Upstream::start(Behavior::Hang).await.unwrap();
+    let app = |limit: &str| {
+        format!(
+            "{LISTENER}[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\
+             upstream = \"app\"\ntimeout = \"300ms\"\nretry = {{ attempts = 1 }}\n\n\
+             [upstreams.app]\nendpoints = [\"{}\"]\nlimits = {{ max_concurrent = {limit} }}\n",
+            hanging.addr()
+        )
+    };
+    let proxy = proxy(&app("\"adaptive\"")).await;
+    // An attempt in flight under the adaptive limit that a fixed one replaces: its end teaches
+    // the old limit, which must not show.
+    let (answer, ()) = tokio::join!(get(&proxy, "/app"), async {
+        hanging.wait_for_requests(1).await;
+        proxy.reload(&config(&app("256"))).unwrap();
+    });
+    assert_eq!(error_of(&answer), Some("timeout"));
+    let text = metrics(&proxy);
+    assert!(
+        text.contains("rampart_concurrency_limit{upstream=\"app\"} 256\n"),
+        "{text}"
+    );
 }
