@@ -639,9 +639,12 @@ struct LatencyInner {
     sum_nanos: AtomicU64,
 }
 
-/// The upper bounds of the request duration buckets, in seconds: 1 ms to 10 s.
-const BOUNDS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// The upper bounds of the request duration buckets, in seconds: 100 µs, what a request to a
+/// neighbour on the same host takes through rampart, to a minute, past the longest route
+/// timeouts.
+const BOUNDS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
 
 impl Latency {
@@ -714,6 +717,7 @@ mod tests {
             r#"rampart_requests_total{route="api",outcome="success"} 1"#,
             r#"rampart_requests_total{route="api",outcome="rejected"} 1"#,
             r#"rampart_requests_total{route="api",outcome="fallback"} 0"#,
+            r#"rampart_request_duration_seconds_bucket{le="0.0001",route="api"} 0"#,
             r#"rampart_request_duration_seconds_bucket{le="0.001",route="api"} 0"#,
             r#"rampart_request_duration_seconds_bucket{le="0.005",route="api"} 1"#,
             r#"rampart_request_duration_seconds_bucket{le="+Inf",route="api"} 2"#,
