@@ -222,18 +222,14 @@ fn own_outcome<B>(response: &Response<B>) -> (RouteOutcome, Kind) {
         return (RouteOutcome::Fallback, kind);
     }
     if let Some(error) = error {
-        let reason = reason(error.as_bytes());
-        let outcome = match reason {
-            Some(
-                Reason::BreakerOpen
-                | Reason::NoHealthyEndpoint
-                | Reason::Overloaded
-                | Reason::RateLimited
-                | Reason::RetryBudgetExhausted,
-            ) => RouteOutcome::Rejected,
+        let kind = reason(error.as_bytes()).map_or(Kind::Failure, kind_of);
+        // Refused by rampart's own policies, as the kind says: the breakers, the upstream's
+        // limits, the outbox. A retry the budget refused stands for the failure before it.
+        let outcome = match kind {
+            Kind::ShortCircuited | Kind::Rejected => RouteOutcome::Rejected,
             _ => RouteOutcome::Failure,
         };
-        return (outcome, reason.map_or(Kind::Failure, kind_of));
+        return (outcome, kind);
     }
     (RouteOutcome::Success, Kind::Success)
 }
@@ -640,4 +636,41 @@ fn refuse_connect(grpc: bool) -> Response<ResponseBody> {
         HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
     );
     boxed(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_rampart_made_counts_as_its_reason_says_in_both_tallies() {
+        let outcome = |error: &'static str| {
+            let response = Response::builder()
+                .header(X_RAMPART_ERROR, error)
+                .body(())
+                .unwrap();
+            own_outcome(&response)
+        };
+        // Refused by rampart's own policies: rejected, whichever tally reads it.
+        assert_eq!(
+            outcome("breaker-open"),
+            (RouteOutcome::Rejected, Kind::ShortCircuited)
+        );
+        assert_eq!(
+            outcome("overloaded"),
+            (RouteOutcome::Rejected, Kind::Rejected)
+        );
+        assert_eq!(
+            outcome("outbox-full"),
+            (RouteOutcome::Rejected, Kind::Rejected)
+        );
+        // A retry the budget refused stands for the failure before it.
+        assert_eq!(
+            outcome("retry-budget-exhausted"),
+            (RouteOutcome::Failure, Kind::Failure)
+        );
+        assert_eq!(outcome("timeout"), (RouteOutcome::Failure, Kind::Timeout));
+        let plain = Response::new(());
+        assert_eq!(own_outcome(&plain), (RouteOutcome::Success, Kind::Success));
+    }
 }
