@@ -616,6 +616,16 @@ impl EndpointMetrics {
         self.healthy.set(i64::from(healthy));
     }
 
+    /// The upstream's name.
+    pub(crate) fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// The endpoint's address.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Attempts so far: `(successes, failures)`.
     pub(crate) fn attempts(&self) -> (u64, u64) {
         (self.attempts[0].get(), self.attempts[1].get())
@@ -640,8 +650,8 @@ struct LatencyInner {
 }
 
 /// The upper bounds of the request duration buckets, in seconds: 100 µs, what a request to a
-/// neighbour on the same host takes through rampart, to a minute, past the longest route
-/// timeouts.
+/// neighbour on the same host takes through rampart, to a minute, past the route timeouts
+/// most set (a longer request counts in `+Inf`).
 const BOUNDS: [f64; 18] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,

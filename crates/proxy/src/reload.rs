@@ -24,8 +24,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rampart_config::{Config, Upstream};
-use rampart_policy::breaker::{State, Transition};
+use rampart_config::Config;
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 
@@ -111,7 +110,7 @@ impl Live {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Ok((u.name.clone(), Arc::new(pool(u, &rng, &metrics)?))))
+            .map(|u| Ok((u.name.clone(), Arc::new(Pool::new(u, &rng, &metrics)?))))
             .collect::<Result<HashMap<_, _>, Error>>()?;
         let routers: Vec<_> = routers(config, &upstreams, &rng, &metrics, outbox.as_ref())?
             .into_iter()
@@ -178,6 +177,19 @@ impl Live {
             }
         };
 
+        // Nothing can fail from here on. The pools built serve before the first request
+        // reaches them, so that no transition of theirs goes untold.
+        let built = |name: &String, new: &Arc<Pool>| {
+            !self
+                .upstreams
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(new, old))
+        };
+        for (name, new) in &upstreams {
+            if built(name, new) {
+                new.serve();
+            }
+        }
         // The listeners are the same, perhaps in another order.
         for (listener, router) in routers {
             if let Some((_, routes)) = self.routers.iter().find(|(name, _)| *name == listener) {
@@ -220,7 +232,8 @@ impl Live {
         served.admin = self.config.admin.clone();
         served.outbox = self.config.outbox.clone();
         self.forget_removed(&served, &upstreams);
-        // The pools built serve now, in place of the ones they replace.
+        // The pools replaced fall silent, and the series show the pools serving, whatever the
+        // replaced ones wrote meanwhile.
         for (name, old) in &self.upstreams {
             let new = upstreams.get(name);
             if !new.is_some_and(|new| Arc::ptr_eq(new, old)) {
@@ -228,12 +241,8 @@ impl Live {
             }
         }
         for (name, new) in &upstreams {
-            if !self
-                .upstreams
-                .get(name)
-                .is_some_and(|old| Arc::ptr_eq(new, old))
-            {
-                new.serve();
+            if built(name, new) {
+                new.publish();
             }
         }
         self.config = served;
@@ -251,7 +260,7 @@ impl Live {
             let pool = match (self.config.upstream(&name), self.upstreams.get(&name)) {
                 (Some(old), Some(pool)) if old == upstream => pool.clone(),
                 (Some(old), Some(old_pool)) => {
-                    let mut pool = pool(upstream, &self.rng, &self.metrics)?;
+                    let mut pool = Pool::new(upstream, &self.rng, &self.metrics)?;
                     pool.quiet();
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
@@ -268,7 +277,7 @@ impl Live {
                 }
                 _ => {
                     summary.upstreams.added.push(name.clone());
-                    let pool = pool(upstream, &self.rng, &self.metrics)?;
+                    let pool = Pool::new(upstream, &self.rng, &self.metrics)?;
                     pool.quiet();
                     Arc::new(pool)
                 }
@@ -408,47 +417,6 @@ type Built = (
     HashMap<String, Arc<Pool>>,
     Vec<(String, Router)>,
 );
-
-/// A new pool for `upstream`, whose breakers log their transitions (and move its series in
-/// `metrics`); its balancer draws from `rng`.
-fn pool(upstream: &Upstream, rng: &Rng, metrics: &Metrics) -> Result<Pool, Error> {
-    let pool = Pool::new(upstream, rng, metrics)?;
-    for (endpoint, breaker) in pool.breakers() {
-        let (upstream, endpoint) = (upstream.name.clone(), endpoint.to_string());
-        breaker.subscribe(move |transition: &Transition| {
-            log_transition(&upstream, &endpoint, transition);
-        });
-    }
-    Ok(pool)
-}
-
-/// The target of breaker transition events, for `RUST_LOG=rampart_proxy::breaker=...`.
-const BREAKER: &str = "rampart_proxy::breaker";
-
-// An endpoint leaving the rotation is worth a warning; its way back is news.
-fn log_transition(upstream: &str, endpoint: &str, t: &Transition) {
-    let (from, to, reason) = (t.from.as_str(), t.to.as_str(), &t.reason);
-    match t.to {
-        State::Open | State::ForcedOpen => tracing::warn!(
-            target: BREAKER,
-            upstream,
-            endpoint,
-            from,
-            to,
-            ?reason,
-            "circuit breaker {to}: endpoint ejected"
-        ),
-        State::HalfOpen | State::Closed | State::ForcedClosed => tracing::info!(
-            target: BREAKER,
-            upstream,
-            endpoint,
-            from,
-            to,
-            ?reason,
-            "circuit breaker {to}"
-        ),
-    }
-}
 
 /// The router of every listener of `config`, by listener name.
 fn routers(

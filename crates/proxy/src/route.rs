@@ -1,5 +1,6 @@
 //! Routing: the routes of one listener, tried in file order; the first match wins.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -67,10 +68,39 @@ impl Router {
 
     /// The stack of the first route matching the request, if any.
     pub(crate) fn route(&self, request: &Parts) -> Option<&Arc<Stack>> {
+        let request = Asked::new(request);
         self.routes
             .iter()
-            .find(|(matcher, _)| matcher.matches(request))
+            .find(|(matcher, _)| matcher.matches(&request))
             .map(|(_, stack)| stack)
+    }
+}
+
+/// A request being routed, its host read once for every route that matches on it.
+struct Asked<'a> {
+    parts: &'a Parts,
+    host: OnceCell<Option<Authority>>,
+}
+
+impl<'a> Asked<'a> {
+    fn new(parts: &'a Parts) -> Asked<'a> {
+        Asked {
+            parts,
+            host: OnceCell::new(),
+        }
+    }
+
+    /// The request's host, without its port. The authority of the target comes first:
+    /// HTTP/2's `:authority`, or an HTTP/1.1 absolute-form target, which RFC 9112 §3.2.2 says
+    /// overrides Host. None when there is neither, or the Host header is no authority.
+    fn host(&self) -> Option<&str> {
+        self.host
+            .get_or_init(|| match self.parts.uri.authority() {
+                Some(authority) => Some(authority.clone()),
+                None => self.parts.headers.get(HOST)?.to_str().ok()?.parse().ok(),
+            })
+            .as_ref()
+            .map(Authority::host)
     }
 }
 
@@ -117,24 +147,18 @@ impl Matcher {
         })
     }
 
-    fn matches(&self, request: &Parts) -> bool {
+    fn matches(&self, asked: &Asked<'_>) -> bool {
+        let request = asked.parts;
         let path = request.uri.path();
         self.path_prefix
             .as_ref()
             .is_none_or(|p| path.starts_with(p.as_str()))
             && self.path.as_ref().is_none_or(|p| path == p)
             && self.method.as_ref().is_none_or(|m| request.method == m)
-            && self.host.as_ref().is_none_or(|pattern| {
-                let from_header;
-                let authority = match request.uri.authority() {
-                    Some(authority) => Some(authority),
-                    None => {
-                        from_header = host_header(request);
-                        from_header.as_ref()
-                    }
-                };
-                pattern.matches(authority.map(Authority::host))
-            })
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|pattern| pattern.matches(asked.host()))
             && self
                 .headers
                 .iter()
@@ -195,13 +219,6 @@ impl HostPattern {
     }
 }
 
-// The request's Host header, as an authority: none when it is missing or invalid. The authority
-// of the target, HTTP/2's `:authority` or an HTTP/1.1 absolute-form target, comes before it, as
-// RFC 9112 §3.2.2 says.
-fn host_header(request: &Parts) -> Option<Authority> {
-    request.headers.get(HOST)?.to_str().ok()?.parse().ok()
-}
-
 /// `host` without the brackets of an IPv6 address, or the trailing dot of a fully qualified
 /// name (`example.com.` is `example.com`).
 fn normal(host: &str) -> &str {
@@ -225,11 +242,15 @@ mod tests {
         Matcher::new(&config, 0).unwrap()
     }
 
+    fn matches(matcher: &Matcher, request: Parts) -> bool {
+        matcher.matches(&Asked::new(&request))
+    }
+
     #[test]
     fn an_empty_match_matches_everything() {
         let m = matcher(Match::default());
-        assert!(m.matches(&parts(Request::get("/"))));
-        assert!(m.matches(&parts(Request::post("/x?y=1"))));
+        assert!(matches(&m, parts(Request::get("/"))));
+        assert!(matches(&m, parts(Request::post("/x?y=1"))));
     }
 
     #[test]
@@ -238,17 +259,17 @@ mod tests {
             path_prefix: Some("/orders".into()),
             ..Match::default()
         });
-        assert!(prefix.matches(&parts(Request::get("/orders/7?x=1"))));
-        assert!(prefix.matches(&parts(Request::get("/orders"))));
-        assert!(!prefix.matches(&parts(Request::get("/order"))));
-        assert!(!prefix.matches(&parts(Request::get("/api/orders"))));
+        assert!(matches(&prefix, parts(Request::get("/orders/7?x=1"))));
+        assert!(matches(&prefix, parts(Request::get("/orders"))));
+        assert!(!matches(&prefix, parts(Request::get("/order"))));
+        assert!(!matches(&prefix, parts(Request::get("/api/orders"))));
 
         let exact = matcher(Match {
             path: Some("/orders".into()),
             ..Match::default()
         });
-        assert!(exact.matches(&parts(Request::get("/orders?page=2"))));
-        assert!(!exact.matches(&parts(Request::get("/orders/7"))));
+        assert!(matches(&exact, parts(Request::get("/orders?page=2"))));
+        assert!(!matches(&exact, parts(Request::get("/orders/7"))));
     }
 
     #[test]
@@ -257,33 +278,44 @@ mod tests {
             host: Some("Orders.Example".into()),
             ..Match::default()
         });
-        assert!(m.matches(&parts(
-            Request::get("/").header("host", "orders.example:8080")
-        )));
-        assert!(m.matches(&parts(Request::get("/").header("host", "ORDERS.example"))));
-        assert!(m.matches(&parts(Request::get("http://orders.example/x"))));
-        assert!(!m.matches(&parts(Request::get("/").header("host", "billing.example"))));
-        assert!(!m.matches(&parts(Request::get("/"))));
+        assert!(matches(
+            &m,
+            parts(Request::get("/").header("host", "orders.example:8080"))
+        ));
+        assert!(matches(
+            &m,
+            parts(Request::get("/").header("host", "ORDERS.example"))
+        ));
+        assert!(matches(&m, parts(Request::get("http://orders.example/x"))));
+        assert!(!matches(
+            &m,
+            parts(Request::get("/").header("host", "billing.example"))
+        ));
+        assert!(!matches(&m, parts(Request::get("/"))));
         // An absolute-form target overrides Host.
-        assert!(!m.matches(&parts(
-            Request::get("http://billing.example/x").header("host", "orders.example")
-        )));
+        assert!(!matches(
+            &m,
+            parts(Request::get("http://billing.example/x").header("host", "orders.example"))
+        ));
 
         let v6 = matcher(Match {
             host: Some("::1".into()),
             ..Match::default()
         });
-        assert!(v6.matches(&parts(Request::get("/").header("host", "[::1]:80"))));
+        assert!(matches(
+            &v6,
+            parts(Request::get("/").header("host", "[::1]:80"))
+        ));
     }
 
     #[test]
     fn a_host_may_have_one_wildcard_first_or_last_or_be_one() {
         let host = |pattern: &str, host: &str| {
-            matcher(Match {
+            let m = matcher(Match {
                 host: Some(pattern.into()),
                 ..Match::default()
-            })
-            .matches(&parts(Request::get("/").header("host", host)))
+            });
+            matches(&m, parts(Request::get("/").header("host", host)))
         };
         assert!(host("*.example.com", "orders.example.com"));
         assert!(host("*.example.com", "a.b.EXAMPLE.com:8443"));
@@ -303,7 +335,7 @@ mod tests {
             ..Match::default()
         });
         assert!(
-            no_host.matches(&parts(Request::get("/"))),
+            matches(&no_host, parts(Request::get("/"))),
             "* is any request"
         );
         // A Host that is no authority matches no name.
@@ -312,7 +344,10 @@ mod tests {
             host: Some("orders.internal".into()),
             ..Match::default()
         });
-        assert!(userinfo.matches(&parts(Request::get("http://u@orders.internal/"))));
+        assert!(matches(
+            &userinfo,
+            parts(Request::get("http://u@orders.internal/"))
+        ));
         // The trailing dot of a fully qualified name, on either side.
         assert!(host("example.org.", "EXAMPLE.org"));
         assert!(host("example.org", "example.org.:80"));
@@ -325,17 +360,27 @@ mod tests {
             headers: vec![("x-tenant".into(), "blue".into())],
             ..Match::default()
         });
-        assert!(m.matches(&parts(Request::post("/").header("x-tenant", "blue"))));
+        assert!(matches(
+            &m,
+            parts(Request::post("/").header("x-tenant", "blue"))
+        ));
         // Any of several lines of the header may hold the value.
-        assert!(
-            m.matches(&parts(
+        assert!(matches(
+            &m,
+            parts(
                 Request::post("/")
                     .header("x-tenant", "red")
                     .header("x-tenant", "blue")
-            ))
-        );
-        assert!(!m.matches(&parts(Request::get("/").header("x-tenant", "blue"))));
-        assert!(!m.matches(&parts(Request::post("/").header("x-tenant", "red"))));
-        assert!(!m.matches(&parts(Request::post("/"))));
+            )
+        ));
+        assert!(!matches(
+            &m,
+            parts(Request::get("/").header("x-tenant", "blue"))
+        ));
+        assert!(!matches(
+            &m,
+            parts(Request::post("/").header("x-tenant", "red"))
+        ));
+        assert!(!matches(&m, parts(Request::post("/"))));
     }
 }

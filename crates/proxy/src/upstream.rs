@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
-use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit, State};
+use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit, State, Transition};
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
@@ -279,6 +279,7 @@ impl Pool {
                     breaker.subscribe(move |transition| {
                         if speaks.load(Ordering::Relaxed) {
                             metrics.transition(transition);
+                            log_transition(transition, &metrics);
                         }
                     });
                 }
@@ -569,27 +570,22 @@ impl Endpoint {
 // === impl Pool: reload ===
 
 impl Pool {
-    /// Each endpoint's address and breaker, primaries then backups.
-    pub(crate) fn breakers(&self) -> impl Iterator<Item = (&Authority, &CircuitBreaker)> {
-        self.endpoints
-            .iter()
-            .filter_map(|e| e.breaker.as_ref().map(|b| (&e.authority, b)))
-    }
-
     /// Takes over the breaker of each endpoint of `old` whose address this pool also has, so
     /// that a reload changing an upstream neither forgets an ejection nor resets a window. Only
     /// for breakers built from the same `[upstreams.NAME.breaker]`. Returns how many were taken.
     /// Marks unhealthy each endpoint that is unhealthy in `old`, the pool this one replaces: the
     /// new pool's checks start over, and until they have passed `healthy_after` times an
     /// endpoint that was failing them stays out, as it would have without the reload.
+    /// Told to no one: nothing changed for the endpoint, and the series show it once this pool
+    /// serves.
     pub(crate) fn take_health(&self, old: &Pool) {
-        for (index, endpoint) in self.endpoints.iter().enumerate() {
+        for endpoint in &self.endpoints {
             let failing = old
                 .endpoints
                 .iter()
                 .any(|e| e.authority == endpoint.authority && !e.healthy.load(Ordering::Relaxed));
-            if failing {
-                self.set_healthy(index, false);
+            if failing && endpoint.healthy.swap(false, Ordering::Relaxed) {
+                self.unhealthy.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -703,13 +699,18 @@ impl Pool {
             .collect();
         let gauge = |value: i64| u64::try_from(value).unwrap_or(0);
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let in_flight = gauge(self.metrics.inflight.get());
+        let mut admissions = self.limits.admissions();
+        // The peak is taken as attempts are admitted: those still in flight, with none admitted
+        // since (or since a reload made these limits), are in it too.
+        admissions.peak_in_flight = admissions.peak_in_flight.max(in_flight);
         UpstreamStats {
             name: name.to_owned(),
-            in_flight: gauge(self.metrics.inflight.get()),
+            in_flight,
             concurrency_limit: gauge(self.metrics.concurrency_limit.get()),
             queued: count(self.limits.queued()),
             max_pending: count(self.limits.max_pending()),
-            admissions: self.limits.admissions(),
+            admissions,
             endpoints,
         }
     }
@@ -742,6 +743,35 @@ where
         // Idle pooled connections are closed after the pool's idle timeout only with a timer.
         .pool_timer(TokioTimer::new())
         .build(connector(upstream))
+}
+
+/// The target of breaker transition events, for `RUST_LOG=rampart_proxy::breaker=...`.
+const BREAKER: &str = "rampart_proxy::breaker";
+
+// An endpoint leaving the rotation is worth a warning; its way back is news.
+fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
+    let (upstream, endpoint) = (metrics.upstream(), metrics.endpoint());
+    let (from, to, reason) = (t.from.as_str(), t.to.as_str(), &t.reason);
+    match t.to {
+        State::Open | State::ForcedOpen => tracing::warn!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            ?reason,
+            "circuit breaker {to}: endpoint ejected"
+        ),
+        State::HalfOpen | State::Closed | State::ForcedClosed => tracing::info!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            ?reason,
+            "circuit breaker {to}"
+        ),
+    }
 }
 
 /// What connects to the endpoints of `upstream`.

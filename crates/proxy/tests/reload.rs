@@ -554,3 +554,62 @@ async fn limits_a_reload_replaced_no_longer_set_the_gauge() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_breakers_a_reload_made_speak_once_they_serve() {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}",
+        breaking_app(&[failing.addr()], "")
+    ))
+    .await;
+    // New breaker settings: a new breaker, quiet while the reload builds it.
+    proxy
+        .reload(&config(&format!(
+            "{LISTENER}{}",
+            breaking_app(&[failing.addr()], "min_calls = 5")
+        )))
+        .unwrap();
+    trip(&proxy, &failing).await;
+    let endpoint = failing.addr();
+    let text = metrics(&proxy);
+    for line in [
+        format!("rampart_breaker_state{{upstream=\"app\",endpoint=\"{endpoint}\"}} 1\n"),
+        format!(
+            "rampart_breaker_transitions_total{{upstream=\"app\",endpoint=\"{endpoint}\",to=\"open\"}} 1\n"
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_reload_counts_no_transition() {
+    let drained = Upstream::start(Behavior::ok("drained")).await.unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}",
+        breaking_app(&[drained.addr()], "")
+    ))
+    .await;
+    for breaker in proxy.handle().breakers("app", None).unwrap() {
+        breaker.force_open();
+    }
+    // New breaker settings, which carry the force over to new breakers, and a fallback whose
+    // body cannot be read, which refuses the reload once they are built.
+    let refused = format!(
+        "{LISTENER}{}",
+        breaking_app(&[drained.addr()], "min_calls = 5").replacen(
+            "retry = { attempts = 1 }\n",
+            "retry = { attempts = 1 }\n[routes.fallback]\nbody_file = \"/nonexistent/fb.json\"\n",
+            1
+        )
+    );
+    assert!(proxy.reload(&config(&refused)).is_err());
+    let forced = format!(
+        "rampart_breaker_transitions_total{{upstream=\"app\",endpoint=\"{}\",to=\"forced-open\"}} 1\n",
+        drained.addr()
+    );
+    assert!(metrics(&proxy).contains(&forced), "{}", metrics(&proxy));
+}
