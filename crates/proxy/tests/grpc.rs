@@ -622,14 +622,7 @@ async fn a_stream_that_probes_a_half_open_breaker_does_not_hold_its_endpoint() {
     };
 
     let failed = sender.send_request(call()).await.unwrap();
-    let trailers = failed
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .trailers()
-        .cloned();
-    assert_eq!(trailers.unwrap()["grpc-status"], "14");
+    assert_eq!(status_of(failed).await, "14");
     // Refused while the breaker is open; the first call let through is its probe.
     let probe = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -650,15 +643,16 @@ async fn a_stream_that_probes_a_half_open_breaker_does_not_hold_its_endpoint() {
     // The probe streams on: its head was answer enough, and the endpoint takes calls again.
     let next = sender.send_request(call()).await.unwrap();
     assert_eq!(error_of(&next), None, "{next:?}");
-    let trailers = next
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .trailers()
-        .cloned();
-    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    assert_eq!(status_of(next).await, "0");
     drop(probe);
+}
+
+/// The `grpc-status` in the trailers that end `response`'s body.
+async fn status_of(response: hyper::Response<hyper::body::Incoming>) -> String {
+    use http_body_util::BodyExt;
+    let ended = response.into_body().collect().await.unwrap();
+    let trailers = ended.trailers().expect("the call ends with trailers");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
 }
 
 /// A bidirectional call to `/echo.Echo/<method>` through `proxy`, its first message sent; the

@@ -284,28 +284,35 @@ async fn an_endpoint_forced_open_stays_so_when_new_breaker_settings_make_new_bre
     assert!(metrics(&proxy).contains(&forced), "{}", metrics(&proxy));
 }
 
-#[tokio::test]
-async fn a_breaker_a_reload_replaced_no_longer_moves_the_series() {
+/// The metrics after a request to the route `app`, whose upstream never answers, timed out
+/// 300 ms after it was sent, a reload having meanwhile changed `[upstreams.app]`'s lines from
+/// `before` to `after`; and the upstream's address.
+async fn reloaded_while_in_flight(before: &str, after: &str) -> (String, SocketAddr) {
     let hanging = Upstream::start(Behavior::Hang).await.unwrap();
-    let app = |breaker: &str| {
+    let app = |lines: &str| {
         format!(
             "{LISTENER}[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\
              upstream = \"app\"\ntimeout = \"300ms\"\nretry = {{ attempts = 1 }}\n\n\
-             [upstreams.app]\nendpoints = [\"{}\"]\n\n[upstreams.app.breaker]\n\
-             consecutive_failures = 1\nopen_for = \"1h\"\nopen_for_max = \"1h\"\n{breaker}\n",
+             [upstreams.app]\nendpoints = [\"{}\"]\n{lines}\n",
             hanging.addr()
         )
     };
-    let proxy = proxy(&app("")).await;
-    // An attempt in flight on the breaker that new settings replace: its timeout trips that
-    // breaker, which no longer serves.
+    let proxy = proxy(&app(before)).await;
     let (answer, ()) = tokio::join!(get(&proxy, "/app"), async {
         hanging.wait_for_requests(1).await;
-        proxy.reload(&config(&app("min_calls = 5"))).unwrap();
+        proxy.reload(&config(&app(after))).unwrap();
     });
     assert_eq!(error_of(&answer), Some("timeout"));
-    let text = metrics(&proxy);
-    let endpoint = hanging.addr();
+    (metrics(&proxy), hanging.addr())
+}
+
+#[tokio::test]
+async fn a_breaker_a_reload_replaced_no_longer_moves_the_series() {
+    // The attempt in flight on the breaker that new settings replace: its timeout trips that
+    // breaker, which no longer serves.
+    let breaker = "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"1h\"\nopen_for_max = \"1h\"\n";
+    let (text, endpoint) =
+        reloaded_while_in_flight(breaker, &format!("{breaker}min_calls = 5\n")).await;
     let state = format!("rampart_breaker_state{{upstream=\"app\",endpoint=\"{endpoint}\"}} 0\n");
     assert!(text.contains(&state), "{text}");
     let opened = format!(
@@ -531,24 +538,13 @@ async fn a_refused_reload_leaves_the_metrics_as_they_were() {
 
 #[tokio::test]
 async fn limits_a_reload_replaced_no_longer_set_the_gauge() {
-    let hanging = Upstream::start(Behavior::Hang).await.unwrap();
-    let app = |limit: &str| {
-        format!(
-            "{LISTENER}[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\
-             upstream = \"app\"\ntimeout = \"300ms\"\nretry = {{ attempts = 1 }}\n\n\
-             [upstreams.app]\nendpoints = [\"{}\"]\nlimits = {{ max_concurrent = {limit} }}\n",
-            hanging.addr()
-        )
-    };
-    let proxy = proxy(&app("\"adaptive\"")).await;
-    // An attempt in flight under the adaptive limit that a fixed one replaces: its end teaches
-    // the old limit, which must not show.
-    let (answer, ()) = tokio::join!(get(&proxy, "/app"), async {
-        hanging.wait_for_requests(1).await;
-        proxy.reload(&config(&app("256"))).unwrap();
-    });
-    assert_eq!(error_of(&answer), Some("timeout"));
-    let text = metrics(&proxy);
+    // The attempt in flight under the adaptive limit that a fixed one replaces: its end
+    // teaches the old limit, which must not show.
+    let (text, _) = reloaded_while_in_flight(
+        "limits = { max_concurrent = \"adaptive\" }",
+        "limits = { max_concurrent = 256 }",
+    )
+    .await;
     assert!(
         text.contains("rampart_concurrency_limit{upstream=\"app\"} 256\n"),
         "{text}"
