@@ -165,22 +165,19 @@ impl Verdict {
     }
 }
 
-/// What `classify` makes of `result`, or `None` when the result says nothing of the callee: an
-/// error that came once the deadline in force ([`Deadline::current`]) had passed. That is the
+/// What `classify` makes of `result`, or [`Verdict::CutShort`] when the result says nothing of
+/// the callee: an error that came once the deadline in force ([`Deadline::current`]) had passed. That is the
 /// caller's patience running out (a timeout capped by the deadline cut the call short, or the
 /// call failed for want of time), not the callee failing: a caller in a hurry, with a deadline
 /// shorter than the callee's usual latency, would otherwise open a healthy callee's breaker and
 /// shrink its limit for every other caller. The breaker and the adaptive limit both judge through
 /// here, so that they agree.
-pub(crate) fn judge<T, E>(
-    classify: &impl Classify<T, E>,
-    result: &Result<T, E>,
-) -> Option<Outcome> {
+pub(crate) fn judge<T, E>(classify: &impl Classify<T, E>, result: &Result<T, E>) -> Verdict {
     // The deadline is read only for errors: a success is news of the callee whenever it comes.
     if result.is_err() && Deadline::current().is_some_and(|deadline| deadline.is_expired()) {
-        return None;
+        return Verdict::CutShort;
     }
-    Some(classify.classify(result))
+    Verdict::Judged(classify.classify(result))
 }
 
 /// [`judge`] for a tower service, whose error goes on boxed, where a refusal of a policy below
@@ -194,7 +191,7 @@ pub(crate) fn judge_boxed<T, E: Into<BoxError>>(
     classify: &impl Classify<T, E>,
     result: Result<T, E>,
 ) -> (Verdict, Result<T, BoxError>) {
-    let outcome = judge(classify, &result);
+    let judged = judge(classify, &result);
     let result = result.map_err(Into::into);
     let refused = result
         .as_ref()
@@ -202,7 +199,7 @@ pub(crate) fn judge_boxed<T, E: Into<BoxError>>(
         .and_then(|err| Rejected::from_below(&**err));
     let verdict = match refused {
         // A timer's cut a call the callee was slow to answer: the classifier judges it.
-        Some(Rejected::Timeout(_)) | None => outcome.map_or(Verdict::CutShort, Verdict::Judged),
+        Some(Rejected::Timeout(_)) | None => judged,
         Some(rejected) => Verdict::of_refusal(&rejected),
     };
     (verdict, result)

@@ -628,8 +628,8 @@ async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
 }
 
 // Sends `message` through the route's stack, within its timeout and `longest`; a 2xx answer that
-// the upstream's classifier does not call a failure is a delivery: a gRPC call is delivered only
-// when its `grpc-status`, in the head or the trailers, is not a failing one.
+// the upstream's classifier does not call a failure is a delivery, and a gRPC answer is one by
+// its `grpc-status: 0` alone.
 async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<(), Failure> {
     let stored = &message.request;
     let mut headers = HeaderMap::with_capacity(stored.headers.len() + 1);
@@ -661,8 +661,7 @@ async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<
     let mut code = grpc_status(response.headers());
     // Read to its end, so that the connection goes back to the pool. An HTTP body cut short does
     // not undo an answer already given; a gRPC call's status comes at the end.
-    let body = std::pin::pin!(response.into_body());
-    let mut body = body;
+    let mut body = std::pin::pin!(response.into_body());
     let whole = loop {
         match body.frame().await {
             None => break true,

@@ -623,22 +623,19 @@ impl Pool {
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {
-            let Some(kept) = old
+            let kept = old
                 .endpoints
                 .iter()
-                .find(|e| e.authority == endpoint.authority && e.breaker.is_some())
-            else {
+                .find(|e| e.authority == endpoint.authority)
+                .and_then(|e| Some((e.breaker.as_ref()?, &e.speaks)));
+            let Some((breaker, speaks)) = kept else {
                 continue;
             };
             // The kept breaker's subscription already moves this endpoint's series, while its
             // voice, taken with it, is on.
-            endpoint.metrics.set_state(
-                kept.breaker
-                    .as_ref()
-                    .map_or(State::Closed, CircuitBreaker::state),
-            );
-            endpoint.breaker = kept.breaker.clone();
-            endpoint.speaks = kept.speaks.clone();
+            endpoint.metrics.set_state(breaker.state());
+            endpoint.breaker = Some(breaker.clone());
+            endpoint.speaks = speaks.clone();
             taken += 1;
         }
         taken

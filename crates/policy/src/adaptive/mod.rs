@@ -77,7 +77,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
+use crate::classify::{Classify, ErrorsAreFailures, Outcome, Verdict, judge};
 use crate::error::{BoxError, Error, Rejected};
 
 mod algorithm;
@@ -211,7 +211,7 @@ impl AdaptiveLimit {
         let start = Instant::now();
         let result = f().await;
         // Dropped unrecorded when the caller's deadline cut the call short.
-        if let Some(outcome) = judge(&classify, &result) {
+        if let Verdict::Judged(outcome) = judge(&classify, &result) {
             permit.record(outcome, start.elapsed());
         }
         result.map_err(Error::Inner)

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::OwnedPermit;
 use super::error::BreakerOpen;
-use crate::classify::{Classify, Verdict, judge_boxed};
+use crate::classify::{Classify, judge_boxed};
 use crate::error::BoxError;
 
 pin_project! {
@@ -71,11 +71,7 @@ where
             } => {
                 let (verdict, result) = judge_boxed(classify, ready!(future.poll(cx)));
                 if let Some(permit) = permit.take() {
-                    match verdict {
-                        Verdict::Judged(outcome) => permit.record(outcome),
-                        Verdict::CutShort => permit.cut_short(),
-                        Verdict::NotCalled => drop(permit),
-                    }
+                    permit.settle(verdict);
                 }
                 Poll::Ready(result)
             }

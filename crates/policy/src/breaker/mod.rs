@@ -98,7 +98,7 @@ use self::error::BreakerOpen;
 use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
 use self::shared::{Shared, Ticket};
-use crate::classify::{Classify, ErrorsAreFailures, Outcome, judge};
+use crate::classify::{Classify, ErrorsAreFailures, Outcome, Verdict, judge};
 use crate::error::{BoxError, Error};
 
 /// A circuit breaker. Cheap to clone: clones share one state.
@@ -316,10 +316,7 @@ impl CircuitBreaker {
             .try_acquire()
             .map_err(|open| Error::Rejected(open.into()))?;
         let result = f().await;
-        match judge(&classify, &result) {
-            Some(outcome) => permit.record(outcome),
-            None => permit.cut_short(),
-        }
+        permit.settle(judge(&classify, &result));
         result.map_err(Error::Inner)
     }
 
@@ -449,6 +446,15 @@ impl Permit<'_> {
         shared.record(ticket, outcome);
     }
 
+    /// Records what `verdict` says of the call: its outcome, a cut short, or nothing at all.
+    pub(crate) fn settle(self, verdict: Verdict) {
+        match verdict {
+            Verdict::Judged(outcome) => self.record(outcome),
+            Verdict::CutShort => self.cut_short(),
+            Verdict::NotCalled => drop(self),
+        }
+    }
+
     /// Tells the breaker that the caller gave up on the call (its deadline passed) before the
     /// callee answered. That says nothing of the callee, so the permit goes as if dropped,
     /// unless slow calls trip the breaker (`slow_call` and a `slow_call_rate` below 1) and the
@@ -483,6 +489,15 @@ impl OwnedPermit {
     pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             self.shared.record(ticket, outcome);
+        }
+    }
+
+    /// As [`Permit::settle`].
+    pub(crate) fn settle(self, verdict: Verdict) {
+        match verdict {
+            Verdict::Judged(outcome) => self.record(outcome),
+            Verdict::CutShort => self.cut_short(),
+            Verdict::NotCalled => drop(self),
         }
     }
 

@@ -512,25 +512,14 @@ impl<C> Pipeline<C> {
         // was called (see `judge_boxed`).
         let verdict = match &result {
             Err(Error::Rejected(rejected)) => Verdict::of_refusal(rejected),
-            _ => judge(&self.classify, &result).map_or(Verdict::CutShort, Verdict::Judged),
-        };
-        // Neither says anything about the callee, unless a call cut short had run long enough
-        // to be a slow call (see `Permit::cut_short`). The adaptive limit's slot is dropped
-        // unrecorded.
-        let outcome = match verdict {
-            Verdict::Judged(outcome) => outcome,
-            Verdict::CutShort => {
-                if let Some(permit) = permit {
-                    permit.cut_short();
-                }
-                return result;
-            }
-            Verdict::NotCalled => return result,
+            _ => judge(&self.classify, &result),
         };
         if let Some(permit) = permit {
-            permit.record(outcome);
+            permit.settle(verdict);
         }
-        if let (Some(limit), Some(start)) = (limit, start) {
+        // Neither a call cut short nor one refused below says anything about the callee's
+        // latency: the adaptive limit's slot is dropped unrecorded.
+        if let (Verdict::Judged(outcome), Some(limit), Some(start)) = (verdict, limit, start) {
             limit.record(outcome, start.elapsed());
         }
         result
