@@ -520,7 +520,8 @@ impl Kept {
 
 /// An upstream's response body. Over HTTP/1.1 it hands its connection back for the next request
 /// once the exchange has ended whole; a body dropped before its end takes the connection with
-/// it: what is left of the response cannot be told from the next one.
+/// it, unless its rest has arrived and is short (see [`h1::Body::drain`]): what is left of the
+/// response cannot be told from the next one.
 pub(crate) struct PooledBody {
     inner: Inner,
 }
@@ -549,12 +550,14 @@ impl PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        // A body with nothing to read (a HEAD, a 204) is done without being read; `take_reusable`
-        // gives nothing for one dropped before its end.
-        if let Inner::Http1 { body, kept } = &mut self.inner
-            && let Some(conn) = body.take_reusable()
-        {
-            kept.give_back(conn);
+        // A body with nothing to read (a HEAD, a 204) is done without being read, and a short
+        // one already arrived is read out; `take_reusable` gives nothing for one dropped before
+        // its end.
+        if let Inner::Http1 { body, kept } = &mut self.inner {
+            body.drain();
+            if let Some(conn) = body.take_reusable() {
+                kept.give_back(conn);
+            }
         }
     }
 }
@@ -771,13 +774,67 @@ mod tests {
         assert_eq!(connections_for_three(false).await, 1);
     }
 
+    /// An upstream that answers each request head it reads on a connection with `answer`, in
+    /// one write, the connections it accepts counted.
+    async fn answering(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        counting(move |mut stream| async move {
+            let mut read = Vec::new();
+            let mut buf = [0; 4096];
+            loop {
+                while let Some(end) = memchr::memmem::find(&read, b"\r\n\r\n") {
+                    read.drain(..end + 4);
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The connections `answer` costs two exchanges when the first answer is dropped unread.
+    async fn connections_after_one_dropped(answer: &'static [u8]) -> usize {
+        let (addr, accepted) = answering(answer).await;
+        let connections = connections(addr, false);
+        // The answer is written at once, and read with its head.
+        drop(send(&connections).await.unwrap());
+        let _ = send(&connections).await.unwrap();
+        accepted.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_dropped_unread_leaves_its_connection_for_the_next() {
+        // A retried 503, or one a fallback replaced, is dropped unread.
+        let answer = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 11\r\n\r\nunavailable";
+        assert_eq!(connections_after_one_dropped(answer).await, 1);
+        let chunked = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n\
+            b\r\nunavailable\r\n0\r\nx-why: down\r\n\r\n";
+        assert_eq!(connections_after_one_dropped(chunked).await, 1);
+    }
+
     #[tokio::test]
     async fn a_body_left_unread_takes_its_connection_with_it() {
-        let (addr, accepted) = upstream(false, false).await;
-        let connections = connections(addr, false);
-        drop(send(&connections).await.unwrap());
-        exchange(&connections).await;
-        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        // Its rest has not arrived: it cannot be told from the next answer.
+        let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\nten bytes.";
+        assert_eq!(connections_after_one_dropped(partial).await, 2);
+        // Longer than a short answer is read out for.
+        let long: &'static [u8] = Box::leak(
+            [
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 70000\r\n\r\n"[..],
+                &[b'x'; 70_000],
+            ]
+            .concat()
+            .into_boxed_slice(),
+        );
+        assert_eq!(connections_after_one_dropped(long).await, 2);
+        // Nor is the end of a body read until the connection ends.
+        let unframed = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        assert_eq!(connections_after_one_dropped(unframed).await, 2);
     }
 
     #[tokio::test]

@@ -59,6 +59,10 @@ const MAX_READ: usize = 64 * 1024;
 /// The room a read asks for at least.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// The most of a response body read out to keep its connection when the body is dropped
+/// before its end ([`Body::drain`]): a short error page, not a download.
+const MAX_DRAIN: usize = 64 * 1024;
+
 /// A request body's first piece small enough to go out in one write with the head.
 const COALESCE: usize = 16 * 1024;
 
@@ -917,6 +921,54 @@ impl Body {
         }
         // Bytes after the response were never asked for: the connection is out of step.
         self.conn.take().filter(|conn| conn.read.is_empty())
+    }
+
+    /// Reads out the rest of a body its reader let go of, when that rest has arrived and is
+    /// short: a retried 503, or one a fallback replaced, is dropped unread, and without this its
+    /// connection would go with it (what is left of a response cannot be told from the next
+    /// one). Waits for nothing: what the socket does not already hold is not asked for, and a
+    /// rest longer than [`MAX_DRAIN`] is left, the connection with it.
+    pub(crate) fn drain(&mut self) {
+        let writing = self
+            .writer
+            .as_ref()
+            .is_some_and(|writer| !writer.done || writer.failed);
+        if !self.reusable || writing {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut drained = 0;
+        loop {
+            match self.decoder {
+                Decoder::Length(left) if left > (MAX_DRAIN - drained) as u64 => return,
+                // Read until the connection ends: never reusable.
+                Decoder::Eof => return,
+                _ => {}
+            }
+            match self.decoder.next(&mut conn.read) {
+                Ok(Decoded::End) => return,
+                Ok(Decoded::Data(data)) => {
+                    drained += data.len();
+                    if drained > MAX_DRAIN {
+                        return;
+                    }
+                }
+                Ok(Decoded::Trailers(_)) => {}
+                Ok(Decoded::More) => {
+                    conn.read.reserve(READ_CHUNK);
+                    // Nothing there (or the end, or an error): the rest has not arrived.
+                    if !matches!(conn.io.try_read_buf(&mut conn.read), Ok(read) if read > 0) {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    self.conn = None;
+                    return;
+                }
+            }
+        }
     }
 
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {

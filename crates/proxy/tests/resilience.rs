@@ -213,6 +213,32 @@ async fn the_budget_stops_retries_past_its_floor_and_hands_back_the_upstreams_50
     assert_eq!(upstream.request_count(), 30);
 }
 
+#[tokio::test]
+async fn retried_and_replaced_503s_leave_their_connection_for_the_next_attempt() {
+    // Each 503 is dropped unread, for a retry or for the fallback; its short body is read out,
+    // so that its connection carries a later attempt. A failed answer is kept until its retry
+    // has one of its own (it is the answer if the retry gets none): two connections take
+    // turns.
+    let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let path = FaultProxy::start(upstream.addr()).await.unwrap();
+    let proxy = simple(
+        &[path.addr()],
+        "[routes.retry]\nattempts = 3\nbackoff = { base = \"1ms\", max = \"1ms\" }\n\
+         budget = { ratio = 1, min_per_sec = 100 }\n\
+         [routes.fallback]\non = [\"5xx\"]\nstatus = 200\nbody = \"later\"",
+        NO_BREAKER,
+    )
+    .await;
+    for _ in 0..10 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.body(), "later");
+    }
+    assert_eq!(upstream.request_count(), 30);
+    assert_eq!(path.connections(), 2);
+}
+
 /// An upstream answering every request 503 with these header lines.
 async fn refusing(headers: &[(&'static str, &'static str)]) -> Upstream {
     let headers = headers
