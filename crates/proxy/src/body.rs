@@ -36,7 +36,7 @@ pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// An upstream's response body as the stack hands it on: ended by the route's deadline, and
 /// recording the attempt's outcome when it ends if that waits for the trailers.
-pub(crate) type UpstreamBody = TrailersOutcome<DeadlineBody<PooledBody>>;
+pub(crate) type UpstreamBody = OutcomeAtEnd<DeadlineBody<PooledBody>>;
 
 /// The response rampart sends instead of the upstream's, for `reason`.
 pub(crate) fn rescued(reason: Reason, is_grpc: bool) -> Response<ResponseBody> {
@@ -162,24 +162,36 @@ impl fmt::Display for BodyTimedOut {
 
 impl StdError for BodyTimedOut {}
 
-// === impl TrailersOutcome ===
+// === impl OutcomeAtEnd ===
 
 pin_project_lite::pin_project! {
-    /// A gRPC response body whose `grpc-status` comes in the trailers, holding the endpoint's
-    /// breaker permit ([`OwnedPicked`]) until then: the attempt's outcome is recorded when the
-    /// body ends, from the trailers' `grpc-status` (classified as the head would be). A body that
-    /// ends without one, or breaks off (a reset, the route's deadline), is a failure: gRPC
-    /// clients read a call that ends with no status as INTERNAL. A body dropped before its end
-    /// (the client went away) records nothing, nor does one that breaks off because the client's
-    /// own request stream failed (it went quiet past `body_idle_timeout`, grew past
-    /// `max_request_body`, broke off): that says nothing about the endpoint.
+    /// A response body that holds the endpoint's breaker permit ([`OwnedPicked`]) until it ends,
+    /// when the attempt's outcome is recorded. Two kinds of answer come with one:
+    ///
+    /// - A gRPC answer whose `grpc-status` comes in the trailers: its outcome is the trailers'
+    ///   status (classified as the head's would be). A body that ends without one, or breaks off
+    ///   (a reset, the route's deadline), is a failure: gRPC clients read a call that ends with
+    ///   no status as INTERNAL. A body dropped before its end (the client went away) records
+    ///   nothing.
+    /// - Any other good answer with a body ([`OwnedPicked::is_judged_by_head`]): its head's
+    ///   success stands, timed at the head, unless the body breaks off (the upstream closed or
+    ///   reset it before its end, garbled its framing, or ran past the route's deadline): then
+    ///   it is a failure. Dropped before its end, it counts as its head.
+    ///
+    /// A body cut for keeping its reader waiting past `body_idle_timeout` is dropped (the cut is
+    /// made above this body): a stream with nothing to say (a watch, server-sent events) is
+    /// no failure of its endpoint.
+    ///
+    /// Nor does a body that breaks off because the client's own request stream failed (it went
+    /// quiet past `body_idle_timeout`, grew past `max_request_body`, broke off) count against
+    /// the endpoint; nor, for a gRPC call, one cut by the client's own deadline.
     ///
     /// With nothing pending, it only passes the frames on.
-    pub(crate) struct TrailersOutcome<B> {
+    pub(crate) struct OutcomeAtEnd<B> {
         #[pin]
         inner: B,
-        // Boxed: only a gRPC answer judged by its trailers has one, and every answer is moved
-        // several times on its way back.
+        // Boxed: only an answer with a body to come has one, and every answer is moved several
+        // times on its way back.
         pending: Option<Box<OwnedPicked>>,
         // Where the client's request body records its failure.
         fault: Option<BodyFault>,
@@ -188,18 +200,18 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> TrailersOutcome<B> {
+impl<B> OutcomeAtEnd<B> {
     /// `inner`, whose end decides the outcome to record on `pending`, if any, unless the
-    /// request's body recorded a failure of the client's in `fault`, or the body broke off once
-    /// the client's own deadline (`client_deadline`) had passed: that is cut short
-    /// (`OwnedPicked::cut_short`), as the attempt is before its head.
+    /// request's body recorded a failure of the client's in `fault`, or the body broke off
+    /// once the client's own deadline (`client_deadline`) had passed: a gRPC call is then cut
+    /// short (`OwnedPicked::cut_short`), as the attempt is before its head.
     pub(crate) fn new(
         inner: B,
         pending: Option<OwnedPicked>,
         fault: Option<BodyFault>,
         client_deadline: Option<Instant>,
-    ) -> TrailersOutcome<B> {
-        TrailersOutcome {
+    ) -> OutcomeAtEnd<B> {
+        OutcomeAtEnd {
             inner,
             pending: pending.map(Box::new),
             fault,
@@ -208,7 +220,7 @@ impl<B> TrailersOutcome<B> {
     }
 }
 
-impl<B> Body for TrailersOutcome<B>
+impl<B> Body for OutcomeAtEnd<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -219,39 +231,55 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
+        let mut this = self.project();
+        let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
             // What frames, routes or belongs to one connection goes no further in trailers, as
             // in the request's (`LimitBody`): hyper drops it toward an HTTP/1.1 client, and an
             // HTTP/2 client would reset the stream of an answer otherwise whole.
             Some(Ok(frame)) if frame.is_trailers() => Some(Ok(cleaned(frame))),
             frame => frame,
         };
-        if this.pending.is_some() {
-            let outcome = match &frame {
-                Some(Ok(frame)) => frame
-                    .trailers_ref()
-                    .map(|trailers| classify_trailers(trailers).unwrap_or(Outcome::Failure)),
-                // The client's failure: the permit goes unrecorded.
-                Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
-                    drop(this.pending.take());
-                    None
-                }
-                // The client's own deadline ran out: that says nothing about the endpoint,
-                // unless the call had run long enough to be a slow one.
-                Some(Err(_)) if this.client_deadline.is_some_and(|at| turn::now() >= at) => {
-                    if let Some(pending) = this.pending.take() {
-                        pending.cut_short();
-                    }
-                    None
-                }
-                Some(Err(_)) | None => Some(Outcome::Failure),
-            };
-            if let Some(outcome) = outcome
-                && let Some(pending) = this.pending.take()
-            {
-                pending.record(outcome);
+        let Some(pending) = this.pending.as_ref() else {
+            return Poll::Ready(frame);
+        };
+        let by_head = pending.is_judged_by_head();
+        let outcome = match &frame {
+            // The last piece of a body of known length: the end, with no poll more to wait for.
+            Some(Ok(frame)) if by_head && frame.is_data() && this.inner.is_end_stream() => {
+                Some(Outcome::Success)
             }
+            Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+                if by_head {
+                    Outcome::Success
+                } else {
+                    classify_trailers(trailers).unwrap_or(Outcome::Failure)
+                }
+            }),
+            // The client's failure: the endpoint is not held to it (a gRPC permit goes
+            // unrecorded, an answer judged by its head stands as its head).
+            Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
+                drop(this.pending.take());
+                None
+            }
+            // The client's own deadline ran out: that says nothing about the endpoint, unless
+            // a gRPC call had run long enough to be a slow one (an answer judged by its head
+            // stands as its head).
+            Some(Err(_)) if this.client_deadline.is_some_and(|at| turn::now() >= at) => {
+                if let Some(pending) = this.pending.take()
+                    && !by_head
+                {
+                    pending.cut_short();
+                }
+                None
+            }
+            Some(Err(_)) => Some(Outcome::Failure),
+            None if by_head => Some(Outcome::Success),
+            None => Some(Outcome::Failure),
+        };
+        if let Some(outcome) = outcome
+            && let Some(pending) = this.pending.take()
+        {
+            pending.record(outcome);
         }
         Poll::Ready(frame)
     }
@@ -759,12 +787,7 @@ mod tests {
             .pick(&crate::upstream::Avoid::default())
             .unwrap()
             .into_owned(&pool);
-        let mut body = Box::pin(TrailersOutcome::new(
-            Frames(frames),
-            Some(pending),
-            None,
-            None,
-        ));
+        let mut body = Box::pin(OutcomeAtEnd::new(Frames(frames), Some(pending), None, None));
         if end {
             while body.frame().await.is_some() {}
         } else {

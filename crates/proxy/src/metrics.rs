@@ -562,17 +562,20 @@ impl RouteMetrics {
 // === impl EndpointMetrics ===
 
 impl EndpointMetrics {
-    /// Counts an attempt sent at `sent` whose outcome is known now. A slow success is a
-    /// success here: slowness is the breaker's business (`slow_call`).
-    pub(crate) fn attempted(&self, outcome: Outcome, sent: Instant) {
+    /// Counts an attempt sent at `sent` and answered at `answered` (the end of its answer, or
+    /// its head for one judged by it) whose outcome is known now. A slow success is a success
+    /// here: slowness is the breaker's business (`slow_call`).
+    pub(crate) fn attempted(&self, outcome: Outcome, sent: Instant, answered: Instant) {
         if self.skip {
             return;
         }
-        let now = turn::now();
         let failed = outcome == Outcome::Failure;
         self.attempts[usize::from(failed)].inc();
-        self.recent
-            .record(failed, now.saturating_duration_since(sent), now);
+        self.recent.record(
+            failed,
+            answered.saturating_duration_since(sent),
+            turn::now(),
+        );
     }
 
     /// The breaker entered `transition.to`.
@@ -747,9 +750,9 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry, true);
         let first = metrics.endpoint("app", "127.0.0.1:1", true);
-        first.attempted(Outcome::Failure, Instant::now());
+        first.attempted(Outcome::Failure, Instant::now(), Instant::now());
         let again = metrics.endpoint("app", "127.0.0.1:1", true);
-        again.attempted(Outcome::Slow, Instant::now());
+        again.attempted(Outcome::Slow, Instant::now(), Instant::now());
         assert_eq!(first.attempts(), (1, 1));
         assert!(text(&registry).contains(
             r#"rampart_upstream_requests_total{upstream="app",endpoint="127.0.0.1:1",outcome="failure"} 1"#
@@ -765,7 +768,7 @@ mod tests {
         let _executing = route.executing(Instant::now());
         route.retried();
         let endpoint = metrics.endpoint("app", "127.0.0.1:1", true);
-        endpoint.attempted(Outcome::Failure, Instant::now());
+        endpoint.attempted(Outcome::Failure, Instant::now(), Instant::now());
         assert_eq!(route.count(RouteOutcome::Failure), 0);
         assert_eq!(route.retries(), 0);
         assert_eq!(route.in_flight(), 0);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
+use hyper::body::Body as _;
 use rampart_config::Route;
 use rampart_http::classify::{RetryHint, classify_response, grpc_status, is_grpc, retry_hint};
 use rampart_http::deadline::Outgoing;
@@ -16,7 +17,7 @@ use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
 use crate::body::{
-    BodyFault, ClientBodyFault, DeadlineBody, RequestBody, TrailersOutcome, UpstreamBody,
+    BodyFault, ClientBodyFault, DeadlineBody, OutcomeAtEnd, RequestBody, UpstreamBody,
 };
 use crate::connections::{PooledBody, SendError};
 use crate::fallback::Fallback;
@@ -61,10 +62,11 @@ use crate::upstream::{Avoid, Picked, Pool};
 ///   healthy and whose breaker admits, backups only when no primary may; the attempt counts in
 ///   its endpoint's load until its outcome is recorded;
 /// - per endpoint: the breaker's permit, which records the attempt's classified outcome: from the
-///   response head, or, for a gRPC response whose head has no `grpc-status` (the status follows
-///   the body), when the trailers arrive, the permit travelling with the body
-///   ([`TrailersOutcome`]); a retry decides from the head alone, so a failure in real trailers
-///   reaches the breaker but is never retried (the response has gone to the client by then);
+///   response head, and again at the body's end, the permit travelling with the body
+///   ([`OutcomeAtEnd`]): a gRPC response whose head has no `grpc-status` (the status follows
+///   the body) by its trailers, and any other good answer by whether its body ends whole; a
+///   retry decides from the head alone, so a failure in the trailers or the body reaches the
+///   breaker but is never retried (the response has gone to the client by then);
 /// - per-try timeout (`per_try_timeout`): innermost, so a hung attempt is cut short, counted as
 ///   a failure by the breaker and the adaptive limit, and retried as `timeout`;
 /// - the pooled connection.
@@ -446,18 +448,23 @@ impl Stack {
             grpc,
         );
         slot.record(outcome);
-        // A gRPC answer with no status in its head is judged by its trailers (`answers_grpc`
-        // says which answers are gRPC ones). Not a half-open probe: its endpoint takes no other
-        // call until the probes are judged, and a stream may last an hour. Its head is answer
-        // enough that the endpoint is back (a call failed at once comes trailers-only, with its
-        // status in the head).
-        let pending = if grpc
-            && outcome == Outcome::Success
-            && !picked.is_probe()
+        // A good answer is judged again at its end. A gRPC answer with no status in its head is
+        // judged by its trailers (`answers_grpc` says which answers are gRPC ones); any other
+        // with a body to come stands as its head said unless its body breaks off, so that an
+        // endpoint that cuts its answers short is ejected. Not a half-open probe: its endpoint
+        // takes no other call until the probes are judged, and a stream may last an hour. Its
+        // head is answer enough that the endpoint is back (a call failed at once comes
+        // trailers-only, with its status in the head).
+        let by_trailers = grpc
             && self.answers_grpc(response.headers())
-            && grpc_status(response.headers()).is_none()
-        {
+            && grpc_status(response.headers()).is_none();
+        let pending = if outcome != Outcome::Success || picked.is_probe() {
+            picked.record(outcome);
+            None
+        } else if by_trailers {
             Some(picked.into_owned(&self.upstream))
+        } else if !response.body().is_end_stream() {
+            Some(picked.judged_by_head(&self.upstream))
         } else {
             picked.record(outcome);
             None
@@ -468,7 +475,7 @@ impl Stack {
             .flatten();
         let client_deadline = (expired == Reason::DeadlineExceeded).then_some(deadline);
         let response = response.map(|body| {
-            TrailersOutcome::new(
+            OutcomeAtEnd::new(
                 DeadlineBody::new(body, deadline),
                 pending,
                 fault,

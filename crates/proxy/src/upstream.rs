@@ -94,7 +94,7 @@ impl Picked<'_> {
     /// Tells the endpoint's breaker how the attempt went, its balancer how long it took, and its
     /// metrics both.
     pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
-        self.metrics.attempted(outcome, self.sent);
+        self.metrics.attempted(outcome, self.sent, turn::now());
         self.in_flight.finish(outcome);
         if let Some(permit) = self.permit {
             permit.record(outcome);
@@ -111,7 +111,7 @@ impl Picked<'_> {
     }
 
     /// The same pick, no longer borrowing `pool` (the pool it came from), for an outcome known
-    /// only when the response body ends.
+    /// only when the response body ends: from a gRPC answer's trailers.
     pub(crate) fn into_owned(self, pool: &Pool) -> OwnedPicked {
         // The balancer learns from the response head: the latency it weighs is the time to the
         // first byte of an answer, and a stream that lasts minutes would otherwise count as
@@ -125,7 +125,20 @@ impl Picked<'_> {
                 .map(|(permit, breaker)| breaker.own(permit)),
             metrics: self.metrics.clone(),
             sent: self.sent,
+            head: None,
         }
+    }
+
+    /// As [`Picked::into_owned`], for an answer whose good head is its outcome unless its body
+    /// breaks off: the attempt's time is its head's, for the breaker's slow calls and the
+    /// metrics alike, however long the body streams.
+    pub(crate) fn judged_by_head(self, pool: &Pool) -> OwnedPicked {
+        let mut owned = self.into_owned(pool);
+        if let Some(permit) = &mut owned.permit {
+            permit.answered();
+        }
+        owned.head = Some(turn::now());
+        owned
     }
 }
 
@@ -206,28 +219,52 @@ impl FromIterator<usize> for Avoid {
     }
 }
 
-/// A [`Picked`] that owns what it needs: dropped unrecorded, it tells the breaker nothing (the
-/// client went away before the outcome was known).
+/// A [`Picked`] that owns what it needs, for an outcome known when the response body ends.
+/// Dropped unrecorded (the client went away before the end), one judged by trailers tells the
+/// breaker nothing, and one judged by its head ([`Picked::judged_by_head`]) counts as its head
+/// did.
 #[derive(Debug)]
 pub(crate) struct OwnedPicked {
     permit: Option<OwnedPermit>,
     metrics: Arc<EndpointMetrics>,
     sent: Instant,
+    /// When the head came, for an answer judged by it, until its outcome is recorded.
+    head: Option<Instant>,
 }
 
 impl OwnedPicked {
     /// Tells the endpoint's breaker and its metrics how the attempt went.
-    pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
-        self.metrics.attempted(outcome, self.sent);
-        if let Some(permit) = self.permit {
-            permit.record(outcome);
-        }
+    pub(crate) fn record(mut self, outcome: rampart_policy::Outcome) {
+        self.settle(outcome);
+    }
+
+    /// Whether the answer's good head is its outcome unless its body breaks off.
+    pub(crate) fn is_judged_by_head(&self) -> bool {
+        self.head.is_some()
     }
 
     /// As [`Picked::cut_short`].
-    pub(crate) fn cut_short(self) {
-        if let Some(permit) = self.permit {
+    pub(crate) fn cut_short(mut self) {
+        self.head = None;
+        if let Some(permit) = self.permit.take() {
             permit.cut_short();
+        }
+    }
+
+    fn settle(&mut self, outcome: rampart_policy::Outcome) {
+        let answered = self.head.take().unwrap_or_else(turn::now);
+        self.metrics.attempted(outcome, self.sent, answered);
+        if let Some(permit) = self.permit.take() {
+            permit.record(outcome);
+        }
+    }
+}
+
+impl Drop for OwnedPicked {
+    fn drop(&mut self) {
+        // Let go before its body's end (the client went away, say): as its head said.
+        if self.head.is_some() {
+            self.settle(rampart_policy::Outcome::Success);
         }
     }
 }

@@ -11,7 +11,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use rampart_policy::rng::Rng;
 use rampart_test_support::{
-    Behavior, Fault, FaultProxy, ProxyBuilder, Refusing, SeenRequest, Upstream,
+    Behavior, Fault, FaultProxy, Misbehaving, ProxyBuilder, Refusing, SeenRequest, Step, Upstream,
 };
 
 use common::*;
@@ -237,6 +237,82 @@ async fn retried_and_replaced_503s_leave_their_connection_for_the_next_attempt()
     }
     assert_eq!(upstream.request_count(), 30);
     assert_eq!(path.connections(), 2);
+}
+
+/// `count` GETs over HTTP/1.1, one after the other, each on a connection of its own read
+/// until the proxy closes it: a body cut short is no error here.
+async fn gets(proxy: &rampart_proxy::Proxy, count: usize) {
+    for _ in 0..count {
+        raw(
+            addr(proxy),
+            "GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    }
+}
+
+/// The attempts on `endpoint` of the upstream `app` counted with `outcome` in the metrics.
+fn attempts(proxy: &rampart_proxy::Proxy, endpoint: std::net::SocketAddr, outcome: &str) -> u64 {
+    let series = format!(
+        "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} "
+    );
+    let text = metrics(proxy);
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_endpoint_that_cuts_its_answers_short_is_ejected() {
+    // A good head, then 5 of the 100 bytes it announced, and the connection closes.
+    let cutting = Misbehaving::start(vec![
+        Step::ReadRequest,
+        Step::Write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort".into()),
+    ])
+    .await
+    .unwrap();
+    let whole = Upstream::start(Behavior::ok("whole")).await.unwrap();
+    let proxy = simple(
+        &[cutting.addr(), whole.addr()],
+        "[routes.retry]\nattempts = 1",
+        "balance = \"round-robin\"\n\
+         [upstreams.app.breaker]\nconsecutive_failures = 3\nopen_for = \"60s\"",
+    )
+    .await;
+    gets(&proxy, 20).await;
+    // Three answers cut short in a row open its breaker; the rest go to the other endpoint.
+    assert_eq!(cutting.request_count(), 3);
+    assert_eq!(attempts(&proxy, cutting.addr(), "failure"), 3);
+    assert_eq!(attempts(&proxy, cutting.addr(), "success"), 0);
+    assert_eq!(attempts(&proxy, whole.addr(), "success"), 17);
+}
+
+#[tokio::test]
+async fn a_long_body_after_a_quick_head_is_no_slow_call_and_counts_once_whole() {
+    // The head at once, then the body over 400 ms: four times the slow-call threshold.
+    let streaming = Upstream::start(Behavior::SlowBody {
+        chunk: "x".into(),
+        every: Duration::from_millis(50),
+        chunks: 8,
+    })
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[streaming.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nslow_call = \"100ms\"\nslow_call_rate = 0.5\nmin_calls = 2",
+    )
+    .await;
+    for _ in 0..3 {
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.body(), "xxxxxxxx");
+    }
+    assert_eq!(attempts(&proxy, streaming.addr(), "success"), 3);
+    assert_eq!(attempts(&proxy, streaming.addr(), "failure"), 0);
+    // The breaker stayed closed: the third request reached the endpoint.
+    assert_eq!(streaming.request_count(), 3);
 }
 
 /// An upstream answering every request 503 with these header lines.
@@ -552,6 +628,35 @@ async fn a_clients_own_short_deadline_never_opens_a_breaker() {
     );
     let text = metrics(&proxy);
     assert!(text.contains(&succeeded), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_cut_by_the_clients_own_deadline_never_opens_a_breaker() {
+    // The head at once, the body over 400 ms; each client gives it 100 ms. The body is cut for
+    // the client, and says nothing about the endpoint: it counts as its good head.
+    let streaming = Upstream::start(Behavior::SlowBody {
+        chunk: "x".into(),
+        every: Duration::from_millis(50),
+        chunks: 8,
+    })
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[streaming.addr()],
+        "timeout = \"5s\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"",
+    )
+    .await;
+    for _ in 0..3 {
+        raw(
+            addr(&proxy),
+            "GET / HTTP/1.1\r\nhost: app\r\nx-rampart-deadline: 100\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    }
+    assert_eq!(get(&proxy, "/").await.body(), "xxxxxxxx");
+    assert_eq!(attempts(&proxy, streaming.addr(), "success"), 4);
+    assert_no_failure(&proxy, streaming.addr());
 }
 
 /// Asserts that no attempt on `endpoint`, of the upstream `app`, was counted a failure.

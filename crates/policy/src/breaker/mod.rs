@@ -501,6 +501,16 @@ impl OwnedPermit {
         }
     }
 
+    /// Tells the breaker that the callee has answered, though the call's outcome is known only
+    /// later: a response whose body streams after its head, say. The time to here is the
+    /// call's duration for the slow-call check (`slow_call`), and what follows does not make
+    /// the call slow; the outcome recorded later, or a cut short, is timed as of now.
+    pub fn answered(&mut self) {
+        if let Some(ticket) = &mut self.ticket {
+            self.shared.answered(ticket);
+        }
+    }
+
     /// As [`Permit::cut_short`].
     pub fn cut_short(mut self) {
         if let Some(ticket) = self.ticket.take() {

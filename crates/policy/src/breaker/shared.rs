@@ -109,9 +109,14 @@ pub(super) struct Ticket {
     /// The half-open period a probe belongs to; or, for a call admitted while closed, `CLOSED`
     /// and the generation of that closed state (its outcome feeds the window while it lasts).
     period: u64,
-    /// When the call started, in nanoseconds since `origin` plus one; 0 when calls are not timed.
+    /// When the call started, in nanoseconds since `origin` plus one; 0 when calls are not timed
+    /// or answered in good time, and [`ANSWERED_SLOW`] once answered late.
     start: u64,
 }
+
+/// The start of a ticket whose call answered past the slow-call threshold
+/// ([`Shared::answered`]): no call starts at it, 584 years after the breaker's origin.
+const ANSWERED_SLOW: u64 = u64::MAX;
 
 /// The mark of a ticket admitted while closed; probe periods stay below it.
 const CLOSED: u64 = 1 << 63;
@@ -324,13 +329,27 @@ impl Shared {
 
     #[inline]
     fn timed(&self, outcome: Outcome, start: u64) -> Outcome {
-        if start == 0 {
-            return outcome;
+        match start {
+            0 => return outcome,
+            ANSWERED_SLOW => {
+                return outcome.with_latency(Duration::MAX, self.settings.slow_call);
+            }
+            _ => {}
         }
         let elapsed = self
             .nanos_since_origin(self.now())
             .saturating_sub(start - 1);
         outcome.with_latency(Duration::from_nanos(elapsed), self.settings.slow_call)
+    }
+
+    /// Stops a timed ticket's clock: the callee has answered, and the time it took is decided
+    /// now, whatever comes after it (a body that streams for minutes) and whenever its outcome
+    /// is recorded.
+    pub(super) fn answered(&self, ticket: &mut Ticket) {
+        if ticket.start != 0 && ticket.start != ANSWERED_SLOW {
+            let slow = self.timed(Outcome::Success, ticket.start) == Outcome::Slow;
+            ticket.start = if slow { ANSWERED_SLOW } else { 0 };
+        }
     }
 
     /// A permit dropped without an outcome: the call was cancelled, or its result says nothing

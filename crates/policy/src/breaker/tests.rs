@@ -170,6 +170,42 @@ async fn trips_on_slow_call_rate() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_is_timed_at_its_answer_whenever_its_outcome_is_recorded() {
+    let b = builder()
+        .consecutive_failures(0)
+        .slow_call(Duration::from_millis(100))
+        .slow_call_rate(0.9)
+        .min_calls(10)
+        .window(600 * SEC)
+        .build()
+        .unwrap();
+    // Answered in good time, then a body that streams for a minute: a success.
+    let mut permit = b.try_acquire_owned().unwrap();
+    advance(Duration::from_millis(50)).await;
+    permit.answered();
+    advance(60 * SEC).await;
+    permit.answered();
+    permit.record(Outcome::Success);
+    // Answered late: slow, however soon the rest follows.
+    let mut permit = b.try_acquire_owned().unwrap();
+    advance(Duration::from_millis(150)).await;
+    permit.answered();
+    permit.record(Outcome::Success);
+    // Cut short a minute after an answer in good time: nothing. Cut after a late one: slow.
+    let mut permit = b.try_acquire_owned().unwrap();
+    advance(Duration::from_millis(50)).await;
+    permit.answered();
+    advance(60 * SEC).await;
+    permit.cut_short();
+    let mut permit = b.try_acquire_owned().unwrap();
+    advance(Duration::from_millis(150)).await;
+    permit.answered();
+    permit.cut_short();
+    let s = b.snapshot();
+    assert_eq!((s.calls, s.slow_calls), (3, 2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_calls_are_counted_but_do_not_trip_when_the_rate_trigger_is_off() {
     let b = builder()
         .slow_call(Duration::from_millis(100))
