@@ -65,6 +65,8 @@ pin_project_lite::pin_project! {
         timer: Timer,
         // Frames read in a row without a wait.
         streak: u8,
+        // Whether the body has been waiting for the upstream since a poll before this one.
+        waiting: bool,
     }
 }
 
@@ -82,6 +84,7 @@ impl<B> DeadlineBody<B> {
             deadline,
             timer: Timer::default(),
             streak: 0,
+            waiting: false,
         }
     }
 }
@@ -126,18 +129,27 @@ where
         if *this.streak >= LOOK_EVERY {
             *this.streak = 0;
             if turn::now() >= *this.deadline {
-                return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                return Poll::Ready(Some(Err(Box::new(BodyTimedOut { waiting: false }))));
             }
         }
         // The body first: a frame that is ready when the deadline passes is still delivered.
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.streak += 1;
+            *this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         *this.streak = 0;
         match this.timer.get_or_set(*this.deadline).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
-            Poll::Pending => Poll::Pending,
+            // Past the deadline already when this wait began: the time went by while the
+            // reader was elsewhere (a slow client's writes), and a socket that has just been
+            // read short reads as empty until the runtime looks again, whatever has arrived.
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut {
+                waiting: *this.waiting,
+            })))),
+            Poll::Pending => {
+                *this.waiting = true;
+                Poll::Pending
+            }
         }
     }
 
@@ -152,7 +164,12 @@ where
 
 /// The route's timeout passed while the response body was still streaming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BodyTimedOut;
+pub(crate) struct BodyTimedOut {
+    /// Whether the body was waiting for the upstream's next piece. Not, when every piece was
+    /// there as it was asked for: the reader (a client that reads slowly, or the sheer size of
+    /// the answer) is what the timeout outran, not the upstream.
+    waiting: bool,
+}
 
 impl fmt::Display for BodyTimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,15 +239,15 @@ impl<B> OutcomeAtEnd<B> {
 
 impl<B> Body for OutcomeAtEnd<B>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes, Error = BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
             // What frames, routes or belongs to one connection goes no further in trailers, as
@@ -255,9 +272,19 @@ where
                     classify_trailers(trailers).unwrap_or(Outcome::Failure)
                 }
             }),
-            // The client's failure: the endpoint is not held to it (a gRPC permit goes
-            // unrecorded, an answer judged by its head stands as its head).
+            // The client's failure, or the route's timeout passing while the upstream's pieces
+            // were there as soon as asked for (the client read them slowly): the endpoint is
+            // not held to it (a gRPC permit goes unrecorded, an answer judged by its head stands
+            // as its head).
             Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
+                drop(this.pending.take());
+                None
+            }
+            Some(Err(err))
+                if err
+                    .downcast_ref::<BodyTimedOut>()
+                    .is_some_and(|cut| !cut.waiting) =>
+            {
                 drop(this.pending.take());
                 None
             }
@@ -273,7 +300,9 @@ where
                 None
             }
             Some(Err(_)) => Some(Outcome::Failure),
-            None if by_head => Some(Outcome::Success),
+            // Ended short of the length its head announced: an HTTP/2 upstream's RST_STREAM
+            // with NO_ERROR reads as an end (hyper), and the client's stream is reset for it.
+            None if by_head && this.inner.size_hint().lower() == 0 => Some(Outcome::Success),
             None => Some(Outcome::Failure),
         };
         if let Some(outcome) = outcome
@@ -752,12 +781,12 @@ mod tests {
 
     impl Body for Frames {
         type Data = Bytes;
-        type Error = Infallible;
+        type Error = BoxError;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             let next = (!self.0.is_empty()).then(|| self.0.remove(0));
             Poll::Ready(next.map(Ok))
         }

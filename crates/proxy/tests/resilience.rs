@@ -11,8 +11,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use rampart_policy::rng::Rng;
 use rampart_test_support::{
-    Behavior, Fault, FaultProxy, Misbehaving, ProxyBuilder, Refusing, SeenRequest, Step, Upstream,
+    Behavior, Fault, FaultProxy, H2Code, Misbehaving, ProxyBuilder, Refusing, SeenRequest, Step,
+    Upstream,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
 
@@ -287,6 +289,95 @@ async fn an_endpoint_that_cuts_its_answers_short_is_ejected() {
     assert_eq!(attempts(&proxy, cutting.addr(), "failure"), 3);
     assert_eq!(attempts(&proxy, cutting.addr(), "success"), 0);
     assert_eq!(attempts(&proxy, whole.addr(), "success"), 17);
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_with_no_error_before_its_length_is_a_failure() {
+    // A good head announcing 100 bytes, 5 of them, then RST_STREAM(NO_ERROR): hyper reads the
+    // reset as the body's end.
+    let cutting = Misbehaving::start(vec![
+        Step::Settings,
+        Step::ReadRequest,
+        Step::Headers {
+            fields: vec![
+                (":status".to_owned(), "200".to_owned()),
+                ("content-length".to_owned(), "100".to_owned()),
+            ],
+            end_stream: false,
+        },
+        Step::Data {
+            data: Bytes::from_static(b"short"),
+            end_stream: false,
+        },
+        Step::RstStream(H2Code::NO_ERROR),
+    ])
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[cutting.addr()],
+        "[routes.retry]\nattempts = 1",
+        "protocol = \"http2\"\n[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    gets(&proxy, 2).await;
+    assert_eq!(cutting.request_count(), 2);
+    assert_eq!(attempts(&proxy, cutting.addr(), "failure"), 2);
+    assert_eq!(attempts(&proxy, cutting.addr(), "success"), 0);
+}
+
+#[tokio::test]
+async fn a_body_the_upstream_sends_past_the_routes_timeout_is_a_failure() {
+    // The head at once, then a piece every 100 ms for two seconds; the route allows 300 ms.
+    let slow = Upstream::start(Behavior::SlowBody {
+        chunk: "x".into(),
+        every: Duration::from_millis(100),
+        chunks: 20,
+    })
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[slow.addr()],
+        "timeout = \"300ms\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    gets(&proxy, 2).await;
+    assert_eq!(attempts(&proxy, slow.addr(), "failure"), 2);
+    assert_eq!(attempts(&proxy, slow.addr(), "success"), 0);
+}
+
+#[tokio::test]
+async fn a_client_reading_slower_than_the_routes_timeout_allows_never_opens_a_breaker() {
+    // 8 MiB ready at once; the client takes 16 KiB every 10 ms, and the route's 300 ms run out
+    // long before it has it all. The upstream kept up: the cut is the client's.
+    let big = Upstream::start(Behavior::ok(vec![b'x'; 8 << 20]))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[big.addr()],
+        "timeout = \"300ms\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"",
+    )
+    .await;
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = 0;
+        let mut buf = vec![0; 16 << 10];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(got < 8 << 20, "the answer was cut: {got} bytes");
+    }
+    assert_eq!(attempts(&proxy, big.addr(), "success"), 2);
+    assert_no_failure(&proxy, big.addr());
 }
 
 #[tokio::test]
