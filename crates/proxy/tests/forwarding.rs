@@ -556,3 +556,85 @@ async fn an_http10_client_that_asks_keeps_its_connection() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn an_upload_answered_before_its_end_still_reaches_the_upstream_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const LENGTH: usize = 100_000;
+    // An upstream that answers a POST as soon as its head arrives (413, keeping the connection),
+    // then reads the body to its end, then answers the next request on the same connection: it
+    // tells how many body bytes it read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut read = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        let head_end = loop {
+            if let Some(end) = memchr::memmem::find(&read, b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0);
+            read.extend_from_slice(&buf[..n]);
+        };
+        stream
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 2\r\n\r\nno")
+            .await
+            .unwrap();
+        while read.len() < head_end + LENGTH {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        let body = read.len().min(head_end + LENGTH) - head_end;
+        tx.send(body).unwrap();
+        read.drain(..head_end + body);
+        // The next request, on the same connection.
+        while memchr::memmem::find(&read, b"\r\n\r\n").is_none() {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext")
+            .await
+            .unwrap();
+    });
+    let proxy = simple(&[upstream], "[routes.retry]\nattempts = 1", "").await;
+
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: {LENGTH}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'x'; 10_000]).await.unwrap();
+    // The early answer, whole.
+    let mut answer = Vec::new();
+    let mut buf = [0; 4096];
+    while !answer.ends_with(b"\r\n\r\nno") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "closed after {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 413"));
+    // The rest of the upload, then another request on the same connection.
+    client.write_all(&[b'x'; LENGTH - 10_000]).await.unwrap();
+    assert_eq!(rx.await.unwrap(), LENGTH, "the upstream got the whole body");
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut next = Vec::new();
+    while !next.ends_with(b"next") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "closed after {}", String::from_utf8_lossy(&next));
+        next.extend_from_slice(&buf[..n]);
+    }
+    assert!(next.starts_with(b"HTTP/1.1 200"));
+}
