@@ -392,10 +392,14 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     let framing = fields.framing(code, version, head_request)?;
+    // `close` first, whatever the version (RFC 9112 §9.3); an HTTP/1.0 message with a
+    // Transfer-Encoding has faulty framing, and its connection closes (RFC 9112 §6.1) even when
+    // its status leaves it no body to read.
     let keep_alive = !matches!(framing, Decoder::Eof)
+        && !fields.close
         && match version {
-            Version::HTTP_11 => !fields.close,
-            _ => fields.keep_alive,
+            Version::HTTP_11 => true,
+            _ => fields.keep_alive && !fields.chunked,
         };
     Ok(Some(Parsed::Final(Head {
         status,
@@ -1174,9 +1178,13 @@ fn decode_chunk(read: &mut BytesMut, state: Chunked) -> Result<Step, Error> {
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
             // After the size: nothing, or extensions (ignored) after optional whitespace.
             let rest = &line[digits..];
+            // Only spaces and tabs may come before an extension (BWS, RFC 9112 §7.1.1).
             let rest_ok = rest.is_empty() || {
-                let rest = rest.trim_ascii_start();
-                rest.first() == Some(&b';') && !rest.contains(&b'\n')
+                let rest = &rest[rest
+                    .iter()
+                    .take_while(|&&b| b == b' ' || b == b'\t')
+                    .count()..];
+                rest.first() == Some(&b';') && !rest.contains(&b'\n') && !rest.contains(&b'\r')
             };
             if digits == 0 || digits > 16 || !rest_ok {
                 return Err(Error::Invalid("chunk size"));
@@ -1556,6 +1564,23 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_size_line_allows_only_spaces_and_tabs_before_an_extension() {
+        for line in ["5;x", "5 ;x", "5\t ;x=\"y\""] {
+            let wire = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{line}\r\nhello\r\n0\r\n\r\n"
+            );
+            let read = read_response([wire.as_bytes()], false);
+            assert_eq!(read.map(|r| r.body), Ok(b"hello".to_vec()), "{line:?}");
+        }
+        for line in ["5\n;x", "5\r;x", "5\x0c;x", "5 x", "5;x\ny"] {
+            let wire = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{line}\r\nhello\r\n0\r\n\r\n"
+            );
+            assert!(read_response([wire.as_bytes()], false).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
     fn a_response_split_anywhere_reads_the_same() {
         let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
             transfer-encoding: chunked\r\n\r\n\
@@ -1603,6 +1628,16 @@ mod tests {
             (
                 b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n",
                 true,
+            ),
+            // `close` wins, whatever the version.
+            (
+                b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
+            // Faulty framing in HTTP/1.0 (RFC 9112 §6.1), though a 204 has no body to frame.
+            (
+                b"HTTP/1.0 204 No Content\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
+                false,
             ),
             // Until the connection's end: nothing follows it.
             (b"HTTP/1.1 200 OK\r\n\r\n", false),
