@@ -434,7 +434,10 @@ impl Stack {
                     Tried::Expired => Outcome::Failure,
                     // The client's body failed the exchange: the endpoint's breaker and the
                     // limit learn nothing (permit and slot are let go unrecorded).
-                    Tried::Client(_) => return Err(tried),
+                    Tried::Client(_) => {
+                        picked.release();
+                        return Err(tried);
+                    }
                 };
                 slot.record(outcome);
                 picked.record(outcome);

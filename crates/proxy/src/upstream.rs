@@ -71,48 +71,69 @@ struct Endpoint {
 
 /// The endpoint chosen for one attempt, with its breaker's permit and its place in the
 /// endpoint's load: the attempt's outcome must be recorded on it ([`Picked::record`]). Dropped
-/// unrecorded (the request was cancelled, a hedge won elsewhere), it tells the breaker nothing;
-/// the balancer counts the time it ran as a sample that can only raise its estimate (see
-/// `InFlight`'s drop), and the attempt no longer counts as in flight.
+/// unrecorded (the client went away, a hedge won elsewhere), it is cut short
+/// ([`Picked::cut_short`]): the breaker learns nothing unless the attempt had already run long
+/// enough to be a slow call; the balancer counts the time it ran as a sample that can only raise
+/// its estimate (see `InFlight`'s drop), and the attempt no longer counts as in flight.
 #[derive(Debug)]
 pub(crate) struct Picked<'a> {
     pub(crate) index: usize,
-    // None when the endpoint has no breaker, or when the ejection cap sent the attempt to an
-    // endpoint whose breaker refused it (see `Pool::pick`).
-    permit: Option<Permit<'a>>,
+    permit: Unjudged<'a>,
     in_flight: InFlight<'a>,
     metrics: &'a Arc<EndpointMetrics>,
     sent: Instant,
 }
 
+/// A breaker's permit (none when the endpoint has no breaker, or when the ejection cap sent the
+/// attempt to an endpoint whose breaker refused it: see `Pool::pick`) that is cut short when
+/// dropped unrecorded. A client that goes away before the answer, like one whose own deadline
+/// runs out, says nothing of the endpoint; but an endpoint that hangs while every client gives
+/// up first must still be seen, as a slow call once past the threshold.
+#[derive(Debug)]
+struct Unjudged<'a>(Option<Permit<'a>>);
+
+impl Drop for Unjudged<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            permit.cut_short();
+        }
+    }
+}
+
 impl Picked<'_> {
     /// Whether the attempt is a half-open probe of its endpoint's breaker.
     pub(crate) fn is_probe(&self) -> bool {
-        self.permit.as_ref().is_some_and(Permit::is_probe)
+        self.permit.0.as_ref().is_some_and(Permit::is_probe)
     }
 
     /// Tells the endpoint's breaker how the attempt went, its balancer how long it took, and its
     /// metrics both.
-    pub(crate) fn record(self, outcome: rampart_policy::Outcome) {
+    pub(crate) fn record(mut self, outcome: rampart_policy::Outcome) {
         self.metrics.attempted(outcome, self.sent, turn::now());
-        self.in_flight.finish(outcome);
-        if let Some(permit) = self.permit {
+        if let Some(permit) = self.permit.0.take() {
             permit.record(outcome);
         }
+        self.in_flight.finish(outcome);
     }
 
     /// The client's deadline ran out before the endpoint answered: the breaker learns nothing,
     /// unless the attempt had already run past its slow-call threshold with slow calls tripping
-    /// it (`Permit::cut_short`); the balancer counts it as an attempt let go unfinished.
+    /// it (`Permit::cut_short`); the balancer counts it as an attempt let go unfinished. What a
+    /// drop does too.
     pub(crate) fn cut_short(self) {
-        if let Some(permit) = self.permit {
-            permit.cut_short();
-        }
+        drop(self);
+    }
+
+    /// The attempt failed for the client's own doing (its request body broke off, grew too
+    /// large or stalled while the endpoint waited for it): the breaker learns nothing at all,
+    /// however long the endpoint waited.
+    pub(crate) fn release(mut self) {
+        drop(self.permit.0.take());
     }
 
     /// The same pick, no longer borrowing `pool` (the pool it came from), for an outcome known
     /// only when the response body ends: from a gRPC answer's trailers.
-    pub(crate) fn into_owned(self, pool: &Pool) -> OwnedPicked {
+    pub(crate) fn into_owned(mut self, pool: &Pool) -> OwnedPicked {
         // The balancer learns from the response head: the latency it weighs is the time to the
         // first byte of an answer, and a stream that lasts minutes would otherwise count as
         // one slow request in flight all along.
@@ -121,6 +142,8 @@ impl Picked<'_> {
         OwnedPicked {
             permit: self
                 .permit
+                .0
+                .take()
                 .zip(breaker)
                 .map(|(permit, breaker)| breaker.own(permit)),
             metrics: self.metrics.clone(),
@@ -487,7 +510,7 @@ impl Pool {
         };
         Some(Picked {
             index,
-            permit,
+            permit: Unjudged(permit),
             in_flight: self.balancer.start(&endpoint.load),
             metrics: &endpoint.metrics,
             sent: turn::now(),
@@ -1094,7 +1117,7 @@ mod tests {
         trip(&pool, 0);
         trip(&pool, 1);
         let picked = pool.pick(&tried([])).unwrap();
-        assert!(picked.permit.is_none());
+        assert!(picked.permit.0.is_none());
     }
 
     // Trips the breakers of `indices` in turn, each ejection a little after the one before.
@@ -1115,7 +1138,7 @@ mod tests {
             for _ in 0..20 {
                 let picked = pool.pick(&tried([])).unwrap();
                 assert_eq!(picked.index, 1, "{balance}");
-                assert!(picked.permit.is_none());
+                assert!(picked.permit.0.is_none());
             }
         }
     }
@@ -1179,7 +1202,7 @@ mod tests {
         for _ in 0..20 {
             let picked = pool.pick(&tried([])).unwrap();
             assert_ne!(picked.index, 0, "the unhealthy endpoint stays out");
-            assert!(picked.permit.is_none());
+            assert!(picked.permit.0.is_none());
         }
     }
 
@@ -1194,7 +1217,7 @@ mod tests {
     async fn a_disabled_breaker_never_ejects() {
         let pool = pool("[upstreams.app.breaker]\nenabled = false");
         assert!(pool.endpoints.iter().all(|e| e.breaker.is_none()));
-        assert!(pool.pick(&tried([])).unwrap().permit.is_none());
+        assert!(pool.pick(&tried([])).unwrap().permit.0.is_none());
     }
 
     #[tokio::test(start_paused = true)]

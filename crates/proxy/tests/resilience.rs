@@ -793,6 +793,53 @@ async fn a_hung_endpoint_behind_short_deadlines_is_a_slow_one() {
 }
 
 #[tokio::test]
+async fn a_hung_endpoint_whose_clients_go_away_first_is_a_slow_one() {
+    // Every client hangs up before the route's timeout (its own client timeout, unknown to the
+    // proxy), after the slow-call threshold: as with its own deadline, the attempts are slow
+    // calls, and they open the breaker. One that hangs up sooner says nothing.
+    let hung = Upstream::start(Behavior::Slow(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[hung.addr()],
+        "timeout = \"5s\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nslow_call = \"100ms\"\nslow_call_rate = 0.5\nmin_calls = 2\nopen_for = \"60s\"",
+    )
+    .await;
+    let proxy_addr = addr(&proxy);
+    let give_up_after = |wait: Duration| async move {
+        let mut stream = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(wait).await;
+        drop(stream);
+    };
+    for _ in 0..3 {
+        give_up_after(Duration::from_millis(20)).await;
+    }
+    hung.wait_for_requests(3).await;
+    for _ in 0..2 {
+        give_up_after(Duration::from_millis(300)).await;
+    }
+    // The proxy notices a hang-up as it comes; give the last one's outcome a moment to land.
+    let open = format!(
+        "rampart_breaker_state{{upstream=\"app\",endpoint=\"{}\"}} 1\n",
+        hung.addr()
+    );
+    for _ in 0..100 {
+        if metrics(&proxy).contains(&open) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = metrics(&proxy);
+    assert!(text.contains(&open), "{text}");
+    assert_eq!(hung.request_count(), 5);
+}
+
+#[tokio::test]
 async fn an_http2_connection_that_stops_answering_is_replaced() {
     // The endpoint serves new connections, but the one rampart shares for every request went
     // silent without closing (a wedged peer, a black-holed flow): pings find it dead.
