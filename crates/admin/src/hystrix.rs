@@ -404,6 +404,7 @@ mod tests {
             backup: false,
             state: Some(state),
             healthy: true,
+            reinstated: false,
             in_flight: 0,
             attempts,
             recent: window(),

@@ -24,7 +24,7 @@
 //!     "admissions": {"executed": 8, "refused": 0, "peak_in_flight": 1},
 //!     "endpoints": [{
 //!       "address": "127.0.0.1:8081", "backup": false, "state": "open", "healthy": true,
-//!       "in_flight": 0, "attempts": {"success": 5, "failure": 3},
+//!       "reinstated": false, "in_flight": 0, "attempts": {"success": 5, "failure": 3},
 //!       "requests_per_second": 0.8, "error_rate": 0.37, "p50_ms": 1.0, "p99_ms": 3.1
 //!     }]
 //!   }],
@@ -35,7 +35,8 @@
 //! ```
 //!
 //! `state` is a breaker state as the metrics name it (`closed`, `open`, `half-open`,
-//! `forced-open`, `forced-closed`), or `disabled` without a breaker; `p50_ms` and `p99_ms` are
+//! `forced-open`, `forced-closed`), or `disabled` without a breaker; `reinstated` says that an
+//! endpoint takes attempts though its breaker refuses them (`max_ejected_percent`); `p50_ms` and `p99_ms` are
 //! `null` with nothing in the window. A route's `answers` and an upstream's `admissions` cover the
 //! same window as the rates (docs/admin.md says what each count holds). `outbox` is what
 //! `GET /api/outbox` answers (`null` without an `[outbox]`), so that a dashboard following the
@@ -143,6 +144,7 @@ fn endpoint(endpoint: &EndpointStats) -> Value {
         "backup": endpoint.backup,
         "state": endpoint.state.map_or("disabled", |state| state.as_str()),
         "healthy": endpoint.healthy,
+        "reinstated": endpoint.reinstated,
         "in_flight": endpoint.in_flight,
         "attempts": {"success": success, "failure": failure},
     });
@@ -220,6 +222,7 @@ mod tests {
                         backup: false,
                         state: Some(State::ForcedOpen),
                         healthy: true,
+                        reinstated: false,
                         in_flight: 1,
                         attempts: (5, 3),
                         recent: window,
@@ -227,8 +230,9 @@ mod tests {
                     EndpointStats {
                         address: "127.0.0.1:2".into(),
                         backup: true,
-                        state: None,
-                        healthy: false,
+                        state: Some(State::Open),
+                        healthy: true,
+                        reinstated: true,
                         in_flight: 0,
                         attempts: (0, 0),
                         recent: window,
@@ -264,9 +268,10 @@ mod tests {
             upstream["endpoints"][0]["attempts"],
             json!({"success": 5, "failure": 3})
         );
-        assert_eq!(upstream["endpoints"][1]["state"], "disabled");
+        assert_eq!(upstream["endpoints"][0]["reinstated"], false);
+        assert_eq!(upstream["endpoints"][1]["state"], "open");
         assert_eq!(upstream["endpoints"][1]["backup"], true);
-        assert_eq!(upstream["endpoints"][1]["healthy"], false);
+        assert_eq!(upstream["endpoints"][1]["reinstated"], true);
         assert_eq!(json["window_seconds"], 10);
     }
 }

@@ -92,6 +92,10 @@ pub struct EndpointStats {
     pub state: Option<State>,
     /// Whether its active health check holds it healthy (always, without a check).
     pub healthy: bool,
+    /// Whether it takes attempts though its breaker refuses them: more endpoints are ejected
+    /// than `max_ejected_percent` allows, and it is among the ones ejected last, which the cap
+    /// puts back in service.
+    pub reinstated: bool,
     /// Attempts sent to it and not yet answered.
     pub in_flight: u64,
     /// Attempts whose outcome was recorded, since the start: `(success, failure)`

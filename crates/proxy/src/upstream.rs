@@ -740,6 +740,7 @@ impl Pool {
 impl Pool {
     /// The stats of this pool, the upstream `name`.
     pub(crate) fn stats(&self, name: &str) -> UpstreamStats {
+        let reinstated = self.past_cap(&self.usable());
         let endpoints = self
             .endpoints
             .iter()
@@ -749,6 +750,7 @@ impl Pool {
                 backup: index >= self.primaries,
                 state: endpoint.breaker.as_ref().map(CircuitBreaker::state),
                 healthy: endpoint.healthy.load(Ordering::Relaxed),
+                reinstated: reinstated.contains(&index),
                 in_flight: u64::from(endpoint.load.in_flight()),
                 attempts: endpoint.metrics.attempts(),
                 recent: endpoint.metrics.recent().read(),
@@ -1140,6 +1142,11 @@ mod tests {
                 assert_eq!(picked.index, 1, "{balance}");
                 assert!(picked.permit.0.is_none());
             }
+            // The stats say which one serves though its breaker is open.
+            let stats = pool.stats("app");
+            let reinstated: Vec<bool> = stats.endpoints.iter().map(|e| e.reinstated).collect();
+            assert_eq!(reinstated, [false, true], "{balance}");
+            assert!(stats.endpoints.iter().all(|e| e.state == Some(State::Open)));
         }
     }
 

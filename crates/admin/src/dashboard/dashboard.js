@@ -594,8 +594,11 @@ function updateRow(row, endpoint) {
   const { el, fields } = row;
   el.dataset.state = endpoint.state;
   el.dataset.healthy = String(endpoint.healthy);
+  el.dataset.reinstated = String(Boolean(endpoint.reinstated));
   fields.address.textContent = endpoint.backup ? `${endpoint.address} (backup)` : endpoint.address;
-  fields.state.textContent = LABELS[endpoint.state] ?? endpoint.state;
+  // Ejected, yet taking traffic: the ejection cap (max_ejected_percent) put it back.
+  const state = LABELS[endpoint.state] ?? endpoint.state;
+  fields.state.textContent = endpoint.reinstated ? `${state} · in service (ejection cap)` : state;
   fields.health.textContent = endpoint.healthy ? 'healthy' : 'unhealthy';
   fields.numbers.textContent = `in flight ${endpoint.in_flight} · `
     + `${number(endpoint.requests_per_second)} req/s · ${percent(endpoint.error_rate)} errors · `
