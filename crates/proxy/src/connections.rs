@@ -557,17 +557,6 @@ impl Drop for PooledBody {
             body.drain();
             if let Some(conn) = body.take_reusable() {
                 kept.give_back(conn);
-            } else if let Some(unsent) = body.take_unsent()
-                && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            {
-                // The answer came before the request's end: the rest goes on its own, and the
-                // connection comes back once it has.
-                let kept = kept.clone();
-                runtime.spawn(async move {
-                    if let Some(conn) = unsent.finish().await {
-                        kept.give_back(conn);
-                    }
-                });
             }
         }
     }

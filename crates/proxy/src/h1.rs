@@ -28,7 +28,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{
@@ -43,10 +42,8 @@ use rampart_http::deadline::Outgoing;
 use rampart_policy::error::BoxError;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::turn;
 
 /// The largest response head (or chunked body's trailers) read: one under it always fits, as
 /// with hyper's client bounded the same way.
@@ -65,9 +62,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// The most of a response body read out to keep its connection when the body is dropped
 /// before its end ([`Body::drain`]): a short error page, not a download.
 const MAX_DRAIN: usize = 64 * 1024;
-
-/// Longer than any exchange lasts: what a deadline past the clock's range comes to.
-const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365);
 
 /// A request body's first piece small enough to go out in one write with the head.
 const COALESCE: usize = 16 * 1024;
@@ -562,9 +556,6 @@ struct Writer {
     failed: bool,
     /// The first write waited for the rest of the turn once.
     deferred: bool,
-    /// The attempt's deadline: what is left of the request is sent after the answer until then
-    /// at most ([`Unsent::finish`]).
-    until: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -660,8 +651,6 @@ impl Writer {
             done: false,
             failed: false,
             deferred: false,
-            // Capped: a timeout of a million hours would not fit in an `Instant`.
-            until: turn::now() + deadline.remaining.min(FAR),
         }
     }
 
@@ -944,8 +933,11 @@ impl Body {
     /// one). Waits for nothing: what the socket does not already hold is not asked for, and a
     /// rest longer than [`MAX_DRAIN`] is left, the connection with it.
     pub(crate) fn drain(&mut self) {
-        let failed = self.writer.as_ref().is_some_and(|writer| writer.failed);
-        if !self.reusable || failed {
+        let writing = self
+            .writer
+            .as_ref()
+            .is_some_and(|writer| !writer.done || writer.failed);
+        if !self.reusable || writing {
             return;
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -983,21 +975,6 @@ impl Body {
         }
     }
 
-    /// The connection and what is left to send of the request, when the answer ended whole
-    /// before the request did (an early 413, or a 201 to an upload the upstream reads on): an
-    /// upstream that answers early and keeps its connection reads the rest of the request
-    /// (RFC 9112 §9.3), and the client's upload must reach it whole, not be cut where the
-    /// answer came.
-    pub(crate) fn take_unsent(&mut self) -> Option<Unsent> {
-        let ended = matches!(self.decoder, Decoder::Done | Decoder::Length(0));
-        if !ended || !self.reusable {
-            return None;
-        }
-        let writer = self.writer.take_if(|writer| !writer.done)?;
-        let conn = self.conn.take()?;
-        Some(Unsent { conn, writer })
-    }
-
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
@@ -1030,31 +1007,6 @@ impl Body {
                 }
             }
         }
-    }
-}
-
-/// A request still being sent on a connection whose answer has ended whole: see
-/// [`Body::take_unsent`].
-pub(crate) struct Unsent {
-    conn: Box<Conn>,
-    writer: Box<Writer>,
-}
-
-impl Unsent {
-    /// Sends the rest of the request, until the attempt's deadline at most; then the connection,
-    /// if it may carry another exchange.
-    pub(crate) async fn finish(self) -> Option<Box<Conn>> {
-        let Unsent {
-            mut conn,
-            mut writer,
-        } = self;
-        let until = writer.until;
-        let sent =
-            tokio::time::timeout_at(until, poll_fn(|cx| writer.poll_write(&mut conn.io, cx))).await;
-        // Bytes after the answer were never asked for: the connection is out of step.
-        matches!(sent, Ok(Ok(())))
-            .then_some(conn)
-            .filter(|conn| conn.read.is_empty())
     }
 }
 
