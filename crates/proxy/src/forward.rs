@@ -28,6 +28,7 @@ use crate::body::{
     BodyFault, ClientBodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, Watch,
     boxed, rescued,
 };
+use crate::h1::AnsweredEarly;
 use crate::metrics::RouteOutcome;
 use crate::recent::Kind;
 use crate::route::Router;
@@ -429,6 +430,9 @@ async fn exchange(
             upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::response());
+            // An HTTP/2 client's stream is reset instead, as the RFC allows (RFC 9113 §8.1).
+            let early =
+                version < Version::HTTP_2 && parts.extensions.get::<AnsweredEarly>().is_some();
             // Only a body of known length can end without the connection ending with it.
             let keep_alive_10 = keep_alive_10 && body.size_hint().exact().is_some();
             if parts.status == StatusCode::NO_CONTENT {
@@ -448,7 +452,12 @@ async fn exchange(
                 _ => body,
             };
             // Set after the fallback's copy: it is this hop's, not part of a stale answer.
-            if keep_alive_10 {
+            if early {
+                // What is left of the client's body will not be read.
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            } else if keep_alive_10 {
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("keep-alive"));

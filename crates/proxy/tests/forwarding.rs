@@ -556,3 +556,42 @@ async fn an_http10_client_that_asks_keeps_its_connection() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    // An upstream that answers a POST as soon as its head arrives, keeping its connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut read = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        while memchr::memmem::find(&read, b"\r\n\r\n").is_none() {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0);
+            read.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 2\r\n\r\nno")
+            .await
+            .unwrap();
+        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let proxy = simple(&[upstream], "[routes.retry]\nattempts = 1", "").await;
+
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    client.write_all(&[b'x'; 10_000]).await.unwrap();
+    // The answer, saying the connection ends with it, and then its end: the rest of the upload
+    // cannot be told from a next request.
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nno"), "{answer}");
+}
