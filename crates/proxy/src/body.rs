@@ -65,7 +65,8 @@ pin_project_lite::pin_project! {
         timer: Timer,
         // Frames read in a row without a wait.
         streak: u8,
-        // Whether the body has been waiting for the upstream since a poll before this one.
+        // Whether the body has been waiting for the upstream since a poll before this one, or
+        // was when the deadline passed.
         waiting: bool,
     }
 }
@@ -129,13 +130,17 @@ where
         if *this.streak >= LOOK_EVERY {
             *this.streak = 0;
             if turn::now() >= *this.deadline {
-                return Poll::Ready(Some(Err(Box::new(BodyTimedOut { waiting: false }))));
+                return Poll::Ready(Some(Err(Box::new(BodyTimedOut {
+                    waiting: *this.waiting,
+                }))));
             }
         }
         // The body first: a frame that is ready when the deadline passes is still delivered.
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.streak += 1;
-            *this.waiting = false;
+            // A piece that came only after the deadline, to a wait begun before it: the
+            // upstream was late, whatever follows.
+            *this.waiting = *this.waiting && turn::now() >= *this.deadline;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         *this.streak = 0;
@@ -705,7 +710,7 @@ impl BodyFault {
         self.0.fault.store(fault as u8, Ordering::Release);
     }
 
-    fn awaiting(&self, client: bool) {
+    pub(crate) fn awaiting(&self, client: bool) {
         // Read before written: a store on every frame would write a line the reply shares.
         if self.0.awaited.load(Ordering::Relaxed) != client {
             self.0.awaited.store(client, Ordering::Relaxed);
@@ -858,6 +863,50 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<BodyTimedOut>());
         assert_eq!(Instant::now(), deadline);
+        drop(tx);
+    }
+
+    /// Whether the deadline of `body` cut it while it waited for its upstream.
+    async fn cut_waiting(body: &mut Pin<Box<DeadlineBody<ChannelBody>>>) -> bool {
+        let err = body.frame().await.unwrap().unwrap_err();
+        err.downcast_ref::<BodyTimedOut>().unwrap().waiting
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_says_whether_it_came_while_the_upstream_kept_the_body_waiting() {
+        let second = Duration::from_secs(1);
+        // Nothing arrives: the deadline ends a wait for the upstream.
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = Box::pin(DeadlineBody::new(ChannelBody(rx), Instant::now() + second));
+        assert!(cut_waiting(&mut body).await);
+        drop(tx);
+        // A piece that comes after the deadline, to a wait begun before it: the upstream was
+        // late, though the piece was there when next asked for.
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = Box::pin(DeadlineBody::new(ChannelBody(rx), Instant::now() + second));
+        assert!(
+            tokio::time::timeout(second / 2, body.frame())
+                .await
+                .is_err()
+        );
+        tokio::time::advance(second).await;
+        tx.send(Bytes::from_static(b"late")).await.unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "late"
+        );
+        assert!(cut_waiting(&mut body).await);
+        // Every piece there as soon as asked for, the deadline passing while the reader was
+        // elsewhere (a client reading slowly): not the upstream's doing.
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = Box::pin(DeadlineBody::new(ChannelBody(rx), Instant::now() + second));
+        tx.send(Bytes::from_static(b"ready")).await.unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ready"
+        );
+        tokio::time::advance(2 * second).await;
+        assert!(!cut_waiting(&mut body).await);
         drop(tx);
     }
 

@@ -416,6 +416,11 @@ async fn exchange(
                 remove_hop_by_hop(&mut parts.headers, hop_by_hop);
                 return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
             }
+            // The answer came before the request was sent whole: what is left of the client's
+            // body will not be read, and an HTTP/1.x client's connection closes after the
+            // answer (an HTTP/2 client's stream is reset instead, as RFC 9113 §8.1 allows).
+            let early =
+                version < Version::HTTP_2 && response.extensions().get::<AnsweredEarly>().is_some();
             if let Some(fallback) = stack.fallback().and_then(|fallback| {
                 fallback.for_status(
                     response.status(),
@@ -425,14 +430,15 @@ async fn exchange(
                 )
             }) {
                 // The upstream's own failing answer gives way; its connection is let go.
-                return fallback;
+                return if early {
+                    closing(fallback, version)
+                } else {
+                    fallback
+                };
             }
             upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, HopByHop::response());
-            // An HTTP/2 client's stream is reset instead, as the RFC allows (RFC 9113 §8.1).
-            let early =
-                version < Version::HTTP_2 && parts.extensions.get::<AnsweredEarly>().is_some();
             // Only a body of known length can end without the connection ending with it.
             let keep_alive_10 = keep_alive_10 && body.size_hint().exact().is_some();
             if parts.status == StatusCode::NO_CONTENT {
@@ -453,7 +459,6 @@ async fn exchange(
             };
             // Set after the fallback's copy: it is this hop's, not part of a stale answer.
             if early {
-                // What is left of the client's body will not be read.
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -191,7 +191,8 @@ pub(crate) async fn send(
     if let Some(reason) = reason {
         response.extensions_mut().insert(reason);
     }
-    if !writer.done {
+    // A write that failed (an upstream that answered and closed) left the request unsent too.
+    if !writer.done || writer.failed {
         response.extensions_mut().insert(AnsweredEarly);
     }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {

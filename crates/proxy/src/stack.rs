@@ -298,8 +298,8 @@ impl Stack {
                     // The endpoints of the hedges sent so far; allocated only once one is.
                     let mut hedged: Vec<usize> = Vec::new();
                     let hedge = || {
-                        // Declining lets go of what was taken so far: a breaker permit
-                        // dropped unrecorded and a slot given back teach nothing.
+                        // Declining lets go of what was taken so far: a permit cut short before
+                        // its attempt began and a slot given back teach nothing.
                         let picked = self.upstream.pick(&avoid).ok()?;
                         // A hedge to an endpoint already racing (the pick's last resort) would
                         // only double its load.
@@ -385,19 +385,22 @@ impl Stack {
 
     // One attempt to the endpoint `picked`, holding `slot` of the upstream's concurrency limit
     // until the response head: both learn the attempt's classified outcome. Dropped before the
-    // head (a hedge that lost), both are let go without learning anything. A gRPC success
-    // whose head has no `grpc-status` (the usual case: the status follows the body) is judged
-    // by the breaker when its trailers arrive, the permit travelling with the body; the body is
-    // bounded by the deadline either way.
+    // head (a hedge that lost, a client that went away), the slot is let go without learning
+    // anything and the permit is cut short (a slow call once past `slow_call`, unless the
+    // exchange waited for the client's body). A good answer is judged again when its body ends,
+    // the permit travelling with the body: a gRPC one whose head has no `grpc-status` (the usual
+    // case: the status follows the body) by its trailers, another by whether its body ends
+    // whole; the body is bounded by the deadline either way.
     async fn send(
         &self,
         head: &Parts,
         body: RequestBody,
-        picked: Picked<'_>,
+        mut picked: Picked<'_>,
         slot: Slot<'_>,
         (deadline, expired): (Instant, Reason),
         grpc: bool,
     ) -> Sent {
+        picked.watch_client(head.extensions.get::<BodyFault>());
         let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
             Ok(response) => response,
             Err(tried) => {

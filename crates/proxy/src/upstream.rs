@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::balance::{Balancer, InFlight, Load};
+use crate::body::BodyFault;
 use crate::connections::{Connections, PING_AFTER, PING_TIMEOUT};
 use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
@@ -89,12 +90,23 @@ pub(crate) struct Picked<'a> {
 /// dropped unrecorded. A client that goes away before the answer, like one whose own deadline
 /// runs out, says nothing of the endpoint; but an endpoint that hangs while every client gives
 /// up first must still be seen, as a slow call once past the threshold.
+///
+/// Not when the exchange was waiting for the client's own body, or the body failed: a client
+/// that uploads slowly, then hangs up (an HTTP/2 stream reset mid-body drops the exchange before
+/// its body can say so), says nothing of the endpoint however long it took.
 #[derive(Debug)]
-struct Unjudged<'a>(Option<Permit<'a>>);
+struct Unjudged<'a>(Option<Permit<'a>>, Option<BodyFault>);
 
 impl Drop for Unjudged<'_> {
     fn drop(&mut self) {
-        if let Some(permit) = self.0.take() {
+        let Some(permit) = self.0.take() else {
+            return;
+        };
+        let clients = self
+            .1
+            .as_ref()
+            .is_some_and(|fault| fault.awaits_client() || fault.get().is_some());
+        if !clients {
             permit.cut_short();
         }
     }
@@ -122,6 +134,12 @@ impl Picked<'_> {
     /// drop does too.
     pub(crate) fn cut_short(self) {
         drop(self);
+    }
+
+    /// Watches the request's body (`fault`, when it has one): a drop while the exchange waits
+    /// for it, or after it failed, is the client's doing.
+    pub(crate) fn watch_client(&mut self, fault: Option<&BodyFault>) {
+        self.permit.1 = fault.cloned();
     }
 
     /// The attempt failed for the client's own doing (its request body broke off, grew too
@@ -456,6 +474,29 @@ impl Pool {
         latest.into_iter().map(|(_, index)| index).collect()
     }
 
+    /// The endpoints past the ejection cap that [`Pool::pick`] would use now: those of the tier
+    /// it serves. A primary put back waits while a backup admits by its own breaker, and a
+    /// backup put back while a primary does.
+    fn serving_past_cap(&self) -> Vec<usize> {
+        let usable = self.usable();
+        let mut reinstated = self.past_cap(&usable);
+        let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
+        if backups.is_empty() || reinstated.is_empty() {
+            return reinstated;
+        }
+        let tier = if self.admits_alone(primaries.clone(), &usable) {
+            primaries
+        } else if self.admits_alone(backups.clone(), &usable)
+            || reinstated.iter().any(|index| backups.contains(index))
+        {
+            backups
+        } else {
+            primaries
+        };
+        reinstated.retain(|index| tier.contains(index));
+        reinstated
+    }
+
     /// The answer to an attempt no endpoint may take.
     fn refusal(&self) -> Reason {
         if self.endpoints.len() == 1 {
@@ -510,7 +551,7 @@ impl Pool {
         };
         Some(Picked {
             index,
-            permit: Unjudged(permit),
+            permit: Unjudged(permit, None),
             in_flight: self.balancer.start(&endpoint.load),
             metrics: &endpoint.metrics,
             sent: turn::now(),
@@ -740,7 +781,7 @@ impl Pool {
 impl Pool {
     /// The stats of this pool, the upstream `name`.
     pub(crate) fn stats(&self, name: &str) -> UpstreamStats {
-        let reinstated = self.past_cap(&self.usable());
+        let reinstated = self.serving_past_cap();
         let endpoints = self
             .endpoints
             .iter()
@@ -1075,13 +1116,20 @@ mod tests {
                     "balance = \"{balance}\"\nbackup = [\"127.0.0.1:3\"]"
                 ))
             };
+            // The stats say which endpoints serve though their breakers refuse.
+            let reinstated = |pool: &Pool| -> Vec<bool> {
+                let stats = pool.stats("app");
+                stats.endpoints.iter().map(|e| e.reinstated).collect()
+            };
             let last = with_backup();
             trip_in_turn(&last, &[0, 1]).await;
             assert_eq!(picks(&last, 4), ["127.0.0.1:3"; 4], "{balance}");
+            assert_eq!(reinstated(&last), [false; 3], "{balance}");
             // The backup out too, last: the cap puts back the two ejected last, the backup and
             // the second primary, and the backup, its tier first, serves.
             trip_in_turn(&last, &[2]).await;
             assert_eq!(picks(&last, 4), ["127.0.0.1:3"; 4], "{balance}");
+            assert_eq!(reinstated(&last), [false, false, true], "{balance}");
             // The backup out first: the two put back are the primaries.
             let first = with_backup();
             trip_in_turn(&first, &[2, 0, 1]).await;
@@ -1089,6 +1137,7 @@ mod tests {
                 picks(&first, 4).iter().all(|p| p != "127.0.0.1:3"),
                 "{balance}"
             );
+            assert_eq!(reinstated(&first), [true, true, false], "{balance}");
         }
     }
 
@@ -1110,6 +1159,29 @@ mod tests {
         // The breakers still decide.
         trip(&pool, 0);
         assert_eq!(spread(&pool, 30)[0], 0);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_let_go_past_the_slow_call_threshold_is_slow_unless_it_waited_for_the_client()
+     {
+        // A client that goes away (an HTTP/2 stream reset drops the exchange before its body can
+        // say it broke off) while the exchange waited for its body says nothing of the endpoint.
+        let slow = "[upstreams.app.breaker]\nslow_call = \"100ms\"\nslow_call_rate = 0.5\n\
+                    min_calls = 1\nopen_for = \"60s\"";
+        let pool = pool_with(&["127.0.0.1:1"], slow, Rng::seeded(7));
+        let state = || pool.endpoints[0].breaker.as_ref().unwrap().state();
+        let fault = BodyFault::default();
+        fault.awaiting(true);
+        let mut picked = pool.pick(&tried([])).unwrap();
+        picked.watch_client(Some(&fault));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(picked);
+        assert_eq!(state(), State::Closed);
+        // Not waiting for the client: a slow call, which opens the breaker.
+        let picked = pool.pick(&tried([])).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(picked);
+        assert_eq!(state(), State::Open);
     }
 
     #[tokio::test(start_paused = true)]

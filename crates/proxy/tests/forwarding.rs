@@ -557,12 +557,13 @@ async fn an_http10_client_that_asks_keeps_its_connection() {
     );
 }
 
-#[tokio::test]
-async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_the_answer() {
+/// What a client gets through a proxy with `route` lines, posting a body of which it sends a
+/// tenth before an upstream answers `answer` as soon as the head arrives, keeping its
+/// connection; read until the proxy closes the connection.
+async fn answered_early(answer: &'static [u8], route: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    // An upstream that answers a POST as soon as its head arrives, keeping its connection.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -574,13 +575,10 @@ async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_t
             assert_ne!(n, 0);
             read.extend_from_slice(&buf[..n]);
         }
-        stream
-            .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 2\r\n\r\nno")
-            .await
-            .unwrap();
+        stream.write_all(answer).await.unwrap();
         while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
     });
-    let proxy = simple(&[upstream], "[routes.retry]\nattempts = 1", "").await;
+    let proxy = simple(&[upstream], route, "").await;
 
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
     client
@@ -588,10 +586,28 @@ async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_t
         .await
         .unwrap();
     client.write_all(&[b'x'; 10_000]).await.unwrap();
-    // The answer, saying the connection ends with it, and then its end: the rest of the upload
-    // cannot be told from a next request.
-    let answer = until_closed(&mut client).await;
+    until_closed(&mut client).await
+}
+
+#[tokio::test]
+async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_the_answer() {
+    // The answer says the connection ends with it: the rest of the upload cannot be told from
+    // a next request.
+    let answer = answered_early(
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 2\r\n\r\nno",
+        "[routes.retry]\nattempts = 1",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nno"), "{answer}");
+    // So does a fallback in its place.
+    let answer = answered_early(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy",
+        "[routes.retry]\nattempts = 1\n[routes.fallback]\non = [\"5xx\"]\nstatus = 200\nbody = \"later\"",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nlater"), "{answer}");
 }

@@ -327,11 +327,12 @@ async fn an_http2_stream_reset_with_no_error_before_its_length_is_a_failure() {
 
 #[tokio::test]
 async fn a_body_the_upstream_sends_past_the_routes_timeout_is_a_failure() {
-    // The head at once, then a piece every 100 ms for two seconds; the route allows 300 ms.
+    // The head at once, then a piece every 70 ms for two seconds; the route's 300 ms run out
+    // in the middle of a wait for the upstream.
     let slow = Upstream::start(Behavior::SlowBody {
         chunk: "x".into(),
-        every: Duration::from_millis(100),
-        chunks: 20,
+        every: Duration::from_millis(70),
+        chunks: 30,
     })
     .await
     .unwrap();
@@ -802,26 +803,34 @@ async fn a_hung_endpoint_whose_clients_go_away_first_is_a_slow_one() {
         .unwrap();
     let proxy = simple(
         &[hung.addr()],
-        "timeout = \"5s\"\n[routes.retry]\nattempts = 1",
-        "[upstreams.app.breaker]\nslow_call = \"100ms\"\nslow_call_rate = 0.5\nmin_calls = 2\nopen_for = \"60s\"",
+        "timeout = \"10s\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nslow_call = \"1s\"\nslow_call_rate = 0.5\nmin_calls = 2\nopen_for = \"60s\"",
     )
     .await;
     let proxy_addr = addr(&proxy);
-    let give_up_after = |wait: Duration| async move {
-        let mut stream = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(wait).await;
-        drop(stream);
+    // A client that hangs up once the upstream has its request and `wait` more has passed.
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let give_up_after = |wait: Duration| {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let hung = &hung;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), hung.wait_for_requests(n))
+                .await
+                .expect("the upstream gets the request");
+            tokio::time::sleep(wait).await;
+            drop(stream);
+        }
     };
     for _ in 0..3 {
-        give_up_after(Duration::from_millis(20)).await;
+        give_up_after(Duration::ZERO).await;
     }
-    hung.wait_for_requests(3).await;
     for _ in 0..2 {
-        give_up_after(Duration::from_millis(300)).await;
+        give_up_after(Duration::from_millis(1200)).await;
     }
     // The proxy notices a hang-up as it comes; give the last one's outcome a moment to land.
     let open = format!(
@@ -836,7 +845,38 @@ async fn a_hung_endpoint_whose_clients_go_away_first_is_a_slow_one() {
     }
     let text = metrics(&proxy);
     assert!(text.contains(&open), "{text}");
-    assert_eq!(hung.request_count(), 5);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_upload_is_no_slow_call() {
+    // The client sends a little of its body, waits past the slow-call threshold, and hangs up:
+    // the exchange was waiting for the client, which says nothing of the endpoint.
+    let upstream = Upstream::start(Behavior::Slow(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"10s\"\n[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nslow_call = \"200ms\"\nslow_call_rate = 0.5\nmin_calls = 1\nopen_for = \"60s\"",
+    )
+    .await;
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nhost: app\r\ncontent-length: 1000\r\n\r\nten bytes.")
+            .await
+            .unwrap();
+        // Twice the threshold: the upstream has the head and the ten bytes, and waits.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closed = format!(
+        "rampart_breaker_state{{upstream=\"app\",endpoint=\"{}\"}} 0\n",
+        upstream.addr()
+    );
+    let text = metrics(&proxy);
+    assert!(text.contains(&closed), "{text}");
 }
 
 #[tokio::test]
