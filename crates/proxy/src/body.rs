@@ -151,8 +151,10 @@ where
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut {
                 waiting: *this.waiting,
             })))),
+            // A wait begun before the deadline, by the clock: the timer fires up to a
+            // millisecond late, and a wait begun in that millisecond is no upstream's.
             Poll::Pending => {
-                *this.waiting = true;
+                *this.waiting = *this.waiting || turn::now() < *this.deadline;
                 Poll::Pending
             }
         }

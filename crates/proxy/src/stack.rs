@@ -418,10 +418,12 @@ impl Stack {
                     // upload slower than the timeout, left the endpoint no whole request to
                     // answer; counted, a few slow uploads would open the breaker for everyone.
                     // An upstream that stopped taking the body (it hangs) is no such wait, and
-                    // counts. Only an attempt that had already run past the slow-call
-                    // threshold is a slow call (when slow calls trip the breaker), so that a
-                    // hung endpoint behind short deadlines is still seen. The attempt went out,
-                    // and counts as executed.
+                    // counts. Past the client's own deadline, only an attempt that had already
+                    // run past the slow-call threshold is a slow call (when slow calls trip the
+                    // breaker), so that a hung endpoint behind short deadlines is still seen;
+                    // one that waited for the client's body is not even that (`Picked`'s
+                    // watch on the body releases it). The attempt went out, and counts as
+                    // executed.
                     Tried::Expired if expired == Reason::DeadlineExceeded || awaits_client() => {
                         slot.executed();
                         picked.cut_short();
