@@ -910,6 +910,19 @@ mod tests {
         tokio::time::advance(2 * second).await;
         assert!(!cut_waiting(&mut body).await);
         drop(tx);
+        // A wait begun just after the deadline, before the timer (which fires on the next
+        // millisecond) says so: not the upstream's doing either.
+        let (tx, rx) = mpsc::channel(1);
+        let deadline = Instant::now() + second + Duration::from_micros(500);
+        let mut body = Box::pin(DeadlineBody::new(ChannelBody(rx), deadline));
+        tx.send(Bytes::from_static(b"ready")).await.unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ready"
+        );
+        tokio::time::advance(second + Duration::from_micros(600)).await;
+        assert!(!cut_waiting(&mut body).await);
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]
