@@ -381,16 +381,21 @@ async fn a_client_reading_slower_than_the_routes_timeout_allows_never_opens_a_br
     assert_no_failure(&proxy, big.addr());
 }
 
-#[tokio::test]
-async fn a_long_body_after_a_quick_head_is_no_slow_call_and_counts_once_whole() {
-    // The head at once, then the body over 400 ms: four times the slow-call threshold.
-    let streaming = Upstream::start(Behavior::SlowBody {
+/// An upstream that answers its head at once, then `xxxxxxxx` over 400 ms, a byte every 50 ms.
+async fn streaming() -> Upstream {
+    Upstream::start(Behavior::SlowBody {
         chunk: "x".into(),
         every: Duration::from_millis(50),
         chunks: 8,
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_long_body_after_a_quick_head_is_no_slow_call_and_counts_once_whole() {
+    // The head at once, then the body over 400 ms: four times the slow-call threshold.
+    let streaming = streaming().await;
     let proxy = simple(
         &[streaming.addr()],
         "[routes.retry]\nattempts = 1",
@@ -726,13 +731,7 @@ async fn a_clients_own_short_deadline_never_opens_a_breaker() {
 async fn a_body_cut_by_the_clients_own_deadline_never_opens_a_breaker() {
     // The head at once, the body over 400 ms; each client gives it 100 ms. The body is cut for
     // the client, and says nothing about the endpoint: it counts as its good head.
-    let streaming = Upstream::start(Behavior::SlowBody {
-        chunk: "x".into(),
-        every: Duration::from_millis(50),
-        chunks: 8,
-    })
-    .await
-    .unwrap();
+    let streaming = streaming().await;
     let proxy = simple(
         &[streaming.addr()],
         "timeout = \"5s\"\n[routes.retry]\nattempts = 1",
