@@ -614,8 +614,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         this.fault.awaiting(polled.is_pending());
         let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
@@ -627,7 +627,10 @@ where
                 }
                 return Poll::Ready(Some(Err(err.into())));
             }
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.fault.end();
+                return Poll::Ready(None);
+            }
             Poll::Pending => return Poll::Pending,
         };
         if let Some(data) = frame.data_ref() {
@@ -637,9 +640,15 @@ where
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
             *this.remaining -= len;
+            // The last piece of a body of known length: its reader may ask no more.
+            if this.inner.is_end_stream() {
+                this.fault.end();
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
-        // The client's trailers go on without what would frame or route the request anew.
+        // The client's trailers, the body's last frame, go on without what would frame or
+        // route the request anew.
+        this.fault.end();
         Poll::Ready(Some(Ok(cleaned(frame))))
     }
 
@@ -705,11 +714,24 @@ struct FaultCell {
     reply_moves: AtomicU64,
     /// Pieces of the request body passed on so far.
     request_moves: AtomicU64,
+    /// The body was read to its end.
+    ended: AtomicBool,
 }
 
 impl BodyFault {
     fn set(&self, fault: ClientBodyFault) {
         self.0.fault.store(fault as u8, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.0.ended.store(true, Ordering::Release);
+    }
+
+    /// Whether the client's body was read to its end: when it was not by the time of the
+    /// answer (the upstream answered early, or the request was refused before its body was
+    /// read), the rest of it is still on the client's connection.
+    pub(crate) fn is_read_whole(&self) -> bool {
+        self.0.ended.load(Ordering::Acquire)
     }
 
     pub(crate) fn awaiting(&self, client: bool) {

@@ -28,7 +28,6 @@ use crate::body::{
     BodyFault, ClientBodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, Watch,
     boxed, rescued,
 };
-use crate::h1::AnsweredEarly;
 use crate::metrics::RouteOutcome;
 use crate::recent::Kind;
 use crate::route::Router;
@@ -159,15 +158,18 @@ pub(crate) async fn handle(
     let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
         let response = rescued(Reason::NoRoute, grpc);
-        return match offer {
-            Some(_) => (closing(response, version), None),
-            None => (response, None),
+        // A body left unread (below) ends the connection too.
+        return if offer.is_some() || !body.is_end_stream() {
+            (closing(response, version), None)
+        } else {
+            (response, None)
         };
     };
     let client = Client { peer, grpc, limits };
     let started = turn::now();
     let executing = stack.metrics().executing(started);
     let (body, body_fault) = client_body(body, limits, &mut parts);
+    let body_left = body_fault.clone();
     let mut upstream = FromUpstream::default();
     let mut response = exchange(
         stack,
@@ -178,7 +180,12 @@ pub(crate) async fn handle(
         &mut upstream,
     )
     .await;
-    if offer.is_some() && upstream.tunnel.is_none() {
+    // The answer came before the client's body was read whole (the upstream answered early,
+    // a refusal came first): the rest of it on an HTTP/1.x connection could not be told from a
+    // next request, so the connection closes after the answer and says so (RFC 9112 §9.6), as
+    // Envoy closes it. An HTTP/2 client's stream is reset instead (RFC 9113 §8.1).
+    let body_unread = body_left.is_some_and(|fault| !fault.is_read_whole());
+    if (offer.is_some() || body_unread) && upstream.tunnel.is_none() {
         response = closing(response, version);
     }
     let (outcome, kind) = match upstream.outcome {
@@ -416,11 +423,6 @@ async fn exchange(
                 remove_hop_by_hop(&mut parts.headers, hop_by_hop);
                 return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
             }
-            // The answer came before the request was sent whole: what is left of the client's
-            // body will not be read, and an HTTP/1.x client's connection closes after the
-            // answer (an HTTP/2 client's stream is reset instead, as RFC 9113 §8.1 allows).
-            let early =
-                version < Version::HTTP_2 && response.extensions().get::<AnsweredEarly>().is_some();
             if let Some(fallback) = stack.fallback().and_then(|fallback| {
                 fallback.for_status(
                     response.status(),
@@ -430,11 +432,7 @@ async fn exchange(
                 )
             }) {
                 // The upstream's own failing answer gives way; its connection is let go.
-                return if early {
-                    closing(fallback, version)
-                } else {
-                    fallback
-                };
+                return fallback;
             }
             upstream.outcome = Some(outcome);
             let (mut parts, body) = response.into_parts();
@@ -458,11 +456,7 @@ async fn exchange(
                 _ => body,
             };
             // Set after the fallback's copy: it is this hop's, not part of a stale answer.
-            if early {
-                parts
-                    .headers
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            } else if keep_alive_10 {
+            if keep_alive_10 {
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("keep-alive"));

@@ -133,14 +133,6 @@ impl StdError for Error {
     }
 }
 
-/// In a response's extensions when it came before its request was sent whole (an early 413):
-/// the rest of the request is sent while the answer's body is read, and once the answer ends
-/// the connection goes with whatever was left unsent. The client's connection then holds the
-/// rest of a body nobody reads, so it must close after this answer (RFC 9112 §9.6), as Envoy
-/// closes it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct AnsweredEarly;
-
 /// The connection of a `101 Switching Protocols`, for the tunnel to take: the stream, and what
 /// the upstream sent after the 101's head. In the response's extensions, which must be `Clone`.
 #[derive(Clone)]
@@ -190,10 +182,6 @@ pub(crate) async fn send(
     *response.headers_mut() = headers;
     if let Some(reason) = reason {
         response.extensions_mut().insert(reason);
-    }
-    // A write that failed (an upstream that answered and closed) left the request unsent too.
-    if !writer.done || writer.failed {
-        response.extensions_mut().insert(AnsweredEarly);
     }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
         let Conn { io, mut read } = *conn;

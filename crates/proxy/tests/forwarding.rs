@@ -611,3 +611,52 @@ async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_t
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nlater"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_body_left_unread_ends_the_clients_connection_whatever_answers_it() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let upstream = Upstream::start(Behavior::ok("read")).await.unwrap();
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nname = \"rehearsal\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/fault\" }}\n\
+         [routes.fault]\nabort_status = 503\n\n\
+         [[routes]]\nname = \"app\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        upstream.addr()
+    ))
+    .await;
+    // A tenth of the body, then what the proxy says and whether it closes.
+    let post = |path: &'static str| {
+        let addr = addr(&proxy);
+        async move {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let head =
+                format!("POST {path} HTTP/1.1\r\nhost: app\r\ncontent-length: 100000\r\n\r\n");
+            client.write_all(head.as_bytes()).await.unwrap();
+            client.write_all(&[b'x'; 10_000]).await.unwrap();
+            until_closed(&mut client).await
+        }
+    };
+    // An injected fault, and no route at all, answer without reading the body.
+    for (path, status) in [("/fault", "503"), ("/nowhere", "404")] {
+        let answer = post(path).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    }
+    // A body read whole keeps its connection.
+    let response = send(
+        &http1(),
+        request(&proxy, "/app")
+            .method(Method::POST)
+            .body(Full::new(Bytes::from_static(b"whole")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.body(), "read");
+    assert!(!response.headers().contains_key("connection"));
+}
