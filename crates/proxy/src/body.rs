@@ -211,6 +211,7 @@ pin_project_lite::pin_project! {
     /// the endpoint; nor, for a gRPC call, one cut by the client's own deadline.
     ///
     /// With nothing pending, it only passes the frames on.
+    #[project = OutcomeAtEndProj]
     pub(crate) struct OutcomeAtEnd<B> {
         #[pin]
         inner: B,
@@ -221,6 +222,8 @@ pin_project_lite::pin_project! {
         fault: Option<BodyFault>,
         // The client's own deadline, when it is shorter than the route's timeout.
         client_deadline: Option<Instant>,
+        // An error held back for a poll (see `poll_frame`).
+        held: Option<BoxError>,
     }
 }
 
@@ -240,6 +243,7 @@ impl<B> OutcomeAtEnd<B> {
             pending: pending.map(Box::new),
             fault,
             client_deadline,
+            held: None,
         }
     }
 }
@@ -256,6 +260,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(err) = this.held.take() {
+            return Poll::Ready(Some(Err(err)));
+        }
         let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
             // What frames, routes or belongs to one connection goes no further in trailers, as
             // in the request's (`LimitBody`): hyper drops it toward an HTTP/1.1 client, and an
@@ -263,70 +270,89 @@ where
             Some(Ok(frame)) if frame.is_trailers() => Some(Ok(cleaned(frame))),
             frame => frame,
         };
-        let Some(pending) = this.pending.as_ref() else {
-            return Poll::Ready(frame);
-        };
-        let by_head = pending.is_judged_by_head();
-        let outcome = match &frame {
-            // The last piece of a body of known length: the end, with no poll more to wait for.
-            Some(Ok(frame)) if by_head && frame.is_data() && this.inner.is_end_stream() => {
-                Some(Outcome::Success)
-            }
-            Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
-                if by_head {
-                    Outcome::Success
-                } else {
-                    classify_trailers(trailers).unwrap_or(Outcome::Failure)
-                }
-            }),
-            // The client's failure, or the route's timeout passing while the upstream's pieces
-            // were there as soon as asked for (the client read them slowly): the endpoint is
-            // not held to it (a gRPC permit goes unrecorded, an answer judged by its head stands
-            // as its head).
-            Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
-                drop(this.pending.take());
-                None
-            }
-            Some(Err(err))
-                if err
-                    .downcast_ref::<BodyTimedOut>()
-                    .is_some_and(|cut| !cut.waiting) =>
-            {
-                drop(this.pending.take());
-                None
-            }
-            // The client's own deadline ran out: that says nothing about the endpoint, unless
-            // a gRPC call had run long enough to be a slow one (an answer judged by its head
-            // stands as its head).
-            Some(Err(_)) if this.client_deadline.is_some_and(|at| turn::now() >= at) => {
-                if let Some(pending) = this.pending.take()
-                    && !by_head
-                {
-                    pending.cut_short();
-                }
-                None
-            }
-            Some(Err(_)) => Some(Outcome::Failure),
-            // Ended short of the length its head announced: an HTTP/2 upstream's RST_STREAM
-            // with NO_ERROR reads as an end (hyper), and the client's stream is reset for it.
-            None if by_head && this.inner.size_hint().lower() == 0 => Some(Outcome::Success),
-            None => Some(Outcome::Failure),
-        };
-        if let Some(outcome) = outcome
-            && let Some(pending) = this.pending.take()
-        {
-            pending.record(outcome);
+        if let Some(pending) = this.pending.as_ref() {
+            let by_head = pending.is_judged_by_head();
+            judge(&mut this, &frame, by_head);
+        }
+        // An error waits one poll: once a body fails, hyper sends nothing of what it holds
+        // unwritten (the head, the pieces before), so an answer that breaks off right after a
+        // piece, both read at once, would reach the client as nothing at all. A wait lets it
+        // write them first.
+        if let Some(Err(err)) = frame {
+            *this.held = Some(err);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        // Claiming the end early would skip the poll that records the outcome.
-        self.pending.is_none() && self.inner.is_end_stream()
+        // Claiming the end early would skip the poll that records the outcome, or the one that
+        // gives the held error.
+        self.pending.is_none() && self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Records on the pending pick of `this` what `frame` makes of the attempt, if anything:
+/// [`OutcomeAtEnd`] says what counts how.
+fn judge<B: Body>(
+    this: &mut OutcomeAtEndProj<'_, B>,
+    frame: &Option<Result<Frame<Bytes>, BoxError>>,
+    by_head: bool,
+) {
+    let outcome = match frame {
+        // The last piece of a body of known length: the end, with no poll more to wait for.
+        Some(Ok(frame)) if by_head && frame.is_data() && this.inner.is_end_stream() => {
+            Some(Outcome::Success)
+        }
+        Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+            if by_head {
+                Outcome::Success
+            } else {
+                classify_trailers(trailers).unwrap_or(Outcome::Failure)
+            }
+        }),
+        // The client's failure, or the route's timeout passing while the upstream's pieces
+        // were there as soon as asked for (the client read them slowly): the endpoint is
+        // not held to it (a gRPC permit goes unrecorded, an answer judged by its head stands
+        // as its head).
+        Some(Err(_)) | None if this.fault.as_ref().and_then(BodyFault::get).is_some() => {
+            drop(this.pending.take());
+            None
+        }
+        Some(Err(err))
+            if err
+                .downcast_ref::<BodyTimedOut>()
+                .is_some_and(|cut| !cut.waiting) =>
+        {
+            drop(this.pending.take());
+            None
+        }
+        // The client's own deadline ran out: that says nothing about the endpoint, unless
+        // a gRPC call had run long enough to be a slow one (an answer judged by its head
+        // stands as its head).
+        Some(Err(_)) if this.client_deadline.is_some_and(|at| turn::now() >= at) => {
+            if let Some(pending) = this.pending.take()
+                && !by_head
+            {
+                pending.cut_short();
+            }
+            None
+        }
+        Some(Err(_)) => Some(Outcome::Failure),
+        // Ended short of the length its head announced: an HTTP/2 upstream's RST_STREAM
+        // with NO_ERROR reads as an end (hyper), and the client's stream is reset for it.
+        None if by_head && this.inner.size_hint().lower() == 0 => Some(Outcome::Success),
+        None => Some(Outcome::Failure),
+    };
+    if let Some(outcome) = outcome
+        && let Some(pending) = this.pending.take()
+    {
+        pending.record(outcome);
     }
 }
 

@@ -292,6 +292,33 @@ async fn an_endpoint_that_cuts_its_answers_short_is_ejected() {
 }
 
 #[tokio::test]
+async fn an_answer_cut_short_reaches_the_client_as_far_as_it_came() {
+    // The head and 5 of the 100 bytes it announced in one write, then the end: read at once,
+    // the piece and the end come together, and the client still gets what came before the cut.
+    let cutting = Misbehaving::start(vec![
+        Step::ReadRequest,
+        Step::Write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort".into()),
+    ])
+    .await
+    .unwrap();
+    let proxy = simple(
+        &[cutting.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    for i in 0..20 {
+        let answer = raw(
+            addr(&proxy),
+            "GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "answer {i}: {answer:?}");
+        assert!(answer.ends_with("\r\n\r\nshort"), "answer {i}: {answer:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_http2_stream_reset_with_no_error_before_its_length_is_a_failure() {
     // A good head announcing 100 bytes, 5 of them, then RST_STREAM(NO_ERROR): hyper reads the
     // reset as the body's end.
