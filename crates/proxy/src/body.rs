@@ -646,12 +646,18 @@ where
         let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(err))) => {
-                // A stall was recorded below; anything else is a body the client broke off or
-                // garbled (a bad chunk, a reset stream, a closed connection).
+                // A stall was recorded below; anything else is a body the client left (a
+                // closed connection, a cancelled stream) or broke off or garbled (a bad chunk,
+                // a stream reset otherwise).
+                let err = err.into();
                 if this.fault.get().is_none() {
-                    this.fault.set(ClientBodyFault::Broken);
+                    this.fault.set(if client_left(&*err) {
+                        ClientBodyFault::Gone
+                    } else {
+                        ClientBodyFault::Broken
+                    });
                 }
-                return Poll::Ready(Some(Err(err.into())));
+                return Poll::Ready(Some(Err(err)));
             }
             Poll::Ready(None) => {
                 this.fault.end();
@@ -687,6 +693,23 @@ where
     }
 }
 
+/// Whether a request body's error says that the client went away: its HTTP/1.x connection closed
+/// before the body's end, or it cancelled its HTTP/2 stream.
+fn client_left(err: &(dyn StdError + 'static)) -> bool {
+    let Some(err) = err.downcast_ref::<hyper::Error>() else {
+        return false;
+    };
+    // hyper reads an HTTP/1.x connection closed mid-body as an unexpected end of its input.
+    let source = err.source();
+    err.is_incomplete_message()
+        || source
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        || source
+            .and_then(|source| source.downcast_ref::<h2::Error>())
+            .is_some_and(|h2| h2.reason() == Some(h2::Reason::CANCEL))
+}
+
 /// The request body grew past the listener's `max_request_body`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BodyTooLarge;
@@ -708,6 +731,10 @@ pub(crate) enum ClientBodyFault {
     Stalled = 2,
     /// The client broke it off or garbled it: 400.
     Broken = 3,
+    /// The client went away in the middle of it: its connection closed, or it cancelled its
+    /// HTTP/2 stream. Answered 400 like a broken body, though nobody reads the answer: the
+    /// route counts the request as `cancelled`, as one the client left before its answer.
+    Gone = 4,
 }
 
 impl ClientBodyFault {
@@ -715,7 +742,9 @@ impl ClientBodyFault {
     pub(crate) fn reason(self) -> Reason {
         match self {
             ClientBodyFault::TooLarge => Reason::BodyTooLarge,
-            ClientBodyFault::Stalled | ClientBodyFault::Broken => Reason::BadRequest,
+            ClientBodyFault::Stalled | ClientBodyFault::Broken | ClientBodyFault::Gone => {
+                Reason::BadRequest
+            }
         }
     }
 }
@@ -801,6 +830,7 @@ impl BodyFault {
             1 => Some(ClientBodyFault::TooLarge),
             2 => Some(ClientBodyFault::Stalled),
             3 => Some(ClientBodyFault::Broken),
+            4 => Some(ClientBodyFault::Gone),
             _ => None,
         }
     }

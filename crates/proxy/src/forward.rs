@@ -184,7 +184,9 @@ pub(crate) async fn handle(
     // a refusal came first): the rest of it on an HTTP/1.x connection could not be told from a
     // next request, so the connection closes after the answer and says so (RFC 9112 §9.6), as
     // Envoy closes it. An HTTP/2 client's stream is reset instead (RFC 9113 §8.1).
-    let body_unread = body_left.is_some_and(|fault| !fault.is_read_whole());
+    let body_unread = body_left
+        .as_ref()
+        .is_some_and(|fault| !fault.is_read_whole());
     if (offer.is_some() || body_unread) && upstream.tunnel.is_none() {
         response = closing(response, version);
     }
@@ -196,7 +198,13 @@ pub(crate) async fn handle(
         Some(Outcome::Success | Outcome::Slow) => (RouteOutcome::Success, Kind::Success),
         None => own_outcome(&response),
     };
-    executing.answered(outcome, kind);
+    // A client that went away mid-body never reads its answer: it left, as one that goes away
+    // before the answer's head does (`cancelled`).
+    if body_left.and_then(|fault| fault.get()) == Some(ClientBodyFault::Gone) {
+        drop(executing);
+    } else {
+        executing.answered(outcome, kind);
+    }
     (response, upstream.tunnel)
 }
 

@@ -903,6 +903,21 @@ async fn a_client_that_hangs_up_mid_upload_is_no_slow_call() {
     );
     let text = metrics(&proxy);
     assert!(text.contains(&closed), "{text}");
+    // Nor does the route count them as failures: the clients left, as they do before a head.
+    let route = |outcome: &str| {
+        text.lines()
+            .find(|line| {
+                line.starts_with("rampart_requests_total{")
+                    && line.contains(&format!("outcome=\"{outcome}\"}}"))
+            })
+            .unwrap_or_else(|| panic!("no {outcome} in {text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(route("cancelled"), "2", "{text}");
+    assert_eq!(route("failure"), "0", "{text}");
 }
 
 #[tokio::test]
