@@ -174,6 +174,20 @@ fn breaking_app(endpoints: &[SocketAddr], breaker: &str) -> String {
     )
 }
 
+/// An upstream answering every request 503, and a proxy routing `/app` to it behind a breaker
+/// (`breaking_app`).
+async fn failing_app() -> (Upstream, Proxy) {
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = proxy(&format!(
+        "{LISTENER}{}",
+        breaking_app(&[failing.addr()], "")
+    ))
+    .await;
+    (failing, proxy)
+}
+
 /// Trips the breaker of `failing`, the only endpoint of `app`.
 async fn trip(proxy: &Proxy, failing: &Upstream) {
     let response = get(proxy, "/app").await;
@@ -209,15 +223,8 @@ async fn a_tripped_breaker_stays_open_across_a_reload_of_other_routes_and_upstre
 
 #[tokio::test]
 async fn a_changed_upstream_keeps_the_breakers_of_its_endpoints_unless_the_breaker_changed() {
-    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
-        .await
-        .unwrap();
+    let (failing, proxy) = failing_app().await;
     let healthy = Upstream::start(Behavior::ok("healthy")).await.unwrap();
-    let proxy = proxy(&format!(
-        "{LISTENER}{}",
-        breaking_app(&[failing.addr()], "")
-    ))
-    .await;
     trip(&proxy, &failing).await;
 
     // Another endpoint joins: the tripped one keeps its open breaker, so all goes to the new one.
@@ -429,14 +436,7 @@ async fn what_a_reload_removes_leaves_the_metrics_and_what_it_keeps_stays() {
 
 #[tokio::test]
 async fn breakers_disabled_by_a_reload_leave_no_series() {
-    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
-        .await
-        .unwrap();
-    let proxy = proxy(&format!(
-        "{LISTENER}{}",
-        breaking_app(&[failing.addr()], "")
-    ))
-    .await;
+    let (failing, proxy) = failing_app().await;
     trip(&proxy, &failing).await;
     let state = format!(
         "rampart_breaker_state{{upstream=\"app\",endpoint=\"{}\"}} 1",
@@ -495,16 +495,9 @@ async fn a_reload_keeps_a_routes_live_figures() {
 
 #[tokio::test]
 async fn a_refused_reload_leaves_the_metrics_as_they_were() {
-    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
-        .await
-        .unwrap();
+    let (failing, proxy) = failing_app().await;
     let joining = Upstream::start(Behavior::ok("joining")).await.unwrap();
     let ghost = Upstream::start(Behavior::ok("ghost")).await.unwrap();
-    let proxy = proxy(&format!(
-        "{LISTENER}{}",
-        breaking_app(&[failing.addr()], "")
-    ))
-    .await;
     trip(&proxy, &failing).await;
     let open = format!(
         "rampart_breaker_state{{upstream=\"app\",endpoint=\"{}\"}} 1",
@@ -553,14 +546,7 @@ async fn limits_a_reload_replaced_no_longer_set_the_gauge() {
 
 #[tokio::test]
 async fn the_breakers_a_reload_made_speak_once_they_serve() {
-    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
-        .await
-        .unwrap();
-    let proxy = proxy(&format!(
-        "{LISTENER}{}",
-        breaking_app(&[failing.addr()], "")
-    ))
-    .await;
+    let (failing, proxy) = failing_app().await;
     // New breaker settings: a new breaker, quiet while the reload builds it.
     proxy
         .reload(&config(&format!(
