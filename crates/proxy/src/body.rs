@@ -193,7 +193,7 @@ pin_project_lite::pin_project! {
     /// when the attempt's outcome is recorded. Two kinds of answer come with one:
     ///
     /// - A gRPC answer whose `grpc-status` comes in the trailers: its outcome is the trailers'
-    ///   status (classified as the head's would be). A body that ends without one, or breaks off
+    ///   status (classified as the head's would be), timed at the head. A body that ends without one, or breaks off
     ///   (a reset, the route's deadline), is a failure: gRPC clients read a call that ends with
     ///   no status as INTERNAL. A body dropped before its end (the client went away) records
     ///   nothing.

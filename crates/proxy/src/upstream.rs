@@ -150,35 +150,39 @@ impl Picked<'_> {
     }
 
     /// The same pick, no longer borrowing `pool` (the pool it came from), for an outcome known
-    /// only when the response body ends: from a gRPC answer's trailers.
+    /// only when the response body ends: from a gRPC answer's trailers. The attempt's time is
+    /// its head's, for the breaker's slow calls and the metrics alike, as it is for the
+    /// balancer: a server stream that lasts longer than `slow_call` is no slow call, and a
+    /// call is slow when its answer is slow to begin.
     pub(crate) fn into_owned(mut self, pool: &Pool) -> OwnedPicked {
         // The balancer learns from the response head: the latency it weighs is the time to the
         // first byte of an answer, and a stream that lasts minutes would otherwise count as
         // one slow request in flight all along.
         self.in_flight.finish(rampart_policy::Outcome::Success);
         let breaker = pool.endpoints[self.index].breaker.as_ref();
+        let mut permit = self
+            .permit
+            .0
+            .take()
+            .zip(breaker)
+            .map(|(permit, breaker)| breaker.own(permit));
+        if let Some(permit) = &mut permit {
+            permit.answered();
+        }
         OwnedPicked {
-            permit: self
-                .permit
-                .0
-                .take()
-                .zip(breaker)
-                .map(|(permit, breaker)| breaker.own(permit)),
+            permit,
             metrics: self.metrics.clone(),
             sent: self.sent,
-            head: None,
+            head: turn::now(),
+            by_head: false,
         }
     }
 
     /// As [`Picked::into_owned`], for an answer whose good head is its outcome unless its body
-    /// breaks off: the attempt's time is its head's, for the breaker's slow calls and the
-    /// metrics alike, however long the body streams.
+    /// breaks off.
     pub(crate) fn judged_by_head(self, pool: &Pool) -> OwnedPicked {
         let mut owned = self.into_owned(pool);
-        if let Some(permit) = &mut owned.permit {
-            permit.answered();
-        }
-        owned.head = Some(turn::now());
+        owned.by_head = true;
         owned
     }
 }
@@ -260,17 +264,19 @@ impl FromIterator<usize> for Avoid {
     }
 }
 
-/// A [`Picked`] that owns what it needs, for an outcome known when the response body ends.
-/// Dropped unrecorded (the client went away before the end), one judged by trailers tells the
-/// breaker nothing, and one judged by its head ([`Picked::judged_by_head`]) counts as its head
-/// did.
+/// A [`Picked`] that owns what it needs, for an outcome known when the response body ends,
+/// timed at its head. Dropped unrecorded (the client went away before the end), one judged by
+/// trailers tells the breaker nothing, and one judged by its head ([`Picked::judged_by_head`])
+/// counts as its head did.
 #[derive(Debug)]
 pub(crate) struct OwnedPicked {
     permit: Option<OwnedPermit>,
     metrics: Arc<EndpointMetrics>,
     sent: Instant,
-    /// When the head came, for an answer judged by it, until its outcome is recorded.
-    head: Option<Instant>,
+    /// When the head came: the attempt's end for its latency.
+    head: Instant,
+    /// Whether the good head is the outcome unless the body breaks off, until it is recorded.
+    by_head: bool,
 }
 
 impl OwnedPicked {
@@ -281,20 +287,20 @@ impl OwnedPicked {
 
     /// Whether the answer's good head is its outcome unless its body breaks off.
     pub(crate) fn is_judged_by_head(&self) -> bool {
-        self.head.is_some()
+        self.by_head
     }
 
     /// As [`Picked::cut_short`].
     pub(crate) fn cut_short(mut self) {
-        self.head = None;
+        self.by_head = false;
         if let Some(permit) = self.permit.take() {
             permit.cut_short();
         }
     }
 
     fn settle(&mut self, outcome: rampart_policy::Outcome) {
-        let answered = self.head.take().unwrap_or_else(turn::now);
-        self.metrics.attempted(outcome, self.sent, answered);
+        self.by_head = false;
+        self.metrics.attempted(outcome, self.sent, self.head);
         if let Some(permit) = self.permit.take() {
             permit.record(outcome);
         }
@@ -304,7 +310,7 @@ impl OwnedPicked {
 impl Drop for OwnedPicked {
     fn drop(&mut self) {
         // Let go before its body's end (the client went away, say): as its head said.
-        if self.head.is_some() {
+        if self.by_head {
             self.settle(rampart_policy::Outcome::Success);
         }
     }

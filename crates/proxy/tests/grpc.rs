@@ -137,6 +137,30 @@ async fn a_client_deadline_passing_mid_reply_is_not_the_endpoints_failure() {
 }
 
 #[tokio::test]
+async fn a_reply_whose_status_comes_long_after_its_head_is_no_slow_call() {
+    // The reply's head at once, its status 400 ms later: four times the slow-call threshold.
+    // A call is slow when its answer is slow to begin, as it is for a plain HTTP answer and
+    // for the balancer; a server stream that lasts is no slow call.
+    let upstream = GrpcUpstream::start(GrpcBehavior::SlowBody(Duration::from_millis(400)))
+        .await
+        .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nslow_call = \"100ms\"\nslow_call_rate = 0.5\nmin_calls = 2\n\
+         open_for = \"60s\"",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+    for i in 0..3 {
+        let reply = client.say("long").await;
+        assert_eq!(reply.unwrap().into_inner().message, "long", "call {i}");
+    }
+    // The breaker stayed closed: the third call reached the endpoint.
+    assert_eq!(upstream.call_count(), 3);
+}
+
+#[tokio::test]
 async fn a_tonic_channel_with_a_deadline_gives_up_on_a_hanging_call_in_time() {
     let upstream = GrpcUpstream::start(GrpcBehavior::Hang).await.unwrap();
     let proxy = grpc_proxy(&[upstream.addr()], "", "").await;
