@@ -21,10 +21,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZero;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rampart_config::Config;
+use rampart_config::{Config, Runtime};
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 
@@ -198,7 +199,10 @@ impl Live {
         }
         summary.routes = route_changes(&self.config, config);
         summary.needs_restart = [
-            ("[runtime]", self.config.runtime != config.runtime),
+            (
+                "[runtime]",
+                !runs_alike(&self.config.runtime, &config.runtime),
+            ),
             ("[admin]", self.config.admin != config.admin),
             ("[outbox]", self.config.outbox != config.outbox),
         ]
@@ -473,6 +477,18 @@ fn route_changes(old: &Config, new: &Config) -> Changes {
 
 // === impl Changes ===
 
+/// Whether two `[runtime]` sections run the same: `worker_threads` left out is the number of
+/// cores, so that writing down what runs is no change to restart for (but one thread on the
+/// multi-threaded scheduler, a one-core machine's default, is not `worker_threads = 1`).
+fn runs_alike(old: &Runtime, new: &Runtime) -> bool {
+    let threads = |runtime: &Runtime| match runtime.worker_threads {
+        Some(1) => None,
+        Some(threads) => Some(threads),
+        None => Some(std::thread::available_parallelism().map_or(1, NonZero::get)),
+    };
+    threads(old) == threads(new) && old.drain_timeout == new.drain_timeout
+}
+
 impl Changes {
     /// Whether nothing was added, removed or changed.
     pub fn is_empty(&self) -> bool {
@@ -567,6 +583,23 @@ mod tests {
         let old = config(&[("a", "/a"), ("b", "/")]);
         let new = config(&[("b", "/"), ("a", "/a")]);
         assert_eq!(route_changes(&old, &new).changed, ["b", "a"]);
+    }
+
+    #[test]
+    fn worker_threads_written_as_they_run_are_no_change() {
+        let runtime = |toml: &str| Config::from_str(toml, "test.toml").unwrap().runtime;
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let unwritten = runtime("");
+        let written = runtime(&format!("[runtime]\nworker_threads = {cores}"));
+        assert!(runs_alike(&unwritten, &written));
+        assert!(runs_alike(&written, &unwritten));
+        let more = runtime(&format!("[runtime]\nworker_threads = {}", cores + 1));
+        assert!(!runs_alike(&unwritten, &more));
+        // One thread is the single-threaded scheduler, never the default's multi-threaded one.
+        let one = runtime("[runtime]\nworker_threads = 1");
+        assert!(!runs_alike(&unwritten, &one));
+        let drain = runtime("[runtime]\ndrain_timeout = \"1s\"");
+        assert!(!runs_alike(&unwritten, &drain));
     }
 
     #[test]
