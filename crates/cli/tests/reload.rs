@@ -106,3 +106,57 @@ async fn a_file_whose_read_blocks_holds_up_neither_the_traffic_nor_the_signals()
     let (status, _) = rampart.wait();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_an_async_route_says_how_many_of_its_messages_wait() {
+    let down = rampart_test_support::Refusing::bind().unwrap();
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let store = rampart_test_support::TempDir::new("reload-outbox");
+    let plain = config(&[("a", a.addr())]);
+    // Orders go to an endpoint that refuses: they stay queued, retried a minute apart.
+    let with_orders = format!(
+        "{plain}[outbox]\npath = \"{}\"\nretry = {{ base = \"60s\", max = \"60s\" }}\n\n\
+         [[routes]]\nname = \"orders\"\nmatch = {{ path_prefix = \"/orders\" }}\n\
+         upstream = \"orders\"\n[routes.async]\nenabled = true\n\n\
+         [upstreams.orders]\nendpoints = [\"{}\"]\n",
+        store.path().display(),
+        down.addr(),
+    );
+    let file = TempConfig::new("reload-outbox", &with_orders);
+    let mut rampart = Rampart::run(&["--log-format", "json"], &file.0);
+    let line = rampart.line("listening", |line| line.contains("listening"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = event["addr"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let answer = post_empty(&addr, "/orders").await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    }
+
+    // The route goes; its two messages stay in the store, and the log says so.
+    let without = with_orders.replace("[routes.async]\nenabled = true\n", "");
+    let without = without.replace(
+        "[[routes]]\nname = \"orders\"\nmatch = { path_prefix = \"/orders\" }\nupstream = \"orders\"\n",
+        "",
+    );
+    assert!(!without.contains("name = \"orders\""), "{without}");
+    file.write(&without);
+    rampart.signal("HUP");
+    let line = rampart.line("waiting messages", |line| line.contains("not async now"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["level"], "WARN", "{line}");
+    assert_eq!(event["route"], "orders", "{line}");
+    assert_eq!(event["waiting"], 2, "{line}");
+}
+
+/// The answer to a POST of `path` with an empty body, on a connection of its own.
+async fn post_empty(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}

@@ -342,6 +342,13 @@ impl Deliveries {
             self.loops
                 .insert(route.name.clone(), tokio::spawn(delivery.run()));
         }
+        let routed = config
+            .routes
+            .iter()
+            .filter(|r| r.async_enabled)
+            .map(|r| r.name.clone())
+            .collect();
+        tokio::spawn(warn_unrouted(self.outbox.clone(), routed));
         self.reloaded.send_replace(());
     }
 
@@ -384,6 +391,26 @@ async fn refresh_gauge(outbox: Arc<Outbox>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             () = tokio::time::sleep(GAUGE_EVERY) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Says which routes of the store's waiting messages are not among `routed`, the async routes
+/// configured (a reload removed one, or rampart started without it): their messages wait there
+/// and are delivered once an async route of their name is back, which an operator who removed
+/// the route may not expect.
+async fn warn_unrouted(outbox: Arc<Outbox>, routed: Vec<String>) {
+    let Ok(summary) = outbox.store.summary().await else {
+        return;
+    };
+    for (route, counts) in &summary.routes {
+        if counts.pending() > 0 && !routed.iter().any(|name| **name == **route) {
+            tracing::warn!(
+                route = %route,
+                waiting = counts.pending(),
+                "outbox: messages wait in the store for a route that is not async now; \
+                 they are delivered once an async route of this name is back"
+            );
         }
     }
 }
