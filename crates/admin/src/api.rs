@@ -229,12 +229,17 @@ async fn read_force(body: Incoming) -> Result<Force, (StatusCode, String)> {
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|err| bad(format!("the body is not JSON ({err}); {usage}")))?;
     // A misspelt field beside `state` is refused, as the configuration refuses unknown keys: a
-    // typo in an operator's call must not pass for what was meant.
-    if let Some(other) = value
-        .as_object()
-        .and_then(|fields| fields.keys().find(|name| *name != "state"))
-    {
-        return Err(bad(format!("unknown field {other:?}; {usage}")));
+    // typo in an operator's call must not pass for what was meant. So is `state` given twice,
+    // which `Value` reads as its last.
+    if value.is_object() {
+        let Fields(names) = serde_json::from_slice(&bytes)
+            .map_err(|err| bad(format!("the body is not JSON ({err}); {usage}")))?;
+        if let Some(other) = names.iter().find(|name| *name != "state") {
+            return Err(bad(format!("unknown field {other:?}; {usage}")));
+        }
+        if names.len() > 1 {
+            return Err(bad(format!("the field \"state\" is given twice; {usage}")));
+        }
     }
     match value.get("state").and_then(Value::as_str) {
         Some("open") => Ok(Force::Open),
@@ -244,6 +249,35 @@ async fn read_force(body: Incoming) -> Result<Force, (StatusCode, String)> {
     }
 }
 
+/// The field names of a JSON object as written, a repeated one as often as it comes.
+struct Fields(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
+                let mut names = Vec::new();
+                while let Some((name, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                    names.push(name);
+                }
+                Ok(Fields(names))
+            }
+        }
+        deserializer.deserialize_map(Names)
+    }
+}
+
+/// Why a reload was not made.
+const BUSY: &str = "another reload is under way; try again once it has ended";
+
 /// How long `POST /api/reload` waits for the reload to end before answering that it has not.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
@@ -252,10 +286,7 @@ async fn reload(state: &State) -> Answer {
     // One at a time: a reload whose read hangs holds its thread until the read ends, and must
     // not be joined by more of them.
     let Ok(turn) = state.reloading.clone().try_acquire_owned() else {
-        return refused(
-            StatusCode::CONFLICT,
-            "another reload is under way; try again once it has ended",
-        );
+        return refused(StatusCode::CONFLICT, BUSY);
     };
     // Off the runtime: reading the file may block (a FIFO, a hung network mount), and neither
     // the data path nor this API may wait on it.
@@ -294,6 +325,7 @@ async fn reload(state: &State) -> Answer {
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"reloaded": false, "error": reason}),
         ),
+        Err(ReloadError::Busy) => refused(StatusCode::CONFLICT, BUSY),
     }
 }
 

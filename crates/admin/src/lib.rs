@@ -104,6 +104,9 @@ pub enum ReloadError {
     Invalid(String),
     /// The file is valid but cannot be applied, e.g. it changes a listener (422).
     Refused(String),
+    /// Another reload is under way, one SIGHUP asked for (409): this one is not made, rather
+    /// than made later with whatever file is there then.
+    Busy,
 }
 
 /// The running admin server; dropping it stops it too.

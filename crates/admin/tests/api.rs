@@ -317,6 +317,20 @@ async fn a_bad_breaker_call_says_what_is_wrong() {
         "{}",
         typo.body
     );
+    // Nor is a field given twice, whichever of its values was meant.
+    let twice = post(
+        admin.addr(),
+        &path,
+        Some(TOKEN),
+        r#"{"state": "open", "state": "closed"}"#,
+    )
+    .await;
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert!(
+        twice.body.contains(r#"the field \"state\" is given twice"#),
+        "{}",
+        twice.body
+    );
     let stats = get(admin.addr(), "/api/stats").await.json();
     assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "closed");
     let huge = format!(r#"{{"state": "open", "pad": "{}"}}"#, "x".repeat(100_000));

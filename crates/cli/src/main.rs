@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rampart_admin::{Admin, Fleet, Reload, ReloadError, Target};
@@ -277,7 +277,13 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     let admin_reload: Reload = {
         let (handle, path, turn) = (handle.clone(), path.to_owned(), turn.clone());
         Arc::new(move || {
-            let _turn = take_turn(&turn);
+            // Not behind a SIGHUP's reload: its read may hang, and this one, made whenever
+            // that ends, would have been answered as not ended and then applied unseen.
+            let _turn = match turn.try_lock() {
+                Ok(turn) => turn,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return Err(ReloadError::Busy),
+            };
             reload(&handle, &path)
         })
     };
@@ -295,6 +301,8 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         drop(tokio::task::spawn_blocking(move || {
             let _turn = take_turn(&turn);
             waiting.store(false, Ordering::Release);
+            // Said before the read, which may block: a reload that never ends is seen begun.
+            tracing::info!("SIGHUP: reloading {}", path.display());
             drop(reload(&handle, &path));
         }));
     };

@@ -82,6 +82,53 @@ async fn the_admin_api_reloads_with_the_token_and_stops_with_the_drain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_asked_while_a_sighups_reload_is_under_way_is_refused_at_once() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let file = TempConfig::new("admin-busy", &config(&[("a", a.addr())]));
+    let mut rampart =
+        Rampart::run_with_vars(&[], &file.0, None, &[("RAMPART_TEST_ADMIN_TOKEN", TOKEN)]);
+    let proxy = rampart.listening();
+    let admin = rampart.admin_up();
+
+    // SIGHUP's reload reads a FIFO no one writes yet: it blocks, as on a hung network mount.
+    std::fs::remove_file(&file.0).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file.0)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    rampart.signal("HUP");
+    rampart.line("SIGHUP's reload begun", |line| {
+        line.contains("SIGHUP: reloading")
+    });
+    // Refused, not queued behind it to be made later with whatever file is there then.
+    let busy = post(&admin, "/api/reload", TOKEN).await;
+    assert!(busy.starts_with("HTTP/1.1 409"), "{busy}");
+    assert!(busy.contains("another reload is under way"), "{busy}");
+
+    // The read ends: SIGHUP's reload is made, and once it is, the API's may be.
+    let fed = tokio::task::spawn_blocking({
+        let (path, text) = (file.0.clone(), config(&[("a", a.addr()), ("b", b.addr())]));
+        move || std::fs::write(path, text)
+    });
+    let line = rampart.line("reloaded", |line| line.contains("reloaded"));
+    assert!(line.contains("routes: added b"), "{line}");
+    fed.await.unwrap().unwrap();
+    assert!(get(&proxy, "/b").await.ends_with("from b"));
+    std::fs::remove_file(&file.0).unwrap();
+    file.write(&config(&[("a", a.addr())]));
+    let reloaded = post(&admin, "/api/reload", TOKEN).await;
+    assert!(reloaded.starts_with("HTTP/1.1 200"), "{reloaded}");
+    assert!(reloaded.contains("routes: removed b"), "{reloaded}");
+    // Two reloads were made, SIGHUP's and the last; the refused one never was.
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stderr.matches("reloaded").count(), 2, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_address_taken_stops_the_process_before_it_serves() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
