@@ -638,7 +638,12 @@ async fn deliver(outbox: Arc<Outbox>, stack: Arc<Stack>, leased: Leased) {
                 let delay = failure
                     .retry_after
                     .map_or(backoff, |hint| hint.max(backoff));
-                let at = now.saturating_add(delay);
+                // Never past `max_age`: a backoff or a `Retry-After` longer than the time left
+                // would keep the message queued long after it should have been given up on (for
+                // ever, with a backoff of centuries); its last attempt comes as its age is up,
+                // and a failure then makes it dead.
+                let last = message.status.queued_at.saturating_add(outbox.max_age);
+                let at = now.saturating_add(delay).min(last);
                 store.retry_later(lease, at, failure.why).await
             }
         }

@@ -440,6 +440,55 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
 }
 
 #[tokio::test]
+async fn a_wait_past_max_age_is_cut_to_a_last_attempt_as_the_age_is_up() {
+    // Every answer asks for two minutes; the message may live one second.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 120\r\n\
+                      content-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let dir = TempDir::new("proxy-outbox-age-up");
+    let proxy = async_proxy(
+        dir.path(),
+        addr,
+        "max_age = \"1s\"",
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.orders.breaker]\nenabled = false",
+    )
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let id = accepted(&post(&proxy, "late").await);
+    until("tried once", || async {
+        store.get(id).await.unwrap().unwrap().attempts == 1
+    })
+    .await;
+    let status = store.get(id).await.unwrap().unwrap();
+    // Not queued for two minutes past its age: its last attempt is due as the age is up.
+    let due = status.next_attempt_at.saturating_since(status.queued_at);
+    assert!(
+        status.state == State::Dead || due <= Duration::from_secs(1),
+        "{status:?}"
+    );
+    until("the message is dead", || async {
+        state(&*store, id).await == Some(State::Dead)
+    })
+    .await;
+    assert_eq!(store.get(id).await.unwrap().unwrap().attempts, 2);
+    proxy.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test]
 async fn a_full_outbox_answers_503_outbox_full_and_keeps_what_it_holds() {
     let dir = TempDir::new("proxy-outbox-full");
     let refusing = Refusing::bind().unwrap();
