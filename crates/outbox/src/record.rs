@@ -248,6 +248,10 @@ fn state_byte(state: State) -> u8 {
 /// it), and far below the 24,576 a header map can be made for at once.
 pub const MAX_HEADERS: usize = 10_000;
 
+/// The longest method, idempotency key and header name a stored request may have: their
+/// lengths are 16-bit (the proxy refuses a request with a longer one before storing it).
+pub const MAX_SHORT_FIELD: usize = u16::MAX as usize;
+
 /// Reads a message record. Any bytes at all give a record or an error, never a panic.
 pub fn decode_message(bytes: &[u8]) -> Result<MessageRecord, DecodeError> {
     let mut r = Reader { bytes, at: 0 };

@@ -410,6 +410,15 @@ async fn exchange(
                     "the bodies of other requests being stored hold all of the outbox's memory (max_buffered); try again later",
                 ),
             ),
+            // The route's timeout passed while the body was read: the upstream, not asked
+            // yet, is not the one late, as the reason's general message would have it.
+            Err(Reason::Timeout) => failed(
+                stack,
+                Reason::Timeout,
+                stale_key.as_deref(),
+                grpc,
+                Some("the request body did not arrive whole within the route's timeout"),
+            ),
             Err(reason) => give_up(reason),
         };
     }

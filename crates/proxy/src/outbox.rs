@@ -45,7 +45,8 @@ use rampart_http::Reason;
 use rampart_http::classify::{GrpcCode, RetryHint, grpc_status, is_grpc, retry_hint};
 use rampart_http::deadline::Outgoing;
 use rampart_outbox::{
-    Embedded, Error as StoreError, Leased, Message, MessageId, Nats, NatsOptions, Options, Store,
+    Embedded, Error as StoreError, Full as NoRoom, FullReason, Leased, Message, MessageId, Nats,
+    NatsOptions, Options, Store,
 };
 use rampart_policy::retry::ExponentialBackoff;
 use rampart_policy::rng::Rng;
@@ -181,9 +182,10 @@ impl Outbox {
         deadline: Instant,
     ) -> Result<Response<ResponseBody>, Reason> {
         // More header fields than a record holds (HTTP/2 cookie crumbs count as one field
-        // against `max_headers`, and are stored one by one): refused as the head it is, before
-        // the body is read.
-        if parts.headers.len() > rampart_outbox::record::MAX_HEADERS {
+        // against `max_headers`, and are stored one by one), or a method, header name or
+        // idempotency key longer than a record's 16-bit lengths (with `max_header_bytes` raised
+        // past 64 KiB): refused as the head it is, before the body is read.
+        if !fits_a_record(&parts) {
             return Err(Reason::HeadersTooLarge);
         }
         let (body, _held) = match tokio::time::timeout_at(deadline, self.buffered.read(body)).await
@@ -203,6 +205,14 @@ impl Outbox {
         let request = stored(parts, body);
         match self.store.append(route, request).await {
             Ok(id) => Ok(accepted(id)),
+            // Larger alone than `max_bytes` lets the whole outbox hold: it would never be
+            // stored, however empty the outbox, so 413 as below.
+            Err(StoreError::Full(NoRoom {
+                reason: FullReason::Bytes { max, size },
+            })) if size > max => {
+                tracing::debug!(route, size, max, "outbox: a request larger than max_bytes");
+                Err(Reason::BodyTooLarge)
+            }
             Err(StoreError::Full(full)) => {
                 tracing::debug!(route, %full, "outbox: a request refused");
                 Err(Reason::OutboxFull)
@@ -234,6 +244,17 @@ impl Outbox {
 /// is the consumers' `ack_wait`, which every instance sharing a stream must agree on: they do,
 /// given the same routes.
 const LEASE: Duration = Duration::from_secs(10);
+
+// Whether the head of a request fits a stored record's limits.
+fn fits_a_record(parts: &Parts) -> bool {
+    use rampart_outbox::record::{MAX_HEADERS, MAX_SHORT_FIELD};
+    parts.headers.len() <= MAX_HEADERS
+        && parts.method.as_str().len() <= MAX_SHORT_FIELD
+        && parts.headers.iter().all(|(name, value)| {
+            name.as_str().len() <= MAX_SHORT_FIELD
+                && (name != IDEMPOTENCY_KEY || value.len() <= MAX_SHORT_FIELD)
+        })
+}
 
 // The request as the store keeps it: the client's method, target, headers (less the ones that
 // mean something only now) and body.

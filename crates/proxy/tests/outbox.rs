@@ -511,6 +511,88 @@ async fn a_full_outbox_answers_503_outbox_full_and_keeps_what_it_holds() {
 }
 
 #[tokio::test]
+async fn a_request_that_could_never_be_stored_is_refused_as_too_large_not_as_a_full_outbox() {
+    let dir = TempDir::new("proxy-outbox-never");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        max_header_bytes = "1MiB"
+
+        [outbox]
+        path = "{dir}"
+        max_bytes = "1MiB"
+
+        [[routes]]
+        name = "orders"
+        upstream = "orders"
+        [routes.async]
+        enabled = true
+
+        [upstreams.orders]
+        endpoints = ["{endpoint}"]
+        "#,
+        dir = dir.path().display(),
+        endpoint = upstream.addr(),
+    ))
+    .await;
+    let store = proxy.handle().outbox().unwrap();
+    let client = http1();
+    let post = |key: String, body: Vec<u8>| {
+        send(
+            &client,
+            request(&proxy, "/orders")
+                .method("POST")
+                .header("idempotency-key", key)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
+    };
+
+    // Larger alone than the outbox may hold, empty as it is: no later try would be taken.
+    let big = post("k".into(), vec![b'x'; 1_100_000]).await;
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE, "{big:?}");
+    assert_eq!(error_of(&big), Some("body-too-large"));
+    // An idempotency key longer than a record holds: the head is too large, not the body.
+    let long = post("k".repeat(65_536), b"ab".to_vec()).await;
+    assert_eq!(
+        long.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{long:?}"
+    );
+    assert_eq!(error_of(&long), Some("headers-too-large"));
+    // Both just within the limits are taken.
+    accepted(&post("k".repeat(65_535), vec![b'x'; 500]).await);
+    assert_eq!(store.summary().await.unwrap().total.pending(), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_routes_timeout_is_answered_as_the_clients_delay() {
+    let dir = TempDir::new("proxy-outbox-slow-body");
+    let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
+    let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
+    let mut tcp = tokio::net::TcpStream::connect(common::addr(&proxy))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    // One byte of a hundred, and no more: the route's 1 s timeout passes while it is read.
+    tcp.write_all(b"POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    let answer = common::until_closed(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("x-rampart-error: timeout"), "{answer}");
+    assert!(
+        answer.contains("the request body did not arrive whole within the route's timeout"),
+        "{answer}"
+    );
+    assert_eq!(upstream.request_count(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_body_over_the_listeners_limit_is_refused_and_nothing_is_stored() {
     let dir = TempDir::new("proxy-outbox-too-large");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
