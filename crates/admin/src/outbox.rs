@@ -50,7 +50,10 @@ pub(crate) async fn summary(state: &State) -> Answer {
         return none();
     };
     match store.summary().await {
-        Ok(summary) => answer(StatusCode::OK, &summary_json(&summary, store.kind())),
+        Ok(summary) => answer(
+            StatusCode::OK,
+            &summary_json(&state.proxy, &summary, store.kind()),
+        ),
         Err(err) => unavailable(&err),
     }
 }
@@ -62,10 +65,8 @@ pub(crate) async fn stats(proxy: &ProxyHandle) -> Value {
         return Value::Null;
     };
     match store.summary().await {
-        Ok(summary) => summary_json(&summary, store.kind()),
-        Err(err) => {
-            json!({"store": store.kind(), "error": format!("the outbox store failed: {err}")})
-        }
+        Ok(summary) => summary_json(proxy, &summary, store.kind()),
+        Err(err) => json!({"store": store.kind(), "error": err.to_string()}),
     }
 }
 
@@ -165,7 +166,7 @@ pub(crate) async fn redrive_dead(state: &State, query: Option<&str>) -> Answer {
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({
-                    "error": format!("the outbox store failed after {redriven} re-drives: {err}"),
+                    "error": format!("after {redriven} re-drives: {err}"),
                     "redriven": redriven,
                 }),
             )
@@ -350,18 +351,26 @@ fn unavailable(err: &Error) -> Answer {
     if let Error::Corrupt(_) = err {
         return error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string());
     }
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!("the outbox store failed: {err}"),
-    )
+    // Its message says the store failed, and how.
+    error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string())
 }
 
-fn summary_json(summary: &Summary, store: &str) -> Value {
-    let routes: Map<String, Value> = summary
+fn summary_json(proxy: &ProxyHandle, summary: &Summary, store: &str) -> Value {
+    // Every async route, one that holds nothing yet too, and every route the store holds
+    // messages of (one a reload made synchronous or removed).
+    let mut routes: Map<String, Value> = proxy
+        .config()
         .routes
         .iter()
-        .map(|(route, counts)| (route.to_string(), counts_json(counts)))
+        .filter(|route| route.async_enabled)
+        .map(|route| (route.name.clone(), counts_json(&Counts::default())))
         .collect();
+    routes.extend(
+        summary
+            .routes
+            .iter()
+            .map(|(route, counts)| (route.to_string(), counts_json(counts))),
+    );
     json!({
         "store": store,
         "pending": summary.total.pending(),

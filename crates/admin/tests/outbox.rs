@@ -84,6 +84,11 @@ async fn a_message_is_followed_from_queued_to_dead_and_redriven_to_delivered() {
     let proxy = async_proxy(&upstream, dir.path()).await;
     let admin = admin(&proxy).await;
 
+    // The async route is listed before it holds anything.
+    let empty = get(admin.addr(), "/api/outbox").await.json();
+    assert_eq!(empty["routes"]["orders"]["queued"], 0, "{empty}");
+    assert_eq!(empty["routes"]["orders"]["dead"], 0, "{empty}");
+
     let accepted = post(proxy.listeners()[0].addr, "/orders", None, "order 1").await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED);
     let id = accepted.json()["id"].as_str().unwrap().to_owned();
