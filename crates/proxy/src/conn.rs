@@ -54,6 +54,20 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// loses little: 4 MiB answers over h2c, 16 streams, 1.5 to 1.8 GiB/s instead of 1.9.
 const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
+/// What an HTTP/2 client may send on one stream ahead of what rampart has passed on upstream.
+/// A request body waits in rampart while its upstream does not read it, and a client's streams
+/// share the connection's window: with hyper's defaults (1 MiB each, the stream's and the
+/// connection's) one upload to an endpoint that stopped reading took the whole window, and every
+/// other request body on the connection (a gRPC channel's every call) stalled until
+/// `body_idle_timeout`, though its endpoint was healthy.
+const CLIENT_STREAM_WINDOW: u32 = 256 << 10;
+
+/// What an HTTP/2 client may send on one connection ahead of what rampart has passed on: room
+/// for 16 uploads held by endpoints that stopped reading before the others are held up, as
+/// Envoy's advice for edge proxies has it (64 KiB a stream, 1 MiB the connection). It bounds
+/// what one connection's bodies hold in rampart too: 4 MiB.
+const CLIENT_CONNECTION_WINDOW: u32 = 16 * CLIENT_STREAM_WINDOW;
+
 /// The first pause before looking again at a connection whose first bytes are the start of the
 /// preface, and the longest: a client sending its first bytes one at a time is rare, and must not
 /// cost a wake-up every millisecond.
@@ -103,6 +117,8 @@ impl Builders {
             .timer(TurnTimer::default())
             .max_concurrent_streams(listener.h2_max_concurrent_streams)
             .max_send_buf_size(H2_MAX_SEND_BUF)
+            .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+            .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
             // HTTP/2 rapid reset (CVE-2023-44487): a stream the client resets before it was taken
             // up still waits in hyper's accept queue. Past this many on a connection, GOAWAY
             // ENHANCE_YOUR_CALM; without a bound the queue grows as fast as the client writes.

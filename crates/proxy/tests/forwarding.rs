@@ -660,3 +660,97 @@ async fn a_body_left_unread_ends_the_clients_connection_whatever_answers_it() {
     assert_eq!(response.body(), "read");
     assert!(!response.headers().contains_key("connection"));
 }
+
+#[tokio::test]
+async fn an_http2_upload_an_upstream_stopped_reading_holds_up_no_other_on_the_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::{StreamExt, stream};
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    // An endpoint that takes connections and never reads them.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    let _holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = stalled.accept().await {
+            held.push(tcp);
+        }
+    });
+    let echo = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        max_request_body = "1GiB"
+        body_idle_timeout = "3s"
+
+        [[routes]]
+        match = {{ path_prefix = "/stalled" }}
+        upstream = "stalled"
+        retry = {{ attempts = 1 }}
+        [[routes]]
+        upstream = "echo"
+
+        [upstreams.stalled]
+        endpoints = ["{stalled_addr}"]
+        [upstreams.echo]
+        endpoints = ["{}"]
+        "#,
+        echo.addr(),
+    ))
+    .await;
+    type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+    let mut h2 = h2_connection::<Body>(&proxy).await;
+
+    // An upload to the stalled endpoint, sent as fast as rampart lets it: past what the kernel
+    // holds for the endpoint, rampart reads the client no further.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let pieces = {
+        let sent = sent.clone();
+        stream::repeat_with(move || {
+            sent.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(&[b'x'; 64 << 10])))
+        })
+        .take(16 << 10)
+    };
+    let upload = http::Request::post("http://app/stalled")
+        .body(StreamBody::new(pieces).boxed_unsync())
+        .unwrap();
+    let stuck = h2.send_request(upload);
+    let _stuck = tokio::spawn(stuck);
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+
+    // Another upload on the same connection, to a healthy endpoint, goes through whole.
+    let body = Bytes::from(vec![b'y'; 512 << 10]);
+    let echoed = http::Request::post("http://app/echo")
+        .body(
+            Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let response = h2.send_request(echoed).await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    })
+    .await
+    .expect("answered");
+    assert_eq!(answer.0, 200, "{:?}", String::from_utf8_lossy(&answer.1));
+    // The endpoint had the whole body.
+    assert_eq!(echo.requests().last().unwrap().body, body);
+}
