@@ -424,18 +424,31 @@ where
             },
             None if *this.owes_status => Reason::UpstreamReset,
             Some(Ok(frame)) => {
-                if frame.is_trailers() {
-                    *this.owes_status = false;
-                }
+                let frame = match frame.into_trailers() {
+                    // Trailers owing the status that lack it (the upstream's, or the HTTP/2
+                    // layer's reading of a trailer section over the header list's bound, which
+                    // it passes on empty): the call would end with no status, which a client
+                    // reads as UNKNOWN with no reason. The upstream's fields stay.
+                    Ok(mut trailers)
+                        if *this.owes_status
+                            && !trailers.contains_key(rampart_http::classify::GRPC_STATUS) =>
+                    {
+                        *this.ended = true;
+                        trailers.extend(rescue_trailers(Reason::UpstreamInvalid));
+                        Frame::trailers(trailers)
+                    }
+                    Ok(trailers) => {
+                        *this.owes_status = false;
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
                 return Poll::Ready(Some(Ok(frame)));
             }
             None => return Poll::Ready(None),
         };
         *this.ended = true;
-        let (mut parts, _) = rampart_http::rescue(reason, true).into_parts();
-        // The content type belongs to the head, sent long ago.
-        parts.headers.remove(http::header::CONTENT_TYPE);
-        Poll::Ready(Some(Ok(Frame::trailers(parts.headers))))
+        Poll::Ready(Some(Ok(Frame::trailers(rescue_trailers(reason)))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -446,6 +459,15 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The trailers ending a gRPC call for `reason`: its `grpc-status`, `grpc-message` and
+/// `x-rampart-error`.
+fn rescue_trailers(reason: Reason) -> http::HeaderMap {
+    let (mut parts, _) = rampart_http::rescue(reason, true).into_parts();
+    // The content type belongs to the head, sent long ago.
+    parts.headers.remove(http::header::CONTENT_TYPE);
+    parts.headers
 }
 
 /// Why a response body broke off: the deadline (`expired`), a stall past `body_idle_timeout`
@@ -875,6 +897,56 @@ mod tests {
             let next = (!self.0.is_empty()).then(|| self.0.remove(0));
             Poll::Ready(next.map(Ok))
         }
+    }
+
+    #[tokio::test]
+    async fn trailers_owing_the_status_and_lacking_it_end_the_call_as_an_invalid_reply() {
+        let ending = |frames, owes_status| {
+            Box::pin(GrpcEnding::new(
+                Frames(frames),
+                Reason::Timeout,
+                None,
+                owes_status,
+            ))
+        };
+        let mut other = http::HeaderMap::new();
+        other.insert("x-trace", http::HeaderValue::from_static("abc"));
+        let data = || Frame::data(Bytes::from_static(b"reply"));
+        let mut body = ending(vec![data(), Frame::trailers(other.clone())], true);
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        let last = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(last["grpc-status"], "13");
+        assert_eq!(last["x-rampart-error"], "upstream-invalid");
+        assert_eq!(last["x-trace"], "abc", "the upstream's own fields stay");
+        assert!(body.frame().await.is_none());
+        // With its status, as they came; and a status given in the head owes none.
+        let mut body = ending(vec![data(), trailers("0")], true);
+        body.frame().await;
+        let last = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last["grpc-status"], "0");
+        let mut body = ending(vec![data(), Frame::trailers(other)], false);
+        body.frame().await;
+        let last = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(last.len(), 1);
     }
 
     fn trailers(code: &'static str) -> Frame<Bytes> {

@@ -807,3 +807,30 @@ async fn only_unprocessed_streams_count_as_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn grpc_trailers_over_the_header_list_bound_end_the_call_as_an_invalid_reply() {
+    // A whole reply (an empty message), then trailers larger than the 64 KiB a header list may
+    // be, the status after the large field: the HTTP/2 layer passes on the fields before the
+    // bound and drops the rest, here all of them.
+    let mut script = head(Grpc, 5);
+    script.push(Step::Data {
+        data: Bytes::from_static(&[0, 0, 0, 0, 0]),
+        end_stream: false,
+    });
+    script.push(Step::Headers {
+        fields: vec![
+            ("x-big".to_owned(), "x".repeat(70_000)),
+            ("grpc-status".to_owned(), "0".to_owned()),
+        ],
+        end_stream: true,
+    });
+    let upstream = Misbehaving::start(script).await.unwrap();
+    let answer = Grpc.ask(&proxy(Grpc, &[upstream.addr()], "").await).await;
+    check(
+        Grpc,
+        &answer,
+        Expect::Synthetic(Reason::UpstreamInvalid),
+        None,
+    );
+}

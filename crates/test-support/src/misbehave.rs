@@ -61,6 +61,9 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+/// The largest frame payload a peer must always accept (`SETTINGS_MAX_FRAME_SIZE`'s default).
+const MAX_FRAME: usize = 16 << 10;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -336,10 +339,24 @@ async fn run(tcp: TcpStream, shared: Arc<Shared>) {
             },
             Step::Settings => conn.write(&frame(SETTINGS, 0, 0, &[])).await,
             Step::Headers { fields, end_stream } => {
-                let flags = END_HEADERS | if *end_stream { END_STREAM } else { 0 };
+                // A block larger than a frame may be (16 KiB, the default and the least) goes
+                // on in CONTINUATION frames, the last one ending it.
                 let block = hpack(fields);
-                conn.write(&frame(HEADERS, flags, conn.stream(), &block))
-                    .await
+                let mut pieces = block.chunks(MAX_FRAME).peekable();
+                let mut kind = HEADERS;
+                let mut flags = if *end_stream { END_STREAM } else { 0 };
+                let mut frames = BytesMut::new();
+                while let Some(piece) = pieces.next() {
+                    if pieces.peek().is_none() {
+                        flags |= END_HEADERS;
+                    }
+                    frames.put(frame(kind, flags, conn.stream(), piece));
+                    (kind, flags) = (CONTINUATION, 0);
+                }
+                if block.is_empty() {
+                    frames.put(frame(HEADERS, flags | END_HEADERS, conn.stream(), &[]));
+                }
+                conn.write(&frames).await
             }
             Step::Data { data, end_stream } => {
                 let flags = if *end_stream { END_STREAM } else { 0 };
