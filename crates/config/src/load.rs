@@ -1800,12 +1800,21 @@ fn hedge_after(v: &DeValue<'_>) -> Result<HedgeAfter, Invalid> {
 }
 
 fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
+    // By default, whatever leaves the client without an answer from the upstream: refused by a
+    // breaker or the limits, no endpoint to take it, no answer in time, and the upstream down
+    // (a connection refused or broken off, an answer that is not HTTP, and the retry of one of
+    // those that the budget refused): the failures of a service that died, which the route's
+    // fallback is there for. Not the upstream's own answers (`5xx`).
     let on = cx.list(t, "on", fallback_on).unwrap_or_else(|| {
         [
             "breaker-open",
             "no-healthy-endpoint",
             "timeout",
             "overloaded",
+            "upstream-connect",
+            "upstream-reset",
+            "upstream-invalid",
+            "retry-budget-exhausted",
         ]
         .map(str::to_owned)
         .to_vec()

@@ -219,7 +219,8 @@ pub enum HedgeAfter {
 /// `[routes.fallback]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fallback {
-    /// `on`: default breaker-open, no-healthy-endpoint, timeout, overloaded.
+    /// `on`: default breaker-open, no-healthy-endpoint, timeout, overloaded, upstream-connect,
+    /// upstream-reset, upstream-invalid, retry-budget-exhausted.
     pub on: Vec<String>,
     /// `status`: default 200.
     pub status: u16,

@@ -214,6 +214,28 @@ async fn a_dead_endpoint_gets_the_fallback_answer() {
 }
 
 #[tokio::test]
+async fn an_upstream_whose_endpoints_all_died_gets_the_default_fallback_every_time() {
+    // Three dead endpoints under the default ejection cap, which keeps two in service whatever
+    // their breakers say; a retry budget that soon refuses their retries. The fallback names no
+    // reason: its default covers what a dead service comes to.
+    let dead: Vec<Refusing> = (0..3).map(|_| Refusing::bind().unwrap()).collect();
+    let endpoints: Vec<SocketAddr> = dead.iter().map(Refusing::addr).collect();
+    let route = "[routes.retry]\nbudget = { ratio = 0, min_per_sec = 1 }\n\
+                 [routes.fallback]\nstatus = 200\nbody = 'degraded'";
+    let proxy = simple(&endpoints, route, "balance = \"round-robin\"").await;
+    let mut reasons = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let response = get(&proxy, "/items").await;
+        assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+        assert_eq!(response.body(), "degraded");
+        reasons.insert(fallback_of(&response).unwrap().to_owned());
+    }
+    // Connections refused, then retries the budget refused, then breakers open: all covered.
+    assert!(reasons.contains("upstream-connect"), "{reasons:?}");
+    assert!(reasons.contains("retry-budget-exhausted"), "{reasons:?}");
+}
+
+#[tokio::test]
 async fn an_upstream_5xx_gets_the_fallback_answer_when_on_names_5xx() {
     let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
