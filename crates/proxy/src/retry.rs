@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::Route;
 use rampart_http::classify::is_retryable;
-use rampart_http::{Attempt, RetryOn};
+use rampart_http::{Attempt, RetryOn, TransportError};
 use rampart_policy::error::BoxError;
 use rampart_policy::retry::{Budget, ExponentialBackoff};
 
@@ -93,17 +93,32 @@ impl Retry {
         &self.budget
     }
 
-    /// Whether a request may be retried at all. gRPC calls are all POSTs; whether one may be
-    /// retried is said by the `on` tokens alone (`grpc-unavailable` means the server did not
-    /// process it). An upgrade (a WebSocket handshake, which still carries `Upgrade` on its way
-    /// upstream) is never retried: once the upstream agrees, the connection is no longer HTTP.
-    pub(crate) fn allows(&self, request: &Parts, grpc: bool) -> bool {
-        !request.headers.contains_key(UPGRADE) && (grpc || self.methods.contains(&request.method))
+    /// What a request may be retried for, if anything. A method of `methods` may be retried
+    /// for any failure `on` names; gRPC calls are all POSTs, and whether one may be retried is
+    /// said by the `on` tokens alone (`grpc-unavailable` means the server did not process it).
+    /// Any other method only for a failure that left it unsent, which no method makes unsafe to
+    /// send again, as Finagle requeues what it could not write: during a redeploy, a POST whose
+    /// connection was refused goes to another endpoint instead of failing. An upgrade (a
+    /// WebSocket handshake, which still carries `Upgrade` on its way upstream) is never retried:
+    /// once the upstream agrees, the connection is no longer HTTP.
+    pub(crate) fn scope(&self, request: &Parts, grpc: bool) -> Option<Scope> {
+        if request.headers.contains_key(UPGRADE) {
+            None
+        } else if grpc || self.methods.contains(&request.method) {
+            Some(Scope::Any)
+        } else {
+            Some(Scope::Unsent)
+        }
     }
 
-    /// Whether the route's `on` tokens ask for `attempt` to be retried.
-    pub(crate) fn wants(&self, attempt: &Attempt) -> bool {
-        is_retryable(&self.on, attempt)
+    /// Whether the route's `on` tokens ask for `attempt` to be retried, and a request retried
+    /// for `scope` may be.
+    pub(crate) fn wants(&self, attempt: &Attempt, scope: Scope) -> bool {
+        let unsent = matches!(
+            attempt,
+            Attempt::Error(TransportError::ConnectFailure | TransportError::RefusedStream)
+        );
+        (scope == Scope::Any || unsent) && is_retryable(&self.on, attempt)
     }
 
     /// Whether a request carrying `body` may be retried for its size: a body of known length
@@ -375,6 +390,16 @@ impl fmt::Debug for ReplayBody {
     }
 }
 
+/// What a request may be retried for ([`Retry::scope`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Any failure the route's `on` names.
+    Any,
+    /// Only a failure that left the request unsent, when `on` names it: a refused connection
+    /// (`connect-failure`), an HTTP/2 stream refused or left out by a GOAWAY (`refused-stream`).
+    Unsent,
+}
+
 /// An attempt's body was to be a replay, but the copy was given up before it could be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NotReplayable;
@@ -471,26 +496,61 @@ mod tests {
         let config = Config::from_str(toml, "test.toml").unwrap();
         let retry = Retry::new(&config.routes[0]).unwrap().unwrap();
         assert_eq!(retry.attempts(), 1);
-        assert!(retry.allows(&parts(Method::GET, false), false));
-        assert!(!retry.allows(&parts(Method::POST, false), false));
+        assert_eq!(
+            retry.scope(&parts(Method::GET, false), false),
+            Some(Scope::Any)
+        );
+        assert_eq!(
+            retry.scope(&parts(Method::POST, false), false),
+            Some(Scope::Unsent)
+        );
     }
 
     #[test]
     fn the_default_tokens_and_methods() {
         let retry = retry("").unwrap();
-        assert!(retry.wants(&Attempt::Error(TransportError::ConnectFailure)));
-        assert!(retry.wants(&Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
-        assert!(!retry.wants(&Attempt::status(StatusCode::INTERNAL_SERVER_ERROR)));
-        assert!(retry.wants(&Attempt::grpc(GrpcCode::Unavailable)));
-        assert!(retry.allows(&parts(Method::GET, false), false));
-        assert!(!retry.allows(&parts(Method::POST, false), false));
-        assert!(retry.allows(&parts(Method::POST, false), true));
+        let wants = |attempt| retry.wants(&attempt, Scope::Any);
+        assert!(wants(Attempt::Error(TransportError::ConnectFailure)));
+        assert!(wants(Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(!wants(Attempt::status(StatusCode::INTERNAL_SERVER_ERROR)));
+        assert!(wants(Attempt::grpc(GrpcCode::Unavailable)));
+        assert_eq!(
+            retry.scope(&parts(Method::GET, false), false),
+            Some(Scope::Any)
+        );
+        assert_eq!(
+            retry.scope(&parts(Method::POST, false), true),
+            Some(Scope::Any)
+        );
+    }
+
+    #[test]
+    fn a_method_not_listed_is_retried_only_for_a_failure_that_left_it_unsent() {
+        let default = retry("").unwrap();
+        assert_eq!(
+            default.scope(&parts(Method::POST, false), false),
+            Some(Scope::Unsent)
+        );
+        let wants = |attempt| default.wants(&attempt, Scope::Unsent);
+        assert!(wants(Attempt::Error(TransportError::ConnectFailure)));
+        assert!(wants(Attempt::Error(TransportError::RefusedStream)));
+        // Whatever may have reached the upstream is not sent again.
+        assert!(!wants(Attempt::Error(TransportError::Reset)));
+        assert!(!wants(Attempt::Error(TransportError::Timeout)));
+        assert!(!wants(Attempt::status(StatusCode::SERVICE_UNAVAILABLE)));
+        // And only when `on` names the failure.
+        let narrow = retry("on = [\"503\"]").unwrap();
+        assert!(!narrow.wants(
+            &Attempt::Error(TransportError::ConnectFailure),
+            Scope::Unsent
+        ));
     }
 
     #[test]
     fn an_upgrade_is_never_retried() {
         let retry = retry("").unwrap();
-        assert!(!retry.allows(&parts(Method::GET, true), false));
+        assert_eq!(retry.scope(&parts(Method::GET, true), false), None);
+        assert_eq!(retry.scope(&parts(Method::POST, true), false), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::hedge::Hedging;
 use crate::limits::Slot;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::outbox::Outbox;
-use crate::retry::{Replay, Retry, answered};
+use crate::retry::{Replay, Retry, Scope, answered};
 use crate::turn;
 use crate::upstream::{Avoid, Picked, Pool};
 
@@ -227,10 +227,12 @@ impl Stack {
         let (head, body) = request.into_parts();
 
         // Only a request that may be retried is worth a copy of its body.
-        let retry = self
+        let (retry, scope) = self
             .retry
             .as_ref()
-            .filter(|retry| retry.allows(&head, grpc) && retry.can_replay(&body));
+            .and_then(|retry| Some((retry, retry.scope(&head, grpc)?)))
+            .filter(|(retry, _)| retry.can_replay(&body))
+            .unzip();
         let mut body = match retry {
             Some(retry) => {
                 retry.budget().deposit();
@@ -240,8 +242,13 @@ impl Stack {
         };
         let attempts = retry.map_or(1, Retry::attempts);
         let mut delays = retry.map(|retry| retry.backoff().delays());
-        // A hedge is sent again as a retry is: only what may be retried is hedged.
-        let hedging = self.hedging.as_ref().zip(retry);
+        // A hedge is sent again as a retry is: only what may be retried for any failure is
+        // hedged (a hedge races an attempt that may be under way upstream).
+        let hedging = self
+            .hedging
+            .as_ref()
+            .zip(retry)
+            .filter(|_| scope == Some(Scope::Any));
 
         // What the failed attempt came to: kept through the backoff, to be the answer if no
         // endpoint takes the retry.
@@ -348,7 +355,10 @@ impl Stack {
             // Not while the failed attempt still holds the request's body (it answered before
             // reading it whole): the answer stands.
             let Some(retry) = retry.filter(|retry| {
-                attempt < attempts && retry.wants(&tried) && body.can_retry() && !body.is_held()
+                attempt < attempts
+                    && scope.is_some_and(|scope| retry.wants(&tried, scope))
+                    && body.can_retry()
+                    && !body.is_held()
             }) else {
                 return last.into_result();
             };

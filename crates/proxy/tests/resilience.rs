@@ -191,6 +191,45 @@ async fn a_post_is_not_retried_by_default() {
 }
 
 #[tokio::test]
+async fn a_post_whose_connection_was_refused_goes_to_another_endpoint() {
+    // An endpoint being redeployed refuses connections: nothing of the POST reached it, and
+    // another endpoint takes it, body and all.
+    let redeployed = Refusing::bind().unwrap();
+    let echo = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = simple(
+        &[redeployed.addr(), echo.addr()],
+        "",
+        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    for body in ["order 0", "order 1", "order 2", "order 3"] {
+        let response = put(&proxy, Method::POST, body).await;
+        assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+        assert_eq!(echo.requests().last().unwrap().body, body);
+    }
+    assert_eq!(echo.request_count(), 4);
+    // A POST is still never sent twice to endpoints that may have had it: a 503 stands.
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[failing.addr(), echo.addr()],
+        "",
+        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(put(&proxy, Method::POST, "pay once").await.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert_eq!(failing.request_count(), 1);
+}
+
+#[tokio::test]
 async fn the_budget_stops_retries_past_its_floor_and_hands_back_the_upstreams_503() {
     let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
