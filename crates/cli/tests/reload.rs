@@ -80,14 +80,8 @@ async fn a_file_whose_read_blocks_holds_up_neither_the_traffic_nor_the_signals()
     let mut rampart = Rampart::run(&[], &file.0);
     let addr = rampart.listening();
 
-    // The file turns into a FIFO that no one writes: reading it blocks, as on a hung network
-    // mount.
-    std::fs::remove_file(&file.0).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&file.0)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    // The file turns into a FIFO that no one writes: reading it blocks.
+    file.block_reads();
     rampart.signal("HUP");
     assert!(get(&addr, "/a").await.ends_with("from a"));
 

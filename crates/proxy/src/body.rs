@@ -901,52 +901,34 @@ mod tests {
 
     #[tokio::test]
     async fn trailers_owing_the_status_and_lacking_it_end_the_call_as_an_invalid_reply() {
-        let ending = |frames, owes_status| {
-            Box::pin(GrpcEnding::new(
-                Frames(frames),
-                Reason::Timeout,
-                None,
-                owes_status,
-            ))
-        };
+        // The trailers a reply of a piece and `trailers` ends with, its head with no status
+        // (`owes_status`) or with one.
+        async fn ending(trailers: Frame<Bytes>, owes_status: bool) -> http::HeaderMap {
+            let data = Frame::data(Bytes::from_static(b"reply"));
+            let frames = Frames(vec![data, trailers]);
+            let mut body = Box::pin(GrpcEnding::new(frames, Reason::Timeout, None, owes_status));
+            assert!(body.frame().await.unwrap().unwrap().is_data());
+            let last = body
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_trailers()
+                .unwrap();
+            assert!(body.frame().await.is_none());
+            last
+        }
         let mut other = http::HeaderMap::new();
         other.insert("x-trace", http::HeaderValue::from_static("abc"));
-        let data = || Frame::data(Bytes::from_static(b"reply"));
-        let mut body = ending(vec![data(), Frame::trailers(other.clone())], true);
-        assert!(body.frame().await.unwrap().unwrap().is_data());
-        let last = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
+        let last = ending(Frame::trailers(other.clone()), true).await;
         assert_eq!(last["grpc-status"], "13");
         assert_eq!(last["x-rampart-error"], "upstream-invalid");
         assert_eq!(last["x-trace"], "abc", "the upstream's own fields stay");
-        assert!(body.frame().await.is_none());
         // With its status, as they came; and a status given in the head owes none.
-        let mut body = ending(vec![data(), trailers("0")], true);
-        body.frame().await;
-        let last = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
+        let last = ending(trailers("0"), true).await;
         assert_eq!(last.len(), 1);
         assert_eq!(last["grpc-status"], "0");
-        let mut body = ending(vec![data(), Frame::trailers(other)], false);
-        body.frame().await;
-        let last = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
-        assert_eq!(last.len(), 1);
+        assert_eq!(ending(Frame::trailers(other), false).await.len(), 1);
     }
 
     fn trailers(code: &'static str) -> Frame<Bytes> {

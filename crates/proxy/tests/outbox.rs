@@ -397,24 +397,23 @@ async fn a_message_past_max_age_is_dead_and_a_redrive_delivers_it() {
     proxy.shutdown().await;
 }
 
+/// An upstream that answers every request 503 with `Retry-After: 120`.
+async fn busy_for_two_minutes() -> Upstream {
+    Upstream::start(Behavior::Headed {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        headers: vec![(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("120"),
+        )],
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
-    // An upstream that answers every request 503 with `Retry-After: 120`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let mut buf = [0; 4096];
-            let _ = tcp.read(&mut buf).await;
-            let _ = tcp
-                .write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 120\r\n\
-                      content-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-        }
-    });
+    let busy = busy_for_two_minutes().await;
+    let addr = busy.addr();
     let dir = TempDir::new("proxy-outbox-retry-after");
     let proxy = async_proxy(
         dir.path(),
@@ -436,27 +435,13 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
     let wait = status.next_attempt_at.saturating_since(status.changed_at);
     assert!(wait >= Duration::from_secs(119), "{wait:?}");
     proxy.shutdown().await;
-    server.abort();
 }
 
 #[tokio::test]
 async fn a_wait_past_max_age_is_cut_to_a_last_attempt_as_the_age_is_up() {
     // Every answer asks for two minutes; the message may live one second.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let mut buf = [0; 4096];
-            let _ = tcp.read(&mut buf).await;
-            let _ = tcp
-                .write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 120\r\n\
-                      content-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-        }
-    });
+    let busy = busy_for_two_minutes().await;
+    let addr = busy.addr();
     let dir = TempDir::new("proxy-outbox-age-up");
     let proxy = async_proxy(
         dir.path(),
@@ -485,7 +470,6 @@ async fn a_wait_past_max_age_is_cut_to_a_last_attempt_as_the_age_is_up() {
     .await;
     assert_eq!(store.get(id).await.unwrap().unwrap().attempts, 2);
     proxy.shutdown().await;
-    server.abort();
 }
 
 #[tokio::test]

@@ -38,6 +38,17 @@ impl TempConfig {
         };
         std::fs::write(&self.0, text).expect("the temporary directory is writable");
     }
+
+    /// Turns the file into a FIFO that no one writes yet: reading it blocks, as on a hung
+    /// network mount, until something is written to it.
+    pub fn block_reads(&self) {
+        std::fs::remove_file(&self.0).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&self.0)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+    }
 }
 
 impl Drop for TempConfig {
