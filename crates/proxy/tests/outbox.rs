@@ -397,9 +397,14 @@ async fn a_message_past_max_age_is_dead_and_a_redrive_delivers_it() {
     proxy.shutdown().await;
 }
 
-/// An upstream that answers every request 503 with `Retry-After: 120`.
-async fn busy_for_two_minutes() -> Upstream {
-    Upstream::start(Behavior::Headed {
+/// A message posted to an async route (with `outbox` lines) whose upstream answers every
+/// request 503 with `Retry-After: 120`, once tried once: the proxy, the upstream, the message's
+/// id and its status then.
+async fn tried_once_by_a_busy_upstream(
+    dir: &Path,
+    outbox: &str,
+) -> (Proxy, Upstream, MessageId, rampart_outbox::Status) {
+    let busy = Upstream::start(Behavior::Headed {
         status: StatusCode::SERVICE_UNAVAILABLE,
         headers: vec![(
             hyper::header::RETRY_AFTER,
@@ -407,18 +412,11 @@ async fn busy_for_two_minutes() -> Upstream {
         )],
     })
     .await
-    .unwrap()
-}
-
-#[tokio::test]
-async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
-    let busy = busy_for_two_minutes().await;
-    let addr = busy.addr();
-    let dir = TempDir::new("proxy-outbox-retry-after");
+    .unwrap();
     let proxy = async_proxy(
-        dir.path(),
-        addr,
-        "",
+        dir,
+        busy.addr(),
+        outbox,
         "[routes.retry]\nattempts = 1",
         "[upstreams.orders.breaker]\nenabled = false",
     )
@@ -430,6 +428,13 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
     })
     .await;
     let status = store.get(id).await.unwrap().unwrap();
+    (proxy, busy, id, status)
+}
+
+#[tokio::test]
+async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
+    let dir = TempDir::new("proxy-outbox-retry-after");
+    let (proxy, _busy, _, status) = tried_once_by_a_busy_upstream(dir.path(), "").await;
     assert_eq!(status.state, State::Queued);
     // Not the backoff's 50 ms at most: the upstream's two minutes.
     let wait = status.next_attempt_at.saturating_since(status.changed_at);
@@ -439,31 +444,17 @@ async fn the_upstreams_retry_after_pushes_the_next_attempt_back() {
 
 #[tokio::test]
 async fn a_wait_past_max_age_is_cut_to_a_last_attempt_as_the_age_is_up() {
-    // Every answer asks for two minutes; the message may live one second.
-    let busy = busy_for_two_minutes().await;
-    let addr = busy.addr();
+    // The upstream asks for two minutes; the message may live one second.
     let dir = TempDir::new("proxy-outbox-age-up");
-    let proxy = async_proxy(
-        dir.path(),
-        addr,
-        "max_age = \"1s\"",
-        "[routes.retry]\nattempts = 1",
-        "[upstreams.orders.breaker]\nenabled = false",
-    )
-    .await;
-    let store = proxy.handle().outbox().unwrap();
-    let id = accepted(&post(&proxy, "late").await);
-    until("tried once", || async {
-        store.get(id).await.unwrap().unwrap().attempts == 1
-    })
-    .await;
-    let status = store.get(id).await.unwrap().unwrap();
+    let (proxy, _busy, id, status) =
+        tried_once_by_a_busy_upstream(dir.path(), "max_age = \"1s\"").await;
     // Not queued for two minutes past its age: its last attempt is due as the age is up.
     let due = status.next_attempt_at.saturating_since(status.queued_at);
     assert!(
         status.state == State::Dead || due <= Duration::from_secs(1),
         "{status:?}"
     );
+    let store = proxy.handle().outbox().unwrap();
     until("the message is dead", || async {
         state(&*store, id).await == Some(State::Dead)
     })
