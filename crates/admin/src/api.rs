@@ -325,7 +325,10 @@ async fn reload(state: &State) -> Answer {
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"reloaded": false, "error": reason}),
         ),
-        Err(ReloadError::Busy) => refused(StatusCode::CONFLICT, BUSY),
+        Err(ReloadError::Busy) => {
+            tracing::info!("admin API: reload refused: {BUSY}");
+            refused(StatusCode::CONFLICT, BUSY)
+        }
     }
 }
 

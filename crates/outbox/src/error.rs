@@ -12,7 +12,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The message would pass a limit, and `on_full` could not (or may not) make room. Nothing
-    /// already accepted was lost. The proxy answers 503 `outbox-full`.
+    /// already accepted was lost. The proxy answers 503 `outbox-full`, or 413 `body-too-large`
+    /// when the message is larger alone than `max_bytes`.
     #[error(transparent)]
     Full(#[from] Full),
     /// The lease no longer settles the message: it expired and the message was taken again, a

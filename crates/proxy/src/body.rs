@@ -332,9 +332,10 @@ fn judge<B: Body>(
             drop(this.pending.take());
             None
         }
-        // The client's own deadline ran out: that says nothing about the endpoint, unless
-        // a gRPC call had run long enough to be a slow one (an answer judged by its head
-        // stands as its head).
+        // The client's own deadline ran out: that says nothing about the endpoint, unless a
+        // gRPC call's head had come past the slow-call threshold (a call is timed to its head;
+        // an answer judged by its head stands as its head). An endpoint that sends a head and
+        // then hangs is seen when the route's own timeout cuts it.
         Some(Err(_)) if this.client_deadline.is_some_and(|at| turn::now() >= at) => {
             if let Some(pending) = this.pending.take()
                 && !by_head
@@ -425,9 +426,9 @@ where
             None if *this.owes_status => Reason::UpstreamReset,
             Some(Ok(frame)) => {
                 let frame = match frame.into_trailers() {
-                    // Trailers owing the status that lack it (the upstream's, or the HTTP/2
-                    // layer's reading of a trailer section over the header list's bound, which
-                    // it passes on empty): the call would end with no status, which a client
+                    // Trailers owing the status that lack it (the upstream's, or what the HTTP/2
+                    // layer passes on of a trailer section over the header list's bound: the
+                    // fields before it): the call would end with no status, which a client
                     // reads as UNKNOWN with no reason. The upstream's fields stay.
                     Ok(mut trailers)
                         if *this.owes_status

@@ -29,6 +29,7 @@ use crate::body::{
     boxed, rescued,
 };
 use crate::metrics::RouteOutcome;
+use crate::outbox::Refused;
 use crate::recent::Kind;
 use crate::route::Router;
 use crate::stack::Stack;
@@ -394,32 +395,16 @@ async fn exchange(
     };
     if let Some(outbox) = stack.outbox() {
         return match outbox
-            .accept(stack.name(), parts, body, deadline.instant())
+            .accept(stack.name(), parts, body, (deadline.instant(), expired))
             .await
         {
             Ok(accepted) => accepted,
-            // The bodies of other requests being read hold all of `max_buffered`: the outbox's
-            // own overload, which the reason's general message (the upstream's limit) would
-            // misname.
-            Err(Reason::Overloaded) => failed(
-                stack,
-                Reason::Overloaded,
-                stale_key.as_deref(),
-                grpc,
-                Some(
-                    "the bodies of other requests being stored hold all of the outbox's memory (max_buffered); try again later",
-                ),
-            ),
-            // The route's timeout passed while the body was read: the upstream, not asked
-            // yet, is not the one late, as the reason's general message would have it.
-            Err(Reason::Timeout) => failed(
-                stack,
-                Reason::Timeout,
-                stale_key.as_deref(),
-                grpc,
-                Some("the request body did not arrive whole within the route's timeout"),
-            ),
-            Err(reason) => give_up(reason),
+            // Refused with the body read whole (or none read), in words of its own.
+            Err(Refused {
+                reason,
+                saying: Some(saying),
+            }) => failed(stack, reason, stale_key.as_deref(), grpc, Some(saying)),
+            Err(Refused { reason, .. }) => give_up(reason),
         };
     }
     let request = Request::from_parts(parts, body);

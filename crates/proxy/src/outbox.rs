@@ -174,59 +174,84 @@ impl Outbox {
 
     /// Stores the request of `route` (its headers rewritten for the upstream already) and
     /// answers 202 once it is durable; or gives up with the reason to answer, nothing stored.
+    /// `deadline` is the request's, which `expired` names when it passes.
     pub(crate) async fn accept(
         &self,
         route: &str,
         parts: Parts,
         body: RequestBody,
-        deadline: Instant,
-    ) -> Result<Response<ResponseBody>, Reason> {
+        (deadline, expired): (Instant, Reason),
+    ) -> Result<Response<ResponseBody>, Refused> {
         // More header fields than a record holds (HTTP/2 cookie crumbs count as one field
-        // against `max_headers`, and are stored one by one), or a method, header name or
-        // idempotency key longer than a record's 16-bit lengths (with `max_header_bytes` raised
-        // past 64 KiB): refused as the head it is, before the body is read.
+        // against `max_headers`, and are stored one by one), or a method or idempotency key
+        // longer than a record's 16-bit lengths (with `max_header_bytes` raised past 64 KiB):
+        // refused as the head it is, before the body is read.
         if !fits_a_record(&parts) {
-            return Err(Reason::HeadersTooLarge);
+            return Err(Refused::said(
+                Reason::HeadersTooLarge,
+                "the request head is larger than the outbox stores: at most 10000 fields, and a method or idempotency-key of at most 65535 bytes",
+            ));
         }
         let (body, _held) = match tokio::time::timeout_at(deadline, self.buffered.read(body)).await
         {
             Ok(Ok(read)) => read,
             // `max_buffered` is taken by the bodies of other requests: shed at once, holding
-            // nothing, rather than wait holding part of the budget others wait for.
-            Ok(Err(Unread::NoRoom)) => return Err(Reason::Overloaded),
+            // nothing, rather than wait holding part of the budget others wait for. The
+            // reason's general message (the upstream's limit) would misname it.
+            Ok(Err(Unread::NoRoom)) => {
+                return Err(Refused::said(
+                    Reason::Overloaded,
+                    "the bodies of other requests being stored hold all of the outbox's memory (max_buffered); try again later",
+                ));
+            }
             // The body outgrew `max_request_body`, stalled past `body_idle_timeout`, or the
             // client went away: the caller answers each as it does for a forwarded request.
             Ok(Err(Unread::Body)) => {
                 let fault = parts.extensions.get::<BodyFault>().and_then(BodyFault::get);
-                return Err(fault.map_or(Reason::BadRequest, ClientBodyFault::reason));
+                return Err(Refused::from(
+                    fault.map_or(Reason::BadRequest, ClientBodyFault::reason),
+                ));
             }
-            Err(_elapsed) => return Err(Reason::Timeout),
+            // The route's timeout passed while the body was read: the upstream, not asked yet,
+            // is not the one late, as the reason's general message would have it. The client's
+            // own deadline is its own reason.
+            Err(_elapsed) if expired == Reason::Timeout => {
+                return Err(Refused::said(
+                    Reason::Timeout,
+                    "the request body did not arrive whole within the route's timeout",
+                ));
+            }
+            Err(_elapsed) => return Err(Refused::from(expired)),
         };
         let request = stored(parts, body);
+        // Larger alone than `max_bytes` lets the whole outbox hold, or than the store takes a
+        // message (a NATS server's `max_payload`): it would never be stored, however empty the
+        // outbox, so 413, not a 503 that asks the client to try again. The body was read whole:
+        // the connection stays.
+        let too_large = |what| Refused::said(Reason::BodyTooLarge, what);
         match self.store.append(route, request).await {
             Ok(id) => Ok(accepted(id)),
-            // Larger alone than `max_bytes` lets the whole outbox hold: it would never be
-            // stored, however empty the outbox, so 413 as below.
             Err(StoreError::Full(NoRoom {
                 reason: FullReason::Bytes { max, size },
             })) if size > max => {
                 tracing::debug!(route, size, max, "outbox: a request larger than max_bytes");
-                Err(Reason::BodyTooLarge)
+                Err(too_large(
+                    "the request is larger than the outbox holds in all (max_bytes)",
+                ))
             }
             Err(StoreError::Full(full)) => {
                 tracing::debug!(route, %full, "outbox: a request refused");
-                Err(Reason::OutboxFull)
+                Err(Refused::from(Reason::OutboxFull))
             }
-            // Larger than the store takes a message (a NATS server's `max_payload`), or a part
-            // longer than the record format allows: it would never be stored, so 413, not a
-            // 503 that asks the client to try again.
             Err(StoreError::Unstorable(why)) => {
                 tracing::debug!(route, why, "outbox: a request too large to store");
-                Err(Reason::BodyTooLarge)
+                Err(too_large(
+                    "the request is larger than the outbox's store takes a message",
+                ))
             }
             Err(err) => {
                 tracing::warn!(route, error = %err, "outbox: cannot store a request");
-                Err(Reason::OutboxUnavailable)
+                Err(Refused::from(Reason::OutboxUnavailable))
             }
         }
     }
@@ -245,15 +270,43 @@ impl Outbox {
 /// given the same routes.
 const LEASE: Duration = Duration::from_secs(10);
 
-// Whether the head of a request fits a stored record's limits.
+/// Why an async route did not accept a request: the reason to answer, and words of its own
+/// when the reason's general message would misname what happened.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) reason: Reason,
+    pub(crate) saying: Option<&'static str>,
+}
+
+impl Refused {
+    fn said(reason: Reason, saying: &'static str) -> Refused {
+        Refused {
+            reason,
+            saying: Some(saying),
+        }
+    }
+}
+
+impl From<Reason> for Refused {
+    fn from(reason: Reason) -> Refused {
+        Refused {
+            reason,
+            saying: None,
+        }
+    }
+}
+
+// Whether the head of a request fits a stored record's limits (a header name cannot pass them:
+// `http` refuses one over 65535 bytes).
 fn fits_a_record(parts: &Parts) -> bool {
     use rampart_outbox::record::{MAX_HEADERS, MAX_SHORT_FIELD};
     parts.headers.len() <= MAX_HEADERS
         && parts.method.as_str().len() <= MAX_SHORT_FIELD
-        && parts.headers.iter().all(|(name, value)| {
-            name.as_str().len() <= MAX_SHORT_FIELD
-                && (name != IDEMPOTENCY_KEY || value.len() <= MAX_SHORT_FIELD)
-        })
+        && parts
+            .headers
+            .get_all(IDEMPOTENCY_KEY)
+            .iter()
+            .all(|key| key.len() <= MAX_SHORT_FIELD)
 }
 
 // The request as the store keeps it: the client's method, target, headers (less the ones that

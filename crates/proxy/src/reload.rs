@@ -477,14 +477,21 @@ fn route_changes(old: &Config, new: &Config) -> Changes {
 
 // === impl Changes ===
 
-/// Whether two `[runtime]` sections run the same: `worker_threads` left out is the number of
-/// cores, so that writing down what runs is no change to restart for (but one thread on the
-/// multi-threaded scheduler, a one-core machine's default, is not `worker_threads = 1`).
+/// Whether two `[runtime]` sections run the same: `worker_threads` left out is tokio's default
+/// (`TOKIO_WORKER_THREADS`, else the number of cores), so that writing down what runs is no
+/// change to restart for (but one thread on the multi-threaded scheduler, a one-core machine's
+/// default, is not `worker_threads = 1`, the single-threaded one).
 fn runs_alike(old: &Runtime, new: &Runtime) -> bool {
+    let default = || {
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|threads| threads.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZero::get))
+    };
     let threads = |runtime: &Runtime| match runtime.worker_threads {
         Some(1) => None,
         Some(threads) => Some(threads),
-        None => Some(std::thread::available_parallelism().map_or(1, NonZero::get)),
+        None => Some(default()),
     };
     threads(old) == threads(new) && old.drain_timeout == new.drain_timeout
 }
@@ -591,8 +598,11 @@ mod tests {
         let cores = std::thread::available_parallelism().unwrap().get();
         let unwritten = runtime("");
         let written = runtime(&format!("[runtime]\nworker_threads = {cores}"));
-        assert!(runs_alike(&unwritten, &written));
-        assert!(runs_alike(&written, &unwritten));
+        // On one core, no value writes the default down: `1` is the other scheduler.
+        if cores > 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            assert!(runs_alike(&unwritten, &written));
+            assert!(runs_alike(&written, &unwritten));
+        }
         let more = runtime(&format!("[runtime]\nworker_threads = {}", cores + 1));
         assert!(!runs_alike(&unwritten, &more));
         // One thread is the single-threaded scheduler, never the default's multi-threaded one.

@@ -529,6 +529,10 @@ async fn a_request_that_could_never_be_stored_is_refused_as_too_large_not_as_a_f
     let big = post("k".into(), vec![b'x'; 1_100_000]).await;
     assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE, "{big:?}");
     assert_eq!(error_of(&big), Some("body-too-large"));
+    // Read whole, its body leaves the connection as it was.
+    assert!(!big.headers().contains_key("connection"), "{big:?}");
+    let said = String::from_utf8_lossy(big.body()).into_owned();
+    assert!(said.contains("max_bytes"), "{said}");
     // An idempotency key longer than a record holds: the head is too large, not the body.
     let long = post("k".repeat(65_536), b"ab".to_vec()).await;
     assert_eq!(
@@ -548,20 +552,34 @@ async fn a_body_slower_than_the_routes_timeout_is_answered_as_the_clients_delay(
     let dir = TempDir::new("proxy-outbox-slow-body");
     let upstream = Upstream::start(Behavior::ok("taken")).await.unwrap();
     let proxy = async_proxy(dir.path(), upstream.addr(), "", "", "").await;
-    let mut tcp = tokio::net::TcpStream::connect(common::addr(&proxy))
-        .await
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    // One byte of a hundred, and no more: the route's 1 s timeout passes while it is read.
-    tcp.write_all(b"POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-length: 100\r\n\r\nx")
-        .await
-        .unwrap();
-    let answer = common::until_closed(&mut tcp).await;
-    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
-    assert!(answer.contains("x-rampart-error: timeout"), "{answer}");
+    // One byte of a hundred, and no more: the deadline passes while the body is read.
+    let stalled = |deadline: &str| {
+        format!("POST /orders HTTP/1.1\r\nhost: shop\r\n{deadline}content-length: 100\r\n\r\nx")
+    };
+    let addr = common::addr(&proxy);
+    let answer = |raw: String| async move {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(raw.as_bytes()).await.unwrap();
+        common::until_closed(&mut tcp).await
+    };
+    // The route's 1 s timeout.
+    let timed_out = answer(stalled("")).await;
+    assert!(timed_out.starts_with("HTTP/1.1 504"), "{timed_out}");
     assert!(
-        answer.contains("the request body did not arrive whole within the route's timeout"),
-        "{answer}"
+        timed_out.contains("x-rampart-error: timeout"),
+        "{timed_out}"
+    );
+    assert!(
+        timed_out.contains("the request body did not arrive whole within the route's timeout"),
+        "{timed_out}"
+    );
+    // The client's own deadline, shorter: its own reason, as on a route that forwards.
+    let expired = answer(stalled("x-rampart-deadline: 300\r\n")).await;
+    assert!(expired.starts_with("HTTP/1.1 504"), "{expired}");
+    assert!(
+        expired.contains("x-rampart-error: deadline-exceeded"),
+        "{expired}"
     );
     assert_eq!(upstream.request_count(), 0);
     proxy.shutdown().await;
