@@ -67,7 +67,8 @@ impl Default for Admin {
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {
-    /// `worker_threads`: default `None`, the number of cores.
+    /// `worker_threads`: default `None`, tokio's own: `TOKIO_WORKER_THREADS`, else the number of
+    /// cores.
     pub worker_threads: Option<usize>,
     /// `drain_timeout`: how long in-flight requests may finish on SIGTERM/SIGINT. Default 10s.
     pub drain_timeout: Duration,

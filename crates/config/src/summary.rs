@@ -137,8 +137,8 @@ fn policies(r: &Route) -> String {
         on.push(format!("per try {}", dur(p)));
     }
     if r.retry.attempts > 1 {
-        // The methods say whether this route's requests are retried at all (POST is not, by
-        // default).
+        // The methods retried for any failure `on` names (any other, POST by default, only for
+        // one that left it unsent).
         on.push(format!(
             "retry x{} ({})",
             r.retry.attempts,
