@@ -231,7 +231,11 @@ impl Stack {
             .retry
             .as_ref()
             .and_then(|retry| Some((retry, retry.scope(&head, grpc)?)))
-            .filter(|(retry, _)| retry.can_replay(&body))
+            // A request retried only when unsent is never hedged: with `attempts = 1` (a route
+            // that hedges), it has no use for a copy.
+            .filter(|(retry, scope)| {
+                (*scope == Scope::Any || retry.attempts() > 1) && retry.can_replay(&body)
+            })
             .unzip();
         let mut body = match retry {
             Some(retry) => {
