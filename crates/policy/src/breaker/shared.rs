@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -57,6 +57,10 @@ pub(super) struct Shared {
     /// nanoseconds since `origin` plus one; 0 while closed or forced.
     ejected_at: AtomicU64,
     rejected: AtomicU64,
+    /// Whether the window held failures or slow calls when it was last judged, but too few
+    /// calls to trip on their rate: the success that brings it to `min_calls` judges it again.
+    /// Rarely written, so that a success reads it from a shared line.
+    deferred: AtomicBool,
     window: Window<3>,
     settings: Settings,
     clock: Option<SharedClock>,
@@ -154,6 +158,7 @@ impl Shared {
             half_open_at: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            deferred: AtomicBool::new(false),
             window: Window::new(
                 settings.window,
                 settings.window_buckets,
@@ -322,6 +327,11 @@ impl Shared {
             if self.consecutive.load(Relaxed) != 0 {
                 self.consecutive.store(0, Relaxed);
             }
+            // A success lowers every rate, but the one that brings the window to `min_calls`
+            // may find it over a threshold the calls before it could not yet be judged by.
+            if self.deferred.load(Relaxed) {
+                self.check_trips(0);
+            }
         } else {
             self.record_bad(outcome);
         }
@@ -413,7 +423,12 @@ impl Shared {
             Some(Reason::ConsecutiveFailures(consecutive))
         } else {
             let [calls, failures, slow] = self.window.sum();
-            if calls < s.min_calls.max(1) {
+            let too_few = calls < s.min_calls.max(1);
+            let deferred = too_few && failures + slow > 0;
+            if self.deferred.load(Relaxed) != deferred {
+                self.deferred.store(deferred, Relaxed);
+            }
+            if too_few {
                 None
             } else if failures as f64 >= s.failure_rate * calls as f64 {
                 Some(Reason::FailureRate {

@@ -99,6 +99,36 @@ async fn trips_on_failure_rate_only_from_the_minimum_volume() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_success_that_brings_the_window_to_the_minimum_volume_judges_its_rate() {
+    // Failures first, then the call that makes the volume a success: 3 of 4 failed, over the
+    // rate, as resilience4j judges after every call.
+    let b = builder()
+        .consecutive_failures(0)
+        .failure_rate(0.5)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        fail(&b);
+    }
+    assert_eq!(b.state(), State::Closed);
+    succeed(&b);
+    assert_eq!(b.state(), State::Open);
+    // Under the rate, the same success leaves it closed.
+    let b = builder()
+        .consecutive_failures(0)
+        .failure_rate(0.5)
+        .min_calls(4)
+        .build()
+        .unwrap();
+    fail(&b);
+    succeed(&b);
+    succeed(&b);
+    succeed(&b);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn below_the_minimum_volume_a_high_rate_does_not_trip() {
     let b = builder()
         .consecutive_failures(0)
@@ -950,6 +980,8 @@ mod model {
         state: ModelState,
         trips: u32,
         closed_at: Option<u64>,
+        /// The window last judged held failures but too few calls: a success judges it again.
+        deferred: bool,
     }
 
     #[derive(Debug)]
@@ -970,20 +1002,26 @@ mod model {
             match &mut self.state {
                 ModelState::Closed { events, run } => {
                     events.push((self.now, failed));
-                    if !failed {
+                    if failed {
+                        *run += 1;
+                    } else {
                         *run = 0;
-                        return true;
+                        if !self.deferred {
+                            return true;
+                        }
                     }
-                    *run += 1;
-                    let by_run = self.cf > 0 && *run >= self.cf;
+                    let by_run = failed && self.cf > 0 && *run >= self.cf;
                     let bucket = |ms: u64| ms * 1_000_000 / self.bucket_nanos;
                     let oldest = bucket(self.now).saturating_sub(self.buckets - 1);
                     let recent = events.iter().filter(|(t, _)| bucket(*t) >= oldest);
                     let (calls, failures) = recent.fold((0u64, 0u64), |(c, f), (_, failed)| {
                         (c + 1, f + u64::from(*failed))
                     });
-                    let by_rate = calls >= self.min_calls.max(1)
-                        && failures as f64 >= self.rate * calls as f64;
+                    let too_few = calls < self.min_calls.max(1);
+                    if !by_run {
+                        self.deferred = too_few && failures > 0;
+                    }
+                    let by_rate = !too_few && failures as f64 >= self.rate * calls as f64;
                     if by_run || by_rate {
                         // A calm as long as the cap since the last close starts over.
                         if self
@@ -1073,6 +1111,7 @@ mod model {
                 state: ModelState::Closed { events: Vec::new(), run: 0 },
                 trips: 0,
                 closed_at: None,
+                deferred: false,
             };
             for (i, (gap_ms, failed)) in steps.into_iter().enumerate() {
                 clock.advance(Duration::from_millis(gap_ms));

@@ -49,8 +49,9 @@
 //!
 //! # As a tower layer
 //!
-//! Over a service whose error converts into a [`BoxError`]: rejections are recognised in the error
-//! chain with [`crate::error::find_cause`], whatever wraps them.
+//! Over a service whose error converts into a [`BoxError`]: a rejection is recognised as the
+//! error itself or its direct source (a policy layer's error, or one wrapping it once); one
+//! wrapped deeper is a failure like any other.
 //!
 //! ```
 //! use std::time::Duration;

@@ -192,7 +192,8 @@ impl Hedge {
         self.shared.delay_for_call()
     }
 
-    /// The successful latencies this hedge observed, each from the start of its own attempt.
+    /// The successful latencies this hedge observed, each from the start of the call's first
+    /// attempt (what its caller waited).
     pub fn latencies(&self) -> &LatencyRecorder {
         &self.shared.latencies
     }

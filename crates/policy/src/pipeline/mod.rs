@@ -86,12 +86,11 @@
 //! ```
 //!
 //! The policies' own layers compose as well. A `ServiceBuilder` applies layers outermost first,
-//! so the same order reads top to bottom, but for the rate limit: the breaker's layer counts
-//! every error of the service it wraps as a failure, a refusal of a rate limit below it
-//! included, so with tower the rate limit sits just above the breaker, and an attempt the
-//! breaker refuses spends a token. A `RetryLayer` classifies with its own classifier, by default
-//! retrying every error, refusals included: give it [`RetryTransient`], as below, to retry what
-//! the pipeline retries.
+//! so the same order reads top to bottom. The breaker's layer lets a refusal from below (a
+//! rate limit's, a bulkhead's) go without counting it, so the rate limit sits below the breaker
+//! as in the pipeline, and an attempt the breaker refuses spends no token. A `RetryLayer`
+//! classifies with its own classifier, by default retrying every error, refusals included: give
+//! it [`RetryTransient`], as below, to retry what the pipeline retries.
 //!
 //! ```
 //! # use std::time::Duration;
@@ -109,8 +108,8 @@
 //!     .layer(Timeout::new(ms(800)).layer())   // all attempts together
 //!     .layer(retry.layer())                   // attempts, backoff, budget
 //!     .layer(bulkhead.layer())                // attempts in flight
-//!     .layer(limiter.layer())                 // a token per attempt
 //!     .layer(breaker.layer())                 // refuse while broken
+//!     .layer(limiter.layer())                 // a token per attempt the breaker lets go
 //!     .layer(Timeout::new(ms(250)).layer())   // one attempt
 //!     .service_fn(|req: u32| async move { Ok::<_, std::io::Error>(req) });
 //! # let _ = svc;
@@ -347,9 +346,12 @@ impl<C> Pipeline<C> {
             .await
             .map_err(Error::flatten)
         {
-            // The total timeout ran out, not a deadline of the caller's: a timeout it is.
+            // The total timeout ran out, not a deadline of the caller's: a timeout it is. A
+            // deadline passed below the pipeline (a `DeadlineLayer` under it, the request's own)
+            // before the total is the deadline's refusal, and stays one: a timeout is retried
+            // by a `RetryTransient` above, a passed deadline must not be.
             Err(Error::Rejected(Rejected::DeadlineExceeded(_)))
-                if !outer.is_some_and(|outer| outer.is_expired()) =>
+                if total.is_expired() && !outer.is_some_and(|outer| outer.is_expired()) =>
             {
                 Err(Error::Rejected(Rejected::Timeout(Elapsed::new(
                     timeout.duration(),

@@ -428,18 +428,22 @@ mod tests {
             }
         });
         let breaker = breaker(3);
+        // A total timeout of its own, far from passing: the refusal is the deadline's still.
         let pipeline = Pipeline::builder()
             .retry(retry(3))
             .breaker(breaker.clone())
+            .timeout(Duration::from_secs(5))
             .build();
         let service = pipeline.layer().layer(DeadlineLayer::new().layer(slow));
         for _ in 0..3 {
+            let started = Instant::now();
             let err = service
                 .clone()
                 .oneshot(Deadline::after(50 * MS))
                 .await
                 .unwrap_err();
             assert!(is_caused_by::<DeadlineExceeded>(&*err), "{err}");
+            assert_eq!(started.elapsed(), 50 * MS);
         }
         assert_eq!(calls.load(SeqCst), 3, "one attempt a call");
         assert_eq!(breaker.state(), State::Closed);
