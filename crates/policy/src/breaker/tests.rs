@@ -100,32 +100,22 @@ async fn trips_on_failure_rate_only_from_the_minimum_volume() {
 
 #[tokio::test(start_paused = true)]
 async fn the_success_that_brings_the_window_to_the_minimum_volume_judges_its_rate() {
-    // Failures first, then the call that makes the volume a success: 3 of 4 failed, over the
-    // rate, as resilience4j judges after every call.
-    let b = builder()
-        .consecutive_failures(0)
-        .failure_rate(0.5)
-        .min_calls(4)
-        .build()
-        .unwrap();
-    for _ in 0..3 {
-        fail(&b);
-    }
-    assert_eq!(b.state(), State::Closed);
-    succeed(&b);
-    assert_eq!(b.state(), State::Open);
-    // Under the rate, the same success leaves it closed.
-    let b = builder()
-        .consecutive_failures(0)
-        .failure_rate(0.5)
-        .min_calls(4)
-        .build()
-        .unwrap();
-    fail(&b);
-    succeed(&b);
-    succeed(&b);
-    succeed(&b);
-    assert_eq!(b.state(), State::Closed);
+    // The state after `failures` failures and then successes up to 4 calls, the minimum.
+    let after = |failures: usize| {
+        let b = builder()
+            .consecutive_failures(0)
+            .failure_rate(0.5)
+            .min_calls(4)
+            .build()
+            .unwrap();
+        (0..failures).for_each(|_| fail(&b));
+        (failures..4).for_each(|_| succeed(&b));
+        b.state()
+    };
+    // 3 of 4 failed, over the rate: the success judges the window, as resilience4j judges after
+    // every call. 1 of 4 is under it.
+    assert_eq!(after(3), State::Open);
+    assert_eq!(after(1), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
