@@ -795,20 +795,30 @@ impl<C> Local<C> {
 
     #[inline]
     fn deposit(&mut self) {
-        if let Some(budget) = &self.budget {
-            // A cached clock's read: one load. A batch a bucket old goes in before it grows
-            // older, so that a service with modest traffic deposits all of it.
-            let now = budget.now();
-            if self.held > 0 && budget.is_due(self.held_since, now) {
-                self.flush(now);
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        // A cached clock's read: one load.
+        let now = budget.now();
+        if budget.is_due(self.held_since, now) {
+            // A bucket or more since the batch began: what it holds goes in before it grows
+            // older (dropped if it already has: see `Budget::deposit_held`), so that a service
+            // with modest traffic deposits all of it. This call goes in at once: traffic this
+            // sparse would find a batch of one stale at the next call, and drop every deposit.
+            if self.held > 0 {
+                budget.deposit_held(self.held, self.held_since, now);
+                self.held = 0;
             }
-            if self.held == 0 {
-                self.held_since = now;
-            }
-            self.held += 1;
-            if self.held == DEPOSIT_BATCH {
-                self.flush(now);
-            }
+            budget.deposit_many(1);
+            self.held_since = now;
+            return;
+        }
+        if self.held == 0 {
+            self.held_since = now;
+        }
+        self.held += 1;
+        if self.held == DEPOSIT_BATCH {
+            self.flush(now);
         }
     }
 
