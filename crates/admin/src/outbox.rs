@@ -178,13 +178,7 @@ pub(crate) async fn redrive_dead(state: &State, query: Option<&str>) -> Answer {
 /// holds messages of (one a reload made synchronous or removed); else the 404 to answer, naming
 /// the routes it knows, so that a misspelt route is not taken for one without dead messages.
 async fn known_route(state: &State, store: &dyn Store, route: &str) -> Result<(), Answer> {
-    let config = state.proxy.config();
-    let mut known: Vec<String> = config
-        .routes
-        .iter()
-        .filter(|r| r.async_enabled)
-        .map(|r| r.name.clone())
-        .collect();
+    let mut known = async_routes(&state.proxy);
     if known.iter().any(|name| name == route) {
         return Ok(());
     }
@@ -355,15 +349,19 @@ fn unavailable(err: &Error) -> Answer {
     error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string())
 }
 
+/// The names of the async routes `proxy` serves now.
+fn async_routes(proxy: &ProxyHandle) -> Vec<String> {
+    let config = proxy.config();
+    let routes = config.routes.into_iter();
+    routes.filter(|r| r.async_enabled).map(|r| r.name).collect()
+}
+
 fn summary_json(proxy: &ProxyHandle, summary: &Summary, store: &str) -> Value {
     // Every async route, one that holds nothing yet too, and every route the store holds
     // messages of (one a reload made synchronous or removed).
-    let mut routes: Map<String, Value> = proxy
-        .config()
-        .routes
-        .iter()
-        .filter(|route| route.async_enabled)
-        .map(|route| (route.name.clone(), counts_json(&Counts::default())))
+    let mut routes: Map<String, Value> = async_routes(proxy)
+        .into_iter()
+        .map(|route| (route, counts_json(&Counts::default())))
         .collect();
     routes.extend(
         summary

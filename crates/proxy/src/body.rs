@@ -270,10 +270,7 @@ where
             Some(Ok(frame)) if frame.is_trailers() => Some(Ok(cleaned(frame))),
             frame => frame,
         };
-        if let Some(pending) = this.pending.as_ref() {
-            let by_head = pending.is_judged_by_head();
-            judge(&mut this, &frame, by_head);
-        }
+        judge(&mut this, &frame);
         // An error waits one poll: once a body fails, hyper sends nothing of what it holds
         // unwritten (the head, the pieces before), so an answer that breaks off right after a
         // piece, both read at once, would reach the client as nothing at all. A wait lets it
@@ -302,8 +299,11 @@ where
 fn judge<B: Body>(
     this: &mut OutcomeAtEndProj<'_, B>,
     frame: &Option<Result<Frame<Bytes>, BoxError>>,
-    by_head: bool,
 ) {
+    let Some(pending) = this.pending.as_ref() else {
+        return;
+    };
+    let by_head = pending.is_judged_by_head();
     let outcome = match frame {
         // The last piece of a body of known length: the end, with no poll more to wait for.
         Some(Ok(frame)) if by_head && frame.is_data() && this.inner.is_end_stream() => {

@@ -40,7 +40,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use prometheus_client::metrics::gauge::Gauge;
-use rampart_config::{Config, OutboxStore};
+use rampart_config::{Config, OutboxStore, Route};
 use rampart_http::Reason;
 use rampart_http::classify::{GrpcCode, RetryHint, grpc_status, is_grpc, retry_hint};
 use rampart_http::deadline::Outgoing;
@@ -392,7 +392,8 @@ impl Deliveries {
     /// Follows a reload to `config`: a loop for each async route that has none, and every loop
     /// told to look its route up again.
     pub(crate) fn reloaded(&mut self, config: &Config) {
-        for route in config.routes.iter().filter(|r| r.async_enabled) {
+        let routes: Vec<&Route> = config.routes.iter().filter(|r| r.async_enabled).collect();
+        for route in &routes {
             if route.timeout > self.outbox.longest_delivery {
                 tracing::warn!(
                     route = %route.name,
@@ -416,12 +417,7 @@ impl Deliveries {
             self.loops
                 .insert(route.name.clone(), tokio::spawn(delivery.run()));
         }
-        let routed = config
-            .routes
-            .iter()
-            .filter(|r| r.async_enabled)
-            .map(|r| r.name.clone())
-            .collect();
+        let routed = routes.iter().map(|r| r.name.clone()).collect();
         tokio::spawn(warn_unrouted(self.outbox.clone(), routed));
         self.reloaded.send_replace(());
     }

@@ -414,15 +414,16 @@ impl Stack {
         (deadline, expired): (Instant, Reason),
         grpc: bool,
     ) -> Sent {
-        picked.watch_client(head.extensions.get::<BodyFault>());
-        let response = match self.attempt(picked.index, head, body, deadline, grpc).await {
+        // Where the client's request body records its failure, looked up once for the attempt.
+        let fault = head.extensions.get::<BodyFault>();
+        picked.watch_client(fault);
+        let response = match self
+            .attempt(picked.index, head, body, fault, deadline, grpc)
+            .await
+        {
             Ok(response) => response,
             Err(tried) => {
-                let awaits_client = || {
-                    head.extensions
-                        .get::<BodyFault>()
-                        .is_some_and(BodyFault::awaits_client)
-                };
+                let awaits_client = || fault.is_some_and(BodyFault::awaits_client);
                 let outcome = match tried {
                     // The client's own deadline, shorter than the route's timeout, ran out: that
                     // says nothing about the endpoint, and counted, any client could open every
@@ -491,10 +492,7 @@ impl Stack {
             picked.record(outcome);
             None
         };
-        let fault = pending
-            .is_some()
-            .then(|| head.extensions.get::<BodyFault>().cloned())
-            .flatten();
+        let fault = pending.is_some().then(|| fault.cloned()).flatten();
         let client_deadline = (expired == Reason::DeadlineExceeded).then_some(deadline);
         let response = response.map(|body| {
             OutcomeAtEnd::new(
@@ -508,16 +506,17 @@ impl Stack {
     }
 
     // One attempt on endpoint `index`, bounded by the per-try timeout and the deadline, and
-    // telling the upstream the time it has.
+    // telling the upstream the time it has; `fault` is where the request's body records its
+    // failure.
     async fn attempt(
         &self,
         index: usize,
         head: &Parts,
         body: RequestBody,
+        fault: Option<&BodyFault>,
         deadline: Instant,
         grpc: bool,
     ) -> Result<Response<PooledBody>, Tried> {
-        let fault = head.extensions.get::<BodyFault>().cloned();
         let now = turn::now();
         let try_deadline = self
             .per_try_timeout
@@ -536,7 +535,7 @@ impl Stack {
         ));
         match tokio::time::timeout_at(try_deadline, sending).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(match fault.as_ref().and_then(BodyFault::get) {
+            Ok(Err(err)) => Err(match fault.and_then(BodyFault::get) {
                 Some(fault) => Tried::Client(fault),
                 None => Tried::Transport(transport_error(&err)),
             }),

@@ -421,18 +421,23 @@ impl Pool {
     pub(crate) fn pick(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
         let usable = self.usable();
         let reinstated = self.past_cap(&usable);
-        let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
-        // The cap puts ejected primaries back to spare the primaries still admitting, not to
-        // keep the backups idle: once no primary admits by its own breaker, the backups come
-        // first, and a primary past the cap only when no backup may take the attempt either.
-        let (first, then) = if backups.is_empty() || self.admits_alone(primaries.clone(), &usable) {
-            (primaries, backups)
-        } else {
-            (backups, primaries)
-        };
+        let (first, then) = self.tiers(&usable);
         self.admitting(first, avoid, &usable, &reinstated)
             .or_else(|| self.admitting(then, avoid, &usable, &reinstated))
             .ok_or_else(|| self.refusal())
+    }
+
+    /// The primaries and the backups, in the order a pick looks at them. The cap puts ejected
+    /// primaries back to spare the primaries still admitting, not to keep the backups idle:
+    /// once no primary admits by its own breaker, the backups come first, and a primary past the
+    /// cap only when no backup may take the attempt either.
+    fn tiers(&self, usable: &impl Fn(usize) -> bool) -> (Range<usize>, Range<usize>) {
+        let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
+        if backups.is_empty() || self.admits_alone(primaries.clone(), usable) {
+            (primaries, backups)
+        } else {
+            (backups, primaries)
+        }
     }
 
     /// Whether an endpoint of `tier` may take attempts by its own breaker, the cap aside.
@@ -486,18 +491,17 @@ impl Pool {
     fn serving_past_cap(&self) -> Vec<usize> {
         let usable = self.usable();
         let mut reinstated = self.past_cap(&usable);
-        let (primaries, backups) = (0..self.primaries, self.primaries..self.endpoints.len());
-        if backups.is_empty() || reinstated.is_empty() {
+        if reinstated.is_empty() {
             return reinstated;
         }
-        let tier = if self.admits_alone(primaries.clone(), &usable) {
-            primaries
-        } else if self.admits_alone(backups.clone(), &usable)
-            || reinstated.iter().any(|index| backups.contains(index))
+        // The first tier serves when an endpoint of it may take attempts, put back or not.
+        let (first, then) = self.tiers(&usable);
+        let tier = if self.admits_alone(first.clone(), &usable)
+            || reinstated.iter().any(|index| first.contains(index))
         {
-            backups
+            first
         } else {
-            primaries
+            then
         };
         reinstated.retain(|index| tier.contains(index));
         reinstated
