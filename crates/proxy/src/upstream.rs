@@ -44,6 +44,9 @@ pub(crate) struct Pool {
     max_ejected: usize,
     /// How many endpoints the health checks hold unhealthy.
     unhealthy: AtomicUsize,
+    /// How many endpoints the ejection cap put back at the last pick (`Endpoint::kept`): while
+    /// none is, a pick looks at no endpoint's mark.
+    kept: AtomicUsize,
     balancer: Balancer,
     failures: FailureStatus,
     grpc: bool,
@@ -66,6 +69,8 @@ struct Endpoint {
     speaks: Arc<AtomicBool>,
     /// Written by the endpoint's health check only; true until a check says otherwise.
     healthy: AtomicBool,
+    /// Whether the ejection cap put the endpoint back at the last pick, its breaker refusing.
+    kept: AtomicBool,
     load: Load,
     metrics: Arc<EndpointMetrics>,
 }
@@ -373,6 +378,7 @@ impl Pool {
                     breaker,
                     speaks,
                     healthy: AtomicBool::new(true),
+                    kept: AtomicBool::new(false),
                     load: balancer.load(),
                     metrics,
                 });
@@ -384,6 +390,7 @@ impl Pool {
             endpoints,
             primaries: upstream.endpoints.len(),
             unhealthy: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
             balancer,
             failures: failure_status(&upstream.failure_status),
             grpc: upstream.protocol == UpstreamProtocol::Grpc,
@@ -418,9 +425,14 @@ impl Pool {
     /// breaker open stops the traffic. With a single endpoint (or a cap of 100%), nothing
     /// overrides the breakers, and the answer is `breaker-open` for a lone endpoint,
     /// `no-healthy-endpoint` otherwise.
+    ///
+    /// An endpoint put back is judged as soon as the cap lets it go (see [`Pool::let_go`]).
     pub(crate) fn pick(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
         let usable = self.usable();
         let reinstated = self.past_cap(&usable);
+        if !reinstated.is_empty() || self.kept.load(Ordering::Relaxed) != 0 {
+            self.let_go(&reinstated);
+        }
         let (first, then) = self.tiers(&usable);
         self.admitting(first, avoid, &usable, &reinstated)
             .or_else(|| self.admitting(then, avoid, &usable, &reinstated))
@@ -483,6 +495,38 @@ impl Pool {
         latest.sort_unstable();
         latest.truncate(ejected - self.max_ejected);
         latest.into_iter().map(|(_, index)| index).collect()
+    }
+
+    /// Marks the endpoints the cap puts back now (`reinstated`), and ends the open period of
+    /// those it put back before and no longer needs: their next attempts are half-open probes.
+    ///
+    /// An endpoint put back serves without a permit, so nothing it does closes its breaker, and
+    /// its open period may have grown long meanwhile, as overload failed its probes. Left to
+    /// wait the period out once the cap lets it go, it would leave the endpoint that came back
+    /// alone with all the load it shared: under overload, that one trips in turn, the cap puts
+    /// it back and lets the other go, and the two swap for as long as the period lasts, one
+    /// endpoint serving where two could. Probed at once with its share of the traffic, the one
+    /// let go closes again if it can take that share, and if it is dead one failed probe puts
+    /// it out for a longer period, as any probe would.
+    #[cold]
+    fn let_go(&self, reinstated: &[usize]) {
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let kept = reinstated.contains(&index);
+            // The swap decides which pick counts an endpoint in or out, so the count stays the
+            // number of marks even when picks race.
+            match (endpoint.kept.swap(kept, Ordering::Relaxed), kept) {
+                (false, true) => {
+                    self.kept.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.kept.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(breaker) = &endpoint.breaker {
+                        breaker.end_open_period();
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// The endpoints past the ejection cap that [`Pool::pick`] would use now: those of the tier
@@ -1230,6 +1274,48 @@ mod tests {
             assert_eq!(reinstated, [false, true], "{balance}");
             assert!(stats.endpoints.iter().all(|e| e.state == Some(State::Open)));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_the_cap_kept_in_service_is_judged_as_soon_as_the_cap_lets_it_go() {
+        // Overload trips both breakers; the cap keeps the one ejected last serving everything,
+        // unjudged. When the other comes back, the one kept must share the load again at once,
+        // not sit out the rest of an open period that overload grew: alone, the one back would
+        // take everything and trip in its turn, and the two would swap for as long as that lasts.
+        let pool = pool("balance = \"round-robin\"");
+        trip_in_turn(&pool, &[0, 1]).await;
+        assert!(picks(&pool, 4).iter().all(|p| p == "127.0.0.1:2"));
+        let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
+        // The first one's open period ends, and its probes (three by default) succeed.
+        breaker(0).end_open_period();
+        for _ in 0..3 {
+            let picked = pool.pick(&tried([1])).unwrap();
+            assert_eq!(picked.index, 0);
+            assert!(picked.is_probe());
+            picked.record(Outcome::Success);
+        }
+        assert_eq!(breaker(0).state(), State::Closed);
+        assert_eq!(breaker(1).state(), State::Open, "its period is not over");
+        // The one kept is probed by its share of the traffic, and closes.
+        let counts = spread(&pool, 20);
+        assert!(counts[1] >= 3, "{counts:?}");
+        assert_eq!(breaker(1).state(), State::Closed);
+        assert!(!pool.stats("app").endpoints.iter().any(|e| e.reinstated));
+
+        // A dead one let go so fails its probe and is out again, for a longer period.
+        let pool = self::pool("balance = \"round-robin\"");
+        trip_in_turn(&pool, &[0, 1]).await;
+        assert_eq!(picks(&pool, 1), ["127.0.0.1:2"]);
+        let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
+        breaker(0).end_open_period();
+        for _ in 0..3 {
+            pool.pick(&tried([1])).unwrap().record(Outcome::Success);
+        }
+        let probe = pool.pick(&tried([0])).unwrap();
+        assert_eq!((probe.index, probe.is_probe()), (1, true));
+        probe.record(Outcome::Failure);
+        assert_eq!(breaker(1).state(), State::Open);
+        assert_eq!(picks(&pool, 4), ["127.0.0.1:1"; 4]);
     }
 
     #[tokio::test(start_paused = true)]
