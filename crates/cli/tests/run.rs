@@ -152,6 +152,39 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
     assert!(stderr.contains("routes[0].upstream"), "{stderr}");
 }
 
+#[test]
+fn a_thread_count_in_the_environment_that_is_none_is_refused_as_check_refuses_it() {
+    // `worker_threads` left out is tokio's default, read from TOKIO_WORKER_THREADS; tokio
+    // panicked on a value that is no number, and took any number, past the key's 1024.
+    let config = TempConfig::new(
+        "threads-from-env",
+        "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n",
+    );
+    for threads in ["abc", "0", "", "2000"] {
+        for command in ["check", "run"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+                .args([command, "-c"])
+                .arg(&config.0)
+                .env("TOKIO_WORKER_THREADS", threads)
+                .output()
+                .expect("the rampart binary runs");
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {threads:?}: {said}");
+            assert!(
+                said.contains("runtime.worker_threads") && said.contains("TOKIO_WORKER_THREADS"),
+                "{command} {threads:?}: {said}"
+            );
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["check", "-c"])
+        .arg(&config.0)
+        .env("TOKIO_WORKER_THREADS", "2")
+        .output()
+        .expect("the rampart binary runs");
+    assert_eq!(out.status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     let failing = Upstream::start(Behavior::Fail(503.try_into().unwrap()))

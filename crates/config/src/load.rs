@@ -752,7 +752,44 @@ fn runtime(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Runtime {
             runtime.drain_timeout = d;
         }
     }
+    if runtime.worker_threads.is_none() {
+        threads_from_env(cx);
+    }
     runtime
+}
+
+/// The variable tokio reads for its number of worker threads when `worker_threads` is left out.
+const THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+/// Checks the variable `worker_threads` defaults to, which tokio would otherwise read itself as
+/// the runtime starts: it panics on a value that is not a number, and takes any number, where
+/// the key allows 1 to 1024. Checked here, `check` and `run` agree, and `run` says what is wrong
+/// before it starts anything.
+fn threads_from_env(cx: &mut Cx<'_>) {
+    let Some(value) = std::env::var_os(THREADS_VAR) else {
+        return;
+    };
+    let value = value.to_string_lossy();
+    if matches!(value.parse::<u64>(), Ok(1..=1024)) {
+        return;
+    }
+    cx.errors.push((
+        0,
+        Error {
+            origin: cx.origin.to_owned(),
+            position: None,
+            path: "runtime.worker_threads".to_owned(),
+            message: format!(
+                "left out, so taken from the environment variable {THREADS_VAR}, which is not a \
+                 number of threads"
+            ),
+            got: Some(format!("{value:?}")),
+            allowed: Some(format!(
+                "a whole number from 1 to 1024 in {THREADS_VAR}, or worker_threads written in \
+                 [runtime], which takes precedence"
+            )),
+        },
+    ));
 }
 
 // === listeners ===
