@@ -4,8 +4,9 @@ use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rampart_admin::{Admin, Fleet, Reload, ReloadError, Target};
@@ -402,7 +403,14 @@ fn dashboard(listen: SocketAddr, targets: Vec<Target>) -> ExitCode {
 /// invalid or cannot be applied, logs why and keeps serving the configuration in force. The
 /// summary, or the errors, are also the admin API's answer.
 fn reload(proxy: &ProxyHandle, path: &Path) -> Result<String, ReloadError> {
-    let config = match Config::from_file(path) {
+    let read = read_in_time(path).map_err(|why| {
+        tracing::error!(
+            "reload refused: {}: {why}; the running configuration keeps serving",
+            path.display()
+        );
+        ReloadError::Invalid(format!("{}: {why}", path.display()))
+    })?;
+    let config = match read {
         Ok(config) => config,
         Err(errors) => {
             log_errors(&errors);
@@ -427,6 +435,51 @@ fn reload(proxy: &ProxyHandle, path: &Path) -> Result<String, ReloadError> {
             Err(ReloadError::Refused(err.to_string()))
         }
     }
+}
+
+/// How long a reload waits for the file to be read and checked. A FIFO no one writes, or a hung
+/// network mount, never ends a read: a reload that waited for it would hold every later one off,
+/// the admin API's refused as under way and SIGHUP's queued behind it, until a restart.
+const READ_LIMIT: Duration = Duration::from_secs(5);
+
+/// The reads of the file that may hang at once, each on a thread of its own: past them a reload
+/// is refused rather than leave one more thread behind.
+const HUNG_READS: usize = 4;
+
+/// Reads of the file not ended, hung ones included.
+static READS: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads and checks the file on a thread of its own, and waits `READ_LIMIT` for it. A read that
+/// hangs cannot be cancelled: it is left behind, and the reload refused, so that the next one,
+/// of a file put right meanwhile, is made.
+fn read_in_time(path: &Path) -> Result<Result<Config, Errors>, String> {
+    if READS.fetch_add(1, Ordering::AcqRel) >= HUNG_READS {
+        READS.fetch_sub(1, Ordering::AcqRel);
+        return Err(format!(
+            "{HUNG_READS} earlier reads of the file have not ended (a FIFO no one writes? a hung \
+             mount?); restart to read it again"
+        ));
+    }
+    let (read, done) = std::sync::mpsc::channel();
+    let owned = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("config-read".into())
+        .spawn(move || {
+            let config = Config::from_file(&owned);
+            READS.fetch_sub(1, Ordering::AcqRel);
+            // The reload may have stopped waiting: nothing is left to tell then.
+            let _ = read.send(config);
+        });
+    if let Err(err) = spawned {
+        READS.fetch_sub(1, Ordering::AcqRel);
+        return Err(format!("cannot start a thread to read the file: {err}"));
+    }
+    done.recv_timeout(READ_LIMIT).map_err(|_| {
+        format!(
+            "the file was not read within {}s (a FIFO no one writes? a hung mount?)",
+            READ_LIMIT.as_secs()
+        )
+    })
 }
 
 /// The turn of one reload: SIGHUP's and the admin API's are made one at a time.

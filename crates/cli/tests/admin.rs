@@ -132,6 +132,41 @@ async fn a_reload_asked_while_a_sighups_reload_is_under_way_is_refused_at_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_file_never_reads_is_refused_in_time_and_the_next_is_made() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let file = TempConfig::new("admin-hung-read", &config(&[("a", a.addr())]));
+    let mut rampart =
+        Rampart::run_with_vars(&[], &file.0, None, &[("RAMPART_TEST_ADMIN_TOKEN", TOKEN)]);
+    let proxy = rampart.listening();
+    let admin = rampart.admin_up();
+
+    // A FIFO no one will ever write: its read hangs for good.
+    file.block_reads();
+    rampart.signal("HUP");
+    let refused = rampart.line("SIGHUP's reload refused", |line| {
+        line.contains("reload refused")
+    });
+    assert!(refused.contains("not read within"), "{refused}");
+    assert!(get(&proxy, "/a").await.ends_with("from a"));
+
+    // The file put right, the next reloads are made: the hung read holds none of them off.
+    std::fs::remove_file(&file.0).unwrap();
+    file.write(&config(&[("a", a.addr()), ("b", b.addr())]));
+    let reloaded = post(&admin, "/api/reload", TOKEN).await;
+    assert!(reloaded.starts_with("HTTP/1.1 200"), "{reloaded}");
+    assert!(get(&proxy, "/b").await.ends_with("from b"));
+    file.write(&config(&[("a", a.addr())]));
+    rampart.signal("HUP");
+    rampart.line("SIGHUP's reload made", |line| {
+        line.contains("reloaded") && line.contains("routes: removed b")
+    });
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_address_taken_stops_the_process_before_it_serves() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = Upstream::start(Behavior::ok("through")).await.unwrap();
