@@ -529,15 +529,29 @@ fn path_value(v: &DeValue<'_>) -> Result<String, Invalid> {
     let s = string(v)?;
     // As a request's target arrives: a space or a control character could never be matched,
     // nor sent as a health check's target; other characters come percent-encoded.
-    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
+    // A fragment is never part of a request's target.
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
         Ok(s)
     } else {
         Err(Invalid::new(
-            "a path starts with '/' and has no spaces, control characters or non-ASCII \
-             characters (percent-encode them)",
+            "a path starts with '/' and has no spaces, control characters, non-ASCII \
+             characters (percent-encode them) or '#'",
             "a path like \"/orders\"",
         ))
     }
+}
+
+/// A path a route matches: the request's path alone is matched, without its query.
+fn match_path(v: &DeValue<'_>) -> Result<String, Invalid> {
+    let s = path_value(v)?;
+    if s.contains('?') {
+        return Err(Invalid::new(
+            "a route matches the request's path without its query, so a '?' here could never \
+             match",
+            "a path like \"/orders\" (percent-encode a '?' that is part of the path)",
+        ));
+    }
+    Ok(s)
 }
 
 /// HTTP methods a route may match or retry; CONNECT is always refused.
@@ -659,7 +673,7 @@ fn document(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Config {
     let admin = admin(cx, &root);
     let runtime = runtime(cx, &root);
     let listeners = listeners(cx, &root, &admin);
-    let upstreams = upstreams(cx, &root);
+    let upstreams = upstreams(cx, &root, &listeners);
     let outbox = cx
         .section(&root, "outbox", OUTBOX_KEYS)
         .map(|t| outbox(cx, &t));
@@ -812,6 +826,9 @@ const LISTENER_KEYS: &[&str] = &[
     "park_idle_above",
 ];
 
+/// The least `max_header_bytes`.
+const MIN_HEADER_BYTES: u64 = 1 << 10;
+
 fn default_listener(name: String) -> Listener {
     Listener {
         name,
@@ -832,7 +849,31 @@ fn default_listener(name: String) -> Listener {
 fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener> {
     let tables = array_of_tables(cx, root, "listeners", LISTENER_KEYS);
     match root.get("listeners") {
-        None => return vec![default_listener("listener-0".to_owned())],
+        None => {
+            let listener = default_listener("listener-0".to_owned());
+            // Only an address written in `[admin]` can be the default listener's.
+            let written =
+                root.map
+                    .get_key_value("admin")
+                    .and_then(|(key, node)| match node.get_ref() {
+                        DeValue::Table(map) => Some(Tbl {
+                            map,
+                            at: key.span().start,
+                            path: "admin".to_owned(),
+                        }),
+                        _ => None,
+                    });
+            let refused = cx.errors.iter().any(|(_, e)| e.path == "admin.listen");
+            if let Some(t) = written.filter(|_| !refused && clash(admin.listen, listener.listen)) {
+                let message = format!(
+                    "the listener there is when no [[listeners]] are written listens on {}{}",
+                    listener.listen,
+                    covered(listener.listen, admin.listen)
+                );
+                cx.conflict(&t, "listen", message);
+            }
+            return vec![listener];
+        }
         Some(node) if matches!(node.get_ref(), DeValue::Array(items) if items.is_empty()) => {
             cx.invalid(
                 node.span(),
@@ -900,13 +941,21 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
                 *slot = v;
             }
         }
-        for (key, slot) in [
-            ("max_header_bytes", &mut l.max_header_bytes),
-            ("max_request_body", &mut l.max_request_body),
-        ] {
-            if let Some(v) = cx.get(&t, key, size) {
-                *slot = v;
-            }
+        // A head smaller than this holds no real request; HTTP/2 connections told a bound of 0
+        // were cut off with GOAWAY, not answered 431. Envoy's least is the same.
+        if let Some(v) = cx.get(&t, "max_header_bytes", |v| {
+            size(v).and_then(|bytes| match bytes.0 {
+                MIN_HEADER_BYTES.. => Ok(bytes),
+                _ => Err(Invalid::new(
+                    "too small for any request's head",
+                    "1KiB or more",
+                )),
+            })
+        }) {
+            l.max_header_bytes = v;
+        }
+        if let Some(v) = cx.get(&t, "max_request_body", size) {
+            l.max_request_body = v;
         }
         if let Some(first) = out.iter().find(|o| o.name == l.name) {
             let message = format!("duplicate listener name \"{}\"", first.name);
@@ -971,15 +1020,35 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
         || (a.is_ipv4() && b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
 }
 
-/// Why two clashing addresses written differently clash, for the error.
+/// The listener `endpoint` is, when it is written as an address one of them listens on: its own
+/// address, or a loopback one under a listener on every address. A host name, or another
+/// address under such a listener, may well be another machine.
+fn own_listener<'a>(endpoint: &Endpoint, listeners: &'a [Listener]) -> Option<&'a Listener> {
+    let ip: IpAddr = endpoint.host.parse().ok()?;
+    let ip = ip.to_canonical();
+    listeners.iter().find(|l| {
+        let listen = l.listen.ip().to_canonical();
+        // `0.0.0.0` covers the IPv4 addresses only; `[::]` every one, as `clash` says.
+        let covers = listen.is_unspecified() && (listen.is_ipv6() || ip.is_ipv4());
+        l.listen.port() == endpoint.port
+            && (listen == ip || (covers && (ip.is_loopback() || ip.is_unspecified())))
+    })
+}
+
+/// Why the address written (`second`) clashes with one taken before (`first`), for the error.
 fn covered(first: SocketAddr, second: SocketAddr) -> &'static str {
     let (a, b) = (first.ip(), second.ip());
     if a.to_canonical() == b.to_canonical() {
         return ", the same address";
     }
-    match if a.is_unspecified() { a } else { b } {
-        IpAddr::V6(_) => ", which takes this port on every address, IPv4 ones too",
-        IpAddr::V4(_) => ", which takes this port on every IPv4 address",
+    match (a.is_unspecified(), a.is_ipv6()) {
+        (true, true) => ", which takes this port on every address, IPv4 ones too",
+        (true, false) => ", which takes this port on every IPv4 address",
+        // The one written is the wildcard.
+        (false, _) if b.is_ipv6() => {
+            ", a port this address would take on every address, IPv4 ones too"
+        }
+        (false, _) => ", a port this address would take on every IPv4 address",
     }
 }
 
@@ -1026,7 +1095,7 @@ const LIMITS_KEYS: &[&str] = &[
     "burst",
 ];
 
-fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upstream> {
+fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, listeners: &[Listener]) -> Vec<Upstream> {
     let Some((key, node)) = root.map.get_key_value("upstreams") else {
         return Vec::new();
     };
@@ -1050,13 +1119,18 @@ fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upstream> {
             cx.invalid(key.span(), &path, invalid);
         }
         if let Some(t) = cx.table(node, key.span().start, path, UPSTREAM_KEYS) {
-            out.push(upstream(cx, upstream_name.to_owned(), &t));
+            out.push(upstream(cx, upstream_name.to_owned(), &t, listeners));
         }
     }
     out
 }
 
-fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream {
+fn upstream(
+    cx: &mut Cx<'_>,
+    upstream_name: String,
+    t: &Tbl<'_, '_>,
+    listeners: &[Listener],
+) -> Upstream {
     let endpoints = cx.items(t, "endpoints", endpoint).unwrap_or_default();
     match t.get("endpoints") {
         None => cx.missing(t, "endpoints", "an array of \"host:port\" strings"),
@@ -1081,6 +1155,16 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
     for (key, items) in [("endpoints", &endpoints), ("backup", &backup)] {
         for item in items {
             let at = format!("{key}[{}]", item.index);
+            if let Some(listener) = own_listener(&item.value, listeners) {
+                let message = format!(
+                    "endpoint {} is rampart's own listener \"{}\" ({}): every request sent \
+                     there would come back, in a loop",
+                    item.value, listener.name, listener.listen
+                );
+                let got = Some(cx.raw(item.span.clone()));
+                let path = format!("{}[{}]", t.path(key), item.index);
+                cx.report(item.span.start, &path, message, got, None);
+            }
             match seen.iter().find(|(e, _)| **e == item.value) {
                 Some((e, first)) => {
                     let message = format!("endpoint {e} is listed twice: it is {first} already");
@@ -1404,6 +1488,58 @@ fn readable_body_file(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot read {file}: {e}"))
 }
 
+/// `[outbox] nats.url`: one server, or several separated by commas, each `nats://` or `tls://`
+/// (the first at least), credentials if any, a host, and a port from 1 to 65535 if any; what the NATS client would
+/// refuse as the store opens, refused with the file.
+fn nats_url(v: &DeValue<'_>) -> Result<String, Invalid> {
+    const ALLOWED: &str = "nats://HOST:PORT or tls://HOST:PORT, several separated by commas, \
+                           credentials as nats://USER:PASSWORD@HOST:PORT";
+    let url = string(v)?;
+    for (i, server) in url.split(',').map(str::trim).enumerate() {
+        let rest = server
+            .strip_prefix("nats://")
+            .or_else(|| server.strip_prefix("tls://"));
+        // The servers after the first may leave their scheme out, as the client takes them.
+        let Some(rest) = rest.or_else(|| (i > 0 && !server.contains("://")).then_some(server))
+        else {
+            let message = format!("a server of the URL is not nats:// or tls:// ({})", {
+                crate::summary::redacted(server)
+            });
+            return Err(Invalid::new(message, ALLOWED));
+        };
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        // The credentials end at the last `@`: a password may hold one.
+        let address = authority.rsplit('@').next().unwrap_or(authority);
+        let (host, port) = match address.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((host, port)) => (host, port.strip_prefix(':')),
+                None => ("", None),
+            },
+            None => match address.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (address, None),
+            },
+        };
+        let bad = if host.is_empty() {
+            Some("has no host")
+        } else if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        {
+            Some("has a host that is no host name or address")
+        } else if port.is_some_and(|port| !matches!(port.parse::<u16>(), Ok(1..))) {
+            Some("has a port that is not a number from 1 to 65535")
+        } else {
+            None
+        };
+        if let Some(bad) = bad {
+            let server = crate::summary::redacted(server);
+            return Err(Invalid::new(format!("the server {server} {bad}"), ALLOWED));
+        }
+    }
+    Ok(url)
+}
+
 fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
@@ -1420,17 +1556,19 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
     // `nats` may stand beside `store = "embedded"`, so that switching stores is one word: it is
     // checked all the same, and used only by `store = "nats"`.
     let nats = cx.section(t, "nats", &["url", "stream"]).map(|n| {
-        let url = cx.get(&n, "url", |v| {
-            let s = string(v)?;
-            if s.starts_with("nats://") || s.starts_with("tls://") {
-                Ok(s)
-            } else {
-                Err(Invalid::new(
-                    "expected a NATS URL",
-                    "nats://HOST:PORT or tls://HOST:PORT",
-                ))
-            }
-        });
+        // Refused with its credentials shown as `***`: an error is printed, logged, and a
+        // reload's is the admin API's answer.
+        let url = n
+            .get("url")
+            .and_then(|node| match nats_url(node.get_ref()) {
+                Ok(url) => Some(url),
+                Err(invalid) => {
+                    let got = crate::summary::redacted(&cx.raw(node.span()));
+                    let (at, path) = (node.span().start, n.path("url"));
+                    cx.report(at, &path, invalid.message, Some(got), Some(invalid.allowed));
+                    None
+                }
+            });
         if n.get("url").is_none() {
             cx.missing(&n, "url", "a NATS URL like \"nats://127.0.0.1:4222\"");
         }
@@ -1502,13 +1640,24 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
             },
         ),
     };
-    // Checked with the file, as a `body_file` is: `run` would fail to open the store there.
-    if cx.base_dir.is_some()
-        && outbox.store == OutboxStore::Embedded
-        && outbox.path.exists()
-        && !outbox.path.is_dir()
+    // Checked with the file, as a `body_file` is: `run` would fail to open the store there, or
+    // to make its directory under a file.
+    let existing = outbox
+        .path
+        .ancestors()
+        .find(|p| !p.as_os_str().is_empty() && p.exists());
+    if let Some(file) = existing
+        .filter(|p| cx.base_dir.is_some() && outbox.store == OutboxStore::Embedded && !p.is_dir())
     {
-        let message = format!("{} is not a directory", outbox.path.display());
+        let message = if file == outbox.path {
+            format!("{} is not a directory", file.display())
+        } else {
+            format!(
+                "{} cannot be made: {} is not a directory",
+                outbox.path.display(),
+                file.display()
+            )
+        };
         cx.conflict(t, "path", message);
     }
     outbox
@@ -1736,8 +1885,8 @@ fn route_listener(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, listeners: &[Listener]) -> S
 
 fn route_match(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Match {
     let m = Match {
-        path_prefix: cx.get(t, "path_prefix", path_value),
-        path: cx.get(t, "path", path_value),
+        path_prefix: cx.get(t, "path_prefix", match_path),
+        path: cx.get(t, "path", match_path),
         host: cx.get(t, "host", |v| {
             let s = string(v)?;
             let name = s
@@ -2740,6 +2889,137 @@ mod tests {
             "{}",
             e[0]
         );
+    }
+
+    /// Every error of `text` as displayed, one per line.
+    fn said(text: &str) -> String {
+        errors(text)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn an_admin_address_of_the_listener_there_is_when_none_is_written_is_refused() {
+        let route = "[[routes]]\nupstream = \"u\"\n";
+        let e = said(&format!(
+            "[admin]\nlisten = \"127.0.0.1:8080\"\n{route}{UPSTREAM}"
+        ));
+        assert!(e.contains("admin.listen"), "{e}");
+        assert!(e.contains("no [[listeners]] are written"), "{e}");
+        let e = said(&format!(
+            "[admin]\nlisten = \"0.0.0.0:8080\"\n{route}{UPSTREAM}"
+        ));
+        assert!(e.contains("a port this address would take"), "{e}");
+        // Elsewhere, or beside a listener of its own, it stands.
+        let other = format!("[admin]\nlisten = \"127.0.0.1:8081\"\n{route}{UPSTREAM}");
+        assert!(load(&other, "t.toml", None).is_ok());
+    }
+
+    #[test]
+    fn a_route_path_with_a_query_or_a_fragment_is_refused() {
+        for path in ["/a?b=1", "/a#b"] {
+            for key in ["path", "path_prefix"] {
+                let e = said(&format!(
+                    "[[routes]]\nupstream = \"u\"\nmatch = {{ {key} = \"{path}\" }}\n{UPSTREAM}"
+                ));
+                assert!(e.contains(&format!("routes[0].match.{key}")), "{e}");
+            }
+        }
+        // A health check's target may have a query.
+        let text = format!(
+            "[[routes]]\nupstream = \"u\"\n{UPSTREAM}[upstreams.u.health]\npath = \"/h?deep=1\"\n"
+        );
+        assert!(load(&text, "t.toml", None).is_ok());
+    }
+
+    #[test]
+    fn a_header_bound_too_small_for_any_request_is_refused() {
+        for bytes in ["0", "100", "\"1023B\""] {
+            let e = said(&format!(
+                "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmax_header_bytes = {bytes}\n\
+                 [[routes]]\nupstream = \"u\"\n{UPSTREAM}"
+            ));
+            assert!(e.contains("listeners[0].max_header_bytes"), "{e}");
+            assert!(e.contains("1KiB or more"), "{e}");
+        }
+    }
+
+    #[test]
+    fn nats_urls_the_client_would_refuse_are_refused_with_their_credentials_hidden() {
+        let with = |url: &str| {
+            format!(
+                "[[routes]]\nupstream = \"u\"\n{UPSTREAM}\
+                 [outbox]\nstore = \"nats\"\nnats = {{ url = \"{url}\" }}\n"
+            )
+        };
+        for url in [
+            "nats://alice:pw@127.0.0.1:99999",
+            "nats://alice:pw@",
+            "nats://127.0.0.1:4222,bad url",
+            "nat://alice:pw@host:4222",
+            "nats://127.0.0.1:0",
+        ] {
+            let e = said(&with(url));
+            assert!(e.contains("outbox.nats.url"), "{url}: {e}");
+            assert!(!e.contains("pw"), "{url}: {e}");
+        }
+        for url in [
+            "nats://alice:p@ss@nats.internal:4222",
+            "tls://[::1]:4222,nats://b",
+            "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
+        ] {
+            assert!(load(&with(url), "t.toml", None).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_is_rampart_s_own_listener_is_refused() {
+        let with = |listen: &str, endpoint: &str| {
+            format!(
+                "[[listeners]]\nname = \"main\"\nlisten = \"{listen}\"\n\
+                 [[routes]]\nupstream = \"u\"\n[upstreams.u]\nendpoints = [\"{endpoint}\"]\n"
+            )
+        };
+        for (listen, endpoint) in [
+            ("127.0.0.1:7000", "127.0.0.1:7000"),
+            ("0.0.0.0:7000", "127.0.0.1:7000"),
+            ("[::]:7000", "127.0.0.1:7000"),
+        ] {
+            let e = said(&with(listen, endpoint));
+            assert!(e.contains("upstreams.u.endpoints[0]"), "{e}");
+            assert!(e.contains("in a loop"), "{e}");
+        }
+        // Another port, a host name, another machine, or IPv6 under an IPv4 wildcard.
+        for (listen, endpoint) in [
+            ("127.0.0.1:7000", "127.0.0.1:7001"),
+            ("0.0.0.0:7000", "localhost:7000"),
+            ("0.0.0.0:7000", "10.1.2.3:7000"),
+            ("0.0.0.0:7000", "[::1]:7000"),
+        ] {
+            assert!(
+                load(&with(listen, endpoint), "t.toml", None).is_ok(),
+                "{endpoint}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_outbox_directory_that_cannot_be_made_under_a_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("rampart-outbox-under-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let text = format!(
+            "[[routes]]\nupstream = \"u\"\n{UPSTREAM}[outbox]\npath = \"{}\"\n",
+            file.join("outbox").display()
+        );
+        let e = load(&text, "t.toml", Some(&dir)).expect_err("must be refused");
+        let e = e.to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("outbox.path"), "{e}");
+        assert!(e.contains("cannot be made"), "{e}");
     }
 
     #[test]

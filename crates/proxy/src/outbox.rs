@@ -129,7 +129,10 @@ impl Outbox {
                     Embedded::open(options)
                         .await
                         .map_err(|source| Error::Outbox {
-                            store: format!("the embedded store at {}", outbox.path.display()),
+                            store: format!(
+                                "the embedded store at {} (outbox.path)",
+                                outbox.path.display()
+                            ),
                             source,
                         })?,
                 )
@@ -145,7 +148,9 @@ impl Outbox {
                     Nats::connect(options)
                         .await
                         .map_err(|source| Error::Outbox {
-                            store: format!("the nats store at {shown}, stream {stream}"),
+                            store: format!(
+                                "the nats store at {shown}, stream {stream} (outbox.nats)"
+                            ),
                             source,
                         })?,
                 )
