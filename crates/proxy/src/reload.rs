@@ -25,7 +25,7 @@ use std::num::NonZero;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rampart_config::{Config, Runtime};
+use rampart_config::{Config, Listener, Runtime};
 use rampart_policy::rng::Rng;
 use tokio::sync::watch;
 
@@ -162,8 +162,16 @@ impl Live {
 
     /// Serves `config` from now on, or changes nothing and says why not.
     pub(crate) fn reload(&mut self, config: &Config) -> Result<ReloadSummary, Error> {
-        let listeners = changes(&self.config.listeners, &config.listeners, |l| &l.name);
+        let mut listeners = changes(&self.config.listeners, &config.listeners, |l| &l.name);
         if !listeners.is_empty() {
+            // Which keys: a restart asked for one an operator may not know they touched.
+            for name in &mut listeners.changed {
+                let old = self.config.listeners.iter().find(|l| l.name == *name);
+                let new = config.listeners.iter().find(|l| l.name == *name);
+                if let (Some(old), Some(new)) = (old, new) {
+                    *name = format!("{name}: {}", listener_keys(old, new).join(", "));
+                }
+            }
             return Err(Error::ListenersChanged(listeners.to_string()));
         }
         if config.routes.is_empty() && !self.config.routes.is_empty() {
@@ -473,6 +481,47 @@ fn route_changes(old: &Config, new: &Config) -> Changes {
         changes.changed = new.routes.iter().map(|r| r.name.clone()).collect();
     }
     changes
+}
+
+/// The keys of a listener that differ between `old` and `new`.
+fn listener_keys(old: &Listener, new: &Listener) -> Vec<&'static str> {
+    let keys = [
+        ("listen", old.listen != new.listen),
+        ("protocol", old.protocol != new.protocol),
+        (
+            "max_connections",
+            old.max_connections != new.max_connections,
+        ),
+        (
+            "header_read_timeout",
+            old.header_read_timeout != new.header_read_timeout,
+        ),
+        ("idle_timeout", old.idle_timeout != new.idle_timeout),
+        (
+            "body_idle_timeout",
+            old.body_idle_timeout != new.body_idle_timeout,
+        ),
+        (
+            "max_header_bytes",
+            old.max_header_bytes != new.max_header_bytes,
+        ),
+        ("max_headers", old.max_headers != new.max_headers),
+        (
+            "max_request_body",
+            old.max_request_body != new.max_request_body,
+        ),
+        (
+            "h2_max_concurrent_streams",
+            old.h2_max_concurrent_streams != new.h2_max_concurrent_streams,
+        ),
+        (
+            "park_idle_above",
+            old.park_idle_above != new.park_idle_above,
+        ),
+    ];
+    keys.into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
 }
 
 // === impl Changes ===

@@ -358,6 +358,21 @@ async fn a_listener_change_is_refused_and_the_old_configuration_keeps_serving() 
         "{err}"
     );
 
+    // A listener changed in place: the keys are named.
+    let refused = proxy.reload(&config(&format!(
+        "{}{}",
+        LISTENER.replace(
+            "[[listeners]]",
+            "[[listeners]]\nmax_connections = 7\nidle_timeout = \"5s\""
+        ),
+        route("a", a.addr()),
+    )));
+    let err = refused.unwrap_err().to_string();
+    assert!(
+        err.contains("(changed listener-0: max_connections, idle_timeout)"),
+        "{err}"
+    );
+
     assert_eq!(get(&proxy, "/a").await.body(), "from a");
     assert_eq!(error_of(&get(&proxy, "/b").await), Some("no-route"));
     assert_eq!(b.request_count(), 0);
