@@ -42,6 +42,9 @@ pub(crate) struct Pool {
     primaries: usize,
     /// How many endpoints may be ejected at once (`max_ejected_percent`, at least one).
     max_ejected: usize,
+    /// The first open period of the breakers (`open_for`): the longest an endpoint ejected
+    /// waits to be probed while the cap puts others back (see [`Pool::let_go`]).
+    open_for: Duration,
     /// How many endpoints the health checks hold unhealthy.
     unhealthy: AtomicUsize,
     /// How many endpoints the ejection cap put back at the last pick (`Endpoint::kept`): while
@@ -387,6 +390,7 @@ impl Pool {
         let upstream_metrics = metrics.upstream(&upstream.name);
         Ok(Pool {
             max_ejected: max_ejected(endpoints.len(), upstream.breaker.max_ejected_percent),
+            open_for: upstream.breaker.open_for,
             endpoints,
             primaries: upstream.endpoints.len(),
             unhealthy: AtomicUsize::new(0),
@@ -499,6 +503,7 @@ impl Pool {
 
     /// Marks the endpoints the cap puts back now (`reinstated`), and ends the open period of
     /// those it put back before and no longer needs: their next attempts are half-open probes.
+    /// While it puts some back, the others ejected wait at most `open_for` for their next probe.
     ///
     /// An endpoint put back serves without a permit, so nothing it does closes its breaker, and
     /// its open period may have grown long meanwhile, as overload failed its probes. Left to
@@ -508,10 +513,22 @@ impl Pool {
     /// endpoint serving where two could. Probed at once with its share of the traffic, the one
     /// let go closes again if it can take that share, and if it is dead one failed probe puts
     /// it out for a longer period, as any probe would.
+    ///
+    /// The ones kept out are what would end that: with the cap passed, the upstream is short of
+    /// endpoints, and one that recovered is worth more back soon than spared probes. Their
+    /// periods, doubled at each trip to spare a callee that keeps failing, would otherwise keep
+    /// the few put back alone with all the traffic for up to `open_for_max` after an overload
+    /// has passed. A dead one costs a failed probe every `open_for`.
     #[cold]
     fn let_go(&self, reinstated: &[usize]) {
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let kept = reinstated.contains(&index);
+            if let Some(breaker) = &endpoint.breaker
+                && !kept
+                && !reinstated.is_empty()
+            {
+                breaker.shorten_open_period(self.open_for);
+            }
             // The swap decides which pick counts an endpoint in or out, so the count stays the
             // number of marks even when picks race.
             match (endpoint.kept.swap(kept, Ordering::Relaxed), kept) {
@@ -1316,6 +1333,29 @@ mod tests {
         probe.record(Outcome::Failure);
         assert_eq!(breaker(1).state(), State::Open);
         assert_eq!(picks(&pool, 4), ["127.0.0.1:1"; 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_cap_puts_an_endpoint_back_the_others_are_probed_every_open_for() {
+        let pool = pool("balance = \"round-robin\"");
+        let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
+        let remaining = |index: usize| breaker(index).snapshot().open_remaining.unwrap();
+        // Endpoint 0 fails its probes: each doubles its open period (5 s by default).
+        trip(&pool, 0);
+        for _ in 0..2 {
+            tokio::time::advance(remaining(0)).await;
+            let probe = pool.pick(&tried([1])).unwrap();
+            assert_eq!((probe.index, probe.is_probe()), (0, true));
+            probe.record(Outcome::Failure);
+        }
+        assert!(remaining(0) > Duration::from_secs(10), "{:?}", remaining(0));
+        // Endpoint 1 trips too, and the cap puts it back: 0 is probed within the first period.
+        trip(&pool, 1);
+        assert_eq!(picks(&pool, 1), ["127.0.0.1:2"]);
+        assert!(remaining(0) <= Duration::from_secs(5), "{:?}", remaining(0));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let probe = pool.pick(&tried([1])).unwrap();
+        assert_eq!((probe.index, probe.is_probe()), (0, true));
     }
 
     #[tokio::test(start_paused = true)]

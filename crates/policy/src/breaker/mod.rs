@@ -375,7 +375,16 @@ impl CircuitBreaker {
     /// out a period grown long over an outage. Nothing for a closed, half-open or forced
     /// breaker.
     pub fn end_open_period(&self) {
-        self.shared.end_open_period();
+        self.shared.shorten_open_period(Duration::ZERO);
+    }
+
+    /// Ends the open period no later than `at_most` from now, if the breaker is open and its
+    /// period would last longer; then calls go through as half-open probes, as when the period
+    /// runs out. Repeated trips double the open period, to spare a callee that keeps failing; a
+    /// caller that needs this one back more than it needs to spare it (the endpoints it could
+    /// use instead are all failing too) bounds the wait. Nothing for any other state.
+    pub fn shorten_open_period(&self, at_most: Duration) {
+        self.shared.shorten_open_period(at_most);
     }
 
     /// Calls `listener` at every transition, after the state changed, in the order the

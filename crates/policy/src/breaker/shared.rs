@@ -557,15 +557,25 @@ impl Shared {
         self.tell();
     }
 
-    /// Ends an open period now: the next call is a half-open probe, as when the period runs
-    /// out. Nothing for any other state.
-    pub(super) fn end_open_period(&self) {
+    /// Ends an open period no later than `at_most` from now: then the next call is a half-open
+    /// probe, as when the period runs out. Nothing for any other state, nor for a period that
+    /// ends sooner.
+    pub(super) fn shorten_open_period(&self, at_most: Duration) {
+        if self.state() != State::Open {
+            return;
+        }
+        let latest = self
+            .nanos_since_origin(self.now())
+            .saturating_add(saturating_nanos(at_most));
+        // Without the lock in the common case of a caller asking again and again.
+        if self.open_until.load(Acquire) <= latest {
+            return;
+        }
         let _machine = self.lock();
         if self.state() == State::Open {
-            let now = self.nanos_since_origin(self.now());
             // Under the lock, as `trip` writes it: a trip meanwhile would otherwise lose its
             // period to this one.
-            self.open_until.fetch_min(now, AcqRel);
+            self.open_until.fetch_min(latest, AcqRel);
         }
     }
 

@@ -717,6 +717,34 @@ async fn an_open_period_ended_early_lets_the_next_call_probe() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_open_period_shortened_ends_no_later_than_asked() {
+    let b = builder()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .open_for(8 * SEC)
+        .open_for_max(64 * SEC)
+        .build()
+        .unwrap();
+    fail(&b);
+    advance(8 * SEC).await;
+    fail(&b); // the probe fails: open for 16 s now
+    b.shorten_open_period(4 * SEC);
+    assert_eq!(b.snapshot().open_remaining, Some(4 * SEC));
+    // Never longer: a period that ends sooner stands.
+    b.shorten_open_period(10 * SEC);
+    assert_eq!(b.snapshot().open_remaining, Some(4 * SEC));
+    advance(3 * SEC).await;
+    assert!(b.try_acquire().is_err());
+    advance(SEC).await;
+    let probe = b.try_acquire().expect("the period is over");
+    probe.record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+    // Nothing for any other state.
+    b.shorten_open_period(Duration::ZERO);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn subscribers_are_told_of_every_transition_in_order() {
     let seen_at_build = Arc::new(Mutex::new(0));
     let counter = seen_at_build.clone();
