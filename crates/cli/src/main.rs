@@ -408,11 +408,13 @@ fn reload(proxy: &ProxyHandle, path: &Path) -> Result<String, ReloadError> {
             "reload refused: {}: {why}; the running configuration keeps serving",
             path.display()
         );
+        proxy.reload_refused();
         ReloadError::Invalid(format!("{}: {why}", path.display()))
     })?;
     let config = match read {
         Ok(config) => config,
         Err(errors) => {
+            proxy.reload_refused();
             log_errors(&errors);
             tracing::error!(
                 "reload refused: {}: {}; the running configuration keeps serving",

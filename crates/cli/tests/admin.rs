@@ -149,6 +149,16 @@ async fn a_reload_whose_file_never_reads_is_refused_in_time_and_the_next_is_made
     });
     assert!(refused.contains("not read within"), "{refused}");
     assert!(get(&proxy, "/a").await.ends_with("from a"));
+    // Refused before it reached the proxy, and counted so: an alert on reloads sees it.
+    let metrics = get(&admin, "/metrics").await;
+    assert!(
+        metrics.contains("rampart_config_reloads_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_config_last_reload_successful 0"),
+        "{metrics}"
+    );
 
     // The file put right, the next reloads are made: the hung read holds none of them off.
     std::fs::remove_file(&file.0).unwrap();
@@ -156,6 +166,11 @@ async fn a_reload_whose_file_never_reads_is_refused_in_time_and_the_next_is_made
     let reloaded = post(&admin, "/api/reload", TOKEN).await;
     assert!(reloaded.starts_with("HTTP/1.1 200"), "{reloaded}");
     assert!(get(&proxy, "/b").await.ends_with("from b"));
+    let metrics = get(&admin, "/metrics").await;
+    assert!(
+        metrics.contains("rampart_config_last_reload_successful 1"),
+        "{metrics}"
+    );
     file.write(&config(&[("a", a.addr())]));
     rampart.signal("HUP");
     rampart.line("SIGHUP's reload made", |line| {

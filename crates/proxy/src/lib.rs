@@ -471,6 +471,13 @@ impl ProxyHandle {
         lock(&self.live).reload(config)
     }
 
+    /// Counts a reload refused before it could be asked of the proxy (its file unreadable or
+    /// invalid) in `rampart_config_reloads_total` and `rampart_config_last_reload_successful`,
+    /// beside the reloads [`ProxyHandle::reload`] applies and refuses.
+    pub fn reload_refused(&self) {
+        lock(&self.live).refused();
+    }
+
     /// Every breaker transition and health change from now on, as it happens. A receiver that
     /// falls more than a few hundred changes behind misses the oldest and is told how many
     /// (`RecvError::Lagged`); [`ProxyHandle::snapshot`] has the state they led to.

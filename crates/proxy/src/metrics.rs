@@ -85,6 +85,10 @@ pub(crate) struct Metrics {
     listener_connections: Family<Labels, Gauge>,
     listener_parked: Family<Labels, Gauge>,
     listener_refused: Family<Labels, Counter>,
+    /// Reloads by outcome, `applied` or `refused`.
+    reloads: Family<Labels, Counter>,
+    /// 1 while the last reload was applied (or none was asked), 0 after one was refused.
+    last_reload_successful: Gauge,
     /// The outbox's series: process-wide, as the outbox is.
     pub(crate) outbox: OutboxMetrics,
     changes: Changes,
@@ -324,7 +328,33 @@ impl Metrics {
             "Bytes of request bodies async routes hold in memory while they read and store them (max_buffered)",
             metrics.outbox.buffered.clone(),
         );
+        registry.register(
+            "rampart_config_reloads",
+            "Reloads of the configuration file asked (SIGHUP, POST /api/reload), by outcome: applied or refused",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "rampart_config_last_reload_successful",
+            "1 when the last reload asked was applied (or none was asked yet), 0 when it was refused",
+            metrics.last_reload_successful.clone(),
+        );
+        // Both outcomes from the start, so that a rate or an alert on either has a series.
+        for outcome in ["applied", "refused"] {
+            metrics
+                .reloads
+                .get_or_create_owned(&vec![("outcome", outcome.to_owned())]);
+        }
+        metrics.last_reload_successful.set(1);
         metrics
+    }
+
+    /// Counts a reload asked, applied or refused.
+    pub(crate) fn reloaded(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.reloads
+            .get_or_create_owned(&vec![("outcome", outcome.to_owned())])
+            .inc();
+        self.last_reload_successful.set(i64::from(applied));
     }
 
     /// A receiver of every change from now on.

@@ -162,6 +162,17 @@ impl Live {
 
     /// Serves `config` from now on, or changes nothing and says why not.
     pub(crate) fn reload(&mut self, config: &Config) -> Result<ReloadSummary, Error> {
+        let reloaded = self.apply(config);
+        self.metrics.reloaded(reloaded.is_ok());
+        reloaded
+    }
+
+    /// Counts a reload refused before it reached the proxy: its file unreadable or invalid.
+    pub(crate) fn refused(&self) {
+        self.metrics.reloaded(false);
+    }
+
+    fn apply(&mut self, config: &Config) -> Result<ReloadSummary, Error> {
         let mut listeners = changes(&self.config.listeners, &config.listeners, |l| &l.name);
         if !listeners.is_empty() {
             // Which keys: a restart asked for one an operator may not know they touched.

@@ -545,6 +545,38 @@ async fn a_refused_reload_leaves_the_metrics_as_they_were() {
 }
 
 #[tokio::test]
+async fn reloads_are_counted_by_outcome_and_the_last_one_says_whether_it_was_applied() {
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let serving = format!("{LISTENER}{}", route("a", a.addr()));
+    let proxy = proxy(&serving).await;
+    let counts = |text: &str| {
+        ["applied", "refused"].map(|outcome| {
+            let series = format!("rampart_config_reloads_total{{outcome=\"{outcome}\"}} ");
+            let line = text.lines().find(|line| line.starts_with(&series));
+            line.and_then(|line| line[series.len()..].parse::<u64>().ok())
+        })
+    };
+    let last = |text: &str| text.contains("rampart_config_last_reload_successful 1");
+    let text = metrics(&proxy);
+    assert_eq!(counts(&text), [Some(0), Some(0)], "{text}");
+    assert!(last(&text), "{text}");
+
+    // Refused by the proxy (no route left), then before it (the file invalid), then applied.
+    assert!(proxy.reload(&config(LISTENER)).is_err());
+    proxy.handle().reload_refused();
+    let text = metrics(&proxy);
+    assert_eq!(counts(&text), [Some(0), Some(2)], "{text}");
+    assert!(
+        text.contains("rampart_config_last_reload_successful 0"),
+        "{text}"
+    );
+    proxy.reload(&config(&serving)).unwrap();
+    let text = metrics(&proxy);
+    assert_eq!(counts(&text), [Some(1), Some(2)], "{text}");
+    assert!(last(&text), "{text}");
+}
+
+#[tokio::test]
 async fn limits_a_reload_replaced_no_longer_set_the_gauge() {
     // The attempt in flight under the adaptive limit that a fixed one replaces: its end
     // teaches the old limit, which must not show.
