@@ -81,18 +81,48 @@ async fn the_admin_api_reloads_with_the_token_and_stops_with_the_drain() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_asked_while_a_sighups_reload_is_under_way_is_refused_at_once() {
+/// A rampart serving the route `a`, whose config file `file` is now a FIFO no one writes (see
+/// `TempConfig::block_reads`), with `b` to route to once it is written; `proxy` and `admin` are
+/// its addresses.
+struct Reading {
+    a: Upstream,
+    b: Upstream,
+    file: TempConfig,
+    rampart: Rampart,
+    proxy: String,
+    admin: String,
+}
+
+async fn reading_a_fifo(name: &str) -> Reading {
     let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
     let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
-    let file = TempConfig::new("admin-busy", &config(&[("a", a.addr())]));
+    let file = TempConfig::new(name, &config(&[("a", a.addr())]));
     let mut rampart =
         Rampart::run_with_vars(&[], &file.0, None, &[("RAMPART_TEST_ADMIN_TOKEN", TOKEN)]);
     let proxy = rampart.listening();
     let admin = rampart.admin_up();
-
-    // SIGHUP's reload reads a FIFO no one writes yet: it blocks, as on a hung network mount.
     file.block_reads();
+    Reading {
+        a,
+        b,
+        file,
+        rampart,
+        proxy,
+        admin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_asked_while_a_sighups_reload_is_under_way_is_refused_at_once() {
+    let Reading {
+        a,
+        b,
+        file,
+        mut rampart,
+        proxy,
+        admin,
+    } = reading_a_fifo("admin-busy").await;
+    // SIGHUP's reload reads a FIFO no one writes yet: it blocks, as on a hung network mount.
     rampart.signal("HUP");
     rampart.line("SIGHUP's reload begun", |line| {
         line.contains("SIGHUP: reloading")
@@ -133,16 +163,15 @@ async fn a_reload_asked_while_a_sighups_reload_is_under_way_is_refused_at_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_whose_file_never_reads_is_refused_in_time_and_the_next_is_made() {
-    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
-    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
-    let file = TempConfig::new("admin-hung-read", &config(&[("a", a.addr())]));
-    let mut rampart =
-        Rampart::run_with_vars(&[], &file.0, None, &[("RAMPART_TEST_ADMIN_TOKEN", TOKEN)]);
-    let proxy = rampart.listening();
-    let admin = rampart.admin_up();
-
+    let Reading {
+        a,
+        b,
+        file,
+        mut rampart,
+        proxy,
+        admin,
+    } = reading_a_fifo("admin-hung-read").await;
     // A FIFO no one will ever write: its read hangs for good.
-    file.block_reads();
     rampart.signal("HUP");
     let refused = rampart.line("SIGHUP's reload refused", |line| {
         line.contains("reload refused")

@@ -683,8 +683,8 @@ async fn release_ends_an_ejection_too() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_open_period_ended_early_lets_the_next_call_probe() {
+/// A breaker of one probe whose probe failed: open for 16 s, twice its first period.
+async fn reopened_for_16_s() -> CircuitBreaker {
     let b = builder()
         .consecutive_failures(1)
         .half_open_probes(1)
@@ -694,8 +694,14 @@ async fn an_open_period_ended_early_lets_the_next_call_probe() {
         .unwrap();
     fail(&b);
     advance(8 * SEC).await;
-    fail(&b); // the probe fails: open for 16 s now
+    fail(&b);
     assert_eq!(b.snapshot().open_remaining, Some(16 * SEC));
+    b
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_period_ended_early_lets_the_next_call_probe() {
+    let b = reopened_for_16_s().await;
     advance(SEC).await;
     assert!(b.try_acquire().is_err());
 
@@ -718,16 +724,7 @@ async fn an_open_period_ended_early_lets_the_next_call_probe() {
 
 #[tokio::test(start_paused = true)]
 async fn an_open_period_shortened_ends_no_later_than_asked() {
-    let b = builder()
-        .consecutive_failures(1)
-        .half_open_probes(1)
-        .open_for(8 * SEC)
-        .open_for_max(64 * SEC)
-        .build()
-        .unwrap();
-    fail(&b);
-    advance(8 * SEC).await;
-    fail(&b); // the probe fails: open for 16 s now
+    let b = reopened_for_16_s().await;
     b.shorten_open_period(4 * SEC);
     assert_eq!(b.snapshot().open_remaining, Some(4 * SEC));
     // Never longer: a period that ends sooner stands.
