@@ -70,9 +70,13 @@ fn read(path: &Path) -> Result<String, String> {
         return Err("the configuration file is larger than 16 MiB".into());
     }
     let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        // The bytes before it are text: where it stands can be said as an editor shows it.
+        let before = std::str::from_utf8(&e.as_bytes()[..at]).unwrap_or_default();
+        let (line, column) = error::line_column(before, at);
         format!(
-            "the configuration file is not UTF-8 text (an invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
+            "the configuration file is not UTF-8 text (an invalid byte at line {line}, column \
+             {column}, offset {at})"
         )
     })?;
     // A file cut short by a write under way, or emptied by mistake, would otherwise be a valid

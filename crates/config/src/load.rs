@@ -113,10 +113,21 @@ impl Cx<'_> {
         );
     }
 
-    /// The text of `span` as written, on one line and cut short when long.
+    /// The text of `span` as written, on one line, control characters escaped (a NUL printed
+    /// raw would cut a terminal's line, or a log's), and cut short when long.
     fn raw(&self, span: Range<usize>) -> String {
         let text = self.src.get(span).unwrap_or("");
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text: String = text
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
         if text.chars().count() > 60 {
             format!("{}...", text.chars().take(57).collect::<String>())
         } else {
@@ -1001,6 +1012,12 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
         }
         out.push(l);
     }
+    if out.is_empty() {
+        // `listeners` refused whole (a table where an array of them goes, say), as an empty
+        // array is: the default stands in, so that the routes are not refused for a listener
+        // they cannot name.
+        out.push(default_listener("listener-0".to_owned()));
+    }
     out
 }
 
@@ -1437,10 +1454,14 @@ fn backoff(cx: &mut Cx<'_>, parent: &Tbl<'_, '_>, key: &str, default: Backoff) -
     let base = cx.get(&t, "base", positive).unwrap_or(default.base);
     let max = cx.get(&t, "max", positive).unwrap_or(default.max);
     if max < base {
+        // The one left out is its default, which the reader did not write.
+        let default = |written: bool| if written { "" } else { ", the default" };
         let message = format!(
-            "the backoff's max ({}) must be at least its base ({})",
+            "the backoff's max ({}{}) must be at least its base ({}{})",
             crate::value::format_duration(max),
-            crate::value::format_duration(base)
+            default(t.get("max").is_some()),
+            crate::value::format_duration(base),
+            default(t.get("base").is_some()),
         );
         let key = if t.get("max").is_some() {
             "max"
@@ -1915,6 +1936,24 @@ fn route_match(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Match {
     if t.get("path").is_some() && t.get("path_prefix").is_some() {
         cx.conflict(t, "path", "set either `path` or `path_prefix`, not both");
     }
+    // HTTP/2 carries the host in `:authority`, and no `host` header: such a match would hold
+    // over HTTP/1.1 only.
+    let written = match t.get("headers").map(Spanned::get_ref) {
+        Some(DeValue::Table(map)) => map
+            .iter()
+            .find(|(name, _)| name.get_ref().eq_ignore_ascii_case("host")),
+        _ => None,
+    };
+    if let Some((name, _)) = written {
+        cx.report(
+            name.span().start,
+            &join(&t.path("headers"), name.get_ref()),
+            "a request's host is matched with `host`, which reads HTTP/2's :authority too; a \
+             `host` header is HTTP/1.1's alone",
+            None,
+            Some("match = { host = \"orders.internal\" }".to_owned()),
+        );
+    }
     m
 }
 
@@ -2005,6 +2044,14 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         .map(str::to_owned)
         .to_vec()
     });
+    if matches!(t.get("on").map(Spanned::get_ref), Some(DeValue::Array(a)) if a.is_empty()) {
+        cx.conflict(
+            t,
+            "on",
+            "a fallback on nothing never answers: leave `on` out for its default, or \
+             [routes.fallback] out for none",
+        );
+    }
     let body = cx.get(t, "body", |v| {
         let text = string(v)?;
         if text.len() as u64 > MAX_FALLBACK_BODY {
@@ -2053,7 +2100,7 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         .unwrap_or(200);
     let headers = headers(cx, t, "headers");
     reserved_headers(cx, t);
-    grpc_fallback(cx, t, status, &headers);
+    grpc_fallback(cx, t, status, &headers, &body);
     // Sent, the body would be dropped on the way (HTTP/1.1, RFC 9110 §15.3.5 and §15.4.5), or
     // read as the start of the next answer.
     let has_body = match &body {
@@ -2148,7 +2195,13 @@ fn reserved_headers(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) {
 
 /// A fallback whose content-type is gRPC answers gRPC calls as a gRPC server would: with 200,
 /// and the call's outcome in `grpc-status` (sent as a trailer), which must be a gRPC code.
-fn grpc_fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, status: u16, headers: &[(String, String)]) {
+fn grpc_fallback(
+    cx: &mut Cx<'_>,
+    t: &Tbl<'_, '_>,
+    status: u16,
+    headers: &[(String, String)],
+    body: &FallbackBody,
+) {
     let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     let grpc = header("content-type").is_some_and(|value| {
         let mut map = http::HeaderMap::new();
@@ -2173,6 +2226,27 @@ fn grpc_fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, status: u16, headers: &[(Stri
             ),
         );
     }
+    // A body the client could not split into messages fails the call as a protocol error,
+    // where the fallback was to answer it.
+    let framed = match body {
+        FallbackBody::Inline(text) => Some(grpc_messages(text.as_bytes())),
+        FallbackBody::File(path) if cx.base_dir.is_some() => {
+            std::fs::read(path).ok().map(|bytes| grpc_messages(&bytes))
+        }
+        FallbackBody::File(_) => None,
+    };
+    if let Some(Err(why)) = framed {
+        let key = if t.get("body").is_some() {
+            "body"
+        } else {
+            "body_file"
+        };
+        cx.conflict(
+            t,
+            key,
+            format!("a gRPC fallback's body is gRPC messages: {why}"),
+        );
+    }
     let Some(code) = header("grpc-status") else {
         return;
     };
@@ -2195,6 +2269,31 @@ fn grpc_fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, status: u16, headers: &[(Stri
             ),
         );
     }
+}
+
+/// Whether `body` is whole gRPC messages, each a flag byte of 0 or 1, a 4-byte big-endian length
+/// and that many bytes; empty is none.
+fn grpc_messages(mut body: &[u8]) -> Result<(), String> {
+    while !body.is_empty() {
+        let Some((head, rest)) = body.split_first_chunk::<5>() else {
+            return Err(format!(
+                "{} bytes left, short of a message's 5-byte prefix",
+                body.len()
+            ));
+        };
+        if head[0] > 1 {
+            return Err(format!("a message's flag is {}, where 0 or 1 is", head[0]));
+        }
+        let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if rest.len() < length {
+            return Err(format!(
+                "a message's prefix says {length} bytes, and {} follow",
+                rest.len()
+            ));
+        }
+        body = &rest[length..];
+    }
+    Ok(())
 }
 
 fn fault(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fault {
@@ -3020,6 +3119,68 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(e.contains("outbox.path"), "{e}");
         assert!(e.contains("cannot be made"), "{e}");
+    }
+
+    #[test]
+    fn a_host_header_to_match_is_refused_for_the_host_key() {
+        let e = said(&format!(
+            "[[routes]]\nupstream = \"u\"\nmatch = {{ headers = {{ Host = \"a\" }} }}\n{UPSTREAM}"
+        ));
+        assert!(e.contains("routes[0].match.headers.Host"), "{e}");
+        assert!(e.contains(":authority"), "{e}");
+    }
+
+    #[test]
+    fn a_fallback_on_nothing_is_refused() {
+        let e = said(&format!(
+            "[[routes]]\nupstream = \"u\"\n[routes.fallback]\non = []\n{UPSTREAM}"
+        ));
+        assert!(e.contains("routes[0].fallback.on"), "{e}");
+    }
+
+    #[test]
+    fn a_grpc_fallback_body_must_be_whole_messages() {
+        let with = |body: &str| {
+            format!(
+                "[[routes]]\nupstream = \"u\"\n[routes.fallback]\n\
+                 headers = {{ content-type = \"application/grpc\" }}\nbody = \"{body}\"\n{UPSTREAM}"
+            )
+        };
+        for body in [
+            "hello",
+            "\\u0000\\u0000\\u0000\\u0000\\u0009hello",
+            "\\u0002\\u0000\\u0000\\u0000\\u0000",
+        ] {
+            let e = said(&with(body));
+            assert!(e.contains("routes[0].fallback.body"), "{body}: {e}");
+        }
+        for body in [
+            "",
+            "\\u0000\\u0000\\u0000\\u0000\\u0005hello",
+            "\\u0000\\u0000\\u0000\\u0000\\u0000\\u0001\\u0000\\u0000\\u0000\\u0001x",
+        ] {
+            assert!(load(&with(body), "t.toml", None).is_ok(), "{body}");
+        }
+    }
+
+    #[test]
+    fn listeners_written_as_one_table_are_refused_alone() {
+        let e = errors(&format!(
+            "[listeners]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"u\"\n{UPSTREAM}"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "listeners");
+    }
+
+    #[test]
+    fn a_backoff_error_says_which_bound_is_the_default() {
+        let e = said(&format!(
+            "[[routes]]\nupstream = \"u\"\n[routes.retry]\nbackoff = {{ base = \"2s\" }}\n{UPSTREAM}"
+        ));
+        assert!(
+            e.contains("max (1s, the default) must be at least its base (2s)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -345,12 +345,23 @@ impl Endpoint {
                     ENDPOINT_ALLOWED,
                 ));
             }
-            let valid_name = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            // As DNS takes a name (RFC 1035): labels of 1 to 63 characters, 253 in all, one
+            // final dot allowed. A name past that is refused by every lookup, at run time.
+            let name = host.strip_suffix('.').unwrap_or(host);
+            let valid_name = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    (1..=63).contains(&label.len())
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
             if !valid_name {
-                return Err(Invalid::new("invalid host name", ENDPOINT_ALLOWED));
+                return Err(Invalid::new(
+                    "invalid host name: letters, digits, '-' and '_' in labels of 1 to 63 \
+                     characters between dots, 253 characters at most",
+                    ENDPOINT_ALLOWED,
+                ));
             }
             host
         };
@@ -548,9 +559,20 @@ mod tests {
             "::1:80",
             "a b:80",
             "[x]:80",
+            "a..b:80",
+            ".a:80",
+            "..:80",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?} must be refused");
         }
+        // DNS's bounds: 63 characters a label, 253 a name; a final dot is a name still.
+        let label = "a".repeat(63);
+        let name = [label.as_str(); 4].join(".");
+        assert!(Endpoint::parse(&format!("{label}:80")).is_ok());
+        assert!(Endpoint::parse(&format!("{label}a:80")).is_err());
+        assert!(Endpoint::parse(&format!("{}:80", &name[..253])).is_ok());
+        assert!(Endpoint::parse(&format!("{}:80", &name[..254])).is_err());
+        assert!(Endpoint::parse("orders.internal.:80").is_ok());
         let err = Endpoint::parse("http://orders:80").unwrap_err();
         assert!(err.message.contains("without a scheme"), "{err:?}");
     }

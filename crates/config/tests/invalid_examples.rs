@@ -138,7 +138,9 @@ fn a_file_empty_too_large_or_not_text_is_refused_saying_so() {
     // A write cut short, or a file emptied by mistake, is no configuration of no routes.
     assert!(refused(b"").ends_with("the configuration file is empty"));
     assert!(refused(b" \n\t\n").ends_with("the configuration file is empty"));
-    assert!(refused(b"[admin]\n\xff\n").contains("not UTF-8 text"));
+    let said = refused(b"[admin]\nlisten = \"\xff\"\n");
+    assert!(said.contains("not UTF-8 text"), "{said}");
+    assert!(said.contains("line 2, column 11"), "{said}");
     let large = vec![b'#'; (16 << 20) + 1];
     assert!(refused(&large).ends_with("larger than 16 MiB"));
     std::fs::remove_dir_all(&dir).unwrap();
