@@ -332,7 +332,9 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     };
     // `[runtime]` is read at start only, so the drain timeout is the one the proxy started with.
     let drain_timeout = config.runtime.drain_timeout;
-    tracing::info!(signal, ?drain_timeout, "draining");
+    // As the file writes it: Debug would show days as a count of seconds.
+    let limit = rampart_config::value::format_duration(drain_timeout);
+    tracing::info!(signal, drain_timeout = %limit, "draining");
     // A draining proxy is no longer ready: the admin API goes first.
     admin.shutdown().await;
     // A second stop signal is an operator who will not wait for the drain: what is open is cut

@@ -208,6 +208,7 @@ async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     assert_eq!(event["endpoint"], failing.addr().to_string(), "{line}");
     assert_eq!(event["from"], "closed", "{line}");
     assert_eq!(event["to"], "open", "{line}");
+    assert_eq!(event["reason"], "a failure", "{line}");
     assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
 }
 

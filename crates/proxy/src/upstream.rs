@@ -930,7 +930,7 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             endpoint,
             from,
             to,
-            ?reason,
+            %reason,
             "circuit breaker {to}: endpoint ejected"
         ),
         State::HalfOpen | State::Closed | State::ForcedClosed => tracing::info!(
@@ -939,7 +939,7 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             endpoint,
             from,
             to,
-            ?reason,
+            %reason,
             "circuit breaker {to}"
         ),
     }

@@ -159,6 +159,35 @@ pub enum Reason {
     Released,
 }
 
+impl fmt::Display for Reason {
+    /// In words, as a log line or an operator reads it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let calls = |n: u64| if n == 1 { "call" } else { "calls" };
+        match *self {
+            Reason::ConsecutiveFailures(1) => f.write_str("a failure"),
+            Reason::ConsecutiveFailures(n) => write!(f, "{n} failures in a row"),
+            Reason::FailureRate { rate, calls: n } => {
+                write!(f, "failure rate {:.0}% over {n} {}", rate * 100.0, calls(n))
+            }
+            Reason::SlowCallRate { rate, calls: n } => {
+                write!(
+                    f,
+                    "slow-call rate {:.0}% over {n} {}",
+                    rate * 100.0,
+                    calls(n)
+                )
+            }
+            Reason::OpenElapsed => f.write_str("open period over"),
+            Reason::ProbeFailed => f.write_str("a half-open probe failed"),
+            Reason::ProbesTimedOut => f.write_str("half-open probes not answered in time"),
+            Reason::ProbesSucceeded => f.write_str("every half-open probe succeeded"),
+            Reason::ForcedOpen => f.write_str("forced open by an operator"),
+            Reason::ForcedClosed => f.write_str("forced closed by an operator"),
+            Reason::Released => f.write_str("released by an operator"),
+        }
+    }
+}
+
 /// One change of state, as told to subscribers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Transition {

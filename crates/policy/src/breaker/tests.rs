@@ -741,6 +741,34 @@ async fn an_open_period_shortened_ends_no_later_than_asked() {
     assert_eq!(b.state(), State::Closed);
 }
 
+#[test]
+fn reasons_read_as_words() {
+    let said = [
+        Reason::ConsecutiveFailures(1),
+        Reason::ConsecutiveFailures(5),
+        Reason::FailureRate {
+            rate: 0.5,
+            calls: 20,
+        },
+        Reason::SlowCallRate {
+            rate: 1.0,
+            calls: 1,
+        },
+        Reason::ProbesTimedOut,
+    ]
+    .map(|reason| reason.to_string());
+    assert_eq!(
+        said,
+        [
+            "a failure",
+            "5 failures in a row",
+            "failure rate 50% over 20 calls",
+            "slow-call rate 100% over 1 call",
+            "half-open probes not answered in time",
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn subscribers_are_told_of_every_transition_in_order() {
     let seen_at_build = Arc::new(Mutex::new(0));
