@@ -435,7 +435,9 @@ impl Pool {
         let usable = self.usable();
         let reinstated = self.past_cap(&usable);
         if !reinstated.is_empty() || self.kept.load(Ordering::Relaxed) != 0 {
-            self.let_go(&reinstated);
+            // Only those that serve: a primary put back while a backup serves carries no
+            // traffic, and the cap it passes spares the backups, not the primaries' probes.
+            self.let_go(&self.serving(reinstated.clone(), &usable));
         }
         let (first, then) = self.tiers(&usable);
         self.admitting(first, avoid, &usable, &reinstated)
@@ -501,7 +503,7 @@ impl Pool {
         latest.into_iter().map(|(_, index)| index).collect()
     }
 
-    /// Marks the endpoints the cap puts back now (`reinstated`), and ends the open period of
+    /// Marks the endpoints the cap puts back now and that serve (`reinstated`), and ends the open period of
     /// those it put back before and no longer needs: their next attempts are half-open probes.
     /// While it puts some back, the others ejected wait at most `open_for` for their next probe.
     ///
@@ -529,8 +531,12 @@ impl Pool {
             {
                 breaker.shorten_open_period(self.open_for);
             }
-            // The swap decides which pick counts an endpoint in or out, so the count stays the
+            // A load first: the mark is written only when it changes, not at every pick. The
+            // swap decides which pick counts an endpoint in or out, so the count stays the
             // number of marks even when picks race.
+            if endpoint.kept.load(Ordering::Relaxed) == kept {
+                continue;
+            }
             match (endpoint.kept.swap(kept, Ordering::Relaxed), kept) {
                 (false, true) => {
                     self.kept.fetch_add(1, Ordering::Relaxed);
@@ -551,13 +557,17 @@ impl Pool {
     /// backup put back while a primary does.
     fn serving_past_cap(&self) -> Vec<usize> {
         let usable = self.usable();
-        let mut reinstated = self.past_cap(&usable);
+        self.serving(self.past_cap(&usable), &usable)
+    }
+
+    /// Of the endpoints put back past the cap (`reinstated`), those of the tier a pick serves.
+    fn serving(&self, mut reinstated: Vec<usize>, usable: &impl Fn(usize) -> bool) -> Vec<usize> {
         if reinstated.is_empty() {
             return reinstated;
         }
         // The first tier serves when an endpoint of it may take attempts, put back or not.
-        let (first, then) = self.tiers(&usable);
-        let tier = if self.admits_alone(first.clone(), &usable)
+        let (first, then) = self.tiers(usable);
+        let tier = if self.admits_alone(first.clone(), usable)
             || reinstated.iter().any(|index| first.contains(index))
         {
             first
@@ -795,19 +805,27 @@ impl Pool {
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {
-            let kept = old
+            let Some(old) = old
                 .endpoints
                 .iter()
                 .find(|e| e.authority == endpoint.authority)
-                .and_then(|e| Some((e.breaker.as_ref()?, &e.speaks)));
-            let Some((breaker, speaks)) = kept else {
+            else {
+                continue;
+            };
+            let Some(breaker) = &old.breaker else {
                 continue;
             };
             // The kept breaker's subscription already moves this endpoint's series, while its
             // voice, taken with it, is on.
             endpoint.metrics.set_state(breaker.state());
             endpoint.breaker = Some(breaker.clone());
-            endpoint.speaks = speaks.clone();
+            endpoint.speaks = old.speaks.clone();
+            // Put back by the old pool's cap, it is let go by this one's first pick if this cap
+            // does not need it (see `let_go`), rather than left out for its grown period.
+            if old.kept.load(Ordering::Relaxed) {
+                *endpoint.kept.get_mut() = true;
+                *self.kept.get_mut() += 1;
+            }
             taken += 1;
         }
         taken
@@ -1356,6 +1374,46 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         let probe = pool.pick(&tried([1])).unwrap();
         assert_eq!((probe.index, probe.is_probe()), (0, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_whose_cap_no_longer_needs_an_endpoint_put_back_probes_it() {
+        let old = pool("");
+        trip_in_turn(&old, &[0, 1]).await;
+        assert_eq!(picks(&old, 1), ["127.0.0.1:2"]);
+        // Two endpoints more: 50% of four lets both out, and the one put back is let go.
+        let four = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
+        let mut new = pool_with(&four, "", Rng::seeded(7));
+        assert_eq!(new.take_breakers(&old), 2);
+        let breaker = new.endpoints[1].breaker.clone().unwrap();
+        assert!(!breaker.would_admit());
+        let _ = picks(&new, 1);
+        assert!(
+            breaker.would_admit(),
+            "probed at once, not after its period"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn primaries_out_while_a_backup_serves_keep_their_backoff() {
+        // Two dead primaries, one backup: the cap passed spares the backup, not the primaries'
+        // probes, which keep their periods, doubled at each failure.
+        let pool = pool("balance = \"round-robin\"\nbackup = [\"127.0.0.1:3\"]");
+        let remaining = |index: usize| {
+            let breaker = pool.endpoints[index].breaker.as_ref().unwrap();
+            breaker.snapshot().open_remaining.unwrap()
+        };
+        trip(&pool, 0);
+        tokio::time::advance(remaining(0)).await;
+        let probe = pool.pick(&tried([1, 2])).unwrap();
+        assert_eq!((probe.index, probe.is_probe()), (0, true));
+        probe.record(Outcome::Failure);
+        let grown = remaining(0);
+        assert!(grown > Duration::from_secs(5), "{grown:?}");
+        trip(&pool, 1);
+        assert_eq!(picks(&pool, 4), ["127.0.0.1:3"; 4]);
+        assert_eq!(remaining(0), grown);
+        assert_eq!(pool.kept.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]
