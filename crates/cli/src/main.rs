@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
@@ -457,33 +458,51 @@ static READS: AtomicUsize = AtomicUsize::new(0);
 /// hangs cannot be cancelled: it is left behind, and the reload refused, so that the next one,
 /// of a file put right meanwhile, is made.
 fn read_in_time(path: &Path) -> Result<Result<Config, Errors>, String> {
-    if READS.fetch_add(1, Ordering::AcqRel) >= HUNG_READS {
-        READS.fetch_sub(1, Ordering::AcqRel);
-        return Err(format!(
+    let reading = Reading::start().ok_or_else(|| {
+        format!(
             "{HUNG_READS} earlier reads of the file have not ended (a FIFO no one writes? a hung \
-             mount?); restart to read it again"
-        ));
-    }
+             mount?); a reload is refused until one ends"
+        )
+    })?;
     let (read, done) = std::sync::mpsc::channel();
     let owned = path.to_owned();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("config-read".into())
         .spawn(move || {
-            let config = Config::from_file(&owned);
-            READS.fetch_sub(1, Ordering::AcqRel);
+            // Counted out when the read ends, however it ends.
+            let _reading = reading;
             // The reload may have stopped waiting: nothing is left to tell then.
-            let _ = read.send(config);
-        });
-    if let Err(err) = spawned {
-        READS.fetch_sub(1, Ordering::AcqRel);
-        return Err(format!("cannot start a thread to read the file: {err}"));
-    }
-    done.recv_timeout(READ_LIMIT).map_err(|_| {
-        format!(
+            let _ = read.send(Config::from_file(&owned));
+        })
+        .map_err(|err| format!("cannot start a thread to read the file: {err}"))?;
+    done.recv_timeout(READ_LIMIT).map_err(|err| match err {
+        RecvTimeoutError::Timeout => format!(
             "the file was not read within {}s (a FIFO no one writes? a hung mount?)",
             READ_LIMIT.as_secs()
-        )
+        ),
+        RecvTimeoutError::Disconnected => "reading the file failed unexpectedly".to_owned(),
     })
+}
+
+/// One read of the file counted in `READS` while it lives.
+struct Reading;
+
+impl Reading {
+    /// Counts a read in, unless `HUNG_READS` are under way.
+    fn start() -> Option<Reading> {
+        READS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < HUNG_READS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Reading)
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The turn of one reload: SIGHUP's and the admin API's are made one at a time.

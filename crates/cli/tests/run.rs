@@ -156,23 +156,31 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
 fn a_thread_count_in_the_environment_that_is_none_is_refused_as_check_refuses_it() {
     // `worker_threads` left out is tokio's default, read from TOKIO_WORKER_THREADS; tokio
     // panicked on a value that is no number, and took any number, past the key's 1024.
+    // On port 0, and ended by its closed stdin should it start: a run refused exits at once,
+    // one that starts must not hold a fixed port nor run on.
     let config = TempConfig::new(
         "threads-from-env",
-        "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n",
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"app\"\n\
+         [upstreams.app]\nendpoints = [\"127.0.0.1:1\"]\n",
     );
     for threads in ["abc", "0", "", "2000"] {
-        for command in ["check", "run"] {
+        for command in [&["check"][..], &["run", "--until-stdin-closes"]] {
             let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-                .args([command, "-c"])
+                .args(command)
+                .arg("-c")
                 .arg(&config.0)
                 .env("TOKIO_WORKER_THREADS", threads)
                 .output()
                 .expect("the rampart binary runs");
             let said = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{command} {threads:?}: {said}");
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command:?} {threads:?}: {said}"
+            );
             assert!(
                 said.contains("runtime.worker_threads") && said.contains("TOKIO_WORKER_THREADS"),
-                "{command} {threads:?}: {said}"
+                "{command:?} {threads:?}: {said}"
             );
         }
     }

@@ -31,6 +31,7 @@ pub(crate) fn load(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<
         origin,
         base_dir,
         errors: Vec::new(),
+        endpoints: Vec::new(),
     };
     let (root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
@@ -62,6 +63,17 @@ struct Cx<'s> {
     origin: &'s str,
     base_dir: Option<&'s Path>,
     errors: Vec<(usize, Error)>,
+    /// Every endpoint read, with its place, for the checks that need the routes (`loops`).
+    endpoints: Vec<Placed>,
+}
+
+/// An endpoint of an upstream, and where it is written.
+struct Placed {
+    upstream: String,
+    path: String,
+    at: usize,
+    got: String,
+    endpoint: Endpoint,
 }
 
 /// A table being read, with the key path and place to blame when a key is missing.
@@ -684,11 +696,12 @@ fn document(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Config {
     let admin = admin(cx, &root);
     let runtime = runtime(cx, &root);
     let listeners = listeners(cx, &root, &admin);
-    let upstreams = upstreams(cx, &root, &listeners);
+    let upstreams = upstreams(cx, &root);
     let outbox = cx
         .section(&root, "outbox", OUTBOX_KEYS)
         .map(|t| outbox(cx, &t));
     let routes = routes(cx, &root, &listeners, &upstreams, outbox.is_some());
+    loops(cx, &routes, &listeners);
     Config {
         admin,
         runtime,
@@ -769,7 +782,9 @@ fn runtime(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Runtime {
         worker_threads: None,
         drain_timeout: Duration::from_secs(10),
     };
+    let mut written = false;
     if let Some(t) = cx.section(root, "runtime", RUNTIME_KEYS) {
+        written = t.get("worker_threads").is_some();
         runtime.worker_threads = cx
             .get(&t, "worker_threads", uint(1, 1024))
             .map(|n| n as usize);
@@ -777,7 +792,8 @@ fn runtime(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Runtime {
             runtime.drain_timeout = d;
         }
     }
-    if runtime.worker_threads.is_none() {
+    // Written, even refused, the key is what counts, not the variable.
+    if !written {
         threads_from_env(cx);
     }
     runtime
@@ -1037,19 +1053,47 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
         || (a.is_ipv4() && b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
 }
 
-/// The listener `endpoint` is, when it is written as an address one of them listens on: its own
-/// address, or a loopback one under a listener on every address. A host name, or another
-/// address under such a listener, may well be another machine.
-fn own_listener<'a>(endpoint: &Endpoint, listeners: &'a [Listener]) -> Option<&'a Listener> {
-    let ip: IpAddr = endpoint.host.parse().ok()?;
+/// Refuses an endpoint that is the listener of a route sending to its upstream: every request
+/// would come back to that route, in a loop. An endpoint that is another listener of rampart's
+/// is a chain of routes, which is fine.
+fn loops(cx: &mut Cx<'_>, routes: &[Route], listeners: &[Listener]) {
+    let mut refused: Vec<String> = Vec::new();
+    let mut found = Vec::new();
+    for route in routes {
+        let Some(listener) = listeners.iter().find(|l| l.name == route.listener) else {
+            continue;
+        };
+        for placed in cx.endpoints.iter().filter(|p| p.upstream == route.upstream) {
+            if refused.contains(&placed.path) || !is_listener(&placed.endpoint, listener) {
+                continue;
+            }
+            refused.push(placed.path.clone());
+            let message = format!(
+                "endpoint {} is listener \"{}\" ({}), whose route \"{}\" sends to this \
+                 upstream: every request would come back to it, in a loop",
+                placed.endpoint, listener.name, listener.listen, route.name
+            );
+            found.push((placed.at, placed.path.clone(), message, placed.got.clone()));
+        }
+    }
+    for (at, path, message, got) in found {
+        cx.report(at, &path, message, Some(got), None);
+    }
+}
+
+/// Whether `endpoint` is written as an address `listener` listens on: its own address, or a
+/// loopback one under a listener on every address. A host name, or another address under such
+/// a listener, may well be another machine.
+fn is_listener(endpoint: &Endpoint, listener: &Listener) -> bool {
+    let Ok(ip) = endpoint.host.parse::<IpAddr>() else {
+        return false;
+    };
     let ip = ip.to_canonical();
-    listeners.iter().find(|l| {
-        let listen = l.listen.ip().to_canonical();
-        // `0.0.0.0` covers the IPv4 addresses only; `[::]` every one, as `clash` says.
-        let covers = listen.is_unspecified() && (listen.is_ipv6() || ip.is_ipv4());
-        l.listen.port() == endpoint.port
-            && (listen == ip || (covers && (ip.is_loopback() || ip.is_unspecified())))
-    })
+    let listen = listener.listen.ip().to_canonical();
+    // `0.0.0.0` covers the IPv4 addresses only; `[::]` every one, as `clash` says.
+    let covers = listen.is_unspecified() && (listen.is_ipv6() || ip.is_ipv4());
+    listener.listen.port() == endpoint.port
+        && (listen == ip || (covers && (ip.is_loopback() || ip.is_unspecified())))
 }
 
 /// Why the address written (`second`) clashes with one taken before (`first`), for the error.
@@ -1112,7 +1156,7 @@ const LIMITS_KEYS: &[&str] = &[
     "burst",
 ];
 
-fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, listeners: &[Listener]) -> Vec<Upstream> {
+fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upstream> {
     let Some((key, node)) = root.map.get_key_value("upstreams") else {
         return Vec::new();
     };
@@ -1136,18 +1180,13 @@ fn upstreams(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, listeners: &[Listener]) -> Vec
             cx.invalid(key.span(), &path, invalid);
         }
         if let Some(t) = cx.table(node, key.span().start, path, UPSTREAM_KEYS) {
-            out.push(upstream(cx, upstream_name.to_owned(), &t, listeners));
+            out.push(upstream(cx, upstream_name.to_owned(), &t));
         }
     }
     out
 }
 
-fn upstream(
-    cx: &mut Cx<'_>,
-    upstream_name: String,
-    t: &Tbl<'_, '_>,
-    listeners: &[Listener],
-) -> Upstream {
+fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream {
     let endpoints = cx.items(t, "endpoints", endpoint).unwrap_or_default();
     match t.get("endpoints") {
         None => cx.missing(t, "endpoints", "an array of \"host:port\" strings"),
@@ -1172,16 +1211,13 @@ fn upstream(
     for (key, items) in [("endpoints", &endpoints), ("backup", &backup)] {
         for item in items {
             let at = format!("{key}[{}]", item.index);
-            if let Some(listener) = own_listener(&item.value, listeners) {
-                let message = format!(
-                    "endpoint {} is rampart's own listener \"{}\" ({}): every request sent \
-                     there would come back, in a loop",
-                    item.value, listener.name, listener.listen
-                );
-                let got = Some(cx.raw(item.span.clone()));
-                let path = format!("{}[{}]", t.path(key), item.index);
-                cx.report(item.span.start, &path, message, got, None);
-            }
+            cx.endpoints.push(Placed {
+                upstream: upstream_name.clone(),
+                path: format!("{}[{}]", t.path(key), item.index),
+                at: item.span.start,
+                got: cx.raw(item.span.clone()),
+                endpoint: item.value.clone(),
+            });
             match seen.iter().find(|(e, _)| **e == item.value) {
                 Some((e, first)) => {
                     let message = format!("endpoint {e} is listed twice: it is {first} already");
@@ -1516,6 +1552,15 @@ fn nats_url(v: &DeValue<'_>) -> Result<String, Invalid> {
     const ALLOWED: &str = "nats://HOST:PORT or tls://HOST:PORT, several separated by commas, \
                            credentials as nats://USER:PASSWORD@HOST:PORT";
     let url = string(v)?;
+    // A URL refused is not shown if it may hold credentials: parsed wrong (a `/` or a `,` in a
+    // password, unencoded), its credentials are where its host or next server should be.
+    let shown = |i: usize, server: &str| {
+        if url.contains('@') {
+            format!("{}", i + 1)
+        } else {
+            format!("{} ({server})", i + 1)
+        }
+    };
     for (i, server) in url.split(',').map(str::trim).enumerate() {
         let rest = server
             .strip_prefix("nats://")
@@ -1523,9 +1568,10 @@ fn nats_url(v: &DeValue<'_>) -> Result<String, Invalid> {
         // The servers after the first may leave their scheme out, as the client takes them.
         let Some(rest) = rest.or_else(|| (i > 0 && !server.contains("://")).then_some(server))
         else {
-            let message = format!("a server of the URL is not nats:// or tls:// ({})", {
-                crate::summary::redacted(server)
-            });
+            let message = format!(
+                "the URL's server {} is not nats:// or tls://",
+                shown(i, server)
+            );
             return Err(Invalid::new(message, ALLOWED));
         };
         let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
@@ -1554,8 +1600,8 @@ fn nats_url(v: &DeValue<'_>) -> Result<String, Invalid> {
             None
         };
         if let Some(bad) = bad {
-            let server = crate::summary::redacted(server);
-            return Err(Invalid::new(format!("the server {server} {bad}"), ALLOWED));
+            let message = format!("the URL's server {} {bad}", shown(i, server));
+            return Err(Invalid::new(message, ALLOWED));
         }
     }
     Ok(url)
@@ -1577,14 +1623,19 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
     // `nats` may stand beside `store = "embedded"`, so that switching stores is one word: it is
     // checked all the same, and used only by `store = "nats"`.
     let nats = cx.section(t, "nats", &["url", "stream"]).map(|n| {
-        // Refused with its credentials shown as `***`: an error is printed, logged, and a
-        // reload's is the admin API's answer.
+        // Refused without its credentials: an error is printed, logged, and a reload's is the
+        // admin API's answer.
         let url = n
             .get("url")
             .and_then(|node| match nats_url(node.get_ref()) {
                 Ok(url) => Some(url),
                 Err(invalid) => {
-                    let got = crate::summary::redacted(&cx.raw(node.span()));
+                    let raw = cx.raw(node.span());
+                    let got = if raw.contains('@') {
+                        "a URL with credentials, not shown".to_owned()
+                    } else {
+                        raw
+                    };
                     let (at, path) = (node.span().start, n.path("url"));
                     cx.report(at, &path, invalid.message, Some(got), Some(invalid.allowed));
                     None
@@ -3059,10 +3110,13 @@ mod tests {
             "nats://127.0.0.1:4222,bad url",
             "nat://alice:pw@host:4222",
             "nats://127.0.0.1:0",
+            // Unencoded, a `/` or a `,` in a password splits it where a host or a server goes.
+            "nats://svc:pw/9x@nats:4222",
+            "nats://svc:pw,9x@nats:4222",
         ] {
             let e = said(&with(url));
             assert!(e.contains("outbox.nats.url"), "{url}: {e}");
-            assert!(!e.contains("pw"), "{url}: {e}");
+            assert!(!e.contains("pw") && !e.contains("9x"), "{url}: {e}");
         }
         for url in [
             "nats://alice:p@ss@nats.internal:4222",
@@ -3090,6 +3144,14 @@ mod tests {
             assert!(e.contains("upstreams.u.endpoints[0]"), "{e}");
             assert!(e.contains("in a loop"), "{e}");
         }
+        // Another listener of rampart's, whose routes go elsewhere, is a chain, not a loop.
+        let chain = "[[listeners]]\nname = \"edge\"\nlisten = \"127.0.0.1:7000\"\n\
+                     [[listeners]]\nname = \"inner\"\nlisten = \"127.0.0.1:7001\"\n\
+                     [[routes]]\nlistener = \"edge\"\nupstream = \"inner\"\n\
+                     [[routes]]\nlistener = \"inner\"\nupstream = \"app\"\n\
+                     [upstreams.inner]\nendpoints = [\"127.0.0.1:7001\"]\n\
+                     [upstreams.app]\nendpoints = [\"127.0.0.1:9000\"]\n";
+        assert!(load(chain, "t.toml", None).is_ok());
         // Another port, a host name, another machine, or IPv6 under an IPv4 wildcard.
         for (listen, endpoint) in [
             ("127.0.0.1:7000", "127.0.0.1:7001"),

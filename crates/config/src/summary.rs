@@ -90,9 +90,8 @@ impl Display for Summary<'_> {
 
 /// A NATS URL (one server or several, comma-separated) with each server's credentials (what
 /// comes before the last `@` of its address, a scheme or not) shown as `***`: what is printed of
-/// it, in the summary and in the errors. The outbox's NATS store redacts its errors the same way
-/// (`rampart-outbox`, nats/url.rs).
-pub(crate) fn redacted(url: &str) -> String {
+/// it. The outbox's NATS store redacts its errors the same way (`rampart-outbox`, nats/url.rs).
+fn redacted(url: &str) -> String {
     url.split(',')
         .map(|server| {
             let (scheme, rest) = match server.split_once("://") {

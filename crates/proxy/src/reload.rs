@@ -180,7 +180,7 @@ impl Live {
                 let old = self.config.listeners.iter().find(|l| l.name == *name);
                 let new = config.listeners.iter().find(|l| l.name == *name);
                 if let (Some(old), Some(new)) = (old, new) {
-                    *name = format!("{name}: {}", listener_keys(old, new).join(", "));
+                    *name = format!("{name} ({})", listener_keys(old, new).join(", "));
                 }
             }
             return Err(Error::ListenersChanged(listeners.to_string()));
@@ -496,6 +496,21 @@ fn route_changes(old: &Config, new: &Config) -> Changes {
 
 /// The keys of a listener that differ between `old` and `new`.
 fn listener_keys(old: &Listener, new: &Listener) -> Vec<&'static str> {
+    // Every field named, so that one added to `Listener` cannot be left out here.
+    let Listener {
+        name: _,
+        listen: _,
+        protocol: _,
+        max_connections: _,
+        header_read_timeout: _,
+        idle_timeout: _,
+        body_idle_timeout: _,
+        max_header_bytes: _,
+        max_headers: _,
+        max_request_body: _,
+        h2_max_concurrent_streams: _,
+        park_idle_above: _,
+    } = old;
     let keys = [
         ("listen", old.listen != new.listen),
         ("protocol", old.protocol != new.protocol),

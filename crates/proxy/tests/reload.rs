@@ -369,7 +369,7 @@ async fn a_listener_change_is_refused_and_the_old_configuration_keeps_serving() 
     )));
     let err = refused.unwrap_err().to_string();
     assert!(
-        err.contains("(changed listener-0: max_connections, idle_timeout)"),
+        err.contains("(changed listener-0 (max_connections, idle_timeout))"),
         "{err}"
     );
 
