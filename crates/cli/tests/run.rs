@@ -194,6 +194,26 @@ fn a_thread_count_in_the_environment_that_is_none_is_refused_as_check_refuses_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_failing_on_every_endpoint_says_the_checks_are_ignored() {
+    // One endpoint, failing its checks: health is then ignored (fail open), and the log must
+    // not say the endpoint is out of the rotation while traffic still reaches it.
+    let failing = Upstream::start(Behavior::Fail(503.try_into().unwrap()))
+        .await
+        .unwrap();
+    let text = config(failing.addr())
+        + "\n[upstreams.app.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"50ms\"\n\
+           unhealthy_after = 1\n";
+    let config = TempConfig::new("health-log", &text);
+    let mut rampart = Rampart::run(&[], &config.0);
+    let line = rampart.line("health", |line| line.contains("health check failed"));
+    assert!(line.contains("fail open"), "{line}");
+    assert!(!line.contains("out of the rotation"), "{line}");
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     let failing = Upstream::start(Behavior::Fail(503.try_into().unwrap()))
         .await

@@ -1607,6 +1607,16 @@ fn nats_url(v: &DeValue<'_>) -> Result<String, Invalid> {
     Ok(url)
 }
 
+/// `path` resolved against the configuration file's directory, when there is a file: what a
+/// file names is where the file says, whatever directory rampart runs in (a service manager's
+/// is often `/`). Relative to the working directory for a text without a file.
+fn relative_to_file(base_dir: Option<&Path>, path: PathBuf) -> PathBuf {
+    match base_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
 fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
@@ -1676,7 +1686,8 @@ fn outbox(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Outbox {
                 }
                 Ok(PathBuf::from(path))
             })
-            .unwrap_or_else(|| PathBuf::from("rampart-data/outbox")),
+            .map(|path| relative_to_file(cx.base_dir, path))
+            .unwrap_or_else(|| relative_to_file(cx.base_dir, PathBuf::from("rampart-data/outbox"))),
         max_messages: cx
             .get(t, "max_messages", uint(1, u64::from(u32::MAX)))
             .unwrap_or(100_000),
@@ -2121,11 +2132,7 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         }
         (Some(text), None) => FallbackBody::Inline(text),
         (None, Some(file)) => {
-            let path = PathBuf::from(&file);
-            let path = match cx.base_dir {
-                Some(dir) if path.is_relative() => dir.join(path),
-                _ => path,
-            };
+            let path = relative_to_file(cx.base_dir, PathBuf::from(&file));
             if cx.base_dir.is_some()
                 && let Err(message) = readable_body_file(&path)
             {
@@ -3164,6 +3171,22 @@ mod tests {
                 "{endpoint}"
             );
         }
+    }
+
+    #[test]
+    fn an_outbox_path_is_where_the_file_says_whatever_the_working_directory() {
+        let dir = Path::new("/etc/rampart");
+        let with = |outbox: &str| {
+            let text = format!("[[routes]]\nupstream = \"u\"\n{UPSTREAM}[outbox]\n{outbox}\n");
+            load(&text, "t.toml", Some(dir))
+                .unwrap()
+                .outbox
+                .unwrap()
+                .path
+        };
+        assert_eq!(with(""), dir.join("rampart-data/outbox"));
+        assert_eq!(with("path = \"queue\""), dir.join("queue"));
+        assert_eq!(with("path = \"/var/lib/q\""), Path::new("/var/lib/q"));
     }
 
     #[test]

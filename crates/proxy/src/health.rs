@@ -131,8 +131,8 @@ impl Check {
                 passed = self.check() => passed,
             };
             if let Some(healthy) = run.record(passed, &self.health) {
-                self.log(healthy);
                 self.pool.set_healthy(self.index, healthy);
+                self.log(healthy);
             }
         }
     }
@@ -143,6 +143,18 @@ impl Check {
         let (upstream, endpoint) = (&self.upstream, self.pool.authority(self.index).as_str());
         if healthy {
             tracing::info!(target: HEALTH, upstream, endpoint, "health check passed: endpoint healthy");
+        } else if self.pool.none_healthy() {
+            // Then the checks are ignored (see `Pool::pick`): saying the endpoint is out would
+            // send an operator looking for traffic that still reaches it.
+            tracing::warn!(
+                target: HEALTH,
+                upstream,
+                endpoint,
+                after = self.health.unhealthy_after,
+                "health check failed: endpoint unhealthy, and so is every endpoint of the \
+                 upstream: the checks are ignored until one passes (fail open), the breakers \
+                 still guard each endpoint"
+            );
         } else {
             tracing::warn!(
                 target: HEALTH,

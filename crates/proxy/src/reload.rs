@@ -73,6 +73,9 @@ pub struct ReloadSummary {
     /// How many endpoints of upstreams whose breaker settings changed have their new breaker
     /// forced as an operator had forced the old one.
     pub forced_kept: usize,
+    /// How many endpoints that their breakers held ejected start closed, as upstreams whose
+    /// breaker settings changed get new breakers.
+    pub ejections_ended: usize,
     /// Sections that changed but are read at start only (`[runtime]`, `[admin]`, `[outbox]`):
     /// they take effect at the next restart.
     pub needs_restart: Vec<&'static str>,
@@ -288,7 +291,9 @@ impl Live {
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
                     } else {
-                        summary.forced_kept += pool.take_forced(old_pool);
+                        let (forced, ended) = pool.take_forced(old_pool);
+                        summary.forced_kept += forced;
+                        summary.ejections_ended += ended;
                     }
                     // Only checks can find an endpoint healthy again: without them, an endpoint
                     // kept out would be out for good.
@@ -622,6 +627,13 @@ impl fmt::Display for ReloadSummary {
         if self.forced_kept > 0 {
             write!(f, " (forced states kept: {})", self.forced_kept)?;
         }
+        if self.ejections_ended > 0 {
+            write!(
+                f,
+                " (ejections ended by new breaker settings: {})",
+                self.ejections_ended
+            )?;
+        }
         if !self.needs_restart.is_empty() {
             write!(
                 f,
@@ -702,6 +714,7 @@ mod tests {
             },
             breakers_kept: 2,
             forced_kept: 0,
+            ejections_ended: 0,
             needs_restart: vec!["[runtime]", "[admin]"],
         };
         assert_eq!(

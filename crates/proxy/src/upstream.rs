@@ -466,7 +466,7 @@ impl Pool {
     /// Whether the endpoint at `index` may take attempts as far as health goes: it is healthy,
     /// or no endpoint is (fail open).
     fn usable(&self) -> impl Fn(usize) -> bool + '_ {
-        let panic = self.unhealthy.load(Ordering::Relaxed) >= self.endpoints.len();
+        let panic = self.none_healthy();
         move |index| panic || self.endpoints[index].healthy.load(Ordering::Relaxed)
     }
 
@@ -713,6 +713,11 @@ impl Pool {
         }
     }
 
+    /// Whether the health checks hold every endpoint unhealthy, and so are ignored.
+    pub(crate) fn none_healthy(&self) -> bool {
+        self.unhealthy.load(Ordering::Relaxed) >= self.endpoints.len()
+    }
+
     /// Which statuses of this upstream are failures (`failure_status`).
     pub(crate) fn failures(&self) -> &FailureStatus {
         &self.failures
@@ -774,9 +779,11 @@ impl Pool {
 
     /// Forces the breakers of this pool's endpoints as an operator forced those of `old` with
     /// the same address: new breaker settings make new breakers, and an endpoint drained by
-    /// hand must not come back with them. How many were forced.
-    pub(crate) fn take_forced(&self, old: &Pool) -> usize {
-        let mut taken = 0;
+    /// hand must not come back with them. How many were forced, and how many endpoints that
+    /// `old`'s breakers held ejected start closed (the operator changing the settings should
+    /// hear that they are back).
+    pub(crate) fn take_forced(&self, old: &Pool) -> (usize, usize) {
+        let (mut forced, mut ended) = (0, 0);
         for endpoint in &self.endpoints {
             let Some(breaker) = &endpoint.breaker else {
                 continue;
@@ -787,11 +794,15 @@ impl Pool {
             {
                 Some(State::ForcedOpen) => breaker.force_open(),
                 Some(State::ForcedClosed) => breaker.force_closed(),
+                Some(State::Open | State::HalfOpen) => {
+                    ended += 1;
+                    continue;
+                }
                 _ => continue,
             }
-            taken += 1;
+            forced += 1;
         }
-        taken
+        (forced, ended)
     }
 
     /// The breaker of the endpoint at `authority`, if this pool lists it and it has one.

@@ -247,6 +247,14 @@ async fn a_changed_upstream_keeps_the_breakers_of_its_endpoints_unless_the_break
         )))
         .unwrap();
     assert_eq!(summary.breakers_kept, 0);
+    // Said, since the operator may not expect it while tuning a breaker in an incident.
+    assert_eq!(summary.ejections_ended, 1);
+    assert!(
+        summary
+            .to_string()
+            .contains("ejections ended by new breaker settings: 1"),
+        "{summary}"
+    );
     for _ in 0..2 {
         get(&proxy, "/app").await;
     }
