@@ -61,7 +61,15 @@ const MAX_FILE: u64 = 16 << 20;
 /// The text of the configuration file at `path`, or why it cannot be used.
 fn read(path: &Path) -> Result<String, String> {
     use std::io::Read;
-    let cannot = |e: std::io::Error| format!("cannot read the configuration file: {e}");
+    let cannot = |e: std::io::Error| match std::env::current_dir() {
+        // Where a relative name was looked for: a command run from another directory than
+        // meant finds nothing, and its error should say where it looked.
+        Ok(dir) if e.kind() == std::io::ErrorKind::NotFound && path.is_relative() => format!(
+            "cannot read the configuration file: no such file in {}",
+            dir.display()
+        ),
+        _ => format!("cannot read the configuration file: {e}"),
+    };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(MAX_FILE + 1).read_to_end(&mut bytes))

@@ -1546,8 +1546,8 @@ fn readable_body_file(path: &Path) -> Result<(), String> {
 }
 
 /// `[outbox] nats.url`: one server, or several separated by commas, each `nats://` or `tls://`
-/// (the first at least), credentials if any, a host, and a port from 1 to 65535 if any; what the NATS client would
-/// refuse as the store opens, refused with the file.
+/// (the first at least), credentials if any, a host, and a port from 1 to 65535 if any; what
+/// the NATS client would refuse as the store opens, refused with the file.
 fn nats_url(v: &DeValue<'_>) -> Result<String, Invalid> {
     const ALLOWED: &str = "nats://HOST:PORT or tls://HOST:PORT, several separated by commas, \
                            credentials as nats://USER:PASSWORD@HOST:PORT";

@@ -101,6 +101,15 @@ fn a_missing_file_is_one_error_naming_it() {
             .to_string()
             .starts_with("/nonexistent/rampart.toml: cannot read")
     );
+    // A relative name says where it was looked for.
+    let errors = Config::from_file("nonexistent-rampart.toml").unwrap_err();
+    let here = std::env::current_dir().unwrap();
+    assert!(
+        errors
+            .to_string()
+            .ends_with(&format!("no such file in {}", here.display())),
+        "{errors}"
+    );
 }
 
 #[test]

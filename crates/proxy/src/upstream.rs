@@ -503,9 +503,10 @@ impl Pool {
         latest.into_iter().map(|(_, index)| index).collect()
     }
 
-    /// Marks the endpoints the cap puts back now and that serve (`reinstated`), and ends the open period of
-    /// those it put back before and no longer needs: their next attempts are half-open probes.
-    /// While it puts some back, the others ejected wait at most `open_for` for their next probe.
+    /// Marks the endpoints the cap puts back now and that serve (`serving`), and ends the open
+    /// period of those it put back before and no longer needs: their next attempts are half-open
+    /// probes. While it puts some back, the others ejected wait at most `open_for` for their
+    /// next probe.
     ///
     /// An endpoint put back serves without a permit, so nothing it does closes its breaker, and
     /// its open period may have grown long meanwhile, as overload failed its probes. Left to
@@ -522,12 +523,12 @@ impl Pool {
     /// the few put back alone with all the traffic for up to `open_for_max` after an overload
     /// has passed. A dead one costs a failed probe every `open_for`.
     #[cold]
-    fn let_go(&self, reinstated: &[usize]) {
+    fn let_go(&self, serving: &[usize]) {
         for (index, endpoint) in self.endpoints.iter().enumerate() {
-            let kept = reinstated.contains(&index);
+            let kept = serving.contains(&index);
             if let Some(breaker) = &endpoint.breaker
                 && !kept
-                && !reinstated.is_empty()
+                && !serving.is_empty()
             {
                 breaker.shorten_open_period(self.open_for);
             }
