@@ -344,9 +344,13 @@ fn boolean(v: &DeValue<'_>) -> Result<bool, Invalid> {
     }
 }
 
+/// A TOML integer, which is 64-bit signed (TOML 1.0): a larger one is no integer, as TOML says
+/// it must be refused, rather than a value another TOML reader would refuse.
 fn integer(v: &DeValue<'_>) -> Option<i128> {
     match v {
-        DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .map(i128::from),
         _ => None,
     }
 }
@@ -3266,6 +3270,19 @@ mod tests {
             e.contains("max (1s, the default) must be at least its base (2s)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_integer_past_toml_s_64_bits_is_refused() {
+        let with = |bytes: &str| {
+            format!(
+                "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmax_request_body = {bytes}\n\
+                 [[routes]]\nupstream = \"u\"\n{UPSTREAM}"
+            )
+        };
+        let e = said(&with("18446744073709551615"));
+        assert!(e.contains("listeners[0].max_request_body"), "{e}");
+        assert!(load(&with("9223372036854775807"), "t.toml", None).is_ok());
     }
 
     #[test]
