@@ -5,7 +5,7 @@
 //! default so that the rest of the file is still checked, including cross-references.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -757,6 +757,16 @@ fn admin(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Admin {
     if let Some(t) = cx.section(root, "admin", ADMIN_KEYS) {
         if let Some(listen) = cx.get(&t, "listen", socket_addr) {
             admin.listen = listen;
+            // With no `[[listeners]]`, the default one listens there (see `listeners`, which
+            // checks the clashes of those written).
+            if root.get("listeners").is_none() && clash(listen, DEFAULT_LISTEN) {
+                let message = format!(
+                    "the listener there is when no [[listeners]] are written listens on \
+                     {DEFAULT_LISTEN}{}",
+                    covered(DEFAULT_LISTEN, listen)
+                );
+                cx.conflict(&t, "listen", message);
+            }
         }
         admin.token_env = cx.get(&t, "token_env", |v| {
             let s = string(v)?;
@@ -857,13 +867,16 @@ const LISTENER_KEYS: &[&str] = &[
     "park_idle_above",
 ];
 
+/// Where the listener there is when no `[[listeners]]` are written listens.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+
 /// The least `max_header_bytes`.
 const MIN_HEADER_BYTES: u64 = 1 << 10;
 
 fn default_listener(name: String) -> Listener {
     Listener {
         name,
-        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        listen: DEFAULT_LISTEN,
         protocol: ListenerProtocol::Auto,
         max_connections: 10_000,
         header_read_timeout: Duration::from_secs(10),
@@ -880,31 +893,7 @@ fn default_listener(name: String) -> Listener {
 fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener> {
     let tables = array_of_tables(cx, root, "listeners", LISTENER_KEYS);
     match root.get("listeners") {
-        None => {
-            let listener = default_listener("listener-0".to_owned());
-            // Only an address written in `[admin]` can be the default listener's.
-            let written =
-                root.map
-                    .get_key_value("admin")
-                    .and_then(|(key, node)| match node.get_ref() {
-                        DeValue::Table(map) => Some(Tbl {
-                            map,
-                            at: key.span().start,
-                            path: "admin".to_owned(),
-                        }),
-                        _ => None,
-                    });
-            let refused = cx.errors.iter().any(|(_, e)| e.path == "admin.listen");
-            if let Some(t) = written.filter(|_| !refused && clash(admin.listen, listener.listen)) {
-                let message = format!(
-                    "the listener there is when no [[listeners]] are written listens on {}{}",
-                    listener.listen,
-                    covered(listener.listen, admin.listen)
-                );
-                cx.conflict(&t, "listen", message);
-            }
-            return vec![listener];
-        }
+        None => return vec![default_listener("listener-0".to_owned())],
         Some(node) if matches!(node.get_ref(), DeValue::Array(items) if items.is_empty()) => {
             cx.invalid(
                 node.span(),

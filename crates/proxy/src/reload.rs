@@ -501,54 +501,48 @@ fn route_changes(old: &Config, new: &Config) -> Changes {
 
 /// The keys of a listener that differ between `old` and `new`.
 fn listener_keys(old: &Listener, new: &Listener) -> Vec<&'static str> {
-    // Every field named, so that one added to `Listener` cannot be left out here.
+    // Every field bound, so that one added to `Listener` cannot be left out here.
     let Listener {
         name: _,
-        listen: _,
-        protocol: _,
-        max_connections: _,
-        header_read_timeout: _,
-        idle_timeout: _,
-        body_idle_timeout: _,
-        max_header_bytes: _,
-        max_headers: _,
-        max_request_body: _,
-        h2_max_concurrent_streams: _,
-        park_idle_above: _,
+        listen,
+        protocol,
+        max_connections,
+        header_read_timeout,
+        idle_timeout,
+        body_idle_timeout,
+        max_header_bytes,
+        max_headers,
+        max_request_body,
+        h2_max_concurrent_streams,
+        park_idle_above,
     } = old;
     let keys = [
-        ("listen", old.listen != new.listen),
-        ("protocol", old.protocol != new.protocol),
-        (
-            "max_connections",
-            old.max_connections != new.max_connections,
-        ),
+        ("listen", *listen != new.listen),
+        ("protocol", *protocol != new.protocol),
+        ("max_connections", *max_connections != new.max_connections),
         (
             "header_read_timeout",
-            old.header_read_timeout != new.header_read_timeout,
+            *header_read_timeout != new.header_read_timeout,
         ),
-        ("idle_timeout", old.idle_timeout != new.idle_timeout),
+        ("idle_timeout", *idle_timeout != new.idle_timeout),
         (
             "body_idle_timeout",
-            old.body_idle_timeout != new.body_idle_timeout,
+            *body_idle_timeout != new.body_idle_timeout,
         ),
         (
             "max_header_bytes",
-            old.max_header_bytes != new.max_header_bytes,
+            *max_header_bytes != new.max_header_bytes,
         ),
-        ("max_headers", old.max_headers != new.max_headers),
+        ("max_headers", *max_headers != new.max_headers),
         (
             "max_request_body",
-            old.max_request_body != new.max_request_body,
+            *max_request_body != new.max_request_body,
         ),
         (
             "h2_max_concurrent_streams",
-            old.h2_max_concurrent_streams != new.h2_max_concurrent_streams,
+            *h2_max_concurrent_streams != new.h2_max_concurrent_streams,
         ),
-        (
-            "park_idle_above",
-            old.park_idle_above != new.park_idle_above,
-        ),
+        ("park_idle_above", *park_idle_above != new.park_idle_above),
     ];
     keys.into_iter()
         .filter_map(|(key, differs)| differs.then_some(key))
