@@ -1883,11 +1883,28 @@ fn routes(
         let retry = retry(cx, &t);
         let hedge = cx
             .section(&t, "hedge", &["after", "max_extra"])
-            .map(|h| Hedge {
-                after: cx
+            .map(|h| {
+                let after = cx
                     .get(&h, "after", hedge_after)
-                    .unwrap_or(HedgeAfter::Percentile(95.0)),
-                max_extra: cx.get(&h, "max_extra", u32_in(1, 10)).unwrap_or(1),
+                    .unwrap_or(HedgeAfter::Percentile(95.0));
+                // An attempt is given up at its per-try timeout, or at the route's: a hedge
+                // that waits as long is never sent.
+                let (bound, key) = match per_try_timeout {
+                    Some(per_try) => (per_try, "per_try_timeout"),
+                    None => (timeout, "timeout"),
+                };
+                if matches!(after, HedgeAfter::Delay(delay) if delay >= bound) {
+                    let message = format!(
+                        "a hedge must wait less than the route's {key} ({}): an attempt is \
+                         given up then, so no hedge would ever be sent",
+                        crate::value::format_duration(bound)
+                    );
+                    cx.conflict(&h, "after", message);
+                }
+                Hedge {
+                    after,
+                    max_extra: cx.get(&h, "max_extra", u32_in(1, 10)).unwrap_or(1),
+                }
             });
         let fallback = cx
             .section(&t, "fallback", FALLBACK_KEYS)
@@ -2568,6 +2585,27 @@ mod tests {
             let e = errors(&hedge(after));
             assert_eq!(e[0].path(), "routes[0].hedge.after", "{after}");
         }
+    }
+
+    #[test]
+    fn a_hedge_that_waits_as_long_as_an_attempt_lasts_is_refused() {
+        let hedge = |timeouts: &str, after: &str| {
+            format!(
+                "[[routes]]\nupstream = \"u\"\n{timeouts}\nhedge = {{ after = \"{after}\" }}\n\
+                 {UPSTREAM}"
+            )
+        };
+        ok(&hedge("timeout = \"1s\"", "999ms"));
+        ok(&hedge("per_try_timeout = \"300ms\"", "299ms"));
+        let e = errors(&hedge("timeout = \"1s\"", "1s"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path(), "routes[0].hedge.after");
+        assert!(e[0].message().contains("route's timeout (1s)"), "{e:?}");
+        let e = errors(&hedge("per_try_timeout = \"300ms\"", "2s"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message().contains("per_try_timeout (300ms)"), "{e:?}");
+        // The default timeout is 15 s.
+        assert_eq!(errors(&hedge("", "15s"))[0].path(), "routes[0].hedge.after");
     }
 
     #[test]

@@ -312,9 +312,13 @@ impl Stack {
                         // Declining lets go of what was taken so far: a permit cut short before
                         // its attempt began and a slot given back teach nothing.
                         let picked = self.upstream.pick(&avoid).ok()?;
-                        // A hedge to an endpoint already racing (the pick's last resort) would
-                        // only double its load.
-                        if picked.index == first || hedged.contains(&picked.index) {
+                        // Among several endpoints, a hedge to one already racing (the pick's
+                        // last resort) would only double its load. One endpoint alone most often
+                        // stands for several servers (a name a Kubernetes Service or a load
+                        // balancer answers for): a hedge to it goes out on another connection or
+                        // stream, which may reach another server, as Envoy's would.
+                        let racing = picked.index == first || hedged.contains(&picked.index);
+                        if racing && self.upstream.len() > 1 {
                             return None;
                         }
                         let body = body.next()?;

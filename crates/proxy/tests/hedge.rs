@@ -142,6 +142,31 @@ async fn each_hedge_goes_to_an_endpoint_not_racing_yet() {
     assert_eq!(fast.request_count(), 1);
 }
 
+#[tokio::test]
+async fn an_upstream_of_one_endpoint_is_hedged_to_it_again() {
+    // One endpoint most often stands for several servers (a Kubernetes Service, a load
+    // balancer): here the first attempt meets a slow one and the hedge, on another connection,
+    // a fast one.
+    let upstream = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        "",
+    )
+    .await;
+
+    let get = request(&proxy, "/").body(Full::default()).unwrap();
+    let answer = tokio::spawn(async move { send(&http1(), get).await });
+    while upstream.request_count() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    upstream.set_behavior(Behavior::ok("fast"));
+    let response = answer.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "fast", "the hedge did not win");
+    assert_eq!(upstream.request_count(), 2);
+}
+
 async fn slow_upstreams(n: usize) -> Vec<Upstream> {
     let mut upstreams = Vec::with_capacity(n);
     for _ in 0..n {
