@@ -78,7 +78,7 @@ enum Command {
         /// An instance's admin API, `http://HOST:PORT`; several may follow one `--target`, and
         /// `--target` may be repeated.
         #[arg(long = "target", value_name = "URL", required = true, num_args = 1..,
-              value_parser = |url: &str| Target::parse(url))]
+              value_parser = TargetParser)]
         targets: Vec<Target>,
         /// Where the dashboard listens.
         #[arg(long, default_value = "127.0.0.1:9900")]
@@ -357,6 +357,32 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Reads a `--target`. clap's own error for a value its parser refuses quotes the value whole:
+/// a URL refused for holding a password would be printed with it. This one says only what
+/// [`Target::parse`] says, which leaves such a URL out.
+#[derive(Clone)]
+struct TargetParser;
+
+impl clap::builder::TypedValueParser for TargetParser {
+    type Value = Target;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Target, clap::Error> {
+        let refused = |message: String| {
+            cmd.clone()
+                .error(clap::error::ErrorKind::ValueValidation, message)
+        };
+        let url = value
+            .to_str()
+            .ok_or_else(|| refused("--target: not UTF-8".to_owned()))?;
+        Target::parse(url).map_err(|err| refused(format!("--target: {err}")))
+    }
 }
 
 /// `rampart dashboard`: serve the fleet view until SIGTERM or SIGINT; exit 1 when it cannot

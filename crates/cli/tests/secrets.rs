@@ -254,3 +254,25 @@ async fn a_nats_url_is_logged_without_its_credentials() {
         leaks.join("\n")
     );
 }
+
+#[test]
+fn a_dashboard_target_with_a_password_is_refused_without_showing_it() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "dashboard",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &format!("http://alice:{MARK}@127.0.0.1:9901"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a user or password"), "{stderr}");
+    assert!(stderr.contains("Usage:"), "{stderr}");
+    assert!(
+        !stderr.contains(MARK),
+        "the error shows the password: {stderr}"
+    );
+}

@@ -1881,31 +1881,29 @@ fn routes(
             cx.conflict(&t, "per_try_timeout", message);
         }
         let retry = retry(cx, &t);
-        let hedge = cx
-            .section(&t, "hedge", &["after", "max_extra"])
-            .map(|h| {
-                let after = cx
-                    .get(&h, "after", hedge_after)
-                    .unwrap_or(HedgeAfter::Percentile(95.0));
-                // An attempt is given up at its per-try timeout, or at the route's: a hedge
-                // that waits as long is never sent.
-                let (bound, key) = match per_try_timeout {
-                    Some(per_try) => (per_try, "per_try_timeout"),
-                    None => (timeout, "timeout"),
-                };
-                if matches!(after, HedgeAfter::Delay(delay) if delay >= bound) {
-                    let message = format!(
-                        "a hedge must wait less than the route's {key} ({}): an attempt is \
+        let hedge = cx.section(&t, "hedge", &["after", "max_extra"]).map(|h| {
+            let after = cx
+                .get(&h, "after", hedge_after)
+                .unwrap_or(HedgeAfter::Percentile(95.0));
+            // An attempt is given up at its per-try timeout, or at the route's: a hedge
+            // that waits as long is never sent.
+            let (bound, key) = match per_try_timeout {
+                Some(per_try) => (per_try, "per_try_timeout"),
+                None => (timeout, "timeout"),
+            };
+            if matches!(after, HedgeAfter::Delay(delay) if delay >= bound) {
+                let message = format!(
+                    "a hedge must wait less than the route's {key} ({}): an attempt is \
                          given up then, so no hedge would ever be sent",
-                        crate::value::format_duration(bound)
-                    );
-                    cx.conflict(&h, "after", message);
-                }
-                Hedge {
-                    after,
-                    max_extra: cx.get(&h, "max_extra", u32_in(1, 10)).unwrap_or(1),
-                }
-            });
+                    crate::value::format_duration(bound)
+                );
+                cx.conflict(&h, "after", message);
+            }
+            Hedge {
+                after,
+                max_extra: cx.get(&h, "max_extra", u32_in(1, 10)).unwrap_or(1),
+            }
+        });
         let fallback = cx
             .section(&t, "fallback", FALLBACK_KEYS)
             .map(|f| fallback(cx, &f));

@@ -161,7 +161,16 @@ impl Target {
 
 impl fmt::Display for InvalidTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid target {:?}: {}", self.url, self.reason)
+        // A URL with a user or password is refused for it, and not shown.
+        if self.url.contains('@') {
+            write!(
+                f,
+                "invalid target (not shown: it has a '@'): {}",
+                self.reason
+            )
+        } else {
+            write!(f, "invalid target {:?}: {}", self.url, self.reason)
+        }
     }
 }
 
@@ -311,12 +320,24 @@ mod tests {
         for (url, reason) in [
             ("https://10.0.0.7:9901", "only http://"),
             ("http://10.0.0.7", "no port"),
-            ("http://user:pw@10.0.0.7:9901", "a user or password"),
             ("http:// bad", "not a URL"),
         ] {
             let err = Target::parse(url).unwrap_err().to_string();
             assert!(err.contains(reason), "{url}: {err}");
             assert!(err.contains(url), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_target_with_a_password_is_refused_without_showing_it() {
+        for (url, reason) in [
+            ("http://user:pw5ecret@10.0.0.7:9901", "a user or password"),
+            ("http://user:pw5ecret@10.0.0.7", "no port"),
+            ("https://user:pw5ecret@10.0.0.7:9901", "only http://"),
+        ] {
+            let err = Target::parse(url).unwrap_err().to_string();
+            assert!(err.contains(reason), "{url}: {err}");
+            assert!(!err.contains("5ecret"), "{url}: {err}");
         }
     }
 }
