@@ -1508,10 +1508,10 @@ const MAX_FALLBACK_BODY: u64 = 1 << 20;
 
 const FALLBACK_BODY_ALLOWED: &str = "at most 1 MiB (1048576 bytes)";
 
-/// Whether the proxy will be able to read `path` as a fallback's body, without blocking on it:
-/// an existing regular file of at most [`MAX_FALLBACK_BODY`] bytes that may be opened. Else
-/// what is wrong with it.
-fn readable_body_file(path: &Path) -> Result<(), String> {
+/// A fallback's body from `path`: an existing regular file of at most [`MAX_FALLBACK_BODY`]
+/// bytes, looked at before it is read so that a FIFO or a device is not read at all. Else what
+/// is wrong with it.
+fn read_body_file(path: &Path) -> Result<Vec<u8>, String> {
     let file = path.display();
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
@@ -1533,9 +1533,7 @@ fn readable_body_file(path: &Path) -> Result<(), String> {
             metadata.len()
         ));
     }
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| format!("cannot read {file}: {e}"))
+    std::fs::read(path).map_err(|e| format!("cannot read {file}: {e}"))
 }
 
 /// `[outbox] nats.url`: one server, or several separated by commas, each `nats://` or `tls://`
@@ -2141,12 +2139,15 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
         (Some(text), None) => FallbackBody::Inline(text),
         (None, Some(file)) => {
             let path = relative_to_file(cx.base_dir, PathBuf::from(&file));
-            if cx.base_dir.is_some()
-                && let Err(message) = readable_body_file(&path)
-            {
-                cx.conflict(t, "body_file", message);
-            }
-            FallbackBody::File(path)
+            let content = match cx.base_dir.map(|_| read_body_file(&path)) {
+                Some(Ok(content)) => Some(content),
+                Some(Err(message)) => {
+                    cx.conflict(t, "body_file", message);
+                    None
+                }
+                None => None,
+            };
+            FallbackBody::File { path, content }
         }
         (None, None) => FallbackBody::Inline(String::new()),
     };
@@ -2171,7 +2172,7 @@ fn fallback(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fallback {
     // read as the start of the next answer.
     let has_body = match &body {
         FallbackBody::Inline(text) => !text.is_empty(),
-        FallbackBody::File(_) => true,
+        FallbackBody::File { .. } => true,
     };
     if matches!(status, 204 | 304) && has_body {
         let key = if t.get("body").is_some() {
@@ -2296,10 +2297,7 @@ fn grpc_fallback(
     // where the fallback was to answer it.
     let framed = match body {
         FallbackBody::Inline(text) => Some(grpc_messages(text.as_bytes())),
-        FallbackBody::File(path) if cx.base_dir.is_some() => {
-            std::fs::read(path).ok().map(|bytes| grpc_messages(&bytes))
-        }
-        FallbackBody::File(_) => None,
+        FallbackBody::File { content, .. } => content.as_deref().map(grpc_messages),
     };
     if let Some(Err(why)) = framed {
         let key = if t.get("body").is_some() {

@@ -238,8 +238,15 @@ pub struct Fallback {
 pub enum FallbackBody {
     /// `body`: this text.
     Inline(String),
-    /// `body_file`: this file's content (relative to the config file's directory).
-    File(PathBuf),
+    /// `body_file`: this file's content.
+    File {
+        /// The file, relative to the config file's directory.
+        path: PathBuf,
+        /// Its content, read with the configuration when that was read from a file (within
+        /// the time a reload gives the file, so that building the proxy reads no file); `None`
+        /// for a configuration parsed from text alone, whose proxy reads the file as it starts.
+        content: Option<Vec<u8>>,
+    },
 }
 
 /// `[routes.fault]`.

@@ -130,7 +130,10 @@ fn a_fallback_body_file_is_resolved_against_the_config_directory() {
     let loaded = Config::from_file(&config).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         loaded.routes[0].fallback.as_ref().unwrap().body,
-        rampart_config::FallbackBody::File(dir.join("fb.json"))
+        rampart_config::FallbackBody::File {
+            path: dir.join("fb.json"),
+            content: Some(b"{}".to_vec()),
+        }
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,8 +5,8 @@
 //! configured reasons, or the upstream answers a 5xx (for gRPC, also a failing `grpc-status` in
 //! its head) and `on` names `5xx`, the client gets the configured status, headers and
 //! body instead, marked `x-rampart-fallback: <reason>` so it can tell a degraded answer from a
-//! real one. The body (inline, or `body_file` read once when the proxy starts) is shared, so an
-//! answer costs no copy of it.
+//! real one. The body (inline, or `body_file` as read with the configuration, on start and on
+//! each reload) is shared, so an answer costs no copy of it.
 //!
 //! A fallback answers requests of its own kind only. One whose `content-type` is gRPC
 //! (`application/grpc...`) answers gRPC requests, the gRPC way: status 200 (the only one allowed
@@ -84,8 +84,9 @@ const MAX_KEPT: usize = 1000;
 const MAX_KEPT_BODY: usize = 1 << 20;
 
 impl Fallback {
-    /// The route's fallback; `path` names the table in errors. Reads `body_file` now, so a file
-    /// that cannot be read stops the start rather than a request.
+    /// The route's fallback; `path` names the table in errors. A `body_file` the configuration
+    /// did not read (it was parsed from text alone) is read now, so a file that cannot be read
+    /// stops the start rather than a request.
     pub(crate) fn new(config: &FallbackConfig, path: &str) -> Result<Fallback, Error> {
         let mut on = Vec::with_capacity(config.on.len());
         let mut on_5xx = false;
@@ -118,13 +119,18 @@ impl Fallback {
             .transpose()?;
         let body = match &config.body {
             FallbackBody::Inline(text) => Bytes::from(text.clone()),
-            FallbackBody::File(file) => {
-                Bytes::from(std::fs::read(file).map_err(|source| Error::BodyFile {
-                    path: format!("{path}.body_file"),
-                    file: file.clone(),
-                    source,
-                })?)
-            }
+            FallbackBody::File {
+                content: Some(content),
+                ..
+            } => Bytes::from(content.clone()),
+            FallbackBody::File {
+                path: file,
+                content: None,
+            } => Bytes::from(std::fs::read(file).map_err(|source| Error::BodyFile {
+                path: format!("{path}.body_file"),
+                file: file.clone(),
+                source,
+            })?),
         };
         Ok(Fallback {
             on,
@@ -753,9 +759,30 @@ mod tests {
     }
 
     #[test]
+    fn a_body_file_read_with_the_configuration_is_not_read_again() {
+        // Gone since: a reload applying the configuration must not reach for the file, which
+        // may hang (a network mount) where the reading of the configuration is bounded.
+        let config = config(
+            &["timeout"],
+            FallbackBody::File {
+                path: std::env::temp_dir().join("rampart-no-such-fallback-body"),
+                content: Some(b"as read".to_vec()),
+            },
+        );
+        let fallback = Fallback::new(&config, "routes[0].fallback").unwrap();
+        assert_eq!(fallback.body, "as read");
+    }
+
+    #[test]
     fn an_unreadable_body_file_is_a_start_error() {
         let missing = std::env::temp_dir().join("rampart-no-such-fallback-body");
-        let config = config(&["timeout"], FallbackBody::File(missing));
+        let config = config(
+            &["timeout"],
+            FallbackBody::File {
+                path: missing,
+                content: None,
+            },
+        );
         let err = Fallback::new(&config, "routes[0].fallback").unwrap_err();
         assert!(matches!(err, Error::BodyFile { .. }), "{err}");
     }
