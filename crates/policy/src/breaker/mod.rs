@@ -407,9 +407,10 @@ impl CircuitBreaker {
         self.shared.shorten_open_period(Duration::ZERO);
     }
 
-    /// Ends the open period no later than `at_most` from now, if the breaker is open and its
-    /// period would last longer; then calls go through as half-open probes, as when the period
-    /// runs out. Repeated trips double the open period, to spare a callee that keeps failing; a
+    /// Ends the open period no later than `at_most` from now (less the share of it the period's
+    /// jitter cut from the period, so that breakers shortened together still probe apart), if
+    /// the breaker is open and its period would last longer; then calls go through as half-open
+    /// probes, as when the period runs out. Repeated trips double the open period, to spare a callee that keeps failing; a
     /// caller that needs this one back more than it needs to spare it (the endpoints it could
     /// use instead are all failing too) bounds the wait. Nothing for any other state.
     pub fn shorten_open_period(&self, at_most: Duration) {

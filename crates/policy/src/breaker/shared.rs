@@ -51,6 +51,10 @@ pub(super) struct Shared {
     probes: AtomicU64,
     /// When the current open period ends, in nanoseconds since `origin`.
     open_until: AtomicU64,
+    /// The share the current open period's jitter cut from it (`f64` bits), drawn at its trip:
+    /// a period shortened is cut by as much, so that breakers shortened together (by a caller's
+    /// [`shorten_open_period`](Shared::shorten_open_period)) still probe apart.
+    open_cut: AtomicU64,
     /// When the breaker last turned half-open, in nanoseconds since `origin`.
     half_open_at: AtomicU64,
     /// When the current ejection began (the breaker last left `Closed` for `Open`), in
@@ -155,6 +159,7 @@ impl Shared {
             consecutive: Padded(AtomicU32::new(0)),
             probes: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
+            open_cut: AtomicU64::new(0),
             half_open_at: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -502,7 +507,9 @@ impl Shared {
             }
             machine.trips = machine.trips.saturating_add(1);
             machine.opened_total += 1;
-            let period = self.open_period(machine.trips);
+            let cut = self.settings.open_jitter * self.rng.next_f64();
+            self.open_cut.store(cut.to_bits(), Release);
+            let period = self.open_period(machine.trips, cut);
             let until = now.saturating_add(saturating_nanos(period));
             self.open_until.store(until, Release);
             // The gate first: a probe admitted in the old period meanwhile then finds it moved
@@ -514,8 +521,9 @@ impl Shared {
         self.tell();
     }
 
-    /// `open_for` doubled for each trip after the first, capped, then shortened by the jitter.
-    fn open_period(&self, trips: u32) -> Duration {
+    /// `open_for` doubled for each trip after the first, capped, then shortened by the jitter's
+    /// `cut`, a share of it.
+    fn open_period(&self, trips: u32, cut: f64) -> Duration {
         let s = &self.settings;
         let doublings = trips.saturating_sub(1).min(32);
         let base = s
@@ -525,8 +533,7 @@ impl Shared {
             .min(s.open_for_max);
         // In whole nanoseconds: `Duration::mul_f64` panics on periods too long for an f64.
         let nanos = saturating_nanos(base);
-        let cut = (nanos as f64 * s.open_jitter * self.rng.next_f64()) as u64;
-        Duration::from_nanos(nanos.saturating_sub(cut))
+        Duration::from_nanos(nanos.saturating_sub((nanos as f64 * cut) as u64))
     }
 
     /// The current period, as probes carry it.
@@ -557,25 +564,29 @@ impl Shared {
         self.tell();
     }
 
-    /// Ends an open period no later than `at_most` from now: then the next call is a half-open
+    /// Ends an open period no later than `at_most` from now, less the period's own jitter (the
+    /// same share of `at_most` as it cut from the period): then the next call is a half-open
     /// probe, as when the period runs out. Nothing for any other state, nor for a period that
     /// ends sooner.
     pub(super) fn shorten_open_period(&self, at_most: Duration) {
         if self.state() != State::Open {
             return;
         }
-        let latest = self
-            .nanos_since_origin(self.now())
-            .saturating_add(saturating_nanos(at_most));
+        let now = self.nanos_since_origin(self.now());
+        let latest = || {
+            let at_most = saturating_nanos(at_most);
+            let cut = f64::from_bits(self.open_cut.load(Acquire));
+            now.saturating_add(at_most.saturating_sub((at_most as f64 * cut) as u64))
+        };
         // Without the lock in the common case of a caller asking again and again.
-        if self.open_until.load(Acquire) <= latest {
+        if self.open_until.load(Acquire) <= latest() {
             return;
         }
         let _machine = self.lock();
         if self.state() == State::Open {
             // Under the lock, as `trip` writes it: a trip meanwhile would otherwise lose its
             // period to this one.
-            self.open_until.fetch_min(latest, AcqRel);
+            self.open_until.fetch_min(latest(), AcqRel);
         }
     }
 

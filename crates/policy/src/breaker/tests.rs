@@ -741,6 +741,35 @@ async fn an_open_period_shortened_ends_no_later_than_asked() {
     assert_eq!(b.state(), State::Closed);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_open_period_shortened_keeps_its_jitter() {
+    // Jitter 0.5 and draws of 0.5: the period is cut by a quarter, and so is the shortening.
+    let jittered = |draw: f64| {
+        let b = builder()
+            .consecutive_failures(1)
+            .open_for(8 * SEC)
+            .open_for_max(64 * SEC)
+            .open_jitter(0.5)
+            .rng(Rng::fixed(draw))
+            .build()
+            .unwrap();
+        fail(&b);
+        b
+    };
+    let b = jittered(0.5);
+    assert_eq!(b.snapshot().open_remaining, Some(6 * SEC));
+    b.shorten_open_period(4 * SEC);
+    assert_eq!(b.snapshot().open_remaining, Some(3 * SEC));
+    // Asked again and again, as a pool does at each pick, it ends no sooner.
+    advance(SEC).await;
+    b.shorten_open_period(4 * SEC);
+    assert_eq!(b.snapshot().open_remaining, Some(2 * SEC));
+    // Breakers drawn otherwise, shortened together, probe apart.
+    let other = jittered(0.0);
+    other.shorten_open_period(4 * SEC);
+    assert_eq!(other.snapshot().open_remaining, Some(4 * SEC));
+}
+
 #[test]
 fn reasons_read_as_words() {
     let said = [
