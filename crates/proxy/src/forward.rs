@@ -129,16 +129,26 @@ pub(crate) async fn handle(
     // more, so the coded bytes would reach the upstream as a plain body, their coding gone with
     // the hop-by-hop header. RFC 9112 §6.1 answers a coding not understood with 501. Only a
     // body of unknown length (chunked) can have one.
-    if version < Version::HTTP_2
-        && request.body().size_hint().exact().is_none()
-        && !only_chunked(&request)
-    {
-        let response = rescue_saying(
-            Reason::BadRequest,
+    // Chunked twice (`chunked, chunked`) is no coding a sender may apply (RFC 9112 §7): which
+    // layer ends the body is each reader's guess.
+    let codings = if version < Version::HTTP_2 && request.body().size_hint().exact().is_none() {
+        transfer_codings(&request)
+    } else {
+        Codings::Chunked
+    };
+    let refused = match codings {
+        Codings::Chunked => None,
+        Codings::Other => Some((
             StatusCode::NOT_IMPLEMENTED,
             "a transfer coding other than chunked is not implemented",
-            grpc,
-        );
+        )),
+        Codings::ChunkedTwice => Some((
+            StatusCode::BAD_REQUEST,
+            "chunked is a transfer coding applied once",
+        )),
+    };
+    if let Some((status, message)) = refused {
+        let response = rescue_saying(Reason::BadRequest, status, message, grpc);
         return (closing(boxed(response), version), None);
     }
     // An absolute-form target with an empty path (`http://host?x=1`) asks for the path `/`
@@ -555,7 +565,12 @@ fn host_is_sound<B>(request: &Request<B>) -> bool {
     // A pass over the few fields of a request costs less than a lookup, which hashes the name.
     let mut hosts = request.headers().iter().filter(|(name, _)| *name == HOST);
     match (hosts.next(), hosts.next()) {
-        (Some((_, host)), None) => host.as_bytes().iter().all(|&b| HOST_BYTES[usize::from(b)]),
+        // Not empty, and a host before any port: an `http` URI's host is never empty (RFC 9110
+        // §4.2.1), and the target the upstream would rebuild from it names nothing.
+        (Some((_, host)), None) => match host.as_bytes() {
+            [] | [b':', ..] => false,
+            host => host.iter().all(|&b| HOST_BYTES[usize::from(b)]),
+        },
         (None, _) => request.version() < Version::HTTP_11,
         (Some(_), Some(_)) => false,
     }
@@ -566,10 +581,29 @@ fn asks_keep_alive(headers: &HeaderMap) -> bool {
     members(headers, CONNECTION).any(|option| option.eq_ignore_ascii_case(b"keep-alive"))
 }
 
-// Whether every transfer coding of `request` is chunked.
-fn only_chunked<B>(request: &Request<B>) -> bool {
-    members(request.headers(), TRANSFER_ENCODING)
-        .all(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+/// The transfer codings of a request whose body has no length given.
+enum Codings {
+    /// `chunked`, once.
+    Chunked,
+    /// A coding besides `chunked`.
+    Other,
+    /// `chunked` more than once, and nothing else.
+    ChunkedTwice,
+}
+
+fn transfer_codings<B>(request: &Request<B>) -> Codings {
+    let mut chunked = 0;
+    for coding in members(request.headers(), TRANSFER_ENCODING) {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Codings::Other;
+        }
+        chunked += 1;
+    }
+    if chunked > 1 {
+        Codings::ChunkedTwice
+    } else {
+        Codings::Chunked
+    }
 }
 
 // The members of the comma-separated lists in every `name` field of `headers`, trimmed.

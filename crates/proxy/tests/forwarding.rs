@@ -313,6 +313,10 @@ async fn an_http1_request_without_one_valid_host_gets_400_and_is_not_forwarded()
         "GET /none HTTP/1.1\r\n",
         // Not a host.
         "GET /invalid HTTP/1.1\r\nHost: a b@c\r\n",
+        // Empty, or a port alone: an `http` URI's host is never empty.
+        "GET /empty HTTP/1.1\r\nHost:\r\n",
+        "GET /empty HTTP/1.1\r\nHost: \r\n",
+        "GET /port HTTP/1.1\r\nHost: :80\r\n",
     ] {
         let answer = raw(addr(&proxy), &format!("{head}Connection: close\r\n\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{head}: {answer}");

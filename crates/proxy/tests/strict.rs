@@ -207,6 +207,20 @@ async fn a_transfer_coding_besides_chunked_gets_501_and_nothing_reaches_the_upst
 }
 
 #[tokio::test]
+async fn chunked_applied_twice_is_refused() {
+    refused(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n\
+         3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    refused(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\
+         \r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_framing_header_the_check_cannot_read_is_refused_and_nothing_after_it_is_read() {
     // A length of eighty zeros and a 3 is longer than the check keeps of a line, yet hyper
     // would read it: the check, not knowing where its body ends, could not follow the requests
