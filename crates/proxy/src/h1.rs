@@ -1116,11 +1116,16 @@ enum Step {
 fn decode_chunk(read: &mut BytesMut, state: Chunked) -> Result<Step, Error> {
     match state {
         Chunked::Size => {
-            let Some(end) = memchr::memmem::find(read, b"\r\n") else {
+            let Some(lf) = memchr::memchr(b'\n', read) else {
                 if read.len() > MAX_CHUNK_LINE {
                     return Err(Error::Invalid("chunk size line too long"));
                 }
                 return Ok(Step::More);
+            };
+            // A bare LF ends no line here, as in a head: refused at once rather than waited
+            // past until the line is too long, while the client waits for the body.
+            let Some(end) = lf.checked_sub(1).filter(|&cr| read[cr] == b'\r') else {
+                return Err(Error::Invalid("chunk size line ended by a bare LF"));
             };
             // Refused whether or not its end was read with it.
             if end > MAX_CHUNK_LINE {
@@ -1530,6 +1535,10 @@ mod tests {
             );
             assert!(read_response([wire.as_bytes()], false).is_err(), "{line:?}");
         }
+        // Lines ended by bare LFs are refused as they come, not when the upstream closes.
+        let wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\n0\n\n";
+        let refused = read_response([&wire[..]], false).unwrap_err();
+        assert!(refused.contains("bare LF"), "{refused}");
     }
 
     #[test]
