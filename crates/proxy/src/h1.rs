@@ -355,7 +355,11 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     if (100..=199).contains(&code) && code != 101 {
         return Ok(Some(Parsed::Informational));
     }
-    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("status code"))?;
+    // RFC 9110 §15: three digits from 100 to 599 (`StatusCode` takes up to 999).
+    let status = StatusCode::from_u16(code)
+        .ok()
+        .filter(|status| status.as_u16() <= 599)
+        .ok_or(Error::Invalid("status code"))?;
     // A reason phrase of the upstream's own goes to the client as it came, as hyper's client
     // and server pass it (`ReasonPhrase`); the usual one is written again from the status.
     let reason = reason

@@ -538,6 +538,11 @@ impl Stack {
             body
         ));
         match tokio::time::timeout_at(try_deadline, sending).await {
+            // An HTTP/2 upstream's status past 599, which RFC 9110 §15 does not allow and
+            // `StatusCode` does (up to 999); the HTTP/1.1 reader refuses it itself.
+            Ok(Ok(response)) if response.status().as_u16() > 599 => {
+                Err(Tried::Transport(TransportError::Invalid))
+            }
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault.and_then(BodyFault::get) {
                 Some(fault) => Tried::Client(fault),

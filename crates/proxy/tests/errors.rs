@@ -248,3 +248,25 @@ async fn an_endless_body_read_by_a_slow_client_is_cut_off_at_the_route_timeout()
     }
     assert!(read > 0, "the head came");
 }
+
+#[tokio::test]
+async fn a_status_past_599_is_502_upstream_invalid_over_either_protocol() {
+    // `StatusCode` takes up to 999; RFC 9110 §15 stops at 599.
+    let upstream = Upstream::start(Behavior::Ok {
+        status: StatusCode::from_u16(999).unwrap(),
+        body: "weird".into(),
+    })
+    .await
+    .unwrap();
+    for protocol in ["http1", "http2"] {
+        let proxy = simple(
+            &[upstream.addr()],
+            "",
+            &format!("protocol = \"{protocol}\""),
+        )
+        .await;
+        let response = get(&proxy, "/").await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{protocol}");
+        assert_eq!(error_of(&response), Some("upstream-invalid"), "{protocol}");
+    }
+}
