@@ -110,7 +110,8 @@ pub(crate) async fn handle(
         .is_some_and(|authority| authority.as_str().contains('@'));
     // An authority-form target (`GET example.com:80`) is CONNECT's alone (RFC 9112 §3.2.3).
     let authority_form = request.uri().scheme().is_none() && request.uri().authority().is_some();
-    let malformed = if request.uri() == "*" {
+    // Over HTTP/2 the target is built from `:scheme`, `:authority` and a `:path` of `*`.
+    let malformed = if request.uri().path() == "*" {
         Some("an asterisk-form target (OPTIONS *) names nothing to forward")
     } else if userinfo {
         Some("a target's authority may not carry credentials (user@host)")

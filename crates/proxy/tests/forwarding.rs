@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Version};
+use hyper::{Method, Request, StatusCode, Version};
 use rampart_test_support::{Behavior, Upstream};
 
 use common::*;
@@ -757,4 +757,42 @@ async fn an_http2_upload_an_upstream_stopped_reading_holds_up_no_other_on_the_co
     assert_eq!(answer.0, 200, "{:?}", String::from_utf8_lossy(&answer.1));
     // The endpoint had the whole body.
     assert_eq!(echo.requests().last().unwrap().body, body);
+}
+
+#[tokio::test]
+async fn an_asterisk_form_target_gets_400_over_either_protocol_and_goes_nowhere() {
+    let upstream = Upstream::start(Behavior::ok("reached")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+
+    let answer = raw(
+        addr(&proxy),
+        "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("asterisk-form"), "{answer}");
+
+    // `:path: *` (RFC 9113 §8.3.1), which hyper's client would not send.
+    let tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(addr(&proxy).to_string().parse().unwrap());
+    target.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
+    let request = Request::builder()
+        .method(Method::OPTIONS)
+        .uri(http::Uri::from_parts(target).unwrap())
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.headers()["x-rampart-error"],
+        "bad-request",
+        "{response:?}"
+    );
+    assert_eq!(upstream.request_count(), 0);
 }
