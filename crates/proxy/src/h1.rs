@@ -602,11 +602,15 @@ impl Writer {
             head.extend_from_slice(host.as_str().as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        // How the body is framed, and the Content-Length to add when the request has none.
-        let (framing, announce) = if body.is_end_stream() {
+        // How the body is framed, and the Content-Length to write. The client's own fields are
+        // written again as one: an HTTP/2 client's go unchecked but for their number (`003`,
+        // or two fields saying 3, which an upstream may refuse as RFC 9110 §8.6 lets it).
+        let (framing, mut announce) = if body.is_end_stream() {
+            // `content-length: 0` if the client wrote one (seen with the fields below): a
+            // bodiless GET's head costs no lookup.
             (Encoder::Length(0), None)
         } else if let Some(length) = content_length(&parts.headers) {
-            (Encoder::Length(length), None)
+            (Encoder::Length(length), Some(length))
         } else if let Some(length) = body.size_hint().exact() {
             (Encoder::Length(length), Some(length))
         } else {
@@ -615,13 +619,20 @@ impl Writer {
             (Encoder::Chunked, None)
         };
         // The framing is this side's to say, and the deadline this attempt's.
+        let mut had_length = false;
         let fields = parts.headers.iter().filter(|(name, _)| {
+            if *name == CONTENT_LENGTH {
+                had_length = true;
+                return false;
+            }
             *name != TRANSFER_ENCODING
-                && (*name != CONTENT_LENGTH || !matches!(framing, Encoder::Chunked))
                 && !Outgoing::replaces(name)
                 && (cookies < 2 || *name != COOKIE)
         });
         write_fields(&mut head, fields);
+        if had_length && matches!(framing, Encoder::Length(0)) {
+            announce = Some(0);
+        }
         // An HTTP/2 client may send its cookies as several fields; HTTP/1.1 has them in one, the
         // pairs joined by "; " (RFC 9113 §8.2.3).
         if cookies > 1 {
@@ -1489,9 +1500,30 @@ mod tests {
         let (.., reusable, sent) = exchange(answer, post, 5).await;
         assert_eq!(
             sent,
-            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\ncontent-length: 5\r\nx-rampart-deadline: 1000\r\n\r\nhello"
+            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\ncontent-length: 5\r\n\r\nhello"
         );
         assert!(reusable);
+
+        // Written again as one field of the number alone, as an HTTP/2 client's may not be.
+        let mut post = request(Method::POST, streamed(&["he", "llo"]));
+        for length in ["005", "5"] {
+            post.headers_mut()
+                .append(CONTENT_LENGTH, HeaderValue::from_static(length));
+        }
+        let (.., sent) = exchange(answer, post, 5).await;
+        assert_eq!(
+            sent,
+            "POST /path?q=1 HTTP/1.1\r\nhost: upstream\r\nx-rampart-deadline: 1000\r\ncontent-length: 5\r\n\r\nhello"
+        );
+
+        // An empty body keeps the length the client wrote, and gets none it did not.
+        let mut post = request(Method::POST, empty());
+        post.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let (.., sent) = exchange(answer, post, 0).await;
+        assert!(sent.ends_with("content-length: 0\r\n\r\n"), "{sent}");
+        let (.., sent) = exchange(answer, request(Method::POST, empty()), 0).await;
+        assert!(!sent.contains("content-length"), "{sent}");
     }
 
     #[tokio::test]
