@@ -119,6 +119,11 @@ pub(crate) async fn handle(
         Some("an authority-form target (host:port) is for CONNECT alone")
     } else if version < Version::HTTP_2 && !host_is_sound(&request) {
         Some("an HTTP/1.x request must name its host once, in one valid Host field")
+    } else if version == Version::HTTP_2 && padded_value(request.headers()) {
+        // HTTP/1.1's parser takes the white space off; HTTP/2 sends values as they are, and
+        // such a request is malformed (RFC 9113 §8.2.1): an upstream may read `" admin"` and
+        // `"admin"` as one.
+        Some("an HTTP/2 field value may not begin or end with a space or a tab")
     } else {
         None
     };
@@ -643,6 +648,15 @@ fn too_many_fields(headers: &HeaderMap, limits: Limits) -> bool {
         let crumbs = headers.get_all(COOKIE).iter().count();
         headers.len() - crumbs.saturating_sub(1) > limits.max_headers
     }
+}
+
+// Whether a field value of `headers` begins or ends with a space or a tab.
+fn padded_value(headers: &HeaderMap) -> bool {
+    headers.values().any(|value| {
+        let value = value.as_bytes();
+        let padded = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        padded(value.first()) || padded(value.last())
+    })
 }
 
 // `uri`, whose path is empty, with the path `/`.

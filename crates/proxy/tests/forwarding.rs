@@ -796,3 +796,29 @@ async fn an_asterisk_form_target_gets_400_over_either_protocol_and_goes_nowhere(
     );
     assert_eq!(upstream.request_count(), 0);
 }
+
+#[tokio::test]
+async fn an_http2_field_value_padded_with_white_space_gets_400_and_goes_nowhere() {
+    let upstream = Upstream::start(Behavior::ok("reached")).await.unwrap();
+    let proxy = simple(&[upstream.addr()], "", "").await;
+    let mut h2 = h2_connection::<Full<Bytes>>(&proxy).await;
+    for value in [" admin", "admin\t", " a "] {
+        let request = request(&proxy, "/")
+            .header("x-role", value)
+            .body(Full::default())
+            .unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{value:?}");
+        assert_eq!(response.headers()["x-rampart-error"], "bad-request");
+    }
+    // Inner white space is a value's own.
+    let request = request(&proxy, "/")
+        .header("x-role", "a b")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        h2.send_request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(upstream.request_count(), 1);
+}
