@@ -822,3 +822,38 @@ async fn an_http2_field_value_padded_with_white_space_gets_400_and_goes_nowhere(
     );
     assert_eq!(upstream.request_count(), 1);
 }
+
+#[tokio::test]
+async fn a_path_is_routed_and_sent_as_the_path_its_dot_segments_name() {
+    let public = Upstream::start(Behavior::Echo).await.unwrap();
+    let internal = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nmatch = {{ path_prefix = \"/public/\" }}\nupstream = \"public\"\n\n\
+         [[routes]]\nmatch = {{ path_prefix = \"/internal/\" }}\nupstream = \"internal\"\n\n\
+         [upstreams.public]\nendpoints = [\"{}\"]\n\n\
+         [upstreams.internal]\nendpoints = [\"{}\"]\n",
+        public.addr(),
+        internal.addr()
+    ))
+    .await;
+
+    // Matched as it came, each would have gone to `public` under its route's policies.
+    for target in [
+        "/public/../internal/keys?x=1",
+        "/public/%2e%2e/internal/keys?x=1",
+    ] {
+        let answer = raw(
+            addr(&proxy),
+            &format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        assert!(
+            answer.contains("x-echo-path: /internal/keys?x=1"),
+            "{target}: {answer}"
+        );
+    }
+    assert_eq!(public.request_count(), 0);
+    assert_eq!(internal.request_count(), 2);
+}
