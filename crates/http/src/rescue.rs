@@ -161,7 +161,7 @@ reasons! {
     /// The upstream connection or stream was reset before the response was complete: 502,
     /// UNAVAILABLE.
     UpstreamReset = "upstream-reset", BAD_GATEWAY, Unavailable,
-        "the upstream connection was reset before the response was complete";
+        "the upstream closed or reset the connection or stream before the response was complete";
     /// An attempt failed and the retry budget allowed no other: 503 (chosen here: like the
     /// other refusals to add load, a temporary condition), RESOURCE_EXHAUSTED.
     RetryBudgetExhausted = "retry-budget-exhausted", SERVICE_UNAVAILABLE, ResourceExhausted,
