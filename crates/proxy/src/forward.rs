@@ -527,7 +527,19 @@ fn gave_up(
         ),
         // The client broke its body off or garbled it (what is left of it on the connection
         // cannot be told from a next request), or the outbox could not store it.
-        Reason::BadRequest => closing(rescued(Reason::BadRequest, grpc), version),
+        Reason::BadRequest => {
+            let response = match body_fault {
+                Some(ClientBodyFault::Broken | ClientBodyFault::Gone) => boxed(rescue_saying(
+                    Reason::BadRequest,
+                    StatusCode::BAD_REQUEST,
+                    "the request body broke off or was malformed (a chunk garbled, or the \
+                     connection or stream ended before the body did)",
+                    grpc,
+                )),
+                _ => rescued(Reason::BadRequest, grpc),
+            };
+            closing(response, version)
+        }
         reason => failed(stack, reason, stale_key, grpc, None),
     }
 }

@@ -245,6 +245,10 @@ async fn a_client_body_broken_off_or_garbled_gets_400_and_does_not_count_against
             .await;
             assert!(answer.starts_with("HTTP/1.1 400"), "{protocol}: {answer}");
             assert!(answer.contains("x-rampart-error: bad-request"), "{answer}");
+            assert!(
+                answer.contains("request body broke off or was malformed"),
+                "{answer}"
+            );
 
             // A body the client stops sending: its connection's write side closes.
             let mut stream = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
