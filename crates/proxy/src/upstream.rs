@@ -405,7 +405,11 @@ impl Pool {
     }
 
     /// The endpoint for the next attempt, preferring any the request has not tried yet (any not
-    /// in `avoid`): a tried one only when no other may take the attempt.
+    /// in `avoid`): a tried one only when no other may take the attempt, a backup included. A
+    /// request that failed on every primary is retried on a backup before a primary that failed
+    /// it, as Envoy's `previous_priorities` retry option does: a refused connection to the only
+    /// primary is answered from the backup at once, not after as many attempts on the primary
+    /// as its breaker takes to trip.
     ///
     /// An endpoint may take the attempt when it is healthy and its breaker admits a call; the
     /// balancer chooses among the primaries that may, and among the backups only when no
@@ -440,8 +444,10 @@ impl Pool {
             self.let_go(&self.serving(reinstated.clone(), &usable));
         }
         let (first, then) = self.tiers(&usable);
-        self.admitting(first, avoid, &usable, &reinstated)
-            .or_else(|| self.admitting(then, avoid, &usable, &reinstated))
+        self.untried(first.clone(), avoid, &usable, &reinstated)
+            .or_else(|| self.untried(then.clone(), avoid, &usable, &reinstated))
+            .or_else(|| self.tried_again(first, avoid, &usable, &reinstated))
+            .or_else(|| self.tried_again(then, avoid, &usable, &reinstated))
             .ok_or_else(|| self.refusal())
     }
 
@@ -588,9 +594,9 @@ impl Pool {
         }
     }
 
-    // The endpoint of `tier` the balancer chooses among the usable ones whose breaker admits a
-    // call or that are `reinstated` past the ejection cap, those in `avoid` last.
-    fn admitting(
+    // The endpoint of `tier` the balancer chooses among the usable ones not in `avoid` whose
+    // breaker admits a call or that are `reinstated` past the ejection cap.
+    fn untried(
         &self,
         tier: Range<usize>,
         avoid: &Avoid,
@@ -608,14 +614,25 @@ impl Pool {
             return Some(picked);
         }
         // No other endpoint looked admitting, or the chosen one's breaker changed its mind since
-        // the look: every usable endpoint is asked in order, the avoided ones last (asking their
-        // breakers would take a half-open probe), the one tried last at the very end.
-        let avoided = avoid
-            .fallback()
-            .filter(|index| tier.contains(index) && usable(*index));
+        // the look: every usable endpoint not tried is asked in order.
         tier.clone()
             .filter(|&index| !avoid.contains(index) && usable(index))
-            .chain(avoided)
+            .find_map(|index| self.admit(index, reinstated))
+    }
+
+    // An endpoint of `tier` the request tried, when none it has not tried may take the attempt:
+    // in the order of `Avoid::fallback`, the one tried last at the very end. Asked only then,
+    // as asking a breaker may take a half-open probe.
+    fn tried_again(
+        &self,
+        tier: Range<usize>,
+        avoid: &Avoid,
+        usable: &impl Fn(usize) -> bool,
+        reinstated: &[usize],
+    ) -> Option<Picked<'_>> {
+        avoid
+            .fallback()
+            .filter(|index| tier.contains(index) && usable(*index))
             .find_map(|index| self.admit(index, reinstated))
     }
 
@@ -1204,6 +1221,19 @@ mod tests {
                 pool.pick(&tried([])).unwrap_err(),
                 Reason::NoHealthyEndpoint
             );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_every_primary_failed_goes_to_a_backup_before_a_primary_again() {
+        for balance in BALANCERS {
+            let pool = pool(&format!(
+                "balance = \"{balance}\"\nbackup = [\"127.0.0.1:3\"]"
+            ));
+            // Primaries 0 and 1 admit; the request failed on both, then on the backup.
+            assert_eq!(pool.pick(&tried([0])).unwrap().index, 1, "{balance}");
+            assert_eq!(pool.pick(&tried([0, 1])).unwrap().index, 2, "{balance}");
+            assert_eq!(pool.pick(&tried([0, 1, 2])).unwrap().index, 0, "{balance}");
         }
     }
 

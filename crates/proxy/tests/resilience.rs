@@ -685,6 +685,24 @@ async fn backups_take_over_while_no_primary_admits() {
 }
 
 #[tokio::test]
+async fn a_retry_goes_to_an_untried_backup_before_the_primary_that_failed() {
+    let dead = Refusing::bind().unwrap();
+    let backup = Upstream::start(Behavior::ok("backup")).await.unwrap();
+    let proxy = simple(
+        &[dead.addr()],
+        "",
+        &format!("backup = [\"{}\"]", backup.addr()),
+    )
+    .await;
+
+    // The primary's breaker still admits (one failure): the retry goes to the backup at once.
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "backup");
+    assert_eq!(backup.request_count(), 1);
+}
+
+#[tokio::test]
 async fn an_answer_that_came_before_the_request_body_ended_stands_rather_than_hang_its_retry() {
     // It answers 503 as soon as the head is in, and reads nothing more: its connection's writer
     // still holds the request's body while the answer is kept.
