@@ -1114,6 +1114,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "protocol",
     "balance",
     "connect_timeout",
+    "idle_timeout",
     "failure_status",
     "h2_max_concurrent_streams",
     "breaker",
@@ -1250,6 +1251,12 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
     let connect_timeout = cx
         .get(t, "connect_timeout", positive)
         .unwrap_or(Duration::from_secs(1));
+    let idle_timeout = cx
+        .get(t, "idle_timeout", positive)
+        .unwrap_or(match protocol {
+            UpstreamProtocol::Http1 => Duration::from_secs(4),
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Duration::from_secs(90),
+        });
     let failure_status = cx
         .list(t, "failure_status", status_match)
         .unwrap_or_else(|| vec![StatusMatch::Class5xx]);
@@ -1268,6 +1275,7 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
         protocol,
         balance,
         connect_timeout,
+        idle_timeout,
         failure_status,
         h2_max_concurrent_streams,
         breaker,
@@ -2946,6 +2954,20 @@ mod tests {
         assert_eq!(c.upstreams[0].h2_max_concurrent_streams, 250);
         let e = errors(&format!("{UPSTREAM}h2_max_concurrent_streams = 0\n"));
         assert_eq!(e[0].path(), "upstreams.u.h2_max_concurrent_streams");
+    }
+
+    #[test]
+    fn an_upstreams_idle_timeout_defaults_by_protocol_and_refuses_zero() {
+        let idle = |extra: &str| ok(&format!("{UPSTREAM}{extra}")).upstreams[0].idle_timeout;
+        assert_eq!(idle(""), Duration::from_secs(4));
+        assert_eq!(idle("protocol = \"http2\"\n"), Duration::from_secs(90));
+        assert_eq!(idle("protocol = \"grpc\"\n"), Duration::from_secs(90));
+        assert_eq!(
+            idle("idle_timeout = \"1500ms\"\n"),
+            Duration::from_millis(1500)
+        );
+        let e = errors(&format!("{UPSTREAM}idle_timeout = \"0s\"\n"));
+        assert_eq!(e[0].path(), "upstreams.u.idle_timeout");
     }
 
     #[test]

@@ -311,6 +311,12 @@ pub struct Upstream {
     pub balance: Balance,
     /// `connect_timeout`: default 1s.
     pub connect_timeout: Duration,
+    /// `idle_timeout`: how long a connection to an endpoint may wait idle before it is closed
+    /// rather than reused. Default 4s with `protocol = "http1"` (under the keep-alive timeouts
+    /// of common servers, which close idle connections after 5 s: a request sent as one closes
+    /// is lost), 90s with `"http2"` and `"grpc"` (a server closing one says so, GOAWAY, and a
+    /// request it did not take is sent again).
+    pub idle_timeout: Duration,
     /// `failure_status`: default `["5xx"]`.
     pub failure_status: Vec<StatusMatch>,
     /// `h2_max_concurrent_streams`: the requests one HTTP/2 connection to an endpoint carries

@@ -14,14 +14,16 @@
 //! tell the peer's limit; the upstream's setting (100 by default, the least RFC 9113 advises a
 //! server to allow) stands for it.
 //!
-//! A connection idle for [`IDLE_TIMEOUT`] is closed rather than reused: one silently dropped on
-//! the way (a NAT's or a firewall's idle timeout) must not hold a request until its deadline, and
-//! an endpoint no longer called must not hold sockets open. A task per endpoint, started when it
-//! first has a connection to keep and ended when it has none, looks every [`LOOK`], so a
-//! connection closes at most that long after [`IDLE_TIMEOUT`]. An idle HTTP/1.1 connection the
-//! upstream has closed (many servers close an idle keep-alive connection after a few seconds:
-//! Node.js after 5, gunicorn after 2) is let go at checkout, before anything is sent on it, or
-//! at that task's next look, whichever comes first, so that its socket does not wait in
+//! A connection idle for the upstream's `idle_timeout` is closed rather than reused: one
+//! silently dropped on the way (a NAT's or a firewall's idle timeout) must not hold a request
+//! until its deadline, an endpoint no longer called must not hold sockets open, and an HTTP/1.1
+//! server closing idle keep-alive connections (Node.js and Apache after 5 s, gunicorn after 2)
+//! must not close one as a request goes out on it: a request that cannot be sent again (a POST)
+//! would be lost. A task per endpoint, started when it first has a connection to keep and ended
+//! when it has none, looks every [`LOOK`] (or every `idle_timeout`, if shorter), so a connection
+//! closes at most that long after its time; a checkout never reuses one past it. An idle
+//! HTTP/1.1 connection the upstream has closed is let go at checkout, before anything is sent on
+//! it, or at that task's next look, whichever comes first, so that its socket does not wait in
 //! CLOSE_WAIT for a request to notice; an HTTP/2 one that gives its request back unsent sends it
 //! once more on a new connection, as hyper-util's client does.
 //!
@@ -60,9 +62,6 @@ use crate::h1;
 use crate::lock;
 use crate::turn;
 
-/// How long a connection may wait idle before it is closed rather than reused.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// How often an endpoint's idle connections are looked at, while it has any.
 const LOOK: Duration = Duration::from_secs(5);
 
@@ -100,8 +99,9 @@ pub(crate) struct Connections {
 }
 
 /// The connections an endpoint keeps between exchanges.
-#[derive(Default)]
 struct Kept {
+    /// How long a connection may wait idle before it is closed rather than reused.
+    idle_timeout: Duration,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connections, the oldest first, so that the ones opened for a burst go idle
@@ -188,11 +188,12 @@ pub(crate) enum SendError {
 impl Connections {
     /// Connections to `authority`, made by `connector`, speaking h2c by prior knowledge with at
     /// most `streams` requests at once on each connection when `http2` is `Some(streams)`, else
-    /// HTTP/1.1.
+    /// HTTP/1.1; a connection idle for `idle_timeout` is closed rather than reused.
     pub(crate) fn new(
         authority: Authority,
         connector: Connector,
         http2: Option<usize>,
+        idle_timeout: Duration,
     ) -> Connections {
         let target = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -205,7 +206,14 @@ impl Connections {
             authority,
             connector,
             http2,
-            kept: Arc::default(),
+            kept: Arc::new(Kept {
+                idle_timeout,
+                idle: Mutex::default(),
+                http2: Mutex::default(),
+                connecting: tokio::sync::Mutex::default(),
+                connects: AtomicU64::default(),
+                watched: AtomicBool::default(),
+            }),
         }
     }
 
@@ -243,7 +251,7 @@ impl Connections {
         if idle.is_empty() {
             return None;
         }
-        close_stale(&mut idle, turn::now());
+        close_stale(&mut idle, turn::now(), self.kept.idle_timeout);
         // One the upstream closed meanwhile is let go.
         while let Some(Idle { handle: conn, .. }) = idle.pop() {
             if conn.is_usable() {
@@ -437,12 +445,12 @@ fn absolute(authority: &Authority, target: &Uri) -> Result<Uri, SendError> {
     Uri::from_parts(parts).map_err(|err| SendError::Exchange(err.into()))
 }
 
-// Closes the connections of `idle` unused for `IDLE_TIMEOUT` at `now`.
-fn close_stale(idle: &mut Vec<Idle>, now: Instant) {
+// Closes the connections of `idle` unused for `timeout` at `now`.
+fn close_stale(idle: &mut Vec<Idle>, now: Instant, timeout: Duration) {
     // The oldest are at the bottom: once the bottom one is fresh, all are.
     let stale = idle
         .iter()
-        .take_while(|idle| now.duration_since(idle.since) >= IDLE_TIMEOUT)
+        .take_while(|idle| now.duration_since(idle.since) >= timeout)
         .count();
     idle.drain(..stale);
 }
@@ -462,12 +470,15 @@ impl Kept {
     }
 }
 
-// Every `LOOK`, closes the connections unused for `IDLE_TIMEOUT` and those the upstream closed,
-// until the endpoint keeps none (a hand-back starts the task again) or its connections are
-// dropped.
+// Every `LOOK` (or `idle_timeout`, if shorter), closes the connections unused for
+// `idle_timeout` and those the upstream closed, until the endpoint keeps none (a hand-back starts
+// the task again) or its connections are dropped.
 async fn close_idle(kept: Weak<Kept>) {
+    let Some(every) = kept.upgrade().map(|kept| LOOK.min(kept.idle_timeout)) else {
+        return;
+    };
     loop {
-        tokio::time::sleep(LOOK).await;
+        tokio::time::sleep(every).await;
         let Some(kept) = kept.upgrade() else {
             return;
         };
@@ -488,7 +499,7 @@ impl Kept {
     /// any connection is left to look at.
     fn look(&self, now: Instant) -> bool {
         let mut idle = lock(&self.idle);
-        close_stale(&mut idle, now);
+        close_stale(&mut idle, now, self.idle_timeout);
         // No checkout may come to notice for a while.
         idle.retain(|idle| idle.handle.is_usable());
         let mut http2 = lock(&self.http2);
@@ -500,7 +511,7 @@ impl Kept {
             }
             !idle.handle.is_closed()
                 && (streams.open.load(Ordering::Acquire) > 0
-                    || now.duration_since(idle.since) < IDLE_TIMEOUT)
+                    || now.duration_since(idle.since) < self.idle_timeout)
         });
         !idle.is_empty() || !http2.is_empty()
     }
@@ -690,11 +701,18 @@ mod tests {
         connections_of(addr, http2.then_some(100))
     }
 
+    /// The upstreams' `idle_timeout` in these tests.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
     /// Connections to `addr`, carrying at most `streams` requests at once on each when HTTP/2.
     fn connections_of(addr: SocketAddr, streams: Option<usize>) -> Connections {
+        idle_for(addr, streams, IDLE_TIMEOUT)
+    }
+
+    fn idle_for(addr: SocketAddr, streams: Option<usize>, idle: Duration) -> Connections {
         let mut connector = Connector::new_with_resolver(Resolver::system(Duration::from_secs(5)));
         connector.enforce_http(true);
-        Connections::new(addr.to_string().parse().unwrap(), connector, streams)
+        Connections::new(addr.to_string().parse().unwrap(), connector, streams, idle)
     }
 
     /// A GET of `/path` sent through `connections`.
@@ -862,6 +880,25 @@ mod tests {
             1,
             "the stale one is gone"
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_shorter_than_the_look_is_kept_to() {
+        let (addr, accepted) = upstream(false, false).await;
+        let connections = idle_for(addr, None, Duration::from_secs(2));
+        exchange(&connections).await;
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::time::resume();
+        exchange(&connections).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "idle 2 s: not reused");
+        // The look comes every 2 s, not every `LOOK`.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(lock(&connections.kept.idle).len(), 0);
     }
 
     #[tokio::test]

@@ -376,7 +376,12 @@ impl Pool {
                     });
                 }
                 endpoints.push(Endpoint {
-                    connections: Connections::new(authority.clone(), connector.clone(), http2),
+                    connections: Connections::new(
+                        authority.clone(),
+                        connector.clone(),
+                        http2,
+                        upstream.idle_timeout,
+                    ),
                     authority,
                     breaker,
                     speaks,
