@@ -178,8 +178,14 @@ impl<const K: usize> Window<K> {
 
     /// The counters summed over the window that ends now.
     pub(crate) fn sum(&self) -> [u64; K] {
+        self.sum_last(self.buckets)
+    }
+
+    /// The counters summed over the last `buckets` buckets (at most the window's), the current
+    /// one included.
+    pub(crate) fn sum_last(&self, buckets: u64) -> [u64; K] {
         let epoch = self.time.nanos() / self.bucket_nanos;
-        let oldest = epoch.saturating_sub(self.buckets - 1);
+        let oldest = epoch.saturating_sub(buckets.clamp(1, self.buckets) - 1);
         let mut sums = [0u64; K];
         for stripe in self.stripes.iter() {
             for bucket in stripe.ring.iter() {

@@ -6,6 +6,12 @@
 //! Finagle's `RetryBudget` and linkerd's: over a sliding window, retries may number at most
 //! `ratio` times the requests plus a floor of `min_per_sec` per second, so that a quiet client can
 //! still retry its occasional failure.
+//!
+//! The same rule holds over the window's last fifth too. A whole window's allowance is saved up
+//! while calls succeed, and Finagle's budget lets it all go at once: when the callee starts
+//! failing, in the very second it most needs sparing (ten seconds of 50 calls a second at 20%,
+//! plus ten a second, is 200 retries), and again whenever the retries of that burst leave the
+//! window. Over the last fifth, the retries go out at the rate the budget names.
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,14 +28,18 @@ const REQUESTS: usize = 0;
 const RETRIES: usize = 1;
 /// The window slides by tenths.
 const BUCKETS: u32 = 10;
+/// The span of the window that may not spend more than its own share, in buckets: a fifth.
+const RECENT: u64 = 2;
 /// A shorter window forgets a storm before it can see it.
 const MIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// A retry budget, shared by every clone.
 ///
 /// Every first attempt deposits; every retry withdraws, and is allowed only while
-/// `retries < ratio * requests + min_per_sec * window` over the last `window`. Clones share one
-/// account, so one budget can cover every retry policy of a route, or of a whole callee.
+/// `retries < ratio * requests + min_per_sec * window` over the last `window`, and likewise over
+/// its last fifth (`min_per_sec` times that span), so that what a calm window saved up is spent
+/// over time rather than in one burst. Clones share one account, so one budget can cover every
+/// retry policy of a route, or of a whole callee.
 ///
 /// Depositing costs a few nanoseconds: it reads a cached clock (unless a clock is injected with
 /// [`Budget::with_clock`]) and adds one to a per-thread counter; a
@@ -61,6 +71,8 @@ struct Shared {
     min_per_sec: u32,
     /// `min_per_sec` over the whole window.
     floor: f64,
+    /// `min_per_sec` over the last `RECENT` buckets.
+    recent_floor: f64,
 }
 
 impl Budget {
@@ -95,6 +107,8 @@ impl Budget {
                 ratio,
                 min_per_sec,
                 floor: f64::from(min_per_sec) * len.as_secs_f64(),
+                recent_floor: f64::from(min_per_sec) * len.as_secs_f64() * RECENT as f64
+                    / f64::from(BUCKETS),
             }),
         }
     }
@@ -142,14 +156,23 @@ impl Budget {
     /// Takes one retry from the budget: `true` if the retry may go ahead, and then it is counted.
     pub fn withdraw(&self) -> bool {
         let shared = &*self.shared;
-        let [requests, retries] = shared.window.sum();
-        let allowed = shared.ratio * requests as f64 + shared.floor;
-        if (retries as f64) < allowed {
+        let within = |[requests, retries]: [u64; 2], floor: f64| {
+            (retries as f64) < shared.ratio * requests as f64 + floor
+        };
+        if within(shared.window.sum(), shared.floor)
+            && within(shared.window.sum_last(RECENT), shared.recent_floor)
+        {
             shared.window.record(RETRIES);
             true
         } else {
             false
         }
+    }
+
+    /// The requests counted over the window, for the tests of what deposits them.
+    #[cfg(test)]
+    pub(crate) fn deposited(&self) -> u64 {
+        self.shared.window.sum()[REQUESTS]
     }
 
     /// The span over which retries are counted against requests.
@@ -232,14 +255,23 @@ mod tests {
         for _ in 0..100 {
             budget.deposit();
         }
-        // 20% of 100 requests, plus 1/s over 10 s.
-        assert_eq!(drain(&budget), 30);
+        // The window allows 20% of 100 requests plus 1/s over 10 s (30); its last fifth, 20% of
+        // them plus 1/s over 2 s (22), and that is all that goes at once.
+        assert_eq!(drain(&budget), 22);
         assert!(!budget.withdraw());
         // Each new request earns a fifth of a retry.
         for _ in 0..5 {
             budget.deposit();
         }
         assert_eq!(drain(&budget), 1);
+        // Those requests and retries leave the last fifth, not the window: the rest of the
+        // window's 31 goes at the floor's pace, 2 every 2 s, and no more.
+        for _ in 0..4 {
+            tokio::time::advance(secs(2)).await;
+            assert_eq!(drain(&budget), 2);
+        }
+        tokio::time::advance(secs(1)).await;
+        assert_eq!(drain(&budget), 0, "the window's 31 are spent");
     }
 
     #[tokio::test(start_paused = true)]
@@ -278,8 +310,9 @@ mod tests {
 
     #[test]
     fn the_floor_allows_retries_without_traffic() {
+        // 3 a second: over 10 s, 30; over its last fifth, 2 s, 6.
         let clock = ManualClock::new();
-        let budget = Budget::new(secs(2), 0.0, 3)
+        let budget = Budget::new(secs(10), 0.0, 3)
             .unwrap()
             .with_clock(clock.clone());
         assert_eq!(drain(&budget), 6);
@@ -317,7 +350,9 @@ mod tests {
     proptest! {
         /// Against a model that keeps every event with the bucket it fell in: the budget lets a
         /// retry through exactly when the retries already in the window number fewer than
-        /// `ratio * requests + min_per_sec * window`, and refuses it otherwise.
+        /// `ratio * requests + min_per_sec * window`, and those in its last two buckets fewer
+        /// than `ratio * requests + min_per_sec * (their span)` of those two buckets, and
+        /// refuses it otherwise.
         #[test]
         fn never_allows_more_than_the_model(
             ops in prop::collection::vec(op(), 1..400),
@@ -331,13 +366,14 @@ mod tests {
                 .with_clock(clock.clone());
             let bucket_ms = window_s * 1000 / u64::from(BUCKETS);
             let floor = f64::from(min_per_sec) * window_s as f64;
+            let recent_floor = floor * RECENT as f64 / f64::from(BUCKETS);
             let mut now_ms = 0u64;
             // (bucket, is_retry) of every request and every allowed retry.
             let mut events: Vec<(u64, bool)> = Vec::new();
             for op in ops {
                 let bucket = now_ms / bucket_ms;
-                let oldest = bucket.saturating_sub(u64::from(BUCKETS) - 1);
-                let in_window = |retry: bool| {
+                let within = |buckets: u64, retry: bool| {
+                    let oldest = bucket.saturating_sub(buckets - 1);
                     events.iter().filter(|&&(b, r)| b >= oldest && r == retry).count() as f64
                 };
                 match op {
@@ -350,8 +386,11 @@ mod tests {
                         events.push((bucket, false));
                     }
                     Op::Retry => {
-                        let (requests, retries) = (in_window(false), in_window(true));
-                        let model = retries < ratio * requests + floor;
+                        let allows = |buckets: u64, floor: f64| {
+                            within(buckets, true) < ratio * within(buckets, false) + floor
+                        };
+                        let model =
+                            allows(u64::from(BUCKETS), floor) && allows(RECENT, recent_floor);
                         prop_assert_eq!(budget.withdraw(), model);
                         if model {
                             events.push((bucket, true));
