@@ -76,6 +76,8 @@ pub(crate) struct Metrics {
     upstream_requests: Family<Labels, Counter>,
     breaker_state: Family<Labels, Gauge>,
     breaker_transitions: Family<Labels, Counter>,
+    /// 1 while the ejection cap keeps the endpoint in service though its breaker is open.
+    endpoint_reinstated: Family<Labels, Gauge>,
     retries: Family<Labels, Counter>,
     retry_budget_exhausted: Family<Labels, Counter>,
     hedges: Family<Labels, Counter>,
@@ -190,6 +192,7 @@ pub(crate) struct EndpointMetrics {
 #[derive(Debug)]
 struct BreakerSeries {
     state: Gauge,
+    reinstated: Gauge,
     /// By the state entered, in the order of [`STATES`].
     transitions: [Counter; 5],
 }
@@ -252,6 +255,12 @@ impl Metrics {
             "rampart_breaker_state",
             "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced-open, 4 forced-closed",
             metrics.breaker_state.clone(),
+        );
+        registry.register(
+            "rampart_endpoint_reinstated",
+            "1 while the endpoint takes traffic though its breaker is open: more endpoints are \
+             ejected than max_ejected_percent allows, and the cap keeps it in service; else 0",
+            metrics.endpoint_reinstated.clone(),
         );
         registry.register(
             "rampart_breaker_transitions",
@@ -422,6 +431,7 @@ impl Metrics {
             }),
             breaker: breaker.then(|| BreakerSeries {
                 state: self.breaker_state.get_or_create_owned(&labels()),
+                reinstated: self.endpoint_reinstated.get_or_create_owned(&labels()),
                 transitions: STATES.map(|to| {
                     self.breaker_transitions
                         .get_or_create_owned(&with("to", to.as_str()))
@@ -490,6 +500,8 @@ impl Metrics {
     /// any more (`enabled = false`).
     pub(crate) fn forget_breaker(&self, upstream: &str, endpoint: &str) {
         self.breaker_state
+            .remove(&endpoint_labels(upstream, endpoint, None));
+        self.endpoint_reinstated
             .remove(&endpoint_labels(upstream, endpoint, None));
         for to in STATES {
             self.breaker_transitions.remove(&endpoint_labels(
@@ -635,6 +647,13 @@ impl EndpointMetrics {
     pub(crate) fn set_state(&self, state: State) {
         if let Some(breaker) = &self.breaker {
             breaker.state.set(i64::from(state as u8));
+        }
+    }
+
+    /// The ejection cap put the endpoint back in service (`true`), or let it go.
+    pub(crate) fn set_reinstated(&self, reinstated: bool) {
+        if let Some(breaker) = &self.breaker {
+            breaker.reinstated.set(i64::from(reinstated));
         }
     }
 

@@ -552,9 +552,11 @@ impl Pool {
             match (endpoint.kept.swap(kept, Ordering::Relaxed), kept) {
                 (false, true) => {
                     self.kept.fetch_add(1, Ordering::Relaxed);
+                    endpoint.metrics.set_reinstated(true);
                 }
                 (true, false) => {
                     self.kept.fetch_sub(1, Ordering::Relaxed);
+                    endpoint.metrics.set_reinstated(false);
                     if let Some(breaker) = &endpoint.breaker {
                         breaker.end_open_period();
                     }

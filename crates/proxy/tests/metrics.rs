@@ -199,3 +199,41 @@ async fn only_retries_sent_count_as_retries() {
     assert_eq!(upstream.request_count(), 1);
     assert_has(&metrics(&proxy), r#"rampart_retries_total{route="api"} 0"#);
 }
+
+#[tokio::test]
+async fn an_endpoint_the_ejection_cap_keeps_in_service_shows_as_reinstated() {
+    let first = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let second = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    // Both trip; the cap (50% of two: one) puts the one ejected last back in service.
+    let proxy = simple(
+        &[first.addr(), second.addr()],
+        "[routes.retry]\nattempts = 1",
+        "balance = \"round-robin\"\n[upstreams.app.breaker]\nconsecutive_failures = 1\n\
+         open_for = \"1h\"\nopen_for_max = \"1h\"",
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&proxy, "/").await.status(), 503);
+    }
+    let text = metrics(&proxy);
+    let series = |upstream: &Upstream, name: &str| {
+        let line = format!(
+            "{name}{{upstream=\"app\",endpoint=\"{}\"}} ",
+            upstream.addr()
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("{line} missing from\n{text}"))
+            .to_owned()
+    };
+    for upstream in [&first, &second] {
+        assert_eq!(series(upstream, "rampart_breaker_state"), "1", "open");
+    }
+    let mut reinstated = [&first, &second].map(|u| series(u, "rampart_endpoint_reinstated"));
+    reinstated.sort();
+    assert_eq!(reinstated, ["0", "1"], "one kept in service");
+}
