@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::header::{
     ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue,
-    TRANSFER_ENCODING,
+    RETRY_AFTER, TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -559,10 +559,23 @@ fn failed(
     {
         return fallback;
     }
-    match saying {
+    let mut response = match saying {
         Some(message) => boxed(rescue_saying(reason, reason.status(), message, grpc)),
         None => rescued(reason, grpc),
+    };
+    // When the rate limit will take another request, in whole seconds rounded up (RFC 9110
+    // §10.2.3), as a 429 may say (RFC 6585 §4): a client that honours it waits no more than it
+    // must, nor comes back sooner to be refused again.
+    if reason == Reason::RateLimited
+        && !grpc
+        && let Some(wait) = stack.upstream().limits().rate_ready_in()
+    {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
+    response
 }
 
 // The headers of a request on its way upstream; each attempt adds the time it has

@@ -233,6 +233,12 @@ impl Limits {
         }
     }
 
+    /// How long until the rate limit would admit an attempt: what a client refused
+    /// `rate-limited` is told to wait. `None` without a rate.
+    pub(crate) fn rate_ready_in(&self) -> Option<Duration> {
+        self.rate.as_ref().map(RateLimiter::time_to_ready)
+    }
+
     /// Attempts waiting in the pending queue now (none for the adaptive limit, which has no
     /// queue).
     pub(crate) fn queued(&self) -> usize {

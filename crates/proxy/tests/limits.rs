@@ -112,6 +112,13 @@ async fn over_the_rate_the_answer_is_rate_limited_and_the_upstream_sees_only_the
     let refused = get(&proxy, "/").await;
     assert_refused(&refused, StatusCode::TOO_MANY_REQUESTS, "rate-limited");
     assert_eq!(upstream.request_count(), 5);
+    // A token comes back every 12 s: the client is told to wait, in whole seconds, at most that.
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&wait), "{wait}");
 }
 
 #[tokio::test]

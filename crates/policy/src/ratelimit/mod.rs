@@ -172,6 +172,17 @@ impl RateLimiter {
         }
     }
 
+    /// How long until the limit would admit a call, taking none: zero when it would now. What
+    /// a refused caller may be told to wait (an HTTP `Retry-After`).
+    pub fn time_to_ready(&self) -> Duration {
+        let shared = &*self.shared;
+        let tat = shared.tat.load(Relaxed);
+        match shared.rate.step(tat, shared.time.precise_nanos(), 0) {
+            Ok(_) => Duration::ZERO,
+            Err(wait) => Duration::from_nanos(wait),
+        }
+    }
+
     /// Calls `f` if the limit allows a call now.
     ///
     /// Fails with [`Rejected::RateLimited`](crate::Rejected::RateLimited) at once, without
@@ -541,6 +552,11 @@ mod tests {
         assert_eq!(retry_after(&limiter), ms(100));
         advance(ms(40)).await;
         assert_eq!(retry_after(&limiter), ms(60));
+        // The same wait, told without a call taken or refused.
+        assert_eq!(limiter.time_to_ready(), ms(60));
+        advance(ms(60)).await;
+        assert_eq!(limiter.time_to_ready(), Duration::ZERO);
+        assert!(limiter.try_acquire().is_ok(), "time_to_ready took nothing");
     }
 
     #[tokio::test(start_paused = true)]
