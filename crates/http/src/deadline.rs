@@ -37,6 +37,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rampart_policy::timeout::Deadline;
 use tokio::time::Instant;
 
+use crate::headers::write_decimal;
+
 /// `grpc-timeout`: the time a gRPC client allows the call.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -139,7 +141,7 @@ fn write_grpc_timeout(timeout: Duration, out: &mut Vec<u8>) {
                 .map(|count| (count, *unit))
         })
         .unwrap_or((MAX_VALUE, b'H'));
-    write_digits(count, out);
+    write_decimal(count, out);
     out.push(unit);
 }
 
@@ -156,24 +158,7 @@ pub fn format_rampart_deadline(remaining: Duration) -> HeaderValue {
 
 fn write_rampart_deadline(remaining: Duration, out: &mut Vec<u8>) {
     let millis = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
-    write_digits(millis.min(MAX_VALUE), out);
-}
-
-/// Writes `n` in decimal: the values here have at most 8 digits, and a request's head is built
-/// without a formatter's allocation.
-fn write_digits(mut n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        // A remainder of 10: always one digit.
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+    write_decimal(millis.min(MAX_VALUE), out);
 }
 
 /// A value written by `write`: digits and a unit letter, always a valid header value.

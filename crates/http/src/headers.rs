@@ -1,4 +1,4 @@
-//! Hop-by-hop headers and `x-forwarded-for`.
+//! Hop-by-hop headers and `x-forwarded-for`, and numbers written into heads built by hand.
 //!
 //! Some headers speak of one connection, not of the message: a proxy must not forward them
 //! (RFC 9110 §7.6.1). [`remove_hop_by_hop`] strips them from a request before it goes upstream,
@@ -340,6 +340,23 @@ static FORBIDDEN_IN_TRAILERS: [HeaderName; 26] = [
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
 ];
+
+/// Writes `n` in decimal, as a head built by hand takes a number (a length, a deadline):
+/// without a formatter, and without allocating.
+pub fn write_decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // A remainder of 10: always one digit.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
 
 #[cfg(test)]
 mod tests {

@@ -892,9 +892,10 @@ mod tests {
         tokio::time::resume();
         exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2, "idle 2 s: not reused");
-        // The look comes every 2 s, not every `LOOK`.
+        // The look comes every 2 s, not every `LOOK` (which would come 5 s after the first
+        // hand-back, 3 s after this one).
         tokio::time::pause();
-        tokio::time::advance(Duration::from_secs(4)).await;
+        tokio::time::advance(Duration::from_millis(2500)).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }

@@ -167,12 +167,6 @@ pub(crate) async fn handle(
     {
         *request.uri_mut() = with_root_path(request.uri());
     }
-    // `/r/../d/x` is `/d/x` to an upstream that resolves dot segments: matched as it came, it
-    // would be served under `/r/`'s route and policies. Matched and sent as the path it names,
-    // as Envoy's `normalize_path` does.
-    if let Some(resolved) = without_dot_segments(request.uri()) {
-        *request.uri_mut() = resolved;
-    }
     let offer = upgrade::offer(&request);
     let client_upgrade = (offer == Some(true)).then(|| hyper::upgrade::on(&mut request));
     // An offer to switch protocols that was not taken ends the connection: the strict check of
@@ -563,9 +557,9 @@ fn failed(
         Some(message) => boxed(rescue_saying(reason, reason.status(), message, grpc)),
         None => rescued(reason, grpc),
     };
-    // When the rate limit will take another request, in whole seconds rounded up (RFC 9110
-    // §10.2.3), as a 429 may say (RFC 6585 §4): a client that honours it waits no more than it
-    // must, nor comes back sooner to be refused again.
+    // When the rate limit will take another request, as a 429 may say (RFC 6585 §4): in whole
+    // seconds (RFC 9110 §10.2.3), rounded up, so that a client that honours it never comes
+    // back to be refused again, at worst waiting up to a second longer than it must.
     if reason == Reason::RateLimited
         && !grpc
         && let Some(wait) = stack.upstream().limits().rate_ready_in()
@@ -690,60 +684,6 @@ fn padded_value(headers: &HeaderMap) -> bool {
     })
 }
 
-// `uri` with the dot segments of its path removed (RFC 3986 §5.2.4), `%2e` read as the dot it
-// stands for (§2.3); `None` if it has none, the common case: a path without a `.` or a `%` is
-// passed over with one scan.
-fn without_dot_segments(uri: &Uri) -> Option<Uri> {
-    let path = uri.path();
-    memchr::memchr2(b'.', b'%', path.as_bytes())?;
-    let rest = path.strip_prefix('/')?;
-    if !rest.split('/').any(|segment| dots(segment).is_some()) {
-        return None;
-    }
-    let count = rest.split('/').count();
-    let mut kept: Vec<&str> = Vec::with_capacity(count);
-    for (i, segment) in rest.split('/').enumerate() {
-        match dots(segment) {
-            None => kept.push(segment),
-            Some(n) => {
-                if n == 2 {
-                    kept.pop();
-                }
-                // `/a/..` names the directory `/`, `/a/.` the directory `/a/`.
-                if i + 1 == count {
-                    kept.push("");
-                }
-            }
-        }
-    }
-    let mut target = format!("/{}", kept.join("/"));
-    if let Some(query) = uri.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(target).ok()?);
-    Uri::from_parts(parts).ok()
-}
-
-// How many dots a path segment is, if it is one or two of them (`.`, `..`, `%2e`, `.%2E`, ...).
-fn dots(segment: &str) -> Option<u8> {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', after @ ..] => after,
-            [b'%', b'2', e, after @ ..] if e.eq_ignore_ascii_case(&b'e') => after,
-            _ => return None,
-        };
-        dots += 1;
-        if dots > 2 {
-            return None;
-        }
-    }
-    (dots > 0).then_some(dots)
-}
-
 // `uri`, whose path is empty, with the path `/`.
 fn with_root_path(uri: &Uri) -> Uri {
     let mut parts = uri.clone().into_parts();
@@ -785,43 +725,6 @@ fn refuse_connect(grpc: bool) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_segments_are_resolved_as_rfc_3986_does() {
-        let resolved = |target: &str| {
-            let uri: Uri = target.parse().unwrap();
-            without_dot_segments(&uri).map(|uri| uri.to_string())
-        };
-        for (target, path) in [
-            // RFC 3986 §5.4.2's, and the like.
-            ("/a/b/c/./../../g", "/a/g"),
-            ("/mid/content=5/../6", "/mid/6"),
-            ("/r/../d/echo", "/d/echo"),
-            ("/r/%2e%2E/d/echo?x=1", "/d/echo?x=1"),
-            ("/r/.%2e/d", "/d"),
-            ("/a/.", "/a/"),
-            ("/a/..", "/"),
-            ("/..", "/"),
-            ("/../../x", "/x"),
-            ("/a/./b/", "/a/b/"),
-            ("http://host:80/a/../b", "http://host:80/b"),
-        ] {
-            assert_eq!(resolved(target).as_deref(), Some(path), "{target}");
-        }
-        for target in [
-            "/",
-            "/orders/17",
-            "/static/app.js",
-            "/a/.../b",
-            "/a/..b/c",
-            "/%2",
-            "/a%2",
-            "/pkg.Service/Method",
-            "/x%2f..",
-        ] {
-            assert_eq!(resolved(target), None, "{target}");
-        }
-    }
 
     #[test]
     fn an_answer_rampart_made_counts_as_its_reason_says_in_both_tallies() {

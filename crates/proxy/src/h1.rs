@@ -39,6 +39,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 use rampart_http::deadline::Outgoing;
+use rampart_http::headers::write_decimal;
 use rampart_policy::error::BoxError;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -651,7 +652,7 @@ impl Writer {
         head.extend_from_slice(b"\r\n");
         if let Some(length) = announce {
             head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(length.to_string().as_bytes());
+            write_decimal(length, &mut head);
             head.extend_from_slice(b"\r\n");
         } else if let Encoder::Chunked = framing {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");

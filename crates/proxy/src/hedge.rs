@@ -18,8 +18,8 @@
 //! as a retry is: it goes through the upstream's limits without waiting in their queue
 //! (refused, no hedge is sent), to an endpoint this request has not tried yet, or else to one an
 //! earlier attempt failed, never to one already racing (none left, no hedge) unless it is the
-//! upstream's only endpoint (most often a name for several servers), and only when the route's
-//! retry budget allows one more.
+//! only endpoint of its tier (most often a name for several servers), never to a backup while a
+//! primary serves, and only when the route's retry budget allows one more.
 
 use rampart_config::{HedgeAfter, Route};
 use rampart_policy::hedge::{Hedge, HedgeDelay};

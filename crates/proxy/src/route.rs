@@ -80,6 +80,8 @@ impl Router {
 struct Asked<'a> {
     parts: &'a Parts,
     host: OnceCell<Option<Authority>>,
+    /// The path its dot segments name, when they name another.
+    resolved: Option<String>,
 }
 
 impl<'a> Asked<'a> {
@@ -87,7 +89,20 @@ impl<'a> Asked<'a> {
         Asked {
             parts,
             host: OnceCell::new(),
+            resolved: without_dot_segments(parts.uri.path()),
         }
+    }
+
+    /// The path routes match: the one its dot segments name (RFC 3986 §5.2.4). `/r/../d/x` is
+    /// `/d/x` to an upstream that resolves them, as most do: matched as it came, it would be
+    /// served under `/r/`'s route and policies. The request goes on with its path as it came,
+    /// as nginx sends it: an upstream that resolves dot segments serves the path matched, and
+    /// one that does not (a store whose keys may hold `..`, a signed path) gets what the client
+    /// sent.
+    fn path(&self) -> &str {
+        self.resolved
+            .as_deref()
+            .unwrap_or_else(|| self.parts.uri.path())
     }
 
     /// The request's host, without its port. The authority of the target comes first:
@@ -102,6 +117,56 @@ impl<'a> Asked<'a> {
             .as_ref()
             .map(Authority::host)
     }
+}
+
+/// `path` with its dot segments removed (RFC 3986 §5.2.4), `%2e` read as the dot it stands for
+/// (§2.3); `None` if it has none. A path without `/.` or `/%2` (most, gRPC's and file names'
+/// included) is passed over with a scan or two, allocating nothing.
+fn without_dot_segments(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    if memchr::memmem::find(bytes, b"/.").is_none() && memchr::memmem::find(bytes, b"/%2").is_none()
+    {
+        return None;
+    }
+    let rest = path.strip_prefix('/')?;
+    if !rest.split('/').any(|segment| dots(segment).is_some()) {
+        return None;
+    }
+    let count = rest.split('/').count();
+    let mut kept: Vec<&str> = Vec::with_capacity(count);
+    for (i, segment) in rest.split('/').enumerate() {
+        match dots(segment) {
+            None => kept.push(segment),
+            Some(n) => {
+                if n == 2 {
+                    kept.pop();
+                }
+                // `/a/..` names the directory `/`, `/a/.` the directory `/a/`.
+                if i + 1 == count {
+                    kept.push("");
+                }
+            }
+        }
+    }
+    Some(format!("/{}", kept.join("/")))
+}
+
+/// How many dots a path segment is, if it is one or two of them (`.`, `..`, `%2e`, `.%2E`, ...).
+fn dots(segment: &str) -> Option<u8> {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', after @ ..] => after,
+            [b'%', b'2', e, after @ ..] if e.eq_ignore_ascii_case(&b'e') => after,
+            _ => return None,
+        };
+        dots += 1;
+        if dots > 2 {
+            return None;
+        }
+    }
+    (dots > 0).then_some(dots)
 }
 
 /// A route's `match`, with its values parsed once.
@@ -149,7 +214,7 @@ impl Matcher {
 
     fn matches(&self, asked: &Asked<'_>) -> bool {
         let request = asked.parts;
-        let path = request.uri.path();
+        let path = asked.path();
         self.path_prefix
             .as_ref()
             .is_none_or(|p| path.starts_with(p.as_str()))
@@ -233,6 +298,47 @@ mod tests {
     use http::Request;
 
     use super::*;
+
+    #[test]
+    fn dot_segments_are_resolved_as_rfc_3986_does() {
+        for (path, resolved) in [
+            // RFC 3986 §5.2.4's example, and the like.
+            ("/a/b/c/./../../g", "/a/g"),
+            ("/mid/content=5/../6", "/mid/6"),
+            ("/r/../d/echo", "/d/echo"),
+            ("/r/%2e%2E/d/echo", "/d/echo"),
+            ("/r/.%2e/d", "/d"),
+            ("/a/.", "/a/"),
+            ("/a/..", "/"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/./b/", "/a/b/"),
+            ("//..", "/"),
+            ("/a//../b", "/a/b"),
+        ] {
+            assert_eq!(
+                without_dot_segments(path).as_deref(),
+                Some(resolved),
+                "{path}"
+            );
+        }
+        for path in [
+            "/",
+            "/orders/17",
+            "/static/app.js",
+            "/.well-known-not/x",
+            "/a/.../b",
+            "/a/..b/c",
+            "/%2",
+            "/a%2",
+            "/%2f..",
+            "/pkg.Service/Method",
+            "/x%2f..",
+            "/caf\u{e9}/..x",
+        ] {
+            assert_eq!(without_dot_segments(path), None, "{path}");
+        }
+    }
 
     fn parts(request: http::request::Builder) -> Parts {
         request.body(()).unwrap().into_parts().0

@@ -311,14 +311,16 @@ impl Stack {
                     let hedge = || {
                         // Declining lets go of what was taken so far: a permit cut short before
                         // its attempt began and a slot given back teach nothing.
-                        let picked = self.upstream.pick(&avoid).ok()?;
+                        let picked = self.upstream.pick_hedge(&avoid).ok()?;
                         // Among several endpoints, a hedge to one already racing (the pick's
-                        // last resort) would only double its load. One endpoint alone most often
-                        // stands for several servers (a name a Kubernetes Service or a load
-                        // balancer answers for): a hedge to it goes out on another connection or
-                        // stream, which may reach another server, as Envoy's would.
+                        // last resort) would only double its load. One endpoint alone in its
+                        // tier most often stands for several servers (a name a Kubernetes
+                        // Service or a load balancer answers for): a hedge to it goes out on
+                        // another connection (HTTP/1.1), which may reach another server, as
+                        // Envoy's would; over HTTP/2, a stream of the same connection reaches
+                        // what the first did, unless the balancer in front balances streams.
                         let racing = picked.index == first || hedged.contains(&picked.index);
-                        if racing && self.upstream.len() > 1 {
+                        if racing && !self.upstream.alone_in_tier(picked.index) {
                             return None;
                         }
                         let body = body.next()?;

@@ -441,6 +441,29 @@ impl Pool {
     ///
     /// An endpoint put back is judged as soon as the cap lets it go (see [`Pool::let_go`]).
     pub(crate) fn pick(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
+        self.pick_among(avoid, true)
+    }
+
+    /// The endpoint for a hedge of a request racing on the endpoints in `avoid`: as
+    /// [`Pool::pick`], but an endpoint of the tier that serves, racing or not, before a backup
+    /// it has not tried. The attempts a hedge races have not failed: sending it to a backup
+    /// would load the backups while every primary serves.
+    pub(crate) fn pick_hedge(&self, avoid: &Avoid) -> Result<Picked<'_>, Reason> {
+        self.pick_among(avoid, false)
+    }
+
+    /// Whether the endpoint at `index` is the only one of its tier (primaries, or backups).
+    pub(crate) fn alone_in_tier(&self, index: usize) -> bool {
+        if index < self.primaries {
+            self.primaries == 1
+        } else {
+            self.endpoints.len() - self.primaries == 1
+        }
+    }
+
+    // A pick preferring untried endpoints of the other tier to tried ones of its own when
+    // `across` (a retry: every endpoint tried has failed the request), else its own tier first.
+    fn pick_among(&self, avoid: &Avoid, across: bool) -> Result<Picked<'_>, Reason> {
         let usable = self.usable();
         let reinstated = self.past_cap(&usable);
         if !reinstated.is_empty() || self.kept.load(Ordering::Relaxed) != 0 {
@@ -449,11 +472,20 @@ impl Pool {
             self.let_go(&self.serving(reinstated.clone(), &usable));
         }
         let (first, then) = self.tiers(&usable);
-        self.untried(first.clone(), avoid, &usable, &reinstated)
-            .or_else(|| self.untried(then.clone(), avoid, &usable, &reinstated))
-            .or_else(|| self.tried_again(first, avoid, &usable, &reinstated))
-            .or_else(|| self.tried_again(then, avoid, &usable, &reinstated))
-            .ok_or_else(|| self.refusal())
+        let untried = |tier| self.untried(tier, avoid, &usable, &reinstated);
+        let tried = |tier| self.tried_again(tier, avoid, &usable, &reinstated);
+        let picked = if across {
+            untried(first.clone())
+                .or_else(|| untried(then.clone()))
+                .or_else(|| tried(first))
+                .or_else(|| tried(then))
+        } else {
+            untried(first.clone())
+                .or_else(|| tried(first))
+                .or_else(|| untried(then.clone()))
+                .or_else(|| tried(then))
+        };
+        picked.ok_or_else(|| self.refusal())
     }
 
     /// The primaries and the backups, in the order a pick looks at them. The cap puts ejected
@@ -714,6 +746,10 @@ impl Pool {
             if let Some(breaker) = &endpoint.breaker {
                 endpoint.metrics.set_state(breaker.state());
             }
+            // The series outlives a pool a reload replaced: this one's marks are what it shows.
+            endpoint
+                .metrics
+                .set_reinstated(endpoint.kept.load(Ordering::Relaxed));
         }
         self.limits.publish();
     }

@@ -824,7 +824,7 @@ async fn an_http2_field_value_padded_with_white_space_gets_400_and_goes_nowhere(
 }
 
 #[tokio::test]
-async fn a_path_is_routed_and_sent_as_the_path_its_dot_segments_name() {
+async fn a_path_is_routed_as_the_path_its_dot_segments_name() {
     let public = Upstream::start(Behavior::Echo).await.unwrap();
     let internal = Upstream::start(Behavior::Echo).await.unwrap();
     let proxy = proxy(&format!(
@@ -838,7 +838,8 @@ async fn a_path_is_routed_and_sent_as_the_path_its_dot_segments_name() {
     ))
     .await;
 
-    // Matched as it came, each would have gone to `public` under its route's policies.
+    // Matched as it came, each would have gone to `public` under its route's policies. It goes
+    // on as it came: an upstream that resolves it serves the path matched.
     for target in [
         "/public/../internal/keys?x=1",
         "/public/%2e%2e/internal/keys?x=1",
@@ -850,7 +851,7 @@ async fn a_path_is_routed_and_sent_as_the_path_its_dot_segments_name() {
         .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
         assert!(
-            answer.contains("x-echo-path: /internal/keys?x=1"),
+            answer.contains(&format!("x-echo-path: {target}")),
             "{target}: {answer}"
         );
     }

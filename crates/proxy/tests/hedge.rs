@@ -157,14 +157,35 @@ async fn an_upstream_of_one_endpoint_is_hedged_to_it_again() {
 
     let get = request(&proxy, "/").body(Full::default()).unwrap();
     let answer = tokio::spawn(async move { send(&http1(), get).await });
-    while upstream.request_count() < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    upstream.wait_for_requests(1).await;
     upstream.set_behavior(Behavior::ok("fast"));
     let response = answer.await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.body(), "fast", "the hedge did not win");
     assert_eq!(upstream.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_hedge_stays_with_the_primaries_while_they_serve() {
+    // The attempt a hedge races has not failed: the backup stays idle, and the one primary,
+    // alone in its tier, takes the hedge itself.
+    let primary = Upstream::start(Behavior::Slow(SLOW)).await.unwrap();
+    let backup = Upstream::start(Behavior::ok("backup")).await.unwrap();
+    let proxy = simple(
+        &[primary.addr()],
+        "[routes.hedge]\nafter = \"50ms\"\nmax_extra = 1",
+        &format!("backup = [\"{}\"]", backup.addr()),
+    )
+    .await;
+
+    let get = request(&proxy, "/").body(Full::default()).unwrap();
+    let answer = tokio::spawn(async move { send(&http1(), get).await });
+    primary.wait_for_requests(1).await;
+    primary.set_behavior(Behavior::ok("fast"));
+    let response = answer.await.unwrap();
+    assert_eq!(response.body(), "fast");
+    assert_eq!(primary.request_count(), 2);
+    assert_eq!(backup.request_count(), 0, "the backup took a hedge");
 }
 
 async fn slow_upstreams(n: usize) -> Vec<Upstream> {

@@ -209,18 +209,22 @@ async fn an_endpoint_the_ejection_cap_keeps_in_service_shows_as_reinstated() {
         .await
         .unwrap();
     // Both trip; the cap (50% of two: one) puts the one ejected last back in service.
-    let proxy = simple(
-        &[first.addr(), second.addr()],
-        "[routes.retry]\nattempts = 1",
-        "balance = \"round-robin\"\n[upstreams.app.breaker]\nconsecutive_failures = 1\n\
-         open_for = \"1h\"\nopen_for_max = \"1h\"",
-    )
-    .await;
+    let text = |failures: u32| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nupstream = \"app\"\n\
+             [routes.retry]\nattempts = 1\n\n[upstreams.app]\nendpoints = [\"{}\", \"{}\"]\n\
+             balance = \"round-robin\"\n[upstreams.app.breaker]\nconsecutive_failures = {failures}\n\
+             open_for = \"1h\"\nopen_for_max = \"1h\"\n",
+            first.addr(),
+            second.addr()
+        )
+    };
+    let proxy = common::proxy(&text(1)).await;
     for _ in 0..3 {
         assert_eq!(get(&proxy, "/").await.status(), 503);
     }
-    let text = metrics(&proxy);
     let series = |upstream: &Upstream, name: &str| {
+        let text = metrics(&proxy);
         let line = format!(
             "{name}{{upstream=\"app\",endpoint=\"{}\"}} ",
             upstream.addr()
@@ -236,4 +240,12 @@ async fn an_endpoint_the_ejection_cap_keeps_in_service_shows_as_reinstated() {
     let mut reinstated = [&first, &second].map(|u| series(u, "rampart_endpoint_reinstated"));
     reinstated.sort();
     assert_eq!(reinstated, ["0", "1"], "one kept in service");
+
+    // New breaker settings end the ejections: the new pool keeps no endpoint in service past
+    // a cap, and the series, which outlives the old pool, says so.
+    let config = rampart_config::Config::from_str(&text(2), "test.toml").unwrap();
+    proxy.reload(&config).unwrap();
+    for upstream in [&first, &second] {
+        assert_eq!(series(upstream, "rampart_endpoint_reinstated"), "0");
+    }
 }

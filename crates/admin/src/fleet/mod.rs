@@ -68,7 +68,9 @@ pub struct Target {
 /// Why a target URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidTarget {
-    url: String,
+    /// The URL, unless it has a `@`: a user or password, refused for it, is never kept to be
+    /// shown (by `Display` or `Debug` alike).
+    url: Option<String>,
     reason: &'static str,
 }
 
@@ -118,7 +120,7 @@ impl Target {
     /// An admin API at `url`: `http://host:port` (a path, if any, is ignored), or `host:port`.
     pub fn parse(url: &str) -> Result<Target, InvalidTarget> {
         let invalid = |reason| InvalidTarget {
-            url: url.to_owned(),
+            url: (!url.contains('@')).then(|| url.to_owned()),
             reason,
         };
         let with_scheme = if url.contains("://") {
@@ -161,15 +163,13 @@ impl Target {
 
 impl fmt::Display for InvalidTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A URL with a user or password is refused for it, and not shown.
-        if self.url.contains('@') {
-            write!(
+        match &self.url {
+            Some(url) => write!(f, "invalid target {url:?}: {}", self.reason),
+            None => write!(
                 f,
                 "invalid target (not shown: it has a '@'): {}",
                 self.reason
-            )
-        } else {
-            write!(f, "invalid target {:?}: {}", self.url, self.reason)
+            ),
         }
     }
 }
@@ -335,9 +335,10 @@ mod tests {
             ("http://user:pw5ecret@10.0.0.7", "no port"),
             ("https://user:pw5ecret@10.0.0.7:9901", "only http://"),
         ] {
-            let err = Target::parse(url).unwrap_err().to_string();
-            assert!(err.contains(reason), "{url}: {err}");
-            assert!(!err.contains("5ecret"), "{url}: {err}");
+            let err = Target::parse(url).unwrap_err();
+            assert!(err.to_string().contains(reason), "{url}: {err}");
+            assert!(!err.to_string().contains("5ecret"), "{url}: {err}");
+            assert!(!format!("{err:?}").contains("5ecret"), "{url}: {err:?}");
         }
     }
 }

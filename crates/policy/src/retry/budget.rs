@@ -159,8 +159,13 @@ impl Budget {
         let within = |[requests, retries]: [u64; 2], floor: f64| {
             (retries as f64) < shared.ratio * requests as f64 + floor
         };
+        // The last fifth paces what the window allows; it allows one retry at least, so that
+        // the retry of a call slower than a fifth of the window, whose request has left it,
+        // goes when the window allows it, with no floor and no other traffic too.
+        let [recent_requests, recent_retries] = shared.window.sum_last(RECENT);
         if within(shared.window.sum(), shared.floor)
-            && within(shared.window.sum_last(RECENT), shared.recent_floor)
+            && (recent_retries == 0
+                || within([recent_requests, recent_retries], shared.recent_floor))
         {
             shared.window.record(RETRIES);
             true
@@ -308,6 +313,18 @@ mod tests {
         assert_eq!(drain(&budget), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_calls_retry_goes_when_the_window_allows_it() {
+        // No floor: the retry is the request's share alone. The call took longer than the
+        // window's last fifth, which its request has left.
+        let budget = Budget::new(secs(10), 0.5, 0)
+            .unwrap()
+            .with_clock(Arc::new(TokioClock));
+        budget.deposit();
+        tokio::time::advance(secs(3)).await;
+        assert_eq!(drain(&budget), 1);
+    }
+
     #[test]
     fn the_floor_allows_retries_without_traffic() {
         // 3 a second: over 10 s, 30; over its last fifth, 2 s, 6.
@@ -350,9 +367,9 @@ mod tests {
     proptest! {
         /// Against a model that keeps every event with the bucket it fell in: the budget lets a
         /// retry through exactly when the retries already in the window number fewer than
-        /// `ratio * requests + min_per_sec * window`, and those in its last two buckets fewer
-        /// than `ratio * requests + min_per_sec * (their span)` of those two buckets, and
-        /// refuses it otherwise.
+        /// `ratio * requests + min_per_sec * window`, and those in its last two buckets are
+        /// none or fewer than `ratio * requests + min_per_sec * (their span)` of those two
+        /// buckets, and refuses it otherwise.
         #[test]
         fn never_allows_more_than_the_model(
             ops in prop::collection::vec(op(), 1..400),
@@ -389,8 +406,8 @@ mod tests {
                         let allows = |buckets: u64, floor: f64| {
                             within(buckets, true) < ratio * within(buckets, false) + floor
                         };
-                        let model =
-                            allows(u64::from(BUCKETS), floor) && allows(RECENT, recent_floor);
+                        let model = allows(u64::from(BUCKETS), floor)
+                            && (within(RECENT, true) == 0.0 || allows(RECENT, recent_floor));
                         prop_assert_eq!(budget.withdraw(), model);
                         if model {
                             events.push((bucket, true));
