@@ -423,7 +423,9 @@ where
                 Some(fault) => fault.reason(),
                 None => broken_body(&*err, *this.expired),
             },
-            None if *this.owes_status => Reason::UpstreamReset,
+            // Ended whole, without the status it owed: the upstream broke gRPC, it reset
+            // nothing (a client told UNAVAILABLE would retry a call that ran).
+            None if *this.owes_status => Reason::UpstreamInvalid,
             Some(Ok(frame)) => {
                 let frame = match frame.into_trailers() {
                     // Trailers owing the status that lack it (the upstream's, or what the HTTP/2

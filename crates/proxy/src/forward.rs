@@ -74,7 +74,12 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     limits: Limits,
 ) -> (Response<ResponseBody>, Option<Tunnel>) {
-    let grpc = is_grpc(request.headers());
+    // gRPC is carried over HTTP/2 alone: an HTTP/1.1 client does not get the trailers its
+    // status would come in (hyper sends only those a `Trailer` field announced), so a call cut
+    // short, ended with a failing status, would reach it as a clean end. Over HTTP/1.x a gRPC
+    // content-type is plain HTTP: rampart's own answers are HTTP statuses, and a broken body
+    // ends the connection.
+    let grpc = request.version() == Version::HTTP_2 && is_grpc(request.headers());
     // rampart only ever connects to configured endpoints: it is no tunnel.
     if request.method() == Method::CONNECT {
         // Closing: what follows a CONNECT may be a tunnel's bytes, which the strict check of

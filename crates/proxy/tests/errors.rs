@@ -270,3 +270,33 @@ async fn a_status_past_599_is_502_upstream_invalid_over_either_protocol() {
         assert_eq!(error_of(&response), Some("upstream-invalid"), "{protocol}");
     }
 }
+
+#[tokio::test]
+async fn a_grpc_content_type_over_http1_gets_plain_http_answers() {
+    // gRPC is carried over HTTP/2: an HTTP/1.1 client would not get the trailers a gRPC status
+    // comes in, and a call cut short would look whole. Its errors are HTTP statuses.
+    let refusing = Refusing::bind().unwrap();
+    let proxy = simple(&[refusing.addr()], "[routes.retry]\nattempts = 1", "").await;
+    let call = request(&proxy, "/echo.Echo/Call")
+        .method(Method::POST)
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&http1(), call).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_of(&response), Some("upstream-connect"));
+    assert!(
+        response.headers().get("grpc-status").is_none(),
+        "{response:?}"
+    );
+
+    // Over HTTP/2 the same call gets a gRPC answer.
+    let call = request(&proxy, "/echo.Echo/Call")
+        .method(Method::POST)
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&h2c(), call).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "14");
+}

@@ -584,8 +584,11 @@ async fn a_reply_the_upstream_resets_with_no_error_before_its_end_is_no_success(
         .trailers()
         .cloned()
         .expect("the call ends with a status");
-    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
-    assert_eq!(trailers["x-rampart-error"], "upstream-reset");
+    // A reply ended without the status it owed: INTERNAL, as gRPC maps a NO_ERROR reset
+    // (PROTOCOL-HTTP2.md, "Errors"), not UNAVAILABLE, which a client would retry for a call
+    // that ran.
+    assert_eq!(trailers["grpc-status"], "13", "{trailers:?}");
+    assert_eq!(trailers["x-rampart-error"], "upstream-invalid");
     let text = metrics(&proxy);
     let failed = format!(
         "rampart_upstream_requests_total{{upstream=\"app\",endpoint=\"{upstream}\",outcome=\"failure\"}} 1"
