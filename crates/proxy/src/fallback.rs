@@ -42,7 +42,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::{Fallback as FallbackConfig, FallbackBody};
 use rampart_http::Reason;
 use rampart_http::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, grpc_status, is_grpc};
-use rampart_http::rescue::{X_RAMPART_ERROR, X_RAMPART_FALLBACK, mark_fallback};
+use rampart_http::rescue::{
+    X_RAMPART_ERROR, X_RAMPART_FALLBACK, encode_grpc_message, mark_fallback,
+};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -306,8 +308,18 @@ fn grpc_trailers(
         None => GrpcCode::Ok.header_value(),
     };
     trailers.insert(GRPC_STATUS, code);
+    // Written as text, sent as gRPC wants it: percent-encoded, so that a `%` of the text is not
+    // read as the start of an escape ("degraded 50% off").
     if let Some(message) = headers.remove(GRPC_MESSAGE) {
-        trailers.insert(GRPC_MESSAGE, message);
+        let text = message.to_str().map_err(|_| {
+            invalid(
+                "headers",
+                "grpc-message must be printable ASCII text".to_owned(),
+            )
+        })?;
+        let encoded = HeaderValue::from_str(&encode_grpc_message(text))
+            .expect("a percent-encoded message is a header value");
+        trailers.insert(GRPC_MESSAGE, encoded);
     }
     Ok(trailers)
 }
@@ -665,6 +677,20 @@ mod tests {
             .for_reason(Reason::UpstreamConnect, None, true)
             .unwrap();
         assert_eq!(whole(response).1.unwrap()[GRPC_STATUS], "0");
+
+        // Its message is text: a `%` in it goes percent-encoded, as gRPC reads the field.
+        let config = grpc_config(&[
+            ("content-type", "application/grpc"),
+            ("grpc-message", "degraded 50% off"),
+        ]);
+        let fallback = Fallback::new(&config, "routes[0].fallback").unwrap();
+        let response = fallback
+            .for_reason(Reason::UpstreamConnect, None, true)
+            .unwrap();
+        assert_eq!(
+            whole(response).1.unwrap()[GRPC_MESSAGE],
+            "degraded 50%25 off"
+        );
     }
 
     #[test]
