@@ -80,8 +80,9 @@ impl Router {
 struct Asked<'a> {
     parts: &'a Parts,
     host: OnceCell<Option<Authority>>,
-    /// The path its dot segments name, when they name another.
-    resolved: Option<String>,
+    /// The path its dot segments name, when they name another; looked for only when a route
+    /// matches on the path.
+    resolved: OnceCell<Option<String>>,
 }
 
 impl<'a> Asked<'a> {
@@ -89,7 +90,7 @@ impl<'a> Asked<'a> {
         Asked {
             parts,
             host: OnceCell::new(),
-            resolved: without_dot_segments(parts.uri.path()),
+            resolved: OnceCell::new(),
         }
     }
 
@@ -100,9 +101,11 @@ impl<'a> Asked<'a> {
     /// one that does not (a store whose keys may hold `..`, a signed path) gets what the client
     /// sent.
     fn path(&self) -> &str {
+        let path = self.parts.uri.path();
         self.resolved
+            .get_or_init(|| without_dot_segments(path))
             .as_deref()
-            .unwrap_or_else(|| self.parts.uri.path())
+            .unwrap_or(path)
     }
 
     /// The request's host, without its port. The authority of the target comes first:
@@ -214,11 +217,10 @@ impl Matcher {
 
     fn matches(&self, asked: &Asked<'_>) -> bool {
         let request = asked.parts;
-        let path = asked.path();
         self.path_prefix
             .as_ref()
-            .is_none_or(|p| path.starts_with(p.as_str()))
-            && self.path.as_ref().is_none_or(|p| path == p)
+            .is_none_or(|p| asked.path().starts_with(p.as_str()))
+            && self.path.as_ref().is_none_or(|p| asked.path() == p)
             && self.method.as_ref().is_none_or(|m| request.method == m)
             && self
                 .host
