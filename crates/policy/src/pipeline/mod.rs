@@ -24,6 +24,8 @@
 //! attempt cut short by the caller's deadline teaches the adaptive limit nothing: the caller ran
 //! out of time, which says nothing about the callee; nor the breaker, unless the attempt had run
 //! past its slow-call threshold (see [`Permit::cut_short`](crate::breaker::Permit::cut_short)).
+//! An attempt cut short by the pipeline's own total timeout is a failure of the callee's, as one
+//! its attempt timeout cuts is: that is the time the pipeline's owner gives a call.
 //! As a tower layer ([`Pipeline::layer`]), a refusal that comes up from a layer below (in the
 //! boxed error's chain) is one of the pipeline's own, judged as above.
 //!
@@ -125,8 +127,8 @@ mod service;
 
 pub use self::service::{NotCopied, PipelineLayer, PipelineService, ResponseFuture};
 
-use crate::adaptive::AdaptiveLimit;
-use crate::breaker::CircuitBreaker;
+use crate::adaptive::{AdaptiveLimit, Permit as AdaptivePermit};
+use crate::breaker::{CircuitBreaker, Permit as BreakerPermit};
 use crate::bulkhead::{Bulkhead, BulkheadPermit};
 use crate::classify::{Classify, ErrorsAreFailures, Outcome, Verdict, judge};
 use crate::error::{Error, Rejected};
@@ -334,15 +336,20 @@ impl<C> Pipeline<C> {
         A: Callee<Response = T, Error = E>,
     {
         let Some(timeout) = self.stages.timeout else {
-            return self.retried(callee).await;
+            return self.retried(callee, None).await;
         };
         // The total timeout is the deadline of what runs inside, so that a retry whose backoff
         // would outlast it gives back the last attempt's own error at once, rather than sleeping
         // into a bare timeout, and an attempt timeout is capped by it.
         let outer = Deadline::current();
         let total = Deadline::after(timeout.duration());
+        // The total is the pipeline's own when it comes before the caller's deadline: an attempt
+        // it cuts short had all the time the pipeline gives one, and failed (see `attempt`).
+        let own = outer
+            .is_none_or(|outer| total.instant() < outer.instant())
+            .then_some(total);
         match timeout
-            .call(|| total.scope(self.retried(callee)))
+            .call(|| total.scope(self.retried(callee, own)))
             .await
             .map_err(Error::flatten)
         {
@@ -361,25 +368,25 @@ impl<C> Pipeline<C> {
         }
     }
 
-    async fn retried<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
+    async fn retried<A, T, E>(&self, callee: &A, own: Option<Deadline>) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
     {
         match &self.retry {
-            Some(retry) if callee.repeatable() => retry.call(|| self.hedged(callee)).await,
+            Some(retry) if callee.repeatable() => retry.call(|| self.hedged(callee, own)).await,
             Some(retry) => {
                 // Sent once, but still a call the budget counts, as a retry service counts it.
                 if let Some(budget) = retry.budget() {
                     budget.deposit();
                 }
-                self.hedged(callee).await
+                self.hedged(callee, own).await
             }
-            None => self.hedged(callee).await,
+            None => self.hedged(callee, own).await,
         }
     }
 
-    async fn hedged<A, T, E>(&self, callee: &A) -> Result<T, Error<E>>
+    async fn hedged<A, T, E>(&self, callee: &A, own: Option<Deadline>) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
@@ -390,29 +397,37 @@ impl<C> Pipeline<C> {
         let ready = self.ready(callee).await?;
         let place = self.place().await?;
         let Some(hedge) = self.stages.hedge.as_ref().filter(|_| callee.repeatable()) else {
-            return self.attempt(callee, ready, place).await;
+            return self.attempt(callee, ready, place, own).await;
         };
         // A hedge is extra load, paid from the retry's budget when there is one, as a retry is
         // (and as Finagle and gRPC bound hedging): a callee slow for everyone does not get
         // twice its calls. It is paid once its callee is ready, as a hedge service's is.
         let budget = self.retry.as_ref().and_then(Retry::budget);
+        let admitted = self.admit().map_err(Error::Rejected)?;
+        self.spend_token().map_err(Error::Rejected)?;
         hedge
             .race_when_ready(
                 // Judged by the pipeline's classifier, so that an answer it calls a failure (a
                 // 503 in an `Ok`, say) does not win over an attempt still in flight.
                 |result: &Result<T, Error<E>>| self.classify.classify(result),
-                self.attempt(callee, ready, place),
+                self.admitted(callee, ready, place, admitted, own),
                 || self.ready(callee),
                 |ready| {
                     // A hedge waits in no queue: with no place free, no hedge (nor any of the
-                    // budget spent).
+                    // budget spent). Nor is one the adaptive limit, the breaker or the rate limit
+                    // refuses sent: admitted here, before it is counted and paid for, its refusal
+                    // never races the attempt in flight (with `Winner::FirstAnswer` it would win
+                    // and cancel it).
                     let place = match &self.stages.bulkhead {
                         Some(bulkhead) => Some(bulkhead.try_acquire().ok()?),
                         None => None,
                     };
-                    budget
-                        .is_none_or(Budget::withdraw)
-                        .then(|| self.attempt(callee, ready, place))
+                    let admitted = self.admit().ok()?;
+                    if !budget.is_none_or(Budget::withdraw) {
+                        return None;
+                    }
+                    self.spend_token().ok()?;
+                    Some(self.admitted(callee, ready, place, admitted, own))
                 },
             )
             .await
@@ -455,41 +470,61 @@ impl<C> Pipeline<C> {
 
     /// One attempt, holding its bulkhead `place`: the adaptive limit, the breaker and the
     /// attempt timeout around a call of `callee`, ready, which is made only once every stage
-    /// let it through.
+    /// let it through. `own` is the pipeline's total timeout, when it is the deadline in force.
     async fn attempt<A, T, E>(
         &self,
         callee: &A,
         ready: A::Ready,
+        place: Option<BulkheadPermit<'_>>,
+        own: Option<Deadline>,
+    ) -> Result<T, Error<E>>
+    where
+        C: Classify<T, Error<E>>,
+        A: Callee<Response = T, Error = E>,
+    {
+        let admitted = self.admit().map_err(Error::Rejected)?;
+        self.spend_token().map_err(Error::Rejected)?;
+        self.admitted(callee, ready, place, admitted, own).await
+    }
+
+    /// A place in the adaptive limit and the breaker's permit, for an attempt.
+    fn admit(&self) -> Result<Admitted<'_>, Rejected> {
+        let stages = &self.stages;
+        let limit = match &stages.adaptive {
+            Some(adaptive) => Some(adaptive.try_acquire()?),
+            None => None,
+        };
+        let permit = match &stages.breaker {
+            Some(breaker) => Some(breaker.try_acquire()?),
+            None => None,
+        };
+        Ok(Admitted { limit, permit })
+    }
+
+    /// The rate limit's token, taken last of an attempt's admission, so that only an attempt
+    /// that reaches the callee spends one. Its refusal drops the permits taken before it
+    /// unrecorded: it says nothing about the callee.
+    fn spend_token(&self) -> Result<(), Rejected> {
+        match &self.stages.rate_limit {
+            Some(limiter) => Ok(limiter.try_acquire()?),
+            None => Ok(()),
+        }
+    }
+
+    /// The attempt [`Pipeline::attempt`] makes once every stage let it through.
+    async fn admitted<A, T, E>(
+        &self,
+        callee: &A,
+        ready: A::Ready,
         _place: Option<BulkheadPermit<'_>>,
+        Admitted { limit, permit }: Admitted<'_>,
+        own: Option<Deadline>,
     ) -> Result<T, Error<E>>
     where
         C: Classify<T, Error<E>>,
         A: Callee<Response = T, Error = E>,
     {
         let stages = &self.stages;
-        let limit = match &stages.adaptive {
-            Some(adaptive) => Some(
-                adaptive
-                    .try_acquire()
-                    .map_err(|r| Error::Rejected(r.into()))?,
-            ),
-            None => None,
-        };
-        let permit = match &stages.breaker {
-            Some(breaker) => Some(
-                breaker
-                    .try_acquire()
-                    .map_err(|r| Error::Rejected(r.into()))?,
-            ),
-            None => None,
-        };
-        // Last, so that only an attempt that reaches the callee spends a token. Its refusal
-        // drops the permits above unrecorded: it says nothing about the callee.
-        if let Some(limiter) = &stages.rate_limit {
-            limiter
-                .try_acquire()
-                .map_err(|r| Error::Rejected(r.into()))?;
-        }
         // The adaptive limit learns from latency; nothing else here needs the clock.
         let start = limit.as_ref().map(|_| Instant::now());
 
@@ -516,6 +551,16 @@ impl<C> Pipeline<C> {
             Err(Error::Rejected(rejected)) => Verdict::of_refusal(rejected),
             _ => judge(&self.classify, &result),
         };
+        // Unless the deadline that passed is the pipeline's own total timeout: no caller's hurry,
+        // but the time its owner gives a call, which a callee that hangs would otherwise take
+        // from every caller without its breaker ever opening (resilience4j counts its
+        // TimeLimiter's timeouts, Envoy its route timeouts, as the callee's failures).
+        let verdict = match verdict {
+            Verdict::CutShort if own.is_some_and(|own| own.is_expired()) => {
+                Verdict::Judged(Outcome::Failure)
+            }
+            verdict => verdict,
+        };
         if let Some(permit) = permit {
             permit.settle(verdict);
         }
@@ -526,6 +571,12 @@ impl<C> Pipeline<C> {
         }
         result
     }
+}
+
+/// What an attempt holds once the adaptive limit and the breaker let it through.
+struct Admitted<'a> {
+    limit: Option<AdaptivePermit>,
+    permit: Option<BreakerPermit<'a>>,
 }
 
 // === Callee ===
@@ -771,25 +822,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_hung_callee_cut_by_the_total_timeout_is_a_slow_one() {
-        // No attempt timeout: the total timeout cuts each call, past the slow-call threshold.
+    async fn a_hung_callee_cut_by_the_total_timeout_is_a_failure() {
+        // No attempt timeout and no slow-call trigger: the total timeout cuts each call, and
+        // that is the callee failing, not a caller in a hurry.
         let b = CircuitBreaker::builder()
-            .slow_call(100 * MS)
-            .slow_call_rate(0.5)
-            .min_calls(2)
+            .consecutive_failures(3)
             .clock(Arc::new(TokioClock))
             .build()
             .unwrap();
+        let limit = AdaptiveLimit::new(
+            crate::adaptive::Aimd::builder()
+                .initial_limit(10)
+                .build()
+                .unwrap(),
+        );
         let p = Pipeline::builder()
             .timeout(150 * MS)
             .breaker(b.clone())
+            .adaptive_limit(limit.clone())
             .build();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let err = p
-                .call(|| async {
-                    sleep(Duration::from_secs(60)).await;
-                    Ok::<(), ()>(())
-                })
+                .call(std::future::pending::<Result<(), ()>>)
                 .await
                 .unwrap_err();
             assert!(
@@ -797,8 +851,50 @@ mod tests {
                 "{err:?}"
             );
         }
-        assert_eq!(b.snapshot().slow_calls, 2);
+        assert_eq!(b.snapshot().failures, 3);
         assert_eq!(b.state(), State::Open);
+        assert!(limit.limit() < 10, "the limit heard of the timeouts");
+
+        // So is an attempt timeout the total caps, which then ends the attempt as a deadline.
+        let b = CircuitBreaker::builder()
+            .consecutive_failures(2)
+            .clock(Arc::new(TokioClock))
+            .build()
+            .unwrap();
+        let p = Pipeline::builder()
+            .timeout(150 * MS)
+            .attempt_timeout(Duration::from_secs(1))
+            .breaker(b.clone())
+            .build();
+        for _ in 0..2 {
+            p.call(std::future::pending::<Result<(), ()>>)
+                .await
+                .unwrap_err();
+        }
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_total_timeout_after_the_callers_deadline_leaves_the_callee_unjudged() {
+        let b = CircuitBreaker::builder()
+            .consecutive_failures(1)
+            .clock(Arc::new(TokioClock))
+            .build()
+            .unwrap();
+        let p = Pipeline::builder()
+            .timeout(Duration::from_secs(1))
+            .breaker(b.clone())
+            .build();
+        let err = Deadline::after(10 * MS)
+            .scope(p.call(std::future::pending::<Result<(), ()>>))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Rejected(Rejected::DeadlineExceeded(_))),
+            "{err:?}"
+        );
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.snapshot().calls, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -834,6 +930,37 @@ mod tests {
             limiter.try_acquire().is_err(),
             "both attempts spent a token"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_a_policy_refuses_is_not_sent_and_never_beats_the_attempt() {
+        // The adaptive limit has room for the first attempt only: its refusal of the hedge is
+        // no answer of the callee's.
+        let limit = AdaptiveLimit::new(
+            crate::adaptive::Aimd::builder()
+                .initial_limit(1)
+                .build()
+                .unwrap(),
+        );
+        let hedge = Hedge::builder(crate::hedge::HedgeDelay::Fixed(10 * MS))
+            .winner(crate::hedge::Winner::FirstAnswer)
+            .build()
+            .unwrap();
+        let p = Pipeline::builder()
+            .hedge(hedge.clone())
+            .adaptive_limit(limit)
+            .build();
+        let start = Instant::now();
+        let answer = p
+            .call(|| async {
+                sleep(50 * MS).await;
+                Ok::<_, ()>(7)
+            })
+            .await;
+        assert_eq!(answer.unwrap(), 7, "the attempt's own answer");
+        assert_eq!(start.elapsed(), 50 * MS);
+        assert_eq!(hedge.hedges_sent(), 0);
+        assert_eq!(hedge.hedges_won(), 0);
     }
 
     #[tokio::test(start_paused = true)]
