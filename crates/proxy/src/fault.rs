@@ -2,7 +2,10 @@
 //!
 //! It sits outermost, right after the route match and the deadline (docs/architecture.md), so an
 //! injected delay eats into the request's deadline like a slow network would, and an abort is
-//! answered at once without touching the upstream, its breaker or the retry budget.
+//! answered without touching the upstream, its breaker or the retry budget. Delay and abort are
+//! drawn apart, each by its own percentage, and a request drawn for both is delayed, then
+//! aborted (as Envoy's fault filter does): a dependency that fails slowly, the kind that piles
+//! requests up, is rehearsed so.
 
 use std::time::Duration;
 
@@ -51,18 +54,16 @@ impl Fault {
         })
     }
 
-    /// Draws what happens to the next request: the abort is decided first, and an aborted
-    /// request is not delayed, so `abort_percent = 100` answers at once.
+    /// Draws what happens to the next request: its delay, then its abort, each by its own
+    /// percentage, so that `delay_percent` of the requests are delayed whether or not they are
+    /// then aborted.
     pub(crate) fn draw(&self) -> Injected {
+        let delay = self
+            .delay
+            .and_then(|(delay, p)| self.rng.chance(p).then_some(delay));
         let abort = self
             .abort
             .and_then(|(status, p)| self.rng.chance(p).then_some(status));
-        let delay = match abort {
-            Some(_) => None,
-            None => self
-                .delay
-                .and_then(|(delay, p)| self.rng.chance(p).then_some(delay)),
-        };
         Injected { delay, abort }
     }
 }
@@ -108,8 +109,38 @@ mod tests {
         assert_eq!(delayed.delay, Some(Duration::from_millis(300)));
         let aborted = fault(20, 50, Rng::fixed(0.3)).draw();
         assert_eq!(aborted.abort, Some(StatusCode::SERVICE_UNAVAILABLE));
-        // An aborted request is answered at once.
         assert_eq!(aborted.delay, None);
+    }
+
+    #[test]
+    fn a_request_is_drawn_for_its_delay_and_its_abort_apart() {
+        // The delay's draw first, then the abort's: 0.1 delays at 50%, 0.6 does not abort at
+        // 50%; 0.2 delays and 0.4 aborts.
+        let draws = [0.1, 0.6, 0.2, 0.4];
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let rng = Rng::from_fn(move || {
+            draws[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % draws.len()]
+        });
+        let half = fault(50, 50, rng);
+        let delayed = Some(Duration::from_millis(300));
+        assert_eq!(
+            half.draw(),
+            Injected {
+                delay: delayed,
+                abort: None
+            }
+        );
+        assert_eq!(
+            half.draw(),
+            Injected {
+                delay: delayed,
+                abort: Some(StatusCode::SERVICE_UNAVAILABLE)
+            }
+        );
+        // Both at 100%: every request is delayed, then aborted.
+        let both = fault(100, 100, Rng::fixed(0.999)).draw();
+        assert_eq!(both.delay, delayed);
+        assert_eq!(both.abort, Some(StatusCode::SERVICE_UNAVAILABLE));
     }
 
     #[test]

@@ -367,17 +367,6 @@ async fn exchange(
 
     if let Some(fault) = stack.fault() {
         let injected = fault.draw();
-        if let Some(status) = injected.abort {
-            // Answered at once: the upstream, its breaker and the retry budget never see it.
-            // Fault injection sits above the fallback, yet a fallback that names
-            // `fault-injected` asked to be rehearsed with it.
-            return match stack.fallback().and_then(|fallback| {
-                fallback.for_reason(Reason::FaultInjected, stale_key.as_deref(), grpc)
-            }) {
-                Some(fallback) => fallback,
-                None => boxed(rescue_with_status(Reason::FaultInjected, status, grpc)),
-            };
-        }
         if let Some(delay) = injected.delay {
             // The delay counts against the deadline, as a slow network's would.
             let until = turn::now() + delay;
@@ -386,6 +375,17 @@ async fn exchange(
                 return failed(stack, expired, stale_key.as_deref(), grpc, None);
             }
             tokio::time::sleep_until(until).await;
+        }
+        if let Some(status) = injected.abort {
+            // Answered after the delay, if any: the upstream, its breaker and the retry budget
+            // never see it. Fault injection sits above the fallback, yet a fallback that names
+            // `fault-injected` asked to be rehearsed with it.
+            return match stack.fallback().and_then(|fallback| {
+                fallback.for_reason(Reason::FaultInjected, stale_key.as_deref(), grpc)
+            }) {
+                Some(fallback) => fallback,
+                None => boxed(rescue_with_status(Reason::FaultInjected, status, grpc)),
+            };
         }
     }
 

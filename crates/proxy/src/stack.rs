@@ -34,7 +34,7 @@ use crate::upstream::{Avoid, Picked, Pool};
 /// One route's way to its upstream, outermost first:
 ///
 /// - fault injection (`[routes.fault]`), right after the route match and the deadline: an
-///   injected delay counts against the deadline, an abort answers at once (see [`Fault`]);
+///   injected delay counts against the deadline, an abort answers after any delay drawn with it (see [`Fault`]);
 /// - fallback (`[routes.fallback]`): around everything below, so it can answer whatever gave up
 ///   there, or an upstream's 5xx (see [`Fallback`]);
 /// - the total timeout: the request's deadline (the route's `timeout`, capped by the client's

@@ -168,6 +168,28 @@ async fn a_delay_comes_before_forwarding() {
 }
 
 #[tokio::test]
+async fn a_request_drawn_for_a_delay_and_an_abort_is_delayed_then_aborted() {
+    // A dependency that fails slowly, rehearsed.
+    let upstream = Upstream::start(Behavior::ok("real")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "[routes.fault]\ndelay = \"300ms\"\nabort_status = 503",
+        "",
+    )
+    .await;
+
+    let started = Instant::now();
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), Some("fault-injected"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered before the delay"
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
 async fn a_delay_past_the_deadline_times_out_without_forwarding() {
     let upstream = Upstream::start(Behavior::ok("real")).await.unwrap();
     let proxy = simple(
