@@ -1433,21 +1433,38 @@ fn limits(cx: &mut Cx<'_>, upstream: &Tbl<'_, '_>) -> Limits {
     let Some(t) = cx.section(upstream, "limits", LIMITS_KEYS) else {
         return l;
     };
+    const MAX_CONCURRENT_ALLOWED: &str = "a whole number from 1 to 4294967295, or \"adaptive\"";
     if let Some(v) = cx.get(&t, "max_concurrent", |v| match v {
         DeValue::String(s) if s == "adaptive" => Ok(MaxConcurrent::Adaptive),
         DeValue::Integer(_) => u32_in(1, u32::MAX)(v)
             .map(MaxConcurrent::Fixed)
-            .map_err(|e| Invalid::new(e.message, "a whole number, at least 1, or \"adaptive\"")),
+            .map_err(|e| Invalid::new(e.message, MAX_CONCURRENT_ALLOWED)),
         DeValue::String(s) if closest(s, ["adaptive"]).is_some() => Err(Invalid::new(
             "unknown value; did you mean \"adaptive\"?",
-            "a whole number, at least 1, or \"adaptive\"",
+            MAX_CONCURRENT_ALLOWED,
         )),
         _ => Err(Invalid::new(
             "expected a number or \"adaptive\"",
-            "a whole number, at least 1, or \"adaptive\"",
+            MAX_CONCURRENT_ALLOWED,
         )),
     }) {
         l.max_concurrent = v;
+    }
+    // The adaptive limit queues nothing (a queue would hide from it the queueing it learns
+    // from): a queue's settings beside it would be read and do nothing.
+    if l.max_concurrent == MaxConcurrent::Adaptive {
+        for key in ["max_pending", "pending_timeout"] {
+            if t.get(key).is_some() {
+                cx.conflict(
+                    &t,
+                    key,
+                    format!(
+                        "`{key}` does not apply to `max_concurrent = \"adaptive\"`, which queues \
+                         nothing: remove it, or set a fixed `max_concurrent`"
+                    ),
+                );
+            }
+        }
     }
     if let Some(v) = cx.get(&t, "max_pending", u32_in(0, u32::MAX)) {
         l.max_pending = v;
