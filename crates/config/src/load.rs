@@ -3018,6 +3018,23 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_shows_the_limits_queue_and_burst_in_force() {
+        let c = ok("[[routes]]\nupstream = \"a\"\n[routes.fault]\n\n\
+                    [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n\
+                    limits = { max_concurrent = 4, rate = \"60/m\" }\n\
+                    [upstreams.b]\nendpoints = [\"127.0.0.1:2\"]\n\
+                    limits = { max_pending = 0, rate = \"10/s\", burst = 3 }\n");
+        let summary = c.summary().to_string();
+        for shown in [
+            "max 4 concurrent, 128 queued up to 100ms; rate 60/m, burst 1",
+            "max 256 concurrent, no queue; rate 10/s, burst 3",
+            "FAULT set, but neither delay nor abort",
+        ] {
+            assert!(summary.contains(shown), "{shown:?} in {summary}");
+        }
+    }
+
+    #[test]
     fn the_summary_hides_the_credentials_of_a_nats_url() {
         // (URL, as shown): only the first server must name its scheme; a password may hold `@`.
         for (url, shown) in [

@@ -464,6 +464,20 @@ impl ListenerProtocol {
     }
 }
 
+impl Limits {
+    /// The rate limit's burst: `burst`, or one second's worth of `rate` (at least 1), not one
+    /// period's ("60/m" allows one call at a time, not sixty in a row). `None` without a rate.
+    pub fn rate_burst(&self) -> Option<u32> {
+        let rate = self.rate?;
+        let one_second = if rate.per >= Duration::from_secs(60) {
+            rate.count / 60
+        } else {
+            rate.count
+        };
+        Some(self.burst.unwrap_or(one_second.max(1)))
+    }
+}
+
 impl UpstreamProtocol {
     /// The spelling used in the configuration file.
     pub fn as_str(self) -> &'static str {

@@ -163,6 +163,9 @@ fn policies(r: &Route) -> String {
         if let Some(s) = fault.abort_status {
             what.push(format!("abort {s} {}%", fault.abort_percent));
         }
+        if what.is_empty() {
+            what.push("set, but neither delay nor abort".to_owned());
+        }
         on.push(format!("FAULT {}", what.join(", ")));
     }
     if r.async_enabled {
@@ -201,12 +204,20 @@ fn upstream_policies(u: &Upstream) -> String {
         };
         on.push(format!("health {check} every {}", dur(h.interval)));
     }
-    match u.limits.max_concurrent {
-        MaxConcurrent::Fixed(n) => on.push(format!("max {n} concurrent")),
+    let l = &u.limits;
+    match l.max_concurrent {
+        MaxConcurrent::Fixed(n) if l.max_pending == 0 || l.pending_timeout.is_zero() => {
+            on.push(format!("max {n} concurrent, no queue"));
+        }
+        MaxConcurrent::Fixed(n) => on.push(format!(
+            "max {n} concurrent, {} queued up to {}",
+            l.max_pending,
+            dur(l.pending_timeout)
+        )),
         MaxConcurrent::Adaptive => on.push("adaptive concurrency".to_owned()),
     }
-    if let Some(rate) = u.limits.rate {
-        on.push(format!("rate {rate}"));
+    if let (Some(rate), Some(burst)) = (l.rate, l.rate_burst()) {
+        on.push(format!("rate {rate}, burst {burst}"));
     }
     on.join("; ")
 }

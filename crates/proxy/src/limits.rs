@@ -126,16 +126,13 @@ impl Limits {
         };
         let rate = config
             .rate
-            .map(|rate| {
-                let per_minute = rate.per >= Duration::from_secs(60);
-                let (builder, one_second) = if per_minute {
-                    (RateLimiter::per_minute(rate.count), rate.count / 60)
+            .zip(config.rate_burst())
+            .map(|(rate, burst)| {
+                let builder = if rate.per >= Duration::from_secs(60) {
+                    RateLimiter::per_minute(rate.count)
                 } else {
-                    (RateLimiter::per_second(rate.count), rate.count)
+                    RateLimiter::per_second(rate.count)
                 };
-                // By default one second's worth of the rate, not the limiter's one period's
-                // worth: "60/m" allows one call at a time, not sixty in a row.
-                let burst = config.burst.unwrap_or(one_second.max(1));
                 builder.burst(burst).build().map_err(|err| err.to_string())
             })
             .transpose()?;
