@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::error::{BoxError, Rejected};
+use crate::error::{BoxError, Error, Rejected};
 use crate::timeout::Deadline;
 
 /// What a finished call says about the health of the service that answered it.
@@ -70,6 +70,17 @@ pub trait Classify<T, E> {
         let _ = result;
         None
     }
+
+    /// The refusal of a policy inside the call that `result` is, if it is one. A breaker or an
+    /// adaptive limit judges such a result as a pipeline judges a refusal from below: a
+    /// `Timeout` is the callee's failure, a passed deadline the caller's hurry, and the others
+    /// (breaker open, bulkhead, limit or rate limit full) nothing at all, since the callee was
+    /// not called. `None` by default, so that a call's own error is judged as it is; [`Nested`]
+    /// reads a policy's [`Error`].
+    fn refusal<'r>(&self, result: &'r Result<T, E>) -> Option<&'r Rejected> {
+        let _ = result;
+        None
+    }
 }
 
 impl<T, E, F> Classify<T, E> for F
@@ -92,6 +103,60 @@ impl<T, E> Classify<T, E> for ErrorsAreFailures {
         match result {
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// The classifier of a call that is itself a policy's direct call (`breaker.call_classified(
+/// Nested::new(), || bulkhead.call(f))`): `C` judges each result, and the inner policy's
+/// refusal ([`Error::Rejected`]) is read as one ([`Classify::refusal`]), so that a breaker does
+/// not open on a bulkhead's shedding, nor an adaptive limit shrink at each quick refusal of a
+/// breaker inside it. (resilience4j's `ignoreExceptions`, for the policies' own refusals.)
+///
+/// ```
+/// use rampart_policy::breaker::{CircuitBreaker, State};
+/// use rampart_policy::bulkhead::Bulkhead;
+/// use rampart_policy::classify::Nested;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let breaker = CircuitBreaker::builder().consecutive_failures(1).build().unwrap();
+/// let bulkhead = Bulkhead::builder(1).build().unwrap();
+/// let _busy = bulkhead.try_acquire().unwrap();
+/// let result = breaker
+///     .call_classified(Nested::new(), || bulkhead.call(|| async { Ok::<_, ()>(()) }))
+///     .await;
+/// assert!(result.is_err());
+/// assert_eq!(breaker.state(), State::Closed, "the bulkhead's refusal is no failure");
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Nested<C = ErrorsAreFailures>(pub C);
+
+impl Nested {
+    /// Judges with [`ErrorsAreFailures`], the inner policy's refusals aside.
+    pub fn new() -> Nested {
+        Nested(ErrorsAreFailures)
+    }
+}
+
+impl<T, E, C> Classify<T, Error<E>> for Nested<C>
+where
+    C: Classify<T, Error<E>>,
+{
+    #[inline]
+    fn classify(&self, result: &Result<T, Error<E>>) -> Outcome {
+        self.0.classify(result)
+    }
+
+    fn retry_after(&self, result: &Result<T, Error<E>>) -> Option<Duration> {
+        self.0.retry_after(result)
+    }
+
+    fn refusal<'r>(&self, result: &'r Result<T, Error<E>>) -> Option<&'r Rejected> {
+        match result {
+            Err(Error::Rejected(rejected)) => Some(rejected),
+            _ => self.0.refusal(result),
         }
     }
 }
@@ -139,6 +204,10 @@ where
     fn retry_after(&self, result: &Result<T, E>) -> Option<Duration> {
         (self.hint)(result)
     }
+
+    fn refusal<'r>(&self, result: &'r Result<T, E>) -> Option<&'r Rejected> {
+        self.classify.refusal(result)
+    }
 }
 
 /// What an attempt's result says of the callee, for the breaker and the adaptive limit.
@@ -177,7 +246,10 @@ pub(crate) fn judge<T, E>(classify: &impl Classify<T, E>, result: &Result<T, E>)
     if result.is_err() && Deadline::current().is_some_and(|deadline| deadline.is_expired()) {
         return Verdict::CutShort;
     }
-    Verdict::Judged(classify.classify(result))
+    match classify.refusal(result) {
+        Some(refused) => Verdict::of_refusal(refused),
+        None => Verdict::Judged(classify.classify(result)),
+    }
 }
 
 /// [`judge`] for a tower service, whose error goes on boxed, where a refusal of a policy below
@@ -228,6 +300,58 @@ mod tests {
             Outcome::Failure.with_latency(ms(20), Some(ms(10))),
             Outcome::Failure
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nested_policys_refusal_is_no_failure_but_its_timeout_is() {
+        use crate::adaptive::{AdaptiveLimit, Aimd};
+        use crate::breaker::{CircuitBreaker, State};
+        use crate::bulkhead::Bulkhead;
+        use crate::timeout::Timeout;
+
+        let breaker = CircuitBreaker::builder()
+            .consecutive_failures(2)
+            .build()
+            .unwrap();
+        let bulkhead = Bulkhead::builder(1).build().unwrap();
+        let busy = bulkhead.try_acquire().unwrap();
+        let ok = || async { Ok::<_, ()>(()) };
+        for _ in 0..2 {
+            let result = breaker
+                .call_classified(Nested::new(), || bulkhead.call(ok))
+                .await;
+            assert!(result.is_err());
+        }
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(breaker.snapshot().calls, 0);
+        // Without `Nested` the refusal is an error like any other.
+        for _ in 0..2 {
+            let _ = breaker.call(|| bulkhead.call(ok)).await;
+        }
+        assert_eq!(breaker.state(), State::Open);
+        drop(busy);
+
+        // A timeout inside is the callee's slowness: a failure.
+        let breaker = CircuitBreaker::builder()
+            .consecutive_failures(1)
+            .build()
+            .unwrap();
+        let timeout = Timeout::new(Duration::from_millis(10));
+        let _ = breaker
+            .call_classified(Nested::new(), || {
+                timeout.call(std::future::pending::<Result<(), ()>>)
+            })
+            .await;
+        assert_eq!(breaker.state(), State::Open);
+
+        // An adaptive limit around an open breaker does not shrink at its refusals.
+        let limit = AdaptiveLimit::new(Aimd::builder().initial_limit(10).build().unwrap());
+        for _ in 0..5 {
+            let _ = limit
+                .call_classified(Nested::new(), || breaker.call(ok))
+                .await;
+        }
+        assert_eq!(limit.limit(), 10);
     }
 
     #[test]
