@@ -103,4 +103,14 @@ mod tests {
         assert!(serves(TARGETS));
         assert!(!serves("/index.htm"));
     }
+
+    #[test]
+    fn the_page_names_its_icon_so_no_browser_asks_for_a_missing_one() {
+        // Without an icon of its own, a browser asks for /favicon.ico, which is not served, and
+        // logs the 404 as an error on the console of every load.
+        let page = ASSETS[0].body;
+        assert!(page.contains(r#"<link rel="icon" href="data:,">"#));
+        assert!(!serves("/favicon.ico"));
+        assert!(POLICY.contains("img-src 'self' data:"), "the policy allows it");
+    }
 }
