@@ -111,6 +111,9 @@ mod tests {
         let page = ASSETS[0].body;
         assert!(page.contains(r#"<link rel="icon" href="data:,">"#));
         assert!(!serves("/favicon.ico"));
-        assert!(POLICY.contains("img-src 'self' data:"), "the policy allows it");
+        assert!(
+            POLICY.contains("img-src 'self' data:"),
+            "the policy allows it"
+        );
     }
 }

@@ -41,6 +41,22 @@ use crate::{Drain, Error, forward};
 /// (out of file descriptors, most often), and retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// A request whose client resets it (or goes away) before its answer, this soon after it
+/// began, was reset early: the shape of a rapid reset that waits for each stream to be taken up
+/// before resetting it, which the HTTP/2 layer's bound on streams reset before they are taken up
+/// does not see, and which makes the upstream do the work of each stream (Envoy's
+/// `premature_reset_min_stream_lifetime_seconds`).
+const EARLY_RESET: Duration = Duration::from_secs(1);
+
+/// A connection whose client reset at least half of its requests early, counted once it has
+/// made this many (or at once when half of this many are early resets), is closed (Envoy's
+/// `premature_reset_total_stream_count`). A client that cancels a call now and then, as gRPC
+/// clients do on deadlines, stays far below half.
+const EARLY_RESETS_SEEN_AFTER: u64 = 500;
+
+/// How long a connection closed for its early resets is given to send its GOAWAY.
+const GOAWAY_FLUSH: Duration = Duration::from_millis(100);
+
 /// Binds the listener's address.
 pub(crate) async fn bind(listener: &Listener) -> Result<TcpListener, Error> {
     TcpListener::bind(listener.listen)
@@ -162,7 +178,7 @@ impl Serve {
                     if let Some(tunnel) = tunnel {
                         busy.activity.open_tunnel(tunnel);
                     }
-                    Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+                    Ok::<_, Infallible>(response.map(|body| busy.answer(body)))
                 })
             })
         };
@@ -188,6 +204,7 @@ impl Serve {
             // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
             // PING, and one that never reads would hold the connection for ever.
             let mut cut_at = None;
+            let mut reset_too_often = false;
             loop {
                 let quiet = tokio::select! {
                     // A connection error (a client gone, a malformed request answered 400) ends
@@ -212,7 +229,22 @@ impl Serve {
                         false
                     }
                     () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
+                    () = WhenWoken::new(activity.too_many_early_resets(), &wakes) => {
+                        reset_too_often = true;
+                        false
+                    }
                 };
+                // A rapid reset: the client resets most of its requests just after they
+                // began, each one work for the upstream. GOAWAY, then closed.
+                if reset_too_often {
+                    tracing::debug!(
+                        %peer,
+                        "a client reset most of its requests within a second of sending them: connection closed"
+                    );
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_FLUSH, connection.as_mut()).await;
+                    break;
+                }
                 if !quiet {
                     continue;
                 }
@@ -308,6 +340,11 @@ async fn sleep_until(at: Option<Instant>) {
 struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun, and those of them reset early ([`EARLY_RESET`]).
+    requests: AtomicU64,
+    early_resets: AtomicU64,
+    /// Told when early resets are past the bound ([`EARLY_RESETS_SEEN_AFTER`]).
+    reset_too_often: tokio::sync::Notify,
     // When the last request ended, in milliseconds since `epoch`.
     last_end: AtomicU64,
     // Taken once, when the connection has handed its IO over; locked only by an upgrade.
@@ -319,6 +356,9 @@ impl Activity {
         Activity {
             epoch: turn::now(),
             in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            early_resets: AtomicU64::new(0),
+            reset_too_often: tokio::sync::Notify::new(),
             last_end: AtomicU64::new(0),
             tunnel: Mutex::new(None),
         }
@@ -349,6 +389,20 @@ impl Activity {
         }
     }
 
+    // A request reset early: past the bound, the connection's task is told.
+    fn reset_early(&self) {
+        let early = self.early_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let requests = self.requests.load(Ordering::Relaxed);
+        if early * 2 >= requests.max(EARLY_RESETS_SEEN_AFTER) {
+            self.reset_too_often.notify_one();
+        }
+    }
+
+    // Resolves once the client has reset too many requests early.
+    async fn too_many_early_resets(&self) {
+        self.reset_too_often.notified().await;
+    }
+
     fn open_tunnel(&self, tunnel: Tunnel) {
         *self.tunnel.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
     }
@@ -365,18 +419,36 @@ impl Activity {
 /// sent (or the exchange was dropped).
 struct Busy {
     activity: Arc<Activity>,
+    started: Instant,
+    /// The request has its answer; dropped before, it was reset (or its client went away).
+    answered: bool,
 }
 
 impl Busy {
     fn start(activity: Arc<Activity>) -> Busy {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy { activity }
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        Busy {
+            activity,
+            started: turn::now(),
+            answered: false,
+        }
+    }
+
+    // The response that keeps the request counted in flight until its body ends.
+    fn answer(mut self, body: ResponseBody) -> Tracked {
+        self.answered = true;
+        Tracked { body, _busy: self }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let since_epoch = turn::now().saturating_duration_since(self.activity.epoch);
+        let now = turn::now();
+        if !self.answered && now.saturating_duration_since(self.started) < EARLY_RESET {
+            self.activity.reset_early();
+        }
+        let since_epoch = now.saturating_duration_since(self.activity.epoch);
         let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
         // Stored before the count drops, so an idle count always reads a fresh end.
         self.activity.last_end.store(millis, Ordering::Release);

@@ -1,0 +1,143 @@
+//! HTTP/2 rapid reset that waits for each stream to be taken up before resetting it: every
+//! stream is then work for the upstream, and the HTTP/2 layer's bound on streams reset before
+//! they are taken up never sees it. A connection whose client resets most of its requests
+//! within a second of sending them is closed; one that cancels a call now and then is not.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rampart_proxy::Proxy;
+use rampart_test_support::{Behavior, Upstream};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use common::*;
+
+/// Requests sent at once, then reset together.
+const BATCH: u64 = 10;
+
+/// The proxy in front of a slow upstream (`/slow`, whose requests wait long enough to be reset
+/// while the upstream has them) and a fast one (the rest).
+async fn two_upstreams() -> (Proxy, Upstream, Upstream) {
+    let slow = Upstream::start(Behavior::Slow(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nname = \"slow\"\nupstream = \"slow\"\nmatch = {{ path_prefix = \"/slow\" }}\n\
+         [routes.retry]\nattempts = 1\n\n\
+         [[routes]]\nname = \"fast\"\nupstream = \"fast\"\n\n\
+         [upstreams.slow]\nendpoints = [\"{}\"]\n\n\
+         [upstreams.fast]\nendpoints = [\"{}\"]\n",
+        slow.addr(),
+        fast.addr()
+    ))
+    .await;
+    (proxy, slow, fast)
+}
+
+/// An HTTP/2 connection to `proxy`, and its task, which ends when the connection does.
+async fn connect(proxy: &Proxy) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(addr(proxy)).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// Sends `BATCH` GETs of `path` and resets them once `upstream` has them all (it had `seen`
+/// before); `false` once the proxy no longer takes streams on this connection.
+async fn send_and_reset(
+    client: &mut SendRequest<Bytes>,
+    path: &str,
+    upstream: &Upstream,
+    seen: u64,
+) -> bool {
+    let mut streams = Vec::new();
+    for _ in 0..BATCH {
+        let Ok(ready) = client.clone().ready().await else {
+            return false;
+        };
+        *client = ready;
+        let request = http::Request::get(format!("http://app{path}"))
+            .body(())
+            .unwrap();
+        match client.send_request(request, true) {
+            Ok(stream) => streams.push(stream),
+            Err(_) => return false,
+        }
+    }
+    // Taken up by the proxy and sent on: the reset now costs the upstream its work.
+    let all_seen = upstream.wait_for_requests(seen + BATCH);
+    if tokio::time::timeout(Duration::from_secs(5), all_seen)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    for (_, mut stream) in streams {
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    true
+}
+
+/// GETs `path` on `client` and reads the whole answer.
+async fn get(client: &mut SendRequest<Bytes>, path: &str) -> Option<Bytes> {
+    *client = client.clone().ready().await.ok()?;
+    let request = http::Request::get(format!("http://app{path}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).ok()?;
+    let mut body = response.await.ok()?.into_body();
+    let mut whole = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.ok()?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        whole.extend_from_slice(&chunk);
+    }
+    Some(Bytes::from(whole))
+}
+
+#[tokio::test]
+async fn a_client_resetting_most_requests_just_after_sending_them_is_cut_off() {
+    let (proxy, slow, _fast) = two_upstreams().await;
+    let (mut client, connection) = connect(&proxy).await;
+
+    let mut reset = 0;
+    while send_and_reset(&mut client, "/slow", &slow, reset).await {
+        reset += BATCH;
+        assert!(reset <= 2_000, "still served after {reset} early resets");
+    }
+    // Cut off at the bound (250 early resets among fewer than 500 requests), give or take the
+    // batch in flight when it was reached.
+    assert!(
+        (250..=250 + BATCH).contains(&reset),
+        "{reset} requests reset before the connection was closed"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the connection is still open");
+    // Another connection is served as before.
+    let (mut other, _connection) = connect(&proxy).await;
+    assert_eq!(get(&mut other, "/").await.as_deref(), Some(&b"fast"[..]));
+}
+
+#[tokio::test]
+async fn a_client_cancelling_a_request_now_and_then_is_served_on() {
+    let (proxy, slow, _fast) = two_upstreams().await;
+    let (mut client, connection) = connect(&proxy).await;
+
+    // A third of 900 requests reset just after they were sent, as a client cancels calls
+    // on its deadlines: past 500 requests, far from half.
+    let mut reset = 0;
+    for _ in 0..30 {
+        assert!(send_and_reset(&mut client, "/slow", &slow, reset).await);
+        reset += BATCH;
+        for _ in 0..2 * BATCH {
+            assert_eq!(get(&mut client, "/").await.as_deref(), Some(&b"fast"[..]));
+        }
+    }
+    assert_eq!(get(&mut client, "/").await.as_deref(), Some(&b"fast"[..]));
+    assert!(!connection.is_finished());
+}
