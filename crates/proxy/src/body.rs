@@ -6,8 +6,8 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use rampart_http::classify::classify_trailers;
 use rampart_http::headers::remove_forbidden_trailers;
 use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use crate::connections::PooledBody;
@@ -59,8 +60,7 @@ pin_project_lite::pin_project! {
     /// the response's last byte, and a response cut short must read as cut short (the connection
     /// closed or the stream reset), never as complete.
     pub(crate) struct DeadlineBody<B> {
-        #[pin]
-        inner: B,
+        inner: Held<B>,
         deadline: Instant,
         timer: Timer,
         // Frames read in a row without a wait.
@@ -78,10 +78,64 @@ pin_project_lite::pin_project! {
 /// every frame would cost a clock read to every small answer.
 const LOOK_EVERY: u8 = 16;
 
+/// How long after its deadline a body nobody reads is ended by its watchdog ([`Held`]): long
+/// enough for a body that is being read to end by its own timer, as it always has.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a [`DeadlineBody`] keeps the body it reads.
+///
+/// A body is read only while its reader asks for more, and a client that takes nothing (an
+/// HTTP/2 stream whose window it never opens, an HTTP/1.1 client that reads a byte now and
+/// then) stops hyper from asking: the deadline's timer, looked at on a read, is then never
+/// looked at, and the upstream's connection and what it sent stay held past the route's
+/// timeout, as long as the client likes. So a body that has given a piece and has more to come
+/// is handed to a watchdog, a task that drops it at the deadline (and a grace) unless it ended
+/// before: its upstream side is let go then, and the next read, whenever it comes, fails as
+/// timed out. A body that ends with its first piece, as most do, never needs one.
+enum Held<B> {
+    Here(B),
+    Watched {
+        body: Arc<Mutex<Option<B>>>,
+        _watchdog: Watchdog,
+    },
+    // Only while a body is being handed over.
+    Moving,
+}
+
+impl<B: Send + 'static> Held<B> {
+    fn watch(&mut self, deadline: Instant) {
+        let Held::Here(body) = std::mem::replace(self, Held::Moving) else {
+            return;
+        };
+        let body = Arc::new(Mutex::new(Some(body)));
+        let watched = Arc::downgrade(&body);
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline + WATCHDOG_GRACE).await;
+            if let Some(body) = watched.upgrade() {
+                let taken = body.lock().unwrap_or_else(PoisonError::into_inner).take();
+                drop(taken);
+            }
+        });
+        *self = Held::Watched {
+            body,
+            _watchdog: Watchdog(watchdog.abort_handle()),
+        };
+    }
+}
+
+/// A body's watchdog, stopped when the body is done with (its timer goes with it).
+struct Watchdog(AbortHandle);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl<B> DeadlineBody<B> {
     pub(crate) fn new(inner: B, deadline: Instant) -> DeadlineBody<B> {
         DeadlineBody {
-            inner,
+            inner: Held::Here(inner),
             deadline,
             timer: Timer::default(),
             streak: 0,
@@ -116,7 +170,7 @@ impl Timer {
 
 impl<B> Body for DeadlineBody<B>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -136,7 +190,28 @@ where
             }
         }
         // The body first: a frame that is ready when the deadline passes is still delivered.
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+        let polled = match this.inner {
+            Held::Here(body) => Pin::new(body).poll_frame(cx),
+            Held::Watched { body, .. } => {
+                let mut body = body.lock().unwrap_or_else(PoisonError::into_inner);
+                match body.as_mut() {
+                    Some(body) => Pin::new(body).poll_frame(cx),
+                    // Its watchdog let the body go: the deadline passed while nobody read.
+                    None => {
+                        return Poll::Ready(Some(Err(Box::new(BodyTimedOut {
+                            waiting: *this.waiting,
+                        }))));
+                    }
+                }
+            }
+            Held::Moving => unreachable!("a body is handed over within one call"),
+        };
+        if let Poll::Ready(frame) = polled {
+            if matches!(frame, Some(Ok(_)))
+                && matches!(this.inner, Held::Here(body) if !body.is_end_stream())
+            {
+                this.inner.watch(*this.deadline);
+            }
             *this.streak += 1;
             // A piece that came only after the deadline, to a wait begun before it: the
             // upstream was late, whatever follows.
@@ -161,11 +236,27 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Held::Here(body) => body.is_end_stream(),
+            Held::Watched { body, .. } => body
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_none_or(Body::is_end_stream),
+            Held::Moving => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Held::Here(body) => body.size_hint(),
+            Held::Watched { body, .. } => body
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map_or_else(SizeHint::default, Body::size_hint),
+            Held::Moving => SizeHint::default(),
+        }
     }
 }
 
