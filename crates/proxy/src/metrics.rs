@@ -622,13 +622,19 @@ impl EndpointMetrics {
 
     /// The breaker entered `transition.to`.
     pub(crate) fn transition(&self, transition: &Transition) {
+        self.entered(transition.from, transition.to);
+    }
+
+    /// The endpoint's breaker state went from `from` to `to`: a transition of its breaker, or
+    /// a reload that gave it a new breaker in another state.
+    pub(crate) fn entered(&self, from: State, to: State) {
         if let Some(breaker) = &self.breaker {
-            breaker.state.set(i64::from(transition.to as u8));
-            breaker.transitions[transition.to as usize].inc();
+            breaker.state.set(i64::from(to as u8));
+            breaker.transitions[to as usize].inc();
         }
         self.tell(ChangeKind::Breaker {
-            from: transition.from.as_str(),
-            to: transition.to.as_str(),
+            from: from.as_str(),
+            to: to.as_str(),
         });
     }
 

@@ -269,6 +269,9 @@ impl Live {
         for (name, new) in &upstreams {
             if built(name, new) {
                 new.publish();
+                if let Some(old) = self.upstreams.get(name) {
+                    new.tell_changes_from(old);
+                }
             }
         }
         self.config = served;

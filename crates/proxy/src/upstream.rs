@@ -838,6 +838,34 @@ impl Pool {
         }
     }
 
+    /// Tells, as transitions and health changes, what differs between each endpoint of this
+    /// pool and the one of `old`, the pool it replaces, at the same address: new breakers
+    /// start closed (an endpoint `old`'s breaker held open is back), and without health checks
+    /// every endpoint is healthy. The counters and the event stream hear of it as of any
+    /// change, so that neither an alert on `rampart_breaker_transitions_total` nor a dashboard's
+    /// timeline misses a recovery a reload made.
+    pub(crate) fn tell_changes_from(&self, old: &Pool) {
+        for endpoint in &self.endpoints {
+            let Some(before) = old
+                .endpoints
+                .iter()
+                .find(|e| e.authority == endpoint.authority)
+            else {
+                continue;
+            };
+            if let (Some(from), Some(to)) = (&before.breaker, &endpoint.breaker) {
+                let (from, to) = (from.state(), to.state());
+                if from != to {
+                    endpoint.metrics.entered(from, to);
+                }
+            }
+            let healthy = endpoint.healthy.load(Ordering::Relaxed);
+            if before.healthy.load(Ordering::Relaxed) != healthy {
+                endpoint.metrics.set_healthy(healthy);
+            }
+        }
+    }
+
     /// Forces the breakers of this pool's endpoints as an operator forced those of `old` with
     /// the same address: new breaker settings make new breakers, and an endpoint drained by
     /// hand must not come back with them. How many were forced, and how many endpoints that

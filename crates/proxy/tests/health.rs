@@ -145,6 +145,33 @@ async fn an_endpoint_failing_its_checks_stays_out_across_a_reload_of_its_upstrea
 }
 
 #[tokio::test]
+async fn an_endpoint_brought_back_by_removing_its_checks_is_told_healthy() {
+    let a = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let b = Upstream::start(Behavior::ok("b")).await.unwrap();
+    let builder = |checks: &str| {
+        rampart_test_support::ProxyBuilder::to(&[a.addr(), b.addr()])
+            .route("[routes.retry]\nattempts = 1")
+            .upstream(checks)
+    };
+    let proxy = builder(HTTP_CHECKS).start().await;
+    until_only_b_answers(&proxy).await;
+
+    // Without checks nothing holds `a` out: the dashboard and the gauge hear it is back.
+    let mut changes = proxy.handle().changes();
+    let config = rampart_config::Config::from_str(&builder("").toml(), "test.toml").unwrap();
+    proxy.reload(&config).unwrap();
+    let change = changes.try_recv().expect("the change is told");
+    assert_eq!(change.endpoint, a.addr().to_string());
+    assert_eq!(
+        change.kind,
+        rampart_proxy::stats::ChangeKind::Health { healthy: true }
+    );
+    assert!(changes.try_recv().is_err(), "only `a` changed");
+}
+
+#[tokio::test]
 async fn an_endpoint_back_by_its_checks_need_not_wait_out_its_breakers_open_period() {
     let a = Upstream::start(Behavior::ok("a")).await.unwrap();
     // One failure opens the breaker for a minute: only the checks can bring `a` back sooner.

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use rampart_config::Config;
+use rampart_proxy::stats::ChangeKind;
 use rampart_proxy::{Error, Proxy};
 use rampart_test_support::{Behavior, Upstream};
 use tokio::net::TcpStream;
@@ -240,6 +241,7 @@ async fn a_changed_upstream_keeps_the_breakers_of_its_endpoints_unless_the_break
     assert_eq!(failing.request_count(), 1);
 
     // New breaker settings make new breakers: the failing endpoint is tried again.
+    let mut changes = proxy.handle().changes();
     let summary = proxy
         .reload(&config(&format!(
             "{LISTENER}{}",
@@ -247,6 +249,26 @@ async fn a_changed_upstream_keeps_the_breakers_of_its_endpoints_unless_the_break
         )))
         .unwrap();
     assert_eq!(summary.breakers_kept, 0);
+    // Told as a transition, as any recovery is: to the event stream and the counter.
+    let change = changes.try_recv().expect("the recovery is told");
+    assert_eq!(change.endpoint, failing.addr().to_string());
+    assert_eq!(
+        change.kind,
+        ChangeKind::Breaker {
+            from: "open",
+            to: "closed"
+        }
+    );
+    assert!(
+        changes.try_recv().is_err(),
+        "only the tripped endpoint changed"
+    );
+    let closed = format!(
+        "rampart_breaker_transitions_total{{upstream=\"app\",endpoint=\"{}\",to=\"closed\"}} 1",
+        failing.addr()
+    );
+    let text = metrics(&proxy);
+    assert!(text.contains(&closed), "{text}");
     // Said, since the operator may not expect it while tuning a breaker in an incident.
     assert_eq!(summary.ejections_ended, 1);
     assert!(
