@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -19,6 +19,9 @@ use crate::{MAX_STREAMS, ReloadError, State, dashboard, events, hystrix, json, o
 
 /// The largest request body read: a breaker change is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
+
+/// How long a request body may take to arrive whole, as long as its head may.
+const BODY_TIMEOUT: std::time::Duration = crate::HEADER_READ_TIMEOUT;
 
 /// What `prometheus-client` encodes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -180,7 +183,7 @@ async fn breakers(
     upstream: &str,
     endpoint: &str,
 ) -> Answer {
-    let force = match read_force(request.into_body()).await {
+    let force = match read_force(request).await {
         Ok(force) => force,
         Err((status, message)) => return error(status, &message),
     };
@@ -208,14 +211,33 @@ async fn breakers(
 }
 
 // `{"state": "open" | "closed" | "auto"}`, or the status and what is wrong with the body.
-async fn read_force(body: Incoming) -> Result<Force, (StatusCode, String)> {
-    let bytes = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
+async fn read_force(request: Request<Incoming>) -> Result<Force, (StatusCode, String)> {
+    let too_large = || {
+        let message = format!("the body is larger than the {MAX_BODY} bytes allowed");
+        (StatusCode::PAYLOAD_TOO_LARGE, message)
+    };
+    // A length declared over the limit is refused before a byte of the body is awaited.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    // A body that does not come, or comes a byte now and then, must not hold one of the admin
+    // API's few connections (and its caller) for ever.
+    let reading = Limited::new(request.into_body(), MAX_BODY).collect();
+    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, reading).await else {
+        let message = format!(
+            "the body did not arrive whole within {} s",
+            BODY_TIMEOUT.as_secs()
+        );
+        return Err((StatusCode::REQUEST_TIMEOUT, message));
+    };
+    let bytes = read
         .map_err(|err| {
             if err.is::<LengthLimitError>() {
-                let message = format!("the body is larger than the {MAX_BODY} bytes allowed");
-                (StatusCode::PAYLOAD_TOO_LARGE, message)
+                too_large()
             } else {
                 (
                     StatusCode::BAD_REQUEST,

@@ -796,6 +796,41 @@ async fn a_client_that_sends_no_whole_head_is_cut_off() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_body_too_large_or_too_slow_is_answered_without_being_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, Some(TOKEN), no_reload()).await;
+    let path = format!("/api/breakers/app/{}", upstream.addr());
+    // A length over the limit, declared and never sent: 413 from the head alone. A body
+    // declared and sent in part: 408 once the head's time has passed for it too.
+    for (length, sent, status) in [("999999999", "", "413"), ("100", "{}", "408")] {
+        let mut stream = tokio::net::TcpStream::connect(admin.addr()).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-length: {length}\r\n\r\n{sent}"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // On the paused clock: the admin API's timeout passes long before this one.
+        let read = tokio::time::timeout(
+            rampart_admin::HEADER_READ_TIMEOUT * 6,
+            stream.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "a body of {length} bytes held its connection");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{length}: {answer}"
+        );
+    }
+    let stats = get(admin.addr(), "/api/stats").await.json();
+    assert_eq!(stats["upstreams"][0]["endpoints"][0]["state"], "closed");
+}
+
 #[tokio::test]
 async fn connections_past_the_admin_apis_limit_are_closed_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
