@@ -3,7 +3,8 @@
 //! happens, at each breaker transition or health change of an endpoint.
 //!
 //! Each stream is fed by a task of its own, which ends when the client goes away (its body is
-//! dropped, the channel closes) or the admin server stops (which drops every connection).
+//! dropped, the channel closes) or the admin server stops (which ends each answer's body, the
+//! stream with its last chunk).
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -47,11 +47,14 @@ mod outbox;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -74,6 +77,10 @@ pub mod fuzzing {
         crate::api::decode(segment)
     }
 }
+
+/// How long the answers under way when the admin API stops may take to finish (an event stream
+/// ends at once, with its last chunk): past it, their connections are cut.
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
 
 /// How long to wait before accepting again after an accept error.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
@@ -207,8 +214,9 @@ impl Admin {
         self.0.addr
     }
 
-    /// Stops accepting and closes every admin connection at once: its calls are short, and an
-    /// operator's scrape is worth less than a prompt exit.
+    /// Stops accepting and closes every admin connection: an event stream ends cleanly, with
+    /// its last chunk, and a call under way has a second to finish (its calls are short, and
+    /// an operator's scrape is worth less than a prompt exit).
     pub async fn shutdown(self) {
         self.0.shutdown().await;
     }
@@ -235,7 +243,7 @@ impl Server {
         })
     }
 
-    /// Stops accepting and closes every connection at once.
+    /// Stops accepting and closes every connection (see [`Admin::shutdown`]).
     async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
@@ -286,18 +294,91 @@ where
             continue;
         };
         let handle = handle.clone();
+        let mut stopping = stop.clone();
         connections.spawn(async move {
             let _place = place;
+            let stopped = stopping.clone();
             let service = service_fn(move |request| {
                 let answer = handle(request);
-                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                let stopped = stopped.clone();
+                async move {
+                    let answer = answer.await.map(|body| UntilStopped::new(body, stopped));
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
-            // A client that goes away mid-request is no error worth a log line.
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(StallIo::new(stream, WRITE_STALL)), service)
-                .await;
+                .serve_connection(TokioIo::new(StallIo::new(stream, WRITE_STALL)), service);
+            let mut connection = pin!(connection);
+            // A client that goes away mid-request is no error worth a log line.
+            let stopped = tokio::select! {
+                _ = connection.as_mut() => false,
+                _ = stopping.wait_for(|stop| *stop) => true,
+            };
+            if stopped {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSING_GRACE, connection).await;
+            }
         });
+    }
+    // Each connection saw `stop` too, and ends within its grace; the set cuts any left.
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(CLOSING_GRACE * 2, all_closed).await;
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body that ends, cleanly, when the admin API stops while it waits for more: an
+    /// event stream then closes with its last chunk, as a client reads a stream the server
+    /// ended, rather than cut in the middle of one with its connection.
+    struct UntilStopped<B> {
+        #[pin]
+        inner: B,
+        stop: watch::Receiver<bool>,
+        // Made when the body first waits: most answers never do.
+        stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    }
+}
+
+impl<B> UntilStopped<B> {
+    fn new(inner: B, stop: watch::Receiver<bool>) -> UntilStopped<B> {
+        UntilStopped {
+            inner,
+            stop,
+            stopped: None,
+        }
+    }
+}
+
+impl<B: Body> Body for UntilStopped<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        if let ready @ Poll::Ready(_) = this.inner.poll_frame(cx) {
+            return ready;
+        }
+        let stopped = this.stopped.get_or_insert_with(|| {
+            let mut stop = this.stop.clone();
+            Box::pin(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+        });
+        match stopped.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -678,10 +678,11 @@ async fn the_dashboard_is_served_from_the_binary_with_every_asset_it_loads() {
     assert!(page.body.starts_with("<!doctype html>"), "{}", page.body);
 
     // Every file the page loads, by the relative URL it names, so that the same page works
-    // under another server's prefix.
+    // under another server's prefix; a `data:` URL (its icon) loads nothing.
     let loaded: Vec<&str> = attributes(&page.body, "src")
         .into_iter()
         .chain(attributes(&page.body, "href"))
+        .filter(|url| !url.starts_with("data:"))
         .collect();
     assert_eq!(loaded.len(), 2, "{loaded:?}");
     for url in loaded {
@@ -762,6 +763,29 @@ async fn event_streams_beyond_the_cap_are_refused_until_one_closes() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(reopened.is_some(), "no place was freed");
+}
+
+#[tokio::test]
+async fn event_streams_end_whole_when_the_admin_api_stops() {
+    use http_body_util::BodyExt;
+
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = proxy_to(&upstream).await;
+    let admin = admin(&proxy, None, no_reload()).await;
+    let mut streams = Vec::new();
+    for path in ["/api/events", "/hystrix.stream"] {
+        let mut body = events_any(admin.addr(), path).await;
+        // Under way: something has come.
+        assert!(body.frame().await.unwrap().is_ok());
+        streams.push((path, body));
+    }
+    admin.shutdown().await;
+    for (path, mut body) in streams {
+        // What was written before the end, then the end itself: no error, no cut.
+        while let Some(frame) = body.frame().await {
+            assert!(frame.is_ok(), "{path} was cut: {frame:?}");
+        }
+    }
 }
 
 /// Opens the event stream at `path` (either kind) and keeps its body.
