@@ -24,6 +24,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::coalesce::{Coalesce, EndOfTurn, coalesce};
+use crate::frames::{Conduct, FrameWatch};
 use crate::head_timeout::HeadTimer;
 use crate::stall::StallIo;
 use crate::strict::{Quiet, StrictIo};
@@ -78,8 +79,9 @@ type Stream = StrictIo<StallIo<TcpStream>>;
 
 type Io = TokioIo<Stream>;
 
-/// An HTTP/2 client connection: its writes gathered, sent at the end of each turn of its task.
-type Http2Io = TokioIo<Coalesce<Stream>>;
+/// An HTTP/2 client connection: its writes gathered, sent at the end of each turn of its task,
+/// its frames watched.
+type Http2Io = TokioIo<FrameWatch<Coalesce<Stream>>>;
 
 /// The connection settings of a listener, for each protocol it speaks.
 pub(crate) struct Builders {
@@ -146,6 +148,7 @@ impl Builders {
         &self,
         stream: TcpStream,
         service: S,
+        conduct: &Arc<Conduct>,
     ) -> Option<Pin<Box<Connection<S>>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
@@ -165,7 +168,7 @@ impl Builders {
         };
         // A client that takes nothing written to it is cut off, whatever waits on the write.
         let io = StrictIo::new(StallIo::new(stream, self.stall_timeout));
-        Some(self.connection(io, service, http2))
+        Some(self.connection(io, service, http2.then(|| conduct.clone())))
     }
 
     /// Serves a parked connection again, from its next request on.
@@ -176,18 +179,25 @@ impl Builders {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.connection(parked.io, parked.service, false)
+        self.connection(parked.io, parked.service, None)
     }
 
-    fn connection<S, B>(&self, io: Stream, service: S, http2: bool) -> Pin<Box<Connection<S>>>
+    // An HTTP/2 connection when given its client's `conduct` to watch.
+    fn connection<S, B>(
+        &self,
+        io: Stream,
+        service: S,
+        http2: Option<Arc<Conduct>>,
+    ) -> Pin<Box<Connection<S>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        if http2 {
+        if let Some(conduct) = http2 {
             let (io, end_of_turn) = coalesce(io);
+            let io = FrameWatch::new(io, conduct, self.header_read_timeout);
             let inner = self.http2.serve_connection(TokioIo::new(io), service);
             return Box::pin(Connection::Http2 { inner, end_of_turn });
         }

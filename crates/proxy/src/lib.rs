@@ -142,6 +142,7 @@ mod dns;
 mod fallback;
 mod fault;
 mod forward;
+mod frames;
 mod h1;
 mod head_timeout;
 mod health;

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::conn::{Builders, Connection};
+use crate::frames::Conduct;
 use crate::metrics::ListenerMetrics;
 use crate::route::Router;
 use crate::turn;
@@ -191,7 +192,7 @@ impl Serve {
             // Nothing more to do for a client gone, or silent for the header read timeout,
             // before its protocol is known; nor for one still silent when a drain begins.
             let connection = tokio::select! {
-                connection = builders.serve(stream, service) => connection,
+                connection = builders.serve(stream, service, &activity.conduct) => connection,
                 _ = stop.wait_for(|stop| *stop) => None,
             };
             let Some(mut connection) = connection else {
@@ -204,7 +205,7 @@ impl Serve {
             // Set by an idle close: an HTTP/2 client closes only after answering the GOAWAY's
             // PING, and one that never reads would hold the connection for ever.
             let mut cut_at = None;
-            let mut reset_too_often = false;
+            let mut misbehaved = false;
             loop {
                 let quiet = tokio::select! {
                     // A connection error (a client gone, a malformed request answered 400) ends
@@ -229,17 +230,18 @@ impl Serve {
                         false
                     }
                     () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
-                    () = WhenWoken::new(activity.too_many_early_resets(), &wakes) => {
-                        reset_too_often = true;
+                    () = WhenWoken::new(activity.conduct.misbehaved(), &wakes) => {
+                        misbehaved = true;
                         false
                     }
                 };
-                // A rapid reset: the client resets most of its requests just after they
-                // began, each one work for the upstream. GOAWAY, then closed.
-                if reset_too_often {
+                // A rapid reset (the client resets most of its requests just after they
+                // began, each one work for the upstream), or a flood of PING or SETTINGS
+                // frames: GOAWAY, then closed.
+                if misbehaved {
                     tracing::debug!(
                         %peer,
-                        "a client reset most of its requests within a second of sending them: connection closed"
+                        "a client reset most of its requests within a second of sending them, or flooded control frames: connection closed"
                     );
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(GOAWAY_FLUSH, connection.as_mut()).await;
@@ -343,8 +345,9 @@ struct Activity {
     /// Requests begun, and those of them reset early ([`EARLY_RESET`]).
     requests: AtomicU64,
     early_resets: AtomicU64,
-    /// Told when early resets are past the bound ([`EARLY_RESETS_SEEN_AFTER`]).
-    reset_too_often: tokio::sync::Notify,
+    /// How the client behaves: told when early resets are past the bound
+    /// ([`EARLY_RESETS_SEEN_AFTER`]), and by the connection's frames.
+    conduct: Arc<Conduct>,
     // When the last request ended, in milliseconds since `epoch`.
     last_end: AtomicU64,
     // Taken once, when the connection has handed its IO over; locked only by an upgrade.
@@ -358,7 +361,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             early_resets: AtomicU64::new(0),
-            reset_too_often: tokio::sync::Notify::new(),
+            conduct: Arc::default(),
             last_end: AtomicU64::new(0),
             tunnel: Mutex::new(None),
         }
@@ -394,13 +397,8 @@ impl Activity {
         let early = self.early_resets.fetch_add(1, Ordering::Relaxed) + 1;
         let requests = self.requests.load(Ordering::Relaxed);
         if early * 2 >= requests.max(EARLY_RESETS_SEEN_AFTER) {
-            self.reset_too_often.notify_one();
+            self.conduct.misbehave();
         }
-    }
-
-    // Resolves once the client has reset too many requests early.
-    async fn too_many_early_resets(&self) {
-        self.reset_too_often.notified().await;
     }
 
     fn open_tunnel(&self, tunnel: Tunnel) {
@@ -428,6 +426,7 @@ impl Busy {
     fn start(activity: Arc<Activity>) -> Busy {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.conduct.called();
         Busy {
             activity,
             started: turn::now(),
@@ -473,7 +472,13 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        // An answer flowing: the client's pings to size its window are its due.
+        if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()) {
+            this._busy.activity.conduct.called();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

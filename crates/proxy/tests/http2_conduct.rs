@@ -1,7 +1,10 @@
-//! HTTP/2 rapid reset that waits for each stream to be taken up before resetting it: every
-//! stream is then work for the upstream, and the HTTP/2 layer's bound on streams reset before
-//! they are taken up never sees it. A connection whose client resets most of its requests
-//! within a second of sending them is closed; one that cancels a call now and then is not.
+//! HTTP/2 clients that misbehave without breaking the protocol: a rapid reset that waits for
+//! each stream to be taken up before resetting it (every stream is then work for the upstream,
+//! and the HTTP/2 layer's bound on streams reset before they are taken up never sees it), a
+//! flood of PINGs, a header block left open. A connection whose client resets most of its
+//! requests within a second of sending them, or pings without cause, is sent GOAWAY and
+//! closed; one that cancels a call now and then, or pings while answers flow, is not; a header
+//! block must end within `header_read_timeout`, as an HTTP/1.1 head must.
 
 mod common;
 
@@ -140,4 +143,70 @@ async fn a_client_cancelling_a_request_now_and_then_is_served_on() {
     }
     assert_eq!(get(&mut client, "/").await.as_deref(), Some(&b"fast"[..]));
     assert!(!connection.is_finished());
+}
+
+#[tokio::test]
+async fn a_client_pinging_without_cause_is_cut_off() {
+    let (proxy, _slow, _fast) = two_upstreams().await;
+    let (client, connection) = connect_with_pings(&proxy).await;
+    let (_client, mut pings) = (client, connection);
+
+    let mut answered = 0;
+    while pings.ping(h2::Ping::opaque()).await.is_ok() {
+        answered += 1;
+        assert!(answered <= 5_000, "still answered after {answered} pings");
+    }
+    assert!(
+        (990..=1_000).contains(&answered),
+        "{answered} pings answered before the connection was closed"
+    );
+}
+
+#[tokio::test]
+async fn a_client_pinging_between_its_requests_is_served_on() {
+    let (proxy, _slow, _fast) = two_upstreams().await;
+    let (mut client, mut pings) = connect_with_pings(&proxy).await;
+
+    // 3,000 pings, a request after every 500: each request is a cause.
+    for _ in 0..6 {
+        for _ in 0..500 {
+            pings.ping(h2::Ping::opaque()).await.unwrap();
+        }
+        assert_eq!(get(&mut client, "/").await.as_deref(), Some(&b"fast"[..]));
+    }
+}
+
+/// An HTTP/2 connection to `proxy` whose pings the test sends, and its task.
+async fn connect_with_pings(proxy: &Proxy) -> (SendRequest<Bytes>, h2::PingPong) {
+    let tcp = TcpStream::connect(addr(proxy)).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let pings = connection.ping_pong().expect("the pings, taken once");
+    tokio::spawn(connection);
+    (client, pings)
+}
+
+#[tokio::test]
+async fn a_header_block_left_open_is_cut_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fast = Upstream::start(Behavior::ok("fast")).await.unwrap();
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"200ms\"\n\
+         idle_timeout = \"60s\"\n\n\
+         [[routes]]\nupstream = \"fast\"\n\n\
+         [upstreams.fast]\nendpoints = [\"{}\"]\n",
+        fast.addr()
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS, empty; then HEADERS for stream 1 without END_HEADERS: `:method GET`, and no
+    // CONTINUATION ever.
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]);
+    tcp.write_all(&out).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    assert_eq!(fast.request_count(), 0);
 }

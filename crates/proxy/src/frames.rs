@@ -1,0 +1,293 @@
+//! What an HTTP/2 client's frames say of it, read as they pass on their way to hyper: floods
+//! of PING and SETTINGS frames, and a header block left open.
+//!
+//! hyper's HTTP/2 layer answers every PING and SETTINGS frame, and one client sending hundreds
+//! of thousands a second while reading the answers costs rampart a core's share without ever
+//! being told to stop; it bounds no header block by time either, so a client that opens one
+//! (HEADERS without END_HEADERS) and sends nothing more held its connection until the idle
+//! timeout twice over, where HTTP/1.1's slowloris is cut at `header_read_timeout`. [`FrameWatch`]
+//! reads the frame headers of what the client sends (it changes no byte) and:
+//! - counts PING and SETTINGS frames that are not acknowledgements since rampart last had a
+//!   reason to hear from the client (a request began, an answer's data went out); past
+//!   [`CONTROL_FLOOD`] the connection's task is told ([`Conduct::misbehaved`]), which sends
+//!   GOAWAY and closes, as gRPC servers do to a client that pings without cause;
+//! - fails the connection's reads once a header block has been open for `header_read_timeout`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+/// PING and SETTINGS frames a client may send without cause: far more than keep-alive pings
+/// between two requests (an idle connection is closed after `idle_timeout` anyway), and the
+/// pings gRPC clients send to size their windows come while answers flow, each one a cause.
+pub(crate) const CONTROL_FLOOD: u32 = 1_000;
+
+/// The client connection preface, which comes before the first frame.
+const PREFACE_LEN: usize = 24;
+
+const HEADER_LEN: usize = 9;
+
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// How a client has behaved, shared by its connection's reads, its requests and the task that
+/// serves it.
+#[derive(Debug, Default)]
+pub(crate) struct Conduct {
+    /// PING and SETTINGS frames since the client last gave cause for one.
+    uncalled: AtomicU32,
+    /// Told when the client has gone past a bound: too many requests reset early, a flood.
+    misbehaved: Notify,
+    /// Past a bound: nothing more the client sends is read, so that the GOAWAY goes out without
+    /// a backlog of its frames answered first.
+    deaf: AtomicBool,
+}
+
+impl Conduct {
+    /// The client gave rampart something to do: its control frames since are its due.
+    #[inline]
+    pub(crate) fn called(&self) {
+        // A read first: the line stays shared while nothing needs a write.
+        if self.uncalled.load(Ordering::Relaxed) != 0 {
+            self.uncalled.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells the connection's task that the client went past a bound, and reads no more of it.
+    pub(crate) fn misbehave(&self) {
+        self.deaf.store(true, Ordering::Relaxed);
+        self.misbehaved.notify_one();
+    }
+
+    /// Resolves once the client has gone past a bound.
+    pub(crate) async fn misbehaved(&self) {
+        self.misbehaved.notified().await;
+    }
+
+    fn control_frame(&self) {
+        if self.uncalled.fetch_add(1, Ordering::Relaxed) + 1 == CONTROL_FLOOD {
+            self.misbehave();
+        }
+    }
+}
+
+/// A client connection's reads, their frames watched ([module documentation](self)).
+pub(crate) struct FrameWatch<T> {
+    io: T,
+    conduct: Arc<Conduct>,
+    scan: Scan,
+    header_read_timeout: Duration,
+    /// Set while a header block is open, to its end of time.
+    block_timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Where the reads are in the client's stream of frames.
+#[derive(Debug)]
+struct Scan {
+    /// Bytes to pass over before the next frame header: the preface, then each payload.
+    skip: usize,
+    header: [u8; HEADER_LEN],
+    have: usize,
+    block_open: bool,
+}
+
+impl<T> FrameWatch<T> {
+    pub(crate) fn new(io: T, conduct: Arc<Conduct>, header_read_timeout: Duration) -> Self {
+        FrameWatch {
+            io,
+            conduct,
+            scan: Scan::new(),
+            header_read_timeout,
+            block_timer: None,
+        }
+    }
+}
+
+impl Scan {
+    fn new() -> Scan {
+        Scan {
+            skip: PREFACE_LEN,
+            header: [0; HEADER_LEN],
+            have: 0,
+            block_open: false,
+        }
+    }
+
+    /// Reads the frame headers in `bytes`, the next bytes of the stream, calling `frame` with
+    /// the type and flags of each.
+    fn read(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8)) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (HEADER_LEN - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == HEADER_LEN {
+                self.have = 0;
+                let [a, b, c, kind, flags, ..] = self.header;
+                self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+                frame(kind, flags);
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.conduct.deaf.load(Ordering::Relaxed) {
+            // The connection's task closes the connection once its GOAWAY is out.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => {
+                // Nothing came: a header block left open is timed.
+                if let Some(timer) = &mut this.block_timer {
+                    ready!(timer.as_mut().poll(cx));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "a header block did not end within header_read_timeout",
+                    )));
+                }
+                return Poll::Pending;
+            }
+            ready => return ready,
+        }
+        let conduct = &this.conduct;
+        let mut block_open = this.scan.block_open;
+        this.scan
+            .read(&buf.filled()[before..], |kind, flags| match kind {
+                PING | SETTINGS if flags & ACK == 0 => conduct.control_frame(),
+                HEADERS => block_open = flags & END_HEADERS == 0,
+                CONTINUATION if flags & END_HEADERS != 0 => block_open = false,
+                _ => {}
+            });
+        if block_open != this.scan.block_open {
+            this.scan.block_open = block_open;
+            this.block_timer = block_open.then(|| {
+                Box::pin(tokio::time::sleep_until(
+                    Instant::now() + this.header_read_timeout,
+                ))
+            });
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let len = u32::try_from(payload).unwrap().to_be_bytes();
+        let mut bytes = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 1];
+        bytes.resize(HEADER_LEN + payload, 0);
+        bytes
+    }
+
+    #[test]
+    fn frames_are_read_whatever_the_reads_cut_them_into() {
+        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for (kind, flags, payload) in [(SETTINGS, 0, 12), (PING, 0, 8), (PING, ACK, 8)] {
+            stream.extend(frame(kind, flags, payload));
+        }
+        stream.extend(frame(HEADERS, 0, 300));
+        stream.extend(frame(CONTINUATION, END_HEADERS, 20));
+        let expected = [
+            (SETTINGS, 0),
+            (PING, 0),
+            (PING, ACK),
+            (HEADERS, 0),
+            (CONTINUATION, END_HEADERS),
+        ];
+        for cut in [1, 2, 5, 9, 10, 24, 100, stream.len()] {
+            let mut scan = Scan::new();
+            let mut seen = Vec::new();
+            for piece in stream.chunks(cut) {
+                scan.read(piece, |kind, flags| seen.push((kind, flags)));
+            }
+            assert_eq!(seen, expected, "reads of {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn the_bound_is_told_once_and_a_cause_starts_the_count_again() {
+        let conduct = Conduct::default();
+        for _ in 0..CONTROL_FLOOD - 1 {
+            conduct.control_frame();
+        }
+        conduct.called();
+        for _ in 0..CONTROL_FLOOD - 1 {
+            conduct.control_frame();
+        }
+        assert!(conduct.misbehaved.notified().now_or_never().is_none());
+        conduct.control_frame();
+        let told = conduct.misbehaved.notified();
+        assert!(told.now_or_never().is_some(), "the flood is told");
+    }
+
+    trait NowOrNever: std::future::Future + Sized {
+        fn now_or_never(self) -> Option<Self::Output> {
+            let mut future = std::pin::pin!(self);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(output) => Some(output),
+                Poll::Pending => None,
+            }
+        }
+    }
+
+    impl<F: std::future::Future> NowOrNever for F {}
+}
