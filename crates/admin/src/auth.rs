@@ -64,10 +64,13 @@ impl Token {
                 return Err(Refusal::NotConfigured(message));
             }
         };
-        let given = headers
-            .get(AUTHORIZATION)
-            .and_then(|value| bearer(value.as_bytes()))
-            .ok_or(Refusal::Unauthorized)?;
+        // One field (RFC 9110 §11.6.2): of two, which was meant cannot be told, and an
+        // intermediary may read the other.
+        let mut fields = headers.get_all(AUTHORIZATION).iter();
+        let (Some(field), None) = (fields.next(), fields.next()) else {
+            return Err(Refusal::Unauthorized);
+        };
+        let given = bearer(field.as_bytes()).ok_or(Refusal::Unauthorized)?;
         if constant_time_eq(given, expected) {
             Ok(())
         } else {
@@ -147,6 +150,16 @@ mod tests {
             Err(Refusal::Unauthorized)
         );
         assert_eq!(token.check(&HeaderMap::new()), Err(Refusal::Unauthorized));
+    }
+
+    #[test]
+    fn two_authorization_fields_are_refused_whatever_they_hold() {
+        let token = Token::Bearer(b"s3cret".to_vec());
+        for second in ["Bearer s3cret", "Bearer nope"] {
+            let mut both = headers("Bearer s3cret");
+            both.append(AUTHORIZATION, HeaderValue::from_str(second).unwrap());
+            assert_eq!(token.check(&both), Err(Refusal::Unauthorized), "{second}");
+        }
     }
 
     #[test]
