@@ -73,7 +73,7 @@ pub(crate) async fn handle(
     router: &Router,
     peer: SocketAddr,
     limits: Limits,
-) -> (Response<ResponseBody>, Option<Tunnel>) {
+) -> Handled {
     // gRPC is carried over HTTP/2 alone: an HTTP/1.1 client does not get the trailers its
     // status would come in (hyper sends only those a `Trailer` field announced), so a call cut
     // short, ended with a failing status, would reach it as a clean end. Over HTTP/1.x a gRPC
@@ -84,7 +84,10 @@ pub(crate) async fn handle(
     if request.method() == Method::CONNECT {
         // Closing: what follows a CONNECT may be a tunnel's bytes, which the strict check of
         // request heads no longer reads as requests.
-        return (closing(refuse_connect(grpc), request.version()), None);
+        return Handled::unrouted(
+            closing(refuse_connect(grpc), request.version()),
+            Reason::BadRequest,
+        );
     }
     // A body announced larger than allowed is refused before anything is sent or read; the
     // connection closes, as its unread body cannot be skipped safely.
@@ -94,15 +97,18 @@ pub(crate) async fn handle(
         .exact()
         .is_some_and(|len| len > limits.max_request_body)
     {
-        return (
+        return Handled::unrouted(
             closing(rescued(Reason::BodyTooLarge, grpc), request.version()),
-            None,
+            Reason::BodyTooLarge,
         );
     }
     // More header fields than `max_headers`: hyper counts them in an HTTP/1.1 head only, and
     // the next hop (another rampart's HTTP/1.1 listener, say) would refuse what went on.
     if request.version() == Version::HTTP_2 && too_many_fields(request.headers(), limits) {
-        return (rescued(Reason::HeadersTooLarge, grpc), None);
+        return Handled::unrouted(
+            rescued(Reason::HeadersTooLarge, grpc),
+            Reason::HeadersTooLarge,
+        );
     }
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
     // upstream could be sent; a request must name its host once. A target's authority (an
@@ -134,7 +140,7 @@ pub(crate) async fn handle(
     };
     if let Some(message) = malformed {
         let response = rescue_saying(Reason::BadRequest, StatusCode::BAD_REQUEST, message, grpc);
-        return (closing(boxed(response), version), None);
+        return Handled::unrouted(closing(boxed(response), version), Reason::BadRequest);
     }
     // A transfer coding besides chunked (`gzip, chunked`): hyper takes the chunks off and no
     // more, so the coded bytes would reach the upstream as a plain body, their coding gone with
@@ -160,7 +166,7 @@ pub(crate) async fn handle(
     };
     if let Some((status, message)) = refused {
         let response = rescue_saying(Reason::BadRequest, status, message, grpc);
-        return (closing(boxed(response), version), None);
+        return Handled::unrouted(closing(boxed(response), version), Reason::BadRequest);
     }
     // An absolute-form target with an empty path (`http://host?x=1`) asks for the path `/`
     // (RFC 9112 §3.2.1, RFC 3986 §6.2.3); left as it is, the path and query would go on as the
@@ -181,11 +187,12 @@ pub(crate) async fn handle(
     let Some(stack) = router.route(&parts) else {
         let response = rescued(Reason::NoRoute, grpc);
         // A body left unread (below) ends the connection too.
-        return if offer.is_some() || !body.is_end_stream() {
-            (closing(response, version), None)
+        let response = if offer.is_some() || !body.is_end_stream() {
+            closing(response, version)
         } else {
-            (response, None)
+            response
         };
+        return Handled::unrouted(response, Reason::NoRoute);
     };
     let client = Client { peer, grpc, limits };
     let started = turn::now();
@@ -227,7 +234,31 @@ pub(crate) async fn handle(
     } else {
         executing.answered(outcome, kind);
     }
-    (response, upstream.tunnel)
+    Handled {
+        response,
+        tunnel: upstream.tunnel,
+        unrouted: None,
+    }
+}
+
+/// What [`handle`] made of a request.
+pub(crate) struct Handled {
+    pub(crate) response: Response<ResponseBody>,
+    /// The tunnel of an upgrade the upstream agreed to, to run once the 101 is written.
+    pub(crate) tunnel: Option<Tunnel>,
+    /// Why rampart answered before any route took the request, when it did: no route's series
+    /// counts such a request, the listener's does.
+    pub(crate) unrouted: Option<Reason>,
+}
+
+impl Handled {
+    fn unrouted(response: Response<ResponseBody>, reason: Reason) -> Handled {
+        Handled {
+            response,
+            tunnel: None,
+            unrouted: Some(reason),
+        }
+    }
 }
 
 /// What the upstream left of an exchange it answered itself: the tunnel of an upgrade it agreed

@@ -162,7 +162,7 @@ impl Serve {
         self.full.store(false, Ordering::Relaxed);
         // Small request and response heads must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(self.metrics.clone()));
         let service = {
             let routes = self.routes.clone();
             let activity = activity.clone();
@@ -175,10 +175,14 @@ impl Serve {
                 // Boxed: hyper keeps room for one request's future in every connection, idle
                 // or not, and this one is several KiB.
                 pin_in_box!(async move {
-                    let (response, tunnel) = forward::handle(request, &router, peer, limits).await;
-                    if let Some(tunnel) = tunnel {
+                    let handled = forward::handle(request, &router, peer, limits).await;
+                    if let Some(reason) = handled.unrouted {
+                        busy.activity.metrics.unrouted(reason);
+                    }
+                    if let Some(tunnel) = handled.tunnel {
                         busy.activity.open_tunnel(tunnel);
                     }
+                    let response = handled.response;
                     Ok::<_, Infallible>(response.map(|body| busy.answer(body)))
                 })
             })
@@ -345,6 +349,8 @@ struct Activity {
     /// Requests begun, and those of them reset early ([`EARLY_RESET`]).
     requests: AtomicU64,
     early_resets: AtomicU64,
+    /// The listener's series, for the requests it answers before any route.
+    metrics: ListenerMetrics,
     /// How the client behaves: told when early resets are past the bound
     /// ([`EARLY_RESETS_SEEN_AFTER`]), and by the connection's frames.
     conduct: Arc<Conduct>,
@@ -355,8 +361,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(metrics: ListenerMetrics) -> Activity {
         Activity {
+            metrics,
             epoch: turn::now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),

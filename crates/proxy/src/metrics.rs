@@ -24,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use rampart_http::Reason;
 use rampart_policy::Outcome;
 use rampart_policy::breaker::{State, Transition};
 use tokio::sync::broadcast;
@@ -87,6 +88,7 @@ pub(crate) struct Metrics {
     listener_connections: Family<Labels, Gauge>,
     listener_parked: Family<Labels, Gauge>,
     listener_refused: Family<Labels, Counter>,
+    listener_unrouted: Family<Labels, Counter>,
     /// Reloads by outcome, `applied` or `refused`.
     reloads: Family<Labels, Counter>,
     /// 1 while the last reload was applied (or none was asked), 0 after one was refused.
@@ -121,6 +123,26 @@ pub(crate) struct ListenerMetrics {
     pub(crate) parked: Gauge,
     /// Connections closed at once, the listener being full (`max_connections`).
     pub(crate) refused: Counter,
+    /// Requests answered before any route took them, by [`UNROUTED`] reason: no route's series
+    /// counts them, and misrouted traffic would go unseen.
+    unrouted: [Counter; UNROUTED.len()],
+}
+
+/// Why the listener answers a request itself, before any route (see `forward::handle`).
+const UNROUTED: [Reason; 4] = [
+    Reason::NoRoute,
+    Reason::BadRequest,
+    Reason::BodyTooLarge,
+    Reason::HeadersTooLarge,
+];
+
+impl ListenerMetrics {
+    /// Counts a request the listener answered with `reason` before any route took it.
+    pub(crate) fn unrouted(&self, reason: Reason) {
+        if let Some(i) = UNROUTED.iter().position(|r| *r == reason) {
+            self.unrouted[i].inc();
+        }
+    }
 }
 
 /// One route's series.
@@ -313,6 +335,11 @@ impl Metrics {
             metrics.listener_refused.clone(),
         );
         registry.register(
+            "rampart_listener_unrouted_requests",
+            "Requests the listener answered before any route took them, by the answer's x-rampart-error",
+            metrics.listener_unrouted.clone(),
+        );
+        registry.register(
             "rampart_outbox_pending",
             "Messages of async routes queued or being delivered",
             metrics.outbox.pending.clone(),
@@ -375,10 +402,16 @@ impl Metrics {
     /// `[admin] metrics` says.
     pub(crate) fn listener(&self, listener: &str) -> ListenerMetrics {
         let labels = vec![("listener", listener.to_owned())];
+        let unrouted = |reason: Reason| {
+            let mut labels = labels.clone();
+            labels.push(("reason", reason.as_str().to_owned()));
+            self.listener_unrouted.get_or_create_owned(&labels)
+        };
         ListenerMetrics {
             connections: self.listener_connections.get_or_create_owned(&labels),
             parked: self.listener_parked.get_or_create_owned(&labels),
             refused: self.listener_refused.get_or_create_owned(&labels),
+            unrouted: UNROUTED.map(unrouted),
         }
     }
 

@@ -249,3 +249,47 @@ async fn an_endpoint_the_ejection_cap_keeps_in_service_shows_as_reinstated() {
         assert_eq!(series(upstream, "rampart_endpoint_reinstated"), "0");
     }
 }
+
+#[tokio::test]
+async fn requests_answered_before_any_route_count_on_the_listener() {
+    use tokio::io::AsyncWriteExt;
+
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "name = \"api\"\nmatch = { path_prefix = \"/api\" }",
+        "",
+    )
+    .await;
+    assert_eq!(get(&proxy, "/api/x").await.status(), StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(
+            get(&proxy, "/elsewhere").await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    // No Host: refused before a route is asked.
+    let mut client = tokio::net::TcpStream::connect(common::addr(&proxy))
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /api HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = common::until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let text = metrics(&proxy);
+    let listener = r#"listener="listener-0""#;
+    for line in [
+        format!("rampart_listener_unrouted_requests_total{{{listener},reason=\"no-route\"}} 2"),
+        format!("rampart_listener_unrouted_requests_total{{{listener},reason=\"bad-request\"}} 1"),
+        format!(
+            "rampart_listener_unrouted_requests_total{{{listener},reason=\"body-too-large\"}} 0"
+        ),
+        r#"rampart_requests_total{route="api",outcome="success"} 1"#.to_owned(),
+        r#"rampart_requests_total{route="api",outcome="failure"} 0"#.to_owned(),
+    ] {
+        assert_has(&text, &line);
+    }
+}
