@@ -8,7 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -82,6 +82,8 @@ pub enum Fault {
 pub struct FaultProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The port, held while connects are refused (see [`FaultProxy::set_fault`]).
+    held: Mutex<Option<TcpSocket>>,
     faults: watch::Sender<Fault>,
     accept_task: JoinHandle<()>,
 }
@@ -138,6 +140,7 @@ impl FaultProxy {
         Ok(FaultProxy {
             addr,
             shared,
+            held: Mutex::new(None),
             faults,
             accept_task,
         })
@@ -158,18 +161,27 @@ impl FaultProxy {
     /// Switching to [`Fault::Refuse`] closes the port before returning; switching away from it
     /// listens again on the same port before returning, so a connect right after succeeds.
     ///
+    /// While refusing, the port stays bound by a socket that does not listen (a connect to it
+    /// is refused as to a closed port): the port was chosen by the kernel from the ephemeral
+    /// range, where outgoing connections also take their local ports, and one of the many a
+    /// test suite makes would otherwise take it before the proxy listens again.
+    ///
     /// # Errors
     ///
-    /// Re-opening the port fails if another socket took it while it was closed. The port was
-    /// chosen by the kernel from the ephemeral range, where outgoing connections also take
-    /// their local ports, so this is possible though unlikely; the fault then stays `Refuse`.
+    /// Re-opening the port fails if another socket took it in the instant between the close
+    /// and the bind that holds it; the fault then stays `Refuse`.
     pub fn set_fault(&self, fault: Fault) -> io::Result<()> {
         {
             let mut listener = self.shared.listener();
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             match (fault, listener.is_some()) {
-                (Fault::Refuse, true) => *listener = None,
+                (Fault::Refuse, true) => {
+                    *listener = None;
+                    // Best effort: without it, the port is only as safe as before.
+                    *held = self.hold().ok();
+                }
                 (Fault::Refuse, false) | (_, true) => {}
-                (_, false) => *listener = Some(self.rebind()?),
+                (_, false) => *listener = Some(self.rebind(held.take())?),
             }
         }
         self.faults.send_replace(fault);
@@ -200,13 +212,26 @@ impl FaultProxy {
         self.shared.counters.to_client.load(Ordering::Relaxed)
     }
 
-    fn rebind(&self) -> io::Result<TcpListener> {
-        // std's bind sets SO_REUSEADDR on Unix, as tokio's does, so connections of the old
-        // listener lingering in TIME_WAIT do not hold the port.
-        let listener = std::net::TcpListener::bind(self.addr)?;
-        listener.set_nonblocking(true)?;
+    // A socket bound to the proxy's port, not listening: it keeps the port while connects are
+    // refused. SO_REUSEADDR, as the listener's, so the old listener's connections still open
+    // or lingering in TIME_WAIT do not stand in the way.
+    fn hold(&self) -> io::Result<TcpSocket> {
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.addr)?;
+        Ok(socket)
+    }
+
+    fn rebind(&self, held: Option<TcpSocket>) -> io::Result<TcpListener> {
         let _runtime = self.shared.runtime.enter();
-        TcpListener::from_std(listener)
+        let socket = match held {
+            Some(socket) => socket,
+            None => self.hold()?,
+        };
+        socket.listen(1024)
     }
 }
 

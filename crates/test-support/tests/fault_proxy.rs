@@ -155,6 +155,12 @@ async fn refuse_closes_the_port_and_reopens_it_on_the_same_address() {
     proxy.set_fault(Fault::Refuse).unwrap();
     let err = TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    // The port is kept meanwhile, bound: the kernel gives it to no outgoing connection nor
+    // listener of port 0, and a socket asking for it without SO_REUSEADDR is refused.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.set_reuseaddr(false).unwrap();
+    assert!(other.bind(addr).is_err(), "the port was free to take");
+    drop(other);
 
     proxy.set_fault(Fault::None).unwrap();
     assert_eq!(proxy.addr(), addr);
