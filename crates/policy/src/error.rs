@@ -197,3 +197,21 @@ impl Rejected {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_found_in_the_chain_of_an_error_boxed_by_hand() {
+        // `breaker.call(..).await.map_err(BoxError::from)` under a layer: the refusal must be
+        // found by type, as a layer's own is.
+        let open = Rejected::BreakerOpen(BreakerOpen::new(None));
+        let err: BoxError = Box::new(Error::<std::io::Error>::Rejected(open.clone()));
+        assert!(is_caused_by::<BreakerOpen>(&*err));
+        assert_eq!(Rejected::from_below(&*err), Some(open));
+        let failed: BoxError = Box::new(Error::Inner(std::io::Error::other("reset")));
+        assert!(is_caused_by::<std::io::Error>(&*failed));
+        assert_eq!(Rejected::from_below(&*failed), None);
+    }
+}

@@ -415,9 +415,11 @@ impl<C> Pipeline<C> {
                 |ready| {
                     // A hedge waits in no queue: with no place free, no hedge (nor any of the
                     // budget spent). Nor is one the adaptive limit, the breaker or the rate limit
-                    // refuses sent: admitted here, before it is counted and paid for, its refusal
-                    // never races the attempt in flight (with `Winner::FirstAnswer` it would win
-                    // and cancel it).
+                    // refuses sent: admitted here, before it is counted, its refusal never races
+                    // the attempt in flight (with `Winner::FirstAnswer` it would win and cancel
+                    // it). The budget is paid before the rate limit's token is taken, as a retry
+                    // pays it before its attempt: a hedge the rate limit then refuses has spent
+                    // it, which only makes the budget stricter.
                     let place = match &self.stages.bulkhead {
                         Some(bulkhead) => Some(bulkhead.try_acquire().ok()?),
                         None => None,
@@ -527,6 +529,8 @@ impl<C> Pipeline<C> {
         let stages = &self.stages;
         // The adaptive limit learns from latency; nothing else here needs the clock.
         let start = limit.as_ref().map(|_| Instant::now());
+        // A total timeout already past is not sent to the callee at all: nothing to judge then.
+        let sent_in_time = !own.is_some_and(|own| own.is_expired());
 
         let result = match stages.attempt_timeout {
             Some(timeout) => timeout.call(|| callee.call(ready)).await,
@@ -556,7 +560,7 @@ impl<C> Pipeline<C> {
         // from every caller without its breaker ever opening (resilience4j counts its
         // TimeLimiter's timeouts, Envoy its route timeouts, as the callee's failures).
         let verdict = match verdict {
-            Verdict::CutShort if own.is_some_and(|own| own.is_expired()) => {
+            Verdict::CutShort if sent_in_time && own.is_some_and(|own| own.is_expired()) => {
                 Verdict::Judged(Outcome::Failure)
             }
             verdict => verdict,
