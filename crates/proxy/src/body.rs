@@ -65,6 +65,8 @@ pin_project_lite::pin_project! {
         timer: Timer,
         // Frames read in a row without a wait.
         streak: u8,
+        // Data bytes read so far, up to `WATCH_AFTER`.
+        read: u32,
         // Whether the body has been waiting for the upstream since a poll before this one, or
         // was when the deadline passed.
         waiting: bool,
@@ -82,16 +84,22 @@ const LOOK_EVERY: u8 = 16;
 /// enough for a body that is being read to end by its own timer, as it always has.
 const WATCHDOG_GRACE: Duration = Duration::from_secs(1);
 
+/// Data read, or known to come, past which a body not yet ended is handed to a watchdog. Under
+/// it, a gRPC call's answer and most answers of unknown length pay no watchdog. Not watched, so,
+/// is an answer of unknown length whose client stops taking it within its first 16 KiB: it holds
+/// its upstream until the client reads on, or its connection closes.
+const WATCH_AFTER: u32 = 16 * 1024;
+
 /// Where a [`DeadlineBody`] keeps the body it reads.
 ///
 /// A body is read only while its reader asks for more, and a client that takes nothing (an
 /// HTTP/2 stream whose window it never opens, an HTTP/1.1 client that reads a byte now and
 /// then) stops hyper from asking: the deadline's timer, looked at on a read, is then never
 /// looked at, and the upstream's connection and what it sent stay held past the route's
-/// timeout, as long as the client likes. So a body that has given a piece and has more to come
-/// is handed to a watchdog, a task that drops it at the deadline (and a grace) unless it ended
-/// before: its upstream side is let go then, and the next read, whenever it comes, fails as
-/// timed out. A body that ends with its first piece, as most do, never needs one.
+/// timeout, as long as the client likes. So a body that has given [`WATCH_AFTER`] and has more
+/// to come is handed to a watchdog, a task that drops it at the deadline (and a grace) unless it
+/// ended before: its upstream side is let go then, and the next read, whenever it comes, fails
+/// as timed out. A body smaller than that, as most are, never needs one.
 enum Held<B> {
     Here(B),
     Watched {
@@ -136,6 +144,7 @@ impl<B> DeadlineBody<B> {
     pub(crate) fn new(inner: B, deadline: Instant) -> DeadlineBody<B> {
         DeadlineBody {
             inner: Held::Here(inner),
+            read: 0,
             deadline,
             timer: Timer::default(),
             streak: 0,
@@ -207,10 +216,21 @@ where
             Held::Moving => unreachable!("a body is handed over within one call"),
         };
         if let Poll::Ready(frame) = polled {
-            if matches!(frame, Some(Ok(_)))
-                && matches!(this.inner, Held::Here(body) if !body.is_end_stream())
+            if *this.read < WATCH_AFTER
+                && let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
             {
-                this.inner.watch(*this.deadline);
+                let len = data.map_or(0, Bytes::len);
+                *this.read = this
+                    .read
+                    .saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+                let large = |body: &B| {
+                    !body.is_end_stream()
+                        && (*this.read >= WATCH_AFTER
+                            || body.size_hint().lower() >= u64::from(WATCH_AFTER))
+                };
+                if matches!(this.inner, Held::Here(body) if large(body)) {
+                    this.inner.watch(*this.deadline);
+                }
             }
             *this.streak += 1;
             // A piece that came only after the deadline, to a wait begun before it: the
@@ -238,11 +258,12 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Held::Here(body) => body.is_end_stream(),
+            // A body its watchdog let go has not ended: its next read says it was cut short.
             Held::Watched { body, .. } => body
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
-                .is_none_or(Body::is_end_stream),
+                .is_some_and(Body::is_end_stream),
             Held::Moving => false,
         }
     }

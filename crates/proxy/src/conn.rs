@@ -182,12 +182,12 @@ impl Builders {
         self.connection(parked.io, parked.service, None)
     }
 
-    // An HTTP/2 connection when given its client's `conduct` to watch.
+    // An HTTP/2 connection when given its client's conduct to watch, else HTTP/1.1.
     fn connection<S, B>(
         &self,
         io: Stream,
         service: S,
-        http2: Option<Arc<Conduct>>,
+        conduct: Option<Arc<Conduct>>,
     ) -> Pin<Box<Connection<S>>>
     where
         S: HttpService<Incoming, ResBody = B> + Send + 'static,
@@ -195,7 +195,7 @@ impl Builders {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        if let Some(conduct) = http2 {
+        if let Some(conduct) = conduct {
             let (io, end_of_turn) = coalesce(io);
             let io = FrameWatch::new(io, conduct, self.header_read_timeout);
             let inner = self.http2.serve_connection(TokioIo::new(io), service);

@@ -64,10 +64,18 @@ impl Conduct {
         }
     }
 
-    /// Tells the connection's task that the client went past a bound, and reads no more of it.
-    pub(crate) fn misbehave(&self) {
-        self.deaf.store(true, Ordering::Relaxed);
+    /// Tells the connection's task that the client went past a bound; `deaf`, that nothing more
+    /// it sends is to be read (a flood), else its requests in flight may finish.
+    pub(crate) fn misbehave(&self, deaf: bool) {
+        if deaf {
+            self.deaf.store(true, Ordering::Relaxed);
+        }
         self.misbehaved.notify_one();
+    }
+
+    /// Whether the connection reads nothing more of its client.
+    pub(crate) fn is_deaf(&self) -> bool {
+        self.deaf.load(Ordering::Relaxed)
     }
 
     /// Resolves once the client has gone past a bound.
@@ -77,7 +85,7 @@ impl Conduct {
 
     fn control_frame(&self) {
         if self.uncalled.fetch_add(1, Ordering::Relaxed) + 1 == CONTROL_FLOOD {
-            self.misbehave();
+            self.misbehave(true);
         }
     }
 }
@@ -88,8 +96,11 @@ pub(crate) struct FrameWatch<T> {
     conduct: Arc<Conduct>,
     scan: Scan,
     header_read_timeout: Duration,
-    /// Set while a header block is open, to its end of time.
-    block_timer: Option<Pin<Box<Sleep>>>,
+    /// The end of time of the request head under way, kept (and reset) from one head to the
+    /// next: made at the first.
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// A head is under way, and `head_timer` set for it.
+    timing: bool,
 }
 
 /// Where the reads are in the client's stream of frames.
@@ -99,7 +110,11 @@ struct Scan {
     skip: usize,
     header: [u8; HEADER_LEN],
     have: usize,
+    /// Inside a header block: from its HEADERS frame's first byte until the payload of the frame
+    /// that ends it (END_HEADERS) is whole, as h2 reads only whole frames.
     block_open: bool,
+    /// The payload being passed over ends the header block.
+    ends_block: bool,
 }
 
 impl<T> FrameWatch<T> {
@@ -109,7 +124,8 @@ impl<T> FrameWatch<T> {
             conduct,
             scan: Scan::new(),
             header_read_timeout,
-            block_timer: None,
+            head_timer: None,
+            timing: false,
         }
     }
 }
@@ -121,7 +137,14 @@ impl Scan {
             header: [0; HEADER_LEN],
             have: 0,
             block_open: false,
+            ends_block: false,
         }
+    }
+
+    /// Whether a request head is on its way: a header block, or a frame header begun (whose
+    /// frame may open one), so that a client trickling either is timed as an HTTP/1.1 head is.
+    fn head_under_way(&self) -> bool {
+        self.block_open || self.have > 0
     }
 
     /// Reads the frame headers in `bytes`, the next bytes of the stream, calling `frame` with
@@ -132,6 +155,7 @@ impl Scan {
                 let n = self.skip.min(bytes.len());
                 self.skip -= n;
                 bytes = &bytes[n..];
+                self.payload_passed();
                 continue;
             }
             let n = (HEADER_LEN - self.have).min(bytes.len());
@@ -142,8 +166,22 @@ impl Scan {
                 self.have = 0;
                 let [a, b, c, kind, flags, ..] = self.header;
                 self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+                if kind == HEADERS {
+                    self.block_open = true;
+                }
+                self.ends_block =
+                    matches!(kind, HEADERS | CONTINUATION) && flags & END_HEADERS != 0;
+                self.payload_passed();
                 frame(kind, flags);
             }
+        }
+    }
+
+    // A frame whose payload is whole (or empty) and ends the header block closes it.
+    fn payload_passed(&mut self) {
+        if self.skip == 0 && self.ends_block {
+            self.ends_block = false;
+            self.block_open = false;
         }
     }
 }
@@ -155,7 +193,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.conduct.deaf.load(Ordering::Relaxed) {
+        if this.conduct.is_deaf() {
             // The connection's task closes the connection once its GOAWAY is out.
             return Poll::Pending;
         }
@@ -163,12 +201,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {}
             Poll::Pending => {
-                // Nothing came: a header block left open is timed.
-                if let Some(timer) = &mut this.block_timer {
+                // Nothing came: a request head under way is timed.
+                if let (true, Some(timer)) = (this.timing, &mut this.head_timer) {
                     ready!(timer.as_mut().poll(cx));
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "a header block did not end within header_read_timeout",
+                        "a request head did not arrive whole within header_read_timeout",
                     )));
                 }
                 return Poll::Pending;
@@ -176,21 +214,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
             ready => return ready,
         }
         let conduct = &this.conduct;
-        let mut block_open = this.scan.block_open;
-        this.scan
-            .read(&buf.filled()[before..], |kind, flags| match kind {
-                PING | SETTINGS if flags & ACK == 0 => conduct.control_frame(),
-                HEADERS => block_open = flags & END_HEADERS == 0,
-                CONTINUATION if flags & END_HEADERS != 0 => block_open = false,
-                _ => {}
-            });
-        if block_open != this.scan.block_open {
-            this.scan.block_open = block_open;
-            this.block_timer = block_open.then(|| {
-                Box::pin(tokio::time::sleep_until(
-                    Instant::now() + this.header_read_timeout,
-                ))
-            });
+        let under_way = this.scan.head_under_way();
+        this.scan.read(&buf.filled()[before..], |kind, flags| {
+            if matches!(kind, PING | SETTINGS) && flags & ACK == 0 {
+                conduct.control_frame();
+            }
+        });
+        this.timing = this.scan.head_under_way();
+        if this.timing && !under_way {
+            let end = Instant::now() + this.header_read_timeout;
+            match &mut this.head_timer {
+                Some(timer) => timer.as_mut().reset(end),
+                None => this.head_timer = Some(Box::pin(tokio::time::sleep_until(end))),
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -263,7 +299,34 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_is_told_once_and_a_cause_starts_the_count_again() {
+    fn a_header_block_is_under_way_until_the_payload_that_ends_it_is_whole() {
+        let mut scan = Scan::new();
+        scan.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", |_, _| {});
+        assert!(!scan.head_under_way());
+        // A frame header begun: perhaps a head's.
+        let settings = frame(SETTINGS, 0, 0);
+        scan.read(&settings[..4], |_, _| {});
+        assert!(scan.head_under_way());
+        scan.read(&settings[4..], |_, _| {});
+        assert!(!scan.head_under_way());
+        // HEADERS with END_HEADERS, its payload trickling in: under way until it is whole.
+        let headers = frame(HEADERS, END_HEADERS, 100);
+        scan.read(&headers[..HEADER_LEN + 99], |_, _| {});
+        assert!(scan.head_under_way());
+        scan.read(&headers[HEADER_LEN + 99..], |_, _| {});
+        assert!(!scan.head_under_way());
+        // HEADERS without END_HEADERS: under way until a CONTINUATION ends it, whole.
+        scan.read(&frame(HEADERS, 0, 10), |_, _| {});
+        assert!(scan.head_under_way());
+        scan.read(&frame(PING, 0, 8), |_, _| {});
+        assert!(scan.head_under_way());
+        let last = frame(CONTINUATION, END_HEADERS, 0);
+        scan.read(&last, |_, _| {});
+        assert!(!scan.head_under_way());
+    }
+
+    #[test]
+    fn the_bound_is_told_when_reached_and_a_cause_starts_the_count_again() {
         let conduct = Conduct::default();
         for _ in 0..CONTROL_FLOOD - 1 {
             conduct.control_frame();

@@ -55,7 +55,7 @@ const EARLY_RESET: Duration = Duration::from_secs(1);
 /// clients do on deadlines, stays far below half.
 const EARLY_RESETS_SEEN_AFTER: u64 = 500;
 
-/// How long a connection closed for its early resets is given to send its GOAWAY.
+/// How long a connection closed for a flood of control frames is given to send its GOAWAY.
 const GOAWAY_FLUSH: Duration = Duration::from_millis(100);
 
 /// Binds the listener's address.
@@ -234,22 +234,29 @@ impl Serve {
                         false
                     }
                     () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
-                    () = WhenWoken::new(activity.conduct.misbehaved(), &wakes) => {
+                    () = WhenWoken::new(activity.conduct.misbehaved(), &wakes), if !closing => {
                         misbehaved = true;
                         false
                     }
                 };
-                // A rapid reset (the client resets most of its requests just after they
-                // began, each one work for the upstream), or a flood of PING or SETTINGS
-                // frames: GOAWAY, then closed.
+                // A flood of PING or SETTINGS frames: GOAWAY, and closed once it is out (the
+                // client is read no further). A rapid reset (the client resets most of its
+                // requests just after they began, each one work for the upstream): GOAWAY, and
+                // the requests in flight may finish, as on an idle close; a client whose calls
+                // time out in a brownout is no worse off.
                 if misbehaved {
+                    misbehaved = false;
                     tracing::debug!(
                         %peer,
-                        "a client reset most of its requests within a second of sending them, or flooded control frames: connection closed"
+                        "a client reset most of its requests within a second of sending them, or flooded control frames: GOAWAY"
                     );
                     connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(GOAWAY_FLUSH, connection.as_mut()).await;
-                    break;
+                    closing = true;
+                    if activity.conduct.is_deaf() {
+                        let _ = tokio::time::timeout(GOAWAY_FLUSH, connection.as_mut()).await;
+                        break;
+                    }
+                    cut_at = Some(turn::now() + idle_timeout);
                 }
                 if !quiet {
                     continue;
@@ -404,7 +411,7 @@ impl Activity {
         let early = self.early_resets.fetch_add(1, Ordering::Relaxed) + 1;
         let requests = self.requests.load(Ordering::Relaxed);
         if early * 2 >= requests.max(EARLY_RESETS_SEEN_AFTER) {
-            self.conduct.misbehave();
+            self.conduct.misbehave(false);
         }
     }
 
@@ -444,7 +451,7 @@ impl Busy {
     // The response that keeps the request counted in flight until its body ends.
     fn answer(mut self, body: ResponseBody) -> Tracked {
         self.answered = true;
-        Tracked { body, _busy: self }
+        Tracked { body, busy: self }
     }
 }
 
@@ -467,7 +474,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct Tracked {
         #[pin]
         body: ResponseBody,
-        _busy: Busy,
+        busy: Busy,
     }
 }
 
@@ -483,7 +490,7 @@ impl Body for Tracked {
         let polled = this.body.poll_frame(cx);
         // An answer flowing: the client's pings to size its window are its due.
         if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()) {
-            this._busy.activity.conduct.called();
+            this.busy.activity.conduct.called();
         }
         polled
     }
