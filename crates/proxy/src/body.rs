@@ -131,6 +131,19 @@ impl<B: Send + 'static> Held<B> {
     }
 }
 
+impl<B> Held<B> {
+    /// `look` at the body, `None` once its watchdog let it go.
+    fn peek<R>(&self, look: impl FnOnce(Option<&B>) -> R) -> R {
+        match self {
+            Held::Here(body) => look(Some(body)),
+            Held::Watched { body, .. } => {
+                look(body.lock().unwrap_or_else(PoisonError::into_inner).as_ref())
+            }
+            Held::Moving => look(None),
+        }
+    }
+}
+
 /// A body's watchdog, stopped when the body is done with (its timer goes with it).
 struct Watchdog(AbortHandle);
 
@@ -256,28 +269,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Held::Here(body) => body.is_end_stream(),
-            // A body its watchdog let go has not ended: its next read says it was cut short.
-            Held::Watched { body, .. } => body
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .is_some_and(Body::is_end_stream),
-            Held::Moving => false,
-        }
+        // A body its watchdog let go has not ended: its next read says it was cut short.
+        self.inner
+            .peek(|body| body.is_some_and(Body::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Held::Here(body) => body.size_hint(),
-            Held::Watched { body, .. } => body
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map_or_else(SizeHint::default, Body::size_hint),
-            Held::Moving => SizeHint::default(),
-        }
+        self.inner
+            .peek(|body| body.map_or_else(SizeHint::default, Body::size_hint))
     }
 }
 
