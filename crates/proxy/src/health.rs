@@ -107,16 +107,27 @@ struct Check {
     rng: Rng,
 }
 
-/// Checks in a row with the same result.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// Checks in a row with the same result, and whether passes may bring the endpoint back.
+#[derive(Debug, PartialEq, Eq)]
 struct Run {
     passed: u32,
     failed: u32,
+    /// A check failed since the endpoint was last found healthy, or it is held out until its
+    /// first check: only then does a run of passes say anything. Passes without a failure
+    /// before them prove nothing new, and must not end an ejection the endpoint's answers to
+    /// traffic earned (a service whose check passes while its requests fail).
+    doubted: bool,
+    /// Held out until its first check passes (an endpoint a reload added): one pass is enough,
+    /// as in Envoy for a host it has not checked yet.
+    pending: bool,
 }
 
 impl Check {
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut run = Run::default();
+        let mut run = Run::new(
+            !self.pool.is_healthy(self.index),
+            self.pool.is_pending(self.index),
+        );
         let mut next = turn::now() + self.jitter();
         loop {
             tokio::select! {
@@ -130,8 +141,9 @@ impl Check {
                 _ = stop.wait_for(|stop| *stop) => return,
                 passed = self.check() => passed,
             };
-            if let Some(healthy) = run.record(passed, &self.health) {
-                self.pool.set_healthy(self.index, healthy);
+            if let Some(healthy) = run.record(passed, &self.health)
+                && self.pool.set_healthy(self.index, healthy)
+            {
                 self.log(healthy);
             }
         }
@@ -228,16 +240,38 @@ impl Check {
 }
 
 impl Run {
-    /// Counts one check; says what the endpoint becomes when this check decides it.
+    /// The run of an endpoint held `unhealthy` as its checks start, and `pending` its first.
+    fn new(unhealthy: bool, pending: bool) -> Run {
+        Run {
+            passed: 0,
+            failed: 0,
+            doubted: unhealthy || pending,
+            pending,
+        }
+    }
+
+    /// Counts one check; says what the endpoint becomes when this check decides it: unhealthy
+    /// after `unhealthy_after` failures in a row, healthy (and back from any ejection) after
+    /// `healthy_after` passes in a row that follow a failure.
     fn record(&mut self, passed: bool, health: &Health) -> Option<bool> {
         if passed {
             self.failed = 0;
             self.passed = self.passed.saturating_add(1);
-            // Said once, when the run reaches the threshold: marking is idempotent anyway.
-            (self.passed == health.healthy_after).then_some(true)
+            let enough = if self.pending {
+                1
+            } else {
+                health.healthy_after
+            };
+            if self.doubted && self.passed >= enough {
+                self.doubted = false;
+                self.pending = false;
+                return Some(true);
+            }
+            None
         } else {
             self.passed = 0;
             self.failed = self.failed.saturating_add(1);
+            self.doubted = true;
             (self.failed == health.unhealthy_after).then_some(false)
         }
     }
@@ -347,7 +381,14 @@ mod tests {
     #[test]
     fn runs_of_checks_decide_at_their_thresholds() {
         let health = health(2, 3);
-        let mut run = Run::default();
+        let mut run = Run::new(false, false);
+        assert_eq!(run.record(true, &health), None);
+        assert_eq!(run.record(true, &health), None);
+        assert_eq!(
+            run.record(true, &health),
+            None,
+            "passes with no failure before them tell nothing new"
+        );
         assert_eq!(run.record(false, &health), None);
         assert_eq!(run.record(true, &health), None, "a pass breaks the run");
         assert_eq!(run.record(false, &health), None);
@@ -357,6 +398,37 @@ mod tests {
         assert_eq!(run.record(true, &health), None);
         assert_eq!(run.record(true, &health), Some(true));
         assert_eq!(run.record(true, &health), None);
+    }
+
+    #[test]
+    fn passes_after_a_failure_too_few_to_mark_it_unhealthy_still_bring_it_back() {
+        // Down and up again between checks (a quick redeploy): one check failed, and the
+        // passes after it may end the ejection its refused connections earned.
+        let health = health(3, 2);
+        let mut run = Run::new(false, false);
+        assert_eq!(run.record(false, &health), None);
+        assert_eq!(run.record(true, &health), None);
+        assert_eq!(run.record(true, &health), Some(true));
+        assert_eq!(run.record(true, &health), None);
+    }
+
+    #[test]
+    fn an_endpoint_held_out_is_back_after_its_thresholds_passes_and_a_new_one_after_one() {
+        let health = health(2, 3);
+        let mut held_out = Run::new(true, false);
+        assert_eq!(held_out.record(true, &health), None);
+        assert_eq!(held_out.record(true, &health), None);
+        assert_eq!(held_out.record(true, &health), Some(true));
+        let mut new = Run::new(true, true);
+        assert_eq!(new.record(false, &health), None);
+        assert_eq!(new.record(true, &health), Some(true));
+        assert_eq!(new.record(true, &health), None);
+        assert_eq!(new.record(false, &health), None);
+        assert_eq!(
+            new.record(true, &health),
+            None,
+            "once checked, the threshold holds"
+        );
     }
 
     #[test]

@@ -70,8 +70,11 @@ struct Endpoint {
     /// reload replaces it (the old pool's attempts still in flight would otherwise move the
     /// series of the breaker now serving).
     speaks: Arc<AtomicBool>,
-    /// Written by the endpoint's health check only; true until a check says otherwise.
+    /// Written by the endpoint's health check only; true until a check says otherwise, but for
+    /// an endpoint a reload added to a checked upstream (see [`Pool::take_health`]).
     healthy: AtomicBool,
+    /// Held out until its first check passes: a reload added it to a checked upstream.
+    pending: bool,
     /// Whether the ejection cap put the endpoint back at the last pick, its breaker refusing.
     kept: AtomicBool,
     load: Load,
@@ -386,6 +389,7 @@ impl Pool {
                     breaker,
                     speaks,
                     healthy: AtomicBool::new(true),
+                    pending: false,
                     kept: AtomicBool::new(false),
                     load: balancer.load(),
                     metrics,
@@ -754,24 +758,39 @@ impl Pool {
         self.limits.publish();
     }
 
-    /// Marks the endpoint at `index` healthy or not. Only its health check calls it, so the
-    /// count of unhealthy endpoints moves with each change exactly once.
-    pub(crate) fn set_healthy(&self, index: usize, healthy: bool) {
+    /// Marks the endpoint at `index` healthy or not, and says whether that changed its mark.
+    /// Only its health check calls it, so the count of unhealthy endpoints moves with each
+    /// change exactly once.
+    pub(crate) fn set_healthy(&self, index: usize, healthy: bool) -> bool {
         // Relaxed: the flags and the count only steer choices; no other memory depends on them.
         let endpoint = &self.endpoints[index];
-        if endpoint.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            endpoint.metrics.set_healthy(healthy);
-            if healthy {
-                self.unhealthy.fetch_sub(1, Ordering::Relaxed);
-                // Back, by its checks: probes may find out now, not at the end of an open
-                // period that the outage's trips have stretched toward `open_for_max`.
-                if let Some(breaker) = &endpoint.breaker {
-                    breaker.end_open_period();
-                }
-            } else {
-                self.unhealthy.fetch_add(1, Ordering::Relaxed);
-            }
+        if healthy && let Some(breaker) = &endpoint.breaker {
+            // Back, by its checks (failing, then passing): probes may find out now, not at the
+            // end of an open period that the outage's trips have stretched toward
+            // `open_for_max`; also when the checks failed too few times to mark it unhealthy,
+            // as a quick redeploy between two checks does.
+            breaker.end_open_period();
         }
+        if endpoint.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+            return false;
+        }
+        endpoint.metrics.set_healthy(healthy);
+        if healthy {
+            self.unhealthy.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.unhealthy.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Whether the endpoint at `index` is marked healthy.
+    pub(crate) fn is_healthy(&self, index: usize) -> bool {
+        self.endpoints[index].healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint at `index` is held out until its first check passes.
+    pub(crate) fn is_pending(&self, index: usize) -> bool {
+        self.endpoints[index].pending
     }
 
     /// Whether the health checks hold every endpoint unhealthy, and so are ignored.
@@ -818,21 +837,30 @@ impl Endpoint {
 // === impl Pool: reload ===
 
 impl Pool {
-    /// Takes over the breaker of each endpoint of `old` whose address this pool also has, so
-    /// that a reload changing an upstream neither forgets an ejection nor resets a window. Only
-    /// for breakers built from the same `[upstreams.NAME.breaker]`. Returns how many were taken.
     /// Marks unhealthy each endpoint that is unhealthy in `old`, the pool this one replaces: the
     /// new pool's checks start over, and until they have passed `healthy_after` times an
-    /// endpoint that was failing them stays out, as it would have without the reload.
+    /// endpoint that was failing them stays out, as it would have without the reload. An
+    /// endpoint `old` did not have is held out until its first check passes.
     /// Told to no one: nothing changed for the endpoint, and the series show it once this pool
     /// serves.
-    pub(crate) fn take_health(&self, old: &Pool) {
-        for endpoint in &self.endpoints {
-            let failing = old
+    pub(crate) fn take_health(&mut self, old: &Pool) {
+        for endpoint in &mut self.endpoints {
+            let before = old
                 .endpoints
                 .iter()
-                .any(|e| e.authority == endpoint.authority && !e.healthy.load(Ordering::Relaxed));
-            if failing && endpoint.healthy.swap(false, Ordering::Relaxed) {
+                .find(|e| e.authority == endpoint.authority);
+            // An endpoint new to the upstream waits for its first check, as Envoy holds a host
+            // it has not checked yet: traffic already flows to the others, and one that accepts
+            // connections but never answers would otherwise take its share until the checks
+            // caught up. (A starting proxy has no others: there every endpoint starts healthy.)
+            let held_out = match before {
+                Some(before) => !before.healthy.load(Ordering::Relaxed),
+                None => {
+                    endpoint.pending = true;
+                    true
+                }
+            };
+            if held_out && endpoint.healthy.swap(false, Ordering::Relaxed) {
                 self.unhealthy.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -902,6 +930,9 @@ impl Pool {
             .and_then(|e| e.breaker.as_ref())
     }
 
+    /// Takes over the breaker of each endpoint of `old` whose address this pool also has, so
+    /// that a reload changing an upstream neither forgets an ejection nor resets a window. Only
+    /// for breakers built from the same `[upstreams.NAME.breaker]`. Returns how many were taken.
     pub(crate) fn take_breakers(&mut self, old: &Pool) -> usize {
         let mut taken = 0;
         for endpoint in &mut self.endpoints {

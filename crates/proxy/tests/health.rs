@@ -203,6 +203,73 @@ async fn an_endpoint_back_by_its_checks_need_not_wait_out_its_breakers_open_peri
 }
 
 #[tokio::test]
+async fn an_endpoint_down_between_two_checks_need_not_wait_out_its_breakers_open_period() {
+    let a = Upstream::start(Behavior::ok("a")).await.unwrap();
+    // As a quick redeploy: the outage opens the breaker for a minute, and fails one check,
+    // far too few to mark `a` unhealthy; the passes after it bring `a` back all the same.
+    let proxy = simple(
+        &[a.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n\
+         [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+         timeout = \"100ms\"\nunhealthy_after = 1000\nhealthy_after = 2",
+    )
+    .await;
+    a.set_behavior(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(get(&proxy, "/work").await.status(), 503);
+    assert_eq!(error_of(&get(&proxy, "/work").await), Some("breaker-open"));
+    let checks = a.request_count() - traffic(&a) as u64;
+    eventually("a fails a check", || async {
+        a.request_count() - traffic(&a) as u64 > checks
+    })
+    .await;
+
+    a.set_behavior(Behavior::ok("a"));
+    eventually("a answers again", || async {
+        get(&proxy, "/work").await.body() == "a"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_endpoint_a_reload_adds_waits_for_its_first_check() {
+    let a = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let b = Upstream::start(Behavior::ok("b")).await.unwrap();
+    let builder = |endpoints: &[SocketAddr]| {
+        rampart_test_support::ProxyBuilder::to(endpoints)
+            .route("[routes.retry]\nattempts = 1")
+            .upstream(HTTP_CHECKS)
+    };
+    let proxy = builder(&[b.addr()]).start().await;
+    assert_eq!(get(&proxy, "/work").await.body(), "b");
+
+    // `a` joins failing: traffic flows to `b` meanwhile, and `a` takes none before a check has
+    // passed (round-robin would give it every other request at once).
+    let config =
+        rampart_config::Config::from_str(&builder(&[b.addr(), a.addr()]).toml(), "test.toml")
+            .unwrap();
+    proxy.reload(&config).unwrap();
+    for _ in 0..10 {
+        let response = get(&proxy, "/work").await;
+        assert_eq!(response.body(), "b");
+    }
+    assert_eq!(
+        traffic(&a),
+        0,
+        "an endpoint not yet checked takes no traffic"
+    );
+
+    // Its checks pass: it is in.
+    a.set_behavior(Behavior::ok("a"));
+    eventually("a takes traffic", || async {
+        get(&proxy, "/work").await.body() == "a"
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn with_every_endpoint_unhealthy_traffic_still_flows() {
     let a = Upstream::start(Behavior::ok("a")).await.unwrap();
     let proxy = simple(&[a.addr()], "", HTTP_CHECKS).await;
