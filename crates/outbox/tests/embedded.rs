@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{START, clock, open, request};
 use rampart_outbox::{
-    Counts, Error, FullReason, Limits, MessageId, OnFull, State, Store, Timestamp,
+    Counts, Error, FullReason, Limits, MessageId, OnFull, State, Store, StoreClock, Timestamp,
 };
 use rampart_test_support::TempDir;
 use tokio::time::advance;
@@ -119,6 +119,39 @@ async fn a_waiting_take_wakes_when_a_message_arrives_or_comes_due() {
     tokio::task::yield_now().await;
     advance(Duration::from_secs(1)).await;
     assert!(waiter.await.unwrap().unwrap().is_empty());
+    store.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_stored_while_the_clock_was_ahead_wait_no_longer_than_they_were_told() {
+    let dir = TempDir::new("clock-ahead");
+    // Two days ahead: one message waits 5 s after a failed attempt, one was never tried.
+    let ahead = StoreClock::starting_at(
+        std::sync::Arc::new(rampart_policy::clock::TokioClock),
+        at(Duration::from_secs(2 * 86_400)),
+    );
+    let store = open(dir.path(), &ahead, Limits::default()).await;
+    let failed = store.append("r", request(1, b"a")).await.unwrap();
+    let taken = store.take("r", 1, NOW).await.unwrap();
+    let retry_at = ahead.now().saturating_add(Duration::from_secs(5));
+    store
+        .retry_later(taken[0].lease, retry_at, "503 from upstream".into())
+        .await
+        .unwrap();
+    let untried = store.append("r", request(2, b"b")).await.unwrap();
+    store.close().await.unwrap();
+
+    // The clock is put right: the untried one is due now, the other 5 s from now, not in two
+    // days.
+    let store = open(dir.path(), &clock(), Limits::default()).await;
+    assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![untried]);
+    advance(Duration::from_millis(4_999)).await;
+    assert!(
+        store.take("r", 10, NOW).await.unwrap().is_empty(),
+        "its backoff holds"
+    );
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![failed]);
     store.close().await.unwrap();
 }
 
@@ -508,6 +541,63 @@ async fn an_unreadable_request_is_dead_lettered_and_does_not_block_its_queue() {
     assert_eq!(status.state, State::Dead);
     let why = status.last_error.unwrap();
     assert!(why.contains("unreadable"), "{why}");
+    store.close().await.unwrap();
+}
+
+/// Damages, in the closed store in `dir`, the table page holding `marker`, as a bad disk
+/// sector would: two of its offsets say 65,535, past the page's end.
+fn damage_page_of(dir: &std::path::Path, marker: &[u8]) {
+    const PAGE: usize = 4096;
+    let file = dir.join(rampart_outbox::embedded::FILE_NAME);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the marker is stored");
+    let page = at / PAGE * PAGE;
+    bytes[page + 8..page + 12].copy_from_slice(&[0xff, 0xff, 0, 0]);
+    std::fs::write(&file, bytes).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_page_of_requests_dead_letters_those_it_held_and_the_store_serves_on() {
+    let dir = TempDir::new("damaged-page");
+    let clock = clock();
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    let mut stored = Vec::new();
+    for n in 0..60 {
+        let body = format!("request-{n:04}-{}", "z".repeat(100));
+        stored.push(
+            store
+                .append("r", request(n, body.as_bytes()))
+                .await
+                .unwrap(),
+        );
+    }
+    store.close().await.unwrap();
+    damage_page_of(dir.path(), b"request-0030-");
+
+    let store = open(dir.path(), &clock, Limits::default()).await;
+    let taken = ids(&store.take("r", 100, NOW).await.unwrap());
+    let dead: Vec<_> = stored.iter().filter(|id| !taken.contains(id)).collect();
+    assert!(!dead.is_empty(), "the damage reached no request");
+    assert!(
+        taken.len() >= 50,
+        "the others were handed out: {} of 60",
+        taken.len()
+    );
+    for id in dead {
+        let status = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(status.state, State::Dead, "{id}");
+        let why = status.last_error.unwrap();
+        assert!(why.contains("unreadable"), "{why}");
+        // Redriven, it is found as unreadable again, not read again.
+        store.redrive(*id).await.unwrap();
+    }
+    assert!(store.take("r", 100, NOW).await.unwrap().is_empty());
+    // The store serves on: new messages are stored and handed out.
+    let next = store.append("r", request(99, b"99")).await.unwrap();
+    assert_eq!(ids(&store.take("r", 10, NOW).await.unwrap()), vec![next]);
     store.close().await.unwrap();
 }
 

@@ -556,7 +556,17 @@ impl Delivery {
                         in_flight.spawn(deliver(self.outbox.clone(), stack.clone(), leased));
                     }
                 }
-                Err(StoreError::Closed) => break,
+                Err(StoreError::Closed) => {
+                    // Closed at shutdown once the loops are told to stop; before that, only a
+                    // store that failed for good closes, and nothing else would say so.
+                    if !*self.stop.borrow() {
+                        tracing::error!(
+                            route = %self.route,
+                            "outbox: the store closed; this route's messages wait for a restart"
+                        );
+                    }
+                    break;
+                }
                 Err(err) => {
                     tracing::warn!(route = %self.route, error = %err, "outbox: cannot take messages");
                     tokio::select! {

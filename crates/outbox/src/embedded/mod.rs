@@ -21,6 +21,7 @@
 
 mod writer;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,6 +111,7 @@ impl Embedded {
             jobs: receiver,
             ids: IdGenerator::new(loaded.last_id, options.rng),
             last_reopen: None,
+            unreadable: HashSet::new(),
         };
         // On tokio's blocking pool for the store's whole life. There, on a paused test clock,
         // it also keeps tokio from jumping time forward while a job waits for its commit: tests

@@ -17,6 +17,8 @@
 //! cannot be opened (the disk is still full), every operation fails at once, saying why, and the
 //! writer tries again at most once every [`REOPEN_EVERY`].
 
+use std::collections::HashSet;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -163,6 +165,10 @@ pub(super) struct Writer {
     pub(super) ids: IdGenerator,
     /// When opening the database again was last tried.
     pub(super) last_reopen: Option<Timestamp>,
+    /// Messages whose stored request could not be read without a failure inside the database
+    /// (a damaged page of the file): neither read again (dead-lettered again if redriven) nor
+    /// removed, which would rewrite the damaged page.
+    pub(super) unreadable: HashSet<u128>,
 }
 
 impl Writer {
@@ -204,7 +210,17 @@ impl Writer {
     fn run_batch(&mut self, batch: &mut Vec<Job>) {
         let fsync = batch.iter().any(|j| j.op.needs_fsync());
         let mut results = Vec::with_capacity(batch.len());
-        let outcome = self.apply(batch, fsync, &mut results);
+        // A panic of redb's on a damaged page the take's own catch did not see: the batch
+        // fails as a failed commit does and the store is opened again. Uncaught, it would end
+        // this thread and close the store for good, silently.
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| self.apply(batch, fsync, &mut results)))
+                .unwrap_or_else(|panic| {
+                    Err(Error::backend(format!(
+                        "the store's file failed to read: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                });
         let wake = batch.iter().any(|j| {
             matches!(
                 j.op,
@@ -221,7 +237,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "outbox: a commit failed; opening the store again");
+                tracing::error!(error = %e, "outbox: a transaction failed; opening the store again");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(Error::backend(e.to_string())));
                 }
@@ -325,7 +341,9 @@ impl Writer {
                 };
                 for victim in victims {
                     if let Some(status) = tables.status(victim)? {
-                        tables.messages.remove(victim).or_backend()?;
+                        if !self.unreadable.contains(&victim) {
+                            tables.messages.remove(victim).or_backend()?;
+                        }
                         let status = tombstone(status, State::Dropped, now);
                         tables.put_status(&status)?;
                         index.bury(victim, State::Dropped, now);
@@ -352,10 +370,28 @@ impl Writer {
                         index.forget(id);
                         continue;
                     };
-                    let decoded = match tables.messages.get(id).or_backend()? {
-                        Some(bytes) => record::decode_message(bytes.value())
-                            .map_err(|e| format!("its stored request is unreadable: {e}")),
-                        None => Err("its stored request is missing".to_owned()),
+                    let decoded = if self.unreadable.contains(&id) {
+                        Err(UNREADABLE.to_owned())
+                    } else {
+                        // redb panics on some damaged pages (an offset past its page's end),
+                        // as the value is found or read; nothing is locked then. Caught here,
+                        // inside the transaction, the message goes to the dead-letter list and
+                        // the batch commits; a panic through the transaction would leave the
+                        // file to be repaired, which a damaged page fails.
+                        let read = panic::catch_unwind(AssertUnwindSafe(|| {
+                            Ok::<_, Error>(match tables.messages.get(id).or_backend()? {
+                                Some(bytes) => record::decode_message(bytes.value())
+                                    .map_err(|e| format!("its stored request is unreadable: {e}")),
+                                None => Err("its stored request is missing".to_owned()),
+                            })
+                        }));
+                        match read {
+                            Ok(decoded) => decoded?,
+                            Err(panic) => {
+                                self.unreadable.insert(id);
+                                Err(format!("{UNREADABLE} ({})", panic_message(panic.as_ref())))
+                            }
+                        }
                     };
                     match decoded {
                         Ok(message) => {
@@ -537,6 +573,19 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// Why a message whose read failed inside the database is dead-lettered.
+const UNREADABLE: &str = "its stored request is unreadable: reading it failed inside the store \
+                          (a damaged page of its file)";
+
+/// What a caught panic said, when it said it as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic")
+}
+
 /// What the backend said, without the "store failed" an [`Error::Backend`] wraps it in.
 fn cause(e: &Error) -> String {
     match e {
@@ -598,11 +647,19 @@ pub(super) fn load_index(db: &Database, now: Timestamp) -> Result<Loaded, Error>
                 if status.state == State::Delivering {
                     recovered.push(id.as_u128());
                 }
+                // A change stamped ahead of now: the wall clock was ahead then, or stepped
+                // back since. The wait it set is kept as long as it was, from now; due at its
+                // stamp, the message would stall for as long as the clock was wrong.
+                let due = if status.changed_at > now {
+                    now.saturating_add(status.next_attempt_at.saturating_since(status.changed_at))
+                } else {
+                    status.next_attempt_at
+                };
                 index.insert(
                     id.as_u128(),
                     route,
                     status.size,
-                    status.next_attempt_at,
+                    due,
                     status.state == State::Dead,
                     now,
                 );
