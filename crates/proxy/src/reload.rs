@@ -291,6 +291,10 @@ impl Live {
                 (Some(old), Some(old_pool)) => {
                     let mut pool = Pool::new(upstream, &self.rng, &self.metrics)?;
                     pool.quiet();
+                    pool.take_loads(old_pool);
+                    if old.limits == upstream.limits {
+                        pool.take_limits(old_pool);
+                    }
                     if old.breaker == upstream.breaker {
                         summary.breakers_kept += pool.take_breakers(old_pool);
                     } else {

@@ -53,7 +53,9 @@ pub(crate) struct Pool {
     balancer: Balancer,
     failures: FailureStatus,
     grpc: bool,
-    limits: Limits,
+    /// Shared with the pool a reload replaced when `[upstreams.NAME.limits]` did not change, so
+    /// that the places its attempts still hold count against the limit.
+    limits: Arc<Limits>,
     metrics: UpstreamMetrics,
 }
 
@@ -77,7 +79,9 @@ struct Endpoint {
     pending: bool,
     /// Whether the ejection cap put the endpoint back at the last pick, its breaker refusing.
     kept: AtomicBool,
-    load: Load,
+    /// Shared with the endpoint at the same address of the pool a reload replaced, so that
+    /// the attempts it still has in flight count in the balancer's choices.
+    load: Arc<Load>,
     metrics: Arc<EndpointMetrics>,
 }
 
@@ -391,7 +395,7 @@ impl Pool {
                     healthy: AtomicBool::new(true),
                     pending: false,
                     kept: AtomicBool::new(false),
-                    load: balancer.load(),
+                    load: Arc::new(balancer.load()),
                     metrics,
                 });
             }
@@ -407,8 +411,10 @@ impl Pool {
             balancer,
             failures: failure_status(&upstream.failure_status),
             grpc: upstream.protocol == UpstreamProtocol::Grpc,
-            limits: Limits::new(&upstream.limits, upstream_metrics.clone())
-                .map_err(|message| invalid("limits", message))?,
+            limits: Arc::new(
+                Limits::new(&upstream.limits, upstream_metrics.clone())
+                    .map_err(|message| invalid("limits", message))?,
+            ),
             metrics: upstream_metrics,
         })
     }
@@ -930,6 +936,27 @@ impl Pool {
             .and_then(|e| e.breaker.as_ref())
     }
 
+    /// Takes over the load (attempts in flight, latency estimate) of each endpoint of `old`
+    /// whose address this pool also has: the attempts the old pool sent still run, and a
+    /// balancer that counted them as gone would send more to the busiest endpoints.
+    pub(crate) fn take_loads(&mut self, old: &Pool) {
+        for endpoint in &mut self.endpoints {
+            if let Some(before) = old
+                .endpoints
+                .iter()
+                .find(|e| e.authority == endpoint.authority)
+            {
+                endpoint.load = before.load.clone();
+            }
+        }
+    }
+
+    /// Takes over `old`'s limits, built from the same `[upstreams.NAME.limits]`: the places its
+    /// attempts hold still count, and new ones wait behind them as before the reload.
+    pub(crate) fn take_limits(&mut self, old: &Pool) {
+        self.limits = old.limits.clone();
+    }
+
     /// Takes over the breaker of each endpoint of `old` whose address this pool also has, so
     /// that a reload changing an upstream neither forgets an ejection nor resets a window. Only
     /// for breakers built from the same `[upstreams.NAME.breaker]`. Returns how many were taken.
@@ -992,7 +1019,9 @@ impl Pool {
                 endpoint.speaks.store(false, Ordering::Relaxed);
             }
         }
-        self.limits.retire();
+        if !successor.is_some_and(|pool| Arc::ptr_eq(&pool.limits, &self.limits)) {
+            self.limits.retire();
+        }
     }
 }
 

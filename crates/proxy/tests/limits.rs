@@ -233,3 +233,28 @@ async fn a_retry_kept_waiting_for_a_place_until_the_deadline_hands_back_the_answ
     assert_eq!(error_of(&answer), None, "{:?}", answer.headers());
     hold.abort();
 }
+
+#[tokio::test]
+async fn attempts_in_flight_across_a_reload_still_count_against_the_limit_and_the_balancer() {
+    let upstream = Upstream::start(Behavior::Hang).await.unwrap();
+    let builder = |extra: &str| {
+        rampart_test_support::ProxyBuilder::to(&[upstream.addr()])
+            .upstream(extra)
+            .upstream("[upstreams.app.limits]\nmax_concurrent = 1\nmax_pending = 0")
+    };
+    let proxy = builder("").start().await;
+    let hanging = spawn_get(&proxy);
+    upstream.wait_for_requests(1).await;
+
+    // The upstream changes, not its limits: its pool is built anew while the attempt runs.
+    let changed = builder("connect_timeout = \"2s\"").toml();
+    let config = rampart_config::Config::from_str(&changed, "test.toml").unwrap();
+    assert_eq!(proxy.reload(&config).unwrap().upstreams.changed, ["app"]);
+    let app = proxy.handle().snapshot().upstreams.remove(0);
+    assert_eq!(app.in_flight, 1, "the limit still counts it");
+    assert_eq!(app.endpoints[0].in_flight, 1, "so does the balancer");
+    let refused = get(&proxy, "/").await;
+    assert_refused(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert_eq!(upstream.request_count(), 1);
+    hanging.abort();
+}
