@@ -13,12 +13,18 @@
 //! not held, for every connection attempt meanwhile, a name has at most one lookup under way:
 //! the connections that need it while it lasts wait for its answer, each within its own
 //! timeout, as Envoy's DNS cache resolves each host once for all its callers.
+//!
+//! A name that stands for several addresses gives each new connection its addresses starting at
+//! the next one in turn (among those of the family listed first, which the system's resolver
+//! put first for a reason): the connector tries them in order, and would otherwise send every
+//! connection, so all traffic, to the first.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,6 +51,8 @@ pub(crate) struct Resolver<R = GaiResolver> {
     timeout: Duration,
     /// The lookups under way, by name; each removes itself when it has its answer.
     in_flight: Arc<Mutex<HashMap<Name, watch::Receiver<Option<Answer>>>>>,
+    /// Counts the connections asked for: the address each starts at.
+    turn: Arc<AtomicUsize>,
 }
 
 impl Resolver {
@@ -60,6 +68,7 @@ impl<R> Resolver<R> {
             inner,
             timeout,
             in_flight: Arc::default(),
+            turn: Arc::default(),
         }
     }
 }
@@ -116,6 +125,8 @@ where
         let timeout = self.timeout;
         let message = format!("looking up {} took longer than {timeout:?}", name.as_str());
         let mut answer = self.lookup(name);
+        // Relaxed: the turn only spreads connections; nothing else depends on it.
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let answered = tokio::time::timeout(timeout, answer.wait_for(Option::is_some)).await;
             let Ok(answered) = answered else {
@@ -123,11 +134,26 @@ where
             };
             let answered = answered.map_err(|_| io::Error::other("the lookup ended unanswered"))?;
             match answered.as_ref().expect("waited for an answer") {
-                Ok(addrs) => Ok(addrs.clone().into_iter()),
+                Ok(addrs) => Ok(in_turn(addrs, turn).into_iter()),
                 Err((kind, text)) => Err(io::Error::new(*kind, text.clone())),
             }
         })
     }
+}
+
+/// `addrs` starting at the `turn`th of those of the first one's family, in their order round,
+/// the others after them as they were.
+fn in_turn(addrs: &[SocketAddr], turn: usize) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let (mut preferred, others): (Vec<_>, Vec<_>) = addrs
+        .iter()
+        .partition(|addr| addr.is_ipv4() == first.is_ipv4());
+    let len = preferred.len();
+    preferred.rotate_left(turn % len);
+    preferred.extend(others);
+    preferred
 }
 
 #[cfg(test)]
@@ -240,6 +266,25 @@ mod tests {
             assert!(err.to_string().contains("no such host"), "{err}");
         }
         assert_eq!(lookups.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn connections_start_at_each_address_in_turn_within_the_preferred_family() {
+        let addrs: Vec<SocketAddr> = ["[::1]:80", "10.0.0.1:80", "[::2]:80", "[::3]:80"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let firsts: Vec<SocketAddr> = (0..4).map(|turn| in_turn(&addrs, turn)[0]).collect();
+        assert_eq!(firsts, [addrs[0], addrs[2], addrs[3], addrs[0]]);
+        for turn in 0..4 {
+            let mut each = in_turn(&addrs, turn);
+            assert_eq!(each[3], addrs[1], "the other family comes after");
+            each.sort();
+            let mut all = addrs.clone();
+            all.sort();
+            assert_eq!(each, all, "every address is tried");
+        }
+        assert!(in_turn(&[], 3).is_empty());
     }
 
     fn ms(n: u64) -> Duration {
