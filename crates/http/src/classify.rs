@@ -43,6 +43,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::response::Parts;
 use rampart_policy::Outcome;
 
+use crate::rescue::Reason;
+
 /// `grpc-status`: the gRPC status code, in the response headers (trailers-only responses) or in
 /// the trailers.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -321,7 +323,11 @@ impl fmt::Debug for FailureStatus {
 ///
 /// A status in `failures` is a failure. For gRPC (`is_grpc`), so is a failing `grpc-status` in the
 /// head (a trailers-only response); with no `grpc-status` in the head the status comes in the
-/// trailers, and the head alone is a success until [`classify_trailers`] says otherwise.
+/// trailers, and the head alone is a success until [`classify_trailers`] says otherwise. A
+/// refusal a rampart further down made (`x-rampart-error`) is judged by its reason's HTTP status,
+/// as it is over HTTP: its rate limit (RESOURCE_EXHAUSTED, HTTP's 429) is no failure of the
+/// endpoint, where counted as one it would open this side's breaker on the calls past the limit,
+/// and cut off every call for the open period.
 pub fn classify_response(
     status: StatusCode,
     headers: &HeaderMap,
@@ -332,6 +338,14 @@ pub fn classify_response(
         return Outcome::Failure;
     }
     if is_grpc && let Some(code) = grpc_status(headers) {
+        if code.is_failure()
+            && let Some(reason) = Reason::of(headers)
+        {
+            return match failures.contains(reason.status()) {
+                true => Outcome::Failure,
+                false => Outcome::Success,
+            };
+        }
         return code.outcome();
     }
     Outcome::Success
@@ -556,8 +570,12 @@ pub enum RetryHint {
 
 /// What the response head `headers` says about a retry: `Retry-After` in seconds (the HTTP-date
 /// form, and any other value, is ignored), or for gRPC `grpc-retry-pushback-ms` (a non-negative
-/// count of milliseconds; anything else means do not retry, as gRFC A6 says).
+/// count of milliseconds; anything else means do not retry, as gRFC A6 says). A rampart further
+/// down that shed the request or ran out of retries says not to ([`Reason::forbids_retry`]).
 pub fn retry_hint(headers: &HeaderMap, is_grpc: bool) -> RetryHint {
+    if Reason::of(headers).is_some_and(Reason::forbids_retry) {
+        return RetryHint::Never;
+    }
     fn number(value: &HeaderValue) -> Option<u64> {
         let text = value.to_str().ok()?.trim();
         // `u64::from_str` takes a leading `+`, which neither header allows.
@@ -737,6 +755,49 @@ mod tests {
             assert_eq!(classify_trailers(&trailers), Some(expected), "{code}");
         }
         assert_eq!(classify_trailers(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_refusal_of_a_rampart_further_down_is_judged_by_its_http_status() {
+        let failures = FailureStatus::default();
+        let refused = |code: &'static str, reason: Option<&'static str>| {
+            let mut headers = with_grpc_status(code);
+            if let Some(reason) = reason {
+                headers.insert("x-rampart-error", HeaderValue::from_static(reason));
+            }
+            classify_response(StatusCode::OK, &headers, &failures, true)
+        };
+        // A rate limit there is a 429 over HTTP: no failure of the endpoint.
+        assert_eq!(refused("8", Some("rate-limited")), Outcome::Success);
+        assert_eq!(refused("8", None), Outcome::Failure, "the server's own");
+        // Shedding load, a timeout, an unreachable service: 5xx, failures as over HTTP.
+        assert_eq!(refused("8", Some("overloaded")), Outcome::Failure);
+        assert_eq!(refused("4", Some("timeout")), Outcome::Failure);
+        assert_eq!(refused("14", Some("upstream-connect")), Outcome::Failure);
+        // A reason no rampart gives is no reason: the grpc-status decides.
+        assert_eq!(refused("8", Some("tired")), Outcome::Failure);
+        // An answer that fails nothing is not turned into a failure by a header.
+        assert_eq!(refused("5", Some("overloaded")), Outcome::Success);
+    }
+
+    #[test]
+    fn an_answer_a_rampart_further_down_shed_or_gave_up_on_is_not_retried() {
+        for (reason, grpc) in [
+            ("overloaded", false),
+            ("rate-limited", true),
+            ("retry-budget-exhausted", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-rampart-error", HeaderValue::from_static(reason));
+            headers.insert("retry-after", HeaderValue::from_static("1"));
+            assert_eq!(retry_hint(&headers, grpc), RetryHint::Never, "{reason}");
+        }
+        // Another replica may well answer where this one could not reach its service.
+        for reason in ["upstream-connect", "breaker-open", "timeout", "fault-injected"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-rampart-error", HeaderValue::from_static(reason));
+            assert_eq!(retry_hint(&headers, false), RetryHint::None, "{reason}");
+        }
     }
 
     #[test]

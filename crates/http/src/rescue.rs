@@ -58,7 +58,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use rampart_policy::Rejected;
 
@@ -211,6 +211,22 @@ impl Reason {
     /// The reason as a header value.
     pub fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(self.as_str())
+    }
+
+    /// The reason a response's head says a rampart made it for (`x-rampart-error`), if one did.
+    pub fn of(headers: &HeaderMap) -> Option<Reason> {
+        headers.get(X_RAMPART_ERROR)?.to_str().ok()?.parse().ok()
+    }
+
+    /// Whether a rampart answering for this reason was shedding load (`overloaded`,
+    /// `rate-limited`) or had run out of retries (`retry-budget-exhausted`): a caller retrying
+    /// the answer would only add the load it shed, at every hop of a chain. Envoy does not retry
+    /// an answer marked `x-envoy-overloaded`, for the same reason.
+    pub fn forbids_retry(self) -> bool {
+        matches!(
+            self,
+            Reason::Overloaded | Reason::RateLimited | Reason::RetryBudgetExhausted
+        )
     }
 }
 

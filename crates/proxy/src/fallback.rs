@@ -42,9 +42,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use rampart_config::{Fallback as FallbackConfig, FallbackBody};
 use rampart_http::Reason;
 use rampart_http::classify::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, grpc_status, is_grpc};
-use rampart_http::rescue::{
-    X_RAMPART_ERROR, X_RAMPART_FALLBACK, encode_grpc_message, mark_fallback,
-};
+use rampart_http::rescue::{X_RAMPART_FALLBACK, encode_grpc_message, mark_fallback};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -268,10 +266,7 @@ fn grpc_server_error(headers: &HeaderMap) -> bool {
     let Some(code) = grpc_status(headers) else {
         return false;
     };
-    let reason = headers
-        .get(X_RAMPART_ERROR)
-        .and_then(|value| value.to_str().ok()?.parse::<Reason>().ok());
-    match reason {
+    match Reason::of(headers) {
         Some(reason) => reason.status().is_server_error(),
         None => code.http_status().is_server_error(),
     }
@@ -471,6 +466,8 @@ where
 #[cfg(test)]
 mod tests {
     use std::task::Waker;
+
+    use rampart_http::rescue::X_RAMPART_ERROR;
 
     use super::*;
 

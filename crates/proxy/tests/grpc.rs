@@ -249,6 +249,41 @@ async fn an_open_breaker_is_unavailable() {
 }
 
 #[tokio::test]
+async fn a_rate_limit_further_down_the_chain_leaves_the_breaker_closed_and_is_not_retried() {
+    // The upstream is a rampart refusing calls past its rate limit: RESOURCE_EXHAUSTED,
+    // trailers-only, with its reason.
+    let upstream = Upstream::start(Behavior::Headed {
+        status: http::StatusCode::OK,
+        headers: [
+            ("content-type", "application/grpc"),
+            ("grpc-status", "8"),
+            ("x-rampart-error", "rate-limited"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.parse().unwrap(), value.parse().unwrap()))
+        .collect(),
+    })
+    .await
+    .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 3\non = [\"grpc-resource-exhausted\"]\n\
+         backoff = { base = \"1ms\", max = \"1ms\" }",
+        "[upstreams.app.breaker]\nconsecutive_failures = 1",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+    for i in 0..5 {
+        let status = client.say("again").await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "call {i}");
+        assert_eq!(meta(&status, "x-rampart-error"), Some("rate-limited"), "call {i}");
+    }
+    // Each call reached it once (its limit's refusal is not retried into it), and none found
+    // the breaker open: a rate limit is no failure, as its 429 over HTTP is none.
+    assert_eq!(upstream.request_count(), 5);
+}
+
+#[tokio::test]
 async fn unavailable_in_the_trailers_opens_the_breaker() {
     let upstream = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Unavailable))
         .await

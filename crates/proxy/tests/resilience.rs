@@ -525,6 +525,24 @@ async fn a_retry_waits_at_least_the_upstreams_retry_after_and_is_told_the_time_t
     assert!(second <= 9_000, "{second}");
 }
 
+#[tokio::test]
+async fn an_answer_a_rampart_further_down_shed_is_not_retried_into_it() {
+    // The upstream is a rampart shedding load: each retry would be one more request to shed,
+    // at every hop of a chain.
+    let upstream = refusing(&[("x-rampart-error", "overloaded")]).await;
+    let proxy = simple(&[upstream.addr()], "", NO_BREAKER).await;
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), Some("overloaded"));
+    assert_eq!(upstream.request_count(), 1);
+
+    // Where it could not reach its service, another try may find one that can.
+    let upstream = refusing(&[("x-rampart-error", "upstream-connect")]).await;
+    let proxy = simple(&[upstream.addr()], "", NO_BREAKER).await;
+    assert_eq!(get(&proxy, "/").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.request_count(), 3);
+}
+
 /// The milliseconds an upstream was told it had.
 fn deadline_header(seen: &SeenRequest) -> u64 {
     seen.headers["x-rampart-deadline"]
