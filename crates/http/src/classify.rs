@@ -793,7 +793,12 @@ mod tests {
             assert_eq!(retry_hint(&headers, grpc), RetryHint::Never, "{reason}");
         }
         // Another replica may well answer where this one could not reach its service.
-        for reason in ["upstream-connect", "breaker-open", "timeout", "fault-injected"] {
+        for reason in [
+            "upstream-connect",
+            "breaker-open",
+            "timeout",
+            "fault-injected",
+        ] {
             let mut headers = HeaderMap::new();
             headers.insert("x-rampart-error", HeaderValue::from_static(reason));
             assert_eq!(retry_hint(&headers, false), RetryHint::None, "{reason}");

@@ -303,15 +303,18 @@ impl Body for ReplayBody {
                     return Poll::Pending;
                 }
             }
+            drop(slot);
+            // A later attempt's body whose copy was given up (by an earlier attempt's body
+            // still reading when this one started) cannot be sent whole. Asked once, as the
+            // state comes: from then on only this body reads, and a copy it gives up itself
+            // (a body over the cap that no attempt had read) leaves it sending the body whole.
+            if this.replay && !this.recording.replayable.load(Ordering::Acquire) {
+                return Poll::Ready(Some(Err(Box::new(NotReplayable))));
+            }
         }
         let Some(state) = this.state.as_mut() else {
             return Poll::Pending;
         };
-        // A later attempt's body whose copy was given up (by an earlier attempt's body still
-        // reading when this one started) cannot be sent whole.
-        if this.replay && !this.recording.replayable.load(Ordering::Acquire) {
-            return Poll::Ready(Some(Err(Box::new(NotReplayable))));
-        }
         if let Some(piece) = state.copy.get(this.sent) {
             this.sent += 1;
             return Poll::Ready(Some(Ok(Frame::data(piece.clone()))));
@@ -604,6 +607,31 @@ mod tests {
         // The first attempt gets all of it all the same.
         assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
         assert!(!replay.can_retry());
+        assert!(replay.next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_no_attempt_read_goes_whole_to_the_next() {
+        // Too large to copy (a cap of 0): the first attempt's connection was refused before it
+        // read anything, and the next attempt sends it all, giving up the copy itself as it
+        // reads.
+        let mut replay = Replay::record(full("abcdef"), 0);
+        drop(replay.next().unwrap());
+        assert!(replay.can_retry());
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
+        assert!(!replay.can_retry());
+        // So does one whose copy a retry outgrows: the copy, then the rest.
+        let (tx, body) = chunked();
+        let mut replay = Replay::record(body, 4);
+        let mut first = replay.next().unwrap();
+        tx.send(Bytes::from_static(b"ab")).unwrap();
+        first.frame().await.unwrap().unwrap();
+        drop(first);
+        for piece in ["cd", "ef"] {
+            tx.send(Bytes::from_static(piece.as_bytes())).unwrap();
+        }
+        drop(tx);
+        assert_eq!(read(replay.next().unwrap()).await.unwrap(), "abcdef");
         assert!(replay.next().is_none());
     }
 

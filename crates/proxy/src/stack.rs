@@ -233,14 +233,21 @@ impl Stack {
             .and_then(|retry| Some((retry, retry.scope(&head, grpc)?)))
             // A request retried only when unsent is never hedged: with `attempts = 1` (a route
             // that hedges), it has no use for a copy.
-            .filter(|(retry, scope)| {
-                (*scope == Scope::Any || retry.attempts() > 1) && retry.can_replay(&body)
-            })
+            .filter(|(retry, scope)| *scope == Scope::Any || retry.attempts() > 1)
             .unzip();
+        let replayable = retry.is_some_and(|retry| retry.can_replay(&body));
         let mut body = match retry {
             Some(retry) => {
                 retry.budget().deposit();
-                Replay::record(body, retry.max_replay_body())
+                // A body too large to copy is kept for nothing, but handed to the next attempt
+                // while no attempt has read any of it: one whose connection was refused sent
+                // nothing, and a large upload must not fail because a redeploy began.
+                let cap = if replayable {
+                    retry.max_replay_body()
+                } else {
+                    0
+                };
+                Replay::record(body, cap)
             }
             None => Replay::once(body),
         };
@@ -252,7 +259,7 @@ impl Stack {
             .hedging
             .as_ref()
             .zip(retry)
-            .filter(|_| scope == Some(Scope::Any));
+            .filter(|_| scope == Some(Scope::Any) && replayable);
 
         // What the failed attempt came to: kept through the backoff, to be the answer if no
         // endpoint takes the retry.

@@ -276,7 +276,11 @@ async fn a_rate_limit_further_down_the_chain_leaves_the_breaker_closed_and_is_no
     for i in 0..5 {
         let status = client.say("again").await.unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted, "call {i}");
-        assert_eq!(meta(&status, "x-rampart-error"), Some("rate-limited"), "call {i}");
+        assert_eq!(
+            meta(&status, "x-rampart-error"),
+            Some("rate-limited"),
+            "call {i}"
+        );
     }
     // Each call reached it once (its limit's refusal is not retried into it), and none found
     // the breaker open: a rate limit is no failure, as its 429 over HTTP is none.

@@ -230,6 +230,47 @@ async fn a_post_whose_connection_was_refused_goes_to_another_endpoint() {
 }
 
 #[tokio::test]
+async fn an_upload_too_large_to_copy_whose_connection_was_refused_goes_to_another_endpoint() {
+    // Over `max_replay_body`, no copy is kept; but nothing of it was read when the connection
+    // was refused, and the body goes to the next attempt as it is.
+    let redeployed = Refusing::bind().unwrap();
+    let echo = Upstream::start(Behavior::Echo).await.unwrap();
+    let proxy = simple(
+        &[redeployed.addr(), echo.addr()],
+        "[routes.retry]\nmax_replay_body = \"1KiB\"",
+        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let upload: &'static str = "x".repeat(100 * 1024).leak();
+    for method in [Method::POST, Method::PUT, Method::POST, Method::PUT] {
+        let response = put(&proxy, method.clone(), upload).await;
+        assert_eq!(response.status(), StatusCode::OK, "{method}: {response:?}");
+        assert_eq!(echo.requests().last().unwrap().body.len(), upload.len());
+    }
+    assert_eq!(echo.request_count(), 4);
+
+    // Once an attempt has read some of it, it is not sent again: a 503 stands.
+    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
+        .await
+        .unwrap();
+    let proxy = simple(
+        &[failing.addr(), echo.addr()],
+        "[routes.retry]\nmax_replay_body = \"1KiB\"",
+        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(put(&proxy, Method::PUT, upload).await.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert_eq!(failing.request_count(), 1);
+}
+
+#[tokio::test]
 async fn the_budget_stops_retries_past_its_floor_and_hands_back_the_upstreams_503() {
     let upstream = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
@@ -539,7 +580,10 @@ async fn an_answer_a_rampart_further_down_shed_is_not_retried_into_it() {
     // Where it could not reach its service, another try may find one that can.
     let upstream = refusing(&[("x-rampart-error", "upstream-connect")]).await;
     let proxy = simple(&[upstream.addr()], "", NO_BREAKER).await;
-    assert_eq!(get(&proxy, "/").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&proxy, "/").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(upstream.request_count(), 3);
 }
 
