@@ -184,6 +184,9 @@ fn check(path: &Path) -> ExitCode {
 /// An invalid configuration exits 2 with every error, logged one event each (printed as `check`
 /// prints them when the log would show no error); a listener that cannot bind exits 1.
 fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
+    // Before anything takes time: reading a large file does, and a SIGHUP meanwhile (a config
+    // watcher, `systemctl reload` right after a start) would otherwise kill the process.
+    let early = EarlyReload::hold();
     let config = match Config::from_file(path) {
         Ok(config) => config,
         // Through the log, as everything `run` says, so that a JSON log stays JSON; unless a
@@ -212,7 +215,7 @@ fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
     runtime.enable_all();
     match runtime.build() {
         Ok(runtime) => {
-            let code = runtime.block_on(serve(path, &config, until_stdin_closes));
+            let code = runtime.block_on(serve(path, &config, until_stdin_closes, early));
             // Drained: nothing is left to wait for. Dropping the runtime would wait for its
             // blocking threads, and one may be in a name lookup the resolver never answers (a
             // lookup cannot be cancelled) or in the read of a stdin that stays open: the process
@@ -228,7 +231,12 @@ fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
     }
 }
 
-async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCode {
+async fn serve(
+    path: &Path,
+    config: &Config,
+    until_stdin_closes: bool,
+    early: EarlyReload,
+) -> ExitCode {
     // Installed before the listeners open, so a signal sent as soon as they are announced is
     // neither lost nor, for SIGHUP, fatal.
     let mut signals = match Signals::install() {
@@ -238,6 +246,8 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
+    // A SIGHUP from before: the file read may not have seen what it was sent for.
+    let early_reload = early.release();
     // The admin address first: a process that cannot have it stops before it serves anything.
     let admin_tcp = match tokio::net::TcpListener::bind(config.admin.listen).await {
         Ok(tcp) => tcp,
@@ -250,7 +260,7 @@ async fn serve(path: &Path, config: &Config, until_stdin_closes: bool) -> ExitCo
     // signal meanwhile stops it, and a reload asked meanwhile is made once it has started.
     let start = Proxy::start(config);
     tokio::pin!(start);
-    let mut reload_asked = false;
+    let mut reload_asked = early_reload;
     let started = loop {
         tokio::select! {
             started = &mut start => break started,
@@ -591,6 +601,37 @@ impl Signals {
             _ = self.int.recv() => Signal::Stop("SIGINT"),
             _ = self.hup.recv() => Signal::Reload,
         }
+    }
+}
+
+/// SIGHUP caught from the start of `run` until the runtime's handlers are installed: its default
+/// action ends the process, and a reload asked while the file was being read is made once the
+/// proxy has started.
+struct EarlyReload {
+    asked: Arc<AtomicBool>,
+    #[cfg(unix)]
+    id: Option<signal_hook::SigId>,
+}
+
+impl EarlyReload {
+    fn hold() -> EarlyReload {
+        let asked = Arc::new(AtomicBool::new(false));
+        #[cfg(unix)]
+        let id = signal_hook::flag::register(signal_hook::consts::SIGHUP, asked.clone()).ok();
+        EarlyReload {
+            asked,
+            #[cfg(unix)]
+            id,
+        }
+    }
+
+    /// Whether a SIGHUP came; from now on the runtime's handler hears them.
+    fn release(self) -> bool {
+        #[cfg(unix)]
+        if let Some(id) = self.id {
+            signal_hook::low_level::unregister(id);
+        }
+        self.asked.load(Ordering::Acquire)
     }
 }
 

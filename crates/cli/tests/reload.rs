@@ -154,3 +154,59 @@ async fn post_empty(addr: &str, path: &str) -> String {
     stream.read_to_end(&mut answer).await.unwrap();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Waits until a thread of process `pid` is in `openat(2)`: blocked opening a FIFO.
+async fn until_opening(pid: u32) {
+    const OPENAT: &str = "257 ";
+    for _ in 0..1000 {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let opening = tasks.flatten().any(|task| {
+            std::fs::read_to_string(task.path().join("syscall"))
+                .is_ok_and(|call| call.starts_with(OPENAT))
+        });
+        if opening {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("rampart never began to read its file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_file_is_first_read_is_no_kill_and_is_made_once_started() {
+    use std::io::Write;
+
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let b = Upstream::start(Behavior::ok("from b")).await.unwrap();
+    let file = TempConfig::new("reload-early", &config(&[("a", a.addr())]));
+    // The first read waits: the file is a FIFO nobody writes yet, as a long read would take.
+    file.block_reads();
+    let mut rampart = Rampart::run(&[], &file.0);
+    until_opening(rampart.pid()).await;
+    rampart.signal("HUP");
+
+    // The FIFO gives the first configuration; the path then holds a second one, which the
+    // reload asked meanwhile reads.
+    let next = file.0.with_extension("next");
+    std::fs::write(&next, config(&[("a", a.addr()), ("b", b.addr())])).unwrap();
+    // Opening the FIFO waits for its reader: on a thread, so that a process the signal ended
+    // fails the test instead of hanging it.
+    let (opened, open) = std::sync::mpsc::channel();
+    let path = file.0.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(std::fs::OpenOptions::new().write(true).open(path));
+    });
+    let mut fifo = open
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("rampart reads its file: the SIGHUP did not end it")
+        .unwrap();
+    std::fs::rename(&next, &file.0).unwrap();
+    fifo.write_all(config(&[("a", a.addr())]).as_bytes())
+        .unwrap();
+    drop(fifo);
+
+    let addr = rampart.listening();
+    rampart.line("reloaded", |line| line.contains("reloaded"));
+    assert!(get(&addr, "/b").await.ends_with("from b"));
+    assert!(get(&addr, "/a").await.ends_with("from a"));
+}
