@@ -5,6 +5,8 @@
 //! default so that the rest of the file is still checked, including cross-references.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use rampart_http::{GrpcCode, Reason};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::error::{Error, Errors, line_column};
+use crate::error::{Error, Errors, Lines};
 use crate::model::*;
 use crate::value::{
     ByteSize, DURATION_ALLOWED, Endpoint, Invalid, Rate, SIZE_ALLOWED, check_ratio, closest,
@@ -28,6 +30,7 @@ type Node<'i> = Spanned<DeValue<'i>>;
 pub(crate) fn load(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, Errors> {
     let mut cx = Cx {
         src: text,
+        lines: OnceCell::new(),
         origin,
         base_dir,
         errors: Vec::new(),
@@ -60,6 +63,8 @@ pub(crate) fn load(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<
 /// Where errors are collected while the document is walked.
 struct Cx<'s> {
     src: &'s str,
+    /// Where `src`'s lines start, found at the first error.
+    lines: OnceCell<Lines<'s>>,
     origin: &'s str,
     base_dir: Option<&'s Path>,
     errors: Vec<(usize, Error)>,
@@ -104,7 +109,7 @@ impl Cx<'_> {
     ) {
         let error = Error {
             origin: self.origin.to_owned(),
-            position: Some(line_column(self.src, at)),
+            position: Some(self.lines.get_or_init(|| Lines::new(self.src)).place(at)),
             path: path.to_owned(),
             message: message.into(),
             got,
@@ -183,8 +188,8 @@ impl Cx<'_> {
                 continue;
             }
             let message = match closest(name, known.iter().copied()) {
-                Some(near) => format!("unknown key \"{name}\"; did you mean \"{near}\"?"),
-                None => format!("unknown key \"{name}\""),
+                Some(near) => format!("unknown key {name:?}; did you mean \"{near}\"?"),
+                None => format!("unknown key {name:?}"),
             };
             self.report(
                 key.span().start,
@@ -313,7 +318,9 @@ fn join(path: &str, key: &str) -> String {
     let key: Cow<'_, str> = if bare {
         key.into()
     } else {
-        format!("\"{key}\"").into()
+        // Escaped as a string is: a key holding a line break or a quote must not forge
+        // another line of the report, or end the key's quotes early.
+        format!("{key:?}").into()
     };
     if path.is_empty() {
         key.into_owned()
@@ -1050,17 +1057,28 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 /// would come back to that route, in a loop. An endpoint that is another listener of rampart's
 /// is a chain of routes, which is fine.
 fn loops(cx: &mut Cx<'_>, routes: &[Route], listeners: &[Listener]) {
-    let mut refused: Vec<String> = Vec::new();
+    let mut refused: HashSet<&str> = HashSet::new();
     let mut found = Vec::new();
+    let mut by_upstream: HashMap<&str, Vec<&Placed>> = HashMap::new();
+    for placed in &cx.endpoints {
+        by_upstream
+            .entry(&placed.upstream)
+            .or_default()
+            .push(placed);
+    }
     for route in routes {
         let Some(listener) = listeners.iter().find(|l| l.name == route.listener) else {
             continue;
         };
-        for placed in cx.endpoints.iter().filter(|p| p.upstream == route.upstream) {
-            if refused.contains(&placed.path) || !is_listener(&placed.endpoint, listener) {
+        let endpoints = by_upstream
+            .get(route.upstream.as_str())
+            .into_iter()
+            .flatten();
+        for placed in endpoints {
+            if refused.contains(placed.path.as_str()) || !is_listener(&placed.endpoint, listener) {
                 continue;
             }
-            refused.push(placed.path.clone());
+            refused.insert(&placed.path);
             let message = format!(
                 "endpoint {} is listener \"{}\" ({}), whose route \"{}\" sends to this \
                  upstream: every request would come back to it, in a loop",
@@ -1851,22 +1869,26 @@ fn routes(
 ) -> Vec<Route> {
     let tables = array_of_tables(cx, root, "routes", ROUTE_KEYS);
     let mut out: Vec<Route> = Vec::new();
+    // Looked up by name for each route: a file of thousands of routes must not take a scan of
+    // them all for each.
+    let upstream_names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let mut route_names: HashSet<String> = HashSet::new();
     for (i, t) in tables {
         let route_name = cx
             .get(&t, "name", name)
             .unwrap_or_else(|| format!("route-{i}"));
-        if out.iter().any(|r| r.name == route_name) {
+        if !route_names.insert(route_name.clone()) {
             let message = format!("duplicate route name \"{route_name}\"");
             cx.conflict(&t, "name", message);
         }
         let listener = route_listener(cx, &t, listeners);
         let upstream = match cx.get(&t, "upstream", string) {
-            Some(u) if upstreams.iter().any(|x| x.name == u) => u,
+            Some(u) if upstream_names.contains(u.as_str()) => u,
             Some(u) => {
                 let names: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
                 let message = match closest(&u, names.iter().copied()) {
-                    Some(near) => format!("no upstream named \"{u}\"; did you mean \"{near}\"?"),
-                    None => format!("no upstream named \"{u}\""),
+                    Some(near) => format!("no upstream named {u:?}; did you mean \"{near}\"?"),
+                    None => format!("no upstream named {u:?}"),
                 };
                 let node = t.get("upstream").expect("read above");
                 let allowed = if names.is_empty() {
@@ -1968,8 +1990,8 @@ fn route_listener(cx: &mut Cx<'_>, t: &Tbl<'_, '_>, listeners: &[Listener]) -> S
         Some(l) if names.contains(&l.as_str()) => l,
         Some(l) => {
             let message = match closest(&l, names.iter().copied()) {
-                Some(near) => format!("no listener named \"{l}\"; did you mean \"{near}\"?"),
-                None => format!("no listener named \"{l}\""),
+                Some(near) => format!("no listener named {l:?}; did you mean \"{near}\"?"),
+                None => format!("no listener named {l:?}"),
             };
             let node = t.get("listener").expect("read above");
             cx.invalid(
@@ -3054,6 +3076,29 @@ mod tests {
             assert!(!summary.contains("s3"), "{summary}");
             assert!(summary.contains(shown), "{summary}");
         }
+    }
+
+    #[test]
+    fn names_keys_and_units_are_escaped_so_that_each_error_stays_one_line() {
+        let toml = "\"x\\nFAKE.toml:1:1: injected\" = 1\n[[routes]]\nupstream = \"a\\nb\"\n\
+                    listener = \"l\\nq\"\ntimeout = \"1s\\r\\nFAKE: x\"\n\
+                    [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n";
+        let e = errors(toml);
+        assert_eq!(e.len(), 4, "{e:?}");
+        for error in &e {
+            let line = error.to_string();
+            assert!(!line.contains(['\n', '\r']), "{line}");
+        }
+        assert!(
+            e[0].message().contains(r#""x\nFAKE.toml:1:1: injected""#),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].message().contains(r#"no upstream named "a\nb""#),
+            "{}",
+            e[1]
+        );
     }
 
     #[test]

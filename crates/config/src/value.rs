@@ -79,7 +79,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
     }
     let Some(&(_, millis_per_unit)) = DURATION_UNITS.iter().find(|(u, _)| *u == unit) else {
         return Err(Invalid::new(
-            format!("unknown duration unit \"{unit}\"; units: ms, s, m, h"),
+            format!("unknown duration unit {unit:?}; units: ms, s, m, h"),
             DURATION_ALLOWED,
         ));
     };
@@ -189,7 +189,7 @@ impl ByteSize {
                 _ => String::new(),
             };
             return Err(Invalid::new(
-                format!("unknown size unit \"{unit}\" (sizes use binary units){hint}"),
+                format!("unknown size unit {unit:?} (sizes use binary units){hint}"),
                 SIZE_ALLOWED,
             ));
         };
