@@ -14,7 +14,7 @@ use rampart_admin::{Admin, Fleet, Reload, ReloadError, Target};
 use rampart_config::{Config, Errors};
 use rampart_proxy::{Drain, Proxy, ProxyHandle, ReloadSummary};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{Directive, LevelFilter};
 
 /// mimalloc rather than the system's allocator: a request through the proxy makes about 18
 /// allocations (hyper's buffers and channels, the boxed request future, the bodies), and glibc's
@@ -138,10 +138,28 @@ fn logging(level: LogLevel, format: LogFormat) {
         LogLevel::Trace => LevelFilter::TRACE,
     };
     // `--log-level` is the default directive: it applies only when RUST_LOG is unset, empty, or
-    // holds no valid directive.
+    // holds no valid directive. The invalid ones are said through the log once it is up:
+    // tracing-subscriber's lossy reading prints them as plain text, which broke a JSON log.
+    let mut ignored = Vec::new();
+    let mut valid = Vec::new();
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(directives) => {
+            for directive in directives.split(',').filter(|d| !d.trim().is_empty()) {
+                match directive.parse::<Directive>() {
+                    Ok(_) => valid.push(directive.to_owned()),
+                    Err(err) => ignored.push(format!("ignoring `{directive}`: {err}")),
+                }
+            }
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            ignored.push("ignoring it whole: it is not UTF-8".to_owned());
+        }
+        Err(std::env::VarError::NotPresent) => {}
+    }
     let filter = EnvFilter::builder()
         .with_default_directive(level.into())
-        .from_env_lossy();
+        .parse(valid.join(","))
+        .unwrap_or_else(|_| EnvFilter::default().add_directive(level.into()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -155,6 +173,9 @@ fn logging(level: LogLevel, format: LogFormat) {
             .with_current_span(false)
             .with_span_list(false)
             .init(),
+    }
+    for why in ignored {
+        tracing::warn!("RUST_LOG: {why}");
     }
 }
 

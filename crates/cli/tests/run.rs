@@ -121,8 +121,10 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
     assert!(stderr.contains("routes[0].upstream"), "{stderr}");
     assert!(stderr.contains("1 error"), "{stderr}");
 
-    // With JSON logs, the errors are log events like the rest.
+    // With JSON logs, the errors are log events like the rest; so is a RUST_LOG directive
+    // that cannot be read.
     let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .env("RUST_LOG", "foo[,info")
         .args(["--log-format", "json", "run", "-c"])
         .arg(&config.0)
         .output()
@@ -137,6 +139,12 @@ fn run_with_an_invalid_config_exits_2_with_the_errors() {
         events.iter().any(|event| event["message"]
             .as_str()
             .is_some_and(|message| message.contains("routes[0].upstream"))),
+        "{stderr}"
+    );
+    assert!(
+        events.iter().any(|event| event["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("RUST_LOG: ignoring `foo[`"))),
         "{stderr}"
     );
 
