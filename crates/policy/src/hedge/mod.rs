@@ -114,7 +114,11 @@ pub enum Winner {
     /// The first answer classified as a success; the last failure if every attempt failed.
     #[default]
     FirstSuccess,
-    /// The first answer, success or failure.
+    /// The first answer, success or failure. An attempt a policy inside the call refused
+    /// without calling the callee (a breaker open, a bulkhead or limit full, as a [`Nested`]
+    /// classifier tells them) is no answer: it does not end the race.
+    ///
+    /// [`Nested`]: crate::classify::Nested
     FirstAnswer,
 }
 
@@ -692,6 +696,28 @@ mod tests {
             2,
             "the hedge is not left running"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_answer_takes_no_refusal_of_a_policy_inside_for_an_answer() {
+        let hedge = Hedge::builder(HedgeDelay::Fixed(ms(100)))
+            .winner(Winner::FirstAnswer)
+            .build()
+            .unwrap();
+        let bulkhead = crate::bulkhead::Bulkhead::builder(1).build().unwrap();
+        // The first attempt holds the bulkhead's one place until 150 ms; the hedge, at 100 ms,
+        // is refused at once without reaching the callee, and must not end the race.
+        let start = tokio::time::Instant::now();
+        let result = hedge
+            .call_classified(crate::classify::Nested::new(), || {
+                bulkhead.call(|| async {
+                    sleep(ms(150)).await;
+                    Ok::<_, &str>("first")
+                })
+            })
+            .await;
+        assert_eq!(result.unwrap(), "first");
+        assert_eq!(start.elapsed(), ms(150));
     }
 
     #[tokio::test(start_paused = true)]
