@@ -171,48 +171,20 @@ async fn an_endpoint_brought_back_by_removing_its_checks_is_told_healthy() {
     assert!(changes.try_recv().is_err(), "only `a` changed");
 }
 
-#[tokio::test]
-async fn an_endpoint_back_by_its_checks_need_not_wait_out_its_breakers_open_period() {
+/// An endpoint that fails, opening its breaker for a minute (only the checks can bring it back
+/// sooner), and fails at least one check, `unhealthy_after` in a row marking it unhealthy; then
+/// it answers again: once its checks have passed twice, the next request is a probe, well
+/// inside the minute.
+async fn back_by_its_checks_within_the_open_period(unhealthy_after: u32) {
     let a = Upstream::start(Behavior::ok("a")).await.unwrap();
-    // One failure opens the breaker for a minute: only the checks can bring `a` back sooner.
     let proxy = simple(
         &[a.addr()],
         "[routes.retry]\nattempts = 1",
-        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n\
-         [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
-         timeout = \"100ms\"\nunhealthy_after = 1\nhealthy_after = 2",
-    )
-    .await;
-    a.set_behavior(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE));
-    assert_eq!(get(&proxy, "/work").await.status(), 503);
-    let refused = get(&proxy, "/work").await;
-    assert_eq!(error_of(&refused), Some("breaker-open"));
-    let checks = a.request_count() - traffic(&a) as u64;
-    eventually("a fails a check", || async {
-        a.request_count() - traffic(&a) as u64 > checks
-    })
-    .await;
-
-    // `a` is back: once its checks have passed twice, the next request is a probe, well inside
-    // the minute.
-    a.set_behavior(Behavior::ok("a"));
-    eventually("a answers again", || async {
-        get(&proxy, "/work").await.body() == "a"
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn an_endpoint_down_between_two_checks_need_not_wait_out_its_breakers_open_period() {
-    let a = Upstream::start(Behavior::ok("a")).await.unwrap();
-    // As a quick redeploy: the outage opens the breaker for a minute, and fails one check,
-    // far too few to mark `a` unhealthy; the passes after it bring `a` back all the same.
-    let proxy = simple(
-        &[a.addr()],
-        "[routes.retry]\nattempts = 1",
-        "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n\
-         [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
-         timeout = \"100ms\"\nunhealthy_after = 1000\nhealthy_after = 2",
+        &format!(
+            "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n\
+             [upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+             timeout = \"100ms\"\nunhealthy_after = {unhealthy_after}\nhealthy_after = 2"
+        ),
     )
     .await;
     a.set_behavior(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE));
@@ -229,6 +201,18 @@ async fn an_endpoint_down_between_two_checks_need_not_wait_out_its_breakers_open
         get(&proxy, "/work").await.body() == "a"
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_endpoint_back_by_its_checks_need_not_wait_out_its_breakers_open_period() {
+    back_by_its_checks_within_the_open_period(1).await;
+}
+
+#[tokio::test]
+async fn an_endpoint_down_between_two_checks_need_not_wait_out_its_breakers_open_period() {
+    // As a quick redeploy: one check failed, far too few to mark `a` unhealthy; the passes
+    // after it bring `a` back all the same.
+    back_by_its_checks_within_the_open_period(1000).await;
 }
 
 #[tokio::test]

@@ -190,37 +190,30 @@ async fn a_post_is_not_retried_by_default() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-#[tokio::test]
-async fn a_post_whose_connection_was_refused_goes_to_another_endpoint() {
-    // An endpoint being redeployed refuses connections: nothing of the POST reached it, and
-    // another endpoint takes it, body and all.
+/// Sends each of `requests` through a route (`route` lines in its table) to an endpoint that
+/// refuses connections, as one being redeployed does, beside one that echoes: nothing of the
+/// request reached the first, and the other takes it, body and all. Then, beside an endpoint
+/// answering 503, the first request twice: the one the 503 answered is not sent again.
+async fn sent_to_another_only_while_unsent(route: &str, requests: &[(Method, &'static str)]) {
     let redeployed = Refusing::bind().unwrap();
     let echo = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = simple(
-        &[redeployed.addr(), echo.addr()],
-        "",
-        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
-    )
-    .await;
-    for body in ["order 0", "order 1", "order 2", "order 3"] {
-        let response = put(&proxy, Method::POST, body).await;
-        assert_eq!(response.status(), StatusCode::OK, "{response:?}");
-        assert_eq!(echo.requests().last().unwrap().body, body);
+    let upstream = "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false";
+    let proxy = simple(&[redeployed.addr(), echo.addr()], route, upstream).await;
+    for (method, body) in requests {
+        let response = put(&proxy, method.clone(), body).await;
+        assert_eq!(response.status(), StatusCode::OK, "{method}: {response:?}");
+        assert_eq!(echo.requests().last().unwrap().body, *body);
     }
-    assert_eq!(echo.request_count(), 4);
-    // A POST is still never sent twice to endpoints that may have had it: a 503 stands.
+    assert_eq!(echo.request_count(), requests.len() as u64);
+
     let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
         .await
         .unwrap();
-    let proxy = simple(
-        &[failing.addr(), echo.addr()],
-        "",
-        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
-    )
-    .await;
+    let proxy = simple(&[failing.addr(), echo.addr()], route, upstream).await;
+    let (method, body) = &requests[0];
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        statuses.push(put(&proxy, Method::POST, "pay once").await.status());
+        statuses.push(put(&proxy, method.clone(), body).await.status());
     }
     assert!(
         statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
@@ -230,44 +223,19 @@ async fn a_post_whose_connection_was_refused_goes_to_another_endpoint() {
 }
 
 #[tokio::test]
+async fn a_post_whose_connection_was_refused_goes_to_another_endpoint() {
+    // A POST is still never sent twice to endpoints that may have had it.
+    let orders = ["order 0", "order 1", "order 2", "order 3"].map(|body| (Method::POST, body));
+    sent_to_another_only_while_unsent("", &orders).await;
+}
+
+#[tokio::test]
 async fn an_upload_too_large_to_copy_whose_connection_was_refused_goes_to_another_endpoint() {
     // Over `max_replay_body`, no copy is kept; but nothing of it was read when the connection
     // was refused, and the body goes to the next attempt as it is.
-    let redeployed = Refusing::bind().unwrap();
-    let echo = Upstream::start(Behavior::Echo).await.unwrap();
-    let proxy = simple(
-        &[redeployed.addr(), echo.addr()],
-        "[routes.retry]\nmax_replay_body = \"1KiB\"",
-        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
-    )
-    .await;
     let upload: &'static str = "x".repeat(100 * 1024).leak();
-    for method in [Method::POST, Method::PUT, Method::POST, Method::PUT] {
-        let response = put(&proxy, method.clone(), upload).await;
-        assert_eq!(response.status(), StatusCode::OK, "{method}: {response:?}");
-        assert_eq!(echo.requests().last().unwrap().body.len(), upload.len());
-    }
-    assert_eq!(echo.request_count(), 4);
-
-    // Once an attempt has read some of it, it is not sent again: a 503 stands.
-    let failing = Upstream::start(Behavior::Fail(StatusCode::SERVICE_UNAVAILABLE))
-        .await
-        .unwrap();
-    let proxy = simple(
-        &[failing.addr(), echo.addr()],
-        "[routes.retry]\nmax_replay_body = \"1KiB\"",
-        "balance = \"round-robin\"\n[upstreams.app.breaker]\nenabled = false",
-    )
-    .await;
-    let mut statuses = Vec::new();
-    for _ in 0..2 {
-        statuses.push(put(&proxy, Method::PUT, upload).await.status());
-    }
-    assert!(
-        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
-        "{statuses:?}"
-    );
-    assert_eq!(failing.request_count(), 1);
+    let uploads = [Method::POST, Method::PUT, Method::POST, Method::PUT].map(|m| (m, upload));
+    sent_to_another_only_while_unsent("[routes.retry]\nmax_replay_body = \"1KiB\"", &uploads).await;
 }
 
 #[tokio::test]
