@@ -60,7 +60,10 @@ impl fmt::Display for MessageId {
 
 /// Why a text is not a message id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a message id: expected 26 characters of Crockford base32")]
+#[error(
+    "not a message id: expected 26 characters of Crockford base32, the first of them 0 to 7 \
+     (26 characters hold 130 bits, an id 128)"
+)]
 pub struct ParseIdError;
 
 impl FromStr for MessageId {
