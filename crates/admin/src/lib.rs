@@ -272,17 +272,26 @@ where
 {
     let mut connections = JoinSet::new();
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Accepts failing: said once for the spell, not every pause.
+    let mut failing = false;
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
             accepted = tcp.accept() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("admin API: accepting connections again");
+                }
+                stream
+            }
             // Out of file descriptors and the like: the next accept may do better, after a
             // pause, since retrying at once would spin while the shortage lasts.
             Err(err) => {
-                tracing::warn!("admin API: accept failed: {err}");
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!("admin API: accept failed: {err}; said once until it passes");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }

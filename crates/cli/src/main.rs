@@ -219,6 +219,7 @@ fn run(path: &Path, until_stdin_closes: bool) -> ExitCode {
         }
         Err(errors) => return config_errors(path, &errors),
     };
+    open_file_limit(&config);
     let mut runtime = match config.runtime.worker_threads {
         // One thread: tokio's single-threaded scheduler, on the thread that would otherwise only
         // wait for the runtime to end. It wakes a task without the multi-threaded scheduler's
@@ -622,6 +623,35 @@ impl Signals {
             _ = self.int.recv() => Signal::Stop("SIGINT"),
             _ = self.hup.recv() => Signal::Reload,
         }
+    }
+}
+
+/// Raises the soft limit of open files as far as the listeners' `max_connections` need (each
+/// proxied connection holds two descriptors: the client's and the upstream's), up to the hard
+/// limit, as HAProxy does from its `maxconn` and Go's runtime does at every start: systemd's
+/// default soft limit, 1024, would hold 500 proxied connections of the default 10,000. Says so
+/// when even the hard limit is below that: past it, connections wait in the kernel's queue and
+/// upstream connects fail (`overloaded`).
+fn open_file_limit(config: &Config) {
+    // The admin API's 256 connections, the outbox and the logs besides.
+    const RESERVE: u64 = 512;
+    let wanted = config
+        .listeners
+        .iter()
+        .map(|listener| u64::from(listener.max_connections) * 2)
+        .sum::<u64>()
+        + RESERVE;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            wanted,
+            "the open-file limit is below what the listeners' max_connections allow (two \
+             descriptors a proxied connection): past it, new connections wait and upstream \
+             connects are answered `overloaded`; raise the hard limit (`ulimit -Hn`, systemd's \
+             LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!("cannot read or raise the open-file limit: {err}"),
     }
 }
 

@@ -397,3 +397,47 @@ async fn a_stop_signal_while_the_outbox_store_connects_stops_the_start() {
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
     assert!(stderr.contains("stopped while starting"), "{stderr}");
 }
+
+/// The soft and hard limits of open files of process `pid`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_for_max_connections_or_its_shortfall_said() {
+    let upstream = Upstream::start(Behavior::ok("ok")).await.unwrap();
+    let small = config(upstream.addr()).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nmax_connections = 1000\n",
+    );
+    let file = TempConfig::new("nofile", &small);
+
+    // A soft limit of 256 under a hard one of 3,000: raised to what 1,000 connections need
+    // (two descriptors each, and a reserve), quietly.
+    let mut rampart = Rampart::run_with_nofile("256:3000", &file.0);
+    rampart.listening();
+    assert_eq!(open_file_limits(rampart.pid()), (2_512, 3_000));
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("open-file limit"), "{stderr}");
+
+    // The default 10,000 under a hard limit of 1,024: raised to it, and the shortfall said.
+    let file = TempConfig::new("nofile-short", &config(upstream.addr()));
+    let mut rampart = Rampart::run_with_nofile("256:1024", &file.0);
+    let line = rampart.line("the warning", |line| line.contains("open-file limit"));
+    assert!(
+        line.contains("limit=1024") && line.contains("wanted=20512"),
+        "{line}"
+    );
+    assert_eq!(open_file_limits(rampart.pid()), (1_024, 1_024));
+}

@@ -109,7 +109,7 @@ struct Kept {
     http2: Mutex<Vec<Shared>>,
     /// Held while an HTTP/2 connection is made, so that the requests that find none wait for
     /// that one; it keeps why the last attempt could not connect, for those that waited on it.
-    connecting: tokio::sync::Mutex<Option<String>>,
+    connecting: tokio::sync::Mutex<Option<ConnectFailed>>,
     /// HTTP/2 connections made or tried: numbers them, and tells a waiter whether an attempt
     /// was made while it waited.
     connects: AtomicU64,
@@ -327,7 +327,7 @@ impl Connections {
         if self.kept.connects.load(Ordering::Acquire) != seen
             && let Some(why) = failed.as_ref()
         {
-            return self.over_limit(replacing, SendError::Connect(why.clone().into()));
+            return self.over_limit(replacing, SendError::Connect(Box::new(why.clone())));
         }
         let number = self.kept.connects.fetch_add(1, Ordering::AcqRel) + 1;
         match self.connect_http2(number).await {
@@ -336,12 +336,14 @@ impl Connections {
                 Ok((taken, false))
             }
             Err(err) => {
-                *failed = match &err {
-                    SendError::Connect(why) => Some(why.to_string()),
-                    // A failed handshake is left for each request to meet.
-                    SendError::Exchange(_) => None,
+                // A failed handshake is left for each request to meet.
+                let SendError::Connect(why) = err else {
+                    *failed = None;
+                    return self.over_limit(replacing, err);
                 };
-                self.over_limit(replacing, err)
+                let why = ConnectFailed(Arc::new(why));
+                *failed = Some(why.clone());
+                self.over_limit(replacing, SendError::Connect(Box::new(why)))
             }
         }
     }
@@ -617,6 +619,54 @@ impl fmt::Debug for PooledBody {
             Inner::Http1 { body, .. } => f.debug_tuple("PooledBody").field(body).finish(),
             Inner::Http2 { body, .. } => f.debug_tuple("PooledBody").field(body).finish(),
         }
+    }
+}
+
+/// A connect's failure, told to every request that waited for it: its causes stay readable
+/// (a shortage of the process's own descriptors must be told from the endpoint's refusal).
+#[derive(Clone, Debug)]
+struct ConnectFailed(Arc<BoxError>);
+
+impl fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+// It says what the failure says: its source is the failure's, so that a report of the chain
+// does not print the message twice.
+impl StdError for ConnectFailed {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+impl SendError {
+    /// Whether no connection could be made for want of this process's own resources: file
+    /// descriptors (`EMFILE`, `ENFILE`), socket buffers or memory (`ENOBUFS`, `ENOMEM`), local
+    /// ports (`EADDRNOTAVAIL`). Nothing the endpoint did: counted against it, a proxy out of
+    /// descriptors would eject every endpoint it has, healthy ones first.
+    pub(crate) fn is_local_shortage(&self) -> bool {
+        let SendError::Connect(err) = self else {
+            return false;
+        };
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err.as_ref());
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.raw_os_error(),
+                    Some(
+                        libc::EMFILE
+                            | libc::ENFILE
+                            | libc::ENOBUFS
+                            | libc::ENOMEM
+                            | libc::EADDRNOTAVAIL
+                    )
+                );
+            }
+            source = cause.source();
+        }
+        false
     }
 }
 

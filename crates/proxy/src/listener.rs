@@ -109,15 +109,31 @@ impl Serve {
     /// Accepts until `stop` turns true (or its sender is gone), then drains.
     pub(crate) async fn run(self, tcp: TcpListener, mut stop: watch::Receiver<bool>) -> Drain {
         let mut connections = JoinSet::new();
+        // Accepts failing (out of file descriptors, most often): said once for the spell, as
+        // the kernel's queue holds the clients meanwhile and nothing else would show it.
+        let mut failing = false;
         loop {
             tokio::select! {
                 accepted = tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("accepting connections again");
+                        }
                         if let Some(connection) = self.connection(stream, peer, stop.clone()) {
                             connections.spawn(connection);
                         }
                     }
-                    Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+                    Err(err) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(
+                                error = %err,
+                                "cannot accept connections: clients wait in the kernel's queue \
+                                 until it passes (out of file descriptors: raise `ulimit -n`, or \
+                                 lower `max_connections`)"
+                            );
+                        }
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                 },
                 // Reap finished connections, so the set holds only open ones.
                 Some(_) = connections.join_next() => {}

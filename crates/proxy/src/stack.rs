@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -13,6 +14,7 @@ use rampart_http::classify::{RetryHint, classify_response, grpc_status, is_grpc,
 use rampart_http::deadline::Outgoing;
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
+use rampart_policy::clock::recent_nanos;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
@@ -364,6 +366,12 @@ impl Stack {
                     // it.
                     return Err(fault.reason());
                 }
+                // The process is short of descriptors or memory: another endpoint would need
+                // the same, and a retry would only press harder. The answer is rampart's own
+                // overload, unless an earlier attempt's answer is in hand.
+                Err(Tried::Local) => {
+                    return failed.map_or(Err(Reason::Overloaded), Last::into_result);
+                }
                 Err(Tried::Transport(err)) => (Attempt::Error(err), Last::Error(err.into())),
                 // No answer within the whole exchange's time.
                 Err(Tried::Expired) => return Err(expired),
@@ -465,9 +473,10 @@ impl Stack {
                     Tried::Transport(err) => err.outcome(),
                     // No answer within the route's timeout: a failure of this endpoint.
                     Tried::Expired => Outcome::Failure,
-                    // The client's body failed the exchange: the endpoint's breaker and the
-                    // limit learn nothing (permit and slot are let go unrecorded).
-                    Tried::Client(_) => {
+                    // The client's body failed the exchange, or the process had no room for a
+                    // connection: the endpoint's breaker and the limit learn nothing (permit and
+                    // slot are let go unrecorded).
+                    Tried::Client(_) | Tried::Local => {
                         picked.release();
                         return Err(tried);
                     }
@@ -555,6 +564,10 @@ impl Stack {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault.and_then(BodyFault::get) {
                 Some(fault) => Tried::Client(fault),
+                None if err.is_local_shortage() => {
+                    warn_of_shortage(&err);
+                    Tried::Local
+                }
                 None => Tried::Transport(transport_error(&err)),
             }),
             Err(_elapsed) if try_deadline < deadline => {
@@ -576,6 +589,9 @@ enum Tried {
     Expired,
     /// The client's request body failed the exchange (`max_request_body`, `body_idle_timeout`).
     Client(ClientBodyFault),
+    /// No connection could be made for want of the process's own resources (file descriptors,
+    /// memory, local ports): nothing of the endpoint's, and no other endpoint would fare better.
+    Local,
 }
 
 impl Last {
@@ -584,6 +600,28 @@ impl Last {
             Last::Response(response, outcome) => Ok((response, outcome)),
             Last::Error(reason) => Err(reason),
         }
+    }
+}
+
+/// Says, at most once every ten seconds, that a connection could not be made for want of the
+/// process's own resources: the answers say `overloaded`, and only the log says why.
+fn warn_of_shortage(err: &SendError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    const EVERY: u64 = 10_000_000_000;
+    let now = recent_nanos().max(1);
+    let last = LAST.load(Ordering::Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= EVERY)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let cause = err.source().map(ToString::to_string);
+        tracing::warn!(
+            error = cause.as_deref().unwrap_or("unknown"),
+            "cannot open an upstream connection: the process is out of file descriptors, \
+             memory or local ports; requests are answered `overloaded` meanwhile (raise \
+             `ulimit -n`, or lower `max_connections`)"
+        );
     }
 }
 

@@ -93,6 +93,19 @@ impl Rampart {
         Rampart::spawn(command)
     }
 
+    /// `rampart run -c CONFIG` started by `prlimit --nofile=NOFILE` (`SOFT:HARD`), which
+    /// becomes it: its limit of open files set so.
+    pub fn run_with_nofile(nofile: &str, config: &Path) -> Rampart {
+        let mut command = Command::new("prlimit");
+        command
+            .env_remove("RUST_LOG")
+            .arg(format!("--nofile={nofile}"))
+            .arg(env!("CARGO_BIN_EXE_rampart"))
+            .args(["run", "-c"])
+            .arg(config);
+        Rampart::spawn(command)
+    }
+
     /// `rampart ARGS` (any subcommand), `RUST_LOG` unset.
     pub fn with_args(args: &[&str]) -> Rampart {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
