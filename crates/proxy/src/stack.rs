@@ -615,9 +615,18 @@ fn warn_of_shortage(err: &SendError) {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        let cause = err.source().map(ToString::to_string);
+        // The whole chain: the connector's own words ("tcp open error") say nothing alone.
+        let mut cause = String::new();
+        let mut source = err.source();
+        while let Some(err) = source {
+            if !cause.is_empty() {
+                cause.push_str(": ");
+            }
+            cause.push_str(&err.to_string());
+            source = err.source();
+        }
         tracing::warn!(
-            error = cause.as_deref().unwrap_or("unknown"),
+            error = cause,
             "cannot open an upstream connection: the process is out of file descriptors, \
              memory or local ports; requests are answered `overloaded` meanwhile (raise \
              `ulimit -n`, or lower `max_connections`)"

@@ -49,18 +49,42 @@ fn limit_open_files(soft: u64) {
     assert!(status.success());
 }
 
+/// This process's soft and hard limits of open files.
+fn open_file_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
 fn open_files() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
 }
 
+// One test, the protocols one after the other: the limit is the whole process's.
 #[tokio::test]
 async fn out_of_file_descriptors_the_answer_is_overloaded_and_no_endpoint_is_ejected() {
+    for protocol in ["http1", "http2"] {
+        out_of_file_descriptors(protocol).await;
+    }
+}
+
+async fn out_of_file_descriptors(protocol: &str) {
     let upstream = Upstream::start(Behavior::ok("ok")).await.unwrap();
     // Each request needs a new upstream connection: one idle a millisecond is not reused.
     let proxy = simple(
         &[upstream.addr()],
         "",
-        "idle_timeout = \"1ms\"\n[upstreams.app.breaker]\nconsecutive_failures = 2",
+        &format!(
+            "protocol = \"{protocol}\"\nidle_timeout = \"1ms\"\n\
+             [upstreams.app.breaker]\nconsecutive_failures = 2"
+        ),
     )
     .await;
     let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
@@ -68,6 +92,7 @@ async fn out_of_file_descriptors_the_answer_is_overloaded_and_no_endpoint_is_eje
 
     // Every descriptor taken: the next connect cannot open a socket.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let (soft, _) = open_file_limits();
     limit_open_files(open_files() + 16);
     let mut taken = Vec::new();
     loop {
@@ -80,7 +105,10 @@ async fn out_of_file_descriptors_the_answer_is_overloaded_and_no_endpoint_is_eje
     }
     for i in 0..4 {
         let head = get_on(&mut client).await;
-        assert!(head.starts_with("HTTP/1.1 503"), "request {i}: {head}");
+        assert!(
+            head.starts_with("HTTP/1.1 503"),
+            "{protocol} request {i}: {head}"
+        );
         assert!(head.contains("x-rampart-error: overloaded"), "{head}");
     }
     assert_eq!(upstream.request_count(), 1, "none reached the upstream");
@@ -88,6 +116,7 @@ async fn out_of_file_descriptors_the_answer_is_overloaded_and_no_endpoint_is_eje
     // Descriptors free again: the endpoint takes the next request at once, its breaker closed
     // (four connect failures, two of them in a row, would have opened it).
     drop(taken);
+    limit_open_files(soft);
     let head = get_on(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(upstream.request_count(), 2);
