@@ -124,12 +124,14 @@ impl Serve {
                         }
                     }
                     Err(err) => {
+                        self.metrics.accept_failures.inc();
                         if !std::mem::replace(&mut failing, true) {
                             tracing::warn!(
                                 error = %err,
                                 "cannot accept connections: clients wait in the kernel's queue \
-                                 until it passes (out of file descriptors: raise `ulimit -n`, or \
-                                 lower `max_connections`)"
+                                 until it passes, counted in \
+                                 rampart_listener_accept_failures_total (out of file descriptors: \
+                                 raise `ulimit -n`, or lower `max_connections`)"
                             );
                         }
                         tokio::time::sleep(ACCEPT_BACKOFF).await;

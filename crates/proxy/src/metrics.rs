@@ -88,6 +88,7 @@ pub(crate) struct Metrics {
     listener_connections: Family<Labels, Gauge>,
     listener_parked: Family<Labels, Gauge>,
     listener_refused: Family<Labels, Counter>,
+    listener_accept_failures: Family<Labels, Counter>,
     listener_unrouted: Family<Labels, Counter>,
     /// Reloads by outcome, `applied` or `refused`.
     reloads: Family<Labels, Counter>,
@@ -123,6 +124,9 @@ pub(crate) struct ListenerMetrics {
     pub(crate) parked: Gauge,
     /// Connections closed at once, the listener being full (`max_connections`).
     pub(crate) refused: Counter,
+    /// Accepts that failed (out of file descriptors, most often): the clients wait in the
+    /// kernel's queue meanwhile, which nothing else shows.
+    pub(crate) accept_failures: Counter,
     /// Requests answered before any route took them, by [`UNROUTED`] reason: no route's series
     /// counts them, and misrouted traffic would go unseen.
     unrouted: [Counter; UNROUTED.len()],
@@ -335,6 +339,11 @@ impl Metrics {
             metrics.listener_refused.clone(),
         );
         registry.register(
+            "rampart_listener_accept_failures",
+            "Accepts of the listener that failed (out of file descriptors, most often); the clients wait in the kernel's queue meanwhile",
+            metrics.listener_accept_failures.clone(),
+        );
+        registry.register(
             "rampart_listener_unrouted_requests",
             "Requests the listener answered before any route took them, by the answer's x-rampart-error",
             metrics.listener_unrouted.clone(),
@@ -411,6 +420,7 @@ impl Metrics {
             connections: self.listener_connections.get_or_create_owned(&labels),
             parked: self.listener_parked.get_or_create_owned(&labels),
             refused: self.listener_refused.get_or_create_owned(&labels),
+            accept_failures: self.listener_accept_failures.get_or_create_owned(&labels),
             unrouted: UNROUTED.map(unrouted),
         }
     }

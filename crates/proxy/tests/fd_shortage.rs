@@ -113,10 +113,29 @@ async fn out_of_file_descriptors(protocol: &str) {
     }
     assert_eq!(upstream.request_count(), 1, "none reached the upstream");
 
+    // A client connecting now (on the one descriptor given back) waits in the kernel's queue:
+    // the listener's accept fails, and is counted.
+    drop(taken.pop());
+    let waiting = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let failures = "rampart_listener_accept_failures_total{listener=\"listener-0\"} ";
+    for _ in 0..500 {
+        if !metrics(&proxy).contains(&format!("{failures}0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = metrics(&proxy);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with(failures) && !line.ends_with(" 0")),
+        "{text}"
+    );
+
     // Descriptors free again: the endpoint takes the next request at once, its breaker closed
     // (four connect failures, two of them in a row, would have opened it).
     drop(taken);
     limit_open_files(soft);
+    drop(waiting);
     let head = get_on(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(upstream.request_count(), 2);
