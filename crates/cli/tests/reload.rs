@@ -155,14 +155,14 @@ async fn post_empty(addr: &str, path: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// Waits until a thread of process `pid` is in `openat(2)`: blocked opening a FIFO.
+/// Waits until a thread of process `pid` is blocked opening a FIFO, waiting for a writer (the
+/// kernel's `wait_for_partner`).
 async fn until_opening(pid: u32) {
-    const OPENAT: &str = "257 ";
     for _ in 0..1000 {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         let opening = tasks.flatten().any(|task| {
-            std::fs::read_to_string(task.path().join("syscall"))
-                .is_ok_and(|call| call.starts_with(OPENAT))
+            std::fs::read_to_string(task.path().join("wchan"))
+                .is_ok_and(|wchan| wchan.trim() == "wait_for_partner")
         });
         if opening {
             return;
