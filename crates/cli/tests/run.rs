@@ -5,7 +5,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, Upstream, open_file_limits};
 
 use common::*;
 
@@ -398,20 +398,6 @@ async fn a_stop_signal_while_the_outbox_store_connects_stops_the_start() {
     assert!(stderr.contains("stopped while starting"), "{stderr}");
 }
 
-/// The soft and hard limits of open files of process `pid`.
-fn open_file_limits(pid: u32) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .unwrap();
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|word| word.parse().ok())
-        .collect();
-    (numbers[0], numbers[1])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_open_file_limit_is_raised_for_max_connections_or_its_shortfall_said() {
     let upstream = Upstream::start(Behavior::ok("ok")).await.unwrap();
@@ -425,7 +411,10 @@ async fn the_open_file_limit_is_raised_for_max_connections_or_its_shortfall_said
     // (two descriptors each, and a reserve), quietly.
     let mut rampart = Rampart::run_with_nofile("256:3000", &file.0);
     rampart.listening();
-    assert_eq!(open_file_limits(rampart.pid()), (2_512, 3_000));
+    assert_eq!(
+        open_file_limits(&rampart.pid().to_string()).unwrap(),
+        (2_512, 3_000)
+    );
     rampart.signal("TERM");
     let (status, stderr) = rampart.wait();
     assert!(status.success(), "{stderr}");
@@ -439,5 +428,8 @@ async fn the_open_file_limit_is_raised_for_max_connections_or_its_shortfall_said
         line.contains("limit=1024") && line.contains("wanted=20512"),
         "{line}"
     );
-    assert_eq!(open_file_limits(rampart.pid()), (1_024, 1_024));
+    assert_eq!(
+        open_file_limits(&rampart.pid().to_string()).unwrap(),
+        (1_024, 1_024)
+    );
 }

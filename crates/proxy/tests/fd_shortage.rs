@@ -7,7 +7,7 @@ use std::fs::File;
 use std::process::Command;
 use std::time::Duration;
 
-use rampart_test_support::{Behavior, Upstream};
+use rampart_test_support::{Behavior, Upstream, open_file_limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,20 +49,6 @@ fn limit_open_files(soft: u64) {
     assert!(status.success());
 }
 
-/// This process's soft and hard limits of open files.
-fn open_file_limits() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .unwrap();
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|word| word.parse().ok())
-        .collect();
-    (numbers[0], numbers[1])
-}
-
 fn open_files() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
 }
@@ -92,7 +78,7 @@ async fn out_of_file_descriptors(protocol: &str) {
 
     // Every descriptor taken: the next connect cannot open a socket.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let (soft, _) = open_file_limits();
+    let (soft, _) = open_file_limits("self").unwrap();
     limit_open_files(open_files() + 16);
     let mut taken = Vec::new();
     loop {

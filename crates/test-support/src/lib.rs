@@ -29,7 +29,7 @@ pub use fault::{Fault, FaultProxy};
 pub use grpc::{EchoClient, EchoReply, EchoRequest, GrpcBehavior, GrpcUpstream, SAY, SeenCall};
 pub use misbehave::{H2Code, Misbehaving, Refusing, Step};
 pub use nats::NatsServer;
-pub use process::{ChildUpstream, UPSTREAM_BINARY};
+pub use process::{ChildUpstream, UPSTREAM_BINARY, open_file_limits};
 pub use proxy::ProxyBuilder;
 pub use temp::TempDir;
 pub use tonic_health::ServingStatus;

@@ -327,3 +327,20 @@ impl Running {
         self.child.wait().map(drop)
     }
 }
+
+/// The soft and hard limits of open files of process `pid` (`"self"` for this one), from
+/// `/proc/PID/limits`.
+pub fn open_file_limits(pid: &str) -> io::Result<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let numbers: Vec<u64> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .ok_or_else(|| io::Error::other("no line for open files"))?
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    match numbers[..] {
+        [soft, hard, ..] => Ok((soft, hard)),
+        _ => Err(io::Error::other("the open-file limits are not numbers")),
+    }
+}
