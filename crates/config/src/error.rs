@@ -139,7 +139,7 @@ pub(crate) struct Lines<'a> {
 impl<'a> Lines<'a> {
     pub(crate) fn new(text: &'a str) -> Lines<'a> {
         let starts = std::iter::once(0)
-            .chain(newlines(text).map(|i| i + 1))
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
         Lines { text, starts }
     }
@@ -155,12 +155,6 @@ impl<'a> Lines<'a> {
         let start = self.starts[line - 1];
         (line, self.text[start..offset].chars().count() + 1)
     }
-}
-
-fn newlines(text: &str) -> impl Iterator<Item = usize> + '_ {
-    text.bytes()
-        .enumerate()
-        .filter_map(|(i, byte)| (byte == b'\n').then_some(i))
 }
 
 #[cfg(test)]

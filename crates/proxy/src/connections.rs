@@ -51,7 +51,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rampart_http::deadline::Outgoing;
-use rampart_policy::error::BoxError;
+use rampart_policy::error::{BoxError, find_cause};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -642,31 +642,26 @@ impl StdError for ConnectFailed {
 }
 
 impl SendError {
-    /// Whether no connection could be made for want of this process's own resources: file
-    /// descriptors (`EMFILE`, `ENFILE`), socket buffers or memory (`ENOBUFS`, `ENOMEM`), local
-    /// ports (`EADDRNOTAVAIL`). Nothing the endpoint did: counted against it, a proxy out of
-    /// descriptors would eject every endpoint it has, healthy ones first.
-    pub(crate) fn is_local_shortage(&self) -> bool {
+    /// Why no connection could be made, when it was for want of this process's own resources:
+    /// file descriptors (`EMFILE`, `ENFILE`), socket buffers or memory (`ENOBUFS`, `ENOMEM`),
+    /// local ports (`EADDRNOTAVAIL`). Nothing the endpoint did: counted against it, a proxy out
+    /// of descriptors would eject every endpoint it has, healthy ones first.
+    pub(crate) fn local_shortage(&self) -> Option<&std::io::Error> {
         let SendError::Connect(err) = self else {
-            return false;
+            return None;
         };
-        let mut source: Option<&(dyn StdError + 'static)> = Some(err.as_ref());
-        while let Some(cause) = source {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                return matches!(
-                    io.raw_os_error(),
-                    Some(
-                        libc::EMFILE
-                            | libc::ENFILE
-                            | libc::ENOBUFS
-                            | libc::ENOMEM
-                            | libc::EADDRNOTAVAIL
-                    )
-                );
-            }
-            source = cause.source();
-        }
-        false
+        find_cause::<std::io::Error>(err.as_ref()).filter(|io| {
+            matches!(
+                io.raw_os_error(),
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                )
+            )
+        })
     }
 }
 

@@ -564,11 +564,13 @@ impl Stack {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(match fault.and_then(BodyFault::get) {
                 Some(fault) => Tried::Client(fault),
-                None if err.is_local_shortage() => {
-                    warn_of_shortage(&err);
-                    Tried::Local
-                }
-                None => Tried::Transport(transport_error(&err)),
+                None => match err.local_shortage() {
+                    Some(cause) => {
+                        warn_of_shortage(cause);
+                        Tried::Local
+                    }
+                    None => Tried::Transport(transport_error(&err)),
+                },
             }),
             Err(_elapsed) if try_deadline < deadline => {
                 Err(Tried::Transport(TransportError::Timeout))
@@ -605,7 +607,7 @@ impl Last {
 
 /// Says, at most once every ten seconds, that a connection could not be made for want of the
 /// process's own resources: the answers say `overloaded`, and only the log says why.
-fn warn_of_shortage(err: &SendError) {
+fn warn_of_shortage(cause: &io::Error) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     const EVERY: u64 = 10_000_000_000;
     let now = recent_nanos().max(1);
@@ -615,18 +617,8 @@ fn warn_of_shortage(err: &SendError) {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        // The whole chain: the connector's own words ("tcp open error") say nothing alone.
-        let mut cause = String::new();
-        let mut source = err.source();
-        while let Some(err) = source {
-            if !cause.is_empty() {
-                cause.push_str(": ");
-            }
-            cause.push_str(&err.to_string());
-            source = err.source();
-        }
         tracing::warn!(
-            error = cause,
+            error = %cause,
             "cannot open an upstream connection: the process is out of file descriptors, \
              memory or local ports; requests are answered `overloaded` meanwhile (raise \
              `ulimit -n`, or lower `max_connections`)"

@@ -15,8 +15,8 @@ use crate::clock::saturating_after;
 use tower_service::Service;
 
 use super::{CloneRequest, Shared, Winner};
-use crate::classify::Classify;
-use crate::error::{BoxError, Rejected};
+use crate::classify::{Classify, Verdict};
+use crate::error::BoxError;
 
 pin_project! {
     /// Races a request against its hedges and answers with the winner.
@@ -355,23 +355,14 @@ fn settle<T, E, C: Classify<T, E>>(
         // A policy inside that refused the attempt (a breaker open, a bulkhead or limit full)
         // gave no answer of the callee's: it must not end the race and cancel an attempt the
         // callee is answering. Its timeout, the callee's slowness, is an answer.
-        Winner::FirstAnswer if !refused_unsent(classify.refusal(&result)) => Some(result),
+        Winner::FirstAnswer
+            if classify.refusal(&result).map(Verdict::of_refusal) != Some(Verdict::NotCalled) =>
+        {
+            Some(result)
+        }
         Winner::FirstAnswer | Winner::FirstSuccess => {
             *last_failure = Some(result);
             None
         }
     }
-}
-
-/// Whether `refusal` kept the attempt from reaching the callee at all.
-fn refused_unsent(refusal: Option<&Rejected>) -> bool {
-    matches!(
-        refusal,
-        Some(
-            Rejected::BreakerOpen(_)
-                | Rejected::BulkheadFull(_)
-                | Rejected::RateLimited(_)
-                | Rejected::LimitExceeded(_)
-        )
-    )
 }
