@@ -36,8 +36,8 @@
 //!     errors.to_string(),
 //!     "rampart.toml:3:1: upstreams.orders.conect_timeout: unknown key \"conect_timeout\"; \
 //!      did you mean \"connect_timeout\"? (allowed: endpoints, backup, protocol, balance, \
-//!      connect_timeout, idle_timeout, failure_status, h2_max_concurrent_streams, breaker, \
-//!      health, limits)"
+//!      connect_timeout, idle_timeout, max_connection_age, failure_status, \
+//!      h2_max_concurrent_streams, breaker, health, limits)"
 //! );
 //! ```
 //!

@@ -1133,6 +1133,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "balance",
     "connect_timeout",
     "idle_timeout",
+    "max_connection_age",
     "failure_status",
     "h2_max_concurrent_streams",
     "breaker",
@@ -1275,6 +1276,9 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
             UpstreamProtocol::Http1 => Duration::from_secs(4),
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Duration::from_secs(90),
         });
+    let max_connection_age = cx
+        .get(t, "max_connection_age", positive)
+        .unwrap_or(Duration::from_secs(3600));
     let failure_status = cx
         .list(t, "failure_status", status_match)
         .unwrap_or_else(|| vec![StatusMatch::Class5xx]);
@@ -1294,6 +1298,7 @@ fn upstream(cx: &mut Cx<'_>, upstream_name: String, t: &Tbl<'_, '_>) -> Upstream
         balance,
         connect_timeout,
         idle_timeout,
+        max_connection_age,
         failure_status,
         h2_max_concurrent_streams,
         breaker,
@@ -3007,6 +3012,18 @@ mod tests {
         );
         let e = errors(&format!("{UPSTREAM}idle_timeout = \"0s\"\n"));
         assert_eq!(e[0].path(), "upstreams.u.idle_timeout");
+    }
+
+    #[test]
+    fn an_upstreams_connections_live_an_hour_unless_told_and_never_zero() {
+        let age = |extra: &str| ok(&format!("{UPSTREAM}{extra}")).upstreams[0].max_connection_age;
+        assert_eq!(age(""), Duration::from_secs(3600));
+        assert_eq!(
+            age("max_connection_age = \"10m\"\n"),
+            Duration::from_secs(600)
+        );
+        let e = errors(&format!("{UPSTREAM}max_connection_age = \"0s\"\n"));
+        assert_eq!(e[0].path(), "upstreams.u.max_connection_age");
     }
 
     #[test]

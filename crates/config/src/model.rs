@@ -317,6 +317,10 @@ pub struct Upstream {
     /// is lost), 90s with `"http2"` and `"grpc"` (a server closing one says so, GOAWAY, and a
     /// request it did not take is sent again).
     pub idle_timeout: Duration,
+    /// `max_connection_age`: how long a connection to an endpoint is used before it is closed
+    /// (between exchanges) and another made, so that a changed DNS answer or a rebalanced
+    /// endpoint behind a load balancer is reached by steady traffic too. Default 1h.
+    pub max_connection_age: Duration,
     /// `failure_status`: default `["5xx"]`.
     pub failure_status: Vec<StatusMatch>,
     /// `h2_max_concurrent_streams`: the requests one HTTP/2 connection to an endpoint carries

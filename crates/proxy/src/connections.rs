@@ -27,6 +27,15 @@
 //! CLOSE_WAIT for a request to notice; an HTTP/2 one that gives its request back unsent sends it
 //! once more on a new connection, as hyper-util's client does.
 //!
+//! A connection is used for at most the upstream's `max_connection_age` (1 h by default, as
+//! nginx's `keepalive_time`; Envoy's `max_connection_duration`): an HTTP/1.1 one past it is
+//! closed when its exchange ends instead of going back, an HTTP/2 one takes no new request and
+//! closes when its last stream ends. Without it a connection in steady use lives for as long as
+//! both ends do, so an endpoint named by DNS keeps sending its traffic to the address it had at
+//! the start, and one behind a layer-4 load balancer to the backend it first reached. Each
+//! connection's age is drawn between nine tenths of the setting and all of it, so that
+//! connections opened together (a start, a burst) are not all made again at once.
+//!
 //! An HTTP/2 connection carries every request to its endpoint, so one that stops answering while
 //! staying open (a black-holed flow, a wedged server) would time out every request, and its
 //! breaker's probes too, for as long as it stays: it is pinged when nothing came on it for
@@ -52,6 +61,7 @@ use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rampart_http::deadline::Outgoing;
 use rampart_policy::error::{BoxError, find_cause};
+use rampart_policy::rng::Rng;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -102,6 +112,9 @@ pub(crate) struct Connections {
 struct Kept {
     /// How long a connection may wait idle before it is closed rather than reused.
     idle_timeout: Duration,
+    /// How long a connection is used at most; each is given a share of it from `rng`.
+    max_age: Duration,
+    rng: Rng,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connections, the oldest first, so that the ones opened for a burst go idle
@@ -128,6 +141,8 @@ struct Shared {
     idle: Idle<http2::SendRequest<RequestBody>>,
     number: u64,
     streams: Arc<Streams>,
+    /// When it takes no new stream (`max_connection_age`).
+    retire_at: Option<Instant>,
 }
 
 /// The streams open on an HTTP/2 connection.
@@ -188,12 +203,15 @@ pub(crate) enum SendError {
 impl Connections {
     /// Connections to `authority`, made by `connector`, speaking h2c by prior knowledge with at
     /// most `streams` requests at once on each connection when `http2` is `Some(streams)`, else
-    /// HTTP/1.1; a connection idle for `idle_timeout` is closed rather than reused.
+    /// HTTP/1.1; a connection idle for `idle_timeout` is closed rather than reused, and one is
+    /// used for at most `max_age`, less up to a tenth of it drawn from `rng`.
     pub(crate) fn new(
         authority: Authority,
         connector: Connector,
         http2: Option<usize>,
         idle_timeout: Duration,
+        max_age: Duration,
+        rng: Rng,
     ) -> Connections {
         let target = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -208,6 +226,8 @@ impl Connections {
             http2,
             kept: Arc::new(Kept {
                 idle_timeout,
+                max_age,
+                rng,
                 idle: Mutex::default(),
                 http2: Mutex::default(),
                 connecting: tokio::sync::Mutex::default(),
@@ -235,7 +255,10 @@ impl Connections {
         let conn = match self.checkout() {
             Some(conn) => conn,
             // Boxed: a connect's future is large, and rare.
-            None => h1::Conn::new(Box::pin(self.connect()).await?.into_inner()),
+            None => {
+                let io = Box::pin(self.connect()).await?.into_inner();
+                h1::Conn::new(io, self.kept.retire_at(turn::now()))
+            }
         };
         let response = h1::send(conn, head, &self.authority, deadline, body)
             .await
@@ -251,10 +274,12 @@ impl Connections {
         if idle.is_empty() {
             return None;
         }
-        close_stale(&mut idle, turn::now(), self.kept.idle_timeout);
-        // One the upstream closed meanwhile is let go.
+        let now = turn::now();
+        close_stale(&mut idle, now, self.kept.idle_timeout);
+        // One the upstream closed meanwhile is let go, and so is one past its age (the look
+        // every few seconds may not have come yet).
         while let Some(Idle { handle: conn, .. }) = idle.pop() {
-            if conn.is_usable() {
+            if !retired(conn.retire_at(), now) && conn.is_usable() {
                 return Some(conn);
             }
         }
@@ -305,7 +330,12 @@ impl Connections {
         let mut shared = lock(&self.kept.http2);
         // Streams still open keep their connection: only this handle goes.
         shared.retain(|shared| !shared.idle.handle.is_closed() && Some(shared.number) != replacing);
-        shared.iter_mut().find_map(|shared| shared.take(streams))
+        // One past its age stays until its streams end (the look closes it), taking no more.
+        let now = turn::now();
+        shared
+            .iter_mut()
+            .filter(|shared| !retired(shared.retire_at, now))
+            .find_map(|shared| shared.take(streams))
     }
 
     // An HTTP/2 connection with room for one more of `streams` streams, and that stream, taken;
@@ -383,13 +413,15 @@ impl Connections {
             .ready()
             .await
             .map_err(|err| SendError::Exchange(err.into()))?;
+        let now = turn::now();
         let mut shared = Shared {
             idle: Idle {
                 handle: sender,
-                since: turn::now(),
+                since: now,
             },
             number,
             streams: Arc::default(),
+            retire_at: self.kept.retire_at(now),
         };
         let taken = shared.take(1).expect("a new connection has room");
         lock(&self.kept.http2).push(shared);
@@ -447,6 +479,11 @@ fn absolute(authority: &Authority, target: &Uri) -> Result<Uri, SendError> {
     Uri::from_parts(parts).map_err(|err| SendError::Exchange(err.into()))
 }
 
+// Whether a connection to be retired at `at` is past its age at `now`.
+fn retired(at: Option<Instant>, now: Instant) -> bool {
+    at.is_some_and(|at| now >= at)
+}
+
 // Closes the connections of `idle` unused for `timeout` at `now`.
 fn close_stale(idle: &mut Vec<Idle>, now: Instant, timeout: Duration) {
     // The oldest are at the bottom: once the bottom one is fresh, all are.
@@ -458,6 +495,13 @@ fn close_stale(idle: &mut Vec<Idle>, now: Instant, timeout: Duration) {
 }
 
 impl Kept {
+    /// When a connection made at `now` is to be retired: `None` past the clock's range.
+    fn retire_at(&self, now: Instant) -> Option<Instant> {
+        let share = 1.0 - 0.1 * self.rng.next_f64().clamp(0.0, 1.0);
+        let age = Duration::try_from_secs_f64(self.max_age.as_secs_f64() * share).ok()?;
+        now.checked_add(age)
+    }
+
     /// Starts the task closing idle connections, unless it runs (or no runtime does).
     fn watch(self: &Arc<Kept>) {
         // A load first: this runs on every hand-back, and a swap would write a shared line.
@@ -503,17 +547,19 @@ impl Kept {
         let mut idle = lock(&self.idle);
         close_stale(&mut idle, now, self.idle_timeout);
         // No checkout may come to notice for a while.
-        idle.retain(|idle| idle.handle.is_usable());
+        idle.retain(|idle| !retired(idle.handle.retire_at(), now) && idle.handle.is_usable());
         let mut http2 = lock(&self.http2);
         // One with streams open is not idle, however long ago they began (a gRPC watch), and
         // one whose last stream ended since the last look is idle from now.
-        http2.retain_mut(|Shared { idle, streams, .. }| {
+        http2.retain_mut(|shared| {
+            let Shared { idle, streams, .. } = shared;
             if streams.ended.swap(false, Ordering::AcqRel) {
                 idle.since = now;
             }
             !idle.handle.is_closed()
                 && (streams.open.load(Ordering::Acquire) > 0
-                    || now.duration_since(idle.since) < self.idle_timeout)
+                    || (now.duration_since(idle.since) < self.idle_timeout
+                        && !retired(shared.retire_at, now)))
         });
         !idle.is_empty() || !http2.is_empty()
     }
@@ -522,9 +568,14 @@ impl Kept {
 impl Kept {
     /// Takes an HTTP/1.1 connection back after an exchange that ended whole.
     fn give_back(self: &Arc<Kept>, conn: Box<h1::Conn>) {
+        let now = turn::now();
+        // Past its age, it closes here, between two exchanges.
+        if retired(conn.retire_at(), now) {
+            return;
+        }
         let idle = Idle {
             handle: conn,
-            since: turn::now(),
+            since: now,
         };
         lock(&self.idle).push(idle);
         self.watch();
@@ -749,15 +800,41 @@ mod tests {
     /// The upstreams' `idle_timeout` in these tests.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+    /// The upstreams' `max_connection_age` in these tests.
+    const MAX_AGE: Duration = Duration::from_secs(3600);
+
     /// Connections to `addr`, carrying at most `streams` requests at once on each when HTTP/2.
     fn connections_of(addr: SocketAddr, streams: Option<usize>) -> Connections {
         idle_for(addr, streams, IDLE_TIMEOUT)
     }
 
     fn idle_for(addr: SocketAddr, streams: Option<usize>, idle: Duration) -> Connections {
+        made(addr, streams, idle, MAX_AGE, Rng::fixed(0.0))
+    }
+
+    /// Connections to `addr` used for at most `max_age`, less a tenth of it times a draw of
+    /// `rng`.
+    fn aged(addr: SocketAddr, streams: Option<usize>, max_age: Duration, rng: Rng) -> Connections {
+        made(addr, streams, IDLE_TIMEOUT, max_age, rng)
+    }
+
+    fn made(
+        addr: SocketAddr,
+        streams: Option<usize>,
+        idle: Duration,
+        max_age: Duration,
+        rng: Rng,
+    ) -> Connections {
         let mut connector = Connector::new_with_resolver(Resolver::system(Duration::from_secs(5)));
         connector.enforce_http(true);
-        Connections::new(addr.to_string().parse().unwrap(), connector, streams, idle)
+        Connections::new(
+            addr.to_string().parse().unwrap(),
+            connector,
+            streams,
+            idle,
+            max_age,
+            rng,
+        )
     }
 
     /// A GET of `/path` sent through `connections`.
@@ -945,6 +1022,106 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(lock(&connections.kept.idle).len(), 0);
+    }
+
+    /// Lets the paused clock go `by`, and the tasks it wakes run.
+    async fn pass(by: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::resume();
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_in_steady_use_is_made_again_past_its_age() {
+        let (addr, accepted) = upstream(false, false).await;
+        let connections = aged(addr, None, Duration::from_secs(10), Rng::fixed(0.0));
+        // An exchange every 3 s: never idle for long.
+        for _ in 0..3 {
+            exchange(&connections).await;
+            pass(Duration::from_secs(3)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "9 s old: still the first"
+        );
+        // An exchange under way as the connection comes of age ends whole, and then the
+        // connection closes instead of going back.
+        let held = send(&connections).await.unwrap();
+        pass(Duration::from_secs(2)).await;
+        let body = held.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        assert!(lock(&connections.kept.idle).is_empty());
+        exchange(&connections).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(lock(&connections.kept.idle).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_http1_connection_past_its_age_is_not_checked_out() {
+        let (addr, accepted) = upstream(false, false).await;
+        let connections = aged(addr, None, Duration::from_secs(4), Rng::fixed(0.0));
+        exchange(&connections).await;
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(3500)).await;
+        tokio::time::resume();
+        exchange(&connections).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        // Past its age before the look (every `LOOK`) has come.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(600)).await;
+        tokio::time::resume();
+        exchange(&connections).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_past_its_age_takes_no_new_stream_and_ends_its_own() {
+        let (addr, accepted) = upstream(true, false).await;
+        let connections = aged(addr, Some(100), Duration::from_secs(10), Rng::fixed(0.0));
+        exchange(&connections).await;
+        // A stream open across the age: its answer is held, not read.
+        let held = send(&connections).await.unwrap();
+        pass(Duration::from_secs(10)).await;
+        exchange(&connections).await;
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            2,
+            "the new request: a new connection"
+        );
+        let numbers = || {
+            let shared = lock(&connections.kept.http2);
+            shared
+                .iter()
+                .map(|shared| shared.number)
+                .collect::<Vec<_>>()
+        };
+        // Looked at while its stream is open, the old connection stays for it.
+        connections.kept.look(Instant::now());
+        assert_eq!(numbers(), [1, 2]);
+        let body = held.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello", "the old connection's stream ends whole");
+        // Its last stream ended: the look closes it, and keeps the new one.
+        connections.kept.look(Instant::now());
+        assert_eq!(numbers(), [2]);
+    }
+
+    #[tokio::test]
+    async fn connections_made_together_are_retired_apart() {
+        let (addr, _) = upstream(false, false).await;
+        let now = Instant::now();
+        let age = Duration::from_secs(100);
+        let at = |draw: f64| aged(addr, None, age, Rng::fixed(draw)).kept.retire_at(now);
+        assert_eq!(at(0.0), Some(now + age));
+        assert_eq!(at(0.5), Some(now + Duration::from_secs(95)));
+        // Never sooner than nine tenths of the age.
+        assert!(at(0.999_999).unwrap() > now + Duration::from_secs(90));
+        // An age past the clock's range never comes, and is no panic.
+        let forever = aged(addr, None, Duration::MAX, Rng::fixed(0.0));
+        assert_eq!(forever.kept.retire_at(now), None);
     }
 
     #[tokio::test]

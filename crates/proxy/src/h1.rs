@@ -43,6 +43,7 @@ use rampart_http::headers::write_decimal;
 use rampart_policy::error::BoxError;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::body::RequestBody;
 
@@ -76,16 +77,24 @@ pub(crate) struct Conn {
     io: TcpStream,
     /// What was read and not yet taken.
     read: BytesMut,
+    /// When it is closed instead of reused (the upstream's `max_connection_age`).
+    retire_at: Option<Instant>,
 }
 
 impl Conn {
     /// Boxed once for its whole life: a response body carries its connection, and is moved
     /// several times on its way back, each time 64 bytes more with the connection inline.
-    pub(crate) fn new(io: TcpStream) -> Box<Conn> {
+    pub(crate) fn new(io: TcpStream, retire_at: Option<Instant>) -> Box<Conn> {
         Box::new(Conn {
             io,
             read: BytesMut::new(),
+            retire_at,
         })
+    }
+
+    /// When it is to be closed instead of reused.
+    pub(crate) fn retire_at(&self) -> Option<Instant> {
+        self.retire_at
     }
 
     /// Whether this idle connection may carry another exchange: the upstream has not closed it,
@@ -185,7 +194,7 @@ pub(crate) async fn send(
         response.extensions_mut().insert(reason);
     }
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
-        let Conn { io, mut read } = *conn;
+        let Conn { io, mut read, .. } = *conn;
         let leftover = read.split().freeze();
         response
             .extensions_mut()
@@ -1263,7 +1272,7 @@ mod tests {
     }
 
     async fn conn(addr: SocketAddr) -> Box<Conn> {
-        Conn::new(TcpStream::connect(addr).await.unwrap())
+        Conn::new(TcpStream::connect(addr).await.unwrap(), None)
     }
 
     fn request(method: Method, body: RequestBody) -> Request<RequestBody> {

@@ -388,6 +388,8 @@ impl Pool {
                         connector.clone(),
                         http2,
                         upstream.idle_timeout,
+                        upstream.max_connection_age,
+                        rng.clone(),
                     ),
                     authority,
                     breaker,
