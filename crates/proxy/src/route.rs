@@ -80,8 +80,8 @@ impl Router {
 struct Asked<'a> {
     parts: &'a Parts,
     host: OnceCell<Option<Authority>>,
-    /// The path its dot segments name, when they name another; looked for only when a route
-    /// matches on the path.
+    /// The path as routes match it, when that is not the path as it came; worked out only when
+    /// a route matches on the path.
     resolved: OnceCell<Option<String>>,
 }
 
@@ -94,16 +94,18 @@ impl<'a> Asked<'a> {
         }
     }
 
-    /// The path routes match: the one its dot segments name (RFC 3986 §5.2.4). `/r/../d/x` is
-    /// `/d/x` to an upstream that resolves them, as most do: matched as it came, it would be
-    /// served under `/r/`'s route and policies. The request goes on with its path as it came,
-    /// as nginx sends it: an upstream that resolves dot segments serves the path matched, and
-    /// one that does not (a store whose keys may hold `..`, a signed path) gets what the client
-    /// sent.
+    /// The path routes match: the one the target names to an upstream that reads it as RFC
+    /// 3986 has it (§6.2.2), its percent-encoded unreserved characters decoded (`%69` is `i`)
+    /// and its dot segments resolved (`/r/../d/x` is `/d/x`), as most upstreams do and as nginx
+    /// matches its locations: matched as it came, `/%69nternal/x` or `/r/../internal/x` would
+    /// be served as `/internal/x` under another route's policies. The request goes on with its
+    /// path as it came, as nginx sends it: an upstream that normalizes serves the path matched,
+    /// and one that does not (a store whose keys may hold `..`, a signed path) gets what the
+    /// client sent.
     fn path(&self) -> &str {
         let path = self.parts.uri.path();
         self.resolved
-            .get_or_init(|| without_dot_segments(path))
+            .get_or_init(|| normalized(path))
             .as_deref()
             .unwrap_or(path)
     }
@@ -122,15 +124,53 @@ impl<'a> Asked<'a> {
     }
 }
 
-/// `path` with its dot segments removed (RFC 3986 §5.2.4), `%2e` read as the dot it stands for
-/// (§2.3); `None` if it has none. A path without `/.` or `/%2` (most, gRPC's and file names'
-/// included) is passed over with a scan or two, allocating nothing.
-fn without_dot_segments(path: &str) -> Option<String> {
+/// `path` as routes match it (see [`Asked::path`]); `None` when that is `path` itself. A path
+/// without `%` or `/.` (most, gRPC's and file names' included) is passed over with a scan or
+/// two, allocating nothing.
+fn normalized(path: &str) -> Option<String> {
+    let decoded = decode_unreserved(path);
+    without_dot_segments(decoded.as_deref().unwrap_or(path)).or(decoded)
+}
+
+/// `path` with its percent-encoded unreserved characters decoded (RFC 3986 §2.3: letters,
+/// digits, `-`, `.`, `_`, `~`, which mean the same encoded or not); `None` if it has none. The
+/// others stay encoded: `%2F` is not `/`, nor `%3F` a `?`.
+fn decode_unreserved(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
-    if memchr::memmem::find(bytes, b"/.").is_none() && memchr::memmem::find(bytes, b"/%2").is_none()
-    {
-        return None;
+    let first = memchr::memchr(b'%', bytes)?;
+    let mut decoded = Vec::with_capacity(bytes.len());
+    decoded.extend_from_slice(&bytes[..first]);
+    let mut changed = false;
+    let mut rest = &bytes[first..];
+    while let Some((&b, after)) = rest.split_first() {
+        rest = after;
+        if b == b'%'
+            && let [high, low, after @ ..] = rest
+            && let (Some(high), Some(low)) = (hex(*high), hex(*low))
+            && is_unreserved(high << 4 | low)
+        {
+            decoded.push(high << 4 | low);
+            rest = after;
+            changed = true;
+        } else {
+            decoded.push(b);
+        }
     }
+    // ASCII in, ASCII out: a URI's path is ASCII, and so are the characters decoded.
+    changed.then(|| String::from_utf8(decoded).ok()).flatten()
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).map(|value| value as u8)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// `path` with its dot segments removed (RFC 3986 §5.2.4); `None` if it has none.
+fn without_dot_segments(path: &str) -> Option<String> {
+    memchr::memmem::find(path.as_bytes(), b"/.")?;
     let rest = path.strip_prefix('/')?;
     if !rest.split('/').any(|segment| dots(segment).is_some()) {
         return None;
@@ -154,22 +194,13 @@ fn without_dot_segments(path: &str) -> Option<String> {
     Some(format!("/{}", kept.join("/")))
 }
 
-/// How many dots a path segment is, if it is one or two of them (`.`, `..`, `%2e`, `.%2E`, ...).
+/// How many dots a path segment is, if it is one or two of them (`.`, `..`).
 fn dots(segment: &str) -> Option<u8> {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', after @ ..] => after,
-            [b'%', b'2', e, after @ ..] if e.eq_ignore_ascii_case(&b'e') => after,
-            _ => return None,
-        };
-        dots += 1;
-        if dots > 2 {
-            return None;
-        }
+    match segment {
+        "." => Some(1),
+        ".." => Some(2),
+        _ => None,
     }
-    (dots > 0).then_some(dots)
 }
 
 /// A route's `match`, with its values parsed once.
@@ -206,9 +237,11 @@ impl Matcher {
                 Ok((name, value))
             })
             .collect::<Result<_, Error>>()?;
+        // Written as requests are matched: `/%69nternal` is `/internal` there too.
+        let normal = |path: &String| normalized(path).unwrap_or_else(|| path.clone());
         Ok(Matcher {
-            path_prefix: config.path_prefix.clone(),
-            path: config.path.clone(),
+            path_prefix: config.path_prefix.as_ref().map(normal),
+            path: config.path.as_ref().map(normal),
             host: config.host.as_deref().map(HostPattern::new),
             method,
             headers,
@@ -318,11 +351,7 @@ mod tests {
             ("//..", "/"),
             ("/a//../b", "/a/b"),
         ] {
-            assert_eq!(
-                without_dot_segments(path).as_deref(),
-                Some(resolved),
-                "{path}"
-            );
+            assert_eq!(normalized(path).as_deref(), Some(resolved), "{path}");
         }
         for path in [
             "/",
@@ -337,9 +366,40 @@ mod tests {
             "/pkg.Service/Method",
             "/x%2f..",
             "/caf\u{e9}/..x",
+            "/%",
+            "/a%zz/%4",
         ] {
-            assert_eq!(without_dot_segments(path), None, "{path}");
+            assert_eq!(normalized(path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn percent_encoded_unreserved_characters_are_read_as_themselves() {
+        for (path, normal) in [
+            ("/%69nternal/x", "/internal/x"),
+            ("/%49%6E%74", "/Int"),
+            ("/a%2Db%5fc%7E%2e", "/a-b_c~."),
+            ("/x/%2e%2E/%69", "/i"),
+            // Reserved and other characters stay as they came.
+            ("/%69/%2F/%3f/%20/%C3%A9", "/i/%2F/%3f/%20/%C3%A9"),
+            ("/%69%", "/i%"),
+            ("/%69%6", "/i%6"),
+        ] {
+            assert_eq!(normalized(path).as_deref(), Some(normal), "{path}");
+        }
+        let prefix = matcher(Match {
+            path_prefix: Some("/internal".into()),
+            ..Match::default()
+        });
+        assert!(matches(&prefix, parts(Request::get("/%69nternal/x"))));
+        assert!(matches(&prefix, parts(Request::get("/%69%6e%74ernal"))));
+        assert!(!matches(&prefix, parts(Request::get("/%2Finternal"))));
+        // A configured path is read the same way.
+        let written = matcher(Match {
+            path: Some("/%61dmin".into()),
+            ..Match::default()
+        });
+        assert!(matches(&written, parts(Request::get("/admin"))));
     }
 
     fn parts(request: http::request::Builder) -> Parts {

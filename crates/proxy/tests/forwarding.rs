@@ -824,7 +824,7 @@ async fn an_http2_field_value_padded_with_white_space_gets_400_and_goes_nowhere(
 }
 
 #[tokio::test]
-async fn a_path_is_routed_as_the_path_its_dot_segments_name() {
+async fn a_path_is_routed_as_the_path_its_dot_segments_and_escapes_name() {
     let public = Upstream::start(Behavior::Echo).await.unwrap();
     let internal = Upstream::start(Behavior::Echo).await.unwrap();
     let proxy = proxy(&format!(
@@ -843,6 +843,8 @@ async fn a_path_is_routed_as_the_path_its_dot_segments_name() {
     for target in [
         "/public/../internal/keys?x=1",
         "/public/%2e%2e/internal/keys?x=1",
+        "/%69nternal/keys",
+        "/public/%2E./%69%6E%74ernal/keys",
     ] {
         let answer = raw(
             addr(&proxy),
@@ -856,5 +858,5 @@ async fn a_path_is_routed_as_the_path_its_dot_segments_name() {
         );
     }
     assert_eq!(public.request_count(), 0);
-    assert_eq!(internal.request_count(), 2);
+    assert_eq!(internal.request_count(), 4);
 }
