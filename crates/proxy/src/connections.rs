@@ -32,9 +32,9 @@
 //! closed when its exchange ends instead of going back, an HTTP/2 one takes no new request and
 //! closes when its last stream ends. Without it a connection in steady use lives for as long as
 //! both ends do, so an endpoint named by DNS keeps sending its traffic to the address it had at
-//! the start, and one behind a layer-4 load balancer to the backend it first reached. Each
-//! connection's age is drawn between nine tenths of the setting and all of it, so that
-//! connections opened together (a start, a burst) are not all made again at once.
+//! the start, and one behind a layer-4 load balancer to the backend it first reached. The ages
+//! of an endpoint's connections are spread between nine tenths of the setting and all of it,
+//! so that connections opened together (a start, a burst) are not all made again at once.
 //!
 //! An HTTP/2 connection carries every request to its endpoint, so one that stops answering while
 //! staying open (a black-holed flow, a wedged server) would time out every request, and its
@@ -61,7 +61,6 @@ use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rampart_http::deadline::Outgoing;
 use rampart_policy::error::{BoxError, find_cause};
-use rampart_policy::rng::Rng;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -112,9 +111,10 @@ pub(crate) struct Connections {
 struct Kept {
     /// How long a connection may wait idle before it is closed rather than reused.
     idle_timeout: Duration,
-    /// How long a connection is used at most; each is given a share of it from `rng`.
+    /// How long a connection is used at most; each is given a share of it (see `retire_at`).
     max_age: Duration,
-    rng: Rng,
+    /// Connections made, HTTP/1.1 or HTTP/2: spreads their ages.
+    made: AtomicU64,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connections, the oldest first, so that the ones opened for a burst go idle
@@ -204,14 +204,13 @@ impl Connections {
     /// Connections to `authority`, made by `connector`, speaking h2c by prior knowledge with at
     /// most `streams` requests at once on each connection when `http2` is `Some(streams)`, else
     /// HTTP/1.1; a connection idle for `idle_timeout` is closed rather than reused, and one is
-    /// used for at most `max_age`, less up to a tenth of it drawn from `rng`.
+    /// used for at most `max_age`, less up to a tenth of it.
     pub(crate) fn new(
         authority: Authority,
         connector: Connector,
         http2: Option<usize>,
         idle_timeout: Duration,
         max_age: Duration,
-        rng: Rng,
     ) -> Connections {
         let target = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -227,7 +226,7 @@ impl Connections {
             kept: Arc::new(Kept {
                 idle_timeout,
                 max_age,
-                rng,
+                made: AtomicU64::default(),
                 idle: Mutex::default(),
                 http2: Mutex::default(),
                 connecting: tokio::sync::Mutex::default(),
@@ -495,9 +494,15 @@ fn close_stale(idle: &mut Vec<Idle>, now: Instant, timeout: Duration) {
 }
 
 impl Kept {
-    /// When a connection made at `now` is to be retired: `None` past the clock's range.
+    /// When a connection made at `now` is to be retired: `None` past the clock's range. The
+    /// n-th connection's age is short of `max_age` by a tenth of it times the fraction of n
+    /// times the golden ratio: connections made one after another get ages as far apart as
+    /// their number allows, with no randomness drawn from the proxy's own (which the tests of
+    /// other draws replay).
     fn retire_at(&self, now: Instant) -> Option<Instant> {
-        let share = 1.0 - 0.1 * self.rng.next_f64().clamp(0.0, 1.0);
+        const GOLDEN: f64 = 0.618_033_988_749_895;
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let share = 1.0 - 0.1 * (n as f64 * GOLDEN).fract();
         let age = Duration::try_from_secs_f64(self.max_age.as_secs_f64() * share).ok()?;
         now.checked_add(age)
     }
@@ -809,13 +814,12 @@ mod tests {
     }
 
     fn idle_for(addr: SocketAddr, streams: Option<usize>, idle: Duration) -> Connections {
-        made(addr, streams, idle, MAX_AGE, Rng::fixed(0.0))
+        made(addr, streams, idle, MAX_AGE)
     }
 
-    /// Connections to `addr` used for at most `max_age`, less a tenth of it times a draw of
-    /// `rng`.
-    fn aged(addr: SocketAddr, streams: Option<usize>, max_age: Duration, rng: Rng) -> Connections {
-        made(addr, streams, IDLE_TIMEOUT, max_age, rng)
+    /// Connections to `addr` used for at most `max_age` (the first of them for all of it).
+    fn aged(addr: SocketAddr, streams: Option<usize>, max_age: Duration) -> Connections {
+        made(addr, streams, IDLE_TIMEOUT, max_age)
     }
 
     fn made(
@@ -823,7 +827,6 @@ mod tests {
         streams: Option<usize>,
         idle: Duration,
         max_age: Duration,
-        rng: Rng,
     ) -> Connections {
         let mut connector = Connector::new_with_resolver(Resolver::system(Duration::from_secs(5)));
         connector.enforce_http(true);
@@ -833,7 +836,6 @@ mod tests {
             streams,
             idle,
             max_age,
-            rng,
         )
     }
 
@@ -1037,7 +1039,7 @@ mod tests {
     #[tokio::test]
     async fn an_http1_connection_in_steady_use_is_made_again_past_its_age() {
         let (addr, accepted) = upstream(false, false).await;
-        let connections = aged(addr, None, Duration::from_secs(10), Rng::fixed(0.0));
+        let connections = aged(addr, None, Duration::from_secs(10));
         // An exchange every 3 s: never idle for long.
         for _ in 0..3 {
             exchange(&connections).await;
@@ -1063,7 +1065,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_http1_connection_past_its_age_is_not_checked_out() {
         let (addr, accepted) = upstream(false, false).await;
-        let connections = aged(addr, None, Duration::from_secs(4), Rng::fixed(0.0));
+        let connections = aged(addr, None, Duration::from_secs(4));
         exchange(&connections).await;
         tokio::time::pause();
         tokio::time::advance(Duration::from_millis(3500)).await;
@@ -1081,7 +1083,7 @@ mod tests {
     #[tokio::test]
     async fn an_http2_connection_past_its_age_takes_no_new_stream_and_ends_its_own() {
         let (addr, accepted) = upstream(true, false).await;
-        let connections = aged(addr, Some(100), Duration::from_secs(10), Rng::fixed(0.0));
+        let connections = aged(addr, Some(100), Duration::from_secs(10));
         exchange(&connections).await;
         // A stream open across the age: its answer is held, not read.
         let held = send(&connections).await.unwrap();
@@ -1114,13 +1116,24 @@ mod tests {
         let (addr, _) = upstream(false, false).await;
         let now = Instant::now();
         let age = Duration::from_secs(100);
-        let at = |draw: f64| aged(addr, None, age, Rng::fixed(draw)).kept.retire_at(now);
-        assert_eq!(at(0.0), Some(now + age));
-        assert_eq!(at(0.5), Some(now + Duration::from_secs(95)));
-        // Never sooner than nine tenths of the age.
-        assert!(at(0.999_999).unwrap() > now + Duration::from_secs(90));
+        let connections = aged(addr, None, age);
+        let ages: Vec<Duration> = (0..20)
+            .map(|_| connections.kept.retire_at(now).unwrap() - now)
+            .collect();
+        assert_eq!(ages[0], age, "the first: all of it");
+        // Between nine tenths of the age and all of it, and no two within 0.3 s of each other
+        // (twenty multiples of the golden ratio leave gaps of at least 0.034 between their
+        // fractions).
+        let mut sorted = ages.clone();
+        sorted.sort();
+        assert!(sorted[0] > Duration::from_secs(90), "{sorted:?}");
+        assert!(
+            sorted
+                .windows(2)
+                .all(|pair| pair[1] - pair[0] > Duration::from_millis(300))
+        );
         // An age past the clock's range never comes, and is no panic.
-        let forever = aged(addr, None, Duration::MAX, Rng::fixed(0.0));
+        let forever = aged(addr, None, Duration::MAX);
         assert_eq!(forever.kept.retire_at(now), None);
     }
 

@@ -389,7 +389,6 @@ impl Pool {
                         http2,
                         upstream.idle_timeout,
                         upstream.max_connection_age,
-                        rng.clone(),
                     ),
                     authority,
                     breaker,
