@@ -8,7 +8,7 @@ use http::header::{
     RETRY_AFTER, TRANSFER_ENCODING,
 };
 use http::request::Parts;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
@@ -113,12 +113,11 @@ pub(crate) async fn handle(
     // An asterisk-form target (`OPTIONS *`) asks about rampart itself, and names nothing an
     // upstream could be sent; a request must name its host once. A target's authority (an
     // absolute-form target, HTTP/2's `:authority`) may not carry credentials (RFC 9110 §4.2.4,
-    // RFC 9113 §8.3.1): they would go on to the upstream in its Host.
+    // RFC 9113 §8.3.1): they would go on to the upstream in its Host; nor may it be what a Host
+    // field may not (a port alone, a port past 65535): it goes on as the upstream's Host.
     let version = request.version();
-    let userinfo = request
-        .uri()
-        .authority()
-        .is_some_and(|authority| authority.as_str().contains('@'));
+    let authority = request.uri().authority().map(Authority::as_str);
+    let userinfo = authority.is_some_and(|authority| authority.contains('@'));
     // An authority-form target (`GET example.com:80`) is CONNECT's alone (RFC 9112 §3.2.3).
     let authority_form = request.uri().scheme().is_none() && request.uri().authority().is_some();
     // Over HTTP/2 the target is built from `:scheme`, `:authority` and a `:path` of `*`.
@@ -128,8 +127,12 @@ pub(crate) async fn handle(
         Some("a target's authority may not carry credentials (user@host)")
     } else if authority_form {
         Some("an authority-form target (host:port) is for CONNECT alone")
+    } else if authority.is_some_and(|authority| !is_host(authority.as_bytes())) {
+        Some("a target's authority must be a host and an optional port up to 65535")
     } else if version < Version::HTTP_2 && !host_is_sound(&request) {
         Some("an HTTP/1.x request must name its host once, in one valid Host field")
+    } else if version == Version::HTTP_2 && !h2_host_is_sound(&request) {
+        Some("an HTTP/2 request may have one Host field at most, and a valid one")
     } else if version == Version::HTTP_2 && padded_value(request.headers()) {
         // HTTP/1.1's parser takes the white space off; HTTP/2 sends values as they are, and
         // such a request is malformed (RFC 9113 §8.2.1): an upstream may read `" admin"` and
@@ -632,15 +635,41 @@ fn host_is_sound<B>(request: &Request<B>) -> bool {
     // A pass over the few fields of a request costs less than a lookup, which hashes the name.
     let mut hosts = request.headers().iter().filter(|(name, _)| *name == HOST);
     match (hosts.next(), hosts.next()) {
-        // Not empty, and a host before any port: an `http` URI's host is never empty (RFC 9110
-        // §4.2.1), and the target the upstream would rebuild from it names nothing.
-        (Some((_, host)), None) => match host.as_bytes() {
-            [] | [b':', ..] => false,
-            host => host.iter().all(|&b| HOST_BYTES[usize::from(b)]),
-        },
+        (Some((_, host)), None) => is_host(host.as_bytes()),
         (None, _) => request.version() < Version::HTTP_11,
         (Some(_), Some(_)) => false,
     }
+}
+
+// Whether an HTTP/2 request's Host fields, if any, are sound: HTTP/2 names the host in
+// `:authority` and needs no Host field, but a client may send one (RFC 9113 §8.3.1), and then it
+// is one, and valid. Without `:authority` the route reads the Host field, and the upstream may
+// read another of two; with it, the Host field is replaced by `:authority` on the way (see
+// `rewrite_request`), as the route reads that.
+fn h2_host_is_sound<B>(request: &Request<B>) -> bool {
+    let mut hosts = request.headers().iter().filter(|(name, _)| *name == HOST);
+    match (hosts.next(), hosts.next()) {
+        (None, _) => true,
+        (Some((_, host)), None) => is_host(host.as_bytes()),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+// Whether `host` is RFC 3986's `host [ ":" port ]` as an `http` URI's authority has it: a host,
+// not empty (RFC 9110 §4.2.1: the target an upstream would rebuild from it names nothing), of
+// the bytes a host may have, and a port, if any, of digits up to 65535.
+fn is_host(host: &[u8]) -> bool {
+    if matches!(host, [] | [b':', ..]) || !host.iter().all(|&b| HOST_BYTES[usize::from(b)]) {
+        return false;
+    }
+    // The port follows the last colon outside an IP literal's brackets.
+    let port = match host.iter().rposition(|&b| b == b':') {
+        Some(at) if !host[at..].contains(&b']') => &host[at + 1..],
+        _ => return true,
+    };
+    port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
 }
 
 // Whether a `Connection` field of `headers` names `keep-alive`.

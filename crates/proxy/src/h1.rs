@@ -31,7 +31,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::request::Parts;
 use http::uri::Authority;
@@ -589,12 +590,13 @@ impl Writer {
             .map_or("/", |target| target.as_str());
         // Sized once: the request line, the fields, and room for Host, the deadline and a framing
         // field.
-        let (mut has_host, mut cookies) = (false, 0);
+        let (mut has_host, mut has_te, mut cookies) = (false, false, 0);
         let fields: usize = parts
             .headers
             .iter()
             .map(|(name, value)| {
                 has_host |= name == HOST;
+                has_te |= name == TE;
                 cookies += usize::from(name == COOKIE);
                 name.as_str().len() + value.len() + 4
             })
@@ -645,15 +647,22 @@ impl Writer {
         }
         // An HTTP/2 client may send its cookies as several fields; HTTP/1.1 has them in one, the
         // pairs joined by "; " (RFC 9113 §8.2.3).
+        // An empty one adds nothing, and would leave an empty pair (`a=1; ; b=2`).
         if cookies > 1 {
             head.extend_from_slice(b"cookie: ");
-            for (i, cookie) in parts.headers.get_all(COOKIE).iter().enumerate() {
+            let crumbs = parts.headers.get_all(COOKIE).into_iter();
+            for (i, cookie) in crumbs.filter(|cookie| !cookie.is_empty()).enumerate() {
                 if i > 0 {
                     head.extend_from_slice(b"; ");
                 }
                 head.extend_from_slice(cookie.as_bytes());
             }
             head.extend_from_slice(b"\r\n");
+        }
+        // TE (only ever `trailers` here) speaks of this connection: whoever sends it lists it
+        // in Connection (RFC 9110 §10.1.4), beside any other Connection field (an upgrade's).
+        if has_te {
+            head.extend_from_slice(b"connection: te\r\n");
         }
         head.extend_from_slice(deadline.name().as_str().as_bytes());
         head.extend_from_slice(b": ");
@@ -1488,7 +1497,8 @@ mod tests {
     async fn cookies_in_several_fields_go_in_one() {
         let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
         let mut get = request(Method::GET, empty());
-        for cookie in ["a=1", "b=2; c=3"] {
+        // An empty crumb adds no pair.
+        for cookie in ["a=1", "", "b=2; c=3"] {
             get.headers_mut()
                 .append(COOKIE, HeaderValue::from_static(cookie));
         }
@@ -1498,6 +1508,19 @@ mod tests {
         assert_eq!(
             sent,
             "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\ncookie: a=1; b=2; c=3\r\nx-rampart-deadline: 1000\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn te_trailers_goes_listed_in_connection() {
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let mut get = request(Method::GET, empty());
+        get.headers_mut()
+            .insert(TE, HeaderValue::from_static("trailers"));
+        let (.., sent) = exchange(answer, get, 0).await;
+        assert_eq!(
+            sent,
+            "GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\nte: trailers\r\nconnection: te\r\nx-rampart-deadline: 1000\r\n\r\n"
         );
     }
 

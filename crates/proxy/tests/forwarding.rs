@@ -317,6 +317,8 @@ async fn an_http1_request_without_one_valid_host_gets_400_and_is_not_forwarded()
         "GET /empty HTTP/1.1\r\nHost:\r\n",
         "GET /empty HTTP/1.1\r\nHost: \r\n",
         "GET /port HTTP/1.1\r\nHost: :80\r\n",
+        // A port past 65535.
+        "GET /port HTTP/1.1\r\nHost: public.example:65536\r\n",
     ] {
         let answer = raw(addr(&proxy), &format!("{head}Connection: close\r\n\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{head}: {answer}");
@@ -328,6 +330,88 @@ async fn an_http1_request_without_one_valid_host_gets_400_and_is_not_forwarded()
     // An HTTP/1.0 client may name no host.
     let answer = raw(addr(&proxy), "GET /old HTTP/1.0\r\n\r\n").await;
     assert!(answer.ends_with("other"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_target_whose_authority_is_no_host_gets_400_and_goes_nowhere() {
+    let public = Upstream::start(Behavior::ok("public")).await.unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let proxy = by_host(&public, &other).await;
+    for target in ["http://:80/x", "http://public.example:99999/x"] {
+        let answer = raw(
+            addr(&proxy),
+            &format!("GET {target} HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains("authority must be a host"), "{answer}");
+    }
+    assert_eq!(public.request_count() + other.request_count(), 0);
+}
+
+/// The answer to an HTTP/2 GET of `/h2` naming `authority` (none if `None`) and with `hosts`
+/// as its Host fields, sent as is (hyper's client would mend them).
+async fn h2_get_with_hosts(
+    proxy: &rampart_proxy::Proxy,
+    authority: Option<&str>,
+    hosts: &[&str],
+) -> http::Response<h2::RecvStream> {
+    let tcp = tokio::net::TcpStream::connect(addr(proxy)).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let mut target = http::uri::Parts::default();
+    if let Some(authority) = authority {
+        target.scheme = Some(http::uri::Scheme::HTTP);
+        target.authority = Some(authority.parse().unwrap());
+    }
+    target.path_and_query = Some(http::uri::PathAndQuery::from_static("/h2"));
+    let mut request = Request::get(http::Uri::from_parts(target).unwrap());
+    for host in hosts {
+        request = request.header("host", *host);
+    }
+    let (response, _) = h2.send_request(request.body(()).unwrap(), true).unwrap();
+    response.await.unwrap()
+}
+
+#[tokio::test]
+async fn an_http2_request_whose_host_fields_are_unsound_gets_400_and_goes_nowhere() {
+    let public = Upstream::start(Behavior::ok("public")).await.unwrap();
+    let other = Upstream::start(Behavior::ok("other")).await.unwrap();
+    let proxy = by_host(&public, &other).await;
+    for (authority, hosts) in [
+        // Two: the route would read one, the upstream perhaps the other.
+        (None, &["other.example", "public.example"][..]),
+        (
+            Some("other.example"),
+            &["other.example", "public.example"][..],
+        ),
+        // Not a host: credentials, nothing, a port alone.
+        (None, &["u:p@public.example"][..]),
+        (None, &[""][..]),
+        (None, &[":80"][..]),
+    ] {
+        let response = h2_get_with_hosts(&proxy, authority, hosts).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{authority:?} {hosts:?}"
+        );
+        assert_eq!(response.headers()["x-rampart-error"], "bad-request");
+    }
+    assert_eq!(public.request_count() + other.request_count(), 0);
+
+    // One alone, or beside `:authority`, which the upstream is told (see above).
+    for (authority, hosts) in [
+        (Some("public.example"), &["other.example"][..]),
+        (None, &["public.example"][..]),
+        (Some("public.example"), &[][..]),
+    ] {
+        let response = h2_get_with_hosts(&proxy, authority, hosts).await;
+        assert_eq!(response.status(), StatusCode::OK, "{authority:?} {hosts:?}");
+    }
+    assert_eq!(public.request_count(), 3);
+    assert_eq!(other.request_count(), 0);
 }
 
 #[tokio::test]
