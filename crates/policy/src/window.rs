@@ -106,12 +106,16 @@ impl<const K: usize> Window<K> {
         }
     }
 
-    /// Adds one to counter `counter` at the current time.
+    /// Adds one to counter `counter` at the current time; whether it began a bucket for this
+    /// thread: the window has slid since this thread last counted, and the counts of its oldest
+    /// bucket may have left the sums.
     #[inline]
-    pub(crate) fn record(&self, counter: usize) {
+    pub(crate) fn record(&self, counter: usize) -> bool {
+        let (count, began) = self.slot(counter);
         // Uncontended: the stripe is this thread's unless more threads than stripes share the
         // window, so the locked add stays in this core's cache.
-        self.slot(counter).fetch_add(1, Relaxed);
+        count.fetch_add(1, Relaxed);
+        began
     }
 
     /// Adds `n` to counter `counter` with a plain load and store instead of a locked add: a count
@@ -120,7 +124,7 @@ impl<const K: usize> Window<K> {
     /// retries, never more), on paths where the locked add would be most of the cost.
     #[inline]
     pub(crate) fn add_lossy(&self, counter: usize, n: u64) {
-        let count = self.slot(counter);
+        let (count, _) = self.slot(counter);
         count.store(count.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
@@ -135,17 +139,18 @@ impl<const K: usize> Window<K> {
         now.saturating_sub(since) / self.bucket_nanos
     }
 
-    /// This thread's counter `counter` for the current time.
+    /// This thread's counter `counter` for the current time, and whether it is in a bucket this
+    /// thread begins.
     #[inline]
-    fn slot(&self, counter: usize) -> &AtomicU64 {
+    fn slot(&self, counter: usize) -> (&AtomicU64, bool) {
         let now = self.time.nanos();
         let stripe = &self.stripes[stripe_id() & self.stripe_mask];
-        let slot = if now < stripe.current_end.load(Relaxed) {
-            stripe.current.load(Relaxed)
+        let (slot, began) = if now < stripe.current_end.load(Relaxed) {
+            (stripe.current.load(Relaxed), false)
         } else {
-            self.rotate(stripe, now)
+            (self.rotate(stripe, now), true)
         };
-        &stripe.ring[slot].counts[counter]
+        (&stripe.ring[slot].counts[counter], began)
     }
 
     /// Moves `stripe` on to the bucket of `now`, clearing it if it still holds an older epoch.

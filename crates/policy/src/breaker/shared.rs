@@ -63,7 +63,9 @@ pub(super) struct Shared {
     rejected: AtomicU64,
     /// Whether the window held failures or slow calls when it was last judged, but too few
     /// calls to trip on their rate: the success that brings it to `min_calls` judges it again.
-    /// Rarely written, so that a success reads it from a shared line.
+    /// Rarely written, so that a success reads it from a shared line. A success that begins a
+    /// bucket judges the window too: older calls may have left it, and with them the calls that
+    /// kept it over `min_calls` or its rates under their thresholds.
     deferred: AtomicBool,
     window: Window<3>,
     settings: Settings,
@@ -326,15 +328,17 @@ impl Shared {
         if ticket.period != CLOSED | self.generation() {
             return;
         }
-        self.window.record(CALLS);
+        let slid = self.window.record(CALLS);
         if outcome == Outcome::Success {
             // A read, not a write, in the common case: the line stays shared.
             if self.consecutive.load(Relaxed) != 0 {
                 self.consecutive.store(0, Relaxed);
             }
             // A success lowers every rate, but the one that brings the window to `min_calls`
-            // may find it over a threshold the calls before it could not yet be judged by.
-            if self.deferred.load(Relaxed) {
+            // may find it over a threshold the calls before it could not yet be judged by, and
+            // the window may have slid since the last judgement, its older successes gone (once
+            // a bucket per thread: a sum of the window's buckets).
+            if slid || self.deferred.load(Relaxed) {
                 self.check_trips(0);
             }
         } else {

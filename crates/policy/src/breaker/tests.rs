@@ -119,6 +119,33 @@ async fn the_success_that_brings_the_window_to_the_minimum_volume_judges_its_rat
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_window_whose_older_successes_left_it_is_judged_by_the_next_success() {
+    // The state after 10 successes, 6 failures 5 s later, the successes aged out 6 s after
+    // that, and then `successes` more.
+    let after = |successes: usize| async move {
+        let b = builder()
+            .consecutive_failures(0)
+            .failure_rate(0.5)
+            .min_calls(10)
+            .window(10 * SEC)
+            .build()
+            .unwrap();
+        (0..10).for_each(|_| succeed(&b));
+        advance(5 * SEC).await;
+        // 6 of 16: under the rate.
+        (0..6).for_each(|_| fail(&b));
+        advance(6 * SEC).await;
+        (0..successes).for_each(|_| succeed(&b));
+        b.state()
+    };
+    // 6 of 10 once the old successes are gone: over the rate, judged by the success that
+    // brings the window back to `min_calls`, as resilience4j judges after every call.
+    assert_eq!(after(4).await, State::Open);
+    // 6 of 9: too few calls to judge.
+    assert_eq!(after(3).await, State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn below_the_minimum_volume_a_high_rate_does_not_trip() {
     let b = builder()
         .consecutive_failures(0)
@@ -1052,8 +1079,6 @@ mod model {
         state: ModelState,
         trips: u32,
         closed_at: Option<u64>,
-        /// The window last judged held failures but too few calls: a success judges it again.
-        deferred: bool,
     }
 
     #[derive(Debug)]
@@ -1074,13 +1099,11 @@ mod model {
             match &mut self.state {
                 ModelState::Closed { events, run } => {
                     events.push((self.now, failed));
+                    // Judged after every call, as resilience4j judges.
                     if failed {
                         *run += 1;
                     } else {
                         *run = 0;
-                        if !self.deferred {
-                            return true;
-                        }
                     }
                     let by_run = failed && self.cf > 0 && *run >= self.cf;
                     let bucket = |ms: u64| ms * 1_000_000 / self.bucket_nanos;
@@ -1090,9 +1113,6 @@ mod model {
                         (c + 1, f + u64::from(*failed))
                     });
                     let too_few = calls < self.min_calls.max(1);
-                    if !by_run {
-                        self.deferred = too_few && failures > 0;
-                    }
                     let by_rate = !too_few && failures as f64 >= self.rate * calls as f64;
                     if by_run || by_rate {
                         // A calm as long as the cap since the last close starts over.
@@ -1183,7 +1203,6 @@ mod model {
                 state: ModelState::Closed { events: Vec::new(), run: 0 },
                 trips: 0,
                 closed_at: None,
-                deferred: false,
             };
             for (i, (gap_ms, failed)) in steps.into_iter().enumerate() {
                 clock.advance(Duration::from_millis(gap_ms));
