@@ -402,8 +402,9 @@ impl Stack {
                 }
             }
             // A retry that cannot start before the deadline would only turn the answer into a
-            // timeout.
-            if delay >= deadline.saturating_duration_since(turn::now()) {
+            // timeout; so would one left less than a timer's tick once it starts (tokio's
+            // timers fire on whole milliseconds: the backoff's and the deadline's on one).
+            if delay + Duration::from_millis(1) >= deadline.saturating_duration_since(turn::now()) {
                 return last.into_result();
             }
             if !retry.budget().withdraw() {

@@ -366,6 +366,34 @@ async fn a_retry_the_deadline_leaves_no_time_for_is_given_up_at_once() {
     assert!(stats.budget_exhausted);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_deadline_leaves_less_than_a_tick_after_its_wait_is_given_up() {
+    // A wait of 99.5 ms (half of 199 ms) against a deadline 100 ms away: the attempt would have
+    // half a millisecond, and the timers fire on the same tick.
+    let policy = |max: Duration| {
+        let backoff = ExponentialBackoff::new(max, max)
+            .unwrap()
+            .with_rng(Rng::fixed(0.5));
+        Retry::new(3, backoff).unwrap().without_budget()
+    };
+    let tight = policy(Duration::from_micros(199_000));
+    let script = Script::failing();
+    let (result, stats) = Deadline::after(ms(100))
+        .scope(tight.call_with_stats(|| script.attempt()))
+        .await;
+    assert_eq!(result, Err(1), "the first attempt's failure, as it was");
+    assert_eq!(stats.attempts, 1);
+    assert_eq!(tight.retries_total(), 0);
+
+    // A wait of 98 ms leaves the attempt 2 ms: it is made.
+    let roomy = policy(ms(196));
+    let script = Script::failing();
+    let (_, stats) = Deadline::after(ms(100))
+        .scope(roomy.call_with_stats(|| script.attempt()))
+        .await;
+    assert_eq!(stats.attempts, 2);
+}
+
 #[test]
 fn configuring_a_shared_policy_leaves_the_others_alone() {
     let a = retry(3);
