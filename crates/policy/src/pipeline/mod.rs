@@ -116,6 +116,12 @@
 //!     .service_fn(|req: u32| async move { Ok::<_, std::io::Error>(req) });
 //! # let _ = svc;
 //! ```
+//!
+//! One difference: the outer `Timeout` bounds all attempts together without telling the retry
+//! how long is left, so a retry whose backoff would outlast it sleeps into it, and the caller
+//! gets [`Rejected::Timeout`] where the pipeline gives back the last failure at once. A
+//! [`Deadline`] does tell it: call the stack inside `Deadline::after(total).scope(..)`, or give
+//! the requests their deadline and put a `DeadlineLayer` on top.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;

@@ -82,10 +82,13 @@ pin_project! {
 /// When a timed call must end, and what to call its end.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Expiry {
-    /// `None` for a plain timeout, counted from the first time the call waits: a clock read costs
-    /// more than a call that is ready at once, and such a call needs no expiry at all.
+    /// `None` for a timeout until the call first waits, its time counted from then: a clock
+    /// read costs more than a call that is ready at once, and such a call needs no expiry at
+    /// all. Counted so whether or not a deadline is in force, which only caps it.
     at: Option<Instant>,
     cause: Cause,
+    /// The deadline in force when a timeout's call was made.
+    cap: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -231,7 +234,7 @@ impl<F: Future> Future for Timed<F> {
             return Poll::Ready(Ok(output));
         }
         if this.sleep.is_none() {
-            this.sleep.set(Some(sleep_until(this.expiry.at())));
+            this.sleep.set(Some(sleep_until(this.expiry.start())));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
@@ -250,34 +253,39 @@ impl Expiry {
     /// of time, which tells a retry above not to try again.
     #[inline]
     pub(crate) fn new(timeout: Duration, deadline: Option<Deadline>) -> Result<Expiry, Rejected> {
-        let Some(deadline) = deadline else {
-            return Ok(Expiry {
-                at: None,
-                cause: Cause::Timeout(timeout),
-            });
+        let cap = match deadline {
+            Some(deadline) if deadline.instant() <= Instant::now() => {
+                return Err(DeadlineExceeded::new().into());
+            }
+            deadline => deadline.map(|deadline| deadline.instant()),
         };
-        let now = Instant::now();
-        let own = saturating_after(now, timeout);
-        if deadline.instant() <= now {
-            Err(DeadlineExceeded::new().into())
-        } else if deadline.instant() <= own {
-            Ok(Expiry::deadline(deadline))
-        } else {
-            Ok(Expiry {
-                at: Some(own),
-                cause: Cause::Timeout(timeout),
-            })
-        }
+        Ok(Expiry {
+            at: None,
+            cause: Cause::Timeout(timeout),
+            cap,
+        })
     }
 
-    /// The instant to stop at, fixed when the call first has to wait.
-    fn at(&self) -> Instant {
-        match (self.at, self.cause) {
-            (Some(at), _) => at,
-            (None, Cause::Timeout(timeout)) => saturating_after(Instant::now(), timeout),
-            // Not made: a deadline expiry always has its instant.
-            (None, Cause::Deadline) => Instant::now(),
+    /// The instant to stop at, fixed when the call first has to wait: the timeout from then,
+    /// or the deadline if that comes first.
+    fn start(&mut self) -> Instant {
+        if let Some(at) = self.at {
+            return at;
         }
+        let at = match self.cause {
+            Cause::Timeout(timeout) => saturating_after(Instant::now(), timeout),
+            // Not made: a deadline expiry always has its instant.
+            Cause::Deadline => Instant::now(),
+        };
+        let at = match self.cap {
+            Some(cap) if cap <= at => {
+                self.cause = Cause::Deadline;
+                cap
+            }
+            _ => at,
+        };
+        self.at = Some(at);
+        at
     }
 
     /// Expiry at `deadline`, named as such.
@@ -285,6 +293,7 @@ impl Expiry {
         Expiry {
             at: Some(deadline.instant()),
             cause: Cause::Deadline,
+            cap: None,
         }
     }
 

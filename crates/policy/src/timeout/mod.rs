@@ -102,7 +102,9 @@ use crate::error::{BoxError, Error};
 ///
 /// Inside a [`Deadline`]'s scope the bound is the earlier of the two. A call whose future is
 /// ready when first polled succeeds whatever the timeout, zero included: the timer is only
-/// started once the call has to wait.
+/// started once the call has to wait, and the timeout counts from then, whether or not a
+/// deadline is in force. (tower's `Timeout` counts from `call`: a future first polled later
+/// gets its whole timeout from its first poll here; a deadline, a point in time, does not move.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeout {
     duration: Duration,
@@ -464,6 +466,41 @@ mod tests {
         let mut response = task::spawn(deadline.sync_scope(|| service.call(())));
         let _request = next_request(&mut handle).await;
         advance(ms(40)).await;
+        let err = assert_ready_err!(response.poll());
+        assert!(is_caused_by::<DeadlineExceeded>(&*err));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_services_timeout_counts_from_the_first_wait_with_or_without_a_deadline() {
+        // The response future is made, and first polled 60 ms later: the timeout's 100 ms
+        // count from then, whether or not a (later) deadline is in force.
+        for deadline in [None, Some(Deadline::after(Duration::from_secs(10)))] {
+            let (mut service, mut handle) =
+                mock::spawn_layer::<(), (), _>(TimeoutLayer::new(Timeout::new(ms(100))));
+            assert_ready_ok!(service.poll_ready());
+            let mut call = || service.call(());
+            let mut response = task::spawn(match deadline {
+                Some(deadline) => deadline.sync_scope(call),
+                None => call(),
+            });
+            advance(ms(60)).await;
+            assert_pending!(response.poll());
+            let (_, answer) = next_request(&mut handle).await;
+            advance(ms(99)).await;
+            assert_pending!(response.poll(), "{deadline:?}");
+            answer.send_response(());
+            assert_ready_ok!(response.poll());
+        }
+        // The deadline still caps it, and is named when it comes first.
+        let (mut service, mut handle) =
+            mock::spawn_layer::<(), (), _>(TimeoutLayer::new(Timeout::new(ms(100))));
+        assert_ready_ok!(service.poll_ready());
+        let deadline = Deadline::after(ms(120));
+        let mut response = task::spawn(deadline.sync_scope(|| service.call(())));
+        advance(ms(60)).await;
+        assert_pending!(response.poll());
+        let _request = next_request(&mut handle).await;
+        advance(ms(60)).await;
         let err = assert_ready_err!(response.poll());
         assert!(is_caused_by::<DeadlineExceeded>(&*err));
     }
