@@ -18,6 +18,10 @@
 //   lost    the banner says the connection is lost and the cards are greyed
 //                                                        -> rampart is started again
 //   back    the page reconnected by itself to the new process
+//                                                        -> the Rust side takes every event
+//                                                           stream place as it frees up
+//   full    the page, closed and opened again, finds no place and shows the API's reason
+//                                                        -> the Rust side lets them go
 //
 // Then, on a second page whose `targets.json` is replaced by two instances, `alpha` (this
 // rampart) and `beta` (a base where nothing answers), it checks the page groups routes by
@@ -107,9 +111,12 @@ function watch(page, url = adminUrl) {
     }
   });
   // Every resource the page asks for exists (a browser logs each 404 as an error), but the
-  // event streams of an instance the fleet test makes unreachable on purpose.
+  // event streams of an instance the fleet test makes unreachable on purpose, and the page's
+  // second ask for one, to learn why it failed.
   page.on('response', (response) => {
-    if (response.status() === 404 && response.request().resourceType() !== 'eventsource') {
+    const events = response.request().resourceType() === 'eventsource'
+      || new URL(response.url()).pathname.endsWith('/api/events');
+    if (response.status() === 404 && !events) {
       problems.push(`404 for ${response.url()}`);
     }
   });
@@ -215,6 +222,20 @@ async function run(page) {
 
   step('back');
 
+  // full: the Rust side takes every place but the page's, and the page's once it is closed.
+  await page.close();
+  await waitForFullStreams();
+  const reopened = await browser.newPage({ viewport: LAPTOP });
+  reopened.setDefaultTimeout(PATIENCE);
+  watch(reopened);
+  await reopened.goto(adminUrl);
+  await reopened.locator('#banner').waitFor({ state: 'visible' });
+  await expectText(reopened, '#banner', /lost \(503: 64 event streams are open already[^)]*\)/);
+  await expectText(reopened, '#banner', /No figures have come yet/);
+  await reopened.screenshot({ path: join(outDir, 'full-1366.png'), fullPage: true });
+  await reopened.close();
+  step('full');
+
   await fleet();
   await fleetView();
   check(problems.length === 0, problems.join('\n'));
@@ -239,11 +260,28 @@ async function fleet() {
   await page.locator('section.target[data-target="beta"][data-connection="lost"]').waitFor();
   await expectText(page, 'section.target[data-target="alpha"] .instance', /alpha\s*live/);
   await expectText(page, 'section.target[data-target="beta"] .instance', /beta\s*lost/);
-  await expectText(page, '#banner', /lost to beta:/);
+  // beta's base is on alpha's server, which says there is nothing there.
+  await expectText(page, '#banner', /lost to beta \(404: no admin endpoint at \/nowhere\/api\/events\):/);
   check(await beta.locator('[data-route]').count() === 0, 'beta shows routes it never sent');
   await expectText(page, '#status', /1 of 2 instances live/);
   await screenshots(page, 'fleet');
   await context.close();
+}
+
+/** Waits until the admin API refuses one more event stream: every place is taken. */
+async function waitForFullStreams() {
+  const until = Date.now() + PATIENCE;
+  while (Date.now() < until) {
+    const controller = new AbortController();
+    const response = await fetch(`${adminUrl}api/events`, { signal: controller.signal })
+      .catch(() => null);
+    controller.abort();
+    if (response?.status === 503) {
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error('the event stream places were never all taken');
 }
 
 /** `rampart dashboard` over this rampart and a dead address: one stream, one live, one lost. */

@@ -99,6 +99,13 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// connection, and what was queued for it, until the admin port's connections ran out.
 pub const WRITE_STALL: std::time::Duration = crate::events::STALLED_AFTER;
 
+/// What the kernel may hold of an admin connection's answer unsent (it doubles the figure
+/// for its own bookkeeping). Left to grow, Linux lets it reach 4 MiB, about forty minutes of an
+/// event stream: a reader that takes nothing would hold its stream's place that long before a
+/// write waited and [`WRITE_STALL`] began to count. 16 KiB is a few seconds of a stream, and
+/// still more than a loopback scrape needs to go at full speed.
+const SEND_BUFFER: usize = 16 * 1024;
+
 /// What `POST /api/reload` calls: reads the configuration file again and serves it, as SIGHUP
 /// does, answering the summary of what changed. It may block (reading a file may), so it is
 /// called on a blocking thread, one call at a time.
@@ -284,6 +291,7 @@ where
                 if std::mem::take(&mut failing) {
                     tracing::info!("admin API: accepting connections again");
                 }
+                bound_sends(&stream);
                 stream
             }
             // Out of file descriptors and the like: the next accept may do better, after a
@@ -334,6 +342,14 @@ where
     // Each connection saw `stop` too, and ends within its grace; the set cuts any left.
     let all_closed = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(CLOSING_GRACE * 2, all_closed).await;
+}
+
+// Bounds what the kernel holds unsent for `stream` to [`SEND_BUFFER`]: where that fails, the
+// connection is served as it is.
+fn bound_sends(stream: &tokio::net::TcpStream) {
+    if let Err(err) = socket2::SockRef::from(stream).set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!("admin API: cannot bound a connection's send buffer: {err}");
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -389,5 +405,28 @@ impl<B: Body> Body for UntilStopped<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_admin_connection_holds_little_unsent_for_a_reader_that_takes_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let unsent = |stream: &TcpStream| socket2::SockRef::from(stream).send_buffer_size();
+        // Over loopback the kernel starts a connection with room for megabytes.
+        let before = unsent(&server).unwrap();
+        bound_sends(&server);
+        let after = unsent(&server).unwrap();
+        // Linux doubles what is asked, and grows no further from there.
+        assert!(after <= 2 * SEND_BUFFER, "{before} -> {after}");
     }
 }

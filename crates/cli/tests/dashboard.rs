@@ -127,6 +127,12 @@ async fn the_dashboard_shows_a_breaker_open_then_closed_forced_and_the_connectio
     // A new process on the same admin address: the page finds it by itself.
     let _rampart = start(&file.0);
     browser.step("back").await;
+
+    // Every event stream place taken, but as they free up, until the page, opened again, has
+    // shown why it has none.
+    let hogs = Hogs::start(&admin);
+    browser.step("full").await;
+    drop(hogs);
     browser.finish().await;
     println!("dashboard screenshots in {}", out.display());
 }
@@ -205,6 +211,43 @@ async fn post(addr: &str, path: &str) -> std::io::Result<String> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await?;
     Ok(answer)
+}
+
+/// Event streams of the admin API at `admin`, opened as long as places are free (one more tried
+/// every 50 ms) and read, so that none is cut as stalled; all closed when dropped.
+struct Hogs(JoinHandle<()>);
+
+impl Hogs {
+    fn start(admin: &str) -> Hogs {
+        let admin = admin.to_owned();
+        Hogs(tokio::spawn(async move {
+            let mut streams = tokio::task::JoinSet::new();
+            loop {
+                if let Ok(mut stream) = TcpStream::connect(&admin).await {
+                    let head =
+                        "GET /api/events HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).await.is_ok() {
+                        // Read until closed: a refused one (503) closes at once, so that the
+                        // tries do not use up the admin port's connections; a place taken
+                        // holds until the set is dropped.
+                        streams.spawn(async move {
+                            let mut buf = [0; 4096];
+                            while let Ok(1..) = stream.read(&mut buf).await {}
+                        });
+                    }
+                }
+                while streams.try_join_next().is_some() {}
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        // The set, and so every stream, goes with the task.
+        self.0.abort();
+    }
 }
 
 // === Browser ===

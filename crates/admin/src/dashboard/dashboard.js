@@ -117,6 +117,8 @@ function newTarget({ name, base, events }, several) {
     upstreams,
     source: null,
     connection: 'connecting',
+    /** Why the connection is lost, when the API said (a 503's reason). */
+    why: null,
     lastEvent: 0,
     retry: RETRY_FIRST_MS,
     retryTimer: null,
@@ -246,6 +248,35 @@ function lose(target) {
   clearTimeout(target.retryTimer);
   target.retryTimer = setTimeout(() => connect(target), target.retry);
   target.retry = Math.min(target.retry * 2, RETRY_LAST_MS);
+  // An EventSource tells no status: an answer the API gave (every stream place taken, 503)
+  // is asked for once more, to be shown.
+  whyLost(target).then((why) => {
+    if (target.connection === 'lost' && target.why !== why) {
+      target.why = why;
+      updateStatus();
+    }
+  });
+}
+
+/**
+ * Why the events of `target` cannot be had: the status and `error` of the API's answer, or null
+ * when nothing answers or the stream opens now (it is let go at once).
+ */
+async function whyLost(target) {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(targetUrl(target, '/api/events'), { signal: controller.signal });
+    if (response.ok) {
+      return null;
+    }
+    const body = await response.json().catch(() => null);
+    const error = body && typeof body.error === 'string' ? `: ${body.error}` : '';
+    return `${response.status}${error}`;
+  } catch {
+    return null;
+  } finally {
+    controller.abort();
+  }
 }
 
 /**
@@ -278,6 +309,9 @@ function setConnection(target, connection) {
     return;
   }
   target.connection = connection;
+  if (connection !== 'lost') {
+    target.why = null;
+  }
   target.el.dataset.connection = connection;
   target.badge.textContent = connection;
   if (connection === 'lost' && before === 'live') {
@@ -307,9 +341,12 @@ function updateStatus() {
   if (lost.length === 0) {
     showBanner(null);
   } else if (targets.length === 1) {
-    showBanner('Connection to rampart lost: reconnecting… The figures below are the last received.');
+    const [target] = targets;
+    const why = target.why ? ` (${target.why})` : '';
+    const figures = target.stats ? 'The figures below are the last received.' : 'No figures have come yet.';
+    showBanner(`Connection to rampart lost${why}: reconnecting… ${figures}`);
   } else {
-    const names = lost.map((t) => t.name).join(', ');
+    const names = lost.map((t) => (t.why ? `${t.name} (${t.why})` : t.name)).join(', ');
     showBanner(`Connection lost to ${names}: reconnecting… Their figures are the last received.`);
   }
 }
