@@ -1026,16 +1026,6 @@ mod tests {
         assert_eq!(lock(&connections.kept.idle).len(), 0);
     }
 
-    /// Lets the paused clock go `by`, and the tasks it wakes run.
-    async fn pass(by: Duration) {
-        tokio::time::pause();
-        tokio::time::advance(by).await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::resume();
-    }
-
     #[tokio::test]
     async fn an_http1_connection_in_steady_use_is_made_again_past_its_age() {
         let (addr, accepted) = upstream(false, false).await;
@@ -1043,7 +1033,7 @@ mod tests {
         // An exchange every 3 s: never idle for long.
         for _ in 0..3 {
             exchange(&connections).await;
-            pass(Duration::from_secs(3)).await;
+            advance(Duration::from_secs(3)).await;
         }
         assert_eq!(
             accepted.load(Ordering::Relaxed),
@@ -1053,7 +1043,7 @@ mod tests {
         // An exchange under way as the connection comes of age ends whole, and then the
         // connection closes instead of going back.
         let held = send(&connections).await.unwrap();
-        pass(Duration::from_secs(2)).await;
+        advance(Duration::from_secs(2)).await;
         let body = held.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
         assert!(lock(&connections.kept.idle).is_empty());
@@ -1087,7 +1077,7 @@ mod tests {
         exchange(&connections).await;
         // A stream open across the age: its answer is held, not read.
         let held = send(&connections).await.unwrap();
-        pass(Duration::from_secs(10)).await;
+        advance(Duration::from_secs(10)).await;
         exchange(&connections).await;
         assert_eq!(
             accepted.load(Ordering::Relaxed),
