@@ -250,7 +250,20 @@ fn alive(pid: u32) -> bool {
 #[cfg(target_os = "linux")]
 #[test]
 fn ctrl_c_stops_every_process_the_demo_started() {
-    let out = TempDir::new("demo-interrupted");
+    stopped_by("INT", 130, "interrupted");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn sigterm_stops_every_process_the_demo_started() {
+    stopped_by("TERM", 143, "terminated");
+}
+
+/// Sends `signal` to a demo once its naive setup runs, and checks that it exits with `code`,
+/// saying `said`, with every process it started stopped and its files removed.
+#[cfg(target_os = "linux")]
+fn stopped_by(signal: &str, code: i32, said: &str) {
+    let out = TempDir::new(&format!("demo-{said}"));
     let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["demo", "--quick", "--scenario", "crash", "--out"])
         .arg(out.path())
@@ -277,14 +290,14 @@ fn ctrl_c_stops_every_process_the_demo_started() {
     assert!(configs.exists(), "{}", configs.display());
 
     let sent = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
     let status = demo.wait().unwrap();
     let lines = reader.join().unwrap().join("\n");
-    assert_eq!(status.code(), Some(130), "{lines}");
-    assert!(lines.contains("interrupted"), "{lines}");
+    assert_eq!(status.code(), Some(code), "{lines}");
+    assert!(lines.contains(said), "{lines}");
     // SIGKILL is sent as the handles drop; the kernel takes a moment to finish them off.
     for _ in 0..100 {
         if !started.iter().any(|&child| alive(child)) {

@@ -229,7 +229,12 @@ impl Sidecar {
     /// addresses it logged.
     pub(crate) async fn start(of: &'static str, config: &str, dir: &Path) -> io::Result<Sidecar> {
         let path = dir.join(format!("sidecar-{of}.toml"));
-        std::fs::write(&path, config)?;
+        std::fs::write(&path, config).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot write {}: {err}", path.display()),
+            )
+        })?;
         // The sidecar ends when its standard input closes: when this handle is dropped, or when
         // the demo dies, even by SIGKILL, which no destructor survives.
         let mut child = Command::new(binary()?)
@@ -319,7 +324,12 @@ impl TempDir {
         let temp = std::env::temp_dir();
         remove_abandoned(&temp);
         let path = temp.join(format!("{TEMP_PREFIX}{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
+        std::fs::create_dir_all(&path).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot make the directory {}: {err}", path.display()),
+            )
+        })?;
         Ok(TempDir(path))
     }
 

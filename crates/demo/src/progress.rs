@@ -1,5 +1,5 @@
-//! The live progress line of a run on the terminal: a bar of the run's time, the requests sent
-//! and in flight, the success rate so far and what is being done to C.
+//! The live progress line of a run on the terminal: a bar of the run's time, the success rate
+//! so far, the requests in flight and what is being done to C, in under 80 columns.
 //!
 //! Drawn on stderr, redrawn in place five times a second when stderr is a terminal; otherwise
 //! (a log, CI) only the final line of each run is written.
@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use crate::load::Live;
 
-const WIDTH: usize = 30;
+/// The bar's width: with the longest label and phase, the line stays under 80 columns, so that
+/// a terminal of that width redraws it in place instead of wrapping it onto a new row each time.
+const WIDTH: usize = 8;
 
 /// A progress line, redrawn until [`finish`](Progress::finish)ed.
 #[derive(Debug)]
@@ -115,7 +117,7 @@ impl Line {
         };
         let phase = *self.phase.lock().unwrap_or_else(PoisonError::into_inner);
         format!(
-            "  {:<24} [{}{}] {:>4.1}s  sent {sent:>5}  in flight {:>4}  success {rate:>5.1}%  {phase}",
+            "  {:<22} [{}{}] {:>4.1}s ok {rate:>5.1}% in flight {:>4} {phase}",
             self.label,
             "#".repeat(filled),
             ".".repeat(WIDTH - filled),

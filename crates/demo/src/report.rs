@@ -32,7 +32,8 @@ pub(crate) struct Run {
     pub(crate) wiring: Wiring,
     pub(crate) record: Record,
     pub(crate) seconds: Vec<Second>,
-    /// When the first and the last request that got less than a whole page were sent.
+    /// When the first and the last request that got less than a whole page within a second were
+    /// sent.
     pub(crate) trouble: Option<(f64, f64)>,
     /// The fault window as it happened, in seconds from the start.
     pub(crate) window: (f64, f64),
@@ -267,8 +268,19 @@ pub(crate) fn table(results: &[ScenarioResult]) -> String {
     for row in summary_rows(results) {
         text.push_str(&line(row.each_ref().map(String::as_str)));
     }
+    text.push_str(LEGEND);
     text
 }
+
+/// What the table's columns count, under it: the success a protected run claims is whole pages
+/// and pages with stand-ins together, which the table alone does not say.
+const LEGEND: &str = "
+ok: whole pages. fallback: pages the sidecars completed with stand-ins for what C
+could not give in time. failed: errors, broken pages, and requests that got
+nothing within the client's 10 s. success: ok and fallback, of all requests.
+p50/p99/max: time to the answer. breakers: state changes of the sidecars'
+circuit breakers (naive has none).
+";
 
 /// What the demo promises, checked against what it measured: one line each.
 pub(crate) fn checks(results: &[ScenarioResult]) -> Vec<String> {
@@ -366,7 +378,7 @@ fn account(run: &Run) -> Vec<String> {
         ));
     }
     match run.trouble {
-        None => sentences.push("Every request got a whole page.".to_owned()),
+        None => sentences.push("Every request got a whole page within a second.".to_owned()),
         Some((first, last)) => {
             let after = last - end;
             let when = if after > 0.0 {
@@ -374,10 +386,9 @@ fn account(run: &Run) -> Vec<String> {
             } else {
                 format!("{:.1} s before the fault ended", -after)
             };
-            // By the time a request was sent, not answered: a slow answer to a request sent
-            // during the fault is counted with the slow ones above.
+            // By the time a request was sent, not answered.
             sentences.push(format!(
-                "The first request to get less than a whole page was sent at {first:.1} s, the last at {last:.1} s ({when}); every request sent after it got a whole page."
+                "The first request to get less than a whole page within a second was sent at {first:.1} s, the last at {last:.1} s ({when}); every request sent after it got a whole page within a second."
             ));
         }
     }

@@ -48,6 +48,14 @@ pub(crate) fn run(args: Args) -> ExitCode {
     };
     let exploring = Arc::new(AtomicBool::new(false));
     let code = runtime.block_on(async {
+        // What `timeout`, `docker stop`, systemd and a cancelled CI job send, handled as Ctrl-C
+        // is (with its own code); `pending` if it cannot be watched, leaving Ctrl-C.
+        let terminated = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut terminate) => terminate.recv().await,
+                Err(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = demo(&args, &scenarios, exploring.clone()) => match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -57,20 +65,26 @@ pub(crate) fn run(args: Args) -> ExitCode {
                 }
             },
             // Dropping the demo's future drops every process handle: each child is killed.
-            _ = tokio::signal::ctrl_c() => {
-                if exploring.load(Ordering::Acquire) {
-                    say!("\nstopping the setup");
-                    ExitCode::SUCCESS
-                } else {
-                    say!("\nrampart demo: interrupted; every process it started is stopped");
-                    ExitCode::from(130)
-                }
-            }
+            _ = tokio::signal::ctrl_c() => stopped(&exploring, "interrupted", 130),
+            _ = terminated => stopped(&exploring, "terminated", 143),
         }
     });
     // The load's tasks may still hold connections; they end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// What a demo stopped by a signal says, and the code it exits with: `code`, as a shell reports
+/// a process that signal ended (128 + its number), unless it was keeping its setup running for
+/// exploring, which the signal ends as asked.
+fn stopped(exploring: &AtomicBool, how: &str, code: u8) -> ExitCode {
+    if exploring.load(Ordering::Acquire) {
+        say!("\nstopping the setup");
+        ExitCode::SUCCESS
+    } else {
+        say!("\nrampart demo: {how}; every process it started is stopped");
+        ExitCode::from(code)
+    }
 }
 
 /// The scenarios to run: those asked for, in the usual order, or every one that runs over
@@ -109,6 +123,9 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
         timing.fault_end.as_secs(),
         CLIENT_TIMEOUT.as_secs(),
     );
+    if args.scenarios.is_empty() && args.protocol == Protocol::Grpc {
+        say!("(async is left out: its orders go over HTTP only)");
+    }
     // Where the report goes is checked before minutes of runs, not after them.
     report::prepare(&args.out)?;
     let dir = TempDir::new()?;
@@ -132,13 +149,15 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
             last = Some(cluster);
         }
     }
-    report::write(&args.out, args.protocol, &results)?;
     say!();
     // A closed stdout (`rampart demo | head -3`) loses the table, not the report nor the rest.
     let _ = write!(io::stdout(), "{}", report::table(&results));
     for check in report::checks(&results) {
         say!("{check}");
     }
+    // After the table and the checks: a report that cannot be written (a full disk) loses
+    // minutes of runs no more than it must.
+    report::write(&args.out, args.protocol, &results)?;
     say!(
         "\nreport: {} (results.json, timeline.json, index.html and the charts)",
         args.out.join("index.html").display()
@@ -216,13 +235,13 @@ async fn one_run(
     let window_end = start.elapsed().as_secs_f64();
     progress.phase(match fault {
         Fault::Kill(_) => "C is back",
-        Fault::Mode(_) => "C is well again",
+        Fault::Mode(_) => "C is well",
     });
 
     let samples = sending.await.map_err(io::Error::other)?;
     let delivery = match &orders {
         Some(orders) => {
-            progress.phase("waiting for the accepted orders to reach C");
+            progress.phase("orders to C");
             let accepted = live
                 .accepted
                 .lock()
@@ -278,8 +297,8 @@ async fn delivered(accepted: &[u64], orders: &Path) -> Delivery {
 
 fn fault_phase(scenario: Scenario, fault: Fault) -> &'static str {
     match (scenario, fault) {
-        (Scenario::ReplicaLoss, _) => "one replica of C is down",
-        (Scenario::Failover, _) => "C's primary is down",
+        (Scenario::ReplicaLoss, _) => "a C is down",
+        (Scenario::Failover, _) => "primary down",
         (_, Fault::Kill(_)) => "C is down",
         (_, Fault::Mode(Mode::Slow(_))) => "C is slow",
         (_, Fault::Mode(_)) => "C is flaky",

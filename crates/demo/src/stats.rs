@@ -130,12 +130,14 @@ pub(crate) fn per_second(samples: &[Sample]) -> Vec<Second> {
         .collect()
 }
 
-/// When the requests that did not get a whole page were sent: the first and the last, in
-/// seconds from the start.
+/// When the requests that did not get a whole page within [`SLOW_MS`] were sent: the first and
+/// the last, in seconds from the start. A page that took seconds was no whole page to its user:
+/// counted with the failures only, a wiring whose requests all waited out the fault would seem
+/// whole again before the fault ended.
 pub(crate) fn trouble(samples: &[Sample]) -> Option<(f64, f64)> {
     let mut troubled = samples
         .iter()
-        .filter(|sample| sample.outcome != Outcome::Ok)
+        .filter(|sample| sample.outcome != Outcome::Ok || sample.latency_ms > SLOW_MS)
         .map(|sample| sample.sent);
     let first = troubled.next()?;
     Some((first, troubled.next_back().unwrap_or(first)))
@@ -170,6 +172,14 @@ mod tests {
         assert_eq!(record.p50_ms, 20.0);
         assert_eq!(record.max_ms, 10_000.0);
         assert_eq!(trouble(&samples), Some((0.5, 2.0)));
+        // A whole page that took more than a second is trouble too.
+        let slow = [
+            sample(0.1, 10.0, Outcome::Ok),
+            sample(0.4, 8_000.0, Outcome::Ok),
+            sample(0.9, 1_500.0, Outcome::Ok),
+            sample(1.0, 12.0, Outcome::Ok),
+        ];
+        assert_eq!(trouble(&slow), Some((0.4, 0.9)));
 
         let seconds = per_second(&samples);
         assert_eq!(seconds.len(), 3);
