@@ -282,6 +282,13 @@ impl Load {
             });
     }
 
+    /// Replaces the estimate with one sample: what a probe that found the endpoint back says of
+    /// it, over what it took before its breaker tripped.
+    fn renew(&self, latency: Duration, now: Instant) {
+        self.rtt
+            .store(pack(nanos(latency), self.millis(now)), Ordering::Relaxed);
+    }
+
     /// `at` in milliseconds since `origin`, wrapping every 49 days: the estimate's stamp only
     /// ever measures the time since the previous one, and an estimate left alone for weeks has
     /// decayed to nothing long before the stamp wraps.
@@ -297,6 +304,20 @@ impl InFlight<'_> {
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.observe(outcome == Outcome::Failure);
         // Dropping `self` takes the attempt out of the count.
+    }
+
+    /// Ends an attempt that probed its endpoint's breaker: a success's latency replaces the
+    /// estimate, which still holds the attempts that tripped the breaker (a timeout counts as
+    /// the whole time it waited, 15 s say) and would keep p2c from an endpoint that is back for
+    /// a minute or more as it decays; anything else feeds it as [`finish`](Self::finish) does.
+    pub(crate) fn finish_probe(mut self, outcome: Outcome) {
+        if outcome != Outcome::Success {
+            return self.finish(outcome);
+        }
+        if let Some(started) = self.started.take() {
+            let now = turn::now();
+            self.load.renew(now.saturating_duration_since(started), now);
+        }
     }
 
     // Feeds the time since the attempt started to the estimate, once.

@@ -137,10 +137,15 @@ impl Picked<'_> {
     /// metrics both.
     pub(crate) fn record(mut self, outcome: rampart_policy::Outcome) {
         self.metrics.attempted(outcome, self.sent, turn::now());
+        let probe = self.is_probe();
         if let Some(permit) = self.permit.0.take() {
             permit.record(outcome);
         }
-        self.in_flight.finish(outcome);
+        if probe {
+            self.in_flight.finish_probe(outcome);
+        } else {
+            self.in_flight.finish(outcome);
+        }
     }
 
     /// The client's deadline ran out before the endpoint answered: the breaker learns nothing,
@@ -173,7 +178,12 @@ impl Picked<'_> {
         // The balancer learns from the response head: the latency it weighs is the time to the
         // first byte of an answer, and a stream that lasts minutes would otherwise count as
         // one slow request in flight all along.
-        self.in_flight.finish(rampart_policy::Outcome::Success);
+        if self.is_probe() {
+            self.in_flight
+                .finish_probe(rampart_policy::Outcome::Success);
+        } else {
+            self.in_flight.finish(rampart_policy::Outcome::Success);
+        }
         let breaker = pool.endpoints[self.index].breaker.as_ref();
         let mut permit = self
             .permit
@@ -653,6 +663,19 @@ impl Pool {
         usable: &impl Fn(usize) -> bool,
         reinstated: &[usize],
     ) -> Option<Picked<'_>> {
+        // An endpoint whose breaker waits for a probe (its open period over, or half-open with
+        // one to spare) gets the attempt, whatever the balancer would say: p2c weighs it by an
+        // estimate that still holds the attempts that tripped it, and would not choose it for a
+        // minute after it came back, its breaker open all that while for want of a probe.
+        if let Some(picked) = tier
+            .clone()
+            .filter(|&index| {
+                self.endpoints[index].awaits_probe() && !avoid.contains(index) && usable(index)
+            })
+            .find_map(|index| self.admit(index, reinstated))
+        {
+            return Some(picked);
+        }
         // The balancer sees the breakers' answers without asking them: asking takes a permit,
         // and a half-open probe, from an endpoint that may not be chosen.
         let chosen = self.balancer.choose(tier.clone(), avoid.last(), |index| {
@@ -832,6 +855,14 @@ impl Endpoint {
         self.breaker
             .as_ref()
             .is_none_or(CircuitBreaker::would_admit)
+    }
+
+    /// Whether the breaker is out of its closed state (open or half-open) and would let a probe
+    /// through now. One atomic read for a closed breaker, the common case.
+    fn awaits_probe(&self) -> bool {
+        self.breaker.as_ref().is_some_and(|breaker| {
+            matches!(breaker.state(), State::Open | State::HalfOpen) && breaker.would_admit()
+        })
     }
 
     fn is_forced_open(&self) -> bool {
@@ -1700,6 +1731,56 @@ mod tests {
         }
         assert!(counts[0] < 15, "{counts:?}");
         assert!(counts[1] > 100 && counts[2] > 100, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_back_after_its_breaker_tripped_on_timeouts_is_probed_and_used_again() {
+        let pool = three(
+            "p2c-ewma",
+            "[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"5s\"\n\
+             half_open_probes = 1",
+        );
+        // Endpoint 0 hangs: an attempt cut at a 15 s timeout trips its breaker.
+        let hung = loop {
+            let picked = pool.pick(&tried([])).unwrap();
+            if picked.index == 0 {
+                break picked;
+            }
+            tokio::time::advance(Duration::from_millis(5)).await;
+            picked.record(Outcome::Success);
+        };
+        tokio::time::advance(Duration::from_secs(15)).await;
+        hung.record(Outcome::Failure);
+        assert_eq!(
+            pool.endpoints[0].breaker.as_ref().unwrap().state(),
+            State::Open
+        );
+        // Its open period over, the next pick probes it, though its estimate still holds 15 s.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let probe = pool.pick(&tried([])).unwrap();
+        assert_eq!(probe.index, 0);
+        assert!(probe.is_probe());
+        tokio::time::advance(Duration::from_millis(5)).await;
+        probe.record(Outcome::Success);
+        assert_eq!(
+            pool.endpoints[0].breaker.as_ref().unwrap().state(),
+            State::Closed
+        );
+        // Back at once: its share of the next picks, as fast as the others.
+        let counts = spread_timed(&pool, 300, Duration::from_millis(5)).await;
+        assert!(counts[0] > 60, "{counts:?}");
+    }
+
+    /// How many of `n` picks went to each endpoint, each answered after `latency`.
+    async fn spread_timed(pool: &Pool, n: usize, latency: Duration) -> Vec<usize> {
+        let mut counts = vec![0; pool.len()];
+        for _ in 0..n {
+            let picked = pool.pick(&tried([])).unwrap();
+            counts[picked.index] += 1;
+            tokio::time::advance(latency).await;
+            picked.record(Outcome::Success);
+        }
+        counts
     }
 
     #[tokio::test(start_paused = true)]
