@@ -255,6 +255,7 @@ where
                     this.last_failure,
                     result,
                     *this.started,
+                    None,
                 )
                 .map(|result| (result, false));
             }
@@ -268,6 +269,7 @@ where
                         this.last_failure,
                         result,
                         *this.started,
+                        Some(*this.delay),
                     )
                     .map(|result| (result, true));
                 } else {
@@ -332,23 +334,30 @@ where
     }
 }
 
-/// Judges one answer: `Some` if it wins the race, otherwise kept as the last failure.
+/// Judges one answer: `Some` if it wins the race, otherwise kept as the last failure. A hedge's
+/// answer comes with the delay after which the first hedge went out (`hedged_after`).
 fn settle<T, E, C: Classify<T, E>>(
     shared: &Shared,
     classify: &C,
     last_failure: &mut Option<Result<T, E>>,
     result: Result<T, E>,
     started: Instant,
+    hedged_after: Option<Duration>,
 ) -> Option<Result<T, E>> {
     let outcome = classify.classify(&result);
     if !outcome.is_failure() {
         // Only successes teach the percentile: a fast failure would pull the hedge delay down
-        // exactly when the callee is in trouble. The latency runs from the first attempt's start,
-        // a hedge's win included: the delay is a percentile of the first attempt's latency, of
-        // which a winning hedge shows a lower bound, past the delay as the first attempt's
-        // would be. Timed from its own start, each winning hedge would add a short latency,
-        // the percentile would sink, and more calls would be hedged than it says.
-        shared.latencies.record(started.elapsed());
+        // exactly when the callee is in trouble. The delay is a percentile of the first
+        // attempt's latency, of which a winning hedge shows a lower bound: the delay itself,
+        // which the first attempt outlasted. Timed from its own start, each winning hedge
+        // would add a short latency, the percentile would sink, and more calls would be hedged
+        // than it says; timed from the first attempt's start, delay and hedge together, each
+        // window where more calls are hedged than the percentile leaves would raise the delay
+        // by a hedge's latency, until it hedged nothing.
+        let latency = started.elapsed();
+        shared
+            .latencies
+            .record(hedged_after.map_or(latency, |delay| latency.min(delay)));
         return Some(result);
     }
     match shared.winner {

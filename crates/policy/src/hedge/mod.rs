@@ -20,13 +20,15 @@
 //! - **Percentile delay before enough samples**: until the window holds `min_samples` successful
 //!   latencies (default 20) a percentile is noise, so by default the hedge does not hedge at all;
 //!   [`HedgeBuilder::warmup_delay`] sets a fixed delay to use meanwhile instead.
-//! - **What is measured**: each successful answer, from the start of the call's first attempt,
-//!   a winning hedge's too: that is a lower bound of the first attempt's latency, past the delay
-//!   as the first attempt's own would be, so that the delay stays the percentile of the first
-//!   attempt's latency and about `100 - p` percent of calls are hedged (timed from the hedge's
-//!   own start, fast winning hedges would pull the delay down and hedge more calls). Failures
-//!   are not recorded (fast errors would pull the delay down when the callee is in trouble), nor
-//!   are the cancelled losers.
+//! - **What is measured**: each successful answer, from the start of the call's first attempt;
+//!   a winning hedge's as the delay after which it went out, a lower bound of the first
+//!   attempt's latency, so that the delay stays the percentile of the first attempt's latency
+//!   and about `100 - p` percent of calls are hedged (timed from the hedge's own start, fast
+//!   winning hedges would pull the delay down and hedge more calls; timed from the first
+//!   attempt's start, while more than `100 - p` percent of calls are slow, the delay would rise
+//!   by a hedge's latency every window, until it hedged nothing). Failures are not recorded
+//!   (fast errors would pull the delay down when the callee is in trouble), nor are the
+//!   cancelled losers.
 //!
 //! # Directly, around any async call
 //!
@@ -894,10 +896,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_winning_hedge_is_timed_from_the_first_attempts_start() {
+    async fn a_winning_hedge_counts_as_the_delay_the_first_attempt_outlasted() {
         // Every first attempt is slow and every hedge fast. Were the hedges timed from their
         // own start, the percentile would learn 1 ms and hedge nearly every call that ever
-        // took longer; what it learns is that the first attempts took at least 21 ms.
+        // took longer; what it learns is that the first attempts took at least 20 ms.
         let hedge = Hedge::builder(HedgeDelay::Percentile(50.0))
             .min_samples(5)
             .warmup_delay(ms(20))
@@ -911,9 +913,39 @@ mod tests {
         assert_eq!(hedge.hedges_won(), 5);
         let delay = hedge.current_delay().expect("warm");
         assert!(
-            delay.abs_diff(ms(21)) <= ms(21).mul_f64(LatencyRecorder::PRECISION),
+            delay.abs_diff(ms(20)) <= ms(20).mul_f64(LatencyRecorder::PRECISION),
             "{delay:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_hedging_more_calls_than_its_percentile_leaves_holds_still() {
+        // One call in five is slow (1 s) and its hedge answers in 5 ms, against a p95: more
+        // calls are hedged than the percentile leaves, window after window. The delay must
+        // not climb by a hedge's latency each window until it hedges nothing.
+        let hedge = Hedge::builder(HedgeDelay::Percentile(95.0))
+            .min_samples(20)
+            .warmup_delay(ms(20))
+            .window(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut delays = Vec::new();
+        for round in 0..600 {
+            let (started, dropped) = counters();
+            let latencies: &[u64] = if round % 5 == 0 { &[1000, 5] } else { &[10, 5] };
+            let f = attempts(latencies, &[Ok("first"), Ok("hedge")], started, dropped);
+            hedge.call(f).await.unwrap();
+            tokio::time::advance(ms(100)).await;
+            if round % 100 == 99 {
+                delays.push(hedge.current_delay().expect("warm"));
+            }
+        }
+        let (first, last) = (delays[0], delays[delays.len() - 1]);
+        assert!(
+            last <= first + first.mul_f64(LatencyRecorder::PRECISION),
+            "the delay climbed: {delays:?}"
+        );
+        assert!(hedge.hedges_won() > 100, "{}", hedge.hedges_won());
     }
 
     #[tokio::test(start_paused = true)]
