@@ -300,24 +300,20 @@ impl Load {
 // === impl InFlight ===
 
 impl InFlight<'_> {
-    /// Ends the attempt, which ended as `outcome`: its latency feeds the estimate.
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        self.observe(outcome == Outcome::Failure);
-        // Dropping `self` takes the attempt out of the count.
-    }
-
-    /// Ends an attempt that probed its endpoint's breaker: a success's latency replaces the
-    /// estimate, which still holds the attempts that tripped the breaker (a timeout counts as
-    /// the whole time it waited, 15 s say) and would keep p2c from an endpoint that is back for
-    /// a minute or more as it decays; anything else feeds it as [`finish`](Self::finish) does.
-    pub(crate) fn finish_probe(mut self, outcome: Outcome) {
-        if outcome != Outcome::Success {
-            return self.finish(outcome);
-        }
-        if let Some(started) = self.started.take() {
+    /// Ends the attempt, which ended as `outcome`: its latency feeds the estimate. That of a
+    /// successful `probe` of its endpoint's breaker replaces it: the estimate still holds the
+    /// attempts that tripped the breaker (a timeout counts as the whole time it waited, 15 s
+    /// say), and would keep p2c from an endpoint that is back for a minute or more as it decays.
+    pub(crate) fn finish(mut self, outcome: Outcome, probe: bool) {
+        if probe
+            && outcome == Outcome::Success
+            && let Some(started) = self.started.take()
+        {
             let now = turn::now();
             self.load.renew(now.saturating_duration_since(started), now);
         }
+        self.observe(outcome == Outcome::Failure);
+        // Dropping `self` takes the attempt out of the count.
     }
 
     // Feeds the time since the attempt started to the estimate, once.
@@ -414,7 +410,7 @@ mod tests {
         let b = balancer.start(&load);
         assert_eq!(load.in_flight(), 2);
         tokio::time::advance(100 * MS).await;
-        a.finish(Outcome::Success);
+        a.finish(Outcome::Success, false);
         assert_eq!(load.in_flight(), 1);
         assert!(
             (rtt_ms(&load) - 100.0).abs() < 0.01,
@@ -432,7 +428,7 @@ mod tests {
     async fn an_attempt_let_go_unanswered_raises_the_estimate_and_only_raises_it() {
         let balancer = Balancer::new(Balance::P2cEwma, Rng::fixed(0.0));
         let load = balancer.load();
-        balancer.start(&load).finish(Outcome::Success);
+        balancer.start(&load).finish(Outcome::Success, false);
         let hung = balancer.start(&load);
         tokio::time::advance(500 * MS).await;
         // Its client gave up: the endpoint never answered in 500 ms.

@@ -141,11 +141,7 @@ impl Picked<'_> {
         if let Some(permit) = self.permit.0.take() {
             permit.record(outcome);
         }
-        if probe {
-            self.in_flight.finish_probe(outcome);
-        } else {
-            self.in_flight.finish(outcome);
-        }
+        self.in_flight.finish(outcome, probe);
     }
 
     /// The client's deadline ran out before the endpoint answered: the breaker learns nothing,
@@ -178,12 +174,9 @@ impl Picked<'_> {
         // The balancer learns from the response head: the latency it weighs is the time to the
         // first byte of an answer, and a stream that lasts minutes would otherwise count as
         // one slow request in flight all along.
-        if self.is_probe() {
-            self.in_flight
-                .finish_probe(rampart_policy::Outcome::Success);
-        } else {
-            self.in_flight.finish(rampart_policy::Outcome::Success);
-        }
+        let probe = self.is_probe();
+        self.in_flight
+            .finish(rampart_policy::Outcome::Success, probe);
         let breaker = pool.endpoints[self.index].breaker.as_ref();
         let mut permit = self
             .permit
