@@ -229,12 +229,7 @@ impl Sidecar {
     /// addresses it logged.
     pub(crate) async fn start(of: &'static str, config: &str, dir: &Path) -> io::Result<Sidecar> {
         let path = dir.join(format!("sidecar-{of}.toml"));
-        std::fs::write(&path, config).map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("cannot write {}: {err}", path.display()),
-            )
-        })?;
+        std::fs::write(&path, config).map_err(|err| failed_at("write", &path, err))?;
         // The sidecar ends when its standard input closes: when this handle is dropped, or when
         // the demo dies, even by SIGKILL, which no destructor survives.
         let mut child = Command::new(binary()?)
@@ -312,6 +307,14 @@ async fn read_log(
     }
 }
 
+/// `err`, from trying to `what` at `path`, saying so: the system's words name no file.
+fn failed_at(what: &str, path: &Path, err: io::Error) -> io::Error {
+    io::Error::new(
+        err.kind(),
+        format!("cannot {what} {}: {err}", path.display()),
+    )
+}
+
 /// A directory for the sidecars' configuration files, removed with everything in it when
 /// dropped.
 #[derive(Debug)]
@@ -324,12 +327,8 @@ impl TempDir {
         let temp = std::env::temp_dir();
         remove_abandoned(&temp);
         let path = temp.join(format!("{TEMP_PREFIX}{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("cannot make the directory {}: {err}", path.display()),
-            )
-        })?;
+        std::fs::create_dir_all(&path)
+            .map_err(|err| failed_at("make the directory", &path, err))?;
         Ok(TempDir(path))
     }
 

@@ -556,16 +556,22 @@ impl Kept {
         let mut http2 = lock(&self.http2);
         // One with streams open is not idle, however long ago they began (a gRPC watch), and
         // one whose last stream ended since the last look is idle from now.
-        http2.retain_mut(|shared| {
-            let Shared { idle, streams, .. } = shared;
-            if streams.ended.swap(false, Ordering::AcqRel) {
-                idle.since = now;
-            }
-            !idle.handle.is_closed()
-                && (streams.open.load(Ordering::Acquire) > 0
-                    || (now.duration_since(idle.since) < self.idle_timeout
-                        && !retired(shared.retire_at, now)))
-        });
+        http2.retain_mut(
+            |Shared {
+                 idle,
+                 streams,
+                 retire_at,
+                 ..
+             }| {
+                if streams.ended.swap(false, Ordering::AcqRel) {
+                    idle.since = now;
+                }
+                !idle.handle.is_closed()
+                    && (streams.open.load(Ordering::Acquire) > 0
+                        || (now.duration_since(idle.since) < self.idle_timeout
+                            && !retired(*retire_at, now)))
+            },
+        );
         !idle.is_empty() || !http2.is_empty()
     }
 }
@@ -1057,15 +1063,11 @@ mod tests {
         let (addr, accepted) = upstream(false, false).await;
         let connections = aged(addr, None, Duration::from_secs(4));
         exchange(&connections).await;
-        tokio::time::pause();
-        tokio::time::advance(Duration::from_millis(3500)).await;
-        tokio::time::resume();
+        advance(Duration::from_millis(3500)).await;
         exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
         // Past its age before the look (every `LOOK`) has come.
-        tokio::time::pause();
-        tokio::time::advance(Duration::from_millis(600)).await;
-        tokio::time::resume();
+        advance(Duration::from_millis(600)).await;
         exchange(&connections).await;
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }

@@ -119,7 +119,7 @@ pub(crate) async fn handle(
     let authority = request.uri().authority().map(Authority::as_str);
     let userinfo = authority.is_some_and(|authority| authority.contains('@'));
     // An authority-form target (`GET example.com:80`) is CONNECT's alone (RFC 9112 §3.2.3).
-    let authority_form = request.uri().scheme().is_none() && request.uri().authority().is_some();
+    let authority_form = request.uri().scheme().is_none() && authority.is_some();
     // Over HTTP/2 the target is built from `:scheme`, `:authority` and a `:path` of `*`.
     let malformed = if request.uri().path() == "*" {
         Some("an asterisk-form target (OPTIONS *) names nothing to forward")
@@ -129,10 +129,12 @@ pub(crate) async fn handle(
         Some("an authority-form target (host:port) is for CONNECT alone")
     } else if authority.is_some_and(|authority| !is_host(authority.as_bytes())) {
         Some("a target's authority must be a host and an optional port up to 65535")
-    } else if version < Version::HTTP_2 && !host_is_sound(&request) {
-        Some("an HTTP/1.x request must name its host once, in one valid Host field")
-    } else if version == Version::HTTP_2 && !h2_host_is_sound(&request) {
-        Some("an HTTP/2 request may have one Host field at most, and a valid one")
+    } else if !host_is_sound(&request) {
+        Some(if version == Version::HTTP_2 {
+            "an HTTP/2 request may have one Host field at most, and a valid one"
+        } else {
+            "an HTTP/1.x request must name its host once, in one valid Host field"
+        })
     } else if version == Version::HTTP_2 && padded_value(request.headers()) {
         // HTTP/1.1's parser takes the white space off; HTTP/2 sends values as they are, and
         // such a request is malformed (RFC 9113 §8.2.1): an upstream may read `" admin"` and
@@ -627,30 +629,19 @@ fn rewrite_request(parts: &mut Parts, peer: SocketAddr, hop_by_hop: HopByHop) {
     append_forwarded_for(&mut parts.headers, peer.ip());
 }
 
-// Whether an HTTP/1.x request names its host once, validly: RFC 9112 §3.2 has a server refuse
-// a request with two Host fields or an invalid one, and an HTTP/1.1 request with none (an
-// HTTP/1.0 client may send none). With two, which one names the origin is each reader's guess,
-// and a route matched on one while the upstream reads the other is a way around the match.
+// Whether a request names its host once, validly: RFC 9112 §3.2 has a server refuse an HTTP/1.x
+// request with two Host fields or an invalid one, and an HTTP/1.1 request with none (an HTTP/1.0
+// client may send none). With two, which one names the origin is each reader's guess, and a
+// route matched on one while the upstream reads the other is a way around the match. HTTP/2
+// names the host in `:authority` and needs no Host field, but a client may send one (RFC 9113
+// §8.3.1), held to the same rule: without `:authority` the route reads it; with it, it is
+// replaced by `:authority` on the way (see `rewrite_request`), as the route reads that.
 fn host_is_sound<B>(request: &Request<B>) -> bool {
     // A pass over the few fields of a request costs less than a lookup, which hashes the name.
     let mut hosts = request.headers().iter().filter(|(name, _)| *name == HOST);
     match (hosts.next(), hosts.next()) {
         (Some((_, host)), None) => is_host(host.as_bytes()),
-        (None, _) => request.version() < Version::HTTP_11,
-        (Some(_), Some(_)) => false,
-    }
-}
-
-// Whether an HTTP/2 request's Host fields, if any, are sound: HTTP/2 names the host in
-// `:authority` and needs no Host field, but a client may send one (RFC 9113 §8.3.1), and then it
-// is one, and valid. Without `:authority` the route reads the Host field, and the upstream may
-// read another of two; with it, the Host field is replaced by `:authority` on the way (see
-// `rewrite_request`), as the route reads that.
-fn h2_host_is_sound<B>(request: &Request<B>) -> bool {
-    let mut hosts = request.headers().iter().filter(|(name, _)| *name == HOST);
-    match (hosts.next(), hosts.next()) {
-        (None, _) => true,
-        (Some((_, host)), None) => is_host(host.as_bytes()),
+        (None, _) => request.version() != Version::HTTP_11,
         (Some(_), Some(_)) => false,
     }
 }

@@ -646,8 +646,8 @@ impl Writer {
             announce = Some(0);
         }
         // An HTTP/2 client may send its cookies as several fields; HTTP/1.1 has them in one, the
-        // pairs joined by "; " (RFC 9113 §8.2.3).
-        // An empty one adds nothing, and would leave an empty pair (`a=1; ; b=2`).
+        // pairs joined by "; " (RFC 9113 §8.2.3); an empty one adds nothing, and would leave an
+        // empty pair (`a=1; ; b=2`).
         if cookies > 1 {
             head.extend_from_slice(b"cookie: ");
             let crumbs = parts.headers.get_all(COOKIE).into_iter();

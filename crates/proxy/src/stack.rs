@@ -15,6 +15,7 @@ use rampart_http::deadline::Outgoing;
 use rampart_http::{Attempt, Reason, TransportError};
 use rampart_policy::Outcome;
 use rampart_policy::clock::recent_nanos;
+use rampart_policy::retry::MIN_ATTEMPT;
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
@@ -402,9 +403,8 @@ impl Stack {
                 }
             }
             // A retry that cannot start before the deadline would only turn the answer into a
-            // timeout; so would one left less than a timer's tick once it starts (tokio's
-            // timers fire on whole milliseconds: the backoff's and the deadline's on one).
-            if delay + Duration::from_millis(1) >= deadline.saturating_duration_since(turn::now()) {
+            // timeout; so would one left less than `MIN_ATTEMPT` once it starts.
+            if delay + MIN_ATTEMPT >= deadline.saturating_duration_since(turn::now()) {
                 return last.into_result();
             }
             if !retry.budget().withdraw() {

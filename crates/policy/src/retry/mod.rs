@@ -650,8 +650,10 @@ impl Drop for Handle {
 }
 
 /// The least time a retry's attempt must have before the deadline in force, once its wait is
-/// over, to be worth making: a timer's tick.
-const MIN_ATTEMPT: Duration = Duration::from_millis(1);
+/// over, to be worth making: a timer's tick. Tokio's timers fire on whole milliseconds, the
+/// wait's and the deadline's on the same one, and an attempt left less would be counted and
+/// never sent.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(1);
 
 // === impl Shared ===
 
@@ -672,9 +674,8 @@ impl Shared {
         let wait = backoff.next(&config.backoff).max(hint);
         // An attempt that could start only once the caller's deadline has passed would be
         // refused by it: hand back the failure in hand now rather than after sleeping, and leave
-        // the budget to retries that can still help. So would one left less than a timer's
-        // tick: tokio's timers fire on whole milliseconds, the wait's and the deadline's on the
-        // same one, and the attempt would be counted and never sent.
+        // the budget to retries that can still help. So would one left less than
+        // `MIN_ATTEMPT`.
         if Deadline::current().is_some_and(|deadline| deadline.remaining() <= wait + MIN_ATTEMPT) {
             return Next::Done;
         }
