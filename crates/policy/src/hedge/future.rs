@@ -17,6 +17,7 @@ use tower_service::Service;
 use super::{CloneRequest, Shared, Winner};
 use crate::classify::{Classify, Verdict};
 use crate::error::BoxError;
+use crate::retry::Budget;
 
 pin_project! {
     /// Races a request against its hedges and answers with the winner.
@@ -31,9 +32,20 @@ pin_project! {
 
 /// Starts the extra attempts of a race.
 pub(super) trait Launch<F> {
-    /// Starts one more attempt when it can; `Ready(None)` when no more can be started. `last`
-    /// says that no attempt will be asked for after this one.
-    fn poll_launch(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<Option<F>>;
+    /// Starts one more attempt when it can, once `budget` (if any) pays for it; `Ready(None)`
+    /// when no more can be started. `last` says that no attempt will be asked for after this
+    /// one.
+    fn poll_launch(
+        &mut self,
+        cx: &mut Context<'_>,
+        last: bool,
+        budget: Option<&Budget>,
+    ) -> Poll<Option<F>>;
+}
+
+/// Whether `budget` pays for one more attempt; without a budget every attempt is paid for.
+fn paid(budget: Option<&Budget>) -> bool {
+    budget.is_none_or(Budget::withdraw)
 }
 
 /// Starts attempts by calling a closure again.
@@ -129,8 +141,13 @@ impl<G, F> Launch<F> for FnLauncher<G>
 where
     G: FnMut() -> F,
 {
-    fn poll_launch(&mut self, _: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
-        Poll::Ready(Some((self.0)()))
+    fn poll_launch(
+        &mut self,
+        _: &mut Context<'_>,
+        _: bool,
+        budget: Option<&Budget>,
+    ) -> Poll<Option<F>> {
+        Poll::Ready(paid(budget).then(|| (self.0)()))
     }
 }
 
@@ -140,8 +157,13 @@ impl<G, F> Launch<F> for DecliningLauncher<G>
 where
     G: FnMut() -> Option<F>,
 {
-    fn poll_launch(&mut self, _: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
-        Poll::Ready((self.0)())
+    fn poll_launch(
+        &mut self,
+        _: &mut Context<'_>,
+        _: bool,
+        budget: Option<&Budget>,
+    ) -> Poll<Option<F>> {
+        Poll::Ready(paid(budget).then(|| (self.0)()).flatten())
     }
 }
 
@@ -162,13 +184,19 @@ where
     S: Service<Req>,
     P: CloneRequest<Req>,
 {
-    fn poll_launch(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<Option<S::Future>> {
+    fn poll_launch(
+        &mut self,
+        cx: &mut Context<'_>,
+        last: bool,
+        budget: Option<&Budget>,
+    ) -> Poll<Option<S::Future>> {
         if self.spare.is_none() {
             return Poll::Ready(None);
         }
         // A service that fails readiness cannot take the hedge; the attempts already sent carry
-        // on, and their answer is the answer.
-        if ready!(self.service.poll_ready(cx)).is_err() {
+        // on, and their answer is the answer. A hedge is paid for once its service is ready, so
+        // that one which never goes out costs nothing.
+        if ready!(self.service.poll_ready(cx)).is_err() || !paid(budget) {
             self.spare = None;
             return Poll::Ready(None);
         }
@@ -190,13 +218,23 @@ where
     R: Future<Output = Result<Ready, E>>,
     G: FnMut(Ready) -> Option<F>,
 {
-    fn poll_launch(&mut self, cx: &mut Context<'_>, _: bool) -> Poll<Option<F>> {
+    fn poll_launch(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: bool,
+        budget: Option<&Budget>,
+    ) -> Poll<Option<F>> {
         let pending = self
             .pending
             .get_or_insert_with(|| Box::pin((self.make_ready)()));
         let ready = ready!(pending.as_mut().poll(cx));
         self.pending = None;
-        Poll::Ready(ready.ok().and_then(&mut self.launch))
+        Poll::Ready(
+            ready
+                .ok()
+                .filter(|_| paid(budget))
+                .and_then(&mut self.launch),
+        )
     }
 }
 
@@ -215,6 +253,9 @@ where
         classify: C,
         shared: Arc<Shared>,
     ) -> Race<F, L, C> {
+        if let Some(budget) = &shared.budget {
+            budget.deposit();
+        }
         let hedging = launcher.is_some() && delay.is_some();
         let delay = delay.unwrap_or_default();
         Race {
@@ -312,7 +353,7 @@ where
                 *this.launching = true;
             }
             let last = *this.extras_left == 1;
-            match ready!(launcher.poll_launch(cx, last)) {
+            match ready!(launcher.poll_launch(cx, last, this.shared.budget.as_ref())) {
                 Some(future) => {
                     *this.launching = false;
                     *this.extras_left -= 1;

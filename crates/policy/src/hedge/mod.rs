@@ -29,6 +29,13 @@
 //!   by a hedge's latency every window, until it hedged nothing). Failures are not recorded
 //!   (fast errors would pull the delay down when the callee is in trouble), nor are the
 //!   cancelled losers.
+//! - **Budget**: a hedge adds load, and a callee that turns slow for every call gets `max_extra`
+//!   more calls for each, just when it can least take them (a percentile delay catches up only
+//!   a window later). [`HedgeBuilder::budget`] pays each hedge from a [`Budget`] that every call
+//!   deposits into, capping hedges to a share of the calls, as Finagle's backup requests do. A
+//!   hedge is paid for when it is about to go out (through a tower service, once its clone is
+//!   ready). By default there is none; a [`Pipeline`](crate::pipeline::Pipeline) with a retry
+//!   pays its hedges from the retry's budget.
 //!
 //! # Directly, around any async call
 //!
@@ -87,6 +94,7 @@ use crate::classify::{Classify, ErrorsAreFailures};
 use crate::clock::{SharedClock, tokio_clock};
 use crate::error::{BoxError, Error};
 use crate::latency::LatencyRecorder;
+use crate::retry::Budget;
 
 pub mod error;
 pub mod future;
@@ -140,6 +148,7 @@ pub struct HedgeBuilder {
     warmup_delay: Option<Duration>,
     window: Duration,
     clock: Option<SharedClock>,
+    budget: Option<Budget>,
 }
 
 struct Shared {
@@ -151,6 +160,7 @@ struct Shared {
     latencies: LatencyRecorder,
     sent: AtomicU64,
     won: AtomicU64,
+    budget: Option<Budget>,
 }
 
 /// A tower service hedging requests to its inner service.
@@ -189,6 +199,7 @@ impl Hedge {
             warmup_delay: None,
             window: Duration::from_secs(30),
             clock: None,
+            budget: None,
         }
     }
 
@@ -305,6 +316,7 @@ impl fmt::Debug for Hedge {
             .field("delay", &self.shared.delay)
             .field("max_extra", &self.shared.max_extra)
             .field("winner", &self.shared.winner)
+            .field("budget", &self.shared.budget)
             .field("hedges_sent", &self.hedges_sent())
             .field("hedges_won", &self.hedges_won())
             .finish()
@@ -353,6 +365,20 @@ impl HedgeBuilder {
         self
     }
 
+    /// Pays every hedge from `budget`, which every call deposits into: hedges then add at most
+    /// the budget's share of the load (Finagle's backup requests' `maxExtraLoad`), however slow
+    /// the callee turns. Without one (the default) a callee that turns slow for every call gets
+    /// `max_extra` more calls for each, just when it can least take them; a percentile delay
+    /// only catches up a window later.
+    ///
+    /// A budget of its own: a [`Retry`](crate::retry::Retry) around the hedge sharing this one
+    /// would count each call twice. In a [`Pipeline`](crate::pipeline::Pipeline) with a retry,
+    /// hedges are paid from the retry's budget already.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Checks the configuration.
     pub fn build(self) -> Result<Hedge, InvalidConfig> {
         if self.max_extra == 0 {
@@ -376,6 +402,7 @@ impl HedgeBuilder {
                 latencies,
                 sent: AtomicU64::new(0),
                 won: AtomicU64::new(0),
+                budget: self.budget,
             }),
         })
     }
@@ -656,6 +683,50 @@ mod tests {
             assert_eq!(started.load(Ordering::SeqCst), expected, "at {at} ms");
         }
         assert_eq!(hedge.hedges_sent(), 2);
+    }
+
+    /// A budget on the paused clock, so that the window's buckets follow the test's time.
+    fn budget(ratio: f64) -> Budget {
+        Budget::new(Duration::from_secs(10), ratio, 0)
+            .unwrap()
+            .with_clock(tokio_clock())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_bounds_hedges_to_its_share_of_the_calls() {
+        // Every call is slow: without a budget, each would be hedged.
+        let hedge = Hedge::builder(HedgeDelay::Fixed(ms(10)))
+            .budget(budget(0.5))
+            .build()
+            .unwrap();
+        let (started, dropped) = counters();
+        for _ in 0..10 {
+            started.store(0, Ordering::SeqCst);
+            let f = attempts(
+                &[100, 100],
+                &[Ok("first"), Ok("hedge")],
+                started.clone(),
+                dropped.clone(),
+            );
+            assert_eq!(hedge.call(f).await.unwrap(), "first");
+        }
+        assert_eq!(hedge.hedges_sent(), 5, "half as many hedges as calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_leaves_the_slow_call_alone() {
+        let hedge = Hedge::builder(HedgeDelay::Fixed(ms(10)))
+            .max_extra(3)
+            .budget(budget(0.0))
+            .build()
+            .unwrap();
+        let (started, dropped) = counters();
+        let f = attempts(&[100], &[Ok("first")], started.clone(), dropped);
+        let start = tokio::time::Instant::now();
+        assert_eq!(hedge.call(f).await.unwrap(), "first");
+        assert_eq!(start.elapsed(), ms(100));
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert_eq!(hedge.hedges_sent(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1042,6 +1113,56 @@ mod tests {
         first.send_response("only");
         assert_eq!(assert_ready!(call.poll()).unwrap(), "only");
         assert_eq!(hedge.hedges_sent(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layer_pays_for_a_hedge_once_its_clone_is_ready() {
+        // Hedges up to 0.3 times the calls: the first call's hedge, had it been paid for while
+        // its clone was not ready, would leave none for the second, and the second's leaves
+        // none for the third.
+        let hedge = Hedge::builder(HedgeDelay::Fixed(ms(100)))
+            .budget(budget(0.3))
+            .build()
+            .unwrap();
+        let (service, mut handle) = mock::pair::<&str, &str>();
+        let service = HedgeLayer::new(hedge.clone()).layer(service);
+
+        handle.allow(1);
+        let mut call = task::spawn(service.clone().oneshot("one"));
+        assert_pending!(call.poll());
+        let (_, first) = next_request(&mut handle).await;
+        advance(ms(100)).await;
+        assert_pending!(call.poll());
+        first.send_response("one");
+        assert_eq!(assert_ready!(call.poll()).unwrap(), "one");
+        assert_eq!(hedge.hedges_sent(), 0, "the clone was never ready");
+
+        handle.allow(2);
+        let mut call = task::spawn(service.clone().oneshot("two"));
+        assert_pending!(call.poll());
+        let (_, _first) = next_request(&mut handle).await;
+        advance(ms(100)).await;
+        assert_pending!(call.poll());
+        let (request, second) = next_request(&mut handle).await;
+        assert_eq!(request, "two");
+        second.send_response("hedged");
+        assert_eq!(assert_ready!(call.poll()).unwrap(), "hedged");
+        assert_eq!(hedge.hedges_sent(), 1);
+
+        handle.allow(2);
+        let mut call = task::spawn(service.oneshot("three"));
+        assert_pending!(call.poll());
+        let (_, first) = next_request(&mut handle).await;
+        advance(ms(100)).await;
+        assert_pending!(call.poll());
+        // No second request: the channel is empty, or closed since no clone of the mock is left.
+        assert!(
+            !matches!(handle.poll_request(), Poll::Ready(Some(_))),
+            "the budget is spent: the clone is ready, but no hedge goes"
+        );
+        first.send_response("three");
+        assert_eq!(assert_ready!(call.poll()).unwrap(), "three");
+        assert_eq!(hedge.hedges_sent(), 1);
     }
 
     #[tokio::test(start_paused = true)]
