@@ -206,20 +206,22 @@ fn timeline_json(protocol: Protocol, results: &[ScenarioResult]) -> Value {
     json!({"protocol": protocol.as_str(), "scenarios": scenarios})
 }
 
-/// The summary's columns, as the terminal's table and the page's both show them, and each
-/// column's width on the terminal.
-const SUMMARY: [(&str, usize); 11] = [
-    ("scenario", 13),
-    ("wiring", 10),
-    ("requests", 8),
-    ("ok", 7),
-    ("fallback", 9),
-    ("failed", 7),
-    ("success", 9),
-    ("p50 ms", 8),
-    ("p99 ms", 8),
-    ("max ms", 8),
-    ("breakers", 9),
+/// The summary's columns, as the page shows them, and each column's width on the terminal,
+/// where `None` leaves it out: the requests are the same for both wirings and said above the
+/// runs, and the page and `results.json` keep the longest wait, so that the table fits an
+/// 80-column terminal.
+const SUMMARY: [(&str, Option<usize>); 11] = [
+    ("scenario", Some(12)),
+    ("wiring", Some(9)),
+    ("requests", None),
+    ("ok", Some(5)),
+    ("fallback", Some(8)),
+    ("failed", Some(6)),
+    ("success", Some(7)),
+    ("p50 ms", Some(7)),
+    ("p99 ms", Some(7)),
+    ("max ms", None),
+    ("breakers", Some(8)),
 ];
 
 /// The summary's rows, each scenario's naive run then its protected one, a cell per column of
@@ -254,15 +256,16 @@ pub(crate) fn table(results: &[ScenarioResult]) -> String {
             .iter()
             .zip(SUMMARY)
             .enumerate()
-            .map(|(i, (cell, (_, width)))| {
-                if i < 2 {
+            .filter_map(|(i, (cell, (_, width)))| {
+                let width = width?;
+                Some(if i < 2 {
                     format!("{cell:<width$}")
                 } else {
                     format!("{cell:>width$}")
-                }
+                })
             })
             .collect();
-        cells.join(" ") + "\n"
+        cells.join(" ").trim_end().to_owned() + "\n"
     };
     let mut text = line(SUMMARY.map(|(name, _)| name));
     for row in summary_rows(results) {
@@ -275,12 +278,41 @@ pub(crate) fn table(results: &[ScenarioResult]) -> String {
 /// What the table's columns count, under it: the success a protected run claims is whole pages
 /// and pages with stand-ins together, which the table alone does not say.
 const LEGEND: &str = "
-ok: whole pages. fallback: pages the sidecars completed with stand-ins for what C
-could not give in time. failed: errors, broken pages, and requests that got
+ok: whole pages. fallback: pages the sidecars completed with stand-ins for what
+C could not give in time. failed: errors, broken pages, and requests that got
 nothing within the client's 10 s. success: ok and fallback, of all requests.
-p50/p99/max: time to the answer. breakers: state changes of the sidecars'
-circuit breakers (naive has none).
+p50/p99: time to the answer (the report has the longest too). breakers: state
+changes of the sidecars' circuit breakers (naive has none).
 ";
+
+/// The widest line the demo prints on the terminal: under 80 columns, so that no line wraps
+/// where the terminal chooses.
+pub(crate) const TERMINAL_WIDTH: usize = 79;
+
+/// `text` for the terminal: each of its lines cut between words within [`TERMINAL_WIDTH`], the
+/// lines a cut makes indented by `indent` (past a check's mark, under a scenario's name).
+pub(crate) fn wrap(text: &str, indent: usize) -> String {
+    let mut wrapped = String::new();
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            wrapped.push('\n');
+        }
+        let mut width = 0;
+        for word in line.split(' ') {
+            if width > indent && width + 1 + word.len() > TERMINAL_WIDTH {
+                wrapped.push('\n');
+                wrapped.extend(std::iter::repeat_n(' ', indent));
+                width = indent;
+            } else if width > 0 {
+                wrapped.push(' ');
+                width += 1;
+            }
+            wrapped.push_str(word);
+            width += word.len();
+        }
+    }
+    wrapped
+}
 
 /// What the demo promises, checked against what it measured: one line each.
 pub(crate) fn checks(results: &[ScenarioResult]) -> Vec<String> {
@@ -576,6 +608,75 @@ fn capitalized(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A run with the widest figures a demo can print: every request of the default run, the
+    /// client's whole 10 s wait as the p99.
+    fn widest(wiring: Wiring) -> Run {
+        Run {
+            wiring,
+            record: Record {
+                requests: 2_000,
+                ok: 2_000,
+                fallback: 2_000,
+                failed: 2_000,
+                p50_ms: 10_000.0,
+                p99_ms: 10_000.0,
+                max_ms: 10_000.0,
+                ..Record::default()
+            },
+            seconds: Vec::new(),
+            trouble: None,
+            window: (10.0, 25.0),
+            counts: Counts {
+                breaker_transitions: 1_000,
+                ..Counts::default()
+            },
+            transitions: Vec::new(),
+            delivery: None,
+        }
+    }
+
+    #[test]
+    fn the_table_fits_an_80_column_terminal() {
+        let result = ScenarioResult {
+            scenario: Scenario::ReplicaLoss,
+            timing: Timing::new(false),
+            naive: widest(Wiring::Naive),
+            protected: widest(Wiring::Protected),
+        };
+        let table = table(&[result]);
+        for line in table.lines() {
+            assert!(
+                line.len() <= TERMINAL_WIDTH,
+                "{} columns: {line:?}",
+                line.len()
+            );
+        }
+        assert!(table.contains("replica-loss protected"), "{table}");
+    }
+
+    #[test]
+    fn a_long_check_wraps_under_its_text() {
+        let check = "held   replica-loss: naive worse: success 57.00% against 100.00% (whole \
+                     pages 1399 against 1370), p99 10000 ms against 135 ms";
+        let wrapped = wrap(check, 7);
+        let lines: Vec<&str> = wrapped.lines().collect();
+        assert_eq!(lines.len(), 2, "{wrapped}");
+        assert!(
+            lines.iter().all(|line| line.len() <= TERMINAL_WIDTH),
+            "{wrapped}"
+        );
+        // Under the text, past the mark.
+        assert!(lines[1].starts_with("       1399 against"), "{wrapped}");
+        // Nothing lost, the mark's spaces kept.
+        assert_eq!(wrapped.replace("\n       ", " "), check);
+        assert_eq!(
+            wrap("held   short\nsecond line", 7),
+            "held   short\nsecond line"
+        );
+    }
+
     #[test]
     fn a_file_where_the_report_goes_is_named_as_such() {
         let file = std::env::temp_dir().join(format!("rampart-demo-report-{}", std::process::id()));

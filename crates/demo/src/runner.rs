@@ -111,7 +111,7 @@ fn chosen(asked: &[Scenario], protocol: Protocol) -> Result<Vec<Scenario>, Strin
 async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -> io::Result<()> {
     let timing = Timing::new(args.quick);
     let names: Vec<&str> = scenarios.iter().map(|s| s.name()).collect();
-    say!(
+    let intro = format!(
         "rampart demo: client -> A -> (B -> C, D), over {}, naive against protected\n\
          scenarios: {}; each run sends {} requests/s for {} s, the fault from {} s to {} s; \
          the client waits up to {} s",
@@ -123,6 +123,7 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
         timing.fault_end.as_secs(),
         CLIENT_TIMEOUT.as_secs(),
     );
+    say!("{}", report::wrap(&intro, 2));
     if args.scenarios.is_empty() && args.protocol == Protocol::Grpc {
         say!("(async is left out: its orders go over HTTP only)");
     }
@@ -132,7 +133,10 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
     let mut results = Vec::new();
     let mut last = None;
     for &scenario in scenarios {
-        say!("\n{}: {}", scenario.name(), scenario.story());
+        say!(
+            "\n{}",
+            report::wrap(&format!("{}: {}", scenario.name(), scenario.story()), 2)
+        );
         // The previous scenario's setup stops before this one's runs: left up, its health
         // checks and processes would take CPU from them.
         drop(last.take());
@@ -153,15 +157,17 @@ async fn demo(args: &Args, scenarios: &[Scenario], exploring: Arc<AtomicBool>) -
     // A closed stdout (`rampart demo | head -3`) loses the table, not the report nor the rest.
     let _ = write!(io::stdout(), "{}", report::table(&results));
     for check in report::checks(&results) {
-        say!("{check}");
+        // Past the mark ("held   ", "FAILED ").
+        say!("{}", report::wrap(&check, 7));
     }
     // After the table and the checks: a report that cannot be written (a full disk) loses
     // minutes of runs no more than it must.
     report::write(&args.out, args.protocol, &results)?;
-    say!(
-        "\nreport: {} (results.json, timeline.json, index.html and the charts)",
+    let report = format!(
+        "report: {} (results.json, timeline.json, index.html and the charts)",
         args.out.join("index.html").display()
     );
+    say!("\n{}", report::wrap(&report, 2));
     match last {
         Some(cluster) if args.keep_running => explore(cluster, args.protocol, exploring).await,
         _ => Ok(()),

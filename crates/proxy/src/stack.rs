@@ -528,9 +528,9 @@ impl Stack {
         Ok((response, outcome))
     }
 
-    // One attempt on endpoint `index`, bounded by the per-try timeout and the deadline, and
-    // telling the upstream the time it has; `fault` is where the request's body records its
-    // failure.
+    // One attempt on endpoint `index`, its head bounded by the per-try timeout and the
+    // deadline, telling the upstream the time it has; `fault` is where the request's body
+    // records its failure.
     async fn attempt(
         &self,
         index: usize,
@@ -544,8 +544,16 @@ impl Stack {
         let try_deadline = self
             .per_try_timeout
             .map_or(deadline, |timeout| deadline.min(now + timeout));
+        // A gRPC server ends the whole call at its `grpc-timeout`, a stream's messages
+        // included, while the per-try timeout bounds only the wait for the head: told the
+        // per-try time, a server would end every stream that outlasts it (DEADLINE_EXCEEDED,
+        // which the breaker would count). So a gRPC upstream is told what is left of the call,
+        // as gRPC's own per-attempt timeouts leave the deadline it sends alone; an attempt
+        // abandoned at its per-try timeout is reset, which the server sees as a cancellation at
+        // once. Over HTTP the header says how long the upstream has to answer.
+        let told = if grpc { deadline } else { try_deadline };
         let deadline_header = Outgoing {
-            remaining: try_deadline.saturating_duration_since(now),
+            remaining: told.saturating_duration_since(now),
             grpc,
         };
         // Boxed: an exchange's future is about 1 KiB, and inline it would grow every request's

@@ -137,6 +137,33 @@ async fn a_client_deadline_passing_mid_reply_is_not_the_endpoints_failure() {
 }
 
 #[tokio::test]
+async fn a_per_try_timeout_bounds_the_head_and_the_upstream_is_told_the_whole_call() {
+    // The reply's head at once, its status 1.5 s later, as a server stream's: past the route's
+    // per-try timeout of 1 s, within its timeout of 10 s. The per-try timeout bounds the wait
+    // for an attempt's head, and a gRPC server ends a call at the `grpc-timeout` it was told:
+    // told the per-try time, it would end every stream longer than that DEADLINE_EXCEEDED, and
+    // that failure would open the endpoint's breaker.
+    let upstream = GrpcUpstream::start(GrpcBehavior::SlowBody(Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "timeout = \"10s\"\nper_try_timeout = \"1s\"",
+        "",
+    )
+    .await;
+    let mut client = EchoClient::connect_untimed(addr(&proxy));
+    let reply = client.say("stream").await.unwrap().into_inner();
+    assert_eq!(reply.message, "stream");
+
+    let timeout = upstream.calls()[0]
+        .timeout
+        .expect("a grpc-timeout went upstream");
+    assert!(timeout > Duration::from_secs(9), "told {timeout:?}");
+    assert!(timeout <= Duration::from_secs(10), "told {timeout:?}");
+}
+
+#[tokio::test]
 async fn a_reply_whose_status_comes_long_after_its_head_is_no_slow_call() {
     // The reply's head at once, its status 400 ms later: four times the slow-call threshold.
     // A call is slow when its answer is slow to begin, as it is for a plain HTTP answer and
