@@ -53,6 +53,58 @@ pub(crate) fn boxed(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
+// === impl SignalEnd ===
+
+pin_project_lite::pin_project! {
+    /// A request body that says when its last frame has gone: an attempt's per-try timeout
+    /// counts from then, as Envoy's does, since no answer can be asked of an upstream before it
+    /// has the request (a client stream, an upload).
+    pub(crate) struct SignalEnd<B> {
+        #[pin]
+        inner: B,
+        ended: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+}
+
+impl<B> SignalEnd<B> {
+    /// `inner`, and what resolves once its last frame has gone (or it is dropped before).
+    pub(crate) fn new(inner: B) -> (SignalEnd<B>, tokio::sync::oneshot::Receiver<()>) {
+        let (ended, sent) = tokio::sync::oneshot::channel();
+        let body = SignalEnd {
+            inner,
+            ended: Some(ended),
+        };
+        (body, sent)
+    }
+}
+
+impl<B: Body> Body for SignalEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some(ended) = this.ended.take()
+        {
+            let _ = ended.send(());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 // === impl DeadlineBody ===
 
 pin_project_lite::pin_project! {

@@ -20,7 +20,7 @@ use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
 use crate::body::{
-    BodyFault, ClientBodyFault, DeadlineBody, OutcomeAtEnd, RequestBody, UpstreamBody,
+    BodyFault, ClientBodyFault, DeadlineBody, OutcomeAtEnd, RequestBody, SignalEnd, UpstreamBody,
 };
 use crate::connections::{PooledBody, SendError};
 use crate::fallback::Fallback;
@@ -541,8 +541,18 @@ impl Stack {
         grpc: bool,
     ) -> Result<Response<PooledBody>, Tried> {
         let now = turn::now();
+        // A request whose body is still to come (a client stream, an upload) cannot be answered
+        // before it has gone: its per-try timeout counts from the body's end.
+        let (body, sent) = match self.per_try_timeout {
+            Some(_) if !body.is_end_stream() => {
+                let (body, sent) = SignalEnd::new(body);
+                (RequestBody::new(body), Some(sent))
+            }
+            _ => (body, None),
+        };
         let try_deadline = self
             .per_try_timeout
+            .filter(|_| sent.is_none())
             .map_or(deadline, |timeout| deadline.min(now + timeout));
         // A gRPC server ends the whole call at its `grpc-timeout`, a stream's messages
         // included, while the per-try timeout bounds only the wait for the head: told the
@@ -550,7 +560,8 @@ impl Stack {
         // which the breaker would count). So a gRPC upstream is told what is left of the call,
         // as gRPC's own per-attempt timeouts leave the deadline it sends alone; an attempt
         // abandoned at its per-try timeout is reset, which the server sees as a cancellation at
-        // once. Over HTTP the header says how long the upstream has to answer.
+        // once. Over HTTP the header says how long the upstream has to answer: with a body
+        // still to come, when that ends is not known, and the call's deadline is said.
         let told = if grpc { deadline } else { try_deadline };
         let deadline_header = Outgoing {
             remaining: told.saturating_duration_since(now),
@@ -564,7 +575,30 @@ impl Stack {
             deadline_header,
             body
         ));
-        match tokio::time::timeout_at(try_deadline, sending).await {
+        let answered = match (sent, self.per_try_timeout) {
+            (Some(sent), Some(per_try)) => {
+                let head_due = async move {
+                    // A body dropped before its end ended the exchange: what it came to is
+                    // `sending`'s.
+                    let _ = sent.await;
+                    tokio::time::sleep_until(deadline.min(turn::now() + per_try)).await;
+                };
+                tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        biased;
+                        answered = sending => Ok(answered),
+                        () = head_due => Err(()),
+                    }
+                })
+                .await
+                .unwrap_or(Err(()))
+                .map_err(|()| turn::now() < deadline)
+            }
+            _ => tokio::time::timeout_at(try_deadline, sending)
+                .await
+                .map_err(|_elapsed| try_deadline < deadline),
+        };
+        match answered {
             // An HTTP/2 upstream's status past 599, which RFC 9110 §15 does not allow and
             // `StatusCode` does (up to 999); the HTTP/1.1 reader refuses it itself.
             Ok(Ok(response)) if response.status().as_u16() > 599 => {
@@ -581,10 +615,9 @@ impl Stack {
                     None => Tried::Transport(transport_error(&err)),
                 },
             }),
-            Err(_elapsed) if try_deadline < deadline => {
-                Err(Tried::Transport(TransportError::Timeout))
-            }
-            Err(_elapsed) => Err(Tried::Expired),
+            // The per-try timeout ran out before the deadline.
+            Err(true) => Err(Tried::Transport(TransportError::Timeout)),
+            Err(false) => Err(Tried::Expired),
         }
     }
 }

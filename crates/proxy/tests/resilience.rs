@@ -580,6 +580,43 @@ async fn an_attempt_bounded_by_the_per_try_timeout_is_told_that_and_not_the_rout
 }
 
 #[tokio::test]
+async fn a_slow_uploads_per_try_timeout_counts_from_its_end() {
+    // The body comes over about 800 ms, past the per-try timeout of 300 ms: no answer can be
+    // asked of the upstream before it has the request, so the wait for the head begins at the
+    // body's end (as Envoy's). Counted from the attempt's start, the upload was cut and sent
+    // again, and again.
+    let upstream = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "timeout = \"10s\"\nper_try_timeout = \"300ms\"",
+        NO_BREAKER,
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(addr(&proxy)).await.unwrap();
+    tcp.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\
+          connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..8 {
+        tcp.write_all(b"5\r\nhello\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tcp.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = until_closed(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("fine"), "{answer}");
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "sent once");
+    assert_eq!(seen[0].body, "hello".repeat(8));
+    // Told the call's time: when the body would end, and the per-try time begin, was not known.
+    let told = deadline_header(&seen[0]);
+    assert!(told > 300 && told <= 10_000, "{told}");
+}
+
+#[tokio::test]
 async fn a_retry_after_past_the_backoffs_cap_or_the_deadline_hands_back_the_answer_at_once() {
     // (Retry-After, route lines): longer than the backoff ever waits (1 s by default), and
     // within the backoff's cap but past the deadline.
