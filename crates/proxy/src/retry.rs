@@ -156,8 +156,12 @@ pub(crate) enum Replay {
 }
 
 impl Replay {
-    /// A body sent once only.
+    /// A body sent once only (unless it is empty).
     pub(crate) fn once(body: RequestBody) -> Replay {
+        // An empty body goes again as easily, should an upstream leave the request unprocessed.
+        if body.is_end_stream() {
+            return Replay::Empty(Some(body));
+        }
         Replay::Once(Some(body))
     }
 

@@ -271,6 +271,7 @@ impl Stack {
         // may take it, since the ones tried have failed it or are still racing.
         let mut avoid = Avoid::default();
         let mut attempt = 0;
+        let mut resends = 0;
         loop {
             attempt += 1;
             // A token and a slot are for attempts that are sent. A look at the pool, asking no
@@ -355,6 +356,18 @@ impl Stack {
                     Box::pin(hedging.policy().race(classify, sending, hedge)).await
                 }
             };
+            // Left unprocessed by an upstream closing its connection: sent again at once, as
+            // the same attempt (no retry, no backoff, no budget), on a new connection, as Go's
+            // HTTP/2 client does; the previous failure, if any, still stands behind it.
+            if matches!(sent, Err(Tried::Unprocessed))
+                && resends < FREE_RESENDS
+                && body.can_retry()
+                && !body.is_held()
+            {
+                resends += 1;
+                attempt -= 1;
+                continue;
+            }
             // The previous failure is superseded: let its connection go.
             drop(failed.take());
             let (tried, last) = match sent {
@@ -374,6 +387,12 @@ impl Stack {
                     return failed.map_or(Err(Reason::Overloaded), Last::into_result);
                 }
                 Err(Tried::Transport(err)) => (Attempt::Error(err), Last::Error(err.into())),
+                // Left unprocessed once too often, or with a body that cannot go again: a
+                // refused stream, which a retry may still send.
+                Err(Tried::Unprocessed) => {
+                    let err = TransportError::RefusedStream;
+                    (Attempt::Error(err), Last::Error(err.into()))
+                }
                 // No answer within the whole exchange's time.
                 Err(Tried::Expired) => return Err(expired),
             };
@@ -477,7 +496,9 @@ impl Stack {
                     // The client's body failed the exchange, or the process had no room for a
                     // connection: the endpoint's breaker and the limit learn nothing (permit and
                     // slot are let go unrecorded).
-                    Tried::Client(_) | Tried::Local => {
+                    // Nor does an upstream closing its connection gracefully, which left the
+                    // request unprocessed: the endpoint is well, and is answering others.
+                    Tried::Client(_) | Tried::Local | Tried::Unprocessed => {
                         picked.release();
                         return Err(tried);
                     }
@@ -612,6 +633,7 @@ impl Stack {
                         warn_of_shortage(cause);
                         Tried::Local
                     }
+                    None if left_unprocessed(&err) => Tried::Unprocessed,
                     None => Tried::Transport(transport_error(&err)),
                 },
             }),
@@ -636,7 +658,17 @@ enum Tried {
     /// No connection could be made for want of the process's own resources (file descriptors,
     /// memory, local ports): nothing of the endpoint's, and no other endpoint would fare better.
     Local,
+    /// The upstream is closing its HTTP/2 connection (a GOAWAY that is no error, as nginx sends
+    /// after `keepalive_requests`, as a server about to restart does) and its last stream came
+    /// before this one: it did not process the request (RFC 9113 §6.8).
+    Unprocessed,
 }
+
+/// How many times a request is sent again at no cost after an upstream left it unprocessed
+/// while closing its connection: enough for a connection closing under many streams at once,
+/// and no loop against a server that closes every connection at once (past it, the attempt
+/// is a refused stream, a failure).
+const FREE_RESENDS: u32 = 2;
 
 impl Last {
     fn into_result(self) -> Result<(Response<UpstreamBody>, Outcome), Reason> {
@@ -666,6 +698,26 @@ fn warn_of_shortage(cause: &io::Error) {
              `ulimit -n`, or lower `max_connections`)"
         );
     }
+}
+
+/// Whether an exchange failed because the upstream is closing its HTTP/2 connection without
+/// error and did not process the request: h2 fails only the streams past the GOAWAY's last
+/// stream with the GOAWAY's own error; those before it that the connection's end cuts off fail
+/// as a broken pipe.
+fn left_unprocessed(err: &SendError) -> bool {
+    let SendError::Exchange(err) = err else {
+        return false;
+    };
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err.as_ref());
+    while let Some(cause) = source {
+        if let Some(err) = cause.downcast_ref::<h2::Error>() {
+            return err.is_go_away()
+                && err.is_remote()
+                && err.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Why the client got no response head: a connect failure, or the exchange broke on the way.

@@ -735,6 +735,32 @@ async fn goaway_before_answering() {
 }
 
 #[tokio::test]
+async fn a_graceful_goaway_costs_no_attempt() {
+    // The upstream closes its first connection without error before taking the request, as
+    // nginx does after `keepalive_requests` or a server about to restart, then answers on the
+    // next connection. The request was not processed: it goes again at once, on a new
+    // connection, as the same attempt. A route that retries nothing still gets the answer.
+    let mut closing = h2_request();
+    closing.push(Step::GoAway {
+        processed: false,
+        code: H2Code::NO_ERROR,
+    });
+    let mut answering = head(H2c, 7);
+    answering.push(Step::Data {
+        data: Bytes::from_static(b"healthy"),
+        end_stream: true,
+    });
+    let upstream = Misbehaving::start_each(vec![closing, answering])
+        .await
+        .unwrap();
+    let proxy = proxy(H2c, &[upstream.addr()], "[routes.retry]\nattempts = 1").await;
+    let answer = H2c.ask(&proxy).await;
+    check(H2c, &answer, Expect::Healthy, None);
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(upstream.request_count(), 2);
+}
+
+#[tokio::test]
 async fn goaway_while_answering() {
     for protocol in HTTP2 {
         let goaway = Step::GoAway {

@@ -159,7 +159,8 @@ pub struct Misbehaving {
 
 #[derive(Debug)]
 struct Shared {
-    script: Vec<Step>,
+    /// The script of each connection in turn, the last one's for every connection after.
+    scripts: Vec<Vec<Step>>,
     connections: AtomicU64,
     requests: AtomicU64,
     arrived: Notify,
@@ -172,10 +173,22 @@ struct Shared {
 impl Misbehaving {
     /// Serves `script` on 127.0.0.1 on a free port.
     pub async fn start(script: Vec<Step>) -> io::Result<Misbehaving> {
+        Misbehaving::start_each(vec![script]).await
+    }
+
+    /// Serves `scripts[n]` on its `n`th connection (from 0), the last script on every
+    /// connection after: an upstream that misbehaves on its first connection only, as a server
+    /// closing a connection after so many requests (nginx's `keepalive_requests`) does.
+    ///
+    /// # Panics
+    ///
+    /// When `scripts` is empty.
+    pub async fn start_each(scripts: Vec<Vec<Step>>) -> io::Result<Misbehaving> {
+        assert!(!scripts.is_empty(), "a script for the connections at least");
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            script,
+            scripts,
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             arrived: Notify::new(),
@@ -234,8 +247,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    shared.connections.fetch_add(1, Ordering::AcqRel);
-                    connections.spawn(run(stream, shared.clone()));
+                    let n = shared.connections.fetch_add(1, Ordering::AcqRel);
+                    connections.spawn(run(stream, shared.clone(), n));
                 }
             }
             Some(_) = connections.join_next() => {}
@@ -308,13 +321,15 @@ struct Connection {
     stream: Option<u32>,
 }
 
-async fn run(tcp: TcpStream, shared: Arc<Shared>) {
+async fn run(tcp: TcpStream, shared: Arc<Shared>, n: u64) {
+    let last = shared.scripts.len() - 1;
+    let script = &shared.scripts[usize::try_from(n).unwrap_or(last).min(last)];
     let mut conn = Connection {
         tcp,
         read: BytesMut::new(),
         stream: None,
     };
-    for step in &shared.script {
+    for step in script {
         let done = match step {
             Step::ReadRequest => match conn.read_request().await {
                 Ok(()) => {
