@@ -795,13 +795,62 @@ impl fmt::Display for BodyStalled {
 impl StdError for BodyStalled {}
 
 pin_project_lite::pin_project! {
-    /// A request body that fails once more than `remaining` bytes came through: a chunked body
-    /// says its length only at its end, so `max_request_body` is enforced as it streams.
+    /// A request body held to `max_request_body` as it streams (a chunked body says its length
+    /// only at its end): the whole body, or each message of a gRPC call's stream.
     pub(crate) struct LimitBody<B> {
         #[pin]
         inner: B,
-        remaining: u64,
+        counting: Counting,
         fault: BodyFault,
+    }
+}
+
+/// What a [`LimitBody`] holds to its limit.
+enum Counting {
+    /// The whole body: this many bytes may still come.
+    Whole { remaining: u64 },
+    /// Each gRPC message, by the length its prefix declares: a client or bidirectional stream
+    /// may last hours and carry any amount, as gRPC's own limit is on a message's size.
+    Messages { limit: u64, framing: Framing },
+}
+
+/// Where a stream of gRPC length-prefixed messages (a flag byte and a 4-byte big-endian length,
+/// then the message) stands.
+#[derive(Default)]
+struct Framing {
+    prefix: [u8; 5],
+    // Bytes of the next prefix read so far.
+    have: usize,
+    // Bytes of the current message still to come.
+    rest: u64,
+}
+
+impl Framing {
+    /// Follows `data`; the length of the first message it declares over `limit`, if any.
+    fn too_large(&mut self, mut data: &[u8], limit: u64) -> Option<u64> {
+        while !data.is_empty() {
+            if self.rest > 0 {
+                let taken = data
+                    .len()
+                    .min(usize::try_from(self.rest).unwrap_or(usize::MAX));
+                self.rest -= taken as u64;
+                data = &data[taken..];
+                continue;
+            }
+            let taken = data.len().min(self.prefix.len() - self.have);
+            self.prefix[self.have..self.have + taken].copy_from_slice(&data[..taken]);
+            self.have += taken;
+            data = &data[taken..];
+            if self.have == self.prefix.len() {
+                self.have = 0;
+                let [_, length @ ..] = self.prefix;
+                self.rest = u64::from(u32::from_be_bytes(length));
+                if self.rest > limit {
+                    return Some(self.rest);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -810,7 +859,20 @@ impl<B> LimitBody<B> {
     pub(crate) fn new(inner: B, limit: u64, fault: BodyFault) -> LimitBody<B> {
         LimitBody {
             inner,
-            remaining: limit,
+            counting: Counting::Whole { remaining: limit },
+            fault,
+        }
+    }
+
+    /// `inner`, a gRPC call's stream of messages, cut once a message declares itself over
+    /// `limit` bytes, which it records in `fault`.
+    pub(crate) fn per_grpc_message(inner: B, limit: u64, fault: BodyFault) -> LimitBody<B> {
+        LimitBody {
+            inner,
+            counting: Counting::Messages {
+                limit,
+                framing: Framing::default(),
+            },
             fault,
         }
     }
@@ -854,12 +916,19 @@ where
             Poll::Pending => return Poll::Pending,
         };
         if let Some(data) = frame.data_ref() {
-            let len = data.len() as u64;
-            if len > *this.remaining {
+            let too_large = match this.counting {
+                Counting::Whole { remaining } => {
+                    let len = data.len() as u64;
+                    let over = len > *remaining;
+                    *remaining = remaining.saturating_sub(len);
+                    over
+                }
+                Counting::Messages { limit, framing } => framing.too_large(data, *limit).is_some(),
+            };
+            if too_large {
                 this.fault.set(ClientBodyFault::TooLarge);
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
             }
-            *this.remaining -= len;
             // The last piece of a body of known length: its reader may ask no more.
             if this.inner.is_end_stream() {
                 this.fault.end();
@@ -1031,6 +1100,29 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+
+    #[test]
+    fn grpc_framing_finds_an_oversized_message_however_the_stream_is_cut() {
+        // Messages of 10, 1,024 and 1,025 bytes, the last over the limit.
+        let mut stream = Vec::new();
+        for len in [10u32, 1024, 1025] {
+            stream.push(0);
+            stream.extend(len.to_be_bytes());
+            stream.extend(std::iter::repeat_n(b'm', len as usize));
+        }
+        for piece in [1, 3, 5, 7, 1000, stream.len()] {
+            let mut framing = Framing::default();
+            let found = stream
+                .chunks(piece)
+                .find_map(|chunk| framing.too_large(chunk, 1024));
+            assert_eq!(found, Some(1025), "in pieces of {piece}");
+        }
+        let mut framing = Framing::default();
+        assert_eq!(
+            framing.too_large(&stream[..stream.len() - 1030], 1024),
+            None
+        );
+    }
 
     // A body whose frames a test sends one by one.
     struct ChannelBody(mpsc::Receiver<Bytes>);

@@ -202,7 +202,7 @@ pub(crate) async fn handle(
     let client = Client { peer, grpc, limits };
     let started = turn::now();
     let executing = stack.metrics().executing(started);
-    let (body, body_fault) = client_body(body, limits, &mut parts);
+    let (body, body_fault) = client_body(body, limits, grpc, &mut parts);
     let body_left = body_fault.clone();
     let mut upstream = FromUpstream::default();
     let mut response = exchange(
@@ -338,12 +338,14 @@ fn kind_of(reason: Reason) -> Kind {
 }
 
 // The client's body on its way upstream: held to `max_request_body` as it streams (a chunked
-// body says its length only at its end) and to `body_idle_timeout` between pieces. Where it
+// body says its length only at its end; a gRPC call's, each message) and to
+// `body_idle_timeout` between pieces. Where it
 // records breaking either, or breaking off, goes in the request's extensions, for the stack,
 // and is handed back, for the answer.
 fn client_body(
     body: Incoming,
     limits: Limits,
+    grpc: bool,
     parts: &mut Parts,
 ) -> (RequestBody, Option<BodyFault>) {
     if body.is_end_stream() {
@@ -360,10 +362,12 @@ fn client_body(
         limits.body_idle_timeout,
         Watch::Request(fault.clone()),
     );
-    (
-        LimitBody::new(body, limits.max_request_body, fault.clone()).boxed_unsync(),
-        Some(fault),
-    )
+    let body = if grpc {
+        LimitBody::per_grpc_message(body, limits.max_request_body, fault.clone())
+    } else {
+        LimitBody::new(body, limits.max_request_body, fault.clone())
+    };
+    (body.boxed_unsync(), Some(fault))
 }
 
 // The request through the route's stack, and its answer; an answer of the upstream's own

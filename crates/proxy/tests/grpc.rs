@@ -554,10 +554,7 @@ async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoint
     let mut body = response.into_body();
     let first = body.frame().await.expect("a reply").unwrap();
     assert!(first.is_data());
-    send_message
-        .send(Bytes::from(vec![b'z'; 2048]))
-        .await
-        .unwrap();
+    send_message.send(framed(&[b'z'; 2048])).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
         .expect("the call ends")
@@ -583,6 +580,57 @@ async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoint
         "{text}"
     );
     assert!(!text.contains("state=\"open\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_stream_is_held_to_max_request_body_a_message_at_a_time() {
+    use http_body_util::BodyExt;
+    // 1 KiB a message: a stream carries any amount in messages under it, as gRPC's own limit is
+    // on a message's size; a bidirectional call may last hours, and is no body to cap whole.
+    let upstream = streamed_replies(20, Duration::from_millis(50)).await;
+    let proxy = proxy(&format!(
+        r#"
+        [[listeners]]
+        listen = "127.0.0.1:0"
+        max_request_body = "1KiB"
+        [[routes]]
+        upstream = "app"
+        timeout = "10s"
+        [upstreams.app]
+        endpoints = ["{upstream}"]
+        protocol = "grpc"
+        "#
+    ))
+    .await;
+
+    let (send_message, response) = bidi_call(&proxy, "Chat").await;
+    assert_eq!(response.status(), 200);
+    // 16 messages of 600 bytes, 9.6 KiB in all, each split across two frames as a stream may
+    // cut them.
+    for _ in 0..16 {
+        let message = framed(&[b'z'; 600]);
+        send_message.send(message.slice(..300)).await.unwrap();
+        send_message.send(message.slice(300..)).await.unwrap();
+    }
+    drop(send_message);
+    let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the call ends")
+        .unwrap();
+    let trailers = ended
+        .trailers()
+        .cloned()
+        .expect("the call ends with a status");
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    assert!(trailers.get("x-rampart-error").is_none(), "{trailers:?}");
+}
+
+/// `message` as gRPC frames it on the wire: uncompressed, its length before it.
+fn framed(message: &[u8]) -> bytes::Bytes {
+    let mut framed = vec![0];
+    framed.extend(u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(message);
+    framed.into()
 }
 
 #[tokio::test]
