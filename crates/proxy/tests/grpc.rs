@@ -527,7 +527,6 @@ async fn a_json_fallback_gives_a_grpc_client_the_grpc_error() {
 
 #[tokio::test]
 async fn a_client_stream_failing_mid_reply_ends_its_call_and_is_not_the_endpoints_failure() {
-    use bytes::Bytes;
     use http_body_util::BodyExt;
     // Replies for five seconds, one every 50 ms.
     let upstream = streamed_replies(100, Duration::from_millis(50)).await;
