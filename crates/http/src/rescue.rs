@@ -142,10 +142,10 @@ reasons! {
     /// No endpoint of the upstream is available: 503, UNAVAILABLE.
     NoHealthyEndpoint = "no-healthy-endpoint", SERVICE_UNAVAILABLE, Unavailable,
         "no healthy endpoint of the upstream is available";
-    /// The route's timeout expired, or the last attempt's per-try timeout: 504,
-    /// DEADLINE_EXCEEDED.
+    /// The route's timeout expired, or the last attempt's per-try timeout, or the upstream's
+    /// answer stalled past `body_idle_timeout`: 504, DEADLINE_EXCEEDED.
     Timeout = "timeout", GATEWAY_TIMEOUT, DeadlineExceeded,
-        "the upstream did not answer within the route's timeout or its per-try timeout";
+        "the upstream did not answer in time: the route's timeout or per-try timeout ran out, or its answer sent nothing for body_idle_timeout";
     /// The request's own deadline passed, or had passed when it arrived: 504, DEADLINE_EXCEEDED.
     DeadlineExceeded = "deadline-exceeded", GATEWAY_TIMEOUT, DeadlineExceeded,
         "the request's deadline passed";
