@@ -192,8 +192,9 @@ impl Limits {
 
     /// Admits a hedge only if it can start now: a hedge is extra load, never worth a wait in the
     /// queue, nor a place a queued request is owed. `pay` (the hedge's share of the retry budget)
-    /// is asked between the slot and the token: when it declines, the answer is
-    /// `retry-budget-exhausted`, the slot is given back and no token is spent.
+    /// is asked between the slot and the token, once the rate would give one: when it declines,
+    /// the answer is `retry-budget-exhausted`, the slot is given back and no token is spent; a
+    /// hedge the rate refuses spends no budget.
     pub(crate) fn try_admit(&self, pay: impl FnOnce() -> bool) -> Result<Slot<'_>, Reason> {
         // The slot first: a hedge the concurrency limit refuses spends no token, nor any budget.
         let held = match &self.concurrency {
@@ -204,7 +205,12 @@ impl Limits {
             Concurrency::Adaptive(limit) => adaptive_slot(limit),
         }?;
         let slot = self.counted(held);
-        // Paid for before the token: a hedge the budget declines spends none.
+        // Paid for before the token, and once there is one to take: a hedge the budget declines
+        // spends no token, and one the rate refuses no budget. (A token another thread takes
+        // between the look and the spend costs this hedge its payment: a race, not a drain.)
+        if self.rate_ready_in().is_some_and(|wait| !wait.is_zero()) {
+            return Err(Reason::RateLimited);
+        }
         if !pay() {
             return Err(Reason::RetryBudgetExhausted);
         }
@@ -414,6 +420,19 @@ mod tests {
         // The second token is still there.
         drop(limits.admit().await.unwrap());
         assert_eq!(limits.admit().await.unwrap_err(), Reason::RateLimited);
+    }
+
+    #[tokio::test]
+    async fn a_hedge_the_rate_refuses_spends_no_budget() {
+        let limits = parse("rate = \"1/m\"\nburst = 1");
+        drop(limits.admit().await.unwrap());
+        let paid = std::cell::Cell::new(false);
+        let refused = limits.try_admit(|| {
+            paid.set(true);
+            true
+        });
+        assert_eq!(refused.unwrap_err(), Reason::RateLimited);
+        assert!(!paid.get(), "paid for a hedge that never went");
     }
 
     #[tokio::test]
