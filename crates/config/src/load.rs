@@ -465,6 +465,26 @@ fn percent(v: &DeValue<'_>) -> Result<u8, Invalid> {
     uint(0, 100)(v).map(|n| n as u8)
 }
 
+/// A share of requests in percent, fractions allowed (`0.1` is one in a thousand), as Envoy's
+/// fault percentages take them: a fault in production is often wanted on fewer than one in a
+/// hundred requests.
+fn share(v: &DeValue<'_>) -> Result<f64, Invalid> {
+    const ALLOWED: &str = "a number from 0 to 100, fractions allowed (0.1 is one in a thousand)";
+    let value = match v {
+        DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+        DeValue::Integer(_) => integer(v).map(|n| n as f64),
+        _ => None,
+    };
+    match value {
+        Some(value) if (0.0..=100.0).contains(&value) => Ok(value),
+        Some(_) => Err(Invalid::new("a share must be between 0 and 100", ALLOWED)),
+        None => Err(Invalid::new(
+            format!("expected a number, found {}", v.type_str()),
+            ALLOWED,
+        )),
+    }
+}
+
 fn status(min: u16) -> impl Fn(&DeValue<'_>) -> Result<u16, Invalid> {
     move |v| uint(u64::from(min), 599)(v).map(|n| n as u16)
 }
@@ -2414,9 +2434,9 @@ fn grpc_messages(mut body: &[u8]) -> Result<(), String> {
 
 fn fault(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fault {
     let delay = cx.get(t, "delay", positive);
-    let delay_percent = cx.get(t, "delay_percent", percent);
+    let delay_percent = cx.get(t, "delay_percent", share);
     let abort_status = cx.get(t, "abort_status", status(400));
-    let abort_percent = cx.get(t, "abort_percent", percent);
+    let abort_percent = cx.get(t, "abort_percent", share);
     if t.get("delay_percent").is_some() && t.get("delay").is_none() {
         cx.conflict(t, "delay_percent", "`delay_percent` needs a `delay`");
     }
@@ -2429,9 +2449,9 @@ fn fault(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fault {
     }
     Fault {
         delay,
-        delay_percent: delay_percent.unwrap_or(if delay.is_some() { 100 } else { 0 }),
+        delay_percent: delay_percent.unwrap_or(if delay.is_some() { 100.0 } else { 0.0 }),
         abort_status,
-        abort_percent: abort_percent.unwrap_or(if abort_status.is_some() { 100 } else { 0 }),
+        abort_percent: abort_percent.unwrap_or(if abort_status.is_some() { 100.0 } else { 0.0 }),
     }
 }
 
@@ -2514,8 +2534,8 @@ mod tests {
                 max_extra: 2
             })
         );
-        assert_eq!(r.fault.unwrap().abort_percent, 100);
-        assert_eq!(r.fault.unwrap().delay_percent, 0);
+        assert_eq!(r.fault.unwrap().abort_percent, 100.0);
+        assert_eq!(r.fault.unwrap().delay_percent, 0.0);
         let u = &c.upstreams[0];
         assert_eq!(u.limits.max_concurrent, MaxConcurrent::Adaptive);
         assert_eq!(u.health.as_ref().unwrap().check, HealthCheck::Grpc);
@@ -3400,6 +3420,31 @@ mod tests {
         ));
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].path(), "listeners");
+    }
+
+    #[test]
+    fn fault_percentages_take_fractions_within_0_to_100() {
+        let with = |line: &str| {
+            format!(
+                "[[routes]]\nupstream = \"u\"\n[routes.fault]\nabort_status = 503\n\
+                 delay = \"10ms\"\n{line}\n{UPSTREAM}"
+            )
+        };
+        let fault = ok(&with("abort_percent = 0.1\ndelay_percent = 5")).routes[0]
+            .fault
+            .unwrap();
+        assert_eq!((fault.abort_percent, fault.delay_percent), (0.1, 5.0));
+        for bad in [
+            "abort_percent = 100.5",
+            "delay_percent = -0.1",
+            "abort_percent = \"1%\"",
+        ] {
+            let e = said(&with(bad));
+            assert!(
+                e.contains("a number from 0 to 100, fractions allowed"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -250,17 +250,18 @@ pub enum FallbackBody {
 }
 
 /// `[routes.fault]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fault {
     /// `delay`: added before forwarding. Default none.
     pub delay: Option<Duration>,
-    /// `delay_percent`: share of requests delayed, 0 to 100. Default 100 when `delay` is set.
-    pub delay_percent: u8,
+    /// `delay_percent`: share of requests delayed, 0 to 100, fractions allowed. Default 100
+    /// when `delay` is set.
+    pub delay_percent: f64,
     /// `abort_status`: answered instead of forwarding. Default none.
     pub abort_status: Option<u16>,
-    /// `abort_percent`: share of requests aborted, 0 to 100. Default 100 when `abort_status` is
-    /// set.
-    pub abort_percent: u8,
+    /// `abort_percent`: share of requests aborted, 0 to 100, fractions allowed. Default 100
+    /// when `abort_status` is set.
+    pub abort_percent: f64,
 }
 
 /// `protocol` of an upstream.

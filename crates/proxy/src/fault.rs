@@ -68,15 +68,15 @@ impl Fault {
     }
 }
 
-fn percent(value: u8) -> f64 {
-    f64::from(value.min(100)) / 100.0
+fn percent(value: f64) -> f64 {
+    value.clamp(0.0, 100.0) / 100.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn fault(delay_percent: u8, abort_percent: u8, rng: Rng) -> Fault {
+    fn fault(delay_percent: f64, abort_percent: f64, rng: Rng) -> Fault {
         let config = FaultConfig {
             delay: Some(Duration::from_millis(300)),
             delay_percent,
@@ -87,11 +87,21 @@ mod tests {
     }
 
     #[test]
+    fn a_fraction_of_a_percent_is_drawn_as_such() {
+        // 0.5 %: a draw under 0.005 aborts, one over it does not.
+        assert_eq!(
+            fault(0.0, 0.5, Rng::fixed(0.0049)).draw().abort,
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(fault(0.0, 0.5, Rng::fixed(0.0051)).draw().abort, None);
+    }
+
+    #[test]
     fn full_percentages_always_and_zero_never() {
         // The highest draw still falls under 100%, the lowest never under 0%.
-        let always = fault(100, 100, Rng::fixed(0.999));
+        let always = fault(100.0, 100.0, Rng::fixed(0.999));
         assert_eq!(always.draw().abort, Some(StatusCode::SERVICE_UNAVAILABLE));
-        let never = fault(0, 0, Rng::fixed(0.0));
+        let never = fault(0.0, 0.0, Rng::fixed(0.0));
         assert_eq!(
             never.draw(),
             Injected {
@@ -104,10 +114,10 @@ mod tests {
     #[test]
     fn the_share_is_compared_with_the_draw() {
         // 0.3 is under 50% and over 20%.
-        let delayed = fault(50, 20, Rng::fixed(0.3)).draw();
+        let delayed = fault(50.0, 20.0, Rng::fixed(0.3)).draw();
         assert_eq!(delayed.abort, None);
         assert_eq!(delayed.delay, Some(Duration::from_millis(300)));
-        let aborted = fault(20, 50, Rng::fixed(0.3)).draw();
+        let aborted = fault(20.0, 50.0, Rng::fixed(0.3)).draw();
         assert_eq!(aborted.abort, Some(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(aborted.delay, None);
     }
@@ -121,7 +131,7 @@ mod tests {
         let rng = Rng::from_fn(move || {
             draws[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % draws.len()]
         });
-        let half = fault(50, 50, rng);
+        let half = fault(50.0, 50.0, rng);
         let delayed = Some(Duration::from_millis(300));
         assert_eq!(
             half.draw(),
@@ -138,7 +148,7 @@ mod tests {
             }
         );
         // Both at 100%: every request is delayed, then aborted.
-        let both = fault(100, 100, Rng::fixed(0.999)).draw();
+        let both = fault(100.0, 100.0, Rng::fixed(0.999)).draw();
         assert_eq!(both.delay, delayed);
         assert_eq!(both.abort, Some(StatusCode::SERVICE_UNAVAILABLE));
     }
@@ -153,9 +163,9 @@ mod tests {
         let fault = Fault::new(
             &FaultConfig {
                 delay: None,
-                delay_percent: 0,
+                delay_percent: 0.0,
                 abort_status: Some(500),
-                abort_percent: 50,
+                abort_percent: 50.0,
             },
             rng,
             "routes[0].fault",
