@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use rampart_http::Reason;
 use rampart_http::classify::classify_trailers;
 use rampart_http::headers::remove_forbidden_trailers;
@@ -51,6 +51,96 @@ pub(crate) fn boxed(response: Response<Bytes>) -> Response<ResponseBody> {
             .map_err(|never: Infallible| match never {})
             .boxed_unsync()
     })
+}
+
+// === impl Drained ===
+
+/// The most of a client's HTTP/1.x request body left unread when its answer is ready that is
+/// read and dropped after it so that the connection carries on, as nginx discards such a body:
+/// a refusal (a rate limit, an injected fault, no route) of a small POST then costs the client
+/// no new connection, just when connections are dearest. A longer body closes its connection.
+pub(crate) const DRAIN_MAX: u64 = 64 * 1024;
+
+/// How long the rest of such a body may take to come (or `body_idle_timeout`, when shorter), as
+/// nginx's `lingering_timeout`: a body in flight comes well within it, one that stalled will not.
+pub(crate) const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+
+/// A client's request body which, dropped before its end, is read to its end and dropped by a
+/// task of its own, for at most `within`, so that its HTTP/1.x connection can take the next
+/// request (hyper reads on only once a body has ended). Only for a body known to be small
+/// ([`DRAIN_MAX`]); one that takes longer than `within` closes its connection, as hyper closes
+/// one whose body is dropped unread.
+pub(crate) struct Drained {
+    inner: Option<Incoming>,
+    within: Duration,
+    fault: BodyFault,
+}
+
+impl Drained {
+    /// `inner`, drained within `within` if dropped before its end; not drained without
+    /// `within`, nor when `fault` says the exchange was waiting for it (it stalled) or it
+    /// broke: what is not coming soon is not worth a wait.
+    pub(crate) fn new(inner: Incoming, within: Option<Duration>, fault: BodyFault) -> Drained {
+        Drained {
+            inner: Some(inner),
+            within: within.unwrap_or_default(),
+            fault,
+        }
+    }
+}
+
+impl Body for Drained {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take()
+            && !self.fault.awaits_client()
+            && self.fault.get().is_none()
+        {
+            drain(body, self.within);
+        }
+    }
+}
+
+/// Reads `body` to its end and drops it, for at most `within` (none: dropped at once), in a
+/// task of its own.
+pub(crate) fn drain(mut body: Incoming, within: Duration) {
+    if body.is_end_stream() || within.is_zero() {
+        return;
+    }
+    // Not in a runtime (its shutdown): the body goes with it.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let _ = tokio::time::timeout(within, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
 }
 
 // === impl SignalEnd ===

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{
-    ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue,
+    ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue,
     RETRY_AFTER, TRANSFER_ENCODING,
 };
 use http::request::Parts;
@@ -25,8 +25,8 @@ use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
 
 use crate::body::{
-    BodyFault, ClientBodyFault, GrpcEnding, IdleBody, LimitBody, RequestBody, ResponseBody, Watch,
-    boxed, rescued,
+    BodyFault, ClientBodyFault, DRAIN_MAX, DRAIN_WITHIN, Drained, GrpcEnding, IdleBody, LimitBody,
+    RequestBody, ResponseBody, Watch, boxed, drain, rescued,
 };
 use crate::metrics::RouteOutcome;
 use crate::outbox::Refused;
@@ -185,16 +185,29 @@ pub(crate) async fn handle(
     }
     let offer = upgrade::offer(&request);
     let client_upgrade = (offer == Some(true)).then(|| hyper::upgrade::on(&mut request));
+    // How long a small body left unread by the answer may take to be read and dropped after
+    // it, so that its HTTP/1.x connection carries on; `None` when the connection must close
+    // instead: a body of unknown or large size, or one whose client waits for `100 Continue`
+    // before sending it (reading it would ask for the upload the answer spares it).
+    let drain_within = (version < Version::HTTP_2
+        && request
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= DRAIN_MAX)
+        && !request.headers().contains_key(EXPECT))
+    .then_some(limits.body_idle_timeout.min(DRAIN_WITHIN));
     // An offer to switch protocols that was not taken ends the connection: the strict check of
     // request heads (`strict.rs`) stopped at it, as what follows it might have been another
     // protocol's bytes.
     let (mut parts, body) = request.into_parts();
     let Some(stack) = router.route(&parts) else {
         let response = rescued(Reason::NoRoute, grpc);
-        // A body left unread (below) ends the connection too.
-        let response = if offer.is_some() || !body.is_end_stream() {
+        // A body left unread (below) ends the connection too, unless it is drained.
+        let response = if offer.is_some() || (!body.is_end_stream() && drain_within.is_none()) {
             closing(response, version)
         } else {
+            drain(body, drain_within.unwrap_or_default());
             response
         };
         return Handled::unrouted(response, Reason::NoRoute);
@@ -202,7 +215,7 @@ pub(crate) async fn handle(
     let client = Client { peer, grpc, limits };
     let started = turn::now();
     let executing = stack.metrics().executing(started);
-    let (body, body_fault) = client_body(body, limits, grpc, &mut parts);
+    let (body, body_fault) = client_body(body, limits, (grpc, drain_within), &mut parts);
     let body_left = body_fault.clone();
     let mut upstream = FromUpstream::default();
     let mut response = exchange(
@@ -215,12 +228,16 @@ pub(crate) async fn handle(
     )
     .await;
     // The answer came before the client's body was read whole (the upstream answered early,
-    // a refusal came first): the rest of it on an HTTP/1.x connection could not be told from a
-    // next request, so the connection closes after the answer and says so (RFC 9112 §9.6), as
-    // Envoy closes it. An HTTP/2 client's stream is reset instead (RFC 9113 §8.1).
-    let body_unread = body_left
-        .as_ref()
-        .is_some_and(|fault| !fault.is_read_whole());
+    // a refusal came first): unless the rest is small enough to be read and dropped after the
+    // answer (`Drained`), it cannot be told from a next request on an HTTP/1.x connection, so
+    // the connection closes after the answer and says so (RFC 9112 §9.6), as Envoy closes it.
+    // An HTTP/2 client's stream is reset instead (RFC 9113 §8.1).
+    // A body the exchange was waiting for when it ended (it stalled past a timeout) or that
+    // broke is not coming soon, if at all: no drain is worth waiting for.
+    let body_unread = body_left.as_ref().is_some_and(|fault| {
+        !fault.is_read_whole()
+            && (drain_within.is_none() || fault.awaits_client() || fault.get().is_some())
+    });
     if (offer.is_some() || body_unread) && upstream.tunnel.is_none() {
         response = closing(response, version);
     }
@@ -339,13 +356,13 @@ fn kind_of(reason: Reason) -> Kind {
 
 // The client's body on its way upstream: held to `max_request_body` as it streams (a chunked
 // body says its length only at its end; a gRPC call's, each message) and to
-// `body_idle_timeout` between pieces. Where it
-// records breaking either, or breaking off, goes in the request's extensions, for the stack,
-// and is handed back, for the answer.
+// `body_idle_timeout` between pieces, and drained within `drain_within` if the answer leaves it
+// unread. Where it records breaking either, or breaking off, goes in the request's extensions,
+// for the stack, and is handed back, for the answer.
 fn client_body(
     body: Incoming,
     limits: Limits,
-    grpc: bool,
+    (grpc, drain_within): (bool, Option<Duration>),
     parts: &mut Parts,
 ) -> (RequestBody, Option<BodyFault>) {
     if body.is_end_stream() {
@@ -358,7 +375,7 @@ fn client_body(
     let fault = BodyFault::default();
     parts.extensions.insert(fault.clone());
     let body = IdleBody::new(
-        body,
+        Drained::new(body, drain_within, fault.clone()),
         limits.body_idle_timeout,
         Watch::Request(fault.clone()),
     );

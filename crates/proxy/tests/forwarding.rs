@@ -701,6 +701,63 @@ async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_t
 }
 
 #[tokio::test]
+async fn a_small_body_left_unread_is_drained_and_its_connection_carries_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let upstream = Upstream::start(Behavior::ok("read")).await.unwrap();
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nname = \"rehearsal\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/fault\" }}\n\
+         [routes.fault]\nabort_status = 503\n\n\
+         [[routes]]\nname = \"app\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        upstream.addr()
+    ))
+    .await;
+    // A refusal (an injected fault, no route) of a small POST, its body read and dropped after
+    // the answer: the same connection then carries the next request, whose answer is the
+    // upstream's.
+    for path in ["/fault", "/nowhere"] {
+        let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+        let post = format!(
+            "POST {path} HTTP/1.1\r\nhost: app\r\ncontent-length: 3000\r\n\r\n{}",
+            "x".repeat(3000)
+        );
+        client.write_all(post.as_bytes()).await.unwrap();
+        client
+            .write_all(b"GET /app HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answers = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_to_string(&mut answers),
+        )
+        .await
+        .expect("both answered")
+        .unwrap();
+        let refusal = answers.split("HTTP/1.1 200").next().unwrap();
+        assert!(!refusal.contains("connection: close"), "{path}: {answers}");
+        assert!(answers.ends_with("\r\n\r\nread"), "{path}: {answers}");
+    }
+
+    // A client that waits for `100 Continue` before sending its body is spared the upload: its
+    // connection closes after the refusal.
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client
+        .write_all(
+            b"POST /fault HTTP/1.1\r\nhost: app\r\ncontent-length: 3000\r\n\
+              expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_body_left_unread_ends_the_clients_connection_whatever_answers_it() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
