@@ -1,7 +1,12 @@
 //! One request through the proxy: what every connection's service does with it.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::header::{
     ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue,
@@ -11,11 +16,11 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use rampart_config::Listener;
 use rampart_http::Reason;
-use rampart_http::classify::{grpc_status, is_grpc};
+use rampart_http::classify::{classify_trailers, grpc_status, is_grpc};
 use rampart_http::deadline::{DeadlineError, deadline_within, header_budget};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{
@@ -28,7 +33,7 @@ use crate::body::{
     BodyFault, ClientBodyFault, DRAIN_MAX, DRAIN_WITHIN, Drained, GrpcEnding, IdleBody, LimitBody,
     RequestBody, ResponseBody, Watch, boxed, drain, rescued,
 };
-use crate::metrics::RouteOutcome;
+use crate::metrics::{Headed, RouteOutcome};
 use crate::outbox::Refused;
 use crate::recent::Kind;
 use crate::route::Router;
@@ -249,10 +254,22 @@ pub(crate) async fn handle(
         Some(Outcome::Success | Outcome::Slow) => (RouteOutcome::Success, Kind::Success),
         None => own_outcome(&response),
     };
+    // A gRPC answer of the upstream's whose head has no status is judged by its trailers, as
+    // the endpoint's breaker judges it: counted at its head, a call failing INTERNAL after its
+    // messages would count as a success.
+    let by_trailers = grpc
+        && upstream.outcome == Some(Outcome::Success)
+        && grpc_status(response.headers()).is_none()
+        && !response.body().is_end_stream();
     // A client that went away mid-body never reads its answer: it left, as one that goes away
     // before the answer's head does (`cancelled`).
     if body_left.and_then(|fault| fault.get()) == Some(ClientBodyFault::Gone) {
         drop(executing);
+    } else if by_trailers {
+        if let Some(headed) = executing.headed() {
+            let stack = Arc::clone(stack);
+            response = response.map(|body| Judged::new(body, stack, headed).boxed_unsync());
+        }
     } else {
         executing.answered(outcome, kind);
     }
@@ -323,6 +340,80 @@ fn own_outcome<B>(response: &Response<B>) -> (RouteOutcome, Kind) {
         return (outcome, kind);
     }
     (RouteOutcome::Success, Kind::Success)
+}
+
+// What a gRPC answer's trailers say it came to, as its endpoint's breaker judges them; with
+// `x-rampart-error` among them (rampart ended the call: its deadline, the upstream's reset),
+// of that reason's kind.
+fn trailers_outcome(trailers: &HeaderMap) -> (RouteOutcome, Kind) {
+    if let Some(Outcome::Success | Outcome::Slow) = classify_trailers(trailers) {
+        return (RouteOutcome::Success, Kind::Success);
+    }
+    let kind = trailers
+        .get(X_RAMPART_ERROR)
+        .and_then(|error| reason(error.as_bytes()))
+        .map_or(Kind::Failure, kind_of);
+    (RouteOutcome::Failure, kind)
+}
+
+/// A gRPC answer's body whose route outcome is counted at its end, from its trailers: a body
+/// that ends without them, or breaks off, is a failure; one dropped before its end (the client
+/// cancelled the call), `cancelled`.
+struct Judged {
+    inner: ResponseBody,
+    stack: Arc<Stack>,
+    headed: Option<Headed>,
+}
+
+impl Judged {
+    fn new(inner: ResponseBody, stack: Arc<Stack>, headed: Headed) -> Judged {
+        Judged {
+            inner,
+            stack,
+            headed: Some(headed),
+        }
+    }
+
+    fn judge(&mut self, ended: Option<(RouteOutcome, Kind)>) {
+        if let Some(headed) = self.headed.take() {
+            self.stack.metrics().judged(headed, ended);
+        }
+    }
+}
+
+impl Body for Judged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.judge(Some(trailers_outcome(trailers)));
+                }
+            }
+            Some(Err(_)) | None => self.judge(Some((RouteOutcome::Failure, Kind::Failure))),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Judged {
+    fn drop(&mut self) {
+        self.judge(None);
+    }
 }
 
 // The reason a header value names, if any (a fallback's `5xx` names none).

@@ -189,6 +189,25 @@ impl Executing<'_> {
             metrics.answered(outcome, kind, self.started);
         }
     }
+
+    /// The answer's head is ready, its outcome to come with its body's end (a gRPC answer's
+    /// status, in its trailers): the request is no longer in flight, and what
+    /// [`RouteMetrics::judged`] counts at the end is returned. `None` when nothing is counted.
+    pub(crate) fn headed(mut self) -> Option<Headed> {
+        let metrics = self.metrics.take()?;
+        metrics.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        Some(Headed {
+            elapsed: turn::now().saturating_duration_since(self.started),
+        })
+    }
+}
+
+/// A request whose answer's head went out, its outcome still to come: the time to its head,
+/// which its latency is, as for every other answer (a stream that lasts minutes is no slow
+/// request).
+#[derive(Debug)]
+pub(crate) struct Headed {
+    elapsed: Duration,
 }
 
 impl Drop for Executing<'_> {
@@ -591,7 +610,24 @@ impl RouteMetrics {
             return;
         }
         let now = turn::now();
-        let elapsed = now.saturating_duration_since(started);
+        self.record(outcome, kind, now.saturating_duration_since(started), now);
+    }
+
+    /// Counts a request whose answer's head went out (`headed`) as ended now with `outcome`, of
+    /// `kind`; `None` (the client left before its end) counts it `cancelled`.
+    pub(crate) fn judged(&self, headed: Headed, ended: Option<(RouteOutcome, Kind)>) {
+        if self.skip {
+            return;
+        }
+        match ended {
+            Some((outcome, kind)) => self.record(outcome, kind, headed.elapsed, turn::now()),
+            None => {
+                self.outcomes[RouteOutcome::Cancelled as usize].inc();
+            }
+        }
+    }
+
+    fn record(&self, outcome: RouteOutcome, kind: Kind, elapsed: Duration, now: Instant) {
         self.outcomes[outcome as usize].inc();
         self.duration.observe(elapsed);
         self.live

@@ -340,6 +340,41 @@ async fn unavailable_in_the_trailers_opens_the_breaker() {
 }
 
 #[tokio::test]
+async fn the_route_counts_a_call_by_the_status_in_its_trailers() {
+    // Its head, a reply, then INTERNAL in the trailers: a failure of the route as of the
+    // endpoint; a call answered OK in its trailers, a success.
+    let upstream = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Internal))
+        .await
+        .unwrap();
+    let proxy = grpc_proxy(
+        &[upstream.addr()],
+        "[routes.retry]\nattempts = 1",
+        "[upstreams.app.breaker]\nenabled = false",
+    )
+    .await;
+    let mut client = EchoClient::connect(addr(&proxy)).await.unwrap();
+    for _ in 0..2 {
+        let status = client.say("x").await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+    upstream.set_behavior(GrpcBehavior::Ok);
+    client.say("fine").await.unwrap();
+
+    let text = metrics(&proxy);
+    let series = |outcome: &str| {
+        format!("rampart_requests_total{{route=\"route-0\",outcome=\"{outcome}\"}}")
+    };
+    assert!(
+        text.contains(&format!("{} 2\n", series("failure"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{} 1\n", series("success"))),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn trailers_failures_move_traffic_to_the_other_endpoint() {
     let failing = GrpcUpstream::start(GrpcBehavior::FailInTrailers(Code::Internal))
         .await
