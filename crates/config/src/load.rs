@@ -887,6 +887,7 @@ const LISTENER_KEYS: &[&str] = &[
     "header_read_timeout",
     "idle_timeout",
     "body_idle_timeout",
+    "tunnel_idle_timeout",
     "max_header_bytes",
     "max_headers",
     "max_request_body",
@@ -909,6 +910,7 @@ fn default_listener(name: String) -> Listener {
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         body_idle_timeout: Duration::from_secs(30),
+        tunnel_idle_timeout: Duration::from_secs(300),
         max_header_bytes: ByteSize(64 << 10),
         max_headers: 100,
         max_request_body: ByteSize(8 << 20),
@@ -978,10 +980,11 @@ fn listeners(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, admin: &Admin) -> Vec<Listener
         if let Some(v) = cx.get(&t, "park_idle_above", u32_in(0, u32::MAX)) {
             l.park_idle_above = v;
         }
-        let durations: [(&str, &mut Duration); 3] = [
+        let durations: [(&str, &mut Duration); 4] = [
             ("header_read_timeout", &mut l.header_read_timeout),
             ("idle_timeout", &mut l.idle_timeout),
             ("body_idle_timeout", &mut l.body_idle_timeout),
+            ("tunnel_idle_timeout", &mut l.tunnel_idle_timeout),
         ];
         for (key, slot) in durations {
             if let Some(v) = cx.get(&t, key, positive) {

@@ -102,6 +102,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     /// `body_idle_timeout`: default 30s.
     pub body_idle_timeout: Duration,
+    /// `tunnel_idle_timeout`: default 5m.
+    pub tunnel_idle_timeout: Duration,
     /// `max_header_bytes`: default 64KiB.
     pub max_header_bytes: ByteSize,
     /// `max_headers`: default 100.

@@ -48,6 +48,8 @@ pub(crate) struct Limits {
     max_request_body: u64,
     /// `body_idle_timeout`.
     body_idle_timeout: Duration,
+    /// `tunnel_idle_timeout`.
+    tunnel_idle_timeout: Duration,
     /// `max_headers`, which hyper applies to HTTP/1.1 heads and this module to HTTP/2 ones.
     max_headers: usize,
 }
@@ -57,6 +59,7 @@ impl Limits {
         Limits {
             max_request_body: listener.max_request_body.bytes(),
             body_idle_timeout: listener.body_idle_timeout,
+            tunnel_idle_timeout: listener.tunnel_idle_timeout,
             max_headers: listener.max_headers as usize,
         }
     }
@@ -580,7 +583,11 @@ async fn exchange(
     match stack.call(request, deadline.instant(), expired).await {
         Ok((mut response, outcome)) => {
             if let Some(client_upgrade) = client_upgrade {
-                upstream.tunnel = upgrade::join(client_upgrade, &mut response);
+                upstream.tunnel = upgrade::join(
+                    client_upgrade,
+                    &mut response,
+                    client.limits.tunnel_idle_timeout,
+                );
             }
             if upstream.tunnel.is_some() {
                 upstream.outcome = Some(outcome);

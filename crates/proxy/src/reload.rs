@@ -517,6 +517,7 @@ fn listener_keys(old: &Listener, new: &Listener) -> Vec<&'static str> {
         header_read_timeout,
         idle_timeout,
         body_idle_timeout,
+        tunnel_idle_timeout,
         max_header_bytes,
         max_headers,
         max_request_body,
@@ -535,6 +536,10 @@ fn listener_keys(old: &Listener, new: &Listener) -> Vec<&'static str> {
         (
             "body_idle_timeout",
             *body_idle_timeout != new.body_idle_timeout,
+        ),
+        (
+            "tunnel_idle_timeout",
+            *tunnel_idle_timeout != new.tunnel_idle_timeout,
         ),
         (
             "max_header_bytes",

@@ -109,6 +109,37 @@ async fn a_websocket_is_tunnelled_both_ways_after_101() {
 }
 
 #[tokio::test]
+async fn a_tunnel_quiet_past_tunnel_idle_timeout_is_closed() {
+    let (upstream, _head, upstream_task) = echo_upstream().await;
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\ntunnel_idle_timeout = \"300ms\"\n\
+         [[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"{upstream}\"]\n"
+    ))
+    .await;
+    let mut client = TcpStream::connect(addr(&proxy)).await.unwrap();
+    client.write_all(HANDSHAKE.as_bytes()).await.unwrap();
+    assert!(read_head(&mut client).await.starts_with("HTTP/1.1 101"));
+    assert_eq!(read_exactly(&mut client, 19).await, "hello from upstream");
+
+    // A byte each way every 100 ms for over a second, three times the timeout: kept open.
+    for _ in 0..12 {
+        client.write_all(b"k").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 1).await, "k");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then nothing: closed, both sides.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+        .await
+        .expect("the quiet tunnel is closed");
+    assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+    tokio::time::timeout(Duration::from_secs(10), upstream_task)
+        .await
+        .expect("the upstream's side is closed")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn dropping_the_proxy_cuts_its_tunnels() {
     let (upstream, _head, upstream_task) = echo_upstream().await;
     let proxy = simple(&[upstream], "", "").await;
