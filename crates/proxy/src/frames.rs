@@ -7,8 +7,8 @@
 //! (HEADERS without END_HEADERS) and sends nothing more held its connection until the idle
 //! timeout twice over, where HTTP/1.1's slowloris is cut at `header_read_timeout`. [`FrameWatch`]
 //! reads the frame headers of what the client sends (it changes no byte) and:
-//! - counts PING and SETTINGS frames that are not acknowledgements since rampart last had a
-//!   reason to hear from the client (a request began, an answer's data went out); past
+//! - counts PING and SETTINGS frames that are not acknowledgements, less a few for each reason
+//!   rampart had to hear from the client (a request began, an answer's data went out); past
 //!   [`CONTROL_FLOOD`] the connection's task is told ([`Conduct::misbehaved`]), which sends
 //!   GOAWAY and closes, as gRPC servers do to a client that pings without cause;
 //! - fails the connection's reads once a header block has been open for `header_read_timeout`.
@@ -28,6 +28,11 @@ use tokio::time::{Instant, Sleep};
 /// between two requests (an idle connection is closed after `idle_timeout` anyway), and the
 /// pings gRPC clients send to size their windows come while answers flow, each one a cause.
 pub(crate) const CONTROL_FLOOD: u32 = 1_000;
+
+/// PING and SETTINGS frames each cause (a request begun, a piece of an answer taken) allows: a
+/// cause wipes no count clean, or one cheap request (a CONNECT answered 405) would buy a flood's
+/// worth of frames, again and again.
+const ALLOWED_A_CAUSE: u32 = 8;
 
 /// The client connection preface, which comes before the first frame.
 const PREFACE_LEN: usize = 24;
@@ -55,12 +60,14 @@ pub(crate) struct Conduct {
 }
 
 impl Conduct {
-    /// The client gave rampart something to do: its control frames since are its due.
+    /// The client gave rampart something to do: a few of its control frames are its due.
     #[inline]
     pub(crate) fn called(&self) {
         // A read first: the line stays shared while nothing needs a write.
-        if self.uncalled.load(Ordering::Relaxed) != 0 {
-            self.uncalled.store(0, Ordering::Relaxed);
+        let uncalled = self.uncalled.load(Ordering::Relaxed);
+        if uncalled != 0 {
+            self.uncalled
+                .store(uncalled.saturating_sub(ALLOWED_A_CAUSE), Ordering::Relaxed);
         }
     }
 
@@ -326,19 +333,33 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_is_told_when_reached_and_a_cause_starts_the_count_again() {
+    fn the_bound_is_told_when_reached_and_a_cause_allows_a_few_frames_more() {
         let conduct = Conduct::default();
         for _ in 0..CONTROL_FLOOD - 1 {
             conduct.control_frame();
         }
+        // A cause allows a few frames more, not a flood's worth: one cheap request between
+        // floods of 900 PINGs buys no second flood.
         conduct.called();
-        for _ in 0..CONTROL_FLOOD - 1 {
+        for _ in 0..ALLOWED_A_CAUSE {
             conduct.control_frame();
         }
         assert!(conduct.misbehaved.notified().now_or_never().is_none());
         conduct.control_frame();
         let told = conduct.misbehaved.notified();
         assert!(told.now_or_never().is_some(), "the flood is told");
+    }
+
+    #[test]
+    fn causes_as_they_come_keep_a_clients_pings_their_due() {
+        // A gRPC client pings to size its window as answers flow: a ping or two a piece.
+        let conduct = Conduct::default();
+        for _ in 0..10 * CONTROL_FLOOD {
+            conduct.control_frame();
+            conduct.control_frame();
+            conduct.called();
+        }
+        assert!(conduct.misbehaved.notified().now_or_never().is_none());
     }
 
     trait NowOrNever: std::future::Future + Sized {

@@ -58,6 +58,10 @@ const EARLY_RESETS_SEEN_AFTER: u64 = 500;
 /// How long a connection closed for a flood of control frames is given to send its GOAWAY.
 const GOAWAY_FLUSH: Duration = Duration::from_millis(100);
 
+/// Requests a client sent GOAWAY for misbehaving may still begin before its connection is cut:
+/// a few may cross the GOAWAY on the wire.
+const IGNORED_GOAWAY: u64 = 32;
+
 /// Binds the listener's address.
 pub(crate) async fn bind(listener: &Listener) -> Result<TcpListener, Error> {
     TcpListener::bind(listener.listen)
@@ -228,6 +232,8 @@ impl Serve {
             // PING, and one that never reads would hold the connection for ever.
             let mut cut_at = None;
             let mut misbehaved = false;
+            // The requests begun when the client was sent GOAWAY for misbehaving.
+            let mut warned_at: Option<u64> = None;
             loop {
                 let quiet = tokio::select! {
                     // A connection error (a client gone, a malformed request answered 400) ends
@@ -252,7 +258,8 @@ impl Serve {
                         false
                     }
                     () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
-                    () = WhenWoken::new(activity.conduct.misbehaved(), &wakes), if !closing => {
+                    // Heard while closing too: a client told to stop that goes on is cut.
+                    () = WhenWoken::new(activity.conduct.misbehaved(), &wakes) => {
                         misbehaved = true;
                         false
                     }
@@ -262,8 +269,28 @@ impl Serve {
                 // requests just after they began, each one work for the upstream): GOAWAY, and
                 // the requests in flight may finish, as on an idle close; a client whose calls
                 // time out in a brownout is no worse off.
+                if misbehaved && let Some(warned_at) = warned_at {
+                    misbehaved = false;
+                    // hyper's graceful GOAWAY names no last stream until the client answers its
+                    // PING: one that never does may go on opening streams, each reset early
+                    // and each work for an upstream, for an `idle_timeout`. Past a few, or on a
+                    // flood, cut.
+                    let went_on =
+                        activity.requests.load(Ordering::Relaxed) > warned_at + IGNORED_GOAWAY;
+                    if went_on || activity.conduct.is_deaf() {
+                        tracing::debug!(
+                            %peer,
+                            "a client went on misbehaving after its GOAWAY: closed"
+                        );
+                        if activity.conduct.is_deaf() {
+                            let _ = tokio::time::timeout(GOAWAY_FLUSH, connection.as_mut()).await;
+                        }
+                        break;
+                    }
+                }
                 if misbehaved {
                     misbehaved = false;
+                    warned_at = Some(activity.requests.load(Ordering::Relaxed));
                     tracing::debug!(
                         %peer,
                         "a client reset most of its requests within a second of sending them, or flooded control frames: GOAWAY"

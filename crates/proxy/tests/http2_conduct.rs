@@ -127,6 +127,64 @@ async fn a_client_resetting_most_requests_just_after_sending_them_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_going_on_resetting_after_its_goaway_is_cut_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (proxy, slow, _fast) = two_upstreams().await;
+    // Raw frames: this client never answers the PING that follows the first GOAWAY, which
+    // hyper waits for before it names the last stream it takes, and opens streams on.
+    let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    write.write_all(&hello).await.unwrap();
+    // Whatever comes is read and dropped, until the connection ends.
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0; 64 << 10];
+        while read.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    // GET /slow: `:method GET`, `:scheme http`, `:authority app`, `:path /slow`.
+    let block: &[u8] = &[
+        0x82, 0x86, 0x01, 3, b'a', b'p', b'p', 0x04, 5, b'/', b's', b'l', b'o', b'w',
+    ];
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut frame = u32::try_from(payload.len()).unwrap().to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[kind, flags]);
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let mut opened = 0u64;
+    let mut stream = 1;
+    while opened < 3_000 && !reader.is_finished() {
+        let mut headers = Vec::new();
+        let mut resets = Vec::new();
+        for _ in 0..BATCH {
+            headers.extend(frame(0x1, 0x5, stream, block));
+            resets.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
+            stream += 2;
+        }
+        if write.write_all(&headers).await.is_err() {
+            break;
+        }
+        // Taken up and sent on, then reset: each one work for the upstream.
+        let all_seen = slow.wait_for_requests(opened + BATCH);
+        let _ = tokio::time::timeout(Duration::from_millis(500), all_seen).await;
+        if write.write_all(&resets).await.is_err() {
+            break;
+        }
+        opened += BATCH;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    assert!(ended.is_ok(), "still open after {opened} streams");
+    // Cut at the bound, and a few streams past its GOAWAY, not an idle timeout later.
+    assert!(
+        opened < 400,
+        "{opened} streams opened before the connection was closed"
+    );
+}
+
+#[tokio::test]
 async fn a_client_cancelling_a_request_now_and_then_is_served_on() {
     let (proxy, slow, _fast) = two_upstreams().await;
     let (mut client, connection) = connect(&proxy).await;
@@ -167,13 +225,39 @@ async fn a_client_pinging_between_its_requests_is_served_on() {
     let (proxy, _slow, _fast) = two_upstreams().await;
     let (mut client, mut pings) = connect_with_pings(&proxy).await;
 
-    // 3,000 pings, a request after every 500: each request is a cause.
-    for _ in 0..6 {
-        for _ in 0..500 {
+    // 1,600 pings, more than the bound, four before each of 400 requests: each request is a
+    // cause, which allows a few.
+    for _ in 0..400 {
+        for _ in 0..4 {
             pings.ping(h2::Ping::opaque()).await.unwrap();
         }
         assert_eq!(get(&mut client, "/").await.as_deref(), Some(&b"fast"[..]));
     }
+}
+
+#[tokio::test]
+async fn a_request_now_and_then_buys_no_ping_flood() {
+    let (proxy, _slow, _fast) = two_upstreams().await;
+    let (mut client, mut pings) = connect_with_pings(&proxy).await;
+
+    // 900 pings, a request, 900 more: a request (and its answer's data) is cause for a few,
+    // not for a flood's worth.
+    let mut answered = 0;
+    'rounds: for _ in 0..5 {
+        for _ in 0..900 {
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                break 'rounds;
+            }
+            answered += 1;
+        }
+        if get(&mut client, "/").await.is_none() {
+            break;
+        }
+    }
+    assert!(
+        (990..=1_030).contains(&answered),
+        "{answered} pings answered before the connection was closed"
+    );
 }
 
 /// An HTTP/2 connection to `proxy` whose pings the test sends, and its task.
