@@ -87,6 +87,8 @@ pub(crate) struct Serve {
     limits: forward::Limits,
     metrics: ListenerMetrics,
     idle_timeout: Duration,
+    // How long a client may take nothing of an answer ready for it: `body_idle_timeout`.
+    stall_timeout: Duration,
     drain_timeout: Duration,
 }
 
@@ -106,6 +108,7 @@ impl Serve {
             limits: forward::Limits::new(listener),
             metrics,
             idle_timeout: listener.idle_timeout,
+            stall_timeout: listener.body_idle_timeout,
             drain_timeout,
         }
     }
@@ -211,6 +214,7 @@ impl Serve {
         };
         let builders = self.builders.clone();
         let idle_timeout = self.idle_timeout;
+        let stall_timeout = self.stall_timeout;
         let park_idle_above = self.park_idle_above;
         let metrics = self.metrics.clone();
         Some(async move {
@@ -258,6 +262,16 @@ impl Serve {
                         false
                     }
                     () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
+                    // A client that takes nothing of the answers ready for it (an HTTP/2
+                    // client that never opens its window, which no write stall shows since
+                    // nothing is written): closed, and the upstreams it held let go.
+                    () = WhenWoken::new(activity.stalled_for(stall_timeout), &wakes) => {
+                        tracing::debug!(
+                            %peer,
+                            "a client took nothing of its answers for body_idle_timeout: closed"
+                        );
+                        break;
+                    }
                     // Heard while closing too: a client told to stop that goes on is cut.
                     () = WhenWoken::new(activity.conduct.misbehaved(), &wakes) => {
                         misbehaved = true;
@@ -408,6 +422,11 @@ struct Activity {
     conduct: Arc<Conduct>,
     // When the last request ended, in milliseconds since `epoch`.
     last_end: AtomicU64,
+    /// Answers whose last news is that something is ready for the client (their head, a piece
+    /// of body): hyper asks for more only once the client has taken it, or has room for it.
+    ready: AtomicUsize,
+    /// Times hyper came back for more of such an answer: the client is taking.
+    taken: AtomicU64,
     // Taken once, when the connection has handed its IO over; locked only by an upgrade.
     tunnel: Mutex<Option<Tunnel>>,
 }
@@ -422,6 +441,8 @@ impl Activity {
             early_resets: AtomicU64::new(0),
             conduct: Arc::default(),
             last_end: AtomicU64::new(0),
+            ready: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
             tunnel: Mutex::new(None),
         }
     }
@@ -448,6 +469,21 @@ impl Activity {
                 // Looked at again a timeout later: a request ending meanwhile restarts the count.
                 None => tokio::time::sleep(timeout).await,
             }
+        }
+    }
+
+    // Resolves once answers have been ready for the client and it has taken nothing of them,
+    // over two looks `timeout` apart (so within one to two `timeout`s of its last take).
+    async fn stalled_for(&self, timeout: Duration) {
+        let mut seen = None;
+        loop {
+            tokio::time::sleep(timeout).await;
+            let taken = self.taken.load(Ordering::Relaxed);
+            let ready = self.ready.load(Ordering::Relaxed) > 0;
+            if ready && seen == Some(taken) {
+                return;
+            }
+            seen = ready.then_some(taken);
         }
     }
 
@@ -479,6 +515,8 @@ struct Busy {
     started: Instant,
     /// The request has its answer; dropped before, it was reset (or its client went away).
     answered: bool,
+    /// Counted in [`Activity::ready`]: its answer has something for the client, not yet taken.
+    ready: bool,
 }
 
 impl Busy {
@@ -490,18 +528,38 @@ impl Busy {
             activity,
             started: turn::now(),
             answered: false,
+            ready: false,
         }
     }
 
-    // The response that keeps the request counted in flight until its body ends.
+    // The response that keeps the request counted in flight until its body ends: its head is
+    // ready for the client.
     fn answer(mut self, body: ResponseBody) -> Tracked {
         self.answered = true;
+        self.set_ready(true);
         Tracked { body, busy: self }
+    }
+
+    // Whether the answer has something for the client that it has not taken.
+    fn set_ready(&mut self, ready: bool) {
+        if ready == self.ready {
+            return;
+        }
+        self.ready = ready;
+        if ready {
+            self.activity.ready.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.activity.ready.fetch_sub(1, Ordering::Relaxed);
+            self.activity.taken.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        if self.ready {
+            self.activity.ready.fetch_sub(1, Ordering::Relaxed);
+        }
         let now = turn::now();
         if !self.answered && now.saturating_duration_since(self.started) < EARLY_RESET {
             self.activity.reset_early();
@@ -531,11 +589,16 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
+        let mut this = self.project();
+        // Asked for more: the client took what was ready, or has room for more.
+        this.busy.set_ready(false);
+        let polled = this.body.as_mut().poll_frame(cx);
         // An answer flowing: the client's pings to size its window are its due.
         if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()) {
             this.busy.activity.conduct.called();
+            if !this.body.is_end_stream() {
+                this.busy.set_ready(true);
+            }
         }
         polled
     }

@@ -260,6 +260,42 @@ async fn a_request_now_and_then_buys_no_ping_flood() {
     );
 }
 
+#[tokio::test]
+async fn a_client_that_never_opens_its_window_is_closed_at_the_body_idle_timeout() {
+    // A streamed answer (chunked, 10 s of it) to a client whose streams have no window: it
+    // takes nothing, and nothing is written it that a write stall could show.
+    let streaming = Upstream::start(Behavior::SlowBody {
+        chunk: Bytes::from_static(b"x"),
+        every: Duration::from_millis(10),
+        chunks: 1_000,
+    })
+    .await
+    .unwrap();
+    let proxy = proxy(&format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nbody_idle_timeout = \"300ms\"\n\n\
+         [[routes]]\nupstream = \"app\"\ntimeout = \"60s\"\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        streaming.addr()
+    ))
+    .await;
+    let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get("http://app/stream").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    // Its body never read: the connection ends, within one to two body idle timeouts.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the connection is still open");
+    drop(response);
+}
+
 /// An HTTP/2 connection to `proxy` whose pings the test sends, and its task.
 async fn connect_with_pings(proxy: &Proxy) -> (SendRequest<Bytes>, h2::PingPong) {
     let tcp = TcpStream::connect(addr(proxy)).await.unwrap();
