@@ -45,6 +45,8 @@ use http::header::{
     PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RANGE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
+use crate::deadline::{GRPC_TIMEOUT, X_RAMPART_DEADLINE};
+
 /// `keep-alive`.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `proxy-connection`.
@@ -293,7 +295,9 @@ fn address_value(client: IpAddr) -> Option<HeaderValue> {
 /// (`Content-Length`, `Transfer-Encoding`), routes it (`Host`), modifies the request
 /// (`Cache-Control`, `Expect`, `Max-Forwards`, `Pragma`, `Range`, `TE`, the `If-*`
 /// conditionals), authenticates it (`Authorization`, `Cookie`) or says how to process its
-/// content (`Content-Encoding`, `Content-Type`, `Content-Range`, `Trailer`). A recipient that
+/// content (`Content-Encoding`, `Content-Type`, `Content-Range`, `Trailer`); and the fields
+/// rampart itself sets in a request's head (`X-Forwarded-For`, `X-Rampart-Deadline`,
+/// `grpc-timeout`), which a client would otherwise pass on as it pleases. A recipient that
 /// merges trailers into the header section would otherwise act on them after every check
 /// before it was made on the head, and an HTTP/2 peer resets a stream whose trailers carry a
 /// connection-specific field (RFC 9113 §8.2.2).
@@ -312,7 +316,7 @@ pub fn remove_forbidden_trailers(trailers: &mut HeaderMap) {
 }
 
 /// What [`remove_forbidden_trailers`] removes.
-static FORBIDDEN_IN_TRAILERS: [HeaderName; 26] = [
+static FORBIDDEN_IN_TRAILERS: [HeaderName; 29] = [
     CONTENT_LENGTH,
     TRANSFER_ENCODING,
     HOST,
@@ -339,6 +343,9 @@ static FORBIDDEN_IN_TRAILERS: [HeaderName; 26] = [
     UPGRADE,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
+    X_FORWARDED_FOR,
+    X_RAMPART_DEADLINE,
+    GRPC_TIMEOUT,
 ];
 
 /// Writes `n` in decimal, as a head built by hand takes a number (a length, a deadline):
@@ -630,6 +637,9 @@ mod tests {
             ("content-type", "text/plain"),
             ("x-checksum", "abc"),
             ("grpc-status", "0"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-rampart-deadline", "1"),
+            ("grpc-timeout", "1m"),
         ] {
             trailers.insert(
                 HeaderName::from_static(name),
