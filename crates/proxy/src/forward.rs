@@ -197,7 +197,9 @@ pub(crate) async fn handle(
     // it, so that its HTTP/1.x connection carries on; `None` when the connection must close
     // instead: a body of unknown or large size, or one whose client waits for `100 Continue`
     // before sending it (reading it would ask for the upload the answer spares it).
+    // Looked at only for a body (a GET has none): the lookup of `Expect` hashes its name.
     let drain_within = (version < Version::HTTP_2
+        && !request.body().is_end_stream()
         && request
             .body()
             .size_hint()

@@ -255,23 +255,29 @@ impl Serve {
                         closing = true;
                         false
                     }
-                    () = WhenWoken::new(activity.idle_for(idle_timeout), &wakes), if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        cut_at = Some(turn::now() + idle_timeout);
-                        false
-                    }
+                    // One branch for both clocks: each branch costs every poll of the task.
+                    lapse = WhenWoken::new(
+                        activity.lapse((!closing).then_some(idle_timeout), stall_timeout),
+                        &wakes,
+                    ) => match lapse {
+                        Lapse::Idle => {
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                            cut_at = Some(turn::now() + idle_timeout);
+                            false
+                        }
+                        // A client that takes nothing of the answers ready for it (an HTTP/2
+                        // client that never opens its window, which no write stall shows since
+                        // nothing is written): closed, and the upstreams it held let go.
+                        Lapse::Stalled => {
+                            tracing::debug!(
+                                %peer,
+                                "a client took nothing of its answers for body_idle_timeout: closed"
+                            );
+                            break;
+                        }
+                    },
                     () = WhenWoken::new(sleep_until(cut_at), &wakes) => break,
-                    // A client that takes nothing of the answers ready for it (an HTTP/2
-                    // client that never opens its window, which no write stall shows since
-                    // nothing is written): closed, and the upstreams it held let go.
-                    () = WhenWoken::new(activity.stalled_for(stall_timeout), &wakes) => {
-                        tracing::debug!(
-                            %peer,
-                            "a client took nothing of its answers for body_idle_timeout: closed"
-                        );
-                        break;
-                    }
                     // Heard while closing too: a client told to stop that goes on is cut.
                     () = WhenWoken::new(activity.conduct.misbehaved(), &wakes) => {
                         misbehaved = true;
@@ -472,6 +478,22 @@ impl Activity {
         }
     }
 
+    // Resolves once no request has been in flight for `idle` (if given), or answers have been
+    // ready for the client and it has taken nothing of them for `stall`, whichever comes first.
+    async fn lapse(&self, idle: Option<Duration>, stall: Duration) -> Lapse {
+        let idle = async {
+            match idle {
+                Some(idle) => self.idle_for(idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = idle => Lapse::Idle,
+            () = self.stalled_for(stall) => Lapse::Stalled,
+        }
+    }
+
     // Resolves once answers have been ready for the client and it has taken nothing of them,
     // over two looks `timeout` apart (so within one to two `timeout`s of its last take).
     async fn stalled_for(&self, timeout: Duration) {
@@ -506,6 +528,14 @@ impl Activity {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
     }
+}
+
+/// What a connection's clocks found ([`Activity::lapse`]).
+enum Lapse {
+    /// No request in flight for `idle_timeout`.
+    Idle,
+    /// Answers ready for the client, nothing of them taken for `body_idle_timeout`.
+    Stalled,
 }
 
 /// One request in flight on a connection, from its head until its response's last byte was
