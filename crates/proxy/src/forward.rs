@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-
 use http::header::{
     ALLOW, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue,
     RETRY_AFTER, TRANSFER_ENCODING,
@@ -263,7 +262,7 @@ pub(crate) async fn handle(
     // the endpoint's breaker judges it: counted at its head, a call failing INTERNAL after its
     // messages would count as a success.
     let by_trailers = grpc
-        && upstream.outcome == Some(Outcome::Success)
+        && matches!(upstream.outcome, Some(Outcome::Success | Outcome::Slow))
         && grpc_status(response.headers()).is_none()
         && !response.body().is_end_stream();
     // A client that went away mid-body never reads its answer: it left, as one that goes away
