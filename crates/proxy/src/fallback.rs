@@ -66,7 +66,14 @@ pub(crate) struct Fallback {
 #[derive(Debug)]
 pub(crate) struct Stale {
     max_age: Duration,
-    kept: Mutex<HashMap<String, Kept>>,
+    kept: Mutex<Store>,
+}
+
+/// The answers kept, and how many bytes of bodies they hold.
+#[derive(Debug, Default)]
+struct Store {
+    answers: HashMap<String, Kept>,
+    bytes: usize,
 }
 
 /// One kept answer.
@@ -82,6 +89,9 @@ struct Kept {
 const MAX_KEPT: usize = 1000;
 /// A larger body is not kept.
 const MAX_KEPT_BODY: usize = 1 << 20;
+/// Bytes of bodies kept per route at most: a thousand answers of a megabyte would be a
+/// gigabyte, far past what a sidecar may hold.
+const MAX_KEPT_BYTES: usize = 16 << 20;
 
 impl Fallback {
     /// The route's fallback; `path` names the table in errors. A `body_file` the configuration
@@ -142,7 +152,7 @@ impl Fallback {
             stale: config.stale.map(|max_age| {
                 Arc::new(Stale {
                     max_age,
-                    kept: Mutex::new(HashMap::new()),
+                    kept: Mutex::new(Store::default()),
                 })
             }),
         })
@@ -357,29 +367,49 @@ impl Body for Canned {
 
 impl Stale {
     fn fresh(&self, key: &str) -> Option<Kept> {
-        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.get(key)
-            .filter(|kept| kept.at.elapsed() < self.max_age)
-            .cloned()
+        let mut store = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = store.answers.get(key)?;
+        if kept.at.elapsed() < self.max_age {
+            return Some(kept.clone());
+        }
+        // Too old to serve again: its memory goes now rather than when the store fills.
+        store.remove(key);
+        None
     }
 
     fn store(&self, key: String, answer: Kept) {
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.len() >= MAX_KEPT && !kept.contains_key(&key) {
+        let mut store = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        store.remove(&key);
+        let full = |store: &Store| {
+            store.answers.len() >= MAX_KEPT || store.bytes + answer.body.len() > MAX_KEPT_BYTES
+        };
+        if full(&store) {
             // Full: the stale answers make room first, then the oldest.
             let max_age = self.max_age;
-            kept.retain(|_, kept| kept.at.elapsed() < max_age);
-            if kept.len() >= MAX_KEPT {
-                let oldest = kept
+            store.answers.retain(|_, kept| kept.at.elapsed() < max_age);
+            store.bytes = store.answers.values().map(|kept| kept.body.len()).sum();
+            while full(&store) {
+                let oldest = store
+                    .answers
                     .iter()
                     .min_by_key(|(_, kept)| kept.at)
                     .map(|(key, _)| key.clone());
-                if let Some(oldest) = oldest {
-                    kept.remove(&oldest);
-                }
+                let Some(oldest) = oldest else {
+                    break;
+                };
+                store.remove(&oldest);
             }
         }
-        kept.insert(key, answer);
+        store.bytes += answer.body.len();
+        store.answers.insert(key, answer);
+    }
+}
+
+impl Store {
+    fn remove(&mut self, key: &str) {
+        if let Some(kept) = self.answers.remove(key) {
+            self.bytes -= kept.body.len();
+        }
     }
 }
 
@@ -625,8 +655,44 @@ mod tests {
         assert_eq!(answered(&fallback, "/new"), "new");
         assert_eq!(answered(&fallback, "/0"), "configured");
         assert_eq!(answered(&fallback, "/1"), "kept");
-        let kept = fallback.stale.as_ref().unwrap().kept.lock().unwrap().len();
+        let kept = fallback
+            .stale
+            .as_ref()
+            .unwrap()
+            .kept
+            .lock()
+            .unwrap()
+            .answers
+            .len();
         assert_eq!(kept, MAX_KEPT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_answers_kept_hold_16_mib_of_bodies_at_most() {
+        let fallback = with_stale(Duration::from_secs(3600));
+        // Twenty answers of a megabyte: the oldest go, so that sixteen fit.
+        for i in 0..20 {
+            pass(
+                &fallback,
+                &format!("/{i}"),
+                StatusCode::OK,
+                vec![b'x'; MAX_KEPT_BODY],
+            )
+            .await;
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        {
+            let store = fallback.stale.as_ref().unwrap().kept.lock().unwrap();
+            assert_eq!(store.answers.len(), 16);
+            assert_eq!(store.bytes, 16 * MAX_KEPT_BODY);
+            assert!(!store.answers.contains_key("/3") && store.answers.contains_key("/4"));
+        }
+        // One too old to serve is let go when asked for.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(answered(&fallback, "/19"), "configured");
+        let store = fallback.stale.as_ref().unwrap().kept.lock().unwrap();
+        assert_eq!(store.answers.len(), 15);
+        assert_eq!(store.bytes, 15 * MAX_KEPT_BODY);
     }
 
     fn grpc_config(headers: &[(&str, &str)]) -> FallbackConfig {
