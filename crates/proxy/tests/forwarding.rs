@@ -700,11 +700,9 @@ async fn an_upload_answered_before_its_end_closes_the_clients_connection_after_t
     assert!(answer.ends_with("\r\n\r\nlater"), "{answer}");
 }
 
-#[tokio::test]
-async fn a_small_body_left_unread_is_drained_and_its_connection_carries_on() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
+/// A proxy whose `/fault` route answers 503 by fault injection and whose `/app` route goes to
+/// an upstream answering `read`; no route for anything else.
+async fn rehearsal() -> (Upstream, rampart_proxy::Proxy) {
     let upstream = Upstream::start(Behavior::ok("read")).await.unwrap();
     let proxy = proxy(&format!(
         "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -715,6 +713,15 @@ async fn a_small_body_left_unread_is_drained_and_its_connection_carries_on() {
         upstream.addr()
     ))
     .await;
+    (upstream, proxy)
+}
+
+#[tokio::test]
+async fn a_small_body_left_unread_is_drained_and_its_connection_carries_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let (_upstream, proxy) = rehearsal().await;
     // A refusal (an injected fault, no route) of a small POST, its body read and dropped after
     // the answer: the same connection then carries the next request, whose answer is the
     // upstream's.
@@ -762,16 +769,7 @@ async fn a_body_left_unread_ends_the_clients_connection_whatever_answers_it() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
-    let upstream = Upstream::start(Behavior::ok("read")).await.unwrap();
-    let proxy = proxy(&format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[routes]]\nname = \"rehearsal\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/fault\" }}\n\
-         [routes.fault]\nabort_status = 503\n\n\
-         [[routes]]\nname = \"app\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/app\" }}\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\n",
-        upstream.addr()
-    ))
-    .await;
+    let (_upstream, proxy) = rehearsal().await;
     // A tenth of the body, then what the proxy says and whether it closes.
     let post = |path: &'static str| {
         let addr = addr(&proxy);
