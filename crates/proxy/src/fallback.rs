@@ -386,8 +386,14 @@ impl Stale {
         if full(&store) {
             // Full: the stale answers make room first, then the oldest.
             let max_age = self.max_age;
-            store.answers.retain(|_, kept| kept.at.elapsed() < max_age);
-            store.bytes = store.answers.values().map(|kept| kept.body.len()).sum();
+            let Store { answers, bytes } = &mut *store;
+            answers.retain(|_, kept| {
+                let fresh = kept.at.elapsed() < max_age;
+                if !fresh {
+                    *bytes -= kept.body.len();
+                }
+                fresh
+            });
             while full(&store) {
                 let oldest = store
                     .answers

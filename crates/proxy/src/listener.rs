@@ -33,6 +33,7 @@ use crate::conn::{Builders, Connection};
 use crate::frames::Conduct;
 use crate::metrics::ListenerMetrics;
 use crate::route::Router;
+use crate::stall::unmoved_for;
 use crate::turn;
 use crate::upgrade::Tunnel;
 use crate::woken::{Wakes, WhenWoken};
@@ -490,22 +491,11 @@ impl Activity {
         tokio::select! {
             biased;
             () = idle => Lapse::Idle,
-            () = self.stalled_for(stall) => Lapse::Stalled,
-        }
-    }
-
-    // Resolves once answers have been ready for the client and it has taken nothing of them,
-    // over two looks `timeout` apart (so within one to two `timeout`s of its last take).
-    async fn stalled_for(&self, timeout: Duration) {
-        let mut seen = None;
-        loop {
-            tokio::time::sleep(timeout).await;
-            let taken = self.taken.load(Ordering::Relaxed);
-            let ready = self.ready.load(Ordering::Relaxed) > 0;
-            if ready && seen == Some(taken) {
-                return;
-            }
-            seen = ready.then_some(taken);
+            // Answers ready for the client, and nothing of them taken over two looks.
+            () = unmoved_for(stall, || {
+                (self.ready.load(Ordering::Relaxed) > 0)
+                    .then(|| self.taken.load(Ordering::Relaxed))
+            }) => Lapse::Stalled,
         }
     }
 

@@ -564,17 +564,17 @@ impl Stack {
         let now = turn::now();
         // A request whose body is still to come (a client stream, an upload) cannot be answered
         // before it has gone: its per-try timeout counts from the body's end.
-        let (body, sent) = match self.per_try_timeout {
-            Some(_) if !body.is_end_stream() => {
+        let (body, after_body) = match self.per_try_timeout {
+            Some(per_try) if !body.is_end_stream() => {
                 let (body, sent) = SignalEnd::new(body);
-                (RequestBody::new(body), Some(sent))
+                (RequestBody::new(body), Some((sent, per_try)))
             }
             _ => (body, None),
         };
-        let try_deadline = self
-            .per_try_timeout
-            .filter(|_| sent.is_none())
-            .map_or(deadline, |timeout| deadline.min(now + timeout));
+        let try_deadline = match (after_body.is_some(), self.per_try_timeout) {
+            (false, Some(per_try)) => deadline.min(now + per_try),
+            _ => deadline,
+        };
         // A gRPC server ends the whole call at its `grpc-timeout`, a stream's messages
         // included, while the per-try timeout bounds only the wait for the head: told the
         // per-try time, a server would end every stream that outlasts it (DEADLINE_EXCEEDED,
@@ -596,8 +596,8 @@ impl Stack {
             deadline_header,
             body
         ));
-        let answered = match (sent, self.per_try_timeout) {
-            (Some(sent), Some(per_try)) => {
+        let answered = match after_body {
+            Some((sent, per_try)) => {
                 let head_due = async move {
                     // A body dropped before its end ended the exchange: what it came to is
                     // `sending`'s.
@@ -615,7 +615,7 @@ impl Stack {
                 .unwrap_or(Err(()))
                 .map_err(|()| turn::now() < deadline)
             }
-            _ => tokio::time::timeout_at(try_deadline, sending)
+            None => tokio::time::timeout_at(try_deadline, sending)
                 .await
                 .map_err(|_elapsed| try_deadline < deadline),
         };

@@ -19,6 +19,21 @@ use tokio::time::Sleep;
 
 use crate::turn;
 
+/// Resolves once `look` has given the same count at two looks `period` apart, the first made at
+/// once: between one and two periods after the count last moved. A look of `None` (nothing to
+/// watch now) starts the count over.
+pub(crate) async fn unmoved_for(period: Duration, look: impl Fn() -> Option<u64>) {
+    let mut seen = look();
+    loop {
+        tokio::time::sleep(period).await;
+        let now = look();
+        if now.is_some() && now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A client connection whose writes fail after waiting `timeout` without taking a byte.
     pub struct StallIo<T> {

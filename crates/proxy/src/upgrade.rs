@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::h1;
+use crate::stall::unmoved_for;
 
 /// A joined pair of connections, to be run by the client connection's task.
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -95,23 +96,9 @@ pub(crate) fn join<B>(
         // crashed, a network cut) would otherwise hold both connections for good.
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-            () = quiet_for(idle, &moved) => {}
+            () = unmoved_for(idle, || Some(moved.load(Ordering::Relaxed))) => {}
         }
     }))
-}
-
-/// Resolves once `moved` has not changed over a whole `idle`: checked every `idle`, so a
-/// tunnel quiet since just after a check is closed up to twice `idle` after its last byte.
-async fn quiet_for(idle: Duration, moved: &AtomicU64) {
-    let mut seen = moved.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(idle).await;
-        let now = moved.load(Ordering::Relaxed);
-        if now == seen {
-            return;
-        }
-        seen = now;
-    }
 }
 
 pin_project_lite::pin_project! {
