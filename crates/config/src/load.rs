@@ -1833,7 +1833,13 @@ const RETRY_KEYS: &[&str] = &[
     "max_replay_body",
 ];
 const FALLBACK_KEYS: &[&str] = &["on", "status", "headers", "body", "body_file", "stale"];
-const FAULT_KEYS: &[&str] = &["delay", "delay_percent", "abort_status", "abort_percent"];
+const FAULT_KEYS: &[&str] = &[
+    "delay",
+    "delay_percent",
+    "abort_status",
+    "abort_grpc_status",
+    "abort_percent",
+];
 
 const RETRY_ON_ALLOWED: &str = "connect-failure, reset, refused-stream, timeout, 5xx, a status like \"503\", grpc-<code> (grpc-unavailable, grpc-deadline-exceeded, grpc-resource-exhausted, ...)";
 
@@ -2439,23 +2445,36 @@ fn fault(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> Fault {
     let delay = cx.get(t, "delay", positive);
     let delay_percent = cx.get(t, "delay_percent", share);
     let abort_status = cx.get(t, "abort_status", status(400));
+    let abort_grpc_status = cx.get(t, "abort_grpc_status", grpc_error_code);
     let abort_percent = cx.get(t, "abort_percent", share);
     if t.get("delay_percent").is_some() && t.get("delay").is_none() {
         cx.conflict(t, "delay_percent", "`delay_percent` needs a `delay`");
     }
-    if t.get("abort_percent").is_some() && t.get("abort_status").is_none() {
+    let aborts = t.get("abort_status").is_some() || t.get("abort_grpc_status").is_some();
+    if t.get("abort_percent").is_some() && !aborts {
         cx.conflict(
             t,
             "abort_percent",
-            "`abort_percent` needs an `abort_status`",
+            "`abort_percent` needs an `abort_status` or an `abort_grpc_status`",
         );
     }
     Fault {
         delay,
         delay_percent: delay_percent.unwrap_or(if delay.is_some() { 100.0 } else { 0.0 }),
         abort_status,
-        abort_percent: abort_percent.unwrap_or(if abort_status.is_some() { 100.0 } else { 0.0 }),
+        abort_grpc_status,
+        abort_percent: abort_percent.unwrap_or(if aborts { 100.0 } else { 0.0 }),
     }
+}
+
+/// A gRPC status other than OK, by its name in config tokens (`resource-exhausted`).
+fn grpc_error_code(v: &DeValue<'_>) -> Result<GrpcCode, Invalid> {
+    let codes: Vec<(&str, GrpcCode)> = GrpcCode::ALL
+        .into_iter()
+        .filter(|code| *code != GrpcCode::Ok)
+        .map(|code| (code.name(), code))
+        .collect();
+    choice(&codes)(v)
 }
 
 #[cfg(test)]
@@ -3445,6 +3464,41 @@ mod tests {
             let e = said(&with(bad));
             assert!(
                 e.contains("a number from 0 to 100, fractions allowed"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fault_aborts_grpc_calls_with_a_named_code() {
+        let with = |lines: &str| {
+            format!("[[routes]]\nupstream = \"u\"\n[routes.fault]\n{lines}\n{UPSTREAM}")
+        };
+        let fault = ok(&with(
+            "abort_grpc_status = \"resource-exhausted\"\nabort_percent = 5",
+        ))
+        .routes[0]
+            .fault
+            .unwrap();
+        assert_eq!(fault.abort_grpc_status, Some(GrpcCode::ResourceExhausted));
+        assert_eq!((fault.abort_status, fault.abort_percent), (None, 5.0));
+        // Alone, it aborts every request.
+        let fault = ok(&with("abort_grpc_status = \"unavailable\"")).routes[0]
+            .fault
+            .unwrap();
+        assert_eq!(fault.abort_percent, 100.0);
+        for (bad, says) in [
+            ("abort_grpc_status = \"ok\"", "unknown value"),
+            (
+                "abort_grpc_status = \"resource-exhaustd\"",
+                "did you mean \"resource-exhausted\"?",
+            ),
+            ("abort_grpc_status = 8", "expected a string, found integer"),
+        ] {
+            let e = said(&with(bad));
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(
+                e.contains("cancelled, unknown, invalid-argument"),
                 "{bad}: {e}"
             );
         }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::value::{ByteSize, Endpoint, Rate};
+use rampart_http::GrpcCode;
 
 /// The whole proxy configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,10 +260,13 @@ pub struct Fault {
     /// `delay_percent`: share of requests delayed, 0 to 100, fractions allowed. Default 100
     /// when `delay` is set.
     pub delay_percent: f64,
-    /// `abort_status`: answered instead of forwarding. Default none.
+    /// `abort_status`: answered instead of forwarding, to plain HTTP requests. Default none.
     pub abort_status: Option<u16>,
+    /// `abort_grpc_status`: the status a gRPC call is aborted with. Default none
+    /// (UNAVAILABLE when only `abort_status` is set).
+    pub abort_grpc_status: Option<GrpcCode>,
     /// `abort_percent`: share of requests aborted, 0 to 100, fractions allowed. Default 100
-    /// when `abort_status` is set.
+    /// when `abort_status` or `abort_grpc_status` is set.
     pub abort_percent: f64,
 }
 

@@ -160,8 +160,17 @@ fn policies(r: &Route) -> String {
         if let Some(d) = fault.delay {
             what.push(format!("delay {} {}%", dur(d), fault.delay_percent));
         }
-        if let Some(s) = fault.abort_status {
-            what.push(format!("abort {s} {}%", fault.abort_percent));
+        match (fault.abort_status, fault.abort_grpc_status) {
+            (Some(s), None) => what.push(format!("abort {s} {}%", fault.abort_percent)),
+            (None, Some(g)) => {
+                what.push(format!("abort grpc {} {}%", g.name(), fault.abort_percent))
+            }
+            (Some(s), Some(g)) => what.push(format!(
+                "abort {s} (grpc {}) {}%",
+                g.name(),
+                fault.abort_percent
+            )),
+            (None, None) => {}
         }
         if what.is_empty() {
             what.push("set, but neither delay nor abort".to_owned());

@@ -357,6 +357,18 @@ pub fn rescue_with_status(reason: Reason, status: StatusCode, is_grpc: bool) -> 
     response
 }
 
+/// A fault's abort: `status` for plain HTTP and `code` for gRPC (a route's `abort_status` and
+/// `abort_grpc_status`), marked `fault-injected` either way.
+pub fn rescue_fault(status: StatusCode, code: GrpcCode, is_grpc: bool) -> Response<Bytes> {
+    let mut response = rescue_with_status(Reason::FaultInjected, status, is_grpc);
+    if is_grpc {
+        response
+            .headers_mut()
+            .insert(GRPC_STATUS, code.header_value());
+    }
+    response
+}
+
 /// Like [`rescue_with_status`], with `message` in place of the reason's general one: what was
 /// wrong with a client's request, which the client can mend only if told. `message` is plain
 /// text, without quotes, backslashes or percent signs, so that it goes into the JSON body and
@@ -592,6 +604,18 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[GRPC_STATUS], "14");
         assert_eq!(rescue(Reason::FaultInjected, false).status(), 503);
+    }
+
+    #[test]
+    fn a_fault_aborts_a_grpc_call_with_its_own_code() {
+        let exhausted = GrpcCode::ResourceExhausted;
+        let response = rescue_fault(StatusCode::TOO_MANY_REQUESTS, exhausted, true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[GRPC_STATUS], "8");
+        assert_eq!(response.headers()[X_RAMPART_ERROR], "fault-injected");
+        let response = rescue_fault(StatusCode::TOO_MANY_REQUESTS, exhausted, false);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(!response.headers().contains_key(GRPC_STATUS));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use rampart_http::classify::{classify_trailers, grpc_status, is_grpc};
 use rampart_http::deadline::{DeadlineError, deadline_within, header_budget};
 use rampart_http::headers::{HopByHop, append_forwarded_for, remove_hop_by_hop};
 use rampart_http::rescue::{
-    X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_saying, rescue_with_status,
+    X_RAMPART_ERROR, X_RAMPART_FALLBACK, rescue_fault, rescue_saying, rescue_with_status,
 };
 use rampart_policy::Outcome;
 use rampart_policy::error::BoxError;
@@ -528,7 +528,7 @@ async fn exchange(
             }
             tokio::time::sleep_until(until).await;
         }
-        if let Some(status) = injected.abort {
+        if let Some(abort) = injected.abort {
             // Answered after the delay, if any: the upstream, its breaker and the retry budget
             // never see it. Fault injection sits above the fallback, yet a fallback that names
             // `fault-injected` asked to be rehearsed with it.
@@ -536,7 +536,7 @@ async fn exchange(
                 fallback.for_reason(Reason::FaultInjected, stale_key.as_deref(), grpc)
             }) {
                 Some(fallback) => fallback,
-                None => boxed(rescue_with_status(Reason::FaultInjected, status, grpc)),
+                None => boxed(rescue_fault(abort.status, abort.grpc, grpc)),
             };
         }
     }

@@ -75,6 +75,35 @@ async fn abort_percent_100_answers_every_request_without_the_upstream() {
 }
 
 #[tokio::test]
+async fn a_grpc_call_is_aborted_with_abort_grpc_status() {
+    let upstream = Upstream::start(Behavior::ok("real")).await.unwrap();
+    let proxy = simple(
+        &[upstream.addr()],
+        "[routes.fault]\nabort_grpc_status = \"resource-exhausted\"",
+        "",
+    )
+    .await;
+
+    let response = send(
+        &h2c(),
+        request(&proxy, "/pkg.Service/Method")
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "8");
+    assert_eq!(error_of(&response), Some("fault-injected"));
+    // A plain HTTP request on the route is aborted too, with the abort's usual 503.
+    let response = get(&proxy, "/").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), Some("fault-injected"));
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
 async fn abort_percent_0_forwards_every_request() {
     let upstream = Upstream::start(Behavior::ok("real")).await.unwrap();
     let proxy = simple(
