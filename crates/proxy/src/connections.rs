@@ -123,9 +123,11 @@ struct Kept {
     /// Held while an HTTP/2 connection is made, so that the requests that find none wait for
     /// that one; it keeps why the last attempt could not connect, for those that waited on it.
     connecting: tokio::sync::Mutex<Option<ConnectFailed>>,
-    /// HTTP/2 connections made or tried: numbers them, and tells a waiter whether an attempt
-    /// was made while it waited.
+    /// HTTP/2 connections made or tried: numbers them.
     connects: AtomicU64,
+    /// HTTP/2 connects that came to an end, made or failed (not those dropped midway): tells a
+    /// waiter whether the one it waited for ended while it did.
+    connects_ended: AtomicU64,
     /// Whether the task closing idle connections runs.
     watched: AtomicBool,
 }
@@ -231,6 +233,7 @@ impl Connections {
                 http2: Mutex::default(),
                 connecting: tokio::sync::Mutex::default(),
                 connects: AtomicU64::default(),
+                connects_ended: AtomicU64::default(),
                 watched: AtomicBool::default(),
             }),
         }
@@ -342,38 +345,40 @@ impl Connections {
     // before: requests that find none wait for the one connect under way, rather than each
     // make their own (a hundred requests arriving at once on a cold pool, or after a connection
     // was lost, made a hundred connections, and an upstream coming back met a connection
-    // storm). When that connect fails, they fail with it.
+    // storm). When that connect fails, the requests that waited for it fail with it, rather
+    // than each try again in turn (against an endpoint that drops packets, one connect_timeout
+    // after another). A connect dropped midway (its request gone: a client hung up, a hedge
+    // lost, a timer fired) is no failure: the requests waiting on it connect themselves.
     async fn http2_sender(
         &self,
         streams: usize,
         replacing: Option<u64>,
     ) -> Result<(Taken, bool), SendError> {
-        let seen = self.kept.connects.load(Ordering::Acquire);
+        let ended = self.kept.connects_ended.load(Ordering::Acquire);
         let mut failed = self.kept.connecting.lock().await;
         if let Some(taken) = self.live_http2(streams, replacing) {
             return Ok((taken, true));
         }
-        if self.kept.connects.load(Ordering::Acquire) != seen
+        if self.kept.connects_ended.load(Ordering::Acquire) != ended
             && let Some(why) = failed.as_ref()
         {
             return self.over_limit(replacing, SendError::Connect(Box::new(why.clone())));
         }
+        // Cleared before the connect: one dropped midway must leave no older failure behind
+        // for the requests that waited on it.
+        *failed = None;
         let number = self.kept.connects.fetch_add(1, Ordering::AcqRel) + 1;
-        match self.connect_http2(number).await {
-            Ok(taken) => {
-                *failed = None;
-                Ok((taken, false))
-            }
-            Err(err) => {
-                // A failed handshake is left for each request to meet.
-                let SendError::Connect(why) = err else {
-                    *failed = None;
-                    return self.over_limit(replacing, err);
-                };
+        let connected = self.connect_http2(number).await;
+        self.kept.connects_ended.fetch_add(1, Ordering::AcqRel);
+        match connected {
+            Ok(taken) => Ok((taken, false)),
+            // A failed handshake is left for each request to meet.
+            Err(SendError::Connect(why)) => {
                 let why = ConnectFailed(Arc::new(why));
                 *failed = Some(why.clone());
                 self.over_limit(replacing, SendError::Connect(Box::new(why)))
             }
+            Err(err) => self.over_limit(replacing, err),
         }
     }
 
@@ -887,23 +892,53 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn requests_waiting_on_a_connect_that_fails_fail_with_it() {
-        // Nothing listens: each connect is refused. The requests that waited for the one under
-        // way do not each try again in turn.
+        // Nothing listens: each connect is refused. The first request connects; the 49 others
+        // come while it does, wait for it, and fail with it rather than each try again in turn.
         let refusing = rampart_test_support::Refusing::bind().unwrap();
-        let addr = refusing.addr();
-        let connections = Arc::new(connections(addr, true));
-        let mut all = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let connections = connections.clone();
-            all.spawn(async move { send(&connections).await.map(|_| ()) });
-        }
-        for result in all.join_all().await {
+        let connections = connections(refusing.addr(), true);
+        let all = (0..50).map(|_| send(&connections));
+        for result in futures_util::future::join_all(all).await {
             assert!(matches!(result, Err(SendError::Connect(_))), "{result:?}");
         }
-        let tried = connections.kept.connects.load(Ordering::Relaxed);
-        assert!(tried < 50, "{tried} connects for 50 requests");
+        assert_eq!(connections.kept.connects.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connect_dropped_midway_leaves_its_waiters_to_connect_themselves() {
+        // A connect that fails, then one that cannot end: the endpoint listens again, but with
+        // its accept queue full, so the kernel drops the connect's SYN.
+        let refusing = rampart_test_support::Refusing::bind().unwrap();
+        let addr = refusing.addr();
+        let connections = connections(addr, true);
+        assert!(matches!(
+            send(&connections).await,
+            Err(SendError::Connect(_))
+        ));
+        drop(refusing);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let _listener = socket.listen(0).unwrap();
+        let mut queued = Vec::new();
+        while let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            queued.push(stream);
+        }
+
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut connecting = Box::pin(send(&connections));
+        let mut waiting = Box::pin(send(&connections));
+        assert!(connecting.as_mut().poll(&mut cx).is_pending());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        // Its client gone, the connect under way is dropped.
+        drop(connecting);
+        // The request that waited on it does not fail with the refusal before: it connects.
+        let polled = waiting.as_mut().poll(&mut cx);
+        assert!(polled.is_pending(), "{:?}", polled.map(|r| r.map(|_| ())));
+        assert_eq!(connections.kept.connects.load(Ordering::Relaxed), 3);
     }
 
     /// The connections an upstream accepts for three HTTP/1.1 exchanges one after the other,
