@@ -11,8 +11,8 @@
 //! the endpoints left, the upstream's [`Balancer`] (`balance`) chooses.
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -30,6 +30,7 @@ use crate::body::BodyFault;
 use crate::connections::{Connections, PING_AFTER, PING_TIMEOUT};
 use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
+use crate::lock;
 use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
 use crate::stats::{EndpointStats, UpstreamStats};
 use crate::turn;
@@ -50,6 +51,9 @@ pub(crate) struct Pool {
     /// How many endpoints the ejection cap put back at the last pick (`Endpoint::kept`): while
     /// none is, a pick looks at no endpoint's mark.
     kept: AtomicUsize,
+    /// When the cap last put an endpoint back and had the others kept out probed at once (see
+    /// [`Pool::let_go`]): at most once an `open_for`.
+    probed_at_once: Mutex<Option<Instant>>,
     balancer: Balancer,
     failures: FailureStatus,
     grpc: bool,
@@ -412,6 +416,7 @@ impl Pool {
             primaries: upstream.endpoints.len(),
             unhealthy: AtomicUsize::new(0),
             kept: AtomicUsize::new(0),
+            probed_at_once: Mutex::new(None),
             balancer,
             failures: failure_status(&upstream.failure_status),
             grpc: upstream.protocol == UpstreamProtocol::Grpc,
@@ -563,7 +568,8 @@ impl Pool {
     /// Marks the endpoints the cap puts back now and that serve (`serving`), and ends the open
     /// period of those it put back before and no longer needs: their next attempts are half-open
     /// probes. While it puts some back, the others ejected wait at most `open_for` for their
-    /// next probe.
+    /// next probe; when it puts one more back, they are probed at once (at most once an
+    /// `open_for`).
     ///
     /// An endpoint put back serves without a permit, so nothing it does closes its breaker, and
     /// its open period may have grown long meanwhile, as overload failed its probes. Left to
@@ -579,15 +585,29 @@ impl Pool {
     /// periods, doubled at each trip to spare a callee that keeps failing, would otherwise keep
     /// the few put back alone with all the traffic for up to `open_for_max` after an overload
     /// has passed. A dead one costs a failed probe every `open_for`.
+    ///
+    /// The moment the cap puts another endpoint back is when one kept out is most likely worth
+    /// more than the one just ejected: in a rolling restart, the instance restarted first is
+    /// back and serving, still in its open period, when the next one goes down and trips. Kept
+    /// out until its period ends, it left the clients with only the one going down for seconds;
+    /// probed then, it closes at once. A dead one costs one more failed probe.
     #[cold]
     fn let_go(&self, serving: &[usize]) {
+        let more = serving
+            .iter()
+            .any(|&index| !self.endpoints[index].kept.load(Ordering::Relaxed));
+        let wait = if more && self.may_probe_at_once() {
+            Duration::ZERO
+        } else {
+            self.open_for
+        };
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let kept = serving.contains(&index);
             if let Some(breaker) = &endpoint.breaker
                 && !kept
                 && !serving.is_empty()
             {
-                breaker.shorten_open_period(self.open_for);
+                breaker.shorten_open_period(wait);
             }
             // A load first: the mark is written only when it changes, not at every pick. The
             // swap decides which pick counts an endpoint in or out, so the count stays the
@@ -610,6 +630,19 @@ impl Pool {
                 _ => {}
             }
         }
+    }
+
+    /// Whether the endpoints the cap keeps out may be probed at once now: not within an
+    /// `open_for` of the last time, so that an upstream whose endpoints trip in turn (overload
+    /// moving from one to the next) does not probe the dead ones at every turn.
+    fn may_probe_at_once(&self) -> bool {
+        let now = turn::now();
+        let mut last = lock(&self.probed_at_once);
+        if last.is_some_and(|last| now.duration_since(last) < self.open_for) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// The endpoints past the ejection cap that [`Pool::pick`] would use now: those of the tier
@@ -1415,11 +1448,14 @@ mod tests {
             // The backup out too, last: the cap puts back the two ejected last, the backup and
             // the second primary, and the backup, its tier first, serves.
             trip_in_turn(&last, &[2]).await;
+            // The primaries kept out are probed at once, and the backup, let go meanwhile.
+            assert_eq!(fail_probes(&last), [0, 1, 2], "{balance}");
             assert_eq!(picks(&last, 4), ["127.0.0.1:3"; 4], "{balance}");
             assert_eq!(reinstated(&last), [false, false, true], "{balance}");
             // The backup out first: the two put back are the primaries.
             let first = with_backup();
             trip_in_turn(&first, &[2, 0, 1]).await;
+            assert_eq!(fail_probes(&first), [2], "{balance}");
             assert!(
                 picks(&first, 4).iter().all(|p| p != "127.0.0.1:3"),
                 "{balance}"
@@ -1477,8 +1513,23 @@ mod tests {
         let pool = pool("");
         trip(&pool, 0);
         trip(&pool, 1);
+        assert_eq!(fail_probes(&pool).len(), 1);
         let picked = pool.pick(&tried([])).unwrap();
         assert!(picked.permit.0.is_none());
+    }
+
+    /// Fails the probes that the cap, putting one more endpoint back, sends at once to the ones
+    /// it keeps out (dead, in these tests); the endpoints probed, in turn.
+    fn fail_probes(pool: &Pool) -> Vec<usize> {
+        let mut probed = Vec::new();
+        loop {
+            let picked = pool.pick(&tried([])).unwrap();
+            if !picked.is_probe() {
+                return probed;
+            }
+            probed.push(picked.index);
+            picked.record(Outcome::Failure);
+        }
     }
 
     // Trips the breakers of `indices` in turn, each ejection a little after the one before.
@@ -1496,6 +1547,7 @@ mod tests {
         for balance in BALANCERS {
             let pool = pool(&format!("balance = \"{balance}\""));
             trip_in_turn(&pool, &[0, 1]).await;
+            assert_eq!(fail_probes(&pool), [0], "{balance}");
             for _ in 0..20 {
                 let picked = pool.pick(&tried([])).unwrap();
                 assert_eq!(picked.index, 1, "{balance}");
@@ -1517,6 +1569,7 @@ mod tests {
         // take everything and trip in its turn, and the two would swap for as long as that lasts.
         let pool = pool("balance = \"round-robin\"");
         trip_in_turn(&pool, &[0, 1]).await;
+        assert_eq!(fail_probes(&pool), [0]);
         assert!(picks(&pool, 4).iter().all(|p| p == "127.0.0.1:2"));
         let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
         // The first one's open period ends, and its probes (three by default) succeed.
@@ -1538,6 +1591,7 @@ mod tests {
         // A dead one let go so fails its probe and is out again, for a longer period.
         let pool = self::pool("balance = \"round-robin\"");
         trip_in_turn(&pool, &[0, 1]).await;
+        assert_eq!(fail_probes(&pool), [0]);
         assert_eq!(picks(&pool, 1), ["127.0.0.1:2"]);
         let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
         breaker(0).end_open_period();
@@ -1565,8 +1619,10 @@ mod tests {
             probe.record(Outcome::Failure);
         }
         assert!(remaining(0) > Duration::from_secs(10), "{:?}", remaining(0));
-        // Endpoint 1 trips too, and the cap puts it back: 0 is probed within the first period.
+        // Endpoint 1 trips too, and the cap puts it back: 0 is probed at once, and fails.
         trip(&pool, 1);
+        assert_eq!(fail_probes(&pool), [0]);
+        // Then within the first period, whatever its doubled one says.
         assert_eq!(picks(&pool, 1), ["127.0.0.1:2"]);
         assert!(remaining(0) <= Duration::from_secs(5), "{:?}", remaining(0));
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -1575,9 +1631,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn in_a_rolling_restart_the_endpoint_back_is_probed_when_the_next_goes_down() {
+        // Endpoint 0 goes down and trips; it is back a second later, still in its open period
+        // (5 s), when endpoint 1 goes down and trips. The cap puts 1 back, as the one ejected
+        // last, and has 0 probed at once: its probes (three) pass, and it takes the traffic.
+        let pool = pool("balance = \"round-robin\"");
+        let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
+        trip(&pool, 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        trip(&pool, 1);
+        for _ in 0..3 {
+            let probe = pool.pick(&tried([])).unwrap();
+            assert_eq!((probe.index, probe.is_probe()), (0, true));
+            probe.record(Outcome::Success);
+        }
+        assert_eq!(breaker(0).state(), State::Closed);
+        // No longer needed, 1 is let go and probed; down, it fails, and 0 takes everything.
+        assert_eq!(fail_probes(&pool), [1]);
+        assert_eq!(picks(&pool, 4), ["127.0.0.1:1"; 4]);
+
+        // Had 0 stayed down, one failed probe, and no other at once within open_for: endpoint
+        // 1 tripping again (after its own probe failed) brings no new probe of 0 before then.
+        let pool = self::pool("balance = \"round-robin\"");
+        let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
+        trip(&pool, 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        trip(&pool, 1);
+        assert_eq!(fail_probes(&pool), [0]);
+        breaker(1).end_open_period();
+        let probe = pool.pick(&tried([])).unwrap();
+        assert_eq!((probe.index, probe.is_probe()), (1, true));
+        probe.record(Outcome::Failure);
+        assert_eq!(picks(&pool, 4), ["127.0.0.1:2"; 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_reload_whose_cap_no_longer_needs_an_endpoint_put_back_probes_it() {
         let old = pool("");
         trip_in_turn(&old, &[0, 1]).await;
+        assert_eq!(fail_probes(&old), [0]);
         assert_eq!(picks(&old, 1), ["127.0.0.1:2"]);
         // Two endpoints more: 50% of four lets both out, and the one put back is let go.
         let four = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
@@ -1624,6 +1716,11 @@ mod tests {
             Rng::seeded(5),
         );
         trip_in_turn(&pool, &[0, 1, 2]).await;
+        // Putting one back, the cap has the two it keeps out probed at once, and lets it go
+        // while they are; each fails its probe.
+        let mut probed = fail_probes(&pool);
+        probed.sort_unstable();
+        assert_eq!(probed, [0, 1, 2]);
         let counts = spread(&pool, 200);
         assert_eq!(&counts[..2], [0, 0], "{counts:?}");
         assert!(counts[2] > 40 && counts[3] > 40, "{counts:?}");
@@ -1670,6 +1767,11 @@ mod tests {
         // Three healthy and all ejected: more than the cap, so one of them takes the attempt.
         pool.set_healthy(1, true);
         trip(&pool, 1);
+        // Each healthy one is probed once, as the cap puts one back and lets it go again; the
+        // unhealthy one never.
+        let mut probed = fail_probes(&pool);
+        probed.sort_unstable();
+        assert_eq!(probed, [1, 2, 3]);
         for _ in 0..20 {
             let picked = pool.pick(&tried([])).unwrap();
             assert_ne!(picked.index, 0, "the unhealthy endpoint stays out");
