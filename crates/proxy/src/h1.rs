@@ -404,8 +404,17 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     // `close` first, whatever the version (RFC 9112 §9.3); an HTTP/1.0 message with a
     // Transfer-Encoding has faulty framing, and its connection closes (RFC 9112 §6.1) even when
     // its status leaves it no body to read.
+    //
+    // An answer to HEAD that announces a body (a length over zero, or chunks) has none, but a
+    // server that writes the body anyway, in a write of its own after the head, puts it where
+    // the next exchange's answer is read: with the connection reused at once, another client
+    // would be handed those bytes as its answer (an upstream writing a response there served it
+    // to whoever came next). HEAD is rare; such a connection is not worth the risk.
+    let body_to_fear = head_request
+        && (fields.chunked || fields.content_length.is_some_and(|length| length > 0));
     let keep_alive = !matches!(framing, Decoder::Eof)
         && !fields.close
+        && !body_to_fear
         && match version {
             Version::HTTP_11 => true,
             _ => fields.keep_alive && !fields.chunked,
@@ -1644,6 +1653,12 @@ mod tests {
             exchange(answer, request(Method::HEAD, empty()), 0).await;
         assert_eq!(response.headers()[CONTENT_LENGTH], "100");
         assert_eq!(body, "");
+        // The body the length announces may still come, from a server that writes it anyway,
+        // where the next answer would be read: the connection is not reused.
+        assert!(!reusable);
+        // One that announces none is.
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let (.., reusable, _) = exchange(answer, request(Method::HEAD, empty()), 0).await;
         assert!(reusable);
     }
 

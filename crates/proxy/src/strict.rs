@@ -417,8 +417,12 @@ impl Framing {
         }
         if self.lines == 0 && !self.trailers {
             let line = &self.line[..self.line_len];
-            // The HTTP/2 preface and CONNECT are followed by bytes that are not HTTP/1.1.
-            if line.starts_with(b"PRI ") || line.starts_with(b"CONNECT ") {
+            // The HTTP/2 preface and CONNECT are followed by bytes that are not HTTP/1.1. The
+            // preface's line exactly: any other request of method PRI is an HTTP/1.1 request
+            // like another, and a client could otherwise turn the check off with one (and
+            // smuggle a bare-LF head past a front proxy that reads it one way, to an upstream
+            // that rampart would read another).
+            if line == b"PRI * HTTP/2.0" || line.starts_with(b"CONNECT ") {
                 self.opaque = true;
             }
         } else if !self.trailers && !self.ignored {
@@ -719,6 +723,13 @@ mod tests {
         ] {
             each_step(input, None);
         }
+    }
+
+    #[test]
+    fn a_request_of_method_pri_is_looked_at_as_any_other() {
+        // Only the preface's line stops the check: the bare LF after this one is refused.
+        let input = "PRI /x HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nX-A: 1\nContent-Length: 5\r\n\r\n";
+        each_step(input, input.find("1\nContent").map(|at| at + 1));
     }
 
     #[test]

@@ -76,6 +76,20 @@ async fn bare_lf_line_endings_are_refused() {
 }
 
 #[tokio::test]
+async fn a_request_of_method_pri_leaves_the_heads_after_it_checked() {
+    // Only the HTTP/2 preface's own line ends the check; a PRI request is a request like any.
+    let (answer, upstream) = answer(
+        "PRI /x HTTP/1.1\r\nHost: a\r\n\r\n\
+         POST /attacker HTTP/1.1\r\nHost: a\r\nX-A: 1\nContent-Length: 52\r\n\r\n\
+         GET /victim HTTP/1.1\r\nHost: a\r\nCookie: session=secret\r\n\r\n",
+    )
+    .await;
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/x"]);
+}
+
+#[tokio::test]
 async fn a_well_formed_request_reaches_the_upstream() {
     // The same helper with a request that is fine: the refusals above are not the helper's doing.
     let (answer, upstream) = answer("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
