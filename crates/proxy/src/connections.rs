@@ -928,17 +928,20 @@ mod tests {
             queued.push(stream);
         }
 
+        // Three requests: the first connects, the two others wait for it. Each connect under
+        // way is dropped in turn (its client gone); the request that waited on it does not fail
+        // with the refusal before, but connects.
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut connecting = Box::pin(send(&connections));
-        let mut waiting = Box::pin(send(&connections));
-        assert!(connecting.as_mut().poll(&mut cx).is_pending());
-        assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        // Its client gone, the connect under way is dropped.
-        drop(connecting);
-        // The request that waited on it does not fail with the refusal before: it connects.
-        let polled = waiting.as_mut().poll(&mut cx);
-        assert!(polled.is_pending(), "{:?}", polled.map(|r| r.map(|_| ())));
-        assert_eq!(connections.kept.connects.load(Ordering::Relaxed), 3);
+        let mut requests: Vec<_> = (0..3).map(|_| Box::pin(send(&connections))).collect();
+        for request in &mut requests {
+            assert!(request.as_mut().poll(&mut cx).is_pending());
+        }
+        for made in [3, 4] {
+            drop(requests.remove(0));
+            let polled = requests[0].as_mut().poll(&mut cx);
+            assert!(polled.is_pending(), "{:?}", polled.map(|r| r.map(|_| ())));
+            assert_eq!(connections.kept.connects.load(Ordering::Relaxed), made);
+        }
     }
 
     /// The connections an upstream accepts for three HTTP/1.1 exchanges one after the other,

@@ -405,13 +405,14 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>,
     // Transfer-Encoding has faulty framing, and its connection closes (RFC 9112 §6.1) even when
     // its status leaves it no body to read.
     //
-    // An answer to HEAD that announces a body (a length over zero, or chunks) has none, but a
-    // server that writes the body anyway, in a write of its own after the head, puts it where
-    // the next exchange's answer is read: with the connection reused at once, another client
-    // would be handed those bytes as its answer (an upstream writing a response there served it
-    // to whoever came next). HEAD is rare; such a connection is not worth the risk.
-    let body_to_fear = head_request
-        && (fields.chunked || fields.content_length.is_some_and(|length| length > 0));
+    // An answer to HEAD has no body, but one whose head would frame a body for GET (a length
+    // over zero, chunks, or none: to the connection's end) may come from a server that writes
+    // the body anyway, in a write of its own after the head, where the next exchange's answer
+    // is read: with the connection reused at once, another client would be handed those bytes
+    // as its answer (an upstream writing a response there served it to whoever came next).
+    // HEAD is rare; such a connection is not worth the risk.
+    let body_to_fear =
+        head_request && !matches!(fields.framing(code, version, false), Ok(Decoder::Length(0)));
     let keep_alive = !matches!(framing, Decoder::Eof)
         && !fields.close
         && !body_to_fear
@@ -1656,10 +1657,22 @@ mod tests {
         // The body the length announces may still come, from a server that writes it anyway,
         // where the next answer would be read: the connection is not reused.
         assert!(!reusable);
+        // So with chunks, or with no framing at all (a body to the connection's end).
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\n",
+        ] {
+            let (.., reusable, _) = exchange(answer, request(Method::HEAD, empty()), 0).await;
+            assert!(!reusable, "{}", String::from_utf8_lossy(answer));
+        }
         // One that announces none is.
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        let (.., reusable, _) = exchange(answer, request(Method::HEAD, empty()), 0).await;
-        assert!(reusable);
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let (.., reusable, _) = exchange(answer, request(Method::HEAD, empty()), 0).await;
+            assert!(reusable, "{}", String::from_utf8_lossy(answer));
+        }
     }
 
     #[tokio::test]

@@ -51,9 +51,6 @@ pub(crate) struct Pool {
     /// How many endpoints the ejection cap put back at the last pick (`Endpoint::kept`): while
     /// none is, a pick looks at no endpoint's mark.
     kept: AtomicUsize,
-    /// When the cap last put an endpoint back and had the others kept out probed at once (see
-    /// [`Pool::let_go`]): at most once an `open_for`.
-    probed_at_once: Mutex<Option<Instant>>,
     balancer: Balancer,
     failures: FailureStatus,
     grpc: bool,
@@ -83,6 +80,9 @@ struct Endpoint {
     pending: bool,
     /// Whether the ejection cap put the endpoint back at the last pick, its breaker refusing.
     kept: AtomicBool,
+    /// When the cap, putting another endpoint back, last had this one probed at once (see
+    /// [`Pool::let_go`]): at most once an `open_for`. Carried over a reload with the breaker.
+    probed_at_once: Arc<Mutex<Option<Instant>>>,
     /// Shared with the endpoint at the same address of the pool a reload replaced, so that
     /// the attempts it still has in flight count in the balancer's choices.
     load: Arc<Load>,
@@ -403,6 +403,7 @@ impl Pool {
                     healthy: AtomicBool::new(true),
                     pending: false,
                     kept: AtomicBool::new(false),
+                    probed_at_once: Arc::default(),
                     load: Arc::new(balancer.load()),
                     metrics,
                 });
@@ -416,7 +417,6 @@ impl Pool {
             primaries: upstream.endpoints.len(),
             unhealthy: AtomicUsize::new(0),
             kept: AtomicUsize::new(0),
-            probed_at_once: Mutex::new(None),
             balancer,
             failures: failure_status(&upstream.failure_status),
             grpc: upstream.protocol == UpstreamProtocol::Grpc,
@@ -568,7 +568,7 @@ impl Pool {
     /// Marks the endpoints the cap puts back now and that serve (`serving`), and ends the open
     /// period of those it put back before and no longer needs: their next attempts are half-open
     /// probes. While it puts some back, the others ejected wait at most `open_for` for their
-    /// next probe; when it puts one more back, they are probed at once (at most once an
+    /// next probe; when it puts one more back, they are probed at once (each at most once an
     /// `open_for`).
     ///
     /// An endpoint put back serves without a permit, so nothing it does closes its breaker, and
@@ -596,17 +596,19 @@ impl Pool {
         let more = serving
             .iter()
             .any(|&index| !self.endpoints[index].kept.load(Ordering::Relaxed));
-        let wait = if more && self.may_probe_at_once() {
-            Duration::ZERO
-        } else {
-            self.open_for
-        };
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let kept = serving.contains(&index);
             if let Some(breaker) = &endpoint.breaker
                 && !kept
                 && !serving.is_empty()
             {
+                // Only an open breaker is probed sooner for it: the others keep their turn.
+                let open = breaker.state() == State::Open;
+                let wait = if more && open && endpoint.may_probe_at_once(self.open_for) {
+                    Duration::ZERO
+                } else {
+                    self.open_for
+                };
                 breaker.shorten_open_period(wait);
             }
             // A load first: the mark is written only when it changes, not at every pick. The
@@ -630,19 +632,6 @@ impl Pool {
                 _ => {}
             }
         }
-    }
-
-    /// Whether the endpoints the cap keeps out may be probed at once now: not within an
-    /// `open_for` of the last time, so that an upstream whose endpoints trip in turn (overload
-    /// moving from one to the next) does not probe the dead ones at every turn.
-    fn may_probe_at_once(&self) -> bool {
-        let now = turn::now();
-        let mut last = lock(&self.probed_at_once);
-        if last.is_some_and(|last| now.duration_since(last) < self.open_for) {
-            return false;
-        }
-        *last = Some(now);
-        true
     }
 
     /// The endpoints past the ejection cap that [`Pool::pick`] would use now: those of the tier
@@ -876,6 +865,19 @@ impl Pool {
 }
 
 impl Endpoint {
+    /// Whether the cap may have this endpoint, which it keeps out, probed at once now: not
+    /// within `open_for` of the last time, so that an upstream whose endpoints trip in turn
+    /// (overload moving from one to the next) does not probe a dead one at every turn.
+    fn may_probe_at_once(&self, open_for: Duration) -> bool {
+        let now = turn::now();
+        let mut last = lock(&self.probed_at_once);
+        if last.is_some_and(|last| now.duration_since(last) < open_for) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Whether the breaker would admit a call now, asking nothing of it.
     fn would_admit(&self) -> bool {
         self.breaker
@@ -1036,6 +1038,7 @@ impl Pool {
             endpoint.metrics.set_state(breaker.state());
             endpoint.breaker = Some(breaker.clone());
             endpoint.speaks = old.speaks.clone();
+            endpoint.probed_at_once = old.probed_at_once.clone();
             // Put back by the old pool's cap, it is let go by this one's first pick if this cap
             // does not need it (see `let_go`), rather than left out for its grown period.
             if old.kept.load(Ordering::Relaxed) {
@@ -1663,6 +1666,28 @@ mod tests {
         assert_eq!((probe.index, probe.is_probe()), (1, true));
         probe.record(Outcome::Failure);
         assert_eq!(picks(&pool, 4), ["127.0.0.1:2"; 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_step_of_a_rolling_restart_probes_the_endpoint_back_of_the_step_before() {
+        // Three endpoints, one may be out; they restart in turn, two seconds apart. Each step's
+        // endpoint, back, is probed when the next one trips, though an earlier step had another
+        // probed at once within open_for.
+        let pool = three("round-robin", "");
+        let breaker = |index: usize| pool.endpoints[index].breaker.as_ref().unwrap();
+        trip(&pool, 0);
+        for (back, down) in [(0, 1), (1, 2)] {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            trip(&pool, down);
+            for _ in 0..3 {
+                let probe = pool.pick(&tried([])).unwrap();
+                assert_eq!((probe.index, probe.is_probe()), (back, true), "{back}");
+                probe.record(Outcome::Success);
+            }
+            assert_eq!(breaker(back).state(), State::Closed);
+            // The one down, let go, fails its probe.
+            assert_eq!(fail_probes(&pool), [down]);
+        }
     }
 
     #[tokio::test(start_paused = true)]
