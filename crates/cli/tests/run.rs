@@ -216,6 +216,32 @@ async fn a_health_check_failing_on_every_endpoint_says_the_checks_are_ignored() 
     let line = rampart.line("health", |line| line.contains("health check failed"));
     assert!(line.contains("fail open"), "{line}");
     assert!(!line.contains("out of the rotation"), "{line}");
+    // What the check met, for the operator to act on.
+    assert!(line.contains("reason=answered 503"), "{line}");
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_health_check_says_what_it_met() {
+    // Beside a healthy endpoint, one whose port refuses connections: out of the rotation, for
+    // a refused connection, not a timeout or a bad status.
+    let healthy = Upstream::start(Behavior::ok("fine")).await.unwrap();
+    let refusing = rampart_test_support::Refusing::bind().unwrap();
+    let text = config(healthy.addr()).replace(
+        &format!("\"{}\"]", healthy.addr()),
+        &format!("\"{}\", \"{}\"]", healthy.addr(), refusing.addr()),
+    ) + "\n[upstreams.app.health]\npath = \"/healthz\"\ninterval = \"50ms\"\n\
+           timeout = \"50ms\"\nunhealthy_after = 1\n";
+    let config = TempConfig::new("health-reason", &text);
+    let mut rampart = Rampart::run(&[], &config.0);
+    let line = rampart.line("health", |line| line.contains("health check failed"));
+    assert!(line.contains("out of the rotation"), "{line}");
+    assert!(
+        line.contains("reason=connection failed") && line.contains("refused"),
+        "{line}"
+    );
     rampart.signal("TERM");
     let (status, stderr) = rampart.wait();
     assert!(status.success(), "{stderr}");
@@ -245,6 +271,8 @@ async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     assert_eq!(event["from"], "closed", "{line}");
     assert_eq!(event["to"], "open", "{line}");
     assert_eq!(event["reason"], "a failure", "{line}");
+    // What the failure was, for the operator to know where to look.
+    assert_eq!(event["last_failure"], "answered 503", "{line}");
     assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
 }
 

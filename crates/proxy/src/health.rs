@@ -21,13 +21,16 @@
 //! the pooled connections (an HTTP/1.1 connection serves one exchange at a time), and its answer
 //! is then the endpoint's, not that of a connection the traffic happens to hold open.
 
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, TE, USER_AGENT};
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use rampart_config::{Health, HealthCheck, Upstream, UpstreamProtocol};
@@ -136,26 +139,28 @@ impl Check {
                 () = tokio::time::sleep_until(next) => {}
             }
             next = turn::now() + self.health.interval + self.jitter();
-            let passed = tokio::select! {
+            let checked = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                passed = self.check() => passed,
+                checked = self.check() => checked,
             };
-            if let Some(healthy) = run.record(passed, &self.health)
+            if let Some(healthy) = run.record(checked.is_ok(), &self.health)
                 && self.pool.set_healthy(self.index, healthy)
             {
-                self.log(healthy);
+                self.log(checked.err());
             }
         }
     }
 
-    // An endpoint leaving the rotation is worth a warning, as a breaker's ejection is; its way
-    // back is news.
-    fn log(&self, healthy: bool) {
+    // An endpoint leaving the rotation is worth a warning, as a breaker's ejection is, with
+    // what the check that decided it met (`why`: none when it passed); its way back is news.
+    fn log(&self, why: Option<Failed>) {
         let (upstream, endpoint) = (&self.upstream, self.pool.authority(self.index).as_str());
-        if healthy {
+        let Some(why) = why else {
             tracing::info!(target: HEALTH, upstream, endpoint, "health check passed: endpoint healthy");
-        } else if self.pool.none_healthy() {
+            return;
+        };
+        if self.pool.none_healthy() {
             // Then the checks are ignored (see `Pool::pick`): saying the endpoint is out would
             // send an operator looking for traffic that still reaches it.
             tracing::warn!(
@@ -163,6 +168,7 @@ impl Check {
                 upstream,
                 endpoint,
                 after = self.health.unhealthy_after,
+                reason = %why,
                 "health check failed: endpoint unhealthy, and so is every endpoint of the \
                  upstream: the checks are ignored until one passes (fail open), the breakers \
                  still guard each endpoint"
@@ -173,6 +179,7 @@ impl Check {
                 upstream,
                 endpoint,
                 after = self.health.unhealthy_after,
+                reason = %why,
                 "health check failed: endpoint unhealthy, out of the rotation"
             );
         }
@@ -184,7 +191,7 @@ impl Check {
     }
 
     /// One check, within the timeout.
-    async fn check(&self) -> bool {
+    async fn check(&self) -> Result<(), Failed> {
         let authority = self.pool.authority(self.index);
         let exchange = async {
             match &self.health.check {
@@ -194,48 +201,111 @@ impl Check {
         };
         tokio::time::timeout(self.health.timeout, exchange)
             .await
-            .unwrap_or(false)
+            .unwrap_or(Err(Failed::Timeout(self.health.timeout)))
     }
 
-    async fn http(&self, authority: &Authority, path: &str) -> bool {
-        let Some(request) = request(authority, path, Method::GET, Bytes::new()) else {
-            return false;
-        };
-        let Ok(response) = self.client.request(request).await else {
-            return false;
-        };
-        let passed = response.status().is_success();
+    async fn http(&self, authority: &Authority, path: &str) -> Result<(), Failed> {
+        let request =
+            request(authority, path, Method::GET, Bytes::new()).ok_or(Failed::Unbuildable)?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(Failed::exchange)?;
+        let status = response.status();
         // Read to the end, so that the connection can serve the next check.
         let mut body = response.into_body();
         while let Some(Ok(_)) = body.frame().await {}
-        passed
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Failed::Status(status))
+        }
     }
 
-    async fn grpc(&self, authority: &Authority) -> bool {
-        let Some(mut request) = request(
+    async fn grpc(&self, authority: &Authority) -> Result<(), Failed> {
+        let mut request = request(
             authority,
             GRPC_CHECK,
             Method::POST,
             Bytes::from_static(&GRPC_REQUEST),
-        ) else {
-            return false;
-        };
+        )
+        .ok_or(Failed::Unbuildable)?;
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
-        let Ok(response) = self.client.request(request).await else {
-            return false;
-        };
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(Failed::exchange)?;
         if !response.status().is_success() {
-            return false;
+            return Err(Failed::Status(response.status()));
         }
         let (parts, body) = response.into_parts();
-        let Ok(body) = Limited::new(body, GRPC_MAX_BODY).collect().await else {
-            return false;
-        };
+        let body = Limited::new(body, GRPC_MAX_BODY)
+            .collect()
+            .await
+            .map_err(|err| Failed::Exchange(err.to_string()))?;
         // The status comes in the trailers, or in the head of a trailers-only answer.
         let status = body.trailers().map_or(&parts.headers, |trailers| trailers);
-        grpc_ok(status) && grpc_serving(&body.to_bytes())
+        if !grpc_ok(status) {
+            let code = status
+                .get("grpc-status")
+                .map_or(Cow::Borrowed("none"), |code| {
+                    String::from_utf8_lossy(code.as_bytes())
+                });
+            return Err(Failed::GrpcStatus(code.into_owned()));
+        }
+        if grpc_serving(&body.to_bytes()) {
+            Ok(())
+        } else {
+            Err(Failed::NotServing)
+        }
+    }
+}
+
+/// Why a check failed, for the operator reading the log: a refused connection, a timeout and
+/// a 500 call for different remedies (HAProxy's "Layer4 connection problem" or "Layer7 wrong
+/// status").
+#[derive(Debug)]
+enum Failed {
+    /// No answer within the check's `timeout`.
+    Timeout(Duration),
+    /// The connection or the exchange failed: the innermost cause, in its own words.
+    Exchange(String),
+    /// An answer outside 200..=299.
+    Status(StatusCode),
+    /// A gRPC answer whose `grpc-status` is not OK.
+    GrpcStatus(String),
+    /// A gRPC answer whose status is not `SERVING`.
+    NotServing,
+    /// The endpoint and path make no request (the configuration's check forbids it).
+    Unbuildable,
+}
+
+impl Failed {
+    fn exchange(err: hyper_util::client::legacy::Error) -> Failed {
+        // The connector's own words ("tcp connect error") say little alone: the innermost
+        // cause says what happened (connection refused, reset by peer).
+        let mut cause: &dyn StdError = &err;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        Failed::Exchange(cause.to_string())
+    }
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failed::Timeout(timeout) => write!(f, "no answer within {timeout:?}"),
+            Failed::Exchange(cause) => write!(f, "connection failed: {cause}"),
+            Failed::Status(status) => write!(f, "answered {}", status.as_u16()),
+            Failed::GrpcStatus(code) => write!(f, "answered grpc-status {code}"),
+            Failed::NotServing => f.write_str("answered a status other than SERVING"),
+            Failed::Unbuildable => f.write_str("no request can be made of the endpoint and path"),
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 //! ([`Latency`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use rampart_http::Reason;
+use rampart_http::{GrpcCode, Reason, TransportError};
 use rampart_policy::Outcome;
 use rampart_policy::breaker::{State, Transition};
 use tokio::sync::broadcast;
@@ -232,6 +233,77 @@ pub(crate) struct EndpointMetrics {
     changes: Changes,
     upstream: String,
     endpoint: String,
+    /// What the endpoint's last failed attempt met ([`Failure::encode`]; 0 for none yet).
+    last_failure: AtomicU32,
+}
+
+/// What a failed attempt met, as the log of its endpoint's ejection says it: a refused or
+/// timed-out connection, a reset and a 503 call for different remedies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The exchange failed, or the per-try timeout expired first.
+    Transport(TransportError),
+    /// No answer within the route's timeout.
+    Timeout,
+    /// An answer with a status counted as a failure.
+    Status(u16),
+    /// A gRPC answer with a failing `grpc-status`.
+    Grpc(GrpcCode),
+}
+
+impl Failure {
+    const STATUS: u32 = 1 << 16;
+    const GRPC: u32 = 2 << 16;
+
+    fn encode(self) -> u32 {
+        match self {
+            Failure::Transport(TransportError::ConnectFailure) => 1,
+            Failure::Transport(TransportError::Reset) => 2,
+            Failure::Transport(TransportError::RefusedStream) => 3,
+            Failure::Transport(TransportError::Timeout) => 4,
+            Failure::Transport(TransportError::Invalid) => 5,
+            Failure::Timeout => 6,
+            Failure::Status(status) => Failure::STATUS | u32::from(status),
+            Failure::Grpc(code) => Failure::GRPC | u32::from(code.as_u8()),
+        }
+    }
+
+    fn decode(code: u32) -> Option<Failure> {
+        Some(match code {
+            1 => Failure::Transport(TransportError::ConnectFailure),
+            2 => Failure::Transport(TransportError::Reset),
+            3 => Failure::Transport(TransportError::RefusedStream),
+            4 => Failure::Transport(TransportError::Timeout),
+            5 => Failure::Transport(TransportError::Invalid),
+            6 => Failure::Timeout,
+            _ if code & Failure::GRPC != 0 => Failure::Grpc(GrpcCode::from_u32(code & 0xffff)?),
+            _ if code & Failure::STATUS != 0 => Failure::Status(u16::try_from(code & 0xffff).ok()?),
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Transport(TransportError::ConnectFailure) => {
+                f.write_str("could not connect (refused, unreachable or connect_timeout)")
+            }
+            Failure::Transport(TransportError::Reset) => {
+                f.write_str("connection reset or closed before the answer was whole")
+            }
+            Failure::Transport(TransportError::RefusedStream) => f.write_str("stream refused"),
+            Failure::Transport(TransportError::Timeout) => {
+                f.write_str("no answer within per_try_timeout")
+            }
+            Failure::Transport(TransportError::Invalid) => f.write_str("invalid HTTP answer"),
+            Failure::Timeout => f.write_str("no answer within the route's timeout"),
+            Failure::Status(status) => write!(f, "answered {status}"),
+            Failure::Grpc(code) => {
+                write!(f, "answered grpc-status {} ({})", code.as_u8(), code.name())
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -504,6 +576,7 @@ impl Metrics {
             changes: self.changes.clone(),
             upstream: upstream.to_owned(),
             endpoint: endpoint.to_owned(),
+            last_failure: AtomicU32::new(0),
         }
     }
 
@@ -763,6 +836,17 @@ impl EndpointMetrics {
         &self.endpoint
     }
 
+    /// Notes what a failed attempt met, before its outcome reaches the breaker: an ejection it
+    /// causes is logged with it.
+    pub(crate) fn failed_with(&self, failure: Failure) {
+        self.last_failure.store(failure.encode(), Ordering::Relaxed);
+    }
+
+    /// What the last failed attempt noted met.
+    pub(crate) fn last_failure(&self) -> Option<Failure> {
+        Failure::decode(self.last_failure.load(Ordering::Relaxed))
+    }
+
     /// Attempts so far: `(successes, failures)`.
     pub(crate) fn attempts(&self) -> (u64, u64) {
         (self.attempts[0].get(), self.attempts[1].get())
@@ -837,6 +921,36 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     use super::*;
+
+    #[test]
+    fn an_endpoint_keeps_what_its_last_failure_met() {
+        let metrics = Metrics::default();
+        let endpoint = metrics.endpoint("app", "127.0.0.1:1", true);
+        assert_eq!(endpoint.last_failure(), None);
+        let transport = [
+            TransportError::ConnectFailure,
+            TransportError::Reset,
+            TransportError::RefusedStream,
+            TransportError::Timeout,
+            TransportError::Invalid,
+        ]
+        .map(Failure::Transport);
+        let others = [
+            Failure::Timeout,
+            Failure::Status(503),
+            Failure::Status(599),
+            Failure::Grpc(GrpcCode::Unavailable),
+            Failure::Grpc(GrpcCode::Ok),
+        ];
+        for failure in transport.into_iter().chain(others) {
+            endpoint.failed_with(failure);
+            assert_eq!(endpoint.last_failure(), Some(failure));
+        }
+        assert_eq!(
+            Failure::Grpc(GrpcCode::Unavailable).to_string(),
+            "answered grpc-status 14 (unavailable)"
+        );
+    }
 
     fn text(registry: &Registry) -> String {
         let mut text = String::new();

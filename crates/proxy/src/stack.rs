@@ -28,7 +28,7 @@ use crate::fault::Fault;
 use crate::h1;
 use crate::hedge::Hedging;
 use crate::limits::Slot;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Failure, Metrics, RouteMetrics};
 use crate::outbox::Outbox;
 use crate::retry::{Replay, Retry, Scope, answered};
 use crate::turn;
@@ -490,9 +490,15 @@ impl Stack {
                         picked.cut_short();
                         return Err(tried);
                     }
-                    Tried::Transport(err) => err.outcome(),
+                    Tried::Transport(err) => {
+                        picked.failed_with(Failure::Transport(err));
+                        err.outcome()
+                    }
                     // No answer within the route's timeout: a failure of this endpoint.
-                    Tried::Expired => Outcome::Failure,
+                    Tried::Expired => {
+                        picked.failed_with(Failure::Timeout);
+                        Outcome::Failure
+                    }
                     // The client's body failed the exchange, or the process had no room for a
                     // connection: the endpoint's breaker and the limit learn nothing (permit and
                     // slot are let go unrecorded).
@@ -514,6 +520,12 @@ impl Stack {
             self.upstream.failures(),
             grpc,
         );
+        if outcome == Outcome::Failure {
+            picked.failed_with(match grpc_status(response.headers()) {
+                Some(code) if grpc => Failure::Grpc(code),
+                _ => Failure::Status(response.status().as_u16()),
+            });
+        }
         slot.record(outcome);
         // A good answer is judged again at its end. A gRPC answer with no status in its head is
         // judged by its trailers (`answers_grpc` says which answers are gRPC ones); any other

@@ -20,7 +20,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_config::{Breaker, StatusMatch, Upstream, UpstreamProtocol};
 use rampart_http::{FailureStatus, Reason};
-use rampart_policy::breaker::{CircuitBreaker, OwnedPermit, Permit, State, Transition};
+use rampart_policy::breaker::{
+    CircuitBreaker, OwnedPermit, Permit, Reason as Why, State, Transition,
+};
 use rampart_policy::rng::Rng;
 use tokio::time::Instant;
 
@@ -31,7 +33,7 @@ use crate::connections::{Connections, PING_AFTER, PING_TIMEOUT};
 use crate::dns::{Connector, Resolver};
 use crate::limits::Limits;
 use crate::lock;
-use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
+use crate::metrics::{EndpointMetrics, Failure, Metrics, UpstreamMetrics};
 use crate::stats::{EndpointStats, UpstreamStats};
 use crate::turn;
 
@@ -139,6 +141,12 @@ impl Picked<'_> {
 
     /// Tells the endpoint's breaker how the attempt went, its balancer how long it took, and its
     /// metrics both.
+    /// Notes what the attempt met, when it failed, before [`Picked::record`]: an ejection its
+    /// outcome causes is logged with it.
+    pub(crate) fn failed_with(&self, failure: Failure) {
+        self.metrics.failed_with(failure);
+    }
+
     pub(crate) fn record(mut self, outcome: rampart_policy::Outcome) {
         self.metrics.attempted(outcome, self.sent, turn::now());
         let probe = self.is_probe();
@@ -1162,8 +1170,26 @@ const BREAKER: &str = "rampart_proxy::breaker";
 fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
     let (upstream, endpoint) = (metrics.upstream(), metrics.endpoint());
     let (from, to, reason) = (t.from.as_str(), t.to.as_str(), &t.reason);
-    match t.to {
-        State::Open | State::ForcedOpen => tracing::warn!(
+    // Tripped by failures: what the last of them met says what to look at (a refused
+    // connection, a timeout, a 503), as HAProxy's "Layer4 connection problem" does.
+    let met = matches!(
+        t.reason,
+        Why::ConsecutiveFailures(_) | Why::FailureRate { .. } | Why::ProbeFailed
+    )
+    .then(|| metrics.last_failure())
+    .flatten();
+    match (t.to, met) {
+        (State::Open, Some(last_failure)) => tracing::warn!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            %reason,
+            %last_failure,
+            "circuit breaker {to}: endpoint ejected"
+        ),
+        (State::Open | State::ForcedOpen, _) => tracing::warn!(
             target: BREAKER,
             upstream,
             endpoint,
@@ -1172,7 +1198,7 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             %reason,
             "circuit breaker {to}: endpoint ejected"
         ),
-        State::HalfOpen | State::Closed | State::ForcedClosed => tracing::info!(
+        (State::HalfOpen | State::Closed | State::ForcedClosed, _) => tracing::info!(
             target: BREAKER,
             upstream,
             endpoint,
