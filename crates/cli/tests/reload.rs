@@ -210,3 +210,27 @@ async fn a_sighup_while_the_file_is_first_read_is_no_kill_and_is_made_once_start
     assert!(get(&addr, "/b").await.ends_with("from b"));
     assert!(get(&addr, "/a").await.ends_with("from a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_a_reload_adds_that_fails_its_checks_is_said_to_stay_out() {
+    // Held out until its first check passes, it changes no state by failing: the log still
+    // tells the operator who added it why it takes no traffic.
+    let a = Upstream::start(Behavior::ok("from a")).await.unwrap();
+    let refusing = rampart_test_support::Refusing::bind().unwrap();
+    let health = "\n[upstreams.a.health]\npath = \"/\"\ninterval = \"50ms\"\ntimeout = \"50ms\"\n\
+                  unhealthy_after = 1\n";
+    let file = TempConfig::new("reload-added", &(config(&[("a", a.addr())]) + health));
+    let mut rampart = Rampart::run(&[], &file.0);
+    rampart.listening();
+
+    let both = format!("\"{}\", \"{}\"]", a.addr(), refusing.addr());
+    file.write(
+        &(config(&[("a", a.addr())]).replace(&format!("\"{}\"]", a.addr()), &both) + health),
+    );
+    rampart.signal("HUP");
+    rampart.line("reloaded", |line| line.contains("reloaded"));
+    let line = rampart.line("health", |line| line.contains("health check failed"));
+    assert!(line.contains("added by a reload"), "{line}");
+    assert!(line.contains(&refusing.addr().to_string()), "{line}");
+    assert!(line.contains("reason=connection failed"), "{line}");
+}

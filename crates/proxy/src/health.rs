@@ -144,10 +144,23 @@ impl Check {
                 _ = stop.wait_for(|stop| *stop) => return,
                 checked = self.check() => checked,
             };
-            if let Some(healthy) = run.record(checked.is_ok(), &self.health)
-                && self.pool.set_healthy(self.index, healthy)
-            {
-                self.log(checked.err());
+            let pending = run.pending;
+            if let Some(healthy) = run.record(checked.is_ok(), &self.health) {
+                if self.pool.set_healthy(self.index, healthy) {
+                    self.log(checked.err());
+                } else if pending && let Some(why) = checked.err() {
+                    // Held out since a reload added it, it changes nothing by failing, yet the
+                    // operator who added it is waiting for it: said once a run of failures.
+                    tracing::warn!(
+                        target: HEALTH,
+                        upstream = self.upstream,
+                        endpoint = self.pool.authority(self.index).as_str(),
+                        after = self.health.unhealthy_after,
+                        reason = %why,
+                        "health check failed: endpoint added by a reload stays out of the \
+                         rotation until a check passes"
+                    );
+                }
             }
         }
     }
