@@ -36,7 +36,7 @@ use crate::metrics::{Headed, RouteOutcome};
 use crate::outbox::Refused;
 use crate::recent::Kind;
 use crate::route::Router;
-use crate::stack::Stack;
+use crate::stack::{GaveUp, Stack};
 use crate::turn;
 use crate::upgrade::{self, Tunnel};
 
@@ -555,11 +555,11 @@ async fn exchange(
     rewrite_request(&mut parts, client.peer, hop_by_hop);
     // The answer once the outbox or the stack has given up, with how the client's body failed
     // the exchange, if it did.
-    let give_up = |reason| {
+    let give_up = |reason, after| {
         let body_fault = body_fault.as_ref().and_then(BodyFault::get);
         gave_up(
             stack,
-            reason,
+            (reason, after),
             body_fault,
             stale_key.as_deref(),
             grpc,
@@ -577,7 +577,7 @@ async fn exchange(
                 reason,
                 saying: Some(saying),
             }) => failed(stack, reason, stale_key.as_deref(), grpc, Some(saying)),
-            Err(Refused { reason, .. }) => give_up(reason),
+            Err(Refused { reason, .. }) => give_up(reason, None),
         };
     }
     let request = Request::from_parts(parts, body);
@@ -653,15 +653,16 @@ async fn exchange(
             };
             Response::from_parts(parts, body)
         }
-        Err(reason) => give_up(reason),
+        Err(GaveUp { reason, after }) => give_up(reason, after),
     }
 }
 
-// The answer for a request the stack (or the outbox) gave up on, with how the client's body
-// failed the exchange if it did, the client's HTTP `version` known.
+// The answer for a request the stack (or the outbox) gave up on for `reason` (after an attempt
+// that met `after`, for a retry the budget refused), with how the client's body failed the
+// exchange if it did, the client's HTTP `version` known.
 fn gave_up(
     stack: &Stack,
-    reason: Reason,
+    (reason, after): (Reason, Option<Reason>),
     body_fault: Option<ClientBodyFault>,
     stale_key: Option<&str>,
     grpc: bool,
@@ -695,8 +696,39 @@ fn gave_up(
             };
             closing(response, version)
         }
-        reason => failed(stack, reason, stale_key, grpc, None),
+        reason => failed(
+            stack,
+            reason,
+            stale_key,
+            grpc,
+            after.and_then(refused_after),
+        ),
     }
+}
+
+// What a client refused a retry by the budget is told, when the attempt before met `after`:
+// the failure that called for the retry, which says more of the upstream's state (every
+// endpoint down) than the refusal alone.
+fn refused_after(after: Reason) -> Option<&'static str> {
+    Some(match after {
+        Reason::UpstreamConnect => {
+            "the request failed (could not connect to the upstream) and the retry budget \
+             allows no retry now"
+        }
+        Reason::UpstreamReset => {
+            "the request failed (the upstream closed or reset the connection or stream before \
+             the response was complete) and the retry budget allows no retry now"
+        }
+        Reason::UpstreamInvalid => {
+            "the request failed (the upstream sent an invalid response) and the retry budget \
+             allows no retry now"
+        }
+        Reason::Timeout => {
+            "the request failed (the upstream did not answer within the per-try timeout) and \
+             the retry budget allows no retry now"
+        }
+        _ => return None,
+    })
 }
 
 // The answer for a request the stack gave up on: the route's fallback if it covers `reason`, else

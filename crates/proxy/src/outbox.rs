@@ -768,8 +768,8 @@ async fn attempt(stack: &Stack, message: &Message, longest: Duration) -> Result<
     let (response, outcome) = stack
         .call(request, deadline, Reason::Timeout)
         .await
-        .map_err(|reason| Failure {
-            why: reason.to_string(),
+        .map_err(|gave_up| Failure {
+            why: gave_up.to_string(),
             retry_after: None,
         })?;
     let status = response.status();

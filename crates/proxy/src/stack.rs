@@ -1,6 +1,7 @@
 //! The per-route stack: what a route does to a request between the match and the upstream.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,6 +224,24 @@ impl Stack {
         request: Request<RequestBody>,
         deadline: Instant,
         expired: Reason,
+    ) -> Result<(Response<UpstreamBody>, Outcome), GaveUp> {
+        let mut after = None;
+        self.attempts(request, deadline, expired, &mut after)
+            .await
+            .map_err(|reason| GaveUp {
+                reason,
+                after: after.filter(|_| reason == Reason::RetryBudgetExhausted),
+            })
+    }
+
+    // The attempts of `call`; a retry the budget refuses after an attempt that got no answer
+    // leaves what that attempt met in `after`.
+    async fn attempts(
+        &self,
+        request: Request<RequestBody>,
+        deadline: Instant,
+        expired: Reason,
+        after: &mut Option<Reason>,
     ) -> Result<(Response<UpstreamBody>, Outcome), Reason> {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         // The request's head is lent to each attempt: an HTTP/1.1 one writes it out as it
@@ -430,7 +449,10 @@ impl Stack {
                 self.metrics.budget_exhausted();
                 return match last {
                     Last::Response(response, outcome) => Ok((response, outcome)),
-                    Last::Error(_) => Err(Reason::RetryBudgetExhausted),
+                    Last::Error(cause) => {
+                        *after = Some(cause);
+                        Err(Reason::RetryBudgetExhausted)
+                    }
                 };
             }
             tokio::time::sleep(delay).await;
@@ -674,6 +696,24 @@ enum Tried {
     /// after `keepalive_requests`, as a server about to restart does) and its last stream came
     /// before this one: it did not process the request (RFC 9113 §6.8).
     Unprocessed,
+}
+
+/// Why [`Stack::call`] gave a request up: the reason the client is told, and for a retry the
+/// budget refused (`retry-budget-exhausted`), what the attempt before it met, which says more
+/// of the upstream's state (every endpoint down, say) than the refusal does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GaveUp {
+    pub(crate) reason: Reason,
+    pub(crate) after: Option<Reason>,
+}
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.after {
+            Some(after) => write!(f, "{} after {after}", self.reason),
+            None => write!(f, "{}", self.reason),
+        }
+    }
 }
 
 /// How many times a request is sent again at no cost after an upstream left it unprocessed

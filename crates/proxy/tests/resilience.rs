@@ -664,9 +664,11 @@ async fn the_budget_refusing_a_retry_after_a_connect_failure_says_so() {
     .await;
 
     let mut reasons = Vec::new();
+    let mut last = None;
     for _ in 0..20 {
         let response = get(&proxy, "/").await;
         reasons.push(error_of(&response).unwrap().to_owned());
+        last = Some(response);
     }
     // The floor's 10 retries let the first requests try three times each.
     assert_eq!(reasons[0], "upstream-connect");
@@ -676,6 +678,12 @@ async fn the_budget_refusing_a_retry_after_a_connect_failure_says_so() {
         .count();
     assert!(refused > 0, "{reasons:?}");
     assert_eq!(reasons[19], "retry-budget-exhausted");
+    // Its message names the failure the retry was for: the endpoint is down, not overloaded.
+    let body = String::from_utf8(last.unwrap().into_body().to_vec()).unwrap();
+    assert!(
+        body.contains("(could not connect to the upstream) and the retry budget"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
