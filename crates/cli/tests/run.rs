@@ -255,7 +255,8 @@ async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     let text = config(failing.addr()).replace(
         "upstream = \"app\"\n",
         "upstream = \"app\"\nretry = { attempts = 1 }\n",
-    ) + "\n[upstreams.app.breaker]\nconsecutive_failures = 1\n";
+    ) + "\n[upstreams.app.breaker]\nconsecutive_failures = 1\nopen_for = \"200ms\"\n\
+           half_open_probes = 1\n";
     let config = TempConfig::new("breaker-log", &text);
     let mut rampart = Rampart::run(&["--log-format", "json"], &config.0);
     let line = rampart.line("listening", |line| line.contains("listening"));
@@ -274,6 +275,18 @@ async fn a_breaker_opening_is_logged_as_a_warning_naming_the_endpoint() {
     // What the failure was, for the operator to know where to look.
     assert_eq!(event["last_failure"], "answered 503", "{line}");
     assert_eq!(event["target"], "rampart_proxy::breaker", "{line}");
+
+    // Its probes, failing, are no news at the default level: down is said once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(get(&addr, "/").await.starts_with("HTTP/1.1 503"));
+    // The failed probe doubled the period.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(get(&addr, "/").await.starts_with("HTTP/1.1 503"));
+    rampart.signal("TERM");
+    let (status, stderr) = rampart.wait();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stderr.matches("circuit breaker").count(), 1, "{stderr}");
+    assert_eq!(failing.request_count(), 3, "two probes went: {stderr}");
 }
 
 /// `rampart run --until-stdin-closes` on `config`, its stdin held open, and its stderr's lines.

@@ -1166,7 +1166,11 @@ where
 /// The target of breaker transition events, for `RUST_LOG=rampart_proxy::breaker=...`.
 const BREAKER: &str = "rampart_proxy::breaker";
 
-// An endpoint leaving the rotation is worth a warning; its way back is news.
+// An endpoint leaving the rotation is worth a warning; its way back is news. What happens
+// between (its probes, each failed one reopening the breaker) is for debugging: an endpoint down
+// for minutes, probed every few seconds, would otherwise log two lines a probe, and more under
+// the ejection cap, which probes sooner (as HAProxy logs a server going DOWN and UP, not its
+// checks). The metrics and the event stream carry every transition.
 fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
     let (upstream, endpoint) = (metrics.upstream(), metrics.endpoint());
     let (from, to, reason) = (t.from.as_str(), t.to.as_str(), &t.reason);
@@ -1178,8 +1182,18 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
     )
     .then(|| metrics.last_failure())
     .flatten();
-    match (t.to, met) {
-        (State::Open, Some(last_failure)) => tracing::warn!(
+    match (t.from, t.to, met) {
+        (State::HalfOpen, State::Open, _) | (_, State::HalfOpen, _) => tracing::debug!(
+            target: BREAKER,
+            upstream,
+            endpoint,
+            from,
+            to,
+            %reason,
+            last_failure = met.map(tracing::field::display),
+            "circuit breaker {to}"
+        ),
+        (_, State::Open, Some(last_failure)) => tracing::warn!(
             target: BREAKER,
             upstream,
             endpoint,
@@ -1189,7 +1203,7 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             %last_failure,
             "circuit breaker {to}: endpoint ejected"
         ),
-        (State::Open | State::ForcedOpen, _) => tracing::warn!(
+        (_, State::Open | State::ForcedOpen, _) => tracing::warn!(
             target: BREAKER,
             upstream,
             endpoint,
@@ -1198,7 +1212,7 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             %reason,
             "circuit breaker {to}: endpoint ejected"
         ),
-        (State::HalfOpen | State::Closed | State::ForcedClosed, _) => tracing::info!(
+        (_, State::Closed | State::ForcedClosed, _) => tracing::info!(
             target: BREAKER,
             upstream,
             endpoint,
