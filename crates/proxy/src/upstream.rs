@@ -1193,16 +1193,6 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             last_failure = met.map(tracing::field::display),
             "circuit breaker {to}"
         ),
-        (_, State::Open, Some(last_failure)) => tracing::warn!(
-            target: BREAKER,
-            upstream,
-            endpoint,
-            from,
-            to,
-            %reason,
-            %last_failure,
-            "circuit breaker {to}: endpoint ejected"
-        ),
         (_, State::Open | State::ForcedOpen, _) => tracing::warn!(
             target: BREAKER,
             upstream,
@@ -1210,6 +1200,7 @@ fn log_transition(t: &Transition, metrics: &EndpointMetrics) {
             from,
             to,
             %reason,
+            last_failure = met.map(tracing::field::display),
             "circuit breaker {to}: endpoint ejected"
         ),
         (_, State::Closed | State::ForcedClosed, _) => tracing::info!(

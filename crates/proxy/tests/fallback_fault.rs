@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::StatusCode;
+use hyper::{Response, StatusCode};
 use rampart_config::Config;
 use rampart_policy::rng::Rng;
 use rampart_proxy::Proxy;
@@ -39,6 +39,19 @@ fn fallback_of<B>(response: &hyper::Response<B>) -> Option<&str> {
 
 // === fault injection ===
 
+/// A gRPC call of an empty message through `proxy`.
+async fn grpc_call(proxy: &Proxy) -> Response<Bytes> {
+    send(
+        &h2c(),
+        request(proxy, "/pkg.Service/Method")
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn abort_percent_100_answers_every_request_without_the_upstream() {
     let upstream = Upstream::start(Behavior::ok("real")).await.unwrap();
@@ -59,15 +72,7 @@ async fn abort_percent_100_answers_every_request_without_the_upstream() {
         assert_eq!(error_of(&response), Some("fault-injected"));
     }
     // A gRPC call gets the gRPC shape: HTTP 200, UNAVAILABLE.
-    let response = send(
-        &h2c(),
-        request(&proxy, "/pkg.Service/Method")
-            .method("POST")
-            .header("content-type", "application/grpc")
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let response = grpc_call(&proxy).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["grpc-status"], "14");
     assert_eq!(error_of(&response), Some("fault-injected"));
@@ -84,15 +89,7 @@ async fn a_grpc_call_is_aborted_with_abort_grpc_status() {
     )
     .await;
 
-    let response = send(
-        &h2c(),
-        request(&proxy, "/pkg.Service/Method")
-            .method("POST")
-            .header("content-type", "application/grpc")
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let response = grpc_call(&proxy).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["grpc-status"], "8");
     assert_eq!(error_of(&response), Some("fault-injected"));
