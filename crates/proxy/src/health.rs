@@ -149,17 +149,7 @@ impl Check {
                 if self.pool.set_healthy(self.index, healthy) {
                     self.log(checked.err());
                 } else if pending && let Some(why) = checked.err() {
-                    // Held out since a reload added it, it changes nothing by failing, yet the
-                    // operator who added it is waiting for it: said once a run of failures.
-                    tracing::warn!(
-                        target: HEALTH,
-                        upstream = self.upstream,
-                        endpoint = self.pool.authority(self.index).as_str(),
-                        after = self.health.unhealthy_after,
-                        reason = %why,
-                        "health check failed: endpoint added by a reload stays out of the \
-                         rotation until a check passes"
-                    );
+                    self.log_held_out(&why);
                 }
             }
         }
@@ -196,6 +186,20 @@ impl Check {
                 "health check failed: endpoint unhealthy, out of the rotation"
             );
         }
+    }
+
+    // An endpoint a reload added is held out until a check passes: failing, it changes
+    // nothing, yet the operator who added it waits for it. Said once a run of failures.
+    fn log_held_out(&self, why: &Failed) {
+        tracing::warn!(
+            target: HEALTH,
+            upstream = self.upstream,
+            endpoint = self.pool.authority(self.index).as_str(),
+            after = self.health.unhealthy_after,
+            reason = %why,
+            "health check failed: endpoint added by a reload stays out of the rotation until a \
+             check passes"
+        );
     }
 
     /// Up to a tenth of the interval.
