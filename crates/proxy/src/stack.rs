@@ -225,24 +225,6 @@ impl Stack {
         deadline: Instant,
         expired: Reason,
     ) -> Result<(Response<UpstreamBody>, Outcome), GaveUp> {
-        let mut after = None;
-        self.attempts(request, deadline, expired, &mut after)
-            .await
-            .map_err(|reason| GaveUp {
-                reason,
-                after: after.filter(|_| reason == Reason::RetryBudgetExhausted),
-            })
-    }
-
-    // The attempts of `call`; a retry the budget refuses after an attempt that got no answer
-    // leaves what that attempt met in `after`.
-    async fn attempts(
-        &self,
-        request: Request<RequestBody>,
-        deadline: Instant,
-        expired: Reason,
-        after: &mut Option<Reason>,
-    ) -> Result<(Response<UpstreamBody>, Outcome), Reason> {
         let grpc = self.upstream.is_grpc() || is_grpc(request.headers());
         // The request's head is lent to each attempt: an HTTP/1.1 one writes it out as it
         // starts, so neither a retry nor a hedge needs a copy of it (`Connections::send`).
@@ -298,12 +280,12 @@ impl Stack {
             // endpoint healthy), as the pick would: a client told `rate-limited` for attempts
             // that never left would slow down instead of getting the route's fallback.
             if let Err(reason) = self.upstream.may_admit() {
-                return failed.map_or(Err(reason), Last::into_result);
+                return failed.map_or(Err(reason.into()), Last::into_result);
             }
             let Some(attempt_body) = body.next() else {
                 // A teed body not copied whole cannot be sent again (a streamed one is never
                 // retried): the failed attempt's answer stands.
-                return failed.map_or(Err(Reason::BadRequest), Last::into_result);
+                return failed.map_or(Err(Reason::BadRequest.into()), Last::into_result);
             };
             // The upstream's limits come before the pick: they are the upstream's, whatever the
             // endpoint, and a wait in their queue must not hold a breaker's half-open probe.
@@ -312,17 +294,17 @@ impl Stack {
             let slot = match tokio::time::timeout_at(deadline, self.upstream.limits().admit()).await
             {
                 Ok(Ok(slot)) => slot,
-                Ok(Err(reason)) => return failed.map_or(Err(reason), Last::into_result),
+                Ok(Err(reason)) => return failed.map_or(Err(reason.into()), Last::into_result),
                 // A retry that waited for a place until the deadline: the answer in hand, if
                 // any, is worth more than a timeout.
-                Err(_elapsed) => return failed.map_or(Err(expired), Last::into_result),
+                Err(_elapsed) => return failed.map_or(Err(expired.into()), Last::into_result),
             };
             // Every breaker may have opened since the look, while the attempt waited in the
             // queue: its token is then spent on nothing (the rate limit gives none back), a race
             // no longer than the wait.
             let picked = match self.upstream.pick(&avoid) {
                 Ok(picked) => picked,
-                Err(reason) => return failed.map_or(Err(reason), Last::into_result),
+                Err(reason) => return failed.map_or(Err(reason.into()), Last::into_result),
             };
             let first = picked.index;
             avoid.insert(first);
@@ -397,13 +379,13 @@ impl Stack {
                 Err(Tried::Client(fault)) => {
                     // The client's body failed the exchange, not the endpoint: no retry can mend
                     // it.
-                    return Err(fault.reason());
+                    return Err(fault.reason().into());
                 }
                 // The process is short of descriptors or memory: another endpoint would need
                 // the same, and a retry would only press harder. The answer is rampart's own
                 // overload, unless an earlier attempt's answer is in hand.
                 Err(Tried::Local) => {
-                    return failed.map_or(Err(Reason::Overloaded), Last::into_result);
+                    return failed.map_or(Err(Reason::Overloaded.into()), Last::into_result);
                 }
                 Err(Tried::Transport(err)) => (Attempt::Error(err), Last::Error(err.into())),
                 // Left unprocessed once too often, or with a body that cannot go again: a
@@ -413,7 +395,7 @@ impl Stack {
                     (Attempt::Error(err), Last::Error(err.into()))
                 }
                 // No answer within the whole exchange's time.
-                Err(Tried::Expired) => return Err(expired),
+                Err(Tried::Expired) => return Err(expired.into()),
             };
 
             // Not while the failed attempt still holds the request's body (it answered before
@@ -449,10 +431,10 @@ impl Stack {
                 self.metrics.budget_exhausted();
                 return match last {
                     Last::Response(response, outcome) => Ok((response, outcome)),
-                    Last::Error(cause) => {
-                        *after = Some(cause);
-                        Err(Reason::RetryBudgetExhausted)
-                    }
+                    Last::Error(cause) => Err(GaveUp {
+                        reason: Reason::RetryBudgetExhausted,
+                        after: Some(cause),
+                    }),
                 };
             }
             tokio::time::sleep(delay).await;
@@ -707,6 +689,15 @@ pub(crate) struct GaveUp {
     pub(crate) after: Option<Reason>,
 }
 
+impl From<Reason> for GaveUp {
+    fn from(reason: Reason) -> GaveUp {
+        GaveUp {
+            reason,
+            after: None,
+        }
+    }
+}
+
 impl fmt::Display for GaveUp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.after {
@@ -723,10 +714,10 @@ impl fmt::Display for GaveUp {
 const FREE_RESENDS: u32 = 2;
 
 impl Last {
-    fn into_result(self) -> Result<(Response<UpstreamBody>, Outcome), Reason> {
+    fn into_result(self) -> Result<(Response<UpstreamBody>, Outcome), GaveUp> {
         match self {
             Last::Response(response, outcome) => Ok((response, outcome)),
-            Last::Error(reason) => Err(reason),
+            Last::Error(reason) => Err(reason.into()),
         }
     }
 }
